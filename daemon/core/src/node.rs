@@ -1,0 +1,1 @@
+//! The mesh node state machine.

@@ -1,0 +1,1 @@
+//! Per-link session state machine.

@@ -1,0 +1,1 @@
+//! Deterministic multi-node simulator.

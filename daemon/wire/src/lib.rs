@@ -1,0 +1,106 @@
+//! Connectopus link wire format: every byte that crosses a link between two nodes.
+//!
+//! This crate only turns bytes into values and values into bytes.
+//! It does no I/O, keeps no state, never allocates on the IPv6 data path and never panics on
+//! input: every parser is total and returns a [`WireError`].
+//! The byte-by-byte description lives in `docs/protocol.md`; the two must agree.
+//!
+//! Layout:
+//! - [`addr`]: IPv6 prefixes and link costs, shared by the wire format and the router.
+//! - [`message`]: link messages (raw IPv6, hello, keepalive, stream segment, control datagram,
+//!   goodbye), demultiplexed by their first byte.
+//! - [`record`]: records carried on the reliable per-link routing stream, and their framing.
+//! - [`lsu`]: the link-state update, its canonical encoding and the signature trailer.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod addr;
+pub mod lsu;
+pub mod message;
+pub mod record;
+
+pub use addr::{Cost, Prefix};
+pub use lsu::{
+    Adjacency, LinkStateUpdate, NameBinding, PrefixAdvert, SignedUpdate, UpdateSignature,
+};
+pub use message::{
+    ControlDatagram, Goodbye, GoodbyeReason, Hello, Keepalive, LinkMessage, MessageType,
+    StreamSegment,
+};
+pub use record::{Record, RecordKind};
+
+/// Version of the link protocol this crate speaks; carried in every hello.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Longest node or attachment name, in bytes (one DNS label).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why a buffer could not be parsed.
+///
+/// `Copy` and allocation-free so that the data path can count it per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireError {
+    /// The buffer ended before the structure did.
+    Truncated,
+    /// Bytes were left over after a structure that must fill the buffer exactly.
+    TrailingBytes,
+    /// The first byte names no known message or record type.
+    UnknownType,
+    /// The hello or update names a protocol version this node does not speak.
+    UnsupportedVersion,
+    /// A name is empty, too long or contains bytes outside `[a-z0-9-]`.
+    BadName,
+    /// A prefix length is above 128 or the prefix has bits set past its length.
+    BadPrefix,
+    /// A list in a canonical encoding is unsorted or holds duplicates.
+    NotCanonical,
+    /// A length field disagrees with the data or exceeds a limit.
+    BadLength,
+    /// A field holds a value the format forbids (for example a zero session id).
+    BadValue,
+}
+
+impl WireError {
+    /// Returns a short, stable name for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Truncated => "truncated",
+            Self::TrailingBytes => "trailing_bytes",
+            Self::UnknownType => "unknown_type",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::BadName => "bad_name",
+            Self::BadPrefix => "bad_prefix",
+            Self::NotCanonical => "not_canonical",
+            Self::BadLength => "bad_length",
+            Self::BadValue => "bad_value",
+        }
+    }
+}
+
+impl core::fmt::Display for WireError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Checks that `name` is a valid node or attachment name: 1 to 63 bytes of `[a-z0-9-]`,
+/// not starting or ending with `-`.
+pub fn check_name(name: &str) -> Result<(), WireError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
+        return Err(WireError::BadName);
+    }
+    if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err(WireError::BadName);
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    {
+        return Err(WireError::BadName);
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Helpers for multi-node tests in network namespaces.

@@ -1,0 +1,1 @@
+//! Batched packet I/O on io_uring.
