@@ -103,10 +103,11 @@ impl ReliableStream {
         todo!("stream: handle_segment")
     }
 
-    /// Returns the next segment to send, encoded as a complete link message, or `None`.
+    /// Returns the next segment to send, or `None`; the caller encodes it
+    /// ([`StreamSegment::encode`]) and sends it on the link.
     ///
     /// Poll after `send`, `handle_segment` and `handle_timeout`, until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Time) -> Option<Vec<u8>> {
+    pub fn poll_transmit(&mut self, now: Time) -> Option<StreamSegment<'_>> {
         let _ = now;
         todo!("stream: poll_transmit")
     }
