@@ -1,1 +1,1128 @@
 //! The mesh node state machine.
+//!
+//! A [`Node`] owns one [`Session`] per link, the link-state database (the latest update of
+//! every origin it knows), its own update, the route computation and the forwarding table.
+//! The driver feeds it link events, link messages, TUN packets and timeouts, and drains its
+//! outputs after every call:
+//! - [`Node::poll_transmit`]: link messages to send;
+//! - [`Node::poll_tun_packet`]: IPv6 packets for the TUN device;
+//! - [`Node::poll_command`]: requests to the driver (close a link, install a forwarding table);
+//! - [`Node::poll_event`]: what happened, for logs and status;
+//! - [`Node::poll_timeout`]: when to call [`Node::handle_timeout`] next, and why.
+//!
+//! Flooding: every accepted update is sent verbatim to every established session except the
+//! one it came from and its origin; a new session first receives the whole database.
+//! Duplicates and outdated updates are counted and dropped, never flooded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use connectopus_wire::message::is_ipv6;
+use connectopus_wire::{
+    Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, Prefix,
+    PrefixAdvert, Record, RecordKind, SignedUpdate, WireError,
+};
+
+use crate::LinkId;
+use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, RouteTarget};
+use crate::icmp::{self, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
+use crate::route::{self, PrefixTable, RouteSet, SpfOptions};
+use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers};
+use crate::stream::StreamConfig;
+use crate::time::Time;
+
+/// Largest routing-stream record a node accepts by default (a whole signed mesh config fits).
+pub const DEFAULT_MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+
+/// Node-wide timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTimers {
+    /// Per-session timers.
+    pub session: SessionTimers,
+    /// Refresh the node's own update this often.
+    pub update_interval: Duration,
+    /// Send a changed own update at most this long after the change.
+    pub triggered_update_delay: Duration,
+    /// Wait this long after a database change before recomputing routes (batches changes).
+    pub spf_delay: Duration,
+    /// Forget an origin not heard from for this long.
+    pub node_dead_after: Duration,
+    /// Look for dead origins this often.
+    pub prune_interval: Duration,
+}
+
+impl Default for NodeTimers {
+    fn default() -> Self {
+        Self {
+            session: SessionTimers::default(),
+            update_interval: Duration::from_secs(10),
+            triggered_update_delay: Duration::from_millis(100),
+            spf_delay: Duration::from_millis(20),
+            node_dead_after: Duration::from_secs(60),
+            prune_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's mesh address.
+    pub address: Ipv6Addr,
+    /// The node's name.
+    pub name: String,
+    /// Routing epoch of this instance; must grow across restarts of the node.
+    pub epoch: u64,
+    /// Version of the mesh configuration this node runs (0 = none).
+    pub config_version: u64,
+    /// Prefixes the node delivers to its TUN devices besides its own address.
+    pub prefixes: Vec<PrefixAdvert>,
+    /// Names of those attachments.
+    pub names: Vec<NameBinding>,
+    /// Timers.
+    pub timers: NodeTimers,
+    /// Routing stream settings.
+    pub stream: StreamConfig,
+    /// Largest routing-stream record accepted.
+    pub max_record_len: usize,
+    /// ICMPv6 errors per second, on average.
+    pub icmp_per_second: u32,
+    /// ICMPv6 errors allowed in a burst.
+    pub icmp_burst: u32,
+    /// Seed for every random choice the node makes (session ids, nonces).
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// Returns a configuration with default timers and limits.
+    pub fn new(address: Ipv6Addr, name: impl Into<String>, epoch: u64, seed: u64) -> Self {
+        Self {
+            address,
+            name: name.into(),
+            epoch,
+            config_version: 0,
+            prefixes: Vec::new(),
+            names: Vec::new(),
+            timers: NodeTimers::default(),
+            stream: StreamConfig::default(),
+            max_record_len: DEFAULT_MAX_RECORD_LEN,
+            icmp_per_second: 100,
+            icmp_burst: 20,
+            seed,
+        }
+    }
+}
+
+/// A link message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The link to send on.
+    pub link: LinkId,
+    /// The complete link message.
+    pub payload: Vec<u8>,
+}
+
+/// A request to the driver.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Close the link's transport; the node has already forgotten the session.
+    CloseLink {
+        /// The link.
+        link: LinkId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Use this forwarding table from now on (the dataplane swaps it in whole).
+    InstallForwardingTable(Arc<ForwardingTable>),
+}
+
+/// Something that happened, for logs, status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session was established.
+    SessionEstablished {
+        /// The link.
+        link: LinkId,
+        /// The peer's address.
+        peer: Ipv6Addr,
+        /// The peer's name.
+        name: String,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// The link.
+        link: LinkId,
+        /// The peer's address, if its hello had arrived.
+        peer: Option<Ipv6Addr>,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A peer restarted its side of a session on the same link.
+    PeerRestarted {
+        /// The link.
+        link: LinkId,
+        /// The peer's address.
+        peer: Ipv6Addr,
+    },
+    /// A hello was refused.
+    HelloRejected {
+        /// The link.
+        link: LinkId,
+        /// The address the hello claimed.
+        claimed: Ipv6Addr,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An origin appeared in the link-state database.
+    NodeLearned {
+        /// Its address.
+        address: Ipv6Addr,
+        /// Its name.
+        name: String,
+    },
+    /// An origin was removed after the dead-node interval.
+    NodePruned {
+        /// Its address.
+        address: Ipv6Addr,
+    },
+    /// The forwarding table changed.
+    RoutesChanged {
+        /// Number of routes now installed.
+        n_routes: usize,
+    },
+    /// A control datagram arrived for this node.
+    ControlDatagram {
+        /// Source node address.
+        src: Ipv6Addr,
+        /// Source port.
+        src_port: u16,
+        /// Destination port on this node.
+        dst_port: u16,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Why a received update was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UpdateRejection {
+    /// The update did not parse.
+    Malformed,
+    /// Same origin, epoch and sequence as the stored one.
+    Duplicate,
+    /// Older than the stored (or last pruned) one.
+    Stale,
+    /// The update claims to come from this node.
+    OwnOrigin,
+}
+
+impl UpdateRejection {
+    /// Returns a short, stable name for counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateRejection::Malformed => "malformed",
+            UpdateRejection::Duplicate => "duplicate",
+            UpdateRejection::Stale => "stale",
+            UpdateRejection::OwnOrigin => "own_origin",
+        }
+    }
+}
+
+/// Counters the node keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Packets dropped, by reason.
+    pub drops: BTreeMap<DropReason, u64>,
+    /// Updates not accepted, by reason.
+    pub updates_rejected: BTreeMap<UpdateRejection, u64>,
+    /// Updates accepted.
+    pub updates_accepted: u64,
+    /// Own updates originated.
+    pub updates_originated: u64,
+    /// Link messages that did not parse, by error.
+    pub malformed_messages: BTreeMap<&'static str, u64>,
+    /// ICMPv6 errors sent.
+    pub icmp_errors_sent: u64,
+    /// Route computations run.
+    pub spf_runs: u64,
+}
+
+/// One origin's latest update.
+#[derive(Debug, Clone)]
+struct DatabaseEntry {
+    update: LinkStateUpdate,
+    /// The record body exactly as received, for verbatim flooding.
+    raw: Arc<[u8]>,
+    received_at: Time,
+}
+
+/// The state machine of one mesh node. See the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    rng: SmallRng,
+    sessions: BTreeMap<LinkId, Session>,
+    database: BTreeMap<Ipv6Addr, DatabaseEntry>,
+    /// (epoch, sequence) of pruned origins, so their old updates are not taken back.
+    pruned: BTreeMap<Ipv6Addr, (u64, u64)>,
+    own_sequence: u64,
+    own_update: Arc<[u8]>,
+    own_adjacencies: Vec<Adjacency>,
+    next_update_at: Time,
+    triggered_update_at: Option<Time>,
+    spf_at: Option<Time>,
+    next_prune_at: Time,
+    routes: RouteSet,
+    table: Arc<ForwardingTable>,
+    icmp_limiter: IcmpRateLimiter,
+    counters: NodeCounters,
+    transmits: VecDeque<Transmit>,
+    tun_packets: VecDeque<Vec<u8>>,
+    commands: VecDeque<Command>,
+    events: VecDeque<Event>,
+}
+
+impl Node {
+    /// Creates a node; it has no links yet.
+    pub fn new(config: NodeConfig, now: Time) -> Self {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        let icmp_limiter = IcmpRateLimiter::new(config.icmp_per_second, config.icmp_burst);
+        let mut node = Self {
+            rng,
+            sessions: BTreeMap::new(),
+            database: BTreeMap::new(),
+            pruned: BTreeMap::new(),
+            own_sequence: 0,
+            own_update: Arc::from(Vec::new()),
+            own_adjacencies: Vec::new(),
+            next_update_at: now,
+            triggered_update_at: None,
+            spf_at: None,
+            next_prune_at: now + config.timers.prune_interval,
+            routes: RouteSet::default(),
+            table: Arc::new(ForwardingTable::default()),
+            icmp_limiter,
+            counters: NodeCounters::default(),
+            transmits: VecDeque::new(),
+            tun_packets: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            config,
+        };
+        node.originate_update(now);
+        node.recompute_routes();
+        node
+    }
+
+    /// Returns the node's address.
+    pub fn address(&self) -> Ipv6Addr {
+        self.config.address
+    }
+
+    /// Returns the node's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Returns the node's routing epoch.
+    pub fn epoch(&self) -> u64 {
+        self.config.epoch
+    }
+
+    /// Returns the sequence number of the node's latest own update.
+    pub fn sequence(&self) -> u64 {
+        self.own_sequence
+    }
+
+    /// Returns the current forwarding table.
+    pub fn forwarding_table(&self) -> &Arc<ForwardingTable> {
+        &self.table
+    }
+
+    /// Returns the latest route computation.
+    pub fn routes(&self) -> &RouteSet {
+        &self.routes
+    }
+
+    /// Returns the counters.
+    pub fn counters(&self) -> &NodeCounters {
+        &self.counters
+    }
+
+    /// Returns every session, by link.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// Returns every origin in the link-state database with its latest update and when it was
+    /// received.
+    pub fn known_nodes(&self) -> impl Iterator<Item = (&LinkStateUpdate, Time)> {
+        self.database.values().map(|e| (&e.update, e.received_at))
+    }
+
+    /// Reports a new link; the node starts a session on it.
+    pub fn handle_link_up(&mut self, now: Time, link: LinkId, info: LinkInfo) {
+        if self.sessions.contains_key(&link) {
+            return;
+        }
+        let session_id = self.random_nonzero();
+        let session = Session::new(
+            link,
+            info,
+            self.config.timers.session,
+            self.config.stream.clone(),
+            self.config.max_record_len,
+            session_id,
+            now,
+        );
+        tracing::debug!(%link, "link up");
+        self.sessions.insert(link, session);
+        self.after_input(now);
+    }
+
+    /// Reports that a link's transport is gone.
+    pub fn handle_link_down(&mut self, now: Time, link: LinkId) {
+        self.close_session(now, link, CloseReason::LinkDown, false);
+        self.after_input(now);
+    }
+
+    /// Processes one message received on `link`. IPv6 packets are forwarded in place.
+    pub fn handle_link_message(&mut self, now: Time, link: LinkId, message: &mut [u8]) {
+        self.process_link_message(now, link, message);
+        self.after_input(now);
+    }
+
+    /// Routes one IPv6 packet read from the TUN device.
+    pub fn handle_tun_packet(&mut self, now: Time, packet: &mut [u8]) {
+        let decision = forward::decide(&self.table, packet, Ingress::Tun);
+        self.apply_decision(now, decision, packet, None);
+        self.after_input(now);
+    }
+
+    /// Sends a control datagram from `src_port` on this node to (`dst`, `dst_port`).
+    ///
+    /// # Errors
+    /// [`DropReason::NoRoute`] if no route leads to `dst`.
+    pub fn send_control_datagram(
+        &mut self,
+        now: Time,
+        src_port: u16,
+        dst: Ipv6Addr,
+        dst_port: u16,
+        payload: &[u8],
+    ) -> Result<(), DropReason> {
+        let datagram = ControlDatagram {
+            hop_limit: 64,
+            src: self.config.address,
+            src_port,
+            dst,
+            dst_port,
+            payload,
+        };
+        let result = self.route_control_datagram(now, &datagram, None);
+        self.after_input(now);
+        result
+    }
+
+    /// Replaces the prefixes and names this node delivers locally; triggers an update.
+    pub fn set_attachments(
+        &mut self,
+        now: Time,
+        prefixes: Vec<PrefixAdvert>,
+        names: Vec<NameBinding>,
+    ) {
+        self.config.prefixes = prefixes;
+        self.config.names = names;
+        self.trigger_update(now);
+        self.schedule_spf(now);
+        self.after_input(now);
+    }
+
+    /// Says goodbye on every session and forgets them; the driver should then close the links.
+    pub fn shutdown(&mut self, now: Time) {
+        let links: Vec<LinkId> = self.sessions.keys().copied().collect();
+        for link in links {
+            self.close_session(now, link, CloseReason::Shutdown, true);
+        }
+        self.after_input(now);
+    }
+
+    /// Runs every timer that is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let links: Vec<LinkId> = self.sessions.keys().copied().collect();
+        for link in links {
+            let mut nonce = self.rng.random::<u64>();
+            let close = self.sessions.get_mut(&link).and_then(|s| {
+                s.handle_timeout(now, || {
+                    nonce |= 1;
+                    nonce
+                })
+            });
+            if let Some(reason) = close {
+                self.close_session(now, link, reason, true);
+            }
+        }
+        if now >= self.next_prune_at {
+            self.prune_dead_nodes(now);
+            self.next_prune_at = now + self.config.timers.prune_interval;
+        }
+        if now >= self.next_update_at || self.triggered_update_at.is_some_and(|t| now >= t) {
+            self.originate_update(now);
+        }
+        self.after_input(now);
+    }
+
+    /// Returns when [`Node::handle_timeout`] should next be called, and why.
+    pub fn poll_timeout(&self) -> Option<(Time, &'static str)> {
+        let mut next = (self.next_update_at, "periodic update");
+        let mut consider = |t: Option<Time>, why: &'static str| {
+            if let Some(t) = t {
+                if t < next.0 {
+                    next = (t, why);
+                }
+            }
+        };
+        consider(self.triggered_update_at, "triggered update");
+        consider(self.spf_at, "route computation");
+        consider(Some(self.next_prune_at), "dead node check");
+        for session in self.sessions.values() {
+            if let Some((t, why)) = session.poll_timeout() {
+                consider(Some(t), why);
+            }
+        }
+        Some(next)
+    }
+
+    /// Returns the next link message to send.
+    ///
+    /// Poll after every `handle_*` call and after [`Node::send_control_datagram`],
+    /// [`Node::set_attachments`] and [`Node::shutdown`], until it returns `None`.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Returns the next IPv6 packet for the TUN device. Poll as [`Node::poll_transmit`].
+    pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.tun_packets.pop_front()
+    }
+
+    /// Returns the next request to the driver. Poll as [`Node::poll_transmit`].
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Returns the next event. Poll as [`Node::poll_transmit`].
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn random_nonzero(&mut self) -> u64 {
+        loop {
+            let v = self.rng.random::<u64>();
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        *self.counters.drops.entry(reason).or_default() += 1;
+    }
+
+    fn process_link_message(&mut self, now: Time, link: LinkId, message: &mut [u8]) {
+        let Some(established) = self.sessions.get(&link).map(|s| s.is_established()) else {
+            return;
+        };
+        if is_ipv6(message) {
+            if !established {
+                self.count_drop(DropReason::LinkDown);
+                return;
+            }
+            if let Some(session) = self.sessions.get_mut(&link) {
+                session.note_received(now, message.len());
+            }
+            let decision = forward::decide(&self.table, message, Ingress::Link(link));
+            self.apply_decision(now, decision, message, Some(link));
+            return;
+        }
+        let parsed = match LinkMessage::parse(message) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                *self
+                    .counters
+                    .malformed_messages
+                    .entry(error.as_str())
+                    .or_default() += 1;
+                return;
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        session.note_received(now, message.len());
+        match parsed {
+            LinkMessage::Ipv6(_) => {}
+            LinkMessage::Hello(hello) => self.process_hello(now, link, &hello),
+            LinkMessage::Keepalive(probe) => session.handle_keepalive(probe),
+            LinkMessage::KeepaliveReply(reply) => session.handle_keepalive_reply(now, reply),
+            LinkMessage::Segment(segment) => {
+                let mut records = Vec::new();
+                if session.handle_segment(now, &segment, &mut records).is_err() {
+                    self.close_session(now, link, CloseReason::StreamFailed, true);
+                    return;
+                }
+                for record in records {
+                    self.process_record(now, link, record);
+                }
+            }
+            LinkMessage::Control(datagram) => {
+                if established {
+                    let _ = self.route_control_datagram(now, &datagram, Some(link));
+                }
+            }
+            LinkMessage::Goodbye(_) => {
+                self.close_session(now, link, CloseReason::PeerGoodbye, false);
+            }
+        }
+    }
+
+    fn process_hello(&mut self, now: Time, link: LinkId, hello: &connectopus_wire::Hello) {
+        if hello.address == self.config.address {
+            self.events.push_back(Event::HelloRejected {
+                link,
+                claimed: hello.address,
+                reason: "peer claims this node's address",
+            });
+            self.close_session(now, link, CloseReason::PeerRejected, true);
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        let outcome = session.handle_hello(now, hello);
+        match outcome {
+            HelloOutcome::Nothing => {}
+            HelloOutcome::PeerRestarted { previous } => {
+                self.events.push_back(Event::PeerRestarted {
+                    link,
+                    peer: previous.address,
+                });
+                self.trigger_update(now);
+                if self
+                    .sessions
+                    .get(&link)
+                    .is_some_and(|s| s.is_established())
+                {
+                    self.on_established(now, link);
+                }
+            }
+            HelloOutcome::Established => self.on_established(now, link),
+        }
+    }
+
+    fn on_established(&mut self, now: Time, link: LinkId) {
+        let Some(session) = self.sessions.get(&link) else {
+            return;
+        };
+        let Some(peer) = session.peer().cloned() else {
+            return;
+        };
+        tracing::info!(%link, peer = %peer.address, name = %peer.name, "session established");
+        self.events.push_back(Event::SessionEstablished {
+            link,
+            peer: peer.address,
+            name: peer.name.clone(),
+        });
+        // A restarted peer (higher epoch) makes its older sessions stale: replace them now.
+        let stale: Vec<LinkId> = self
+            .sessions
+            .iter()
+            .filter(|(other, s)| {
+                **other != link
+                    && s.peer()
+                        .is_some_and(|p| p.address == peer.address && p.epoch < peer.epoch)
+            })
+            .map(|(other, _)| *other)
+            .collect();
+        for other in stale {
+            self.close_session(now, other, CloseReason::Replaced, true);
+        }
+        // Database synchronisation: the new neighbour gets everything we know.
+        let mut framed = Vec::new();
+        encode_update_record(&self.own_update, &mut framed);
+        for entry in self.database.values() {
+            if entry.update.origin != peer.address {
+                encode_update_record(&entry.raw, &mut framed);
+            }
+        }
+        if let Some(session) = self.sessions.get_mut(&link) {
+            if session.send_record(&framed).is_err() {
+                self.close_session(now, link, CloseReason::StreamFailed, true);
+                return;
+            }
+        }
+        self.trigger_update(now);
+    }
+
+    fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
+        match record.kind {
+            RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
+            RecordKind::ConfigOffer | RecordKind::Unknown(_) => {}
+        }
+    }
+
+    fn reject_update(&mut self, reason: UpdateRejection) {
+        *self.counters.updates_rejected.entry(reason).or_default() += 1;
+    }
+
+    fn process_update(&mut self, now: Time, from: LinkId, body: Vec<u8>) {
+        let update = match parse_update(&body) {
+            Ok(update) => update,
+            Err(_) => {
+                self.reject_update(UpdateRejection::Malformed);
+                return;
+            }
+        };
+        if update.origin == self.config.address {
+            self.reject_update(UpdateRejection::OwnOrigin);
+            return;
+        }
+        let incoming = (update.epoch, update.sequence);
+        if let Some(known) = self.database.get(&update.origin) {
+            let stored = (known.update.epoch, known.update.sequence);
+            if incoming == stored {
+                self.reject_update(UpdateRejection::Duplicate);
+                return;
+            }
+            if incoming < stored {
+                self.reject_update(UpdateRejection::Stale);
+                return;
+            }
+        } else if let Some(last) = self.pruned.get(&update.origin) {
+            if incoming <= *last {
+                self.reject_update(UpdateRejection::Stale);
+                return;
+            }
+        }
+        self.counters.updates_accepted += 1;
+        self.pruned.remove(&update.origin);
+        let origin = update.origin;
+        let raw: Arc<[u8]> = Arc::from(body);
+        let previous = self.database.insert(
+            origin,
+            DatabaseEntry {
+                update: update.clone(),
+                raw: raw.clone(),
+                received_at: now,
+            },
+        );
+        let topology_changed = match &previous {
+            None => {
+                self.events.push_back(Event::NodeLearned {
+                    address: origin,
+                    name: update.name.clone(),
+                });
+                true
+            }
+            Some(old) => {
+                old.update.adjacencies != update.adjacencies
+                    || old.update.prefixes != update.prefixes
+            }
+        };
+        if topology_changed {
+            self.schedule_spf(now);
+        }
+        let mut framed = Vec::new();
+        encode_update_record(&raw, &mut framed);
+        let targets: Vec<LinkId> = self
+            .sessions
+            .iter()
+            .filter(|(link, s)| {
+                **link != from && s.is_established() && s.peer().is_some_and(|p| p.address != origin)
+            })
+            .map(|(link, _)| *link)
+            .collect();
+        for link in targets {
+            let failed = self
+                .sessions
+                .get_mut(&link)
+                .is_some_and(|s| s.send_record(&framed).is_err());
+            if failed {
+                self.close_session(now, link, CloseReason::StreamFailed, true);
+            }
+        }
+    }
+
+    fn route_control_datagram(
+        &mut self,
+        now: Time,
+        datagram: &ControlDatagram<'_>,
+        from: Option<LinkId>,
+    ) -> Result<(), DropReason> {
+        if datagram.dst == self.config.address {
+            self.events.push_back(Event::ControlDatagram {
+                src: datagram.src,
+                src_port: datagram.src_port,
+                dst_port: datagram.dst_port,
+                payload: datagram.payload.to_vec(),
+            });
+            return Ok(());
+        }
+        let hop_limit = if from.is_some() {
+            datagram.hop_limit.saturating_sub(1)
+        } else {
+            datagram.hop_limit
+        };
+        if hop_limit == 0 {
+            self.count_drop(DropReason::HopLimitExceeded);
+            return Err(DropReason::HopLimitExceeded);
+        }
+        match self.table.routes.lookup(datagram.dst).map(|(_, t)| *t) {
+            Some(RouteTarget::Link { link, .. }) => {
+                let forwarded = ControlDatagram {
+                    hop_limit,
+                    ..*datagram
+                };
+                self.send_on_link(now, link, forwarded.encode());
+                Ok(())
+            }
+            Some(RouteTarget::Local) | None => {
+                self.count_drop(DropReason::NoRoute);
+                Err(DropReason::NoRoute)
+            }
+        }
+    }
+
+    fn apply_decision(
+        &mut self,
+        now: Time,
+        decision: Decision,
+        packet: &[u8],
+        from: Option<LinkId>,
+    ) {
+        match decision {
+            Decision::Deliver => self.tun_packets.push_back(packet.to_vec()),
+            Decision::Forward { link } => {
+                if self.sessions.get(&link).is_some_and(|s| s.is_established()) {
+                    if let Some(s) = self.sessions.get_mut(&link) {
+                        s.note_sent(packet.len());
+                    }
+                    self.transmits.push_back(Transmit {
+                        link,
+                        payload: packet.to_vec(),
+                    });
+                } else {
+                    self.count_drop(DropReason::LinkDown);
+                }
+            }
+            Decision::Reject(kind) => {
+                if !self.icmp_limiter.allow(now) {
+                    self.count_drop(DropReason::IcmpRateLimited);
+                    return;
+                }
+                let mut error = vec![0u8; MAX_ICMP_ERROR_LEN];
+                let Some(len) = icmp::write_error(kind, self.config.address, packet, &mut error)
+                else {
+                    self.count_drop(DropReason::Malformed);
+                    return;
+                };
+                error.truncate(len);
+                self.counters.icmp_errors_sent += 1;
+                self.send_originated(now, error, from);
+            }
+            Decision::Drop(reason) => self.count_drop(reason),
+        }
+    }
+
+    /// Sends a packet this node built itself (an ICMPv6 error) towards its destination.
+    fn send_originated(&mut self, now: Time, packet: Vec<u8>, _from: Option<LinkId>) {
+        let Some(dst) = ipv6_destination(&packet) else {
+            return;
+        };
+        match self.table.routes.lookup(dst).map(|(_, t)| *t) {
+            Some(RouteTarget::Local) => self.tun_packets.push_back(packet),
+            Some(RouteTarget::Link { link, .. }) => self.send_on_link(now, link, packet),
+            None => self.count_drop(DropReason::NoRoute),
+        }
+    }
+
+    fn send_on_link(&mut self, _now: Time, link: LinkId, payload: Vec<u8>) {
+        match self.sessions.get_mut(&link) {
+            Some(session) if session.is_established() => {
+                session.note_sent(payload.len());
+                self.transmits.push_back(Transmit { link, payload });
+            }
+            _ => self.count_drop(DropReason::LinkDown),
+        }
+    }
+
+    fn close_session(&mut self, now: Time, link: LinkId, reason: CloseReason, notify_peer: bool) {
+        let Some(mut session) = self.sessions.remove(&link) else {
+            return;
+        };
+        if notify_peer {
+            if let Some(goodbye) = reason.goodbye() {
+                session.say_goodbye(goodbye);
+                let mut out = Vec::new();
+                session.drain_outbox(now, &mut out);
+                for payload in out {
+                    self.transmits.push_back(Transmit { link, payload });
+                }
+            }
+        }
+        let peer = session.peer().map(|p| p.address);
+        tracing::info!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
+        self.events.push_back(Event::SessionClosed { link, peer, reason });
+        if reason != CloseReason::LinkDown {
+            self.commands.push_back(Command::CloseLink { link, reason });
+        }
+        if session.is_established() {
+            self.trigger_update(now);
+        }
+    }
+
+    fn trigger_update(&mut self, now: Time) {
+        let at = now + self.config.timers.triggered_update_delay;
+        if self.triggered_update_at.is_none_or(|t| at < t) {
+            self.triggered_update_at = Some(at);
+        }
+    }
+
+    fn schedule_spf(&mut self, now: Time) {
+        if self.spf_at.is_none() {
+            self.spf_at = Some(now + self.config.timers.spf_delay);
+        }
+    }
+
+    /// Builds, stores and floods this node's own update.
+    fn originate_update(&mut self, now: Time) {
+        self.own_sequence += 1;
+        self.counters.updates_originated += 1;
+        self.next_update_at = now + self.config.timers.update_interval;
+        self.triggered_update_at = None;
+        let mut best: BTreeMap<Ipv6Addr, Cost> = BTreeMap::new();
+        for session in self.sessions.values() {
+            if let (true, Some(peer)) = (session.is_established(), session.peer()) {
+                let cost = session.info().cost;
+                best.entry(peer.address)
+                    .and_modify(|c| *c = (*c).min(cost))
+                    .or_insert(cost);
+            }
+        }
+        let adjacencies: Vec<Adjacency> = best
+            .into_iter()
+            .map(|(peer, cost)| Adjacency { peer, cost })
+            .collect();
+        let mut update = LinkStateUpdate {
+            origin: self.config.address,
+            epoch: self.config.epoch,
+            sequence: self.own_sequence,
+            name: self.config.name.clone(),
+            config_version: self.config.config_version,
+            adjacencies: adjacencies.clone(),
+            prefixes: self.config.prefixes.clone(),
+            names: self.config.names.clone(),
+        };
+        update.canonicalize();
+        let body = update.encode_body();
+        let raw: Arc<[u8]> = Arc::from(
+            SignedUpdate {
+                body: &body,
+                signature: None,
+            }
+            .encode(),
+        );
+        if adjacencies != self.own_adjacencies {
+            self.own_adjacencies = adjacencies;
+            self.schedule_spf(now);
+        }
+        self.own_update = raw.clone();
+        let mut framed = Vec::new();
+        encode_update_record(&raw, &mut framed);
+        let targets: Vec<LinkId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_established())
+            .map(|(link, _)| *link)
+            .collect();
+        for link in targets {
+            let failed = self
+                .sessions
+                .get_mut(&link)
+                .is_some_and(|s| s.send_record(&framed).is_err());
+            if failed {
+                self.close_session(now, link, CloseReason::StreamFailed, true);
+            }
+        }
+    }
+
+    fn prune_dead_nodes(&mut self, now: Time) {
+        let dead_after = self.config.timers.node_dead_after;
+        let dead: Vec<Ipv6Addr> = self
+            .database
+            .iter()
+            .filter(|(_, e)| now - e.received_at >= dead_after)
+            .map(|(a, _)| *a)
+            .collect();
+        for address in dead {
+            if let Some(entry) = self.database.remove(&address) {
+                tracing::info!(node = %address, name = %entry.update.name, "removing dead node");
+                self.pruned
+                    .insert(address, (entry.update.epoch, entry.update.sequence));
+                self.events.push_back(Event::NodePruned { address });
+                self.schedule_spf(now);
+            }
+        }
+    }
+
+    /// Sends hellos and drains every session's outbox; recomputes routes when due.
+    fn after_input(&mut self, now: Time) {
+        if self.spf_at.is_some_and(|t| now >= t) {
+            self.spf_at = None;
+            self.recompute_routes();
+        }
+        let address = self.config.address;
+        let epoch = self.config.epoch;
+        let mut out = Vec::new();
+        for (link, session) in self.sessions.iter_mut() {
+            if session.hello_due(now) {
+                let hello = session.hello(address, &self.config.name, epoch).encode();
+                session.push_message(hello);
+                session.hello_sent(now);
+            }
+            session.drain_outbox(now, &mut out);
+            for payload in out.drain(..) {
+                self.transmits.push_back(Transmit {
+                    link: *link,
+                    payload,
+                });
+            }
+        }
+    }
+
+    /// Runs Dijkstra over the database and installs a new forwarding table if it changed.
+    fn recompute_routes(&mut self) {
+        self.counters.spf_runs += 1;
+        let own_prefixes = self.config.prefixes.clone();
+        let own = route::NodeView {
+            address: self.config.address,
+            adjacencies: &self.own_adjacencies,
+            prefixes: &own_prefixes,
+        };
+        let others = self.database.values().map(|e| route::NodeView {
+            address: e.update.origin,
+            adjacencies: &e.update.adjacencies,
+            prefixes: &e.update.prefixes,
+        });
+        let routes = route::compute_routes(
+            self.config.address,
+            std::iter::once(own).chain(others),
+            SpfOptions {
+                require_bidirectional: true,
+            },
+        );
+        let table = self.build_forwarding_table(&routes);
+        self.routes = routes;
+        if !same_routes(&table.routes, &self.table.routes) || self.table.node_address.is_none() {
+            let n_routes = table.routes.len();
+            let table = Arc::new(ForwardingTable {
+                generation: self.table.generation + 1,
+                ..table
+            });
+            self.table = table.clone();
+            self.commands
+                .push_back(Command::InstallForwardingTable(table));
+            self.events.push_back(Event::RoutesChanged { n_routes });
+        }
+    }
+
+    /// Chooses, for every first-hop neighbour, the session that carries its traffic: the
+    /// cheapest established one, the newest on ties.
+    fn best_links(&self) -> BTreeMap<Ipv6Addr, (LinkId, u16)> {
+        let mut best: BTreeMap<Ipv6Addr, (Cost, Time, LinkId, u16)> = BTreeMap::new();
+        for (link, session) in &self.sessions {
+            let (true, Some(peer)) = (session.is_established(), session.peer()) else {
+                continue;
+            };
+            let candidate = (
+                session.info().cost,
+                session.established_at().unwrap_or(Time::ZERO),
+                *link,
+                session.info().mtu,
+            );
+            best.entry(peer.address)
+                .and_modify(|current| {
+                    if (candidate.0, std::cmp::Reverse(candidate.1))
+                        < (current.0, std::cmp::Reverse(current.1))
+                    {
+                        *current = candidate;
+                    }
+                })
+                .or_insert(candidate);
+        }
+        best.into_iter()
+            .map(|(peer, (_, _, link, mtu))| (peer, (link, mtu)))
+            .collect()
+    }
+
+    fn build_forwarding_table(&self, routes: &RouteSet) -> ForwardingTable {
+        let links = self.best_links();
+        let mut table: PrefixTable<RouteTarget> = PrefixTable::new();
+        let target = |first_hop: Option<Ipv6Addr>| match first_hop {
+            None => Some(RouteTarget::Local),
+            Some(hop) => links
+                .get(&hop)
+                .map(|(link, mtu)| RouteTarget::Link { link: *link, mtu: *mtu }),
+        };
+        for (prefix, route) in &routes.prefixes {
+            if let Some(t) = target(route.first_hop) {
+                table.insert(*prefix, t);
+            }
+        }
+        for (address, route) in &routes.nodes {
+            if let Some(t) = target(route.first_hop) {
+                table.insert(Prefix::host(*address), t);
+            }
+        }
+        // A neighbour whose update has not arrived yet is still reachable directly.
+        for (peer, (link, mtu)) in &links {
+            let host = Prefix::host(*peer);
+            if table.get(&host).is_none() {
+                table.insert(host, RouteTarget::Link { link: *link, mtu: *mtu });
+            }
+        }
+        table.insert(Prefix::host(self.config.address), RouteTarget::Local);
+        ForwardingTable {
+            routes: table,
+            node_address: Some(self.config.address),
+            generation: 0,
+        }
+    }
+}
+
+fn same_routes(a: &PrefixTable<RouteTarget>, b: &PrefixTable<RouteTarget>) -> bool {
+    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
+}
+
+fn parse_update(body: &[u8]) -> Result<LinkStateUpdate, WireError> {
+    let signed = SignedUpdate::parse(body)?;
+    LinkStateUpdate::parse_body(signed.body)
+}
+
+fn encode_update_record(raw: &[u8], out: &mut Vec<u8>) {
+    Record {
+        kind: RecordKind::LinkStateUpdate,
+        body: raw.to_vec(),
+    }
+    .encode_into(out);
+}
+
+fn ipv6_destination(packet: &[u8]) -> Option<Ipv6Addr> {
+    let bytes: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+    Some(Ipv6Addr::from(bytes))
+}

@@ -1,1 +1,541 @@
-//! Per-link session state machine.
+//! The session that runs over one link: hello exchange, liveness, and the routing stream.
+//!
+//! A link is one backend connection (a DTLS association or a TCP connection). When the driver
+//! reports it up, the node creates a [`Session`] for it. Both ends send hellos until each has
+//! seen the other's hello echoing its own session id; then the session is established and the
+//! reliable routing stream starts. Any message from the peer counts as a sign of life: after
+//! `keepalive_idle` of silence the session sends keepalives, after `dead_interval` it is dead.
+//! The idle clock starts when the session starts, so a slow first hello is not mistaken for
+//! a dead peer.
+//!
+//! The session never sees the IPv6 data path except to note that the peer is alive; the node
+//! routes packets.
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use connectopus_wire::record::RecordDecoder;
+use connectopus_wire::{Cost, Goodbye, GoodbyeReason, Hello, Keepalive, StreamSegment};
+
+use crate::LinkId;
+use crate::stream::{ReliableStream, StreamConfig, StreamError, StreamStats};
+use crate::time::Time;
+
+/// What the driver knows about a link when it comes up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Largest link message (and so largest IPv6 packet) the link carries, in bytes.
+    pub mtu: u16,
+    /// Cost this node assigns to sending over the link.
+    pub cost: Cost,
+    /// Human-readable origin of the link, e.g. the backend name and remote address.
+    pub label: String,
+}
+
+/// Session timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimers {
+    /// Resend the hello this often until the session is established.
+    pub hello_interval: Duration,
+    /// Start sending keepalives after this much silence from the peer.
+    pub keepalive_idle: Duration,
+    /// Send keepalives this often while the peer stays silent.
+    pub keepalive_interval: Duration,
+    /// Declare the session dead after this much silence (also bounds the hello exchange).
+    pub dead_interval: Duration,
+}
+
+impl Default for SessionTimers {
+    fn default() -> Self {
+        Self {
+            hello_interval: Duration::from_secs(1),
+            keepalive_idle: Duration::from_secs(3),
+            keepalive_interval: Duration::from_secs(1),
+            dead_interval: Duration::from_secs(7),
+        }
+    }
+}
+
+/// The peer as its hello describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node address.
+    pub address: Ipv6Addr,
+    /// The peer's node name.
+    pub name: String,
+    /// The peer's routing epoch.
+    pub epoch: u64,
+    /// The peer's id for this session.
+    pub session_id: u64,
+    /// The peer's capability bits.
+    pub capabilities: u32,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Exchanging hellos.
+    Handshaking,
+    /// Hellos exchanged; routing stream and data flow.
+    Established,
+}
+
+impl SessionState {
+    /// Returns a short name for `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Handshaking => "handshaking",
+            SessionState::Established => "established",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloseReason {
+    /// Nothing heard from the peer for the dead interval.
+    Timeout,
+    /// The hello exchange did not finish within the dead interval.
+    HandshakeTimeout,
+    /// The driver reported the transport gone.
+    LinkDown,
+    /// The peer said goodbye.
+    PeerGoodbye,
+    /// The peer restarted (new epoch) and a newer session replaced this one.
+    Replaced,
+    /// The peer claimed this node's own address, or another identity this node refuses.
+    PeerRejected,
+    /// The routing stream failed or carried garbage.
+    StreamFailed,
+    /// This node is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Returns a short, stable name for logs and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Timeout => "timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::LinkDown => "link_down",
+            CloseReason::PeerGoodbye => "peer_goodbye",
+            CloseReason::Replaced => "replaced",
+            CloseReason::PeerRejected => "peer_rejected",
+            CloseReason::StreamFailed => "stream_failed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Returns the goodbye reason to send for a close this node initiates, if any.
+    pub fn goodbye(self) -> Option<GoodbyeReason> {
+        match self {
+            CloseReason::Shutdown => Some(GoodbyeReason::Shutdown),
+            CloseReason::Replaced => Some(GoodbyeReason::Replaced),
+            CloseReason::PeerRejected => Some(GoodbyeReason::Rejected),
+            CloseReason::StreamFailed => Some(GoodbyeReason::ProtocolError),
+            CloseReason::Timeout
+            | CloseReason::HandshakeTimeout
+            | CloseReason::LinkDown
+            | CloseReason::PeerGoodbye => None,
+        }
+    }
+}
+
+/// Traffic counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Link messages received.
+    pub messages_in: u64,
+    /// Link messages sent.
+    pub messages_out: u64,
+    /// Bytes received in link messages.
+    pub bytes_in: u64,
+    /// Bytes sent in link messages.
+    pub bytes_out: u64,
+}
+
+/// What handling a hello led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HelloOutcome {
+    /// Nothing changed.
+    Nothing,
+    /// The session just became established.
+    Established,
+    /// The peer started a new session on this link (it restarted); the old one is over.
+    PeerRestarted {
+        /// The peer before the restart.
+        previous: PeerInfo,
+    },
+}
+
+/// One session over one link.
+#[derive(Debug)]
+pub struct Session {
+    link: LinkId,
+    info: LinkInfo,
+    timers: SessionTimers,
+    stream_config: StreamConfig,
+    max_record_len: usize,
+    local_session_id: u64,
+    state: SessionState,
+    peer: Option<PeerInfo>,
+    started_at: Time,
+    established_at: Option<Time>,
+    last_received: Time,
+    next_hello_at: Option<Time>,
+    next_keepalive_at: Option<Time>,
+    outstanding_probe: Option<(u64, Time)>,
+    rtt: Option<Duration>,
+    stream: Option<ReliableStream>,
+    decoder: RecordDecoder,
+    counters: SessionCounters,
+    /// Messages ready for the link, in order.
+    outbox: Vec<Vec<u8>>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        link: LinkId,
+        info: LinkInfo,
+        timers: SessionTimers,
+        stream_config: StreamConfig,
+        max_record_len: usize,
+        local_session_id: u64,
+        now: Time,
+    ) -> Self {
+        Self {
+            link,
+            info,
+            timers,
+            stream_config,
+            max_record_len,
+            local_session_id,
+            state: SessionState::Handshaking,
+            peer: None,
+            started_at: now,
+            established_at: None,
+            last_received: now,
+            next_hello_at: Some(now),
+            next_keepalive_at: None,
+            outstanding_probe: None,
+            rtt: None,
+            stream: None,
+            decoder: RecordDecoder::new(max_record_len),
+            counters: SessionCounters::default(),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Returns the link this session runs on.
+    pub fn link(&self) -> LinkId {
+        self.link
+    }
+
+    /// Returns what the driver said about the link.
+    pub fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+
+    /// Returns the session state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Returns true once hellos have been exchanged.
+    pub fn is_established(&self) -> bool {
+        self.state == SessionState::Established
+    }
+
+    /// Returns the peer, once its hello has arrived.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// Returns this end's session id.
+    pub fn local_session_id(&self) -> u64 {
+        self.local_session_id
+    }
+
+    /// Returns when the link came up.
+    pub fn started_at(&self) -> Time {
+        self.started_at
+    }
+
+    /// Returns when the session became established (the current one, after a peer restart).
+    pub fn established_at(&self) -> Option<Time> {
+        self.established_at
+    }
+
+    /// Returns when the peer was last heard from.
+    pub fn last_received(&self) -> Time {
+        self.last_received
+    }
+
+    /// Returns the latest keepalive round-trip time, or the stream's estimate.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+            .or_else(|| self.stream.as_ref().and_then(|s| s.smoothed_rtt()))
+    }
+
+    /// Returns the traffic counters.
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    /// Returns the routing stream's counters, once established.
+    pub fn stream_stats(&self) -> Option<StreamStats> {
+        self.stream.as_ref().map(|s| s.stats())
+    }
+
+    /// Returns the largest payload a stream segment may carry on this link.
+    fn segment_payload(&self) -> usize {
+        usize::from(self.info.mtu)
+            .saturating_sub(StreamSegment::HEADER_LEN)
+            .clamp(64, self.stream_config.max_segment_payload.max(64))
+    }
+
+    pub(crate) fn hello(&self, address: Ipv6Addr, name: &str, epoch: u64) -> Hello {
+        Hello {
+            capabilities: 0,
+            session_id: self.local_session_id,
+            echo_session_id: self.peer.as_ref().map_or(0, |p| p.session_id),
+            epoch,
+            address,
+            name: name.to_owned(),
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Notes that something arrived from the peer.
+    pub(crate) fn note_received(&mut self, now: Time, len: usize) {
+        self.last_received = now;
+        self.next_keepalive_at = None;
+        self.counters.messages_in += 1;
+        self.counters.bytes_in += len as u64;
+    }
+
+    /// Notes that a message was sent to the peer by the data path.
+    pub(crate) fn note_sent(&mut self, len: usize) {
+        self.counters.messages_out += 1;
+        self.counters.bytes_out += len as u64;
+    }
+
+    /// Processes the peer's hello. The caller has checked that the peer may join.
+    pub(crate) fn handle_hello(&mut self, now: Time, hello: &Hello) -> HelloOutcome {
+        let mut outcome = HelloOutcome::Nothing;
+        let incoming = PeerInfo {
+            address: hello.address,
+            name: hello.name.clone(),
+            epoch: hello.epoch,
+            session_id: hello.session_id,
+            capabilities: hello.capabilities,
+        };
+        match &self.peer {
+            Some(known) if known.session_id == hello.session_id => {}
+            Some(known) => {
+                // A new session id on the same link: the peer restarted its side.
+                let previous = known.clone();
+                let was_established = self.is_established();
+                self.reset_to_handshake(now);
+                self.peer = Some(incoming);
+                if was_established {
+                    outcome = HelloOutcome::PeerRestarted { previous };
+                }
+            }
+            None => self.peer = Some(incoming),
+        }
+        let echoed = hello.echo_session_id == self.local_session_id;
+        if !echoed {
+            // The peer has not seen our hello (or saw an old one): answer at once.
+            self.next_hello_at = Some(now);
+        }
+        if echoed && self.state == SessionState::Handshaking {
+            // Make sure the peer sees our echo of its id even if it established first.
+            self.next_hello_at = Some(now);
+            self.establish(now);
+            if outcome == HelloOutcome::Nothing {
+                outcome = HelloOutcome::Established;
+            }
+        }
+        outcome
+    }
+
+    fn reset_to_handshake(&mut self, now: Time) {
+        self.state = SessionState::Handshaking;
+        self.established_at = None;
+        self.stream = None;
+        self.decoder = RecordDecoder::new(self.max_record_len);
+        self.next_hello_at = Some(now);
+        self.outstanding_probe = None;
+    }
+
+    fn establish(&mut self, now: Time) {
+        let peer_session_id = self.peer.as_ref().map_or(0, |p| p.session_id);
+        let mut config = self.stream_config.clone();
+        config.max_segment_payload = self.segment_payload();
+        self.stream = Some(ReliableStream::new(
+            config,
+            self.local_session_id as u32,
+            peer_session_id as u32,
+            now,
+        ));
+        self.state = SessionState::Established;
+        self.established_at = Some(now);
+    }
+
+    /// Answers a keepalive probe.
+    pub(crate) fn handle_keepalive(&mut self, probe: Keepalive) {
+        self.outbox.push(probe.encode_reply());
+    }
+
+    /// Takes a keepalive reply as a round-trip sample.
+    pub(crate) fn handle_keepalive_reply(&mut self, now: Time, reply: Keepalive) {
+        if let Some((nonce, sent_at)) = self.outstanding_probe {
+            if nonce == reply.nonce {
+                self.rtt = Some(now - sent_at);
+                self.outstanding_probe = None;
+            }
+        }
+    }
+
+    /// Feeds a routing-stream segment; returns the complete records that arrived.
+    ///
+    /// # Errors
+    /// The stream is corrupt (a record frame is invalid); the session must close.
+    pub(crate) fn handle_segment(
+        &mut self,
+        now: Time,
+        segment: &StreamSegment<'_>,
+        records: &mut Vec<connectopus_wire::Record>,
+    ) -> Result<(), ()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        stream.handle_segment(now, segment);
+        let mut bytes = Vec::new();
+        stream.read(&mut bytes);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.decoder.push(&bytes);
+        loop {
+            match self.decoder.next_record() {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => return Ok(()),
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    /// Queues a framed record on the routing stream.
+    ///
+    /// # Errors
+    /// The stream is not established, is full or has failed.
+    pub(crate) fn send_record(&mut self, framed: &[u8]) -> Result<(), StreamError> {
+        match self.stream.as_mut() {
+            Some(stream) => stream.send(framed),
+            None => Err(StreamError::PeerUnresponsive),
+        }
+    }
+
+    /// Queues a goodbye.
+    pub(crate) fn say_goodbye(&mut self, reason: GoodbyeReason) {
+        self.outbox.push(Goodbye { reason }.encode());
+    }
+
+    /// Runs the session's timers; returns a reason if the session must close.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        now: Time,
+        nonce: impl FnOnce() -> u64,
+    ) -> Option<CloseReason> {
+        let idle = now - self.last_received;
+        if idle >= self.timers.dead_interval {
+            return Some(match self.state {
+                SessionState::Handshaking => CloseReason::HandshakeTimeout,
+                SessionState::Established => CloseReason::Timeout,
+            });
+        }
+        if let Some(stream) = self.stream.as_mut() {
+            stream.handle_timeout(now);
+            if stream.failure().is_some() {
+                return Some(CloseReason::StreamFailed);
+            }
+        }
+        if self.is_established() && idle >= self.timers.keepalive_idle {
+            let due = self
+                .next_keepalive_at
+                .unwrap_or(self.last_received + self.timers.keepalive_idle);
+            if now >= due {
+                let probe = Keepalive { nonce: nonce() };
+                self.outstanding_probe = Some((probe.nonce, now));
+                self.outbox.push(probe.encode_probe());
+                self.next_keepalive_at = Some(now + self.timers.keepalive_interval);
+            }
+        }
+        None
+    }
+
+    /// Returns true if a hello is due at `now`; the caller then sends one and calls
+    /// [`Session::hello_sent`].
+    pub(crate) fn hello_due(&self, now: Time) -> bool {
+        self.next_hello_at.is_some_and(|t| now >= t)
+    }
+
+    pub(crate) fn hello_sent(&mut self, now: Time) {
+        self.next_hello_at = if self.is_established() {
+            None
+        } else {
+            Some(now + self.timers.hello_interval)
+        };
+    }
+
+    /// Returns the session's next deadline and what it is for.
+    pub(crate) fn poll_timeout(&self) -> Option<(Time, &'static str)> {
+        let mut next = (self.last_received + self.timers.dead_interval, "session dead interval");
+        let mut consider = |t: Option<Time>, why: &'static str| {
+            if let Some(t) = t {
+                if t < next.0 {
+                    next = (t, why);
+                }
+            }
+        };
+        consider(self.next_hello_at, "hello resend");
+        if self.is_established() {
+            consider(
+                Some(
+                    self.next_keepalive_at
+                        .unwrap_or(self.last_received + self.timers.keepalive_idle),
+                ),
+                "keepalive",
+            );
+        }
+        consider(
+            self.stream.as_ref().and_then(|s| s.poll_timeout()),
+            "stream retransmission",
+        );
+        Some(next)
+    }
+
+    /// Moves every message ready for the link into `out`, in order.
+    pub(crate) fn drain_outbox(&mut self, now: Time, out: &mut Vec<Vec<u8>>) {
+        for message in self.outbox.drain(..) {
+            self.counters.messages_out += 1;
+            self.counters.bytes_out += message.len() as u64;
+            out.push(message);
+        }
+        if let Some(stream) = self.stream.as_mut() {
+            while let Some(segment) = stream.poll_transmit(now) {
+                let message = segment.encode();
+                self.counters.messages_out += 1;
+                self.counters.bytes_out += message.len() as u64;
+                out.push(message);
+            }
+        }
+    }
+
+    /// Queues an encoded hello.
+    pub(crate) fn push_message(&mut self, message: Vec<u8>) {
+        self.outbox.push(message);
+    }
+}
