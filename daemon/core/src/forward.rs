@@ -8,7 +8,7 @@
 use std::net::Ipv6Addr;
 
 use crate::LinkId;
-use crate::icmp::IcmpErrorKind;
+use crate::icmp::{self, IPV6_HEADER_LEN, IcmpErrorKind};
 use crate::route::PrefixTable;
 
 /// Where packets for a prefix go.
@@ -137,7 +137,94 @@ impl DropReason {
 ///    packets from the TUN are not decremented: the node and its host act as one host;
 /// 5. longer than the link MTU → packet too big (same exception);
 /// 6. forward.
+///
+/// Details: an empty buffer is [`DropReason::Malformed`]; the version nibble is checked next,
+/// so a short IPv4 packet counts as [`DropReason::NotIpv6`]. A buffer longer than 40 bytes +
+/// payload length holds the packet in its first 40 + payload-length bytes, and that length is
+/// what the MTU check sees. Jumbograms (payload length 0 with a hop-by-hop header) are
+/// [`DropReason::Malformed`]. The buffer is modified only when the decision is
+/// [`Decision::Forward`] from [`Ingress::Link`], and then only by decrementing byte 7 (the hop
+/// limit) once; rejected and dropped packets are left intact for the ICMPv6 error.
+///
+/// Never allocates, locks or reads a clock.
 pub fn decide(table: &ForwardingTable, packet: &mut [u8], ingress: Ingress) -> Decision {
-    let _ = (table, packet, ingress);
-    todo!("forward: decide")
+    let Some(&first) = packet.first() else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if first >> 4 != 6 {
+        return Decision::Drop(DropReason::NotIpv6);
+    }
+    let Some(header) = packet.get(..IPV6_HEADER_LEN) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    let payload_len = u16::from_be_bytes([header[4], header[5]]);
+    let next_header = header[6];
+    let hop_limit = header[7];
+    if payload_len == 0 && next_header == 0 {
+        // A jumbogram (RFC 2675): not supported.
+        return Decision::Drop(DropReason::Malformed);
+    }
+    let len = IPV6_HEADER_LEN + usize::from(payload_len);
+    if len > packet.len() {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    let Some((source, destination)) = addresses(packet) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if destination.is_multicast() {
+        return Decision::Drop(DropReason::Multicast);
+    }
+    if source.is_multicast() || source.is_unspecified() || source.is_loopback() {
+        return Decision::Drop(DropReason::BadSource);
+    }
+
+    let (link, mtu) = match table.routes.lookup(destination) {
+        Some((_, RouteTarget::Local)) => {
+            return match ingress {
+                Ingress::Link(_) => Decision::Deliver,
+                Ingress::Tun => Decision::Drop(DropReason::Loop),
+            };
+        }
+        Some((_, &RouteTarget::Link { link, mtu })) => (link, mtu),
+        None => return reject_or_drop(packet, IcmpErrorKind::NoRoute, DropReason::NoRoute),
+    };
+
+    let from_link = matches!(ingress, Ingress::Link(_));
+    if from_link && hop_limit <= 1 {
+        return reject_or_drop(
+            packet,
+            IcmpErrorKind::HopLimitExceeded,
+            DropReason::HopLimitExceeded,
+        );
+    }
+    if len > usize::from(mtu) {
+        return reject_or_drop(
+            packet,
+            IcmpErrorKind::PacketTooBig { mtu },
+            DropReason::TooBig,
+        );
+    }
+    if from_link && let Some(hop) = packet.get_mut(7) {
+        // hop_limit ≥ 2 here, so this cannot underflow.
+        *hop = hop_limit - 1;
+    }
+    Decision::Forward { link }
+}
+
+/// Returns the error `kind` as a rejection, or a silent drop for `reason` if `packet` is itself
+/// an ICMPv6 error (RFC 4443 §2.4 (e)).
+fn reject_or_drop(packet: &[u8], kind: IcmpErrorKind, reason: DropReason) -> Decision {
+    if icmp::is_icmpv6_error(packet) {
+        Decision::Drop(reason)
+    } else {
+        Decision::Reject(kind)
+    }
+}
+
+/// Returns the source and destination addresses of the IPv6 packet in `packet`, or `None` if it
+/// is shorter than an IPv6 header (the version is not checked).
+pub fn addresses(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr)> {
+    let source: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
+    let destination: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+    Some((Ipv6Addr::from(source), Ipv6Addr::from(destination)))
 }
