@@ -268,3 +268,449 @@ impl IcmpRateLimiter {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    use etherparse::{Icmpv6Type, NetSlice, SlicedPacket, TransportSlice, icmpv6};
+    use proptest::prelude::*;
+
+    /// Builds an IPv6 packet with `payload` after the fixed header.
+    pub(crate) fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0x01, 0x23, 0x45];
+        p.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+        p.push(next);
+        p.push(hop);
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Builds an IPv6/UDP packet of `len` bytes in total (at least 48).
+    pub(crate) fn udp(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, len: usize) -> Vec<u8> {
+        let udp_len = len - IPV6_HEADER_LEN;
+        let mut payload = vec![0x30, 0x39, 0x00, 0x35];
+        payload.extend_from_slice(&u16::try_from(udp_len).unwrap().to_be_bytes());
+        payload.extend_from_slice(&[0, 0]);
+        payload.extend((0..udp_len - 8).map(|i| i as u8));
+        ipv6(src, dst, hop, 17, &payload)
+    }
+
+    /// Builds an IPv6/ICMPv6 packet of type `icmp_type`, `len` bytes in total (at least 48).
+    pub(crate) fn icmp(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop: u8,
+        icmp_type: u8,
+        len: usize,
+    ) -> Vec<u8> {
+        let mut payload = vec![icmp_type, 0, 0, 0, 0x12, 0x34, 0x00, 0x01];
+        payload.extend((0..len - IPV6_HEADER_LEN - 8).map(|i| (i * 7) as u8));
+        ipv6(src, dst, hop, NEXT_HEADER_ICMPV6, &payload)
+    }
+
+    pub(crate) fn a(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    const SRC: &str = "2001:db8:1::1";
+    const DST: &str = "2001:db8:2::2";
+
+    /// An 8-octet extension header (hop-by-hop, routing or destination options) with `next`.
+    fn ext8(next: u8) -> Vec<u8> {
+        vec![next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    fn with_exts(kinds: &[u8], upper: u8, upper_payload: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for (i, _) in kinds.iter().enumerate() {
+            let next = kinds.get(i + 1).copied().unwrap_or(upper);
+            payload.extend(ext8(next));
+        }
+        payload.extend_from_slice(upper_payload);
+        ipv6(
+            a(SRC),
+            a(DST),
+            64,
+            kinds.first().copied().unwrap_or(upper),
+            &payload,
+        )
+    }
+
+    fn fragment(next: u8, offset: u16, more: bool) -> Vec<u8> {
+        let word = (offset << 3) | u16::from(more);
+        let w = word.to_be_bytes();
+        vec![next, 0, w[0], w[1], 0xde, 0xad, 0xbe, 0xef]
+    }
+
+    #[test]
+    fn icmp_types_below_128_are_errors() {
+        for t in [1, 2, 3, 4, 100, 127] {
+            assert!(
+                is_icmpv6_error(&icmp(a(SRC), a(DST), 64, t, 64)),
+                "type {t}"
+            );
+        }
+        for t in [128, 129, 133, 135, 255] {
+            assert!(
+                !is_icmpv6_error(&icmp(a(SRC), a(DST), 64, t, 64)),
+                "type {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_upper_layers_are_not_errors() {
+        assert!(!is_icmpv6_error(&udp(a(SRC), a(DST), 64, 100)));
+        assert!(!is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 6, &[0; 20])));
+        // No next header.
+        assert!(!is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 59, &[])));
+    }
+
+    #[test]
+    fn extension_headers_are_followed() {
+        let error = [1, 0, 0, 0, 0, 0, 0, 0];
+        let echo = [128, 0, 0, 0, 0, 0, 0, 0];
+        assert!(is_icmpv6_error(&with_exts(&[0], 58, &error)));
+        assert!(is_icmpv6_error(&with_exts(&[0, 60, 43, 60], 58, &error)));
+        assert!(!is_icmpv6_error(&with_exts(&[0, 60, 43, 60], 58, &echo)));
+        assert!(!is_icmpv6_error(&with_exts(&[0, 60], 17, &[0; 8])));
+
+        // Longer options header: length 2 → 24 octets.
+        let mut payload = vec![58, 2];
+        payload.extend([0; 22]);
+        payload.extend(error);
+        assert!(is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 60, &payload)));
+
+        // Authentication header: payload length 4 → (4 + 2) * 4 = 24 octets.
+        let mut payload = vec![58, 4];
+        payload.extend([0; 22]);
+        payload.extend(error);
+        assert!(is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 51, &payload)));
+    }
+
+    #[test]
+    fn fragments() {
+        let error = [3, 0, 0, 0, 0, 0, 0, 0];
+        let mut first = fragment(58, 0, true);
+        first.extend(error);
+        assert!(is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 44, &first)));
+
+        let mut first_echo = fragment(58, 0, true);
+        first_echo.extend([128, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(!is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 44, &first_echo)));
+
+        // A later fragment does not show its type: not identifiable as an error.
+        let mut later = fragment(58, 185, false);
+        later.extend(error);
+        assert!(!is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 44, &later)));
+
+        // Truncated fragment header.
+        assert!(is_icmpv6_error(&ipv6(a(SRC), a(DST), 64, 44, &[58, 0, 0])));
+    }
+
+    #[test]
+    fn malformed_counts_as_error() {
+        // Shorter than the header.
+        assert!(is_icmpv6_error(&[]));
+        assert!(is_icmpv6_error(&[0x60; 39]));
+        // Payload length beyond the buffer.
+        let mut p = udp(a(SRC), a(DST), 64, 100);
+        p.truncate(90);
+        assert!(is_icmpv6_error(&p));
+        // ICMPv6 without a type byte; a byte past the payload length does not count.
+        let mut p = ipv6(a(SRC), a(DST), 64, 58, &[]);
+        assert!(is_icmpv6_error(&p));
+        p.push(128);
+        assert!(is_icmpv6_error(&p));
+        // Extension header running past the end.
+        let p = ipv6(a(SRC), a(DST), 64, 0, &[58, 3, 0, 0, 0, 0, 0, 0]);
+        assert!(is_icmpv6_error(&p));
+        let p = ipv6(a(SRC), a(DST), 64, 0, &[58]);
+        assert!(is_icmpv6_error(&p));
+    }
+
+    #[test]
+    fn extension_chain_is_bounded() {
+        let kinds = [60u8; 40];
+        assert!(is_icmpv6_error(&with_exts(&kinds, 17, &[0; 8])));
+        let kinds = [60u8; MAX_EXTENSION_HEADERS - 1];
+        assert!(!is_icmpv6_error(&with_exts(&kinds, 17, &[0; 8])));
+    }
+
+    #[test]
+    fn trailing_bytes_past_payload_length_are_ignored() {
+        let mut p = icmp(a(SRC), a(DST), 64, 128, 64);
+        p.extend([1; 100]);
+        assert!(!is_icmpv6_error(&p));
+    }
+
+    /// Parses `packet` with etherparse and checks it is a valid ICMPv6 error about `offending`.
+    fn check_error(packet: &[u8], source: Ipv6Addr, offending: &[u8]) -> Icmpv6Type {
+        assert!(packet.len() <= MAX_ICMP_ERROR_LEN);
+        let sliced = SlicedPacket::from_ip(packet).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &sliced.net else {
+            panic!("not IPv6: {:?}", sliced.net);
+        };
+        let header = ip.header();
+        assert_eq!(header.version(), 6);
+        assert_eq!(header.traffic_class(), 0);
+        assert_eq!(header.flow_label().value(), 0);
+        assert_eq!(header.hop_limit(), ICMP_HOP_LIMIT);
+        assert_eq!(header.next_header().0, NEXT_HEADER_ICMPV6);
+        assert_eq!(usize::from(header.payload_length()), packet.len() - 40);
+        assert_eq!(header.source_addr(), source);
+        assert_eq!(
+            header.destination(),
+            <[u8; 16]>::try_from(&offending[8..24]).unwrap()
+        );
+        let Some(TransportSlice::Icmpv6(icmp)) = &sliced.transport else {
+            panic!("not ICMPv6: {:?}", sliced.transport);
+        };
+        assert!(icmp.is_checksum_valid(header.source(), header.destination()));
+        // Independent check: etherparse computes the same checksum.
+        let computed = icmp
+            .icmp_type()
+            .calc_checksum(header.source(), header.destination(), icmp.payload())
+            .unwrap();
+        assert_eq!(computed, icmp.checksum());
+        let body = icmp.payload();
+        assert!(!body.is_empty());
+        assert_eq!(body, &offending[..body.len()]);
+        icmp.icmp_type()
+    }
+
+    #[test]
+    fn write_error_kinds() {
+        let node = a("2001:db8:ff::1");
+        let offending = udp(a(SRC), a(DST), 1, 200);
+        let mut out = [0u8; 2000];
+        let cases = [
+            (
+                IcmpErrorKind::NoRoute,
+                Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::NoRoute),
+            ),
+            (
+                IcmpErrorKind::HopLimitExceeded,
+                Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
+            ),
+            (
+                IcmpErrorKind::PacketTooBig { mtu: 1400 },
+                Icmpv6Type::PacketTooBig { mtu: 1400 },
+            ),
+        ];
+        for (kind, expected) in cases {
+            let n = write_error(kind, node, &offending, &mut out).unwrap();
+            assert_eq!(n, 48 + offending.len());
+            assert_eq!(check_error(&out[..n], node, &offending), expected);
+            assert_eq!(&out[48..n], &offending[..]);
+        }
+        // Raw bytes: type/code and the four type-specific bytes.
+        let n = write_error(IcmpErrorKind::NoRoute, node, &offending, &mut out).unwrap();
+        assert_eq!(out[40..42], [1, 0]);
+        assert_eq!(out[44..48], [0; 4]);
+        write_error(IcmpErrorKind::HopLimitExceeded, node, &offending, &mut out).unwrap();
+        assert_eq!(out[40..42], [3, 0]);
+        assert_eq!(out[44..48], [0; 4]);
+        write_error(
+            IcmpErrorKind::PacketTooBig { mtu: 1280 },
+            node,
+            &offending,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out[40..42], [2, 0]);
+        assert_eq!(out[44..48], 1280u32.to_be_bytes());
+        assert_eq!(n, 248);
+    }
+
+    #[test]
+    fn write_error_truncates_to_minimum_mtu() {
+        let node = a("2001:db8:ff::1");
+        let offending = udp(a(SRC), a(DST), 64, 1500);
+        let mut out = [0u8; 1500];
+        let n = write_error(
+            IcmpErrorKind::PacketTooBig { mtu: 1400 },
+            node,
+            &offending,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(n, MAX_ICMP_ERROR_LEN);
+        assert_eq!(
+            check_error(&out[..n], node, &offending),
+            Icmpv6Type::PacketTooBig { mtu: 1400 }
+        );
+        assert_eq!(&out[48..n], &offending[..n - 48]);
+        // `out` exactly large enough works; one byte less does not.
+        let mut exact = [0u8; MAX_ICMP_ERROR_LEN];
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &offending, &mut exact),
+            Some(MAX_ICMP_ERROR_LEN)
+        );
+        let mut short = [0u8; MAX_ICMP_ERROR_LEN - 1];
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &offending, &mut short),
+            None
+        );
+    }
+
+    #[test]
+    fn write_error_odd_length_and_trailing_bytes() {
+        let node = a("2001:db8:ff::1");
+        // Odd length: 40 + 9 bytes of payload.
+        let offending = ipv6(a(SRC), a(DST), 64, 17, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let mut out = [0u8; 200];
+        let n = write_error(IcmpErrorKind::NoRoute, node, &offending, &mut out).unwrap();
+        assert_eq!(n, 48 + 49);
+        check_error(&out[..n], node, &offending);
+        // Bytes past the payload length (a pooled buffer's tail) are not echoed.
+        let mut buffer = offending.clone();
+        buffer.extend([0xaa; 50]);
+        let m = write_error(IcmpErrorKind::NoRoute, node, &buffer, &mut out).unwrap();
+        assert_eq!(m, n);
+        assert_eq!(&out[48..m], &offending[..]);
+    }
+
+    #[test]
+    fn write_error_rejects_short_input() {
+        let mut out = [0u8; 2000];
+        let node = a("2001:db8:ff::1");
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &[0x60; 39], &mut out),
+            None
+        );
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &[], &mut out),
+            None
+        );
+        let offending = udp(a(SRC), a(DST), 64, 100);
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &offending, &mut out[..147]),
+            None
+        );
+        assert_eq!(
+            write_error(IcmpErrorKind::NoRoute, node, &offending, &mut out[..148]),
+            Some(148)
+        );
+    }
+
+    #[test]
+    fn checksum_matches_rfc_example_shape() {
+        // An all-zero message still has a non-trivial checksum from the pseudo-header.
+        let c = checksum(&[0; 16], &[0; 16], &[0; 8]);
+        assert_eq!(c, !(8u16 + 58));
+    }
+
+    proptest! {
+        #[test]
+        fn write_error_always_valid(
+            body in proptest::collection::vec(any::<u8>(), 40..1600),
+            mtu in any::<u16>(),
+            which in 0u8..3,
+        ) {
+            let node = a("2001:db8:ff::1");
+            let kind = match which {
+                0 => IcmpErrorKind::NoRoute,
+                1 => IcmpErrorKind::HopLimitExceeded,
+                _ => IcmpErrorKind::PacketTooBig { mtu },
+            };
+            let mut out = [0u8; MAX_ICMP_ERROR_LEN];
+            let n = write_error(kind, node, &body, &mut out).unwrap();
+            prop_assert!(n <= MAX_ICMP_ERROR_LEN);
+            let sliced = SlicedPacket::from_ip(&out[..n]).unwrap();
+            let Some(TransportSlice::Icmpv6(icmp)) = &sliced.transport else {
+                panic!("not ICMPv6");
+            };
+            let dst: [u8; 16] = body[8..24].try_into().unwrap();
+            prop_assert!(icmp.is_checksum_valid(node.octets(), dst));
+            prop_assert_eq!(icmp.payload(), &body[..icmp.payload().len()]);
+        }
+
+        #[test]
+        fn is_icmpv6_error_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = is_icmpv6_error(&bytes);
+        }
+    }
+
+    fn t(nanos: u64) -> Time {
+        Time::from_nanos(nanos)
+    }
+
+    #[test]
+    fn rate_limiter_burst_then_refusal_then_refill() {
+        let mut rl = IcmpRateLimiter::new(10, 3);
+        assert_eq!(rl.interval(), Duration::from_millis(100));
+        // The first call may come at any time.
+        let start = 12_345 * NANOS_PER_SECOND + 17;
+        for _ in 0..3 {
+            assert!(rl.allow(t(start)));
+        }
+        assert!(!rl.allow(t(start)));
+        let interval = 100_000_000;
+        assert!(!rl.allow(t(start + interval - 1)));
+        assert!(rl.allow(t(start + interval)));
+        assert!(!rl.allow(t(start + interval)));
+        // Refill is capped at the burst.
+        let later = start + 1_000 * interval;
+        for _ in 0..3 {
+            assert!(rl.allow(t(later)));
+        }
+        assert!(!rl.allow(t(later)));
+    }
+
+    #[test]
+    fn rate_limiter_first_call_at_zero_and_backwards_time() {
+        let mut rl = IcmpRateLimiter::new(1, 1);
+        assert!(rl.allow(Time::ZERO));
+        assert!(!rl.allow(Time::ZERO));
+        assert!(!rl.allow(t(NANOS_PER_SECOND - 1)));
+        // Time going backwards adds nothing and does not reset the clock.
+        assert!(!rl.allow(Time::ZERO));
+        assert!(rl.allow(t(NANOS_PER_SECOND)));
+    }
+
+    #[test]
+    fn rate_limiter_long_idle_does_not_overflow() {
+        let mut rl = IcmpRateLimiter::new(1, u32::MAX);
+        assert!(rl.allow(Time::ZERO));
+        assert!(rl.allow(t(u64::MAX)));
+        let mut rl = IcmpRateLimiter::new(u32::MAX, u32::MAX);
+        assert!(rl.allow(Time::ZERO));
+        assert!(rl.allow(t(u64::MAX)));
+        let mut rl = IcmpRateLimiter::default();
+        for _ in 0..DEFAULT_ICMP_BURST {
+            assert!(rl.allow(Time::ZERO));
+        }
+        assert!(!rl.allow(Time::ZERO));
+        for _ in 0..DEFAULT_ICMP_BURST {
+            assert!(rl.allow(t(u64::MAX)));
+        }
+        assert!(!rl.allow(t(u64::MAX)));
+    }
+
+    #[test]
+    fn rate_limiter_average_rate() {
+        let mut rl = IcmpRateLimiter::default();
+        assert_eq!(rl.interval(), Duration::from_millis(10));
+        // One attempt per millisecond for ten seconds.
+        let allowed = (0..10_000u64)
+            .filter(|ms| rl.allow(t(ms * 1_000_000)))
+            .count();
+        // The burst, plus one per 10 ms after the start.
+        assert_eq!(allowed, 20 + 999);
+    }
+
+    #[test]
+    fn rate_limiter_zero_allows_nothing() {
+        let mut rl = IcmpRateLimiter::new(0, 20);
+        assert_eq!(rl.interval(), Duration::MAX);
+        assert!(!rl.allow(Time::ZERO));
+        assert!(!rl.allow(t(u64::MAX)));
+        let mut rl = IcmpRateLimiter::new(100, 0);
+        assert!(!rl.allow(Time::ZERO));
+        assert!(!rl.allow(t(u64::MAX)));
+    }
+}
