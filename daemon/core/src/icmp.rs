@@ -42,7 +42,7 @@ const MAX_EXTENSION_HEADERS: usize = 16;
 /// message (the safe answer: send nothing).
 ///
 /// Hop-by-hop options (0), routing (43), fragment (44), destination options (60) and
-/// authentication (51) headers are followed, at most [`MAX_EXTENSION_HEADERS`] of them. The
+/// authentication (51) headers are followed, at most 16 of them. The
 /// packet ends where its payload length says (a longer buffer is fine). A non-first fragment
 /// does not show its upper-layer type, so it counts as *not* an error (RFC 4443 §2.4 (e) only
 /// forbids errors about errors we can identify); so does any other upper layer.
