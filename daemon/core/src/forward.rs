@@ -8,7 +8,7 @@
 use std::net::Ipv6Addr;
 
 use crate::LinkId;
-use crate::icmp::IcmpErrorKind;
+use crate::icmp::{self, IPV6_HEADER_LEN, IcmpErrorKind};
 use crate::route::PrefixTable;
 
 /// Where packets for a prefix go.
@@ -137,7 +137,452 @@ impl DropReason {
 ///    packets from the TUN are not decremented: the node and its host act as one host;
 /// 5. longer than the link MTU → packet too big (same exception);
 /// 6. forward.
+///
+/// Details: an empty buffer is [`DropReason::Malformed`]; the version nibble is checked next,
+/// so a short IPv4 packet counts as [`DropReason::NotIpv6`]. A buffer longer than 40 bytes +
+/// payload length holds the packet in its first 40 + payload-length bytes, and that length is
+/// what the MTU check sees. Jumbograms (payload length 0 with a hop-by-hop header) are
+/// [`DropReason::Malformed`]. The buffer is modified only when the decision is
+/// [`Decision::Forward`] from [`Ingress::Link`], and then only by decrementing byte 7 (the hop
+/// limit) once; rejected and dropped packets are left intact for the ICMPv6 error.
+///
+/// Never allocates, locks or reads a clock.
 pub fn decide(table: &ForwardingTable, packet: &mut [u8], ingress: Ingress) -> Decision {
-    let _ = (table, packet, ingress);
-    todo!("forward: decide")
+    let Some(&first) = packet.first() else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if first >> 4 != 6 {
+        return Decision::Drop(DropReason::NotIpv6);
+    }
+    let Some(header) = packet.get(..IPV6_HEADER_LEN) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    let payload_len = u16::from_be_bytes([header[4], header[5]]);
+    let next_header = header[6];
+    let hop_limit = header[7];
+    if payload_len == 0 && next_header == 0 {
+        // A jumbogram (RFC 2675): not supported.
+        return Decision::Drop(DropReason::Malformed);
+    }
+    let len = IPV6_HEADER_LEN + usize::from(payload_len);
+    if len > packet.len() {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    let Some((source, destination)) = addresses(packet) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if destination.is_multicast() {
+        return Decision::Drop(DropReason::Multicast);
+    }
+    if source.is_multicast() || source.is_unspecified() || source.is_loopback() {
+        return Decision::Drop(DropReason::BadSource);
+    }
+
+    let (link, mtu) = match table.routes.lookup(destination) {
+        Some((_, RouteTarget::Local)) => {
+            return match ingress {
+                Ingress::Link(_) => Decision::Deliver,
+                Ingress::Tun => Decision::Drop(DropReason::Loop),
+            };
+        }
+        Some((_, &RouteTarget::Link { link, mtu })) => (link, mtu),
+        None => return reject_or_drop(packet, IcmpErrorKind::NoRoute, DropReason::NoRoute),
+    };
+
+    let from_link = matches!(ingress, Ingress::Link(_));
+    if from_link && hop_limit <= 1 {
+        return reject_or_drop(
+            packet,
+            IcmpErrorKind::HopLimitExceeded,
+            DropReason::HopLimitExceeded,
+        );
+    }
+    if len > usize::from(mtu) {
+        return reject_or_drop(
+            packet,
+            IcmpErrorKind::PacketTooBig { mtu },
+            DropReason::TooBig,
+        );
+    }
+    if from_link && let Some(hop) = packet.get_mut(7) {
+        // hop_limit ≥ 2 here, so this cannot underflow.
+        *hop = hop_limit - 1;
+    }
+    Decision::Forward { link }
+}
+
+/// Returns the error `kind` as a rejection, or a silent drop for `reason` if `packet` is itself
+/// an ICMPv6 error (RFC 4443 §2.4 (e)).
+fn reject_or_drop(packet: &[u8], kind: IcmpErrorKind, reason: DropReason) -> Decision {
+    if icmp::is_icmpv6_error(packet) {
+        Decision::Drop(reason)
+    } else {
+        Decision::Reject(kind)
+    }
+}
+
+/// Returns the source and destination addresses of the IPv6 packet in `packet`, or `None` if it
+/// is shorter than an IPv6 header (the version is not checked).
+pub fn addresses(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr)> {
+    let source: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
+    let destination: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+    Some((Ipv6Addr::from(source), Ipv6Addr::from(destination)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::collections::BTreeSet;
+
+    use connectopus_wire::Prefix;
+    use proptest::prelude::*;
+
+    use crate::icmp::tests::{a, icmp, ipv6, udp};
+
+    const LOCAL_HOST: &str = "2001:db8:1::1";
+    const REMOTE: &str = "2001:db8:2::2";
+    const REMOTE_SMALL: &str = "2001:db8:2:5::9";
+    const UNROUTED: &str = "2001:db8:99::1";
+    const L1: LinkId = LinkId(1);
+    const L2: LinkId = LinkId(2);
+
+    fn table() -> ForwardingTable {
+        let mut routes = PrefixTable::new();
+        let p = |s: &str| s.parse::<Prefix>().unwrap();
+        routes.insert(p("2001:db8:1::/48"), RouteTarget::Local);
+        routes.insert(
+            p("2001:db8:2::/48"),
+            RouteTarget::Link {
+                link: L1,
+                mtu: 1400,
+            },
+        );
+        routes.insert(
+            p("2001:db8:2:5::/64"),
+            RouteTarget::Link {
+                link: L2,
+                mtu: 1280,
+            },
+        );
+        ForwardingTable {
+            routes,
+            node_address: Some(a("2001:db8:1::")),
+            generation: 1,
+        }
+    }
+
+    /// Runs `decide` and checks the buffer is unchanged unless the packet was forwarded from a
+    /// link, in which case exactly the hop limit went down by one.
+    fn run(packet: &[u8], ingress: Ingress) -> Decision {
+        let mut buf = packet.to_vec();
+        let decision = decide(&table(), &mut buf, ingress);
+        let decremented = matches!(
+            (decision, ingress),
+            (Decision::Forward { .. }, Ingress::Link(_))
+        );
+        let mut expected = packet.to_vec();
+        if decremented {
+            expected[7] -= 1;
+        }
+        assert_eq!(buf, expected, "buffer after {decision:?} from {ingress:?}");
+        decision
+    }
+
+    fn from_link() -> Ingress {
+        Ingress::Link(LinkId(7))
+    }
+
+    fn drop(reason: DropReason) -> Decision {
+        Decision::Drop(reason)
+    }
+
+    #[test]
+    fn malformed_and_not_ipv6() {
+        assert_eq!(run(&[], from_link()), drop(DropReason::Malformed));
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        assert_eq!(run(&p[..39], from_link()), drop(DropReason::Malformed));
+        assert_eq!(run(&p[..1], Ingress::Tun), drop(DropReason::Malformed));
+        // Payload length beyond the buffer.
+        assert_eq!(run(&p[..99], from_link()), drop(DropReason::Malformed));
+        // Jumbogram.
+        let mut j = ipv6(a(LOCAL_HOST), a(REMOTE), 64, 0, &[]);
+        j.extend([17, 0, 0xc2, 4, 0, 1, 0, 0]);
+        assert_eq!(run(&j, from_link()), drop(DropReason::Malformed));
+
+        // IPv4, long and short.
+        let mut v4 = vec![0x45, 0, 0, 28];
+        v4.resize(28, 0);
+        assert_eq!(run(&v4, Ingress::Tun), drop(DropReason::NotIpv6));
+        let mut v4 = p.clone();
+        v4[0] = 0x45;
+        assert_eq!(run(&v4, Ingress::Tun), drop(DropReason::NotIpv6));
+        let mut v0 = p;
+        v0[0] = 0x00;
+        assert_eq!(run(&v0, from_link()), drop(DropReason::NotIpv6));
+    }
+
+    #[test]
+    fn empty_payload_without_hop_by_hop_is_fine() {
+        let p = ipv6(a(LOCAL_HOST), a(REMOTE), 64, 59, &[]);
+        assert_eq!(run(&p, from_link()), Decision::Forward { link: L1 });
+    }
+
+    #[test]
+    fn multicast_destination() {
+        for dst in ["ff02::1", "ff0e::1234", "ff05::2"] {
+            let p = udp(a(LOCAL_HOST), a(dst), 64, 100);
+            assert_eq!(run(&p, Ingress::Tun), drop(DropReason::Multicast));
+            assert_eq!(run(&p, from_link()), drop(DropReason::Multicast));
+        }
+    }
+
+    #[test]
+    fn bad_source() {
+        for src in ["::", "::1", "ff02::1"] {
+            let p = udp(a(src), a(REMOTE), 64, 100);
+            assert_eq!(run(&p, Ingress::Tun), drop(DropReason::BadSource), "{src}");
+            assert_eq!(run(&p, from_link()), drop(DropReason::BadSource), "{src}");
+        }
+    }
+
+    #[test]
+    fn local_destination() {
+        let p = udp(a(REMOTE), a(LOCAL_HOST), 64, 100);
+        assert_eq!(run(&p, from_link()), Decision::Deliver);
+        assert_eq!(run(&p, Ingress::Tun), drop(DropReason::Loop));
+        // Delivery is local: hop limit 1 or 0 does not matter.
+        let p = udp(a(REMOTE), a(LOCAL_HOST), 1, 100);
+        assert_eq!(run(&p, from_link()), Decision::Deliver);
+        let p = udp(a(REMOTE), a(LOCAL_HOST), 0, 100);
+        assert_eq!(run(&p, from_link()), Decision::Deliver);
+    }
+
+    #[test]
+    fn no_route() {
+        let p = udp(a(LOCAL_HOST), a(UNROUTED), 64, 100);
+        assert_eq!(
+            run(&p, Ingress::Tun),
+            Decision::Reject(IcmpErrorKind::NoRoute)
+        );
+        assert_eq!(
+            run(&p, from_link()),
+            Decision::Reject(IcmpErrorKind::NoRoute)
+        );
+        // Echo requests are not errors: reject, so the sender hears about it.
+        let p = icmp(a(LOCAL_HOST), a(UNROUTED), 64, 128, 100);
+        assert_eq!(
+            run(&p, Ingress::Tun),
+            Decision::Reject(IcmpErrorKind::NoRoute)
+        );
+        // No error about an error.
+        let p = icmp(a(LOCAL_HOST), a(UNROUTED), 64, 1, 100);
+        assert_eq!(run(&p, Ingress::Tun), drop(DropReason::NoRoute));
+        assert_eq!(run(&p, from_link()), drop(DropReason::NoRoute));
+    }
+
+    #[test]
+    fn forward_from_link_decrements_once() {
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        let mut buf = p.clone();
+        assert_eq!(
+            decide(&table(), &mut buf, from_link()),
+            Decision::Forward { link: L1 }
+        );
+        assert_eq!(buf[7], 63);
+        assert_eq!(buf[..7], p[..7]);
+        assert_eq!(buf[8..], p[8..]);
+        // Lowest hop limit that is still forwarded.
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 2, 100);
+        let mut buf = p;
+        assert_eq!(
+            decide(&table(), &mut buf, from_link()),
+            Decision::Forward { link: L1 }
+        );
+        assert_eq!(buf[7], 1);
+    }
+
+    #[test]
+    fn forward_from_tun_does_not_decrement() {
+        for hop in [0, 1, 64, 255] {
+            let p = udp(a(LOCAL_HOST), a(REMOTE), hop, 100);
+            let mut buf = p.clone();
+            assert_eq!(
+                decide(&table(), &mut buf, Ingress::Tun),
+                Decision::Forward { link: L1 }
+            );
+            assert_eq!(buf, p);
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let p = udp(a(LOCAL_HOST), a(REMOTE_SMALL), 64, 100);
+        assert_eq!(run(&p, from_link()), Decision::Forward { link: L2 });
+        let p = udp(a(LOCAL_HOST), a(REMOTE_SMALL), 64, 1281);
+        assert_eq!(
+            run(&p, Ingress::Tun),
+            Decision::Reject(IcmpErrorKind::PacketTooBig { mtu: 1280 })
+        );
+    }
+
+    #[test]
+    fn hop_limit_exceeded() {
+        for hop in [0, 1] {
+            let p = udp(a(LOCAL_HOST), a(REMOTE), hop, 100);
+            assert_eq!(
+                run(&p, from_link()),
+                Decision::Reject(IcmpErrorKind::HopLimitExceeded)
+            );
+            // Traceroute probes: echo requests get their time-exceeded.
+            let p = icmp(a(LOCAL_HOST), a(REMOTE), hop, 128, 100);
+            assert_eq!(
+                run(&p, from_link()),
+                Decision::Reject(IcmpErrorKind::HopLimitExceeded)
+            );
+            let p = icmp(a(LOCAL_HOST), a(REMOTE), hop, 3, 100);
+            assert_eq!(run(&p, from_link()), drop(DropReason::HopLimitExceeded));
+        }
+        // Hop limit comes before the MTU.
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 1, 1500);
+        assert_eq!(
+            run(&p, from_link()),
+            Decision::Reject(IcmpErrorKind::HopLimitExceeded)
+        );
+    }
+
+    #[test]
+    fn packet_too_big_carries_link_mtu() {
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1401);
+        let ptb = Decision::Reject(IcmpErrorKind::PacketTooBig { mtu: 1400 });
+        assert_eq!(run(&p, from_link()), ptb);
+        assert_eq!(run(&p, Ingress::Tun), ptb);
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1400);
+        assert_eq!(run(&p, from_link()), Decision::Forward { link: L1 });
+        // No error about an error.
+        let p = icmp(a(LOCAL_HOST), a(REMOTE), 64, 2, 1401);
+        assert_eq!(run(&p, from_link()), drop(DropReason::TooBig));
+        let p = icmp(a(LOCAL_HOST), a(REMOTE), 64, 128, 1401);
+        assert_eq!(run(&p, from_link()), ptb);
+    }
+
+    #[test]
+    fn trailing_buffer_bytes_do_not_count_for_mtu() {
+        let mut p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1400);
+        p.resize(2048, 0xaa);
+        let mut buf = p.clone();
+        assert_eq!(
+            decide(&table(), &mut buf, from_link()),
+            Decision::Forward { link: L1 }
+        );
+        assert_eq!(buf[7], 63);
+        assert_eq!(buf[8..], p[8..]);
+    }
+
+    #[test]
+    fn route_back_out_the_ingress_link_is_forwarded() {
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        assert_eq!(run(&p, Ingress::Link(L1)), Decision::Forward { link: L1 });
+    }
+
+    #[test]
+    fn every_reachable_drop_reason_is_produced() {
+        let mut v4 = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        v4[0] = 0x45;
+        let cases: Vec<(Vec<u8>, Ingress)> = vec![
+            (vec![0x60; 20], from_link()),
+            (v4, Ingress::Tun),
+            (udp(a(LOCAL_HOST), a("ff02::1"), 64, 100), from_link()),
+            (udp(a("::"), a(REMOTE), 64, 100), from_link()),
+            (icmp(a(LOCAL_HOST), a(UNROUTED), 64, 1, 100), from_link()),
+            (icmp(a(LOCAL_HOST), a(REMOTE), 1, 3, 100), from_link()),
+            (icmp(a(LOCAL_HOST), a(REMOTE), 64, 2, 1500), from_link()),
+            (udp(a(REMOTE), a(LOCAL_HOST), 64, 100), Ingress::Tun),
+        ];
+        let produced: BTreeSet<DropReason> = cases
+            .iter()
+            .filter_map(|(p, ingress)| match run(p, *ingress) {
+                Decision::Drop(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        // The rate limit and session state are the caller's business.
+        let expected: BTreeSet<DropReason> = DropReason::ALL
+            .into_iter()
+            .filter(|r| !matches!(r, DropReason::IcmpRateLimited | DropReason::LinkDown))
+            .collect();
+        assert_eq!(produced, expected);
+    }
+
+    #[test]
+    fn addresses_reads_source_and_destination() {
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        assert_eq!(addresses(&p), Some((a(LOCAL_HOST), a(REMOTE))));
+        assert_eq!(addresses(&p[..39]), None);
+    }
+
+    fn target() -> impl Strategy<Value = RouteTarget> {
+        prop_oneof![
+            Just(RouteTarget::Local),
+            (0u64..4, 0u16..1600).prop_map(|(l, mtu)| RouteTarget::Link {
+                link: LinkId(l),
+                mtu
+            }),
+        ]
+    }
+
+    /// The first address byte: mostly one of two values, so routes often match.
+    fn top() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(0x20u8), Just(0x30), any::<u8>()]
+    }
+
+    fn ingress() -> impl Strategy<Value = Ingress> {
+        prop_oneof![
+            Just(Ingress::Tun),
+            (0u64..4).prop_map(|l| Ingress::Link(LinkId(l)))
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decide_never_panics_and_only_decrements(
+            routes in proptest::collection::vec((top(), 0u8..=12, target()), 0..5),
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..1700),
+            fix_header in proptest::bool::weighted(0.9),
+            shrink in prop_oneof![Just(0usize), 0usize..64],
+            dst_top in top(),
+            hop in prop_oneof![0u8..3, any::<u8>()],
+            ingress in ingress(),
+        ) {
+            let mut table = ForwardingTable::default();
+            for (top, len, target) in routes {
+                let prefix = Prefix::new_truncating(Ipv6Addr::from(u128::from(top) << 120), len)
+                    .unwrap();
+                table.routes.insert(prefix, target);
+            }
+            // Mostly well-formed headers, so that every rule gets exercised.
+            if fix_header && bytes.len() >= 40 {
+                bytes[0] = 0x60 | (bytes[0] & 0x0f);
+                let payload = u16::try_from((bytes.len() - 40).saturating_sub(shrink)).unwrap();
+                bytes[4..6].copy_from_slice(&payload.to_be_bytes());
+                bytes[7] = hop;
+                bytes[24] = dst_top;
+            }
+            let original = bytes.clone();
+            let decision = decide(&table, &mut bytes, ingress);
+            prop_assert_eq!(bytes.len(), original.len());
+            for (i, (after, before)) in bytes.iter().zip(&original).enumerate() {
+                if i != 7 {
+                    prop_assert_eq!(after, before);
+                }
+            }
+            if bytes.len() > 7 && bytes[7] != original[7] {
+                prop_assert_eq!(bytes[7], original[7] - 1);
+                prop_assert!(matches!(decision, Decision::Forward { .. }), "{:?}", decision);
+                prop_assert!(matches!(ingress, Ingress::Link(_)), "{:?}", ingress);
+            } else if let (Decision::Forward { .. }, Ingress::Link(_)) = (decision, ingress) {
+                prop_assert!(false, "forwarded from a link without decrement");
+            }
+        }
+    }
 }

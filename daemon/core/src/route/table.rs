@@ -26,31 +26,44 @@ impl<V> PrefixTable<V> {
 
     /// Inserts or replaces the value for `prefix`, returning the old value.
     pub fn insert(&mut self, prefix: Prefix, value: V) -> Option<V> {
-        let _ = (prefix, value);
-        todo!("route: PrefixTable::insert")
+        // Placeholder linear implementation (forward worktree only); replaced on merge.
+        match self._v.binary_search_by(|(p, _)| p.cmp(&prefix)) {
+            Ok(i) => Some(core::mem::replace(&mut self._v[i].1, value)),
+            Err(i) => {
+                self._v.insert(i, (prefix, value));
+                None
+            }
+        }
     }
 
     /// Removes `prefix` (exact match), returning its value.
     pub fn remove(&mut self, prefix: &Prefix) -> Option<V> {
-        let _ = prefix;
-        todo!("route: PrefixTable::remove")
+        match self._v.binary_search_by(|(p, _)| p.cmp(prefix)) {
+            Ok(i) => Some(self._v.remove(i).1),
+            Err(_) => None,
+        }
     }
 
     /// Returns the value for exactly `prefix`.
     pub fn get(&self, prefix: &Prefix) -> Option<&V> {
-        let _ = prefix;
-        todo!("route: PrefixTable::get")
+        self._v
+            .binary_search_by(|(p, _)| p.cmp(prefix))
+            .ok()
+            .map(|i| &self._v[i].1)
     }
 
     /// Returns the longest prefix containing `addr`, and its value.
     pub fn lookup(&self, addr: Ipv6Addr) -> Option<(Prefix, &V)> {
-        let _ = addr;
-        todo!("route: PrefixTable::lookup")
+        self._v
+            .iter()
+            .filter(|(p, _)| p.contains(addr))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(p, v)| (*p, v))
     }
 
     /// Returns the number of prefixes.
     pub fn len(&self) -> usize {
-        todo!("route: PrefixTable::len")
+        self._v.len()
     }
 
     /// Returns true if the table holds no prefix.
