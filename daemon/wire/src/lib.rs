@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod addr;
+mod cursor;
 pub mod lsu;
 pub mod message;
 pub mod record;
@@ -25,8 +26,8 @@ pub use lsu::{
     Adjacency, LinkStateUpdate, NameBinding, PrefixAdvert, SignedUpdate, UpdateSignature,
 };
 pub use message::{
-    ControlDatagram, Goodbye, GoodbyeReason, Hello, Keepalive, LinkMessage, MessageType,
-    StreamSegment,
+    ControlDatagram, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, LinkMessage,
+    MessageType, StreamSegment,
 };
 pub use record::{Record, RecordKind};
 

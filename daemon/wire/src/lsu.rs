@@ -7,6 +7,7 @@
 
 use std::net::Ipv6Addr;
 
+use crate::cursor::{Reader, put_name};
 use crate::{Cost, Prefix, WireError};
 
 /// Version byte at the start of every update body.
@@ -64,22 +65,157 @@ pub struct NameBinding {
 impl LinkStateUpdate {
     /// Encodes the canonical body. Sorts nothing: callers build the lists sorted, and
     /// [`LinkStateUpdate::canonicalize`] does it for them.
+    ///
+    /// The names should pass [`crate::check_name`]; a list longer than `u32::MAX` entries is
+    /// cut to fit its count field.
     pub fn encode_body(&self) -> Vec<u8> {
-        todo!("wire: LinkStateUpdate::encode_body")
+        let names_len: usize = self.names.iter().map(|n| 17 + n.name.len()).sum();
+        let mut out = Vec::with_capacity(
+            Self::FIXED_LEN
+                + self.name.len()
+                + 12
+                + ADJACENCY_LEN * self.adjacencies.len()
+                + PREFIX_LEN * self.prefixes.len()
+                + names_len,
+        );
+        out.push(LSU_VERSION);
+        out.extend_from_slice(&self.origin.octets());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&self.config_version.to_be_bytes());
+        put_name(&mut out, &self.name);
+        for adj in put_count(&mut out, &self.adjacencies) {
+            out.extend_from_slice(&adj.peer.octets());
+            out.extend_from_slice(&adj.cost.0.to_be_bytes());
+        }
+        for p in put_count(&mut out, &self.prefixes) {
+            out.extend_from_slice(&p.prefix.addr().octets());
+            out.push(p.prefix.len());
+            out.extend_from_slice(&p.cost.0.to_be_bytes());
+        }
+        for n in put_count(&mut out, &self.names) {
+            put_name(&mut out, &n.name);
+            out.extend_from_slice(&n.address.octets());
+        }
+        out
     }
 
     /// Parses a canonical body; rejects unsorted or duplicate list entries with
     /// [`WireError::NotCanonical`].
     pub fn parse_body(buf: &[u8]) -> Result<Self, WireError> {
-        let _ = buf;
-        todo!("wire: LinkStateUpdate::parse_body")
+        let mut r = Reader::new(buf);
+        if r.u8()? != LSU_VERSION {
+            return Err(WireError::UnsupportedVersion);
+        }
+        let origin = r.ipv6()?;
+        let epoch = r.u64()?;
+        let sequence = r.u64()?;
+        let config_version = r.u64()?;
+        let name = r.name()?;
+
+        let n = read_count(&mut r, ADJACENCY_LEN)?;
+        let mut adjacencies: Vec<Adjacency> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let adj = Adjacency {
+                peer: r.ipv6()?,
+                cost: Cost(r.u32()?),
+            };
+            if adjacencies.last().is_some_and(|prev| prev.peer >= adj.peer) {
+                return Err(WireError::NotCanonical);
+            }
+            adjacencies.push(adj);
+        }
+
+        let n = read_count(&mut r, PREFIX_LEN)?;
+        let mut prefixes: Vec<PrefixAdvert> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let addr = r.ipv6()?;
+            let len = r.u8()?;
+            let advert = PrefixAdvert {
+                prefix: Prefix::new(addr, len)?,
+                cost: Cost(r.u32()?),
+            };
+            if prefixes
+                .last()
+                .is_some_and(|prev| prev.prefix >= advert.prefix)
+            {
+                return Err(WireError::NotCanonical);
+            }
+            prefixes.push(advert);
+        }
+
+        let n = read_count(&mut r, MIN_NAME_BINDING_LEN)?;
+        let mut names: Vec<NameBinding> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let binding = NameBinding {
+                name: r.name()?,
+                address: r.ipv6()?,
+            };
+            if names.last().is_some_and(|prev| prev.name >= binding.name) {
+                return Err(WireError::NotCanonical);
+            }
+            names.push(binding);
+        }
+
+        r.finish()?;
+        Ok(Self {
+            origin,
+            epoch,
+            sequence,
+            name,
+            config_version,
+            adjacencies,
+            prefixes,
+            names,
+        })
     }
 
     /// Sorts the lists and removes duplicates (the first of equal peers, prefixes or names is
     /// kept), putting the update in canonical form.
     pub fn canonicalize(&mut self) {
-        todo!("wire: LinkStateUpdate::canonicalize")
+        // Stable sorts keep equal keys in their original order, so `dedup` keeps the first.
+        self.adjacencies.sort_by_key(|a| a.peer);
+        self.adjacencies.dedup_by_key(|a| a.peer);
+        self.prefixes.sort_by_key(|p| p.prefix);
+        self.prefixes.dedup_by_key(|p| p.prefix);
+        self.names.sort_by(|a, b| a.name.cmp(&b.name));
+        self.names
+            .dedup_by(|later, earlier| later.name == earlier.name);
     }
+
+    /// Returns true if every list is strictly ascending by its key, as the wire requires.
+    pub fn is_canonical(&self) -> bool {
+        self.adjacencies.windows(2).all(|w| w[0].peer < w[1].peer)
+            && self.prefixes.windows(2).all(|w| w[0].prefix < w[1].prefix)
+            && self.names.windows(2).all(|w| w[0].name < w[1].name)
+    }
+
+    /// Size of the fixed part, up to and including the name length byte.
+    const FIXED_LEN: usize = 42;
+}
+
+/// Size of one adjacency entry: peer address and cost.
+const ADJACENCY_LEN: usize = 16 + 4;
+/// Size of one prefix entry: address, length and cost.
+const PREFIX_LEN: usize = 16 + 1 + 4;
+/// Smallest name entry: length byte, a one-byte name and the address.
+const MIN_NAME_BINDING_LEN: usize = 1 + 1 + 16;
+
+/// Reads a list count and checks that the rest of the buffer can hold that many entries of at
+/// least `entry_len` bytes, so a lying count cannot make the parser allocate.
+fn read_count(r: &mut Reader<'_>, entry_len: usize) -> Result<usize, WireError> {
+    let n = usize::try_from(r.u32()?).map_err(|_| WireError::Truncated)?;
+    match n.checked_mul(entry_len) {
+        Some(need) if need <= r.remaining() => Ok(n),
+        _ => Err(WireError::Truncated),
+    }
+}
+
+/// Writes a list count (at most `u32::MAX`) and returns the entries it covers.
+fn put_count<'a, T>(out: &mut Vec<u8>, list: &'a [T]) -> &'a [T] {
+    let list = list.get(..u32::MAX as usize).unwrap_or(list);
+    out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+    list
 }
 
 /// An ed25519 signature over an update body, with the key that made it.
@@ -90,6 +226,11 @@ pub struct UpdateSignature {
     /// The signature.
     pub signature: [u8; 64],
 }
+
+/// Signature kind byte: no signature follows.
+const SIG_NONE: u8 = 0;
+/// Signature kind byte: an ed25519 key (32 bytes) and signature (64 bytes) follow.
+const SIG_ED25519: u8 = 1;
 
 /// An update as flooded: the canonical body bytes plus an optional signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +244,37 @@ pub struct SignedUpdate<'a> {
 impl<'a> SignedUpdate<'a> {
     /// Parses the container; does not parse or check the body.
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
-        let _ = buf;
-        todo!("wire: SignedUpdate::parse")
+        let mut r = Reader::new(buf);
+        let body_len = usize::try_from(r.u32()?).map_err(|_| WireError::Truncated)?;
+        let body = r.take(body_len)?;
+        let signature = match r.u8()? {
+            SIG_NONE => None,
+            SIG_ED25519 => Some(UpdateSignature {
+                key: r.array()?,
+                signature: r.array()?,
+            }),
+            _ => return Err(WireError::BadValue),
+        };
+        r.finish()?;
+        Ok(Self { body, signature })
     }
 
     /// Encodes the container.
+    ///
+    /// A body longer than `u32::MAX` bytes is cut to fit the length field.
     pub fn encode(&self) -> Vec<u8> {
-        todo!("wire: SignedUpdate::encode")
+        let body = crate::cursor::fit(self.body, u32::MAX as usize);
+        let mut out = Vec::with_capacity(4 + body.len() + 1 + 96);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        match &self.signature {
+            None => out.push(SIG_NONE),
+            Some(sig) => {
+                out.push(SIG_ED25519);
+                out.extend_from_slice(&sig.key);
+                out.extend_from_slice(&sig.signature);
+            }
+        }
+        out
     }
 }

@@ -7,7 +7,8 @@
 
 use std::net::Ipv6Addr;
 
-use crate::WireError;
+use crate::cursor::{Reader, fit, put_name};
+use crate::{PROTOCOL_VERSION, WireError};
 
 /// The first byte of a link message that is not an IPv6 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +26,21 @@ pub enum MessageType {
     ControlDatagram = 0x05,
     /// The sender is closing the session; see [`Goodbye`].
     Goodbye = 0x06,
+}
+
+impl MessageType {
+    /// Decodes a type byte; returns `None` for values no message uses.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0x01 => Some(Self::Hello),
+            0x02 => Some(Self::Keepalive),
+            0x03 => Some(Self::KeepaliveReply),
+            0x04 => Some(Self::StreamSegment),
+            0x05 => Some(Self::ControlDatagram),
+            0x06 => Some(Self::Goodbye),
+            _ => None,
+        }
+    }
 }
 
 /// A parsed link message; borrows its payload from the input buffer.
@@ -49,8 +65,35 @@ pub enum LinkMessage<'a> {
 impl<'a> LinkMessage<'a> {
     /// Parses one link message. Never panics; every malformed input gives a [`WireError`].
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
-        let _ = buf;
-        todo!("wire: LinkMessage::parse")
+        let Some(&first) = buf.first() else {
+            return Err(WireError::Truncated);
+        };
+        if first >> 4 == 6 {
+            return Ok(Self::Ipv6(buf));
+        }
+        let mut r = Reader::new(buf);
+        r.u8()?;
+        match MessageType::from_u8(first).ok_or(WireError::UnknownType)? {
+            MessageType::Hello => Hello::parse_after_type(r).map(Self::Hello),
+            MessageType::Keepalive => Keepalive::parse_after_type(r).map(Self::Keepalive),
+            MessageType::KeepaliveReply => Keepalive::parse_after_type(r).map(Self::KeepaliveReply),
+            MessageType::StreamSegment => StreamSegment::parse_after_type(r).map(Self::Segment),
+            MessageType::ControlDatagram => ControlDatagram::parse_after_type(r).map(Self::Control),
+            MessageType::Goodbye => Goodbye::parse_after_type(r).map(Self::Goodbye),
+        }
+    }
+
+    /// Encodes the message; the result parses back equal (a raw IPv6 packet is copied as is).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Ipv6(packet) => packet.to_vec(),
+            Self::Hello(m) => m.encode(),
+            Self::Keepalive(m) => m.encode_probe(),
+            Self::KeepaliveReply(m) => m.encode_reply(),
+            Self::Segment(m) => m.encode(),
+            Self::Control(m) => m.encode(),
+            Self::Goodbye(m) => m.encode(),
+        }
     }
 }
 
@@ -104,9 +147,65 @@ impl HelloExtension {
 }
 
 impl Hello {
+    /// Size of the fixed part, up to and including the name length byte.
+    const FIXED_LEN: usize = 49;
+
     /// Encodes the hello as a complete link message.
+    ///
+    /// The name should pass [`crate::check_name`] and extension values should be at most
+    /// 65535 bytes; over-long values are cut to fit their length fields.
     pub fn encode(&self) -> Vec<u8> {
-        todo!("wire: Hello::encode")
+        let ext_len: usize = self.extensions.iter().map(|e| 3 + e.value.len()).sum();
+        let mut out = Vec::with_capacity(Self::FIXED_LEN + self.name.len() + ext_len);
+        out.push(MessageType::Hello as u8);
+        out.push(PROTOCOL_VERSION);
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&self.capabilities.to_be_bytes());
+        out.extend_from_slice(&self.session_id.to_be_bytes());
+        out.extend_from_slice(&self.echo_session_id.to_be_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.address.octets());
+        put_name(&mut out, &self.name);
+        for ext in &self.extensions {
+            let value = fit(&ext.value, usize::from(u16::MAX));
+            out.push(ext.kind);
+            out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// Parses the fields after the type byte.
+    fn parse_after_type(mut r: Reader<'_>) -> Result<Self, WireError> {
+        if r.u8()? != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion);
+        }
+        let _flags = r.u16()?;
+        let capabilities = r.u32()?;
+        let session_id = r.u64()?;
+        if session_id == 0 {
+            return Err(WireError::BadValue);
+        }
+        let echo_session_id = r.u64()?;
+        let epoch = r.u64()?;
+        let address = r.ipv6()?;
+        let name = r.name()?;
+        let mut extensions = Vec::new();
+        while r.remaining() > 0 {
+            let kind = r.u8()?;
+            let len = r.u16()?;
+            let value = r.take(usize::from(len))?.to_vec();
+            extensions.push(HelloExtension { kind, value });
+        }
+        Ok(Self {
+            capabilities,
+            session_id,
+            echo_session_id,
+            epoch,
+            address,
+            name,
+            extensions,
+        })
     }
 }
 
@@ -119,14 +218,32 @@ pub struct Keepalive {
 }
 
 impl Keepalive {
+    /// Size of a keepalive or keepalive reply message in bytes.
+    pub const LEN: usize = 9;
+
     /// Encodes a keepalive probe as a complete link message.
     pub fn encode_probe(&self) -> Vec<u8> {
-        todo!("wire: Keepalive::encode_probe")
+        self.encode_as(MessageType::Keepalive)
     }
 
     /// Encodes a keepalive reply as a complete link message.
     pub fn encode_reply(&self) -> Vec<u8> {
-        todo!("wire: Keepalive::encode_reply")
+        self.encode_as(MessageType::KeepaliveReply)
+    }
+
+    /// Encodes the nonce behind the given type byte.
+    fn encode_as(&self, ty: MessageType) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.push(ty as u8);
+        out.extend_from_slice(&self.nonce.to_be_bytes());
+        out
+    }
+
+    /// Parses the fields after the type byte.
+    fn parse_after_type(mut r: Reader<'_>) -> Result<Self, WireError> {
+        let nonce = r.u64()?;
+        r.finish()?;
+        Ok(Self { nonce })
     }
 }
 
@@ -159,7 +276,36 @@ impl StreamSegment<'_> {
 
     /// Encodes the segment as a complete link message.
     pub fn encode(&self) -> Vec<u8> {
-        todo!("wire: StreamSegment::encode")
+        let mut out = Vec::with_capacity(Self::HEADER_LEN + self.payload.len());
+        out.push(MessageType::StreamSegment as u8);
+        out.push(0);
+        out.extend_from_slice(&self.window.to_be_bytes());
+        out.extend_from_slice(&self.conn.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.ack.to_be_bytes());
+        out.extend_from_slice(&self.sack.to_be_bytes());
+        out.extend_from_slice(self.payload);
+        out
+    }
+}
+
+impl<'a> StreamSegment<'a> {
+    /// Parses the fields after the type byte.
+    fn parse_after_type(mut r: Reader<'a>) -> Result<Self, WireError> {
+        let _flags = r.u8()?;
+        let window = r.u16()?;
+        let conn = r.u32()?;
+        let seq = r.u32()?;
+        let ack = r.u32()?;
+        let sack = r.u32()?;
+        Ok(Self {
+            conn,
+            seq,
+            ack,
+            sack,
+            window,
+            payload: r.rest(),
+        })
     }
 }
 
@@ -187,7 +333,34 @@ impl ControlDatagram<'_> {
 
     /// Encodes the datagram as a complete link message.
     pub fn encode(&self) -> Vec<u8> {
-        todo!("wire: ControlDatagram::encode")
+        let mut out = Vec::with_capacity(Self::HEADER_LEN + self.payload.len());
+        out.push(MessageType::ControlDatagram as u8);
+        out.push(self.hop_limit);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.src_port.to_be_bytes());
+        out.extend_from_slice(&self.dst.octets());
+        out.extend_from_slice(&self.dst_port.to_be_bytes());
+        out.extend_from_slice(self.payload);
+        out
+    }
+}
+
+impl<'a> ControlDatagram<'a> {
+    /// Parses the fields after the type byte.
+    fn parse_after_type(mut r: Reader<'a>) -> Result<Self, WireError> {
+        let hop_limit = r.u8()?;
+        let src = r.ipv6()?;
+        let src_port = r.u16()?;
+        let dst = r.ipv6()?;
+        let dst_port = r.u16()?;
+        Ok(Self {
+            hop_limit,
+            src,
+            src_port,
+            dst,
+            dst_port,
+            payload: r.rest(),
+        })
     }
 }
 
@@ -239,8 +412,18 @@ impl GoodbyeReason {
 }
 
 impl Goodbye {
+    /// Size of a goodbye message in bytes.
+    pub const LEN: usize = 2;
+
     /// Encodes the notice as a complete link message.
     pub fn encode(&self) -> Vec<u8> {
-        todo!("wire: Goodbye::encode")
+        vec![MessageType::Goodbye as u8, self.reason.to_u8()]
+    }
+
+    /// Parses the fields after the type byte.
+    fn parse_after_type(mut r: Reader<'_>) -> Result<Self, WireError> {
+        let reason = GoodbyeReason::from_u8(r.u8()?);
+        r.finish()?;
+        Ok(Self { reason })
     }
 }
