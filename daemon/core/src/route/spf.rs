@@ -734,14 +734,14 @@ mod tests {
                 .collect();
             let dist = bellman_ford(n, &edges, 0, None);
             let r = m.routes(0, bidir);
-            for v in 0..n {
+            for (v, &dv) in dist.iter().enumerate() {
                 let got = r.nodes.get(&a(v as u16));
-                if dist[v] == u64::MAX {
+                if dv == u64::MAX {
                     prop_assert!(got.is_none());
                     continue;
                 }
                 let got = got.copied().unwrap();
-                prop_assert_eq!(got.cost, dist[v]);
+                prop_assert_eq!(got.cost, dv);
                 if v == 0 {
                     prop_assert_eq!(got.first_hop, None);
                     continue;
@@ -753,7 +753,7 @@ mod tests {
                     .filter(|e| e.0 == 0)
                     .filter(|e| {
                         let d = bellman_ford(n, &edges, e.1, Some(0))[v];
-                        d != u64::MAX && e.2 + d == dist[v]
+                        d != u64::MAX && e.2 + d == dv
                     })
                     .map(|e| e.1)
                     .min();

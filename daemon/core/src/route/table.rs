@@ -138,3 +138,177 @@ impl<V> PrefixTable<V> {
         sorted.into_iter().map(|(p, v)| (*p, v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn insert_get_replace_remove() {
+        let mut t = PrefixTable::new();
+        assert!(t.is_empty());
+        assert_eq!(t.insert(p("fd00::/64"), 1), None);
+        assert_eq!(t.insert(p("fd00::1/128"), 2), None);
+        assert_eq!(t.insert(p("fd00::/64"), 3), Some(1));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(&p("fd00::/64")), Some(&3));
+        assert_eq!(t.get(&p("fd00::/63")), None);
+        assert_eq!(t.remove(&p("fd00::/63")), None);
+        assert_eq!(t.remove(&p("fd00::/64")), Some(3));
+        assert_eq!(t.remove(&p("fd00::/64")), None);
+        assert_eq!(t.get(&p("fd00::1/128")), Some(&2));
+        assert_eq!(t.lookup(ip("fd00::1")), Some((p("fd00::1/128"), &2)));
+        assert_eq!(t.lookup(ip("fd00::2")), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut t = PrefixTable::new();
+        t.insert(p("::/0"), "default");
+        t.insert(p("fd00::/16"), "16");
+        t.insert(p("fd00:1::/64"), "64");
+        t.insert(p("fd00:1::aaaa:0:0/96"), "96");
+        t.insert(p("fd00:1::aaaa:0:1/128"), "128");
+        let hit = |s| t.lookup(ip(s)).map(|(_, v)| *v);
+        assert_eq!(hit("fd00:1::aaaa:0:1"), Some("128"));
+        assert_eq!(hit("fd00:1::aaaa:0:2"), Some("96"));
+        assert_eq!(hit("fd00:1::1"), Some("64"));
+        assert_eq!(hit("fd00:2::1"), Some("16"));
+        assert_eq!(hit("2001:db8::1"), Some("default"));
+        let (prefix, _) = t.lookup(ip("fd00:1::aaaa:0:2")).unwrap();
+        assert_eq!(prefix, p("fd00:1::aaaa:0:0/96"));
+    }
+
+    #[test]
+    fn iter_is_sorted_and_clone_is_independent() {
+        let mut t = PrefixTable::default();
+        for (i, s) in ["fd02::/64", "fd00::1/128", "fd00::/64", "fd01::/16"]
+            .iter()
+            .enumerate()
+        {
+            t.insert(p(s), i);
+        }
+        let snapshot = t.clone();
+        t.remove(&p("fd00::/64"));
+        let got: Vec<Prefix> = snapshot.iter().map(|(p, _)| p).collect();
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(snapshot.len(), 4);
+        assert_eq!(t.len(), 3);
+        assert_eq!(snapshot.lookup(ip("fd00::5")), Some((p("fd00::/64"), &2)));
+        assert_eq!(t.lookup(ip("fd00::5")), None);
+    }
+
+    /// Clustered addresses, so that generated prefixes nest and share lengths.
+    fn clustered_addr() -> impl Strategy<Value = u128> {
+        const BASES: [u128; 3] = [
+            0xfd00_0000_0000_0001_0000_0000_0000_0000,
+            0xfd00_0000_0000_0002_0000_0000_0000_0000,
+            0x2001_0db8_0000_0000_0000_0000_0000_0000,
+        ];
+        (0..BASES.len(), any::<u128>(), 0u32..=128)
+            .prop_map(|(i, noise, shift)| BASES[i] ^ noise.checked_shr(shift).unwrap_or(0))
+    }
+
+    fn prefix() -> impl Strategy<Value = Prefix> {
+        let len = prop_oneof![
+            prop::sample::select(vec![0u8, 16, 48, 64, 96, 127, 128]),
+            0u8..=128,
+        ];
+        (clustered_addr(), len)
+            .prop_map(|(a, len)| Prefix::new_truncating(Ipv6Addr::from(a), len).unwrap())
+    }
+
+    /// The obvious longest-prefix match: scan everything.
+    fn naive_lookup<V>(model: &BTreeMap<Prefix, V>, addr: Ipv6Addr) -> Option<(Prefix, &V)> {
+        model
+            .iter()
+            .filter(|(p, _)| p.contains(addr))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(p, v)| (*p, v))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(Prefix, u32),
+        Remove(Prefix),
+    }
+
+    proptest! {
+        #[test]
+        fn lookup_matches_linear_scan(
+            prefixes in prop::collection::vec(prefix(), 0..60),
+            probes in prop::collection::vec(
+                (any::<prop::sample::Index>(), any::<u128>(), clustered_addr(), any::<bool>()),
+                1..60,
+            ),
+        ) {
+            let mut table = PrefixTable::new();
+            let mut model = BTreeMap::new();
+            for (i, prefix) in prefixes.iter().enumerate() {
+                table.insert(*prefix, i);
+                model.insert(*prefix, i);
+            }
+            for (index, host, random, inside) in probes {
+                // Half the probes land inside a known prefix, with random host bits.
+                let addr = if inside && !prefixes.is_empty() {
+                    let prefix = prefixes[index.index(prefixes.len())];
+                    u128::from(prefix.addr()) | (host & !mask(prefix.len()))
+                } else {
+                    random
+                };
+                let addr = Ipv6Addr::from(addr);
+                prop_assert_eq!(table.lookup(addr), naive_lookup(&model, addr));
+            }
+        }
+
+        #[test]
+        fn insert_remove_matches_btreemap(
+            ops in prop::collection::vec(
+                prop_oneof![
+                    (prefix(), any::<u32>()).prop_map(|(p, v)| Op::Insert(p, v)),
+                    prefix().prop_map(Op::Remove),
+                ],
+                0..100,
+            ),
+        ) {
+            let mut table = PrefixTable::new();
+            let mut model = BTreeMap::new();
+            let mut seen = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(prefix, v) => {
+                        seen.push(prefix);
+                        prop_assert_eq!(table.insert(prefix, v), model.insert(prefix, v));
+                    }
+                    Op::Remove(prefix) => {
+                        // Mostly remove something that may be present.
+                        let prefix = seen.pop().unwrap_or(prefix);
+                        prop_assert_eq!(table.remove(&prefix), model.remove(&prefix));
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+                for prefix in &seen {
+                    prop_assert_eq!(table.get(prefix), model.get(prefix));
+                    prop_assert_eq!(table.lookup(prefix.addr()), naive_lookup(&model, prefix.addr()));
+                }
+            }
+            let got: Vec<(Prefix, u32)> = table.iter().map(|(p, v)| (p, *v)).collect();
+            let want: Vec<(Prefix, u32)> = model.iter().map(|(p, v)| (*p, *v)).collect();
+            prop_assert_eq!(got, want);
+            prop_assert!(table.levels.iter().all(|l| !l.slots.is_empty()));
+        }
+    }
+}
