@@ -35,9 +35,7 @@ fn lookup_fixture(n: u32) -> (PrefixTable<u32>, Vec<Ipv6Addr>) {
             let prefix = subnet(i);
             table.insert(prefix, i);
             let host: u64 = rng.random();
-            probes.push(Ipv6Addr::from(
-                u128::from(prefix.addr()) | u128::from(host),
-            ));
+            probes.push(Ipv6Addr::from(u128::from(prefix.addr()) | u128::from(host)));
         }
     }
     // Visit the probes in random order so the hash maps are not walked sequentially.

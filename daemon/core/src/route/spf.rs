@@ -89,8 +89,10 @@ const NO_HOP: u32 = u32::MAX;
 struct Graph {
     /// Node addresses, ascending; the position is the node's index.
     addrs: Vec<Ipv6Addr>,
-    /// Address to index.
-    index: FxHashMap<Ipv6Addr, u32>,
+    /// Address (as `u128`) to index. `Ipv6Addr` hashes as a byte slice, which under Fx
+    /// spreads mesh addresses (which differ only in their low bytes) badly; `u128` is both
+    /// faster to hash and well spread.
+    index: FxHashMap<u128, u32>,
     /// Edges of node `i` are `edges[offsets[i]..offsets[i + 1]]`.
     offsets: Vec<usize>,
     /// (target index, cost), sorted by target then cost within each node.
@@ -116,16 +118,16 @@ impl Graph {
         let mut index = FxHashMap::default();
         index.reserve(addrs.len());
         for (i, a) in addrs.iter().enumerate() {
-            index.insert(*a, i as u32);
+            index.insert(u128::from(*a), i as u32);
         }
         // Every view's address is in `index`, so `from` is always found; `to` may be unknown.
         let mut raw: Vec<(u32, u32, u64)> = Vec::new();
         for view in views {
-            let Some(&from) = index.get(&view.address) else {
+            let Some(&from) = index.get(&u128::from(view.address)) else {
                 continue;
             };
             for adj in view.adjacencies {
-                if let Some(&to) = index.get(&adj.peer)
+                if let Some(&to) = index.get(&u128::from(adj.peer))
                     && to != from
                 {
                     raw.push((from, to, u64::from(adj.cost.0)));
@@ -143,7 +145,7 @@ impl Graph {
             offsets[i + 1] += offsets[i];
         }
         let mut graph = Graph {
-            source: index.get(&self_addr).copied().unwrap_or(0),
+            source: index.get(&u128::from(self_addr)).copied().unwrap_or(0),
             addrs,
             index,
             offsets,
@@ -247,7 +249,7 @@ impl Graph {
         // is its best advertiser (lowest total, then lowest address).
         let mut offers: Vec<(Prefix, u64, u32)> = Vec::new();
         for view in views {
-            let Some(&adv) = self.index.get(&view.address) else {
+            let Some(&adv) = self.index.get(&u128::from(view.address)) else {
                 continue;
             };
             let base = paths.dist[adv as usize];
