@@ -537,15 +537,22 @@ impl ReliableStream {
             // Acknowledges segments never sent: not from a sane peer; ignore the ack fields.
             return;
         }
-        // Send time of the newest newly acknowledged segment sent only once (Karn's rule).
-        let mut sample: Option<Time> = None;
+        // RTT sampling: take the newest newly acknowledged segment, if it was sent once
+        // (Karn's rule), is the top of what this ack covers (so its own arrival most likely
+        // triggered the ack) and the ack covers no retransmission (an ack for a filled hole
+        // covers segments that arrived long before). Offsets are from the old `snd_una`.
+        let shift = advance.max(0) as u32;
+        let mut newest: Option<(u32, Time, bool)> = None;
+        let mut top: Option<u32> = None;
+        let mut covers_retransmission = false;
         let mut progress = false;
         if advance > 0 {
             let mut freed = 0usize;
-            for _ in 0..advance {
+            for k in 0..shift {
                 if let Some(s) = self.in_flight.pop_front() {
-                    if !s.sacked && !s.retransmitted {
-                        sample = Some(s.last_sent);
+                    if !s.sacked {
+                        newest = Some((k, s.last_sent, s.retransmitted));
+                        covers_retransmission |= s.retransmitted;
                     }
                     freed += s.len;
                 }
@@ -553,6 +560,7 @@ impl ReliableStream {
             self.send_buf.drain(..freed);
             self.send_base += freed as u64;
             self.snd_una = ack;
+            top = Some(shift - 1);
             progress = true;
         }
         let mut bits = sack;
@@ -560,17 +568,21 @@ impl ReliableStream {
             let i = bits.trailing_zeros();
             bits &= bits - 1;
             let Some(idx) = self.index_of(ack.wrapping_add(1 + i)) else { continue };
+            let k = shift + idx as u32;
+            top = Some(top.map_or(k, |t| t.max(k)));
             let s = &mut self.in_flight[idx];
             if !s.sacked {
                 s.sacked = true;
                 s.deadline = None;
-                if !s.retransmitted {
-                    sample = Some(s.last_sent);
-                }
+                newest = Some((k, s.last_sent, s.retransmitted));
+                covers_retransmission |= s.retransmitted;
                 progress = true;
             }
         }
-        if let Some(sent) = sample {
+        if let Some((k, sent, false)) = newest
+            && !covers_retransmission
+            && top == Some(k)
+        {
             self.rtt_sample(now.saturating_since(sent));
         }
 
