@@ -9,7 +9,6 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-const MS: Duration = Duration::from_millis(1);
 
 /// One direction of a simulated link.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +22,21 @@ struct LinkParams {
 
 impl LinkParams {
     fn clean(latency_ms: u64) -> Self {
-        Self { latency: Duration::from_millis(latency_ms), jitter: Duration::ZERO, loss: 0.0, dup: 0.0 }
+        Self {
+            latency: Duration::from_millis(latency_ms),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            dup: 0.0,
+        }
     }
 
     fn lossy(latency_ms: u64, jitter_ms: u64, loss: f64, dup: f64) -> Self {
-        Self { latency: Duration::from_millis(latency_ms), jitter: Duration::from_millis(jitter_ms), loss, dup }
+        Self {
+            latency: Duration::from_millis(latency_ms),
+            jitter: Duration::from_millis(jitter_ms),
+            loss,
+            dup,
+        }
     }
 }
 
@@ -126,7 +135,10 @@ impl Sim {
         };
         Self {
             now: Time::ZERO,
-            ends: [end(c0, p0, conns[0], conns[1]), end(c1, p1, conns[1], conns[0])],
+            ends: [
+                end(c0, p0, conns[0], conns[1]),
+                end(c1, p1, conns[1], conns[0]),
+            ],
             rng: SmallRng::seed_from_u64(seed),
             next_id: 0,
             check_window: true,
@@ -141,7 +153,9 @@ impl Sim {
     fn flush(&mut self, i: usize) {
         loop {
             let now = self.now;
-            let Some(seg) = self.ends[i].stream.poll_transmit(now) else { break };
+            let Some(seg) = self.ends[i].stream.poll_transmit(now) else {
+                break;
+            };
             let mut packet = Packet {
                 at: now,
                 id: 0,
@@ -172,13 +186,21 @@ impl Sim {
                 );
             }
             let params = self.ends[i].params;
-            let copies = if self.rng.random_bool(params.dup) { 2 } else { 1 };
+            let copies = if self.rng.random_bool(params.dup) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 if self.rng.random_bool(params.loss) {
                     continue;
                 }
                 let jitter = params.jitter.as_nanos() as u64;
-                let extra = if jitter == 0 { 0 } else { self.rng.random_range(0..=jitter) };
+                let extra = if jitter == 0 {
+                    0
+                } else {
+                    self.rng.random_range(0..=jitter)
+                };
                 packet.at = now + params.latency + Duration::from_nanos(extra);
                 packet.id = self.next_id;
                 self.next_id += 1;
@@ -216,25 +238,44 @@ impl Sim {
             if done(self) {
                 return true;
             }
-            let Some(next) = self.next_event() else { return false };
+            let Some(next) = self.next_event() else {
+                return false;
+            };
             if next > limit {
                 return false;
             }
             self.now = self.now.max(next);
             for i in 0..2 {
-                while self.ends[i].outbound.peek().is_some_and(|p| p.at <= self.now) {
+                while self.ends[i]
+                    .outbound
+                    .peek()
+                    .is_some_and(|p| p.at <= self.now)
+                {
                     if let Some(p) = self.ends[i].outbound.pop() {
-                        self.ends[1 - i].stream.handle_segment(self.now, &p.segment());
+                        self.ends[1 - i]
+                            .stream
+                            .handle_segment(self.now, &p.segment());
                     }
                 }
             }
             for i in 0..2 {
                 self.read(i);
-                if self.ends[i].stream.poll_timeout().is_some_and(|t| t <= self.now) {
+                if self.ends[i]
+                    .stream
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
                     self.ends[i].stream.handle_timeout(self.now);
                 }
             }
         }
+    }
+
+    /// Runs the simulation for `d` of virtual time.
+    fn advance(&mut self, d: Duration) {
+        let limit = self.now + d;
+        self.run_until(limit, |_| false);
+        self.now = self.now.max(limit);
     }
 
     /// Runs until each end has received `expect[i]` bytes; checks they are exactly `expect`.
@@ -255,13 +296,23 @@ impl Sim {
             [&self.ends[0].stream, &self.ends[1].stream]
         );
         for i in 0..2 {
-            assert!(self.ends[i].received == expect[i], "end {i} received corrupted data");
+            assert!(
+                self.ends[i].received == expect[i],
+                "end {i} received corrupted data"
+            );
         }
     }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).wrapping_add((i >> 8) as u8)).collect()
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed)
+                .wrapping_add((i >> 8) as u8)
+        })
+        .collect()
 }
 
 fn secs(s: u64) -> Time {
@@ -277,8 +328,14 @@ fn ten_mib_over_lossy_reordering_link() {
     sim.ends[0].stream.send(&data).unwrap();
     sim.transfer([&[], &data], secs(120));
     let stats = sim.ends[0].stream.stats();
-    assert!(stats.retransmissions > stats.segments_sent / 20, "{stats:?}");
-    assert_eq!(sim.ends[1].stream.stats().bytes_delivered, data.len() as u64);
+    assert!(
+        stats.retransmissions > stats.segments_sent / 20,
+        "{stats:?}"
+    );
+    assert_eq!(
+        sim.ends[1].stream.stats().bytes_delivered,
+        data.len() as u64
+    );
     assert_eq!(sim.ends[0].max_in_flight_seen, 128);
     eprintln!(
         "10 MiB: virtual {}, real {:?}, {stats:?}, receiver {:?}, srtt {:?}",
@@ -287,4 +344,282 @@ fn ten_mib_over_lossy_reordering_link() {
         sim.ends[1].stream.stats(),
         sim.ends[0].stream.smoothed_rtt()
     );
+}
+
+#[test]
+fn lossless_both_directions_at_once() {
+    let mut sim = Sim::symmetric(2, StreamConfig::default(), LinkParams::clean(10));
+    let (d0, d1) = (pattern(300_000, 1), pattern(250_001, 2));
+    sim.ends[0].stream.send(&d0).unwrap();
+    sim.ends[1].stream.send(&d1).unwrap();
+    sim.transfer([&d1, &d0], secs(10));
+    for end in &sim.ends {
+        let stats = end.stream.stats();
+        assert_eq!(stats.retransmissions, 0, "{stats:?}");
+    }
+    // Both directions carried data, so acks rode on it: few pure acks were needed.
+    assert_eq!(sim.ends[0].stream.stats().bytes_delivered, d1.len() as u64);
+}
+
+#[test]
+fn many_small_sends() {
+    let params = LinkParams::lossy(5, 2, 0.05, 0.0);
+    let mut sim = Sim::symmetric(3, StreamConfig::default(), params);
+    let mut sent = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(33);
+    for k in 0..3000usize {
+        let len = rng.random_range(1..=9);
+        let chunk = pattern(len, k as u8);
+        sim.ends[0].stream.send(&chunk).unwrap();
+        sent.extend_from_slice(&chunk);
+        if k % 3 == 0 {
+            sim.advance(Duration::from_micros(300));
+        }
+    }
+    sim.transfer([&[], &sent], secs(60));
+}
+
+#[test]
+fn duplicated_segments_are_delivered_once() {
+    let params = LinkParams::lossy(10, 5, 0.0, 0.5);
+    let mut sim = Sim::symmetric(4, StreamConfig::default(), params);
+    let data = pattern(200_000, 3);
+    sim.ends[0].stream.send(&data).unwrap();
+    sim.transfer([&[], &data], secs(10));
+    let sender = sim.ends[0].stream.stats();
+    let receiver = sim.ends[1].stream.stats();
+    assert!(
+        receiver.segments_received > sender.segments_sent + sender.retransmissions,
+        "no duplicates exercised: {sender:?} {receiver:?}"
+    );
+    assert_eq!(receiver.bytes_delivered, data.len() as u64);
+}
+
+#[test]
+fn segments_for_another_conn_are_ignored() {
+    let mut stream = ReliableStream::new(StreamConfig::default(), 7, 9, Time::ZERO);
+    let mut segment = StreamSegment {
+        conn: 8,
+        seq: 7,
+        ack: 9,
+        sack: 0,
+        window: 16,
+        payload: b"stale session",
+    };
+    stream.handle_segment(Time::ZERO, &segment);
+    assert!(stream.poll_transmit(Time::ZERO).is_none());
+    assert_eq!(stream.poll_timeout(), None);
+    assert_eq!(stream.stats(), StreamStats::default());
+    let mut out = Vec::new();
+    stream.read(&mut out);
+    assert!(out.is_empty());
+
+    segment.conn = 7;
+    stream.handle_segment(Time::ZERO, &segment);
+    stream.read(&mut out);
+    assert_eq!(out, b"stale session");
+    let ack = stream.poll_transmit(Time::ZERO).unwrap();
+    assert_eq!((ack.conn, ack.ack, ack.payload), (9, 8, &[][..]));
+    assert!(
+        stream.poll_transmit(Time::ZERO).is_none(),
+        "one pure ack at a time"
+    );
+}
+
+#[test]
+fn receiver_window_of_four_segments() {
+    let small = StreamConfig {
+        receive_window: 4,
+        ..StreamConfig::default()
+    };
+    let params = LinkParams::lossy(10, 5, 0.05, 0.02);
+    let mut sim = Sim::new(5, [StreamConfig::default(), small], [params, params]);
+    let data = pattern(300_000, 4);
+    sim.ends[0].stream.send(&data).unwrap();
+    sim.transfer([&[], &data], secs(60));
+    assert_eq!(sim.ends[0].max_in_flight_seen, 4);
+}
+
+/// Sum of the retransmission intervals of one segment sent into the void.
+fn backoff_schedule(config: &StreamConfig) -> Duration {
+    (0..config.max_transmissions)
+        .map(|k| {
+            config
+                .initial_rto
+                .saturating_mul(1 << k.min(16))
+                .min(config.max_rto)
+        })
+        .sum()
+}
+
+#[test]
+fn fails_after_max_transmissions_when_peer_is_gone() {
+    let gone = LinkParams::lossy(10, 0, 1.0, 0.0);
+    let config = StreamConfig::default();
+    let mut sim = Sim::new(
+        6,
+        [config.clone(), config.clone()],
+        [gone, LinkParams::clean(10)],
+    );
+    sim.ends[0].stream.send(&pattern(10_000, 5)).unwrap();
+    assert!(sim.run_until(secs(600), |s| s.ends[0].stream.failure().is_some()));
+    let expected = backoff_schedule(&config);
+    assert_eq!(expected, Duration::from_millis(39_500));
+    assert_eq!(sim.now, Time::from_duration(expected));
+    let stream = &mut sim.ends[0].stream;
+    let stats = stream.stats();
+    assert_eq!(
+        stats.segments_sent + stats.retransmissions,
+        u64::from(config.max_transmissions)
+    );
+    assert_eq!(stream.failure(), Some(StreamError::PeerUnresponsive));
+    assert_eq!(stream.send(b"more"), Err(StreamError::PeerUnresponsive));
+    assert!(stream.poll_transmit(sim.now).is_none());
+    assert_eq!(stream.poll_timeout(), None);
+}
+
+#[test]
+fn fails_when_peer_disappears_mid_transfer() {
+    let config = StreamConfig::default();
+    let mut sim = Sim::symmetric(7, config.clone(), LinkParams::lossy(10, 5, 0.05, 0.0));
+    sim.ends[0].stream.send(&pattern(5_000_000, 6)).unwrap();
+    sim.advance(Duration::from_secs(1));
+    assert!(!sim.ends[1].received.is_empty());
+    let cut = sim.now;
+    sim.ends[0].params.loss = 1.0;
+    sim.ends[1].params.loss = 1.0;
+    assert!(sim.run_until(secs(600), |s| s.ends[0].stream.failure().is_some()));
+    // Every interval is at most max_rto, and the first in-flight segment's were at least
+    // its backoff schedule from the estimated RTO (at least min_rto).
+    let elapsed = sim.now - cut;
+    let upper = config.max_rto * config.max_transmissions;
+    assert!(elapsed <= upper, "took {elapsed:?}");
+    let fast = StreamConfig {
+        initial_rto: config.min_rto,
+        ..config
+    };
+    assert!(
+        elapsed >= backoff_schedule(&fast) - fast.max_rto,
+        "took {elapsed:?}"
+    );
+}
+
+#[test]
+fn sequence_numbers_wrap_around() {
+    let config = StreamConfig {
+        max_segment_payload: 100,
+        ..StreamConfig::default()
+    };
+    let params = LinkParams::lossy(10, 5, 0.1, 0.02);
+    let conns = [u32::MAX - 20, u32::MAX - 300];
+    let mut sim = Sim::with_conns(8, [config.clone(), config], [params, params], conns);
+    let (d0, d1) = (pattern(100_000, 7), pattern(80_000, 8));
+    sim.ends[0].stream.send(&d0).unwrap();
+    sim.ends[1].stream.send(&d1).unwrap();
+    sim.transfer([&d1, &d0], secs(60));
+    // Both directions crossed zero: 1000 and 800 segments from just below u32::MAX.
+    assert!(sim.ends[0].stream.snd_una < 1000 && sim.ends[1].stream.snd_una < 1000);
+    assert!(sim.ends[0].stream.stats().retransmissions > 0);
+}
+
+#[test]
+fn rtt_estimate_converges() {
+    let params = LinkParams::lossy(25, 4, 0.0, 0.0);
+    let mut sim = Sim::symmetric(9, StreamConfig::default(), params);
+    let data = pattern(2_000_000, 9);
+    sim.ends[0].stream.send(&data).unwrap();
+    sim.transfer([&[], &data], secs(30));
+    // Round trip: 2 x 25 ms plus two jitters of 0..=4 ms.
+    let srtt = sim.ends[0].stream.smoothed_rtt().unwrap();
+    assert!(
+        srtt >= Duration::from_millis(50) && srtt <= Duration::from_millis(58),
+        "{srtt:?}"
+    );
+    let rto = sim.ends[0].stream.current_rto();
+    assert!(rto >= srtt && rto <= Duration::from_millis(100), "{rto:?}");
+}
+
+#[test]
+fn send_refuses_past_max_send_buffer() {
+    let config = StreamConfig {
+        max_send_buffer: 1000,
+        ..StreamConfig::default()
+    };
+    let mut sim = Sim::symmetric(10, config, LinkParams::clean(5));
+    let stream = &mut sim.ends[0].stream;
+    stream.send(&[1; 600]).unwrap();
+    assert_eq!(stream.send(&[2; 401]), Err(StreamError::BufferFull));
+    assert_eq!(stream.unacknowledged_bytes(), 600);
+    stream.send(&[3; 400]).unwrap();
+    assert_eq!(stream.send(&[4]), Err(StreamError::BufferFull));
+    let mut expect = vec![1; 600];
+    expect.extend_from_slice(&[3; 400]);
+    sim.transfer([&[], &expect], secs(5));
+    // Acknowledged bytes free the buffer.
+    sim.ends[0].stream.send(&[5; 1000]).unwrap();
+}
+
+#[test]
+fn zero_window_stalls_then_resumes_without_failing() {
+    let small = StreamConfig {
+        receive_window: 8,
+        ..StreamConfig::default()
+    };
+    let params = LinkParams::lossy(10, 2, 0.05, 0.0);
+    let mut sim = Sim::new(11, [StreamConfig::default(), small], [params, params]);
+    // Probes go past the closed window by design.
+    sim.check_window = false;
+    sim.set_reading(1, false);
+    let data = pattern(200_000, 10);
+    sim.ends[0].stream.send(&data).unwrap();
+    sim.advance(Duration::from_secs(120));
+    assert_eq!(sim.ends[0].stream.failure(), None);
+    let buffered = sim.ends[1].stream.stats().bytes_delivered;
+    assert!(buffered > 0 && buffered <= 8 * 1200, "{buffered}");
+    let probes = sim.ends[0].stream.stats().retransmissions;
+    assert!(probes > 120 / 4, "window probes every max_rto: {probes}");
+    sim.set_reading(1, true);
+    let resumed = sim.now;
+    sim.transfer([&[], &data], secs(180));
+    assert!(
+        sim.now - resumed < Duration::from_secs(10),
+        "resumed slowly: {}",
+        sim.now
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn everything_arrives_in_order_exactly_once(
+        seed in any::<u64>(),
+        loss in 0.0f64..0.2,
+        dup in 0.0f64..0.2,
+        jitter_ms in 0u64..40,
+        latency_ms in 1u64..30,
+        segment in 64usize..1500,
+        window in 1u16..64,
+        len0 in 0usize..30_000,
+        len1 in 0usize..30_000,
+    ) {
+        let config = StreamConfig {
+            max_segment_payload: segment,
+            receive_window: window,
+            max_in_flight: 32,
+            ..StreamConfig::default()
+        };
+        let params = LinkParams::lossy(latency_ms, jitter_ms, loss, dup);
+        let mut sim = Sim::symmetric(seed, config, params);
+        let (d0, d1) = (pattern(len0, 11), pattern(len1, 12));
+        // Split the sends to mix segment boundaries with send boundaries.
+        for part in d0.chunks(7_000) {
+            sim.ends[0].stream.send(part).unwrap();
+            sim.advance(Duration::from_millis(3));
+        }
+        sim.ends[1].stream.send(&d1).unwrap();
+        sim.transfer([&d1, &d0], secs(300));
+        prop_assert_eq!(sim.ends[1].stream.stats().bytes_delivered, len0 as u64);
+        prop_assert_eq!(sim.ends[0].stream.stats().bytes_delivered, len1 as u64);
+    }
 }
