@@ -291,12 +291,26 @@ impl ReliableStream {
         {
             let (ack, sack, window) = self.ack_fields();
             let payload = contiguous(&self.send_buf, &mut self.scratch, start, len);
-            return Some(StreamSegment { conn, seq, ack, sack, window, payload });
+            return Some(StreamSegment {
+                conn,
+                seq,
+                ack,
+                sack,
+                window,
+                payload,
+            });
         }
         if self.ack_pending {
             let (ack, sack, window) = self.ack_fields();
             let seq = self.snd_nxt();
-            return Some(StreamSegment { conn, seq, ack, sack, window, payload: &[] });
+            return Some(StreamSegment {
+                conn,
+                seq,
+                ack,
+                sack,
+                window,
+                payload: &[],
+            });
         }
         None
     }
@@ -355,7 +369,8 @@ impl ReliableStream {
                 fired = true;
                 if !s.queued {
                     s.queued = true;
-                    self.retx_queue.push_back(self.snd_una.wrapping_add(i as u32));
+                    self.retx_queue
+                        .push_back(self.snd_una.wrapping_add(i as u32));
                 }
             }
         }
@@ -437,7 +452,9 @@ impl ReliableStream {
     fn next_retransmission(&mut self, now: Time) -> Option<(u32, usize, usize)> {
         let rto = self.current_rto();
         while let Some(seq) = self.retx_queue.pop_front() {
-            let Some(i) = self.index_of(seq) else { continue };
+            let Some(i) = self.index_of(seq) else {
+                continue;
+            };
             let s = &mut self.in_flight[i];
             s.queued = false;
             if s.sacked {
@@ -522,7 +539,13 @@ impl ReliableStream {
         }
         let window = u16::try_from(self.adv_right.wrapping_sub(self.rcv_nxt)).unwrap_or(u16::MAX);
         let mut sack = 0u32;
-        for (i, slot) in self.out_of_order.iter().skip(1).take(SACK_BITS as usize).enumerate() {
+        for (i, slot) in self
+            .out_of_order
+            .iter()
+            .skip(1)
+            .take(SACK_BITS as usize)
+            .enumerate()
+        {
             if slot.is_some() {
                 sack |= 1 << i;
             }
@@ -567,7 +590,9 @@ impl ReliableStream {
         while bits != 0 {
             let i = bits.trailing_zeros();
             bits &= bits - 1;
-            let Some(idx) = self.index_of(ack.wrapping_add(1 + i)) else { continue };
+            let Some(idx) = self.index_of(ack.wrapping_add(1 + i)) else {
+                continue;
+            };
             let k = shift + idx as u32;
             top = Some(top.map_or(k, |t| t.max(k)));
             let s = &mut self.in_flight[idx];
@@ -644,7 +669,8 @@ impl ReliableStream {
             if due && !s.queued && s.transmissions < max_transmissions {
                 s.queued = true;
                 s.deadline = None;
-                self.retx_queue.push_back(self.snd_una.wrapping_add(i as u32));
+                self.retx_queue
+                    .push_back(self.snd_una.wrapping_add(i as u32));
             }
         }
     }

@@ -9,7 +9,6 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-
 /// One direction of a simulated link.
 #[derive(Debug, Clone, Copy)]
 struct LinkParams {
@@ -295,11 +294,8 @@ impl Sim {
             [self.ends[0].received.len(), self.ends[1].received.len()],
             [&self.ends[0].stream, &self.ends[1].stream]
         );
-        for i in 0..2 {
-            assert!(
-                self.ends[i].received == expect[i],
-                "end {i} received corrupted data"
-            );
+        for (i, (end, expect)) in self.ends.iter().zip(expect).enumerate() {
+            assert!(end.received == expect, "end {i} received corrupted data");
         }
     }
 }
@@ -321,7 +317,6 @@ fn secs(s: u64) -> Time {
 
 #[test]
 fn ten_mib_over_lossy_reordering_link() {
-    let started = std::time::Instant::now();
     let params = LinkParams::lossy(20, 10, 0.10, 0.01);
     let mut sim = Sim::symmetric(1, StreamConfig::default(), params);
     let data = pattern(10 * 1024 * 1024, 7);
@@ -338,9 +333,8 @@ fn ten_mib_over_lossy_reordering_link() {
     );
     assert_eq!(sim.ends[0].max_in_flight_seen, 128);
     eprintln!(
-        "10 MiB: virtual {}, real {:?}, {stats:?}, receiver {:?}, srtt {:?}",
+        "10 MiB: virtual {}, {stats:?}, receiver {:?}, srtt {:?}",
         sim.now,
-        started.elapsed(),
         sim.ends[1].stream.stats(),
         sim.ends[0].stream.smoothed_rtt()
     );
@@ -489,17 +483,11 @@ fn fails_when_peer_disappears_mid_transfer() {
     sim.ends[0].params.loss = 1.0;
     sim.ends[1].params.loss = 1.0;
     assert!(sim.run_until(secs(600), |s| s.ends[0].stream.failure().is_some()));
-    // Every interval is at most max_rto, and the first in-flight segment's were at least
-    // its backoff schedule from the estimated RTO (at least min_rto).
+    // However many transmissions the oldest segment had before the cut, each interval after
+    // it is at most max_rto.
     let elapsed = sim.now - cut;
-    let upper = config.max_rto * config.max_transmissions;
-    assert!(elapsed <= upper, "took {elapsed:?}");
-    let fast = StreamConfig {
-        initial_rto: config.min_rto,
-        ..config
-    };
     assert!(
-        elapsed >= backoff_schedule(&fast) - fast.max_rto,
+        elapsed <= config.max_rto * config.max_transmissions,
         "took {elapsed:?}"
     );
 }
