@@ -6,6 +6,19 @@
 //! backoff) and on SACK evidence, a receive window for flow control.
 //! It is sans-IO: segments go in through [`ReliableStream::handle_segment`] and come out of
 //! [`ReliableStream::poll_transmit`], and time is passed in.
+//!
+//! Protocol choices (both ends must agree on them):
+//! - Each direction numbers its segments from the `conn` value it carries, so no handshake is
+//!   needed and a random session id starts the numbers anywhere in the (wrapping) u32 space.
+//! - `ack + window` is a right edge that never moves backwards; segments beyond it are dropped
+//!   (and acknowledged). Before the first ack a sender assumes a window of one segment.
+//! - Every data segment is answered at once: the ack rides on outgoing data if there is any,
+//!   otherwise one pure ack is sent (never more than one pending).
+//! - Retransmission: per-segment timers from an RFC 6298 RTO with exponential backoff, and a
+//!   fast retransmit of a hole once three later segments are selectively acknowledged (again
+//!   at most once per smoothed RTT). When the peer's window is closed and nothing is in
+//!   flight, a probe segment goes out past the window after an RTO; answers to it prove the
+//!   peer alive, so a slow reader never makes the stream fail.
 
 use std::collections::VecDeque;
 use std::fmt;
