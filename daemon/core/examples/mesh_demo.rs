@@ -10,7 +10,9 @@ use connectopus_core::sim::{LinkParams, NodeIdx, Sim};
 
 fn main() {
     let mut sim = Sim::new(2026);
-    let names = ["foo", "bar", "baz", "qux", "quux", "corge", "grault", "garply"];
+    let names = [
+        "foo", "bar", "baz", "qux", "quux", "corge", "grault", "garply",
+    ];
     let v: Vec<NodeIdx> = names.iter().map(|n| sim.add_node(n)).collect();
     let wan = LinkParams {
         latency: Duration::from_millis(15),
@@ -34,7 +36,7 @@ fn main() {
     sim.run_for(Duration::from_secs(9));
     print_trace(&sim, v[0], v[7], &names);
 
-    println!("\ncrashing qux (the line is now split)...");
+    println!("\nrestoring the shortcut and crashing qux...");
     sim.restore(shortcut);
     sim.crash(v[3]);
     sim.run_for(Duration::from_secs(9));
@@ -66,7 +68,9 @@ fn print_routes(sim: &Sim, at: NodeIdx, names: &[&str]) {
             .routes()
             .nodes
             .get(&prefix.addr())
-            .map_or(String::new(), |r| format!(" cost {:.1}", r.cost as f64 / 1000.0));
+            .map_or(String::new(), |r| {
+                format!(" cost {:.1}", r.cost as f64 / 1000.0)
+            });
         println!("  {prefix:<16} -> {via}{cost}");
     }
 }
@@ -75,7 +79,12 @@ fn print_trace(sim: &Sim, from: NodeIdx, to: NodeIdx, names: &[&str]) {
     match sim.trace(from, to) {
         Ok(path) => {
             let hops: Vec<&str> = path.iter().map(|n| names[n.0]).collect();
-            println!("path {} -> {}: {}", names[from.0], names[to.0], hops.join(" -> "));
+            println!(
+                "path {} -> {}: {}",
+                names[from.0],
+                names[to.0],
+                hops.join(" -> ")
+            );
         }
         Err(error) => println!("path {} -> {}: {error:?}", names[from.0], names[to.0]),
     }

@@ -481,10 +481,10 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<(Time, &'static str)> {
         let mut next = (self.next_update_at, "periodic update");
         let mut consider = |t: Option<Time>, why: &'static str| {
-            if let Some(t) = t {
-                if t < next.0 {
-                    next = (t, why);
-                }
+            if let Some(t) = t
+                && t < next.0
+            {
+                next = (t, why);
             }
         };
         consider(self.triggered_update_at, "triggered update");
@@ -613,11 +613,7 @@ impl Node {
                     peer: previous.address,
                 });
                 self.trigger_update(now);
-                if self
-                    .sessions
-                    .get(&link)
-                    .is_some_and(|s| s.is_established())
-                {
+                if self.sessions.get(&link).is_some_and(|s| s.is_established()) {
                     self.on_established(now, link);
                 }
             }
@@ -660,11 +656,11 @@ impl Node {
                 encode_update_record(&entry.raw, &mut framed);
             }
         }
-        if let Some(session) = self.sessions.get_mut(&link) {
-            if session.send_record(&framed).is_err() {
-                self.close_session(now, link, CloseReason::StreamFailed, true);
-                return;
-            }
+        if let Some(session) = self.sessions.get_mut(&link)
+            && session.send_record(&framed).is_err()
+        {
+            self.close_session(now, link, CloseReason::StreamFailed, true);
+            return;
         }
         self.trigger_update(now);
     }
@@ -703,11 +699,11 @@ impl Node {
                 self.reject_update(UpdateRejection::Stale);
                 return;
             }
-        } else if let Some(last) = self.pruned.get(&update.origin) {
-            if incoming <= *last {
-                self.reject_update(UpdateRejection::Stale);
-                return;
-            }
+        } else if let Some(last) = self.pruned.get(&update.origin)
+            && incoming <= *last
+        {
+            self.reject_update(UpdateRejection::Stale);
+            return;
         }
         self.counters.updates_accepted += 1;
         self.pruned.remove(&update.origin);
@@ -743,7 +739,9 @@ impl Node {
             .sessions
             .iter()
             .filter(|(link, s)| {
-                **link != from && s.is_established() && s.peer().is_some_and(|p| p.address != origin)
+                **link != from
+                    && s.is_established()
+                    && s.peer().is_some_and(|p| p.address != origin)
             })
             .map(|(link, _)| *link)
             .collect();
@@ -865,19 +863,18 @@ impl Node {
         let Some(mut session) = self.sessions.remove(&link) else {
             return;
         };
-        if notify_peer {
-            if let Some(goodbye) = reason.goodbye() {
-                session.say_goodbye(goodbye);
-                let mut out = Vec::new();
-                session.drain_outbox(now, &mut out);
-                for payload in out {
-                    self.transmits.push_back(Transmit { link, payload });
-                }
+        if notify_peer && let Some(goodbye) = reason.goodbye() {
+            session.say_goodbye(goodbye);
+            let mut out = Vec::new();
+            session.drain_outbox(now, &mut out);
+            for payload in out {
+                self.transmits.push_back(Transmit { link, payload });
             }
         }
         let peer = session.peer().map(|p| p.address);
         tracing::info!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
-        self.events.push_back(Event::SessionClosed { link, peer, reason });
+        self.events
+            .push_back(Event::SessionClosed { link, peer, reason });
         if reason != CloseReason::LinkDown {
             self.commands.push_back(Command::CloseLink { link, reason });
         }
@@ -1075,9 +1072,10 @@ impl Node {
         let mut table: PrefixTable<RouteTarget> = PrefixTable::new();
         let target = |first_hop: Option<Ipv6Addr>| match first_hop {
             None => Some(RouteTarget::Local),
-            Some(hop) => links
-                .get(&hop)
-                .map(|(link, mtu)| RouteTarget::Link { link: *link, mtu: *mtu }),
+            Some(hop) => links.get(&hop).map(|(link, mtu)| RouteTarget::Link {
+                link: *link,
+                mtu: *mtu,
+            }),
         };
         for (prefix, route) in &routes.prefixes {
             if let Some(t) = target(route.first_hop) {
@@ -1093,7 +1091,13 @@ impl Node {
         for (peer, (link, mtu)) in &links {
             let host = Prefix::host(*peer);
             if table.get(&host).is_none() {
-                table.insert(host, RouteTarget::Link { link: *link, mtu: *mtu });
+                table.insert(
+                    host,
+                    RouteTarget::Link {
+                        link: *link,
+                        mtu: *mtu,
+                    },
+                );
             }
         }
         table.insert(Prefix::host(self.config.address), RouteTarget::Local);

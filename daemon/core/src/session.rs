@@ -390,11 +390,11 @@ impl Session {
 
     /// Takes a keepalive reply as a round-trip sample.
     pub(crate) fn handle_keepalive_reply(&mut self, now: Time, reply: Keepalive) {
-        if let Some((nonce, sent_at)) = self.outstanding_probe {
-            if nonce == reply.nonce {
-                self.rtt = Some(now - sent_at);
-                self.outstanding_probe = None;
-            }
+        if let Some((nonce, sent_at)) = self.outstanding_probe
+            && nonce == reply.nonce
+        {
+            self.rtt = Some(now - sent_at);
+            self.outstanding_probe = None;
         }
     }
 
@@ -492,12 +492,15 @@ impl Session {
 
     /// Returns the session's next deadline and what it is for.
     pub(crate) fn poll_timeout(&self) -> Option<(Time, &'static str)> {
-        let mut next = (self.last_received + self.timers.dead_interval, "session dead interval");
+        let mut next = (
+            self.last_received + self.timers.dead_interval,
+            "session dead interval",
+        );
         let mut consider = |t: Option<Time>, why: &'static str| {
-            if let Some(t) = t {
-                if t < next.0 {
-                    next = (t, why);
-                }
+            if let Some(t) = t
+                && t < next.0
+            {
+                next = (t, why);
             }
         };
         consider(self.next_hello_at, "hello resend");

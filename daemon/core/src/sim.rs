@@ -449,8 +449,10 @@ impl Sim {
         self.nodes[a.0].links.insert(a_link, idx);
         self.nodes[b.0].links.insert(b_link, idx);
         let now = self.now;
-        for (n, link, cost, peer) in [(a, a_link, params.cost_ab, b), (b, b_link, params.cost_ba, a)]
-        {
+        for (n, link, cost, peer) in [
+            (a, a_link, params.cost_ab, b),
+            (b, b_link, params.cost_ba, a),
+        ] {
             let info = LinkInfo {
                 mtu: params.mtu,
                 cost,
@@ -478,7 +480,11 @@ impl Sim {
         }
         l.transport = None;
         l.redial_at = Some(self.now + self.redial_delay);
-        let (other, other_link) = if l.a == by { (l.b, t.b_link) } else { (l.a, t.a_link) };
+        let (other, other_link) = if l.a == by {
+            (l.b, t.b_link)
+        } else {
+            (l.a, t.a_link)
+        };
         self.nodes[other.0].links.remove(&other_link);
         let now = self.now;
         if let Some(node) = self.nodes[other.0].node.as_mut() {
@@ -542,7 +548,11 @@ impl Sim {
             self.stats.messages_too_big += 1;
             return;
         }
-        let (to, to_link) = if l.a == from { (l.b, t.b_link) } else { (l.a, t.a_link) };
+        let (to, to_link) = if l.a == from {
+            (l.b, t.b_link)
+        } else {
+            (l.a, t.a_link)
+        };
         let params = l.params;
         if l.cut || self.rng.random_bool(params.loss.clamp(0.0, 1.0)) {
             self.stats.messages_lost += 1;
