@@ -185,9 +185,9 @@ impl LinkStateUpdate {
 
     /// Returns true if every list is strictly ascending by its key, as the wire requires.
     pub fn is_canonical(&self) -> bool {
-        self.adjacencies.windows(2).all(|w| w[0].peer < w[1].peer)
-            && self.prefixes.windows(2).all(|w| w[0].prefix < w[1].prefix)
-            && self.names.windows(2).all(|w| w[0].name < w[1].name)
+        self.adjacencies.is_sorted_by(|a, b| a.peer < b.peer)
+            && self.prefixes.is_sorted_by(|a, b| a.prefix < b.prefix)
+            && self.names.is_sorted_by(|a, b| a.name < b.name)
     }
 
     /// Size of the fixed part, up to and including the name length byte.

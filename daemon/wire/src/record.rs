@@ -78,6 +78,7 @@ impl Record {
 /// its body, so a peer cannot make the node allocate without bound.
 #[derive(Debug)]
 pub struct RecordDecoder {
+    /// Largest accepted record length (kind + body).
     max_record_len: usize,
     /// Received bytes; those before `start` were already returned as records.
     buf: Vec<u8>,
