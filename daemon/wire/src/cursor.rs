@@ -7,6 +7,7 @@ use crate::WireError;
 /// A cursor over an input buffer; every read checks the remaining length first.
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {
+    /// The bytes not read yet.
     buf: &'a [u8],
 }
 

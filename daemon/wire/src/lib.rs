@@ -105,3 +105,99 @@ pub fn check_name(name: &str) -> Result<(), WireError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordDecoder;
+
+    /// Returns an input that makes some parser produce `err`, and that result.
+    fn produce(err: WireError) -> Result<(), WireError> {
+        let hello = |f: fn(&mut Vec<u8>)| {
+            let mut b = Hello {
+                capabilities: 0,
+                session_id: 1,
+                echo_session_id: 0,
+                epoch: 0,
+                address: std::net::Ipv6Addr::LOCALHOST,
+                name: "n".to_owned(),
+                extensions: Vec::new(),
+            }
+            .encode();
+            f(&mut b);
+            LinkMessage::parse(&b).map(drop)
+        };
+        match err {
+            WireError::Truncated => LinkMessage::parse(&[]).map(drop),
+            WireError::TrailingBytes => LinkMessage::parse(&[6, 1, 0]).map(drop),
+            WireError::UnknownType => LinkMessage::parse(&[0x42]).map(drop),
+            WireError::UnsupportedVersion => hello(|b| b[1] = 9),
+            WireError::BadName => hello(|b| b[49] = b'_'),
+            WireError::BadValue => hello(|b| b[15] = 0),
+            WireError::BadPrefix => Prefix::new("fd00::1".parse().unwrap(), 64).map(drop),
+            WireError::NotCanonical => {
+                let mut u = LinkStateUpdate {
+                    origin: std::net::Ipv6Addr::LOCALHOST,
+                    epoch: 1,
+                    sequence: 1,
+                    name: "n".to_owned(),
+                    config_version: 0,
+                    adjacencies: Vec::new(),
+                    prefixes: Vec::new(),
+                    names: Vec::new(),
+                };
+                let binding = NameBinding {
+                    name: "a".to_owned(),
+                    address: std::net::Ipv6Addr::LOCALHOST,
+                };
+                u.names = vec![binding.clone(), binding];
+                LinkStateUpdate::parse_body(&u.encode_body()).map(drop)
+            }
+            WireError::BadLength => {
+                let mut d = RecordDecoder::new(8);
+                d.push(&[0, 0, 0, 9]);
+                d.next_record().map(drop)
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_variant_is_produced() {
+        let all = [
+            WireError::Truncated,
+            WireError::TrailingBytes,
+            WireError::UnknownType,
+            WireError::UnsupportedVersion,
+            WireError::BadName,
+            WireError::BadPrefix,
+            WireError::NotCanonical,
+            WireError::BadLength,
+            WireError::BadValue,
+        ];
+        let mut names = std::collections::BTreeSet::new();
+        for err in all {
+            assert_eq!(produce(err), Err(err));
+            assert_eq!(err.to_string(), err.as_str());
+            assert!(names.insert(err.as_str()), "duplicate name {err}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "a-b", "0", "node-1", &"x".repeat(MAX_NAME_LEN)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a.b",
+            "a_b",
+            "é",
+            &"x".repeat(MAX_NAME_LEN + 1),
+        ] {
+            assert_eq!(check_name(bad), Err(WireError::BadName), "{bad}");
+        }
+    }
+}

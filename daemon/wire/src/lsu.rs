@@ -185,9 +185,9 @@ impl LinkStateUpdate {
 
     /// Returns true if every list is strictly ascending by its key, as the wire requires.
     pub fn is_canonical(&self) -> bool {
-        self.adjacencies.windows(2).all(|w| w[0].peer < w[1].peer)
-            && self.prefixes.windows(2).all(|w| w[0].prefix < w[1].prefix)
-            && self.names.windows(2).all(|w| w[0].name < w[1].name)
+        self.adjacencies.is_sorted_by(|a, b| a.peer < b.peer)
+            && self.prefixes.is_sorted_by(|a, b| a.prefix < b.prefix)
+            && self.names.is_sorted_by(|a, b| a.name < b.name)
     }
 
     /// Size of the fixed part, up to and including the name length byte.
@@ -276,5 +276,461 @@ impl<'a> SignedUpdate<'a> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip(last: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(last))
+    }
+
+    fn ip_bytes(last: u8) -> [u8; 16] {
+        ip(last).octets()
+    }
+
+    fn sample() -> LinkStateUpdate {
+        LinkStateUpdate {
+            origin: ip(1),
+            epoch: 0x0102_0304_0506_0708,
+            sequence: 9,
+            name: "ab".to_owned(),
+            config_version: 3,
+            adjacencies: vec![
+                Adjacency {
+                    peer: ip(2),
+                    cost: Cost(1000),
+                },
+                Adjacency {
+                    peer: ip(3),
+                    cost: Cost(0x0102_0304),
+                },
+            ],
+            prefixes: vec![PrefixAdvert {
+                prefix: "fd01::/16".parse().unwrap(),
+                cost: Cost(5),
+            }],
+            names: vec![NameBinding {
+                name: "w".to_owned(),
+                address: ip(4),
+            }],
+        }
+    }
+
+    fn sample_bytes() -> Vec<u8> {
+        let mut v = vec![0x01]; // version
+        v.extend_from_slice(&ip_bytes(1)); // origin
+        v.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // epoch
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]); // sequence
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]); // config_version
+        v.extend_from_slice(&[2, b'a', b'b']); // name
+        v.extend_from_slice(&[0, 0, 0, 2]); // n_adjacencies
+        v.extend_from_slice(&ip_bytes(2));
+        v.extend_from_slice(&[0, 0, 0x03, 0xe8]);
+        v.extend_from_slice(&ip_bytes(3));
+        v.extend_from_slice(&[1, 2, 3, 4]);
+        v.extend_from_slice(&[0, 0, 0, 1]); // n_prefixes
+        v.extend_from_slice(&[0xfd, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        v.push(16);
+        v.extend_from_slice(&[0, 0, 0, 5]);
+        v.extend_from_slice(&[0, 0, 0, 1]); // n_names
+        v.extend_from_slice(&[1, b'w']);
+        v.extend_from_slice(&ip_bytes(4));
+        v
+    }
+
+    /// Offsets of the pieces of [`sample_bytes`], for the error tests.
+    const NAME_LEN_AT: usize = 41;
+    const ADJ_COUNT_AT: usize = 44;
+    const FIRST_ADJ_AT: usize = 48;
+    const PREFIX_COUNT_AT: usize = FIRST_ADJ_AT + 2 * 20;
+    const FIRST_PREFIX_AT: usize = PREFIX_COUNT_AT + 4;
+    const NAME_COUNT_AT: usize = FIRST_PREFIX_AT + 21;
+
+    #[test]
+    fn body_layout() {
+        let bytes = sample_bytes();
+        assert_eq!(bytes[NAME_LEN_AT], 2);
+        assert_eq!(bytes[NAME_COUNT_AT + 3], 1);
+        assert_eq!(sample().encode_body(), bytes);
+        assert_eq!(LinkStateUpdate::parse_body(&bytes), Ok(sample()));
+    }
+
+    #[test]
+    fn empty_lists() {
+        let mut u = sample();
+        u.adjacencies.clear();
+        u.prefixes.clear();
+        u.names.clear();
+        let bytes = u.encode_body();
+        assert_eq!(bytes.len(), 44 + 12);
+        assert_eq!(LinkStateUpdate::parse_body(&bytes), Ok(u));
+    }
+
+    fn parse_modified(f: impl FnOnce(&mut Vec<u8>)) -> Result<LinkStateUpdate, WireError> {
+        let mut b = sample_bytes();
+        f(&mut b);
+        LinkStateUpdate::parse_body(&b)
+    }
+
+    #[test]
+    fn body_errors() {
+        assert_eq!(
+            parse_modified(|b| b[0] = 2),
+            Err(WireError::UnsupportedVersion)
+        );
+        assert_eq!(
+            parse_modified(|b| b[NAME_LEN_AT + 1] = b'-'),
+            Err(WireError::BadName)
+        );
+        // A name entry with an upper-case letter.
+        assert_eq!(
+            parse_modified(|b| b[NAME_COUNT_AT + 5] = b'W'),
+            Err(WireError::BadName)
+        );
+        assert_eq!(parse_modified(|b| b.push(0)), Err(WireError::TrailingBytes));
+        assert_eq!(
+            parse_modified(|b| b.truncate(b.len() - 1)),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(LinkStateUpdate::parse_body(&[]), Err(WireError::Truncated));
+        // Prefix with host bits set past its length, and a length above 128.
+        assert_eq!(
+            parse_modified(|b| b[FIRST_PREFIX_AT + 15] = 1),
+            Err(WireError::BadPrefix)
+        );
+        assert_eq!(
+            parse_modified(|b| b[FIRST_PREFIX_AT + 16] = 129),
+            Err(WireError::BadPrefix)
+        );
+    }
+
+    #[test]
+    fn lying_counts_do_not_allocate() {
+        // Huge counts are rejected before any list is allocated.
+        for at in [ADJ_COUNT_AT, PREFIX_COUNT_AT, NAME_COUNT_AT] {
+            assert_eq!(
+                parse_modified(|b| b[at..at + 4].copy_from_slice(&[0xff; 4])),
+                Err(WireError::Truncated)
+            );
+        }
+    }
+
+    #[test]
+    fn non_canonical_lists_are_rejected() {
+        // Swap the two adjacencies: wrong order.
+        let swapped = parse_modified(|b| {
+            let (first, second) = b[FIRST_ADJ_AT..FIRST_ADJ_AT + 40].split_at_mut(20);
+            first.swap_with_slice(second);
+        });
+        assert_eq!(swapped, Err(WireError::NotCanonical));
+        // Same peer twice.
+        let mut u = sample();
+        u.adjacencies[1].peer = u.adjacencies[0].peer;
+        assert_eq!(
+            LinkStateUpdate::parse_body(&u.encode_body()),
+            Err(WireError::NotCanonical)
+        );
+        // Prefixes: same address, shorter length after longer is out of order.
+        let mut u = sample();
+        u.prefixes = vec![
+            PrefixAdvert {
+                prefix: "fd01::/32".parse().unwrap(),
+                cost: Cost(1),
+            },
+            PrefixAdvert {
+                prefix: "fd01::/16".parse().unwrap(),
+                cost: Cost(1),
+            },
+        ];
+        assert_eq!(
+            LinkStateUpdate::parse_body(&u.encode_body()),
+            Err(WireError::NotCanonical)
+        );
+        u.prefixes.swap(0, 1);
+        assert!(LinkStateUpdate::parse_body(&u.encode_body()).is_ok());
+        u.prefixes[1] = u.prefixes[0];
+        assert_eq!(
+            LinkStateUpdate::parse_body(&u.encode_body()),
+            Err(WireError::NotCanonical)
+        );
+        // Names: "b" before "a", and a duplicate name with different addresses.
+        let mut u = sample();
+        let binding = |name: &str, last| NameBinding {
+            name: name.to_owned(),
+            address: ip(last),
+        };
+        u.names = vec![binding("b", 1), binding("a", 2)];
+        assert_eq!(
+            LinkStateUpdate::parse_body(&u.encode_body()),
+            Err(WireError::NotCanonical)
+        );
+        u.names = vec![binding("a", 1), binding("a", 2)];
+        assert_eq!(
+            LinkStateUpdate::parse_body(&u.encode_body()),
+            Err(WireError::NotCanonical)
+        );
+        // Name order is byte order: "a-b" < "a0" < "ab" < "b".
+        u.names = vec![
+            binding("a-b", 1),
+            binding("a0", 1),
+            binding("ab", 1),
+            binding("b", 1),
+        ];
+        assert!(LinkStateUpdate::parse_body(&u.encode_body()).is_ok());
+    }
+
+    #[test]
+    fn canonicalize_sorts_and_keeps_the_first_duplicate() {
+        let mut u = sample();
+        u.adjacencies = vec![
+            Adjacency {
+                peer: ip(3),
+                cost: Cost(1),
+            },
+            Adjacency {
+                peer: ip(2),
+                cost: Cost(2),
+            },
+            Adjacency {
+                peer: ip(3),
+                cost: Cost(3),
+            },
+        ];
+        let p16: Prefix = "fd01::/16".parse().unwrap();
+        let p8: Prefix = "fd00::/8".parse().unwrap();
+        u.prefixes = vec![
+            PrefixAdvert {
+                prefix: p16,
+                cost: Cost(9),
+            },
+            PrefixAdvert {
+                prefix: p8,
+                cost: Cost(1),
+            },
+            PrefixAdvert {
+                prefix: p16,
+                cost: Cost(1),
+            },
+        ];
+        u.names = vec![
+            NameBinding {
+                name: "z".to_owned(),
+                address: ip(9),
+            },
+            NameBinding {
+                name: "a".to_owned(),
+                address: ip(9),
+            },
+            NameBinding {
+                name: "z".to_owned(),
+                address: ip(1),
+            },
+        ];
+        assert!(!u.is_canonical());
+        u.canonicalize();
+        assert!(u.is_canonical());
+        assert_eq!(
+            u.adjacencies,
+            [
+                Adjacency {
+                    peer: ip(2),
+                    cost: Cost(2)
+                },
+                Adjacency {
+                    peer: ip(3),
+                    cost: Cost(1)
+                }
+            ]
+        );
+        assert_eq!(
+            u.prefixes,
+            [
+                PrefixAdvert {
+                    prefix: p8,
+                    cost: Cost(1)
+                },
+                PrefixAdvert {
+                    prefix: p16,
+                    cost: Cost(9)
+                }
+            ]
+        );
+        assert_eq!(u.names[1].address, ip(9));
+        assert_eq!(LinkStateUpdate::parse_body(&u.encode_body()), Ok(u));
+    }
+
+    #[test]
+    fn signed_update_layout() {
+        let body = [0xaa, 0xbb];
+        let none = SignedUpdate {
+            body: &body,
+            signature: None,
+        };
+        assert_eq!(none.encode(), [0, 0, 0, 2, 0xaa, 0xbb, 0]);
+        assert_eq!(SignedUpdate::parse(&none.encode()), Ok(none));
+
+        let sig = UpdateSignature {
+            key: [0x11; 32],
+            signature: [0x22; 64],
+        };
+        let signed = SignedUpdate {
+            body: &body,
+            signature: Some(sig),
+        };
+        let mut want = vec![0, 0, 0, 2, 0xaa, 0xbb, 1];
+        want.extend_from_slice(&[0x11; 32]);
+        want.extend_from_slice(&[0x22; 64]);
+        assert_eq!(signed.encode(), want);
+        assert_eq!(SignedUpdate::parse(&want), Ok(signed));
+    }
+
+    #[test]
+    fn signed_update_errors() {
+        assert_eq!(SignedUpdate::parse(&[]), Err(WireError::Truncated));
+        assert_eq!(
+            SignedUpdate::parse(&[0, 0, 0, 9, 1, 2]),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            SignedUpdate::parse(&[0, 0, 0, 0]),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            SignedUpdate::parse(&[0, 0, 0, 0, 2]),
+            Err(WireError::BadValue)
+        );
+        assert_eq!(
+            SignedUpdate::parse(&[0, 0, 0, 0, 0, 0]),
+            Err(WireError::TrailingBytes)
+        );
+        let mut short_sig = vec![0, 0, 0, 0, 1];
+        short_sig.extend_from_slice(&[0; 95]);
+        assert_eq!(SignedUpdate::parse(&short_sig), Err(WireError::Truncated));
+        short_sig.extend_from_slice(&[0; 2]);
+        assert_eq!(
+            SignedUpdate::parse(&short_sig),
+            Err(WireError::TrailingBytes)
+        );
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+    }
+
+    fn addr() -> impl Strategy<Value = Ipv6Addr> {
+        // Few distinct values, so that duplicates and shared prefixes are common.
+        prop_oneof![
+            any::<u128>().prop_map(Ipv6Addr::from),
+            (0u8..8).prop_map(ip),
+        ]
+    }
+
+    fn update() -> impl Strategy<Value = LinkStateUpdate> {
+        let adjacency = (addr(), any::<u32>()).prop_map(|(peer, c)| Adjacency {
+            peer,
+            cost: Cost(c),
+        });
+        let prefix = (addr(), 0u8..=128, any::<u32>()).prop_map(|(a, len, c)| PrefixAdvert {
+            prefix: Prefix::new_truncating(a, len).unwrap(),
+            cost: Cost(c),
+        });
+        let binding = (prop_oneof![name(), "[ab]{1,2}"], addr())
+            .prop_map(|(name, address)| NameBinding { name, address });
+        (
+            addr(),
+            any::<u64>(),
+            any::<u64>(),
+            name(),
+            any::<u64>(),
+            proptest::collection::vec(adjacency, 0..12),
+            proptest::collection::vec(prefix, 0..12),
+            proptest::collection::vec(binding, 0..12),
+        )
+            .prop_map(
+                |(origin, epoch, sequence, name, config_version, adjacencies, prefixes, names)| {
+                    let mut u = LinkStateUpdate {
+                        origin,
+                        epoch,
+                        sequence,
+                        name,
+                        config_version,
+                        adjacencies,
+                        prefixes,
+                        names,
+                    };
+                    u.canonicalize();
+                    u
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn body_round_trips(u in update()) {
+            prop_assert!(u.is_canonical());
+            let bytes = u.encode_body();
+            let parsed = LinkStateUpdate::parse_body(&bytes);
+            prop_assert_eq!(parsed.as_ref(), Ok(&u));
+            // Canonical: re-encoding gives the same bytes.
+            prop_assert_eq!(parsed.unwrap().encode_body(), bytes);
+        }
+
+        #[test]
+        fn canonicalize_is_idempotent(u in update()) {
+            let mut again = u.clone();
+            again.canonicalize();
+            prop_assert_eq!(again, u);
+        }
+
+        #[test]
+        fn signed_update_round_trips(
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            sig in proptest::option::of((any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 64))),
+        ) {
+            let signature = sig.map(|(key, s)| {
+                let mut signature = [0u8; 64];
+                signature.copy_from_slice(&s);
+                UpdateSignature { key, signature }
+            });
+            let signed = SignedUpdate { body: &body, signature };
+            let bytes = signed.encode();
+            prop_assert_eq!(SignedUpdate::parse(&bytes), Ok(signed));
+        }
+
+        #[test]
+        fn signed_update_of_an_update_round_trips(u in update()) {
+            let body = u.encode_body();
+            let bytes = SignedUpdate { body: &body, signature: None }.encode();
+            let signed = SignedUpdate::parse(&bytes).unwrap();
+            prop_assert_eq!(LinkStateUpdate::parse_body(signed.body), Ok(u));
+        }
+
+        #[test]
+        fn parse_body_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(u) = LinkStateUpdate::parse_body(&buf) {
+                prop_assert_eq!(u.encode_body(), buf);
+            }
+        }
+
+        #[test]
+        fn mutated_bodies_never_panic(u in update(), at in any::<prop::sample::Index>(), v in any::<u8>()) {
+            let mut bytes = u.encode_body();
+            let i = at.index(bytes.len());
+            bytes[i] = v;
+            if let Ok(parsed) = LinkStateUpdate::parse_body(&bytes) {
+                prop_assert_eq!(parsed.encode_body(), bytes);
+            }
+        }
+
+        #[test]
+        fn signed_parse_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(s) = SignedUpdate::parse(&buf) {
+                prop_assert_eq!(s.encode(), buf);
+            }
+        }
     }
 }

@@ -78,6 +78,7 @@ impl Record {
 /// its body, so a peer cannot make the node allocate without bound.
 #[derive(Debug)]
 pub struct RecordDecoder {
+    /// Largest accepted record length (kind + body).
     max_record_len: usize,
     /// Received bytes; those before `start` were already returned as records.
     buf: Vec<u8>,
@@ -165,6 +166,190 @@ impl RecordDecoder {
             Some(Err(WireError::BadLength))
         } else {
             Some(Ok(len))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn drain(d: &mut RecordDecoder) -> Result<Vec<Record>, WireError> {
+        let mut out = Vec::new();
+        while let Some(r) = d.next_record()? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn record_layout() {
+        let rec = Record {
+            kind: RecordKind::LinkStateUpdate,
+            body: vec![0xaa, 0xbb, 0xcc],
+        };
+        assert_eq!(rec.encode(), [0, 0, 0, 4, 1, 0xaa, 0xbb, 0xcc]);
+        let empty = Record {
+            kind: RecordKind::ConfigOffer,
+            body: Vec::new(),
+        };
+        assert_eq!(empty.encode(), [0, 0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn kind_values() {
+        for v in 0..=u8::MAX {
+            assert_eq!(RecordKind::from_u8(v).to_u8(), v);
+        }
+        assert_eq!(RecordKind::from_u8(9), RecordKind::Unknown(9));
+    }
+
+    #[test]
+    fn decodes_byte_by_byte_and_unknown_kinds() {
+        let mut stream = Vec::new();
+        Record {
+            kind: RecordKind::Unknown(0x7f),
+            body: b"hi".to_vec(),
+        }
+        .encode_into(&mut stream);
+        Record {
+            kind: RecordKind::LinkStateUpdate,
+            body: Vec::new(),
+        }
+        .encode_into(&mut stream);
+        let mut d = RecordDecoder::new(100);
+        let mut got = Vec::new();
+        for b in &stream {
+            d.push(std::slice::from_ref(b));
+            got.extend(drain(&mut d).unwrap());
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].kind, RecordKind::Unknown(0x7f));
+        assert_eq!(got[0].body, b"hi");
+        assert_eq!(got[1].kind, RecordKind::LinkStateUpdate);
+        assert_eq!(d.buffered_len(), 0);
+    }
+
+    #[test]
+    fn partial_record_waits_for_more() {
+        let mut d = RecordDecoder::new(100);
+        d.push(&[0, 0]);
+        assert_eq!(d.next_record(), Ok(None));
+        d.push(&[0, 3, 1, 0xaa]);
+        assert_eq!(d.next_record(), Ok(None));
+        assert_eq!(d.buffered_len(), 6);
+        d.push(&[0xbb]);
+        assert_eq!(
+            d.next_record(),
+            Ok(Some(Record {
+                kind: RecordKind::LinkStateUpdate,
+                body: vec![0xaa, 0xbb]
+            }))
+        );
+        assert_eq!(d.buffered_len(), 0);
+    }
+
+    #[test]
+    fn zero_length_is_bad() {
+        let mut d = RecordDecoder::new(100);
+        d.push(&[0, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        // The error is sticky.
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn over_long_record_is_rejected_from_its_header_alone() {
+        let mut d = RecordDecoder::new(10);
+        // Exactly the limit is fine.
+        d.push(&[0, 0, 0, 10, 1]);
+        d.push(&[0; 9]);
+        assert_eq!(d.next_record().unwrap().unwrap().body.len(), 9);
+        // One more is rejected as soon as the header is in, before any body byte.
+        d.push(&[0, 0, 0, 11]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        let mut d = RecordDecoder::new(10);
+        d.push(&[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        // The announced body is never buffered.
+        d.push(&[0; 1000]);
+        assert_eq!(d.buffered_len(), 4);
+        let mut d = RecordDecoder::new(10);
+        d.push(&[0, 1, 0, 0, 5, 5, 5, 5, 5]);
+        assert_eq!(d.buffered_len(), 4);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn consumed_bytes_are_compacted() {
+        let mut d = RecordDecoder::new(100);
+        let rec = Record {
+            kind: RecordKind::LinkStateUpdate,
+            body: vec![7; 10],
+        };
+        let framed = rec.encode();
+        for _ in 0..10_000 {
+            d.push(&framed);
+            d.push(&framed[..3]);
+            assert_eq!(d.next_record(), Ok(Some(rec.clone())));
+            d.push(&framed[3..]);
+            assert_eq!(d.next_record(), Ok(Some(rec.clone())));
+            assert_eq!(d.next_record(), Ok(None));
+        }
+        assert_eq!(d.buffered_len(), 0);
+        // The buffer never holds more than a few records' worth of bytes.
+        assert!(d.buf.capacity() < 16 * framed.len(), "{}", d.buf.capacity());
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, body)| Record {
+            kind: RecordKind::from_u8(k),
+            body,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip_through_arbitrary_splits(
+            records in proptest::collection::vec(record(), 0..20),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut stream = Vec::new();
+            for r in &records {
+                r.encode_into(&mut stream);
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut d = RecordDecoder::new(64);
+            let mut got = Vec::new();
+            for w in points.windows(2) {
+                d.push(&stream[w[0]..w[1]]);
+                got.extend(drain(&mut d).unwrap());
+            }
+            prop_assert_eq!(got, records);
+            prop_assert_eq!(d.buffered_len(), 0);
+        }
+
+        #[test]
+        fn decoder_never_panics(
+            max in 0usize..100,
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..10),
+        ) {
+            let mut d = RecordDecoder::new(max);
+            for p in &pieces {
+                d.push(p);
+                match drain(&mut d) {
+                    Ok(records) => {
+                        for r in records {
+                            prop_assert!(r.body.len() < max);
+                        }
+                    }
+                    Err(e) => prop_assert_eq!(e, WireError::BadLength),
+                }
+            }
         }
     }
 }
