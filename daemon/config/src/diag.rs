@@ -135,11 +135,11 @@ impl fmt::Display for Diagnostic {
         } else {
             self.line.to_string().len()
         };
-        let pad = " ".repeat(width);
+        let pad = " ".repeat(width + 1);
         if self.line == 0 {
-            write!(f, "{pad} --> {}", self.file)?;
+            write!(f, "{pad}--> {}", self.file)?;
         } else {
-            write!(f, "{pad} --> {}:{}:{}", self.file, self.line, self.column)?;
+            write!(f, "{pad}--> {}:{}:{}", self.file, self.line, self.column)?;
         }
         if !self.path.is_empty() {
             write!(f, " ({})", self.path)?;
@@ -150,7 +150,7 @@ impl fmt::Display for Diagnostic {
                 .chars()
                 .map(|c| if c == '\t' { ' ' } else { c })
                 .collect();
-            write!(f, "\n{pad} |\n{} | {shown}\n{pad} | ", self.line)?;
+            write!(f, "\n{pad} |\n {} | {shown}\n{pad} | ", self.line)?;
             write!(
                 f,
                 "{}{}",

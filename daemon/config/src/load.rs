@@ -90,6 +90,19 @@ fn parse_error(
         && let Some(p) = tree.path_at((pos.line, pos.column))
     {
         path = p;
+        // serde reports a missing field at the start of the mapping, which for a block
+        // mapping is its first key; point at the key that owns the mapping instead.
+        if message.starts_with("missing field")
+            && path.len() > 1
+            && tree
+                .find(&path[..path.len() - 1])
+                .is_some_and(|m| (m.pos.line, m.pos.column) == (pos.line, pos.column))
+        {
+            path.pop();
+            if let Some(kpos) = tree.key_pos(&path) {
+                pos = kpos;
+            }
+        }
         let is_backend = path.len() == 4 && path[0] == "nodes" && path[2] == "backends";
         if is_backend && let Some(backend) = tree.find(&path) {
             if let Some((key, kpos)) = refine_backend_error(&message, backend) {
@@ -106,8 +119,20 @@ fn parse_error(
     {
         help = did_you_mean(field, &expected_list(&message));
     }
-    if message.starts_with("unknown variant") && path.last().is_some_and(|k| k == "type") {
+    if message.starts_with("unknown variant")
+        && path.last().is_some_and(|k| k == "type")
+        && let Some(v) = tree.and_then(|t| t.find(&path))
+    {
         message = format!("unknown backend type: {message}");
+        pos = v.pos;
+    }
+    // Quote the rejected address; never any other value, which might be a secret.
+    if message.contains("address")
+        && let Some(Kind::Scalar(Scalar::Str(v))) = tree.and_then(|t| t.find(&path)).map(|n| &n.kind)
+        && !message.contains(v.as_str())
+        && v.len() <= 64
+    {
+        message = format!("{message}: `{v}`");
     }
     let mut d = Diagnostic::error(message)
         .at(file, text, pos.line, pos.column, pos.len)
@@ -125,7 +150,7 @@ fn refine_backend_error(message: &str, backend: &SNode) -> Option<(String, Pos)>
             .entry(field)
             .map(|(k, _)| (k.name.clone(), k.pos));
     }
-    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+    if !message.starts_with("missing field") {
         // serde does not say which key; the first value that does not fit its key's type is it.
         for (k, v) in backend.entries() {
             if !fits(&k.name, v) {
@@ -163,16 +188,13 @@ fn backend_key_help(field: &str, backend: &SNode) -> Option<String> {
         .find(|(t, _)| *t == ty)
         .map(|(_, keys)| keys.to_vec())
         .unwrap_or_default();
-    if let Some(h) = did_you_mean(field, &own) {
-        return Some(h);
-    }
     let others: Vec<&str> = BACKEND_KEYS
         .iter()
         .filter(|(_, keys)| keys.contains(&field))
         .map(|(t, _)| *t)
         .collect();
     if others.is_empty() {
-        None
+        did_you_mean(field, &own)
     } else {
         Some(format!(
             "`{field}` is a key of {} backends, not of `{ty}`",
@@ -209,7 +231,7 @@ pub(crate) fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(word.len() / 4) && *d < c.len())
+        .filter(|(d, c)| *d * 3 <= word.len() && *d < c.len())
         .min()
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
