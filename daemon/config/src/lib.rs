@@ -41,7 +41,7 @@ pub use types::{ConfigDuration, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};
 use span::Pos;
 
 /// A loaded and validated mesh configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MeshConfig {
     /// Mesh-wide settings.
     pub global: GlobalConfig,
@@ -51,6 +51,19 @@ pub struct MeshConfig {
     file_name: String,
     warnings: Vec<Diagnostic>,
     nodes_key: Pos,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The source may hold inline secrets: show its size only.
+        f.debug_struct("MeshConfig")
+            .field("file_name", &self.file_name)
+            .field("source_len", &self.source.len())
+            .field("global", &self.global)
+            .field("nodes", &self.nodes)
+            .field("warnings", &self.warnings.len())
+            .finish()
+    }
 }
 
 impl MeshConfig {

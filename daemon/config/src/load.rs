@@ -32,9 +32,14 @@ pub(crate) fn load(file: &str, bytes: &[u8]) -> Result<MeshConfig, Diagnostics> 
     }
     let raw: RawMesh = match serde_saphyr::from_str(text) {
         Ok(raw) => raw,
-        Err(e) => return Err(single(parse_error(file, text, Some(&tree), &e))),
+        Err(e) => {
+            let mut d = single(parse_error(file, text, Some(&tree), &e));
+            redact(&mut d, text, &tree);
+            return Err(d);
+        }
     };
     let mut diags = validate::validate(file, text, &tree, &raw);
+    redact(&mut diags, text, &tree);
     diags.sort();
     if diags.has_errors() {
         return Err(diags);
@@ -51,6 +56,55 @@ pub(crate) fn load(file: &str, bytes: &[u8]) -> Result<MeshConfig, Diagnostics> 
         warnings: diags.0,
         nodes_key,
     })
+}
+
+/// Backend keys whose inline values must never be shown.
+const CONFIDENTIAL_KEYS: &[&str] = &["psk", "server_key", "client_key"];
+
+/// Masks inline confidential values in every snippet (a finding on the same line as a PSK
+/// would otherwise print it).
+fn redact(diags: &mut Diagnostics, text: &str, tree: &SNode) {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for (_, node) in tree.find(&["nodes"]).map_or(&[][..], SNode::entries) {
+        for (_, backend) in node.find(&["backends"]).map_or(&[][..], SNode::entries) {
+            for (k, v) in backend.entries() {
+                if CONFIDENTIAL_KEYS.contains(&k.name.as_str()) && v.pos.is_known() {
+                    ranges.push((v.pos.offset, v.pos.offset + v.pos.len as usize));
+                }
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return;
+    }
+    // Character offset at which each line starts.
+    let mut starts = vec![0usize];
+    let mut n = 0usize;
+    for c in text.chars() {
+        n += 1;
+        if c == '\n' {
+            starts.push(n);
+        }
+    }
+    for d in &mut diags.0 {
+        let (Some(snippet), Some(start)) = (&d.snippet, starts.get((d.line as usize).wrapping_sub(1)))
+        else {
+            continue;
+        };
+        let masked: String = snippet
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = start + i;
+                if ranges.iter().any(|(a, b)| (*a..*b).contains(&at)) {
+                    '*'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        d.snippet = Some(masked);
+    }
 }
 
 fn single(d: Diagnostic) -> Diagnostics {
@@ -133,6 +187,11 @@ fn parse_error(
         && v.len() <= 64
     {
         message = format!("{message}: `{v}`");
+    }
+    if let Some(key) = path.last()
+        && CONFIDENTIAL_KEYS.contains(&key.as_str())
+    {
+        message = format!("invalid value for `{key}` (not shown): expected a string");
     }
     let mut d = Diagnostic::error(message)
         .at(file, text, pos.line, pos.column, pos.len)

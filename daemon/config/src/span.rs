@@ -15,6 +15,8 @@ pub(crate) struct Pos {
     pub line: u32,
     pub column: u32,
     pub len: u32,
+    /// Character offset from the start of the document.
+    pub offset: usize,
 }
 
 impl Pos {
@@ -22,6 +24,7 @@ impl Pos {
         line: 0,
         column: 0,
         len: 0,
+        offset: 0,
     };
 
     pub(crate) fn from_location(loc: &Location) -> Pos {
@@ -29,6 +32,7 @@ impl Pos {
             line: u32::try_from(loc.line()).unwrap_or(0),
             column: u32::try_from(loc.column()).unwrap_or(0),
             len: u32::try_from(loc.span().len()).unwrap_or(0),
+            offset: usize::try_from(loc.span().offset()).unwrap_or(0),
         }
     }
 
