@@ -154,7 +154,7 @@ impl fmt::Display for Diagnostic {
             write!(
                 f,
                 "{}{}",
-                " ".repeat(self.column as usize - 1),
+                " ".repeat((self.column as usize).saturating_sub(1)),
                 "^".repeat(self.len.max(1) as usize)
             )?;
         }

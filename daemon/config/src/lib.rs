@@ -31,9 +31,9 @@ use std::sync::Arc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig,
-    NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener,
-    Timers, TunConfig, TunDevConfig,
+    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig, NamespaceConfig,
+    NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener, Timers, TunConfig,
+    TunDevConfig,
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use types::{ConfigDuration, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};
@@ -83,6 +83,7 @@ impl MeshConfig {
     }
 
     /// Returns the node called `name`, or an error listing the known nodes (for `--id`).
+    #[allow(clippy::result_large_err)] // Cold path, once at startup; callers print it.
     pub fn node(&self, name: &str) -> Result<&NodeConfig, Diagnostic> {
         self.nodes.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();

@@ -87,7 +87,8 @@ fn redact(diags: &mut Diagnostics, text: &str, tree: &SNode) {
         }
     }
     for d in &mut diags.0 {
-        let (Some(snippet), Some(start)) = (&d.snippet, starts.get((d.line as usize).wrapping_sub(1)))
+        let (Some(snippet), Some(start)) =
+            (&d.snippet, starts.get((d.line as usize).wrapping_sub(1)))
         else {
             continue;
         };
@@ -136,7 +137,9 @@ fn parse_error(
     let mut message = serde_saphyr::UserMessageFormatter
         .format_message(e)
         .into_owned();
-    let mut pos = e.location().map_or(Pos::UNKNOWN, |l| Pos::from_location(&l));
+    let mut pos = e
+        .location()
+        .map_or(Pos::UNKNOWN, |l| Pos::from_location(&l));
     let mut path: Vec<String> = Vec::new();
     let mut help = None;
     if let Some(tree) = tree
@@ -182,7 +185,8 @@ fn parse_error(
     }
     // Quote the rejected address; never any other value, which might be a secret.
     if message.contains("address")
-        && let Some(Kind::Scalar(Scalar::Str(v))) = tree.and_then(|t| t.find(&path)).map(|n| &n.kind)
+        && let Some(Kind::Scalar(Scalar::Str(v))) =
+            tree.and_then(|t| t.find(&path)).map(|n| &n.kind)
         && !message.contains(v.as_str())
         && v.len() <= 64
     {
@@ -205,9 +209,7 @@ fn parse_error(
 /// Finds the key inside a backend mapping that a positionless serde error is about.
 fn refine_backend_error(message: &str, backend: &SNode) -> Option<(String, Pos)> {
     if let Some(field) = quoted_after(message, "unknown field `") {
-        return backend
-            .entry(field)
-            .map(|(k, _)| (k.name.clone(), k.pos));
+        return backend.entry(field).map(|(k, _)| (k.name.clone(), k.pos));
     }
     if !message.starts_with("missing field") {
         // serde does not say which key; the first value that does not fit its key's type is it.

@@ -114,7 +114,12 @@ impl NodeConfig {
         if self.tun.disable {
             return None;
         }
-        Some(self.tun.name.clone().unwrap_or_else(|| default_tun_name(node_name)))
+        Some(
+            self.tun
+                .name
+                .clone()
+                .unwrap_or_else(|| default_tun_name(node_name)),
+        )
     }
 }
 
@@ -511,32 +516,80 @@ pub(crate) const BACKEND_KEYS: &[(&str, &[&str])] = &[
     (
         "dtls-dialer",
         &[
-            "type", "peer", "peer_node", "cost", "mtu", "server_name", "insecure_skip_verify",
-            "psk", "psk_file", "root_ca", "root_ca_file", "client_cert", "client_cert_file",
-            "client_key", "client_key_file", "pinned_cert", "pinned_cert_file",
+            "type",
+            "peer",
+            "peer_node",
+            "cost",
+            "mtu",
+            "server_name",
+            "insecure_skip_verify",
+            "psk",
+            "psk_file",
+            "root_ca",
+            "root_ca_file",
+            "client_cert",
+            "client_cert_file",
+            "client_key",
+            "client_key_file",
+            "pinned_cert",
+            "pinned_cert_file",
         ],
     ),
     (
         "dtls-listener",
         &[
-            "type", "port", "listen_ip", "cost", "mtu", "require_client_cert", "psk", "psk_file",
-            "server_cert", "server_cert_file", "server_key", "server_key_file", "client_ca",
+            "type",
+            "port",
+            "listen_ip",
+            "cost",
+            "mtu",
+            "require_client_cert",
+            "psk",
+            "psk_file",
+            "server_cert",
+            "server_cert_file",
+            "server_key",
+            "server_key_file",
+            "client_ca",
             "client_ca_file",
         ],
     ),
     (
         "tcp-dialer",
         &[
-            "type", "peer", "peer_node", "cost", "mtu", "tls", "server_name",
-            "insecure_skip_verify", "root_ca", "root_ca_file", "client_cert", "client_cert_file",
-            "client_key", "client_key_file", "pinned_cert", "pinned_cert_file",
+            "type",
+            "peer",
+            "peer_node",
+            "cost",
+            "mtu",
+            "tls",
+            "server_name",
+            "insecure_skip_verify",
+            "root_ca",
+            "root_ca_file",
+            "client_cert",
+            "client_cert_file",
+            "client_key",
+            "client_key_file",
+            "pinned_cert",
+            "pinned_cert_file",
         ],
     ),
     (
         "tcp-listener",
         &[
-            "type", "port", "listen_ip", "cost", "mtu", "tls", "require_client_cert",
-            "server_cert", "server_cert_file", "server_key", "server_key_file", "client_ca",
+            "type",
+            "port",
+            "listen_ip",
+            "cost",
+            "mtu",
+            "tls",
+            "require_client_cert",
+            "server_cert",
+            "server_cert_file",
+            "server_key",
+            "server_key_file",
+            "client_ca",
             "client_ca_file",
         ],
     ),

@@ -196,7 +196,9 @@ impl<'de> Visitor<'de> for KindVisitor {
     }
 
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Kind, E> {
-        Ok(Kind::Scalar(Scalar::Int(i128::try_from(v).unwrap_or(i128::MAX))))
+        Ok(Kind::Scalar(Scalar::Int(
+            i128::try_from(v).unwrap_or(i128::MAX),
+        )))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Kind, E> {
@@ -212,7 +214,9 @@ impl<'de> Visitor<'de> for KindVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Kind, E> {
-        Ok(Kind::Scalar(Scalar::Str(String::from_utf8_lossy(v).into_owned())))
+        Ok(Kind::Scalar(Scalar::Str(
+            String::from_utf8_lossy(v).into_owned(),
+        )))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
@@ -269,6 +273,9 @@ mod tests {
             Kind::Scalar(Scalar::Str("4".into()))
         );
         assert_eq!(tree.path_at((3, 3)), Some(vec!["a".into(), "c".into()]));
-        assert_eq!(tree.path_at((2, 10)), Some(vec!["a".into(), "b".into(), "1".into()]));
+        assert_eq!(
+            tree.path_at((2, 10)),
+            Some(vec!["a".into(), "b".into(), "1".into()])
+        );
     }
 }

@@ -173,9 +173,9 @@ impl FromStr for ConfigDuration {
 impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
-        } else if ms % 60_000 != 0 || ms == 0 {
+        } else if !ms.is_multiple_of(60_000) || ms == 0 {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{}m", ms / 60_000)
@@ -400,7 +400,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         } as u32)
     }
     let bytes = s.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -441,7 +441,10 @@ mod tests {
         assert!("fd00::1/64".parse::<Ipv6Net>().unwrap().has_host_bits());
         assert!("198.18.0.0/15".parse::<Ipv6Net>().is_err());
         assert!("::/129".parse::<Ipv6Net>().is_err());
-        assert_eq!("::/0".parse::<Ipv6Net>().unwrap().network(), Ipv6Addr::UNSPECIFIED);
+        assert_eq!(
+            "::/0".parse::<Ipv6Net>().unwrap().network(),
+            Ipv6Addr::UNSPECIFIED
+        );
     }
 
     #[test]
@@ -452,7 +455,10 @@ mod tests {
         assert_eq!(d("2h"), Ok(Duration::from_secs(7200)));
         assert!(d("3").is_err() && d("s").is_err() && d("3d").is_err() && d("").is_err());
         assert_eq!(ConfigDuration(Duration::from_secs(60)).to_string(), "1m");
-        assert_eq!(ConfigDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(
+            ConfigDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
     }
 
     #[test]
@@ -474,8 +480,19 @@ mod tests {
         assert_eq!(k.check(), Ok(()));
         assert_eq!(k.comment(), Some("test"));
         assert!(SshPublicKey("ssh-ed25519".into()).check().is_err());
-        assert!(SshPublicKey("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()).check().is_err());
-        assert!(SshPublicKey("ssh-ed25519 not*base64".into()).check().is_err());
+        assert!(
+            SshPublicKey(
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                    .into()
+            )
+            .check()
+            .is_err()
+        );
+        assert!(
+            SshPublicKey("ssh-ed25519 not*base64".into())
+                .check()
+                .is_err()
+        );
         assert!(SshPublicKey("foo AAAA".into()).check().is_err());
         assert_eq!(base64_decode("aGk="), Some(b"hi".to_vec()));
         assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));

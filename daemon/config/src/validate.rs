@@ -71,11 +71,25 @@ pub(crate) fn validate(file: &str, text: &str, tree: &SNode, raw: &RawMesh) -> D
     };
     global(&mut cx, raw);
     let mut owners = Owners::default();
-    for (name, node) in &raw.nodes {
+    for (name, node) in in_source_order(tree, &["nodes"], &raw.nodes) {
         node_checks(&mut cx, raw, name, node, &mut owners);
     }
     mesh_wide(&mut cx, &owners);
     cx.out
+}
+
+/// Returns the map's entries in the order the document lists them (maps are sorted by name).
+fn in_source_order<'m, V>(
+    tree: &SNode,
+    path: &[&str],
+    map: &'m BTreeMap<String, V>,
+) -> Vec<(&'m String, &'m V)> {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    if let Some(node) = tree.find(path) {
+        let order = |k: &String| node.entries().iter().position(|(key, _)| &key.name == k);
+        entries.sort_by_key(|(k, _)| order(k));
+    }
+    entries
 }
 
 fn global(cx: &mut Ctx<'_>, raw: &RawMesh) {
@@ -130,7 +144,11 @@ fn global(cx: &mut Ctx<'_>, raw: &RawMesh) {
     ];
     for (key, d) in timers {
         if d.0.is_zero() {
-            cx.error(&["global", "timers", key], At::Value, format!("{key} must be > 0"));
+            cx.error(
+                &["global", "timers", key],
+                At::Value,
+                format!("{key} must be > 0"),
+            );
         }
     }
     if t.dead_interval <= t.keepalive_idle {
@@ -213,10 +231,14 @@ fn node_checks(
 
     // Addresses: the node's own, then tun_devs and namespaces.
     let mut addrs: Vec<(Ipv6Addr, Vec<String>)> = vec![(node.address, base(&["address"]))];
-    for (t, dev) in &node.tun_devs {
+    let tun_devs = in_source_order(cx.tree, &["nodes", name, "tun_devs"], &node.tun_devs);
+    let namespaces = in_source_order(cx.tree, &["nodes", name, "namespaces"], &node.namespaces);
+    let services = in_source_order(cx.tree, &["nodes", name, "services"], &node.services);
+    let backends = in_source_order(cx.tree, &["nodes", name, "backends"], &node.backends);
+    for (t, dev) in &tun_devs {
         addrs.push((dev.address, base(&["tun_devs", t, "address"])));
     }
-    for (n, ns) in &node.namespaces {
+    for (n, ns) in &namespaces {
         addrs.push((ns.address, base(&["namespaces", n, "address"])));
     }
     for (addr, path) in addrs {
@@ -284,39 +306,41 @@ fn node_checks(
                 ),
             );
         }
-        if let Some((other, owner, first)) =
-            owners.prefixes.iter().find(|(o, _, _)| o.overlaps(prefix))
+        if let Some((other, owner, first)) = owners
+            .prefixes
+            .iter()
+            .find(|(o, owner, _)| owner != name && o.overlaps(prefix))
         {
-            if owner != name {
-                let msg = format!(
-                    "prefix {prefix} overlaps {other} of node {owner} ({})",
-                    cx.loc(&strs(first), At::Value)
-                );
-                cx.error(&p, At::Value, msg);
-            }
+            let msg = format!(
+                "prefix {prefix} overlaps {other} of node {owner} ({})",
+                cx.loc(&strs(first), At::Value)
+            );
+            cx.error(&p, At::Value, msg);
         }
         owners.prefixes.push((*prefix, name.to_owned(), path));
     }
 
     // Own TUN device.
-    if let Some(tun) = &node.tun.name {
-        if !valid_ifname(tun) {
-            cx.error(
-                &["nodes", name, "tun", "name"],
-                At::Value,
-                format!("interface name `{tun}` is invalid: 1 to {MAX_IFNAME_LEN} bytes, no `/`, `:` or whitespace"),
-            );
-        }
+    if let Some(tun) = &node.tun.name
+        && !valid_ifname(tun)
+    {
+        cx.error(
+            &["nodes", name, "tun", "name"],
+            At::Value,
+            format!(
+                "interface name `{tun}` is invalid: 1 to {MAX_IFNAME_LEN} bytes, no `/`, `:` or whitespace"
+            ),
+        );
     }
     let own_tun = node.tun_name(name);
 
     // Child names share one namespace (upstream flaw 20); tun_devs and namespaces are DNS names.
     let mut children: BTreeMap<&str, &str> = BTreeMap::new();
     let kinds: [(&str, Vec<&String>); 4] = [
-        ("backends", node.backends.keys().collect()),
-        ("services", node.services.keys().collect()),
-        ("tun_devs", node.tun_devs.keys().collect()),
-        ("namespaces", node.namespaces.keys().collect()),
+        ("backends", backends.iter().map(|(k, _)| *k).collect()),
+        ("services", services.iter().map(|(k, _)| *k).collect()),
+        ("tun_devs", tun_devs.iter().map(|(k, _)| *k).collect()),
+        ("namespaces", namespaces.iter().map(|(k, _)| *k).collect()),
     ];
     for (kind, names) in kinds {
         for child in names {
@@ -348,7 +372,12 @@ fn node_checks(
                 cx.error(&path, At::Key, format!("name `{child}` is invalid: {rule}"));
             }
             if dns {
-                claim_dns(cx, owners, child, path.iter().map(|s| (*s).to_owned()).collect());
+                claim_dns(
+                    cx,
+                    owners,
+                    child,
+                    path.iter().map(|s| (*s).to_owned()).collect(),
+                );
             }
         }
     }
@@ -357,7 +386,7 @@ fn node_checks(
     if let Some(t) = &own_tun {
         ifnames.insert(t.as_str(), base(&["tun", "name"]));
     }
-    for (t, dev) in &node.tun_devs {
+    for (t, dev) in &tun_devs {
         let path = base(&["tun_devs", t, "device"]);
         if !valid_ifname(&dev.device) {
             cx.error(
@@ -381,7 +410,7 @@ fn node_checks(
         }
         cost(cx, &["nodes", name, "tun_devs", t, "cost"], dev.cost);
     }
-    for (n, ns) in &node.namespaces {
+    for (n, ns) in &namespaces {
         cost(cx, &["nodes", name, "namespaces", n, "cost"], ns.cost);
         for (s, svc) in &ns.services {
             if svc.command.trim().is_empty() {
@@ -396,7 +425,7 @@ fn node_checks(
 
     let mut tcp_ports: BTreeMap<u16, String> = BTreeMap::new();
     let mut udp_ports: BTreeMap<u16, String> = BTreeMap::new();
-    for (s, svc) in &node.services {
+    for (s, svc) in &services {
         let path = ["nodes", name, "services", s.as_str(), "port"];
         if svc.port == 0 {
             cx.error(&path, At::Value, "service port must be 1..=65535");
@@ -426,7 +455,7 @@ fn node_checks(
         );
     }
 
-    for (b, backend) in &node.backends {
+    for (b, backend) in &backends {
         backend_checks(cx, raw, name, b, backend, &mut udp_ports, &mut tcp_ports);
     }
 }
@@ -551,17 +580,41 @@ fn backend_checks(
     match backend {
         BackendConfig::DtlsDialer(d) => {
             let psk = d.psk().is_some();
-            psk_conflicts(cx, &here, psk, &cert_keys, d.server_name.is_some(), d.insecure_skip_verify);
-            pair_required(cx, &here, d.client_cert(), "client_cert", d.client_key(), "client_key");
+            psk_conflicts(
+                cx,
+                &here,
+                psk,
+                &cert_keys,
+                d.server_name.is_some(),
+                d.insecure_skip_verify,
+            );
+            pair_required(
+                cx,
+                &here,
+                d.client_cert(),
+                "client_cert",
+                d.client_key(),
+                "client_key",
+            );
             if !psk {
-                verify_warning(cx, &here, d.insecure_skip_verify, d.root_ca().is_some() || d.pinned_cert().is_some(), "dtls-dialer");
+                verify_warning(
+                    cx,
+                    &here,
+                    d.insecure_skip_verify,
+                    d.root_ca().is_some() || d.pinned_cert().is_some(),
+                    "dtls-dialer",
+                );
             }
         }
         BackendConfig::DtlsListener(l) => {
             let psk = l.psk().is_some();
             psk_conflicts(cx, &here, psk, &cert_keys, false, false);
             if l.require_client_cert && psk {
-                cx.error(&strs(&path("require_client_cert")), At::Key, "require_client_cert needs certificate mode; it cannot be combined with psk");
+                cx.error(
+                    &strs(&path("require_client_cert")),
+                    At::Key,
+                    "require_client_cert needs certificate mode; it cannot be combined with psk",
+                );
             }
             listener_port(cx, &here, l.port, "UDP", udp_ports);
             if !psk {
@@ -572,11 +625,30 @@ fn backend_checks(
             }
         }
         BackendConfig::TcpDialer(d) => {
-            pair_required(cx, &here, d.client_cert(), "client_cert", d.client_key(), "client_key");
+            pair_required(
+                cx,
+                &here,
+                d.client_cert(),
+                "client_cert",
+                d.client_key(),
+                "client_key",
+            );
             if d.tls {
-                verify_warning(cx, &here, d.insecure_skip_verify, d.root_ca().is_some() || d.pinned_cert().is_some(), ty);
+                verify_warning(
+                    cx,
+                    &here,
+                    d.insecure_skip_verify,
+                    d.root_ca().is_some() || d.pinned_cert().is_some(),
+                    ty,
+                );
             } else {
-                tls_off(cx, &here, &cert_keys, d.server_name.is_some(), d.insecure_skip_verify);
+                tls_off(
+                    cx,
+                    &here,
+                    &cert_keys,
+                    d.server_name.is_some(),
+                    d.insecure_skip_verify,
+                );
             }
         }
         BackendConfig::TcpListener(l) => {
@@ -625,7 +697,13 @@ fn psk_conflicts(
     }
 }
 
-fn tls_off(cx: &mut Ctx<'_>, here: &[&str; 4], cert_keys: &[&str], server_name: bool, insecure: bool) {
+fn tls_off(
+    cx: &mut Ctx<'_>,
+    here: &[&str; 4],
+    cert_keys: &[&str],
+    server_name: bool,
+    insecure: bool,
+) {
     let mut keys: Vec<&str> = cert_keys.to_vec();
     if server_name {
         keys.push("server_name");
@@ -701,7 +779,11 @@ fn listener_port(
 ) {
     let path = [here[0], here[1], here[2], here[3], "port"];
     match port {
-        None => cx.error(here, At::Key, "listener without port: add `port: <1-65535>`"),
+        None => cx.error(
+            here,
+            At::Key,
+            "listener without port: add `port: <1-65535>`",
+        ),
         Some(0) => cx.error(&path, At::Value, "port must be 1..=65535"),
         Some(p) => {
             if let Some(first) = used.get(&p) {

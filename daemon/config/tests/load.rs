@@ -23,9 +23,22 @@ fn errors(name: &str) -> Diagnostics {
 }
 
 /// Finds the one diagnostic whose message contains `needle` and checks its place.
-fn expect(diags: &Diagnostics, severity: Severity, needle: &str, line: u32, column: u32) -> Diagnostic {
-    let found: Vec<&Diagnostic> = diags.iter().filter(|d| d.message.contains(needle)).collect();
-    assert_eq!(found.len(), 1, "want one diagnostic with {needle:?} in:\n{diags}");
+fn expect(
+    diags: &Diagnostics,
+    severity: Severity,
+    needle: &str,
+    line: u32,
+    column: u32,
+) -> Diagnostic {
+    let found: Vec<&Diagnostic> = diags
+        .iter()
+        .filter(|d| d.message.contains(needle))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "want one diagnostic with {needle:?} in:\n{diags}"
+    );
     let d = found[0].clone();
     assert_eq!(d.severity, severity, "{d}");
     assert_eq!((d.line, d.column), (line, column), "{d}");
@@ -57,7 +70,10 @@ fn valid_three_node_mesh() {
     assert_eq!(foo.cpctl.port, Some(8123));
     assert_eq!(foo.tun_devs["host"].device, "ctun");
     assert!((foo.tun_devs["host"].cost - 1.5).abs() < 1e-9);
-    assert_eq!(foo.namespaces["sandbox"].services["web"].command, "python3 -m http.server 8080");
+    assert_eq!(
+        foo.namespaces["sandbox"].services["web"].command,
+        "python3 -m http.server 8080"
+    );
     let BackendConfig::DtlsDialer(b1) = &foo.backends["b1"] else {
         panic!("b1 is {:?}", foo.backends["b1"]);
     };
@@ -68,7 +84,10 @@ fn valid_three_node_mesh() {
     assert_eq!(b1.mtu, Some(1400));
     let psk = b1.psk().unwrap();
     assert_eq!(psk.kind(), SecretKind::Psk);
-    assert_eq!(psk.file_path().unwrap().to_str(), Some("/etc/connectopus/link.psk"));
+    assert_eq!(
+        psk.file_path().unwrap().to_str(),
+        Some("/etc/connectopus/link.psk")
+    );
     assert!(b1.client_key().is_none());
 
     let bar = cfg.node("bar").unwrap();
@@ -122,7 +141,13 @@ fn ipv4_address_is_rejected() {
 #[test]
 fn address_outside_subnet() {
     let d = errors("outside_subnet.yml");
-    let e = expect(&d, Severity::Error, "outside global.subnet fd00::/16", 7, 14);
+    let e = expect(
+        &d,
+        Severity::Error,
+        "outside global.subnet fd00::/16",
+        7,
+        14,
+    );
     assert_eq!(e.path, "nodes.foo.address");
     assert_eq!(
         e.to_string(),
@@ -143,7 +168,10 @@ fn missing_node_for_id_lists_known_nodes() {
 fn bad_backend_type() {
     let d = errors("bad_backend_type.yml");
     let e = expect(&d, Severity::Error, "unknown backend type", 10, 15);
-    assert!(e.message.contains("quic-dialer") && e.message.contains("dtls-listener"), "{e}");
+    assert!(
+        e.message.contains("quic-dialer") && e.message.contains("dtls-listener"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,8 +185,20 @@ fn key_of_another_backend_type_is_named() {
 #[test]
 fn psk_with_client_key() {
     let d = errors("psk_with_client_key.yml");
-    expect(&d, Severity::Error, "`client_key_file` is a certificate-mode parameter", 14, 9);
-    expect(&d, Severity::Error, "`client_cert_file` is a certificate-mode parameter", 13, 9);
+    expect(
+        &d,
+        Severity::Error,
+        "`client_key_file` is a certificate-mode parameter",
+        14,
+        9,
+    );
+    expect(
+        &d,
+        Severity::Error,
+        "`client_cert_file` is a certificate-mode parameter",
+        13,
+        9,
+    );
 }
 
 #[test]
@@ -172,7 +212,11 @@ fn peer_node_unknown() {
 fn duplicate_address() {
     let d = errors("duplicate_address.yml");
     let e = expect(&d, Severity::Error, "duplicate address fd00::1:1", 9, 14);
-    assert!(e.message.contains("nodes.bar.address at duplicate_address.yml:7:14"), "{e}");
+    assert!(
+        e.message
+            .contains("nodes.bar.address at duplicate_address.yml:7:14"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -187,11 +231,17 @@ fn inline_secret_is_a_warning_and_never_printed() {
     };
     let psk = l.psk().unwrap();
     assert!(psk.is_inline());
-    assert_eq!(psk.resolve().unwrap().expose(), b"correct horse battery staple");
+    assert_eq!(
+        psk.resolve().unwrap().expose(),
+        b"correct horse battery staple"
+    );
     let debug = format!("{cfg:?}");
     assert!(!debug.contains("correct horse"), "Debug leaks the secret");
     assert!(!d.to_string().contains("correct horse"), "{d}");
-    assert_eq!(d.snippet.as_deref(), Some("        psk: ******************************"));
+    assert_eq!(
+        d.snippet.as_deref(),
+        Some("        psk: ******************************")
+    );
 }
 
 #[test]
@@ -225,4 +275,74 @@ fn json_output() {
     assert_eq!(first["column"], 14);
     assert_eq!(first["file"], "outside_subnet.yml");
     assert_eq!(first["snippet"], "    address: fd01::1");
+}
+
+const HEAD: &str = "global:\n  domain: connectopus.test\n  subnet: fd00::/16\n  authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA a]\nnodes:\n  foo:\n    address: fd00::1:1\n";
+const ID1: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB";
+
+/// Every other semantic rule: (YAML appended after `nodes.foo.address`, severity, message
+/// substring, line, column).
+#[test]
+fn semantic_rules() {
+    let id_line =
+        format!("    identity: {ID1} x\n  bar:\n    address: fd00::2:1\n    identity: {ID1} y\n");
+    let cases: Vec<(String, Severity, &str, u32, u32)> = vec![
+        ("    prefixes: [fd01::/64]\n".into(), Severity::Error, "prefix fd01::/64 is outside global.subnet", 8, 16),
+        ("    prefixes: [fd00:1::/64]\n  bar:\n    address: fd00::2:1\n    prefixes: [fd00:1:0:0:8000::/65]\n".into(), Severity::Error, "overlaps fd00:1::/64 of node foo", 11, 16),
+        ("  bar:\n    address: fd00::2:1\n    tun_devs:\n      host: {device: ctun, address: fd00::1:1}\n".into(), Severity::Error, "duplicate address fd00::1:1", 11, 37),
+        (id_line, Severity::Error, "duplicate identity", 11, 15),
+        ("    identity: ssh-ed25519 AAAA\n".into(), Severity::Error, "malformed identity", 8, 15),
+        ("    backends:\n      b: {type: tcp-dialer, peer: \"h:1\", client_key_file: /k, client_cert_file: /c}\n".into(), Severity::Error, "`client_key_file` is a TLS parameter but tls is off", 9, 42),
+        ("    backends:\n      b: {type: tcp-dialer, peer: \"h:1\", cost: 0}\n".into(), Severity::Error, "cost must be a finite number > 0", 9, 48),
+        ("    backends:\n      b: {type: dtls-listener}\n".into(), Severity::Error, "listener without port", 9, 7),
+        ("    backends:\n      b: {type: dtls-listener, port: 1}\n".into(), Severity::Error, "needs server_cert and server_key", 9, 7),
+        ("    backends:\n      b: {type: tcp-listener, port: 1, tls: true, server_cert_file: /c, server_key: k}\n".into(), Severity::Warning, "inline secret `server_key`", 9, 85),
+        ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk: a, psk_file: /p}\n".into(), Severity::Error, "`psk` and `psk_file` are both set", 9, 51),
+        ("    backends:\n      x: {type: dtls-dialer, peer: \"h:1\", psk_file: /p}\n    services:\n      x: {port: 7, command: cat}\n".into(), Severity::Error, "name `x` is already used by nodes.foo.backends.x", 11, 7),
+        ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk_file: /p, peer_node: foo}\n".into(), Severity::Error, "is this node itself", 9, 68),
+    ];
+    for (tail, severity, needle, line, column) in cases {
+        let src = format!("{HEAD}{tail}");
+        let d = check("m.yml", src.as_bytes());
+        let found: Vec<&Diagnostic> = d.iter().filter(|x| x.message.contains(needle)).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "want {needle:?} once for\n{tail}\ngot:\n{d}"
+        );
+        assert_eq!(
+            (found[0].severity, found[0].line, found[0].column),
+            (severity, line, column),
+            "{}",
+            found[0]
+        );
+    }
+}
+
+#[test]
+fn authorized_keys_rules() {
+    let src = "global:\n  domain: connectopus.test\n  subnet: fd00::/16\n  authorized_keys: []\nnodes:\n  foo: {address: fd00::1}\n";
+    let d = check("m.yml", src.as_bytes());
+    expect(&d, Severity::Warning, "no authorized_keys", 4, 3);
+    assert!(!d.has_errors());
+    let src = src.replace("[]", "[ssh-ed25519 AAAA@@ x]");
+    let d = check("m.yml", src.as_bytes());
+    expect(
+        &d,
+        Severity::Error,
+        "malformed key in authorized_keys",
+        4,
+        21,
+    );
+}
+
+#[test]
+fn non_utf8_and_non_mapping_inputs() {
+    let d = check("m.yml", b"global:\n  domain: \xff\n");
+    expect(&d, Severity::Error, "not valid UTF-8", 2, 11);
+    let d = check("m.yml", b"- 1\n");
+    expect(&d, Severity::Error, "expected a mapping", 1, 1);
+    let d = check("m.yml", b"");
+    assert!(d.has_errors());
 }
