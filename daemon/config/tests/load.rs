@@ -346,3 +346,13 @@ fn non_utf8_and_non_mapping_inputs() {
     let d = check("m.yml", b"");
     assert!(d.has_errors());
 }
+
+#[test]
+fn docs_example_loads_cleanly() {
+    let doc = include_str!("../../../docs/config.md");
+    let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let cfg = load("config.md", doc[start..end].as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+    assert_eq!(cfg.nodes.len(), 3);
+}
