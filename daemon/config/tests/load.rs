@@ -352,7 +352,7 @@ fn docs_example_loads_cleanly() {
     let doc = include_str!("../../../docs/config.md");
     let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
     let end = start + doc[start..].find("```").unwrap();
-    let cfg = load("config.md", doc[start..end].as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    let cfg = load("config.md", &doc.as_bytes()[start..end]).unwrap_or_else(|d| panic!("{d}"));
     assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
     assert_eq!(cfg.nodes.len(), 3);
 }
