@@ -1,0 +1,817 @@
+//! Semantic checks that need more than one value: addresses against the subnet, uniqueness
+//! across nodes, backend parameter combinations, secrets written inline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv6Addr;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::{BackendConfig, MAX_IFNAME_LEN, NodeConfig, RawMesh};
+use crate::secret::Secret;
+use crate::span::{Pos, SNode};
+use crate::types::{Ipv6Net, SshPublicKey, is_dns_label, is_dns_name};
+
+/// Which part of a mapping entry a diagnostic points at.
+#[derive(Clone, Copy)]
+enum At {
+    Key,
+    Value,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    tree: &'a SNode,
+    out: Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn pos(&self, path: &[&str], at: At) -> Pos {
+        let exact = match at {
+            At::Value => self.tree.find(path).map(|n| n.pos),
+            At::Key => self.tree.key_pos(path),
+        };
+        if let Some(p) = exact.filter(Pos::is_known) {
+            return p;
+        }
+        // The key is absent (a default applies): point at the closest enclosing key.
+        (1..path.len())
+            .rev()
+            .find_map(|n| self.tree.key_pos(&path[..n]).filter(Pos::is_known))
+            .unwrap_or(Pos::UNKNOWN)
+    }
+
+    fn place(&self, d: Diagnostic, path: &[&str], at: At) -> Diagnostic {
+        let p = self.pos(path, at);
+        d.at(self.file, self.text, p.line, p.column, p.len)
+            .with_path(path.join("."))
+    }
+
+    fn error(&mut self, path: &[&str], at: At, message: impl Into<String>) {
+        let d = self.place(Diagnostic::error(message), path, at);
+        self.out.push(d);
+    }
+
+    fn warn(&mut self, path: &[&str], at: At, message: impl Into<String>) {
+        let d = self.place(Diagnostic::warning(message), path, at);
+        self.out.push(d);
+    }
+
+    fn loc(&self, path: &[&str], at: At) -> String {
+        let p = self.pos(path, at);
+        format!("{}:{}:{}", self.file, p.line, p.column)
+    }
+}
+
+pub(crate) fn validate(file: &str, text: &str, tree: &SNode, raw: &RawMesh) -> Diagnostics {
+    let mut cx = Ctx {
+        file,
+        text,
+        tree,
+        out: Diagnostics::default(),
+    };
+    global(&mut cx, raw);
+    let mut owners = Owners::default();
+    for (name, node) in in_source_order(tree, &["nodes"], &raw.nodes) {
+        node_checks(&mut cx, raw, name, node, &mut owners);
+    }
+    mesh_wide(&mut cx, &owners);
+    cx.out
+}
+
+/// Returns the map's entries in the order the document lists them (maps are sorted by name).
+fn in_source_order<'m, V>(
+    tree: &SNode,
+    path: &[&str],
+    map: &'m BTreeMap<String, V>,
+) -> Vec<(&'m String, &'m V)> {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    if let Some(node) = tree.find(path) {
+        let order = |k: &String| node.entries().iter().position(|(key, _)| &key.name == k);
+        entries.sort_by_key(|(k, _)| order(k));
+    }
+    entries
+}
+
+fn global(cx: &mut Ctx<'_>, raw: &RawMesh) {
+    let g = &raw.global;
+    if !is_dns_name(&g.domain, true) {
+        cx.error(
+            &["global", "domain"],
+            At::Value,
+            format!(
+                "domain `{}` is not a lowercase DNS name (labels of a-z, 0-9 and `-`)",
+                g.domain
+            ),
+        );
+    }
+    if g.subnet.has_host_bits() {
+        cx.warn(
+            &["global", "subnet"],
+            At::Value,
+            format!(
+                "subnet {} has host bits set; it is used as {}/{}",
+                g.subnet,
+                g.subnet.network(),
+                g.subnet.prefix_len()
+            ),
+        );
+    }
+    if g.authorized_keys.is_empty() {
+        cx.warn(
+            &["global", "authorized_keys"],
+            At::Key,
+            "no authorized_keys: nobody can sign config updates or use the control API",
+        );
+    }
+    ssh_keys(cx, "authorized_keys", &g.authorized_keys);
+    ssh_keys(cx, "revoked_keys", &g.revoked_keys);
+    for (i, k) in g.authorized_keys.iter().enumerate() {
+        if g.revoked_keys.iter().any(|r| r.same_key(k)) {
+            let idx = i.to_string();
+            cx.error(
+                &["global", "authorized_keys", &idx],
+                At::Value,
+                "this key is also listed in global.revoked_keys",
+            );
+        }
+    }
+    let t = &g.timers;
+    let timers = [
+        ("keepalive_idle", t.keepalive_idle),
+        ("dead_interval", t.dead_interval),
+        ("update_interval", t.update_interval),
+        ("node_dead_after", t.node_dead_after),
+    ];
+    for (key, d) in timers {
+        if d.0.is_zero() {
+            cx.error(
+                &["global", "timers", key],
+                At::Value,
+                format!("{key} must be > 0"),
+            );
+        }
+    }
+    if t.dead_interval <= t.keepalive_idle {
+        cx.error(
+            &["global", "timers", "dead_interval"],
+            At::Value,
+            format!(
+                "dead_interval ({}) must be longer than keepalive_idle ({})",
+                t.dead_interval, t.keepalive_idle
+            ),
+        );
+    }
+    if t.node_dead_after <= t.update_interval {
+        cx.error(
+            &["global", "timers", "node_dead_after"],
+            At::Value,
+            format!(
+                "node_dead_after ({}) must be longer than update_interval ({})",
+                t.node_dead_after, t.update_interval
+            ),
+        );
+    }
+    if raw.nodes.is_empty() {
+        cx.error(&["nodes"], At::Key, "the mesh has no nodes");
+    }
+}
+
+fn ssh_keys(cx: &mut Ctx<'_>, list: &str, keys: &[SshPublicKey]) {
+    let mut seen: Vec<&SshPublicKey> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let idx = i.to_string();
+        let path = ["global", list, &idx];
+        if let Err(e) = k.check() {
+            cx.error(&path, At::Value, format!("malformed key in {list}: {e}"));
+        } else if seen.iter().any(|s| s.same_key(k)) {
+            cx.warn(&path, At::Value, format!("key listed twice in {list}"));
+        }
+        seen.push(k);
+    }
+}
+
+/// Who claimed an address, prefix, identity or DNS name first (path of the claiming value).
+#[derive(Default)]
+struct Owners {
+    addresses: HashMap<Ipv6Addr, Vec<String>>,
+    prefixes: Vec<(Ipv6Net, String, Vec<String>)>,
+    identities: Vec<(SshPublicKey, Vec<String>)>,
+    dns_names: BTreeMap<String, Vec<String>>,
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn node_checks(
+    cx: &mut Ctx<'_>,
+    raw: &RawMesh,
+    name: &str,
+    node: &NodeConfig,
+    owners: &mut Owners,
+) {
+    let subnet = raw.global.subnet;
+    let base = |rest: &[&str]| -> Vec<String> {
+        ["nodes", name]
+            .iter()
+            .chain(rest)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    if !is_dns_label(name, true) {
+        cx.error(
+            &["nodes", name],
+            At::Key,
+            format!(
+                "node name `{name}` is invalid: use 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`"
+            ),
+        );
+    }
+    claim_dns(cx, owners, name, base(&[]));
+
+    // Addresses: the node's own, then tun_devs and namespaces.
+    let mut addrs: Vec<(Ipv6Addr, Vec<String>)> = vec![(node.address, base(&["address"]))];
+    let tun_devs = in_source_order(cx.tree, &["nodes", name, "tun_devs"], &node.tun_devs);
+    let namespaces = in_source_order(cx.tree, &["nodes", name, "namespaces"], &node.namespaces);
+    let services = in_source_order(cx.tree, &["nodes", name, "services"], &node.services);
+    let backends = in_source_order(cx.tree, &["nodes", name, "backends"], &node.backends);
+    for (t, dev) in &tun_devs {
+        addrs.push((dev.address, base(&["tun_devs", t, "address"])));
+    }
+    for (n, ns) in &namespaces {
+        addrs.push((ns.address, base(&["namespaces", n, "address"])));
+    }
+    for (addr, path) in addrs {
+        let p = strs(&path);
+        if !subnet.contains(addr) {
+            cx.error(
+                &p,
+                At::Value,
+                format!("address {addr} is outside global.subnet {subnet}"),
+            );
+        }
+        if let Some(first) = owners.addresses.get(&addr) {
+            let msg = format!(
+                "duplicate address {addr}: already used by {} at {}",
+                first.join("."),
+                cx.loc(&strs(first), At::Value)
+            );
+            cx.error(&p, At::Value, msg);
+        } else {
+            owners.addresses.insert(addr, path.clone());
+        }
+    }
+
+    if let Some(id) = &node.identity {
+        let path = base(&["identity"]);
+        if let Err(e) = id.check() {
+            cx.error(&strs(&path), At::Value, format!("malformed identity: {e}"));
+        } else if raw.global.revoked_keys.iter().any(|r| r.same_key(id)) {
+            cx.error(
+                &strs(&path),
+                At::Value,
+                "identity key is listed in global.revoked_keys",
+            );
+        } else if let Some((_, first)) = owners.identities.iter().find(|(k, _)| k.same_key(id)) {
+            let msg = format!(
+                "duplicate identity: the same key is the identity of {} ({})",
+                first.get(1).map_or("", String::as_str),
+                cx.loc(&strs(first), At::Value)
+            );
+            cx.error(&strs(&path), At::Value, msg);
+        } else {
+            owners.identities.push((id.clone(), path));
+        }
+    }
+
+    for (i, prefix) in node.prefixes.iter().enumerate() {
+        let idx = i.to_string();
+        let path = base(&["prefixes", &idx]);
+        let p = strs(&path);
+        if !subnet.contains_net(prefix) {
+            cx.error(
+                &p,
+                At::Value,
+                format!("prefix {prefix} is outside global.subnet {subnet}"),
+            );
+        }
+        if prefix.has_host_bits() {
+            cx.warn(
+                &p,
+                At::Value,
+                format!(
+                    "prefix {prefix} has host bits set; it is used as {}/{}",
+                    prefix.network(),
+                    prefix.prefix_len()
+                ),
+            );
+        }
+        if let Some((other, owner, first)) = owners
+            .prefixes
+            .iter()
+            .find(|(o, owner, _)| owner != name && o.overlaps(prefix))
+        {
+            let msg = format!(
+                "prefix {prefix} overlaps {other} of node {owner} ({})",
+                cx.loc(&strs(first), At::Value)
+            );
+            cx.error(&p, At::Value, msg);
+        }
+        owners.prefixes.push((*prefix, name.to_owned(), path));
+    }
+
+    // Own TUN device.
+    if let Some(tun) = &node.tun.name
+        && !valid_ifname(tun)
+    {
+        cx.error(
+            &["nodes", name, "tun", "name"],
+            At::Value,
+            format!(
+                "interface name `{tun}` is invalid: 1 to {MAX_IFNAME_LEN} bytes, no `/`, `:` or whitespace"
+            ),
+        );
+    }
+    let own_tun = node.tun_name(name);
+
+    // Child names share one namespace (upstream flaw 20); tun_devs and namespaces are DNS names.
+    let mut children: BTreeMap<&str, &str> = BTreeMap::new();
+    let kinds: [(&str, Vec<&String>); 4] = [
+        ("backends", backends.iter().map(|(k, _)| *k).collect()),
+        ("services", services.iter().map(|(k, _)| *k).collect()),
+        ("tun_devs", tun_devs.iter().map(|(k, _)| *k).collect()),
+        ("namespaces", namespaces.iter().map(|(k, _)| *k).collect()),
+    ];
+    for (kind, names) in kinds {
+        for child in names {
+            let path = ["nodes", name, kind, child.as_str()];
+            if let Some(first) = children.get(child.as_str()) {
+                cx.error(
+                    &path,
+                    At::Key,
+                    format!("name `{child}` is already used by nodes.{name}.{first}.{child}; backends, services, tun_devs and namespaces of a node need distinct names"),
+                );
+            } else {
+                children.insert(child, kind);
+            }
+            let dns = kind == "tun_devs" || kind == "namespaces";
+            let ok = if dns {
+                is_dns_label(child, true)
+            } else {
+                !child.is_empty()
+                    && child
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !ok {
+                let rule = if dns {
+                    "it becomes a DNS name: use a-z, 0-9 and `-`"
+                } else {
+                    "use letters, digits, `-` and `_`"
+                };
+                cx.error(&path, At::Key, format!("name `{child}` is invalid: {rule}"));
+            }
+            if dns {
+                claim_dns(
+                    cx,
+                    owners,
+                    child,
+                    path.iter().map(|s| (*s).to_owned()).collect(),
+                );
+            }
+        }
+    }
+
+    let mut ifnames: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    if let Some(t) = &own_tun {
+        ifnames.insert(t.as_str(), base(&["tun", "name"]));
+    }
+    for (t, dev) in &tun_devs {
+        let path = base(&["tun_devs", t, "device"]);
+        if !valid_ifname(&dev.device) {
+            cx.error(
+                &strs(&path),
+                At::Value,
+                format!(
+                    "interface name `{}` is invalid: 1 to {MAX_IFNAME_LEN} bytes, no `/`, `:` or whitespace",
+                    dev.device
+                ),
+            );
+        }
+        if let Some(first) = ifnames.get(dev.device.as_str()) {
+            let msg = format!(
+                "interface `{}` is already used by {}",
+                dev.device,
+                first.join(".")
+            );
+            cx.error(&strs(&path), At::Value, msg);
+        } else {
+            ifnames.insert(dev.device.as_str(), path);
+        }
+        cost(cx, &["nodes", name, "tun_devs", t, "cost"], dev.cost);
+    }
+    for (n, ns) in &namespaces {
+        cost(cx, &["nodes", name, "namespaces", n, "cost"], ns.cost);
+        for (s, svc) in &ns.services {
+            if svc.command.trim().is_empty() {
+                cx.error(
+                    &["nodes", name, "namespaces", n, "services", s, "command"],
+                    At::Value,
+                    "command is empty",
+                );
+            }
+        }
+    }
+
+    let mut tcp_ports: BTreeMap<u16, String> = BTreeMap::new();
+    let mut udp_ports: BTreeMap<u16, String> = BTreeMap::new();
+    for (s, svc) in &services {
+        let path = ["nodes", name, "services", s.as_str(), "port"];
+        if svc.port == 0 {
+            cx.error(&path, At::Value, "service port must be 1..=65535");
+        }
+        if let Some(first) = tcp_ports.get(&svc.port) {
+            cx.error(
+                &path,
+                At::Value,
+                format!("port {} is already used by {first}", svc.port),
+            );
+        } else {
+            tcp_ports.insert(svc.port, format!("nodes.{name}.services.{s}"));
+        }
+        if svc.command.trim().is_empty() {
+            cx.error(
+                &["nodes", name, "services", s, "command"],
+                At::Value,
+                "command is empty",
+            );
+        }
+    }
+    if node.cpctl.port == Some(0) {
+        cx.error(
+            &["nodes", name, "cpctl", "port"],
+            At::Value,
+            "cpctl port must be 1..=65535",
+        );
+    }
+
+    for (b, backend) in &backends {
+        backend_checks(cx, raw, name, b, backend, &mut udp_ports, &mut tcp_ports);
+    }
+}
+
+fn claim_dns(cx: &mut Ctx<'_>, owners: &mut Owners, dns: &str, path: Vec<String>) {
+    if let Some(first) = owners.dns_names.get(dns) {
+        let msg = format!(
+            "DNS name `{dns}` is already used by {} ({})",
+            first.join("."),
+            cx.loc(&strs(first), At::Key)
+        );
+        cx.error(&strs(&path), At::Key, msg);
+    } else {
+        owners.dns_names.insert(dns.to_owned(), path);
+    }
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_IFNAME_LEN
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+fn cost(cx: &mut Ctx<'_>, path: &[&str], cost: f64) {
+    if !cost.is_finite() || cost <= 0.0 {
+        cx.error(
+            path,
+            At::Value,
+            format!("cost must be a finite number > 0, not {cost}"),
+        );
+    }
+}
+
+fn backend_checks(
+    cx: &mut Ctx<'_>,
+    raw: &RawMesh,
+    node: &str,
+    b: &str,
+    backend: &BackendConfig,
+    udp_ports: &mut BTreeMap<u16, String>,
+    tcp_ports: &mut BTreeMap<u16, String>,
+) {
+    let path = |key: &'static str| -> [String; 5] {
+        [
+            "nodes".to_owned(),
+            node.to_owned(),
+            "backends".to_owned(),
+            b.to_owned(),
+            key.to_owned(),
+        ]
+    };
+    let here = ["nodes", node, "backends", b];
+    let ty = backend.type_name();
+    cost(cx, &strs(&path("cost")), backend.cost());
+    if let Some(mtu) = backend.mtu()
+        && !(1280..=65535).contains(&mtu)
+    {
+        cx.error(
+            &strs(&path("mtu")),
+            At::Value,
+            format!("mtu {mtu} is out of range: IPv6 needs 1280..=65535"),
+        );
+    }
+    if let Some(peer) = backend.peer_node() {
+        if !raw.nodes.contains_key(peer) {
+            let known: Vec<&str> = raw.nodes.keys().map(String::as_str).collect();
+            cx.error(
+                &strs(&path("peer_node")),
+                At::Value,
+                format!(
+                    "peer_node `{peer}` is not a node of this mesh (known nodes: {})",
+                    known.join(", ")
+                ),
+            );
+        } else if peer == node {
+            cx.error(
+                &strs(&path("peer_node")),
+                At::Value,
+                format!("peer_node `{peer}` is this node itself"),
+            );
+        }
+    }
+
+    let slots = backend.secret_slots();
+    let set = |key: &str| slots.iter().any(|(k, v)| *k == key && v.is_some());
+    // Each value may be given inline or as a file, never both.
+    for (k, v) in &slots {
+        if let Some(base) = k.strip_suffix("_file")
+            && v.is_some()
+            && set(base)
+        {
+            cx.error(
+                &strs(&path(k)),
+                At::Key,
+                format!("`{base}` and `{k}` are both set; use exactly one"),
+            );
+        }
+    }
+    // Inline confidential values reach every node.
+    for (k, v) in &slots {
+        if let Some(s) = v
+            && s.is_inline()
+            && s.kind().is_confidential()
+        {
+            cx.warn(
+                &strs(&path(k)),
+                At::Value,
+                format!("inline secret `{k}` in a config that is distributed to every node; use {k}_file"),
+            );
+        }
+    }
+    let cert_keys: Vec<&'static str> = slots
+        .iter()
+        .filter(|(k, v)| v.is_some() && !k.starts_with("psk"))
+        .map(|(k, _)| *k)
+        .collect();
+
+    match backend {
+        BackendConfig::DtlsDialer(d) => {
+            let psk = d.psk().is_some();
+            psk_conflicts(
+                cx,
+                &here,
+                psk,
+                &cert_keys,
+                d.server_name.is_some(),
+                d.insecure_skip_verify,
+            );
+            pair_required(
+                cx,
+                &here,
+                d.client_cert(),
+                "client_cert",
+                d.client_key(),
+                "client_key",
+            );
+            if !psk {
+                verify_warning(
+                    cx,
+                    &here,
+                    d.insecure_skip_verify,
+                    d.root_ca().is_some() || d.pinned_cert().is_some(),
+                    "dtls-dialer",
+                );
+            }
+        }
+        BackendConfig::DtlsListener(l) => {
+            let psk = l.psk().is_some();
+            psk_conflicts(cx, &here, psk, &cert_keys, false, false);
+            if l.require_client_cert && psk {
+                cx.error(
+                    &strs(&path("require_client_cert")),
+                    At::Key,
+                    "require_client_cert needs certificate mode; it cannot be combined with psk",
+                );
+            }
+            listener_port(cx, &here, l.port, "UDP", udp_ports);
+            if !psk {
+                if l.server_cert().is_none() || l.server_key().is_none() {
+                    cx.error(&here, At::Key, "dtls-listener without psk needs server_cert and server_key (or their _file variants)");
+                }
+                client_ca(cx, &here, l.require_client_cert, l.client_ca().is_some());
+            }
+        }
+        BackendConfig::TcpDialer(d) => {
+            pair_required(
+                cx,
+                &here,
+                d.client_cert(),
+                "client_cert",
+                d.client_key(),
+                "client_key",
+            );
+            if d.tls {
+                verify_warning(
+                    cx,
+                    &here,
+                    d.insecure_skip_verify,
+                    d.root_ca().is_some() || d.pinned_cert().is_some(),
+                    ty,
+                );
+            } else {
+                tls_off(
+                    cx,
+                    &here,
+                    &cert_keys,
+                    d.server_name.is_some(),
+                    d.insecure_skip_verify,
+                );
+            }
+        }
+        BackendConfig::TcpListener(l) => {
+            listener_port(cx, &here, l.port, "TCP", tcp_ports);
+            if l.tls {
+                if l.server_cert().is_none() || l.server_key().is_none() {
+                    cx.error(&here, At::Key, "tcp-listener with tls: true needs server_cert and server_key (or their _file variants)");
+                }
+                client_ca(cx, &here, l.require_client_cert, l.client_ca().is_some());
+            } else {
+                let mut keys = cert_keys.clone();
+                if l.require_client_cert {
+                    keys.push("require_client_cert");
+                }
+                tls_off(cx, &here, &keys, false, false);
+            }
+        }
+    }
+}
+
+fn psk_conflicts(
+    cx: &mut Ctx<'_>,
+    here: &[&str; 4],
+    psk: bool,
+    cert_keys: &[&str],
+    server_name: bool,
+    insecure: bool,
+) {
+    if !psk {
+        return;
+    }
+    let mut keys: Vec<&str> = cert_keys.to_vec();
+    if server_name {
+        keys.push("server_name");
+    }
+    if insecure {
+        keys.push("insecure_skip_verify");
+    }
+    for k in keys {
+        let path = [here[0], here[1], here[2], here[3], k];
+        cx.error(
+            &path,
+            At::Key,
+            format!("`{k}` is a certificate-mode parameter and cannot be combined with psk"),
+        );
+    }
+}
+
+fn tls_off(
+    cx: &mut Ctx<'_>,
+    here: &[&str; 4],
+    cert_keys: &[&str],
+    server_name: bool,
+    insecure: bool,
+) {
+    let mut keys: Vec<&str> = cert_keys.to_vec();
+    if server_name {
+        keys.push("server_name");
+    }
+    if insecure {
+        keys.push("insecure_skip_verify");
+    }
+    for k in keys {
+        let path = [here[0], here[1], here[2], here[3], k];
+        cx.error(
+            &path,
+            At::Key,
+            format!("`{k}` is a TLS parameter but tls is off; set `tls: true` or remove it"),
+        );
+    }
+}
+
+fn pair_required(
+    cx: &mut Ctx<'_>,
+    here: &[&str; 4],
+    a: Option<&Secret>,
+    a_name: &str,
+    b: Option<&Secret>,
+    b_name: &str,
+) {
+    let (set, missing) = match (a.is_some(), b.is_some()) {
+        (true, false) => (a_name, b_name),
+        (false, true) => (b_name, a_name),
+        _ => return,
+    };
+    let path = [here[0], here[1], here[2], here[3], set];
+    cx.error(
+        &path,
+        At::Key,
+        format!("`{set}` needs `{missing}` (or `{missing}_file`) as well"),
+    );
+}
+
+fn verify_warning(cx: &mut Ctx<'_>, here: &[&str; 4], insecure: bool, anchor: bool, ty: &str) {
+    if insecure {
+        let path = [here[0], here[1], here[2], here[3], "insecure_skip_verify"];
+        cx.warn(
+            &path,
+            At::Key,
+            format!("{ty} does not verify the listener's certificate; anyone on the path can impersonate it"),
+        );
+    } else if !anchor {
+        cx.warn(
+            here,
+            At::Key,
+            "no root_ca or pinned_cert: the listener is verified against the system trust store",
+        );
+    }
+}
+
+fn client_ca(cx: &mut Ctx<'_>, here: &[&str; 4], require: bool, ca: bool) {
+    if require && !ca {
+        let path = [here[0], here[1], here[2], here[3], "require_client_cert"];
+        cx.error(
+            &path,
+            At::Key,
+            "require_client_cert needs client_ca (or client_ca_file) to verify clients with",
+        );
+    }
+}
+
+fn listener_port(
+    cx: &mut Ctx<'_>,
+    here: &[&str; 4],
+    port: Option<u16>,
+    proto: &str,
+    used: &mut BTreeMap<u16, String>,
+) {
+    let path = [here[0], here[1], here[2], here[3], "port"];
+    match port {
+        None => cx.error(
+            here,
+            At::Key,
+            "listener without port: add `port: <1-65535>`",
+        ),
+        Some(0) => cx.error(&path, At::Value, "port must be 1..=65535"),
+        Some(p) => {
+            if let Some(first) = used.get(&p) {
+                cx.error(
+                    &path,
+                    At::Value,
+                    format!("{proto} port {p} is already used by {first}"),
+                );
+            } else {
+                used.insert(p, here.join("."));
+            }
+        }
+    }
+}
+
+fn mesh_wide(cx: &mut Ctx<'_>, owners: &Owners) {
+    // A prefix must not cover another node's addresses.
+    for (prefix, owner, path) in &owners.prefixes {
+        for (addr, addr_path) in &owners.addresses {
+            let addr_node = addr_path.get(1).map_or("", String::as_str);
+            if addr_node != owner && prefix.contains(*addr) {
+                let msg = format!(
+                    "prefix {prefix} of node {owner} contains {addr}, used by {} ({})",
+                    addr_path.join("."),
+                    cx.loc(&strs(addr_path), At::Value)
+                );
+                cx.error(&strs(path), At::Value, msg);
+            }
+        }
+    }
+}
