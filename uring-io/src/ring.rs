@@ -467,7 +467,9 @@ impl UringDriver {
             OpKind::Send => opcode::SendMsg::new(fd, (&raw const (*self.msg_ref(i)).hdr)).build(),
             OpKind::RecvPacket => {
                 if self.features.read_multishot {
-                    opcode::ReadMulti::new(fd, self.buf_ring.rx_len, BGID).offset(u64::MAX).build()
+                    // The kernel rejects a length here (EINVAL): each read fills at most the
+                    // selected buffer, whose length the ring entry carries.
+                    opcode::ReadMulti::new(fd, 0, BGID).offset(u64::MAX).build()
                 } else {
                     opcode::Read::new(fd, ptr::null_mut(), self.buf_ring.rx_len)
                         .offset(u64::MAX)
