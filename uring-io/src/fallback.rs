@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::meta::{
-    CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, OpKind, SockAddrBuf, Token, parse_gro,
+    CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, Op, OpKind, SockAddrBuf, Token, parse_gro,
     parse_sockaddr, write_gso,
 };
 use crate::pool::{BufId, BufferPool};
@@ -103,23 +103,14 @@ impl SyscallDriver {
         }
     }
 
-    pub(crate) fn queue(
-        &mut self,
-        kind: OpKind,
-        fd: RawFd,
-        token: Token,
-        buf: u16,
-        start: u32,
-        len: u32,
-        dest: Option<(&SocketAddr, Option<u16>)>,
-    ) {
+    pub(crate) fn queue(&mut self, op: Op, dest: Option<(&SocketAddr, Option<u16>)>) {
         let mut op = PendingOp {
-            kind,
-            token,
-            fd,
-            buf,
-            start,
-            len,
+            kind: op.kind,
+            token: op.token,
+            fd: op.fd,
+            buf: op.buf,
+            start: op.start,
+            len: op.len,
             dest: SockAddrBuf::zeroed(),
             dest_len: 0,
             segment_size: None,
@@ -293,9 +284,15 @@ impl SyscallDriver {
                 }
                 OpKind::Write | OpKind::Read => {
                     let (ptr, len) = if op.kind == OpKind::Read {
-                        (pool.ptr(op.buf).wrapping_add(pool.headroom()), pool.rx_capacity())
+                        (
+                            pool.ptr(op.buf).wrapping_add(pool.headroom()),
+                            pool.rx_capacity(),
+                        )
                     } else {
-                        (pool.ptr(op.buf).wrapping_add(op.start as usize), op.len as usize)
+                        (
+                            pool.ptr(op.buf).wrapping_add(op.start as usize),
+                            op.len as usize,
+                        )
                     };
                     // SAFETY: the buffer is kernel-owned (no Rust reference to it exists) and
                     // `ptr..ptr+len` lies inside it (checked when queued).
@@ -306,7 +303,11 @@ impl SyscallDriver {
                             libc::write(op.fd, ptr.cast(), len)
                         }
                     };
-                    let result = if r < 0 { Err(last_errno()) } else { Ok(r as usize) };
+                    let result = if r < 0 {
+                        Err(last_errno())
+                    } else {
+                        Ok(r as usize)
+                    };
                     if result == Err(Errno(libc::EAGAIN)) {
                         self.pending.push_back(op);
                         self.blocked.push((op.fd, dir));
@@ -389,7 +390,13 @@ impl SyscallDriver {
         k - sent
     }
 
-    fn recv_datagrams(&mut self, pool: &mut BufferPool, i: usize, out: &mut Vec<Completion>, limit: usize) {
+    fn recv_datagrams(
+        &mut self,
+        pool: &mut BufferPool,
+        i: usize,
+        out: &mut Vec<Completion>,
+        limit: usize,
+    ) {
         let a = self.armed[i];
         let Some(n) = self.take_rx_buffers(pool, i, out, limit) else {
             return;
@@ -451,6 +458,10 @@ impl SyscallDriver {
                 )
             };
             c.src = parse_sockaddr(name);
+            #[allow(
+                clippy::unnecessary_cast,
+                reason = "msg_controllen is not usize on every libc"
+            )]
             let clen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
             c.segment_size = parse_gro(&s.controls[j].0[..clen]);
             out.push(c);
@@ -460,7 +471,13 @@ impl SyscallDriver {
         }
     }
 
-    fn recv_packets(&mut self, pool: &mut BufferPool, i: usize, out: &mut Vec<Completion>, limit: usize) {
+    fn recv_packets(
+        &mut self,
+        pool: &mut BufferPool,
+        i: usize,
+        out: &mut Vec<Completion>,
+        limit: usize,
+    ) {
         let a = self.armed[i];
         let Some(n) = self.take_rx_buffers(pool, i, out, limit) else {
             return;
@@ -500,7 +517,13 @@ impl SyscallDriver {
     }
 
     /// Takes up to a batch of buffers for armed receive `i`; reports `ENOBUFS` when none is free.
-    fn take_rx_buffers(&mut self, pool: &mut BufferPool, i: usize, out: &mut Vec<Completion>, limit: usize) -> Option<usize> {
+    fn take_rx_buffers(
+        &mut self,
+        pool: &mut BufferPool,
+        i: usize,
+        out: &mut Vec<Completion>,
+        limit: usize,
+    ) -> Option<usize> {
         let want = BATCH_SIZE.min(limit.saturating_sub(out.len()));
         let mut n = 0;
         while n < want {
@@ -539,7 +562,11 @@ impl SyscallDriver {
 unsafe impl Send for SyscallDriver {}
 
 fn last_errno() -> Errno {
-    Errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 /// Sets `O_NONBLOCK` on `fd` (the syscall backend must never block outside `poll`).

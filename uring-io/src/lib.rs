@@ -64,6 +64,8 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use meta::{Completion, Errno, OpKind, Token, Transmit};
+
+use meta::Op;
 pub use pool::{BufId, BufferPool, MAX_BUFFERS};
 pub use wake::Waker;
 
@@ -347,10 +349,17 @@ impl PacketIo {
     ///
     /// Panics when `buf` belongs to another pool.
     pub fn read(&mut self, fd: RawFd, token: Token, buf: BufId) {
-        let idx = self.pool.give_to_kernel(buf);
+        let op = Op {
+            kind: OpKind::Read,
+            token,
+            fd,
+            buf: self.pool.give_to_kernel(buf),
+            start: 0,
+            len: 0,
+        };
         match &mut self.driver {
-            Driver::Uring(d) => d.read(fd, token, idx),
-            Driver::Syscall(d) => d.queue(OpKind::Read, fd, token, idx, 0, 0, None),
+            Driver::Uring(d) => d.queue_rw(op),
+            Driver::Syscall(d) => d.queue(op, None),
         }
     }
 
@@ -363,10 +372,17 @@ impl PacketIo {
     /// Panics when `range` is not inside the buffer or `buf` belongs to another pool.
     pub fn write(&mut self, fd: RawFd, token: Token, buf: BufId, range: Range<usize>) {
         let (start, len) = self.check_range(&range);
-        let idx = self.pool.give_to_kernel(buf);
+        let op = Op {
+            kind: OpKind::Write,
+            token,
+            fd,
+            buf: self.pool.give_to_kernel(buf),
+            start,
+            len,
+        };
         match &mut self.driver {
-            Driver::Uring(d) => d.write(fd, token, idx, start, len),
-            Driver::Syscall(d) => d.queue(OpKind::Write, fd, token, idx, start, len, None),
+            Driver::Uring(d) => d.queue_rw(op),
+            Driver::Syscall(d) => d.queue(op, None),
         }
     }
 
@@ -378,27 +394,18 @@ impl PacketIo {
     /// Panics when the range is not inside the buffer or the buffer belongs to another pool.
     pub fn send_to(&mut self, fd: RawFd, token: Token, transmit: Transmit) {
         let (start, len) = self.check_range(&transmit.range);
-        let idx = self.pool.give_to_kernel(transmit.buf);
+        let op = Op {
+            kind: OpKind::Send,
+            token,
+            fd,
+            buf: self.pool.give_to_kernel(transmit.buf),
+            start,
+            len,
+        };
+        let dest = &transmit.destination;
         match &mut self.driver {
-            Driver::Uring(d) => d.send(
-                &self.pool,
-                fd,
-                token,
-                idx,
-                start,
-                len,
-                &transmit.destination,
-                transmit.segment_size,
-            ),
-            Driver::Syscall(d) => d.queue(
-                OpKind::Send,
-                fd,
-                token,
-                idx,
-                start,
-                len,
-                Some((&transmit.destination, transmit.segment_size)),
-            ),
+            Driver::Uring(d) => d.send(&self.pool, op, dest, transmit.segment_size),
+            Driver::Syscall(d) => d.queue(op, Some((dest, transmit.segment_size))),
         }
     }
 
@@ -454,11 +461,11 @@ impl PacketIo {
 
 impl Drop for PacketIo {
     fn drop(&mut self) {
-        if let Driver::Uring(d) = &mut self.driver {
-            if !d.shutdown(&mut self.pool) {
-                // The kernel may still write into the pool: never unmap it.
-                self.pool.leak();
-            }
+        if let Driver::Uring(d) = &mut self.driver
+            && !d.shutdown(&mut self.pool)
+        {
+            // The kernel may still write into the pool: never unmap it.
+            self.pool.leak();
         }
     }
 }

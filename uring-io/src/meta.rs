@@ -111,6 +111,19 @@ impl Completion {
     }
 }
 
+/// One queued operation, as both drivers record it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Op {
+    pub(crate) kind: OpKind,
+    pub(crate) token: Token,
+    pub(crate) fd: RawFd,
+    /// The pool index of the buffer, if the operation has one.
+    pub(crate) buf: u16,
+    /// The first byte of the buffer the operation uses (writes and sends).
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+}
+
 /// Describes one outgoing datagram (or GSO batch) held in a pool buffer.
 #[derive(Debug)]
 pub struct Transmit {
@@ -192,7 +205,10 @@ pub(crate) fn parse_sockaddr(bytes: &[u8]) -> Option<SocketAddr> {
             // `sockaddr_in` is valid for any bytes.
             let sa = unsafe { bytes.as_ptr().cast::<libc::sockaddr_in>().read_unaligned() };
             let ip = Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sa.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sa.sin_port),
+            )))
         }
         libc::AF_INET6 if bytes.len() >= mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for `sockaddr_in6`.
@@ -215,12 +231,15 @@ pub(crate) fn parse_gro(mut control: &[u8]) -> Option<u16> {
         // SAFETY: at least `hdr_len` bytes remain; `read_unaligned` tolerates any alignment and
         // `cmsghdr` is valid for any bytes.
         let hdr = unsafe { control.as_ptr().cast::<libc::cmsghdr>().read_unaligned() };
+        #[allow(
+            clippy::unnecessary_cast,
+            reason = "cmsg_len is not usize on every libc"
+        )]
         let len = hdr.cmsg_len as usize;
         if len < hdr_len || len > control.len() {
             return None;
         }
-        if hdr.cmsg_level == libc::SOL_UDP && hdr.cmsg_type == libc::UDP_GRO && len >= hdr_len + 4
-        {
+        if hdr.cmsg_level == libc::SOL_UDP && hdr.cmsg_type == libc::UDP_GRO && len >= hdr_len + 4 {
             let d = &control[hdr_len..hdr_len + 4];
             let size = i32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
             return u16::try_from(size).ok();
@@ -267,8 +286,7 @@ mod tests {
             let mut buf = SockAddrBuf::zeroed();
             let len = buf.set(&addr) as usize;
             // SAFETY (test): the union is at least `len` bytes long.
-            let bytes =
-                unsafe { std::slice::from_raw_parts((&raw const buf).cast::<u8>(), len) };
+            let bytes = unsafe { std::slice::from_raw_parts((&raw const buf).cast::<u8>(), len) };
             assert_eq!(parse_sockaddr(bytes), Some(addr));
         }
     }

@@ -66,12 +66,19 @@ impl BufferPool {
     ///
     /// Fails with `InvalidInput` when the geometry is unusable (no buffers, more than 32768, or
     /// headroom plus tailroom leaving no packet area) and with the `mmap` error otherwise.
-    pub fn new(count: usize, buf_size: usize, headroom: usize, tailroom: usize) -> io::Result<Self> {
+    pub fn new(
+        count: usize,
+        buf_size: usize,
+        headroom: usize,
+        tailroom: usize,
+    ) -> io::Result<Self> {
         if count == 0 || count > MAX_BUFFERS {
             return Err(invalid("buffer count must be between 1 and 32768"));
         }
         if buf_size > u32::MAX as usize || headroom + tailroom >= buf_size {
-            return Err(invalid("headroom + tailroom must be smaller than the buffer size"));
+            return Err(invalid(
+                "headroom + tailroom must be smaller than the buffer size",
+            ));
         }
         let map_len = count
             .checked_mul(buf_size)

@@ -28,7 +28,7 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, register, squeue};
 
 use crate::meta::{
-    CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, OpKind, SockAddrBuf, Token, parse_gro,
+    CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, Op, OpKind, SockAddrBuf, Token, parse_gro,
     parse_sockaddr, write_gso,
 };
 use crate::pool::{BufId, BufferPool};
@@ -141,7 +141,9 @@ impl UringDriver {
             return Err(FallbackReason::MissingFeature("IORING_FEAT_NODROP (5.5)"));
         }
         if !params.is_feature_fast_poll() {
-            return Err(FallbackReason::MissingFeature("IORING_FEAT_FAST_POLL (5.7)"));
+            return Err(FallbackReason::MissingFeature(
+                "IORING_FEAT_FAST_POLL (5.7)",
+            ));
         }
 
         let mut probe = register::Probe::new();
@@ -156,7 +158,10 @@ impl UringDriver {
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
             // Not used, but it arrived in 6.0 with multishot recvmsg and synchronous cancel,
             // which the probe cannot see directly.
-            (opcode::SendZc::CODE, "SEND_ZC (stands for Linux 6.0: multishot recvmsg)"),
+            (
+                opcode::SendZc::CODE,
+                "SEND_ZC (stands for Linux 6.0: multishot recvmsg)",
+            ),
         ];
         for (code, name) in required {
             if !probe.is_supported(code) {
@@ -180,8 +185,7 @@ impl UringDriver {
             };
 
         let rx_target = config.rx_buffers.clamp(1, pool.capacity());
-        let mut buf_ring =
-            BufRing::new(&ring, rx_target, pool).map_err(FallbackReason::BufRing)?;
+        let mut buf_ring = BufRing::new(&ring, rx_target, pool).map_err(FallbackReason::BufRing)?;
         while buf_ring.posted < rx_target {
             let Some(idx) = pool.take_for_kernel() else {
                 break;
@@ -232,30 +236,31 @@ impl UringDriver {
             leak: false,
         };
         let wake_fd = driver.wake.raw_fd();
-        driver.queue(OpKind::Wake, Token(0), wake_fd, NO_BUF, 0, 0);
+        driver.queue(Op {
+            kind: OpKind::Wake,
+            token: Token(0),
+            fd: wake_fd,
+            buf: NO_BUF,
+            start: 0,
+            len: 0,
+        });
         Ok(driver)
     }
 
-    pub(crate) fn read(&mut self, fd: RawFd, token: Token, buf: u16) {
-        self.queue(OpKind::Read, token, fd, buf, 0, 0);
-    }
-
-    pub(crate) fn write(&mut self, fd: RawFd, token: Token, buf: u16, start: u32, len: u32) {
-        self.queue(OpKind::Write, token, fd, buf, start, len);
+    /// Queues a read or write.
+    pub(crate) fn queue_rw(&mut self, op: Op) {
+        self.queue(op);
     }
 
     pub(crate) fn send(
         &mut self,
         pool: &BufferPool,
-        fd: RawFd,
-        token: Token,
-        buf: u16,
-        start: u32,
-        len: u32,
+        op: Op,
         dest: &std::net::SocketAddr,
         segment_size: Option<u16>,
     ) {
-        let i = self.queue(OpKind::Send, token, fd, buf, start, len);
+        let (buf, start, len) = (op.buf, op.start, op.len);
+        let i = self.queue(op);
         let m = self.msg(i);
         // SAFETY: slot `i` was just taken from the free list, so the kernel holds no pointer to
         // its `MsgState`; `m` points into the live `msgs` allocation. The buffer pointer stays
@@ -288,7 +293,14 @@ impl UringDriver {
         if self.n_armed >= MAX_RECEIVERS {
             return false;
         }
-        let i = self.queue(kind, token, fd, NO_BUF, 0, 0);
+        let i = self.queue(Op {
+            kind,
+            token,
+            fd,
+            buf: NO_BUF,
+            start: 0,
+            len: 0,
+        });
         self.n_armed += 1;
         if kind == OpKind::RecvDatagram {
             let m = self.msg(i);
@@ -363,10 +375,10 @@ impl UringDriver {
         }
         if self.n_in_flight > 0 {
             let _ = self.ring.submit();
-            let _ = self.ring.submitter().register_sync_cancel(
-                Some(Timespec::new().sec(1)),
-                CancelBuilder::any(),
-            );
+            let _ = self
+                .ring
+                .submitter()
+                .register_sync_cancel(Some(Timespec::new().sec(1)), CancelBuilder::any());
         }
         for _ in 0..50 {
             if self.n_in_flight == 0 {
@@ -391,18 +403,21 @@ impl UringDriver {
         unsafe { self.msgs.as_ptr().add(i as usize) }
     }
 
-    fn queue(&mut self, kind: OpKind, token: Token, fd: RawFd, buf: u16, start: u32, len: u32) -> u32 {
+    fn queue(&mut self, op: Op) -> u32 {
         // Cannot fail: there is one slot per pool buffer (each buffer-carrying operation holds a
         // buffer) plus one per armed receive plus the wake read.
-        let i = self.free_slots.pop().unwrap_or_else(|| unreachable!("operation slots exhausted"));
+        let i = self
+            .free_slots
+            .pop()
+            .unwrap_or_else(|| unreachable!("operation slots exhausted"));
         self.slots[i as usize] = Slot {
-            kind,
+            kind: op.kind,
             state: SlotState::Pending,
-            token,
-            fd,
-            buf,
-            start,
-            len,
+            token: op.token,
+            fd: op.fd,
+            buf: op.buf,
+            start: op.start,
+            len: op.len,
         };
         self.pending.push_back(i);
         i
@@ -444,14 +459,20 @@ impl UringDriver {
         let pool_ptr = |start: usize| -> *mut u8 {
             // SAFETY: `start` lies within the buffer (checked when queued); `base + buf *
             // buf_size` is inside the pool mapping.
-            unsafe { self.buf_ring.pool_base.add(s.buf as usize * self.buf_ring.buf_size + start) }
+            unsafe {
+                self.buf_ring
+                    .pool_base
+                    .add(s.buf as usize * self.buf_ring.buf_size + start)
+            }
         };
         let entry = match s.kind {
             OpKind::Read => {
                 let ptr = pool_ptr(self.buf_ring.headroom);
                 let len = self.buf_ring.rx_len;
                 if self.features.fixed {
-                    opcode::ReadFixed::new(fd, ptr, len, 0).offset(u64::MAX).build()
+                    opcode::ReadFixed::new(fd, ptr, len, 0)
+                        .offset(u64::MAX)
+                        .build()
                 } else {
                     opcode::Read::new(fd, ptr, len).offset(u64::MAX).build()
                 }
@@ -459,12 +480,14 @@ impl UringDriver {
             OpKind::Write => {
                 let ptr = pool_ptr(s.start as usize);
                 if self.features.fixed {
-                    opcode::WriteFixed::new(fd, ptr, s.len, 0).offset(u64::MAX).build()
+                    opcode::WriteFixed::new(fd, ptr, s.len, 0)
+                        .offset(u64::MAX)
+                        .build()
                 } else {
                     opcode::Write::new(fd, ptr, s.len).offset(u64::MAX).build()
                 }
             }
-            OpKind::Send => opcode::SendMsg::new(fd, (&raw const (*self.msg_ref(i)).hdr)).build(),
+            OpKind::Send => opcode::SendMsg::new(fd, &raw const self.msg_ref(i).hdr).build(),
             OpKind::RecvPacket => {
                 if self.features.read_multishot {
                     // The kernel rejects a length here (EINVAL): each read fills at most the
@@ -479,7 +502,7 @@ impl UringDriver {
                 }
             }
             OpKind::RecvDatagram => {
-                opcode::RecvMsgMulti::new(fd, (&raw const (*self.msg_ref(i)).hdr), BGID).build()
+                opcode::RecvMsgMulti::new(fd, &raw const self.msg_ref(i).hdr, BGID).build()
             }
             OpKind::Wake => opcode::Read::new(fd, self.wake_buf.as_ptr().cast(), 8).build(),
         };
@@ -507,15 +530,30 @@ impl UringDriver {
         }
     }
 
-    fn complete(&mut self, pool: &mut BufferPool, out: &mut Vec<Completion>, i: u32, res: i32, flags: u32) {
+    fn complete(
+        &mut self,
+        pool: &mut BufferPool,
+        out: &mut Vec<Completion>,
+        i: u32,
+        res: i32,
+        flags: u32,
+    ) {
         let s = self.slots[i as usize];
-        let result = if res < 0 { Err(Errno(-res)) } else { Ok(res as usize) };
+        let result = if res < 0 {
+            Err(Errno(-res))
+        } else {
+            Ok(res as usize)
+        };
         match s.kind {
             OpKind::Read | OpKind::Write | OpKind::Send => {
                 let mut c = Completion::new(s.kind, s.token, s.fd);
                 c.buf = Some(pool.take_from_kernel(s.buf));
                 c.result = result;
-                c.offset = if s.kind == OpKind::Read { self.buf_ring.headroom } else { s.start as usize };
+                c.offset = if s.kind == OpKind::Read {
+                    self.buf_ring.headroom
+                } else {
+                    s.start as usize
+                };
                 out.push(c);
                 self.n_in_flight -= 1;
                 self.release(i);
@@ -526,11 +564,20 @@ impl UringDriver {
                 self.slots[i as usize].state = SlotState::Pending;
                 self.pending.push_back(i);
             }
-            OpKind::RecvPacket | OpKind::RecvDatagram => self.complete_recv(pool, out, i, res, flags),
+            OpKind::RecvPacket | OpKind::RecvDatagram => {
+                self.complete_recv(pool, out, i, res, flags)
+            }
         }
     }
 
-    fn complete_recv(&mut self, pool: &mut BufferPool, out: &mut Vec<Completion>, i: u32, res: i32, flags: u32) {
+    fn complete_recv(
+        &mut self,
+        pool: &mut BufferPool,
+        out: &mut Vec<Completion>,
+        i: u32,
+        res: i32,
+        flags: u32,
+    ) {
         let s = self.slots[i as usize];
         let more = cqueue::more(flags);
         let mut c = Completion::new(s.kind, s.token, s.fd);

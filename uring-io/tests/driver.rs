@@ -27,11 +27,18 @@ fn alloc_reports_exhaustion_and_never_hands_out_twice() {
         let mut seen = HashSet::new();
         let mut held = Vec::new();
         while let Some(b) = io.alloc() {
-            assert!(seen.insert(b.index()), "{backend:?}: buffer {} handed out twice", b.index());
+            assert!(
+                seen.insert(b.index()),
+                "{backend:?}: buffer {} handed out twice",
+                b.index()
+            );
             held.push(b);
         }
         assert!(!held.is_empty());
-        assert!(io.alloc().is_none(), "{backend:?}: exhaustion is None, not a panic");
+        assert!(
+            io.alloc().is_none(),
+            "{backend:?}: exhaustion is None, not a panic"
+        );
         for b in held {
             io.free(b);
         }
@@ -112,7 +119,10 @@ fn waker_interrupts_a_wait() {
         io.submit_and_wait(&mut out, Some(Duration::from_secs(10)))
             .unwrap();
         t.join().unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5), "{backend:?}: woke early");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{backend:?}: woke early"
+        );
         assert_eq!(out.len(), 1, "{backend:?}: {out:?}");
         assert_eq!(out[0].kind, OpKind::Wake);
 
@@ -141,8 +151,14 @@ fn timeout_returns_empty() {
             .unwrap();
         let took = start.elapsed();
         assert_eq!(n, 0, "{backend:?}");
-        assert!(took >= Duration::from_millis(90), "{backend:?}: returned after {took:?}");
-        assert!(took < Duration::from_secs(3), "{backend:?}: returned after {took:?}");
+        assert!(
+            took >= Duration::from_millis(90),
+            "{backend:?}: returned after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{backend:?}: returned after {took:?}"
+        );
     }
 }
 

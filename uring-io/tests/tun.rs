@@ -71,7 +71,11 @@ fn read_from_tun(backend: Backend) {
             }
         }
     }
-    assert_eq!(ours.len(), N, "{backend:?}: all datagrams read from the TUN");
+    assert_eq!(
+        ours.len(),
+        N,
+        "{backend:?}: all datagrams read from the TUN"
+    );
     for (i, p) in ours.iter().enumerate() {
         assert_eq!(p, &common::payload(i), "{backend:?}: packet {i}");
     }
@@ -104,7 +108,11 @@ fn write_to_tun(backend: Backend) {
     for i in 0..N {
         let (n, from) = r.recv_from(&mut buf).unwrap();
         assert_eq!(from, SocketAddr::new(REMOTE.into(), 7777));
-        assert_eq!(&buf[..n], &common::payload(i)[..], "{backend:?}: datagram {i}");
+        assert_eq!(
+            &buf[..n],
+            &common::payload(i)[..],
+            "{backend:?}: datagram {i}"
+        );
     }
     assert!(tun.fd.as_raw_fd() >= 0);
 }

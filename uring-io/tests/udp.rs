@@ -37,10 +37,18 @@ fn batch_of_64_between_drivers() {
         assert_eq!(got.len(), N, "{backend:?}: all datagrams arrive");
         for (i, c) in got.into_iter().enumerate() {
             assert_eq!(c.token, Token(2));
-            assert_eq!(c.src, Some(a.local_addr().unwrap()), "{backend:?}: source of {i}");
+            assert_eq!(
+                c.src,
+                Some(a.local_addr().unwrap()),
+                "{backend:?}: source of {i}"
+            );
             assert!(c.armed);
             assert!(c.offset >= rx.pool().headroom());
-            assert_eq!(take_data(&mut rx, c), payload(i), "{backend:?}: datagram {i}");
+            assert_eq!(
+                take_data(&mut rx, c),
+                payload(i),
+                "{backend:?}: datagram {i}"
+            );
         }
         assert_full_pool_after_idle(&mut rx, backend);
     }
@@ -62,7 +70,11 @@ fn std_socket_to_driver() {
         assert_eq!(got.len(), N, "{backend:?}");
         for (i, c) in got.into_iter().enumerate() {
             assert_eq!(c.src, Some(s.local_addr().unwrap()));
-            assert_eq!(take_data(&mut rx, c), payload(i), "{backend:?}: datagram {i}");
+            assert_eq!(
+                take_data(&mut rx, c),
+                payload(i),
+                "{backend:?}: datagram {i}"
+            );
         }
     }
 }
@@ -103,18 +115,23 @@ fn gso_send_and_gro_receive() {
             rx_buffers: 32,
             ..Config::default()
         };
-        let (Some(mut tx), Some(mut rx)) = (new_io(backend, config.clone()), new_io(backend, config))
+        let (Some(mut tx), Some(mut rx)) =
+            (new_io(backend, config.clone()), new_io(backend, config))
         else {
             continue;
         };
         let a = bind();
         let plain = bind();
-        plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let gro = bind();
         enable_gro(&gro);
         rx.recv_datagrams(gro.as_raw_fd(), Token(9)).unwrap();
 
-        let data: Vec<u8> = (0..SEG * SEGS).map(|i| (i / SEG) as u8 + (i % 7) as u8).collect();
+        let data: Vec<u8> = (0..SEG * SEGS)
+            .map(|i| (i / SEG) as u8 + (i % 7) as u8)
+            .collect();
         for dest in [plain.local_addr().unwrap(), gro.local_addr().unwrap()] {
             let buf = tx.alloc().unwrap();
             let h = tx.pool().headroom();
@@ -139,7 +156,11 @@ fn gso_send_and_gro_receive() {
         let mut buf = [0u8; 4096];
         for s in 0..SEGS {
             let (n, _) = plain.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &data[s * SEG..(s + 1) * SEG], "{backend:?}: segment {s}");
+            assert_eq!(
+                &buf[..n],
+                &data[s * SEG..(s + 1) * SEG],
+                "{backend:?}: segment {s}"
+            );
         }
 
         // With GRO the driver sees coalesced data and the segment size.
@@ -155,7 +176,7 @@ fn gso_send_and_gro_receive() {
         }
         assert_eq!(joined, data, "{backend:?}");
         assert!(
-            sizes.iter().any(|s| *s == Some(SEG as u16)),
+            sizes.contains(&Some(SEG as u16)),
             "{backend:?}: segment size reported: {sizes:?}"
         );
     }
@@ -206,7 +227,10 @@ fn assert_full_pool_after_idle(io: &mut PacketIo, backend: Backend) {
     let mut out = Vec::with_capacity(16);
     io.submit_and_wait(&mut out, Some(Duration::from_millis(1)))
         .unwrap();
-    assert!(out.iter().all(|c| c.buf.is_none()), "{backend:?}: stray completions");
+    assert!(
+        out.iter().all(|c| c.buf.is_none()),
+        "{backend:?}: stray completions"
+    );
     let free = io.pool().n_free();
     match backend {
         Backend::Syscall => assert_eq!(free, io.pool().capacity()),

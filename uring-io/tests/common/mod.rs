@@ -91,7 +91,12 @@ pub fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
     let h = std::thread::spawn(move || {
         // SAFETY: unshare only affects this thread's namespaces.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         ip(&["link", "set", "lo", "up"]);
         f();
     });
@@ -134,7 +139,11 @@ impl Tun {
                 libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
             )
         };
-        assert!(fd >= 0, "open /dev/net/tun: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "open /dev/net/tun: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: fd was just opened and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         #[repr(C)]
