@@ -174,6 +174,9 @@ pub struct Config {
     pub ring_entries: u32,
     /// Forces the syscall backend (tests and operators who distrust io_uring).
     pub force_syscall: bool,
+    /// Lets the io_uring backend use `IORING_OP_READ_MULTISHOT` for packet receives when the
+    /// kernel has it; when off, it re-arms one-shot buffer-select reads (the pre-6.7 path).
+    pub read_multishot: bool,
 }
 
 impl Default for Config {
@@ -186,6 +189,7 @@ impl Default for Config {
             rx_buffers: 1024,
             ring_entries: 256,
             force_syscall: false,
+            read_multishot: true,
         }
     }
 }

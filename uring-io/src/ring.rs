@@ -168,7 +168,7 @@ impl UringDriver {
                 return Err(FallbackReason::MissingOpcode(name));
             }
         }
-        let read_multishot = probe.is_supported(opcode::ReadMulti::CODE);
+        let read_multishot = config.read_multishot && probe.is_supported(opcode::ReadMulti::CODE);
 
         let fixed = probe.is_supported(opcode::ReadFixed::CODE)
             && probe.is_supported(opcode::WriteFixed::CODE)
@@ -692,6 +692,8 @@ impl Drop for UringDriver {
         if self.leak {
             return;
         }
+        // The kernel must forget the buffer ring before its memory goes away.
+        let _ = self.ring.submitter().unregister_buf_ring(BGID);
         // SAFETY: both allocations came from `Box::leak` in `new` with these lengths and are
         // freed once; `shutdown` established that no operation is in flight.
         unsafe {
