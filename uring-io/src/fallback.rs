@@ -41,6 +41,7 @@ struct Armed {
     token: Token,
     starved: bool,
     dead: bool,
+    cancelled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,8 +135,22 @@ impl SyscallDriver {
             token,
             starved: false,
             dead: false,
+            cancelled: false,
         });
         Ok(true)
+    }
+
+    pub(crate) fn disarm(&mut self, token: Token) -> bool {
+        let mut found = false;
+        for a in self
+            .armed
+            .iter_mut()
+            .filter(|a| a.token == token && !a.dead)
+        {
+            a.cancelled = true;
+            found = true;
+        }
+        found
     }
 
     pub(crate) fn free(&mut self, pool: &mut BufferPool, buf: BufId) {
@@ -153,6 +168,13 @@ impl SyscallDriver {
     ) -> io::Result<()> {
         let start = out.len();
         let limit = crate::reap_limit(out);
+        for a in self.armed.iter_mut().filter(|a| a.cancelled) {
+            let mut c = Completion::new(a.kind, a.token, a.fd);
+            c.result = Err(Errno(libc::ECANCELED));
+            out.push(c);
+            a.dead = true;
+        }
+        self.armed.retain(|a| !a.dead);
         self.run_pending(pool, out, limit);
 
         self.pollfds.clear();

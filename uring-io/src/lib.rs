@@ -347,6 +347,32 @@ impl PacketIo {
         self.arm(OpKind::RecvDatagram, fd, token)
     }
 
+    /// Stops the armed receives queued with `token`; returns whether there was one.
+    ///
+    /// Each ends with a completion whose result is `ECANCELED` and whose `armed` is false;
+    /// completions already on their way may arrive before it. Close the fd only after that
+    /// completion: io_uring keeps the file open while a receive is armed on it.
+    pub fn disarm(&mut self, token: Token) -> bool {
+        match &mut self.driver {
+            Driver::Uring(d) => d.disarm(token),
+            Driver::Syscall(d) => d.disarm(token),
+        }
+    }
+
+    /// Returns the largest datagram an armed datagram receive delivers whole.
+    ///
+    /// With io_uring, the kernel writes a header, the source address and control messages
+    /// (108 bytes) in front of the payload in the same buffer.
+    pub fn max_datagram_len(&self) -> usize {
+        match self.backend {
+            Backend::Uring => self
+                .pool
+                .rx_capacity()
+                .saturating_sub(ring::RECVMSG_PAYLOAD_OFFSET),
+            Backend::Syscall => self.pool.rx_capacity(),
+        }
+    }
+
     /// Queues one read from `fd` into `buf`, after the headroom.
     ///
     /// # Panics

@@ -44,6 +44,8 @@ const RECVMSG_OUT_LEN: usize = 16;
 pub(crate) const RECVMSG_PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
 /// Marks "no buffer" in a slot.
 const NO_BUF: u16 = u16::MAX;
+/// The `user_data` of cancel requests, whose completions carry nothing to report.
+const CANCEL_UD: u64 = u64::MAX;
 
 /// What an operation slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,8 @@ struct Slot {
     buf: u16,
     start: u32,
     len: u32,
+    /// Set by `disarm`: the receive ends at its next final completion instead of re-arming.
+    cancel: bool,
 }
 
 /// Kernel-visible per-slot state for `sendmsg`/`recvmsg`.
@@ -96,6 +100,9 @@ pub(crate) struct UringDriver {
     free_slots: Vec<u32>,
     pending: VecDeque<u32>,
     starved: Vec<u32>,
+    cancels: Vec<u32>,
+    /// Some slot has `cancel` set and is not free yet.
+    cancelling: bool,
     n_in_flight: usize,
     n_armed: usize,
     buf_ring: BufRing,
@@ -201,6 +208,7 @@ impl UringDriver {
             buf: NO_BUF,
             start: 0,
             len: 0,
+            cancel: false,
         };
         let msgs: Box<[MsgState]> = (0..n_slots)
             .map(|_| MsgState {
@@ -228,6 +236,8 @@ impl UringDriver {
             free_slots: (0..n_slots as u32).rev().collect(),
             pending: VecDeque::with_capacity(n_slots),
             starved: Vec::with_capacity(MAX_RECEIVERS),
+            cancels: Vec::with_capacity(MAX_RECEIVERS),
+            cancelling: false,
             n_in_flight: 0,
             n_armed: 0,
             buf_ring,
@@ -319,6 +329,26 @@ impl UringDriver {
         true
     }
 
+    /// Stops the armed receives that carry `token`; returns whether there was one.
+    pub(crate) fn disarm(&mut self, token: Token) -> bool {
+        let mut found = false;
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            let is_recv = matches!(s.kind, OpKind::RecvPacket | OpKind::RecvDatagram);
+            if !is_recv || s.state == SlotState::Free || s.token != token || s.cancel {
+                continue;
+            }
+            s.cancel = true;
+            found = true;
+            self.cancelling = true;
+            if s.state == SlotState::InFlight {
+                // Within capacity: at most one entry per armed receive.
+                self.cancels.push(i as u32);
+            }
+        }
+        found
+    }
+
     /// Returns a buffer to the provided-buffer ring if it is below target, else to the pool.
     pub(crate) fn free(&mut self, pool: &mut BufferPool, buf: BufId) {
         if self.buf_ring.posted < self.buf_ring.target {
@@ -337,6 +367,7 @@ impl UringDriver {
     ) -> io::Result<()> {
         let start = out.len();
         let limit = crate::reap_limit(out);
+        self.end_cancelled_idle(out);
         if !self.starved.is_empty() && self.buf_ring.posted > 0 {
             for i in self.starved.drain(..) {
                 self.slots[i as usize].state = SlotState::Pending;
@@ -418,6 +449,7 @@ impl UringDriver {
             buf: op.buf,
             start: op.start,
             len: op.len,
+            cancel: false,
         };
         self.pending.push_back(i);
         i
@@ -428,29 +460,73 @@ impl UringDriver {
         self.free_slots.push(i);
     }
 
-    /// Moves queued operations into the submission queue, submitting whenever it fills up.
+    /// Ends cancelled receives that are not in flight (queued or starved), reporting each.
+    fn end_cancelled_idle(&mut self, out: &mut Vec<Completion>) {
+        if !self.cancelling {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if s.cancel && matches!(s.state, SlotState::Pending | SlotState::Starved) {
+                let mut c = Completion::new(s.kind, s.token, s.fd);
+                c.result = Err(Errno(libc::ECANCELED));
+                out.push(c);
+                let i = i as u32;
+                self.pending.retain(|&p| p != i);
+                self.starved.retain(|&p| p != i);
+                self.n_armed -= 1;
+                self.release(i);
+            }
+        }
+        self.cancelling = self
+            .slots
+            .iter()
+            .any(|s| s.cancel && s.state != SlotState::Free);
+    }
+
+    /// Moves cancel requests and queued operations into the submission queue, submitting
+    /// whenever it fills up.
     fn flush_pending(&mut self) -> io::Result<()> {
+        while let Some(&i) = self.cancels.last() {
+            let entry = opcode::AsyncCancel::new(u64::from(i))
+                .build()
+                .user_data(CANCEL_UD);
+            if !self.push_sqe(&entry)? {
+                return Ok(());
+            }
+            self.cancels.pop();
+        }
         while let Some(&i) = self.pending.front() {
             let entry = self.build_sqe(i);
-            // SAFETY: every pointer in `entry` follows the ownership rule in the module docs:
-            // pool buffers are kernel-owned until reaped, `MsgState` and `wake_buf` live in
-            // allocations that outlive the ring's in-flight operations.
-            let pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
-            if !pushed {
-                match self.ring.submit() {
-                    Ok(_) if !self.ring.submission().is_full() => continue,
-                    Ok(_) => return Ok(()),
-                    Err(e) => match e.raw_os_error() {
-                        Some(libc::EBUSY | libc::EAGAIN | libc::EINTR) => return Ok(()),
-                        _ => return Err(e),
-                    },
-                }
+            if !self.push_sqe(&entry)? {
+                return Ok(());
             }
             self.pending.pop_front();
             self.slots[i as usize].state = SlotState::InFlight;
             self.n_in_flight += 1;
         }
         Ok(())
+    }
+
+    /// Pushes one SQE, submitting first when the queue is full; returns false when it is still
+    /// full (retry at the next call).
+    fn push_sqe(&mut self, entry: &squeue::Entry) -> io::Result<bool> {
+        loop {
+            // SAFETY: every pointer in `entry` follows the ownership rule in the module docs:
+            // pool buffers are kernel-owned until reaped, `MsgState` and `wake_buf` live in
+            // allocations that outlive the ring's in-flight operations.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(true);
+            }
+            match self.ring.submit() {
+                Ok(_) if !self.ring.submission().is_full() => {}
+                Ok(_) => return Ok(false),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EBUSY | libc::EAGAIN | libc::EINTR) => return Ok(false),
+                    _ => return Err(e),
+                },
+            }
+        }
     }
 
     fn build_sqe(&self, i: u32) -> squeue::Entry {
@@ -612,6 +688,9 @@ impl UringDriver {
 
         if !more {
             self.n_in_flight -= 1;
+            if s.cancel {
+                c.armed = false;
+            }
             if !c.armed {
                 self.n_armed -= 1;
                 self.release(i);

@@ -241,3 +241,45 @@ fn drop_with_operations_in_flight_and_queued() {
         );
     }
 }
+
+#[test]
+fn disarm_stops_a_receive_and_rearm_works() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let rx = UdpSocket::bind("[::1]:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("[::1]:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        io.recv_datagrams(rx.as_raw_fd(), Token(4)).unwrap();
+        tx.send_to(b"one", to).unwrap();
+        let got = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(
+            common::take_data(&mut io, got.into_iter().next().unwrap()),
+            b"one"
+        );
+
+        assert!(io.disarm(Token(4)), "{backend:?}");
+        assert!(!io.disarm(Token(99)));
+        let end = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(end.len(), 1, "{backend:?}");
+        assert_eq!(end[0].result, Err(Errno(libc::ECANCELED)), "{backend:?}");
+        assert!(!end[0].armed);
+
+        // Nothing is received while disarmed; the datagram waits in the socket.
+        tx.send_to(b"two", to).unwrap();
+        let mut out = Vec::with_capacity(8);
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(30)))
+            .unwrap();
+        assert!(out.is_empty(), "{backend:?}: {out:?}");
+
+        io.recv_datagrams(rx.as_raw_fd(), Token(5)).unwrap();
+        let got = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(got[0].token, Token(5));
+        assert_eq!(
+            common::take_data(&mut io, got.into_iter().next().unwrap()),
+            b"two"
+        );
+    }
+}
