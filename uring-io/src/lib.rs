@@ -20,6 +20,12 @@
 //! prepend a header in the headroom, send the same buffer: no copy.
 //! Each buffer is `[headroom | data | tailroom]` (see [`Config`]).
 //!
+//! Why both a provided-buffer ring and fixed buffers: receives use the ring, because an armed
+//! multishot receive then holds no buffer until a packet arrives (with one buffer per posted
+//! read, idle sockets and TUN queues would pin most of the pool) and one SQE serves many packets.
+//! Explicit reads and writes name their buffer, so they use the pool registered as one fixed
+//! buffer and skip per-operation page pinning. The same mapping serves both.
+//!
 //! # Kernel features used (io_uring backend)
 //!
 //! - `IORING_REGISTER_PBUF_RING` (5.19): a provided-buffer ring fed from the pool; armed receives
