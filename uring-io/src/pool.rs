@@ -1,0 +1,328 @@
+//! The buffer pool: one anonymous mapping cut into equal buffers, handed out by id.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// Identifies one buffer of a [`BufferPool`] and stands for the right to use it.
+///
+/// A `BufId` is deliberately neither `Copy` nor `Clone`: whoever holds it owns the buffer.
+/// Passing it to an operation moves the ownership into the operation (and so to the kernel) until
+/// the operation's [`Completion`](crate::Completion) hands it back. Dropping a `BufId` without
+/// returning it through [`PacketIo::free`](crate::PacketIo::free) leaks the buffer (safely).
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a dropped BufId leaks its buffer; return it with PacketIo::free"]
+pub struct BufId(u16);
+
+impl BufId {
+    /// Returns the buffer's index in its pool.
+    pub fn index(&self) -> u16 {
+        self.0
+    }
+}
+
+/// Who may touch a buffer right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BufState {
+    /// In the pool's free list.
+    Free,
+    /// Handed to the application (a `BufId` for it exists).
+    App,
+    /// Owned by the kernel: attached to an in-flight operation or posted to a provided-buffer ring.
+    Kernel,
+}
+
+/// Pre-allocated packet buffers of one size, owned by one dataplane thread.
+///
+/// All buffers live in a single anonymous mapping made at start (page aligned, populated), so
+/// the pool can be registered with io_uring as one fixed buffer and the per-packet path never
+/// allocates. The free list is a plain stack: the pool belongs to one thread, so no lock or atomic
+/// is needed.
+///
+/// Each buffer is laid out as `[headroom | packet area | tailroom]`. Receives place data after
+/// the headroom and never write into the tailroom, so a protocol header (DTLS record header,
+/// virtio-net header, TCP length prefix) can be written in front of a received packet and a
+/// trailer (AEAD tag) behind it without copying.
+#[derive(Debug)]
+pub struct BufferPool {
+    base: NonNull<u8>,
+    map_len: usize,
+    buf_size: usize,
+    headroom: usize,
+    tailroom: usize,
+    count: usize,
+    state: Box<[BufState]>,
+    free: Vec<u16>,
+    leaked: bool,
+}
+
+// SAFETY: the pool exclusively owns its mapping; the raw pointer is only dereferenced through
+// `&self`/`&mut self` methods, so moving the pool to another thread moves that ownership with it.
+unsafe impl Send for BufferPool {}
+
+impl BufferPool {
+    /// Maps `count` buffers of `buf_size` bytes each.
+    ///
+    /// # Errors
+    ///
+    /// Fails with `InvalidInput` when the geometry is unusable (no buffers, more than 32768, or
+    /// headroom plus tailroom leaving no packet area) and with the `mmap` error otherwise.
+    pub fn new(
+        count: usize,
+        buf_size: usize,
+        headroom: usize,
+        tailroom: usize,
+    ) -> io::Result<Self> {
+        if count == 0 || count > MAX_BUFFERS {
+            return Err(invalid("buffer count must be between 1 and 32768"));
+        }
+        if buf_size > u32::MAX as usize || headroom + tailroom >= buf_size {
+            return Err(invalid(
+                "headroom + tailroom must be smaller than the buffer size",
+            ));
+        }
+        let map_len = count
+            .checked_mul(buf_size)
+            .ok_or_else(|| invalid("pool size overflows"))?;
+        // SAFETY: an anonymous private mapping with a null hint has no preconditions; the result
+        // is checked against MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| invalid("mmap returned null"))?;
+        // Popped from the end: hand out low indices first (nicer to read in tests and traces).
+        let free = (0..count as u16).rev().collect();
+        Ok(Self {
+            base,
+            map_len,
+            buf_size,
+            headroom,
+            tailroom,
+            count,
+            state: vec![BufState::Free; count].into_boxed_slice(),
+            free,
+            leaked: false,
+        })
+    }
+
+    /// Takes a free buffer, or returns `None` when the pool is exhausted.
+    pub fn alloc(&mut self) -> Option<BufId> {
+        let idx = self.free.pop()?;
+        self.state[idx as usize] = BufState::App;
+        Some(BufId(idx))
+    }
+
+    /// Puts a buffer back on the free list.
+    ///
+    /// # Panics
+    ///
+    /// Panics when `buf` does not belong to this pool (its slot is not held by the application).
+    pub fn free(&mut self, buf: BufId) {
+        self.assert_app(&buf);
+        self.state[buf.0 as usize] = BufState::Free;
+        // Cannot grow past `count`: every index is either here or owned elsewhere.
+        self.free.push(buf.0);
+    }
+
+    /// Returns the whole buffer, headroom and tailroom included.
+    ///
+    /// # Panics
+    ///
+    /// Panics when `buf` does not belong to this pool.
+    pub fn buf(&self, buf: &BufId) -> &[u8] {
+        self.assert_app(buf);
+        // SAFETY: the index is in bounds (checked by `assert_app`), and the buffer is held by the
+        // application, so no kernel operation writes to it while the shared borrow lives.
+        unsafe { std::slice::from_raw_parts(self.ptr(buf.0), self.buf_size) }
+    }
+
+    /// Returns the whole buffer mutably, headroom and tailroom included.
+    ///
+    /// # Panics
+    ///
+    /// Panics when `buf` does not belong to this pool.
+    pub fn buf_mut(&mut self, buf: &BufId) -> &mut [u8] {
+        self.assert_app(buf);
+        // SAFETY: as in `buf`; `&mut self` guarantees no other slice of the pool is alive, and
+        // distinct indices never overlap.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(buf.0), self.buf_size) }
+    }
+
+    /// Returns the size of each buffer in bytes.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Returns the number of bytes reserved in front of received data.
+    pub fn headroom(&self) -> usize {
+        self.headroom
+    }
+
+    /// Returns the number of bytes at the end of each buffer that receives never fill.
+    pub fn tailroom(&self) -> usize {
+        self.tailroom
+    }
+
+    /// Returns the total number of buffers.
+    pub fn capacity(&self) -> usize {
+        self.count
+    }
+
+    /// Returns the number of buffers on the free list.
+    pub fn n_free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Returns the number of bytes a receive may fill: the buffer minus headroom and tailroom.
+    pub fn rx_capacity(&self) -> usize {
+        self.buf_size - self.headroom - self.tailroom
+    }
+
+    pub(crate) fn ptr(&self, idx: u16) -> *mut u8 {
+        debug_assert!((idx as usize) < self.count);
+        // SAFETY: `idx < count`, so the offset stays inside the mapping.
+        unsafe { self.base.as_ptr().add(idx as usize * self.buf_size) }
+    }
+
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    pub(crate) fn map_len(&self) -> usize {
+        self.map_len
+    }
+
+    /// Takes a free buffer for the kernel (an operation or a provided-buffer ring).
+    pub(crate) fn take_for_kernel(&mut self) -> Option<u16> {
+        let idx = self.free.pop()?;
+        self.state[idx as usize] = BufState::Kernel;
+        Some(idx)
+    }
+
+    /// Moves an application-held buffer to the kernel, consuming its id.
+    pub(crate) fn give_to_kernel(&mut self, buf: BufId) -> u16 {
+        self.assert_app(&buf);
+        self.state[buf.0 as usize] = BufState::Kernel;
+        buf.0
+    }
+
+    /// Hands a buffer the kernel is done with back to the application.
+    pub(crate) fn take_from_kernel(&mut self, idx: u16) -> BufId {
+        assert!(
+            self.state.get(idx as usize) == Some(&BufState::Kernel),
+            "kernel returned buffer {idx} that it does not own"
+        );
+        self.state[idx as usize] = BufState::App;
+        BufId(idx)
+    }
+
+    /// Returns a buffer the kernel is done with straight to the free list.
+    pub(crate) fn free_kernel(&mut self, idx: u16) {
+        debug_assert_eq!(self.state[idx as usize], BufState::Kernel);
+        self.state[idx as usize] = BufState::Free;
+        self.free.push(idx);
+    }
+
+    /// Keeps the mapping alive forever: used when the kernel might still write into it.
+    pub(crate) fn leak(&mut self) {
+        self.leaked = true;
+    }
+
+    fn assert_app(&self, buf: &BufId) {
+        assert!(
+            self.state.get(buf.0 as usize) == Some(&BufState::App),
+            "buffer {} does not belong to this pool or is not held by the application",
+            buf.0
+        );
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        // SAFETY: the mapping was created in `new` with this length and is unmapped once. The
+        // owner (`PacketIo`) quiesces the ring before dropping the pool, or calls `leak`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+/// The largest pool: buffer ids are `u16` and provided-buffer rings hold at most 2^15 entries.
+pub const MAX_BUFFERS: usize = 32768;
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn never_hands_out_a_buffer_twice() {
+        let mut pool = BufferPool::new(16, 256, 16, 16).unwrap();
+        let mut seen = HashSet::new();
+        let mut held = Vec::new();
+        while let Some(b) = pool.alloc() {
+            assert!(seen.insert(b.index()));
+            held.push(b);
+        }
+        assert_eq!(held.len(), 16);
+        assert_eq!(pool.n_free(), 0);
+        assert!(pool.alloc().is_none(), "exhaustion is reported as None");
+        for b in held.drain(..8) {
+            pool.free(b);
+        }
+        let mut again = HashSet::new();
+        while let Some(b) = pool.alloc() {
+            assert!(again.insert(b.index()));
+            assert!(!held.iter().any(|h| h.index() == b.index()));
+        }
+        assert_eq!(again.len(), 8);
+    }
+
+    #[test]
+    fn buffers_do_not_overlap() {
+        let mut pool = BufferPool::new(4, 128, 8, 8).unwrap();
+        let ids: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            pool.buf_mut(id).fill(i as u8);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert!(pool.buf(id).iter().all(|&b| b == i as u8));
+            assert_eq!(pool.buf(id).len(), 128);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_geometry() {
+        assert!(BufferPool::new(0, 2048, 0, 0).is_err());
+        assert!(BufferPool::new(40000, 2048, 0, 0).is_err());
+        assert!(BufferPool::new(4, 64, 32, 32).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::panic, reason = "checks the misuse panic")]
+    fn foreign_id_is_refused() {
+        let mut a = BufferPool::new(2, 64, 0, 0).unwrap();
+        let mut b = BufferPool::new(2, 64, 0, 0).unwrap();
+        let id = a.alloc().unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.buf_mut(&id).len()));
+        assert!(r.is_err());
+        a.free(id);
+    }
+}

@@ -1,0 +1,285 @@
+//! Driver behaviour independent of the device: pool exhaustion, bursts larger than the pool,
+//! wake-ups from other threads, timeouts, reads and writes on a stream socket.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::{BACKENDS, collect, free_other, new_io, payload};
+use uring_io::{Config, Errno, OpKind, Token};
+
+#[test]
+fn alloc_reports_exhaustion_and_never_hands_out_twice() {
+    for backend in BACKENDS {
+        let config = Config {
+            buffers: 32,
+            rx_buffers: 8,
+            ..Config::default()
+        };
+        let Some(mut io) = new_io(backend, config) else {
+            continue;
+        };
+        let mut seen = HashSet::new();
+        let mut held = Vec::new();
+        while let Some(b) = io.alloc() {
+            assert!(
+                seen.insert(b.index()),
+                "{backend:?}: buffer {} handed out twice",
+                b.index()
+            );
+            held.push(b);
+        }
+        assert!(!held.is_empty());
+        assert!(
+            io.alloc().is_none(),
+            "{backend:?}: exhaustion is None, not a panic"
+        );
+        for b in held {
+            io.free(b);
+        }
+    }
+}
+
+#[test]
+fn burst_larger_than_pool_is_received_after_buffers_return() {
+    const BURST: usize = 64;
+    for backend in BACKENDS {
+        let config = Config {
+            buffers: 16,
+            rx_buffers: 16,
+            ..Config::default()
+        };
+        let Some(mut io) = new_io(backend, config) else {
+            continue;
+        };
+        let rx = UdpSocket::bind("[::1]:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        io.recv_datagrams(rx.as_raw_fd(), Token(1)).unwrap();
+        let tx = UdpSocket::bind("[::1]:0").unwrap();
+        for i in 0..BURST {
+            tx.send_to(&payload(i), rx.local_addr().unwrap()).unwrap();
+        }
+
+        // Hold every buffer until the driver reports it ran dry, then return them all.
+        let mut held = Vec::new();
+        let mut received = Vec::new();
+        let mut saw_nobufs = 0;
+        let mut out = Vec::with_capacity(64);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received.len() < BURST && Instant::now() < deadline {
+            io.submit_and_wait(&mut out, Some(Duration::from_millis(20)))
+                .unwrap();
+            for c in out.drain(..) {
+                assert_eq!(c.kind, OpKind::RecvDatagram);
+                match c.result {
+                    Err(Errno::NOBUFS) => {
+                        assert!(c.buf.is_none() && c.armed);
+                        saw_nobufs += 1;
+                        for b in held.drain(..) {
+                            io.free(b);
+                        }
+                    }
+                    Ok(_) => {
+                        let r = c.data_range().unwrap();
+                        let b = c.buf.unwrap();
+                        received.push(io.buf(&b)[r].to_vec());
+                        held.push(b);
+                    }
+                    Err(e) => panic!("{backend:?}: {e}"),
+                }
+            }
+            assert!(held.len() <= 16);
+        }
+        assert!(saw_nobufs > 0, "{backend:?}: exhaustion is reported");
+        assert_eq!(received.len(), BURST, "{backend:?}: nothing lost");
+        for (i, d) in received.iter().enumerate() {
+            assert_eq!(d, &payload(i), "{backend:?}: datagram {i}");
+        }
+    }
+}
+
+#[test]
+fn waker_interrupts_a_wait() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let waker = io.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake().unwrap();
+        });
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(8);
+        io.submit_and_wait(&mut out, Some(Duration::from_secs(10)))
+            .unwrap();
+        t.join().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{backend:?}: woke early"
+        );
+        assert_eq!(out.len(), 1, "{backend:?}: {out:?}");
+        assert_eq!(out[0].kind, OpKind::Wake);
+
+        // Wakes coalesce, and the wake read is re-armed.
+        io.waker().wake().unwrap();
+        io.waker().wake().unwrap();
+        let got = collect(&mut io, OpKind::Wake, 1, free_other);
+        assert_eq!(got.len(), 1, "{backend:?}: second wake");
+        out.clear();
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(30)))
+            .unwrap();
+        assert!(out.is_empty(), "{backend:?}: wakes coalesce: {out:?}");
+    }
+}
+
+#[test]
+fn timeout_returns_empty() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(8);
+        let start = Instant::now();
+        let n = io
+            .submit_and_wait(&mut out, Some(Duration::from_millis(100)))
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(n, 0, "{backend:?}");
+        assert!(
+            took >= Duration::from_millis(90),
+            "{backend:?}: returned after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{backend:?}: returned after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn read_and_write_on_a_stream_socket() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (conn, _) = l.accept().unwrap();
+        conn.set_nonblocking(true).unwrap();
+
+        let buf = io.alloc().unwrap();
+        let msg = b"hello over tcp";
+        io.buf_mut(&buf)[100..100 + msg.len()].copy_from_slice(msg);
+        io.write(conn.as_raw_fd(), Token(5), buf, 100..100 + msg.len());
+        let w = collect(&mut io, OpKind::Write, 1, free_other);
+        assert_eq!(w[0].result, Ok(msg.len()), "{backend:?}");
+        let mut got = [0u8; 64];
+        let n = peer.read(&mut got).unwrap();
+        assert_eq!(&got[..n], msg);
+
+        // Queue the read before the data exists: it must wait, not fail with EAGAIN.
+        let buf = w.into_iter().next().unwrap().buf.unwrap();
+        io.read(conn.as_raw_fd(), Token(6), buf);
+        let mut out = Vec::with_capacity(4);
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(out.is_empty(), "{backend:?}: read completed early: {out:?}");
+        peer.write_all(b"reply").unwrap();
+        let r = collect(&mut io, OpKind::Read, 1, free_other);
+        assert_eq!(r[0].token, Token(6));
+        let c = r.into_iter().next().unwrap();
+        assert_eq!(common::take_data(&mut io, c), b"reply", "{backend:?}");
+    }
+}
+
+#[test]
+fn packet_io_moves_between_threads() {
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send::<uring_io::PacketIo>();
+    assert_send_sync::<uring_io::Waker>();
+}
+
+#[test]
+fn drop_with_operations_in_flight_and_queued() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let udp = UdpSocket::bind("[::1]:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        io.recv_datagrams(udp.as_raw_fd(), Token(1)).unwrap();
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let _peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (conn, _) = l.accept().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        let buf = io.alloc().unwrap();
+        io.read(conn.as_raw_fd(), Token(2), buf);
+        let mut out = Vec::with_capacity(8);
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(10)))
+            .unwrap();
+        // One more queued but never submitted.
+        let buf = io.alloc().unwrap();
+        io.read(conn.as_raw_fd(), Token(3), buf);
+
+        // The thread that drops must not hang, and the moved driver must still work.
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            drop(io);
+            start.elapsed()
+        });
+        let took = t.join().unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "{backend:?}: drop took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn disarm_stops_a_receive_and_rearm_works() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        let rx = UdpSocket::bind("[::1]:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("[::1]:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        io.recv_datagrams(rx.as_raw_fd(), Token(4)).unwrap();
+        tx.send_to(b"one", to).unwrap();
+        let got = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(
+            common::take_data(&mut io, got.into_iter().next().unwrap()),
+            b"one"
+        );
+
+        assert!(io.disarm(Token(4)), "{backend:?}");
+        assert!(!io.disarm(Token(99)));
+        let end = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(end.len(), 1, "{backend:?}");
+        assert_eq!(end[0].result, Err(Errno(libc::ECANCELED)), "{backend:?}");
+        assert!(!end[0].armed);
+
+        // Nothing is received while disarmed; the datagram waits in the socket.
+        tx.send_to(b"two", to).unwrap();
+        let mut out = Vec::with_capacity(8);
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(30)))
+            .unwrap();
+        assert!(out.is_empty(), "{backend:?}: {out:?}");
+
+        io.recv_datagrams(rx.as_raw_fd(), Token(5)).unwrap();
+        let got = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+        assert_eq!(got[0].token, Token(5));
+        assert_eq!(
+            common::take_data(&mut io, got.into_iter().next().unwrap()),
+            b"two"
+        );
+    }
+}
