@@ -1,5 +1,181 @@
 //! `connectopus`: the mesh node daemon and its command-line tool.
+//!
+//! Layout:
+//! - `daemon`: the node's main loop (TUN, links, the protocol core) on io_uring.
+//! - `backends`: threads that accept and dial TCP connections; dialer backoff.
+//! - `links`: link codecs (TCP framing, TLS configuration).
+//! - `tun`: the TUN device.
+//! - `control`: the local control socket and the `status` report.
+//! - `status`: human-readable rendering of the report.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("connectopus: the node is not built yet")
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod backends;
+mod control;
+mod daemon;
+mod dtls_link;
+mod links;
+mod status;
+mod tun;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Default MTU of a DTLS link: a 1500-byte underlay path minus IPv6, UDP and DTLS overheads.
+pub const DTLS_LINK_MTU: u16 = 1400;
+
+/// Connectopus: an IPv6 mesh network for Linux gateways.
+#[derive(Debug, Parser)]
+#[command(name = "connectopus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Runs one node of the mesh described by a config file.
+    Node {
+        /// The mesh configuration (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name in the configuration.
+        #[arg(long)]
+        id: String,
+        /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+        #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
+        log_level: String,
+    },
+    /// Shows a running node's links, routes, known nodes and counters.
+    Status {
+        /// The node to ask (its control socket is /run/connectopus/<id>.sock).
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to ask, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Prints the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Works with mesh configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommands,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommands {
+    /// Validates a configuration file offline; exits non-zero on any error.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+        /// Prints diagnostics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Commands::Node {
+            config,
+            id,
+            control_socket,
+            log_level,
+        } => {
+            init_logging(&log_level)?;
+            let bytes =
+                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            let file_name = config.display().to_string();
+            let mesh = match connectopus_config::load(&file_name, &bytes) {
+                Ok(mesh) => mesh,
+                Err(diagnostics) => {
+                    eprint!("{diagnostics}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for warning in mesh.warnings() {
+                eprint!("{warning}");
+            }
+            if let Err(diagnostic) = mesh.node(&id) {
+                eprint!("{diagnostic}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let control_socket =
+                control_socket.unwrap_or_else(|| control::default_socket_path(&id));
+            daemon::run(daemon::NodeOptions {
+                config: mesh,
+                id,
+                control_socket,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Status { id, socket, json } => {
+            let path = match (socket, id) {
+                (Some(path), _) => path,
+                (None, Some(id)) => control::default_socket_path(&id),
+                (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
+            };
+            match control::request(&path, &control::ControlRequest::Status)? {
+                control::ControlReply::Status(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", status::render(&report));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+            }
+        }
+        Commands::Config {
+            command: ConfigCommands::Check { file, json },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let diagnostics = connectopus_config::check(&file.display().to_string(), &bytes);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diagnostics)?);
+            } else if diagnostics.0.is_empty() {
+                println!("{}: ok", file.display());
+            } else {
+                print!("{diagnostics}");
+            }
+            Ok(if diagnostics.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
 }

@@ -89,11 +89,13 @@ pub enum DropReason {
     Loop,
     /// The session to the next hop is gone.
     LinkDown,
+    /// The next link's send queue is full.
+    LinkCongested,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::NotIpv6,
         DropReason::Multicast,
@@ -104,6 +106,7 @@ impl DropReason {
         DropReason::IcmpRateLimited,
         DropReason::Loop,
         DropReason::LinkDown,
+        DropReason::LinkCongested,
     ];
 
     /// Returns a short, stable name for counters and `status`.
@@ -119,6 +122,7 @@ impl DropReason {
             DropReason::IcmpRateLimited => "icmp_rate_limited",
             DropReason::Loop => "loop",
             DropReason::LinkDown => "link_down",
+            DropReason::LinkCongested => "link_congested",
         }
     }
 }

@@ -404,6 +404,44 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Notes an IPv6 packet that the dataplane received on `link` and forwards itself, so the
+    /// session stays alive and its counters move; returns false if the link has no established
+    /// session (the dataplane must then drop the packet, counted as [`DropReason::LinkDown`]).
+    ///
+    /// This is the dataplane's per-packet call into the core: it neither allocates nor queues
+    /// output.
+    pub fn note_link_packet(&mut self, now: Time, link: LinkId, len: usize) -> bool {
+        match self.sessions.get_mut(&link) {
+            Some(session) if session.is_established() => {
+                session.note_received(now, len);
+                true
+            }
+            _ => {
+                self.count_drop(DropReason::LinkDown);
+                false
+            }
+        }
+    }
+
+    /// Notes an IPv6 packet that the dataplane sent on `link` itself.
+    pub fn note_link_sent(&mut self, link: LinkId, len: usize) {
+        if let Some(session) = self.sessions.get_mut(&link) {
+            session.note_sent(len);
+        }
+    }
+
+    /// Counts a packet the dataplane dropped.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        *self.counters.drops.entry(reason).or_default() += 1;
+    }
+
+    /// Answers `packet`, which the dataplane rejected, with the ICMPv6 error `kind` (subject to
+    /// the rate limit); the error comes out of [`Node::poll_tun_packet`] or
+    /// [`Node::poll_transmit`].
+    pub fn send_icmp_error(&mut self, now: Time, kind: crate::icmp::IcmpErrorKind, packet: &[u8]) {
+        self.apply_decision(now, Decision::Reject(kind), packet, None);
+    }
+
     /// Sends a control datagram from `src_port` on this node to (`dst`, `dst_port`).
     ///
     /// # Errors
@@ -530,10 +568,6 @@ impl Node {
         }
     }
 
-    fn count_drop(&mut self, reason: DropReason) {
-        *self.counters.drops.entry(reason).or_default() += 1;
-    }
-
     fn process_link_message(&mut self, now: Time, link: LinkId, message: &mut [u8]) {
         let Some(established) = self.sessions.get(&link).map(|s| s.is_established()) else {
             return;
@@ -628,7 +662,7 @@ impl Node {
         let Some(peer) = session.peer().cloned() else {
             return;
         };
-        tracing::info!(%link, peer = %peer.address, name = %peer.name, "session established");
+        tracing::debug!(%link, peer = %peer.address, name = %peer.name, "session established");
         self.events.push_back(Event::SessionEstablished {
             link,
             peer: peer.address,
@@ -872,7 +906,7 @@ impl Node {
             }
         }
         let peer = session.peer().map(|p| p.address);
-        tracing::info!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
+        tracing::debug!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
         self.events
             .push_back(Event::SessionClosed { link, peer, reason });
         if reason != CloseReason::LinkDown {
@@ -968,7 +1002,7 @@ impl Node {
             .collect();
         for address in dead {
             if let Some(entry) = self.database.remove(&address) {
-                tracing::info!(node = %address, name = %entry.update.name, "removing dead node");
+                tracing::debug!(node = %address, name = %entry.update.name, "removing dead node");
                 self.pruned
                     .insert(address, (entry.update.epoch, entry.update.sequence));
                 self.events.push_back(Event::NodePruned { address });

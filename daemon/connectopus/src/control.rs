@@ -1,0 +1,242 @@
+//! The local control socket: a Unix socket (mode 0600, so root only) that answers requests
+//! such as `status` with one JSON line.
+//!
+//! Protocol: the client writes one JSON request terminated by a newline; the node answers with
+//! one JSON reply terminated by a newline and closes the connection.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::backends::{LoopMessage, LoopSender};
+
+/// Where a node's control socket lives by default.
+pub fn default_socket_path(node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/connectopus/{node}.sock"))
+}
+
+/// A request to a running node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Report the node's state.
+    Status,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlReply {
+    /// The node's state.
+    Status(Box<StatusReport>),
+    /// The request failed.
+    Error(String),
+}
+
+/// Everything `connectopus status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Node name.
+    pub name: String,
+    /// Node mesh address.
+    pub address: String,
+    /// Mesh subnet.
+    pub subnet: String,
+    /// Routing epoch of this instance.
+    pub epoch: u64,
+    /// Sequence number of the latest own update.
+    pub sequence: u64,
+    /// Seconds since the node started.
+    pub uptime_secs: f64,
+    /// TUN device name.
+    pub tun: String,
+    /// Packet I/O backend (`io_uring` or `syscall`).
+    pub dataplane: String,
+    /// Why io_uring is not used, if it is not.
+    pub dataplane_fallback_reason: Option<String>,
+    /// State of the eBPF program on the TUN device.
+    pub ebpf: String,
+    /// Links and their sessions.
+    pub links: Vec<LinkReport>,
+    /// The forwarding table.
+    pub routes: Vec<RouteReport>,
+    /// Every node in the link-state database (this one included).
+    pub nodes: Vec<NodeReport>,
+    /// Packets dropped, by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Other counters.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// Link id.
+    pub link: u64,
+    /// Backend name.
+    pub backend: String,
+    /// Backend type and role.
+    pub kind: String,
+    /// Remote underlay address.
+    pub remote: String,
+    /// Session state (`handshaking`, `established`) or transport state.
+    pub state: String,
+    /// Peer node address, once its hello arrived.
+    pub peer_address: Option<String>,
+    /// Peer node name, once its hello arrived.
+    pub peer_name: Option<String>,
+    /// When the session was established, as seconds since the Unix epoch.
+    pub since_unix: Option<f64>,
+    /// Latest round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// Link cost.
+    pub cost: f64,
+    /// Link MTU.
+    pub mtu: u16,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+}
+
+/// One forwarding-table entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// Destination prefix.
+    pub prefix: String,
+    /// `local`, or the link id.
+    pub via: String,
+    /// Name of the next-hop node, when known.
+    pub next_hop: Option<String>,
+    /// Path cost, when known.
+    pub cost: Option<f64>,
+}
+
+/// One node of the link-state database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Address.
+    pub address: String,
+    /// Name.
+    pub name: String,
+    /// Epoch of its latest update.
+    pub epoch: u64,
+    /// Sequence of its latest update.
+    pub sequence: u64,
+    /// Seconds since its latest update arrived.
+    pub age_secs: f64,
+    /// Path cost from this node, if reachable.
+    pub cost: Option<f64>,
+    /// Its adjacencies as `(peer address, cost)`.
+    pub adjacencies: Vec<(String, f64)>,
+}
+
+/// Binds the control socket (replacing a stale one) and serves it on a thread.
+///
+/// # Errors
+/// The socket cannot be created.
+pub fn spawn_server(
+    path: &Path,
+    to_loop: LoopSender,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "control socket {} is in use: is another node with this id running?",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    let handle = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve(listener, to_loop, stop))
+        .context("spawning control thread")?;
+    Ok(handle)
+}
+
+fn serve(listener: UnixListener, to_loop: LoopSender, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; the count is one.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if ready <= 0 {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        if let Err(error) = answer(stream, &to_loop) {
+            tracing::debug!(error = %format!("{error:#}"), "control request failed");
+        }
+    }
+}
+
+fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(64 * 1024)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<ControlRequest>(&line) {
+        Ok(request) => {
+            let (tx, rx) = mpsc::channel();
+            if !to_loop.send(LoopMessage::Control { request, reply: tx }) {
+                ControlReply::Error("node is shutting down".into())
+            } else {
+                rx.recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|_| ControlReply::Error("node did not answer".into()))
+            }
+        }
+        Err(error) => ControlReply::Error(format!("bad request: {error}")),
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    (&stream).write_all(&out)?;
+    Ok(())
+}
+
+/// Sends `request` to the node listening on `path` and returns its answer.
+///
+/// # Errors
+/// The node is not running or answered garbage.
+pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
+    let stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to {}: is the node running (and are you root)?",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(anyhow!("the node closed the control connection"));
+    }
+    serde_json::from_str(&answer).context("parsing the node's answer")
+}

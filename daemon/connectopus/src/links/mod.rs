@@ -1,0 +1,4 @@
+//! Link codecs: how link messages travel over each kind of backend.
+
+pub mod tcp;
+pub mod tls;
