@@ -145,6 +145,8 @@ struct FastPath {
     rx_epoch: u16,
     next_seq: u64,
     window: ReplayWindow,
+    /// Body length of the shortest valid protected record of the suite.
+    min_sealed_body: usize,
 }
 
 /// Records captured during the handshake for the takeover self-test.
@@ -229,6 +231,13 @@ fn looks_like_client_hello(datagram: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Returns whether OpenSSL may see this record: a protected record shorter than nonce + tag
+/// is dropped here, because OpenSSL 3.0 treats it as a fatal internal error (one spoofed
+/// datagram would kill the association) instead of silently discarding it as DTLS requires.
+fn safe_for_openssl(h: &record::RecordHeader, min_sealed_body: usize) -> bool {
+    h.epoch == 0 || h.len >= min_sealed_body
 }
 
 /// Returns whether `pt` is a Finished handshake message (12-byte DTLS header + 12-byte verify_data).
@@ -452,14 +461,7 @@ impl DtlsAssociation {
             State::Established if self.fast.is_some() => {
                 self.handle_fast(now, datagram, &mut received);
             }
-            State::Established => {
-                let mut copy = self.stream.get_mut().buffer();
-                copy.extend_from_slice(datagram);
-                self.stream.get_mut().inbound.push_back(copy);
-                self.pump_ssl_read(Some((datagram, &mut received)));
-                self.drain_output();
-                self.refresh_timer(now);
-            }
+            State::Established => self.handle_fallback(now, datagram, &mut received),
         }
         Ok(received)
     }
@@ -477,6 +479,10 @@ impl DtlsAssociation {
                 }
             };
             pos = r.end;
+            if !safe_for_openssl(&h, self.config.min_sealed_body) {
+                self.stats.malformed += 1;
+                continue;
+            }
             if h.ctype == CT_APPLICATION_DATA && self.config.fast_path {
                 // We cannot authenticate it before our handshake completes; treat it as lost.
                 self.stats.early_app_data_dropped += 1;
@@ -507,6 +513,39 @@ impl DtlsAssociation {
         }
     }
 
+    fn handle_fallback(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        let min_sealed_body = self.suite.map_or(self.config.min_sealed_body, |s| {
+            s.overhead() - record::RECORD_HEADER_LEN
+        });
+        let mut to_ssl = self.stream.get_mut().buffer();
+        let mut pos = 0;
+        loop {
+            match next_record(datagram, pos) {
+                Ok(Some((h, r))) => {
+                    pos = r.end;
+                    if safe_for_openssl(&h, min_sealed_body) {
+                        to_ssl.extend_from_slice(&datagram[r]);
+                    } else {
+                        self.stats.malformed += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    break;
+                }
+            }
+        }
+        if to_ssl.is_empty() {
+            self.stream.get_mut().recycle(to_ssl);
+            return;
+        }
+        self.stream.get_mut().inbound.push_back(to_ssl);
+        self.pump_ssl_read(Some((datagram, received)));
+        self.drain_output();
+        self.refresh_timer(now);
+    }
+
     fn handle_fast(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
         let mut to_ssl: Option<Vec<u8>> = None;
         let mut pos = 0;
@@ -522,6 +561,10 @@ impl DtlsAssociation {
             pos = r.end;
             let ours =
                 h.epoch == fp.rx_epoch && (h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT);
+            if !ours && !safe_for_openssl(&h, fp.min_sealed_body) {
+                self.stats.malformed += 1;
+                continue;
+            }
             if !ours {
                 // Rule 2: handshake, CCS and other epochs go to OpenSSL.
                 to_ssl
@@ -572,6 +615,7 @@ impl DtlsAssociation {
         }
         let mut cursor = 0;
         loop {
+            let queued = self.stream.get_ref().inbound.len();
             match self.stream.ssl_read(&mut self.scratch) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -586,6 +630,20 @@ impl DtlsAssociation {
                         _ => self.stats.fallback_dropped += 1,
                     }
                 }
+                // OpenSSL 3.0 returns -1 without an error for some records it drops (e.g. an
+                // AEAD record shorter than nonce + tag). Our BIO cannot fail, so this is a
+                // dropped record, not a failure; go on while OpenSSL consumes datagrams.
+                Err(e)
+                    if e.code() == ErrorCode::SYSCALL
+                        && e.ssl_error().is_none()
+                        && e.io_error().is_none() =>
+                {
+                    self.stats.malformed += 1;
+                    let left = self.stream.get_ref().inbound.len();
+                    if left == 0 || left >= queued {
+                        break;
+                    }
+                }
                 Err(e) => {
                     match e.code() {
                         ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => {}
@@ -595,6 +653,12 @@ impl DtlsAssociation {
                     break;
                 }
             }
+        }
+        // Never let unread datagrams pile up behind a record OpenSSL refused.
+        let bio = self.stream.get_mut();
+        while let Some(d) = bio.inbound.pop_front() {
+            self.stats.malformed += 1;
+            bio.recycle(d);
         }
     }
 
@@ -689,6 +753,7 @@ impl DtlsAssociation {
             rx_epoch: rx_epoch?,
             next_seq: self.capture.own_max_seq? + 1,
             window,
+            min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
         })
     }
 

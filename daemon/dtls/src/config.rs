@@ -15,6 +15,7 @@ use openssl::x509::{X509, X509StoreContextRef};
 use zeroize::Zeroizing;
 
 use crate::DtlsError;
+use crate::RecordSuite;
 use crate::ffi;
 
 /// PSK identity hint the server announces.
@@ -169,6 +170,8 @@ pub(crate) struct Prepared {
     pub mtu: u16,
     pub timer: ffi::TimerPolicy,
     pub expected_name: Option<ExpectedName>,
+    /// Shortest body of a protected (epoch ≥ 1) record any configured suite can produce.
+    pub min_sealed_body: usize,
 }
 
 /// A prepared client configuration; cheap to clone.
@@ -241,6 +244,12 @@ impl ServerConfig {
 }
 
 fn prepared(config: &DtlsConfig, ctx: SslContext, expected_name: Option<ExpectedName>) -> Prepared {
+    let suite = match &config.credentials {
+        Credentials::Psk(p) if p.suite == PskSuite::EcdhePskChaCha20Poly1305 => {
+            RecordSuite::ChaCha20Poly1305
+        }
+        _ => RecordSuite::Aes128Gcm,
+    };
     let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1);
     Prepared {
         ctx,
@@ -251,6 +260,7 @@ fn prepared(config: &DtlsConfig, ctx: SslContext, expected_name: Option<Expected
             max_us: us(config.retransmit_max).max(us(config.retransmit_initial)),
         },
         expected_name,
+        min_sealed_body: suite.overhead() - crate::RECORD_HEADER_LEN,
     }
 }
 

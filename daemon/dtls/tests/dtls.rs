@@ -18,7 +18,12 @@ fn psk_handshake_uses_ecdhe_psk_chacha_and_fast_path_both_ways() {
     let clock = Clock::new();
     let cfg = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
     let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
-    assert!(handshake(&mut c, &mut s, &clock), "handshake: {:?} {:?}", c.state(), s.state());
+    assert!(
+        handshake(&mut c, &mut s, &clock),
+        "handshake: {:?} {:?}",
+        c.state(),
+        s.state()
+    );
     for a in [&c, &s] {
         assert_eq!(a.cipher_name(), Some("ECDHE-PSK-CHACHA20-POLY1305"));
         assert_eq!(a.record_suite(), Some(RecordSuite::ChaCha20Poly1305));
@@ -38,7 +43,11 @@ fn psk_handshake_uses_ecdhe_psk_chacha_and_fast_path_both_ways() {
 fn wrong_psk_never_establishes_and_both_sides_fail() {
     let clock = Clock::new();
     let ccfg = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
-    let scfg = psk(b"another key entirely", PskSuite::EcdhePskChaCha20Poly1305, true);
+    let scfg = psk(
+        b"another key entirely",
+        PskSuite::EcdhePskChaCha20Poly1305,
+        true,
+    );
     let (mut c, mut s) = new_pair(&ccfg, &scfg, &clock);
     let handshake_timeout = Duration::from_secs(2);
     let mut ever_established = false;
@@ -61,7 +70,8 @@ fn wrong_psk_never_establishes_and_both_sides_fail() {
         Duration::from_secs(10),
     );
     for a in [&c, &s] {
-        ever_established |= *a.state() == State::Established || a.export_keying_material("x", None, 8).is_ok();
+        ever_established |=
+            *a.state() == State::Established || a.export_keying_material("x", None, 8).is_ok();
     }
     assert!(!ever_established);
     // The client runs out of retransmissions (OpenSSL reports it); the server, which drops the
@@ -72,26 +82,47 @@ fn wrong_psk_never_establishes_and_both_sides_fail() {
         "{:?}",
         c.state()
     );
-    assert!(clock.now() - s.handshake_started_at() > handshake_timeout || matches!(s.state(), State::Closed(_)));
+    assert!(
+        clock.now() - s.handshake_started_at() > handshake_timeout
+            || matches!(s.state(), State::Closed(_))
+    );
     assert_ne!(*s.state(), State::Established);
     assert!(s.seal_in_place(&mut [0u8; 64], 1).is_err());
 }
 
 /// Builds a CA, a server cert for `node1.mesh` / `fd00::1` and a client cert.
 struct Pki {
-    ca: (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>),
-    server: (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>),
-    client: (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>),
+    ca: (
+        openssl::x509::X509,
+        openssl::pkey::PKey<openssl::pkey::Private>,
+    ),
+    server: (
+        openssl::x509::X509,
+        openssl::pkey::PKey<openssl::pkey::Private>,
+    ),
+    client: (
+        openssl::x509::X509,
+        openssl::pkey::PKey<openssl::pkey::Private>,
+    ),
 }
 
 fn pki() -> Pki {
     let ca = make_cert("mesh ca", &[], &[], true, None);
-    let server = make_cert("node1", &["node1.mesh"], &["fd00::1"], false, Some((&ca.0, &ca.1)));
+    let server = make_cert(
+        "node1",
+        &["node1.mesh"],
+        &["fd00::1"],
+        false,
+        Some((&ca.0, &ca.1)),
+    );
     let client = make_cert("node2", &["node2.mesh"], &[], false, Some((&ca.0, &ca.1)));
     Pki { ca, server, client }
 }
 
-fn cert_handshake(client: &connectopus_dtls::DtlsConfig, server: &connectopus_dtls::DtlsConfig) -> (DtlsAssociation, DtlsAssociation, bool) {
+fn cert_handshake(
+    client: &connectopus_dtls::DtlsConfig,
+    server: &connectopus_dtls::DtlsConfig,
+) -> (DtlsAssociation, DtlsAssociation, bool) {
     let clock = Clock::new();
     let (mut c, mut s) = new_pair(client, server, &clock);
     let ok = pump(
@@ -99,14 +130,25 @@ fn cert_handshake(client: &connectopus_dtls::DtlsConfig, server: &connectopus_dt
         &mut s,
         &clock,
         |_, _, _| false,
-        |c, s| both_established(c, s) || matches!(c.state(), State::Closed(_)) || matches!(s.state(), State::Closed(_)),
+        |c, s| {
+            both_established(c, s)
+                || matches!(c.state(), State::Closed(_))
+                || matches!(s.state(), State::Closed(_))
+        },
         Duration::from_secs(5),
     );
     assert!(ok, "handshake neither completed nor failed");
     let est = both_established(&c, &s);
     if !est {
         // Let the alert reach the other side; neither end may be established.
-        let _ = pump(&mut c, &mut s, &clock, |_, _, _| false, |_, _| false, Duration::from_millis(200));
+        let _ = pump(
+            &mut c,
+            &mut s,
+            &clock,
+            |_, _, _| false,
+            |_, _| false,
+            Duration::from_millis(200),
+        );
         assert_ne!(*c.state(), State::Established);
         assert_ne!(*s.state(), State::Established);
     }
@@ -116,7 +158,12 @@ fn cert_handshake(client: &connectopus_dtls::DtlsConfig, server: &connectopus_dt
 #[test]
 fn certificates_with_ca_and_host_name() {
     let p = pki();
-    let server = cert_config(Some((&p.server.0, &p.server.1)), ca_verify(&p.ca.0, None), true, true);
+    let server = cert_config(
+        Some((&p.server.0, &p.server.1)),
+        ca_verify(&p.ca.0, None),
+        true,
+        true,
+    );
     let client = cert_config(
         Some((&p.client.0, &p.client.1)),
         ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))),
@@ -132,7 +179,10 @@ fn certificates_with_ca_and_host_name() {
     send_ok(&mut c, &mut s, &clock, &payload(1400, 3));
     send_ok(&mut s, &mut c, &clock, &payload(1400, 4));
     // The server saw the client's certificate (mutual authentication).
-    assert_eq!(s.peer_certificate().unwrap().to_der().unwrap(), p.client.0.to_der().unwrap());
+    assert_eq!(
+        s.peer_certificate().unwrap().to_der().unwrap(),
+        p.client.0.to_der().unwrap()
+    );
 
     // An IP address SAN is checked too.
     let client_ip = cert_config(
@@ -147,12 +197,24 @@ fn certificates_with_ca_and_host_name() {
 #[test]
 fn certificates_wrong_host_name_fails() {
     let p = pki();
-    let server = cert_config(Some((&p.server.0, &p.server.1)), ca_verify(&p.ca.0, None), false, true);
-    for name in [ExpectedName::Dns("node9.mesh".into()), ExpectedName::Ip("fd00::9".parse().unwrap())] {
+    let server = cert_config(
+        Some((&p.server.0, &p.server.1)),
+        ca_verify(&p.ca.0, None),
+        false,
+        true,
+    );
+    for name in [
+        ExpectedName::Dns("node9.mesh".into()),
+        ExpectedName::Ip("fd00::9".parse().unwrap()),
+    ] {
         let client = cert_config(None, ca_verify(&p.ca.0, Some(name)), false, true);
         let (c, _s, ok) = cert_handshake(&client, &server);
         assert!(!ok);
-        assert!(matches!(c.state(), State::Closed(CloseReason::HandshakeFailed(_))), "{:?}", c.state());
+        assert!(
+            matches!(c.state(), State::Closed(CloseReason::HandshakeFailed(_))),
+            "{:?}",
+            c.state()
+        );
     }
 }
 
@@ -160,13 +222,34 @@ fn certificates_wrong_host_name_fails() {
 fn certificates_untrusted_fails_both_directions() {
     let p = pki();
     let other_ca = make_cert("other ca", &[], &[], true, None);
-    let rogue = make_cert("node1", &["node1.mesh"], &[], false, Some((&other_ca.0, &other_ca.1)));
+    let rogue = make_cert(
+        "node1",
+        &["node1.mesh"],
+        &[],
+        false,
+        Some((&other_ca.0, &other_ca.1)),
+    );
     // Untrusted server certificate.
-    let server = cert_config(Some((&rogue.0, &rogue.1)), ca_verify(&p.ca.0, None), false, true);
-    let client = cert_config(None, ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))), false, true);
+    let server = cert_config(
+        Some((&rogue.0, &rogue.1)),
+        ca_verify(&p.ca.0, None),
+        false,
+        true,
+    );
+    let client = cert_config(
+        None,
+        ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))),
+        false,
+        true,
+    );
     assert!(!cert_handshake(&client, &server).2);
     // Untrusted client certificate.
-    let server = cert_config(Some((&p.server.0, &p.server.1)), ca_verify(&p.ca.0, None), true, true);
+    let server = cert_config(
+        Some((&p.server.0, &p.server.1)),
+        ca_verify(&p.ca.0, None),
+        true,
+        true,
+    );
     let client = cert_config(
         Some((&rogue.0, &rogue.1)),
         ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))),
@@ -175,7 +258,11 @@ fn certificates_untrusted_fails_both_directions() {
     );
     let (_c, s, ok) = cert_handshake(&client, &server);
     assert!(!ok);
-    assert!(matches!(s.state(), State::Closed(CloseReason::HandshakeFailed(_))), "{:?}", s.state());
+    assert!(
+        matches!(s.state(), State::Closed(CloseReason::HandshakeFailed(_))),
+        "{:?}",
+        s.state()
+    );
 }
 
 #[test]
@@ -185,32 +272,81 @@ fn certificates_pinned_ok_and_other_fails() {
     let other = make_cert("x", &[], &[], false, None);
     let spki = |c: &openssl::x509::X509| c.public_key().unwrap().public_key_to_der().unwrap();
     // Mutual pinning of self-signed certificates.
-    let server = cert_config(Some((&a.0, &a.1)), PeerVerification::PinnedCertificate(b.0.clone()), true, true);
-    let client = cert_config(Some((&b.0, &b.1)), PeerVerification::PinnedCertificate(a.0.clone()), false, true);
+    let server = cert_config(
+        Some((&a.0, &a.1)),
+        PeerVerification::PinnedCertificate(b.0.clone()),
+        true,
+        true,
+    );
+    let client = cert_config(
+        Some((&b.0, &b.1)),
+        PeerVerification::PinnedCertificate(a.0.clone()),
+        false,
+        true,
+    );
     assert!(cert_handshake(&client, &server).2);
     // Public key pinning.
-    let client_pk = cert_config(Some((&b.0, &b.1)), PeerVerification::PinnedPublicKey(spki(&a.0)), false, true);
+    let client_pk = cert_config(
+        Some((&b.0, &b.1)),
+        PeerVerification::PinnedPublicKey(spki(&a.0)),
+        false,
+        true,
+    );
     assert!(cert_handshake(&client_pk, &server).2);
     // The client pins another certificate.
-    let client_bad = cert_config(Some((&b.0, &b.1)), PeerVerification::PinnedCertificate(other.0.clone()), false, true);
+    let client_bad = cert_config(
+        Some((&b.0, &b.1)),
+        PeerVerification::PinnedCertificate(other.0.clone()),
+        false,
+        true,
+    );
     assert!(!cert_handshake(&client_bad, &server).2);
-    let client_bad_pk = cert_config(Some((&b.0, &b.1)), PeerVerification::PinnedPublicKey(spki(&other.0)), false, true);
+    let client_bad_pk = cert_config(
+        Some((&b.0, &b.1)),
+        PeerVerification::PinnedPublicKey(spki(&other.0)),
+        false,
+        true,
+    );
     assert!(!cert_handshake(&client_bad_pk, &server).2);
     // The server pins another client certificate.
-    let server_bad = cert_config(Some((&a.0, &a.1)), PeerVerification::PinnedCertificate(other.0.clone()), true, true);
+    let server_bad = cert_config(
+        Some((&a.0, &a.1)),
+        PeerVerification::PinnedCertificate(other.0.clone()),
+        true,
+        true,
+    );
     assert!(!cert_handshake(&client, &server_bad).2);
 }
 
 #[test]
 fn certificates_mutual_auth_required_and_client_without_cert_fails() {
     let p = pki();
-    let server = cert_config(Some((&p.server.0, &p.server.1)), ca_verify(&p.ca.0, None), true, true);
-    let client = cert_config(None, ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))), false, true);
+    let server = cert_config(
+        Some((&p.server.0, &p.server.1)),
+        ca_verify(&p.ca.0, None),
+        true,
+        true,
+    );
+    let client = cert_config(
+        None,
+        ca_verify(&p.ca.0, Some(ExpectedName::Dns("node1.mesh".into()))),
+        false,
+        true,
+    );
     let (_c, s, ok) = cert_handshake(&client, &server);
     assert!(!ok);
-    assert!(matches!(s.state(), State::Closed(CloseReason::HandshakeFailed(_))), "{:?}", s.state());
+    assert!(
+        matches!(s.state(), State::Closed(CloseReason::HandshakeFailed(_))),
+        "{:?}",
+        s.state()
+    );
     // Without the requirement the same client is accepted.
-    let server = cert_config(Some((&p.server.0, &p.server.1)), ca_verify(&p.ca.0, None), false, true);
+    let server = cert_config(
+        Some((&p.server.0, &p.server.1)),
+        ca_verify(&p.ca.0, None),
+        false,
+        true,
+    );
     assert!(cert_handshake(&client, &server).2);
 }
 
@@ -229,20 +365,36 @@ fn interop_fast_path_against_openssl_record_layer() {
     type Make = Box<dyn Fn(bool, bool) -> connectopus_dtls::DtlsConfig>;
     let pins = (p.server.clone(), p.client.clone());
     let suites: Vec<(&str, Make)> = vec![
-        ("ECDHE-PSK-CHACHA20-POLY1305", Box::new(|fast, _| psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, fast))),
-        ("PSK-AES128-GCM-SHA256", Box::new(|fast, _| psk(KEY, PskSuite::PskAes128GcmNoForwardSecrecy, fast))),
+        (
+            "ECDHE-PSK-CHACHA20-POLY1305",
+            Box::new(|fast, _| psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, fast)),
+        ),
+        (
+            "PSK-AES128-GCM-SHA256",
+            Box::new(|fast, _| psk(KEY, PskSuite::PskAes128GcmNoForwardSecrecy, fast)),
+        ),
         (
             "ECDHE-ECDSA-AES128-GCM-SHA256",
             Box::new(move |fast, server| {
-                let (me, peer) = if server { (&pins.0, &pins.1) } else { (&pins.1, &pins.0) };
-                cert_config(Some((&me.0, &me.1)), PeerVerification::PinnedCertificate(peer.0.clone()), server, fast)
+                let (me, peer) = if server {
+                    (&pins.0, &pins.1)
+                } else {
+                    (&pins.1, &pins.0)
+                };
+                cert_config(
+                    Some((&me.0, &me.1)),
+                    PeerVerification::PinnedCertificate(peer.0.clone()),
+                    server,
+                    fast,
+                )
             }),
         ),
     ];
     for (name, make) in &suites {
         for (client_fast, server_fast) in [(true, false), (false, true), (false, false)] {
             let clock = Clock::new();
-            let (mut c, mut s) = new_pair(&make(client_fast, false), &make(server_fast, true), &clock);
+            let (mut c, mut s) =
+                new_pair(&make(client_fast, false), &make(server_fast, true), &clock);
             assert!(handshake(&mut c, &mut s, &clock), "{name}");
             assert_eq!(c.cipher_name(), Some(*name));
             assert_eq!(c.fast_path_active(), client_fast, "{name} {:?}", c.stats());
@@ -263,7 +415,11 @@ fn interop_fast_path_against_openssl_record_layer() {
             assert!(deliver(&mut c, &clock, flipped).is_empty());
             send_ok(&mut s, &mut c, &clock, b"still fine");
             // close_notify from either end reaches the other as PeerClosed.
-            let (closer, other) = if client_fast { (&mut c, &mut s) } else { (&mut s, &mut c) };
+            let (closer, other) = if client_fast {
+                (&mut c, &mut s)
+            } else {
+                (&mut s, &mut c)
+            };
             closer.close();
             assert_eq!(*closer.state(), State::Closed(CloseReason::LocalClose));
             let mut n = 0;
@@ -272,7 +428,11 @@ fn interop_fast_path_against_openssl_record_layer() {
                 deliver(other, &clock, d);
             }
             assert!(n >= 1, "{name}: no close_notify");
-            assert_eq!(*other.state(), State::Closed(CloseReason::PeerClosed), "{name}");
+            assert_eq!(
+                *other.state(),
+                State::Closed(CloseReason::PeerClosed),
+                "{name}"
+            );
         }
     }
 }
@@ -314,7 +474,9 @@ fn lost_flights_are_retransmitted_by_timers() {
         &mut c,
         &mut s,
         &clock,
-        |dir, n, _| (dir == Dir::ClientToServer && n == 0) || (dir == Dir::ServerToClient && n <= 2),
+        |dir, n, _| {
+            (dir == Dir::ClientToServer && n == 0) || (dir == Dir::ServerToClient && n <= 2)
+        },
         both_established,
         Duration::from_secs(5),
     );
@@ -358,7 +520,11 @@ fn lost_final_flight_after_takeover_is_resealed() {
         }
         assert!(early_delivered.is_empty());
         // Timers: the client retransmits, the server's OpenSSL answers with its flight, re-sealed.
-        assert!(handshake(&mut c, &mut s, &clock), "client_fast={client_fast}: {:?}", c.state());
+        assert!(
+            handshake(&mut c, &mut s, &clock),
+            "client_fast={client_fast}: {:?}",
+            c.state()
+        );
         assert!(s.stats().resealed >= 1, "{:?}", s.stats());
         // A plain OpenSSL client returns the buffered early records after it completed.
         for i in 0..100u8 {
@@ -381,8 +547,19 @@ fn contains_epoch1(d: &[u8]) -> bool {
 
 #[test]
 fn garbage_and_truncation_never_panic_nor_disturb() {
+    for (suite, fast) in [
+        (PskSuite::PskAes128GcmNoForwardSecrecy, true),
+        (PskSuite::EcdhePskChaCha20Poly1305, true),
+        (PskSuite::PskAes128GcmNoForwardSecrecy, false),
+        (PskSuite::EcdhePskChaCha20Poly1305, false),
+    ] {
+        garbage_case(suite, fast);
+    }
+}
+
+fn garbage_case(suite: PskSuite, fast: bool) {
     let clock = Clock::new();
-    let cfg = psk(KEY, PskSuite::PskAes128GcmNoForwardSecrecy, true);
+    let cfg = psk(KEY, suite, fast);
     let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
     // A truncated handshake datagram during the handshake is survived.
     let mut hello = c.poll_transmit().unwrap();
@@ -431,23 +608,37 @@ fn garbage_and_truncation_never_panic_nor_disturb() {
         d[i] ^= 1 << rng.below(8);
         cases.push(d);
     }
-    for d in cases {
+    for (i, d) in cases.into_iter().enumerate() {
         for a in [&mut c, &mut s] {
-            let mut d = d.clone();
-            let got = a.handle_datagram(clock.now(), &mut d).unwrap();
+            let mut d2 = d.clone();
+            let got = a.handle_datagram(clock.now(), &mut d2).unwrap();
             assert!(got.is_empty());
-            assert_eq!(*a.state(), State::Established);
+            assert_eq!(*a.state(), State::Established, "case {i}: {d:02x?}");
         }
     }
-    assert!(s.stats().malformed > 0 && s.stats().auth_failed > 0, "{:?}", s.stats());
+    if fast {
+        assert!(
+            s.stats().malformed > 0 && s.stats().auth_failed > 0,
+            "{:?}",
+            s.stats()
+        );
+    }
     // Nothing was disturbed: the original record still opens, traffic flows both ways.
-    assert_eq!(deliver(&mut s, &clock, good), vec![payload(1400, 9)]);
+    assert_eq!(
+        deliver(&mut s, &clock, good),
+        vec![payload(1400, 9)],
+        "{suite:?} fast={fast} {:?}",
+        s.stats()
+    );
     send_ok(&mut c, &mut s, &clock, b"fine");
     send_ok(&mut s, &mut c, &clock, b"fine");
     // Several records in one datagram are all opened, in place.
     let mut multi = seal(&mut c, b"first");
     multi.extend(seal(&mut c, b"second"));
-    assert_eq!(deliver(&mut s, &clock, multi), vec![b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(
+        deliver(&mut s, &clock, multi),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
 }
 
 #[test]
@@ -457,13 +648,28 @@ fn keying_material_agrees_and_differs_between_sessions() {
     for _ in 0..2 {
         let clock = Clock::new();
         let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
-        assert!(c.export_keying_material("EXPORTER-connectopus", None, 32).is_err());
+        assert!(
+            c.export_keying_material("EXPORTER-connectopus", None, 32)
+                .is_err()
+        );
         assert!(handshake(&mut c, &mut s, &clock));
-        let a = c.export_keying_material("EXPORTER-connectopus", Some(b"node-id"), 32).unwrap();
-        let b = s.export_keying_material("EXPORTER-connectopus", Some(b"node-id"), 32).unwrap();
+        let a = c
+            .export_keying_material("EXPORTER-connectopus", Some(b"node-id"), 32)
+            .unwrap();
+        let b = s
+            .export_keying_material("EXPORTER-connectopus", Some(b"node-id"), 32)
+            .unwrap();
         assert_eq!(a, b);
-        assert_ne!(a, c.export_keying_material("EXPORTER-connectopus", Some(b"other"), 32).unwrap());
-        assert_ne!(a, c.export_keying_material("EXPORTER-other", Some(b"node-id"), 32).unwrap());
+        assert_ne!(
+            a,
+            c.export_keying_material("EXPORTER-connectopus", Some(b"other"), 32)
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            c.export_keying_material("EXPORTER-other", Some(b"node-id"), 32)
+                .unwrap()
+        );
         exported.push(a);
     }
     assert_ne!(exported[0], exported[1]);
@@ -477,9 +683,14 @@ fn stateless_cookie_exchange_on_accept() {
     let mut c = DtlsAssociation::client(&ClientConfig::new(&cfg).unwrap(), clock.now()).unwrap();
     let hello = c.poll_transmit().unwrap();
     // Garbage is ignored without state.
-    assert!(matches!(DtlsAssociation::accept(&server_cfg, PEER, clock.now(), b"garbage").unwrap(), Accept::Ignored));
+    assert!(matches!(
+        DtlsAssociation::accept(&server_cfg, PEER, clock.now(), b"garbage").unwrap(),
+        Accept::Ignored
+    ));
     // The first ClientHello gets a HelloVerifyRequest and no association.
-    let Accept::HelloVerifyRequest(mut hvr) = DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello).unwrap() else {
+    let Accept::HelloVerifyRequest(mut hvr) =
+        DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello).unwrap()
+    else {
         panic!("expected a HelloVerifyRequest");
     };
     assert_eq!(hvr[0], 22);
@@ -493,10 +704,17 @@ fn stateless_cookie_exchange_on_accept() {
         Accept::Association(_)
     ));
     // From the right address it does, and the handshake completes.
-    let Accept::Association(mut s) = DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello2).unwrap() else {
+    let Accept::Association(mut s) =
+        DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello2).unwrap()
+    else {
         panic!("expected an association");
     };
-    assert!(handshake(&mut c, &mut s, &clock), "{:?} {:?}", c.state(), s.state());
+    assert!(
+        handshake(&mut c, &mut s, &clock),
+        "{:?} {:?}",
+        c.state(),
+        s.state()
+    );
     send_ok(&mut c, &mut s, &clock, b"via accept");
     send_ok(&mut s, &mut c, &clock, b"via accept");
 }
@@ -506,9 +724,15 @@ fn seal_checks_buffer_and_state() {
     let clock = Clock::new();
     let cfg = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
     let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
-    assert!(matches!(c.seal_in_place(&mut [0u8; 100], 10), Err(connectopus_dtls::DtlsError::NotEstablished)));
+    assert!(matches!(
+        c.seal_in_place(&mut [0u8; 100], 10),
+        Err(connectopus_dtls::DtlsError::NotEstablished)
+    ));
     assert!(handshake(&mut c, &mut s, &clock));
-    assert!(matches!(c.seal_in_place(&mut [0u8; 30], 2), Err(connectopus_dtls::DtlsError::BufferTooSmall { need: 31, have: 30 })));
+    assert!(matches!(
+        c.seal_in_place(&mut [0u8; 30], 2),
+        Err(connectopus_dtls::DtlsError::BufferTooSmall { need: 31, have: 30 })
+    ));
     assert!(c.seal_in_place(&mut vec![0u8; 20000], 16385).is_err());
     c.close();
     assert!(c.seal_in_place(&mut [0u8; 100], 10).is_err());

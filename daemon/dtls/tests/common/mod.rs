@@ -110,7 +110,9 @@ pub fn make_cert(
             san.ip(ip);
         }
         if !dns.is_empty() || !ips.is_empty() {
-            let ext = san.build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None)).unwrap();
+            let ext = san
+                .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
+                .unwrap();
             b.append_extension(ext).unwrap();
         }
     }
@@ -126,9 +128,14 @@ pub fn ca_verify(ca: &X509, name: Option<ExpectedName>) -> PeerVerification {
     }
 }
 
-pub fn new_pair(client: &DtlsConfig, server: &DtlsConfig, clock: &Clock) -> (DtlsAssociation, DtlsAssociation) {
+pub fn new_pair(
+    client: &DtlsConfig,
+    server: &DtlsConfig,
+    clock: &Clock,
+) -> (DtlsAssociation, DtlsAssociation) {
     let c = DtlsAssociation::client(&ClientConfig::new(client).unwrap(), clock.now()).unwrap();
-    let s = DtlsAssociation::server(&ServerConfig::new(server).unwrap(), PEER, clock.now()).unwrap();
+    let s =
+        DtlsAssociation::server(&ServerConfig::new(server).unwrap(), PEER, clock.now()).unwrap();
     (c, s)
 }
 
@@ -177,7 +184,10 @@ pub fn pump(
         if moved {
             continue;
         }
-        let next = [c.poll_timeout(), s.poll_timeout()].into_iter().flatten().min();
+        let next = [c.poll_timeout(), s.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(next) = next else {
             return done(c, s);
         };
@@ -196,7 +206,14 @@ pub fn both_established(c: &DtlsAssociation, s: &DtlsAssociation) -> bool {
 }
 
 pub fn handshake(c: &mut DtlsAssociation, s: &mut DtlsAssociation, clock: &Clock) -> bool {
-    pump(c, s, clock, |_, _, _| false, both_established, Duration::from_secs(5))
+    pump(
+        c,
+        s,
+        clock,
+        |_, _, _| false,
+        both_established,
+        Duration::from_secs(5),
+    )
 }
 
 /// Seals `payload` on `from` into a fresh record buffer; returns the record.
@@ -216,7 +233,12 @@ pub fn deliver(to: &mut DtlsAssociation, clock: &Clock, mut datagram: Vec<u8>) -
 }
 
 /// Sends `payload` from one end to the other and asserts it arrives intact.
-pub fn send_ok(from: &mut DtlsAssociation, to: &mut DtlsAssociation, clock: &Clock, payload: &[u8]) {
+pub fn send_ok(
+    from: &mut DtlsAssociation,
+    to: &mut DtlsAssociation,
+    clock: &Clock,
+    payload: &[u8],
+) {
     let rec = seal(from, payload);
     let got = deliver(to, clock, rec);
     assert_eq!(got.len(), 1, "one record expected");
@@ -224,7 +246,9 @@ pub fn send_ok(from: &mut DtlsAssociation, to: &mut DtlsAssociation, clock: &Clo
 }
 
 pub fn payload(len: usize, tag: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag))
+        .collect()
 }
 
 /// A tiny deterministic xorshift generator for fuzz-style tests.
