@@ -23,6 +23,7 @@ pub(crate) fn prf_sha256(secret: &[u8], label: &[u8], seed: &[u8], out: &mut [u8
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -111,6 +111,7 @@ pub(crate) fn aad(epoch_seq: u64, ctype: u8, plaintext_len: usize) -> [u8; 13] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -311,7 +311,7 @@ fn certificates_pinned_ok_and_other_fails() {
     // The server pins another client certificate.
     let server_bad = cert_config(
         Some((&a.0, &a.1)),
-        PeerVerification::PinnedCertificate(other.0.clone()),
+        PeerVerification::PinnedCertificate(other.0),
         true,
         true,
     );
@@ -363,7 +363,7 @@ fn client_ca_mode_requires_expected_name() {
 fn interop_fast_path_against_openssl_record_layer() {
     let p = pki();
     type Make = Box<dyn Fn(bool, bool) -> connectopus_dtls::DtlsConfig>;
-    let pins = (p.server.clone(), p.client.clone());
+    let pins = (p.server.clone(), p.client);
     let suites: Vec<(&str, Make)> = vec![
         (
             "ECDHE-PSK-CHACHA20-POLY1305",
