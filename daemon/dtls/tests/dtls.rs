@@ -74,19 +74,15 @@ fn wrong_psk_never_establishes_and_both_sides_fail() {
             *a.state() == State::Established || a.export_keying_material("x", None, 8).is_ok();
     }
     assert!(!ever_established);
-    // The client runs out of retransmissions (OpenSSL reports it); the server, which drops the
-    // unauthentic Finished silently as DTLS requires, is failed by the caller's timeout.
-    assert!(
-        matches!(c.state(), State::Closed(CloseReason::HandshakeFailed(_)))
-            || clock.now() - c.handshake_started_at() > handshake_timeout,
-        "{:?}",
-        c.state()
-    );
-    assert!(
-        clock.now() - s.handshake_started_at() > handshake_timeout
-            || matches!(s.state(), State::Closed(_))
-    );
-    assert_ne!(*s.state(), State::Established);
+    // DTLS drops the unauthentic Finished silently, so neither side gets an alert: both run
+    // out of retransmissions (12 timeouts) and OpenSSL reports "read timeout expired".
+    for a in [&c, &s] {
+        assert!(
+            matches!(a.state(), State::Closed(CloseReason::HandshakeFailed(why)) if why.contains("timeout")),
+            "{:?}",
+            a.state()
+        );
+    }
     assert!(s.seal_in_place(&mut [0u8; 64], 1).is_err());
 }
 
