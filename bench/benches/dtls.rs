@@ -4,16 +4,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use connectopus_dtls::{
-    ClientConfig, Credentials, DtlsAssociation, DtlsConfig, PskCredentials, PskSuite,
-    ServerConfig, State,
+    ClientConfig, Credentials, DtlsAssociation, DtlsConfig, PskCredentials, PskSuite, ServerConfig,
+    State,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const PAYLOAD: usize = 1400;
-const PEER: std::net::SocketAddr = std::net::SocketAddr::new(
-    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    4242,
-);
+const PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 4242);
 
 /// Runs an in-memory handshake between two associations of the given suite and path.
 fn pair(suite: PskSuite, fast_path: bool) -> (DtlsAssociation, DtlsAssociation) {
@@ -56,7 +54,9 @@ fn seal_open(c: &mut Criterion) {
             group.bench_function(format!("{name}/{path}/seal+open"), |b| {
                 b.iter(|| {
                     let n = tx.seal_in_place(&mut buf, PAYLOAD).expect("seal");
-                    let got = rx.handle_datagram(Duration::ZERO, &mut buf[..n]).expect("open");
+                    let got = rx
+                        .handle_datagram(Duration::ZERO, &mut buf[..n])
+                        .expect("open");
                     assert_eq!(got.len(), 1);
                     black_box(got.get(0));
                 });

@@ -78,6 +78,8 @@
 //! A peer that really owns its address can still create one association (an OpenSSL `SSL`
 //! of a few KiB) per source port; the listener should cap and expire half-open ones.
 
+#![warn(missing_docs)]
+
 mod association;
 mod bio;
 mod config;

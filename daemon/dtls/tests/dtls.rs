@@ -734,3 +734,35 @@ fn seal_checks_buffer_and_state() {
     assert!(c.seal_in_place(&mut [0u8; 100], 10).is_err());
     assert!(c.handle_datagram(clock.now(), &mut [0u8; 10]).is_err());
 }
+
+#[test]
+fn close_notify_reaches_the_peer_on_every_path() {
+    // (closer fast, other fast): our sealed alert to OpenSSL, OpenSSL's alert to the fast
+    // path, and fast to fast.
+    for (closer_fast, other_fast) in [(true, false), (false, true), (true, true)] {
+        let clock = Clock::new();
+        let (mut c, mut s) = new_pair(
+            &psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, closer_fast),
+            &psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, other_fast),
+            &clock,
+        );
+        assert!(handshake(&mut c, &mut s, &clock));
+        for i in 0..5u8 {
+            send_ok(&mut c, &mut s, &clock, &[i; 64]);
+            send_ok(&mut s, &mut c, &clock, &[i; 64]);
+        }
+        c.close();
+        let mut n = 0;
+        while let Some(d) = c.poll_transmit() {
+            n += 1;
+            assert!(deliver(&mut s, &clock, d).is_empty());
+        }
+        assert_eq!(n, 1);
+        assert_eq!(
+            *s.state(),
+            State::Closed(CloseReason::PeerClosed),
+            "{closer_fast} {other_fast}"
+        );
+        assert!(s.seal_in_place(&mut [0u8; 64], 1).is_err());
+    }
+}
