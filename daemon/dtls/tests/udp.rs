@@ -12,11 +12,13 @@ use connectopus_dtls::{Accept, ClientConfig, DtlsAssociation, PskSuite, ServerCo
 #[test]
 fn psk_over_udp_loopback() {
     let clock = Clock::new();
-    let cfg = psk(
+    let mut cfg = psk(
         b"udp test key 0123456789",
         PskSuite::EcdhePskChaCha20Poly1305,
         true,
     );
+    cfg.retransmit_initial = Duration::from_millis(200);
+    cfg.retransmit_max = Duration::from_millis(400);
     let server_sock = UdpSocket::bind("[::1]:0").unwrap();
     let client_sock = UdpSocket::bind("[::1]:0").unwrap();
     client_sock
@@ -85,7 +87,8 @@ fn psk_over_udp_loopback() {
             }
         }
     }
-    assert_eq!(hello_verify_requests, 1);
+    // One per ClientHello without a cookie (more if the client's timer fired meanwhile).
+    assert!(hello_verify_requests >= 1);
     let server = server.expect("no association was created");
     assert_eq!(server.cipher_name(), Some("ECDHE-PSK-CHACHA20-POLY1305"));
     assert!(server.fast_path_active() && client.fast_path_active());
