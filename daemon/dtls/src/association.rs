@@ -1,0 +1,976 @@
+//! The DTLS association: OpenSSL handshake over memory queues, then the record takeover.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{ErrorCode, Ssl, SslStream, SslVersion};
+use openssl::x509::X509;
+use zeroize::Zeroizing;
+
+use crate::bio::MemoryBio;
+use crate::config::{ClientConfig, ExpectedName, Prepared, ServerConfig, cookie_bucket};
+use crate::error::{CloseReason, DtlsError};
+use crate::fastpath::{DirectionKey, RecordSuite, derive_keys};
+use crate::ffi;
+use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, MAX_SEQ, next_record};
+use crate::replay::ReplayWindow;
+
+/// Largest application payload of one record (2^14 bytes, RFC 6347).
+pub const MAX_PAYLOAD: usize = 16384;
+
+/// Peer Finished candidates kept for the self-test (bounds what a spoofer can make us store).
+const MAX_FINISHED_CANDIDATES: usize = 4;
+
+/// Which side of the handshake an association is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends the ClientHello.
+    Client,
+    /// Answers it.
+    Server,
+}
+
+/// Life-cycle state of an association.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The handshake is running; application records cannot be sealed yet.
+    Handshaking,
+    /// The handshake completed and the peer is authenticated.
+    Established,
+    /// The association is finished and will not send or accept application data.
+    Closed(CloseReason),
+}
+
+/// Counters of what an association dropped or processed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Application records sealed by [`DtlsAssociation::seal_in_place`].
+    pub records_sealed: u64,
+    /// Application records opened and handed to the caller.
+    pub records_opened: u64,
+    /// Datagrams whose record framing was broken (the well-formed prefix was still used).
+    pub malformed: u64,
+    /// Records dropped by the replay window (duplicates or too old).
+    pub replayed: u64,
+    /// Records that failed authentication.
+    pub auth_failed: u64,
+    /// OpenSSL-written records re-sealed with the fast path's sequence numbers (rule 3).
+    pub resealed: u64,
+    /// Application records that arrived before our handshake completed (dropped, like loss).
+    pub early_app_data_dropped: u64,
+    /// Fallback-path plaintext that did not fit the caller's datagram buffer (dropped).
+    pub fallback_dropped: u64,
+    /// Whether the post-handshake self-test failed, leaving the association on the fallback path.
+    pub self_test_failed: bool,
+}
+
+/// Inline capacity of [`Received`]; more application records in one datagram spill to the heap.
+const INLINE_RANGES: usize = 8;
+
+/// Application plaintexts found in one datagram, as byte ranges within the caller's buffer.
+#[derive(Clone, Debug)]
+pub struct Received {
+    inline: [Range<usize>; INLINE_RANGES],
+    len: usize,
+    spill: Vec<Range<usize>>,
+}
+
+impl Received {
+    fn new() -> Self {
+        Self {
+            inline: [const { 0..0 }; INLINE_RANGES],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, r: Range<usize>) {
+        if self.len < INLINE_RANGES {
+            self.inline[self.len] = r;
+        } else {
+            self.spill.push(r);
+        }
+        self.len += 1;
+    }
+
+    /// Returns the number of application records received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Returns true when the datagram carried nothing for the application.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Returns the plaintext range of the `i`-th application record.
+    pub fn get(&self, i: usize) -> Option<Range<usize>> {
+        if i < INLINE_RANGES {
+            (i < self.len).then(|| self.inline[i].clone())
+        } else {
+            self.spill.get(i - INLINE_RANGES).cloned()
+        }
+    }
+
+    /// Iterates over the plaintext ranges in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.inline[..self.len.min(INLINE_RANGES)]
+            .iter()
+            .cloned()
+            .chain(self.spill.iter().cloned())
+    }
+}
+
+/// Result of [`DtlsAssociation::accept`] on a datagram from an unknown peer.
+#[derive(Debug)]
+pub enum Accept {
+    /// Sends this HelloVerifyRequest back to the peer; no state was kept.
+    HelloVerifyRequest(Vec<u8>),
+    /// The ClientHello carried a valid cookie: a new association, already answering it.
+    Association(Box<DtlsAssociation>),
+    /// The datagram is not a ClientHello (or is malformed); drop it.
+    Ignored,
+}
+
+/// The record layer after takeover: our keys, sequence counter and replay window.
+#[derive(Debug)]
+struct FastPath {
+    tx: DirectionKey,
+    rx: DirectionKey,
+    tx_epoch: u16,
+    rx_epoch: u16,
+    next_seq: u64,
+    window: ReplayWindow,
+    /// Body length of the shortest valid protected record of the suite.
+    min_sealed_body: usize,
+}
+
+/// Records captured during the handshake for the takeover self-test.
+#[derive(Debug, Default)]
+struct Capture {
+    /// The first epoch≥1 handshake record OpenSSL wrote (our Finished).
+    own_finished: Option<Vec<u8>>,
+    /// Highest sequence number OpenSSL wrote in the epoch of `own_finished`.
+    own_max_seq: Option<u64>,
+    /// Epoch≥1 handshake records received (the peer's Finished, maybe retransmitted).
+    peer_finished: Vec<Vec<u8>>,
+}
+
+/// One DTLS 1.2 association with one peer: sans-IO, owned by one thread.
+pub struct DtlsAssociation {
+    role: Role,
+    config: Arc<Prepared>,
+    stream: SslStream<MemoryBio>,
+    state: State,
+    handshake_started_at: Duration,
+    established_at: Option<Duration>,
+    deadline: Option<Duration>,
+    transmit: VecDeque<Vec<u8>>,
+    suite: Option<RecordSuite>,
+    fast: Option<FastPath>,
+    capture: Capture,
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for DtlsAssociation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsAssociation")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("suite", &self.suite)
+            .field("fast_path", &self.fast.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_ssl(config: &Prepared) -> Result<Ssl, DtlsError> {
+    let mut ssl = Ssl::new(&config.ctx)?;
+    ssl.set_mtu(u32::from(config.mtu))?;
+    ffi::set_timer_policy(&mut ssl, config.timer)?;
+    Ok(ssl)
+}
+
+/// Binds a cookie to the peer's address: IPv6 (IPv4 mapped) plus port.
+fn address_bytes(peer: SocketAddr) -> [u8; 18] {
+    let ip = match peer {
+        SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
+        SocketAddr::V6(a) => *a.ip(),
+    };
+    let mut out = [0u8; 18];
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..].copy_from_slice(&peer.port().to_be_bytes());
+    out
+}
+
+fn server_ssl(config: &ServerConfig, peer: SocketAddr, now: Duration) -> Result<Ssl, DtlsError> {
+    let mut ssl = new_ssl(&config.inner)?;
+    ssl.set_accept_state();
+    ssl.set_ex_data(
+        ffi::cookie_index()?,
+        ffi::CookieBinding {
+            peer: address_bytes(peer),
+            bucket: cookie_bucket(now),
+        },
+    );
+    Ok(ssl)
+}
+
+/// Returns whether `datagram` starts with an epoch-0 handshake record holding a ClientHello.
+fn looks_like_client_hello(datagram: &[u8]) -> bool {
+    match next_record(datagram, 0) {
+        Ok(Some((h, r))) => {
+            h.ctype == CT_HANDSHAKE
+                && h.epoch == 0
+                && datagram.get(r.start + record::RECORD_HEADER_LEN) == Some(&1)
+        }
+        _ => false,
+    }
+}
+
+/// Returns whether OpenSSL may see this record: a protected record shorter than nonce + tag
+/// is dropped here, because OpenSSL 3.0 treats it as a fatal internal error (one spoofed
+/// datagram would kill the association) instead of silently discarding it as DTLS requires.
+fn safe_for_openssl(h: &record::RecordHeader, min_sealed_body: usize) -> bool {
+    h.epoch == 0 || h.len >= min_sealed_body
+}
+
+/// Returns whether `pt` is a Finished handshake message (12-byte DTLS header + 12-byte verify_data).
+fn is_finished(pt: &[u8]) -> bool {
+    pt.len() == 24 && pt[0] == 20
+}
+
+impl DtlsAssociation {
+    /// Creates a client association and queues its ClientHello (see [`Self::poll_transmit`]).
+    pub fn client(config: &ClientConfig, now: Duration) -> Result<Self, DtlsError> {
+        let mut ssl = new_ssl(&config.inner)?;
+        ssl.set_connect_state();
+        match &config.inner.expected_name {
+            Some(ExpectedName::Dns(host)) => ssl.param_mut().set_host(host)?,
+            Some(ExpectedName::Ip(ip)) => ssl.param_mut().set_ip(*ip)?,
+            None => {}
+        }
+        let stream = SslStream::new(ssl, MemoryBio::default())?;
+        let mut a = Self::from_stream(Role::Client, Arc::clone(&config.inner), stream, now);
+        a.drive_handshake(now);
+        if let State::Closed(reason) = &a.state {
+            return Err(DtlsError::HandshakeFailed(reason.to_string()));
+        }
+        Ok(a)
+    }
+
+    /// Creates a server association for a new peer address; OpenSSL answers the first
+    /// ClientHello with a HelloVerifyRequest from within this (stateful) association.
+    ///
+    /// A listener should prefer [`Self::accept`], which keeps no state until the cookie is valid.
+    pub fn server(
+        config: &ServerConfig,
+        peer: SocketAddr,
+        now: Duration,
+    ) -> Result<Self, DtlsError> {
+        let ssl = server_ssl(config, peer, now)?;
+        let stream = SslStream::new(ssl, MemoryBio::default())?;
+        Ok(Self::from_stream(
+            Role::Server,
+            Arc::clone(&config.inner),
+            stream,
+            now,
+        ))
+    }
+
+    /// Handles the first datagram of an unknown peer statelessly (`DTLSv1_listen`).
+    ///
+    /// Without a valid cookie the answer is a HelloVerifyRequest and nothing is kept; with one,
+    /// a new server association is returned that has already processed the ClientHello.
+    pub fn accept(
+        config: &ServerConfig,
+        peer: SocketAddr,
+        now: Duration,
+        datagram: &[u8],
+    ) -> Result<Accept, DtlsError> {
+        if !looks_like_client_hello(datagram) {
+            return Ok(Accept::Ignored);
+        }
+        let ssl = server_ssl(config, peer, now)?;
+        let mut bio = MemoryBio::default();
+        bio.inbound.push_back(datagram.to_vec());
+        let mut stream = SslStream::new(ssl, bio)?;
+        match ffi::dtls_listen(stream.ssl()) {
+            ffi::ListenResult::Accepted => {
+                let mut a = Self::from_stream(Role::Server, Arc::clone(&config.inner), stream, now);
+                a.drive_handshake(now);
+                Ok(Accept::Association(Box::new(a)))
+            }
+            ffi::ListenResult::NotYet => {
+                drop(ErrorStack::get());
+                Ok(match stream.get_mut().outbound.pop_front() {
+                    Some(hvr) => Accept::HelloVerifyRequest(hvr),
+                    None => Accept::Ignored,
+                })
+            }
+            ffi::ListenResult::Error => {
+                drop(ErrorStack::get());
+                Ok(Accept::Ignored)
+            }
+        }
+    }
+
+    fn from_stream(
+        role: Role,
+        config: Arc<Prepared>,
+        stream: SslStream<MemoryBio>,
+        now: Duration,
+    ) -> Self {
+        Self {
+            role,
+            config,
+            stream,
+            state: State::Handshaking,
+            handshake_started_at: now,
+            established_at: None,
+            deadline: None,
+            transmit: VecDeque::new(),
+            suite: None,
+            fast: None,
+            capture: Capture::default(),
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Returns the role of this association.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Returns the current life-cycle state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Returns the caller time at which the handshake started (for the caller's handshake timeout).
+    pub fn handshake_started_at(&self) -> Duration {
+        self.handshake_started_at
+    }
+
+    /// Returns the caller time at which the handshake completed, if it did.
+    pub fn established_at(&self) -> Option<Duration> {
+        self.established_at
+    }
+
+    /// Returns the counters of this association.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Returns whether application records go through the aws-lc-rs fast path.
+    pub fn fast_path_active(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Returns the negotiated record format, once established.
+    pub fn record_suite(&self) -> Option<RecordSuite> {
+        self.suite
+    }
+
+    /// Returns OpenSSL's name of the negotiated cipher suite, once negotiated.
+    pub fn cipher_name(&self) -> Option<&'static str> {
+        self.stream.ssl().current_cipher().map(|c| c.name())
+    }
+
+    /// Returns the peer's certificate (certificate mode), once received.
+    pub fn peer_certificate(&self) -> Option<X509> {
+        self.stream.ssl().peer_certificate()
+    }
+
+    /// Returns where the caller writes the payload in a record buffer (13 for ChaCha20, 21 for AES-GCM).
+    pub fn payload_offset(&self) -> Option<usize> {
+        self.suite.map(RecordSuite::payload_offset)
+    }
+
+    /// Returns the bytes a record adds to its payload (29 for ChaCha20, 37 for AES-GCM).
+    pub fn overhead(&self) -> Option<usize> {
+        self.suite.map(RecordSuite::overhead)
+    }
+
+    /// Returns the caller time at which [`Self::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match self.state {
+            State::Closed(_) => None,
+            _ => self.deadline,
+        }
+    }
+
+    /// Returns the next handshake or alert datagram to send to the peer.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// Drives OpenSSL's retransmission timer; call when `now` reaches [`Self::poll_timeout`].
+    ///
+    /// OpenSSL's timer runs on the system clock, so a call before OpenSSL considers the timer
+    /// expired only re-arms [`Self::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        match self.deadline {
+            Some(deadline) if now >= deadline => {}
+            _ => return,
+        }
+        let ret = ffi::dtls_handle_timeout(self.stream.ssl());
+        if ret < 0 {
+            let err = ErrorStack::get();
+            self.drain_output();
+            let why = format!("retransmission failed: {err}");
+            self.fail(match self.state {
+                State::Handshaking => CloseReason::HandshakeFailed(why),
+                _ => CloseReason::ProtocolError(why),
+            });
+            return;
+        }
+        self.drain_output();
+        self.refresh_timer(now);
+    }
+
+    /// Processes one received UDP datagram of this peer (it may carry several records).
+    ///
+    /// Application records are opened in place; the returned ranges index `datagram`.
+    /// Malformed, replayed and unauthentic records are counted in [`Self::stats`] and dropped.
+    /// Returns an error if the association was already closed or the handshake failed now
+    /// (alerts may still be waiting in [`Self::poll_transmit`]).
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        datagram: &mut [u8],
+    ) -> Result<Received, DtlsError> {
+        let mut received = Received::new();
+        match &self.state {
+            State::Closed(reason) => return Err(DtlsError::Closed(reason.clone())),
+            State::Handshaking => {
+                self.handle_handshaking(now, datagram, &mut received);
+                if let State::Closed(CloseReason::HandshakeFailed(why)) = &self.state {
+                    return Err(DtlsError::HandshakeFailed(why.clone()));
+                }
+            }
+            State::Established if self.fast.is_some() => {
+                self.handle_fast(now, datagram, &mut received);
+            }
+            State::Established => self.handle_fallback(now, datagram, &mut received),
+        }
+        Ok(received)
+    }
+
+    fn handle_handshaking(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        let mut to_ssl = self.stream.get_mut().buffer();
+        let mut pos = 0;
+        loop {
+            let (h, r) = match next_record(datagram, pos) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    break;
+                }
+            };
+            pos = r.end;
+            if !safe_for_openssl(&h, self.config.min_sealed_body) {
+                self.stats.malformed += 1;
+                continue;
+            }
+            if h.ctype == CT_APPLICATION_DATA && self.config.fast_path {
+                // We cannot authenticate it before our handshake completes; treat it as lost.
+                self.stats.early_app_data_dropped += 1;
+                continue;
+            }
+            if h.ctype == CT_HANDSHAKE
+                && h.epoch >= 1
+                && self.capture.peer_finished.len() < MAX_FINISHED_CANDIDATES
+            {
+                self.capture
+                    .peer_finished
+                    .push(datagram[r.clone()].to_vec());
+            }
+            to_ssl.extend_from_slice(&datagram[r]);
+        }
+        if to_ssl.is_empty() {
+            self.stream.get_mut().recycle(to_ssl);
+            return;
+        }
+        self.stream.get_mut().inbound.push_back(to_ssl);
+        self.drive_handshake(now);
+        if self.state == State::Established {
+            // Deliver what OpenSSL buffered for the new epoch (fallback path only) and let it
+            // process anything else that came with the final flight.
+            self.pump_ssl_read(Some((datagram, received)));
+            self.drain_output();
+            self.refresh_timer(now);
+        }
+    }
+
+    fn handle_fallback(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        let min_sealed_body = self.suite.map_or(self.config.min_sealed_body, |s| {
+            s.overhead() - record::RECORD_HEADER_LEN
+        });
+        let mut to_ssl = self.stream.get_mut().buffer();
+        let mut pos = 0;
+        loop {
+            match next_record(datagram, pos) {
+                Ok(Some((h, r))) => {
+                    pos = r.end;
+                    if safe_for_openssl(&h, min_sealed_body) {
+                        to_ssl.extend_from_slice(&datagram[r]);
+                    } else {
+                        self.stats.malformed += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    break;
+                }
+            }
+        }
+        if to_ssl.is_empty() {
+            self.stream.get_mut().recycle(to_ssl);
+            return;
+        }
+        self.stream.get_mut().inbound.push_back(to_ssl);
+        self.pump_ssl_read(Some((datagram, received)));
+        self.drain_output();
+        self.refresh_timer(now);
+    }
+
+    fn handle_fast(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        let mut to_ssl: Option<Vec<u8>> = None;
+        let mut pos = 0;
+        while let Some(fp) = self.fast.as_mut() {
+            let (h, r) = match next_record(datagram, pos) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    break;
+                }
+            };
+            pos = r.end;
+            let ours =
+                h.epoch == fp.rx_epoch && (h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT);
+            if !ours && !safe_for_openssl(&h, fp.min_sealed_body) {
+                self.stats.malformed += 1;
+                continue;
+            }
+            if !ours {
+                // Rule 2: handshake, CCS and other epochs go to OpenSSL.
+                to_ssl
+                    .get_or_insert_with(|| self.stream.get_mut().buffer())
+                    .extend_from_slice(&datagram[r]);
+                continue;
+            }
+            if !fp.window.check(h.seq) {
+                self.stats.replayed += 1;
+                continue;
+            }
+            let Some(pt) = fp.rx.open(h.epoch_seq(), h.ctype, &mut datagram[r.clone()]) else {
+                self.stats.auth_failed += 1;
+                continue;
+            };
+            fp.window.update(h.seq);
+            let pt = r.start + pt.start..r.start + pt.end;
+            if h.ctype == CT_APPLICATION_DATA {
+                self.stats.records_opened += 1;
+                received.push(pt);
+                continue;
+            }
+            match datagram[pt] {
+                // close_notify (any level) or any fatal alert ends the association.
+                [_, 0] => self.fail(CloseReason::PeerClosed),
+                [2, desc] => self.fail(CloseReason::PeerAlert(desc)),
+                [_, _] => {}
+                _ => self.stats.malformed += 1,
+            }
+        }
+        if let Some(buf) = to_ssl {
+            if self.fast.is_some() {
+                self.stream.get_mut().inbound.push_back(buf);
+                self.pump_ssl_read(None);
+                self.drain_output();
+                self.refresh_timer(now);
+            } else {
+                self.stream.get_mut().recycle(buf);
+            }
+        }
+    }
+
+    /// Lets OpenSSL process queued records after the handshake; plaintext it returns (fallback
+    /// path) is copied into `out`'s buffer from offset 0 on.
+    fn pump_ssl_read(&mut self, mut out: Option<(&mut [u8], &mut Received)>) {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0u8; MAX_PAYLOAD + 2048];
+        }
+        let mut cursor = 0;
+        loop {
+            let queued = self.stream.get_ref().inbound.len();
+            match self.stream.ssl_read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let fits = out.as_ref().is_some_and(|(buf, _)| cursor + n <= buf.len());
+                    match out.as_mut() {
+                        Some((buf, rec)) if fits && self.fast.is_none() => {
+                            buf[cursor..cursor + n].copy_from_slice(&self.scratch[..n]);
+                            rec.push(cursor..cursor + n);
+                            cursor += n;
+                            self.stats.records_opened += 1;
+                        }
+                        _ => self.stats.fallback_dropped += 1,
+                    }
+                }
+                // OpenSSL 3.0 returns -1 without an error for some records it drops (e.g. an
+                // AEAD record shorter than nonce + tag). Our BIO cannot fail, so this is a
+                // dropped record, not a failure; go on while OpenSSL consumes datagrams.
+                Err(e)
+                    if e.code() == ErrorCode::SYSCALL
+                        && e.ssl_error().is_none()
+                        && e.io_error().is_none() =>
+                {
+                    self.stats.malformed += 1;
+                    let left = self.stream.get_ref().inbound.len();
+                    if left == 0 || left >= queued {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    match e.code() {
+                        ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => {}
+                        ErrorCode::ZERO_RETURN => self.fail(CloseReason::PeerClosed),
+                        _ => self.fail(CloseReason::ProtocolError(e.to_string())),
+                    }
+                    break;
+                }
+            }
+        }
+        // Never let unread datagrams pile up behind a record OpenSSL refused.
+        let bio = self.stream.get_mut();
+        while let Some(d) = bio.inbound.pop_front() {
+            self.stats.malformed += 1;
+            bio.recycle(d);
+        }
+    }
+
+    /// Runs `SSL_do_handshake` and reacts to its outcome.
+    fn drive_handshake(&mut self, now: Duration) {
+        match self.stream.do_handshake() {
+            Ok(()) => {
+                self.drain_output();
+                self.on_handshake_complete(now);
+            }
+            Err(e) => {
+                self.drain_output();
+                match e.code() {
+                    ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => {}
+                    _ => self.fail(CloseReason::HandshakeFailed(e.to_string())),
+                }
+            }
+        }
+        self.refresh_timer(now);
+    }
+
+    fn on_handshake_complete(&mut self, now: Duration) {
+        let ssl = self.stream.ssl();
+        let suite = ssl
+            .current_cipher()
+            .and_then(|c| RecordSuite::from_cipher_id(c.protocol_id()));
+        let Some(suite) = suite else {
+            self.fail(CloseReason::ProtocolError(
+                "negotiated cipher has no known record layout".into(),
+            ));
+            return;
+        };
+        if ssl.version2() != Some(SslVersion::DTLS1_2) {
+            self.fail(CloseReason::ProtocolError("not DTLS 1.2".into()));
+            return;
+        }
+        self.suite = Some(suite);
+        self.state = State::Established;
+        self.established_at = Some(now);
+        if self.config.fast_path {
+            match self.take_over(suite) {
+                Some(fp) => self.fast = Some(fp),
+                None => self.stats.self_test_failed = true,
+            }
+        }
+        self.capture = Capture::default();
+    }
+
+    /// Rule 1: derives the keys from public API and proves them on both Finished records.
+    fn take_over(&self, suite: RecordSuite) -> Option<FastPath> {
+        let ssl = self.stream.ssl();
+        let session = ssl.session()?;
+        let mut master = Zeroizing::new([0u8; 48]);
+        if session.master_key(&mut master[..]) != 48 {
+            return None;
+        }
+        let (mut cr, mut sr) = ([0u8; 32], [0u8; 32]);
+        if ssl.client_random(&mut cr) != 32 || ssl.server_random(&mut sr) != 32 {
+            return None;
+        }
+        let keys = derive_keys(suite, &master[..], &cr, &sr).ok()?;
+        let (tx, rx) = match self.role {
+            Role::Client => (keys.client_write, keys.server_write),
+            Role::Server => (keys.server_write, keys.client_write),
+        };
+        // Self-test 1: our own Finished opens with our write key.
+        let mut own = self.capture.own_finished.clone()?;
+        let (oh, _) = next_record(&own, 0).ok()??;
+        let pt = tx.open(oh.epoch_seq(), oh.ctype, &mut own)?;
+        if !is_finished(&own[pt]) {
+            return None;
+        }
+        // Self-test 2: the peer's Finished opens with the peer's write key.
+        let mut window = ReplayWindow::new();
+        let mut rx_epoch = None;
+        for candidate in &self.capture.peer_finished {
+            let mut rec = candidate.clone();
+            let Ok(Some((h, _))) = next_record(&rec, 0) else {
+                continue;
+            };
+            if let Some(pt) = rx.open(h.epoch_seq(), h.ctype, &mut rec)
+                && is_finished(&rec[pt])
+            {
+                window.update(h.seq);
+                rx_epoch = Some(h.epoch);
+            }
+        }
+        Some(FastPath {
+            tx,
+            rx,
+            tx_epoch: oh.epoch,
+            rx_epoch: rx_epoch?,
+            next_seq: self.capture.own_max_seq? + 1,
+            window,
+            min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
+        })
+    }
+
+    /// Moves what OpenSSL wrote to the transmit queue; after takeover, re-seals it (rule 3).
+    fn drain_output(&mut self) {
+        while let Some(d) = self.stream.get_mut().outbound.pop_front() {
+            if self.fast.is_some() {
+                let out = self.reseal(&d);
+                self.stream.get_mut().recycle(d);
+                if !out.is_empty() {
+                    self.transmit.push_back(out);
+                }
+                continue;
+            }
+            if self.state == State::Handshaking {
+                self.scan_own(&d);
+            }
+            self.transmit.push_back(d);
+        }
+    }
+
+    /// Records our Finished and the highest sequence number OpenSSL used in the new epoch.
+    fn scan_own(&mut self, d: &[u8]) {
+        let mut pos = 0;
+        while let Ok(Some((h, r))) = next_record(d, pos) {
+            pos = r.end;
+            if h.epoch == 0 {
+                continue;
+            }
+            if self.capture.own_finished.is_none() && h.ctype == CT_HANDSHAKE {
+                self.capture.own_finished = Some(d[r].to_vec());
+            }
+            let own_epoch = self
+                .capture
+                .own_finished
+                .as_deref()
+                .and_then(|f| next_record(f, 0).ok().flatten())
+                .map(|(oh, _)| oh.epoch);
+            if own_epoch == Some(h.epoch) {
+                let max = self.capture.own_max_seq.map_or(h.seq, |m| m.max(h.seq));
+                self.capture.own_max_seq = Some(max);
+            }
+        }
+    }
+
+    /// Re-seals every record OpenSSL wrote in the taken-over epoch with our next sequence number.
+    fn reseal(&mut self, d: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(d.len());
+        let Some(fp) = self.fast.as_mut() else {
+            return out;
+        };
+        let mut pos = 0;
+        while let Ok(Some((h, r))) = next_record(d, pos) {
+            pos = r.end;
+            let start = out.len();
+            out.extend_from_slice(&d[r]);
+            if h.epoch != fp.tx_epoch {
+                continue;
+            }
+            let rec = &mut out[start..];
+            let Some(pt) = fp.tx.open(h.epoch_seq(), h.ctype, rec) else {
+                out.truncate(start);
+                continue;
+            };
+            if fp.next_seq > MAX_SEQ {
+                out.truncate(start);
+                continue;
+            }
+            let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
+            fp.next_seq += 1;
+            if fp.tx.seal(es, h.ctype, rec, pt.len()).is_err() {
+                out.truncate(start);
+                continue;
+            }
+            self.stats.resealed += 1;
+        }
+        out
+    }
+
+    fn refresh_timer(&mut self, now: Duration) {
+        self.deadline = match self.state {
+            State::Closed(_) => None,
+            _ => ffi::dtls_get_timeout(self.stream.ssl()).map(|left| now + left),
+        };
+    }
+
+    fn fail(&mut self, reason: CloseReason) {
+        if !matches!(self.state, State::Closed(_)) {
+            self.state = State::Closed(reason);
+        }
+        self.fast = None;
+        self.deadline = None;
+    }
+
+    fn check_established(&self) -> Result<(), DtlsError> {
+        match &self.state {
+            State::Established => Ok(()),
+            State::Handshaking => Err(DtlsError::NotEstablished),
+            State::Closed(reason) => Err(DtlsError::Closed(reason.clone())),
+        }
+    }
+
+    /// Seals the application payload at `buf[payload_offset()..][..payload_len]` in place.
+    ///
+    /// Writes the header (and explicit nonce) before the payload and the tag after it; `buf`
+    /// must hold `overhead() + payload_len` bytes. Returns the record length to send.
+    pub fn seal_in_place(
+        &mut self,
+        buf: &mut [u8],
+        payload_len: usize,
+    ) -> Result<usize, DtlsError> {
+        self.check_established()?;
+        let suite = self.suite.ok_or(DtlsError::NotEstablished)?;
+        if payload_len > MAX_PAYLOAD {
+            return Err(DtlsError::PayloadTooLarge(payload_len));
+        }
+        let need = suite.overhead() + payload_len;
+        if buf.len() < need {
+            return Err(DtlsError::BufferTooSmall {
+                need,
+                have: buf.len(),
+            });
+        }
+        if let Some(fp) = self.fast.as_mut() {
+            if fp.next_seq > MAX_SEQ {
+                self.fail(CloseReason::SequenceExhausted);
+                return Err(DtlsError::SequenceExhausted);
+            }
+            let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
+            let n = fp.tx.seal(es, CT_APPLICATION_DATA, buf, payload_len)?;
+            fp.next_seq += 1;
+            self.stats.records_sealed += 1;
+            return Ok(n);
+        }
+        self.seal_fallback(suite, buf, payload_len, need)
+    }
+
+    fn seal_fallback(
+        &mut self,
+        suite: RecordSuite,
+        buf: &mut [u8],
+        payload_len: usize,
+        need: usize,
+    ) -> Result<usize, DtlsError> {
+        if payload_len == 0 {
+            return Err(DtlsError::Internal(
+                "the fallback path cannot send empty records",
+            ));
+        }
+        let off = suite.payload_offset();
+        match self.stream.ssl_write(&buf[off..off + payload_len]) {
+            Ok(n) if n == payload_len => {}
+            Ok(_) => return Err(DtlsError::Internal("short SSL_write")),
+            Err(e) => {
+                let reason = CloseReason::ProtocolError(e.to_string());
+                self.fail(reason.clone());
+                return Err(DtlsError::Closed(reason));
+            }
+        }
+        let bio = self.stream.get_mut();
+        let Some(d) = bio.outbound.pop_front() else {
+            return Err(DtlsError::Internal("SSL_write produced no record"));
+        };
+        if d.len() != need {
+            bio.recycle(d);
+            return Err(DtlsError::Internal(
+                "SSL_write produced an unexpected record length",
+            ));
+        }
+        buf[..need].copy_from_slice(&d);
+        bio.recycle(d);
+        self.drain_output();
+        self.stats.records_sealed += 1;
+        Ok(need)
+    }
+
+    /// Sends close_notify (queued for [`Self::poll_transmit`]) and closes the association.
+    pub fn close(&mut self) {
+        match &self.state {
+            State::Closed(_) => return,
+            State::Established if self.fast.is_some() => {
+                if let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite)
+                    && fp.next_seq <= MAX_SEQ
+                {
+                    let off = suite.payload_offset();
+                    let mut rec = vec![0u8; suite.overhead() + 2];
+                    rec[off..off + 2].copy_from_slice(&[1, 0]);
+                    let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
+                    if fp.tx.seal(es, CT_ALERT, &mut rec, 2).is_ok() {
+                        fp.next_seq += 1;
+                        self.transmit.push_back(rec);
+                    }
+                }
+            }
+            _ => {
+                // During the handshake OpenSSL refuses; the error is irrelevant.
+                if self.stream.shutdown().is_err() {
+                    drop(ErrorStack::get());
+                }
+                self.drain_output();
+            }
+        }
+        self.fail(CloseReason::LocalClose);
+    }
+
+    /// Derives keying material from the session (RFC 5705), e.g. for channel binding.
+    pub fn export_keying_material(
+        &self,
+        label: &str,
+        context: Option<&[u8]>,
+        len: usize,
+    ) -> Result<Vec<u8>, DtlsError> {
+        self.check_established()?;
+        let mut out = vec![0u8; len];
+        self.stream
+            .ssl()
+            .export_keying_material(&mut out, label, context)?;
+        Ok(out)
+    }
+}
