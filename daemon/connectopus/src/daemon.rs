@@ -29,8 +29,13 @@ use connectopus_wire::Cost;
 use connectopus_wire::message::is_ipv6;
 use uring_io::{Completion, OpKind, PacketIo, Token};
 
-use crate::backends::{self, LinkEnded, LoopMessage, LoopSender, TcpBackend, TcpConnected};
+use connectopus_dtls::{Accept, DtlsAssociation, State as DtlsState};
+
+use crate::backends::{
+    self, Backoff, LinkEnded, LoopMessage, LoopSender, TcpBackend, TcpConnected,
+};
 use crate::control::{self, ControlReply, ControlRequest, LinkReport, NodeReport, RouteReport};
+use crate::dtls_link::{self, DialerState, UdpEndpoint, UdpRole};
 use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
@@ -49,6 +54,8 @@ const TOKEN_TUN_RECV: u64 = 1 << 56;
 const TOKEN_TUN_WRITE: u64 = 2 << 56;
 const TOKEN_TCP_READ: u64 = 3 << 56;
 const TOKEN_TCP_WRITE: u64 = 4 << 56;
+const TOKEN_UDP_RECV: u64 = 5 << 56;
+const TOKEN_UDP_SEND: u64 = 6 << 56;
 const TOKEN_KIND_MASK: u64 = 0xff << 56;
 
 /// What `connectopus node` was asked to run.
@@ -116,7 +123,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
         stop.clone(),
     )?);
     threads.push(spawn_signal_thread(to_loop.clone())?);
-    threads.extend(start_backends(&node_config.backends, &to_loop, &stop)?);
+    let mut udp = Vec::new();
+    threads.extend(start_backends(
+        &node_config.backends,
+        &to_loop,
+        &stop,
+        &mut udp,
+    )?);
 
     let started = Instant::now();
     let started_wall = SystemTime::now();
@@ -146,6 +159,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tun,
         subnet: config.global.subnet.to_string(),
         links: BTreeMap::new(),
+        udp,
         closing: Vec::new(),
         next_link: 1,
         rx,
@@ -190,6 +204,7 @@ fn start_backends(
     backends: &BTreeMap<String, BackendConfig>,
     to_loop: &LoopSender,
     stop: &Arc<AtomicBool>,
+    udp: &mut Vec<UdpEndpoint>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     for (name, backend) in backends {
@@ -259,8 +274,43 @@ fn start_backends(
                     stop.clone(),
                 )?);
             }
-            BackendConfig::DtlsDialer(_) | BackendConfig::DtlsListener(_) => {
-                crate::dtls_link::start_backend(name, backend, &settings)?;
+            BackendConfig::DtlsListener(l) => {
+                let config = dtls_link::listener_config(l, settings.mtu)
+                    .with_context(|| format!("backend {name}"))?;
+                let ip = l
+                    .listen_ip
+                    .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+                let port = l
+                    .port
+                    .with_context(|| format!("backend {name}: a listener needs a port"))?;
+                let bind = SocketAddr::new(ip, port);
+                let socket =
+                    dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
+                tracing::info!(backend = %name, %bind, "dtls listener up");
+                udp.push(UdpEndpoint {
+                    socket,
+                    backend: name.clone(),
+                    cost: settings.cost,
+                    mtu: settings.mtu,
+                    role: UdpRole::Listener(Box::new(config)),
+                });
+            }
+            BackendConfig::DtlsDialer(d) => {
+                let config = dtls_link::dialer_config(d, settings.mtu)
+                    .with_context(|| format!("backend {name}"))?;
+                let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
+                udp.push(UdpEndpoint {
+                    socket,
+                    backend: name.clone(),
+                    cost: settings.cost,
+                    mtu: settings.mtu,
+                    role: UdpRole::Dialer(Box::new(DialerState {
+                        peer: d.peer.clone(),
+                        config,
+                        backoff: Backoff::new(),
+                        next_attempt: Some(Instant::now()),
+                    })),
+                });
             }
         }
     }
@@ -297,14 +347,20 @@ struct Link {
     announced: bool,
     had_session: bool,
     ended: Option<Sender<LinkEnded>>,
-    tcp: TcpLink,
+    transport: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Tcp(Box<TcpLink>),
+    Dtls(DtlsLink),
 }
 
 #[derive(Debug)]
 struct TcpLink {
     stream: TcpStream,
     codec: TcpCodec,
-    /// Bytes for the socket; the first `tx_sent` of them are being written.
+    /// Bytes for the socket, in order; a write in flight covers a prefix of them.
     tx: VecDeque<u8>,
     write_in_flight: bool,
     read_in_flight: bool,
@@ -313,6 +369,29 @@ struct TcpLink {
 impl TcpLink {
     fn idle(&self) -> bool {
         !self.write_in_flight && !self.read_in_flight
+    }
+}
+
+#[derive(Debug)]
+struct DtlsLink {
+    /// Index of the UDP endpoint in `Daemon::udp`.
+    endpoint: usize,
+    association: Box<DtlsAssociation>,
+}
+
+impl Link {
+    fn is_ready(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(t) => t.codec.is_ready(),
+            Transport::Dtls(d) => matches!(d.association.state(), DtlsState::Established),
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        match &self.transport {
+            Transport::Tcp(t) => t.tx.len(),
+            Transport::Dtls(_) => 0,
+        }
     }
 }
 
@@ -325,8 +404,9 @@ struct Daemon {
     tun: Option<TunDevice>,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
+    udp: Vec<UdpEndpoint>,
     /// Links whose socket waits for in-flight operations before it may close.
-    closing: Vec<(LinkId, TcpLink)>,
+    closing: Vec<(LinkId, Box<TcpLink>)>,
     next_link: u64,
     rx: Receiver<LoopMessage>,
     completions: Vec<Completion>,
@@ -348,6 +428,13 @@ impl Daemon {
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV))
                 .context("arming TUN receive")?;
         }
+        for endpoint in 0..self.udp.len() {
+            let fd = self.udp[endpoint].socket.as_raw_fd();
+            self.io
+                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
+                .context("arming UDP receive")?;
+        }
+        self.run_dialers();
         self.drain_node();
         loop {
             let timeout = self.next_timeout();
@@ -367,7 +454,7 @@ impl Daemon {
             self.drain_node();
             self.reap_closing();
             if let Some(deadline) = self.stopping {
-                let flushed = self.links.values().all(|l| l.tcp.tx.is_empty());
+                let flushed = self.links.values().all(|l| l.backlog() == 0);
                 if flushed || Instant::now() >= deadline {
                     return Ok(());
                 }
@@ -379,6 +466,22 @@ impl Daemon {
         let mut timeout = Duration::from_secs(1);
         if let Some((at, _why)) = self.node.poll_timeout() {
             timeout = timeout.min(at.saturating_since(self.now()));
+        }
+        let elapsed = self.started.elapsed();
+        for l in self.links.values() {
+            if let Transport::Dtls(d) = &l.transport
+                && let Some(at) = d.association.poll_timeout()
+            {
+                timeout = timeout.min(at.saturating_sub(elapsed));
+            }
+        }
+        let now = Instant::now();
+        for e in &self.udp {
+            if let UdpRole::Dialer(d) = &e.role
+                && let Some(at) = d.next_attempt
+            {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
         }
         if self.stopping.is_some() {
             timeout = timeout.min(Duration::from_millis(20));
@@ -398,6 +501,14 @@ impl Daemon {
             }
             (OpKind::Read, TOKEN_TCP_READ) => self.on_tcp_read(id, completion),
             (OpKind::Write, TOKEN_TCP_WRITE) => self.on_tcp_written(id, completion),
+            (OpKind::RecvDatagram, TOKEN_UDP_RECV) => {
+                self.on_udp_datagram(id.0 as usize, completion);
+            }
+            (OpKind::Send, TOKEN_UDP_SEND) => {
+                if let Some(buf) = completion.buf {
+                    self.io.free(buf);
+                }
+            }
             (OpKind::Wake, _) => {}
             _ => {
                 if let Some(buf) = completion.buf {
@@ -484,28 +595,120 @@ impl Daemon {
             self.node.count_drop(DropReason::LinkDown);
             return;
         };
-        if is_ipv6(message) && l.tcp.tx.len() > MAX_TCP_BACKLOG {
+        let data = is_ipv6(message);
+        if data && l.backlog() > MAX_TCP_BACKLOG {
             self.node.count_drop(DropReason::LinkCongested);
             return;
         }
-        self.scratch_out.clear();
-        if let Err(error) = l.tcp.codec.send_message(message, &mut self.scratch_out) {
-            tracing::debug!(%link, %error, "dropping message");
+        match &mut l.transport {
+            Transport::Tcp(tcp) => {
+                self.scratch_out.clear();
+                if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {
+                    tracing::debug!(%link, %error, "dropping message");
+                    return;
+                }
+                tcp.tx.extend(self.scratch_out.iter());
+                if data {
+                    self.node.note_link_sent(link, message.len());
+                }
+                self.pump_tcp_write(link);
+            }
+            Transport::Dtls(_) => {
+                let Some(buf) = self.io.alloc() else {
+                    self.node.count_drop(DropReason::LinkCongested);
+                    return;
+                };
+                let start = self.io.pool().headroom();
+                let fits = self
+                    .io
+                    .buf_mut(&buf)
+                    .get_mut(start..start + message.len())
+                    .map(|slot| slot.copy_from_slice(message))
+                    .is_some();
+                if !fits {
+                    self.io.free(buf);
+                    self.node.count_drop(DropReason::TooBig);
+                    return;
+                }
+                self.seal_and_send(link, buf, start, message.len());
+            }
+        }
+    }
+
+    /// Seals the payload at `buf[offset..offset + len]` into a DTLS record in place and sends
+    /// it; takes ownership of `buf`.
+    fn seal_and_send(&mut self, link: LinkId, buf: uring_io::BufId, offset: usize, len: usize) {
+        let Some(l) = self.links.get_mut(&link) else {
+            self.io.free(buf);
             return;
+        };
+        let Transport::Dtls(dtls) = &mut l.transport else {
+            self.io.free(buf);
+            return;
+        };
+        let Some(payload_offset) = dtls.association.payload_offset() else {
+            self.io.free(buf);
+            self.node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let Some(record_start) = offset.checked_sub(payload_offset) else {
+            self.io.free(buf);
+            self.node.count_drop(DropReason::Malformed);
+            return;
+        };
+        let sealed = dtls
+            .association
+            .seal_in_place(&mut self.io.buf_mut(&buf)[record_start..], len);
+        match sealed {
+            Ok(n) => {
+                let endpoint = dtls.endpoint;
+                let destination = l.remote;
+                self.node.note_link_sent(link, len);
+                let fd = self.udp[endpoint].socket.as_raw_fd();
+                self.io.send_to(
+                    fd,
+                    Token(TOKEN_UDP_SEND | endpoint as u64),
+                    uring_io::Transmit {
+                        destination,
+                        buf,
+                        range: record_start..record_start + n,
+                        segment_size: None,
+                    },
+                );
+            }
+            Err(error) => {
+                self.io.free(buf);
+                tracing::debug!(%link, %error, "dtls seal failed");
+                self.node.count_drop(DropReason::LinkDown);
+            }
         }
-        l.tcp.tx.extend(self.scratch_out.iter());
-        if is_ipv6(message) {
-            self.node.note_link_sent(link, message.len());
+    }
+
+    /// Sends raw datagrams (handshake flights, alerts) that an association produced.
+    fn flush_dtls(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let Transport::Dtls(dtls) = &mut l.transport else {
+            return;
+        };
+        let endpoint = dtls.endpoint;
+        let destination = l.remote;
+        while let Some(datagram) = dtls.association.poll_transmit() {
+            send_raw(&mut self.io, &self.udp, endpoint, destination, &datagram);
         }
-        self.pump_tcp_write(link);
     }
 
     /// Starts a write of the link's queued bytes if none is in flight.
     fn pump_tcp_write(&mut self, link: LinkId) {
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
             return;
         };
-        if l.tcp.write_in_flight || l.tcp.tx.is_empty() {
+        if tcp.write_in_flight || tcp.tx.is_empty() {
             return;
         }
         let Some(buf) = self.io.alloc() else {
@@ -513,29 +716,33 @@ impl Daemon {
             return;
         };
         let capacity = self.io.pool().buf_size();
-        let n = l.tcp.tx.len().min(capacity);
+        let n = tcp.tx.len().min(capacity);
         let slot = &mut self.io.buf_mut(&buf)[..n];
-        for (dst, src) in slot.iter_mut().zip(l.tcp.tx.iter()) {
+        for (dst, src) in slot.iter_mut().zip(tcp.tx.iter()) {
             *dst = *src;
         }
-        l.tcp.write_in_flight = true;
-        let fd = l.tcp.stream.as_raw_fd();
+        tcp.write_in_flight = true;
+        let fd = tcp.stream.as_raw_fd();
         self.io
             .write(fd, Token(TOKEN_TCP_WRITE | link.0), buf, 0..n);
     }
 
     fn start_tcp_read(&mut self, link: LinkId) {
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
             return;
         };
-        if l.tcp.read_in_flight {
+        if tcp.read_in_flight {
             return;
         }
         let Some(buf) = self.io.alloc() else {
             return;
         };
-        l.tcp.read_in_flight = true;
-        let fd = l.tcp.stream.as_raw_fd();
+        tcp.read_in_flight = true;
+        let fd = tcp.stream.as_raw_fd();
         self.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
     }
 
@@ -547,13 +754,17 @@ impl Daemon {
             tcp.write_in_flight = false;
             return;
         }
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
             return;
         };
-        l.tcp.write_in_flight = false;
+        tcp.write_in_flight = false;
         match completion.result {
             Ok(n) => {
-                l.tcp.tx.drain(..n.min(l.tcp.tx.len()));
+                tcp.tx.drain(..n.min(tcp.tx.len()));
                 self.pump_tcp_write(link);
             }
             Err(errno) if errno.0 == libc::EAGAIN || errno.0 == libc::EINTR => {
@@ -578,22 +789,25 @@ impl Daemon {
         let Some(buf) = completion.buf else {
             return;
         };
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
             self.io.free(buf);
             return;
         };
-        l.tcp.read_in_flight = false;
+        tcp.read_in_flight = false;
         let result = match (completion.result, range) {
             (Ok(0), _) => Err("closed by peer".to_owned()),
             (Ok(_), Some(range)) => {
                 self.scratch_out.clear();
                 let data = &self.io.buf(&buf)[range];
-                let r = l
-                    .tcp
+                let r = tcp
                     .codec
                     .receive(data, &mut self.scratch_out)
                     .map_err(|e| e.to_string());
-                l.tcp.tx.extend(self.scratch_out.iter());
+                tcp.tx.extend(self.scratch_out.iter());
                 r
             }
             (Err(errno), _) if errno.0 == libc::EAGAIN || errno.0 == libc::EINTR => Ok(()),
@@ -607,36 +821,288 @@ impl Daemon {
             return;
         }
         self.announce_if_ready(link);
-        // Process every complete message; each is copied out once so the core and the other
-        // links can be reached while this link's codec stays borrowed by nobody.
         self.ranges.clear();
-        if let Some(l) = self.links.get_mut(&link) {
-            while let Some(r) = l.tcp.codec.pop_message() {
+        if let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        {
+            while let Some(r) = tcp.codec.pop_message() {
                 self.ranges.push(r);
             }
         }
         let ranges = std::mem::take(&mut self.ranges);
         for r in &ranges {
-            let Some(l) = self.links.get_mut(&link) else {
+            let Some(Link {
+                transport: Transport::Tcp(tcp),
+                ..
+            }) = self.links.get_mut(&link)
+            else {
                 break;
             };
-            let Some(message) = l.tcp.codec.buffer_mut().get(r.clone()) else {
+            let Some(message) = tcp.codec.buffer_mut().get(r.clone()) else {
                 continue;
             };
+            // Copied out once so the core and the other links can be reached while this
+            // link's codec buffer is borrowed by nobody.
             self.scratch.clear();
             self.scratch.extend_from_slice(message);
-            let mut message = std::mem::take(&mut self.scratch);
-            if is_ipv6(&message) {
-                self.route_link_packet(link, &mut message);
-            } else {
-                let now = self.now();
-                self.node.handle_link_message(now, link, &mut message);
-            }
-            self.scratch = message;
+            self.handle_link_message_in_scratch(link);
         }
         self.ranges = ranges;
         self.pump_tcp_write(link);
         self.start_tcp_read(link);
+    }
+
+    /// Routes or hands to the core the link message held in `self.scratch`.
+    fn handle_link_message_in_scratch(&mut self, link: LinkId) {
+        let mut message = std::mem::take(&mut self.scratch);
+        if is_ipv6(&message) {
+            self.route_link_packet(link, &mut message);
+        } else {
+            let now = self.now();
+            self.node.handle_link_message(now, link, &mut message);
+        }
+        self.scratch = message;
+    }
+
+    fn on_udp_datagram(&mut self, endpoint: usize, completion: Completion) {
+        let armed = completion.armed;
+        let range = completion.data_range();
+        let src = completion.src;
+        let Some(buf) = completion.buf else {
+            if !armed {
+                self.rearm_udp(endpoint);
+            }
+            return;
+        };
+        if let (Some(range), Some(src)) = (range, src) {
+            let src = normalize(src);
+            let known = self.links.iter().find_map(|(id, l)| match &l.transport {
+                Transport::Dtls(d) if d.endpoint == endpoint && l.remote == src => Some(*id),
+                _ => None,
+            });
+            let listener = matches!(
+                self.udp.get(endpoint).map(|e| &e.role),
+                Some(UdpRole::Listener(_))
+            );
+            let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);
+            match known {
+                Some(link) if !(listener && hello) => {
+                    self.on_dtls_datagram(link, buf, range);
+                    if !armed {
+                        self.rearm_udp(endpoint);
+                    }
+                    return;
+                }
+                _ if listener => {
+                    let datagram = self.io.buf(&buf)[range].to_vec();
+                    self.accept_dtls(endpoint, src, datagram);
+                }
+                _ => {}
+            }
+        }
+        self.io.free(buf);
+        if !armed {
+            self.rearm_udp(endpoint);
+        }
+    }
+
+    fn rearm_udp(&mut self, endpoint: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(e) = self.udp.get(endpoint) {
+            let fd = e.socket.as_raw_fd();
+            if let Err(error) = self
+                .io
+                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
+            {
+                tracing::error!(%error, "re-arming udp receive failed");
+            }
+        }
+    }
+
+    /// Handles a datagram from an unknown address on a DTLS listener.
+    fn accept_dtls(&mut self, endpoint: usize, src: SocketAddr, datagram: Vec<u8>) {
+        let Some(UdpEndpoint {
+            role: UdpRole::Listener(config),
+            backend,
+            cost,
+            mtu,
+            ..
+        }) = self.udp.get(endpoint)
+        else {
+            return;
+        };
+        let half_open = self
+            .links
+            .values()
+            .filter(|l| {
+                matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint) && !l.announced
+            })
+            .count();
+        if half_open >= dtls_link::MAX_HALF_OPEN {
+            return;
+        }
+        let now = self.started.elapsed();
+        match DtlsAssociation::accept(config, src, now, &datagram) {
+            Ok(Accept::HelloVerifyRequest(reply)) => {
+                send_raw(&mut self.io, &self.udp, endpoint, src, &reply);
+            }
+            Ok(Accept::Association(association)) => {
+                let (backend, cost, mtu) = (backend.clone(), *cost, *mtu);
+                // A new handshake from a known address replaces the old association.
+                let old: Vec<LinkId> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| {
+                        matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint)
+                            && l.remote == src
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for link in old {
+                    self.close_link(link, "peer started a new handshake");
+                }
+                let id = self.new_link(Link {
+                    backend,
+                    kind: "dtls listener",
+                    remote: src,
+                    cost,
+                    mtu,
+                    connected_at: Instant::now(),
+                    announced: false,
+                    had_session: false,
+                    ended: None,
+                    transport: Transport::Dtls(DtlsLink {
+                        endpoint,
+                        association,
+                    }),
+                });
+                self.flush_dtls(id);
+            }
+            Ok(Accept::Ignored) => {}
+            Err(error) => tracing::debug!(%src, %error, "dtls accept failed"),
+        }
+    }
+
+    /// Feeds a datagram to a link's association and handles what it opened.
+    fn on_dtls_datagram(&mut self, link: LinkId, buf: uring_io::BufId, range: Range<usize>) {
+        let now = self.started.elapsed();
+        let Some(Link {
+            transport: Transport::Dtls(dtls),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            self.io.free(buf);
+            return;
+        };
+        let Some(datagram) = self.io.buf_mut(&buf).get_mut(range.clone()) else {
+            self.io.free(buf);
+            return;
+        };
+        let result = dtls.association.handle_datagram(now, datagram);
+        match result {
+            Ok(received) => {
+                // Each opened record is one link message, in place in the datagram buffer.
+                for i in 0..received.len() {
+                    let Some(r) = received.get(i) else {
+                        break;
+                    };
+                    self.scratch.clear();
+                    let r = range.start + r.start..range.start + r.end;
+                    if let Some(bytes) = self.io.buf(&buf).get(r) {
+                        self.scratch.extend_from_slice(bytes);
+                    }
+                    self.handle_link_message_in_scratch(link);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%link, %error, "dtls failed");
+            }
+        }
+        self.io.free(buf);
+        self.after_dtls_io(link);
+    }
+
+    /// Sends what the association produced and follows its state.
+    fn after_dtls_io(&mut self, link: LinkId) {
+        self.flush_dtls(link);
+        let closed = match self.links.get(&link).map(|l| &l.transport) {
+            Some(Transport::Dtls(d)) => matches!(d.association.state(), DtlsState::Closed(_)),
+            _ => false,
+        };
+        if closed {
+            self.close_link(link, "dtls closed");
+        } else {
+            self.announce_if_ready(link);
+        }
+    }
+
+    fn new_link(&mut self, link: Link) -> LinkId {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        tracing::info!(link = %id, backend = %link.backend, remote = %link.remote, kind = link.kind, "link up");
+        self.links.insert(id, link);
+        id
+    }
+
+    /// Starts DTLS dial attempts that are due.
+    fn run_dialers(&mut self) {
+        let now = Instant::now();
+        for endpoint in 0..self.udp.len() {
+            let UdpEndpoint {
+                role: UdpRole::Dialer(dialer),
+                backend,
+                cost,
+                mtu,
+                ..
+            } = &mut self.udp[endpoint]
+            else {
+                continue;
+            };
+            if dialer.next_attempt.is_none_or(|t| t > now) || self.stopping.is_some() {
+                continue;
+            }
+            dialer.next_attempt = None;
+            let remote = match dtls_link::resolve(&dialer.peer) {
+                Ok(remote) => remote,
+                Err(error) => {
+                    let delay = dialer.backoff.failure();
+                    tracing::debug!(backend = %backend, error = %format!("{error:#}"), retry_in = ?delay, "dial failed");
+                    dialer.next_attempt = Some(now + delay);
+                    continue;
+                }
+            };
+            let association = match DtlsAssociation::client(&dialer.config, self.started.elapsed())
+            {
+                Ok(a) => Box::new(a),
+                Err(error) => {
+                    let delay = dialer.backoff.failure();
+                    tracing::warn!(backend = %backend, %error, "dtls client setup failed");
+                    dialer.next_attempt = Some(now + delay);
+                    continue;
+                }
+            };
+            let link = Link {
+                backend: backend.clone(),
+                kind: "dtls dialer",
+                remote,
+                cost: *cost,
+                mtu: *mtu,
+                connected_at: now,
+                announced: false,
+                had_session: false,
+                ended: None,
+                transport: Transport::Dtls(DtlsLink {
+                    endpoint,
+                    association,
+                }),
+            };
+            let id = self.new_link(link);
+            self.flush_dtls(id);
+        }
     }
 
     /// Tells the core about a link once its transport can carry messages.
@@ -644,7 +1110,7 @@ impl Daemon {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        if l.announced || !l.tcp.codec.is_ready() {
+        if l.announced || !l.is_ready() {
             return;
         }
         l.announced = true;
@@ -677,20 +1143,20 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        let id = LinkId(self.next_link);
-        self.next_link += 1;
         let kind = match (connected.ended.is_some(), connected.tls.is_some()) {
             (true, true) => "tcp+tls dialer",
             (true, false) => "tcp dialer",
             (false, true) => "tcp+tls listener",
             (false, false) => "tcp listener",
         };
-        let codec = match connected.tls {
+        let mut codec = match connected.tls {
             Some(tls) => TcpCodec::tls(tls),
             None => TcpCodec::plain(),
         };
-        tracing::info!(link = %id, backend = %connected.backend, remote = %connected.remote, kind, "link up");
-        let mut link = Link {
+        self.scratch_out.clear();
+        codec.poll_handshake(&mut self.scratch_out);
+        let tx: VecDeque<u8> = self.scratch_out.iter().copied().collect();
+        let id = self.new_link(Link {
             backend: connected.backend,
             kind,
             remote: connected.remote,
@@ -700,18 +1166,14 @@ impl Daemon {
             announced: false,
             had_session: false,
             ended: connected.ended,
-            tcp: TcpLink {
+            transport: Transport::Tcp(Box::new(TcpLink {
                 stream: connected.stream,
                 codec,
-                tx: VecDeque::new(),
+                tx,
                 write_in_flight: false,
                 read_in_flight: false,
-            },
-        };
-        self.scratch_out.clear();
-        link.tcp.codec.poll_handshake(&mut self.scratch_out);
-        link.tcp.tx.extend(self.scratch_out.iter());
-        self.links.insert(id, link);
+            })),
+        });
         self.announce_if_ready(id);
         self.pump_tcp_write(id);
         self.start_tcp_read(id);
@@ -720,6 +1182,26 @@ impl Daemon {
     fn run_timers(&mut self) {
         let now = self.now();
         self.node.handle_timeout(now);
+        let elapsed = self.started.elapsed();
+        let due: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| match &l.transport {
+                Transport::Dtls(d) => d.association.poll_timeout().is_some_and(|t| t <= elapsed),
+                Transport::Tcp(_) => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in due {
+            if let Some(Link {
+                transport: Transport::Dtls(d),
+                ..
+            }) = self.links.get_mut(&link)
+            {
+                d.association.handle_timeout(elapsed);
+            }
+            self.after_dtls_io(link);
+        }
         let stale: Vec<LinkId> = self
             .links
             .iter()
@@ -727,9 +1209,10 @@ impl Daemon {
             .map(|(id, _)| *id)
             .collect();
         for link in stale {
-            tracing::info!(%link, "tls handshake timed out");
+            tracing::info!(%link, "handshake timed out");
             self.close_link(link, "handshake timeout");
         }
+        self.run_dialers();
     }
 
     fn drain_node(&mut self) {
@@ -757,7 +1240,7 @@ impl Daemon {
         }
     }
 
-    /// Closes a link's transport; the socket itself closes once no operation uses it.
+    /// Closes a link's transport; a TCP socket itself closes once no operation uses it.
     fn close_link(&mut self, link: LinkId, why: &str) {
         let Some(l) = self.links.remove(&link) else {
             return;
@@ -771,8 +1254,31 @@ impl Daemon {
                 had_session: l.had_session,
             });
         }
-        let _ = l.tcp.stream.shutdown(Shutdown::Both);
-        self.closing.push((link, l.tcp));
+        match l.transport {
+            Transport::Tcp(tcp) => {
+                let _ = tcp.stream.shutdown(Shutdown::Both);
+                self.closing.push((link, tcp));
+            }
+            Transport::Dtls(mut dtls) => {
+                dtls.association.close();
+                while let Some(datagram) = dtls.association.poll_transmit() {
+                    send_raw(&mut self.io, &self.udp, dtls.endpoint, l.remote, &datagram);
+                }
+                if let Some(UdpEndpoint {
+                    role: UdpRole::Dialer(dialer),
+                    ..
+                }) = self.udp.get_mut(dtls.endpoint)
+                {
+                    let delay = if l.had_session {
+                        dialer.backoff.reset();
+                        Duration::ZERO
+                    } else {
+                        dialer.backoff.failure()
+                    };
+                    dialer.next_attempt = Some(Instant::now() + delay);
+                }
+            }
+        }
     }
 
     fn reap_closing(&mut self) {
@@ -963,4 +1469,41 @@ fn log_event(event: &Event) {
         Event::RoutesChanged { n_routes } => tracing::debug!(n_routes, "routes changed"),
         Event::ControlDatagram { .. } => {}
     }
+}
+
+/// Returns the address as the loop keys peers by it.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    addr
+}
+
+/// Copies a datagram into a pool buffer and sends it from a UDP endpoint.
+fn send_raw(
+    io: &mut PacketIo,
+    udp: &[UdpEndpoint],
+    endpoint: usize,
+    destination: SocketAddr,
+    datagram: &[u8],
+) {
+    let Some(e) = udp.get(endpoint) else {
+        return;
+    };
+    let Some(buf) = io.alloc() else {
+        return;
+    };
+    let start = io.pool().headroom();
+    let Some(slot) = io.buf_mut(&buf).get_mut(start..start + datagram.len()) else {
+        io.free(buf);
+        return;
+    };
+    slot.copy_from_slice(datagram);
+    io.send_to(
+        e.socket.as_raw_fd(),
+        Token(TOKEN_UDP_SEND | endpoint as u64),
+        uring_io::Transmit {
+            destination,
+            buf,
+            range: start..start + datagram.len(),
+            segment_size: None,
+        },
+    );
 }

@@ -1,14 +1,227 @@
-//! DTLS backends (placeholder until the DTLS association is wired into the main loop).
+//! DTLS backends: building association configurations from the mesh config, and the
+//! listener and dialer state the main loop keeps for them.
 
-use anyhow::{Result, bail};
-use connectopus_config::BackendConfig;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-use crate::backends::TcpBackend;
+use anyhow::{Context, Result, anyhow, bail};
+use connectopus_config::{DtlsDialer, DtlsListener, PeerAddr, PeerHost, Secret};
+use connectopus_dtls::{
+    CertificateCredentials, CertifiedKey, ClientConfig, Credentials, DtlsConfig, ExpectedName,
+    PeerVerification, PskCredentials, ServerConfig,
+};
+use openssl::pkey::PKey;
+use openssl::x509::X509;
 
-/// Starts a DTLS backend.
+use crate::backends::Backoff;
+
+/// The PSK identity every node presents; the PSK itself is the secret.
+const PSK_IDENTITY: &[u8] = b"connectopus";
+
+/// Most handshaking associations one listener keeps at once.
+pub const MAX_HALF_OPEN: usize = 256;
+
+fn x509s(secret: &Secret, what: &str) -> Result<Vec<X509>> {
+    let bytes = secret
+        .resolve()
+        .with_context(|| format!("reading {what}"))?;
+    let certs = X509::stack_from_pem(bytes.expose())
+        .map_err(|e| anyhow!("{what}: not a PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        bail!("{what}: no certificate found");
+    }
+    Ok(certs)
+}
+
+fn certified_key(
+    cert: &Secret,
+    key: &Secret,
+    cert_what: &str,
+    key_what: &str,
+) -> Result<CertifiedKey> {
+    let mut chain = x509s(cert, cert_what)?;
+    let certificate = chain.remove(0);
+    let key_bytes = key
+        .resolve()
+        .with_context(|| format!("reading {key_what}"))?;
+    let private_key = PKey::private_key_from_pem(key_bytes.expose())
+        .map_err(|e| anyhow!("{key_what}: not a PEM private key: {e}"))?;
+    Ok(CertifiedKey {
+        certificate,
+        chain,
+        private_key,
+    })
+}
+
+fn psk(secret: &Secret) -> Result<Credentials> {
+    let key = secret.resolve().context("reading psk")?;
+    if key.expose().is_empty() {
+        bail!("psk is empty");
+    }
+    Ok(Credentials::Psk(PskCredentials::new(
+        PSK_IDENTITY,
+        key.expose().to_vec(),
+    )))
+}
+
+/// Builds the server configuration of a DTLS listener.
 ///
 /// # Errors
-/// Always, for now: DTLS links are not wired into the node yet.
-pub fn start_backend(name: &str, _backend: &BackendConfig, _settings: &TcpBackend) -> Result<()> {
-    bail!("backend {name}: DTLS backends are not supported by this build yet")
+/// Missing or unreadable credentials, named by their config key.
+pub fn listener_config(l: &DtlsListener, mtu: u16) -> Result<ServerConfig> {
+    let credentials = if let Some(secret) = l.psk() {
+        psk(secret)?
+    } else {
+        let (Some(cert), Some(key)) = (l.server_cert(), l.server_key()) else {
+            bail!("a DTLS listener needs psk, or server_cert and server_key");
+        };
+        let verify = match l.client_ca() {
+            Some(ca) => PeerVerification::CaBundle {
+                roots: x509s(ca, "client_ca")?,
+                expected_name: None,
+            },
+            None if l.require_client_cert => bail!("require_client_cert needs client_ca"),
+            None => PeerVerification::Insecure,
+        };
+        Credentials::Certificate(CertificateCredentials {
+            identity: Some(certified_key(cert, key, "server_cert", "server_key")?),
+            verify,
+            require_client_cert: l.require_client_cert,
+        })
+    };
+    let mut config = DtlsConfig::new(credentials);
+    config.mtu = mtu;
+    ServerConfig::new(&config).map_err(|e| anyhow!("dtls: {e}"))
+}
+
+/// Builds the client configuration of a DTLS dialer.
+///
+/// # Errors
+/// Missing or unreadable credentials, or no way to verify the listener.
+pub fn dialer_config(d: &DtlsDialer, mtu: u16) -> Result<ClientConfig> {
+    let credentials = if let Some(secret) = d.psk() {
+        psk(secret)?
+    } else {
+        let verify = if d.insecure_skip_verify {
+            PeerVerification::Insecure
+        } else if let Some(pinned) = d.pinned_cert() {
+            PeerVerification::PinnedCertificate(x509s(pinned, "pinned_cert")?.remove(0))
+        } else if let Some(ca) = d.root_ca() {
+            let name = d.server_name.clone().map_or_else(
+                || match &d.peer.host {
+                    PeerHost::Ip(ip) => ExpectedName::Ip(*ip),
+                    PeerHost::Name(n) => ExpectedName::Dns(n.clone()),
+                },
+                |n| match n.parse::<IpAddr>() {
+                    Ok(ip) => ExpectedName::Ip(ip),
+                    Err(_) => ExpectedName::Dns(n),
+                },
+            );
+            PeerVerification::CaBundle {
+                roots: x509s(ca, "root_ca")?,
+                expected_name: Some(name),
+            }
+        } else {
+            bail!("a DTLS dialer needs psk, or root_ca or pinned_cert (or insecure_skip_verify)");
+        };
+        let identity = match (d.client_cert(), d.client_key()) {
+            (Some(c), Some(k)) => Some(certified_key(c, k, "client_cert", "client_key")?),
+            (None, None) => None,
+            _ => bail!("client_cert and client_key go together"),
+        };
+        Credentials::Certificate(CertificateCredentials {
+            identity,
+            verify,
+            require_client_cert: false,
+        })
+    };
+    let mut config = DtlsConfig::new(credentials);
+    config.mtu = mtu;
+    ClientConfig::new(&config).map_err(|e| anyhow!("dtls: {e}"))
+}
+
+/// A UDP socket the main loop serves: a listener's, or a dialer's.
+#[derive(Debug)]
+pub struct UdpEndpoint {
+    /// The socket (nonblocking).
+    pub socket: UdpSocket,
+    /// Backend name.
+    pub backend: String,
+    /// Link cost.
+    pub cost: connectopus_wire::Cost,
+    /// Link MTU.
+    pub mtu: u16,
+    /// What the socket is for.
+    pub role: UdpRole,
+}
+
+/// What a UDP socket is for.
+#[derive(Debug)]
+pub enum UdpRole {
+    /// Accepts associations from many peers.
+    Listener(Box<ServerConfig>),
+    /// Keeps one association to one peer up.
+    Dialer(Box<DialerState>),
+}
+
+/// The state of a DTLS dialer.
+#[derive(Debug)]
+pub struct DialerState {
+    /// Where to dial.
+    pub peer: PeerAddr,
+    /// The association settings.
+    pub config: ClientConfig,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// When to try next, if no attempt is running.
+    pub next_attempt: Option<std::time::Instant>,
+}
+
+/// Binds a listener's UDP socket.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind_listener(bind: SocketAddr) -> Result<UdpSocket> {
+    let socket = UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Binds a dialer's UDP socket on an ephemeral port (dual-stack: IPv4 peers are reached
+/// through mapped addresses).
+///
+/// # Errors
+/// No socket can be bound.
+pub fn bind_dialer() -> Result<UdpSocket> {
+    let socket = UdpSocket::bind("[::]:0").context("binding udp [::]:0")?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Resolves a dialer's peer to one address.
+///
+/// # Errors
+/// The name does not resolve.
+pub fn resolve(peer: &PeerAddr) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let addr = peer
+        .to_string()
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {peer}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{peer} has no address"))?;
+    // An IPv6 socket reaches IPv4 peers through mapped addresses.
+    Ok(match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    })
+}
+
+/// Returns true if a datagram starts with a DTLS ClientHello (handshake record of epoch 0
+/// whose first message is a client_hello), the sign of a new association from that address.
+pub fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.len() > 25
+        && datagram[0] == 22
+        && datagram[3] == 0
+        && datagram[4] == 0
+        && datagram[13] == 1
 }
