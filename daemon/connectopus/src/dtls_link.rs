@@ -183,7 +183,36 @@ pub struct DialerState {
 pub fn bind_listener(bind: SocketAddr) -> Result<UdpSocket> {
     let socket = UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?;
     socket.set_nonblocking(true)?;
+    enlarge_buffers(&socket);
     Ok(socket)
+}
+
+/// Socket buffer size for link sockets: bursts from a TUN batch must not overflow the default
+/// (about 200 KiB).
+const SOCKET_BUFFER: libc::c_int = 4 * 1024 * 1024;
+
+/// Raises the socket's send and receive buffers (past the sysctl limits when root).
+fn enlarge_buffers(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let size = SOCKET_BUFFER;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open socket owned by `socket` for the duration of the call, and
+        // the option value points at a live c_int whose size is passed.
+        let forced = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, force, (&raw const size).cast(), len)
+        };
+        if forced != 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(fd, libc::SOL_SOCKET, plain, (&raw const size).cast(), len);
+            }
+        }
+    }
 }
 
 /// Binds a dialer's UDP socket on an ephemeral port (dual-stack: IPv4 peers are reached
@@ -194,6 +223,7 @@ pub fn bind_listener(bind: SocketAddr) -> Result<UdpSocket> {
 pub fn bind_dialer() -> Result<UdpSocket> {
     let socket = UdpSocket::bind("[::]:0").context("binding udp [::]:0")?;
     socket.set_nonblocking(true)?;
+    enlarge_buffers(&socket);
     Ok(socket)
 }
 
