@@ -93,10 +93,10 @@ pub fn target_dir() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent();
     while let Some(d) = dir {
-        if d.file_name().is_some_and(|n| n == "deps") {
-            if let Some(parent) = d.parent() {
-                return Ok(parent.to_path_buf());
-            }
+        if d.file_name().is_some_and(|n| n == "deps")
+            && let Some(parent) = d.parent()
+        {
+            return Ok(parent.to_path_buf());
         }
         dir = d.parent();
     }
