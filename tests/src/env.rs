@@ -51,12 +51,14 @@ pub fn require_root(test: &str) -> bool {
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::require_root(module_path!()) {
-            return;
-        }
+        $crate::require_root!(())
     };
     ($ret:expr) => {
-        if !$crate::require_root(module_path!()) {
+        if !$crate::is_root() {
+            // The enclosing function's path, e.g. `tools::ping_between_two_namespaces`.
+            fn here() {}
+            let name = ::std::any::type_name_of_val(&here);
+            $crate::require_root(name.strip_suffix("::here").unwrap_or(name));
             return $ret;
         }
     };
