@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -400,6 +400,8 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
     let mut child = command
         .spawn()
         .with_context(|| format!("spawning {shown}"))?;
+    // Readers append as they go, so a process that escaped our group and still holds a
+    // pipe open cannot make us wait forever: we take what arrived and move on.
     let readers = [
         child
             .stdout
@@ -411,13 +413,19 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .map(|stream| {
+        let sink = Arc::new(Mutex::new((Vec::new(), false)));
+        let writer = Arc::clone(&sink);
         std::thread::spawn(move || {
-            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
             if let Some(mut s) = stream {
-                let _ = s.read_to_end(&mut buf);
+                while let Ok(n @ 1..) = s.read(&mut chunk) {
+                    let mut buf = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                    buf.0.extend_from_slice(&chunk[..n]);
+                }
             }
-            buf
-        })
+            writer.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        });
+        sink
     });
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
@@ -435,7 +443,16 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Result<Outpu
     // itself, otherwise grandchildren that would keep the pipes open.
     kill_group(child.id(), libc::SIGKILL);
     let status = child.wait().context("reaping command")?;
-    let [out, err] = readers.map(|r| r.join().unwrap_or_default());
+    let eof = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < eof
+        && !readers
+            .iter()
+            .all(|r| r.lock().unwrap_or_else(PoisonError::into_inner).1)
+    {
+        std::thread::sleep(POLL);
+    }
+    let [out, err] =
+        readers.map(|r| std::mem::take(&mut r.lock().unwrap_or_else(PoisonError::into_inner).0));
     let output = Output {
         status,
         stdout: out,

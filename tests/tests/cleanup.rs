@@ -167,3 +167,24 @@ fn parallel_topologies_get_distinct_names_and_both_work() {
         Ok(())
     });
 }
+
+#[test]
+fn exec_is_bounded() {
+    require_root!();
+    require_tools(&["ip", "sh", "sleep"]);
+    run_test("exec_is_bounded", |dir| {
+        let ns = NetNs::new(dir, "solo")?;
+        let started = std::time::Instant::now();
+        let err = ns
+            .exec_timeout("sleep", &["10"], Duration::from_millis(300))
+            .expect_err("times out");
+        ensure!(format!("{err:#}").contains("timed out"), "{err:#}");
+        ensure!(started.elapsed() < Duration::from_secs(3));
+        // An escaped background process holding stdout open does not hang exec.
+        let started = std::time::Instant::now();
+        let out = ns.exec_ok("sh", &["-c", "setsid sleep 5 & echo hi"])?;
+        ensure!(out.contains("hi"), "{out}");
+        ensure!(started.elapsed() < Duration::from_secs(4));
+        Ok(())
+    });
+}

@@ -42,6 +42,7 @@ fn traceroute_over_a_routed_line() {
     run_test("traceroute_over_a_routed_line", |dir| {
         let topo = Topology::line_builder(&["foo", "bar", "baz"])
             .routed(true)
+            .ipv4(true)
             .build(dir)?;
         let dst = topo.link_addr("baz", "bar");
         let hops = traceroute6(topo.ns("foo"), dst)?;
@@ -50,6 +51,15 @@ fn traceroute_over_a_routed_line() {
             hops == vec![Some(middle), Some(dst)],
             "expected [{middle}, {dst}], got {hops:?}"
         );
+        // The routed underlay carries IPv4 (198.18.0.0/15) end to end too.
+        let v4 = topo
+            .link_addr_v4("baz", "bar")
+            .context("no IPv4")?
+            .to_string();
+        let out = topo
+            .ns("foo")
+            .exec_ok("ping", &["-4", "-n", "-c", "1", "-W", "2", &v4])?;
+        ensure!(out.contains("1 received"), "{out}");
         Ok(())
     });
 }
@@ -63,6 +73,7 @@ fn iperf3_between_two_namespaces() {
         let server = iperf3_server(topo.ns("bar"), None, 5201)?;
         let options = IperfOptions {
             seconds: 2,
+            parallel: 2,
             ..IperfOptions::default()
         };
         let result = iperf3_client(topo.ns("foo"), topo.underlay("bar"), &options)?;
