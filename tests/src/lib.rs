@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! - `env`: [`require_root!`] / [`require_root`] (skip with a message when not root),
+//! - `env`: [`require_root!`] / [`require_root()`] (skip with a message when not root),
 //!   [`tool`] / [`require_tools`] (a missing tool fails naming its Debian package),
 //!   [`unique_name`].
 //! - `tempdir`: [`TestDir`], the per-test directory (kept and printed when the test fails),
