@@ -21,6 +21,8 @@
 //! - `tools`: [`ping6`], [`traceroute6`], [`iperf3_server`] / [`iperf3_client`], [`dig`],
 //!   [`Pki`] / [`tls_server`] / [`tls_client`].
 //! - `loss`: [`Loss`], random packet loss with nftables (there is no netem).
+//! - `mesh`: [`Mesh`], real `connectopus` node processes on a topology: the generated
+//!   mesh config ([`MeshLink`], [`LinkKind`]), start, kill, `status --json`, convergence.
 //! - `wait`: [`wait_until`], [`poll_until`].
 //! - `plan`: the address plan checks.
 //!
@@ -60,6 +62,7 @@
 
 mod env;
 mod loss;
+mod mesh;
 mod netns;
 mod plan;
 mod process;
@@ -70,6 +73,7 @@ mod wait;
 
 pub use env::{TOOLS, is_root, package_for, require_root, require_tools, tool, unique_name};
 pub use loss::{Direction, Loss};
+pub use mesh::{LinkKind, Mesh, MeshLink, mesh_address};
 pub use netns::{EXEC_TIMEOUT, NetNs, Veth, VethConfig, VethEnd, netns_exists};
 pub use plan::{allowed_v4, allowed_v6, check_addr, host_in_24, host_in_64};
 pub use process::{

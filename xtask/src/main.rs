@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "pkg-config",
     "dnsutils",
     "nftables",
+    "python3",
 ];
 
 fn main() -> ExitCode {
@@ -56,6 +57,8 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The end-to-end tests run the node binary, which `cargo test` alone does not build.
+    run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
     Ok(())
 }

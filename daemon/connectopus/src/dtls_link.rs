@@ -203,9 +203,8 @@ fn enlarge_buffers(socket: &UdpSocket) {
         let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: `fd` is an open socket owned by `socket` for the duration of the call, and
         // the option value points at a live c_int whose size is passed.
-        let forced = unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, force, (&raw const size).cast(), len)
-        };
+        let forced =
+            unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, force, (&raw const size).cast(), len) };
         if forced != 0 {
             // SAFETY: as above.
             unsafe {

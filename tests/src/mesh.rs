@@ -1,0 +1,354 @@
+//! Running real `connectopus` nodes on a [`Topology`]: writing the mesh config, starting and
+//! stopping node processes, reading their `status --json`, and waiting for convergence.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::process::{ChildGuard, run_with_timeout};
+use crate::tools::{CertPair, Pki, San};
+use crate::topology::Topology;
+use crate::wait::wait_until;
+use crate::workspace_binary;
+
+/// How a link between two nodes is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// DTLS with a pre-shared key (from a file).
+    DtlsPsk,
+    /// DTLS with certificates, both sides verified against the test CA.
+    DtlsCert,
+    /// Plain TCP.
+    Tcp,
+    /// TCP with TLS 1.3, both sides verified against the test CA.
+    TcpTls,
+}
+
+/// One mesh link: `listener` listens on its underlay address facing `dialer`.
+#[derive(Debug, Clone)]
+pub struct MeshLink {
+    /// The node that listens.
+    pub listener: String,
+    /// The node that dials.
+    pub dialer: String,
+    /// Transport.
+    pub kind: LinkKind,
+    /// Cost both ends advertise.
+    pub cost: f64,
+    /// MTU override for both ends.
+    pub mtu: Option<u16>,
+}
+
+impl MeshLink {
+    /// A link of cost 1 with the default MTU.
+    pub fn new(listener: &str, dialer: &str, kind: LinkKind) -> Self {
+        Self {
+            listener: listener.to_owned(),
+            dialer: dialer.to_owned(),
+            kind,
+            cost: 1.0,
+            mtu: None,
+        }
+    }
+
+    /// Sets the cost.
+    pub fn cost(mut self, cost: f64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Sets the MTU.
+    pub fn mtu(mut self, mtu: u16) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+}
+
+/// A mesh of real node processes on a topology.
+#[derive(Debug)]
+pub struct Mesh<'t> {
+    topo: &'t Topology,
+    config: PathBuf,
+    nodes: Vec<String>,
+    processes: BTreeMap<String, ChildGuard>,
+}
+
+/// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
+pub fn mesh_address(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0xcafe, 0, 0, 0, 0, 0, i as u16 + 1)
+}
+
+impl<'t> Mesh<'t> {
+    /// Writes the mesh config for `links` (every node of the topology is a mesh node) and
+    /// the secrets it references into the topology's test directory.
+    ///
+    /// # Errors
+    /// The certificates or files cannot be made.
+    pub fn configure(topo: &'t Topology, links: &[MeshLink]) -> Result<Self> {
+        let dir = topo.dir();
+        let nodes: Vec<String> = topo.nodes().map(str::to_owned).collect();
+        let psk = dir.join("link.psk");
+        std::fs::write(&psk, "correct horse battery staple")?;
+        let needs_pki = links
+            .iter()
+            .any(|l| matches!(l.kind, LinkKind::DtlsCert | LinkKind::TcpTls));
+        let pki = if needs_pki {
+            Some(Pki::new(dir)?)
+        } else {
+            None
+        };
+        let mut backends: BTreeMap<String, String> = BTreeMap::new();
+        for (k, link) in links.iter().enumerate() {
+            let port = 4000 + k as u16;
+            let listen_ip = topo.link_addr(&link.listener, &link.dialer);
+            let mtu = link
+                .mtu
+                .map(|m| format!("        mtu: {m}\n"))
+                .unwrap_or_default();
+            let cost = format!("        cost: {}\n", link.cost);
+            let (listener_extra, dialer_extra, transport) = match link.kind {
+                LinkKind::DtlsPsk => (
+                    format!("        psk_file: {}\n", psk.display()),
+                    format!("        psk_file: {}\n", psk.display()),
+                    "dtls",
+                ),
+                LinkKind::Tcp => (String::new(), String::new(), "tcp"),
+                LinkKind::DtlsCert | LinkKind::TcpTls => {
+                    let Some(pki) = &pki else {
+                        bail!("no pki");
+                    };
+                    let server = pki.issue(
+                        &format!("{}-l{k}", link.listener),
+                        &[San::Ip(listen_ip.into())],
+                    )?;
+                    let client = pki.issue(
+                        &format!("{}-d{k}", link.dialer),
+                        &[San::Dns(link.dialer.clone())],
+                    )?;
+                    let tls = if link.kind == LinkKind::TcpTls {
+                        "        tls: true\n"
+                    } else {
+                        ""
+                    };
+                    (
+                        cert_listener(tls, &server, pki),
+                        cert_dialer(tls, &client, pki),
+                        if link.kind == LinkKind::TcpTls {
+                            "tcp"
+                        } else {
+                            "dtls"
+                        },
+                    )
+                }
+            };
+            let l = backends.entry(link.listener.clone()).or_default();
+            let _ = write!(
+                l,
+                "      l{k}:\n        type: {transport}-listener\n        port: {port}\n        listen_ip: \"{listen_ip}\"\n{cost}{mtu}{listener_extra}"
+            );
+            let d = backends.entry(link.dialer.clone()).or_default();
+            let _ = write!(
+                d,
+                "      d{k}:\n        type: {transport}-dialer\n        peer: \"[{listen_ip}]:{port}\"\n{cost}{mtu}{dialer_extra}"
+            );
+        }
+        let mut yaml = String::from(
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  authorized_keys: []\n  timers: {keepalive_idle: 3s, dead_interval: 7s}\nnodes:\n",
+        );
+        for (i, name) in nodes.iter().enumerate() {
+            let _ = writeln!(yaml, "  {name}:\n    address: \"{}\"", mesh_address(i));
+            if let Some(b) = backends.get(name) {
+                let _ = write!(yaml, "    backends:\n{b}");
+            }
+        }
+        let config = dir.join("mesh.yml");
+        std::fs::write(&config, yaml)?;
+        Ok(Self {
+            topo,
+            config,
+            nodes,
+            processes: BTreeMap::new(),
+        })
+    }
+
+    /// Returns the config file.
+    pub fn config_path(&self) -> &PathBuf {
+        &self.config
+    }
+
+    /// Returns the mesh address of `node`.
+    pub fn address(&self, node: &str) -> Ipv6Addr {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n == node)
+            .unwrap_or(usize::MAX);
+        mesh_address(i)
+    }
+
+    /// Returns the control socket path of `node`.
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.topo.dir().join(format!("{node}.sock"))
+    }
+
+    /// Starts every node.
+    ///
+    /// # Errors
+    /// A node could not be spawned.
+    pub fn start_all(&mut self) -> Result<()> {
+        for node in self.nodes.clone() {
+            self.start(&node)?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) one node.
+    ///
+    /// # Errors
+    /// The binary is missing or the process could not be spawned.
+    pub fn start(&mut self, node: &str) -> Result<()> {
+        self.processes.remove(node);
+        let binary = workspace_binary("connectopus")?;
+        let socket = self.socket(node);
+        let config = self.config.display().to_string();
+        let socket_arg = socket.display().to_string();
+        let child = self.topo.ns(node).spawn(
+            &binary.display().to_string(),
+            &[
+                "node",
+                "--config",
+                config.as_str(),
+                "--id",
+                node,
+                "--control-socket",
+                socket_arg.as_str(),
+                "--log-level",
+                "debug",
+            ],
+        )?;
+        self.processes.insert(node.to_owned(), child);
+        Ok(())
+    }
+
+    /// Returns a node's process.
+    pub fn process(&self, node: &str) -> Option<&ChildGuard> {
+        self.processes.get(node)
+    }
+
+    /// Kills a node with SIGKILL (no goodbyes).
+    ///
+    /// # Errors
+    /// The node is not running.
+    pub fn kill(&mut self, node: &str) -> Result<()> {
+        let child = self
+            .processes
+            .remove(node)
+            .with_context(|| format!("{node} is not running"))?;
+        child.kill_hard()?;
+        Ok(())
+    }
+
+    /// Stops a node with SIGTERM and returns its exit status.
+    ///
+    /// # Errors
+    /// The node is not running or did not stop.
+    pub fn stop(&mut self, node: &str) -> Result<std::process::ExitStatus> {
+        let child = self
+            .processes
+            .remove(node)
+            .with_context(|| format!("{node} is not running"))?;
+        child.terminate()
+    }
+
+    /// Returns `connectopus status --json` of a node.
+    ///
+    /// # Errors
+    /// The node does not answer.
+    pub fn status(&self, node: &str) -> Result<Value> {
+        let binary = workspace_binary("connectopus")?;
+        let mut command = Command::new(binary);
+        command
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket(node));
+        let output = run_with_timeout(command, Duration::from_secs(10))?;
+        if !output.status.success() {
+            bail!(
+                "status of {node} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        serde_json::from_slice(&output.stdout).context("parsing status --json")
+    }
+
+    /// Returns the first hop's name in `node`'s route to `dst`'s address, or `None`.
+    ///
+    /// # Errors
+    /// The node does not answer.
+    pub fn next_hop(&self, node: &str, dst: &str) -> Result<Option<String>> {
+        let status = self.status(node)?;
+        let prefix = format!("{}/128", self.address(dst));
+        Ok(status["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["prefix"] == prefix.as_str())
+            .and_then(|r| r["next_hop"].as_str().map(str::to_owned)))
+    }
+
+    /// Waits until every running node has a route to every other running node.
+    ///
+    /// # Errors
+    /// Not within `timeout`; the error shows every node's routes.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<()> {
+        let running: Vec<&String> = self.processes.keys().collect();
+        let result = wait_until(timeout, Duration::from_millis(100), || {
+            running.iter().all(|node| {
+                let Ok(status) = self.status(node) else {
+                    return false;
+                };
+                running.iter().all(|other| {
+                    let prefix = format!("{}/128", self.address(other));
+                    status["routes"]
+                        .as_array()
+                        .is_some_and(|routes| routes.iter().any(|r| r["prefix"] == prefix.as_str()))
+                })
+            })
+        });
+        if result.is_err() {
+            let mut report = String::new();
+            for node in &running {
+                let _ = writeln!(
+                    report,
+                    "{node}: {:?}",
+                    self.status(node).map(|s| s["routes"].clone())
+                );
+            }
+            bail!("mesh did not converge within {timeout:?}:\n{report}");
+        }
+        Ok(())
+    }
+}
+
+fn cert_listener(tls: &str, server: &CertPair, pki: &Pki) -> String {
+    format!(
+        "{tls}        server_cert_file: {}\n        server_key_file: {}\n        client_ca_file: {}\n        require_client_cert: true\n",
+        server.cert.display(),
+        server.key.display(),
+        pki.ca_cert().display()
+    )
+}
+
+fn cert_dialer(tls: &str, client: &CertPair, pki: &Pki) -> String {
+    format!(
+        "{tls}        root_ca_file: {}\n        client_cert_file: {}\n        client_key_file: {}\n",
+        pki.ca_cert().display(),
+        client.cert.display(),
+        client.key.display()
+    )
+}

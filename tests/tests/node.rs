@@ -1,0 +1,426 @@
+//! End-to-end tests of the `connectopus` node: real processes in network namespaces joined by
+//! veth pairs, real TUN devices, DTLS and TCP/TLS links, probed with ping, traceroute,
+//! iperf3 and openssl.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    IperfOptions, LinkKind, Mesh, MeshLink, Pki, San, Topology, iperf3_client, iperf3_server,
+    ping6, require_root, require_tools, run_test, tls_client, tls_server, traceroute6, wait_until,
+};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Runs the checks every transport must pass on a foo—bar—baz line.
+fn line_checks(kind: LinkKind, dir: &connectopus_tests::TestDir) -> Result<()> {
+    require_tools(&["ping", "traceroute", "iperf3", "openssl"]);
+    let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+    let mut mesh = Mesh::configure(
+        &topo,
+        &[
+            MeshLink::new("bar", "foo", kind),
+            MeshLink::new("bar", "baz", kind),
+        ],
+    )?;
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    let (foo_addr, bar_addr, baz_addr) = (
+        mesh.address("foo"),
+        mesh.address("bar"),
+        mesh.address("baz"),
+    );
+
+    let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+    ensure!(ping.all_received(), "foo -> baz: {ping:?}");
+    let ping = ping6(topo.ns("baz"), foo_addr, 3, 56, &[])?;
+    ensure!(ping.all_received(), "baz -> foo: {ping:?}");
+
+    let hops = traceroute6(topo.ns("foo"), baz_addr)?;
+    ensure!(
+        hops == vec![Some(bar_addr), Some(baz_addr)],
+        "traceroute foo -> baz should show bar then baz: {hops:?}"
+    );
+
+    let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
+    let result = iperf3_client(
+        topo.ns("foo"),
+        baz_addr,
+        &IperfOptions {
+            seconds: 2,
+            ..IperfOptions::default()
+        },
+    )?;
+    drop(server);
+    ensure!(
+        result.bits_per_second() > 1e6,
+        "iperf3 foo -> baz: {result:?}"
+    );
+
+    // An ordinary TLS connection between applications on foo's and baz's sides, end to end.
+    let pki = Pki::new(dir)?;
+    let cert = pki.issue("app", &[San::Ip(IpAddr::V6(baz_addr))])?;
+    let _server = tls_server(topo.ns("baz"), IpAddr::V6(baz_addr), 4433, &cert)?;
+    let client = tls_client(
+        topo.ns("foo"),
+        IpAddr::V6(baz_addr),
+        4433,
+        pki.ca_cert(),
+        "hello across the mesh",
+        Duration::from_secs(10),
+    )?;
+    ensure!(client.ok(), "TLS across the mesh: {}", client.output);
+
+    let status = mesh.status("bar")?;
+    ensure!(
+        status["links"].as_array().map(Vec::len) == Some(2),
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn line_over_dtls_psk() {
+    require_root!();
+    run_test("line_over_dtls_psk", |dir| {
+        line_checks(LinkKind::DtlsPsk, dir)
+    });
+}
+
+#[test]
+fn line_over_dtls_certificates() {
+    require_root!();
+    run_test("line_over_dtls_certificates", |dir| {
+        line_checks(LinkKind::DtlsCert, dir)
+    });
+}
+
+#[test]
+fn line_over_tcp_tls() {
+    require_root!();
+    run_test("line_over_tcp_tls", |dir| {
+        line_checks(LinkKind::TcpTls, dir)
+    });
+}
+
+#[test]
+fn line_over_plain_tcp() {
+    require_root!();
+    run_test("line_over_plain_tcp", |dir| line_checks(LinkKind::Tcp, dir));
+}
+
+#[test]
+fn triangle_reroutes_around_a_killed_node_and_back() {
+    require_root!();
+    run_test("triangle_reroutes", |dir| {
+        require_tools(&["ping", "traceroute"]);
+        let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+                MeshLink::new("baz", "foo", LinkKind::DtlsPsk).cost(5.0),
+            ],
+        )?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("bar")
+        })
+        .context("foo should reach baz over the cheap path through bar")?;
+        let baz = mesh.address("baz");
+        let hops = traceroute6(topo.ns("foo"), baz)?;
+        ensure!(
+            hops == vec![Some(mesh.address("bar")), Some(baz)],
+            "{hops:?}"
+        );
+
+        mesh.kill("bar")?;
+        // The dead interval is 7 s; allow for the triggered update and route computation.
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("baz")
+        })
+        .context("foo should reroute to the costly direct link within the dead interval")?;
+        let ping = ping6(topo.ns("foo"), baz, 3, 56, &[])?;
+        ensure!(ping.all_received(), "after the reroute: {ping:?}");
+        let hops = traceroute6(topo.ns("foo"), baz)?;
+        ensure!(hops == vec![Some(baz)], "{hops:?}");
+
+        mesh.start("bar")?;
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("bar")
+        })
+        .context("the cheap path should return once bar is back")?;
+        Ok(())
+    });
+}
+
+#[test]
+fn packet_too_big_from_a_smaller_link_teaches_the_path_mtu() {
+    require_root!();
+    run_test("packet_too_big", |dir| {
+        require_tools(&["ping", "iperf3"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                // foo's only link is TCP (its TUN MTU is 1500); bar—baz is DTLS (MTU 1400).
+                MeshLink::new("bar", "foo", LinkKind::Tcp),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+            ],
+        )?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let baz = mesh.address("baz");
+        let ping = ping6(topo.ns("foo"), baz, 2, 1450, &["-M", "do"])?;
+        ensure!(
+            ping.saw_icmp_error("too big")
+                || ping.saw_icmp_error("Too big")
+                || ping.local_errors.iter().any(|e| e.contains("mtu")),
+            "a 1498-byte packet over a 1400-byte link should get Packet Too Big: {ping:?}"
+        );
+        let status = mesh.status("bar")?;
+        ensure!(
+            status["counters"]["icmp_errors_sent"].as_u64() > Some(0),
+            "bar should have sent the ICMPv6 error: {}",
+            status["counters"]
+        );
+        // The kernel learned the path MTU: a TCP transfer works.
+        let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz)), 5201)?;
+        let result = iperf3_client(topo.ns("foo"), baz, &IperfOptions::default())?;
+        drop(server);
+        ensure!(result.bits_per_second() > 1e6, "{result:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn garbage_and_truncated_handshakes_do_not_disturb_a_node() {
+    require_root!();
+    run_test("garbage_to_listeners", |dir| {
+        require_tools(&["ping"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::TcpTls),
+            ],
+        )?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let since = |mesh: &Mesh<'_>| -> Result<Vec<f64>> {
+            let status = mesh.status("bar")?;
+            Ok(status["links"]
+                .as_array()
+                .context("links")?
+                .iter()
+                .filter_map(|l| l["since_unix"].as_f64())
+                .collect())
+        };
+        let before = since(&mesh)?;
+        ensure!(before.len() == 2, "two established links: {before:?}");
+
+        // Attack bar's listeners from foo's namespace: random datagrams, truncated and
+        // corrupted ClientHellos at the DTLS port; random bytes and half a TLS hello at the
+        // TCP port.
+        let dtls_port = SocketAddr::new(IpAddr::V6(topo.link_addr("bar", "foo")), 4000);
+        let tcp_port = SocketAddr::new(IpAddr::V6(topo.link_addr("bar", "baz")), 4001);
+        topo.ns("foo")
+            .exec_ok("python3", &["-c", &udp_attack_script(dtls_port)])
+            .context("attacking the DTLS listener")?;
+        topo.ns("baz")
+            .exec_ok("python3", &["-c", &tcp_attack_script(tcp_port)])
+            .context("attacking the TCP+TLS listener")?;
+
+        ensure!(
+            mesh.process("bar").is_some_and(|p| p.is_running()),
+            "bar died under garbage"
+        );
+        let ping = ping6(topo.ns("foo"), mesh.address("baz"), 3, 56, &[])?;
+        ensure!(ping.all_received(), "traffic after the attack: {ping:?}");
+        let after = since(&mesh)?;
+        ensure!(
+            before == after,
+            "links were disturbed: before {before:?}, after {after:?}"
+        );
+        Ok(())
+    });
+}
+
+/// A Python script that throws random datagrams and truncated or corrupted ClientHellos at
+/// a DTLS listener.
+fn udp_attack_script(dtls: SocketAddr) -> String {
+    format!(
+        r#"
+import os, socket, random
+random.seed(7)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+dst = ("{ip}", {port})
+hello = bytes([22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x60, 1, 0, 0, 0x54, 0, 0, 0, 0, 0, 0, 0, 0x54])
+for i in range(300):
+    u.sendto(os.urandom(random.randint(1, 1500)), dst)
+for cut in range(1, len(hello)):
+    u.sendto(hello[:cut], dst)
+for i in range(100):
+    h = bytearray(hello + os.urandom(80))
+    h[random.randrange(len(h))] ^= 0xff
+    u.sendto(bytes(h), dst)
+"#,
+        ip = dtls.ip(),
+        port = dtls.port()
+    )
+}
+
+/// A Python script that connects to a TCP+TLS listener and sends random bytes or half a
+/// TLS ClientHello, then hangs up.
+fn tcp_attack_script(tcp: SocketAddr) -> String {
+    format!(
+        r#"
+import os, socket, random
+random.seed(7)
+for i in range(20):
+    t = socket.create_connection(("{ip}", {port}), timeout=2)
+    if i % 2:
+        t.sendall(os.urandom(random.randint(1, 4000)))
+    else:
+        t.sendall(bytes([22, 3, 1, 0x02, 0x00, 1, 0, 1, 0xfc, 3, 3]))
+    t.close()
+"#,
+        ip = tcp.ip(),
+        port = tcp.port()
+    )
+}
+
+#[test]
+fn wrong_psk_and_untrusted_certificates_never_connect() {
+    require_root!();
+    run_test("wrong_credentials", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "foo", LinkKind::TcpTls),
+            ],
+        )?;
+        // Give foo another PSK and another CA than bar's.
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        let wrong_psk = dir.join("wrong.psk");
+        std::fs::write(&wrong_psk, "not the right key")?;
+        let other_dir = connectopus_tests::TestDir::new("wrong_credentials_other_ca")?;
+        let other_pki = Pki::new(&other_dir)?;
+        let mut lines: Vec<String> = Vec::new();
+        let mut in_foo = false;
+        for line in config.lines() {
+            if line.starts_with("  ") && !line.starts_with("   ") {
+                in_foo = line.trim() == "foo:";
+            }
+            let mut line = line.to_owned();
+            if in_foo && line.trim_start().starts_with("psk_file:") {
+                line = format!("        psk_file: {}", wrong_psk.display());
+            }
+            if in_foo && line.trim_start().starts_with("root_ca_file:") {
+                line = format!("        root_ca_file: {}", other_pki.ca_cert().display());
+            }
+            lines.push(line);
+        }
+        std::fs::write(mesh.config_path(), lines.join("\n") + "\n")?;
+        mesh.start_all()?;
+        std::thread::sleep(Duration::from_secs(6));
+        for node in ["foo", "bar"] {
+            let status = mesh.status(node)?;
+            let established = status["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["state"] == "established")
+                .count();
+            ensure!(
+                established == 0,
+                "{node} got a session: {}",
+                status["links"]
+            );
+        }
+        let foo_tun_route = mesh.next_hop("foo", "bar")?;
+        ensure!(
+            foo_tun_route.is_none(),
+            "foo has a route to bar: {foo_tun_route:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn sigterm_removes_the_tun_device_and_the_control_socket() {
+    require_root!();
+    run_test("clean_shutdown", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(links.contains("cx-foo"), "{links}");
+        let status = mesh.stop("foo")?;
+        ensure!(status.success(), "foo exited with {status}");
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(!links.contains("cx-foo"), "TUN left behind: {links}");
+        ensure!(!mesh.socket("foo").exists(), "control socket left behind");
+        let routes = topo.ns("foo").ip(&["-6", "route", "show"])?;
+        ensure!(
+            !routes.contains("fd00:cafe::/64"),
+            "route left behind: {routes}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn status_json_reports_links_routes_nodes_and_drops() {
+    require_root!();
+    run_test("status_json", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let status = mesh.status("foo")?;
+        ensure!(status["name"] == "foo", "{status}");
+        ensure!(status["address"] == mesh.address("foo").to_string().as_str());
+        ensure!(status["dataplane"] == "uring" || status["dataplane"] == "syscall");
+        let link = &status["links"][0];
+        ensure!(
+            link["peer_name"] == "bar" && link["state"] == "established",
+            "{link}"
+        );
+        ensure!(link["bytes_in"].as_u64() > Some(0));
+        let nodes: Vec<&str> = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["name"].as_str())
+            .collect();
+        ensure!(
+            nodes.contains(&"bar") && nodes.contains(&"foo"),
+            "{nodes:?}"
+        );
+        ensure!(
+            status["drops"].get("no_route").is_some(),
+            "{}",
+            status["drops"]
+        );
+        // A packet to an unknown mesh address is answered with "no route" and counted.
+        let nowhere: Ipv6Addr = "fd00:cafe::99".parse()?;
+        let ping = ping6(topo.ns("foo"), nowhere, 1, 56, &[])?;
+        ensure!(!ping.all_received());
+        let status = mesh.status("foo")?;
+        ensure!(
+            status["counters"]["icmp_errors_sent"].as_u64() > Some(0),
+            "{status}"
+        );
+        Ok(())
+    });
+}
