@@ -77,6 +77,7 @@ pub struct Mesh<'t> {
     config: PathBuf,
     nodes: Vec<String>,
     processes: BTreeMap<String, ChildGuard>,
+    log_level: String,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -174,7 +175,14 @@ impl<'t> Mesh<'t> {
             config,
             nodes,
             processes: BTreeMap::new(),
+            log_level: "debug".to_owned(),
         })
+    }
+
+    /// Sets the `--log-level` of nodes started from now on (default `debug`, which tests
+    /// want; benchmarks use `info` so logging stays off the data path).
+    pub fn set_log_level(&mut self, level: &str) {
+        level.clone_into(&mut self.log_level);
     }
 
     /// Returns the config file.
@@ -229,7 +237,7 @@ impl<'t> Mesh<'t> {
                 "--control-socket",
                 socket_arg.as_str(),
                 "--log-level",
-                "debug",
+                self.log_level.as_str(),
             ],
         )?;
         self.processes.insert(node.to_owned(), child);
