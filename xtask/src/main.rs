@@ -3,6 +3,10 @@
 //! - `test`: installs what the tests need (as root, on Debian), then runs formatting, lints
 //!   and every test. This is the command CI runs (`.ci/run`).
 //! - `demo`: builds and runs the demo.
+//! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
+//!   which `test` runs last when root.
+
+mod bench;
 
 use std::process::{Command, ExitCode};
 
@@ -28,8 +32,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("install-deps") => install_packages(),
+        Some("bench") => bench::bench(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps"
+            "unknown task {other:?}; tasks: test, demo, install-deps, bench"
         )),
     };
     match result {
@@ -60,6 +65,13 @@ fn test() -> Result<()> {
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
+    // (namespaces); peer VPNs that are missing are skipped, not failures.
+    if bench::is_root() {
+        bench::bench(&["--short".to_owned()])?;
+    } else {
+        eprintln!("xtask: skipping `bench --short`: it needs root");
+    }
     Ok(())
 }
 

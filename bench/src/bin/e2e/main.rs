@@ -338,9 +338,11 @@ fn measure_all(options: &Options, results: &mut [SubjectResult]) -> Result<()> {
                     result
                         .errors
                         .push(format!("repetition {}: {error}", rep + 1));
-                    // Keep the logs of a failure.
-                    pair_dir.keep();
-                    line_dir.keep();
+                    if !cleanup::interrupted() {
+                        // Keep the logs of a failure.
+                        pair_dir.keep();
+                        line_dir.keep();
+                    }
                     if result.subject.kind.is_peer() {
                         // A peer that cannot run here will not run next time either.
                         result.status = Status::Failed(error);
@@ -351,7 +353,11 @@ fn measure_all(options: &Options, results: &mut [SubjectResult]) -> Result<()> {
     }
     for result in results.iter_mut() {
         if matches!(result.status, Status::Ran) && result.samples.iter().all(Option::is_none) {
-            result.status = Status::Failed(result.errors.join("; "));
+            result.status = if result.errors.is_empty() {
+                Status::Skipped("not reached: the run was interrupted".into())
+            } else {
+                Status::Failed(result.errors.join("; "))
+            };
         }
     }
     outcome

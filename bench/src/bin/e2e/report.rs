@@ -157,7 +157,7 @@ impl Machine {
 pub fn one_line(sample: &Sample) -> String {
     let get = |k: &str| sample.get(k).copied().unwrap_or(f64::NAN);
     format!(
-        "tcp {:.0}/{:.0} Mbit/s, udp {:.0}/{:.0} kpps (loss {:.0}%/{:.0}%), ping p50 {:.0} µs p99 {:.0} µs, cpu {:.2} s",
+        "tcp {:.0}/{:.0} Mbit/s, udp {:.0}/{:.0} kpps (loss {:.0}%/{:.0}%), ping p50 {:.0} µs p99 {:.0} µs, node cpu {} s (1 stream)",
         get("tcp1_mbps"),
         get("tcp4_mbps"),
         get("udp64_rx_kpps"),
@@ -166,7 +166,7 @@ pub fn one_line(sample: &Sample) -> String {
         get("udp1400_loss_pct"),
         get("ping_p50_us"),
         get("ping_p99_us"),
-        get("tcp1_cpu_s"),
+        fmt_num(get("tcp1_cpu_s")),
     )
 }
 
