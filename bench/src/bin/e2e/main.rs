@@ -137,7 +137,7 @@ fn default_out_dir() -> PathBuf {
 
 /// The subjects of a run, in the order each repetition visits them.
 fn subjects(options: &Options) -> Vec<Subject> {
-    let pair = [
+    let mut pair = vec![
         Kind::Raw,
         Kind::Connectopus(LinkKind::DtlsPsk),
         Kind::Connectopus(LinkKind::Tcp),
@@ -146,6 +146,10 @@ fn subjects(options: &Options) -> Vec<Subject> {
         Kind::Boringtun,
         Kind::Nebula,
     ];
+    if !options.short {
+        // Certificate mode runs AES-128-GCM (PSK mode's default is ChaCha20-Poly1305).
+        pair.insert(2, Kind::Connectopus(LinkKind::DtlsCert));
+    }
     let line: &[Kind] = if options.short {
         &[Kind::Raw, Kind::Connectopus(LinkKind::DtlsPsk)]
     } else {
@@ -473,6 +477,8 @@ mod tests {
         assert!(ids.contains(&"line/connectopus-dtls".to_owned()));
         assert!(ids.contains(&"pair/wireguard-go".to_owned()));
         assert!(!ids.contains(&"line/veth-forwarding".to_owned()));
+        assert!(!ids.contains(&"pair/connectopus-dtls-cert".to_owned()));
+        assert!(subjects(&full).len() > subjects(&parse(&["--short"])).len());
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
         assert_eq!(parse(&["--reps", "5"]).reps, 5);
     }
