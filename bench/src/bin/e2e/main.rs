@@ -52,8 +52,19 @@ pub struct Options {
     pub only: Vec<String>,
 }
 
+/// What to do.
+#[derive(Clone, Debug)]
+enum Action {
+    /// Print the usage.
+    Help,
+    /// Measure.
+    Measure(Options),
+    /// Redraw the reports from a saved JSON report.
+    Redraw(Options, PathBuf),
+}
+
 impl Options {
-    fn parse(args: &[String]) -> Result<Option<Options>> {
+    fn parse(args: &[String]) -> Result<Action> {
         let mut options = Options {
             short: false,
             reps: 3,
@@ -72,6 +83,7 @@ impl Options {
             options.udp_seconds = 2;
             options.pings = 200;
         }
+        let mut redraw = None;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| {
@@ -97,10 +109,8 @@ impl Options {
                         .filter(|s| !s.is_empty())
                         .map(str::to_owned),
                 ),
-                "-h" | "--help" => {
-                    println!("{}", USAGE);
-                    return Ok(None);
-                }
+                "--redraw" => redraw = Some(PathBuf::from(value("--redraw")?)),
+                "-h" | "--help" => return Ok(Action::Help),
                 other => bail!("unknown option {other:?}\n{USAGE}"),
             }
         }
@@ -108,7 +118,10 @@ impl Options {
             bail!("--reps, --seconds and --udp-seconds must be at least 1");
         }
         options.pings = options.pings.max(10);
-        Ok(Some(options))
+        Ok(match redraw {
+            Some(json) => Action::Redraw(options, json),
+            None => Action::Measure(options),
+        })
     }
 
     fn mode(&self) -> &'static str {
@@ -125,6 +138,7 @@ const USAGE: &str = "usage: e2e [--short] [--reps N] [--seconds S] [--udp-second
   --pings N      pings per latency test, 2 ms apart (default 1000)
   --out DIR      where e2e.json, e2e.md and e2e.png go (default target/bench)
   --only IDS     only subjects whose id contains one of these (e.g. pair/,dtls)
+  --redraw FILE  measure nothing: rewrite the table and chart from a saved e2e.json
 Needs root (network namespaces). Run through `cargo xtask bench`, which builds in release.";
 
 /// `target/bench`, next to the profile directory this binary runs from.
@@ -226,8 +240,23 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {
-    let Some(options) = Options::parse(args)? else {
-        return Ok(ExitCode::SUCCESS);
+    let options = match Options::parse(args)? {
+        Action::Help => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Redraw(options, json) => {
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", json.display()))?;
+            let run = report::from_json(&value, &options)?;
+            for path in report::write(&run)? {
+                eprintln!("e2e: wrote {}", path.display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Measure(options) => options,
     };
     if !is_root() {
         bail!("needs root: it creates network namespaces, veth pairs and TUN devices");
@@ -463,10 +492,11 @@ mod tests {
 
     #[test]
     fn options() {
-        let parse = |a: &[&str]| {
-            Options::parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-                .unwrap_or_else(|e| panic!("{e:#}"))
-                .unwrap_or_else(|| panic!("help"))
+        let parse = |a: &[&str]| match Options::parse(
+            &a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        ) {
+            Ok(Action::Measure(o)) => o,
+            other => panic!("{other:?}"),
         };
         let full = parse(&[]);
         assert_eq!((full.reps, full.tcp_seconds, full.pings), (3, 10, 1000));

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::stats::{Summary, paired_ratios};
-use crate::subjects::Layout;
-use crate::{Run, Sample, Status, SubjectResult};
+use crate::subjects::{Layout, Subject};
+use crate::{Options, Run, Sample, Status, SubjectResult};
 
 /// A measured quantity.
 #[derive(Clone, Copy, Debug)]
@@ -509,4 +509,170 @@ pub fn write(run: &Run) -> Result<Vec<PathBuf>> {
     let png_path = dir.join("e2e.png");
     crate::chart::draw(run, &png_path)?;
     Ok(vec![json_path, md_path, png_path])
+}
+
+/// Reads back a JSON report written by [`write`] (to redraw the table and chart without
+/// measuring again); `options` supplies the output directory.
+pub fn from_json(value: &Value, options: &Options) -> Result<Run> {
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    let number = |v: &Value, key: &str| -> Result<u32> {
+        v[key]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .with_context(|| format!("report has no options.{key}"))
+    };
+    let o = &value["options"];
+    let options = Options {
+        short: value["mode"] == "short",
+        reps: number(o, "repetitions")?,
+        tcp_seconds: number(o, "tcp_seconds")?,
+        udp_seconds: number(o, "udp_seconds")?,
+        pings: number(o, "pings")?,
+        ping_interval: text(o, "ping_interval_s"),
+        out: options.out.clone(),
+        only: Vec::new(),
+    };
+    let m = &value["machine"];
+    let machine = Machine {
+        cpu_model: text(m, "cpu_model"),
+        cores: m["cores"].as_u64().unwrap_or(0) as usize,
+        kernel: text(m, "kernel"),
+        os: text(m, "os"),
+        date: text(value, "date"),
+        load_before: text(m, "load_before"),
+        load_after: text(m, "load_after"),
+    };
+    let mut results = Vec::new();
+    for s in value["subjects"]
+        .as_array()
+        .context("report has no subjects")?
+    {
+        let id = text(s, "id");
+        let subject = Subject::from_id(&id).with_context(|| format!("unknown subject {id}"))?;
+        let reason = text(s, "reason");
+        let status = match s["status"].as_str() {
+            Some("ran") => Status::Ran,
+            Some("skipped") => Status::Skipped(reason),
+            _ => Status::Failed(reason),
+        };
+        let samples = s["samples"]
+            .as_array()
+            .map(|samples| {
+                samples
+                    .iter()
+                    .map(|sample| {
+                        sample.as_object().map(|fields| {
+                            METRICS
+                                .iter()
+                                .filter_map(|m| fields.get(m.key)?.as_f64().map(|v| (m.key, v)))
+                                .collect::<Sample>()
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let errors = s["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|e| e.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        results.push(SubjectResult {
+            subject,
+            status,
+            samples,
+            errors,
+        });
+    }
+    Ok(Run {
+        options,
+        machine,
+        results,
+        elapsed_s: value["elapsed_s"].as_f64().unwrap_or(0.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connectopus_tests::LinkKind;
+
+    fn sample(tcp: f64, p50: f64) -> Option<Sample> {
+        Some(Sample::from([("tcp1_mbps", tcp), ("ping_p50_us", p50)]))
+    }
+
+    fn run() -> Run {
+        let subject = |kind| Subject {
+            layout: Layout::Pair,
+            kind,
+        };
+        Run {
+            options: Options {
+                short: false,
+                reps: 2,
+                tcp_seconds: 10,
+                udp_seconds: 5,
+                pings: 1000,
+                ping_interval: "0.002".into(),
+                out: std::env::temp_dir(),
+                only: Vec::new(),
+            },
+            machine: Machine::default(),
+            results: vec![
+                SubjectResult {
+                    subject: subject(Kind::Raw),
+                    status: Status::Ran,
+                    samples: vec![sample(1000.0, 10.0), sample(2000.0, 10.0)],
+                    errors: Vec::new(),
+                },
+                SubjectResult {
+                    subject: subject(Kind::Connectopus(LinkKind::DtlsPsk)),
+                    status: Status::Ran,
+                    samples: vec![sample(500.0, 40.0), None],
+                    errors: vec!["repetition 2: boom".into()],
+                },
+                SubjectResult {
+                    subject: subject(Kind::Nebula),
+                    status: Status::Skipped("not installed: `nebula`".into()),
+                    samples: vec![None, None],
+                    errors: Vec::new(),
+                },
+            ],
+            elapsed_s: 1.0,
+        }
+    }
+
+    use crate::subjects::Kind;
+
+    #[test]
+    fn ratios_are_paired_by_repetition() {
+        let ratios = ratios(&run());
+        let tcp = ratios
+            .iter()
+            .find(|r| r.metric == "tcp1_mbps" && r.reference == "veth")
+            .unwrap_or_else(|| panic!("{ratios:?}"));
+        // Only repetition 1 has both: 500 / 1000, not 500 / median(1000, 2000).
+        assert_eq!((tcp.summary.median, tcp.summary.n), (0.5, 1));
+        assert!(!ratios.iter().any(|r| r.reference == "nebula"));
+    }
+
+    #[test]
+    fn markdown_lists_results_and_skips() {
+        let md = to_markdown(&run());
+        assert!(md.contains("| pair | veth | 1500 (1000–2000) |"), "{md}");
+        assert!(md.contains("| pair | connectopus-dtls | 500 |"), "{md}");
+        assert!(md.contains("pair/nebula: skipped (not installed"), "{md}");
+        assert!(md.contains("repetition 2: boom"), "{md}");
+        assert!(md.contains("0.50×"), "{md}");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let original = run();
+        let json = to_json(&original);
+        let back = from_json(&json, &original.options).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(to_json(&back), json);
+    }
 }

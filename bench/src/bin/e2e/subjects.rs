@@ -160,6 +160,24 @@ impl Subject {
     pub fn name(&self) -> &'static str {
         self.kind.name(self.layout)
     }
+
+    /// The subject with this [`id`](Self::id), if any.
+    pub fn from_id(id: &str) -> Option<Subject> {
+        let kinds = [
+            Kind::Raw,
+            Kind::Connectopus(LinkKind::DtlsPsk),
+            Kind::Connectopus(LinkKind::DtlsCert),
+            Kind::Connectopus(LinkKind::Tcp),
+            Kind::Connectopus(LinkKind::TcpTls),
+            Kind::WireguardGo,
+            Kind::Boringtun,
+            Kind::Nebula,
+        ];
+        [Layout::Pair, Layout::Line]
+            .into_iter()
+            .flat_map(|layout| kinds.map(|kind| Subject { layout, kind }))
+            .find(|s| s.id() == id)
+    }
 }
 
 /// A running subject: where to send traffic, and which processes carry it. Dropping it
