@@ -1467,6 +1467,12 @@ fn log_event(event: &Event) {
         Event::NodeLearned { address, name } => tracing::info!(%address, %name, "node learned"),
         Event::NodePruned { address } => tracing::info!(%address, "removing dead node"),
         Event::RoutesChanged { n_routes } => tracing::debug!(n_routes, "routes changed"),
+        Event::NamesChanged { n_names } => tracing::debug!(n_names, "names changed"),
+        Event::NameConflict(conflict) => tracing::warn!(
+            contested = %conflict.contested,
+            claimants = ?conflict.claimants,
+            "name conflict: the lowest address wins"
+        ),
         Event::ControlDatagram { .. } => {}
     }
 }

@@ -195,6 +195,13 @@ pub enum Event {
         /// Number of routes now installed.
         n_routes: usize,
     },
+    /// The set of names the mesh resolves changed.
+    NamesChanged {
+        /// Number of names now known.
+        n_names: usize,
+    },
+    /// Two nodes claim the same name or the same attachment address.
+    NameConflict(NameConflict),
     /// A control datagram arrived for this node.
     ControlDatagram {
         /// Source node address.
@@ -206,6 +213,25 @@ pub enum Event {
         /// Payload.
         payload: Vec<u8>,
     },
+}
+
+/// A name the mesh resolves, and the node that published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEntry {
+    /// The address the name resolves to.
+    pub address: Ipv6Addr,
+    /// The node whose update published the name.
+    pub owner: Ipv6Addr,
+}
+
+/// Two or more nodes claim one name, or one address under different names. Every node resolves
+/// it the same way: the claim of the node with the lowest address wins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NameConflict {
+    /// The contested name, or the contested address as text.
+    pub contested: String,
+    /// The nodes that claim it, lowest address (the winner) first.
+    pub claimants: Vec<Ipv6Addr>,
 }
 
 /// Why a received update was not accepted.
@@ -278,6 +304,8 @@ pub struct Node {
     spf_at: Option<Time>,
     next_prune_at: Time,
     routes: RouteSet,
+    names: BTreeMap<String, NameEntry>,
+    name_conflicts: Vec<NameConflict>,
     table: Arc<ForwardingTable>,
     icmp_limiter: IcmpRateLimiter,
     counters: NodeCounters,
@@ -305,6 +333,8 @@ impl Node {
             spf_at: None,
             next_prune_at: now + config.timers.prune_interval,
             routes: RouteSet::default(),
+            names: BTreeMap::new(),
+            name_conflicts: Vec::new(),
             table: Arc::new(ForwardingTable::default()),
             icmp_limiter,
             counters: NodeCounters::default(),
@@ -342,6 +372,17 @@ impl Node {
     /// Returns the current forwarding table.
     pub fn forwarding_table(&self) -> &Arc<ForwardingTable> {
         &self.table
+    }
+
+    /// Returns every name the mesh resolves right now: this node's, its attachments', and
+    /// those of every reachable node (a node that becomes unreachable takes its names with it).
+    pub fn names(&self) -> &BTreeMap<String, NameEntry> {
+        &self.names
+    }
+
+    /// Returns the current name conflicts.
+    pub fn name_conflicts(&self) -> &[NameConflict] {
+        &self.name_conflicts
     }
 
     /// Returns the latest route computation.
@@ -762,6 +803,8 @@ impl Node {
             Some(old) => {
                 old.update.adjacencies != update.adjacencies
                     || old.update.prefixes != update.prefixes
+                    || old.update.names != update.names
+                    || old.update.name != update.name
             }
         };
         if topology_changed {
@@ -1059,6 +1102,7 @@ impl Node {
         );
         let table = self.build_forwarding_table(&routes);
         self.routes = routes;
+        self.rebuild_names();
         if !same_routes(&table.routes, &self.table.routes) || self.table.node_address.is_none() {
             let n_routes = table.routes.len();
             let table = Arc::new(ForwardingTable {
@@ -1069,6 +1113,81 @@ impl Node {
             self.commands
                 .push_back(Command::InstallForwardingTable(table));
             self.events.push_back(Event::RoutesChanged { n_routes });
+        }
+    }
+
+    /// Rebuilds the name table from this node and every reachable origin, resolving conflicts
+    /// by the lowest claimant address.
+    fn rebuild_names(&mut self) {
+        // (name, address, owner) claims, from this node first.
+        let mut claims: Vec<(String, Ipv6Addr, Ipv6Addr)> = Vec::new();
+        let own = self.config.address;
+        claims.push((self.config.name.clone(), own, own));
+        for binding in &self.config.names {
+            claims.push((binding.name.clone(), binding.address, own));
+        }
+        for entry in self.database.values() {
+            let origin = entry.update.origin;
+            if !self.routes.nodes.contains_key(&origin) {
+                continue;
+            }
+            claims.push((entry.update.name.clone(), origin, origin));
+            for binding in &entry.update.names {
+                claims.push((binding.name.clone(), binding.address, origin));
+            }
+        }
+        let mut by_name: BTreeMap<String, Vec<(Ipv6Addr, Ipv6Addr)>> = BTreeMap::new();
+        let mut by_address: BTreeMap<Ipv6Addr, Vec<(Ipv6Addr, String)>> = BTreeMap::new();
+        for (name, address, owner) in claims {
+            by_address
+                .entry(address)
+                .or_default()
+                .push((owner, name.clone()));
+            by_name.entry(name).or_default().push((owner, address));
+        }
+        let mut names = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for (name, mut owners) in by_name {
+            owners.sort();
+            owners.dedup();
+            let Some(&(owner, address)) = owners.first() else {
+                continue;
+            };
+            let mut claimants: Vec<Ipv6Addr> = owners.iter().map(|(o, _)| *o).collect();
+            claimants.dedup();
+            if claimants.len() > 1 {
+                conflicts.push(NameConflict {
+                    contested: name.clone(),
+                    claimants,
+                });
+            }
+            names.insert(name, NameEntry { address, owner });
+        }
+        for (address, mut owners) in by_address {
+            owners.sort();
+            owners.dedup_by(|a, b| a.0 == b.0);
+            if owners.len() > 1 {
+                conflicts.push(NameConflict {
+                    contested: address.to_string(),
+                    claimants: owners.iter().map(|(o, _)| *o).collect(),
+                });
+                // The address belongs to the lowest claimant: drop other owners' names for it.
+                let winner = owners[0].0;
+                names.retain(|_, e| e.address != address || e.owner == winner);
+            }
+        }
+        for conflict in &conflicts {
+            if !self.name_conflicts.contains(conflict) {
+                tracing::warn!(contested = %conflict.contested, claimants = ?conflict.claimants, "name conflict");
+                self.events.push_back(Event::NameConflict(conflict.clone()));
+            }
+        }
+        self.name_conflicts = conflicts;
+        if names != self.names {
+            self.names = names;
+            self.events.push_back(Event::NamesChanged {
+                n_names: self.names.len(),
+            });
         }
     }
 

@@ -405,3 +405,82 @@ fn a_thousand_node_mesh_converges() {
     let t = assert_converges(&mut sim, 60 * SECOND);
     eprintln!("1000-node mesh converged in {t:?} of virtual time");
 }
+
+fn names_at(sim: &Sim, at: NodeIdx) -> Vec<(String, std::net::Ipv6Addr)> {
+    sim.node(at)
+        .unwrap()
+        .names()
+        .iter()
+        .map(|(n, e)| (n.clone(), e.address))
+        .collect()
+}
+
+#[test]
+fn names_propagate_and_leave_with_their_node() {
+    let mut sim = Sim::new(30);
+    let v = line(&mut sim, 3);
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    let expected: Vec<(String, std::net::Ipv6Addr)> = (0..3)
+        .map(|i| (format!("n{i}"), sim.address(v[i])))
+        .collect();
+    for i in &v {
+        assert_eq!(names_at(&sim, *i), expected);
+    }
+    sim.crash(v[2]);
+    // Unreachable once the session times out (7 s dead interval): the name goes with it,
+    // long before the origin is pruned from the database (60 s).
+    sim.run_for(8 * SECOND);
+    assert_eq!(names_at(&sim, v[0]), expected[..2].to_vec());
+    sim.restart(v[2]);
+    sim.run_for(2 * SECOND);
+    assert_eq!(names_at(&sim, v[0]), expected);
+}
+
+#[test]
+fn attachment_names_are_published_and_withdrawn() {
+    use connectopus_wire::{NameBinding, PrefixAdvert};
+    let mut sim = Sim::new(31);
+    let v = line(&mut sim, 2);
+    assert_converges(&mut sim, 5 * SECOND);
+    let host: std::net::Ipv6Addr = "fd00::1:2".parse().unwrap();
+    sim.with_node(v[0], |node, now| {
+        node.set_attachments(
+            now,
+            vec![PrefixAdvert {
+                prefix: connectopus_wire::Prefix::host(host),
+                cost: connectopus_wire::Cost::DEFAULT,
+            }],
+            vec![NameBinding {
+                name: "foo-tun".into(),
+                address: host,
+            }],
+        );
+    });
+    sim.run_for(SECOND);
+    assert!(names_at(&sim, v[1]).contains(&("foo-tun".to_owned(), host)));
+    sim.with_node(v[0], |node, now| node.set_attachments(now, vec![], vec![]));
+    sim.run_for(SECOND);
+    assert!(!names_at(&sim, v[1]).iter().any(|(n, _)| n == "foo-tun"));
+}
+
+#[test]
+fn a_name_claimed_twice_resolves_to_the_lowest_address_everywhere() {
+    use connectopus_core::node::NodeConfig;
+    let mut sim = Sim::new(32);
+    let a = sim.add_node("twin");
+    let b = sim.add_node("other");
+    let c = sim.add_node_with(NodeConfig::new("fd00::99".parse().unwrap(), "twin", 1, 7));
+    sim.connect(a, b, LinkParams::default());
+    sim.connect(b, c, LinkParams::default());
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    for i in [a, b, c] {
+        let node = sim.node(i).unwrap();
+        assert_eq!(node.names()["twin"].address, sim.address(a), "at {i:?}");
+        assert!(
+            node.name_conflicts().iter().any(|c| c.contested == "twin"),
+            "conflict not reported at {i:?}"
+        );
+    }
+}
