@@ -77,6 +77,7 @@ pub struct Mesh<'t> {
     config: PathBuf,
     nodes: Vec<String>,
     processes: BTreeMap<String, ChildGuard>,
+    env: Vec<(String, String)>,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -91,6 +92,19 @@ impl<'t> Mesh<'t> {
     /// # Errors
     /// The certificates or files cannot be made.
     pub fn configure(topo: &'t Topology, links: &[MeshLink]) -> Result<Self> {
+        Self::configure_with(topo, links, &[])
+    }
+
+    /// Like [`Mesh::configure`], with extra YAML lines for some nodes (indented as keys of the
+    /// node, e.g. `"    tun_devs:\n      host: {device: cxh, address: fd00:cafe::1:2}\n"`).
+    ///
+    /// # Errors
+    /// The certificates or files cannot be made.
+    pub fn configure_with(
+        topo: &'t Topology,
+        links: &[MeshLink],
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = topo.dir();
         let nodes: Vec<String> = topo.nodes().map(str::to_owned).collect();
         let psk = dir.join("link.psk");
@@ -163,6 +177,11 @@ impl<'t> Mesh<'t> {
         );
         for (i, name) in nodes.iter().enumerate() {
             let _ = writeln!(yaml, "  {name}:\n    address: \"{}\"", mesh_address(i));
+            for (node, lines) in extra {
+                if node == name {
+                    yaml.push_str(lines);
+                }
+            }
             if let Some(b) = backends.get(name) {
                 let _ = write!(yaml, "    backends:\n{b}");
             }
@@ -174,7 +193,13 @@ impl<'t> Mesh<'t> {
             config,
             nodes,
             processes: BTreeMap::new(),
+            env: Vec::new(),
         })
+    }
+
+    /// Sets an environment variable for nodes started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Returns the config file.
@@ -218,7 +243,8 @@ impl<'t> Mesh<'t> {
         let socket = self.socket(node);
         let config = self.config.display().to_string();
         let socket_arg = socket.display().to_string();
-        let child = self.topo.ns(node).spawn(
+        let ns = self.topo.ns(node);
+        let mut command = ns.command(
             &binary.display().to_string(),
             &[
                 "node",
@@ -232,6 +258,10 @@ impl<'t> Mesh<'t> {
                 "debug",
             ],
         )?;
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let child = ns.spawn_with(command, node, crate::StdinMode::Null)?;
         self.processes.insert(node.to_owned(), child);
         Ok(())
     }

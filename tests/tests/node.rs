@@ -424,3 +424,52 @@ fn status_json_reports_links_routes_nodes_and_drops() {
         Ok(())
     });
 }
+
+#[test]
+fn tun_devs_and_the_syscall_fallback_dataplane_work() {
+    require_root!();
+    run_test("tun_devs_and_fallback", |dir| {
+        require_tools(&["ping"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let host: Ipv6Addr = "fd00:cafe::1:2".parse()?;
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::Tcp),
+            ],
+            &[(
+                "foo",
+                "    tun_devs:\n      foo-host: {device: cxh-foo, address: \"fd00:cafe::1:2\", cost: 1}\n",
+            )],
+        )?;
+        mesh.set_env("CONNECTOPUS_DISABLE_URING", "1");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let status = mesh.status("bar")?;
+        ensure!(status["dataplane"] == "syscall", "{}", status["dataplane"]);
+        ensure!(
+            status["dataplane_fallback_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("CONNECTOPUS_DISABLE_URING")),
+            "the fallback should say why: {}",
+            status["dataplane_fallback_reason"]
+        );
+        // The extra host address on foo's second device is routed across the mesh.
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            mesh.status("baz").is_ok_and(|s| {
+                s["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["prefix"] == "fd00:cafe::1:2/128" && r["next_hop"] == "bar")
+            })
+        })
+        .context("baz should learn foo's tun_devs address")?;
+        let ping = ping6(topo.ns("baz"), host, 3, 56, &[])?;
+        ensure!(ping.all_received(), "baz -> foo's host address: {ping:?}");
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(links.contains("cxh-foo"), "{links}");
+        Ok(())
+    });
+}

@@ -96,7 +96,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
     }
 
     let mtu = node_mtu(&node_config.backends);
-    let tun = match node_config.tun_name(&id) {
+    let mut tuns = Vec::new();
+    match node_config.tun_name(&id) {
         Some(tun_name) => {
             let tun = TunDevice::create(
                 &tun_name,
@@ -105,13 +106,27 @@ pub fn run(options: NodeOptions) -> Result<()> {
                 mtu,
             )?;
             tracing::info!(tun = %tun.name(), address = %node_config.address, %mtu, "tun device up");
-            Some(tun)
+            tuns.push(tun);
         }
-        None => {
-            tracing::info!("tun disabled: this node only forwards");
-            None
-        }
-    };
+        None => tracing::info!("tun disabled: this node only forwards"),
+    }
+    // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
+    let mut attachments = Vec::new();
+    let mut attachment_names = Vec::new();
+    for (name, dev) in &node_config.tun_devs {
+        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu)
+            .with_context(|| format!("tun_devs.{name}"))?;
+        tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
+        tuns.push(tun);
+        attachments.push(connectopus_wire::PrefixAdvert {
+            prefix: connectopus_wire::Prefix::host(dev.address),
+            cost: Cost::from_f64(dev.cost),
+        });
+        attachment_names.push(connectopus_wire::NameBinding {
+            name: name.clone(),
+            address: dev.address,
+        });
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -145,6 +160,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
         epoch ^ u64::from(std::process::id()),
     );
     core.config_version = config.global.version;
+    core.prefixes = attachments;
+    core.names = attachment_names;
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
     core.timers.update_interval = timers.update_interval.get();
@@ -156,7 +173,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         io,
         started,
         started_wall,
-        tun,
+        tuns,
         subnet: config.global.subnet.to_string(),
         links: BTreeMap::new(),
         udp,
@@ -401,7 +418,8 @@ struct Daemon {
     table: Arc<ForwardingTable>,
     started: Instant,
     started_wall: SystemTime,
-    tun: Option<TunDevice>,
+    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
+    tuns: Vec<TunDevice>,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
     udp: Vec<UdpEndpoint>,
@@ -423,9 +441,9 @@ impl Daemon {
     }
 
     fn run(&mut self) -> Result<()> {
-        if let Some(tun) = &self.tun {
+        for (i, tun) in self.tuns.iter().enumerate() {
             self.io
-                .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV))
+                .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
         }
         for endpoint in 0..self.udp.len() {
@@ -493,7 +511,7 @@ impl Daemon {
         let kind = completion.token.0 & TOKEN_KIND_MASK;
         let id = LinkId(completion.token.0 & !TOKEN_KIND_MASK);
         match (completion.kind, kind) {
-            (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(completion),
+            (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(id.0 as usize, completion),
             (OpKind::Write, TOKEN_TUN_WRITE) => {
                 if let Some(buf) = completion.buf {
                     self.io.free(buf);
@@ -518,20 +536,29 @@ impl Daemon {
         }
     }
 
-    fn on_tun_packet(&mut self, completion: Completion) {
+    fn on_tun_packet(&mut self, tun: usize, completion: Completion) {
         let armed = completion.armed;
         let range = completion.data_range();
         let Some(buf) = completion.buf else {
             return;
         };
-        if let Some(range) = range {
+        let mut kept = Some(buf);
+        if let (Some(range), Some(buf)) = (range, kept.as_ref()) {
             let now = self.now();
-            let packet = &mut self.io.buf_mut(&buf)[range];
-            let decision = forward::decide(&self.table, packet, Ingress::Tun);
+            let decision = {
+                let packet = &mut self.io.buf_mut(buf)[range.clone()];
+                forward::decide(&self.table, packet, Ingress::Tun)
+            };
+            let packet = &self.io.buf(buf)[range.clone()];
             match decision {
+                Decision::Forward { link } if self.is_dtls(link) => {
+                    // Zero copy: seal the packet into a record where it lies and send it.
+                    if let Some(buf) = kept.take() {
+                        self.seal_and_send(link, buf, range.start, range.len());
+                    }
+                }
                 Decision::Forward { link } => {
-                    // Copy out of the pool buffer only because the TCP codec frames into its
-                    // own queue; the DTLS path seals in place.
+                    // The TCP codec frames into its own byte queue.
                     self.scratch.clear();
                     self.scratch.extend_from_slice(packet);
                     let message = std::mem::take(&mut self.scratch);
@@ -543,14 +570,23 @@ impl Daemon {
                 Decision::Deliver => self.node.count_drop(DropReason::Loop),
             }
         }
-        self.io.free(buf);
+        if let Some(buf) = kept {
+            self.io.free(buf);
+        }
         if !armed
             && self.stopping.is_none()
-            && let Some(fd) = self.tun.as_ref().map(TunDevice::fd)
-            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV))
+            && let Some(fd) = self.tuns.get(tun).map(TunDevice::fd)
+            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
         {
             tracing::error!(%error, "re-arming TUN receive failed");
         }
+    }
+
+    fn is_dtls(&self, link: LinkId) -> bool {
+        matches!(
+            self.links.get(&link).map(|l| &l.transport),
+            Some(Transport::Dtls(_))
+        )
     }
 
     /// Routes one IPv6 packet that arrived on `from` (its session already credited).
@@ -567,8 +603,16 @@ impl Daemon {
         }
     }
 
+    /// Writes a packet to the TUN device that holds its destination (the node's own device for
+    /// anything else).
     fn write_tun(&mut self, packet: &[u8]) {
-        let Some(fd) = self.tun.as_ref().map(TunDevice::fd) else {
+        let destination = forward::addresses(packet).map(|(_, dst)| dst);
+        let tun = self
+            .tuns
+            .iter()
+            .find(|t| Some(t.address()) == destination)
+            .or_else(|| self.tuns.first());
+        let Some(fd) = tun.map(TunDevice::fd) else {
             self.node.count_drop(DropReason::NoRoute);
             return;
         };
@@ -1426,10 +1470,15 @@ impl Daemon {
             epoch: self.node.epoch(),
             sequence: self.node.sequence(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            tun: self
-                .tun
-                .as_ref()
-                .map_or_else(|| "disabled".to_owned(), |t| t.name().to_owned()),
+            tun: if self.tuns.is_empty() {
+                "disabled".to_owned()
+            } else {
+                self.tuns
+                    .iter()
+                    .map(TunDevice::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             dataplane: self.io.backend().as_str().to_owned(),
             dataplane_fallback_reason: self.io.fallback_reason().map(|r| r.to_string()),
             ebpf: "not loaded".to_owned(),
