@@ -168,6 +168,9 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
     // time through the RUNPATH that bpf-linker's build script sets to this directory.
     for name in [OsString::from("libLLVM.so"), soname.to_os_string()] {
         let link = shim_lib.join(&name);
+        if std::fs::read_link(&link).is_ok_and(|target| target == libllvm) {
+            continue;
+        }
         if link.symlink_metadata().is_ok() {
             std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
         }
