@@ -3,10 +3,13 @@
 //! - `test`: installs what the tests need (as root, on Debian), then runs formatting, lints
 //!   and every test. This is the command CI runs (`.ci/run`).
 //! - `demo`: builds and runs the demo.
+//! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod ebpf;
 
 /// Debian packages the tests and the demo use.
 const PACKAGES: &[&str] = &[
@@ -28,8 +31,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("install-deps") => install_packages(),
+        Some("build-ebpf") => ebpf::build_ebpf(),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf"
         )),
     };
     match result {
@@ -60,6 +64,9 @@ fn test() -> Result<()> {
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    // The fastpath root test skips without the object; build it, then run that test for real.
+    ebpf::build_ebpf()?;
+    run("cargo", &["test", "--locked", "-p", "connectopus-fastpath"])?;
     Ok(())
 }
 
