@@ -421,6 +421,24 @@ fn status_json_reports_links_routes_nodes_and_drops() {
             status["counters"]["icmp_errors_sent"].as_u64() > Some(0),
             "{status}"
         );
+        // With the eBPF object built (`cargo xtask build-ebpf`, which CI runs first), tc
+        // counters on the TUN device count what the ping sent.
+        let ebpf = status["ebpf"].as_str().unwrap_or_default().to_owned();
+        if ebpf.starts_with("not loaded") {
+            eprintln!("status_json: eBPF counters not checked: {ebpf}");
+            ensure!(
+                std::env::var_os("CI").is_none(),
+                "CI builds the eBPF object, so the node must load it: {ebpf}"
+            );
+        } else {
+            let out_packets: u64 = ebpf
+                .split("out ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .context("parsing the egress counter")?;
+            ensure!(out_packets >= 1, "egress counter did not move: {ebpf}");
+        }
         Ok(())
     });
 }

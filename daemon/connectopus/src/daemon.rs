@@ -67,6 +67,8 @@ pub struct NodeOptions {
     pub id: String,
     /// Where to serve the control socket.
     pub control_socket: PathBuf,
+    /// The eBPF object to load (default: found by `connectopus_fastpath::find_object`).
+    pub ebpf_object: Option<PathBuf>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -79,6 +81,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         config,
         id,
         control_socket,
+        ebpf_object,
     } = options;
     let node_config = config
         .node(&id)
@@ -128,6 +131,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         });
     }
 
+    let ebpf = match tuns.first() {
+        Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
+        None => Ebpf::Off("no tun device".to_owned()),
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
@@ -174,6 +182,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         started,
         started_wall,
         tuns,
+        ebpf,
         subnet: config.global.subnet.to_string(),
         links: BTreeMap::new(),
         udp,
@@ -195,6 +204,58 @@ pub fn run(options: NodeOptions) -> Result<()> {
     }
     tracing::info!("stopped");
     result
+}
+
+/// The eBPF programs on the node's TUN device, or why there are none.
+enum Ebpf {
+    Counters(connectopus_fastpath::TunCounters),
+    Off(String),
+}
+
+impl std::fmt::Debug for Ebpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Ebpf {
+    fn describe(&self) -> String {
+        match self {
+            Ebpf::Counters(c) => match c.read() {
+                Ok(snapshot) => format!(
+                    "tc counters on {} ({}): in {} pkts {} B, out {} pkts {} B",
+                    c.ifname(),
+                    c.attach_mode().as_str(),
+                    snapshot.ingress.packets,
+                    snapshot.ingress.bytes,
+                    snapshot.egress.packets,
+                    snapshot.egress.bytes
+                ),
+                Err(error) => format!("tc counters unreadable: {error}"),
+            },
+            Ebpf::Off(why) => format!("not loaded: {why}"),
+        }
+    }
+}
+
+/// Attaches the TUN counters when the eBPF object is available; the node runs without them
+/// otherwise and says why.
+fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
+    let attached = connectopus_fastpath::find_object(object)
+        .and_then(|path| connectopus_fastpath::load_object(&path).map(|bytes| (path, bytes)))
+        .and_then(|(path, bytes)| {
+            connectopus_fastpath::TunCounters::attach(ifname, &bytes).map(|c| (path, c))
+        });
+    match attached {
+        Ok((path, counters)) => {
+            tracing::info!(object = %path.display(), mode = counters.attach_mode().as_str(), "ebpf counters attached");
+            Ebpf::Counters(counters)
+        }
+        Err(error) => {
+            tracing::info!(%error, "running without eBPF");
+            Ebpf::Off(error.to_string())
+        }
+    }
 }
 
 /// Returns the smallest MTU among the node's backends (1500 without any).
@@ -420,6 +481,7 @@ struct Daemon {
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
     tuns: Vec<TunDevice>,
+    ebpf: Ebpf,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
     udp: Vec<UdpEndpoint>,
@@ -1481,7 +1543,7 @@ impl Daemon {
             },
             dataplane: self.io.backend().as_str().to_owned(),
             dataplane_fallback_reason: self.io.fallback_reason().map(|r| r.to_string()),
-            ebpf: "not loaded".to_owned(),
+            ebpf: self.ebpf.describe(),
             links,
             routes: route_reports,
             nodes,

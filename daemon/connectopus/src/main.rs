@@ -48,6 +48,10 @@ enum Commands {
         /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
         #[arg(long)]
         control_socket: Option<PathBuf>,
+        /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
+        /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
+        #[arg(long)]
+        ebpf_object: Option<PathBuf>,
         /// Log filter (error, warn, info, debug, trace, or a tracing directive).
         #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
         log_level: String,
@@ -100,6 +104,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             id,
             control_socket,
+            ebpf_object,
             log_level,
         } => {
             init_logging(&log_level)?;
@@ -126,6 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config: mesh,
                 id,
                 control_socket,
+                ebpf_object,
             })?;
             Ok(ExitCode::SUCCESS)
         }
