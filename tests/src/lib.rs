@@ -104,7 +104,10 @@ pub fn target_dir() -> anyhow::Result<std::path::PathBuf> {
         }
         dir = d.parent();
     }
-    anyhow::bail!("cannot find the target directory from {}", exe.display())
+    // A binary of this crate (the demo) runs from `target/<profile>/` itself.
+    exe.parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("cannot find the target directory from {}", exe.display()))
 }
 
 /// The path of a workspace binary such as `connectopus`, failing with a hint to build it.

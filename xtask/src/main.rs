@@ -2,7 +2,8 @@
 //!
 //! - `test`: installs what the tests need (as root, on Debian), then runs formatting, lints
 //!   and every test. This is the command CI runs (`.ci/run`).
-//! - `demo`: builds and runs the demo.
+//! - `demo`: builds the node and runs a three-node mesh in network namespaces (`--once` to
+//!   exit after showing it).
 //! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
 
 use std::process::{Command, ExitCode};
@@ -69,20 +70,27 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// Runs the demo: a simulated mesh until the node binary lands.
+/// Runs the demo: builds the node in release and starts a three-node mesh in network
+/// namespaces (see `tests/src/bin/demo.rs`); extra arguments (`--once`) go to the demo.
 fn demo() -> Result<()> {
+    install_packages()?;
     run(
         "cargo",
-        &[
-            "run",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus-core",
-            "--example",
-            "mesh_demo",
-        ],
-    )
+        &["build", "--release", "--locked", "-p", "connectopus"],
+    )?;
+    let mut args = vec![
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "connectopus-tests",
+        "--bin",
+        "demo",
+        "--",
+    ];
+    let extra: Vec<String> = std::env::args().skip(2).collect();
+    args.extend(extra.iter().map(String::as_str));
+    run("cargo", &args)
 }
 
 /// Installs missing Debian packages when running as root on a Debian-like system; elsewhere
