@@ -1584,6 +1584,9 @@ fn log_event(event: &Event) {
             claimants = ?conflict.claimants,
             "name conflict: the lowest address wins"
         ),
+        Event::ConfigOffered { link, version, .. } => {
+            tracing::info!(%link, version, "newer configuration offered");
+        }
         Event::ControlDatagram { .. } => {}
     }
 }

@@ -202,6 +202,19 @@ pub enum Event {
     },
     /// Two nodes claim the same name or the same attachment address.
     NameConflict(NameConflict),
+    /// A neighbour offered a configuration newer than the one this node runs. The driver checks
+    /// its signature against the running configuration and, if it accepts it, calls
+    /// [`Node::set_config`].
+    ConfigOffered {
+        /// The link it came on.
+        link: LinkId,
+        /// Its version.
+        version: u64,
+        /// The exact configuration bytes.
+        config: Vec<u8>,
+        /// The signature bytes.
+        signature: Vec<u8>,
+    },
     /// A control datagram arrived for this node.
     ControlDatagram {
         /// Source node address.
@@ -298,6 +311,10 @@ pub struct Node {
     pruned: BTreeMap<Ipv6Addr, (u64, u64)>,
     own_sequence: u64,
     own_update: Arc<[u8]>,
+    /// The running configuration as a framed offer record, once the driver set one.
+    config_offer: Option<Arc<[u8]>>,
+    /// The configuration version each link was last offered.
+    offered: BTreeMap<LinkId, u64>,
     own_adjacencies: Vec<Adjacency>,
     next_update_at: Time,
     triggered_update_at: Option<Time>,
@@ -327,6 +344,8 @@ impl Node {
             pruned: BTreeMap::new(),
             own_sequence: 0,
             own_update: Arc::from(Vec::new()),
+            config_offer: None,
+            offered: BTreeMap::new(),
             own_adjacencies: Vec::new(),
             next_update_at: now,
             triggered_update_at: None,
@@ -522,6 +541,46 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Sets the configuration this node runs (already verified by the driver): its version is
+    /// advertised in every update from now on, and neighbours that advertise an older version
+    /// are offered these bytes on the routing stream.
+    pub fn set_config(&mut self, now: Time, version: u64, config: &[u8], signature: &[u8]) {
+        let offer = connectopus_wire::ConfigOffer {
+            version,
+            config,
+            signature,
+        };
+        match offer.encode() {
+            Ok(body) => {
+                let mut framed = Vec::with_capacity(body.len() + 5);
+                Record {
+                    kind: RecordKind::ConfigOffer,
+                    body,
+                }
+                .encode_into(&mut framed);
+                self.config_offer = Some(Arc::from(framed));
+            }
+            Err(_) => self.config_offer = None,
+        }
+        self.config.config_version = version;
+        self.trigger_update(now);
+        let laggards: Vec<Ipv6Addr> = self
+            .database
+            .values()
+            .filter(|e| e.update.config_version < version)
+            .map(|e| e.update.origin)
+            .collect();
+        for peer in laggards {
+            self.offer_config_to(now, peer);
+        }
+        self.after_input(now);
+    }
+
+    /// Returns the configuration version this node runs.
+    pub fn config_version(&self) -> u64 {
+        self.config.config_version
+    }
+
     /// Says goodbye on every session and forgets them; the driver should then close the links.
     pub fn shutdown(&mut self, now: Time) {
         let links: Vec<LinkId> = self.sessions.keys().copied().collect();
@@ -683,6 +742,7 @@ impl Node {
         match outcome {
             HelloOutcome::Nothing => {}
             HelloOutcome::PeerRestarted { previous } => {
+                self.offered.remove(&link);
                 self.events.push_back(Event::PeerRestarted {
                     link,
                     peer: previous.address,
@@ -743,7 +803,57 @@ impl Node {
     fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
-            RecordKind::ConfigOffer | RecordKind::Unknown(_) => {}
+            RecordKind::ConfigOffer => self.process_offer(link, &record.body),
+            RecordKind::Unknown(_) => {}
+        }
+    }
+
+    fn process_offer(&mut self, link: LinkId, body: &[u8]) {
+        let Ok(offer) = connectopus_wire::ConfigOffer::parse(body) else {
+            *self
+                .counters
+                .malformed_messages
+                .entry("config_offer")
+                .or_default() += 1;
+            return;
+        };
+        if offer.version <= self.config.config_version {
+            return;
+        }
+        self.events.push_back(Event::ConfigOffered {
+            link,
+            version: offer.version,
+            config: offer.config.to_vec(),
+            signature: offer.signature.to_vec(),
+        });
+    }
+
+    /// Offers the running configuration on every established session to `peer`, once per
+    /// version.
+    fn offer_config_to(&mut self, now: Time, peer: Ipv6Addr) {
+        let Some(offer) = self.config_offer.clone() else {
+            return;
+        };
+        let version = self.config.config_version;
+        let links: Vec<LinkId> = self
+            .sessions
+            .iter()
+            .filter(|(link, s)| {
+                s.is_established()
+                    && s.peer().is_some_and(|p| p.address == peer)
+                    && self.offered.get(link).is_none_or(|v| *v < version)
+            })
+            .map(|(link, _)| *link)
+            .collect();
+        for link in links {
+            self.offered.insert(link, version);
+            let failed = self
+                .sessions
+                .get_mut(&link)
+                .is_some_and(|s| s.send_record(&offer).is_err());
+            if failed {
+                self.close_session(now, link, CloseReason::StreamFailed, true);
+            }
         }
     }
 
@@ -783,6 +893,9 @@ impl Node {
         self.counters.updates_accepted += 1;
         self.pruned.remove(&update.origin);
         let origin = update.origin;
+        if update.config_version < self.config.config_version {
+            self.offer_config_to(now, origin);
+        }
         let raw: Arc<[u8]> = Arc::from(body);
         let previous = self.database.insert(
             origin,
@@ -940,6 +1053,7 @@ impl Node {
         let Some(mut session) = self.sessions.remove(&link) else {
             return;
         };
+        self.offered.remove(&link);
         if notify_peer && let Some(goodbye) = reason.goodbye() {
             session.say_goodbye(goodbye);
             let mut out = Vec::new();

@@ -484,3 +484,85 @@ fn a_name_claimed_twice_resolves_to_the_lowest_address_everywhere() {
         );
     }
 }
+
+/// Plays the driver's part for configuration offers: every node accepts any newer offer.
+fn accept_offers(sim: &mut Sim, nodes: &[NodeIdx]) -> usize {
+    let mut accepted = 0;
+    for &i in nodes {
+        for event in sim.take_events(i) {
+            if let Event::ConfigOffered {
+                version,
+                config,
+                signature,
+                ..
+            } = event
+            {
+                accepted += 1;
+                sim.with_node(i, |node, now| {
+                    if version > node.config_version() {
+                        node.set_config(now, version, &config, &signature);
+                    }
+                });
+            }
+        }
+    }
+    accepted
+}
+
+#[test]
+fn a_new_config_spreads_hop_by_hop_to_every_node() {
+    let mut sim = Sim::new(40);
+    let v = line(&mut sim, 5);
+    assert_converges(&mut sim, 5 * SECOND);
+    let config = b"global: {version: 2}\n".to_vec();
+    sim.with_node(v[0], |node, now| node.set_config(now, 2, &config, b"sig"));
+    for _ in 0..50 {
+        sim.run_for(Duration::from_millis(100));
+        accept_offers(&mut sim, &v);
+    }
+    for i in &v {
+        assert_eq!(sim.node(*i).unwrap().config_version(), 2, "node {i:?}");
+    }
+    // Every node now advertises version 2, so nobody is offered it again.
+    sim.run_for(20 * SECOND);
+    assert_eq!(accept_offers(&mut sim, &v), 0);
+}
+
+#[test]
+fn a_multi_megabyte_config_crosses_a_lossy_link_intact() {
+    let mut sim = Sim::new(41);
+    let v = nodes(&mut sim, 2);
+    sim.connect(
+        v[0],
+        v[1],
+        LinkParams {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            loss: 0.1,
+            ..LinkParams::default()
+        },
+    );
+    assert_converges(&mut sim, 10 * SECOND);
+    let config: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    sim.with_node(v[0], |node, now| {
+        node.set_config(now, 9, &config, b"signature")
+    });
+    let mut got = None;
+    for _ in 0..600 {
+        sim.run_for(Duration::from_millis(100));
+        for event in sim.take_events(v[1]) {
+            if let Event::ConfigOffered {
+                version, config, ..
+            } = event
+            {
+                got = Some((version, config));
+            }
+        }
+        if got.is_some() {
+            break;
+        }
+    }
+    let (version, received) = got.expect("the offer never arrived");
+    assert_eq!(version, 9);
+    assert!(received == config, "the config arrived corrupted");
+}
