@@ -80,7 +80,7 @@ mod tests {
             ConfigOffer::parse(&bytes[..bytes.len() - 1]),
             Err(WireError::Truncated)
         );
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.push(0);
         assert_eq!(ConfigOffer::parse(&longer), Err(WireError::TrailingBytes));
     }
