@@ -63,23 +63,23 @@ fn run(once: bool) -> Result<()> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
 
-    let baz = mesh.address("baz");
-    println!("\n== ping foo -> baz ({baz})");
-    let ping = ping6(topo.ns("foo"), baz, 5, 56, &[])?;
+    let baz_addr = mesh.address("baz");
+    println!("\n== ping foo -> baz ({baz_addr})");
+    let ping = ping6(topo.ns("foo"), baz_addr, 5, 56, &[])?;
     println!(
         "{}/{} received, rtt {:?} ms",
         ping.received, ping.transmitted, ping.rtts_ms
     );
     println!("\n== traceroute foo -> baz");
-    for (i, hop) in traceroute6(topo.ns("foo"), baz)?.iter().enumerate() {
+    for (i, hop) in traceroute6(topo.ns("foo"), baz_addr)?.iter().enumerate() {
         let hop = hop.map_or("*".to_owned(), |h| h.to_string());
         println!("{:>2}  {hop}", i + 1);
     }
     println!("\n== iperf3 foo -> baz, 5 s (DTLS then TCP+TLS hop)");
-    let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz)), 5201)?;
+    let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
     let result = iperf3_client(
         topo.ns("foo"),
-        baz,
+        baz_addr,
         &IperfOptions {
             seconds: 5,
             ..IperfOptions::default()
