@@ -32,6 +32,15 @@ pub fn default_socket_path(node: &str) -> PathBuf {
 pub enum ControlRequest {
     /// Report the node's state.
     Status,
+    /// Return the running configuration: its exact signed bytes and signature.
+    GetConfig,
+    /// Take a new signed configuration (verified against the running one, then spread).
+    SetConfig {
+        /// The configuration file's text.
+        config: String,
+        /// The signature file's text.
+        signature: String,
+    },
 }
 
 /// A node's answer.
@@ -40,6 +49,18 @@ pub enum ControlRequest {
 pub enum ControlReply {
     /// The node's state.
     Status(Box<StatusReport>),
+    /// The running configuration.
+    Config {
+        /// The configuration file's text, exactly as signed.
+        config: String,
+        /// The signature file's text.
+        signature: String,
+    },
+    /// A configuration was accepted.
+    Accepted {
+        /// Its version.
+        version: u64,
+    },
     /// The request failed.
     Error(String),
 }
@@ -199,7 +220,8 @@ fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new((&stream).take(64 * 1024)).read_line(&mut line)?;
+    // A request may carry a whole mesh configuration.
+    BufReader::new((&stream).take(256 * 1024 * 1024)).read_line(&mut line)?;
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(request) => {
             let (tx, rx) = mpsc::channel();

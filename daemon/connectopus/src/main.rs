@@ -129,6 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 control_socket.unwrap_or_else(|| control::default_socket_path(&id));
             daemon::run(daemon::NodeOptions {
                 config: mesh,
+                config_path: config.clone(),
                 id,
                 control_socket,
                 ebpf_object,

@@ -527,6 +527,16 @@ impl Node {
         result
     }
 
+    /// Changes the cost of a link in place (a live config change): the session stays up, the
+    /// node advertises the new cost and routes are recomputed.
+    pub fn set_link_cost(&mut self, now: Time, link: LinkId, cost: Cost) {
+        if let Some(session) = self.sessions.get_mut(&link) {
+            session.set_cost(cost);
+            self.trigger_update(now);
+        }
+        self.after_input(now);
+    }
+
     /// Replaces the prefixes and names this node delivers locally; triggers an update.
     pub fn set_attachments(
         &mut self,

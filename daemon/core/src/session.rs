@@ -236,6 +236,10 @@ impl Session {
         &self.info
     }
 
+    pub(crate) fn set_cost(&mut self, cost: Cost) {
+        self.info.cost = cost;
+    }
+
     /// Returns the session state.
     pub fn state(&self) -> SessionState {
         self.state

@@ -566,3 +566,41 @@ fn a_multi_megabyte_config_crosses_a_lossy_link_intact() {
     assert_eq!(version, 9);
     assert!(received == config, "the config arrived corrupted");
 }
+
+#[test]
+fn a_cost_change_reroutes_without_touching_sessions() {
+    let mut sim = Sim::new(42);
+    let v = nodes(&mut sim, 3);
+    sim.connect(v[0], v[1], LinkParams::default());
+    sim.connect(v[1], v[2], LinkParams::default());
+    sim.connect(v[0], v[2], LinkParams::default().with_cost(5.0));
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[1], v[2]]);
+    sim.take_events(v[0]);
+    // Make the direct link cheap on both ends: the route moves, no session closes.
+    let direct: Vec<connectopus_core::LinkId> = sim
+        .node(v[0])
+        .unwrap()
+        .sessions()
+        .filter(|s| s.peer().is_some_and(|p| p.address == sim.address(v[2])))
+        .map(|s| s.link())
+        .collect();
+    let back: Vec<connectopus_core::LinkId> = sim
+        .node(v[2])
+        .unwrap()
+        .sessions()
+        .filter(|s| s.peer().is_some_and(|p| p.address == sim.address(v[0])))
+        .map(|s| s.link())
+        .collect();
+    let cheap = connectopus_wire::Cost::from_f64(0.5);
+    sim.with_node(v[0], |node, now| node.set_link_cost(now, direct[0], cheap));
+    sim.with_node(v[2], |node, now| node.set_link_cost(now, back[0], cheap));
+    sim.run_for(SECOND);
+    assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[2]]);
+    let closed = sim
+        .take_events(v[0])
+        .into_iter()
+        .any(|e| matches!(e, Event::SessionClosed { .. }));
+    assert!(!closed);
+}

@@ -4,6 +4,14 @@
 use super::*;
 
 impl Daemon {
+    /// Returns the socket of a live UDP endpoint.
+    pub(super) fn udp_fd(&self, endpoint: usize) -> Option<std::os::fd::RawFd> {
+        self.udp
+            .get(endpoint)
+            .and_then(Option::as_ref)
+            .map(|e| e.socket.as_raw_fd())
+    }
+
     /// Seals the payload at `buf[offset..offset + len]` into a DTLS record in place and sends
     /// it; takes ownership of `buf`.
     pub(super) fn seal_and_send(
@@ -39,7 +47,10 @@ impl Daemon {
                 let endpoint = dtls.endpoint;
                 let destination = l.remote;
                 self.node.note_link_sent(link, len);
-                let fd = self.udp[endpoint].socket.as_raw_fd();
+                let Some(fd) = self.udp_fd(endpoint) else {
+                    self.io.free(buf);
+                    return;
+                };
                 self.io.send_to(
                     fd,
                     Token(TOKEN_UDP_SEND | endpoint as u64),
@@ -76,6 +87,16 @@ impl Daemon {
 
     pub(super) fn on_udp_datagram(&mut self, endpoint: usize, completion: Completion) {
         let armed = completion.armed;
+        if self.udp.get(endpoint).is_none_or(Option::is_none) {
+            // A retired endpoint: its socket may close once the receive is no longer armed.
+            if let Some(buf) = completion.buf {
+                self.io.free(buf);
+            }
+            if !armed {
+                self.retiring_udp.retain(|(i, _)| *i != endpoint);
+            }
+            return;
+        }
         let range = completion.data_range();
         let src = completion.src;
         let Some(buf) = completion.buf else {
@@ -91,7 +112,7 @@ impl Daemon {
                 _ => None,
             });
             let listener = matches!(
-                self.udp.get(endpoint).map(|e| &e.role),
+                self.udp.get(endpoint).and_then(Option::as_ref).map(|e| &e.role),
                 Some(UdpRole::Listener(_))
             );
             let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);
@@ -120,8 +141,7 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        if let Some(e) = self.udp.get(endpoint) {
-            let fd = e.socket.as_raw_fd();
+        if let Some(fd) = self.udp_fd(endpoint) {
             if let Err(error) = self
                 .io
                 .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
@@ -139,7 +159,7 @@ impl Daemon {
             cost,
             mtu,
             ..
-        }) = self.udp.get(endpoint)
+        }) = self.udp.get(endpoint).and_then(Option::as_ref)
         else {
             return;
         };
@@ -257,13 +277,13 @@ impl Daemon {
     pub(super) fn run_dialers(&mut self) {
         let now = Instant::now();
         for endpoint in 0..self.udp.len() {
-            let UdpEndpoint {
+            let Some(UdpEndpoint {
                 role: UdpRole::Dialer(dialer),
                 backend,
                 cost,
                 mtu,
                 ..
-            } = &mut self.udp[endpoint]
+            }) = &mut self.udp[endpoint]
             else {
                 continue;
             };
@@ -319,12 +339,12 @@ pub(super) fn normalize(addr: SocketAddr) -> SocketAddr {
 /// Copies a datagram into a pool buffer and sends it from a UDP endpoint.
 pub(super) fn send_raw(
     io: &mut PacketIo,
-    udp: &[UdpEndpoint],
+    udp: &[Option<UdpEndpoint>],
     endpoint: usize,
     destination: SocketAddr,
     datagram: &[u8],
 ) {
-    let Some(e) = udp.get(endpoint) else {
+    let Some(e) = udp.get(endpoint).and_then(Option::as_ref) else {
         return;
     };
     let Some(buf) = io.alloc() else {

@@ -42,6 +42,7 @@ use crate::tun::TunDevice;
 
 mod dtls;
 use dtls::send_raw;
+mod reconcile;
 mod report;
 mod tcp;
 
@@ -68,6 +69,9 @@ const TOKEN_KIND_MASK: u64 = 0xff << 56;
 pub struct NodeOptions {
     /// The loaded mesh configuration.
     pub config: MeshConfig,
+    /// Where it was loaded from; newer configurations received later are written there
+    /// (and their signature to `<path>.sig`).
+    pub config_path: PathBuf,
     /// This node's name in it.
     pub id: String,
     /// Where to serve the control socket.
@@ -84,6 +88,7 @@ pub struct NodeOptions {
 pub fn run(options: NodeOptions) -> Result<()> {
     let NodeOptions {
         config,
+        config_path,
         id,
         control_socket,
         ebpf_object,
@@ -151,14 +156,6 @@ pub fn run(options: NodeOptions) -> Result<()> {
         stop.clone(),
     )?);
     threads.push(spawn_signal_thread(to_loop.clone())?);
-    let mut udp = Vec::new();
-    threads.extend(start_backends(
-        &node_config.backends,
-        &to_loop,
-        &stop,
-        &mut udp,
-    )?);
-
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let epoch = started_wall
@@ -168,7 +165,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let timers = &config.global.timers;
     let mut core = NodeConfig::new(
         node_config.address,
-        id,
+        id.clone(),
         epoch,
         epoch ^ u64::from(std::process::id()),
     );
@@ -180,7 +177,17 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.timers.update_interval = timers.update_interval.get();
     core.timers.node_dead_after = timers.node_dead_after.get();
 
+    let backend_configs = node_config.backends.clone();
+    let subnet = config.global.subnet.to_string();
     let mut daemon = Daemon {
+        id: id.clone(),
+        config,
+        config_path,
+        to_loop,
+        backends: BTreeMap::new(),
+        threads: Vec::new(),
+        removed: None,
+        restart: false,
         node: Node::new(core, Time::ZERO),
         table: Arc::new(ForwardingTable::default()),
         io,
@@ -188,9 +195,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         started_wall,
         tuns,
         ebpf,
-        subnet: config.global.subnet.to_string(),
+        subnet,
         links: BTreeMap::new(),
-        udp,
+        udp: Vec::new(),
+        retiring_udp: Vec::new(),
         closing: Vec::new(),
         next_link: 1,
         rx,
@@ -200,12 +208,25 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ranges: Vec::new(),
         stopping: None,
     };
+    for (name, backend) in &backend_configs {
+        daemon.start_backend(name, backend)?;
+    }
     let result = daemon.run();
     stop.store(true, Ordering::Relaxed);
+    for running in daemon.backends.values() {
+        if let reconcile::BackendHandle::Thread(stop) = &running.handle {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    threads.append(&mut daemon.threads);
+    let restart = daemon.restart;
     drop(daemon);
     let _ = std::fs::remove_file(&control_socket);
     for thread in threads {
         let _ = thread.join();
+    }
+    if restart {
+        return restart_process();
     }
     tracing::info!("stopped");
     result
@@ -283,135 +304,24 @@ fn backend_mtu(backend: &BackendConfig) -> u16 {
         .unwrap_or(default)
 }
 
-fn start_backends(
-    backends: &BTreeMap<String, BackendConfig>,
-    to_loop: &LoopSender,
-    stop: &Arc<AtomicBool>,
-    udp: &mut Vec<UdpEndpoint>,
-) -> Result<Vec<JoinHandle<()>>> {
-    let mut threads = Vec::new();
-    for (name, backend) in backends {
-        let settings = TcpBackend {
-            name: name.clone(),
-            cost: Cost::from_f64(backend.cost()),
-            mtu: backend_mtu(backend),
-        };
-        match backend {
-            BackendConfig::TcpListener(l) => {
-                let tls = if l.tls {
-                    let (Some(server_cert), Some(server_key)) = (l.server_cert(), l.server_key())
-                    else {
-                        anyhow::bail!("backend {name}: tls needs server_cert and server_key");
-                    };
-                    Some(
-                        tls::server_config(&tls::ListenerTls {
-                            server_cert,
-                            server_key,
-                            client_ca: l.client_ca(),
-                            require_client_cert: l.require_client_cert,
-                        })
-                        .with_context(|| format!("backend {name}"))?,
-                    )
-                } else {
-                    None
-                };
-                let ip = l
-                    .listen_ip
-                    .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-                let port = l
-                    .port
-                    .with_context(|| format!("backend {name}: a listener needs a port"))?;
-                threads.push(backends::spawn_tcp_listener(
-                    settings,
-                    SocketAddr::new(ip, port),
-                    tls,
-                    to_loop.clone(),
-                    stop.clone(),
-                )?);
-            }
-            BackendConfig::TcpDialer(d) => {
-                let tls = if d.tls {
-                    let server_name = d.server_name.clone().unwrap_or_else(|| match &d.peer.host {
-                        connectopus_config::PeerHost::Ip(ip) => ip.to_string(),
-                        connectopus_config::PeerHost::Name(n) => n.clone(),
-                    });
-                    Some(
-                        tls::client_config(&tls::DialerTls {
-                            server_name,
-                            root_ca: d.root_ca(),
-                            pinned_cert: d.pinned_cert(),
-                            client_cert: d.client_cert(),
-                            client_key: d.client_key(),
-                            insecure_skip_verify: d.insecure_skip_verify,
-                        })
-                        .with_context(|| format!("backend {name}"))?,
-                    )
-                } else {
-                    None
-                };
-                threads.push(backends::spawn_tcp_dialer(
-                    settings,
-                    d.peer.clone(),
-                    tls,
-                    to_loop.clone(),
-                    stop.clone(),
-                )?);
-            }
-            BackendConfig::DtlsListener(l) => {
-                let config = dtls_link::listener_config(l, settings.mtu)
-                    .with_context(|| format!("backend {name}"))?;
-                let ip = l
-                    .listen_ip
-                    .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-                let port = l
-                    .port
-                    .with_context(|| format!("backend {name}: a listener needs a port"))?;
-                let bind = SocketAddr::new(ip, port);
-                let socket =
-                    dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
-                tracing::info!(backend = %name, %bind, "dtls listener up");
-                udp.push(UdpEndpoint {
-                    socket,
-                    backend: name.clone(),
-                    cost: settings.cost,
-                    mtu: settings.mtu,
-                    role: UdpRole::Listener(Box::new(config)),
-                });
-            }
-            BackendConfig::DtlsDialer(d) => {
-                let config = dtls_link::dialer_config(d, settings.mtu)
-                    .with_context(|| format!("backend {name}"))?;
-                let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
-                udp.push(UdpEndpoint {
-                    socket,
-                    backend: name.clone(),
-                    cost: settings.cost,
-                    mtu: settings.mtu,
-                    role: UdpRole::Dialer(Box::new(DialerState {
-                        peer: d.peer.clone(),
-                        config,
-                        backoff: Backoff::new(),
-                        next_attempt: Some(Instant::now()),
-                    })),
-                });
-            }
-        }
-    }
-    Ok(threads)
-}
-
 fn spawn_signal_thread(to_loop: LoopSender) -> Result<JoinHandle<()>> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!(signal, "shutting down");
-                to_loop.send(LoopMessage::Shutdown);
+            for signal in signals.forever() {
+                let message = if signal == SIGHUP {
+                    tracing::info!("SIGHUP: re-reading the configuration");
+                    LoopMessage::Reload
+                } else {
+                    tracing::info!(signal, "shutting down");
+                    LoopMessage::Shutdown
+                };
+                if !to_loop.send(message) || signal != SIGHUP {
+                    return;
+                }
             }
         })
         .context("spawning signal thread")
@@ -479,6 +389,22 @@ impl Link {
 }
 
 struct Daemon {
+    /// This node's name.
+    id: String,
+    /// The configuration the node runs.
+    config: MeshConfig,
+    /// Where newer configurations are persisted.
+    config_path: PathBuf,
+    /// For backend threads started later.
+    to_loop: LoopSender,
+    /// The backends, by name.
+    backends: BTreeMap<String, reconcile::RunningBackend>,
+    /// Backend threads (joined at exit).
+    threads: Vec<JoinHandle<()>>,
+    /// Why the node does not forward: the running configuration no longer contains it.
+    removed: Option<String>,
+    /// Set when the node must restart its mesh instance (exec itself) after shutting down.
+    restart: bool,
     io: PacketIo,
     node: Node,
     table: Arc<ForwardingTable>,
@@ -489,7 +415,11 @@ struct Daemon {
     ebpf: Ebpf,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
-    udp: Vec<UdpEndpoint>,
+    /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
+    /// retired.
+    udp: Vec<Option<UdpEndpoint>>,
+    /// Retired endpoints whose receive is still armed; dropped when its last completion comes.
+    retiring_udp: Vec<(usize, UdpEndpoint)>,
     /// Links whose socket waits for in-flight operations before it may close.
     closing: Vec<(LinkId, Box<TcpLink>)>,
     next_link: u64,
@@ -514,7 +444,9 @@ impl Daemon {
                 .context("arming TUN receive")?;
         }
         for endpoint in 0..self.udp.len() {
-            let fd = self.udp[endpoint].socket.as_raw_fd();
+            let Some(fd) = self.udp_fd(endpoint) else {
+                continue;
+            };
             self.io
                 .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
                 .context("arming UDP receive")?;
@@ -561,7 +493,7 @@ impl Daemon {
             }
         }
         let now = Instant::now();
-        for e in &self.udp {
+        for e in self.udp.iter().flatten() {
             if let UdpRole::Dialer(d) = &e.role
                 && let Some(at) = d.next_attempt
             {
@@ -791,10 +723,22 @@ impl Daemon {
                 LoopMessage::Control { request, reply } => {
                     let answer = match request {
                         ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
+                        ControlRequest::GetConfig => self.get_config(),
+                        ControlRequest::SetConfig { config, signature } => {
+                            match self.accept_config(
+                                config.as_bytes(),
+                                signature.as_bytes(),
+                                reconcile::ConfigSource::Control,
+                            ) {
+                                Ok(version) => ControlReply::Accepted { version },
+                                Err(error) => ControlReply::Error(format!("{error:#}")),
+                            }
+                        }
                     };
                     let _ = reply.send(answer);
                 }
                 LoopMessage::Shutdown => self.begin_shutdown(),
+                LoopMessage::Reload => self.reload(),
             }
         }
     }
@@ -850,12 +794,30 @@ impl Daemon {
                 Command::InstallForwardingTable(table) => self.table = table,
             }
         }
+        let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
             log_event(&event);
+            if let Event::ConfigOffered {
+                link,
+                config,
+                signature,
+                ..
+            } = event
+            {
+                offers.push((link, config, signature));
+                continue;
+            }
             if let Event::SessionEstablished { link, .. } = event
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
+            }
+        }
+        for (link, config, signature) in offers {
+            if let Err(error) =
+                self.accept_config(&config, &signature, reconcile::ConfigSource::Mesh)
+            {
+                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
             }
         }
     }
@@ -884,10 +846,10 @@ impl Daemon {
                 while let Some(datagram) = dtls.association.poll_transmit() {
                     send_raw(&mut self.io, &self.udp, dtls.endpoint, l.remote, &datagram);
                 }
-                if let Some(UdpEndpoint {
+                if let Some(Some(UdpEndpoint {
                     role: UdpRole::Dialer(dialer),
                     ..
-                }) = self.udp.get_mut(dtls.endpoint)
+                })) = self.udp.get_mut(dtls.endpoint)
                 {
                     let delay = if l.had_session {
                         dialer.backoff.reset();
@@ -944,4 +906,16 @@ fn log_event(event: &Event) {
         }
         Event::ControlDatagram { .. } => {}
     }
+}
+
+/// Replaces this process with a fresh run of the same command line: how a node restarts its
+/// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
+/// it. The new configuration was persisted first, so the new process loads it.
+fn restart_process() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the node binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!(exe = %exe.display(), "restarting the mesh instance");
+    let error = std::process::Command::new(exe).args(args).exec();
+    Err(error).context("restarting the node")
 }
