@@ -254,6 +254,7 @@ fn check_label(label: &str) -> Result<(), NameError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

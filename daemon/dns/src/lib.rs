@@ -91,4 +91,5 @@ pub use server::{DnsServer, MAX_TCP_QUERY, Stats};
 pub use table::{NameTable, UpdateOutcome};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
