@@ -27,7 +27,8 @@ pub enum Error {
     /// A socket could not be prepared for the server (non-blocking mode, registration).
     #[error("preparing DNS sockets: {0}")]
     Io(#[from] io::Error),
-    /// The server thread panicked; reported by [`DnsServer::stop`](crate::DnsServer::stop).
+    /// The server thread panicked (reported by [`DnsServer::stop`](crate::DnsServer::stop)),
+    /// or ended while starting.
     #[error("the DNS server thread panicked")]
     ThreadPanicked,
 }

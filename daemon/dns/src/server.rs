@@ -58,14 +58,6 @@ impl DnsServer {
         let udp_addr = udp.local_addr()?;
         let tcp_addr = tcp.local_addr()?;
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
-        let (udp, tcp) = {
-            let _context = runtime.enter();
-            (UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?)
-        };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let serve = Serve {
             table: table.clone(),
@@ -73,19 +65,52 @@ impl DnsServer {
             max_connections: spec.tcp_max_connections,
             idle: spec.tcp_idle_timeout,
         };
+        // The runtime is built, used and dropped on the server thread only, so `start` and
+        // `stop` work from any thread, including one inside another tokio runtime.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         let thread = std::thread::Builder::new()
             .name("connectopus-dns".into())
             .spawn(move || {
+                let prepared = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                    .and_then(|runtime| {
+                        let _context = runtime.enter();
+                        let udp = UdpSocket::from_std(udp)?;
+                        let tcp = TcpListener::from_std(tcp)?;
+                        Ok((runtime, udp, tcp))
+                    });
+                let (runtime, udp, tcp) = match prepared {
+                    Ok(prepared) => prepared,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
                 runtime.block_on(async move {
                     tokio::select! {
                         () = serve.udp(udp) => {}
                         () = serve.tcp(tcp) => {}
-                        // Fires on stop() and also if the DnsServer is leaked/dropped oddly.
+                        // Fires on stop(), and on drop of the sender.
                         _ = stopped => {}
                     }
                 });
                 // Dropping the runtime here cancels the per-connection tasks.
             })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                return Err(error.into());
+            }
+            Err(_) => {
+                // The thread ended without reporting: it panicked while preparing.
+                let _ = thread.join();
+                return Err(Error::ThreadPanicked);
+            }
+        }
         Ok(Self {
             table,
             counters,
@@ -130,7 +155,8 @@ impl DnsServer {
         self.counters.snapshot()
     }
 
-    /// Stops the server, closes its sockets and joins its thread.
+    /// Stops the server, closes its sockets and joins its thread. This blocks only for
+    /// as long as the server thread takes to notice (it is never busy for long).
     ///
     /// Returns [`Error::ThreadPanicked`] if the server thread had panicked.
     pub fn stop(mut self) -> Result<()> {

@@ -516,3 +516,18 @@ fn invalid_zone_configs_are_rejected() {
     config.domain = "bad domain".into();
     assert!(DnsServer::start(udp, tcp, config).is_err());
 }
+
+#[test]
+fn start_and_stop_from_inside_another_runtime() {
+    // The node may call these from async code; the crate's own runtime lives on its own
+    // thread, so neither nests runtimes nor drops one in an async context.
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    outer.block_on(async {
+        let (server, port) = start();
+        let d = dig(port, &["bar.connectopus.test", "AAAA"]);
+        assert_eq!(d.data("AAAA"), ["fd00::2"]);
+        server.stop().unwrap();
+    });
+}
