@@ -77,6 +77,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod answer;
 mod config;
 mod error;
