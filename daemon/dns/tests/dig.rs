@@ -7,6 +7,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use connectopus_dns::{DnsServer, ZoneConfig};
@@ -31,6 +32,14 @@ fn sockets() -> (UdpSocket, TcpListener) {
         }
     }
     panic!("no port free for both UDP and TCP on [::1]");
+}
+
+/// The flood test saturates both cores; it runs alone (write lock) while the others share
+/// (read lock), so their timing assertions and dig timeouts are not starved.
+static HEAVY: RwLock<()> = RwLock::new(());
+
+fn light() -> RwLockReadGuard<'static, ()> {
+    HEAVY.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn start_with(zone: ZoneConfig) -> (DnsServer, u16) {
@@ -86,7 +95,7 @@ impl Dig {
 
 fn dig(port: u16, args: &[&str]) -> Dig {
     let output = match Command::new("dig")
-        .args(["-p", &port.to_string(), "@::1", "+time=2", "+tries=1"])
+        .args(["-p", &port.to_string(), "@::1", "+time=2", "+tries=3"])
         .args(args)
         .output()
     {
@@ -135,6 +144,7 @@ fn dig(port: u16, args: &[&str]) -> Dig {
 
 #[test]
 fn aaaa_over_udp_and_tcp_is_authoritative_and_case_insensitive() {
+    let _shared = light();
     let (_server, port) = start();
     for transport in ["+notcp", "+tcp"] {
         for name in ["bar.connectopus.test", "BaR.CoNNecTopus.TEST"] {
@@ -156,6 +166,7 @@ fn aaaa_over_udp_and_tcp_is_authoritative_and_case_insensitive() {
 
 #[test]
 fn reverse_lookup_gives_the_mesh_name() {
+    let _shared = light();
     let (_server, port) = start();
     for transport in ["+notcp", "+tcp"] {
         let d = dig(port, &[transport, "-x", "fd00::2"]);
@@ -173,6 +184,7 @@ fn reverse_lookup_gives_the_mesh_name() {
 
 #[test]
 fn nxdomain_nodata_and_refused() {
+    let _shared = light();
     let (_server, port) = start();
     let d = dig(port, &["nope.connectopus.test", "AAAA"]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
@@ -205,6 +217,7 @@ fn nxdomain_nodata_and_refused() {
 
 #[test]
 fn soa_ns_serial_and_live_updates() {
+    let _shared = light();
     let (server, port) = start();
     let d = dig(port, &["connectopus.test", "SOA"]);
     assert_eq!(d.status, "NOERROR");
@@ -302,6 +315,7 @@ fn raw_query() -> Vec<u8> {
 
 #[test]
 fn garbage_does_not_hurt() {
+    let _shared = light();
     let (server, port) = start();
     let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
@@ -322,14 +336,19 @@ fn garbage_does_not_hurt() {
     sock.send_to(&rng.bytes(65000), addr).unwrap();
 
     // A truncated question gets FORMERR with its id.
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // (Retried like a real client: the burst above can overflow the server's socket
+    // buffer, and the kernel then drops this datagram too.)
     let quiet = UdpSocket::bind("[::1]:0").unwrap();
     quiet
-        .set_read_timeout(Some(Duration::from_secs(2)))
+        .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    quiet.send_to(&query[..20], addr).unwrap();
     let mut buf = [0u8; 512];
-    let (n, _) = quiet.recv_from(&mut buf).unwrap();
+    let n = (0..10)
+        .find_map(|_| {
+            quiet.send_to(&query[..20], addr).unwrap();
+            quiet.recv_from(&mut buf).ok().map(|(n, _)| n)
+        })
+        .expect("an answer to the truncated question");
     assert_eq!(n, 12);
     assert_eq!(&buf[..2], &[0x42, 0x42]);
     assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
@@ -396,6 +415,7 @@ fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn tcp_connections_are_capped_and_idle_ones_time_out() {
+    let _shared = light();
     let mut config = zone();
     config.tcp_idle_timeout = Duration::from_secs(2);
     let (server, port) = start_with(config);
@@ -454,6 +474,7 @@ fn rss_kib() -> u64 {
 
 #[test]
 fn udp_flood_does_not_grow_memory() {
+    let _alone = HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let (server, port) = start();
     let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
     let query = raw_query();
@@ -465,7 +486,7 @@ fn udp_flood_does_not_grow_memory() {
     );
     let before = rss_kib();
     let deadline = Instant::now() + Duration::from_secs(3);
-    let senders: Vec<_> = (0..4)
+    let senders: Vec<_> = (0..2)
         .map(|_| {
             let query = query.clone();
             std::thread::spawn(move || {
@@ -480,8 +501,11 @@ fn udp_flood_does_not_grow_memory() {
             })
         })
         .collect();
+    // TCP is served during the flood: the UDP loop yields to other tasks.
+    let d = dig(port, &["+tcp", "bar.connectopus.test", "AAAA"]);
+    assert_eq!(d.data("AAAA"), ["fd00::2"], "{}", d.raw);
     let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
-    // Right after the flood (the socket buffer may still hold some), it answers.
+    // Right after the flood (the socket buffer may still hold some), UDP answers too.
     let d = dig(port, &["bar.connectopus.test", "AAAA"]);
     assert_eq!(d.data("AAAA"), ["fd00::2"], "{}", d.raw);
     let grown = rss_kib().saturating_sub(before);
@@ -496,6 +520,7 @@ fn udp_flood_does_not_grow_memory() {
 
 #[test]
 fn stop_releases_the_sockets() {
+    let _shared = light();
     let (server, port) = start();
     assert_eq!(
         dig(port, &["bar.connectopus.test", "AAAA"]).data("AAAA"),
@@ -503,14 +528,24 @@ fn stop_releases_the_sockets() {
     );
     let mut open = TcpStream::connect(("::1", port)).unwrap();
     server.stop().unwrap();
-    // The port is free again for both protocols, and open connections are closed.
-    UdpSocket::bind(("::1", port)).unwrap();
-    TcpListener::bind(("::1", port)).unwrap();
+    // The port is free again for both protocols, and open connections are closed. (Other
+    // tests spawn dig concurrently; a child between fork and exec briefly holds copies of
+    // every descriptor, so allow a moment.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let rebind = || UdpSocket::bind(("::1", port)).and_then(|_| TcpListener::bind(("::1", port)));
+    while let Err(error) = rebind() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still in use: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(closed_by_server(&mut open, Duration::from_secs(1)));
 }
 
 #[test]
 fn invalid_zone_configs_are_rejected() {
+    let _shared = light();
     let (udp, tcp) = sockets();
     let mut config = zone();
     config.domain = "bad domain".into();
@@ -519,6 +554,7 @@ fn invalid_zone_configs_are_rejected() {
 
 #[test]
 fn start_and_stop_from_inside_another_runtime() {
+    let _shared = light();
     // The node may call these from async code; the crate's own runtime lives on its own
     // thread, so neither nests runtimes nor drops one in an async context.
     let outer = tokio::runtime::Builder::new_current_thread()
