@@ -29,8 +29,8 @@ pub struct ZoneConfig {
     /// TTL of every record, and the SOA minimum (the negative-caching TTL). Default 10 s:
     /// names come and go with the routing protocol, so caches must not hold them long.
     pub ttl: u32,
-    /// Most TCP connections served at once; further connections are accepted and closed
-    /// at once. Default 64.
+    /// Most TCP connections served at once (at least 1); further connections are
+    /// accepted and closed at once. Default 64.
     pub tcp_max_connections: usize,
     /// A TCP connection that takes longer than this to deliver its next query (or to take
     /// its answer) is closed. Default 10 s.

@@ -59,7 +59,7 @@
 //!   and the TCP accept loop with its connection limit and timeouts.
 //! - `error.rs`: [`Error`] and [`NameError`].
 //! - `tests/dig.rs`: end-to-end tests with `dig` against a server on `[::1]`.
-//! - `examples/qps.rs`: UDP throughput measurement.
+//! - `examples/qps.rs`: UDP throughput measurement, and a serve-only mode for `dnsperf`.
 //!
 //! # Example
 //!
