@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ssh_encoding::base64::{Base64UrlUnpadded, Encoding};
+use ssh_encoding::base64::{Base64, Base64UrlUnpadded, Encoding};
 use ssh_encoding::{Decode, Encode, LineEnding};
 use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg, PrivateKey, PublicKey, SshSig};
@@ -225,10 +225,26 @@ fn decode_text(text: &str) -> Result<Vec<u8>, SignatureError> {
         if !text.contains(PEM_END) {
             return Err(SignatureError::Truncated(format!("no `{PEM_END}` line")));
         }
-        return match ssh_encoding::pem::decode_vec(text.as_bytes()) {
-            Ok((_, blob)) => Ok(blob),
-            Err(e) => Err(SignatureError::Malformed(format!("bad armor: {e}"))),
-        };
+        // De-armor by hand: any line width (ssh-keygen wraps at 70, other tools at 64 or 76).
+        let mut lines = text.lines().map(str::trim);
+        lines.next();
+        let mut body = String::new();
+        for line in lines.by_ref() {
+            if line == PEM_END {
+                break;
+            }
+            body.push_str(line);
+        }
+        if lines.any(|l| !l.is_empty()) {
+            return Err(SignatureError::Malformed(format!("text after `{PEM_END}`")));
+        }
+        return Base64::decode_vec(&body).map_err(|_| {
+            undecodable(
+                &body,
+                |t| Base64::decode_vec(t).ok(),
+                "base64 inside the armor",
+            )
+        });
     }
     if let Some(c) = text
         .chars()
@@ -238,13 +254,25 @@ fn decode_text(text: &str) -> Result<Vec<u8>, SignatureError> {
             "neither `{PEM_BEGIN}` armor nor base64url text (found {c:?})"
         )));
     }
-    Base64UrlUnpadded::decode_vec(text).map_err(|_| {
-        if text.len() % 4 == 1 {
-            SignatureError::Truncated("base64url text has an impossible length".into())
-        } else {
-            SignatureError::Malformed("invalid base64url".into())
+    Base64UrlUnpadded::decode_vec(text)
+        .map_err(|_| undecodable(text, |t| Base64UrlUnpadded::decode_vec(t).ok(), "base64url"))
+}
+
+/// Classifies base64 text that does not decode: when a whole-quantum prefix of it decodes
+/// into the start of an SSHSIG blob that ends early, the text was cut off; otherwise it is
+/// malformed.
+fn undecodable(text: &str, decode: impl Fn(&str) -> Option<Vec<u8>>, what: &str) -> SignatureError {
+    // The last quantum may hold padding or non-canonical bits where the text was cut.
+    let whole = text.len() - text.len() % 4;
+    for cut in [whole, whole.saturating_sub(4)] {
+        if let Some(blob) = text.get(..cut).and_then(&decode)
+            && blob.starts_with(b"SSHSIG")
+            && let Err(e @ SignatureError::Truncated(_)) = check_blob(&blob)
+        {
+            return e;
         }
-    })
+    }
+    SignatureError::Malformed(format!("invalid {what}"))
 }
 
 /// Checks the SSHSIG header fields (PROTOCOL.sshsig §2) before the full decode, so that the
@@ -509,9 +537,25 @@ impl ConfigSigner {
             reason,
         };
         let sig = match &self.source {
-            KeySource::File(key) => key
-                .sign(NAMESPACE, HashAlg::Sha512, bytes)
-                .map_err(|e| failed(e.to_string()))?,
+            KeySource::File(key) => match key.key_data().rsa() {
+                // ssh-key 0.6.7 builds its RSA private key from (p, p) instead of (p, q), so
+                // its RSA signing always fails; sign RSA through the `rsa` crate directly.
+                Some(rsa_key) => {
+                    let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, bytes)
+                        .map_err(|e| failed(e.to_string()))?;
+                    let signature = rsa_sha2_512(rsa_key, &data).map_err(failed)?;
+                    SshSig::new(
+                        self.public.key_data().clone(),
+                        NAMESPACE,
+                        HashAlg::Sha512,
+                        signature,
+                    )
+                    .map_err(|e| failed(e.to_string()))?
+                }
+                None => key
+                    .sign(NAMESPACE, HashAlg::Sha512, bytes)
+                    .map_err(|e| failed(e.to_string()))?,
+            },
             KeySource::Agent(agent) => {
                 let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, bytes)
                     .map_err(|e| failed(e.to_string()))?;
@@ -546,6 +590,41 @@ impl ConfigSigner {
             .map_err(|e| failed(format!("the new signature does not verify: {e}")))?;
         Ok(ConfigSignature { sig })
     }
+}
+
+/// Signs `data` with an RSA key as `rsa-sha2-512` (PKCS#1 v1.5 over SHA-512), with blinding.
+fn rsa_sha2_512(
+    key: &ssh_key::private::RsaKeypair,
+    data: &[u8],
+) -> Result<ssh_key::Signature, String> {
+    use rsa::signature::{RandomizedSigner, SignatureEncoding};
+    use rsa::traits::PublicKeyParts;
+    let int = |m: &ssh_key::Mpint| {
+        m.as_positive_bytes()
+            .map(rsa::BigUint::from_bytes_be)
+            .ok_or_else(|| "RSA key component is not a positive integer".to_owned())
+    };
+    let private = rsa::RsaPrivateKey::from_components(
+        int(&key.public.n)?,
+        int(&key.public.e)?,
+        int(&key.private.d)?,
+        vec![int(&key.private.p)?, int(&key.private.q)?],
+    )
+    .map_err(|e| format!("invalid RSA key: {e}"))?;
+    if private.size() * 8 < 2048 {
+        return Err("RSA keys shorter than 2048 bits are not accepted".to_owned());
+    }
+    let signer = rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha512>::new(private);
+    let signature = signer
+        .try_sign_with_rng(&mut ssh_key::rand_core::OsRng, data)
+        .map_err(|e| format!("RSA signing failed: {e}"))?;
+    ssh_key::Signature::new(
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        signature.to_vec(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// `type SHA256:fingerprint comment`, for messages and candidate lists.
