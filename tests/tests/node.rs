@@ -330,6 +330,7 @@ fn wrong_psk_and_untrusted_certificates_never_connect() {
             lines.push(line);
         }
         std::fs::write(mesh.config_path(), lines.join("\n") + "\n")?;
+        mesh.sign()?;
         mesh.start_all()?;
         std::thread::sleep(Duration::from_secs(6));
         for node in ["foo", "bar"] {

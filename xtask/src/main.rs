@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nftables",
     "python3",
+    "openssh-client",
+    "dnsperf",
 ];
 
 fn main() -> ExitCode {

@@ -80,6 +80,16 @@ pub struct StatusReport {
     pub sequence: u64,
     /// Seconds since the node started.
     pub uptime_secs: f64,
+    /// Version of the configuration the node runs.
+    pub config_version: u64,
+    /// Why the node does not forward, if the running configuration no longer contains it.
+    pub removed: Option<String>,
+    /// Names the mesh resolves, with the node that published each.
+    pub names: Vec<NameReport>,
+    /// Names or addresses claimed by more than one node (the lowest address wins).
+    pub name_conflicts: Vec<String>,
+    /// The built-in DNS server: where it listens, or why it does not.
+    pub dns: String,
     /// TUN device name.
     pub tun: String,
     /// Packet I/O backend (`io_uring` or `syscall`).
@@ -129,6 +139,17 @@ pub struct LinkReport {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+}
+
+/// One name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameReport {
+    /// The name (without the mesh domain).
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// The node that published it.
+    pub owner: String,
 }
 
 /// One forwarding-table entry.

@@ -77,6 +77,33 @@ enum Commands {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommands {
+    /// Prints a running node's configuration (its exact signed bytes).
+    Get {
+        /// The node to ask.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to ask, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Writes the configuration to this file and its signature to FILE.sig.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Submits a signed configuration to a running node, which checks it against the
+    /// configuration it runs, applies it and spreads it through the mesh.
+    Set {
+        /// The node to give it to.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to use, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The signed configuration file.
+        file: PathBuf,
+        /// Its signature [default: FILE.sig].
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
     /// Validates a configuration file offline; exits non-zero on any error.
     Check {
         /// The file to check.
@@ -125,10 +152,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprint!("{diagnostic}");
                 return Ok(ExitCode::FAILURE);
             }
+            let signature = match verify_own(&config, &bytes, &mesh) {
+                Ok(signature) => signature,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             let control_socket =
                 control_socket.unwrap_or_else(|| control::default_socket_path(&id));
             daemon::run(daemon::NodeOptions {
                 config: mesh,
+                signature,
                 config_path: config.clone(),
                 id,
                 control_socket,
@@ -137,11 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Status { id, socket, json } => {
-            let path = match (socket, id) {
-                (Some(path), _) => path,
-                (None, Some(id)) => control::default_socket_path(&id),
-                (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
-            };
+            let path = socket_path(socket, id)?;
             match control::request(&path, &control::ControlRequest::Status)? {
                 control::ControlReply::Status(report) => {
                     if json {
@@ -152,6 +183,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Commands::Config {
+            command: ConfigCommands::Get { id, socket, output },
+        } => {
+            let path = socket_path(socket, id)?;
+            match control::request(&path, &control::ControlRequest::GetConfig)? {
+                control::ControlReply::Config { config, signature } => {
+                    match output {
+                        Some(file) => {
+                            std::fs::write(&file, &config)
+                                .with_context(|| format!("writing {}", file.display()))?;
+                            let sig = daemon_signature_path(&file);
+                            std::fs::write(&sig, &signature)
+                                .with_context(|| format!("writing {}", sig.display()))?;
+                        }
+                        None => print!("{config}"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Commands::Config {
+            command:
+                ConfigCommands::Set {
+                    id,
+                    socket,
+                    file,
+                    signature,
+                },
+        } => {
+            let path = socket_path(socket, id)?;
+            let config = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let sig_path = signature.unwrap_or_else(|| daemon_signature_path(&file));
+            let signature = std::fs::read_to_string(&sig_path).with_context(|| {
+                format!(
+                    "reading {} (sign the file first: connectopus config sign {})",
+                    sig_path.display(),
+                    file.display()
+                )
+            })?;
+            let request = control::ControlRequest::SetConfig { config, signature };
+            match control::request(&path, &request)? {
+                control::ControlReply::Accepted { version } => {
+                    println!(
+                        "configuration version {version} accepted; it spreads through the mesh"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                control::ControlReply::Error(message) => {
+                    eprintln!("refused: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+                other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
         Commands::Config {
@@ -174,6 +263,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Returns the control socket named by `--socket` or `--id`.
+fn socket_path(socket: Option<PathBuf>, id: Option<String>) -> Result<PathBuf> {
+    match (socket, id) {
+        (Some(path), _) => Ok(path),
+        (None, Some(id)) => Ok(control::default_socket_path(&id)),
+        (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
+    }
+}
+
+/// Returns `<file>.sig`.
+fn daemon_signature_path(file: &std::path::Path) -> PathBuf {
+    let mut sig = file.as_os_str().to_owned();
+    sig.push(".sig");
+    PathBuf::from(sig)
+}
+
+/// Checks the signature of the configuration a node starts from against the configuration's
+/// own `authorized_keys` (trust on first use), and returns the signature bytes.
+fn verify_own(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mesh: &connectopus_config::MeshConfig,
+) -> Result<Vec<u8>> {
+    let sig_path = daemon_signature_path(path);
+    let how = format!(
+        "sign it with an SSH key listed in its global.authorized_keys: \
+         connectopus config sign {} --key ~/.ssh/id_ed25519 \
+         (or ssh-keygen -Y sign -n connectopus -f KEY {})",
+        path.display(),
+        path.display()
+    );
+    let signature = std::fs::read(&sig_path).with_context(|| {
+        format!(
+            "{} has no signature {}; {how}",
+            path.display(),
+            sig_path.display()
+        )
+    })?;
+    let text = std::str::from_utf8(&signature).context("the signature file is not text")?;
+    let signer = connectopus_config::verify(
+        bytes,
+        text,
+        &mesh.global.authorized_keys,
+        &mesh.global.revoked_keys,
+    )
+    .with_context(|| {
+        format!(
+            "configuration signature check failed for {}; {how}",
+            path.display()
+        )
+    })?;
+    tracing::info!(signer = %signer, version = mesh.global.version, "configuration signature verified");
+    Ok(signature)
 }
 
 fn init_logging(filter: &str) -> Result<()> {

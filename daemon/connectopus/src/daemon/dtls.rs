@@ -112,7 +112,10 @@ impl Daemon {
                 _ => None,
             });
             let listener = matches!(
-                self.udp.get(endpoint).and_then(Option::as_ref).map(|e| &e.role),
+                self.udp
+                    .get(endpoint)
+                    .and_then(Option::as_ref)
+                    .map(|e| &e.role),
                 Some(UdpRole::Listener(_))
             );
             let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);

@@ -69,6 +69,8 @@ const TOKEN_KIND_MASK: u64 = 0xff << 56;
 pub struct NodeOptions {
     /// The loaded mesh configuration.
     pub config: MeshConfig,
+    /// Its signature (already verified).
+    pub signature: Vec<u8>,
     /// Where it was loaded from; newer configurations received later are written there
     /// (and their signature to `<path>.sig`).
     pub config_path: PathBuf,
@@ -88,6 +90,7 @@ pub struct NodeOptions {
 pub fn run(options: NodeOptions) -> Result<()> {
     let NodeOptions {
         config,
+        signature,
         config_path,
         id,
         control_socket,
@@ -155,7 +158,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
         to_loop.clone(),
         stop.clone(),
     )?);
-    threads.push(spawn_signal_thread(to_loop.clone())?);
+    let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
+    threads.push(signal_thread);
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let epoch = started_wall
@@ -208,6 +212,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ranges: Vec::new(),
         stopping: None,
     };
+    let version = daemon.config.global.version;
+    let source = daemon.config.source().clone();
+    daemon
+        .node
+        .set_config(Time::ZERO, version, &source, &signature);
     for (name, backend) in &backend_configs {
         daemon.start_backend(name, backend)?;
     }
@@ -221,6 +230,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     threads.append(&mut daemon.threads);
     let restart = daemon.restart;
     drop(daemon);
+    signals.close();
     let _ = std::fs::remove_file(&control_socket);
     for thread in threads {
         let _ = thread.join();
@@ -304,11 +314,16 @@ fn backend_mtu(backend: &BackendConfig) -> u16 {
         .unwrap_or(default)
 }
 
-fn spawn_signal_thread(to_loop: LoopSender) -> Result<JoinHandle<()>> {
+/// Turns SIGINT and SIGTERM into a shutdown and SIGHUP into a reload; the returned handle
+/// ends the thread when closed.
+fn spawn_signal_thread(
+    to_loop: LoopSender,
+) -> Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
-    std::thread::Builder::new()
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
@@ -319,12 +334,13 @@ fn spawn_signal_thread(to_loop: LoopSender) -> Result<JoinHandle<()>> {
                     tracing::info!(signal, "shutting down");
                     LoopMessage::Shutdown
                 };
-                if !to_loop.send(message) || signal != SIGHUP {
+                if !to_loop.send(message) {
                     return;
                 }
             }
         })
-        .context("spawning signal thread")
+        .context("spawning signal thread")?;
+    Ok((handle, thread))
 }
 
 /// One link as the loop sees it: its transport and who made it.

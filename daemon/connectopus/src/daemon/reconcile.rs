@@ -80,11 +80,10 @@ impl Daemon {
             }
             BackendConfig::TcpDialer(d) => {
                 let tls = if d.tls {
-                    let server_name =
-                        d.server_name.clone().unwrap_or_else(|| match &d.peer.host {
-                            connectopus_config::PeerHost::Ip(ip) => ip.to_string(),
-                            connectopus_config::PeerHost::Name(n) => n.clone(),
-                        });
+                    let server_name = d.server_name.clone().unwrap_or_else(|| match &d.peer.host {
+                        connectopus_config::PeerHost::Ip(ip) => ip.to_string(),
+                        connectopus_config::PeerHost::Name(n) => n.clone(),
+                    });
                     Some(
                         tls::client_config(&tls::DialerTls {
                             server_name,
@@ -314,9 +313,7 @@ impl Daemon {
         signature: &[u8],
         source: ConfigSource,
     ) -> Result<u64> {
-        let file_name = self.config_path.display().to_string();
-        let new = connectopus_config::load(&file_name, bytes)
-            .map_err(|d| anyhow::anyhow!("the configuration does not load:\n{d}"))?;
+        // Authenticate before parsing: only configurations from an authorized key are read.
         let signature_text = std::str::from_utf8(signature).context("the signature is not text")?;
         let signer = connectopus_config::verify(
             bytes,
@@ -325,6 +322,9 @@ impl Daemon {
             &self.config.global.revoked_keys,
         )
         .context("configuration signature check failed")?;
+        let file_name = self.config_path.display().to_string();
+        let new = connectopus_config::load(&file_name, bytes)
+            .map_err(|d| anyhow::anyhow!("the configuration does not load:\n{d}"))?;
         connectopus_config::check_version(self.config.global.version, new.global.version)?;
         persist(&self.config_path, bytes, signature)?;
         tracing::info!(
@@ -347,10 +347,7 @@ impl Daemon {
                 self.begin_shutdown();
             }
             ApplyOutcome::Removed => {
-                let reason = format!(
-                    "node {} is not in configuration version {version}",
-                    self.id
-                );
+                let reason = format!("node {} is not in configuration version {version}", self.id);
                 tracing::error!(%reason, "stopping forwarding");
                 let names: Vec<String> = self.backends.keys().cloned().collect();
                 for name in names {
@@ -371,8 +368,8 @@ impl Daemon {
     /// Answers `config get`: the running configuration's exact bytes and signature.
     pub(super) fn get_config(&self) -> ControlReply {
         let config = String::from_utf8_lossy(self.config.source()).into_owned();
-        let signature = std::fs::read_to_string(signature_path(&self.config_path))
-            .unwrap_or_default();
+        let signature =
+            std::fs::read_to_string(signature_path(&self.config_path)).unwrap_or_default();
         ControlReply::Config { config, signature }
     }
 

@@ -134,6 +134,29 @@ impl Daemon {
             epoch: self.node.epoch(),
             sequence: self.node.sequence(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
+            config_version: self.node.config_version(),
+            removed: self.removed.clone(),
+            names: self
+                .node
+                .names()
+                .iter()
+                .map(|(name, entry)| control::NameReport {
+                    name: name.clone(),
+                    address: entry.address.to_string(),
+                    owner: entry.owner.to_string(),
+                })
+                .collect(),
+            name_conflicts: self
+                .node
+                .name_conflicts()
+                .iter()
+                .map(|c| {
+                    let claimants: Vec<String> =
+                        c.claimants.iter().map(ToString::to_string).collect();
+                    format!("{} claimed by {}", c.contested, claimants.join(", "))
+                })
+                .collect(),
+            dns: "not running".to_owned(),
             tun: if self.tuns.is_empty() {
                 "disabled".to_owned()
             } else {
