@@ -285,9 +285,15 @@ fn splice(text: &str, start: usize, end: usize, with: &str) -> String {
     out
 }
 
-/// Writes `s` as a YAML scalar: plain when that is unambiguous (in block and flow context
-/// alike), double-quoted otherwise.
-pub(crate) fn quote(s: &str, _flow: bool) -> String {
+/// Writes `s` as a YAML string scalar: plain when that is unambiguous in block and flow
+/// context alike (letters, digits, ` +/=@._-`, starting with a letter or digit), double-quoted
+/// otherwise. Plain text that YAML reads as a number or boolean stays plain, so callers that
+/// need a string there must quote it themselves.
+pub fn yaml_scalar(s: &str) -> String {
+    quote(s, false)
+}
+
+fn quote(s: &str, _flow: bool) -> String {
     let plain_ok = s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || " +/=@._-".contains(c))
