@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nftables",
     "python3",
+    // ssh-keygen and ssh-agent for the config-signing tests.
+    "openssh-client",
 ];
 
 fn main() -> ExitCode {

@@ -28,8 +28,13 @@ pub const DEFAULT_DATA_ROOT: &str = "/var/lib/connectopus";
 /// The name of the config file inside a node's data directory.
 pub const DATADIR_CONFIG: &str = "config.yml";
 
-/// How to sign, shown in every "not signed" message.
-const HOW_TO_SIGN: &str = "connectopus config sign <file> --key ~/.ssh/id_ed25519";
+/// How to sign `file`, shown in every "not signed" message.
+fn how_to_sign(file: &Path) -> String {
+    format!(
+        "run: connectopus config sign {} --key ~/.ssh/id_ed25519",
+        file.display()
+    )
+}
 
 /// Which key signs: a private key file, or a key held by ssh-agent.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -133,7 +138,7 @@ pub enum SignedConfigError {
         diagnostics: Diagnostics,
     },
     /// There is no signature file.
-    #[error("{} is not signed ({} does not exist)\n  run: {HOW_TO_SIGN}", config.display(), signature.display())]
+    #[error("{} is not signed ({} does not exist)\n  {}", config.display(), signature.display(), how_to_sign(config))]
     Unsigned {
         /// The config file.
         config: PathBuf,
@@ -150,7 +155,7 @@ pub enum SignedConfigError {
         source: std::io::Error,
     },
     /// The signature does not verify against the config's own keys.
-    #[error("{}: refusing the config: {error}\n  run: {HOW_TO_SIGN}", config.display())]
+    #[error("{}: refusing the config: {error}\n  {}", config.display(), how_to_sign(config))]
     Refused {
         /// The config file.
         config: PathBuf,
@@ -229,10 +234,10 @@ pub fn config_verify(args: &VerifyArgs) -> Result<ExitCode> {
     match verify_config(args)? {
         Outcome::Done(Ok(report)) => {
             println!(
-                "{}: good signature by {} ({}), version {}",
+                "{}: good {} signature by {}; version {}",
                 args.file.display(),
-                report.signer,
                 report.algorithm,
+                report.signer,
                 report.version
             );
             Ok(ExitCode::SUCCESS)
@@ -395,8 +400,9 @@ pub(crate) fn verify_config(args: &VerifyArgs) -> Result<Outcome<Result<VerifyRe
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Outcome::Done(Err(format!(
-                "not signed: {} does not exist\n  run: {HOW_TO_SIGN}",
-                sig_path.display()
+                "not signed: {} does not exist\n  {}",
+                sig_path.display(),
+                how_to_sign(&args.file)
             ))));
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),

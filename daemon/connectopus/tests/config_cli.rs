@@ -362,8 +362,10 @@ fn verify_and_load_signed_refuse_with_the_reason_and_how_to_sign() {
     let err = load_signed(&mesh, &sig).unwrap_err();
     assert!(matches!(err, SignedConfigError::Unsigned { .. }));
     assert!(
-        err.to_string()
-            .contains("run: connectopus config sign <file> --key ~/.ssh/id_ed25519"),
+        err.to_string().contains(&format!(
+            "run: connectopus config sign {} --key ~/.ssh/id_ed25519",
+            mesh.display()
+        )),
         "{err}"
     );
 
