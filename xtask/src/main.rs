@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nftables",
     "python3",
+    // ssh-keygen and ssh-agent for the config-signing tests.
     "openssh-client",
     "dnsperf",
 ];

@@ -285,9 +285,15 @@ fn splice(text: &str, start: usize, end: usize, with: &str) -> String {
     out
 }
 
-/// Writes `s` as a YAML scalar: plain when that is unambiguous (in block and flow context
-/// alike), double-quoted otherwise.
-pub(crate) fn quote(s: &str, _flow: bool) -> String {
+/// Writes `s` as a YAML string scalar: plain when that is unambiguous in block and flow
+/// context alike (letters, digits, ` +/=@._-`, starting with a letter or digit), double-quoted
+/// otherwise. Plain text that YAML reads as a number or boolean stays plain, so callers that
+/// need a string there must quote it themselves.
+pub fn yaml_scalar(s: &str) -> String {
+    quote(s, false)
+}
+
+fn quote(s: &str, _flow: bool) -> String {
     let plain_ok = s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || " +/=@._-".contains(c))
@@ -457,12 +463,20 @@ nodes:
     }
 
     #[test]
-    fn a_quoted_version_is_replaced_by_a_number() {
-        let src = "global:\n  domain: x.test\n  subnet: fd00::/16\n  version: \"7\" # q\nnodes:\n  a:\n    address: fd00::1\n";
-        if crate::load("m", src.as_bytes()).is_ok() {
-            let out = String::from_utf8(set_version("m", src.as_bytes(), 8).unwrap()).unwrap();
-            assert_eq!(out, src.replace("\"7\" # q", "8 # q"));
-        }
+    fn a_tagged_version_keeps_its_tag_and_comment() {
+        // `!!int 7` is an integer with an explicit tag; only the digits change.
+        let src = "global:\n  domain: x.test\n  subnet: fd00::/16\n  version: !!int 7 # t\nnodes:\n  a:\n    address: fd00::1\n";
+        assert_eq!(crate::load("m", src.as_bytes()).unwrap().global.version, 7);
+        let out = String::from_utf8(set_version("m", src.as_bytes(), 8).unwrap()).unwrap();
+        assert_eq!(out, src.replace("!!int 7 # t", "!!int 8 # t"));
+        // The loader reads a quoted "7" as 7 too; the whole scalar, quotes included, becomes 8.
+        let quoted = src.replace("!!int 7", "\"7\"");
+        assert_eq!(
+            crate::load("m", quoted.as_bytes()).unwrap().global.version,
+            7
+        );
+        let out = String::from_utf8(set_version("m", quoted.as_bytes(), 8).unwrap()).unwrap();
+        assert_eq!(out, src.replace("!!int 7 # t", "8 # t"));
     }
 
     #[test]
