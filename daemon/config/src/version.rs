@@ -211,7 +211,7 @@ fn global_entry(text: &str) -> Result<(crate::span::Pos, SNode), EditError> {
     let (key, value) = tree
         .entry("global")
         .ok_or_else(|| unsupported("the file has no `global` mapping"))?;
-    if !matches!(value.kind, Kind::Map(_)) || !key.pos.is_known() || !value.pos.is_known() {
+    if !matches!(value.kind, Kind::Map(..)) || !key.pos.is_known() || !value.pos.is_known() {
         return Err(unsupported("`global` is not a mapping"));
     }
     Ok((key.pos, value.clone()))

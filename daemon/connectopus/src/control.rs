@@ -249,7 +249,7 @@ fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
             if !to_loop.send(LoopMessage::Control { request, reply: tx }) {
                 ControlReply::Error("node is shutting down".into())
             } else {
-                rx.recv_timeout(Duration::from_secs(5))
+                rx.recv_timeout(Duration::from_secs(60))
                     .unwrap_or_else(|_| ControlReply::Error("node did not answer".into()))
             }
         }
@@ -272,7 +272,7 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     (&stream).write_all(&line)?;

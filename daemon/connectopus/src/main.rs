@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod backends;
+mod config_cli;
 mod control;
 mod daemon;
 mod dtls_link;
@@ -68,6 +69,8 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Creates a node's data directory holding a signed config.
+    Init(config_cli::InitArgs),
     /// Works with mesh configuration files.
     Config {
         #[command(subcommand)]
@@ -77,6 +80,10 @@ enum Commands {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommands {
+    /// Bumps global.version and signs the file with an SSH key (writes FILE.sig).
+    Sign(config_cli::SignArgs),
+    /// Verifies FILE.sig against the file's own authorized_keys; exits 1 if it does not verify.
+    Verify(config_cli::VerifyArgs),
     /// Prints a running node's configuration (its exact signed bytes).
     Get {
         /// The node to ask.
@@ -135,13 +142,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log_level,
         } => {
             init_logging(&log_level)?;
-            let bytes =
-                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
-            let file_name = config.display().to_string();
-            let mesh = match connectopus_config::load(&file_name, &bytes) {
+            let sig_path = config_cli::signature_path(&config);
+            let mesh = match config_cli::load_signed(&config, &sig_path) {
                 Ok(mesh) => mesh,
-                Err(diagnostics) => {
-                    eprint!("{diagnostics}");
+                Err(error) => {
+                    eprintln!("error: {error}");
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -152,19 +157,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprint!("{diagnostic}");
                 return Ok(ExitCode::FAILURE);
             }
-            let signature = match verify_own(&config, &bytes, &mesh) {
-                Ok(signature) => signature,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
+            let signature = std::fs::read(&sig_path)
+                .with_context(|| format!("reading {}", sig_path.display()))?;
             let control_socket =
                 control_socket.unwrap_or_else(|| control::default_socket_path(&id));
             daemon::run(daemon::NodeOptions {
                 config: mesh,
                 signature,
-                config_path: config.clone(),
+                config_path: config,
                 id,
                 control_socket,
                 ebpf_object,
@@ -186,6 +186,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
+        Commands::Init(args) => config_cli::init(&args),
+        Commands::Config {
+            command: ConfigCommands::Sign(args),
+        } => config_cli::config_sign(&args),
+        Commands::Config {
+            command: ConfigCommands::Verify(args),
+        } => config_cli::config_verify(&args),
         Commands::Config {
             command: ConfigCommands::Get { id, socket, output },
         } => {
@@ -196,7 +203,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         Some(file) => {
                             std::fs::write(&file, &config)
                                 .with_context(|| format!("writing {}", file.display()))?;
-                            let sig = daemon_signature_path(&file);
+                            let sig = config_cli::signature_path(&file);
                             std::fs::write(&sig, &signature)
                                 .with_context(|| format!("writing {}", sig.display()))?;
                         }
@@ -220,7 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let path = socket_path(socket, id)?;
             let config = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let sig_path = signature.unwrap_or_else(|| daemon_signature_path(&file));
+            let sig_path = signature.unwrap_or_else(|| config_cli::signature_path(&file));
             let signature = std::fs::read_to_string(&sig_path).with_context(|| {
                 format!(
                     "reading {} (sign the file first: connectopus config sign {})",
@@ -272,52 +279,6 @@ fn socket_path(socket: Option<PathBuf>, id: Option<String>) -> Result<PathBuf> {
         (None, Some(id)) => Ok(control::default_socket_path(&id)),
         (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
     }
-}
-
-/// Returns `<file>.sig`.
-fn daemon_signature_path(file: &std::path::Path) -> PathBuf {
-    let mut sig = file.as_os_str().to_owned();
-    sig.push(".sig");
-    PathBuf::from(sig)
-}
-
-/// Checks the signature of the configuration a node starts from against the configuration's
-/// own `authorized_keys` (trust on first use), and returns the signature bytes.
-fn verify_own(
-    path: &std::path::Path,
-    bytes: &[u8],
-    mesh: &connectopus_config::MeshConfig,
-) -> Result<Vec<u8>> {
-    let sig_path = daemon_signature_path(path);
-    let how = format!(
-        "sign it with an SSH key listed in its global.authorized_keys: \
-         connectopus config sign {} --key ~/.ssh/id_ed25519 \
-         (or ssh-keygen -Y sign -n connectopus -f KEY {})",
-        path.display(),
-        path.display()
-    );
-    let signature = std::fs::read(&sig_path).with_context(|| {
-        format!(
-            "{} has no signature {}; {how}",
-            path.display(),
-            sig_path.display()
-        )
-    })?;
-    let text = std::str::from_utf8(&signature).context("the signature file is not text")?;
-    let signer = connectopus_config::verify(
-        bytes,
-        text,
-        &mesh.global.authorized_keys,
-        &mesh.global.revoked_keys,
-    )
-    .with_context(|| {
-        format!(
-            "configuration signature check failed for {}; {how}",
-            path.display()
-        )
-    })?;
-    tracing::info!(signer = %signer, version = mesh.global.version, "configuration signature verified");
-    Ok(signature)
 }
 
 fn init_logging(filter: &str) -> Result<()> {

@@ -144,13 +144,12 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        if let Some(fd) = self.udp_fd(endpoint) {
-            if let Err(error) = self
+        if let Some(fd) = self.udp_fd(endpoint)
+            && let Err(error) = self
                 .io
                 .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
-            {
-                tracing::error!(%error, "re-arming udp receive failed");
-            }
+        {
+            tracing::error!(%error, "re-arming udp receive failed");
         }
     }
 

@@ -181,10 +181,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.timers.update_interval = timers.update_interval.get();
     core.timers.node_dead_after = timers.node_dead_after.get();
 
-    let backend_configs = node_config.backends.clone();
+    let backend_configs = node_config.backends;
     let subnet = config.global.subnet.to_string();
     let mut daemon = Daemon {
-        id: id.clone(),
+        id,
         config,
         config_path,
         to_loop,

@@ -187,10 +187,10 @@ impl Daemon {
         match running.handle {
             BackendHandle::Thread(stop) => stop.store(true, Ordering::Relaxed),
             BackendHandle::Udp(endpoint) => {
-                if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take) {
-                    if self.io.disarm(Token(TOKEN_UDP_RECV | endpoint as u64)) {
-                        self.retiring_udp.push((endpoint, e));
-                    }
+                if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take)
+                    && self.io.disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
+                {
+                    self.retiring_udp.push((endpoint, e));
                 }
             }
         }
@@ -325,6 +325,15 @@ impl Daemon {
         let file_name = self.config_path.display().to_string();
         let new = connectopus_config::load(&file_name, bytes)
             .map_err(|d| anyhow::anyhow!("the configuration does not load:\n{d}"))?;
+        // The signer must stay authorized in the new config too, or the node could not verify
+        // its own persisted file at the next start: rotating keys takes two configs.
+        connectopus_config::verify(
+            bytes,
+            signature_text,
+            &new.global.authorized_keys,
+            &new.global.revoked_keys,
+        )
+        .context("the new configuration does not authorize the key that signed it")?;
         connectopus_config::check_version(self.config.global.version, new.global.version)?;
         persist(&self.config_path, bytes, signature)?;
         tracing::info!(
@@ -369,14 +378,16 @@ impl Daemon {
     pub(super) fn get_config(&self) -> ControlReply {
         let config = String::from_utf8_lossy(self.config.source()).into_owned();
         let signature =
-            std::fs::read_to_string(signature_path(&self.config_path)).unwrap_or_default();
+            std::fs::read_to_string(crate::config_cli::signature_path(&self.config_path))
+                .unwrap_or_default();
         ControlReply::Config { config, signature }
     }
 
     /// Re-reads the configuration file and its signature (SIGHUP).
     pub(super) fn reload(&mut self) {
         let read = std::fs::read(&self.config_path).and_then(|bytes| {
-            std::fs::read(signature_path(&self.config_path)).map(|sig| (bytes, sig))
+            std::fs::read(crate::config_cli::signature_path(&self.config_path))
+                .map(|sig| (bytes, sig))
         });
         let (bytes, signature) = match read {
             Ok(pair) => pair,
@@ -395,16 +406,9 @@ impl Daemon {
     }
 }
 
-/// Returns `<path>.sig`.
-pub(super) fn signature_path(path: &std::path::Path) -> std::path::PathBuf {
-    let mut sig = path.as_os_str().to_owned();
-    sig.push(".sig");
-    std::path::PathBuf::from(sig)
-}
-
 /// Writes the configuration and its signature next to each other, atomically each.
 fn persist(path: &std::path::Path, bytes: &[u8], signature: &[u8]) -> Result<()> {
-    write_atomically(&signature_path(path), signature)?;
+    write_atomically(&crate::config_cli::signature_path(path), signature)?;
     write_atomically(path, bytes)
 }
 
