@@ -387,3 +387,64 @@ fn an_unsigned_or_tampered_config_is_refused_at_start() {
         Ok(())
     });
 }
+
+#[test]
+fn config_edit_sighup_and_removal_from_the_config() {
+    require_root!();
+    run_test("edit_reload_removal", |dir| {
+        let nodes = ["foo", "bar"];
+        let topo = Topology::line(dir, &nodes)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.start_all()?;
+        mesh.wait_converged(Duration::from_secs(20))?;
+        let binary = workspace_binary("connectopus")?;
+
+        // config edit: the editor appends a comment; the node signs it as version 2.
+        let mut command = Command::new(&binary);
+        command
+            .args(["config", "edit", "--socket"])
+            .arg(mesh.socket("foo"))
+            .arg("--key")
+            .arg(mesh.admin_key())
+            .env("VISUAL", "sed -i '$ a # edited with config edit'");
+        let out = run_ok(command, Duration::from_secs(60))?;
+        ensure!(out.contains("version 2 accepted"), "{out}");
+        wait_all_at(&mesh, &nodes, 2, Duration::from_secs(10))?;
+        let running = std::fs::read_to_string(mesh.node_config_path("bar"))?;
+        ensure!(running.contains("# edited with config edit"), "{running}");
+
+        // SIGHUP: bar re-reads its file, now version 3, and spreads it.
+        let v3 = candidate(&mesh, dir, "v3", 3, mesh.admin_key(), "connectopus", |t| {
+            t + "  # version 3\n"
+        })?;
+        std::fs::copy(&v3, mesh.node_config_path("bar"))?;
+        std::fs::copy(
+            format!("{}.sig", v3.display()),
+            format!("{}.sig", mesh.node_config_path("bar").display()),
+        )?;
+        let pid = mesh.process("bar").context("bar")?.pid();
+        // SAFETY: sending SIGHUP to a child process this test started.
+        let sent = unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        ensure!(sent == 0, "kill -HUP failed");
+        wait_all_at(&mesh, &nodes, 3, Duration::from_secs(10))?;
+
+        // A config without bar: bar stops forwarding and says why; foo loses its route.
+        let v4 = candidate(&mesh, dir, "v4", 4, mesh.admin_key(), "connectopus", |t| {
+            // bar is the last node of the file: cut its entry off.
+            let start = t.find("  bar:\n").unwrap_or(t.len());
+            t[..start].to_owned()
+        })?;
+        let (ok, out) = mesh.config_set("foo", &v4)?;
+        ensure!(ok, "{out}");
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            mesh.status("bar")
+                .is_ok_and(|s| s["removed"].as_str().is_some_and(|r| r.contains("not in")))
+        })
+        .context("bar should say it is not in the configuration")?;
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "bar").is_ok_and(|h| h.is_none())
+        })
+        .context("foo should lose its route to bar")?;
+        Ok(())
+    });
+}

@@ -40,9 +40,14 @@ struct Cli {
 enum Commands {
     /// Runs one node of the mesh described by a config file.
     Node {
-        /// The mesh configuration (YAML).
+        /// The signed mesh configuration (YAML; its signature is FILE.sig). Newer
+        /// configurations the node accepts are written back to it.
+        #[arg(long, conflicts_with = "datadir")]
+        config: Option<PathBuf>,
+        /// The node's data directory made by `connectopus init` (it holds config.yml and
+        /// config.yml.sig) [default: /var/lib/connectopus/<id>, when --config is not given].
         #[arg(long)]
-        config: PathBuf,
+        datadir: Option<PathBuf>,
         /// This node's name in the configuration.
         #[arg(long)]
         id: String,
@@ -96,6 +101,18 @@ enum ConfigCommands {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Opens a running node's configuration in $VISUAL or $EDITOR; when it changed, signs it
+    /// (next version) and submits it like `config set`.
+    Edit {
+        /// The node to edit.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to use, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        key: config_cli::KeyArgs,
+    },
     /// Submits a signed configuration to a running node, which checks it against the
     /// configuration it runs, applies it and spreads it through the mesh.
     Set {
@@ -136,12 +153,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node {
             config,
+            datadir,
             id,
             control_socket,
             ebpf_object,
             log_level,
         } => {
             init_logging(&log_level)?;
+            let config = config.unwrap_or_else(|| {
+                datadir
+                    .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
+                    .join("config.yml")
+            });
             let sig_path = config_cli::signature_path(&config);
             let mesh = match config_cli::load_signed(&config, &sig_path) {
                 Ok(mesh) => mesh,
@@ -216,6 +239,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Commands::Config {
+            command: ConfigCommands::Edit { id, socket, key },
+        } => edit_config(&socket_path(socket, id)?, key),
+        Commands::Config {
             command:
                 ConfigCommands::Set {
                     id,
@@ -270,6 +296,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Runs `config edit`: get, edit, and if changed, sign and set.
+fn edit_config(socket: &std::path::Path, key: config_cli::KeyArgs) -> Result<ExitCode> {
+    let (config, _) = match control::request(socket, &control::ControlRequest::GetConfig)? {
+        control::ControlReply::Config { config, signature } => (config, signature),
+        control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let dir = std::env::temp_dir().join(format!("connectopus-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("mesh.yml");
+    std::fs::write(&file, &config).with_context(|| format!("writing {}", file.display()))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&file)
+        .status()
+        .with_context(|| format!("running {editor}"))?;
+    let result = (|| -> Result<ExitCode> {
+        anyhow::ensure!(status.success(), "{editor} exited with {status}");
+        let edited = std::fs::read_to_string(&file)?;
+        if edited == config {
+            println!("configuration unchanged; not updating");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let signed = config_cli::config_sign(&config_cli::SignArgs {
+            file: file.clone(),
+            key,
+            version: None,
+            force: false,
+        })?;
+        if signed != ExitCode::SUCCESS {
+            return Ok(signed);
+        }
+        let request = control::ControlRequest::SetConfig {
+            config: std::fs::read_to_string(&file)?,
+            signature: std::fs::read_to_string(config_cli::signature_path(&file))?,
+        };
+        match control::request(socket, &request)? {
+            control::ControlReply::Accepted { version } => {
+                println!("configuration version {version} accepted; it spreads through the mesh");
+                Ok(ExitCode::SUCCESS)
+            }
+            control::ControlReply::Error(message) => {
+                eprintln!("refused: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Returns the control socket named by `--socket` or `--id`.
