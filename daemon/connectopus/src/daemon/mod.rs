@@ -40,6 +40,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod dns;
 mod dtls;
 use dtls::send_raw;
 mod reconcile;
@@ -149,6 +150,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => Ebpf::Off("no tun device".to_owned()),
     };
 
+    let dns = dns::Dns::start(
+        &config,
+        &id,
+        node_config.address,
+        tuns.first().map(TunDevice::name),
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
@@ -199,6 +207,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         started_wall,
         tuns,
         ebpf,
+        dns,
         subnet,
         links: BTreeMap::new(),
         udp: Vec::new(),
@@ -429,6 +438,7 @@ struct Daemon {
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
     tuns: Vec<TunDevice>,
     ebpf: Ebpf,
+    dns: dns::Dns,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
@@ -813,6 +823,9 @@ impl Daemon {
         let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
             log_event(&event);
+            if matches!(event, Event::NamesChanged { .. }) {
+                self.dns.update(&self.node);
+            }
             if let Event::ConfigOffered {
                 link,
                 config,

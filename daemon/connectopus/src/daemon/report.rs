@@ -156,7 +156,7 @@ impl Daemon {
                     format!("{} claimed by {}", c.contested, claimants.join(", "))
                 })
                 .collect(),
-            dns: "not running".to_owned(),
+            dns: self.dns.describe(),
             tun: if self.tuns.is_empty() {
                 "disabled".to_owned()
             } else {
