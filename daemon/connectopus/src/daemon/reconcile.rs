@@ -3,8 +3,10 @@
 //! A new configuration restarts only what changed: a new backend starts, a removed one stops
 //! (closing its links), a backend whose only change is its cost keeps its links and sessions
 //! and gets the new cost, any other change to a backend restarts that backend. A change to
-//! `global` (other than its version) or to this node's own address, TUN or `tun_devs` restarts
-//! the node's mesh instance. A configuration without this node stops it forwarding.
+//! `global` (other than its version) or to any other key of this node (address, identity,
+//! prefixes, TUN devices, DNS) restarts the node's mesh instance. Changes to other nodes'
+//! entries need nothing here: their own nodes apply them. A configuration without this node
+//! stops it forwarding.
 
 use super::*;
 
@@ -206,11 +208,11 @@ impl Daemon {
         };
         let mut old_global = self.config.global.clone();
         old_global.version = new.global.version;
-        if old_global != new.global
-            || old_node.address != new_node.address
-            || old_node.tun != new_node.tun
-            || old_node.tun_devs != new_node.tun_devs
-        {
+        // Everything but the backends (and the version) needs a new mesh instance: global,
+        // the node's address, identity, prefixes, TUN devices, DNS.
+        let mut old_rest = old_node.clone();
+        old_rest.backends = new_node.backends.clone();
+        if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
         let old_backends = old_node.backends.clone();
