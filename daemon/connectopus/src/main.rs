@@ -15,6 +15,7 @@ mod config_cli;
 mod control;
 mod daemon;
 mod dtls_link;
+mod identity;
 mod links;
 mod status;
 mod tun;
@@ -76,6 +77,11 @@ enum Commands {
     },
     /// Creates a node's data directory holding a signed config.
     Init(config_cli::InitArgs),
+    /// Creates or shows a node key.
+    Identity {
+        #[command(subcommand)]
+        command: identity::IdentityCommand,
+    },
     /// Works with mesh configuration files.
     Config {
         #[command(subcommand)]
@@ -210,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Commands::Init(args) => config_cli::init(&args),
+        Commands::Identity { command } => identity::run(command),
         Commands::Config {
             command: ConfigCommands::Sign(args),
         } => config_cli::config_sign(&args),
