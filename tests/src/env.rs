@@ -15,6 +15,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("dig", "dnsutils"),
     ("nft", "nftables"),
     ("sh", "dash"),
+    ("ssh-keygen", "openssh-client"),
+    ("ssh-agent", "openssh-client"),
+    ("python3", "python3"),
 ];
 
 /// Whether this process runs with effective user id 0.

@@ -113,16 +113,11 @@ pub fn target_dir() -> anyhow::Result<std::path::PathBuf> {
         }
         dir = d.parent();
     }
-    // Not under `deps`: a binary of the workspace, in `target/<profile>/` itself.
-    if let Some(parent) = exe.parent()
-        && parent.join(".fingerprint").is_dir()
-    {
-        return Ok(parent.to_path_buf());
-    }
-    anyhow::bail!(
-        "cannot find the target directory from {} (set CONNECTOPUS_BIN_DIR)",
-        exe.display()
-    )
+    // Not under `deps`: a binary of the workspace (the demo, the release-built benchmark
+    // harness) runs from `target/<profile>/` itself.
+    exe.parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("cannot find the target directory from {}", exe.display()))
 }
 
 /// The path of a workspace binary such as `connectopus` in [`target_dir`], failing with a

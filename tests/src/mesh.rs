@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::process::{ChildGuard, run_with_timeout};
+use crate::process::{ChildGuard, run_ok, run_with_timeout};
 use crate::tools::{CertPair, Pki, San};
 use crate::topology::Topology;
 use crate::wait::wait_until;
@@ -75,8 +75,10 @@ impl MeshLink {
 pub struct Mesh<'t> {
     topo: &'t Topology,
     config: PathBuf,
+    admin_key: PathBuf,
     nodes: Vec<String>,
     processes: BTreeMap<String, ChildGuard>,
+    env: Vec<(String, String)>,
     log_level: String,
 }
 
@@ -92,6 +94,19 @@ impl<'t> Mesh<'t> {
     /// # Errors
     /// The certificates or files cannot be made.
     pub fn configure(topo: &'t Topology, links: &[MeshLink]) -> Result<Self> {
+        Self::configure_with(topo, links, &[])
+    }
+
+    /// Like [`Mesh::configure`], with extra YAML lines for some nodes (indented as keys of the
+    /// node, e.g. `"    tun_devs:\n      host: {device: cxh, address: fd00:cafe::1:2}\n"`).
+    ///
+    /// # Errors
+    /// The certificates or files cannot be made.
+    pub fn configure_with(
+        topo: &'t Topology,
+        links: &[MeshLink],
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = topo.dir();
         let nodes: Vec<String> = topo.nodes().map(str::to_owned).collect();
         let psk = dir.join("link.psk");
@@ -159,24 +174,73 @@ impl<'t> Mesh<'t> {
                 "      d{k}:\n        type: {transport}-dialer\n        peer: \"[{listen_ip}]:{port}\"\n{cost}{mtu}{dialer_extra}"
             );
         }
-        let mut yaml = String::from(
-            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  authorized_keys: []\n  timers: {keepalive_idle: 3s, dead_interval: 7s}\nnodes:\n",
+        let admin_key = dir.join("admin_key");
+        let _ = std::fs::remove_file(&admin_key);
+        run_ok(
+            {
+                let mut c = Command::new(crate::tool("ssh-keygen")?);
+                c.args(["-q", "-t", "ed25519", "-N", "", "-C", "mesh-admin", "-f"])
+                    .arg(&admin_key);
+                c
+            },
+            Duration::from_secs(20),
+        )?;
+        let admin_pub = std::fs::read_to_string(dir.join("admin_key.pub"))?;
+        let mut yaml = format!(
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{}\"\n  timers: {{keepalive_idle: 3s, dead_interval: 7s}}\nnodes:\n",
+            admin_pub.trim()
         );
         for (i, name) in nodes.iter().enumerate() {
             let _ = writeln!(yaml, "  {name}:\n    address: \"{}\"", mesh_address(i));
+            for (node, lines) in extra {
+                if node == name {
+                    yaml.push_str(lines);
+                }
+            }
             if let Some(b) = backends.get(name) {
                 let _ = write!(yaml, "    backends:\n{b}");
             }
         }
         let config = dir.join("mesh.yml");
         std::fs::write(&config, yaml)?;
-        Ok(Self {
+        let mesh = Self {
             topo,
             config,
+            admin_key,
             nodes,
             processes: BTreeMap::new(),
+            env: Vec::new(),
             log_level: "debug".to_owned(),
-        })
+        };
+        mesh.sign()?;
+        Ok(mesh)
+    }
+
+    /// Signs the config file with the mesh's admin key (`ssh-keygen -Y sign -n connectopus`),
+    /// writing `mesh.yml.sig`; call it again after editing the file.
+    ///
+    /// # Errors
+    /// ssh-keygen failed.
+    pub fn sign(&self) -> Result<()> {
+        let sig = PathBuf::from(format!("{}.sig", self.config.display()));
+        let _ = std::fs::remove_file(&sig);
+        let mut command = Command::new(crate::tool("ssh-keygen")?);
+        command
+            .args(["-Y", "sign", "-n", "connectopus", "-f"])
+            .arg(&self.admin_key)
+            .arg(&self.config);
+        run_ok(command, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// Returns the private key (OpenSSH, unencrypted) that signs this mesh's config.
+    pub fn admin_key(&self) -> &PathBuf {
+        &self.admin_key
+    }
+
+    /// Sets an environment variable for nodes started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Sets the `--log-level` of nodes started from now on (default `debug`, which tests
@@ -198,6 +262,44 @@ impl<'t> Mesh<'t> {
             .position(|n| n == node)
             .unwrap_or(usize::MAX);
         mesh_address(i)
+    }
+
+    /// Returns the configuration file `node` runs (its own copy of the mesh config, made at
+    /// its first start).
+    pub fn node_config_path(&self, node: &str) -> PathBuf {
+        self.topo.dir().join(format!("{node}.yml"))
+    }
+
+    /// Returns the version of the configuration `node` runs (`status --json`).
+    ///
+    /// # Errors
+    /// The node does not answer.
+    pub fn config_version(&self, node: &str) -> Result<u64> {
+        let status = self.status(node)?;
+        status["config_version"]
+            .as_u64()
+            .context("status has no config_version")
+    }
+
+    /// Runs `connectopus config set` against `node` with `file` (signed as `file.sig`) and
+    /// returns whether the node accepted it, with its output.
+    ///
+    /// # Errors
+    /// The command could not run.
+    pub fn config_set(&self, node: &str, file: &std::path::Path) -> Result<(bool, String)> {
+        let binary = workspace_binary("connectopus")?;
+        let mut command = Command::new(binary);
+        command
+            .args(["config", "set", "--socket"])
+            .arg(self.socket(node))
+            .arg(file);
+        let output = run_with_timeout(command, Duration::from_secs(60))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.success(), text))
     }
 
     /// Returns the control socket path of `node`.
@@ -224,9 +326,19 @@ impl<'t> Mesh<'t> {
         self.processes.remove(node);
         let binary = workspace_binary("connectopus")?;
         let socket = self.socket(node);
-        let config = self.config.display().to_string();
+        // Each node keeps its own copy: it writes newer configurations it accepts there.
+        let own = self.node_config_path(node);
+        if !own.exists() {
+            std::fs::copy(&self.config, &own)?;
+            std::fs::copy(
+                format!("{}.sig", self.config.display()),
+                format!("{}.sig", own.display()),
+            )?;
+        }
+        let config = own.display().to_string();
         let socket_arg = socket.display().to_string();
-        let child = self.topo.ns(node).spawn(
+        let ns = self.topo.ns(node);
+        let mut command = ns.command(
             &binary.display().to_string(),
             &[
                 "node",
@@ -240,6 +352,10 @@ impl<'t> Mesh<'t> {
                 self.log_level.as_str(),
             ],
         )?;
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let child = ns.spawn_with(command, node, crate::StdinMode::Null)?;
         self.processes.insert(node.to_owned(), child);
         Ok(())
     }

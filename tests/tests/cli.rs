@@ -68,7 +68,44 @@ fn non_ipv6_address_is_refused() {
 
 #[test]
 fn unknown_id_names_the_known_nodes() {
-    assert_refused(GOOD, "qux", "5:1", "qux");
+    // A correctly signed config, so that the only fault is the --id.
+    let dir = TestDir::new("cli_unknown_id").unwrap();
+    let key = dir.join("admin");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "admin", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let public = std::fs::read_to_string(dir.join("admin.pub")).unwrap();
+    let yaml = GOOD.replace(
+        "  authorized_keys: []\n",
+        &format!("  authorized_keys:\n    - \"{}\"\n", public.trim()),
+    );
+    let path = dir.join("mesh.yml");
+    std::fs::write(&path, &yaml).unwrap();
+    let status = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "connectopus", "-f"])
+        .arg(&key)
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(workspace_binary("connectopus").unwrap())
+        .args(["node", "--config"])
+        .arg(&path)
+        .args(["--id", "qux", "--control-socket"])
+        .arg(dir.join("x.sock"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{stderr}");
+    assert!(
+        stderr.contains("mesh.yml:6:1"),
+        "expected mesh.yml:6:1 in:\n{stderr}"
+    );
+    assert!(stderr.contains("qux") && stderr.contains("foo"), "{stderr}");
 }
 
 #[test]

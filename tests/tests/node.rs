@@ -330,6 +330,7 @@ fn wrong_psk_and_untrusted_certificates_never_connect() {
             lines.push(line);
         }
         std::fs::write(mesh.config_path(), lines.join("\n") + "\n")?;
+        mesh.sign()?;
         mesh.start_all()?;
         std::thread::sleep(Duration::from_secs(6));
         for node in ["foo", "bar"] {
@@ -421,6 +422,73 @@ fn status_json_reports_links_routes_nodes_and_drops() {
             status["counters"]["icmp_errors_sent"].as_u64() > Some(0),
             "{status}"
         );
+        // With the eBPF object built (`cargo xtask build-ebpf`, which CI runs first), tc
+        // counters on the TUN device count what the ping sent.
+        let ebpf = status["ebpf"].as_str().unwrap_or_default().to_owned();
+        if ebpf.starts_with("not loaded") {
+            eprintln!("status_json: eBPF counters not checked: {ebpf}");
+            ensure!(
+                std::env::var_os("CI").is_none(),
+                "CI builds the eBPF object, so the node must load it: {ebpf}"
+            );
+        } else {
+            let out_packets: u64 = ebpf
+                .split("out ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .context("parsing the egress counter")?;
+            ensure!(out_packets >= 1, "egress counter did not move: {ebpf}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn tun_devs_and_the_syscall_fallback_dataplane_work() {
+    require_root!();
+    run_test("tun_devs_and_fallback", |dir| {
+        require_tools(&["ping"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let host: Ipv6Addr = "fd00:cafe::1:2".parse()?;
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::Tcp),
+            ],
+            &[(
+                "foo",
+                "    tun_devs:\n      foo-host: {device: cxh-foo, address: \"fd00:cafe::1:2\", cost: 1}\n",
+            )],
+        )?;
+        mesh.set_env("CONNECTOPUS_DISABLE_URING", "1");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let status = mesh.status("bar")?;
+        ensure!(status["dataplane"] == "syscall", "{}", status["dataplane"]);
+        ensure!(
+            status["dataplane_fallback_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("CONNECTOPUS_DISABLE_URING")),
+            "the fallback should say why: {}",
+            status["dataplane_fallback_reason"]
+        );
+        // The extra host address on foo's second device is routed across the mesh.
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            mesh.status("baz").is_ok_and(|s| {
+                s["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["prefix"] == "fd00:cafe::1:2/128" && r["next_hop"] == "bar")
+            })
+        })
+        .context("baz should learn foo's tun_devs address")?;
+        let ping = ping6(topo.ns("baz"), host, 3, 56, &[])?;
+        ensure!(ping.all_received(), "baz -> foo's host address: {ping:?}");
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(links.contains("cxh-foo"), "{links}");
         Ok(())
     });
 }

@@ -2,15 +2,18 @@
 //!
 //! - `test`: installs what the tests need (as root, on Debian), then runs formatting, lints
 //!   and every test. This is the command CI runs (`.ci/run`).
-//! - `demo`: builds and runs the demo.
+//! - `demo`: builds the node and runs a three-node mesh in network namespaces (`--once` to
+//!   exit after showing it).
+//! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
 //! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
 //!   which `test` runs last when root.
-
-mod bench;
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
+mod ebpf;
 
 /// Debian packages the tests and the demo use.
 const PACKAGES: &[&str] = &[
@@ -24,6 +27,9 @@ const PACKAGES: &[&str] = &[
     "dnsutils",
     "nftables",
     "python3",
+    // ssh-keygen and ssh-agent for the config-signing tests.
+    "openssh-client",
+    "dnsperf",
 ];
 
 fn main() -> ExitCode {
@@ -32,9 +38,10 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("install-deps") => install_packages(),
+        Some("build-ebpf") => ebpf::build_ebpf(),
         Some("bench") => bench::bench(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, bench"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, bench"
         )),
     };
     match result {
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
 /// Runs everything CI checks.
 fn test() -> Result<()> {
     install_packages()?;
+    // The node and the fastpath root test load the eBPF object; build it first.
+    ebpf::build_ebpf()?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
     run(
         "cargo",
@@ -75,20 +84,27 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// Runs the demo: a simulated mesh until the node binary lands.
+/// Runs the demo: builds the node in release and starts a three-node mesh in network
+/// namespaces (see `tests/src/bin/demo.rs`); extra arguments (`--once`) go to the demo.
 fn demo() -> Result<()> {
+    install_packages()?;
     run(
         "cargo",
-        &[
-            "run",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus-core",
-            "--example",
-            "mesh_demo",
-        ],
-    )
+        &["build", "--release", "--locked", "-p", "connectopus"],
+    )?;
+    let mut args = vec![
+        "run",
+        "--release",
+        "--locked",
+        "-p",
+        "connectopus-tests",
+        "--bin",
+        "demo",
+        "--",
+    ];
+    let extra: Vec<String> = std::env::args().skip(2).collect();
+    args.extend(extra.iter().map(String::as_str));
+    run("cargo", &args)
 }
 
 /// Installs missing Debian packages when running as root on a Debian-like system; elsewhere

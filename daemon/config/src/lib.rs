@@ -11,6 +11,9 @@
 //! - [`types`]: scalar value types (IPv6 prefixes, durations, peer addresses, SSH keys).
 //! - [`secret`]: PSKs and PEM values, inline or by file, redacted everywhere.
 //! - [`diag`]: diagnostics and their rendering.
+//! - [`signature`]: SSHSIG config signatures (sign with a key file or ssh-agent, verify).
+//! - [`agent`]: a minimal synchronous ssh-agent client.
+//! - [`version`]: the version rule and in-place edits of the signed YAML.
 //! - `span`: the location index of the document (internal).
 //! - `load`: parsing and mapping of parser errors to places (internal).
 //! - `validate`: semantic checks across keys and nodes (internal).
@@ -18,13 +21,16 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod agent;
 pub mod diag;
 mod load;
 pub mod model;
 pub mod secret;
+pub mod signature;
 mod span;
 pub mod types;
 mod validate;
+pub mod version;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,7 +42,11 @@ pub use model::{
     TunDevConfig,
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
+pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};
 pub use types::{ConfigDuration, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};
+pub use version::{
+    EditError, MAX_VERSION_JUMP, VersionError, add_authorized_key, check_version, set_version,
+};
 
 use span::Pos;
 

@@ -19,7 +19,7 @@ pub(crate) fn load(file: &str, bytes: &[u8]) -> Result<MeshConfig, Diagnostics> 
         Ok(tree) => tree,
         Err(e) => return Err(single(parse_error(file, text, None, &e))),
     };
-    if !matches!(tree.kind, Kind::Map(_)) {
+    if !matches!(tree.kind, Kind::Map(..)) {
         return Err(single(
             Diagnostic::error("expected a mapping with the keys `global` and `nodes`").at(
                 file,

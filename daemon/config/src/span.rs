@@ -63,8 +63,17 @@ pub(crate) struct SNode {
 pub(crate) enum Kind {
     Scalar(Scalar),
     Seq(Vec<SNode>),
-    Map(Vec<(SKey, SNode)>),
+    /// Entries in document order, and an index from key to position for large mappings
+    /// (a mesh of tens of thousands of nodes is looked up once per node).
+    Map(Vec<(SKey, SNode)>, MapIndex),
 }
+
+/// Key → position in a mapping's entries; empty for small mappings, searched linearly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct MapIndex(std::collections::HashMap<String, usize>);
+
+/// Mappings with more entries than this get an index.
+const INDEX_FROM: usize = 32;
 
 /// A mapping key with its place.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,14 +86,19 @@ impl SNode {
     /// Returns the entries when this is a mapping.
     pub(crate) fn entries(&self) -> &[(SKey, SNode)] {
         match &self.kind {
-            Kind::Map(entries) => entries,
+            Kind::Map(entries, _) => entries,
             _ => &[],
         }
     }
 
     /// Returns the key and value of `name` in this mapping.
     pub(crate) fn entry(&self, name: &str) -> Option<&(SKey, SNode)> {
-        self.entries().iter().find(|(k, _)| k.name == name)
+        match &self.kind {
+            Kind::Map(entries, MapIndex(index)) if !index.is_empty() => {
+                index.get(name).and_then(|i| entries.get(*i))
+            }
+            _ => self.entries().iter().find(|(k, _)| k.name == name),
+        }
     }
 
     /// Walks `path`; a segment names a mapping key, or a sequence index in decimal.
@@ -98,7 +112,7 @@ impl SNode {
 
     fn child(&self, seg: &str) -> Option<&SNode> {
         match &self.kind {
-            Kind::Map(_) => self.entry(seg).map(|(_, v)| v),
+            Kind::Map(..) => self.entry(seg).map(|(_, v)| v),
             Kind::Seq(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
             Kind::Scalar(_) => None,
         }
@@ -109,7 +123,7 @@ impl SNode {
         let (last, parent) = path.split_last()?;
         let parent = self.find(parent)?;
         match &parent.kind {
-            Kind::Map(_) => parent.entry(last.as_ref()).map(|(k, _)| k.pos),
+            Kind::Map(..) => parent.entry(last.as_ref()).map(|(k, _)| k.pos),
             _ => parent.child(last.as_ref()).map(|n| n.pos),
         }
     }
@@ -117,7 +131,7 @@ impl SNode {
     /// Finds the path of the deepest key or value that starts at `pos` (line, column).
     pub(crate) fn path_at(&self, pos: (u32, u32)) -> Option<Vec<String>> {
         let children: Vec<(String, Option<Pos>, &SNode)> = match &self.kind {
-            Kind::Map(entries) => entries
+            Kind::Map(entries, _) => entries
                 .iter()
                 .map(|(k, v)| (k.name.clone(), Some(k.pos), v))
                 .collect(),
@@ -161,7 +175,7 @@ impl<'de> Deserialize<'de> for SKey {
             Kind::Scalar(Scalar::Float(x)) => x.to_string(),
             Kind::Scalar(Scalar::Bool(b)) => b.to_string(),
             Kind::Scalar(Scalar::Null) => "~".to_owned(),
-            Kind::Seq(_) | Kind::Map(_) => "<complex key>".to_owned(),
+            Kind::Seq(_) | Kind::Map(..) => "<complex key>".to_owned(),
         };
         Ok(SKey {
             name,
@@ -245,7 +259,14 @@ impl<'de> Visitor<'de> for KindVisitor {
             let value = map.next_value::<SNode>()?;
             entries.push((key, value));
         }
-        Ok(Kind::Map(entries))
+        let mut index = MapIndex::default();
+        if entries.len() > INDEX_FROM {
+            for (i, (key, _)) in entries.iter().enumerate() {
+                // The first occurrence wins, as for the linear search.
+                index.0.entry(key.name.clone()).or_insert(i);
+            }
+        }
+        Ok(Kind::Map(entries, index))
     }
 }
 

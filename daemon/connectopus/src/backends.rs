@@ -97,8 +97,10 @@ pub enum LoopMessage {
         /// The answer channel.
         reply: Sender<ControlReply>,
     },
-    /// Stop the node (signal).
+    /// Stop the node (SIGINT, SIGTERM).
     Shutdown,
+    /// Re-read the configuration file (SIGHUP).
+    Reload,
 }
 
 /// Sends messages to the main loop and wakes it.

@@ -32,6 +32,15 @@ pub fn default_socket_path(node: &str) -> PathBuf {
 pub enum ControlRequest {
     /// Report the node's state.
     Status,
+    /// Return the running configuration: its exact signed bytes and signature.
+    GetConfig,
+    /// Take a new signed configuration (verified against the running one, then spread).
+    SetConfig {
+        /// The configuration file's text.
+        config: String,
+        /// The signature file's text.
+        signature: String,
+    },
 }
 
 /// A node's answer.
@@ -40,6 +49,18 @@ pub enum ControlRequest {
 pub enum ControlReply {
     /// The node's state.
     Status(Box<StatusReport>),
+    /// The running configuration.
+    Config {
+        /// The configuration file's text, exactly as signed.
+        config: String,
+        /// The signature file's text.
+        signature: String,
+    },
+    /// A configuration was accepted.
+    Accepted {
+        /// Its version.
+        version: u64,
+    },
     /// The request failed.
     Error(String),
 }
@@ -59,6 +80,16 @@ pub struct StatusReport {
     pub sequence: u64,
     /// Seconds since the node started.
     pub uptime_secs: f64,
+    /// Version of the configuration the node runs.
+    pub config_version: u64,
+    /// Why the node does not forward, if the running configuration no longer contains it.
+    pub removed: Option<String>,
+    /// Names the mesh resolves, with the node that published each.
+    pub names: Vec<NameReport>,
+    /// Names or addresses claimed by more than one node (the lowest address wins).
+    pub name_conflicts: Vec<String>,
+    /// The built-in DNS server: where it listens, or why it does not.
+    pub dns: String,
     /// TUN device name.
     pub tun: String,
     /// Packet I/O backend (`io_uring` or `syscall`).
@@ -108,6 +139,17 @@ pub struct LinkReport {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+}
+
+/// One name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NameReport {
+    /// The name (without the mesh domain).
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// The node that published it.
+    pub owner: String,
 }
 
 /// One forwarding-table entry.
@@ -199,14 +241,15 @@ fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new((&stream).take(64 * 1024)).read_line(&mut line)?;
+    // A request may carry a whole mesh configuration.
+    BufReader::new((&stream).take(256 * 1024 * 1024)).read_line(&mut line)?;
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(request) => {
             let (tx, rx) = mpsc::channel();
             if !to_loop.send(LoopMessage::Control { request, reply: tx }) {
                 ControlReply::Error("node is shutting down".into())
             } else {
-                rx.recv_timeout(Duration::from_secs(5))
+                rx.recv_timeout(Duration::from_secs(60))
                     .unwrap_or_else(|_| ControlReply::Error("node did not answer".into()))
             }
         }
@@ -229,7 +272,7 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     (&stream).write_all(&line)?;

@@ -11,9 +11,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod backends;
+mod config_cli;
 mod control;
 mod daemon;
 mod dtls_link;
+mod identity;
 mod links;
 mod status;
 mod tun;
@@ -39,15 +41,24 @@ struct Cli {
 enum Commands {
     /// Runs one node of the mesh described by a config file.
     Node {
-        /// The mesh configuration (YAML).
+        /// The signed mesh configuration (YAML; its signature is FILE.sig). Newer
+        /// configurations the node accepts are written back to it.
+        #[arg(long, conflicts_with = "datadir")]
+        config: Option<PathBuf>,
+        /// The node's data directory made by `connectopus init` (it holds config.yml and
+        /// config.yml.sig) [default: /var/lib/connectopus/<id>, when --config is not given].
         #[arg(long)]
-        config: PathBuf,
+        datadir: Option<PathBuf>,
         /// This node's name in the configuration.
         #[arg(long)]
         id: String,
         /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
         #[arg(long)]
         control_socket: Option<PathBuf>,
+        /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
+        /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
+        #[arg(long)]
+        ebpf_object: Option<PathBuf>,
         /// Log filter (error, warn, info, debug, trace, or a tracing directive).
         #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
         log_level: String,
@@ -64,6 +75,13 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Creates a node's data directory holding a signed config.
+    Init(config_cli::InitArgs),
+    /// Creates or shows a node key.
+    Identity {
+        #[command(subcommand)]
+        command: identity::IdentityCommand,
+    },
     /// Works with mesh configuration files.
     Config {
         #[command(subcommand)]
@@ -73,6 +91,49 @@ enum Commands {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommands {
+    /// Bumps global.version and signs the file with an SSH key (writes FILE.sig).
+    Sign(config_cli::SignArgs),
+    /// Verifies FILE.sig against the file's own authorized_keys; exits 1 if it does not verify.
+    Verify(config_cli::VerifyArgs),
+    /// Prints a running node's configuration (its exact signed bytes).
+    Get {
+        /// The node to ask.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to ask, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Writes the configuration to this file and its signature to FILE.sig.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Opens a running node's configuration in $VISUAL or $EDITOR; when it changed, signs it
+    /// (next version) and submits it like `config set`.
+    Edit {
+        /// The node to edit.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to use, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        key: config_cli::KeyArgs,
+    },
+    /// Submits a signed configuration to a running node, which checks it against the
+    /// configuration it runs, applies it and spreads it through the mesh.
+    Set {
+        /// The node to give it to.
+        #[arg(long)]
+        id: Option<String>,
+        /// The control socket to use, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The signed configuration file.
+        file: PathBuf,
+        /// Its signature [default: FILE.sig].
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
     /// Validates a configuration file offline; exits non-zero on any error.
     Check {
         /// The file to check.
@@ -98,18 +159,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node {
             config,
+            datadir,
             id,
             control_socket,
+            ebpf_object,
             log_level,
         } => {
             init_logging(&log_level)?;
-            let bytes =
-                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
-            let file_name = config.display().to_string();
-            let mesh = match connectopus_config::load(&file_name, &bytes) {
+            let config = config.unwrap_or_else(|| {
+                datadir
+                    .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
+                    .join("config.yml")
+            });
+            let sig_path = config_cli::signature_path(&config);
+            let mesh = match config_cli::load_signed(&config, &sig_path) {
                 Ok(mesh) => mesh,
-                Err(diagnostics) => {
-                    eprint!("{diagnostics}");
+                Err(error) => {
+                    eprintln!("error: {error}");
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -120,21 +186,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprint!("{diagnostic}");
                 return Ok(ExitCode::FAILURE);
             }
+            let signature = std::fs::read(&sig_path)
+                .with_context(|| format!("reading {}", sig_path.display()))?;
             let control_socket =
                 control_socket.unwrap_or_else(|| control::default_socket_path(&id));
             daemon::run(daemon::NodeOptions {
                 config: mesh,
+                signature,
+                config_path: config,
                 id,
                 control_socket,
+                ebpf_object,
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::Status { id, socket, json } => {
-            let path = match (socket, id) {
-                (Some(path), _) => path,
-                (None, Some(id)) => control::default_socket_path(&id),
-                (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
-            };
+            let path = socket_path(socket, id)?;
             match control::request(&path, &control::ControlRequest::Status)? {
                 control::ControlReply::Status(report) => {
                     if json {
@@ -145,6 +212,75 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Commands::Init(args) => config_cli::init(&args),
+        Commands::Identity { command } => identity::run(command),
+        Commands::Config {
+            command: ConfigCommands::Sign(args),
+        } => config_cli::config_sign(&args),
+        Commands::Config {
+            command: ConfigCommands::Verify(args),
+        } => config_cli::config_verify(&args),
+        Commands::Config {
+            command: ConfigCommands::Get { id, socket, output },
+        } => {
+            let path = socket_path(socket, id)?;
+            match control::request(&path, &control::ControlRequest::GetConfig)? {
+                control::ControlReply::Config { config, signature } => {
+                    match output {
+                        Some(file) => {
+                            std::fs::write(&file, &config)
+                                .with_context(|| format!("writing {}", file.display()))?;
+                            let sig = config_cli::signature_path(&file);
+                            std::fs::write(&sig, &signature)
+                                .with_context(|| format!("writing {}", sig.display()))?;
+                        }
+                        None => print!("{config}"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Commands::Config {
+            command: ConfigCommands::Edit { id, socket, key },
+        } => edit_config(&socket_path(socket, id)?, key),
+        Commands::Config {
+            command:
+                ConfigCommands::Set {
+                    id,
+                    socket,
+                    file,
+                    signature,
+                },
+        } => {
+            let path = socket_path(socket, id)?;
+            let config = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let sig_path = signature.unwrap_or_else(|| config_cli::signature_path(&file));
+            let signature = std::fs::read_to_string(&sig_path).with_context(|| {
+                format!(
+                    "reading {} (sign the file first: connectopus config sign {})",
+                    sig_path.display(),
+                    file.display()
+                )
+            })?;
+            let request = control::ControlRequest::SetConfig { config, signature };
+            match control::request(&path, &request)? {
+                control::ControlReply::Accepted { version } => {
+                    println!(
+                        "configuration version {version} accepted; it spreads through the mesh"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                control::ControlReply::Error(message) => {
+                    eprintln!("refused: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+                other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
         Commands::Config {
@@ -166,6 +302,72 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+/// Runs `config edit`: get, edit, and if changed, sign and set.
+fn edit_config(socket: &std::path::Path, key: config_cli::KeyArgs) -> Result<ExitCode> {
+    let (config, _) = match control::request(socket, &control::ControlRequest::GetConfig)? {
+        control::ControlReply::Config { config, signature } => (config, signature),
+        control::ControlReply::Error(message) => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let dir = std::env::temp_dir().join(format!("connectopus-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("mesh.yml");
+    std::fs::write(&file, &config).with_context(|| format!("writing {}", file.display()))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&file)
+        .status()
+        .with_context(|| format!("running {editor}"))?;
+    let result = (|| -> Result<ExitCode> {
+        anyhow::ensure!(status.success(), "{editor} exited with {status}");
+        let edited = std::fs::read_to_string(&file)?;
+        if edited == config {
+            println!("configuration unchanged; not updating");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let signed = config_cli::config_sign(&config_cli::SignArgs {
+            file: file.clone(),
+            key,
+            version: None,
+            force: false,
+        })?;
+        if signed != ExitCode::SUCCESS {
+            return Ok(signed);
+        }
+        let request = control::ControlRequest::SetConfig {
+            config: std::fs::read_to_string(&file)?,
+            signature: std::fs::read_to_string(config_cli::signature_path(&file))?,
+        };
+        match control::request(socket, &request)? {
+            control::ControlReply::Accepted { version } => {
+                println!("configuration version {version} accepted; it spreads through the mesh");
+                Ok(ExitCode::SUCCESS)
+            }
+            control::ControlReply::Error(message) => {
+                eprintln!("refused: {message}");
+                Ok(ExitCode::FAILURE)
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Returns the control socket named by `--socket` or `--id`.
+fn socket_path(socket: Option<PathBuf>, id: Option<String>) -> Result<PathBuf> {
+    match (socket, id) {
+        (Some(path), _) => Ok(path),
+        (None, Some(id)) => Ok(control::default_socket_path(&id)),
+        (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
     }
 }
 

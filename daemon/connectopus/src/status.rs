@@ -12,6 +12,10 @@ pub fn render(report: &StatusReport) -> String {
         "node {} [{}]  subnet {}  up {:.0}s",
         report.name, report.address, report.subnet, report.uptime_secs
     );
+    let _ = writeln!(out, "config version {}", report.config_version);
+    if let Some(removed) = &report.removed {
+        let _ = writeln!(out, "NOT FORWARDING: {removed}");
+    }
     let _ = writeln!(
         out,
         "dataplane {}{}  tun {}  ebpf {}",
@@ -80,6 +84,13 @@ pub fn render(report: &StatusReport) -> String {
             n.age_secs,
             adj.join(", ")
         );
+    }
+    let _ = writeln!(out, "\nnames (dns {}):", report.dns);
+    for n in &report.names {
+        let _ = writeln!(out, "  {:<20} {:<28} from {}", n.name, n.address, n.owner);
+    }
+    for conflict in &report.name_conflicts {
+        let _ = writeln!(out, "  CONFLICT: {conflict}");
     }
     let drops: Vec<String> = report
         .drops

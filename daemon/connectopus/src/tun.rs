@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 pub struct TunDevice {
     device: tun_rs::SyncDevice,
     name: String,
+    address: Ipv6Addr,
 }
 
 impl std::fmt::Debug for TunDevice {
@@ -39,12 +40,18 @@ impl TunDevice {
         Ok(Self {
             device,
             name: name.to_owned(),
+            address,
         })
     }
 
     /// Returns the device name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Returns the address on the device.
+    pub fn address(&self) -> Ipv6Addr {
+        self.address
     }
 
     /// Returns the file descriptor the dataplane reads and writes.

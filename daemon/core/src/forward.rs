@@ -510,10 +510,15 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // The rate limit and session state are the caller's business.
+        // The rate limit, session state and send queues are the caller's business.
         let expected: BTreeSet<DropReason> = DropReason::ALL
             .into_iter()
-            .filter(|r| !matches!(r, DropReason::IcmpRateLimited | DropReason::LinkDown))
+            .filter(|r| {
+                !matches!(
+                    r,
+                    DropReason::IcmpRateLimited | DropReason::LinkDown | DropReason::LinkCongested
+                )
+            })
             .collect();
         assert_eq!(produced, expected);
     }

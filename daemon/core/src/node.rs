@@ -195,6 +195,26 @@ pub enum Event {
         /// Number of routes now installed.
         n_routes: usize,
     },
+    /// The set of names the mesh resolves changed.
+    NamesChanged {
+        /// Number of names now known.
+        n_names: usize,
+    },
+    /// Two nodes claim the same name or the same attachment address.
+    NameConflict(NameConflict),
+    /// A neighbour offered a configuration newer than the one this node runs. The driver checks
+    /// its signature against the running configuration and, if it accepts it, calls
+    /// [`Node::set_config`].
+    ConfigOffered {
+        /// The link it came on.
+        link: LinkId,
+        /// Its version.
+        version: u64,
+        /// The exact configuration bytes.
+        config: Vec<u8>,
+        /// The signature bytes.
+        signature: Vec<u8>,
+    },
     /// A control datagram arrived for this node.
     ControlDatagram {
         /// Source node address.
@@ -206,6 +226,25 @@ pub enum Event {
         /// Payload.
         payload: Vec<u8>,
     },
+}
+
+/// A name the mesh resolves, and the node that published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEntry {
+    /// The address the name resolves to.
+    pub address: Ipv6Addr,
+    /// The node whose update published the name.
+    pub owner: Ipv6Addr,
+}
+
+/// Two or more nodes claim one name, or one address under different names. Every node resolves
+/// it the same way: the claim of the node with the lowest address wins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NameConflict {
+    /// The contested name, or the contested address as text.
+    pub contested: String,
+    /// The nodes that claim it, lowest address (the winner) first.
+    pub claimants: Vec<Ipv6Addr>,
 }
 
 /// Why a received update was not accepted.
@@ -272,12 +311,18 @@ pub struct Node {
     pruned: BTreeMap<Ipv6Addr, (u64, u64)>,
     own_sequence: u64,
     own_update: Arc<[u8]>,
+    /// The running configuration as a framed offer record, once the driver set one.
+    config_offer: Option<Arc<[u8]>>,
+    /// The configuration version each link was last offered.
+    offered: BTreeMap<LinkId, u64>,
     own_adjacencies: Vec<Adjacency>,
     next_update_at: Time,
     triggered_update_at: Option<Time>,
     spf_at: Option<Time>,
     next_prune_at: Time,
     routes: RouteSet,
+    names: BTreeMap<String, NameEntry>,
+    name_conflicts: Vec<NameConflict>,
     table: Arc<ForwardingTable>,
     icmp_limiter: IcmpRateLimiter,
     counters: NodeCounters,
@@ -299,12 +344,16 @@ impl Node {
             pruned: BTreeMap::new(),
             own_sequence: 0,
             own_update: Arc::from(Vec::new()),
+            config_offer: None,
+            offered: BTreeMap::new(),
             own_adjacencies: Vec::new(),
             next_update_at: now,
             triggered_update_at: None,
             spf_at: None,
             next_prune_at: now + config.timers.prune_interval,
             routes: RouteSet::default(),
+            names: BTreeMap::new(),
+            name_conflicts: Vec::new(),
             table: Arc::new(ForwardingTable::default()),
             icmp_limiter,
             counters: NodeCounters::default(),
@@ -342,6 +391,17 @@ impl Node {
     /// Returns the current forwarding table.
     pub fn forwarding_table(&self) -> &Arc<ForwardingTable> {
         &self.table
+    }
+
+    /// Returns every name the mesh resolves right now: this node's, its attachments', and
+    /// those of every reachable node (a node that becomes unreachable takes its names with it).
+    pub fn names(&self) -> &BTreeMap<String, NameEntry> {
+        &self.names
+    }
+
+    /// Returns the current name conflicts.
+    pub fn name_conflicts(&self) -> &[NameConflict] {
+        &self.name_conflicts
     }
 
     /// Returns the latest route computation.
@@ -467,6 +527,16 @@ impl Node {
         result
     }
 
+    /// Changes the cost of a link in place (a live config change): the session stays up, the
+    /// node advertises the new cost and routes are recomputed.
+    pub fn set_link_cost(&mut self, now: Time, link: LinkId, cost: Cost) {
+        if let Some(session) = self.sessions.get_mut(&link) {
+            session.set_cost(cost);
+            self.trigger_update(now);
+        }
+        self.after_input(now);
+    }
+
     /// Replaces the prefixes and names this node delivers locally; triggers an update.
     pub fn set_attachments(
         &mut self,
@@ -479,6 +549,46 @@ impl Node {
         self.trigger_update(now);
         self.schedule_spf(now);
         self.after_input(now);
+    }
+
+    /// Sets the configuration this node runs (already verified by the driver): its version is
+    /// advertised in every update from now on, and neighbours that advertise an older version
+    /// are offered these bytes on the routing stream.
+    pub fn set_config(&mut self, now: Time, version: u64, config: &[u8], signature: &[u8]) {
+        let offer = connectopus_wire::ConfigOffer {
+            version,
+            config,
+            signature,
+        };
+        match offer.encode() {
+            Ok(body) => {
+                let mut framed = Vec::with_capacity(body.len() + 5);
+                Record {
+                    kind: RecordKind::ConfigOffer,
+                    body,
+                }
+                .encode_into(&mut framed);
+                self.config_offer = Some(Arc::from(framed));
+            }
+            Err(_) => self.config_offer = None,
+        }
+        self.config.config_version = version;
+        self.trigger_update(now);
+        let laggards: Vec<Ipv6Addr> = self
+            .database
+            .values()
+            .filter(|e| e.update.config_version < version)
+            .map(|e| e.update.origin)
+            .collect();
+        for peer in laggards {
+            self.offer_config_to(now, peer);
+        }
+        self.after_input(now);
+    }
+
+    /// Returns the configuration version this node runs.
+    pub fn config_version(&self) -> u64 {
+        self.config.config_version
     }
 
     /// Says goodbye on every session and forgets them; the driver should then close the links.
@@ -642,6 +752,7 @@ impl Node {
         match outcome {
             HelloOutcome::Nothing => {}
             HelloOutcome::PeerRestarted { previous } => {
+                self.offered.remove(&link);
                 self.events.push_back(Event::PeerRestarted {
                     link,
                     peer: previous.address,
@@ -702,7 +813,57 @@ impl Node {
     fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
-            RecordKind::ConfigOffer | RecordKind::Unknown(_) => {}
+            RecordKind::ConfigOffer => self.process_offer(link, &record.body),
+            RecordKind::Unknown(_) => {}
+        }
+    }
+
+    fn process_offer(&mut self, link: LinkId, body: &[u8]) {
+        let Ok(offer) = connectopus_wire::ConfigOffer::parse(body) else {
+            *self
+                .counters
+                .malformed_messages
+                .entry("config_offer")
+                .or_default() += 1;
+            return;
+        };
+        if offer.version <= self.config.config_version {
+            return;
+        }
+        self.events.push_back(Event::ConfigOffered {
+            link,
+            version: offer.version,
+            config: offer.config.to_vec(),
+            signature: offer.signature.to_vec(),
+        });
+    }
+
+    /// Offers the running configuration on every established session to `peer`, once per
+    /// version.
+    fn offer_config_to(&mut self, now: Time, peer: Ipv6Addr) {
+        let Some(offer) = self.config_offer.clone() else {
+            return;
+        };
+        let version = self.config.config_version;
+        let links: Vec<LinkId> = self
+            .sessions
+            .iter()
+            .filter(|(link, s)| {
+                s.is_established()
+                    && s.peer().is_some_and(|p| p.address == peer)
+                    && self.offered.get(link).is_none_or(|v| *v < version)
+            })
+            .map(|(link, _)| *link)
+            .collect();
+        for link in links {
+            self.offered.insert(link, version);
+            let failed = self
+                .sessions
+                .get_mut(&link)
+                .is_some_and(|s| s.send_record(&offer).is_err());
+            if failed {
+                self.close_session(now, link, CloseReason::StreamFailed, true);
+            }
         }
     }
 
@@ -742,6 +903,9 @@ impl Node {
         self.counters.updates_accepted += 1;
         self.pruned.remove(&update.origin);
         let origin = update.origin;
+        if update.config_version < self.config.config_version {
+            self.offer_config_to(now, origin);
+        }
         let raw: Arc<[u8]> = Arc::from(body);
         let previous = self.database.insert(
             origin,
@@ -762,6 +926,8 @@ impl Node {
             Some(old) => {
                 old.update.adjacencies != update.adjacencies
                     || old.update.prefixes != update.prefixes
+                    || old.update.names != update.names
+                    || old.update.name != update.name
             }
         };
         if topology_changed {
@@ -897,6 +1063,7 @@ impl Node {
         let Some(mut session) = self.sessions.remove(&link) else {
             return;
         };
+        self.offered.remove(&link);
         if notify_peer && let Some(goodbye) = reason.goodbye() {
             session.say_goodbye(goodbye);
             let mut out = Vec::new();
@@ -1059,6 +1226,7 @@ impl Node {
         );
         let table = self.build_forwarding_table(&routes);
         self.routes = routes;
+        self.rebuild_names();
         if !same_routes(&table.routes, &self.table.routes) || self.table.node_address.is_none() {
             let n_routes = table.routes.len();
             let table = Arc::new(ForwardingTable {
@@ -1069,6 +1237,81 @@ impl Node {
             self.commands
                 .push_back(Command::InstallForwardingTable(table));
             self.events.push_back(Event::RoutesChanged { n_routes });
+        }
+    }
+
+    /// Rebuilds the name table from this node and every reachable origin, resolving conflicts
+    /// by the lowest claimant address.
+    fn rebuild_names(&mut self) {
+        // (name, address, owner) claims, from this node first.
+        let mut claims: Vec<(String, Ipv6Addr, Ipv6Addr)> = Vec::new();
+        let own = self.config.address;
+        claims.push((self.config.name.clone(), own, own));
+        for binding in &self.config.names {
+            claims.push((binding.name.clone(), binding.address, own));
+        }
+        for entry in self.database.values() {
+            let origin = entry.update.origin;
+            if !self.routes.nodes.contains_key(&origin) {
+                continue;
+            }
+            claims.push((entry.update.name.clone(), origin, origin));
+            for binding in &entry.update.names {
+                claims.push((binding.name.clone(), binding.address, origin));
+            }
+        }
+        let mut by_name: BTreeMap<String, Vec<(Ipv6Addr, Ipv6Addr)>> = BTreeMap::new();
+        let mut by_address: BTreeMap<Ipv6Addr, Vec<(Ipv6Addr, String)>> = BTreeMap::new();
+        for (name, address, owner) in claims {
+            by_address
+                .entry(address)
+                .or_default()
+                .push((owner, name.clone()));
+            by_name.entry(name).or_default().push((owner, address));
+        }
+        let mut names = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for (name, mut owners) in by_name {
+            owners.sort();
+            owners.dedup();
+            let Some(&(owner, address)) = owners.first() else {
+                continue;
+            };
+            let mut claimants: Vec<Ipv6Addr> = owners.iter().map(|(o, _)| *o).collect();
+            claimants.dedup();
+            if claimants.len() > 1 {
+                conflicts.push(NameConflict {
+                    contested: name.clone(),
+                    claimants,
+                });
+            }
+            names.insert(name, NameEntry { address, owner });
+        }
+        for (address, mut owners) in by_address {
+            owners.sort();
+            owners.dedup_by(|a, b| a.0 == b.0);
+            if owners.len() > 1 {
+                conflicts.push(NameConflict {
+                    contested: address.to_string(),
+                    claimants: owners.iter().map(|(o, _)| *o).collect(),
+                });
+                // The address belongs to the lowest claimant: drop other owners' names for it.
+                let winner = owners[0].0;
+                names.retain(|_, e| e.address != address || e.owner == winner);
+            }
+        }
+        for conflict in &conflicts {
+            if !self.name_conflicts.contains(conflict) {
+                tracing::warn!(contested = %conflict.contested, claimants = ?conflict.claimants, "name conflict");
+                self.events.push_back(Event::NameConflict(conflict.clone()));
+            }
+        }
+        self.name_conflicts = conflicts;
+        if names != self.names {
+            self.names = names;
+            self.events.push_back(Event::NamesChanged {
+                n_names: self.names.len(),
+            });
         }
     }
 

@@ -405,3 +405,202 @@ fn a_thousand_node_mesh_converges() {
     let t = assert_converges(&mut sim, 60 * SECOND);
     eprintln!("1000-node mesh converged in {t:?} of virtual time");
 }
+
+fn names_at(sim: &Sim, at: NodeIdx) -> Vec<(String, std::net::Ipv6Addr)> {
+    sim.node(at)
+        .unwrap()
+        .names()
+        .iter()
+        .map(|(n, e)| (n.clone(), e.address))
+        .collect()
+}
+
+#[test]
+fn names_propagate_and_leave_with_their_node() {
+    let mut sim = Sim::new(30);
+    let v = line(&mut sim, 3);
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    let expected: Vec<(String, std::net::Ipv6Addr)> = (0..3)
+        .map(|i| (format!("n{i}"), sim.address(v[i])))
+        .collect();
+    for i in &v {
+        assert_eq!(names_at(&sim, *i), expected);
+    }
+    sim.crash(v[2]);
+    // Unreachable once the session times out (7 s dead interval): the name goes with it,
+    // long before the origin is pruned from the database (60 s).
+    sim.run_for(8 * SECOND);
+    assert_eq!(names_at(&sim, v[0]), expected[..2].to_vec());
+    sim.restart(v[2]);
+    sim.run_for(2 * SECOND);
+    assert_eq!(names_at(&sim, v[0]), expected);
+}
+
+#[test]
+fn attachment_names_are_published_and_withdrawn() {
+    use connectopus_wire::{NameBinding, PrefixAdvert};
+    let mut sim = Sim::new(31);
+    let v = line(&mut sim, 2);
+    assert_converges(&mut sim, 5 * SECOND);
+    let host: std::net::Ipv6Addr = "fd00::1:2".parse().unwrap();
+    sim.with_node(v[0], |node, now| {
+        node.set_attachments(
+            now,
+            vec![PrefixAdvert {
+                prefix: connectopus_wire::Prefix::host(host),
+                cost: connectopus_wire::Cost::DEFAULT,
+            }],
+            vec![NameBinding {
+                name: "foo-tun".into(),
+                address: host,
+            }],
+        );
+    });
+    sim.run_for(SECOND);
+    assert!(names_at(&sim, v[1]).contains(&("foo-tun".to_owned(), host)));
+    sim.with_node(v[0], |node, now| node.set_attachments(now, vec![], vec![]));
+    sim.run_for(SECOND);
+    assert!(!names_at(&sim, v[1]).iter().any(|(n, _)| n == "foo-tun"));
+}
+
+#[test]
+fn a_name_claimed_twice_resolves_to_the_lowest_address_everywhere() {
+    use connectopus_core::node::NodeConfig;
+    let mut sim = Sim::new(32);
+    let a = sim.add_node("twin");
+    let b = sim.add_node("other");
+    let c = sim.add_node_with(NodeConfig::new("fd00::99".parse().unwrap(), "twin", 1, 7));
+    sim.connect(a, b, LinkParams::default());
+    sim.connect(b, c, LinkParams::default());
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    for i in [a, b, c] {
+        let node = sim.node(i).unwrap();
+        assert_eq!(node.names()["twin"].address, sim.address(a), "at {i:?}");
+        assert!(
+            node.name_conflicts().iter().any(|c| c.contested == "twin"),
+            "conflict not reported at {i:?}"
+        );
+    }
+}
+
+/// Plays the driver's part for configuration offers: every node accepts any newer offer.
+fn accept_offers(sim: &mut Sim, nodes: &[NodeIdx]) -> usize {
+    let mut accepted = 0;
+    for &i in nodes {
+        for event in sim.take_events(i) {
+            if let Event::ConfigOffered {
+                version,
+                config,
+                signature,
+                ..
+            } = event
+            {
+                accepted += 1;
+                sim.with_node(i, |node, now| {
+                    if version > node.config_version() {
+                        node.set_config(now, version, &config, &signature);
+                    }
+                });
+            }
+        }
+    }
+    accepted
+}
+
+#[test]
+fn a_new_config_spreads_hop_by_hop_to_every_node() {
+    let mut sim = Sim::new(40);
+    let v = line(&mut sim, 5);
+    assert_converges(&mut sim, 5 * SECOND);
+    let config = b"global: {version: 2}\n".to_vec();
+    sim.with_node(v[0], |node, now| node.set_config(now, 2, &config, b"sig"));
+    for _ in 0..50 {
+        sim.run_for(Duration::from_millis(100));
+        accept_offers(&mut sim, &v);
+    }
+    for i in &v {
+        assert_eq!(sim.node(*i).unwrap().config_version(), 2, "node {i:?}");
+    }
+    // Every node now advertises version 2, so nobody is offered it again.
+    sim.run_for(20 * SECOND);
+    assert_eq!(accept_offers(&mut sim, &v), 0);
+}
+
+#[test]
+fn a_multi_megabyte_config_crosses_a_lossy_link_intact() {
+    let mut sim = Sim::new(41);
+    let v = nodes(&mut sim, 2);
+    sim.connect(
+        v[0],
+        v[1],
+        LinkParams {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            loss: 0.1,
+            ..LinkParams::default()
+        },
+    );
+    assert_converges(&mut sim, 10 * SECOND);
+    let config: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    sim.with_node(v[0], |node, now| {
+        node.set_config(now, 9, &config, b"signature")
+    });
+    let mut got = None;
+    for _ in 0..600 {
+        sim.run_for(Duration::from_millis(100));
+        for event in sim.take_events(v[1]) {
+            if let Event::ConfigOffered {
+                version, config, ..
+            } = event
+            {
+                got = Some((version, config));
+            }
+        }
+        if got.is_some() {
+            break;
+        }
+    }
+    let (version, received) = got.expect("the offer never arrived");
+    assert_eq!(version, 9);
+    assert!(received == config, "the config arrived corrupted");
+}
+
+#[test]
+fn a_cost_change_reroutes_without_touching_sessions() {
+    let mut sim = Sim::new(42);
+    let v = nodes(&mut sim, 3);
+    sim.connect(v[0], v[1], LinkParams::default());
+    sim.connect(v[1], v[2], LinkParams::default());
+    sim.connect(v[0], v[2], LinkParams::default().with_cost(5.0));
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[1], v[2]]);
+    sim.take_events(v[0]);
+    // Make the direct link cheap on both ends: the route moves, no session closes.
+    let direct: Vec<connectopus_core::LinkId> = sim
+        .node(v[0])
+        .unwrap()
+        .sessions()
+        .filter(|s| s.peer().is_some_and(|p| p.address == sim.address(v[2])))
+        .map(|s| s.link())
+        .collect();
+    let back: Vec<connectopus_core::LinkId> = sim
+        .node(v[2])
+        .unwrap()
+        .sessions()
+        .filter(|s| s.peer().is_some_and(|p| p.address == sim.address(v[0])))
+        .map(|s| s.link())
+        .collect();
+    let cheap = connectopus_wire::Cost::from_f64(0.5);
+    sim.with_node(v[0], |node, now| node.set_link_cost(now, direct[0], cheap));
+    sim.with_node(v[2], |node, now| node.set_link_cost(now, back[0], cheap));
+    sim.run_for(SECOND);
+    assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[2]]);
+    let closed = sim
+        .take_events(v[0])
+        .into_iter()
+        .any(|e| matches!(e, Event::SessionClosed { .. }));
+    assert!(!closed);
+}

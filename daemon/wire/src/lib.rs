@@ -11,6 +11,7 @@
 //!   goodbye), demultiplexed by their first byte.
 //! - [`record`]: records carried on the reliable per-link routing stream, and their framing.
 //! - [`lsu`]: the link-state update, its canonical encoding and the signature trailer.
+//! - [`offer`]: a signed mesh configuration offered to a lagging neighbour.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -19,6 +20,7 @@ pub mod addr;
 mod cursor;
 pub mod lsu;
 pub mod message;
+pub mod offer;
 pub mod record;
 
 pub use addr::{Cost, Prefix};
@@ -29,6 +31,7 @@ pub use message::{
     ControlDatagram, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, LinkMessage,
     MessageType, StreamSegment,
 };
+pub use offer::ConfigOffer;
 pub use record::{Record, RecordKind};
 
 /// Version of the link protocol this crate speaks; carried in every hello.

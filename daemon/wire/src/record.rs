@@ -15,8 +15,7 @@ pub const RECORD_HEADER_LEN: usize = 4;
 pub enum RecordKind {
     /// A signed link-state update, flooded verbatim (body: [`crate::SignedUpdate`] bytes).
     LinkStateUpdate,
-    /// A signed mesh configuration offered to a lagging peer (reserved for the signed-config
-    /// work; body format defined there).
+    /// A signed mesh configuration offered to a lagging peer (body: [`crate::ConfigOffer`]).
     ConfigOffer,
     /// A kind this version does not know; the record is skipped.
     Unknown(u8),

@@ -1,0 +1,118 @@
+//! The node's built-in DNS server: started on the node's mesh address, fed the live name
+//! table, and registered with systemd-resolved for the mesh domain when resolved runs.
+
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+
+use connectopus_dns::{DnsServer, ZoneConfig};
+
+use super::*;
+
+/// The DNS server of a node, or why there is none.
+pub(super) enum Dns {
+    Running(Box<DnsServer>),
+    Off(String),
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Dns {
+    /// Starts the server on `[address]:53`, UDP and TCP, for the mesh domain.
+    pub(super) fn start(
+        config: &MeshConfig,
+        name: &str,
+        address: Ipv6Addr,
+        tun: Option<&str>,
+    ) -> Dns {
+        let node = match config.node(name) {
+            Ok(node) => node,
+            Err(_) => return Dns::Off("node not in the configuration".to_owned()),
+        };
+        if node.dns.disable {
+            return Dns::Off("disabled (dns.disable)".to_owned());
+        }
+        let bind = SocketAddr::new(address.into(), 53);
+        // The address was just put on the TUN device; give the kernel a moment if needed.
+        let mut last = None;
+        for _ in 0..20 {
+            match UdpSocket::bind(bind)
+                .and_then(|udp| TcpListener::bind(bind).map(|tcp| (udp, tcp)))
+            {
+                Ok((udp, tcp)) => {
+                    let zone = ZoneConfig::new(
+                        config.global.domain.clone(),
+                        config.global.subnet.network(),
+                        config.global.subnet.prefix_len(),
+                        name.to_owned(),
+                        address,
+                    );
+                    return match DnsServer::start(udp, tcp, zone) {
+                        Ok(server) => {
+                            tracing::info!(%bind, domain = %config.global.domain, "dns server up");
+                            if let Some(tun) = tun {
+                                register_with_resolved(tun, address, &config.global.domain);
+                            }
+                            Dns::Running(Box::new(server))
+                        }
+                        Err(error) => Dns::Off(format!("failed to start: {error}")),
+                    };
+                }
+                Err(error) => {
+                    last = Some(error);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let reason = last.map_or_else(|| "unknown".to_owned(), |e| e.to_string());
+        tracing::warn!(%bind, %reason, "dns server not started");
+        Dns::Off(format!("cannot bind {bind}: {reason}"))
+    }
+
+    /// Replaces the served names with the node's current name table.
+    pub(super) fn update(&self, node: &Node) {
+        if let Dns::Running(server) = self {
+            let outcome = server.update(node.names().iter().map(|(n, e)| (n.as_str(), e.address)));
+            for (name, error) in &outcome.rejected {
+                tracing::debug!(%name, %error, "name not served");
+            }
+        }
+    }
+
+    /// Says where the server listens, or why it does not.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Dns::Running(server) => format!(
+                "udp {} tcp {} serial {}",
+                server.udp_addr(),
+                server.tcp_addr(),
+                server.serial()
+            ),
+            Dns::Off(why) => format!("off: {why}"),
+        }
+    }
+}
+
+/// Tells systemd-resolved, when it runs, to send queries for the mesh domain to this node
+/// over its TUN device. Without resolved, point `/etc/resolv.conf` at the node's address.
+fn register_with_resolved(tun: &str, address: Ipv6Addr, domain: &str) {
+    if !std::path::Path::new("/run/systemd/resolve/io.systemd.Resolve").exists() {
+        tracing::debug!("systemd-resolved is not running; not registering the mesh domain");
+        return;
+    }
+    let dns = std::process::Command::new("resolvectl")
+        .args(["dns", tun, &address.to_string()])
+        .status();
+    let routing_domain = format!("~{domain}");
+    let domain = std::process::Command::new("resolvectl")
+        .args(["domain", tun, &routing_domain])
+        .status();
+    match (dns, domain) {
+        (Ok(a), Ok(b)) if a.success() && b.success() => {
+            tracing::info!(%tun, %routing_domain, "registered the mesh domain with systemd-resolved");
+        }
+        other => tracing::warn!(result = ?other, "registering with systemd-resolved failed"),
+    }
+}

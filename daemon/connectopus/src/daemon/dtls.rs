@@ -1,0 +1,371 @@
+//! DTLS links of the main loop: UDP endpoints, accepting and dialing associations,
+//! opening and sealing records in pooled buffers.
+
+use super::*;
+
+impl Daemon {
+    /// Returns the socket of a live UDP endpoint.
+    pub(super) fn udp_fd(&self, endpoint: usize) -> Option<std::os::fd::RawFd> {
+        self.udp
+            .get(endpoint)
+            .and_then(Option::as_ref)
+            .map(|e| e.socket.as_raw_fd())
+    }
+
+    /// Seals the payload at `buf[offset..offset + len]` into a DTLS record in place and sends
+    /// it; takes ownership of `buf`.
+    pub(super) fn seal_and_send(
+        &mut self,
+        link: LinkId,
+        buf: uring_io::BufId,
+        offset: usize,
+        len: usize,
+    ) {
+        let Some(l) = self.links.get_mut(&link) else {
+            self.io.free(buf);
+            return;
+        };
+        let Transport::Dtls(dtls) = &mut l.transport else {
+            self.io.free(buf);
+            return;
+        };
+        let Some(payload_offset) = dtls.association.payload_offset() else {
+            self.io.free(buf);
+            self.node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let Some(record_start) = offset.checked_sub(payload_offset) else {
+            self.io.free(buf);
+            self.node.count_drop(DropReason::Malformed);
+            return;
+        };
+        let sealed = dtls
+            .association
+            .seal_in_place(&mut self.io.buf_mut(&buf)[record_start..], len);
+        match sealed {
+            Ok(n) => {
+                let endpoint = dtls.endpoint;
+                let destination = l.remote;
+                self.node.note_link_sent(link, len);
+                let Some(fd) = self.udp_fd(endpoint) else {
+                    self.io.free(buf);
+                    return;
+                };
+                self.io.send_to(
+                    fd,
+                    Token(TOKEN_UDP_SEND | endpoint as u64),
+                    uring_io::Transmit {
+                        destination,
+                        buf,
+                        range: record_start..record_start + n,
+                        segment_size: None,
+                    },
+                );
+            }
+            Err(error) => {
+                self.io.free(buf);
+                tracing::debug!(%link, %error, "dtls seal failed");
+                self.node.count_drop(DropReason::LinkDown);
+            }
+        }
+    }
+
+    /// Sends raw datagrams (handshake flights, alerts) that an association produced.
+    pub(super) fn flush_dtls(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let Transport::Dtls(dtls) = &mut l.transport else {
+            return;
+        };
+        let endpoint = dtls.endpoint;
+        let destination = l.remote;
+        while let Some(datagram) = dtls.association.poll_transmit() {
+            send_raw(&mut self.io, &self.udp, endpoint, destination, &datagram);
+        }
+    }
+
+    pub(super) fn on_udp_datagram(&mut self, endpoint: usize, completion: Completion) {
+        let armed = completion.armed;
+        if self.udp.get(endpoint).is_none_or(Option::is_none) {
+            // A retired endpoint: its socket may close once the receive is no longer armed.
+            if let Some(buf) = completion.buf {
+                self.io.free(buf);
+            }
+            if !armed {
+                self.retiring_udp.retain(|(i, _)| *i != endpoint);
+            }
+            return;
+        }
+        let range = completion.data_range();
+        let src = completion.src;
+        let Some(buf) = completion.buf else {
+            if !armed {
+                self.rearm_udp(endpoint);
+            }
+            return;
+        };
+        if let (Some(range), Some(src)) = (range, src) {
+            let src = normalize(src);
+            let known = self.links.iter().find_map(|(id, l)| match &l.transport {
+                Transport::Dtls(d) if d.endpoint == endpoint && l.remote == src => Some(*id),
+                _ => None,
+            });
+            let listener = matches!(
+                self.udp
+                    .get(endpoint)
+                    .and_then(Option::as_ref)
+                    .map(|e| &e.role),
+                Some(UdpRole::Listener(_))
+            );
+            let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);
+            match known {
+                Some(link) if !(listener && hello) => {
+                    self.on_dtls_datagram(link, buf, range);
+                    if !armed {
+                        self.rearm_udp(endpoint);
+                    }
+                    return;
+                }
+                _ if listener => {
+                    let datagram = self.io.buf(&buf)[range].to_vec();
+                    self.accept_dtls(endpoint, src, datagram);
+                }
+                _ => {}
+            }
+        }
+        self.io.free(buf);
+        if !armed {
+            self.rearm_udp(endpoint);
+        }
+    }
+
+    pub(super) fn rearm_udp(&mut self, endpoint: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(fd) = self.udp_fd(endpoint)
+            && let Err(error) = self
+                .io
+                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
+        {
+            tracing::error!(%error, "re-arming udp receive failed");
+        }
+    }
+
+    /// Handles a datagram from an unknown address on a DTLS listener.
+    pub(super) fn accept_dtls(&mut self, endpoint: usize, src: SocketAddr, datagram: Vec<u8>) {
+        let Some(UdpEndpoint {
+            role: UdpRole::Listener(config),
+            backend,
+            cost,
+            mtu,
+            ..
+        }) = self.udp.get(endpoint).and_then(Option::as_ref)
+        else {
+            return;
+        };
+        let half_open = self
+            .links
+            .values()
+            .filter(|l| {
+                matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint) && !l.announced
+            })
+            .count();
+        if half_open >= dtls_link::MAX_HALF_OPEN {
+            return;
+        }
+        let now = self.started.elapsed();
+        match DtlsAssociation::accept(config, src, now, &datagram) {
+            Ok(Accept::HelloVerifyRequest(reply)) => {
+                send_raw(&mut self.io, &self.udp, endpoint, src, &reply);
+            }
+            Ok(Accept::Association(association)) => {
+                let (backend, cost, mtu) = (backend.clone(), *cost, *mtu);
+                // A new handshake from a known address replaces the old association.
+                let old: Vec<LinkId> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| {
+                        matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint)
+                            && l.remote == src
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for link in old {
+                    self.close_link(link, "peer started a new handshake");
+                }
+                let id = self.new_link(Link {
+                    backend,
+                    kind: "dtls listener",
+                    remote: src,
+                    cost,
+                    mtu,
+                    connected_at: Instant::now(),
+                    announced: false,
+                    had_session: false,
+                    ended: None,
+                    transport: Transport::Dtls(DtlsLink {
+                        endpoint,
+                        association,
+                    }),
+                });
+                self.flush_dtls(id);
+            }
+            Ok(Accept::Ignored) => {}
+            Err(error) => tracing::debug!(%src, %error, "dtls accept failed"),
+        }
+    }
+
+    /// Feeds a datagram to a link's association and handles what it opened.
+    pub(super) fn on_dtls_datagram(
+        &mut self,
+        link: LinkId,
+        buf: uring_io::BufId,
+        range: Range<usize>,
+    ) {
+        let now = self.started.elapsed();
+        let Some(Link {
+            transport: Transport::Dtls(dtls),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            self.io.free(buf);
+            return;
+        };
+        let Some(datagram) = self.io.buf_mut(&buf).get_mut(range.clone()) else {
+            self.io.free(buf);
+            return;
+        };
+        let result = dtls.association.handle_datagram(now, datagram);
+        match result {
+            Ok(received) => {
+                // Each opened record is one link message, in place in the datagram buffer.
+                for i in 0..received.len() {
+                    let Some(r) = received.get(i) else {
+                        break;
+                    };
+                    self.scratch.clear();
+                    let r = range.start + r.start..range.start + r.end;
+                    if let Some(bytes) = self.io.buf(&buf).get(r) {
+                        self.scratch.extend_from_slice(bytes);
+                    }
+                    self.handle_link_message_in_scratch(link);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%link, %error, "dtls failed");
+            }
+        }
+        self.io.free(buf);
+        self.after_dtls_io(link);
+    }
+
+    /// Sends what the association produced and follows its state.
+    pub(super) fn after_dtls_io(&mut self, link: LinkId) {
+        self.flush_dtls(link);
+        let closed = match self.links.get(&link).map(|l| &l.transport) {
+            Some(Transport::Dtls(d)) => matches!(d.association.state(), DtlsState::Closed(_)),
+            _ => false,
+        };
+        if closed {
+            self.close_link(link, "dtls closed");
+        } else {
+            self.announce_if_ready(link);
+        }
+    }
+
+    /// Starts DTLS dial attempts that are due.
+    pub(super) fn run_dialers(&mut self) {
+        let now = Instant::now();
+        for endpoint in 0..self.udp.len() {
+            let Some(UdpEndpoint {
+                role: UdpRole::Dialer(dialer),
+                backend,
+                cost,
+                mtu,
+                ..
+            }) = &mut self.udp[endpoint]
+            else {
+                continue;
+            };
+            if dialer.next_attempt.is_none_or(|t| t > now) || self.stopping.is_some() {
+                continue;
+            }
+            dialer.next_attempt = None;
+            let remote = match dtls_link::resolve(&dialer.peer) {
+                Ok(remote) => remote,
+                Err(error) => {
+                    let delay = dialer.backoff.failure();
+                    tracing::debug!(backend = %backend, error = %format!("{error:#}"), retry_in = ?delay, "dial failed");
+                    dialer.next_attempt = Some(now + delay);
+                    continue;
+                }
+            };
+            let association = match DtlsAssociation::client(&dialer.config, self.started.elapsed())
+            {
+                Ok(a) => Box::new(a),
+                Err(error) => {
+                    let delay = dialer.backoff.failure();
+                    tracing::warn!(backend = %backend, %error, "dtls client setup failed");
+                    dialer.next_attempt = Some(now + delay);
+                    continue;
+                }
+            };
+            let link = Link {
+                backend: backend.clone(),
+                kind: "dtls dialer",
+                remote,
+                cost: *cost,
+                mtu: *mtu,
+                connected_at: now,
+                announced: false,
+                had_session: false,
+                ended: None,
+                transport: Transport::Dtls(DtlsLink {
+                    endpoint,
+                    association,
+                }),
+            };
+            let id = self.new_link(link);
+            self.flush_dtls(id);
+        }
+    }
+}
+
+/// Returns the address as the loop keys peers by it.
+pub(super) fn normalize(addr: SocketAddr) -> SocketAddr {
+    addr
+}
+
+/// Copies a datagram into a pool buffer and sends it from a UDP endpoint.
+pub(super) fn send_raw(
+    io: &mut PacketIo,
+    udp: &[Option<UdpEndpoint>],
+    endpoint: usize,
+    destination: SocketAddr,
+    datagram: &[u8],
+) {
+    let Some(e) = udp.get(endpoint).and_then(Option::as_ref) else {
+        return;
+    };
+    let Some(buf) = io.alloc() else {
+        return;
+    };
+    let start = io.pool().headroom();
+    let Some(slot) = io.buf_mut(&buf).get_mut(start..start + datagram.len()) else {
+        io.free(buf);
+        return;
+    };
+    slot.copy_from_slice(datagram);
+    io.send_to(
+        e.socket.as_raw_fd(),
+        Token(TOKEN_UDP_SEND | endpoint as u64),
+        uring_io::Transmit {
+            destination,
+            buf,
+            range: start..start + datagram.len(),
+            segment_size: None,
+        },
+    );
+}

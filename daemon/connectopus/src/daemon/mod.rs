@@ -1,0 +1,950 @@
+//! The node's main loop: one thread that owns the TUN device, every link socket, the packet
+//! buffers and the protocol core, and moves packets between them on io_uring.
+//!
+//! Each turn of the loop submits all queued I/O and waits once (`submit_and_wait`), handles
+//! every completion of the batch, then drains the core's outputs and arms its next timer.
+//! IPv6 packets are routed here with [`forward::decide`] on the current forwarding table,
+//! without allocating or locking; everything else that arrives on a link goes to the core.
+//! Accepting and dialing TCP connections, the control socket and signal handling run on small
+//! helper threads that hand their results to the loop through a channel and wake it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use connectopus_config::{BackendConfig, MeshConfig};
+use connectopus_core::forward::{self, Decision, DropReason, ForwardingTable, Ingress};
+use connectopus_core::node::{Command, Event, Node, NodeConfig};
+use connectopus_core::session::LinkInfo;
+use connectopus_core::{LinkId, Time};
+use connectopus_wire::Cost;
+use connectopus_wire::message::is_ipv6;
+use uring_io::{Completion, OpKind, PacketIo, Token};
+
+use connectopus_dtls::{Accept, DtlsAssociation, State as DtlsState};
+
+use crate::backends::{
+    self, Backoff, LinkEnded, LoopMessage, LoopSender, TcpBackend, TcpConnected,
+};
+use crate::control::{self, ControlReply, ControlRequest, LinkReport, NodeReport, RouteReport};
+use crate::dtls_link::{self, DialerState, UdpEndpoint, UdpRole};
+use crate::links::tcp::TcpCodec;
+use crate::links::tls;
+use crate::tun::TunDevice;
+
+mod dns;
+mod dtls;
+use dtls::send_raw;
+mod reconcile;
+mod report;
+mod tcp;
+
+/// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
+pub const TCP_LINK_MTU: u16 = 1500;
+
+/// Most bytes queued for one TCP link before data packets are dropped.
+const MAX_TCP_BACKLOG: usize = 4 * 1024 * 1024;
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Token kinds, in the top byte of a [`Token`].
+const TOKEN_TUN_RECV: u64 = 1 << 56;
+const TOKEN_TUN_WRITE: u64 = 2 << 56;
+const TOKEN_TCP_READ: u64 = 3 << 56;
+const TOKEN_TCP_WRITE: u64 = 4 << 56;
+const TOKEN_UDP_RECV: u64 = 5 << 56;
+const TOKEN_UDP_SEND: u64 = 6 << 56;
+const TOKEN_KIND_MASK: u64 = 0xff << 56;
+
+/// What `connectopus node` was asked to run.
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// The loaded mesh configuration.
+    pub config: MeshConfig,
+    /// Its signature (already verified).
+    pub signature: Vec<u8>,
+    /// Where it was loaded from; newer configurations received later are written there
+    /// (and their signature to `<path>.sig`).
+    pub config_path: PathBuf,
+    /// This node's name in it.
+    pub id: String,
+    /// Where to serve the control socket.
+    pub control_socket: PathBuf,
+    /// The eBPF object to load (default: found by `connectopus_fastpath::find_object`).
+    pub ebpf_object: Option<PathBuf>,
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Start-up failures (TUN, sockets, bad certificates); a running node logs and survives
+/// per-link errors.
+pub fn run(options: NodeOptions) -> Result<()> {
+    let NodeOptions {
+        config,
+        signature,
+        config_path,
+        id,
+        control_socket,
+        ebpf_object,
+    } = options;
+    let node_config = config
+        .node(&id)
+        .map_err(|d| anyhow::anyhow!("{d}"))?
+        .clone();
+
+    let io = PacketIo::new(uring_io::Config::default()).context("starting packet I/O")?;
+    match io.fallback_reason() {
+        None => tracing::info!(backend = io.backend().as_str(), "dataplane ready"),
+        Some(reason) => tracing::warn!(
+            backend = io.backend().as_str(),
+            reason = %reason,
+            "io_uring unavailable; using the syscall fallback"
+        ),
+    }
+
+    let mtu = node_mtu(&node_config.backends);
+    let mut tuns = Vec::new();
+    match node_config.tun_name(&id) {
+        Some(tun_name) => {
+            let tun = TunDevice::create(
+                &tun_name,
+                node_config.address,
+                config.global.subnet.prefix_len(),
+                mtu,
+            )?;
+            tracing::info!(tun = %tun.name(), address = %node_config.address, %mtu, "tun device up");
+            tuns.push(tun);
+        }
+        None => tracing::info!("tun disabled: this node only forwards"),
+    }
+    // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
+    let mut attachments = Vec::new();
+    let mut attachment_names = Vec::new();
+    for (name, dev) in &node_config.tun_devs {
+        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu)
+            .with_context(|| format!("tun_devs.{name}"))?;
+        tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
+        tuns.push(tun);
+        attachments.push(connectopus_wire::PrefixAdvert {
+            prefix: connectopus_wire::Prefix::host(dev.address),
+            cost: Cost::from_f64(dev.cost),
+        });
+        attachment_names.push(connectopus_wire::NameBinding {
+            name: name.clone(),
+            address: dev.address,
+        });
+    }
+
+    let ebpf = match tuns.first() {
+        Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
+        None => Ebpf::Off("no tun device".to_owned()),
+    };
+
+    let dns = dns::Dns::start(
+        &config,
+        &id,
+        node_config.address,
+        tuns.first().map(TunDevice::name),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let to_loop = LoopSender::new(tx, io.waker());
+    let mut threads = Vec::new();
+    threads.push(control::spawn_server(
+        &control_socket,
+        to_loop.clone(),
+        stop.clone(),
+    )?);
+    let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
+    threads.push(signal_thread);
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let epoch = started_wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(1);
+    let timers = &config.global.timers;
+    let mut core = NodeConfig::new(
+        node_config.address,
+        id.clone(),
+        epoch,
+        epoch ^ u64::from(std::process::id()),
+    );
+    core.config_version = config.global.version;
+    core.prefixes = attachments;
+    core.names = attachment_names;
+    core.timers.session.keepalive_idle = timers.keepalive_idle.get();
+    core.timers.session.dead_interval = timers.dead_interval.get();
+    core.timers.update_interval = timers.update_interval.get();
+    core.timers.node_dead_after = timers.node_dead_after.get();
+
+    let backend_configs = node_config.backends;
+    let subnet = config.global.subnet.to_string();
+    let mut daemon = Daemon {
+        id,
+        config,
+        config_path,
+        to_loop,
+        backends: BTreeMap::new(),
+        threads: Vec::new(),
+        removed: None,
+        restart: false,
+        node: Node::new(core, Time::ZERO),
+        table: Arc::new(ForwardingTable::default()),
+        io,
+        started,
+        started_wall,
+        tuns,
+        ebpf,
+        dns,
+        subnet,
+        links: BTreeMap::new(),
+        udp: Vec::new(),
+        retiring_udp: Vec::new(),
+        closing: Vec::new(),
+        next_link: 1,
+        rx,
+        completions: Vec::with_capacity(uring_io::BATCH_SIZE * 4),
+        scratch: Vec::with_capacity(u16::MAX as usize),
+        scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
+        ranges: Vec::new(),
+        stopping: None,
+    };
+    let version = daemon.config.global.version;
+    let source = daemon.config.source().clone();
+    daemon
+        .node
+        .set_config(Time::ZERO, version, &source, &signature);
+    for (name, backend) in &backend_configs {
+        daemon.start_backend(name, backend)?;
+    }
+    let result = daemon.run();
+    stop.store(true, Ordering::Relaxed);
+    for running in daemon.backends.values() {
+        if let reconcile::BackendHandle::Thread(stop) = &running.handle {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    threads.append(&mut daemon.threads);
+    let restart = daemon.restart;
+    drop(daemon);
+    signals.close();
+    let _ = std::fs::remove_file(&control_socket);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if restart {
+        return restart_process();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// The eBPF programs on the node's TUN device, or why there are none.
+enum Ebpf {
+    Counters(connectopus_fastpath::TunCounters),
+    Off(String),
+}
+
+impl std::fmt::Debug for Ebpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Ebpf {
+    fn describe(&self) -> String {
+        match self {
+            Ebpf::Counters(c) => match c.read() {
+                Ok(snapshot) => format!(
+                    "tc counters on {} ({}): in {} pkts {} B, out {} pkts {} B",
+                    c.ifname(),
+                    c.attach_mode().as_str(),
+                    snapshot.ingress.packets,
+                    snapshot.ingress.bytes,
+                    snapshot.egress.packets,
+                    snapshot.egress.bytes
+                ),
+                Err(error) => format!("tc counters unreadable: {error}"),
+            },
+            Ebpf::Off(why) => format!("not loaded: {why}"),
+        }
+    }
+}
+
+/// Attaches the TUN counters when the eBPF object is available; the node runs without them
+/// otherwise and says why.
+fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
+    let attached = connectopus_fastpath::find_object(object)
+        .and_then(|path| connectopus_fastpath::load_object(&path).map(|bytes| (path, bytes)))
+        .and_then(|(path, bytes)| {
+            connectopus_fastpath::TunCounters::attach(ifname, &bytes).map(|c| (path, c))
+        });
+    match attached {
+        Ok((path, counters)) => {
+            tracing::info!(object = %path.display(), mode = counters.attach_mode().as_str(), "ebpf counters attached");
+            Ebpf::Counters(counters)
+        }
+        Err(error) => {
+            tracing::info!(%error, "running without eBPF");
+            Ebpf::Off(error.to_string())
+        }
+    }
+}
+
+/// Returns the smallest MTU among the node's backends (1500 without any).
+fn node_mtu(backends: &BTreeMap<String, BackendConfig>) -> u16 {
+    backends
+        .values()
+        .map(backend_mtu)
+        .min()
+        .unwrap_or(TCP_LINK_MTU)
+}
+
+fn backend_mtu(backend: &BackendConfig) -> u16 {
+    let default = match backend {
+        BackendConfig::DtlsDialer(_) | BackendConfig::DtlsListener(_) => crate::DTLS_LINK_MTU,
+        BackendConfig::TcpDialer(_) | BackendConfig::TcpListener(_) => TCP_LINK_MTU,
+    };
+    backend
+        .mtu()
+        .and_then(|m| u16::try_from(m).ok())
+        .unwrap_or(default)
+}
+
+/// Turns SIGINT and SIGTERM into a shutdown and SIGHUP into a reload; the returned handle
+/// ends the thread when closed.
+fn spawn_signal_thread(
+    to_loop: LoopSender,
+) -> Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let message = if signal == SIGHUP {
+                    tracing::info!("SIGHUP: re-reading the configuration");
+                    LoopMessage::Reload
+                } else {
+                    tracing::info!(signal, "shutting down");
+                    LoopMessage::Shutdown
+                };
+                if !to_loop.send(message) {
+                    return;
+                }
+            }
+        })
+        .context("spawning signal thread")?;
+    Ok((handle, thread))
+}
+
+/// One link as the loop sees it: its transport and who made it.
+#[derive(Debug)]
+struct Link {
+    backend: String,
+    kind: &'static str,
+    remote: SocketAddr,
+    cost: Cost,
+    mtu: u16,
+    connected_at: Instant,
+    /// The core knows the link (its transport is ready).
+    announced: bool,
+    had_session: bool,
+    ended: Option<Sender<LinkEnded>>,
+    transport: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Tcp(Box<TcpLink>),
+    Dtls(DtlsLink),
+}
+
+#[derive(Debug)]
+struct TcpLink {
+    stream: TcpStream,
+    codec: TcpCodec,
+    /// Bytes for the socket, in order; a write in flight covers a prefix of them.
+    tx: VecDeque<u8>,
+    write_in_flight: bool,
+    read_in_flight: bool,
+}
+
+impl TcpLink {
+    fn idle(&self) -> bool {
+        !self.write_in_flight && !self.read_in_flight
+    }
+}
+
+#[derive(Debug)]
+struct DtlsLink {
+    /// Index of the UDP endpoint in `Daemon::udp`.
+    endpoint: usize,
+    association: Box<DtlsAssociation>,
+}
+
+impl Link {
+    fn is_ready(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(t) => t.codec.is_ready(),
+            Transport::Dtls(d) => matches!(d.association.state(), DtlsState::Established),
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        match &self.transport {
+            Transport::Tcp(t) => t.tx.len(),
+            Transport::Dtls(_) => 0,
+        }
+    }
+}
+
+struct Daemon {
+    /// This node's name.
+    id: String,
+    /// The configuration the node runs.
+    config: MeshConfig,
+    /// Where newer configurations are persisted.
+    config_path: PathBuf,
+    /// For backend threads started later.
+    to_loop: LoopSender,
+    /// The backends, by name.
+    backends: BTreeMap<String, reconcile::RunningBackend>,
+    /// Backend threads (joined at exit).
+    threads: Vec<JoinHandle<()>>,
+    /// Why the node does not forward: the running configuration no longer contains it.
+    removed: Option<String>,
+    /// Set when the node must restart its mesh instance (exec itself) after shutting down.
+    restart: bool,
+    io: PacketIo,
+    node: Node,
+    table: Arc<ForwardingTable>,
+    started: Instant,
+    started_wall: SystemTime,
+    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
+    tuns: Vec<TunDevice>,
+    ebpf: Ebpf,
+    dns: dns::Dns,
+    subnet: String,
+    links: BTreeMap<LinkId, Link>,
+    /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
+    /// retired.
+    udp: Vec<Option<UdpEndpoint>>,
+    /// Retired endpoints whose receive is still armed; dropped when its last completion comes.
+    retiring_udp: Vec<(usize, UdpEndpoint)>,
+    /// Links whose socket waits for in-flight operations before it may close.
+    closing: Vec<(LinkId, Box<TcpLink>)>,
+    next_link: u64,
+    rx: Receiver<LoopMessage>,
+    completions: Vec<Completion>,
+    scratch: Vec<u8>,
+    scratch_out: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+    /// Set once shutdown began: the time by which to exit.
+    stopping: Option<Instant>,
+}
+
+impl Daemon {
+    fn now(&self) -> Time {
+        Time::from_duration(self.started.elapsed())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        for (i, tun) in self.tuns.iter().enumerate() {
+            self.io
+                .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
+                .context("arming TUN receive")?;
+        }
+        for endpoint in 0..self.udp.len() {
+            let Some(fd) = self.udp_fd(endpoint) else {
+                continue;
+            };
+            self.io
+                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
+                .context("arming UDP receive")?;
+        }
+        self.run_dialers();
+        self.drain_node();
+        loop {
+            let timeout = self.next_timeout();
+            let mut completions = std::mem::take(&mut self.completions);
+            completions.clear();
+            let result = self.io.submit_and_wait(&mut completions, Some(timeout));
+            if let Err(error) = result {
+                self.completions = completions;
+                return Err(error).context("waiting for I/O");
+            }
+            for completion in completions.drain(..) {
+                self.handle_completion(completion);
+            }
+            self.completions = completions;
+            self.handle_messages();
+            self.run_timers();
+            self.drain_node();
+            self.reap_closing();
+            if let Some(deadline) = self.stopping {
+                let flushed = self.links.values().all(|l| l.backlog() == 0);
+                if flushed || Instant::now() >= deadline {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let mut timeout = Duration::from_secs(1);
+        if let Some((at, _why)) = self.node.poll_timeout() {
+            timeout = timeout.min(at.saturating_since(self.now()));
+        }
+        let elapsed = self.started.elapsed();
+        for l in self.links.values() {
+            if let Transport::Dtls(d) = &l.transport
+                && let Some(at) = d.association.poll_timeout()
+            {
+                timeout = timeout.min(at.saturating_sub(elapsed));
+            }
+        }
+        let now = Instant::now();
+        for e in self.udp.iter().flatten() {
+            if let UdpRole::Dialer(d) = &e.role
+                && let Some(at) = d.next_attempt
+            {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
+        }
+        if self.stopping.is_some() {
+            timeout = timeout.min(Duration::from_millis(20));
+        }
+        timeout
+    }
+
+    fn handle_completion(&mut self, completion: Completion) {
+        let kind = completion.token.0 & TOKEN_KIND_MASK;
+        let id = LinkId(completion.token.0 & !TOKEN_KIND_MASK);
+        match (completion.kind, kind) {
+            (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(id.0 as usize, completion),
+            (OpKind::Write, TOKEN_TUN_WRITE) => {
+                if let Some(buf) = completion.buf {
+                    self.io.free(buf);
+                }
+            }
+            (OpKind::Read, TOKEN_TCP_READ) => self.on_tcp_read(id, completion),
+            (OpKind::Write, TOKEN_TCP_WRITE) => self.on_tcp_written(id, completion),
+            (OpKind::RecvDatagram, TOKEN_UDP_RECV) => {
+                self.on_udp_datagram(id.0 as usize, completion);
+            }
+            (OpKind::Send, TOKEN_UDP_SEND) => {
+                if let Some(buf) = completion.buf {
+                    self.io.free(buf);
+                }
+            }
+            (OpKind::Wake, _) => {}
+            _ => {
+                if let Some(buf) = completion.buf {
+                    self.io.free(buf);
+                }
+            }
+        }
+    }
+
+    fn on_tun_packet(&mut self, tun: usize, completion: Completion) {
+        let armed = completion.armed;
+        let range = completion.data_range();
+        let Some(buf) = completion.buf else {
+            return;
+        };
+        let mut kept = Some(buf);
+        if let (Some(range), Some(buf)) = (range, kept.as_ref()) {
+            let now = self.now();
+            let decision = {
+                let packet = &mut self.io.buf_mut(buf)[range.clone()];
+                forward::decide(&self.table, packet, Ingress::Tun)
+            };
+            let packet = &self.io.buf(buf)[range.clone()];
+            match decision {
+                Decision::Forward { link } if self.is_dtls(link) => {
+                    // Zero copy: seal the packet into a record where it lies and send it.
+                    if let Some(buf) = kept.take() {
+                        self.seal_and_send(link, buf, range.start, range.len());
+                    }
+                }
+                Decision::Forward { link } => {
+                    // The TCP codec frames into its own byte queue.
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(packet);
+                    let message = std::mem::take(&mut self.scratch);
+                    self.send_packet(link, &message);
+                    self.scratch = message;
+                }
+                Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
+                Decision::Drop(reason) => self.node.count_drop(reason),
+                Decision::Deliver => self.node.count_drop(DropReason::Loop),
+            }
+        }
+        if let Some(buf) = kept {
+            self.io.free(buf);
+        }
+        if !armed
+            && self.stopping.is_none()
+            && let Some(fd) = self.tuns.get(tun).map(TunDevice::fd)
+            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
+        {
+            tracing::error!(%error, "re-arming TUN receive failed");
+        }
+    }
+
+    fn is_dtls(&self, link: LinkId) -> bool {
+        matches!(
+            self.links.get(&link).map(|l| &l.transport),
+            Some(Transport::Dtls(_))
+        )
+    }
+
+    /// Routes one IPv6 packet that arrived on `from` (its session already credited).
+    fn route_link_packet(&mut self, from: LinkId, packet: &mut [u8]) {
+        let now = self.now();
+        if !self.node.note_link_packet(now, from, packet.len()) {
+            return;
+        }
+        match forward::decide(&self.table, packet, Ingress::Link(from)) {
+            Decision::Deliver => self.write_tun(packet),
+            Decision::Forward { link } => self.send_packet(link, packet),
+            Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
+            Decision::Drop(reason) => self.node.count_drop(reason),
+        }
+    }
+
+    /// Writes a packet to the TUN device that holds its destination (the node's own device for
+    /// anything else).
+    fn write_tun(&mut self, packet: &[u8]) {
+        let destination = forward::addresses(packet).map(|(_, dst)| dst);
+        let tun = self
+            .tuns
+            .iter()
+            .find(|t| Some(t.address()) == destination)
+            .or_else(|| self.tuns.first());
+        let Some(fd) = tun.map(TunDevice::fd) else {
+            self.node.count_drop(DropReason::NoRoute);
+            return;
+        };
+        let Some(buf) = self.io.alloc() else {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        let start = self.io.pool().headroom();
+        let end = start + packet.len();
+        match self.io.buf_mut(&buf).get_mut(start..end) {
+            Some(slot) => slot.copy_from_slice(packet),
+            None => {
+                self.io.free(buf);
+                self.node.count_drop(DropReason::Malformed);
+                return;
+            }
+        }
+        self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, start..end);
+    }
+
+    /// Sends one link message (data packet or control message) on `link`.
+    fn send_packet(&mut self, link: LinkId, message: &[u8]) {
+        let Some(l) = self.links.get_mut(&link) else {
+            self.node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let data = is_ipv6(message);
+        if data && l.backlog() > MAX_TCP_BACKLOG {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        }
+        match &mut l.transport {
+            Transport::Tcp(tcp) => {
+                self.scratch_out.clear();
+                if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {
+                    tracing::debug!(%link, %error, "dropping message");
+                    return;
+                }
+                tcp.tx.extend(self.scratch_out.iter());
+                if data {
+                    self.node.note_link_sent(link, message.len());
+                }
+                self.pump_tcp_write(link);
+            }
+            Transport::Dtls(_) => {
+                let Some(buf) = self.io.alloc() else {
+                    self.node.count_drop(DropReason::LinkCongested);
+                    return;
+                };
+                let start = self.io.pool().headroom();
+                let fits = self
+                    .io
+                    .buf_mut(&buf)
+                    .get_mut(start..start + message.len())
+                    .map(|slot| slot.copy_from_slice(message))
+                    .is_some();
+                if !fits {
+                    self.io.free(buf);
+                    self.node.count_drop(DropReason::TooBig);
+                    return;
+                }
+                self.seal_and_send(link, buf, start, message.len());
+            }
+        }
+    }
+
+    /// Routes or hands to the core the link message held in `self.scratch`.
+    fn handle_link_message_in_scratch(&mut self, link: LinkId) {
+        let mut message = std::mem::take(&mut self.scratch);
+        if is_ipv6(&message) {
+            self.route_link_packet(link, &mut message);
+        } else {
+            let now = self.now();
+            self.node.handle_link_message(now, link, &mut message);
+        }
+        self.scratch = message;
+    }
+
+    fn new_link(&mut self, link: Link) -> LinkId {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        tracing::info!(link = %id, backend = %link.backend, remote = %link.remote, kind = link.kind, "link up");
+        self.links.insert(id, link);
+        id
+    }
+
+    /// Tells the core about a link once its transport can carry messages.
+    fn announce_if_ready(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.announced || !l.is_ready() {
+            return;
+        }
+        l.announced = true;
+        let info = LinkInfo {
+            mtu: l.mtu,
+            cost: l.cost,
+            label: format!("{} {} {}", l.backend, l.kind, l.remote),
+        };
+        let now = self.now();
+        self.node.handle_link_up(now, link, info);
+    }
+
+    fn handle_messages(&mut self) {
+        while let Ok(message) = self.rx.try_recv() {
+            match message {
+                LoopMessage::TcpConnected(connected) => self.add_tcp_link(connected),
+                LoopMessage::Control { request, reply } => {
+                    let answer = match request {
+                        ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
+                        ControlRequest::GetConfig => self.get_config(),
+                        ControlRequest::SetConfig { config, signature } => {
+                            match self.accept_config(
+                                config.as_bytes(),
+                                signature.as_bytes(),
+                                reconcile::ConfigSource::Control,
+                            ) {
+                                Ok(version) => ControlReply::Accepted { version },
+                                Err(error) => ControlReply::Error(format!("{error:#}")),
+                            }
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+                LoopMessage::Shutdown => self.begin_shutdown(),
+                LoopMessage::Reload => self.reload(),
+            }
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.now();
+        self.node.handle_timeout(now);
+        let elapsed = self.started.elapsed();
+        let due: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| match &l.transport {
+                Transport::Dtls(d) => d.association.poll_timeout().is_some_and(|t| t <= elapsed),
+                Transport::Tcp(_) => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in due {
+            if let Some(Link {
+                transport: Transport::Dtls(d),
+                ..
+            }) = self.links.get_mut(&link)
+            {
+                d.association.handle_timeout(elapsed);
+            }
+            self.after_dtls_io(link);
+        }
+        let stale: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.announced && l.connected_at.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in stale {
+            tracing::info!(%link, "handshake timed out");
+            self.close_link(link, "handshake timeout");
+        }
+        self.run_dialers();
+    }
+
+    fn drain_node(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            self.send_packet(transmit.link, &transmit.payload);
+        }
+        while let Some(packet) = self.node.poll_tun_packet() {
+            self.write_tun(&packet);
+        }
+        while let Some(command) = self.node.poll_command() {
+            match command {
+                Command::CloseLink { link, reason } => {
+                    self.close_link(link, reason.as_str());
+                }
+                Command::InstallForwardingTable(table) => self.table = table,
+            }
+        }
+        let mut offers = Vec::new();
+        while let Some(event) = self.node.poll_event() {
+            log_event(&event);
+            if matches!(event, Event::NamesChanged { .. }) {
+                self.dns.update(&self.node);
+            }
+            if let Event::ConfigOffered {
+                link,
+                config,
+                signature,
+                ..
+            } = event
+            {
+                offers.push((link, config, signature));
+                continue;
+            }
+            if let Event::SessionEstablished { link, .. } = event
+                && let Some(l) = self.links.get_mut(&link)
+            {
+                l.had_session = true;
+            }
+        }
+        for (link, config, signature) in offers {
+            if let Err(error) =
+                self.accept_config(&config, &signature, reconcile::ConfigSource::Mesh)
+            {
+                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
+            }
+        }
+    }
+
+    /// Closes a link's transport; a TCP socket itself closes once no operation uses it.
+    fn close_link(&mut self, link: LinkId, why: &str) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        tracing::debug!(%link, why, "closing link");
+        let now = self.now();
+        // The core may already have forgotten it (it asked for the close); then this is a no-op.
+        self.node.handle_link_down(now, link);
+        if let Some(ended) = &l.ended {
+            let _ = ended.send(LinkEnded {
+                had_session: l.had_session,
+            });
+        }
+        match l.transport {
+            Transport::Tcp(tcp) => {
+                let _ = tcp.stream.shutdown(Shutdown::Both);
+                self.closing.push((link, tcp));
+            }
+            Transport::Dtls(mut dtls) => {
+                dtls.association.close();
+                while let Some(datagram) = dtls.association.poll_transmit() {
+                    send_raw(&mut self.io, &self.udp, dtls.endpoint, l.remote, &datagram);
+                }
+                if let Some(Some(UdpEndpoint {
+                    role: UdpRole::Dialer(dialer),
+                    ..
+                })) = self.udp.get_mut(dtls.endpoint)
+                {
+                    let delay = if l.had_session {
+                        dialer.backoff.reset();
+                        Duration::ZERO
+                    } else {
+                        dialer.backoff.failure()
+                    };
+                    dialer.next_attempt = Some(Instant::now() + delay);
+                }
+            }
+        }
+    }
+
+    fn reap_closing(&mut self) {
+        self.closing.retain(|(_, tcp)| !tcp.idle());
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let now = self.now();
+        self.node.shutdown(now);
+        self.drain_node();
+        self.stopping = Some(Instant::now() + Duration::from_secs(1));
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::SessionEstablished { link, peer, name } => {
+            tracing::info!(%link, %peer, %name, "session established");
+        }
+        Event::SessionClosed { link, peer, reason } => {
+            tracing::info!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
+        }
+        Event::PeerRestarted { link, peer } => tracing::info!(%link, %peer, "peer restarted"),
+        Event::HelloRejected {
+            link,
+            claimed,
+            reason,
+        } => tracing::warn!(%link, %claimed, reason, "hello rejected"),
+        Event::NodeLearned { address, name } => tracing::info!(%address, %name, "node learned"),
+        Event::NodePruned { address } => tracing::info!(%address, "removing dead node"),
+        Event::RoutesChanged { n_routes } => tracing::debug!(n_routes, "routes changed"),
+        Event::NamesChanged { n_names } => tracing::debug!(n_names, "names changed"),
+        Event::NameConflict(conflict) => tracing::warn!(
+            contested = %conflict.contested,
+            claimants = ?conflict.claimants,
+            "name conflict: the lowest address wins"
+        ),
+        Event::ConfigOffered { link, version, .. } => {
+            tracing::info!(%link, version, "newer configuration offered");
+        }
+        Event::ControlDatagram { .. } => {}
+    }
+}
+
+/// Replaces this process with a fresh run of the same command line: how a node restarts its
+/// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
+/// it. The new configuration was persisted first, so the new process loads it.
+fn restart_process() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the node binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!(exe = %exe.display(), "restarting the mesh instance");
+    let error = std::process::Command::new(exe).args(args).exec();
+    Err(error).context("restarting the node")
+}

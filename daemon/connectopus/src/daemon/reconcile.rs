@@ -1,0 +1,432 @@
+//! Backends as the running node manages them, and applying a new mesh configuration live.
+//!
+//! A new configuration restarts only what changed: a new backend starts, a removed one stops
+//! (closing its links), a backend whose only change is its cost keeps its links and sessions
+//! and gets the new cost, any other change to a backend restarts that backend. A change to
+//! `global` (other than its version) or to any other key of this node (address, identity,
+//! prefixes, TUN devices, DNS) restarts the node's mesh instance. Changes to other nodes'
+//! entries need nothing here: their own nodes apply them. A configuration without this node
+//! stops it forwarding.
+
+use super::*;
+
+/// A backend the node runs.
+#[derive(Debug)]
+pub(super) struct RunningBackend {
+    pub(super) config: BackendConfig,
+    pub(super) handle: BackendHandle,
+}
+
+/// How a running backend is stopped.
+#[derive(Debug)]
+pub(super) enum BackendHandle {
+    /// A TCP accept or dial thread.
+    Thread(Arc<AtomicBool>),
+    /// A DTLS UDP endpoint of the main loop.
+    Udp(usize),
+}
+
+/// What applying a configuration requires.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ApplyOutcome {
+    /// Applied in place.
+    Applied,
+    /// The node's mesh instance must restart with the new configuration.
+    Restart,
+    /// The configuration no longer contains this node.
+    Removed,
+}
+
+impl Daemon {
+    /// Starts one backend.
+    pub(super) fn start_backend(&mut self, name: &str, backend: &BackendConfig) -> Result<()> {
+        let settings = TcpBackend {
+            name: name.to_owned(),
+            cost: Cost::from_f64(backend.cost()),
+            mtu: backend_mtu(backend),
+        };
+        let handle = match backend {
+            BackendConfig::TcpListener(l) => {
+                let tls = if l.tls {
+                    let (Some(server_cert), Some(server_key)) = (l.server_cert(), l.server_key())
+                    else {
+                        anyhow::bail!("backend {name}: tls needs server_cert and server_key");
+                    };
+                    Some(
+                        tls::server_config(&tls::ListenerTls {
+                            server_cert,
+                            server_key,
+                            client_ca: l.client_ca(),
+                            require_client_cert: l.require_client_cert,
+                        })
+                        .with_context(|| format!("backend {name}"))?,
+                    )
+                } else {
+                    None
+                };
+                let ip = l
+                    .listen_ip
+                    .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+                let port = l
+                    .port
+                    .with_context(|| format!("backend {name}: a listener needs a port"))?;
+                let stop = Arc::new(AtomicBool::new(false));
+                self.threads.push(backends::spawn_tcp_listener(
+                    settings,
+                    SocketAddr::new(ip, port),
+                    tls,
+                    self.to_loop.clone(),
+                    stop.clone(),
+                )?);
+                BackendHandle::Thread(stop)
+            }
+            BackendConfig::TcpDialer(d) => {
+                let tls = if d.tls {
+                    let server_name = d.server_name.clone().unwrap_or_else(|| match &d.peer.host {
+                        connectopus_config::PeerHost::Ip(ip) => ip.to_string(),
+                        connectopus_config::PeerHost::Name(n) => n.clone(),
+                    });
+                    Some(
+                        tls::client_config(&tls::DialerTls {
+                            server_name,
+                            root_ca: d.root_ca(),
+                            pinned_cert: d.pinned_cert(),
+                            client_cert: d.client_cert(),
+                            client_key: d.client_key(),
+                            insecure_skip_verify: d.insecure_skip_verify,
+                        })
+                        .with_context(|| format!("backend {name}"))?,
+                    )
+                } else {
+                    None
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                self.threads.push(backends::spawn_tcp_dialer(
+                    settings,
+                    d.peer.clone(),
+                    tls,
+                    self.to_loop.clone(),
+                    stop.clone(),
+                )?);
+                BackendHandle::Thread(stop)
+            }
+            BackendConfig::DtlsListener(l) => {
+                let config = dtls_link::listener_config(l, settings.mtu)
+                    .with_context(|| format!("backend {name}"))?;
+                let ip = l
+                    .listen_ip
+                    .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+                let port = l
+                    .port
+                    .with_context(|| format!("backend {name}: a listener needs a port"))?;
+                let bind = SocketAddr::new(ip, port);
+                let socket =
+                    dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
+                tracing::info!(backend = %name, %bind, "dtls listener up");
+                let endpoint = self.add_udp(UdpEndpoint {
+                    socket,
+                    backend: name.to_owned(),
+                    cost: settings.cost,
+                    mtu: settings.mtu,
+                    role: UdpRole::Listener(Box::new(config)),
+                })?;
+                BackendHandle::Udp(endpoint)
+            }
+            BackendConfig::DtlsDialer(d) => {
+                let config = dtls_link::dialer_config(d, settings.mtu)
+                    .with_context(|| format!("backend {name}"))?;
+                let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
+                let endpoint = self.add_udp(UdpEndpoint {
+                    socket,
+                    backend: name.to_owned(),
+                    cost: settings.cost,
+                    mtu: settings.mtu,
+                    role: UdpRole::Dialer(Box::new(DialerState {
+                        peer: d.peer.clone(),
+                        config,
+                        backoff: Backoff::new(),
+                        next_attempt: Some(Instant::now()),
+                    })),
+                })?;
+                BackendHandle::Udp(endpoint)
+            }
+        };
+        self.backends.insert(
+            name.to_owned(),
+            RunningBackend {
+                config: backend.clone(),
+                handle,
+            },
+        );
+        Ok(())
+    }
+
+    fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
+        let index = self.udp.len();
+        let fd = endpoint.socket.as_raw_fd();
+        self.udp.push(Some(endpoint));
+        self.io
+            .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))
+            .context("arming UDP receive")?;
+        Ok(index)
+    }
+
+    /// Stops a backend and closes its links.
+    pub(super) fn stop_backend(&mut self, name: &str) {
+        let Some(running) = self.backends.remove(name) else {
+            return;
+        };
+        tracing::info!(backend = %name, "stopping backend");
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.backend == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in links {
+            self.close_link(link, "backend removed");
+        }
+        match running.handle {
+            BackendHandle::Thread(stop) => stop.store(true, Ordering::Relaxed),
+            BackendHandle::Udp(endpoint) => {
+                if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take)
+                    && self.io.disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
+                {
+                    self.retiring_udp.push((endpoint, e));
+                }
+            }
+        }
+    }
+
+    /// Applies a configuration that was verified and is newer than the running one.
+    pub(super) fn apply_config(&mut self, new: &MeshConfig) -> ApplyOutcome {
+        let Ok(new_node) = new.node(&self.id) else {
+            return ApplyOutcome::Removed;
+        };
+        let Ok(old_node) = self.config.node(&self.id) else {
+            return ApplyOutcome::Restart;
+        };
+        let mut old_global = self.config.global.clone();
+        old_global.version = new.global.version;
+        // Everything but the backends (and the version) needs a new mesh instance: global,
+        // the node's address, identity, prefixes, TUN devices, DNS.
+        let mut old_rest = old_node.clone();
+        old_rest.backends = new_node.backends.clone();
+        if old_global != new.global || &old_rest != new_node {
+            return ApplyOutcome::Restart;
+        }
+        let old_backends = old_node.backends.clone();
+        let new_backends = new_node.backends.clone();
+        for name in old_backends.keys() {
+            if !new_backends.contains_key(name) {
+                self.stop_backend(name);
+            }
+        }
+        for (name, backend) in &new_backends {
+            match old_backends.get(name) {
+                Some(old) if old == backend => {}
+                Some(old) if same_but_cost(old, backend) => self.set_backend_cost(name, backend),
+                Some(_) => {
+                    self.stop_backend(name);
+                    self.start_or_log(name, backend);
+                }
+                None => self.start_or_log(name, backend),
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    fn start_or_log(&mut self, name: &str, backend: &BackendConfig) {
+        if let Err(error) = self.start_backend(name, backend) {
+            tracing::error!(backend = %name, error = %format!("{error:#}"), "backend failed to start");
+        }
+    }
+
+    fn set_backend_cost(&mut self, name: &str, backend: &BackendConfig) {
+        let cost = Cost::from_f64(backend.cost());
+        tracing::info!(backend = %name, cost = %cost, "backend cost changed");
+        if let Some(running) = self.backends.get_mut(name) {
+            running.config = backend.clone();
+            if let BackendHandle::Udp(endpoint) = running.handle
+                && let Some(Some(e)) = self.udp.get_mut(endpoint)
+            {
+                e.cost = cost;
+            }
+        }
+        let now = self.now();
+        let links: Vec<LinkId> = self
+            .links
+            .iter_mut()
+            .filter(|(_, l)| l.backend == name)
+            .map(|(id, l)| {
+                l.cost = cost;
+                *id
+            })
+            .collect();
+        for link in links {
+            self.node.set_link_cost(now, link, cost);
+        }
+        // TCP threads hand new connections the cost they started with; restarting them would
+        // drop the links, so they keep it until the backend changes otherwise.
+    }
+}
+
+/// Returns true if two backend configurations differ only in their cost.
+fn same_but_cost(a: &BackendConfig, b: &BackendConfig) -> bool {
+    let mut a = a.clone();
+    match (&mut a, b) {
+        (BackendConfig::DtlsDialer(x), BackendConfig::DtlsDialer(y)) => x.cost = y.cost,
+        (BackendConfig::DtlsListener(x), BackendConfig::DtlsListener(y)) => x.cost = y.cost,
+        (BackendConfig::TcpDialer(x), BackendConfig::TcpDialer(y)) => x.cost = y.cost,
+        (BackendConfig::TcpListener(x), BackendConfig::TcpListener(y)) => x.cost = y.cost,
+        _ => return false,
+    }
+    &a == b
+}
+
+/// Where a candidate configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConfigSource {
+    /// A neighbour offered it on the routing stream.
+    Mesh,
+    /// `connectopus config set` on the control socket.
+    Control,
+    /// SIGHUP: the file on disk.
+    Reload,
+}
+
+impl ConfigSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::Mesh => "mesh",
+            ConfigSource::Control => "control socket",
+            ConfigSource::Reload => "reload",
+        }
+    }
+}
+
+impl Daemon {
+    /// Takes a candidate configuration: checks its signature against the keys of the running
+    /// configuration (never the candidate's own), checks the version rule, persists it, then
+    /// applies it. Returns the version on success; a refusal leaves everything as it was.
+    pub(super) fn accept_config(
+        &mut self,
+        bytes: &[u8],
+        signature: &[u8],
+        source: ConfigSource,
+    ) -> Result<u64> {
+        // Authenticate before parsing: only configurations from an authorized key are read.
+        let signature_text = std::str::from_utf8(signature).context("the signature is not text")?;
+        let signer = connectopus_config::verify(
+            bytes,
+            signature_text,
+            &self.config.global.authorized_keys,
+            &self.config.global.revoked_keys,
+        )
+        .context("configuration signature check failed")?;
+        let file_name = self.config_path.display().to_string();
+        let new = connectopus_config::load(&file_name, bytes)
+            .map_err(|d| anyhow::anyhow!("the configuration does not load:\n{d}"))?;
+        // The signer must stay authorized in the new config too, or the node could not verify
+        // its own persisted file at the next start: rotating keys takes two configs.
+        connectopus_config::verify(
+            bytes,
+            signature_text,
+            &new.global.authorized_keys,
+            &new.global.revoked_keys,
+        )
+        .context("the new configuration does not authorize the key that signed it")?;
+        connectopus_config::check_version(self.config.global.version, new.global.version)?;
+        persist(&self.config_path, bytes, signature)?;
+        tracing::info!(
+            version = new.global.version,
+            signer = %signer,
+            source = source.as_str(),
+            "configuration accepted"
+        );
+        let version = new.global.version;
+        match self.apply_config(&new) {
+            ApplyOutcome::Applied => {
+                let now = self.now();
+                self.node.set_config(now, version, bytes, signature);
+                self.config = new;
+            }
+            ApplyOutcome::Restart => {
+                tracing::info!(version, "the change needs a restart of the mesh instance");
+                self.config = new;
+                self.restart = true;
+                self.begin_shutdown();
+            }
+            ApplyOutcome::Removed => {
+                let reason = format!("node {} is not in configuration version {version}", self.id);
+                tracing::error!(%reason, "stopping forwarding");
+                let names: Vec<String> = self.backends.keys().cloned().collect();
+                for name in names {
+                    self.stop_backend(&name);
+                }
+                let now = self.now();
+                self.node.shutdown(now);
+                self.node.set_config(now, version, bytes, signature);
+                self.removed = Some(reason);
+                self.config = new;
+            }
+        }
+        Ok(version)
+    }
+}
+
+impl Daemon {
+    /// Answers `config get`: the running configuration's exact bytes and signature.
+    pub(super) fn get_config(&self) -> ControlReply {
+        let config = String::from_utf8_lossy(self.config.source()).into_owned();
+        let signature =
+            std::fs::read_to_string(crate::config_cli::signature_path(&self.config_path))
+                .unwrap_or_default();
+        ControlReply::Config { config, signature }
+    }
+
+    /// Re-reads the configuration file and its signature (SIGHUP).
+    pub(super) fn reload(&mut self) {
+        let read = std::fs::read(&self.config_path).and_then(|bytes| {
+            std::fs::read(crate::config_cli::signature_path(&self.config_path))
+                .map(|sig| (bytes, sig))
+        });
+        let (bytes, signature) = match read {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::error!(path = %self.config_path.display(), %error, "reload failed");
+                return;
+            }
+        };
+        if bytes.as_slice() == &**self.config.source() {
+            tracing::info!("reload: the configuration file is unchanged");
+            return;
+        }
+        if let Err(error) = self.accept_config(&bytes, &signature, ConfigSource::Reload) {
+            tracing::error!(error = %format!("{error:#}"), "reload refused");
+        }
+    }
+}
+
+/// Writes the configuration and its signature next to each other, atomically each.
+fn persist(path: &std::path::Path, bytes: &[u8], signature: &[u8]) -> Result<()> {
+    write_atomically(&crate::config_cli::signature_path(path), signature)?;
+    write_atomically(path, bytes)
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}

@@ -1,0 +1,201 @@
+//! TCP links of the main loop: reads, writes, framing and TLS.
+
+use super::*;
+
+impl Daemon {
+    /// Starts a write of the link's queued bytes if none is in flight.
+    pub(super) fn pump_tcp_write(&mut self, link: LinkId) {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        if tcp.write_in_flight || tcp.tx.is_empty() {
+            return;
+        }
+        let Some(buf) = self.io.alloc() else {
+            // Retried after the next completion frees a buffer.
+            return;
+        };
+        let capacity = self.io.pool().buf_size();
+        let n = tcp.tx.len().min(capacity);
+        let slot = &mut self.io.buf_mut(&buf)[..n];
+        for (dst, src) in slot.iter_mut().zip(tcp.tx.iter()) {
+            *dst = *src;
+        }
+        tcp.write_in_flight = true;
+        let fd = tcp.stream.as_raw_fd();
+        self.io
+            .write(fd, Token(TOKEN_TCP_WRITE | link.0), buf, 0..n);
+    }
+
+    pub(super) fn start_tcp_read(&mut self, link: LinkId) {
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        if tcp.read_in_flight {
+            return;
+        }
+        let Some(buf) = self.io.alloc() else {
+            return;
+        };
+        tcp.read_in_flight = true;
+        let fd = tcp.stream.as_raw_fd();
+        self.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
+    }
+
+    pub(super) fn on_tcp_written(&mut self, link: LinkId, completion: Completion) {
+        if let Some(buf) = completion.buf {
+            self.io.free(buf);
+        }
+        if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
+            tcp.write_in_flight = false;
+            return;
+        }
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        tcp.write_in_flight = false;
+        match completion.result {
+            Ok(n) => {
+                tcp.tx.drain(..n.min(tcp.tx.len()));
+                self.pump_tcp_write(link);
+            }
+            Err(errno) if errno.0 == libc::EAGAIN || errno.0 == libc::EINTR => {
+                self.pump_tcp_write(link);
+            }
+            Err(errno) => {
+                tracing::debug!(%link, error = %errno.into_io(), "tcp write failed");
+                self.close_link(link, "write error");
+            }
+        }
+    }
+
+    pub(super) fn on_tcp_read(&mut self, link: LinkId, completion: Completion) {
+        if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
+            tcp.read_in_flight = false;
+            if let Some(buf) = completion.buf {
+                self.io.free(buf);
+            }
+            return;
+        }
+        let range = completion.data_range();
+        let Some(buf) = completion.buf else {
+            return;
+        };
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            self.io.free(buf);
+            return;
+        };
+        tcp.read_in_flight = false;
+        let result = match (completion.result, range) {
+            (Ok(0), _) => Err("closed by peer".to_owned()),
+            (Ok(_), Some(range)) => {
+                self.scratch_out.clear();
+                let data = &self.io.buf(&buf)[range];
+                let r = tcp
+                    .codec
+                    .receive(data, &mut self.scratch_out)
+                    .map_err(|e| e.to_string());
+                tcp.tx.extend(self.scratch_out.iter());
+                r
+            }
+            (Err(errno), _) if errno.0 == libc::EAGAIN || errno.0 == libc::EINTR => Ok(()),
+            (Err(errno), _) => Err(errno.into_io().to_string()),
+            (Ok(_), None) => Ok(()),
+        };
+        self.io.free(buf);
+        if let Err(reason) = result {
+            tracing::debug!(%link, %reason, "tcp link ends");
+            self.close_link(link, "transport closed");
+            return;
+        }
+        self.announce_if_ready(link);
+        self.ranges.clear();
+        if let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        {
+            while let Some(r) = tcp.codec.pop_message() {
+                self.ranges.push(r);
+            }
+        }
+        let ranges = std::mem::take(&mut self.ranges);
+        for r in &ranges {
+            let Some(Link {
+                transport: Transport::Tcp(tcp),
+                ..
+            }) = self.links.get_mut(&link)
+            else {
+                break;
+            };
+            let Some(message) = tcp.codec.buffer_mut().get(r.clone()) else {
+                continue;
+            };
+            // Copied out once so the core and the other links can be reached while this
+            // link's codec buffer is borrowed by nobody.
+            self.scratch.clear();
+            self.scratch.extend_from_slice(message);
+            self.handle_link_message_in_scratch(link);
+        }
+        self.ranges = ranges;
+        self.pump_tcp_write(link);
+        self.start_tcp_read(link);
+    }
+
+    pub(super) fn add_tcp_link(&mut self, connected: Box<TcpConnected>) {
+        let connected = *connected;
+        if self.stopping.is_some() {
+            return;
+        }
+        let kind = match (connected.ended.is_some(), connected.tls.is_some()) {
+            (true, true) => "tcp+tls dialer",
+            (true, false) => "tcp dialer",
+            (false, true) => "tcp+tls listener",
+            (false, false) => "tcp listener",
+        };
+        let mut codec = match connected.tls {
+            Some(tls) => TcpCodec::tls(tls),
+            None => TcpCodec::plain(),
+        };
+        self.scratch_out.clear();
+        codec.poll_handshake(&mut self.scratch_out);
+        let tx: VecDeque<u8> = self.scratch_out.iter().copied().collect();
+        let id = self.new_link(Link {
+            backend: connected.backend,
+            kind,
+            remote: connected.remote,
+            cost: connected.cost,
+            mtu: connected.mtu,
+            connected_at: Instant::now(),
+            announced: false,
+            had_session: false,
+            ended: connected.ended,
+            transport: Transport::Tcp(Box::new(TcpLink {
+                stream: connected.stream,
+                codec,
+                tx,
+                write_in_flight: false,
+                read_in_flight: false,
+            })),
+        });
+        self.announce_if_ready(id);
+        self.pump_tcp_write(id);
+        self.start_tcp_read(id);
+    }
+}

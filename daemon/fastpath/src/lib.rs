@@ -1,0 +1,105 @@
+//! Connectopus eBPF loader: loads the programs that `cargo xtask build-ebpf` builds
+//! (`ebpf/connectopus-ebpf`), attaches them to the node's TUN device, and reads their maps.
+//!
+//! Today that is [`TunCounters`]: per-direction packet and byte counters on the TUN device, for
+//! `connectopus status`. The eBPF fast path (tc encapsulation on the TUN, decapsulation and
+//! transit on the underlay) will be loaded from the same object by this crate.
+//!
+//! The object is not embedded: the daemon finds it at run time ([`find_object`],
+//! [`load_object`]) and runs without eBPF when it is missing ([`FastpathError::is_not_built`]).
+//! So building this crate never needs the nightly toolchain or bpf-linker.
+//!
+//! This crate does not open the TUN device, configure addresses or routes, or decide what goes
+//! into the maps; it only loads, attaches, detaches and reads.
+//!
+//! Layout:
+//! - `object`: locating and reading the eBPF object file.
+//! - `error`: [`FastpathError`], whose messages name the fix.
+//! - `linux` (Linux) / `stub` (elsewhere): [`TunCounters`], on aya.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod error;
+mod object;
+
+#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(not(target_os = "linux"), path = "stub.rs")]
+mod imp;
+
+pub use connectopus_ebpf_common::{Direction, TunCounter};
+pub use error::FastpathError;
+pub use imp::TunCounters;
+pub use object::{DEFAULT_OBJECT_PATH, find_object, load_object};
+
+/// Counters of both directions of the TUN device, summed over CPUs, as read by
+/// [`TunCounters::read`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Packets the daemon wrote into the TUN (tc ingress).
+    pub ingress: TunCounter,
+    /// Packets the kernel routed into the TUN, towards the daemon (tc egress).
+    pub egress: TunCounter,
+}
+
+impl CounterSnapshot {
+    /// Returns the counter of one direction.
+    pub fn get(&self, direction: Direction) -> TunCounter {
+        match direction {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => self.egress,
+        }
+    }
+
+    /// Returns how much each counter grew since `earlier` (zero for a counter that went back,
+    /// which happens only if the programs were reloaded in between).
+    #[must_use]
+    pub fn since(&self, earlier: &CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            ingress: self.ingress.since(earlier.ingress),
+            egress: self.egress.since(earlier.egress),
+        }
+    }
+}
+
+/// How [`TunCounters`] attached its programs, for `connectopus status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (kernel 6.6 and later): no qdisc, and the programs run first on their hook.
+    Tcx,
+    /// Classic `clsact` qdisc with direct-action filters, through netlink (older kernels).
+    Netlink,
+}
+
+impl AttachMode {
+    /// Returns `"tcx"` or `"netlink"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(packets: u64, bytes: u64) -> TunCounter {
+        TunCounter { packets, bytes }
+    }
+
+    #[test]
+    fn snapshot_since_subtracts_per_direction() {
+        let before = CounterSnapshot {
+            ingress: counter(1, 100),
+            egress: counter(5, 500),
+        };
+        let after = CounterSnapshot {
+            ingress: counter(1, 100),
+            egress: counter(9, 916),
+        };
+        let delta = after.since(&before);
+        assert_eq!(delta.get(Direction::Ingress), counter(0, 0));
+        assert_eq!(delta.get(Direction::Egress), counter(4, 416));
+    }
+}

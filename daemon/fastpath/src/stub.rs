@@ -1,0 +1,40 @@
+//! [`TunCounters`] where eBPF does not exist: same API, every call fails with
+//! [`FastpathError::Unsupported`].
+
+use crate::{AttachMode, CounterSnapshot, FastpathError};
+
+/// Packet and byte counters on a TUN device; needs Linux, so this one can never be created.
+#[derive(Debug)]
+pub struct TunCounters {
+    _never: (),
+}
+
+impl TunCounters {
+    /// Fails: eBPF needs Linux.
+    ///
+    /// # Errors
+    ///
+    /// Always [`FastpathError::Unsupported`].
+    pub fn attach(_ifname: &str, _object: &[u8]) -> Result<Self, FastpathError> {
+        Err(FastpathError::Unsupported)
+    }
+
+    /// Fails: eBPF needs Linux.
+    ///
+    /// # Errors
+    ///
+    /// Always [`FastpathError::Unsupported`].
+    pub fn read(&self) -> Result<CounterSnapshot, FastpathError> {
+        Err(FastpathError::Unsupported)
+    }
+
+    /// Returns the interface name (never reached).
+    pub fn ifname(&self) -> &str {
+        ""
+    }
+
+    /// Returns the attach mode (never reached).
+    pub fn attach_mode(&self) -> AttachMode {
+        AttachMode::Tcx
+    }
+}
