@@ -2,8 +2,8 @@
 //!
 //! Installs what it needs (as root: the test tools, and the peer VPNs Debian packages —
 //! wireguard-go, nebula, wireguard-tools; with `--install-peers` also boringtun-cli from
-//! crates.io, which compiles for a few minutes), builds the node and the harness in release
-//! mode, and runs the harness (`bench/src/bin/e2e/`) with the remaining arguments. Results
+//! crates.io, which compiles for a few minutes), builds the eBPF object (see `ebpf.rs`; the
+//! node loads it when present) and the node and the harness in release mode, and runs the harness (`bench/src/bin/e2e/`) with the remaining arguments. Results
 //! go to `target/bench/`. `cargo xtask bench --short` is the quick mode CI runs.
 
 use std::path::PathBuf;
@@ -49,6 +49,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         install_peer_packages(install_peers)?;
     } else {
         eprintln!("xtask: not root: installing nothing (the harness itself needs root)");
+    }
+    // The node loads its eBPF TUN counters when the object is built, as `cargo xtask test`
+    // and a deployment do; without it the node runs (and is measured) without them.
+    if let Err(e) = crate::ebpf::build_ebpf() {
+        eprintln!("xtask: no eBPF object ({e:#}); the nodes run without their TUN counters");
     }
     crate::run(
         "cargo",

@@ -209,6 +209,8 @@ pub struct SubjectResult {
     pub samples: Vec<Option<Sample>>,
     /// Errors of failed repetitions.
     pub errors: Vec<String>,
+    /// What the subject reported about itself (Connectopus: its data path), if anything.
+    pub details: Option<String>,
 }
 
 /// Everything a report needs.
@@ -287,6 +289,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             },
             samples: vec![None; options.reps as usize],
             errors: Vec::new(),
+            details: None,
         })
         .collect();
     for r in &results {
@@ -357,7 +360,10 @@ fn measure_all(options: &Options, results: &mut [SubjectResult]) -> Result<()> {
             eprintln!("e2e: [{}/{}] {id}", rep + 1, options.reps);
             let started = Instant::now();
             match measure_one(options, result.subject, topo) {
-                Ok(sample) => {
+                Ok((sample, details)) => {
+                    if result.details.is_none() {
+                        result.details = details;
+                    }
                     eprintln!(
                         "e2e:   {} ({:.0} s)",
                         report::one_line(&sample),
@@ -408,7 +414,11 @@ fn topology(dir: &TestDir, layout: Layout) -> Result<Topology> {
 }
 
 /// Starts one subject, runs every test against it once, and stops it.
-fn measure_one(options: &Options, subject: Subject, topo: &Topology) -> Result<Sample> {
+fn measure_one(
+    options: &Options,
+    subject: Subject,
+    topo: &Topology,
+) -> Result<(Sample, Option<String>)> {
     let nodes = subject.layout.nodes();
     let (src, dst_ns) = (topo.ns(nodes[0]), topo.ns(nodes[nodes.len() - 1]));
     let up = subjects::start(subject, topo)?;
@@ -472,8 +482,9 @@ fn measure_one(options: &Options, subject: Subject, topo: &Topology) -> Result<S
         sample.insert("rss_peak_mib", peak / 1024.0);
     }
     drop(server);
+    let details = up.details.clone();
     up.stop();
-    Ok(sample)
+    Ok((sample, details))
 }
 
 /// The static key `<test>_<what>` of a metric (see [`report::METRICS`]).

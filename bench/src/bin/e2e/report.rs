@@ -284,6 +284,7 @@ pub fn to_json(run: &Run) -> Value {
                 "status": status,
                 "reason": reason,
                 "errors": r.errors,
+                "details": r.details,
                 "summary": summary,
                 "samples": samples,
             })
@@ -421,6 +422,14 @@ pub fn to_markdown(run: &Run) -> String {
             r.subject.name(),
             cells.join(" | ")
         );
+    }
+    let details: Vec<String> = run
+        .results
+        .iter()
+        .filter_map(|r| Some(format!("{}: {}", r.subject.id(), r.details.as_ref()?)))
+        .collect();
+    if !details.is_empty() {
+        let _ = writeln!(md, "\nConnectopus nodes reported: {}.", details.join("; "));
     }
     let ratios = ratios(run);
     if !ratios.is_empty() {
@@ -579,11 +588,13 @@ pub fn from_json(value: &Value, options: &Options) -> Result<Run> {
                     .collect()
             })
             .unwrap_or_default();
+        let details = s["details"].as_str().map(str::to_owned);
         results.push(SubjectResult {
             subject,
             status,
             samples,
             errors,
+            details,
         });
     }
     Ok(Run {
@@ -626,18 +637,21 @@ mod tests {
                     status: Status::Ran,
                     samples: vec![sample(1000.0, 10.0), sample(2000.0, 10.0)],
                     errors: Vec::new(),
+                    details: None,
                 },
                 SubjectResult {
                     subject: subject(Kind::Connectopus(LinkKind::DtlsPsk)),
                     status: Status::Ran,
                     samples: vec![sample(500.0, 40.0), None],
                     errors: vec!["repetition 2: boom".into()],
+                    details: Some("dataplane io_uring, ebpf off".into()),
                 },
                 SubjectResult {
                     subject: subject(Kind::Nebula),
                     status: Status::Skipped("not installed: `nebula`".into()),
                     samples: vec![None, None],
                     errors: Vec::new(),
+                    details: None,
                 },
             ],
             elapsed_s: 1.0,
@@ -666,6 +680,10 @@ mod tests {
         assert!(md.contains("pair/nebula: skipped (not installed"), "{md}");
         assert!(md.contains("repetition 2: boom"), "{md}");
         assert!(md.contains("0.50×"), "{md}");
+        assert!(
+            md.contains("pair/connectopus-dtls: dataplane io_uring"),
+            "{md}"
+        );
     }
 
     #[test]

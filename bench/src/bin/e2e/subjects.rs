@@ -188,6 +188,9 @@ pub struct Up<'t> {
     pub dst: IpAddr,
     /// The processes on the data path (node name, pid); none for the raw veth.
     pub processes: Vec<(String, u32)>,
+    /// What the first node says about its data path (Connectopus: `status --json`'s
+    /// `dataplane` and `ebpf`).
+    pub details: Option<String>,
     hold: Hold<'t>,
 }
 
@@ -219,6 +222,7 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
             Up {
                 dst: IpAddr::V6(topo.link_addr(last, before_last)),
                 processes: Vec::new(),
+                details: None,
                 hold: Hold::Nothing,
             }
         }
@@ -242,9 +246,17 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 .iter()
                 .filter_map(|n| mesh.process(n).map(|p| ((*n).to_owned(), p.pid())))
                 .collect();
+            let status = mesh.status(first)?;
+            let field = |key: &str| match &status[key] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "?".to_owned(),
+                other => other.to_string(),
+            };
+            let details = format!("dataplane {}, ebpf {}", field("dataplane"), field("ebpf"));
             Up {
                 dst: IpAddr::V6(mesh.address(last)),
                 processes,
+                details: Some(details),
                 hold: Hold::Mesh(mesh),
             }
         }
@@ -253,6 +265,7 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
             Up {
                 dst: IpAddr::V6(wg_overlay(2)),
                 processes: peer.processes(),
+                details: None,
                 hold: Hold::Peer(peer),
             }
         }
@@ -261,6 +274,7 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
             Up {
                 dst: IpAddr::V4(nebula_overlay(2)),
                 processes: peer.processes(),
+                details: None,
                 hold: Hold::Peer(peer),
             }
         }
