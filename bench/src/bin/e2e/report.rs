@@ -423,13 +423,18 @@ pub fn to_markdown(run: &Run) -> String {
             cells.join(" | ")
         );
     }
-    let details: Vec<String> = run
-        .results
-        .iter()
-        .filter_map(|r| Some(format!("{}: {}", r.subject.id(), r.details.as_ref()?)))
-        .collect();
-    if !details.is_empty() {
-        let _ = writeln!(md, "\nConnectopus nodes reported: {}.", details.join("; "));
+    // Group the subjects by what their nodes reported (usually all alike).
+    let mut details: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &run.results {
+        let Some(d) = &r.details else { continue };
+        let d = crate::subjects::condense(d);
+        match details.iter_mut().find(|(k, _)| *k == d) {
+            Some((_, ids)) => ids.push(r.subject.id()),
+            None => details.push((d, vec![r.subject.id()])),
+        }
+    }
+    for (d, ids) in &details {
+        let _ = writeln!(md, "\nConnectopus nodes reported {d} ({}).", ids.join(", "));
     }
     let ratios = ratios(run);
     if !ratios.is_empty() {
@@ -681,7 +686,7 @@ mod tests {
         assert!(md.contains("repetition 2: boom"), "{md}");
         assert!(md.contains("0.50×"), "{md}");
         assert!(
-            md.contains("pair/connectopus-dtls: dataplane io_uring"),
+            md.contains("reported dataplane io_uring, ebpf off (pair/connectopus-dtls)"),
             "{md}"
         );
     }

@@ -252,7 +252,11 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 serde_json::Value::Null => "?".to_owned(),
                 other => other.to_string(),
             };
-            let details = format!("dataplane {}, ebpf {}", field("dataplane"), field("ebpf"));
+            let details = condense(&format!(
+                "dataplane {}, ebpf {}",
+                field("dataplane"),
+                field("ebpf")
+            ));
             Up {
                 dst: IpAddr::V6(mesh.address(last)),
                 processes,
@@ -538,4 +542,34 @@ fn nebula(topo: &Topology, a: &str, b: &str) -> Result<PeerProcesses> {
         peer.children.push((node.to_owned(), child));
     }
     Ok(peer)
+}
+
+/// The lasting part of a node's data-path description: `status` appends live counters to
+/// the eBPF state after a colon (`tc counters on cx-left (tcx): in 0 pkts ...`), and names the
+/// node's TUN device; neither belongs in a report that compares subjects.
+pub fn condense(details: &str) -> String {
+    let head = details.split(':').next().unwrap_or(details).trim();
+    let words: Vec<&str> = head.split(' ').filter(|w| !w.starts_with("cx-")).collect();
+    words.join(" ").replace(" on (", " (")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_lose_counters_and_device_names() {
+        assert_eq!(
+            condense("dataplane uring, ebpf tc counters on cx-left (tcx): in 0 pkts 0 B"),
+            "dataplane uring, ebpf tc counters (tcx)"
+        );
+        assert_eq!(
+            condense("dataplane syscalls, ebpf off"),
+            "dataplane syscalls, ebpf off"
+        );
+        for id in ["pair/veth", "line/connectopus-tls", "pair/nebula"] {
+            assert_eq!(Subject::from_id(id).map(|s| s.id()).as_deref(), Some(id));
+        }
+        assert!(Subject::from_id("pair/nope").is_none());
+    }
 }
