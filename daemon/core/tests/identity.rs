@@ -541,3 +541,30 @@ fn revocation_closes_sessions_and_removes_routes_and_names() {
     assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[1], v[2]]);
     assert_eq!(stored(&sim, v[1], revoked_addr), None);
 }
+
+#[test]
+fn a_wrong_name_or_a_copy_of_the_receivers_key_is_refused() {
+    let hub = member("hub", 1, 1);
+    let edge = member("edge", 2, 2);
+    let trust = policy(&[hub.clone(), edge.clone()]);
+    let mut sim = Sim::new(91);
+    let h = sim.add_node_with(config(&hub, &trust));
+    // The edge's key and address, under another name.
+    let renamed = Member {
+        name: "edgy",
+        ..edge.clone()
+    };
+    let r = sim.add_node_with(config(&renamed, &trust));
+    sim.connect(r, h, LinkParams::default());
+    // A second node that runs with the hub's own key.
+    let clone = Member {
+        key: hub.key,
+        ..member("edge", 1, 2)
+    };
+    let c = sim.add_node_with(config(&clone, &trust));
+    sim.connect(c, h, LinkParams::default());
+    sim.run_for(3 * SECOND);
+    assert!(hellos_rejected(&sim, h, "name_mismatch") >= 1);
+    assert!(hellos_rejected(&sim, h, "own_key") >= 1);
+    assert!(established_peers(&sim, h).is_empty());
+}
