@@ -552,7 +552,7 @@ fn a_wrong_name_or_a_copy_of_the_receivers_key_is_refused() {
     // The edge's key and address, under another name.
     let renamed = Member {
         name: "edgy",
-        ..edge.clone()
+        ..edge
     };
     let r = sim.add_node_with(config(&renamed, &trust));
     sim.connect(r, h, LinkParams::default());
