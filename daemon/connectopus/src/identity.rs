@@ -50,7 +50,10 @@ pub fn run(command: IdentityCommand) -> Result<ExitCode> {
         IdentityCommand::New { file, id, force } => {
             let path = key_path(file, id.as_deref())?;
             if path.exists() && !force {
-                bail!("{} already exists; use --force to replace it", path.display());
+                bail!(
+                    "{} already exists; use --force to replace it",
+                    path.display()
+                );
             }
             let comment = id.unwrap_or_else(|| "connectopus-node".to_owned());
             let line = create(&path, &comment)?;
@@ -87,9 +90,7 @@ pub fn create(path: &Path, comment: &str) -> Result<String> {
     let mut key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
         .context("generating an ed25519 key")?;
     key.set_comment(comment);
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .context("encoding the key")?;
+    let pem = key.to_openssh(LineEnding::LF).context("encoding the key")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -112,7 +113,10 @@ pub fn load(path: &Path) -> Result<PrivateKey> {
     let key = PrivateKey::read_openssh_file(path)
         .with_context(|| format!("reading the node key {}", path.display()))?;
     if key.is_encrypted() {
-        bail!("{}: the node key must not have a passphrase", path.display());
+        bail!(
+            "{}: the node key must not have a passphrase",
+            path.display()
+        );
     }
     if key.algorithm() != Algorithm::Ed25519 {
         bail!(
@@ -125,7 +129,6 @@ pub fn load(path: &Path) -> Result<PrivateKey> {
 }
 
 /// Returns the 32-byte ed25519 seed of a node key.
-#[allow(dead_code, reason = "the node reads it once the core checks identities")]
 ///
 /// # Errors
 /// The key is not ed25519.
@@ -155,9 +158,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cx-identity-{}", std::process::id()));
         let path = dir.join("identity.key");
         let line = create(&path, "foo").unwrap();
-        assert!(line.starts_with("ssh-ed25519 AAAA") && line.ends_with(" foo"), "{line}");
+        assert!(
+            line.starts_with("ssh-ed25519 AAAA") && line.ends_with(" foo"),
+            "{line}"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         let key = load(&path).unwrap();
         assert_eq!(public_line(&key).unwrap(), line);
         assert_eq!(seed(&key).unwrap().len(), 32);

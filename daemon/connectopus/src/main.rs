@@ -59,6 +59,10 @@ enum Commands {
         /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
+        /// The node key (OpenSSH ed25519), needed when the node's config entry has an
+        /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
+        #[arg(long)]
+        identity_file: Option<PathBuf>,
         /// Log filter (error, warn, info, debug, trace, or a tracing directive).
         #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
         log_level: String,
@@ -163,6 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             id,
             control_socket,
             ebpf_object,
+            identity_file,
             log_level,
         } => {
             init_logging(&log_level)?;
@@ -197,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 id,
                 control_socket,
                 ebpf_object,
+                identity_file,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -623,6 +623,11 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Returns true if this node checks node keys (it has a trust policy).
+    pub fn enforces_identity(&self) -> bool {
+        self.config.trust.is_some()
+    }
+
     /// Replaces the trust policy at run time (a new configuration: revoked, added or changed
     /// keys). Sessions whose peer key is no longer granted its address and name (or is revoked)
     /// are closed with [`CloseReason::PeerRejected`]; database entries whose origin's key or
