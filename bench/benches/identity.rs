@@ -11,7 +11,7 @@ use connectopus_wire::{Adjacency, Cost, LinkStateUpdate, SignedUpdate};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn addr(i: u32) -> Ipv6Addr {
-    Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i) + 1)
+    Ipv6Addr::from((0xfd00_u128 << 112) | (u128::from(i) + 1))
 }
 
 /// `n` signed updates of a ring mesh with chords (mean degree about 4).
