@@ -91,9 +91,18 @@ pub use topology::{
 };
 pub use wait::{poll_until, wait_until};
 
-/// Where the workspace's binaries are built (`target/<profile>`), found from the running
-/// test executable (`target/<profile>/deps/<test>`).
+/// Where the workspace's binaries are built (`target/<profile>`).
+///
+/// In order: the directory named by the environment variable `CONNECTOPUS_BIN_DIR`; else
+/// found from the running executable: a test or bench executable lives in
+/// `target/<profile>/deps/`, so its profile directory is the parent of `deps`; a workspace
+/// binary (such as the release-built end-to-end benchmark, `target/release/e2e`) lives in
+/// `target/<profile>/` itself, next to the `connectopus` binary it drives. So tests find the
+/// debug node binary and a release-built harness finds the release one.
 pub fn target_dir() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("CONNECTOPUS_BIN_DIR") {
+        return Ok(std::path::PathBuf::from(dir));
+    }
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent();
     while let Some(d) = dir {
@@ -104,18 +113,26 @@ pub fn target_dir() -> anyhow::Result<std::path::PathBuf> {
         }
         dir = d.parent();
     }
-    // A binary of this crate (the demo) runs from `target/<profile>/` itself.
+    // Not under `deps`: a binary of the workspace (the demo, the release-built benchmark
+    // harness) runs from `target/<profile>/` itself.
     exe.parent()
         .map(std::path::Path::to_path_buf)
         .ok_or_else(|| anyhow::anyhow!("cannot find the target directory from {}", exe.display()))
 }
 
-/// The path of a workspace binary such as `connectopus`, failing with a hint to build it.
+/// The path of a workspace binary such as `connectopus` in [`target_dir`], failing with a
+/// hint to build it.
 pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = target_dir()?.join(name);
+    let dir = target_dir()?;
+    let path = dir.join(name);
     if !path.is_file() {
+        let release = if dir.file_name().is_some_and(|n| n == "release") {
+            " --release"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "{} is not built; run `cargo build -p {name}` first",
+            "{} is not built; run `cargo build{release} -p {name}` first",
             path.display()
         );
     }

@@ -80,6 +80,7 @@ pub struct Mesh<'t> {
     nodes: Vec<String>,
     processes: BTreeMap<String, ChildGuard>,
     env: Vec<(String, String)>,
+    log_level: String,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -238,6 +239,7 @@ impl<'t> Mesh<'t> {
             nodes,
             processes: BTreeMap::new(),
             env: Vec::new(),
+            log_level: "debug".to_owned(),
         };
         mesh.sign()?;
         Ok(mesh)
@@ -268,6 +270,12 @@ impl<'t> Mesh<'t> {
     /// Sets an environment variable for nodes started from now on.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Sets the `--log-level` of nodes started from now on (default `debug`, which tests
+    /// want; benchmarks use `info` so logging stays off the data path).
+    pub fn set_log_level(&mut self, level: &str) {
+        level.clone_into(&mut self.log_level);
     }
 
     /// Returns the config file.
@@ -370,7 +378,7 @@ impl<'t> Mesh<'t> {
                 "--control-socket",
                 socket_arg.as_str(),
                 "--log-level",
-                "debug",
+                self.log_level.as_str(),
             ],
         )?;
         if self.identities {

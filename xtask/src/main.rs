@@ -5,11 +5,14 @@
 //! - `demo`: builds the node and runs a three-node mesh in network namespaces (`--once` to
 //!   exit after showing it).
 //! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
+//! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
+//!   which `test` runs last when root.
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod ebpf;
 
 /// Debian packages the tests and the demo use.
@@ -36,8 +39,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("install-deps") => install_packages(),
         Some("build-ebpf") => ebpf::build_ebpf(),
+        Some("bench") => bench::bench(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, bench"
         )),
     };
     match result {
@@ -70,6 +74,13 @@ fn test() -> Result<()> {
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
+    // (namespaces); peer VPNs that are missing are skipped, not failures.
+    if bench::is_root() {
+        bench::bench(&["--short".to_owned()])?;
+    } else {
+        eprintln!("xtask: skipping `bench --short`: it needs root");
+    }
     Ok(())
 }
 
