@@ -171,6 +171,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             log_level,
         } => {
             init_logging(&log_level)?;
+            let identity_file = identity_file.or_else(|| {
+                datadir
+                    .as_ref()
+                    .map(|d| d.join("identity.key"))
+                    .filter(|k| k.exists())
+            });
             let config = config.unwrap_or_else(|| {
                 datadir
                     .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
@@ -221,7 +227,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
-        Commands::Init(args) => config_cli::init(&args),
+        Commands::Init(args) => {
+            let code = config_cli::init(&args)?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            // The node key lives in the data directory too; the config only pins its public half.
+            let datadir = args
+                .datadir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{}", args.id)));
+            let key = datadir.join("identity.key");
+            if key.exists() {
+                let line = identity::public_line(&identity::load(&key)?)?;
+                println!("node key {} (kept): {line}", key.display());
+            } else {
+                let line = identity::create(&key, &args.id)?;
+                println!("node key {}: {line}", key.display());
+                println!("  pin it in the mesh config as nodes.{}.identity", args.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Identity { command } => identity::run(command),
         Commands::Config {
             command: ConfigCommands::Sign(args),
