@@ -75,6 +75,7 @@ impl MeshLink {
 pub struct Mesh<'t> {
     topo: &'t Topology,
     config: PathBuf,
+    identities: bool,
     admin_key: PathBuf,
     nodes: Vec<String>,
     processes: BTreeMap<String, ChildGuard>,
@@ -106,6 +107,29 @@ impl<'t> Mesh<'t> {
         topo: &'t Topology,
         links: &[MeshLink],
         extra: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::configure_full(topo, links, extra, false)
+    }
+
+    /// Like [`Mesh::configure_with`], and gives every node a node key (made with
+    /// `ssh-keygen -t ed25519`, in `<node>.key`) pinned as its `identity`, so the nodes prove
+    /// who they are at every hello and sign their updates.
+    ///
+    /// # Errors
+    /// The keys, certificates or files cannot be made.
+    pub fn configure_with_identities(
+        topo: &'t Topology,
+        links: &[MeshLink],
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::configure_full(topo, links, extra, true)
+    }
+
+    fn configure_full(
+        topo: &'t Topology,
+        links: &[MeshLink],
+        extra: &[(&str, &str)],
+        identities: bool,
     ) -> Result<Self> {
         let dir = topo.dir();
         let nodes: Vec<String> = topo.nodes().map(str::to_owned).collect();
@@ -192,6 +216,10 @@ impl<'t> Mesh<'t> {
         );
         for (i, name) in nodes.iter().enumerate() {
             let _ = writeln!(yaml, "  {name}:\n    address: \"{}\"", mesh_address(i));
+            if identities {
+                let public = ssh_keygen_key(&dir.join(format!("{name}.key")), name)?;
+                let _ = writeln!(yaml, "    identity: \"{public}\"");
+            }
             for (node, lines) in extra {
                 if node == name {
                     yaml.push_str(lines);
@@ -206,6 +234,7 @@ impl<'t> Mesh<'t> {
         let mesh = Self {
             topo,
             config,
+            identities,
             admin_key,
             nodes,
             processes: BTreeMap::new(),
@@ -352,6 +381,11 @@ impl<'t> Mesh<'t> {
                 self.log_level.as_str(),
             ],
         )?;
+        if self.identities {
+            command
+                .arg("--identity-file")
+                .arg(self.topo.dir().join(format!("{node}.key")));
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }
@@ -457,6 +491,18 @@ impl<'t> Mesh<'t> {
         }
         Ok(())
     }
+}
+
+/// Makes an ed25519 key with ssh-keygen at `path` and returns its public line.
+fn ssh_keygen_key(path: &std::path::Path, comment: &str) -> Result<String> {
+    let _ = std::fs::remove_file(path);
+    let mut command = Command::new(crate::tool("ssh-keygen")?);
+    command
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path);
+    run_ok(command, Duration::from_secs(20))?;
+    let public = std::fs::read_to_string(format!("{}.pub", path.display()))?;
+    Ok(public.trim().to_owned())
 }
 
 fn cert_listener(tls: &str, server: &CertPair, pki: &Pki) -> String {

@@ -129,10 +129,6 @@ pub fn load(path: &Path) -> Result<PrivateKey> {
 }
 
 /// Returns the 32-byte ed25519 seed of a node key.
-#[allow(
-    dead_code,
-    reason = "the node reads it once the core checks identities"
-)]
 ///
 /// # Errors
 /// The key is not ed25519.

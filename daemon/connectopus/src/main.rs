@@ -59,6 +59,10 @@ enum Commands {
         /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
+        /// The node key (OpenSSH ed25519), needed when the node's config entry has an
+        /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
+        #[arg(long)]
+        identity_file: Option<PathBuf>,
         /// Log filter (error, warn, info, debug, trace, or a tracing directive).
         #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
         log_level: String,
@@ -163,9 +167,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             id,
             control_socket,
             ebpf_object,
+            identity_file,
             log_level,
         } => {
             init_logging(&log_level)?;
+            let identity_file = identity_file.or_else(|| {
+                datadir
+                    .as_ref()
+                    .map(|d| d.join("identity.key"))
+                    .filter(|k| k.exists())
+            });
             let config = config.unwrap_or_else(|| {
                 datadir
                     .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
@@ -197,6 +208,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 id,
                 control_socket,
                 ebpf_object,
+                identity_file,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -215,7 +227,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
-        Commands::Init(args) => config_cli::init(&args),
+        Commands::Init(args) => {
+            let code = config_cli::init(&args)?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            // The node key lives in the data directory too; the config only pins its public half.
+            let datadir = args
+                .datadir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{}", args.id)));
+            let key = datadir.join("identity.key");
+            if key.exists() {
+                let line = identity::public_line(&identity::load(&key)?)?;
+                println!("node key {} (kept): {line}", key.display());
+            } else {
+                let line = identity::create(&key, &args.id)?;
+                println!("node key {}: {line}", key.display());
+                println!("  pin it in the mesh config as nodes.{}.identity", args.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Identity { command } => identity::run(command),
         Commands::Config {
             command: ConfigCommands::Sign(args),

@@ -91,11 +91,14 @@ pub enum DropReason {
     LinkDown,
     /// The next link's send queue is full.
     LinkCongested,
+    /// The source address is not the ingress side's to use: from the TUN, a source this node
+    /// does not own (not routed locally); from a link, one of this node's own addresses.
+    Spoofed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NotIpv6,
         DropReason::Multicast,
@@ -107,6 +110,7 @@ impl DropReason {
         DropReason::Loop,
         DropReason::LinkDown,
         DropReason::LinkCongested,
+        DropReason::Spoofed,
     ];
 
     /// Returns a short, stable name for counters and `status`.
@@ -123,6 +127,7 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::LinkDown => "link_down",
             DropReason::LinkCongested => "link_congested",
+            DropReason::Spoofed => "spoofed",
         }
     }
 }
@@ -133,6 +138,9 @@ impl DropReason {
 /// Rules, in order:
 /// 1. malformed (shorter than 40 bytes, or payload length larger than the buffer) → drop;
 ///    not version 6 → drop; multicast destination → drop; bad source → drop;
+///    source check ([`DropReason::Spoofed`]): from the TUN the source must route to
+///    [`RouteTarget::Local`] (this node's address or an attached prefix), from a link it must
+///    not;
 /// 2. destination routes to [`RouteTarget::Local`]: from a link → deliver; from the TUN → drop
 ///    ([`DropReason::Loop`]);
 /// 3. no route → reject with destination unreachable (no route) unless the packet is itself an
@@ -180,6 +188,12 @@ pub fn decide(table: &ForwardingTable, packet: &mut [u8], ingress: Ingress) -> D
     }
     if source.is_multicast() || source.is_unspecified() || source.is_loopback() {
         return Decision::Drop(DropReason::BadSource);
+    }
+    // BCP 38 at the mesh edge: the local host speaks only for this node's own addresses, and
+    // nobody else may use them.
+    let source_is_own = matches!(table.routes.lookup(source), Some((_, RouteTarget::Local)));
+    if source_is_own != (ingress == Ingress::Tun) {
+        return Decision::Drop(DropReason::Spoofed);
     }
 
     let (link, mtu) = match table.routes.lookup(destination) {
@@ -245,6 +259,8 @@ mod tests {
     use crate::icmp::tests::{a, icmp, ipv6, udp};
 
     const LOCAL_HOST: &str = "2001:db8:1::1";
+    /// A source elsewhere in the mesh, for packets that arrive on a link.
+    const FAR: &str = "2001:db8:77::7";
     const REMOTE: &str = "2001:db8:2::2";
     const REMOTE_SMALL: &str = "2001:db8:2:5::9";
     const UNROUTED: &str = "2001:db8:99::1";
@@ -328,7 +344,7 @@ mod tests {
 
     #[test]
     fn empty_payload_without_hop_by_hop_is_fine() {
-        let p = ipv6(a(LOCAL_HOST), a(REMOTE), 64, 59, &[]);
+        let p = ipv6(a(FAR), a(REMOTE), 64, 59, &[]);
         assert_eq!(run(&p, from_link()), Decision::Forward { link: L1 });
     }
 
@@ -354,6 +370,7 @@ mod tests {
     fn local_destination() {
         let p = udp(a(REMOTE), a(LOCAL_HOST), 64, 100);
         assert_eq!(run(&p, from_link()), Decision::Deliver);
+        let p = udp(a(LOCAL_HOST), a("2001:db8:1::2"), 64, 100);
         assert_eq!(run(&p, Ingress::Tun), drop(DropReason::Loop));
         // Delivery is local: hop limit 1 or 0 does not matter.
         let p = udp(a(REMOTE), a(LOCAL_HOST), 1, 100);
@@ -369,6 +386,7 @@ mod tests {
             run(&p, Ingress::Tun),
             Decision::Reject(IcmpErrorKind::NoRoute)
         );
+        let p = udp(a(FAR), a(UNROUTED), 64, 100);
         assert_eq!(
             run(&p, from_link()),
             Decision::Reject(IcmpErrorKind::NoRoute)
@@ -382,12 +400,13 @@ mod tests {
         // No error about an error.
         let p = icmp(a(LOCAL_HOST), a(UNROUTED), 64, 1, 100);
         assert_eq!(run(&p, Ingress::Tun), drop(DropReason::NoRoute));
+        let p = icmp(a(FAR), a(UNROUTED), 64, 1, 100);
         assert_eq!(run(&p, from_link()), drop(DropReason::NoRoute));
     }
 
     #[test]
     fn forward_from_link_decrements_once() {
-        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        let p = udp(a(FAR), a(REMOTE), 64, 100);
         let mut buf = p.clone();
         assert_eq!(
             decide(&table(), &mut buf, from_link()),
@@ -397,7 +416,7 @@ mod tests {
         assert_eq!(buf[..7], p[..7]);
         assert_eq!(buf[8..], p[8..]);
         // Lowest hop limit that is still forwarded.
-        let p = udp(a(LOCAL_HOST), a(REMOTE), 2, 100);
+        let p = udp(a(FAR), a(REMOTE), 2, 100);
         let mut buf = p;
         assert_eq!(
             decide(&table(), &mut buf, from_link()),
@@ -421,7 +440,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let p = udp(a(LOCAL_HOST), a(REMOTE_SMALL), 64, 100);
+        let p = udp(a(FAR), a(REMOTE_SMALL), 64, 100);
         assert_eq!(run(&p, from_link()), Decision::Forward { link: L2 });
         let p = udp(a(LOCAL_HOST), a(REMOTE_SMALL), 64, 1281);
         assert_eq!(
@@ -433,22 +452,22 @@ mod tests {
     #[test]
     fn hop_limit_exceeded() {
         for hop in [0, 1] {
-            let p = udp(a(LOCAL_HOST), a(REMOTE), hop, 100);
+            let p = udp(a(FAR), a(REMOTE), hop, 100);
             assert_eq!(
                 run(&p, from_link()),
                 Decision::Reject(IcmpErrorKind::HopLimitExceeded)
             );
             // Traceroute probes: echo requests get their time-exceeded.
-            let p = icmp(a(LOCAL_HOST), a(REMOTE), hop, 128, 100);
+            let p = icmp(a(FAR), a(REMOTE), hop, 128, 100);
             assert_eq!(
                 run(&p, from_link()),
                 Decision::Reject(IcmpErrorKind::HopLimitExceeded)
             );
-            let p = icmp(a(LOCAL_HOST), a(REMOTE), hop, 3, 100);
+            let p = icmp(a(FAR), a(REMOTE), hop, 3, 100);
             assert_eq!(run(&p, from_link()), drop(DropReason::HopLimitExceeded));
         }
         // Hop limit comes before the MTU.
-        let p = udp(a(LOCAL_HOST), a(REMOTE), 1, 1500);
+        let p = udp(a(FAR), a(REMOTE), 1, 1500);
         assert_eq!(
             run(&p, from_link()),
             Decision::Reject(IcmpErrorKind::HopLimitExceeded)
@@ -459,20 +478,21 @@ mod tests {
     fn packet_too_big_carries_link_mtu() {
         let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1401);
         let ptb = Decision::Reject(IcmpErrorKind::PacketTooBig { mtu: 1400 });
-        assert_eq!(run(&p, from_link()), ptb);
         assert_eq!(run(&p, Ingress::Tun), ptb);
-        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1400);
+        let p = udp(a(FAR), a(REMOTE), 64, 1401);
+        assert_eq!(run(&p, from_link()), ptb);
+        let p = udp(a(FAR), a(REMOTE), 64, 1400);
         assert_eq!(run(&p, from_link()), Decision::Forward { link: L1 });
         // No error about an error.
-        let p = icmp(a(LOCAL_HOST), a(REMOTE), 64, 2, 1401);
+        let p = icmp(a(FAR), a(REMOTE), 64, 2, 1401);
         assert_eq!(run(&p, from_link()), drop(DropReason::TooBig));
-        let p = icmp(a(LOCAL_HOST), a(REMOTE), 64, 128, 1401);
+        let p = icmp(a(FAR), a(REMOTE), 64, 128, 1401);
         assert_eq!(run(&p, from_link()), ptb);
     }
 
     #[test]
     fn trailing_buffer_bytes_do_not_count_for_mtu() {
-        let mut p = udp(a(LOCAL_HOST), a(REMOTE), 64, 1400);
+        let mut p = udp(a(FAR), a(REMOTE), 64, 1400);
         p.resize(2048, 0xaa);
         let mut buf = p.clone();
         assert_eq!(
@@ -485,7 +505,7 @@ mod tests {
 
     #[test]
     fn route_back_out_the_ingress_link_is_forwarded() {
-        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        let p = udp(a(FAR), a(REMOTE), 64, 100);
         assert_eq!(run(&p, Ingress::Link(L1)), Decision::Forward { link: L1 });
     }
 
@@ -498,10 +518,11 @@ mod tests {
             (v4, Ingress::Tun),
             (udp(a(LOCAL_HOST), a("ff02::1"), 64, 100), from_link()),
             (udp(a("::"), a(REMOTE), 64, 100), from_link()),
-            (icmp(a(LOCAL_HOST), a(UNROUTED), 64, 1, 100), from_link()),
-            (icmp(a(LOCAL_HOST), a(REMOTE), 1, 3, 100), from_link()),
-            (icmp(a(LOCAL_HOST), a(REMOTE), 64, 2, 1500), from_link()),
-            (udp(a(REMOTE), a(LOCAL_HOST), 64, 100), Ingress::Tun),
+            (icmp(a(FAR), a(UNROUTED), 64, 1, 100), from_link()),
+            (icmp(a(FAR), a(REMOTE), 1, 3, 100), from_link()),
+            (icmp(a(FAR), a(REMOTE), 64, 2, 1500), from_link()),
+            (udp(a(LOCAL_HOST), a(LOCAL_HOST), 64, 100), Ingress::Tun),
+            (udp(a(REMOTE), a(REMOTE_SMALL), 64, 100), Ingress::Tun),
         ];
         let produced: BTreeSet<DropReason> = cases
             .iter()
@@ -521,6 +542,31 @@ mod tests {
             })
             .collect();
         assert_eq!(produced, expected);
+    }
+
+    #[test]
+    fn spoofed_sources_are_dropped_at_the_mesh_edge() {
+        // From the TUN: only this node's own addresses (routed locally) may be sources.
+        for src in [REMOTE, REMOTE_SMALL, UNROUTED, FAR] {
+            let p = udp(a(src), a(REMOTE), 64, 100);
+            assert_eq!(run(&p, Ingress::Tun), drop(DropReason::Spoofed), "{src}");
+        }
+        let p = udp(a("2001:db8:1:ffff::9"), a(REMOTE), 64, 100);
+        assert_eq!(run(&p, Ingress::Tun), Decision::Forward { link: L1 });
+        // From a link: never one of this node's own addresses, whatever the destination.
+        for dst in [REMOTE, LOCAL_HOST, UNROUTED] {
+            let p = udp(a(LOCAL_HOST), a(dst), 64, 100);
+            assert_eq!(run(&p, from_link()), drop(DropReason::Spoofed), "{dst}");
+        }
+        // The source check comes after the bad-source and multicast checks.
+        let p = udp(a(REMOTE), a("ff02::1"), 64, 100);
+        assert_eq!(run(&p, Ingress::Tun), drop(DropReason::Multicast));
+        // With an empty table the TUN owns nothing.
+        let mut p = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        assert_eq!(
+            decide(&ForwardingTable::default(), &mut p, Ingress::Tun),
+            drop(DropReason::Spoofed)
+        );
     }
 
     #[test]
@@ -560,6 +606,7 @@ mod tests {
             fix_header in proptest::bool::weighted(0.9),
             shrink in prop_oneof![Just(0usize), 0usize..64],
             dst_top in top(),
+            src_top in top(),
             hop in prop_oneof![0u8..3, any::<u8>()],
             ingress in ingress(),
         ) {
@@ -575,10 +622,18 @@ mod tests {
                 let payload = u16::try_from((bytes.len() - 40).saturating_sub(shrink)).unwrap();
                 bytes[4..6].copy_from_slice(&payload.to_be_bytes());
                 bytes[7] = hop;
+                bytes[8] = src_top;
                 bytes[24] = dst_top;
             }
             let original = bytes.clone();
             let decision = decide(&table, &mut bytes, ingress);
+            // Whatever passes has a source its ingress may use.
+            if let (Decision::Forward { .. } | Decision::Deliver | Decision::Reject(_), Some((src, _))) =
+                (decision, addresses(&original))
+            {
+                let own = matches!(table.routes.lookup(src), Some((_, RouteTarget::Local)));
+                prop_assert_eq!(own, ingress == Ingress::Tun, "{:?} from {:?}", decision, ingress);
+            }
             prop_assert_eq!(bytes.len(), original.len());
             for (i, (after, before)) in bytes.iter().zip(&original).enumerate() {
                 if i != 7 {

@@ -14,6 +14,7 @@
 //! - [`route`]: Dijkstra over the mesh graph and the longest-prefix-match table.
 //! - [`forward`]: the pure per-packet decision the dataplane calls.
 //! - [`icmp`]: ICMPv6 errors and their rate limit.
+//! - [`identity`]: node keys, the trust policy, and the signed hello and update messages.
 //! - [`sim`]: a deterministic multi-node simulator (virtual clock, lossy links) for tests.
 //! - [`time`]: the core's notion of time.
 
@@ -22,6 +23,7 @@
 
 pub mod forward;
 pub mod icmp;
+pub mod identity;
 pub mod node;
 pub mod route;
 pub mod session;

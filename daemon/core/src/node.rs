@@ -25,12 +25,13 @@ use rand::{Rng, SeedableRng};
 use connectopus_wire::message::is_ipv6;
 use connectopus_wire::{
     Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, Prefix,
-    PrefixAdvert, Record, RecordKind, SignedUpdate, WireError,
+    PrefixAdvert, Record, RecordKind, SignedUpdate,
 };
 
 use crate::LinkId;
 use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, RouteTarget};
 use crate::icmp::{self, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
+use crate::identity::{self, NodeKey, PublicKey, TrustPolicy};
 use crate::route::{self, PrefixTable, RouteSet, SpfOptions};
 use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers};
 use crate::stream::StreamConfig;
@@ -96,6 +97,12 @@ pub struct NodeConfig {
     pub icmp_burst: u32,
     /// Seed for every random choice the node makes (session ids, nonces).
     pub seed: u64,
+    /// The node's signing key: with one, hellos carry the key and a signature bound to the
+    /// link's channel, and own updates are signed. `None` sends neither.
+    pub identity: Option<NodeKey>,
+    /// Which keys may be which node: with a policy, hellos and updates are checked against it
+    /// (see `docs/security.md`). `None` accepts any peer and any update, unauthenticated.
+    pub trust: Option<TrustPolicy>,
 }
 
 impl NodeConfig {
@@ -114,6 +121,8 @@ impl NodeConfig {
             icmp_per_second: 100,
             icmp_burst: 20,
             seed,
+            identity: None,
+            trust: None,
         }
     }
 }
@@ -258,6 +267,16 @@ pub enum UpdateRejection {
     Stale,
     /// The update claims to come from this node.
     OwnOrigin,
+    /// The trust policy grants the origin address to no key.
+    UnknownOrigin,
+    /// The update carries no signature, but the trust policy requires one.
+    Unsigned,
+    /// The update is signed by a key other than the one granted the origin address.
+    WrongKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// The update claims a name, prefix or attachment name the origin's grant does not allow.
+    UnauthorizedContent,
 }
 
 impl UpdateRejection {
@@ -268,6 +287,11 @@ impl UpdateRejection {
             UpdateRejection::Duplicate => "duplicate",
             UpdateRejection::Stale => "stale",
             UpdateRejection::OwnOrigin => "own_origin",
+            UpdateRejection::UnknownOrigin => "unknown_origin",
+            UpdateRejection::Unsigned => "unsigned",
+            UpdateRejection::WrongKey => "wrong_key",
+            UpdateRejection::BadSignature => "bad_signature",
+            UpdateRejection::UnauthorizedContent => "unauthorized_content",
         }
     }
 }
@@ -279,6 +303,8 @@ pub struct NodeCounters {
     pub drops: BTreeMap<DropReason, u64>,
     /// Updates not accepted, by reason.
     pub updates_rejected: BTreeMap<UpdateRejection, u64>,
+    /// Hellos refused, by reason (the `reason` of [`Event::HelloRejected`]).
+    pub hellos_rejected: BTreeMap<&'static str, u64>,
     /// Updates accepted.
     pub updates_accepted: u64,
     /// Own updates originated.
@@ -298,12 +324,17 @@ struct DatabaseEntry {
     /// The record body exactly as received, for verbatim flooding.
     raw: Arc<[u8]>,
     received_at: Time,
+    /// The key whose signature was verified, if the node checks signatures.
+    key: Option<PublicKey>,
 }
 
 /// The state machine of one mesh node. See the module documentation.
 #[derive(Debug)]
 pub struct Node {
     config: NodeConfig,
+    /// For every address the trust policy grants, the one key it is granted to (`None` if it is
+    /// granted to several); empty without a policy.
+    trusted_addresses: BTreeMap<Ipv6Addr, Option<PublicKey>>,
     rng: SmallRng,
     sessions: BTreeMap<LinkId, Session>,
     database: BTreeMap<Ipv6Addr, DatabaseEntry>,
@@ -337,7 +368,13 @@ impl Node {
     pub fn new(config: NodeConfig, now: Time) -> Self {
         let rng = SmallRng::seed_from_u64(config.seed);
         let icmp_limiter = IcmpRateLimiter::new(config.icmp_per_second, config.icmp_burst);
+        let trusted_addresses = config
+            .trust
+            .as_ref()
+            .map(TrustPolicy::address_index)
+            .unwrap_or_default();
         let mut node = Self {
+            trusted_addresses,
             rng,
             sessions: BTreeMap::new(),
             database: BTreeMap::new(),
@@ -586,6 +623,101 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Returns true if this node checks node keys (it has a trust policy).
+    pub fn enforces_identity(&self) -> bool {
+        self.config.trust.is_some()
+    }
+
+    /// Replaces the trust policy at run time (a new configuration: revoked, added or changed
+    /// keys). Sessions whose peer key is no longer granted its address and name (or is revoked)
+    /// are closed with [`CloseReason::PeerRejected`]; database entries whose origin's key or
+    /// content is no longer granted are dropped and remembered like pruned origins, so their old
+    /// updates are not taken back; routes and names are recomputed at once. `None` turns the
+    /// checks off (existing sessions and entries stay).
+    pub fn set_trust(&mut self, now: Time, trust: Option<TrustPolicy>) {
+        self.trusted_addresses = trust
+            .as_ref()
+            .map(TrustPolicy::address_index)
+            .unwrap_or_default();
+        self.config.trust = trust;
+        if let Some(trust) = self.config.trust.as_ref() {
+            let refused: Vec<LinkId> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.peer().is_some_and(|p| {
+                        let granted = p.key.as_ref().and_then(|k| trust.by_key(k));
+                        !granted.is_some_and(|g| g.address == p.address && g.name == p.name)
+                    })
+                })
+                .map(|(link, _)| *link)
+                .collect();
+            let dropped: Vec<Ipv6Addr> = self
+                .database
+                .values()
+                .filter(|e| {
+                    let granted = self
+                        .trusted_addresses
+                        .get(&e.update.origin)
+                        .copied()
+                        .flatten();
+                    !(e.key.is_some()
+                        && e.key == granted
+                        && e.key.is_some_and(|k| self.update_authorized(&k, &e.update)))
+                })
+                .map(|e| e.update.origin)
+                .collect();
+            for link in refused {
+                self.close_session(now, link, CloseReason::PeerRejected, true);
+            }
+            for address in dropped {
+                if let Some(entry) = self.database.remove(&address) {
+                    tracing::debug!(node = %address, "dropping origin no longer trusted");
+                    self.pruned
+                        .insert(address, (entry.update.epoch, entry.update.sequence));
+                    self.events.push_back(Event::NodePruned { address });
+                }
+            }
+        }
+        self.spf_at = None;
+        self.recompute_routes();
+        self.after_input(now);
+    }
+
+    /// Returns true if the trust policy grants `key` everything `update` claims.
+    fn update_authorized(&self, key: &PublicKey, update: &LinkStateUpdate) -> bool {
+        self.config
+            .trust
+            .as_ref()
+            .and_then(|t| t.by_key(key))
+            .is_some_and(|g| g.check_update(update).is_none())
+    }
+
+    /// Test support: sends `raw` (a signed-update container, see
+    /// [`identity::sign_update`]) as an update record on every established session, exactly as
+    /// if this node flooded it, so tests can play a member that forges or replays updates.
+    #[doc(hidden)]
+    pub fn flood_raw_update_for_test(&mut self, now: Time, raw: &[u8]) {
+        let mut framed = Vec::new();
+        encode_update_record(raw, &mut framed);
+        for session in self.sessions.values_mut() {
+            if session.is_established() {
+                let _ = session.send_record(&framed);
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// Test support: returns the stored signed-update container of `origin` (this node's own
+    /// latest update for its own address), byte for byte as flooded.
+    #[doc(hidden)]
+    pub fn raw_update_for_test(&self, origin: Ipv6Addr) -> Option<Vec<u8>> {
+        if origin == self.config.address {
+            return Some(self.own_update.to_vec());
+        }
+        self.database.get(&origin).map(|e| e.raw.to_vec())
+    }
+
     /// Returns the configuration version this node runs.
     pub fn config_version(&self) -> u64 {
         self.config.config_version
@@ -735,20 +867,99 @@ impl Node {
         }
     }
 
+    fn reject_hello(&mut self, now: Time, link: LinkId, claimed: Ipv6Addr, reason: &'static str) {
+        tracing::debug!(%link, %claimed, reason, "hello rejected");
+        *self.counters.hellos_rejected.entry(reason).or_default() += 1;
+        self.events.push_back(Event::HelloRejected {
+            link,
+            claimed,
+            reason,
+        });
+        self.close_session(now, link, CloseReason::PeerRejected, true);
+    }
+
+    /// Checks a hello against the trust policy; returns the verified peer key, or why the hello
+    /// is refused. Without a policy every hello passes, with no key.
+    fn check_hello(
+        &self,
+        link: LinkId,
+        hello: &connectopus_wire::Hello,
+    ) -> Result<Option<PublicKey>, &'static str> {
+        use connectopus_wire::HelloExtension;
+        let Some(trust) = self.config.trust.as_ref() else {
+            return Ok(None);
+        };
+        let Some(session) = self.sessions.get(&link) else {
+            return Err("no_session");
+        };
+        let value = |kind: u8| {
+            let mut values = hello.extensions.iter().filter(|e| e.kind == kind);
+            match (values.next(), values.next()) {
+                (Some(e), None) => Some(e.value.as_slice()),
+                _ => None,
+            }
+        };
+        let key: PublicKey = value(HelloExtension::NODE_KEY)
+            .and_then(|v| v.try_into().ok())
+            .ok_or("no_key")?;
+        let signature: [u8; 64] = value(HelloExtension::SIGNATURE)
+            .and_then(|v| v.try_into().ok())
+            .ok_or("no_key")?;
+        if self
+            .config
+            .identity
+            .as_ref()
+            .is_some_and(|own| own.public() == key)
+        {
+            return Err("own_key");
+        }
+        if trust.revoked.contains(&key) {
+            return Err("revoked_key");
+        }
+        let grant = trust.grants.get(&key).ok_or("unknown_key")?;
+        if grant.address != hello.address {
+            return Err("address_mismatch");
+        }
+        if grant.name != hello.name {
+            return Err("name_mismatch");
+        }
+        if session
+            .info()
+            .expected_peer
+            .as_ref()
+            .is_some_and(|expected| *expected != hello.name)
+        {
+            return Err("unexpected_peer");
+        }
+        let message = identity::hello_message(
+            &session.info().binding(),
+            hello.session_id,
+            hello.epoch,
+            hello.address,
+            &hello.name,
+        );
+        if !identity::verify(&key, &message, &signature) {
+            return Err("bad_signature");
+        }
+        Ok(Some(key))
+    }
+
     fn process_hello(&mut self, now: Time, link: LinkId, hello: &connectopus_wire::Hello) {
         if hello.address == self.config.address {
-            self.events.push_back(Event::HelloRejected {
-                link,
-                claimed: hello.address,
-                reason: "peer claims this node's address",
-            });
-            self.close_session(now, link, CloseReason::PeerRejected, true);
+            self.reject_hello(now, link, hello.address, "own_address");
             return;
         }
+        let key = match self.check_hello(link, hello) {
+            Ok(key) => key,
+            Err(reason) => {
+                self.reject_hello(now, link, hello.address, reason);
+                return;
+            }
+        };
         let Some(session) = self.sessions.get_mut(&link) else {
             return;
         };
-        let outcome = session.handle_hello(now, hello);
+        let outcome = session.handle_hello(now, hello, key);
         match outcome {
             HelloOutcome::Nothing => {}
             HelloOutcome::PeerRestarted { previous } => {
@@ -872,16 +1083,41 @@ impl Node {
     }
 
     fn process_update(&mut self, now: Time, from: LinkId, body: Vec<u8>) {
-        let update = match parse_update(&body) {
-            Ok(update) => update,
-            Err(_) => {
-                self.reject_update(UpdateRejection::Malformed);
-                return;
-            }
+        let Ok(signed) = SignedUpdate::parse(&body) else {
+            self.reject_update(UpdateRejection::Malformed);
+            return;
+        };
+        let Ok(update) = LinkStateUpdate::parse_body(signed.body) else {
+            self.reject_update(UpdateRejection::Malformed);
+            return;
         };
         if update.origin == self.config.address {
             self.reject_update(UpdateRejection::OwnOrigin);
             return;
+        }
+        // With a trust policy: only the key granted the origin address may speak for it. This
+        // is checked before the (epoch, sequence) comparison, and nothing is stored before the
+        // signature verifies, so a forged update can never raise the stored sequence.
+        let mut verified_key = None;
+        if self.config.trust.is_some() {
+            let Some(granted) = self
+                .trusted_addresses
+                .get(&update.origin)
+                .copied()
+                .flatten()
+            else {
+                self.reject_update(UpdateRejection::UnknownOrigin);
+                return;
+            };
+            let Some(signature) = signed.signature else {
+                self.reject_update(UpdateRejection::Unsigned);
+                return;
+            };
+            if signature.key != granted {
+                self.reject_update(UpdateRejection::WrongKey);
+                return;
+            }
+            verified_key = Some((granted, signature.signature));
         }
         let incoming = (update.epoch, update.sequence);
         if let Some(known) = self.database.get(&update.origin) {
@@ -900,6 +1136,20 @@ impl Node {
             self.reject_update(UpdateRejection::Stale);
             return;
         }
+        let key = match verified_key {
+            None => None,
+            Some((key, signature)) => {
+                if !identity::verify(&key, &identity::update_message(signed.body), &signature) {
+                    self.reject_update(UpdateRejection::BadSignature);
+                    return;
+                }
+                if !self.update_authorized(&key, &update) {
+                    self.reject_update(UpdateRejection::UnauthorizedContent);
+                    return;
+                }
+                Some(key)
+            }
+        };
         self.counters.updates_accepted += 1;
         self.pruned.remove(&update.origin);
         let origin = update.origin;
@@ -913,6 +1163,7 @@ impl Node {
                 update: update.clone(),
                 raw: raw.clone(),
                 received_at: now,
+                key,
             },
         );
         let topology_changed = match &previous {
@@ -1128,13 +1379,7 @@ impl Node {
         };
         update.canonicalize();
         let body = update.encode_body();
-        let raw: Arc<[u8]> = Arc::from(
-            SignedUpdate {
-                body: &body,
-                signature: None,
-            }
-            .encode(),
-        );
+        let raw: Arc<[u8]> = Arc::from(identity::sign_update(self.config.identity.as_ref(), &body));
         if adjacencies != self.own_adjacencies {
             self.own_adjacencies = adjacencies;
             self.schedule_spf(now);
@@ -1186,10 +1431,13 @@ impl Node {
         }
         let address = self.config.address;
         let epoch = self.config.epoch;
+        let key = self.config.identity.as_ref();
         let mut out = Vec::new();
         for (link, session) in self.sessions.iter_mut() {
             if session.hello_due(now) {
-                let hello = session.hello(address, &self.config.name, epoch).encode();
+                let hello = session
+                    .hello(address, &self.config.name, epoch, key)
+                    .encode();
                 session.push_message(hello);
                 session.hello_sent(now);
             }
@@ -1388,11 +1636,6 @@ impl Node {
 
 fn same_routes(a: &PrefixTable<RouteTarget>, b: &PrefixTable<RouteTarget>) -> bool {
     a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
-}
-
-fn parse_update(body: &[u8]) -> Result<LinkStateUpdate, WireError> {
-    let signed = SignedUpdate::parse(body)?;
-    LinkStateUpdate::parse_body(signed.body)
 }
 
 fn encode_update_record(raw: &[u8], out: &mut Vec<u8>) {

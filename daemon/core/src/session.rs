@@ -15,9 +15,12 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use connectopus_wire::record::RecordDecoder;
-use connectopus_wire::{Cost, Goodbye, GoodbyeReason, Hello, Keepalive, StreamSegment};
+use connectopus_wire::{
+    Cost, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, StreamSegment,
+};
 
 use crate::LinkId;
+use crate::identity::{self, NodeKey};
 use crate::stream::{ReliableStream, StreamConfig, StreamError, StreamStats};
 use crate::time::Time;
 
@@ -30,6 +33,31 @@ pub struct LinkInfo {
     pub cost: Cost,
     /// Human-readable origin of the link, e.g. the backend name and remote address.
     pub label: String,
+    /// The channel binding of the link's (D)TLS session: its 32-byte keying-material exporter
+    /// value, the same at both ends of one session. `None` for plain TCP; hellos then sign 32
+    /// zero bytes, and a relay between two links cannot be detected.
+    pub channel_binding: Option<[u8; 32]>,
+    /// The node name the dialer expects at the other end (its `peer_node`); with a trust policy,
+    /// a hello from any other name is refused.
+    pub expected_peer: Option<String>,
+}
+
+impl LinkInfo {
+    /// Returns link information with no channel binding and no expected peer.
+    pub fn new(mtu: u16, cost: Cost, label: impl Into<String>) -> Self {
+        Self {
+            mtu,
+            cost,
+            label: label.into(),
+            channel_binding: None,
+            expected_peer: None,
+        }
+    }
+
+    /// Returns the channel binding hellos on this link sign: the exporter value, or zeros.
+    pub fn binding(&self) -> [u8; 32] {
+        self.channel_binding.unwrap_or([0; 32])
+    }
 }
 
 /// Session timers.
@@ -69,6 +97,8 @@ pub struct PeerInfo {
     pub session_id: u64,
     /// The peer's capability bits.
     pub capabilities: u32,
+    /// The peer's node key, verified against the trust policy (`None` without one).
+    pub key: Option<[u8; 32]>,
 }
 
 /// Where a session is in its life.
@@ -298,7 +328,37 @@ impl Session {
             .clamp(64, self.stream_config.max_segment_payload.max(64))
     }
 
-    pub(crate) fn hello(&self, address: Ipv6Addr, name: &str, epoch: u64) -> Hello {
+    /// Builds this end's hello; with a node key, it carries the key and its signature over
+    /// the link's channel binding and the session (see [`crate::identity::hello_message`]).
+    pub(crate) fn hello(
+        &self,
+        address: Ipv6Addr,
+        name: &str,
+        epoch: u64,
+        key: Option<&NodeKey>,
+    ) -> Hello {
+        let extensions = match key {
+            None => Vec::new(),
+            Some(key) => {
+                let message = identity::hello_message(
+                    &self.info.binding(),
+                    self.local_session_id,
+                    epoch,
+                    address,
+                    name,
+                );
+                vec![
+                    HelloExtension {
+                        kind: HelloExtension::NODE_KEY,
+                        value: key.public().to_vec(),
+                    },
+                    HelloExtension {
+                        kind: HelloExtension::SIGNATURE,
+                        value: key.sign(&message).to_vec(),
+                    },
+                ]
+            }
+        };
         Hello {
             capabilities: 0,
             session_id: self.local_session_id,
@@ -306,7 +366,7 @@ impl Session {
             epoch,
             address,
             name: name.to_owned(),
-            extensions: Vec::new(),
+            extensions,
         }
     }
 
@@ -324,8 +384,14 @@ impl Session {
         self.counters.bytes_out += len as u64;
     }
 
-    /// Processes the peer's hello. The caller has checked that the peer may join.
-    pub(crate) fn handle_hello(&mut self, now: Time, hello: &Hello) -> HelloOutcome {
+    /// Processes the peer's hello. The caller has checked that the peer may join, and passes
+    /// the node key it verified, if any.
+    pub(crate) fn handle_hello(
+        &mut self,
+        now: Time,
+        hello: &Hello,
+        key: Option<[u8; 32]>,
+    ) -> HelloOutcome {
         let mut outcome = HelloOutcome::Nothing;
         let incoming = PeerInfo {
             address: hello.address,
@@ -333,6 +399,7 @@ impl Session {
             epoch: hello.epoch,
             session_id: hello.session_id,
             capabilities: hello.capabilities,
+            key,
         };
         match &self.peer {
             Some(known) if known.session_id == hello.session_id => {}
@@ -554,11 +621,7 @@ mod tests {
     fn session(id: u64) -> Session {
         Session::new(
             LinkId(1),
-            LinkInfo {
-                mtu: 1400,
-                cost: Cost::DEFAULT,
-                label: "test".into(),
-            },
+            LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
             1 << 20,
@@ -568,7 +631,7 @@ mod tests {
     }
 
     fn hello_from(peer: &Session, address: &str) -> Hello {
-        peer.hello(address.parse().unwrap(), "peer", 7)
+        peer.hello(address.parse().unwrap(), "peer", 7, None)
     }
 
     #[test]
@@ -577,19 +640,19 @@ mod tests {
         let mut b = session(22);
         // a's first hello (echo 0) reaches b; b answers with an echo of a's id.
         assert_eq!(
-            b.handle_hello(Time::ZERO, &hello_from(&a, "fd00::1")),
+            b.handle_hello(Time::ZERO, &hello_from(&a, "fd00::1"), None),
             HelloOutcome::Nothing
         );
         assert!(!b.is_established());
         let answer = hello_from(&b, "fd00::2");
         assert_eq!(answer.echo_session_id, 11);
         assert_eq!(
-            a.handle_hello(Time::ZERO, &answer),
+            a.handle_hello(Time::ZERO, &answer, None),
             HelloOutcome::Established
         );
         assert!(b.hello_due(Time::ZERO), "b must be told its echo");
         assert_eq!(
-            b.handle_hello(Time::ZERO, &hello_from(&a, "fd00::1")),
+            b.handle_hello(Time::ZERO, &hello_from(&a, "fd00::1"), None),
             HelloOutcome::Established
         );
         assert_eq!(
@@ -602,15 +665,19 @@ mod tests {
     fn a_new_session_id_on_an_established_link_is_a_peer_restart() {
         let mut a = session(11);
         let b = session(22);
-        a.handle_hello(Time::ZERO, &hello_from(&b, "fd00::2"));
+        a.handle_hello(Time::ZERO, &hello_from(&b, "fd00::2"), None);
         let mut echoed = hello_from(&b, "fd00::2");
         echoed.echo_session_id = 11;
         assert_eq!(
-            a.handle_hello(Time::ZERO, &echoed),
+            a.handle_hello(Time::ZERO, &echoed, None),
             HelloOutcome::Established
         );
         let restarted = session(33);
-        let outcome = a.handle_hello(Time::from_nanos(5), &hello_from(&restarted, "fd00::2"));
+        let outcome = a.handle_hello(
+            Time::from_nanos(5),
+            &hello_from(&restarted, "fd00::2"),
+            None,
+        );
         assert!(
             matches!(outcome, HelloOutcome::PeerRestarted { ref previous } if previous.session_id == 22)
         );
@@ -625,11 +692,7 @@ mod tests {
         let start = Time::ZERO + Duration::from_secs(100);
         let mut s = Session::new(
             LinkId(1),
-            LinkInfo {
-                mtu: 1400,
-                cost: Cost::DEFAULT,
-                label: "test".into(),
-            },
+            LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
             1 << 20,
@@ -650,7 +713,7 @@ mod tests {
         let mut a = session(11);
         let mut echoed = hello_from(&session(22), "fd00::2");
         echoed.echo_session_id = 11;
-        a.handle_hello(Time::ZERO, &echoed);
+        a.handle_hello(Time::ZERO, &echoed, None);
         let mut out = Vec::new();
         a.hello_sent(Time::ZERO);
         a.drain_outbox(Time::ZERO, &mut out);

@@ -48,6 +48,11 @@ pub struct LinkParams {
     pub cost_ab: Cost,
     /// Cost the second node assigns to the link.
     pub cost_ba: Cost,
+    /// Channel binding (exporter value) the first node's end reports.
+    pub channel_binding_a: Option<[u8; 32]>,
+    /// Channel binding the second node's end reports. Equal to `channel_binding_a` for one
+    /// (D)TLS session; different values model a relay that bridges two separate sessions.
+    pub channel_binding_b: Option<[u8; 32]>,
 }
 
 impl Default for LinkParams {
@@ -60,6 +65,8 @@ impl Default for LinkParams {
             mtu: 1452,
             cost_ab: Cost::DEFAULT,
             cost_ba: Cost::DEFAULT,
+            channel_binding_a: None,
+            channel_binding_b: None,
         }
     }
 }
@@ -69,6 +76,13 @@ impl LinkParams {
     pub fn with_cost(mut self, cost: f64) -> Self {
         self.cost_ab = Cost::from_f64(cost);
         self.cost_ba = Cost::from_f64(cost);
+        self
+    }
+
+    /// Returns the parameters with both ends reporting the channel binding `binding`.
+    pub fn with_channel_binding(mut self, binding: [u8; 32]) -> Self {
+        self.channel_binding_a = Some(binding);
+        self.channel_binding_b = Some(binding);
         self
     }
 }
@@ -100,6 +114,8 @@ struct SimLink {
     cut: bool,
     transport: Option<Transport>,
     redial_at: Option<Time>,
+    /// The peer name the first node expects (it dials with `peer_node`).
+    a_expects: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -224,6 +240,18 @@ impl Sim {
 
     /// Connects two nodes with a new link and brings its transport up.
     pub fn connect(&mut self, a: NodeIdx, b: NodeIdx, params: LinkParams) -> SimLinkIdx {
+        self.connect_expecting(a, b, params, None)
+    }
+
+    /// Connects two nodes like [`Sim::connect`], with `a` as a dialer that expects the node
+    /// named `a_expects` at the other end ([`LinkInfo::expected_peer`]).
+    pub fn connect_expecting(
+        &mut self,
+        a: NodeIdx,
+        b: NodeIdx,
+        params: LinkParams,
+        a_expects: Option<&str>,
+    ) -> SimLinkIdx {
         let idx = SimLinkIdx(self.links.len());
         self.links.push(SimLink {
             a,
@@ -232,6 +260,7 @@ impl Sim {
             cut: false,
             transport: None,
             redial_at: None,
+            a_expects: a_expects.map(str::to_owned),
         });
         self.bring_up(idx);
         idx
@@ -444,19 +473,29 @@ impl Sim {
         let a_link = self.new_link_id(a);
         let b_link = self.new_link_id(b);
         let params = self.links[idx.0].params;
+        let a_expects = self.links[idx.0].a_expects.clone();
         self.links[idx.0].transport = Some(Transport { a_link, b_link });
         self.links[idx.0].redial_at = None;
         self.nodes[a.0].links.insert(a_link, idx);
         self.nodes[b.0].links.insert(b_link, idx);
         let now = self.now;
-        for (n, link, cost, peer) in [
-            (a, a_link, params.cost_ab, b),
-            (b, b_link, params.cost_ba, a),
+        for (n, link, cost, peer, binding, expected) in [
+            (
+                a,
+                a_link,
+                params.cost_ab,
+                b,
+                params.channel_binding_a,
+                a_expects,
+            ),
+            (b, b_link, params.cost_ba, a, params.channel_binding_b, None),
         ] {
             let info = LinkInfo {
                 mtu: params.mtu,
                 cost,
                 label: format!("sim link {} to node {}", idx.0, peer.0),
+                channel_binding: binding,
+                expected_peer: expected,
             };
             if let Some(node) = self.nodes[n.0].node.as_mut() {
                 node.handle_link_up(now, link, info);

@@ -46,6 +46,10 @@ use dtls::send_raw;
 mod reconcile;
 mod report;
 mod tcp;
+mod trust;
+
+/// The RFC 5705 exporter label of the channel binding that node hellos sign.
+const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -81,6 +85,9 @@ pub struct NodeOptions {
     pub control_socket: PathBuf,
     /// The eBPF object to load (default: found by `connectopus_fastpath::find_object`).
     pub ebpf_object: Option<PathBuf>,
+    /// The node key file, when the node's config entry has an `identity`
+    /// [default: /var/lib/connectopus/<id>/identity.key].
+    pub identity_file: Option<PathBuf>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -96,7 +103,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         id,
         control_socket,
         ebpf_object,
+        identity_file,
     } = options;
+    let node_key = trust::node_key(&config, &id, identity_file.as_deref())?;
     let node_config = config
         .node(&id)
         .map_err(|d| anyhow::anyhow!("{d}"))?
@@ -170,10 +179,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     threads.push(signal_thread);
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    let epoch = started_wall
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(1);
+    let epoch = trust::next_epoch(&config_path);
     let timers = &config.global.timers;
     let mut core = NodeConfig::new(
         node_config.address,
@@ -182,6 +188,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         epoch ^ u64::from(std::process::id()),
     );
     core.config_version = config.global.version;
+    if let Some(key) = node_key {
+        tracing::info!(key = %connectopus_core::identity::hex(&key.public()), "node identity enforced");
+        core.identity = Some(key);
+        core.trust = Some(trust::policy(&config));
+    }
     core.prefixes = attachments;
     core.names = attachment_names;
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
@@ -733,11 +744,28 @@ impl Daemon {
             return;
         }
         l.announced = true;
-        let info = LinkInfo {
-            mtu: l.mtu,
-            cost: l.cost,
-            label: format!("{} {} {}", l.backend, l.kind, l.remote),
+        // Channel binding: both ends of a (D)TLS session derive the same exporter value, so a
+        // hello signed over it cannot be replayed on another session or relayed.
+        let channel_binding = match &l.transport {
+            Transport::Dtls(d) => d
+                .association
+                .export_keying_material(CHANNEL_BINDING_LABEL, None, 32)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
+            Transport::Tcp(t) => t.codec.exporter(CHANNEL_BINDING_LABEL),
         };
+        let expected_peer = self
+            .backends
+            .get(&l.backend)
+            .and_then(|b| b.config.peer_node().map(str::to_owned))
+            .filter(|_| l.kind.ends_with("dialer"));
+        let mut info = LinkInfo::new(
+            l.mtu,
+            l.cost,
+            format!("{} {} {}", l.backend, l.kind, l.remote),
+        );
+        info.channel_binding = channel_binding;
+        info.expected_peer = expected_peer;
         let now = self.now();
         self.node.handle_link_up(now, link, info);
     }

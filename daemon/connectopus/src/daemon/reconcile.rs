@@ -348,6 +348,10 @@ impl Daemon {
         match self.apply_config(&new) {
             ApplyOutcome::Applied => {
                 let now = self.now();
+                if self.node.enforces_identity() {
+                    // Grants and revocations of other nodes take effect at once.
+                    self.node.set_trust(now, Some(trust::policy(&new)));
+                }
                 self.node.set_config(now, version, bytes, signature);
                 self.config = new;
             }

@@ -123,6 +123,9 @@ impl Daemon {
         for (reason, n) in &counters.updates_rejected {
             counter_map.insert(format!("updates_rejected_{}", reason.as_str()), *n);
         }
+        for (reason, n) in &counters.hellos_rejected {
+            counter_map.insert(format!("hellos_rejected_{reason}"), *n);
+        }
         for (what, n) in &counters.malformed_messages {
             counter_map.insert(format!("malformed_messages_{what}"), *n);
         }

@@ -68,6 +68,22 @@ impl TcpCodec {
         self.tls.as_ref().is_none_or(|c| !c.is_handshaking())
     }
 
+    /// Returns 32 bytes of RFC 5705 keying material for `label` once the TLS handshake is done,
+    /// or `None` on plain TCP.
+    pub fn exporter(&self, label: &str) -> Option<[u8; 32]> {
+        let conn = self.tls.as_ref()?;
+        let mut out = [0u8; 32];
+        match conn {
+            rustls::Connection::Client(c) => c
+                .export_keying_material(&mut out, label.as_bytes(), None)
+                .ok()?,
+            rustls::Connection::Server(c) => c
+                .export_keying_material(&mut out, label.as_bytes(), None)
+                .ok()?,
+        };
+        Some(out)
+    }
+
     /// Feeds bytes read from the socket; TLS handshake output is appended to `out`.
     ///
     /// # Errors
