@@ -490,7 +490,7 @@ fn path_str(path: &Path) -> Result<&str> {
 }
 
 impl Pki {
-    /// Creates the CA in `<test dir>/pki`.
+    /// Creates the CA in `<test dir>/pki`, or opens the one already there.
     pub fn new(dir: &TestDir) -> Result<Pki> {
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;
@@ -498,6 +498,10 @@ impl Pki {
             cert: pki_dir.join("ca.pem"),
             key: pki_dir.join("ca.key"),
         };
+        // One CA per test directory: a second Pki on the same directory issues from it.
+        if ca.cert.is_file() && ca.key.is_file() {
+            return Ok(Pki { dir: pki_dir, ca });
+        }
         openssl(&[
             "req",
             "-x509",

@@ -240,3 +240,118 @@ fn removing_a_node_from_the_config_cuts_it_off_everywhere() {
         Ok(())
     });
 }
+
+/// A man in the middle with certificates the mesh CA signed: it terminates foo's TLS session
+/// and opens its own to bar, relaying the plaintext.
+fn mitm_script(
+    listen: std::net::Ipv6Addr,
+    port: u16,
+    upstream: std::net::Ipv6Addr,
+    upstream_port: u16,
+    dir: &Path,
+) -> String {
+    let p = |name: &str| dir.join("pki").join(name).display().to_string();
+    format!(
+        r#"
+import socket, ssl, threading
+srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+srv.load_cert_chain("{relay_cert}", "{relay_key}")
+cli = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+cli.load_verify_locations("{ca}")
+cli.load_cert_chain("{relay_cert}", "{relay_key}")
+cli.check_hostname = False
+def pump(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except Exception:
+        pass
+    for s in (a, b):
+        try:
+            s.close()
+        except Exception:
+            pass
+ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("{listen}", {port}))
+ls.listen(8)
+print("relay ready", flush=True)
+while True:
+    c, _ = ls.accept()
+    try:
+        down = srv.wrap_socket(c, server_side=True)
+        up = cli.wrap_socket(socket.create_connection(("{upstream}", {upstream_port})))
+    except Exception as e:
+        print("relay:", e, flush=True)
+        continue
+    threading.Thread(target=pump, args=(down, up), daemon=True).start()
+    threading.Thread(target=pump, args=(up, down), daemon=True).start()
+"#,
+        relay_cert = p("relay-mitm.pem"),
+        relay_key = p("relay-mitm.key"),
+        ca = p("ca.pem"),
+    )
+}
+
+#[test]
+fn a_relay_bridging_two_tls_sessions_fails_the_hello_on_both_sides() {
+    require_root!();
+    run_test("identity_relay", |dir| {
+        require_tools(&["python3", "ssh-keygen", "openssl"]);
+        let topo = Topology::line(dir, &["foo", "relay", "bar"])?;
+        // bar listens for "relay"; the dialer entry is then moved to foo and pointed at the
+        // man in the middle, which holds a certificate from the same CA for its own address.
+        let mesh = Mesh::configure_with_identities(
+            &topo,
+            &[MeshLink::new("bar", "relay", LinkKind::TcpTls)],
+            &[],
+        )?;
+        let relay_ip = topo.link_addr("relay", "foo");
+        let bar_ip = topo.link_addr("bar", "relay");
+        let pki = connectopus_tests::Pki::new(dir)?;
+        pki.issue("relay-mitm", &[connectopus_tests::San::Ip(relay_ip.into())])?;
+        let text = std::fs::read_to_string(mesh.config_path())?;
+        let start = text
+            .find("    backends:\n      d0:")
+            .context("relay's dialer")?;
+        let end = text[start..]
+            .find("\n  bar:\n")
+            .map_or(text.len(), |i| start + i + 1);
+        let dialer = text[start..end].replace(
+            &format!("peer: \"[{bar_ip}]:4000\""),
+            &format!("peer: \"[{relay_ip}]:4000\""),
+        );
+        let mut moved = text;
+        moved.replace_range(start..end, "");
+        let foo_entry = "  foo:\n";
+        let foo_at = moved.find(foo_entry).context("foo's entry")?;
+        let foo_end = moved[foo_at + foo_entry.len()..]
+            .find("\n  relay:\n")
+            .map_or(moved.len(), |i| foo_at + foo_entry.len() + i + 1);
+        moved.insert_str(foo_end, &dialer);
+        std::fs::write(mesh.config_path(), moved)?;
+        mesh.sign()?;
+        let mut mesh = mesh;
+        let relay = topo.ns("relay").spawn(
+            "python3",
+            &["-c", &mitm_script(relay_ip, 4000, bar_ip, 4000, dir.path())],
+        )?;
+        relay.wait_for_output("relay ready", Duration::from_secs(10))?;
+        mesh.start("bar")?;
+        mesh.start("foo")?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+            counter(&mesh, "foo", "hellos_rejected_bad_signature") > 0
+                && counter(&mesh, "bar", "hellos_rejected_bad_signature") > 0
+        })
+        .context("both ends should refuse the relayed hello")?;
+        ensure!(
+            mesh.next_hop("foo", "bar")?.is_none(),
+            "foo got a route to bar"
+        );
+        drop(relay);
+        Ok(())
+    });
+}
