@@ -372,7 +372,12 @@ fn measure_all(options: &Options, results: &mut [SubjectResult]) -> Result<()> {
                     result.samples[rep] = Some(sample);
                 }
                 Err(error) => {
-                    let error = format!("{error:#}");
+                    let error = if cleanup::interrupted() {
+                        // Whatever failed, it failed because the signal killed it.
+                        "interrupted".to_owned()
+                    } else {
+                        format!("{error:#}")
+                    };
                     eprintln!("e2e:   {id} failed: {error}");
                     result
                         .errors
@@ -389,6 +394,10 @@ fn measure_all(options: &Options, results: &mut [SubjectResult]) -> Result<()> {
                 }
             }
         }
+    }
+    // A signal during the last subject ends its measurement with an error, not the loop.
+    if cleanup::interrupted() {
+        outcome = Err(anyhow::anyhow!("interrupted"));
     }
     for result in results.iter_mut() {
         if matches!(result.status, Status::Ran) && result.samples.iter().all(Option::is_none) {
