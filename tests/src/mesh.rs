@@ -199,25 +199,15 @@ impl<'t> Mesh<'t> {
             );
         }
         let admin_key = dir.join("admin_key");
-        let _ = std::fs::remove_file(&admin_key);
-        run_ok(
-            {
-                let mut c = Command::new(crate::tool("ssh-keygen")?);
-                c.args(["-q", "-t", "ed25519", "-N", "", "-C", "mesh-admin", "-f"])
-                    .arg(&admin_key);
-                c
-            },
-            Duration::from_secs(20),
-        )?;
-        let admin_pub = std::fs::read_to_string(dir.join("admin_key.pub"))?;
+        let admin_pub = ssh_keygen(&admin_key, "mesh-admin")?;
         let mut yaml = format!(
             "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{}\"\n  timers: {{keepalive_idle: 3s, dead_interval: 7s}}\nnodes:\n",
-            admin_pub.trim()
+            admin_pub
         );
         for (i, name) in nodes.iter().enumerate() {
             let _ = writeln!(yaml, "  {name}:\n    address: \"{}\"", mesh_address(i));
             if identities {
-                let public = ssh_keygen_key(&dir.join(format!("{name}.key")), name)?;
+                let public = ssh_keygen(&dir.join(format!("{name}.key")), name)?;
                 let _ = writeln!(yaml, "    identity: \"{public}\"");
             }
             for (node, lines) in extra {
@@ -251,15 +241,7 @@ impl<'t> Mesh<'t> {
     /// # Errors
     /// ssh-keygen failed.
     pub fn sign(&self) -> Result<()> {
-        let sig = PathBuf::from(format!("{}.sig", self.config.display()));
-        let _ = std::fs::remove_file(&sig);
-        let mut command = Command::new(crate::tool("ssh-keygen")?);
-        command
-            .args(["-Y", "sign", "-n", "connectopus", "-f"])
-            .arg(&self.admin_key)
-            .arg(&self.config);
-        run_ok(command, Duration::from_secs(20))?;
-        Ok(())
+        ssh_sign(&self.config, &self.admin_key, "connectopus")
     }
 
     /// Returns the private key (OpenSSH, unencrypted) that signs this mesh's config.
@@ -493,8 +475,12 @@ impl<'t> Mesh<'t> {
     }
 }
 
-/// Makes an ed25519 key with ssh-keygen at `path` and returns its public line.
-fn ssh_keygen_key(path: &std::path::Path, comment: &str) -> Result<String> {
+/// Makes an ed25519 key without a passphrase with `ssh-keygen` at `path` (and `path.pub`) and
+/// returns its public line.
+///
+/// # Errors
+/// ssh-keygen failed.
+pub fn ssh_keygen(path: &std::path::Path, comment: &str) -> Result<String> {
     let _ = std::fs::remove_file(path);
     let mut command = Command::new(crate::tool("ssh-keygen")?);
     command
@@ -503,6 +489,22 @@ fn ssh_keygen_key(path: &std::path::Path, comment: &str) -> Result<String> {
     run_ok(command, Duration::from_secs(20))?;
     let public = std::fs::read_to_string(format!("{}.pub", path.display()))?;
     Ok(public.trim().to_owned())
+}
+
+/// Signs `path` with the private key `key` in `namespace` (`ssh-keygen -Y sign`), writing
+/// `path.sig` (an old one is replaced).
+///
+/// # Errors
+/// ssh-keygen failed.
+pub fn ssh_sign(path: &std::path::Path, key: &std::path::Path, namespace: &str) -> Result<()> {
+    let _ = std::fs::remove_file(format!("{}.sig", path.display()));
+    let mut command = Command::new(crate::tool("ssh-keygen")?);
+    command
+        .args(["-Y", "sign", "-n", namespace, "-f"])
+        .arg(key)
+        .arg(path);
+    run_ok(command, Duration::from_secs(20))?;
+    Ok(())
 }
 
 fn cert_listener(tls: &str, server: &CertPair, pki: &Pki) -> String {

@@ -71,27 +71,14 @@ fn unknown_id_names_the_known_nodes() {
     // A correctly signed config, so that the only fault is the --id.
     let dir = TestDir::new("cli_unknown_id").unwrap();
     let key = dir.join("admin");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "admin", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(dir.join("admin.pub")).unwrap();
+    let public = connectopus_tests::ssh_keygen(&key, "admin").unwrap();
     let yaml = GOOD.replace(
         "  authorized_keys: []\n",
-        &format!("  authorized_keys:\n    - \"{}\"\n", public.trim()),
+        &format!("  authorized_keys:\n    - \"{public}\"\n"),
     );
     let path = dir.join("mesh.yml");
     std::fs::write(&path, &yaml).unwrap();
-    let status = Command::new("ssh-keygen")
-        .args(["-Y", "sign", "-n", "connectopus", "-f"])
-        .arg(&key)
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    connectopus_tests::ssh_sign(&path, &key, "connectopus").unwrap();
     let out = Command::new(workspace_binary("connectopus").unwrap())
         .args(["node", "--config"])
         .arg(&path)

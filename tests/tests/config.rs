@@ -34,25 +34,13 @@ fn candidate(
 }
 
 fn sign(path: &Path, key: &Path, namespace: &str) -> Result<()> {
-    let _ = std::fs::remove_file(format!("{}.sig", path.display()));
-    let mut command = Command::new("ssh-keygen");
-    command
-        .args(["-Y", "sign", "-n", namespace, "-f"])
-        .arg(key)
-        .arg(path);
-    run_ok(command, Duration::from_secs(20))?;
-    Ok(())
+    connectopus_tests::ssh_sign(path, key, namespace)
 }
 
 fn new_key(dir: &TestDir, name: &str) -> Result<(PathBuf, String)> {
     let key = dir.join(name);
-    let mut command = Command::new("ssh-keygen");
-    command
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key);
-    run_ok(command, Duration::from_secs(20))?;
-    let public = std::fs::read_to_string(dir.join(format!("{name}.pub")))?;
-    Ok((key, public.trim().to_owned()))
+    let public = connectopus_tests::ssh_keygen(&key, name)?;
+    Ok((key, public))
 }
 
 fn versions(mesh: &Mesh<'_>, nodes: &[&str]) -> Vec<u64> {

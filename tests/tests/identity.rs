@@ -5,24 +5,16 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, Topology, dig, ping6, require_root, require_tools, run_ok, run_test,
+    LinkKind, Mesh, MeshLink, Topology, dig, ping6, require_root, require_tools, run_test,
     wait_until,
 };
 
 fn sign(path: &Path, key: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(format!("{}.sig", path.display()));
-    let mut command = Command::new("ssh-keygen");
-    command
-        .args(["-Y", "sign", "-n", "connectopus", "-f"])
-        .arg(key)
-        .arg(path);
-    run_ok(command, Duration::from_secs(20))?;
-    Ok(())
+    connectopus_tests::ssh_sign(path, key, "connectopus")
 }
 
 fn counter(mesh: &Mesh<'_>, node: &str, name: &str) -> u64 {
@@ -76,14 +68,7 @@ fn a_keyed_mesh_routes_and_an_impostor_with_the_psk_gets_no_session() {
         // name, its own node key, signed by its own admin key. It dials foo with the PSK.
         let text = std::fs::read_to_string(mesh.config_path())?;
         let mallory_admin = dir.join("mallory_admin");
-        let mut command = Command::new("ssh-keygen");
-        command
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "mallory-admin", "-f"])
-            .arg(&mallory_admin);
-        run_ok(command, Duration::from_secs(20))?;
-        let mallory_admin_pub = std::fs::read_to_string(dir.join("mallory_admin.pub"))?
-            .trim()
-            .to_owned();
+        let mallory_admin_pub = connectopus_tests::ssh_keygen(&mallory_admin, "mallory-admin")?;
         let admin_pub = std::fs::read_to_string(format!("{}.pub", mesh.admin_key().display()))?
             .trim()
             .to_owned();
