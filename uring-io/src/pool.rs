@@ -72,6 +72,23 @@ impl BufferPool {
         headroom: usize,
         tailroom: usize,
     ) -> io::Result<Self> {
+        Self::with_residency(count, buf_size, headroom, tailroom, true)
+    }
+
+    /// Maps the pool like [`new`](Self::new); with `populate` false, pages become resident only
+    /// when first touched, so a pool sized for 64 KiB super-packets costs memory in proportion to
+    /// what traffic uses, not to its worst case.
+    ///
+    /// # Errors
+    ///
+    /// As for [`new`](Self::new).
+    pub fn with_residency(
+        count: usize,
+        buf_size: usize,
+        headroom: usize,
+        tailroom: usize,
+        populate: bool,
+    ) -> io::Result<Self> {
         if count == 0 || count > MAX_BUFFERS {
             return Err(invalid("buffer count must be between 1 and 32768"));
         }
@@ -90,7 +107,9 @@ impl BufferPool {
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | if populate { libc::MAP_POPULATE } else { 0 },
                 -1,
                 0,
             )
@@ -155,6 +174,27 @@ impl BufferPool {
         // SAFETY: as in `buf`; `&mut self` guarantees no other slice of the pool is alive, and
         // distinct indices never overlap.
         unsafe { std::slice::from_raw_parts_mut(self.ptr(buf.0), self.buf_size) }
+    }
+
+    /// Returns one buffer to read and another to write at the same time: how a super-packet
+    /// is cut from its receive buffer into record slots of a send buffer without a copy between.
+    ///
+    /// # Panics
+    ///
+    /// Panics when either buffer does not belong to this pool, or both name the same buffer.
+    pub fn buf_pair(&mut self, src: &BufId, dst: &BufId) -> (&[u8], &mut [u8]) {
+        self.assert_app(src);
+        self.assert_app(dst);
+        assert_ne!(src.0, dst.0, "buf_pair needs two different buffers");
+        // SAFETY: both indices are in bounds and held by the application (`assert_app`), they
+        // differ, and distinct buffers never overlap; `&mut self` guarantees no other slice of
+        // the pool is alive while these two are.
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.ptr(src.0), self.buf_size),
+                std::slice::from_raw_parts_mut(self.ptr(dst.0), self.buf_size),
+            )
+        }
     }
 
     /// Returns the size of each buffer in bytes.
@@ -324,5 +364,26 @@ mod tests {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.buf_mut(&id).len()));
         assert!(r.is_err());
         a.free(id);
+    }
+
+    #[test]
+    fn buf_pair_reads_one_buffer_and_writes_another() {
+        let mut pool = BufferPool::with_residency(2, 64, 0, 0, false).unwrap();
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        pool.buf_mut(&a)[..3].copy_from_slice(b"abc");
+        let (src, dst) = pool.buf_pair(&a, &b);
+        dst[..3].copy_from_slice(&src[..3]);
+        assert_eq!(&pool.buf(&b)[..3], b"abc");
+        pool.free(a);
+        pool.free(b);
+    }
+
+    #[test]
+    #[should_panic(expected = "two different buffers")]
+    fn buf_pair_refuses_the_same_buffer_twice() {
+        let mut pool = BufferPool::new(1, 64, 0, 0).unwrap();
+        let a = pool.alloc().unwrap();
+        let _ = pool.buf_pair(&a, &a);
     }
 }

@@ -177,7 +177,8 @@ impl UringDriver {
         }
         let read_multishot = config.read_multishot && probe.is_supported(opcode::ReadMulti::CODE);
 
-        let fixed = probe.is_supported(opcode::ReadFixed::CODE)
+        let fixed = config.fixed_buffers
+            && probe.is_supported(opcode::ReadFixed::CODE)
             && probe.is_supported(opcode::WriteFixed::CODE)
             && pool.map_len() <= MAX_FIXED_BYTES
             && {
