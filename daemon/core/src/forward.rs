@@ -160,6 +160,19 @@ impl DropReason {
 ///
 /// Never allocates, locks or reads a clock.
 pub fn decide(table: &ForwardingTable, packet: &mut [u8], ingress: Ingress) -> Decision {
+    decide_segmented(table, packet, ingress, None)
+}
+
+/// Decides like [`decide`] for a packet that leaves as segments of at most `segment_len`
+/// bytes each: a TCP or UDP super-packet the kernel handed over with segmentation offload
+/// (TSO/USO), which the dataplane cuts into link-MTU packets. The MTU check (rule 5) then
+/// applies to `segment_len` instead of the whole packet; `None` is [`decide`].
+pub fn decide_segmented(
+    table: &ForwardingTable,
+    packet: &mut [u8],
+    ingress: Ingress,
+    segment_len: Option<usize>,
+) -> Decision {
     let Some(&first) = packet.first() else {
         return Decision::Drop(DropReason::Malformed);
     };
@@ -215,7 +228,7 @@ pub fn decide(table: &ForwardingTable, packet: &mut [u8], ingress: Ingress) -> D
             DropReason::HopLimitExceeded,
         );
     }
-    if len > usize::from(mtu) {
+    if segment_len.unwrap_or(len) > usize::from(mtu) {
         return reject_or_drop(
             packet,
             IcmpErrorKind::PacketTooBig { mtu },
@@ -488,6 +501,29 @@ mod tests {
         assert_eq!(run(&p, from_link()), drop(DropReason::TooBig));
         let p = icmp(a(FAR), a(REMOTE), 64, 128, 1401);
         assert_eq!(run(&p, from_link()), ptb);
+    }
+
+    #[test]
+    fn a_super_packet_is_checked_by_its_segment_length() {
+        // A 64 KB TSO packet whose segments fit the link is forwarded whole...
+        let p = udp(a(LOCAL_HOST), a(REMOTE), 64, 60_000);
+        let mut buf = p.clone();
+        let fits = decide_segmented(&table(), &mut buf, Ingress::Tun, Some(1400));
+        assert_eq!(fits, Decision::Forward { link: L1 });
+        // ...and one whose segments do not gets Packet Too Big with the link's MTU.
+        let mut buf = p.clone();
+        let too_big = decide_segmented(&table(), &mut buf, Ingress::Tun, Some(1401));
+        assert_eq!(
+            too_big,
+            Decision::Reject(IcmpErrorKind::PacketTooBig { mtu: 1400 })
+        );
+        // Without a segment length the whole packet counts, as in `decide`.
+        let mut buf = p;
+        let whole = decide_segmented(&table(), &mut buf, Ingress::Tun, None);
+        assert_eq!(
+            whole,
+            Decision::Reject(IcmpErrorKind::PacketTooBig { mtu: 1400 })
+        );
     }
 
     #[test]
