@@ -96,6 +96,8 @@ pub struct StatusReport {
     pub dataplane: String,
     /// Why io_uring is not used, if it is not.
     pub dataplane_fallback_reason: Option<String>,
+    /// What the dataplane offloads, and why something is off.
+    pub offload: OffloadReport,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
     /// Links and their sessions.
@@ -108,6 +110,17 @@ pub struct StatusReport {
     pub drops: BTreeMap<String, u64>,
     /// Other counters.
     pub counters: BTreeMap<String, u64>,
+}
+
+/// The dataplane's offloads: each is "on", or "off: <why>".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OffloadReport {
+    /// Per TUN device: virtio-net header with checksum, TSO and USO offloads.
+    pub tun: BTreeMap<String, String>,
+    /// UDP GSO: a batch of DTLS records per `sendmsg`.
+    pub udp_gso: String,
+    /// UDP GRO: a batch of DTLS records per receive.
+    pub udp_gro: String,
 }
 
 /// One link.

@@ -214,6 +214,32 @@ fn enlarge_buffers(socket: &UdpSocket) {
     }
 }
 
+/// Asks the kernel to hand over consecutive datagrams of one peer as one GRO batch
+/// (`UDP_GRO`); each receive then reports its segment size.
+///
+/// # Errors
+/// The kernel refuses the option (older than 5.0).
+pub fn enable_gro(socket: &UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is an open socket owned by `socket` for the duration of the call, and the
+    // option value points at a live c_int whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Binds a dialer's UDP socket on an ephemeral port (dual-stack: IPv4 peers are reached
 /// through mapped addresses).
 ///

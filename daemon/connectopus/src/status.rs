@@ -28,6 +28,14 @@ pub fn render(report: &StatusReport) -> String {
         report.tun,
         report.ebpf
     );
+    for (tun, state) in &report.offload.tun {
+        let _ = writeln!(out, "offload {tun}: {state}");
+    }
+    let _ = writeln!(
+        out,
+        "offload udp gso: {}  udp gro: {}",
+        report.offload.udp_gso, report.offload.udp_gro
+    );
     let _ = writeln!(out, "\nlinks:");
     if report.links.is_empty() {
         let _ = writeln!(out, "  (none)");

@@ -4,43 +4,121 @@
 //! kernel installs the route for the whole subnet through the device and uses the node's
 //! address as the source of locally originated mesh traffic. Closing the device (on shutdown)
 //! removes the device, the address and the route.
+//!
+//! With offloads (the default), the device is opened with `IFF_VNET_HDR` and
+//! `TUNSETOFFLOAD` (checksum, TSO4/6 and, from Linux 6.2, USO): every read and write then
+//! starts with a 10-byte virtio-net header, and the kernel hands the node TCP and UDP
+//! super-packets of up to 64 KiB that the dataplane cuts only where a link needs it
+//! (`connectopus-offload`).
 
 use std::net::Ipv6Addr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::{Context, Result};
 
+/// The environment variable that opens TUN devices without offloads when set to `1`.
+pub const DISABLE_OFFLOAD_ENV: &str = "CONNECTOPUS_DISABLE_OFFLOAD";
+
+/// Which offloads a TUN device runs with, or why none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offload {
+    /// Virtio-net headers with checksum and TCP segmentation offload; `uso` when the kernel
+    /// also took UDP segmentation offload.
+    On {
+        /// UDP segmentation offload (Linux 6.2 and newer).
+        uso: bool,
+    },
+    /// Plain packets, one per read and write.
+    Off(String),
+}
+
+impl Offload {
+    /// Tells whether reads and writes carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        matches!(self, Offload::On { .. })
+    }
+
+    /// Describes the state for `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            Offload::On { uso: true } => "on (csum, tso4, tso6, uso4, uso6)".to_owned(),
+            Offload::On { uso: false } => {
+                "on (csum, tso4, tso6; no uso: kernel older than 6.2)".to_owned()
+            }
+            Offload::Off(why) => format!("off: {why}"),
+        }
+    }
+}
+
 /// An open TUN device.
 pub struct TunDevice {
     device: tun_rs::SyncDevice,
     name: String,
     address: Ipv6Addr,
+    offload: Offload,
 }
 
 impl std::fmt::Debug for TunDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunDevice")
             .field("name", &self.name)
+            .field("offload", &self.offload)
             .finish()
     }
 }
 
 impl TunDevice {
-    /// Creates the device `name` with `address/prefix_len` and `mtu`, and brings it up.
+    /// Creates the device `name` with `address/prefix_len` and `mtu`, and brings it up; with
+    /// offloads when `offload` is true and the kernel takes them (else says why not).
     ///
     /// # Errors
     /// The device cannot be created (no CAP_NET_ADMIN, the name is taken by a non-TUN device).
-    pub fn create(name: &str, address: Ipv6Addr, prefix_len: u8, mtu: u16) -> Result<Self> {
-        let device = tun_rs::DeviceBuilder::new()
-            .name(name)
-            .ipv6(address, prefix_len)
-            .mtu(mtu)
-            .build_sync()
+    pub fn create(
+        name: &str,
+        address: Ipv6Addr,
+        prefix_len: u8,
+        mtu: u16,
+        offload: bool,
+    ) -> Result<Self> {
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .ipv6(address, prefix_len)
+                .mtu(mtu)
+                .offload(offload)
+                .build_sync()
+        };
+        let (device, offload) = if !offload {
+            let device = build(false);
+            (device, Offload::Off("disabled".to_owned()))
+        } else {
+            match build(true) {
+                Ok(device) => {
+                    let state = if device.tcp_gso() {
+                        Offload::On {
+                            uso: device.udp_gso(),
+                        }
+                    } else {
+                        Offload::Off("the kernel refused IFF_VNET_HDR".to_owned())
+                    };
+                    (Ok(device), state)
+                }
+                Err(error) => {
+                    tracing::warn!(tun = name, %error, "TUN offloads unavailable; plain packets");
+                    (
+                        build(false),
+                        Offload::Off(format!("TUNSETOFFLOAD failed: {error}")),
+                    )
+                }
+            }
+        };
+        let device = device
             .with_context(|| format!("creating TUN device {name} (needs root or CAP_NET_ADMIN)"))?;
         Ok(Self {
             device,
             name: name.to_owned(),
             address,
+            offload,
         })
     }
 
@@ -54,8 +132,18 @@ impl TunDevice {
         self.address
     }
 
+    /// Returns the offloads the device runs with.
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
     /// Returns the file descriptor the dataplane reads and writes.
     pub fn fd(&self) -> RawFd {
         self.device.as_raw_fd()
     }
+}
+
+/// Tells whether the environment asks for TUN devices without offloads.
+pub fn offload_disabled_by_env() -> bool {
+    std::env::var_os(DISABLE_OFFLOAD_ENV).is_some_and(|v| v == "1")
 }

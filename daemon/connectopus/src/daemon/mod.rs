@@ -40,6 +40,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod datapath;
 mod dns;
 mod dtls;
 use dtls::send_raw;
@@ -111,16 +112,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         .map_err(|d| anyhow::anyhow!("{d}"))?
         .clone();
 
-    let io = PacketIo::new(uring_io::Config::default()).context("starting packet I/O")?;
-    match io.fallback_reason() {
-        None => tracing::info!(backend = io.backend().as_str(), "dataplane ready"),
-        Some(reason) => tracing::warn!(
-            backend = io.backend().as_str(),
-            reason = %reason,
-            "io_uring unavailable; using the syscall fallback"
-        ),
-    }
-
+    let offloads = datapath::Offloads::new(!crate::tun::offload_disabled_by_env());
     let mtu = node_mtu(&node_config.backends);
     let mut tuns = Vec::new();
     match node_config.tun_name(&id) {
@@ -130,8 +122,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
                 node_config.address,
                 config.global.subnet.prefix_len(),
                 mtu,
+                offloads.wanted,
             )?;
-            tracing::info!(tun = %tun.name(), address = %node_config.address, %mtu, "tun device up");
+            tracing::info!(
+                tun = %tun.name(),
+                address = %node_config.address,
+                %mtu,
+                offload = %tun.offload().describe(),
+                "tun device up"
+            );
             tuns.push(tun);
         }
         None => tracing::info!("tun disabled: this node only forwards"),
@@ -140,7 +139,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let mut attachments = Vec::new();
     let mut attachment_names = Vec::new();
     for (name, dev) in &node_config.tun_devs {
-        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu)
+        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu, offloads.wanted)
             .with_context(|| format!("tun_devs.{name}"))?;
         tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
         tuns.push(tun);
@@ -152,6 +151,16 @@ pub fn run(options: NodeOptions) -> Result<()> {
             name: name.clone(),
             address: dev.address,
         });
+    }
+
+    let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
+    match io.fallback_reason() {
+        None => tracing::info!(backend = io.backend().as_str(), "dataplane ready"),
+        Some(reason) => tracing::warn!(
+            backend = io.backend().as_str(),
+            reason = %reason,
+            "io_uring unavailable; using the syscall fallback"
+        ),
     }
 
     let ebpf = match tuns.first() {
@@ -214,6 +223,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         node: Node::new(core, Time::ZERO),
         table: Arc::new(ForwardingTable::default()),
         io,
+        offloads,
+        coalescing: datapath::TunCoalescing::default(),
+        offload_counters: datapath::OffloadCounters::default(),
         started,
         started_wall,
         tuns,
@@ -442,6 +454,11 @@ struct Daemon {
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
     restart: bool,
     io: PacketIo,
+    /// What the dataplane offloads (TUN super-packets, UDP GSO/GRO), and why not.
+    offloads: datapath::Offloads,
+    /// Received TCP segments being merged into super-packets for the TUN devices.
+    coalescing: datapath::TunCoalescing,
+    offload_counters: datapath::OffloadCounters,
     node: Node,
     table: Arc<ForwardingTable>,
     started: Instant,
@@ -506,6 +523,8 @@ impl Daemon {
             self.handle_messages();
             self.run_timers();
             self.drain_node();
+            // Everything received this turn is merged: write the super-packets.
+            self.flush_tun_writes(None);
             self.reap_closing();
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);
@@ -570,161 +589,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    fn on_tun_packet(&mut self, tun: usize, completion: Completion) {
-        let armed = completion.armed;
-        let range = completion.data_range();
-        let Some(buf) = completion.buf else {
-            return;
-        };
-        let mut kept = Some(buf);
-        if let (Some(range), Some(buf)) = (range, kept.as_ref()) {
-            let now = self.now();
-            let decision = {
-                let packet = &mut self.io.buf_mut(buf)[range.clone()];
-                forward::decide(&self.table, packet, Ingress::Tun)
-            };
-            let packet = &self.io.buf(buf)[range.clone()];
-            match decision {
-                Decision::Forward { link } if self.is_dtls(link) => {
-                    // Zero copy: seal the packet into a record where it lies and send it.
-                    if let Some(buf) = kept.take() {
-                        self.seal_and_send(link, buf, range.start, range.len());
-                    }
-                }
-                Decision::Forward { link } => {
-                    // The TCP codec frames into its own byte queue.
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(packet);
-                    let message = std::mem::take(&mut self.scratch);
-                    self.send_packet(link, &message);
-                    self.scratch = message;
-                }
-                Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
-                Decision::Drop(reason) => self.node.count_drop(reason),
-                Decision::Deliver => self.node.count_drop(DropReason::Loop),
-            }
-        }
-        if let Some(buf) = kept {
-            self.io.free(buf);
-        }
-        if !armed
-            && self.stopping.is_none()
-            && let Some(fd) = self.tuns.get(tun).map(TunDevice::fd)
-            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
-        {
-            tracing::error!(%error, "re-arming TUN receive failed");
-        }
-    }
-
-    fn is_dtls(&self, link: LinkId) -> bool {
-        matches!(
-            self.links.get(&link).map(|l| &l.transport),
-            Some(Transport::Dtls(_))
-        )
-    }
-
-    /// Routes one IPv6 packet that arrived on `from` (its session already credited).
-    fn route_link_packet(&mut self, from: LinkId, packet: &mut [u8]) {
-        let now = self.now();
-        if !self.node.note_link_packet(now, from, packet.len()) {
-            return;
-        }
-        match forward::decide(&self.table, packet, Ingress::Link(from)) {
-            Decision::Deliver => self.write_tun(packet),
-            Decision::Forward { link } => self.send_packet(link, packet),
-            Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
-            Decision::Drop(reason) => self.node.count_drop(reason),
-        }
-    }
-
-    /// Writes a packet to the TUN device that holds its destination (the node's own device for
-    /// anything else).
-    fn write_tun(&mut self, packet: &[u8]) {
-        let destination = forward::addresses(packet).map(|(_, dst)| dst);
-        let tun = self
-            .tuns
-            .iter()
-            .find(|t| Some(t.address()) == destination)
-            .or_else(|| self.tuns.first());
-        let Some(fd) = tun.map(TunDevice::fd) else {
-            self.node.count_drop(DropReason::NoRoute);
-            return;
-        };
-        let Some(buf) = self.io.alloc() else {
-            self.node.count_drop(DropReason::LinkCongested);
-            return;
-        };
-        let start = self.io.pool().headroom();
-        let end = start + packet.len();
-        match self.io.buf_mut(&buf).get_mut(start..end) {
-            Some(slot) => slot.copy_from_slice(packet),
-            None => {
-                self.io.free(buf);
-                self.node.count_drop(DropReason::Malformed);
-                return;
-            }
-        }
-        self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, start..end);
-    }
-
-    /// Sends one link message (data packet or control message) on `link`.
-    fn send_packet(&mut self, link: LinkId, message: &[u8]) {
-        let Some(l) = self.links.get_mut(&link) else {
-            self.node.count_drop(DropReason::LinkDown);
-            return;
-        };
-        let data = is_ipv6(message);
-        if data && l.backlog() > MAX_TCP_BACKLOG {
-            self.node.count_drop(DropReason::LinkCongested);
-            return;
-        }
-        match &mut l.transport {
-            Transport::Tcp(tcp) => {
-                self.scratch_out.clear();
-                if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {
-                    tracing::debug!(%link, %error, "dropping message");
-                    return;
-                }
-                tcp.tx.extend(self.scratch_out.iter());
-                if data {
-                    self.node.note_link_sent(link, message.len());
-                }
-                self.pump_tcp_write(link);
-            }
-            Transport::Dtls(_) => {
-                let Some(buf) = self.io.alloc() else {
-                    self.node.count_drop(DropReason::LinkCongested);
-                    return;
-                };
-                let start = self.io.pool().headroom();
-                let fits = self
-                    .io
-                    .buf_mut(&buf)
-                    .get_mut(start..start + message.len())
-                    .map(|slot| slot.copy_from_slice(message))
-                    .is_some();
-                if !fits {
-                    self.io.free(buf);
-                    self.node.count_drop(DropReason::TooBig);
-                    return;
-                }
-                self.seal_and_send(link, buf, start, message.len());
-            }
-        }
-    }
-
-    /// Routes or hands to the core the link message held in `self.scratch`.
-    fn handle_link_message_in_scratch(&mut self, link: LinkId) {
-        let mut message = std::mem::take(&mut self.scratch);
-        if is_ipv6(&message) {
-            self.route_link_packet(link, &mut message);
-        } else {
-            let now = self.now();
-            self.node.handle_link_message(now, link, &mut message);
-        }
-        self.scratch = message;
     }
 
     fn new_link(&mut self, link: Link) -> LinkId {

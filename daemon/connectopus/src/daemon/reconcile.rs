@@ -164,6 +164,12 @@ impl Daemon {
     fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
         let index = self.udp.len();
         let fd = endpoint.socket.as_raw_fd();
+        if self.offloads.wanted
+            && let Err(error) = dtls_link::enable_gro(&endpoint.socket)
+        {
+            tracing::info!(backend = %endpoint.backend, %error, "UDP GRO unavailable");
+            self.offloads.udp_gro = Err(error.to_string());
+        }
         self.udp.push(Some(endpoint));
         self.io
             .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))

@@ -129,6 +129,7 @@ impl Daemon {
         for (what, n) in &counters.malformed_messages {
             counter_map.insert(format!("malformed_messages_{what}"), *n);
         }
+        self.offload_counters.report(&mut counter_map);
         let _ = name_of;
         control::StatusReport {
             name: self.node.name().to_owned(),
@@ -171,6 +172,15 @@ impl Daemon {
             },
             dataplane: self.io.backend().as_str().to_owned(),
             dataplane_fallback_reason: self.io.fallback_reason().map(|r| r.to_string()),
+            offload: control::OffloadReport {
+                tun: self
+                    .tuns
+                    .iter()
+                    .map(|t| (t.name().to_owned(), t.offload().describe()))
+                    .collect(),
+                udp_gso: datapath::Offloads::describe(&self.offloads.udp_gso),
+                udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
+            },
             ebpf: self.ebpf.describe(),
             links,
             routes: route_reports,

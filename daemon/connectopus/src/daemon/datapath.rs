@@ -1,0 +1,565 @@
+//! The packet path of the main loop: packets from the TUN device to links, packets from links
+//! to the TUN device or on to other links, and the writes to the TUN device.
+//!
+//! With offloads on (see [`crate::tun`]), a TUN read may be a TCP or UDP super-packet of up to
+//! 64 KiB behind a virtio-net header. It is routed once, by its first header, and cut into
+//! link-MTU segments only where the link needs it: for a DTLS link straight into the record
+//! slots of one send buffer, sealed in place and sent with one UDP GSO `sendmsg`
+//! ([`Daemon::seal_segments`]). On the way back, the TCP segments opened from one UDP GRO
+//! receive are merged into one super-packet per flow ([`TunCoalescing`]) and written with one
+//! TUN write when the loop's turn ends. Without offloads every read and write is one packet.
+
+use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
+use uring_io::BufId;
+
+use super::*;
+
+/// At most this many super-packets are merged at once (one per flow); a new flow beyond it
+/// writes the oldest.
+const MAX_OPEN_SUPER_PACKETS: usize = 8;
+
+/// What the dataplane offloads, and why something is off.
+#[derive(Debug, Clone)]
+pub(super) struct Offloads {
+    /// The operator allows offloads (no `CONNECTOPUS_DISABLE_OFFLOAD=1`).
+    pub(super) wanted: bool,
+    /// UDP GSO on DTLS sends: `Ok` while on, else why it is off.
+    pub(super) udp_gso: Result<(), String>,
+    /// UDP GRO on DTLS sockets: `Ok` while every socket took it, else why not.
+    pub(super) udp_gro: Result<(), String>,
+}
+
+impl Offloads {
+    pub(super) fn new(wanted: bool) -> Self {
+        let off = || Err(format!("disabled by {}=1", crate::tun::DISABLE_OFFLOAD_ENV));
+        Self {
+            wanted,
+            udp_gso: if wanted { Ok(()) } else { off() },
+            udp_gro: if wanted { Ok(()) } else { off() },
+        }
+    }
+
+    /// Describes a state for `status`.
+    pub(super) fn describe(state: &Result<(), String>) -> String {
+        match state {
+            Ok(()) => "on".to_owned(),
+            Err(why) => format!("off: {why}"),
+        }
+    }
+}
+
+/// What the offload paths did, for `status` and for tests that must see them used.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OffloadCounters {
+    /// TUN reads that held a TCP or UDP super-packet.
+    pub(super) tun_super_packets_read: u64,
+    /// TUN writes that held a super-packet merged from two or more segments.
+    pub(super) tun_super_packets_written: u64,
+    /// UDP sends that carried two or more DTLS records (GSO).
+    pub(super) udp_gso_sends: u64,
+    /// UDP receives that carried two or more DTLS records (GRO).
+    pub(super) udp_gro_batches: u64,
+}
+
+impl OffloadCounters {
+    /// Adds the counters to a status counter map.
+    pub(super) fn report(&self, map: &mut BTreeMap<String, u64>) {
+        map.insert(
+            "tun_super_packets_read".to_owned(),
+            self.tun_super_packets_read,
+        );
+        map.insert(
+            "tun_super_packets_written".to_owned(),
+            self.tun_super_packets_written,
+        );
+        map.insert("udp_gso_sends".to_owned(), self.udp_gso_sends);
+        map.insert("udp_gro_batches".to_owned(), self.udp_gro_batches);
+    }
+}
+
+/// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
+/// super-packets and UDP GRO batches can arrive; the small populated default otherwise.
+pub(super) fn io_config(offload: bool) -> uring_io::Config {
+    if !offload {
+        return uring_io::Config::default();
+    }
+    uring_io::Config {
+        buffers: 256,
+        // A 64 KiB TUN super-packet with its virtio-net header, or a 64 KiB GRO batch with the
+        // io_uring receive header in front of it.
+        buffer_size: 64 + (64 << 10) + 256 + 64,
+        headroom: 64,
+        tailroom: 64,
+        rx_buffers: 64,
+        fixed_buffers: false,
+        ..uring_io::Config::default()
+    }
+}
+
+/// TCP segments received from links, being merged into one super-packet per flow for the TUN.
+#[derive(Debug, Default)]
+pub(super) struct TunCoalescing {
+    open: Vec<OpenSuperPacket>,
+}
+
+#[derive(Debug)]
+struct OpenSuperPacket {
+    /// Index of the TUN device in `Daemon::tuns`.
+    tun: usize,
+    /// Holds `[virtio-net header | packet]` from the pool's headroom on.
+    buf: BufId,
+    coalescer: Coalescer,
+}
+
+/// Where a packet to deliver lies: in a pool buffer (opened in place from a datagram), or in
+/// memory of its own (from the core or a TCP link).
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Pool(&'a BufId, usize, usize),
+    Bytes(&'a [u8]),
+}
+
+/// Calls `f` with the packet of `src` and the writable buffer `dst`.
+fn with_packet<R>(
+    io: &mut PacketIo,
+    src: Source<'_>,
+    dst: &BufId,
+    f: impl FnOnce(&[u8], &mut [u8]) -> R,
+) -> R {
+    match src {
+        Source::Pool(buf, start, end) => {
+            let (from, to) = io.buf_pair(buf, dst);
+            f(from.get(start..end).unwrap_or_default(), to)
+        }
+        Source::Bytes(packet) => f(packet, io.buf_mut(dst)),
+    }
+}
+
+impl Daemon {
+    pub(super) fn on_tun_packet(&mut self, tun: usize, completion: Completion) {
+        let armed = completion.armed;
+        let range = completion.data_range();
+        if let Some(buf) = completion.buf {
+            match range {
+                Some(range) => self.forward_from_tun(tun, buf, range),
+                None => self.io.free(buf),
+            }
+        }
+        if !armed
+            && self.stopping.is_none()
+            && let Some(fd) = self.tuns.get(tun).map(TunDevice::fd)
+            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
+        {
+            tracing::error!(%error, "re-arming TUN receive failed");
+        }
+    }
+
+    /// Routes what the TUN device `tun` handed over in `buf[range]`; takes ownership of `buf`.
+    fn forward_from_tun(&mut self, tun: usize, buf: BufId, range: Range<usize>) {
+        let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
+        if !vnet {
+            return self.forward_tun_packet(buf, range);
+        }
+        let header = VnetHeader::parse(self.io.buf(&buf).get(range.clone()).unwrap_or_default());
+        let packet = range.start + VNET_HDR_LEN..range.end;
+        match header {
+            Ok(h) if h.gso_type == GsoType::None => {
+                let completed = self
+                    .io
+                    .buf_mut(&buf)
+                    .get_mut(packet.clone())
+                    .map(|p| connectopus_offload::complete_checksum(&h, p));
+                if let Some(Ok(())) = completed {
+                    self.forward_tun_packet(buf, packet);
+                } else {
+                    self.io.free(buf);
+                    self.node.count_drop(DropReason::Malformed);
+                }
+            }
+            Ok(h) => {
+                self.offload_counters.tun_super_packets_read += 1;
+                self.forward_tun_super_packet(buf, packet, h);
+            }
+            Err(_) => {
+                self.io.free(buf);
+                self.node.count_drop(DropReason::Malformed);
+            }
+        }
+    }
+
+    /// Routes one complete packet from the TUN device; takes ownership of `buf`.
+    fn forward_tun_packet(&mut self, buf: BufId, range: Range<usize>) {
+        let now = self.now();
+        let decision = match self.io.buf_mut(&buf).get_mut(range.clone()) {
+            Some(packet) => forward::decide(&self.table, packet, Ingress::Tun),
+            None => Decision::Drop(DropReason::Malformed),
+        };
+        match decision {
+            // Zero copy: seal the packet into a record where it lies and send it.
+            Decision::Forward { link } if self.is_dtls(link) => {
+                return self.seal_and_send(link, buf, range.start, range.len());
+            }
+            // The TCP codec frames into its own byte queue.
+            Decision::Forward { link } => self.send_from_buf(link, &buf, range),
+            Decision::Reject(kind) => {
+                let packet = &self.io.buf(&buf)[range];
+                self.node.send_icmp_error(now, kind, packet);
+            }
+            Decision::Drop(reason) => self.node.count_drop(reason),
+            Decision::Deliver => self.node.count_drop(DropReason::Loop),
+        }
+        self.io.free(buf);
+    }
+
+    /// Routes a TCP or UDP super-packet from the TUN device by its first header, then cuts it
+    /// into segments for the link; takes ownership of `buf`.
+    fn forward_tun_super_packet(&mut self, buf: BufId, range: Range<usize>, header: VnetHeader) {
+        let now = self.now();
+        let segment_len = self
+            .io
+            .buf(&buf)
+            .get(range.clone())
+            .and_then(|p| Segments::new(&header, p).ok())
+            .map(|s| s.max_segment_len());
+        let Some(segment_len) = segment_len else {
+            self.io.free(buf);
+            self.node.count_drop(DropReason::Malformed);
+            return;
+        };
+        let decision = match self.io.buf_mut(&buf).get_mut(range.clone()) {
+            Some(packet) => {
+                forward::decide_segmented(&self.table, packet, Ingress::Tun, Some(segment_len))
+            }
+            None => Decision::Drop(DropReason::Malformed),
+        };
+        match decision {
+            Decision::Forward { link } if self.is_dtls(link) => {
+                return self.seal_segments(link, buf, range, header);
+            }
+            Decision::Forward { link } => {
+                // A TCP link: each segment is one framed message.
+                let mut segment = std::mem::take(&mut self.scratch);
+                let mut i = 0;
+                loop {
+                    segment.resize(segment_len, 0);
+                    let written = self
+                        .io
+                        .buf(&buf)
+                        .get(range.clone())
+                        .and_then(|p| Segments::new(&header, p).ok())
+                        .filter(|s| i < s.count())
+                        .and_then(|s| s.write(i, &mut segment).ok());
+                    let Some(n) = written else {
+                        break;
+                    };
+                    self.send_packet(link, &segment[..n]);
+                    i += 1;
+                }
+                self.scratch = segment;
+            }
+            Decision::Reject(kind) => {
+                let packet = &self.io.buf(&buf)[range];
+                self.node.send_icmp_error(now, kind, packet);
+            }
+            Decision::Drop(reason) => self.node.count_drop(reason),
+            Decision::Deliver => self.node.count_drop(DropReason::Loop),
+        }
+        self.io.free(buf);
+    }
+
+    pub(super) fn is_dtls(&self, link: LinkId) -> bool {
+        matches!(
+            self.links.get(&link).map(|l| &l.transport),
+            Some(Transport::Dtls(_))
+        )
+    }
+
+    /// Routes one IPv6 packet that arrived on `from` (its session already credited).
+    pub(super) fn route_link_packet(&mut self, from: LinkId, packet: &mut [u8]) {
+        let now = self.now();
+        if !self.node.note_link_packet(now, from, packet.len()) {
+            return;
+        }
+        match forward::decide(&self.table, packet, Ingress::Link(from)) {
+            Decision::Deliver => self.write_tun(packet),
+            Decision::Forward { link } => self.send_packet(link, packet),
+            Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
+            Decision::Drop(reason) => self.node.count_drop(reason),
+        }
+    }
+
+    /// Routes one IPv6 packet that was opened in place at `buf[range]` from a link, without
+    /// copying it first; `buf` stays the caller's.
+    pub(super) fn route_link_packet_in_buf(
+        &mut self,
+        from: LinkId,
+        buf: &BufId,
+        range: Range<usize>,
+    ) {
+        let now = self.now();
+        if !self.node.note_link_packet(now, from, range.len()) {
+            return;
+        }
+        let decision = match self.io.buf_mut(buf).get_mut(range.clone()) {
+            Some(packet) => forward::decide(&self.table, packet, Ingress::Link(from)),
+            None => Decision::Drop(DropReason::Malformed),
+        };
+        match decision {
+            Decision::Deliver => self.deliver(Source::Pool(buf, range.start, range.end)),
+            Decision::Forward { link } => self.send_from_buf(link, buf, range),
+            Decision::Reject(kind) => {
+                let packet = &self.io.buf(buf)[range];
+                self.node.send_icmp_error(now, kind, packet);
+            }
+            Decision::Drop(reason) => self.node.count_drop(reason),
+        }
+    }
+
+    /// Sends the packet at `buf[range]` on `link`, copying it once; `buf` stays the caller's.
+    fn send_from_buf(&mut self, link: LinkId, buf: &BufId, range: Range<usize>) {
+        if !self.is_dtls(link) {
+            let mut message = std::mem::take(&mut self.scratch);
+            message.clear();
+            message.extend_from_slice(self.io.buf(buf).get(range).unwrap_or_default());
+            self.send_packet(link, &message);
+            self.scratch = message;
+            return;
+        }
+        let Some(out) = self.io.alloc() else {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        let start = self.io.pool().headroom();
+        let len = range.len();
+        let copied = {
+            let (from, to) = self.io.buf_pair(buf, &out);
+            match (from.get(range), to.get_mut(start..start + len)) {
+                (Some(from), Some(to)) => {
+                    to.copy_from_slice(from);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !copied {
+            self.io.free(out);
+            self.node.count_drop(DropReason::TooBig);
+            return;
+        }
+        self.seal_and_send(link, out, start, len);
+    }
+
+    /// Writes a packet to the TUN device that holds its destination (the node's own device for
+    /// anything else).
+    pub(super) fn write_tun(&mut self, packet: &[u8]) {
+        self.deliver(Source::Bytes(packet));
+    }
+
+    /// Picks the TUN device for a packet: the one holding its destination, else the node's own.
+    fn tun_for(&self, packet: &[u8]) -> Option<usize> {
+        let destination = forward::addresses(packet).map(|(_, dst)| dst);
+        self.tuns
+            .iter()
+            .position(|t| Some(t.address()) == destination)
+            .or((!self.tuns.is_empty()).then_some(0))
+    }
+
+    /// Delivers a packet to its TUN device: merged into an open super-packet of its flow when
+    /// the device takes them, else written on its own.
+    fn deliver(&mut self, src: Source<'_>) {
+        let tun = match src {
+            Source::Pool(buf, start, end) => self.io.buf(buf).get(start..end).and_then(|p| {
+                self.tun_for(p)
+                    .map(|t| (t, connectopus_offload::is_coalescable(p)))
+            }),
+            Source::Bytes(p) => self
+                .tun_for(p)
+                .map(|t| (t, connectopus_offload::is_coalescable(p))),
+        };
+        let Some((tun, coalescable)) = tun else {
+            self.node.count_drop(DropReason::NoRoute);
+            return;
+        };
+        let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
+        if vnet && coalescable && self.coalesce(tun, src) {
+            return;
+        }
+        if vnet {
+            // Keep each flow in order: what is open for this device goes first.
+            self.flush_tun_writes(Some(tun));
+        }
+        self.write_tun_single(tun, src, vnet);
+    }
+
+    /// Merges a TCP segment into an open super-packet of its flow, or opens one; returns false
+    /// when the packet must be written on its own.
+    fn coalesce(&mut self, tun: usize, src: Source<'_>) -> bool {
+        let headroom = self.io.pool().headroom();
+        let mut i = 0;
+        while i < self.coalescing.open.len() {
+            let open = &mut self.coalescing.open[i];
+            if open.tun != tun {
+                i += 1;
+                continue;
+            }
+            let append = with_packet(&mut self.io, src, &open.buf, |packet, out| {
+                let out = out.get_mut(headroom..).unwrap_or_default();
+                open.coalescer.try_append(out, packet)
+            });
+            match append {
+                Append::Appended => return true,
+                Append::NotSameFlow => i += 1,
+                Append::Flush => {
+                    let open = self.coalescing.open.remove(i);
+                    self.write_super_packet(open);
+                    break;
+                }
+            }
+        }
+        if self.coalescing.open.len() >= MAX_OPEN_SUPER_PACKETS {
+            let oldest = self.coalescing.open.remove(0);
+            self.write_super_packet(oldest);
+        }
+        let Some(buf) = self.io.alloc() else {
+            return false;
+        };
+        let started = with_packet(&mut self.io, src, &buf, |packet, out| {
+            Coalescer::start(out.get_mut(headroom..).unwrap_or_default(), packet)
+        });
+        match started {
+            Some(coalescer) => {
+                self.coalescing.open.push(OpenSuperPacket {
+                    tun,
+                    buf,
+                    coalescer,
+                });
+                true
+            }
+            None => {
+                self.io.free(buf);
+                false
+            }
+        }
+    }
+
+    /// Writes the super-packets still open: those of TUN device `only`, or all.
+    pub(super) fn flush_tun_writes(&mut self, only: Option<usize>) {
+        let mut i = 0;
+        while i < self.coalescing.open.len() {
+            if only.is_some_and(|t| t != self.coalescing.open[i].tun) {
+                i += 1;
+                continue;
+            }
+            let open = self.coalescing.open.remove(i);
+            self.write_super_packet(open);
+        }
+    }
+
+    fn write_super_packet(&mut self, open: OpenSuperPacket) {
+        let OpenSuperPacket {
+            tun,
+            buf,
+            coalescer,
+        } = open;
+        let Some(fd) = self.tuns.get(tun).map(TunDevice::fd) else {
+            self.io.free(buf);
+            return;
+        };
+        let start = self.io.pool().headroom();
+        let len = coalescer.finish(self.io.buf_mut(&buf).get_mut(start..).unwrap_or_default());
+        if coalescer.segments() > 1 {
+            self.offload_counters.tun_super_packets_written += 1;
+        }
+        self.io
+            .write(fd, Token(TOKEN_TUN_WRITE), buf, start..start + len);
+    }
+
+    /// Writes one packet to TUN device `tun`, behind an empty virtio-net header when `vnet`.
+    fn write_tun_single(&mut self, tun: usize, src: Source<'_>, vnet: bool) {
+        let Some(fd) = self.tuns.get(tun).map(TunDevice::fd) else {
+            self.node.count_drop(DropReason::NoRoute);
+            return;
+        };
+        let Some(buf) = self.io.alloc() else {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        let start = self.io.pool().headroom();
+        let header = if vnet { VNET_HDR_LEN } else { 0 };
+        let written = with_packet(&mut self.io, src, &buf, |packet, out| {
+            let end = start + header + packet.len();
+            let slot = out.get_mut(start..end)?;
+            let (vnet_header, body) = slot.split_at_mut(header);
+            if vnet {
+                VnetHeader::NONE.write(vnet_header).ok()?;
+            }
+            body.copy_from_slice(packet);
+            Some(end)
+        });
+        match written {
+            Some(end) => self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, start..end),
+            None => {
+                self.io.free(buf);
+                self.node.count_drop(DropReason::Malformed);
+            }
+        }
+    }
+
+    /// Sends one link message (data packet or control message) on `link`.
+    pub(super) fn send_packet(&mut self, link: LinkId, message: &[u8]) {
+        let Some(l) = self.links.get_mut(&link) else {
+            self.node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let data = is_ipv6(message);
+        if data && l.backlog() > MAX_TCP_BACKLOG {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        }
+        match &mut l.transport {
+            Transport::Tcp(tcp) => {
+                self.scratch_out.clear();
+                if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {
+                    tracing::debug!(%link, %error, "dropping message");
+                    return;
+                }
+                tcp.tx.extend(self.scratch_out.iter());
+                if data {
+                    self.node.note_link_sent(link, message.len());
+                }
+                self.pump_tcp_write(link);
+            }
+            Transport::Dtls(_) => {
+                let Some(buf) = self.io.alloc() else {
+                    self.node.count_drop(DropReason::LinkCongested);
+                    return;
+                };
+                let start = self.io.pool().headroom();
+                let fits = self
+                    .io
+                    .buf_mut(&buf)
+                    .get_mut(start..start + message.len())
+                    .map(|slot| slot.copy_from_slice(message))
+                    .is_some();
+                if !fits {
+                    self.io.free(buf);
+                    self.node.count_drop(DropReason::TooBig);
+                    return;
+                }
+                self.seal_and_send(link, buf, start, message.len());
+            }
+        }
+    }
+
+    /// Routes or hands to the core the link message held in `self.scratch`.
+    pub(super) fn handle_link_message_in_scratch(&mut self, link: LinkId) {
+        let mut message = std::mem::take(&mut self.scratch);
+        if is_ipv6(&message) {
+            self.route_link_packet(link, &mut message);
+        } else {
+            let now = self.now();
+            self.node.handle_link_message(now, link, &mut message);
+        }
+        self.scratch = message;
+    }
+}
