@@ -69,6 +69,7 @@ mod process;
 mod tempdir;
 mod tools;
 mod topology;
+mod transfer;
 mod wait;
 
 pub use env::{TOOLS, is_root, package_for, require_root, require_tools, tool, unique_name};
@@ -89,6 +90,7 @@ pub use topology::{
     Link, MESH_PREFIX, Node, Topology, TopologyBuilder, underlay_addr, underlay_prefix,
     underlay_prefix_v4,
 };
+pub use transfer::{Transfer, checked_transfer};
 pub use wait::{poll_until, wait_until};
 
 /// Where the workspace's binaries are built (`target/<profile>`).

@@ -217,6 +217,8 @@ pub struct IperfResult {
     pub retransmits: Option<u64>,
     /// UDP datagrams lost, percent (UDP only).
     pub lost_percent: Option<f64>,
+    /// UDP datagrams the receiver saw out of order, summed over streams (UDP only).
+    pub out_of_order: Option<u64>,
 }
 
 impl IperfResult {
@@ -288,6 +290,16 @@ pub fn parse_iperf3(json: &str) -> Result<IperfResult> {
     }
     let end = value.get("end").context("iperf3 report has no `end`")?;
     let num = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_f64);
+    let out_of_order = end
+        .get("streams")
+        .and_then(serde_json::Value::as_array)
+        .filter(|streams| streams.iter().any(|s| s.get("udp").is_some()))
+        .map(|streams| {
+            streams
+                .iter()
+                .filter_map(|s| s["udp"]["out_of_order"].as_u64())
+                .sum()
+        });
     if let Some(sent) = end.get("sum_sent") {
         let received = end.get("sum_received").context("no sum_received")?;
         return Ok(IperfResult {
@@ -296,6 +308,7 @@ pub fn parse_iperf3(json: &str) -> Result<IperfResult> {
                 .context("no received bits_per_second")?,
             retransmits: sent.get("retransmits").and_then(serde_json::Value::as_u64),
             lost_percent: None,
+            out_of_order,
         });
     }
     let sum = end.get("sum").context("iperf3 report has no sum")?;
@@ -305,6 +318,7 @@ pub fn parse_iperf3(json: &str) -> Result<IperfResult> {
         received_bps: bps,
         retransmits: None,
         lost_percent: num(sum, "lost_percent"),
+        out_of_order,
     })
 }
 

@@ -1,0 +1,125 @@
+//! Bulk transfers with a checksum on both ends: the sender hashes the bytes it sends, the
+//! receiver hashes the bytes it got, and the test compares the two. Both ends are small
+//! `python3` programs in their namespaces, so the bytes cross the mesh through ordinary
+//! sockets exactly as an application's would.
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::netns::NetNs;
+use crate::plan::check_addr;
+
+/// The receiving end: listens, takes one connection, hashes everything until EOF.
+const RECEIVER: &str = r#"
+import hashlib, socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b); n += len(b)
+print("received", n, h.hexdigest(), flush=True)
+"#;
+
+/// The sending end: sends `bytes` pseudo-random bytes (seeded), hashing them as it goes.
+const SENDER: &str = r#"
+import hashlib, random, socket, sys
+addr, port, total, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+c = socket.create_connection((addr, port), timeout=30)
+h, n = hashlib.sha256(), 0
+while n < total:
+    chunk = rng.randbytes(min(1 << 20, total - n))
+    c.sendall(chunk); h.update(chunk); n += len(chunk)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+print("sent", n, h.hexdigest(), flush=True)
+"#;
+
+/// What both ends of a checked transfer saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes and SHA-256 the sender sent.
+    pub sent: (u64, String),
+    /// Bytes and SHA-256 the receiver got.
+    pub received: (u64, String),
+}
+
+impl Transfer {
+    /// Tells whether the receiver got exactly what was sent.
+    pub fn intact(&self) -> bool {
+        self.sent == self.received
+    }
+}
+
+/// Sends `bytes` pseudo-random bytes (from `seed`) over TCP from `from` to `[dst]:port` in
+/// `to`, and returns what each end counted and hashed.
+///
+/// # Errors
+/// A tool fails to start, the connection fails, or the transfer takes longer than `timeout`.
+pub fn checked_transfer(
+    from: &NetNs,
+    to: &NetNs,
+    dst: Ipv6Addr,
+    port: u16,
+    bytes: u64,
+    seed: u64,
+    timeout: Duration,
+) -> Result<Transfer> {
+    check_addr(dst.into())?;
+    let (dst_s, port_s) = (dst.to_string(), port.to_string());
+    let receiver = to.spawn("python3", &["-c", RECEIVER, &dst_s, &port_s])?;
+    receiver.wait_for_output("listening", Duration::from_secs(10))?;
+    let output = from.exec_timeout(
+        "python3",
+        &[
+            "-c",
+            SENDER,
+            &dst_s,
+            &port_s,
+            &bytes.to_string(),
+            &seed.to_string(),
+        ],
+        timeout,
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let sent_line = stdout
+        .lines()
+        .find(|l| l.starts_with("sent "))
+        .with_context(|| {
+            format!(
+                "the sender printed no result: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let received_line = receiver.wait_for_output("received ", Duration::from_secs(10))?;
+    let parse = |line: &str| -> Result<(u64, String)> {
+        let mut words = line.split_whitespace().skip(1);
+        let n = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .with_context(|| format!("no byte count in {line:?}"))?;
+        let hash = words
+            .next()
+            .with_context(|| format!("no hash in {line:?}"))?;
+        Ok((n, hash.to_owned()))
+    };
+    let transfer = Transfer {
+        sent: parse(sent_line)?,
+        received: parse(&received_line)?,
+    };
+    ensure!(
+        transfer.sent.0 == bytes,
+        "the sender sent {} of {bytes} bytes",
+        transfer.sent.0
+    );
+    Ok(transfer)
+}

@@ -1,0 +1,209 @@
+//! TUN and UDP offloads end to end: the same bytes arrive with offloads on and off, through
+//! DTLS, TCP+TLS and plain TCP links and through a transit node, and with offloads on the
+//! super-packet paths (TSO reads, UDP GSO sends, UDP GRO receives, coalesced TUN writes) are
+//! the ones that carried them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use connectopus_tests::{
+    IperfOptions, LinkKind, Mesh, MeshLink, TestDir, Topology, checked_transfer, iperf3_client,
+    iperf3_server, require_root, require_tools, run_test,
+};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Bytes of each checked transfer: 100 MB one way, 20 MB back.
+const FORWARD_BYTES: u64 = 100_000_000;
+const BACKWARD_BYTES: u64 = 20_000_000;
+
+fn counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Runs a foo—bar—baz line over `kind` with offloads on or off, moves checked transfers
+/// between foo and baz (through bar), and checks which paths carried them.
+fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
+    require_tools(&["python3"]);
+    let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+    let mut mesh = Mesh::configure(
+        &topo,
+        &[
+            MeshLink::new("bar", "foo", kind),
+            MeshLink::new("bar", "baz", kind),
+        ],
+    )?;
+    mesh.set_log_level("info");
+    if !offload {
+        mesh.set_env("CONNECTOPUS_DISABLE_OFFLOAD", "1");
+    }
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+
+    let there = checked_transfer(
+        topo.ns("foo"),
+        topo.ns("baz"),
+        baz_addr,
+        7001,
+        FORWARD_BYTES,
+        1,
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        there.intact(),
+        "foo -> baz lost or changed bytes: {there:?}"
+    );
+    let back = checked_transfer(
+        topo.ns("baz"),
+        topo.ns("foo"),
+        foo_addr,
+        7002,
+        BACKWARD_BYTES,
+        2,
+        Duration::from_secs(120),
+    )?;
+    ensure!(back.intact(), "baz -> foo lost or changed bytes: {back:?}");
+
+    let foo_status = mesh.status("foo")?;
+    let bar_status = mesh.status("bar")?;
+    let baz_status = mesh.status("baz")?;
+    let tun_state = foo_status["offload"]["tun"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if offload {
+        ensure!(tun_state.starts_with("on"), "foo's TUN offload: {foo_status}");
+        ensure!(
+            counter(&foo_status, "tun_super_packets_read") > 0,
+            "foo read no TSO super-packet from its TUN: {}",
+            foo_status["counters"]
+        );
+        ensure!(
+            counter(&baz_status, "tun_super_packets_written") > 0,
+            "baz merged no segments into a super-packet: {}",
+            baz_status["counters"]
+        );
+        if matches!(kind, LinkKind::DtlsPsk | LinkKind::DtlsCert) {
+            ensure!(
+                counter(&foo_status, "udp_gso_sends") > 0,
+                "foo sent no GSO batch: {}",
+                foo_status["counters"]
+            );
+            ensure!(
+                counter(&bar_status, "udp_gro_batches") > 0,
+                "bar received no GRO batch: {}",
+                bar_status["counters"]
+            );
+        }
+    } else {
+        ensure!(
+            tun_state.starts_with("off"),
+            "foo's TUN offload should be off: {foo_status}"
+        );
+        for (name, status) in [("foo", &foo_status), ("bar", &bar_status), ("baz", &baz_status)] {
+            for c in [
+                "tun_super_packets_read",
+                "tun_super_packets_written",
+                "udp_gso_sends",
+                "udp_gro_batches",
+            ] {
+                ensure!(counter(status, c) == 0, "{name} used {c} with offloads off");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dtls_transfers_are_intact_with_offloads() {
+    require_root!();
+    run_test("offload_dtls_on", |dir| {
+        transfer_checks(LinkKind::DtlsPsk, true, dir)
+    });
+}
+
+#[test]
+fn dtls_transfers_are_intact_without_offloads() {
+    require_root!();
+    run_test("offload_dtls_off", |dir| {
+        transfer_checks(LinkKind::DtlsPsk, false, dir)
+    });
+}
+
+#[test]
+fn tls_transfers_are_intact_with_offloads() {
+    require_root!();
+    run_test("offload_tls_on", |dir| {
+        transfer_checks(LinkKind::TcpTls, true, dir)
+    });
+}
+
+#[test]
+fn tls_transfers_are_intact_without_offloads() {
+    require_root!();
+    run_test("offload_tls_off", |dir| {
+        transfer_checks(LinkKind::TcpTls, false, dir)
+    });
+}
+
+#[test]
+fn tcp_transfers_are_intact_with_offloads() {
+    require_root!();
+    run_test("offload_tcp_on", |dir| {
+        transfer_checks(LinkKind::Tcp, true, dir)
+    });
+}
+
+#[test]
+fn tcp_transfers_are_intact_without_offloads() {
+    require_root!();
+    run_test("offload_tcp_off", |dir| {
+        transfer_checks(LinkKind::Tcp, false, dir)
+    });
+}
+
+/// Four parallel UDP streams through a DTLS line with offloads: nothing arrives out of
+/// order (each flow stays on its path through the batches), and most of it arrives.
+#[test]
+fn parallel_udp_streams_stay_in_order() {
+    require_root!();
+    run_test("offload_udp_order", |dir| {
+        require_tools(&["iperf3"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+            ],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let baz_addr = mesh.address("baz");
+        let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
+        let result = iperf3_client(
+            topo.ns("foo"),
+            baz_addr,
+            &IperfOptions {
+                seconds: 3,
+                parallel: 4,
+                udp_bitrate: Some("50M".to_owned()),
+                ..IperfOptions::default()
+            },
+        )?;
+        drop(server);
+        ensure!(
+            result.out_of_order == Some(0),
+            "UDP datagrams arrived out of order: {result:?}"
+        );
+        Ok(())
+    });
+}
