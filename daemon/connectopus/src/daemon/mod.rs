@@ -480,14 +480,7 @@ impl Daemon {
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
         }
-        for endpoint in 0..self.udp.len() {
-            let Some(fd) = self.udp_fd(endpoint) else {
-                continue;
-            };
-            self.io
-                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
-                .context("arming UDP receive")?;
-        }
+        // UDP endpoints are armed by `add_udp` when their backend starts.
         self.run_dialers();
         self.drain_node();
         loop {
