@@ -98,6 +98,9 @@ pub struct StatusReport {
     pub dataplane_fallback_reason: Option<String>,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
+    /// The configured backends: running, or retrying after a failed start.
+    #[serde(default)]
+    pub backends: Vec<BackendReport>,
     /// Links and their sessions.
     pub links: Vec<LinkReport>,
     /// The forwarding table.
@@ -108,6 +111,25 @@ pub struct StatusReport {
     pub drops: BTreeMap<String, u64>,
     /// Other counters.
     pub counters: BTreeMap<String, u64>,
+}
+
+/// One configured backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// Backend name.
+    pub name: String,
+    /// Backend type (`dtls-listener`, ...).
+    pub kind: String,
+    /// `up` (it runs), or `retrying` (its start failed; it is tried again every 5 s).
+    pub state: String,
+    /// Why its last start failed, while retrying.
+    pub error: Option<String>,
+    /// Failed start attempts so far (0 when up).
+    pub failed_attempts: u64,
+    /// When its first failed attempt was, as seconds since the Unix epoch.
+    pub failing_since_unix: Option<f64>,
+    /// Seconds until the next attempt, while retrying.
+    pub next_attempt_secs: Option<f64>,
 }
 
 /// One link.

@@ -28,6 +28,25 @@ pub fn render(report: &StatusReport) -> String {
         report.tun,
         report.ebpf
     );
+    let _ = writeln!(out, "\nbackends:");
+    if report.backends.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for b in &report.backends {
+        let _ = write!(out, "  {:<12} {:<14} {}", b.name, b.kind, b.state);
+        if let Some(error) = &b.error {
+            let next = b
+                .next_attempt_secs
+                .map(|s| format!(", next try in {s:.0}s"))
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                " ({} failed attempts{next}): {error}",
+                b.failed_attempts
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "\nlinks:");
     if report.links.is_empty() {
         let _ = writeln!(out, "  (none)");

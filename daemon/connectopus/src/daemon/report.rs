@@ -172,6 +172,7 @@ impl Daemon {
             dataplane: self.io.backend().as_str().to_owned(),
             dataplane_fallback_reason: self.io.fallback_reason().map(|r| r.to_string()),
             ebpf: self.ebpf.describe(),
+            backends: self.backend_reports(),
             links,
             routes: route_reports,
             nodes,
