@@ -48,8 +48,15 @@ pub struct KeyArgs {
     #[arg(long, value_name = "TEXT")]
     pub text: Option<String>,
     /// The ssh-agent socket.
-    #[arg(long, value_name = "PATH", env = "SSH_AUTH_SOCK")]
+    #[arg(long, value_name = "PATH", env = "SSH_AUTH_SOCK", value_parser = agent_socket)]
     pub agent_socket: Option<PathBuf>,
+}
+
+/// Parses `--agent-socket` (or `$SSH_AUTH_SOCK`). Unlike clap's path parser it takes an empty
+/// value, which shells leave behind (`SSH_AUTH_SOCK=`), so that signing then says there is
+/// no agent, as when the variable is unset, instead of failing to parse the command line.
+fn agent_socket(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
 }
 
 /// `connectopus config sign FILE`.
