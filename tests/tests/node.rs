@@ -563,6 +563,17 @@ fn a_listener_whose_port_is_taken_is_retried_while_the_other_links_run() {
                 .any(|l| l.contains("l1") && l.contains("retrying") && l.contains("in use")),
             "status text should show the retrying backend:\n{text}"
         );
+        // It also shows the domain, the (abbreviated) signing keys and when links came up.
+        ensure!(text.contains("domain connectopus.test"), "{text}");
+        ensure!(
+            text.contains("authorized keys:\n  ssh-ed25519 …") && text.contains("mesh-admin"),
+            "{text}"
+        );
+        ensure!(
+            text.lines()
+                .any(|l| l.contains("-> foo") && l.contains("established  since 20")),
+            "{text}"
+        );
         // The same error twice is logged once at warn.
         let stderr = mesh.process("bar").context("bar runs")?.stderr();
         let warnings = stderr

@@ -74,6 +74,12 @@ pub struct StatusReport {
     pub address: String,
     /// Mesh subnet.
     pub subnet: String,
+    /// Mesh DNS domain.
+    #[serde(default)]
+    pub domain: String,
+    /// The keys that may sign configurations (`global.authorized_keys` of the running one).
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
     /// Routing epoch of this instance.
     pub epoch: u64,
     /// Sequence number of the latest own update.

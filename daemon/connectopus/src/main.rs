@@ -83,6 +83,9 @@ enum Commands {
         /// Prints the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Shows authorized keys in full, not abbreviated.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Creates a node's data directory holding a signed config (and, with --run, starts
     /// the node on it).
@@ -182,14 +185,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node(args) => run_node(args),
-        Commands::Status { id, socket, json } => {
+        Commands::Status {
+            id,
+            socket,
+            json,
+            verbose,
+        } => {
             let path = socket_path(socket, id)?;
             match control::request(&path, &control::ControlRequest::Status)? {
                 control::ControlReply::Status(report) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report)?);
                     } else {
-                        print!("{}", status::render(&report));
+                        print!("{}", status::render(&report, verbose));
                     }
                     Ok(ExitCode::SUCCESS)
                 }

@@ -134,6 +134,14 @@ impl Daemon {
             name: self.node.name().to_owned(),
             address: self.node.address().to_string(),
             subnet: self.subnet.clone(),
+            domain: self.config.global.domain.clone(),
+            authorized_keys: self
+                .config
+                .global
+                .authorized_keys
+                .iter()
+                .map(|k| k.0.trim().to_owned())
+                .collect(),
             epoch: self.node.epoch(),
             sequence: self.node.sequence(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
