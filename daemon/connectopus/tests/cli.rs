@@ -223,6 +223,62 @@ fn a_node_whose_listener_port_is_taken_keeps_running_and_warning_level_shows_why
 }
 
 #[test]
+fn a_backend_added_by_a_new_config_is_retried_until_its_port_is_free() {
+    require_openssh();
+    let dir = TempDir::new("cli-reload-retry");
+    let admin = keygen(&dir, "admin", "ed25519", "admin");
+    let config = signed(&dir, "mesh.yml", &mesh_file(&admin, 1, ""), &admin);
+    let socket = dir.join("foo.sock");
+    let mut command = connectopus(&["node", "--id", "foo", "--log-level", "debug", "--config"]);
+    command.arg(&config).arg("--control-socket").arg(&socket);
+    let mut node = Node::spawn(command, &dir, "foo");
+    node.wait_status(&socket, |s| s["config_version"] == 2);
+
+    // A new configuration adds a listener on a port someone holds.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let backends = format!(
+        "      tl:\n        type: tcp-listener\n        listen_ip: 127.0.0.1\n        port: {port}\n"
+    );
+    let update = signed(&dir, "v3.yml", &mesh_file(&admin, 2, &backends), &admin);
+    let (code, stderr) = output(
+        connectopus(&["config", "set", "--socket"])
+            .arg(&socket)
+            .arg(&update),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let status = node.wait_status(&socket, |s| {
+        s["config_version"] == 3 && s["backends"][0]["failed_attempts"].as_u64() >= Some(2)
+    });
+    assert_eq!(status["backends"][0]["state"], "retrying", "{status}");
+
+    // Once the port is free, the next try starts it (at most 5 s later).
+    drop(holder);
+    let freed = Instant::now();
+    node.wait_status(&socket, |s| s["backends"][0]["state"] == "up");
+    assert!(
+        freed.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        freed.elapsed()
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_err(),
+        "the node holds the port now"
+    );
+    let (code, log) = node.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("backend failed to start"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for the same error, however many tries:\n{log}"
+    );
+    assert!(log.contains("backend started"), "{log}");
+}
+
+#[test]
 fn an_empty_ssh_auth_sock_is_the_same_as_none() {
     let dir = TempDir::new("cli-empty-agent");
     let file = dir.join("mesh.yml");
