@@ -426,6 +426,16 @@ impl<'t> Mesh<'t> {
         serde_json::from_slice(&output.stdout).context("parsing status --json")
     }
 
+    /// Returns `connectopus status` of a node as text (what an operator reads).
+    ///
+    /// # Errors
+    /// The node does not answer.
+    pub fn status_text(&self, node: &str) -> Result<String> {
+        let mut command = Command::new(workspace_binary("connectopus")?);
+        command.args(["status", "--socket"]).arg(self.socket(node));
+        run_ok(command, Duration::from_secs(10))
+    }
+
     /// Returns the first hop's name in `node`'s route to `dst`'s address, or `None`.
     ///
     /// # Errors

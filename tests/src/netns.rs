@@ -1,7 +1,8 @@
 //! Network namespaces ([`NetNs`]) and veth links between them ([`Veth`]).
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Mutex, PoisonError};
@@ -190,6 +191,34 @@ impl NetNs {
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv4.ip_forward", "1"),
         ])
+    }
+
+    /// Binds a listening TCP socket at `addr` inside the namespace, from this process: the
+    /// socket stays in the namespace and holds the port until it is dropped.
+    ///
+    /// # Errors
+    /// The namespace cannot be entered or the address cannot be bound.
+    pub fn bind_tcp(&self, addr: SocketAddr) -> Result<TcpListener> {
+        let path = Path::new("/run/netns").join(&self.name);
+        let ns =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // setns changes the namespace of the calling thread only: enter it on a thread of its
+        // own, which ends right after the bind.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<TcpListener> {
+                    // SAFETY: `ns` is an open network namespace file for the whole call, and
+                    // CLONE_NEWNET moves only this thread, which creates one socket and exits.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("entering namespace {}", self.name));
+                    }
+                    TcpListener::bind(addr)
+                        .with_context(|| format!("binding {addr} in namespace {}", self.name))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread binding {addr} panicked"))?
+        })
     }
 
     /// The process ids of every process in the namespace (`ip netns pids`).

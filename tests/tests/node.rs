@@ -492,3 +492,105 @@ fn tun_devs_and_the_syscall_fallback_dataplane_work() {
         Ok(())
     });
 }
+
+/// Whether `node` has an established session with `peer` (by `status --json`).
+fn has_session(mesh: &Mesh, node: &str, peer: &str) -> bool {
+    mesh.status(node).is_ok_and(|status| {
+        status["links"].as_array().is_some_and(|links| {
+            links
+                .iter()
+                .any(|l| l["peer_name"] == peer && l["state"] == "established")
+        })
+    })
+}
+
+/// The entry of `backend` in a `status --json` report.
+fn backend_status(status: &serde_json::Value, backend: &str) -> serde_json::Value {
+    status["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == backend))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_listener_whose_port_is_taken_is_retried_while_the_other_links_run() {
+    require_root!();
+    run_test("listener_port_taken", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        // bar listens for foo on DTLS (backend l0) and for baz on TCP (backend l1, port 4001).
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::Tcp),
+            ],
+        )?;
+        let tcp = SocketAddr::new(IpAddr::V6(topo.link_addr("bar", "baz")), 4001);
+        let holder = topo.ns("bar").bind_tcp(tcp)?;
+        mesh.start_all()?;
+
+        // The node runs with the backend that works.
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            has_session(&mesh, "bar", "foo")
+        })
+        .context("bar's DTLS link to foo should come up while its TCP port is taken")?;
+        // It retries the other one every 5 s, showing why in status; wait for a second try.
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            mesh.status("bar").is_ok_and(|s| {
+                let l1 = backend_status(&s, "l1");
+                l1["state"] == "retrying" && l1["failed_attempts"].as_u64() >= Some(2)
+            })
+        })
+        .with_context(|| format!("bar should retry l1: {:?}", mesh.status("bar")))?;
+        let status = mesh.status("bar")?;
+        let (l0, l1) = (backend_status(&status, "l0"), backend_status(&status, "l1"));
+        ensure!(l0["state"] == "up", "{l0}");
+        ensure!(
+            l1["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Address already in use") && e.contains("4001")),
+            "{l1}"
+        );
+        ensure!(
+            l1["next_attempt_secs"].as_f64().is_some_and(|s| s <= 5.0),
+            "{l1}"
+        );
+        ensure!(!has_session(&mesh, "bar", "baz"), "the port is still held");
+        let text = mesh.status_text("bar")?;
+        ensure!(
+            text.lines()
+                .any(|l| l.contains("l1") && l.contains("retrying") && l.contains("in use")),
+            "status text should show the retrying backend:\n{text}"
+        );
+        // It also shows the domain, the (abbreviated) signing keys and when links came up.
+        ensure!(text.contains("domain connectopus.test"), "{text}");
+        ensure!(
+            text.contains("authorized keys:\n  ssh-ed25519 …") && text.contains("mesh-admin"),
+            "{text}"
+        );
+        ensure!(
+            text.lines()
+                .any(|l| l.contains("-> foo") && l.contains("established  since 20")),
+            "{text}"
+        );
+        // The same error twice is logged once at warn.
+        let stderr = mesh.process("bar").context("bar runs")?.stderr();
+        let warnings = stderr
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("backend failed to start"))
+            .count();
+        ensure!(warnings == 1, "expected one warning:\n{stderr}");
+
+        // Once the port is free, the TCP link comes up within 10 s.
+        drop(holder);
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            has_session(&mesh, "bar", "baz")
+        })
+        .context("bar's TCP link to baz should come up within 10 s of the port being freed")?;
+        let l1 = backend_status(&mesh.status("bar")?, "l1");
+        ensure!(l1["state"] == "up" && l1["error"].is_null(), "{l1}");
+        ensure!(has_session(&mesh, "bar", "foo"), "the DTLS link stayed up");
+        Ok(())
+    });
+}

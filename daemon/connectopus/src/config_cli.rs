@@ -48,8 +48,15 @@ pub struct KeyArgs {
     #[arg(long, value_name = "TEXT")]
     pub text: Option<String>,
     /// The ssh-agent socket.
-    #[arg(long, value_name = "PATH", env = "SSH_AUTH_SOCK")]
+    #[arg(long, value_name = "PATH", env = "SSH_AUTH_SOCK", value_parser = agent_socket)]
     pub agent_socket: Option<PathBuf>,
+}
+
+/// Parses `--agent-socket` (or `$SSH_AUTH_SOCK`). Unlike clap's path parser it takes an empty
+/// value, which shells leave behind (`SSH_AUTH_SOCK=`), so that signing then says there is
+/// no agent, as when the variable is unset, instead of failing to parse the command line.
+fn agent_socket(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
 }
 
 /// `connectopus config sign FILE`.
@@ -461,7 +468,23 @@ pub(crate) fn init_datadir(args: &InitArgs) -> Result<Outcome<InitReport>> {
             if let Err(d) = mesh.node(&args.id) {
                 return Ok(Outcome::Diagnostics(Diagnostics(vec![d])));
             }
-            match add_authorized_key(&name, &bytes, &key_line) {
+            let with_key = match add_authorized_key(&name, &bytes, &key_line) {
+                Ok(edited) => edited,
+                Err(EditError::Invalid(d)) => return Ok(Outcome::Diagnostics(d)),
+                Err(e) => return Err(e.into()),
+            };
+            // A version above the file's (and above the config this data directory held, on
+            // --force), as `config sign` stamps it: the mesh's other nodes, initialised with
+            // minimal configs or running the file's version, then take this one when it is
+            // offered, so one node initialised from the whole file bootstraps the mesh.
+            let previous = datadir_version(&datadir.join(DATADIR_CONFIG));
+            let base = mesh.global.version.max(previous.unwrap_or(0));
+            let version = base.checked_add(1).ok_or_else(|| {
+                anyhow!(
+                    "global.version is already {base}, the largest possible; it cannot be bumped"
+                )
+            })?;
+            match set_version(&name, &with_key, version) {
                 Ok(edited) => (name, edited),
                 Err(EditError::Invalid(d)) => return Ok(Outcome::Diagnostics(d)),
                 Err(e) => return Err(e.into()),
@@ -504,6 +527,14 @@ pub(crate) fn init_datadir(args: &InitArgs) -> Result<Outcome<InitReport>> {
         signer: signer.describe(),
         version: mesh.global.version,
     }))
+}
+
+/// The version of the config a data directory holds, if it holds one that loads.
+fn datadir_version(config: &Path) -> Option<u64> {
+    let bytes = fs::read(config).ok()?;
+    connectopus_config::load(&config.display().to_string(), &bytes)
+        .ok()
+        .map(|mesh| mesh.global.version)
 }
 
 /// Generates a one-node config: the given or default domain, the given or a random /64 in

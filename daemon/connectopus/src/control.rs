@@ -74,6 +74,12 @@ pub struct StatusReport {
     pub address: String,
     /// Mesh subnet.
     pub subnet: String,
+    /// Mesh DNS domain.
+    #[serde(default)]
+    pub domain: String,
+    /// The keys that may sign configurations (`global.authorized_keys` of the running one).
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
     /// Routing epoch of this instance.
     pub epoch: u64,
     /// Sequence number of the latest own update.
@@ -96,10 +102,14 @@ pub struct StatusReport {
     pub dataplane: String,
     /// Why io_uring is not used, if it is not.
     pub dataplane_fallback_reason: Option<String>,
-    /// What the dataplane offloads, and why something is off.
+    /// What the dataplane offloads, and why something is off (absent from older nodes).
+    #[serde(default)]
     pub offload: OffloadReport,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
+    /// The configured backends: running, or retrying after a failed start.
+    #[serde(default)]
+    pub backends: Vec<BackendReport>,
     /// Links and their sessions.
     pub links: Vec<LinkReport>,
     /// The forwarding table.
@@ -113,7 +123,7 @@ pub struct StatusReport {
 }
 
 /// The dataplane's offloads: each is "on", or "off: <why>".
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OffloadReport {
     /// Per TUN device: virtio-net header with checksum, TSO and USO offloads.
     pub tun: BTreeMap<String, String>,
@@ -121,6 +131,25 @@ pub struct OffloadReport {
     pub udp_gso: String,
     /// UDP GRO: a batch of DTLS records per receive.
     pub udp_gro: String,
+}
+
+/// One configured backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// Backend name.
+    pub name: String,
+    /// Backend type (`dtls-listener`, ...).
+    pub kind: String,
+    /// `up` (it runs), or `retrying` (its start failed; it is tried again every 5 s).
+    pub state: String,
+    /// Why its last start failed, while retrying.
+    pub error: Option<String>,
+    /// Failed start attempts so far (0 when up).
+    pub failed_attempts: u64,
+    /// When its first failed attempt was, as seconds since the Unix epoch.
+    pub failing_since_unix: Option<f64>,
+    /// Seconds until the next attempt, while retrying.
+    pub next_attempt_secs: Option<f64>,
 }
 
 /// One link.

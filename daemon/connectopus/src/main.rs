@@ -37,36 +37,41 @@ struct Cli {
     command: Commands,
 }
 
+/// `connectopus node`: which node to run, and how.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The signed mesh configuration (YAML; its signature is FILE.sig). Newer
+    /// configurations the node accepts are written back to it.
+    #[arg(long, conflicts_with = "datadir")]
+    config: Option<PathBuf>,
+    /// The node's data directory made by `connectopus init` (it holds config.yml and
+    /// config.yml.sig) [default: /var/lib/connectopus/<id>, when --config is not given].
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// This node's name in the configuration.
+    #[arg(long)]
+    id: String,
+    /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
+    /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
+    /// The node key (OpenSSH ed25519), needed when the node's config entry has an
+    /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
+    #[arg(long)]
+    identity_file: Option<PathBuf>,
+    /// How much to log. RUST_LOG, when set, refines it with tracing directives
+    /// (e.g. `connectopus::daemon=trace`).
+    #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true, default_value_t = LogLevel::Info, env = "CONNECTOPUS_LOG")]
+    log_level: LogLevel,
+}
+
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Runs one node of the mesh described by a config file.
-    Node {
-        /// The signed mesh configuration (YAML; its signature is FILE.sig). Newer
-        /// configurations the node accepts are written back to it.
-        #[arg(long, conflicts_with = "datadir")]
-        config: Option<PathBuf>,
-        /// The node's data directory made by `connectopus init` (it holds config.yml and
-        /// config.yml.sig) [default: /var/lib/connectopus/<id>, when --config is not given].
-        #[arg(long)]
-        datadir: Option<PathBuf>,
-        /// This node's name in the configuration.
-        #[arg(long)]
-        id: String,
-        /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
-        #[arg(long)]
-        control_socket: Option<PathBuf>,
-        /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
-        /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
-        #[arg(long)]
-        ebpf_object: Option<PathBuf>,
-        /// The node key (OpenSSH ed25519), needed when the node's config entry has an
-        /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
-        #[arg(long)]
-        identity_file: Option<PathBuf>,
-        /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-        #[arg(long, default_value = "info", env = "CONNECTOPUS_LOG")]
-        log_level: String,
-    },
+    Node(NodeArgs),
     /// Shows a running node's links, routes, known nodes and counters.
     Status {
         /// The node to ask (its control socket is /run/connectopus/<id>.sock).
@@ -78,9 +83,27 @@ enum Commands {
         /// Prints the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Shows authorized keys in full, not abbreviated.
+        #[arg(long, short)]
+        verbose: bool,
     },
-    /// Creates a node's data directory holding a signed config.
-    Init(config_cli::InitArgs),
+    /// Creates a node's data directory holding a signed config (and, with --run, starts
+    /// the node on it).
+    Init {
+        #[command(flatten)]
+        args: config_cli::InitArgs,
+        /// Starts the node on the new data directory afterwards, like
+        /// `connectopus node --datadir DIR --id NAME`.
+        #[arg(long)]
+        run: bool,
+        /// With --run: where to serve the control socket [default:
+        /// /run/connectopus/<id>.sock].
+        #[arg(long, requires = "run")]
+        control_socket: Option<PathBuf>,
+        /// With --run: how much to log.
+        #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true, default_value_t = LogLevel::Info, env = "CONNECTOPUS_LOG")]
+        log_level: LogLevel,
+    },
     /// Creates or shows a node key.
     Identity {
         #[command(subcommand)]
@@ -161,65 +184,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Commands::Node {
-            config,
-            datadir,
+        Commands::Node(args) => run_node(args),
+        Commands::Status {
             id,
-            control_socket,
-            ebpf_object,
-            identity_file,
-            log_level,
+            socket,
+            json,
+            verbose,
         } => {
-            init_logging(&log_level)?;
-            let identity_file = identity_file.or_else(|| {
-                datadir
-                    .as_ref()
-                    .map(|d| d.join("identity.key"))
-                    .filter(|k| k.exists())
-            });
-            let config = config.unwrap_or_else(|| {
-                datadir
-                    .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
-                    .join("config.yml")
-            });
-            let sig_path = config_cli::signature_path(&config);
-            let mesh = match config_cli::load_signed(&config, &sig_path) {
-                Ok(mesh) => mesh,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            for warning in mesh.warnings() {
-                eprint!("{warning}");
-            }
-            if let Err(diagnostic) = mesh.node(&id) {
-                eprint!("{diagnostic}");
-                return Ok(ExitCode::FAILURE);
-            }
-            let signature = std::fs::read(&sig_path)
-                .with_context(|| format!("reading {}", sig_path.display()))?;
-            let control_socket =
-                control_socket.unwrap_or_else(|| control::default_socket_path(&id));
-            daemon::run(daemon::NodeOptions {
-                config: mesh,
-                signature,
-                config_path: config,
-                id,
-                control_socket,
-                ebpf_object,
-                identity_file,
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Commands::Status { id, socket, json } => {
             let path = socket_path(socket, id)?;
             match control::request(&path, &control::ControlRequest::Status)? {
                 control::ControlReply::Status(report) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report)?);
                     } else {
-                        print!("{}", status::render(&report));
+                        print!("{}", status::render(&report, verbose));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -227,7 +205,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 other => anyhow::bail!("unexpected answer: {other:?}"),
             }
         }
-        Commands::Init(args) => {
+        Commands::Init {
+            args,
+            run,
+            control_socket,
+            log_level,
+        } => {
             let code = config_cli::init(&args)?;
             if code != ExitCode::SUCCESS {
                 return Ok(code);
@@ -246,7 +229,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("node key {}: {line}", key.display());
                 println!("  pin it in the mesh config as nodes.{}.identity", args.id);
             }
-            Ok(ExitCode::SUCCESS)
+            if !run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("starting node {} on {}", args.id, datadir.display());
+            run_node(NodeArgs {
+                config: None,
+                datadir: Some(datadir),
+                id: args.id,
+                control_socket,
+                ebpf_object: None,
+                identity_file: None,
+                log_level,
+            })
         }
         Commands::Identity { command } => identity::run(command),
         Commands::Config {
@@ -337,6 +332,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Runs `connectopus node` until it is stopped.
+fn run_node(args: NodeArgs) -> Result<ExitCode> {
+    let NodeArgs {
+        config,
+        datadir,
+        id,
+        control_socket,
+        ebpf_object,
+        identity_file,
+        log_level,
+    } = args;
+    init_logging(log_level)?;
+    let identity_file = identity_file.or_else(|| {
+        datadir
+            .as_ref()
+            .map(|d| d.join("identity.key"))
+            .filter(|k| k.exists())
+    });
+    let config = config.unwrap_or_else(|| {
+        datadir
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
+            .join("config.yml")
+    });
+    let sig_path = config_cli::signature_path(&config);
+    let mesh = match config_cli::load_signed(&config, &sig_path) {
+        Ok(mesh) => mesh,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for warning in mesh.warnings() {
+        eprint!("{warning}");
+    }
+    if let Err(diagnostic) = mesh.node(&id) {
+        eprint!("{diagnostic}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let signature =
+        std::fs::read(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+    let control_socket = control_socket.unwrap_or_else(|| control::default_socket_path(&id));
+    daemon::run(daemon::NodeOptions {
+        config: mesh,
+        signature,
+        config_path: config,
+        id,
+        control_socket,
+        ebpf_object,
+        identity_file,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `config edit`: get, edit, and if changed, sign and set.
 fn edit_config(socket: &std::path::Path, key: config_cli::KeyArgs) -> Result<ExitCode> {
     let (config, _) = match control::request(socket, &control::ControlRequest::GetConfig)? {
@@ -403,13 +451,85 @@ fn socket_path(socket: Option<PathBuf>, id: Option<String>) -> Result<PathBuf> {
     }
 }
 
-fn init_logging(filter: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?;
+/// The levels `--log-level` takes: upstream's words (`warning`), and `warn` as tracing spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    #[value(alias = "warn")]
+    Warning,
+    /// The node's life: links, sessions, configurations (the default).
+    Info,
+    /// Per-link and per-message detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warning => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// Logs to stderr at `level`, refined by the tracing directives in RUST_LOG when it is set.
+fn init_logging(level: LogLevel) -> Result<()> {
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(level.filter().into())
+        .parse(&directives)
+        .with_context(|| format!("invalid RUST_LOG {directives:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use tracing_subscriber::filter::LevelFilter;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn log_levels_are_upstreams_words_and_mean_tracing_levels() {
+        let level = |word: &str| match Cli::try_parse_from([
+            "connectopus",
+            "node",
+            "--id",
+            "foo",
+            "--log-level",
+            word,
+        ]) {
+            Ok(Cli {
+                command: Commands::Node(args),
+            }) => Some(args.log_level.filter()),
+            _ => None,
+        };
+        assert_eq!(level("error"), Some(LevelFilter::ERROR));
+        assert_eq!(level("warning"), Some(LevelFilter::WARN));
+        assert_eq!(level("warn"), Some(LevelFilter::WARN));
+        assert_eq!(level("Warning"), Some(LevelFilter::WARN));
+        assert_eq!(level("info"), Some(LevelFilter::INFO));
+        assert_eq!(level("debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(level("trace"), Some(LevelFilter::TRACE));
+        assert_eq!(level("connectopus=debug"), None);
+        assert_eq!(level("verbose"), None);
+    }
 }

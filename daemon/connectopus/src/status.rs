@@ -4,15 +4,27 @@ use std::fmt::Write;
 
 use crate::control::StatusReport;
 
-/// Renders the report the way `connectopus status` prints it.
-pub fn render(report: &StatusReport) -> String {
+/// Renders the report the way `connectopus status` prints it; `verbose` shows authorized keys
+/// in full.
+pub fn render(report: &StatusReport, verbose: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "node {} [{}]  subnet {}  up {:.0}s",
-        report.name, report.address, report.subnet, report.uptime_secs
+        "node {} [{}]  domain {}  subnet {}  up {:.0}s",
+        report.name, report.address, report.domain, report.subnet, report.uptime_secs
     );
     let _ = writeln!(out, "config version {}", report.config_version);
+    let _ = writeln!(out, "authorized keys:");
+    if report.authorized_keys.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for key in &report.authorized_keys {
+        if verbose {
+            let _ = writeln!(out, "  {key}");
+        } else {
+            let _ = writeln!(out, "  {}", abbreviate_key(key));
+        }
+    }
     if let Some(removed) = &report.removed {
         let _ = writeln!(out, "NOT FORWARDING: {removed}");
     }
@@ -36,6 +48,25 @@ pub fn render(report: &StatusReport) -> String {
         "offload udp gso: {}  udp gro: {}",
         report.offload.udp_gso, report.offload.udp_gro
     );
+    let _ = writeln!(out, "\nbackends:");
+    if report.backends.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for b in &report.backends {
+        let _ = write!(out, "  {:<12} {:<14} {}", b.name, b.kind, b.state);
+        if let Some(error) = &b.error {
+            let next = b
+                .next_attempt_secs
+                .map(|s| format!(", next try in {s:.0}s"))
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                " ({} failed attempts{next}): {error}",
+                b.failed_attempts
+            );
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "\nlinks:");
     if report.links.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -49,15 +80,20 @@ pub fn render(report: &StatusReport) -> String {
             .rtt_ms
             .map(|r| format!(" rtt {r:.1}ms"))
             .unwrap_or_default();
+        let since = l
+            .since_unix
+            .map(|t| format!("  since {}", utc(t)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  link{} {} ({}) {} -> {}  {}  cost {:.2} mtu {}{}  in {} B out {} B",
+            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B",
             l.link,
             l.backend,
             l.kind,
             l.remote,
             peer,
             l.state,
+            since,
             l.cost,
             l.mtu,
             rtt,
@@ -116,4 +152,147 @@ pub fn render(report: &StatusReport) -> String {
         }
     );
     out
+}
+
+/// How many trailing characters of a key's base64 an abbreviated key shows: enough to tell
+/// keys apart (the leading ones only spell the key type).
+const KEY_TAIL: usize = 12;
+
+/// Shortens an authorized_keys line to `type …tail comment`.
+fn abbreviate_key(line: &str) -> String {
+    let mut fields = line.split_whitespace();
+    let (Some(kind), Some(data)) = (fields.next(), fields.next()) else {
+        return line.to_owned();
+    };
+    let comment: Vec<&str> = fields.collect();
+    let tail = data
+        .char_indices()
+        .rev()
+        .nth(KEY_TAIL - 1)
+        .map_or(data, |(i, _)| &data[i..]);
+    let mut short = if tail.len() < data.len() {
+        format!("{kind} …{tail}")
+    } else {
+        format!("{kind} {data}")
+    };
+    if !comment.is_empty() {
+        short.push(' ');
+        short.push_str(&comment.join(" "));
+    }
+    short
+}
+
+/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(unix: f64) -> String {
+    if !unix.is_finite() || unix < 0.0 {
+        return "?".to_owned();
+    }
+    let secs = unix as u64;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::LinkReport;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@laptop";
+
+    fn report() -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "name": "foo", "address": "fd00::1", "subnet": "fd00::/64", "domain": "mesh.test",
+            "authorized_keys": [KEY, "ssh-rsa AAAAB3Nza"],
+            "epoch": 1, "sequence": 1, "uptime_secs": 5.0, "config_version": 3, "removed": null,
+            "names": [], "name_conflicts": [], "dns": "off", "tun": "cx-foo",
+            "dataplane": "uring", "dataplane_fallback_reason": null, "ebpf": "off",
+            "links": [], "routes": [], "nodes": [], "drops": {}, "counters": {}
+        }))
+        .unwrap()
+    }
+
+    fn link(since_unix: Option<f64>) -> LinkReport {
+        LinkReport {
+            link: 1,
+            backend: "b1".into(),
+            kind: "dtls dialer".into(),
+            remote: "[2001:db8::2]:4444".into(),
+            state: "established".into(),
+            peer_address: Some("fd00::2".into()),
+            peer_name: Some("bar".into()),
+            since_unix,
+            rtt_ms: None,
+            cost: 1.0,
+            mtu: 1400,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    #[test]
+    fn shows_the_domain_and_abbreviated_keys_or_full_ones_when_verbose() {
+        let mut r = report();
+        r.links = vec![link(Some(1_796_505_662.9)), link(None)];
+        let text = render(&r, false);
+        assert!(text.starts_with("node foo [fd00::1]  domain mesh.test  subnet fd00::/64"));
+        let data = KEY.split_whitespace().nth(1).unwrap();
+        let tail = &data[data.len() - KEY_TAIL..];
+        assert!(
+            text.contains(&format!("\n  ssh-ed25519 …{tail} admin@laptop\n")),
+            "{text}"
+        );
+        assert!(!text.contains(KEY), "{text}");
+        // A key too short to abbreviate is shown as it is.
+        assert!(text.contains("\n  ssh-rsa AAAAB3Nza\n"), "{text}");
+        let verbose = render(&r, true);
+        assert!(verbose.contains(&format!("\n  {KEY}\n")), "{verbose}");
+        // Established links say since when; the others do not.
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("link1")).collect();
+        assert!(
+            lines[0].contains("established  since 2026-12-05 21:21:02 UTC"),
+            "{text}"
+        );
+        assert!(!lines[1].contains("since"), "{text}");
+    }
+
+    #[test]
+    fn dates_are_gregorian_utc() {
+        assert_eq!(utc(0.0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400.0), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199.5), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(4_102_444_800.0), "2100-01-01 00:00:00 UTC");
+        assert_eq!(utc(-1.0), "?");
+    }
+
+    #[test]
+    fn an_older_node_without_the_new_fields_still_renders() {
+        let mut value = serde_json::to_value(report()).unwrap();
+        let map = value.as_object_mut().unwrap();
+        map.remove("domain");
+        map.remove("authorized_keys");
+        map.remove("backends");
+        let old: StatusReport = serde_json::from_value(value).unwrap();
+        assert!(render(&old, false).contains("authorized keys:\n  (none)"));
+    }
 }

@@ -494,7 +494,7 @@ fn init_creates_a_private_datadir_with_a_signed_minimal_config() {
 }
 
 #[test]
-fn init_from_a_mesh_file_adds_the_key_and_keeps_the_rest() {
+fn init_from_a_mesh_file_adds_the_key_and_stamps_a_newer_version() {
     require_openssh();
     let dir = TempDir::new("cli-init-config");
     let admin = keygen(&dir, "admin", "ed25519", "admin");
@@ -507,24 +507,56 @@ fn init_from_a_mesh_file_adds_the_key_and_keeps_the_rest() {
     args.config = Some(mesh.clone());
     let r = done(init_datadir(&args).unwrap());
     let written = std::fs::read_to_string(&r.config).unwrap();
+    // The key is added and the version bumped in place; every other byte stays.
     assert_eq!(
         written,
-        original.replace(
-            &format!("    - {}\n", public_line(&admin)),
-            &format!(
-                "    - {}\n    - {}\n",
-                public_line(&admin),
-                public_line(&newcomer)
+        original
+            .replace(
+                &format!("    - {}\n", public_line(&admin)),
+                &format!(
+                    "    - {}\n    - {}\n",
+                    public_line(&admin),
+                    public_line(&newcomer)
+                )
             )
-        )
+            .replace("version: 6    #", "version: 7    #")
     );
     let cfg = load_signed(&r.config, &r.signature).unwrap();
-    assert_eq!(cfg.global.version, 6, "init keeps the mesh file's version");
+    assert_eq!(
+        cfg.global.version, 7,
+        "init stamps a version above the file's, so nodes running the file take it"
+    );
+    assert_eq!(r.version, 7);
     assert_eq!(
         std::fs::read_to_string(&mesh).unwrap(),
         original,
         "the source file is untouched"
     );
+
+    // Re-initialising over that data directory (--force) goes above what it held, even when
+    // the file's own version is lower.
+    let older = original.replace("version: 6", "version: 2");
+    std::fs::write(&mesh, &older).unwrap();
+    let mut again = init_args("bar", &dir.join("bar"), &newcomer);
+    again.config = Some(mesh.clone());
+    again.force = true;
+    let r = done(init_datadir(&again).unwrap());
+    assert_eq!(
+        load_signed(&r.config, &r.signature).unwrap().global.version,
+        8
+    );
+
+    // A file without a version (0, like a minimal config) becomes version 1, which minimal
+    // configs (version 0) take; the line is inserted after `global:`.
+    let unversioned = original.replace("  version: 6    # do not hand-edit\n", "");
+    std::fs::write(&mesh, &unversioned).unwrap();
+    let mut fresh = init_args("foo", &dir.join("foo"), &admin);
+    fresh.config = Some(mesh.clone());
+    let r = done(init_datadir(&fresh).unwrap());
+    let cfg = load_signed(&r.config, &r.signature).unwrap();
+    assert_eq!(cfg.global.version, 1);
+    assert!(connectopus_config::check_version(0, cfg.global.version).is_ok());
+    std::fs::write(&mesh, &original).unwrap();
 
     // A node the file does not name is refused with the known names.
     let mut args = init_args("qux", &dir.join("qux"), &newcomer);

@@ -40,6 +40,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod backend_retry;
 mod datapath;
 mod dns;
 mod dtls;
@@ -94,8 +95,9 @@ pub struct NodeOptions {
 /// Runs a node until SIGINT or SIGTERM.
 ///
 /// # Errors
-/// Start-up failures (TUN, sockets, bad certificates); a running node logs and survives
-/// per-link errors.
+/// Start-up failures (TUN, control socket, io_uring); a backend that cannot start does not
+/// stop the node, which retries it (see `backend_retry`), and a running node logs and
+/// survives per-link errors.
 pub fn run(options: NodeOptions) -> Result<()> {
     let NodeOptions {
         config,
@@ -217,6 +219,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         config_path,
         to_loop,
         backends: BTreeMap::new(),
+        failed: BTreeMap::new(),
         threads: Vec::new(),
         removed: None,
         restart: false,
@@ -250,7 +253,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         .node
         .set_config(Time::ZERO, version, &source, &signature);
     for (name, backend) in &backend_configs {
-        daemon.start_backend(name, backend)?;
+        daemon.start_or_retry(name, backend);
     }
     let result = daemon.run();
     stop.store(true, Ordering::Relaxed);
@@ -447,6 +450,8 @@ struct Daemon {
     to_loop: LoopSender,
     /// The backends, by name.
     backends: BTreeMap<String, reconcile::RunningBackend>,
+    /// Configured backends that failed to start, retried by the loop's timers.
+    failed: BTreeMap<String, backend_retry::FailedBackend>,
     /// Backend threads (joined at exit).
     threads: Vec<JoinHandle<()>>,
     /// Why the node does not forward: the running configuration no longer contains it.
@@ -497,14 +502,7 @@ impl Daemon {
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
         }
-        for endpoint in 0..self.udp.len() {
-            let Some(fd) = self.udp_fd(endpoint) else {
-                continue;
-            };
-            self.io
-                .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
-                .context("arming UDP receive")?;
-        }
+        // UDP endpoints are armed by `add_udp` when their backend starts.
         self.run_dialers();
         self.drain_node();
         loop {
@@ -549,6 +547,9 @@ impl Daemon {
             }
         }
         let now = Instant::now();
+        if let Some(at) = self.next_backend_retry() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         for e in self.udp.iter().flatten() {
             if let UdpRole::Dialer(d) = &e.role
                 && let Some(at) = d.next_attempt
@@ -695,6 +696,7 @@ impl Daemon {
             self.close_link(link, "handshake timeout");
         }
         self.run_dialers();
+        self.retry_backends();
     }
 
     fn drain_node(&mut self) {

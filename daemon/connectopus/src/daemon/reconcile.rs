@@ -6,7 +6,7 @@
 //! `global` (other than its version) or to any other key of this node (address, identity,
 //! prefixes, TUN devices, DNS) restarts the node's mesh instance. Changes to other nodes'
 //! entries need nothing here: their own nodes apply them. A configuration without this node
-//! stops it forwarding.
+//! stops it forwarding. A backend that fails to start is retried (see `backend_retry`).
 
 use super::*;
 
@@ -171,14 +171,24 @@ impl Daemon {
             self.offloads.udp_gro = Err(error.to_string());
         }
         self.udp.push(Some(endpoint));
-        self.io
+        if let Err(error) = self
+            .io
             .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))
-            .context("arming UDP receive")?;
+        {
+            // Nothing is armed on it: close the socket; the backend is retried.
+            if let Some(slot) = self.udp.get_mut(index) {
+                *slot = None;
+            }
+            return Err(error).context("arming UDP receive");
+        }
         Ok(index)
     }
 
-    /// Stops a backend and closes its links.
+    /// Stops a backend and closes its links (or stops retrying it, if it failed to start).
     pub(super) fn stop_backend(&mut self, name: &str) {
+        if self.forget_failed_backend(name) {
+            return;
+        }
         let Some(running) = self.backends.remove(name) else {
             return;
         };
@@ -234,23 +244,18 @@ impl Daemon {
                 Some(old) if same_but_cost(old, backend) => self.set_backend_cost(name, backend),
                 Some(_) => {
                     self.stop_backend(name);
-                    self.start_or_log(name, backend);
+                    self.start_or_retry(name, backend);
                 }
-                None => self.start_or_log(name, backend),
+                None => self.start_or_retry(name, backend),
             }
         }
         ApplyOutcome::Applied
     }
 
-    fn start_or_log(&mut self, name: &str, backend: &BackendConfig) {
-        if let Err(error) = self.start_backend(name, backend) {
-            tracing::error!(backend = %name, error = %format!("{error:#}"), "backend failed to start");
-        }
-    }
-
     fn set_backend_cost(&mut self, name: &str, backend: &BackendConfig) {
         let cost = Cost::from_f64(backend.cost());
         tracing::info!(backend = %name, cost = %cost, "backend cost changed");
+        self.update_failed_backend(name, backend);
         if let Some(running) = self.backends.get_mut(name) {
             running.config = backend.clone();
             if let BackendHandle::Udp(endpoint) = running.handle
@@ -370,8 +375,7 @@ impl Daemon {
             ApplyOutcome::Removed => {
                 let reason = format!("node {} is not in configuration version {version}", self.id);
                 tracing::error!(%reason, "stopping forwarding");
-                let names: Vec<String> = self.backends.keys().cloned().collect();
-                for name in names {
+                for name in self.backend_names() {
                     self.stop_backend(&name);
                 }
                 let now = self.now();

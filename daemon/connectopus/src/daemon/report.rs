@@ -135,6 +135,14 @@ impl Daemon {
             name: self.node.name().to_owned(),
             address: self.node.address().to_string(),
             subnet: self.subnet.clone(),
+            domain: self.config.global.domain.clone(),
+            authorized_keys: self
+                .config
+                .global
+                .authorized_keys
+                .iter()
+                .map(|k| k.0.trim().to_owned())
+                .collect(),
             epoch: self.node.epoch(),
             sequence: self.node.sequence(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
@@ -182,6 +190,7 @@ impl Daemon {
                 udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
             },
             ebpf: self.ebpf.describe(),
+            backends: self.backend_reports(),
             links,
             routes: route_reports,
             nodes,
