@@ -1,0 +1,167 @@
+//! Local attackers and files (issue 12, items 10 to 12): `config edit`'s scratch files,
+//! secret files with loose permissions or short PSKs, and rollback of the config across
+//! restarts. The tests that need no network run as any user; the others need root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use connectopus_tests::{TestDir, ssh_keygen, workspace_binary};
+
+/// A control socket that plays a node for `config edit`: it answers `get_config` with
+/// `config` and hands every `set_config` request to the returned channel.
+fn fake_node(socket: &Path, config: String) -> mpsc::Receiver<serde_json::Value> {
+    let listener = UnixListener::bind(socket).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut line = String::new();
+            if BufReader::new(&stream).read_line(&mut line).is_err() {
+                continue;
+            }
+            let Ok(request) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let reply = match request["cmd"].as_str() {
+                Some("get_config") => {
+                    serde_json::json!({"config": {"config": config, "signature": ""}})
+                }
+                Some("set_config") => {
+                    let _ = tx.send(request);
+                    serde_json::json!({"accepted": {"version": 2}})
+                }
+                _ => serde_json::json!({"error": "unexpected"}),
+            };
+            let _ = writeln!(&stream, "{reply}");
+        }
+    });
+    rx
+}
+
+/// The PID the kernel handed out last (the next ones follow it).
+fn last_pid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `config edit` used to write into `$TMPDIR/connectopus-edit-<pid>`, accepting a directory
+/// or a symlink someone else had put there. Every such name for the next PIDs is taken (a
+/// world-writable directory or a symlink to a victim directory); the edit works anyway, in a
+/// fresh 0700 directory of its own, and nothing lands in the traps.
+#[test]
+fn config_edit_never_follows_predictable_paths() {
+    let dir = TestDir::new("edit_tmp").unwrap();
+    let tmp = dir.join("tmp");
+    let victim = dir.join("victim");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    let key = dir.join("admin");
+    let public = ssh_keygen(&key, "admin").unwrap();
+    let config = format!(
+        "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n"
+    );
+    let socket = dir.join("fake.sock");
+    let requests = fake_node(&socket, config);
+    let record = dir.join("editor.log");
+    let editor = dir.join("editor.sh");
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" > {rec}\nstat -c '%a' \"$1\" \"$(dirname \"$1\")\" >> {rec}\necho '# edited' >> \"$1\"\n",
+            rec = record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The PID of the child is only known once it runs: lay traps for the next 500 and retry
+    // if something else used them all up first.
+    let mut traps: Vec<PathBuf> = Vec::new();
+    let mut caught = false;
+    for _attempt in 0..3 {
+        let first = last_pid() + 1;
+        let range = first..first + 500;
+        for pid in range.clone() {
+            let trap = tmp.join(format!("connectopus-edit-{pid}"));
+            if trap.symlink_metadata().is_ok() {
+                continue;
+            }
+            if pid % 2 == 0 {
+                std::fs::create_dir(&trap).unwrap();
+                std::fs::set_permissions(&trap, std::fs::Permissions::from_mode(0o777)).unwrap();
+            } else {
+                std::os::unix::fs::symlink(&victim, &trap).unwrap();
+            }
+            traps.push(trap);
+        }
+        let child = Command::new(workspace_binary("connectopus").unwrap())
+            .args(["config", "edit", "--socket"])
+            .arg(&socket)
+            .arg("--key")
+            .arg(&key)
+            .env("TMPDIR", &tmp)
+            .env("VISUAL", &editor)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "config edit failed:\n{text}");
+        assert!(text.contains("version 2 accepted"), "{text}");
+        if range.contains(&pid) {
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "could not predict the PID of `config edit`");
+
+    // The editor ran on a file in a private directory with an unpredictable name.
+    let log = std::fs::read_to_string(&record).unwrap();
+    let mut lines = log.lines();
+    let edited = PathBuf::from(lines.next().unwrap());
+    let parent = edited.parent().unwrap();
+    assert!(
+        !traps.iter().any(|t| t == parent),
+        "edited in a trap: {log}"
+    );
+    assert_eq!(parent.parent(), Some(tmp.as_path()), "{log}");
+    assert_eq!(lines.next(), Some("600"), "file mode: {log}");
+    assert_eq!(lines.next(), Some("700"), "directory mode: {log}");
+    // Nothing was written through the symlinks or into the directories.
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    for trap in traps.iter().filter(|t| t.is_dir() && !t.is_symlink()) {
+        assert_eq!(std::fs::read_dir(trap).unwrap().count(), 0, "{trap:?}");
+    }
+    // The private directory is gone and the node got the signed edit.
+    assert!(!parent.exists(), "{} left behind", parent.display());
+    let set = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    let new = set["config"].as_str().unwrap();
+    assert!(
+        new.contains("# edited") && new.contains("version: 2"),
+        "{new}"
+    );
+    assert!(
+        set["signature"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN SSH SIGNATURE")
+    );
+}
