@@ -8,11 +8,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use connectopus_tests::{TestDir, ssh_keygen, workspace_binary};
+use connectopus_tests::{TestDir, ssh_keygen, ssh_sign, workspace_binary, write_secret};
 
 /// A control socket that plays a node for `config edit`: it answers `get_config` with
 /// `config` and hands every `set_config` request to the returned channel.
@@ -164,4 +164,164 @@ fn config_edit_never_follows_predictable_paths() {
             .unwrap()
             .contains("BEGIN SSH SIGNATURE")
     );
+}
+
+/// Writes `mesh.yml` with node `foo` (its entry's extra lines `foo`) and a second node, signed
+/// by a fresh admin key; returns its path.
+fn signed_mesh(dir: &TestDir, foo: &str) -> PathBuf {
+    let key = dir.join("admin");
+    let public = ssh_keygen(&key, "admin").unwrap();
+    let path = dir.join("mesh.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n{foo}  bar:\n    address: fd00:cafe::2\n"
+        ),
+    )
+    .unwrap();
+    ssh_sign(&path, &key, "connectopus").unwrap();
+    path
+}
+
+/// Runs `connectopus node --id foo` on `config` with `extra` arguments; it is expected to stop
+/// before it touches the network, so it needs no root.
+fn run_foo(dir: &TestDir, config: &Path, extra: &[&str]) -> Output {
+    Command::new(workspace_binary("connectopus").unwrap())
+        .args(["node", "--id", "foo", "--config"])
+        .arg(config)
+        .arg("--control-socket")
+        .arg(dir.join("foo.sock"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn assert_refused(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the node started:\n{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_psk_file_readable_by_others_is_refused_at_start() {
+    let dir = TestDir::new("psk_mode").unwrap();
+    let psk = dir.join("link.psk");
+    write_secret(&psk, b"correct horse battery staple").unwrap();
+    let config = signed_mesh(
+        &dir,
+        &format!(
+            "    backends:\n      b1: {{type: dtls-listener, port: 4444, psk_file: {}}}\n",
+            psk.display()
+        ),
+    );
+    for mode in [0o644, 0o640, 0o604] {
+        chmod(&psk, mode);
+        let out = run_foo(&dir, &config, &[]);
+        assert_refused(
+            &out,
+            &[
+                "nodes.foo.backends.b1.psk_file",
+                &psk.display().to_string(),
+                &format!("mode 0{mode:o}"),
+                "chmod 600",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_short_psk_is_refused_at_start() {
+    let dir = TestDir::new("psk_short").unwrap();
+    let psk = dir.join("link.psk");
+    write_secret(&psk, b"fifteen bytes!!").unwrap();
+    let config = signed_mesh(
+        &dir,
+        &format!(
+            "    backends:\n      b1: {{type: dtls-dialer, peer: \"[fd00::2]:4444\", psk_file: {}}}\n",
+            psk.display()
+        ),
+    );
+    let out = run_foo(&dir, &config, &[]);
+    assert_refused(
+        &out,
+        &[
+            &psk.display().to_string(),
+            "holds 15 bytes",
+            "at least 16 bytes",
+        ],
+    );
+}
+
+#[test]
+fn a_tls_key_file_readable_by_others_is_refused_at_start() {
+    let dir = TestDir::new("key_mode").unwrap();
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    write_secret(&key, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+    chmod(&key, 0o640);
+    let config = signed_mesh(
+        &dir,
+        &format!(
+            "    backends:\n      b1: {{type: tcp-listener, port: 4445, tls: true, server_cert_file: {}, server_key_file: {}}}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let out = run_foo(&dir, &config, &[]);
+    assert_refused(
+        &out,
+        &["server_key_file", &key.display().to_string(), "mode 0640"],
+    );
+}
+
+#[test]
+fn a_node_key_readable_by_others_is_refused_at_start() {
+    let dir = TestDir::new("identity_mode").unwrap();
+    let key = dir.join("foo.key");
+    let public = ssh_keygen(&key, "foo").unwrap();
+    let config = signed_mesh(&dir, &format!("    identity: \"{public}\"\n"));
+    chmod(&key, 0o644);
+    let key_arg = key.display().to_string();
+    let out = run_foo(&dir, &config, &["--identity-file", &key_arg]);
+    assert_refused(&out, &[&key_arg, "mode 0644", "chmod 600"]);
+}
+
+#[test]
+fn secret_files_owned_by_another_user_are_refused_at_start() {
+    if !connectopus_tests::is_root() {
+        eprintln!("skipped: needs root to give files to another user");
+        return;
+    }
+    let dir = TestDir::new("secret_owner").unwrap();
+    let psk = dir.join("link.psk");
+    write_secret(&psk, b"correct horse battery staple").unwrap();
+    std::os::unix::fs::chown(&psk, Some(65534), Some(65534)).unwrap();
+    let config = signed_mesh(
+        &dir,
+        &format!(
+            "    backends:\n      b1: {{type: dtls-listener, port: 4444, psk_file: {}}}\n",
+            psk.display()
+        ),
+    );
+    let out = run_foo(&dir, &config, &[]);
+    assert_refused(
+        &out,
+        &[&psk.display().to_string(), "owned by uid 65534", "uid 0"],
+    );
+
+    let dir = TestDir::new("identity_owner").unwrap();
+    let key = dir.join("foo.key");
+    let public = ssh_keygen(&key, "foo").unwrap();
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let config = signed_mesh(&dir, &format!("    identity: \"{public}\"\n"));
+    let key_arg = key.display().to_string();
+    let out = run_foo(&dir, &config, &["--identity-file", &key_arg]);
+    assert_refused(&out, &[&key_arg, "owned by uid 65534"]);
 }

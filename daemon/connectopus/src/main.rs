@@ -8,6 +8,7 @@
 //! - `control`: the local control socket and the `status` report.
 //! - `status`: human-readable rendering of the report.
 //! - `edit`: `config edit` in a private scratch directory.
+//! - `secrets`: the node's secret files, checked before start.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -19,6 +20,7 @@ mod dtls_link;
 mod edit;
 mod identity;
 mod links;
+mod secrets;
 mod status;
 mod tun;
 
@@ -197,6 +199,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Err(diagnostic) = mesh.node(&id) {
                 eprint!("{diagnostic}");
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Err(error) = secrets::check(&mesh, &id) {
+                eprintln!("error: {error}");
                 return Ok(ExitCode::FAILURE);
             }
             let signature = std::fs::read(&sig_path)
