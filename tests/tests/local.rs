@@ -12,7 +12,11 @@ use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use connectopus_tests::{TestDir, ssh_keygen, ssh_sign, workspace_binary, write_secret};
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    LinkKind, Mesh, MeshLink, TestDir, Topology, require_root, run_test, run_with_timeout,
+    ssh_keygen, ssh_sign, wait_until, workspace_binary, write_secret,
+};
 
 /// A control socket that plays a node for `config edit`: it answers `get_config` with
 /// `config` and hands every `set_config` request to the returned channel.
@@ -324,4 +328,85 @@ fn secret_files_owned_by_another_user_are_refused_at_start() {
     let key_arg = key.display().to_string();
     let out = run_foo(&dir, &config, &["--identity-file", &key_arg]);
     assert_refused(&out, &[&key_arg, "owned by uid 65534"]);
+}
+
+/// Copies a config and its signature.
+fn copy_pair(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)?;
+    std::fs::copy(
+        format!("{}.sig", from.display()),
+        format!("{}.sig", to.display()),
+    )?;
+    Ok(())
+}
+
+fn wait_version(mesh: &Mesh<'_>, node: &str, version: u64) -> Result<()> {
+    wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        mesh.config_version(node).is_ok_and(|v| v == version)
+    })
+    .with_context(|| format!("{node} did not reach configuration version {version}"))
+}
+
+/// A node that ran version 3 and is restarted on version 2's files (a restored backup, say)
+/// refuses to start, naming both versions; on version 3 it starts again.
+#[test]
+fn a_node_restarted_on_an_older_config_refuses_it() {
+    require_root!();
+    run_test("rollback", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start("foo")?;
+        wait_version(&mesh, "foo", 1)?;
+        let running = mesh.node_config_path("foo");
+        let original = std::fs::read_to_string(mesh.config_path())?;
+        let mut backups = Vec::new();
+        for version in [2u64, 3] {
+            let candidate = dir.join(format!("v{version}.yml"));
+            std::fs::write(
+                &candidate,
+                original.replace("  version: 1\n", &format!("  version: {version}\n"))
+                    + &format!("# version {version}\n"),
+            )?;
+            ssh_sign(&candidate, mesh.admin_key(), "connectopus")?;
+            let (ok, out) = mesh.config_set("foo", &candidate)?;
+            ensure!(ok, "{out}");
+            wait_version(&mesh, "foo", version)?;
+            // What a backup of the node's files at this version holds.
+            let backup = dir.join(format!("backup-v{version}.yml"));
+            copy_pair(&running, &backup)?;
+            ensure!(
+                std::fs::read_to_string(&backup)?.contains(&format!("# version {version}")),
+                "foo did not persist version {version}"
+            );
+            backups.push(backup);
+        }
+        mesh.stop("foo")?;
+
+        copy_pair(&backups[0], &running)?;
+        let binary = workspace_binary("connectopus")?;
+        let command = topo.ns("foo").command(
+            &binary.display().to_string(),
+            &[
+                "node",
+                "--config",
+                &running.display().to_string(),
+                "--id",
+                "foo",
+                "--control-socket",
+                &dir.join("rollback.sock").display().to_string(),
+            ],
+        )?;
+        let out = run_with_timeout(command, Duration::from_secs(20))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "foo started on version 2:\n{stderr}");
+        ensure!(
+            stderr.contains("configuration version 2, older than version 3"),
+            "the refusal should name both versions:\n{stderr}"
+        );
+
+        copy_pair(&backups[1], &running)?;
+        mesh.start("foo")?;
+        wait_version(&mesh, "foo", 3)?;
+        Ok(())
+    });
 }

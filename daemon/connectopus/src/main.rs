@@ -9,6 +9,7 @@
 //! - `status`: human-readable rendering of the report.
 //! - `edit`: `config edit` in a private scratch directory.
 //! - `secrets`: the node's secret files, checked before start.
+//! - `state`: the config pair written crash-safely, and the rollback guard.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -21,6 +22,7 @@ mod edit;
 mod identity;
 mod links;
 mod secrets;
+mod state;
 mod status;
 mod tun;
 
@@ -187,6 +189,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .join("config.yml")
             });
             let sig_path = config_cli::signature_path(&config);
+            match state::recover_pair(&config, |c, s| config_cli::load_signed(c, s).is_ok()) {
+                Ok(state::Recovery::Clean) => {}
+                Ok(recovery) => tracing::warn!(
+                    config = %config.display(),
+                    ?recovery,
+                    "an interrupted configuration update was cleaned up"
+                ),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let mesh = match config_cli::load_signed(&config, &sig_path) {
                 Ok(mesh) => mesh,
                 Err(error) => {
@@ -199,6 +213,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Err(diagnostic) = mesh.node(&id) {
                 eprint!("{diagnostic}");
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Err(error) = state::check_rollback(&config, mesh.global.version) {
+                eprintln!("error: {error:#}");
                 return Ok(ExitCode::FAILURE);
             }
             if let Err(error) = secrets::check(&mesh, &id) {
