@@ -170,16 +170,16 @@ fn config_edit_never_follows_predictable_paths() {
     );
 }
 
-/// Writes `mesh.yml` with node `foo` (its entry's extra lines `foo`) and a second node, signed
-/// by a fresh admin key; returns its path.
-fn signed_mesh(dir: &TestDir, foo: &str) -> PathBuf {
+/// Writes `mesh.yml` with node `foo` (`foo_lines` added to its entry) and a second node,
+/// signed by a fresh admin key; returns its path.
+fn signed_mesh(dir: &TestDir, foo_lines: &str) -> PathBuf {
     let key = dir.join("admin");
     let public = ssh_keygen(&key, "admin").unwrap();
     let path = dir.join("mesh.yml");
     std::fs::write(
         &path,
         format!(
-            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n{foo}  bar:\n    address: fd00:cafe::2\n"
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n{foo_lines}  bar:\n    address: fd00:cafe::2\n"
         ),
     )
     .unwrap();
