@@ -74,7 +74,7 @@ mod wait;
 
 pub use env::{TOOLS, is_root, package_for, require_root, require_tools, tool, unique_name};
 pub use loss::{Direction, Loss};
-pub use mesh::{LinkKind, Mesh, MeshLink, mesh_address, ssh_keygen, ssh_sign};
+pub use mesh::{LinkKind, Mesh, MeshLink, mesh_address, ssh_keygen, ssh_sign, write_secret};
 pub use netns::{EXEC_TIMEOUT, NetNs, Veth, VethConfig, VethEnd, netns_exists};
 pub use plan::{allowed_v4, allowed_v6, check_addr, host_in_24, host_in_64};
 pub use process::{

@@ -134,7 +134,7 @@ impl<'t> Mesh<'t> {
         let dir = topo.dir();
         let nodes: Vec<String> = topo.nodes().map(str::to_owned).collect();
         let psk = dir.join("link.psk");
-        std::fs::write(&psk, "correct horse battery staple")?;
+        write_secret(&psk, b"correct horse battery staple")?;
         let needs_pki = links
             .iter()
             .any(|l| matches!(l.kind, LinkKind::DtlsCert | LinkKind::TcpTls));
@@ -483,6 +483,27 @@ impl<'t> Mesh<'t> {
         }
         Ok(())
     }
+}
+
+/// Writes a secret file (a PSK, a private key) as the node demands: mode 0600, owned by the
+/// caller. An old file is replaced.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // The mode given to open is filtered by the umask; make sure it is exactly 0600.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Makes an ed25519 key without a passphrase with `ssh-keygen` at `path` (and `path.pub`) and

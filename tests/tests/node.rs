@@ -311,7 +311,7 @@ fn wrong_psk_and_untrusted_certificates_never_connect() {
         // Give foo another PSK and another CA than bar's.
         let config = std::fs::read_to_string(mesh.config_path())?;
         let wrong_psk = dir.join("wrong.psk");
-        std::fs::write(&wrong_psk, "not the right key")?;
+        connectopus_tests::write_secret(&wrong_psk, b"not the right key")?;
         let other_dir = connectopus_tests::TestDir::new("wrong_credentials_other_ca")?;
         let other_pki = Pki::new(&other_dir)?;
         let mut lines: Vec<String> = Vec::new();

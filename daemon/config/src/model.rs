@@ -509,6 +509,14 @@ impl BackendConfig {
             BackendConfig::TcpListener(b) => b.secret_slots(),
         }
     }
+
+    /// Returns the secrets this backend sets, with their keys (`psk_file`, `server_key`, ...).
+    pub fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        self.secret_slots()
+            .into_iter()
+            .filter_map(|(key, secret)| secret.map(|s| (key, s)))
+            .collect()
+    }
 }
 
 /// Every key each backend type accepts, used to explain unknown-key errors.

@@ -247,15 +247,38 @@ pub fn spawn_server(
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
+    let listener = bind_private(path)?;
     let handle = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || serve(listener, to_loop, stop))
         .context("spawning control thread")?;
     Ok(handle)
+}
+
+/// Binds a Unix socket at `path` that only this user can connect to, with no moment at which
+/// anyone else could: the socket is bound inside a fresh 0700 directory (`mkdtemp` beside
+/// `path`), set to 0600 there, and only then renamed to `path`. A bind-then-chmod at `path`
+/// itself would leave it open to every local user for the time between the two calls.
+///
+/// # Errors
+/// The directory or the socket cannot be created, or the rename fails.
+pub fn bind_private(path: &Path) -> Result<UnixListener> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() {
+        bail!("{} is not a socket path", path.display());
+    }
+    let private = crate::edit::PrivateDir::new(parent, ".cx-sock-")?;
+    // A one-letter name: the staged path must fit in sun_path (108 bytes) like the final one.
+    let staged = private.path().join("s");
+    let listener =
+        UnixListener::bind(&staged).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("placing {}", path.display()))?;
+    Ok(listener)
 }
 
 fn serve(listener: UnixListener, to_loop: LoopSender, stop: Arc<AtomicBool>) {
@@ -324,4 +347,37 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
         return Err(anyhow!("the node closed the control connection"));
     }
     serde_json::from_str(&answer).context("parsing the node's answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use super::*;
+
+    #[test]
+    fn the_control_socket_is_born_private_and_works() {
+        let dir = std::env::temp_dir().join(format!("cx-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.sock");
+        let listener = bind_private(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        // The staging directory is gone: only the socket is left.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("node.sock")]);
+        // It accepts connections at its final path.
+        let client = UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (&client).write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        (&server).read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

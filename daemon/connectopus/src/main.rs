@@ -7,6 +7,9 @@
 //! - `tun`: the TUN device.
 //! - `control`: the local control socket and the `status` report.
 //! - `status`: human-readable rendering of the report.
+//! - `edit`: `config edit` in a private scratch directory.
+//! - `secrets`: the node's secret files, checked before start.
+//! - `state`: the config pair written crash-safely, and the rollback guard.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -15,8 +18,11 @@ mod config_cli;
 mod control;
 mod daemon;
 mod dtls_link;
+mod edit;
 mod identity;
 mod links;
+mod secrets;
+mod state;
 mod status;
 mod tun;
 
@@ -274,7 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Config {
             command: ConfigCommands::Edit { id, socket, key },
-        } => edit_config(&socket_path(socket, id)?, key),
+        } => edit::edit_config(&socket_path(socket, id)?, key),
         Commands::Config {
             command:
                 ConfigCommands::Set {
@@ -356,6 +362,18 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
             .join("config.yml")
     });
     let sig_path = config_cli::signature_path(&config);
+    match state::recover_pair(&config, |c, s| config_cli::load_signed(c, s).is_ok()) {
+        Ok(state::Recovery::Clean) => {}
+        Ok(recovery) => tracing::warn!(
+            config = %config.display(),
+            ?recovery,
+            "an interrupted configuration update was cleaned up"
+        ),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let mesh = match config_cli::load_signed(&config, &sig_path) {
         Ok(mesh) => mesh,
         Err(error) => {
@@ -368,6 +386,14 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     }
     if let Err(diagnostic) = mesh.node(&id) {
         eprint!("{diagnostic}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Err(error) = state::check_rollback(&config, mesh.global.version) {
+        eprintln!("error: {error:#}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Err(error) = secrets::check(&mesh, &id) {
+        eprintln!("error: {error}");
         return Ok(ExitCode::FAILURE);
     }
     let signature =
@@ -383,63 +409,6 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         identity_file,
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `config edit`: get, edit, and if changed, sign and set.
-fn edit_config(socket: &std::path::Path, key: config_cli::KeyArgs) -> Result<ExitCode> {
-    let (config, _) = match control::request(socket, &control::ControlRequest::GetConfig)? {
-        control::ControlReply::Config { config, signature } => (config, signature),
-        control::ControlReply::Error(message) => anyhow::bail!("{message}"),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
-    };
-    let dir = std::env::temp_dir().join(format!("connectopus-edit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join("mesh.yml");
-    std::fs::write(&file, &config).with_context(|| format!("writing {}", file.display()))?;
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".to_owned());
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(&file)
-        .status()
-        .with_context(|| format!("running {editor}"))?;
-    let result = (|| -> Result<ExitCode> {
-        anyhow::ensure!(status.success(), "{editor} exited with {status}");
-        let edited = std::fs::read_to_string(&file)?;
-        if edited == config {
-            println!("configuration unchanged; not updating");
-            return Ok(ExitCode::SUCCESS);
-        }
-        let signed = config_cli::config_sign(&config_cli::SignArgs {
-            file: file.clone(),
-            key,
-            version: None,
-            force: false,
-        })?;
-        if signed != ExitCode::SUCCESS {
-            return Ok(signed);
-        }
-        let request = control::ControlRequest::SetConfig {
-            config: std::fs::read_to_string(&file)?,
-            signature: std::fs::read_to_string(config_cli::signature_path(&file))?,
-        };
-        match control::request(socket, &request)? {
-            control::ControlReply::Accepted { version } => {
-                println!("configuration version {version} accepted; it spreads through the mesh");
-                Ok(ExitCode::SUCCESS)
-            }
-            control::ControlReply::Error(message) => {
-                eprintln!("refused: {message}");
-                Ok(ExitCode::FAILURE)
-            }
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        }
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
 }
 
 /// Returns the control socket named by `--socket` or `--id`.

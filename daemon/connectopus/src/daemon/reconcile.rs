@@ -348,7 +348,11 @@ impl Daemon {
         )
         .context("the new configuration does not authorize the key that signed it")?;
         connectopus_config::check_version(self.config.global.version, new.global.version)?;
-        persist(&self.config_path, bytes, signature)?;
+        crate::state::persist_pair(&self.config_path, bytes, signature)?;
+        // After the pair: a crash in between leaves the record behind the file, never ahead.
+        if let Err(error) = crate::state::record_version(&self.config_path, new.global.version) {
+            tracing::error!(error = %format!("{error:#}"), "cannot record the applied configuration version");
+        }
         tracing::info!(
             version = new.global.version,
             signer = %signer,
@@ -420,27 +424,4 @@ impl Daemon {
             tracing::error!(error = %format!("{error:#}"), "reload refused");
         }
     }
-}
-
-/// Writes the configuration and its signature next to each other, atomically each.
-fn persist(path: &std::path::Path, bytes: &[u8], signature: &[u8]) -> Result<()> {
-    write_atomically(&crate::config_cli::signature_path(path), signature)?;
-    write_atomically(path, bytes)
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }

@@ -68,7 +68,8 @@ pub(super) fn node_key(
             path.display()
         )
     })?;
-    let node_key = NodeKey::from_seed(&crate::identity::seed(&key)?);
+    let seed = crate::identity::seed(&key)?;
+    let node_key = NodeKey::from_seed(&seed);
     if node_key.public() != expected {
         anyhow::bail!(
             "the key in {} is not nodes.{id}.identity; that entry should be:\n  {}",
