@@ -79,7 +79,10 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
         .unwrap_or_default()
         .to_owned();
     if offload {
-        ensure!(tun_state.starts_with("on"), "foo's TUN offload: {foo_status}");
+        ensure!(
+            tun_state.starts_with("on"),
+            "foo's TUN offload: {foo_status}"
+        );
         ensure!(
             counter(&foo_status, "tun_super_packets_read") > 0,
             "foo read no TSO super-packet from its TUN: {}",
@@ -107,7 +110,11 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
             tun_state.starts_with("off"),
             "foo's TUN offload should be off: {foo_status}"
         );
-        for (name, status) in [("foo", &foo_status), ("bar", &bar_status), ("baz", &baz_status)] {
+        for (name, status) in [
+            ("foo", &foo_status),
+            ("bar", &bar_status),
+            ("baz", &baz_status),
+        ] {
             for c in [
                 "tun_super_packets_read",
                 "tun_super_packets_written",
