@@ -127,6 +127,17 @@ impl NodeConfig {
     }
 }
 
+/// What the dataplane does with a packet after [`Node::forward_packet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Write it to the TUN device.
+    Deliver,
+    /// Send it on this link (its session is established; its bytes are counted).
+    Send(LinkId),
+    /// Nothing more: the node dropped it (counted) or answered it with an ICMPv6 error.
+    Done,
+}
+
 /// A link message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -494,36 +505,76 @@ impl Node {
         self.after_input(now);
     }
 
-    /// Routes one IPv6 packet read from the TUN device.
+    /// Routes one IPv6 packet read from the TUN device (the simulator's TUN; the daemon calls
+    /// [`Node::forward_packet`] on its own buffers).
     pub fn handle_tun_packet(&mut self, now: Time, packet: &mut [u8]) {
-        let decision = forward::decide(&self.table, packet, Ingress::Tun);
-        self.apply_decision(now, decision, packet, None);
+        let forwarded = self.forward_packet(now, packet, Ingress::Tun, None);
+        self.queue_forwarded(forwarded, packet);
         self.after_input(now);
     }
 
-    /// Notes an IPv6 packet that the dataplane received on `link` and forwards itself, so the
-    /// session stays alive and its counters move; returns false if the link has no established
-    /// session (the dataplane must then drop the packet, counted as [`DropReason::LinkDown`]).
+    /// The per-packet path, the same for the daemon's dataplane and the simulator: credits the
+    /// ingress session, takes the forwarding decision ([`forward::decide_segmented`]; a
+    /// `segment_len` for TSO/USO super-packets), checks and credits the egress session, counts
+    /// drops and answers rejected packets with a rate-limited ICMPv6 error. What is left for the
+    /// caller is moving the bytes: [`Forwarded::Deliver`] to the TUN device or
+    /// [`Forwarded::Send`] on a link.
     ///
-    /// This is the dataplane's per-packet call into the core: it neither allocates nor queues
-    /// output.
-    pub fn note_link_packet(&mut self, now: Time, link: LinkId, len: usize) -> bool {
-        match self.sessions.get_mut(&link) {
-            Some(session) if session.is_established() => {
-                session.note_received(now, len);
-                true
+    /// Never allocates or queues output, except for an ICMPv6 error.
+    pub fn forward_packet(
+        &mut self,
+        now: Time,
+        packet: &mut [u8],
+        ingress: Ingress,
+        segment_len: Option<usize>,
+    ) -> Forwarded {
+        let from = match ingress {
+            Ingress::Link(link) => {
+                match self.sessions.get_mut(&link) {
+                    Some(session) if session.is_established() => {
+                        session.note_received(now, packet.len());
+                    }
+                    _ => {
+                        self.count_drop(DropReason::LinkDown);
+                        return Forwarded::Done;
+                    }
+                }
+                Some(link)
             }
-            _ => {
-                self.count_drop(DropReason::LinkDown);
-                false
+            Ingress::Tun => None,
+        };
+        match forward::decide_segmented(&self.table, packet, ingress, segment_len) {
+            Decision::Deliver => Forwarded::Deliver,
+            Decision::Forward { link } => match self.sessions.get_mut(&link) {
+                Some(session) if session.is_established() => {
+                    session.note_sent(packet.len());
+                    Forwarded::Send(link)
+                }
+                _ => {
+                    self.count_drop(DropReason::LinkDown);
+                    Forwarded::Done
+                }
+            },
+            Decision::Reject(kind) => {
+                self.reject(now, kind, packet, from);
+                Forwarded::Done
+            }
+            Decision::Drop(reason) => {
+                self.count_drop(reason);
+                Forwarded::Done
             }
         }
     }
 
-    /// Notes an IPv6 packet that the dataplane sent on `link` itself.
-    pub fn note_link_sent(&mut self, link: LinkId, len: usize) {
-        if let Some(session) = self.sessions.get_mut(&link) {
-            session.note_sent(len);
+    /// Queues a forwarded packet as the simulator's output (the daemon moves the bytes itself).
+    fn queue_forwarded(&mut self, forwarded: Forwarded, packet: &[u8]) {
+        match forwarded {
+            Forwarded::Deliver => self.tun_packets.push_back(packet.to_vec()),
+            Forwarded::Send(link) => self.transmits.push_back(Transmit {
+                link,
+                payload: packet.to_vec(),
+            }),
+            Forwarded::Done => {}
         }
     }
 
@@ -536,7 +587,7 @@ impl Node {
     /// the rate limit); the error comes out of [`Node::poll_tun_packet`] or
     /// [`Node::poll_transmit`].
     pub fn send_icmp_error(&mut self, now: Time, kind: crate::icmp::IcmpErrorKind, packet: &[u8]) {
-        self.apply_decision(now, Decision::Reject(kind), packet, None);
+        self.reject(now, kind, packet, None);
     }
 
     /// Sends a control datagram from `src_port` on this node to (`dst`, `dst_port`).
@@ -815,15 +866,9 @@ impl Node {
             return;
         };
         if is_ipv6(message) {
-            if !established {
-                self.count_drop(DropReason::LinkDown);
-                return;
-            }
-            if let Some(session) = self.sessions.get_mut(&link) {
-                session.note_received(now, message.len());
-            }
-            let decision = forward::decide(&self.table, message, Ingress::Link(link));
-            self.apply_decision(now, decision, message, Some(link));
+            let _ = established;
+            let forwarded = self.forward_packet(now, message, Ingress::Link(link), None);
+            self.queue_forwarded(forwarded, message);
             return;
         }
         let parsed = match LinkMessage::parse(message) {
@@ -1247,48 +1292,28 @@ impl Node {
         }
     }
 
-    fn apply_decision(
+    /// Answers a rejected packet with the ICMPv6 error `kind`, within the rate limit.
+    fn reject(
         &mut self,
         now: Time,
-        decision: Decision,
+        kind: crate::icmp::IcmpErrorKind,
         packet: &[u8],
         from: Option<LinkId>,
     ) {
-        match decision {
-            Decision::Deliver => self.tun_packets.push_back(packet.to_vec()),
-            Decision::Forward { link } => {
-                if self.sessions.get(&link).is_some_and(|s| s.is_established()) {
-                    if let Some(s) = self.sessions.get_mut(&link) {
-                        s.note_sent(packet.len());
-                    }
-                    self.transmits.push_back(Transmit {
-                        link,
-                        payload: packet.to_vec(),
-                    });
-                } else {
-                    self.count_drop(DropReason::LinkDown);
-                }
-            }
-            Decision::Reject(kind) => {
-                if !self.icmp_limiter.allow(now) {
-                    self.count_drop(DropReason::IcmpRateLimited);
-                    return;
-                }
-                let mut error = vec![0u8; MAX_ICMP_ERROR_LEN];
-                let Some(len) = icmp::write_error(kind, self.config.address, packet, &mut error)
-                else {
-                    self.count_drop(DropReason::Malformed);
-                    return;
-                };
-                error.truncate(len);
-                self.counters.icmp_errors_sent += 1;
-                self.send_originated(now, error, from);
-            }
-            Decision::Drop(reason) => self.count_drop(reason),
+        if !self.icmp_limiter.allow(now) {
+            self.count_drop(DropReason::IcmpRateLimited);
+            return;
         }
+        let mut error = vec![0u8; MAX_ICMP_ERROR_LEN];
+        let Some(len) = icmp::write_error(kind, self.config.address, packet, &mut error) else {
+            self.count_drop(DropReason::Malformed);
+            return;
+        };
+        error.truncate(len);
+        self.counters.icmp_errors_sent += 1;
+        self.send_originated(now, error, from);
     }
 
-    /// Sends a packet this node built itself (an ICMPv6 error) towards its destination.
     fn send_originated(&mut self, now: Time, packet: Vec<u8>, _from: Option<LinkId>) {
         let Some(dst) = ipv6_destination(&packet) else {
             return;

@@ -10,6 +10,7 @@
 //! TUN write when the loop's turn ends. Without offloads every read and write is one packet.
 
 use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
+use connectopus_core::node::Forwarded;
 use uring_io::BufId;
 
 use super::*;
@@ -189,32 +190,43 @@ impl Daemon {
 
     /// Routes one complete packet from the TUN device; takes ownership of `buf`.
     fn forward_tun_packet(&mut self, buf: BufId, range: Range<usize>) {
-        let now = self.now();
-        let decision = match self.io.buf_mut(&buf).get_mut(range.clone()) {
-            Some(packet) => forward::decide(&self.table, packet, Ingress::Tun),
-            None => Decision::Drop(DropReason::Malformed),
-        };
-        match decision {
+        match self.forward(&buf, range.clone(), Ingress::Tun, None) {
             // Zero copy: seal the packet into a record where it lies and send it.
-            Decision::Forward { link } if self.is_dtls(link) => {
+            Forwarded::Send(link) if self.is_dtls(link) => {
                 return self.seal_and_send(link, buf, range.start, range.len());
             }
             // The TCP codec frames into its own byte queue.
-            Decision::Forward { link } => self.send_from_buf(link, &buf, range),
-            Decision::Reject(kind) => {
-                let packet = &self.io.buf(&buf)[range];
-                self.node.send_icmp_error(now, kind, packet);
-            }
-            Decision::Drop(reason) => self.node.count_drop(reason),
-            Decision::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Send(link) => self.send_from_buf(link, &buf, range),
+            // The kernel delivers the host's packets to its own addresses itself.
+            Forwarded::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Done => {}
         }
         self.io.free(buf);
+    }
+
+    /// The core's per-packet path ([`Node::forward_packet`]) on the packet at `buf[range]`.
+    fn forward(
+        &mut self,
+        buf: &BufId,
+        range: Range<usize>,
+        ingress: Ingress,
+        segment_len: Option<usize>,
+    ) -> Forwarded {
+        let now = self.now();
+        match self.io.buf_mut(buf).get_mut(range) {
+            Some(packet) => self
+                .node
+                .forward_packet(now, packet, ingress, segment_len),
+            None => {
+                self.node.count_drop(DropReason::Malformed);
+                Forwarded::Done
+            }
+        }
     }
 
     /// Routes a TCP or UDP super-packet from the TUN device by its first header, then cuts it
     /// into segments for the link; takes ownership of `buf`.
     fn forward_tun_super_packet(&mut self, buf: BufId, range: Range<usize>, header: VnetHeader) {
-        let now = self.now();
         let segment_len = self
             .io
             .buf(&buf)
@@ -226,17 +238,11 @@ impl Daemon {
             self.node.count_drop(DropReason::Malformed);
             return;
         };
-        let decision = match self.io.buf_mut(&buf).get_mut(range.clone()) {
-            Some(packet) => {
-                forward::decide_segmented(&self.table, packet, Ingress::Tun, Some(segment_len))
-            }
-            None => Decision::Drop(DropReason::Malformed),
-        };
-        match decision {
-            Decision::Forward { link } if self.is_dtls(link) => {
+        match self.forward(&buf, range.clone(), Ingress::Tun, Some(segment_len)) {
+            Forwarded::Send(link) if self.is_dtls(link) => {
                 return self.seal_segments(link, buf, range, header);
             }
-            Decision::Forward { link } => {
+            Forwarded::Send(link) => {
                 // A TCP link: each segment is one framed message.
                 let mut segment = std::mem::take(&mut self.scratch);
                 let mut i = 0;
@@ -257,12 +263,8 @@ impl Daemon {
                 }
                 self.scratch = segment;
             }
-            Decision::Reject(kind) => {
-                let packet = &self.io.buf(&buf)[range];
-                self.node.send_icmp_error(now, kind, packet);
-            }
-            Decision::Drop(reason) => self.node.count_drop(reason),
-            Decision::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Done => {}
         }
         self.io.free(buf);
     }
@@ -274,17 +276,16 @@ impl Daemon {
         )
     }
 
-    /// Routes one IPv6 packet that arrived on `from` (its session already credited).
+    /// Routes one IPv6 packet that arrived on `from`.
     pub(super) fn route_link_packet(&mut self, from: LinkId, packet: &mut [u8]) {
         let now = self.now();
-        if !self.node.note_link_packet(now, from, packet.len()) {
-            return;
-        }
-        match forward::decide(&self.table, packet, Ingress::Link(from)) {
-            Decision::Deliver => self.write_tun(packet),
-            Decision::Forward { link } => self.send_packet(link, packet),
-            Decision::Reject(kind) => self.node.send_icmp_error(now, kind, packet),
-            Decision::Drop(reason) => self.node.count_drop(reason),
+        match self
+            .node
+            .forward_packet(now, packet, Ingress::Link(from), None)
+        {
+            Forwarded::Deliver => self.write_tun(packet),
+            Forwarded::Send(link) => self.send_packet(link, packet),
+            Forwarded::Done => {}
         }
     }
 
@@ -296,22 +297,10 @@ impl Daemon {
         buf: &BufId,
         range: Range<usize>,
     ) {
-        let now = self.now();
-        if !self.node.note_link_packet(now, from, range.len()) {
-            return;
-        }
-        let decision = match self.io.buf_mut(buf).get_mut(range.clone()) {
-            Some(packet) => forward::decide(&self.table, packet, Ingress::Link(from)),
-            None => Decision::Drop(DropReason::Malformed),
-        };
-        match decision {
-            Decision::Deliver => self.deliver(Source::Pool(buf, range.start, range.end)),
-            Decision::Forward { link } => self.send_from_buf(link, buf, range),
-            Decision::Reject(kind) => {
-                let packet = &self.io.buf(buf)[range];
-                self.node.send_icmp_error(now, kind, packet);
-            }
-            Decision::Drop(reason) => self.node.count_drop(reason),
+        match self.forward(buf, range.clone(), Ingress::Link(from), None) {
+            Forwarded::Deliver => self.deliver(Source::Pool(buf, range.start, range.end)),
+            Forwarded::Send(link) => self.send_from_buf(link, buf, range),
+            Forwarded::Done => {}
         }
     }
 
@@ -524,9 +513,6 @@ impl Daemon {
                     return;
                 }
                 tcp.tx.extend(self.scratch_out.iter());
-                if data {
-                    self.node.note_link_sent(link, message.len());
-                }
                 self.pump_tcp_write(link);
             }
             Transport::Dtls(_) => {

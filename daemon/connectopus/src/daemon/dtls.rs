@@ -53,7 +53,6 @@ impl Daemon {
             Ok(n) => {
                 let endpoint = dtls.endpoint;
                 let destination = l.remote;
-                self.node.note_link_sent(link, len);
                 let Some(fd) = self.udp_fd(endpoint) else {
                     self.io.free(buf);
                     return;
@@ -377,10 +376,7 @@ impl Daemon {
                             break;
                         };
                         match dtls.association.seal_in_place(record, n) {
-                            Ok(len) => {
-                                node.note_link_sent(link, n);
-                                end = slot + len;
-                            }
+                            Ok(len) => end = slot + len,
                             Err(error) => {
                                 tracing::debug!(%link, %error, "dtls seal failed");
                                 failed = true;

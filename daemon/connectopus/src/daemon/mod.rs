@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use connectopus_config::{BackendConfig, MeshConfig};
-use connectopus_core::forward::{self, Decision, DropReason, ForwardingTable, Ingress};
+use connectopus_core::forward::{self, DropReason, ForwardingTable, Ingress};
 use connectopus_core::node::{Command, Event, Node, NodeConfig};
 use connectopus_core::session::LinkInfo;
 use connectopus_core::{LinkId, Time};
