@@ -100,6 +100,11 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
                 foo_status["counters"]
             );
             ensure!(
+                counter(&bar_status, "udp_gso_sends") > 0,
+                "bar, in transit, sent no GSO batch: {}",
+                bar_status["counters"]
+            );
+            ensure!(
                 counter(&bar_status, "udp_gro_batches") > 0,
                 "bar received no GRO batch: {}",
                 bar_status["counters"]

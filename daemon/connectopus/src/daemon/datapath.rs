@@ -9,8 +9,8 @@
 //! receive are merged into one super-packet per flow ([`TunCoalescing`]) and written with one
 //! TUN write when the loop's turn ends. Without offloads every read and write is one packet.
 
-use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
 use connectopus_core::node::Forwarded;
+use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
 use uring_io::BufId;
 
 use super::*;
@@ -214,9 +214,7 @@ impl Daemon {
     ) -> Forwarded {
         let now = self.now();
         match self.io.buf_mut(buf).get_mut(range) {
-            Some(packet) => self
-                .node
-                .forward_packet(now, packet, ingress, segment_len),
+            Some(packet) => self.node.forward_packet(now, packet, ingress, segment_len),
             None => {
                 self.node.count_drop(DropReason::Malformed);
                 Forwarded::Done
@@ -304,7 +302,8 @@ impl Daemon {
         }
     }
 
-    /// Sends the packet at `buf[range]` on `link`, copying it once; `buf` stays the caller's.
+    /// Sends the packet at `buf[range]` on `link`, copying it once (into the link's batch of
+    /// DTLS records, or the TCP link's byte queue); `buf` stays the caller's.
     fn send_from_buf(&mut self, link: LinkId, buf: &BufId, range: Range<usize>) {
         if !self.is_dtls(link) {
             let mut message = std::mem::take(&mut self.scratch);
@@ -314,28 +313,7 @@ impl Daemon {
             self.scratch = message;
             return;
         }
-        let Some(out) = self.io.alloc() else {
-            self.node.count_drop(DropReason::LinkCongested);
-            return;
-        };
-        let start = self.io.pool().headroom();
-        let len = range.len();
-        let copied = {
-            let (from, to) = self.io.buf_pair(buf, &out);
-            match (from.get(range), to.get_mut(start..start + len)) {
-                (Some(from), Some(to)) => {
-                    to.copy_from_slice(from);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if !copied {
-            self.io.free(out);
-            self.node.count_drop(DropReason::TooBig);
-            return;
-        }
-        self.seal_and_send(link, out, start, len);
+        self.batch_record(link, buf, range);
     }
 
     /// Writes a packet to the TUN device that holds its destination (the node's own device for

@@ -5,10 +5,10 @@ use super::*;
 
 /// The most bytes one UDP GSO send may carry (the largest UDP payload over IPv6 without a
 /// jumbogram: 65,535 − 8 − … as the kernel checks it; 46 records of 1,437 bytes fail).
-const MAX_UDP_GSO_BYTES: usize = 65_507;
+pub(super) const MAX_UDP_GSO_BYTES: usize = 65_507;
 
 /// The most segments per UDP GSO send that every kernel since 4.18 takes (6.18 takes 128).
-const MAX_UDP_GSO_SEGMENTS: usize = 64;
+pub(super) const MAX_UDP_GSO_SEGMENTS: usize = 64;
 
 impl Daemon {
     /// Returns the socket of a live UDP endpoint.
@@ -28,6 +28,10 @@ impl Daemon {
         offset: usize,
         len: usize,
     ) {
+        if self.dtls_batches.has(link) {
+            // Records go out in the order they are sealed.
+            self.flush_dtls_batches(Some(link));
+        }
         let Some(l) = self.links.get_mut(&link) else {
             self.io.free(buf);
             return;
@@ -296,6 +300,9 @@ impl Daemon {
         range: Range<usize>,
         header: connectopus_offload::VnetHeader,
     ) {
+        if self.dtls_batches.has(link) {
+            self.flush_dtls_batches(Some(link));
+        }
         let Daemon {
             io,
             links,

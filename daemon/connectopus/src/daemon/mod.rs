@@ -44,6 +44,7 @@ mod backend_retry;
 mod datapath;
 mod dns;
 mod dtls;
+mod dtls_batch;
 use dtls::send_raw;
 mod reconcile;
 mod report;
@@ -228,6 +229,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         io,
         offloads,
         coalescing: datapath::TunCoalescing::default(),
+        dtls_batches: dtls_batch::DtlsBatches::default(),
         offload_counters: datapath::OffloadCounters::default(),
         started,
         started_wall,
@@ -463,6 +465,8 @@ struct Daemon {
     offloads: datapath::Offloads,
     /// Received TCP segments being merged into super-packets for the TUN devices.
     coalescing: datapath::TunCoalescing,
+    /// Records for DTLS links sealed into GSO batches, sent when the turn ends.
+    dtls_batches: dtls_batch::DtlsBatches,
     offload_counters: datapath::OffloadCounters,
     node: Node,
     table: Arc<ForwardingTable>,
@@ -523,6 +527,9 @@ impl Daemon {
             self.drain_node();
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes(None);
+            if !self.dtls_batches.is_empty() {
+                self.flush_dtls_batches(None);
+            }
             self.reap_closing();
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);

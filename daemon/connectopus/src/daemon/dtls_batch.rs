@@ -1,0 +1,222 @@
+//! Batches of DTLS records for one link: packets that leave on a DTLS link one by one (transit
+//! packets opened from another link's GRO batch, packets from TCP links) are sealed one after
+//! another into the slots of one send buffer and sent with one UDP GSO `sendmsg` when the
+//! loop's turn ends, so a node in the middle of a path keeps the batching of its ends.
+//!
+//! UDP GSO needs every datagram of a send but the last to have the same length: a batch takes
+//! records of its first record's length; a shorter one ends it, a longer one starts a new one.
+//! Records are sealed in the order they are sent: anything sealed for a link outside its batch
+//! first sends the batch ([`Daemon::flush_dtls_batches`]).
+
+use uring_io::BufId;
+
+use super::dtls::{MAX_UDP_GSO_BYTES, MAX_UDP_GSO_SEGMENTS};
+use super::*;
+
+/// The open batches, at most one per link.
+#[derive(Debug, Default)]
+pub(super) struct DtlsBatches {
+    open: Vec<OpenBatch>,
+}
+
+impl DtlsBatches {
+    /// Tells whether `link` has an open batch (cheap: usually there is none).
+    pub(super) fn has(&self, link: LinkId) -> bool {
+        self.open.iter().any(|b| b.link == link)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    link: LinkId,
+    buf: BufId,
+    /// The length of every record of the batch but (possibly) the last.
+    stride: usize,
+    count: usize,
+    /// The most records this batch may hold.
+    limit: usize,
+    /// Where the last record ends in `buf`.
+    end: usize,
+}
+
+impl Daemon {
+    /// Seals the packet at `src[range]` as one DTLS record for `link` into the link's batch;
+    /// `src` stays the caller's.
+    pub(super) fn batch_record(&mut self, link: LinkId, src: &BufId, range: Range<usize>) {
+        let Some((payload_offset, overhead)) =
+            self.links.get(&link).and_then(|l| match &l.transport {
+                Transport::Dtls(d) => d.association.payload_offset().zip(d.association.overhead()),
+                Transport::Tcp(_) => None,
+            })
+        else {
+            self.node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let len = range.len();
+        let record_len = overhead + len;
+        if let Some(i) = self.dtls_batches.open.iter().position(|b| b.link == link) {
+            let batch = &self.dtls_batches.open[i];
+            if batch.count < batch.limit && record_len <= batch.stride {
+                // Every record before this one is exactly `stride` long.
+                let slot = batch.end;
+                if self.seal_into(link, src, range, i, slot, payload_offset) {
+                    let batch = &mut self.dtls_batches.open[i];
+                    batch.count += 1;
+                    if record_len < batch.stride {
+                        // A shorter record must be the last of a GSO send.
+                        let batch = self.dtls_batches.open.remove(i);
+                        self.send_batch(batch);
+                    }
+                }
+                return;
+            }
+            let batch = self.dtls_batches.open.remove(i);
+            self.send_batch(batch);
+        }
+        let Some(buf) = self.io.alloc() else {
+            self.node.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        let start = self.io.pool().headroom();
+        let room = self.io.pool().buf_size() - start;
+        let limit = if self.offloads.udp_gso.is_ok() {
+            (room / record_len)
+                .min(MAX_UDP_GSO_BYTES / record_len)
+                .clamp(1, MAX_UDP_GSO_SEGMENTS)
+        } else {
+            1
+        };
+        self.dtls_batches.open.push(OpenBatch {
+            link,
+            buf,
+            stride: record_len,
+            count: 0,
+            limit,
+            end: start,
+        });
+        let i = self.dtls_batches.open.len() - 1;
+        if self.seal_into(link, src, range, i, start, payload_offset) {
+            let batch = &mut self.dtls_batches.open[i];
+            batch.count = 1;
+            if batch.count >= batch.limit {
+                let batch = self.dtls_batches.open.remove(i);
+                self.send_batch(batch);
+            }
+        } else {
+            let batch = self.dtls_batches.open.remove(i);
+            self.io.free(batch.buf);
+        }
+    }
+
+    /// Copies the packet into the record slot at `slot` of batch `i` and seals it there;
+    /// returns false (counted) when it could not.
+    fn seal_into(
+        &mut self,
+        link: LinkId,
+        src: &BufId,
+        range: Range<usize>,
+        i: usize,
+        slot: usize,
+        payload_offset: usize,
+    ) -> bool {
+        let Daemon {
+            io,
+            links,
+            node,
+            dtls_batches,
+            ..
+        } = self;
+        let Some(batch) = dtls_batches.open.get_mut(i) else {
+            return false;
+        };
+        let Some(Link {
+            transport: Transport::Dtls(dtls),
+            ..
+        }) = links.get_mut(&link)
+        else {
+            node.count_drop(DropReason::LinkDown);
+            return false;
+        };
+        let len = range.len();
+        let (from, to) = io.buf_pair(src, &batch.buf);
+        let (Some(packet), Some(record)) = (from.get(range), to.get_mut(slot..slot + batch.stride))
+        else {
+            node.count_drop(DropReason::TooBig);
+            return false;
+        };
+        let Some(payload) = record.get_mut(payload_offset..payload_offset + len) else {
+            node.count_drop(DropReason::TooBig);
+            return false;
+        };
+        payload.copy_from_slice(packet);
+        match dtls.association.seal_in_place(record, len) {
+            Ok(n) => {
+                batch.end = slot + n;
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%link, %error, "dtls seal failed");
+                node.count_drop(DropReason::LinkDown);
+                false
+            }
+        }
+    }
+
+    /// Sends the open batches: those of `only`, or all.
+    pub(super) fn flush_dtls_batches(&mut self, only: Option<LinkId>) {
+        let mut i = 0;
+        while i < self.dtls_batches.open.len() {
+            if only.is_some_and(|l| l != self.dtls_batches.open[i].link) {
+                i += 1;
+                continue;
+            }
+            let batch = self.dtls_batches.open.remove(i);
+            self.send_batch(batch);
+        }
+    }
+
+    fn send_batch(&mut self, batch: OpenBatch) {
+        let OpenBatch {
+            link,
+            buf,
+            stride,
+            count,
+            end,
+            ..
+        } = batch;
+        let target = self.links.get(&link).and_then(|l| match &l.transport {
+            Transport::Dtls(d) => Some((d.endpoint, l.remote)),
+            Transport::Tcp(_) => None,
+        });
+        let Some((endpoint, destination)) = target else {
+            self.io.free(buf);
+            return;
+        };
+        let Some(fd) = self.udp_fd(endpoint) else {
+            self.io.free(buf);
+            return;
+        };
+        if count == 0 {
+            self.io.free(buf);
+            return;
+        }
+        if count > 1 {
+            self.offload_counters.udp_gso_sends += 1;
+        }
+        let start = self.io.pool().headroom();
+        self.io.send_to(
+            fd,
+            Token(TOKEN_UDP_SEND | endpoint as u64),
+            uring_io::Transmit {
+                destination,
+                buf,
+                range: start..end,
+                segment_size: (count > 1).then_some(stride as u16),
+            },
+        );
+    }
+}
