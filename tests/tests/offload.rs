@@ -78,6 +78,17 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    for (name, status) in [
+        ("foo", &foo_status),
+        ("bar", &bar_status),
+        ("baz", &baz_status),
+    ] {
+        ensure!(
+            counter(status, "udp_send_errors") == 0,
+            "{name}'s kernel refused UDP sends: {}",
+            status["counters"]
+        );
+    }
     if offload {
         ensure!(
             tun_state.starts_with("on"),
@@ -215,6 +226,63 @@ fn parallel_udp_streams_stay_in_order() {
         ensure!(
             result.out_of_order == Some(0),
             "UDP datagrams arrived out of order: {result:?}"
+        );
+        Ok(())
+    });
+}
+
+/// Sends `count` UDP super-packets of ten 1,450-byte segments each (`UDP_SEGMENT`, so the
+/// kernel hands the TUN one USO super-packet per send) to `[dst]:9`; send errors (the kernel's
+/// `EMSGSIZE` once it learned a smaller path MTU) are counted, not fatal.
+const USO_SENDER: &str = r#"
+import socket, sys
+dst, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1450)  # UDP_SEGMENT
+errors = 0
+for _ in range(count):
+    try:
+        s.sendto(b"x" * 1450 * 10, (dst, 9))
+    except OSError:
+        errors += 1
+print("errors", errors, flush=True)
+"#;
+
+/// A host whose TUN MTU is raised above its only link's hands the node USO super-packets whose
+/// segments do not fit the link: the node answers with Packet Too Big (it checks the segment
+/// length, not the whole super-packet), and the sending kernel learns the path MTU.
+#[test]
+fn packet_too_big_reaches_the_sender_of_a_super_packet() {
+    require_root!();
+    run_test("offload_ptb", |dir| {
+        require_tools(&["python3"]);
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        // The DTLS link carries 1,400-byte packets; the host now sends 1,498-byte segments.
+        topo.ns("foo")
+            .ip(&["link", "set", "dev", "cx-foo", "mtu", "1500"])?;
+        let bar = mesh.address("bar").to_string();
+        let route = || -> Result<String> { topo.ns("foo").ip(&["-6", "route", "get", &bar]) };
+        ensure!(!route()?.contains("mtu 1400"), "{}", route()?);
+        topo.ns("foo")
+            .exec_ok("python3", &["-c", USO_SENDER, &bar, "5"])?;
+        connectopus_tests::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            route().is_ok_and(|r| r.contains("mtu 1400"))
+        })
+        .map_err(|_| anyhow::anyhow!("foo's kernel learned no path MTU: {:?}", route()))?;
+        let foo_status = mesh.status("foo")?;
+        ensure!(
+            counter(&foo_status, "icmp_errors_sent") > 0,
+            "foo sent no Packet Too Big: {}",
+            foo_status["counters"]
+        );
+        ensure!(
+            counter(&foo_status, "tun_super_packets_read") > 0,
+            "foo read no super-packet: {}",
+            foo_status["counters"]
         );
         Ok(())
     });

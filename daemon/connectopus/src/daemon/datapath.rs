@@ -60,6 +60,8 @@ pub(super) struct OffloadCounters {
     pub(super) udp_gso_sends: u64,
     /// UDP receives that carried two or more DTLS records (GRO).
     pub(super) udp_gro_batches: u64,
+    /// UDP sends the kernel refused (their datagrams are lost).
+    pub(super) udp_send_errors: u64,
 }
 
 impl OffloadCounters {
@@ -75,6 +77,7 @@ impl OffloadCounters {
         );
         map.insert("udp_gso_sends".to_owned(), self.udp_gso_sends);
         map.insert("udp_gro_batches".to_owned(), self.udp_gro_batches);
+        map.insert("udp_send_errors".to_owned(), self.udp_send_errors);
     }
 }
 

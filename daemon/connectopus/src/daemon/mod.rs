@@ -586,6 +586,17 @@ impl Daemon {
                 self.on_udp_datagram(id.0 as usize, completion);
             }
             (OpKind::Send, TOKEN_UDP_SEND) => {
+                if let Err(errno) = completion.result {
+                    // The datagrams are lost (TCP inside retransmits); say why once in a while.
+                    self.offload_counters.udp_send_errors += 1;
+                    if self.offload_counters.udp_send_errors.is_power_of_two() {
+                        tracing::warn!(
+                            %errno,
+                            errors = self.offload_counters.udp_send_errors,
+                            "udp send failed"
+                        );
+                    }
+                }
                 if let Some(buf) = completion.buf {
                     self.io.free(buf);
                 }
