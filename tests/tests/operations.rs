@@ -235,13 +235,13 @@ fn ping_traceroute_status_check_and_reload_through_the_mesh() {
         )?;
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
-        let foo = topo.ns("foo");
+        let foo_ns = topo.ns("foo");
         let foo_socket = mesh.socket("foo").display().to_string();
         let baz_addr = mesh.address("baz").to_string();
 
         // ping: by name, resolved with foo's name table, from foo's host through the mesh.
         let output = cli(
-            foo,
+            foo_ns,
             &[
                 "ping",
                 "baz",
@@ -271,7 +271,7 @@ fn ping_traceroute_status_check_and_reload_through_the_mesh() {
         );
         // An address works too, and an unknown name is a clear error.
         let output = cli(
-            foo,
+            foo_ns,
             &["ping", &baz_addr, "-c", "1"],
             Duration::from_secs(20),
         )?;
@@ -281,7 +281,7 @@ fn ping_traceroute_status_check_and_reload_through_the_mesh() {
             text(&output)
         );
         let output = cli(
-            foo,
+            foo_ns,
             &["ping", "qux", "--socket", &foo_socket, "-c", "1"],
             Duration::from_secs(20),
         )?;
@@ -293,7 +293,7 @@ fn ping_traceroute_status_check_and_reload_through_the_mesh() {
 
         // traceroute: bar, then baz, each named.
         let output = cli(
-            foo,
+            foo_ns,
             &[
                 "traceroute",
                 "baz.connectopus.test",
@@ -325,11 +325,11 @@ fn ping_traceroute_status_check_and_reload_through_the_mesh() {
 /// `status --check` on baz: 0 while its only link has a session, non-zero with a line
 /// naming the backend while the link is cut, 0 again once it is back.
 fn status_check_follows_baz_link(mesh: &Mesh, topo: &Topology) -> Result<()> {
-    let baz = topo.ns("baz");
+    let baz_ns = topo.ns("baz");
     let socket = mesh.socket("baz").display().to_string();
     let check = || {
         cli(
-            baz,
+            baz_ns,
             &["status", "--check", "--socket", &socket],
             Duration::from_secs(10),
         )
@@ -364,7 +364,7 @@ fn status_check_follows_baz_link(mesh: &Mesh, topo: &Topology) -> Result<()> {
     // A node that does not run fails the check too.
     let gone = dir_socket(mesh, "nobody");
     let output = cli(
-        baz,
+        baz_ns,
         &["status", "--check", "--socket", &gone],
         Duration::from_secs(10),
     )?;
@@ -383,11 +383,11 @@ fn dir_socket(mesh: &Mesh, node: &str) -> String {
 /// `connectopus reload` on baz: unchanged, then a signed edit (a backend cost) applied with
 /// the change listed, then a tampered file refused with the reason.
 fn reload_reports_its_outcome(mesh: &Mesh, topo: &Topology) -> Result<()> {
-    let baz = topo.ns("baz");
+    let baz_ns = topo.ns("baz");
     let socket = mesh.socket("baz").display().to_string();
     let reload = || {
         cli(
-            baz,
+            baz_ns,
             &["reload", "--socket", &socket],
             Duration::from_secs(30),
         )
