@@ -375,7 +375,14 @@ pub fn render(report: &StatusReport, now_unix: f64) -> String {
         "gauge",
         "1 when a dataplane offload is on, 0 when it is off.",
     );
-    let on = |state: &str| if state == "on" { 1.0 } else { 0.0 };
+    // "on", "on (csum, tso4, ...)", or "off: <why>".
+    let on = |state: &str| {
+        if state == "on" || state.starts_with("on ") {
+            1.0
+        } else {
+            0.0
+        }
+    };
     for (device, state) in &report.offload.tun {
         x.sample(
             "connectopus_offload_enabled",
@@ -610,7 +617,8 @@ mod tests {
             "routes": [], "nodes": [], "drops": {"no_route": 4}, "counters": {
                 "spf_runs": 3, "updates_rejected_stale": 2
             },
-            "dns_queries": {"noerror": 5}
+            "dns_queries": {"noerror": 5},
+            "offload": {"tun": {"cx-foo": "on (csum, tso4)"}, "udp_gso": "on", "udp_gro": "off: old kernel"}
         }))
         .unwrap()
     }
@@ -630,6 +638,11 @@ mod tests {
         assert!(text.contains("connectopus_routing_updates_rejected_total{reason=\"stale\"} 2\n"));
         assert!(text.contains("connectopus_dns_queries_total{result=\"noerror\"} 5\n"));
         assert!(text.contains("connectopus_config_version 3\n"));
+        assert!(
+            text.contains("connectopus_offload_enabled{offload=\"tun\",device=\"cx-foo\"} 1\n")
+        );
+        assert!(text.contains("connectopus_offload_enabled{offload=\"udp_gso\",device=\"\"} 1\n"));
+        assert!(text.contains("connectopus_offload_enabled{offload=\"udp_gro\",device=\"\"} 0\n"));
         let mut typed = std::collections::BTreeSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -290,8 +290,14 @@ struct Answer {
     len: usize,
 }
 
+/// Longest interval or wait the commands take.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 fn seconds(value: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be >= 0 seconds"))
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if d <= MAX_WAIT => Ok(d),
+        _ => bail!("{what} must be between 0 and 3600 seconds"),
+    }
 }
 
 fn millis(d: Duration) -> f64 {
