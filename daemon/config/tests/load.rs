@@ -68,6 +68,11 @@ fn valid_three_node_mesh() {
     assert_eq!(foo.prefixes[0].to_string(), "fd00:1::/64");
     assert_eq!(foo.tun_name("foo").as_deref(), Some("cx-foo"));
     assert_eq!(foo.cpctl.port, Some(8123));
+    assert_eq!(
+        foo.metrics.listen_addr(),
+        Some("[::1]:9469".parse().unwrap())
+    );
+    assert_eq!(cfg.node("bar").unwrap().metrics.listen_addr(), None);
     assert_eq!(foo.tun_devs["host"].device, "ctun");
     assert!((foo.tun_devs["host"].cost - 1.5).abs() < 1e-9);
     assert_eq!(
