@@ -18,6 +18,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("ssh-agent", "openssh-client"),
     ("python3", "python3"),
+    ("promtool", "prometheus"),
+    ("curl", "curl"),
 ];
 
 /// Whether this process runs with effective user id 0.

@@ -81,6 +81,7 @@ pub struct Mesh<'t> {
     processes: BTreeMap<String, ChildGuard>,
     env: Vec<(String, String)>,
     log_level: String,
+    extra_args: BTreeMap<String, Vec<String>>,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -230,6 +231,7 @@ impl<'t> Mesh<'t> {
             processes: BTreeMap::new(),
             env: Vec::new(),
             log_level: "debug".to_owned(),
+            extra_args: BTreeMap::new(),
         };
         mesh.sign()?;
         Ok(mesh)
@@ -258,6 +260,15 @@ impl<'t> Mesh<'t> {
     /// want; benchmarks use `info` so logging stays off the data path).
     pub fn set_log_level(&mut self, level: &str) {
         level.clone_into(&mut self.log_level);
+    }
+
+    /// Adds command-line arguments for `node` when it starts from now on (after the ones
+    /// the mesh gives every node).
+    pub fn add_args(&mut self, node: &str, args: &[&str]) {
+        self.extra_args
+            .entry(node.to_owned())
+            .or_default()
+            .extend(args.iter().map(|a| (*a).to_owned()));
     }
 
     /// Returns the config file.
@@ -368,6 +379,7 @@ impl<'t> Mesh<'t> {
                 .arg("--identity-file")
                 .arg(self.topo.dir().join(format!("{node}.key")));
         }
+        command.args(self.extra_args.get(node).into_iter().flatten());
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -453,6 +453,12 @@ impl Veth {
     /// Sets both ends administratively up or down (a link cut that keeps the addresses).
     pub fn set_up(&self, up: bool) -> Result<()> {
         for end in [&self.a, &self.b] {
+            if !up {
+                // Without this the kernel flushes the IPv6 addresses on the way down, and the
+                // link would come back up without them.
+                let keep = format!("net/ipv6/conf/{}/keep_addr_on_down=1", end.ifname);
+                ip(&["netns", "exec", &end.ns, "sysctl", "-qw", &keep])?;
+            }
             let state = if up { "up" } else { "down" };
             ip(&["-n", &end.ns, "link", "set", "dev", &end.ifname, state])?;
         }

@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
     // ssh-keygen and ssh-agent for the config-signing tests.
     "openssh-client",
     "dnsperf",
+    // promtool, which checks the node's /metrics, and curl, which fetches it.
+    "prometheus",
+    "curl",
 ];
 
 fn main() -> ExitCode {

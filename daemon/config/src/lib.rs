@@ -37,9 +37,9 @@ use std::sync::Arc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig, NamespaceConfig,
-    NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener, Timers, TunConfig,
-    TunDevConfig,
+    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig, MetricsConfig,
+    NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener,
+    Timers, TunConfig, TunDevConfig,
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};

@@ -89,6 +89,9 @@ pub struct NodeConfig {
     /// The local control server.
     #[serde(default)]
     pub cpctl: CpctlConfig,
+    /// The Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Links to other nodes, by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
@@ -167,6 +170,23 @@ pub struct CpctlConfig {
     /// TCP port of the HTTP listener (UI and API); off when absent.
     #[serde(default)]
     pub port: Option<u16>,
+}
+
+/// The Prometheus metrics endpoint (`nodes.N.metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics`: `"[addr]:port"` or `"ipv4:port"`; off when absent.
+    /// Validation checks that it parses (see [`MetricsConfig::listen_addr`]).
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// Returns the address to serve `/metrics` on, when one is set and valid.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|s| s.trim().parse().ok())
+    }
 }
 
 /// An inetd-style service (`nodes.N.services.S`).

@@ -464,6 +464,42 @@ fn node_checks(
     for (b, backend) in &backends {
         backend_checks(cx, raw, name, b, backend, &mut udp_ports, &mut tcp_ports);
     }
+    metrics_checks(cx, name, &node.metrics, &tcp_ports);
+}
+
+/// `nodes.N.metrics.listen` must be `"[addr]:port"` (or `ipv4:port`) with a port the node's
+/// TCP listeners do not use.
+fn metrics_checks(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    metrics: &crate::model::MetricsConfig,
+    tcp_ports: &BTreeMap<u16, String>,
+) {
+    let Some(listen) = &metrics.listen else {
+        return;
+    };
+    let path = ["nodes", name, "metrics", "listen"];
+    match metrics.listen_addr() {
+        None => cx.error(
+            &path,
+            At::Value,
+            format!(
+                "metrics listen `{listen}` is not an address and port: write \"[::1]:9469\" or \"127.0.0.1:9469\""
+            ),
+        ),
+        Some(addr) if addr.port() == 0 => {
+            cx.error(&path, At::Value, "metrics port must be 1..=65535");
+        }
+        Some(addr) => {
+            if let Some(first) = tcp_ports.get(&addr.port()) {
+                cx.error(
+                    &path,
+                    At::Value,
+                    format!("tcp port {} is already used by {first}", addr.port()),
+                );
+            }
+        }
+    }
 }
 
 fn claim_dns(cx: &mut Ctx<'_>, owners: &mut Owners, dns: &str, path: Vec<String>) {

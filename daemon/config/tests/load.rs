@@ -68,6 +68,11 @@ fn valid_three_node_mesh() {
     assert_eq!(foo.prefixes[0].to_string(), "fd00:1::/64");
     assert_eq!(foo.tun_name("foo").as_deref(), Some("cx-foo"));
     assert_eq!(foo.cpctl.port, Some(8123));
+    assert_eq!(
+        foo.metrics.listen_addr(),
+        Some("[::1]:9469".parse().unwrap())
+    );
+    assert_eq!(cfg.node("bar").unwrap().metrics.listen_addr(), None);
     assert_eq!(foo.tun_devs["host"].device, "ctun");
     assert!((foo.tun_devs["host"].cost - 1.5).abs() < 1e-9);
     assert_eq!(
@@ -301,6 +306,9 @@ fn semantic_rules() {
         ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk: a, psk_file: /p}\n".into(), Severity::Error, "`psk` and `psk_file` are both set", 9, 51),
         ("    backends:\n      x: {type: dtls-dialer, peer: \"h:1\", psk_file: /p}\n    services:\n      x: {port: 7, command: cat}\n".into(), Severity::Error, "name `x` is already used by nodes.foo.backends.x", 11, 7),
         ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk_file: /p, peer_node: foo}\n".into(), Severity::Error, "is this node itself", 9, 68),
+        ("    metrics:\n      listen: \"::1:9469\"\n".into(), Severity::Error, "metrics listen `::1:9469` is not an address and port", 9, 15),
+        ("    metrics: {listen: \"[::1]:0\"}\n".into(), Severity::Error, "metrics port must be 1..=65535", 8, 23),
+        ("    backends:\n      b: {type: tcp-listener, port: 9469}\n    metrics: {listen: \"[::1]:9469\"}\n".into(), Severity::Error, "tcp port 9469 is already used by nodes.foo.backends.b", 10, 23),
     ];
     for (tail, severity, needle, line, column) in cases {
         let src = format!("{HEAD}{tail}");

@@ -41,6 +41,42 @@ pub enum ControlRequest {
         /// The signature file's text.
         signature: String,
     },
+    /// Re-read the configuration file and its signature, like SIGHUP, and say what happened.
+    Reload,
+    /// Change the log level (`error`, `warning`/`warn`, `info`, `debug`, `trace`).
+    LogLevel {
+        /// The new level.
+        level: String,
+    },
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    /// The file is the configuration the node runs.
+    Unchanged,
+    /// The new configuration is applied in place.
+    Applied,
+    /// The new configuration is persisted and the mesh instance restarts on it.
+    Restarting,
+    /// The new configuration does not contain this node, which stopped forwarding.
+    Removed,
+    /// The files could not be read, or the configuration was refused; nothing changed.
+    Refused,
+}
+
+/// The answer to [`ControlRequest::Reload`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// What happened.
+    pub result: ReloadResult,
+    /// The version the node runs afterwards.
+    pub version: u64,
+    /// What changed, one line each (empty unless applied, restarting or removed).
+    pub changes: Vec<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
 }
 
 /// A node's answer.
@@ -61,6 +97,10 @@ pub enum ControlReply {
         /// Its version.
         version: u64,
     },
+    /// The outcome of a reload.
+    Reloaded(ReloadOutcome),
+    /// The request was done; what the node says about it.
+    Done(String),
     /// The request failed.
     Error(String),
 }
@@ -120,6 +160,14 @@ pub struct StatusReport {
     pub drops: BTreeMap<String, u64>,
     /// Other counters.
     pub counters: BTreeMap<String, u64>,
+    /// Seconds spent in the loop turns that ran a route computation (SPF); an upper bound of
+    /// the SPF time itself (absent from older nodes).
+    #[serde(default)]
+    pub spf_seconds_total: f64,
+    /// DNS queries answered or dropped, by result: `noerror`, `nxdomain`, `refused`,
+    /// `error`, `dropped` (empty when the DNS server is off; absent from older nodes).
+    #[serde(default)]
+    pub dns_queries: BTreeMap<String, u64>,
 }
 
 /// The dataplane's offloads: each is "on", or "off: <why>".
@@ -181,6 +229,12 @@ pub struct LinkReport {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+    /// Link messages received: data packets and routing messages (absent from older nodes).
+    #[serde(default)]
+    pub packets_in: u64,
+    /// Link messages sent.
+    #[serde(default)]
+    pub packets_out: u64,
 }
 
 /// One name.

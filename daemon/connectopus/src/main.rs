@@ -17,10 +17,14 @@ mod backends;
 mod config_cli;
 mod control;
 mod daemon;
+mod diagnostics;
 mod dtls_link;
 mod edit;
 mod identity;
 mod links;
+mod log_level;
+mod metrics;
+mod ping;
 mod secrets;
 mod state;
 mod status;
@@ -72,6 +76,10 @@ struct NodeArgs {
     /// (e.g. `connectopus::daemon=trace`).
     #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true, default_value_t = LogLevel::Info, env = "CONNECTOPUS_LOG")]
     log_level: LogLevel,
+    /// Serves Prometheus metrics at http://ADDR/metrics (e.g. `[::1]:9469`), instead of the
+    /// node's `metrics.listen`.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +100,35 @@ enum Commands {
         /// Shows authorized keys in full, not abbreviated.
         #[arg(long, short)]
         verbose: bool,
+        /// Prints only problems, one per line, and exits non-zero unless the node runs and
+        /// every configured backend has a session.
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
+    },
+    /// Sends ICMPv6 echo requests to a node through the mesh and shows each reply's RTT.
+    Ping(ping::PingArgs),
+    /// Shows the nodes on the path to a node through the mesh, with RTTs.
+    Traceroute(ping::TracerouteArgs),
+    /// Asks a running node to re-read its configuration files (like SIGHUP) and prints what
+    /// changed, or why it was refused.
+    Reload {
+        /// The node to reload.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its control socket, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Changes a running node's log level.
+    LogLevel {
+        /// The node.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its control socket, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        args: diagnostics::LogLevelArgs,
     },
     /// Creates a node's data directory holding a signed config (and, with --run, starts
     /// the node on it).
@@ -196,7 +233,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
             json,
             verbose,
+            check,
         } => {
+            if check {
+                return diagnostics::status_check(socket_path(socket, id));
+            }
             let path = socket_path(socket, id)?;
             match control::request(&path, &control::ControlRequest::Status)? {
                 control::ControlReply::Status(report) => {
@@ -210,6 +251,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 control::ControlReply::Error(message) => anyhow::bail!("{message}"),
                 other => anyhow::bail!("unexpected answer: {other:?}"),
             }
+        }
+        Commands::Ping(args) => {
+            let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            ping::ping(&args, socket)
+        }
+        Commands::Traceroute(args) => {
+            let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            ping::traceroute(&args, socket)
+        }
+        Commands::Reload { id, socket } => diagnostics::reload(&socket_path(socket, id)?),
+        Commands::LogLevel { id, socket, args } => {
+            diagnostics::log_level(&socket_path(socket, id)?, &args)
         }
         Commands::Init {
             args,
@@ -247,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ebpf_object: None,
                 identity_file: None,
                 log_level,
+                metrics_listen: None,
             })
         }
         Commands::Identity { command } => identity::run(command),
@@ -348,6 +402,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         ebpf_object,
         identity_file,
         log_level,
+        metrics_listen,
     } = args;
     init_logging(log_level)?;
     let identity_file = identity_file.or_else(|| {
@@ -407,6 +462,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         control_socket,
         ebpf_object,
         identity_file,
+        metrics_listen,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -450,16 +506,17 @@ impl LogLevel {
 }
 
 /// Logs to stderr at `level`, refined by the tracing directives in RUST_LOG when it is set.
+/// The level can change later (`connectopus log-level`): see `log_level`.
 fn init_logging(level: LogLevel) -> Result<()> {
-    let directives = std::env::var("RUST_LOG").unwrap_or_default();
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .with_default_directive(level.filter().into())
-        .parse(&directives)
-        .with_context(|| format!("invalid RUST_LOG {directives:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(log_level::reloadable(level.filter())?)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     Ok(())
 }

@@ -247,6 +247,8 @@ mod tests {
             mtu: 1400,
             bytes_in: 0,
             bytes_out: 0,
+            packets_in: 0,
+            packets_out: 0,
         }
     }
 

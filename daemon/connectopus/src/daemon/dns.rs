@@ -81,6 +81,24 @@ impl Dns {
         }
     }
 
+    /// Queries by result since the server started (empty when it is off).
+    pub(super) fn queries(&self) -> BTreeMap<String, u64> {
+        let Dns::Running(server) = self else {
+            return BTreeMap::new();
+        };
+        let stats = server.stats();
+        [
+            ("noerror", stats.noerror),
+            ("nxdomain", stats.nxdomain),
+            ("refused", stats.refused),
+            ("error", stats.errors),
+            ("dropped", stats.dropped),
+        ]
+        .into_iter()
+        .map(|(result, n)| (result.to_owned(), n))
+        .collect()
+    }
+
     /// Says where the server listens, or why it does not.
     pub(super) fn describe(&self) -> String {
         match self {

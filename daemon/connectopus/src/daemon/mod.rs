@@ -47,6 +47,7 @@ mod dtls;
 mod dtls_batch;
 use dtls::send_raw;
 mod reconcile;
+mod reload;
 mod report;
 mod tcp;
 mod trust;
@@ -91,6 +92,9 @@ pub struct NodeOptions {
     /// The node key file, when the node's config entry has an `identity`
     /// [default: /var/lib/connectopus/<id>/identity.key].
     pub identity_file: Option<PathBuf>,
+    /// Where to serve Prometheus `/metrics` (`--metrics-listen`), overriding the node's
+    /// `metrics.listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -108,6 +112,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         control_socket,
         ebpf_object,
         identity_file,
+        metrics_listen,
     } = options;
     let node_key = trust::node_key(&config, &id, identity_file.as_deref())?;
     let node_config = config
@@ -188,6 +193,17 @@ pub fn run(options: NodeOptions) -> Result<()> {
         stop.clone(),
     )?);
     let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
+    let metrics = match metrics_listen.or_else(|| node_config.metrics.listen_addr()) {
+        Some(addr) => {
+            let snapshot = crate::metrics::Snapshot::default();
+            let (bound, thread) =
+                crate::metrics::spawn_server(addr, snapshot.clone(), stop.clone())?;
+            tracing::info!(listen = %bound, "metrics at /metrics");
+            threads.push(thread);
+            Some(snapshot)
+        }
+        None => None,
+    };
     threads.push(signal_thread);
     let started = Instant::now();
     let started_wall = SystemTime::now();
@@ -248,6 +264,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
         ranges: Vec::new(),
         stopping: None,
+        metrics,
+        metrics_published: None,
+        spf_time: Duration::ZERO,
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();
@@ -493,6 +512,11 @@ struct Daemon {
     ranges: Vec<Range<usize>>,
     /// Set once shutdown began: the time by which to exit.
     stopping: Option<Instant>,
+    /// Where the loop publishes Prometheus metrics, when they are served.
+    metrics: Option<crate::metrics::Snapshot>,
+    metrics_published: Option<Instant>,
+    /// Time spent in timer turns that ran a route computation.
+    spf_time: Duration,
 }
 
 impl Daemon {
@@ -525,6 +549,7 @@ impl Daemon {
             self.handle_messages();
             self.run_timers();
             self.drain_node();
+            self.publish_metrics();
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes(None);
             if !self.dtls_batches.is_empty() {
@@ -671,18 +696,30 @@ impl Daemon {
                                 Err(error) => ControlReply::Error(format!("{error:#}")),
                             }
                         }
+                        ControlRequest::Reload => ControlReply::Reloaded(self.reload()),
+                        ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
+                            Ok(said) => ControlReply::Done(said),
+                            Err(error) => ControlReply::Error(format!("{error:#}")),
+                        },
                     };
                     let _ = reply.send(answer);
                 }
                 LoopMessage::Shutdown => self.begin_shutdown(),
-                LoopMessage::Reload => self.reload(),
+                LoopMessage::Reload => {
+                    self.reload();
+                }
             }
         }
     }
 
     fn run_timers(&mut self) {
         let now = self.now();
+        let spf_runs = self.node.counters().spf_runs;
+        let turn = Instant::now();
         self.node.handle_timeout(now);
+        if self.node.counters().spf_runs != spf_runs {
+            self.spf_time += turn.elapsed();
+        }
         let elapsed = self.started.elapsed();
         let due: Vec<LinkId> = self
             .links

@@ -402,26 +402,4 @@ impl Daemon {
                 .unwrap_or_default();
         ControlReply::Config { config, signature }
     }
-
-    /// Re-reads the configuration file and its signature (SIGHUP).
-    pub(super) fn reload(&mut self) {
-        let read = std::fs::read(&self.config_path).and_then(|bytes| {
-            std::fs::read(crate::config_cli::signature_path(&self.config_path))
-                .map(|sig| (bytes, sig))
-        });
-        let (bytes, signature) = match read {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::error!(path = %self.config_path.display(), %error, "reload failed");
-                return;
-            }
-        };
-        if bytes.as_slice() == &**self.config.source() {
-            tracing::info!("reload: the configuration file is unchanged");
-            return;
-        }
-        if let Err(error) = self.accept_config(&bytes, &signature, ConfigSource::Reload) {
-            tracing::error!(error = %format!("{error:#}"), "reload refused");
-        }
-    }
 }

@@ -2,7 +2,28 @@
 
 use super::*;
 
+/// How often the loop renders the metrics it serves.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Daemon {
+    /// Renders the metrics for the HTTP thread when they are served and a second has passed.
+    pub(super) fn publish_metrics(&mut self) {
+        let Some(snapshot) = &self.metrics else {
+            return;
+        };
+        if self
+            .metrics_published
+            .is_some_and(|at| at.elapsed() < METRICS_INTERVAL)
+        {
+            return;
+        }
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        snapshot.publish(crate::metrics::render(&self.status(), now_unix));
+        self.metrics_published = Some(Instant::now());
+    }
+
     pub(super) fn wall_time(&self, t: Time) -> f64 {
         let at = self.started_wall + Duration::from_nanos(t.as_nanos());
         at.duration_since(UNIX_EPOCH)
@@ -49,6 +70,8 @@ impl Daemon {
                 mtu: l.mtu,
                 bytes_in: counters.bytes_in,
                 bytes_out: counters.bytes_out,
+                packets_in: counters.messages_in,
+                packets_out: counters.messages_out,
             });
         }
         let mut route_reports = Vec::new();
@@ -204,6 +227,8 @@ impl Daemon {
                 })
                 .collect(),
             counters: counter_map,
+            spf_seconds_total: self.spf_time.as_secs_f64(),
+            dns_queries: self.dns.queries(),
         }
     }
 }

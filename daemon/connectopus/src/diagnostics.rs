@@ -1,0 +1,192 @@
+//! Client commands that ask a running node about its health or tell it to act:
+//! `status --check`, `reload` and `log-level`. (`ping` and `traceroute` are in `ping`.)
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+use crate::control::{self, ControlReply, ControlRequest, ReloadResult, StatusReport};
+
+/// `connectopus log-level`: the new level.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogLevelArgs {
+    /// error, warning (or warn), info, debug or trace.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::log_level::LEVEL_WORDS), ignore_case = true)]
+    pub level: String,
+}
+
+/// The problems that make `status --check` fail: one line each, none when healthy.
+pub fn problems(report: &StatusReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(removed) = &report.removed {
+        problems.push(format!("node {} is not forwarding: {removed}", report.name));
+    }
+    for b in &report.backends {
+        if b.state != "up" {
+            problems.push(format!(
+                "backend {} ({}) is {}: {}",
+                b.name,
+                b.kind,
+                b.state,
+                b.error.as_deref().unwrap_or("no reason given")
+            ));
+            continue;
+        }
+        let session = report
+            .links
+            .iter()
+            .any(|l| l.backend == b.name && l.state == "established");
+        if !session {
+            let links: Vec<String> = report
+                .links
+                .iter()
+                .filter(|l| l.backend == b.name)
+                .map(|l| format!("{} {}", l.remote, l.state))
+                .collect();
+            let detail = if links.is_empty() {
+                "no link".to_owned()
+            } else {
+                format!("links: {}", links.join(", "))
+            };
+            problems.push(format!(
+                "backend {} ({}) has no session ({detail})",
+                b.name, b.kind
+            ));
+        }
+    }
+    problems
+}
+
+/// `connectopus status --check`: exit 0 only when the node runs and every configured backend
+/// has a session; otherwise one line per problem on stdout and exit 1.
+pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
+    let path = socket?;
+    let report = match control::request(&path, &ControlRequest::Status) {
+        Ok(ControlReply::Status(report)) => report,
+        Ok(ControlReply::Error(message)) => {
+            println!("the node answered with an error: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(other) => bail!("unexpected answer: {other:?}"),
+        Err(error) => {
+            println!("the node is not running: {error:#}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let problems = problems(&report);
+    if problems.is_empty() {
+        println!(
+            "ok: node {} runs, {} backends with a session",
+            report.name,
+            report.backends.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `connectopus reload`: asks the node to re-read its files and prints what happened.
+pub fn reload(path: &Path) -> Result<ExitCode> {
+    let outcome = match control::request(path, &ControlRequest::Reload)? {
+        ControlReply::Reloaded(outcome) => outcome,
+        ControlReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let version = outcome.version;
+    match outcome.result {
+        ReloadResult::Unchanged => {
+            println!("unchanged: the node already runs this file (version {version})");
+        }
+        ReloadResult::Applied => println!("applied configuration version {version}"),
+        ReloadResult::Restarting => println!(
+            "configuration version {version} accepted; the node restarts its mesh instance to apply it"
+        ),
+        ReloadResult::Removed => println!(
+            "configuration version {version} accepted; it does not contain this node, which stopped forwarding"
+        ),
+        ReloadResult::Refused => {
+            println!(
+                "refused: {}",
+                outcome.error.as_deref().unwrap_or("no reason given")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    for change in &outcome.changes {
+        println!("  {change}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `connectopus log-level`: changes the running node's level.
+pub fn log_level(path: &Path, args: &LogLevelArgs) -> Result<ExitCode> {
+    let request = ControlRequest::LogLevel {
+        level: args.level.to_ascii_lowercase(),
+    };
+    match control::request(path, &request)? {
+        ControlReply::Done(said) => {
+            println!("{said}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ControlReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(backends: serde_json::Value, links: serde_json::Value) -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "name": "baz", "address": "fd00::3", "subnet": "fd00::/64",
+            "epoch": 1, "sequence": 1, "uptime_secs": 5.0, "config_version": 3, "removed": null,
+            "names": [], "name_conflicts": [], "dns": "off", "tun": "cx-baz",
+            "dataplane": "io_uring", "dataplane_fallback_reason": null, "ebpf": "off",
+            "backends": backends, "links": links,
+            "routes": [], "nodes": [], "drops": {}, "counters": {}
+        }))
+        .unwrap()
+    }
+
+    fn link(backend: &str, state: &str) -> serde_json::Value {
+        serde_json::json!({
+            "link": 1, "backend": backend, "kind": "tcp dialer", "remote": "[2001:db8::2]:1",
+            "state": state, "peer_address": null, "peer_name": null, "since_unix": null,
+            "rtt_ms": null, "cost": 1.0, "mtu": 1500, "bytes_in": 0, "bytes_out": 0
+        })
+    }
+
+    fn backend(name: &str, state: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "kind": "tcp-dialer", "state": state, "error": "refused",
+            "failed_attempts": 1, "failing_since_unix": null, "next_attempt_secs": 3.0
+        })
+    }
+
+    #[test]
+    fn every_backend_needs_a_session() {
+        let healthy = report(
+            serde_json::json!([backend("up1", "up")]),
+            serde_json::json!([link("up1", "established")]),
+        );
+        assert!(problems(&healthy).is_empty());
+        let sick = report(
+            serde_json::json!([
+                backend("a", "up"),
+                backend("b", "retrying"),
+                backend("c", "up")
+            ]),
+            serde_json::json!([link("a", "handshaking")]),
+        );
+        let found = problems(&sick);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("backend a (tcp-dialer) has no session (links: "));
+        assert_eq!(found[1], "backend b (tcp-dialer) is retrying: refused");
+        assert_eq!(found[2], "backend c (tcp-dialer) has no session (no link)");
+    }
+}

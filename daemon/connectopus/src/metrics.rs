@@ -1,0 +1,692 @@
+//! Prometheus metrics: the node's status report rendered in the text exposition format
+//! (version 0.0.4), and a tiny HTTP/1.1 server that serves it at `/metrics`.
+//!
+//! The main loop renders a snapshot about once a second ([`Snapshot::publish`]); the HTTP
+//! thread only copies the latest one out, so a scrape never waits for the loop and a slow or
+//! malformed client never touches it. The server takes one connection at a time, with a
+//! deadline for the whole request, a cap on its size and a write timeout.
+//!
+//! Names follow the Prometheus conventions: `connectopus_` prefix, `_total` for counters,
+//! base units (bytes, seconds). Every family has `# HELP` and `# TYPE`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::control::StatusReport;
+
+/// How long a client may take to send its whole request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long one write of the response may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request (line and headers) read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// The latest rendered metrics, shared by the main loop (writer) and the HTTP thread.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot(Arc<Mutex<Arc<str>>>);
+
+impl Snapshot {
+    /// Replaces the served text.
+    pub fn publish(&self, text: String) {
+        let text: Arc<str> = text.into();
+        match self.0.lock() {
+            Ok(mut guard) => *guard = text,
+            Err(poisoned) => *poisoned.into_inner() = text,
+        }
+    }
+
+    /// Returns the served text (cheap: the lock is held only to clone an `Arc`).
+    pub fn current(&self) -> Arc<str> {
+        match self.0.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Binds `addr` and serves `snapshot` at `/metrics` on a thread until `stop` is set.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn spawn_server(
+    addr: SocketAddr,
+    snapshot: Snapshot,
+    stop: Arc<AtomicBool>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("metrics listen {addr}"))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let handle = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || serve(listener, snapshot, stop))
+        .context("spawning the metrics thread")?;
+    Ok((bound, handle))
+}
+
+fn serve(listener: TcpListener, snapshot: Snapshot, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; the count is one.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if ready <= 0 {
+            continue;
+        }
+        let Ok((stream, peer)) = listener.accept() else {
+            continue;
+        };
+        if let Err(error) = answer(&stream, &snapshot) {
+            tracing::debug!(%peer, %error, "metrics request failed");
+        }
+    }
+}
+
+/// Reads one request (within [`REQUEST_DEADLINE`] and [`MAX_REQUEST`]) and answers it.
+fn answer(stream: &TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let head = match read_head(stream) {
+        Ok(head) => head,
+        Err(status) => return respond(stream, status, "text/plain", status.as_bytes(), true),
+    };
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split_ascii_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let with_body = method != "HEAD";
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let text = snapshot.current();
+            respond(
+                stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+                with_body,
+            )
+        }
+        ("GET" | "HEAD", _) => respond(
+            stream,
+            "404 Not Found",
+            "text/plain",
+            b"not found: try /metrics\n",
+            with_body,
+        ),
+        _ => respond(
+            stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"only GET and HEAD\n",
+            with_body,
+        ),
+    }
+}
+
+/// Reads the request line and headers, up to the blank line. Errors are HTTP statuses.
+fn read_head(stream: &TcpStream) -> std::result::Result<String, &'static str> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("408 Request Timeout");
+        }
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return Err("400 Bad Request");
+        }
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) => return Err("400 Bad Request"),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("408 Request Timeout");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err("400 Bad Request"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = find_blank_line(&buf) {
+            return String::from_utf8(buf[..end].to_vec()).map_err(|_| "400 Bad Request");
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err("431 Request Header Fields Too Large");
+        }
+    }
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
+}
+
+fn respond(
+    mut stream: &TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    with_body: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if with_body {
+        stream.write_all(body)?;
+    }
+    stream.flush()
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds the exposition text one metric family at a time.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"{}\"", escape(val));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    /// One family with a single unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        format!("{value}")
+    }
+}
+
+/// Counters of the status report's `counters` map, by key prefix: (prefix, metric, label,
+/// help).
+const LABELLED_COUNTERS: &[(&str, &str, &str, &str)] = &[
+    (
+        "updates_rejected_",
+        "connectopus_routing_updates_rejected_total",
+        "reason",
+        "Link-state updates received and not accepted, by reason.",
+    ),
+    (
+        "hellos_rejected_",
+        "connectopus_hellos_rejected_total",
+        "reason",
+        "Hellos refused, by reason.",
+    ),
+    (
+        "malformed_messages_",
+        "connectopus_malformed_messages_total",
+        "error",
+        "Link messages that did not parse, by error.",
+    ),
+];
+
+/// Counters of the status report's `counters` map taken one to one: (key, metric, help).
+const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
+    (
+        "updates_accepted",
+        "connectopus_routing_updates_received_total",
+        "Link-state updates received and accepted.",
+    ),
+    (
+        "updates_originated",
+        "connectopus_routing_updates_originated_total",
+        "Link-state updates this node originated and sent to its neighbours.",
+    ),
+    (
+        "spf_runs",
+        "connectopus_spf_runs_total",
+        "Route computations (SPF) run.",
+    ),
+    (
+        "icmp_errors_sent",
+        "connectopus_icmp_errors_sent_total",
+        "ICMPv6 errors sent.",
+    ),
+    (
+        "tun_super_packets_read",
+        "connectopus_offload_tun_super_packets_read_total",
+        "TUN reads that held a TCP or UDP super-packet (TSO/USO).",
+    ),
+    (
+        "tun_super_packets_written",
+        "connectopus_offload_tun_super_packets_written_total",
+        "TUN writes of a super-packet merged from two or more segments.",
+    ),
+    (
+        "udp_gso_sends",
+        "connectopus_offload_udp_gso_sends_total",
+        "UDP sends that carried two or more DTLS records (GSO).",
+    ),
+    (
+        "udp_gro_batches",
+        "connectopus_offload_udp_gro_batches_total",
+        "UDP receives that carried two or more DTLS records (GRO).",
+    ),
+];
+
+/// Renders a status report as Prometheus text; `now_unix` is the wall clock, for session
+/// uptimes.
+pub fn render(report: &StatusReport, now_unix: f64) -> String {
+    let mut x = Exposition {
+        out: String::with_capacity(8 * 1024),
+    };
+    x.family(
+        "connectopus_build_info",
+        "gauge",
+        "The running binary's version (always 1).",
+    );
+    x.sample(
+        "connectopus_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    x.family(
+        "connectopus_node_info",
+        "gauge",
+        "This node's name and mesh address (always 1).",
+    );
+    x.sample(
+        "connectopus_node_info",
+        &[("node", &report.name), ("address", &report.address)],
+        1.0,
+    );
+    x.single(
+        "connectopus_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        report.uptime_secs,
+    );
+    x.single(
+        "connectopus_config_version",
+        "gauge",
+        "Version of the mesh configuration the node runs.",
+        report.config_version as f64,
+    );
+    x.single(
+        "connectopus_forwarding",
+        "gauge",
+        "1 while the node forwards, 0 once the running configuration no longer contains it.",
+        if report.removed.is_some() { 0.0 } else { 1.0 },
+    );
+    x.family(
+        "connectopus_dataplane_info",
+        "gauge",
+        "The packet I/O backend in use (always 1).",
+    );
+    x.sample(
+        "connectopus_dataplane_info",
+        &[("mode", &report.dataplane)],
+        1.0,
+    );
+    x.family(
+        "connectopus_offload_enabled",
+        "gauge",
+        "1 when a dataplane offload is on, 0 when it is off.",
+    );
+    // "on", "on (csum, tso4, ...)", or "off: <why>".
+    let on = |state: &str| {
+        if state == "on" || state.starts_with("on ") {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    for (device, state) in &report.offload.tun {
+        x.sample(
+            "connectopus_offload_enabled",
+            &[("offload", "tun"), ("device", device)],
+            on(state),
+        );
+    }
+    x.sample(
+        "connectopus_offload_enabled",
+        &[("offload", "udp_gso"), ("device", "")],
+        on(&report.offload.udp_gso),
+    );
+    x.sample(
+        "connectopus_offload_enabled",
+        &[("offload", "udp_gro"), ("device", "")],
+        on(&report.offload.udp_gro),
+    );
+
+    x.family(
+        "connectopus_backend_up",
+        "gauge",
+        "1 when a configured backend runs, 0 while it is retried after a failed start.",
+    );
+    for b in &report.backends {
+        x.sample(
+            "connectopus_backend_up",
+            &[("backend", &b.name), ("type", &b.kind)],
+            if b.state == "up" { 1.0 } else { 0.0 },
+        );
+    }
+
+    links(&mut x, report, now_unix);
+
+    x.single(
+        "connectopus_routes",
+        "gauge",
+        "Entries in the forwarding table.",
+        report.routes.len() as f64,
+    );
+    x.single(
+        "connectopus_known_nodes",
+        "gauge",
+        "Nodes in the link-state database, this one included.",
+        report.nodes.len() as f64,
+    );
+    x.single(
+        "connectopus_reachable_nodes",
+        "gauge",
+        "Nodes with a path from this one, this one included.",
+        report.nodes.iter().filter(|n| n.cost.is_some()).count() as f64,
+    );
+    x.single(
+        "connectopus_names",
+        "gauge",
+        "Names the mesh resolves.",
+        report.names.len() as f64,
+    );
+    x.single(
+        "connectopus_spf_duration_seconds_total",
+        "counter",
+        "Seconds spent in the loop turns that ran a route computation (an upper bound of the SPF time).",
+        report.spf_seconds_total,
+    );
+
+    x.family(
+        "connectopus_packets_dropped_total",
+        "counter",
+        "Packets the node dropped, by reason.",
+    );
+    for (reason, n) in &report.drops {
+        x.sample(
+            "connectopus_packets_dropped_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+
+    for (key, name, help) in PLAIN_COUNTERS {
+        x.single(
+            name,
+            "counter",
+            help,
+            report.counters.get(*key).copied().unwrap_or(0) as f64,
+        );
+    }
+    for (prefix, name, label, help) in LABELLED_COUNTERS {
+        x.family(name, "counter", help);
+        for (key, n) in &report.counters {
+            if let Some(value) = key.strip_prefix(prefix) {
+                x.sample(name, &[(label, value)], *n as f64);
+            }
+        }
+    }
+
+    x.family(
+        "connectopus_dns_queries_total",
+        "counter",
+        "DNS queries the node's server handled, by result (dropped: no response).",
+    );
+    for (result, n) in &report.dns_queries {
+        x.sample(
+            "connectopus_dns_queries_total",
+            &[("result", result)],
+            *n as f64,
+        );
+    }
+    x.out
+}
+
+/// Per-link families.
+fn links(x: &mut Exposition, report: &StatusReport, now_unix: f64) {
+    type Field = fn(&crate::control::LinkReport) -> Option<f64>;
+    let families: [(&str, &str, &str, Field); 7] = [
+        (
+            "connectopus_link_receive_bytes_total",
+            "counter",
+            "Bytes received on a link's session.",
+            |l| Some(l.bytes_in as f64),
+        ),
+        (
+            "connectopus_link_transmit_bytes_total",
+            "counter",
+            "Bytes sent on a link's session.",
+            |l| Some(l.bytes_out as f64),
+        ),
+        (
+            "connectopus_link_receive_packets_total",
+            "counter",
+            "Messages (data packets and routing messages) received on a link's session.",
+            |l| Some(l.packets_in as f64),
+        ),
+        (
+            "connectopus_link_transmit_packets_total",
+            "counter",
+            "Messages (data packets and routing messages) sent on a link's session.",
+            |l| Some(l.packets_out as f64),
+        ),
+        (
+            "connectopus_link_rtt_seconds",
+            "gauge",
+            "Latest round-trip time measured on a link's session.",
+            |l| l.rtt_ms.map(|ms| ms / 1000.0),
+        ),
+        (
+            "connectopus_link_cost",
+            "gauge",
+            "A link's routing cost.",
+            |l| Some(l.cost),
+        ),
+        (
+            "connectopus_link_mtu_bytes",
+            "gauge",
+            "A link's MTU.",
+            |l| Some(f64::from(l.mtu)),
+        ),
+    ];
+    let labels = |l: &crate::control::LinkReport| -> [(String, String); 4] {
+        [
+            ("link".to_owned(), l.link.to_string()),
+            ("backend".to_owned(), l.backend.clone()),
+            ("type".to_owned(), l.kind.clone()),
+            ("peer".to_owned(), l.peer_name.clone().unwrap_or_default()),
+        ]
+    };
+    let sample = |x: &mut Exposition, name: &str, l, extra: &[(&str, &str)], value: f64| {
+        let owned = labels(l);
+        let mut all: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend_from_slice(extra);
+        x.sample(name, &all, value);
+    };
+    for (name, kind, help, field) in families {
+        x.family(name, kind, help);
+        for l in &report.links {
+            if let Some(value) = field(l) {
+                sample(x, name, l, &[], value);
+            }
+        }
+    }
+    x.family(
+        "connectopus_link_session_established",
+        "gauge",
+        "1 when a link's session is established, 0 otherwise; state names the session or transport state.",
+    );
+    for l in &report.links {
+        let up = if l.state == "established" { 1.0 } else { 0.0 };
+        sample(
+            x,
+            "connectopus_link_session_established",
+            l,
+            &[("state", &l.state)],
+            up,
+        );
+    }
+    x.family(
+        "connectopus_link_session_uptime_seconds",
+        "gauge",
+        "Seconds since a link's session was established.",
+    );
+    for l in &report.links {
+        if let Some(since) = l.since_unix {
+            sample(
+                x,
+                "connectopus_link_session_uptime_seconds",
+                l,
+                &[],
+                (now_unix - since).max(0.0),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "name": "foo", "address": "fd00::1", "subnet": "fd00::/64", "domain": "mesh.test",
+            "epoch": 1, "sequence": 1, "uptime_secs": 5.0, "config_version": 3, "removed": null,
+            "names": [], "name_conflicts": [], "dns": "off", "tun": "cx-foo",
+            "dataplane": "io_uring", "dataplane_fallback_reason": null, "ebpf": "off",
+            "links": [{
+                "link": 7, "backend": "we\"ird\\b\nx", "kind": "dtls dialer",
+                "remote": "[2001:db8::2]:4444", "state": "established",
+                "peer_address": "fd00::2", "peer_name": "bar", "since_unix": 100.0,
+                "rtt_ms": 2.5, "cost": 1.0, "mtu": 1400, "bytes_in": 10, "bytes_out": 20,
+                "packets_in": 1, "packets_out": 2
+            }],
+            "routes": [], "nodes": [], "drops": {"no_route": 4}, "counters": {
+                "spf_runs": 3, "updates_rejected_stale": 2
+            },
+            "dns_queries": {"noerror": 5},
+            "offload": {"tun": {"cx-foo": "on (csum, tso4)"}, "udp_gso": "on", "udp_gro": "off: old kernel"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_labels_are_escaped() {
+        let text = render(&report(), 160.0);
+        assert!(text.contains(
+            "connectopus_link_receive_bytes_total{link=\"7\",backend=\"we\\\"ird\\\\b\\nx\",type=\"dtls dialer\",peer=\"bar\"} 10\n"
+        ));
+        assert!(text.contains("connectopus_link_rtt_seconds{link=\"7\""));
+        assert!(text.contains("} 0.0025\n"));
+        assert!(text.contains("connectopus_link_session_uptime_seconds{link=\"7\""));
+        assert!(text.contains("} 60\n"));
+        assert!(text.contains("connectopus_packets_dropped_total{reason=\"no_route\"} 4\n"));
+        assert!(text.contains("connectopus_spf_runs_total 3\n"));
+        assert!(text.contains("connectopus_routing_updates_rejected_total{reason=\"stale\"} 2\n"));
+        assert!(text.contains("connectopus_dns_queries_total{result=\"noerror\"} 5\n"));
+        assert!(text.contains("connectopus_config_version 3\n"));
+        assert!(
+            text.contains("connectopus_offload_enabled{offload=\"tun\",device=\"cx-foo\"} 1\n")
+        );
+        assert!(text.contains("connectopus_offload_enabled{offload=\"udp_gso\",device=\"\"} 1\n"));
+        assert!(text.contains("connectopus_offload_enabled{offload=\"udp_gro\",device=\"\"} 0\n"));
+        let mut typed = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap();
+                assert!(typed.insert(name.to_owned()), "{name} typed twice");
+                if parts.next() == Some("counter") {
+                    assert!(name.ends_with("_total"), "{name}");
+                }
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(typed.contains(name), "{name} has no TYPE before it");
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_or_oversized_client_gets_an_error_and_the_next_one_is_served() {
+        let snapshot = Snapshot::default();
+        snapshot.publish("connectopus_up 1\n".to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addr, thread) =
+            spawn_server("127.0.0.1:0".parse().unwrap(), snapshot, stop.clone()).unwrap();
+        let get = |request: &[u8]| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(request).unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            answer
+        };
+        // A silent client holds the server at most REQUEST_DEADLINE.
+        let silent = TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        let ok = get(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(started.elapsed() < REQUEST_DEADLINE + Duration::from_secs(2));
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nconnectopus_up 1\n"), "{ok}");
+        drop(silent);
+        // Exactly one byte over the cap, so the server reads it all before answering.
+        let big = get(&vec![b'a'; MAX_REQUEST + 1]);
+        assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
+        assert!(get(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        assert!(get(b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    }
+}
