@@ -243,31 +243,68 @@ impl Daemon {
             Forwarded::Send(link) if self.is_dtls(link) => {
                 return self.seal_segments(link, buf, range, header);
             }
-            Forwarded::Send(link) => {
-                // A TCP link: each segment is one framed message.
-                let mut segment = std::mem::take(&mut self.scratch);
-                let mut i = 0;
-                loop {
-                    segment.resize(segment_len, 0);
-                    let written = self
-                        .io
-                        .buf(&buf)
-                        .get(range.clone())
-                        .and_then(|p| Segments::new(&header, p).ok())
-                        .filter(|s| i < s.count())
-                        .and_then(|s| s.write(i, &mut segment).ok());
-                    let Some(n) = written else {
-                        break;
-                    };
-                    self.send_packet(link, &segment[..n]);
-                    i += 1;
-                }
-                self.scratch = segment;
-            }
+            // A TCP link: each segment one frame, all of them encrypted together.
+            Forwarded::Send(link) => self.send_segments_tcp(link, &buf, range, header),
             Forwarded::Deliver => self.node.count_drop(DropReason::Loop),
             Forwarded::Done => {}
         }
         self.io.free(buf);
+    }
+
+    /// Frames every segment of the super-packet at `buf[range]` as one message on the TCP
+    /// `link`, cut straight into the codec's buffer, and encrypts them together (full-size
+    /// TLS records); `buf` stays the caller's.
+    fn send_segments_tcp(
+        &mut self,
+        link: LinkId,
+        buf: &BufId,
+        range: Range<usize>,
+        header: VnetHeader,
+    ) {
+        let Daemon {
+            io,
+            links,
+            node,
+            scratch_out,
+            ..
+        } = self;
+        let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = links.get_mut(&link)
+        else {
+            node.count_drop(DropReason::LinkDown);
+            return;
+        };
+        if tcp.tx.len() > MAX_TCP_BACKLOG {
+            node.count_drop(DropReason::LinkCongested);
+            return;
+        }
+        let Some(segments) = io
+            .buf(buf)
+            .get(range)
+            .and_then(|p| Segments::new(&header, p).ok())
+        else {
+            node.count_drop(DropReason::Malformed);
+            return;
+        };
+        scratch_out.clear();
+        let max_len = segments.max_segment_len();
+        for i in 0..segments.count() {
+            let queued =
+                tcp.codec
+                    .queue_with(max_len, |slot| segments.write(i, slot).ok(), scratch_out);
+            if !matches!(queued, Ok(true)) {
+                node.count_drop(DropReason::Malformed);
+                break;
+            }
+        }
+        if let Err(error) = tcp.codec.flush(scratch_out) {
+            tracing::debug!(%link, %error, "dropping segments");
+            return;
+        }
+        tcp.tx.extend(scratch_out.iter());
+        self.pump_tcp_write(link);
     }
 
     pub(super) fn is_dtls(&self, link: LinkId) -> bool {

@@ -30,6 +30,9 @@ pub struct TcpCodec {
     rx: Vec<u8>,
     rx_start: usize,
     scratch: Vec<u8>,
+    /// Framed plaintext waiting for one TLS write (TLS links only): messages queued together
+    /// leave in full-size TLS records, not one record per frame header and one per message.
+    staged: Vec<u8>,
 }
 
 impl std::fmt::Debug for TcpCodec {
@@ -52,6 +55,7 @@ impl TcpCodec {
             rx: Vec::with_capacity(2 * MAX_FRAME),
             rx_start: 0,
             scratch: vec![0; 16 * 1024],
+            staged: Vec::new(),
         }
     }
 
@@ -167,26 +171,88 @@ impl TcpCodec {
         if message.len() > MAX_FRAME {
             return Err(TcpLinkError::TooLarge(message.len()));
         }
-        let header = (message.len() as u16).to_be_bytes();
-        match self.tls.as_mut() {
-            None => {
-                out.extend_from_slice(&header);
-                out.extend_from_slice(message);
+        self.queue_with(
+            message.len(),
+            |slot| {
+                slot.copy_from_slice(message);
+                Some(message.len())
+            },
+            out,
+        )?;
+        self.flush(out)
+    }
+
+    /// Queues one framed message whose bytes `fill` writes in place into a slot of at most
+    /// `max_len` bytes, returning how many it wrote (`None`: nothing is queued). On plain TCP
+    /// the frame goes straight to `out`; on TLS it waits for [`TcpCodec::flush`], so that
+    /// many messages (the segments of one super-packet) are encrypted in full-size records.
+    ///
+    /// # Errors
+    /// `max_len` is larger than a frame.
+    pub fn queue_with(
+        &mut self,
+        max_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, TcpLinkError> {
+        if max_len > MAX_FRAME {
+            return Err(TcpLinkError::TooLarge(max_len));
+        }
+        let target = if self.tls.is_some() {
+            &mut self.staged
+        } else {
+            out
+        };
+        let start = target.len();
+        target.resize(start + 2 + max_len, 0);
+        let written = target
+            .get_mut(start + 2..)
+            .and_then(fill)
+            .filter(|n| *n <= max_len);
+        let Some(n) = written else {
+            target.truncate(start);
+            return Ok(false);
+        };
+        target.truncate(start + 2 + n);
+        // n <= max_len <= MAX_FRAME = u16::MAX.
+        let header = (n as u16).to_be_bytes();
+        if let Some(slot) = target.get_mut(start..start + 2) {
+            slot.copy_from_slice(&header);
+        }
+        Ok(true)
+    }
+
+    /// Encrypts what [`TcpCodec::queue_with`] staged (TLS links; nothing to do on plain TCP)
+    /// and appends the bytes for the socket to `out`.
+    ///
+    /// # Errors
+    /// TLS refused the bytes.
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), TcpLinkError> {
+        let Some(conn) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        // rustls buffers at most 64 KiB of records: encrypt and drain in turns.
+        let mut rest = self.staged.as_slice();
+        let result = loop {
+            if rest.is_empty() {
+                break Ok(());
             }
-            Some(conn) => {
-                let mut writer = conn.writer();
-                writer
-                    .write_all(&header)
-                    .and_then(|()| writer.write_all(message))
-                    .map_err(|_| TcpLinkError::Overflow)?;
-                while conn.wants_write() {
-                    if conn.write_tls(out).is_err() {
-                        break;
-                    }
+            let written = conn.writer().write(rest);
+            while conn.wants_write() {
+                if conn.write_tls(out).is_err() {
+                    break;
                 }
             }
-        }
-        Ok(())
+            match written {
+                Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
+                _ => break Err(TcpLinkError::Overflow),
+            }
+        };
+        self.staged.clear();
+        result
     }
 }
 
@@ -227,5 +293,170 @@ mod tests {
             Err(TcpLinkError::TooLarge(_))
         ));
         assert!(out.is_empty());
+    }
+
+    /// A TLS client and server codec pair with the handshake done.
+    fn tls_pair() -> (TcpCodec, TcpCodec) {
+        use std::sync::Arc;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let key = rcgen_like_self_signed();
+        let server_config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![key.0.clone()], key.1)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(key.0).unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("link.test").unwrap();
+        let client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        let mut a = TcpCodec::tls(rustls::Connection::Client(client));
+        let mut b = TcpCodec::tls(rustls::Connection::Server(server));
+        for _ in 0..10 {
+            let mut to_b = Vec::new();
+            a.poll_handshake(&mut to_b);
+            let mut to_a = Vec::new();
+            b.receive(&to_b, &mut to_a).unwrap();
+            let mut back = Vec::new();
+            a.receive(&to_a, &mut back).unwrap();
+            if !back.is_empty() {
+                let mut ignored = Vec::new();
+                b.receive(&back, &mut ignored).unwrap();
+            }
+            if a.is_ready() && b.is_ready() {
+                break;
+            }
+        }
+        assert!(a.is_ready() && b.is_ready());
+        (a, b)
+    }
+
+    /// A self-signed certificate for `link.test`, made with openssl (the binary's dependency).
+    fn rcgen_like_self_signed() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        use openssl::asn1::Asn1Time;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::extension::SubjectAlternativeName;
+        use openssl::x509::{X509, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "link.test").unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns("link.test")
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let cert = b.build().to_der().unwrap();
+        let der = key.private_key_to_pkcs8().unwrap();
+        (
+            rustls::pki_types::CertificateDer::from(cert),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(der.into()),
+        )
+    }
+
+    #[test]
+    fn queued_messages_leave_in_full_size_tls_records_and_arrive_whole() {
+        let (mut a, mut b) = tls_pair();
+        // The 45 segments of a super-packet, each framed, then one flush.
+        let messages: Vec<Vec<u8>> = (0..45u8).map(|i| vec![i; 1400]).collect();
+        let mut wire = Vec::new();
+        for m in &messages {
+            let queued = a
+                .queue_with(
+                    m.len(),
+                    |slot| {
+                        slot.copy_from_slice(m);
+                        Some(m.len())
+                    },
+                    &mut wire,
+                )
+                .unwrap();
+            assert!(queued);
+        }
+        assert!(wire.is_empty(), "TLS output waits for the flush");
+        a.flush(&mut wire).unwrap();
+        // 45 × 1,402 framed bytes in 16 KiB records: 4 records, not 90.
+        let mut records = 0;
+        let mut at = 0;
+        while at + 5 <= wire.len() {
+            records += 1;
+            at += 5 + usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+        }
+        assert_eq!(at, wire.len());
+        assert!(records <= 5, "{records} TLS records");
+        let mut ignored = Vec::new();
+        b.receive(&wire, &mut ignored).unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = b.pop_message() {
+            got.push(b.buffer_mut()[r].to_vec());
+        }
+        assert_eq!(got, messages);
+    }
+
+    #[test]
+    fn a_flush_larger_than_the_tls_buffer_limit_is_not_lost() {
+        let (mut a, mut b) = tls_pair();
+        let messages: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 1400]).collect();
+        let mut wire = Vec::new();
+        for m in &messages {
+            a.queue_with(
+                m.len(),
+                |slot| {
+                    slot.copy_from_slice(m);
+                    Some(m.len())
+                },
+                &mut wire,
+            )
+            .unwrap();
+        }
+        a.flush(&mut wire).unwrap();
+        let mut ignored = Vec::new();
+        b.receive(&wire, &mut ignored).unwrap();
+        let mut n = 0;
+        while let Some(r) = b.pop_message() {
+            assert_eq!(b.buffer_mut()[r].to_vec(), messages[n]);
+            n += 1;
+        }
+        assert_eq!(n, messages.len());
+    }
+
+    #[test]
+    fn a_fill_that_fails_queues_nothing() {
+        let mut codec = TcpCodec::plain();
+        let mut out = Vec::new();
+        assert!(!codec.queue_with(100, |_| None, &mut out).unwrap());
+        assert!(out.is_empty());
+        assert!(
+            codec
+                .queue_with(
+                    100,
+                    |slot| {
+                        slot[..3].copy_from_slice(b"abc");
+                        Some(3)
+                    },
+                    &mut out
+                )
+                .unwrap()
+        );
+        assert_eq!(out, [0, 3, b'a', b'b', b'c']);
     }
 }
