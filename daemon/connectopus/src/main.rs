@@ -62,7 +62,7 @@ struct NodeArgs {
     control_socket: Option<PathBuf>,
     /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
     /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
-    #[arg(long)]
+    #[arg(long, env = "CONNECTOPUS_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
     /// The node key (OpenSSH ed25519), needed when the node's config entry has an
     /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
