@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,15 +66,22 @@ fn ebpf_counters_add_no_resident_memory_to_a_node() {
             counted.is_ok(),
             "foo's eBPF counters did not count {PINGS} pings each way (before {before:?}): {last}"
         );
-        ensure!(last.contains("(tcx)") || last.contains("(netlink)"), "{last}");
+        ensure!(
+            last.contains("(tcx)") || last.contains("(netlink)"),
+            "{last}"
+        );
 
         let foo = memory(mesh.process("foo").context("foo")?.pid())?;
         let bar = memory(mesh.process("bar").context("bar")?.pid())?;
-        // On the real stderr, so the numbers show in CI logs.
-        eprintln!(
+        // On the real stderr (libtest captures `eprintln!`), so the numbers show in CI logs.
+        let _ = writeln!(
+            std::io::stderr(),
             "MEMORY with eBPF (foo): VmHWM {} KiB, VmRSS {} KiB; without (bar): VmHWM {} KiB, \
              VmRSS {} KiB; {last}",
-            foo.hwm_kib, foo.rss_kib, bar.hwm_kib, bar.rss_kib
+            foo.hwm_kib,
+            foo.rss_kib,
+            bar.hwm_kib,
+            bar.rss_kib
         );
         ensure!(
             foo.hwm_kib < bar.hwm_kib + BOUND_KIB,

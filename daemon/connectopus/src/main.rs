@@ -10,6 +10,7 @@
 //! - `edit`: `config edit` in a private scratch directory.
 //! - `secrets`: the node's secret files, checked before start.
 //! - `state`: the config pair written crash-safely, and the rollback guard.
+//! - `ebpf_helper`: the hidden `ebpf-attach` subcommand, which loads the eBPF programs for a node.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -18,6 +19,7 @@ mod config_cli;
 mod control;
 mod daemon;
 mod dtls_link;
+mod ebpf_helper;
 mod edit;
 mod identity;
 mod links;
@@ -120,6 +122,9 @@ enum Commands {
         #[command(subcommand)]
         command: ConfigCommands,
     },
+    /// Loads and attaches a node's eBPF programs for it (the node runs this itself).
+    #[command(name = ebpf_helper::SUBCOMMAND, hide = true)]
+    EbpfAttach,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +196,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node(args) => run_node(args),
+        Commands::EbpfAttach => Ok(ebpf_helper::run()),
         Commands::Status {
             id,
             socket,
