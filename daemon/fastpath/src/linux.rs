@@ -39,7 +39,7 @@ enum Attachment {
     /// The object loaded in this process; dropping it detaches the programs.
     InProcess {
         /// Held, never read: dropping it detaches the programs.
-        _loaded: Loaded,
+        _loaded: Box<Loaded>,
     },
 }
 
@@ -91,7 +91,9 @@ impl TunCounters {
             counters: PerCpuArray::try_from(map).map_err(read_error)?,
             ifname: ifname.to_owned(),
             mode: loaded.mode,
-            attachment: Attachment::InProcess { _loaded: loaded },
+            attachment: Attachment::InProcess {
+                _loaded: Box::new(loaded),
+            },
         };
         give_back_free_heap();
         Ok(counters)
