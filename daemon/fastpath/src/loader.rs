@@ -97,7 +97,16 @@ impl TunCounters {
             let _ = child.kill();
         }
         let status = reap(&mut child, EXIT_TIMEOUT);
-        let (text, fds) = answer.map_err(|e| failed("waiting for its answer", e))?;
+        let (text, fds) = answer.map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                failed(
+                    &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                    e,
+                )
+            } else {
+                failed("waiting for its answer", e)
+            }
+        })?;
         if let Some(message) = text.strip_prefix(ANSWER_ERROR) {
             return Err(FastpathError::HelperFailed {
                 message: String::from_utf8_lossy(message).into_owned(),
@@ -110,22 +119,22 @@ impl TunCounters {
                 source: None,
             });
         }
-        if text != ANSWER_ATTACHED || fds.len() != ANSWER_FDS {
-            return Err(FastpathError::Helper {
+        let fds: Result<[OwnedFd; ANSWER_FDS], Vec<OwnedFd>> = fds.try_into();
+        match fds {
+            Ok([map, ingress, egress]) if text == ANSWER_ATTACHED => {
+                TunCounters::from_helper(ifname, map, vec![ingress, egress])
+            }
+            // Any fds received are closed here, which detaches what they held.
+            fds => Err(FastpathError::Helper {
                 program,
                 what: format!(
                     "unexpected answer {:?} with {} fds: is it the same version as the node?",
                     String::from_utf8_lossy(&text),
-                    fds.len()
+                    fds.map_or_else(|fds| fds.len(), |fds| fds.len())
                 ),
                 source: None,
-            });
+            }),
         }
-        let mut fds = fds.into_iter();
-        let (Some(map), links) = (fds.next(), fds.collect()) else {
-            unreachable!("three fds were checked above");
-        };
-        TunCounters::from_helper(ifname, map, links)
     }
 }
 
@@ -259,26 +268,17 @@ impl Handoff {
         }
         let mut links = Vec::with_capacity(Direction::ALL.len());
         for (slot, (name, id)) in fds[1..].iter_mut().zip(std::mem::take(&mut loaded.links)) {
-            let link_error = |source: aya::programs::links::LinkError| FastpathError::Attach {
-                program: name,
-                direction: "its TCX link",
-                ifname: ifname.to_owned(),
-                source: source.into(),
+            let no_fd = |source: io::Error| FastpathError::Helper {
+                program: "ebpf-attach".to_owned(),
+                what: format!("finding the fd of the TCX link of `{name}` on `{ifname}`"),
+                source: Some(source),
             };
             let link = classifier(&mut loaded.ebpf, name)?
                 .take_link(id)
-                .map_err(|source| FastpathError::Load {
-                    program: name,
-                    source: source.into(),
-                })?;
-            let link = FdLink::try_from(link).map_err(link_error)?;
-            let link_id = link.info().map_err(link_error)?.id();
-            *slot = own_fd_of_link(link_id).map_err(|source| FastpathError::Attach {
-                program: name,
-                direction: "its TCX link",
-                ifname: ifname.to_owned(),
-                source: source.into(),
-            })?;
+                .map_err(|e| no_fd(io::Error::other(e)))?;
+            let link = FdLink::try_from(link).map_err(|e| no_fd(io::Error::other(e)))?;
+            let link_id = link.info().map_err(|e| no_fd(io::Error::other(e)))?.id();
+            *slot = own_fd_of_link(link_id).map_err(no_fd)?;
             links.push(link);
         }
         Ok(Handoff {
