@@ -9,8 +9,8 @@
 //! receive are merged into one super-packet per flow ([`TunCoalescing`]) and written with one
 //! TUN write when the loop's turn ends. Without offloads every read and write is one packet.
 
-use connectopus_core::node::Forwarded;
 use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
+use connectopus_core::node::Forwarded;
 use uring_io::BufId;
 
 use super::*;
@@ -214,7 +214,9 @@ impl Daemon {
     ) -> Forwarded {
         let now = self.now();
         match self.io.buf_mut(buf).get_mut(range) {
-            Some(packet) => self.node.forward_packet(now, packet, ingress, segment_len),
+            Some(packet) => self
+                .node
+                .forward_packet(now, packet, ingress, segment_len),
             None => {
                 self.node.count_drop(DropReason::Malformed);
                 Forwarded::Done
