@@ -10,6 +10,7 @@
 //! - `edit`: `config edit` in a private scratch directory.
 //! - `secrets`: the node's secret files, checked before start.
 //! - `state`: the config pair written crash-safely, and the rollback guard.
+//! - `ebpf_helper`: the hidden `ebpf-attach` subcommand, which loads the eBPF programs for a node.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -19,6 +20,7 @@ mod control;
 mod daemon;
 mod diagnostics;
 mod dtls_link;
+mod ebpf_helper;
 mod edit;
 mod identity;
 mod links;
@@ -66,7 +68,7 @@ struct NodeArgs {
     control_socket: Option<PathBuf>,
     /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
     /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
-    #[arg(long)]
+    #[arg(long, env = "CONNECTOPUS_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
     /// The node key (OpenSSH ed25519), needed when the node's config entry has an
     /// `identity` [default: /var/lib/connectopus/<id>/identity.key].
@@ -157,6 +159,9 @@ enum Commands {
         #[command(subcommand)]
         command: ConfigCommands,
     },
+    /// Loads and attaches a node's eBPF programs for it (the node runs this itself).
+    #[command(name = ebpf_helper::SUBCOMMAND, hide = true)]
+    EbpfAttach,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +233,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node(args) => run_node(args),
+        Commands::EbpfAttach => Ok(ebpf_helper::run()),
         Commands::Status {
             id,
             socket,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 /// The underlying cause, boxed so that aya's types stay out of this crate's API.
 pub(crate) type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// An error from [`crate::find_object`], [`crate::load_object`] or [`crate::TunCounters`].
+/// An error from [`crate::find_object`], [`crate::load_object`], [`crate::TunCounters`] or
+/// [`crate::serve_helper`].
 ///
 /// Messages say what to do; print them with their sources (`{:#}` with anyhow), which include
 /// the kernel's verifier log when a program is rejected.
@@ -93,6 +94,24 @@ pub enum FastpathError {
         /// aya's error.
         #[source]
         source: Source,
+    },
+    /// The helper process that loads the object for the node could not be started, did not
+    /// answer, or could not talk to the node.
+    #[error("eBPF helper process `{program}`: {what}")]
+    Helper {
+        /// The helper's program (the node's own binary).
+        program: String,
+        /// What went wrong.
+        what: String,
+        /// The I/O error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The helper process reported an error loading or attaching the programs.
+    #[error("{message} (in the eBPF helper process)")]
+    HelperFailed {
+        /// The helper's error, with its causes.
+        message: String,
     },
     /// eBPF programs need Linux.
     #[error("the eBPF fast path needs Linux; run the daemon without it")]

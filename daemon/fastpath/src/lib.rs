@@ -16,6 +16,9 @@
 //! - `object`: locating and reading the eBPF object file.
 //! - `error`: [`FastpathError`], whose messages name the fix.
 //! - `linux` (Linux) / `stub` (elsewhere): [`TunCounters`], on aya.
+//! - `loader` (Linux): loading in a short-lived helper process ([`TunCounters::attach_via_helper`],
+//!   [`serve_helper`]) so that what aya parses (the kernel's BTF, ~30 MiB of peak RSS) never
+//!   touches the node's memory; the programs' fds are passed back over a Unix socket.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -25,10 +28,16 @@ mod object;
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
 #[cfg_attr(not(target_os = "linux"), path = "stub.rs")]
 mod imp;
+#[cfg(target_os = "linux")]
+mod loader;
 
 pub use connectopus_ebpf_common::{Direction, TunCounter};
 pub use error::FastpathError;
 pub use imp::TunCounters;
+#[cfg(not(target_os = "linux"))]
+pub use imp::serve_helper;
+#[cfg(target_os = "linux")]
+pub use loader::serve_helper;
 pub use object::{DEFAULT_OBJECT_PATH, find_object, load_object};
 
 /// Counters of both directions of the TUN device, summed over CPUs, as read by
@@ -59,6 +68,15 @@ impl CounterSnapshot {
             egress: self.egress.since(earlier.egress),
         }
     }
+}
+
+/// What [`serve_helper`] did with the node's request (either way, the node has the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperOutcome {
+    /// The programs are attached and their fds are with the node.
+    Attached,
+    /// Loading or attaching failed; the node got the error.
+    Reported,
 }
 
 /// How [`TunCounters`] attached its programs, for `connectopus status`.

@@ -1,7 +1,19 @@
 //! [`TunCounters`] where eBPF does not exist: same API, every call fails with
 //! [`FastpathError::Unsupported`].
 
-use crate::{AttachMode, CounterSnapshot, FastpathError};
+use std::path::Path;
+use std::process::Command;
+
+use crate::{AttachMode, CounterSnapshot, FastpathError, HelperOutcome};
+
+/// Fails: eBPF needs Linux.
+///
+/// # Errors
+///
+/// Always [`FastpathError::Unsupported`].
+pub fn serve_helper() -> Result<HelperOutcome, FastpathError> {
+    Err(FastpathError::Unsupported)
+}
 
 /// Packet and byte counters on a TUN device; needs Linux, so this one can never be created.
 #[derive(Debug)]
@@ -17,6 +29,24 @@ impl TunCounters {
     /// Always [`FastpathError::Unsupported`].
     pub fn attach(_ifname: &str, _object: &[u8]) -> Result<Self, FastpathError> {
         Err(FastpathError::Unsupported)
+    }
+
+    /// Fails: eBPF needs Linux.
+    ///
+    /// # Errors
+    ///
+    /// Always [`FastpathError::Unsupported`].
+    pub fn attach_via_helper(
+        _helper: Command,
+        _ifname: &str,
+        _object: &Path,
+    ) -> Result<Self, FastpathError> {
+        Err(FastpathError::Unsupported)
+    }
+
+    /// Returns whether a helper process loaded the programs (never reached).
+    pub fn loaded_by_helper(&self) -> bool {
+        false
     }
 
     /// Fails: eBPF needs Linux.

@@ -1,4 +1,5 @@
-//! Root test: attaches `TunCounters` to a TUN device in a fresh network namespace and checks
+//! Root test: attaches `TunCounters` to a TUN device in a fresh network namespace, in this
+//! process and (as the node does) through a helper process that passes the fds back, and checks
 //! that real packets are counted in both directions and still delivered.
 //!
 //! Skips (passes, with a message saying what is missing) unless it runs as root and the eBPF
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv6Addr;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -36,9 +38,87 @@ const PACKET_LEN: u64 = 40 + 8 + PAYLOAD as u64;
 
 #[test]
 fn counts_both_directions_of_a_tun_and_passes_every_packet() {
-    let Some(object) = prerequisites() else {
+    let Some((_, object)) = prerequisites() else {
         return;
     };
+    run_counting_test(
+        || TunCounters::attach(TUN, &object).unwrap(),
+        "in process",
+        has_btf(&object),
+    );
+}
+
+/// The node's way: a helper process (this test binary, re-run as [`helper_process`]) loads
+/// and attaches the programs and passes their fds back, then exits; the counters must keep
+/// counting through the passed map, and the programs go when the links' fds are closed.
+#[test]
+fn counts_through_the_fds_a_helper_process_passed() {
+    let Some((path, object)) = prerequisites() else {
+        return;
+    };
+    run_counting_test(
+        || {
+            let counters = TunCounters::attach_via_helper(helper_command(), TUN, &path).unwrap();
+            assert_eq!(
+                counters.loaded_by_helper(),
+                counters.attach_mode() == AttachMode::Tcx,
+                "the helper is used exactly when TCX is"
+            );
+            if counters.loaded_by_helper() {
+                // The helper's errors come back as the node would log them.
+                let error = TunCounters::attach_via_helper(helper_command(), "cxbpf-none", &path)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    error.contains("`cxbpf-none`") && error.contains("in the eBPF helper process"),
+                    "{error}"
+                );
+            }
+            counters
+        },
+        "by a helper process",
+        has_btf(&object),
+    );
+}
+
+/// Set in the environment of this test binary when it is re-run as the helper process.
+const HELPER_ENV: &str = "CX_FASTPATH_TEST_HELPER";
+
+/// Not a check of its own: when [`HELPER_ENV`] is set, this process is the helper that
+/// `attach_via_helper` started, and serves its request.
+#[test]
+fn helper_process() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let code = match connectopus_fastpath::serve_helper() {
+        Ok(connectopus_fastpath::HelperOutcome::Attached) => 0,
+        Ok(connectopus_fastpath::HelperOutcome::Reported) => 1,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "helper: {error}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// This test binary, running only [`helper_process`] as the helper.
+fn helper_command() -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "helper_process",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(HELPER_ENV, "1");
+    command
+}
+
+/// Creates the namespace and TUN, attaches the counters with `attach` inside it, and checks
+/// that they count real packets both ways and detach on drop.
+fn run_counting_test(attach: impl FnOnce() -> TunCounters, how: &str, has_btf: bool) {
     let netns = NetNs::create();
     for args in [
         &["tuntap", "add", "mode", "tun", "name", TUN][..],
@@ -51,14 +131,14 @@ fn counts_both_directions_of_a_tun_and_passes_every_packet() {
     let _inside = netns.enter();
     let mut tun = open_tun(TUN);
 
-    let counters = TunCounters::attach(TUN, &object).unwrap();
+    let counters = attach();
     assert_eq!(counters.ifname(), TUN);
     let mode = counters.attach_mode();
     if mode == AttachMode::Tcx {
         assert_eq!(tcx_programs(TcAttachType::Ingress), ["cx_tun_count_in"]);
         assert_eq!(tcx_programs(TcAttachType::Egress), ["cx_tun_count_eg"]);
         // build-ebpf links with BTF by default; the kernel must accept it (bpf-linker 0.13).
-        if object.windows(5).any(|w| w == b".BTF\0") {
+        if has_btf {
             let (_, programs) = SchedClassifier::query_tcx(TUN, TcAttachType::Egress).unwrap();
             assert!(
                 programs[0].btf_id().is_some(),
@@ -126,7 +206,7 @@ fn counts_both_directions_of_a_tun_and_passes_every_packet() {
     // On the real stderr like `skip`, so CI logs show that the test ran.
     let _ = writeln!(
         std::io::stderr(),
-        "RAN tun_counters: egress {} packets / {} bytes, ingress {} / {} ({})",
+        "RAN tun_counters, loaded {how}: egress {} packets / {} bytes, ingress {} / {} ({})",
         egress.packets,
         egress.bytes,
         delta.ingress.packets,
@@ -135,8 +215,8 @@ fn counts_both_directions_of_a_tun_and_passes_every_packet() {
     );
 }
 
-/// Returns the object's bytes, or `None` after saying what is missing.
-fn prerequisites() -> Option<Vec<u8>> {
+/// Returns the object's path and bytes, or `None` after saying what is missing.
+fn prerequisites() -> Option<(PathBuf, Vec<u8>)> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
@@ -146,12 +226,20 @@ fn prerequisites() -> Option<Vec<u8>> {
         return None;
     }
     match find_object(None) {
-        Ok(path) => Some(load_object(&path).unwrap()),
+        Ok(path) => {
+            let bytes = load_object(&path).unwrap();
+            Some((path, bytes))
+        }
         Err(error) => {
             skip(&error.to_string());
             None
         }
     }
+}
+
+/// Whether the object carries BTF (a `.BTF` section).
+fn has_btf(object: &[u8]) -> bool {
+    object.windows(5).any(|w| w == b".BTF\0")
 }
 
 /// Says why the test is skipped, on the real stderr: libtest captures `eprintln!` of passing

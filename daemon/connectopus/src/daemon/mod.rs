@@ -331,21 +331,29 @@ impl Ebpf {
 }
 
 /// Attaches the TUN counters when the eBPF object is available; the node runs without them
-/// otherwise and says why.
+/// otherwise and says why. A helper process (`connectopus ebpf-attach`) loads the object, so
+/// that aya's parse of the kernel's BTF never touches the node's memory (in process only on
+/// kernels without TCX).
 fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
-    let attached = connectopus_fastpath::find_object(object)
-        .and_then(|path| connectopus_fastpath::load_object(&path).map(|bytes| (path, bytes)))
-        .and_then(|(path, bytes)| {
-            connectopus_fastpath::TunCounters::attach(ifname, &bytes).map(|c| (path, c))
-        });
+    let attached = connectopus_fastpath::find_object(object).and_then(|path| {
+        let helper = crate::ebpf_helper::command();
+        connectopus_fastpath::TunCounters::attach_via_helper(helper, ifname, &path)
+            .map(|c| (path, c))
+    });
     match attached {
         Ok((path, counters)) => {
-            tracing::info!(object = %path.display(), mode = counters.attach_mode().as_str(), "ebpf counters attached");
+            tracing::info!(
+                object = %path.display(),
+                mode = counters.attach_mode().as_str(),
+                helper = counters.loaded_by_helper(),
+                "ebpf counters attached"
+            );
             Ebpf::Counters(counters)
         }
         Err(error) => {
+            let error = format!("{:#}", anyhow::Error::from(error));
             tracing::info!(%error, "running without eBPF");
-            Ebpf::Off(error.to_string())
+            Ebpf::Off(error)
         }
     }
 }
