@@ -77,6 +77,20 @@ fn test() -> Result<()> {
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    // Fails if the DTLS packet path allocates per packet (bench/benches/packet_path.rs).
+    run(
+        "cargo",
+        &[
+            "bench",
+            "--locked",
+            "-p",
+            "bench",
+            "--bench",
+            "packet_path",
+            "--",
+            "--test",
+        ],
+    )?;
     // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
     // (namespaces); peer VPNs that are missing are skipped, not failures.
     if bench::is_root() {
