@@ -21,6 +21,7 @@ mod dtls_link;
 mod edit;
 mod identity;
 mod links;
+mod privilege;
 mod secrets;
 mod state;
 mod status;
@@ -72,6 +73,18 @@ struct NodeArgs {
     /// (e.g. `connectopus::daemon=trace`).
     #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true, default_value_t = LogLevel::Info, env = "CONNECTOPUS_LOG")]
     log_level: LogLevel,
+    /// System calls outside the node's allow-list, once it runs: `enforce` refuses them
+    /// with EPERM (the kernel logs each), `log` allows and logs them, `off` installs no
+    /// filter (docs/security.md, "Least privilege").
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = privilege::SeccompMode::Enforce, env = privilege::SECCOMP_ENV)]
+    seccomp: privilege::SeccompMode,
+    /// Same as `--seccomp off`: for debugging.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Keeps every capability the node started with (debugging); by default it keeps only
+    /// CAP_NET_ADMIN, and CAP_NET_BIND_SERVICE when it binds ports below 1024.
+    #[arg(long, env = "CONNECTOPUS_KEEP_CAPABILITIES")]
+    keep_capabilities: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +260,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ebpf_object: None,
                 identity_file: None,
                 log_level,
+                seccomp: privilege::SeccompMode::Enforce,
+                no_seccomp: false,
+                keep_capabilities: false,
             })
         }
         Commands::Identity { command } => identity::run(command),
@@ -348,6 +364,9 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         ebpf_object,
         identity_file,
         log_level,
+        seccomp,
+        no_seccomp,
+        keep_capabilities,
     } = args;
     init_logging(log_level)?;
     let identity_file = identity_file.or_else(|| {
@@ -407,6 +426,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         control_socket,
         ebpf_object,
         identity_file,
+        seccomp: if no_seccomp {
+            privilege::SeccompMode::Off
+        } else {
+            seccomp
+        },
+        drop_capabilities: !keep_capabilities,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,17 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         report.tun,
         report.ebpf
     );
+    let caps = if report.capabilities.is_empty() {
+        "none".to_owned()
+    } else {
+        report.capabilities.join(",")
+    };
+    let _ = writeln!(
+        out,
+        "privileges: capabilities {caps}  no_new_privs {}  seccomp {}",
+        if report.no_new_privs { "on" } else { "off" },
+        report.seccomp
+    );
     for (tun, state) in &report.offload.tun {
         let _ = writeln!(out, "offload {tun}: {state}");
     }
@@ -84,9 +95,13 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             .since_unix
             .map(|t| format!("  since {}", utc(t)))
             .unwrap_or_default();
+        let epochs = l
+            .dtls_epochs
+            .map(|[tx, rx]| format!("  epoch tx {tx} rx {rx}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B",
+            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}",
             l.link,
             l.backend,
             l.kind,
@@ -98,7 +113,8 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             l.mtu,
             rtt,
             l.bytes_in,
-            l.bytes_out
+            l.bytes_out,
+            epochs
         );
     }
     let _ = writeln!(out, "\nroutes:");
@@ -247,6 +263,7 @@ mod tests {
             mtu: 1400,
             bytes_in: 0,
             bytes_out: 0,
+            dtls_epochs: None,
         }
     }
 

@@ -10,6 +10,7 @@ impl Daemon {
     }
 
     pub(super) fn status(&self) -> control::StatusReport {
+        let privilege = crate::privilege::report(&self.seccomp);
         let now = self.now();
         let routes = self.node.routes();
         let name_of = |addr: std::net::Ipv6Addr| -> Option<String> {
@@ -49,6 +50,10 @@ impl Daemon {
                 mtu: l.mtu,
                 bytes_in: counters.bytes_in,
                 bytes_out: counters.bytes_out,
+                dtls_epochs: match &l.transport {
+                    Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
+                    Transport::Tcp(_) => None,
+                },
             });
         }
         let mut route_reports = Vec::new();
@@ -190,6 +195,9 @@ impl Daemon {
                 udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
             },
             ebpf: self.ebpf.describe(),
+            capabilities: privilege.capabilities,
+            no_new_privs: privilege.no_new_privs,
+            seccomp: privilege.seccomp,
             backends: self.backend_reports(),
             links,
             routes: route_reports,
