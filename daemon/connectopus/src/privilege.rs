@@ -364,6 +364,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_prctl,
     libc::SYS_capget,
     libc::SYS_capset,
+    // a re-executed node installs its filter again on top of the inherited one (a filter
+    // can only narrow what is allowed)
+    libc::SYS_seccomp,
     libc::SYS_getrandom,
     libc::SYS_clock_gettime,
     libc::SYS_clock_getres,
@@ -481,12 +484,20 @@ fn allow_list(needs: Needs) -> Vec<libc::c_long> {
     list
 }
 
+/// A system call number as seccompiler takes it (`c_long` is 32 bits on 32-bit targets).
+#[allow(clippy::useless_conversion)]
+fn syscall_number(n: libc::c_long) -> i64 {
+    i64::from(n)
+}
+
 fn build_and_install(mode: SeccompMode, needs: Needs) -> Result<usize> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| anyhow::anyhow!("unsupported architecture: {e}"))?;
     let list = allow_list(needs);
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        list.iter().map(|n| (i64::from(*n), Vec::new())).collect();
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = list
+        .iter()
+        .map(|n| (syscall_number(*n), Vec::new()))
+        .collect();
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::Errno(libc::EPERM as u32),
@@ -567,7 +578,7 @@ mod tests {
         let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
         let rules = allow_list(Needs::default())
             .iter()
-            .map(|n| (i64::from(*n), Vec::new()))
+            .map(|n| (syscall_number(*n), Vec::new()))
             .collect();
         let filter = SeccompFilter::new(
             rules,
