@@ -73,6 +73,9 @@ pub struct Stats {
     pub rx_rekeys: u64,
     /// Key updates that could not happen (exporter failure, epochs used up).
     pub rekey_failed: u64,
+    /// Protected records of an epoch without a key here (retired after the grace period,
+    /// or too far ahead), dropped.
+    pub unknown_epoch: u64,
 }
 
 /// Inline capacity of [`Received`]; more application records in one datagram spill to the heap.
@@ -594,8 +597,14 @@ impl DtlsAssociation {
                 }
             };
             pos = r.end;
-            let ours = (h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT)
-                && fp.rx.get_mut(h.epoch).is_some();
+            let record_layer = h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT;
+            let ours = record_layer && fp.rx.get_mut(h.epoch).is_some();
+            if record_layer && !ours && h.epoch >= 1 {
+                // A protected record of an epoch we hold no key for (retired, or beyond the
+                // look-ahead): OpenSSL has none either, and would only buffer it.
+                self.stats.unknown_epoch += 1;
+                continue;
+            }
             if !ours && !safe_for_openssl(&h, fp.min_sealed_body) {
                 self.stats.malformed += 1;
                 continue;

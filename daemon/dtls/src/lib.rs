@@ -13,7 +13,7 @@
 //!   [`DtlsAssociation::poll_transmit`]) and passes the time in (`now`, a monotonic
 //!   [`std::time::Duration`] since an origin of the caller's choice).
 //! - No DTLS 1.3 (no OpenSSL release has it), no renegotiation (`SSL_OP_NO_RENEGOTIATION`;
-//!   rekey with a new association instead), no session resumption, no demultiplexing of
+//!   keys are renewed by a key update, see below), no session resumption, no demultiplexing of
 //!   several peers: a listener keeps one association per peer address.
 //! - No handshake timeout: the caller compares [`DtlsAssociation::handshake_started_at`] with
 //!   its clock and drops associations that do not reach [`State::Established`] in time.

@@ -107,6 +107,7 @@ fn records_reordered_across_the_switch_open_once_until_the_grace_period_ends() {
     assert!(s.poll_timeout().is_some_and(|t| t <= now + RX_GRACE));
     s.handle_timeout(later);
     assert!(deliver_at(&mut s, later, old[1].clone()).is_empty());
+    assert_eq!(s.stats().unknown_epoch, 1);
     assert_eq!(deliver_at(&mut s, later, new[1].clone()), vec![vec![3; 40]]);
     assert_eq!(s.stats().records_opened, 3);
 }
@@ -171,6 +172,7 @@ fn a_lost_epoch_is_skipped_within_the_look_ahead() {
     let mut forged = seal(&mut c, b"x");
     forged[3..5].copy_from_slice(&40u16.to_be_bytes());
     assert!(deliver_at(&mut s, now, forged).is_empty());
+    assert_eq!(s.stats().unknown_epoch, 1);
     assert_eq!(s.epochs(), Some((1, 4)));
 }
 
