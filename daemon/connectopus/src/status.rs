@@ -294,6 +294,30 @@ mod tests {
     }
 
     #[test]
+    fn shows_privileges_and_dtls_epochs() {
+        let mut r = report();
+        r.capabilities = vec!["cap_net_bind_service".into(), "cap_net_admin".into()];
+        r.no_new_privs = true;
+        r.seccomp = "on (143 syscalls)".into();
+        let mut l = link(Some(1_796_505_662.9));
+        l.dtls_epochs = Some([3, 2]);
+        r.links = vec![l];
+        let text = render(&r, false);
+        assert!(
+            text.contains("privileges: capabilities cap_net_bind_service,cap_net_admin  no_new_privs on  seccomp on (143 syscalls)\n"),
+            "{text}"
+        );
+        assert!(text.contains("out 0 B  epoch tx 3 rx 2\n"), "{text}");
+        // An older node's report has neither.
+        let old = report();
+        let text = render(&old, false);
+        assert!(
+            text.contains("privileges: capabilities none  no_new_privs off  seccomp \n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn dates_are_gregorian_utc() {
         assert_eq!(utc(0.0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400.0), "2000-02-29 00:00:00 UTC");
