@@ -147,6 +147,15 @@ pub struct StatusReport {
     pub offload: OffloadReport,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
+    /// Effective capabilities the node runs with (e.g. `cap_net_admin`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Whether `no_new_privs` is set.
+    #[serde(default)]
+    pub no_new_privs: bool,
+    /// The seccomp filter: `on (N syscalls)`, `log (N syscalls)` or `off: <why>`.
+    #[serde(default)]
+    pub seccomp: String,
     /// The configured backends: running, or retrying after a failed start.
     #[serde(default)]
     pub backends: Vec<BackendReport>,
@@ -235,6 +244,10 @@ pub struct LinkReport {
     /// Link messages sent.
     #[serde(default)]
     pub packets_out: u64,
+    /// DTLS links: the epochs records are sealed in and opened from (they grow at each key
+    /// update, hourly or every 2^28 records).
+    #[serde(default)]
+    pub dtls_epochs: Option<[u16; 2]>,
 }
 
 /// One name.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use connectopus_config::{DtlsDialer, DtlsListener, PeerAddr, PeerHost, Secret};
 use connectopus_dtls::{
     CertificateCredentials, CertifiedKey, ClientConfig, Credentials, DtlsConfig, ExpectedName,
-    PeerVerification, PskCredentials, ServerConfig,
+    PeerVerification, PskCredentials, RekeyPolicy, ServerConfig,
 };
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -90,7 +90,25 @@ pub fn listener_config(l: &DtlsListener, mtu: u16) -> Result<ServerConfig> {
     };
     let mut config = DtlsConfig::new(credentials);
     config.mtu = mtu;
+    config.rekey = rekey_policy();
     ServerConfig::new(&config).map_err(|e| anyhow!("dtls: {e}"))
+}
+
+/// Environment variable (tests only, undocumented for users): seconds between key updates of
+/// each DTLS link direction instead of the hour.
+pub const REKEY_INTERVAL_ENV: &str = "CONNECTOPUS_TEST_DTLS_REKEY_SECS";
+
+/// The key update policy: an hour or 2^28 records, or a shorter interval for tests.
+fn rekey_policy() -> RekeyPolicy {
+    let mut policy = RekeyPolicy::default();
+    if let Some(secs) = std::env::var(REKEY_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.05)
+    {
+        policy.interval = std::time::Duration::from_secs_f64(secs);
+    }
+    policy
 }
 
 /// Builds the client configuration of a DTLS dialer.
@@ -136,6 +154,7 @@ pub fn dialer_config(d: &DtlsDialer, mtu: u16) -> Result<ClientConfig> {
     };
     let mut config = DtlsConfig::new(credentials);
     config.mtu = mtu;
+    config.rekey = rekey_policy();
     ClientConfig::new(&config).map_err(|e| anyhow!("dtls: {e}"))
 }
 

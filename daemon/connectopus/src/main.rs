@@ -27,6 +27,7 @@ mod links;
 mod log_level;
 mod metrics;
 mod ping;
+mod privilege;
 mod secrets;
 mod state;
 mod status;
@@ -82,6 +83,18 @@ struct NodeArgs {
     /// node's `metrics.listen`.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// System calls outside the node's allow-list, once it runs: `enforce` refuses them
+    /// with EPERM (the kernel logs each), `log` allows and logs them, `off` installs no
+    /// filter (docs/security.md, "Least privilege").
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = privilege::SeccompMode::Enforce, env = privilege::SECCOMP_ENV)]
+    seccomp: privilege::SeccompMode,
+    /// Same as `--seccomp off`: for debugging.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Keeps every capability the node started with (debugging); by default it keeps only
+    /// CAP_NET_ADMIN, and CAP_NET_BIND_SERVICE when it binds ports below 1024.
+    #[arg(long, env = "CONNECTOPUS_KEEP_CAPABILITIES")]
+    keep_capabilities: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +320,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 identity_file: None,
                 log_level,
                 metrics_listen: None,
+                seccomp: privilege::SeccompMode::Enforce,
+                no_seccomp: false,
+                keep_capabilities: false,
             })
         }
         Commands::Identity { command } => identity::run(command),
@@ -409,6 +425,9 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         identity_file,
         log_level,
         metrics_listen,
+        seccomp,
+        no_seccomp,
+        keep_capabilities,
     } = args;
     init_logging(log_level)?;
     let identity_file = identity_file.or_else(|| {
@@ -469,6 +488,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         ebpf_object,
         identity_file,
         metrics_listen,
+        seccomp: if no_seccomp {
+            privilege::SeccompMode::Off
+        } else {
+            seccomp
+        },
+        drop_capabilities: !keep_capabilities,
     })?;
     Ok(ExitCode::SUCCESS)
 }

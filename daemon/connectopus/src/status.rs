@@ -40,6 +40,17 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         report.tun,
         report.ebpf
     );
+    let caps = if report.capabilities.is_empty() {
+        "none".to_owned()
+    } else {
+        report.capabilities.join(",")
+    };
+    let _ = writeln!(
+        out,
+        "privileges: capabilities {caps}  no_new_privs {}  seccomp {}",
+        if report.no_new_privs { "on" } else { "off" },
+        report.seccomp
+    );
     for (tun, state) in &report.offload.tun {
         let _ = writeln!(out, "offload {tun}: {state}");
     }
@@ -84,9 +95,13 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             .since_unix
             .map(|t| format!("  since {}", utc(t)))
             .unwrap_or_default();
+        let epochs = l
+            .dtls_epochs
+            .map(|[tx, rx]| format!("  epoch tx {tx} rx {rx}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B",
+            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}",
             l.link,
             l.backend,
             l.kind,
@@ -98,7 +113,8 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             l.mtu,
             rtt,
             l.bytes_in,
-            l.bytes_out
+            l.bytes_out,
+            epochs
         );
     }
     let _ = writeln!(out, "\nroutes:");
@@ -249,6 +265,7 @@ mod tests {
             bytes_out: 0,
             packets_in: 0,
             packets_out: 0,
+            dtls_epochs: None,
         }
     }
 
@@ -276,6 +293,30 @@ mod tests {
             "{text}"
         );
         assert!(!lines[1].contains("since"), "{text}");
+    }
+
+    #[test]
+    fn shows_privileges_and_dtls_epochs() {
+        let mut r = report();
+        r.capabilities = vec!["cap_net_bind_service".into(), "cap_net_admin".into()];
+        r.no_new_privs = true;
+        r.seccomp = "on (143 syscalls)".into();
+        let mut l = link(Some(1_796_505_662.9));
+        l.dtls_epochs = Some([3, 2]);
+        r.links = vec![l];
+        let text = render(&r, false);
+        assert!(
+            text.contains("privileges: capabilities cap_net_bind_service,cap_net_admin  no_new_privs on  seccomp on (143 syscalls)\n"),
+            "{text}"
+        );
+        assert!(text.contains("out 0 B  epoch tx 3 rx 2\n"), "{text}");
+        // An older node's report has neither.
+        let old = report();
+        let text = render(&old, false);
+        assert!(
+            text.contains("privileges: capabilities none  no_new_privs off  seccomp \n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,9 +14,10 @@ use zeroize::Zeroizing;
 use crate::bio::MemoryBio;
 use crate::config::{ClientConfig, ExpectedName, Prepared, ServerConfig, cookie_bucket};
 use crate::error::{CloseReason, DtlsError};
-use crate::fastpath::{DirectionKey, RecordSuite, derive_keys};
+use crate::fastpath::{RecordSuite, derive_keys};
 use crate::ffi;
 use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, MAX_SEQ, next_record};
+use crate::rekey::{self, RxKeys, TxKeys};
 use crate::replay::ReplayWindow;
 
 /// Largest application payload of one record (2^14 bytes, RFC 6347).
@@ -66,6 +67,15 @@ pub struct Stats {
     pub fallback_dropped: u64,
     /// Whether the post-handshake self-test failed, leaving the association on the fallback path.
     pub self_test_failed: bool,
+    /// Times our sending direction moved to a new epoch (key update, see `rekey`).
+    pub tx_rekeys: u64,
+    /// Times the peer's direction moved to a new epoch that we followed.
+    pub rx_rekeys: u64,
+    /// Key updates that could not happen (exporter failure, epochs used up).
+    pub rekey_failed: u64,
+    /// Protected records of an epoch without a key here (retired after the grace period,
+    /// or too far ahead), dropped.
+    pub unknown_epoch: u64,
 }
 
 /// Inline capacity of [`Received`]; more application records in one datagram spill to the heap.
@@ -136,15 +146,11 @@ pub enum Accept {
     Ignored,
 }
 
-/// The record layer after takeover: our keys, sequence counter and replay window.
+/// The record layer after takeover: our keys, sequence counters and replay windows, per epoch.
 #[derive(Debug)]
 struct FastPath {
-    tx: DirectionKey,
-    rx: DirectionKey,
-    tx_epoch: u16,
-    rx_epoch: u16,
-    next_seq: u64,
-    window: ReplayWindow,
+    tx: TxKeys,
+    rx: RxKeys,
     /// Body length of the shortest valid protected record of the suite.
     min_sealed_body: usize,
 }
@@ -175,6 +181,9 @@ pub struct DtlsAssociation {
     capture: Capture,
     scratch: Vec<u8>,
     stats: Stats,
+    /// The latest caller time seen (sealing takes no `now`; a key update started by the
+    /// record count dates its epoch with it).
+    now: Duration,
 }
 
 impl std::fmt::Debug for DtlsAssociation {
@@ -340,6 +349,7 @@ impl DtlsAssociation {
             capture: Capture::default(),
             scratch: Vec::new(),
             stats: Stats::default(),
+            now,
         }
     }
 
@@ -400,9 +410,26 @@ impl DtlsAssociation {
 
     /// Returns the caller time at which [`Self::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        match self.state {
-            State::Closed(_) => None,
-            _ => self.deadline,
+        if matches!(self.state, State::Closed(_)) {
+            return None;
+        }
+        let rekey = self.fast.as_ref().and_then(|fp| {
+            let tx = fp.tx.rekey_at(&self.config.rekey);
+            [tx, fp.rx.retire_at()].into_iter().flatten().min()
+        });
+        [self.deadline, rekey].into_iter().flatten().min()
+    }
+
+    /// Returns the epochs records are sealed in and opened from (after the handshake).
+    pub fn epochs(&self) -> Option<(u16, u16)> {
+        self.fast.as_ref().map(|fp| (fp.tx.epoch, fp.rx.epoch()))
+    }
+
+    /// Sets the sequence number of the next record sealed (tests of the key update only).
+    #[doc(hidden)]
+    pub fn set_next_seq_for_test(&mut self, seq: u64) {
+        if let Some(fp) = self.fast.as_mut() {
+            fp.tx.next_seq = seq.min(MAX_SEQ + 1);
         }
     }
 
@@ -418,6 +445,13 @@ impl DtlsAssociation {
     pub fn handle_timeout(&mut self, now: Duration) {
         if matches!(self.state, State::Closed(_)) {
             return;
+        }
+        self.now = self.now.max(now);
+        if let Some(fp) = self.fast.as_mut() {
+            fp.rx.expire(now);
+            if fp.tx.due(&self.config.rekey, now) {
+                self.rekey_tx(now);
+            }
         }
         match self.deadline {
             Some(deadline) if now >= deadline => {}
@@ -450,6 +484,7 @@ impl DtlsAssociation {
         datagram: &mut [u8],
     ) -> Result<Received, DtlsError> {
         let mut received = Received::new();
+        self.now = self.now.max(now);
         match &self.state {
             State::Closed(reason) => return Err(DtlsError::Closed(reason.clone())),
             State::Handshaking => {
@@ -547,6 +582,9 @@ impl DtlsAssociation {
     }
 
     fn handle_fast(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        if let Some(fp) = self.fast.as_mut() {
+            fp.rx.expire(now);
+        }
         let mut to_ssl: Option<Vec<u8>> = None;
         let mut pos = 0;
         while let Some(fp) = self.fast.as_mut() {
@@ -559,8 +597,14 @@ impl DtlsAssociation {
                 }
             };
             pos = r.end;
-            let ours =
-                h.epoch == fp.rx_epoch && (h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT);
+            let record_layer = h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT;
+            let ours = record_layer && fp.rx.get_mut(h.epoch).is_some();
+            if record_layer && !ours && h.epoch >= 1 {
+                // A protected record of an epoch we hold no key for (retired, or beyond the
+                // look-ahead): OpenSSL has none either, and would only buffer it.
+                self.stats.unknown_epoch += 1;
+                continue;
+            }
             if !ours && !safe_for_openssl(&h, fp.min_sealed_body) {
                 self.stats.malformed += 1;
                 continue;
@@ -572,15 +616,27 @@ impl DtlsAssociation {
                     .extend_from_slice(&datagram[r]);
                 continue;
             }
-            if !fp.window.check(h.seq) {
+            let Some(rx) = fp.rx.get_mut(h.epoch) else {
+                continue;
+            };
+            if !rx.window.check(h.seq) {
                 self.stats.replayed += 1;
                 continue;
             }
-            let Some(pt) = fp.rx.open(h.epoch_seq(), h.ctype, &mut datagram[r.clone()]) else {
+            let Some(pt) = rx
+                .key
+                .open(h.epoch_seq(), h.ctype, &mut datagram[r.clone()])
+            else {
                 self.stats.auth_failed += 1;
                 continue;
             };
-            fp.window.update(h.seq);
+            rx.window.update(h.seq);
+            if fp.rx.is_ahead(h.epoch) {
+                // The peer moved on: this authentic record proves it.
+                fp.rx.advance(h.epoch, now);
+                self.stats.rx_rekeys += 1;
+                self.fill_rx_lookahead();
+            }
             let pt = r.start + pt.start..r.start + pt.end;
             if h.ctype == CT_APPLICATION_DATA {
                 self.stats.records_opened += 1;
@@ -699,8 +755,11 @@ impl DtlsAssociation {
         self.state = State::Established;
         self.established_at = Some(now);
         if self.config.fast_path {
-            match self.take_over(suite) {
-                Some(fp) => self.fast = Some(fp),
+            match self.take_over(suite, now) {
+                Some(fp) => {
+                    self.fast = Some(fp);
+                    self.fill_rx_lookahead();
+                }
                 None => self.stats.self_test_failed = true,
             }
         }
@@ -708,7 +767,7 @@ impl DtlsAssociation {
     }
 
     /// Rule 1: derives the keys from public API and proves them on both Finished records.
-    fn take_over(&self, suite: RecordSuite) -> Option<FastPath> {
+    fn take_over(&self, suite: RecordSuite, now: Duration) -> Option<FastPath> {
         let ssl = self.stream.ssl();
         let session = ssl.session()?;
         let mut master = Zeroizing::new([0u8; 48]);
@@ -747,12 +806,8 @@ impl DtlsAssociation {
             }
         }
         Some(FastPath {
-            tx,
-            rx,
-            tx_epoch: oh.epoch,
-            rx_epoch: rx_epoch?,
-            next_seq: self.capture.own_max_seq? + 1,
-            window,
+            tx: TxKeys::new(tx, oh.epoch, self.capture.own_max_seq? + 1, now),
+            rx: RxKeys::new(rx_epoch?, rx, window),
             min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
         })
     }
@@ -810,21 +865,21 @@ impl DtlsAssociation {
             pos = r.end;
             let start = out.len();
             out.extend_from_slice(&d[r]);
-            if h.epoch != fp.tx_epoch {
+            if h.epoch != fp.tx.handshake_epoch {
                 continue;
             }
             let rec = &mut out[start..];
-            let Some(pt) = fp.tx.open(h.epoch_seq(), h.ctype, rec) else {
+            let Some(pt) = fp.tx.handshake_key().open(h.epoch_seq(), h.ctype, rec) else {
                 out.truncate(start);
                 continue;
             };
-            if fp.next_seq > MAX_SEQ {
+            if fp.tx.next_seq > MAX_SEQ {
                 out.truncate(start);
                 continue;
             }
-            let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
-            fp.next_seq += 1;
-            if fp.tx.seal(es, h.ctype, rec, pt.len()).is_err() {
+            let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
+            fp.tx.next_seq += 1;
+            if fp.tx.key.seal(es, h.ctype, rec, pt.len()).is_err() {
                 out.truncate(start);
                 continue;
             }
@@ -877,14 +932,21 @@ impl DtlsAssociation {
                 have: buf.len(),
             });
         }
+        if self
+            .fast
+            .as_ref()
+            .is_some_and(|fp| fp.tx.due(&self.config.rekey, self.now))
+        {
+            self.rekey_tx(self.now);
+        }
         if let Some(fp) = self.fast.as_mut() {
-            if fp.next_seq > MAX_SEQ {
+            if fp.tx.next_seq > MAX_SEQ {
                 self.fail(CloseReason::SequenceExhausted);
                 return Err(DtlsError::SequenceExhausted);
             }
-            let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
-            let n = fp.tx.seal(es, CT_APPLICATION_DATA, buf, payload_len)?;
-            fp.next_seq += 1;
+            let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
+            let n = fp.tx.key.seal(es, CT_APPLICATION_DATA, buf, payload_len)?;
+            fp.tx.next_seq += 1;
             self.stats.records_sealed += 1;
             return Ok(n);
         }
@@ -936,14 +998,14 @@ impl DtlsAssociation {
             State::Closed(_) => return,
             State::Established if self.fast.is_some() => {
                 if let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite)
-                    && fp.next_seq <= MAX_SEQ
+                    && fp.tx.next_seq <= MAX_SEQ
                 {
                     let off = suite.payload_offset();
                     let mut rec = vec![0u8; suite.overhead() + 2];
                     rec[off..off + 2].copy_from_slice(&[1, 0]);
-                    let es = (u64::from(fp.tx_epoch) << 48) | fp.next_seq;
-                    if fp.tx.seal(es, CT_ALERT, &mut rec, 2).is_ok() {
-                        fp.next_seq += 1;
+                    let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
+                    if fp.tx.key.seal(es, CT_ALERT, &mut rec, 2).is_ok() {
+                        fp.tx.next_seq += 1;
                         self.transmit.push_back(rec);
                     }
                 }
@@ -957,6 +1019,45 @@ impl DtlsAssociation {
             }
         }
         self.fail(CloseReason::LocalClose);
+    }
+
+    /// Moves our sending direction to the next epoch (keys from the exporter, sequence 0).
+    fn rekey_tx(&mut self, now: Duration) {
+        let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
+            return;
+        };
+        let keys = fp.tx.next_epoch().and_then(|e| {
+            Some((
+                e,
+                rekey::epoch_keys(self.stream.ssl(), suite, self.role, e)?,
+            ))
+        });
+        match keys {
+            Some((epoch, (tx, _))) => {
+                fp.tx.switch(epoch, tx, now);
+                self.stats.tx_rekeys += 1;
+            }
+            None => {
+                fp.tx.stuck = true;
+                self.stats.rekey_failed += 1;
+            }
+        }
+    }
+
+    /// Derives the receive keys of the epochs after the current one (see `rekey::LOOKAHEAD`).
+    fn fill_rx_lookahead(&mut self) {
+        let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
+            return;
+        };
+        while let Some(epoch) = fp.rx.wants() {
+            match rekey::epoch_keys(self.stream.ssl(), suite, self.role, epoch) {
+                Some((_, rx)) => fp.rx.push_ahead(epoch, rx),
+                None => {
+                    self.stats.rekey_failed += 1;
+                    return;
+                }
+            }
+        }
     }
 
     /// Derives keying material from the session (RFC 5705), e.g. for channel binding.

@@ -47,6 +47,8 @@ pub struct DtlsConfig {
     pub retransmit_initial: Duration,
     /// Upper bound of the doubled retransmission timeout (default 60 s).
     pub retransmit_max: Duration,
+    /// When the fast path moves each direction to new keys (default: 2^28 records or an hour).
+    pub rekey: crate::RekeyPolicy,
 }
 
 impl DtlsConfig {
@@ -58,6 +60,7 @@ impl DtlsConfig {
             mtu: 1400,
             retransmit_initial: Duration::from_secs(1),
             retransmit_max: Duration::from_secs(60),
+            rekey: crate::RekeyPolicy::default(),
         }
     }
 }
@@ -172,6 +175,7 @@ pub(crate) struct Prepared {
     pub expected_name: Option<ExpectedName>,
     /// Shortest body of a protected (epoch ≥ 1) record any configured suite can produce.
     pub min_sealed_body: usize,
+    pub rekey: crate::RekeyPolicy,
 }
 
 /// A prepared client configuration; cheap to clone.
@@ -261,6 +265,7 @@ fn prepared(config: &DtlsConfig, ctx: SslContext, expected_name: Option<Expected
         },
         expected_name,
         min_sealed_body: suite.overhead() - crate::RECORD_HEADER_LEN,
+        rekey: config.rekey,
     }
 }
 

@@ -54,6 +54,11 @@ impl RecordSuite {
         }
     }
 
+    /// Bytes of key material for both directions: two keys and two IVs.
+    pub(crate) const fn key_block_len(self) -> usize {
+        2 * self.key_len() + 2 * self.iv_len()
+    }
+
     const fn iv_len(self) -> usize {
         match self {
             Self::Aes128Gcm => 4,
@@ -104,31 +109,41 @@ pub(crate) fn derive_keys(
     client_random: &[u8; 32],
     server_random: &[u8; 32],
 ) -> Result<KeyPair, crate::DtlsError> {
-    let (kl, il) = (suite.key_len(), suite.iv_len());
     let mut seed = [0u8; 64];
     seed[..32].copy_from_slice(server_random);
     seed[32..].copy_from_slice(client_random);
     // Layout (no MAC keys for AEAD suites): client key, server key, client IV, server IV.
     let mut kb = [0u8; 2 * 32 + 2 * 12];
-    let kb = &mut kb[..2 * kl + 2 * il];
+    let kb = &mut kb[..suite.key_block_len()];
     prf_sha256(master, b"key expansion", &seed, kb);
-    let make = |key: &[u8], iv: &[u8]| -> Result<DirectionKey, crate::DtlsError> {
-        let unbound = UnboundKey::new(suite.algorithm(), key)
-            .map_err(|_| crate::DtlsError::Crypto("key setup"))?;
-        let mut full_iv = [0u8; 12];
-        full_iv[..iv.len()].copy_from_slice(iv);
-        Ok(DirectionKey {
-            suite,
-            key: LessSafeKey::new(unbound),
-            iv: full_iv,
-        })
-    };
-    let pair = KeyPair {
-        client_write: make(&kb[..kl], &kb[2 * kl..2 * kl + il])?,
-        server_write: make(&kb[kl..2 * kl], &kb[2 * kl + il..2 * kl + 2 * il])?,
-    };
+    let pair = KeyPair::from_block(suite, kb);
     kb.zeroize();
-    Ok(pair)
+    pair
+}
+
+impl KeyPair {
+    /// Splits a key block laid out as client key, server key, client IV, server IV.
+    pub(crate) fn from_block(suite: RecordSuite, kb: &[u8]) -> Result<Self, crate::DtlsError> {
+        let (kl, il) = (suite.key_len(), suite.iv_len());
+        if kb.len() != suite.key_block_len() {
+            return Err(crate::DtlsError::Crypto("key block length"));
+        }
+        let make = |key: &[u8], iv: &[u8]| -> Result<DirectionKey, crate::DtlsError> {
+            let unbound = UnboundKey::new(suite.algorithm(), key)
+                .map_err(|_| crate::DtlsError::Crypto("key setup"))?;
+            let mut full_iv = [0u8; 12];
+            full_iv[..iv.len()].copy_from_slice(iv);
+            Ok(DirectionKey {
+                suite,
+                key: LessSafeKey::new(unbound),
+                iv: full_iv,
+            })
+        };
+        Ok(KeyPair {
+            client_write: make(&kb[..kl], &kb[2 * kl..2 * kl + il])?,
+            server_write: make(&kb[kl..2 * kl], &kb[2 * kl + il..2 * kl + 2 * il])?,
+        })
+    }
 }
 
 impl DirectionKey {

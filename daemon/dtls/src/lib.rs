@@ -13,14 +13,17 @@
 //!   [`DtlsAssociation::poll_transmit`]) and passes the time in (`now`, a monotonic
 //!   [`std::time::Duration`] since an origin of the caller's choice).
 //! - No DTLS 1.3 (no OpenSSL release has it), no renegotiation (`SSL_OP_NO_RENEGOTIATION`;
-//!   rekey with a new association instead), no session resumption, no demultiplexing of
+//!   keys are renewed by a key update, see below), no session resumption, no demultiplexing of
 //!   several peers: a listener keeps one association per peer address.
 //! - No handshake timeout: the caller compares [`DtlsAssociation::handshake_started_at`] with
 //!   its clock and drops associations that do not reach [`State::Established`] in time.
 //!   (A wrong PSK is only noticed by OpenSSL on the side whose retransmissions run out; DTLS
 //!   drops records that fail authentication silently.)
-//! - No rekeying on its own: [`Stats::records_sealed`] tells the caller when to start a new
-//!   handshake (AES-GCM: at 2^28 records or hourly, whichever comes first).
+//! - Key update, not renegotiation: on the fast path each direction moves to a new epoch with
+//!   keys from the session's exporter at [`RekeyPolicy`] (2^28 records or an hour); the caller
+//!   only keeps calling [`DtlsAssociation::handle_timeout`] at
+//!   [`DtlsAssociation::poll_timeout`]. Both ends must be this crate with the fast path (see
+//!   docs/dtls.md, "Rekeying"); against plain OpenSSL use [`RekeyPolicy::never`].
 //!
 //! # Suites and modes
 //!
@@ -88,6 +91,7 @@ mod fastpath;
 mod ffi;
 mod prf;
 mod record;
+mod rekey;
 mod replay;
 
 pub use association::{Accept, DtlsAssociation, MAX_PAYLOAD, Received, Role, State, Stats};
@@ -98,3 +102,6 @@ pub use config::{
 pub use error::{CloseReason, DtlsError};
 pub use fastpath::RecordSuite;
 pub use record::RECORD_HEADER_LEN;
+pub use rekey::{
+    DEFAULT_REKEY_INTERVAL, DEFAULT_REKEY_RECORDS, REKEY_LABEL, RX_GRACE, RekeyPolicy,
+};

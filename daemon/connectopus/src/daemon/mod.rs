@@ -95,6 +95,10 @@ pub struct NodeOptions {
     /// Where to serve Prometheus `/metrics` (`--metrics-listen`), overriding the node's
     /// `metrics.listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The seccomp filter installed once the node runs.
+    pub seccomp: crate::privilege::SeccompMode,
+    /// Whether to drop the capabilities the node no longer needs after start-up.
+    pub drop_capabilities: bool,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -113,6 +117,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ebpf_object,
         identity_file,
         metrics_listen,
+        seccomp,
+        drop_capabilities,
     } = options;
     let node_key = trust::node_key(&config, &id, identity_file.as_deref())?;
     let node_config = config
@@ -175,6 +181,12 @@ pub fn run(options: NodeOptions) -> Result<()> {
         Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
         None => Ebpf::Off("no tun device".to_owned()),
     };
+
+    // Before the first thread starts: capabilities are per thread, later ones inherit these.
+    let needs = privilege_needs(&node_config);
+    if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
+        tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
+    }
 
     let dns = dns::Dns::start(
         &config,
@@ -267,6 +279,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         metrics,
         metrics_published: None,
         spf_time: Duration::ZERO,
+        seccomp: "off: not installed yet".to_owned(),
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();
@@ -276,6 +289,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     for (name, backend) in &backend_configs {
         daemon.start_or_retry(name, backend);
     }
+    daemon.seccomp = crate::privilege::install_seccomp(seccomp, needs);
+    let privilege = crate::privilege::report(&daemon.seccomp);
+    tracing::info!(%privilege, "privileges");
     let result = daemon.run();
     stop.store(true, Ordering::Relaxed);
     for running in daemon.backends.values() {
@@ -355,6 +371,19 @@ fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
             tracing::info!(%error, "running without eBPF");
             Ebpf::Off(error)
         }
+    }
+}
+
+/// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
+fn privilege_needs(node: &connectopus_config::NodeConfig) -> crate::privilege::Needs {
+    let low_listener = node.backends.values().any(|b| match b {
+        BackendConfig::DtlsListener(l) => l.port.is_some_and(|p| p < 1024),
+        BackendConfig::TcpListener(l) => l.port.is_some_and(|p| p < 1024),
+        _ => false,
+    });
+    crate::privilege::Needs {
+        bind_low_ports: !node.dns.disable || low_listener,
+        ebpf_at_runtime: false,
     }
 }
 
@@ -525,6 +554,8 @@ struct Daemon {
     metrics_published: Option<Instant>,
     /// Time spent in timer turns that ran a route computation.
     spf_time: Duration,
+    /// The seccomp state `status` shows (`on (N syscalls)`, `off: why`).
+    seccomp: String,
 }
 
 impl Daemon {

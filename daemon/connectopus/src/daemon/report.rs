@@ -31,6 +31,7 @@ impl Daemon {
     }
 
     pub(super) fn status(&self) -> control::StatusReport {
+        let privilege = crate::privilege::report(&self.seccomp);
         let now = self.now();
         let routes = self.node.routes();
         let name_of = |addr: std::net::Ipv6Addr| -> Option<String> {
@@ -72,6 +73,10 @@ impl Daemon {
                 bytes_out: counters.bytes_out,
                 packets_in: counters.messages_in,
                 packets_out: counters.messages_out,
+                dtls_epochs: match &l.transport {
+                    Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
+                    Transport::Tcp(_) => None,
+                },
             });
         }
         let mut route_reports = Vec::new();
@@ -213,6 +218,9 @@ impl Daemon {
                 udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
             },
             ebpf: self.ebpf.describe(),
+            capabilities: privilege.capabilities,
+            no_new_privs: privilege.no_new_privs,
+            seccomp: privilege.seccomp,
             backends: self.backend_reports(),
             links,
             routes: route_reports,

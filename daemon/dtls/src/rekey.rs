@@ -1,0 +1,254 @@
+//! Key update inside an association: each direction moves to a new epoch whose keys both
+//! ends derive from the session's exporter (RFC 5705), without a handshake and without a
+//! message (see docs/dtls.md, "Rekeying").
+//!
+//! - Keys of epoch `e` (both directions, laid out like the TLS 1.2 key block):
+//!   `export_keying_material("EXPORTER-connectopus-rekey", context = e as u16 big-endian)`.
+//! - A sender switches its own direction when the epoch has sealed
+//!   [`RekeyPolicy::max_records`] records or is [`RekeyPolicy::interval`] old: the next record
+//!   carries epoch `e + 1` and sequence number 0.
+//! - A receiver holds the keys of its current epoch and of the next [`LOOKAHEAD`] ones; the
+//!   first record of a later epoch that authenticates makes that epoch current. The previous
+//!   epoch's key and replay window stay for [`RX_GRACE`], so reordered records still open.
+
+use std::time::Duration;
+
+use openssl::ssl::SslRef;
+use zeroize::Zeroizing;
+
+use crate::association::Role;
+use crate::fastpath::{DirectionKey, KeyPair, RecordSuite};
+use crate::replay::ReplayWindow;
+
+/// The RFC 5705 exporter label of the per-epoch keys.
+pub const REKEY_LABEL: &str = "EXPORTER-connectopus-rekey";
+
+/// Records one epoch may seal before its direction moves on (AES-GCM's usage bound, also
+/// applied to ChaCha20-Poly1305).
+pub const DEFAULT_REKEY_RECORDS: u64 = 1 << 28;
+
+/// Age at which an epoch's direction moves on.
+pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long the previous receive epoch's key still opens reordered records.
+pub const RX_GRACE: Duration = Duration::from_secs(10);
+
+/// Epochs beyond the current one whose receive keys are derived ahead (records of a whole
+/// epoch may be lost; a spoofed record of an unknown epoch never costs a derivation).
+pub(crate) const LOOKAHEAD: usize = 4;
+
+/// When the fast path moves a direction to new keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RekeyPolicy {
+    /// Records sealed in one epoch before the next record starts a new one.
+    pub max_records: u64,
+    /// Age of an epoch (from its first use on this side) at which the next one starts.
+    pub interval: Duration,
+}
+
+impl Default for RekeyPolicy {
+    fn default() -> Self {
+        Self {
+            max_records: DEFAULT_REKEY_RECORDS,
+            interval: DEFAULT_REKEY_INTERVAL,
+        }
+    }
+}
+
+impl RekeyPolicy {
+    /// Never moves to a new epoch on its own (for a peer that is plain OpenSSL, which cannot
+    /// follow); the 48-bit sequence space still ends the association when it runs out.
+    pub fn never() -> Self {
+        Self {
+            max_records: u64::MAX,
+            interval: Duration::MAX,
+        }
+    }
+}
+
+/// Derives the write keys of `epoch` for both directions and returns (ours, the peer's).
+pub(crate) fn epoch_keys(
+    ssl: &SslRef,
+    suite: RecordSuite,
+    role: Role,
+    epoch: u16,
+) -> Option<(DirectionKey, DirectionKey)> {
+    let mut block = Zeroizing::new(vec![0u8; suite.key_block_len()]);
+    ssl.export_keying_material(&mut block, REKEY_LABEL, Some(&epoch.to_be_bytes()))
+        .ok()?;
+    let pair = KeyPair::from_block(suite, &block).ok()?;
+    Some(match role {
+        Role::Client => (pair.client_write, pair.server_write),
+        Role::Server => (pair.server_write, pair.client_write),
+    })
+}
+
+/// The sending direction: the current epoch's key and counter.
+#[derive(Debug)]
+pub(crate) struct TxKeys {
+    /// Key of the current epoch.
+    pub key: DirectionKey,
+    /// Current epoch.
+    pub epoch: u16,
+    /// Next sequence number of the current epoch.
+    pub next_seq: u64,
+    /// Caller time at which the current epoch started.
+    since: Duration,
+    /// The handshake epoch's key, kept after the first switch only to open what OpenSSL
+    /// still writes (it is re-sealed under the current key; it never seals again).
+    handshake_key: Option<DirectionKey>,
+    /// The epoch OpenSSL writes in (the one the handshake established).
+    pub handshake_epoch: u16,
+    /// Set when a switch failed (exporter error or epoch space used up): the epoch then
+    /// runs to the end of its sequence space.
+    pub stuck: bool,
+}
+
+impl TxKeys {
+    pub(crate) fn new(key: DirectionKey, epoch: u16, next_seq: u64, now: Duration) -> Self {
+        Self {
+            key,
+            epoch,
+            next_seq,
+            since: now,
+            handshake_key: None,
+            handshake_epoch: epoch,
+            stuck: false,
+        }
+    }
+
+    /// Returns whether the current epoch must end before the next record.
+    pub(crate) fn due(&self, policy: &RekeyPolicy, now: Duration) -> bool {
+        !self.stuck
+            && (self.next_seq >= policy.max_records
+                || now.saturating_sub(self.since) >= policy.interval)
+    }
+
+    /// Returns when the current epoch becomes too old.
+    pub(crate) fn rekey_at(&self, policy: &RekeyPolicy) -> Option<Duration> {
+        if self.stuck {
+            return None;
+        }
+        self.since.checked_add(policy.interval)
+    }
+
+    /// Returns the epoch after the current one, if there is one.
+    pub(crate) fn next_epoch(&self) -> Option<u16> {
+        self.epoch.checked_add(1)
+    }
+
+    /// Starts `epoch` with `key` at sequence number 0.
+    pub(crate) fn switch(&mut self, epoch: u16, key: DirectionKey, now: Duration) {
+        let old = std::mem::replace(&mut self.key, key);
+        if self.handshake_key.is_none() {
+            self.handshake_key = Some(old);
+        }
+        self.epoch = epoch;
+        self.next_seq = 0;
+        self.since = now;
+    }
+
+    /// Returns the key that opens records OpenSSL wrote in the handshake epoch.
+    pub(crate) fn handshake_key(&self) -> &DirectionKey {
+        self.handshake_key.as_ref().unwrap_or(&self.key)
+    }
+}
+
+/// One receive epoch: its key and replay window.
+#[derive(Debug)]
+pub(crate) struct RxEpoch {
+    pub epoch: u16,
+    pub key: DirectionKey,
+    pub window: ReplayWindow,
+}
+
+/// The receiving direction: current epoch, the next few, and the previous one for a while.
+#[derive(Debug)]
+pub(crate) struct RxKeys {
+    current: RxEpoch,
+    /// Epochs `current + 1 ..`, in order, at most [`LOOKAHEAD`].
+    ahead: Vec<RxEpoch>,
+    /// The epoch before the current one, until the caller time it retires.
+    previous: Option<(RxEpoch, Duration)>,
+}
+
+impl RxKeys {
+    pub(crate) fn new(epoch: u16, key: DirectionKey, window: ReplayWindow) -> Self {
+        Self {
+            current: RxEpoch { epoch, key, window },
+            ahead: Vec::with_capacity(LOOKAHEAD),
+            previous: None,
+        }
+    }
+
+    /// Returns the current receive epoch.
+    pub(crate) fn epoch(&self) -> u16 {
+        self.current.epoch
+    }
+
+    /// Returns the epoch whose key should be derived next to fill the look-ahead.
+    pub(crate) fn wants(&self) -> Option<u16> {
+        if self.ahead.len() >= LOOKAHEAD {
+            return None;
+        }
+        let last = self.ahead.last().map_or(self.current.epoch, |e| e.epoch);
+        last.checked_add(1)
+    }
+
+    /// Adds the key of the epoch [`Self::wants`] named.
+    pub(crate) fn push_ahead(&mut self, epoch: u16, key: DirectionKey) {
+        self.ahead.push(RxEpoch {
+            epoch,
+            key,
+            window: ReplayWindow::new(),
+        });
+    }
+
+    /// Returns the epoch state that opens records of `epoch`, if we hold its key.
+    pub(crate) fn get_mut(&mut self, epoch: u16) -> Option<&mut RxEpoch> {
+        if epoch == self.current.epoch {
+            return Some(&mut self.current);
+        }
+        if let Some((prev, _)) = self.previous.as_mut()
+            && prev.epoch == epoch
+        {
+            return Some(prev);
+        }
+        self.ahead.iter_mut().find(|e| e.epoch == epoch)
+    }
+
+    /// Returns whether `epoch` is later than the current one (a record of it authenticated
+    /// means the peer switched).
+    pub(crate) fn is_ahead(&self, epoch: u16) -> bool {
+        epoch > self.current.epoch
+    }
+
+    /// Makes `epoch` (one of the look-ahead epochs) current; the old current epoch stays
+    /// until `now + RX_GRACE`, epochs skipped over are dropped.
+    pub(crate) fn advance(&mut self, epoch: u16, now: Duration) {
+        let Some(i) = self.ahead.iter().position(|e| e.epoch == epoch) else {
+            return;
+        };
+        let mut rest = self.ahead.split_off(i);
+        let new_current = rest.remove(0);
+        self.ahead = rest;
+        let old = std::mem::replace(&mut self.current, new_current);
+        self.previous = Some((old, now.saturating_add(RX_GRACE)));
+    }
+
+    /// Drops the previous epoch's key once its grace period is over.
+    pub(crate) fn expire(&mut self, now: Duration) {
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
+            self.previous = None;
+        }
+    }
+
+    /// Returns when the previous epoch's key retires.
+    pub(crate) fn retire_at(&self) -> Option<Duration> {
+        self.previous.as_ref().map(|(_, until)| *until)
+    }
+}
