@@ -85,7 +85,7 @@ pub struct NodeOptions {
     pub id: String,
     /// Where to serve the control socket.
     pub control_socket: PathBuf,
-    /// The eBPF object to load (default: found by `connectopus_fastpath::find_object`).
+    /// The eBPF object file to load instead of the one embedded in the binary.
     pub ebpf_object: Option<PathBuf>,
     /// The node key file, when the node's config entry has an `identity`
     /// [default: /var/lib/connectopus/<id>/identity.key].
@@ -246,6 +246,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
         ranges: Vec::new(),
         stopping: None,
+        notify: crate::notify::Notifier::from_env(),
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();
@@ -255,6 +256,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     for (name, backend) in &backend_configs {
         daemon.start_or_retry(name, backend);
     }
+    // TUN devices, listeners (or their retry timers) and the control socket are up.
+    let status = daemon.status_line();
+    daemon.notify.ready(status);
     let result = daemon.run();
     stop.store(true, Ordering::Relaxed);
     for running in daemon.backends.values() {
@@ -312,14 +316,12 @@ impl Ebpf {
 /// Attaches the TUN counters when the eBPF object is available; the node runs without them
 /// otherwise and says why.
 fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
-    let attached = connectopus_fastpath::find_object(object)
-        .and_then(|path| connectopus_fastpath::load_object(&path).map(|bytes| (path, bytes)))
-        .and_then(|(path, bytes)| {
-            connectopus_fastpath::TunCounters::attach(ifname, &bytes).map(|c| (path, c))
-        });
+    let attached = connectopus_fastpath::node_object(object).and_then(|(from, bytes)| {
+        connectopus_fastpath::TunCounters::attach(ifname, &bytes).map(|c| (from, c))
+    });
     match attached {
-        Ok((path, counters)) => {
-            tracing::info!(object = %path.display(), mode = counters.attach_mode().as_str(), "ebpf counters attached");
+        Ok((from, counters)) => {
+            tracing::info!(object = %from, mode = counters.attach_mode().as_str(), "ebpf counters attached");
             Ebpf::Counters(counters)
         }
         Err(error) => {
@@ -489,6 +491,8 @@ struct Daemon {
     ranges: Vec<Range<usize>>,
     /// Set once shutdown began: the time by which to exit.
     stopping: Option<Instant>,
+    /// systemd's notification socket (`Type=notify`), when there is one.
+    notify: crate::notify::Notifier,
 }
 
 impl Daemon {
@@ -559,6 +563,9 @@ impl Daemon {
         }
         if self.stopping.is_some() {
             timeout = timeout.min(Duration::from_millis(20));
+        }
+        if let Some(watchdog) = self.notify.next_tick_in() {
+            timeout = timeout.min(watchdog);
         }
         timeout
     }
@@ -657,7 +664,12 @@ impl Daemon {
                     let _ = reply.send(answer);
                 }
                 LoopMessage::Shutdown => self.begin_shutdown(),
-                LoopMessage::Reload => self.reload(),
+                LoopMessage::Reload => {
+                    self.notify.reloading();
+                    self.reload();
+                    let status = self.status_line();
+                    self.notify.ready(status);
+                }
             }
         }
     }
@@ -697,6 +709,9 @@ impl Daemon {
         }
         self.run_dialers();
         self.retry_backends();
+        let configured = self.backends.len() + self.failed.len();
+        self.notify
+            .tick(|| report::status_line(&self.node, configured));
     }
 
     fn drain_node(&mut self) {
@@ -794,6 +809,7 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
+        self.notify.stopping();
         let now = self.now();
         self.node.shutdown(now);
         self.drain_node();
