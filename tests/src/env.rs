@@ -18,6 +18,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("ssh-agent", "openssh-client"),
     ("python3", "python3"),
+    ("dpkg-deb", "dpkg"),
+    ("setpriv", "util-linux"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Whether this process runs with effective user id 0.

@@ -81,6 +81,7 @@ pub struct Mesh<'t> {
     processes: BTreeMap<String, ChildGuard>,
     env: Vec<(String, String)>,
     log_level: String,
+    extra_args: Vec<String>,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -230,6 +231,7 @@ impl<'t> Mesh<'t> {
             processes: BTreeMap::new(),
             env: Vec::new(),
             log_level: "debug".to_owned(),
+            extra_args: Vec::new(),
         };
         mesh.sign()?;
         Ok(mesh)
@@ -252,6 +254,12 @@ impl<'t> Mesh<'t> {
     /// Sets an environment variable for nodes started from now on.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Adds command-line arguments for nodes started from now on (after the ones the mesh
+    /// passes), e.g. `["--log-format", "json"]`.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra_args.extend(args.iter().map(|a| (*a).to_owned()));
     }
 
     /// Sets the `--log-level` of nodes started from now on (default `debug`, which tests
@@ -368,6 +376,7 @@ impl<'t> Mesh<'t> {
                 .arg("--identity-file")
                 .arg(self.topo.dir().join(format!("{node}.key")));
         }
+        command.args(&self.extra_args);
         for (key, value) in &self.env {
             command.env(key, value);
         }

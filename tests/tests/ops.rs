@@ -1,0 +1,177 @@
+//! Running the node under a service manager: systemd's notification protocol (`Type=notify`)
+//! on a test socket, and `--log-format json` for log collectors.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use connectopus_tests::{LinkKind, Mesh, MeshLink, Topology, require_root, run_test, wait_until};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Receives notification datagrams until one satisfies `wanted`; returns every message read,
+/// that one last.
+fn receive_until(
+    socket: &UnixDatagram,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no matching notification within {timeout:?}; got {seen:?}");
+        }
+        socket.set_read_timeout(Some(left))?;
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = wanted(&message);
+        seen.push(message);
+        if done {
+            return Ok(seen);
+        }
+    }
+}
+
+fn has_line(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill(2) with a pid of a child this test started; no memory is involved.
+    let rc = unsafe { libc::kill(pid, signal) };
+    ensure!(rc == 0, "kill {pid}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+#[test]
+fn notify_socket_gets_ready_status_watchdog_and_reload() {
+    require_root!();
+    run_test("notify_socket", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start("bar")?;
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path)?;
+        mesh.set_env("NOTIFY_SOCKET", &path.display().to_string());
+        // Every 2 s: the node pets the watchdog every second.
+        mesh.set_env("WATCHDOG_USEC", "2000000");
+        mesh.start("foo")?;
+        let pid = mesh.process("foo").context("foo")?.pid();
+
+        let seen = receive_until(&socket, CONVERGE, |m| has_line(m, "READY=1"))?;
+        // Ready means the TUN device and the control socket are up.
+        ensure!(
+            mesh.socket("foo").exists(),
+            "READY=1 before the control socket: {seen:?}"
+        );
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(
+            links.contains("cx-foo"),
+            "READY=1 before the TUN device: {links}"
+        );
+        let ready = seen.last().context("no message")?;
+        ensure!(
+            ready
+                .lines()
+                .any(|l| l.starts_with("STATUS=") && l.ends_with("1 backend configured")),
+            "{ready}"
+        );
+
+        // The link comes up: the status line says so, and the watchdog is petted meanwhile.
+        let seen = receive_until(&socket, CONVERGE, |m| {
+            has_line(m, "STATUS=1 link up, 1 backend configured")
+        })?;
+        let watchdog = receive_until(&socket, Duration::from_secs(5), |m| {
+            has_line(m, "WATCHDOG=1")
+        })?;
+        ensure!(!watchdog.is_empty(), "{seen:?}");
+
+        // A reload is bracketed by RELOADING=1 (with the monotonic clock) and READY=1.
+        signal(pid, libc::SIGHUP)?;
+        let seen = receive_until(&socket, Duration::from_secs(10), |m| {
+            has_line(m, "RELOADING=1")
+        })?;
+        let reloading = seen.last().context("no message")?;
+        ensure!(
+            reloading.lines().any(|l| l
+                .strip_prefix("MONOTONIC_USEC=")
+                .is_some_and(|v| v.parse::<u64>().is_ok_and(|v| v > 0))),
+            "{reloading}"
+        );
+        let seen = receive_until(&socket, Duration::from_secs(10), |m| has_line(m, "READY=1"))?;
+        ensure!(
+            !seen.iter().any(|m| has_line(m, "RELOADING=1")),
+            "a second reload? {seen:?}"
+        );
+
+        // Shutdown says STOPPING=1.
+        signal(pid, libc::SIGTERM)?;
+        receive_until(&socket, Duration::from_secs(10), |m| {
+            has_line(m, "STOPPING=1")
+        })?;
+        Ok(())
+    });
+}
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    require_root!();
+    run_test("json_logs", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.add_args(&["--log-format", "json"]);
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        // A reload and a shutdown log too.
+        let pid = mesh.process("foo").context("foo")?.pid();
+        signal(pid, libc::SIGHUP)?;
+        let stderr = mesh.process("foo").context("foo")?.stderr_path().to_owned();
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            std::fs::read_to_string(&stderr)
+                .is_ok_and(|s| s.contains("configuration file is unchanged"))
+        })?;
+        let status = mesh.stop("foo")?;
+        ensure!(status.success(), "foo exited with {status}");
+
+        let text = std::fs::read_to_string(&stderr)?;
+        let mut messages = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("line {} of foo's log is not JSON: {line}", i + 1))?;
+            ensure!(
+                value["level"].is_string() && value["timestamp"].is_string(),
+                "{line}"
+            );
+            messages.push(
+                value["fields"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        for wanted in ["tun device up", "session established", "stopped"] {
+            ensure!(
+                messages.iter().any(|m| m == wanted),
+                "no {wanted:?} in {messages:?}"
+            );
+        }
+        Ok(())
+    });
+}
