@@ -175,3 +175,182 @@ fn json_logs_are_one_json_object_per_line() {
         Ok(())
     });
 }
+
+/// Node `foo`'s command line on `mesh`'s config (as [`Mesh::start`] makes it).
+fn node_args(mesh: &Mesh, dir: &connectopus_tests::TestDir) -> Result<Vec<String>> {
+    let config = dir.join("foo-own.yml");
+    std::fs::copy(mesh.config_path(), &config)?;
+    std::fs::copy(
+        format!("{}.sig", mesh.config_path().display()),
+        format!("{}.sig", config.display()),
+    )?;
+    Ok(vec![
+        "node".into(),
+        "--id".into(),
+        "foo".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--control-socket".into(),
+        mesh.socket("foo").display().to_string(),
+    ])
+}
+
+#[test]
+fn text_logs_leave_out_timestamps_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    require_root!();
+    run_test("journal_stream", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start("bar")?;
+        // foo's stderr is a file that JOURNAL_STREAM names, as systemd does with the journal's
+        // stream socket.
+        let log = dir.join("foo-journal.stderr");
+        let file = std::fs::File::create(&log)?;
+        let meta = file.metadata()?;
+        let binary = connectopus_tests::workspace_binary("connectopus")?;
+        let args = node_args(&mesh, dir)?;
+        let mut command = topo
+            .ns("foo")
+            .command(&binary.display().to_string(), &args)?;
+        command
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        // Killed with the namespace if the test fails before the end.
+        let mut child = command.spawn()?;
+        let up = wait_until(CONVERGE, Duration::from_millis(100), || {
+            std::fs::read_to_string(&log).is_ok_and(|s| s.contains("session established"))
+        });
+        signal(child.id(), libc::SIGTERM)?;
+        child.wait()?;
+        up?;
+        let text = std::fs::read_to_string(&log)?;
+        for line in text.lines() {
+            let first = line.split_whitespace().next().unwrap_or_default();
+            ensure!(
+                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&first),
+                "a line that does not start with its level: {line:?}"
+            );
+            ensure!(
+                !line.contains('\u{1b}'),
+                "colours for the journal: {line:?}"
+            );
+        }
+        // bar's stderr is a plain file: its lines carry timestamps.
+        let bar = std::fs::read_to_string(mesh.process("bar").context("bar")?.stderr_path())?;
+        let first = bar.lines().next().context("bar logged nothing")?;
+        ensure!(first.starts_with("20") && first.contains('T'), "{first:?}");
+        Ok(())
+    });
+}
+
+/// Parses one datagram of the journal's native protocol: `KEY=value\n`, or `KEY\n`, a
+/// little-endian u64 length, the value, `\n`.
+fn parse_journal_entry(mut bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    let mut fields = Vec::new();
+    while !bytes.is_empty() {
+        let end = bytes
+            .iter()
+            .position(|&b| b == b'=' || b == b'\n')
+            .context("field without end")?;
+        let name = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        if bytes[end] == b'=' {
+            let rest = &bytes[end + 1..];
+            let nl = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .context("value without newline")?;
+            fields.push((name, String::from_utf8_lossy(&rest[..nl]).into_owned()));
+            bytes = &rest[nl + 1..];
+        } else {
+            let rest = &bytes[end + 1..];
+            ensure!(rest.len() >= 8, "truncated length");
+            let len = usize::try_from(u64::from_le_bytes(rest[..8].try_into()?))?;
+            ensure!(rest.len() > 8 + len, "truncated value");
+            fields.push((
+                name,
+                String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
+            ));
+            bytes = &rest[8 + len + 1..];
+        }
+    }
+    Ok(fields)
+}
+
+#[test]
+fn journald_format_sends_native_entries_with_fields() {
+    require_root!();
+    run_test("journald", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start("bar")?;
+        // A stand-in for journald: foo runs in a private mount namespace where a fresh /run
+        // holds this socket at the journal's path, /run/systemd/journal/socket.
+        let journal_path = dir.join("journal.sock");
+        let journal = UnixDatagram::bind(&journal_path)?;
+        let binary = connectopus_tests::workspace_binary("connectopus")?;
+        let mut args = vec![
+            "--mount".to_owned(),
+            "--propagation".into(),
+            "private".into(),
+            "sh".into(),
+            "-ec".into(),
+            "mount -t tmpfs cx-run /run; mkdir -p /run/systemd/journal; \
+             touch /run/systemd/journal/socket; mount --bind \"$0\" /run/systemd/journal/socket; \
+             exec \"$@\""
+                .into(),
+            journal_path.display().to_string(),
+            binary.display().to_string(),
+        ];
+        args.extend(node_args(&mesh, dir)?);
+        args.extend(["--log-format".into(), "journald".into()]);
+        let command = topo.ns("foo").command("unshare", &args)?;
+        let _foo = topo
+            .ns("foo")
+            .spawn_with(command, "foo", connectopus_tests::StdinMode::Null)?;
+
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + CONVERGE;
+        let established = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(
+                !left.is_zero(),
+                "no 'session established' entry; got {entries:?}"
+            );
+            journal.set_read_timeout(Some(left))?;
+            let Ok(n) = journal.recv(&mut buf) else {
+                continue;
+            };
+            let entry = parse_journal_entry(&buf[..n])?;
+            let done = entry
+                .iter()
+                .any(|(k, v)| k == "MESSAGE" && v == "session established");
+            entries.push(entry);
+            if done {
+                break entries.last().context("no entry")?.clone();
+            }
+        };
+        let field = |entry: &[(String, String)], key: &str| {
+            entry
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        ensure!(field(&established, "PRIORITY") == "6", "{established:?}");
+        ensure!(
+            field(&established, "SYSLOG_IDENTIFIER") == "connectopus",
+            "{established:?}"
+        );
+        ensure!(field(&established, "F_NAME") == "bar", "{established:?}");
+        ensure!(!field(&established, "F_LINK").is_empty(), "{established:?}");
+        let tun_up = entries
+            .iter()
+            .find(|e| field(e, "MESSAGE") == "tun device up")
+            .context("no 'tun device up' entry")?;
+        ensure!(field(tun_up, "F_TUN") == "cx-foo", "{tun_up:?}");
+        Ok(())
+    });
+}

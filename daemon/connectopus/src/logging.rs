@@ -6,7 +6,8 @@
 //! - `json`: one JSON object per line on stderr (`timestamp`, `level`, `target`, `fields` with
 //!   `message`, and the current `span`s), for log collectors.
 //! - `journald`: native journal entries (`tracing-journald`) with the priority, the message and
-//!   every field as a journal field (`F_LINK=…`, upper-cased); falls back to `text` with a
+//!   every field as a journal field (`F_LINK=…`, upper-cased), syslog priorities (info is 6,
+//!   debug 7); falls back to `text` with a
 //!   warning when the journal's socket is missing.
 //!
 //! Messages printed before the node gives up at start (bad config, secrets) go through
@@ -54,7 +55,11 @@ pub fn init(filter: tracing_subscriber::EnvFilter, format: LogFormat) -> Result<
                 .with_writer(std::io::stderr),
         ),
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(journal) => Box::new(journal.with_syslog_identifier("connectopus".to_owned())),
+            Ok(journal) => Box::new(
+                journal
+                    .with_syslog_identifier("connectopus".to_owned())
+                    .with_priority_mappings(syslog_priorities()),
+            ),
             Err(error) => {
                 fallback = Some(error);
                 text_layer()
@@ -75,6 +80,17 @@ pub fn init(filter: tracing_subscriber::EnvFilter, format: LogFormat) -> Result<
         tracing::warn!(%error, "cannot reach the journal's socket; logging text to stderr");
     }
     Ok(())
+}
+
+/// Syslog's meaning of the levels (`journalctl -p info` shows info and above, not debug):
+/// error 3, warning 4, info 6, debug and trace 7.
+fn syslog_priorities() -> tracing_journald::PriorityMappings {
+    use tracing_journald::Priority;
+    let mut mappings = tracing_journald::PriorityMappings::new();
+    mappings.info = Priority::Informational;
+    mappings.debug = Priority::Debug;
+    mappings.trace = Priority::Debug;
+    mappings
 }
 
 /// Text on stderr: timestamps and colours unless stderr goes to the journal (or, for colours,
@@ -120,7 +136,7 @@ fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
 /// logging is structured (`json`, `journald`).
 pub fn startup_error(message: impl Display) {
     if structured() {
-        tracing::error!("{message}");
+        tracing::error!(target: "connectopus", "{message}");
     } else {
         eprintln!("error: {message}");
     }
@@ -130,7 +146,7 @@ pub fn startup_error(message: impl Display) {
 /// stderr, or a warning event when logging is structured.
 pub fn startup_warning(diagnostic: impl Display) {
     if structured() {
-        tracing::warn!("{}", diagnostic.to_string().trim_end());
+        tracing::warn!(target: "connectopus", "{}", diagnostic.to_string().trim_end());
     } else {
         eprint!("{diagnostic}");
     }
