@@ -18,6 +18,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("ssh-agent", "openssh-client"),
     ("python3", "python3"),
+    ("dpkg", "dpkg"),
     ("dpkg-deb", "dpkg"),
     ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),

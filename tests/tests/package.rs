@@ -114,12 +114,33 @@ fn check_package(dir: &connectopus_tests::TestDir, deb: &Path) -> Result<()> {
         ensure!(line.contains(" root/root "), "not owned by root: {line}");
     }
 
-    // Installed into a scratch root.
+    // Installed into a scratch root by dpkg itself, maintainer scripts included (they honour
+    // DPKG_ROOT, so they touch nothing outside it). The root has no libc6 and friends.
     let root = dir.join("root");
-    run(
-        "dpkg-deb",
-        &["--extract", &deb_arg, &root.display().to_string()],
-    )?;
+    for sub in ["info", "updates", "triggers"] {
+        std::fs::create_dir_all(root.join("var/lib/dpkg").join(sub))?;
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "")?;
+    let root_arg = format!("--root={}", root.display());
+    let dpkg = |action: &[&str]| -> Result<String> {
+        let mut args = vec![
+            root_arg.as_str(),
+            "--force-script-chrootless",
+            "--force-depends",
+        ];
+        args.extend_from_slice(action);
+        run("dpkg", &args)
+    };
+    dpkg(&["--install", &deb_arg])?;
+    let etc = root.join("etc/connectopus");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&etc)
+            .context("postinst made no /etc/connectopus")?
+            .permissions()
+            .mode();
+        ensure!(mode & 0o777 == 0o700, "/etc/connectopus has mode {mode:o}");
+    }
     let bin = root.join("usr/bin/connectopus");
     let mut command = Command::new(&bin);
     command.arg("--version").current_dir(&root);
@@ -167,7 +188,16 @@ fn check_package(dir: &connectopus_tests::TestDir, deb: &Path) -> Result<()> {
     let unit = std::fs::read_to_string(&unit_path)?;
     check_unit(&root, &unit)?;
 
-    node_from_the_package(dir, &root, &bin, &unit)
+    node_from_the_package(dir, &root, &bin, &unit)?;
+
+    // `dpkg -r` removes the program and leaves the node's files (and so does --purge).
+    dpkg(&["--remove", "connectopus"])?;
+    ensure!(!bin.exists(), "dpkg -r left the binary");
+    dpkg(&["--purge", "connectopus"])?;
+    for kept in ["foo.yml", "foo.yml.sig", "foo.yml.version"] {
+        ensure!(etc.join(kept).is_file(), "dpkg -r/--purge removed {kept}");
+    }
+    Ok(())
 }
 
 /// `systemd-analyze verify` on an instance of the unit, with the scratch root's binary in
@@ -286,5 +316,7 @@ fn node_from_the_package(
             .any(|l| l.contains("ebpf counters attached") && l.contains("object=embedded")),
         "the object was not the embedded one:\n{log}"
     );
+    let status = node.terminate()?;
+    ensure!(status.success(), "the packaged node exited with {status}");
     Ok(())
 }
