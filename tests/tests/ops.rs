@@ -121,6 +121,29 @@ fn notify_socket_gets_ready_status_watchdog_and_reload() {
             "a second reload? {seen:?}"
         );
 
+        // A change that restarts the mesh instance (a new domain) re-executes the node under the
+        // same pid: a reload for systemd, never STOPPING=1, which would make it kill the node.
+        let config = mesh.config_path().clone();
+        let text = std::fs::read_to_string(&config)?
+            .replace("version: 1", "version: 2")
+            .replace("domain: connectopus.test", "domain: restarted.test");
+        std::fs::write(&config, text)?;
+        mesh.sign()?;
+        let (accepted, output) = mesh.config_set("foo", &config)?;
+        ensure!(accepted, "{output}");
+        let seen = receive_until(&socket, CONVERGE, |m| has_line(m, "RELOADING=1"))?;
+        ensure!(!seen.iter().any(|m| has_line(m, "STOPPING=1")), "{seen:?}");
+        let seen = receive_until(&socket, CONVERGE, |m| has_line(m, "READY=1"))?;
+        ensure!(!seen.iter().any(|m| has_line(m, "STOPPING=1")), "{seen:?}");
+        ensure!(
+            mesh.process("foo").context("foo")?.is_running(),
+            "foo exited instead of restarting"
+        );
+        wait_until(CONVERGE, Duration::from_millis(200), || {
+            mesh.status("foo")
+                .is_ok_and(|s| s["domain"] == "restarted.test")
+        })?;
+
         // Shutdown says STOPPING=1.
         signal(pid, libc::SIGTERM)?;
         receive_until(&socket, Duration::from_secs(10), |m| {

@@ -667,8 +667,12 @@ impl Daemon {
                 LoopMessage::Reload => {
                     self.notify.reloading();
                     self.reload();
-                    let status = self.status_line();
-                    self.notify.ready(status);
+                    // A change that restarts the mesh instance is ready when the re-executed
+                    // process says so.
+                    if !self.restart {
+                        let status = self.status_line();
+                        self.notify.ready(status);
+                    }
                 }
             }
         }
@@ -809,7 +813,13 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        self.notify.stopping();
+        // Restarting the mesh instance re-executes this process (same pid), which sends READY=1:
+        // for systemd that is a reload, not a stop (STOPPING=1 would make it kill the node).
+        if self.restart {
+            self.notify.reloading();
+        } else {
+            self.notify.stopping();
+        }
         let now = self.now();
         self.node.shutdown(now);
         self.drain_node();
