@@ -3,7 +3,7 @@
 //! In order: `--socket PATH`; `--id NAME` (its default socket, `/run/connectopus/NAME.sock`);
 //! the `CONNECTOPUS_SOCKET` environment variable; else the only node running on this host,
 //! found by trying every `*.sock` in the control-socket directory. Sockets nobody answers on
-//! (left by a killed node) do not count. No node, or more than one, is an error that says
+//! (left by a killed node) do not count; ones this user may not open (not root) do. No node, or more than one, is an error that says
 //! what to pass, and lists the running nodes.
 
 use std::ffi::OsString;
@@ -87,7 +87,12 @@ fn running_nodes(dir: &Path) -> Vec<(String, PathBuf)> {
                 .to_owned();
             Some((name, path))
         })
-        .filter(|(_, path)| UnixStream::connect(path).is_ok())
+        // A socket this user may not open still belongs to a running node: the request then
+        // fails saying so, rather than "no node".
+        .filter(|(_, path)| match UnixStream::connect(path) {
+            Ok(_) => true,
+            Err(error) => error.kind() == std::io::ErrorKind::PermissionDenied,
+        })
         .collect();
     running.sort();
     running
