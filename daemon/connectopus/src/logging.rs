@@ -11,7 +11,7 @@
 //!   warning when the journal's socket is missing.
 //!
 //! Messages printed before the node gives up at start (bad config, secrets) go through
-//! [`startup_error`] and [`startup_warning`], so in `json` mode they are JSON lines too.
+//! [`startup_error`], [`startup_fatal`] and [`startup_warning`], so in `json` mode they are JSON lines too.
 
 use std::fmt::Display;
 use std::sync::OnceLock;
@@ -147,6 +147,16 @@ pub fn startup_error(message: impl Display) {
 pub fn startup_warning(diagnostic: impl Display) {
     if structured() {
         tracing::warn!(target: "connectopus", "{}", diagnostic.to_string().trim_end());
+    } else {
+        eprint!("{diagnostic}");
+    }
+}
+
+/// Like [`startup_warning`] for a diagnostic that stops the node: an error event when logging
+/// is structured.
+pub fn startup_fatal(diagnostic: impl Display) {
+    if structured() {
+        tracing::error!(target: "connectopus", "{}", diagnostic.to_string().trim_end());
     } else {
         eprint!("{diagnostic}");
     }

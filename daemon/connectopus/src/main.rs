@@ -412,7 +412,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         logging::startup_warning(warning);
     }
     if let Err(diagnostic) = mesh.node(&id) {
-        logging::startup_warning(diagnostic);
+        logging::startup_fatal(diagnostic);
         return Ok(ExitCode::FAILURE);
     }
     if let Err(error) = state::check_rollback(&config, mesh.global.version) {
