@@ -21,6 +21,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("dpkg", "dpkg"),
     ("dpkg-deb", "dpkg"),
     ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
     ("systemd-analyze", "systemd"),
 ];
 
