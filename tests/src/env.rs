@@ -20,6 +20,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("promtool", "prometheus"),
     ("curl", "curl"),
+    ("dpkg", "dpkg"),
+    ("dpkg-deb", "dpkg"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Whether this process runs with effective user id 0.

@@ -82,6 +82,7 @@ pub struct Mesh<'t> {
     env: Vec<(String, String)>,
     log_level: String,
     extra_args: BTreeMap<String, Vec<String>>,
+    common_args: Vec<String>,
 }
 
 /// Returns the mesh address of the `i`th node (counting from 0): `fd00:cafe::<i+1>`.
@@ -232,6 +233,7 @@ impl<'t> Mesh<'t> {
             env: Vec::new(),
             log_level: "debug".to_owned(),
             extra_args: BTreeMap::new(),
+            common_args: Vec::new(),
         };
         mesh.sign()?;
         Ok(mesh)
@@ -254,6 +256,13 @@ impl<'t> Mesh<'t> {
     /// Sets an environment variable for nodes started from now on.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Adds command-line arguments for nodes started from now on (after the ones the mesh
+    /// passes), e.g. `["--log-format", "json"]`.
+    pub fn add_args_all(&mut self, args: &[&str]) {
+        self.common_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
     }
 
     /// Sets the `--log-level` of nodes started from now on (default `debug`, which tests
@@ -379,6 +388,7 @@ impl<'t> Mesh<'t> {
                 .arg("--identity-file")
                 .arg(self.topo.dir().join(format!("{node}.key")));
         }
+        command.args(&self.common_args);
         command.args(self.extra_args.get(node).into_iter().flatten());
         for (key, value) in &self.env {
             command.env(key, value);

@@ -307,6 +307,13 @@ fn build_object(root: &Path, linker: &Path) -> Result<PathBuf> {
     let object = root.join(OBJECT);
     let dir = object.parent().context("object path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The node embeds the object (daemon/fastpath/build.rs): rewriting the same bytes would
+    // rebuild it for nothing.
+    let fresh = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(&object).is_ok_and(|old| old == fresh) {
+        eprintln!("xtask: {} is up to date", object.display());
+        return Ok(object);
+    }
     // Copy then rename, so a reader (a running test or daemon) never sees a half-written file.
     let partial = object.with_extension("o.partial");
     std::fs::copy(&built, &partial)

@@ -5,6 +5,7 @@
 //! - `demo`: builds the node and runs a three-node mesh in network namespaces (`--once` to
 //!   exit after showing it).
 //! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
+//! - `dist`: the Debian package `target/dist/connectopus_<version>_<arch>.deb` (`dist.rs`).
 //! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
 //!   which `test` runs last when root.
 
@@ -13,6 +14,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod dist;
 mod ebpf;
 
 /// Debian packages the tests and the demo use.
@@ -33,6 +35,9 @@ const PACKAGES: &[&str] = &[
     // promtool, which checks the node's /metrics, and curl, which fetches it.
     "prometheus",
     "curl",
+    // dpkg-shlibdeps for `dist`; systemd-analyze for the package test.
+    "dpkg-dev",
+    "systemd",
 ];
 
 fn main() -> ExitCode {
@@ -43,8 +48,9 @@ fn main() -> ExitCode {
         Some("install-deps") => install_packages(),
         Some("build-ebpf") => ebpf::build_ebpf(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("dist") => dist::dist().map(|_| ()),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, bench"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, dist, bench"
         )),
     };
     match result {
@@ -76,6 +82,13 @@ fn test() -> Result<()> {
     )?;
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
+    // The package, which the packaging test (tests/tests/package.rs) installs and runs; its
+    // release build is the one the benchmark below uses too.
+    if which("dpkg-deb").is_some() && which("dpkg-shlibdeps").is_some() {
+        dist::dist()?;
+    } else {
+        eprintln!("xtask: skipping `dist`: it needs dpkg-deb and dpkg-shlibdeps (dpkg-dev)");
+    }
     run("cargo", &["test", "--workspace", "--locked"])?;
     // Fails if the DTLS packet path allocates per packet (bench/benches/packet_path.rs).
     run(

@@ -11,21 +11,29 @@
 //! - `secrets`: the node's secret files, checked before start.
 //! - `state`: the config pair written crash-safely, and the rollback guard.
 //! - `ebpf_helper`: the hidden `ebpf-attach` subcommand, which loads the eBPF programs for a node.
+//! - `notify`: systemd's readiness notifications (`Type=notify`).
+//! - `logging`: `--log-format text|json|journald`.
+//! - `completions`: `completions SHELL` and the man pages.
+//! - `discovery`: which node a client command talks to without `--id`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod backends;
+mod completions;
 mod config_cli;
 mod control;
 mod daemon;
 mod diagnostics;
+mod discovery;
 mod dtls_link;
 mod ebpf_helper;
 mod edit;
 mod identity;
 mod links;
 mod log_level;
+mod logging;
 mod metrics;
+mod notify;
 mod ping;
 mod privilege;
 mod secrets;
@@ -37,7 +45,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Default MTU of a DTLS link: a 1500-byte underlay path minus IPv6, UDP and DTLS overheads.
 pub const DTLS_LINK_MTU: u16 = 1400;
@@ -67,8 +75,8 @@ struct NodeArgs {
     /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// The eBPF object with the TUN counters [default: target/ebpf/connectopus-ebpf.o,
-    /// built by `cargo xtask build-ebpf`]; the node runs without it when missing.
+    /// An eBPF object file to load instead of the one embedded in the binary (built by
+    /// `cargo xtask build-ebpf` before the node); the node runs without eBPF when it has none.
     #[arg(long, env = "CONNECTOPUS_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
     /// The node key (OpenSSH ed25519), needed when the node's config entry has an
@@ -95,6 +103,16 @@ struct NodeArgs {
     /// CAP_NET_ADMIN, and CAP_NET_BIND_SERVICE when it binds ports below 1024.
     #[arg(long, env = "CONNECTOPUS_KEEP_CAPABILITIES")]
     keep_capabilities: bool,
+    /// How to log: text on stderr (no timestamps when stderr goes to journald), JSON lines on
+    /// stderr, or native journald entries.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t,
+        env = "CONNECTOPUS_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +193,11 @@ enum Commands {
     /// Loads and attaches a node's eBPF programs for it (the node runs this itself).
     #[command(name = ebpf_helper::SUBCOMMAND, hide = true)]
     EbpfAttach,
+    /// Writes a shell completion script to stdout.
+    Completions(completions::CompletionsArgs),
+    /// Writes the man pages of every command into a directory.
+    #[command(hide = true)]
+    ManPages(completions::ManPagesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,9 +346,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seccomp: privilege::SeccompMode::Enforce,
                 no_seccomp: false,
                 keep_capabilities: false,
+                log_format: logging::LogFormat::default(),
             })
         }
         Commands::Identity { command } => identity::run(command),
+        Commands::Completions(args) => completions::completions(&args, Cli::command()),
+        Commands::ManPages(args) => completions::man_pages(&args, Cli::command()),
         Commands::Config {
             command: ConfigCommands::Sign(args),
         } => config_cli::config_sign(&args),
@@ -428,8 +454,9 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         seccomp,
         no_seccomp,
         keep_capabilities,
+        log_format,
     } = args;
-    init_logging(log_level)?;
+    init_logging(log_level, log_format)?;
     let identity_file = identity_file.or_else(|| {
         datadir
             .as_ref()
@@ -450,30 +477,30 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
             "an interrupted configuration update was cleaned up"
         ),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            logging::startup_error(format_args!("{error:#}"));
             return Ok(ExitCode::FAILURE);
         }
     }
     let mesh = match config_cli::load_signed(&config, &sig_path) {
         Ok(mesh) => mesh,
         Err(error) => {
-            eprintln!("error: {error}");
+            logging::startup_error(error);
             return Ok(ExitCode::FAILURE);
         }
     };
     for warning in mesh.warnings() {
-        eprint!("{warning}");
+        logging::startup_warning(warning);
     }
     if let Err(diagnostic) = mesh.node(&id) {
-        eprint!("{diagnostic}");
+        logging::startup_fatal(diagnostic);
         return Ok(ExitCode::FAILURE);
     }
     if let Err(error) = state::check_rollback(&config, mesh.global.version) {
-        eprintln!("error: {error:#}");
+        logging::startup_error(format_args!("{error:#}"));
         return Ok(ExitCode::FAILURE);
     }
     if let Err(error) = secrets::check(&mesh, &id) {
-        eprintln!("error: {error}");
+        logging::startup_error(error);
         return Ok(ExitCode::FAILURE);
     }
     let signature =
@@ -498,13 +525,10 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Returns the control socket named by `--socket` or `--id`.
+/// Returns the control socket named by `--socket`, `--id` or CONNECTOPUS_SOCKET, else the
+/// only running node's (see `discovery`).
 fn socket_path(socket: Option<PathBuf>, id: Option<String>) -> Result<PathBuf> {
-    match (socket, id) {
-        (Some(path), _) => Ok(path),
-        (None, Some(id)) => Ok(control::default_socket_path(&id)),
-        (None, None) => anyhow::bail!("say which node: --id NAME or --socket PATH"),
-    }
+    discovery::resolve(socket, id)
 }
 
 /// The levels `--log-level` takes: upstream's words (`warning`), and `warn` as tracing spells it.
@@ -536,25 +560,15 @@ impl LogLevel {
     }
 }
 
-/// Logs to stderr at `level`, refined by the tracing directives in RUST_LOG when it is set.
+/// Logs at `level` in `format`, refined by the tracing directives in RUST_LOG when it is set.
 /// The level can change later (`connectopus log-level`): see `log_level`.
-fn init_logging(level: LogLevel) -> Result<()> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    tracing_subscriber::registry()
-        .with(log_level::reloadable(level.filter())?)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .init();
-    Ok(())
+fn init_logging(level: LogLevel, format: logging::LogFormat) -> Result<()> {
+    logging::init(log_level::reloadable(level.filter())?, format)
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
     use tracing_subscriber::filter::LevelFilter;
 
     use super::*;

@@ -20,6 +20,13 @@ pub enum FastpathError {
         /// Every path that was tried, in order.
         searched: Vec<PathBuf>,
     },
+    /// The binary was built without the object (before `cargo xtask build-ebpf`), and no
+    /// object file was given.
+    #[error(
+        "no embedded eBPF object: this binary was built before `cargo xtask build-ebpf`; build \
+         the object, then rebuild the node (or pass --ebpf-object FILE)"
+    )]
+    NotEmbedded,
     /// The configured object path does not exist.
     #[error(
         "eBPF object {} does not exist: fix the configured path, or run `cargo xtask build-ebpf` \

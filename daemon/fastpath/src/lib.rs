@@ -5,9 +5,11 @@
 //! `connectopus status`. The eBPF fast path (tc encapsulation on the TUN, decapsulation and
 //! transit on the underlay) will be loaded from the same object by this crate.
 //!
-//! The object is not embedded: the daemon finds it at run time ([`find_object`],
-//! [`load_object`]) and runs without eBPF when it is missing ([`FastpathError::is_not_built`]).
-//! So building this crate never needs the nightly toolchain or bpf-linker.
+//! The object is embedded at build time when `cargo xtask build-ebpf` wrote it before
+//! ([`embedded_object`], see `build.rs`); the daemon loads that one, or a file given with
+//! `--ebpf-object` ([`node_object`]), and runs without eBPF when there is neither
+//! ([`FastpathError::NotEmbedded`]). So building this crate never needs the nightly toolchain
+//! or bpf-linker. Tests find the object on disk with [`find_object`] and [`load_object`].
 //!
 //! This crate does not open the TUN device, configure addresses or routes, or decide what goes
 //! into the maps; it only loads, attaches, detaches and reads.
@@ -38,7 +40,7 @@ pub use imp::TunCounters;
 pub use imp::serve_helper;
 #[cfg(target_os = "linux")]
 pub use loader::serve_helper;
-pub use object::{DEFAULT_OBJECT_PATH, find_object, load_object};
+pub use object::{DEFAULT_OBJECT_PATH, embedded_object, find_object, load_object, node_object};
 
 /// Counters of both directions of the TUN device, summed over CPUs, as read by
 /// [`TunCounters::read`].

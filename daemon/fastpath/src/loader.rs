@@ -36,7 +36,7 @@ use aya::programs::links::FdLink;
 use connectopus_ebpf_common::{Direction, MAP_TUN_COUNTERS};
 
 use crate::imp::{Loaded, attach_mode_for_running_kernel, classifier};
-use crate::{AttachMode, FastpathError, HelperOutcome, TunCounters, load_object};
+use crate::{AttachMode, FastpathError, HelperOutcome, TunCounters};
 
 /// Starts every request; a helper from another version of the node refuses it.
 const REQUEST_MAGIC: &[u8] = b"connectopus-ebpf-attach 1\0";
@@ -71,10 +71,10 @@ impl TunCounters {
     pub fn attach_via_helper(
         mut helper: Command,
         ifname: &str,
-        object: &Path,
+        object: Option<&Path>,
     ) -> Result<Self, FastpathError> {
         if attach_mode_for_running_kernel() == AttachMode::Netlink {
-            let bytes = load_object(object)?;
+            let (_, bytes) = crate::node_object(object)?;
             return TunCounters::attach(ifname, &bytes);
         }
         let program = helper.get_program().to_string_lossy().into_owned();
@@ -142,12 +142,15 @@ impl TunCounters {
 fn request(
     socket: &UnixDatagram,
     ifname: &str,
-    object: &Path,
+    object: Option<&Path>,
 ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut message = REQUEST_MAGIC.to_vec();
     message.extend_from_slice(ifname.as_bytes());
     message.push(0);
-    message.extend_from_slice(object.as_os_str().as_bytes());
+    // No path: the object embedded in the binary, which the helper (the same binary) has too.
+    if let Some(object) = object {
+        message.extend_from_slice(object.as_os_str().as_bytes());
+    }
     let answer = socket
         .send(&message)
         .and_then(|_| socket.set_read_timeout(Some(ANSWER_TIMEOUT)))
@@ -201,7 +204,8 @@ pub fn serve_helper() -> Result<HelperOutcome, FastpathError> {
         )
     })?;
     let answer = parse_request(&buf[..len]).and_then(|(ifname, object)| {
-        let bytes = load_object(object)?;
+        let object = (!object.as_os_str().is_empty()).then_some(object);
+        let (_, bytes) = crate::node_object(object)?;
         Handoff::attach(ifname, &bytes)
     });
     match answer {
@@ -513,9 +517,12 @@ mod tests {
 
     #[test]
     fn a_helper_that_exits_without_answering_is_an_error_not_a_hang() {
-        let error =
-            TunCounters::attach_via_helper(Command::new("true"), "cx-none", Path::new("/x.o"))
-                .unwrap_err();
+        let error = TunCounters::attach_via_helper(
+            Command::new("true"),
+            "cx-none",
+            Some(Path::new("/x.o")),
+        )
+        .unwrap_err();
         let message = error.to_string();
         if attach_mode_for_running_kernel() == AttachMode::Tcx {
             assert!(message.contains("exited without answering"), "{message}");

@@ -1,4 +1,6 @@
-//! Locating and reading the eBPF object that `cargo xtask build-ebpf` writes.
+//! The eBPF object that `cargo xtask build-ebpf` writes: embedded in the binary when it existed
+//! at build time ([`embedded_object`], [`node_object`]), or found and read on disk
+//! ([`find_object`], [`load_object`]) for tests and the `--ebpf-object` override.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,42 @@ use crate::FastpathError;
 /// Where `cargo xtask build-ebpf` writes the object, relative to the workspace root.
 pub const DEFAULT_OBJECT_PATH: &str = "target/ebpf/connectopus-ebpf.o";
 
-/// Returns the path of the eBPF object to load.
+/// The eBPF object embedded at build time (see `build.rs`): present when
+/// `cargo xtask build-ebpf` had written it before this crate was compiled.
+pub fn embedded_object() -> Option<&'static [u8]> {
+    #[cfg(connectopus_embedded_ebpf)]
+    {
+        Some(include_bytes!(env!("CONNECTOPUS_EMBEDDED_EBPF")))
+    }
+    #[cfg(not(connectopus_embedded_ebpf))]
+    {
+        None
+    }
+}
+
+/// The object a node loads: the file `configured` (`--ebpf-object`) when given, else the
+/// embedded one. Returns where it came from (the path, or `"embedded"`) and its bytes; the node
+/// never looks for an object on disk by itself.
+///
+/// # Errors
+///
+/// [`load_object`]'s errors for `configured`; [`FastpathError::NotEmbedded`] without it when
+/// the binary was built without the object.
+pub fn node_object(
+    configured: Option<&Path>,
+) -> Result<(String, std::borrow::Cow<'static, [u8]>), FastpathError> {
+    match configured {
+        Some(path) => {
+            let bytes = load_object(path)?;
+            Ok((path.display().to_string(), std::borrow::Cow::Owned(bytes)))
+        }
+        None => embedded_object()
+            .map(|bytes| ("embedded".to_owned(), std::borrow::Cow::Borrowed(bytes)))
+            .ok_or(FastpathError::NotEmbedded),
+    }
+}
+
+/// Returns the path of the eBPF object to load from disk (tests, tools).
 ///
 /// With `configured` (from the daemon's configuration or command line), returns it if it exists.
 /// Without, tries [`DEFAULT_OBJECT_PATH`] relative to the current directory, then relative to
@@ -76,6 +113,35 @@ fn default_candidates() -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_takes_the_configured_file_over_the_embedded_object() {
+        let dir = std::env::temp_dir().join(format!("cx-fastpath-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf = dir.join("mine.o");
+        std::fs::write(&elf, b"\x7fELF mine").unwrap();
+        let (from, bytes) = node_object(Some(&elf)).unwrap();
+        assert_eq!(from, elf.display().to_string());
+        assert_eq!(&*bytes, b"\x7fELF mine");
+        match (node_object(None), embedded_object()) {
+            (Ok((from, bytes)), Some(embedded)) => {
+                assert_eq!(from, "embedded");
+                assert!(bytes.starts_with(b"\x7fELF"));
+                assert_eq!(&*bytes, embedded);
+            }
+            (Err(error), None) => {
+                assert!(matches!(error, FastpathError::NotEmbedded), "{error}");
+                assert!(
+                    error.to_string().contains("no embedded eBPF object"),
+                    "{error}"
+                );
+            }
+            (result, embedded) => {
+                panic!("{result:?} with embedded {:?}", embedded.map(<[u8]>::len))
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn default_candidates_are_cwd_then_workspace() {

@@ -58,7 +58,8 @@ fn counts_through_the_fds_a_helper_process_passed() {
     };
     run_counting_test(
         || {
-            let counters = TunCounters::attach_via_helper(helper_command(), TUN, &path).unwrap();
+            let counters =
+                TunCounters::attach_via_helper(helper_command(), TUN, Some(&path)).unwrap();
             assert_eq!(
                 counters.loaded_by_helper(),
                 counters.attach_mode() == AttachMode::Tcx,
@@ -66,9 +67,10 @@ fn counts_through_the_fds_a_helper_process_passed() {
             );
             if counters.loaded_by_helper() {
                 // The helper's errors come back as the node would log them.
-                let error = TunCounters::attach_via_helper(helper_command(), "cxbpf-none", &path)
-                    .unwrap_err()
-                    .to_string();
+                let error =
+                    TunCounters::attach_via_helper(helper_command(), "cxbpf-none", Some(&path))
+                        .unwrap_err()
+                        .to_string();
                 assert!(
                     error.contains("`cxbpf-none`") && error.contains("in the eBPF helper process"),
                     "{error}"

@@ -87,7 +87,7 @@ pub struct NodeOptions {
     pub id: String,
     /// Where to serve the control socket.
     pub control_socket: PathBuf,
-    /// The eBPF object to load (default: found by `connectopus_fastpath::find_object`).
+    /// The eBPF object file to load instead of the one embedded in the binary.
     pub ebpf_object: Option<PathBuf>,
     /// The node key file, when the node's config entry has an `identity`
     /// [default: /var/lib/connectopus/<id>/identity.key].
@@ -280,6 +280,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         metrics_published: None,
         spf_time: Duration::ZERO,
         seccomp: "off: not installed yet".to_owned(),
+        notify: crate::notify::Notifier::from_env(),
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();
@@ -292,6 +293,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     daemon.seccomp = crate::privilege::install_seccomp(seccomp, needs);
     let privilege = crate::privilege::report(&daemon.seccomp);
     tracing::info!(%privilege, "privileges");
+    // TUN devices, listeners (or their retry timers) and the control socket are up.
+    let status = daemon.status_line();
+    daemon.notify.ready(status);
     let result = daemon.run();
     stop.store(true, Ordering::Relaxed);
     for running in daemon.backends.values() {
@@ -351,15 +355,17 @@ impl Ebpf {
 /// that aya's parse of the kernel's BTF never touches the node's memory (in process only on
 /// kernels without TCX).
 fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
-    let attached = connectopus_fastpath::find_object(object).and_then(|path| {
+    let from = object.map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
+    let attached = if object.is_none() && connectopus_fastpath::embedded_object().is_none() {
+        Err(connectopus_fastpath::FastpathError::NotEmbedded)
+    } else {
         let helper = crate::ebpf_helper::command();
-        connectopus_fastpath::TunCounters::attach_via_helper(helper, ifname, &path)
-            .map(|c| (path, c))
-    });
+        connectopus_fastpath::TunCounters::attach_via_helper(helper, ifname, object)
+    };
     match attached {
-        Ok((path, counters)) => {
+        Ok(counters) => {
             tracing::info!(
-                object = %path.display(),
+                object = %from,
                 mode = counters.attach_mode().as_str(),
                 helper = counters.loaded_by_helper(),
                 "ebpf counters attached"
@@ -556,6 +562,8 @@ struct Daemon {
     spf_time: Duration,
     /// The seccomp state `status` shows (`on (N syscalls)`, `off: why`).
     seccomp: String,
+    /// systemd's notification socket (`Type=notify`), when there is one.
+    notify: crate::notify::Notifier,
 }
 
 impl Daemon {
@@ -630,6 +638,9 @@ impl Daemon {
         }
         if self.stopping.is_some() {
             timeout = timeout.min(Duration::from_millis(20));
+        }
+        if let Some(watchdog) = self.notify.next_tick_in() {
+            timeout = timeout.min(watchdog);
         }
         timeout
     }
@@ -746,6 +757,14 @@ impl Daemon {
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => {
                     self.reload();
+                    self.notify.reloading();
+                    self.reload();
+                    // A change that restarts the mesh instance is ready when the re-executed
+                    // process says so.
+                    if !self.restart {
+                        let status = self.status_line();
+                        self.notify.ready(status);
+                    }
                 }
             }
         }
@@ -791,6 +810,9 @@ impl Daemon {
         }
         self.run_dialers();
         self.retry_backends();
+        let configured = self.backends.len() + self.failed.len();
+        self.notify
+            .tick(|| report::status_line(&self.node, configured));
     }
 
     fn drain_node(&mut self) {
@@ -887,6 +909,13 @@ impl Daemon {
     fn begin_shutdown(&mut self) {
         if self.stopping.is_some() {
             return;
+        }
+        // Restarting the mesh instance re-executes this process (same pid), which sends READY=1:
+        // for systemd that is a reload, not a stop (STOPPING=1 would make it kill the node).
+        if self.restart {
+            self.notify.reloading();
+        } else {
+            self.notify.stopping();
         }
         let now = self.now();
         self.node.shutdown(now);

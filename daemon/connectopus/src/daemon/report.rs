@@ -240,3 +240,24 @@ impl Daemon {
         }
     }
 }
+
+impl Daemon {
+    /// The one-line state systemd shows (`STATUS=`): sessions up, backends configured.
+    pub(super) fn status_line(&self) -> String {
+        status_line(&self.node, self.backends.len() + self.failed.len())
+    }
+}
+
+/// `"<n> links up, <m> backends configured"`, from the node's sessions.
+pub(super) fn status_line(node: &Node, configured: usize) -> String {
+    let up = node
+        .sessions()
+        .filter(|s| s.established_at().is_some())
+        .count();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    format!(
+        "{up} link{} up, {configured} backend{} configured",
+        plural(up),
+        plural(configured)
+    )
+}
