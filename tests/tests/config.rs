@@ -436,3 +436,63 @@ fn config_edit_sighup_and_removal_from_the_config() {
         Ok(())
     });
 }
+
+/// Removes the backend `name` (a block `      <name>:` and its deeper-indented lines) from a
+/// mesh file made by `Mesh::configure`.
+fn without_backend(text: &str, name: &str) -> String {
+    let header = format!("      {name}:\n");
+    let Some(start) = text.find(&header) else {
+        return text.to_owned();
+    };
+    let rest = &text[start + header.len()..];
+    let len = rest
+        .split_inclusive('\n')
+        .take_while(|line| line.starts_with("        "))
+        .map(str::len)
+        .sum::<usize>();
+    format!("{}{}", &text[..start], &rest[len..])
+}
+
+#[test]
+fn a_config_that_moves_a_link_still_reaches_the_node_it_cuts_off() {
+    require_root!();
+    run_test("config_moves_link", |dir| {
+        let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
+        // d0 is foo's dialer to bar, d1 foo's dialer to baz (baz listens on l1).
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("baz", "foo", LinkKind::DtlsPsk),
+            ],
+        )?;
+        let full = std::fs::read_to_string(mesh.config_path())?;
+        // Version 1: foo—bar only; baz waits on its listener, linked to nobody.
+        std::fs::write(mesh.config_path(), without_backend(&full, "d1"))?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "bar").ok().flatten().as_deref() == Some("bar")
+        })
+        .context("foo—bar never came up")?;
+        ensure!(versions(&mesh, &["foo", "bar", "baz"]) == vec![1, 1, 1]);
+
+        // Version 2 removes the foo—bar link and adds foo—baz. foo must not drop the link to
+        // bar before bar has the configuration, or bar is stranded on version 1.
+        let v2_text = without_backend(&full, "d0").replace("  version: 1\n", "  version: 2\n");
+        ensure!(!v2_text.contains("      d0:\n") && v2_text.contains("      d1:\n"));
+        let v2 = dir.join("v2.yml");
+        std::fs::write(&v2, v2_text)?;
+        sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("foo", &v2)?;
+        ensure!(ok, "foo refused v2: {out}");
+        wait_all_at(&mesh, &["foo", "bar", "baz"], 2, Duration::from_secs(20))?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("baz")
+                && mesh.next_hop("foo", "bar").is_ok_and(|h| h.is_none())
+        })
+        .context("foo should reach baz directly and no longer bar")?;
+        ensure!(std::fs::read(mesh.node_config_path("bar"))? == std::fs::read(&v2)?);
+        Ok(())
+    });
+}

@@ -218,6 +218,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         id,
         config,
         config_path,
+        pending_config: None,
         to_loop,
         backends: BTreeMap::new(),
         failed: BTreeMap::new(),
@@ -448,6 +449,9 @@ struct Daemon {
     config: MeshConfig,
     /// Where newer configurations are persisted.
     config_path: PathBuf,
+    /// A newer configuration, accepted and persisted, that the core is offering to the
+    /// neighbours; applied on [`Command::ApplyConfig`].
+    pending_config: Option<MeshConfig>,
     /// For backend threads started later.
     to_loop: LoopSender,
     /// The backends, by name.
@@ -707,6 +711,13 @@ impl Daemon {
     }
 
     fn drain_node(&mut self) {
+        // Applying a configuration or taking an offer makes more output: drain until none.
+        while self.drain_node_once() {}
+    }
+
+    /// Drains the core's outputs once; returns true if any command or event was handled.
+    fn drain_node_once(&mut self) -> bool {
+        let mut handled = false;
         while let Some(transmit) = self.node.poll_transmit() {
             self.send_packet(transmit.link, &transmit.payload);
         }
@@ -714,15 +725,21 @@ impl Daemon {
             self.write_tun(&packet);
         }
         while let Some(command) = self.node.poll_command() {
+            handled = true;
             match command {
                 Command::CloseLink { link, reason } => {
                     self.close_link(link, reason.as_str());
                 }
                 Command::InstallForwardingTable(table) => self.table = table,
+                Command::ApplyConfig {
+                    version,
+                    unacknowledged,
+                } => self.apply_pending_config(version, &unacknowledged),
             }
         }
         let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
+            handled = true;
             log_event(&event);
             if matches!(event, Event::NamesChanged { .. }) {
                 self.dns.update(&self.node);
@@ -750,6 +767,7 @@ impl Daemon {
                 tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
             }
         }
+        handled
     }
 
     /// Closes a link's transport; a TCP socket itself closes once no operation uses it.

@@ -319,7 +319,9 @@ impl ConfigSource {
 impl Daemon {
     /// Takes a candidate configuration: checks its signature against the keys of the running
     /// configuration (never the candidate's own), checks the version rule, persists it, then
-    /// applies it. Returns the version on success; a refusal leaves everything as it was.
+    /// hands it to the core, which offers it to the neighbours and says when to apply it
+    /// (`apply_pending_config`). Returns the version on success; a refusal leaves everything
+    /// as it was.
     pub(super) fn accept_config(
         &mut self,
         bytes: &[u8],
@@ -347,7 +349,12 @@ impl Daemon {
             &new.global.revoked_keys,
         )
         .context("the new configuration does not authorize the key that signed it")?;
-        connectopus_config::check_version(self.config.global.version, new.global.version)?;
+        // Against the newest configuration taken, applied or still being offered.
+        let newest = self
+            .pending_config
+            .as_ref()
+            .map_or(self.config.global.version, |p| p.global.version);
+        connectopus_config::check_version(newest, new.global.version)?;
         crate::state::persist_pair(&self.config_path, bytes, signature)?;
         // After the pair: a crash in between leaves the record behind the file, never ahead.
         if let Err(error) = crate::state::record_version(&self.config_path, new.global.version) {
@@ -360,6 +367,37 @@ impl Daemon {
             "configuration accepted"
         );
         let version = new.global.version;
+        // Offer it to every neighbour first: the core says when to apply it (every neighbour
+        // acknowledged it, or the wait timed out), so a change that removes a link still
+        // reaches the node at its other end.
+        self.pending_config = Some(new);
+        let now = self.now();
+        self.node.propose_config(now, version, bytes, signature);
+        Ok(version)
+    }
+
+    /// Applies the pending configuration once the core has rolled it out
+    /// ([`Command::ApplyConfig`]).
+    pub(super) fn apply_pending_config(
+        &mut self,
+        version: u64,
+        unacknowledged: &[std::net::Ipv6Addr],
+    ) {
+        let Some(new) = self.pending_config.take_if(|p| p.global.version == version) else {
+            return;
+        };
+        if unacknowledged.is_empty() {
+            tracing::info!(
+                version,
+                "every neighbour has the configuration; applying it"
+            );
+        } else {
+            tracing::warn!(
+                version,
+                ?unacknowledged,
+                "neighbours did not acknowledge the configuration in time; applying it anyway"
+            );
+        }
         match self.apply_config(&new) {
             ApplyOutcome::Applied => {
                 let now = self.now();
@@ -367,7 +405,6 @@ impl Daemon {
                     // Grants and revocations of other nodes take effect at once.
                     self.node.set_trust(now, Some(trust::policy(&new)));
                 }
-                self.node.set_config(now, version, bytes, signature);
                 self.config = new;
             }
             ApplyOutcome::Restart => {
@@ -384,12 +421,10 @@ impl Daemon {
                 }
                 let now = self.now();
                 self.node.shutdown(now);
-                self.node.set_config(now, version, bytes, signature);
                 self.removed = Some(reason);
                 self.config = new;
             }
         }
-        Ok(version)
     }
 }
 
