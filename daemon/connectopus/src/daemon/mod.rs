@@ -46,6 +46,8 @@ mod dns;
 mod dtls;
 mod dtls_batch;
 use dtls::send_raw;
+mod local_datagrams;
+pub use local_datagrams::Outgoing as LocalDatagram;
 mod reconcile;
 mod report;
 mod tcp;
@@ -187,6 +189,12 @@ pub fn run(options: NodeOptions) -> Result<()> {
         to_loop.clone(),
         stop.clone(),
     )?);
+    let (local_datagrams, datagram_thread) = local_datagrams::start(
+        &local_datagrams::base_of(&control_socket),
+        to_loop.clone(),
+        stop.clone(),
+    )?;
+    threads.push(datagram_thread);
     let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
     threads.push(signal_thread);
     let started = Instant::now();
@@ -219,6 +227,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         config,
         config_path,
         pending_config: None,
+        local_datagrams,
         to_loop,
         backends: BTreeMap::new(),
         failed: BTreeMap::new(),
@@ -452,6 +461,8 @@ struct Daemon {
     /// A newer configuration, accepted and persisted, that the core is offering to the
     /// neighbours; applied on [`Command::ApplyConfig`].
     pending_config: Option<MeshConfig>,
+    /// Control datagrams to and from local programs.
+    local_datagrams: local_datagrams::LocalDatagrams,
     /// For backend threads started later.
     to_loop: LoopSender,
     /// The backends, by name.
@@ -667,6 +678,15 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
+                LoopMessage::LocalDatagram(d) => {
+                    let now = self.now();
+                    if let Err(reason) = self
+                        .node
+                        .send_control_datagram(now, d.src_port, d.dst, d.dst_port, &d.payload)
+                    {
+                        tracing::debug!(dst = %d.dst, dst_port = d.dst_port, reason = ?reason, "control datagram dropped");
+                    }
+                }
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => self.reload(),
             }
@@ -752,6 +772,17 @@ impl Daemon {
             } = event
             {
                 offers.push((link, config, signature));
+                continue;
+            }
+            if let Event::ControlDatagram {
+                src,
+                src_port,
+                dst_port,
+                payload,
+            } = &event
+            {
+                self.local_datagrams
+                    .deliver(*src, *src_port, *dst_port, payload);
                 continue;
             }
             if let Event::SessionEstablished { link, .. } = event
@@ -852,7 +883,12 @@ fn log_event(event: &Event) {
         Event::ConfigOffered { link, version, .. } => {
             tracing::info!(%link, version, "newer configuration offered");
         }
-        Event::ControlDatagram { .. } => {}
+        Event::ControlDatagram {
+            src,
+            src_port,
+            dst_port,
+            payload,
+        } => tracing::trace!(%src, src_port, dst_port, len = payload.len(), "control datagram"),
     }
 }
 
