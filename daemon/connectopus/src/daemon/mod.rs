@@ -52,6 +52,7 @@ mod reconcile;
 mod report;
 mod tcp;
 mod trust;
+mod tun_devs;
 
 /// The RFC 5705 exporter label of the channel binding that node hellos sign.
 const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
@@ -141,22 +142,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => tracing::info!("tun disabled: this node only forwards"),
     }
     // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
-    let mut attachments = Vec::new();
-    let mut attachment_names = Vec::new();
+    let mut tun_dev_names = Vec::new();
     for (name, dev) in &node_config.tun_devs {
         let tun = TunDevice::create(&dev.device, dev.address, 128, mtu, offloads.wanted)
             .with_context(|| format!("tun_devs.{name}"))?;
         tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
         tuns.push(tun);
-        attachments.push(connectopus_wire::PrefixAdvert {
-            prefix: connectopus_wire::Prefix::host(dev.address),
-            cost: Cost::from_f64(dev.cost),
-        });
-        attachment_names.push(connectopus_wire::NameBinding {
-            name: name.clone(),
-            address: dev.address,
-        });
+        tun_dev_names.push(name.clone());
     }
+    let (attachments, attachment_names) = tun_devs::attachments(&node_config.tun_devs, |_| true);
 
     let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
     match io.fallback_reason() {
@@ -243,7 +237,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         offload_counters: datapath::OffloadCounters::default(),
         started,
         started_wall,
-        tuns,
+        tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
         ebpf,
         dns,
         subnet,
@@ -488,7 +482,7 @@ struct Daemon {
     started: Instant,
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
-    tuns: Vec<TunDevice>,
+    tuns: tun_devs::TunSet,
     ebpf: Ebpf,
     dns: dns::Dns,
     subnet: String,
@@ -516,7 +510,7 @@ impl Daemon {
     }
 
     fn run(&mut self) -> Result<()> {
-        for (i, tun) in self.tuns.iter().enumerate() {
+        for (i, tun) in self.tuns.indexed() {
             self.io
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;

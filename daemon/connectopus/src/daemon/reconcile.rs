@@ -4,7 +4,8 @@
 //! (closing its links), a backend whose only change is its cost keeps its links and sessions
 //! and gets the new cost, any other change to a backend restarts that backend. A change to
 //! `global` (other than its version) or to any other key of this node (address, identity,
-//! prefixes, TUN devices, DNS) restarts the node's mesh instance. Changes to other nodes'
+//! prefixes, its own TUN device, DNS) restarts the node's mesh instance; `tun_devs` changes
+//! apply live (see `tun_devs`). Changes to other nodes'
 //! entries need nothing here: their own nodes apply them. A configuration without this node
 //! stops it forwarding. A backend that fails to start is retried (see `backend_retry`).
 
@@ -228,11 +229,13 @@ impl Daemon {
         // the node's address, identity, prefixes, TUN devices, DNS.
         let mut old_rest = old_node.clone();
         old_rest.backends = new_node.backends.clone();
+        old_rest.tun_devs = new_node.tun_devs.clone();
         if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
         let old_backends = old_node.backends.clone();
         let new_backends = new_node.backends.clone();
+        let (old_devs, new_devs) = (old_node.tun_devs.clone(), new_node.tun_devs.clone());
         for name in old_backends.keys() {
             if !new_backends.contains_key(name) {
                 self.stop_backend(name);
@@ -248,6 +251,9 @@ impl Daemon {
                 }
                 None => self.start_or_retry(name, backend),
             }
+        }
+        if old_devs != new_devs {
+            self.apply_tun_devs(&old_devs, &new_devs, node_mtu(&new_backends));
         }
         ApplyOutcome::Applied
     }
