@@ -220,6 +220,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         id,
         config,
         config_path,
+        signature: signature.clone(),
         pending_config: None,
         local_datagrams,
         to_loop,
@@ -452,9 +453,11 @@ struct Daemon {
     config: MeshConfig,
     /// Where newer configurations are persisted.
     config_path: PathBuf,
-    /// A newer configuration, accepted and persisted, that the core is offering to the
-    /// neighbours; applied on [`Command::ApplyConfig`].
-    pending_config: Option<MeshConfig>,
+    /// The running configuration's signature, as `config get` shows it.
+    signature: Vec<u8>,
+    /// A newer configuration and its signature, accepted and persisted, that the core is
+    /// offering to the neighbours; applied on [`Command::ApplyConfig`].
+    pending_config: Option<(MeshConfig, Vec<u8>)>,
     /// Control datagrams to and from local programs.
     local_datagrams: local_datagrams::LocalDatagrams,
     /// For backend threads started later.

@@ -359,7 +359,7 @@ impl Daemon {
         let newest = self
             .pending_config
             .as_ref()
-            .map_or(self.config.global.version, |p| p.global.version);
+            .map_or(self.config.global.version, |(p, _)| p.global.version);
         connectopus_config::check_version(newest, new.global.version)?;
         crate::state::persist_pair(&self.config_path, bytes, signature)?;
         // After the pair: a crash in between leaves the record behind the file, never ahead.
@@ -376,7 +376,7 @@ impl Daemon {
         // Offer it to every neighbour first: the core says when to apply it (every neighbour
         // acknowledged it, or the wait timed out), so a change that removes a link still
         // reaches the node at its other end.
-        self.pending_config = Some(new);
+        self.pending_config = Some((new, signature.to_vec()));
         let now = self.now();
         self.node.propose_config(now, version, bytes, signature);
         Ok(version)
@@ -389,9 +389,13 @@ impl Daemon {
         version: u64,
         unacknowledged: &[std::net::Ipv6Addr],
     ) {
-        let Some(new) = self.pending_config.take_if(|p| p.global.version == version) else {
+        let Some((new, signature)) = self
+            .pending_config
+            .take_if(|(p, _)| p.global.version == version)
+        else {
             return;
         };
+        self.signature = signature;
         if unacknowledged.is_empty() {
             tracing::info!(
                 version,
@@ -435,12 +439,12 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Answers `config get`: the running configuration's exact bytes and signature.
+    /// Answers `config get`: the running configuration's exact bytes and signature, from
+    /// memory (the file may already hold a newer pair still being offered to the neighbours),
+    /// so every way of asking gets the same answer.
     pub(super) fn get_config(&self) -> ControlReply {
         let config = String::from_utf8_lossy(self.config.source()).into_owned();
-        let signature =
-            std::fs::read_to_string(crate::config_cli::signature_path(&self.config_path))
-                .unwrap_or_default();
+        let signature = String::from_utf8_lossy(&self.signature).into_owned();
         ControlReply::Config { config, signature }
     }
 
