@@ -47,43 +47,43 @@ fn converge(sim: &mut Sim) {
     sim.run_for(SECOND);
 }
 
-/// foo—bar: foo proposes a configuration that removes the foo—bar link, and the driver drops
-/// the link as soon as foo applies it. Returns the version bar runs at that moment, the
-/// version it runs in the end, what foo applied, and how long foo waited.
+/// origin—far: origin proposes a configuration that removes the origin—far link, and the driver drops
+/// the link as soon as origin applies it. Returns the version far runs at that moment, the
+/// version it runs in the end, what origin applied, and how long origin waited.
 fn remove_link_after_apply(rollout_timeout: Duration) -> (u64, u64, ConfigApplied, Duration) {
     let mut sim = Sim::new(80);
     let mut foo_config = NodeConfig::new("fd00::1".parse().unwrap(), "foo", 1, 1);
     foo_config.timers.config_rollout_timeout = rollout_timeout;
-    let foo = sim.add_node_with(foo_config);
-    let bar = sim.add_node("bar");
-    let link = sim.connect(foo, bar, slow_link());
+    let origin = sim.add_node_with(foo_config);
+    let far = sim.add_node("bar");
+    let link = sim.connect(origin, far, slow_link());
     converge(&mut sim);
     let config = b"global: {version: 2}  # foo-bar link removed\n".to_vec();
     let proposed_at = sim.now();
-    sim.with_node(foo, |node, now| {
+    sim.with_node(origin, |node, now| {
         node.propose_config(now, 2, &config, b"sig");
     });
     let mut applied = None;
     let mut bar_at_apply = None;
     for _ in 0..3000 {
         if applied.is_none()
-            && let Some(a) = sim.take_config_applications(foo).pop()
+            && let Some(a) = sim.take_config_applications(origin).pop()
         {
-            // foo applies the configuration: the link goes away at once.
+            // origin applies the configuration: the link goes away at once.
             sim.cut(link);
-            bar_at_apply = Some(sim.node(bar).unwrap().config_version());
+            bar_at_apply = Some(sim.node(far).unwrap().config_version());
             applied = Some(a);
         }
         sim.run_for(STEP);
-        propose_offers(&mut sim, &[foo, bar]);
+        propose_offers(&mut sim, &[origin, far]);
     }
     let applied = applied.expect("foo never applied the configuration");
     assert_eq!(applied.version, 2);
-    assert_eq!(sim.node(foo).unwrap().config_version(), 2);
+    assert_eq!(sim.node(origin).unwrap().config_version(), 2);
     let waited = applied.at - proposed_at;
     (
         bar_at_apply.unwrap(),
-        sim.node(bar).unwrap().config_version(),
+        sim.node(far).unwrap().config_version(),
         applied,
         waited,
     )
@@ -92,7 +92,7 @@ fn remove_link_after_apply(rollout_timeout: Duration) -> (u64, u64, ConfigApplie
 #[test]
 fn a_config_that_removes_a_link_reaches_its_far_end_before_the_link_goes() {
     let (at_apply, bar_version, applied, waited) = remove_link_after_apply(5 * SECOND);
-    assert_eq!(at_apply, 2, "foo applied before bar had the configuration");
+    assert_eq!(at_apply, 2, "foo applied before far had the configuration");
     assert_eq!(bar_version, 2, "bar was stranded on the old configuration");
     assert!(applied.unacknowledged.is_empty(), "{applied:?}");
     // The offer crossed the link and its acknowledgement came back: one round trip at least,
@@ -105,7 +105,7 @@ fn a_config_that_removes_a_link_reaches_its_far_end_before_the_link_goes() {
 
 #[test]
 fn applying_at_once_would_strand_the_far_end() {
-    // The same scenario without waiting (a zero timeout applies at once): bar never gets it,
+    // The same scenario without waiting (a zero timeout applies at once): far never gets it,
     // which is what the rollout prevents.
     let (at_apply, _, applied, _) = remove_link_after_apply(Duration::ZERO);
     assert_eq!(at_apply, 0);
@@ -118,16 +118,18 @@ fn applying_at_once_would_strand_the_far_end() {
 #[test]
 fn a_neighbour_that_already_offered_the_config_is_not_waited_for() {
     let mut sim = Sim::new(81);
-    let foo = sim.add_node("foo");
-    let bar = sim.add_node("bar");
-    sim.connect(foo, bar, slow_link());
+    let origin = sim.add_node("foo");
+    let far = sim.add_node("bar");
+    sim.connect(origin, far, slow_link());
     converge(&mut sim);
-    sim.with_node(foo, |node, now| node.propose_config(now, 3, b"v3", b"sig"));
+    sim.with_node(origin, |node, now| {
+        node.propose_config(now, 3, b"v3", b"sig")
+    });
     let mut bar_applied = None;
     let mut offered_at = None;
     for _ in 0..1000 {
         sim.run_for(STEP);
-        for event in sim.take_events(bar) {
+        for event in sim.take_events(far) {
             if let Event::ConfigOffered {
                 version,
                 config,
@@ -136,52 +138,54 @@ fn a_neighbour_that_already_offered_the_config_is_not_waited_for() {
             } = event
             {
                 offered_at = Some(sim.now());
-                sim.with_node(bar, |node, now| {
+                sim.with_node(far, |node, now| {
                     node.propose_config(now, version, &config, &signature);
                 });
             }
         }
-        if let Some(a) = sim.take_config_applications(bar).pop() {
+        if let Some(a) = sim.take_config_applications(far).pop() {
             bar_applied = Some(a);
         }
     }
     let applied = bar_applied.expect("bar never applied");
-    // bar's only neighbour is foo, which gave it the configuration: nothing to wait for.
+    // far's only neighbour is origin, which gave it the configuration: nothing to wait for.
     assert_eq!(Some(applied.at), offered_at);
-    assert_eq!(sim.node(bar).unwrap().config_version(), 3);
+    assert_eq!(sim.node(far).unwrap().config_version(), 3);
 }
 
 #[test]
 fn a_silent_neighbour_delays_the_apply_by_the_timeout_only() {
     let mut sim = Sim::new(82);
-    let foo = sim.add_node("foo");
-    let bar = sim.add_node("bar");
-    let baz = sim.add_node("baz");
-    let to_bar = sim.connect(foo, bar, LinkParams::default());
-    sim.connect(foo, baz, LinkParams::default());
+    let origin = sim.add_node("foo");
+    let far = sim.add_node("bar");
+    let third = sim.add_node("baz");
+    let to_bar = sim.connect(origin, far, LinkParams::default());
+    sim.connect(origin, third, LinkParams::default());
     converge(&mut sim);
-    // The foo—bar link dies silently: foo's session stays up until the dead interval (7 s).
+    // The origin—far link dies silently: origin's session stays up until the dead interval (7 s).
     sim.cut(to_bar);
     let proposed_at = sim.now();
-    sim.with_node(foo, |node, now| node.propose_config(now, 2, b"v2", b"sig"));
+    sim.with_node(origin, |node, now| {
+        node.propose_config(now, 2, b"v2", b"sig")
+    });
     let mut applied = None;
     for _ in 0..100 {
         sim.run_for(Duration::from_millis(100));
-        propose_offers(&mut sim, &[foo, bar, baz]);
-        if let Some(a) = sim.take_config_applications(foo).pop() {
+        propose_offers(&mut sim, &[origin, far, third]);
+        if let Some(a) = sim.take_config_applications(origin).pop() {
             applied = Some(a);
             break;
         }
-        assert_eq!(sim.node(foo).unwrap().pending_config_version(), Some(2));
+        assert_eq!(sim.node(origin).unwrap().pending_config_version(), Some(2));
     }
     let applied = applied.expect("foo never applied the configuration");
     assert_eq!(applied.at - proposed_at, 5 * SECOND);
-    assert_eq!(applied.unacknowledged, vec![sim.address(bar)]);
-    assert_eq!(sim.node(foo).unwrap().config_version(), 2);
-    assert_eq!(sim.node(foo).unwrap().pending_config_version(), None);
-    // baz acknowledged and got it.
+    assert_eq!(applied.unacknowledged, vec![sim.address(far)]);
+    assert_eq!(sim.node(origin).unwrap().config_version(), 2);
+    assert_eq!(sim.node(origin).unwrap().pending_config_version(), None);
+    // third acknowledged and got it.
     sim.run_for(SECOND);
-    propose_offers(&mut sim, &[baz]);
+    propose_offers(&mut sim, &[third]);
     sim.run_for(SECOND);
-    assert_eq!(sim.node(baz).unwrap().config_version(), 2);
+    assert_eq!(sim.node(third).unwrap().config_version(), 2);
 }
