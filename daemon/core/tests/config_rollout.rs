@@ -47,9 +47,9 @@ fn converge(sim: &mut Sim) {
     sim.run_for(SECOND);
 }
 
-/// origin—far: origin proposes a configuration that removes the origin—far link, and the driver drops
-/// the link as soon as origin applies it. Returns the version far runs at that moment, the
-/// version it runs in the end, what origin applied, and how long origin waited.
+/// origin ("foo")—far ("bar"): origin proposes a configuration that removes their link, and the
+/// driver drops the link as soon as origin applies it. Returns the version far runs at that
+/// moment, the version it runs in the end, what origin applied, and how long origin waited.
 fn remove_link_after_apply(rollout_timeout: Duration) -> (u64, u64, ConfigApplied, Duration) {
     let mut sim = Sim::new(80);
     let mut foo_config = NodeConfig::new("fd00::1".parse().unwrap(), "foo", 1, 1);
