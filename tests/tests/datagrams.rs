@@ -95,6 +95,12 @@ fn local_programs_on_two_nodes_exchange_control_datagrams() {
         send(&on_foo, &mesh, "foo", baz, 7, b"bound")?;
         let (_, _, payload) = receive(&on_baz)?;
         ensure!(payload == b"bound", "{payload:?}");
+
+        // A node that stops removes its datagram socket.
+        let dgram = path(&mesh, "foo", ".dgram");
+        ensure!(dgram.exists());
+        mesh.stop("foo")?;
+        ensure!(!dgram.exists(), "{} left behind", dgram.display());
         Ok(())
     });
 }
