@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, TestDir, Topology, require_root, run_ok, run_test, wait_until,
+    LinkKind, Mesh, MeshLink, TestDir, Topology, ping6, require_root, run_ok, run_test, wait_until,
     workspace_binary,
 };
 
@@ -433,6 +433,161 @@ fn config_edit_sighup_and_removal_from_the_config() {
             mesh.next_hop("foo", "bar").is_ok_and(|h| h.is_none())
         })
         .context("foo should lose its route to bar")?;
+        Ok(())
+    });
+}
+
+/// Removes the backend `name` (a block `      <name>:` and its deeper-indented lines) from a
+/// mesh file made by `Mesh::configure`.
+fn without_backend(text: &str, name: &str) -> String {
+    let header = format!("      {name}:\n");
+    let Some(start) = text.find(&header) else {
+        return text.to_owned();
+    };
+    let rest = &text[start + header.len()..];
+    let len = rest
+        .split_inclusive('\n')
+        .take_while(|line| line.starts_with("        "))
+        .map(str::len)
+        .sum::<usize>();
+    format!("{}{}", &text[..start], &rest[len..])
+}
+
+#[test]
+fn a_config_that_moves_a_link_still_reaches_the_node_it_cuts_off() {
+    require_root!();
+    run_test("config_moves_link", |dir| {
+        let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
+        // d0 is foo's dialer to bar, d1 foo's dialer to baz (baz listens on l1).
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("baz", "foo", LinkKind::DtlsPsk),
+            ],
+        )?;
+        let full = std::fs::read_to_string(mesh.config_path())?;
+        // Version 1: foo—bar only; baz waits on its listener, linked to nobody.
+        std::fs::write(mesh.config_path(), without_backend(&full, "d1"))?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "bar").ok().flatten().as_deref() == Some("bar")
+        })
+        .context("foo—bar never came up")?;
+        ensure!(versions(&mesh, &["foo", "bar", "baz"]) == vec![1, 1, 1]);
+
+        // Version 2 removes the foo—bar link and adds foo—baz. foo must not drop the link to
+        // bar before bar has the configuration, or bar is stranded on version 1.
+        let v2_text = without_backend(&full, "d0").replace("  version: 1\n", "  version: 2\n");
+        ensure!(!v2_text.contains("      d0:\n") && v2_text.contains("      d1:\n"));
+        let v2 = dir.join("v2.yml");
+        std::fs::write(&v2, v2_text)?;
+        sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("foo", &v2)?;
+        ensure!(ok, "foo refused v2: {out}");
+        wait_all_at(&mesh, &["foo", "bar", "baz"], 2, Duration::from_secs(20))?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("baz")
+                && mesh.next_hop("foo", "bar").is_ok_and(|h| h.is_none())
+        })
+        .context("foo should reach baz directly and no longer bar")?;
+        ensure!(std::fs::read(mesh.node_config_path("bar"))? == std::fs::read(&v2)?);
+        Ok(())
+    });
+}
+
+/// foo's links as (link id, backend, since) from `status --json`.
+fn link_sessions(mesh: &Mesh<'_>, node: &str) -> Result<Vec<(u64, String, f64)>> {
+    let status = mesh.status(node)?;
+    Ok(status["links"]
+        .as_array()
+        .context("links")?
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["link"].as_u64()?,
+                l["backend"].as_str()?.to_owned(),
+                l["since_unix"].as_f64()?,
+            ))
+        })
+        .collect())
+}
+
+fn has_route(mesh: &Mesh<'_>, node: &str, prefix: &str) -> bool {
+    mesh.status(node).is_ok_and(|s| {
+        s["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["prefix"] == prefix)
+    })
+}
+
+#[test]
+fn a_tun_dev_is_added_and_removed_live_and_the_links_stay_up() {
+    require_root!();
+    run_test("tun_devs_live", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.start_all()?;
+        mesh.wait_converged(Duration::from_secs(20))?;
+        let before = link_sessions(&mesh, "foo")?;
+        ensure!(before.len() == 1, "{before:?}");
+        let foo_entry = format!("  foo:\n    address: \"{}\"\n", mesh.address("foo"));
+        let host = "fd00:cafe::1:2";
+
+        // Version 2 gives foo a second device with its own mesh address.
+        let v2 = candidate(&mesh, dir, "v2", 2, mesh.admin_key(), "connectopus", |t| {
+            t.replace(
+                &foo_entry,
+                &format!(
+                    "{foo_entry}    tun_devs:\n      foo-host: {{device: cxh-live, address: \"{host}\"}}\n"
+                ),
+            )
+        })?;
+        ensure!(std::fs::read_to_string(&v2)?.contains("cxh-live"));
+        let (ok, out) = mesh.config_set("foo", &v2)?;
+        ensure!(ok, "foo refused v2: {out}");
+        wait_all_at(&mesh, &["foo", "bar"], 2, Duration::from_secs(10))?;
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            has_route(&mesh, "bar", &format!("{host}/128"))
+        })
+        .context("bar should learn foo's new host address")?;
+        let ping = ping6(topo.ns("bar"), host.parse()?, 3, 56, &[])?;
+        ensure!(
+            ping.all_received(),
+            "bar -> foo's new host address: {ping:?}"
+        );
+        let links = topo.ns("foo").ip(&["-o", "link", "show"])?;
+        ensure!(links.contains("cxh-live"), "{links}");
+        let names = mesh.status("bar")?["names"].to_string();
+        ensure!(
+            names.contains("foo-host"),
+            "bar should resolve foo-host: {names}"
+        );
+        ensure!(
+            link_sessions(&mesh, "foo")? == before,
+            "foo's link was re-established"
+        );
+
+        // Version 3 removes it again: the device, the route and the name go, the link stays.
+        let v3 = candidate(&mesh, dir, "v3", 3, mesh.admin_key(), "connectopus", |t| t)?;
+        let (ok, out) = mesh.config_set("foo", &v3)?;
+        ensure!(ok, "foo refused v3: {out}");
+        wait_all_at(&mesh, &["foo", "bar"], 3, Duration::from_secs(10))?;
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            !has_route(&mesh, "bar", &format!("{host}/128"))
+                && topo
+                    .ns("foo")
+                    .ip(&["-o", "link", "show"])
+                    .is_ok_and(|l| !l.contains("cxh-live"))
+        })
+        .context("the device and its route should be gone")?;
+        ensure!(
+            link_sessions(&mesh, "foo")? == before,
+            "foo's link was re-established"
+        );
         Ok(())
     });
 }

@@ -101,6 +101,8 @@ pub enum LoopMessage {
     Shutdown,
     /// Re-read the configuration file (SIGHUP).
     Reload,
+    /// A local program sent a control datagram into the mesh.
+    LocalDatagram(Box<crate::daemon::LocalDatagram>),
 }
 
 /// Sends messages to the main loop and wakes it.

@@ -610,7 +610,7 @@ fn random_subnet() -> Result<Ipv6Net> {
     Ipv6Net::new(Ipv6Addr::from(addr), 64).ok_or_else(|| anyhow!("bad prefix length"))
 }
 
-fn signer(key: &KeyArgs) -> Result<ConfigSigner> {
+pub(crate) fn signer(key: &KeyArgs) -> Result<ConfigSigner> {
     Ok(match (&key.key, &key.agent_socket) {
         (Some(path), _) => ConfigSigner::from_key_file(path)?,
         (None, Some(socket)) if !socket.as_os_str().is_empty() => {

@@ -21,6 +21,7 @@
 mod backends;
 mod completions;
 mod config_cli;
+mod config_set;
 mod control;
 mod daemon;
 mod diagnostics;
@@ -230,8 +231,10 @@ enum ConfigCommands {
         #[command(flatten)]
         key: config_cli::KeyArgs,
     },
-    /// Submits a signed configuration to a running node, which checks it against the
-    /// configuration it runs, applies it and spreads it through the mesh.
+    /// Submits a configuration to a running node, which checks it against the configuration
+    /// it runs, offers it to its neighbours, applies it and spreads it through the mesh. FILE
+    /// may be `-` (standard input); without FILE.sig (or with --key/--text) the command signs
+    /// it, one version above the node's when the file's is not newer.
     Set {
         /// The node to give it to.
         #[arg(long)]
@@ -239,11 +242,8 @@ enum ConfigCommands {
         /// The control socket to use, instead of the one named by --id.
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// The signed configuration file.
-        file: PathBuf,
-        /// Its signature [default: FILE.sig].
-        #[arg(long)]
-        signature: Option<PathBuf>,
+        #[command(flatten)]
+        args: config_set::SetArgs,
     },
     /// Validates a configuration file offline; exits non-zero on any error.
     Check {
@@ -384,40 +384,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommands::Edit { id, socket, key },
         } => edit::edit_config(&socket_path(socket, id)?, key),
         Commands::Config {
-            command:
-                ConfigCommands::Set {
-                    id,
-                    socket,
-                    file,
-                    signature,
-                },
-        } => {
-            let path = socket_path(socket, id)?;
-            let config = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let sig_path = signature.unwrap_or_else(|| config_cli::signature_path(&file));
-            let signature = std::fs::read_to_string(&sig_path).with_context(|| {
-                format!(
-                    "reading {} (sign the file first: connectopus config sign {})",
-                    sig_path.display(),
-                    file.display()
-                )
-            })?;
-            let request = control::ControlRequest::SetConfig { config, signature };
-            match control::request(&path, &request)? {
-                control::ControlReply::Accepted { version } => {
-                    println!(
-                        "configuration version {version} accepted; it spreads through the mesh"
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                control::ControlReply::Error(message) => {
-                    eprintln!("refused: {message}");
-                    Ok(ExitCode::FAILURE)
-                }
-                other => anyhow::bail!("unexpected answer: {other:?}"),
-            }
-        }
+            command: ConfigCommands::Set { id, socket, args },
+        } => config_set::config_set(&socket_path(socket, id)?, &args),
         Commands::Config {
             command: ConfigCommands::Check { file, json },
         } => {

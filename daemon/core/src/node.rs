@@ -37,6 +37,8 @@ use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers
 use crate::stream::StreamConfig;
 use crate::time::Time;
 
+mod config_rollout;
+
 /// Largest routing-stream record a node accepts by default (a whole signed mesh config fits).
 pub const DEFAULT_MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
@@ -55,6 +57,9 @@ pub struct NodeTimers {
     pub node_dead_after: Duration,
     /// Look for dead origins this often.
     pub prune_interval: Duration,
+    /// Longest wait for neighbours to acknowledge a proposed configuration before applying it
+    /// (see [`Node::propose_config`]).
+    pub config_rollout_timeout: Duration,
 }
 
 impl Default for NodeTimers {
@@ -66,6 +71,7 @@ impl Default for NodeTimers {
             spf_delay: Duration::from_millis(20),
             node_dead_after: Duration::from_secs(60),
             prune_interval: Duration::from_secs(2),
+            config_rollout_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -159,6 +165,14 @@ pub enum Command {
     },
     /// Use this forwarding table from now on (the dataplane swaps it in whole).
     InstallForwardingTable(Arc<ForwardingTable>),
+    /// Apply the configuration proposed with [`Node::propose_config`]: every neighbour
+    /// acknowledged its offer, or the wait timed out. The node already runs its version.
+    ApplyConfig {
+        /// Its version.
+        version: u64,
+        /// Neighbours that had not acknowledged the offer when the wait timed out.
+        unacknowledged: Vec<Ipv6Addr>,
+    },
 }
 
 /// Something that happened, for logs, status and tests.
@@ -224,7 +238,7 @@ pub enum Event {
     NameConflict(NameConflict),
     /// A neighbour offered a configuration newer than the one this node runs. The driver checks
     /// its signature against the running configuration and, if it accepts it, calls
-    /// [`Node::set_config`].
+    /// [`Node::propose_config`].
     ConfigOffered {
         /// The link it came on.
         link: LinkId,
@@ -355,8 +369,10 @@ pub struct Node {
     own_update: Arc<[u8]>,
     /// The running configuration as a framed offer record, once the driver set one.
     config_offer: Option<Arc<[u8]>>,
-    /// The configuration version each link was last offered.
+    /// The configuration version each link was last offered (or offered us).
     offered: BTreeMap<LinkId, u64>,
+    /// A configuration offered to the neighbours and not applied yet.
+    rollout: Option<config_rollout::Rollout>,
     own_adjacencies: Vec<Adjacency>,
     next_update_at: Time,
     triggered_update_at: Option<Time>,
@@ -394,6 +410,7 @@ impl Node {
             own_update: Arc::from(Vec::new()),
             config_offer: None,
             offered: BTreeMap::new(),
+            rollout: None,
             own_adjacencies: Vec::new(),
             next_update_at: now,
             triggered_update_at: None,
@@ -821,6 +838,7 @@ impl Node {
         consider(self.triggered_update_at, "triggered update");
         consider(self.spf_at, "route computation");
         consider(Some(self.next_prune_at), "dead node check");
+        consider(self.rollout_deadline(), "configuration rollout");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -1083,7 +1101,7 @@ impl Node {
                 .or_default() += 1;
             return;
         };
-        if offer.version <= self.config.config_version {
+        if !self.offer_is_news(link, offer.version) {
             return;
         }
         self.events.push_back(Event::ConfigOffered {
@@ -1450,6 +1468,7 @@ impl Node {
 
     /// Sends hellos and drains every session's outbox; recomputes routes when due.
     fn after_input(&mut self, now: Time) {
+        self.progress_rollout(now);
         if self.spf_at.is_some_and(|t| now >= t) {
             self.spf_at = None;
             self.recompute_routes();

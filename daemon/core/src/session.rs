@@ -509,6 +509,13 @@ impl Session {
         }
     }
 
+    /// Returns the routing stream's (acknowledged offset, queued end), once established.
+    pub(crate) fn stream_offsets(&self) -> Option<(u64, u64)> {
+        self.stream
+            .as_ref()
+            .map(|s| (s.acknowledged_offset(), s.queued_end()))
+    }
+
     /// Queues a goodbye.
     pub(crate) fn say_goodbye(&mut self, reason: GoodbyeReason) {
         self.outbox.push(Goodbye { reason }.encode());

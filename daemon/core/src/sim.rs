@@ -97,6 +97,19 @@ struct SimNode {
     wakeup: Option<Time>,
     tun_out: Vec<Vec<u8>>,
     events: Vec<Event>,
+    /// The [`Command::ApplyConfig`]s the node issued.
+    applied: Vec<ConfigApplied>,
+}
+
+/// A node applied a proposed configuration ([`Command::ApplyConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigApplied {
+    /// When.
+    pub at: Time,
+    /// The version.
+    pub version: u64,
+    /// Neighbours that had not acknowledged its offer (the wait timed out).
+    pub unacknowledged: Vec<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +236,7 @@ impl Sim {
             wakeup: None,
             tun_out: Vec::new(),
             events: Vec::new(),
+            applied: Vec::new(),
         });
         self.drain(idx);
         idx
@@ -341,6 +355,11 @@ impl Sim {
     /// Takes the events a node reported so far.
     pub fn take_events(&mut self, idx: NodeIdx) -> Vec<Event> {
         std::mem::take(&mut self.nodes[idx.0].events)
+    }
+
+    /// Takes the configurations a node applied so far (after [`Node::propose_config`]).
+    pub fn take_config_applications(&mut self, idx: NodeIdx) -> Vec<ConfigApplied> {
+        std::mem::take(&mut self.nodes[idx.0].applied)
     }
 
     /// Runs a closure on a live node and collects its outputs.
@@ -568,6 +587,14 @@ impl Sim {
             match c {
                 Command::CloseLink { link, .. } => self.close_transport(idx, link),
                 Command::InstallForwardingTable(_) => {}
+                Command::ApplyConfig {
+                    version,
+                    unacknowledged,
+                } => self.nodes[idx.0].applied.push(ConfigApplied {
+                    at: self.now,
+                    version,
+                    unacknowledged,
+                }),
             }
         }
     }

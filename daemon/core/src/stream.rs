@@ -408,6 +408,17 @@ impl ReliableStream {
         self.send_buf.len()
     }
 
+    /// Returns the stream offset just past the last byte queued so far: once
+    /// [`ReliableStream::acknowledged_offset`] reaches it, the peer has everything sent until now.
+    pub fn queued_end(&self) -> u64 {
+        self.send_base + self.send_buf.len() as u64
+    }
+
+    /// Returns the stream offset up to which the peer has cumulatively acknowledged every byte.
+    pub fn acknowledged_offset(&self) -> u64 {
+        self.send_base
+    }
+
     /// Returns the number of segments sent and not yet cumulatively acknowledged.
     pub fn segments_in_flight(&self) -> usize {
         self.in_flight.len()

@@ -499,9 +499,7 @@ fn accept_offers(sim: &mut Sim, nodes: &[NodeIdx]) -> usize {
             {
                 accepted += 1;
                 sim.with_node(i, |node, now| {
-                    if version > node.config_version() {
-                        node.set_config(now, version, &config, &signature);
-                    }
+                    node.propose_config(now, version, &config, &signature);
                 });
             }
         }

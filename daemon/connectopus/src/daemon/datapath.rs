@@ -142,6 +142,16 @@ fn with_packet<R>(
 impl Daemon {
     pub(super) fn on_tun_packet(&mut self, tun: usize, completion: Completion) {
         let armed = completion.armed;
+        if self.tuns.is_removed(tun) {
+            // A removed device: its fd may close once the receive is no longer armed.
+            if let Some(buf) = completion.buf {
+                self.io.free(buf);
+            }
+            if !armed {
+                self.tuns.reap(tun);
+            }
+            return;
+        }
         let range = completion.data_range();
         if let Some(buf) = completion.buf {
             match range {
@@ -365,10 +375,12 @@ impl Daemon {
     /// Picks the TUN device for a packet: the one holding its destination, else the node's own.
     fn tun_for(&self, packet: &[u8]) -> Option<usize> {
         let destination = forward::addresses(packet).map(|(_, dst)| dst);
-        self.tuns
-            .iter()
-            .position(|t| Some(t.address()) == destination)
-            .or((!self.tuns.is_empty()).then_some(0))
+        let mut devices = self.tuns.indexed();
+        let first = devices.next()?;
+        std::iter::once(first)
+            .chain(devices)
+            .find(|(_, t)| Some(t.address()) == destination)
+            .map_or(Some(first.0), |(i, _)| Some(i))
     }
 
     /// Delivers a packet to its TUN device: merged into an open super-packet of its flow when

@@ -46,11 +46,14 @@ mod dns;
 mod dtls;
 mod dtls_batch;
 use dtls::send_raw;
+mod local_datagrams;
+pub use local_datagrams::Outgoing as LocalDatagram;
 mod reconcile;
 mod reload;
 mod report;
 mod tcp;
 mod trust;
+mod tun_devs;
 
 /// The RFC 5705 exporter label of the channel binding that node hellos sign.
 const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
@@ -150,22 +153,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => tracing::info!("tun disabled: this node only forwards"),
     }
     // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
-    let mut attachments = Vec::new();
-    let mut attachment_names = Vec::new();
+    let mut tun_dev_names = Vec::new();
     for (name, dev) in &node_config.tun_devs {
         let tun = TunDevice::create(&dev.device, dev.address, 128, mtu, offloads.wanted)
             .with_context(|| format!("tun_devs.{name}"))?;
         tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
         tuns.push(tun);
-        attachments.push(connectopus_wire::PrefixAdvert {
-            prefix: connectopus_wire::Prefix::host(dev.address),
-            cost: Cost::from_f64(dev.cost),
-        });
-        attachment_names.push(connectopus_wire::NameBinding {
-            name: name.clone(),
-            address: dev.address,
-        });
+        tun_dev_names.push(name.clone());
     }
+    let (attachments, attachment_names) = tun_devs::attachments(&node_config.tun_devs, |_| true);
 
     let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
     match io.fallback_reason() {
@@ -204,6 +200,12 @@ pub fn run(options: NodeOptions) -> Result<()> {
         to_loop.clone(),
         stop.clone(),
     )?);
+    let (local_datagrams, datagram_thread) = local_datagrams::start(
+        &local_datagrams::base_of(&control_socket),
+        to_loop.clone(),
+        stop.clone(),
+    )?;
+    threads.push(datagram_thread);
     let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
     let metrics = match metrics_listen.or_else(|| node_config.metrics.listen_addr()) {
         Some(addr) => {
@@ -246,6 +248,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         id,
         config,
         config_path,
+        signature: signature.clone(),
+        pending_config: None,
+        local_datagrams,
         to_loop,
         backends: BTreeMap::new(),
         failed: BTreeMap::new(),
@@ -261,7 +266,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         offload_counters: datapath::OffloadCounters::default(),
         started,
         started_wall,
-        tuns,
+        tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
         ebpf,
         dns,
         subnet,
@@ -510,6 +515,13 @@ struct Daemon {
     config: MeshConfig,
     /// Where newer configurations are persisted.
     config_path: PathBuf,
+    /// The running configuration's signature, as `config get` shows it.
+    signature: Vec<u8>,
+    /// A newer configuration and its signature, accepted and persisted, that the core is
+    /// offering to the neighbours; applied on [`Command::ApplyConfig`].
+    pending_config: Option<(MeshConfig, Vec<u8>)>,
+    /// Control datagrams to and from local programs.
+    local_datagrams: local_datagrams::LocalDatagrams,
     /// For backend threads started later.
     to_loop: LoopSender,
     /// The backends, by name.
@@ -535,7 +547,7 @@ struct Daemon {
     started: Instant,
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
-    tuns: Vec<TunDevice>,
+    tuns: tun_devs::TunSet,
     ebpf: Ebpf,
     dns: dns::Dns,
     subnet: String,
@@ -572,7 +584,7 @@ impl Daemon {
     }
 
     fn run(&mut self) -> Result<()> {
-        for (i, tun) in self.tuns.iter().enumerate() {
+        for (i, tun) in self.tuns.indexed() {
             self.io
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
@@ -754,6 +766,15 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
+                LoopMessage::LocalDatagram(d) => {
+                    let now = self.now();
+                    if let Err(reason) = self
+                        .node
+                        .send_control_datagram(now, d.src_port, d.dst, d.dst_port, &d.payload)
+                    {
+                        tracing::debug!(dst = %d.dst, dst_port = d.dst_port, reason = ?reason, "control datagram dropped");
+                    }
+                }
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => {
                     self.reload();
@@ -816,6 +837,13 @@ impl Daemon {
     }
 
     fn drain_node(&mut self) {
+        // Applying a configuration or taking an offer makes more output: drain until none.
+        while self.drain_node_once() {}
+    }
+
+    /// Drains the core's outputs once; returns true if any command or event was handled.
+    fn drain_node_once(&mut self) -> bool {
+        let mut handled = false;
         while let Some(transmit) = self.node.poll_transmit() {
             self.send_packet(transmit.link, &transmit.payload);
         }
@@ -823,15 +851,21 @@ impl Daemon {
             self.write_tun(&packet);
         }
         while let Some(command) = self.node.poll_command() {
+            handled = true;
             match command {
                 Command::CloseLink { link, reason } => {
                     self.close_link(link, reason.as_str());
                 }
                 Command::InstallForwardingTable(table) => self.table = table,
+                Command::ApplyConfig {
+                    version,
+                    unacknowledged,
+                } => self.apply_pending_config(version, &unacknowledged),
             }
         }
         let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
+            handled = true;
             log_event(&event);
             if matches!(event, Event::NamesChanged { .. }) {
                 self.dns.update(&self.node);
@@ -844,6 +878,17 @@ impl Daemon {
             } = event
             {
                 offers.push((link, config, signature));
+                continue;
+            }
+            if let Event::ControlDatagram {
+                src,
+                src_port,
+                dst_port,
+                payload,
+            } = &event
+            {
+                self.local_datagrams
+                    .deliver(*src, *src_port, *dst_port, payload);
                 continue;
             }
             if let Event::SessionEstablished { link, .. } = event
@@ -859,6 +904,7 @@ impl Daemon {
                 tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
             }
         }
+        handled
     }
 
     /// Closes a link's transport; a TCP socket itself closes once no operation uses it.
@@ -950,7 +996,12 @@ fn log_event(event: &Event) {
         Event::ConfigOffered { link, version, .. } => {
             tracing::info!(%link, version, "newer configuration offered");
         }
-        Event::ControlDatagram { .. } => {}
+        Event::ControlDatagram {
+            src,
+            src_port,
+            dst_port,
+            payload,
+        } => tracing::trace!(%src, src_port, dst_port, len = payload.len(), "control datagram"),
     }
 }
 

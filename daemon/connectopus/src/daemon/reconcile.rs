@@ -4,7 +4,8 @@
 //! (closing its links), a backend whose only change is its cost keeps its links and sessions
 //! and gets the new cost, any other change to a backend restarts that backend. A change to
 //! `global` (other than its version) or to any other key of this node (address, identity,
-//! prefixes, TUN devices, DNS) restarts the node's mesh instance. Changes to other nodes'
+//! prefixes, its own TUN device, DNS) restarts the node's mesh instance; `tun_devs` changes
+//! apply live (see `tun_devs`). Changes to other nodes'
 //! entries need nothing here: their own nodes apply them. A configuration without this node
 //! stops it forwarding. A backend that fails to start is retried (see `backend_retry`).
 
@@ -228,11 +229,13 @@ impl Daemon {
         // the node's address, identity, prefixes, TUN devices, DNS.
         let mut old_rest = old_node.clone();
         old_rest.backends = new_node.backends.clone();
+        old_rest.tun_devs = new_node.tun_devs.clone();
         if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
         let old_backends = old_node.backends.clone();
         let new_backends = new_node.backends.clone();
+        let (old_devs, new_devs) = (old_node.tun_devs.clone(), new_node.tun_devs.clone());
         for name in old_backends.keys() {
             if !new_backends.contains_key(name) {
                 self.stop_backend(name);
@@ -248,6 +251,9 @@ impl Daemon {
                 }
                 None => self.start_or_retry(name, backend),
             }
+        }
+        if old_devs != new_devs {
+            self.apply_tun_devs(&old_devs, &new_devs, node_mtu(&new_backends));
         }
         ApplyOutcome::Applied
     }
@@ -319,7 +325,9 @@ impl ConfigSource {
 impl Daemon {
     /// Takes a candidate configuration: checks its signature against the keys of the running
     /// configuration (never the candidate's own), checks the version rule, persists it, then
-    /// applies it. Returns the version on success; a refusal leaves everything as it was.
+    /// hands it to the core, which offers it to the neighbours and says when to apply it
+    /// (`apply_pending_config`). Returns the version on success; a refusal leaves everything
+    /// as it was.
     pub(super) fn accept_config(
         &mut self,
         bytes: &[u8],
@@ -347,7 +355,12 @@ impl Daemon {
             &new.global.revoked_keys,
         )
         .context("the new configuration does not authorize the key that signed it")?;
-        connectopus_config::check_version(self.config.global.version, new.global.version)?;
+        // Against the newest configuration taken, applied or still being offered.
+        let newest = self
+            .pending_config
+            .as_ref()
+            .map_or(self.config.global.version, |(p, _)| p.global.version);
+        connectopus_config::check_version(newest, new.global.version)?;
         crate::state::persist_pair(&self.config_path, bytes, signature)?;
         // After the pair: a crash in between leaves the record behind the file, never ahead.
         if let Err(error) = crate::state::record_version(&self.config_path, new.global.version) {
@@ -360,6 +373,41 @@ impl Daemon {
             "configuration accepted"
         );
         let version = new.global.version;
+        // Offer it to every neighbour first: the core says when to apply it (every neighbour
+        // acknowledged it, or the wait timed out), so a change that removes a link still
+        // reaches the node at its other end.
+        self.pending_config = Some((new, signature.to_vec()));
+        let now = self.now();
+        self.node.propose_config(now, version, bytes, signature);
+        Ok(version)
+    }
+
+    /// Applies the pending configuration once the core has rolled it out
+    /// ([`Command::ApplyConfig`]).
+    pub(super) fn apply_pending_config(
+        &mut self,
+        version: u64,
+        unacknowledged: &[std::net::Ipv6Addr],
+    ) {
+        let Some((new, signature)) = self
+            .pending_config
+            .take_if(|(p, _)| p.global.version == version)
+        else {
+            return;
+        };
+        self.signature = signature;
+        if unacknowledged.is_empty() {
+            tracing::info!(
+                version,
+                "every neighbour has the configuration; applying it"
+            );
+        } else {
+            tracing::warn!(
+                version,
+                ?unacknowledged,
+                "neighbours did not acknowledge the configuration in time; applying it anyway"
+            );
+        }
         match self.apply_config(&new) {
             ApplyOutcome::Applied => {
                 let now = self.now();
@@ -367,7 +415,6 @@ impl Daemon {
                     // Grants and revocations of other nodes take effect at once.
                     self.node.set_trust(now, Some(trust::policy(&new)));
                 }
-                self.node.set_config(now, version, bytes, signature);
                 self.config = new;
             }
             ApplyOutcome::Restart => {
@@ -384,22 +431,20 @@ impl Daemon {
                 }
                 let now = self.now();
                 self.node.shutdown(now);
-                self.node.set_config(now, version, bytes, signature);
                 self.removed = Some(reason);
                 self.config = new;
             }
         }
-        Ok(version)
     }
 }
 
 impl Daemon {
-    /// Answers `config get`: the running configuration's exact bytes and signature.
+    /// Answers `config get`: the running configuration's exact bytes and signature, from
+    /// memory (the file may already hold a newer pair still being offered to the neighbours),
+    /// so every way of asking gets the same answer.
     pub(super) fn get_config(&self) -> ControlReply {
         let config = String::from_utf8_lossy(self.config.source()).into_owned();
-        let signature =
-            std::fs::read_to_string(crate::config_cli::signature_path(&self.config_path))
-                .unwrap_or_default();
+        let signature = String::from_utf8_lossy(&self.signature).into_owned();
         ControlReply::Config { config, signature }
     }
 }
