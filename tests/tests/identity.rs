@@ -215,7 +215,27 @@ fn removing_a_node_from_the_config_cuts_it_off_everywhere() {
             !ping.all_received() && ping.saw_icmp_error("nreachable"),
             "{ping:?}"
         );
-        // bar keeps dialing (it runs its old config) and is refused.
+        // The removal reached bar as well (a node offers a new config to its neighbours
+        // before applying it): bar knows it is out of the mesh.
+        wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
+            mesh.status("bar")
+                .is_ok_and(|s| s["removed"].as_str().is_some_and(|r| r.contains("not in")))
+        })
+        .context("bar should know it was removed")?;
+        // An old copy of bar, with the files from before the change and no memory of version 2,
+        // dials with its key and is refused everywhere.
+        mesh.stop("bar")?;
+        let own = mesh.node_config_path("bar");
+        std::fs::copy(mesh.config_path(), &own)?;
+        let mut own_sig = own.clone().into_os_string();
+        own_sig.push(".sig");
+        let mut mesh_sig = mesh.config_path().clone().into_os_string();
+        mesh_sig.push(".sig");
+        std::fs::copy(&mesh_sig, &own_sig)?;
+        let mut own_version = own.clone().into_os_string();
+        own_version.push(".version");
+        let _ = std::fs::remove_file(&own_version);
+        mesh.start("bar")?;
         wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
             counter(&mesh, "foo", "hellos_rejected_unknown_key")
                 + counter(&mesh, "baz", "hellos_rejected_unknown_key")
