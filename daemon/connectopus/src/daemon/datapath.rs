@@ -527,7 +527,9 @@ impl Daemon {
                 if data {
                     self.node.note_link_sent(link, message.len());
                 }
-                self.pump_tcp_write(link);
+                if !self.close_if_tcp_queue_overflows(link) {
+                    self.pump_tcp_write(link);
+                }
             }
             Transport::Dtls(_) => {
                 let Some(buf) = self.io.alloc() else {

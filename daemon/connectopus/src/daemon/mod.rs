@@ -45,8 +45,10 @@ mod datapath;
 mod dns;
 mod dtls;
 use dtls::send_raw;
+mod handshake_limits;
 mod reconcile;
 mod report;
+mod resolve;
 mod tcp;
 mod trust;
 
@@ -236,6 +238,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         dns,
         subnet,
         links: BTreeMap::new(),
+        dtls_peers: std::collections::HashMap::new(),
+        hello_limiter: handshake_limits::HelloLimiter::new(),
+        limit_counters: handshake_limits::LimitCounters::default(),
         udp: Vec::new(),
         retiring_udp: Vec::new(),
         closing: Vec::new(),
@@ -420,6 +425,9 @@ impl TcpLink {
 struct DtlsLink {
     /// Index of the UDP endpoint in `Daemon::udp`.
     endpoint: usize,
+    /// The local address the peer sent to, sent from (a listener bound to a wildcard address
+    /// answers from the address it was dialled on); `None`: the route's choice.
+    local: Option<std::net::IpAddr>,
     association: Box<DtlsAssociation>,
 }
 
@@ -474,6 +482,12 @@ struct Daemon {
     dns: dns::Dns,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
+    /// DTLS links by (UDP endpoint, peer address), as datagrams find them.
+    dtls_peers: std::collections::HashMap<(usize, SocketAddr), LinkId>,
+    /// Rate limits on the ClientHellos of unknown addresses.
+    hello_limiter: handshake_limits::HelloLimiter,
+    /// What the limits on unauthenticated peers did.
+    limit_counters: handshake_limits::LimitCounters,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
     /// retired.
     udp: Vec<Option<UdpEndpoint>>,
@@ -596,6 +610,9 @@ impl Daemon {
         let id = LinkId(self.next_link);
         self.next_link += 1;
         tracing::info!(link = %id, backend = %link.backend, remote = %link.remote, kind = link.kind, "link up");
+        if let Transport::Dtls(d) = &link.transport {
+            self.dtls_peers.insert((d.endpoint, link.remote), id);
+        }
         self.links.insert(id, link);
         id
     }
@@ -656,6 +673,9 @@ impl Daemon {
                     };
                     let _ = reply.send(answer);
                 }
+                LoopMessage::DtlsPeerResolved { endpoint, result } => {
+                    self.on_dtls_peer_resolved(endpoint, result);
+                }
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => self.reload(),
             }
@@ -695,6 +715,7 @@ impl Daemon {
             tracing::info!(%link, "handshake timed out");
             self.close_link(link, "handshake timeout");
         }
+        self.enforce_session_deadline();
         self.run_dialers();
         self.retry_backends();
     }
@@ -765,9 +786,20 @@ impl Daemon {
                 self.closing.push((link, tcp));
             }
             Transport::Dtls(mut dtls) => {
+                if self.dtls_peers.get(&(dtls.endpoint, l.remote)) == Some(&link) {
+                    self.dtls_peers.remove(&(dtls.endpoint, l.remote));
+                }
                 dtls.association.close();
                 while let Some(datagram) = dtls.association.poll_transmit() {
-                    send_raw(&mut self.io, &self.udp, dtls.endpoint, l.remote, &datagram);
+                    let (endpoint, local) = (dtls.endpoint, dtls.local);
+                    send_raw(
+                        &mut self.io,
+                        &self.udp,
+                        endpoint,
+                        l.remote,
+                        local,
+                        &datagram,
+                    );
                 }
                 if let Some(Some(UdpEndpoint {
                     role: UdpRole::Dialer(dialer),
