@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, NetNs, Topology, ping6, require_root, require_tools, run_test,
-    wait_until,
+    IperfOptions, LinkKind, Mesh, MeshLink, NetNs, Topology, iperf3_client, iperf3_server, ping6,
+    require_root, require_tools, run_test, wait_until,
 };
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -203,6 +203,100 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
                 && counter(&mesh, "bar", "dtls_hellos_rate_limited")? > 0,
             "the limits did the work"
         );
+        Ok(())
+    });
+}
+
+/// Throughput foo -> baz (across bar), bits per second, over `seconds`.
+fn iperf_across(topo: &Topology, mesh: &Mesh<'_>, seconds: u32) -> Result<f64> {
+    let baz = mesh.address("baz");
+    let _server = iperf3_server(topo.ns("baz"), Some(baz.into()), 5201)?;
+    let result = iperf3_client(
+        topo.ns("foo"),
+        baz,
+        &IperfOptions {
+            seconds,
+            ..IperfOptions::default()
+        },
+    )?;
+    Ok(result.bits_per_second())
+}
+
+#[test]
+fn spoofed_client_hellos_are_rate_limited_and_forwarding_goes_on() {
+    require_root!();
+    run_test("dtls_spoofed_hellos", |dir| {
+        require_tools(&["ping", "iperf3"]);
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+            ],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        // Answers to the spoofed sources go back towards foo, as a real flood's would.
+        let foo_addr = topo.link_addr("foo", "bar").to_string();
+        topo.ns("bar")
+            .ip(&["-6", "route", "add", "2001:db8:99::/48", "via", &foo_addr])?;
+        let quiet = iperf_across(&topo, &mesh, 3)?;
+        // The same flood at a port nobody listens on: what the flood costs the machine (two
+        // shared cores: flooder, kernel, nodes and iperf3) without the listener's part.
+        let listener = topo.link_addr("bar", "foo").to_string();
+        let flood = topo.ns("foo").spawn(
+            env!("CARGO_BIN_EXE_hello_flood"),
+            &["2001:db8:99::", listener.as_str(), "4999", "100000", "6"],
+        )?;
+        let control = iperf_across(&topo, &mesh, 3)?;
+        flood.wait_timeout(Duration::from_secs(30))?;
+
+        // 100,000 ClientHellos a second at the listener foo's link uses, each from its own
+        // /64 of 2001:db8:99::/48 and its own port.
+        let flood = topo.ns("foo").spawn(
+            env!("CARGO_BIN_EXE_hello_flood"),
+            &["2001:db8:99::", listener.as_str(), "4000", "100000", "12"],
+        )?;
+        wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
+            counter(&mesh, "bar", "dtls_hellos_rate_limited").is_ok_and(|n| n > 10_000)
+        })
+        .context("the flood reaches bar and is rate-limited")?;
+        ping_across(
+            topo.ns("foo"),
+            mesh.address("baz"),
+            "foo -> baz under the flood",
+        )?;
+        let loaded = iperf_across(&topo, &mesh, 3)?;
+        flood.wait_timeout(Duration::from_secs(30))?;
+        let sent: f64 = flood
+            .stdout()
+            .trim()
+            .strip_prefix("sent ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("flood report: {}", flood.stdout()))?;
+        let limited = counter(&mesh, "bar", "dtls_hellos_rate_limited")?;
+        eprintln!(
+            "forwarding foo -> baz: quiet {:.0} Mbit/s; flood at a closed port {:.0} Mbit/s; \
+             under {:.0} hellos/s at the listener {:.0} Mbit/s ({:.0} % of quiet); \
+             {limited} hellos dropped by the rate limiter",
+            quiet / 1e6,
+            control / 1e6,
+            sent / 12.0,
+            loaded / 1e6,
+            100.0 * loaded / quiet
+        );
+        ensure!(loaded > 1e6, "forwarding under the flood: {loaded} bit/s");
+        ensure!(
+            limited as f64 >= sent * 0.5,
+            "most hellos are dropped before OpenSSL: {limited} of {sent}"
+        );
+        ping_across(
+            topo.ns("foo"),
+            mesh.address("baz"),
+            "foo -> baz after the flood",
+        )?;
         Ok(())
     });
 }
