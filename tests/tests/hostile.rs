@@ -191,9 +191,9 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
         mesh.kill("foo")?;
         mesh.start("foo")?;
         let restarted = Instant::now();
-        let baz = mesh.address("baz");
+        let baz_addr = mesh.address("baz");
         wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
-            ping6(topo.ns("foo"), baz, 1, 56, &[]).is_ok_and(|p| p.all_received())
+            ping6(topo.ns("foo"), baz_addr, 1, 56, &[]).is_ok_and(|p| p.all_received())
         })
         .with_context(|| format!("foo's link did not come back: {}", flood.stdout()))?;
         eprintln!("foo is back after {:?}", restarted.elapsed());
@@ -209,11 +209,11 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
 
 /// Throughput foo -> baz (across bar), bits per second, over `seconds`.
 fn iperf_across(topo: &Topology, mesh: &Mesh<'_>, seconds: u32) -> Result<f64> {
-    let baz = mesh.address("baz");
-    let _server = iperf3_server(topo.ns("baz"), Some(baz.into()), 5201)?;
+    let server_addr = mesh.address("baz");
+    let _server = iperf3_server(topo.ns("baz"), Some(server_addr.into()), 5201)?;
     let result = iperf3_client(
         topo.ns("foo"),
-        baz,
+        server_addr,
         &IperfOptions {
             seconds,
             ..IperfOptions::default()
@@ -364,9 +364,9 @@ fn a_resolver_that_never_answers_does_not_stall_forwarding() {
             topo.ns("bar"),
             &format!("nameserver {nameserver}\noptions timeout:5 attempts:3\n"),
         )?;
-        let foo = topo.ns("foo");
-        foo.exec_ok("nft", &["add", "table", "inet", "cxdrop"])?;
-        foo.exec_ok(
+        let foo_ns = topo.ns("foo");
+        foo_ns.exec_ok("nft", &["add", "table", "inet", "cxdrop"])?;
+        foo_ns.exec_ok(
             "nft",
             &[
                 "add", "chain", "inet", "cxdrop", "in", "{", "type", "filter", "hook", "input",
@@ -374,7 +374,7 @@ fn a_resolver_that_never_answers_does_not_stall_forwarding() {
             ],
         )?;
         for proto in ["udp", "tcp"] {
-            foo.exec_ok(
+            foo_ns.exec_ok(
                 "nft",
                 &[
                     "add", "rule", "inet", "cxdrop", "in", proto, "dport", "53", "drop",

@@ -7,7 +7,7 @@
 //! the loop's clock); the loop applies the decisions.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -147,9 +147,7 @@ impl HelloLimiter {
     /// Returns whether a datagram from `source` may be looked at now (`now`: the loop's clock).
     pub(super) fn allow(&mut self, source: IpAddr, now: Duration) -> bool {
         let key = hello_prefix(source);
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let slot = (h.finish() % HELLO_BUCKETS as u64) as usize;
+        let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
         let Some(bucket) = self.buckets.get_mut(slot) else {
             return false;
         };
