@@ -89,8 +89,8 @@ const HELLO_BUCKETS: usize = 1024;
 const HELLO_RATE_PER_PREFIX: f64 = 20.0;
 const HELLO_BURST_PER_PREFIX: f64 = 40.0;
 /// ClientHellos per second (and burst) one listener looks at from all sources together.
-const HELLO_RATE_TOTAL: f64 = 5000.0;
-const HELLO_BURST_TOTAL: f64 = 5000.0;
+const HELLO_RATE_TOTAL: f64 = 1000.0;
+const HELLO_BURST_TOTAL: f64 = 1000.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
