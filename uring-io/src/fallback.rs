@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::meta::{
     CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, Op, OpKind, SockAddrBuf, Token, parse_gro,
-    parse_sockaddr, write_gso,
+    parse_local, parse_sockaddr, write_send_control,
 };
 use crate::pool::{BufId, BufferPool};
 use crate::{BATCH_SIZE, MAX_RECEIVERS, Waker, is_transient};
@@ -32,6 +32,8 @@ struct PendingOp {
     dest: SockAddrBuf,
     dest_len: libc::socklen_t,
     segment_size: Option<u16>,
+    source: Option<std::net::IpAddr>,
+    destination: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +106,11 @@ impl SyscallDriver {
         }
     }
 
-    pub(crate) fn queue(&mut self, op: Op, dest: Option<(&SocketAddr, Option<u16>)>) {
+    pub(crate) fn queue(
+        &mut self,
+        op: Op,
+        dest: Option<(&SocketAddr, Option<u16>, Option<std::net::IpAddr>)>,
+    ) {
         let mut op = PendingOp {
             kind: op.kind,
             token: op.token,
@@ -115,10 +121,14 @@ impl SyscallDriver {
             dest: SockAddrBuf::zeroed(),
             dest_len: 0,
             segment_size: None,
+            source: None,
+            destination: None,
         };
-        if let Some((addr, seg)) = dest {
+        if let Some((addr, seg, source)) = dest {
             op.dest_len = op.dest.set(addr);
             op.segment_size = seg;
+            op.source = source;
+            op.destination = Some(*addr);
         }
         // Within capacity: every queued operation holds one of the pool's buffers.
         self.pending.push_back(op);
@@ -371,8 +381,11 @@ impl SyscallDriver {
             h.msg_namelen = op.dest_len;
             h.msg_iov = &raw mut s.iovs[j];
             h.msg_iovlen = 1;
-            if let Some(seg) = op.segment_size {
-                let n = write_gso(&mut s.controls[j], seg);
+            let n = match &op.destination {
+                Some(d) => write_send_control(&mut s.controls[j], op.segment_size, op.source, d),
+                None => 0,
+            };
+            if n > 0 {
                 h.msg_control = (&raw mut s.controls[j]).cast();
                 h.msg_controllen = n as _;
             }
@@ -486,6 +499,7 @@ impl SyscallDriver {
             )]
             let clen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
             c.segment_size = parse_gro(&s.controls[j].0[..clen]);
+            c.local = parse_local(&s.controls[j].0[..clen]);
             out.push(c);
         }
         if let Some(e) = err {

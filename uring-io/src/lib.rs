@@ -75,6 +75,42 @@ use meta::Op;
 pub use pool::{BufId, BufferPool, MAX_BUFFERS};
 pub use wake::Waker;
 
+/// Asks the kernel to report the local address each datagram of a UDP socket was sent to
+/// ([`Completion::local`]): `IPV6_RECVPKTINFO` on an IPv6 socket (and `IP_PKTINFO` for the
+/// IPv4-mapped traffic of a dual-stack one), `IP_PKTINFO` on an IPv4 socket.
+///
+/// # Errors
+/// The kernel refuses the option.
+pub fn enable_pktinfo(fd: RawFd, ipv6: bool) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    let set = |level: libc::c_int, name: libc::c_int| {
+        // SAFETY: the caller passes an open socket; the option value points at a live c_int
+        // whose size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    if ipv6 {
+        set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+        // Only a dual-stack socket takes it; an IPv6-only one has no IPv4 traffic to report.
+        let _ = set(libc::IPPROTO_IP, libc::IP_PKTINFO);
+        Ok(())
+    } else {
+        set(libc::IPPROTO_IP, libc::IP_PKTINFO)
+    }
+}
+
 use fallback::SyscallDriver;
 use ring::UringDriver;
 
@@ -456,8 +492,10 @@ impl PacketIo {
         };
         let dest = &transmit.destination;
         match &mut self.driver {
-            Driver::Uring(d) => d.send(&self.pool, op, dest, transmit.segment_size),
-            Driver::Syscall(d) => d.queue(op, Some((dest, transmit.segment_size))),
+            Driver::Uring(d) => {
+                d.send(&self.pool, op, dest, transmit.segment_size, transmit.source)
+            }
+            Driver::Syscall(d) => d.queue(op, Some((dest, transmit.segment_size, transmit.source))),
         }
     }
 

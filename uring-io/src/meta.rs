@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 use std::os::fd::RawFd;
 
@@ -82,6 +82,12 @@ pub struct Completion {
     /// Gives the GRO segment size of a received datagram that holds several coalesced datagrams
     /// (from the `UDP_GRO` control message; the socket must have `UDP_GRO` enabled).
     pub segment_size: Option<u16>,
+    /// Gives the local address a received datagram was sent to (from the `IPV6_PKTINFO` or
+    /// `IP_PKTINFO` control message; the socket must have `IPV6_RECVPKTINFO` / `IP_PKTINFO`
+    /// enabled, see [`enable_pktinfo`](crate::enable_pktinfo)). A reply sent from it
+    /// ([`Transmit::source`]) leaves from the address the peer talked to, also on a socket
+    /// bound to a wildcard address of a host with several.
+    pub local: Option<IpAddr>,
     /// Tells, for receives, whether the receive is still armed; `false` after an error that the
     /// driver does not retry (call `recv_*` again to re-arm). Always `false` for other kinds.
     pub armed: bool,
@@ -106,6 +112,7 @@ impl Completion {
             offset: 0,
             src: None,
             segment_size: None,
+            local: None,
             armed: false,
         }
     }
@@ -136,6 +143,10 @@ pub struct Transmit {
     /// Asks the kernel to split the payload into datagrams of this size (UDP GSO,
     /// `UDP_SEGMENT`); only the last may be shorter.
     pub segment_size: Option<u16>,
+    /// Sends from this local address (`IPV6_PKTINFO`, or `IP_PKTINFO` for an IPv4 address to
+    /// an IPv4-mapped destination) instead of the one the kernel's route picks; `None`: the
+    /// route's.
+    pub source: Option<IpAddr>,
 }
 
 /// Space for a socket address of either family, laid out as the kernel expects.
@@ -224,8 +235,9 @@ pub(crate) fn parse_sockaddr(bytes: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// Finds the GRO segment size in received control-message bytes (which need not be aligned).
-pub(crate) fn parse_gro(mut control: &[u8]) -> Option<u16> {
+/// Walks received control-message bytes (which need not be aligned) and calls `f` with each
+/// message's level, type and data; stops at the first malformed header.
+fn for_each_cmsg(mut control: &[u8], mut f: impl FnMut(i32, i32, &[u8])) {
     let hdr_len = mem::size_of::<libc::cmsghdr>();
     while control.len() >= hdr_len {
         // SAFETY: at least `hdr_len` bytes remain; `read_unaligned` tolerates any alignment and
@@ -237,36 +249,130 @@ pub(crate) fn parse_gro(mut control: &[u8]) -> Option<u16> {
         )]
         let len = hdr.cmsg_len as usize;
         if len < hdr_len || len > control.len() {
-            return None;
+            return;
         }
-        if hdr.cmsg_level == libc::SOL_UDP && hdr.cmsg_type == libc::UDP_GRO && len >= hdr_len + 4 {
-            let d = &control[hdr_len..hdr_len + 4];
-            let size = i32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
-            return u16::try_from(size).ok();
-        }
+        f(hdr.cmsg_level, hdr.cmsg_type, &control[hdr_len..len]);
         let next = cmsg_align(len);
         if next >= control.len() {
-            return None;
+            return;
         }
         control = &control[next..];
     }
-    None
+}
+
+/// Finds the GRO segment size in received control-message bytes (which need not be aligned).
+pub(crate) fn parse_gro(control: &[u8]) -> Option<u16> {
+    let mut found = None;
+    for_each_cmsg(control, |level, kind, data| {
+        if level == libc::SOL_UDP
+            && kind == libc::UDP_GRO
+            && let Some(d) = data.get(..4)
+        {
+            found = u16::try_from(i32::from_ne_bytes([d[0], d[1], d[2], d[3]])).ok();
+        }
+    });
+    found
+}
+
+/// Finds the local (destination) address of a received datagram in its `IPV6_PKTINFO` or
+/// `IP_PKTINFO` control message.
+pub(crate) fn parse_local(control: &[u8]) -> Option<IpAddr> {
+    let mut found = None;
+    for_each_cmsg(control, |level, kind, data| {
+        if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+            // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
+            if let Some(a) = data.get(..16).and_then(|a| <[u8; 16]>::try_from(a).ok()) {
+                let v6 = Ipv6Addr::from(a);
+                // IPv4 traffic of a dual-stack socket reports a mapped address.
+                found = Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+            }
+        } else if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+            // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
+            if let Some(a) = data.get(8..12).and_then(|a| <[u8; 4]>::try_from(a).ok()) {
+                found = Some(IpAddr::V4(Ipv4Addr::from(a)));
+            }
+        }
+    });
+    found
+}
+
+/// Appends one control message at `at` of `buf`; returns the end (aligned), or `at` unchanged
+/// when it does not fit.
+fn put_cmsg<const N: usize>(
+    buf: &mut CmsgBuf<N>,
+    at: usize,
+    level: i32,
+    kind: i32,
+    data: &[u8],
+) -> usize {
+    let hdr_len = mem::size_of::<libc::cmsghdr>();
+    let end = at + cmsg_align(hdr_len + data.len());
+    if end > N {
+        return at;
+    }
+    // SAFETY: `cmsghdr` is a plain C struct; all-zero bytes are valid.
+    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+    hdr.cmsg_len = (hdr_len + data.len()) as _;
+    hdr.cmsg_level = level;
+    hdr.cmsg_type = kind;
+    // SAFETY: `at` is a multiple of the alignment inside an 8-byte aligned buffer, and
+    // `at + hdr_len <= end <= N`, so the header fits.
+    unsafe {
+        buf.0
+            .as_mut_ptr()
+            .add(at)
+            .cast::<libc::cmsghdr>()
+            .write(hdr)
+    };
+    buf.0[at + hdr_len..at + hdr_len + data.len()].copy_from_slice(data);
+    buf.0[at + hdr_len + data.len()..end].fill(0);
+    end
 }
 
 /// Writes a `UDP_SEGMENT` control message and returns its length (`msg_controllen`).
 pub(crate) fn write_gso<const N: usize>(buf: &mut CmsgBuf<N>, segment_size: u16) -> usize {
     const { assert!(N >= 24) };
-    let hdr_len = mem::size_of::<libc::cmsghdr>();
-    let data_len = mem::size_of::<u16>();
-    // SAFETY: `cmsghdr` is a plain C struct; all-zero bytes are valid.
-    let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
-    hdr.cmsg_len = (hdr_len + data_len) as _;
-    hdr.cmsg_level = libc::SOL_UDP;
-    hdr.cmsg_type = libc::UDP_SEGMENT;
-    // SAFETY: the buffer is 8-byte aligned and N >= 24 >= hdr_len (16) + 2.
-    unsafe { buf.0.as_mut_ptr().cast::<libc::cmsghdr>().write(hdr) };
-    buf.0[hdr_len..hdr_len + data_len].copy_from_slice(&segment_size.to_ne_bytes());
-    cmsg_align(hdr_len + data_len)
+    put_cmsg(
+        buf,
+        0,
+        libc::SOL_UDP,
+        libc::UDP_SEGMENT,
+        &segment_size.to_ne_bytes(),
+    )
+}
+
+/// Writes the control messages of a send (UDP GSO segment size, source address) and returns
+/// their length (`msg_controllen`, 0 for none). The source is written as `IP_PKTINFO` when
+/// both it and the destination are IPv4 (or IPv4-mapped), else as `IPV6_PKTINFO`.
+pub(crate) fn write_send_control<const N: usize>(
+    buf: &mut CmsgBuf<N>,
+    segment_size: Option<u16>,
+    source: Option<IpAddr>,
+    destination: &SocketAddr,
+) -> usize {
+    const { assert!(N >= 64) };
+    let mut at = match segment_size {
+        Some(seg) => write_gso(buf, seg),
+        None => 0,
+    };
+    let to_v4 = match destination {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    match source {
+        Some(IpAddr::V4(v4)) if to_v4 => {
+            let mut data = [0u8; 12];
+            data[4..8].copy_from_slice(&v4.octets());
+            at = put_cmsg(buf, at, libc::IPPROTO_IP, libc::IP_PKTINFO, &data);
+        }
+        Some(IpAddr::V6(v6)) if !to_v4 => {
+            let mut data = [0u8; 20];
+            data[..16].copy_from_slice(&v6.octets());
+            at = put_cmsg(buf, at, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &data);
+        }
+        _ => {}
+    }
+    at
 }
 
 fn cmsg_align(len: usize) -> usize {
@@ -302,5 +408,33 @@ mod tests {
         c[0..8].copy_from_slice(&20usize.to_ne_bytes());
         assert_eq!(parse_gro(&c[..len]), Some(1400));
         assert_eq!(parse_gro(&[]), None);
+    }
+
+    #[test]
+    fn pktinfo_written_for_a_send_is_parsed_back() {
+        let dst: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let local: IpAddr = "2001:db8::2".parse().unwrap();
+        let mut buf = CmsgBuf([0u8; 64]);
+        let len = write_send_control(&mut buf, Some(1400), Some(local), &dst);
+        assert_eq!(len, 64);
+        assert_eq!(&buf.0[12..16], &libc::UDP_SEGMENT.to_ne_bytes());
+        assert_eq!(&buf.0[16..18], &1400u16.to_ne_bytes());
+        assert_eq!(parse_local(&buf.0[..len]), Some(local));
+        // IPv4 to a mapped destination: IP_PKTINFO, whose ipi_spec_dst is at 4..8 (the parser
+        // reads ipi_addr at 8..12, as a receive fills it).
+        let dst: SocketAddr = "[::ffff:198.18.0.1]:4000".parse().unwrap();
+        let local: IpAddr = "198.18.0.2".parse().unwrap();
+        let mut buf = CmsgBuf([0u8; 64]);
+        let len = write_send_control(&mut buf, None, Some(local), &dst);
+        assert_eq!(len, 32);
+        assert_eq!(&buf.0[16 + 4..16 + 8], &[198, 18, 0, 2]);
+        // A family mismatch writes nothing rather than a message the kernel refuses.
+        let len = write_send_control(
+            &mut buf,
+            None,
+            Some(local),
+            &"[2001:db8::1]:1".parse().unwrap(),
+        );
+        assert_eq!(len, 0);
     }
 }

@@ -29,7 +29,7 @@ use io_uring::{IoUring, cqueue, opcode, register, squeue};
 
 use crate::meta::{
     CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, Op, OpKind, SockAddrBuf, Token, parse_gro,
-    parse_sockaddr, write_gso,
+    parse_local, parse_sockaddr, write_send_control,
 };
 use crate::pool::{BufId, BufferPool};
 use crate::{Config, FallbackReason, MAX_RECEIVERS, Waker, is_transient};
@@ -269,6 +269,7 @@ impl UringDriver {
         op: Op,
         dest: &std::net::SocketAddr,
         segment_size: Option<u16>,
+        source: Option<std::net::IpAddr>,
     ) {
         let (buf, start, len) = (op.buf, op.start, op.len);
         let i = self.queue(op);
@@ -283,10 +284,7 @@ impl UringDriver {
                 iov_base: pool.ptr(buf).add(start as usize).cast(),
                 iov_len: len as usize,
             };
-            let controllen = match segment_size {
-                Some(seg) => write_gso(&mut (*m).control, seg),
-                None => 0,
-            };
+            let controllen = write_send_control(&mut (*m).control, segment_size, source, dest);
             let hdr = &raw mut (*m).hdr;
             *hdr = std::mem::zeroed();
             (*hdr).msg_name = (&raw mut (*m).name).cast();
@@ -718,6 +716,7 @@ impl UringDriver {
             Ok(msg) => {
                 c.src = parse_sockaddr(msg.name_data());
                 c.segment_size = parse_gro(msg.control_data());
+                c.local = parse_local(msg.control_data());
                 c.offset = self.buf_ring.headroom + RECVMSG_PAYLOAD_OFFSET;
                 c.result = if msg.is_payload_truncated() {
                     Err(Errno(libc::EMSGSIZE))

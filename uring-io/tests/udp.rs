@@ -144,6 +144,7 @@ fn gso_send_and_gro_receive() {
                     buf,
                     range: h..h + data.len(),
                     segment_size: Some(SEG as u16),
+                    source: None,
                 },
             );
         }
@@ -202,6 +203,7 @@ fn queue_sends(io: &mut PacketIo, from: &UdpSocket, to: SocketAddr, segment_size
                 buf,
                 range: h..h + p.len(),
                 segment_size,
+                source: None,
             },
         );
     }
@@ -235,5 +237,74 @@ fn assert_full_pool_after_idle(io: &mut PacketIo, backend: Backend) {
     match backend {
         Backend::Syscall => assert_eq!(free, io.pool().capacity()),
         Backend::Uring => assert_eq!(free, io.pool().capacity() - Config::default().rx_buffers),
+    }
+}
+
+#[test]
+fn a_wildcard_socket_learns_the_local_address_and_replies_from_it() {
+    for backend in BACKENDS {
+        let Some(mut io) = new_io(backend, Config::default()) else {
+            continue;
+        };
+        // Dual-stack on the wildcard; 127.0.0.2 is local (all of 127/8 is) but is not the
+        // address the route back to 127.0.0.1 picks, so only an explicit source replies from it.
+        let server = UdpSocket::bind("[::]:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        uring_io::enable_pktinfo(server.as_raw_fd(), true).unwrap();
+        let port = server.local_addr().unwrap().port();
+        io.recv_datagrams(server.as_raw_fd(), Token(3)).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let v6_client = bind();
+        v6_client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.send_to(b"hello", ("127.0.0.2", port)).unwrap();
+        v6_client.send_to(b"hello6", ("::1", port)).unwrap();
+        let got = collect(&mut io, OpKind::RecvDatagram, 2, free_other);
+        assert_eq!(got.len(), 2, "{backend:?}");
+        let mut seen = Vec::new();
+        for c in got {
+            let src = c.src.unwrap();
+            seen.push(c.local);
+            let buf = io.alloc().unwrap();
+            let h = io.pool().headroom();
+            io.buf_mut(&buf)[h..h + 5].copy_from_slice(b"reply");
+            io.send_to(
+                server.as_raw_fd(),
+                Token(4),
+                Transmit {
+                    destination: src,
+                    buf,
+                    range: h..h + 5,
+                    segment_size: None,
+                    source: c.local,
+                },
+            );
+            take_data(&mut io, c);
+        }
+        assert!(
+            seen.contains(&Some("127.0.0.2".parse().unwrap())),
+            "{backend:?}: {seen:?}"
+        );
+        assert!(
+            seen.contains(&Some("::1".parse().unwrap())),
+            "{backend:?}: {seen:?}"
+        );
+        for c in collect(&mut io, OpKind::Send, 2, free_other) {
+            assert!(c.result.is_ok(), "{backend:?}: {:?}", c.result);
+            io.free(c.buf.unwrap());
+        }
+        let mut buf = [0u8; 64];
+        let (_, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            from,
+            SocketAddr::from(([127, 0, 0, 2], port)),
+            "{backend:?}: the reply leaves from the address the client sent to"
+        );
+        let (_, from) = v6_client.recv_from(&mut buf).unwrap();
+        assert_eq!(from.ip(), "::1".parse::<std::net::IpAddr>().unwrap());
     }
 }

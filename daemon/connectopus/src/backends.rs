@@ -97,6 +97,13 @@ pub enum LoopMessage {
         /// The answer channel.
         reply: Sender<ControlReply>,
     },
+    /// A DTLS dialer's peer host name resolved (or failed to), off the loop.
+    DtlsPeerResolved {
+        /// Index of the dialer's UDP endpoint.
+        endpoint: usize,
+        /// The address, or why there is none.
+        result: std::result::Result<SocketAddr, String>,
+    },
     /// Stop the node (SIGINT, SIGTERM).
     Shutdown,
     /// Re-read the configuration file (SIGHUP).

@@ -203,6 +203,10 @@ pub fn bind_listener(bind: SocketAddr) -> Result<UdpSocket> {
     let socket = UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?;
     socket.set_nonblocking(true)?;
     enlarge_buffers(&socket);
+    // Each datagram's destination address, so that answers leave from it (a listener bound
+    // to a wildcard address on a host with several must answer from the one dialled).
+    uring_io::enable_pktinfo(std::os::fd::AsRawFd::as_raw_fd(&socket), bind.is_ipv6())
+        .with_context(|| format!("udp {bind}: enabling packet info"))?;
     Ok(socket)
 }
 

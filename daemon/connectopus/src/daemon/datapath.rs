@@ -543,7 +543,9 @@ impl Daemon {
                     return;
                 }
                 tcp.tx.extend(self.scratch_out.iter());
-                self.pump_tcp_write(link);
+                if !self.close_if_tcp_queue_overflows(link) {
+                    self.pump_tcp_write(link);
+                }
             }
             Transport::Dtls(_) => {
                 let Some(buf) = self.io.alloc() else {

@@ -55,7 +55,7 @@ impl Daemon {
             .seal_in_place(&mut self.io.buf_mut(&buf)[record_start..], len);
         match sealed {
             Ok(n) => {
-                let endpoint = dtls.endpoint;
+                let (endpoint, source) = (dtls.endpoint, dtls.local);
                 let destination = l.remote;
                 let Some(fd) = self.udp_fd(endpoint) else {
                     self.io.free(buf);
@@ -69,6 +69,7 @@ impl Daemon {
                         buf,
                         range: record_start..record_start + n,
                         segment_size: None,
+                        source,
                     },
                 );
             }
@@ -88,10 +89,17 @@ impl Daemon {
         let Transport::Dtls(dtls) = &mut l.transport else {
             return;
         };
-        let endpoint = dtls.endpoint;
+        let (endpoint, source) = (dtls.endpoint, dtls.local);
         let destination = l.remote;
         while let Some(datagram) = dtls.association.poll_transmit() {
-            send_raw(&mut self.io, &self.udp, endpoint, destination, &datagram);
+            send_raw(
+                &mut self.io,
+                &self.udp,
+                endpoint,
+                destination,
+                source,
+                &datagram,
+            );
         }
     }
 
@@ -108,7 +116,7 @@ impl Daemon {
             return;
         }
         let range = completion.data_range();
-        let src = completion.src;
+        let (src, local) = (completion.src, completion.local);
         let Some(buf) = completion.buf else {
             if !armed {
                 self.rearm_udp(endpoint);
@@ -117,10 +125,7 @@ impl Daemon {
         };
         if let (Some(range), Some(src)) = (range, src) {
             let src = normalize(src);
-            let known = self.links.iter().find_map(|(id, l)| match &l.transport {
-                Transport::Dtls(d) if d.endpoint == endpoint && l.remote == src => Some(*id),
-                _ => None,
-            });
+            let known = self.dtls_peers.get(&(endpoint, src)).copied();
             let listener = matches!(
                 self.udp
                     .get(endpoint)
@@ -138,8 +143,13 @@ impl Daemon {
                     return;
                 }
                 _ if listener => {
-                    let datagram = self.io.buf(&buf)[range].to_vec();
-                    self.accept_dtls(endpoint, src, datagram);
+                    // Rate-limited by source prefix before OpenSSL (or an allocation) sees it.
+                    if self.hello_limiter.allow(src.ip(), self.started.elapsed()) {
+                        let datagram = self.io.buf(&buf)[range].to_vec();
+                        self.accept_dtls(endpoint, (src, local), datagram);
+                    } else {
+                        self.limit_counters.dtls_hellos_rate_limited += 1;
+                    }
                 }
                 _ => {}
             }
@@ -164,7 +174,12 @@ impl Daemon {
     }
 
     /// Handles a datagram from an unknown address on a DTLS listener.
-    pub(super) fn accept_dtls(&mut self, endpoint: usize, src: SocketAddr, datagram: Vec<u8>) {
+    pub(super) fn accept_dtls(
+        &mut self,
+        endpoint: usize,
+        (src, local): (SocketAddr, Option<std::net::IpAddr>),
+        datagram: Vec<u8>,
+    ) {
         let Some(UdpEndpoint {
             role: UdpRole::Listener(config),
             backend,
@@ -175,36 +190,18 @@ impl Daemon {
         else {
             return;
         };
-        let half_open = self
-            .links
-            .values()
-            .filter(|l| {
-                matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint) && !l.announced
-            })
-            .count();
-        if half_open >= dtls_link::MAX_HALF_OPEN {
-            return;
-        }
         let now = self.started.elapsed();
         match DtlsAssociation::accept(config, src, now, &datagram) {
             Ok(Accept::HelloVerifyRequest(reply)) => {
-                send_raw(&mut self.io, &self.udp, endpoint, src, &reply);
+                send_raw(&mut self.io, &self.udp, endpoint, src, local, &reply);
             }
             Ok(Accept::Association(association)) => {
                 let (backend, cost, mtu) = (backend.clone(), *cost, *mtu);
                 // A new handshake from a known address replaces the old association.
-                let old: Vec<LinkId> = self
-                    .links
-                    .iter()
-                    .filter(|(_, l)| {
-                        matches!(&l.transport, Transport::Dtls(d) if d.endpoint == endpoint)
-                            && l.remote == src
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                for link in old {
-                    self.close_link(link, "peer started a new handshake");
+                if let Some(old) = self.dtls_peers.get(&(endpoint, src)).copied() {
+                    self.close_link(old, "peer started a new handshake");
                 }
+                self.make_room_for_dtls(endpoint, src.ip());
                 let id = self.new_link(Link {
                     backend,
                     kind: "dtls listener",
@@ -217,6 +214,7 @@ impl Daemon {
                     ended: None,
                     transport: Transport::Dtls(DtlsLink {
                         endpoint,
+                        local,
                         association,
                     }),
                 });
@@ -321,7 +319,7 @@ impl Daemon {
             io.free(src);
             return;
         };
-        let endpoint = dtls.endpoint;
+        let (endpoint, source) = (dtls.endpoint, dtls.local);
         let fd = udp
             .get(endpoint)
             .and_then(Option::as_ref)
@@ -417,6 +415,7 @@ impl Daemon {
                     buf: out,
                     range: start..end,
                     segment_size: (sent > 1).then_some(stride as u16),
+                    source,
                 },
             );
             if failed {
@@ -448,8 +447,6 @@ impl Daemon {
             let Some(UdpEndpoint {
                 role: UdpRole::Dialer(dialer),
                 backend,
-                cost,
-                mtu,
                 ..
             }) = &mut self.udp[endpoint]
             else {
@@ -459,6 +456,12 @@ impl Daemon {
                 continue;
             }
             dialer.next_attempt = None;
+            // A host name is resolved on a thread of its own; the dial goes on when the
+            // answer comes back (`on_dtls_peer_resolved`). An address needs no lookup.
+            if !matches!(dialer.peer.host, connectopus_config::PeerHost::Ip(_)) {
+                super::resolve::spawn(&self.to_loop, endpoint, backend, &dialer.peer);
+                continue;
+            }
             let remote = match dtls_link::resolve(&dialer.peer) {
                 Ok(remote) => remote,
                 Err(error) => {
@@ -468,6 +471,24 @@ impl Daemon {
                     continue;
                 }
             };
+            self.dial_dtls(endpoint, remote);
+        }
+    }
+
+    /// Starts a DTLS association from dialer `endpoint` to `remote`.
+    pub(super) fn dial_dtls(&mut self, endpoint: usize, remote: SocketAddr) {
+        let now = Instant::now();
+        {
+            let Some(UdpEndpoint {
+                role: UdpRole::Dialer(dialer),
+                backend,
+                cost,
+                mtu,
+                ..
+            }) = self.udp.get_mut(endpoint).and_then(Option::as_mut)
+            else {
+                return;
+            };
             let association = match DtlsAssociation::client(&dialer.config, self.started.elapsed())
             {
                 Ok(a) => Box::new(a),
@@ -475,7 +496,7 @@ impl Daemon {
                     let delay = dialer.backoff.failure();
                     tracing::warn!(backend = %backend, %error, "dtls client setup failed");
                     dialer.next_attempt = Some(now + delay);
-                    continue;
+                    return;
                 }
             };
             let link = Link {
@@ -490,6 +511,7 @@ impl Daemon {
                 ended: None,
                 transport: Transport::Dtls(DtlsLink {
                     endpoint,
+                    local: None,
                     association,
                 }),
             };
@@ -510,6 +532,7 @@ pub(super) fn send_raw(
     udp: &[Option<UdpEndpoint>],
     endpoint: usize,
     destination: SocketAddr,
+    source: Option<std::net::IpAddr>,
     datagram: &[u8],
 ) {
     let Some(e) = udp.get(endpoint).and_then(Option::as_ref) else {
@@ -532,6 +555,7 @@ pub(super) fn send_raw(
             buf,
             range: start..start + datagram.len(),
             segment_size: None,
+            source,
         },
     );
 }

@@ -189,10 +189,10 @@ impl Daemon {
             ..
         } = batch;
         let target = self.links.get(&link).and_then(|l| match &l.transport {
-            Transport::Dtls(d) => Some((d.endpoint, l.remote)),
+            Transport::Dtls(d) => Some((d.endpoint, l.remote, d.local)),
             Transport::Tcp(_) => None,
         });
-        let Some((endpoint, destination)) = target else {
+        let Some((endpoint, destination, source)) = target else {
             self.io.free(buf);
             return;
         };
@@ -216,6 +216,7 @@ impl Daemon {
                 buf,
                 range: start..end,
                 segment_size: (count > 1).then_some(stride as u16),
+                source,
             },
         );
     }

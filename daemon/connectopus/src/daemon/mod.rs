@@ -48,9 +48,11 @@ mod dtls_batch;
 use dtls::send_raw;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
+mod handshake_limits;
 mod reconcile;
 mod reload;
 mod report;
+mod resolve;
 mod tcp;
 mod trust;
 mod tun_devs;
@@ -271,6 +273,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         dns,
         subnet,
         links: BTreeMap::new(),
+        dtls_peers: std::collections::HashMap::new(),
+        hello_limiter: handshake_limits::HelloLimiter::new(),
+        limit_counters: handshake_limits::LimitCounters::default(),
         udp: Vec::new(),
         retiring_udp: Vec::new(),
         closing: Vec::new(),
@@ -489,6 +494,9 @@ impl TcpLink {
 struct DtlsLink {
     /// Index of the UDP endpoint in `Daemon::udp`.
     endpoint: usize,
+    /// The local address the peer sent to, sent from (a listener bound to a wildcard address
+    /// answers from the address it was dialled on); `None`: the route's choice.
+    local: Option<std::net::IpAddr>,
     association: Box<DtlsAssociation>,
 }
 
@@ -552,6 +560,12 @@ struct Daemon {
     dns: dns::Dns,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
+    /// DTLS links by (UDP endpoint, peer address), as datagrams find them.
+    dtls_peers: std::collections::HashMap<(usize, SocketAddr), LinkId>,
+    /// Rate limits on the ClientHellos of unknown addresses.
+    hello_limiter: handshake_limits::HelloLimiter,
+    /// What the limits on unauthenticated peers did.
+    limit_counters: handshake_limits::LimitCounters,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
     /// retired.
     udp: Vec<Option<UdpEndpoint>>,
@@ -701,6 +715,9 @@ impl Daemon {
         let id = LinkId(self.next_link);
         self.next_link += 1;
         tracing::info!(link = %id, backend = %link.backend, remote = %link.remote, kind = link.kind, "link up");
+        if let Transport::Dtls(d) = &link.transport {
+            self.dtls_peers.insert((d.endpoint, link.remote), id);
+        }
         self.links.insert(id, link);
         id
     }
@@ -758,7 +775,7 @@ impl Daemon {
                                 Err(error) => ControlReply::Error(format!("{error:#}")),
                             }
                         }
-                        ControlRequest::Reload => ControlReply::Reloaded(self.reload()),
+                        ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
                             Ok(said) => ControlReply::Done(said),
                             Err(error) => ControlReply::Error(format!("{error:#}")),
@@ -775,20 +792,28 @@ impl Daemon {
                         tracing::debug!(dst = %d.dst, dst_port = d.dst_port, reason = ?reason, "control datagram dropped");
                     }
                 }
+                LoopMessage::DtlsPeerResolved { endpoint, result } => {
+                    self.on_dtls_peer_resolved(endpoint, result);
+                }
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => {
-                    self.reload();
-                    self.notify.reloading();
-                    self.reload();
-                    // A change that restarts the mesh instance is ready when the re-executed
-                    // process says so.
-                    if !self.restart {
-                        let status = self.status_line();
-                        self.notify.ready(status);
-                    }
+                    self.reload_with_notify();
                 }
             }
         }
+    }
+
+    /// Reloads (SIGHUP, `connectopus reload`) between systemd's `RELOADING=1` and `READY=1`.
+    fn reload_with_notify(&mut self) -> control::ReloadOutcome {
+        self.notify.reloading();
+        let outcome = self.reload();
+        // A change that restarts the mesh instance is ready when the re-executed process says
+        // so.
+        if !self.restart {
+            let status = self.status_line();
+            self.notify.ready(status);
+        }
+        outcome
     }
 
     fn run_timers(&mut self) {
@@ -829,6 +854,7 @@ impl Daemon {
             tracing::info!(%link, "handshake timed out");
             self.close_link(link, "handshake timeout");
         }
+        self.enforce_session_deadline();
         self.run_dialers();
         self.retry_backends();
         let configured = self.backends.len() + self.failed.len();
@@ -927,9 +953,20 @@ impl Daemon {
                 self.closing.push((link, tcp));
             }
             Transport::Dtls(mut dtls) => {
+                if self.dtls_peers.get(&(dtls.endpoint, l.remote)) == Some(&link) {
+                    self.dtls_peers.remove(&(dtls.endpoint, l.remote));
+                }
                 dtls.association.close();
                 while let Some(datagram) = dtls.association.poll_transmit() {
-                    send_raw(&mut self.io, &self.udp, dtls.endpoint, l.remote, &datagram);
+                    let (endpoint, local) = (dtls.endpoint, dtls.local);
+                    send_raw(
+                        &mut self.io,
+                        &self.udp,
+                        endpoint,
+                        l.remote,
+                        local,
+                        &datagram,
+                    );
                 }
                 if let Some(Some(UdpEndpoint {
                     role: UdpRole::Dialer(dialer),

@@ -158,6 +158,7 @@ impl Daemon {
             counter_map.insert(format!("malformed_messages_{what}"), *n);
         }
         self.offload_counters.report(&mut counter_map);
+        self.limit_counters.report(&mut counter_map);
         let _ = name_of;
         control::StatusReport {
             name: self.node.name().to_owned(),

