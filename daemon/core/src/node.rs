@@ -95,8 +95,14 @@ pub struct NodeConfig {
     pub icmp_per_second: u32,
     /// ICMPv6 errors allowed in a burst.
     pub icmp_burst: u32,
-    /// Seed for every random choice the node makes (session ids, nonces).
+    /// Seed for every random choice the node makes (session ids, nonces) that need not be
+    /// unpredictable.
     pub seed: u64,
+    /// Secret from which the node derives its hello challenges (see `docs/protocol.md`, "Hello
+    /// signature"): they must be unpredictable, so the driver fills it from the operating
+    /// system's random generator. [`NodeConfig::new`] derives it from `seed`, which suits only
+    /// the simulator.
+    pub challenge_secret: [u8; 32],
     /// The node's signing key: with one, hellos carry the key and a signature bound to the
     /// link's channel, and own updates are signed. `None` sends neither.
     pub identity: Option<NodeKey>,
@@ -121,6 +127,7 @@ impl NodeConfig {
             icmp_per_second: 100,
             icmp_burst: 20,
             seed,
+            challenge_secret: identity::derive_secret(seed),
             identity: None,
             trust: None,
         }
@@ -317,6 +324,14 @@ pub struct NodeCounters {
     pub spf_runs: u64,
 }
 
+/// What the trust policy makes of a hello whose claims it grants.
+enum HelloCheck {
+    /// Accept it, with the peer key it proved (`None` without a policy).
+    Verified(Option<PublicKey>),
+    /// Its signature cannot cover our challenge yet (see [`Node::check_hello`]).
+    Unproven,
+}
+
 /// One origin's latest update.
 #[derive(Debug, Clone)]
 struct DatabaseEntry {
@@ -336,6 +351,8 @@ pub struct Node {
     /// granted to several); empty without a policy.
     trusted_addresses: BTreeMap<Ipv6Addr, Option<PublicKey>>,
     rng: SmallRng,
+    /// Hello challenges issued so far (the PRF input that makes each one fresh).
+    challenges_issued: u64,
     sessions: BTreeMap<LinkId, Session>,
     database: BTreeMap<Ipv6Addr, DatabaseEntry>,
     /// (epoch, sequence) of pruned origins, so their old updates are not taken back.
@@ -376,6 +393,7 @@ impl Node {
         let mut node = Self {
             trusted_addresses,
             rng,
+            challenges_issued: 0,
             sessions: BTreeMap::new(),
             database: BTreeMap::new(),
             pruned: BTreeMap::new(),
@@ -468,6 +486,8 @@ impl Node {
             return;
         }
         let session_id = self.random_nonzero();
+        self.challenges_issued += 1;
+        let challenge = identity::challenge(&self.config.challenge_secret, self.challenges_issued);
         let session = Session::new(
             link,
             info,
@@ -475,6 +495,7 @@ impl Node {
             self.config.stream.clone(),
             self.config.max_record_len,
             session_id,
+            challenge,
             now,
         );
         tracing::debug!(%link, "link up");
@@ -880,14 +901,18 @@ impl Node {
 
     /// Checks a hello against the trust policy; returns the verified peer key, or why the hello
     /// is refused. Without a policy every hello passes, with no key.
+    ///
+    /// On a link without a channel binding, a hello that does not echo our session id was sent
+    /// before the peer saw our hello, so its signature cannot cover our challenge yet: its
+    /// claims are checked, its signature is not, and it is [`HelloCheck::Unproven`].
     fn check_hello(
         &self,
         link: LinkId,
         hello: &connectopus_wire::Hello,
-    ) -> Result<Option<PublicKey>, &'static str> {
+    ) -> Result<HelloCheck, &'static str> {
         use connectopus_wire::HelloExtension;
         let Some(trust) = self.config.trust.as_ref() else {
-            return Ok(None);
+            return Ok(HelloCheck::Verified(None));
         };
         let Some(session) = self.sessions.get(&link) else {
             return Err("no_session");
@@ -931,8 +956,12 @@ impl Node {
         {
             return Err("unexpected_peer");
         }
+        if session.verifies_by_challenge() && hello.echo_session_id != session.local_session_id()
+        {
+            return Ok(HelloCheck::Unproven);
+        }
         let message = identity::hello_message(
-            &session.info().binding(),
+            &session.verifying_binding(),
             hello.session_id,
             hello.epoch,
             hello.address,
@@ -941,7 +970,7 @@ impl Node {
         if !identity::verify(&key, &message, &signature) {
             return Err("bad_signature");
         }
-        Ok(Some(key))
+        Ok(HelloCheck::Verified(Some(key)))
     }
 
     fn process_hello(&mut self, now: Time, link: LinkId, hello: &connectopus_wire::Hello) {
@@ -949,8 +978,20 @@ impl Node {
             self.reject_hello(now, link, hello.address, "own_address");
             return;
         }
+        let Some(session) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        session.note_peer_hello(hello);
         let key = match self.check_hello(link, hello) {
-            Ok(key) => key,
+            Ok(HelloCheck::Verified(key)) => key,
+            Ok(HelloCheck::Unproven) => {
+                // Its claims are granted, but it cannot prove them yet: answer at once so the
+                // peer learns our challenge; nothing else changes.
+                if let Some(session) = self.sessions.get_mut(&link) {
+                    session.answer_hello_now(now);
+                }
+                return;
+            }
             Err(reason) => {
                 self.reject_hello(now, link, hello.address, reason);
                 return;

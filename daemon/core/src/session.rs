@@ -34,8 +34,10 @@ pub struct LinkInfo {
     /// Human-readable origin of the link, e.g. the backend name and remote address.
     pub label: String,
     /// The channel binding of the link's (D)TLS session: its 32-byte keying-material exporter
-    /// value, the same at both ends of one session. `None` for plain TCP; hellos then sign 32
-    /// zero bytes, and a relay between two links cannot be detected.
+    /// value, the same at both ends of one session. `None` for plain TCP; hellos then carry a
+    /// fresh challenge, and each end signs the challenge the other chose (so a recorded hello
+    /// is worthless on another link), but a live relay between two links cannot be detected.
+    /// A driver whose exporter fails must close the link, never pass `None` for it.
     pub channel_binding: Option<[u8; 32]>,
     /// The node name the dialer expects at the other end (its `peer_node`); with a trust policy,
     /// a hello from any other name is refused.
@@ -52,11 +54,6 @@ impl LinkInfo {
             channel_binding: None,
             expected_peer: None,
         }
-    }
-
-    /// Returns the channel binding hellos on this link sign: the exporter value, or zeros.
-    pub fn binding(&self) -> [u8; 32] {
-        self.channel_binding.unwrap_or([0; 32])
     }
 }
 
@@ -207,6 +204,12 @@ pub struct Session {
     stream_config: StreamConfig,
     max_record_len: usize,
     local_session_id: u64,
+    /// This end's challenge on a link without a channel binding (`None` on a (D)TLS link).
+    local_challenge: Option<[u8; 32]>,
+    /// The challenge of the peer's latest hello, if it carried one.
+    peer_challenge: Option<[u8; 32]>,
+    /// The session id of the peer's latest hello (verified or not), echoed in our hellos.
+    echo_session_id: u64,
     state: SessionState,
     peer: Option<PeerInfo>,
     started_at: Time,
@@ -231,8 +234,10 @@ impl Session {
         stream_config: StreamConfig,
         max_record_len: usize,
         local_session_id: u64,
+        challenge: [u8; 32],
         now: Time,
     ) -> Self {
+        let local_challenge = info.channel_binding.is_none().then_some(challenge);
         Self {
             link,
             info,
@@ -240,6 +245,9 @@ impl Session {
             stream_config,
             max_record_len,
             local_session_id,
+            local_challenge,
+            peer_challenge: None,
+            echo_session_id: 0,
             state: SessionState::Handshaking,
             peer: None,
             started_at: now,
@@ -328,8 +336,54 @@ impl Session {
             .clamp(64, self.stream_config.max_segment_payload.max(64))
     }
 
-    /// Builds this end's hello; with a node key, it carries the key and its signature over
-    /// the link's channel binding and the session (see [`crate::identity::hello_message`]).
+    /// Returns what this end's hello signature covers: the link's exporter value, or on a
+    /// link without one the challenge of the peer's latest hello (zeros before it arrived).
+    fn signing_binding(&self) -> [u8; 32] {
+        self.info
+            .channel_binding
+            .or(self.peer_challenge)
+            .unwrap_or([0; 32])
+    }
+
+    /// Returns what the peer's hello signature must cover: the link's exporter value, or this
+    /// end's own challenge.
+    pub(crate) fn verifying_binding(&self) -> [u8; 32] {
+        self.info
+            .channel_binding
+            .or(self.local_challenge)
+            .unwrap_or([0; 32])
+    }
+
+    /// Returns true if a hello on this link can only be verified once it echoes this end's
+    /// session id: the link has no channel binding, so the peer's signature covers this end's
+    /// challenge, which the peer learns from this end's hello.
+    pub(crate) fn verifies_by_challenge(&self) -> bool {
+        self.local_challenge.is_some()
+    }
+
+    /// Notes the session id and challenge of a hello from the peer, verified or not: our next
+    /// hello echoes that id and signs that challenge.
+    pub(crate) fn note_peer_hello(&mut self, hello: &Hello) {
+        self.echo_session_id = hello.session_id;
+        let mut challenges = hello
+            .extensions
+            .iter()
+            .filter(|e| e.kind == HelloExtension::CHALLENGE);
+        self.peer_challenge = match (challenges.next(), challenges.next()) {
+            (Some(e), None) => e.value.as_slice().try_into().ok(),
+            _ => None,
+        };
+    }
+
+    /// Makes the next hello go out at once (the peer has not seen ours yet).
+    pub(crate) fn answer_hello_now(&mut self, now: Time) {
+        self.next_hello_at = Some(now);
+    }
+
+    /// Builds this end's hello: on a link without a channel binding it carries this end's
+    /// challenge; with a node key, it carries the key and its signature over the link's channel
+    /// binding (or the peer's challenge) and the session (see
+    /// [`crate::identity::hello_message`]).
     pub(crate) fn hello(
         &self,
         address: Ipv6Addr,
@@ -337,32 +391,34 @@ impl Session {
         epoch: u64,
         key: Option<&NodeKey>,
     ) -> Hello {
-        let extensions = match key {
-            None => Vec::new(),
-            Some(key) => {
-                let message = identity::hello_message(
-                    &self.info.binding(),
-                    self.local_session_id,
-                    epoch,
-                    address,
-                    name,
-                );
-                vec![
-                    HelloExtension {
-                        kind: HelloExtension::NODE_KEY,
-                        value: key.public().to_vec(),
-                    },
-                    HelloExtension {
-                        kind: HelloExtension::SIGNATURE,
-                        value: key.sign(&message).to_vec(),
-                    },
-                ]
-            }
-        };
+        let mut extensions = Vec::new();
+        if let Some(challenge) = self.local_challenge {
+            extensions.push(HelloExtension {
+                kind: HelloExtension::CHALLENGE,
+                value: challenge.to_vec(),
+            });
+        }
+        if let Some(key) = key {
+            let message = identity::hello_message(
+                &self.signing_binding(),
+                self.local_session_id,
+                epoch,
+                address,
+                name,
+            );
+            extensions.push(HelloExtension {
+                kind: HelloExtension::NODE_KEY,
+                value: key.public().to_vec(),
+            });
+            extensions.push(HelloExtension {
+                kind: HelloExtension::SIGNATURE,
+                value: key.sign(&message).to_vec(),
+            });
+        }
         Hello {
             capabilities: 0,
             session_id: self.local_session_id,
-            echo_session_id: self.peer.as_ref().map_or(0, |p| p.session_id),
+            echo_session_id: self.echo_session_id,
             epoch,
             address,
             name: name.to_owned(),
@@ -393,6 +449,7 @@ impl Session {
         key: Option<[u8; 32]>,
     ) -> HelloOutcome {
         let mut outcome = HelloOutcome::Nothing;
+        self.echo_session_id = hello.session_id;
         let incoming = PeerInfo {
             address: hello.address,
             name: hello.name.clone(),
@@ -626,6 +683,7 @@ mod tests {
             StreamConfig::default(),
             1 << 20,
             id,
+            [id as u8; 32],
             Time::ZERO,
         )
     }
@@ -697,6 +755,7 @@ mod tests {
             StreamConfig::default(),
             1 << 20,
             5,
+            [5; 32],
             start,
         );
         // A slow first hello (6 s) is not mistaken for a dead peer...

@@ -41,6 +41,7 @@ use crate::links::tls;
 use crate::tun::TunDevice;
 
 mod backend_retry;
+mod binding;
 mod datapath;
 mod dns;
 mod dtls;
@@ -49,9 +50,6 @@ mod reconcile;
 mod report;
 mod tcp;
 mod trust;
-
-/// The RFC 5705 exporter label of the channel binding that node hellos sign.
-const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -199,6 +197,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         epoch ^ u64::from(std::process::id()),
     );
     core.config_version = config.global.version;
+    // Hello challenges must be unpredictable: their secret comes from the OS.
+    ssh_key::rand_core::RngCore::fill_bytes(
+        &mut ssh_key::rand_core::OsRng,
+        &mut core.challenge_secret,
+    );
     if let Some(key) = node_key {
         tracing::info!(key = %connectopus_core::identity::hex(&key.public()), "node identity enforced");
         core.identity = Some(key);
@@ -609,15 +612,14 @@ impl Daemon {
             return;
         }
         l.announced = true;
-        // Channel binding: both ends of a (D)TLS session derive the same exporter value, so a
-        // hello signed over it cannot be replayed on another session or relayed.
-        let channel_binding = match &l.transport {
-            Transport::Dtls(d) => d
-                .association
-                .export_keying_material(CHANNEL_BINDING_LABEL, None, 32)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
-            Transport::Tcp(t) => t.codec.exporter(CHANNEL_BINDING_LABEL),
+        let channel_binding = match binding::channel_binding(&l.transport) {
+            Ok(binding) => binding,
+            Err(error) => {
+                // Never bound to zeros: a (D)TLS link without its binding is closed.
+                tracing::warn!(%link, %error, "closing link: no channel binding");
+                self.close_link(link, "channel binding failed");
+                return;
+            }
         };
         let expected_peer = self
             .backends
