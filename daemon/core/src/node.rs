@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use connectopus_wire::message::is_ipv6;
 use connectopus_wire::{
     Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, Prefix,
-    PrefixAdvert, Record, RecordKind, SignedUpdate,
+    PrefixAdvert, Record, RecordKind, RecordLimits, SignedUpdate,
 };
 
 use crate::LinkId;
@@ -37,8 +37,10 @@ use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers
 use crate::stream::StreamConfig;
 use crate::time::Time;
 
-/// Largest routing-stream record a node accepts by default (a whole signed mesh config fits).
-pub const DEFAULT_MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+mod budget;
+
+/// Most bytes all sessions of a node may hold for their routing streams together, by default.
+pub const DEFAULT_STREAM_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 
 /// Node-wide timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +91,12 @@ pub struct NodeConfig {
     pub timers: NodeTimers,
     /// Routing stream settings.
     pub stream: StreamConfig,
-    /// Largest routing-stream record accepted.
-    pub max_record_len: usize,
+    /// Largest routing-stream record accepted, by kind: an update is not a configuration.
+    pub record_limits: RecordLimits,
+    /// Most bytes all sessions may hold for their routing streams together (send buffers,
+    /// out-of-order segments, partial records); over it, the session holding the most is
+    /// closed ([`CloseReason::OverBudget`]) until the rest fits.
+    pub stream_memory_budget: usize,
     /// ICMPv6 errors per second, on average.
     pub icmp_per_second: u32,
     /// ICMPv6 errors allowed in a burst.
@@ -123,7 +129,8 @@ impl NodeConfig {
             names: Vec::new(),
             timers: NodeTimers::default(),
             stream: StreamConfig::default(),
-            max_record_len: DEFAULT_MAX_RECORD_LEN,
+            record_limits: RecordLimits::default(),
+            stream_memory_budget: DEFAULT_STREAM_MEMORY_BUDGET,
             icmp_per_second: 100,
             icmp_burst: 20,
             seed,
@@ -493,7 +500,7 @@ impl Node {
             info,
             self.config.timers.session,
             self.config.stream.clone(),
-            self.config.max_record_len,
+            self.config.record_limits,
             session_id,
             challenge,
             now,
@@ -956,8 +963,7 @@ impl Node {
         {
             return Err("unexpected_peer");
         }
-        if session.verifies_by_challenge() && hello.echo_session_id != session.local_session_id()
-        {
+        if session.verifies_by_challenge() && hello.echo_session_id != session.local_session_id() {
             return Ok(HelloCheck::Unproven);
         }
         let message = identity::hello_message(
@@ -1466,6 +1472,7 @@ impl Node {
 
     /// Sends hellos and drains every session's outbox; recomputes routes when due.
     fn after_input(&mut self, now: Time) {
+        self.enforce_stream_memory_budget(now);
         if self.spf_at.is_some_and(|t| now >= t) {
             self.spf_at = None;
             self.recompute_routes();

@@ -14,7 +14,7 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use connectopus_wire::record::RecordDecoder;
+use connectopus_wire::record::{RecordDecoder, RecordLimits};
 use connectopus_wire::{
     Cost, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, StreamSegment,
 };
@@ -134,6 +134,10 @@ pub enum CloseReason {
     PeerRejected,
     /// The routing stream failed or carried garbage.
     StreamFailed,
+    /// The peer kept its routing-stream window closed for the persist timeout.
+    WindowStalled,
+    /// The node's routing streams held more than its memory budget, this session the most.
+    OverBudget,
     /// This node is shutting down.
     Shutdown,
 }
@@ -149,6 +153,8 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::PeerRejected => "peer_rejected",
             CloseReason::StreamFailed => "stream_failed",
+            CloseReason::WindowStalled => "window_stalled",
+            CloseReason::OverBudget => "over_budget",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -159,7 +165,9 @@ impl CloseReason {
             CloseReason::Shutdown => Some(GoodbyeReason::Shutdown),
             CloseReason::Replaced => Some(GoodbyeReason::Replaced),
             CloseReason::PeerRejected => Some(GoodbyeReason::Rejected),
-            CloseReason::StreamFailed => Some(GoodbyeReason::ProtocolError),
+            CloseReason::StreamFailed | CloseReason::WindowStalled | CloseReason::OverBudget => {
+                Some(GoodbyeReason::ProtocolError)
+            }
             CloseReason::Timeout
             | CloseReason::HandshakeTimeout
             | CloseReason::LinkDown
@@ -202,7 +210,7 @@ pub struct Session {
     info: LinkInfo,
     timers: SessionTimers,
     stream_config: StreamConfig,
-    max_record_len: usize,
+    record_limits: RecordLimits,
     local_session_id: u64,
     /// This end's challenge on a link without a channel binding (`None` on a (D)TLS link).
     local_challenge: Option<[u8; 32]>,
@@ -232,7 +240,7 @@ impl Session {
         info: LinkInfo,
         timers: SessionTimers,
         stream_config: StreamConfig,
-        max_record_len: usize,
+        record_limits: RecordLimits,
         local_session_id: u64,
         challenge: [u8; 32],
         now: Time,
@@ -243,7 +251,7 @@ impl Session {
             info,
             timers,
             stream_config,
-            max_record_len,
+            record_limits,
             local_session_id,
             local_challenge,
             peer_challenge: None,
@@ -258,7 +266,7 @@ impl Session {
             outstanding_probe: None,
             rtt: None,
             stream: None,
-            decoder: RecordDecoder::new(max_record_len),
+            decoder: RecordDecoder::with_limits(record_limits),
             counters: SessionCounters::default(),
             outbox: Vec::new(),
         }
@@ -327,6 +335,15 @@ impl Session {
     /// Returns the routing stream's counters, once established.
     pub fn stream_stats(&self) -> Option<StreamStats> {
         self.stream.as_ref().map(|s| s.stats())
+    }
+
+    /// Returns every byte the session holds for its routing stream: the stream's buffers and
+    /// the part of a record received so far.
+    pub fn buffered_bytes(&self) -> usize {
+        self.stream
+            .as_ref()
+            .map_or(0, ReliableStream::buffered_bytes)
+            + self.decoder.buffered_len()
     }
 
     /// Returns the largest payload a stream segment may carry on this link.
@@ -492,7 +509,7 @@ impl Session {
         self.state = SessionState::Handshaking;
         self.established_at = None;
         self.stream = None;
-        self.decoder = RecordDecoder::new(self.max_record_len);
+        self.decoder = RecordDecoder::with_limits(self.record_limits);
         self.next_hello_at = Some(now);
         self.outstanding_probe = None;
     }
@@ -586,8 +603,10 @@ impl Session {
         }
         if let Some(stream) = self.stream.as_mut() {
             stream.handle_timeout(now);
-            if stream.failure().is_some() {
-                return Some(CloseReason::StreamFailed);
+            match stream.failure() {
+                None => {}
+                Some(StreamError::WindowStalled) => return Some(CloseReason::WindowStalled),
+                Some(_) => return Some(CloseReason::StreamFailed),
             }
         }
         if self.is_established() && idle >= self.timers.keepalive_idle {
@@ -681,7 +700,7 @@ mod tests {
             LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
-            1 << 20,
+            RecordLimits::uniform(1 << 20),
             id,
             [id as u8; 32],
             Time::ZERO,
@@ -753,7 +772,7 @@ mod tests {
             LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
-            1 << 20,
+            RecordLimits::uniform(1 << 20),
             5,
             [5; 32],
             start,

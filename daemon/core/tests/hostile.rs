@@ -11,9 +11,9 @@ use connectopus_core::LinkId;
 use connectopus_core::forward::RouteTarget;
 use connectopus_core::identity::{Grant, NodeKey, TrustPolicy};
 use connectopus_core::node::{Event, NodeConfig};
-use connectopus_core::session::LinkInfo;
+use connectopus_core::session::{CloseReason, LinkInfo};
 use connectopus_core::sim::{LinkParams, NodeIdx, Sim, SimLinkIdx};
-use connectopus_wire::{Cost, Hello, LinkMessage};
+use connectopus_wire::{Cost, Hello, LinkMessage, StreamSegment};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -119,8 +119,15 @@ fn a_recorded_hello_replayed_on_plain_tcp_is_refused_and_no_route_moves() {
     assert!(!sim.raw_link_open(v, raw), "V closed the attacker's link");
     let events = sim.take_events(v);
     assert!(
-        !events.iter().any(|e| matches!(e, Event::SessionEstablished { .. }
-            | Event::SessionClosed { link: _, peer: Some(_), .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Event::SessionEstablished { .. }
+                | Event::SessionClosed {
+                    link: _,
+                    peer: Some(_),
+                    ..
+                }
+        )),
         "no session moved: {events:?}"
     );
     assert_eq!(established(&sim, v), before_sessions);
@@ -128,4 +135,202 @@ fn a_recorded_hello_replayed_on_plain_tcp_is_refused_and_no_route_moves() {
     sim.run_for(5 * SECOND);
     assert_eq!(established(&sim, v), before_sessions);
     assert_eq!(route(&sim, v, addr(1)), before_route);
+}
+
+/// The test's end of a raw link to a node: a peer that completes the hello exchange (the node
+/// has no trust policy, so any hello is welcome) and then speaks the routing stream by hand.
+struct HostilePeer {
+    node: NodeIdx,
+    link: LinkId,
+    /// Our hello session id; the node's segments to us carry its low 32 bits as `conn`, and it
+    /// numbers its segments from there.
+    session_id: u64,
+    /// The node's hello session id; our segments carry its low 32 bits, numbered from there.
+    node_session_id: u64,
+}
+
+impl HostilePeer {
+    fn connect(sim: &mut Sim, node: NodeIdx) -> Self {
+        let link = sim.open_raw_link(node, LinkInfo::new(1452, Cost::DEFAULT, "hostile"));
+        let hello = sim
+            .take_raw(node, link)
+            .iter()
+            .find_map(|m| parse_hello(m))
+            .expect("the node greets the link");
+        let peer = Self {
+            node,
+            link,
+            session_id: 0x5eed_0000_0000_0001,
+            node_session_id: hello.session_id,
+        };
+        let ours = Hello {
+            capabilities: 0,
+            session_id: peer.session_id,
+            echo_session_id: peer.node_session_id,
+            epoch: 1,
+            address: addr(0x99),
+            name: "hostile".into(),
+            extensions: Vec::new(),
+        };
+        sim.send_raw(node, link, ours.encode());
+        assert!(
+            sim.node(node)
+                .unwrap()
+                .sessions()
+                .any(|s| s.link() == link && s.is_established()),
+            "the hostile peer got its session"
+        );
+        peer
+    }
+
+    /// Sends a stream segment to the node.
+    fn segment(&self, sim: &mut Sim, seq: u32, ack: u32, window: u16, payload: &[u8]) {
+        let segment = StreamSegment {
+            conn: self.node_session_id as u32,
+            seq,
+            ack,
+            sack: 0,
+            window,
+            payload,
+        };
+        sim.send_raw(self.node, self.link, segment.encode());
+    }
+
+    /// The first sequence number of the node's segments, and of ours.
+    fn first_seqs(&self) -> (u32, u32) {
+        (self.session_id as u32, self.node_session_id as u32)
+    }
+
+    /// Answers the node's keepalives; returns the stream segments it sent (seq, payload length).
+    fn take_segments(&self, sim: &mut Sim) -> Vec<(u32, usize)> {
+        let mut segments = Vec::new();
+        for mut m in sim.take_raw(self.node, self.link) {
+            match LinkMessage::parse(&mut m) {
+                Ok(LinkMessage::Keepalive(k)) => {
+                    sim.send_raw(self.node, self.link, k.encode_reply());
+                }
+                Ok(LinkMessage::Segment(s)) => segments.push((s.seq, s.payload.len())),
+                _ => {}
+            }
+        }
+        segments
+    }
+}
+
+fn closed_because(events: &[Event], link: LinkId) -> Option<CloseReason> {
+    events.iter().find_map(|e| match e {
+        Event::SessionClosed {
+            link: l, reason, ..
+        } if *l == link => Some(*reason),
+        _ => None,
+    })
+}
+
+/// A peer sends segments that never become in order (the first one is always missing), as
+/// large as a TCP frame allows, across and beyond the window: the node keeps at most its
+/// window's worth of bytes (256 segments of its own 1200-byte size), not 256 frames of 60 KB.
+#[test]
+fn out_of_order_segments_beyond_the_window_stay_bounded() {
+    let mut sim = Sim::new(7);
+    let v = sim.add_node("v");
+    let peer = HostilePeer::connect(&mut sim, v);
+    let (node_first, our_first) = peer.first_seqs();
+    let big = vec![0xab; 60_000];
+    let cap = 256 * 1200;
+    let mut most = 0;
+    for k in 1..1000u32 {
+        peer.segment(&mut sim, our_first.wrapping_add(k), node_first, 256, &big);
+        most = most.max(sim.node(v).unwrap().stream_memory_in_use());
+    }
+    sim.run_for(SECOND);
+    let session = sim
+        .node(v)
+        .unwrap()
+        .sessions()
+        .find(|s| s.link() == peer.link)
+        .expect("the session stays: holes are legal, only their size is bounded");
+    assert!(
+        session.buffered_bytes() <= cap + 4096,
+        "{}",
+        session.buffered_bytes()
+    );
+    assert!(most <= cap + 4096, "peak {most} bytes");
+}
+
+/// A peer acknowledges the node's first segment with a zero window and never opens it,
+/// answering every window probe (so it looks alive) and every keepalive. The node's buffered
+/// bytes stay small, and it fails the session after the persist timeout (30 s) instead of
+/// holding it forever.
+#[test]
+fn a_peer_that_holds_a_zero_window_is_failed_after_the_persist_timeout() {
+    let mut sim = Sim::new(8);
+    let v = sim.add_node("v");
+    let peer = HostilePeer::connect(&mut sim, v);
+    let (node_first, our_first) = peer.first_seqs();
+    sim.take_events(v);
+    let mut acked = node_first;
+    let mut most = 0;
+    let mut closed = None;
+    let start = sim.now();
+    while sim.now() - start < 90 * SECOND {
+        sim.run_for(SECOND / 10);
+        for (seq, len) in peer.take_segments(&mut sim) {
+            if len > 0 && acked == node_first && seq == node_first {
+                acked = node_first.wrapping_add(1);
+            }
+            // Every answer: what was acknowledged before, and a closed window.
+            if sim.raw_link_open(v, peer.link) {
+                peer.segment(&mut sim, our_first, acked, 0, &[]);
+            }
+        }
+        most = most.max(sim.node(v).unwrap().stream_memory_in_use());
+        closed = closed.or(closed_because(&sim.take_events(v), peer.link));
+        if closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        acked,
+        node_first.wrapping_add(1),
+        "the first segment was acknowledged"
+    );
+    assert_eq!(closed, Some(CloseReason::WindowStalled));
+    // Periodic updates waited (one every 10 s), then the persist timeout ran out.
+    let took = sim.now() - start;
+    assert!(took >= 30 * SECOND && took <= 50 * SECOND, "{took:?}");
+    assert!(most < 64 * 1024, "peak {most} bytes");
+    assert!(!sim.raw_link_open(v, peer.link));
+}
+
+/// Three peers each park a window's worth of out-of-order bytes (about 300 KB): with a 500 KB
+/// budget for all streams together, the node closes sessions, the largest first, so it never
+/// holds more than the budget after an input.
+#[test]
+fn all_sessions_together_stay_within_the_memory_budget() {
+    let mut sim = Sim::new(9);
+    let mut config = NodeConfig::new(addr(1), "v", 1, 99);
+    config.stream_memory_budget = 500_000;
+    let v = sim.add_node_with(config);
+    let peers: Vec<HostilePeer> = (0..3).map(|_| HostilePeer::connect(&mut sim, v)).collect();
+    sim.take_events(v);
+    let chunk = vec![0xcd; 1200];
+    for peer in &peers {
+        let (node_first, our_first) = peer.first_seqs();
+        for k in 1..256u32 {
+            peer.segment(&mut sim, our_first.wrapping_add(k), node_first, 256, &chunk);
+            let in_use = sim.node(v).unwrap().stream_memory_in_use();
+            assert!(in_use <= 500_000, "{in_use} bytes held");
+        }
+    }
+    let closed: Vec<CloseReason> = sim
+        .take_events(v)
+        .iter()
+        .filter_map(|e| match e {
+            Event::SessionClosed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    // The first two each grew largest in turn once the next one pushed the total over.
+    assert_eq!(closed, vec![CloseReason::OverBudget; 2]);
+    assert!(sim.raw_link_open(v, peers[2].link));
 }

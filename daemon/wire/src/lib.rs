@@ -32,7 +32,7 @@ pub use message::{
     MessageType, StreamSegment,
 };
 pub use offer::ConfigOffer;
-pub use record::{Record, RecordKind};
+pub use record::{Record, RecordKind, RecordLimits};
 
 /// Version of the link protocol this crate speaks; carried in every hello.
 ///

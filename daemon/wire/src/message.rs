@@ -504,7 +504,11 @@ mod tests {
             LinkMessage::parse(&b).map(|_| ())
         };
         assert_eq!(parse(&|_| ()), Ok(()));
-        assert_eq!(parse(&|b| b[1] = 2), Err(WireError::UnsupportedVersion));
+        assert_eq!(
+            parse(&|b| b[1] = 1),
+            Err(WireError::UnsupportedVersion),
+            "version 1"
+        );
         assert_eq!(parse(&|b| b[1] = 0), Err(WireError::UnsupportedVersion));
         assert_eq!(
             parse(&|b| b[8..16].fill(0)),
