@@ -101,6 +101,8 @@ pub enum LoopMessage {
     Shutdown,
     /// Re-read the configuration file (SIGHUP).
     Reload,
+    /// The `config-check` thread checked a neighbour's configuration offer.
+    OfferChecked(Box<crate::daemon::CheckedOffer>),
 }
 
 /// Sends messages to the main loop and wakes it.

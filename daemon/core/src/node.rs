@@ -33,11 +33,12 @@ use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, Route
 use crate::icmp::{self, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
 use crate::identity::{self, NodeKey, PublicKey, TrustPolicy};
 use crate::route::{self, PrefixTable, RouteSet, SpfOptions};
-use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers};
+use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionIds, SessionTimers};
 use crate::stream::StreamConfig;
 use crate::time::Time;
 
 mod budget;
+mod offers;
 
 /// Most bytes all sessions of a node may hold for their routing streams together, by default.
 pub const DEFAULT_STREAM_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
@@ -57,6 +58,9 @@ pub struct NodeTimers {
     pub node_dead_after: Duration,
     /// Look for dead origins this often.
     pub prune_interval: Duration,
+    /// Hand the driver at most one configuration offer per peer this often (each costs it a
+    /// signature check and a parse); sooner ones wait, the latest replacing older ones.
+    pub offer_interval: Duration,
 }
 
 impl Default for NodeTimers {
@@ -68,6 +72,7 @@ impl Default for NodeTimers {
             spf_delay: Duration::from_millis(20),
             node_dead_after: Duration::from_secs(60),
             prune_interval: Duration::from_secs(2),
+            offer_interval: Duration::from_secs(5),
         }
     }
 }
@@ -329,6 +334,9 @@ pub struct NodeCounters {
     pub icmp_errors_sent: u64,
     /// Route computations run.
     pub spf_runs: u64,
+    /// Configuration offers received, by what became of them: `handed_to_driver`,
+    /// `same_as_running`, `repeated`, `deferred` (see the `offers` module).
+    pub config_offers: BTreeMap<&'static str, u64>,
 }
 
 /// What the trust policy makes of a hello whose claims it grants.
@@ -370,6 +378,8 @@ pub struct Node {
     config_offer: Option<Arc<[u8]>>,
     /// The configuration version each link was last offered.
     offered: BTreeMap<LinkId, u64>,
+    /// Offers received, per peer (see the `offers` module).
+    offers: BTreeMap<Ipv6Addr, offers::PeerOffers>,
     own_adjacencies: Vec<Adjacency>,
     next_update_at: Time,
     triggered_update_at: Option<Time>,
@@ -408,6 +418,7 @@ impl Node {
             own_update: Arc::from(Vec::new()),
             config_offer: None,
             offered: BTreeMap::new(),
+            offers: BTreeMap::new(),
             own_adjacencies: Vec::new(),
             next_update_at: now,
             triggered_update_at: None,
@@ -501,8 +512,10 @@ impl Node {
             self.config.timers.session,
             self.config.stream.clone(),
             self.config.record_limits,
-            session_id,
-            challenge,
+            SessionIds {
+                session_id,
+                challenge,
+            },
             now,
         );
         tracing::debug!(%link, "link up");
@@ -782,6 +795,7 @@ impl Node {
         if now >= self.next_update_at || self.triggered_update_at.is_some_and(|t| now >= t) {
             self.originate_update(now);
         }
+        self.release_pending_offers(now);
         self.after_input(now);
     }
 
@@ -798,6 +812,7 @@ impl Node {
         consider(self.triggered_update_at, "triggered update");
         consider(self.spf_at, "route computation");
         consider(Some(self.next_prune_at), "dead node check");
+        consider(self.next_offer_release(), "pending config offer");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -1071,29 +1086,9 @@ impl Node {
     fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
-            RecordKind::ConfigOffer => self.process_offer(link, &record.body),
+            RecordKind::ConfigOffer => self.process_offer(now, link, &record.body),
             RecordKind::Unknown(_) => {}
         }
-    }
-
-    fn process_offer(&mut self, link: LinkId, body: &[u8]) {
-        let Ok(offer) = connectopus_wire::ConfigOffer::parse(body) else {
-            *self
-                .counters
-                .malformed_messages
-                .entry("config_offer")
-                .or_default() += 1;
-            return;
-        };
-        if offer.version <= self.config.config_version {
-            return;
-        }
-        self.events.push_back(Event::ConfigOffered {
-            link,
-            version: offer.version,
-            config: offer.config.to_vec(),
-            signature: offer.signature.to_vec(),
-        });
     }
 
     /// Offers the running configuration on every established session to `peer`, once per
@@ -1371,6 +1366,9 @@ impl Node {
             }
         }
         let peer = session.peer().map(|p| p.address);
+        if let Some(peer) = peer {
+            self.forget_offers_if_gone(peer);
+        }
         tracing::debug!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
         self.events
             .push_back(Event::SessionClosed { link, peer, reason });

@@ -203,6 +203,15 @@ pub(crate) enum HelloOutcome {
     },
 }
 
+/// This end's random values for one session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionIds {
+    /// The hello session id (never 0).
+    pub(crate) session_id: u64,
+    /// The hello challenge, used on a link without a channel binding.
+    pub(crate) challenge: [u8; 32],
+}
+
 /// One session over one link.
 #[derive(Debug)]
 pub struct Session {
@@ -241,10 +250,13 @@ impl Session {
         timers: SessionTimers,
         stream_config: StreamConfig,
         record_limits: RecordLimits,
-        local_session_id: u64,
-        challenge: [u8; 32],
+        ids: SessionIds,
         now: Time,
     ) -> Self {
+        let SessionIds {
+            session_id: local_session_id,
+            challenge,
+        } = ids;
         let local_challenge = info.channel_binding.is_none().then_some(challenge);
         Self {
             link,
@@ -701,8 +713,10 @@ mod tests {
             SessionTimers::default(),
             StreamConfig::default(),
             RecordLimits::uniform(1 << 20),
-            id,
-            [id as u8; 32],
+            SessionIds {
+                session_id: id,
+                challenge: [id as u8; 32],
+            },
             Time::ZERO,
         )
     }
@@ -773,8 +787,10 @@ mod tests {
             SessionTimers::default(),
             StreamConfig::default(),
             RecordLimits::uniform(1 << 20),
-            5,
-            [5; 32],
+            SessionIds {
+                session_id: 5,
+                challenge: [5; 32],
+            },
             start,
         );
         // A slow first hello (6 s) is not mistaken for a dead peer...

@@ -13,7 +13,7 @@ use connectopus_core::identity::{Grant, NodeKey, TrustPolicy};
 use connectopus_core::node::{Event, NodeConfig};
 use connectopus_core::session::{CloseReason, LinkInfo};
 use connectopus_core::sim::{LinkParams, NodeIdx, Sim, SimLinkIdx};
-use connectopus_wire::{Cost, Hello, LinkMessage, StreamSegment};
+use connectopus_wire::{ConfigOffer, Cost, Hello, LinkMessage, Record, RecordKind, StreamSegment};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -64,8 +64,7 @@ fn established(sim: &Sim, at: NodeIdx) -> Vec<(LinkId, Ipv6Addr)> {
 }
 
 fn parse_hello(bytes: &[u8]) -> Option<Hello> {
-    let mut copy = bytes.to_vec();
-    match LinkMessage::parse(&mut copy) {
+    match LinkMessage::parse(bytes) {
         Ok(LinkMessage::Hello(h)) => Some(h),
         _ => None,
     }
@@ -201,11 +200,25 @@ impl HostilePeer {
         (self.session_id as u32, self.node_session_id as u32)
     }
 
+    /// Answers keepalives and acknowledges every segment the node sent (in order: the
+    /// simulated link neither loses nor reorders), with an open window; `next` is our next
+    /// sequence number and `acked` the node's next one.
+    fn keep_alive(&self, sim: &mut Sim, next: u32, acked: &mut u32) {
+        for (seq, len) in self.take_segments(sim) {
+            if len > 0 && seq == *acked {
+                *acked = acked.wrapping_add(1);
+            }
+            if sim.raw_link_open(self.node, self.link) {
+                self.segment(sim, next, *acked, 256, &[]);
+            }
+        }
+    }
+
     /// Answers the node's keepalives; returns the stream segments it sent (seq, payload length).
     fn take_segments(&self, sim: &mut Sim) -> Vec<(u32, usize)> {
         let mut segments = Vec::new();
-        for mut m in sim.take_raw(self.node, self.link) {
-            match LinkMessage::parse(&mut m) {
+        for m in sim.take_raw(self.node, self.link) {
+            match LinkMessage::parse(&m) {
                 Ok(LinkMessage::Keepalive(k)) => {
                     sim.send_raw(self.node, self.link, k.encode_reply());
                 }
@@ -333,4 +346,100 @@ fn all_sessions_together_stay_within_the_memory_budget() {
     // The first two each grew largest in turn once the next one pushed the total over.
     assert_eq!(closed, vec![CloseReason::OverBudget; 2]);
     assert!(sim.raw_link_open(v, peers[2].link));
+}
+
+fn offer_record(version: u64, config: &[u8], signature: &[u8]) -> Vec<u8> {
+    let body = ConfigOffer {
+        version,
+        config,
+        signature,
+    }
+    .encode()
+    .unwrap();
+    Record {
+        kind: RecordKind::ConfigOffer,
+        body,
+    }
+    .encode()
+}
+
+fn offered(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConfigOffered { version, .. } => Some(*version),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A member sends 100 configuration offers with a forged high version. Each offer the node
+/// hands its driver costs a signature check and a parse of up to 64 MiB on the dataplane
+/// thread, so each `ConfigOffered` event is one parse: the node emits none for its own running
+/// configuration under a forged version, one for 100 copies of the same bytes, and for 100
+/// different ones one at once and then one per `offer_interval` (5 s), the latest.
+#[test]
+fn a_hundred_forged_config_offers_cause_at_most_one_parse() {
+    let running = b"global: {version: 3}\n".to_vec();
+    let mut sim = Sim::new(10);
+    let v = sim.add_node("v");
+    sim.with_node(v, |node, now| node.set_config(now, 3, &running, b"sig"));
+    let peer = HostilePeer::connect(&mut sim, v);
+    let (node_first, our_first) = peer.first_seqs();
+    let mut next = our_first;
+    let mut acked = node_first;
+    sim.take_events(v);
+    let send = |sim: &mut Sim, next: &mut u32, acked: u32, record: Vec<u8>| {
+        peer.segment(sim, *next, acked, 256, &record);
+        *next = next.wrapping_add(1);
+    };
+
+    // 1. The running configuration, replayed under a forged version: never a parse.
+    for _ in 0..100 {
+        send(
+            &mut sim,
+            &mut next,
+            acked,
+            offer_record(u64::MAX, &running, b"sig"),
+        );
+    }
+    assert_eq!(offered(&sim.take_events(v)), Vec::<u64>::new());
+
+    // 2. The same forged bytes 100 times: one parse, then never again (not even after the
+    // interval).
+    for _ in 0..100 {
+        send(
+            &mut sim,
+            &mut next,
+            acked,
+            offer_record(1000, &[b'x'; 5000], b"forged"),
+        );
+    }
+    for _ in 0..200 {
+        sim.run_for(SECOND / 10);
+        peer.keep_alive(&mut sim, next, &mut acked);
+    }
+    assert_eq!(offered(&sim.take_events(v)), vec![1000]);
+
+    // 3. 100 different forged offers within a second: one parse now; the rest wait in one
+    // slot, and only the latest is handed over when the interval ends.
+    for i in 0..100u64 {
+        let config = format!("forged {i} {}", "y".repeat(4000));
+        send(
+            &mut sim,
+            &mut next,
+            acked,
+            offer_record(2000 + i, config.as_bytes(), b"forged"),
+        );
+    }
+    assert_eq!(offered(&sim.take_events(v)), vec![2000]);
+    for _ in 0..300 {
+        sim.run_for(SECOND / 10);
+        peer.keep_alive(&mut sim, next, &mut acked);
+    }
+    assert_eq!(offered(&sim.take_events(v)), vec![2099]);
+    assert!(sim.raw_link_open(v, peer.link));
+    let counters = &sim.node(v).unwrap().counters().config_offers;
+    assert_eq!(counters.get("same_as_running"), Some(&100));
+    assert_eq!(counters.get("handed_to_driver"), Some(&3));
 }

@@ -46,6 +46,8 @@ mod datapath;
 mod dns;
 mod dtls;
 use dtls::send_raw;
+mod offer_check;
+pub(crate) use offer_check::CheckedOffer;
 mod reconcile;
 mod report;
 mod tcp;
@@ -186,6 +188,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
     )?);
     let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
     threads.push(signal_thread);
+    let (offer_checker, offer_thread) = offer_check::OfferChecker::spawn(to_loop.clone())?;
+    threads.push(offer_thread);
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let epoch = trust::next_epoch(&config_path);
@@ -244,6 +248,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         closing: Vec::new(),
         next_link: 1,
         rx,
+        offer_checker,
         completions: Vec::with_capacity(uring_io::BATCH_SIZE * 4),
         scratch: Vec::with_capacity(u16::MAX as usize),
         scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
@@ -486,6 +491,8 @@ struct Daemon {
     closing: Vec<(LinkId, Box<TcpLink>)>,
     next_link: u64,
     rx: Receiver<LoopMessage>,
+    /// Checks neighbours' configuration offers off the loop.
+    offer_checker: offer_check::OfferChecker,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
     scratch_out: Vec<u8>,
@@ -660,6 +667,7 @@ impl Daemon {
                 }
                 LoopMessage::Shutdown => self.begin_shutdown(),
                 LoopMessage::Reload => self.reload(),
+                LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
             }
         }
     }
@@ -716,7 +724,6 @@ impl Daemon {
                 Command::InstallForwardingTable(table) => self.table = table,
             }
         }
-        let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
             log_event(&event);
             if matches!(event, Event::NamesChanged { .. }) {
@@ -724,25 +731,18 @@ impl Daemon {
             }
             if let Event::ConfigOffered {
                 link,
+                version,
                 config,
                 signature,
-                ..
             } = event
             {
-                offers.push((link, config, signature));
+                self.check_offer(link, version, config, signature);
                 continue;
             }
             if let Event::SessionEstablished { link, .. } = event
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
-            }
-        }
-        for (link, config, signature) in offers {
-            if let Err(error) =
-                self.accept_config(&config, &signature, reconcile::ConfigSource::Mesh)
-            {
-                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
             }
         }
     }
