@@ -39,6 +39,7 @@ use crate::time::Time;
 
 mod budget;
 mod offers;
+mod pruned;
 
 /// Most bytes all sessions of a node may hold for their routing streams together, by default.
 pub const DEFAULT_STREAM_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
@@ -58,6 +59,8 @@ pub struct NodeTimers {
     pub node_dead_after: Duration,
     /// Look for dead origins this often.
     pub prune_interval: Duration,
+    /// Forget a removed origin's last (epoch, sequence) after this long.
+    pub forget_pruned_after: Duration,
     /// Hand the driver at most one configuration offer per peer this often (each costs it a
     /// signature check and a parse); sooner ones wait, the latest replacing older ones.
     pub offer_interval: Duration,
@@ -72,6 +75,7 @@ impl Default for NodeTimers {
             spf_delay: Duration::from_millis(20),
             node_dead_after: Duration::from_secs(60),
             prune_interval: Duration::from_secs(2),
+            forget_pruned_after: Duration::from_secs(600),
             offer_interval: Duration::from_secs(5),
         }
     }
@@ -98,6 +102,9 @@ pub struct NodeConfig {
     pub stream: StreamConfig,
     /// Largest routing-stream record accepted, by kind: an update is not a configuration.
     pub record_limits: RecordLimits,
+    /// Most removed origins whose last (epoch, sequence) the node remembers (the oldest are
+    /// forgotten first).
+    pub max_pruned_origins: usize,
     /// Most bytes all sessions may hold for their routing streams together (send buffers,
     /// out-of-order segments, partial records); over it, the session holding the most is
     /// closed ([`CloseReason::OverBudget`]) until the rest fits.
@@ -136,6 +143,7 @@ impl NodeConfig {
             stream: StreamConfig::default(),
             record_limits: RecordLimits::default(),
             stream_memory_budget: DEFAULT_STREAM_MEMORY_BUDGET,
+            max_pruned_origins: 16 * 1024,
             icmp_per_second: 100,
             icmp_burst: 20,
             seed,
@@ -370,8 +378,8 @@ pub struct Node {
     challenges_issued: u64,
     sessions: BTreeMap<LinkId, Session>,
     database: BTreeMap<Ipv6Addr, DatabaseEntry>,
-    /// (epoch, sequence) of pruned origins, so their old updates are not taken back.
-    pruned: BTreeMap<Ipv6Addr, (u64, u64)>,
+    /// (epoch, sequence) of pruned origins, so their old updates are not taken back; bounded.
+    pruned: pruned::PrunedOrigins,
     own_sequence: u64,
     own_update: Arc<[u8]>,
     /// The running configuration as a framed offer record, once the driver set one.
@@ -413,7 +421,10 @@ impl Node {
             challenges_issued: 0,
             sessions: BTreeMap::new(),
             database: BTreeMap::new(),
-            pruned: BTreeMap::new(),
+            pruned: pruned::PrunedOrigins::new(
+                config.max_pruned_origins,
+                config.timers.forget_pruned_after,
+            ),
             own_sequence: 0,
             own_update: Arc::from(Vec::new()),
             config_offer: None,
@@ -490,6 +501,12 @@ impl Node {
     /// Returns every session, by link.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
+    }
+
+    /// Returns how many removed origins the node remembers (bounded, see
+    /// [`NodeConfig::max_pruned_origins`]).
+    pub fn pruned_origins(&self) -> usize {
+        self.pruned.len()
     }
 
     /// Returns every origin in the link-state database with its latest update and when it was
@@ -715,7 +732,7 @@ impl Node {
                 if let Some(entry) = self.database.remove(&address) {
                     tracing::debug!(node = %address, "dropping origin no longer trusted");
                     self.pruned
-                        .insert(address, (entry.update.epoch, entry.update.sequence));
+                        .insert(address, (entry.update.epoch, entry.update.sequence), now);
                     self.events.push_back(Event::NodePruned { address });
                 }
             }
@@ -1173,7 +1190,7 @@ impl Node {
                 return;
             }
         } else if let Some(last) = self.pruned.get(&update.origin)
-            && incoming <= *last
+            && incoming <= last
         {
             self.reject_update(UpdateRejection::Stale);
             return;
@@ -1450,6 +1467,7 @@ impl Node {
     }
 
     fn prune_dead_nodes(&mut self, now: Time) {
+        self.pruned.expire(now);
         let dead_after = self.config.timers.node_dead_after;
         let dead: Vec<Ipv6Addr> = self
             .database
@@ -1461,7 +1479,7 @@ impl Node {
             if let Some(entry) = self.database.remove(&address) {
                 tracing::debug!(node = %address, name = %entry.update.name, "removing dead node");
                 self.pruned
-                    .insert(address, (entry.update.epoch, entry.update.sequence));
+                    .insert(address, (entry.update.epoch, entry.update.sequence), now);
                 self.events.push_back(Event::NodePruned { address });
                 self.schedule_spf(now);
             }

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use connectopus_core::LinkId;
 use connectopus_core::forward::RouteTarget;
-use connectopus_core::identity::{Grant, NodeKey, TrustPolicy};
+use connectopus_core::identity::{self, Grant, NodeKey, TrustPolicy};
 use connectopus_core::node::{Event, NodeConfig};
 use connectopus_core::session::{CloseReason, LinkInfo};
 use connectopus_core::sim::{LinkParams, NodeIdx, Sim, SimLinkIdx};
-use connectopus_wire::{ConfigOffer, Cost, Hello, LinkMessage, Record, RecordKind, StreamSegment};
+use connectopus_wire::{
+    ConfigOffer, Cost, Hello, LinkMessage, LinkStateUpdate, Record, RecordKind, StreamSegment,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -442,4 +444,50 @@ fn a_hundred_forged_config_offers_cause_at_most_one_parse() {
     let counters = &sim.node(v).unwrap().counters().config_offers;
     assert_eq!(counters.get("same_as_running"), Some(&100));
     assert_eq!(counters.get("handed_to_driver"), Some(&3));
+}
+
+/// A node without a trust policy takes any unsigned update: a peer invents 1000 origins. Once
+/// they die (60 s without updates) the node remembers at most `max_pruned_origins` (here 100)
+/// of them, and forgets those after `forget_pruned_after` (600 s): the map shrinks again.
+#[test]
+fn the_memory_of_pruned_origins_is_bounded_and_shrinks() {
+    let mut sim = Sim::new(11);
+    let mut config = NodeConfig::new(addr(1), "v", 1, 77);
+    config.max_pruned_origins = 100;
+    let v = sim.add_node_with(config);
+    let peer = HostilePeer::connect(&mut sim, v);
+    let (node_first, our_first) = peer.first_seqs();
+    let mut stream = Vec::new();
+    for i in 0..1000u32 {
+        let update = LinkStateUpdate {
+            origin: Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0001_0000_0000u128 + u128::from(i)),
+            epoch: 1,
+            sequence: 1,
+            name: format!("ghost{i}"),
+            config_version: 0,
+            adjacencies: Vec::new(),
+            prefixes: Vec::new(),
+            names: Vec::new(),
+        };
+        Record {
+            kind: RecordKind::LinkStateUpdate,
+            body: identity::sign_update(None, &update.encode_body()),
+        }
+        .encode_into(&mut stream);
+    }
+    for (k, chunk) in stream.chunks(1200).enumerate() {
+        peer.segment(
+            &mut sim,
+            our_first.wrapping_add(k as u32),
+            node_first,
+            256,
+            chunk,
+        );
+    }
+    assert_eq!(sim.node(v).unwrap().known_nodes().count(), 1000);
+    sim.run_for(70 * SECOND);
+    assert_eq!(sim.node(v).unwrap().known_nodes().count(), 0);
+    assert_eq!(sim.node(v).unwrap().pruned_origins(), 100);
+    sim.run_for(600 * SECOND);
+    assert_eq!(sim.node(v).unwrap().pruned_origins(), 0);
 }
