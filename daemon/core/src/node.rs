@@ -1468,6 +1468,7 @@ impl Node {
 
     fn prune_dead_nodes(&mut self, now: Time) {
         self.pruned.expire(now);
+        self.expire_offer_state(now);
         let dead_after = self.config.timers.node_dead_after;
         let dead: Vec<Ipv6Addr> = self
             .database

@@ -11,7 +11,9 @@
 //!   arrives sooner waits in the peer's single pending slot (a later offer replaces it), and is
 //!   released when the interval has passed, so a real new version is delayed, never lost.
 //!
-//! A peer's state is forgotten when its last session closes.
+//! When a peer's last session closes its pending offer is dropped; the rest of its state (when
+//! its next offer may go, the digest of its last one) is kept while it is connected or until
+//! its interval has passed, so reconnecting does not buy a peer an extra check.
 
 use std::net::Ipv6Addr;
 
@@ -132,15 +134,29 @@ impl Node {
             .min()
     }
 
-    /// Forgets `peer`'s offer state if no session to it remains.
+    /// Drops `peer`'s pending offer if no session to it remains.
     pub(super) fn forget_offers_if_gone(&mut self, peer: Ipv6Addr) {
         let connected = self
             .sessions
             .values()
             .any(|s| s.peer().is_some_and(|p| p.address == peer));
-        if !connected {
-            self.offers.remove(&peer);
+        if !connected && let Some(state) = self.offers.get_mut(&peer) {
+            state.pending = None;
         }
+    }
+
+    /// Forgets the state of peers that are gone and whose interval has passed.
+    pub(super) fn expire_offer_state(&mut self, now: Time) {
+        let connected: std::collections::BTreeSet<Ipv6Addr> = self
+            .sessions
+            .values()
+            .filter_map(|s| s.peer().map(|p| p.address))
+            .collect();
+        self.offers.retain(|peer, state| {
+            state.pending.is_some()
+                || state.next_at.is_some_and(|t| now < t)
+                || connected.contains(peer)
+        });
     }
 
     fn release_offer(&mut self, now: Time, peer: Ipv6Addr, offer: Offer) {
