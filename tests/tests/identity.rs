@@ -232,7 +232,7 @@ fn removing_a_node_from_the_config_cuts_it_off_everywhere() {
         let mut mesh_sig = mesh.config_path().clone().into_os_string();
         mesh_sig.push(".sig");
         std::fs::copy(&mesh_sig, &own_sig)?;
-        let mut own_version = own.clone().into_os_string();
+        let mut own_version = own.into_os_string();
         own_version.push(".version");
         let _ = std::fs::remove_file(&own_version);
         mesh.start("bar")?;

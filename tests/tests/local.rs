@@ -176,10 +176,16 @@ fn signed_mesh(dir: &TestDir, foo_lines: &str) -> PathBuf {
     let key = dir.join("admin");
     let public = ssh_keygen(&key, "admin").unwrap();
     let path = dir.join("mesh.yml");
+    // A mesh is keyed everywhere or nowhere (`config check` refuses a mixed one).
+    let bar_lines = if foo_lines.contains("identity:") {
+        "    identity: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgIC bar\"\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &path,
         format!(
-            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n{foo_lines}  bar:\n    address: fd00:cafe::2\n"
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{public}\"\nnodes:\n  foo:\n    address: fd00:cafe::1\n{foo_lines}  bar:\n    address: fd00:cafe::2\n{bar_lines}"
         ),
     )
     .unwrap();

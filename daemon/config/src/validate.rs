@@ -10,6 +10,8 @@ use crate::secret::Secret;
 use crate::span::{Pos, SNode};
 use crate::types::{Ipv6Net, SshPublicKey, is_dns_label, is_dns_name};
 
+mod identities;
+
 /// Which part of a mapping entry a diagnostic points at.
 #[derive(Clone, Copy)]
 enum At {
@@ -75,6 +77,7 @@ pub(crate) fn validate(file: &str, text: &str, tree: &SNode, raw: &RawMesh) -> D
         node_checks(&mut cx, raw, name, node, &mut owners);
     }
     mesh_wide(&mut cx, &owners);
+    identities::all_or_none(&mut cx, raw);
     cx.out
 }
 

@@ -297,6 +297,7 @@ fn semantic_rules() {
         ("    prefixes: [fd00:1::/64]\n  bar:\n    address: fd00::2:1\n    prefixes: [fd00:1:0:0:8000::/65]\n".into(), Severity::Error, "overlaps fd00:1::/64 of node foo", 11, 16),
         ("  bar:\n    address: fd00::2:1\n    tun_devs:\n      host: {device: ctun, address: fd00::1:1}\n".into(), Severity::Error, "duplicate address fd00::1:1", 11, 37),
         (id_line, Severity::Error, "duplicate identity", 11, 15),
+        (format!("  bar:\n    address: fd00::2:1\n    identity: {ID1} bar\n"), Severity::Error, "node foo has no identity, but 1 node(s) of this mesh have one (nodes.bar.identity at m.yml:10:15)", 6, 3),
         ("    identity: ssh-ed25519 AAAA\n".into(), Severity::Error, "malformed identity", 8, 15),
         ("    backends:\n      b: {type: tcp-dialer, peer: \"h:1\", client_key_file: /k, client_cert_file: /c}\n".into(), Severity::Error, "`client_key_file` is a TLS parameter but tls is off", 9, 42),
         ("    backends:\n      b: {type: tcp-dialer, peer: \"h:1\", cost: 0}\n".into(), Severity::Error, "cost must be a finite number > 0", 9, 48),

@@ -110,6 +110,8 @@ pub enum LoopMessage {
     Reload,
     /// A local program sent a control datagram into the mesh.
     LocalDatagram(Box<crate::daemon::LocalDatagram>),
+    /// The `config-check` thread checked a neighbour's configuration offer.
+    OfferChecked(Box<crate::daemon::CheckedOffer>),
 }
 
 /// Sends messages to the main loop and wakes it.

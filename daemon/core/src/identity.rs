@@ -187,7 +187,8 @@ impl TrustPolicy {
     }
 }
 
-/// Builds the message a hello signature covers: [`HELLO_LABEL`], the channel binding, the
+/// Builds the message a hello signature covers: [`HELLO_LABEL`], the channel binding (the
+/// link's exporter value, or on a link without one the challenge the receiver sent), the
 /// sender's session id and epoch (big-endian), its address, and its name with a length byte.
 pub fn hello_message(
     channel_binding: &[u8; 32],
@@ -207,6 +208,30 @@ pub fn hello_message(
     m.push(name.len() as u8);
     m.extend_from_slice(name);
     m
+}
+
+/// Prefix of the PRF input of a hello challenge.
+const CHALLENGE_LABEL: &[u8] = b"connectopus-challenge-v1\0";
+
+/// Returns the `n`th hello challenge of a node whose challenge secret is `secret`: the first 32
+/// bytes of SHA-512 over a label, the secret and `n` (big-endian). Unpredictable without the
+/// secret, and never repeated while `n` grows.
+pub fn challenge(secret: &[u8; 32], n: u64) -> [u8; 32] {
+    use sha2::{Digest, Sha512};
+    let digest = Sha512::new()
+        .chain_update(CHALLENGE_LABEL)
+        .chain_update(secret)
+        .chain_update(n.to_be_bytes())
+        .finalize();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest[..32]);
+    out
+}
+
+/// Derives a challenge secret from a simulator seed. Predictable by design: drivers use the
+/// operating system's random generator instead.
+pub fn derive_secret(seed: u64) -> [u8; 32] {
+    challenge(&[0; 32], seed)
 }
 
 /// Builds the message an update signature covers: [`LSU_LABEL`] followed by the body.

@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use connectopus_wire::message::is_ipv6;
 use connectopus_wire::{
     Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, Prefix,
-    PrefixAdvert, Record, RecordKind, SignedUpdate,
+    PrefixAdvert, Record, RecordKind, RecordLimits, SignedUpdate,
 };
 
 use crate::LinkId;
@@ -33,14 +33,17 @@ use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, Route
 use crate::icmp::{self, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
 use crate::identity::{self, NodeKey, PublicKey, TrustPolicy};
 use crate::route::{self, PrefixTable, RouteSet, SpfOptions};
-use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionTimers};
+use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionIds, SessionTimers};
 use crate::stream::StreamConfig;
 use crate::time::Time;
 
+mod budget;
 mod config_rollout;
+mod offers;
+mod pruned;
 
-/// Largest routing-stream record a node accepts by default (a whole signed mesh config fits).
-pub const DEFAULT_MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+/// Most bytes all sessions of a node may hold for their routing streams together, by default.
+pub const DEFAULT_STREAM_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 
 /// Node-wide timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,11 @@ pub struct NodeTimers {
     /// Longest wait for neighbours to acknowledge a proposed configuration before applying it
     /// (see [`Node::propose_config`]).
     pub config_rollout_timeout: Duration,
+    /// Forget a removed origin's last (epoch, sequence) after this long.
+    pub forget_pruned_after: Duration,
+    /// Hand the driver at most one configuration offer per peer this often (each costs it a
+    /// signature check and a parse); sooner ones wait, the latest replacing older ones.
+    pub offer_interval: Duration,
 }
 
 impl Default for NodeTimers {
@@ -72,6 +80,8 @@ impl Default for NodeTimers {
             node_dead_after: Duration::from_secs(60),
             prune_interval: Duration::from_secs(2),
             config_rollout_timeout: Duration::from_secs(5),
+            forget_pruned_after: Duration::from_secs(600),
+            offer_interval: Duration::from_secs(5),
         }
     }
 }
@@ -95,14 +105,27 @@ pub struct NodeConfig {
     pub timers: NodeTimers,
     /// Routing stream settings.
     pub stream: StreamConfig,
-    /// Largest routing-stream record accepted.
-    pub max_record_len: usize,
+    /// Largest routing-stream record accepted, by kind: an update is not a configuration.
+    pub record_limits: RecordLimits,
+    /// Most removed origins whose last (epoch, sequence) the node remembers (the oldest are
+    /// forgotten first).
+    pub max_pruned_origins: usize,
+    /// Most bytes all sessions may hold for their routing streams together (send buffers,
+    /// out-of-order segments, partial records); over it, the session holding the most is
+    /// closed ([`CloseReason::OverBudget`]) until the rest fits.
+    pub stream_memory_budget: usize,
     /// ICMPv6 errors per second, on average.
     pub icmp_per_second: u32,
     /// ICMPv6 errors allowed in a burst.
     pub icmp_burst: u32,
-    /// Seed for every random choice the node makes (session ids, nonces).
+    /// Seed for every random choice the node makes (session ids, nonces) that need not be
+    /// unpredictable.
     pub seed: u64,
+    /// Secret from which the node derives its hello challenges (see `docs/protocol.md`, "Hello
+    /// signature"): they must be unpredictable, so the driver fills it from the operating
+    /// system's random generator. [`NodeConfig::new`] derives it from `seed`, which suits only
+    /// the simulator.
+    pub challenge_secret: [u8; 32],
     /// The node's signing key: with one, hellos carry the key and a signature bound to the
     /// link's channel, and own updates are signed. `None` sends neither.
     pub identity: Option<NodeKey>,
@@ -123,10 +146,13 @@ impl NodeConfig {
             names: Vec::new(),
             timers: NodeTimers::default(),
             stream: StreamConfig::default(),
-            max_record_len: DEFAULT_MAX_RECORD_LEN,
+            record_limits: RecordLimits::default(),
+            stream_memory_budget: DEFAULT_STREAM_MEMORY_BUDGET,
+            max_pruned_origins: 16 * 1024,
             icmp_per_second: 100,
             icmp_burst: 20,
             seed,
+            challenge_secret: identity::derive_secret(seed),
             identity: None,
             trust: None,
         }
@@ -340,6 +366,17 @@ pub struct NodeCounters {
     pub icmp_errors_sent: u64,
     /// Route computations run.
     pub spf_runs: u64,
+    /// Configuration offers received, by what became of them: `handed_to_driver`,
+    /// `same_as_running`, `repeated`, `deferred` (see the `offers` module).
+    pub config_offers: BTreeMap<&'static str, u64>,
+}
+
+/// What the trust policy makes of a hello whose claims it grants.
+enum HelloCheck {
+    /// Accept it, with the peer key it proved (`None` without a policy).
+    Verified(Option<PublicKey>),
+    /// Its signature cannot cover our challenge yet (see [`Node::check_hello`]).
+    Unproven,
 }
 
 /// One origin's latest update.
@@ -361,10 +398,12 @@ pub struct Node {
     /// granted to several); empty without a policy.
     trusted_addresses: BTreeMap<Ipv6Addr, Option<PublicKey>>,
     rng: SmallRng,
+    /// Hello challenges issued so far (the PRF input that makes each one fresh).
+    challenges_issued: u64,
     sessions: BTreeMap<LinkId, Session>,
     database: BTreeMap<Ipv6Addr, DatabaseEntry>,
-    /// (epoch, sequence) of pruned origins, so their old updates are not taken back.
-    pruned: BTreeMap<Ipv6Addr, (u64, u64)>,
+    /// (epoch, sequence) of pruned origins, so their old updates are not taken back; bounded.
+    pruned: pruned::PrunedOrigins,
     own_sequence: u64,
     own_update: Arc<[u8]>,
     /// The running configuration as a framed offer record, once the driver set one.
@@ -373,6 +412,8 @@ pub struct Node {
     offered: BTreeMap<LinkId, u64>,
     /// A configuration offered to the neighbours and not applied yet.
     rollout: Option<config_rollout::Rollout>,
+    /// Offers received, per peer (see the `offers` module).
+    offers: BTreeMap<Ipv6Addr, offers::PeerOffers>,
     own_adjacencies: Vec<Adjacency>,
     next_update_at: Time,
     triggered_update_at: Option<Time>,
@@ -403,14 +444,19 @@ impl Node {
         let mut node = Self {
             trusted_addresses,
             rng,
+            challenges_issued: 0,
             sessions: BTreeMap::new(),
             database: BTreeMap::new(),
-            pruned: BTreeMap::new(),
+            pruned: pruned::PrunedOrigins::new(
+                config.max_pruned_origins,
+                config.timers.forget_pruned_after,
+            ),
             own_sequence: 0,
             own_update: Arc::from(Vec::new()),
             config_offer: None,
             offered: BTreeMap::new(),
             rollout: None,
+            offers: BTreeMap::new(),
             own_adjacencies: Vec::new(),
             next_update_at: now,
             triggered_update_at: None,
@@ -484,6 +530,12 @@ impl Node {
         self.sessions.values()
     }
 
+    /// Returns how many removed origins the node remembers (bounded, see
+    /// [`NodeConfig::max_pruned_origins`]).
+    pub fn pruned_origins(&self) -> usize {
+        self.pruned.len()
+    }
+
     /// Returns every origin in the link-state database with its latest update and when it was
     /// received.
     pub fn known_nodes(&self) -> impl Iterator<Item = (&LinkStateUpdate, Time)> {
@@ -496,13 +548,18 @@ impl Node {
             return;
         }
         let session_id = self.random_nonzero();
+        self.challenges_issued += 1;
+        let challenge = identity::challenge(&self.config.challenge_secret, self.challenges_issued);
         let session = Session::new(
             link,
             info,
             self.config.timers.session,
             self.config.stream.clone(),
-            self.config.max_record_len,
-            session_id,
+            self.config.record_limits,
+            SessionIds {
+                session_id,
+                challenge,
+            },
             now,
         );
         tracing::debug!(%link, "link up");
@@ -742,7 +799,7 @@ impl Node {
                 if let Some(entry) = self.database.remove(&address) {
                     tracing::debug!(node = %address, "dropping origin no longer trusted");
                     self.pruned
-                        .insert(address, (entry.update.epoch, entry.update.sequence));
+                        .insert(address, (entry.update.epoch, entry.update.sequence), now);
                     self.events.push_back(Event::NodePruned { address });
                 }
             }
@@ -822,6 +879,7 @@ impl Node {
         if now >= self.next_update_at || self.triggered_update_at.is_some_and(|t| now >= t) {
             self.originate_update(now);
         }
+        self.release_pending_offers(now);
         self.after_input(now);
     }
 
@@ -839,6 +897,7 @@ impl Node {
         consider(self.spf_at, "route computation");
         consider(Some(self.next_prune_at), "dead node check");
         consider(self.rollout_deadline(), "configuration rollout");
+        consider(self.next_offer_release(), "pending config offer");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -943,14 +1002,18 @@ impl Node {
 
     /// Checks a hello against the trust policy; returns the verified peer key, or why the hello
     /// is refused. Without a policy every hello passes, with no key.
+    ///
+    /// On a link without a channel binding, a hello that does not echo our session id was sent
+    /// before the peer saw our hello, so its signature cannot cover our challenge yet: its
+    /// claims are checked, its signature is not, and it is [`HelloCheck::Unproven`].
     fn check_hello(
         &self,
         link: LinkId,
         hello: &connectopus_wire::Hello,
-    ) -> Result<Option<PublicKey>, &'static str> {
+    ) -> Result<HelloCheck, &'static str> {
         use connectopus_wire::HelloExtension;
         let Some(trust) = self.config.trust.as_ref() else {
-            return Ok(None);
+            return Ok(HelloCheck::Verified(None));
         };
         let Some(session) = self.sessions.get(&link) else {
             return Err("no_session");
@@ -994,8 +1057,11 @@ impl Node {
         {
             return Err("unexpected_peer");
         }
+        if session.verifies_by_challenge() && hello.echo_session_id != session.local_session_id() {
+            return Ok(HelloCheck::Unproven);
+        }
         let message = identity::hello_message(
-            &session.info().binding(),
+            &session.verifying_binding(),
             hello.session_id,
             hello.epoch,
             hello.address,
@@ -1004,7 +1070,7 @@ impl Node {
         if !identity::verify(&key, &message, &signature) {
             return Err("bad_signature");
         }
-        Ok(Some(key))
+        Ok(HelloCheck::Verified(Some(key)))
     }
 
     fn process_hello(&mut self, now: Time, link: LinkId, hello: &connectopus_wire::Hello) {
@@ -1012,8 +1078,20 @@ impl Node {
             self.reject_hello(now, link, hello.address, "own_address");
             return;
         }
+        let Some(session) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        session.note_peer_hello(hello);
         let key = match self.check_hello(link, hello) {
-            Ok(key) => key,
+            Ok(HelloCheck::Verified(key)) => key,
+            Ok(HelloCheck::Unproven) => {
+                // Its claims are granted, but it cannot prove them yet: answer at once so the
+                // peer learns our challenge; nothing else changes.
+                if let Some(session) = self.sessions.get_mut(&link) {
+                    session.answer_hello_now(now);
+                }
+                return;
+            }
             Err(reason) => {
                 self.reject_hello(now, link, hello.address, reason);
                 return;
@@ -1087,29 +1165,9 @@ impl Node {
     fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
-            RecordKind::ConfigOffer => self.process_offer(link, &record.body),
+            RecordKind::ConfigOffer => self.process_offer(now, link, &record.body),
             RecordKind::Unknown(_) => {}
         }
-    }
-
-    fn process_offer(&mut self, link: LinkId, body: &[u8]) {
-        let Ok(offer) = connectopus_wire::ConfigOffer::parse(body) else {
-            *self
-                .counters
-                .malformed_messages
-                .entry("config_offer")
-                .or_default() += 1;
-            return;
-        };
-        if !self.offer_is_news(link, offer.version) {
-            return;
-        }
-        self.events.push_back(Event::ConfigOffered {
-            link,
-            version: offer.version,
-            config: offer.config.to_vec(),
-            signature: offer.signature.to_vec(),
-        });
     }
 
     /// Offers the running configuration on every established session to `peer`, once per
@@ -1194,7 +1252,7 @@ impl Node {
                 return;
             }
         } else if let Some(last) = self.pruned.get(&update.origin)
-            && incoming <= *last
+            && incoming <= last
         {
             self.reject_update(UpdateRejection::Stale);
             return;
@@ -1367,6 +1425,9 @@ impl Node {
             }
         }
         let peer = session.peer().map(|p| p.address);
+        if let Some(peer) = peer {
+            self.forget_offers_if_gone(peer);
+        }
         tracing::debug!(%link, peer = ?peer, reason = reason.as_str(), "session closed");
         self.events
             .push_back(Event::SessionClosed { link, peer, reason });
@@ -1448,6 +1509,8 @@ impl Node {
     }
 
     fn prune_dead_nodes(&mut self, now: Time) {
+        self.pruned.expire(now);
+        self.expire_offer_state(now);
         let dead_after = self.config.timers.node_dead_after;
         let dead: Vec<Ipv6Addr> = self
             .database
@@ -1459,7 +1522,7 @@ impl Node {
             if let Some(entry) = self.database.remove(&address) {
                 tracing::debug!(node = %address, name = %entry.update.name, "removing dead node");
                 self.pruned
-                    .insert(address, (entry.update.epoch, entry.update.sequence));
+                    .insert(address, (entry.update.epoch, entry.update.sequence), now);
                 self.events.push_back(Event::NodePruned { address });
                 self.schedule_spf(now);
             }
@@ -1469,6 +1532,7 @@ impl Node {
     /// Sends hellos and drains every session's outbox; recomputes routes when due.
     fn after_input(&mut self, now: Time) {
         self.progress_rollout(now);
+        self.enforce_stream_memory_budget(now);
         if self.spf_at.is_some_and(|t| now >= t) {
             self.spf_at = None;
             self.recompute_routes();

@@ -14,7 +14,7 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use connectopus_wire::record::RecordDecoder;
+use connectopus_wire::record::{RecordDecoder, RecordLimits};
 use connectopus_wire::{
     Cost, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, StreamSegment,
 };
@@ -34,8 +34,10 @@ pub struct LinkInfo {
     /// Human-readable origin of the link, e.g. the backend name and remote address.
     pub label: String,
     /// The channel binding of the link's (D)TLS session: its 32-byte keying-material exporter
-    /// value, the same at both ends of one session. `None` for plain TCP; hellos then sign 32
-    /// zero bytes, and a relay between two links cannot be detected.
+    /// value, the same at both ends of one session. `None` for plain TCP; hellos then carry a
+    /// fresh challenge, and each end signs the challenge the other chose (so a recorded hello
+    /// is worthless on another link), but a live relay between two links cannot be detected.
+    /// A driver whose exporter fails must close the link, never pass `None` for it.
     pub channel_binding: Option<[u8; 32]>,
     /// The node name the dialer expects at the other end (its `peer_node`); with a trust policy,
     /// a hello from any other name is refused.
@@ -52,11 +54,6 @@ impl LinkInfo {
             channel_binding: None,
             expected_peer: None,
         }
-    }
-
-    /// Returns the channel binding hellos on this link sign: the exporter value, or zeros.
-    pub fn binding(&self) -> [u8; 32] {
-        self.channel_binding.unwrap_or([0; 32])
     }
 }
 
@@ -137,6 +134,10 @@ pub enum CloseReason {
     PeerRejected,
     /// The routing stream failed or carried garbage.
     StreamFailed,
+    /// The peer kept its routing-stream window closed for the persist timeout.
+    WindowStalled,
+    /// The node's routing streams held more than its memory budget, this session the most.
+    OverBudget,
     /// This node is shutting down.
     Shutdown,
 }
@@ -152,6 +153,8 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::PeerRejected => "peer_rejected",
             CloseReason::StreamFailed => "stream_failed",
+            CloseReason::WindowStalled => "window_stalled",
+            CloseReason::OverBudget => "over_budget",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -162,7 +165,9 @@ impl CloseReason {
             CloseReason::Shutdown => Some(GoodbyeReason::Shutdown),
             CloseReason::Replaced => Some(GoodbyeReason::Replaced),
             CloseReason::PeerRejected => Some(GoodbyeReason::Rejected),
-            CloseReason::StreamFailed => Some(GoodbyeReason::ProtocolError),
+            CloseReason::StreamFailed | CloseReason::WindowStalled | CloseReason::OverBudget => {
+                Some(GoodbyeReason::ProtocolError)
+            }
             CloseReason::Timeout
             | CloseReason::HandshakeTimeout
             | CloseReason::LinkDown
@@ -198,6 +203,15 @@ pub(crate) enum HelloOutcome {
     },
 }
 
+/// This end's random values for one session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionIds {
+    /// The hello session id (never 0).
+    pub(crate) session_id: u64,
+    /// The hello challenge, used on a link without a channel binding.
+    pub(crate) challenge: [u8; 32],
+}
+
 /// One session over one link.
 #[derive(Debug)]
 pub struct Session {
@@ -205,8 +219,14 @@ pub struct Session {
     info: LinkInfo,
     timers: SessionTimers,
     stream_config: StreamConfig,
-    max_record_len: usize,
+    record_limits: RecordLimits,
     local_session_id: u64,
+    /// This end's challenge on a link without a channel binding (`None` on a (D)TLS link).
+    local_challenge: Option<[u8; 32]>,
+    /// The challenge of the peer's latest hello, if it carried one.
+    peer_challenge: Option<[u8; 32]>,
+    /// The session id of the peer's latest hello (verified or not), echoed in our hellos.
+    echo_session_id: u64,
     state: SessionState,
     peer: Option<PeerInfo>,
     started_at: Time,
@@ -229,17 +249,25 @@ impl Session {
         info: LinkInfo,
         timers: SessionTimers,
         stream_config: StreamConfig,
-        max_record_len: usize,
-        local_session_id: u64,
+        record_limits: RecordLimits,
+        ids: SessionIds,
         now: Time,
     ) -> Self {
+        let SessionIds {
+            session_id: local_session_id,
+            challenge,
+        } = ids;
+        let local_challenge = info.channel_binding.is_none().then_some(challenge);
         Self {
             link,
             info,
             timers,
             stream_config,
-            max_record_len,
+            record_limits,
             local_session_id,
+            local_challenge,
+            peer_challenge: None,
+            echo_session_id: 0,
             state: SessionState::Handshaking,
             peer: None,
             started_at: now,
@@ -250,7 +278,7 @@ impl Session {
             outstanding_probe: None,
             rtt: None,
             stream: None,
-            decoder: RecordDecoder::new(max_record_len),
+            decoder: RecordDecoder::with_limits(record_limits),
             counters: SessionCounters::default(),
             outbox: Vec::new(),
         }
@@ -321,6 +349,15 @@ impl Session {
         self.stream.as_ref().map(|s| s.stats())
     }
 
+    /// Returns every byte the session holds for its routing stream: the stream's buffers and
+    /// the part of a record received so far.
+    pub fn buffered_bytes(&self) -> usize {
+        self.stream
+            .as_ref()
+            .map_or(0, ReliableStream::buffered_bytes)
+            + self.decoder.buffered_len()
+    }
+
     /// Returns the largest payload a stream segment may carry on this link.
     fn segment_payload(&self) -> usize {
         usize::from(self.info.mtu)
@@ -328,8 +365,54 @@ impl Session {
             .clamp(64, self.stream_config.max_segment_payload.max(64))
     }
 
-    /// Builds this end's hello; with a node key, it carries the key and its signature over
-    /// the link's channel binding and the session (see [`crate::identity::hello_message`]).
+    /// Returns what this end's hello signature covers: the link's exporter value, or on a
+    /// link without one the challenge of the peer's latest hello (zeros before it arrived).
+    fn signing_binding(&self) -> [u8; 32] {
+        self.info
+            .channel_binding
+            .or(self.peer_challenge)
+            .unwrap_or([0; 32])
+    }
+
+    /// Returns what the peer's hello signature must cover: the link's exporter value, or this
+    /// end's own challenge.
+    pub(crate) fn verifying_binding(&self) -> [u8; 32] {
+        self.info
+            .channel_binding
+            .or(self.local_challenge)
+            .unwrap_or([0; 32])
+    }
+
+    /// Returns true if a hello on this link can only be verified once it echoes this end's
+    /// session id: the link has no channel binding, so the peer's signature covers this end's
+    /// challenge, which the peer learns from this end's hello.
+    pub(crate) fn verifies_by_challenge(&self) -> bool {
+        self.local_challenge.is_some()
+    }
+
+    /// Notes the session id and challenge of a hello from the peer, verified or not: our next
+    /// hello echoes that id and signs that challenge.
+    pub(crate) fn note_peer_hello(&mut self, hello: &Hello) {
+        self.echo_session_id = hello.session_id;
+        let mut challenges = hello
+            .extensions
+            .iter()
+            .filter(|e| e.kind == HelloExtension::CHALLENGE);
+        self.peer_challenge = match (challenges.next(), challenges.next()) {
+            (Some(e), None) => e.value.as_slice().try_into().ok(),
+            _ => None,
+        };
+    }
+
+    /// Makes the next hello go out at once (the peer has not seen ours yet).
+    pub(crate) fn answer_hello_now(&mut self, now: Time) {
+        self.next_hello_at = Some(now);
+    }
+
+    /// Builds this end's hello: on a link without a channel binding it carries this end's
+    /// challenge; with a node key, it carries the key and its signature over the link's channel
+    /// binding (or the peer's challenge) and the session (see
+    /// [`crate::identity::hello_message`]).
     pub(crate) fn hello(
         &self,
         address: Ipv6Addr,
@@ -337,32 +420,34 @@ impl Session {
         epoch: u64,
         key: Option<&NodeKey>,
     ) -> Hello {
-        let extensions = match key {
-            None => Vec::new(),
-            Some(key) => {
-                let message = identity::hello_message(
-                    &self.info.binding(),
-                    self.local_session_id,
-                    epoch,
-                    address,
-                    name,
-                );
-                vec![
-                    HelloExtension {
-                        kind: HelloExtension::NODE_KEY,
-                        value: key.public().to_vec(),
-                    },
-                    HelloExtension {
-                        kind: HelloExtension::SIGNATURE,
-                        value: key.sign(&message).to_vec(),
-                    },
-                ]
-            }
-        };
+        let mut extensions = Vec::new();
+        if let Some(challenge) = self.local_challenge {
+            extensions.push(HelloExtension {
+                kind: HelloExtension::CHALLENGE,
+                value: challenge.to_vec(),
+            });
+        }
+        if let Some(key) = key {
+            let message = identity::hello_message(
+                &self.signing_binding(),
+                self.local_session_id,
+                epoch,
+                address,
+                name,
+            );
+            extensions.push(HelloExtension {
+                kind: HelloExtension::NODE_KEY,
+                value: key.public().to_vec(),
+            });
+            extensions.push(HelloExtension {
+                kind: HelloExtension::SIGNATURE,
+                value: key.sign(&message).to_vec(),
+            });
+        }
         Hello {
             capabilities: 0,
             session_id: self.local_session_id,
-            echo_session_id: self.peer.as_ref().map_or(0, |p| p.session_id),
+            echo_session_id: self.echo_session_id,
             epoch,
             address,
             name: name.to_owned(),
@@ -393,6 +478,7 @@ impl Session {
         key: Option<[u8; 32]>,
     ) -> HelloOutcome {
         let mut outcome = HelloOutcome::Nothing;
+        self.echo_session_id = hello.session_id;
         let incoming = PeerInfo {
             address: hello.address,
             name: hello.name.clone(),
@@ -435,7 +521,7 @@ impl Session {
         self.state = SessionState::Handshaking;
         self.established_at = None;
         self.stream = None;
-        self.decoder = RecordDecoder::new(self.max_record_len);
+        self.decoder = RecordDecoder::with_limits(self.record_limits);
         self.next_hello_at = Some(now);
         self.outstanding_probe = None;
     }
@@ -536,8 +622,10 @@ impl Session {
         }
         if let Some(stream) = self.stream.as_mut() {
             stream.handle_timeout(now);
-            if stream.failure().is_some() {
-                return Some(CloseReason::StreamFailed);
+            match stream.failure() {
+                None => {}
+                Some(StreamError::WindowStalled) => return Some(CloseReason::WindowStalled),
+                Some(_) => return Some(CloseReason::StreamFailed),
             }
         }
         if self.is_established() && idle >= self.timers.keepalive_idle {
@@ -631,8 +719,11 @@ mod tests {
             LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
-            1 << 20,
-            id,
+            RecordLimits::uniform(1 << 20),
+            SessionIds {
+                session_id: id,
+                challenge: [id as u8; 32],
+            },
             Time::ZERO,
         )
     }
@@ -702,8 +793,11 @@ mod tests {
             LinkInfo::new(1400, Cost::DEFAULT, "test"),
             SessionTimers::default(),
             StreamConfig::default(),
-            1 << 20,
-            5,
+            RecordLimits::uniform(1 << 20),
+            SessionIds {
+                session_id: 5,
+                challenge: [5; 32],
+            },
             start,
         );
         // A slow first hello (6 s) is not mistaken for a dead peer...

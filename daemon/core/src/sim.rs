@@ -23,6 +23,8 @@ use crate::node::{Command, Event, Node, NodeConfig};
 use crate::session::LinkInfo;
 use crate::time::Time;
 
+mod raw;
+
 /// Index of a simulated node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeIdx(pub usize);
@@ -183,6 +185,8 @@ pub struct Sim {
     seq: u64,
     redial_delay: Duration,
     stats: SimStats,
+    /// Raw links to the test and wiretaps (see the `raw` module).
+    raw: raw::RawLinks,
 }
 
 impl Sim {
@@ -198,6 +202,7 @@ impl Sim {
             seq: 0,
             redial_delay: Duration::from_secs(1),
             stats: SimStats::default(),
+            raw: raw::RawLinks::default(),
         }
     }
 
@@ -526,6 +531,9 @@ impl Sim {
     /// Closes a transport at one node's request: the other end learns of it after the
     /// latency, and the link is re-dialled after the redial delay.
     fn close_transport(&mut self, by: NodeIdx, link: LinkId) {
+        if self.raw.close(by, link) {
+            return;
+        }
         let Some(sim_link) = self.nodes[by.0].links.remove(&link) else {
             return;
         };
@@ -601,10 +609,14 @@ impl Sim {
 
     fn transmit(&mut self, from: NodeIdx, link: LinkId, bytes: Vec<u8>) {
         self.stats.messages_sent += 1;
+        if self.raw.absorb(from, link, &bytes) {
+            return;
+        }
         let Some(sim_link) = self.nodes[from.0].links.get(&link).copied() else {
             self.stats.messages_lost += 1;
             return;
         };
+        self.raw.tap(sim_link, from, &bytes);
         let l = &self.links[sim_link.0];
         let Some(t) = l.transport else {
             self.stats.messages_lost += 1;

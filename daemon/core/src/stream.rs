@@ -47,6 +47,10 @@ pub struct StreamConfig {
     pub max_rto: Duration,
     /// Transmissions of one segment after which the stream fails.
     pub max_transmissions: u32,
+    /// How long the peer may keep its window closed while this end has data to send before
+    /// the stream fails ([`StreamError::WindowStalled`]): a node reads its stream at once, so a
+    /// window closed that long is a peer holding the node's memory hostage.
+    pub persist_timeout: Duration,
 }
 
 impl Default for StreamConfig {
@@ -55,11 +59,13 @@ impl Default for StreamConfig {
             max_segment_payload: 1200,
             receive_window: 256,
             max_in_flight: 128,
-            max_send_buffer: 256 * 1024 * 1024,
+            // One configuration offer (up to 64 MiB) and the database around it.
+            max_send_buffer: 80 * 1024 * 1024,
             initial_rto: Duration::from_millis(500),
             min_rto: Duration::from_millis(50),
             max_rto: Duration::from_secs(4),
             max_transmissions: 12,
+            persist_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -73,6 +79,9 @@ pub enum StreamError {
     /// A segment went unacknowledged through every retransmission; the session must close.
     #[error("peer stopped acknowledging")]
     PeerUnresponsive,
+    /// The peer kept its window closed for the persist timeout; the session must close.
+    #[error("peer kept its window closed")]
+    WindowStalled,
 }
 
 /// Counters for `status`.
@@ -125,6 +134,8 @@ pub struct ReliableStream {
     probe_due: bool,
     /// A segment sent past the peer's window as a probe, not yet acknowledged.
     probe_seq: Option<u32>,
+    /// Since when data has waited for the peer's closed window (reset when it opens).
+    stalled_since: Option<Time>,
     srtt: Option<Duration>,
     rttvar: Duration,
     /// RTO from the estimator, before backoff.
@@ -141,6 +152,8 @@ pub struct ReliableStream {
     adv_right: u32,
     /// `out_of_order[i]` holds segment `rcv_nxt + i` if it arrived early (index 0 is always empty).
     out_of_order: VecDeque<Option<Vec<u8>>>,
+    /// Payload bytes held in `out_of_order`; never above [`ReliableStream::out_of_order_cap`].
+    out_of_order_bytes: usize,
     /// Bytes received in order and not yet read.
     ready: Vec<u8>,
     ack_pending: bool,
@@ -245,6 +258,7 @@ impl ReliableStream {
             probe_at: None,
             probe_due: false,
             probe_seq: None,
+            stalled_since: None,
             srtt: None,
             rttvar: Duration::ZERO,
             rto,
@@ -253,6 +267,7 @@ impl ReliableStream {
             rcv_nxt: local_conn,
             adv_right: local_conn.wrapping_add(receive_window),
             out_of_order: VecDeque::new(),
+            out_of_order_bytes: 0,
             ready: Vec::new(),
             ack_pending: false,
             config,
@@ -286,6 +301,7 @@ impl ReliableStream {
             self.on_data(segment.seq, segment.payload);
         }
         self.update_probe(now);
+        self.update_stall(now);
     }
 
     /// Returns the next segment to send, or `None`; the caller encodes it
@@ -297,6 +313,7 @@ impl ReliableStream {
             return None;
         }
         self.last_now = now;
+        self.update_stall(now);
         let conn = self.peer_conn;
         if let Some((seq, start, len)) = self
             .next_retransmission(now)
@@ -356,6 +373,7 @@ impl ReliableStream {
         [
             self.next_deadline,
             self.probe_at,
+            self.stalled_since.map(|t| t + self.config.persist_timeout),
             output_due.then_some(self.last_now),
         ]
         .into_iter()
@@ -369,6 +387,15 @@ impl ReliableStream {
             return;
         }
         self.last_now = now;
+        self.update_stall(now);
+        if self
+            .stalled_since
+            .is_some_and(|t| now.saturating_since(t) >= self.config.persist_timeout)
+        {
+            tracing::debug!("stream failed: the peer kept its window closed");
+            self.fail(StreamError::WindowStalled);
+            return;
+        }
         let mut fired = false;
         let max_transmissions = self.config.max_transmissions;
         for (i, s) in self.in_flight.iter_mut().enumerate() {
@@ -419,6 +446,23 @@ impl ReliableStream {
         self.send_base
     }
 
+    /// Returns every byte this end holds for the stream: queued or in flight, received out of
+    /// order, and received in order but not yet read.
+    pub fn buffered_bytes(&self) -> usize {
+        self.send_buf.len() + self.out_of_order_bytes + self.ready.len()
+    }
+
+    /// Returns the payload bytes held for segments that arrived out of order.
+    pub fn out_of_order_bytes(&self) -> usize {
+        self.out_of_order_bytes
+    }
+
+    /// Most out-of-order payload bytes this end keeps: its window at its own segment size.
+    fn out_of_order_cap(&self) -> usize {
+        usize::from(self.config.receive_window.max(1))
+            .saturating_mul(self.config.max_segment_payload.max(1))
+    }
+
     /// Returns the number of segments sent and not yet cumulatively acknowledged.
     pub fn segments_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -448,6 +492,11 @@ impl ReliableStream {
         self.probe_at = None;
         self.probe_due = false;
         self.ack_pending = false;
+        self.stalled_since = None;
+        // A failed stream never delivers again: let go of what it buffered.
+        self.out_of_order.clear();
+        self.out_of_order_bytes = 0;
+        self.send_buf = VecDeque::new();
     }
 
     fn snd_nxt(&self) -> u32 {
@@ -533,6 +582,17 @@ impl ReliableStream {
         self.stats.segments_sent += 1;
         self.arm(deadline);
         Some((seq, (offset - self.send_base) as usize, len))
+    }
+
+    /// Starts the persist clock when data waits and the peer's window is zero (its right edge
+    /// is at or before the oldest unacknowledged segment), and stops it otherwise.
+    fn update_stall(&mut self, now: Time) {
+        let window_zero = !self.send_buf.is_empty() && !seq_lt(self.snd_una, self.peer_right);
+        if !window_zero {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
     }
 
     /// Arms the probe timer when the peer's closed window leaves nothing in flight to time out.
@@ -732,18 +792,25 @@ impl ReliableStream {
             self.out_of_order.pop_front();
             while matches!(self.out_of_order.front(), Some(Some(_))) {
                 if let Some(Some(p)) = self.out_of_order.pop_front() {
+                    self.out_of_order_bytes -= p.len();
                     self.deliver(&p);
                 }
             }
         } else {
             let offset = offset as usize;
+            if self.out_of_order.get(offset).is_some_and(Option::is_some) {
+                return;
+            }
+            if self.out_of_order_bytes + payload.len() > self.out_of_order_cap() {
+                // Over the window in bytes (segments larger than ours): drop it; the peer
+                // sends it again once it is next in order, and in-order data is always taken.
+                return;
+            }
             if self.out_of_order.len() <= offset {
                 self.out_of_order.resize(offset + 1, None);
             }
-            let slot = &mut self.out_of_order[offset];
-            if slot.is_none() {
-                *slot = Some(payload.to_vec());
-            }
+            self.out_of_order_bytes += payload.len();
+            self.out_of_order[offset] = Some(payload.to_vec());
         }
     }
 

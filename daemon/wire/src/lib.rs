@@ -32,10 +32,15 @@ pub use message::{
     MessageType, StreamSegment,
 };
 pub use offer::ConfigOffer;
-pub use record::{Record, RecordKind};
+pub use record::{Record, RecordKind, RecordLimits};
 
 /// Version of the link protocol this crate speaks; carried in every hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+///
+/// Version 2 (this one) changed what a hello signature covers on a link without a (D)TLS
+/// channel binding: the challenge the receiver sent (hello extension 3) instead of 32 zero
+/// bytes. A node of version 1 and one of version 2 drop each other's hellos
+/// (`UnsupportedVersion`), so they never form a session rather than fail half-way.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Longest node or attachment name, in bytes (one DNS label).
 pub const MAX_NAME_LEN: usize = 63;

@@ -109,9 +109,9 @@ pub fn is_ipv6(buf: &[u8]) -> bool {
 /// `echo_session_id` is the peer's `session_id` as last seen, or zero.
 /// A session is established once a node has received the peer's hello *and* that hello echoes
 /// the node's own `session_id`.
-/// `extensions` carry optional fields as (kind, value) pairs; the node-identity work adds the
-/// node key (kind 1) and a signature (kind 2). Unknown kinds are kept by the parser and ignored
-/// by the session.
+/// `extensions` carry optional fields as (kind, value) pairs: the node key (kind 1), a signature
+/// (kind 2) and, on links without a (D)TLS channel binding, the sender's challenge (kind 3).
+/// Unknown kinds are kept by the parser and ignored by the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Feature bits; none are defined yet, and unknown bits are ignored.
@@ -144,6 +144,9 @@ impl HelloExtension {
     pub const NODE_KEY: u8 = 1;
     /// The sender's signature over the session binding (64 bytes).
     pub const SIGNATURE: u8 = 2;
+    /// The sender's challenge for this session (32 random bytes) on a link without a (D)TLS
+    /// channel binding: the peer's hello signature must cover it.
+    pub const CHALLENGE: u8 = 3;
 }
 
 impl Hello {
@@ -454,7 +457,7 @@ mod tests {
     fn sample_hello_bytes() -> Vec<u8> {
         let mut v = vec![
             0x01, // type
-            0x01, // version
+            0x02, // version
             0x00, 0x00, // flags
             0x01, 0x02, 0x03, 0x04, // capabilities
             0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // session_id
@@ -501,7 +504,11 @@ mod tests {
             LinkMessage::parse(&b).map(|_| ())
         };
         assert_eq!(parse(&|_| ()), Ok(()));
-        assert_eq!(parse(&|b| b[1] = 2), Err(WireError::UnsupportedVersion));
+        assert_eq!(
+            parse(&|b| b[1] = 1),
+            Err(WireError::UnsupportedVersion),
+            "version 1"
+        );
         assert_eq!(parse(&|b| b[1] = 0), Err(WireError::UnsupportedVersion));
         assert_eq!(
             parse(&|b| b[8..16].fill(0)),

@@ -71,14 +71,63 @@ impl Record {
     }
 }
 
+/// The largest record length (kind + body) a receiver accepts, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Link-state updates (kind 1).
+    pub update: usize,
+    /// Configuration offers (kind 2).
+    pub config: usize,
+    /// Kinds this version does not know (skipped, so never large).
+    pub other: usize,
+}
+
+impl RecordLimits {
+    /// The same limit for every kind.
+    pub fn uniform(max_record_len: usize) -> Self {
+        Self {
+            update: max_record_len,
+            config: max_record_len,
+            other: max_record_len,
+        }
+    }
+
+    /// Returns the limit of `kind`.
+    pub fn of(&self, kind: RecordKind) -> usize {
+        match kind {
+            RecordKind::LinkStateUpdate => self.update,
+            RecordKind::ConfigOffer => self.config,
+            RecordKind::Unknown(_) => self.other,
+        }
+    }
+
+    /// Returns the largest limit of any kind.
+    pub fn max(&self) -> usize {
+        self.update.max(self.config).max(self.other)
+    }
+}
+
+impl Default for RecordLimits {
+    /// Updates and unknown kinds up to 1 MiB, configuration offers up to 64 MiB.
+    fn default() -> Self {
+        Self {
+            update: 1024 * 1024,
+            config: 64 * 1024 * 1024,
+            other: 1024 * 1024,
+        }
+    }
+}
+
 /// Reassembles records from stream bytes that arrive in arbitrary pieces.
 ///
-/// Rejects a record whose declared length is zero or exceeds `max_record_len` before buffering
-/// its body, so a peer cannot make the node allocate without bound.
+/// Rejects a record whose declared length is zero or exceeds the limit of its kind before
+/// buffering its body (the length is checked against the largest limit as soon as its 4 bytes
+/// are in, and against its kind's limit as soon as the kind byte is), so a peer cannot make the
+/// node allocate without bound, nor buffer a configuration-sized update.
 #[derive(Debug)]
 pub struct RecordDecoder {
-    /// Largest accepted record length (kind + body).
-    max_record_len: usize,
+    /// Largest accepted record length (kind + body), by kind.
+    limits: RecordLimits,
     /// Received bytes; those before `start` were already returned as records.
     buf: Vec<u8>,
     /// Read offset into `buf`. Consumed bytes are dropped in [`RecordDecoder::push`] once they
@@ -87,10 +136,16 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
-    /// Creates a decoder that accepts records up to `max_record_len` bytes (kind + body).
+    /// Creates a decoder that accepts records of any kind up to `max_record_len` bytes
+    /// (kind + body).
     pub fn new(max_record_len: usize) -> Self {
+        Self::with_limits(RecordLimits::uniform(max_record_len))
+    }
+
+    /// Creates a decoder with a limit per record kind.
+    pub fn with_limits(limits: RecordLimits) -> Self {
         Self {
-            max_record_len,
+            limits,
             buf: Vec::new(),
             start: 0,
         }
@@ -113,8 +168,14 @@ impl RecordDecoder {
         }
         self.buf.extend_from_slice(bytes);
         if self.pending_len() == Some(Err(WireError::BadLength)) {
-            // Keep only the bad header, never the body it announces.
-            self.buf.truncate(self.start + RECORD_HEADER_LEN);
+            // Keep only the bad header (with its kind byte if that made it bad), never the
+            // body it announces.
+            let header = if self.length_alone_is_bad() {
+                RECORD_HEADER_LEN
+            } else {
+                RECORD_HEADER_LEN + 1
+            };
+            self.buf.truncate(self.start + header);
         }
     }
 
@@ -152,16 +213,32 @@ impl RecordDecoder {
         self.buf.len() - self.start
     }
 
-    /// Reads the length of the next record: `None` if its header is not complete yet,
-    /// [`WireError::BadLength`] if the length is zero or above the limit.
-    fn pending_len(&self) -> Option<Result<usize, WireError>> {
+    /// Returns the declared length of the next record, once its 4 bytes are buffered.
+    fn declared_len(&self) -> Option<usize> {
         let header: [u8; RECORD_HEADER_LEN] = self
             .buf
             .get(self.start..self.start.checked_add(RECORD_HEADER_LEN)?)?
             .try_into()
             .ok()?;
-        let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-        if len == 0 || len > self.max_record_len {
+        Some(usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX))
+    }
+
+    /// Returns true if the next record's length is invalid whatever its kind.
+    fn length_alone_is_bad(&self) -> bool {
+        self.declared_len()
+            .is_some_and(|len| len == 0 || len > self.limits.max())
+    }
+
+    /// Reads the length of the next record: `None` if its header (length and kind) is not
+    /// complete yet, [`WireError::BadLength`] if the length is zero or above the limit of every
+    /// kind (known from the length alone) or of its kind.
+    fn pending_len(&self) -> Option<Result<usize, WireError>> {
+        let len = self.declared_len()?;
+        if self.length_alone_is_bad() {
+            return Some(Err(WireError::BadLength));
+        }
+        let kind = *self.buf.get(self.start + RECORD_HEADER_LEN)?;
+        if len > self.limits.of(RecordKind::from_u8(kind)) {
             Some(Err(WireError::BadLength))
         } else {
             Some(Ok(len))
@@ -278,6 +355,42 @@ mod tests {
         d.push(&[0, 1, 0, 0, 5, 5, 5, 5, 5]);
         assert_eq!(d.buffered_len(), 4);
         assert_eq!(d.next_record(), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn each_kind_has_its_own_limit_checked_from_the_kind_byte() {
+        let limits = RecordLimits {
+            update: 10,
+            config: 1000,
+            other: 5,
+        };
+        // A config of 1000 bytes is fine...
+        let mut d = RecordDecoder::with_limits(limits);
+        d.push(&[0, 0, 0x03, 0xe8, 2]);
+        d.push(&[7; 999]);
+        assert_eq!(d.next_record().unwrap().unwrap().body.len(), 999);
+        // ...an update of that size is refused at its kind byte, before any body byte.
+        d.push(&[0, 0, 0x03, 0xe8]);
+        assert_eq!(d.next_record(), Ok(None), "the kind is not known yet");
+        d.push(&[1, 7, 7, 7]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        assert_eq!(d.buffered_len(), 5);
+        // Unknown kinds get the smallest limit; anything above every limit is refused from
+        // the length alone.
+        let mut d = RecordDecoder::with_limits(limits);
+        d.push(&[0, 0, 0, 6, 0x7f]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        let mut d = RecordDecoder::with_limits(limits);
+        d.push(&[0, 0, 0x03, 0xe9]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        assert_eq!(
+            RecordLimits::default().of(RecordKind::LinkStateUpdate),
+            1 << 20
+        );
+        assert_eq!(
+            RecordLimits::default().of(RecordKind::ConfigOffer),
+            64 << 20
+        );
     }
 
     #[test]

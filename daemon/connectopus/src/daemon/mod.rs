@@ -41,6 +41,7 @@ use crate::links::tls;
 use crate::tun::TunDevice;
 
 mod backend_retry;
+mod binding;
 mod datapath;
 mod dns;
 mod dtls;
@@ -49,6 +50,8 @@ use dtls::send_raw;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
+mod offer_check;
+pub(crate) use offer_check::CheckedOffer;
 mod reconcile;
 mod reload;
 mod report;
@@ -56,9 +59,6 @@ mod resolve;
 mod tcp;
 mod trust;
 mod tun_devs;
-
-/// The RFC 5705 exporter label of the channel binding that node hellos sign.
-const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -221,6 +221,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => None,
     };
     threads.push(signal_thread);
+    let (offer_checker, offer_thread) = offer_check::OfferChecker::spawn(to_loop.clone())?;
+    threads.push(offer_thread);
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let epoch = trust::next_epoch(&config_path);
@@ -232,6 +234,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         epoch ^ u64::from(std::process::id()),
     );
     core.config_version = config.global.version;
+    // Hello challenges must be unpredictable: their secret comes from the OS.
+    ssh_key::rand_core::RngCore::fill_bytes(
+        &mut ssh_key::rand_core::OsRng,
+        &mut core.challenge_secret,
+    );
     if let Some(key) = node_key {
         tracing::info!(key = %connectopus_core::identity::hex(&key.public()), "node identity enforced");
         core.identity = Some(key);
@@ -281,6 +288,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         closing: Vec::new(),
         next_link: 1,
         rx,
+        offer_checker,
         completions: Vec::with_capacity(uring_io::BATCH_SIZE * 4),
         scratch: Vec::with_capacity(u16::MAX as usize),
         scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
@@ -575,6 +583,8 @@ struct Daemon {
     closing: Vec<(LinkId, Box<TcpLink>)>,
     next_link: u64,
     rx: Receiver<LoopMessage>,
+    /// Checks neighbours' configuration offers off the loop.
+    offer_checker: offer_check::OfferChecker,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
     scratch_out: Vec<u8>,
@@ -731,15 +741,14 @@ impl Daemon {
             return;
         }
         l.announced = true;
-        // Channel binding: both ends of a (D)TLS session derive the same exporter value, so a
-        // hello signed over it cannot be replayed on another session or relayed.
-        let channel_binding = match &l.transport {
-            Transport::Dtls(d) => d
-                .association
-                .export_keying_material(CHANNEL_BINDING_LABEL, None, 32)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
-            Transport::Tcp(t) => t.codec.exporter(CHANNEL_BINDING_LABEL),
+        let channel_binding = match binding::channel_binding(&l.transport) {
+            Ok(binding) => binding,
+            Err(error) => {
+                // Never bound to zeros: a (D)TLS link without its binding is closed.
+                tracing::warn!(%link, %error, "closing link: no channel binding");
+                self.close_link(link, "channel binding failed");
+                return;
+            }
         };
         let expected_peer = self
             .backends
@@ -799,6 +808,7 @@ impl Daemon {
                 LoopMessage::Reload => {
                     self.reload_with_notify();
                 }
+                LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
             }
         }
     }
@@ -889,7 +899,6 @@ impl Daemon {
                 } => self.apply_pending_config(version, &unacknowledged),
             }
         }
-        let mut offers = Vec::new();
         while let Some(event) = self.node.poll_event() {
             handled = true;
             log_event(&event);
@@ -898,12 +907,12 @@ impl Daemon {
             }
             if let Event::ConfigOffered {
                 link,
+                version,
                 config,
                 signature,
-                ..
             } = event
             {
-                offers.push((link, config, signature));
+                self.check_offer(link, version, config, signature);
                 continue;
             }
             if let Event::ControlDatagram {
@@ -921,13 +930,6 @@ impl Daemon {
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
-            }
-        }
-        for (link, config, signature) in offers {
-            if let Err(error) =
-                self.accept_config(&config, &signature, reconcile::ConfigSource::Mesh)
-            {
-                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
             }
         }
         handled

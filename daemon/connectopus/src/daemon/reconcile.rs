@@ -334,33 +334,36 @@ impl Daemon {
         signature: &[u8],
         source: ConfigSource,
     ) -> Result<u64> {
-        // Authenticate before parsing: only configurations from an authorized key are read.
-        let signature_text = std::str::from_utf8(signature).context("the signature is not text")?;
-        let signer = connectopus_config::verify(
+        let file_name = self.config_path.display().to_string();
+        let (new, signer) = offer_check::check_candidate(
             bytes,
-            signature_text,
+            signature,
+            self.newest_config_version(),
             &self.config.global.authorized_keys,
             &self.config.global.revoked_keys,
-        )
-        .context("configuration signature check failed")?;
-        let file_name = self.config_path.display().to_string();
-        let new = connectopus_config::load(&file_name, bytes)
-            .map_err(|d| anyhow::anyhow!("the configuration does not load:\n{d}"))?;
-        // The signer must stay authorized in the new config too, or the node could not verify
-        // its own persisted file at the next start: rotating keys takes two configs.
-        connectopus_config::verify(
-            bytes,
-            signature_text,
-            &new.global.authorized_keys,
-            &new.global.revoked_keys,
-        )
-        .context("the new configuration does not authorize the key that signed it")?;
-        // Against the newest configuration taken, applied or still being offered.
-        let newest = self
-            .pending_config
+            &file_name,
+        )?;
+        self.commit_config(bytes, signature, new, &signer, source)
+    }
+
+    /// The version of the newest configuration taken: applied, or still being offered to the
+    /// neighbours before it is applied. Candidates must be newer.
+    pub(super) fn newest_config_version(&self) -> u64 {
+        self.pending_config
             .as_ref()
-            .map_or(self.config.global.version, |(p, _)| p.global.version);
-        connectopus_config::check_version(newest, new.global.version)?;
+            .map_or(self.config.global.version, |(p, _)| p.global.version)
+    }
+
+    /// Persists a configuration that [`offer_check::check_candidate`] accepted and hands it to
+    /// the core, which offers it to the neighbours and says when to apply it.
+    pub(super) fn commit_config(
+        &mut self,
+        bytes: &[u8],
+        signature: &[u8],
+        new: MeshConfig,
+        signer: &str,
+        source: ConfigSource,
+    ) -> Result<u64> {
         crate::state::persist_pair(&self.config_path, bytes, signature)?;
         // After the pair: a crash in between leaves the record behind the file, never ahead.
         if let Err(error) = crate::state::record_version(&self.config_path, new.global.version) {

@@ -157,6 +157,13 @@ impl Daemon {
         for (what, n) in &counters.malformed_messages {
             counter_map.insert(format!("malformed_messages_{what}"), *n);
         }
+        for (what, n) in &counters.config_offers {
+            counter_map.insert(format!("config_offers_{what}"), *n);
+        }
+        counter_map.insert(
+            "config_offers_checked".to_owned(),
+            self.offer_checker.checks_started(),
+        );
         self.offload_counters.report(&mut counter_map);
         self.limit_counters.report(&mut counter_map);
         let _ = name_of;

@@ -73,19 +73,25 @@ impl TcpCodec {
     }
 
     /// Returns 32 bytes of RFC 5705 keying material for `label` once the TLS handshake is done,
-    /// or `None` on plain TCP.
-    pub fn exporter(&self, label: &str) -> Option<[u8; 32]> {
-        let conn = self.tls.as_ref()?;
+    /// or `Ok(None)` on plain TCP.
+    ///
+    /// # Errors
+    /// A TLS link whose exporter fails (for example before the handshake is done): the caller
+    /// must close the link rather than treat it as plain TCP.
+    pub fn exporter(&self, label: &str) -> Result<Option<[u8; 32]>, rustls::Error> {
+        let Some(conn) = self.tls.as_ref() else {
+            return Ok(None);
+        };
         let mut out = [0u8; 32];
         match conn {
-            rustls::Connection::Client(c) => c
-                .export_keying_material(&mut out, label.as_bytes(), None)
-                .ok()?,
-            rustls::Connection::Server(c) => c
-                .export_keying_material(&mut out, label.as_bytes(), None)
-                .ok()?,
+            rustls::Connection::Client(c) => {
+                c.export_keying_material(&mut out, label.as_bytes(), None)?
+            }
+            rustls::Connection::Server(c) => {
+                c.export_keying_material(&mut out, label.as_bytes(), None)?
+            }
         };
-        Some(out)
+        Ok(Some(out))
     }
 
     /// Feeds bytes read from the socket; TLS handshake output is appended to `out`.

@@ -553,8 +553,13 @@ fn zero_window_stalls_then_resumes_without_failing() {
         receive_window: 8,
         ..StreamConfig::default()
     };
+    // A pause shorter than the persist timeout is survived.
+    let patient = StreamConfig {
+        persist_timeout: Duration::from_secs(150),
+        ..StreamConfig::default()
+    };
     let params = LinkParams::lossy(10, 2, 0.05, 0.0);
-    let mut sim = Sim::new(11, [StreamConfig::default(), small], [params, params]);
+    let mut sim = Sim::new(11, [patient, small], [params, params]);
     // Probes go past the closed window by design.
     sim.check_window = false;
     sim.set_reading(1, false);
@@ -573,6 +578,32 @@ fn zero_window_stalls_then_resumes_without_failing() {
         sim.now - resumed < Duration::from_secs(10),
         "resumed slowly: {}",
         sim.now
+    );
+}
+
+#[test]
+fn a_window_closed_past_the_persist_timeout_fails_the_stream() {
+    let small = StreamConfig {
+        receive_window: 8,
+        ..StreamConfig::default()
+    };
+    let params = LinkParams::clean(10);
+    let mut sim = Sim::new(12, [StreamConfig::default(), small], [params, params]);
+    sim.check_window = false;
+    sim.set_reading(1, false);
+    sim.ends[0].stream.send(&pattern(200_000, 11)).unwrap();
+    // Probes are answered (the peer is alive) but the window never opens.
+    sim.advance(Duration::from_secs(29));
+    assert_eq!(sim.ends[0].stream.failure(), None);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(
+        sim.ends[0].stream.failure(),
+        Some(StreamError::WindowStalled)
+    );
+    assert_eq!(
+        sim.ends[0].stream.buffered_bytes(),
+        0,
+        "a failed stream lets go"
     );
 }
 
