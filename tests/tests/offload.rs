@@ -267,9 +267,11 @@ fn packet_too_big_reaches_the_sender_of_a_super_packet() {
         let bar = mesh.address("bar").to_string();
         let route = || -> Result<String> { topo.ns("foo").ip(&["-6", "route", "get", &bar]) };
         ensure!(!route()?.contains("mtu 1400"), "{}", route()?);
-        topo.ns("foo")
-            .exec_ok("python3", &["-c", USO_SENDER, &bar, "5"])?;
-        connectopus_tests::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        // Send until the kernel has learned (an ICMPv6 error may be lost or rate-limited).
+        connectopus_tests::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let _ = topo
+                .ns("foo")
+                .exec_ok("python3", &["-c", USO_SENDER, &bar, "2"]);
             route().is_ok_and(|r| r.contains("mtu 1400"))
         })
         .map_err(|_| anyhow::anyhow!("foo's kernel learned no path MTU: {:?}", route()))?;

@@ -58,6 +58,9 @@ pub enum ReloadResult {
     Unchanged,
     /// The new configuration is applied in place.
     Applied,
+    /// The new configuration is persisted and being offered to the neighbours; the node
+    /// applies it once every neighbour has it (at most a few seconds later).
+    Accepted,
     /// The new configuration is persisted and the mesh instance restarts on it.
     Restarting,
     /// The new configuration does not contain this node, which stopped forwarding.

@@ -102,6 +102,9 @@ pub fn reload(path: &Path) -> Result<ExitCode> {
             println!("unchanged: the node already runs this file (version {version})");
         }
         ReloadResult::Applied => println!("applied configuration version {version}"),
+        ReloadResult::Accepted => println!(
+            "accepted configuration version {version}; it applies once every neighbour has it"
+        ),
         ReloadResult::Restarting => println!(
             "configuration version {version} accepted; the node restarts its mesh instance to apply it"
         ),

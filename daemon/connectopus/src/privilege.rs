@@ -93,6 +93,9 @@ pub struct Needs {
     /// It loads eBPF programs after start-up (CAP_BPF, CAP_PERFMON, and CAP_SYS_ADMIN for
     /// attaching them), so it keeps those and the `bpf` system call.
     pub ebpf_at_runtime: bool,
+    /// It reads the maps of eBPF programs it attached at start (the TUN counters): the `bpf`
+    /// system call on map fds it holds, which needs no capability.
+    pub ebpf_maps: bool,
 }
 
 /// How the node runs, for `status`.
@@ -479,6 +482,9 @@ fn allow_list(needs: Needs) -> Vec<libc::c_long> {
     if needs.ebpf_at_runtime {
         list.extend([libc::SYS_bpf, libc::SYS_perf_event_open]);
     }
+    if needs.ebpf_maps {
+        list.push(libc::SYS_bpf);
+    }
     list.sort_unstable();
     list.dedup();
     list
@@ -571,6 +577,17 @@ mod tests {
         assert_eq!(names(wanted(ebpf)).len(), 4);
         assert!(!allow_list(Needs::default()).contains(&libc::SYS_bpf));
         assert!(allow_list(ebpf).contains(&libc::SYS_bpf));
+        let maps = Needs {
+            ebpf_maps: true,
+            ..Needs::default()
+        };
+        assert_eq!(
+            wanted(maps),
+            bit(CAP_NET_ADMIN),
+            "reading maps needs no capability"
+        );
+        assert!(allow_list(maps).contains(&libc::SYS_bpf));
+        assert!(!allow_list(maps).contains(&libc::SYS_perf_event_open));
     }
 
     #[test]

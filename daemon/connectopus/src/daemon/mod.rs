@@ -181,7 +181,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     };
 
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
-    let needs = privilege_needs(&node_config);
+    let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
         tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
     }
@@ -399,7 +399,10 @@ fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
 }
 
 /// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
-fn privilege_needs(node: &connectopus_config::NodeConfig) -> crate::privilege::Needs {
+fn privilege_needs(
+    node: &connectopus_config::NodeConfig,
+    ebpf_maps: bool,
+) -> crate::privilege::Needs {
     let low_listener = node.backends.values().any(|b| match b {
         BackendConfig::DtlsListener(l) => l.port.is_some_and(|p| p < 1024),
         BackendConfig::TcpListener(l) => l.port.is_some_and(|p| p < 1024),
@@ -408,6 +411,7 @@ fn privilege_needs(node: &connectopus_config::NodeConfig) -> crate::privilege::N
     crate::privilege::Needs {
         bind_low_ports: !node.dns.disable || low_listener,
         ebpf_at_runtime: false,
+        ebpf_maps,
     }
 }
 

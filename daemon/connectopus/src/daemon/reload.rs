@@ -39,18 +39,30 @@ impl Daemon {
         }
         let old = self.config.clone();
         match self.accept_config(&bytes, &signature, reconcile::ConfigSource::Reload) {
-            Ok(version) => ReloadOutcome {
-                result: if self.removed.is_some() {
+            Ok(version) => {
+                // The core offers it to the neighbours first (it may apply at once when there
+                // are none): describe the change against what will run.
+                let pending = self
+                    .pending_config
+                    .as_ref()
+                    .filter(|(p, _)| p.global.version == version);
+                let result = if pending.is_some() {
+                    ReloadResult::Accepted
+                } else if self.removed.is_some() {
                     ReloadResult::Removed
                 } else if self.restart {
                     ReloadResult::Restarting
                 } else {
                     ReloadResult::Applied
-                },
-                version,
-                changes: describe_changes(&old, &self.config, &self.id),
-                error: None,
-            },
+                };
+                let new = pending.map_or(&self.config, |(p, _)| p);
+                ReloadOutcome {
+                    result,
+                    version,
+                    changes: describe_changes(&old, new, &self.id),
+                    error: None,
+                }
+            }
             Err(error) => {
                 let error = format!("{error:#}");
                 tracing::error!(%error, "reload refused");
