@@ -178,8 +178,8 @@ impl super::Daemon {
             bytes,
             signature,
             running_version: self.newest_config_version(),
-            authorized_keys: self.config.global.authorized_keys.clone(),
-            revoked_keys: self.config.global.revoked_keys.clone(),
+            authorized_keys: self.newest_config().global.authorized_keys.clone(),
+            revoked_keys: self.newest_config().global.revoked_keys.clone(),
             file_name: self.config_path.display().to_string(),
         };
         self.offer_checker.submit(job);

@@ -335,12 +335,15 @@ impl Daemon {
         source: ConfigSource,
     ) -> Result<u64> {
         let file_name = self.config_path.display().to_string();
+        // Against the newest configuration taken: its keys decide, since it is the one that
+        // will run.
+        let newest = self.newest_config();
         let (new, signer) = offer_check::check_candidate(
             bytes,
             signature,
-            self.newest_config_version(),
-            &self.config.global.authorized_keys,
-            &self.config.global.revoked_keys,
+            newest.global.version,
+            &newest.global.authorized_keys,
+            &newest.global.revoked_keys,
             &file_name,
         )?;
         self.commit_config(bytes, signature, new, &signer, source)
@@ -349,9 +352,15 @@ impl Daemon {
     /// The version of the newest configuration taken: applied, or still being offered to the
     /// neighbours before it is applied. Candidates must be newer.
     pub(super) fn newest_config_version(&self) -> u64 {
+        self.newest_config().global.version
+    }
+
+    /// The newest configuration taken: the pending one while it is being offered, else the
+    /// running one.
+    pub(super) fn newest_config(&self) -> &MeshConfig {
         self.pending_config
             .as_ref()
-            .map_or(self.config.global.version, |(p, _)| p.global.version)
+            .map_or(&self.config, |(p, _)| p)
     }
 
     /// Persists a configuration that [`offer_check::check_candidate`] accepted and hands it to
