@@ -7,6 +7,8 @@
 //! - `build-ebpf`: installs the eBPF toolchain if missing and builds the eBPF object (`ebpf.rs`).
 //! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
 //!   which `test` runs last when root.
+//! - `fuzz`: the cargo-fuzz targets (see `fuzz.rs`); `fuzz --smoke` is its CI mode, which
+//!   `test` runs after the tests.
 
 use std::process::{Command, ExitCode};
 
@@ -14,6 +16,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod ebpf;
+mod fuzz;
 
 /// Debian packages the tests and the demo use.
 const PACKAGES: &[&str] = &[
@@ -43,8 +46,9 @@ fn main() -> ExitCode {
         Some("install-deps") => install_packages(),
         Some("build-ebpf") => ebpf::build_ebpf(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, bench"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, bench, fuzz"
         )),
     };
     match result {
@@ -77,6 +81,7 @@ fn test() -> Result<()> {
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
     run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
     run("cargo", &["test", "--workspace", "--locked"])?;
+    fuzz::fuzz(&["--smoke".to_owned()])?;
     // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
     // (namespaces); peer VPNs that are missing are skipped, not failures.
     if bench::is_root() {
