@@ -14,7 +14,8 @@ use libfuzzer_sys::fuzz_target;
 mod config_check;
 
 const NAMES: &[&str] = &["foo", "bar", "baz", "qux", "a-b", "x_1", "Foo", "n0"];
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDodzYj57OZmELq22KpYeJKA9uGTjFaBuWl+X9dGUYcr fuzz";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDodzYj57OZmELq22KpYeJKA9uGTjFaBuWl+X9dGUYcr fuzz";
 const TIMERS: &[&str] = &[
     "keepalive_idle",
     "dead_interval",
@@ -23,7 +24,17 @@ const TIMERS: &[&str] = &[
     "spf_delay",
     "bogus_timer",
 ];
-const DURATIONS: &[&str] = &["500ms", "2s", "1m", "0s", "-1s", "10", "1h", "3x", "99999999999s"];
+const DURATIONS: &[&str] = &[
+    "500ms",
+    "2s",
+    "1m",
+    "0s",
+    "-1s",
+    "10",
+    "1h",
+    "3x",
+    "99999999999s",
+];
 const TYPES: &[&str] = &[
     "dtls-dialer",
     "dtls-listener",
@@ -105,7 +116,12 @@ fn yaml(mesh: &Mesh) -> String {
         let name = NAMES[usize::from(node.name) % NAMES.len()];
         let _ = writeln!(y, "  {name}:");
         let top = if node.outside_subnet { 0xfd01 } else { 0xfd00 };
-        let _ = writeln!(y, "    address: \"{top:x}::{:x}:{:x}\"", i + 1, node.address);
+        let _ = writeln!(
+            y,
+            "    address: \"{top:x}::{:x}:{:x}\"",
+            i + 1,
+            node.address
+        );
         if !node.prefixes.is_empty() {
             let list: Vec<String> = node
                 .prefixes

@@ -13,7 +13,13 @@ fn table() -> &'static NameTable {
     static TABLE: OnceLock<NameTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         let ip = |s: &str| s.parse().expect("a literal address");
-        let zone = ZoneConfig::new("connectopus.test", ip("fd00:cafe::"), 62, "node1", ip("fd00:cafe::1"));
+        let zone = ZoneConfig::new(
+            "connectopus.test",
+            ip("fd00:cafe::"),
+            62,
+            "node1",
+            ip("fd00:cafe::1"),
+        );
         let table = NameTable::for_zone(&zone).expect("a valid zone");
         table.update([
             ("bar", ip("fd00:cafe::2")),
@@ -39,6 +45,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(answer[..2], query[..2], "the answer echoes the query id");
     assert!(answer[2] & 0x80 != 0, "QR is set");
     if !over_tcp {
-        assert!(answer.len() <= 1232, "a UDP answer of {} bytes", answer.len());
+        assert!(
+            answer.len() <= 1232,
+            "a UDP answer of {} bytes",
+            answer.len()
+        );
     }
 });

@@ -147,7 +147,11 @@ fuzz_target!(|data: &[u8]| {
                 if *c.state() != State::Established || *s.state() != State::Established {
                     return;
                 }
-                let (victim, peer) = if mode & 8 == 0 { (&mut c, &mut s) } else { (&mut s, &mut c) };
+                let (victim, peer) = if mode & 8 == 0 {
+                    (&mut c, &mut s)
+                } else {
+                    (&mut s, &mut c)
+                };
                 // The attacker also replays genuine records of the peer, and mixes them in.
                 let genuine = seal(peer, b"before").expect("sealing on an established association");
                 let mut replays = inputs.clone();

@@ -35,7 +35,10 @@ fn check_super_packet(buf: &[u8], c: &Coalescer) {
     let mut slot = vec![0u8; segments.max_segment_len()];
     for i in 0..segments.count() {
         let len = segments.write(i, &mut slot).expect("a segment");
-        assert!(checksum_valid(&slot[..len]), "segment {i} of a merged packet");
+        assert!(
+            checksum_valid(&slot[..len]),
+            "segment {i} of a merged packet"
+        );
     }
 }
 

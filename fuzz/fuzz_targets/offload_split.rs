@@ -26,12 +26,17 @@ fuzz_target!(|data: &[u8]| {
     let mut slot = vec![0u8; segments.max_segment_len() + 64];
     let mut payload = 0;
     for i in 0..segments.count() {
-        let len = segments.write(i, &mut slot).expect("a segment fits a max-size slot");
+        let len = segments
+            .write(i, &mut slot)
+            .expect("a segment fits a max-size slot");
         assert_eq!(len, segments.segment_len(i));
         assert!(len <= segments.max_segment_len());
         payload += len - segments.header_len();
         if hdr.gso_type != GsoType::None {
-            assert!(checksum_valid(&slot[..len]), "segment {i} has a bad checksum");
+            assert!(
+                checksum_valid(&slot[..len]),
+                "segment {i} has a bad checksum"
+            );
         }
     }
     assert_eq!(payload, packet.len() - segments.header_len());

@@ -11,7 +11,8 @@ use connectopus_config::signature::{ConfigSignature, verify};
 use libfuzzer_sys::fuzz_target;
 
 /// A key made with ssh-keygen for this target; its private half was deleted at once.
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDodzYj57OZmELq22KpYeJKA9uGTjFaBuWl+X9dGUYcr";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDodzYj57OZmELq22KpYeJKA9uGTjFaBuWl+X9dGUYcr";
 
 fn armour(blob: &[u8], width: usize) -> String {
     let body = Base64::encode_string(blob);

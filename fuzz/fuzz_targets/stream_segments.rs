@@ -17,13 +17,33 @@ use libfuzzer_sys::fuzz_target;
 #[derive(Arbitrary, Debug)]
 enum Step {
     /// A segment near the numbers in use (offsets from the real ones).
-    Near { seq: i8, ack: i8, sack: u32, window: u16, len: u8, wrong_conn: bool },
+    Near {
+        seq: i8,
+        ack: i8,
+        sack: u32,
+        window: u16,
+        len: u8,
+        wrong_conn: bool,
+    },
     /// A segment with any numbers.
-    Raw { conn: u32, seq: u32, ack: u32, sack: u32, window: u16, len: u8 },
+    Raw {
+        conn: u32,
+        seq: u32,
+        ack: u32,
+        sack: u32,
+        window: u16,
+        len: u8,
+    },
     /// The peer acknowledges what we sent, honestly, with a window.
-    HonestAck { window: u16 },
-    Send { len: u16 },
-    Advance { millis: u16 },
+    HonestAck {
+        window: u16,
+    },
+    Send {
+        len: u16,
+    },
+    Advance {
+        millis: u16,
+    },
     Read,
 }
 
@@ -53,11 +73,22 @@ fuzz_target!(|script: Script| {
     let mut peer_seq = local;
     for step in script.steps.iter().take(256) {
         match *step {
-            Step::Near { seq, ack, sack, window, len, wrong_conn } => {
+            Step::Near {
+                seq,
+                ack,
+                sack,
+                window,
+                len,
+                wrong_conn,
+            } => {
                 let len = usize::from(len) % 80;
                 peer_bytes += len;
                 let segment = StreamSegment {
-                    conn: if wrong_conn { local.wrapping_add(1) } else { local },
+                    conn: if wrong_conn {
+                        local.wrapping_add(1)
+                    } else {
+                        local
+                    },
                     seq: peer_seq.wrapping_add_signed(i32::from(seq)),
                     ack: our_next.wrapping_add_signed(i32::from(ack)),
                     sack,
@@ -69,10 +100,24 @@ fuzz_target!(|script: Script| {
                 }
                 stream.handle_segment(now, &segment);
             }
-            Step::Raw { conn, seq, ack, sack, window, len } => {
+            Step::Raw {
+                conn,
+                seq,
+                ack,
+                sack,
+                window,
+                len,
+            } => {
                 let len = usize::from(len) % 80;
                 peer_bytes += len;
-                let segment = StreamSegment { conn, seq, ack, sack, window, payload: &payload[..len] };
+                let segment = StreamSegment {
+                    conn,
+                    seq,
+                    ack,
+                    sack,
+                    window,
+                    payload: &payload[..len],
+                };
                 stream.handle_segment(now, &segment);
             }
             Step::HonestAck { window } => {
@@ -119,8 +164,16 @@ fuzz_target!(|script: Script| {
             assert!(sent <= 1000, "poll_transmit does not stop");
         }
         assert!(stream.unacknowledged_bytes() <= queued);
-        assert!(stream.segments_in_flight() <= 16 + 1, "in flight: {}", stream.segments_in_flight());
+        assert!(
+            stream.segments_in_flight() <= 16 + 1,
+            "in flight: {}",
+            stream.segments_in_flight()
+        );
     }
     stream.read(&mut read);
-    assert!(read.len() <= peer_bytes, "read {} of {peer_bytes} bytes sent", read.len());
+    assert!(
+        read.len() <= peer_bytes,
+        "read {} of {peer_bytes} bytes sent",
+        read.len()
+    );
 });

@@ -131,7 +131,9 @@ fuzz_target!(|data: &[u8]| {
                 let mut input = &std::mem::take(&mut to_client)[..];
                 while !input.is_empty() {
                     client.read_tls(&mut input).expect("client input");
-                    client.process_new_packets().expect("handshake at the client");
+                    client
+                        .process_new_packets()
+                        .expect("handshake at the client");
                 }
             }
             assert!(!client.is_handshaking() && server.is_ready());
@@ -151,4 +153,3 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
-

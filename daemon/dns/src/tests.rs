@@ -360,13 +360,7 @@ fn malformed_messages() {
 
 #[test]
 fn the_public_respond_answers_like_the_server() {
-    let config = ZoneConfig::new(
-        "connectopus.test",
-        ip("fd00::"),
-        64,
-        "node1",
-        ip("fd00::1"),
-    );
+    let config = ZoneConfig::new("connectopus.test", ip("fd00::"), 64, "node1", ip("fd00::1"));
     let t = NameTable::for_zone(&config).unwrap();
     t.update([("bar", ip("fd00::2"))]);
     let query = query_msg("bar.connectopus.test.", RecordType::AAAA)
