@@ -74,7 +74,10 @@ pub(crate) fn fuzz(args: &[String]) -> Result<()> {
         }
     }
     if ran == 0 {
-        bail!("no fuzz target named {target:?}");
+        bail!(
+            "no fuzz target named {:?}; `cargo +{NIGHTLY} fuzz list` in daemon/wire or here lists them",
+            target.unwrap_or_default()
+        );
     }
     Ok(())
 }
