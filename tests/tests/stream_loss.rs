@@ -61,7 +61,7 @@ fn a_10_mb_config_crosses_a_link_with_30_percent_loss_intact() {
         let (ok, out) = mesh.config_set("baz", &v2)?;
         ensure!(ok, "baz refused the 10 MB config: {out}");
         let version = |node: &str| mesh.config_version(node).unwrap_or(0);
-        wait_until(Duration::from_secs(100), Duration::from_millis(500), || {
+        wait_until(Duration::from_secs(150), Duration::from_millis(500), || {
             nodes.iter().all(|n| version(n) == 2)
         })
         .with_context(|| {
