@@ -129,7 +129,8 @@ pub struct ReliableStream {
     rttvar: Duration,
     /// RTO from the estimator, before backoff.
     rto: Duration,
-    /// Timeouts since the last RTT sample; the effective RTO is `rto << backoff`.
+    /// Timeouts since the last RTT sample or ack of new data; the effective RTO is
+    /// `rto << backoff`.
     backoff: u32,
     /// Holds a segment payload that straddles the end of `send_buf`'s ring.
     scratch: Vec<u8>,
