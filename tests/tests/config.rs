@@ -261,9 +261,8 @@ fn a_cost_change_reroutes_and_other_links_keep_their_sessions() {
         )?;
         mesh.start_all()?;
         mesh.wait_converged(Duration::from_secs(20))?;
-        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-            mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("bar")
-        })?;
+        // Each of foo's links with the time its session was established (links still
+        // handshaking have none and are left out).
         let since = |node: &str| -> Result<Vec<(String, f64)>> {
             let status = mesh.status(node)?;
             Ok(status["links"]
@@ -275,6 +274,20 @@ fn a_cost_change_reroutes_and_other_links_keep_their_sessions() {
                 })
                 .collect())
         };
+        // The state the test compares against: both of foo's links have a session (the
+        // costly direct one may still be handshaking once the route via bar exists) and
+        // foo routes to baz via bar.
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            since("foo").is_ok_and(|links| links.len() == 2)
+                && mesh.next_hop("foo", "baz").ok().flatten().as_deref() == Some("bar")
+        })
+        .with_context(|| {
+            format!(
+                "foo should have both sessions and route to baz via bar: links {:?}, next hop {:?}",
+                since("foo"),
+                mesh.next_hop("foo", "baz")
+            )
+        })?;
         let before = since("foo")?;
         ensure!(before.len() == 2, "{before:?}");
         // The direct foo—baz link (backends l2 on baz, d2 on foo) becomes cheap.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
     IperfOptions, LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, iperf3_client, iperf3_server,
-    require_root, require_tools, run_test, run_with_timeout, ssh_sign, wait_until,
+    poll_until, require_root, require_tools, run_test, run_with_timeout, ssh_sign, wait_until,
     workspace_binary,
 };
 
@@ -80,7 +80,15 @@ fn metrics_pass_promtool_and_count_an_iperf3_run_and_the_log_level_changes_at_ru
         mesh.wait_converged(CONVERGE)?;
         let bar = topo.ns("bar");
 
-        let before = scrape(bar)?;
+        // The node renders its metrics at most once a second: wait for a rendering made
+        // after the link to baz came up, not just for the routes.
+        let to_baz = "peer=\"baz\"";
+        let before = poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            scrape(bar)
+                .ok()
+                .filter(|m| sample(m, "connectopus_link_transmit_bytes_total", to_baz).is_some())
+        })
+        .context("no link to baz in the metrics")?;
         check_with_promtool(dir, &before)?;
         for family in [
             "connectopus_link_receive_bytes_total",
@@ -98,7 +106,6 @@ fn metrics_pass_promtool_and_count_an_iperf3_run_and_the_log_level_changes_at_ru
                 "{family} missing:\n{before}"
             );
         }
-        let to_baz = "peer=\"baz\"";
         let sent_before = sample(&before, "connectopus_link_transmit_bytes_total", to_baz)
             .context("no link to baz in the metrics")?;
 

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 
 /// The nightly that builds the eBPF crate; same as `ebpf/connectopus-ebpf/rust-toolchain.toml`.
 /// Its LLVM major (22) must match [`BPF_LINKER_LLVM_FEATURE`].
-const NIGHTLY: &str = "nightly-2026-05-20";
+pub(crate) const NIGHTLY: &str = "nightly-2026-05-20";
 
 /// bpf-linker release installed from crates.io.
 const BPF_LINKER_VERSION: &str = "0.13.0";

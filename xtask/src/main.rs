@@ -8,6 +8,8 @@
 //! - `dist`: the Debian package `target/dist/connectopus_<version>_<arch>.deb` (`dist.rs`).
 //! - `bench`: the end-to-end benchmark (see `bench.rs`); `bench --short` is its CI mode,
 //!   which `test` runs last when root.
+//! - `fuzz`: the cargo-fuzz targets (see `fuzz.rs`); `fuzz --smoke` is its CI mode, which
+//!   `test` runs after the tests.
 
 use std::process::{Command, ExitCode};
 
@@ -16,6 +18,7 @@ use anyhow::{Context, Result, bail};
 mod bench;
 mod dist;
 mod ebpf;
+mod fuzz;
 
 /// Debian packages the tests and the demo use.
 const PACKAGES: &[&str] = &[
@@ -49,8 +52,9 @@ fn main() -> ExitCode {
         Some("build-ebpf") => ebpf::build_ebpf(),
         Some("bench") => bench::bench(&args[1..]),
         Some("dist") => dist::dist().map(|_| ()),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, dist, bench"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, dist, bench, fuzz"
         )),
     };
     match result {
@@ -104,6 +108,7 @@ fn test() -> Result<()> {
             "--test",
         ],
     )?;
+    fuzz::fuzz(&["--smoke".to_owned()])?;
     // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
     // (namespaces); peer VPNs that are missing are skipped, not failures.
     if bench::is_root() {

@@ -94,10 +94,7 @@ impl Diagnostic {
         }
         self.line = line;
         self.column = column.max(1);
-        let text = source
-            .lines()
-            .nth(line as usize - 1)
-            .map(|l| l.trim_end_matches('\r').to_owned());
+        let text = yaml_line(source, line as usize - 1).map(str::to_owned);
         if let Some(text) = &text {
             let line_chars = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
             let room = line_chars.saturating_sub(self.column - 1).max(1);
@@ -233,6 +230,24 @@ impl IntoIterator for Diagnostics {
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
+}
+
+/// Returns line `n` (0-based) of `source` as the YAML parser numbers lines: `\r\n`, a lone
+/// `\r` and `\n` each end a line (YAML 1.2 §5.4), so that a diagnostic's snippet is the line
+/// its number names even in a file with stray carriage returns.
+fn yaml_line(source: &str, n: usize) -> Option<&str> {
+    let mut rest = source;
+    for _ in 0..n {
+        let end = rest.find(['\r', '\n'])?;
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
+    }
+    let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 #[cfg(test)]

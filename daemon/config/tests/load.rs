@@ -365,3 +365,19 @@ fn docs_example_loads_cleanly() {
     assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
     assert_eq!(cfg.nodes.len(), 3);
 }
+
+/// Found by the `config_bytes` fuzzer: the YAML parser ends a line at a lone `\r`, so a
+/// diagnostic's line number counted those lines while its snippet was looked up by `\n`
+/// only: `line 54` of a 12-line file, without a snippet.
+#[test]
+fn a_diagnostic_after_lone_carriage_returns_shows_the_line_it_names() {
+    let bytes =
+        b"global:\r  domain: connectopus.test\r  subnet: fd00::/16\r  bogus: 1\rnodes: {}\n";
+    let diags = connectopus_config::check("cr.yml", bytes);
+    let d = diags
+        .iter()
+        .find(|d| d.message.contains("bogus"))
+        .unwrap_or_else(|| panic!("no diagnostic names the unknown key: {diags}"));
+    assert_eq!(d.line, 4, "{d}");
+    assert_eq!(d.snippet.as_deref(), Some("  bogus: 1"), "{d}");
+}

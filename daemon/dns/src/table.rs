@@ -64,6 +64,27 @@ impl NameTable {
         }
     }
 
+    /// A table for `zone` that no server serves: for answering queries offline with
+    /// [`NameTable::respond`] (the fuzzer does).
+    ///
+    /// # Errors
+    /// The zone configuration is invalid (as [`crate::DnsServer::start`] would say).
+    pub fn for_zone(zone: &crate::ZoneConfig) -> crate::Result<Self> {
+        Ok(Self::new(ZoneSpec::new(zone)?))
+    }
+
+    /// Answers one DNS message exactly as the server does for a UDP datagram
+    /// (`over_tcp == false`, size-limited and truncated with TC) or a TCP query; `None` when
+    /// nothing must be sent (shorter than a header, or a response).
+    pub fn respond(&self, query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
+        let transport = if over_tcp {
+            crate::answer::Transport::Tcp
+        } else {
+            crate::answer::Transport::Udp
+        };
+        crate::answer::respond(&self.snapshot(), query, transport).map(|(bytes, _)| bytes)
+    }
+
     /// Replaces the whole set of served names with `names`: pairs of a name relative to the
     /// mesh domain (`bar`, `foo-tun`) and its address.
     ///

@@ -357,3 +357,21 @@ fn malformed_messages() {
         let _ = respond(&snap, &framed, Transport::Tcp);
     }
 }
+
+#[test]
+fn the_public_respond_answers_like_the_server() {
+    let config = ZoneConfig::new("connectopus.test", ip("fd00::"), 64, "node1", ip("fd00::1"));
+    let t = NameTable::for_zone(&config).unwrap();
+    t.update([("bar", ip("fd00::2"))]);
+    let query = query_msg("bar.connectopus.test.", RecordType::AAAA)
+        .to_vec()
+        .unwrap();
+    let udp = Message::from_vec(&t.respond(&query, false).unwrap()).unwrap();
+    assert_eq!(aaaa(&udp), vec![ip("fd00::2")]);
+    let tcp = Message::from_vec(&t.respond(&query, true).unwrap()).unwrap();
+    assert_eq!(aaaa(&tcp), vec![ip("fd00::2")]);
+    // Shorter than a header: no answer at all.
+    assert_eq!(t.respond(&query[..11], false), None);
+    let bad = ZoneConfig::new("", ip("fd00::"), 64, "node1", ip("fd00::1"));
+    assert!(NameTable::for_zone(&bad).is_err());
+}

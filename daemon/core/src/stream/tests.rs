@@ -642,3 +642,23 @@ proptest! {
         prop_assert_eq!(sim.ends[0].stream.stats().bytes_delivered, len1 as u64);
     }
 }
+
+#[test]
+fn ten_mib_at_thirty_percent_loss_each_way_keeps_its_pace() {
+    // Nearly every ack here covers a retransmitted hole, so Karn's rule leaves no RTT
+    // samples: progress alone must reset the backoff, or the RTO sits at max_rto and the
+    // transfer takes minutes (365 virtual seconds before that fix; about 9 after).
+    let params = LinkParams::lossy(1, 0, 0.30, 0.0);
+    let mut sim = Sim::symmetric(3, StreamConfig::default(), params);
+    let data = pattern(10 * 1024 * 1024, 9);
+    sim.ends[0].stream.send(&data).unwrap();
+    sim.transfer([&[], &data], secs(30));
+    assert_eq!(
+        sim.ends[1].stream.stats().bytes_delivered,
+        data.len() as u64,
+        "after {}: {:?}",
+        sim.now,
+        sim.ends[0].stream.stats()
+    );
+    assert!(sim.ends[0].stream.failure().is_none());
+}
