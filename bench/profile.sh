@@ -40,7 +40,10 @@ client=$!
 sleep 1
 perf record -F 999 -a -g -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
 wait $client || true
-perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf > "$out/folded.txt"
+# Only the data path's processes (and the kernel's idle and softirq threads): other jobs on a
+# shared machine stay out of the picture.
+perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf \
+    | grep -E '^(connectopus|iperf3|swapper|ksoftirqd|kworker)' > "$out/folded.txt"
 inferno-flamegraph --title "Connectopus DTLS, one TCP stream foo -> bar ($(uname -r))" \
     < "$out/folded.txt" > "$out/flamegraph.svg"
 python3 - "$out/folded.txt" > "$out/summary.txt" <<'EOF'
