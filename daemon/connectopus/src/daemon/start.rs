@@ -1,0 +1,403 @@
+//! Starting a node: the TUN devices, the packet I/O, the eBPF programs, the helper threads
+//! and the backends, then the main loop ([`Daemon::run`]); and restarting the mesh instance
+//! (re-executing the process) after a change that needs it.
+
+use super::*;
+
+/// What `connectopus node` was asked to run.
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// The loaded mesh configuration.
+    pub config: MeshConfig,
+    /// Its signature (already verified).
+    pub signature: Vec<u8>,
+    /// Where it was loaded from; newer configurations received later are written there
+    /// (and their signature to `<path>.sig`).
+    pub config_path: PathBuf,
+    /// This node's name in it.
+    pub id: String,
+    /// Where to serve the control socket.
+    pub control_socket: PathBuf,
+    /// The eBPF object file to load instead of the one embedded in the binary.
+    pub ebpf_object: Option<PathBuf>,
+    /// The node key file, when the node's config entry has an `identity`
+    /// [default: /var/lib/connectopus/<id>/identity.key].
+    pub identity_file: Option<PathBuf>,
+    /// Where to serve Prometheus `/metrics` (`--metrics-listen`), overriding the node's
+    /// `metrics.listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The seccomp filter installed once the node runs.
+    pub seccomp: crate::privilege::SeccompMode,
+    /// Whether to drop the capabilities the node no longer needs after start-up.
+    pub drop_capabilities: bool,
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Start-up failures (TUN, control socket, io_uring); a backend that cannot start does not
+/// stop the node, which retries it (see `backend_retry`), and a running node logs and
+/// survives per-link errors.
+pub fn run(options: NodeOptions) -> Result<()> {
+    let NodeOptions {
+        config,
+        signature,
+        config_path,
+        id,
+        control_socket,
+        ebpf_object,
+        identity_file,
+        metrics_listen,
+        seccomp,
+        drop_capabilities,
+    } = options;
+    let node_key = trust::node_key(&config, &id, identity_file.as_deref())?;
+    let node_config = config
+        .node(&id)
+        .map_err(|d| anyhow::anyhow!("{d}"))?
+        .clone();
+
+    let offloads = datapath::Offloads::new(!crate::tun::offload_disabled_by_env());
+    let mtu = node_mtu(&node_config.backends);
+    let mut tuns = Vec::new();
+    match node_config.tun_name(&id) {
+        Some(tun_name) => {
+            let tun = TunDevice::create(
+                &tun_name,
+                node_config.address,
+                config.global.subnet.prefix_len(),
+                mtu,
+                offloads.wanted,
+            )?;
+            tracing::info!(
+                tun = %tun.name(),
+                address = %node_config.address,
+                %mtu,
+                offload = %tun.offload().describe(),
+                "tun device up"
+            );
+            tuns.push(tun);
+        }
+        None => tracing::info!("tun disabled: this node only forwards"),
+    }
+    // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
+    let mut tun_dev_names = Vec::new();
+    for (name, dev) in &node_config.tun_devs {
+        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu, offloads.wanted)
+            .with_context(|| format!("tun_devs.{name}"))?;
+        tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
+        tuns.push(tun);
+        tun_dev_names.push(name.clone());
+    }
+    let (attachments, attachment_names) = tun_devs::attachments(&node_config.tun_devs, |_| true);
+
+    let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
+    match io.fallback_reason() {
+        None => tracing::info!(backend = io.backend().as_str(), "dataplane ready"),
+        Some(reason) => tracing::warn!(
+            backend = io.backend().as_str(),
+            reason = %reason,
+            "io_uring unavailable; using the syscall fallback"
+        ),
+    }
+
+    let ebpf = match tuns.first() {
+        Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
+        None => Ebpf::Off("no tun device".to_owned()),
+    };
+
+    // Before the first thread starts: capabilities are per thread, later ones inherit these.
+    let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
+    if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
+        tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
+    }
+
+    let dns = dns::Dns::start(
+        &config,
+        &id,
+        node_config.address,
+        tuns.first().map(TunDevice::name),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let to_loop = LoopSender::new(tx, io.waker());
+    let mut threads = Vec::new();
+    threads.push(control::spawn_server(
+        &control_socket,
+        to_loop.clone(),
+        stop.clone(),
+    )?);
+    let (local_datagrams, datagram_thread) = local_datagrams::start(
+        &local_datagrams::base_of(&control_socket),
+        to_loop.clone(),
+        stop.clone(),
+    )?;
+    threads.push(datagram_thread);
+    let (signals, signal_thread) = spawn_signal_thread(to_loop.clone())?;
+    let metrics = match metrics_listen.or_else(|| node_config.metrics.listen_addr()) {
+        Some(addr) => {
+            let snapshot = crate::metrics::Snapshot::default();
+            let (bound, thread) =
+                crate::metrics::spawn_server(addr, snapshot.clone(), stop.clone())?;
+            tracing::info!(listen = %bound, "metrics at /metrics");
+            threads.push(thread);
+            Some(snapshot)
+        }
+        None => None,
+    };
+    threads.push(signal_thread);
+    let (offer_checker, offer_thread) = offer_check::OfferChecker::spawn(to_loop.clone())?;
+    threads.push(offer_thread);
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let epoch = trust::next_epoch(&config_path);
+    let timers = &config.global.timers;
+    let mut core = NodeConfig::new(
+        node_config.address,
+        id.clone(),
+        epoch,
+        epoch ^ u64::from(std::process::id()),
+    );
+    core.config_version = config.global.version;
+    // Hello challenges must be unpredictable: their secret comes from the OS.
+    ssh_key::rand_core::RngCore::fill_bytes(
+        &mut ssh_key::rand_core::OsRng,
+        &mut core.challenge_secret,
+    );
+    if let Some(key) = node_key {
+        tracing::info!(key = %connectopus_core::identity::hex(&key.public()), "node identity enforced");
+        core.identity = Some(key);
+        core.trust = Some(trust::policy(&config));
+    }
+    core.prefixes = attachments;
+    core.names = attachment_names;
+    core.timers.session.keepalive_idle = timers.keepalive_idle.get();
+    core.timers.session.dead_interval = timers.dead_interval.get();
+    core.timers.update_interval = timers.update_interval.get();
+    core.timers.node_dead_after = timers.node_dead_after.get();
+
+    let backend_configs = node_config.backends;
+    let subnet = config.global.subnet.to_string();
+    let mut daemon = Daemon {
+        id,
+        config,
+        config_path,
+        signature: signature.clone(),
+        pending_config: None,
+        local_datagrams,
+        to_loop,
+        backends: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        threads: Vec::new(),
+        removed: None,
+        restart: false,
+        node: Node::new(core, Time::ZERO),
+        table: Arc::new(ForwardingTable::default()),
+        io,
+        offloads,
+        coalescing: datapath::TunCoalescing::default(),
+        dtls_batches: dtls_batch::DtlsBatches::default(),
+        offload_counters: datapath::OffloadCounters::default(),
+        started,
+        started_wall,
+        tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
+        ebpf,
+        dns,
+        subnet,
+        links: BTreeMap::new(),
+        dtls_peers: std::collections::HashMap::new(),
+        hello_limiter: handshake_limits::HelloLimiter::new(),
+        limit_counters: handshake_limits::LimitCounters::default(),
+        udp: Vec::new(),
+        retiring_udp: Vec::new(),
+        closing: Vec::new(),
+        next_link: 1,
+        rx,
+        offer_checker,
+        completions: Vec::with_capacity(uring_io::BATCH_SIZE * 4),
+        scratch: Vec::with_capacity(u16::MAX as usize),
+        scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
+        ranges: Vec::new(),
+        stopping: None,
+        metrics,
+        metrics_published: None,
+        spf_time: Duration::ZERO,
+        seccomp: "off: not installed yet".to_owned(),
+        notify: crate::notify::Notifier::from_env(),
+    };
+    let version = daemon.config.global.version;
+    let source = daemon.config.source().clone();
+    daemon
+        .node
+        .set_config(Time::ZERO, version, &source, &signature);
+    for (name, backend) in &backend_configs {
+        daemon.start_or_retry(name, backend);
+    }
+    daemon.seccomp = crate::privilege::install_seccomp(seccomp, needs);
+    let privilege = crate::privilege::report(&daemon.seccomp);
+    tracing::info!(%privilege, "privileges");
+    // TUN devices, listeners (or their retry timers) and the control socket are up.
+    let status = daemon.status_line();
+    daemon.notify.ready(status);
+    let result = daemon.run();
+    stop.store(true, Ordering::Relaxed);
+    for running in daemon.backends.values() {
+        if let reconcile::BackendHandle::Thread(stop) = &running.handle {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    threads.append(&mut daemon.threads);
+    let restart = daemon.restart;
+    drop(daemon);
+    signals.close();
+    let _ = std::fs::remove_file(&control_socket);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if restart {
+        return restart_process();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// The eBPF programs on the node's TUN device, or why there are none.
+pub(super) enum Ebpf {
+    Counters(connectopus_fastpath::TunCounters),
+    Off(String),
+}
+
+impl std::fmt::Debug for Ebpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Ebpf {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Ebpf::Counters(c) => match c.read() {
+                Ok(snapshot) => format!(
+                    "tc counters on {} ({}): in {} pkts {} B, out {} pkts {} B",
+                    c.ifname(),
+                    c.attach_mode().as_str(),
+                    snapshot.ingress.packets,
+                    snapshot.ingress.bytes,
+                    snapshot.egress.packets,
+                    snapshot.egress.bytes
+                ),
+                Err(error) => format!("tc counters unreadable: {error}"),
+            },
+            Ebpf::Off(why) => format!("not loaded: {why}"),
+        }
+    }
+}
+
+/// Attaches the TUN counters when the eBPF object is available; the node runs without them
+/// otherwise and says why. A helper process (`connectopus ebpf-attach`) loads the object, so
+/// that aya's parse of the kernel's BTF never touches the node's memory (in process only on
+/// kernels without TCX).
+fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
+    let from = object.map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
+    let attached = if object.is_none() && connectopus_fastpath::embedded_object().is_none() {
+        Err(connectopus_fastpath::FastpathError::NotEmbedded)
+    } else {
+        let helper = crate::ebpf_helper::command();
+        connectopus_fastpath::TunCounters::attach_via_helper(helper, ifname, object)
+    };
+    match attached {
+        Ok(counters) => {
+            tracing::info!(
+                object = %from,
+                mode = counters.attach_mode().as_str(),
+                helper = counters.loaded_by_helper(),
+                "ebpf counters attached"
+            );
+            Ebpf::Counters(counters)
+        }
+        Err(error) => {
+            let error = format!("{:#}", anyhow::Error::from(error));
+            tracing::info!(%error, "running without eBPF");
+            Ebpf::Off(error)
+        }
+    }
+}
+
+/// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
+fn privilege_needs(
+    node: &connectopus_config::NodeConfig,
+    ebpf_maps: bool,
+) -> crate::privilege::Needs {
+    let low_listener = node.backends.values().any(|b| match b {
+        BackendConfig::DtlsListener(l) => l.port.is_some_and(|p| p < 1024),
+        BackendConfig::TcpListener(l) => l.port.is_some_and(|p| p < 1024),
+        _ => false,
+    });
+    crate::privilege::Needs {
+        bind_low_ports: !node.dns.disable || low_listener,
+        ebpf_at_runtime: false,
+        ebpf_maps,
+    }
+}
+
+/// Returns the smallest MTU among the node's backends (1500 without any).
+pub(super) fn node_mtu(backends: &BTreeMap<String, BackendConfig>) -> u16 {
+    backends
+        .values()
+        .map(backend_mtu)
+        .min()
+        .unwrap_or(TCP_LINK_MTU)
+}
+
+pub(super) fn backend_mtu(backend: &BackendConfig) -> u16 {
+    let default = match backend {
+        BackendConfig::DtlsDialer(_) | BackendConfig::DtlsListener(_) => crate::DTLS_LINK_MTU,
+        BackendConfig::TcpDialer(_) | BackendConfig::TcpListener(_) => TCP_LINK_MTU,
+    };
+    backend
+        .mtu()
+        .and_then(|m| u16::try_from(m).ok())
+        .unwrap_or(default)
+}
+
+/// Turns SIGINT and SIGTERM into a shutdown and SIGHUP into a reload; the returned handle
+/// ends the thread when closed.
+fn spawn_signal_thread(
+    to_loop: LoopSender,
+) -> Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let message = if signal == SIGHUP {
+                    tracing::info!("SIGHUP: re-reading the configuration");
+                    LoopMessage::Reload
+                } else {
+                    tracing::info!(signal, "shutting down");
+                    LoopMessage::Shutdown
+                };
+                if !to_loop.send(message) {
+                    return;
+                }
+            }
+        })
+        .context("spawning signal thread")?;
+    Ok((handle, thread))
+}
+
+/// Replaces this process with a fresh run of the same command line: how a node restarts its
+/// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
+/// it. The new configuration was persisted first, so the new process loads it.
+fn restart_process() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the node binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!(exe = %exe.display(), "restarting the mesh instance");
+    let error = std::process::Command::new(exe).args(args).exec();
+    Err(error).context("restarting the node")
+}
