@@ -1,0 +1,198 @@
+//! The record takeover: once OpenSSL finished the handshake, derive the traffic keys, prove
+//! them on the Finished messages already on the wire, and from then on seal and open records
+//! in place; whatever OpenSSL still writes is re-sealed with the fast path's sequence numbers.
+
+use super::*;
+
+impl DtlsAssociation {
+    pub(super) fn on_handshake_complete(&mut self, now: Duration) {
+        let ssl = self.stream.ssl();
+        let suite = ssl
+            .current_cipher()
+            .and_then(|c| RecordSuite::from_cipher_id(c.protocol_id()));
+        let Some(suite) = suite else {
+            self.fail(CloseReason::ProtocolError(
+                "negotiated cipher has no known record layout".into(),
+            ));
+            return;
+        };
+        if ssl.version2() != Some(SslVersion::DTLS1_2) {
+            self.fail(CloseReason::ProtocolError("not DTLS 1.2".into()));
+            return;
+        }
+        self.suite = Some(suite);
+        self.state = State::Established;
+        self.established_at = Some(now);
+        if self.config.fast_path {
+            match self.take_over(suite, now) {
+                Some(fp) => {
+                    self.fast = Some(fp);
+                    self.fill_rx_lookahead();
+                }
+                None => self.stats.self_test_failed = true,
+            }
+        }
+        self.capture = Capture::default();
+    }
+
+    /// Rule 1: derives the keys from public API and proves them on both Finished records.
+    pub(super) fn take_over(&self, suite: RecordSuite, now: Duration) -> Option<FastPath> {
+        let ssl = self.stream.ssl();
+        let session = ssl.session()?;
+        let mut master = Zeroizing::new([0u8; 48]);
+        if session.master_key(&mut master[..]) != 48 {
+            return None;
+        }
+        let (mut cr, mut sr) = ([0u8; 32], [0u8; 32]);
+        if ssl.client_random(&mut cr) != 32 || ssl.server_random(&mut sr) != 32 {
+            return None;
+        }
+        let keys = derive_keys(suite, &master[..], &cr, &sr).ok()?;
+        let (tx, rx) = match self.role {
+            Role::Client => (keys.client_write, keys.server_write),
+            Role::Server => (keys.server_write, keys.client_write),
+        };
+        // Self-test 1: our own Finished opens with our write key.
+        let mut own = self.capture.own_finished.clone()?;
+        let (oh, _) = next_record(&own, 0).ok()??;
+        let pt = tx.open(oh.epoch_seq(), oh.ctype, &mut own)?;
+        if !is_finished(&own[pt]) {
+            return None;
+        }
+        // Self-test 2: the peer's Finished opens with the peer's write key.
+        let mut window = ReplayWindow::new();
+        let mut rx_epoch = None;
+        for candidate in &self.capture.peer_finished {
+            let mut rec = candidate.clone();
+            let Ok(Some((h, _))) = next_record(&rec, 0) else {
+                continue;
+            };
+            if let Some(pt) = rx.open(h.epoch_seq(), h.ctype, &mut rec)
+                && is_finished(&rec[pt])
+            {
+                window.update(h.seq);
+                rx_epoch = Some(h.epoch);
+            }
+        }
+        Some(FastPath {
+            tx: TxKeys::new(tx, oh.epoch, self.capture.own_max_seq? + 1, now),
+            rx: RxKeys::new(rx_epoch?, rx, window),
+            min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
+        })
+    }
+
+    /// Moves what OpenSSL wrote to the transmit queue; after takeover, re-seals it (rule 3).
+    pub(super) fn drain_output(&mut self) {
+        while let Some(d) = self.stream.get_mut().outbound.pop_front() {
+            if self.fast.is_some() {
+                let out = self.reseal(&d);
+                self.stream.get_mut().recycle(d);
+                if !out.is_empty() {
+                    self.transmit.push_back(out);
+                }
+                continue;
+            }
+            if self.state == State::Handshaking {
+                self.scan_own(&d);
+            }
+            self.transmit.push_back(d);
+        }
+    }
+
+    /// Records our Finished and the highest sequence number OpenSSL used in the new epoch.
+    pub(super) fn scan_own(&mut self, d: &[u8]) {
+        let mut pos = 0;
+        while let Ok(Some((h, r))) = next_record(d, pos) {
+            pos = r.end;
+            if h.epoch == 0 {
+                continue;
+            }
+            if self.capture.own_finished.is_none() && h.ctype == CT_HANDSHAKE {
+                self.capture.own_finished = Some(d[r].to_vec());
+            }
+            let own_epoch = self
+                .capture
+                .own_finished
+                .as_deref()
+                .and_then(|f| next_record(f, 0).ok().flatten())
+                .map(|(oh, _)| oh.epoch);
+            if own_epoch == Some(h.epoch) {
+                let max = self.capture.own_max_seq.map_or(h.seq, |m| m.max(h.seq));
+                self.capture.own_max_seq = Some(max);
+            }
+        }
+    }
+
+    /// Re-seals every record OpenSSL wrote in the taken-over epoch with our next sequence number.
+    pub(super) fn reseal(&mut self, d: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(d.len());
+        let Some(fp) = self.fast.as_mut() else {
+            return out;
+        };
+        let mut pos = 0;
+        while let Ok(Some((h, r))) = next_record(d, pos) {
+            pos = r.end;
+            let start = out.len();
+            out.extend_from_slice(&d[r]);
+            if h.epoch != fp.tx.handshake_epoch {
+                continue;
+            }
+            let rec = &mut out[start..];
+            let Some(pt) = fp.tx.handshake_key().open(h.epoch_seq(), h.ctype, rec) else {
+                out.truncate(start);
+                continue;
+            };
+            if fp.tx.next_seq > MAX_SEQ {
+                out.truncate(start);
+                continue;
+            }
+            let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
+            fp.tx.next_seq += 1;
+            if fp.tx.key.seal(es, h.ctype, rec, pt.len()).is_err() {
+                out.truncate(start);
+                continue;
+            }
+            self.stats.resealed += 1;
+        }
+        out
+    }
+
+    /// Moves our sending direction to the next epoch (keys from the exporter, sequence 0).
+    pub(super) fn rekey_tx(&mut self, now: Duration) {
+        let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
+            return;
+        };
+        let keys = fp.tx.next_epoch().and_then(|e| {
+            Some((
+                e,
+                rekey::epoch_keys(self.stream.ssl(), suite, self.role, e)?,
+            ))
+        });
+        match keys {
+            Some((epoch, (tx, _))) => {
+                fp.tx.switch(epoch, tx, now);
+                self.stats.tx_rekeys += 1;
+            }
+            None => {
+                fp.tx.stuck = true;
+                self.stats.rekey_failed += 1;
+            }
+        }
+    }
+
+    /// Derives the receive keys of the epochs after the current one (see `rekey::LOOKAHEAD`).
+    pub(super) fn fill_rx_lookahead(&mut self) {
+        let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
+            return;
+        };
+        while let Some(epoch) = fp.rx.wants() {
+            match rekey::epoch_keys(self.stream.ssl(), suite, self.role, epoch) {
+                Some((_, rx)) => fp.rx.push_ahead(epoch, rx),
+                None => {
+                    self.stats.rekey_failed += 1;
+                    return;
+                }
+            }
+        }
+    }
+}
