@@ -23,10 +23,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use connectopus_dtls::{
-    ClientConfig, Credentials, DtlsAssociation, DtlsConfig, PskCredentials, PskSuite, ServerConfig,
-    State,
-};
+use connectopus_dtls::{DtlsAssociation, PskSuite};
 use connectopus_offload::checksum::{fold, pseudo_header_sum};
 use connectopus_offload::{
     Append, Coalescer, GsoType, MAX_IP_LEN, Segments, VNET_HDR_LEN, VnetHeader,
@@ -79,9 +76,6 @@ const PROTO_TCP: u8 = 6;
 /// Where the TCP checksum lives, from the start of the TCP header.
 const TCP_CSUM_OFFSET: usize = 16;
 
-const PEER: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 4242);
-
 const SUITES: [(&str, PskSuite); 2] = [
     ("aes128gcm", PskSuite::PskAes128GcmNoForwardSecrecy),
     ("chacha20poly1305", PskSuite::EcdhePskChaCha20Poly1305),
@@ -132,32 +126,6 @@ fn super_packet() -> Vec<u8> {
     let at = IPV6_HDR_LEN + TCP_CSUM_OFFSET;
     ip[at..at + 2].copy_from_slice(&pseudo.to_le_bytes());
     buf
-}
-
-/// Runs an in-memory handshake between two associations of the given suite (fast path).
-fn pair(suite: PskSuite) -> (DtlsAssociation, DtlsAssociation) {
-    let mut creds = PskCredentials::new("bench", b"benchmark pre-shared key 0123456".to_vec());
-    creds.suite = suite;
-    let cfg = DtlsConfig::new(Credentials::Psk(creds));
-    let now = Duration::ZERO;
-    let client_cfg = ClientConfig::new(&cfg).expect("client config");
-    let server_cfg = ServerConfig::new(&cfg).expect("server config");
-    let mut c = DtlsAssociation::client(&client_cfg, now).expect("client");
-    let mut s = DtlsAssociation::server(&server_cfg, PEER, now).expect("server");
-    for _ in 0..100 {
-        if *c.state() == State::Established && *s.state() == State::Established {
-            break;
-        }
-        while let Some(mut d) = c.poll_transmit() {
-            let _ = s.handle_datagram(now, &mut d);
-        }
-        while let Some(mut d) = s.poll_transmit() {
-            let _ = c.handle_datagram(now, &mut d);
-        }
-    }
-    assert_eq!(*c.state(), State::Established, "handshake failed");
-    assert!(c.fast_path_active(), "the record fast path is not active");
-    (c, s)
 }
 
 /// Where the records of a sealed batch lie: `count` records `stride` bytes apart (the last may
@@ -237,7 +205,7 @@ struct Path {
 
 impl Path {
     fn new(suite: PskSuite) -> Self {
-        let (tx, rx) = pair(suite);
+        let (tx, rx) = bench::dtls_pair(suite, true);
         let packet = super_packet();
         let batch = vec![0u8; batch_capacity(&tx, &packet)];
         Path {
