@@ -333,7 +333,7 @@ fn sleep_unless_stopped(delay: Duration, stop: &AtomicBool) {
 }
 
 /// Waits up to `timeout` for `fd` to become readable.
-fn readable(fd: i32, timeout: Duration) -> bool {
+pub(crate) fn readable(fd: i32, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,

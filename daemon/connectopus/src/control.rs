@@ -353,14 +353,8 @@ pub fn bind_private(path: &Path) -> Result<UnixListener> {
 
 fn serve(listener: UnixListener, to_loop: LoopSender, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; the count is one.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if ready <= 0 {
+        // Wakes every 200 ms to notice `stop`.
+        if !crate::backends::readable(listener.as_raw_fd(), Duration::from_millis(200)) {
             continue;
         }
         let Ok((stream, _)) = listener.accept() else {

@@ -72,14 +72,8 @@ pub fn spawn_server(
 
 fn serve(listener: TcpListener, snapshot: Snapshot, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; the count is one.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if ready <= 0 {
+        // Wakes every 200 ms to notice `stop`.
+        if !crate::backends::readable(listener.as_raw_fd(), Duration::from_millis(200)) {
             continue;
         }
         let Ok((stream, peer)) = listener.accept() else {
