@@ -41,6 +41,8 @@ const TYPES: &[&str] = &[
     "tcp-dialer",
     "tcp-listener",
     "udp-dialer",
+    "udp-listener",
+    "quic-dialer",
     "",
 ];
 

@@ -28,6 +28,8 @@ pub enum LinkKind {
     Tcp,
     /// TCP with TLS 1.3, both sides verified against the test CA.
     TcpTls,
+    /// Plaintext IPv6-in-UDP (`udp-dialer`/`udp-listener`).
+    Udp,
 }
 
 /// One mesh link: `listener` listens on its underlay address facing `dialer`.
@@ -161,6 +163,7 @@ impl<'t> Mesh<'t> {
                     "dtls",
                 ),
                 LinkKind::Tcp => (String::new(), String::new(), "tcp"),
+                LinkKind::Udp => (String::new(), String::new(), "udp"),
                 LinkKind::DtlsCert | LinkKind::TcpTls => {
                     let Some(pki) = &pki else {
                         bail!("no pki");

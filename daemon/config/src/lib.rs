@@ -39,7 +39,7 @@ pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig, MetricsConfig,
     NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener,
-    Timers, TunConfig, TunDevConfig,
+    Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};

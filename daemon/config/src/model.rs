@@ -250,10 +250,22 @@ pub enum BackendConfig {
     TcpDialer(TcpDialer),
     /// Accepts TCP connections, optionally with TLS.
     TcpListener(TcpListener),
+    /// Dials a plaintext UDP listener (IPv6-in-UDP, for a trusted or already encrypted
+    /// underlay).
+    UdpDialer(UdpDialer),
+    /// Accepts plaintext UDP links.
+    UdpListener(UdpListener),
 }
 
 /// The names of the backend types, as written in `type:`.
-pub const BACKEND_TYPES: &[&str] = &["dtls-dialer", "dtls-listener", "tcp-dialer", "tcp-listener"];
+pub const BACKEND_TYPES: &[&str] = &[
+    "dtls-dialer",
+    "dtls-listener",
+    "tcp-dialer",
+    "tcp-listener",
+    "udp-dialer",
+    "udp-listener",
+];
 
 macro_rules! pairs {
     ($($(#[$doc:meta])* $name:ident / $file:ident;)*) => {
@@ -481,6 +493,41 @@ impl TcpListener {
     }
 }
 
+/// `type: udp-dialer`: a plaintext link; the underlay must already be trusted or encrypted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpDialer {
+    /// Underlay address to dial.
+    pub peer: PeerAddr,
+    /// Node expected at the other end.
+    #[serde(default)]
+    pub peer_node: Option<String>,
+    /// Cost this node advertises for the link (default 1.0, > 0).
+    #[serde(default = "one")]
+    pub cost: f64,
+    /// Override of the backend MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// `type: udp-listener`: accepts plaintext links.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpListener {
+    /// UDP port to listen on (required).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Bind address (default: all).
+    #[serde(default)]
+    pub listen_ip: Option<IpAddr>,
+    /// Cost this node advertises for links on this backend (default 1.0, > 0).
+    #[serde(default = "one")]
+    pub cost: f64,
+    /// Override of the backend MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
 impl BackendConfig {
     /// Returns the `type` name, such as `dtls-dialer`.
     pub fn type_name(&self) -> &'static str {
@@ -489,6 +536,8 @@ impl BackendConfig {
             BackendConfig::DtlsListener(_) => "dtls-listener",
             BackendConfig::TcpDialer(_) => "tcp-dialer",
             BackendConfig::TcpListener(_) => "tcp-listener",
+            BackendConfig::UdpDialer(_) => "udp-dialer",
+            BackendConfig::UdpListener(_) => "udp-listener",
         }
     }
 
@@ -499,6 +548,8 @@ impl BackendConfig {
             BackendConfig::DtlsListener(b) => b.cost,
             BackendConfig::TcpDialer(b) => b.cost,
             BackendConfig::TcpListener(b) => b.cost,
+            BackendConfig::UdpDialer(b) => b.cost,
+            BackendConfig::UdpListener(b) => b.cost,
         }
     }
 
@@ -509,6 +560,8 @@ impl BackendConfig {
             BackendConfig::DtlsListener(b) => b.mtu,
             BackendConfig::TcpDialer(b) => b.mtu,
             BackendConfig::TcpListener(b) => b.mtu,
+            BackendConfig::UdpDialer(b) => b.mtu,
+            BackendConfig::UdpListener(b) => b.mtu,
         }
     }
 
@@ -517,6 +570,7 @@ impl BackendConfig {
         match self {
             BackendConfig::DtlsDialer(b) => b.peer_node.as_deref(),
             BackendConfig::TcpDialer(b) => b.peer_node.as_deref(),
+            BackendConfig::UdpDialer(b) => b.peer_node.as_deref(),
             _ => None,
         }
     }
@@ -527,6 +581,7 @@ impl BackendConfig {
             BackendConfig::DtlsListener(b) => b.secret_slots(),
             BackendConfig::TcpDialer(b) => b.secret_slots(),
             BackendConfig::TcpListener(b) => b.secret_slots(),
+            BackendConfig::UdpDialer(_) | BackendConfig::UdpListener(_) => Vec::new(),
         }
     }
 
@@ -620,5 +675,10 @@ pub(crate) const BACKEND_KEYS: &[(&str, &[&str])] = &[
             "client_ca",
             "client_ca_file",
         ],
+    ),
+    ("udp-dialer", &["type", "peer", "peer_node", "cost", "mtu"]),
+    (
+        "udp-listener",
+        &["type", "port", "listen_ip", "cost", "mtu"],
     ),
 ];

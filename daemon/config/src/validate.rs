@@ -696,6 +696,9 @@ fn backend_checks(
                 );
             }
         }
+        // A plaintext link has no credentials to combine: the common checks are all.
+        BackendConfig::UdpDialer(_) => {}
+        BackendConfig::UdpListener(l) => listener_port(cx, &here, l.port, "UDP", udp_ports),
         BackendConfig::TcpListener(l) => {
             listener_port(cx, &here, l.port, "TCP", tcp_ports);
             if l.tls {

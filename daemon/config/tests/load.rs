@@ -184,7 +184,11 @@ fn key_of_another_backend_type_is_named() {
     let d = errors("wrong_backend_key.yml");
     let e = expect(&d, Severity::Error, "unknown field `port`", 12, 9);
     assert_eq!(e.path, "nodes.foo.backends.b1.port");
-    assert!(e.help.unwrap().contains("dtls-listener, tcp-listener"));
+    assert!(
+        e.help
+            .unwrap()
+            .contains("dtls-listener, tcp-listener, udp-listener")
+    );
 }
 
 #[test]
@@ -310,6 +314,10 @@ fn semantic_rules() {
         ("    metrics:\n      listen: \"::1:9469\"\n".into(), Severity::Error, "metrics listen `::1:9469` is not an address and port", 9, 15),
         ("    metrics: {listen: \"[::1]:0\"}\n".into(), Severity::Error, "metrics port must be 1..=65535", 8, 23),
         ("    backends:\n      b: {type: tcp-listener, port: 9469}\n    metrics: {listen: \"[::1]:9469\"}\n".into(), Severity::Error, "tcp port 9469 is already used by nodes.foo.backends.b", 10, 23),
+        ("    backends:\n      b: {type: udp-listener}\n".into(), Severity::Error, "listener without port", 9, 7),
+        ("    backends:\n      a: {type: dtls-listener, port: 7, psk_file: /p}\n      b: {type: udp-listener, port: 7}\n".into(), Severity::Error, "UDP port 7 is already used by nodes.foo.backends.a", 10, 37),
+        ("    backends:\n      b: {type: udp-dialer, peer: \"h:1\", mtu: 1000}\n".into(), Severity::Error, "mtu 1000 is out of range", 9, 47),
+        ("    backends:\n      b: {type: udp-dialer, peer: \"h:1\", psk_file: /p}\n".into(), Severity::Error, "unknown field `psk_file`", 9, 42),
     ];
     for (tail, severity, needle, line, column) in cases {
         let src = format!("{HEAD}{tail}");

@@ -173,11 +173,25 @@ pub struct UdpEndpoint {
     pub role: UdpRole,
 }
 
+impl UdpEndpoint {
+    /// Returns true for a plaintext UDP backend (`udp-dialer`, `udp-listener`): its datagrams
+    /// are link messages as they are, without DTLS.
+    pub fn is_plain(&self) -> bool {
+        match &self.role {
+            UdpRole::PlainListener => true,
+            UdpRole::Dialer(d) => d.config.is_none(),
+            UdpRole::Listener(_) => false,
+        }
+    }
+}
+
 /// What a UDP socket is for.
 #[derive(Debug)]
 pub enum UdpRole {
     /// Accepts associations from many peers.
     Listener(Box<ServerConfig>),
+    /// Accepts plaintext links from many peers (`udp-listener`).
+    PlainListener,
     /// Keeps one association to one peer up.
     Dialer(Box<DialerState>),
 }
@@ -187,8 +201,8 @@ pub enum UdpRole {
 pub struct DialerState {
     /// Where to dial.
     pub peer: PeerAddr,
-    /// The association settings.
-    pub config: ClientConfig,
+    /// The association settings; `None` for a plaintext `udp-dialer`.
+    pub config: Option<ClientConfig>,
     /// Retry delays.
     pub backoff: Backoff,
     /// When to try next, if no attempt is running.

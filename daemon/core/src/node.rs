@@ -1544,7 +1544,7 @@ impl Node {
         for (link, session) in self.sessions.iter_mut() {
             if session.hello_due(now) {
                 let hello = session
-                    .hello(address, &self.config.name, epoch, key)
+                    .hello(address, &self.config.name, epoch, key, 0)
                     .encode();
                 session.push_message(hello);
                 session.hello_sent(now);

@@ -42,6 +42,10 @@ pub struct LinkInfo {
     /// The node name the dialer expects at the other end (its `peer_node`); with a trust policy,
     /// a hello from any other name is refused.
     pub expected_peer: Option<String>,
+    /// The link is a plaintext UDP link (`udp-dialer`/`udp-listener`): one link message per
+    /// datagram, the format the eBPF fast path encapsulates and decapsulates itself. Only such
+    /// a link advertises [`connectopus_wire::Hello::CAP_EBPF_DECAP`] and gets fast-path entries.
+    pub plain_udp: bool,
 }
 
 impl LinkInfo {
@@ -53,6 +57,7 @@ impl LinkInfo {
             label: label.into(),
             channel_binding: None,
             expected_peer: None,
+            plain_udp: false,
         }
     }
 }
@@ -313,6 +318,17 @@ impl Session {
         self.peer.as_ref()
     }
 
+    /// Returns true if the session is established and the peer said in its hello that it
+    /// decapsulates this link's data in eBPF ([`connectopus_wire::Hello::CAP_EBPF_DECAP`]);
+    /// the fast path may send to it only then.
+    pub fn peer_decapsulates_in_ebpf(&self) -> bool {
+        self.is_established()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.capabilities & Hello::CAP_EBPF_DECAP != 0)
+    }
+
     /// Returns this end's session id.
     pub fn local_session_id(&self) -> u64 {
         self.local_session_id
@@ -419,6 +435,7 @@ impl Session {
         name: &str,
         epoch: u64,
         key: Option<&NodeKey>,
+        capabilities: u32,
     ) -> Hello {
         let mut extensions = Vec::new();
         if let Some(challenge) = self.local_challenge {
@@ -445,7 +462,7 @@ impl Session {
             });
         }
         Hello {
-            capabilities: 0,
+            capabilities,
             session_id: self.local_session_id,
             echo_session_id: self.echo_session_id,
             epoch,
@@ -729,7 +746,7 @@ mod tests {
     }
 
     fn hello_from(peer: &Session, address: &str) -> Hello {
-        peer.hello(address.parse().unwrap(), "peer", 7, None)
+        peer.hello(address.parse().unwrap(), "peer", 7, None, 0)
     }
 
     #[test]

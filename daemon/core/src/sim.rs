@@ -55,6 +55,8 @@ pub struct LinkParams {
     /// Channel binding the second node's end reports. Equal to `channel_binding_a` for one
     /// (D)TLS session; different values model a relay that bridges two separate sessions.
     pub channel_binding_b: Option<[u8; 32]>,
+    /// Both ends are plaintext UDP links ([`LinkInfo::plain_udp`]).
+    pub plain_udp: bool,
 }
 
 impl Default for LinkParams {
@@ -69,6 +71,7 @@ impl Default for LinkParams {
             cost_ba: Cost::DEFAULT,
             channel_binding_a: None,
             channel_binding_b: None,
+            plain_udp: false,
         }
     }
 }
@@ -520,6 +523,7 @@ impl Sim {
                 label: format!("sim link {} to node {}", idx.0, peer.0),
                 channel_binding: binding,
                 expected_peer: expected,
+                plain_udp: params.plain_udp,
             };
             if let Some(node) = self.nodes[n.0].node.as_mut() {
                 node.handle_link_up(now, link, info);

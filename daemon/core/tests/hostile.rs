@@ -78,13 +78,32 @@ fn parse_hello(bytes: &[u8]) -> Option<Hello> {
 /// and nothing about A moves.
 #[test]
 fn a_recorded_hello_replayed_on_plain_tcp_is_refused_and_no_route_moves() {
+    replayed_hello_is_refused(false);
+}
+
+/// The same on a plaintext UDP link (`udp-dialer`/`udp-listener`): no channel binding either,
+/// and a spoofed source address is all an attacker needs to open a link, so the hello's
+/// signature over V's fresh nonce is the only proof of identity.
+#[test]
+fn a_recorded_hello_replayed_on_a_plain_udp_link_is_refused_and_no_route_moves() {
+    replayed_hello_is_refused(true);
+}
+
+fn replayed_hello_is_refused(plain_udp: bool) {
     let trust = policy(&[("a", 1), ("v", 2)]);
     let mut sim = Sim::new(5);
     let a = sim.add_node_with(keyed("a", 1, &trust));
     let v = sim.add_node_with(keyed("v", 2, &trust));
     // The tap must be in place before the link's first hellos: it is the first link.
     sim.tap(SimLinkIdx(0));
-    sim.connect(a, v, LinkParams::default());
+    sim.connect(
+        a,
+        v,
+        LinkParams {
+            plain_udp,
+            ..LinkParams::default()
+        },
+    );
     assert!(
         sim.run_until_converged(Duration::from_millis(100), 10 * SECOND)
             .is_some()
@@ -103,7 +122,9 @@ fn a_recorded_hello_replayed_on_plain_tcp_is_refused_and_no_route_moves() {
     sim.take_events(v);
 
     // The attacker's own connection to V.
-    let raw = sim.open_raw_link(v, LinkInfo::new(1452, Cost::DEFAULT, "attacker"));
+    let mut info = LinkInfo::new(1452, Cost::DEFAULT, "attacker");
+    info.plain_udp = plain_udp;
+    let raw = sim.open_raw_link(v, info);
     let v_hello = sim
         .take_raw(v, raw)
         .iter()

@@ -114,7 +114,7 @@ pub fn is_ipv6(buf: &[u8]) -> bool {
 /// Unknown kinds are kept by the parser and ignored by the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// Feature bits; none are defined yet, and unknown bits are ignored.
+    /// Feature bits ([`Hello::CAP_EBPF_DECAP`]); unknown bits are ignored.
     pub capabilities: u32,
     /// The sender's random id for this session; never zero.
     pub session_id: u64,
@@ -150,6 +150,10 @@ impl HelloExtension {
 }
 
 impl Hello {
+    /// Capability bit: on this link the sender decapsulates data datagrams in its eBPF fast
+    /// path (a plaintext UDP link only), so the receiver's fast path may send to it directly.
+    pub const CAP_EBPF_DECAP: u32 = 1 << 0;
+
     /// Size of the fixed part, up to and including the name length byte.
     const FIXED_LEN: usize = 49;
 

@@ -10,7 +10,7 @@ use super::Transport;
 /// The RFC 5705 exporter label of the channel binding that node hellos sign.
 pub(super) const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
 
-/// Returns the link's channel binding: `Ok(None)` for plain TCP.
+/// Returns the link's channel binding: `Ok(None)` for plain TCP and plaintext UDP.
 ///
 /// # Errors
 /// The (D)TLS exporter failed; the caller closes the link.
@@ -26,6 +26,8 @@ pub(super) fn channel_binding(transport: &Transport) -> Result<Option<[u8; 32]>,
                 .map_err(|_| format!("DTLS exporter gave {} bytes, not 32", value.len()))
         }
         Transport::Tcp(t) => codec_binding(&t.codec),
+        // Plaintext: hellos sign the challenge the peer chose, as on plain TCP.
+        Transport::PlainUdp(_) => Ok(None),
     }
 }
 

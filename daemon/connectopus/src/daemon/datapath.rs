@@ -204,6 +204,10 @@ impl Daemon {
     /// Routes one complete packet from the TUN device; takes ownership of `buf`.
     fn forward_tun_packet(&mut self, buf: BufId, range: Range<usize>) {
         match self.forward(&buf, range.clone(), Ingress::Tun, None) {
+            // Zero copy: a plaintext datagram is the packet where it lies.
+            Forwarded::Send(link) if self.is_plain_udp(link) => {
+                return self.send_plain_in_place(link, buf, range);
+            }
             // Zero copy: seal the packet into a record where it lies and send it.
             Forwarded::Send(link) if self.is_dtls(link) => {
                 return self.seal_and_send(link, buf, range.start, range.len());
@@ -250,6 +254,9 @@ impl Daemon {
             return;
         };
         match self.forward(&buf, range.clone(), Ingress::Tun, Some(segment_len)) {
+            Forwarded::Send(link) if self.is_plain_udp(link) => {
+                return self.send_plain_segments(link, buf, range, header);
+            }
             Forwarded::Send(link) if self.is_dtls(link) => {
                 return self.seal_segments(link, buf, range, header);
             }
@@ -355,7 +362,7 @@ impl Daemon {
     /// Sends the packet at `buf[range]` on `link`, copying it once (into the link's batch of
     /// DTLS records, or the TCP link's byte queue); `buf` stays the caller's.
     fn send_from_buf(&mut self, link: LinkId, buf: &BufId, range: Range<usize>) {
-        if !self.is_dtls(link) {
+        if !self.is_dtls(link) && !self.is_plain_udp(link) {
             let mut message = std::mem::take(&mut self.scratch);
             message.clear();
             message.extend_from_slice(self.io.buf(buf).get(range).unwrap_or_default());
@@ -536,6 +543,7 @@ impl Daemon {
             return;
         }
         match &mut l.transport {
+            Transport::PlainUdp(_) => self.send_plain_message(link, message),
             Transport::Tcp(tcp) => {
                 self.scratch_out.clear();
                 if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {

@@ -105,6 +105,14 @@ impl Daemon {
 
     pub(super) fn on_udp_datagram(&mut self, endpoint: usize, completion: Completion) {
         let armed = completion.armed;
+        if self
+            .udp
+            .get(endpoint)
+            .and_then(Option::as_ref)
+            .is_some_and(UdpEndpoint::is_plain)
+        {
+            return self.on_plain_udp_datagram(endpoint, completion);
+        }
         if self.udp.get(endpoint).is_none_or(Option::is_none) {
             // A retired endpoint: its socket may close once the receive is no longer armed.
             if let Some(buf) = completion.buf {
@@ -478,6 +486,14 @@ impl Daemon {
     /// Starts a DTLS association from dialer `endpoint` to `remote`.
     pub(super) fn dial_dtls(&mut self, endpoint: usize, remote: SocketAddr) {
         let now = Instant::now();
+        if self
+            .udp
+            .get(endpoint)
+            .and_then(Option::as_ref)
+            .is_some_and(UdpEndpoint::is_plain)
+        {
+            return self.dial_plain_udp(endpoint, remote);
+        }
         {
             let Some(UdpEndpoint {
                 role: UdpRole::Dialer(dialer),
@@ -489,8 +505,10 @@ impl Daemon {
             else {
                 return;
             };
-            let association = match DtlsAssociation::client(&dialer.config, self.started.elapsed())
-            {
+            let Some(config) = &dialer.config else {
+                return;
+            };
+            let association = match DtlsAssociation::client(config, self.started.elapsed()) {
                 Ok(a) => Box::new(a),
                 Err(error) => {
                     let delay = dialer.backoff.failure();

@@ -7,6 +7,9 @@
 //! records of its first record's length; a shorter one ends it, a longer one starts a new one.
 //! Records are sealed in the order they are sent: anything sealed for a link outside its batch
 //! first sends the batch ([`Daemon::flush_dtls_batches`]).
+//!
+//! Plaintext UDP links batch the same way, with records that are the packets themselves (no
+//! header, no tag, nothing to seal).
 
 use uring_io::BufId;
 
@@ -50,6 +53,7 @@ impl Daemon {
         let Some((payload_offset, overhead)) =
             self.links.get(&link).and_then(|l| match &l.transport {
                 Transport::Dtls(d) => d.association.payload_offset().zip(d.association.overhead()),
+                Transport::PlainUdp(_) => Some((0, 0)),
                 Transport::Tcp(_) => None,
             })
         else {
@@ -133,13 +137,14 @@ impl Daemon {
         let Some(batch) = dtls_batches.open.get_mut(i) else {
             return false;
         };
-        let Some(Link {
-            transport: Transport::Dtls(dtls),
-            ..
-        }) = links.get_mut(&link)
-        else {
-            node.count_drop(DropReason::LinkDown);
-            return false;
+        let dtls = match links.get_mut(&link).map(|l| &mut l.transport) {
+            Some(Transport::Dtls(dtls)) => Some(dtls),
+            // A plaintext link's record is the packet as it is.
+            Some(Transport::PlainUdp(_)) => None,
+            _ => {
+                node.count_drop(DropReason::LinkDown);
+                return false;
+            }
         };
         let len = range.len();
         let (from, to) = io.buf_pair(src, &batch.buf);
@@ -153,6 +158,10 @@ impl Daemon {
             return false;
         };
         payload.copy_from_slice(packet);
+        let Some(dtls) = dtls else {
+            batch.end = slot + len;
+            return true;
+        };
         match dtls.association.seal_in_place(record, len) {
             Ok(n) => {
                 batch.end = slot + n;
@@ -190,6 +199,7 @@ impl Daemon {
         } = batch;
         let target = self.links.get(&link).and_then(|l| match &l.transport {
             Transport::Dtls(d) => Some((d.endpoint, l.remote, d.local)),
+            Transport::PlainUdp(p) => Some((p.endpoint, l.remote, p.local)),
             Transport::Tcp(_) => None,
         });
         let Some((endpoint, destination, source)) = target else {

@@ -52,6 +52,7 @@ pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
 mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
+mod plain_udp;
 mod reconcile;
 mod start;
 use start::{Ebpf, backend_mtu, node_mtu};
@@ -101,6 +102,8 @@ struct Link {
 enum Transport {
     Tcp(Box<TcpLink>),
     Dtls(DtlsLink),
+    /// A plaintext UDP link (`udp-dialer`, `udp-listener`), see `plain_udp`.
+    PlainUdp(plain_udp::PlainUdpLink),
 }
 
 #[derive(Debug)]
@@ -134,13 +137,14 @@ impl Link {
         match &self.transport {
             Transport::Tcp(t) => t.codec.is_ready(),
             Transport::Dtls(d) => matches!(d.association.state(), DtlsState::Established),
+            Transport::PlainUdp(_) => true,
         }
     }
 
     fn backlog(&self) -> usize {
         match &self.transport {
             Transport::Tcp(t) => t.tx.len(),
-            Transport::Dtls(_) => 0,
+            Transport::Dtls(_) | Transport::PlainUdp(_) => 0,
         }
     }
 }
@@ -189,12 +193,14 @@ struct Daemon {
     dns: dns::Dns,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
-    /// DTLS links by (UDP endpoint, peer address), as datagrams find them.
+    /// DTLS and plaintext UDP links by (UDP endpoint, peer address), as datagrams find them.
     dtls_peers: std::collections::HashMap<(usize, SocketAddr), LinkId>,
     /// Rate limits on the ClientHellos of unknown addresses.
     hello_limiter: handshake_limits::HelloLimiter,
     /// What the limits on unauthenticated peers did.
     limit_counters: handshake_limits::LimitCounters,
+    /// What plaintext UDP endpoints dropped.
+    plain_udp_counters: plain_udp::PlainUdpCounters,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
     /// retired.
     udp: Vec<Option<UdpEndpoint>>,
@@ -346,8 +352,14 @@ impl Daemon {
         let id = LinkId(self.next_link);
         self.next_link += 1;
         tracing::info!(link = %id, backend = %link.backend, remote = %link.remote, kind = link.kind, "link up");
-        if let Transport::Dtls(d) = &link.transport {
-            self.dtls_peers.insert((d.endpoint, link.remote), id);
+        match &link.transport {
+            Transport::Dtls(d) => {
+                self.dtls_peers.insert((d.endpoint, link.remote), id);
+            }
+            Transport::PlainUdp(p) => {
+                self.dtls_peers.insert((p.endpoint, link.remote), id);
+            }
+            Transport::Tcp(_) => {}
         }
         self.links.insert(id, link);
         id
@@ -383,6 +395,7 @@ impl Daemon {
         );
         info.channel_binding = channel_binding;
         info.expected_peer = expected_peer;
+        info.plain_udp = matches!(l.transport, Transport::PlainUdp(_));
         let now = self.now();
         self.node.handle_link_up(now, link, info);
     }
@@ -461,7 +474,7 @@ impl Daemon {
             .iter()
             .filter(|(_, l)| match &l.transport {
                 Transport::Dtls(d) => d.association.poll_timeout().is_some_and(|t| t <= elapsed),
-                Transport::Tcp(_) => false,
+                Transport::Tcp(_) | Transport::PlainUdp(_) => false,
             })
             .map(|(id, _)| *id)
             .collect();
@@ -591,20 +604,32 @@ impl Daemon {
                         &datagram,
                     );
                 }
-                if let Some(Some(UdpEndpoint {
-                    role: UdpRole::Dialer(dialer),
-                    ..
-                })) = self.udp.get_mut(dtls.endpoint)
-                {
-                    let delay = if l.had_session {
-                        dialer.backoff.reset();
-                        Duration::ZERO
-                    } else {
-                        dialer.backoff.failure()
-                    };
-                    dialer.next_attempt = Some(Instant::now() + delay);
-                }
+                self.redial_later(dtls.endpoint, l.had_session);
             }
+            Transport::PlainUdp(plain) => {
+                if self.dtls_peers.get(&(plain.endpoint, l.remote)) == Some(&link) {
+                    self.dtls_peers.remove(&(plain.endpoint, l.remote));
+                }
+                self.redial_later(plain.endpoint, l.had_session);
+            }
+        }
+    }
+
+    /// Schedules the next attempt of the UDP dialer `endpoint` (no-op for a listener) after its
+    /// link ended: at once after a session, after a backoff otherwise.
+    fn redial_later(&mut self, endpoint: usize, had_session: bool) {
+        if let Some(Some(UdpEndpoint {
+            role: UdpRole::Dialer(dialer),
+            ..
+        })) = self.udp.get_mut(endpoint)
+        {
+            let delay = if had_session {
+                dialer.backoff.reset();
+                Duration::ZERO
+            } else {
+                dialer.backoff.failure()
+            };
+            dialer.next_attempt = Some(Instant::now() + delay);
         }
     }
 

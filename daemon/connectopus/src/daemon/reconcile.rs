@@ -144,11 +144,19 @@ impl Daemon {
                     mtu: settings.mtu,
                     role: UdpRole::Dialer(Box::new(DialerState {
                         peer: d.peer.clone(),
-                        config,
+                        config: Some(config),
                         backoff: Backoff::new(),
                         next_attempt: Some(Instant::now()),
                     })),
                 })?;
+                BackendHandle::Udp(endpoint)
+            }
+            BackendConfig::UdpListener(l) => {
+                let endpoint = self.start_plain_udp_listener(name, l, &settings)?;
+                BackendHandle::Udp(endpoint)
+            }
+            BackendConfig::UdpDialer(d) => {
+                let endpoint = self.start_plain_udp_dialer(name, d, &settings)?;
                 BackendHandle::Udp(endpoint)
             }
         };
@@ -162,7 +170,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
+    pub(super) fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
         let index = self.udp.len();
         let fd = endpoint.socket.as_raw_fd();
         if self.offloads.wanted
@@ -296,6 +304,8 @@ fn same_but_cost(a: &BackendConfig, b: &BackendConfig) -> bool {
         (BackendConfig::DtlsListener(x), BackendConfig::DtlsListener(y)) => x.cost = y.cost,
         (BackendConfig::TcpDialer(x), BackendConfig::TcpDialer(y)) => x.cost = y.cost,
         (BackendConfig::TcpListener(x), BackendConfig::TcpListener(y)) => x.cost = y.cost,
+        (BackendConfig::UdpDialer(x), BackendConfig::UdpDialer(y)) => x.cost = y.cost,
+        (BackendConfig::UdpListener(x), BackendConfig::UdpListener(y)) => x.cost = y.cost,
         _ => return false,
     }
     &a == b

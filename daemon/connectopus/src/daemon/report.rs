@@ -75,7 +75,7 @@ impl Daemon {
                 packets_out: counters.messages_out,
                 dtls_epochs: match &l.transport {
                     Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
-                    Transport::Tcp(_) => None,
+                    Transport::Tcp(_) | Transport::PlainUdp(_) => None,
                 },
             });
         }
@@ -166,6 +166,7 @@ impl Daemon {
         );
         self.offload_counters.report(&mut counter_map);
         self.limit_counters.report(&mut counter_map);
+        self.plain_udp_counters.report(&mut counter_map);
         let _ = name_of;
         control::StatusReport {
             name: self.node.name().to_owned(),

@@ -209,6 +209,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         dtls_peers: std::collections::HashMap::new(),
         hello_limiter: handshake_limits::HelloLimiter::new(),
         limit_counters: handshake_limits::LimitCounters::default(),
+        plain_udp_counters: plain_udp::PlainUdpCounters::default(),
         udp: Vec::new(),
         retiring_udp: Vec::new(),
         closing: Vec::new(),
@@ -332,6 +333,7 @@ fn privilege_needs(
     let low_listener = node.backends.values().any(|b| match b {
         BackendConfig::DtlsListener(l) => l.port.is_some_and(|p| p < 1024),
         BackendConfig::TcpListener(l) => l.port.is_some_and(|p| p < 1024),
+        BackendConfig::UdpListener(l) => l.port.is_some_and(|p| p < 1024),
         _ => false,
     });
     crate::privilege::Needs {
@@ -352,7 +354,10 @@ pub(super) fn node_mtu(backends: &BTreeMap<String, BackendConfig>) -> u16 {
 
 pub(super) fn backend_mtu(backend: &BackendConfig) -> u16 {
     let default = match backend {
-        BackendConfig::DtlsDialer(_) | BackendConfig::DtlsListener(_) => crate::DTLS_LINK_MTU,
+        BackendConfig::DtlsDialer(_)
+        | BackendConfig::DtlsListener(_)
+        | BackendConfig::UdpDialer(_)
+        | BackendConfig::UdpListener(_) => crate::DTLS_LINK_MTU,
         BackendConfig::TcpDialer(_) | BackendConfig::TcpListener(_) => TCP_LINK_MTU,
     };
     backend
