@@ -39,8 +39,11 @@ use crate::time::Time;
 
 mod budget;
 mod config_rollout;
+mod fastpath;
 mod offers;
 mod pruned;
+
+pub use fastpath::{FastpathEntry, FastpathTarget};
 
 /// Most bytes all sessions of a node may hold for their routing streams together, by default.
 pub const DEFAULT_STREAM_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
@@ -132,6 +135,11 @@ pub struct NodeConfig {
     /// Which keys may be which node: with a policy, hellos and updates are checked against it
     /// (see `docs/security.md`). `None` accepts any peer and any update, unauthenticated.
     pub trust: Option<TrustPolicy>,
+    /// The node's eBPF fast path is loaded and decapsulates plaintext UDP links (the driver
+    /// sets it; see [`Node::set_fastpath`]): hellos on those links advertise
+    /// [`connectopus_wire::Hello::CAP_EBPF_DECAP`], and the node derives fast-path entries
+    /// ([`Command::SetFastpathRoutes`]).
+    pub fastpath: bool,
 }
 
 impl NodeConfig {
@@ -155,6 +163,7 @@ impl NodeConfig {
             challenge_secret: identity::derive_secret(seed),
             identity: None,
             trust: None,
+            fastpath: false,
         }
     }
 }
@@ -191,6 +200,10 @@ pub enum Command {
     },
     /// Use this forwarding table from now on (the dataplane swaps it in whole).
     InstallForwardingTable(Arc<ForwardingTable>),
+    /// The fast path's entries from now on, the whole set sorted by prefix (see
+    /// [`FastpathEntry`]): issued in the same turn as the route change, link loss or peer
+    /// restart that changed them.
+    SetFastpathRoutes(Arc<[FastpathEntry]>),
     /// Apply the configuration proposed with [`Node::propose_config`]: every neighbour
     /// acknowledged its offer, or the wait timed out. The node already runs its version.
     ApplyConfig {
@@ -429,6 +442,10 @@ pub struct Node {
     tun_packets: VecDeque<Vec<u8>>,
     commands: VecDeque<Command>,
     events: VecDeque<Event>,
+    /// The fast-path entries last issued.
+    fastpath_entries: Arc<[FastpathEntry]>,
+    /// Something the entries derive from may have changed since they were issued.
+    fastpath_dirty: bool,
 }
 
 impl Node {
@@ -472,6 +489,8 @@ impl Node {
             tun_packets: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
+            fastpath_entries: Arc::from(Vec::new()),
+            fastpath_dirty: true,
             config,
         };
         node.originate_update(now);
@@ -1101,6 +1120,8 @@ impl Node {
             return;
         };
         let outcome = session.handle_hello(now, hello, key);
+        // Establishment, a restart or new capabilities change what the fast path may do.
+        self.fastpath_dirty = true;
         match outcome {
             HelloOutcome::Nothing => {}
             HelloOutcome::PeerRestarted { previous } => {
@@ -1416,6 +1437,7 @@ impl Node {
             return;
         };
         self.offered.remove(&link);
+        self.fastpath_dirty = true;
         if notify_peer && let Some(goodbye) = reason.goodbye() {
             session.say_goodbye(goodbye);
             let mut out = Vec::new();
@@ -1540,11 +1562,13 @@ impl Node {
         let address = self.config.address;
         let epoch = self.config.epoch;
         let key = self.config.identity.as_ref();
+        let fastpath = self.config.fastpath;
         let mut out = Vec::new();
         for (link, session) in self.sessions.iter_mut() {
             if session.hello_due(now) {
+                let capabilities = fastpath::hello_capabilities(fastpath, session.info());
                 let hello = session
-                    .hello(address, &self.config.name, epoch, key, 0)
+                    .hello(address, &self.config.name, epoch, key, capabilities)
                     .encode();
                 session.push_message(hello);
                 session.hello_sent(now);
@@ -1557,6 +1581,7 @@ impl Node {
                 });
             }
         }
+        self.update_fastpath();
     }
 
     /// Runs Dijkstra over the database and installs a new forwarding table if it changed.
@@ -1590,6 +1615,7 @@ impl Node {
                 ..table
             });
             self.table = table.clone();
+            self.fastpath_dirty = true;
             self.commands
                 .push_back(Command::InstallForwardingTable(table));
             self.events.push_back(Event::RoutesChanged { n_routes });

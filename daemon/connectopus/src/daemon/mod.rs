@@ -527,6 +527,10 @@ impl Daemon {
                     self.close_link(link, reason.as_str());
                 }
                 Command::InstallForwardingTable(table) => self.table = table,
+                // Follow-up (issue 11, daemon side of item 3): write the entries into the eBPF
+                // fast path's maps. Until then the core's fast path is never enabled here, so
+                // the set is always empty.
+                Command::SetFastpathRoutes(_) => {}
                 Command::ApplyConfig {
                     version,
                     unacknowledged,
