@@ -154,6 +154,8 @@ fn subjects(options: &Options) -> Vec<Subject> {
     let mut pair = vec![
         Kind::Raw,
         Kind::Connectopus(LinkKind::DtlsPsk),
+        // Plaintext IPv6-in-UDP, userspace (the eBPF fast path's format, without it).
+        Kind::Connectopus(LinkKind::Udp),
         Kind::Connectopus(LinkKind::Tcp),
         Kind::Connectopus(LinkKind::TcpTls),
         Kind::WireguardGo,
@@ -165,11 +167,16 @@ fn subjects(options: &Options) -> Vec<Subject> {
         pair.insert(2, Kind::Connectopus(LinkKind::DtlsCert));
     }
     let line: &[Kind] = if options.short {
-        &[Kind::Raw, Kind::Connectopus(LinkKind::DtlsPsk)]
+        &[
+            Kind::Raw,
+            Kind::Connectopus(LinkKind::DtlsPsk),
+            Kind::Connectopus(LinkKind::Udp),
+        ]
     } else {
         &[
             Kind::Raw,
             Kind::Connectopus(LinkKind::DtlsPsk),
+            Kind::Connectopus(LinkKind::Udp),
             Kind::Connectopus(LinkKind::Tcp),
             Kind::Connectopus(LinkKind::TcpTls),
         ]
@@ -525,6 +532,14 @@ mod tests {
         assert_eq!(short.only, vec!["pair/", "dtls"]);
         let ids: Vec<String> = subjects(&short).iter().map(Subject::id).collect();
         assert!(ids.contains(&"line/connectopus-dtls".to_owned()));
+        let short_all: Vec<String> = subjects(&parse(&["--short"]))
+            .iter()
+            .map(Subject::id)
+            .collect();
+        for udp in ["pair/connectopus-udp", "line/connectopus-udp"] {
+            assert!(short_all.contains(&udp.to_owned()), "{udp}");
+            assert_eq!(Subject::from_id(udp).map(|s| s.id()).as_deref(), Some(udp));
+        }
         assert!(ids.contains(&"pair/wireguard-go".to_owned()));
         assert!(!ids.contains(&"line/veth-forwarding".to_owned()));
         assert!(!ids.contains(&"pair/connectopus-dtls-cert".to_owned()));
