@@ -65,6 +65,9 @@ pub fn bench(args: &[String]) -> Result<()> {
             "connectopus",
             "-p",
             "bench",
+            // `hello_flood`, the attacker of `--flood`.
+            "-p",
+            "connectopus-tests",
             "--bins",
         ],
     )?;

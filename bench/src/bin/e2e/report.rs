@@ -545,6 +545,7 @@ pub fn from_json(value: &Value, options: &Options) -> Result<Run> {
         ping_interval: text(o, "ping_interval_s"),
         out: options.out.clone(),
         only: Vec::new(),
+        flood: None,
     };
     let m = &value["machine"];
     let machine = Machine {

@@ -145,6 +145,7 @@ impl Daemon {
                 _ if listener => {
                     // Rate-limited by source prefix before OpenSSL (or an allocation) sees it.
                     if self.hello_limiter.allow(src.ip(), self.started.elapsed()) {
+                        self.limit_counters.dtls_hellos_looked_at += 1;
                         let datagram = self.io.buf(&buf)[range].to_vec();
                         self.accept_dtls(endpoint, (src, local), datagram);
                     } else {

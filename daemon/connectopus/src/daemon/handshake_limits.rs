@@ -220,6 +220,8 @@ impl Default for HelloLimiter {
 pub(super) struct LimitCounters {
     /// Datagrams from unknown addresses a DTLS listener dropped before looking at them.
     pub(super) dtls_hellos_rate_limited: u64,
+    /// Datagrams from unknown addresses a DTLS listener handed to OpenSSL (past the limiter).
+    pub(super) dtls_hellos_looked_at: u64,
     /// Times the kernel's ClientHello filter went on (a flood began).
     pub(super) dtls_hello_filter_engaged: u64,
     /// Waiting links (TCP or DTLS) closed to make room for a newcomer.
@@ -235,6 +237,7 @@ impl LimitCounters {
     pub(super) fn report(&self, map: &mut BTreeMap<String, u64>) {
         for (name, value) in [
             ("dtls_hellos_rate_limited", self.dtls_hellos_rate_limited),
+            ("dtls_hellos_looked_at", self.dtls_hellos_looked_at),
             ("dtls_hello_filter_engaged", self.dtls_hello_filter_engaged),
             ("handshakes_evicted", self.handshakes_evicted),
             ("session_deadline_closed", self.session_deadline_closed),

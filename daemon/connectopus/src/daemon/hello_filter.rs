@@ -208,9 +208,15 @@ pub(super) fn kernel_drops(fd: RawFd) -> Option<u64> {
     (r == 0 && len as usize > SK_MEMINFO_DROPS * 4).then(|| u64::from(info[SK_MEMINFO_DROPS]))
 }
 
+/// The environment variable that turns the filter off (`off`), for measurements and as an
+/// escape hatch: the userspace limiter still runs.
+pub(super) const DISABLE_ENV: &str = "CONNECTOPUS_HELLO_FILTER";
+
 /// When the filter is on, from the limiter's per-second counts.
 #[derive(Debug, Default)]
 pub(super) struct FloodDetector {
+    /// The filter is never attached (`CONNECTOPUS_HELLO_FILTER=off`).
+    disabled: bool,
     /// Whether the filter should be on.
     engaged: bool,
     /// Consecutive quiet seconds while engaged.
@@ -227,6 +233,18 @@ pub(super) enum FilterChange {
 }
 
 impl FloodDetector {
+    /// A detector, off when the environment says so ([`DISABLE_ENV`]).
+    pub(super) fn from_env() -> Self {
+        let disabled = std::env::var(DISABLE_ENV).is_ok_and(|v| v == "off");
+        if disabled {
+            tracing::info!("{DISABLE_ENV}=off: no kernel filter against ClientHello floods");
+        }
+        Self {
+            disabled,
+            ..Self::default()
+        }
+    }
+
     /// Whether the filter should be on.
     pub(super) fn engaged(&self) -> bool {
         self.engaged
@@ -251,7 +269,9 @@ impl FloodDetector {
         self.window = Some((now, seen, refused));
         let per_second = |n: u64| (n as f64 / elapsed.as_secs_f64()) as u64;
         if !self.engaged {
-            if per_second(refused.saturating_sub(refused0)) > ENGAGE_REFUSALS_PER_SECOND {
+            if !self.disabled
+                && per_second(refused.saturating_sub(refused0)) > ENGAGE_REFUSALS_PER_SECOND
+            {
                 self.engaged = true;
                 self.quiet_seconds = 0;
                 return Some(FilterChange::Attach);
