@@ -635,6 +635,7 @@ mod tests {
                 ping_interval: "0.002".into(),
                 out: std::env::temp_dir(),
                 only: Vec::new(),
+                flood: None,
             },
             machine: Machine::default(),
             results: vec![
