@@ -85,6 +85,8 @@ struct Sample {
     /// Limiter refusals and kernel drops at `mid` during the condition.
     rate_limited: u64,
     kernel_drops: u64,
+    /// Process ids of `mid` and of the flooder, to find them in a `perf record -a` profile.
+    pids: (u32, Option<u32>),
 }
 
 /// Runs the flood benchmark and writes its reports.
@@ -145,7 +147,7 @@ pub fn run(options: &Options, machine: &Machine, rate: u32) -> Result<()> {
             let sample =
                 sample.with_context(|| format!("{} (rep {})", condition.name(), rep + 1))?;
             eprintln!(
-                "e2e --flood: [{}/{}] {}: {:.0} Mbit/s ({:.0} hellos/s, flooder {:.2} s CPU, mid {:.2} s CPU, {} rate-limited, {} kernel drops)",
+                "e2e --flood: [{}/{}] {}: {:.0} Mbit/s ({:.0} hellos/s, flooder {:.2} s CPU, mid {:.2} s CPU, {} rate-limited, {} kernel drops; pids mid {} flooder {:?})",
                 rep + 1,
                 options.reps,
                 condition.name(),
@@ -154,7 +156,9 @@ pub fn run(options: &Options, machine: &Machine, rate: u32) -> Result<()> {
                 sample.flooder_cpu_s,
                 sample.mid_cpu_s,
                 sample.rate_limited,
-                sample.kernel_drops
+                sample.kernel_drops,
+                sample.pids.0,
+                sample.pids.1
             );
             samples[i].push(sample);
         }
@@ -268,12 +272,14 @@ fn measure_condition(
             Some(child)
         }
     };
+    let flooder_pid = flood.as_ref().map(ChildGuard::pid);
     let cpu0 = measure::cpu_seconds(mid_pid)?;
     let tcp = measure::tcp(topo.ns(left), dst, seconds, 1)?;
     let cpu1 = measure::cpu_seconds(mid_pid)?;
     let mut sample = Sample {
         mbps: tcp.bps / 1e6,
         mid_cpu_s: cpu1 - cpu0,
+        pids: (mid_pid, flooder_pid),
         ..Sample::default()
     };
     if let Some(flood) = flood {

@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(got, vec![data_record(1), later_epoch, finished]);
         // Off again: hellos pass.
         detach(rx.as_raw_fd()).unwrap();
-        assert_eq!(through(&rx, &tx, &[hello.clone()]), vec![hello]);
+        assert_eq!(through(&rx, &tx, std::slice::from_ref(&hello)), vec![hello]);
         assert!(kernel_drops(rx.as_raw_fd()).unwrap() >= 1);
     }
 
@@ -445,7 +445,10 @@ mod tests {
         ];
         attach(rx.as_raw_fd(), &program(&listed, u32::MAX)).unwrap();
         let hello = client_hello();
-        assert_eq!(through(&rx, &tx, &[hello.clone()]), vec![hello.clone()]);
+        assert_eq!(
+            through(&rx, &tx, std::slice::from_ref(&hello)),
+            vec![hello.clone()]
+        );
         // Without the loopback prefix in the list, dropped.
         attach(rx.as_raw_fd(), &program(&listed[..2], u32::MAX)).unwrap();
         assert_eq!(through(&rx, &tx, &[hello]), Vec::<Vec<u8>>::new());
@@ -462,7 +465,10 @@ mod tests {
             &program(&[(true, 0x7f00_0000), (false, 0x7f_0000)], u32::MAX),
         )
         .unwrap();
-        assert_eq!(through(&rx, &tx, &[hello.clone()]), vec![hello.clone()]);
+        assert_eq!(
+            through(&rx, &tx, std::slice::from_ref(&hello)),
+            vec![hello.clone()]
+        );
         attach(rx.as_raw_fd(), &program(&[(false, 0x7f_0001)], u32::MAX)).unwrap();
         assert_eq!(through(&rx, &tx, &[hello]), Vec::<Vec<u8>>::new());
     }
