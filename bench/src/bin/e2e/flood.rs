@@ -132,20 +132,35 @@ pub fn run(options: &Options, machine: &Machine, rate: u32) -> Result<()> {
 
     let started = Instant::now();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Condition::ALL.len()];
-    for rep in 0..options.reps {
+    let mut failure = None;
+    'reps: for rep in 0..options.reps {
         for (i, condition) in Condition::ALL.into_iter().enumerate() {
-            cleanup::check()?;
-            if condition == Condition::AtListenerNoFilter {
-                restart(&mut mesh, mid, Some("off"))?;
-            }
-            let sample = measure_condition(
-                &topo, &mesh, condition, &flooder, &listener, rate, seconds, dst,
-            );
-            if condition == Condition::AtListenerNoFilter {
-                restart(&mut mesh, mid, None)?;
-            }
-            let sample =
-                sample.with_context(|| format!("{} (rep {})", condition.name(), rep + 1))?;
+            let sample = cleanup::check().and_then(|()| {
+                if condition == Condition::AtListenerNoFilter {
+                    restart(&mut mesh, mid, Some("off"))?;
+                }
+                let sample = measure_condition(
+                    &topo, &mesh, condition, &flooder, &listener, rate, seconds, dst,
+                );
+                if condition == Condition::AtListenerNoFilter {
+                    restart(&mut mesh, mid, None)?;
+                }
+                sample
+            });
+            let sample = match sample {
+                Ok(sample) => sample,
+                Err(error) => {
+                    // Keep the nodes' logs, and report what was measured.
+                    dir.keep();
+                    failure = Some(error.context(format!(
+                        "{} (rep {}); logs kept in {}",
+                        condition.name(),
+                        rep + 1,
+                        dir.path().display()
+                    )));
+                    break 'reps;
+                }
+            };
             eprintln!(
                 "e2e --flood: [{}/{}] {}: {:.0} Mbit/s ({:.0} hellos/s, flooder {:.2} s CPU, mid {:.2} s CPU, {} rate-limited, {} kernel drops; pids mid {} flooder {:?})",
                 rep + 1,
@@ -166,15 +181,19 @@ pub fn run(options: &Options, machine: &Machine, rate: u32) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let mut machine = machine.clone();
     machine.load_after = Machine::load();
-    write(options, &machine, rate, seconds, &samples, elapsed)
+    write(options, &machine, rate, seconds, &samples, elapsed)?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Restarts `node` with the hello filter `off` (or back to normal) and waits for the mesh.
 fn restart(mesh: &mut Mesh<'_>, node: &str, filter: Option<&str>) -> Result<()> {
-    mesh.kill(node)?;
+    mesh.stop(node)?;
     mesh.set_env("CONNECTOPUS_HELLO_FILTER", filter.unwrap_or("on"));
     mesh.start(node)?;
-    mesh.wait_converged(Duration::from_secs(30))
+    mesh.wait_converged(Duration::from_secs(60))
 }
 
 fn counter(mesh: &Mesh<'_>, node: &str, name: &str) -> u64 {
