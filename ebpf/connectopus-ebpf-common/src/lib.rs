@@ -9,6 +9,8 @@
 #![no_std]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod fastpath;
+
 /// Name of the tc program attached to the TUN device's ingress (packets userspace writes into the
 /// TUN, on their way into the kernel stack).
 pub const PROG_TUN_COUNT_INGRESS: &str = "cx_tun_count_ingress";

@@ -12,6 +12,8 @@
 #![no_std]
 #![no_main]
 
+mod fastpath;
+
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{classifier, map},
