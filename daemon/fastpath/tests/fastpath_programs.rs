@@ -101,7 +101,7 @@ impl Bed {
             netns.ip(args);
         }
         // bpf_fib_lookup answers only for interfaces that forward.
-        netns.sysctl("net.ipv6.conf.fpv0.forwarding=1");
+        netns.sysctl("net.ipv6.conf.fpv0.forwarding", "1");
         let ifindex = netns.ifindex("fpv0");
         let inside = netns.enter();
 
@@ -426,7 +426,7 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     bed.maps
         .set_route(INNER_REMOTE, 64, &bed.remote_route)
         .unwrap();
-    bed.netns.sysctl("net.ipv6.conf.fpv0.forwarding=0");
+    bed.netns.sysctl("net.ipv6.conf.fpv0.forwarding", "0");
     let (verdict, _, moved) = bed.egress(&inner_udp(INNER_REMOTE, 64, 100));
     assert_eq!(verdict, TC_ACT_UNSPEC);
     only(&moved, Reason::EgNoFib);

@@ -61,9 +61,13 @@ impl NetNs {
         run(Command::new("ip").args(["-n", &self.name]).args(args));
     }
 
-    /// Runs `sysctl -qw <setting>` in the namespace.
-    pub fn sysctl(&self, setting: &str) {
-        run(self.exec("sysctl").args(["-qw", setting]));
+    /// Sets the sysctl `key` (dotted, as `sysctl` spells it) to `value` in the namespace,
+    /// through /proc/sys (no dependency on procps).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        run(self
+            .exec("sh")
+            .args(["-c", &format!("echo {value} > {path}")]));
     }
 
     /// Returns `ip netns exec <netns> <program>`, to add arguments to and run.
