@@ -1,9 +1,10 @@
 //! Connectopus eBPF loader: loads the programs that `cargo xtask build-ebpf` builds
 //! (`ebpf/connectopus-ebpf`), attaches them to the node's TUN device, and reads their maps.
 //!
-//! Today that is [`TunCounters`]: per-direction packet and byte counters on the TUN device, for
-//! `connectopus status`. The eBPF fast path (tc encapsulation on the TUN, decapsulation and
-//! transit on the underlay) will be loaded from the same object by this crate.
+//! Two things: [`TunCounters`], per-direction packet and byte counters on the TUN device, for
+//! `connectopus status`; and (Linux) [`Fastpath`], the eBPF fast path for plaintext udp links
+//! (tc encapsulation on the TUN, decapsulation and transit on the underlay), with
+//! [`FastpathMaps`] to write its route, peer and port entries and read its counters.
 //!
 //! The object is embedded at build time when `cargo xtask build-ebpf` wrote it before
 //! ([`embedded_object`], see `build.rs`); the daemon loads that one, or a file given with
@@ -18,6 +19,9 @@
 //! - `object`: locating and reading the eBPF object file.
 //! - `error`: [`FastpathError`], whose messages name the fix.
 //! - `linux` (Linux) / `stub` (elsewhere): [`TunCounters`], on aya.
+//! - `programs` (Linux): [`Fastpath`], the fast-path programs held by fd and attached with TCX
+//!   link syscalls.
+//! - `maps` (Linux): [`FastpathMaps`], the fast path's maps through their fds only.
 //! - `loader` (Linux): loading in a short-lived helper process ([`TunCounters::attach_via_helper`],
 //!   [`serve_helper`]) so that what aya parses (the kernel's BTF, ~30 MiB of peak RSS) never
 //!   touches the node's memory; the programs' fds are passed back over a Unix socket.

@@ -17,10 +17,18 @@
 //! Without TCX (kernels before 6.6) the programs hang on netlink filters, which no fd holds,
 //! so the node loads them in its own process as before ([`TunCounters::attach`]).
 //!
+//! The fast path ([`Fastpath::load_via_helper`]) uses the same helper for loading only: it
+//! passes back the fds of the two programs and six maps, and the node attaches the programs
+//! itself, whenever it needs to, with TCX link syscalls on the program fds.
+//!
 //! Messages (each one `SOCK_SEQPACKET` record):
-//! - request: [`REQUEST_MAGIC`], the interface name, a NUL, the object's path (bytes);
-//! - answer: [`ANSWER_ATTACHED`] with the fds of the map, the ingress link and the egress
-//!   link, in that order; or `error: ` and the error with its causes.
+//! - counters request: [`REQUEST_MAGIC`], the interface name, a NUL, the object's path (bytes);
+//!   answer: [`ANSWER_ATTACHED`] with the fds of the map, the ingress link and the egress
+//!   link, in that order;
+//! - fast-path request: [`FASTPATH_REQUEST_MAGIC`], the object's path; answer:
+//!   [`ANSWER_FASTPATH`] with the fds of the TUN egress program, the underlay ingress program
+//!   and the maps in [`FastpathMapFds::NAMES`] order;
+//! - either answer can instead be `error: ` and the error with its causes.
 
 use std::ffi::OsStr;
 use std::io;
