@@ -10,6 +10,9 @@
 //! - A: TUN `fptun` fd00:f1::1/128, MTU 1452, route fd00:f2::/64 into it; veth `fpul`
 //!   fd00:fc::1/64, MTU 1500, forwarding on; udp link port 4600.
 //! - B: the mirror image (fd00:f2::1, fd00:fc::2).
+//!
+//! The transit test puts a middle namespace M between them (underlays fd00:fd:1::/64 and
+//! fd00:fd:2::/64), which has no TUN: its ingress program forwards link to link.
 
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
@@ -49,10 +52,16 @@ fn underlay(node: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0xfc, 0, 0, 0, 0, 0, node)
 }
 
-/// Sets up node `me` (1 or 2) whose peer is `peer`; `load` loads its programs.
-fn node(netns: NetNs, me: u16, peer: u16, load: impl FnOnce() -> Fastpath) -> Node {
+/// Sets up the end node `me` (1 or 2) whose mesh peer is `peer`, reached over the udp link from
+/// `ul_me` to `ul_next` on [`UNDERLAY`]; `load` loads its programs.
+fn node(
+    netns: NetNs,
+    (me, peer): (u16, u16),
+    (ul_me, ul_next): (Ipv6Addr, Ipv6Addr),
+    load: impl FnOnce() -> Fastpath,
+) -> Node {
     let tun_addr = format!("{}/128", inner(me));
-    let ul_addr = format!("{}/64", underlay(me));
+    let ul_addr = format!("{ul_me}/64");
     let peer_prefix = format!("{}/64", inner(peer));
     for args in [
         &["tuntap", "add", "mode", "tun", "name", TUN][..],
@@ -73,8 +82,8 @@ fn node(netns: NetNs, me: u16, peer: u16, load: impl FnOnce() -> Fastpath) -> No
     fastpath.attach_underlay(UNDERLAY).unwrap();
     let maps = fastpath.maps_mut();
     let link = LinkEndpoints {
-        local: SocketAddrV6::new(underlay(me), PORT, 0, 0),
-        peer: SocketAddrV6::new(underlay(peer), PORT, 0, 0),
+        local: SocketAddrV6::new(ul_me, PORT, 0, 0),
+        peer: SocketAddrV6::new(ul_next, PORT, 0, 0),
         ifindex,
         link_slot: SLOT,
     };
@@ -105,10 +114,12 @@ fn ping_and_tcp_cross_the_fast_path_and_a_removed_route_falls_back_to_userspace(
 
     // A: loaded by a helper process (this test binary, re-run as `helper_process`), as the
     // node does; B: loaded here.
-    let mut a = node(ns_a, 1, 2, || {
+    let mut a = node(ns_a, (1, 2), (underlay(1), underlay(2)), || {
         Fastpath::load_via_helper(helper_command(), object_path().as_deref()).unwrap()
     });
-    let b = node(ns_b, 2, 1, || Fastpath::load(&object).unwrap());
+    let b = node(ns_b, (2, 1), (underlay(2), underlay(1)), || {
+        Fastpath::load(&object).unwrap()
+    });
     // The TUN counters stay first in A's TCX chain and still count what the fast path takes.
     let counters = {
         let _inside = a.netns.enter();
@@ -227,10 +238,136 @@ fn ping_and_tcp_cross_the_fast_path_and_a_removed_route_falls_back_to_userspace(
     assert!(!a.fastpath.detach_underlay(UNDERLAY));
 }
 
+/// Resolves the underlay neighbour `addr` from `netns` with one ping (the daemon's hellos do
+/// it in a real node; `bpf_fib_lookup` never resolves a neighbour itself).
+fn resolve(netns: &NetNs, addr: Ipv6Addr) {
+    let out = netns
+        .exec("ping")
+        .args(["-6", "-n", "-q", "-c", "1", "-W", "2", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "underlay ping to {addr}: {out:?}");
+}
+
 /// The reasons that counted something.
 fn reasons(node: &Node) -> Vec<(Reason, u64)> {
     let counts = node.fastpath.maps().reasons().unwrap();
     counts.iter().filter(|(_, n)| *n > 0).collect()
+}
+
+/// A — M — B: M has no TUN, only the ingress program on both underlays, and forwards link to
+/// link in tc (outer header rewritten, inner hop limit decremented).
+#[test]
+fn a_transit_node_forwards_link_to_link_and_counts_as_a_hop() {
+    let Some(object) = support::prerequisites("fastpath_netns transit") else {
+        return;
+    };
+    let (ul_a, ul_ma) = (ula(1, 1), ula(1, 2));
+    let (ul_b, ul_mb) = (ula(2, 1), ula(2, 2));
+    let ns_a = NetNs::create("fpta");
+    let ns_m = NetNs::create("fptm");
+    let ns_b = NetNs::create("fptb");
+    for (ns, peer_name) in [(&ns_a, "fpula"), (&ns_b, "fpulb")] {
+        ns.ip(&[
+            "link", "add", UNDERLAY, "mtu", "1500", "type", "veth", "peer", "name", peer_name,
+            "netns", &ns_m.name,
+        ]);
+    }
+    let mut m = {
+        for (ifname, addr) in [("fpula", ul_ma), ("fpulb", ul_mb)] {
+            ns_m.ip(&["addr", "add", &format!("{addr}/64"), "dev", ifname, "nodad"]);
+            ns_m.ip(&["link", "set", ifname, "up"]);
+            ns_m.sysctl(&format!("net.ipv6.conf.{ifname}.forwarding"), "1");
+        }
+        let (if_a, if_b) = (ns_m.ifindex("fpula"), ns_m.ifindex("fpulb"));
+        let _inside = ns_m.enter();
+        let mut fastpath = Fastpath::load(&object).unwrap();
+        fastpath.attach_underlay("fpula").unwrap();
+        fastpath.attach_underlay("fpulb").unwrap();
+        let maps = fastpath.maps_mut();
+        maps.set_local_ports(&[PORT]).unwrap();
+        for (slot, ifindex, local, peer, prefix) in [
+            (1, if_a, ul_ma, ul_a, inner(1)),
+            (2, if_b, ul_mb, ul_b, inner(2)),
+        ] {
+            let link = LinkEndpoints {
+                local: SocketAddrV6::new(local, PORT, 0, 0),
+                peer: SocketAddrV6::new(peer, PORT, 0, 0),
+                ifindex,
+                link_slot: slot,
+            };
+            maps.set_route(prefix, 64, &RouteTarget::Link(link))
+                .unwrap();
+            maps.set_peer(link.peer, PORT, slot).unwrap();
+        }
+        fastpath
+    };
+    assert_eq!(m.underlays().collect::<Vec<_>>(), ["fpula", "fpulb"]);
+    let a = node(ns_a, (1, 2), (ul_a, ul_ma), || {
+        Fastpath::load(&object).unwrap()
+    });
+    let b = node(ns_b, (2, 1), (ul_b, ul_mb), || {
+        Fastpath::load(&object).unwrap()
+    });
+    resolve(&a.netns, ul_ma);
+    resolve(&b.netns, ul_mb);
+    resolve(&ns_m, ul_a);
+    resolve(&ns_m, ul_b);
+
+    let out = a
+        .netns
+        .exec("ping")
+        .args(["-6", "-n", "-c", "5", "-i", "0.05", "-W", "2"])
+        .args(["-I", &inner(1).to_string(), &inner(2).to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ping through M: {out:?}\nA: {:?}\nM: {:?}\nB: {:?}",
+        reasons(&a),
+        m.maps()
+            .reasons()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>(),
+        reasons(&b)
+    );
+    // B answers with hop limit 64; only M decrements it.
+    assert!(text.contains("ttl=63"), "replies crossed one hop: {text}");
+
+    let (sent, received) = transfer(&a.netns, &b.netns);
+    assert_eq!(
+        sent, received,
+        "SHA-256 of what A sent and B received through M"
+    );
+    let (from_a, to_b) = (m.maps().link(1).unwrap(), m.maps().link(2).unwrap());
+    assert!(
+        from_a.rx_bytes >= TRANSFER as u64,
+        "M took from A: {from_a:?}"
+    );
+    assert!(to_b.tx_bytes >= TRANSFER as u64, "M sent to B: {to_b:?}");
+    assert!(
+        to_b.rx_packets >= 5 && from_a.tx_packets >= 5,
+        "replies through M"
+    );
+    assert_eq!(drain(&a.tun), 0, "nothing reached A's TUN fd");
+    assert_eq!(drain(&b.tun), 0, "nothing reached B's TUN fd");
+    let _ = writeln!(
+        std::io::stderr(),
+        "RAN fastpath_netns transit: ping (ttl=63) and {} MiB through M ({} packets / {} bytes \
+         link to link)",
+        TRANSFER >> 20,
+        to_b.tx_packets,
+        to_b.tx_bytes
+    );
+    assert!(m.detach_underlay("fpula"));
+}
+
+/// fd00:fd:<subnet>::<host>, the underlay of the transit test.
+fn ula(subnet: u16, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0xfd, subnet, 0, 0, 0, 0, host)
 }
 
 fn link(node: &Node) -> LinkCounter {
