@@ -235,7 +235,7 @@ impl core::iter::Sum for LinkCounter {
     }
 }
 
-/// Why a program left a packet to userspace (or, for the `*_fail` reasons, dropped it): one
+/// Why a program left a packet to userspace (or, rarely, for the `*_fail` reasons, dropped it): one
 /// per-CPU `u64` each in [`MAP_FP_REASONS`]. Every fall-back decision has one, so that "why is
 /// this flow not on the fast path" is always answerable from the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,7 +260,8 @@ pub enum Reason {
     EgNoNeigh,
     /// Egress: a non-GSO packet too big for the underlay MTU with the 48-byte encapsulation.
     EgTooBig,
-    /// Egress: a helper failed after the packet was changed: dropped.
+    /// Egress: a helper failed (`adjust_room`, `change_head`): the packet went to userspace if
+    /// it was still unchanged, and was dropped otherwise.
     EgFail,
     /// Ingress: a control datagram (first byte below 0x60).
     InCtrl,
@@ -278,7 +279,8 @@ pub enum Reason {
     InUserspace,
     /// Ingress: no TUN configured to decapsulate into.
     InNoTun,
-    /// Ingress: a helper failed after the packet was changed: dropped.
+    /// Ingress: a helper failed (`adjust_room`, a rewrite): the packet went to userspace if it
+    /// was still unchanged, and was dropped otherwise.
     InFail,
     /// Transit: inner hop limit ≤ 1 (the daemon sends Time Exceeded).
     TrHopLimit,
@@ -352,11 +354,6 @@ impl Reason {
             Reason::TrNoNeigh => "tr_noneigh",
             Reason::TrTooBig => "tr_toobig",
         }
-    }
-
-    /// Returns whether the packet was dropped (a helper failed midway) rather than passed on.
-    pub const fn is_drop(self) -> bool {
-        matches!(self, Reason::EgFail | Reason::InFail)
     }
 }
 
@@ -475,7 +472,6 @@ mod tests {
             }
         }
         assert_eq!(Reason::COUNT, 22);
-        assert!(Reason::EgFail.is_drop() && !Reason::EgMiss.is_drop());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! Rule of every program here: each decision that leaves a packet to userspace is taken before
 //! the packet is changed, counts its [`Reason`] and returns `TC_ACT_UNSPEC` (the packet goes on
-//! as if no program ran). Only a helper failing after the first change drops (`*_fail`).
+//! as if no program ran). Only a helper failing after the first change drops (counted under
+//! `*_fail`, like a helper failing before it, whose packet still passes).
 
 use aya_ebpf::{
     bindings::{
