@@ -632,6 +632,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fastpath_helper_that_exits_without_answering_is_an_error_not_a_hang() {
+        let error = Fastpath::load_via_helper(Command::new("true"), Some(Path::new("/x.o")))
+            .unwrap_err()
+            .to_string();
+        if attach_mode_for_running_kernel() == AttachMode::Tcx {
+            assert!(error.contains("exited without answering"), "{error}");
+        } else {
+            assert!(error.contains("Linux 6.6"), "{error}");
+        }
+    }
+
+    #[test]
     fn a_helper_that_exits_without_answering_is_an_error_not_a_hang() {
         let error = TunCounters::attach_via_helper(
             Command::new("true"),

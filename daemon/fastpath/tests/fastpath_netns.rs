@@ -117,6 +117,17 @@ fn ping_and_tcp_cross_the_fast_path_and_a_removed_route_falls_back_to_userspace(
     let mut a = node(ns_a, (1, 2), (underlay(1), underlay(2)), || {
         Fastpath::load_via_helper(helper_command(), object_path().as_deref()).unwrap()
     });
+    // The helper's errors come back named, as the node would log them.
+    let error = Fastpath::load_via_helper(
+        helper_command(),
+        Some(std::path::Path::new("/nonexistent/cx.o")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("/nonexistent/cx.o does not exist") && error.contains("in the eBPF helper"),
+        "{error}"
+    );
     let b = node(ns_b, (2, 1), (underlay(2), underlay(1)), || {
         Fastpath::load(&object).unwrap()
     });
