@@ -276,6 +276,30 @@ impl FastpathMaps {
     }
 }
 
+impl FastpathMaps {
+    /// Zeroes the counters of `link_slot` on every CPU: for a slot given to a new link.
+    ///
+    /// # Errors
+    ///
+    /// [`FastpathError::Invalid`] for a slot out of range; [`FastpathError::WriteMap`] if the
+    /// kernel refuses.
+    pub fn clear_link(&mut self, link_slot: u32) -> Result<(), FastpathError> {
+        check_slot(link_slot)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| FastpathError::WriteMap {
+            map: MAP_FP_LINKS,
+            source: e.into(),
+        })?;
+        let zeroes = aya::maps::PerCpuValues::try_from(vec![LinkCounter::default(); cpus])
+            .map_err(|e| FastpathError::WriteMap {
+                map: MAP_FP_LINKS,
+                source: e.into(),
+            })?;
+        self.links
+            .set(link_slot, zeroes, 0)
+            .map_err(|e| write_error(MAP_FP_LINKS, e))
+    }
+}
+
 fn route_key(prefix: Ipv6Addr, prefix_len: u8) -> Result<Key<[u8; 16]>, FastpathError> {
     if prefix_len > 128 {
         return Err(FastpathError::Invalid {

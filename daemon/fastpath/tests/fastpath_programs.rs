@@ -27,7 +27,7 @@ use connectopus_ebpf_common::fastpath::{
     PROG_FP_TUN_EGRESS, PROG_FP_UNDERLAY_INGRESS,
 };
 use connectopus_fastpath::{
-    FastpathMapFds, FastpathMaps, LinkEndpoints, Reason, ReasonCounts, RouteTarget,
+    FastpathMapFds, FastpathMaps, LinkCounter, LinkEndpoints, Reason, ReasonCounts, RouteTarget,
 };
 use support::{NetNs, eth, ipv6, udp};
 
@@ -414,6 +414,11 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     let (verdict, _, moved) = bed.ingress(from_peer, 5555, &inner_udp(INNER_LOCAL, 64, 10));
     assert_eq!(verdict, TC_ACT_UNSPEC);
     nothing_moved(&moved);
+
+    // A slot handed to a new link starts from zero.
+    bed.maps.clear_link(SLOT_IN).unwrap();
+    assert_eq!(bed.maps.link(SLOT_IN).unwrap(), LinkCounter::default());
+    assert!(bed.maps.clear_link(1 << 20).is_err(), "slot out of range");
 
     // Removing the route sends the prefix back to userspace.
     assert!(bed.maps.remove_route(INNER_REMOTE, 64).unwrap());

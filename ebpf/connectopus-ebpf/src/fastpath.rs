@@ -64,6 +64,8 @@ const IPPROTO_HOPOPTS: u8 = 0;
 const ENCAP_FLAGS: u64 = 1 /* FIXED_GSO */ | 4 /* ENCAP_L3_IPV6 */ | 16 /* ENCAP_L4_UDP */;
 /// Decapsulation keeps `gso_size` too.
 const DECAP_FLAGS: u64 = 1 /* FIXED_GSO */;
+/// The largest inner packet whose outer IPv6 payload (8 + inner) fits 16 bits.
+const MAX_INNER_LEN: u32 = 65_535 - 8;
 /// How much of an arriving frame ingress reads: Ethernet, outer IPv6 and UDP (62), inner IPv6
 /// header (40).
 const INGRESS_PULL: u32 = OUTER_LEN + 40;
@@ -171,6 +173,7 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
     }
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]);
     let l2_len = egress_l2_len(len, payload_len).ok_or(Error::Pass(Reason::EgNotIpv6))?;
+    let inner_len = len - l2_len;
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&ip[24..40]);
     let route = *CX_FP_ROUTES
@@ -204,7 +207,8 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
     // With the encapsulation the packet grows by 62 - l2_len bytes (the helper compares
     // against MTU + the device's 14-byte header). GSO packets pass: their segments are sized
     // by the TUN's MTU.
-    if !fits_mtu(ctx, fib.ifindex, (OUTER_LEN - l2_len) as i32) {
+    // The outer payload length (UDP header + inner packet) must fit its 16 bits.
+    if !fits_mtu(ctx, fib.ifindex, (OUTER_LEN - l2_len) as i32) || inner_len > MAX_INNER_LEN {
         return Err(Error::Pass(Reason::EgTooBig));
     }
 
@@ -218,7 +222,6 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
             return Err(Error::Broken(Reason::EgFail));
         }
     }
-    let inner_len = len - l2_len;
     let outer_len = ((inner_len + 8) as u16).to_be_bytes();
     write_outer(
         ctx,
