@@ -42,6 +42,8 @@ struct Node {
     netns: NetNs,
     tun: File,
     fastpath: Fastpath,
+    /// The udp link to the peer.
+    link: LinkEndpoints,
 }
 
 fn inner(node: u16) -> Ipv6Addr {
@@ -96,6 +98,7 @@ fn node(
         netns,
         tun,
         fastpath,
+        link,
     }
 }
 
@@ -244,9 +247,80 @@ fn ping_and_tcp_cross_the_fast_path_and_a_removed_route_falls_back_to_userspace(
         a_link.tx_packets,
         a_link.tx_bytes
     );
-    // Detaching: dropping `Fastpath` closes the links.
-    assert!(a.fastpath.detach_underlay(UNDERLAY));
-    assert!(!a.fastpath.detach_underlay(UNDERLAY));
+
+    // The node drops its capabilities after start-up but keeps CAP_NET_ADMIN (and the `bpf`
+    // system call): a link coming up later must still attach and fill the maps with only that.
+    let link = a.link;
+    let fastpath = &mut a.fastpath;
+    let netns = &a.netns;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // This thread cannot go back without CAP_SYS_ADMIN, and ends here anyway.
+                std::mem::forget(netns.enter());
+                keep_only_cap_net_admin();
+                assert!(fastpath.detach_underlay(UNDERLAY));
+                assert!(!fastpath.detach_underlay(UNDERLAY));
+                fastpath.attach_underlay(UNDERLAY).unwrap();
+                fastpath
+                    .maps_mut()
+                    .set_route(inner(2), 64, &RouteTarget::Link(link))
+                    .unwrap();
+            })
+            .join()
+            .unwrap();
+    });
+    let before = link_of(&a.fastpath);
+    let out = ping(3);
+    assert!(out.status.success(), "ping after re-attaching: {out:?}");
+    let after = link_of(&a.fastpath);
+    assert!(
+        after.tx_packets >= before.tx_packets + 3,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(drain(&a.tun), 0, "nothing reached A's TUN fd");
+}
+
+/// Reduces the calling thread's effective and permitted capabilities to CAP_NET_ADMIN, as the
+/// node keeps after start-up (capabilities are per thread).
+fn keep_only_cap_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let only = Data {
+        effective: 1 << CAP_NET_ADMIN,
+        permitted: 1 << CAP_NET_ADMIN,
+        inheritable: 0,
+    };
+    let none = Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let data = [only, none];
+    // SAFETY: capset reads a version-3 header and two data structs, which both outlive the
+    // call; it changes only the calling thread's capabilities.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+fn link_of(fastpath: &Fastpath) -> LinkCounter {
+    fastpath.maps().link(SLOT).unwrap()
 }
 
 /// Resolves the underlay neighbour `addr` from `netns` with one ping (the daemon's hellos do
