@@ -49,6 +49,9 @@ const SLOT_NEXT: u32 = 4;
 /// Inner addresses: our prefix, one behind the peer, one behind the next hop (transit), one
 /// behind an unresolved neighbour, and one nobody routes.
 const INNER_SRC: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa0, 0, 0, 0, 0, 0, 9);
+/// An address of this node (inside the local prefix).
+const INNER_OWN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xaa, 0, 0, 0, 0, 0, 9);
+const INNER_MULTICAST: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 1);
 const INNER_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xaa, 0, 0, 0, 0, 0, 1);
 const INNER_REMOTE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xee, 0, 0, 0, 0, 0, 5);
 const INNER_TRANSIT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xbb, 0, 0, 0, 0, 0, 7);
@@ -219,7 +222,14 @@ fn outer_frame(
     frame
 }
 
-/// A UDP packet `INNER_SRC` → `dst` with `len` bytes of payload.
+/// A UDP packet from this node (`INNER_OWN`, as egress sees) to `dst`.
+fn outgoing(dst: Ipv6Addr, hop_limit: u8, len: usize) -> Vec<u8> {
+    let mut packet = inner_udp(dst, hop_limit, len);
+    packet[8..24].copy_from_slice(&INNER_OWN.octets());
+    packet
+}
+
+/// A UDP packet from elsewhere in the mesh (`INNER_SRC`) to `dst` with `len` bytes of payload.
 fn inner_udp(dst: Ipv6Addr, hop_limit: u8, len: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
     ipv6(INNER_SRC, dst, 17, hop_limit, &udp(1234, 5678, &payload))
@@ -232,7 +242,14 @@ type IngressCase = (&'static str, (Ipv6Addr, u16), Vec<u8>, Reason);
 fn only(moved: &ReasonCounts, reason: Reason) {
     let nonzero: Vec<_> = moved.iter().filter(|(_, n)| *n > 0).collect();
     assert_eq!(nonzero, [(reason, 1)], "counters that moved");
+    let mut covered = COVERED.lock().unwrap();
+    if !covered.contains(&reason) {
+        covered.push(reason);
+    }
 }
+
+/// The reasons some case of this test produced.
+static COVERED: std::sync::Mutex<Vec<Reason>> = std::sync::Mutex::new(Vec::new());
 
 fn nothing_moved(moved: &ReasonCounts) {
     let nonzero: Vec<_> = moved.iter().filter(|(_, n)| *n > 0).collect();
@@ -247,7 +264,7 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     let mut bed = Bed::new(&object);
 
     // --- Egress: encapsulation, exact outer bytes.
-    let inner = inner_udp(INNER_REMOTE, 64, 100);
+    let inner = outgoing(INNER_REMOTE, 64, 100);
     let (verdict, out, moved) = bed.egress(&inner);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     nothing_moved(&moved);
@@ -268,11 +285,11 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     assert_eq!((link.tx_packets, link.tx_bytes), (1, inner.len() as u64));
 
     // ICMPv6 echo takes the fast path; errors and neighbour discovery do not.
-    let echo = ipv6(INNER_SRC, INNER_REMOTE, 58, 64, &[128, 0, 0, 0, 0, 1, 0, 1]);
+    let echo = ipv6(INNER_OWN, INNER_REMOTE, 58, 64, &[128, 0, 0, 0, 0, 1, 0, 1]);
     assert_eq!(bed.egress(&echo).0, TC_ACT_REDIRECT);
     for icmp_type in [1u8, 3, 135] {
         let message = ipv6(
-            INNER_SRC,
+            INNER_OWN,
             INNER_REMOTE,
             58,
             64,
@@ -285,36 +302,46 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     }
 
     // Pass-to-userspace cases, each untouched and counted.
-    let cases: [(&str, Vec<u8>, Reason); 6] = [
+    let cases: [(&str, Vec<u8>, Reason); 8] = [
+        (
+            "source not this node's",
+            inner_udp(INNER_REMOTE, 64, 100),
+            Reason::EgSource,
+        ),
+        (
+            "multicast",
+            outgoing(INNER_MULTICAST, 64, 100),
+            Reason::EgMulticast,
+        ),
         (
             "unknown prefix",
-            inner_udp(INNER_UNKNOWN, 64, 100),
+            outgoing(INNER_UNKNOWN, 64, 100),
             Reason::EgMiss,
         ),
         (
             "hop limit 1",
-            inner_udp(INNER_REMOTE, 1, 100),
+            outgoing(INNER_REMOTE, 1, 100),
             Reason::EgHopLimit,
         ),
         (
             "control plane",
-            inner_udp(INNER_CONTROL, 64, 100),
+            outgoing(INNER_CONTROL, 64, 100),
             Reason::EgUserspace,
         ),
         (
             "local prefix",
-            inner_udp(INNER_LOCAL, 64, 100),
+            outgoing(INNER_LOCAL, 64, 100),
             Reason::EgUserspace,
         ),
         (
             "unresolved neighbour",
-            inner_udp(INNER_NONEIGH, 64, 100),
+            outgoing(INNER_NONEIGH, 64, 100),
             Reason::EgNoNeigh,
         ),
         // 1453 bytes + 48 > 1500: too big once encapsulated (not GSO under test-run).
         (
             "oversized",
-            inner_udp(INNER_REMOTE, 64, 1453 - 48),
+            outgoing(INNER_REMOTE, 64, 1453 - 48),
             Reason::EgTooBig,
         ),
     ];
@@ -326,7 +353,7 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     }
     // Exactly the largest inner packet that fits: 1452 bytes.
     assert_eq!(
-        bed.egress(&inner_udp(INNER_REMOTE, 64, 1452 - 48)).0,
+        bed.egress(&outgoing(INNER_REMOTE, 64, 1452 - 48)).0,
         TC_ACT_REDIRECT
     );
 
@@ -364,7 +391,19 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     // Pass-to-userspace cases of ingress and transit, each untouched and counted.
     let mut aggregate = inner_udp(INNER_LOCAL, 64, 200);
     aggregate.extend_from_slice(&inner_udp(INNER_LOCAL, 64, 200));
-    let cases: [IngressCase; 7] = [
+    let cases: [IngressCase; 9] = [
+        (
+            "this node's own source",
+            from_peer,
+            outgoing(INNER_LOCAL, 64, 10),
+            Reason::InSource,
+        ),
+        (
+            "multicast",
+            from_peer,
+            inner_udp(INNER_MULTICAST, 64, 10),
+            Reason::InMulticast,
+        ),
         (
             "control message",
             from_peer,
@@ -415,6 +454,40 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     assert_eq!(verdict, TC_ACT_UNSPEC);
     nothing_moved(&moved);
 
+    // More fall-backs: a length that disagrees with the skb, a hop-by-hop header, transit
+    // towards an unresolved neighbour or a smaller MTU, and no TUN to decapsulate into.
+    let mut padded = outgoing(INNER_REMOTE, 64, 100);
+    padded.extend_from_slice(&[0; 4]);
+    let (verdict, _, moved) = bed.egress(&padded);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    only(&moved, Reason::EgNotIpv6);
+    let hop_by_hop = ipv6(INNER_OWN, INNER_REMOTE, 0, 64, &[17, 0, 1, 4, 0, 0, 0, 0]);
+    let (verdict, _, moved) = bed.egress(&hop_by_hop);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    only(&moved, Reason::EgHopByHop);
+    for (what, inner, reason) in [
+        (
+            "unresolved next neighbour",
+            inner_udp(INNER_NONEIGH, 64, 10),
+            Reason::TrNoNeigh,
+        ),
+        // 62 + 1453 bytes > 1500 + 14 on the next underlay.
+        (
+            "too big for the next link",
+            inner_udp(INNER_TRANSIT, 64, 1453 - 48),
+            Reason::TrTooBig,
+        ),
+    ] {
+        let (verdict, out, moved) = bed.ingress(from_peer, PORT_LOCAL, &inner);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "{what}");
+        assert_eq!(out[62..], inner[..], "{what}: passed untouched");
+        only(&moved, reason);
+    }
+    bed.maps.set_tun_ifindex(0).unwrap();
+    let (verdict, _, moved) = bed.ingress(from_peer, PORT_LOCAL, &inner_udp(INNER_LOCAL, 64, 10));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    only(&moved, Reason::InNoTun);
+
     // A slot handed to a new link starts from zero.
     bed.maps.clear_link(SLOT_IN).unwrap();
     assert_eq!(bed.maps.link(SLOT_IN).unwrap(), LinkCounter::default());
@@ -423,7 +496,7 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     // Removing the route sends the prefix back to userspace.
     assert!(bed.maps.remove_route(INNER_REMOTE, 64).unwrap());
     assert!(!bed.maps.remove_route(INNER_REMOTE, 64).unwrap());
-    let (verdict, _, moved) = bed.egress(&inner_udp(INNER_REMOTE, 64, 100));
+    let (verdict, _, moved) = bed.egress(&outgoing(INNER_REMOTE, 64, 100));
     assert_eq!(verdict, TC_ACT_UNSPEC);
     only(&moved, Reason::EgMiss);
 
@@ -432,13 +505,28 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
         .set_route(INNER_REMOTE, 64, &bed.remote_route)
         .unwrap();
     bed.netns.sysctl("net.ipv6.conf.fpv0.forwarding", "0");
-    let (verdict, _, moved) = bed.egress(&inner_udp(INNER_REMOTE, 64, 100));
+    let (verdict, _, moved) = bed.egress(&outgoing(INNER_REMOTE, 64, 100));
     assert_eq!(verdict, TC_ACT_UNSPEC);
     only(&moved, Reason::EgNoFib);
+    let (verdict, _, moved) = bed.ingress(
+        (UL_PEER, PORT_PEER),
+        PORT_LOCAL,
+        &inner_udp(INNER_TRANSIT, 64, 10),
+    );
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    only(&moved, Reason::TrNoFib);
 
+    let covered = COVERED.lock().unwrap().clone();
+    let missing: Vec<_> = Reason::ALL
+        .iter()
+        .filter(|r| !covered.contains(r))
+        .map(|r| r.as_str())
+        .collect();
     let _ = writeln!(
         std::io::stderr(),
-        "RAN fastpath_programs: encap, decap, transit and every pass-to-userspace case ({} reasons)",
+        "RAN fastpath_programs: encap, decap, transit, and pass-to-userspace cases for {} of {} \
+         reasons (not produced: {missing:?})",
+        covered.len(),
         Reason::ALL.len()
     );
 }

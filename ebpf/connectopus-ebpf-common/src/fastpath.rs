@@ -290,11 +290,21 @@ pub enum Reason {
     TrNoNeigh,
     /// Transit: too big for the next underlay's MTU.
     TrTooBig,
+    /// Egress: the inner source is not one of this node's prefixes (no `ROUTE_LOCAL` entry):
+    /// the daemon's spoofing check decides.
+    EgSource,
+    /// Egress: multicast inner destination.
+    EgMulticast,
+    /// Ingress and transit: the inner source is one of this node's own prefixes (spoofed, or
+    /// looped): the daemon's spoofing check decides.
+    InSource,
+    /// Ingress and transit: multicast inner destination.
+    InMulticast,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 26] = [
         Reason::EgMiss,
         Reason::EgUserspace,
         Reason::EgNotIpv6,
@@ -317,6 +327,10 @@ impl Reason {
         Reason::TrNoFib,
         Reason::TrNoNeigh,
         Reason::TrTooBig,
+        Reason::EgSource,
+        Reason::EgMulticast,
+        Reason::InSource,
+        Reason::InMulticast,
     ];
 
     /// Entries in [`MAP_FP_REASONS`].
@@ -353,6 +367,10 @@ impl Reason {
             Reason::TrNoFib => "tr_nofib",
             Reason::TrNoNeigh => "tr_noneigh",
             Reason::TrTooBig => "tr_toobig",
+            Reason::EgSource => "eg_source",
+            Reason::EgMulticast => "eg_multicast",
+            Reason::InSource => "in_source",
+            Reason::InMulticast => "in_multicast",
         }
     }
 }
@@ -471,7 +489,7 @@ mod tests {
                 assert_ne!(reason.as_str(), other.as_str());
             }
         }
-        assert_eq!(Reason::COUNT, 22);
+        assert_eq!(Reason::COUNT, 26);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use connectopus_ebpf_common::fastpath::{
     DatagramKind, ENCAP_LEN, ETH_LEN, FpConfig, LinkCounter, MAX_LINK_SLOTS, MAX_LOCAL_PORTS,
-    MAX_PEERS, MAX_ROUTES, OUTER_HOP_LIMIT, OUTER_LEN, Peer, PeerKey, Reason, Route, datagram_kind,
-    egress_l2_len, icmpv6_to_userspace, one_packet_per_datagram,
+    MAX_PEERS, MAX_ROUTES, OUTER_HOP_LIMIT, OUTER_LEN, Peer, PeerKey, ROUTE_LOCAL, Reason, Route,
+    datagram_kind, egress_l2_len, icmpv6_to_userspace, one_packet_per_datagram,
 };
 
 /// Inner prefix → where it goes. [`connectopus_ebpf_common::fastpath::MAP_FP_ROUTES`].
@@ -176,11 +176,21 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
     let inner_len = len - l2_len;
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&ip[24..40]);
+    if dst[0] == 0xff {
+        return Err(Error::Pass(Reason::EgMulticast));
+    }
     let route = *CX_FP_ROUTES
         .get(Key::new(128, dst))
         .ok_or(Error::Pass(Reason::EgMiss))?;
     if route.flags != 0 {
         return Err(Error::Pass(Reason::EgUserspace));
+    }
+    // The core's rule for packets from the TUN: the source must be this node's.
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    match CX_FP_ROUTES.get(Key::new(128, src)) {
+        Some(entry) if entry.flags == ROUTE_LOCAL => {}
+        _ => return Err(Error::Pass(Reason::EgSource)),
     }
     match ip[6] {
         IPPROTO_ICMPV6 => {
@@ -311,9 +321,20 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
     }
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&inner[24..40]);
+    if dst[0] == 0xff {
+        return Err(Error::Pass(Reason::InMulticast));
+    }
     let route = *CX_FP_ROUTES
         .get(Key::new(128, dst))
         .ok_or(Error::Pass(Reason::InNoRoute))?;
+    // The core's rule for packets from a link: the source must not be this node's.
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&inner[8..24]);
+    if let Some(entry) = CX_FP_ROUTES.get(Key::new(128, src))
+        && entry.flags != 0
+    {
+        return Err(Error::Pass(Reason::InSource));
+    }
     if route.is_userspace() {
         return Err(Error::Pass(Reason::InUserspace));
     }
