@@ -391,7 +391,7 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
     // Pass-to-userspace cases of ingress and transit, each untouched and counted.
     let mut aggregate = inner_udp(INNER_LOCAL, 64, 200);
     aggregate.extend_from_slice(&inner_udp(INNER_LOCAL, 64, 200));
-    let cases: [IngressCase; 9] = [
+    let cases: [IngressCase; 10] = [
         (
             "this node's own source",
             from_peer,
@@ -403,6 +403,16 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
             from_peer,
             inner_udp(INNER_MULTICAST, 64, 10),
             Reason::InMulticast,
+        ),
+        (
+            "unspecified source",
+            from_peer,
+            {
+                let mut p = inner_udp(INNER_LOCAL, 64, 10);
+                p[8..24].fill(0);
+                p
+            },
+            Reason::InSource,
         ),
         (
             "control message",

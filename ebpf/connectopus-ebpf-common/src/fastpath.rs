@@ -296,7 +296,7 @@ pub enum Reason {
     /// Egress: multicast inner destination.
     EgMulticast,
     /// Ingress and transit: the inner source is one of this node's own prefixes (spoofed, or
-    /// looped): the daemon's spoofing check decides.
+    /// looped), or can be no source at all (multicast, `::`, `::1`): the daemon decides.
     InSource,
     /// Ingress and transit: multicast inner destination.
     InMulticast,
@@ -398,6 +398,26 @@ pub const fn egress_l2_len(skb_len: u32, payload_len: u16) -> Option<u32> {
 #[inline(always)]
 pub const fn icmpv6_to_userspace(icmp_type: u8) -> bool {
     icmp_type < 128 || (icmp_type >= 133 && icmp_type <= 137)
+}
+
+/// Whether `addr` can never be a packet's source (the core drops such packets as
+/// `bad_source`): multicast, unspecified (`::`) or loopback (`::1`).
+#[inline(always)]
+pub const fn is_bad_source(addr: &[u8; 16]) -> bool {
+    let high = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    is_bad_source_halves(high, low)
+}
+
+/// [`is_bad_source`] of the address whose big-endian halves are `high` and `low` (what the
+/// programs read from the packet, two loads instead of a 16-byte copy).
+#[inline(always)]
+pub const fn is_bad_source_halves(high: u64, low: u64) -> bool {
+    high >> 56 == 0xff || (high == 0 && low <= 1)
 }
 
 /// What the first payload byte of a datagram to a fast-path port says it is.
@@ -507,6 +527,17 @@ mod tests {
         }
         for t in [128, 129, 130, 143, 138, 255] {
             assert!(!icmpv6_to_userspace(t), "type {t}");
+        }
+    }
+
+    #[test]
+    fn bad_sources_are_multicast_unspecified_and_loopback() {
+        let addr = |s: &str| s.parse::<core::net::Ipv6Addr>().unwrap().octets();
+        for bad in ["::", "::1", "ff02::1", "ff0e::5"] {
+            assert!(is_bad_source(&addr(bad)), "{bad}");
+        }
+        for good in ["::2", "fd00::1", "2001:db8::1", "fe80::1", "::ffff:1.2.3.4"] {
+            assert!(!is_bad_source(&addr(good)), "{good}");
         }
     }
 

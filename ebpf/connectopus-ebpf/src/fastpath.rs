@@ -26,7 +26,8 @@ use aya_ebpf::{
 use connectopus_ebpf_common::fastpath::{
     DatagramKind, ENCAP_LEN, ETH_LEN, FpConfig, LinkCounter, MAX_LINK_SLOTS, MAX_LOCAL_PORTS,
     MAX_PEERS, MAX_ROUTES, OUTER_HOP_LIMIT, OUTER_LEN, Peer, PeerKey, ROUTE_LOCAL, Reason, Route,
-    datagram_kind, egress_l2_len, icmpv6_to_userspace, one_packet_per_datagram,
+    datagram_kind, egress_l2_len, icmpv6_to_userspace, is_bad_source_halves,
+    one_packet_per_datagram,
 };
 
 /// Inner prefix → where it goes. [`connectopus_ebpf_common::fastpath::MAP_FP_ROUTES`].
@@ -174,21 +175,21 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]);
     let l2_len = egress_l2_len(len, payload_len).ok_or(Error::Pass(Reason::EgNotIpv6))?;
     let inner_len = len - l2_len;
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&ip[24..40]);
-    if dst[0] == 0xff {
+    if ip[24] == 0xff {
         return Err(Error::Pass(Reason::EgMulticast));
     }
-    let route = *CX_FP_ROUTES
-        .get(Key::new(128, dst))
-        .ok_or(Error::Pass(Reason::EgMiss))?;
+    // One LPM key, for the destination and then the source.
+    let mut key = Key::new(128, [0u8; 16]);
+    key.data.copy_from_slice(&ip[24..40]);
+    // A reference into the map: entries are RCU-protected while the program runs, and
+    // replaced whole by userspace.
+    let route: &Route = CX_FP_ROUTES.get(&key).ok_or(Error::Pass(Reason::EgMiss))?;
     if route.flags != 0 {
         return Err(Error::Pass(Reason::EgUserspace));
     }
     // The core's rule for packets from the TUN: the source must be this node's.
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    match CX_FP_ROUTES.get(Key::new(128, src)) {
+    key.data.copy_from_slice(&ip[8..24]);
+    match CX_FP_ROUTES.get(&key) {
         Some(entry) if entry.flags == ROUTE_LOCAL => {}
         _ => return Err(Error::Pass(Reason::EgSource)),
     }
@@ -207,7 +208,7 @@ fn try_cx_fp_tun_eg(ctx: &TcContext) -> Result<i32, Error> {
     if ip[7] <= 1 {
         return Err(Error::Pass(Reason::EgHopLimit));
     }
-    let fib = fib_lookup(ctx, &route).map_err(|e| {
+    let fib = fib_lookup(ctx, route).map_err(|e| {
         Error::Pass(match e {
             FibError::NoNeigh => Reason::EgNoNeigh,
             FibError::TooBig => Reason::EgTooBig,
@@ -273,64 +274,76 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
         INGRESS_PULL
     };
     ctx.pull_data(pull).map_err(|_| Error::NotOurs)?;
+    // Fields are read one by one from the packet (not copied out whole), to keep the stack
+    // well under the verifier's 512 bytes.
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + OUTER_LEN as usize > end {
         return Err(Error::NotOurs);
     }
-    // SAFETY: the 62 bytes of `Outer` were checked to be inside the packet just above.
-    let outer = unsafe { core::ptr::read_unaligned(data as *const Outer) };
-    if outer.ethertype != ETH_P_IPV6.to_be_bytes() || outer.next_header != IPPROTO_UDP {
+    // SAFETY (every `at` below): the offsets read were checked to be inside the packet, the
+    // first 62 bytes just above, the rest where noted.
+    let ethertype: [u8; 2] = unsafe { at(data, 12) };
+    let next_header: u8 = unsafe { at(data, 20) };
+    if ethertype != ETH_P_IPV6.to_be_bytes() || next_header != IPPROTO_UDP {
         return Err(Error::NotOurs);
     }
+    let dport: [u8; 2] = unsafe { at(data, 56) };
     // SAFETY: the map lookup only reads the key.
-    if unsafe { CX_FP_PORTS.get(outer.dport) }.is_none() {
+    if unsafe { CX_FP_PORTS.get(dport) }.is_none() {
         return Err(Error::NotOurs);
     }
     if data + OUTER_LEN as usize + 1 > end {
         return Err(Error::Pass(Reason::InCtrl));
     }
-    // SAFETY: checked just above.
-    let first = unsafe { *((data + OUTER_LEN as usize) as *const u8) };
+    let first: u8 = unsafe { at(data, OUTER_LEN as usize) }; // checked just above
     match datagram_kind(first) {
         DatagramKind::Control => return Err(Error::Pass(Reason::InCtrl)),
         DatagramKind::Other => return Err(Error::Pass(Reason::InNotData)),
         DatagramKind::Data => {}
     }
     let key = PeerKey {
-        addr: outer.src,
-        port: outer.sport,
-        local_port: outer.dport,
+        addr: unsafe { at(data, 22) },
+        port: unsafe { at(data, 54) },
+        local_port: dport,
     };
     // SAFETY: the value is copied out at once; entries are only replaced whole by userspace.
     let peer = *unsafe { CX_FP_PEERS.get(key) }.ok_or(Error::Pass(Reason::InUnknownPeer))?;
     if data + INGRESS_PULL as usize > end {
         return Err(Error::Pass(Reason::InNotData));
     }
-    // SAFETY: the inner IPv6 header (40 bytes after the outer headers) is inside the packet,
-    // checked just above.
-    let inner =
-        unsafe { core::ptr::read_unaligned((data + OUTER_LEN as usize) as *const [u8; 40]) };
-    let inner_payload_len = u16::from_be_bytes([inner[4], inner[5]]);
+    // From here the inner IPv6 header (bytes 62..102) is inside the packet: checked just above.
+    let inner = OUTER_LEN as usize;
+    let outer_payload_len: [u8; 2] = unsafe { at(data, 18) };
+    let udp_len: [u8; 2] = unsafe { at(data, 58) };
+    let inner_payload_len: [u8; 2] = unsafe { at(data, inner + 4) };
     if !one_packet_per_datagram(
         len,
-        u16::from_be_bytes(outer.payload_len),
-        u16::from_be_bytes(outer.udp_len),
-        inner_payload_len,
+        u16::from_be_bytes(outer_payload_len),
+        u16::from_be_bytes(udp_len),
+        u16::from_be_bytes(inner_payload_len),
     ) {
         return Err(Error::Pass(Reason::InGroAgg));
     }
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&inner[24..40]);
-    if dst[0] == 0xff {
+    // One LPM key, for the destination and then the source.
+    let mut key = Key::new(128, unsafe { at::<[u8; 16]>(data, inner + 24) });
+    if key.data[0] == 0xff {
         return Err(Error::Pass(Reason::InMulticast));
     }
-    let route = *CX_FP_ROUTES
-        .get(Key::new(128, dst))
+    let hop_limit: u8 = unsafe { at(data, inner + 7) };
+    let src_high = u64::from_be_bytes(unsafe { at(data, inner + 8) });
+    let src_low = u64::from_be_bytes(unsafe { at(data, inner + 16) });
+    // A reference into the map: entries are RCU-protected while the program runs, and
+    // replaced whole by userspace.
+    let route: &Route = CX_FP_ROUTES
+        .get(&key)
         .ok_or(Error::Pass(Reason::InNoRoute))?;
-    // The core's rule for packets from a link: the source must not be this node's.
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&inner[8..24]);
-    if let Some(entry) = CX_FP_ROUTES.get(Key::new(128, src))
+    // The core's rule for packets from a link: the source must not be this node's (nor a
+    // multicast, unspecified or loopback address).
+    if is_bad_source_halves(src_high, src_low) {
+        return Err(Error::Pass(Reason::InSource));
+    }
+    key.data = unsafe { at(data, inner + 8) };
+    if let Some(entry) = CX_FP_ROUTES.get(&key)
         && entry.flags != 0
     {
         return Err(Error::Pass(Reason::InSource));
@@ -353,10 +366,10 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
     }
 
     // Transit: the inner packet leaves on another udp link.
-    if inner[7] <= 1 {
+    if hop_limit <= 1 {
         return Err(Error::Pass(Reason::TrHopLimit));
     }
-    let fib = fib_lookup(ctx, &route).map_err(|e| {
+    let fib = fib_lookup(ctx, route).map_err(|e| {
         Error::Pass(match e {
             FibError::NoNeigh => Reason::TrNoNeigh,
             FibError::TooBig => Reason::TrTooBig,
@@ -366,32 +379,52 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
     if !fits_mtu(ctx, fib.ifindex, 0) {
         return Err(Error::Pass(Reason::TrTooBig));
     }
-    write_outer(
-        ctx,
-        &Outer {
-            dmac: fib.dmac,
-            smac: fib.smac,
-            src: route.src,
-            dst: route.dst,
-            sport: route.sport,
-            dport: route.dport,
-            hop_limit: OUTER_HOP_LIMIT,
-            udp_check: [0, 0],
-            ..outer
-        },
-    )
-    .map_err(|_| Error::Pass(Reason::InFail))?;
+    // The helpers may have moved the data: check again before writing.
     let (data, end) = (ctx.data(), ctx.data_end());
-    let hop_limit = data + OUTER_LEN as usize + 7;
-    if hop_limit + 1 > end {
-        return Err(Error::Broken(Reason::InFail));
+    if data + INGRESS_PULL as usize > end {
+        return Err(Error::Pass(Reason::InFail));
     }
-    // SAFETY: checked just above to be inside the packet.
-    unsafe { *(hop_limit as *mut u8) = inner[7] - 1 };
+    // SAFETY: every write below is inside the first 102 bytes, checked just above; tc
+    // programs may write packet data (the kernel unclones the skb first).
+    unsafe {
+        put(data, 0, fib.dmac);
+        put(data, 6, fib.smac);
+        put(data, 21, OUTER_HOP_LIMIT);
+        put(data, 22, route.src);
+        put(data, 38, route.dst);
+        put(data, 54, route.sport);
+        put(data, 56, route.dport);
+        // Zero: the addresses changed, and the receiver takes zero-checksum datagrams.
+        put(data, 60, [0u8; 2]);
+        put(data, inner + 7, hop_limit - 1);
+    }
     count_link(peer.link_slot, |c| c.record_rx(inner_len));
     count_link(route.link_slot, |c| c.record_tx(inner_len));
     // SAFETY: a plain helper call with scalars.
     Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
+}
+
+/// Reads a `T` at `data + offset`.
+///
+/// # Safety
+///
+/// `offset + size_of::<T>()` bytes from `data` must be inside the packet (checked against
+/// `data_end` by the caller, in a way the verifier sees).
+#[inline(always)]
+unsafe fn at<T>(data: usize, offset: usize) -> T {
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::read_unaligned((data + offset) as *const T) }
+}
+
+/// Writes `value` at `data + offset`.
+///
+/// # Safety
+///
+/// As for [`at`], and the program must be allowed to write the packet (tc is).
+#[inline(always)]
+unsafe fn put<T>(data: usize, offset: usize, value: T) {
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::write_unaligned((data + offset) as *mut T, value) }
 }
 
 /// Writes the outer headers at the start of the packet.
