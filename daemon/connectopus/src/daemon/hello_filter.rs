@@ -14,9 +14,9 @@
 //! A classic filter needs no capability and no map; the kernel JIT-compiles it. The
 //! datagram's bytes are addressed from the UDP header (the payload starts at 8); the source
 //! address through `SKF_NET_OFF`. A load past the end of a datagram ends the program with 0
-//! (drop), so every test reads only what the checks before it proved is there, except for
-//! the ClientHello's fixed header (a datagram of type 22, epoch 0, type 1 shorter than a
-//! handshake header is no ClientHello OpenSSL would take either).
+//! (drop): so while the filter is on, an empty datagram, and one that starts like a handshake
+//! record but is shorter than the record and handshake headers (22 bytes), are dropped too;
+//! no DTLS peer sends either.
 
 use std::os::fd::RawFd;
 use std::time::Duration;
