@@ -122,10 +122,17 @@ impl Daemon {
             if old.contains_key(name) && !moved(name) {
                 continue;
             }
-            match TunDevice::create(&dev.device, dev.address, 128, mtu, self.offloads.wanted) {
+            match TunDevice::create(
+                &dev.device,
+                dev.address,
+                128,
+                mtu,
+                self.worker.offloads.wanted,
+            ) {
                 Ok(tun) => {
                     let slot = self.tuns.slots.len();
                     if let Err(error) = self
+                        .worker
                         .io
                         .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
                     {
@@ -156,7 +163,7 @@ impl Daemon {
             return;
         };
         tracing::info!(tun = %tun.name(), name = %name, "extra tun device removed");
-        if self.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
+        if self.worker.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
             // Its fd closes when the cancelled receive's last completion arrives.
             self.tuns.retiring.push((slot, tun));
         }
