@@ -225,6 +225,8 @@ impl Daemon {
                 udp_gso: datapath::Offloads::describe(&self.worker.offloads.udp_gso),
                 udp_gro: datapath::Offloads::describe(&self.worker.offloads.udp_gro),
             },
+            workers: vec![self.worker.report(0, &self.tuns)],
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
             ebpf: self.ebpf.describe(),
             capabilities: privilege.capabilities,
             no_new_privs: privilege.no_new_privs,

@@ -35,7 +35,30 @@ pub(super) struct Worker {
     pub(super) ranges: Vec<Range<usize>>,
 }
 
+/// Why a worker has no TUN queue and link sockets of its own.
+const ONE_WORKER: &str = "off: one dataplane worker per node (several are not built yet)";
+
 impl Worker {
+    /// What this worker runs on, for `status`.
+    pub(super) fn report(&self, index: usize, tuns: &tun_devs::TunSet) -> control::WorkerReport {
+        control::WorkerReport {
+            index,
+            thread: "main loop".to_owned(),
+            io_uring: match self.io.fallback_reason() {
+                None => "on".to_owned(),
+                Some(why) => format!("off: {why}"),
+            },
+            tun_multi_queue: ONE_WORKER.to_owned(),
+            tun_offload: tuns
+                .iter()
+                .map(|t| (t.name().to_owned(), t.offload().describe()))
+                .collect(),
+            udp_gso: datapath::Offloads::describe(&self.offloads.udp_gso),
+            udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
+            udp_reuseport: ONE_WORKER.to_owned(),
+        }
+    }
+
     pub(super) fn new(io: PacketIo, offloads: datapath::Offloads, icmp: IcmpRateLimiter) -> Self {
         Self {
             io,
