@@ -275,6 +275,15 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarder_moves_to_its_worker_thread_and_snapshots_are_shared() {
+        fn send<T: Send>() {}
+        fn share<T: Send + Sync>() {}
+        send::<Forwarder>();
+        send::<DataplaneReport>();
+        share::<ForwardingSnapshot>();
+    }
+
+    #[test]
     fn forwards_by_the_snapshot_and_counts_per_link() {
         let mut f = forwarder();
         f.install(snapshot(vec![L1, L2]));
