@@ -144,15 +144,21 @@ fn has_route(mesh: &Mesh<'_>, node: &str, prefix: &str) -> bool {
     })
 }
 
-/// Tells whether a running process has `needle` in its command line.
-fn processes_mentioning(needle: &str) -> bool {
+/// The running processes with `needle` in their command line.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
-    entries.filter_map(|e| e.ok()).any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-    })
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
 }
 
 fn registry(mesh: &Mesh<'_>, node: &str) -> PathBuf {
@@ -241,6 +247,30 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         ensure!(
             foo_log.contains("service=web") && foo_log.contains("GET /hello.txt"),
             "the web server's output should be in foo's log"
+        );
+
+        // A namespace service that dies is started again (after 5 s) and serves again.
+        let site_text = site.display().to_string();
+        let old = pids_mentioning(&site_text);
+        ensure!(old.len() == 1, "one web server should run: {old:?}");
+        // SAFETY: kill takes integers only; the pid is the web server's.
+        unsafe { libc::kill(old[0], libc::SIGKILL) };
+        wait_until(Duration::from_secs(15), Duration::from_millis(300), || {
+            let now = pids_mentioning(&site_text);
+            now.len() == 1
+                && now != old
+                && topo
+                    .ns("baz")
+                    .exec("curl", &["-sS", "--max-time", "3", url.as_str()])
+                    .is_ok_and(|o| o.stdout == b"hello from the sandbox\n")
+        })
+        .context("the web server should be restarted")?;
+        ensure!(
+            mesh.process("foo")
+                .context("foo")?
+                .stderr()
+                .contains("restarting in 5 s"),
+            "foo should log the restart"
         );
 
         // Inside the namespace: names resolve through the node, and the mesh is the only way out.
@@ -359,11 +389,139 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         let registry = registry(&mesh, "foo");
         mesh.stop("foo")?;
         ensure!(!registry.exists(), "foo left its namespace registry");
-        let site_text = site.display().to_string();
         wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-            !processes_mentioning(&site_text)
+            pids_mentioning(&site_text).is_empty()
         })
         .context("the sandbox's web server outlived foo")?;
+        Ok(())
+    });
+}
+
+/// Runs `connectopus setup-tunnel` for foo in its namespace with `extra` arguments.
+fn setup_tunnel(
+    mesh: &Mesh<'_>,
+    ns: &NetNs,
+    binary: &str,
+    extra: &[&str],
+) -> Result<std::process::Output> {
+    let config = mesh.config_path().display().to_string();
+    let mut args = vec![
+        "setup-tunnel",
+        "--config",
+        config.as_str(),
+        "--id",
+        "foo",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ];
+    args.extend_from_slice(extra);
+    ns.exec(binary, &args)
+}
+
+#[test]
+fn setup_tunnel_lets_a_node_run_unprivileged() {
+    require_root!();
+    run_test("attach_setup_tunnel", |dir| {
+        require_tools(&["setpriv", "ping"]);
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        let ns = topo.ns("foo");
+        // The unprivileged user needs its own copy of the binary (the build tree may be private),
+        // and a directory for the node's files.
+        let home = dir.join("nobody");
+        std::fs::create_dir_all(&home)?;
+        let binary = home.join("connectopus");
+        std::fs::copy(workspace_binary("connectopus")?, &binary)?;
+        for file in ["foo.yml", "foo.yml.sig"] {
+            let from = if file.ends_with(".sig") {
+                format!("{}.sig", mesh.config_path().display())
+            } else {
+                mesh.config_path().display().to_string()
+            };
+            std::fs::copy(&from, home.join(file))?;
+        }
+        for entry in std::fs::read_dir(&home)? {
+            std::os::unix::fs::chown(entry?.path(), Some(65534), Some(65534))?;
+        }
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534))?;
+        let bin = binary.display().to_string();
+
+        let out = setup_tunnel(&mesh, ns, &bin, &[])?;
+        ensure!(out.status.success(), "setup-tunnel: {}", text(&out));
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            check.status.success(),
+            "setup-tunnel --check: {}",
+            text(&check)
+        );
+
+        let config = home.join("foo.yml").display().to_string();
+        let socket = home.join("foo.sock").display().to_string();
+        let setpriv = tool("setpriv")?.display().to_string();
+        // Some hosts keep /dev/net/tun root-only (Debian makes it 0666, as a node without
+        // privileges needs): give the node's own mount namespace (`ip netns exec` makes one) a
+        // 0666 node of the same device.
+        let devdir = dir.join("dev");
+        std::fs::create_dir_all(&devdir)?;
+        let mut command = ns.command(
+            "sh",
+            &[
+                "-c",
+                "mount -t tmpfs none \"$CX_DEV\" && mknod -m 666 \"$CX_DEV/tun\" c 10 200 \
+                 && mount --bind \"$CX_DEV/tun\" /dev/net/tun && exec \"$@\"",
+                "sh",
+                setpriv.as_str(),
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.as_str(),
+                "node",
+                "--config",
+                config.as_str(),
+                "--id",
+                "foo",
+                "--control-socket",
+                socket.as_str(),
+                "--log-level",
+                "debug",
+            ],
+        )?;
+        command.env("CX_DEV", &devdir);
+        let foo = ns.spawn_with(command, "foo-nobody", connectopus_tests::StdinMode::Null)?;
+        mesh.start("bar")?;
+        let foo_addr = mesh.address("foo");
+        wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+            connectopus_tests::ping6(topo.ns("bar"), foo_addr, 1, 56, &["-W", "2"])
+                .is_ok_and(|p| p.all_received())
+        })
+        .with_context(|| {
+            format!(
+                "bar should reach the unprivileged foo:\n{}",
+                foo.log_tails()
+            )
+        })?;
+        let log = foo.stderr();
+        ensure!(
+            log.contains("using the prepared (persistent) TUN device"),
+            "foo should open the prepared device: {}",
+            foo.log_tails()
+        );
+        ensure!(
+            log.contains("running without eBPF"),
+            "foo should say it runs without eBPF"
+        );
+
+        // The check fails once the device lost its address.
+        ns.ip(&["addr", "del", &format!("{foo_addr}/64"), "dev", "cx-foo"])?;
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            !check.status.success() && text(&check).contains("missing"),
+            "setup-tunnel --check should fail: {}",
+            text(&check)
+        );
+        drop(foo);
         Ok(())
     });
 }

@@ -117,12 +117,9 @@ fn create(w: &Wanted, uid: u32, gid: u32) -> Result<()> {
         .build_sync()
         .context("opening or creating the TUN device (needs root or CAP_NET_ADMIN)")?;
     device.persist().context("making it persistent")?;
-    device
-        .user(i32::try_from(uid).context("uid")?)
-        .context("setting its owner")?;
-    device
-        .group(i32::try_from(gid).context("gid")?)
-        .context("setting its group")?;
+    // TUNSETOWNER and TUNSETGROUP take the id itself as the argument, not a pointer to it.
+    tun_ioctl(&device, TUNSETOWNER, uid).context("setting its owner")?;
+    tun_ioctl(&device, TUNSETGROUP, gid).context("setting its group")?;
     device.set_mtu(w.mtu).context("setting the MTU")?;
     if !has_address(&w.name, w.address, w.prefix_len) {
         device
@@ -130,6 +127,20 @@ fn create(w: &Wanted, uid: u32, gid: u32) -> Result<()> {
             .context("adding the address")?;
     }
     device.enabled(true).context("bringing it up")?;
+    Ok(())
+}
+
+/// `_IOW('T', 204, int)` and `_IOW('T', 206, int)` (linux/if_tun.h).
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
+
+fn tun_ioctl(device: &tun_rs::SyncDevice, request: libc::c_ulong, value: u32) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both requests take an integer argument by value on a TUN descriptor we hold.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), request, libc::c_ulong::from(value)) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
     Ok(())
 }
 
