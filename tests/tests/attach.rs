@@ -426,7 +426,13 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
     run_test("attach_setup_tunnel", |dir| {
         require_tools(&["setpriv", "ping"]);
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        // A namespace too: without root, the node makes it in a user namespace of its own.
+        let foo_extra = format!("    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n");
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+            &[("foo", &foo_extra)],
+        )?;
         let ns = topo.ns("foo");
         // The unprivileged user needs its own copy of the binary (the build tree may be private),
         // and a directory for the node's files.
@@ -512,6 +518,51 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
             log.contains("running without eBPF"),
             "foo should say it runs without eBPF"
         );
+
+        // The namespace, entered by the same unprivileged user, reaches bar.
+        let bar = mesh.address("bar").to_string();
+        let mut enter = ns.command(
+            &setpriv,
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.as_str(),
+                "nsenter",
+                "--socket",
+                socket.as_str(),
+                "--netns",
+                "sandbox",
+                "--",
+                "ping",
+                "-6",
+                "-c1",
+                "-W5",
+                bar.as_str(),
+            ],
+        )?;
+        enter.current_dir("/");
+        let mut last = String::new();
+        wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+            let mut again = std::process::Command::new(enter.get_program());
+            again.args(enter.get_args()).current_dir("/");
+            match connectopus_tests::run_with_timeout(again, Duration::from_secs(10)) {
+                Ok(o) => {
+                    last = text(&o);
+                    o.status.success()
+                }
+                Err(e) => {
+                    last = format!("{e:#}");
+                    false
+                }
+            }
+        })
+        .with_context(|| {
+            format!(
+                "ping from the rootless namespace: {last}\n{}",
+                foo.log_tails()
+            )
+        })?;
 
         // The check fails once the device lost its address.
         ns.ip(&["addr", "del", &format!("{foo_addr}/64"), "dev", "cx-foo"])?;
