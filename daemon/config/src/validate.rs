@@ -463,6 +463,16 @@ fn node_checks(
             );
         }
     }
+    // Every other key of a node does what docs/config.md says; `cpctl` is accepted (upstream
+    // configurations carry it) but not used yet, and the loader says so rather than ignoring it.
+    if cx.tree.find(&["nodes", name, "cpctl"]).is_some() {
+        cx.warn(
+            &["nodes", name, "cpctl"],
+            At::Key,
+            "cpctl is not used yet: the control socket is /run/connectopus/<node>.sock or \
+             `connectopus node --control-socket PATH`, and there is no HTTP listener",
+        );
+    }
     if node.cpctl.port == Some(0) {
         cx.error(
             &["nodes", name, "cpctl", "port"],
