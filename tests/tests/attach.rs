@@ -176,6 +176,8 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         let site = dir.join("site");
         std::fs::create_dir_all(&site)?;
         std::fs::write(site.join("hello.txt"), "hello from the sandbox\n")?;
+        // A megabyte, for a transfer between foo's host and its namespace.
+        std::fs::write(site.join("big.bin"), vec![7u8; 1 << 20])?;
         let foo_extra = format!(
             "    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
             python.display(),
@@ -247,6 +249,53 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         ensure!(
             foo_log.contains("service=web") && foo_log.contains("GET /hello.txt"),
             "the web server's output should be in foo's log"
+        );
+
+        // foo's own host reaches its namespace through foo, never through the mesh: a
+        // megabyte from the namespace's server arrives whole.
+        let big = format!("http://[{sandbox}]:8080/big.bin");
+        let size = topo.ns("foo").exec_ok(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                big.as_str(),
+            ],
+        )?;
+        ensure!(
+            size.trim() == (1 << 20).to_string(),
+            "foo's host got {size} bytes"
+        );
+        // And the other way: a megabyte from the host (TCP super-packets, cut by foo) to a
+        // listener started inside with nsenter.
+        let binary = workspace_binary("connectopus")?.display().to_string();
+        let socket = mesh.socket("foo").display().to_string();
+        let python_s = python.display().to_string();
+        let sink = "import socket\ns = socket.create_server(('::', 9000), family=socket.AF_INET6)\nc, _ = s.accept()\nn = 0\nwhile True:\n    b = c.recv(65536)\n    if not b:\n        break\n    n += len(b)\nprint('received', n, flush=True)\n";
+        let receiver = topo.ns("foo").spawn_with(
+            topo.ns("foo").command(
+                &binary,
+                &[
+                    "nsenter", "--socket", &socket, "--netns", "sandbox", "--", &python_s, "-c",
+                    sink,
+                ],
+            )?,
+            "sink",
+            connectopus_tests::StdinMode::Null,
+        )?;
+        let send = format!(
+            "import socket, time\nfor _ in range(50):\n    try:\n        s = socket.create_connection(('{sandbox}', 9000), timeout=5)\n        break\n    except OSError:\n        time.sleep(0.2)\ns.sendall(bytes(1 << 20))\ns.close()\n"
+        );
+        topo.ns("foo").exec_ok("python3", &["-c", &send])?;
+        let got = receiver.wait_for_output("received", Duration::from_secs(10))?;
+        ensure!(
+            got.contains(&format!("received {}", 1 << 20)),
+            "the namespace received: {got}"
         );
 
         // A namespace service that dies is started again (after 5 s) and serves again.
