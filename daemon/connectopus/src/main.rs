@@ -6,6 +6,7 @@
 //! - `links`: link codecs (TCP framing, TLS configuration).
 //! - `tun`: the TUN device.
 //! - `control`: the local control socket and the `status` report.
+//! - `api`: the HTTP API and web UI (control socket and mesh port), tokens, `--node`.
 //! - `status`: human-readable rendering of the report.
 //! - `edit`: `config edit` in a private scratch directory.
 //! - `secrets`: the node's secret files, checked before start.
@@ -18,6 +19,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod api;
 mod backends;
 mod completions;
 mod config_cli;
@@ -57,6 +59,8 @@ pub const DTLS_LINK_MTU: u16 = 1400;
 struct Cli {
     #[command(subcommand)]
     command: Commands,
+    #[command(flatten)]
+    remote: api::client::RemoteArgs,
 }
 
 /// `connectopus node`: which node to run, and how.
@@ -164,6 +168,9 @@ enum Commands {
         #[command(flatten)]
         args: diagnostics::LogLevelArgs,
     },
+    /// Prints a token for the node's API port (`cpctl.port`) and web UI, signed by an SSH
+    /// key of global.authorized_keys (a key file or ssh-agent), valid at most 24h.
+    Token(api::client::TokenArgs),
     /// Creates a node's data directory holding a signed config (and, with --run, starts
     /// the node on it).
     Init {
@@ -267,7 +274,27 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.remote.node.is_some() {
+        let client = matches!(
+            cli.command,
+            Commands::Status { .. }
+                | Commands::Reload { .. }
+                | Commands::LogLevel { .. }
+                | Commands::Config {
+                    command: ConfigCommands::Get { .. }
+                        | ConfigCommands::Set { .. }
+                        | ConfigCommands::Edit { .. }
+                }
+        );
+        if !client {
+            anyhow::bail!(
+                "--node runs client commands (status, reload, log-level, config get/set/edit) on another node; it does not apply here"
+            );
+        }
+        api::client::set_remote(&cli.remote);
+    }
     match cli.command {
+        Commands::Token(args) => api::client::token(&args),
         Commands::Node(args) => run_node(args),
         Commands::EbpfAttach => Ok(ebpf_helper::run()),
         Commands::Status {
@@ -558,6 +585,7 @@ mod tests {
         ]) {
             Ok(Cli {
                 command: Commands::Node(args),
+                ..
             }) => Some(args.log_level.filter()),
             _ => None,
         };
