@@ -457,3 +457,117 @@ fn screenshot(ns: &NetNs, mesh: &Mesh<'_>, token: &str) -> Result<()> {
     std::fs::write(&png, &bytes).with_context(|| format!("writing {}", png.display()))?;
     Ok(())
 }
+
+/// The UI's own files, as the node embeds them.
+fn ui_file(name: &str) -> Result<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../daemon/connectopus/src/api/ui")
+        .join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A 1,000-node mesh as `/api/v1/graph` describes it: a ring with chords.
+fn thousand_node_graph() -> (serde_json::Value, usize) {
+    let n = 1000;
+    let nodes: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"name": format!("n{i}"), "address": format!("fd00::{:x}", i + 1), "cost": i % 17}))
+        .collect();
+    let mut pairs = std::collections::BTreeSet::new();
+    for i in 0..n {
+        for p in [(i + 1) % n, (i * 7 + 3) % n] {
+            if p != i {
+                pairs.insert((i.min(p), i.max(p)));
+            }
+        }
+    }
+    let edges: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(a, b)| serde_json::json!({"a": a, "b": b, "cost": 1.0}))
+        .collect();
+    let count = edges.len();
+    let graph = serde_json::json!({
+        "me": 0, "config_version": 7, "uptime_secs": 10.0, "nodes": nodes, "edges": edges,
+        "links": [{"peer": 1, "backend": "b", "state": "established", "rtt_ms": 0.4,
+                   "cost": 1.0, "bytes_in": 1000, "bytes_out": 2000}]
+    });
+    (graph, count)
+}
+
+/// Serves the UI files and `graph` on 127.0.0.1 until the returned flag is set.
+fn serve_fixture(graph: String) -> Result<(std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let files = [
+        ("/", "text/html", ui_file("index.html")?),
+        ("/ui.js", "text/javascript", ui_file("ui.js")?),
+        ("/ui.css", "text/css", ui_file("ui.css")?),
+        ("/api/v1/graph", "application/json", graph),
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = stop.clone();
+    std::thread::spawn(move || {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head);
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let (status, kind, body) = files
+                .iter()
+                .find(|(p, _, _)| *p == path)
+                .map_or(("404 Not Found", "text/plain", ""), |(_, k, b)| ("200 OK", *k, b.as_str()));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok((addr, stop))
+}
+
+/// The UI at 1,000 nodes: the real page and script, fed a generated graph, in headless
+/// Chromium: every node and link is in the DOM, and the level of detail hides the labels of
+/// nodes that are not this one, its neighbours or search matches.
+#[test]
+fn the_ui_draws_a_thousand_node_mesh_with_level_of_detail() {
+    run_test("api_ui_1000", |dir| {
+        let chromium = tool("chromium")?;
+        let (graph, edges) = thousand_node_graph();
+        let (addr, stop) = serve_fixture(graph.to_string())?;
+        let mut command = Command::new(chromium);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1280,800",
+            "--virtual-time-budget=8000",
+        ]);
+        command.arg(format!("--user-data-dir={}", dir.join("chromium").display()));
+        command.args(["--dump-dom", &format!("http://{addr}/#/graph")]);
+        let output = run_with_timeout(command, Duration::from_secs(180))?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let dom = String::from_utf8_lossy(&output.stdout);
+        let nodes = dom.matches("class=\"node").count();
+        let drawn = dom.matches("class=\"edge").count();
+        ensure!(
+            nodes == 1000 && drawn == edges,
+            "{nodes} nodes and {drawn} edges in the DOM, not 1000 and {edges}; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure!(dom.contains("class=\"lod\""), "no level of detail at 1000 nodes");
+        ensure!(dom.contains("1000 nodes, "), "no summary");
+        ensure!(dom.contains("class=\"node me"), "this node is not marked");
+        Ok(())
+    });
+}
