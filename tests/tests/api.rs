@@ -210,6 +210,49 @@ fn remote_cli_tokens_and_web_ui_through_the_mesh() {
         )?;
         ensure!(ok && out.starts_with("node baz ["), "{out}{err}");
 
+        // ping and traceroute run on baz: its probes to foo cross bar.
+        let (ok, out, err) = cli(
+            foo,
+            &[
+                "ping",
+                "--socket",
+                &foo_socket,
+                "--node",
+                "baz",
+                "--token-key",
+                &admin,
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "foo",
+            ],
+        )?;
+        ensure!(
+            ok && out.contains("bytes from foo (fd00:cafe::1)"),
+            "{out}{err}"
+        );
+        let (ok, out, err) = cli(
+            foo,
+            &[
+                "traceroute",
+                "--socket",
+                &foo_socket,
+                "--node",
+                "baz",
+                "--token-key",
+                &admin,
+                "-q",
+                "1",
+                "foo",
+            ],
+        )?;
+        ensure!(ok, "traceroute --node baz foo: {out}{err}");
+        ensure!(
+            out.contains(" 1  bar (fd00:cafe::2)") && out.contains(" 2  foo (fd00:cafe::1)"),
+            "{out}"
+        );
+
         // Tokens: a good one reads; every bad one is refused with a clear reason.
         let good = make_token(&mesh, mesh.admin_key(), "1h")?;
         let status_url = url(&mesh, "baz", "/api/v1/status");
@@ -494,7 +537,12 @@ fn thousand_node_graph() -> (serde_json::Value, usize) {
 }
 
 /// Serves the UI files and `graph` on 127.0.0.1 until the returned flag is set.
-fn serve_fixture(graph: String) -> Result<(std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+fn serve_fixture(
+    graph: String,
+) -> Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+)> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
@@ -525,7 +573,9 @@ fn serve_fixture(graph: String) -> Result<(std::net::SocketAddr, std::sync::Arc<
             let (status, kind, body) = files
                 .iter()
                 .find(|(p, _, _)| *p == path)
-                .map_or(("404 Not Found", "text/plain", ""), |(_, k, b)| ("200 OK", *k, b.as_str()));
+                .map_or(("404 Not Found", "text/plain", ""), |(_, k, b)| {
+                    ("200 OK", *k, b.as_str())
+                });
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -553,7 +603,10 @@ fn the_ui_draws_a_thousand_node_mesh_with_level_of_detail() {
             "--window-size=1280,800",
             "--virtual-time-budget=8000",
         ]);
-        command.arg(format!("--user-data-dir={}", dir.join("chromium").display()));
+        command.arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ));
         command.args(["--dump-dom", &format!("http://{addr}/#/graph")]);
         let output = run_with_timeout(command, Duration::from_secs(180))?;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -565,7 +618,10 @@ fn the_ui_draws_a_thousand_node_mesh_with_level_of_detail() {
             "{nodes} nodes and {drawn} edges in the DOM, not 1000 and {edges}; stderr:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        ensure!(dom.contains("class=\"lod\""), "no level of detail at 1000 nodes");
+        ensure!(
+            dom.contains("class=\"lod\""),
+            "no level of detail at 1000 nodes"
+        );
         ensure!(dom.contains("1000 nodes, "), "no summary");
         ensure!(dom.contains("class=\"node me"), "this node is not marked");
         Ok(())

@@ -278,6 +278,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let client = matches!(
             cli.command,
             Commands::Status { .. }
+                | Commands::Ping(_)
+                | Commands::Traceroute(_)
                 | Commands::Reload { .. }
                 | Commands::LogLevel { .. }
                 | Commands::Config {
@@ -288,7 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
         if !client {
             anyhow::bail!(
-                "--node runs client commands (status, reload, log-level, config get/set/edit) on another node; it does not apply here"
+                "--node runs client commands (status, ping, traceroute, reload, log-level, config get/set/edit) on another node; it does not apply here"
             );
         }
         api::client::set_remote(&cli.remote);
@@ -323,10 +325,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Ping(args) => {
             let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            if let Some(result) = api::client::ping_remote(&args, &socket) {
+                return result;
+            }
             ping::ping(&args, socket)
         }
         Commands::Traceroute(args) => {
             let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            if let Some(result) = api::client::traceroute_remote(&args, &socket) {
+                return result;
+            }
             ping::traceroute(&args, socket)
         }
         Commands::Reload { id, socket } => diagnostics::reload(&socket_path(socket, id)?),

@@ -121,16 +121,20 @@ impl Remote {
     }
 
     fn request(&self, local: &Path, request: &ControlRequest) -> Result<ControlReply> {
+        self.post(local, "/api/v1/control", request)
+    }
+
+    /// POSTs `body` as JSON to `path` on the target and parses a 200 answer.
+    fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        local: &Path,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
         let target = self.target(local)?;
-        let body = serde_json::to_vec(request)?;
-        let (status, answer) = http(
-            target.addr,
-            "POST",
-            "/api/v1/control",
-            Some(&target.token),
-            &body,
-        )
-        .with_context(|| format!("asking node {} at {}", target.name, target.addr))?;
+        let body = serde_json::to_vec(body)?;
+        let (status, answer) = http(target.addr, "POST", path, Some(&target.token), &body)
+            .with_context(|| format!("asking node {} at {}", target.name, target.addr))?;
         if status == 200 {
             return serde_json::from_slice(&answer)
                 .with_context(|| format!("parsing node {}'s answer", target.name));
@@ -141,6 +145,56 @@ impl Remote {
         }
         bail!("node {} answered {status}: {message}", target.name)
     }
+}
+
+/// `ping --node NAME`: the node NAME pings; `None` without `--node`.
+pub fn ping_remote(
+    args: &crate::ping::PingArgs,
+    local: &Result<PathBuf>,
+) -> Option<Result<ExitCode>> {
+    let remote = REMOTE.get()?;
+    let request = super::probe::PingRequest {
+        target: args.node.clone(),
+        count: args.count,
+        interval: args.interval,
+        timeout: args.timeout,
+        size: args.size,
+    };
+    Some(run_probe(remote, local, "/api/v1/ping", &request))
+}
+
+/// `traceroute --node NAME`: the node NAME traces; `None` without `--node`.
+pub fn traceroute_remote(
+    args: &crate::ping::TracerouteArgs,
+    local: &Result<PathBuf>,
+) -> Option<Result<ExitCode>> {
+    let remote = REMOTE.get()?;
+    let request = super::probe::TracerouteRequest {
+        target: args.node.clone(),
+        max_hops: args.max_hops,
+        probes: args.probes,
+        wait: args.wait,
+    };
+    Some(run_probe(remote, local, "/api/v1/traceroute", &request))
+}
+
+fn run_probe<B: serde::Serialize>(
+    remote: &Remote,
+    local: &Result<PathBuf>,
+    path: &str,
+    request: &B,
+) -> Result<ExitCode> {
+    let local = match local {
+        Ok(path) => path,
+        Err(error) => bail!("{error:#}"),
+    };
+    let outcome: super::probe::ProbeOutcome = remote.post(local, path, request)?;
+    print!("{}", outcome.output);
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn error_message(body: &[u8]) -> String {

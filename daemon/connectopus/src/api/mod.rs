@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod graph;
+pub mod probe;
 pub mod request;
 pub mod state;
 mod ui;
@@ -146,6 +147,8 @@ pub struct ApiContext {
     pub state: ApiState,
     /// This node's name.
     pub node: String,
+    /// The raw ICMPv6 socket for ping and traceroute, opened at start.
+    pub probe: probe::ProbeSocket,
 }
 
 /// Starts the workers and, with `listen`, the mesh-port listener; returns the handoff for
@@ -446,14 +449,39 @@ fn ask_loop(to_loop: &LoopSender, request: ControlRequest) -> ControlReply {
         .unwrap_or_else(|_| ControlReply::Error("node did not answer".into()))
 }
 
-fn status_report(context: &ApiContext) -> Result<Arc<crate::control::StatusReport>, String> {
-    if let Some(report) = context.state.status() {
+/// How old a published status report may be before the loop is asked for a fresh one.
+const STATUS_MAX_AGE: Duration = Duration::from_millis(1500);
+
+/// The status report: the published one while fresh, else (or with `fresh`) from the loop.
+fn status_report(
+    context: &ApiContext,
+    fresh: bool,
+) -> Result<Arc<crate::control::StatusReport>, String> {
+    if !fresh && let Some(report) = context.state.status(STATUS_MAX_AGE) {
         return Ok(report);
     }
     match ask_loop(&context.to_loop, ControlRequest::Status) {
         ControlReply::Status(report) => Ok(Arc::new(*report)),
         ControlReply::Error(message) => Err(message),
         other => Err(format!("unexpected answer: {other:?}")),
+    }
+}
+
+/// Runs a probe with the node's names; bad targets and a busy socket are 4xx/5xx answers.
+fn probe_answer(
+    context: &ApiContext,
+    run: impl FnOnce(&crate::ping::Names) -> Result<probe::ProbeOutcome, String>,
+) -> Answer {
+    let names = match status_report(context, true) {
+        Ok(report) => crate::ping::Names::from_report(&report),
+        Err(message) => return Answer::error("503 Service Unavailable", &message),
+    };
+    match run(&names) {
+        Ok(outcome) => Answer::json(&outcome),
+        Err(message) if message.contains("try again") => {
+            Answer::error("503 Service Unavailable", &message)
+        }
+        Err(message) => Answer::error("422 Unprocessable Content", &message),
     }
 }
 
@@ -497,11 +525,11 @@ fn answer(
             };
             Answer::json(&ask_loop(&context.to_loop, request))
         }
-        Route::Status => match status_report(context) {
+        Route::Status => match status_report(context, false) {
             Ok(report) => Answer::json(&*report),
             Err(message) => Answer::error("503 Service Unavailable", &message),
         },
-        Route::Graph => match status_report(context) {
+        Route::Graph => match status_report(context, false) {
             Ok(report) => Answer::json(&graph::Graph::of(&report)),
             Err(message) => Answer::error("503 Service Unavailable", &message),
         },
@@ -510,6 +538,18 @@ fn answer(
             ControlReply::Error(message) => Answer::error("503 Service Unavailable", &message),
             other => Answer::error("500 Internal Server Error", &format!("{other:?}")),
         },
+        Route::Ping => match serde_json::from_slice::<probe::PingRequest>(&request.body) {
+            Ok(ping) => probe_answer(context, |names| probe::ping(&context.probe, names, &ping)),
+            Err(error) => Answer::error("400 Bad Request", &format!("bad request: {error}")),
+        },
+        Route::Traceroute => {
+            match serde_json::from_slice::<probe::TracerouteRequest>(&request.body) {
+                Ok(trace) => probe_answer(context, |names| {
+                    probe::traceroute(&context.probe, names, &trace)
+                }),
+                Err(error) => Answer::error("400 Bad Request", &format!("bad request: {error}")),
+            }
+        }
         Route::Whoami => Answer::json(&Whoami {
             node: &context.node,
             local: !remote,

@@ -182,6 +182,10 @@ pub enum Route {
     Config,
     /// `GET /api/v1/whoami`: who the token belongs to.
     Whoami,
+    /// `POST /api/v1/ping`: the node pings a mesh node and returns the lines.
+    Ping,
+    /// `POST /api/v1/traceroute`: the node traces the path to a mesh node.
+    Traceroute,
     /// An unknown path under `/api/`.
     NotFound,
     /// A known path with the wrong method; the allowed one.
@@ -205,6 +209,8 @@ impl Route {
             "/api/v1/graph" => want(read, Route::Graph, "GET"),
             "/api/v1/config" => want(read, Route::Config, "GET"),
             "/api/v1/whoami" => want(read, Route::Whoami, "GET"),
+            "/api/v1/ping" => want(method == "POST", Route::Ping, "POST"),
+            "/api/v1/traceroute" => want(method == "POST", Route::Traceroute, "POST"),
             p if p.starts_with("/api/") || p == "/api" => Route::NotFound,
             p => want(read, Route::Asset(p.to_owned()), "GET"),
         }

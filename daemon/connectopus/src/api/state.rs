@@ -3,6 +3,7 @@
 //! publishes, the API threads copy out an `Arc`; neither waits on the other.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use connectopus_config::SshPublicKey;
 use connectopus_config::token::TokenScope;
@@ -37,7 +38,7 @@ impl AuthKeys {
 #[derive(Debug)]
 struct Shared {
     keys: Arc<AuthKeys>,
-    status: Option<Arc<StatusReport>>,
+    status: Option<(Instant, Arc<StatusReport>)>,
 }
 
 /// The state the loop publishes for the API threads.
@@ -71,14 +72,20 @@ impl ApiState {
         self.with(|s| s.keys = keys);
     }
 
-    /// The latest status report, once the loop published one.
-    pub fn status(&self) -> Option<Arc<StatusReport>> {
-        self.with(|s| s.status.clone())
+    /// The latest status report, if the loop published one at most `max_age` ago (an idle
+    /// loop turns, and so publishes, only every few seconds).
+    pub fn status(&self, max_age: Duration) -> Option<Arc<StatusReport>> {
+        self.with(|s| {
+            s.status
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() <= max_age)
+                .map(|(_, report)| report.clone())
+        })
     }
 
     /// Replaces the status report (the loop, about once a second).
     pub fn publish_status(&self, report: StatusReport) {
         let report = Arc::new(report);
-        self.with(|s| s.status = Some(report));
+        self.with(|s| s.status = Some((Instant::now(), report)));
     }
 }

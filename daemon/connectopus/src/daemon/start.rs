@@ -106,6 +106,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => Ebpf::Off("no tun device".to_owned()),
     };
 
+    // The API's ping and traceroute socket needs CAP_NET_RAW, which the node drops next.
+    let probe = if node_config.cpctl.port.is_some() {
+        crate::api::probe::open()
+    } else {
+        std::sync::Arc::new(std::sync::Mutex::new(Err(
+            "ping and traceroute through the API need nodes.<name>.cpctl.port".to_owned(),
+        )))
+    };
+
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
@@ -130,6 +139,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
             to_loop: to_loop.clone(),
             state: api_state.clone(),
             node: id.clone(),
+            probe,
         },
         api_listen,
         stop.clone(),
