@@ -559,3 +559,96 @@ fn answer(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// An API on 127.0.0.1 (as the mesh port: tokens required) whose "loop" answers every
+    /// control request with an error.
+    fn server() -> (SocketAddr, Arc<AtomicBool>, uring_io::PacketIo) {
+        let io = uring_io::PacketIo::new(uring_io::Config::default()).unwrap();
+        let (tx, rx) = mpsc::channel::<LoopMessage>();
+        std::thread::spawn(move || {
+            for message in rx {
+                if let LoopMessage::Control { reply, .. } = message {
+                    let _ = reply.send(ControlReply::Error("test loop".into()));
+                }
+            }
+        });
+        let state = ApiState::new(AuthKeys {
+            scope: connectopus_config::token::TokenScope {
+                domain: "mesh.test".into(),
+                subnet: "fd00::/64".into(),
+            },
+            authorized: Vec::new(),
+            revoked: Vec::new(),
+        });
+        let context = ApiContext {
+            to_loop: LoopSender::new(tx, io.waker()),
+            state,
+            node: "foo".into(),
+            probe: Arc::new(Mutex::new(Err("no probes in tests".into()))),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (_, bound, _threads) =
+            start(context, Some("127.0.0.1:0".parse().unwrap()), stop.clone()).unwrap();
+        (bound.unwrap(), stop, io)
+    }
+
+    fn ask(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(request);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn hostile_clients_get_errors_and_never_stall_the_others() {
+        let (addr, stop, _io) = server();
+        // Slow clients hold a worker at most REQUEST_DEADLINE; the others are served meanwhile.
+        let silent: Vec<TcpStream> = (0..WORKERS - 1)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let started = Instant::now();
+        let answer = ask(addr, b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(started.elapsed() < REQUEST_DEADLINE);
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+        assert!(answer.contains("no token"), "{answer}");
+        drop(silent);
+        let bad = ask(
+            addr,
+            b"GET /api/v1/status HTTP/1.1\r\nAuthorization: Bearer cxt1.x.y\r\n\r\n",
+        );
+        assert!(
+            bad.starts_with("HTTP/1.1 401 ") && bad.contains("malformed token"),
+            "{bad}"
+        );
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', request::MAX_HEAD + 10));
+        assert!(ask(addr, &big).starts_with("HTTP/1.1 431 "));
+        assert!(ask(addr, b"BREW / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
+        assert!(ask(addr, b"GET /api/v9 HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        assert!(ask(addr, b"\x00\x01\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        let page = ask(addr, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(page.starts_with("HTTP/1.1 200 ") && page.contains("<svg id=\"graph\""));
+        // Every worker and queue slot held by silent clients: the ones beyond are refused at
+        // once, without waiting for a worker.
+        let hold: Vec<TcpStream> = (0..WORKERS + QUEUE + 4)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let refused = hold.iter().rev().take(4).filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let mut answer = String::new();
+            let _ = (&**s).read_to_string(&mut answer);
+            answer.starts_with("HTTP/1.1 503 ")
+        });
+        assert!(refused.count() >= 4);
+        stop.store(true, Ordering::Relaxed);
+    }
+}
