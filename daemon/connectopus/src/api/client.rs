@@ -318,6 +318,18 @@ pub fn token(args: &TokenArgs) -> Result<ExitCode> {
         (None, _) => ConfigSigner::from_env_agent(args.key.text.as_deref())?,
     };
     let text = token::issue(&signer, &scope(&config), unix_now(), args.duration.get())?;
+    let line = signer.authorized_keys_line();
+    if !config
+        .global
+        .authorized_keys
+        .iter()
+        .any(|k| k.same_key(&line))
+    {
+        eprintln!(
+            "warning: {} is not in this mesh's global.authorized_keys: nodes will refuse the token",
+            signer.describe()
+        );
+    }
     eprintln!(
         "token for mesh {} signed by {}, valid for {}",
         scope(&config),
