@@ -418,6 +418,18 @@ fn remote_cli_tokens_and_web_ui_through_the_mesh() {
         .context("the graph never showed 3 nodes and 2 links")?;
         let (code, body) = curl(foo, &url(&mesh, "baz", "/api/v1/config"), Some(&good), None)?;
         ensure!(code == 200 && body.contains("version: 3"), "{code} {body}");
+        // foo's API shows baz's views through the mesh, with the caller's token.
+        let via_foo = url(&mesh, "foo", "/api/v1/nodes/baz/status");
+        let (code, body) = curl(foo, &via_foo, Some(&good), None)?;
+        ensure!(
+            code == 200 && body.contains("\"name\":\"baz\""),
+            "{code} {body}"
+        );
+        let (code, body) = curl(foo, &via_foo, Some(&ops_token), None)?;
+        ensure!(
+            code == 401 && body.contains("revoked_keys"),
+            "{code} {body}"
+        );
         // The local control socket speaks HTTP too, without a token.
         let curl_bin = tool("curl")?.display().to_string();
         let local = foo.exec_ok(

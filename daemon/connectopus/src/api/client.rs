@@ -247,10 +247,25 @@ pub fn http(
     token: Option<&str>,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    http_within(addr, method, path, token, body, REMOTE_TIMEOUT)
+}
+
+/// [`http`] with a timeout for connecting and for each read and write.
+///
+/// # Errors
+/// The connection fails or the answer is not HTTP.
+pub fn http_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))
         .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(REMOTE_TIMEOUT))?;
-    stream.set_write_timeout(Some(REMOTE_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()

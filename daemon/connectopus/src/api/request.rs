@@ -182,6 +182,14 @@ pub enum Route {
     Config,
     /// `GET /api/v1/whoami`: who the token belongs to.
     Whoami,
+    /// `GET /api/v1/nodes/<name>/<view>`: another node's `status`, `graph`, `config` or
+    /// `whoami`, fetched from its API through the mesh with the caller's token.
+    Proxy {
+        /// The node.
+        node: String,
+        /// The view's path on that node (`/api/v1/status`, ...).
+        path: String,
+    },
     /// `POST /api/v1/ping`: the node pings a mesh node and returns the lines.
     Ping,
     /// `POST /api/v1/traceroute`: the node traces the path to a mesh node.
@@ -211,8 +219,31 @@ impl Route {
             "/api/v1/whoami" => want(read, Route::Whoami, "GET"),
             "/api/v1/ping" => want(method == "POST", Route::Ping, "POST"),
             "/api/v1/traceroute" => want(method == "POST", Route::Traceroute, "POST"),
+            p if p.starts_with("/api/v1/nodes/") => Route::proxy(p, read),
             p if p.starts_with("/api/") || p == "/api" => Route::NotFound,
             p => want(read, Route::Asset(p.to_owned()), "GET"),
+        }
+    }
+
+    fn proxy(path: &str, read: bool) -> Route {
+        let rest = path.trim_start_matches("/api/v1/nodes/");
+        let Some((node, view)) = rest.split_once('/') else {
+            return Route::NotFound;
+        };
+        let name_ok = !node.is_empty()
+            && node.len() <= 63
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok || !matches!(view, "status" | "graph" | "config" | "whoami") {
+            return Route::NotFound;
+        }
+        if !read {
+            return Route::WrongMethod("GET");
+        }
+        Route::Proxy {
+            node: node.to_owned(),
+            path: format!("/api/v1/{view}"),
         }
     }
 
@@ -289,6 +320,25 @@ mod tests {
         );
         assert_eq!(Route::parse("GET", "/api/v2/x"), Route::NotFound);
         assert!(Route::Status.needs_token());
+        assert_eq!(
+            Route::parse("GET", "/api/v1/nodes/baz/status"),
+            Route::Proxy {
+                node: "baz".into(),
+                path: "/api/v1/status".into()
+            }
+        );
+        assert_eq!(
+            Route::parse("GET", "/api/v1/nodes/baz/control"),
+            Route::NotFound
+        );
+        assert_eq!(
+            Route::parse("GET", "/api/v1/nodes/../status"),
+            Route::NotFound
+        );
+        assert_eq!(
+            Route::parse("POST", "/api/v1/nodes/baz/status"),
+            Route::WrongMethod("GET")
+        );
         assert!(!Route::Asset("/".into()).needs_token());
     }
 }

@@ -140,6 +140,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
             state: api_state.clone(),
             node: id.clone(),
             probe,
+            directory: std::sync::Arc::default(),
         },
         api_listen,
         stop.clone(),

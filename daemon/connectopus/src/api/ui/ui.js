@@ -7,7 +7,13 @@ const SVG = 'http://www.w3.org/2000/svg';
 const POLL_MS = 1000;
 const LOD_NODES = 150; // beyond this, labels only for this node, its neighbours and matches
 const state = { page: 'graph', graph: null, shape: '', pos: [], prev: null, rates: new Map(),
-  view: { x: 0, y: 0, k: 1 }, find: '', failures: 0 };
+  view: { x: 0, y: 0, k: 1 }, find: '', failures: 0, target: null };
+
+// The node whose Node and Config pages are shown: this one, or another through this one's
+// proxy (/api/v1/nodes/<name>/...), which forwards the token to that node.
+function viewPath(view) {
+  return state.target ? '/api/v1/nodes/' + encodeURIComponent(state.target) + '/' + view : '/api/v1/' + view;
+}
 
 function $(id) { return document.getElementById(id); }
 function el(tag, attrs, text) {
@@ -196,7 +202,13 @@ function showDetails(name) {
   const t = html('table');
   t.append(row(['neighbour', 'cost'], 'th'));
   for (const e of g.edges) if (e.a === i || e.b === i) t.append(row([g.nodes[e.a === i ? e.b : e.a].name, e.cost]));
-  box.append(t);
+  const open = html('button', 'node page');
+  open.type = 'button';
+  open.addEventListener('click', () => {
+    state.target = i === g.me ? null : n.name;
+    location.hash = '#/node';
+  });
+  box.append(t, open);
 }
 
 function applyView() {
@@ -255,9 +267,12 @@ function table(head, rows) {
 
 function drawNode(s) {
   const box = $('node');
+  const back = html('button', 'back to this node');
+  back.type = 'button';
+  back.addEventListener('click', () => { state.target = null; refresh(); });
   const counters = Object.entries(s.counters).concat(Object.entries(s.drops).map(([k, v]) => ['drop ' + k, v]));
   box.replaceChildren(
-    html('h2', s.name + ' [' + s.address + ']'),
+    html('h2', s.name + ' [' + s.address + ']' + (state.target ? ' (through the mesh)' : '')),
     html('p', 'config version ' + s.config_version + ' · up ' + Math.round(s.uptime_secs) + ' s · domain ' + s.domain +
       ' · subnet ' + s.subnet + ' · dataplane ' + s.dataplane + (s.removed ? ' · NOT FORWARDING: ' + s.removed : '')),
     html('h3', 'Links'),
@@ -267,6 +282,7 @@ function drawNode(s) {
     table(['prefix', 'via', 'next hop', 'cost'], s.routes.map(r => [r.prefix, r.via, r.next_hop, r.cost])),
     html('h3', 'Counters'),
     table(['counter', 'value'], counters));
+  if (state.target) box.prepend(back);
 }
 
 async function refresh() {
@@ -276,13 +292,13 @@ async function refresh() {
       drawGraph(state.graph);
       $('served').textContent = state.graph.nodes[state.graph.me].name;
     } else if (state.page === 'node') {
-      const s = await api('/api/v1/status');
+      const s = await api(viewPath('status'));
       drawNode(s);
       $('served').textContent = s.name;
     } else if (state.page === 'config') {
-      const c = await api('/api/v1/config');
+      const c = await api(viewPath('config'));
       $('config').textContent = c.config.config;
-      $('config-meta').textContent = 'The configuration this node runs, exactly as signed. Signature:';
+      $('config-meta').textContent = 'The configuration ' + (state.target || 'this node') + ' runs, exactly as signed. Signature:';
       $('config-meta').append(html('pre', c.config.signature, 'config'));
     } else if (state.page === 'token') {
       const w = await api('/api/v1/whoami');
