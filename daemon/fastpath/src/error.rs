@@ -102,6 +102,21 @@ pub enum FastpathError {
         #[source]
         source: Source,
     },
+    /// A map could not be written (full, or the kernel refused).
+    #[error("writing eBPF map `{map}`")]
+    WriteMap {
+        /// The map's name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: Source,
+    },
+    /// An argument the maps cannot hold.
+    #[error("invalid fast-path entry: {what}")]
+    Invalid {
+        /// What is wrong, with the value.
+        what: String,
+    },
     /// The helper process that loads the object for the node could not be started, did not
     /// answer, or could not talk to the node.
     #[error("eBPF helper process `{program}`: {what}")]

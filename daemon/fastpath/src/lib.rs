@@ -1,9 +1,10 @@
 //! Connectopus eBPF loader: loads the programs that `cargo xtask build-ebpf` builds
 //! (`ebpf/connectopus-ebpf`), attaches them to the node's TUN device, and reads their maps.
 //!
-//! Today that is [`TunCounters`]: per-direction packet and byte counters on the TUN device, for
-//! `connectopus status`. The eBPF fast path (tc encapsulation on the TUN, decapsulation and
-//! transit on the underlay) will be loaded from the same object by this crate.
+//! Two things: [`TunCounters`], per-direction packet and byte counters on the TUN device, for
+//! `connectopus status`; and (Linux) [`Fastpath`], the eBPF fast path for plaintext udp links
+//! (tc encapsulation on the TUN, decapsulation and transit on the underlay), with
+//! [`FastpathMaps`] to write its route, peer and port entries and read its counters.
 //!
 //! The object is embedded at build time when `cargo xtask build-ebpf` wrote it before
 //! ([`embedded_object`], see `build.rs`); the daemon loads that one, or a file given with
@@ -18,6 +19,9 @@
 //! - `object`: locating and reading the eBPF object file.
 //! - `error`: [`FastpathError`], whose messages name the fix.
 //! - `linux` (Linux) / `stub` (elsewhere): [`TunCounters`], on aya.
+//! - `programs` (Linux): [`Fastpath`], the fast-path programs held by fd and attached with TCX
+//!   link syscalls.
+//! - `maps` (Linux): [`FastpathMaps`], the fast path's maps through their fds only.
 //! - `loader` (Linux): loading in a short-lived helper process ([`TunCounters::attach_via_helper`],
 //!   [`serve_helper`]) so that what aya parses (the kernel's BTF, ~30 MiB of peak RSS) never
 //!   touches the node's memory; the programs' fds are passed back over a Unix socket.
@@ -32,7 +36,12 @@ mod object;
 mod imp;
 #[cfg(target_os = "linux")]
 mod loader;
+#[cfg(target_os = "linux")]
+mod maps;
+#[cfg(target_os = "linux")]
+mod programs;
 
+pub use connectopus_ebpf_common::fastpath::{LinkCounter, Reason};
 pub use connectopus_ebpf_common::{Direction, TunCounter};
 pub use error::FastpathError;
 pub use imp::TunCounters;
@@ -40,7 +49,11 @@ pub use imp::TunCounters;
 pub use imp::serve_helper;
 #[cfg(target_os = "linux")]
 pub use loader::serve_helper;
+#[cfg(target_os = "linux")]
+pub use maps::{FastpathMapFds, FastpathMaps};
 pub use object::{DEFAULT_OBJECT_PATH, embedded_object, find_object, load_object, node_object};
+#[cfg(target_os = "linux")]
+pub use programs::{Fastpath, FastpathProgramFds};
 
 /// Counters of both directions of the TUN device, summed over CPUs, as read by
 /// [`TunCounters::read`].
@@ -69,6 +82,71 @@ impl CounterSnapshot {
             ingress: self.ingress.since(earlier.ingress),
             egress: self.egress.since(earlier.egress),
         }
+    }
+}
+
+/// Where the fast path sends packets for an inner prefix ([`FastpathMaps::set_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// This node's own prefix: ingress decapsulates into the TUN.
+    Local,
+    /// A prefix the daemon serves itself (its control plane): both directions leave such
+    /// packets to userspace.
+    Userspace,
+    /// A prefix reached over a plaintext udp link.
+    Link(LinkEndpoints),
+}
+
+/// The underlay of a udp link, as the fast path needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkEndpoints {
+    /// This node's end: the outer source address and UDP port.
+    pub local: std::net::SocketAddrV6,
+    /// The peer's end: the outer destination address and UDP port.
+    pub peer: std::net::SocketAddrV6,
+    /// The underlay interface index the FIB lookup starts from.
+    pub ifindex: u32,
+    /// The link's counter slot (below `MAX_LINK_SLOTS`, 1024).
+    pub link_slot: u32,
+}
+
+/// The fast path's per-reason fall-back counters, summed over CPUs
+/// ([`FastpathMaps::reasons`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonCounts([u64; Reason::COUNT as usize]);
+
+impl Default for ReasonCounts {
+    fn default() -> Self {
+        ReasonCounts([0; Reason::COUNT as usize])
+    }
+}
+
+impl ReasonCounts {
+    /// Returns the count of one reason.
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.0.get(reason.index() as usize).copied().unwrap_or(0)
+    }
+
+    /// Sets the count of one reason.
+    pub fn set(&mut self, reason: Reason, count: u64) {
+        if let Some(slot) = self.0.get_mut(reason.index() as usize) {
+            *slot = count;
+        }
+    }
+
+    /// Every reason with its count, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    /// Returns how much each counter grew since `earlier` (zero where it went back).
+    #[must_use]
+    pub fn since(&self, earlier: &ReasonCounts) -> ReasonCounts {
+        let mut delta = ReasonCounts::default();
+        for (reason, count) in self.iter() {
+            delta.set(reason, count.saturating_sub(earlier.get(reason)));
+        }
+        delta
     }
 }
 
@@ -106,6 +184,19 @@ mod tests {
 
     fn counter(packets: u64, bytes: u64) -> TunCounter {
         TunCounter { packets, bytes }
+    }
+
+    #[test]
+    fn reason_counts_subtract_per_reason() {
+        let mut before = ReasonCounts::default();
+        before.set(Reason::EgMiss, 3);
+        let mut after = before;
+        after.set(Reason::EgMiss, 5);
+        after.set(Reason::InGroAgg, 1);
+        let delta = after.since(&before);
+        assert_eq!(delta.get(Reason::EgMiss), 2);
+        assert_eq!(delta.get(Reason::InGroAgg), 1);
+        assert_eq!(delta.iter().filter(|(_, n)| *n > 0).count(), 2);
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl TunCounters {
 
 /// Gives the heap that loading used and freed (aya's parse of the kernel's BTF, about 15 MiB
 /// still resident) back to the kernel: glibc keeps it otherwise.
-fn give_back_free_heap() {
+pub(crate) fn give_back_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions; it only returns free memory of the allocator.
     unsafe {

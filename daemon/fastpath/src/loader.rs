@@ -17,10 +17,18 @@
 //! Without TCX (kernels before 6.6) the programs hang on netlink filters, which no fd holds,
 //! so the node loads them in its own process as before ([`TunCounters::attach`]).
 //!
+//! The fast path ([`Fastpath::load_via_helper`]) uses the same helper for loading only: it
+//! passes back the fds of the two programs and six maps, and the node attaches the programs
+//! itself, whenever it needs to, with TCX link syscalls on the program fds.
+//!
 //! Messages (each one `SOCK_SEQPACKET` record):
-//! - request: [`REQUEST_MAGIC`], the interface name, a NUL, the object's path (bytes);
-//! - answer: [`ANSWER_ATTACHED`] with the fds of the map, the ingress link and the egress
-//!   link, in that order; or `error: ` and the error with its causes.
+//! - counters request: [`REQUEST_MAGIC`], the interface name, a NUL, the object's path (bytes);
+//!   answer: [`ANSWER_ATTACHED`] with the fds of the map, the ingress link and the egress
+//!   link, in that order;
+//! - fast-path request: [`FASTPATH_REQUEST_MAGIC`], the object's path; answer:
+//!   [`ANSWER_FASTPATH`] with the fds of the TUN egress program, the underlay ingress program
+//!   and the maps in [`FastpathMapFds::NAMES`] order;
+//! - either answer can instead be `error: ` and the error with its causes.
 
 use std::ffi::OsStr;
 use std::io;
@@ -36,7 +44,10 @@ use aya::programs::links::FdLink;
 use connectopus_ebpf_common::{Direction, MAP_TUN_COUNTERS};
 
 use crate::imp::{Loaded, attach_mode_for_running_kernel, classifier};
-use crate::{AttachMode, FastpathError, HelperOutcome, TunCounters};
+use crate::{
+    AttachMode, Fastpath, FastpathError, FastpathMapFds, FastpathProgramFds, HelperOutcome,
+    TunCounters,
+};
 
 /// Starts every request; a helper from another version of the node refuses it.
 const REQUEST_MAGIC: &[u8] = b"connectopus-ebpf-attach 1\0";
@@ -46,6 +57,13 @@ const ANSWER_ATTACHED: &[u8] = b"ok tcx: map ingress egress";
 const ANSWER_ERROR: &[u8] = b"error: ";
 /// The fds a successful answer carries.
 const ANSWER_FDS: usize = 3;
+/// Starts a request for the fast path's programs and maps; the object's path follows.
+const FASTPATH_REQUEST_MAGIC: &[u8] = b"connectopus-ebpf-fastpath 1\0";
+/// The text of a successful fast-path answer, which carries the fds in this order.
+const ANSWER_FASTPATH: &[u8] =
+    b"ok fastpath: tun-egress underlay-ingress routes peers ports config reasons links";
+/// The fds a successful fast-path answer carries.
+const FASTPATH_FDS: usize = 8;
 /// Largest message either side sends (an interface name and a path, or an error text).
 const MAX_MESSAGE: usize = 16 * 1024;
 /// How long the node waits for the helper's answer: loading and verifying takes milliseconds.
@@ -69,7 +87,7 @@ impl TunCounters {
     /// [`TunCounters::attach`] would give), or [`FastpathError::Helper`] if it could not be
     /// started or did not answer. Nothing stays attached after an error.
     pub fn attach_via_helper(
-        mut helper: Command,
+        helper: Command,
         ifname: &str,
         object: Option<&Path>,
     ) -> Result<Self, FastpathError> {
@@ -77,82 +95,147 @@ impl TunCounters {
             let (_, bytes) = crate::node_object(object)?;
             return TunCounters::attach(ifname, &bytes);
         }
-        let program = helper.get_program().to_string_lossy().into_owned();
-        let failed = |what: &str, source: io::Error| FastpathError::Helper {
-            program: program.clone(),
-            what: what.to_owned(),
-            source: Some(source),
-        };
-        let (ours, theirs) = seqpacket_pair().map_err(|e| failed("creating its socket pair", e))?;
-        helper.stdin(Stdio::from(theirs)).stdout(Stdio::null());
-        let mut child = helper.spawn().map_err(|e| failed("starting it", e))?;
-        // Closes this process's copy of the helper's end, so that the helper exiting without
-        // an answer reads as end of file.
-        drop(helper);
-        let socket = UnixDatagram::from(ours);
-        let answer = request(&socket, ifname, object);
-        drop(socket);
-        if answer.is_err() {
-            // It has not answered in time, or the socket failed: it is of no more use.
-            let _ = child.kill();
-        }
-        let status = reap(&mut child, EXIT_TIMEOUT);
-        let (text, fds) = answer.map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                failed(
-                    &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
-                    e,
-                )
-            } else {
-                failed("waiting for its answer", e)
-            }
-        })?;
-        if let Some(message) = text.strip_prefix(ANSWER_ERROR) {
-            return Err(FastpathError::HelperFailed {
-                message: String::from_utf8_lossy(message).into_owned(),
-            });
-        }
-        if text.is_empty() && fds.is_empty() {
-            return Err(FastpathError::Helper {
-                program,
-                what: format!("it exited without answering ({})", describe(&status)),
-                source: None,
-            });
-        }
+        let mut message = REQUEST_MAGIC.to_vec();
+        message.extend_from_slice(ifname.as_bytes());
+        message.push(0);
+        push_object(&mut message, object);
+        let (program, fds) = exchange(helper, &message, ANSWER_ATTACHED)?;
         let fds: Result<[OwnedFd; ANSWER_FDS], Vec<OwnedFd>> = fds.try_into();
         match fds {
-            Ok([map, ingress, egress]) if text == ANSWER_ATTACHED => {
+            Ok([map, ingress, egress]) => {
                 TunCounters::from_helper(ifname, map, vec![ingress, egress])
             }
             // Any fds received are closed here, which detaches what they held.
-            fds => Err(FastpathError::Helper {
-                program,
-                what: format!(
-                    "unexpected answer {:?} with {} fds: is it the same version as the node?",
-                    String::from_utf8_lossy(&text),
-                    fds.map_or_else(|fds| fds.len(), |fds| fds.len())
-                ),
-                source: None,
-            }),
+            Err(fds) => Err(unexpected(program, ANSWER_ATTACHED, fds.len())),
         }
     }
 }
 
-/// Sends the request for `ifname` and `object` and returns the answer's text and fds.
-fn request(
-    socket: &UnixDatagram,
-    ifname: &str,
-    object: Option<&Path>,
-) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut message = REQUEST_MAGIC.to_vec();
-    message.extend_from_slice(ifname.as_bytes());
-    message.push(0);
-    // No path: the object embedded in the binary, which the helper (the same binary) has too.
+impl Fastpath {
+    /// Like [`Fastpath::load`], but loads the programs in the helper process that `helper`
+    /// starts (as for [`TunCounters::attach_via_helper`]), which passes back the fds of the two
+    /// programs and the six maps and exits. Attaching is then the node's own
+    /// ([`Fastpath::attach_tun`], [`Fastpath::attach_underlay`]): a syscall with a program fd,
+    /// at any time, without the helper.
+    ///
+    /// # Errors
+    ///
+    /// The helper's own error ([`FastpathError::HelperFailed`]: no object, no BPF rights, the
+    /// verifier's log), or [`FastpathError::Helper`] if it could not be started or did not
+    /// answer; [`FastpathError::Unsupported`]-like [`FastpathError::Helper`] without TCX.
+    pub fn load_via_helper(helper: Command, object: Option<&Path>) -> Result<Self, FastpathError> {
+        if attach_mode_for_running_kernel() == AttachMode::Netlink {
+            return Err(FastpathError::Helper {
+                program: helper.get_program().to_string_lossy().into_owned(),
+                what: "not started: the fast path attaches with TCX links, which need Linux 6.6 \
+                       or later"
+                    .to_owned(),
+                source: None,
+            });
+        }
+        let mut message = FASTPATH_REQUEST_MAGIC.to_vec();
+        push_object(&mut message, object);
+        let (program, fds) = exchange(helper, &message, ANSWER_FASTPATH)?;
+        let fds: Result<[OwnedFd; FASTPATH_FDS], Vec<OwnedFd>> = fds.try_into();
+        match fds {
+            Ok([tun_egress, underlay_ingress, a, b, c, d, e, f]) => Fastpath::from_fds(
+                FastpathProgramFds {
+                    tun_egress,
+                    underlay_ingress,
+                },
+                FastpathMapFds::from_array([a, b, c, d, e, f]),
+            ),
+            Err(fds) => Err(unexpected(program, ANSWER_FASTPATH, fds.len())),
+        }
+    }
+}
+
+/// No path: the object embedded in the binary, which the helper (the same binary) has too.
+fn push_object(message: &mut Vec<u8>, object: Option<&Path>) {
     if let Some(object) = object {
         message.extend_from_slice(object.as_os_str().as_bytes());
     }
+}
+
+fn unexpected(program: String, wanted: &[u8], fds: usize) -> FastpathError {
+    FastpathError::Helper {
+        program,
+        what: format!(
+            "unexpected answer with {fds} fds to a request for {:?}: is it the same version as \
+             the node?",
+            String::from_utf8_lossy(wanted)
+        ),
+        source: None,
+    }
+}
+
+/// Starts the helper, sends it `message`, and returns its program name and the fds of an
+/// answer whose text is `wanted`; an error answer, no answer or another text is an error.
+fn exchange(
+    mut helper: Command,
+    message: &[u8],
+    wanted: &[u8],
+) -> Result<(String, Vec<OwnedFd>), FastpathError> {
+    let program = helper.get_program().to_string_lossy().into_owned();
+    let failed = |what: &str, source: io::Error| FastpathError::Helper {
+        program: program.clone(),
+        what: what.to_owned(),
+        source: Some(source),
+    };
+    let (ours, theirs) = seqpacket_pair().map_err(|e| failed("creating its socket pair", e))?;
+    helper.stdin(Stdio::from(theirs)).stdout(Stdio::null());
+    let mut child = helper.spawn().map_err(|e| failed("starting it", e))?;
+    // Closes this process's copy of the helper's end, so that the helper exiting without
+    // an answer reads as end of file.
+    drop(helper);
+    let socket = UnixDatagram::from(ours);
+    let answer = request(&socket, message);
+    drop(socket);
+    if answer.is_err() {
+        // It has not answered in time, or the socket failed: it is of no more use.
+        let _ = child.kill();
+    }
+    let status = reap(&mut child, EXIT_TIMEOUT);
+    let (text, fds) = answer.map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            failed(
+                &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                e,
+            )
+        } else {
+            failed("waiting for its answer", e)
+        }
+    })?;
+    if let Some(message) = text.strip_prefix(ANSWER_ERROR) {
+        return Err(FastpathError::HelperFailed {
+            message: String::from_utf8_lossy(message).into_owned(),
+        });
+    }
+    if text.is_empty() && fds.is_empty() {
+        return Err(FastpathError::Helper {
+            program,
+            what: format!("it exited without answering ({})", describe(&status)),
+            source: None,
+        });
+    }
+    if text != wanted {
+        return Err(FastpathError::Helper {
+            program,
+            what: format!(
+                "unexpected answer {:?} with {} fds: is it the same version as the node?",
+                String::from_utf8_lossy(&text),
+                fds.len()
+            ),
+            source: None,
+        });
+    }
+    Ok((program, fds))
+}
+
+/// Sends `message` and returns the answer's text and fds.
+fn request(socket: &UnixDatagram, message: &[u8]) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let answer = socket
-        .send(&message)
+        .send(message)
         .and_then(|_| socket.set_read_timeout(Some(ANSWER_TIMEOUT)))
         .and_then(|()| {
             let mut buf = vec![0u8; MAX_MESSAGE];
@@ -203,14 +286,30 @@ pub fn serve_helper() -> Result<HelperOutcome, FastpathError> {
             e,
         )
     })?;
-    let answer = parse_request(&buf[..len]).and_then(|(ifname, object)| {
+    let message = &buf[..len];
+    let answer = if let Some(object) = message.strip_prefix(FASTPATH_REQUEST_MAGIC) {
+        let object = Path::new(OsStr::from_bytes(object));
         let object = (!object.as_os_str().is_empty()).then_some(object);
-        let (_, bytes) = crate::node_object(object)?;
-        Handoff::attach(ifname, &bytes)
-    });
+        crate::node_object(object)
+            .and_then(|(_, bytes)| crate::programs::load_fds(&bytes))
+            .map(|(programs, maps)| {
+                let mut fds = vec![programs.tun_egress, programs.underlay_ingress];
+                fds.extend(maps.into_array());
+                (ANSWER_FASTPATH, Handoff::Fds(fds))
+            })
+    } else {
+        parse_request(message).and_then(|(ifname, object)| {
+            let object = (!object.as_os_str().is_empty()).then_some(object);
+            let (_, bytes) = crate::node_object(object)?;
+            Ok((
+                ANSWER_ATTACHED,
+                Handoff::Counters(Counters::attach(ifname, &bytes)?),
+            ))
+        })
+    };
     match answer {
-        Ok(handoff) => {
-            send_with_fds(socket.as_raw_fd(), ANSWER_ATTACHED, &handoff.fds)
+        Ok((text, handoff)) => {
+            send_with_fds(socket.as_raw_fd(), text, &handoff.raw_fds())
                 .map_err(|e| failed("sending the fds to the node", e))?;
             // Dropping `handoff` closes this process's fds; the node's copies keep the
             // programs attached.
@@ -249,15 +348,32 @@ fn parse_request(message: &[u8]) -> Result<(&str, &Path), FastpathError> {
     Ok((ifname, object))
 }
 
-/// The object loaded and attached in the helper, and the fds to hand to the node.
-struct Handoff {
+/// What the helper hands to the node.
+enum Handoff {
+    /// The TUN counters, attached.
+    Counters(Counters),
+    /// The fast path's program and map fds, in answer order.
+    Fds(Vec<OwnedFd>),
+}
+
+impl Handoff {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        match self {
+            Handoff::Counters(counters) => counters.fds.to_vec(),
+            Handoff::Fds(fds) => fds.iter().map(AsRawFd::as_raw_fd).collect(),
+        }
+    }
+}
+
+/// The TUN counters loaded and attached in the helper, and the fds to hand to the node.
+struct Counters {
     /// The map, then the ingress and egress links; owned by `_loaded` and `_links`.
     fds: [RawFd; ANSWER_FDS],
     _links: Vec<FdLink>,
     _loaded: Loaded,
 }
 
-impl Handoff {
+impl Counters {
     fn attach(ifname: &str, object: &[u8]) -> Result<Self, FastpathError> {
         let mut loaded = Loaded::attach(ifname, object, AttachMode::Tcx)?;
         let mut fds = [0; ANSWER_FDS];
@@ -285,7 +401,7 @@ impl Handoff {
             *slot = own_fd_of_link(link_id).map_err(no_fd)?;
             links.push(link);
         }
-        Ok(Handoff {
+        Ok(Counters {
             fds,
             _links: links,
             _loaded: loaded,
@@ -383,7 +499,7 @@ fn send_with_fds(socket: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
 /// Returns the message's length; 0 and no fds at end of file.
 fn recv_with_fds(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     /// Room for more fds than a valid answer has, so that extra ones are seen and closed.
-    const MAX_FDS: u32 = 8;
+    const MAX_FDS: u32 = 16;
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(MAX_FDS * std::mem::size_of::<RawFd>() as u32) };
     let mut control = vec![0u64; (space as usize).div_ceil(8)];
@@ -513,6 +629,18 @@ mod tests {
         let mut no_nul = REQUEST_MAGIC.to_vec();
         no_nul.extend_from_slice(b"cx-tun");
         assert!(parse_request(&no_nul).is_err());
+    }
+
+    #[test]
+    fn a_fastpath_helper_that_exits_without_answering_is_an_error_not_a_hang() {
+        let error = Fastpath::load_via_helper(Command::new("true"), Some(Path::new("/x.o")))
+            .unwrap_err()
+            .to_string();
+        if attach_mode_for_running_kernel() == AttachMode::Tcx {
+            assert!(error.contains("exited without answering"), "{error}");
+        } else {
+            assert!(error.contains("Linux 6.6"), "{error}");
+        }
     }
 
     #[test]

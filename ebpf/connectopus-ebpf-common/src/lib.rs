@@ -3,11 +3,13 @@
 //!
 //! Both sides compile this crate, so a layout or name changes in one place only.
 //! It is `no_std` and has no dependencies; the `user` feature adds `aya::Pod` impls for the
-//! loader. It contains no program logic beyond the pure counter arithmetic, which is unit tested
-//! on the host.
+//! loader. Its only logic is pure: the counter arithmetic and, in [`fastpath`], the fast path's
+//! classification rules, all unit tested on the host.
 
 #![no_std]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod fastpath;
 
 /// Name of the tc program attached to the TUN device's ingress (packets userspace writes into the
 /// TUN, on their way into the kernel stack).

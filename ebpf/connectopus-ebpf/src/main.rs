@@ -5,12 +5,16 @@
 //! - `cx_tun_count_ingress`, `cx_tun_count_egress`: tc classifiers on the node's TUN device that
 //!   count packets and bytes per direction into [`CX_TUN_COUNTERS`]. They never drop or change a
 //!   packet.
+//! - `cx_fp_tun_eg`, `cx_fp_ul_in` (module `fastpath`): the fast path for plaintext udp links,
+//!   tc encapsulation on the TUN, decapsulation and transit on each underlay interface.
 //!
 //! Names and map value types come from `connectopus-ebpf-common`, which the loader shares; the
 //! counter arithmetic lives there too, with host tests.
 
 #![no_std]
 #![no_main]
+
+mod fastpath;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,

@@ -51,6 +51,7 @@ use dtls::send_raw;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
+mod hello_filter;
 mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
 mod reconcile;
@@ -194,6 +195,8 @@ struct Daemon {
     dtls_peers: std::collections::HashMap<(usize, SocketAddr), LinkId>,
     /// Rate limits on the ClientHellos of unknown addresses.
     hello_limiter: handshake_limits::HelloLimiter,
+    /// When the kernel filter on DTLS listeners drops most ClientHellos (a flood is on).
+    flood_detector: hello_filter::FloodDetector,
     /// What the limits on unauthenticated peers did.
     limit_counters: handshake_limits::LimitCounters,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
@@ -490,6 +493,7 @@ impl Daemon {
             self.close_link(link, "handshake timeout");
         }
         self.enforce_session_deadline();
+        self.watch_for_hello_floods();
         self.run_dialers();
         self.retry_backends();
         let configured = self.backends.len() + self.failed.len();
@@ -555,6 +559,18 @@ impl Daemon {
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
+                if let Transport::Dtls(d) = &l.transport
+                    && self
+                        .udp
+                        .get(d.endpoint)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| matches!(e.role, UdpRole::Listener(_)))
+                {
+                    let (remote, now) = (l.remote.ip(), self.started.elapsed());
+                    if self.hello_limiter.remember(remote, now) && self.flood_detector.engaged() {
+                        self.attach_hello_filters();
+                    }
+                }
             }
         }
         handled

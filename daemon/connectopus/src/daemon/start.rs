@@ -236,6 +236,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         links: BTreeMap::new(),
         dtls_peers: std::collections::HashMap::new(),
         hello_limiter: handshake_limits::HelloLimiter::new(),
+        flood_detector: hello_filter::FloodDetector::from_env(),
         limit_counters: handshake_limits::LimitCounters::default(),
         udp: Vec::new(),
         retiring_udp: Vec::new(),
