@@ -422,11 +422,11 @@ fn node_checks(
     for (n, ns) in &namespaces {
         cost(cx, &["nodes", name, "namespaces", n, "cost"], ns.cost);
         for (s, svc) in &ns.services {
-            if svc.command.trim().is_empty() {
+            if let Err(why) = crate::attach::split_command(&svc.command) {
                 cx.error(
                     &["nodes", name, "namespaces", n, "services", s, "command"],
                     At::Value,
-                    "command is empty",
+                    format!("command cannot run: {why}"),
                 );
             }
         }
@@ -448,11 +448,33 @@ fn node_checks(
         } else {
             tcp_ports.insert(svc.port, format!("nodes.{name}.services.{s}"));
         }
-        if svc.command.trim().is_empty() {
+        if let Err(why) = crate::attach::split_command(&svc.command) {
             cx.error(
                 &["nodes", name, "services", s, "command"],
                 At::Value,
-                "command is empty",
+                format!("command cannot run: {why}"),
+            );
+        }
+        if svc.max_connections == 0 {
+            cx.error(
+                &["nodes", name, "services", s, "max_connections"],
+                At::Value,
+                "max_connections must be at least 1",
+            );
+        }
+    }
+    // Every other key of a node does what docs/config.md says; `cpctl.socket_file` and
+    // `cpctl.no_socket` are accepted (upstream configurations carry them) but not used yet,
+    // and the loader says so rather than ignoring them. `cpctl.port` serves the HTTP API.
+    for key in ["socket_file", "no_socket"] {
+        if cx.tree.find(&["nodes", name, "cpctl", key]).is_some() {
+            cx.warn(
+                &["nodes", name, "cpctl", key],
+                At::Key,
+                format!(
+                    "cpctl.{key} is not used yet: the control socket is \
+                     /run/connectopus/<node>.sock or `connectopus node --control-socket PATH`"
+                ),
             );
         }
     }

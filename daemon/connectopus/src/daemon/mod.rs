@@ -3,8 +3,9 @@
 //!
 //! Each turn of the loop submits all queued I/O and waits once (`submit_and_wait`), handles
 //! every completion of the batch, then drains the core's outputs and arms its next timer.
-//! IPv6 packets are routed by the core's per-packet path (`Node::forward_packet`, see `datapath`),
-//! without allocating or locking; everything else that arrives on a link goes to the core.
+//! IPv6 packets are routed by the dataplane worker's per-packet path (`Forwarder::forward_packet`
+//! over the node's latest snapshot, see `worker` and `datapath`), without allocating or
+//! locking; everything else that arrives on a link goes to the core.
 //! Accepting and dialing TCP connections, the control socket and signal handling run on small
 //! helper threads that hand their results to the loop through a channel and wake it.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use connectopus_config::{BackendConfig, MeshConfig};
-use connectopus_core::forward::{self, DropReason, ForwardingTable, Ingress};
+use connectopus_core::forward::{self, DropReason, Ingress};
 use connectopus_core::node::{Command, Event, Node, NodeConfig};
 use connectopus_core::session::LinkInfo;
 use connectopus_core::{LinkId, Time};
@@ -41,6 +42,7 @@ use crate::links::tls;
 use crate::tun::TunDevice;
 
 mod api_publish;
+mod attachments;
 mod backend_retry;
 mod binding;
 mod datapath;
@@ -56,7 +58,8 @@ mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
 mod reconcile;
 mod start;
-use start::{Ebpf, backend_mtu, node_mtu};
+pub(crate) use start::node_mtu;
+use start::{Ebpf, backend_mtu};
 pub use start::{NodeOptions, run};
 mod reload;
 mod report;
@@ -64,6 +67,8 @@ mod resolve;
 mod tcp;
 mod trust;
 mod tun_devs;
+mod worker;
+use worker::Worker;
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -173,20 +178,17 @@ struct Daemon {
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
     restart: bool,
-    io: PacketIo,
-    /// What the dataplane offloads (TUN super-packets, UDP GSO/GRO), and why not.
-    offloads: datapath::Offloads,
-    /// Received TCP segments being merged into super-packets for the TUN devices.
-    coalescing: datapath::TunCoalescing,
-    /// Records for DTLS links sealed into GSO batches, sent when the turn ends.
-    dtls_batches: dtls_batch::DtlsBatches,
-    offload_counters: datapath::OffloadCounters,
+    /// The dataplane: the ring, the buffers, the per-packet path and the offload state.
+    worker: Worker,
+    /// The control plane's protocol core.
     node: Node,
-    table: Arc<ForwardingTable>,
     started: Instant,
     started_wall: SystemTime,
-    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
+    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
+    /// namespaces' as they come up.
     tuns: tun_devs::TunSet,
+    /// Namespaces and services, and the helper that runs them.
+    attachments: attachments::Attachments,
     ebpf: Ebpf,
     dns: dns::Dns,
     subnet: String,
@@ -210,10 +212,6 @@ struct Daemon {
     rx: Receiver<LoopMessage>,
     /// Checks neighbours' configuration offers off the loop.
     offer_checker: offer_check::OfferChecker,
-    completions: Vec<Completion>,
-    scratch: Vec<u8>,
-    scratch_out: Vec<u8>,
-    ranges: Vec<Range<usize>>,
     /// Set once shutdown began: the time by which to exit.
     stopping: Option<Instant>,
     /// Where the loop publishes Prometheus metrics, when they are served.
@@ -236,7 +234,8 @@ impl Daemon {
 
     fn run(&mut self) -> Result<()> {
         for (i, tun) in self.tuns.indexed() {
-            self.io
+            self.worker
+                .io
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
         }
@@ -245,17 +244,22 @@ impl Daemon {
         self.drain_node();
         loop {
             let timeout = self.next_timeout();
-            let mut completions = std::mem::take(&mut self.completions);
+            let mut completions = std::mem::take(&mut self.worker.completions);
             completions.clear();
-            let result = self.io.submit_and_wait(&mut completions, Some(timeout));
+            let result = self
+                .worker
+                .io
+                .submit_and_wait(&mut completions, Some(timeout));
             if let Err(error) = result {
-                self.completions = completions;
+                self.worker.completions = completions;
                 return Err(error).context("waiting for I/O");
             }
             for completion in completions.drain(..) {
                 self.handle_completion(completion);
+                self.sync_forwarding();
             }
-            self.completions = completions;
+            self.worker.completions = completions;
+            self.absorb_worker();
             self.handle_messages();
             self.run_timers();
             self.drain_node();
@@ -263,7 +267,7 @@ impl Daemon {
             self.publish_api();
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes(None);
-            if !self.dtls_batches.is_empty() {
+            if !self.worker.dtls_batches.is_empty() {
                 self.flush_dtls_batches(None);
             }
             self.reap_closing();
@@ -293,6 +297,9 @@ impl Daemon {
         if let Some(at) = self.next_backend_retry() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
+        if let Some(at) = self.next_namespace_retry() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         for e in self.udp.iter().flatten() {
             if let UdpRole::Dialer(d) = &e.role
                 && let Some(at) = d.next_attempt
@@ -316,7 +323,7 @@ impl Daemon {
             (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(id.0 as usize, completion),
             (OpKind::Write, TOKEN_TUN_WRITE) => {
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
             (OpKind::Read, TOKEN_TCP_READ) => self.on_tcp_read(id, completion),
@@ -327,23 +334,28 @@ impl Daemon {
             (OpKind::Send, TOKEN_UDP_SEND) => {
                 if let Err(errno) = completion.result {
                     // The datagrams are lost (TCP inside retransmits); say why once in a while.
-                    self.offload_counters.udp_send_errors += 1;
-                    if self.offload_counters.udp_send_errors.is_power_of_two() {
+                    self.worker.offload_counters.udp_send_errors += 1;
+                    if self
+                        .worker
+                        .offload_counters
+                        .udp_send_errors
+                        .is_power_of_two()
+                    {
                         tracing::warn!(
                             %errno,
-                            errors = self.offload_counters.udp_send_errors,
+                            errors = self.worker.offload_counters.udp_send_errors,
                             "udp send failed"
                         );
                     }
                 }
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
             (OpKind::Wake, _) => {}
             _ => {
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
         }
@@ -437,6 +449,7 @@ impl Daemon {
                     self.reload_with_notify();
                 }
                 LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
+                LoopMessage::Attach(received) => self.on_attach_message(*received),
             }
         }
     }
@@ -496,6 +509,7 @@ impl Daemon {
         self.watch_for_hello_floods();
         self.run_dialers();
         self.retry_backends();
+        self.retry_namespaces();
         let configured = self.backends.len() + self.failed.len();
         self.notify
             .tick(|| report::status_line(&self.node, configured));
@@ -521,7 +535,7 @@ impl Daemon {
                 Command::CloseLink { link, reason } => {
                     self.close_link(link, reason.as_str());
                 }
-                Command::InstallForwardingTable(table) => self.table = table,
+                Command::InstallForwarding(_) => self.sync_forwarding(),
                 Command::ApplyConfig {
                     version,
                     unacknowledged,
@@ -603,7 +617,7 @@ impl Daemon {
                 while let Some(datagram) = dtls.association.poll_transmit() {
                     let (endpoint, local) = (dtls.endpoint, dtls.local);
                     send_raw(
-                        &mut self.io,
+                        &mut self.worker.io,
                         &self.udp,
                         endpoint,
                         l.remote,

@@ -165,14 +165,15 @@ impl Daemon {
     fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
         let index = self.udp.len();
         let fd = endpoint.socket.as_raw_fd();
-        if self.offloads.wanted
+        if self.worker.offloads.wanted
             && let Err(error) = dtls_link::enable_gro(&endpoint.socket)
         {
             tracing::info!(backend = %endpoint.backend, %error, "UDP GRO unavailable");
-            self.offloads.udp_gro = Err(error.to_string());
+            self.worker.offloads.udp_gro = Err(error.to_string());
         }
         self.udp.push(Some(endpoint));
         if let Err(error) = self
+            .worker
             .io
             .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))
         {
@@ -207,7 +208,10 @@ impl Daemon {
             BackendHandle::Thread(stop) => stop.store(true, Ordering::Relaxed),
             BackendHandle::Udp(endpoint) => {
                 if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take)
-                    && self.io.disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
+                    && self
+                        .worker
+                        .io
+                        .disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
                 {
                     self.retiring_udp.push((endpoint, e));
                 }
@@ -230,12 +234,17 @@ impl Daemon {
         let mut old_rest = old_node.clone();
         old_rest.backends = new_node.backends.clone();
         old_rest.tun_devs = new_node.tun_devs.clone();
+        old_rest.namespaces = new_node.namespaces.clone();
+        old_rest.services = new_node.services.clone();
         if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
         let old_backends = old_node.backends.clone();
         let new_backends = new_node.backends.clone();
         let (old_devs, new_devs) = (old_node.tun_devs.clone(), new_node.tun_devs.clone());
+        let attachments_changed = old_node.namespaces != new_node.namespaces
+            || old_node.services != new_node.services
+            || node_mtu(&old_backends) != node_mtu(&new_backends);
         for name in old_backends.keys() {
             if !new_backends.contains_key(name) {
                 self.stop_backend(name);
@@ -254,6 +263,10 @@ impl Daemon {
         }
         if old_devs != new_devs {
             self.apply_tun_devs(&old_devs, &new_devs, node_mtu(&new_backends));
+        }
+        if attachments_changed {
+            let new_node = new_node.clone();
+            self.apply_attachments(&new.global, &new_node, node_mtu(&new_backends));
         }
         ApplyOutcome::Applied
     }
