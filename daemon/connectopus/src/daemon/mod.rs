@@ -415,14 +415,15 @@ impl Daemon {
                         ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
                         ControlRequest::GetConfig => self.get_config(),
                         ControlRequest::SetConfig { config, signature } => {
-                            match self.accept_config(
-                                config.as_bytes(),
-                                signature.as_bytes(),
-                                reconcile::ConfigSource::Control,
-                            ) {
-                                Ok(version) => ControlReply::Accepted { version },
-                                Err(error) => ControlReply::Error(format!("{error:#}")),
-                            }
+                            // Checked on the config-check thread; the answer goes out from
+                            // there (`offer_checked`), so a large config never stalls the links.
+                            self.check_candidate(
+                                offer_check::Candidate::ConfigSet(reply),
+                                0,
+                                config.into_bytes(),
+                                signature.into_bytes(),
+                            );
+                            continue;
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
