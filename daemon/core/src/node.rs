@@ -496,6 +496,11 @@ impl Node {
         self.config.address
     }
 
+    /// Returns the node's IPv4 address, if the mesh has IPv4.
+    pub fn address4(&self) -> Option<Ipv4Addr> {
+        self.config.address4
+    }
+
     /// Returns the node's name.
     pub fn name(&self) -> &str {
         &self.config.name
