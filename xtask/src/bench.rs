@@ -4,7 +4,9 @@
 //! wireguard-go, nebula, wireguard-tools; with `--install-peers` also boringtun-cli from
 //! crates.io, which compiles for a few minutes), builds the eBPF object (see `ebpf.rs`; the
 //! node loads it when present) and the node and the harness in release mode, and runs the harness (`bench/src/bin/e2e/`) with the remaining arguments. Results
-//! go to `target/bench/`. `cargo xtask bench --short` is the quick mode CI runs.
+//! go to `target/bench/`. `cargo xtask bench --short` is the quick mode CI runs;
+//! `cargo xtask bench --flood` measures forwarding quiet and under a spoofed ClientHello flood
+//! instead (`bench/src/bin/e2e/flood.rs`, docs/performance.md).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -65,6 +67,9 @@ pub fn bench(args: &[String]) -> Result<()> {
             "connectopus",
             "-p",
             "bench",
+            // `hello_flood`, the attacker of `--flood`.
+            "-p",
+            "connectopus-tests",
             "--bins",
         ],
     )?;

@@ -308,6 +308,26 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
         "connectopus_offload_udp_gro_batches_total",
         "UDP receives that carried two or more DTLS records (GRO).",
     ),
+    (
+        "dtls_hellos_rate_limited",
+        "connectopus_dtls_hellos_rate_limited_total",
+        "ClientHellos from unknown addresses refused by the limiter before anything was allocated.",
+    ),
+    (
+        "dtls_hellos_looked_at",
+        "connectopus_dtls_hellos_looked_at_total",
+        "ClientHellos from unknown addresses handed to OpenSSL.",
+    ),
+    (
+        "dtls_hello_filter_engaged",
+        "connectopus_dtls_hello_filter_engaged_total",
+        "ClientHello floods that put the kernel filter on the DTLS listeners.",
+    ),
+    (
+        "dtls_listener_kernel_drops",
+        "connectopus_dtls_listener_kernel_drops_total",
+        "Datagrams the kernel dropped on the DTLS listener sockets (the hello filter, full buffers).",
+    ),
 ];
 
 /// Renders a status report as Prometheus text; `now_unix` is the wall clock, for session

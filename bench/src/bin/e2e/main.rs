@@ -13,6 +13,7 @@
 
 mod chart;
 mod cleanup;
+mod flood;
 mod measure;
 mod report;
 mod stats;
@@ -50,6 +51,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Only subjects whose id (`pair/connectopus-dtls`...) contains one of these.
     pub only: Vec<String>,
+    /// Instead of the subjects: forwarding quiet and under a spoofed ClientHello flood of
+    /// this many hellos a second (`flood.rs`).
+    pub flood: Option<u32>,
 }
 
 /// What to do.
@@ -74,6 +78,7 @@ impl Options {
             ping_interval: "0.002".into(),
             out: default_out_dir(),
             only: Vec::new(),
+            flood: None,
         };
         let short = args.iter().any(|a| a == "--short");
         if short {
@@ -110,6 +115,10 @@ impl Options {
                         .map(str::to_owned),
                 ),
                 "--redraw" => redraw = Some(PathBuf::from(value("--redraw")?)),
+                "--flood" => options.flood = Some(options.flood.unwrap_or(100_000)),
+                "--flood-rate" => {
+                    options.flood = Some(value("--flood-rate")?.parse().context("--flood-rate")?)
+                }
                 "-h" | "--help" => return Ok(Action::Help),
                 other => bail!("unknown option {other:?}\n{USAGE}"),
             }
@@ -139,6 +148,10 @@ const USAGE: &str = "usage: e2e [--short] [--reps N] [--seconds S] [--udp-second
   --out DIR      where e2e.json, e2e.md and e2e.png go (default target/bench)
   --only IDS     only subjects whose id contains one of these (e.g. pair/,dtls)
   --redraw FILE  measure nothing: rewrite the table and chart from a saved e2e.json
+  --flood        instead of the subjects: forwarding across a DTLS listener quiet and under
+                 100,000 spoofed ClientHellos a second, side by side (flood.md, flood.json);
+                 --reps and --seconds apply
+  --flood-rate N the same at N hellos a second
 Needs root (network namespaces). Run through `cargo xtask bench`, which builds in release.";
 
 /// `target/bench`, next to the profile directory this binary runs from.
@@ -268,6 +281,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
     }
     cleanup::install_handler()?;
     let machine = report::Machine::probe();
+    if let Some(rate) = options.flood {
+        flood::run(&options, &machine, rate)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "e2e: {} mode, {} repetition(s), TCP {} s, UDP {} s, {} pings; {}; load {}",
         options.mode(),
@@ -531,6 +548,9 @@ mod tests {
         assert!(subjects(&full).len() > subjects(&parse(&["--short"])).len());
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
         assert_eq!(parse(&["--reps", "5"]).reps, 5);
+        assert_eq!(parse(&["--flood"]).flood, Some(100_000));
+        assert_eq!(parse(&["--flood-rate", "5000"]).flood, Some(5000));
+        assert_eq!(parse(&[]).flood, None);
     }
 
     #[test]

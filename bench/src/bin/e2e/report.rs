@@ -545,6 +545,7 @@ pub fn from_json(value: &Value, options: &Options) -> Result<Run> {
         ping_interval: text(o, "ping_interval_s"),
         out: options.out.clone(),
         only: Vec::new(),
+        flood: None,
     };
     let m = &value["machine"];
     let machine = Machine {
@@ -634,6 +635,7 @@ mod tests {
                 ping_interval: "0.002".into(),
                 out: std::env::temp_dir(),
                 only: Vec::new(),
+                flood: None,
             },
             machine: Machine::default(),
             results: vec![

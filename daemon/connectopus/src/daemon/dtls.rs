@@ -125,7 +125,9 @@ impl Daemon {
         };
         if let (Some(range), Some(src)) = (range, src) {
             let src = normalize(src);
-            let known = self.dtls_peers.get(&(endpoint, src)).copied();
+            // Classified before any lookup: a ClientHello on a listener goes to the limiter
+            // whether or not its address is known (a known address starting over is a peer
+            // that restarted), so a flood of them costs no map lookup.
             let listener = matches!(
                 self.udp
                     .get(endpoint)
@@ -134,24 +136,33 @@ impl Daemon {
                 Some(UdpRole::Listener(_))
             );
             let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);
+            let known = if listener && hello {
+                None
+            } else {
+                self.dtls_peers.get(&(endpoint, src)).copied()
+            };
             match known {
-                Some(link) if !(listener && hello) => {
+                Some(link) => {
                     self.on_dtls_datagram(link, buf, range, completion.segment_size);
                     if !armed {
                         self.rearm_udp(endpoint);
                     }
                     return;
                 }
-                _ if listener => {
+                None if listener && hello => {
                     // Rate-limited by source prefix before OpenSSL (or an allocation) sees it.
                     if self.hello_limiter.allow(src.ip(), self.started.elapsed()) {
+                        self.limit_counters.dtls_hellos_looked_at += 1;
                         let datagram = self.io.buf(&buf)[range].to_vec();
                         self.accept_dtls(endpoint, (src, local), datagram);
                     } else {
                         self.limit_counters.dtls_hellos_rate_limited += 1;
                     }
                 }
-                _ => {}
+                // Anything else from an unknown address is not the start of an association
+                // (OpenSSL would ignore it): dropped here, without spending the limiter's
+                // tokens.
+                None => {}
             }
         }
         self.io.free(buf);

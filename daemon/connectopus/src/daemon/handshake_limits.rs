@@ -76,7 +76,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The source prefix a ClientHello is rate-limited by: /64 for IPv6 (one subnet, one host's
 /// worth of addresses), /24 for IPv4.
-fn hello_prefix(ip: IpAddr) -> (bool, u64) {
+pub(super) fn hello_prefix(ip: IpAddr) -> (bool, u64) {
     match canonical(ip) {
         IpAddr::V4(v4) => (false, u64::from(u32::from(v4) >> 8)),
         IpAddr::V6(v6) => (true, (u128::from(v6) >> 64) as u64),
@@ -124,11 +124,20 @@ impl Bucket {
 /// OpenSSL (each costs an `SSL` object and an HMAC): one per source prefix, in a fixed table
 /// indexed by a keyed hash (a prefix that lands on a slot another uses takes it over), and one
 /// for the listener. Checked before anything is allocated.
+///
+/// Prefixes that completed a session with this node before (at most
+/// [`super::hello_filter::MAX_FILTER_PREFIXES`], the most recent kept) have a bucket of their
+/// own and do not draw on the node's total: a flood from many other prefixes cannot keep a
+/// known peer from coming back (a restart, a new association).
 #[derive(Debug)]
 pub(super) struct HelloLimiter {
     hasher: std::collections::hash_map::RandomState,
     buckets: Box<[Bucket]>,
     total: Bucket,
+    /// Prefixes that had a session, each with its own bucket and when it last had one.
+    known: Vec<(Bucket, Duration)>,
+    /// ClientHellos (datagrams from unknown addresses) looked at, allowed or not.
+    seen: u64,
 }
 
 impl HelloLimiter {
@@ -141,12 +150,18 @@ impl HelloLimiter {
                 tokens: HELLO_BURST_TOTAL,
                 last: Duration::ZERO,
             },
+            known: Vec::new(),
+            seen: 0,
         }
     }
 
     /// Returns whether a datagram from `source` may be looked at now (`now`: the loop's clock).
     pub(super) fn allow(&mut self, source: IpAddr, now: Duration) -> bool {
+        self.seen += 1;
         let key = hello_prefix(source);
+        if let Some((bucket, _)) = self.known.iter_mut().find(|(b, _)| b.key == Some(key)) {
+            return bucket.take(now, HELLO_RATE_PER_PREFIX, HELLO_BURST_PER_PREFIX);
+        }
         let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
         let Some(bucket) = self.buckets.get_mut(slot) else {
             return false;
@@ -161,6 +176,37 @@ impl HelloLimiter {
         bucket.take(now, HELLO_RATE_PER_PREFIX, HELLO_BURST_PER_PREFIX)
             && self.total.take(now, HELLO_RATE_TOTAL, HELLO_BURST_TOTAL)
     }
+
+    /// Remembers that a peer at `source` completed a session; returns whether the list of
+    /// known prefixes changed.
+    pub(super) fn remember(&mut self, source: IpAddr, now: Duration) -> bool {
+        let key = hello_prefix(source);
+        if let Some((_, when)) = self.known.iter_mut().find(|(b, _)| b.key == Some(key)) {
+            *when = now;
+            return false;
+        }
+        let bucket = Bucket {
+            key: Some(key),
+            tokens: HELLO_BURST_PER_PREFIX,
+            last: now,
+        };
+        if self.known.len() < super::hello_filter::MAX_FILTER_PREFIXES {
+            self.known.push((bucket, now));
+        } else if let Some(oldest) = self.known.iter_mut().min_by_key(|(_, when)| *when) {
+            *oldest = (bucket, now);
+        }
+        true
+    }
+
+    /// The prefixes that had a session, for the kernel filter.
+    pub(super) fn known_prefixes(&self) -> Vec<(bool, u64)> {
+        self.known.iter().filter_map(|(b, _)| b.key).collect()
+    }
+
+    /// ClientHellos looked at so far.
+    pub(super) fn seen(&self) -> u64 {
+        self.seen
+    }
 }
 
 impl Default for HelloLimiter {
@@ -174,6 +220,10 @@ impl Default for HelloLimiter {
 pub(super) struct LimitCounters {
     /// Datagrams from unknown addresses a DTLS listener dropped before looking at them.
     pub(super) dtls_hellos_rate_limited: u64,
+    /// Datagrams from unknown addresses a DTLS listener handed to OpenSSL (past the limiter).
+    pub(super) dtls_hellos_looked_at: u64,
+    /// Times the kernel's ClientHello filter went on (a flood began).
+    pub(super) dtls_hello_filter_engaged: u64,
     /// Waiting links (TCP or DTLS) closed to make room for a newcomer.
     pub(super) handshakes_evicted: u64,
     /// Links closed because no session was established within [`SESSION_DEADLINE`].
@@ -187,6 +237,8 @@ impl LimitCounters {
     pub(super) fn report(&self, map: &mut BTreeMap<String, u64>) {
         for (name, value) in [
             ("dtls_hellos_rate_limited", self.dtls_hellos_rate_limited),
+            ("dtls_hellos_looked_at", self.dtls_hellos_looked_at),
+            ("dtls_hello_filter_engaged", self.dtls_hello_filter_engaged),
             ("handshakes_evicted", self.handshakes_evicted),
             ("session_deadline_closed", self.session_deadline_closed),
             ("tcp_queue_overflow_closed", self.tcp_queue_overflow_closed),
@@ -361,5 +413,42 @@ mod tests {
             })
             .count();
         assert_eq!(allowed, HELLO_BURST_TOTAL as usize);
+    }
+
+    #[test]
+    fn a_prefix_that_had_a_session_is_not_held_back_by_a_flood_from_others() {
+        let mut limiter = HelloLimiter::new();
+        let t0 = Duration::from_secs(5);
+        assert!(limiter.remember("2001:db8:7::5".parse().unwrap(), t0));
+        assert!(!limiter.remember("2001:db8:7::6".parse().unwrap(), t0));
+        assert_eq!(
+            limiter.known_prefixes(),
+            vec![(true, 0x2001_0db8_0007_0000)]
+        );
+        // The node's total is spent by others.
+        for i in 0..5_000u32 {
+            let ip: IpAddr = format!("2001:db8:99:{i:x}::1").parse().unwrap();
+            limiter.allow(ip, t0);
+        }
+        assert!(!limiter.allow("2001:db8:98::1".parse().unwrap(), t0));
+        // The known prefix still has its own share, and only that.
+        let known: IpAddr = "2001:db8:7::9".parse().unwrap();
+        let allowed = (0..100).filter(|_| limiter.allow(known, t0)).count();
+        assert_eq!(allowed, HELLO_BURST_PER_PREFIX as usize);
+        assert_eq!(limiter.seen(), 5_000 + 1 + 100);
+    }
+
+    #[test]
+    fn the_known_prefixes_are_bounded_and_the_oldest_goes() {
+        let mut limiter = HelloLimiter::new();
+        let max = crate::daemon::hello_filter::MAX_FILTER_PREFIXES as u64;
+        for i in 0..=max {
+            let ip: IpAddr = format!("2001:db8:{i:x}::1").parse().unwrap();
+            assert!(limiter.remember(ip, Duration::from_secs(i)));
+        }
+        let known = limiter.known_prefixes();
+        assert_eq!(known.len() as u64, max);
+        assert!(!known.contains(&(true, 0x2001_0db8_0000_0000)));
+        assert!(known.contains(&(true, 0x2001_0db8_0000_0000 | (max << 16))));
     }
 }

@@ -40,6 +40,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod attachments;
 mod backend_retry;
 mod binding;
 mod datapath;
@@ -50,11 +51,13 @@ use dtls::send_raw;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
+mod hello_filter;
 mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
 mod reconcile;
 mod start;
-use start::{Ebpf, backend_mtu, node_mtu};
+pub(crate) use start::node_mtu;
+use start::{Ebpf, backend_mtu};
 pub use start::{NodeOptions, run};
 mod reload;
 mod report;
@@ -183,8 +186,11 @@ struct Daemon {
     table: Arc<ForwardingTable>,
     started: Instant,
     started_wall: SystemTime,
-    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
+    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
+    /// namespaces' as they come up.
     tuns: tun_devs::TunSet,
+    /// Namespaces and services, and the helper that runs them.
+    attachments: attachments::Attachments,
     ebpf: Ebpf,
     dns: dns::Dns,
     subnet: String,
@@ -193,6 +199,8 @@ struct Daemon {
     dtls_peers: std::collections::HashMap<(usize, SocketAddr), LinkId>,
     /// Rate limits on the ClientHellos of unknown addresses.
     hello_limiter: handshake_limits::HelloLimiter,
+    /// When the kernel filter on DTLS listeners drops most ClientHellos (a flood is on).
+    flood_detector: hello_filter::FloodDetector,
     /// What the limits on unauthenticated peers did.
     limit_counters: handshake_limits::LimitCounters,
     /// UDP endpoints by index (indices are never reused: tokens name them); `None` once
@@ -284,6 +292,9 @@ impl Daemon {
         }
         let now = Instant::now();
         if let Some(at) = self.next_backend_retry() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.next_namespace_retry() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         for e in self.udp.iter().flatten() {
@@ -430,6 +441,7 @@ impl Daemon {
                     self.reload_with_notify();
                 }
                 LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
+                LoopMessage::Attach(received) => self.on_attach_message(*received),
             }
         }
     }
@@ -486,8 +498,10 @@ impl Daemon {
             self.close_link(link, "handshake timeout");
         }
         self.enforce_session_deadline();
+        self.watch_for_hello_floods();
         self.run_dialers();
         self.retry_backends();
+        self.retry_namespaces();
         let configured = self.backends.len() + self.failed.len();
         self.notify
             .tick(|| report::status_line(&self.node, configured));
@@ -551,6 +565,18 @@ impl Daemon {
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
+                if let Transport::Dtls(d) = &l.transport
+                    && self
+                        .udp
+                        .get(d.endpoint)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| matches!(e.role, UdpRole::Listener(_)))
+                {
+                    let (remote, now) = (l.remote.ip(), self.started.elapsed());
+                    if self.hello_limiter.remember(remote, now) && self.flood_detector.engaged() {
+                        self.attach_hello_filters();
+                    }
+                }
             }
         }
         handled

@@ -166,6 +166,10 @@ impl Daemon {
         );
         self.offload_counters.report(&mut counter_map);
         self.limit_counters.report(&mut counter_map);
+        counter_map.insert(
+            "dtls_listener_kernel_drops".to_owned(),
+            self.listener_kernel_drops(),
+        );
         let _ = name_of;
         control::StatusReport {
             name: self.node.name().to_owned(),
