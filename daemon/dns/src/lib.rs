@@ -73,9 +73,11 @@
 //! let udp = std::net::UdpSocket::bind("[fd00::1]:53")?;
 //! let tcp = std::net::TcpListener::bind("[fd00::1]:53")?;
 //! let server = DnsServer::start(udp, tcp, ZoneConfig::new("connectopus.test", "fd00::".parse()?, 64, "node1", me))?;
-//! server.update([("bar", "fd00::2".parse()?), ("foo-tun", "fd00::3".parse()?)]);
+//! let v6: std::net::IpAddr = "fd00::2".parse()?;
+//! let v4: std::net::IpAddr = "198.18.0.2".parse()?;
+//! server.update([("bar", v6), ("bar", v4)]);
 //! // ... later, when the routing protocol's view changes:
-//! server.update([("bar", "fd00::2".parse()?)]);
+//! server.update([("bar", v6)]);
 //! server.stop()?;
 //! # Ok(()) }
 //! ```
