@@ -594,7 +594,7 @@ impl Sim {
         for c in commands {
             match c {
                 Command::CloseLink { link, .. } => self.close_transport(idx, link),
-                Command::InstallForwardingTable(_) => {}
+                Command::InstallForwarding(_) => {}
                 Command::ApplyConfig {
                     version,
                     unacknowledged,

@@ -141,11 +141,12 @@ impl Daemon {
                 128,
                 address4,
                 mtu,
-                self.offloads.wanted,
+                self.worker.offloads.wanted,
             ) {
                 Ok(tun) => {
                     let slot = self.tuns.slots.len();
                     if let Err(error) = self
+                        .worker
                         .io
                         .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
                     {
@@ -182,7 +183,8 @@ impl Daemon {
     /// Puts a device (a namespace's) in a new slot and arms its receive.
     pub(super) fn add_tun_slot(&mut self, tun: TunDevice) -> Result<usize> {
         let slot = self.tuns.slots.len();
-        self.io
+        self.worker
+            .io
             .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
             .context("arming the TUN receive")?;
         self.tuns.slots.push(Some(tun));
@@ -195,7 +197,7 @@ impl Daemon {
         let Some(tun) = self.tuns.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if self.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
+        if self.worker.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
             // Its fd closes when the cancelled receive's last completion arrives.
             self.tuns.retiring.push((slot, tun));
         }
