@@ -209,13 +209,20 @@ fn a_mesh_without_subnet4_has_no_ipv4() {
             !addrs.contains("inet "),
             "IPv4 on an IPv6-only mesh's TUN: {addrs}"
         );
-        let r = dig(
-            topo.ns("foo"),
-            IpAddr::V6(mesh.address("foo")),
-            "bar.connectopus.test",
-            "A",
-            false,
-        )?;
+        let server = IpAddr::V6(mesh.address("foo"));
+        // Wait until foo has learned bar's name (its AAAA), then ask for its A.
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            dig(
+                topo.ns("foo"),
+                server,
+                "bar.connectopus.test",
+                "AAAA",
+                false,
+            )
+            .is_ok_and(|r| !r.answers.is_empty())
+        })
+        .context("AAAA record of bar")?;
+        let r = dig(topo.ns("foo"), server, "bar.connectopus.test", "A", false)?;
         ensure!(
             r.rcode.as_deref() == Some("NOERROR") && r.answers.is_empty(),
             "A on an IPv6-only mesh: {r:?}"
