@@ -37,6 +37,7 @@ fn signed_updates(n: u32) -> Vec<(LinkStateUpdate, Vec<u8>, [u8; 32])> {
                     .collect(),
                 prefixes: Vec::new(),
                 names: Vec::new(),
+                names4: Vec::new(),
             };
             update.canonicalize();
             let body = update.encode_body();

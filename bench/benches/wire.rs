@@ -75,6 +75,7 @@ fn lsu() -> LinkStateUpdate {
                 address: addr(100 + i),
             })
             .collect(),
+        names4: Vec::new(),
     };
     update.canonicalize();
     update

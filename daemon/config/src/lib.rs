@@ -47,7 +47,7 @@ pub use model::{
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};
-pub use types::{ConfigDuration, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};
+pub use types::{ConfigDuration, Ipv4Net, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};
 pub use version::{
     EditError, MAX_VERSION_JUMP, VersionError, add_authorized_key, check_version, set_version,
 };

@@ -4,14 +4,14 @@
 //! `validate`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::secret::{Secret, de as sde};
-use crate::types::{ConfigDuration, Ipv6Net, PeerAddr, SshPublicKey};
+use crate::types::{ConfigDuration, Ipv4Net, Ipv6Net, PeerAddr, SshPublicKey};
 
 /// The whole document as deserialized, before validation.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +29,10 @@ pub struct GlobalConfig {
     pub domain: String,
     /// Mesh prefix; every node address and prefix must lie inside it.
     pub subnet: Ipv6Net,
+    /// IPv4 mesh prefix: with it, nodes and `tun_devs` may have an `address4` inside it and the
+    /// mesh carries IPv4 too. Without it the mesh is IPv6-only.
+    #[serde(default)]
+    pub subnet4: Option<Ipv4Net>,
     /// OpenSSH public keys allowed to sign configs and obtain control-plane tokens.
     #[serde(default)]
     pub authorized_keys: Vec<SshPublicKey>,
@@ -74,6 +78,9 @@ impl Default for Timers {
 pub struct NodeConfig {
     /// The node's mesh address (a /128 on its own stack).
     pub address: Ipv6Addr,
+    /// The node's IPv4 mesh address (a /32 on its TUN), inside `global.subnet4`.
+    #[serde(default)]
+    pub address4: Option<Ipv4Addr>,
     /// The node's public key; binds the name and address to a key.
     #[serde(default)]
     pub identity: Option<SshPublicKey>,
@@ -217,6 +224,9 @@ pub struct TunDevConfig {
     pub device: String,
     /// Host-side address (/128), inside `global.subnet`.
     pub address: Ipv6Addr,
+    /// Host-side IPv4 address (/32), inside `global.subnet4`.
+    #[serde(default)]
+    pub address4: Option<Ipv4Addr>,
     /// Advertised cost of the /128 (default 1.0, must be > 0).
     #[serde(default = "one")]
     pub cost: f64,

@@ -119,6 +119,92 @@ impl Serialize for Ipv6Net {
     }
 }
 
+/// An IPv4 prefix in CIDR notation, such as `198.18.0.0/15` (`global.subnet4`).
+///
+/// The address is kept as written; [`Ipv4Net::network`] masks the host bits off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Net {
+    addr: std::net::Ipv4Addr,
+    len: u8,
+}
+
+impl Ipv4Net {
+    /// Builds a prefix, or returns `None` when `len` exceeds 32.
+    pub fn new(addr: std::net::Ipv4Addr, len: u8) -> Option<Self> {
+        (len <= 32).then_some(Self { addr, len })
+    }
+
+    /// Returns the address as written, host bits included.
+    pub fn addr(&self) -> std::net::Ipv4Addr {
+        self.addr
+    }
+
+    /// Returns the prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    fn mask(&self) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len))
+        }
+    }
+
+    /// Returns the first address of the prefix (host bits cleared).
+    pub fn network(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// Tells whether the written address has host bits set (`198.18.0.1/15`).
+    pub fn has_host_bits(&self) -> bool {
+        u32::from(self.addr) & !self.mask() != 0
+    }
+
+    /// Tells whether `addr` lies inside the prefix.
+    pub fn contains(&self, addr: std::net::Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid IPv4 prefix `{s}`: expected ADDRESS/LENGTH"))?;
+        let addr: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("invalid IPv4 prefix `{s}`: bad address `{addr}`"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("invalid IPv4 prefix `{s}`: length must be 0..=32"))?;
+        Ok(Self { addr, len })
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str_de(d)
+    }
+}
+
+impl Serialize for Ipv4Net {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A duration written with units: `500ms`, `3s`, `1m`, `1h`, or a sum such as `1m30s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConfigDuration(pub Duration);

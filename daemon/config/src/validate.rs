@@ -125,6 +125,19 @@ fn global(cx: &mut Ctx<'_>, raw: &RawMesh) {
             ),
         );
     }
+    if let Some(subnet4) = g.subnet4
+        && subnet4.has_host_bits()
+    {
+        cx.warn(
+            &["global", "subnet4"],
+            At::Value,
+            format!(
+                "subnet4 {subnet4} has host bits set; it is used as {}/{}",
+                subnet4.network(),
+                subnet4.prefix_len()
+            ),
+        );
+    }
     if g.authorized_keys.is_empty() {
         cx.warn(
             &["global", "authorized_keys"],
@@ -203,6 +216,7 @@ fn ssh_keys(cx: &mut Ctx<'_>, list: &str, keys: &[SshPublicKey]) {
 #[derive(Default)]
 struct Owners {
     addresses: HashMap<Ipv6Addr, Vec<String>>,
+    addresses4: HashMap<std::net::Ipv4Addr, Vec<String>>,
     prefixes: Vec<(Ipv6Net, String, Vec<String>)>,
     identities: Vec<(SshPublicKey, Vec<String>)>,
     dns_names: BTreeMap<String, Vec<String>>,
@@ -268,6 +282,43 @@ fn node_checks(
             cx.error(&p, At::Value, msg);
         } else {
             owners.addresses.insert(addr, path.clone());
+        }
+    }
+
+    // IPv4 addresses: the node's own and its tun_devs'.
+    let mut addrs4: Vec<(std::net::Ipv4Addr, Vec<String>)> = Vec::new();
+    if let Some(a) = node.address4 {
+        addrs4.push((a, base(&["address4"])));
+    }
+    for (t, dev) in &tun_devs {
+        if let Some(a) = dev.address4 {
+            addrs4.push((a, base(&["tun_devs", t, "address4"])));
+        }
+    }
+    for (addr, path) in addrs4 {
+        let p = strs(&path);
+        match raw.global.subnet4 {
+            None => cx.error(
+                &p,
+                At::Value,
+                format!("address4 {addr} needs global.subnet4 (the mesh has no IPv4 prefix)"),
+            ),
+            Some(subnet4) if !subnet4.contains(addr) => cx.error(
+                &p,
+                At::Value,
+                format!("address4 {addr} is outside global.subnet4 {subnet4}"),
+            ),
+            Some(_) => {}
+        }
+        if let Some(first) = owners.addresses4.get(&addr) {
+            let msg = format!(
+                "duplicate address4 {addr}: already used by {} at {}",
+                first.join("."),
+                cx.loc(&strs(first), At::Value)
+            );
+            cx.error(&p, At::Value, msg);
+        } else {
+            owners.addresses4.insert(addr, path.clone());
         }
     }
 

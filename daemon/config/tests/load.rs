@@ -354,6 +354,81 @@ fn semantic_rules() {
     }
 }
 
+/// `global.subnet4` and `address4`: outside the subnet, without a subnet, duplicated.
+#[test]
+fn ipv4_rules() {
+    let head4 = HEAD.replace(
+        "  subnet: fd00::/16\n",
+        "  subnet: fd00::/16\n  subnet4: 198.18.0.0/15\n",
+    );
+    let cases: Vec<(String, &str, u32, u32)> = vec![
+        (
+            format!("{head4}    address4: 10.0.0.1\n"),
+            "address4 10.0.0.1 is outside global.subnet4 198.18.0.0/15",
+            9,
+            15,
+        ),
+        (
+            format!("{HEAD}    address4: 198.18.0.1\n"),
+            "address4 198.18.0.1 needs global.subnet4",
+            8,
+            15,
+        ),
+        (
+            format!(
+                "{head4}    address4: 198.18.0.1\n  bar:\n    address: fd00::2:1\n    tun_devs:\n      host: {{device: ctun, address: fd00::2:2, address4: 198.18.0.1}}\n"
+            ),
+            "duplicate address4 198.18.0.1: already used by nodes.foo.address4 at m.yml:9:15",
+            13,
+            58,
+        ),
+    ];
+    for (src, needle, line, column) in cases {
+        let d = check("m.yml", src.as_bytes());
+        let found: Vec<&Diagnostic> = d.iter().filter(|x| x.message.contains(needle)).collect();
+        assert_eq!(found.len(), 1, "want {needle:?} once for\n{src}\ngot:\n{d}");
+        assert_eq!(
+            (found[0].severity, found[0].line, found[0].column),
+            (Severity::Error, line, column),
+            "{}",
+            found[0]
+        );
+    }
+    let ok = format!(
+        "{head4}    address4: 198.18.0.1\n    tun_devs:\n      host: {{device: ctun, address: fd00::1:2, address4: 198.19.255.254}}\n"
+    );
+    let cfg = load("m.yml", ok.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(cfg.global.subnet4.unwrap().to_string(), "198.18.0.0/15");
+    assert_eq!(
+        cfg.nodes["foo"].address4,
+        Some("198.18.0.1".parse().unwrap())
+    );
+    let d = check(
+        "m.yml",
+        head4.replace("198.18.0.0/15", "198.18.0.0/33").as_bytes(),
+    );
+    expect(&d, Severity::Error, "length must be 0..=32", 4, 12);
+    let d = check(
+        "m.yml",
+        head4.replace("198.18.0.0/15", "198.18.0.1/15").as_bytes(),
+    );
+    expect(
+        &d,
+        Severity::Warning,
+        "subnet4 198.18.0.1/15 has host bits set",
+        4,
+        12,
+    );
+    // Without subnet4 nothing changes.
+    assert!(
+        load("m.yml", HEAD.as_bytes())
+            .unwrap()
+            .global
+            .subnet4
+            .is_none()
+    );
+}
+
 #[test]
 fn authorized_keys_rules() {
     let src = "global:\n  domain: connectopus.test\n  subnet: fd00::/16\n  authorized_keys: []\nnodes:\n  foo: {address: fd00::1}\n";

@@ -2,7 +2,8 @@
 //! once, so that a node can then run as an ordinary user. For the node's own TUN device and each
 //! of its `tun_devs`, it creates a persistent TUN device owned by the user and group, with the
 //! address (the node's with the mesh prefix length, so the kernel routes the mesh subnet through
-//! the device; a `tun_devs` address as a /128), the node's MTU, and up. A node that finds its
+//! the device; a `tun_devs` address as a /128; with `global.subnet4` the IPv4 address too, the
+//! node's with `subnet4`'s length, a `tun_devs` one as a /32), the node's MTU, and up. A node that finds its
 //! devices so prepared opens them without any capability (see `tun::TunDevice::create`).
 //!
 //! `--check` changes nothing: it verifies each of those properties and exits non-zero at the
@@ -43,6 +44,8 @@ struct Wanted {
     name: String,
     address: Ipv6Addr,
     prefix_len: u8,
+    /// The IPv4 address and prefix length, with `global.subnet4`.
+    address4: Option<(std::net::Ipv4Addr, u8)>,
     mtu: u16,
     /// The mesh subnet routed through it (the node's own device).
     route: Option<connectopus_config::Ipv6Net>,
@@ -65,6 +68,11 @@ pub fn run(args: &SetupTunnelArgs) -> Result<ExitCode> {
             name,
             address: node.address,
             prefix_len: config.global.subnet.prefix_len(),
+            address4: config
+                .global
+                .subnet4
+                .zip(node.address4)
+                .map(|(subnet4, a)| (a, subnet4.prefix_len())),
             mtu,
             route: Some(config.global.subnet),
         });
@@ -74,6 +82,7 @@ pub fn run(args: &SetupTunnelArgs) -> Result<ExitCode> {
             name: dev.device.clone(),
             address: dev.address,
             prefix_len: 128,
+            address4: config.global.subnet4.and(dev.address4).map(|a| (a, 32)),
             mtu,
             route: None,
         });
@@ -126,6 +135,13 @@ fn create(w: &Wanted, uid: u32, gid: u32) -> Result<()> {
             .add_address_v6(w.address, w.prefix_len)
             .context("adding the address")?;
     }
+    if let Some((address4, len4)) = w.address4
+        && !has_address4(&w.name, address4)
+    {
+        device
+            .add_address_v4(address4, len4)
+            .context("adding the IPv4 address")?;
+    }
     device.enabled(true).context("bringing it up")?;
     Ok(())
 }
@@ -155,6 +171,40 @@ fn parse_int(text: &str) -> Option<u32> {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
         None => text.parse().ok(),
     }
+}
+
+/// Tells whether the interface `dev` holds the IPv4 address `address` (getifaddrs).
+pub fn has_address4(dev: &str, address: std::net::Ipv4Addr) -> bool {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return false;
+    }
+    let mut found = false;
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if name.to_bytes() != dev.as_bytes() || family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if u32::from_be(sin.sin_addr.s_addr) == u32::from(address) {
+            found = true;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
 }
 
 /// Tells whether `/proc/net/if_inet6` lists `address/prefix_len` on `dev`.
@@ -218,6 +268,11 @@ fn check(w: &Wanted, uid: u32, gid: u32) -> std::result::Result<(), String> {
     if !has_address(&w.name, w.address, w.prefix_len) {
         return Err(format!("address {}/{} missing", w.address, w.prefix_len));
     }
+    if let Some((address4, len4)) = w.address4
+        && !has_address4(&w.name, address4)
+    {
+        return Err(format!("IPv4 address {address4}/{len4} missing"));
+    }
     if let Some(subnet) = &w.route
         && !has_route(&w.name, subnet)
     {
@@ -243,9 +298,24 @@ mod tests {
             name: "cx-no-such-dev".to_owned(),
             address: Ipv6Addr::LOCALHOST,
             prefix_len: 128,
+            address4: None,
             mtu: 1400,
             route: None,
         };
         assert_eq!(check(&w, 0, 0), Err("no such TUN device".to_owned()));
+    }
+
+    #[test]
+    fn ipv4_addresses_are_found_by_interface() {
+        // Every network namespace's loopback holds 127.0.0.1 once it is up; a missing device
+        // holds nothing.
+        let lo_up = sys_value("lo", "flags")
+            .and_then(|f| parse_int(&f))
+            .is_some_and(|f| f & libc::IFF_UP as u32 != 0);
+        if lo_up {
+            assert!(has_address4("lo", std::net::Ipv4Addr::LOCALHOST));
+        }
+        assert!(!has_address4("lo", std::net::Ipv4Addr::new(198, 18, 0, 1)));
+        assert!(!has_address4("no-such-dev", std::net::Ipv4Addr::LOCALHOST));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The node's mesh address is put on the device with the mesh subnet's prefix length, so the
 //! kernel installs the route for the whole subnet through the device and uses the node's
-//! address as the source of locally originated mesh traffic. Closing the device (on shutdown)
+//! address as the source of locally originated mesh traffic. With IPv4 (`global.subnet4`) the
+//! device also holds the node's IPv4 address with `subnet4`'s prefix length, so the kernel
+//! routes `subnet4` into the mesh the same way. Closing the device (on shutdown)
 //! removes the device, the address and the route.
 //!
 //! With offloads (the default), the device is opened with `IFF_VNET_HDR` and
@@ -11,7 +13,7 @@
 //! super-packets of up to 64 KiB that the dataplane cuts only where a link needs it
 //! (`connectopus-offload`).
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::{Context, Result};
@@ -68,8 +70,9 @@ impl std::fmt::Debug for TunDevice {
 }
 
 impl TunDevice {
-    /// Creates the device `name` with `address/prefix_len` and `mtu`, and brings it up; with
-    /// offloads when `offload` is true and the kernel takes them (else says why not).
+    /// Creates the device `name` with `address/prefix_len` (and `address4` with its prefix
+    /// length, if any) and `mtu`, and brings it up; with offloads when `offload` is true and
+    /// the kernel takes them (else says why not).
     ///
     /// # Errors
     /// The device cannot be created (no CAP_NET_ADMIN, the name is taken by a non-TUN device).
@@ -77,17 +80,21 @@ impl TunDevice {
         name: &str,
         address: Ipv6Addr,
         prefix_len: u8,
+        address4: Option<(Ipv4Addr, u8)>,
         mtu: u16,
         offload: bool,
     ) -> Result<Self> {
         let offload_wanted = offload;
         let build = |offload: bool| {
-            tun_rs::DeviceBuilder::new()
+            let mut builder = tun_rs::DeviceBuilder::new()
                 .name(name)
                 .ipv6(address, prefix_len)
                 .mtu(mtu)
-                .offload(offload)
-                .build_sync()
+                .offload(offload);
+            if let Some((address4, len4)) = address4 {
+                builder = builder.ipv4(address4, len4, None);
+            }
+            builder.build_sync()
         };
         let (device, offload) = if !offload {
             let device = build(false);

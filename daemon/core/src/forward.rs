@@ -3,9 +3,10 @@
 //! [`decide`] is a pure function over a [`ForwardingTable`] snapshot and one packet buffer:
 //! it never allocates, locks or reads a clock, so the io_uring dataplane threads call it
 //! directly on their pooled buffers, and the core calls the same function in the simulator.
-//! ICMPv6 errors are built by [`crate::icmp`] when the decision asks for one.
+//! ICMPv6 errors are built by [`crate::icmp`] when the decision asks for one. IPv4 packets
+//! take the same path through [`crate::forward4`], with ICMPv4 errors from [`crate::icmp4`].
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::LinkId;
 use crate::icmp::{self, IPV6_HEADER_LEN, IcmpErrorKind};
@@ -35,6 +36,8 @@ pub struct ForwardingTable {
     pub routes: PrefixTable<RouteTarget>,
     /// The node's own address: the source of the ICMPv6 errors it sends.
     pub node_address: Option<Ipv6Addr>,
+    /// The node's own IPv4 address, if the mesh has IPv4: the source of its ICMPv4 errors.
+    pub node_address4: Option<Ipv4Addr>,
     /// Increases with every new snapshot.
     pub generation: u64,
 }
@@ -70,7 +73,7 @@ pub enum Decision {
 pub enum DropReason {
     /// Shorter than an IPv6 header, or its payload length disagrees with the buffer.
     Malformed,
-    /// Not IPv6 (for example IPv4 from a namespace's default route).
+    /// Neither IPv6 nor IPv4 (the version nibble is something else).
     NotIpv6,
     /// Multicast destination: the mesh carries unicast only.
     Multicast,
@@ -150,8 +153,11 @@ impl DropReason {
 /// 5. longer than the link MTU → packet too big (same exception);
 /// 6. forward.
 ///
+/// IPv4 packets (version nibble 4) are decided by [`crate::forward4::decide_ipv4`] under the
+/// same rules.
+///
 /// Details: an empty buffer is [`DropReason::Malformed`]; the version nibble is checked next,
-/// so a short IPv4 packet counts as [`DropReason::NotIpv6`]. A buffer longer than 40 bytes +
+/// so a short packet of another version counts as [`DropReason::NotIpv6`]. A buffer longer than 40 bytes +
 /// payload length holds the packet in its first 40 + payload-length bytes, and that length is
 /// what the MTU check sees. Jumbograms (payload length 0 with a hop-by-hop header) are
 /// [`DropReason::Malformed`]. The buffer is modified only when the decision is
@@ -176,8 +182,10 @@ pub fn decide_segmented(
     let Some(&first) = packet.first() else {
         return Decision::Drop(DropReason::Malformed);
     };
-    if first >> 4 != 6 {
-        return Decision::Drop(DropReason::NotIpv6);
+    match first >> 4 {
+        6 => {}
+        4 => return crate::forward4::decide_ipv4(table, packet, ingress, segment_len),
+        _ => return Decision::Drop(DropReason::NotIpv6),
     }
     let Some(header) = packet.get(..IPV6_HEADER_LEN) else {
         return Decision::Drop(DropReason::Malformed);
@@ -301,6 +309,7 @@ mod tests {
         ForwardingTable {
             routes,
             node_address: Some(a("2001:db8:1::")),
+            node_address4: None,
             generation: 1,
         }
     }
@@ -343,13 +352,13 @@ mod tests {
         j.extend([17, 0, 0xc2, 4, 0, 1, 0, 0]);
         assert_eq!(run(&j, from_link()), drop(DropReason::Malformed));
 
-        // IPv4, long and short.
+        // IPv4 goes to its own rules: a bad header is malformed there.
         let mut v4 = vec![0x45, 0, 0, 28];
         v4.resize(28, 0);
-        assert_eq!(run(&v4, Ingress::Tun), drop(DropReason::NotIpv6));
-        let mut v4 = p.clone();
-        v4[0] = 0x45;
-        assert_eq!(run(&v4, Ingress::Tun), drop(DropReason::NotIpv6));
+        assert_eq!(run(&v4, Ingress::Tun), drop(DropReason::Malformed));
+        let mut v5 = p.clone();
+        v5[0] = 0x55;
+        assert_eq!(run(&v5, Ingress::Tun), drop(DropReason::NotIpv6));
         let mut v0 = p;
         v0[0] = 0x00;
         assert_eq!(run(&v0, from_link()), drop(DropReason::NotIpv6));
@@ -547,11 +556,11 @@ mod tests {
 
     #[test]
     fn every_reachable_drop_reason_is_produced() {
-        let mut v4 = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
-        v4[0] = 0x45;
+        let mut v7 = udp(a(LOCAL_HOST), a(REMOTE), 64, 100);
+        v7[0] = 0x75;
         let cases: Vec<(Vec<u8>, Ingress)> = vec![
             (vec![0x60; 20], from_link()),
-            (v4, Ingress::Tun),
+            (v7, Ingress::Tun),
             (udp(a(LOCAL_HOST), a("ff02::1"), 64, 100), from_link()),
             (udp(a("::"), a(REMOTE), 64, 100), from_link()),
             (icmp(a(FAR), a(UNROUTED), 64, 1, 100), from_link()),
@@ -660,6 +669,10 @@ mod tests {
                 bytes[7] = hop;
                 bytes[8] = src_top;
                 bytes[24] = dst_top;
+            }
+            // IPv4 has its own rules and property test (crate::forward4).
+            if bytes.first().is_some_and(|b| b >> 4 == 4) {
+                bytes[0] = 0x75;
             }
             let original = bytes.clone();
             let decision = decide(&table, &mut bytes, ingress);

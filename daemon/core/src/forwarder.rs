@@ -18,9 +18,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, RouteTarget};
+use crate::forward4;
 use crate::icmp::{self, IcmpErrorKind, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
+use crate::icmp4;
 use crate::node::Forwarded;
 use crate::{LinkId, Time};
+use connectopus_wire::message::is_ipv4;
 
 /// What a dataplane worker forwards by; replaced whole, never changed in place.
 #[derive(Debug, Clone, Default)]
@@ -190,25 +193,41 @@ impl Forwarder {
         *self.report.drops.entry(reason).or_default() += 1;
     }
 
-    /// Answers `packet`, which the dataplane rejected, with the ICMPv6 error `kind`, subject to
+    /// Answers `packet`, which the dataplane rejected, with the ICMPv6 (or, for IPv4, ICMPv4)
+    /// error `kind`, subject to
     /// this forwarder's rate limit; the error comes out of [`Forwarder::poll_originated`].
     pub fn reject(&mut self, now: Time, kind: IcmpErrorKind, packet: &[u8]) {
         if !self.icmp_limiter.allow(now) {
             self.count_drop(DropReason::IcmpRateLimited);
             return;
         }
-        let Some(source) = self.snapshot.table.node_address else {
-            self.count_drop(DropReason::NoRoute);
-            return;
-        };
         let mut error = vec![0u8; MAX_ICMP_ERROR_LEN];
-        let Some(len) = icmp::write_error(kind, source, packet, &mut error) else {
+        let written = if is_ipv4(packet) {
+            // ICMPv4 from the node's IPv4 address; without one the node has no source for it.
+            let Some(source) = self.snapshot.table.node_address4 else {
+                self.count_drop(DropReason::Malformed);
+                return;
+            };
+            icmp4::write_error4(kind, source, packet, &mut error)
+        } else {
+            let Some(source) = self.snapshot.table.node_address else {
+                self.count_drop(DropReason::NoRoute);
+                return;
+            };
+            icmp::write_error(kind, source, packet, &mut error)
+        };
+        let Some(len) = written else {
             self.count_drop(DropReason::Malformed);
             return;
         };
         error.truncate(len);
         self.report.icmp_errors_sent += 1;
-        let Some(dst) = forward::addresses(&error).map(|(_, dst)| dst) else {
+        let dst = if is_ipv4(&error) {
+            forward4::addresses4(&error).map(|(_, dst)| forward4::mapped(dst))
+        } else {
+            forward::addresses(&error).map(|(_, dst)| dst)
+        };
+        let Some(dst) = dst else {
             return;
         };
         let forwarded = match self.snapshot.table.routes.lookup(dst).map(|(_, t)| *t) {
@@ -263,6 +282,7 @@ mod tests {
             table: Arc::new(ForwardingTable {
                 routes,
                 node_address: Some(a("2001:db8:1::")),
+                node_address4: None,
                 generation: 1,
             }),
             established,

@@ -66,7 +66,8 @@ pub struct Grant {
     /// The node address the key may use.
     pub address: Ipv6Addr,
     /// Prefixes the node may advertise and bind attachment names into, besides its own /128
-    /// (the driver lists delegated prefixes and the /128s of its TUN devices here).
+    /// (the driver lists delegated prefixes and the /128s of its TUN devices here, and its
+    /// IPv4 addresses as IPv4-mapped /128s).
     pub prefixes: Vec<Prefix>,
     /// Attachment names the node may publish.
     pub names: Vec<String>,
@@ -112,7 +113,16 @@ impl Grant {
             .names
             .iter()
             .all(|b| self.names.contains(&b.name) && self.allows_address(b.address));
-        if !names_ok {
+        // IPv4 names: the node's own name or a granted attachment name, at an IPv4 address the
+        // grant covers as an IPv4-mapped prefix.
+        let names4_ok = update.names4.iter().all(|b| {
+            (b.name == self.name || self.names.contains(&b.name))
+                && self
+                    .prefixes
+                    .iter()
+                    .any(|p| p.contains(b.address.to_ipv6_mapped()))
+        });
+        if !names_ok || !names4_ok {
             return Some("attachment_name");
         }
         None

@@ -12,10 +12,10 @@
 //! - [`session`]: the per-link session (hello exchange, liveness, the routing stream).
 //! - [`stream`]: the reliable, ordered, flow-controlled routing stream (an ARQ).
 //! - [`route`]: Dijkstra over the mesh graph and the longest-prefix-match table.
-//! - [`forward`]: the pure per-packet decision the dataplane calls.
+//! - [`forward`]: the pure per-packet decision the dataplane calls; [`forward4`] its IPv4 rules.
 //! - [`forwarder`]: one dataplane worker's per-packet path over an immutable forwarding
 //!   snapshot, shared by the daemon and the simulator.
-//! - [`icmp`]: ICMPv6 errors and their rate limit.
+//! - [`icmp`]: ICMPv6 errors and their rate limit; [`icmp4`] ICMPv4 errors.
 //! - [`identity`]: node keys, the trust policy, and the signed hello and update messages.
 //! - [`sim`]: a deterministic multi-node simulator (virtual clock, lossy links) for tests.
 //! - [`time`]: the core's notion of time.
@@ -24,8 +24,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod forward;
+pub mod forward4;
 pub mod forwarder;
 pub mod icmp;
+pub mod icmp4;
 pub mod identity;
 pub mod node;
 pub mod route;

@@ -15,21 +15,22 @@
 //! Duplicates and outdated updates are counted and dropped, never flooded.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use connectopus_wire::message::is_ipv6;
+use connectopus_wire::message::is_ip_packet;
 use connectopus_wire::{
-    Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, Prefix,
-    PrefixAdvert, Record, RecordKind, RecordLimits, SignedUpdate,
+    Adjacency, ControlDatagram, Cost, LinkMessage, LinkStateUpdate, NameBinding, NameBinding4,
+    Prefix, PrefixAdvert, Record, RecordKind, RecordLimits, SignedUpdate,
 };
 
 use crate::LinkId;
 use crate::forward::{DropReason, ForwardingTable, Ingress, RouteTarget};
+use crate::forward4::mapped;
 use crate::forwarder::{DataplaneReport, Forwarder, ForwardingSnapshot};
 use crate::icmp::IcmpRateLimiter;
 use crate::identity::{self, NodeKey, PublicKey, TrustPolicy};
@@ -95,6 +96,9 @@ impl Default for NodeTimers {
 pub struct NodeConfig {
     /// The node's mesh address.
     pub address: Ipv6Addr,
+    /// The node's IPv4 mesh address, if the mesh has IPv4 (`global.subnet4`): delivered
+    /// locally, advertised as an IPv4-mapped /128 and published as the A record of its name.
+    pub address4: Option<Ipv4Addr>,
     /// The node's name.
     pub name: String,
     /// Routing epoch of this instance; must grow across restarts of the node.
@@ -105,6 +109,9 @@ pub struct NodeConfig {
     pub prefixes: Vec<PrefixAdvert>,
     /// Names of those attachments.
     pub names: Vec<NameBinding>,
+    /// IPv4 addresses of those attachments' names (the node's own name comes from `address4`).
+    /// IPv4 prefixes go in `prefixes` as IPv4-mapped IPv6 prefixes.
+    pub names4: Vec<NameBinding4>,
     /// Timers.
     pub timers: NodeTimers,
     /// Routing stream settings.
@@ -148,11 +155,13 @@ impl NodeConfig {
     pub fn new(address: Ipv6Addr, name: impl Into<String>, epoch: u64, seed: u64) -> Self {
         Self {
             address,
+            address4: None,
             name: name.into(),
             epoch,
             config_version: 0,
             prefixes: Vec::new(),
             names: Vec::new(),
+            names4: Vec::new(),
             timers: NodeTimers::default(),
             stream: StreamConfig::default(),
             record_limits: RecordLimits::default(),
@@ -307,6 +316,8 @@ pub enum Event {
 pub struct NameEntry {
     /// The address the name resolves to.
     pub address: Ipv6Addr,
+    /// Its IPv4 address, if the name's owner published one.
+    pub address4: Option<Ipv4Addr>,
     /// The node whose update published the name.
     pub owner: Ipv6Addr,
 }
@@ -507,6 +518,11 @@ impl Node {
     /// Returns the node's address.
     pub fn address(&self) -> Ipv6Addr {
         self.config.address
+    }
+
+    /// Returns the node's IPv4 address, if the mesh has IPv4.
+    pub fn address4(&self) -> Option<Ipv4Addr> {
+        self.config.address4
     }
 
     /// Returns the node's name.
@@ -771,6 +787,16 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Replaces the node's own IPv4 address and its attachments' IPv4 names; triggers an
+    /// update. IPv4 attachment prefixes are set with [`Node::set_attachments`].
+    pub fn set_ipv4(&mut self, now: Time, address4: Option<Ipv4Addr>, names4: Vec<NameBinding4>) {
+        self.config.address4 = address4;
+        self.config.names4 = names4;
+        self.trigger_update(now);
+        self.schedule_spf(now);
+        self.after_input(now);
+    }
+
     /// Sets the configuration this node runs (already verified by the driver): its version is
     /// advertised in every update from now on, and neighbours that advertise an older version
     /// are offered these bytes on the routing stream.
@@ -1000,7 +1026,7 @@ impl Node {
         let Some(established) = self.sessions.get(&link).map(|s| s.is_established()) else {
             return;
         };
-        if is_ipv6(message) {
+        if is_ip_packet(message) {
             let _ = established;
             let forwarded = self.forward_packet(now, message, Ingress::Link(link), None);
             self.queue_forwarded(forwarded, message);
@@ -1022,7 +1048,7 @@ impl Node {
         };
         session.note_received(now, message.len());
         match parsed {
-            LinkMessage::Ipv6(_) => {}
+            LinkMessage::Ipv6(_) | LinkMessage::Ipv4(_) => {}
             LinkMessage::Hello(hello) => self.process_hello(now, link, &hello),
             LinkMessage::Keepalive(probe) => session.handle_keepalive(probe),
             LinkMessage::KeepaliveReply(reply) => session.handle_keepalive_reply(now, reply),
@@ -1359,6 +1385,7 @@ impl Node {
                 old.update.adjacencies != update.adjacencies
                     || old.update.prefixes != update.prefixes
                     || old.update.names != update.names
+                    || old.update.names4 != update.names4
                     || old.update.name != update.name
             }
         };
@@ -1507,8 +1534,9 @@ impl Node {
             name: self.config.name.clone(),
             config_version: self.config.config_version,
             adjacencies: adjacencies.clone(),
-            prefixes: self.config.prefixes.clone(),
+            prefixes: self.own_prefixes(),
             names: self.config.names.clone(),
+            names4: self.own_names4(),
         };
         update.canonicalize();
         let body = update.encode_body();
@@ -1595,7 +1623,7 @@ impl Node {
     /// Runs Dijkstra over the database and installs a new forwarding table if it changed.
     fn recompute_routes(&mut self) {
         self.counters.spf_runs += 1;
-        let own_prefixes = self.config.prefixes.clone();
+        let own_prefixes = self.own_prefixes();
         let own = route::NodeView {
             address: self.config.address,
             adjacencies: &self.own_adjacencies,
@@ -1674,7 +1702,18 @@ impl Node {
                     claimants,
                 });
             }
-            names.insert(name, NameEntry { address, owner });
+            let address4 = self
+                .names4_of(owner)
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a);
+            names.insert(
+                name,
+                NameEntry {
+                    address,
+                    address4,
+                    owner,
+                },
+            );
         }
         for (address, mut owners) in by_address {
             owners.sort();
@@ -1767,11 +1806,61 @@ impl Node {
             }
         }
         table.insert(Prefix::host(self.config.address), RouteTarget::Local);
+        if let Some(address4) = self.config.address4 {
+            table.insert(Prefix::host(mapped(address4)), RouteTarget::Local);
+        }
         ForwardingTable {
             routes: table,
             node_address: Some(self.config.address),
+            node_address4: self.config.address4,
             generation: 0,
         }
+    }
+
+    /// The prefixes this node advertises: its attachments' and its IPv4 address as an
+    /// IPv4-mapped /128.
+    fn own_prefixes(&self) -> Vec<PrefixAdvert> {
+        let mut prefixes = self.config.prefixes.clone();
+        if let Some(address4) = self.config.address4 {
+            prefixes.push(PrefixAdvert {
+                prefix: Prefix::host(mapped(address4)),
+                cost: Cost(0),
+            });
+        }
+        prefixes
+    }
+
+    /// The IPv4 names this node publishes: its own name at `address4` and its attachments'.
+    fn own_names4(&self) -> Vec<NameBinding4> {
+        let mut names4 = self.config.names4.clone();
+        if let Some(address) = self.config.address4 {
+            names4.push(NameBinding4 {
+                name: self.config.name.clone(),
+                address,
+            });
+        }
+        names4
+    }
+
+    /// The IPv4 names `owner` (this node or a known origin) publishes.
+    fn names4_of(&self, owner: Ipv6Addr) -> impl Iterator<Item = (&str, Ipv4Addr)> + '_ {
+        let own = (owner == self.config.address).then(|| {
+            let attachments = self
+                .config
+                .names4
+                .iter()
+                .map(|b| (b.name.as_str(), b.address));
+            let node = self.config.address4.map(|a| (self.config.name.as_str(), a));
+            node.into_iter().chain(attachments)
+        });
+        let origin = self
+            .database
+            .get(&owner)
+            .filter(|_| owner != self.config.address)
+            .map(|e| e.update.names4.iter().map(|b| (b.name.as_str(), b.address)));
+        own.into_iter()
+            .flatten()
+            .chain(origin.into_iter().flatten())
     }
 }
 

@@ -489,6 +489,7 @@ fn the_memory_of_pruned_origins_is_bounded_and_shrinks() {
             adjacencies: Vec::new(),
             prefixes: Vec::new(),
             names: Vec::new(),
+            names4: Vec::new(),
         };
         Record {
             kind: RecordKind::LinkStateUpdate,

@@ -322,18 +322,21 @@ fn icmp_errors_are_rate_limited_and_counted() {
 }
 
 #[test]
-fn multicast_and_ipv4_are_dropped_and_counted() {
+fn multicast_bad_ipv4_and_other_versions_are_dropped_and_counted() {
     let mut sim = Sim::new(19);
     let v = line(&mut sim, 2);
     assert_converges(&mut sim, 5 * SECOND);
     let mcast = udp_packet(sim.address(v[0]), "ff02::1".parse().unwrap(), 1, b"x");
     sim.send_from_tun(v[0], mcast);
-    let mut v4 = vec![0x45u8; 60];
-    v4[0] = 0x45;
-    sim.send_from_tun(v[0], v4);
+    // A header with a wrong checksum.
+    sim.send_from_tun(v[0], vec![0x45u8; 60]);
+    let mut v7 = vec![0x45u8; 60];
+    v7[0] = 0x75;
+    sim.send_from_tun(v[0], v7);
     assert!(sim.take_tun_packets(v[0]).is_empty());
     let drops = &sim.node(v[0]).unwrap().counters().drops;
     assert_eq!(drops.get(&DropReason::Multicast), Some(&1));
+    assert_eq!(drops.get(&DropReason::Malformed), Some(&1));
     assert_eq!(drops.get(&DropReason::NotIpv6), Some(&1));
 }
 

@@ -134,6 +134,9 @@ fn answer(snap: &Snapshot, query: &Message, resp: &mut Message) {
         if matches!(qtype, RecordType::AAAA | RecordType::ANY) {
             answers.extend(&node.aaaa);
         }
+        if matches!(qtype, RecordType::A | RecordType::ANY) {
+            answers.extend(&node.a);
+        }
         if matches!(qtype, RecordType::PTR | RecordType::ANY) {
             answers.extend(&node.ptr);
         }
@@ -146,6 +149,7 @@ fn answer(snap: &Snapshot, query: &Message, resp: &mut Message) {
     resp.answers.extend(answers.into_iter().cloned());
     if glue && let Some(ns) = snap.nodes.get(&snap.ns_name) {
         resp.additionals.extend(ns.aaaa.iter().cloned());
+        resp.additionals.extend(ns.a.iter().cloned());
     }
 }
 

@@ -1,6 +1,6 @@
 //! Zone configuration and the names derived from it.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use hickory_proto::rr::{LowerName, Name};
@@ -26,6 +26,11 @@ pub struct ZoneConfig {
     pub node_name: String,
     /// This node's mesh address.
     pub node_address: Ipv6Addr,
+    /// The mesh's IPv4 subnet (`global.subnet4`) and its prefix length, `0..=32`: its
+    /// `in-addr.arpa` zones are served. `None` (the default): no IPv4 reverse zones.
+    pub subnet4: Option<(Ipv4Addr, u8)>,
+    /// This node's IPv4 mesh address (the `A` record of its own name), if it has one.
+    pub node_address4: Option<Ipv4Addr>,
     /// TTL of every record, and the SOA minimum (the negative-caching TTL). Default 10 s:
     /// names come and go with the routing protocol, so caches must not hold them long.
     pub ttl: u32,
@@ -59,6 +64,8 @@ impl ZoneConfig {
             prefix_len,
             node_name: node_name.into(),
             node_address,
+            subnet4: None,
+            node_address4: None,
             ttl: DEFAULT_TTL,
             tcp_max_connections: DEFAULT_TCP_MAX_CONNECTIONS,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
@@ -123,6 +130,50 @@ fn reverse_apex(addr: u128, nibbles: usize) -> Name {
     Name::from_ascii(&text).unwrap_or_else(|_| Name::root())
 }
 
+/// The reverse zones (under `in-addr.arpa.`) that cover exactly `subnet/prefix_len`: one
+/// zone per octet-aligned prefix, a prefix that is not octet-aligned split into the zones at
+/// the next octet boundary (`198.18.0.0/15` → `18.198.in-addr.arpa.` and
+/// `19.198.in-addr.arpa.`). Returns an error if `prefix_len > 32` or the split would give
+/// more than 256 zones (a prefix shorter than /8 that is not /0).
+pub fn reverse_zones4(subnet: Ipv4Addr, prefix_len: u8) -> Result<Vec<Name>> {
+    if prefix_len > 32 {
+        return Err(Error::InvalidPrefixLength(prefix_len));
+    }
+    let mask = match prefix_len {
+        0 => 0,
+        n => u32::MAX << (32 - u32::from(n)),
+    };
+    let network = u32::from(subnet) & mask;
+    let octets = usize::from(prefix_len).div_ceil(8);
+    let extra_bits = octets * 8 - usize::from(prefix_len);
+    let mut zones = Vec::with_capacity(1 << extra_bits);
+    for variant in 0..(1u32 << extra_bits) {
+        let addr = match octets {
+            0 => network,
+            _ => network | (variant << (32 - octets * 8)),
+        };
+        zones.push(reverse_apex4(addr, octets));
+    }
+    Ok(zones)
+}
+
+/// `in-addr.arpa.` name holding the first `octets` octets of `addr`.
+fn reverse_apex4(addr: u32, octets: usize) -> Name {
+    let bytes = addr.to_be_bytes();
+    let mut text = String::with_capacity(octets * 4 + 13);
+    for b in bytes.iter().take(octets).rev() {
+        text.push_str(&b.to_string());
+        text.push('.');
+    }
+    text.push_str("in-addr.arpa.");
+    Name::from_ascii(&text).unwrap_or_else(|_| Name::root())
+}
+
+/// The full reverse name of an IPv4 address (4 octets under `in-addr.arpa.`), FQDN.
+pub(crate) fn reverse_name4(addr: Ipv4Addr) -> Name {
+    reverse_apex4(u32::from(addr), 4)
+}
+
 /// The full reverse name of an address (32 nibbles under `ip6.arpa.`), lower-case, FQDN.
 pub(crate) fn reverse_name(addr: Ipv6Addr) -> Name {
     reverse_apex(u128::from(addr), 32)
@@ -140,7 +191,10 @@ pub(crate) struct ZoneSpec {
     /// The node's own name, normalised (lower-case, relative).
     pub node_name: String,
     pub node_address: Ipv6Addr,
+    pub node_address4: Option<Ipv4Addr>,
     pub reverse: Vec<LowerName>,
+    /// Network address and mask of the IPv4 subnet (mask 0 and no zones without one).
+    pub subnet4: Option<(u32, u32)>,
     /// Network address and prefix length of the subnet, for reverse coverage checks.
     pub subnet_network: u128,
     pub subnet_mask: u128,
@@ -181,10 +235,21 @@ impl ZoneSpec {
         })?;
         let ns_name = qualify(&node_name, &domain);
         let rname = qualify("hostmaster", &domain);
-        let reverse = reverse_zones(config.subnet, config.prefix_len)?
+        let mut reverse: Vec<LowerName> = reverse_zones(config.subnet, config.prefix_len)?
             .into_iter()
             .map(LowerName::from)
             .collect();
+        let subnet4 = match config.subnet4 {
+            Some((net, len)) => {
+                reverse.extend(reverse_zones4(net, len)?.into_iter().map(LowerName::from));
+                let mask = match len {
+                    0 => 0,
+                    n => u32::MAX << (32 - u32::from(n)),
+                };
+                Some((u32::from(net) & mask, mask))
+            }
+            None => None,
+        };
         let subnet_mask = match config.prefix_len {
             0 => 0,
             n => u128::MAX << (128 - u32::from(n)),
@@ -195,7 +260,9 @@ impl ZoneSpec {
             rname,
             node_name,
             node_address: config.node_address,
+            node_address4: config.node_address4,
             reverse,
+            subnet4,
             subnet_network: u128::from(config.subnet) & subnet_mask,
             subnet_mask,
             ttl: config.ttl,
@@ -212,6 +279,12 @@ impl ZoneSpec {
     /// Whether `addr` is inside the mesh subnet (so its PTR is ours to serve).
     pub fn in_subnet(&self, addr: Ipv6Addr) -> bool {
         u128::from(addr) & self.subnet_mask == self.subnet_network
+    }
+
+    /// Whether `addr` is inside the mesh's IPv4 subnet (so its PTR is ours to serve).
+    pub fn in_subnet4(&self, addr: Ipv4Addr) -> bool {
+        self.subnet4
+            .is_some_and(|(network, mask)| u32::from(addr) & mask == network)
     }
 }
 

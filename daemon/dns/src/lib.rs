@@ -11,8 +11,11 @@
 //!
 //! - Serves the domain zone and the reverse zone(s) of the mesh subnet under `ip6.arpa.`
 //!   (see [`reverse_zones`] for prefixes that are not a multiple of 4).
-//! - `AAAA` for `<name>.<domain>.`, `PTR` for the reverse names of addresses inside the
-//!   subnet (→ `<name>.<domain>.`), `SOA` and `NS` at each zone apex. The name server is
+//! - With an IPv4 subnet ([`ZoneConfig::subnet4`]), also its `in-addr.arpa.` zones (see
+//!   [`reverse_zones4`]).
+//! - `AAAA` for `<name>.<domain>.`, `A` for names given an IPv4 address (a name without one
+//!   answers `A` with NODATA), `PTR` for the reverse names of addresses inside the
+//!   subnets (→ `<name>.<domain>.`), `SOA` and `NS` at each zone apex. The name server is
 //!   the node itself, `<node_name>.<domain>.`, whose AAAA is always served and is added
 //!   as glue to NS answers. `ANY` returns every record at the name.
 //! - Answers are authoritative (AA) with a short TTL ([`ZoneConfig::ttl`], default 10 s,
@@ -70,9 +73,11 @@
 //! let udp = std::net::UdpSocket::bind("[fd00::1]:53")?;
 //! let tcp = std::net::TcpListener::bind("[fd00::1]:53")?;
 //! let server = DnsServer::start(udp, tcp, ZoneConfig::new("connectopus.test", "fd00::".parse()?, 64, "node1", me))?;
-//! server.update([("bar", "fd00::2".parse()?), ("foo-tun", "fd00::3".parse()?)]);
+//! let v6: std::net::IpAddr = "fd00::2".parse()?;
+//! let v4: std::net::IpAddr = "198.18.0.2".parse()?;
+//! server.update([("bar", v6), ("bar", v4)]);
 //! // ... later, when the routing protocol's view changes:
-//! server.update([("bar", "fd00::2".parse()?)]);
+//! server.update([("bar", v6)]);
 //! server.stop()?;
 //! # Ok(()) }
 //! ```
@@ -87,6 +92,7 @@ mod table;
 
 pub use config::{
     DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_TCP_MAX_CONNECTIONS, DEFAULT_TTL, ZoneConfig, reverse_zones,
+    reverse_zones4,
 };
 pub use error::{Error, NameError, Result};
 pub use server::{DnsServer, MAX_TCP_QUERY, Stats};

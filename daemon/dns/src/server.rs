@@ -122,10 +122,11 @@ impl DnsServer {
     }
 
     /// Replaces the whole set of served names; see [`NameTable::update`].
-    pub fn update<I, S>(&self, names: I) -> UpdateOutcome
+    pub fn update<I, S, A>(&self, names: I) -> UpdateOutcome
     where
-        I: IntoIterator<Item = (S, std::net::Ipv6Addr)>,
+        I: IntoIterator<Item = (S, A)>,
         S: AsRef<str>,
+        A: Into<std::net::IpAddr>,
     {
         self.table.update(names)
     }

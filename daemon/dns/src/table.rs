@@ -1,14 +1,14 @@
 //! The live name table and the immutable zone snapshots built from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hickory_proto::rr::rdata::{AAAA, NS, PTR, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 
-use crate::config::{ZoneSpec, normalize_name, qualify, reverse_name};
+use crate::config::{ZoneSpec, normalize_name, qualify, reverse_name, reverse_name4};
 use crate::error::NameError;
 
 /// SOA timers. Nothing transfers these zones (every node serves its own copy), so they only
@@ -88,26 +88,32 @@ impl NameTable {
     /// Replaces the whole set of served names with `names`: pairs of a name relative to the
     /// mesh domain (`bar`, `foo-tun`) and its address.
     ///
-    /// Names are lower-cased. A name given with several addresses gets several AAAA
-    /// records; an address given for several names gets several PTR records. The node's own
-    /// name always maps to its configured address and need not be listed. PTR records are
-    /// served only for addresses inside the mesh subnet.
+    /// Names are lower-cased. A name given with several addresses gets several AAAA (IPv6)
+    /// or A (IPv4) records; an address given for several names gets several PTR records. The
+    /// node's own name always maps to its configured addresses and need not be listed. PTR
+    /// records are served only for addresses inside the mesh subnet (IPv4: `subnet4`).
     ///
     /// The SOA serial goes up by one if, and only if, the served set changes.
-    pub fn update<I, S>(&self, names: I) -> UpdateOutcome
+    pub fn update<I, S, A>(&self, names: I) -> UpdateOutcome
     where
-        I: IntoIterator<Item = (S, Ipv6Addr)>,
+        I: IntoIterator<Item = (S, A)>,
         S: AsRef<str>,
+        A: Into<IpAddr>,
     {
         let spec = &self.shared.spec;
         let domain = Name::from(spec.domain.clone());
-        let mut set: BTreeMap<String, BTreeSet<Ipv6Addr>> = BTreeMap::new();
+        let mut set: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         let mut rejected = Vec::new();
         for (name, addr) in names {
             let name = name.as_ref();
+            let addr: IpAddr = addr.into();
+            let own = match addr {
+                IpAddr::V6(a) => a == spec.node_address,
+                IpAddr::V4(a) => Some(a) == spec.node_address4,
+            };
             match normalize_name(name, &domain) {
                 Ok(n) if n == spec.node_name => {
-                    if addr != spec.node_address {
+                    if !own {
                         rejected.push((name.to_owned(), NameError::OwnName));
                     }
                 }
@@ -160,7 +166,15 @@ impl NameTable {
         self.snapshot()
             .names
             .get(&name)
-            .map(|addrs| addrs.iter().copied().collect())
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V6(a) => Some(*a),
+                        IpAddr::V4(_) => None,
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -194,6 +208,7 @@ pub(crate) struct Zone {
 #[derive(Debug, Default)]
 pub(crate) struct Node {
     pub aaaa: Vec<Record>,
+    pub a: Vec<Record>,
     pub ptr: Vec<Record>,
 }
 
@@ -203,7 +218,7 @@ pub(crate) struct Snapshot {
     pub serial: u32,
     /// The served set as given (normalised, without the node's own name): compared on
     /// update to tell whether anything changed.
-    names: BTreeMap<String, BTreeSet<Ipv6Addr>>,
+    names: BTreeMap<String, BTreeSet<IpAddr>>,
     /// The domain zone first, then the reverse zones.
     pub zones: Vec<Zone>,
     pub nodes: HashMap<LowerName, Node>,
@@ -212,7 +227,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(spec: &ZoneSpec, names: BTreeMap<String, BTreeSet<Ipv6Addr>>, serial: u32) -> Self {
+    fn build(spec: &ZoneSpec, names: BTreeMap<String, BTreeSet<IpAddr>>, serial: u32) -> Self {
         let ttl = spec.ttl;
         let zones: Vec<Zone> = spec
             .apexes()
@@ -236,19 +251,31 @@ impl Snapshot {
             .collect();
         let domain = Name::from(spec.domain.clone());
         let mut nodes: HashMap<LowerName, Node> = HashMap::new();
-        let own_addrs = BTreeSet::from([spec.node_address]);
+        let mut own_addrs = BTreeSet::from([IpAddr::V6(spec.node_address)]);
+        own_addrs.extend(spec.node_address4.map(IpAddr::V4));
         let own = (&spec.node_name, &own_addrs);
         for (name, addrs) in names.iter().chain([own]) {
             let fqdn = qualify(name, &domain);
             add_empty_ancestors(&mut nodes, &fqdn, &zones);
             let node = nodes.entry(LowerName::new(&fqdn)).or_default();
-            node.aaaa.extend(
-                addrs
-                    .iter()
-                    .map(|a| Record::from_rdata(fqdn.clone(), ttl, RData::AAAA(AAAA(*a)))),
-            );
-            for addr in addrs.iter().filter(|a| spec.in_subnet(**a)) {
-                let reverse = reverse_name(*addr);
+            for addr in addrs {
+                match addr {
+                    IpAddr::V6(a) => {
+                        node.aaaa
+                            .push(Record::from_rdata(fqdn.clone(), ttl, RData::AAAA(AAAA(*a))))
+                    }
+                    IpAddr::V4(a) => {
+                        node.a
+                            .push(Record::from_rdata(fqdn.clone(), ttl, RData::A(A(*a))));
+                    }
+                }
+            }
+            let reverses = addrs.iter().filter_map(|addr| match addr {
+                IpAddr::V6(a) if spec.in_subnet(*a) => Some(reverse_name(*a)),
+                IpAddr::V4(a) if spec.in_subnet4(*a) => Some(reverse_name4(*a)),
+                _ => None,
+            });
+            for reverse in reverses {
                 add_empty_ancestors(&mut nodes, &reverse, &zones);
                 nodes
                     .entry(LowerName::new(&reverse))

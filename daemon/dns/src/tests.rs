@@ -375,3 +375,133 @@ fn the_public_respond_answers_like_the_server() {
     let bad = ZoneConfig::new("", ip("fd00::"), 64, "node1", ip("fd00::1"));
     assert!(NameTable::for_zone(&bad).is_err());
 }
+
+/// A table with IPv4: `node1` at 198.18.0.1, `bar` at 198.18.0.2, `v6only` without IPv4.
+fn table4() -> NameTable {
+    let mut config = ZoneConfig::new(
+        "connectopus.test",
+        "fd00::".parse().unwrap(),
+        64,
+        "node1",
+        "fd00::1".parse().unwrap(),
+    );
+    config.subnet4 = Some(("198.18.0.0".parse().unwrap(), 15));
+    config.node_address4 = Some("198.18.0.1".parse().unwrap());
+    let t = NameTable::new(ZoneSpec::new(&config).unwrap());
+    let v4 = |s: &str| std::net::IpAddr::V4(s.parse().unwrap());
+    let v6 = |s: &str| std::net::IpAddr::V6(s.parse().unwrap());
+    let outcome = t.update([
+        ("bar", v6("fd00::2")),
+        ("bar", v4("198.18.0.2")),
+        ("v6only", v6("fd00::3")),
+        ("far", v4("10.1.2.3")),
+        ("node1", v4("198.18.0.1")),
+    ]);
+    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+    t
+}
+
+fn a_records(m: &Message) -> Vec<std::net::Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ptr_names(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::PTR(p) => Some(p.0.to_ascii()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_records_for_names_with_ipv4_and_nodata_without() {
+    let t = table4();
+    let r = ask(&t, "bar.connectopus.test.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(
+        a_records(&r),
+        ["198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert!(aaaa(&r).is_empty(), "an A query gets no AAAA");
+    let r = ask(&t, "bar.connectopus.test.", RecordType::AAAA);
+    assert_eq!(aaaa(&r), [ip("fd00::2")]);
+    // The node's own name has its IPv4 address from the zone config.
+    let r = ask(&t, "node1.connectopus.test.", RecordType::A);
+    assert_eq!(
+        a_records(&r),
+        ["198.18.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    // A name without IPv4: NODATA (no error, no answer, the SOA in authority).
+    let r = ask(&t, "v6only.connectopus.test.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+    assert!(soa_serial(&r).is_some());
+    // An unknown name: NXDOMAIN.
+    let r = ask(&t, "nobody.connectopus.test.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    // ANY has both families.
+    let r = ask(&t, "bar.connectopus.test.", RecordType::ANY);
+    assert_eq!((a_records(&r).len(), aaaa(&r).len()), (1, 1));
+    // NS glue carries the node's A record too.
+    let r = ask(&t, "connectopus.test.", RecordType::NS);
+    assert!(r.additionals.iter().any(|r| matches!(r.data, RData::A(_))));
+}
+
+#[test]
+fn in_addr_arpa_ptr_inside_subnet4_only() {
+    let t = table4();
+    let r = ask(&t, "2.0.18.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(ptr_names(&r), ["bar.connectopus.test."]);
+    let r = ask(&t, "1.0.18.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(ptr_names(&r), ["node1.connectopus.test."]);
+    // 198.19/16 is the other half of the /15: ours, and unknown there is NXDOMAIN.
+    let r = ask(&t, "9.9.19.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    // The zone apex answers SOA; addresses outside subnet4 are refused.
+    let r = ask(&t, "18.198.in-addr.arpa.", RecordType::SOA);
+    assert!(soa_serial(&r).is_some());
+    let r = ask(&t, "3.2.1.10.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    let r = ask(&t, "9.9.20.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn without_subnet4_there_are_no_ipv4_zones_or_records_for_the_node() {
+    let t = table();
+    let r = ask(&t, "node1.connectopus.test.", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+    let r = ask(&t, "1.0.18.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn reverse_zones4_split_at_octets() {
+    let names = |net: &str, len| -> Vec<String> {
+        crate::reverse_zones4(net.parse().unwrap(), len)
+            .unwrap()
+            .iter()
+            .map(|n| n.to_ascii())
+            .collect()
+    };
+    assert_eq!(
+        names("198.18.0.0", 15),
+        ["18.198.in-addr.arpa.", "19.198.in-addr.arpa."]
+    );
+    assert_eq!(names("198.18.5.0", 24), ["5.18.198.in-addr.arpa."]);
+    assert_eq!(names("10.0.0.0", 8), ["10.in-addr.arpa."]);
+    assert_eq!(names("0.0.0.0", 0), ["in-addr.arpa."]);
+    assert!(crate::reverse_zones4("1.2.3.4".parse().unwrap(), 33).is_err());
+}

@@ -25,7 +25,8 @@ pub mod record;
 
 pub use addr::{Cost, Prefix};
 pub use lsu::{
-    Adjacency, LinkStateUpdate, NameBinding, PrefixAdvert, SignedUpdate, UpdateSignature,
+    Adjacency, LinkStateUpdate, NameBinding, NameBinding4, PrefixAdvert, SignedUpdate,
+    UpdateSignature,
 };
 pub use message::{
     ControlDatagram, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, LinkMessage,
@@ -138,7 +139,7 @@ mod tests {
         match err {
             WireError::Truncated => LinkMessage::parse(&[]).map(drop),
             WireError::TrailingBytes => LinkMessage::parse(&[6, 1, 0]).map(drop),
-            WireError::UnknownType => LinkMessage::parse(&[0x42]).map(drop),
+            WireError::UnknownType => LinkMessage::parse(&[0x72]).map(drop),
             WireError::UnsupportedVersion => hello(|b| b[1] = 9),
             WireError::BadName => hello(|b| b[49] = b'_'),
             WireError::BadValue => hello(|b| b[15] = 0),
@@ -153,6 +154,7 @@ mod tests {
                     adjacencies: Vec::new(),
                     prefixes: Vec::new(),
                     names: Vec::new(),
+                    names4: Vec::new(),
                 };
                 let binding = NameBinding {
                     name: "a".to_owned(),

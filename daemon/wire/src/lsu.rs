@@ -5,13 +5,18 @@
 //! The [`SignedUpdate`] container wraps the body with an optional signature trailer.
 //! Layouts are in `docs/protocol.md`.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::cursor::{Reader, put_name};
 use crate::{Cost, Prefix, WireError};
 
-/// Version byte at the start of every update body.
+/// Version byte of an update body without IPv4 names (identical to the first version).
 pub const LSU_VERSION: u8 = 1;
+
+/// Version byte of an update body that ends with an IPv4 name list ([`NameBinding4`]). Bodies
+/// are encoded as version 1 whenever that list is empty, so a mesh without IPv4 floods exactly
+/// the bytes it always did; nodes that only know version 1 reject version 2 bodies.
+pub const LSU_VERSION_IPV4: u8 = 2;
 
 /// One node's view of itself: its live sessions, attached prefixes and names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,19 @@ pub struct LinkStateUpdate {
     pub prefixes: Vec<PrefixAdvert>,
     /// Names of the origin's attachments, sorted by name.
     pub names: Vec<NameBinding>,
+    /// IPv4 addresses of the origin's names (A records), sorted by name; empty in a mesh
+    /// without IPv4. IPv4 prefixes travel in `prefixes` as IPv4-mapped IPv6 prefixes
+    /// (`::ffff:a.b.c.d/(96+n)`).
+    pub names4: Vec<NameBinding4>,
+}
+
+/// An IPv4 address the origin publishes for one of its names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NameBinding4 {
+    /// The name, without the mesh domain ([`crate::check_name`]).
+    pub name: String,
+    /// The IPv4 address it resolves to.
+    pub address: Ipv4Addr,
 }
 
 /// A directed edge from the origin to a peer.
@@ -69,7 +87,9 @@ impl LinkStateUpdate {
     /// The names should pass [`crate::check_name`]; a list longer than `u32::MAX` entries is
     /// cut to fit its count field.
     pub fn encode_body(&self) -> Vec<u8> {
-        let names_len: usize = self.names.iter().map(|n| 17 + n.name.len()).sum();
+        let names_len: usize = self.names.iter().map(|n| 17 + n.name.len()).sum::<usize>()
+            + self.names4.iter().map(|n| 5 + n.name.len()).sum::<usize>()
+            + 4;
         let mut out = Vec::with_capacity(
             Self::FIXED_LEN
                 + self.name.len()
@@ -78,7 +98,11 @@ impl LinkStateUpdate {
                 + PREFIX_LEN * self.prefixes.len()
                 + names_len,
         );
-        out.push(LSU_VERSION);
+        out.push(if self.names4.is_empty() {
+            LSU_VERSION
+        } else {
+            LSU_VERSION_IPV4
+        });
         out.extend_from_slice(&self.origin.octets());
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.sequence.to_be_bytes());
@@ -97,6 +121,12 @@ impl LinkStateUpdate {
             put_name(&mut out, &n.name);
             out.extend_from_slice(&n.address.octets());
         }
+        if !self.names4.is_empty() {
+            for n in put_count(&mut out, &self.names4) {
+                put_name(&mut out, &n.name);
+                out.extend_from_slice(&n.address.octets());
+            }
+        }
         out
     }
 
@@ -104,7 +134,8 @@ impl LinkStateUpdate {
     /// [`WireError::NotCanonical`].
     pub fn parse_body(buf: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(buf);
-        if r.u8()? != LSU_VERSION {
+        let version = r.u8()?;
+        if version != LSU_VERSION && version != LSU_VERSION_IPV4 {
             return Err(WireError::UnsupportedVersion);
         }
         let origin = r.ipv6()?;
@@ -157,6 +188,26 @@ impl LinkStateUpdate {
             names.push(binding);
         }
 
+        let mut names4: Vec<NameBinding4> = Vec::new();
+        if version == LSU_VERSION_IPV4 {
+            let n = read_count(&mut r, MIN_NAME_BINDING4_LEN)?;
+            // Version 2 exists to carry IPv4 names: an empty list must be version 1.
+            if n == 0 {
+                return Err(WireError::NotCanonical);
+            }
+            names4.reserve(n);
+            for _ in 0..n {
+                let binding = NameBinding4 {
+                    name: r.name()?,
+                    address: Ipv4Addr::from(r.array::<4>()?),
+                };
+                if names4.last().is_some_and(|prev| prev.name >= binding.name) {
+                    return Err(WireError::NotCanonical);
+                }
+                names4.push(binding);
+            }
+        }
+
         r.finish()?;
         Ok(Self {
             origin,
@@ -167,6 +218,7 @@ impl LinkStateUpdate {
             adjacencies,
             prefixes,
             names,
+            names4,
         })
     }
 
@@ -181,6 +233,9 @@ impl LinkStateUpdate {
         self.names.sort_by(|a, b| a.name.cmp(&b.name));
         self.names
             .dedup_by(|later, earlier| later.name == earlier.name);
+        self.names4.sort_by(|a, b| a.name.cmp(&b.name));
+        self.names4
+            .dedup_by(|later, earlier| later.name == earlier.name);
     }
 
     /// Returns true if every list is strictly ascending by its key, as the wire requires.
@@ -188,6 +243,7 @@ impl LinkStateUpdate {
         self.adjacencies.is_sorted_by(|a, b| a.peer < b.peer)
             && self.prefixes.is_sorted_by(|a, b| a.prefix < b.prefix)
             && self.names.is_sorted_by(|a, b| a.name < b.name)
+            && self.names4.is_sorted_by(|a, b| a.name < b.name)
     }
 
     /// Size of the fixed part, up to and including the name length byte.
@@ -200,6 +256,8 @@ const ADJACENCY_LEN: usize = 16 + 4;
 const PREFIX_LEN: usize = 16 + 1 + 4;
 /// Smallest name entry: length byte, a one-byte name and the address.
 const MIN_NAME_BINDING_LEN: usize = 1 + 1 + 16;
+/// Smallest IPv4 name entry: length byte, a one-byte name and the address.
+const MIN_NAME_BINDING4_LEN: usize = 1 + 1 + 4;
 
 /// Reads a list count and checks that the rest of the buffer can hold that many entries of at
 /// least `entry_len` bytes, so a lying count cannot make the parser allocate.
@@ -317,6 +375,7 @@ mod tests {
                 name: "w".to_owned(),
                 address: ip(4),
             }],
+            names4: Vec::new(),
         }
     }
 
@@ -351,6 +410,54 @@ mod tests {
     const NAME_COUNT_AT: usize = FIRST_PREFIX_AT + 21;
 
     #[test]
+    fn ipv4_names_make_a_version_2_body_that_extends_version_1() {
+        let mut u = sample();
+        u.names4 = vec![
+            NameBinding4 {
+                name: "w".to_owned(),
+                address: Ipv4Addr::new(198, 18, 0, 4),
+            },
+            NameBinding4 {
+                name: "x".to_owned(),
+                address: Ipv4Addr::new(198, 18, 0, 5),
+            },
+        ];
+        let mut expected = sample_bytes();
+        expected[0] = LSU_VERSION_IPV4;
+        expected.extend_from_slice(&[0, 0, 0, 2]); // n_names4
+        expected.extend_from_slice(&[1, b'w', 198, 18, 0, 4]);
+        expected.extend_from_slice(&[1, b'x', 198, 18, 0, 5]);
+        assert_eq!(u.encode_body(), expected);
+        assert_eq!(LinkStateUpdate::parse_body(&expected), Ok(u));
+        // Without IPv4 names the body is version 1, byte for byte as before.
+        assert_eq!(sample().encode_body()[0], LSU_VERSION);
+        // Version 2 with an empty list, unsorted names and version 1 with a trailer are refused.
+        let mut empty = sample_bytes();
+        empty[0] = LSU_VERSION_IPV4;
+        empty.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(
+            LinkStateUpdate::parse_body(&empty),
+            Err(WireError::NotCanonical)
+        );
+        let mut unsorted = sample_bytes();
+        unsorted[0] = LSU_VERSION_IPV4;
+        unsorted.extend_from_slice(&[0, 0, 0, 2, 1, b'x', 198, 18, 0, 5, 1, b'w', 198, 18, 0, 4]);
+        assert_eq!(
+            LinkStateUpdate::parse_body(&unsorted),
+            Err(WireError::NotCanonical)
+        );
+        let mut v1_trailer = expected.clone();
+        v1_trailer[0] = LSU_VERSION;
+        assert!(LinkStateUpdate::parse_body(&v1_trailer).is_err());
+        let mut v3 = expected;
+        v3[0] = 3;
+        assert_eq!(
+            LinkStateUpdate::parse_body(&v3),
+            Err(WireError::UnsupportedVersion)
+        );
+    }
+
+    #[test]
     fn body_layout() {
         let bytes = sample_bytes();
         assert_eq!(bytes[NAME_LEN_AT], 2);
@@ -379,7 +486,7 @@ mod tests {
     #[test]
     fn body_errors() {
         assert_eq!(
-            parse_modified(|b| b[0] = 2),
+            parse_modified(|b| b[0] = 3),
             Err(WireError::UnsupportedVersion)
         );
         assert_eq!(
@@ -649,9 +756,27 @@ mod tests {
             proptest::collection::vec(adjacency, 0..12),
             proptest::collection::vec(prefix, 0..12),
             proptest::collection::vec(binding, 0..12),
+            proptest::collection::vec((name(), any::<u32>()), 0..4),
         )
             .prop_map(
-                |(origin, epoch, sequence, name, config_version, adjacencies, prefixes, names)| {
+                |(
+                    origin,
+                    epoch,
+                    sequence,
+                    name,
+                    config_version,
+                    adjacencies,
+                    prefixes,
+                    names,
+                    v4,
+                )| {
+                    let names4 = v4
+                        .into_iter()
+                        .map(|(name, a)| NameBinding4 {
+                            name,
+                            address: Ipv4Addr::from(a),
+                        })
+                        .collect();
                     let mut u = LinkStateUpdate {
                         origin,
                         epoch,
@@ -661,6 +786,7 @@ mod tests {
                         adjacencies,
                         prefixes,
                         names,
+                        names4,
                     };
                     u.canonicalize();
                     u

@@ -1,7 +1,8 @@
 //! Link messages, demultiplexed by their first byte.
 //!
-//! A message whose first byte has the high nibble 6 is a raw IPv6 packet with no extra header,
-//! so the data path forwards packets without copying them to prepend anything.
+//! A message whose first byte has the high nibble 6 is a raw IPv6 packet, and one with the high
+//! nibble 4 a raw IPv4 packet, with no extra header, so the data path forwards packets without
+//! copying them to prepend anything.
 //! Every other message starts with a one-byte [`MessageType`].
 //! Layouts are in `docs/protocol.md`.
 
@@ -48,6 +49,8 @@ impl MessageType {
 pub enum LinkMessage<'a> {
     /// A raw IPv6 packet (the whole message).
     Ipv6(&'a [u8]),
+    /// A raw IPv4 packet (the whole message).
+    Ipv4(&'a [u8]),
     /// A session hello.
     Hello(Hello),
     /// A keepalive probe.
@@ -68,8 +71,10 @@ impl<'a> LinkMessage<'a> {
         let Some(&first) = buf.first() else {
             return Err(WireError::Truncated);
         };
-        if first >> 4 == 6 {
-            return Ok(Self::Ipv6(buf));
+        match first >> 4 {
+            6 => return Ok(Self::Ipv6(buf)),
+            4 => return Ok(Self::Ipv4(buf)),
+            _ => {}
         }
         let mut r = Reader::new(buf);
         r.u8()?;
@@ -86,7 +91,7 @@ impl<'a> LinkMessage<'a> {
     /// Encodes the message; the result parses back equal (a raw IPv6 packet is copied as is).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Self::Ipv6(packet) => packet.to_vec(),
+            Self::Ipv6(packet) | Self::Ipv4(packet) => packet.to_vec(),
             Self::Hello(m) => m.encode(),
             Self::Keepalive(m) => m.encode_probe(),
             Self::KeepaliveReply(m) => m.encode_reply(),
@@ -101,6 +106,19 @@ impl<'a> LinkMessage<'a> {
 #[inline]
 pub fn is_ipv6(buf: &[u8]) -> bool {
     buf.first().is_some_and(|b| b >> 4 == 6)
+}
+
+/// Returns true if a link message is a raw IPv4 packet (high nibble of the first byte is 4).
+#[inline]
+pub fn is_ipv4(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| b >> 4 == 4)
+}
+
+/// Returns true if a link message is a raw IP packet, IPv6 or IPv4: data for the forwarding
+/// path rather than a control message.
+#[inline]
+pub fn is_ip_packet(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| matches!(b >> 4, 4 | 6))
 }
 
 /// Opening message of a session, sent by both ends until each has seen the other's.
@@ -653,8 +671,14 @@ mod tests {
             assert_eq!(LinkMessage::parse(&buf), Ok(LinkMessage::Ipv6(&buf)));
         }
         assert_eq!(LinkMessage::parse(&[0x60]), Ok(LinkMessage::Ipv6(&[0x60])));
-        for first in [0x00, 0x07, 0x45, 0x5f, 0x70, 0xff] {
-            assert!(!is_ipv6(&[first]));
+        // Any first byte 0x40..=0x4f is IPv4.
+        for first in 0x40..=0x4f {
+            let buf = [first, 0xff];
+            assert!(is_ipv4(&buf) && is_ip_packet(&buf) && !is_ipv6(&buf));
+            assert_eq!(LinkMessage::parse(&buf), Ok(LinkMessage::Ipv4(&buf)));
+        }
+        for first in [0x00, 0x07, 0x3f, 0x5f, 0x70, 0xff] {
+            assert!(!is_ipv6(&[first]) && !is_ip_packet(&[first]));
             assert_eq!(LinkMessage::parse(&[first]), Err(WireError::UnknownType));
         }
         assert!(!is_ipv6(&[]));

@@ -573,7 +573,7 @@ impl Daemon {
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        let data = is_ipv6(message);
+        let data = is_ip_packet(message);
         if data && l.backlog() > MAX_TCP_BACKLOG {
             self.worker.forwarder.count_drop(DropReason::LinkCongested);
             return;
@@ -620,7 +620,7 @@ impl Daemon {
     /// Routes or hands to the core the link message held in `self.worker.scratch`.
     pub(super) fn handle_link_message_in_scratch(&mut self, link: LinkId) {
         let mut message = std::mem::take(&mut self.worker.scratch);
-        if is_ipv6(&message) {
+        if is_ip_packet(&message) {
             self.route_link_packet(link, &mut message);
         } else {
             let now = self.now();

@@ -42,13 +42,17 @@ impl Dns {
                 .and_then(|udp| TcpListener::bind(bind).map(|tcp| (udp, tcp)))
             {
                 Ok((udp, tcp)) => {
-                    let zone = ZoneConfig::new(
+                    let mut zone = ZoneConfig::new(
                         config.global.domain.clone(),
                         config.global.subnet.network(),
                         config.global.subnet.prefix_len(),
                         name.to_owned(),
                         address,
                     );
+                    if let Some(subnet4) = config.global.subnet4 {
+                        zone.subnet4 = Some((subnet4.network(), subnet4.prefix_len()));
+                        zone.node_address4 = node.address4;
+                    }
                     return match DnsServer::start(udp, tcp, zone) {
                         Ok(server) => {
                             tracing::info!(%bind, domain = %config.global.domain, "dns server up");
@@ -74,7 +78,12 @@ impl Dns {
     /// Replaces the served names with the node's current name table.
     pub(super) fn update(&self, node: &Node) {
         if let Dns::Running(server) = self {
-            let outcome = server.update(node.names().iter().map(|(n, e)| (n.as_str(), e.address)));
+            let names = node.names().iter().flat_map(|(n, e)| {
+                let v6 = std::iter::once((n.as_str(), std::net::IpAddr::V6(e.address)));
+                let v4 = e.address4.map(|a| (n.as_str(), std::net::IpAddr::V4(a)));
+                v6.chain(v4)
+            });
+            let outcome = server.update(names);
             for (name, error) in &outcome.rejected {
                 tracing::debug!(%name, %error, "name not served");
             }

@@ -294,9 +294,14 @@ impl Daemon {
         self.after_dtls_io(link);
     }
 
-    /// Routes an IPv6 packet where it lies, or hands any other link message to the core.
+    /// Routes an IP packet where it lies, or hands any other link message to the core.
     fn on_link_message_in_buf(&mut self, link: LinkId, buf: &uring_io::BufId, r: Range<usize>) {
-        let data = self.worker.io.buf(buf).get(r.clone()).is_some_and(is_ipv6);
+        let data = self
+            .worker
+            .io
+            .buf(buf)
+            .get(r.clone())
+            .is_some_and(is_ip_packet);
         if data {
             self.route_link_packet_in_buf(link, buf, r);
         } else {

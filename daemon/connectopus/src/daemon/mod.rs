@@ -27,7 +27,7 @@ use connectopus_core::node::{Command, Event, Node, NodeConfig};
 use connectopus_core::session::LinkInfo;
 use connectopus_core::{LinkId, Time};
 use connectopus_wire::Cost;
-use connectopus_wire::message::is_ipv6;
+use connectopus_wire::message::is_ip_packet;
 use uring_io::{Completion, OpKind, PacketIo, Token};
 
 use connectopus_dtls::{Accept, DtlsAssociation, State as DtlsState};

@@ -62,16 +62,23 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let mut tuns = Vec::new();
     match node_config.tun_name(&id) {
         Some(tun_name) => {
+            let address4 = config
+                .global
+                .subnet4
+                .zip(node_config.address4)
+                .map(|(subnet4, a)| (a, subnet4.prefix_len()));
             let tun = TunDevice::create(
                 &tun_name,
                 node_config.address,
                 config.global.subnet.prefix_len(),
+                address4,
                 mtu,
                 offloads.wanted,
             )?;
             tracing::info!(
                 tun = %tun.name(),
                 address = %node_config.address,
+                address4 = ?node_config.address4,
                 %mtu,
                 offload = %tun.offload().describe(),
                 "tun device up"
@@ -83,13 +90,22 @@ pub fn run(options: NodeOptions) -> Result<()> {
     // Upstream's tun_devs: extra host addresses, each on its own device, advertised as /128s.
     let mut tun_dev_names = Vec::new();
     for (name, dev) in &node_config.tun_devs {
-        let tun = TunDevice::create(&dev.device, dev.address, 128, mtu, offloads.wanted)
-            .with_context(|| format!("tun_devs.{name}"))?;
+        let address4 = dev.address4.map(|a| (a, 32));
+        let tun = TunDevice::create(
+            &dev.device,
+            dev.address,
+            128,
+            address4,
+            mtu,
+            offloads.wanted,
+        )
+        .with_context(|| format!("tun_devs.{name}"))?;
         tracing::info!(tun = %tun.name(), address = %dev.address, name = %name, "extra tun device up");
         tuns.push(tun);
         tun_dev_names.push(name.clone());
     }
-    let (attachments, attachment_names) = tun_devs::attachments(&node_config.tun_devs, |_| true);
+    let (attachments, attachment_names, attachment_names4) =
+        tun_devs::attachments(&node_config.tun_devs, |_| true);
 
     let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
     match io.fallback_reason() {
@@ -218,6 +234,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
     }
     core.prefixes = attachments.clone();
     core.names = attachment_names.clone();
+    core.names4 = attachment_names4;
+    core.address4 = config.global.subnet4.and(node_config.address4);
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
     core.timers.update_interval = timers.update_interval.get();

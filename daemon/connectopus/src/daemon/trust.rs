@@ -39,6 +39,14 @@ pub(super) fn policy(config: &MeshConfig) -> TrustPolicy {
             grant.prefixes.push(Prefix::host(ns.address));
             grant.names.push(ns_name.clone());
         }
+        // IPv4 addresses, as the IPv4-mapped /128s they are advertised as.
+        let addresses4 = node
+            .address4
+            .into_iter()
+            .chain(node.tun_devs.values().filter_map(|d| d.address4));
+        for a in addresses4 {
+            grant.prefixes.push(Prefix::host(a.to_ipv6_mapped()));
+        }
         policy = policy.with_grant(key, grant);
     }
     for revoked in &config.global.revoked_keys {

@@ -7,11 +7,12 @@
 //!
 //! A `tun_devs` entry that is added starts its device and advertises its /128 and name; one
 //! that is removed stops advertising them and closes its device; one whose `device` or
-//! `address` changed is replaced; a change of `cost` only re-advertises. The node's links and
+//! `address` or `address4` changed is replaced; a change of `cost` only re-advertises. An
+//! `address4` is advertised as its IPv4-mapped /128 with the name's IPv4 binding. The node's links and
 //! sessions are untouched.
 
 use connectopus_config::TunDevConfig;
-use connectopus_wire::{NameBinding, Prefix, PrefixAdvert};
+use connectopus_wire::{NameBinding, NameBinding4, Prefix, PrefixAdvert};
 
 use super::*;
 
@@ -75,27 +76,36 @@ impl TunSet {
     }
 }
 
-/// The prefixes and names the node advertises for its running `tun_devs` entries.
+/// The prefixes, names and IPv4 names the node advertises for its running `tun_devs` entries.
 pub(super) fn attachments(
     entries: &BTreeMap<String, TunDevConfig>,
     running: impl Fn(&str) -> bool,
-) -> (Vec<PrefixAdvert>, Vec<NameBinding>) {
-    entries
-        .iter()
-        .filter(|(name, _)| running(name))
-        .map(|(name, dev)| {
-            (
-                PrefixAdvert {
-                    prefix: Prefix::host(dev.address),
-                    cost: Cost::from_f64(dev.cost),
-                },
-                NameBinding {
-                    name: name.clone(),
-                    address: dev.address,
-                },
-            )
-        })
-        .unzip()
+) -> (Vec<PrefixAdvert>, Vec<NameBinding>, Vec<NameBinding4>) {
+    let mut prefixes = Vec::new();
+    let mut names = Vec::new();
+    let mut names4 = Vec::new();
+    for (name, dev) in entries.iter().filter(|(name, _)| running(name)) {
+        let cost = Cost::from_f64(dev.cost);
+        prefixes.push(PrefixAdvert {
+            prefix: Prefix::host(dev.address),
+            cost,
+        });
+        names.push(NameBinding {
+            name: name.clone(),
+            address: dev.address,
+        });
+        if let Some(address4) = dev.address4 {
+            prefixes.push(PrefixAdvert {
+                prefix: Prefix::host(address4.to_ipv6_mapped()),
+                cost,
+            });
+            names4.push(NameBinding4 {
+                name: name.clone(),
+                address: address4,
+            });
+        }
+    }
+    (prefixes, names, names4)
 }
 
 impl Daemon {
@@ -107,7 +117,9 @@ impl Daemon {
         mtu: u16,
     ) {
         let moved = |name: &str| match (old.get(name), new.get(name)) {
-            (Some(a), Some(b)) => a.device != b.device || a.address != b.address,
+            (Some(a), Some(b)) => {
+                a.device != b.device || a.address != b.address || a.address4 != b.address4
+            }
             _ => true,
         };
         let gone: Vec<String> = old
@@ -122,10 +134,12 @@ impl Daemon {
             if old.contains_key(name) && !moved(name) {
                 continue;
             }
+            let address4 = dev.address4.map(|a| (a, 32));
             match TunDevice::create(
                 &dev.device,
                 dev.address,
                 128,
+                address4,
                 mtu,
                 self.worker.offloads.wanted,
             ) {
@@ -149,8 +163,11 @@ impl Daemon {
             }
         }
         let running = |name: &str| self.tuns.attached.contains_key(name);
-        let (prefixes, names) = attachments(new, running);
+        let (prefixes, names, names4) = attachments(new, running);
         self.set_tun_dev_attachments(prefixes, names);
+        let now = self.now();
+        let address4 = self.node.address4();
+        self.node.set_ipv4(now, address4, names4);
     }
 
     fn remove_tun_dev(&mut self, name: &str) {
