@@ -35,7 +35,8 @@ const PACKAGES: &[&str] = &[
     // ssh-keygen and ssh-agent for the config-signing tests.
     "openssh-client",
     "dnsperf",
-    // promtool, which checks the node's /metrics, and curl, which fetches it.
+    // promtool, which checks the node's /metrics; curl, which fetches it and the attach
+    // test's page from a namespace.
     "prometheus",
     "curl",
     // dpkg-shlibdeps for `dist`; systemd-analyze for the package test.

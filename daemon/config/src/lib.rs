@@ -8,6 +8,7 @@
 //!
 //! Layout:
 //! - [`model`]: the typed configuration (global settings, nodes, backends, attachments).
+//! - [`attach`]: what a node runs to attach applications (namespaces, services), as data.
 //! - [`types`]: scalar value types (IPv6 prefixes, durations, peer addresses, SSH keys).
 //! - [`secret`]: PSKs and PEM values, inline or by file, redacted everywhere.
 //! - [`diag`]: diagnostics and their rendering.
@@ -22,6 +23,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod attach;
 pub mod diag;
 mod load;
 pub mod model;

@@ -197,6 +197,16 @@ pub struct ServiceConfig {
     pub port: u16,
     /// Command line, split shell-style without a shell, spawned per connection.
     pub command: String,
+    /// Most connections served at once; more are accepted and closed at once (default 64).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+/// Default of `services.S.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
+
+fn default_max_connections() -> u32 {
+    DEFAULT_MAX_CONNECTIONS
 }
 
 /// A kernel TUN device for the host (`nodes.N.tun_devs.T`).

@@ -422,11 +422,11 @@ fn node_checks(
     for (n, ns) in &namespaces {
         cost(cx, &["nodes", name, "namespaces", n, "cost"], ns.cost);
         for (s, svc) in &ns.services {
-            if svc.command.trim().is_empty() {
+            if let Err(why) = crate::attach::split_command(&svc.command) {
                 cx.error(
                     &["nodes", name, "namespaces", n, "services", s, "command"],
                     At::Value,
-                    "command is empty",
+                    format!("command cannot run: {why}"),
                 );
             }
         }
@@ -448,13 +448,30 @@ fn node_checks(
         } else {
             tcp_ports.insert(svc.port, format!("nodes.{name}.services.{s}"));
         }
-        if svc.command.trim().is_empty() {
+        if let Err(why) = crate::attach::split_command(&svc.command) {
             cx.error(
                 &["nodes", name, "services", s, "command"],
                 At::Value,
-                "command is empty",
+                format!("command cannot run: {why}"),
             );
         }
+        if svc.max_connections == 0 {
+            cx.error(
+                &["nodes", name, "services", s, "max_connections"],
+                At::Value,
+                "max_connections must be at least 1",
+            );
+        }
+    }
+    // Every other key of a node does what docs/config.md says; `cpctl` is accepted (upstream
+    // configurations carry it) but not used yet, and the loader says so rather than ignoring it.
+    if cx.tree.find(&["nodes", name, "cpctl"]).is_some() {
+        cx.warn(
+            &["nodes", name, "cpctl"],
+            At::Key,
+            "cpctl is not used yet: the control socket is /run/connectopus/<node>.sock or \
+             `connectopus node --control-socket PATH`, and there is no HTTP listener",
+        );
     }
     if node.cpctl.port == Some(0) {
         cx.error(

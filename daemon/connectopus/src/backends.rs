@@ -112,6 +112,8 @@ pub enum LoopMessage {
     LocalDatagram(Box<crate::daemon::LocalDatagram>),
     /// The `config-check` thread checked a neighbour's configuration offer.
     OfferChecked(Box<crate::daemon::CheckedOffer>),
+    /// The attach helper said something about a namespace.
+    Attach(Box<crate::attach::helper::Received<crate::attach::helper::FromHelper>>),
 }
 
 /// Sends messages to the main loop and wakes it.

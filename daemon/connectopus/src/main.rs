@@ -15,9 +15,12 @@
 //! - `logging`: `--log-format text|json|journald`.
 //! - `completions`: `completions SHELL` and the man pages.
 //! - `discovery`: which node a client command talks to without `--id`.
+//! - `attach`: namespaces, services and `nsenter` (applications attached to the mesh).
+//! - `setup_tunnel`: `setup-tunnel`, persistent TUN devices for a node run without root.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod attach;
 mod backends;
 mod completions;
 mod config_cli;
@@ -38,6 +41,7 @@ mod notify;
 mod ping;
 mod privilege;
 mod secrets;
+mod setup_tunnel;
 mod state;
 mod status;
 mod tun;
@@ -191,6 +195,20 @@ enum Commands {
         #[command(subcommand)]
         command: ConfigCommands,
     },
+    /// Runs a command (default: a shell) inside a namespace of a running node, whose only
+    /// network is the mesh.
+    Nsenter(attach::nsenter::NsenterArgs),
+    /// As root: creates a node's TUN devices as persistent devices owned by a user, with their
+    /// addresses, MTU and routes, so the node can run as that user without privileges; with
+    /// --check, only verifies them.
+    SetupTunnel(setup_tunnel::SetupTunnelArgs),
+    /// Creates namespaces and starts service processes for a node (the node runs this itself).
+    #[command(name = attach::helper::SUBCOMMAND, hide = true)]
+    AttachHelper {
+        /// Where namespaces are registered for `nsenter`.
+        #[arg(long)]
+        registry: PathBuf,
+    },
     /// Loads and attaches a node's eBPF programs for it (the node runs this itself).
     #[command(name = ebpf_helper::SUBCOMMAND, hide = true)]
     EbpfAttach,
@@ -270,6 +288,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Node(args) => run_node(args),
         Commands::EbpfAttach => Ok(ebpf_helper::run()),
+        Commands::AttachHelper { registry } => {
+            let level = std::env::var("CONNECTOPUS_LOG")
+                .ok()
+                .and_then(|l| <LogLevel as clap::ValueEnum>::from_str(&l, true).ok())
+                .unwrap_or(LogLevel::Info);
+            let format = std::env::var("CONNECTOPUS_LOG_FORMAT")
+                .ok()
+                .and_then(|f| <logging::LogFormat as clap::ValueEnum>::from_str(&f, true).ok())
+                .unwrap_or_default();
+            init_logging(level, format)?;
+            Ok(attach::helper::run(registry))
+        }
+        Commands::Nsenter(args) => {
+            let socket = socket_path(args.socket.clone(), args.id.clone())?;
+            attach::nsenter::run(&socket, &args)
+        }
+        Commands::SetupTunnel(args) => setup_tunnel::run(&args),
         Commands::Status {
             id,
             socket,

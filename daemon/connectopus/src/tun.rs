@@ -80,6 +80,7 @@ impl TunDevice {
         mtu: u16,
         offload: bool,
     ) -> Result<Self> {
+        let offload_wanted = offload;
         let build = |offload: bool| {
             tun_rs::DeviceBuilder::new()
                 .name(name)
@@ -112,13 +113,86 @@ impl TunDevice {
                 }
             }
         };
-        let device = device
-            .with_context(|| format!("creating TUN device {name} (needs root or CAP_NET_ADMIN)"))?;
+        let (device, offload) = match device {
+            Ok(device) => (device, offload),
+            // A persistent device made by `setup-tunnel`: opened as its owner, without
+            // privileges, as long as it already holds the address.
+            Err(error) if std::path::Path::new(&format!("/sys/class/net/{name}")).exists() => {
+                Self::open_prepared(name, address, prefix_len, offload_wanted, &error)?
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("creating TUN device {name} (needs root or CAP_NET_ADMIN)")
+                });
+            }
+        };
         Ok(Self {
             device,
             name: name.to_owned(),
             address,
             offload,
+        })
+    }
+
+    /// Opens an existing device that could not be configured (no CAP_NET_ADMIN, or its address
+    /// is already there): usable when it holds `address/prefix_len`, as `setup-tunnel` leaves it.
+    fn open_prepared(
+        name: &str,
+        address: Ipv6Addr,
+        prefix_len: u8,
+        offload: bool,
+        why: &std::io::Error,
+    ) -> Result<(tun_rs::SyncDevice, Offload)> {
+        if !crate::setup_tunnel::has_address(name, address, prefix_len) {
+            anyhow::bail!(
+                "TUN device {name} exists without {address}/{prefix_len}, and configuring it failed: {why} \
+                 (run `connectopus setup-tunnel` as root, or start the node with CAP_NET_ADMIN)"
+            );
+        }
+        let open = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .offload(offload)
+                .inherit_enable_state()
+                .build_sync()
+        };
+        let (device, state) = match open(offload) {
+            Ok(device) if offload && device.tcp_gso() => {
+                let uso = device.udp_gso();
+                (device, Offload::On { uso })
+            }
+            Ok(device) => (device, Offload::Off("disabled".to_owned())),
+            Err(_) if offload => (
+                open(false).with_context(|| format!("opening TUN device {name}"))?,
+                Offload::Off("the persistent device refused offloads".to_owned()),
+            ),
+            Err(error) => return Err(error).with_context(|| format!("opening TUN device {name}")),
+        };
+        tracing::info!(
+            tun = name,
+            "using the prepared (persistent) TUN device as it is"
+        );
+        Ok((device, state))
+    }
+
+    /// Takes over a TUN device opened elsewhere (a namespace's, handed over by the attach
+    /// helper): plain packets, no offloads.
+    ///
+    /// # Errors
+    /// `fd` is not a usable TUN device.
+    pub fn adopt(fd: std::os::fd::OwnedFd, name: &str, address: Ipv6Addr) -> Result<Self> {
+        use std::os::fd::IntoRawFd;
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is a TUN device descriptor the namespace's holder opened with
+        // `IFF_NO_PI` and without `IFF_VNET_HDR` (tun-rs defaults, see `attach::holder`), and
+        // it is ours alone: ownership passes to the device.
+        let device = unsafe { tun_rs::SyncDevice::from_fd(raw) }
+            .with_context(|| format!("adopting the TUN device {name}"))?;
+        Ok(Self {
+            device,
+            name: name.to_owned(),
+            address,
+            offload: Offload::Off("a namespace's device".to_owned()),
         })
     }
 

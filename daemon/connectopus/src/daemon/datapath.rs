@@ -170,6 +170,10 @@ impl Daemon {
 
     /// Routes what the TUN device `tun` handed over in `buf[range]`; takes ownership of `buf`.
     fn forward_from_tun(&mut self, tun: usize, buf: BufId, range: Range<usize>) {
+        if self.hairpin(tun, &buf, range.clone()) {
+            self.io.free(buf);
+            return;
+        }
         let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
         if !vnet {
             return self.forward_tun_packet(buf, range);
@@ -377,6 +381,11 @@ impl Daemon {
     /// anything else).
     pub(super) fn write_tun(&mut self, packet: &[u8]) {
         self.deliver(Source::Bytes(packet));
+    }
+
+    /// Delivers the packet at `buf[start..end]` to its TUN device; `buf` stays the caller's.
+    pub(super) fn deliver_pool(&mut self, buf: &BufId, start: usize, end: usize) {
+        self.deliver(Source::Pool(buf, start, end));
     }
 
     /// Picks the TUN device for a packet: the one holding its destination, else the node's own.

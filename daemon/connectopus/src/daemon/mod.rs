@@ -40,6 +40,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod attachments;
 mod backend_retry;
 mod binding;
 mod datapath;
@@ -56,7 +57,8 @@ pub(crate) use offer_check::CheckedOffer;
 mod plain_udp;
 mod reconcile;
 mod start;
-use start::{Ebpf, backend_mtu, node_mtu};
+pub(crate) use start::node_mtu;
+use start::{Ebpf, backend_mtu};
 pub use start::{NodeOptions, run};
 mod reload;
 mod report;
@@ -188,8 +190,11 @@ struct Daemon {
     table: Arc<ForwardingTable>,
     started: Instant,
     started_wall: SystemTime,
-    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`.
+    /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
+    /// namespaces' as they come up.
     tuns: tun_devs::TunSet,
+    /// Namespaces and services, and the helper that runs them.
+    attachments: attachments::Attachments,
     ebpf: Ebpf,
     dns: dns::Dns,
     subnet: String,
@@ -293,6 +298,9 @@ impl Daemon {
         }
         let now = Instant::now();
         if let Some(at) = self.next_backend_retry() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.next_namespace_retry() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         for e in self.udp.iter().flatten() {
@@ -446,6 +454,7 @@ impl Daemon {
                     self.reload_with_notify();
                 }
                 LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
+                LoopMessage::Attach(received) => self.on_attach_message(*received),
             }
         }
     }
@@ -505,6 +514,7 @@ impl Daemon {
         self.watch_for_hello_floods();
         self.run_dialers();
         self.retry_backends();
+        self.retry_namespaces();
         let configured = self.backends.len() + self.failed.len();
         self.notify
             .tick(|| report::status_line(&self.node, configured));

@@ -238,12 +238,17 @@ impl Daemon {
         let mut old_rest = old_node.clone();
         old_rest.backends = new_node.backends.clone();
         old_rest.tun_devs = new_node.tun_devs.clone();
+        old_rest.namespaces = new_node.namespaces.clone();
+        old_rest.services = new_node.services.clone();
         if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
         let old_backends = old_node.backends.clone();
         let new_backends = new_node.backends.clone();
         let (old_devs, new_devs) = (old_node.tun_devs.clone(), new_node.tun_devs.clone());
+        let attachments_changed = old_node.namespaces != new_node.namespaces
+            || old_node.services != new_node.services
+            || node_mtu(&old_backends) != node_mtu(&new_backends);
         for name in old_backends.keys() {
             if !new_backends.contains_key(name) {
                 self.stop_backend(name);
@@ -262,6 +267,10 @@ impl Daemon {
         }
         if old_devs != new_devs {
             self.apply_tun_devs(&old_devs, &new_devs, node_mtu(&new_backends));
+        }
+        if attachments_changed {
+            let new_node = new_node.clone();
+            self.apply_attachments(&new.global, &new_node, node_mtu(&new_backends));
         }
         ApplyOutcome::Applied
     }

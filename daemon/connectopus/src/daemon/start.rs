@@ -106,6 +106,16 @@ pub fn run(options: NodeOptions) -> Result<()> {
         None => Ebpf::Off("no tun device".to_owned()),
     };
 
+    // The attach helper keeps the privileges the node started with (namespaces, processes):
+    // started before they are dropped and before the seccomp filter.
+    let helper = match crate::attach::helper::Client::spawn(&control_socket) {
+        Ok(helper) => Some(helper),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "no attach helper: namespaces and services cannot run");
+            None
+        }
+    };
+
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
@@ -149,6 +159,14 @@ pub fn run(options: NodeOptions) -> Result<()> {
     threads.push(signal_thread);
     let (offer_checker, offer_thread) = offer_check::OfferChecker::spawn(to_loop.clone())?;
     threads.push(offer_thread);
+    if let Some(helper) = &helper {
+        let to_loop = to_loop.clone();
+        threads.push(
+            helper.spawn_reader(move |received| {
+                to_loop.send(LoopMessage::Attach(Box::new(received)))
+            })?,
+        );
+    }
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let epoch = trust::next_epoch(&config_path);
@@ -170,13 +188,14 @@ pub fn run(options: NodeOptions) -> Result<()> {
         core.identity = Some(key);
         core.trust = Some(trust::policy(&config));
     }
-    core.prefixes = attachments;
-    core.names = attachment_names;
+    core.prefixes = attachments.clone();
+    core.names = attachment_names.clone();
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
     core.timers.update_interval = timers.update_interval.get();
     core.timers.node_dead_after = timers.node_dead_after.get();
 
+    let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
     let subnet = config.global.subnet.to_string();
     let mut daemon = Daemon {
@@ -202,6 +221,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         started,
         started_wall,
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
+        attachments: attachments::Attachments::new(helper, (attachments, attachment_names)),
         ebpf,
         dns,
         subnet,
@@ -236,6 +256,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
     for (name, backend) in &backend_configs {
         daemon.start_or_retry(name, backend);
     }
+    let global = daemon.config.global.clone();
+    daemon.apply_attachments(&global, &node_config_for_attachments, mtu);
     daemon.seccomp = crate::privilege::install_seccomp(seccomp, needs);
     let privilege = crate::privilege::report(&daemon.seccomp);
     tracing::info!(%privilege, "privileges");
@@ -243,6 +265,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let status = daemon.status_line();
     daemon.notify.ready(status);
     let result = daemon.run();
+    daemon.stop_attachments();
     stop.store(true, Ordering::Relaxed);
     for running in daemon.backends.values() {
         if let reconcile::BackendHandle::Thread(stop) = &running.handle {
@@ -345,7 +368,7 @@ fn privilege_needs(
 }
 
 /// Returns the smallest MTU among the node's backends (1500 without any).
-pub(super) fn node_mtu(backends: &BTreeMap<String, BackendConfig>) -> u16 {
+pub(crate) fn node_mtu(backends: &BTreeMap<String, BackendConfig>) -> u16 {
     backends
         .values()
         .map(backend_mtu)

@@ -17,8 +17,8 @@ pub(super) fn ed25519_key(line: &SshPublicKey) -> Option<[u8; 32]> {
 }
 
 /// Builds the trust policy the configuration grants: every node with an `identity` may use its
-/// name and address, originate its `prefixes` and its `tun_devs` addresses, and publish its
-/// `tun_devs` names; `revoked_keys` are never accepted.
+/// name and address, originate its `prefixes` and its `tun_devs` and `namespaces` addresses, and
+/// publish their names; `revoked_keys` are never accepted.
 pub(super) fn policy(config: &MeshConfig) -> TrustPolicy {
     let mut policy = TrustPolicy::new();
     for (name, node) in &config.nodes {
@@ -34,6 +34,10 @@ pub(super) fn policy(config: &MeshConfig) -> TrustPolicy {
         for (dev_name, dev) in &node.tun_devs {
             grant.prefixes.push(Prefix::host(dev.address));
             grant.names.push(dev_name.clone());
+        }
+        for (ns_name, ns) in &node.namespaces {
+            grant.prefixes.push(Prefix::host(ns.address));
+            grant.names.push(ns_name.clone());
         }
         policy = policy.with_grant(key, grant);
     }

@@ -143,19 +143,35 @@ impl Daemon {
         }
         let running = |name: &str| self.tuns.attached.contains_key(name);
         let (prefixes, names) = attachments(new, running);
-        let now = self.now();
-        self.node.set_attachments(now, prefixes, names);
+        self.set_tun_dev_attachments(prefixes, names);
     }
 
     fn remove_tun_dev(&mut self, name: &str) {
         let Some(slot) = self.tuns.attached.remove(name) else {
             return;
         };
+        if let Some(tun) = self.tuns.get(slot) {
+            tracing::info!(tun = %tun.name(), name = %name, "extra tun device removed");
+        }
+        self.retire_tun_slot(slot);
+    }
+
+    /// Puts a device (a namespace's) in a new slot and arms its receive.
+    pub(super) fn add_tun_slot(&mut self, tun: TunDevice) -> Result<usize> {
+        let slot = self.tuns.slots.len();
+        self.io
+            .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
+            .context("arming the TUN receive")?;
+        self.tuns.slots.push(Some(tun));
+        Ok(slot)
+    }
+
+    /// Takes the device out of `slot`; it closes once its receive is disarmed.
+    pub(super) fn retire_tun_slot(&mut self, slot: usize) {
         self.flush_tun_writes(Some(slot));
         let Some(tun) = self.tuns.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        tracing::info!(tun = %tun.name(), name = %name, "extra tun device removed");
         if self.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
             // Its fd closes when the cancelled receive's last completion arrives.
             self.tuns.retiring.push((slot, tun));

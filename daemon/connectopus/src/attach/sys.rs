@@ -1,0 +1,357 @@
+//! The kernel interfaces the attachments need and the standard library does not wrap:
+//! descriptor passing over unix sockets, namespaces and mounts, and the few interface and
+//! route settings of a namespace's network (netlink).
+
+use std::ffi::CString;
+use std::io;
+use std::net::Ipv6Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A connected pair of `SOCK_SEQPACKET` unix sockets (close-on-exec).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`, which has room for two.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+const FD_SPACE: usize = 64;
+
+/// Sends one message on a `SOCK_SEQPACKET` socket, with `fd` attached (`SCM_RIGHTS`).
+pub fn send_message(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u8; FD_SPACE];
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: `control` holds `space` bytes (≤ FD_SPACE), so the first header and its
+        // data (one RawFd) lie inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        }
+    }
+    // SAFETY: `msg` points at `iov` and `control`, which outlive the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one message from a `SOCK_SEQPACKET` socket into `buf`, with the descriptor it
+/// carries, if any. `Ok((0, None))` is end of file.
+pub fn recv_message(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u8; FD_SPACE];
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = FD_SPACE;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, which outlive the call.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG macros walk only
+    // inside them, and an SCM_RIGHTS header carries at least one descriptor, now ours.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, fd))
+}
+
+/// Waits until `fd` is readable or hung up, up to `timeout_ms` (-1: forever).
+pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds that lives across the call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// Moves the calling process into new namespaces (`CLONE_NEW*` flags).
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes flags only.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// Joins the namespace `fd` refers to (`nstype` 0: any).
+pub fn setns(fd: &OwnedFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor we own and flags.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// Asks the kernel to kill the calling process when its parent exits.
+pub fn die_with_parent() -> io::Result<()> {
+    // SAFETY: the prctl option takes an integer signal number.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(drop)
+}
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+/// Makes every mount of the calling process's (new) mount namespace private, so that what
+/// it mounts stays inside.
+pub fn make_mounts_private() -> io::Result<()> {
+    let root = cstr(Path::new("/"))?;
+    // SAFETY: the strings outlive the call; null source, type and data are allowed here.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// Bind-mounts `source` over `target`.
+pub fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
+    let (s, t) = (cstr(source)?, cstr(target)?);
+    // SAFETY: the strings outlive the call; null type and data are allowed for a bind mount.
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// Forks the calling (single-threaded) process: `Ok(None)` in the child, `Ok(Some(pid))` in
+/// the parent.
+///
+/// # Safety
+/// The caller must be single-threaded, so that the child inherits no lock held by another
+/// thread.
+pub unsafe fn fork() -> io::Result<Option<libc::pid_t>> {
+    // SAFETY: the caller guarantees a single-threaded process.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok((pid != 0).then_some(pid))
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill takes integers only.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Reaps one exited child without blocking: its pid and exit status.
+pub fn reap_child() -> Option<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into `status`.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+/// Describes a wait status: `exit 1`, `signal 9`.
+pub fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {status}")
+    }
+}
+
+/// Brings interface `name` up.
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    // SAFETY: socket takes integers only; the descriptor is owned below.
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: just created, owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the flags member of the union was just written by the kernel.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads `req`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Returns the index of interface `name`.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
+    // SAFETY: `c` is a valid C string for the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// Adds the IPv6 route `destination/prefix_len` through interface `ifindex` to the main table
+/// (netlink `RTM_NEWROUTE`), optionally with the preferred source `source`.
+pub fn add_route6(
+    destination: Ipv6Addr,
+    prefix_len: u8,
+    ifindex: u32,
+    source: Option<Ipv6Addr>,
+) -> io::Result<()> {
+    // SAFETY: socket takes integers only; the descriptor is owned below.
+    let sock = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: just created, owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let mut attrs = Vec::new();
+    let mut attr = |kind: u16, data: &[u8]| {
+        let len = 4 + data.len();
+        attrs.extend_from_slice(&(len as u16).to_ne_bytes());
+        attrs.extend_from_slice(&kind.to_ne_bytes());
+        attrs.extend_from_slice(data);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    if prefix_len > 0 {
+        attr(libc::RTA_DST, &destination.octets());
+    }
+    attr(libc::RTA_OIF, &ifindex.to_ne_bytes());
+    if let Some(src) = source {
+        attr(libc::RTA_PREFSRC, &src.octets());
+    }
+    let rtmsg: [u8; 12] = [
+        libc::AF_INET6 as u8,
+        prefix_len,
+        0, // src_len
+        0, // tos
+        libc::RT_TABLE_MAIN,
+        libc::RTPROT_BOOT,
+        libc::RT_SCOPE_UNIVERSE,
+        libc::RTN_UNICAST,
+        0,
+        0,
+        0,
+        0, // flags
+    ];
+    let total = 16 + rtmsg.len() + attrs.len();
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    msg.extend_from_slice(&rtmsg);
+    msg.extend_from_slice(&attrs);
+    // SAFETY: `msg` is valid for `msg.len()` bytes; a null address sends to the kernel.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 1024];
+    // SAFETY: `reply` is valid for its length.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // An NLMSG_ERROR carries the errno (0: the acknowledgement) right after the header.
+    let kind = reply
+        .get(4..6)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+        .unwrap_or_default();
+    if kind == libc::NLMSG_ERROR as u16 {
+        let errno = reply
+            .get(16..20)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(-errno));
+        }
+    }
+    Ok(())
+}

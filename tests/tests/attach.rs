@@ -1,0 +1,627 @@
+//! Applications attached to the mesh, end to end on foo—bar—baz: a namespace on foo whose
+//! only network is the mesh, with a web server started inside it, reached from baz's host by
+//! address and by name; `connectopus nsenter`; an inetd-style echo service on bar with its
+//! connection limit; and namespaces and services added and removed by a live configuration
+//! change.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, dig, require_root, require_tools, run_test,
+    tool, wait_until, workspace_binary,
+};
+
+const DOMAIN: &str = "connectopus.test";
+const SANDBOX: &str = "fd00:cafe::1:3";
+const BOX2: &str = "fd00:cafe::1:4";
+
+/// The /etc/netns/<ns>/resolv.conf that `ip netns exec` binds over /etc/resolv.conf, removed
+/// on drop.
+struct NetnsResolvConf(PathBuf);
+
+impl NetnsResolvConf {
+    fn new(ns: &str, nameserver: Ipv6Addr) -> Result<Self> {
+        let dir = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\nsearch {DOMAIN}\n"),
+        )?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `connectopus nsenter --socket <foo's> --netns NS -- args` in foo's network namespace.
+fn nsenter(
+    mesh: &Mesh<'_>,
+    ns: &NetNs,
+    netns: &str,
+    args: &[&str],
+) -> Result<std::process::Output> {
+    let binary = workspace_binary("connectopus")?;
+    let socket = mesh.socket("foo").display().to_string();
+    let mut full = vec![
+        "nsenter",
+        "--socket",
+        socket.as_str(),
+        "--netns",
+        netns,
+        "--",
+    ];
+    full.extend_from_slice(args);
+    ns.exec(&binary.display().to_string(), &full)
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn aaaa(ns: &NetNs, server: Ipv6Addr, name: &str) -> Vec<String> {
+    dig(ns, server.into(), name, "AAAA", false)
+        .map(|r| {
+            r.answers
+                .iter()
+                .filter(|a| a.rtype == "AAAA")
+                .map(|a| a.data.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Python client in `ns`: opens `n` connections to `[addr]:port` and echoes a line on each,
+/// then opens one more and reports what it reads (end-of-file when the service refused it).
+fn echo_clients(ns: &NetNs, addr: Ipv6Addr, port: u16, n: usize) -> Result<String> {
+    let script = format!(
+        r#"
+import socket, sys
+conns = []
+for i in range({n}):
+    s = socket.create_connection(("{addr}", {port}), timeout=10)
+    s.sendall(b"hello %d\n" % i)
+    conns.append(s)
+for i, s in enumerate(conns):
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    if got != b"hello %d\n" % i:
+        print("bad echo", i, got); sys.exit(1)
+print("served", len(conns))
+extra = socket.create_connection(("{addr}", {port}), timeout=10)
+try:
+    data = extra.recv(100)
+except OSError as e:
+    data = b"error " + str(e).encode()
+print("extra", repr(data))
+"#
+    );
+    let output = ns.exec_timeout("python3", &["-c", &script], Duration::from_secs(60))?;
+    let out = text(&output);
+    ensure!(output.status.success(), "echo clients failed: {out}");
+    Ok(out)
+}
+
+/// Writes the candidate configuration `version` (a copy of the mesh's with `edit` applied),
+/// signed with the mesh's admin key.
+fn candidate(
+    mesh: &Mesh<'_>,
+    dir: &TestDir,
+    version: u64,
+    edit: impl FnOnce(String) -> String,
+) -> Result<PathBuf> {
+    let original = std::fs::read_to_string(mesh.config_path())?;
+    let text = edit(original.replace("  version: 1\n", &format!("  version: {version}\n")));
+    let path = dir.join(format!("v{version}.yml"));
+    std::fs::write(&path, text)?;
+    connectopus_tests::ssh_sign(&path, mesh.admin_key(), "connectopus")?;
+    Ok(path)
+}
+
+fn has_route(mesh: &Mesh<'_>, node: &str, prefix: &str) -> bool {
+    mesh.status(node).is_ok_and(|s| {
+        s["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["prefix"] == prefix)
+    })
+}
+
+/// The running processes with `needle` in their command line.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+fn registry(mesh: &Mesh<'_>, node: &str) -> PathBuf {
+    let mut p = mesh.socket(node).into_os_string();
+    p.push(".netns");
+    PathBuf::from(p)
+}
+
+#[test]
+fn namespaces_services_and_nsenter_across_the_mesh() {
+    require_root!();
+    run_test("attach_mesh", |dir| {
+        require_tools(&["dig", "ping", "curl", "python3"]);
+        let python = tool("python3")?;
+        let site = dir.join("site");
+        std::fs::create_dir_all(&site)?;
+        std::fs::write(site.join("hello.txt"), "hello from the sandbox\n")?;
+        // A megabyte, for a transfer between foo's host and its namespace.
+        std::fs::write(site.join("big.bin"), vec![7u8; 1 << 20])?;
+        let foo_extra = format!(
+            "    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
+            python.display(),
+            site.display()
+        );
+        let bar_extra =
+            "    services:\n      echo: {port: 7, command: /bin/cat, max_connections: 50}\n";
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("baz", "bar", LinkKind::Tcp),
+            ],
+            &[("foo", &foo_extra), ("bar", bar_extra)],
+        )?;
+        mesh.start_all()?;
+        mesh.wait_converged(Duration::from_secs(20))?;
+        let baz = mesh.address("baz");
+        let sandbox: Ipv6Addr = SANDBOX.parse()?;
+
+        // The namespace's address is routed to foo with its cost, and its name is published.
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            has_route(&mesh, "baz", &format!("{SANDBOX}/128"))
+        })
+        .context("baz should learn the sandbox's /128")?;
+        let route = mesh.status("baz")?["routes"]
+            .as_array()
+            .context("routes")?
+            .iter()
+            .find(|r| r["prefix"] == format!("{SANDBOX}/128"))
+            .cloned()
+            .context("route")?;
+        ensure!(
+            route["cost"].as_f64().is_some_and(|c| c >= 2.0),
+            "the namespace's cost should count: {route}"
+        );
+        let name = format!("sandbox.{DOMAIN}");
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            aaaa(topo.ns("baz"), baz, &name) == vec![SANDBOX.to_owned()]
+        })
+        .context("baz's DNS should answer sandbox's address")?;
+
+        // The web server inside, from baz's host: by address, then by name.
+        let url = format!("http://[{sandbox}]:8080/hello.txt");
+        let mut last = String::new();
+        let served = wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            || match topo
+                .ns("baz")
+                .exec("curl", &["-sS", "--max-time", "3", url.as_str()])
+            {
+                Ok(o) => {
+                    last = text(&o);
+                    last == "hello from the sandbox\n"
+                }
+                Err(_) => false,
+            },
+        );
+        served.with_context(|| format!("curl {url} from baz: {last}"))?;
+        let _resolv = NetnsResolvConf::new(topo.ns("baz").name(), baz)?;
+        let by_name = format!("http://{name}:8080/hello.txt");
+        let out = topo
+            .ns("baz")
+            .exec_ok("curl", &["-sS", "--max-time", "5", by_name.as_str()])?;
+        ensure!(out == "hello from the sandbox\n", "curl {by_name}: {out}");
+        let foo_log = mesh.process("foo").context("foo")?.stderr();
+        ensure!(
+            foo_log.contains("service=web") && foo_log.contains("GET /hello.txt"),
+            "the web server's output should be in foo's log"
+        );
+
+        // foo's own host reaches its namespace through foo, never through the mesh: a
+        // megabyte from the namespace's server arrives whole.
+        let big = format!("http://[{sandbox}]:8080/big.bin");
+        let size = topo.ns("foo").exec_ok(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                big.as_str(),
+            ],
+        )?;
+        ensure!(
+            size.trim() == (1 << 20).to_string(),
+            "foo's host got {size} bytes"
+        );
+        // And the other way: a megabyte from the host (TCP super-packets, cut by foo) to a
+        // listener started inside with nsenter.
+        let binary = workspace_binary("connectopus")?.display().to_string();
+        let socket = mesh.socket("foo").display().to_string();
+        let python_s = python.display().to_string();
+        let sink = "import socket\ns = socket.create_server(('::', 9000), family=socket.AF_INET6)\nc, _ = s.accept()\nn = 0\nwhile True:\n    b = c.recv(65536)\n    if not b:\n        break\n    n += len(b)\nprint('received', n, flush=True)\n";
+        let receiver = topo.ns("foo").spawn_with(
+            topo.ns("foo").command(
+                &binary,
+                &[
+                    "nsenter", "--socket", &socket, "--netns", "sandbox", "--", &python_s, "-c",
+                    sink,
+                ],
+            )?,
+            "sink",
+            connectopus_tests::StdinMode::Null,
+        )?;
+        let send = format!(
+            "import socket, time\nfor _ in range(50):\n    try:\n        s = socket.create_connection(('{sandbox}', 9000), timeout=5)\n        break\n    except OSError:\n        time.sleep(0.2)\ns.sendall(bytes(1 << 20))\ns.close()\n"
+        );
+        topo.ns("foo").exec_ok("python3", &["-c", &send])?;
+        let got = receiver.wait_for_output("received", Duration::from_secs(10))?;
+        ensure!(
+            got.contains(&format!("received {}", 1 << 20)),
+            "the namespace received: {got}"
+        );
+
+        // A namespace service that dies is started again (after 5 s) and serves again.
+        let site_text = site.display().to_string();
+        let old = pids_mentioning(&site_text);
+        ensure!(old.len() == 1, "one web server should run: {old:?}");
+        // SAFETY: kill takes integers only; the pid is the web server's.
+        unsafe { libc::kill(old[0], libc::SIGKILL) };
+        wait_until(Duration::from_secs(15), Duration::from_millis(300), || {
+            let now = pids_mentioning(&site_text);
+            now.len() == 1
+                && now != old
+                && topo
+                    .ns("baz")
+                    .exec("curl", &["-sS", "--max-time", "3", url.as_str()])
+                    .is_ok_and(|o| o.stdout == b"hello from the sandbox\n")
+        })
+        .context("the web server should be restarted")?;
+        ensure!(
+            mesh.process("foo")
+                .context("foo")?
+                .stderr()
+                .contains("restarting in 5 s"),
+            "foo should log the restart"
+        );
+
+        // Inside the namespace: names resolve through the node, and the mesh is the only way out.
+        let ns = topo.ns("foo");
+        let baz_name = format!("baz.{DOMAIN}");
+        let ping = nsenter(
+            &mesh,
+            ns,
+            "sandbox",
+            &["ping", "-6", "-c1", "-W5", &baz_name],
+        )?;
+        ensure!(
+            ping.status.success(),
+            "ping from the sandbox: {}",
+            text(&ping)
+        );
+        let ip = tool("ip")?.display().to_string();
+        let routes6 = nsenter(&mesh, ns, "sandbox", &[&ip, "-6", "route", "show"])?;
+        ensure!(routes6.status.success(), "{}", text(&routes6));
+        let routes6 = String::from_utf8_lossy(&routes6.stdout).into_owned();
+        ensure!(
+            routes6.contains("default dev cx-sandbox"),
+            "no default route into the mesh: {routes6}"
+        );
+        for line in routes6.lines() {
+            ensure!(
+                line.contains("dev cx-sandbox") || line.contains("dev lo"),
+                "a route that is not the mesh's: {line}"
+            );
+        }
+        let routes4 = nsenter(&mesh, ns, "sandbox", &[&ip, "-4", "route", "show"])?;
+        ensure!(
+            routes4.status.success() && routes4.stdout.is_empty(),
+            "the namespace has IPv4 routes: {}",
+            text(&routes4)
+        );
+        let resolv = nsenter(&mesh, ns, "sandbox", &["cat", "/etc/resolv.conf"])?;
+        ensure!(
+            text(&resolv).contains(&format!("nameserver {}", mesh.address("foo")))
+                && text(&resolv).contains(&format!("search {DOMAIN}")),
+            "{}",
+            text(&resolv)
+        );
+
+        // The echo service on bar: 50 connections at once are served, the 51st is closed.
+        let bar = mesh.address("bar");
+        let out = echo_clients(topo.ns("foo"), bar, 7, 50)?;
+        ensure!(out.contains("served 50"), "{out}");
+        ensure!(
+            out.contains("extra b''"),
+            "the 51st connection should be closed without an echo: {out}"
+        );
+        ensure!(
+            mesh.process("bar")
+                .context("bar")?
+                .stderr()
+                .contains("at max_connections"),
+            "bar should say why it refused"
+        );
+        // Once they ended, there is room again.
+        let out = wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
+            echo_clients(topo.ns("foo"), bar, 7, 1).is_ok_and(|o| o.contains("served 1"))
+        });
+        out.context("the service should serve again once its connections ended")?;
+
+        // Live: v2 replaces the sandbox by box2 and bar's echo by a greeting.
+        let v2 = candidate(&mesh, dir, 2, |t| {
+            t.replace(
+                &foo_extra,
+                &format!("    namespaces:\n      box2: {{address: \"{BOX2}\"}}\n"),
+            )
+            .replace(
+                bar_extra,
+                "    services:\n      greet: {port: 13, command: \"printf 'hi %s\\\\n' there\"}\n",
+            )
+        })?;
+        ensure!(std::fs::read_to_string(&v2)?.contains("box2"));
+        let (ok, out) = mesh.config_set("foo", &v2)?;
+        ensure!(ok, "foo refused v2: {out}");
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            has_route(&mesh, "baz", &format!("{BOX2}/128"))
+                && !has_route(&mesh, "baz", &format!("{SANDBOX}/128"))
+        })
+        .context("baz should learn box2 and forget the sandbox")?;
+        let ping = nsenter(&mesh, ns, "box2", &["ping", "-6", "-c1", "-W5", &baz_name])?;
+        ensure!(ping.status.success(), "ping from box2: {}", text(&ping));
+        ensure!(
+            !registry(&mesh, "foo").join("sandbox").exists(),
+            "the sandbox is still registered"
+        );
+        let gone = nsenter(&mesh, ns, "sandbox", &["true"])?;
+        ensure!(
+            !gone.status.success(),
+            "nsenter into the removed sandbox worked"
+        );
+        wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
+            let script = format!(
+                "import socket\ns = socket.create_connection((\"{bar}\", 13), timeout=5)\nprint(s.recv(100))"
+            );
+            topo.ns("foo")
+                .exec("python3", &["-c", &script])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("hi there"))
+        })
+        .context("bar should serve its new greeting")?;
+        let script = format!(
+            "import socket\ntry:\n    socket.create_connection((\"{bar}\", 7), timeout=5)\n    print('open')\nexcept ConnectionRefusedError:\n    print('refused')"
+        );
+        let closed = wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
+            topo.ns("foo")
+                .exec("python3", &["-c", &script])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("refused"))
+        });
+        closed.context("bar's echo port should be closed")?;
+
+        // Stopping foo stops its namespaces and their processes.
+        let registry = registry(&mesh, "foo");
+        mesh.stop("foo")?;
+        ensure!(!registry.exists(), "foo left its namespace registry");
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            pids_mentioning(&site_text).is_empty()
+        })
+        .context("the sandbox's web server outlived foo")?;
+        Ok(())
+    });
+}
+
+/// Runs `connectopus setup-tunnel` for foo in its namespace with `extra` arguments.
+fn setup_tunnel(
+    mesh: &Mesh<'_>,
+    ns: &NetNs,
+    binary: &str,
+    extra: &[&str],
+) -> Result<std::process::Output> {
+    let config = mesh.config_path().display().to_string();
+    let mut args = vec![
+        "setup-tunnel",
+        "--config",
+        config.as_str(),
+        "--id",
+        "foo",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ];
+    args.extend_from_slice(extra);
+    ns.exec(binary, &args)
+}
+
+#[test]
+fn setup_tunnel_lets_a_node_run_unprivileged() {
+    require_root!();
+    run_test("attach_setup_tunnel", |dir| {
+        require_tools(&["setpriv", "ping"]);
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        // A namespace too: without root, the node makes it in a user namespace of its own.
+        let foo_extra = format!("    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n");
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+            &[("foo", &foo_extra)],
+        )?;
+        let ns = topo.ns("foo");
+        // The unprivileged user needs its own copy of the binary (the build tree may be private),
+        // and a directory for the node's files.
+        let home = dir.join("nobody");
+        std::fs::create_dir_all(&home)?;
+        let binary = home.join("connectopus");
+        std::fs::copy(workspace_binary("connectopus")?, &binary)?;
+        for file in ["foo.yml", "foo.yml.sig"] {
+            let from = if file.ends_with(".sig") {
+                format!("{}.sig", mesh.config_path().display())
+            } else {
+                mesh.config_path().display().to_string()
+            };
+            std::fs::copy(&from, home.join(file))?;
+        }
+        for entry in std::fs::read_dir(&home)? {
+            std::os::unix::fs::chown(entry?.path(), Some(65534), Some(65534))?;
+        }
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534))?;
+        let bin = binary.display().to_string();
+
+        let out = setup_tunnel(&mesh, ns, &bin, &[])?;
+        ensure!(out.status.success(), "setup-tunnel: {}", text(&out));
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            check.status.success(),
+            "setup-tunnel --check: {}",
+            text(&check)
+        );
+
+        let config = home.join("foo.yml").display().to_string();
+        let socket = home.join("foo.sock").display().to_string();
+        let setpriv = tool("setpriv")?.display().to_string();
+        // Some hosts keep /dev/net/tun root-only (Debian makes it 0666, as a node without
+        // privileges needs): give the node's own mount namespace (`ip netns exec` makes one) a
+        // 0666 node of the same device.
+        let devdir = dir.join("dev");
+        std::fs::create_dir_all(&devdir)?;
+        let mut command = ns.command(
+            "sh",
+            &[
+                "-c",
+                "mount -t tmpfs none \"$CX_DEV\" && mknod -m 666 \"$CX_DEV/tun\" c 10 200 \
+                 && mount --bind \"$CX_DEV/tun\" /dev/net/tun && exec \"$@\"",
+                "sh",
+                setpriv.as_str(),
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.as_str(),
+                "node",
+                "--config",
+                config.as_str(),
+                "--id",
+                "foo",
+                "--control-socket",
+                socket.as_str(),
+                "--log-level",
+                "debug",
+            ],
+        )?;
+        command.env("CX_DEV", &devdir);
+        let foo = ns.spawn_with(command, "foo-nobody", connectopus_tests::StdinMode::Null)?;
+        mesh.start("bar")?;
+        let foo_addr = mesh.address("foo");
+        wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+            connectopus_tests::ping6(topo.ns("bar"), foo_addr, 1, 56, &["-W", "2"])
+                .is_ok_and(|p| p.all_received())
+        })
+        .with_context(|| {
+            format!(
+                "bar should reach the unprivileged foo:\n{}",
+                foo.log_tails()
+            )
+        })?;
+        let log = foo.stderr();
+        ensure!(
+            log.contains("using the prepared (persistent) TUN device"),
+            "foo should open the prepared device: {}",
+            foo.log_tails()
+        );
+        ensure!(
+            log.contains("running without eBPF"),
+            "foo should say it runs without eBPF"
+        );
+
+        // The namespace, entered by the same unprivileged user, reaches bar.
+        let bar = mesh.address("bar").to_string();
+        let mut enter = ns.command(
+            &setpriv,
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin.as_str(),
+                "nsenter",
+                "--socket",
+                socket.as_str(),
+                "--netns",
+                "sandbox",
+                "--",
+                "ping",
+                "-6",
+                "-c1",
+                "-W5",
+                bar.as_str(),
+            ],
+        )?;
+        enter.current_dir("/");
+        let mut last = String::new();
+        wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+            let mut again = std::process::Command::new(enter.get_program());
+            again.args(enter.get_args()).current_dir("/");
+            match connectopus_tests::run_with_timeout(again, Duration::from_secs(10)) {
+                Ok(o) => {
+                    last = text(&o);
+                    o.status.success()
+                }
+                Err(e) => {
+                    last = format!("{e:#}");
+                    false
+                }
+            }
+        })
+        .with_context(|| {
+            format!(
+                "ping from the rootless namespace: {last}\n{}",
+                foo.log_tails()
+            )
+        })?;
+
+        // The check fails once the device lost its address.
+        ns.ip(&["addr", "del", &format!("{foo_addr}/64"), "dev", "cx-foo"])?;
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            !check.status.success() && text(&check).contains("missing"),
+            "setup-tunnel --check should fail: {}",
+            text(&check)
+        );
+        drop(foo);
+        Ok(())
+    });
+}
