@@ -105,6 +105,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
         Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
         None => Ebpf::Off("no tun device".to_owned()),
     };
+    // Loaded before capabilities drop (the helper needs BPF rights); from then on the node
+    // only writes its maps and attaches the loaded programs (TCX links by program fd).
+    let fastpath = super::fastpath::FastpathState::start(
+        node_config.fastpath.disable,
+        tuns.first().map(|tun| (tun.name(), mtu)),
+        ebpf_object.as_deref(),
+    );
 
     // The attach helper keeps the privileges the node started with (namespaces, processes):
     // started before they are dropped and before the seccomp filter.
@@ -117,7 +124,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
     };
 
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
-    let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
+    let needs = privilege_needs(
+        &node_config,
+        matches!(ebpf, Ebpf::Counters(_)) || fastpath.is_on(),
+    );
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
         tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
     }
@@ -188,6 +198,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         core.identity = Some(key);
         core.trust = Some(trust::policy(&config));
     }
+    // Hellos on plaintext udp links advertise eBPF decapsulation, and the core issues the
+    // fast path's entries.
+    core.fastpath = fastpath.is_on();
     core.prefixes = attachments.clone();
     core.names = attachment_names.clone();
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
@@ -223,6 +236,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
         attachments: attachments::Attachments::new(helper, (attachments, attachment_names)),
         ebpf,
+        fastpath,
         dns,
         subnet,
         links: BTreeMap::new(),
