@@ -104,11 +104,21 @@ impl FastpathState {
     /// `tun`; off, with the reason, when that is impossible or disabled.
     pub(super) fn start(
         disabled_by_config: bool,
+        other_link_kinds: Option<&str>,
         tun: Option<(&str, u16)>,
         object: Option<&Path>,
     ) -> FastpathState {
         if disabled_by_config {
             return FastpathState::Off("disabled by the configuration (fastpath.disable)".into());
+        }
+        if let Some(backend) = other_link_kinds {
+            // A peer's eBPF sends TSO super-packets with partial checksums; what this node's
+            // eBPF cannot carry onward (to a DTLS or TCP link) would reach its userspace as
+            // such, and the userspace path does not cut received super-packets yet.
+            return FastpathState::Off(format!(
+                "backend {backend} is not a udp-dialer/udp-listener: the fast path needs a node \
+                 whose links are all plaintext udp"
+            ));
         }
         if std::env::var(DISABLE_ENV).is_ok_and(|v| v == "1") {
             return FastpathState::Off(format!("disabled by {DISABLE_ENV}=1"));
@@ -542,8 +552,10 @@ mod tests {
 
     #[test]
     fn disabled_by_configuration_says_so() {
-        let state = FastpathState::start(true, Some(("cx-x", 1400)), None);
+        let state = FastpathState::start(true, None, Some(("cx-x", 1400)), None);
         assert!(!state.is_on());
         assert!(state.describe().contains("fastpath.disable"));
+        let state = FastpathState::start(false, Some("tls"), Some(("cx-x", 1400)), None);
+        assert!(state.describe().contains("backend tls is not a udp-dialer"));
     }
 }

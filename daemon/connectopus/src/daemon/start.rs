@@ -109,6 +109,16 @@ pub fn run(options: NodeOptions) -> Result<()> {
     // only writes its maps and attaches the loaded programs (TCX links by program fd).
     let fastpath = super::fastpath::FastpathState::start(
         node_config.fastpath.disable,
+        node_config
+            .backends
+            .iter()
+            .find(|(_, b)| {
+                !matches!(
+                    b,
+                    BackendConfig::UdpDialer(_) | BackendConfig::UdpListener(_)
+                )
+            })
+            .map(|(name, _)| name.as_str()),
         tuns.first().map(|tun| (tun.name(), mtu)),
         ebpf_object.as_deref(),
     );
