@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 /// The external tools the harness drives, each with the Debian package that provides it.
 pub const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("tc", "iproute2"),
     ("ping", "iputils-ping"),
     ("traceroute", "traceroute"),
     ("iperf3", "iperf3"),

@@ -21,6 +21,7 @@
 //! - `tools`: [`ping6`], [`traceroute6`], [`iperf3_server`] / [`iperf3_client`], [`dig`],
 //!   [`Pki`] / [`tls_server`] / [`tls_client`].
 //! - `loss`: [`Loss`], random packet loss with nftables (there is no netem).
+//! - `delay`: [`Delay`], delay with jitter through a user-space relay (`link_delay`).
 //! - `mesh`: [`Mesh`], real `connectopus` node processes on a topology: the generated
 //!   mesh config ([`MeshLink`], [`LinkKind`]), start, kill, `status --json`, convergence.
 //! - `wait`: [`wait_until`], [`poll_until`].
@@ -60,6 +61,7 @@
 //! }
 //! ```
 
+mod delay;
 mod env;
 mod loss;
 mod mesh;
@@ -72,6 +74,7 @@ mod topology;
 mod transfer;
 mod wait;
 
+pub use delay::Delay;
 pub use env::{TOOLS, is_root, package_for, require_root, require_tools, tool, unique_name};
 pub use loss::{Direction, Loss};
 pub use mesh::{LinkKind, Mesh, MeshLink, mesh_address, ssh_keygen, ssh_sign, write_secret};

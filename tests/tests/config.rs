@@ -230,15 +230,20 @@ fn key_rotation_through_a_currently_authorized_key() {
             "a config signed by the newly authorized key was refused: {out}"
         );
         wait_all_at(&mesh, &nodes, 3, Duration::from_secs(10))?;
-        // N + 2, signed by A after A was removed: refused everywhere.
+        // A change of keys restarts the mesh instance: a node may report version 3 just
+        // before it re-executes itself. Wait until both run it again with their link up, so
+        // the refusals below come from the nodes, not from a control socket that is away.
+        mesh.wait_converged(Duration::from_secs(30))?;
+        wait_all_at(&mesh, &nodes, 3, Duration::from_secs(10))?;
+        // N + 2, signed by A after A was removed: refused everywhere, for its signature.
         let v4 = candidate(&mesh, dir, "v4", 4, &a, "connectopus", |t| {
             add_b(t).replace(&format!("    - \"{a_line}\"\n"), "")
         })?;
         for node in nodes {
             let (ok, out) = mesh.config_set(node, &v4)?;
             ensure!(
-                !ok,
-                "{node} accepted a config signed by a removed key: {out}"
+                !ok && out.contains("signature"),
+                "{node} should refuse a config signed by a removed key for its signature: {out}"
             );
         }
         ensure!(versions(&mesh, &nodes) == vec![3, 3]);

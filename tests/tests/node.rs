@@ -474,6 +474,17 @@ fn tun_devs_and_the_syscall_fallback_dataplane_work() {
             "the fallback should say why: {}",
             status["dataplane_fallback_reason"]
         );
+        // And so does each dataplane worker.
+        let workers = status["workers"].as_array().cloned().unwrap_or_default();
+        ensure!(!workers.is_empty(), "no workers in status: {status}");
+        for w in &workers {
+            ensure!(
+                w["io_uring"].as_str().is_some_and(
+                    |s| s.starts_with("off: ") && s.contains("CONNECTOPUS_DISABLE_URING")
+                ),
+                "worker without io_uring should say why: {w}"
+            );
+        }
         // The extra host address on foo's second device is routed across the mesh.
         wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
             mesh.status("baz").is_ok_and(|s| {

@@ -88,6 +88,39 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
             "{name}'s kernel refused UDP sends: {}",
             status["counters"]
         );
+        // Every worker states each fallback: on, or off with the reason.
+        let workers = status["workers"].as_array().cloned().unwrap_or_default();
+        ensure!(!workers.is_empty(), "{name} shows no workers: {status}");
+        for w in &workers {
+            for feature in [
+                "io_uring",
+                "tun_multi_queue",
+                "udp_gso",
+                "udp_gro",
+                "udp_reuseport",
+            ] {
+                let state = w[feature].as_str().unwrap_or_default();
+                ensure!(
+                    state == "on" || (state.starts_with("off: ") && state.len() > 5),
+                    "{name}'s worker {feature}: {w}"
+                );
+            }
+            let gso_on = w["udp_gso"] == "on";
+            ensure!(
+                gso_on == offload,
+                "{name}'s worker: udp gso should be {} with offloads {}: {w}",
+                if offload { "on" } else { "off" },
+                if offload { "on" } else { "off" },
+            );
+            if !offload {
+                ensure!(
+                    w["udp_gro"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("CONNECTOPUS_DISABLE_OFFLOAD")),
+                    "{name}'s worker should say why GRO is off: {w}"
+                );
+            }
+        }
     }
     if offload {
         ensure!(

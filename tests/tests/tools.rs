@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use connectopus_tests::{
-    DigOutcome, Direction, IperfOptions, Loss, NetNs, Pki, San, Topology, Veth, dig, iperf3_client,
-    iperf3_server, ping6, require_root, require_tools, run_test, tls_client, tls_server,
-    traceroute6,
+    Delay, DigOutcome, Direction, IperfOptions, Loss, NetNs, Pki, San, Topology, Veth, dig,
+    iperf3_client, iperf3_server, ping6, require_root, require_tools, run_test, tls_client,
+    tls_server, traceroute6,
 };
 
 #[test]
@@ -168,6 +168,35 @@ fn nftables_loss() {
         ensure!(
             removed.all_received(),
             "dropping the guard removes the loss: {removed:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn userspace_delay() {
+    require_root!();
+    require_tools(&["ip", "ping", "tc"]);
+    run_test("userspace_delay", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let (foo, bar) = (topo.ns("foo"), topo.ns("bar"));
+        let dst = topo.underlay("bar");
+        // 50 ± 20 ms on each end: a round trip takes at least 2 × 30 ms.
+        let delays = [
+            Delay::new(foo, topo.iface("foo", "bar"), 50, 20, 1)?,
+            Delay::new(bar, topo.iface("bar", "foo"), 50, 20, 2)?,
+        ];
+        let slow = ping6(foo, dst, 5, 56, &["-i", "0.2"])?;
+        ensure!(slow.all_received(), "{slow:?}");
+        ensure!(slow.rtts_ms.iter().all(|ms| *ms >= 60.0), "{slow:?}");
+        // Large packets too: the relay carries whole frames.
+        let big = ping6(foo, dst, 2, 1400, &[])?;
+        ensure!(big.all_received(), "{big:?}");
+        drop(delays);
+        let fast = ping6(foo, dst, 3, 56, &["-i", "0.2"])?;
+        ensure!(
+            fast.all_received(),
+            "dropping the guards removes the delay: {fast:?}"
         );
         Ok(())
     });

@@ -26,7 +26,7 @@ pub fn is_root() -> bool {
 }
 
 /// The workspace's target directory.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }

@@ -16,10 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::ebpf::NIGHTLY;
 
-/// Seconds per target in `--smoke` mode. 13 targets at 20 s take 4.3 minutes, plus building
-/// the two fuzz workspaces with AddressSanitizer (17 minutes on the loaded 2-core machine,
-/// several on an idle one): 30 s each would push CI toward its 45-minute budget.
-pub(crate) const SMOKE_SECONDS: u32 = 20;
+/// Seconds per target in `--smoke` mode, as issue 17 asks. 13 targets at 30 s take 6.5
+/// minutes (2.2 more than at 20 s), plus building the two fuzz workspaces with
+/// AddressSanitizer; CI stays within its 45-minute budget (docs/testing.md).
+pub(crate) const SMOKE_SECONDS: u32 = 30;
 
 /// Directories (relative to the workspace root) whose `fuzz/` is a cargo-fuzz workspace.
 const FUZZ_ROOTS: &[&str] = &["daemon/wire", "."];

@@ -10,6 +10,8 @@
 //!   which `test` runs last when root.
 //! - `fuzz`: the cargo-fuzz targets (see `fuzz.rs`); `fuzz --smoke` is its CI mode, which
 //!   `test` runs after the tests.
+//! - `soak --minutes N`: the three-node mesh under load, loss and config changes (see
+//!   `soak.rs`); `test` runs `--minutes 2` when root.
 
 use std::process::{Command, ExitCode};
 
@@ -19,6 +21,7 @@ mod bench;
 mod dist;
 mod ebpf;
 mod fuzz;
+mod soak;
 
 /// Debian packages the tests and the demo use.
 const PACKAGES: &[&str] = &[
@@ -54,8 +57,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("dist") => dist::dist().map(|_| ()),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         other => Err(anyhow::anyhow!(
-            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, dist, bench, fuzz"
+            "unknown task {other:?}; tasks: test, demo, install-deps, build-ebpf, dist, bench, fuzz, soak"
         )),
     };
     match result {
@@ -114,8 +118,10 @@ fn test() -> Result<()> {
     // (namespaces); peer VPNs that are missing are skipped, not failures.
     if bench::is_root() {
         bench::bench(&["--short".to_owned()])?;
+        // Two minutes of the soak, so it cannot rot and a fast leak or crash shows.
+        soak::soak(&["--minutes".to_owned(), "2".to_owned()])?;
     } else {
-        eprintln!("xtask: skipping `bench --short`: it needs root");
+        eprintln!("xtask: skipping `bench --short` and `soak --minutes 2`: they need root");
     }
     Ok(())
 }

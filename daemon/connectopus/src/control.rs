@@ -148,6 +148,12 @@ pub struct StatusReport {
     /// What the dataplane offloads, and why something is off (absent from older nodes).
     #[serde(default)]
     pub offload: OffloadReport,
+    /// The dataplane workers, each with the fallbacks it runs on (absent from older nodes).
+    #[serde(default)]
+    pub workers: Vec<WorkerReport>,
+    /// Cores the node may run on (what `workers` would be with one worker per core).
+    #[serde(default)]
+    pub cores: usize,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
     /// State of the eBPF fast path: `on (...)` or `off: <why>` (absent from older nodes).
@@ -197,6 +203,28 @@ pub struct OffloadReport {
     pub udp_gso: String,
     /// UDP GRO: a batch of DTLS records per receive.
     pub udp_gro: String,
+}
+
+/// One dataplane worker and what it runs on: each feature is "on", or "off: <why>" (the node
+/// runs either way, on the fallback).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Its number, from 0.
+    pub index: usize,
+    /// The thread it runs on.
+    pub thread: String,
+    /// Batched packet I/O on io_uring (off: one syscall per operation).
+    pub io_uring: String,
+    /// A TUN queue of its own (`IFF_MULTI_QUEUE`; off: the one queue of each device).
+    pub tun_multi_queue: String,
+    /// Per TUN device: virtio-net header with checksum, TSO and USO offloads.
+    pub tun_offload: BTreeMap<String, String>,
+    /// UDP GSO: a batch of DTLS records per `sendmsg`.
+    pub udp_gso: String,
+    /// UDP GRO: a batch of DTLS records per receive.
+    pub udp_gro: String,
+    /// Link sockets of its own (`SO_REUSEPORT`; off: the node's one socket per endpoint).
+    pub udp_reuseport: String,
 }
 
 /// One configured backend.

@@ -71,6 +71,23 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         "offload udp gso: {}  udp gro: {}",
         report.offload.udp_gso, report.offload.udp_gro
     );
+    if !report.workers.is_empty() {
+        let _ = writeln!(
+            out,
+            "workers: {} on {} core{}",
+            report.workers.len(),
+            report.cores,
+            if report.cores == 1 { "" } else { "s" }
+        );
+    }
+    for w in &report.workers {
+        let _ = writeln!(
+            out,
+            "  worker {} ({}): io_uring {}; tun multi-queue {}; udp gso {}; udp gro {}; \
+             so_reuseport {}",
+            w.index, w.thread, w.io_uring, w.tun_multi_queue, w.udp_gso, w.udp_gro, w.udp_reuseport
+        );
+    }
     let _ = writeln!(out, "\nbackends:");
     if report.backends.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -343,6 +360,31 @@ mod tests {
             "{text}"
         );
         assert!(!lines[1].contains("since"), "{text}");
+    }
+
+    #[test]
+    fn shows_each_worker_and_why_a_feature_is_off() {
+        let mut r = report();
+        r.cores = 2;
+        r.workers = vec![crate::control::WorkerReport {
+            index: 0,
+            thread: "main loop".into(),
+            io_uring: "off: CONNECTOPUS_DISABLE_URING=1".into(),
+            tun_multi_queue: "off: one worker".into(),
+            tun_offload: std::collections::BTreeMap::new(),
+            udp_gso: "on".into(),
+            udp_gro: "off: kernel said no".into(),
+            udp_reuseport: "off: one worker".into(),
+        }];
+        let text = render(&r, false);
+        assert!(text.contains("workers: 1 on 2 cores\n"), "{text}");
+        assert!(
+            text.contains("  worker 0 (main loop): io_uring off: CONNECTOPUS_DISABLE_URING=1; tun multi-queue off: one worker; udp gso on; udp gro off: kernel said no; so_reuseport off: one worker\n"),
+            "{text}"
+        );
+        // An older node's report has no workers: nothing to show.
+        let text = render(&report(), false);
+        assert!(!text.contains("workers"), "{text}");
     }
 
     #[test]

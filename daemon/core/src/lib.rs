@@ -13,6 +13,8 @@
 //! - [`stream`]: the reliable, ordered, flow-controlled routing stream (an ARQ).
 //! - [`route`]: Dijkstra over the mesh graph and the longest-prefix-match table.
 //! - [`forward`]: the pure per-packet decision the dataplane calls.
+//! - [`forwarder`]: one dataplane worker's per-packet path over an immutable forwarding
+//!   snapshot, shared by the daemon and the simulator.
 //! - [`icmp`]: ICMPv6 errors and their rate limit.
 //! - [`identity`]: node keys, the trust policy, and the signed hello and update messages.
 //! - [`sim`]: a deterministic multi-node simulator (virtual clock, lossy links) for tests.
@@ -22,6 +24,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod forward;
+pub mod forwarder;
 pub mod icmp;
 pub mod identity;
 pub mod node;

@@ -6,7 +6,7 @@
 //! outputs after every call:
 //! - [`Node::poll_transmit`]: link messages to send;
 //! - [`Node::poll_tun_packet`]: IPv6 packets for the TUN device;
-//! - [`Node::poll_command`]: requests to the driver (close a link, install a forwarding table);
+//! - [`Node::poll_command`]: requests to the driver (close a link, install a forwarding snapshot);
 //! - [`Node::poll_event`]: what happened, for logs and status;
 //! - [`Node::poll_timeout`]: when to call [`Node::handle_timeout`] next, and why.
 //!
@@ -29,8 +29,9 @@ use connectopus_wire::{
 };
 
 use crate::LinkId;
-use crate::forward::{self, Decision, DropReason, ForwardingTable, Ingress, RouteTarget};
-use crate::icmp::{self, IcmpRateLimiter, MAX_ICMP_ERROR_LEN};
+use crate::forward::{DropReason, ForwardingTable, Ingress, RouteTarget};
+use crate::forwarder::{DataplaneReport, Forwarder, ForwardingSnapshot};
+use crate::icmp::IcmpRateLimiter;
 use crate::identity::{self, NodeKey, PublicKey, TrustPolicy};
 use crate::route::{self, PrefixTable, RouteSet, SpfOptions};
 use crate::session::{CloseReason, HelloOutcome, LinkInfo, Session, SessionIds, SessionTimers};
@@ -168,7 +169,7 @@ impl NodeConfig {
     }
 }
 
-/// What the dataplane does with a packet after [`Node::forward_packet`].
+/// What the dataplane does with a packet after [`crate::forwarder::Forwarder::forward_packet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
     /// Write it to the TUN device.
@@ -198,8 +199,8 @@ pub enum Command {
         /// Why.
         reason: CloseReason,
     },
-    /// Use this forwarding table from now on (the dataplane swaps it in whole).
-    InstallForwardingTable(Arc<ForwardingTable>),
+    /// Forward by this snapshot from now on (each dataplane worker swaps it in whole).
+    InstallForwarding(Arc<ForwardingSnapshot>),
     /// The fast path's entries from now on, the whole set sorted by prefix (see
     /// [`FastpathEntry`]): issued in the same turn as the route change, link loss or peer
     /// restart that changed them.
@@ -436,7 +437,9 @@ pub struct Node {
     names: BTreeMap<String, NameEntry>,
     name_conflicts: Vec<NameConflict>,
     table: Arc<ForwardingTable>,
-    icmp_limiter: IcmpRateLimiter,
+    /// The node's own per-packet path (the simulator's packets; ICMPv6 errors it is asked for),
+    /// which also holds the snapshot the dataplane forwards by.
+    forwarder: Forwarder,
     counters: NodeCounters,
     transmits: VecDeque<Transmit>,
     tun_packets: VecDeque<Vec<u8>>,
@@ -452,7 +455,10 @@ impl Node {
     /// Creates a node; it has no links yet.
     pub fn new(config: NodeConfig, now: Time) -> Self {
         let rng = SmallRng::seed_from_u64(config.seed);
-        let icmp_limiter = IcmpRateLimiter::new(config.icmp_per_second, config.icmp_burst);
+        let forwarder = Forwarder::new(IcmpRateLimiter::new(
+            config.icmp_per_second,
+            config.icmp_burst,
+        ));
         let trusted_addresses = config
             .trust
             .as_ref()
@@ -483,7 +489,7 @@ impl Node {
             names: BTreeMap::new(),
             name_conflicts: Vec::new(),
             table: Arc::new(ForwardingTable::default()),
-            icmp_limiter,
+            forwarder,
             counters: NodeCounters::default(),
             transmits: VecDeque::new(),
             tun_packets: VecDeque::new(),
@@ -599,21 +605,16 @@ impl Node {
     }
 
     /// Routes one IPv6 packet read from the TUN device (the simulator's TUN; the daemon calls
-    /// [`Node::forward_packet`] on its own buffers).
+    /// [`crate::forwarder::Forwarder::forward_packet`] on its own buffers).
     pub fn handle_tun_packet(&mut self, now: Time, packet: &mut [u8]) {
         let forwarded = self.forward_packet(now, packet, Ingress::Tun, None);
         self.queue_forwarded(forwarded, packet);
         self.after_input(now);
     }
 
-    /// The per-packet path, the same for the daemon's dataplane and the simulator: credits the
-    /// ingress session, takes the forwarding decision ([`forward::decide_segmented`]; a
-    /// `segment_len` for TSO/USO super-packets), checks and credits the egress session, counts
-    /// drops and answers rejected packets with a rate-limited ICMPv6 error. What is left for the
-    /// caller is moving the bytes: [`Forwarded::Deliver`] to the TUN device or
-    /// [`Forwarded::Send`] on a link.
-    ///
-    /// Never allocates or queues output, except for an ICMPv6 error.
+    /// Forwards one packet by the node's own [`Forwarder`] (the per-packet path the daemon's
+    /// workers run, see [`Forwarder::forward_packet`]) and takes its counts at once; an ICMPv6
+    /// error it answers with comes out of [`Node::poll_tun_packet`] or [`Node::poll_transmit`].
     pub fn forward_packet(
         &mut self,
         now: Time,
@@ -621,42 +622,79 @@ impl Node {
         ingress: Ingress,
         segment_len: Option<usize>,
     ) -> Forwarded {
-        let from = match ingress {
-            Ingress::Link(link) => {
-                match self.sessions.get_mut(&link) {
-                    Some(session) if session.is_established() => {
-                        session.note_received(now, packet.len());
-                    }
-                    _ => {
-                        self.count_drop(DropReason::LinkDown);
-                        return Forwarded::Done;
-                    }
-                }
-                Some(link)
-            }
-            Ingress::Tun => None,
-        };
-        match forward::decide_segmented(&self.table, packet, ingress, segment_len) {
-            Decision::Deliver => Forwarded::Deliver,
-            Decision::Forward { link } => match self.sessions.get_mut(&link) {
-                Some(session) if session.is_established() => {
-                    session.note_sent(packet.len());
-                    Forwarded::Send(link)
-                }
-                _ => {
-                    self.count_drop(DropReason::LinkDown);
-                    Forwarded::Done
-                }
-            },
-            Decision::Reject(kind) => {
-                self.reject(now, kind, packet, from);
-                Forwarded::Done
-            }
-            Decision::Drop(reason) => {
-                self.count_drop(reason);
-                Forwarded::Done
+        let forwarded = self
+            .forwarder
+            .forward_packet(now, packet, ingress, segment_len);
+        self.absorb_own_forwarder();
+        forwarded
+    }
+
+    /// Takes the own forwarder's counts and queues its ICMPv6 errors as output.
+    fn absorb_own_forwarder(&mut self) {
+        let mut report = std::mem::take(self.forwarder.report_mut());
+        self.absorb_dataplane(&mut report);
+        *self.forwarder.report_mut() = report;
+        while let Some((forwarded, packet)) = self.forwarder.poll_originated() {
+            match forwarded {
+                Forwarded::Deliver => self.tun_packets.push_back(packet),
+                Forwarded::Send(link) => self.transmits.push_back(Transmit {
+                    link,
+                    payload: packet,
+                }),
+                Forwarded::Done => {}
             }
         }
+    }
+
+    /// Takes what a dataplane worker's [`Forwarder`] counted (traffic per link, which keeps
+    /// their sessions alive; drops; ICMPv6 errors) and clears the report.
+    pub fn absorb_dataplane(&mut self, report: &mut DataplaneReport) {
+        for (reason, n) in &report.drops {
+            if *n > 0 {
+                *self.counters.drops.entry(*reason).or_default() += n;
+            }
+        }
+        for (link, traffic) in &report.links {
+            if let Some(session) = self.sessions.get_mut(link) {
+                session.note_traffic(traffic);
+            }
+        }
+        self.counters.icmp_errors_sent += report.icmp_errors_sent;
+        report.clear();
+    }
+
+    /// The snapshot dataplane workers forward by: install it whenever it changes (compare with
+    /// [`Arc::ptr_eq`]; [`Command::InstallForwarding`] announces each new one).
+    pub fn forwarding_snapshot(&self) -> &Arc<ForwardingSnapshot> {
+        self.forwarder.snapshot()
+    }
+
+    /// Publishes a new forwarding snapshot if the table or the set of established sessions
+    /// changed since the last one.
+    fn publish_forwarding(&mut self) {
+        let current = self.forwarder.snapshot();
+        let same_links = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_established())
+            .map(|(link, _)| *link)
+            .eq(current.established.iter().copied());
+        if same_links && Arc::ptr_eq(&current.table, &self.table) {
+            return;
+        }
+        let snapshot = Arc::new(ForwardingSnapshot {
+            table: self.table.clone(),
+            established: self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.is_established())
+                .map(|(link, _)| *link)
+                .collect(),
+            generation: current.generation + 1,
+        });
+        self.forwarder.install(snapshot.clone());
+        self.commands
+            .push_back(Command::InstallForwarding(snapshot));
     }
 
     /// Queues a forwarded packet as the simulator's output (the daemon moves the bytes itself).
@@ -680,7 +718,8 @@ impl Node {
     /// the rate limit); the error comes out of [`Node::poll_tun_packet`] or
     /// [`Node::poll_transmit`].
     pub fn send_icmp_error(&mut self, now: Time, kind: crate::icmp::IcmpErrorKind, packet: &[u8]) {
-        self.reject(now, kind, packet, None);
+        self.forwarder.reject(now, kind, packet);
+        self.absorb_own_forwarder();
     }
 
     /// Sends a control datagram from `src_port` on this node to (`dst`, `dst_port`).
@@ -1390,38 +1429,6 @@ impl Node {
     }
 
     /// Answers a rejected packet with the ICMPv6 error `kind`, within the rate limit.
-    fn reject(
-        &mut self,
-        now: Time,
-        kind: crate::icmp::IcmpErrorKind,
-        packet: &[u8],
-        from: Option<LinkId>,
-    ) {
-        if !self.icmp_limiter.allow(now) {
-            self.count_drop(DropReason::IcmpRateLimited);
-            return;
-        }
-        let mut error = vec![0u8; MAX_ICMP_ERROR_LEN];
-        let Some(len) = icmp::write_error(kind, self.config.address, packet, &mut error) else {
-            self.count_drop(DropReason::Malformed);
-            return;
-        };
-        error.truncate(len);
-        self.counters.icmp_errors_sent += 1;
-        self.send_originated(now, error, from);
-    }
-
-    fn send_originated(&mut self, now: Time, packet: Vec<u8>, _from: Option<LinkId>) {
-        let Some(dst) = ipv6_destination(&packet) else {
-            return;
-        };
-        match self.table.routes.lookup(dst).map(|(_, t)| *t) {
-            Some(RouteTarget::Local) => self.tun_packets.push_back(packet),
-            Some(RouteTarget::Link { link, .. }) => self.send_on_link(now, link, packet),
-            None => self.count_drop(DropReason::NoRoute),
-        }
-    }
-
     fn send_on_link(&mut self, _now: Time, link: LinkId, payload: Vec<u8>) {
         match self.sessions.get_mut(&link) {
             Some(session) if session.is_established() => {
@@ -1581,6 +1588,7 @@ impl Node {
                 });
             }
         }
+        self.publish_forwarding();
         self.update_fastpath();
     }
 
@@ -1614,12 +1622,11 @@ impl Node {
                 generation: self.table.generation + 1,
                 ..table
             });
-            self.table = table.clone();
+            self.table = table;
             self.fastpath_dirty = true;
-            self.commands
-                .push_back(Command::InstallForwardingTable(table));
             self.events.push_back(Event::RoutesChanged { n_routes });
         }
+        self.publish_forwarding();
     }
 
     /// Rebuilds the name table from this node and every reachable origin, resolving conflicts
@@ -1778,9 +1785,4 @@ fn encode_update_record(raw: &[u8], out: &mut Vec<u8>) {
         body: raw.to_vec(),
     }
     .encode_into(out);
-}
-
-fn ipv6_destination(packet: &[u8]) -> Option<Ipv6Addr> {
-    let bytes: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-    Some(Ipv6Addr::from(bytes))
 }

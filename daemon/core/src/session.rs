@@ -480,6 +480,21 @@ impl Session {
         self.counters.bytes_in += len as u64;
     }
 
+    /// Notes what a dataplane worker forwarded on this link since its last report: data
+    /// received counts as liveness, like any message.
+    pub(crate) fn note_traffic(&mut self, traffic: &crate::forwarder::LinkTraffic) {
+        if let Some(at) = traffic.last_received
+            && at > self.last_received
+        {
+            self.last_received = at;
+            self.next_keepalive_at = None;
+        }
+        self.counters.messages_in += traffic.packets_in;
+        self.counters.bytes_in += traffic.bytes_in;
+        self.counters.messages_out += traffic.packets_out;
+        self.counters.bytes_out += traffic.bytes_out;
+    }
+
     /// Notes that a message was sent to the peer by the data path.
     pub(crate) fn note_sent(&mut self, len: usize) {
         self.counters.messages_out += 1;

@@ -598,7 +598,7 @@ impl Sim {
         for c in commands {
             match c {
                 Command::CloseLink { link, .. } => self.close_transport(idx, link),
-                Command::InstallForwardingTable(_) | Command::SetFastpathRoutes(_) => {}
+                Command::InstallForwarding(_) | Command::SetFastpathRoutes(_) => {}
                 Command::ApplyConfig {
                     version,
                     unacknowledged,

@@ -602,3 +602,31 @@ fn a_cost_change_reroutes_without_touching_sessions() {
         .any(|e| matches!(e, Event::SessionClosed { .. }));
     assert!(!closed);
 }
+
+#[test]
+fn the_forwarding_snapshot_follows_sessions_and_routes() {
+    let mut sim = Sim::new(21);
+    let v = line(&mut sim, 3);
+    let ab = sim.connect(v[0], v[2], LinkParams::default().with_cost(5.0));
+    assert_converges(&mut sim, 5 * SECOND);
+    sim.run_for(SECOND);
+    let before = sim.node(v[0]).unwrap().forwarding_snapshot().clone();
+    assert_eq!(before.established.len(), 2, "{before:?}");
+    assert!(std::sync::Arc::ptr_eq(
+        &before.table,
+        sim.node(v[0]).unwrap().forwarding_table()
+    ));
+    sim.cut(ab);
+    sim.run_for(8 * SECOND);
+    let after = sim.node(v[0]).unwrap().forwarding_snapshot().clone();
+    // The session on the cut link died: a newer snapshot without it, forwarding the same way.
+    assert_eq!(after.established.len(), 1, "{after:?}");
+    assert!(after.generation > before.generation);
+    assert!(
+        after
+            .established
+            .iter()
+            .all(|l| before.established.contains(l))
+    );
+    assert_eq!(sim.trace(v[0], v[2]).unwrap(), vec![v[0], v[1], v[2]]);
+}

@@ -281,7 +281,12 @@ impl Daemon {
         }
         let vnet_in = self.tuns.get(from).is_some_and(|t| t.offload().vnet_hdr());
         let header_len = if vnet_in { VNET_HDR_LEN } else { 0 };
-        let packet = self.io.buf(buf).get(range.clone()).unwrap_or_default();
+        let packet = self
+            .worker
+            .io
+            .buf(buf)
+            .get(range.clone())
+            .unwrap_or_default();
         let Some(packet_body) = packet.get(header_len..) else {
             return false;
         };
@@ -304,12 +309,13 @@ impl Daemon {
         let header = match connectopus_offload::VnetHeader::parse(packet) {
             Ok(h) => h,
             Err(_) => {
-                self.node.count_drop(DropReason::Malformed);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
                 return true;
             }
         };
         if header.gso_type == connectopus_offload::GsoType::None {
             let done = self
+                .worker
                 .io
                 .buf_mut(buf)
                 .get_mut(start..range.end)
@@ -317,13 +323,14 @@ impl Daemon {
             if let Some(Ok(())) = done {
                 self.deliver_pool(buf, start, range.end);
             } else {
-                self.node.count_drop(DropReason::Malformed);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
             }
             return true;
         }
         // A super-packet from the host: cut it into segments for the other device.
         let mut segments_out = Vec::new();
         if let Some(segments) = self
+            .worker
             .io
             .buf(buf)
             .get(start..range.end)
@@ -336,7 +343,7 @@ impl Daemon {
                 }
             }
         } else {
-            self.node.count_drop(DropReason::Malformed);
+            self.worker.forwarder.count_drop(DropReason::Malformed);
         }
         for segment in segments_out {
             self.write_tun(&segment);

@@ -145,7 +145,7 @@ impl Daemon {
         if self.tuns.is_removed(tun) {
             // A removed device: its fd may close once the receive is no longer armed.
             if let Some(buf) = completion.buf {
-                self.io.free(buf);
+                self.worker.io.free(buf);
             }
             if !armed {
                 self.tuns.reap(tun);
@@ -156,13 +156,16 @@ impl Daemon {
         if let Some(buf) = completion.buf {
             match range {
                 Some(range) => self.forward_from_tun(tun, buf, range),
-                None => self.io.free(buf),
+                None => self.worker.io.free(buf),
             }
         }
         if !armed
             && self.stopping.is_none()
             && let Some(fd) = self.tuns.get(tun).map(TunDevice::fd)
-            && let Err(error) = self.io.recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
+            && let Err(error) = self
+                .worker
+                .io
+                .recv_packets(fd, Token(TOKEN_TUN_RECV | tun as u64))
         {
             tracing::error!(%error, "re-arming TUN receive failed");
         }
@@ -171,18 +174,25 @@ impl Daemon {
     /// Routes what the TUN device `tun` handed over in `buf[range]`; takes ownership of `buf`.
     fn forward_from_tun(&mut self, tun: usize, buf: BufId, range: Range<usize>) {
         if self.hairpin(tun, &buf, range.clone()) {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         }
         let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
         if !vnet {
             return self.forward_tun_packet(buf, range);
         }
-        let header = VnetHeader::parse(self.io.buf(&buf).get(range.clone()).unwrap_or_default());
+        let header = VnetHeader::parse(
+            self.worker
+                .io
+                .buf(&buf)
+                .get(range.clone())
+                .unwrap_or_default(),
+        );
         let packet = range.start + VNET_HDR_LEN..range.end;
         match header {
             Ok(h) if h.gso_type == GsoType::None => {
                 let completed = self
+                    .worker
                     .io
                     .buf_mut(&buf)
                     .get_mut(packet.clone())
@@ -190,17 +200,17 @@ impl Daemon {
                 if let Some(Ok(())) = completed {
                     self.forward_tun_packet(buf, packet);
                 } else {
-                    self.io.free(buf);
-                    self.node.count_drop(DropReason::Malformed);
+                    self.worker.io.free(buf);
+                    self.worker.forwarder.count_drop(DropReason::Malformed);
                 }
             }
             Ok(h) => {
-                self.offload_counters.tun_super_packets_read += 1;
+                self.worker.offload_counters.tun_super_packets_read += 1;
                 self.forward_tun_super_packet(buf, packet, h);
             }
             Err(_) => {
-                self.io.free(buf);
-                self.node.count_drop(DropReason::Malformed);
+                self.worker.io.free(buf);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
             }
         }
     }
@@ -219,13 +229,14 @@ impl Daemon {
             // The TCP codec frames into its own byte queue.
             Forwarded::Send(link) => self.send_from_buf(link, &buf, range),
             // The kernel delivers the host's packets to its own addresses itself.
-            Forwarded::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Deliver => self.worker.forwarder.count_drop(DropReason::Loop),
             Forwarded::Done => {}
         }
-        self.io.free(buf);
+        self.worker.io.free(buf);
     }
 
-    /// The core's per-packet path ([`Node::forward_packet`]) on the packet at `buf[range]`.
+    /// The core's per-packet path ([`connectopus_core::forwarder::Forwarder::forward_packet`], the
+    /// worker's own) on the packet at `buf[range]`.
     fn forward(
         &mut self,
         buf: &BufId,
@@ -234,10 +245,13 @@ impl Daemon {
         segment_len: Option<usize>,
     ) -> Forwarded {
         let now = self.now();
-        match self.io.buf_mut(buf).get_mut(range) {
-            Some(packet) => self.node.forward_packet(now, packet, ingress, segment_len),
+        match self.worker.io.buf_mut(buf).get_mut(range) {
+            Some(packet) => self
+                .worker
+                .forwarder
+                .forward_packet(now, packet, ingress, segment_len),
             None => {
-                self.node.count_drop(DropReason::Malformed);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
                 Forwarded::Done
             }
         }
@@ -247,14 +261,15 @@ impl Daemon {
     /// into segments for the link; takes ownership of `buf`.
     fn forward_tun_super_packet(&mut self, buf: BufId, range: Range<usize>, header: VnetHeader) {
         let segment_len = self
+            .worker
             .io
             .buf(&buf)
             .get(range.clone())
             .and_then(|p| Segments::new(&header, p).ok())
             .map(|s| s.max_segment_len());
         let Some(segment_len) = segment_len else {
-            self.io.free(buf);
-            self.node.count_drop(DropReason::Malformed);
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::Malformed);
             return;
         };
         match self.forward(&buf, range.clone(), Ingress::Tun, Some(segment_len)) {
@@ -266,10 +281,10 @@ impl Daemon {
             }
             // A TCP link: each segment one frame, all of them encrypted together.
             Forwarded::Send(link) => self.send_segments_tcp(link, &buf, range, header),
-            Forwarded::Deliver => self.node.count_drop(DropReason::Loop),
+            Forwarded::Deliver => self.worker.forwarder.count_drop(DropReason::Loop),
             Forwarded::Done => {}
         }
-        self.io.free(buf);
+        self.worker.io.free(buf);
     }
 
     /// Frames every segment of the super-packet at `buf[range]` as one message on the TCP
@@ -282,23 +297,23 @@ impl Daemon {
         range: Range<usize>,
         header: VnetHeader,
     ) {
-        let Daemon {
+        let Daemon { worker, links, .. } = self;
+        let Worker {
             io,
-            links,
-            node,
+            forwarder,
             scratch_out,
             ..
-        } = self;
+        } = worker;
         let Some(Link {
             transport: Transport::Tcp(tcp),
             ..
         }) = links.get_mut(&link)
         else {
-            node.count_drop(DropReason::LinkDown);
+            forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         if tcp.tx.len() > MAX_TCP_BACKLOG {
-            node.count_drop(DropReason::LinkCongested);
+            forwarder.count_drop(DropReason::LinkCongested);
             return;
         }
         let Some(segments) = io
@@ -306,7 +321,7 @@ impl Daemon {
             .get(range)
             .and_then(|p| Segments::new(&header, p).ok())
         else {
-            node.count_drop(DropReason::Malformed);
+            forwarder.count_drop(DropReason::Malformed);
             return;
         };
         scratch_out.clear();
@@ -316,7 +331,7 @@ impl Daemon {
                 tcp.codec
                     .queue_with(max_len, |slot| segments.write(i, slot).ok(), scratch_out);
             if !matches!(queued, Ok(true)) {
-                node.count_drop(DropReason::Malformed);
+                forwarder.count_drop(DropReason::Malformed);
                 break;
             }
         }
@@ -367,11 +382,11 @@ impl Daemon {
     /// DTLS records, or the TCP link's byte queue); `buf` stays the caller's.
     fn send_from_buf(&mut self, link: LinkId, buf: &BufId, range: Range<usize>) {
         if !self.is_dtls(link) && !self.is_plain_udp(link) {
-            let mut message = std::mem::take(&mut self.scratch);
+            let mut message = std::mem::take(&mut self.worker.scratch);
             message.clear();
-            message.extend_from_slice(self.io.buf(buf).get(range).unwrap_or_default());
+            message.extend_from_slice(self.worker.io.buf(buf).get(range).unwrap_or_default());
             self.send_packet(link, &message);
-            self.scratch = message;
+            self.worker.scratch = message;
             return;
         }
         self.batch_record(link, buf, range);
@@ -403,16 +418,18 @@ impl Daemon {
     /// the device takes them, else written on its own.
     fn deliver(&mut self, src: Source<'_>) {
         let tun = match src {
-            Source::Pool(buf, start, end) => self.io.buf(buf).get(start..end).and_then(|p| {
-                self.tun_for(p)
-                    .map(|t| (t, connectopus_offload::is_coalescable(p)))
-            }),
+            Source::Pool(buf, start, end) => {
+                self.worker.io.buf(buf).get(start..end).and_then(|p| {
+                    self.tun_for(p)
+                        .map(|t| (t, connectopus_offload::is_coalescable(p)))
+                })
+            }
             Source::Bytes(p) => self
                 .tun_for(p)
                 .map(|t| (t, connectopus_offload::is_coalescable(p))),
         };
         let Some((tun, coalescable)) = tun else {
-            self.node.count_drop(DropReason::NoRoute);
+            self.worker.forwarder.count_drop(DropReason::NoRoute);
             return;
         };
         let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
@@ -429,15 +446,15 @@ impl Daemon {
     /// Merges a TCP segment into an open super-packet of its flow, or opens one; returns false
     /// when the packet must be written on its own.
     fn coalesce(&mut self, tun: usize, src: Source<'_>) -> bool {
-        let headroom = self.io.pool().headroom();
+        let headroom = self.worker.io.pool().headroom();
         let mut i = 0;
-        while i < self.coalescing.open.len() {
-            let open = &mut self.coalescing.open[i];
+        while i < self.worker.coalescing.open.len() {
+            let open = &mut self.worker.coalescing.open[i];
             if open.tun != tun {
                 i += 1;
                 continue;
             }
-            let append = with_packet(&mut self.io, src, &open.buf, |packet, out| {
+            let append = with_packet(&mut self.worker.io, src, &open.buf, |packet, out| {
                 let out = out.get_mut(headroom..).unwrap_or_default();
                 open.coalescer.try_append(out, packet)
             });
@@ -445,25 +462,25 @@ impl Daemon {
                 Append::Appended => return true,
                 Append::NotSameFlow => i += 1,
                 Append::Flush => {
-                    let open = self.coalescing.open.remove(i);
+                    let open = self.worker.coalescing.open.remove(i);
                     self.write_super_packet(open);
                     break;
                 }
             }
         }
-        if self.coalescing.open.len() >= MAX_OPEN_SUPER_PACKETS {
-            let oldest = self.coalescing.open.remove(0);
+        if self.worker.coalescing.open.len() >= MAX_OPEN_SUPER_PACKETS {
+            let oldest = self.worker.coalescing.open.remove(0);
             self.write_super_packet(oldest);
         }
-        let Some(buf) = self.io.alloc() else {
+        let Some(buf) = self.worker.io.alloc() else {
             return false;
         };
-        let started = with_packet(&mut self.io, src, &buf, |packet, out| {
+        let started = with_packet(&mut self.worker.io, src, &buf, |packet, out| {
             Coalescer::start(out.get_mut(headroom..).unwrap_or_default(), packet)
         });
         match started {
             Some(coalescer) => {
-                self.coalescing.open.push(OpenSuperPacket {
+                self.worker.coalescing.open.push(OpenSuperPacket {
                     tun,
                     buf,
                     coalescer,
@@ -471,7 +488,7 @@ impl Daemon {
                 true
             }
             None => {
-                self.io.free(buf);
+                self.worker.io.free(buf);
                 false
             }
         }
@@ -480,12 +497,12 @@ impl Daemon {
     /// Writes the super-packets still open: those of TUN device `only`, or all.
     pub(super) fn flush_tun_writes(&mut self, only: Option<usize>) {
         let mut i = 0;
-        while i < self.coalescing.open.len() {
-            if only.is_some_and(|t| t != self.coalescing.open[i].tun) {
+        while i < self.worker.coalescing.open.len() {
+            if only.is_some_and(|t| t != self.worker.coalescing.open[i].tun) {
                 i += 1;
                 continue;
             }
-            let open = self.coalescing.open.remove(i);
+            let open = self.worker.coalescing.open.remove(i);
             self.write_super_packet(open);
         }
     }
@@ -497,31 +514,38 @@ impl Daemon {
             coalescer,
         } = open;
         let Some(fd) = self.tuns.get(tun).map(TunDevice::fd) else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
-        let start = self.io.pool().headroom();
-        let len = coalescer.finish(self.io.buf_mut(&buf).get_mut(start..).unwrap_or_default());
+        let start = self.worker.io.pool().headroom();
+        let len = coalescer.finish(
+            self.worker
+                .io
+                .buf_mut(&buf)
+                .get_mut(start..)
+                .unwrap_or_default(),
+        );
         if coalescer.segments() > 1 {
-            self.offload_counters.tun_super_packets_written += 1;
+            self.worker.offload_counters.tun_super_packets_written += 1;
         }
-        self.io
+        self.worker
+            .io
             .write(fd, Token(TOKEN_TUN_WRITE), buf, start..start + len);
     }
 
     /// Writes one packet to TUN device `tun`, behind an empty virtio-net header when `vnet`.
     fn write_tun_single(&mut self, tun: usize, src: Source<'_>, vnet: bool) {
         let Some(fd) = self.tuns.get(tun).map(TunDevice::fd) else {
-            self.node.count_drop(DropReason::NoRoute);
+            self.worker.forwarder.count_drop(DropReason::NoRoute);
             return;
         };
-        let Some(buf) = self.io.alloc() else {
-            self.node.count_drop(DropReason::LinkCongested);
+        let Some(buf) = self.worker.io.alloc() else {
+            self.worker.forwarder.count_drop(DropReason::LinkCongested);
             return;
         };
-        let start = self.io.pool().headroom();
+        let start = self.worker.io.pool().headroom();
         let header = if vnet { VNET_HDR_LEN } else { 0 };
-        let written = with_packet(&mut self.io, src, &buf, |packet, out| {
+        let written = with_packet(&mut self.worker.io, src, &buf, |packet, out| {
             let end = start + header + packet.len();
             let slot = out.get_mut(start..end)?;
             let (vnet_header, body) = slot.split_at_mut(header);
@@ -532,10 +556,13 @@ impl Daemon {
             Some(end)
         });
         match written {
-            Some(end) => self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, start..end),
+            Some(end) => self
+                .worker
+                .io
+                .write(fd, Token(TOKEN_TUN_WRITE), buf, start..end),
             None => {
-                self.io.free(buf);
-                self.node.count_drop(DropReason::Malformed);
+                self.worker.io.free(buf);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
             }
         }
     }
@@ -543,42 +570,46 @@ impl Daemon {
     /// Sends one link message (data packet or control message) on `link`.
     pub(super) fn send_packet(&mut self, link: LinkId, message: &[u8]) {
         let Some(l) = self.links.get_mut(&link) else {
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         let data = is_ipv6(message);
         if data && l.backlog() > MAX_TCP_BACKLOG {
-            self.node.count_drop(DropReason::LinkCongested);
+            self.worker.forwarder.count_drop(DropReason::LinkCongested);
             return;
         }
         match &mut l.transport {
             Transport::PlainUdp(_) => self.send_plain_message(link, message),
             Transport::Tcp(tcp) => {
-                self.scratch_out.clear();
-                if let Err(error) = tcp.codec.send_message(message, &mut self.scratch_out) {
+                self.worker.scratch_out.clear();
+                if let Err(error) = tcp
+                    .codec
+                    .send_message(message, &mut self.worker.scratch_out)
+                {
                     tracing::debug!(%link, %error, "dropping message");
                     return;
                 }
-                tcp.tx.extend(self.scratch_out.iter());
+                tcp.tx.extend(self.worker.scratch_out.iter());
                 if !self.close_if_tcp_queue_overflows(link) {
                     self.pump_tcp_write(link);
                 }
             }
             Transport::Dtls(_) => {
-                let Some(buf) = self.io.alloc() else {
-                    self.node.count_drop(DropReason::LinkCongested);
+                let Some(buf) = self.worker.io.alloc() else {
+                    self.worker.forwarder.count_drop(DropReason::LinkCongested);
                     return;
                 };
-                let start = self.io.pool().headroom();
+                let start = self.worker.io.pool().headroom();
                 let fits = self
+                    .worker
                     .io
                     .buf_mut(&buf)
                     .get_mut(start..start + message.len())
                     .map(|slot| slot.copy_from_slice(message))
                     .is_some();
                 if !fits {
-                    self.io.free(buf);
-                    self.node.count_drop(DropReason::TooBig);
+                    self.worker.io.free(buf);
+                    self.worker.forwarder.count_drop(DropReason::TooBig);
                     return;
                 }
                 self.seal_and_send(link, buf, start, message.len());
@@ -586,15 +617,15 @@ impl Daemon {
         }
     }
 
-    /// Routes or hands to the core the link message held in `self.scratch`.
+    /// Routes or hands to the core the link message held in `self.worker.scratch`.
     pub(super) fn handle_link_message_in_scratch(&mut self, link: LinkId) {
-        let mut message = std::mem::take(&mut self.scratch);
+        let mut message = std::mem::take(&mut self.worker.scratch);
         if is_ipv6(&message) {
             self.route_link_packet(link, &mut message);
         } else {
             let now = self.now();
             self.node.handle_link_message(now, link, &mut message);
         }
-        self.scratch = message;
+        self.worker.scratch = message;
     }
 }

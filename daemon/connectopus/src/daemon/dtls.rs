@@ -28,40 +28,40 @@ impl Daemon {
         offset: usize,
         len: usize,
     ) {
-        if self.dtls_batches.has(link) {
+        if self.worker.dtls_batches.has(link) {
             // Records go out in the order they are sealed.
             self.flush_dtls_batches(Some(link));
         }
         let Some(l) = self.links.get_mut(&link) else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
         let Transport::Dtls(dtls) = &mut l.transport else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
         let Some(payload_offset) = dtls.association.payload_offset() else {
-            self.io.free(buf);
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         let Some(record_start) = offset.checked_sub(payload_offset) else {
-            self.io.free(buf);
-            self.node.count_drop(DropReason::Malformed);
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::Malformed);
             return;
         };
         let sealed = dtls
             .association
-            .seal_in_place(&mut self.io.buf_mut(&buf)[record_start..], len);
+            .seal_in_place(&mut self.worker.io.buf_mut(&buf)[record_start..], len);
         match sealed {
             Ok(n) => {
                 let (endpoint, source) = (dtls.endpoint, dtls.local);
                 let destination = l.remote;
                 let Some(fd) = self.udp_fd(endpoint) else {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                     return;
                 };
-                self.io.send_to(
+                self.worker.io.send_to(
                     fd,
                     Token(TOKEN_UDP_SEND | endpoint as u64),
                     uring_io::Transmit {
@@ -74,9 +74,9 @@ impl Daemon {
                 );
             }
             Err(error) => {
-                self.io.free(buf);
+                self.worker.io.free(buf);
                 tracing::debug!(%link, %error, "dtls seal failed");
-                self.node.count_drop(DropReason::LinkDown);
+                self.worker.forwarder.count_drop(DropReason::LinkDown);
             }
         }
     }
@@ -93,7 +93,7 @@ impl Daemon {
         let destination = l.remote;
         while let Some(datagram) = dtls.association.poll_transmit() {
             send_raw(
-                &mut self.io,
+                &mut self.worker.io,
                 &self.udp,
                 endpoint,
                 destination,
@@ -116,7 +116,7 @@ impl Daemon {
         if self.udp.get(endpoint).is_none_or(Option::is_none) {
             // A retired endpoint: its socket may close once the receive is no longer armed.
             if let Some(buf) = completion.buf {
-                self.io.free(buf);
+                self.worker.io.free(buf);
             }
             if !armed {
                 self.retiring_udp.retain(|(i, _)| *i != endpoint);
@@ -143,7 +143,7 @@ impl Daemon {
                     .map(|e| &e.role),
                 Some(UdpRole::Listener(_))
             );
-            let hello = dtls_link::is_client_hello(&self.io.buf(&buf)[range.clone()]);
+            let hello = dtls_link::is_client_hello(&self.worker.io.buf(&buf)[range.clone()]);
             let known = if listener && hello {
                 None
             } else {
@@ -161,7 +161,7 @@ impl Daemon {
                     // Rate-limited by source prefix before OpenSSL (or an allocation) sees it.
                     if self.hello_limiter.allow(src.ip(), self.started.elapsed()) {
                         self.limit_counters.dtls_hellos_looked_at += 1;
-                        let datagram = self.io.buf(&buf)[range].to_vec();
+                        let datagram = self.worker.io.buf(&buf)[range].to_vec();
                         self.accept_dtls(endpoint, (src, local), datagram);
                     } else {
                         self.limit_counters.dtls_hellos_rate_limited += 1;
@@ -173,7 +173,7 @@ impl Daemon {
                 None => {}
             }
         }
-        self.io.free(buf);
+        self.worker.io.free(buf);
         if !armed {
             self.rearm_udp(endpoint);
         }
@@ -185,6 +185,7 @@ impl Daemon {
         }
         if let Some(fd) = self.udp_fd(endpoint)
             && let Err(error) = self
+                .worker
                 .io
                 .recv_datagrams(fd, Token(TOKEN_UDP_RECV | endpoint as u64))
         {
@@ -212,7 +213,7 @@ impl Daemon {
         let now = self.started.elapsed();
         match DtlsAssociation::accept(config, src, now, &datagram) {
             Ok(Accept::HelloVerifyRequest(reply)) => {
-                send_raw(&mut self.io, &self.udp, endpoint, src, local, &reply);
+                send_raw(&mut self.worker.io, &self.udp, endpoint, src, local, &reply);
             }
             Ok(Accept::Association(association)) => {
                 let (backend, cost, mtu) = (backend.clone(), *cost, *mtu);
@@ -259,7 +260,7 @@ impl Daemon {
             .filter(|s| *s > 0)
             .unwrap_or(range.len().max(1));
         if range.len() > step {
-            self.offload_counters.udp_gro_batches += 1;
+            self.worker.offload_counters.udp_gro_batches += 1;
         }
         let mut at = range.start;
         while at < range.end {
@@ -272,7 +273,7 @@ impl Daemon {
             else {
                 break;
             };
-            let Some(datagram) = self.io.buf_mut(&buf).get_mut(piece.clone()) else {
+            let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
                 break;
             };
             match dtls.association.handle_datagram(now, datagram) {
@@ -289,19 +290,19 @@ impl Daemon {
                 }
             }
         }
-        self.io.free(buf);
+        self.worker.io.free(buf);
         self.after_dtls_io(link);
     }
 
     /// Routes an IPv6 packet where it lies, or hands any other link message to the core.
     fn on_link_message_in_buf(&mut self, link: LinkId, buf: &uring_io::BufId, r: Range<usize>) {
-        let data = self.io.buf(buf).get(r.clone()).is_some_and(is_ipv6);
+        let data = self.worker.io.buf(buf).get(r.clone()).is_some_and(is_ipv6);
         if data {
             self.route_link_packet_in_buf(link, buf, r);
         } else {
-            self.scratch.clear();
-            if let Some(bytes) = self.io.buf(buf).get(r) {
-                self.scratch.extend_from_slice(bytes);
+            self.worker.scratch.clear();
+            if let Some(bytes) = self.worker.io.buf(buf).get(r) {
+                self.worker.scratch.extend_from_slice(bytes);
             }
             self.handle_link_message_in_scratch(link);
         }
@@ -317,18 +318,19 @@ impl Daemon {
         range: Range<usize>,
         header: connectopus_offload::VnetHeader,
     ) {
-        if self.dtls_batches.has(link) {
+        if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
         let Daemon {
+            worker, links, udp, ..
+        } = self;
+        let Worker {
             io,
-            links,
-            node,
-            udp,
+            forwarder,
             offloads,
             offload_counters,
             ..
-        } = self;
+        } = worker;
         let Some(l) = links.get_mut(&link) else {
             io.free(src);
             return;
@@ -349,7 +351,7 @@ impl Daemon {
             dtls.association.overhead(),
         ) else {
             io.free(src);
-            node.count_drop(DropReason::LinkDown);
+            forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         let shape = io
@@ -359,7 +361,7 @@ impl Daemon {
             .map(|s| (s.count(), s.max_segment_len()));
         let Some((count, max_len)) = shape else {
             io.free(src);
-            node.count_drop(DropReason::Malformed);
+            forwarder.count_drop(DropReason::Malformed);
             return;
         };
         let stride = max_len + overhead;
@@ -375,7 +377,7 @@ impl Daemon {
         let mut i = 0;
         while i < count {
             let Some(out) = io.alloc() else {
-                node.count_drop(DropReason::LinkCongested);
+                forwarder.count_drop(DropReason::LinkCongested);
                 break;
             };
             let mut sent = 0usize;
@@ -416,7 +418,7 @@ impl Daemon {
             }
             if sent == 0 {
                 io.free(out);
-                node.count_drop(if failed {
+                forwarder.count_drop(if failed {
                     DropReason::LinkDown
                 } else {
                     DropReason::TooBig
@@ -438,7 +440,7 @@ impl Daemon {
                 },
             );
             if failed {
-                node.count_drop(DropReason::LinkDown);
+                forwarder.count_drop(DropReason::LinkDown);
                 break;
             }
         }

@@ -57,44 +57,50 @@ impl Daemon {
                 Transport::Tcp(_) => None,
             })
         else {
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         let len = range.len();
         let record_len = overhead + len;
-        if let Some(i) = self.dtls_batches.open.iter().position(|b| b.link == link) {
-            let batch = &self.dtls_batches.open[i];
+        if let Some(i) = self
+            .worker
+            .dtls_batches
+            .open
+            .iter()
+            .position(|b| b.link == link)
+        {
+            let batch = &self.worker.dtls_batches.open[i];
             if batch.count < batch.limit && record_len <= batch.stride {
                 // Every record before this one is exactly `stride` long.
                 let slot = batch.end;
                 if self.seal_into(link, src, range, i, slot, payload_offset) {
-                    let batch = &mut self.dtls_batches.open[i];
+                    let batch = &mut self.worker.dtls_batches.open[i];
                     batch.count += 1;
                     if record_len < batch.stride {
                         // A shorter record must be the last of a GSO send.
-                        let batch = self.dtls_batches.open.remove(i);
+                        let batch = self.worker.dtls_batches.open.remove(i);
                         self.send_batch(batch);
                     }
                 }
                 return;
             }
-            let batch = self.dtls_batches.open.remove(i);
+            let batch = self.worker.dtls_batches.open.remove(i);
             self.send_batch(batch);
         }
-        let Some(buf) = self.io.alloc() else {
-            self.node.count_drop(DropReason::LinkCongested);
+        let Some(buf) = self.worker.io.alloc() else {
+            self.worker.forwarder.count_drop(DropReason::LinkCongested);
             return;
         };
-        let start = self.io.pool().headroom();
-        let room = self.io.pool().buf_size() - start;
-        let limit = if self.offloads.udp_gso.is_ok() {
+        let start = self.worker.io.pool().headroom();
+        let room = self.worker.io.pool().buf_size() - start;
+        let limit = if self.worker.offloads.udp_gso.is_ok() {
             (room / record_len)
                 .min(MAX_UDP_GSO_BYTES / record_len)
                 .clamp(1, MAX_UDP_GSO_SEGMENTS)
         } else {
             1
         };
-        self.dtls_batches.open.push(OpenBatch {
+        self.worker.dtls_batches.open.push(OpenBatch {
             link,
             buf,
             stride: record_len,
@@ -102,17 +108,17 @@ impl Daemon {
             limit,
             end: start,
         });
-        let i = self.dtls_batches.open.len() - 1;
+        let i = self.worker.dtls_batches.open.len() - 1;
         if self.seal_into(link, src, range, i, start, payload_offset) {
-            let batch = &mut self.dtls_batches.open[i];
+            let batch = &mut self.worker.dtls_batches.open[i];
             batch.count = 1;
             if batch.count >= batch.limit {
-                let batch = self.dtls_batches.open.remove(i);
+                let batch = self.worker.dtls_batches.open.remove(i);
                 self.send_batch(batch);
             }
         } else {
-            let batch = self.dtls_batches.open.remove(i);
-            self.io.free(batch.buf);
+            let batch = self.worker.dtls_batches.open.remove(i);
+            self.worker.io.free(batch.buf);
         }
     }
 
@@ -127,13 +133,13 @@ impl Daemon {
         slot: usize,
         payload_offset: usize,
     ) -> bool {
-        let Daemon {
+        let Daemon { worker, links, .. } = self;
+        let Worker {
             io,
-            links,
-            node,
+            forwarder,
             dtls_batches,
             ..
-        } = self;
+        } = worker;
         let Some(batch) = dtls_batches.open.get_mut(i) else {
             return false;
         };
@@ -142,7 +148,7 @@ impl Daemon {
             // A plaintext link's record is the packet as it is.
             Some(Transport::PlainUdp(_)) => None,
             _ => {
-                node.count_drop(DropReason::LinkDown);
+                forwarder.count_drop(DropReason::LinkDown);
                 return false;
             }
         };
@@ -150,11 +156,11 @@ impl Daemon {
         let (from, to) = io.buf_pair(src, &batch.buf);
         let (Some(packet), Some(record)) = (from.get(range), to.get_mut(slot..slot + batch.stride))
         else {
-            node.count_drop(DropReason::TooBig);
+            forwarder.count_drop(DropReason::TooBig);
             return false;
         };
         let Some(payload) = record.get_mut(payload_offset..payload_offset + len) else {
-            node.count_drop(DropReason::TooBig);
+            forwarder.count_drop(DropReason::TooBig);
             return false;
         };
         payload.copy_from_slice(packet);
@@ -169,7 +175,7 @@ impl Daemon {
             }
             Err(error) => {
                 tracing::debug!(%link, %error, "dtls seal failed");
-                node.count_drop(DropReason::LinkDown);
+                forwarder.count_drop(DropReason::LinkDown);
                 false
             }
         }
@@ -178,12 +184,12 @@ impl Daemon {
     /// Sends the open batches: those of `only`, or all.
     pub(super) fn flush_dtls_batches(&mut self, only: Option<LinkId>) {
         let mut i = 0;
-        while i < self.dtls_batches.open.len() {
-            if only.is_some_and(|l| l != self.dtls_batches.open[i].link) {
+        while i < self.worker.dtls_batches.open.len() {
+            if only.is_some_and(|l| l != self.worker.dtls_batches.open[i].link) {
                 i += 1;
                 continue;
             }
-            let batch = self.dtls_batches.open.remove(i);
+            let batch = self.worker.dtls_batches.open.remove(i);
             self.send_batch(batch);
         }
     }
@@ -203,22 +209,22 @@ impl Daemon {
             Transport::Tcp(_) => None,
         });
         let Some((endpoint, destination, source)) = target else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
         let Some(fd) = self.udp_fd(endpoint) else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
         if count == 0 {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         }
         if count > 1 {
-            self.offload_counters.udp_gso_sends += 1;
+            self.worker.offload_counters.udp_gso_sends += 1;
         }
-        let start = self.io.pool().headroom();
-        self.io.send_to(
+        let start = self.worker.io.pool().headroom();
+        self.worker.io.send_to(
             fd,
             Token(TOKEN_UDP_SEND | endpoint as u64),
             uring_io::Transmit {

@@ -3,8 +3,9 @@
 //!
 //! Each turn of the loop submits all queued I/O and waits once (`submit_and_wait`), handles
 //! every completion of the batch, then drains the core's outputs and arms its next timer.
-//! IPv6 packets are routed by the core's per-packet path (`Node::forward_packet`, see `datapath`),
-//! without allocating or locking; everything else that arrives on a link goes to the core.
+//! IPv6 packets are routed by the dataplane worker's per-packet path (`Forwarder::forward_packet`
+//! over the node's latest snapshot, see `worker` and `datapath`), without allocating or
+//! locking; everything else that arrives on a link goes to the core.
 //! Accepting and dialing TCP connections, the control socket and signal handling run on small
 //! helper threads that hand their results to the loop through a channel and wake it.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use connectopus_config::{BackendConfig, MeshConfig};
-use connectopus_core::forward::{self, DropReason, ForwardingTable, Ingress};
+use connectopus_core::forward::{self, DropReason, Ingress};
 use connectopus_core::node::{Command, Event, Node, NodeConfig};
 use connectopus_core::session::LinkInfo;
 use connectopus_core::{LinkId, Time};
@@ -68,6 +69,8 @@ mod resolve;
 mod tcp;
 mod trust;
 mod tun_devs;
+mod worker;
+use worker::Worker;
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -180,16 +183,10 @@ struct Daemon {
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
     restart: bool,
-    io: PacketIo,
-    /// What the dataplane offloads (TUN super-packets, UDP GSO/GRO), and why not.
-    offloads: datapath::Offloads,
-    /// Received TCP segments being merged into super-packets for the TUN devices.
-    coalescing: datapath::TunCoalescing,
-    /// Records for DTLS links sealed into GSO batches, sent when the turn ends.
-    dtls_batches: dtls_batch::DtlsBatches,
-    offload_counters: datapath::OffloadCounters,
+    /// The dataplane: the ring, the buffers, the per-packet path and the offload state.
+    worker: Worker,
+    /// The control plane's protocol core.
     node: Node,
-    table: Arc<ForwardingTable>,
     started: Instant,
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
@@ -224,10 +221,6 @@ struct Daemon {
     rx: Receiver<LoopMessage>,
     /// Checks neighbours' configuration offers off the loop.
     offer_checker: offer_check::OfferChecker,
-    completions: Vec<Completion>,
-    scratch: Vec<u8>,
-    scratch_out: Vec<u8>,
-    ranges: Vec<Range<usize>>,
     /// Set once shutdown began: the time by which to exit.
     stopping: Option<Instant>,
     /// Where the loop publishes Prometheus metrics, when they are served.
@@ -248,7 +241,8 @@ impl Daemon {
 
     fn run(&mut self) -> Result<()> {
         for (i, tun) in self.tuns.indexed() {
-            self.io
+            self.worker
+                .io
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
                 .context("arming TUN receive")?;
         }
@@ -257,24 +251,29 @@ impl Daemon {
         self.drain_node();
         loop {
             let timeout = self.next_timeout();
-            let mut completions = std::mem::take(&mut self.completions);
+            let mut completions = std::mem::take(&mut self.worker.completions);
             completions.clear();
-            let result = self.io.submit_and_wait(&mut completions, Some(timeout));
+            let result = self
+                .worker
+                .io
+                .submit_and_wait(&mut completions, Some(timeout));
             if let Err(error) = result {
-                self.completions = completions;
+                self.worker.completions = completions;
                 return Err(error).context("waiting for I/O");
             }
             for completion in completions.drain(..) {
                 self.handle_completion(completion);
+                self.sync_forwarding();
             }
-            self.completions = completions;
+            self.worker.completions = completions;
+            self.absorb_worker();
             self.handle_messages();
             self.run_timers();
             self.drain_node();
             self.publish_metrics();
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes(None);
-            if !self.dtls_batches.is_empty() {
+            if !self.worker.dtls_batches.is_empty() {
                 self.flush_dtls_batches(None);
             }
             self.reap_closing();
@@ -330,7 +329,7 @@ impl Daemon {
             (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(id.0 as usize, completion),
             (OpKind::Write, TOKEN_TUN_WRITE) => {
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
             (OpKind::Read, TOKEN_TCP_READ) => self.on_tcp_read(id, completion),
@@ -341,23 +340,28 @@ impl Daemon {
             (OpKind::Send, TOKEN_UDP_SEND) => {
                 if let Err(errno) = completion.result {
                     // The datagrams are lost (TCP inside retransmits); say why once in a while.
-                    self.offload_counters.udp_send_errors += 1;
-                    if self.offload_counters.udp_send_errors.is_power_of_two() {
+                    self.worker.offload_counters.udp_send_errors += 1;
+                    if self
+                        .worker
+                        .offload_counters
+                        .udp_send_errors
+                        .is_power_of_two()
+                    {
                         tracing::warn!(
                             %errno,
-                            errors = self.offload_counters.udp_send_errors,
+                            errors = self.worker.offload_counters.udp_send_errors,
                             "udp send failed"
                         );
                     }
                 }
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
             (OpKind::Wake, _) => {}
             _ => {
                 if let Some(buf) = completion.buf {
-                    self.io.free(buf);
+                    self.worker.io.free(buf);
                 }
             }
         }
@@ -424,14 +428,15 @@ impl Daemon {
                         ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
                         ControlRequest::GetConfig => self.get_config(),
                         ControlRequest::SetConfig { config, signature } => {
-                            match self.accept_config(
-                                config.as_bytes(),
-                                signature.as_bytes(),
-                                reconcile::ConfigSource::Control,
-                            ) {
-                                Ok(version) => ControlReply::Accepted { version },
-                                Err(error) => ControlReply::Error(format!("{error:#}")),
-                            }
+                            // Checked on the config-check thread; the answer goes out from
+                            // there (`offer_checked`), so a large config never stalls the links.
+                            self.check_candidate(
+                                offer_check::Candidate::ConfigSet(reply),
+                                0,
+                                config.into_bytes(),
+                                signature.into_bytes(),
+                            );
+                            continue;
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
@@ -544,7 +549,7 @@ impl Daemon {
                 Command::CloseLink { link, reason } => {
                     self.close_link(link, reason.as_str());
                 }
-                Command::InstallForwardingTable(table) => self.table = table,
+                Command::InstallForwarding(_) => self.sync_forwarding(),
                 Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
                 Command::ApplyConfig {
                     version,
@@ -636,7 +641,7 @@ impl Daemon {
                 while let Some(datagram) = dtls.association.poll_transmit() {
                     let (endpoint, local) = (dtls.endpoint, dtls.local);
                     send_raw(
-                        &mut self.io,
+                        &mut self.worker.io,
                         &self.udp,
                         endpoint,
                         l.remote,

@@ -1,14 +1,19 @@
-//! Checking configuration offers off the dataplane thread.
+//! Checking candidate configurations off the dataplane thread.
 //!
-//! A neighbour's offer must be authenticated (an SSH signature over up to 64 MiB) and parsed
-//! before the node can use it; on the main loop that would stall every link. The core already
-//! rate-limits offers per peer and drops replays of the running configuration (see
-//! `connectopus_core::node`); what remains goes to one `config-check` thread, which verifies
-//! and parses it and hands the result back to the loop through its channel. One check runs at
-//! a time and at most one more waits (a later offer replaces it), so a burst costs at most two
-//! checks. The loop then persists and applies the configuration, if the running one has not
-//! changed meanwhile (otherwise the offer is checked again against the new one).
+//! A neighbour's offer, or a configuration set on the control socket, must be authenticated
+//! (an SSH signature over up to 64 MiB) and parsed before the node can use it; on the main
+//! loop that would stall every link (a debug build spends seconds on a config with tens of
+//! thousands of nodes, and under CPU load that outlasts the dead interval, so the node's
+//! sessions would time out). The core already rate-limits offers per peer and drops replays
+//! of the running configuration (see `connectopus_core::node`); what remains goes to one
+//! `config-check` thread, which verifies and parses it and hands the result back to the loop
+//! through its channel. One check runs at a time; at most one neighbour offer waits (a later
+//! offer replaces it), so a burst costs at most two checks, and `config set` requests wait in
+//! order ahead of it (each has a client waiting for its answer). The loop then persists and
+//! applies the configuration, if the running one has not changed meanwhile (otherwise the
+//! candidate is checked again against the new one).
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
@@ -17,12 +22,23 @@ use connectopus_config::{MeshConfig, SshPublicKey};
 use connectopus_core::LinkId;
 
 use crate::backends::{LoopMessage, LoopSender};
+use crate::control::ControlReply;
 
-/// An offer to check against the configuration the node ran when it arrived.
+/// Where a candidate configuration came from, and so who hears the outcome.
+#[derive(Debug)]
+pub(crate) enum Candidate {
+    /// A neighbour offered it on this link.
+    Offer(LinkId),
+    /// `connectopus config set`: the client waits for the answer on this channel.
+    ConfigSet(Sender<ControlReply>),
+}
+
+/// A candidate to check against the configuration the node ran when it arrived.
 #[derive(Debug)]
 pub(crate) struct OfferJob {
-    pub(crate) link: LinkId,
-    /// The version the offer claims (its configuration says the real one).
+    pub(crate) from: Candidate,
+    /// The version an offer claims (its configuration says the real one); `config set` claims
+    /// none (0).
     pub(crate) claimed_version: u64,
     pub(crate) bytes: Vec<u8>,
     pub(crate) signature: Vec<u8>,
@@ -81,7 +97,9 @@ pub(crate) struct OfferChecker {
     jobs: Sender<OfferJob>,
     /// A job is with the thread.
     busy: bool,
-    /// The next job, if one arrived while busy.
+    /// `config set` requests that arrived while busy, in order; they go before `waiting`.
+    waiting_sets: VecDeque<OfferJob>,
+    /// The next neighbour offer, if one arrived while busy.
     waiting: Option<OfferJob>,
     /// Checks started (for tests and status).
     started: u64,
@@ -102,6 +120,7 @@ impl OfferChecker {
             Self {
                 jobs,
                 busy: false,
+                waiting_sets: VecDeque::new(),
                 waiting: None,
                 started: 0,
             },
@@ -109,11 +128,14 @@ impl OfferChecker {
         ))
     }
 
-    /// Queues an offer: checked at once if the thread is idle, otherwise it waits, replacing a
-    /// waiting offer that claims a lower version.
+    /// Queues a candidate: checked at once if the thread is idle, otherwise it waits: a
+    /// `config set` in order, an offer in the one slot, replacing a waiting offer that claims
+    /// a lower version.
     pub(crate) fn submit(&mut self, job: OfferJob) {
         if self.busy {
-            if self
+            if matches!(job.from, Candidate::ConfigSet(_)) {
+                self.waiting_sets.push_back(job);
+            } else if self
                 .waiting
                 .as_ref()
                 .is_none_or(|w| w.claimed_version <= job.claimed_version)
@@ -125,10 +147,14 @@ impl OfferChecker {
         self.start(job);
     }
 
-    /// Notes that the thread finished a check; starts the waiting one, if any.
+    /// Notes that the thread finished a check; starts the next waiting one, if any.
     pub(crate) fn finished(&mut self) {
         self.busy = false;
-        if let Some(job) = self.waiting.take() {
+        if let Some(job) = self
+            .waiting_sets
+            .pop_front()
+            .or_else(|| self.waiting.take())
+        {
             self.start(job);
         }
     }
@@ -140,7 +166,17 @@ impl OfferChecker {
 
     fn start(&mut self, job: OfferJob) {
         self.started += 1;
-        self.busy = self.jobs.send(job).is_ok();
+        match self.jobs.send(job) {
+            Ok(()) => self.busy = true,
+            Err(mpsc::SendError(job)) => {
+                self.busy = false;
+                if let Candidate::ConfigSet(reply) = job.from {
+                    let _ = reply.send(ControlReply::Error(
+                        "the config-check thread has stopped".to_owned(),
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -172,8 +208,20 @@ impl super::Daemon {
         bytes: Vec<u8>,
         signature: Vec<u8>,
     ) {
+        self.check_candidate(Candidate::Offer(link), claimed_version, bytes, signature);
+    }
+
+    /// Sends a candidate to the `config-check` thread, to be checked against the newest
+    /// configuration taken.
+    pub(super) fn check_candidate(
+        &mut self,
+        from: Candidate,
+        claimed_version: u64,
+        bytes: Vec<u8>,
+        signature: Vec<u8>,
+    ) {
         let job = OfferJob {
-            link,
+            from,
             claimed_version,
             bytes,
             signature,
@@ -185,31 +233,51 @@ impl super::Daemon {
         self.offer_checker.submit(job);
     }
 
-    /// Takes a checked offer back on the loop: applies it if the running configuration is
-    /// still the one it was checked against, checks it again otherwise.
+    /// Takes a checked candidate back on the loop: commits it if the running configuration is
+    /// still the one it was checked against, checks it again otherwise; a `config set` client
+    /// gets the outcome.
     pub(super) fn offer_checked(&mut self, checked: CheckedOffer) {
         self.offer_checker.finished();
         let CheckedOffer { job, result } = checked;
-        let link = job.link;
-        match result {
-            Err(error) => {
-                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
-            }
-            Ok(_) if job.running_version != self.newest_config_version() => {
-                if job.claimed_version > self.newest_config_version() {
-                    self.check_offer(link, job.claimed_version, job.bytes, job.signature);
+        let OfferJob {
+            from,
+            claimed_version,
+            bytes,
+            signature,
+            running_version,
+            ..
+        } = job;
+        let outcome = match result {
+            Err(error) => Err(error),
+            Ok(_) if running_version != self.newest_config_version() => {
+                // Checked against a configuration that is no longer the newest: again,
+                // against the one that is (an offer only if it still claims to be newer).
+                if matches!(from, Candidate::ConfigSet(_))
+                    || claimed_version > self.newest_config_version()
+                {
+                    self.check_candidate(from, claimed_version, bytes, signature);
                 }
+                return;
             }
             Ok((new, signer)) => {
-                if let Err(error) = self.commit_config(
-                    &job.bytes,
-                    &job.signature,
-                    new,
-                    &signer,
-                    super::reconcile::ConfigSource::Mesh,
-                ) {
-                    tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
-                }
+                let source = match from {
+                    Candidate::Offer(_) => super::reconcile::ConfigSource::Mesh,
+                    Candidate::ConfigSet(_) => super::reconcile::ConfigSource::Control,
+                };
+                self.commit_config(&bytes, &signature, new, &signer, source)
+            }
+        };
+        match (from, outcome) {
+            (Candidate::Offer(link), Err(error)) => {
+                tracing::warn!(%link, error = %format!("{error:#}"), "offered configuration refused");
+            }
+            (Candidate::Offer(_), Ok(_)) => {}
+            (Candidate::ConfigSet(reply), outcome) => {
+                let answer = match outcome {
+                    Ok(version) => ControlReply::Accepted { version },
+                    Err(error) => ControlReply::Error(format!("{error:#}")),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -221,7 +289,7 @@ mod tests {
 
     fn job(claimed_version: u64) -> OfferJob {
         OfferJob {
-            link: LinkId(1),
+            from: Candidate::Offer(LinkId(1)),
             claimed_version,
             bytes: b"global: {}".to_vec(),
             signature: b"forged".to_vec(),
@@ -232,6 +300,49 @@ mod tests {
         }
     }
 
+    /// `config set` requests wait in order, ahead of a waiting offer, and none is replaced:
+    /// each has a client waiting for its answer.
+    #[test]
+    fn config_sets_wait_in_order_ahead_of_offers() {
+        let (jobs, rx) = mpsc::channel();
+        let mut checker = OfferChecker {
+            jobs,
+            busy: false,
+            waiting_sets: VecDeque::new(),
+            waiting: None,
+            started: 0,
+        };
+        let set = |version| {
+            let (reply, _) = mpsc::channel();
+            OfferJob {
+                from: Candidate::ConfigSet(reply),
+                ..job(version)
+            }
+        };
+        checker.submit(job(100));
+        checker.submit(job(300));
+        checker.submit(set(1));
+        checker.submit(set(2));
+        checker.submit(job(200));
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.extend(rx.try_iter().map(|j| {
+                let kind = if matches!(j.from, Candidate::ConfigSet(_)) {
+                    "set"
+                } else {
+                    "offer"
+                };
+                (kind, j.claimed_version)
+            }));
+            checker.finished();
+        }
+        assert_eq!(
+            order,
+            [("offer", 100), ("set", 1), ("set", 2), ("offer", 300)]
+        );
+        assert_eq!(checker.checks_started(), 4);
+    }
+
     /// A burst of offers while a check runs costs one more check, of the highest claim.
     #[test]
     fn a_burst_of_offers_waits_in_one_slot() {
@@ -239,6 +350,7 @@ mod tests {
         let mut checker = OfferChecker {
             jobs,
             busy: false,
+            waiting_sets: VecDeque::new(),
             waiting: None,
             started: 0,
         };

@@ -234,7 +234,7 @@ impl Daemon {
                 None => self.on_plain_unknown_source(endpoint, (src, local), &buf, range),
             }
         }
-        self.io.free(buf);
+        self.worker.io.free(buf);
         if !armed {
             self.rearm_udp(endpoint);
         }
@@ -255,13 +255,14 @@ impl Daemon {
             .filter(|s| *s > 0)
             .unwrap_or(range.len().max(1));
         if range.len() > step {
-            self.offload_counters.udp_gro_batches += 1;
+            self.worker.offload_counters.udp_gro_batches += 1;
         }
         let mut at = range.start;
         while at < range.end {
             let piece = at..(at + step).min(range.end);
             at = piece.end;
             let kind = self
+                .worker
                 .io
                 .buf(buf)
                 .get(piece.clone())
@@ -269,7 +270,7 @@ impl Daemon {
             match kind {
                 Datagram::Data => {
                     if self.fastpath.is_on()
-                        && let Some(packet) = self.io.buf_mut(buf).get_mut(piece.clone())
+                        && let Some(packet) = self.worker.io.buf_mut(buf).get_mut(piece.clone())
                         && connectopus_offload::complete_partial_checksum(packet)
                     {
                         // The peer's eBPF encapsulated a packet whose checksum its kernel
@@ -280,15 +281,15 @@ impl Daemon {
                     self.route_link_packet_in_buf(link, buf, piece);
                 }
                 Datagram::Control => {
-                    self.scratch.clear();
-                    if let Some(bytes) = self.io.buf(buf).get(piece) {
-                        self.scratch.extend_from_slice(bytes);
+                    self.worker.scratch.clear();
+                    if let Some(bytes) = self.worker.io.buf(buf).get(piece) {
+                        self.worker.scratch.extend_from_slice(bytes);
                     }
                     self.handle_link_message_in_scratch(link);
                 }
                 Datagram::Malformed => {
                     self.plain_udp_counters.malformed_dropped += 1;
-                    self.node.count_drop(DropReason::Malformed);
+                    self.worker.forwarder.count_drop(DropReason::Malformed);
                 }
             }
             if !self.links.contains_key(&link) {
@@ -310,7 +311,7 @@ impl Daemon {
         let Some(e) = self.udp.get(endpoint).and_then(Option::as_ref) else {
             return;
         };
-        let hello = self.io.buf(buf).get(range.start) == Some(&(MessageType::Hello as u8));
+        let hello = self.worker.io.buf(buf).get(range.start) == Some(&(MessageType::Hello as u8));
         if !matches!(e.role, UdpRole::PlainListener) || !hello {
             self.plain_udp_counters.unknown_source_dropped += 1;
             return;
@@ -380,16 +381,16 @@ impl Daemon {
 
     /// Sends the packet at `buf[range]` as one datagram where it lies; takes ownership of `buf`.
     pub(super) fn send_plain_in_place(&mut self, link: LinkId, buf: BufId, range: Range<usize>) {
-        if self.dtls_batches.has(link) {
+        if self.worker.dtls_batches.has(link) {
             // Datagrams go out in the order they are made.
             self.flush_dtls_batches(Some(link));
         }
         let Some((fd, endpoint, destination, source)) = self.plain_target(link) else {
-            self.io.free(buf);
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        self.io.send_to(
+        self.worker.io.send_to(
             fd,
             Token(TOKEN_UDP_SEND | endpoint as u64),
             uring_io::Transmit {
@@ -405,15 +406,15 @@ impl Daemon {
     /// Sends one link message (from the core, or a packet from a TCP link) as one datagram,
     /// copied once.
     pub(super) fn send_plain_message(&mut self, link: LinkId, message: &[u8]) {
-        if self.dtls_batches.has(link) {
+        if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
         let Some((_, endpoint, destination, source)) = self.plain_target(link) else {
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         send_raw(
-            &mut self.io,
+            &mut self.worker.io,
             &self.udp,
             endpoint,
             destination,
@@ -432,21 +433,21 @@ impl Daemon {
         range: Range<usize>,
         header: VnetHeader,
     ) {
-        if self.dtls_batches.has(link) {
+        if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
         let Some((fd, endpoint, destination, source)) = self.plain_target(link) else {
-            self.io.free(src);
-            self.node.count_drop(DropReason::LinkDown);
+            self.worker.io.free(src);
+            self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        let Daemon {
+        let Worker {
             io,
-            node,
+            forwarder: node,
             offloads,
             offload_counters,
             ..
-        } = self;
+        } = &mut self.worker;
         let shape = io
             .buf(&src)
             .get(range.clone())

@@ -173,14 +173,15 @@ impl Daemon {
     pub(super) fn add_udp(&mut self, endpoint: UdpEndpoint) -> Result<usize> {
         let index = self.udp.len();
         let fd = endpoint.socket.as_raw_fd();
-        if self.offloads.wanted
+        if self.worker.offloads.wanted
             && let Err(error) = dtls_link::enable_gro(&endpoint.socket)
         {
             tracing::info!(backend = %endpoint.backend, %error, "UDP GRO unavailable");
-            self.offloads.udp_gro = Err(error.to_string());
+            self.worker.offloads.udp_gro = Err(error.to_string());
         }
         self.udp.push(Some(endpoint));
         if let Err(error) = self
+            .worker
             .io
             .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))
         {
@@ -215,7 +216,10 @@ impl Daemon {
             BackendHandle::Thread(stop) => stop.store(true, Ordering::Relaxed),
             BackendHandle::Udp(endpoint) => {
                 if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take)
-                    && self.io.disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
+                    && self
+                        .worker
+                        .io
+                        .disarm(Token(TOKEN_UDP_RECV | endpoint as u64))
                 {
                     self.retiring_udp.push((endpoint, e));
                 }

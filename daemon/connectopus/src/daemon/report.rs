@@ -83,7 +83,7 @@ impl Daemon {
             });
         }
         let mut route_reports = Vec::new();
-        for (prefix, target) in self.table.routes.iter() {
+        for (prefix, target) in self.node.forwarding_table().routes.iter() {
             let (via, next_hop) = match target {
                 forward::RouteTarget::Local => ("local".to_owned(), None),
                 forward::RouteTarget::Link { link, .. } => {
@@ -167,7 +167,7 @@ impl Daemon {
             "config_offers_checked".to_owned(),
             self.offer_checker.checks_started(),
         );
-        self.offload_counters.report(&mut counter_map);
+        self.worker.offload_counters.report(&mut counter_map);
         self.limit_counters.report(&mut counter_map);
         self.plain_udp_counters.report(&mut counter_map);
         counter_map.insert(
@@ -222,17 +222,19 @@ impl Daemon {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            dataplane: self.io.backend().as_str().to_owned(),
-            dataplane_fallback_reason: self.io.fallback_reason().map(|r| r.to_string()),
+            dataplane: self.worker.io.backend().as_str().to_owned(),
+            dataplane_fallback_reason: self.worker.io.fallback_reason().map(|r| r.to_string()),
             offload: control::OffloadReport {
                 tun: self
                     .tuns
                     .iter()
                     .map(|t| (t.name().to_owned(), t.offload().describe()))
                     .collect(),
-                udp_gso: datapath::Offloads::describe(&self.offloads.udp_gso),
-                udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
+                udp_gso: datapath::Offloads::describe(&self.worker.offloads.udp_gso),
+                udp_gro: datapath::Offloads::describe(&self.worker.offloads.udp_gro),
             },
+            workers: vec![self.worker.report(0, &self.tuns)],
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
             ebpf: self.ebpf.describe(),
             fastpath: self.fastpath.describe(),
             fastpath_fallbacks: self.fastpath.reasons(),

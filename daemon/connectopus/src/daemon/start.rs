@@ -218,6 +218,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.timers.update_interval = timers.update_interval.get();
     core.timers.node_dead_after = timers.node_dead_after.get();
 
+    let icmp_limiter =
+        connectopus_core::icmp::IcmpRateLimiter::new(core.icmp_per_second, core.icmp_burst);
     let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
     let subnet = config.global.subnet.to_string();
@@ -235,12 +237,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
-        table: Arc::new(ForwardingTable::default()),
-        io,
-        offloads,
-        coalescing: datapath::TunCoalescing::default(),
-        dtls_batches: dtls_batch::DtlsBatches::default(),
-        offload_counters: datapath::OffloadCounters::default(),
+        worker: Worker::new(io, offloads, icmp_limiter),
         started,
         started_wall,
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
@@ -261,10 +258,6 @@ pub fn run(options: NodeOptions) -> Result<()> {
         next_link: 1,
         rx,
         offer_checker,
-        completions: Vec::with_capacity(uring_io::BATCH_SIZE * 4),
-        scratch: Vec::with_capacity(u16::MAX as usize),
-        scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
-        ranges: Vec::new(),
         stopping: None,
         metrics,
         metrics_published: None,

@@ -15,19 +15,20 @@ impl Daemon {
         if tcp.write_in_flight || tcp.tx.is_empty() {
             return;
         }
-        let Some(buf) = self.io.alloc() else {
+        let Some(buf) = self.worker.io.alloc() else {
             // Retried after the next completion frees a buffer.
             return;
         };
-        let capacity = self.io.pool().buf_size();
+        let capacity = self.worker.io.pool().buf_size();
         let n = tcp.tx.len().min(capacity);
-        let slot = &mut self.io.buf_mut(&buf)[..n];
+        let slot = &mut self.worker.io.buf_mut(&buf)[..n];
         for (dst, src) in slot.iter_mut().zip(tcp.tx.iter()) {
             *dst = *src;
         }
         tcp.write_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
-        self.io
+        self.worker
+            .io
             .write(fd, Token(TOKEN_TCP_WRITE | link.0), buf, 0..n);
     }
 
@@ -42,17 +43,17 @@ impl Daemon {
         if tcp.read_in_flight {
             return;
         }
-        let Some(buf) = self.io.alloc() else {
+        let Some(buf) = self.worker.io.alloc() else {
             return;
         };
         tcp.read_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
-        self.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
+        self.worker.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
     }
 
     pub(super) fn on_tcp_written(&mut self, link: LinkId, completion: Completion) {
         if let Some(buf) = completion.buf {
-            self.io.free(buf);
+            self.worker.io.free(buf);
         }
         if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
             tcp.write_in_flight = false;
@@ -85,7 +86,7 @@ impl Daemon {
         if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
             tcp.read_in_flight = false;
             if let Some(buf) = completion.buf {
-                self.io.free(buf);
+                self.worker.io.free(buf);
             }
             return;
         }
@@ -98,44 +99,44 @@ impl Daemon {
             ..
         }) = self.links.get_mut(&link)
         else {
-            self.io.free(buf);
+            self.worker.io.free(buf);
             return;
         };
         tcp.read_in_flight = false;
         let result = match (completion.result, range) {
             (Ok(0), _) => Err("closed by peer".to_owned()),
             (Ok(_), Some(range)) => {
-                self.scratch_out.clear();
-                let data = &self.io.buf(&buf)[range];
+                self.worker.scratch_out.clear();
+                let data = &self.worker.io.buf(&buf)[range];
                 let r = tcp
                     .codec
-                    .receive(data, &mut self.scratch_out)
+                    .receive(data, &mut self.worker.scratch_out)
                     .map_err(|e| e.to_string());
-                tcp.tx.extend(self.scratch_out.iter());
+                tcp.tx.extend(self.worker.scratch_out.iter());
                 r
             }
             (Err(errno), _) if errno.0 == libc::EAGAIN || errno.0 == libc::EINTR => Ok(()),
             (Err(errno), _) => Err(errno.into_io().to_string()),
             (Ok(_), None) => Ok(()),
         };
-        self.io.free(buf);
+        self.worker.io.free(buf);
         if let Err(reason) = result {
             tracing::debug!(%link, %reason, "tcp link ends");
             self.close_link(link, "transport closed");
             return;
         }
         self.announce_if_ready(link);
-        self.ranges.clear();
+        self.worker.ranges.clear();
         if let Some(Link {
             transport: Transport::Tcp(tcp),
             ..
         }) = self.links.get_mut(&link)
         {
             while let Some(r) = tcp.codec.pop_message() {
-                self.ranges.push(r);
+                self.worker.ranges.push(r);
             }
         }
-        let ranges = std::mem::take(&mut self.ranges);
+        let ranges = std::mem::take(&mut self.worker.ranges);
         for r in &ranges {
             let Some(Link {
                 transport: Transport::Tcp(tcp),
@@ -149,11 +150,11 @@ impl Daemon {
             };
             // Copied out once so the core and the other links can be reached while this
             // link's codec buffer is borrowed by nobody.
-            self.scratch.clear();
-            self.scratch.extend_from_slice(message);
+            self.worker.scratch.clear();
+            self.worker.scratch.extend_from_slice(message);
             self.handle_link_message_in_scratch(link);
         }
-        self.ranges = ranges;
+        self.worker.ranges = ranges;
         if self.close_if_tcp_queue_overflows(link) {
             return;
         }
@@ -179,9 +180,9 @@ impl Daemon {
         if connected.ended.is_none() {
             self.make_room_for_tcp(&connected.backend, connected.remote.ip());
         }
-        self.scratch_out.clear();
-        codec.poll_handshake(&mut self.scratch_out);
-        let tx: VecDeque<u8> = self.scratch_out.iter().copied().collect();
+        self.worker.scratch_out.clear();
+        codec.poll_handshake(&mut self.worker.scratch_out);
+        let tx: VecDeque<u8> = self.worker.scratch_out.iter().copied().collect();
         let id = self.new_link(Link {
             backend: connected.backend,
             kind,

@@ -122,10 +122,17 @@ impl Daemon {
             if old.contains_key(name) && !moved(name) {
                 continue;
             }
-            match TunDevice::create(&dev.device, dev.address, 128, mtu, self.offloads.wanted) {
+            match TunDevice::create(
+                &dev.device,
+                dev.address,
+                128,
+                mtu,
+                self.worker.offloads.wanted,
+            ) {
                 Ok(tun) => {
                     let slot = self.tuns.slots.len();
                     if let Err(error) = self
+                        .worker
                         .io
                         .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
                     {
@@ -159,7 +166,8 @@ impl Daemon {
     /// Puts a device (a namespace's) in a new slot and arms its receive.
     pub(super) fn add_tun_slot(&mut self, tun: TunDevice) -> Result<usize> {
         let slot = self.tuns.slots.len();
-        self.io
+        self.worker
+            .io
             .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | slot as u64))
             .context("arming the TUN receive")?;
         self.tuns.slots.push(Some(tun));
@@ -172,7 +180,7 @@ impl Daemon {
         let Some(tun) = self.tuns.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if self.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
+        if self.worker.io.disarm(Token(TOKEN_TUN_RECV | slot as u64)) {
             // Its fd closes when the cancelled receive's last completion arrives.
             self.tuns.retiring.push((slot, tun));
         }
