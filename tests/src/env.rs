@@ -26,6 +26,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
     ("systemd-analyze", "systemd"),
+    ("chromium", "chromium"),
 ];
 
 /// Whether this process runs with effective user id 0.

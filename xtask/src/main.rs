@@ -45,6 +45,8 @@ const PACKAGES: &[&str] = &[
     // dpkg-shlibdeps for `dist`; systemd-analyze for the package test.
     "dpkg-dev",
     "systemd",
+    // Headless Chromium loads the web UI in the API test and takes docs/ui.png.
+    "chromium",
 ];
 
 fn main() -> ExitCode {

@@ -14,6 +14,7 @@
 //! - [`diag`]: diagnostics and their rendering.
 //! - [`signature`]: SSHSIG config signatures (sign with a key file or ssh-agent, verify).
 //! - [`agent`]: a minimal synchronous ssh-agent client.
+//! - [`token`]: control-plane tokens (SSHSIG over a claims document).
 //! - [`version`]: the version rule and in-place edits of the signed YAML.
 //! - `span`: the location index of the document (internal).
 //! - `load`: parsing and mapping of parser errors to places (internal).
@@ -30,6 +31,7 @@ pub mod model;
 pub mod secret;
 pub mod signature;
 mod span;
+pub mod token;
 pub mod types;
 mod validate;
 pub mod version;

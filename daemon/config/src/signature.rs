@@ -128,10 +128,9 @@ impl ConfigSignature {
     /// blob as base64url without padding (upstream). Surrounding whitespace is ignored.
     pub fn parse(text: &str) -> Result<ConfigSignature, SignatureError> {
         let blob = decode_text(text)?;
-        check_blob(&blob)?;
-        let sig = SshSig::decode(&mut blob.as_slice())
-            .map_err(|e| SignatureError::Malformed(format!("SSHSIG blob: {e}")))?;
-        Ok(ConfigSignature { sig })
+        Ok(ConfigSignature {
+            sig: decode_blob(&blob, NAMESPACE)?,
+        })
     }
 
     /// Returns the armored form, as `ssh-keygen -Y sign` writes it (with a final newline).
@@ -275,9 +274,21 @@ fn undecodable(text: &str, decode: impl Fn(&str) -> Option<Vec<u8>>, what: &str)
     SignatureError::Malformed(format!("invalid {what}"))
 }
 
+/// Decodes a raw SSHSIG blob made for `namespace` (sha512), with the checks of
+/// [`ConfigSignature::parse`]; tokens use it with their own namespace.
+pub(crate) fn decode_blob(blob: &[u8], namespace: &str) -> Result<SshSig, SignatureError> {
+    check_blob_in(blob, namespace)?;
+    SshSig::decode(&mut &blob[..])
+        .map_err(|e| SignatureError::Malformed(format!("SSHSIG blob: {e}")))
+}
+
 /// Checks the SSHSIG header fields (PROTOCOL.sshsig §2) before the full decode, so that the
 /// errors say exactly what is wrong.
 fn check_blob(blob: &[u8]) -> Result<(), SignatureError> {
+    check_blob_in(blob, NAMESPACE)
+}
+
+fn check_blob_in(blob: &[u8], expected_namespace: &str) -> Result<(), SignatureError> {
     let mut r = WireReader::new(blob);
     let truncated = |r: &WireReader<'_>, field: &str| {
         SignatureError::Truncated(format!(
@@ -309,7 +320,7 @@ fn check_blob(blob: &[u8]) -> Result<(), SignatureError> {
             "trailing bytes after the signature".into(),
         ));
     }
-    if namespace != NAMESPACE.as_bytes() {
+    if namespace != expected_namespace.as_bytes() {
         return Err(SignatureError::WrongNamespace {
             found: String::from_utf8_lossy(namespace).into_owned(),
         });
@@ -531,6 +542,14 @@ impl ConfigSigner {
     /// Signs `bytes` (SSHSIG, namespace `connectopus`, sha512; RSA keys sign rsa-sha2-512).
     /// The result is verified against the public key before it is returned.
     pub fn sign(&self, bytes: &[u8]) -> Result<ConfigSignature, SignError> {
+        Ok(ConfigSignature {
+            sig: self.sign_in(NAMESPACE, bytes)?,
+        })
+    }
+
+    /// Signs `bytes` as SSHSIG in `namespace` (sha512; RSA keys sign rsa-sha2-512), and
+    /// checks the result against the public key.
+    pub(crate) fn sign_in(&self, namespace: &str, bytes: &[u8]) -> Result<SshSig, SignError> {
         let algorithm = self.public.algorithm().to_string();
         let failed = |reason: String| SignError::Signing {
             algorithm: algorithm.clone(),
@@ -541,23 +560,23 @@ impl ConfigSigner {
                 // ssh-key 0.6.7 builds its RSA private key from (p, p) instead of (p, q), so
                 // its RSA signing always fails; sign RSA through the `rsa` crate directly.
                 Some(rsa_key) => {
-                    let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, bytes)
+                    let data = SshSig::signed_data(namespace, HashAlg::Sha512, bytes)
                         .map_err(|e| failed(e.to_string()))?;
                     let signature = rsa_sha2_512(rsa_key, &data).map_err(failed)?;
                     SshSig::new(
                         self.public.key_data().clone(),
-                        NAMESPACE,
+                        namespace,
                         HashAlg::Sha512,
                         signature,
                     )
                     .map_err(|e| failed(e.to_string()))?
                 }
                 None => key
-                    .sign(NAMESPACE, HashAlg::Sha512, bytes)
+                    .sign(namespace, HashAlg::Sha512, bytes)
                     .map_err(|e| failed(e.to_string()))?,
             },
             KeySource::Agent(agent) => {
-                let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, bytes)
+                let data = SshSig::signed_data(namespace, HashAlg::Sha512, bytes)
                     .map_err(|e| failed(e.to_string()))?;
                 let flags = if matches!(self.public.algorithm(), Algorithm::Rsa { .. }) {
                     SSH_AGENT_RSA_SHA2_512
@@ -570,7 +589,7 @@ impl ConfigSigner {
                     .sign(&agent.identity, &data, flags)?;
                 SshSig::new(
                     self.public.key_data().clone(),
-                    NAMESPACE,
+                    namespace,
                     HashAlg::Sha512,
                     signature,
                 )
@@ -586,9 +605,9 @@ impl ConfigSigner {
             )));
         }
         self.public
-            .verify(NAMESPACE, bytes, &sig)
+            .verify(namespace, bytes, &sig)
             .map_err(|e| failed(format!("the new signature does not verify: {e}")))?;
-        Ok(ConfigSignature { sig })
+        Ok(sig)
     }
 }
 

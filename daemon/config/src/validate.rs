@@ -463,15 +463,20 @@ fn node_checks(
             );
         }
     }
-    // Every other key of a node does what docs/config.md says; `cpctl` is accepted (upstream
-    // configurations carry it) but not used yet, and the loader says so rather than ignoring it.
-    if cx.tree.find(&["nodes", name, "cpctl"]).is_some() {
-        cx.warn(
-            &["nodes", name, "cpctl"],
-            At::Key,
-            "cpctl is not used yet: the control socket is /run/connectopus/<node>.sock or \
-             `connectopus node --control-socket PATH`, and there is no HTTP listener",
-        );
+    // Every other key of a node does what docs/config.md says; `cpctl.socket_file` and
+    // `cpctl.no_socket` are accepted (upstream configurations carry them) but not used yet,
+    // and the loader says so rather than ignoring them. `cpctl.port` serves the HTTP API.
+    for key in ["socket_file", "no_socket"] {
+        if cx.tree.find(&["nodes", name, "cpctl", key]).is_some() {
+            cx.warn(
+                &["nodes", name, "cpctl", key],
+                At::Key,
+                format!(
+                    "cpctl.{key} is not used yet: the control socket is \
+                     /run/connectopus/<node>.sock or `connectopus node --control-socket PATH`"
+                ),
+            );
+        }
     }
     if node.cpctl.port == Some(0) {
         cx.error(

@@ -49,12 +49,10 @@ fn expect(
 fn valid_three_node_mesh() {
     let bytes = fixture("valid.yml");
     let cfg = load("valid.yml", &bytes).unwrap_or_else(|d| panic!("{d}"));
-    // The only warning: `cpctl`, accepted but not used yet, says so.
+    // No warnings: `cpctl.port` serves the HTTP API (only `socket_file` and `no_socket`
+    // would warn that they are not used yet).
     let warnings: Vec<String> = cfg.warnings().iter().map(|w| w.to_string()).collect();
-    assert!(
-        warnings.len() == 1 && warnings[0].contains("cpctl is not used yet"),
-        "{warnings:?}"
-    );
+    assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(&cfg.source()[..], &bytes[..]);
     assert_eq!(cfg.file_name(), "valid.yml");
 
@@ -123,9 +121,21 @@ fn valid_three_node_mesh() {
     };
     assert_eq!(d.peer.host, PeerHost::Name("bar.example.net".into()));
     assert_eq!(d.server_name.as_deref(), Some("bar.example.net"));
-    // `config check` reports the same single warning, and no error.
+    // `config check` finds nothing either.
     let found = check("valid.yml", &bytes);
-    assert!(!found.has_errors() && found.0.len() == 1, "{found}");
+    assert!(found.0.is_empty(), "{found}");
+}
+
+#[test]
+fn unused_cpctl_keys_warn_and_the_port_does_not() {
+    let yaml = "global:\n  domain: a.test\n  subnet: fd00::/64\nnodes:\n  foo:\n    address: \"fd00::1\"\n    cpctl:\n      port: 8123\n      no_socket: true\n";
+    let cfg = load("c.yml", yaml.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    let warnings: Vec<String> = cfg.warnings().iter().map(|w| w.to_string()).collect();
+    let cpctl: Vec<&String> = warnings.iter().filter(|w| w.contains("cpctl")).collect();
+    assert!(
+        cpctl.len() == 1 && cpctl[0].contains("cpctl.no_socket is not used yet"),
+        "{warnings:?}"
+    );
 }
 
 #[test]

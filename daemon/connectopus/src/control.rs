@@ -340,6 +340,7 @@ pub struct NodeReport {
 pub fn spawn_server(
     path: &Path,
     to_loop: LoopSender,
+    http: crate::api::Handoff,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>> {
     if let Some(dir) = path.parent() {
@@ -357,7 +358,7 @@ pub fn spawn_server(
     let listener = bind_private(path)?;
     let handle = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || serve(listener, to_loop, stop))
+        .spawn(move || serve(listener, to_loop, http, stop))
         .context("spawning control thread")?;
     Ok(handle)
 }
@@ -388,7 +389,12 @@ pub fn bind_private(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn serve(listener: UnixListener, to_loop: LoopSender, stop: Arc<AtomicBool>) {
+fn serve(
+    listener: UnixListener,
+    to_loop: LoopSender,
+    http: crate::api::Handoff,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         // Wakes every 200 ms to notice `stop`.
         if !crate::backends::readable(listener.as_raw_fd(), Duration::from_millis(200)) {
@@ -397,18 +403,31 @@ fn serve(listener: UnixListener, to_loop: LoopSender, stop: Arc<AtomicBool>) {
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        if let Err(error) = answer(stream, &to_loop) {
+        if let Err(error) = answer(stream, &to_loop, &http) {
             tracing::debug!(error = %format!("{error:#}"), "control request failed");
         }
     }
 }
 
-fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
+fn answer(stream: UnixStream, to_loop: &LoopSender, http: &crate::api::Handoff) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     // A request may carry a whole mesh configuration.
-    BufReader::new((&stream).take(256 * 1024 * 1024)).read_line(&mut line)?;
+    let mut reader = BufReader::new((&stream).take(256 * 1024 * 1024));
+    // An HTTP request line (`GET / HTTP/1.1`) instead of a JSON one: the API serves it.
+    if reader
+        .fill_buf()?
+        .first()
+        .is_some_and(u8::is_ascii_uppercase)
+    {
+        let prefix = reader.buffer().to_vec();
+        drop(reader);
+        http.unix(stream, prefix);
+        return Ok(());
+    }
+    reader.read_line(&mut line)?;
+    drop(reader);
     let reply = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(request) => {
             let (tx, rx) = mpsc::channel();
@@ -427,11 +446,23 @@ fn answer(stream: UnixStream, to_loop: &LoopSender) -> Result<()> {
     Ok(())
 }
 
-/// Sends `request` to the node listening on `path` and returns its answer.
+/// Sends `request` to the node listening on `path`, or with `--node` to that node through
+/// the mesh (`api::client`), and returns its answer.
 ///
 /// # Errors
 /// The node is not running or answered garbage.
 pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
+    if let Some(reply) = crate::api::client::request_remote(path, request) {
+        return reply;
+    }
+    request_local(path, request)
+}
+
+/// Sends `request` to the node listening on `path` and returns its answer.
+///
+/// # Errors
+/// The node is not running or answered garbage.
+pub fn request_local(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
     let stream = UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to {}: is the node running (and are you root)?",

@@ -6,6 +6,7 @@
 //! - `links`: link codecs (TCP framing, TLS configuration).
 //! - `tun`: the TUN device.
 //! - `control`: the local control socket and the `status` report.
+//! - `api`: the HTTP API and web UI (control socket and mesh port), tokens, `--node`.
 //! - `status`: human-readable rendering of the report.
 //! - `edit`: `config edit` in a private scratch directory.
 //! - `secrets`: the node's secret files, checked before start.
@@ -20,6 +21,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod api;
 mod attach;
 mod backends;
 mod completions;
@@ -61,6 +63,8 @@ pub const DTLS_LINK_MTU: u16 = 1400;
 struct Cli {
     #[command(subcommand)]
     command: Commands,
+    #[command(flatten)]
+    remote: api::client::RemoteArgs,
 }
 
 /// `connectopus node`: which node to run, and how.
@@ -168,6 +172,9 @@ enum Commands {
         #[command(flatten)]
         args: diagnostics::LogLevelArgs,
     },
+    /// Prints a token for the node's API port (`cpctl.port`) and web UI, signed by an SSH
+    /// key of global.authorized_keys (a key file or ssh-agent), valid at most 24h.
+    Token(api::client::TokenArgs),
     /// Creates a node's data directory holding a signed config (and, with --run, starts
     /// the node on it).
     Init {
@@ -285,7 +292,29 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.remote.node.is_some() {
+        let client = matches!(
+            cli.command,
+            Commands::Status { .. }
+                | Commands::Ping(_)
+                | Commands::Traceroute(_)
+                | Commands::Reload { .. }
+                | Commands::LogLevel { .. }
+                | Commands::Config {
+                    command: ConfigCommands::Get { .. }
+                        | ConfigCommands::Set { .. }
+                        | ConfigCommands::Edit { .. }
+                }
+        );
+        if !client {
+            anyhow::bail!(
+                "--node runs client commands (status, ping, traceroute, reload, log-level, config get/set/edit) on another node; it does not apply here"
+            );
+        }
+        api::client::set_remote(&cli.remote);
+    }
     match cli.command {
+        Commands::Token(args) => api::client::token(&args),
         Commands::Node(args) => run_node(args),
         Commands::EbpfAttach => Ok(ebpf_helper::run()),
         Commands::AttachHelper { registry } => {
@@ -331,10 +360,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Ping(args) => {
             let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            if let Some(result) = api::client::ping_remote(&args, &socket) {
+                return result;
+            }
             ping::ping(&args, socket)
         }
         Commands::Traceroute(args) => {
             let socket = socket_path(args.local.socket.clone(), args.local.id.clone());
+            if let Some(result) = api::client::traceroute_remote(&args, &socket) {
+                return result;
+            }
             ping::traceroute(&args, socket)
         }
         Commands::Reload { id, socket } => diagnostics::reload(&socket_path(socket, id)?),
@@ -593,6 +628,7 @@ mod tests {
         ]) {
             Ok(Cli {
                 command: Commands::Node(args),
+                ..
             }) => Some(args.log_level.filter()),
             _ => None,
         };

@@ -78,14 +78,14 @@ pub struct TracerouteArgs {
 
 /// Mesh names and addresses as the local node knows them.
 #[derive(Debug, Default)]
-struct Names {
+pub(crate) struct Names {
     domain: String,
     by_name: BTreeMap<String, Ipv6Addr>,
     by_address: BTreeMap<Ipv6Addr, String>,
 }
 
 impl Names {
-    fn from_report(report: &StatusReport) -> Names {
+    pub(crate) fn from_report(report: &StatusReport) -> Names {
         let mut names = Names {
             domain: report.domain.clone(),
             ..Names::default()
@@ -109,7 +109,7 @@ impl Names {
     }
 
     /// Resolves a name (with or without the mesh domain) or an address.
-    fn resolve(&self, node: &str) -> Result<Ipv6Addr> {
+    pub(crate) fn resolve(&self, node: &str) -> Result<Ipv6Addr> {
         if let Ok(address) = node.parse::<Ipv6Addr>() {
             return Ok(address);
         }
@@ -152,14 +152,15 @@ fn names(node: &str, local: &NodeSocket, socket: Result<PathBuf>) -> Result<Name
 }
 
 /// An ICMPv6 socket: raw, or a ping socket when raw ones are refused.
-struct IcmpSocket {
+#[derive(Debug)]
+pub(crate) struct IcmpSocket {
     socket: UdpSocket,
     raw: bool,
     id: u16,
 }
 
 impl IcmpSocket {
-    fn open(need_raw: bool) -> Result<IcmpSocket> {
+    pub(crate) fn open(need_raw: bool) -> Result<IcmpSocket> {
         let raw = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6));
         let (socket, raw) = match raw {
             Ok(socket) => (socket, true),
@@ -185,6 +186,21 @@ impl IcmpSocket {
             raw,
             id: (std::process::id() & 0xffff) as u16,
         })
+    }
+
+    /// Throws away what arrived since the last run (a raw socket sees every ICMPv6 message
+    /// of the host), so a run on a long-lived socket only reads its own answers.
+    pub(crate) fn drain(&self) {
+        if self.socket.set_nonblocking(true).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..100_000 {
+            if self.socket.recv_from(&mut buf).is_err() {
+                break;
+            }
+        }
+        let _ = self.socket.set_nonblocking(false);
     }
 
     fn send_echo(&self, to: Ipv6Addr, seq: u16, size: u16) -> Result<()> {
@@ -310,21 +326,37 @@ fn millis(d: Duration) -> f64 {
 /// NODE does not resolve, or the socket cannot be opened.
 pub fn ping(args: &PingArgs, socket: Result<PathBuf>) -> Result<ExitCode> {
     let names = names(&args.node, &args.local, socket)?;
+    let icmp = IcmpSocket::open(false)?;
+    let ok = run_ping(args, &names, &icmp, &mut std::io::stdout().lock())?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Pings as `ping` does, writing its lines to `out`; true when a reply came back.
+pub(crate) fn run_ping(
+    args: &PingArgs,
+    names: &Names,
+    icmp: &IcmpSocket,
+    out: &mut dyn std::io::Write,
+) -> Result<bool> {
     let target = names.resolve(&args.node)?;
     let interval = seconds(args.interval, "--interval")?;
     let timeout = seconds(args.timeout, "--timeout")?;
-    let icmp = IcmpSocket::open(false)?;
-    println!(
+    writeln!(
+        out,
         "PING {} through the mesh: {} data bytes",
         names.label(target),
         args.size
-    );
+    )?;
     let mut sent: BTreeMap<u16, Instant> = BTreeMap::new();
     let mut rtts: Vec<Duration> = Vec::new();
     let start = Instant::now();
     for seq in 0..args.count {
         if let Err(error) = icmp.send_echo(target, seq, args.size) {
-            println!("icmp_seq={seq}: {error:#}");
+            writeln!(out, "icmp_seq={seq}: {error:#}")?;
         } else {
             sent.insert(seq, Instant::now());
         }
@@ -343,25 +375,28 @@ pub fn ping(args: &PingArgs, socket: Result<PathBuf>) -> Result<ExitCode> {
                     let rtt = at.elapsed();
                     rtts.push(rtt);
                     sent.remove(&answer.seq);
-                    println!(
+                    writeln!(
+                        out,
                         "{} bytes from {}: icmp_seq={} time={:.3} ms",
                         answer.len,
                         names.label(answer.from),
                         answer.seq,
                         millis(rtt)
-                    );
+                    )?;
                 }
                 AnswerKind::Reply => {}
-                AnswerKind::TimeExceeded => println!(
+                AnswerKind::TimeExceeded => writeln!(
+                    out,
                     "from {}: icmp_seq={} hop limit exceeded",
                     names.label(answer.from),
                     answer.seq
-                ),
-                AnswerKind::Unreachable(code) => println!(
+                )?,
+                AnswerKind::Unreachable(code) => writeln!(
+                    out,
                     "from {}: icmp_seq={} destination unreachable (code {code})",
                     names.label(answer.from),
                     answer.seq
-                ),
+                )?,
             }
             if last && sent.is_empty() {
                 break;
@@ -375,24 +410,24 @@ pub fn ping(args: &PingArgs, socket: Result<PathBuf>) -> Result<ExitCode> {
     } else {
         100.0 * (transmitted - received) as f64 / transmitted as f64
     };
-    println!("--- {} ping statistics ---", args.node);
-    println!("{transmitted} packets transmitted, {received} received, {loss:.0}% packet loss");
+    writeln!(out, "--- {} ping statistics ---", args.node)?;
+    writeln!(
+        out,
+        "{transmitted} packets transmitted, {received} received, {loss:.0}% packet loss"
+    )?;
     if !rtts.is_empty() {
         let min = rtts.iter().min().copied().unwrap_or_default();
         let max = rtts.iter().max().copied().unwrap_or_default();
         let avg = rtts.iter().sum::<Duration>() / received as u32;
-        println!(
+        writeln!(
+            out,
             "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
             millis(min),
             millis(avg),
             millis(max)
-        );
+        )?;
     }
-    Ok(if received > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(received > 0)
 }
 
 /// Runs `connectopus traceroute`: one line per hop limit, with the node that answered and
@@ -402,15 +437,35 @@ pub fn ping(args: &PingArgs, socket: Result<PathBuf>) -> Result<ExitCode> {
 /// NODE does not resolve, or the raw socket cannot be opened.
 pub fn traceroute(args: &TracerouteArgs, socket: Result<PathBuf>) -> Result<ExitCode> {
     let names = names(&args.node, &args.local, socket)?;
+    let icmp = IcmpSocket::open(true)?;
+    let ok = run_traceroute(args, &names, &icmp, &mut std::io::stdout().lock())?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Traces as `traceroute` does (on a raw socket), writing its lines to `out`; true when the
+/// destination answered.
+pub(crate) fn run_traceroute(
+    args: &TracerouteArgs,
+    names: &Names,
+    icmp: &IcmpSocket,
+    out: &mut dyn std::io::Write,
+) -> Result<bool> {
     let target = names.resolve(&args.node)?;
     let wait = seconds(args.wait, "--wait")?;
-    let icmp = IcmpSocket::open(true)?;
+    if !icmp.raw {
+        bail!("traceroute needs a raw ICMPv6 socket (root or CAP_NET_RAW)");
+    }
     let socket2 = socket2::SockRef::from(&icmp.socket);
-    println!(
+    writeln!(
+        out,
         "traceroute to {} through the mesh, {} hops max",
         names.label(target),
         args.max_hops
-    );
+    )?;
     let mut seq: u16 = 0;
     for hop in 1..=args.max_hops {
         socket2
@@ -449,16 +504,15 @@ pub fn traceroute(args: &TracerouteArgs, socket: Result<PathBuf>) -> Result<Exit
                 line.push_str("  *");
             }
         }
-        println!("{line}");
+        writeln!(out, "{line}")?;
         if done {
-            return Ok(if who == Some(target) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            // The hop limit is the socket's: leave it as a later ping expects.
+            let _ = socket2.set_unicast_hops_v6(64);
+            return Ok(who == Some(target));
         }
     }
-    Ok(ExitCode::FAILURE)
+    let _ = socket2.set_unicast_hops_v6(64);
+    Ok(false)
 }
 
 #[cfg(test)]

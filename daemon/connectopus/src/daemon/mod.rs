@@ -41,6 +41,7 @@ use crate::links::tcp::TcpCodec;
 use crate::links::tls;
 use crate::tun::TunDevice;
 
+mod api_publish;
 mod attachments;
 mod backend_retry;
 mod binding;
@@ -226,6 +227,8 @@ struct Daemon {
     /// Where the loop publishes Prometheus metrics, when they are served.
     metrics: Option<crate::metrics::Snapshot>,
     metrics_published: Option<Instant>,
+    /// What the API threads read: token keys, status (see `api_publish`).
+    api: api_publish::ApiPublisher,
     /// Time spent in timer turns that ran a route computation.
     spf_time: Duration,
     /// The seccomp state `status` shows (`on (N syscalls)`, `off: why`).
@@ -271,6 +274,7 @@ impl Daemon {
             self.run_timers();
             self.drain_node();
             self.publish_metrics();
+            self.publish_api();
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes(None);
             if !self.worker.dtls_batches.is_empty() {

@@ -123,6 +123,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ebpf_object.as_deref(),
     );
 
+    // The API's ping and traceroute socket needs CAP_NET_RAW, which the node drops next.
+    let probe = if node_config.cpctl.port.is_some() {
+        crate::api::probe::open()
+    } else {
+        std::sync::Arc::new(std::sync::Mutex::new(Err(
+            "ping and traceroute through the API need nodes.<name>.cpctl.port".to_owned(),
+        )))
+    };
+
     // The attach helper keeps the privileges the node started with (namespaces, processes):
     // started before they are dropped and before the seccomp filter.
     let helper = match crate::attach::helper::Client::spawn(&control_socket) {
@@ -153,9 +162,28 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
     let mut threads = Vec::new();
+    let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
+    let api_listen = api_listen(&node_config, !tuns.is_empty());
+    let (api_handoff, api_bound, mut api_threads) = crate::api::start(
+        crate::api::ApiContext {
+            to_loop: to_loop.clone(),
+            state: api_state.clone(),
+            node: id.clone(),
+            probe,
+            directory: std::sync::Arc::default(),
+        },
+        api_listen,
+        stop.clone(),
+    )?;
+    threads.append(&mut api_threads);
+    if let Some(bound) = api_bound {
+        tracing::info!(listen = %bound, "api and web ui at http://{bound}/ (token required)");
+    }
+    let api = api_publish::ApiPublisher::new(api_state, &config, api_bound.is_some());
     threads.push(control::spawn_server(
         &control_socket,
         to_loop.clone(),
+        api_handoff,
         stop.clone(),
     )?);
     let (local_datagrams, datagram_thread) = local_datagrams::start(
@@ -261,6 +289,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         stopping: None,
         metrics,
         metrics_published: None,
+        api,
         spf_time: Duration::ZERO,
         seccomp: "off: not installed yet".to_owned(),
         notify: crate::notify::Notifier::from_env(),
@@ -366,6 +395,20 @@ fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
     }
 }
 
+/// Where the API listens on the mesh: the node's address at `cpctl.port`, when set and the
+/// node has its TUN device (which holds the address).
+fn api_listen(node: &connectopus_config::NodeConfig, has_tun: bool) -> Option<SocketAddr> {
+    let port = node.cpctl.port?;
+    if !has_tun {
+        tracing::warn!(
+            port,
+            "cpctl.port is set but the node has no tun device: no mesh api"
+        );
+        return None;
+    }
+    Some(SocketAddr::new(node.address.into(), port))
+}
+
 /// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
 fn privilege_needs(
     node: &connectopus_config::NodeConfig,
@@ -376,7 +419,7 @@ fn privilege_needs(
         BackendConfig::TcpListener(l) => l.port.is_some_and(|p| p < 1024),
         BackendConfig::UdpListener(l) => l.port.is_some_and(|p| p < 1024),
         _ => false,
-    });
+    }) || node.cpctl.port.is_some_and(|p| p < 1024);
     crate::privilege::Needs {
         bind_low_ports: !node.dns.disable || low_listener,
         ebpf_at_runtime: false,
