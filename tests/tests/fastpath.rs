@@ -233,3 +233,96 @@ fn a_node_without_the_object_forwards_through_userspace() {
         Ok(())
     });
 }
+
+/// Whether `node`'s link to `peer` is carried by the fast path.
+fn active_to(mesh: &Mesh, node: &str, peer: &str) -> bool {
+    mesh.status(node).is_ok_and(|s| {
+        s["links"].as_array().is_some_and(|links| {
+            links.iter().any(|l| {
+                l["peer_name"] == peer
+                    && l["state"] == "established"
+                    && l["fastpath"]["active"] == true
+            })
+        })
+    })
+}
+
+/// Fast-path bytes on `node`'s link to `peer`.
+fn bytes_to(status: &Value, peer: &str) -> u64 {
+    status["links"]
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter(|l| l["peer_name"] == peer)
+                .filter_map(|l| l["fastpath"]["bytes"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn entries_follow_a_route_change() {
+    require_root!();
+    require_tools(&["python3"]);
+    run_test("fastpath_route_change", |dir| {
+        let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Udp),
+                MeshLink::new("baz", "foo", LinkKind::Udp).cost(5.0),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "foo")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            ["foo", "bar", "baz"]
+                .iter()
+                .all(|n| all_active(&mesh, n, 2))
+        })
+        .with_context(|| format!("links on the fast path: {}", mesh.status("foo").unwrap()))?;
+        ensure!(mesh.next_hop("foo", "baz")?.as_deref() == Some("bar"));
+        let baz_addr = mesh.address("baz");
+        let before = mesh.status("foo")?;
+
+        // The foo—bar underlay goes down: until the session's dead interval ends, foo's
+        // entries still point at bar (packets are lost and TCP retransmits); then the route
+        // and the entries move to the direct link, and the transfer completes.
+        topo.ns("foo")
+            .ip(&["link", "set", topo.iface("foo", "bar"), "down"])?;
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7003,
+            50_000_000,
+            3,
+            Duration::from_secs(90),
+        )?;
+        ensure!(
+            there.intact(),
+            "foo -> baz across the route change: {there:?}"
+        );
+        ensure!(
+            !active_to(&mesh, "foo", "bar"),
+            "foo's entries for the dead link are gone: {}",
+            mesh.status("foo")?
+        );
+        ensure!(mesh.next_hop("foo", "baz")?.as_deref() == Some("baz"));
+        let after = mesh.status("foo")?;
+        let direct = bytes_to(&after, "baz") - bytes_to(&before, "baz");
+        ensure!(
+            direct >= 50_000_000,
+            "the direct link carried {direct} B in eBPF: {}",
+            after["links"]
+        );
+        Ok(())
+    });
+}
