@@ -111,9 +111,10 @@ pub fn complete_partial_checksum(packet: &mut [u8]) -> bool {
         _ => return false,
     };
     let field = l4.l4_off + offset;
-    let Some(original) = packet.get(field..field + 2).map(|f| [f[0], f[1]]) else {
+    let Some(&[hi, lo]) = packet.get(field..field + 2) else {
         return false;
     };
+    let original = [hi, lo];
     let Some(segment) = packet.get(l4.l4_off..) else {
         return false;
     };
@@ -171,7 +172,7 @@ mod partial_tests {
         assert!(complete_partial_checksum(&mut partial));
         assert_eq!(partial, valid);
         // Garbage stays garbage.
-        let mut broken = valid.clone();
+        let mut broken = valid;
         broken[50] ^= 0xff;
         broken[46] ^= 0x55;
         let before = broken.clone();
