@@ -21,6 +21,9 @@ use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
+/// The sessions' dead interval (`global.timers.dead_interval` in the harness's mesh).
+const DEAD_INTERVAL: Duration = Duration::from_secs(7);
+
 /// The fast-path state of every link of a status report: (backend, active, packets, bytes).
 fn fastpath_links(status: &Value) -> Vec<(String, bool, u64, u64)> {
     status["links"]
@@ -297,15 +300,36 @@ fn entries_follow_a_route_change() {
         // and the entries move to the direct link, and the transfer completes.
         topo.ns("foo")
             .ip(&["link", "set", topo.iface("foo", "bar"), "down"])?;
-        let there = checked_transfer(
-            topo.ns("foo"),
-            topo.ns("baz"),
-            baz_addr,
-            7003,
-            50_000_000,
-            3,
-            Duration::from_secs(90),
-        )?;
+        let there = std::thread::scope(|scope| -> Result<_> {
+            let transfer = scope.spawn(|| {
+                checked_transfer(
+                    topo.ns("foo"),
+                    topo.ns("baz"),
+                    baz_addr,
+                    7003,
+                    50_000_000,
+                    3,
+                    Duration::from_secs(90),
+                )
+            });
+            // No packet goes to the dead link for longer than one dead interval: by then the
+            // session is dead and the entries for it are gone.
+            let watched = wait_until(
+                DEAD_INTERVAL + Duration::from_secs(2),
+                Duration::from_millis(100),
+                || !active_to(&mesh, "foo", "bar"),
+            );
+            let there = transfer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
+            watched.with_context(|| {
+                format!(
+                    "foo still sends to the dead link after the dead interval: {}",
+                    mesh.status("foo").unwrap_or_default()
+                )
+            })?;
+            Ok(there)
+        })?;
         ensure!(
             there.intact(),
             "foo -> baz across the route change: {there:?}"
