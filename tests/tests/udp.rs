@@ -50,6 +50,9 @@ fn line_over_plain_udp() {
             &[],
         )?;
         mesh.set_log_level("info");
+        // This test covers the userspace dataplane (GSO sends, GRO batches); the eBPF fast
+        // path has tests/tests/fastpath.rs.
+        mesh.set_env("CONNECTOPUS_DISABLE_FASTPATH", "1");
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
         let (foo_addr, bar_addr, baz_addr) = (

@@ -41,9 +41,9 @@ use std::sync::Arc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, GlobalConfig, MetricsConfig,
-    NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer, TcpListener,
-    Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
+    BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, FastpathConfig, GlobalConfig,
+    MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer,
+    TcpListener, Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
 };
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};

@@ -111,6 +111,9 @@ pub struct NodeConfig {
     /// Rootless network namespaces attached to the mesh, by DNS name.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The eBPF fast path for plaintext udp links.
+    #[serde(default)]
+    pub fastpath: FastpathConfig,
 }
 
 /// Longest Linux interface name.
@@ -160,6 +163,15 @@ pub struct TunConfig {
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Turns the DNS server off on this node.
+    #[serde(default)]
+    pub disable: bool,
+}
+
+/// The eBPF fast path for plaintext udp links (`nodes.N.fastpath`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastpathConfig {
+    /// Turns the fast path off on this node: every packet goes through userspace.
     #[serde(default)]
     pub disable: bool,
 }

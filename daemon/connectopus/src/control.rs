@@ -156,6 +156,12 @@ pub struct StatusReport {
     pub cores: usize,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
+    /// State of the eBPF fast path: `on (...)` or `off: <why>` (absent from older nodes).
+    #[serde(default)]
+    pub fastpath: String,
+    /// Packets the fast path left to userspace, by reason (`eg_miss`, `in_unknown_peer`, ...).
+    #[serde(default)]
+    pub fastpath_fallbacks: BTreeMap<String, u64>,
     /// Effective capabilities the node runs with (e.g. `cap_net_admin`).
     #[serde(default)]
     pub capabilities: Vec<String>,
@@ -279,6 +285,9 @@ pub struct LinkReport {
     /// update, hourly or every 2^28 records).
     #[serde(default)]
     pub dtls_epochs: Option<[u16; 2]>,
+    /// Plaintext udp links: whether the eBPF fast path carries the link, and what it carried.
+    #[serde(default)]
+    pub fastpath: Option<crate::daemon::LinkFastpathReport>,
 }
 
 /// One name.

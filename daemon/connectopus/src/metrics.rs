@@ -492,6 +492,18 @@ pub fn render(report: &StatusReport, now_unix: f64) -> String {
     }
 
     x.family(
+        "connectopus_fastpath_userspace_packets_total",
+        "counter",
+        "Packets the eBPF fast path left to userspace, by reason (ebpf/README.md, Counters).",
+    );
+    for (reason, n) in &report.fastpath_fallbacks {
+        x.sample(
+            "connectopus_fastpath_userspace_packets_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+    x.family(
         "connectopus_dns_queries_total",
         "counter",
         "DNS queries the node's server handled, by result (dropped: no response).",
@@ -509,7 +521,7 @@ pub fn render(report: &StatusReport, now_unix: f64) -> String {
 /// Per-link families.
 fn links(x: &mut Exposition, report: &StatusReport, now_unix: f64) {
     type Field = fn(&crate::control::LinkReport) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 7] = [
+    let families: [(&str, &str, &str, Field); 10] = [
         (
             "connectopus_link_receive_bytes_total",
             "counter",
@@ -551,6 +563,24 @@ fn links(x: &mut Exposition, report: &StatusReport, now_unix: f64) {
             "gauge",
             "A link's MTU.",
             |l| Some(f64::from(l.mtu)),
+        ),
+        (
+            "connectopus_link_fastpath_active",
+            "gauge",
+            "1 when the eBPF fast path carries a plaintext udp link, 0 otherwise.",
+            |l| l.fastpath.as_ref().map(|f| f64::from(u8::from(f.active))),
+        ),
+        (
+            "connectopus_link_fastpath_packets_total",
+            "counter",
+            "Packets the eBPF fast path carried on a plaintext udp link (both directions).",
+            |l| l.fastpath.as_ref().map(|f| f.packets as f64),
+        ),
+        (
+            "connectopus_link_fastpath_bytes_total",
+            "counter",
+            "Bytes (inner IPv6 packets) the eBPF fast path carried on a plaintext udp link.",
+            |l| l.fastpath.as_ref().map(|f| f.bytes as f64),
         ),
     ];
     let labels = |l: &crate::control::LinkReport| -> [(String, String); 4] {

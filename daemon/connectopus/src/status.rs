@@ -40,6 +40,18 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         report.tun,
         report.ebpf
     );
+    if !report.fastpath.is_empty() {
+        let _ = writeln!(out, "fastpath {}", report.fastpath);
+    }
+    let fallbacks: Vec<String> = report
+        .fastpath_fallbacks
+        .iter()
+        .filter(|(_, n)| verbose && **n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !fallbacks.is_empty() {
+        let _ = writeln!(out, "fastpath to userspace: {}", fallbacks.join(", "));
+    }
     let caps = if report.capabilities.is_empty() {
         "none".to_owned()
     } else {
@@ -116,9 +128,19 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             .dtls_epochs
             .map(|[tx, rx]| format!("  epoch tx {tx} rx {rx}"))
             .unwrap_or_default();
+        let fastpath = match &l.fastpath {
+            Some(f) if f.active => {
+                format!("  fastpath on {} pkts {} B", f.packets, f.bytes)
+            }
+            Some(f) => format!(
+                "  fastpath off ({})",
+                f.reason.as_deref().unwrap_or("not set up")
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}",
+            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}{}",
             l.link,
             l.backend,
             l.kind,
@@ -131,7 +153,8 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             rtt,
             l.bytes_in,
             l.bytes_out,
-            epochs
+            epochs,
+            fastpath
         );
     }
     let _ = writeln!(out, "\nroutes:");
@@ -283,7 +306,34 @@ mod tests {
             packets_in: 0,
             packets_out: 0,
             dtls_epochs: None,
+            fastpath: None,
         }
+    }
+
+    #[test]
+    fn shows_the_fast_path_per_link_and_why_it_is_off() {
+        let mut r = report();
+        r.fastpath = "off: disabled by CONNECTOPUS_DISABLE_FASTPATH=1".into();
+        let mut on = link(None);
+        on.fastpath = Some(crate::daemon::LinkFastpathReport {
+            active: true,
+            packets: 12,
+            bytes: 3456,
+            reason: None,
+        });
+        let mut off = link(None);
+        off.fastpath = Some(crate::daemon::LinkFastpathReport {
+            reason: Some("IPv4 underlay".into()),
+            ..Default::default()
+        });
+        r.links = vec![on, off];
+        r.fastpath_fallbacks.insert("eg_miss".into(), 7);
+        let text = render(&r, true);
+        assert!(text.contains("fastpath off: disabled by CONNECTOPUS_DISABLE_FASTPATH=1"));
+        assert!(text.contains("fastpath on 12 pkts 3456 B"), "{text}");
+        assert!(text.contains("fastpath off (IPv4 underlay)"), "{text}");
+        assert!(text.contains("fastpath to userspace: eg_miss 7"), "{text}");
+        assert!(!render(&r, false).contains("eg_miss"));
     }
 
     #[test]

@@ -92,3 +92,91 @@ pub fn checksum_valid(packet: &[u8]) -> bool {
     }
     l4_sum(packet, &l4).is_some_and(|s| fold(s) == 0xFFFF)
 }
+
+/// Completes the L4 checksum of a TCP or UDP packet that was left for an offload
+/// (`CHECKSUM_PARTIAL`: the field holds the pseudo-header sum, not the checksum), as a packet
+/// encapsulated by the eBPF fast path arrives when the receiving node's userspace handles it.
+/// Leaves a packet whose checksum already verifies, or that does not verify either way,
+/// unchanged; returns true when it changed the packet.
+pub fn complete_partial_checksum(packet: &mut [u8]) -> bool {
+    if checksum_valid(packet) {
+        return false;
+    }
+    let Ok(l4) = ip::locate_l4(packet) else {
+        return false;
+    };
+    let offset = match l4.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => return false,
+    };
+    let field = l4.l4_off + offset;
+    let Some(&[hi, lo]) = packet.get(field..field + 2) else {
+        return false;
+    };
+    let original = [hi, lo];
+    let Some(segment) = packet.get(l4.l4_off..) else {
+        return false;
+    };
+    let mut checksum = !fold(sum(0, segment));
+    if l4.proto == PROTO_UDP && checksum == 0 {
+        checksum = 0xFFFF;
+    }
+    if let Some(f) = packet.get_mut(field..field + 2) {
+        f.copy_from_slice(&checksum.to_le_bytes());
+    }
+    if checksum_valid(packet) {
+        return true;
+    }
+    if let Some(f) = packet.get_mut(field..field + 2) {
+        f.copy_from_slice(&original);
+    }
+    false
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::*;
+
+    /// An IPv6 UDP packet with a valid checksum.
+    fn udp_packet() -> Vec<u8> {
+        let payload = b"hello, partial checksum!";
+        let l4_len = 8 + payload.len();
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        p.extend_from_slice(&[17, 64]);
+        p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        p.extend_from_slice(&[0x9c, 0x40, 0x1b, 0x59]);
+        p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        let pseudo = pseudo_header_sum(&p[8..40], l4_len as u32, 17);
+        let c = !fold(sum(pseudo, &p[40..]));
+        p[46..48].copy_from_slice(&c.to_le_bytes());
+        assert!(checksum_valid(&p));
+        p
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed_and_a_valid_one_left_alone() {
+        let valid = udp_packet();
+        let mut same = valid.clone();
+        assert!(!complete_partial_checksum(&mut same));
+        assert_eq!(same, valid);
+        // What an offloading sender leaves: the pseudo-header sum, not complemented.
+        let mut partial = valid.clone();
+        let pseudo = fold(pseudo_header_sum(&partial[8..40], 32, 17));
+        partial[46..48].copy_from_slice(&pseudo.to_le_bytes());
+        assert!(!checksum_valid(&partial));
+        assert!(complete_partial_checksum(&mut partial));
+        assert_eq!(partial, valid);
+        // Garbage stays garbage.
+        let mut broken = valid;
+        broken[50] ^= 0xff;
+        broken[46] ^= 0x55;
+        let before = broken.clone();
+        assert!(!complete_partial_checksum(&mut broken));
+        assert_eq!(broken, before);
+    }
+}

@@ -80,7 +80,7 @@ mod vnet;
 #[cfg(test)]
 mod tests;
 
-pub use checksum::checksum_valid;
+pub use checksum::{checksum_valid, complete_partial_checksum};
 pub use coalesce::{Append, Coalescer, MAX_IP_LEN, MAX_SEGMENTS, is_coalescable};
 pub use error::OffloadError;
 pub use split::Segments;

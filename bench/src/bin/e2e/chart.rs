@@ -48,6 +48,7 @@ fn colour(kind: Kind) -> RGBColor {
         Kind::Connectopus(LinkKind::Tcp) => RGBColor(106, 61, 154),
         Kind::Connectopus(LinkKind::TcpTls) => RGBColor(23, 160, 190),
         Kind::Connectopus(LinkKind::Udp) => RGBColor(188, 189, 34),
+        Kind::ConnectopusUdpEbpf => RGBColor(140, 86, 75),
         Kind::WireguardGo => RGBColor(255, 127, 14),
         Kind::Boringtun => RGBColor(214, 39, 40),
         Kind::Nebula => RGBColor(44, 160, 44),

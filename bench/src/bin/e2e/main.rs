@@ -169,6 +169,8 @@ fn subjects(options: &Options) -> Vec<Subject> {
         Kind::Connectopus(LinkKind::DtlsPsk),
         // Plaintext IPv6-in-UDP, userspace (the eBPF fast path's format, without it).
         Kind::Connectopus(LinkKind::Udp),
+        // The same links with the eBPF fast path.
+        Kind::ConnectopusUdpEbpf,
         Kind::Connectopus(LinkKind::Tcp),
         Kind::Connectopus(LinkKind::TcpTls),
         Kind::WireguardGo,
@@ -184,12 +186,14 @@ fn subjects(options: &Options) -> Vec<Subject> {
             Kind::Raw,
             Kind::Connectopus(LinkKind::DtlsPsk),
             Kind::Connectopus(LinkKind::Udp),
+            Kind::ConnectopusUdpEbpf,
         ]
     } else {
         &[
             Kind::Raw,
             Kind::Connectopus(LinkKind::DtlsPsk),
             Kind::Connectopus(LinkKind::Udp),
+            Kind::ConnectopusUdpEbpf,
             Kind::Connectopus(LinkKind::Tcp),
             Kind::Connectopus(LinkKind::TcpTls),
         ]
@@ -553,7 +557,12 @@ mod tests {
             .iter()
             .map(Subject::id)
             .collect();
-        for udp in ["pair/connectopus-udp", "line/connectopus-udp"] {
+        for udp in [
+            "pair/connectopus-udp",
+            "line/connectopus-udp",
+            "pair/connectopus-udp-ebpf",
+            "line/connectopus-udp-ebpf",
+        ] {
             assert!(short_all.contains(&udp.to_owned()), "{udp}");
             assert_eq!(Subject::from_id(udp).map(|s| s.id()).as_deref(), Some(udp));
         }

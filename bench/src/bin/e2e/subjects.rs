@@ -55,8 +55,11 @@ impl Layout {
 pub enum Kind {
     /// The veth itself (on the line: kernel IPv6 forwarding in `mid`).
     Raw,
-    /// Connectopus nodes linked by this backend.
+    /// Connectopus nodes linked by this backend (plaintext udp links with the eBPF fast path
+    /// off: `CONNECTOPUS_DISABLE_FASTPATH=1`).
     Connectopus(LinkKind),
+    /// Connectopus nodes linked by plaintext udp links with the eBPF fast path on.
+    ConnectopusUdpEbpf,
     /// wireguard-go (userspace WireGuard in Go).
     WireguardGo,
     /// boringtun-cli (userspace WireGuard in Rust).
@@ -76,6 +79,7 @@ impl Kind {
             (Kind::Connectopus(LinkKind::Tcp), _) => "connectopus-tcp",
             (Kind::Connectopus(LinkKind::TcpTls), _) => "connectopus-tls",
             (Kind::Connectopus(LinkKind::Udp), _) => "connectopus-udp",
+            (Kind::ConnectopusUdpEbpf, _) => "connectopus-udp-ebpf",
             (Kind::WireguardGo, _) => "wireguard-go",
             (Kind::Boringtun, _) => "boringtun",
             (Kind::Nebula, _) => "nebula",
@@ -89,7 +93,7 @@ impl Kind {
 
     /// Whether this is Connectopus itself.
     pub fn is_connectopus(self) -> bool {
-        matches!(self, Kind::Connectopus(_))
+        matches!(self, Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf)
     }
 
     /// Checks that the programs this subject needs are installed; the error says which
@@ -108,7 +112,7 @@ impl Kind {
             }
         };
         match self {
-            Kind::Raw | Kind::Connectopus(_) => Ok(()),
+            Kind::Raw | Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf => Ok(()),
             Kind::WireguardGo => need(&[
                 ("wireguard-go", "Debian wireguard-go"),
                 ("wg", "Debian wireguard-tools"),
@@ -171,6 +175,7 @@ impl Subject {
             Kind::Connectopus(LinkKind::Tcp),
             Kind::Connectopus(LinkKind::TcpTls),
             Kind::Connectopus(LinkKind::Udp),
+            Kind::ConnectopusUdpEbpf,
             Kind::WireguardGo,
             Kind::Boringtun,
             Kind::Nebula,
@@ -228,7 +233,11 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 hold: Hold::Nothing,
             }
         }
-        Kind::Connectopus(kind) => {
+        Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf => {
+            let (kind, fastpath) = match subject.kind {
+                Kind::Connectopus(kind) => (kind, false),
+                _ => (LinkKind::Udp, true),
+            };
             let links: Vec<MeshLink> = nodes
                 .windows(2)
                 .map(|w| {
@@ -242,6 +251,9 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 .collect();
             let mut mesh = Mesh::configure(topo, &links)?;
             mesh.set_log_level("info");
+            if !fastpath {
+                mesh.set_env("CONNECTOPUS_DISABLE_FASTPATH", "1");
+            }
             mesh.start_all()?;
             mesh.wait_converged(Duration::from_secs(30))?;
             let processes = nodes
@@ -254,10 +266,14 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 serde_json::Value::Null => "?".to_owned(),
                 other => other.to_string(),
             };
+            if fastpath && !field("fastpath").starts_with("on") {
+                bail!("the eBPF fast path is not on: {}", field("fastpath"));
+            }
             let details = condense(&format!(
-                "dataplane {}, ebpf {}",
+                "dataplane {}, ebpf {}, fastpath {}",
                 field("dataplane"),
-                field("ebpf")
+                field("ebpf"),
+                field("fastpath")
             ));
             Up {
                 dst: IpAddr::V6(mesh.address(last)),

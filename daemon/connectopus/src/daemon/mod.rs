@@ -49,7 +49,9 @@ mod datapath;
 mod dns;
 mod dtls;
 mod dtls_batch;
+mod fastpath;
 use dtls::send_raw;
+pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
@@ -194,6 +196,8 @@ struct Daemon {
     /// Namespaces and services, and the helper that runs them.
     attachments: attachments::Attachments,
     ebpf: Ebpf,
+    /// The eBPF fast path for plaintext udp links, or why it is off.
+    fastpath: fastpath::FastpathState,
     dns: dns::Dns,
     subnet: String,
     links: BTreeMap<LinkId, Link>,
@@ -550,10 +554,7 @@ impl Daemon {
                     self.close_link(link, reason.as_str());
                 }
                 Command::InstallForwarding(_) => self.sync_forwarding(),
-                // Follow-up (issue 11, daemon side of item 3): write the entries into the eBPF
-                // fast path's maps. Until then the core's fast path is never enabled here, so
-                // the set is always empty.
-                Command::SetFastpathRoutes(_) => {}
+                Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
                 Command::ApplyConfig {
                     version,
                     unacknowledged,
@@ -586,6 +587,15 @@ impl Daemon {
                 self.local_datagrams
                     .deliver(*src, *src_port, *dst_port, payload);
                 continue;
+            }
+            if matches!(
+                event,
+                Event::SessionEstablished { .. } | Event::SessionClosed { .. }
+            ) {
+                // Peer entries follow the established plaintext links even when no route
+                // changed (a link that carries no route still decapsulates here).
+                let entries = self.node.fastpath_entries().clone();
+                self.apply_fastpath(&entries);
             }
             if let Event::SessionEstablished { link, .. } = event
                 && let Some(l) = self.links.get_mut(&link)

@@ -53,6 +53,9 @@ pub(super) struct PlainUdpCounters {
     pub(super) malformed_dropped: u64,
     /// Hellos from unknown addresses over the per-prefix rate limit.
     pub(super) hellos_rate_limited: u64,
+    /// Data packets whose TCP/UDP checksum the peer's eBPF fast path left partial (an
+    /// offload's job) and userspace completed.
+    pub(super) partial_checksums_completed: u64,
 }
 
 impl PlainUdpCounters {
@@ -65,6 +68,10 @@ impl PlainUdpCounters {
         map.insert(
             "udp_hellos_rate_limited".to_owned(),
             self.hellos_rate_limited,
+        );
+        map.insert(
+            "udp_partial_checksums_completed".to_owned(),
+            self.partial_checksums_completed,
         );
     }
 }
@@ -261,7 +268,18 @@ impl Daemon {
                 .get(piece.clone())
                 .map_or(Datagram::Malformed, classify);
             match kind {
-                Datagram::Data => self.route_link_packet_in_buf(link, buf, piece),
+                Datagram::Data => {
+                    if self.fastpath.is_on()
+                        && let Some(packet) = self.worker.io.buf_mut(buf).get_mut(piece.clone())
+                        && connectopus_offload::complete_partial_checksum(packet)
+                    {
+                        // The peer's eBPF encapsulated a packet whose checksum its kernel
+                        // left to an offload (it advertised to us that we decapsulate in
+                        // eBPF, and this one fell back to userspace here).
+                        self.plain_udp_counters.partial_checksums_completed += 1;
+                    }
+                    self.route_link_packet_in_buf(link, buf, piece);
+                }
                 Datagram::Control => {
                     self.worker.scratch.clear();
                     if let Some(bytes) = self.worker.io.buf(buf).get(piece) {

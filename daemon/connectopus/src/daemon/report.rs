@@ -77,6 +77,9 @@ impl Daemon {
                     Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
                     Transport::Tcp(_) | Transport::PlainUdp(_) => None,
                 },
+                fastpath: self
+                    .fastpath
+                    .link_report(*id, matches!(l.transport, Transport::PlainUdp(_))),
             });
         }
         let mut route_reports = Vec::new();
@@ -233,6 +236,8 @@ impl Daemon {
             workers: vec![self.worker.report(0, &self.tuns)],
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             ebpf: self.ebpf.describe(),
+            fastpath: self.fastpath.describe(),
+            fastpath_fallbacks: self.fastpath.reasons(),
             capabilities: privilege.capabilities,
             no_new_privs: privilege.no_new_privs,
             seccomp: privilege.seccomp,

@@ -121,6 +121,23 @@ pub fn run(options: NodeOptions) -> Result<()> {
         Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
         None => Ebpf::Off("no tun device".to_owned()),
     };
+    // Loaded before capabilities drop (the helper needs BPF rights); from then on the node
+    // only writes its maps and attaches the loaded programs (TCX links by program fd).
+    let fastpath = super::fastpath::FastpathState::start(
+        node_config.fastpath.disable,
+        node_config
+            .backends
+            .iter()
+            .find(|(_, b)| {
+                !matches!(
+                    b,
+                    BackendConfig::UdpDialer(_) | BackendConfig::UdpListener(_)
+                )
+            })
+            .map(|(name, _)| name.as_str()),
+        tuns.first().map(|tun| (tun.name(), mtu)),
+        ebpf_object.as_deref(),
+    );
 
     // The API's ping and traceroute socket needs CAP_NET_RAW, which the node drops next.
     let probe = if node_config.cpctl.port.is_some() {
@@ -142,7 +159,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
     };
 
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
-    let needs = privilege_needs(&node_config, matches!(ebpf, Ebpf::Counters(_)));
+    let needs = privilege_needs(
+        &node_config,
+        matches!(ebpf, Ebpf::Counters(_)) || fastpath.is_on(),
+    );
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
         tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
     }
@@ -232,6 +252,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         core.identity = Some(key);
         core.trust = Some(trust::policy(&config));
     }
+    // Hellos on plaintext udp links advertise eBPF decapsulation, and the core issues the
+    // fast path's entries.
+    core.fastpath = fastpath.is_on();
     core.prefixes = attachments.clone();
     core.names = attachment_names.clone();
     core.names4 = attachment_names4;
@@ -266,6 +289,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
         attachments: attachments::Attachments::new(helper, (attachments, attachment_names)),
         ebpf,
+        fastpath,
         dns,
         subnet,
         links: BTreeMap::new(),

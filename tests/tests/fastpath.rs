@@ -1,0 +1,357 @@
+//! The eBPF fast path end to end: real nodes with node identities in network namespaces,
+//! foo—bar—baz over plaintext UDP links. With the fast path: ping, traceroute (bar, the
+//! transit node, still answers Time Exceeded: hop limit 1 goes to userspace), a checked
+//! 100 MB transfer whose bytes the eBPF counters carried and the userspace link counters did
+//! not, and a peer restart (entries removed, then re-added). A node started without the eBPF
+//! object forwards through userspace and says why.
+//!
+//! Needs root and the eBPF object (`cargo xtask build-ebpf`, embedded in the node at build
+//! time); skips with a message otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    LinkKind, Mesh, MeshLink, Topology, checked_transfer, ping6, require_root, require_tools,
+    run_test, traceroute6, wait_until,
+};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// The sessions' dead interval (`global.timers.dead_interval` in the harness's mesh).
+const DEAD_INTERVAL: Duration = Duration::from_secs(7);
+
+/// The fast-path state of every link of a status report: (backend, active, packets, bytes).
+fn fastpath_links(status: &Value) -> Vec<(String, bool, u64, u64)> {
+    status["links"]
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .map(|l| {
+                    (
+                        l["backend"].as_str().unwrap_or("").to_owned(),
+                        l["fastpath"]["active"].as_bool().unwrap_or(false),
+                        l["fastpath"]["packets"].as_u64().unwrap_or(0),
+                        l["fastpath"]["bytes"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when `node` has `links` links, all established and carried by the fast path.
+fn all_active(mesh: &Mesh, node: &str, links: usize) -> bool {
+    mesh.status(node).is_ok_and(|s| {
+        let fp = fastpath_links(&s);
+        fp.len() == links
+            && fp.iter().all(|(_, active, _, _)| *active)
+            && s["links"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|l| l["state"] == "established"))
+    })
+}
+
+/// Sums a field over `node`'s links.
+fn link_sum(status: &Value, field: &str) -> u64 {
+    status["links"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|l| l[field].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+fn fastpath_bytes(status: &Value) -> u64 {
+    fastpath_links(status).iter().map(|(_, _, _, b)| *b).sum()
+}
+
+/// Whether this build embeds the eBPF object with the fast-path programs.
+fn fastpath_available(mesh: &Mesh, node: &str) -> Result<bool> {
+    let status = mesh.status(node)?;
+    let state = status["fastpath"].as_str().unwrap_or("");
+    if state.starts_with("on") {
+        return Ok(true);
+    }
+    eprintln!("SKIP: the fast path is off on {node} ({state}); run `cargo xtask build-ebpf`");
+    Ok(false)
+}
+
+#[test]
+fn line_over_the_fast_path() {
+    require_root!();
+    require_tools(&["ping", "traceroute", "python3"]);
+    run_test("fastpath_line", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Udp),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "bar")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            all_active(&mesh, "foo", 1)
+                && all_active(&mesh, "bar", 2)
+                && all_active(&mesh, "baz", 1)
+        })
+        .with_context(|| format!("links on the fast path: {}", mesh.status("bar").unwrap()))?;
+        let (foo_addr, bar_addr, baz_addr) = (
+            mesh.address("foo"),
+            mesh.address("bar"),
+            mesh.address("baz"),
+        );
+        let text = mesh.status_text("bar")?;
+        ensure!(text.contains("fastpath on"), "status shows it: {text}");
+
+        let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(ping.all_received(), "foo -> baz: {ping:?}");
+        let hops = traceroute6(topo.ns("foo"), baz_addr)?;
+        ensure!(
+            hops == vec![Some(bar_addr), Some(baz_addr)],
+            "traceroute foo -> baz should show bar then baz: {hops:?}"
+        );
+
+        let (foo0, bar0) = (mesh.status("foo")?, mesh.status("bar")?);
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7001,
+            100_000_000,
+            1,
+            Duration::from_secs(120),
+        )?;
+        ensure!(
+            there.intact(),
+            "foo -> baz lost or changed bytes: {there:?}"
+        );
+        let (foo1, bar1) = (mesh.status("foo")?, mesh.status("bar")?);
+        // foo's link carried the transfer in eBPF (both ways: data out, acks in), bar's two
+        // links carried it in transit twice (in on one, out on the other).
+        let foo_fp = fastpath_bytes(&foo1) - fastpath_bytes(&foo0);
+        let bar_fp = fastpath_bytes(&bar1) - fastpath_bytes(&bar0);
+        ensure!(
+            foo_fp >= 100_000_000 && bar_fp >= 100_000_000,
+            "fast path bytes: foo {foo_fp}, bar {bar_fp}: {}",
+            bar1["links"]
+        );
+        // The userspace path did not carry them.
+        let foo_user = link_sum(&foo1, "bytes_out") - link_sum(&foo0, "bytes_out");
+        let bar_user = link_sum(&bar1, "bytes_out") - link_sum(&bar0, "bytes_out");
+        ensure!(
+            foo_user < 10_000_000 && bar_user < 10_000_000,
+            "userspace carried foo {foo_user} B, bar {bar_user} B"
+        );
+        ensure!(
+            bar1["fastpath_fallbacks"].is_object(),
+            "per-reason fall-back counters: {bar1}"
+        );
+
+        // baz restarts: bar's entries for the old link go, the new link's come.
+        mesh.kill("baz")?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            mesh.status("bar")
+                .is_ok_and(|s| fastpath_links(&s).iter().filter(|l| l.1).count() == 1)
+        })
+        .with_context(|| format!("bar drops baz's entries: {}", mesh.status("bar").unwrap()))?;
+        mesh.start("baz")?;
+        mesh.wait_converged(CONVERGE)?;
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            all_active(&mesh, "bar", 2) && all_active(&mesh, "baz", 1)
+        })
+        .with_context(|| format!("bar re-adds baz: {}", mesh.status("bar").unwrap()))?;
+        let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(
+            ping.all_received(),
+            "foo -> baz after the restart: {ping:?}"
+        );
+        let ping = ping6(topo.ns("baz"), foo_addr, 3, 56, &[])?;
+        ensure!(
+            ping.all_received(),
+            "baz -> foo after the restart: {ping:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_node_without_the_object_forwards_through_userspace() {
+    require_root!();
+    require_tools(&["ping", "python3"]);
+    run_test("fastpath_without_object", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Udp),
+            ],
+            &[],
+        )?;
+        let missing = dir.path().join("no-such-object.o");
+        mesh.add_args("bar", &["--ebpf-object", &missing.display().to_string()]);
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let bar = mesh.status("bar")?;
+        let state = bar["fastpath"].as_str().unwrap_or("");
+        ensure!(
+            state.starts_with("off: "),
+            "bar says why it is off: {state}"
+        );
+        ensure!(
+            bar["links"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|l| l["fastpath"]["active"] == false)),
+            "{bar}"
+        );
+        let text = mesh.status_text("bar")?;
+        ensure!(text.contains("fastpath off"), "status text: {text}");
+        let baz_addr = mesh.address("baz");
+        let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(
+            ping.all_received(),
+            "foo -> baz through bar's userspace: {ping:?}"
+        );
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7002,
+            5_000_000,
+            2,
+            Duration::from_secs(60),
+        )?;
+        ensure!(there.intact(), "foo -> baz: {there:?}");
+        Ok(())
+    });
+}
+
+/// Whether `node`'s link to `peer` is carried by the fast path.
+fn active_to(mesh: &Mesh, node: &str, peer: &str) -> bool {
+    mesh.status(node).is_ok_and(|s| {
+        s["links"].as_array().is_some_and(|links| {
+            links.iter().any(|l| {
+                l["peer_name"] == peer
+                    && l["state"] == "established"
+                    && l["fastpath"]["active"] == true
+            })
+        })
+    })
+}
+
+/// Fast-path bytes on `node`'s link to `peer`.
+fn bytes_to(status: &Value, peer: &str) -> u64 {
+    status["links"]
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter(|l| l["peer_name"] == peer)
+                .filter_map(|l| l["fastpath"]["bytes"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn entries_follow_a_route_change() {
+    require_root!();
+    require_tools(&["python3"]);
+    run_test("fastpath_route_change", |dir| {
+        let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Udp),
+                MeshLink::new("baz", "foo", LinkKind::Udp).cost(5.0),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "foo")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            ["foo", "bar", "baz"]
+                .iter()
+                .all(|n| all_active(&mesh, n, 2))
+        })
+        .with_context(|| format!("links on the fast path: {}", mesh.status("foo").unwrap()))?;
+        // The cheaper way, through bar, once every update is in.
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            mesh.next_hop("foo", "baz")
+                .is_ok_and(|hop| hop.as_deref() == Some("bar"))
+        })
+        .context("foo routes to baz through bar")?;
+        let baz_addr = mesh.address("baz");
+        let before = mesh.status("foo")?;
+
+        // The foo—bar underlay goes down: until the session's dead interval ends, foo's
+        // entries still point at bar (packets are lost and TCP retransmits); then the route
+        // and the entries move to the direct link, and the transfer completes.
+        topo.ns("foo")
+            .ip(&["link", "set", topo.iface("foo", "bar"), "down"])?;
+        let there = std::thread::scope(|scope| -> Result<_> {
+            let transfer = scope.spawn(|| {
+                checked_transfer(
+                    topo.ns("foo"),
+                    topo.ns("baz"),
+                    baz_addr,
+                    7003,
+                    50_000_000,
+                    3,
+                    Duration::from_secs(90),
+                )
+            });
+            // No packet goes to the dead link for longer than one dead interval: by then the
+            // session is dead and the entries for it are gone.
+            let watched = wait_until(
+                DEAD_INTERVAL + Duration::from_secs(2),
+                Duration::from_millis(100),
+                || !active_to(&mesh, "foo", "bar"),
+            );
+            let there = transfer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
+            watched.with_context(|| {
+                format!(
+                    "foo still sends to the dead link after the dead interval: {}",
+                    mesh.status("foo").unwrap_or_default()
+                )
+            })?;
+            Ok(there)
+        })?;
+        ensure!(
+            there.intact(),
+            "foo -> baz across the route change: {there:?}"
+        );
+        ensure!(
+            !active_to(&mesh, "foo", "bar"),
+            "foo's entries for the dead link are gone: {}",
+            mesh.status("foo")?
+        );
+        ensure!(mesh.next_hop("foo", "baz")?.as_deref() == Some("baz"));
+        let after = mesh.status("foo")?;
+        let direct = bytes_to(&after, "baz") - bytes_to(&before, "baz");
+        ensure!(
+            direct >= 50_000_000,
+            "the direct link carried {direct} B in eBPF: {}",
+            after["links"]
+        );
+        Ok(())
+    });
+}
