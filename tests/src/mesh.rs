@@ -226,6 +226,18 @@ impl<'t> Mesh<'t> {
         }
         let config = dir.join("mesh.yml");
         std::fs::write(&config, yaml)?;
+        // A node keeps its own copy of the config (made at its first start, see `start`) and
+        // the highest version it applied. A new mesh on a topology that ran another one (the
+        // benchmark starts every subject on the same namespaces) must not inherit them: the
+        // nodes would run the previous mesh's links.
+        for name in &nodes {
+            for suffix in ["yml", "yml.sig", "yml.version", "yml.epoch"] {
+                match std::fs::remove_file(dir.join(format!("{name}.{suffix}"))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
         let mesh = Self {
             topo,
             config,

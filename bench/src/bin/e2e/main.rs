@@ -496,13 +496,31 @@ fn measure_one(
             }
         }
     }
+    // An unlimited UDP flood through a TCP or TLS link can stall iperf3 itself (its control
+    // connection queues behind the flood in the same TCP stream: head-of-line blocking, a
+    // known open problem of stream links). For those subjects a failed flood is reported as
+    // not measured, with the reason, instead of failing the whole run.
+    let stream_link = matches!(
+        subject.kind,
+        Kind::Connectopus(LinkKind::Tcp | LinkKind::TcpTls)
+    );
+    let mut udp_skipped = None;
     for (name, size) in [("udp64", 64usize), ("udp1400", 1400)] {
         cleanup::check()?;
         let mut result = None;
-        let cpu = with_cpu(&mut || {
+        let measured = with_cpu(&mut || {
             result = Some(measure::udp(src, up.dst, options.udp_seconds, size)?);
             Ok(())
-        })?;
+        });
+        let cpu = match measured {
+            Ok(cpu) => cpu,
+            Err(e) if stream_link => {
+                eprintln!("e2e:   {name} not measured over a stream link: {e:#}");
+                udp_skipped = Some(format!("UDP flood not measured ({name}: iperf3 stalled)"));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let result = result.context("no UDP result")?;
         sample.insert(metric(name, "rx_kpps"), result.rx_pps / 1e3);
         sample.insert(metric(name, "tx_kpps"), result.tx_pps / 1e3);
@@ -519,7 +537,10 @@ fn measure_one(
         sample.insert("rss_peak_mib", peak / 1024.0);
     }
     drop(server);
-    let details = up.details.clone();
+    let details = match (up.details.clone(), udp_skipped) {
+        (Some(d), Some(skipped)) => Some(format!("{d}, {skipped}")),
+        (d, skipped) => d.or(skipped),
+    };
     up.stop();
     Ok((sample, details))
 }
