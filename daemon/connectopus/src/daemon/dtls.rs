@@ -10,6 +10,18 @@ pub(super) const MAX_UDP_GSO_BYTES: usize = 65_507;
 /// The most segments per UDP GSO send that every kernel since 4.18 takes (6.18 takes 128).
 pub(super) const MAX_UDP_GSO_SEGMENTS: usize = 64;
 
+/// How many datagrams of `stride` bytes one send carries: as many as fit in `room` (the rest
+/// of a pool buffer) and in one UDP GSO send, or one when GSO is off.
+pub(super) fn datagrams_per_send(room: usize, stride: usize, udp_gso: bool) -> usize {
+    if udp_gso {
+        (room / stride)
+            .min(MAX_UDP_GSO_BYTES / stride)
+            .clamp(1, MAX_UDP_GSO_SEGMENTS)
+    } else {
+        1
+    }
+}
+
 impl Daemon {
     /// Returns the socket of a live UDP endpoint.
     pub(super) fn udp_fd(&self, endpoint: usize) -> Option<std::os::fd::RawFd> {
@@ -372,13 +384,7 @@ impl Daemon {
         let stride = max_len + overhead;
         let start = io.pool().headroom();
         let room = io.pool().buf_size() - start;
-        let per_send = if offloads.udp_gso.is_ok() {
-            (room / stride)
-                .min(MAX_UDP_GSO_BYTES / stride)
-                .clamp(1, MAX_UDP_GSO_SEGMENTS)
-        } else {
-            1
-        };
+        let per_send = datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
         let mut i = 0;
         while i < count {
             let Some(out) = io.alloc() else {

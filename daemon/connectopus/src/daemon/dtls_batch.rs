@@ -13,7 +13,7 @@
 
 use uring_io::BufId;
 
-use super::dtls::{MAX_UDP_GSO_BYTES, MAX_UDP_GSO_SEGMENTS};
+use super::dtls::datagrams_per_send;
 use super::*;
 
 /// The open batches, at most one per link.
@@ -93,13 +93,7 @@ impl Daemon {
         };
         let start = self.worker.io.pool().headroom();
         let room = self.worker.io.pool().buf_size() - start;
-        let limit = if self.worker.offloads.udp_gso.is_ok() {
-            (room / record_len)
-                .min(MAX_UDP_GSO_BYTES / record_len)
-                .clamp(1, MAX_UDP_GSO_SEGMENTS)
-        } else {
-            1
-        };
+        let limit = datagrams_per_send(room, record_len, self.worker.offloads.udp_gso.is_ok());
         self.worker.dtls_batches.open.push(OpenBatch {
             link,
             buf,

@@ -23,7 +23,7 @@ use connectopus_offload::{Segments, VnetHeader};
 use connectopus_wire::MessageType;
 use uring_io::BufId;
 
-use super::dtls::{MAX_UDP_GSO_BYTES, MAX_UDP_GSO_SEGMENTS, normalize};
+use super::dtls::{datagrams_per_send, normalize};
 use super::handshake_limits::{MAX_PENDING_PER_SOURCE, Pending, eviction};
 use super::*;
 
@@ -460,13 +460,7 @@ impl Daemon {
         };
         let start = io.pool().headroom();
         let room = io.pool().buf_size() - start;
-        let per_send = if offloads.udp_gso.is_ok() {
-            (room / stride)
-                .min(MAX_UDP_GSO_BYTES / stride)
-                .clamp(1, MAX_UDP_GSO_SEGMENTS)
-        } else {
-            1
-        };
+        let per_send = datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
         let mut i = 0;
         while i < count {
             let Some(out) = io.alloc() else {
