@@ -211,6 +211,8 @@ pub struct Config {
     pub tailroom: usize,
     /// Sets how many buffers the io_uring backend keeps posted for armed receives; buffers freed
     /// while fewer are posted are re-posted, the rest go to the free list for [`PacketIo::alloc`].
+    /// With an on-demand pool (`fixed_buffers` false) this is the most: the backend starts with
+    /// 8 and follows the traffic (see [`PacketIo::trim`]).
     pub rx_buffers: usize,
     /// Sets the io_uring submission queue size.
     pub ring_entries: u32,
@@ -240,6 +242,25 @@ impl Default for Config {
             read_multishot: true,
         }
     }
+}
+
+/// What a [`PacketIo`]'s pool holds, for status output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Buffers in the pool.
+    pub buffers: usize,
+    /// Bytes each buffer takes in the mapping (its size, rounded up to the page size when the
+    /// pool is on demand).
+    pub buffer_bytes: usize,
+    /// Buffers whose pages may be resident: all of a populated pool; of an on-demand one, those
+    /// used since they were last released.
+    pub touched: usize,
+    /// Buffers on the free list.
+    pub free: usize,
+    /// Buffers posted for receives (io_uring; 0 on the syscall backend).
+    pub rx_posted: usize,
+    /// How many the backend keeps posted now (io_uring; 0 on the syscall backend).
+    pub rx_target: usize,
 }
 
 /// Drives batched packet I/O for one dataplane thread.
@@ -335,6 +356,35 @@ impl PacketIo {
     /// Returns the buffer pool (geometry and free count).
     pub fn pool(&self) -> &BufferPool {
         &self.pool
+    }
+
+    /// Gives idle packet memory back; call it now and then (about once a second), never per
+    /// packet. On an on-demand pool it releases the pages of the free buffers that were not
+    /// used since the previous call ([`BufferPool::trim`]) and, on io_uring, sets how many
+    /// buffers stay posted for receives from the most any turn took since then (at least 8, at
+    /// most [`Config::rx_buffers`]; doubled at once whenever a receive runs out). Returns how
+    /// many buffers it released.
+    pub fn trim(&mut self) -> usize {
+        if let Driver::Uring(d) = &mut self.driver {
+            d.adapt_rx();
+        }
+        self.pool.trim()
+    }
+
+    /// Returns what the pool holds now: see [`PoolUsage`].
+    pub fn usage(&self) -> PoolUsage {
+        let (rx_posted, rx_target) = match &self.driver {
+            Driver::Uring(d) => d.rx_posted(),
+            Driver::Syscall(_) => (0, 0),
+        };
+        PoolUsage {
+            buffers: self.pool.capacity(),
+            buffer_bytes: self.pool.stride(),
+            touched: self.pool.touched(),
+            free: self.pool.n_free(),
+            rx_posted,
+            rx_target,
+        }
     }
 
     /// Takes a free buffer, or returns `None` when the pool is exhausted.
