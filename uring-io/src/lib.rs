@@ -127,6 +127,10 @@ pub const MAX_RECEIVERS: usize = 16;
 /// The environment variable that forces the syscall backend when set to `1`.
 pub const DISABLE_URING_ENV: &str = "CONNECTOPUS_DISABLE_URING";
 
+/// The environment variable that overrides [`Config::busy_poll`], in microseconds (`0`: never
+/// poll before sleeping).
+pub const BUSY_POLL_ENV: &str = "CONNECTOPUS_BUSY_POLL_US";
+
 /// Names the I/O backend in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -177,6 +181,9 @@ pub enum Error {
     /// Reports an unusable pool geometry or a failed mapping.
     #[error("cannot set up the buffer pool")]
     Pool(#[source] io::Error),
+    /// Reports a [`BUSY_POLL_ENV`] value that is not a number of microseconds.
+    #[error("{BUSY_POLL_ENV}={0:?} is not a number of microseconds")]
+    BadBusyPoll(String),
     /// Reports that the wake eventfd could not be created.
     #[error("cannot create the wake eventfd")]
     Wake(#[source] io::Error),
@@ -223,6 +230,10 @@ pub struct Config {
     /// touched on demand and reads and writes name plain addresses: the choice for pools of
     /// 64 KiB buffers, where the worst case is far larger than the working set.
     pub fixed_buffers: bool,
+    /// Sets how long [`PacketIo::submit_and_wait`] polls for completions without sleeping
+    /// after a call that returned some (io_uring backend; zero: never). Traffic that flows
+    /// then costs no wake-up of a sleeping thread; an idle driver never polls.
+    pub busy_poll: Duration,
     /// Lets the io_uring backend use `IORING_OP_READ_MULTISHOT` for packet receives when the
     /// kernel has it; when off, it re-arms one-shot buffer-select reads (the pre-6.7 path).
     pub read_multishot: bool,
@@ -239,6 +250,7 @@ impl Default for Config {
             ring_entries: 256,
             force_syscall: false,
             fixed_buffers: true,
+            busy_poll: Duration::ZERO,
             read_multishot: true,
         }
     }
@@ -300,7 +312,15 @@ impl PacketIo {
     ///
     /// Fails when the pool cannot be mapped or the wake eventfd cannot be created. An unusable
     /// io_uring is not an error: see [`fallback_reason`](Self::fallback_reason).
-    pub fn new(config: Config) -> Result<Self, Error> {
+    pub fn new(mut config: Config) -> Result<Self, Error> {
+        if let Some(value) = std::env::var_os(BUSY_POLL_ENV) {
+            let value = value.to_string_lossy().into_owned();
+            let us = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| Error::BadBusyPoll(value.clone()))?;
+            config.busy_poll = Duration::from_micros(us);
+        }
         let mut pool = BufferPool::with_residency(
             config.buffers,
             config.buffer_size,
