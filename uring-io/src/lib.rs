@@ -231,8 +231,9 @@ pub struct Config {
     /// 64 KiB buffers, where the worst case is far larger than the working set.
     pub fixed_buffers: bool,
     /// Sets how long [`PacketIo::submit_and_wait`] polls for completions without sleeping
-    /// after a call that returned some (io_uring backend; zero: never). Traffic that flows
-    /// then costs no wake-up of a sleeping thread; an idle driver never polls.
+    /// after a call that returned some (io_uring backend; zero, the default: never). Traffic
+    /// that flows then costs no wake-up of a sleeping thread, but the poll holds a core: on
+    /// loaded cores it made round trips slower. An idle driver never polls.
     pub busy_poll: Duration,
     /// Lets the io_uring backend use `IORING_OP_READ_MULTISHOT` for packet receives when the
     /// kernel has it; when off, it re-arms one-shot buffer-select reads (the pre-6.7 path).

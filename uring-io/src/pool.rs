@@ -396,7 +396,10 @@ impl Drop for BufferPool {
 fn page_size() -> usize {
     // SAFETY: `sysconf` has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
 }
 
 /// The largest pool: buffer ids are `u16` and provided-buffer rings hold at most 2^15 entries.
@@ -506,7 +509,10 @@ mod tests {
         let b = pool.alloc().unwrap();
         assert_eq!((a.index(), b.index()), (ia, ib));
         assert!(pool.buf(&a).iter().all(|&x| x == 0xab));
-        assert!(pool.buf(&b).iter().all(|&x| x == 0), "b's pages were released");
+        assert!(
+            pool.buf(&b).iter().all(|&x| x == 0),
+            "b's pages were released"
+        );
         pool.free(a);
         pool.free(b);
         assert_eq!(pool.trim(), 0);
@@ -529,7 +535,10 @@ mod tests {
         let held = pool.alloc().unwrap();
         pool.buf_mut(&held).fill(9);
         assert_eq!((pool.trim(), pool.trim()), (0, 0));
-        assert!(pool.buf(&held).iter().all(|&x| x == 9), "a held buffer is never released");
+        assert!(
+            pool.buf(&held).iter().all(|&x| x == 9),
+            "a held buffer is never released"
+        );
         pool.free(held);
     }
 

@@ -435,11 +435,12 @@ impl UringDriver {
     }
 
     /// Submits, then polls the completion queue for up to `busy_poll` without sleeping: after a
-    /// turn with traffic, the next packet (a reply, the next segment) usually comes within
-    /// microseconds, and catching it here saves the wake-up of a sleeping thread, which on
-    /// loaded cores can cost far more than the wait itself. Receives complete as task work,
-    /// which (`COOP_TASKRUN`) runs only at a system call: the ring's `IORING_SQ_TASKRUN` flag
-    /// says when one is due, and only then does the poll enter the kernel.
+    /// turn with traffic, a reply or the next segment that comes within microseconds is caught
+    /// without the wake-up of a sleeping thread. Receives complete as task work, which
+    /// (`COOP_TASKRUN`) runs only at a system call: the ring's `IORING_SQ_TASKRUN` flag says
+    /// when one is due, and only then does the poll enter the kernel. On cores shared with
+    /// other work the poll holds a core others need (docs/performance.md, "Latency under
+    /// load"), so it is off unless configured.
     fn poll_briefly(
         &mut self,
         pool: &mut BufferPool,

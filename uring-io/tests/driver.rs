@@ -302,7 +302,11 @@ fn an_on_demand_pool_follows_the_traffic_and_gives_idle_buffers_back() {
         };
         let uring = backend == uring_io::Backend::Uring;
         let usage = io.usage();
-        assert_eq!(usage.buffer_bytes % 4096, 0, "{backend:?}: page-aligned buffers");
+        assert_eq!(
+            usage.buffer_bytes % 4096,
+            0,
+            "{backend:?}: page-aligned buffers"
+        );
         if uring {
             assert_eq!((usage.rx_posted, usage.rx_target), (8, 8), "starts small");
         }
@@ -329,7 +333,11 @@ fn an_on_demand_pool_follows_the_traffic_and_gives_idle_buffers_back() {
             assert_eq!(d, &payload(i), "{backend:?}: datagram {i}");
         }
         if uring {
-            assert!(io.usage().rx_target > 8, "{backend:?}: grew: {:?}", io.usage());
+            assert!(
+                io.usage().rx_target > 8,
+                "{backend:?}: grew: {:?}",
+                io.usage()
+            );
         }
         let touched = io.usage().touched;
         assert!(touched > 0, "{backend:?}: {:?}", io.usage());
@@ -361,7 +369,12 @@ fn an_on_demand_pool_follows_the_traffic_and_gives_idle_buffers_back() {
             }
         }
         for (k, d) in again.iter().enumerate() {
-            assert_eq!(d, &payload(BURST + k), "{backend:?}: datagram {}", BURST + k);
+            assert_eq!(
+                d,
+                &payload(BURST + k),
+                "{backend:?}: datagram {}",
+                BURST + k
+            );
         }
         assert_eq!(again.len(), BURST, "{backend:?}");
     }

@@ -81,23 +81,13 @@ impl OffloadCounters {
     }
 }
 
-/// How long the loop polls for completions before it sleeps, after a turn with traffic: a
-/// reply or the next segment caught here costs no wake-up, which on loaded cores is what
-/// round trips lost (docs/performance.md, "Latency under load").
-/// `CONNECTOPUS_BUSY_POLL_US` overrides it.
-const BUSY_POLL: Duration = Duration::from_micros(50);
-
 /// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
 /// super-packets and UDP GRO batches can arrive; the small populated default otherwise.
 pub(super) fn io_config(offload: bool) -> uring_io::Config {
     if !offload {
-        return uring_io::Config {
-            busy_poll: BUSY_POLL,
-            ..uring_io::Config::default()
-        };
+        return uring_io::Config::default();
     }
     uring_io::Config {
-        busy_poll: BUSY_POLL,
         buffers: 256,
         // A 64 KiB TUN super-packet with its virtio-net header, or a 64 KiB GRO batch with the
         // io_uring receive header in front of it.
