@@ -4,7 +4,8 @@
 //! inetd-style echo service on bar with its connection limit and its stderr in bar's log;
 //! `status` listing both; namespaces and services added and removed by a live configuration
 //! change; and a change that restarts foo's mesh instance (a re-exec of the confined node),
-//! after which its namespace is made again and reachable.
+//! after which its namespace is made again and reachable. Then `setup-tunnel` (IPv6 and IPv4)
+//! and a node running unprivileged on the devices it made.
 
 #![allow(clippy::unwrap_used)]
 
@@ -650,12 +651,19 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
         require_tools(&["setpriv", "ping"]);
         let topo = Topology::line(dir, &["foo", "bar"])?;
         // A namespace too: without root, the node makes it in a user namespace of its own.
-        let foo_extra = format!("    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n");
+        // With subnet4 both nodes have an IPv4 address: setup-tunnel puts foo's on its device.
+        let foo4 = Ipv4Addr::new(198, 19, 0, 1);
+        let bar4 = Ipv4Addr::new(198, 19, 0, 2);
+        let foo_extra = format!(
+            "    address4: {foo4}\n    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n"
+        );
+        let bar_extra = format!("    address4: {bar4}\n");
         let mut mesh = Mesh::configure_with(
             &topo,
             &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
-            &[("foo", &foo_extra)],
+            &[("foo", &foo_extra), ("bar", &bar_extra)],
         )?;
+        enable_ipv4(&mesh)?;
         let ns = topo.ns("foo");
         // The unprivileged user needs its own copy of the binary (the build tree may be private),
         // and a directory for the node's files.
@@ -685,6 +693,11 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
             "setup-tunnel --check: {}",
             text(&check)
         );
+        // The persistent device holds the IPv4 address, and subnet4 is routed through it.
+        let addr4 = ns.ip(&["-4", "addr", "show", "dev", "cx-foo"])?;
+        ensure!(addr4.contains(&format!("{foo4}/16")), "{addr4}");
+        let route4 = ns.ip(&["-4", "route", "show", SUBNET4])?;
+        ensure!(route4.contains("dev cx-foo"), "{route4}");
 
         let config = home.join("foo.yml").display().to_string();
         let socket = home.join("foo.sock").display().to_string();
@@ -787,7 +800,22 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
             )
         })?;
 
-        // The check fails once the device lost its address.
+        // IPv4 crosses to the unprivileged node too.
+        wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+            topo.ns("bar")
+                .exec("ping", &["-4", "-n", "-c", "1", "-W", "2", &foo4.to_string()])
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("bar should ping foo's IPv4 address")?;
+
+        // The check fails once the device lost its IPv4 address, and then its address.
+        ns.ip(&["-4", "addr", "del", &format!("{foo4}/16"), "dev", "cx-foo"])?;
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            !check.status.success() && text(&check).contains(&format!("IPv4 address {foo4}/16 missing")),
+            "setup-tunnel --check should fail without the IPv4 address: {}",
+            text(&check)
+        );
         ns.ip(&["addr", "del", &format!("{foo_addr}/64"), "dev", "cx-foo"])?;
         let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
         ensure!(
