@@ -306,11 +306,13 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
                 .any(|r| r.rtype == "PTR" && r.data == format!("{name}.")),
             "PTR of {SANDBOX4}: {ptr:?}"
         );
-        let out = topo.ns("baz").exec_ok(
-            "curl",
-            &["-4", "-sS", "--max-time", "5", by_name.as_str()],
-        )?;
-        ensure!(out == "hello from the sandbox\n", "curl -4 {by_name}: {out}");
+        let out = topo
+            .ns("baz")
+            .exec_ok("curl", &["-4", "-sS", "--max-time", "5", by_name.as_str()])?;
+        ensure!(
+            out == "hello from the sandbox\n",
+            "curl -4 {by_name}: {out}"
+        );
         let foo_log = mesh.process("foo").context("foo")?.stderr();
         ensure!(
             foo_log.contains("service=web") && foo_log.contains("GET /hello.txt"),
@@ -803,7 +805,10 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
         // IPv4 crosses to the unprivileged node too.
         wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
             topo.ns("bar")
-                .exec("ping", &["-4", "-n", "-c", "1", "-W", "2", &foo4.to_string()])
+                .exec(
+                    "ping",
+                    &["-4", "-n", "-c", "1", "-W", "2", &foo4.to_string()],
+                )
                 .is_ok_and(|o| o.status.success())
         })
         .context("bar should ping foo's IPv4 address")?;
@@ -812,7 +817,8 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
         ns.ip(&["-4", "addr", "del", &format!("{foo4}/16"), "dev", "cx-foo"])?;
         let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
         ensure!(
-            !check.status.success() && text(&check).contains(&format!("IPv4 address {foo4}/16 missing")),
+            !check.status.success()
+                && text(&check).contains(&format!("IPv4 address {foo4}/16 missing")),
             "setup-tunnel --check should fail without the IPv4 address: {}",
             text(&check)
         );

@@ -55,26 +55,28 @@ fn socket_file_moves_the_control_socket_and_no_socket_turns_it_off() {
         let bar_path = mesh.socket("bar");
 
         let mut last = String::new();
-        wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
-            match status(&moved) {
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || match status(&moved) {
                 Ok(out) => {
                     last = text(&out);
                     out.status.success()
-                        && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(
-                            |s| {
-                                s["name"] == "foo"
-                                    && s["links"].as_array().into_iter().flatten().any(|l| {
-                                        l["peer_name"] == "bar" && l["state"] == "established"
-                                    })
-                            },
-                        )
+                        && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
+                            s["name"] == "foo"
+                                && s["links"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|l| l["peer_name"] == "bar" && l["state"] == "established")
+                        })
                 }
                 Err(e) => {
                     last = format!("{e:#}");
                     false
                 }
-            }
-        })
+            },
+        )
         .with_context(|| {
             format!(
                 "foo should answer at {} with a link to bar: {last}\n{}",
@@ -86,7 +88,11 @@ fn socket_file_moves_the_control_socket_and_no_socket_turns_it_off() {
         // bar runs (foo's link to it is up) but serves no socket, and a client says why.
         let meta = std::fs::symlink_metadata(&bar_path)
             .with_context(|| format!("no marker at {}", bar_path.display()))?;
-        ensure!(meta.is_file(), "{} should be a plain file", bar_path.display());
+        ensure!(
+            meta.is_file(),
+            "{} should be a plain file",
+            bar_path.display()
+        );
         let out = status(&bar_path)?;
         ensure!(
             !out.status.success()

@@ -411,13 +411,17 @@ fn ipv4_rules() {
         ),
         // A namespace's address4: outside subnet4, without subnet4, the same as a tun_dev's.
         (
-            format!("{head4}    namespaces:\n      sandbox: {{address: fd00::1:3, address4: 10.1.2.3}}\n"),
+            format!(
+                "{head4}    namespaces:\n      sandbox: {{address: fd00::1:3, address4: 10.1.2.3}}\n"
+            ),
             "address4 10.1.2.3 is outside global.subnet4 198.18.0.0/15",
             10,
             47,
         ),
         (
-            format!("{HEAD}    namespaces:\n      sandbox:\n        address: fd00::1:3\n        address4: 198.18.0.3\n"),
+            format!(
+                "{HEAD}    namespaces:\n      sandbox:\n        address: fd00::1:3\n        address4: 198.18.0.3\n"
+            ),
             "address4 198.18.0.3 needs global.subnet4",
             11,
             19,

@@ -547,10 +547,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     // `--control-socket` wins over `cpctl.socket_file` (relative: under /run/connectopus).
     let cpctl = mesh.node(&id).map(|n| n.cpctl.clone()).unwrap_or_default();
     let control_socket = control_socket.unwrap_or_else(|| {
-        cpctl.socket_path(
-            &discovery::socket_dir(),
-            control::default_socket_path(&id),
-        )
+        cpctl.socket_path(&discovery::socket_dir(), control::default_socket_path(&id))
     });
     daemon::run(daemon::NodeOptions {
         config: mesh,

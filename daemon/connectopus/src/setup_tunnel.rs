@@ -299,7 +299,11 @@ fn has_route4(dev: &str, subnet: &connectopus_config::Ipv4Net) -> bool {
 fn route4_listed(table: &str, dev: &str, subnet: &connectopus_config::Ipv4Net) -> bool {
     let word = |bits: u32| format!("{:08X}", u32::from_be(bits));
     let destination = word(u32::from(subnet.network()));
-    let mask = word(u32::MAX.checked_shl(32 - u32::from(subnet.prefix_len())).unwrap_or(0));
+    let mask = word(
+        u32::MAX
+            .checked_shl(32 - u32::from(subnet.prefix_len()))
+            .unwrap_or(0),
+    );
     table.lines().skip(1).any(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         f.len() >= 8 && f[0] == dev && f[1] == destination && f[7] == mask

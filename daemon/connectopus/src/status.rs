@@ -466,7 +466,10 @@ mod tests {
     fn shows_namespaces_with_their_services_and_the_inetd_services() {
         let mut r = report();
         let text = render(&r, false);
-        assert!(!text.contains("namespaces:") && !text.contains("services:"), "{text}");
+        assert!(
+            !text.contains("namespaces:") && !text.contains("services:"),
+            "{text}"
+        );
         r.namespaces = vec![crate::control::NamespaceReport {
             name: "sandbox".into(),
             address: "fd00::1:3".into(),

@@ -298,7 +298,10 @@ impl Client {
             .split_once(':')
             .and_then(|(f, p)| Some((f.parse::<RawFd>().ok()?, p.parse::<libc::pid_t>().ok()?)))
             .with_context(|| format!("{HANDOVER_ENV}={value:?} is not <fd>:<pid>"))?;
-        anyhow::ensure!(fd > 2 && pid > 1, "{HANDOVER_ENV}={value:?} is out of range");
+        anyhow::ensure!(
+            fd > 2 && pid > 1,
+            "{HANDOVER_ENV}={value:?} is out of range"
+        );
         anyhow::ensure!(
             sys::is_seqpacket_socket(fd),
             "descriptor {fd} is not a unix seqpacket socket"
@@ -512,7 +515,8 @@ impl StderrPipe {
                 return false;
             }
         };
-        self.pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.pending
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
         self.flush(false);
         true
     }

@@ -209,8 +209,7 @@ impl Daemon {
                     ns.services.insert(service, (pid, restarts));
                 }
             }
-            FromHelper::SpawnFailed { .. } | FromHelper::Exited { .. } | FromHelper::ResetDone => {
-            }
+            FromHelper::SpawnFailed { .. } | FromHelper::Exited { .. } | FromHelper::ResetDone => {}
         }
     }
 

@@ -526,9 +526,7 @@ fn spawn_signal_thread(
 /// Replaces this process with a fresh run of the same command line: how a node restarts its
 /// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
 /// it. The new configuration was persisted first, so the new process loads it.
-fn restart_process(
-    helper: Option<(Arc<crate::attach::helper::Client>, String)>,
-) -> Result<()> {
+fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the node binary")?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
