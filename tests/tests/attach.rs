@@ -27,6 +27,7 @@ const BOX2: &str = "fd00:cafe::1:4";
 const SUBNET4: &str = "198.19.0.0/16";
 const SANDBOX4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 3);
 const BAZ4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+const FOO4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 
 /// The /etc/netns/<ns>/resolv.conf that `ip netns exec` binds over /etc/resolv.conf, removed
 /// on drop.
@@ -206,7 +207,7 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         // A megabyte, for a transfer between foo's host and its namespace.
         std::fs::write(site.join("big.bin"), vec![7u8; 1 << 20])?;
         let foo_extra = format!(
-            "    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        address4: {SANDBOX4}\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
+            "    address4: {FOO4}\n    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        address4: {SANDBOX4}\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
             python.display(),
             site.display()
         );
@@ -312,6 +313,16 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         ensure!(
             out == "hello from the sandbox\n",
             "curl -4 {by_name}: {out}"
+        );
+        // foo's own host reaches the sandbox over IPv4 through foo alone (from one of its TUN
+        // devices to the other, never through the mesh).
+        let url4 = format!("http://{SANDBOX4}:8080/hello.txt");
+        let out = topo
+            .ns("foo")
+            .exec_ok("curl", &["-sS", "--max-time", "5", url4.as_str()])?;
+        ensure!(
+            out == "hello from the sandbox\n",
+            "curl {url4} from foo: {out}"
         );
         let foo_log = mesh.process("foo").context("foo")?.stderr();
         ensure!(
