@@ -363,7 +363,12 @@ impl Client {
     /// The interface went down or came back up. Back up while holding a lease, the client
     /// Rebinds (§18.2.12: it may have moved to another link).
     pub fn handle_link(&mut self, now: Time, up: bool) {
-        if up && matches!(self.state, State::Bound | State::Renewing | State::Rebinding) {
+        if up
+            && matches!(
+                self.state,
+                State::Bound | State::Renewing | State::Rebinding
+            )
+        {
             self.rebind(now);
         }
     }
@@ -538,8 +543,7 @@ impl Client {
             .iter()
             .flat_map(|l| l.delegations.iter().map(|d| d.prefix))
             .filter(|p| {
-                withdrawn.contains(p)
-                    || !ok.iter().any(|q| Prefix::new(q.prefix, q.len) == *p)
+                withdrawn.contains(p) || !ok.iter().any(|q| Prefix::new(q.prefix, q.len) == *p)
             })
             .collect();
         if !lost.is_empty() {

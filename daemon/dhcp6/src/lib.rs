@@ -21,11 +21,11 @@
 //! seeded RNG); see `docs/dynamic-mesh.md` §2.3. The DUID ([`Duid`]) is made once by the
 //! driver and saved as bytes. Received bytes go through a total parser ([`codec`]).
 
-pub mod codec;
 mod client;
+pub mod codec;
 mod duid;
 pub mod retransmit;
 
 pub use client::{Client, ClientConfig, Delegation, Lease, PdEvent, Prefix, State};
-pub use duid::{Duid, DuidError, iaid_for_interface};
 pub use connectopus_core::Time;
+pub use duid::{Duid, DuidError, iaid_for_interface};

@@ -127,7 +127,9 @@ impl Exchange {
         let first = *self.first_sent.get_or_insert(now);
         self.rt = if self.sent == 0 {
             // RT = IRT + RAND*IRT
-            self.params.irt.mul_f64(1.0 + rand(rng, self.params.solicit))
+            self.params
+                .irt
+                .mul_f64(1.0 + rand(rng, self.params.solicit))
         } else {
             // RT = 2*RTprev + RAND*RTprev, and MRT + RAND*MRT past MRT
             let rt = self.rt.mul_f64(2.0 + rand(rng, false));

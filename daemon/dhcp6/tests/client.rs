@@ -284,7 +284,7 @@ fn preference_255_is_requested_at_once_and_the_best_of_two_wins() {
     }
     let sent = run(&mut c, solicit.at + secs(1.2));
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].server_id(), Some(high.id.clone()));
+    assert_eq!(sent[0].server_id(), Some(high.id));
     assert_eq!(sent[0].ia_prefixes(), vec![(p("fd00:beef:200::"), 56)]);
 }
 
@@ -293,7 +293,13 @@ fn zero_t1_t2_become_half_and_four_fifths_of_the_preferred_lifetime() {
     let mut c = Client::new(config(), Time::ZERO, 3);
     let s = server(1);
     let solicit = run(&mut c, at(1.0)).remove(0);
-    let ia0 = || ia(0, 0, vec![prefix_opt("fd42:beef:100:ff00::", 56, 3000, 4000)]);
+    let ia0 = || {
+        ia(
+            0,
+            0,
+            vec![prefix_opt("fd42:beef:100:ff00::", 56, 3000, 4000)],
+        )
+    };
     let mut sp = server(1);
     sp.preference = Some(255);
     c.handle_datagram(
@@ -317,7 +323,7 @@ fn renew_at_t1_rebind_at_t2_then_expiry() {
     assert!(!sent.is_empty());
     assert!(sent.iter().all(|m| m.kind() == MessageType::Renew));
     assert_eq!(sent[0].at, bound + secs(10.0), "Renew at T1");
-    assert_eq!(sent[0].server_id(), Some(s.id.clone()), "Renew names the server");
+    assert_eq!(sent[0].server_id(), Some(s.id), "Renew names the server");
     assert_eq!(sent[0].ia_prefixes(), vec![(p("2001:db8:100::"), 56)]);
     // REN_TIMEOUT 10 s ± 10 %: the second Renew at 19..20 s (MRD = T2 caps it).
     if let Some(second) = sent.get(1) {
@@ -334,7 +340,11 @@ fn renew_at_t1_rebind_at_t2_then_expiry() {
         .collect();
     assert_eq!(rebinds[0].at, bound + secs(20.0), "Rebind at T2");
     assert_eq!(rebinds[0].server_id(), None, "Rebind names no server");
-    assert_eq!(rebinds[0].elapsed(), 0, "a new exchange restarts elapsed time");
+    assert_eq!(
+        rebinds[0].elapsed(),
+        0,
+        "a new exchange restarts elapsed time"
+    );
     assert_eq!(c.state(), State::Rebinding);
     assert!(events(&mut c).is_empty());
 
@@ -386,7 +396,10 @@ fn renew_reply_extends_and_rebind_reply_rebinds() {
     let [PdEvent::Rebound(lease)] = ev.as_slice() else {
         panic!("{ev:?}")
     };
-    assert_eq!(lease.server_id, other.id, "the next Renew goes to the new server");
+    assert_eq!(
+        lease.server_id, other.id,
+        "the next Renew goes to the new server"
+    );
 }
 
 #[test]
@@ -439,7 +452,7 @@ fn no_binding_on_renew_sends_request() {
     assert_eq!(c.state(), State::Requesting);
     let req = decode(renew.at, &c.poll_transmit().unwrap());
     assert_eq!(req.kind(), MessageType::Request);
-    assert_eq!(req.server_id(), Some(s.id.clone()));
+    assert_eq!(req.server_id(), Some(s.id));
     assert_eq!(req.ia_prefixes(), vec![(p("2001:db8:100::"), 56)]);
 }
 
@@ -566,7 +579,8 @@ fn hostile_replies_are_ignored() {
     // Not our client id, or no server id.
     let mut m = Message::new(MessageType::Advertise);
     m.set_xid_num(solicit.xid());
-    m.opts_mut().insert(DhcpOption::ClientId(vec![0, 3, 0, 1, 9]));
+    m.opts_mut()
+        .insert(DhcpOption::ClientId(vec![0, 3, 0, 1, 9]));
     m.opts_mut().insert(DhcpOption::ServerId(s.id.clone()));
     m.opts_mut().insert(good_ia.clone());
     let mut buf = Vec::new();
@@ -584,7 +598,7 @@ fn hostile_replies_are_ignored() {
 
     // Huge option lengths: an option claiming 65535 bytes, and an IA_PD whose IA Prefix
     // runs past the IA_PD.
-    let good = s.answer(MessageType::Advertise, &solicit, vec![good_ia.clone()]);
+    let good = s.answer(MessageType::Advertise, &solicit, vec![good_ia]);
     let mut huge = good.clone();
     huge[6] = 0xff;
     huge[7] = 0xff;
@@ -630,7 +644,11 @@ fn solicit_retransmissions_follow_rfc8415_section_15() {
         prev_rt = Some(rt);
     }
     assert!(sent.len() >= 12, "{}", sent.len());
-    assert_eq!(sent.last().unwrap().elapsed(), 0xffff, "elapsed time saturates");
+    assert_eq!(
+        sent.last().unwrap().elapsed(),
+        0xffff,
+        "elapsed time saturates"
+    );
 }
 
 #[test]

@@ -52,8 +52,22 @@ fn check(bytes: &[u8], kind: u8, duid: &[u8], prefix: &str, timers: (u32, u32), 
 
 #[test]
 fn kea_advertise_and_reply() {
-    check(KEA_ADVERTISE, msg::ADVERTISE, KEA_DUID, "2001:db8:100::", (2, 4), (6, 8));
-    check(KEA_REPLY, msg::REPLY, KEA_DUID, "2001:db8:100::", (2, 4), (6, 8));
+    check(
+        KEA_ADVERTISE,
+        msg::ADVERTISE,
+        KEA_DUID,
+        "2001:db8:100::",
+        (2, 4),
+        (6, 8),
+    );
+    check(
+        KEA_REPLY,
+        msg::REPLY,
+        KEA_DUID,
+        "2001:db8:100::",
+        (2, 4),
+        (6, 8),
+    );
 }
 
 #[test]
@@ -70,6 +84,20 @@ fn kea_reply_to_release_carries_a_status() {
 
 #[test]
 fn dhcpd_advertise_and_reply_with_zero_timers() {
-    check(DHCPD_ADVERTISE, msg::ADVERTISE, DHCPD_DUID, "fd42:beef:100::", (0, 0), (6, 8));
-    check(DHCPD_REPLY, msg::REPLY, DHCPD_DUID, "fd42:beef:100::", (0, 0), (6, 8));
+    check(
+        DHCPD_ADVERTISE,
+        msg::ADVERTISE,
+        DHCPD_DUID,
+        "fd42:beef:100::",
+        (0, 0),
+        (6, 8),
+    );
+    check(
+        DHCPD_REPLY,
+        msg::REPLY,
+        DHCPD_DUID,
+        "fd42:beef:100::",
+        (0, 0),
+        (6, 8),
+    );
 }

@@ -71,7 +71,10 @@ fn check(c: &Client) {
     }
 }
 
-fn drive(seed: u64, steps: Vec<(u8, u32, u32, u32, u32, u8, Vec<u8>, u16)>) {
+/// One step: (kind, T1, T2, preferred, valid, prefix length, junk bytes, wait in ms).
+type Step = (u8, u32, u32, u32, u32, u8, Vec<u8>, u16);
+
+fn drive(seed: u64, steps: Vec<Step>) {
     let mut c = Client::new(config(), Time::ZERO, seed);
     let mut now = Time::ZERO;
     let mut last_sent: Vec<u8> = vec![1, 0, 0, 0];
@@ -91,9 +94,17 @@ fn drive(seed: u64, steps: Vec<(u8, u32, u32, u32, u32, u8, Vec<u8>, u16)>) {
         let datagram = match kind % 4 {
             0 => junk.clone(),
             1 => targeted(msg_type, xid, &junk),
-            2 => targeted(msg_type, xid, &ia_pd(t1, t2, &ia_prefix(pref, valid, len, &junk))),
+            2 => targeted(
+                msg_type,
+                xid,
+                &ia_pd(t1, t2, &ia_prefix(pref, valid, len, &junk)),
+            ),
             _ => {
-                let mut m = targeted(msg_type, xid, &ia_pd(t1, t2, &ia_prefix(pref, valid, len, &[])));
+                let mut m = targeted(
+                    msg_type,
+                    xid,
+                    &ia_pd(t1, t2, &ia_prefix(pref, valid, len, &[])),
+                );
                 // Flip or cut bytes of an otherwise plausible message.
                 if let Some((&i, rest)) = junk.split_first() {
                     let at = usize::from(i) % m.len();

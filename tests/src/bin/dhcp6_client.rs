@@ -110,14 +110,18 @@ fn message_name(t: u8) -> &'static str {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(interface), Some(duid_path)) = (args.first(), args.get(1)) else {
-        bail!("usage: dhcp6_client <interface> <duid file> [--length N] [--seed N] [--capture DIR]");
+        bail!(
+            "usage: dhcp6_client <interface> <duid file> [--length N] [--seed N] [--capture DIR]"
+        );
     };
     let mut length = Some(56u8);
     let mut seed = u64::from(std::process::id());
     let mut capture: Option<PathBuf> = None;
     let mut rest = args[2..].iter();
     while let Some(flag) = rest.next() {
-        let value = rest.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = rest
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--length" => length = Some(value.parse().context("--length")?),
             "--seed" => seed = value.parse().context("--seed")?,
@@ -146,7 +150,10 @@ fn run() -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!("SO_BINDTODEVICE {interface}: {}", std::io::Error::last_os_error());
+        bail!(
+            "SO_BINDTODEVICE {interface}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let server = SocketAddrV6::new(ALL_SERVERS, 547, 0, ifindex);
 

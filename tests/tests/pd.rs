@@ -1,0 +1,259 @@
+//! The DHCPv6 prefix-delegation client (`connectopus-dhcp6`, driven by the `dhcp6_client`
+//! binary over a real UDP socket on port 546) against real servers in a router namespace:
+//! Kea 2.2 (`kea-dhcp6`) and ISC `dhcpd -6`. docs/dynamic-mesh.md §2.6.
+//!
+//! Kea's PD pool holds exactly one /56, so a second client getting it proves that a Release
+//! freed it. Timers are short (T1 2 s, T2 4 s, preferred 6 s, valid 8 s) so Renew, Rebind
+//! and expiry happen within seconds.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    ChildGuard, NetNs, StdinMode, TestDir, Veth, require_root, require_tools, run_test, wait_until,
+    workspace_binary,
+};
+
+const POOL: &str = "2001:db8:100::/56";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A router namespace with a bridge, and client namespaces joined to the bridge by veths, so
+/// several clients share one link to the server.
+struct Lan {
+    rtr: NetNs,
+    clients: Vec<(NetNs, String)>,
+    _veths: Vec<Veth>,
+}
+
+fn lan(dir: &TestDir, clients: usize) -> Result<Lan> {
+    let rtr = NetNs::new(dir, "rtr")?;
+    // No DAD on the bridge: the server must not start while its link-local is tentative.
+    rtr.sysctls(&[
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+    ])?;
+    rtr.ip(&["link", "add", "br0", "type", "bridge"])?;
+    let mut veths = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..clients {
+        let ns = NetNs::new(dir, &format!("client{i}"))?;
+        let prefix = format!("2001:db8:{}::", 10 + i).parse()?;
+        let veth = Veth::new(&rtr, &ns, prefix, None)?;
+        rtr.ip(&["link", "set", &veth.a.ifname, "master", "br0"])?;
+        names.push((ns, veth.b.ifname.clone()));
+        veths.push(veth);
+    }
+    rtr.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "br0",
+        "nodad",
+    ])?;
+    rtr.ip(&["link", "set", "br0", "up"])?;
+    Ok(Lan {
+        rtr,
+        clients: names,
+        _veths: veths,
+    })
+}
+
+fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
+    let run = dir.join("kea-run");
+    std::fs::create_dir_all(&run)?;
+    let config = format!(
+        r#"{{"Dhcp6": {{
+  "interfaces-config": {{"interfaces": ["br0"]}},
+  "lease-database": {{"type": "memfile", "persist": true, "name": "{leases}", "lfc-interval": 0}},
+  "server-id": {{"type": "LLT", "persist": false}},
+  "preferred-lifetime": 6, "valid-lifetime": 8, "renew-timer": 2, "rebind-timer": 4,
+  "subnet6": [{{"id": 1, "subnet": "2001:db8:1::/64", "interface": "br0",
+               "pd-pools": [{{"prefix": "2001:db8:100::", "prefix-len": 56, "delegated-len": 56}}]}}],
+  "loggers": [{{"name": "kea-dhcp6", "output_options": [{{"output": "{log}"}}], "severity": "INFO"}}]}}}}"#,
+        leases = dir.join("kea-leases6.csv").display(),
+        log = dir.join("kea.log").display(),
+    );
+    let path = dir.join("kea6.json");
+    std::fs::write(&path, config)?;
+    let mut cmd = rtr.command("kea-dhcp6", &[std::ffi::OsStr::new("-c"), path.as_os_str()])?;
+    cmd.env("KEA_PIDFILE_DIR", &run)
+        .env("KEA_LOCKFILE_DIR", &run);
+    rtr.spawn_with(cmd, "kea-dhcp6", StdinMode::Null)
+}
+
+fn start_client(ns: &NetNs, ifname: &str, duid_file: &str) -> Result<ChildGuard> {
+    let bin = workspace_binary("dhcp6_client")?;
+    let duid = ns.dir().join(duid_file);
+    let cmd = ns.command(
+        bin.to_str().context("binary path")?,
+        &[ifname, duid.to_str().context("duid path")?],
+    )?;
+    ns.spawn_with(cmd, "dhcp6_client", StdinMode::Piped)
+}
+
+/// The DUID a client saved, as Kea writes it in its lease file (`00:01:…`).
+fn duid_text(dir: &TestDir, file: &str) -> Result<String> {
+    let bytes = std::fs::read(dir.join(file))?;
+    Ok(bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// Kea's memfile lines for the pool's prefix and `duid`: (valid lifetime, expire) each.
+fn kea_lease_lines(dir: &TestDir, duid: &str) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(dir.join("kea-leases6.csv")).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("2001:db8:100::,") && l.contains(duid))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn lines_after<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| !l.starts_with(marker))
+        .collect()
+}
+
+#[test]
+fn kea_delegates_renews_releases_and_expires() {
+    require_root!();
+    require_tools(&["ip", "kea-dhcp6"]);
+    run_test("kea_delegates_renews_releases_and_expires", |dir| {
+        let lan = lan(dir, 2)?;
+        let kea = start_kea(&lan.rtr, dir)?;
+        let (ns_a, if_a) = &lan.clients[0];
+        let (ns_b, if_b) = &lan.clients[1];
+
+        // Solicit, Advertise, Request, Reply: the pool's only /56.
+        let mut a = start_client(ns_a, if_a, "a.duid")?;
+        let bound = a.wait_for_output("bound ", WAIT)?;
+        ensure!(
+            bound.starts_with(&format!("bound {POOL} preferred=6 valid=8 t1=2 t2=4 ")),
+            "{bound}"
+        );
+        let duid_a = duid_text(dir, "a.duid")?;
+        wait_until(WAIT, Duration::from_millis(50), || {
+            !kea_lease_lines(dir, &duid_a).is_empty()
+        })
+        .context("Kea's lease file names our DUID and the prefix")?;
+
+        // Renew at T1 extends it: Kea writes the lease again with a later expiry.
+        let renewed = a.wait_for_output("renewed ", WAIT)?;
+        ensure!(
+            renewed.starts_with(&format!("renewed {POOL} ")),
+            "{renewed}"
+        );
+        wait_until(WAIT, Duration::from_millis(50), || {
+            let lines = kea_lease_lines(dir, &duid_a);
+            lines.len() >= 2 && lines.windows(2).any(|w| w[1].1 > w[0].1)
+        })
+        .context("Kea extended the lease")?;
+
+        // A second client is refused while A holds the only prefix.
+        let b = start_client(ns_b, if_b, "b.duid")?;
+        b.wait_for_output("advertise: no prefix available", WAIT)?;
+        ensure!(!b.stdout().contains("bound "), "{}", b.stdout());
+        b.terminate()?;
+
+        // A releases: Kea's last line for it has valid lifetime 0, and B now gets the prefix.
+        a.write_stdin(b"release\n")?;
+        a.wait_for_output("released", WAIT)?;
+        ensure!(a.stdout().contains("sent release"), "{}", a.log_tails());
+        wait_until(WAIT, Duration::from_millis(50), || {
+            kea_lease_lines(dir, &duid_a)
+                .last()
+                .is_some_and(|l| l.0 == 0)
+        })
+        .context("Kea freed A's lease")?;
+        a.write_stdin(b"quit\n")?;
+        a.wait_timeout(WAIT)?;
+
+        let b = start_client(ns_b, if_b, "b.duid")?;
+        let bound_b = b.wait_for_output("bound ", WAIT)?;
+        ensure!(bound_b.starts_with(&format!("bound {POOL} ")), "{bound_b}");
+        let duid_b = duid_text(dir, "b.duid")?;
+        ensure!(duid_b != duid_a, "two clients, two DUIDs");
+        ensure!(!kea_lease_lines(dir, &duid_b).is_empty());
+
+        // The server goes away: Renew gets no answer, Rebind at T2, expiry at the valid
+        // lifetime, then Solicit again.
+        kea.terminate()?;
+        let gone_at = b.stdout().lines().count();
+        let expired = b.wait_for_output("expired ", WAIT)?;
+        ensure!(expired == format!("expired {POOL}"), "{expired}");
+        let out = b.stdout();
+        let after: Vec<&str> = out.lines().skip(gone_at).collect();
+        let pos = |what: &str| after.iter().position(|l| *l == what);
+        let rebind = pos("sent rebind").context(format!("no Rebind: {after:?}"))?;
+        let expiry = pos(&expired).context("expired line")?;
+        ensure!(rebind < expiry, "Rebind before expiry: {after:?}");
+        ensure!(
+            lines_after(&out, &expired).contains(&"state soliciting"),
+            "{out}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn isc_dhcpd_delegates_with_zero_timers_and_releases() {
+    require_root!();
+    require_tools(&["ip", "dhcpd"]);
+    run_test("isc_dhcpd_delegates_with_zero_timers_and_releases", |dir| {
+        let lan = lan(dir, 1)?;
+        let conf = dir.join("dhcpd6.conf");
+        // dhcpd sends T1 = T2 = 0: the client takes 0.5 and 0.8 of the preferred lifetime.
+        std::fs::write(
+            &conf,
+            "default-lease-time 8;\npreferred-lifetime 6;\nmax-lease-time 8;\n\
+             subnet6 2001:db8:1::/64 { prefix6 fd42:beef:100:: fd42:beef:100:: /56; }\n",
+        )?;
+        let leases = dir.join("dhcpd6.leases");
+        std::fs::write(&leases, "")?;
+        let pid = dir.join("dhcpd6.pid");
+        let args = [
+            "-6",
+            "-f",
+            "-d",
+            "-cf",
+            conf.to_str().context("path")?,
+            "-lf",
+            leases.to_str().context("path")?,
+            "-pf",
+            pid.to_str().context("path")?,
+            "br0",
+        ];
+        let _dhcpd = lan.rtr.spawn("dhcpd", &args)?;
+        let (ns, ifname) = &lan.clients[0];
+        let mut c = start_client(ns, ifname, "c.duid")?;
+        let bound = c.wait_for_output("bound ", WAIT)?;
+        ensure!(
+            bound.starts_with("bound fd42:beef:100::/56 preferred=6 valid=8 t1=3 t2=4 "),
+            "{bound}"
+        );
+        c.wait_for_output("renewed fd42:beef:100::/56", WAIT)?;
+        let text = || std::fs::read_to_string(&leases).unwrap_or_default();
+        ensure!(
+            text().contains("iaprefix fd42:beef:100::/56")
+                && text().contains("binding state active"),
+            "{}",
+            text()
+        );
+        c.write_stdin(b"release\n")?;
+        c.wait_for_output("released", WAIT)?;
+        wait_until(WAIT, Duration::from_millis(50), || {
+            text().contains("binding state released")
+        })
+        .with_context(|| format!("dhcpd did not record the release:\n{}", text()))?;
+        Ok(())
+    });
+}
