@@ -564,7 +564,14 @@ impl Client {
                 valid_until: now + lifetime(p.valid),
             })
             .collect();
-        let shortest = ok.iter().map(|p| p.preferred).min().unwrap_or(INFINITY);
+        // The client's own T1/T2 go by the shortest preferred lifetime, or by the shortest
+        // valid one when a prefix is already deprecated (preferred 0): never 0, which would
+        // Renew again the moment each Reply arrives.
+        let shortest = ok
+            .iter()
+            .map(|p| if p.preferred == 0 { p.valid } else { p.preferred })
+            .min()
+            .unwrap_or(INFINITY);
         let (t1, t2) = timers(ia.t1, ia.t2, shortest);
         let lease = Lease {
             delegations,
@@ -730,8 +737,8 @@ impl Client {
     }
 }
 
-/// T1 and T2 as used: the server's, or 0.5 and 0.8 of the shortest preferred lifetime where
-/// it sent 0 (§21.21, and ISC dhcpd's default of 0); T1 never above T2.
+/// T1 and T2 as used: the server's, or 0.5 and 0.8 of the shortest lifetime where it sent 0
+/// (§21.21, and ISC dhcpd's default of 0); T1 never above T2.
 fn timers(t1: u32, t2: u32, shortest_preferred: u32) -> (Duration, Duration) {
     let pick = |t: u32, share: f64| {
         if t != 0 {

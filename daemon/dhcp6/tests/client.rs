@@ -313,6 +313,19 @@ fn zero_t1_t2_become_half_and_four_fifths_of_the_preferred_lifetime() {
     );
     let lease = c.lease().unwrap();
     assert_eq!((lease.t1, lease.t2), (secs(1500.0), secs(2400.0)));
+
+    // A deprecated prefix (preferred 0): the timers go by the valid lifetime, never 0.
+    let renew = run(&mut c, at(1600.0)).remove(0);
+    assert_eq!(renew.kind(), MessageType::Renew);
+    let deprecated = ia(0, 0, vec![prefix_opt("fd42:beef:100:ff00::", 56, 0, 100)]);
+    c.handle_datagram(
+        renew.at,
+        &s.answer(MessageType::Reply, &renew, vec![deprecated]),
+    );
+    let lease = c.lease().unwrap();
+    assert_eq!((lease.t1, lease.t2), (secs(50.0), secs(80.0)));
+    assert_eq!(c.state(), State::Bound);
+    assert!(c.poll_transmit().is_none(), "no Renew right after the Reply");
 }
 
 #[test]
