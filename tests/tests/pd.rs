@@ -3,7 +3,7 @@
 //! Kea 2.2 (`kea-dhcp6`) and ISC `dhcpd -6`. docs/dynamic-mesh.md §2.6.
 //!
 //! Kea's PD pool holds exactly one /56, so a second client getting it proves that a Release
-//! freed it. Timers are short (T1 2 s, T2 4 s, preferred 6 s, valid 8 s) so Renew, Rebind
+//! freed it. Timers are short (T1 2 s, T2 4 s, preferred 10 s, valid 14 s) so Renew, Rebind
 //! and expiry happen within seconds.
 
 #![allow(clippy::unwrap_used)]
@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use connectopus_dhcp6::PdState;
 use connectopus_tests::{
     ChildGuard, NetNs, StdinMode, TestDir, Veth, require_root, require_tools, run_test, wait_until,
     workspace_binary,
@@ -70,7 +71,7 @@ fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
   "interfaces-config": {{"interfaces": ["br0"]}},
   "lease-database": {{"type": "memfile", "persist": true, "name": "{leases}", "lfc-interval": 0}},
   "server-id": {{"type": "LLT", "persist": false}},
-  "preferred-lifetime": 6, "valid-lifetime": 8, "renew-timer": 2, "rebind-timer": 4,
+  "preferred-lifetime": 10, "valid-lifetime": 14, "renew-timer": 2, "rebind-timer": 4,
   "subnet6": [{{"id": 1, "subnet": "2001:db8:1::/64", "interface": "br0",
                "pd-pools": [{{"prefix": "2001:db8:100::", "prefix-len": 56, "delegated-len": 56}}]}}],
   "loggers": [{{"name": "kea-dhcp6", "output_options": [{{"output": "{log}"}}], "severity": "INFO"}}]}}}}"#,
@@ -85,24 +86,20 @@ fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
     rtr.spawn_with(cmd, "kea-dhcp6", StdinMode::Null)
 }
 
-fn start_client(ns: &NetNs, ifname: &str, duid_file: &str) -> Result<ChildGuard> {
+fn start_client(ns: &NetNs, ifname: &str, state_file: &str) -> Result<ChildGuard> {
     let bin = workspace_binary("dhcp6_client")?;
-    let duid = ns.dir().join(duid_file);
+    let state = ns.dir().join(state_file);
     let cmd = ns.command(
         bin.to_str().context("binary path")?,
-        &[ifname, duid.to_str().context("duid path")?],
+        &[ifname, state.to_str().context("state path")?],
     )?;
     ns.spawn_with(cmd, "dhcp6_client", StdinMode::Piped)
 }
 
-/// The DUID a client saved, as Kea writes it in its lease file (`00:01:…`).
+/// The DUID a client saved in its state file, as Kea writes it in its lease file (`00:01:…`).
 fn duid_text(dir: &TestDir, file: &str) -> Result<String> {
-    let bytes = std::fs::read(dir.join(file))?;
-    Ok(bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
+    let state = PdState::decode(&std::fs::read(dir.join(file))?)?;
+    Ok(state.duid.to_string())
 }
 
 /// Kea's memfile lines for the pool's prefix and `duid`: (valid lifetime, expire) each.
@@ -124,23 +121,23 @@ fn lines_after<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn kea_delegates_renews_releases_and_expires() {
+fn kea_delegates_renews_resumes_releases_and_expires() {
     require_root!();
     require_tools(&["ip", "kea-dhcp6"]);
-    run_test("kea_delegates_renews_releases_and_expires", |dir| {
+    run_test("kea_delegates_renews_resumes_releases_and_expires", |dir| {
         let lan = lan(dir, 2)?;
         let kea = start_kea(&lan.rtr, dir)?;
         let (ns_a, if_a) = &lan.clients[0];
         let (ns_b, if_b) = &lan.clients[1];
 
         // Solicit, Advertise, Request, Reply: the pool's only /56.
-        let mut a = start_client(ns_a, if_a, "a.duid")?;
+        let mut a = start_client(ns_a, if_a, "a.state")?;
         let bound = a.wait_for_output("bound ", WAIT)?;
         ensure!(
-            bound.starts_with(&format!("bound {POOL} preferred=6 valid=8 t1=2 t2=4 ")),
+            bound.starts_with(&format!("bound {POOL} preferred=10 valid=14 t1=2 t2=4 ")),
             "{bound}"
         );
-        let duid_a = duid_text(dir, "a.duid")?;
+        let duid_a = duid_text(dir, "a.state")?;
         wait_until(WAIT, Duration::from_millis(50), || {
             !kea_lease_lines(dir, &duid_a).is_empty()
         })
@@ -158,8 +155,27 @@ fn kea_delegates_renews_releases_and_expires() {
         })
         .context("Kea extended the lease")?;
 
+        // A restarts (no Release): the same DUID Rebinds the saved, still-valid prefix.
+        a.write_stdin(b"quit\n")?;
+        a.wait_timeout(WAIT)?;
+        let lines_before = kea_lease_lines(dir, &duid_a).len();
+        let mut a = start_client(ns_a, if_a, "a.state")?;
+        let resumed = a.wait_for_output("resumed ", WAIT)?;
+        ensure!(resumed == format!("resumed {POOL}"), "{resumed}");
+        let rebound = a.wait_for_output("rebound ", WAIT)?;
+        ensure!(
+            rebound.starts_with(&format!("rebound {POOL} ")),
+            "{rebound}"
+        );
+        ensure!(duid_text(dir, "a.state")? == duid_a, "the DUID survived");
+        ensure!(a.stdout().contains("sent rebind") && !a.stdout().contains("sent solicit"));
+        wait_until(WAIT, Duration::from_millis(50), || {
+            kea_lease_lines(dir, &duid_a).len() > lines_before
+        })
+        .context("Kea extended the same lease for the restarted client")?;
+
         // A second client is refused while A holds the only prefix.
-        let b = start_client(ns_b, if_b, "b.duid")?;
+        let b = start_client(ns_b, if_b, "b.state")?;
         b.wait_for_output("advertise: no prefix available", WAIT)?;
         ensure!(!b.stdout().contains("bound "), "{}", b.stdout());
         b.terminate()?;
@@ -177,10 +193,10 @@ fn kea_delegates_renews_releases_and_expires() {
         a.write_stdin(b"quit\n")?;
         a.wait_timeout(WAIT)?;
 
-        let b = start_client(ns_b, if_b, "b.duid")?;
+        let b = start_client(ns_b, if_b, "b.state")?;
         let bound_b = b.wait_for_output("bound ", WAIT)?;
         ensure!(bound_b.starts_with(&format!("bound {POOL} ")), "{bound_b}");
-        let duid_b = duid_text(dir, "b.duid")?;
+        let duid_b = duid_text(dir, "b.state")?;
         ensure!(duid_b != duid_a, "two clients, two DUIDs");
         ensure!(!kea_lease_lines(dir, &duid_b).is_empty());
 
@@ -234,7 +250,7 @@ fn isc_dhcpd_delegates_with_zero_timers_and_releases() {
         ];
         let _dhcpd = lan.rtr.spawn("dhcpd", &args)?;
         let (ns, ifname) = &lan.clients[0];
-        let mut c = start_client(ns, ifname, "c.duid")?;
+        let mut c = start_client(ns, ifname, "c.state")?;
         let bound = c.wait_for_output("bound ", WAIT)?;
         ensure!(
             bound.starts_with("bound fd42:beef:100::/56 preferred=6 valid=8 t1=3 t2=4 "),

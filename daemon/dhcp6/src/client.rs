@@ -569,7 +569,13 @@ impl Client {
         // Renew again the moment each Reply arrives.
         let shortest = ok
             .iter()
-            .map(|p| if p.preferred == 0 { p.valid } else { p.preferred })
+            .map(|p| {
+                if p.preferred == 0 {
+                    p.valid
+                } else {
+                    p.preferred
+                }
+            })
             .min()
             .unwrap_or(INFINITY);
         let (t1, t2) = timers(ia.t1, ia.t2, shortest);

@@ -19,13 +19,15 @@
 //!
 //! States and retransmission follow RFC 8415 §18.2 and §15 (IRT/MRT/MRC/MRD, RAND from the
 //! seeded RNG); see `docs/dynamic-mesh.md` §2.3. The DUID ([`Duid`]) is made once by the
-//! driver and saved as bytes. Received bytes go through a total parser ([`codec`]).
+//! driver and saved as bytes, with the delegations, in a [`PdState`]. Received bytes go through a total parser ([`codec`]).
 
 mod client;
 pub mod codec;
 mod duid;
 pub mod retransmit;
+mod state;
 
 pub use client::{Client, ClientConfig, Delegation, Lease, PdEvent, Prefix, State};
 pub use connectopus_core::Time;
 pub use duid::{Duid, DuidError, iaid_for_interface};
+pub use state::{PdState, SavedDelegation, StateError};

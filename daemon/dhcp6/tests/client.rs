@@ -325,7 +325,10 @@ fn zero_t1_t2_become_half_and_four_fifths_of_the_preferred_lifetime() {
     let lease = c.lease().unwrap();
     assert_eq!((lease.t1, lease.t2), (secs(50.0), secs(80.0)));
     assert_eq!(c.state(), State::Bound);
-    assert!(c.poll_transmit().is_none(), "no Renew right after the Reply");
+    assert!(
+        c.poll_transmit().is_none(),
+        "no Renew right after the Reply"
+    );
 }
 
 #[test]

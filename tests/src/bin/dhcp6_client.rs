@@ -2,11 +2,12 @@
 //! it runs `connectopus-dhcp6` over a real UDP socket on port 546 of one interface.
 //!
 //! ```text
-//! dhcp6_client <interface> <duid file> [--length N] [--seed N] [--capture DIR]
+//! dhcp6_client <interface> <state file> [--length N] [--seed N] [--capture DIR]
 //! ```
 //!
-//! The DUID is read from the file, or made (DUID-LLT from the interface's MAC) and saved
-//! there. Events go to stdout, one line each, for the test to wait on:
+//! The state file holds a `PdState`: the DUID (made once, DUID-LLT from the interface's MAC)
+//! and the delegations, saved after every event. Started again with it, the client Rebinds a
+//! still-valid delegation (`resumed <prefix>` on stdout). Events go to stdout, one line each, for the test to wait on:
 //! `bound|renewed|rebound <prefix> preferred=S valid=S t1=S t2=S server=HEX`,
 //! `expired <prefix>…`, `released`, `sent <message>`, `state <name>`; ignored datagrams go to
 //! stderr with the reason. Commands on stdin: `release`, `quit`. With `--capture`, every
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use connectopus_dhcp6::{
-    Client, ClientConfig, Duid, Lease, PdEvent, Time, codec::msg, iaid_for_interface,
+    Client, ClientConfig, Duid, Lease, PdEvent, PdState, Time, codec::msg, iaid_for_interface,
 };
 
 const ALL_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -48,11 +49,18 @@ fn mac_of(interface: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
-/// The saved DUID, or a new DUID-LLT (DUID-UUID without a MAC) saved to `path`.
-fn load_duid(path: &PathBuf, interface: &str) -> Result<Duid> {
+fn unix_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The saved state, or a new one with a new DUID-LLT (DUID-UUID without a MAC), saved.
+fn load_state(path: &PathBuf, interface: &str) -> Result<PdState> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            Duid::from_bytes(&bytes).with_context(|| format!("DUID file {}", path.display()))
+            PdState::decode(&bytes).with_context(|| format!("state file {}", path.display()))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let now = SystemTime::now()
@@ -60,18 +68,26 @@ fn load_duid(path: &PathBuf, interface: &str) -> Result<Duid> {
                 .unwrap_or_default();
             let duid = match mac_of(interface) {
                 Some(mac) => Duid::llt(now.as_secs(), mac),
-                None => {
-                    let mut random = [0u8; 16];
-                    random[..16].copy_from_slice(&now.as_nanos().to_be_bytes());
-                    Duid::uuid(random)
-                }
+                None => Duid::uuid(now.as_nanos().to_be_bytes()),
             };
-            std::fs::write(path, duid.as_bytes())
-                .with_context(|| format!("saving the DUID to {}", path.display()))?;
-            Ok(duid)
+            let state = PdState {
+                duid,
+                iaid: iaid_for_interface(interface),
+                delegations: Vec::new(),
+            };
+            save(path, &state)?;
+            Ok(state)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Writes `state` to `path` through a temporary file, so a crash never leaves half of it.
+fn save(path: &PathBuf, state: &PdState) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, state.encode())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("saving {}", path.display()))
 }
 
 fn lease_line(kind: &str, lease: &Lease) -> String {
@@ -109,9 +125,9 @@ fn message_name(t: u8) -> &'static str {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(interface), Some(duid_path)) = (args.first(), args.get(1)) else {
+    let (Some(interface), Some(state_path)) = (args.first(), args.get(1)) else {
         bail!(
-            "usage: dhcp6_client <interface> <duid file> [--length N] [--seed N] [--capture DIR]"
+            "usage: dhcp6_client <interface> <state file> [--length N] [--seed N] [--capture DIR]"
         );
     };
     let mut length = Some(56u8);
@@ -129,7 +145,8 @@ fn run() -> Result<()> {
             _ => bail!("unknown option {flag}"),
         }
     }
-    let duid = load_duid(&PathBuf::from(duid_path), interface)?;
+    let state_path = PathBuf::from(state_path);
+    let saved = load_state(&state_path, interface)?;
     let c_name = std::ffi::CString::new(interface.as_str()).context("interface name")?;
     // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
     let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -170,13 +187,17 @@ fn run() -> Result<()> {
     let start = Instant::now();
     let now = || Time::from_duration(start.elapsed());
     let config = ClientConfig {
-        duid: duid.clone(),
-        iaid: iaid_for_interface(interface),
+        duid: saved.duid.clone(),
+        iaid: saved.iaid,
         length_hint: length,
         prefix_hint: None,
     };
-    println!("duid {duid} iaid {}", config.iaid);
-    let mut client = Client::new(config, now(), seed);
+    println!("duid {} iaid {}", saved.duid, saved.iaid);
+    let mut client = Client::resume(config, saved.delegations_at(now(), unix_ms()), now(), seed);
+    if let Some(lease) = client.lease() {
+        let list: Vec<String> = lease.prefixes().iter().map(ToString::to_string).collect();
+        println!("resumed {}", list.join(" "));
+    }
     let mut state = client.state();
     println!("state {}", state.name());
     let mut buf = vec![0u8; 65536];
@@ -190,6 +211,14 @@ fn run() -> Result<()> {
             println!("sent {}", message_name(kind));
         }
         while let Some(event) = client.poll_event() {
+            let state = PdState::new(
+                saved.duid.clone(),
+                saved.iaid,
+                client.lease(),
+                now(),
+                unix_ms(),
+            );
+            save(&state_path, &state)?;
             match event {
                 PdEvent::Bound(l) => println!("{}", lease_line("bound", &l)),
                 PdEvent::Renewed(l) => println!("{}", lease_line("renewed", &l)),
