@@ -26,7 +26,7 @@ fn state() -> PdState {
 fn round_trip_and_refusals() {
     let s = state();
     let bytes = s.encode();
-    assert_eq!(PdState::decode(&bytes), Ok(s.clone()));
+    assert_eq!(PdState::decode(&bytes), Ok(s));
     assert_eq!(PdState::decode(b"XXXX"), Err(StateError::Magic));
     let mut v = bytes.clone();
     v[4] = 9;
