@@ -243,12 +243,15 @@ impl Client {
         c
     }
 
-    /// A client resuming after a restart with delegations it held (from the driver's saved
-    /// state, deadlines mapped onto `now`'s clock): it Rebinds at once (§18.2.12) until the
-    /// last of them ends; with none still valid it Solicits, asking for the first again.
+    /// A client resuming after a restart with delegations it held from the server
+    /// `server_id` (from the driver's saved state, deadlines mapped onto `now`'s clock; an
+    /// empty id if unknown): it Rebinds at once (§18.2.12) until the last of them ends, and
+    /// can Release them meanwhile; with none still valid it Solicits, asking for the first
+    /// again.
     pub fn resume(
         mut config: ClientConfig,
         delegations: Vec<Delegation>,
+        server_id: Vec<u8>,
         now: Time,
         seed: u64,
     ) -> Client {
@@ -271,7 +274,7 @@ impl Client {
             delegations: valid,
             t1: Duration::ZERO,
             t2: Duration::ZERO,
-            server_id: Vec::new(),
+            server_id,
             bound_at: now,
         });
         c.rebind(now);
@@ -670,6 +673,8 @@ impl Client {
     }
 
     fn start(&mut self, now: Time, msg_type: u8, params: retransmit::Params, mrd: Option<Time>) {
+        // What the replaced exchange queued and the driver has not sent yet is void.
+        self.transmits.clear();
         let x = Exchange::new(msg_type, params, mrd, now, &mut self.rng);
         let immediate = x.next <= now;
         self.exchange = Some(x);

@@ -3,8 +3,8 @@
 //! Rebinds a still-valid prefix ([`Client::resume`](crate::Client::resume)) and the server,
 //! seeing the same DUID and IAID, hands out the same one.
 //!
-//! Layout (big-endian): `"CPD6"`, version 1, DUID length (1) and DUID, IAID (4), count (1),
-//! then per delegation prefix (16), length (1), preferred-until and valid-until in Unix
+//! Layout (big-endian): `"CPD6"`, version 1, DUID length (1) and DUID, IAID (4), the
+//! delegating server's DUID length (1, 0 = none) and DUID, count (1), then per delegation prefix (16), length (1), preferred-until and valid-until in Unix
 //! milliseconds (8 each).
 
 use std::fmt;
@@ -37,6 +37,9 @@ pub struct PdState {
     pub duid: Duid,
     /// The IAID.
     pub iaid: u32,
+    /// The DUID of the server that delegated them (empty when none), so a restarted client
+    /// can Release them.
+    pub server_id: Vec<u8>,
     /// The last delegations (empty after a Release or an expiry).
     pub delegations: Vec<SavedDelegation>,
 }
@@ -50,7 +53,7 @@ pub enum StateError {
     Version(u8),
     /// The bytes end early, or continue past the last delegation.
     Length,
-    /// The DUID is not 3..=130 bytes.
+    /// A DUID (ours, or the server's) is not 3..=130 bytes.
     Duid,
     /// A prefix length above 128.
     PrefixLength(u8),
@@ -88,6 +91,7 @@ impl PdState {
         PdState {
             duid,
             iaid,
+            server_id: lease.map(|l| l.server_id.clone()).unwrap_or_default(),
             delegations: lease
                 .iter()
                 .flat_map(|l| l.delegations.iter())
@@ -129,6 +133,14 @@ impl PdState {
         out.push(u8::try_from(duid.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(duid);
         out.extend_from_slice(&self.iaid.to_be_bytes());
+        // A server DUID longer than 130 bytes is not kept (and was never valid).
+        let server_id = if self.server_id.len() <= 130 {
+            &self.server_id[..]
+        } else {
+            &[]
+        };
+        out.push(u8::try_from(server_id.len()).unwrap_or(0));
+        out.extend_from_slice(server_id);
         let saved = &self.delegations[..self.delegations.len().min(255)];
         out.push(u8::try_from(saved.len()).unwrap_or(u8::MAX));
         for d in saved {
@@ -153,6 +165,11 @@ impl PdState {
         let duid_len = usize::from(r.u8()?);
         let duid = Duid::from_bytes(r.take(duid_len)?).map_err(|_| StateError::Duid)?;
         let iaid = u32::from_be_bytes(r.array()?);
+        let server_len = usize::from(r.u8()?);
+        if server_len > 130 {
+            return Err(StateError::Duid);
+        }
+        let server_id = r.take(server_len)?.to_vec();
         let count = r.u8()?;
         let mut delegations = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
@@ -173,6 +190,7 @@ impl PdState {
         Ok(PdState {
             duid,
             iaid,
+            server_id,
             delegations,
         })
     }

@@ -755,7 +755,7 @@ fn resume_rebinds_a_saved_delegation_or_solicits_for_it() {
     let saved = c.lease().unwrap().delegations.clone();
     // Restarted 5 s later: the delegation is still valid.
     let now = bound + secs(5.0);
-    let mut c = Client::resume(config(), saved.clone(), now, 19);
+    let mut c = Client::resume(config(), saved.clone(), s.id.clone(), now, 19);
     assert_eq!(c.state(), State::Rebinding);
     let rebind = decode(now, &c.poll_transmit().unwrap());
     assert_eq!(rebind.kind(), MessageType::Rebind);
@@ -765,9 +765,18 @@ fn resume_rebinds_a_saved_delegation_or_solicits_for_it() {
     );
     assert!(matches!(events(&mut c).as_slice(), [PdEvent::Rebound(_)]));
 
+    // A restarted client can Release what it saved, to the server it saved.
+    let mut c = Client::resume(config(), saved.clone(), s.id.clone(), now, 21);
+    c.poll_transmit();
+    c.release(now);
+    let release = decode(now, &c.poll_transmit().expect("Release"));
+    assert_eq!(release.kind(), MessageType::Release);
+    assert_eq!(release.server_id(), Some(s.id.clone()));
+    assert_eq!(release.ia_prefixes(), vec![(p("2001:db8:100::"), 56)]);
+
     // Restarted after the valid lifetime: Solicit with the old prefix as the hint.
     let late = bound + secs(100.0);
-    let mut c = Client::resume(config(), saved, late, 20);
+    let mut c = Client::resume(config(), saved, Vec::new(), late, 20);
     assert_eq!(c.state(), State::Soliciting);
     let solicit = run(&mut c, late + secs(1.0)).remove(0);
     assert_eq!(solicit.ia_prefixes(), vec![(p("2001:db8:100::"), 56)]);

@@ -14,6 +14,7 @@ fn state() -> PdState {
     PdState {
         duid: Duid::llt(1_700_000_000, [2, 0, 0, 0, 0, 1]),
         iaid: 0xdead_beef,
+        server_id: vec![0, 1, 0, 1, 9, 9, 9, 9, 1, 2, 3, 4, 5, 6],
         delegations: vec![SavedDelegation {
             prefix: Prefix::new("2001:db8:100::".parse().unwrap(), 56),
             preferred_until_unix_ms: 1_800_000_030_000,
@@ -73,14 +74,14 @@ fn deadlines_move_between_clocks() {
         length_hint: Some(56),
         prefix_hint: None,
     };
-    let c = Client::resume(config.clone(), d, now, 1);
+    let c = Client::resume(config.clone(), d, s.server_id.clone(), now, 1);
     assert_eq!(c.state(), State::Rebinding);
     let again = PdState::new(s.duid.clone(), s.iaid, c.lease(), now, 1_800_000_020_000);
     assert_eq!(again, s);
     // After the valid deadline: Solicit.
     let late = s.delegations_at(now, 1_800_000_050_000);
     assert_eq!(
-        Client::resume(config, late, now, 1).state(),
+        Client::resume(config, late, Vec::new(), now, 1).state(),
         State::Soliciting
     );
 }

@@ -73,6 +73,7 @@ fn load_state(path: &PathBuf, interface: &str) -> Result<PdState> {
             let state = PdState {
                 duid,
                 iaid: iaid_for_interface(interface),
+                server_id: Vec::new(),
                 delegations: Vec::new(),
             };
             save(path, &state)?;
@@ -193,7 +194,13 @@ fn run() -> Result<()> {
         prefix_hint: None,
     };
     println!("duid {} iaid {}", saved.duid, saved.iaid);
-    let mut client = Client::resume(config, saved.delegations_at(now(), unix_ms()), now(), seed);
+    let mut client = Client::resume(
+        config,
+        saved.delegations_at(now(), unix_ms()),
+        saved.server_id.clone(),
+        now(),
+        seed,
+    );
     if let Some(lease) = client.lease() {
         let list: Vec<String> = lease.prefixes().iter().map(ToString::to_string).collect();
         println!("resumed {}", list.join(" "));
