@@ -771,7 +771,7 @@ fn resume_rebinds_a_saved_delegation_or_solicits_for_it() {
     c.release(now);
     let release = decode(now, &c.poll_transmit().expect("Release"));
     assert_eq!(release.kind(), MessageType::Release);
-    assert_eq!(release.server_id(), Some(s.id.clone()));
+    assert_eq!(release.server_id(), Some(s.id));
     assert_eq!(release.ia_prefixes(), vec![(p("2001:db8:100::"), 56)]);
 
     // Restarted after the valid lifetime: Solicit with the old prefix as the hint.
