@@ -1,6 +1,7 @@
-//! The DHCPv6 prefix-delegation client (`connectopus-dhcp6`, driven by the `dhcp6_client`
-//! binary over a real UDP socket on port 546) against real servers in a router namespace:
-//! Kea 2.2 (`kea-dhcp6`) and ISC `dhcpd -6`. docs/dynamic-mesh.md §2.6.
+//! The DHCPv6 prefix-delegation client (`connectopus-dhcp6`, driven by `connectopus
+//! pd-client`, daemon/connectopus/src/pd.rs, over a real UDP socket on port 546) against real
+//! servers in a router namespace: Kea 2.2 (`kea-dhcp6`) and ISC `dhcpd -6`.
+//! docs/dynamic-mesh.md §2.6.
 //!
 //! Kea's PD pool holds exactly one /56, so a second client getting it proves that a Release
 //! freed it. Timers are short (T1 2 s, T2 4 s, preferred 10 s, valid 14 s) so Renew, Rebind
@@ -8,13 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_dhcp6::PdState;
 use connectopus_tests::{
-    ChildGuard, NetNs, StdinMode, TestDir, Veth, require_root, require_tools, run_test, wait_until,
-    workspace_binary,
+    ChildGuard, NetNs, StdinMode, TestDir, Veth, require_root, require_tools, run_ok, run_test,
+    wait_until, workspace_binary,
 };
 
 const POOL: &str = "2001:db8:100::/56";
@@ -56,6 +58,18 @@ fn lan(dir: &TestDir, clients: usize) -> Result<Lan> {
         "nodad",
     ])?;
     rtr.ip(&["link", "set", "br0", "up"])?;
+    // Kea opens no socket on an interface that is not running yet (DHCPSRV_OPEN_SOCKET_FAIL
+    // "the interface br0 is not running") and then never serves it.
+    wait_until(WAIT, Duration::from_millis(20), || {
+        let link = rtr
+            .ip(&["-o", "link", "show", "dev", "br0"])
+            .unwrap_or_default();
+        let addrs = rtr
+            .ip(&["-o", "-6", "addr", "show", "dev", "br0"])
+            .unwrap_or_default();
+        link.contains("state UP") && addrs.contains("fe80") && !addrs.contains("tentative")
+    })
+    .context("br0 did not come up")?;
     Ok(Lan {
         rtr,
         clients: names,
@@ -68,7 +82,8 @@ fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
     std::fs::create_dir_all(&run)?;
     let config = format!(
         r#"{{"Dhcp6": {{
-  "interfaces-config": {{"interfaces": ["br0"]}},
+  "interfaces-config": {{"interfaces": ["br0"], "service-sockets-max-retries": 100,
+                         "service-sockets-retry-wait-time": 100}},
   "lease-database": {{"type": "memfile", "persist": true, "name": "{leases}", "lfc-interval": 0}},
   "server-id": {{"type": "LLT", "persist": false}},
   "preferred-lifetime": 10, "valid-lifetime": 14, "renew-timer": 2, "rebind-timer": 4,
@@ -86,14 +101,31 @@ fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
     rtr.spawn_with(cmd, "kea-dhcp6", StdinMode::Null)
 }
 
-fn start_client(ns: &NetNs, ifname: &str, state_file: &str) -> Result<ChildGuard> {
-    let bin = workspace_binary("dhcp6_client")?;
+fn pd_client(ns: &NetNs, ifname: &str, state_file: &str, extra: &[&str]) -> Result<Command> {
+    let bin = workspace_binary("connectopus")?;
     let state = ns.dir().join(state_file);
-    let cmd = ns.command(
-        bin.to_str().context("binary path")?,
-        &[ifname, state.to_str().context("state path")?],
-    )?;
-    ns.spawn_with(cmd, "dhcp6_client", StdinMode::Piped)
+    let mut args = vec![
+        "pd-client",
+        "--interface",
+        ifname,
+        "--state",
+        state.to_str().context("state path")?,
+    ];
+    args.extend_from_slice(extra);
+    ns.command(bin.to_str().context("binary path")?, &args)
+}
+
+fn start_client(ns: &NetNs, ifname: &str, state_file: &str) -> Result<ChildGuard> {
+    ns.spawn_with(
+        pd_client(ns, ifname, state_file, &[])?,
+        "pd-client",
+        StdinMode::Null,
+    )
+}
+
+/// `pd-client --release`: gives the saved delegation back; returns its output.
+fn release(ns: &NetNs, ifname: &str, state_file: &str) -> Result<String> {
+    run_ok(pd_client(ns, ifname, state_file, &["--release"])?, WAIT)
 }
 
 /// The DUID a client saved in its state file, as Kea writes it in its lease file (`00:01:…`).
@@ -131,7 +163,7 @@ fn kea_delegates_renews_resumes_releases_and_expires() {
         let (ns_b, if_b) = &lan.clients[1];
 
         // Solicit, Advertise, Request, Reply: the pool's only /56.
-        let mut a = start_client(ns_a, if_a, "a.state")?;
+        let a = start_client(ns_a, if_a, "a.state")?;
         let bound = a.wait_for_output("bound ", WAIT)?;
         ensure!(
             bound.starts_with(&format!("bound {POOL} preferred=10 valid=14 t1=2 t2=4 ")),
@@ -155,11 +187,11 @@ fn kea_delegates_renews_resumes_releases_and_expires() {
         })
         .context("Kea extended the lease")?;
 
-        // A restarts (no Release): the same DUID Rebinds the saved, still-valid prefix.
-        a.write_stdin(b"quit\n")?;
-        a.wait_timeout(WAIT)?;
+        // A restarts (stopped, no Release): the same DUID Rebinds the saved, still-valid
+        // prefix.
+        a.terminate()?;
         let lines_before = kea_lease_lines(dir, &duid_a).len();
-        let mut a = start_client(ns_a, if_a, "a.state")?;
+        let a = start_client(ns_a, if_a, "a.state")?;
         let resumed = a.wait_for_output("resumed ", WAIT)?;
         ensure!(resumed == format!("resumed {POOL}"), "{resumed}");
         let rebound = a.wait_for_output("rebound ", WAIT)?;
@@ -168,7 +200,12 @@ fn kea_delegates_renews_resumes_releases_and_expires() {
             "{rebound}"
         );
         ensure!(duid_text(dir, "a.state")? == duid_a, "the DUID survived");
-        ensure!(a.stdout().contains("sent rebind") && !a.stdout().contains("sent solicit"));
+        ensure!(
+            lines_after(&a.stdout(), "resumed").contains(&"state rebinding")
+                && !a.stdout().contains("state soliciting"),
+            "{}",
+            a.stdout()
+        );
         wait_until(WAIT, Duration::from_millis(50), || {
             kea_lease_lines(dir, &duid_a).len() > lines_before
         })
@@ -176,22 +213,30 @@ fn kea_delegates_renews_resumes_releases_and_expires() {
 
         // A second client is refused while A holds the only prefix.
         let b = start_client(ns_b, if_b, "b.state")?;
-        b.wait_for_output("advertise: no prefix available", WAIT)?;
+        let kea_log = || std::fs::read_to_string(dir.join("kea.log")).unwrap_or_default();
+        wait_until(WAIT, Duration::from_millis(50), || {
+            duid_text(dir, "b.state").is_ok_and(|duid_b| {
+                kea_log().contains(&format!("ALLOC_ENGINE_V6_ALLOC_FAIL duid=[{duid_b}]"))
+            })
+        })
+        .with_context(|| format!("Kea did not refuse the second client:\n{}", kea_log()))?;
         ensure!(!b.stdout().contains("bound "), "{}", b.stdout());
         b.terminate()?;
 
-        // A releases: Kea's last line for it has valid lifetime 0, and B now gets the prefix.
-        a.write_stdin(b"release\n")?;
-        a.wait_for_output("released", WAIT)?;
-        ensure!(a.stdout().contains("sent release"), "{}", a.log_tails());
+        // A stops and `pd-client --release` gives the saved prefix back to the saved server:
+        // Kea's last line for A has valid lifetime 0, and B now gets the prefix.
+        a.terminate()?;
+        let out = release(ns_a, if_a, "a.state")?;
+        ensure!(out.contains(&format!("resumed {POOL}")), "{out}");
+        ensure!(out.lines().any(|l| l == "released"), "{out}");
         wait_until(WAIT, Duration::from_millis(50), || {
             kea_lease_lines(dir, &duid_a)
                 .last()
                 .is_some_and(|l| l.0 == 0)
         })
         .context("Kea freed A's lease")?;
-        a.write_stdin(b"quit\n")?;
-        a.wait_timeout(WAIT)?;
+        let saved = PdState::decode(&std::fs::read(dir.join("a.state"))?)?;
+        ensure!(saved.delegations.is_empty(), "{saved:?}");
 
         let b = start_client(ns_b, if_b, "b.state")?;
         let bound_b = b.wait_for_output("bound ", WAIT)?;
@@ -209,7 +254,7 @@ fn kea_delegates_renews_resumes_releases_and_expires() {
         let out = b.stdout();
         let after: Vec<&str> = out.lines().skip(gone_at).collect();
         let pos = |what: &str| after.iter().position(|l| *l == what);
-        let rebind = pos("sent rebind").context(format!("no Rebind: {after:?}"))?;
+        let rebind = pos("state rebinding").context(format!("no Rebind: {after:?}"))?;
         let expiry = pos(&expired).context("expired line")?;
         ensure!(rebind < expiry, "Rebind before expiry: {after:?}");
         ensure!(
@@ -250,7 +295,7 @@ fn isc_dhcpd_delegates_with_zero_timers_and_releases() {
         ];
         let _dhcpd = lan.rtr.spawn("dhcpd", &args)?;
         let (ns, ifname) = &lan.clients[0];
-        let mut c = start_client(ns, ifname, "c.state")?;
+        let c = start_client(ns, ifname, "c.state")?;
         let bound = c.wait_for_output("bound ", WAIT)?;
         ensure!(
             bound.starts_with("bound fd42:beef:100::/56 preferred=6 valid=8 t1=3 t2=4 "),
@@ -264,8 +309,9 @@ fn isc_dhcpd_delegates_with_zero_timers_and_releases() {
             "{}",
             text()
         );
-        c.write_stdin(b"release\n")?;
-        c.wait_for_output("released", WAIT)?;
+        c.terminate()?;
+        let out = release(ns, ifname, "c.state")?;
+        ensure!(out.lines().any(|l| l == "released"), "{out}");
         wait_until(WAIT, Duration::from_millis(50), || {
             text().contains("binding state released")
         })
