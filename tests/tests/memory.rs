@@ -295,7 +295,7 @@ fn report(node: &str, when: &str, pid: u32) -> Result<Memory> {
             }
         }
     }
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let fields: Vec<String> = status
         .lines()
