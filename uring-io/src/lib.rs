@@ -58,6 +58,7 @@
 //! - `fallback`: the syscall driver.
 //! - `wake`: [`Waker`].
 
+mod buf_ring;
 mod fallback;
 mod meta;
 mod pool;
