@@ -40,6 +40,7 @@ mod log_level;
 mod logging;
 mod metrics;
 mod notify;
+mod pd;
 mod ping;
 mod privilege;
 mod secrets;
@@ -209,6 +210,10 @@ enum Commands {
     /// addresses, MTU and routes, so the node can run as that user without privileges; with
     /// --check, only verifies them.
     SetupTunnel(setup_tunnel::SetupTunnelArgs),
+    /// Asks for a prefix by DHCPv6 prefix delegation on an interface and prints what the
+    /// upstream delegates, renews and rebinds until stopped; with --release, gives the saved
+    /// delegation back.
+    PdClient(pd::PdClientArgs),
     /// Creates namespaces and starts service processes for a node (the node runs this itself).
     #[command(name = attach::helper::SUBCOMMAND, hide = true)]
     AttachHelper {
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             attach::nsenter::run(&socket, &args)
         }
         Commands::SetupTunnel(args) => setup_tunnel::run(&args),
+        Commands::PdClient(args) => pd::run(&args).map(|()| ExitCode::SUCCESS),
         Commands::Status {
             id,
             socket,
