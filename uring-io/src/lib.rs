@@ -127,6 +127,10 @@ pub const MAX_RECEIVERS: usize = 16;
 /// The environment variable that forces the syscall backend when set to `1`.
 pub const DISABLE_URING_ENV: &str = "CONNECTOPUS_DISABLE_URING";
 
+/// The environment variable that overrides [`Config::busy_poll`], in microseconds (`0`: never
+/// poll before sleeping).
+pub const BUSY_POLL_ENV: &str = "CONNECTOPUS_BUSY_POLL_US";
+
 /// Names the I/O backend in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -177,6 +181,9 @@ pub enum Error {
     /// Reports an unusable pool geometry or a failed mapping.
     #[error("cannot set up the buffer pool")]
     Pool(#[source] io::Error),
+    /// Reports a [`BUSY_POLL_ENV`] value that is not a number of microseconds.
+    #[error("{BUSY_POLL_ENV}={0:?} is not a number of microseconds")]
+    BadBusyPoll(String),
     /// Reports that the wake eventfd could not be created.
     #[error("cannot create the wake eventfd")]
     Wake(#[source] io::Error),
@@ -211,6 +218,8 @@ pub struct Config {
     pub tailroom: usize,
     /// Sets how many buffers the io_uring backend keeps posted for armed receives; buffers freed
     /// while fewer are posted are re-posted, the rest go to the free list for [`PacketIo::alloc`].
+    /// With an on-demand pool (`fixed_buffers` false) this is the most: the backend starts with
+    /// 8 and follows the traffic (see [`PacketIo::trim`]).
     pub rx_buffers: usize,
     /// Sets the io_uring submission queue size.
     pub ring_entries: u32,
@@ -221,6 +230,11 @@ pub struct Config {
     /// touched on demand and reads and writes name plain addresses: the choice for pools of
     /// 64 KiB buffers, where the worst case is far larger than the working set.
     pub fixed_buffers: bool,
+    /// Sets how long [`PacketIo::submit_and_wait`] polls for completions without sleeping
+    /// after a call that returned some (io_uring backend; zero, the default: never). Traffic
+    /// that flows then costs no wake-up of a sleeping thread, but the poll holds a core: on
+    /// loaded cores it made round trips slower. An idle driver never polls.
+    pub busy_poll: Duration,
     /// Lets the io_uring backend use `IORING_OP_READ_MULTISHOT` for packet receives when the
     /// kernel has it; when off, it re-arms one-shot buffer-select reads (the pre-6.7 path).
     pub read_multishot: bool,
@@ -237,9 +251,29 @@ impl Default for Config {
             ring_entries: 256,
             force_syscall: false,
             fixed_buffers: true,
+            busy_poll: Duration::ZERO,
             read_multishot: true,
         }
     }
+}
+
+/// What a [`PacketIo`]'s pool holds, for status output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Buffers in the pool.
+    pub buffers: usize,
+    /// Bytes each buffer takes in the mapping (its size, rounded up to the page size when the
+    /// pool is on demand).
+    pub buffer_bytes: usize,
+    /// Buffers whose pages may be resident: all of a populated pool; of an on-demand one, those
+    /// used since they were last released.
+    pub touched: usize,
+    /// Buffers on the free list.
+    pub free: usize,
+    /// Buffers posted for receives (io_uring; 0 on the syscall backend).
+    pub rx_posted: usize,
+    /// How many the backend keeps posted now (io_uring; 0 on the syscall backend).
+    pub rx_target: usize,
 }
 
 /// Drives batched packet I/O for one dataplane thread.
@@ -279,7 +313,15 @@ impl PacketIo {
     ///
     /// Fails when the pool cannot be mapped or the wake eventfd cannot be created. An unusable
     /// io_uring is not an error: see [`fallback_reason`](Self::fallback_reason).
-    pub fn new(config: Config) -> Result<Self, Error> {
+    pub fn new(mut config: Config) -> Result<Self, Error> {
+        if let Some(value) = std::env::var_os(BUSY_POLL_ENV) {
+            let value = value.to_string_lossy().into_owned();
+            let us = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| Error::BadBusyPoll(value.clone()))?;
+            config.busy_poll = Duration::from_micros(us);
+        }
         let mut pool = BufferPool::with_residency(
             config.buffers,
             config.buffer_size,
@@ -335,6 +377,35 @@ impl PacketIo {
     /// Returns the buffer pool (geometry and free count).
     pub fn pool(&self) -> &BufferPool {
         &self.pool
+    }
+
+    /// Gives idle packet memory back; call it now and then (about once a second), never per
+    /// packet. On an on-demand pool it releases the pages of the free buffers that were not
+    /// used since the previous call ([`BufferPool::trim`]) and, on io_uring, sets how many
+    /// buffers stay posted for receives from the most any turn took since then (at least 8, at
+    /// most [`Config::rx_buffers`]; doubled at once whenever a receive runs out). Returns how
+    /// many buffers it released.
+    pub fn trim(&mut self) -> usize {
+        if let Driver::Uring(d) = &mut self.driver {
+            d.adapt_rx();
+        }
+        self.pool.trim()
+    }
+
+    /// Returns what the pool holds now: see [`PoolUsage`].
+    pub fn usage(&self) -> PoolUsage {
+        let (rx_posted, rx_target) = match &self.driver {
+            Driver::Uring(d) => d.rx_posted(),
+            Driver::Syscall(_) => (0, 0),
+        };
+        PoolUsage {
+            buffers: self.pool.capacity(),
+            buffer_bytes: self.pool.stride(),
+            touched: self.pool.touched(),
+            free: self.pool.n_free(),
+            rx_posted,
+            rx_target,
+        }
     }
 
     /// Takes a free buffer, or returns `None` when the pool is exhausted.

@@ -1,4 +1,18 @@
 //! The buffer pool: one anonymous mapping cut into equal buffers, handed out by id.
+//!
+//! # Memory on demand
+//!
+//! A pool made with `populate` false (the 64 KiB buffers of a dataplane with offloads) costs
+//! resident memory only for the buffers traffic has touched, and gives it back:
+//! [`BufferPool::trim`] releases (`MADV_DONTNEED`) the pages of every free buffer that was not
+//! handed out since the previous trim. The free list is a stack, so the buffers a burst used
+//! are on top and are reused first; those below the lowest the stack came down to since the
+//! last trim (`low_water`) were idle for the whole interval. Only buffers on the free list are
+//! ever released: no kernel operation holds them and no [`BufId`] names them, so the pages can
+//! go without anyone seeing it, and the next use faults in zeroed pages. Such a pool is never
+//! registered as io_uring fixed buffers (whose pages the kernel pins), and each of its buffers
+//! starts on a page boundary (the stride is rounded up to the page size) so releasing one never
+//! touches its neighbours.
 
 use std::io;
 use std::ptr::NonNull;
@@ -47,6 +61,15 @@ pub struct BufferPool {
     base: NonNull<u8>,
     map_len: usize,
     buf_size: usize,
+    /// Bytes from one buffer's start to the next: `buf_size`, rounded up to the page size when
+    /// the pool is on demand.
+    stride: usize,
+    /// Pages become resident on first touch and idle buffers can be released ([`Self::trim`]).
+    on_demand: bool,
+    /// Per buffer: handed out since its pages were last released (on-demand pools only).
+    touched: Box<[bool]>,
+    /// The fewest buffers on the free list since the last [`Self::trim`].
+    low_water: usize,
     headroom: usize,
     tailroom: usize,
     count: usize,
@@ -97,8 +120,13 @@ impl BufferPool {
                 "headroom + tailroom must be smaller than the buffer size",
             ));
         }
+        let stride = if populate {
+            buf_size
+        } else {
+            buf_size.next_multiple_of(page_size())
+        };
         let map_len = count
-            .checked_mul(buf_size)
+            .checked_mul(stride)
             .ok_or_else(|| invalid("pool size overflows"))?;
         // SAFETY: an anonymous private mapping with a null hint has no preconditions; the result
         // is checked against MAP_FAILED before use.
@@ -124,6 +152,10 @@ impl BufferPool {
             base,
             map_len,
             buf_size,
+            stride,
+            on_demand: !populate,
+            touched: vec![false; count].into_boxed_slice(),
+            low_water: count,
             headroom,
             tailroom,
             count,
@@ -135,9 +167,65 @@ impl BufferPool {
 
     /// Takes a free buffer, or returns `None` when the pool is exhausted.
     pub fn alloc(&mut self) -> Option<BufId> {
-        let idx = self.free.pop()?;
+        let idx = self.pop_free()?;
         self.state[idx as usize] = BufState::App;
         Some(BufId(idx))
+    }
+
+    /// Releases the pages of the free buffers that were not handed out since the last call
+    /// (see the module docs); returns how many buffers it released. Does nothing on a
+    /// populated pool. Called now and then (the daemon: about once a second), never per packet.
+    pub fn trim(&mut self) -> usize {
+        let idle = std::mem::replace(&mut self.low_water, self.free.len());
+        if !self.on_demand || self.leaked {
+            return 0;
+        }
+        let mut released = 0;
+        for &idx in &self.free[..idle.min(self.free.len())] {
+            let idx = idx as usize;
+            if !self.touched[idx] {
+                continue;
+            }
+            // SAFETY: the range is buffer `idx`'s stride, page aligned (on-demand pools round the
+            // stride up to the page size, and the mapping starts on a page) and inside the
+            // mapping. The buffer is on the free list: no `BufId` names it and no kernel
+            // operation or provided-buffer ring holds it, so nothing reads or writes it; its next
+            // user gets zeroed pages, which every user overwrites before reading.
+            let rc = unsafe {
+                libc::madvise(
+                    self.base.as_ptr().add(idx * self.stride).cast(),
+                    self.stride,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc == 0 {
+                self.touched[idx] = false;
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Returns how many buffers may have resident pages: all of a populated pool, and on an
+    /// on-demand pool those handed out since they were last released.
+    pub fn touched(&self) -> usize {
+        if self.on_demand {
+            self.touched.iter().filter(|&&t| t).count()
+        } else {
+            self.count
+        }
+    }
+
+    /// Tells whether pages become resident on first touch and can be released ([`Self::trim`]).
+    pub fn is_on_demand(&self) -> bool {
+        self.on_demand
+    }
+
+    fn pop_free(&mut self) -> Option<u16> {
+        let idx = self.free.pop()?;
+        self.low_water = self.low_water.min(self.free.len());
+        self.touched[idx as usize] = true;
+        Some(idx)
     }
 
     /// Puts a buffer back on the free list.
@@ -230,7 +318,12 @@ impl BufferPool {
     pub(crate) fn ptr(&self, idx: u16) -> *mut u8 {
         debug_assert!((idx as usize) < self.count);
         // SAFETY: `idx < count`, so the offset stays inside the mapping.
-        unsafe { self.base.as_ptr().add(idx as usize * self.buf_size) }
+        unsafe { self.base.as_ptr().add(idx as usize * self.stride) }
+    }
+
+    /// Returns the bytes from one buffer's start to the next.
+    pub fn stride(&self) -> usize {
+        self.stride
     }
 
     pub(crate) fn base(&self) -> *mut u8 {
@@ -243,7 +336,7 @@ impl BufferPool {
 
     /// Takes a free buffer for the kernel (an operation or a provided-buffer ring).
     pub(crate) fn take_for_kernel(&mut self) -> Option<u16> {
-        let idx = self.free.pop()?;
+        let idx = self.pop_free()?;
         self.state[idx as usize] = BufState::Kernel;
         Some(idx)
     }
@@ -297,6 +390,16 @@ impl Drop for BufferPool {
             libc::munmap(self.base.as_ptr().cast(), self.map_len);
         }
     }
+}
+
+/// Returns the system's page size (4 KiB when it cannot be read).
+fn page_size() -> usize {
+    // SAFETY: `sysconf` has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
 }
 
 /// The largest pool: buffer ids are `u16` and provided-buffer rings hold at most 2^15 entries.
@@ -377,6 +480,66 @@ mod tests {
         assert_eq!(&pool.buf(&b)[..3], b"abc");
         pool.free(a);
         pool.free(b);
+    }
+
+    #[test]
+    fn trim_releases_only_buffers_idle_since_the_last_trim() {
+        let mut pool = BufferPool::with_residency(4, 65_000, 64, 64, false).unwrap();
+        assert_eq!(pool.stride() % page_size(), 0, "buffers start on pages");
+        assert_eq!(pool.touched(), 0, "nothing resident before use");
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        pool.buf_mut(&a).fill(0xab);
+        pool.buf_mut(&b).fill(0xcd);
+        let (ia, ib) = (a.index(), b.index());
+        pool.free(b);
+        pool.free(a);
+        assert_eq!(pool.touched(), 2);
+        // Both were used since the pool was made: kept.
+        assert_eq!(pool.trim(), 0);
+        // `a` is used again in this interval, `b` is not.
+        let a = pool.alloc().unwrap();
+        assert_eq!(a.index(), ia, "the free list is a stack");
+        assert!(pool.buf(&a).iter().all(|&x| x == 0xab), "a kept its pages");
+        pool.free(a);
+        assert_eq!(pool.trim(), 1, "only b was idle for a whole interval");
+        assert_eq!(pool.touched(), 1);
+        // `b` comes back zeroed (its pages were released), `a` with its bytes.
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!((a.index(), b.index()), (ia, ib));
+        assert!(pool.buf(&a).iter().all(|&x| x == 0xab));
+        assert!(
+            pool.buf(&b).iter().all(|&x| x == 0),
+            "b's pages were released"
+        );
+        pool.free(a);
+        pool.free(b);
+        assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.trim(), 2, "idle for a whole interval");
+        assert_eq!(pool.touched(), 0);
+    }
+
+    #[test]
+    fn trim_never_releases_a_populated_pool_or_held_buffers() {
+        let mut pool = BufferPool::new(4, 4096, 0, 0).unwrap();
+        let a = pool.alloc().unwrap();
+        pool.buf_mut(&a).fill(7);
+        pool.free(a);
+        assert_eq!((pool.trim(), pool.trim()), (0, 0));
+        assert_eq!(pool.touched(), 4);
+        let a = pool.alloc().unwrap();
+        assert!(pool.buf(&a).iter().all(|&x| x == 7));
+
+        let mut pool = BufferPool::with_residency(2, 8192, 0, 0, false).unwrap();
+        let held = pool.alloc().unwrap();
+        pool.buf_mut(&held).fill(9);
+        assert_eq!((pool.trim(), pool.trim()), (0, 0));
+        assert!(
+            pool.buf(&held).iter().all(|&x| x == 9),
+            "a held buffer is never released"
+        );
+        pool.free(held);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, register, squeue};
@@ -109,6 +109,10 @@ pub(crate) struct UringDriver {
     wake: Waker,
     wake_buf: NonNull<u64>,
     leak: bool,
+    /// How long to poll for completions before sleeping, after a call that returned some.
+    busy_poll: Duration,
+    /// The last call returned completions: traffic is flowing, so poll before sleeping.
+    busy: bool,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -136,6 +140,9 @@ impl UringDriver {
             .setup_cqsize(cq)
             .setup_clamp()
             .setup_coop_taskrun()
+            // Tells a busy poll (see `poll_briefly`) when task work, such as a receive whose
+            // socket became ready, waits for the next system call.
+            .setup_taskrun_flag()
             .build(sq)
             .or_else(|_| IoUring::builder().setup_cqsize(cq).setup_clamp().build(sq))
             .map_err(FallbackReason::Setup)?;
@@ -177,7 +184,10 @@ impl UringDriver {
         }
         let read_multishot = config.read_multishot && probe.is_supported(opcode::ReadMulti::CODE);
 
+        // An on-demand pool gives idle pages back (`BufferPool::trim`), which pinned fixed
+        // buffers would not survive: only a populated pool is registered.
         let fixed = config.fixed_buffers
+            && !pool.is_on_demand()
             && probe.is_supported(opcode::ReadFixed::CODE)
             && probe.is_supported(opcode::WriteFixed::CODE)
             && pool.map_len() <= MAX_FIXED_BYTES
@@ -192,14 +202,19 @@ impl UringDriver {
                 unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok()
             };
 
-        let rx_target = config.rx_buffers.clamp(1, pool.capacity());
-        let mut buf_ring = BufRing::new(&ring, rx_target, pool).map_err(FallbackReason::BufRing)?;
-        while buf_ring.posted < rx_target {
-            let Some(idx) = pool.take_for_kernel() else {
-                break;
-            };
-            buf_ring.push(pool, idx);
-        }
+        let rx_max = config.rx_buffers.clamp(1, pool.capacity());
+        let mut buf_ring = BufRing::new(&ring, rx_max, pool).map_err(FallbackReason::BufRing)?;
+        // A populated pool is resident anyway: keep all posted. An on-demand one starts small
+        // and grows with what the traffic takes (see `RxTarget`).
+        buf_ring.target = RxTarget::new(
+            if pool.is_on_demand() {
+                RX_FLOOR.min(rx_max)
+            } else {
+                rx_max
+            },
+            rx_max,
+        );
+        buf_ring.top_up(pool);
 
         let empty = Slot {
             kind: OpKind::Read,
@@ -245,6 +260,8 @@ impl UringDriver {
             wake,
             wake_buf,
             leak: false,
+            busy_poll: config.busy_poll,
+            busy: false,
         };
         let wake_fd = driver.wake.raw_fd();
         driver.queue(Op {
@@ -350,12 +367,23 @@ impl UringDriver {
 
     /// Returns a buffer to the provided-buffer ring if it is below target, else to the pool.
     pub(crate) fn free(&mut self, pool: &mut BufferPool, buf: BufId) {
-        if self.buf_ring.posted < self.buf_ring.target {
+        if self.buf_ring.posted < self.buf_ring.target.now {
             let idx = pool.give_to_kernel(buf);
             self.buf_ring.push(pool, idx);
         } else {
             pool.free(buf);
         }
+    }
+
+    /// Sets how many buffers stay posted for receives from what the traffic took since the
+    /// last call (see `RxTarget::adapt`); called with the pool's trim.
+    pub(crate) fn adapt_rx(&mut self) {
+        self.buf_ring.target.adapt();
+    }
+
+    /// Returns how many buffers are posted for receives now, and the current target.
+    pub(crate) fn rx_posted(&self) -> (usize, usize) {
+        (self.buf_ring.posted, self.buf_ring.target.now)
     }
 
     pub(crate) fn submit_and_wait(
@@ -367,6 +395,10 @@ impl UringDriver {
         let start = out.len();
         let limit = crate::reap_limit(out);
         self.end_cancelled_idle(out);
+        self.buf_ring.target.turn_taken = 0;
+        if self.buf_ring.posted < self.buf_ring.target.now {
+            self.buf_ring.top_up(pool);
+        }
         if !self.starved.is_empty() && self.buf_ring.posted > 0 {
             for i in self.starved.drain(..) {
                 self.slots[i as usize].state = SlotState::Pending;
@@ -375,7 +407,14 @@ impl UringDriver {
         }
         self.reap(pool, out, limit);
         self.flush_pending()?;
-        let res = if out.len() > start {
+        // The poll submits what is queued: when it found completions, nothing is left to do.
+        let polled = out.len() == start && self.busy && !self.busy_poll.is_zero() && {
+            self.poll_briefly(pool, out, limit)?;
+            out.len() > start
+        };
+        let res = if polled {
+            Ok(0)
+        } else if out.len() > start {
             self.ring.submit()
         } else if let Some(t) = timeout {
             let ts = Timespec::from(t);
@@ -391,7 +430,47 @@ impl UringDriver {
             }
         }
         self.reap(pool, out, limit);
+        self.busy = out.len() > start;
         Ok(())
+    }
+
+    /// Submits, then polls the completion queue for up to `busy_poll` without sleeping: after a
+    /// turn with traffic, a reply or the next segment that comes within microseconds is caught
+    /// without the wake-up of a sleeping thread. Receives complete as task work, which
+    /// (`COOP_TASKRUN`) runs only at a system call: the ring's `IORING_SQ_TASKRUN` flag says
+    /// when one is due, and only then does the poll enter the kernel. On cores shared with
+    /// other work the poll holds a core others need (docs/performance.md, "Latency under
+    /// load"), so it is off unless configured.
+    fn poll_briefly(
+        &mut self,
+        pool: &mut BufferPool,
+        out: &mut Vec<Completion>,
+        limit: usize,
+    ) -> io::Result<()> {
+        let start = out.len();
+        if let Err(e) = self.ring.submit() {
+            match e.raw_os_error() {
+                Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => return Err(e),
+            }
+        }
+        let deadline = Instant::now() + self.busy_poll;
+        loop {
+            if self.ring.submission().taskrun() {
+                // Runs the pending task work (the kernel enters with GETEVENTS for it).
+                if let Err(e) = self.ring.submit() {
+                    match e.raw_os_error() {
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                        _ => return Err(e),
+                    }
+                }
+            }
+            self.reap(pool, out, limit);
+            if out.len() > start || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Cancels everything in flight and reaps until nothing is; returns whether that worked.
@@ -533,11 +612,11 @@ impl UringDriver {
         let fd = Fd(s.fd);
         let pool_ptr = |start: usize| -> *mut u8 {
             // SAFETY: `start` lies within the buffer (checked when queued); `base + buf *
-            // buf_size` is inside the pool mapping.
+            // stride` is inside the pool mapping.
             unsafe {
                 self.buf_ring
                     .pool_base
-                    .add(s.buf as usize * self.buf_ring.buf_size + start)
+                    .add(s.buf as usize * self.buf_ring.stride + start)
             }
         };
         let entry = match s.kind {
@@ -660,6 +739,7 @@ impl UringDriver {
         c.offset = self.buf_ring.headroom;
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.buf_ring.posted -= 1;
+            self.buf_ring.target.took_one();
             let buf = pool.take_from_kernel(bid);
             if res < 0 {
                 c.result = Err(Errno(-res));
@@ -696,6 +776,8 @@ impl UringDriver {
             } else if res == -libc::ENOBUFS {
                 self.slots[i as usize].state = SlotState::Starved;
                 self.starved.push(i);
+                // The traffic took every posted buffer between two turns: post more.
+                self.buf_ring.target.grow();
             } else {
                 self.slots[i as usize].state = SlotState::Pending;
                 self.pending.push_back(i);
@@ -786,6 +868,64 @@ impl Drop for UringDriver {
     }
 }
 
+/// The fewest buffers kept posted for receives on an on-demand pool.
+const RX_FLOOR: usize = 8;
+
+/// How many buffers to keep posted for receives.
+///
+/// Every posted buffer cycles through the ring (the kernel takes them in order), so all of
+/// them become resident under traffic, and the pool cannot release them while they are posted
+/// (only the kernel may touch them then). So on an on-demand pool the target follows the
+/// traffic: it doubles, up to `max`, whenever a receive ran out of posted buffers, and at each
+/// `adapt` (the daemon's trim, about once a second) it becomes twice the most buffers any one
+/// turn took since the previous `adapt`, within `floor..=max`. Buffers freed while more than
+/// the target are posted go to the free list, where the pool can release them.
+#[derive(Debug, Clone, Copy)]
+struct RxTarget {
+    now: usize,
+    floor: usize,
+    max: usize,
+    /// Buffers the kernel filled since the current turn began.
+    turn_taken: usize,
+    /// The most any turn took since the last `adapt`.
+    peak_taken: usize,
+    /// A receive ran out of buffers since the last `adapt`.
+    starved: bool,
+}
+
+impl RxTarget {
+    fn new(floor: usize, max: usize) -> Self {
+        Self {
+            now: floor,
+            floor,
+            max,
+            turn_taken: 0,
+            peak_taken: 0,
+            starved: false,
+        }
+    }
+
+    fn took_one(&mut self) {
+        self.turn_taken += 1;
+        self.peak_taken = self.peak_taken.max(self.turn_taken);
+    }
+
+    fn grow(&mut self) {
+        self.starved = true;
+        self.now = (self.now * 2).min(self.max);
+    }
+
+    fn adapt(&mut self) {
+        if !self.starved {
+            self.now = (self.peak_taken * 2)
+                .next_power_of_two()
+                .clamp(self.floor, self.max);
+        }
+        self.peak_taken = 0;
+        self.starved = false;
+    }
+}
+
 /// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`) in its own page-aligned mapping.
 struct BufRing {
     base: NonNull<io_uring::types::BufRingEntry>,
@@ -793,9 +933,9 @@ struct BufRing {
     mask: u16,
     tail: u16,
     posted: usize,
-    target: usize,
+    target: RxTarget,
     pool_base: *mut u8,
-    buf_size: usize,
+    stride: usize,
     headroom: usize,
     rx_len: u32,
 }
@@ -825,9 +965,9 @@ impl BufRing {
             mask: (entries - 1) as u16,
             tail: 0,
             posted: 0,
-            target,
+            target: RxTarget::new(target, target),
             pool_base: pool.base(),
-            buf_size: pool.buf_size(),
+            stride: pool.stride(),
             headroom: pool.headroom(),
             rx_len: pool.rx_capacity() as u32,
         };
@@ -842,6 +982,16 @@ impl BufRing {
             return Err(e);
         }
         Ok(me)
+    }
+
+    /// Posts free buffers until the target is reached or the pool has none.
+    fn top_up(&mut self, pool: &mut BufferPool) {
+        while self.posted < self.target.now {
+            let Some(idx) = pool.take_for_kernel() else {
+                break;
+            };
+            self.push(pool, idx);
+        }
     }
 
     /// Posts pool buffer `idx` (already in the `Kernel` state) to the ring.

@@ -283,3 +283,99 @@ fn disarm_stops_a_receive_and_rearm_works() {
         );
     }
 }
+
+#[test]
+fn an_on_demand_pool_follows_the_traffic_and_gives_idle_buffers_back() {
+    const BURST: usize = 64;
+    for backend in BACKENDS {
+        let config = Config {
+            buffers: 64,
+            buffer_size: 65_536,
+            headroom: 64,
+            tailroom: 64,
+            rx_buffers: 32,
+            fixed_buffers: false,
+            ..Config::default()
+        };
+        let Some(mut io) = new_io(backend, config) else {
+            continue;
+        };
+        let uring = backend == uring_io::Backend::Uring;
+        let usage = io.usage();
+        assert_eq!(
+            usage.buffer_bytes % 4096,
+            0,
+            "{backend:?}: page-aligned buffers"
+        );
+        if uring {
+            assert_eq!((usage.rx_posted, usage.rx_target), (8, 8), "starts small");
+        }
+        let rx = UdpSocket::bind("[::1]:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        io.recv_datagrams(rx.as_raw_fd(), Token(1)).unwrap();
+        let tx = UdpSocket::bind("[::1]:0").unwrap();
+        // A burst of 64 datagrams before the first turn: 8 posted buffers run out, the target
+        // grows, and nothing is lost.
+        for i in 0..BURST {
+            tx.send_to(&payload(i), rx.local_addr().unwrap()).unwrap();
+        }
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < BURST && Instant::now() < deadline {
+            for c in collect(&mut io, OpKind::RecvDatagram, 1, free_other) {
+                if c.result != Err(Errno::NOBUFS) {
+                    got.push(common::take_data(&mut io, c));
+                }
+            }
+        }
+        assert_eq!(got.len(), BURST, "{backend:?}: datagrams lost");
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d, &payload(i), "{backend:?}: datagram {i}");
+        }
+        if uring {
+            assert!(
+                io.usage().rx_target > 8,
+                "{backend:?}: grew: {:?}",
+                io.usage()
+            );
+        }
+        let touched = io.usage().touched;
+        assert!(touched > 0, "{backend:?}: {:?}", io.usage());
+
+        // Idle: two trims release the free buffers and bring the target back to the floor.
+        io.trim();
+        io.trim();
+        io.trim();
+        let idle = io.usage();
+        if uring {
+            assert_eq!(idle.rx_target, 8, "{backend:?}: shrank back: {idle:?}");
+            // Only what is still posted may stay resident (posted buffers are the kernel's).
+            assert!(idle.touched <= idle.rx_posted, "{backend:?}: {idle:?}");
+        } else {
+            assert_eq!(idle.touched, 0, "{backend:?}: {idle:?}");
+        }
+
+        // Released buffers come back as zeroed pages and carry data as before.
+        let mut again = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for i in BURST..2 * BURST {
+            tx.send_to(&payload(i), rx.local_addr().unwrap()).unwrap();
+            while again.len() <= i - BURST && Instant::now() < deadline {
+                for c in collect(&mut io, OpKind::RecvDatagram, 1, free_other) {
+                    if c.result != Err(Errno::NOBUFS) {
+                        again.push(common::take_data(&mut io, c));
+                    }
+                }
+            }
+        }
+        for (k, d) in again.iter().enumerate() {
+            assert_eq!(
+                d,
+                &payload(BURST + k),
+                "{backend:?}: datagram {}",
+                BURST + k
+            );
+        }
+        assert_eq!(again.len(), BURST, "{backend:?}");
+    }
+}

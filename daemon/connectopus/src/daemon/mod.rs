@@ -281,6 +281,7 @@ impl Daemon {
                 self.flush_dtls_batches(None);
             }
             self.reap_closing();
+            self.worker.trim_if_due(Instant::now());
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);
                 if flushed || Instant::now() >= deadline {

@@ -33,7 +33,13 @@ pub(super) struct Worker {
     pub(super) scratch: Vec<u8>,
     pub(super) scratch_out: Vec<u8>,
     pub(super) ranges: Vec<Range<usize>>,
+    /// When the pool next gives idle buffers back ([`Worker::trim_if_due`]).
+    pub(super) trim_at: Instant,
 }
+
+/// How often a worker's pool releases the buffers that stayed idle since the last time and
+/// re-sizes its posted receive buffers (see `uring_io::PacketIo::trim`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a worker has no TUN queue and link sockets of its own.
 const ONE_WORKER: &str = "off: one dataplane worker per node (several are not built yet)";
@@ -71,6 +77,16 @@ impl Worker {
             scratch: Vec::with_capacity(u16::MAX as usize),
             scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
             ranges: Vec::new(),
+            trim_at: Instant::now() + TRIM_INTERVAL,
+        }
+    }
+
+    /// Gives the pool's idle memory back once per [`TRIM_INTERVAL`]; call it once a turn (the
+    /// loop wakes at least once a second).
+    pub(super) fn trim_if_due(&mut self, now: Instant) {
+        if now >= self.trim_at {
+            self.trim_at = now + TRIM_INTERVAL;
+            self.io.trim();
         }
     }
 }
