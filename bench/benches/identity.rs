@@ -38,6 +38,7 @@ fn signed_updates(n: u32) -> Vec<(LinkStateUpdate, Vec<u8>, [u8; 32])> {
                 prefixes: Vec::new(),
                 names: Vec::new(),
                 names4: Vec::new(),
+                extensions: Vec::new(),
             };
             update.canonicalize();
             let body = update.encode_body();

@@ -76,6 +76,7 @@ fn lsu() -> LinkStateUpdate {
             })
             .collect(),
         names4: Vec::new(),
+        extensions: Vec::new(),
     };
     update.canonicalize();
     update

@@ -26,6 +26,7 @@
 pub mod agent;
 pub mod attach;
 pub mod diag;
+pub mod dynamic;
 mod load;
 pub mod model;
 pub mod secret;
@@ -40,6 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use dynamic::{EphemeralConfig, IssueConfig};
 pub use model::{
     BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, FastpathConfig, GlobalConfig,
     MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer,

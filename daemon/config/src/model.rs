@@ -45,6 +45,9 @@ pub struct GlobalConfig {
     /// Protocol timers.
     #[serde(default)]
     pub timers: Timers,
+    /// Who may join as an ephemeral node; without it nobody may (`docs/dynamic-mesh.md`).
+    #[serde(default)]
+    pub ephemeral: Option<crate::dynamic::EphemeralConfig>,
 }
 
 /// Protocol timers (`global.timers`); every field has a default.
@@ -114,6 +117,9 @@ pub struct NodeConfig {
     /// The eBPF fast path for plaintext udp links.
     #[serde(default)]
     pub fastpath: FastpathConfig,
+    /// This node's address pool for ephemeral nodes and containers (`docs/dynamic-mesh.md`).
+    #[serde(default)]
+    pub issue: Option<crate::dynamic::IssueConfig>,
 }
 
 /// Longest Linux interface name.

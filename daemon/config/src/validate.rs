@@ -10,6 +10,7 @@ use crate::secret::Secret;
 use crate::span::{Pos, SNode};
 use crate::types::{Ipv6Net, SshPublicKey, is_dns_label, is_dns_name};
 
+mod dynamic;
 mod identities;
 
 /// Which part of a mapping entry a diagnostic points at.
@@ -77,6 +78,7 @@ pub(crate) fn validate(file: &str, text: &str, tree: &SNode, raw: &RawMesh) -> D
         node_checks(&mut cx, raw, name, node, &mut owners);
     }
     mesh_wide(&mut cx, &owners);
+    dynamic::check(&mut cx, raw, &owners);
     identities::all_or_none(&mut cx, raw);
     cx.out
 }
@@ -539,7 +541,14 @@ fn node_checks(
     }
 
     for (b, backend) in &backends {
-        backend_checks(cx, raw, name, b, backend, &mut udp_ports, &mut tcp_ports);
+        backend_checks(
+            cx,
+            raw,
+            ["nodes", name, "backends", b],
+            backend,
+            &mut udp_ports,
+            &mut tcp_ports,
+        );
     }
     metrics_checks(cx, name, &node.metrics, &tcp_ports);
 }
@@ -612,25 +621,26 @@ fn cost(cx: &mut Ctx<'_>, path: &[&str], cost: f64) {
     }
 }
 
+/// Checks one backend at `here` (`nodes.N.backends.B`, or `global.ephemeral.backends.B`).
 fn backend_checks(
     cx: &mut Ctx<'_>,
     raw: &RawMesh,
-    node: &str,
-    b: &str,
+    here: [&str; 4],
     backend: &BackendConfig,
     udp_ports: &mut BTreeMap<u16, String>,
     tcp_ports: &mut BTreeMap<u16, String>,
 ) {
     let path = |key: &'static str| -> [String; 5] {
         [
-            "nodes".to_owned(),
-            node.to_owned(),
-            "backends".to_owned(),
-            b.to_owned(),
+            here[0].to_owned(),
+            here[1].to_owned(),
+            here[2].to_owned(),
+            here[3].to_owned(),
             key.to_owned(),
         ]
     };
-    let here = ["nodes", node, "backends", b];
+    // The node the backend belongs to; `None` for the backends of ephemeral nodes.
+    let node = (here[0] == "nodes").then_some(here[1]);
     let ty = backend.type_name();
     cost(cx, &strs(&path("cost")), backend.cost());
     if let Some(mtu) = backend.mtu()
@@ -653,7 +663,7 @@ fn backend_checks(
                     known.join(", ")
                 ),
             );
-        } else if peer == node {
+        } else if Some(peer) == node {
             cx.error(
                 &strs(&path("peer_node")),
                 At::Value,

@@ -29,6 +29,7 @@ pub mod forwarder;
 pub mod icmp;
 pub mod icmp4;
 pub mod identity;
+pub mod lease_table;
 pub mod node;
 pub mod route;
 pub mod session;

@@ -1252,7 +1252,9 @@ impl Node {
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
             RecordKind::ConfigOffer => self.process_offer(now, link, &record.body),
-            RecordKind::Unknown(_) => {}
+            // Lease messages matter only to issuers and joiners; a node that is neither
+            // skips them like an unknown kind.
+            RecordKind::Lease | RecordKind::Unknown(_) => {}
         }
     }
 
@@ -1537,6 +1539,7 @@ impl Node {
             prefixes: self.own_prefixes(),
             names: self.config.names.clone(),
             names4: self.own_names4(),
+            extensions: Vec::new(),
         };
         update.canonicalize();
         let body = update.encode_body();

@@ -490,6 +490,7 @@ fn the_memory_of_pruned_origins_is_bounded_and_shrinks() {
             prefixes: Vec::new(),
             names: Vec::new(),
             names4: Vec::new(),
+            extensions: Vec::new(),
         };
         Record {
             kind: RecordKind::LinkStateUpdate,

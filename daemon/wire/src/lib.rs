@@ -12,21 +12,28 @@
 //! - [`record`]: records carried on the reliable per-link routing stream, and their framing.
 //! - [`lsu`]: the link-state update, its canonical encoding and the signature trailer.
 //! - [`offer`]: a signed mesh configuration offered to a lagging neighbour.
+//! - [`lease`]: ephemeral nodes: the lease certificate and the lease messages (join, grant,
+//!   renew, release, refuse).
+//! - [`delegated`]: update extension kind 2, prefixes delegated to the mesh.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod addr;
 mod cursor;
+pub mod delegated;
+pub mod lease;
 pub mod lsu;
 pub mod message;
 pub mod offer;
 pub mod record;
 
 pub use addr::{Cost, Prefix};
+pub use delegated::DelegatedPrefix;
+pub use lease::{JoinProof, LeaseBody, LeaseCertificate, LeaseMessage, RefuseCode};
 pub use lsu::{
-    Adjacency, LinkStateUpdate, NameBinding, NameBinding4, PrefixAdvert, SignedUpdate,
-    UpdateSignature,
+    Adjacency, LinkStateUpdate, LsuExtension, NameBinding, NameBinding4, PrefixAdvert,
+    SignedUpdate, UpdateSignature,
 };
 pub use message::{
     ControlDatagram, Goodbye, GoodbyeReason, Hello, HelloExtension, Keepalive, LinkMessage,
@@ -155,6 +162,7 @@ mod tests {
                     prefixes: Vec::new(),
                     names: Vec::new(),
                     names4: Vec::new(),
+                    extensions: Vec::new(),
                 };
                 let binding = NameBinding {
                     name: "a".to_owned(),

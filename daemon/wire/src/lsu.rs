@@ -18,6 +18,12 @@ pub const LSU_VERSION: u8 = 1;
 /// the bytes it always did; nodes that only know version 1 reject version 2 bodies.
 pub const LSU_VERSION_IPV4: u8 = 2;
 
+/// Version byte of an update body that ends with the IPv4 name list (which may then be empty)
+/// and an extension list ([`LsuExtension`]). Bodies are encoded as version 1 or 2 whenever
+/// there are no extensions, so a mesh without ephemeral nodes or delegated prefixes floods
+/// exactly the bytes it always did.
+pub const LSU_VERSION_EXTENDED: u8 = 3;
+
 /// One node's view of itself: its live sessions, attached prefixes and names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkStateUpdate {
@@ -42,6 +48,28 @@ pub struct LinkStateUpdate {
     /// without IPv4. IPv4 prefixes travel in `prefixes` as IPv4-mapped IPv6 prefixes
     /// (`::ffff:a.b.c.d/(96+n)`).
     pub names4: Vec<NameBinding4>,
+    /// Typed extensions (version 3), sorted by kind, each kind at most once. Unknown kinds are
+    /// kept (they are signed and flooded verbatim) and ignored.
+    pub extensions: Vec<LsuExtension>,
+}
+
+/// One typed extension of a version-3 update.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LsuExtension {
+    /// What the value is: [`LsuExtension::LEASE_CERTIFICATE`], [`LsuExtension::DELEGATED_PREFIXES`]
+    /// or a kind this version does not know.
+    pub kind: u8,
+    /// The raw value, at most 65535 bytes.
+    pub value: Vec<u8>,
+}
+
+impl LsuExtension {
+    /// The origin's lease certificate ([`crate::LeaseCertificate`]); only an ephemeral origin
+    /// sends it, for its own address.
+    pub const LEASE_CERTIFICATE: u8 = 1;
+    /// Prefixes delegated to the mesh ([`crate::lease::DelegatedPrefix`] list); only nodes
+    /// named in `global.delegated` send it.
+    pub const DELEGATED_PREFIXES: u8 = 2;
 }
 
 /// An IPv4 address the origin publishes for one of its names.
@@ -89,7 +117,12 @@ impl LinkStateUpdate {
     pub fn encode_body(&self) -> Vec<u8> {
         let names_len: usize = self.names.iter().map(|n| 17 + n.name.len()).sum::<usize>()
             + self.names4.iter().map(|n| 5 + n.name.len()).sum::<usize>()
-            + 4;
+            + self
+                .extensions
+                .iter()
+                .map(|e| 3 + e.value.len())
+                .sum::<usize>()
+            + 12;
         let mut out = Vec::with_capacity(
             Self::FIXED_LEN
                 + self.name.len()
@@ -98,11 +131,7 @@ impl LinkStateUpdate {
                 + PREFIX_LEN * self.prefixes.len()
                 + names_len,
         );
-        out.push(if self.names4.is_empty() {
-            LSU_VERSION
-        } else {
-            LSU_VERSION_IPV4
-        });
+        out.push(self.version());
         out.extend_from_slice(&self.origin.octets());
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.sequence.to_be_bytes());
@@ -121,13 +150,47 @@ impl LinkStateUpdate {
             put_name(&mut out, &n.name);
             out.extend_from_slice(&n.address.octets());
         }
-        if !self.names4.is_empty() {
+        if !self.names4.is_empty() || !self.extensions.is_empty() {
             for n in put_count(&mut out, &self.names4) {
                 put_name(&mut out, &n.name);
                 out.extend_from_slice(&n.address.octets());
             }
         }
+        if !self.extensions.is_empty() {
+            for e in put_count(&mut out, &self.extensions) {
+                let value = crate::cursor::fit(&e.value, usize::from(u16::MAX));
+                out.push(e.kind);
+                out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
         out
+    }
+
+    /// Returns the version byte this update encodes as: the lowest that can carry its content.
+    pub fn version(&self) -> u8 {
+        if !self.extensions.is_empty() {
+            LSU_VERSION_EXTENDED
+        } else if !self.names4.is_empty() {
+            LSU_VERSION_IPV4
+        } else {
+            LSU_VERSION
+        }
+    }
+
+    /// Returns the value of the extension of `kind`, if the update carries one.
+    pub fn extension(&self, kind: u8) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.value.as_slice())
+    }
+
+    /// Returns the origin's lease certificate (extension kind 1): `None` without one, an error
+    /// if its value does not parse.
+    pub fn lease_certificate(&self) -> Option<Result<crate::LeaseCertificate, WireError>> {
+        self.extension(LsuExtension::LEASE_CERTIFICATE)
+            .map(crate::LeaseCertificate::parse)
     }
 
     /// Parses a canonical body; rejects unsorted or duplicate list entries with
@@ -135,7 +198,10 @@ impl LinkStateUpdate {
     pub fn parse_body(buf: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(buf);
         let version = r.u8()?;
-        if version != LSU_VERSION && version != LSU_VERSION_IPV4 {
+        if !matches!(
+            version,
+            LSU_VERSION | LSU_VERSION_IPV4 | LSU_VERSION_EXTENDED
+        ) {
             return Err(WireError::UnsupportedVersion);
         }
         let origin = r.ipv6()?;
@@ -189,10 +255,10 @@ impl LinkStateUpdate {
         }
 
         let mut names4: Vec<NameBinding4> = Vec::new();
-        if version == LSU_VERSION_IPV4 {
+        if version != LSU_VERSION {
             let n = read_count(&mut r, MIN_NAME_BINDING4_LEN)?;
             // Version 2 exists to carry IPv4 names: an empty list must be version 1.
-            if n == 0 {
+            if n == 0 && version == LSU_VERSION_IPV4 {
                 return Err(WireError::NotCanonical);
             }
             names4.reserve(n);
@@ -208,6 +274,24 @@ impl LinkStateUpdate {
             }
         }
 
+        let mut extensions: Vec<LsuExtension> = Vec::new();
+        if version == LSU_VERSION_EXTENDED {
+            let n = read_count(&mut r, MIN_EXTENSION_LEN)?;
+            // Version 3 exists to carry extensions: an empty list must be version 1 or 2.
+            if n == 0 {
+                return Err(WireError::NotCanonical);
+            }
+            for _ in 0..n {
+                let kind = r.u8()?;
+                let len = r.u16()?;
+                let value = r.take(usize::from(len))?.to_vec();
+                if extensions.last().is_some_and(|prev| prev.kind >= kind) {
+                    return Err(WireError::NotCanonical);
+                }
+                extensions.push(LsuExtension { kind, value });
+            }
+        }
+
         r.finish()?;
         Ok(Self {
             origin,
@@ -219,6 +303,7 @@ impl LinkStateUpdate {
             prefixes,
             names,
             names4,
+            extensions,
         })
     }
 
@@ -236,6 +321,8 @@ impl LinkStateUpdate {
         self.names4.sort_by(|a, b| a.name.cmp(&b.name));
         self.names4
             .dedup_by(|later, earlier| later.name == earlier.name);
+        self.extensions.sort_by_key(|e| e.kind);
+        self.extensions.dedup_by_key(|e| e.kind);
     }
 
     /// Returns true if every list is strictly ascending by its key, as the wire requires.
@@ -244,6 +331,7 @@ impl LinkStateUpdate {
             && self.prefixes.is_sorted_by(|a, b| a.prefix < b.prefix)
             && self.names.is_sorted_by(|a, b| a.name < b.name)
             && self.names4.is_sorted_by(|a, b| a.name < b.name)
+            && self.extensions.is_sorted_by(|a, b| a.kind < b.kind)
     }
 
     /// Size of the fixed part, up to and including the name length byte.
@@ -258,6 +346,8 @@ const PREFIX_LEN: usize = 16 + 1 + 4;
 const MIN_NAME_BINDING_LEN: usize = 1 + 1 + 16;
 /// Smallest IPv4 name entry: length byte, a one-byte name and the address.
 const MIN_NAME_BINDING4_LEN: usize = 1 + 1 + 4;
+/// Smallest extension entry: kind and length with an empty value.
+const MIN_EXTENSION_LEN: usize = 1 + 2;
 
 /// Reads a list count and checks that the rest of the buffer can hold that many entries of at
 /// least `entry_len` bytes, so a lying count cannot make the parser allocate.
@@ -376,6 +466,7 @@ mod tests {
                 address: ip(4),
             }],
             names4: Vec::new(),
+            extensions: Vec::new(),
         }
     }
 
@@ -449,12 +540,108 @@ mod tests {
         let mut v1_trailer = expected.clone();
         v1_trailer[0] = LSU_VERSION;
         assert!(LinkStateUpdate::parse_body(&v1_trailer).is_err());
-        let mut v3 = expected;
-        v3[0] = 3;
+        let mut v4 = expected;
+        v4[0] = 4;
         assert_eq!(
-            LinkStateUpdate::parse_body(&v3),
+            LinkStateUpdate::parse_body(&v4),
             Err(WireError::UnsupportedVersion)
         );
+    }
+
+    #[test]
+    fn extensions_make_a_version_3_body_that_extends_version_2() {
+        let mut u = sample();
+        u.extensions = vec![
+            LsuExtension {
+                kind: LsuExtension::LEASE_CERTIFICATE,
+                value: vec![0xaa, 0xbb],
+            },
+            LsuExtension {
+                kind: 0x80,
+                value: Vec::new(),
+            },
+        ];
+        let mut expected = sample_bytes();
+        expected[0] = LSU_VERSION_EXTENDED;
+        expected.extend_from_slice(&[0, 0, 0, 0]); // n_names4 may be 0
+        expected.extend_from_slice(&[0, 0, 0, 2]); // n_extensions
+        expected.extend_from_slice(&[1, 0, 2, 0xaa, 0xbb]);
+        expected.extend_from_slice(&[0x80, 0, 0]);
+        assert_eq!(u.encode_body(), expected);
+        assert_eq!(LinkStateUpdate::parse_body(&expected), Ok(u.clone()));
+        assert_eq!(u.extension(1), Some(&[0xaa, 0xbb][..]));
+        assert_eq!(u.extension(2), None);
+        assert_eq!(
+            u.lease_certificate(),
+            Some(Err(WireError::UnsupportedVersion))
+        );
+        // With IPv4 names too: the names4 list comes first.
+        u.names4 = vec![NameBinding4 {
+            name: "w".to_owned(),
+            address: Ipv4Addr::new(198, 18, 0, 4),
+        }];
+        let mut with4 = sample_bytes();
+        with4[0] = LSU_VERSION_EXTENDED;
+        with4.extend_from_slice(&[0, 0, 0, 1, 1, b'w', 198, 18, 0, 4]);
+        with4.extend_from_slice(&expected[expected.len() - 12..]);
+        assert_eq!(u.encode_body(), with4);
+        assert_eq!(LinkStateUpdate::parse_body(&with4), Ok(u));
+
+        let refused = |tail: &[u8]| {
+            let mut b = sample_bytes();
+            b[0] = LSU_VERSION_EXTENDED;
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            b.extend_from_slice(tail);
+            LinkStateUpdate::parse_body(&b)
+        };
+        // An empty extension list must be version 1 or 2.
+        assert_eq!(refused(&[0, 0, 0, 0]), Err(WireError::NotCanonical));
+        // Kinds out of order, or repeated.
+        assert_eq!(
+            refused(&[0, 0, 0, 2, 2, 0, 0, 1, 0, 0]),
+            Err(WireError::NotCanonical)
+        );
+        assert_eq!(
+            refused(&[0, 0, 0, 2, 1, 0, 0, 1, 0, 0]),
+            Err(WireError::NotCanonical)
+        );
+        // A value cut short, a lying count, trailing bytes, a missing list.
+        assert_eq!(
+            refused(&[0, 0, 0, 1, 1, 0, 2, 0]),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            refused(&[0xff, 0xff, 0xff, 0xff]),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            refused(&[0, 0, 0, 1, 1, 0, 0, 9]),
+            Err(WireError::TrailingBytes)
+        );
+        assert_eq!(refused(&[]), Err(WireError::Truncated));
+        // A real certificate comes back typed.
+        let cert = crate::LeaseCertificate {
+            address: ip(1),
+            epoch: 0x0102_0304_0506_0708,
+            renewal: 0,
+            lease_ms: 20_000,
+            issuer: ip(9),
+            holder_key: [7; 32],
+            name: "ab".to_owned(),
+            signature: None,
+        };
+        let mut e = sample();
+        e.extensions = vec![LsuExtension {
+            kind: LsuExtension::LEASE_CERTIFICATE,
+            value: cert.encode(),
+        }];
+        let parsed = LinkStateUpdate::parse_body(&e.encode_body()).unwrap();
+        assert_eq!(parsed.lease_certificate(), Some(Ok(cert)));
+        assert_eq!(sample().lease_certificate(), None);
+        // Version 2 with an extension list is trailing bytes.
+        let mut v2 = expected.clone();
+        v2[0] = LSU_VERSION_IPV4;
+        assert!(LinkStateUpdate::parse_body(&v2).is_err());
     }
 
     #[test]
@@ -486,7 +673,7 @@ mod tests {
     #[test]
     fn body_errors() {
         assert_eq!(
-            parse_modified(|b| b[0] = 3),
+            parse_modified(|b| b[0] = 4),
             Err(WireError::UnsupportedVersion)
         );
         assert_eq!(
@@ -757,6 +944,10 @@ mod tests {
             proptest::collection::vec(prefix, 0..12),
             proptest::collection::vec(binding, 0..12),
             proptest::collection::vec((name(), any::<u32>()), 0..4),
+            proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(any::<u8>(), 0..40)),
+                0..4,
+            ),
         )
             .prop_map(
                 |(
@@ -769,6 +960,7 @@ mod tests {
                     prefixes,
                     names,
                     v4,
+                    ext,
                 )| {
                     let names4 = v4
                         .into_iter()
@@ -787,6 +979,10 @@ mod tests {
                         prefixes,
                         names,
                         names4,
+                        extensions: ext
+                            .into_iter()
+                            .map(|(kind, value)| LsuExtension { kind, value })
+                            .collect(),
                     };
                     u.canonicalize();
                     u

@@ -165,6 +165,12 @@ impl HelloExtension {
     /// The sender's challenge for this session (32 random bytes) on a link without a (D)TLS
     /// channel binding: the peer's hello signature must cover it.
     pub const CHALLENGE: u8 = 3;
+    /// The sender has no address yet and asks to join (1 byte, reserved 0): sent with address
+    /// `::` by an ephemeral node, with the key and signature extensions.
+    pub const JOIN: u8 = 4;
+    /// The sender's lease certificate ([`crate::LeaseCertificate`]), in every hello of an
+    /// ephemeral node that holds an address.
+    pub const LEASE_CERTIFICATE: u8 = 5;
 }
 
 impl Hello {

@@ -17,6 +17,8 @@ pub enum RecordKind {
     LinkStateUpdate,
     /// A signed mesh configuration offered to a lagging peer (body: [`crate::ConfigOffer`]).
     ConfigOffer,
+    /// A lease message of an ephemeral node and its issuer (body: [`crate::LeaseMessage`]).
+    Lease,
     /// A kind this version does not know; the record is skipped.
     Unknown(u8),
 }
@@ -27,6 +29,7 @@ impl RecordKind {
         match self {
             Self::LinkStateUpdate => 1,
             Self::ConfigOffer => 2,
+            Self::Lease => 3,
             Self::Unknown(v) => v,
         }
     }
@@ -36,6 +39,7 @@ impl RecordKind {
         match v {
             1 => Self::LinkStateUpdate,
             2 => Self::ConfigOffer,
+            3 => Self::Lease,
             other => Self::Unknown(other),
         }
     }
@@ -78,6 +82,8 @@ pub struct RecordLimits {
     pub update: usize,
     /// Configuration offers (kind 2).
     pub config: usize,
+    /// Lease messages (kind 3).
+    pub lease: usize,
     /// Kinds this version does not know (skipped, so never large).
     pub other: usize,
 }
@@ -88,6 +94,7 @@ impl RecordLimits {
         Self {
             update: max_record_len,
             config: max_record_len,
+            lease: max_record_len,
             other: max_record_len,
         }
     }
@@ -97,22 +104,25 @@ impl RecordLimits {
         match kind {
             RecordKind::LinkStateUpdate => self.update,
             RecordKind::ConfigOffer => self.config,
+            RecordKind::Lease => self.lease,
             RecordKind::Unknown(_) => self.other,
         }
     }
 
     /// Returns the largest limit of any kind.
     pub fn max(&self) -> usize {
-        self.update.max(self.config).max(self.other)
+        self.update.max(self.config).max(self.lease).max(self.other)
     }
 }
 
 impl Default for RecordLimits {
-    /// Updates and unknown kinds up to 1 MiB, configuration offers up to 64 MiB.
+    /// Updates and unknown kinds up to 1 MiB, configuration offers up to 64 MiB, lease
+    /// messages up to 4 KiB.
     fn default() -> Self {
         Self {
             update: 1024 * 1024,
             config: 64 * 1024 * 1024,
+            lease: 1 + crate::lease::MAX_LEASE_MESSAGE_LEN,
             other: 1024 * 1024,
         }
     }
@@ -362,6 +372,7 @@ mod tests {
         let limits = RecordLimits {
             update: 10,
             config: 1000,
+            lease: 8,
             other: 5,
         };
         // A config of 1000 bytes is fine...
@@ -375,6 +386,15 @@ mod tests {
         d.push(&[1, 7, 7, 7]);
         assert_eq!(d.next_record(), Err(WireError::BadLength));
         assert_eq!(d.buffered_len(), 5);
+        // A lease message of 9 bytes is over its limit of 8; one of 8 is taken.
+        let mut d = RecordDecoder::with_limits(limits);
+        d.push(&[0, 0, 0, 9, 3]);
+        assert_eq!(d.next_record(), Err(WireError::BadLength));
+        let mut d = RecordDecoder::with_limits(limits);
+        d.push(&[0, 0, 0, 8, 3, 1, 2, 3, 4, 5, 6, 7]);
+        let lease = d.next_record().unwrap().unwrap();
+        assert_eq!(lease.kind, RecordKind::Lease);
+        assert_eq!(lease.body.len(), 7);
         // Unknown kinds get the smallest limit; anything above every limit is refused from
         // the length alone.
         let mut d = RecordDecoder::with_limits(limits);

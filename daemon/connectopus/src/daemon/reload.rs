@@ -94,6 +94,9 @@ pub(super) fn describe_changes(old: &MeshConfig, new: &MeshConfig, id: &str) -> 
     if a.timers != b.timers {
         changes.push("global.timers changed".to_owned());
     }
+    if a.ephemeral != b.ephemeral {
+        changes.push("global.ephemeral changed".to_owned());
+    }
     for name in old.nodes.keys() {
         if !new.nodes.contains_key(name) {
             changes.push(format!("nodes.{name} removed"));
