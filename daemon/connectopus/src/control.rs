@@ -225,6 +225,12 @@ pub struct WorkerReport {
     pub udp_gro: String,
     /// Link sockets of its own (`SO_REUSEPORT`; off: the node's one socket per endpoint).
     pub udp_reuseport: String,
+    /// `running`, or `stopped: <why>` (its flows moved to the other workers).
+    #[serde(default)]
+    pub state: String,
+    /// Reads from its TUN queues so far.
+    #[serde(default)]
+    pub tun_reads: u64,
 }
 
 /// One configured backend.
