@@ -21,9 +21,9 @@ const CONVERGE: Duration = Duration::from_secs(20);
 const BYTES: u64 = 100_000_000;
 
 /// Sends small UDP datagrams from 64 sockets (64 flows, so the kernel's hash spreads them over
-/// every TUN queue) to `[dst]:9`, `rounds` per socket.
+/// every TUN queue) to `[dst]:9`, `rounds` per socket, 10 ms apart.
 const MANY_FLOWS: &str = r#"
-import socket, sys
+import socket, sys, time
 dst, rounds = sys.argv[1], int(sys.argv[2])
 socks = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(64)]
 for _ in range(rounds):
@@ -32,8 +32,44 @@ for _ in range(rounds):
             s.sendto(b"flow", (dst, 9))
         except OSError:
             pass
+    time.sleep(0.01)
 print("sent", flush=True)
 "#;
+
+/// Receives on `[addr]:9` until datagrams of 64 different source ports arrived (or 60 s
+/// passed), then prints how many.
+const FLOW_RECEIVER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9))
+s.settimeout(0.5)
+print("listening", flush=True)
+ports, deadline = set(), time.time() + 60
+while len(ports) < 64 and time.time() < deadline:
+    try:
+        _, addr = s.recvfrom(100)
+        ports.add(addr[1])
+    except socket.timeout:
+        pass
+print("flows %d" % len(ports), flush=True)
+"#;
+
+/// Sends 64 flows from `from` to `dst` and checks that every one of them arrived at `to`
+/// (whichever worker's queue the kernel steered it to).
+fn every_flow_arrives(topo: &Topology, from: &str, to: &str, dst: Ipv6Addr) -> Result<()> {
+    let receiver = topo
+        .ns(to)
+        .spawn("python3", &["-c", FLOW_RECEIVER, &dst.to_string()])?;
+    receiver.wait_for_output("listening", Duration::from_secs(10))?;
+    // One sender, so each flow keeps its source port (and its queue) for all its rounds.
+    send_flows(topo, from, dst, 100)?;
+    let said = receiver.wait_for_output("flows", Duration::from_secs(70))?;
+    ensure!(
+        said.contains("flows 64"),
+        "not every flow from {from} arrived at {to}: {said}"
+    );
+    Ok(())
+}
 
 fn workers_of(status: &Value) -> Vec<Value> {
     status["workers"].as_array().cloned().unwrap_or_default()
@@ -84,8 +120,9 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
             "{from} -> {to} with {workers} worker(s) lost or changed bytes: {transfer:?}"
         );
     }
-    // Many flows: with two workers the kernel steers some of them to worker 1's queue.
-    send_flows(&topo, "foo", baz_addr, 20)?;
+    // Many flows: with two workers the kernel steers some of them to worker 1's queue, which
+    // seals their records itself; every flow arrives.
+    every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
     for name in ["foo", "bar", "baz"] {
         let status = mesh.status(name)?;
         let ws = workers_of(&status);
@@ -110,7 +147,8 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
         );
     }
     if workers > 1 {
-        // Worker 1 of foo read from its own TUN queue (the counters arrive every 100 ms).
+        // Worker 1 of foo read from its own TUN queue (the counters arrive every 100 ms) and
+        // sealed every packet for the DTLS link itself: nothing went through the main loop.
         wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
             mesh.status("foo").is_ok_and(|s| {
                 workers_of(&s)
@@ -120,6 +158,12 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
             })
         })
         .map_err(|_| anyhow::anyhow!("foo's worker 1 read nothing: {:?}", mesh.status("foo")))?;
+        let status = mesh.status("foo")?;
+        let w1 = &workers_of(&status)[1];
+        ensure!(
+            w1["handed_to_main"].as_u64() == Some(0),
+            "foo's worker 1 handed DTLS traffic to the main loop: {w1}"
+        );
     }
     Ok(())
 }
@@ -231,6 +275,7 @@ fn a_failed_worker_hands_its_flows_to_the_others() {
                 "{from} -> {to} after the failure: {transfer:?}"
             );
         }
+        every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
         let before = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
             .as_u64()
             .unwrap_or(0);

@@ -231,6 +231,10 @@ pub struct WorkerReport {
     /// Reads from its TUN queues so far.
     #[serde(default)]
     pub tun_reads: u64,
+    /// Packets a worker thread handed to the main loop (links it does not send on, the node's
+    /// other TUN devices, ICMPv6 errors); 0 for worker 0.
+    #[serde(default)]
+    pub handed_to_main: u64,
 }
 
 /// One configured backend.

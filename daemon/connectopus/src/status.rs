@@ -388,6 +388,7 @@ mod tests {
             udp_reuseport: "off: one worker".into(),
             state: "running".into(),
             tun_reads: 0,
+            handed_to_main: 0,
         }];
         r.workers.push(crate::control::WorkerReport {
             index: 1,

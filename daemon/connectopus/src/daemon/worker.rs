@@ -57,9 +57,7 @@ impl Worker {
                 Some(why) => format!("off: {why}"),
             },
             tun_multi_queue: match &dataplane.multi_queue {
-                Ok(n) => format!(
-                    "on (queue 0 of {n} of the node's device; tun_devs and namespaces here)"
-                ),
+                Ok(_) => "on".to_owned(),
                 Err(why) => format!("off: {why}"),
             },
             tun_offload: tuns
@@ -71,6 +69,7 @@ impl Worker {
             udp_reuseport: "off: one socket per UDP endpoint, on this worker".to_owned(),
             state: "running".to_owned(),
             tun_reads: self.tun_reads,
+            handed_to_main: 0,
         }
     }
 
@@ -95,7 +94,6 @@ impl Daemon {
     /// What every worker runs on, for `status`: worker 0 on the main loop, then the threads.
     pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
         let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane)];
-        let queues = self.dataplane.multi_queue.as_ref().map_or(1, |n| *n);
         let own_tun = self.tuns.get(0).filter(|_| self.dataplane.has_threads());
         for index in 1..=self.dataplane.threads() {
             let Some(status) = self.dataplane.status(index) else {
@@ -105,15 +103,19 @@ impl Daemon {
                 index,
                 thread: format!("worker-{index}"),
                 io_uring: status.io_uring,
-                tun_multi_queue: format!("on (queue {index} of {queues})"),
+                tun_multi_queue: "on".to_owned(),
                 tun_offload: own_tun
                     .map(|t| (t.name().to_owned(), t.offload().describe()))
                     .into_iter()
                     .collect(),
                 udp_gso: status.udp_gso,
-                udp_gro: RECEIVE_ON_MAIN.to_owned(),
+                udp_gro: match &self.worker.offloads.udp_gro {
+                    Ok(()) => RECEIVE_ON_MAIN.to_owned(),
+                    Err(why) => format!("off: {why}"),
+                },
                 udp_reuseport: RECEIVE_ON_MAIN.to_owned(),
                 tun_reads: status.tun_reads,
+                handed_to_main: status.handed_to_main,
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

@@ -150,6 +150,8 @@ pub(super) struct ThreadStatus {
     pub(super) udp_gso: String,
     /// Reads from its TUN queue (updated with each report).
     pub(super) tun_reads: u64,
+    /// Packets handed to the main loop (updated with each report).
+    pub(super) handed_to_main: u64,
 }
 
 #[derive(Debug)]
@@ -259,6 +261,7 @@ impl Dataplane {
                 stopped: None,
                 udp_gso: datapath::Offloads::describe(&offloads.udp_gso),
                 tun_reads: 0,
+                handed_to_main: 0,
             }));
             let waker = io.waker();
             let thread = WorkerThread {
@@ -278,6 +281,7 @@ impl Dataplane {
                 woke_main: false,
                 status: status.clone(),
                 fail_after: fail.filter(|(w, _)| *w == index).map(|(_, n)| n),
+                handed_to_main: 0,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -402,6 +406,7 @@ struct WorkerThread {
     woke_main: bool,
     status: Arc<Mutex<ThreadStatus>>,
     fail_after: Option<u64>,
+    handed_to_main: u64,
 }
 
 impl WorkerThread {
@@ -505,7 +510,10 @@ impl WorkerThread {
     /// Hands something to the main loop; counts it when the channel is full.
     fn hand_to_main(&mut self, message: FromWorker) {
         match self.to_main.try_send(message) {
-            Ok(()) => self.woke_main = true,
+            Ok(()) => {
+                self.woke_main = true;
+                self.handed_to_main += 1;
+            }
             Err(TrySendError::Full(_)) => {
                 self.channel_drops.fetch_add(1, Ordering::Relaxed);
                 self.worker.forwarder.count_drop(DropReason::LinkCongested);
@@ -516,10 +524,14 @@ impl WorkerThread {
 
     fn report(&mut self, last: bool) {
         self.reported = Instant::now();
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .tun_reads = self.worker.tun_reads;
+        {
+            let mut status = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            status.tun_reads = self.worker.tun_reads;
+            status.handed_to_main = self.handed_to_main;
+        }
         while let Some((forwarded, packet)) = self.worker.forwarder.poll_originated() {
             self.hand_to_main(FromWorker::Originated(forwarded, packet));
         }
