@@ -652,13 +652,17 @@ impl WorkerThread {
             },
             Forwarded::Deliver => {
                 // Another of the node's TUN devices (the main loop's), or a loop.
-                let bytes = self
+                let mut bytes = self
                     .worker
                     .io
                     .buf(&buf)
                     .get(read)
                     .unwrap_or_default()
                     .to_vec();
+                if self.vnet && header.is_none() {
+                    // Its checksum is complete now: the main loop must not complete it again.
+                    let _ = VnetHeader::NONE.write(&mut bytes);
+                }
                 self.hand_to_main(FromWorker::FromTun(bytes));
             }
             Forwarded::Done => {}
