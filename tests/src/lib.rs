@@ -93,7 +93,7 @@ pub use topology::{
     Link, MESH_PREFIX, Node, Topology, TopologyBuilder, underlay_addr, underlay_prefix,
     underlay_prefix_v4,
 };
-pub use transfer::{Transfer, checked_transfer};
+pub use transfer::{Transfer, checked_transfer, checked_transfer_paced};
 pub use wait::{poll_until, wait_until};
 
 /// Where the workspace's binaries are built (`target/<profile>`).

@@ -29,16 +29,22 @@ while True:
 print("received", n, h.hexdigest(), flush=True)
 "#;
 
-/// The sending end: sends `bytes` pseudo-random bytes (seeded), hashing them as it goes.
+/// The sending end: sends `bytes` pseudo-random bytes (seeded), hashing them as it goes; with
+/// a rate (bytes a second, 0 for none) in 64 KiB chunks, never ahead of that rate.
 const SENDER: &str = r#"
-import hashlib, random, socket, sys
+import hashlib, random, socket, sys, time
 addr, port, total, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rate = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 rng = random.Random(seed)
 c = socket.create_connection((addr, port), timeout=30)
-h, n = hashlib.sha256(), 0
+h, n, start = hashlib.sha256(), 0, time.monotonic()
 while n < total:
-    chunk = rng.randbytes(min(1 << 20, total - n))
+    chunk = rng.randbytes(min(1 << 16 if rate else 1 << 20, total - n))
     c.sendall(chunk); h.update(chunk); n += len(chunk)
+    if rate:
+        ahead = n / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 c.shutdown(socket.SHUT_WR)
 c.recv(1)
 print("sent", n, h.hexdigest(), flush=True)
@@ -74,6 +80,25 @@ pub fn checked_transfer(
     seed: u64,
     timeout: Duration,
 ) -> Result<Transfer> {
+    checked_transfer_paced(from, to, dst, port, bytes, seed, 0, timeout)
+}
+
+/// [`checked_transfer`] with the sender held to `bytes_per_second` (0: as fast as it can), so
+/// a test can change the network while the transfer is under way.
+///
+/// # Errors
+/// As [`checked_transfer`].
+#[allow(clippy::too_many_arguments)]
+pub fn checked_transfer_paced(
+    from: &NetNs,
+    to: &NetNs,
+    dst: Ipv6Addr,
+    port: u16,
+    bytes: u64,
+    seed: u64,
+    bytes_per_second: u64,
+    timeout: Duration,
+) -> Result<Transfer> {
     check_addr(dst.into())?;
     let (dst_s, port_s) = (dst.to_string(), port.to_string());
     let receiver = to.spawn("python3", &["-c", RECEIVER, &dst_s, &port_s])?;
@@ -87,6 +112,7 @@ pub fn checked_transfer(
             &port_s,
             &bytes.to_string(),
             &seed.to_string(),
+            &bytes_per_second.to_string(),
         ],
         timeout,
     )?;

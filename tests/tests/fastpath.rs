@@ -2,8 +2,9 @@
 //! foo—bar—baz over plaintext UDP links. With the fast path: ping, traceroute (bar, the
 //! transit node, still answers Time Exceeded: hop limit 1 goes to userspace), a checked
 //! 100 MB transfer whose bytes the eBPF counters carried and the userspace link counters did
-//! not, and a peer restart (entries removed, then re-added). A node started without the eBPF
-//! object forwards through userspace and says why.
+//! not, and a peer restart (entries removed, then re-added). On a triangle, the underlay of the
+//! cheaper path is cut in the middle of a paced transfer: the entries follow the route to the
+//! direct link. A node started without the eBPF object forwards through userspace and says why.
 //!
 //! Needs root and the eBPF object (`cargo xtask build-ebpf`, embedded in the node at build
 //! time); skips with a message otherwise.
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, Topology, checked_transfer, ping6, require_root, require_tools,
-    run_test, traceroute6, wait_until,
+    LinkKind, Mesh, MeshLink, Topology, checked_transfer, checked_transfer_paced, ping6,
+    require_root, require_tools, run_test, traceroute6, wait_until,
 };
 use serde_json::Value;
 
@@ -300,41 +301,69 @@ fn entries_follow_a_route_change() {
         let baz_addr = mesh.address("baz");
         let before = mesh.status("foo")?;
 
-        // The foo—bar underlay goes down: until the session's dead interval ends, foo's
-        // entries still point at bar (packets are lost and TCP retransmits); then the route
-        // and the entries move to the direct link, and the transfer completes.
-        topo.ns("foo")
-            .ip(&["link", "set", topo.iface("foo", "bar"), "down"])?;
-        let there = std::thread::scope(|scope| -> Result<_> {
+        // A transfer held to 5 MB/s (10 s for 50 MB) runs through bar in eBPF; once 5 MB of
+        // it have crossed, the foo—bar underlay goes down under it. Until the session's dead
+        // interval ends, foo's entries still point at bar (packets are lost and TCP
+        // retransmits); then the route and the entries move to the direct link, and the
+        // transfer completes there.
+        const TOTAL: u64 = 50_000_000;
+        let (there, via_bar_at_cut, via_bar) = std::thread::scope(|scope| -> Result<_> {
             let transfer = scope.spawn(|| {
-                checked_transfer(
+                checked_transfer_paced(
                     topo.ns("foo"),
                     topo.ns("baz"),
                     baz_addr,
                     7003,
-                    50_000_000,
+                    TOTAL,
                     3,
-                    Duration::from_secs(90),
+                    5_000_000,
+                    Duration::from_secs(120),
                 )
             });
+            let flowing = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+                mesh.status("foo")
+                    .is_ok_and(|now| bytes_to(&now, "bar") >= bytes_to(&before, "bar") + 5_000_000)
+            });
+            let via_bar_at_cut =
+                bytes_to(&mesh.status("foo")?, "bar").saturating_sub(bytes_to(&before, "bar"));
+            topo.ns("foo")
+                .ip(&["link", "set", topo.iface("foo", "bar"), "down"])?;
             // No packet goes to the dead link for longer than one dead interval: by then the
-            // session is dead and the entries for it are gone.
+            // session is dead and the entries for it are gone. Meanwhile the most bar's link
+            // ever counted: what went that way, delivered or lost in the cut.
+            let mut via_bar = via_bar_at_cut;
             let watched = wait_until(
                 DEAD_INTERVAL + Duration::from_secs(2),
                 Duration::from_millis(100),
-                || !active_to(&mesh, "foo", "bar"),
+                || {
+                    if let Ok(now) = mesh.status("foo") {
+                        via_bar = via_bar
+                            .max(bytes_to(&now, "bar").saturating_sub(bytes_to(&before, "bar")));
+                    }
+                    !active_to(&mesh, "foo", "bar")
+                },
             );
             let there = transfer
                 .join()
                 .map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
+            flowing.context("5 MB of the transfer crossed bar in eBPF before the cut")?;
             watched.with_context(|| {
                 format!(
                     "foo still sends to the dead link after the dead interval: {}",
                     mesh.status("foo").unwrap_or_default()
                 )
             })?;
-            Ok(there)
+            Ok((there, via_bar_at_cut, via_bar))
         })?;
+        eprintln!(
+            "fastpath_route_change: {via_bar_at_cut} B through bar at the cut, {via_bar} B in all"
+        );
+        // The cut came in the middle: the path through bar had carried part of the data, not
+        // all of it (the sender cannot be ahead of 5 MB/s).
+        ensure!(
+            via_bar_at_cut < TOTAL * 9 / 10,
+            "the transfer had nearly finished through bar ({via_bar_at_cut} B) before the cut"
+        );
         ensure!(
             there.intact(),
             "foo -> baz across the route change: {there:?}"
@@ -346,10 +375,12 @@ fn entries_follow_a_route_change() {
         );
         ensure!(mesh.next_hop("foo", "baz")?.as_deref() == Some("baz"));
         let after = mesh.status("foo")?;
-        let direct = bytes_to(&after, "baz") - bytes_to(&before, "baz");
+        // The rest crossed the direct link in eBPF: its counters count whole packets (data
+        // out, acknowledgements in), so at least what never went towards bar.
+        let direct = bytes_to(&after, "baz").saturating_sub(bytes_to(&before, "baz"));
         ensure!(
-            direct >= 50_000_000,
-            "the direct link carried {direct} B in eBPF: {}",
+            direct >= TOTAL.saturating_sub(via_bar),
+            "the direct link carried {direct} B in eBPF, bar's {via_bar} B: {}",
             after["links"]
         );
         Ok(())
