@@ -27,6 +27,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("systemd-analyze", "systemd"),
     ("chromium", "chromium"),
+    ("kea-dhcp6", "kea-dhcp6-server"),
+    ("dhcpd", "isc-dhcp-server"),
 ];
 
 /// Whether this process runs with effective user id 0.

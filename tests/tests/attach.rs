@@ -1,12 +1,15 @@
 //! Applications attached to the mesh, end to end on foo—bar—baz: a namespace on foo whose
 //! only network is the mesh, with a web server started inside it, reached from baz's host by
-//! address and by name; `connectopus nsenter`; an inetd-style echo service on bar with its
-//! connection limit; and namespaces and services added and removed by a live configuration
-//! change.
+//! address and by name, over IPv6 and IPv4 (`address4`); `connectopus nsenter`; an
+//! inetd-style echo service on bar with its connection limit and its stderr in bar's log;
+//! `status` listing both; namespaces and services added and removed by a live configuration
+//! change; and a change that restarts foo's mesh instance (a re-exec of the confined node),
+//! after which its namespace is made again and reachable. Then `setup-tunnel` (IPv6 and IPv4)
+//! and a node running unprivileged on the devices it made.
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +22,12 @@ use connectopus_tests::{
 const DOMAIN: &str = "connectopus.test";
 const SANDBOX: &str = "fd00:cafe::1:3";
 const BOX2: &str = "fd00:cafe::1:4";
+/// The mesh's IPv4 subnet (inside 198.18.0.0/15, apart from the underlay's 198.18.<link>.0/24),
+/// the sandbox's and baz's IPv4 addresses in it.
+const SUBNET4: &str = "198.19.0.0/16";
+const SANDBOX4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 3);
+const BAZ4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+const FOO4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 
 /// The /etc/netns/<ns>/resolv.conf that `ip netns exec` binds over /etc/resolv.conf, removed
 /// on drop.
@@ -161,6 +170,25 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Adds `subnet4` to the mesh file and signs it again.
+fn enable_ipv4(mesh: &Mesh<'_>) -> Result<()> {
+    let path = mesh.config_path();
+    let yaml = std::fs::read_to_string(path)?;
+    let yaml = ensure_replaced(
+        &yaml,
+        "  subnet: fd00:cafe::/64\n",
+        &format!("  subnet: fd00:cafe::/64\n  subnet4: {SUBNET4}\n"),
+    );
+    std::fs::write(path, yaml)?;
+    mesh.sign()
+}
+
+/// `text` with the first `from` replaced by `to`; panics (failing the test) without a `from`.
+fn ensure_replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "no {from:?} in:\n{text}");
+    text.replacen(from, to, 1)
+}
+
 fn registry(mesh: &Mesh<'_>, node: &str) -> PathBuf {
     let mut p = mesh.socket(node).into_os_string();
     p.push(".netns");
@@ -179,12 +207,13 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
         // A megabyte, for a transfer between foo's host and its namespace.
         std::fs::write(site.join("big.bin"), vec![7u8; 1 << 20])?;
         let foo_extra = format!(
-            "    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
+            "    address4: {FOO4}\n    namespaces:\n      sandbox:\n        address: \"{SANDBOX}\"\n        address4: {SANDBOX4}\n        cost: 2\n        services:\n          web: {{command: \"{} -m http.server --bind :: --directory {} 8080\"}}\n",
             python.display(),
             site.display()
         );
-        let bar_extra =
-            "    services:\n      echo: {port: 7, command: /bin/cat, max_connections: 50}\n";
+        // The echo service says something on stderr per connection, for bar's log.
+        let bar_extra = "    services:\n      echo: {port: 7, command: \"/bin/sh -c 'echo echo-connection-opened >&2; exec /bin/cat'\", max_connections: 50}\n";
+        let baz_extra = format!("    address4: {BAZ4}\n");
         let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
         let mut mesh = Mesh::configure_with(
             &topo,
@@ -192,8 +221,9 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
                 MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
                 MeshLink::new("baz", "bar", LinkKind::Tcp),
             ],
-            &[("foo", &foo_extra), ("bar", bar_extra)],
+            &[("foo", &foo_extra), ("bar", bar_extra), ("baz", &baz_extra)],
         )?;
+        enable_ipv4(&mesh)?;
         mesh.start_all()?;
         mesh.wait_converged(Duration::from_secs(20))?;
         let baz = mesh.address("baz");
@@ -245,6 +275,55 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
             .ns("baz")
             .exec_ok("curl", &["-sS", "--max-time", "5", by_name.as_str()])?;
         ensure!(out == "hello from the sandbox\n", "curl {by_name}: {out}");
+
+        // IPv4: the sandbox's address4 is routed to foo, answers ping from baz's host, and
+        // its name has an A record (and the address a PTR) at baz's DNS server.
+        wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+            topo.ns("baz")
+                .exec(
+                    "ping",
+                    &["-4", "-n", "-c", "1", "-W", "1", &SANDBOX4.to_string()],
+                )
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("baz should ping the sandbox's IPv4 address")?;
+        let a = dig(topo.ns("baz"), IpAddr::V6(baz), &name, "A", false)?;
+        ensure!(
+            a.answers
+                .iter()
+                .any(|r| r.rtype == "A" && r.data == SANDBOX4.to_string()),
+            "A {name}: {a:?}"
+        );
+        let ptr = dig(
+            topo.ns("baz"),
+            IpAddr::V6(baz),
+            "3.1.19.198.in-addr.arpa",
+            "PTR",
+            false,
+        )?;
+        ensure!(
+            ptr.answers
+                .iter()
+                .any(|r| r.rtype == "PTR" && r.data == format!("{name}.")),
+            "PTR of {SANDBOX4}: {ptr:?}"
+        );
+        let out = topo
+            .ns("baz")
+            .exec_ok("curl", &["-4", "-sS", "--max-time", "5", by_name.as_str()])?;
+        ensure!(
+            out == "hello from the sandbox\n",
+            "curl -4 {by_name}: {out}"
+        );
+        // foo's own host reaches the sandbox over IPv4 through foo alone (from one of its TUN
+        // devices to the other, never through the mesh).
+        let url4 = format!("http://{SANDBOX4}:8080/hello.txt");
+        let out = topo
+            .ns("foo")
+            .exec_ok("curl", &["-sS", "--max-time", "5", url4.as_str()])?;
+        ensure!(
+            out == "hello from the sandbox\n",
+            "curl {url4} from foo: {out}"
+        );
         let foo_log = mesh.process("foo").context("foo")?.stderr();
         ensure!(
             foo_log.contains("service=web") && foo_log.contains("GET /hello.txt"),
@@ -350,11 +429,43 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
                 "a route that is not the mesh's: {line}"
             );
         }
+        // With address4, IPv4 has a default route into the mesh too, and nothing else.
         let routes4 = nsenter(&mesh, ns, "sandbox", &[&ip, "-4", "route", "show"])?;
+        ensure!(routes4.status.success(), "{}", text(&routes4));
+        let routes4 = String::from_utf8_lossy(&routes4.stdout).into_owned();
         ensure!(
-            routes4.status.success() && routes4.stdout.is_empty(),
-            "the namespace has IPv4 routes: {}",
-            text(&routes4)
+            routes4.contains("default dev cx-sandbox") && routes4.lines().count() == 1,
+            "the sandbox's IPv4 routes: {routes4}"
+        );
+
+        // status lists the namespace, its address4 and its web server (restarted once).
+        let status = mesh.status("foo")?;
+        let sandbox_report = status["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == "sandbox")
+            .cloned()
+            .with_context(|| format!("no sandbox in foo's status: {}", status["namespaces"]))?;
+        ensure!(
+            sandbox_report["state"] == "up"
+                && sandbox_report["address"] == SANDBOX
+                && sandbox_report["address4"] == SANDBOX4.to_string()
+                && sandbox_report["pid"].as_i64().is_some(),
+            "{sandbox_report}"
+        );
+        let web = &sandbox_report["services"][0];
+        ensure!(
+            web["name"] == "web"
+                && web["pid"].as_i64().is_some()
+                && web["restarts"].as_u64().is_some_and(|r| r >= 1),
+            "the web service in foo's status: {sandbox_report}"
+        );
+        let text_status = mesh.status_text("foo")?;
+        ensure!(
+            text_status.contains("namespaces:")
+                && text_status.contains(&format!("sandbox [{SANDBOX} {SANDBOX4}] up")),
+            "{text_status}"
         );
         let resolv = nsenter(&mesh, ns, "sandbox", &["cat", "/etc/resolv.conf"])?;
         ensure!(
@@ -372,12 +483,37 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
             out.contains("extra b''"),
             "the 51st connection should be closed without an echo: {out}"
         );
+        let bar_log = mesh.process("bar").context("bar")?.stderr();
         ensure!(
-            mesh.process("bar")
-                .context("bar")?
-                .stderr()
-                .contains("at max_connections"),
+            bar_log.contains("at max_connections"),
             "bar should say why it refused"
+        );
+        // Each connection process's stderr line is in bar's log with the service's name.
+        ensure!(
+            bar_log
+                .lines()
+                .any(|l| l.contains("service=echo") && l.contains("echo-connection-opened")),
+            "the echo service's stderr should be in bar's log"
+        );
+        // status counts them: 50 served, the 51st refused.
+        let echo = mesh.status("bar")?["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "echo")
+            .cloned()
+            .context("no echo service in bar's status")?;
+        ensure!(
+            echo["port"] == 7
+                && echo["listening"] == true
+                && echo["max_connections"] == 50
+                && echo["served"].as_u64().is_some_and(|n| n >= 50)
+                && echo["refused"].as_u64().is_some_and(|n| n >= 1),
+            "{echo}"
+        );
+        ensure!(
+            mesh.status_text("bar")?.contains("echo port 7 listening"),
+            "bar's status text should list the echo service"
         );
         // Once they ended, there is room again.
         let out = wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
@@ -415,6 +551,13 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
             !gone.status.success(),
             "nsenter into the removed sandbox worked"
         );
+        // box2 has no address4: no IPv4 route inside.
+        let routes4 = nsenter(&mesh, ns, "box2", &[&ip, "-4", "route", "show"])?;
+        ensure!(
+            routes4.status.success() && routes4.stdout.is_empty(),
+            "box2 (no address4) has IPv4 routes: {}",
+            text(&routes4)
+        );
         wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
             let script = format!(
                 "import socket\ns = socket.create_connection((\"{bar}\", 13), timeout=5)\nprint(s.recv(100))"
@@ -433,6 +576,51 @@ fn namespaces_services_and_nsenter_across_the_mesh() {
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("refused"))
         });
         closed.context("bar's echo port should be closed")?;
+
+        // v3 gives foo a prefix: that restarts its mesh instance, a re-exec of the already
+        // confined node. Its attach helper (started before confinement) carries over, so box2
+        // is made again, and baz reaches it.
+        let v2_text = std::fs::read_to_string(&v2)?;
+        let v3 = candidate(&mesh, dir, 3, |_| {
+            let t = ensure_replaced(&v2_text, "  version: 2\n", "  version: 3\n");
+            let foo_address = format!("    address: \"{}\"\n", mesh.address("foo"));
+            ensure_replaced(
+                &t,
+                &foo_address,
+                &format!("{foo_address}    prefixes: [\"fd00:cafe::9:0/112\"]\n"),
+            )
+        })?;
+        let epoch = mesh.status("foo")?["epoch"].clone();
+        let (ok, out) = mesh.config_set("foo", &v3)?;
+        ensure!(ok, "foo refused v3: {out}");
+        wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+            mesh.status("foo")
+                .is_ok_and(|s| s["config_version"] == 3 && s["epoch"] != epoch)
+        })
+        .context("foo should restart its mesh instance for v3")?;
+        let foo_log = mesh.process("foo").context("foo")?.stderr();
+        ensure!(
+            foo_log.contains("restarting the mesh instance")
+                && foo_log.contains("kept the attach helper across the restart"),
+            "foo should re-execute itself and keep its attach helper"
+        );
+        let box2: Ipv6Addr = BOX2.parse()?;
+        wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+            connectopus_tests::ping6(topo.ns("baz"), box2, 1, 56, &["-W", "1"])
+                .is_ok_and(|p| p.all_received())
+        })
+        .with_context(|| {
+            format!(
+                "baz should ping box2 after foo's restart: {:?}",
+                mesh.status("foo").map(|s| s["namespaces"].clone())
+            )
+        })?;
+        let ping = nsenter(&mesh, ns, "box2", &["ping", "-6", "-c1", "-W5", &baz_name])?;
+        ensure!(
+            ping.status.success(),
+            "ping from box2 after the restart: {}",
+            text(&ping)
+        );
 
         // Stopping foo stops its namespaces and their processes.
         let registry = registry(&mesh, "foo");
@@ -476,12 +664,19 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
         require_tools(&["setpriv", "ping"]);
         let topo = Topology::line(dir, &["foo", "bar"])?;
         // A namespace too: without root, the node makes it in a user namespace of its own.
-        let foo_extra = format!("    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n");
+        // With subnet4 both nodes have an IPv4 address: setup-tunnel puts foo's on its device.
+        let foo4 = Ipv4Addr::new(198, 19, 0, 1);
+        let bar4 = Ipv4Addr::new(198, 19, 0, 2);
+        let foo_extra = format!(
+            "    address4: {foo4}\n    namespaces:\n      sandbox: {{address: \"{SANDBOX}\"}}\n"
+        );
+        let bar_extra = format!("    address4: {bar4}\n");
         let mut mesh = Mesh::configure_with(
             &topo,
             &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
-            &[("foo", &foo_extra)],
+            &[("foo", &foo_extra), ("bar", &bar_extra)],
         )?;
+        enable_ipv4(&mesh)?;
         let ns = topo.ns("foo");
         // The unprivileged user needs its own copy of the binary (the build tree may be private),
         // and a directory for the node's files.
@@ -511,6 +706,11 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
             "setup-tunnel --check: {}",
             text(&check)
         );
+        // The persistent device holds the IPv4 address, and subnet4 is routed through it.
+        let addr4 = ns.ip(&["-4", "addr", "show", "dev", "cx-foo"])?;
+        ensure!(addr4.contains(&format!("{foo4}/16")), "{addr4}");
+        let route4 = ns.ip(&["-4", "route", "show", SUBNET4])?;
+        ensure!(route4.contains("dev cx-foo"), "{route4}");
 
         let config = home.join("foo.yml").display().to_string();
         let socket = home.join("foo.sock").display().to_string();
@@ -613,7 +813,26 @@ fn setup_tunnel_lets_a_node_run_unprivileged() {
             )
         })?;
 
-        // The check fails once the device lost its address.
+        // IPv4 crosses to the unprivileged node too.
+        wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+            topo.ns("bar")
+                .exec(
+                    "ping",
+                    &["-4", "-n", "-c", "1", "-W", "2", &foo4.to_string()],
+                )
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("bar should ping foo's IPv4 address")?;
+
+        // The check fails once the device lost its IPv4 address, and then its address.
+        ns.ip(&["-4", "addr", "del", &format!("{foo4}/16"), "dev", "cx-foo"])?;
+        let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
+        ensure!(
+            !check.status.success()
+                && text(&check).contains(&format!("IPv4 address {foo4}/16 missing")),
+            "setup-tunnel --check should fail without the IPv4 address: {}",
+            text(&check)
+        );
         ns.ip(&["addr", "del", &format!("{foo_addr}/64"), "dev", "cx-foo"])?;
         let check = setup_tunnel(&mesh, ns, &bin, &["--check"])?;
         ensure!(

@@ -47,6 +47,9 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // Headless Chromium loads the web UI in the API test and takes docs/ui.png.
     "chromium",
+    // DHCPv6 servers delegating prefixes to the DHCPv6-PD client in the pd test.
+    "kea-dhcp6-server",
+    "isc-dhcp-server",
 ];
 
 fn main() -> ExitCode {

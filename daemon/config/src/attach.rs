@@ -5,7 +5,7 @@
 //! ([`changes`]) and start or stop the difference; nothing here does I/O.
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::model::{GlobalConfig, NodeConfig};
 
@@ -17,6 +17,9 @@ pub struct NamespaceSpec {
     pub name: String,
     /// Its mesh address (a /128 on its TUN device).
     pub address: Ipv6Addr,
+    /// Its IPv4 mesh address (a /32 on its TUN device, with an IPv4 default route), when the
+    /// mesh has `global.subnet4`.
+    pub address4: Option<Ipv4Addr>,
     /// The cost the node advertises for the address.
     pub cost: f64,
     /// The MTU of its TUN device (the node's).
@@ -84,6 +87,7 @@ pub fn namespaces(
             let spec = NamespaceSpec {
                 name: name.clone(),
                 address: ns.address,
+                address4: global.subnet4.and(ns.address4),
                 cost: ns.cost,
                 mtu,
                 domain: global.domain.clone(),

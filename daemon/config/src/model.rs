@@ -190,15 +190,28 @@ pub struct FastpathConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpctlConfig {
-    /// Unix socket path; relative paths are under the node's data directory.
+    /// Unix socket path; a relative path is under the control-socket directory
+    /// (`/run/connectopus`, see [`CpctlConfig::socket_path`]).
     #[serde(default)]
     pub socket_file: Option<PathBuf>,
-    /// Turns the unix socket off.
+    /// Turns the unix socket off (the HTTP API on `port` still serves).
     #[serde(default)]
     pub no_socket: bool,
     /// TCP port of the HTTP listener (UI and API); off when absent.
     #[serde(default)]
     pub port: Option<u16>,
+}
+
+impl CpctlConfig {
+    /// Where the node serves its control socket: `socket_file` when set (a relative path
+    /// under `socket_dir`), else `default` (`/run/connectopus/<node>.sock`).
+    pub fn socket_path(&self, socket_dir: &std::path::Path, default: PathBuf) -> PathBuf {
+        match &self.socket_file {
+            Some(file) if file.is_absolute() => file.clone(),
+            Some(file) => socket_dir.join(file),
+            None => default,
+        }
+    }
 }
 
 /// The Prometheus metrics endpoint (`nodes.N.metrics`).
@@ -260,6 +273,10 @@ pub struct TunDevConfig {
 pub struct NamespaceConfig {
     /// Address inside the namespace (/128), inside `global.subnet`.
     pub address: Ipv6Addr,
+    /// IPv4 address inside the namespace (/32, with an IPv4 default route into the mesh),
+    /// inside `global.subnet4`.
+    #[serde(default)]
+    pub address4: Option<Ipv4Addr>,
     /// Advertised cost (default 1.0, must be > 0).
     #[serde(default = "one")]
     pub cost: f64,

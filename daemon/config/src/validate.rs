@@ -285,7 +285,7 @@ fn node_checks(
         }
     }
 
-    // IPv4 addresses: the node's own and its tun_devs'.
+    // IPv4 addresses: the node's own, its tun_devs' and its namespaces'.
     let mut addrs4: Vec<(std::net::Ipv4Addr, Vec<String>)> = Vec::new();
     if let Some(a) = node.address4 {
         addrs4.push((a, base(&["address4"])));
@@ -293,6 +293,11 @@ fn node_checks(
     for (t, dev) in &tun_devs {
         if let Some(a) = dev.address4 {
             addrs4.push((a, base(&["tun_devs", t, "address4"])));
+        }
+    }
+    for (n, ns) in &namespaces {
+        if let Some(a) = ns.address4 {
+            addrs4.push((a, base(&["namespaces", n, "address4"])));
         }
     }
     for (addr, path) in addrs4 {
@@ -514,18 +519,14 @@ fn node_checks(
             );
         }
     }
-    // Every other key of a node does what docs/config.md says; `cpctl.socket_file` and
-    // `cpctl.no_socket` are accepted (upstream configurations carry them) but not used yet,
-    // and the loader says so rather than ignoring them. `cpctl.port` serves the HTTP API.
-    for key in ["socket_file", "no_socket"] {
-        if cx.tree.find(&["nodes", name, "cpctl", key]).is_some() {
-            cx.warn(
-                &["nodes", name, "cpctl", key],
-                At::Key,
-                format!(
-                    "cpctl.{key} is not used yet: the control socket is \
-                     /run/connectopus/<node>.sock or `connectopus node --control-socket PATH`"
-                ),
+    // `cpctl.socket_file` must name a file: a relative one is under /run/connectopus.
+    if let Some(file) = &node.cpctl.socket_file {
+        let text = file.as_os_str().to_string_lossy();
+        if text.is_empty() || text.ends_with('/') || file.file_name().is_none() {
+            cx.error(
+                &["nodes", name, "cpctl", "socket_file"],
+                At::Value,
+                format!("socket_file `{text}` does not name a file for the control socket"),
             );
         }
     }

@@ -49,8 +49,7 @@ fn expect(
 fn valid_three_node_mesh() {
     let bytes = fixture("valid.yml");
     let cfg = load("valid.yml", &bytes).unwrap_or_else(|d| panic!("{d}"));
-    // No warnings: `cpctl.port` serves the HTTP API (only `socket_file` and `no_socket`
-    // would warn that they are not used yet).
+    // No warnings: every key of the fixture does something.
     let warnings: Vec<String> = cfg.warnings().iter().map(|w| w.to_string()).collect();
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(&cfg.source()[..], &bytes[..]);
@@ -126,16 +125,44 @@ fn valid_three_node_mesh() {
     assert!(found.0.is_empty(), "{found}");
 }
 
+/// `cpctl.socket_file` and `cpctl.no_socket` do something now: no warning about them. A
+/// socket_file that names no file is an error.
 #[test]
-fn unused_cpctl_keys_warn_and_the_port_does_not() {
-    let yaml = "global:\n  domain: a.test\n  subnet: fd00::/64\nnodes:\n  foo:\n    address: \"fd00::1\"\n    cpctl:\n      port: 8123\n      no_socket: true\n";
+fn cpctl_socket_keys_are_used_without_warnings() {
+    let yaml = "global:\n  domain: a.test\n  subnet: fd00::/64\nnodes:\n  foo:\n    address: \"fd00::1\"\n    cpctl:\n      port: 8123\n      no_socket: true\n      socket_file: foo-admin.sock\n";
     let cfg = load("c.yml", yaml.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
     let warnings: Vec<String> = cfg.warnings().iter().map(|w| w.to_string()).collect();
-    let cpctl: Vec<&String> = warnings.iter().filter(|w| w.contains("cpctl")).collect();
     assert!(
-        cpctl.len() == 1 && cpctl[0].contains("cpctl.no_socket is not used yet"),
+        !warnings.iter().any(|w| w.contains("cpctl")),
         "{warnings:?}"
     );
+    let cpctl = &cfg.nodes["foo"].cpctl;
+    assert!(cpctl.no_socket);
+    assert_eq!(
+        cpctl.socket_file.as_deref(),
+        Some(std::path::Path::new("foo-admin.sock"))
+    );
+    // A relative socket_file is under the control-socket directory, an absolute one as it
+    // is, and without one the default.
+    let dir = std::path::Path::new("/run/connectopus");
+    let default = dir.join("foo.sock");
+    assert_eq!(
+        cpctl.socket_path(dir, default.clone()),
+        dir.join("foo-admin.sock")
+    );
+    let mut absolute = cpctl.clone();
+    absolute.socket_file = Some("/home/a/foo.sock".into());
+    assert_eq!(
+        absolute.socket_path(dir, default.clone()),
+        std::path::PathBuf::from("/home/a/foo.sock")
+    );
+    absolute.socket_file = None;
+    assert_eq!(absolute.socket_path(dir, default.clone()), default);
+    for bad in ["\"\"", "/run/connectopus/"] {
+        let src = yaml.replace("foo-admin.sock", bad);
+        let d = check("c.yml", src.as_bytes());
+        expect(&d, Severity::Error, "socket_file", 10, 20);
+    }
 }
 
 #[test]
@@ -384,6 +411,31 @@ fn ipv4_rules() {
             13,
             58,
         ),
+        // A namespace's address4: outside subnet4, without subnet4, the same as a tun_dev's.
+        (
+            format!(
+                "{head4}    namespaces:\n      sandbox: {{address: fd00::1:3, address4: 10.1.2.3}}\n"
+            ),
+            "address4 10.1.2.3 is outside global.subnet4 198.18.0.0/15",
+            10,
+            47,
+        ),
+        (
+            format!(
+                "{HEAD}    namespaces:\n      sandbox:\n        address: fd00::1:3\n        address4: 198.18.0.3\n"
+            ),
+            "address4 198.18.0.3 needs global.subnet4",
+            11,
+            19,
+        ),
+        (
+            format!(
+                "{head4}    tun_devs:\n      host: {{device: ctun, address: fd00::1:2, address4: 198.18.0.7}}\n    namespaces:\n      sandbox: {{address: fd00::1:3, address4: 198.18.0.7}}\n"
+            ),
+            "duplicate address4 198.18.0.7: already used by nodes.foo.tun_devs.host.address4 at m.yml:10:58",
+            12,
+            47,
+        ),
     ];
     for (src, needle, line, column) in cases {
         let d = check("m.yml", src.as_bytes());
@@ -397,13 +449,17 @@ fn ipv4_rules() {
         );
     }
     let ok = format!(
-        "{head4}    address4: 198.18.0.1\n    tun_devs:\n      host: {{device: ctun, address: fd00::1:2, address4: 198.19.255.254}}\n"
+        "{head4}    address4: 198.18.0.1\n    tun_devs:\n      host: {{device: ctun, address: fd00::1:2, address4: 198.19.255.254}}\n    namespaces:\n      sandbox: {{address: fd00::1:3, address4: 198.18.0.3}}\n"
     );
     let cfg = load("m.yml", ok.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(cfg.global.subnet4.unwrap().to_string(), "198.18.0.0/15");
     assert_eq!(
         cfg.nodes["foo"].address4,
         Some("198.18.0.1".parse().unwrap())
+    );
+    assert_eq!(
+        cfg.nodes["foo"].namespaces["sandbox"].address4,
+        Some("198.18.0.3".parse().unwrap())
     );
     let d = check(
         "m.yml",

@@ -26,6 +26,66 @@ pub fn default_socket_path(node: &str) -> PathBuf {
     PathBuf::from(format!("/run/connectopus/{node}.sock"))
 }
 
+/// The first line of the file a node with `cpctl.no_socket` leaves where its socket would
+/// be, so that a client can say why it cannot reach the node.
+const NO_SOCKET_MARKER: &str = "connectopus: no control socket (cpctl.no_socket)";
+
+/// Leaves the `cpctl.no_socket` marker for `node` at `path` (a stale socket or marker there is
+/// replaced); what fails is only logged. [`remove_no_socket_marker`] takes it away.
+pub fn mark_no_socket(path: &Path, node: &str) {
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).is_ok() {
+            tracing::warn!(path = %path.display(), "another node serves a control socket here; not marking it");
+            return;
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let text = format!("{NO_SOCKET_MARKER}\nnode {node}\n");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, text));
+    if let Err(error) = written {
+        tracing::debug!(path = %path.display(), %error, "cannot leave the no_socket marker");
+    }
+}
+
+/// Removes the marker [`mark_no_socket`] left (and nothing else).
+pub fn remove_no_socket_marker(path: &Path) {
+    if no_socket_marker(path).is_some() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The node named by a `cpctl.no_socket` marker at `path`, if there is one.
+fn no_socket_marker(path: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    (lines.next()? == NO_SOCKET_MARKER).then_some(())?;
+    Some(lines.next()?.strip_prefix("node ")?.to_owned())
+}
+
+/// Why no node answers at `path`, for a client's error.
+fn unreachable(path: &Path) -> String {
+    if let Some(node) = no_socket_marker(path) {
+        return format!(
+            "node {node} serves no control socket at {}: its configuration sets \
+             nodes.{node}.cpctl.no_socket (with cpctl.port set, `--node {node}` through \
+             another node reaches it; or remove no_socket)",
+            path.display()
+        );
+    }
+    format!(
+        "connecting to {}: is the node running (and are you root)? A node whose configuration \
+         sets cpctl.socket_file serves its socket there instead (pass --socket PATH)",
+        path.display()
+    )
+}
+
 /// A request to a running node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -192,6 +252,59 @@ pub struct StatusReport {
     /// `error`, `dropped` (empty when the DNS server is off; absent from older nodes).
     #[serde(default)]
     pub dns_queries: BTreeMap<String, u64>,
+    /// The node's network namespaces (`namespaces`; absent from older nodes).
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceReport>,
+    /// The node's inetd-style services (`services`; absent from older nodes).
+    #[serde(default)]
+    pub services: Vec<ServiceReport>,
+}
+
+/// One of the node's network namespaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NamespaceReport {
+    /// Its name (and DNS name).
+    pub name: String,
+    /// Its mesh address.
+    pub address: String,
+    /// Its IPv4 mesh address, if it has one.
+    pub address4: Option<String>,
+    /// `up`, `starting`, or `failed: <why> (retrying)`.
+    pub state: String,
+    /// The process that holds it, while up.
+    pub pid: Option<i32>,
+    /// Its long-running services.
+    pub services: Vec<NamespaceServiceReport>,
+}
+
+/// A service running inside a namespace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NamespaceServiceReport {
+    /// Its name.
+    pub name: String,
+    /// Its process, while it runs (none while it waits to be restarted).
+    pub pid: Option<i32>,
+    /// How many times it was started again after exiting.
+    pub restarts: u32,
+}
+
+/// An inetd-style service on the node's mesh address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// Its name.
+    pub name: String,
+    /// Its TCP port.
+    pub port: u16,
+    /// Whether its listener is bound (it retries every second until it is).
+    pub listening: bool,
+    /// Connections whose process runs now.
+    pub active: u32,
+    /// Most connections served at once.
+    pub max_connections: u32,
+    /// Connections handed to a process since the listener started.
+    pub served: u64,
+    /// Connections closed at once because `max_connections` ran.
+    pub refused: u64,
 }
 
 /// The dataplane's offloads: each is "on", or "off: <why>".
@@ -473,12 +586,7 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
 /// # Errors
 /// The node is not running or answered garbage.
 pub fn request_local(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
-    let stream = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to {}: is the node running (and are you root)?",
-            path.display()
-        )
-    })?;
+    let stream = UnixStream::connect(path).with_context(|| unreachable(path))?;
     stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -496,6 +604,35 @@ mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     use super::*;
+
+    #[test]
+    fn a_no_socket_marker_says_why_and_is_replaced_by_a_socket() {
+        let dir = std::env::temp_dir().join(format!("cx-nosocket-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("foo.sock");
+        mark_no_socket(&path, "foo");
+        let error = format!(
+            "{:#}",
+            request_local(&path, &ControlRequest::Status).unwrap_err()
+        );
+        assert!(
+            error.contains("node foo serves no control socket")
+                && error.contains("nodes.foo.cpctl.no_socket"),
+            "{error}"
+        );
+        // Not a marker: the generic reason, and the file stays.
+        std::fs::write(dir.join("other.sock"), "x").unwrap();
+        remove_no_socket_marker(&dir.join("other.sock"));
+        assert!(dir.join("other.sock").exists());
+        let error = format!(
+            "{:#}",
+            request_local(&dir.join("other.sock"), &ControlRequest::Status).unwrap_err()
+        );
+        assert!(error.contains("cpctl.socket_file"), "{error}");
+        remove_no_socket_marker(&path);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_control_socket_is_born_private_and_works() {

@@ -36,6 +36,15 @@ pub enum LogFormat {
 /// The format in use, once [`init`] ran.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
+/// The format in use (the default before [`init`] ran), as `--log-format` spells it.
+pub fn format_name() -> &'static str {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+        LogFormat::Journald => "journald",
+    }
+}
+
 /// The level filter, reloadable at run time (`connectopus log-level`, see `log_level`).
 type LevelLayer =
     tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;

@@ -40,6 +40,7 @@ mod log_level;
 mod logging;
 mod metrics;
 mod notify;
+mod pd;
 mod ping;
 mod privilege;
 mod secrets;
@@ -81,7 +82,8 @@ struct NodeArgs {
     /// This node's name in the configuration.
     #[arg(long)]
     id: String,
-    /// Where to serve the control socket [default: /run/connectopus/<id>.sock].
+    /// Where to serve the control socket [default: the node's `cpctl.socket_file`, else
+    /// /run/connectopus/<id>.sock]; `cpctl.no_socket` turns it off.
     #[arg(long)]
     control_socket: Option<PathBuf>,
     /// An eBPF object file to load instead of the one embedded in the binary (built by
@@ -213,6 +215,10 @@ enum Commands {
     /// addresses, MTU and routes, so the node can run as that user without privileges; with
     /// --check, only verifies them.
     SetupTunnel(setup_tunnel::SetupTunnelArgs),
+    /// Asks for a prefix by DHCPv6 prefix delegation on an interface and prints what the
+    /// upstream delegates, renews and rebinds until stopped; with --release, gives the saved
+    /// delegation back.
+    PdClient(pd::PdClientArgs),
     /// Creates namespaces and starts service processes for a node (the node runs this itself).
     #[command(name = attach::helper::SUBCOMMAND, hide = true)]
     AttachHelper {
@@ -338,6 +344,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             attach::nsenter::run(&socket, &args)
         }
         Commands::SetupTunnel(args) => setup_tunnel::run(&args),
+        Commands::PdClient(args) => pd::run(&args).map(|()| ExitCode::SUCCESS),
         Commands::Status {
             id,
             socket,
@@ -549,13 +556,18 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     }
     let signature =
         std::fs::read(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
-    let control_socket = control_socket.unwrap_or_else(|| control::default_socket_path(&id));
+    // `--control-socket` wins over `cpctl.socket_file` (relative: under /run/connectopus).
+    let cpctl = mesh.node(&id).map(|n| n.cpctl.clone()).unwrap_or_default();
+    let control_socket = control_socket.unwrap_or_else(|| {
+        cpctl.socket_path(&discovery::socket_dir(), control::default_socket_path(&id))
+    });
     daemon::run(daemon::NodeOptions {
         config: mesh,
         signature,
         config_path: config,
         id,
         control_socket,
+        serve_control_socket: !cpctl.no_socket,
         ebpf_object,
         identity_file,
         metrics_listen,

@@ -49,6 +49,8 @@ struct Wanted {
     mtu: u16,
     /// The mesh subnet routed through it (the node's own device).
     route: Option<connectopus_config::Ipv6Net>,
+    /// The IPv4 mesh subnet routed through it (the node's own device, with `address4`).
+    route4: Option<connectopus_config::Ipv4Net>,
 }
 
 /// Runs the command.
@@ -75,6 +77,7 @@ pub fn run(args: &SetupTunnelArgs) -> Result<ExitCode> {
                 .map(|(subnet4, a)| (a, subnet4.prefix_len())),
             mtu,
             route: Some(config.global.subnet),
+            route4: config.global.subnet4.filter(|_| node.address4.is_some()),
         });
     }
     for dev in node.tun_devs.values() {
@@ -85,6 +88,7 @@ pub fn run(args: &SetupTunnelArgs) -> Result<ExitCode> {
             address4: config.global.subnet4.and(dev.address4).map(|a| (a, 32)),
             mtu,
             route: None,
+            route4: None,
         });
     }
     let id_of = |env: &str, own: fn() -> u32| {
@@ -278,12 +282,51 @@ fn check(w: &Wanted, uid: u32, gid: u32) -> std::result::Result<(), String> {
     {
         return Err(format!("no route to {subnet} through it"));
     }
+    if let Some(subnet4) = &w.route4
+        && !has_route4(&w.name, subnet4)
+    {
+        return Err(format!("no route to {subnet4} through it"));
+    }
     Ok(())
+}
+
+/// Tells whether `/proc/net/route` routes `subnet` through `dev` (its destination and mask
+/// are hex words in the kernel's byte order).
+fn has_route4(dev: &str, subnet: &connectopus_config::Ipv4Net) -> bool {
+    std::fs::read_to_string("/proc/net/route").is_ok_and(|text| route4_listed(&text, dev, subnet))
+}
+
+fn route4_listed(table: &str, dev: &str, subnet: &connectopus_config::Ipv4Net) -> bool {
+    let word = |bits: u32| format!("{:08X}", u32::from_be(bits));
+    let destination = word(u32::from(subnet.network()));
+    let mask = word(
+        u32::MAX
+            .checked_shl(32 - u32::from(subnet.prefix_len()))
+            .unwrap_or(0),
+    );
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8 && f[0] == dev && f[1] == destination && f[7] == mask
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_routes_are_read_in_the_kernels_byte_order() {
+        // `ip route add 198.19.0.0/16 dev cx-foo` as /proc/net/route shows it on x86_64.
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     cx-foo\t000013C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let subnet: connectopus_config::Ipv4Net = "198.19.0.0/16".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert!(route4_listed(table, "cx-foo", &subnet));
+        }
+        assert!(!route4_listed(table, "cx-bar", &subnet));
+        let other: connectopus_config::Ipv4Net = "198.19.0.0/24".parse().unwrap();
+        assert!(!route4_listed(table, "cx-foo", &other));
+    }
 
     #[test]
     fn sysfs_numbers_parse_in_hex_and_decimal() {
@@ -301,6 +344,7 @@ mod tests {
             address4: None,
             mtu: 1400,
             route: None,
+            route4: None,
         };
         assert_eq!(check(&w, 0, 0), Err("no such TUN device".to_owned()));
     }

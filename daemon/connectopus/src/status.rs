@@ -203,6 +203,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
     for conflict in &report.name_conflicts {
         let _ = writeln!(out, "  CONFLICT: {conflict}");
     }
+    render_attachments(&mut out, report);
     let drops: Vec<String> = report
         .drops
         .iter()
@@ -219,6 +220,56 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         }
     );
     out
+}
+
+/// The namespaces and services sections, when the node has any.
+fn render_attachments(out: &mut String, report: &StatusReport) {
+    if !report.namespaces.is_empty() {
+        let _ = writeln!(out, "\nnamespaces:");
+    }
+    for ns in &report.namespaces {
+        let address4 = ns
+            .address4
+            .as_deref()
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default();
+        let pid = ns.pid.map(|p| format!("  pid {p}")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} [{}{}] {}{}",
+            ns.name, ns.address, address4, ns.state, pid
+        );
+        for svc in &ns.services {
+            let pid = svc
+                .pid
+                .map_or_else(|| "not running".to_owned(), |p| format!("pid {p}"));
+            let _ = writeln!(
+                out,
+                "    service {}: {pid}, {} restarts",
+                svc.name, svc.restarts
+            );
+        }
+    }
+    if !report.services.is_empty() {
+        let _ = writeln!(out, "\nservices:");
+    }
+    for svc in &report.services {
+        let _ = writeln!(
+            out,
+            "  {} port {} {}  active {}/{}  served {}  refused {}",
+            svc.name,
+            svc.port,
+            if svc.listening {
+                "listening"
+            } else {
+                "not listening"
+            },
+            svc.active,
+            svc.max_connections,
+            svc.served,
+            svc.refused
+        );
+    }
 }
 
 /// How many trailing characters of a key's base64 an abbreviated key shows: enough to tell
@@ -431,6 +482,47 @@ mod tests {
         let text = render(&old, false);
         assert!(
             text.contains("privileges: capabilities none  no_new_privs off  seccomp \n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shows_namespaces_with_their_services_and_the_inetd_services() {
+        let mut r = report();
+        let text = render(&r, false);
+        assert!(
+            !text.contains("namespaces:") && !text.contains("services:"),
+            "{text}"
+        );
+        r.namespaces = vec![crate::control::NamespaceReport {
+            name: "sandbox".into(),
+            address: "fd00::1:3".into(),
+            address4: Some("198.19.1.3".into()),
+            state: "up".into(),
+            pid: Some(42),
+            services: vec![crate::control::NamespaceServiceReport {
+                name: "web".into(),
+                pid: Some(43),
+                restarts: 1,
+            }],
+        }];
+        r.services = vec![crate::control::ServiceReport {
+            name: "echo".into(),
+            port: 7,
+            listening: true,
+            active: 2,
+            max_connections: 50,
+            served: 9,
+            refused: 1,
+        }];
+        let text = render(&r, false);
+        assert!(
+            text.contains("sandbox [fd00::1:3 198.19.1.3] up  pid 42"),
+            "{text}"
+        );
+        assert!(text.contains("service web: pid 43, 1 restarts"), "{text}");
+        assert!(
+            text.contains("echo port 7 listening  active 2/50  served 9  refused 1"),
             "{text}"
         );
     }

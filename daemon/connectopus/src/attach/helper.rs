@@ -7,7 +7,17 @@
 //! The two talk over a `SOCK_SEQPACKET` socket pair (the helper's stdin): one JSON message per
 //! packet, descriptors attached with `SCM_RIGHTS` (a namespace's TUN device, a connection).
 //! The helper keeps a registry of namespaces for `connectopus nsenter`: `<control socket>.netns/
-//! <name>` holds the pid of the process whose namespaces are the namespace's.
+//! <name>` holds the pid of the process whose namespaces are the namespace's. It logs the
+//! stderr of inetd connection processes line by line, with the service's name.
+//!
+//! A node that restarts its mesh instance re-executes itself already confined (fewer
+//! capabilities, `no_new_privs`, seccomp), so a helper it started then could not make
+//! namespaces. Instead the helper outlives the re-exec: the old image leaves its end of the
+//! socket open across `execve` and names it, with the helper's pid, in `CONNECTOPUS_ATTACH_HELPER`
+//! ([`Client::hand_over`]); the new image takes it over ([`Client::start`]) after checking
+//! that the descriptor is a `SOCK_SEQPACKET` unix socket and the pid its own child, and asks
+//! the helper to `Reset`: every namespace of the old image stops, and the new image starts
+//! its own. No privilege is regained: the helper only ever had those the node started with.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
@@ -15,7 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +44,16 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a stopping namespace may take before its process is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// The environment variable in which a node hands its helper to its re-executed self:
+/// `<descriptor>:<pid>`.
+pub const HANDOVER_ENV: &str = "CONNECTOPUS_ATTACH_HELPER";
+
+/// How long a re-executed node waits for the helper it took over to reset.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest stderr line of a connection process logged whole; longer ones are cut.
+const MAX_LINE: usize = 8 * 1024;
+
 /// What the node asks for: a namespace as its holder sets it up.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NamespaceSetup {
@@ -41,6 +61,9 @@ pub struct NamespaceSetup {
     pub name: String,
     /// Its address (a /128 on its TUN device).
     pub address: Ipv6Addr,
+    /// Its IPv4 address (a /32 on its TUN device, with an IPv4 default route).
+    #[serde(default)]
+    pub address4: Option<std::net::Ipv4Addr>,
     /// The TUN device's MTU.
     pub mtu: u16,
     /// The search domain of its `resolv.conf`.
@@ -57,6 +80,7 @@ impl NamespaceSetup {
         Self {
             name: spec.name.clone(),
             address: spec.address,
+            address4: spec.address4,
             mtu: spec.mtu,
             domain: spec.domain.clone(),
             dns_server: spec.dns_server,
@@ -87,6 +111,9 @@ pub enum ToHelper {
         /// The namespace.
         name: String,
     },
+    /// Stop every namespace (of a previous image of the node) and forget its connections;
+    /// answered with `ResetDone`.
+    Reset,
     /// Run `argv` with the attached connection as its stdin and stdout; answered with
     /// `Exited` (or `SpawnFailed`).
     Spawn {
@@ -121,6 +148,21 @@ pub enum FromHelper {
         /// Why.
         error: String,
     },
+    /// A namespace service started (`pid`) or exited (no `pid`).
+    ServiceState {
+        /// The namespace.
+        name: String,
+        /// The start of the namespace this is about.
+        generation: u64,
+        /// The service.
+        service: String,
+        /// Its process, while it runs.
+        pid: Option<i32>,
+        /// How many times it was started again.
+        restarts: u32,
+    },
+    /// The helper stopped what it ran for a previous image of the node.
+    ResetDone,
     /// A connection's process could not start.
     SpawnFailed {
         /// The connection.
@@ -178,11 +220,36 @@ pub struct Client {
     next_id: AtomicU64,
     /// Connections whose process runs, with the counter of their service.
     connections: Mutex<HashMap<u64, Arc<AtomicU32>>>,
-    child: Mutex<Option<std::process::Child>>,
+    /// The helper's process, until it is reaped.
+    pid: Mutex<Option<libc::pid_t>>,
+    /// Set when the node hands the helper to its re-executed self: the reader stops.
+    detached: AtomicBool,
 }
 
+/// Whether the handed-over helper was taken already (there is one descriptor).
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
 impl Client {
-    /// Starts the helper. Call it before the node drops privileges.
+    /// The helper this node's previous image handed over across a re-exec, else a new one.
+    /// Call it before the node drops privileges.
+    ///
+    /// # Errors
+    /// No helper could be taken over or started.
+    pub fn start(control_socket: &Path) -> Result<Arc<Client>> {
+        match Self::take_over() {
+            Some(Ok(client)) => {
+                tracing::info!("kept the attach helper across the restart");
+                Ok(client)
+            }
+            Some(Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot take over the attach helper; starting another");
+                Self::spawn(control_socket)
+            }
+            None => Self::spawn(control_socket),
+        }
+    }
+
+    /// Starts a new helper.
     ///
     /// # Errors
     /// The socket pair or the process could not be made.
@@ -192,6 +259,8 @@ impl Client {
             .arg(SUBCOMMAND)
             .arg("--registry")
             .arg(registry_dir(control_socket))
+            .env("CONNECTOPUS_LOG_FORMAT", crate::logging::format_name())
+            .env_remove(HANDOVER_ENV)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             // Its own process group: a signal to the node's group (a terminal's Ctrl-C, a
@@ -199,12 +268,92 @@ impl Client {
             .process_group(0)
             .spawn()
             .context("starting the attach helper")?;
-        Ok(Arc::new(Client {
-            sock: ours,
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // Reaped by `stop` (waitpid), also after a re-exec, where no `Child` exists.
+        std::mem::forget(child);
+        Ok(Arc::new(Self::new(ours, pid)))
+    }
+
+    fn new(sock: OwnedFd, pid: libc::pid_t) -> Client {
+        Client {
+            sock,
             next_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
-            child: Mutex::new(Some(child)),
-        }))
+            pid: Mutex::new(Some(pid)),
+            detached: AtomicBool::new(false),
+        }
+    }
+
+    /// The helper named by [`HANDOVER_ENV`], checked and reset; `None` without one.
+    fn take_over() -> Option<Result<Arc<Client>>> {
+        let value = std::env::var(HANDOVER_ENV).ok()?;
+        if TAKEN.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(Self::adopt(&value))
+    }
+
+    fn adopt(value: &str) -> Result<Arc<Client>> {
+        let (fd, pid) = value
+            .split_once(':')
+            .and_then(|(f, p)| Some((f.parse::<RawFd>().ok()?, p.parse::<libc::pid_t>().ok()?)))
+            .with_context(|| format!("{HANDOVER_ENV}={value:?} is not <fd>:<pid>"))?;
+        anyhow::ensure!(
+            fd > 2 && pid > 1,
+            "{HANDOVER_ENV}={value:?} is out of range"
+        );
+        anyhow::ensure!(
+            sys::is_seqpacket_socket(fd),
+            "descriptor {fd} is not a unix seqpacket socket"
+        );
+        anyhow::ensure!(sys::is_running_child(pid), "process {pid} is not our child");
+        // SAFETY: the previous image of this process left `fd` open for us (checked above to
+        // be a seqpacket socket) and named it in the environment; `TAKEN` makes this the only
+        // place that takes it, once.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        sys::set_cloexec(sock.as_raw_fd(), true).context("FD_CLOEXEC")?;
+        let client = Self::new(sock, pid);
+        client.request(&ToHelper::Reset, None).context("reset")?;
+        let deadline = Instant::now() + RESET_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            anyhow::ensure!(!left.is_zero(), "the helper did not answer the reset");
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            if sys::poll_in(&[client.sock.as_raw_fd()], ms)?.first() != Some(&true) {
+                continue;
+            }
+            // What the helper said to the previous image before the reset is stale.
+            match recv::<FromHelper>(client.sock.as_raw_fd()).context("reading the reset")? {
+                Some(Received {
+                    message: FromHelper::ResetDone,
+                    ..
+                }) => return Ok(Arc::new(client)),
+                Some(_) => {}
+                None => anyhow::bail!("the helper closed its socket"),
+            }
+        }
+    }
+
+    /// Prepares the helper for the node's re-exec: its socket stays open across `execve`.
+    /// Returns the value of [`HANDOVER_ENV`] for the new image. The reader must be stopped
+    /// ([`Client::detach`]) and this client kept alive until the exec.
+    ///
+    /// # Errors
+    /// The descriptor's flags cannot be changed.
+    pub fn hand_over(&self) -> Result<String> {
+        let pid = self
+            .pid
+            .lock()
+            .ok()
+            .and_then(|p| *p)
+            .context("the helper is gone")?;
+        sys::set_cloexec(self.sock.as_raw_fd(), false).context("clearing FD_CLOEXEC")?;
+        Ok(format!("{}:{pid}", self.sock.as_raw_fd()))
+    }
+
+    /// Stops the reader thread (within 200 ms) without closing the socket.
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
     }
 
     /// Sends a request.
@@ -253,7 +402,7 @@ impl Client {
     }
 
     /// Reads the helper's messages on a thread: connection ends are booked here, namespace
-    /// messages go to `deliver`. Ends when the helper does.
+    /// messages go to `deliver`. Ends when the helper does, or at [`Client::detach`].
     ///
     /// # Errors
     /// The thread could not start.
@@ -265,14 +414,24 @@ impl Client {
         std::thread::Builder::new()
             .name("attach-helper".into())
             .spawn(move || {
-                loop {
-                    match recv::<FromHelper>(client.sock.as_raw_fd()) {
+                let fd = client.sock.as_raw_fd();
+                while !client.detached.load(Ordering::SeqCst) {
+                    match sys::poll_in(&[fd], 200) {
+                        Ok(r) if r.first() == Some(&true) => {}
+                        Ok(_) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "polling the attach helper failed");
+                            return;
+                        }
+                    }
+                    match recv::<FromHelper>(fd) {
                         Ok(Some(received)) => match received.message {
                             FromHelper::Exited { id } => client.connection_ended(id),
                             FromHelper::SpawnFailed { id, ref error } => {
                                 tracing::warn!(connection = id, %error, "service process did not start");
                                 client.connection_ended(id);
                             }
+                            FromHelper::ResetDone => {}
                             _ => {
                                 if !deliver(received) {
                                     return;
@@ -299,17 +458,17 @@ impl Client {
     pub fn stop(&self) {
         // SAFETY: shutdown takes a descriptor we own and a flag.
         unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
-        let child = self.child.lock().ok().and_then(|mut c| c.take());
-        if let Some(mut child) = child {
+        let pid = self.pid.lock().ok().and_then(|mut p| p.take());
+        if let Some(pid) = pid {
             let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
+                if sys::try_reap(pid) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            sys::kill(pid, libc::SIGKILL);
+            sys::reap(pid);
         }
     }
 }
@@ -326,7 +485,59 @@ struct Holder {
     /// Our end of its socket; `None` once asked to stop.
     sock: Option<OwnedFd>,
     ready: bool,
+    /// Its socket reported end of file: not polled any more (the reaper takes it from here).
+    hung_up: bool,
     stop_deadline: Option<Instant>,
+}
+
+/// The stderr of a connection process, logged line by line.
+#[derive(Debug)]
+struct StderrPipe {
+    service: String,
+    pipe: std::process::ChildStderr,
+    pending: Vec<u8>,
+}
+
+impl StderrPipe {
+    /// Reads what is there (the poll said it is readable); false at end of file.
+    fn read(&mut self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = match self.pipe.read(&mut buf) {
+            Ok(0) => {
+                self.flush(true);
+                return false;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+            Err(_) => {
+                self.flush(true);
+                return false;
+            }
+        };
+        self.pending
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.flush(false);
+        true
+    }
+
+    /// Logs every complete line (and the rest too, at the end or when it grew too long).
+    fn flush(&mut self, all: bool) {
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.log(line.get(..end).unwrap_or_default());
+        }
+        if (all && !self.pending.is_empty()) || self.pending.len() > MAX_LINE {
+            let rest = std::mem::take(&mut self.pending);
+            self.log(&rest);
+        }
+    }
+
+    fn log(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        tracing::warn!(service = %self.service, stream = "stderr", "{line}");
+    }
 }
 
 /// Runs the helper until the node closes its socket (stdin).
@@ -343,6 +554,7 @@ pub fn run(registry: PathBuf) -> ExitCode {
         registry,
         holders: Vec::new(),
         connections: BTreeMap::new(),
+        stderr: Vec::new(),
     };
     helper.serve();
     helper.shut_down();
@@ -355,6 +567,8 @@ struct Helper {
     holders: Vec<Holder>,
     /// Connection processes by pid, with their connection id.
     connections: BTreeMap<libc::pid_t, u64>,
+    /// The stderr of running connection processes.
+    stderr: Vec<StderrPipe>,
 }
 
 impl Helper {
@@ -362,13 +576,15 @@ impl Helper {
         loop {
             let mut fds = vec![self.node.as_raw_fd()];
             let waiting: Vec<usize> = (0..self.holders.len())
-                .filter(|i| self.holders[*i].sock.is_some() && !self.holders[*i].ready)
+                .filter(|i| self.holders[*i].sock.is_some() && !self.holders[*i].hung_up)
                 .collect();
             fds.extend(
                 waiting
                     .iter()
                     .filter_map(|i| self.holders[*i].sock.as_ref().map(AsRawFd::as_raw_fd)),
             );
+            let pipes_from = fds.len();
+            fds.extend(self.stderr.iter().map(|p| p.pipe.as_raw_fd()));
             let readable = match sys::poll_in(&fds, 100) {
                 Ok(r) => r,
                 Err(error) => {
@@ -392,6 +608,12 @@ impl Helper {
                     self.holder_message(*i);
                 }
             }
+            let mut k = pipes_from;
+            self.stderr.retain_mut(|pipe| {
+                let ready = readable.get(k) == Some(&true);
+                k += 1;
+                !ready || pipe.read()
+            });
             self.reap();
         }
     }
@@ -418,6 +640,16 @@ impl Helper {
                 }
             }
             ToHelper::StopNamespace { name } => self.stop_holder(&name),
+            ToHelper::Reset => {
+                let names: Vec<String> = self.holders.iter().map(|h| h.name.clone()).collect();
+                for name in names {
+                    self.stop_holder(&name);
+                }
+                // Their processes run on with their connections; their ends go unreported.
+                self.connections.clear();
+                tracing::info!("attach helper reset for the node's new instance");
+                self.answer(&FromHelper::ResetDone, None);
+            }
             ToHelper::Spawn { id, service, argv } => {
                 let Some(connection) = request.fd else {
                     self.answer(
@@ -430,9 +662,14 @@ impl Helper {
                     return;
                 };
                 match spawn_connection(&argv, connection) {
-                    Ok(pid) => {
+                    Ok((pid, stderr)) => {
                         tracing::debug!(%service, pid, "service connection process started");
                         self.connections.insert(pid, id);
+                        self.stderr.push(StderrPipe {
+                            service,
+                            pipe: stderr,
+                            pending: Vec::new(),
+                        });
                     }
                     Err(error) => self.answer(
                         &FromHelper::SpawnFailed {
@@ -466,6 +703,7 @@ impl Helper {
                     pid,
                     sock: Some(ours),
                     ready: false,
+                    hung_up: false,
                     stop_deadline: None,
                 });
                 Ok(())
@@ -491,6 +729,33 @@ impl Helper {
             return;
         };
         let (name, generation, pid) = (h.name.clone(), h.generation, h.pid);
+        if h.ready {
+            // A running namespace reports its services; its end is the reaper's business.
+            match recv::<super::holder::Report>(sock) {
+                Ok(Some(Received {
+                    message:
+                        super::holder::Report::Service {
+                            service,
+                            pid,
+                            restarts,
+                        },
+                    ..
+                })) => self.answer(
+                    &FromHelper::ServiceState {
+                        name,
+                        generation,
+                        service,
+                        pid,
+                        restarts,
+                    },
+                    None,
+                ),
+                Ok(Some(_)) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(None) | Err(_) => h.hung_up = true,
+            }
+            return;
+        }
         match recv::<super::holder::Report>(sock) {
             Ok(Some(Received {
                 message: super::holder::Report::Ready,
@@ -611,18 +876,23 @@ fn close_all_but(keep: RawFd) {
     }
 }
 
-/// Starts `argv` with `connection` as its stdin and stdout.
-fn spawn_connection(argv: &[String], connection: OwnedFd) -> Result<libc::pid_t> {
+/// Starts `argv` with `connection` as its stdin and stdout; returns its pid and stderr.
+fn spawn_connection(
+    argv: &[String],
+    connection: OwnedFd,
+) -> Result<(libc::pid_t, std::process::ChildStderr)> {
     let (program, args) = argv.split_first().context("empty command")?;
     let stdin = connection.try_clone().context("dup")?;
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(connection))
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {program}"))?;
     // Reaped by `Helper::reap` (waitpid), not by `Child`.
     let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+    let stderr = child.stderr.take().context("stderr")?;
     std::mem::forget(child);
-    Ok(pid)
+    Ok((pid, stderr))
 }

@@ -4,7 +4,7 @@
 //! It moves into new namespaces (first a user namespace mapping its own uid to root when it is
 //! not root, so that no privilege is needed), brings `lo` up, creates the TUN device holding
 //! the namespace's address with a default route through it (the namespace's only routes are
-//! the mesh's), bind-mounts a `resolv.conf` naming the node's DNS server and the mesh domain
+//! the mesh's; with an IPv4 address, an IPv4 default route too, else no IPv4 route at all), bind-mounts a `resolv.conf` naming the node's DNS server and the mesh domain
 //! and an `nsswitch.conf` whose hosts come from files and DNS, hands the TUN device to the
 //! node (through the helper), and runs the namespace's services: their output is logged line
 //! by line, one that exits is restarted after 5 s, and all of them stop when the helper closes
@@ -41,6 +41,15 @@ pub enum Report {
         /// Why.
         error: String,
     },
+    /// A service started (`pid`) or exited (no `pid`), for `status`.
+    Service {
+        /// The service.
+        service: String,
+        /// Its process, while it runs.
+        pid: Option<i32>,
+        /// How many times it was started again.
+        restarts: u32,
+    },
 }
 
 /// Sets the namespace up, then runs its services until `sock` closes; never returns.
@@ -68,6 +77,7 @@ pub fn run(setup: &NamespaceSetup, sock: OwnedFd) -> ! {
     drop(tun);
     tracing::info!(namespace = %setup.name, address = %setup.address, "namespace ready");
     let supervisor = Supervisor::default();
+    let report = sock.as_raw_fd();
     let threads: Vec<_> = setup
         .services
         .iter()
@@ -76,7 +86,7 @@ pub fn run(setup: &NamespaceSetup, sock: OwnedFd) -> ! {
             let (ns, name, argv) = (setup.name.clone(), name.clone(), argv.clone());
             std::thread::Builder::new()
                 .name(format!("svc-{name}"))
-                .spawn(move || sup.supervise(&ns, &name, &argv))
+                .spawn(move || sup.supervise(&ns, &name, &argv, report))
                 .ok()
         })
         .collect();
@@ -119,15 +129,24 @@ fn set_up(setup: &NamespaceSetup) -> Result<OwnedFd> {
     sys::make_mounts_private().context("making the mounts private")?;
     sys::set_link_up("lo").context("bringing lo up")?;
     let ifname = setup.ifname();
-    let device = tun_rs::DeviceBuilder::new()
+    let mut builder = tun_rs::DeviceBuilder::new()
         .name(&ifname)
         .ipv6(setup.address, 128)
-        .mtu(setup.mtu)
+        .mtu(setup.mtu);
+    if let Some(address4) = setup.address4 {
+        builder = builder.ipv4(address4, 32, None);
+    }
+    let device = builder
         .build_sync()
         .with_context(|| format!("creating TUN device {ifname}"))?;
     let index = sys::if_index(&ifname).context("finding the TUN device")?;
     sys::add_route6(std::net::Ipv6Addr::UNSPECIFIED, 0, index, None)
         .context("adding the default route")?;
+    // IPv4 only with an address of its own: without one the namespace has no IPv4 route.
+    if let Some(address4) = setup.address4 {
+        sys::add_route4(std::net::Ipv4Addr::UNSPECIFIED, 0, index, Some(address4))
+            .context("adding the IPv4 default route")?;
+    }
     let tun = dup(&device).context("dup of the TUN device")?;
     drop(device);
     resolver_files(setup);
@@ -200,11 +219,24 @@ struct SupervisorState {
 }
 
 impl Supervisor {
-    /// Runs one service until the namespace stops, restarting it after unexpected exits.
-    fn supervise(&self, ns: &str, name: &str, argv: &[String]) {
+    /// Runs one service until the namespace stops, restarting it after unexpected exits;
+    /// tells the helper on `report` (the holder's socket, open until the holder exits) each
+    /// start and exit.
+    fn supervise(&self, ns: &str, name: &str, argv: &[String], report: std::os::fd::RawFd) {
         let Some((program, args)) = argv.split_first() else {
             return;
         };
+        let tell = |pid: Option<u32>, restarts: u32| {
+            let message = Report::Service {
+                service: name.to_owned(),
+                pid: pid.and_then(|p| i32::try_from(p).ok()),
+                restarts,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&message) {
+                let _ = sys::send_message(report, &bytes, None);
+            }
+        };
+        let mut starts: u32 = 0;
         loop {
             let mut command = Command::new(program);
             command
@@ -237,6 +269,8 @@ impl Supervisor {
             match spawned {
                 Ok(mut child) => {
                     tracing::info!(namespace = %ns, service = %name, pid = child.id(), "namespace service started");
+                    tell(Some(child.id()), starts);
+                    starts = starts.saturating_add(1);
                     let out = child.stdout.take().map(|o| log_lines(ns, name, o, false));
                     let err = child.stderr.take().map(|e| log_lines(ns, name, e, true));
                     let status = child.wait();
@@ -250,6 +284,7 @@ impl Supervisor {
                             return;
                         }
                     }
+                    tell(None, starts.saturating_sub(1));
                     let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     tracing::warn!(namespace = %ns, service = %name, status = %how, "namespace service exited; restarting in 5 s");
                 }

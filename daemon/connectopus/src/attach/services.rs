@@ -5,13 +5,15 @@
 //!
 //! At most `max_connections` processes of one service run at once: a connection above the
 //! limit is accepted and closed at once (the client reads end-of-file), with a warning.
+//! `status` shows each service's active, served and refused connections. A process's stderr
+//! is logged line by line with the service's name (by the helper, see `helper`).
 //! [`Services::apply`] starts, stops and restarts listeners to match the configuration.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,7 +28,18 @@ const BIND_RETRY: Duration = Duration::from_secs(1);
 struct Running {
     spec: ServiceSpec,
     stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
     thread: JoinHandle<()>,
+}
+
+/// What a service's listener counts, for `status`.
+#[derive(Debug, Default)]
+struct Counters {
+    listening: AtomicBool,
+    /// Connections whose process runs.
+    active: Arc<AtomicU32>,
+    served: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// The node's running inetd services.
@@ -62,10 +75,11 @@ impl Services {
                 continue;
             };
             let stop = Arc::new(AtomicBool::new(false));
-            let (s, h, st) = (spec.clone(), helper.clone(), stop.clone());
+            let counters = Arc::new(Counters::default());
+            let (s, h, st, c) = (spec.clone(), helper.clone(), stop.clone(), counters.clone());
             match std::thread::Builder::new()
                 .name(format!("svc-{name}"))
-                .spawn(move || serve(&s, &h, &st))
+                .spawn(move || serve(&s, &h, &st, &c))
             {
                 Ok(thread) => {
                     self.running.insert(
@@ -73,6 +87,7 @@ impl Services {
                         Running {
                             spec: spec.clone(),
                             stop,
+                            counters,
                             thread,
                         },
                     );
@@ -88,6 +103,22 @@ impl Services {
     /// the helper).
     pub fn stop_all(&mut self) {
         self.apply(&BTreeMap::new(), None);
+    }
+
+    /// The services for `status`, by name.
+    pub fn report(&self) -> Vec<crate::control::ServiceReport> {
+        self.running
+            .iter()
+            .map(|(name, r)| crate::control::ServiceReport {
+                name: name.clone(),
+                port: r.spec.port,
+                listening: r.counters.listening.load(Ordering::Relaxed),
+                active: r.counters.active.load(Ordering::SeqCst),
+                max_connections: r.spec.max_connections,
+                served: r.counters.served.load(Ordering::Relaxed),
+                refused: r.counters.refused.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 }
 
@@ -112,11 +143,12 @@ fn bind(spec: &ServiceSpec, stop: &AtomicBool) -> Option<TcpListener> {
     None
 }
 
-fn serve(spec: &ServiceSpec, helper: &Arc<Client>, stop: &AtomicBool) {
+fn serve(spec: &ServiceSpec, helper: &Arc<Client>, stop: &AtomicBool, counters: &Counters) {
     let Some(listener) = bind(spec, stop) else {
         return;
     };
-    let active = Arc::new(AtomicU32::new(0));
+    counters.listening.store(true, Ordering::Relaxed);
+    let active = &counters.active;
     while !stop.load(Ordering::Relaxed) {
         if !crate::backends::readable(listener.as_raw_fd(), Duration::from_millis(200)) {
             continue;
@@ -132,14 +164,21 @@ fn serve(spec: &ServiceSpec, helper: &Arc<Client>, stop: &AtomicBool) {
         let running = active.load(Ordering::SeqCst);
         if running >= spec.max_connections {
             tracing::warn!(service = %spec.name, %remote, max_connections = spec.max_connections, "connection refused: the service is at max_connections");
+            counters.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
         }
         tracing::debug!(service = %spec.name, %remote, running, "connection");
         let fd = OwnedFd::from(stream);
-        if let Err(error) = helper.spawn_connection(&spec.name, &spec.argv, fd, &active) {
-            tracing::warn!(service = %spec.name, %error, "cannot hand the connection to the attach helper");
+        match helper.spawn_connection(&spec.name, &spec.argv, fd, active) {
+            Ok(()) => {
+                counters.served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(service = %spec.name, %error, "cannot hand the connection to the attach helper");
+            }
         }
     }
+    counters.listening.store(false, Ordering::Relaxed);
     tracing::info!(service = %spec.name, "service stopped");
 }

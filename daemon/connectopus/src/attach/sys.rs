@@ -216,6 +216,64 @@ pub fn reap_child() -> Option<(libc::pid_t, libc::c_int)> {
     (pid > 0).then_some((pid, status))
 }
 
+/// Reaps child `pid` if it exited; true once it is gone (or is not our child).
+pub fn try_reap(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into `status`.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    rc != 0
+}
+
+/// Waits for child `pid` to exit and reaps it.
+pub fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into `status`.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Tells whether `pid` is a child of this process that has not exited.
+pub fn is_running_child(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into `status`; WNOHANG makes it return at once, 0
+    // for a child that runs, -1 (ECHILD) for a process that is not our child.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 }
+}
+
+/// Tells whether `fd` is an open unix `SOCK_SEQPACKET` socket.
+pub fn is_seqpacket_socket(fd: RawFd) -> bool {
+    let option = |name: libc::c_int| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; a descriptor that is not
+        // a socket (or not open) makes it fail, which is the answer.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value)
+    };
+    option(libc::SO_TYPE) == Some(libc::SOCK_SEQPACKET)
+        && option(libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFD/F_SETFD takes a descriptor and integer flags.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(drop)
+}
+
 /// Describes a wait status: `exit 1`, `signal 9`.
 pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFEXITED(status) {
@@ -276,6 +334,42 @@ pub fn add_route6(
     ifindex: u32,
     source: Option<Ipv6Addr>,
 ) -> io::Result<()> {
+    let source = source.map(|s| s.octets());
+    add_route(
+        libc::AF_INET6,
+        &destination.octets(),
+        prefix_len,
+        ifindex,
+        source.as_ref().map(|s| &s[..]),
+    )
+}
+
+/// Adds the IPv4 route `destination/prefix_len` through interface `ifindex`, preferring
+/// `source` as the source address.
+pub fn add_route4(
+    destination: std::net::Ipv4Addr,
+    prefix_len: u8,
+    ifindex: u32,
+    source: Option<std::net::Ipv4Addr>,
+) -> io::Result<()> {
+    let source = source.map(|s| s.octets());
+    add_route(
+        libc::AF_INET,
+        &destination.octets(),
+        prefix_len,
+        ifindex,
+        source.as_ref().map(|s| &s[..]),
+    )
+}
+
+/// RTM_NEWROUTE for `family` (its addresses as bytes), acknowledged by the kernel.
+fn add_route(
+    family: libc::c_int,
+    destination: &[u8],
+    prefix_len: u8,
+    ifindex: u32,
+    source: Option<&[u8]>,
+) -> io::Result<()> {
     // SAFETY: socket takes integers only; the descriptor is owned below.
     let sock = check(unsafe {
         libc::socket(
@@ -297,14 +391,14 @@ pub fn add_route6(
         }
     };
     if prefix_len > 0 {
-        attr(libc::RTA_DST, &destination.octets());
+        attr(libc::RTA_DST, destination);
     }
     attr(libc::RTA_OIF, &ifindex.to_ne_bytes());
     if let Some(src) = source {
-        attr(libc::RTA_PREFSRC, &src.octets());
+        attr(libc::RTA_PREFSRC, src);
     }
     let rtmsg: [u8; 12] = [
-        libc::AF_INET6 as u8,
+        family as u8,
         prefix_len,
         0, // src_len
         0, // tos

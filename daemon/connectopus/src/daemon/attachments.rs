@@ -3,7 +3,8 @@
 //! and inetd-style services. See `crate::attach`.
 //!
 //! A namespace that is added is asked of the helper; once its TUN device arrives the node
-//! reads and writes it like any other, and advertises its /128 (with its cost) and its name.
+//! reads and writes it like any other, and advertises its /128 (with its cost) and its name;
+//! with an `address4`, also that address (as its IPv4-mapped /128) and the name's `A` record.
 //! One that is removed is withdrawn, its device closed and its process stopped; one whose
 //! address, services or MTU changed is replaced; a new cost is only re-advertised. A namespace
 //! that fails (or whose process ends) is withdrawn and asked for again 5 s later.
@@ -15,7 +16,7 @@ use std::os::fd::OwnedFd;
 
 use connectopus_config::attach::{self, NamespaceSpec, changes};
 use connectopus_offload::VNET_HDR_LEN;
-use connectopus_wire::{NameBinding, Prefix, PrefixAdvert};
+use connectopus_wire::{NameBinding, NameBinding4, Prefix, PrefixAdvert};
 use uring_io::BufId;
 
 use crate::attach::helper::{Client, FromHelper, NamespaceSetup, Received, ToHelper};
@@ -35,7 +36,16 @@ struct Namespace {
     slot: Option<usize>,
     /// Set after a failure: when to ask again.
     retry_at: Option<Instant>,
+    /// Why it last failed, while it waits to be asked for again.
+    error: Option<String>,
+    /// The process that holds it, once up.
+    pid: Option<i32>,
+    /// Its services: their process (while it runs) and restarts.
+    services: BTreeMap<String, (Option<i32>, u32)>,
 }
+
+/// What the `tun_devs` entries advertise: prefixes, names, IPv4 names.
+pub(super) type TunDevAdverts = (Vec<PrefixAdvert>, Vec<NameBinding>, Vec<NameBinding4>);
 
 /// The attachments' state.
 #[derive(Debug, Default)]
@@ -45,14 +55,11 @@ pub(super) struct Attachments {
     next_generation: u64,
     services: Services,
     /// What the `tun_devs` entries advertise.
-    tun_devs: (Vec<PrefixAdvert>, Vec<NameBinding>),
+    tun_devs: TunDevAdverts,
 }
 
 impl Attachments {
-    pub(super) fn new(
-        helper: Option<Arc<Client>>,
-        tun_devs: (Vec<PrefixAdvert>, Vec<NameBinding>),
-    ) -> Self {
+    pub(super) fn new(helper: Option<Arc<Client>>, tun_devs: TunDevAdverts) -> Self {
         Self {
             helper,
             tun_devs,
@@ -106,6 +113,9 @@ impl Daemon {
             generation,
             slot: None,
             retry_at: None,
+            error: None,
+            pid: None,
+            services: BTreeMap::new(),
         };
         match &self.attachments.helper {
             Some(helper) => {
@@ -116,10 +126,12 @@ impl Daemon {
                 if let Err(error) = helper.request(&request, None) {
                     tracing::error!(namespace = %name, %error, "cannot ask the attach helper for the namespace");
                     ns.retry_at = Some(Instant::now() + NAMESPACE_RETRY);
+                    ns.error = Some(format!("the attach helper is gone: {error}"));
                 }
             }
             None => {
                 tracing::error!(namespace = %name, "namespace cannot run: the node has no attach helper");
+                ns.error = Some("the node has no attach helper".to_owned());
             }
         }
         self.attachments.namespaces.insert(name, ns);
@@ -170,6 +182,9 @@ impl Daemon {
                 tracing::error!(namespace = %name, %error, "namespace failed; retrying in 5 s");
                 let slot = ns.slot.take();
                 ns.retry_at = Some(Instant::now() + NAMESPACE_RETRY);
+                ns.error = Some(error);
+                ns.pid = None;
+                ns.services.clear();
                 if let Some(slot) = slot {
                     self.retire_tun_slot(slot);
                     self.publish_attachments();
@@ -178,7 +193,23 @@ impl Daemon {
                     let _ = helper.request(&ToHelper::StopNamespace { name }, None);
                 }
             }
-            FromHelper::SpawnFailed { .. } | FromHelper::Exited { .. } => {}
+            FromHelper::ServiceState {
+                name,
+                generation,
+                service,
+                pid,
+                restarts,
+            } => {
+                if let Some(ns) = self
+                    .attachments
+                    .namespaces
+                    .get_mut(&name)
+                    .filter(|ns| ns.generation == generation)
+                {
+                    ns.services.insert(service, (pid, restarts));
+                }
+            }
+            FromHelper::SpawnFailed { .. } | FromHelper::Exited { .. } | FromHelper::ResetDone => {}
         }
     }
 
@@ -204,8 +235,60 @@ impl Daemon {
         tracing::info!(namespace = %name, address = %setup.address, pid, "namespace up");
         if let Some(ns) = self.attachments.namespaces.get_mut(name) {
             ns.slot = Some(slot);
+            ns.pid = Some(pid);
+            ns.error = None;
         }
         self.publish_attachments();
+    }
+
+    /// The namespaces for `status`, by name.
+    pub(super) fn namespace_reports(&self) -> Vec<control::NamespaceReport> {
+        self.attachments
+            .namespaces
+            .values()
+            .map(|ns| control::NamespaceReport {
+                name: ns.spec.name.clone(),
+                address: ns.spec.address.to_string(),
+                address4: ns.spec.address4.map(|a| a.to_string()),
+                state: match (&ns.slot, &ns.error) {
+                    (Some(_), _) => "up".to_owned(),
+                    (None, Some(error)) => format!("failed: {error} (retrying)"),
+                    (None, None) => "starting".to_owned(),
+                },
+                pid: ns.slot.and(ns.pid),
+                services: ns
+                    .spec
+                    .services
+                    .keys()
+                    .map(|name| {
+                        let (pid, restarts) = ns.services.get(name).copied().unwrap_or_default();
+                        control::NamespaceServiceReport {
+                            name: name.clone(),
+                            pid,
+                            restarts,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The inetd-style services for `status`.
+    pub(super) fn service_reports(&self) -> Vec<control::ServiceReport> {
+        self.attachments.services.report()
+    }
+
+    /// The slot of the namespace whose IPv4 address is the destination of the IPv4 `packet`.
+    pub(super) fn namespace_tun4(&self, packet: &[u8]) -> Option<usize> {
+        if packet.first().is_none_or(|b| b >> 4 != 4) {
+            return None;
+        }
+        let (_, destination) = connectopus_core::forward4::addresses4(packet)?;
+        self.attachments
+            .namespaces
+            .values()
+            .find(|ns| ns.spec.address4 == Some(destination))
+            .and_then(|ns| ns.slot)
     }
 
     /// Asks again for namespaces that failed 5 s ago.
@@ -234,33 +317,61 @@ impl Daemon {
     }
 
     /// Records what the `tun_devs` entries advertise, and advertises it with the namespaces.
-    pub(super) fn set_tun_dev_attachments(
-        &mut self,
-        prefixes: Vec<PrefixAdvert>,
-        names: Vec<NameBinding>,
-    ) {
-        self.attachments.tun_devs = (prefixes, names);
+    pub(super) fn set_tun_dev_attachments(&mut self, adverts: TunDevAdverts) {
+        self.attachments.tun_devs = adverts;
         self.publish_attachments();
     }
 
-    /// Advertises the running `tun_devs` and namespaces (their /128s and names).
+    /// Advertises the running `tun_devs` and namespaces: their /128s and names, and their
+    /// IPv4 addresses (as IPv4-mapped /128s) with the names' IPv4 bindings.
     fn publish_attachments(&mut self) {
-        let (mut prefixes, mut names) = self.attachments.tun_devs.clone();
+        let (mut prefixes, mut names, mut names4) = self.attachments.tun_devs.clone();
         for ns in self.attachments.namespaces.values() {
             if ns.slot.is_none() {
                 continue;
             }
+            let cost = Cost::from_f64(ns.spec.cost);
             prefixes.push(PrefixAdvert {
                 prefix: Prefix::host(ns.spec.address),
-                cost: Cost::from_f64(ns.spec.cost),
+                cost,
             });
             names.push(NameBinding {
                 name: ns.spec.name.clone(),
                 address: ns.spec.address,
             });
+            if let Some(address4) = ns.spec.address4 {
+                prefixes.push(PrefixAdvert {
+                    prefix: Prefix::host(address4.to_ipv6_mapped()),
+                    cost,
+                });
+                names4.push(NameBinding4 {
+                    name: ns.spec.name.clone(),
+                    address: address4,
+                });
+            }
         }
         let now = self.now();
         self.node.set_attachments(now, prefixes, names);
+        let address4 = self.node.address4();
+        self.node.set_ipv4(now, address4, names4);
+    }
+
+    /// Hands the attach helper to the node's re-executed self (a restart of the mesh
+    /// instance): the service listeners stop, the helper's reader stops, and the helper keeps
+    /// running; the new image resets it. Returns it with the value of its environment
+    /// variable, to keep until the exec; `None` (the helper stopped) if it cannot be handed on.
+    pub(super) fn hand_over_attachments(&mut self) -> Option<(Arc<Client>, String)> {
+        self.attachments.services.stop_all();
+        let helper = self.attachments.helper.take()?;
+        helper.detach();
+        match helper.hand_over() {
+            Ok(env) => Some((helper, env)),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot keep the attach helper across the restart");
+                helper.stop();
+                None
+            }
+        }
     }
 
     /// Stops every service listener and the helper (with every namespace and process).
@@ -269,6 +380,26 @@ impl Daemon {
         if let Some(helper) = self.attachments.helper.take() {
             helper.stop();
         }
+    }
+
+    /// The device for an IPv4 packet between the node's own devices: a namespace's that holds
+    /// its destination, or the host's (the first device) for another address this node holds
+    /// (its own, a `tun_devs` one).
+    fn hairpin_target4(&self, packet: &[u8]) -> Option<usize> {
+        if let Some(slot) = self.namespace_tun4(packet) {
+            return Some(slot);
+        }
+        let (_, destination) = connectopus_core::forward4::addresses4(packet)?;
+        let local = matches!(
+            self.node
+                .forwarding_table()
+                .routes
+                .lookup(destination.to_ipv6_mapped()),
+            Some((_, forward::RouteTarget::Local))
+        );
+        local
+            .then(|| self.tuns.indexed().next().map(|(i, _)| i))
+            .flatten()
     }
 
     /// Writes a packet that TUN device `from` handed over straight to another of the node's
@@ -290,14 +421,17 @@ impl Daemon {
         let Some(packet_body) = packet.get(header_len..) else {
             return false;
         };
-        let Some((_, destination)) = forward::addresses(packet_body) else {
-            return false;
+        let to = if packet_body.first().is_some_and(|b| b >> 4 == 4) {
+            self.hairpin_target4(packet_body)
+        } else {
+            let Some((_, destination)) = forward::addresses(packet_body) else {
+                return false;
+            };
+            self.tuns
+                .indexed()
+                .find(|(_, t)| t.address() == destination)
+                .map(|(i, _)| i)
         };
-        let to = self
-            .tuns
-            .indexed()
-            .find(|(_, t)| t.address() == destination)
-            .map(|(i, _)| i);
         if to.is_none_or(|to| to == from) {
             return false;
         }

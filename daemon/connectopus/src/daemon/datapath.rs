@@ -417,6 +417,9 @@ impl Daemon {
 
     /// Picks the TUN device for a packet: the one holding its destination, else the node's own.
     fn tun_for(&self, packet: &[u8]) -> Option<usize> {
+        if let Some(slot) = self.namespace_tun4(packet) {
+            return Some(slot);
+        }
         let destination = forward::addresses(packet).map(|(_, dst)| dst);
         let mut devices = self.tuns.indexed();
         let first = devices.next()?;

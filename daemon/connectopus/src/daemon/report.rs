@@ -267,6 +267,8 @@ impl Daemon {
             counters: counter_map,
             spf_seconds_total: self.spf_time.as_secs_f64(),
             dns_queries: self.dns.queries(),
+            namespaces: self.namespace_reports(),
+            services: self.service_reports(),
         }
     }
 }

@@ -16,8 +16,11 @@ pub struct NodeOptions {
     pub config_path: PathBuf,
     /// This node's name in it.
     pub id: String,
-    /// Where to serve the control socket.
+    /// Where to serve the control socket (with `serve_control_socket`); the namespace
+    /// registry and the control datagram sockets sit beside it either way.
     pub control_socket: PathBuf,
+    /// Whether to serve it (not with `cpctl.no_socket`).
+    pub serve_control_socket: bool,
     /// The eBPF object file to load instead of the one embedded in the binary.
     pub ebpf_object: Option<PathBuf>,
     /// The node key file, when the node's config entry has an `identity`
@@ -47,6 +50,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         config_path,
         id,
         control_socket,
+        serve_control_socket,
         ebpf_object,
         identity_file,
         metrics_listen,
@@ -174,8 +178,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     };
 
     // The attach helper keeps the privileges the node started with (namespaces, processes):
-    // started before they are dropped and before the seccomp filter.
-    let helper = match crate::attach::helper::Client::spawn(&control_socket) {
+    // started before they are dropped and before the seccomp filter, or kept from before a
+    // re-exec (which runs already confined).
+    let helper = match crate::attach::helper::Client::start(&control_socket) {
         Ok(helper) => Some(helper),
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "no attach helper: namespaces and services cannot run");
@@ -221,12 +226,17 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tracing::info!(listen = %bound, "api and web ui at http://{bound}/ (token required)");
     }
     let api = api_publish::ApiPublisher::new(api_state, &config, api_bound.is_some());
-    threads.push(control::spawn_server(
-        &control_socket,
-        to_loop.clone(),
-        api_handoff,
-        stop.clone(),
-    )?);
+    if serve_control_socket {
+        threads.push(control::spawn_server(
+            &control_socket,
+            to_loop.clone(),
+            api_handoff,
+            stop.clone(),
+        )?);
+    } else {
+        tracing::info!(path = %control_socket.display(), "no control socket (cpctl.no_socket)");
+        control::mark_no_socket(&control_socket, &id);
+    }
     let (local_datagrams, datagram_thread) = local_datagrams::start(
         &local_datagrams::base_of(&control_socket),
         to_loop.clone(),
@@ -282,7 +292,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.fastpath = fastpath.is_on();
     core.prefixes = attachments.clone();
     core.names = attachment_names.clone();
-    core.names4 = attachment_names4;
+    core.names4 = attachment_names4.clone();
     core.address4 = config.global.subnet4.and(node_config.address4);
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
@@ -321,7 +331,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         started,
         started_wall,
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),
-        attachments: attachments::Attachments::new(helper, (attachments, attachment_names)),
+        attachments: attachments::Attachments::new(
+            helper,
+            (attachments, attachment_names, attachment_names4),
+        ),
         ebpf,
         fastpath,
         dns,
@@ -363,7 +376,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let status = daemon.status_line();
     daemon.notify.ready(status);
     let result = daemon.run();
-    daemon.stop_attachments();
+    // A restart keeps the attach helper (see `attach::helper`); otherwise it stops.
+    let kept_helper = if daemon.restart {
+        daemon.hand_over_attachments()
+    } else {
+        daemon.stop_attachments();
+        None
+    };
     stop.store(true, Ordering::Relaxed);
     for running in daemon.backends.values() {
         if let reconcile::BackendHandle::Thread(stop) = &running.handle {
@@ -374,12 +393,19 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let restart = daemon.restart;
     drop(daemon);
     signals.close();
-    let _ = std::fs::remove_file(&control_socket);
+    if serve_control_socket {
+        let _ = std::fs::remove_file(&control_socket);
+    } else {
+        control::remove_no_socket_marker(&control_socket);
+    }
     for thread in threads {
         let _ = thread.join();
     }
     if restart {
-        return restart_process();
+        return restart_process(kept_helper);
+    }
+    if let Some((helper, _)) = kept_helper {
+        helper.stop();
     }
     tracing::info!("stopped");
     result
@@ -534,11 +560,21 @@ fn spawn_signal_thread(
 /// Replaces this process with a fresh run of the same command line: how a node restarts its
 /// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
 /// it. The new configuration was persisted first, so the new process loads it.
-fn restart_process() -> Result<()> {
+fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the node binary")?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     tracing::info!(exe = %exe.display(), "restarting the mesh instance");
-    let error = std::process::Command::new(exe).args(args).exec();
+    let mut command = std::process::Command::new(exe);
+    command.args(args);
+    match &helper {
+        // The helper's socket stays open across the exec (`Client::hand_over`).
+        Some((_, env)) => command.env(crate::attach::helper::HANDOVER_ENV, env),
+        None => command.env_remove(crate::attach::helper::HANDOVER_ENV),
+    };
+    let error = command.exec();
+    if let Some((helper, _)) = helper {
+        helper.stop();
+    }
     Err(error).context("restarting the node")
 }

@@ -43,7 +43,8 @@ pub(super) fn policy(config: &MeshConfig) -> TrustPolicy {
         let addresses4 = node
             .address4
             .into_iter()
-            .chain(node.tun_devs.values().filter_map(|d| d.address4));
+            .chain(node.tun_devs.values().filter_map(|d| d.address4))
+            .chain(node.namespaces.values().filter_map(|n| n.address4));
         for a in addresses4 {
             grant.prefixes.push(Prefix::host(a.to_ipv6_mapped()));
         }

@@ -163,11 +163,8 @@ impl Daemon {
             }
         }
         let running = |name: &str| self.tuns.attached.contains_key(name);
-        let (prefixes, names, names4) = attachments(new, running);
-        self.set_tun_dev_attachments(prefixes, names);
-        let now = self.now();
-        let address4 = self.node.address4();
-        self.node.set_ipv4(now, address4, names4);
+        let adverts = attachments(new, running);
+        self.set_tun_dev_attachments(adverts);
     }
 
     fn remove_tun_dev(&mut self, name: &str) {
