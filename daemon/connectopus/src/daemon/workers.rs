@@ -139,6 +139,10 @@ pub(super) struct Shared {
     snapshot: Slot<ForwardingSnapshot>,
     links: Slot<LinkTable>,
     stop: AtomicBool,
+    /// The node has TUN devices besides its own (namespaces, `tun_devs`): packets from the TUN
+    /// to a local address go to the main loop, which writes them to the namespace's device
+    /// (`Daemon::hairpin`).
+    hairpin: AtomicBool,
 }
 
 /// What `status` shows of a worker thread, kept up to date by the thread.
@@ -244,6 +248,7 @@ impl Dataplane {
             snapshot: Slot::new(Arc::default()),
             links: Slot::new(Arc::default()),
             stop: AtomicBool::new(false),
+            hairpin: AtomicBool::new(false),
         });
         let (tx, from_workers) = mpsc::sync_channel(CHANNEL_BOUND);
         let channel_drops = Arc::new(AtomicU64::new(0));
@@ -282,6 +287,7 @@ impl Dataplane {
                 status: status.clone(),
                 fail_after: fail.filter(|(w, _)| *w == index).map(|(_, n)| n),
                 handed_to_main: 0,
+                hairpin: false,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -326,6 +332,11 @@ impl Dataplane {
         // The established set may have changed: a new session's sealer.
         self.links_dirty = true;
         self.wake_all();
+    }
+
+    /// Tells the worker threads whether the node has namespaces to hairpin to.
+    pub(super) fn set_hairpin(&self, on: bool) {
+        self.shared.hairpin.store(on, Ordering::Relaxed);
     }
 
     /// Publishes the links the worker threads send on.
@@ -407,6 +418,8 @@ struct WorkerThread {
     status: Arc<Mutex<ThreadStatus>>,
     fail_after: Option<u64>,
     handed_to_main: u64,
+    /// A copy of [`Shared::hairpin`], taken once per turn.
+    hairpin: bool,
 }
 
 impl WorkerThread {
@@ -449,6 +462,7 @@ impl WorkerThread {
             if let Some(links) = self.shared.links.newer(&mut self.links_seen) {
                 self.links = (*links).clone();
             }
+            self.hairpin = self.shared.hairpin.load(Ordering::Relaxed);
             for completion in completions.drain(..) {
                 self.handle(completion)?;
             }
@@ -614,6 +628,10 @@ impl WorkerThread {
                 len
             }
         };
+        if self.hairpin && self.is_local(&buf, packet.clone()) {
+            // For one of the node's namespaces (or a loop): the main loop decides.
+            return self.hand_read_to_main(buf, read, header.is_none());
+        }
         let now = Time::from_duration(self.started.elapsed());
         let forwarded = match self.worker.io.buf_mut(&buf).get_mut(packet.clone()) {
             Some(p) => self
@@ -651,23 +669,47 @@ impl WorkerThread {
                 }
             },
             Forwarded::Deliver => {
-                // Another of the node's TUN devices (the main loop's), or a loop.
-                let mut bytes = self
-                    .worker
-                    .io
-                    .buf(&buf)
-                    .get(read)
-                    .unwrap_or_default()
-                    .to_vec();
-                if self.vnet && header.is_none() {
-                    // Its checksum is complete now: the main loop must not complete it again.
-                    let _ = VnetHeader::NONE.write(&mut bytes);
-                }
-                self.hand_to_main(FromWorker::FromTun(bytes));
+                return self.hand_read_to_main(buf, read, header.is_none());
             }
             Forwarded::Done => {}
         }
         self.worker.io.free(buf);
+    }
+
+    /// Whether the packet at `buf[packet]` is for an address this node delivers itself.
+    fn is_local(&self, buf: &BufId, packet: Range<usize>) -> bool {
+        let Some(p) = self.worker.io.buf(buf).get(packet) else {
+            return false;
+        };
+        let destination = if p.first().is_some_and(|b| b >> 4 == 4) {
+            connectopus_core::forward4::addresses4(p).map(|(_, d)| d.to_ipv6_mapped())
+        } else {
+            forward::addresses(p).map(|(_, d)| d)
+        };
+        destination.is_some_and(|d| {
+            matches!(
+                self.worker.forwarder.snapshot().table.routes.lookup(d),
+                Some((_, forward::RouteTarget::Local))
+            )
+        })
+    }
+
+    /// Hands the TUN read at `buf[read]` to the main loop as it came (its checksum marked
+    /// complete when `completed`); takes ownership of `buf`.
+    fn hand_read_to_main(&mut self, buf: BufId, read: Range<usize>, completed: bool) {
+        let mut bytes = self
+            .worker
+            .io
+            .buf(&buf)
+            .get(read)
+            .unwrap_or_default()
+            .to_vec();
+        self.worker.io.free(buf);
+        if self.vnet && completed {
+            // Its checksum is complete now: the main loop must not complete it again.
+            let _ = VnetHeader::NONE.write(&mut bytes);
+        }
+        self.hand_to_main(FromWorker::FromTun(bytes));
     }
 
     /// Seals the packet at `buf[packet]` into one record where it lies and sends it.
@@ -996,6 +1038,9 @@ impl Daemon {
         if !self.dataplane.has_threads() {
             return;
         }
+        // Namespaces and `tun_devs` are devices of worker 0.
+        self.dataplane
+            .set_hairpin(self.tuns.indexed().nth(1).is_some());
         if self.dataplane.links_dirty {
             let table = self.link_table();
             self.dataplane.publish_links(table);
