@@ -47,6 +47,7 @@ pub use model::{
     MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer,
     TcpListener, Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
 };
+pub use model::{DEFAULT_MAX_WORKERS, MAX_WORKERS};
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};
 pub use signature::{ConfigSignature, ConfigSigner, SignError, SignatureError, VerifiedBy, verify};
 pub use types::{ConfigDuration, Ipv4Net, Ipv6Net, PeerAddr, PeerHost, SshPublicKey};

@@ -120,7 +120,17 @@ pub struct NodeConfig {
     /// This node's address pool for ephemeral nodes and containers (`docs/dynamic-mesh.md`).
     #[serde(default)]
     pub issue: Option<crate::dynamic::IssueConfig>,
+    /// Dataplane worker threads (1 to [`MAX_WORKERS`]); `None`: one per CPU, at most
+    /// [`DEFAULT_MAX_WORKERS`].
+    #[serde(default)]
+    pub workers: Option<u32>,
 }
+
+/// The most dataplane workers a node may be given (`nodes.<name>.workers`).
+pub const MAX_WORKERS: u32 = 64;
+
+/// The most dataplane workers a node runs when `workers` is not set (one per CPU up to this).
+pub const DEFAULT_MAX_WORKERS: usize = 8;
 
 /// Longest Linux interface name.
 pub const MAX_IFNAME_LEN: usize = 15;

@@ -539,6 +539,18 @@ fn node_checks(
             "cpctl port must be 1..=65535",
         );
     }
+    if let Some(workers) = node.workers
+        && !(1..=crate::model::MAX_WORKERS).contains(&workers)
+    {
+        cx.error(
+            &["nodes", name, "workers"],
+            At::Value,
+            format!(
+                "workers must be 1..={} (dataplane threads), not {workers}",
+                crate::model::MAX_WORKERS
+            ),
+        );
+    }
 
     for (b, backend) in &backends {
         backend_checks(

@@ -357,6 +357,8 @@ fn semantic_rules() {
         ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk_file: /p, peer_node: foo}\n".into(), Severity::Error, "is this node itself", 9, 68),
         ("    metrics:\n      listen: \"::1:9469\"\n".into(), Severity::Error, "metrics listen `::1:9469` is not an address and port", 9, 15),
         ("    metrics: {listen: \"[::1]:0\"}\n".into(), Severity::Error, "metrics port must be 1..=65535", 8, 23),
+        ("    workers: 0\n".into(), Severity::Error, "workers must be 1..=64 (dataplane threads), not 0", 8, 14),
+        ("    workers: 65\n".into(), Severity::Error, "workers must be 1..=64", 8, 14),
         ("    backends:\n      b: {type: tcp-listener, port: 9469}\n    metrics: {listen: \"[::1]:9469\"}\n".into(), Severity::Error, "tcp port 9469 is already used by nodes.foo.backends.b", 10, 23),
         ("    backends:\n      b: {type: udp-listener}\n".into(), Severity::Error, "listener without port", 9, 7),
         ("    backends:\n      a: {type: dtls-listener, port: 7, psk_file: /p}\n      b: {type: udp-listener, port: 7}\n".into(), Severity::Error, "UDP port 7 is already used by nodes.foo.backends.a", 10, 37),

@@ -338,6 +338,16 @@ pub struct WorkerReport {
     pub udp_gro: String,
     /// Link sockets of its own (`SO_REUSEPORT`; off: the node's one socket per endpoint).
     pub udp_reuseport: String,
+    /// `running`, or `stopped: <why>` (its flows moved to the other workers).
+    #[serde(default)]
+    pub state: String,
+    /// Reads from its TUN queues so far.
+    #[serde(default)]
+    pub tun_reads: u64,
+    /// Packets a worker thread handed to the main loop (links it does not send on, the node's
+    /// other TUN devices, ICMPv6 errors); 0 for worker 0.
+    #[serde(default)]
+    pub handed_to_main: u64,
 }
 
 /// One configured backend.

@@ -162,7 +162,7 @@ pub fn dialer_config(d: &DtlsDialer, mtu: u16) -> Result<ClientConfig> {
 #[derive(Debug)]
 pub struct UdpEndpoint {
     /// The socket (nonblocking).
-    pub socket: UdpSocket,
+    pub socket: std::sync::Arc<UdpSocket>,
     /// Backend name.
     pub backend: String,
     /// Link cost.

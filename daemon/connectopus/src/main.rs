@@ -102,6 +102,10 @@ struct NodeArgs {
     /// node's `metrics.listen`.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Dataplane worker threads (1 to 64), instead of the node's `workers` (default: one per
+    /// CPU, at most 8); 1 runs the dataplane on the main loop.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: Option<u32>,
     /// System calls outside the node's allow-list, once it runs: `enforce` refuses them
     /// with EPERM (the kernel logs each), `log` allows and logs them, `off` installs no
     /// filter (docs/security.md, "Least privilege").
@@ -420,6 +424,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 identity_file: None,
                 log_level,
                 metrics_listen: None,
+                workers: None,
                 seccomp: privilege::SeccompMode::Enforce,
                 no_seccomp: false,
                 keep_capabilities: false,
@@ -496,6 +501,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         identity_file,
         log_level,
         metrics_listen,
+        workers,
         seccomp,
         no_seccomp,
         keep_capabilities,
@@ -565,6 +571,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         ebpf_object,
         identity_file,
         metrics_listen,
+        workers,
         seccomp: if no_seccomp {
             privilege::SeccompMode::Off
         } else {

@@ -83,9 +83,20 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
     for w in &report.workers {
         let _ = writeln!(
             out,
-            "  worker {} ({}): io_uring {}; tun multi-queue {}; udp gso {}; udp gro {}; \
+            "  worker {} ({}){}: io_uring {}; tun multi-queue {}; udp gso {}; udp gro {}; \
              so_reuseport {}",
-            w.index, w.thread, w.io_uring, w.tun_multi_queue, w.udp_gso, w.udp_gro, w.udp_reuseport
+            w.index,
+            w.thread,
+            if w.state.is_empty() || w.state == "running" {
+                String::new()
+            } else {
+                format!(" {}", w.state)
+            },
+            w.io_uring,
+            w.tun_multi_queue,
+            w.udp_gso,
+            w.udp_gro,
+            w.udp_reuseport
         );
     }
     let _ = writeln!(out, "\nbackends:");
@@ -426,9 +437,22 @@ mod tests {
             udp_gso: "on".into(),
             udp_gro: "off: kernel said no".into(),
             udp_reuseport: "off: one worker".into(),
+            state: "running".into(),
+            tun_reads: 0,
+            handed_to_main: 0,
         }];
+        r.workers.push(crate::control::WorkerReport {
+            index: 1,
+            thread: "worker-1".into(),
+            state: "stopped: ring failed".into(),
+            ..r.workers[0].clone()
+        });
         let text = render(&r, false);
-        assert!(text.contains("workers: 1 on 2 cores\n"), "{text}");
+        assert!(text.contains("workers: 2 on 2 cores\n"), "{text}");
+        assert!(
+            text.contains("  worker 1 (worker-1) stopped: ring failed: io_uring off"),
+            "{text}"
+        );
         assert!(
             text.contains("  worker 0 (main loop): io_uring off: CONNECTOPUS_DISABLE_URING=1; tun multi-queue off: one worker; udp gso on; udp gro off: kernel said no; so_reuseport off: one worker\n"),
             "{text}"

@@ -84,12 +84,69 @@ impl TunDevice {
         mtu: u16,
         offload: bool,
     ) -> Result<Self> {
+        Self::create_queues(name, address, prefix_len, address4, mtu, offload, false)
+    }
+
+    /// Like [`Self::create`], with `IFF_MULTI_QUEUE` so that [`Self::clone_queue`] opens
+    /// more queues of the device (the kernel steers each flow to one queue); `Err` (with why)
+    /// when the kernel or a persistent device refused it and the device has one queue.
+    ///
+    /// # Errors
+    /// As [`Self::create`].
+    pub fn create_multi_queue(
+        name: &str,
+        address: Ipv6Addr,
+        prefix_len: u8,
+        address4: Option<(Ipv4Addr, u8)>,
+        mtu: u16,
+        offload: bool,
+    ) -> Result<(Self, std::result::Result<(), String>)> {
+        match Self::create_queues(name, address, prefix_len, address4, mtu, offload, true) {
+            Ok(device) => Ok((device, Ok(()))),
+            Err(error) => {
+                let why = format!("the kernel refused IFF_MULTI_QUEUE: {error:#}");
+                tracing::warn!(tun = name, %why, "one TUN queue, one dataplane worker");
+                let device =
+                    Self::create_queues(name, address, prefix_len, address4, mtu, offload, false)?;
+                Ok((device, Err(why)))
+            }
+        }
+    }
+
+    /// Opens one more queue of a device made by [`Self::create_multi_queue`], with the same
+    /// virtio-net header and offloads.
+    ///
+    /// # Errors
+    /// The device is not multi-queue, or the kernel refused another queue.
+    pub fn clone_queue(&self) -> Result<Self> {
+        let device = self
+            .device
+            .try_clone()
+            .with_context(|| format!("opening another queue of TUN device {}", self.name))?;
+        Ok(Self {
+            device,
+            name: self.name.clone(),
+            address: self.address,
+            offload: self.offload.clone(),
+        })
+    }
+
+    fn create_queues(
+        name: &str,
+        address: Ipv6Addr,
+        prefix_len: u8,
+        address4: Option<(Ipv4Addr, u8)>,
+        mtu: u16,
+        offload: bool,
+        multi_queue: bool,
+    ) -> Result<Self> {
         let offload_wanted = offload;
         let build = |offload: bool| {
             let mut builder = tun_rs::DeviceBuilder::new()
                 .name(name)
                 .ipv6(address, prefix_len)
                 .mtu(mtu)
+                .multi_queue(multi_queue)
                 .offload(offload);
             if let Some((address4, len4)) = address4 {
                 builder = builder.ipv4(address4, len4, None);
@@ -125,6 +182,9 @@ impl TunDevice {
             // A persistent device made by `setup-tunnel`: opened as its owner, without
             // privileges, as long as it already holds the address.
             Err(error) if std::path::Path::new(&format!("/sys/class/net/{name}")).exists() => {
+                if multi_queue {
+                    anyhow::bail!("the prepared TUN device {name} is opened with one queue");
+                }
                 Self::open_prepared(name, address, prefix_len, offload_wanted, &error)?
             }
             Err(error) => {

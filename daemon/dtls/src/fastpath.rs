@@ -147,6 +147,11 @@ impl KeyPair {
 }
 
 impl DirectionKey {
+    /// The record format this key seals.
+    pub(crate) fn suite(&self) -> RecordSuite {
+        self.suite
+    }
+
     fn nonce(&self, epoch_seq: u64, explicit: Option<&[u8]>) -> [u8; 12] {
         let mut n = [0u8; 12];
         match self.suite {

@@ -65,10 +65,13 @@
 //!
 //! # Ownership and threads
 //!
-//! An association is `Send` but not shared: one thread owns it and calls every method.
-//! Sealing on several cores means one association per (peer, core), each with its own UDP
-//! source port, so that every association keeps its records in order for the peer's 64-record
-//! replay window. Nothing inside takes a lock or reads a clock.
+//! An association is `Send` but not shared: one thread (the control plane) owns it and calls
+//! every method. Other threads seal records for it through a [`Sealer`]
+//! ([`DtlsAssociation::sealer`]): the keys of each epoch are immutable and shared, and one
+//! atomic counter per association hands out sequence numbers a batch at a time, so records
+//! sealed on several cores never repeat an (epoch, sequence) pair (docs/dtls.md, "Threads and
+//! sequence numbers"). Nothing reads a clock; the key lock is taken only when an epoch
+//! changes.
 //!
 //! # Listener and cookies
 //!
@@ -93,6 +96,7 @@ mod prf;
 mod record;
 mod rekey;
 mod replay;
+mod sealer;
 
 pub use association::{Accept, DtlsAssociation, MAX_PAYLOAD, Received, Role, State, Stats};
 pub use config::{
@@ -105,3 +109,4 @@ pub use record::RECORD_HEADER_LEN;
 pub use rekey::{
     DEFAULT_REKEY_INTERVAL, DEFAULT_REKEY_RECORDS, REKEY_LABEL, RX_GRACE, RekeyPolicy,
 };
+pub use sealer::{EpochKey, Reservation, Sealer, TxShared};

@@ -11,6 +11,7 @@
 //!   first record of a later epoch that authenticates makes that epoch current. The previous
 //!   epoch's key and replay window stay for [`RX_GRACE`], so reordered records still open.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::SslRef;
@@ -19,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::association::Role;
 use crate::fastpath::{DirectionKey, KeyPair, RecordSuite};
 use crate::replay::ReplayWindow;
+use crate::sealer::{EpochKey, Sealer, TxShared};
 
 /// The RFC 5705 exporter label of the per-epoch keys.
 pub const REKEY_LABEL: &str = "EXPORTER-connectopus-rekey";
@@ -83,45 +85,66 @@ pub(crate) fn epoch_keys(
     })
 }
 
-/// The sending direction: the current epoch's key and counter.
+/// The sending direction as the association (the control plane) keeps it: the state shared
+/// with every sealer ([`TxShared`]: keys per epoch, the one counter), its own [`Sealer`], and
+/// what only it does: date epochs for the clock's trigger, derive the next epoch's key ahead,
+/// re-seal what OpenSSL writes in the handshake epoch.
 #[derive(Debug)]
 pub(crate) struct TxKeys {
-    /// Key of the current epoch.
-    pub key: DirectionKey,
-    /// Current epoch.
+    pub shared: Arc<TxShared>,
+    pub sealer: Sealer,
+    /// The epoch the association last saw current (a sealer may have switched since).
     pub epoch: u16,
-    /// Next sequence number of the current epoch.
-    pub next_seq: u64,
-    /// Caller time at which the current epoch started.
+    /// Caller time at which `epoch` started (as far as the association saw it).
     since: Duration,
-    /// The handshake epoch's key, kept after the first switch only to open what OpenSSL
-    /// still writes (it is re-sealed under the current key; it never seals again).
-    handshake_key: Option<DirectionKey>,
+    /// The handshake epoch's key, kept only to open what OpenSSL still writes (it is
+    /// re-sealed under the current key and counter; it never seals again after a switch).
+    handshake_key: Arc<EpochKey>,
     /// The epoch OpenSSL writes in (the one the handshake established).
     pub handshake_epoch: u16,
-    /// Set when a switch failed (exporter error or epoch space used up): the epoch then
-    /// runs to the end of its sequence space.
+    /// Set when a switch is impossible (exporter error or epoch space used up): the epoch
+    /// then runs to the end of its sequence space.
     pub stuck: bool,
+    /// Switches of the shared state already counted.
+    pub switches_seen: u64,
 }
 
 impl TxKeys {
-    pub(crate) fn new(key: DirectionKey, epoch: u16, next_seq: u64, now: Duration) -> Self {
-        Self {
-            key,
-            epoch,
+    pub(crate) fn new(
+        key: DirectionKey,
+        epoch: u16,
+        next_seq: u64,
+        policy: &RekeyPolicy,
+        now: Duration,
+    ) -> Self {
+        let suite = key.suite();
+        let key = EpochKey::new(epoch, key);
+        let shared = Arc::new(TxShared::new(
+            suite,
+            key.clone(),
             next_seq,
+            policy.max_records,
+        ));
+        Self {
+            sealer: Sealer::new(shared.clone()),
+            shared,
+            epoch,
             since: now,
-            handshake_key: None,
+            handshake_key: key,
             handshake_epoch: epoch,
             stuck: false,
+            switches_seen: 0,
         }
     }
 
-    /// Returns whether the current epoch must end before the next record.
-    pub(crate) fn due(&self, policy: &RekeyPolicy, now: Duration) -> bool {
-        !self.stuck
-            && (self.next_seq >= policy.max_records
-                || now.saturating_sub(self.since) >= policy.interval)
+    /// Whether this direction may move to new epochs at all.
+    pub(crate) fn rekeys(policy: &RekeyPolicy) -> bool {
+        policy.max_records < (1 << 48) || policy.interval != Duration::MAX
+    }
+
+    /// Returns whether the current epoch is too old.
+    pub(crate) fn due_by_clock(&self, policy: &RekeyPolicy, now: Duration) -> bool {
+        !self.stuck && now.saturating_sub(self.since) >= policy.interval
     }
 
     /// Returns when the current epoch becomes too old.
@@ -132,25 +155,28 @@ impl TxKeys {
         self.since.checked_add(policy.interval)
     }
 
-    /// Returns the epoch after the current one, if there is one.
-    pub(crate) fn next_epoch(&self) -> Option<u16> {
-        self.epoch.checked_add(1)
+    /// Returns whether the shared state moved on since the association last looked, or
+    /// still needs the next epoch's key.
+    pub(crate) fn needs_upkeep(&self, policy: &RekeyPolicy) -> bool {
+        self.shared.switches() != self.switches_seen
+            || (!self.stuck && Self::rekeys(policy) && !self.shared.has_next())
     }
 
-    /// Starts `epoch` with `key` at sequence number 0.
-    pub(crate) fn switch(&mut self, epoch: u16, key: DirectionKey, now: Duration) {
-        let old = std::mem::replace(&mut self.key, key);
-        if self.handshake_key.is_none() {
-            self.handshake_key = Some(old);
+    /// Notes a switch a sealer (or the clock) made: the new epoch is dated `now`.
+    pub(crate) fn follow(&mut self, now: Duration) -> u64 {
+        let switches = self.shared.switches();
+        let new = switches - self.switches_seen;
+        if new > 0 {
+            self.switches_seen = switches;
+            self.epoch = self.shared.epoch();
+            self.since = now;
         }
-        self.epoch = epoch;
-        self.next_seq = 0;
-        self.since = now;
+        new
     }
 
     /// Returns the key that opens records OpenSSL wrote in the handshake epoch.
     pub(crate) fn handshake_key(&self) -> &DirectionKey {
-        self.handshake_key.as_ref().unwrap_or(&self.key)
+        self.handshake_key.key()
     }
 }
 

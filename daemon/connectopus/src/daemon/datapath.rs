@@ -65,6 +65,15 @@ pub(super) struct OffloadCounters {
 }
 
 impl OffloadCounters {
+    /// Adds another worker's counts.
+    pub(super) fn add(&mut self, other: &Self) {
+        self.tun_super_packets_read += other.tun_super_packets_read;
+        self.tun_super_packets_written += other.tun_super_packets_written;
+        self.udp_gso_sends += other.udp_gso_sends;
+        self.udp_gro_batches += other.udp_gro_batches;
+        self.udp_send_errors += other.udp_send_errors;
+    }
+
     /// Adds the counters to a status counter map.
     pub(super) fn report(&self, map: &mut BTreeMap<String, u64>) {
         map.insert(
@@ -155,7 +164,10 @@ impl Daemon {
         let range = completion.data_range();
         if let Some(buf) = completion.buf {
             match range {
-                Some(range) => self.forward_from_tun(tun, buf, range),
+                Some(range) => {
+                    self.worker.tun_reads += 1;
+                    self.forward_from_tun(tun, buf, range);
+                }
                 None => self.worker.io.free(buf),
             }
         }
@@ -172,7 +184,7 @@ impl Daemon {
     }
 
     /// Routes what the TUN device `tun` handed over in `buf[range]`; takes ownership of `buf`.
-    fn forward_from_tun(&mut self, tun: usize, buf: BufId, range: Range<usize>) {
+    pub(super) fn forward_from_tun(&mut self, tun: usize, buf: BufId, range: Range<usize>) {
         if self.hairpin(tun, &buf, range.clone()) {
             self.worker.io.free(buf);
             return;

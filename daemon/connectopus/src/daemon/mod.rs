@@ -72,6 +72,7 @@ mod trust;
 mod tun_devs;
 mod worker;
 use worker::Worker;
+mod workers;
 
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
@@ -186,6 +187,8 @@ struct Daemon {
     restart: bool,
     /// The dataplane: the ring, the buffers, the per-packet path and the offload state.
     worker: Worker,
+    /// Dataplane workers 1..N-1 on threads of their own (see `workers`).
+    dataplane: workers::Dataplane,
     /// The control plane's protocol core.
     node: Node,
     started: Instant,
@@ -270,6 +273,7 @@ impl Daemon {
             }
             self.worker.completions = completions;
             self.absorb_worker();
+            self.drain_workers();
             self.handle_messages();
             self.run_timers();
             self.drain_node();
@@ -625,6 +629,7 @@ impl Daemon {
             return;
         };
         tracing::debug!(%link, why, "closing link");
+        self.dataplane.links_dirty = true;
         let now = self.now();
         // The core may already have forgotten it (it asked for the close); then this is a no-op.
         self.node.handle_link_down(now, link);

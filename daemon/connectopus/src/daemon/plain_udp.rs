@@ -152,7 +152,7 @@ impl Daemon {
         zero_checksums(name, &socket);
         tracing::info!(backend = %name, %bind, "udp listener up");
         self.add_udp(UdpEndpoint {
-            socket,
+            socket: Arc::new(socket),
             backend: name.to_owned(),
             cost: settings.cost,
             mtu: settings.mtu,
@@ -170,7 +170,7 @@ impl Daemon {
         let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         self.add_udp(UdpEndpoint {
-            socket,
+            socket: Arc::new(socket),
             backend: name.to_owned(),
             cost: settings.cost,
             mtu: settings.mtu,

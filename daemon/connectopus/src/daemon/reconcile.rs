@@ -125,7 +125,7 @@ impl Daemon {
                     dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
                 tracing::info!(backend = %name, %bind, "dtls listener up");
                 let endpoint = self.add_udp(UdpEndpoint {
-                    socket,
+                    socket: Arc::new(socket),
                     backend: name.to_owned(),
                     cost: settings.cost,
                     mtu: settings.mtu,
@@ -138,7 +138,7 @@ impl Daemon {
                     .with_context(|| format!("backend {name}"))?;
                 let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
                 let endpoint = self.add_udp(UdpEndpoint {
-                    socket,
+                    socket: Arc::new(socket),
                     backend: name.to_owned(),
                     cost: settings.cost,
                     mtu: settings.mtu,

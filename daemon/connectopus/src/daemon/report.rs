@@ -167,7 +167,17 @@ impl Daemon {
             "config_offers_checked".to_owned(),
             self.offer_checker.checks_started(),
         );
-        self.worker.offload_counters.report(&mut counter_map);
+        let mut offload = self.worker.offload_counters;
+        for other in &self.dataplane.offload {
+            offload.add(other);
+        }
+        offload.report(&mut counter_map);
+        counter_map.insert(
+            "worker_channel_drops".to_owned(),
+            self.dataplane
+                .channel_drops
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         self.limit_counters.report(&mut counter_map);
         self.plain_udp_counters.report(&mut counter_map);
         counter_map.insert(
@@ -233,7 +243,7 @@ impl Daemon {
                 udp_gso: datapath::Offloads::describe(&self.worker.offloads.udp_gso),
                 udp_gro: datapath::Offloads::describe(&self.worker.offloads.udp_gro),
             },
-            workers: vec![self.worker.report(0, &self.tuns)],
+            workers: self.worker_reports(),
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             ebpf: self.ebpf.describe(),
             fastpath: self.fastpath.describe(),

@@ -29,6 +29,8 @@ pub struct NodeOptions {
     /// Where to serve Prometheus `/metrics` (`--metrics-listen`), overriding the node's
     /// `metrics.listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Dataplane workers (`--workers`), overriding the node's `workers`.
+    pub workers: Option<u32>,
     /// The seccomp filter installed once the node runs.
     pub seccomp: crate::privilege::SeccompMode,
     /// Whether to drop the capabilities the node no longer needs after start-up.
@@ -52,6 +54,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ebpf_object,
         identity_file,
         metrics_listen,
+        workers,
         seccomp,
         drop_capabilities,
     } = options;
@@ -63,6 +66,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
 
     let offloads = datapath::Offloads::new(!crate::tun::offload_disabled_by_env());
     let mtu = node_mtu(&node_config.backends);
+    let wanted_workers = workers::wanted(workers, node_config.workers);
+    let mut multi_queue = Err("the node has no TUN device of its own".to_owned());
     let mut tuns = Vec::new();
     match node_config.tun_name(&id) {
         Some(tun_name) => {
@@ -71,14 +76,27 @@ pub fn run(options: NodeOptions) -> Result<()> {
                 .subnet4
                 .zip(node_config.address4)
                 .map(|(subnet4, a)| (a, subnet4.prefix_len()));
-            let tun = TunDevice::create(
-                &tun_name,
-                node_config.address,
-                config.global.subnet.prefix_len(),
-                address4,
-                mtu,
-                offloads.wanted,
-            )?;
+            let tun = if wanted_workers > 1 {
+                let (tun, state) = TunDevice::create_multi_queue(
+                    &tun_name,
+                    node_config.address,
+                    config.global.subnet.prefix_len(),
+                    address4,
+                    mtu,
+                    offloads.wanted,
+                )?;
+                multi_queue = state;
+                tun
+            } else {
+                TunDevice::create(
+                    &tun_name,
+                    node_config.address,
+                    config.global.subnet.prefix_len(),
+                    address4,
+                    mtu,
+                    offloads.wanted,
+                )?
+            };
             tracing::info!(
                 tun = %tun.name(),
                 address = %node_config.address,
@@ -108,6 +126,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tuns.push(tun);
         tun_dev_names.push(name.clone());
     }
+    // Worker 0 reads the first queue (and every other TUN device) on the main loop; workers
+    // 1.. each read one more queue of the node's own device.
+    let (queues, multi_queue) = workers::open_queues(
+        node_config.tun_name(&id).and(tuns.first()),
+        wanted_workers,
+        multi_queue,
+    );
     let (attachments, attachment_names, attachment_names4) =
         tun_devs::attachments(&node_config.tun_devs, |_| true);
 
@@ -276,6 +301,14 @@ pub fn run(options: NodeOptions) -> Result<()> {
 
     let icmp_limiter =
         connectopus_core::icmp::IcmpRateLimiter::new(core.icmp_per_second, core.icmp_burst);
+    let dataplane = workers::Dataplane::start(
+        queues,
+        multi_queue,
+        &offloads,
+        &icmp_limiter,
+        io.waker(),
+        started,
+    )?;
     let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
     let subnet = config.global.subnet.to_string();
@@ -294,6 +327,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         restart: false,
         node: Node::new(core, Time::ZERO),
         worker: Worker::new(io, offloads, icmp_limiter),
+        dataplane,
         started,
         started_wall,
         tuns: tun_devs::TunSet::new(tuns, &tun_dev_names),

@@ -7,9 +7,10 @@
 //! publishes and takes the worker's [`connectopus_core::forwarder::DataplaneReport`] back once
 //! a turn ([`Daemon::absorb_worker`]), so per packet nothing is locked or shared.
 //!
-//! Today the node runs one worker on the main loop's thread, next to the control plane; the
-//! links (TCP streams, DTLS associations) and sockets still belong to the loop. See
-//! docs/architecture.md, "Threads", for the plan to run one worker per core.
+//! Worker 0 runs on the main loop's thread, next to the control plane, and owns the links
+//! (TCP streams, DTLS associations), the sockets' receives and the node's other TUN devices;
+//! workers 1.. run on threads of their own (`workers`), each with a queue of the node's TUN
+//! device. See docs/architecture.md, "Threads".
 
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
@@ -35,33 +36,46 @@ pub(super) struct Worker {
     pub(super) ranges: Vec<Range<usize>>,
     /// When the pool next gives idle buffers back ([`Worker::trim_if_due`]).
     pub(super) trim_at: Instant,
+    /// Reads from its TUN queues so far.
+    pub(super) tun_reads: u64,
 }
 
 /// How often a worker's pool releases the buffers that stayed idle since the last time and
 /// re-sizes its posted receive buffers (see `uring_io::PacketIo::trim`).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why a worker has no TUN queue and link sockets of its own.
-const ONE_WORKER: &str = "off: one dataplane worker per node (several are not built yet)";
+/// Why worker 0 receives every link's datagrams.
+const RECEIVE_ON_MAIN: &str = "off: the main loop (worker 0) receives the datagrams of every link \
+     (receive sockets per worker are not built yet)";
 
 impl Worker {
-    /// What this worker runs on, for `status`.
-    pub(super) fn report(&self, index: usize, tuns: &tun_devs::TunSet) -> control::WorkerReport {
+    /// What worker 0 (this one, on the main loop) runs on, for `status`.
+    pub(super) fn report(
+        &self,
+        tuns: &tun_devs::TunSet,
+        dataplane: &workers::Dataplane,
+    ) -> control::WorkerReport {
         control::WorkerReport {
-            index,
+            index: 0,
             thread: "main loop".to_owned(),
             io_uring: match self.io.fallback_reason() {
                 None => "on".to_owned(),
                 Some(why) => format!("off: {why}"),
             },
-            tun_multi_queue: ONE_WORKER.to_owned(),
+            tun_multi_queue: match &dataplane.multi_queue {
+                Ok(_) => "on".to_owned(),
+                Err(why) => format!("off: {why}"),
+            },
             tun_offload: tuns
                 .iter()
                 .map(|t| (t.name().to_owned(), t.offload().describe()))
                 .collect(),
             udp_gso: datapath::Offloads::describe(&self.offloads.udp_gso),
             udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
-            udp_reuseport: ONE_WORKER.to_owned(),
+            udp_reuseport: "off: one socket per UDP endpoint, on this worker".to_owned(),
+            state: "running".to_owned(),
+            tun_reads: self.tun_reads,
+            handed_to_main: 0,
         }
     }
 
@@ -78,6 +92,7 @@ impl Worker {
             scratch_out: Vec::with_capacity(u16::MAX as usize + 64),
             ranges: Vec::new(),
             trim_at: Instant::now() + TRIM_INTERVAL,
+            tun_reads: 0,
         }
     }
 
@@ -92,6 +107,40 @@ impl Worker {
 }
 
 impl Daemon {
+    /// What every worker runs on, for `status`: worker 0 on the main loop, then the threads.
+    pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
+        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane)];
+        let own_tun = self.tuns.get(0).filter(|_| self.dataplane.has_threads());
+        for index in 1..=self.dataplane.threads() {
+            let Some(status) = self.dataplane.status(index) else {
+                continue;
+            };
+            reports.push(control::WorkerReport {
+                index,
+                thread: format!("worker-{index}"),
+                io_uring: status.io_uring,
+                tun_multi_queue: "on".to_owned(),
+                tun_offload: own_tun
+                    .map(|t| (t.name().to_owned(), t.offload().describe()))
+                    .into_iter()
+                    .collect(),
+                udp_gso: status.udp_gso,
+                udp_gro: match &self.worker.offloads.udp_gro {
+                    Ok(()) => RECEIVE_ON_MAIN.to_owned(),
+                    Err(why) => format!("off: {why}"),
+                },
+                udp_reuseport: RECEIVE_ON_MAIN.to_owned(),
+                tun_reads: status.tun_reads,
+                handed_to_main: status.handed_to_main,
+                state: match status.stopped {
+                    None => "running".to_owned(),
+                    Some(why) => format!("stopped: {why}"),
+                },
+            });
+        }
+        reports
+    }
+
     /// Gives the worker the node's newest forwarding snapshot, if it does not have it yet
     /// (one pointer comparison): a session established by one completion carries the data of
     /// the next.
@@ -99,6 +148,8 @@ impl Daemon {
         let latest = self.node.forwarding_snapshot();
         if !Arc::ptr_eq(latest, self.worker.forwarder.snapshot()) {
             self.worker.forwarder.install(latest.clone());
+            let latest = latest.clone();
+            self.dataplane.publish_snapshot(&latest);
         }
     }
 

@@ -15,9 +15,10 @@ use crate::config::{ClientConfig, ExpectedName, Prepared, ServerConfig, cookie_b
 use crate::error::{CloseReason, DtlsError};
 use crate::fastpath::{RecordSuite, derive_keys};
 use crate::ffi;
-use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, MAX_SEQ, next_record};
+use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, next_record};
 use crate::rekey::{self, RxKeys, TxKeys};
 use crate::replay::ReplayWindow;
+use crate::sealer::Sealer;
 
 mod received;
 mod takeover;
@@ -361,23 +362,39 @@ impl DtlsAssociation {
             return None;
         }
         let rekey = self.fast.as_ref().and_then(|fp| {
+            // A sealer on another thread switched epochs, or the next key is still to derive.
+            let upkeep = fp.tx.needs_upkeep(&self.config.rekey).then_some(self.now);
             let tx = fp.tx.rekey_at(&self.config.rekey);
-            [tx, fp.rx.retire_at()].into_iter().flatten().min()
+            [upkeep, tx, fp.rx.retire_at()].into_iter().flatten().min()
         });
         [self.deadline, rekey].into_iter().flatten().min()
     }
 
     /// Returns the epochs records are sealed in and opened from (after the handshake).
     pub fn epochs(&self) -> Option<(u16, u16)> {
-        self.fast.as_ref().map(|fp| (fp.tx.epoch, fp.rx.epoch()))
+        self.fast
+            .as_ref()
+            .map(|fp| (fp.tx.shared.epoch(), fp.rx.epoch()))
     }
 
     /// Sets the sequence number of the next record sealed (tests of the key update only).
     #[doc(hidden)]
     pub fn set_next_seq_for_test(&mut self, seq: u64) {
         if let Some(fp) = self.fast.as_mut() {
-            fp.tx.next_seq = seq.min(MAX_SEQ + 1);
+            fp.tx.shared.set_next_seq(seq);
         }
+    }
+
+    /// A handle that seals records for this association on another thread, sharing its
+    /// sending direction (keys per epoch, one sequence counter; see [`Sealer`]); `None`
+    /// before the record takeover (or without the fast path).
+    pub fn sealer(&self) -> Option<Sealer> {
+        if !matches!(self.state, State::Established) {
+            return None;
+        }
+        self.fast
+            .as_ref()
+            .map(|fp| Sealer::new(fp.tx.shared.clone()))
     }
 
     /// Returns the next handshake or alert datagram to send to the peer.
@@ -396,9 +413,10 @@ impl DtlsAssociation {
         self.now = self.now.max(now);
         if let Some(fp) = self.fast.as_mut() {
             fp.rx.expire(now);
-            if fp.tx.due(&self.config.rekey, now) {
-                self.rekey_tx(now);
+            if fp.tx.due_by_clock(&self.config.rekey, now) {
+                fp.tx.shared.switch_now();
             }
+            self.tx_upkeep(now);
         }
         match self.deadline {
             Some(deadline) if now >= deadline => {}
@@ -727,22 +745,24 @@ impl DtlsAssociation {
                 have: buf.len(),
             });
         }
-        if self
-            .fast
-            .as_ref()
-            .is_some_and(|fp| fp.tx.due(&self.config.rekey, self.now))
-        {
-            self.rekey_tx(self.now);
-        }
         if let Some(fp) = self.fast.as_mut() {
-            if fp.tx.next_seq > MAX_SEQ {
-                self.fail(CloseReason::SequenceExhausted);
-                return Err(DtlsError::SequenceExhausted);
-            }
-            let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
-            let n = fp.tx.key.seal(es, CT_APPLICATION_DATA, buf, payload_len)?;
-            fp.tx.next_seq += 1;
+            let sealed = fp
+                .tx
+                .sealer
+                .reserve(1)
+                .and_then(|r| r.seal(0, buf, payload_len));
+            let n = match sealed {
+                Ok(n) => n,
+                Err(DtlsError::SequenceExhausted) => {
+                    self.fail(CloseReason::SequenceExhausted);
+                    return Err(DtlsError::SequenceExhausted);
+                }
+                Err(e) => return Err(e),
+            };
             self.stats.records_sealed += 1;
+            if fp.tx.needs_upkeep(&self.config.rekey) {
+                self.tx_upkeep(self.now);
+            }
             return Ok(n);
         }
         self.seal_fallback(suite, buf, payload_len, need)
@@ -793,14 +813,12 @@ impl DtlsAssociation {
             State::Closed(_) => return,
             State::Established if self.fast.is_some() => {
                 if let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite)
-                    && fp.tx.next_seq <= MAX_SEQ
+                    && let Ok(reservation) = fp.tx.sealer.reserve(1)
                 {
                     let off = suite.payload_offset();
                     let mut rec = vec![0u8; suite.overhead() + 2];
                     rec[off..off + 2].copy_from_slice(&[1, 0]);
-                    let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
-                    if fp.tx.key.seal(es, CT_ALERT, &mut rec, 2).is_ok() {
-                        fp.tx.next_seq += 1;
+                    if reservation.seal_as(0, CT_ALERT, &mut rec, 2).is_ok() {
                         self.transmit.push_back(rec);
                     }
                 }

@@ -28,6 +28,7 @@ impl DtlsAssociation {
                 Some(fp) => {
                     self.fast = Some(fp);
                     self.fill_rx_lookahead();
+                    self.tx_upkeep(now);
                 }
                 None => self.stats.self_test_failed = true,
             }
@@ -75,7 +76,13 @@ impl DtlsAssociation {
             }
         }
         Some(FastPath {
-            tx: TxKeys::new(tx, oh.epoch, self.capture.own_max_seq? + 1, now),
+            tx: TxKeys::new(
+                tx,
+                oh.epoch,
+                self.capture.own_max_seq? + 1,
+                &self.config.rekey,
+                now,
+            ),
             rx: RxKeys::new(rx_epoch?, rx, window),
             min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
         })
@@ -142,13 +149,13 @@ impl DtlsAssociation {
                 out.truncate(start);
                 continue;
             };
-            if fp.tx.next_seq > MAX_SEQ {
-                out.truncate(start);
-                continue;
-            }
-            let es = (u64::from(fp.tx.epoch) << 48) | fp.tx.next_seq;
-            fp.tx.next_seq += 1;
-            if fp.tx.key.seal(es, h.ctype, rec, pt.len()).is_err() {
+            let len = pt.len();
+            let sealed = fp
+                .tx
+                .sealer
+                .reserve(1)
+                .and_then(|r| r.seal_as(0, h.ctype, rec, len));
+            if sealed.is_err() {
                 out.truncate(start);
                 continue;
             }
@@ -157,12 +164,18 @@ impl DtlsAssociation {
         out
     }
 
-    /// Moves our sending direction to the next epoch (keys from the exporter, sequence 0).
-    pub(super) fn rekey_tx(&mut self, now: Duration) {
+    /// Follows the sending direction's shared state: counts switches a sealer (or the clock)
+    /// made, dates the new epoch, and derives and publishes the next epoch's key ahead, so a
+    /// sealer that reaches the record limit can switch at once.
+    pub(super) fn tx_upkeep(&mut self, now: Duration) {
         let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
             return;
         };
-        let keys = fp.tx.next_epoch().and_then(|e| {
+        self.stats.tx_rekeys += fp.tx.follow(now);
+        if fp.tx.stuck || !TxKeys::rekeys(&self.config.rekey) || fp.tx.shared.has_next() {
+            return;
+        }
+        let keys = fp.tx.epoch.checked_add(1).and_then(|e| {
             Some((
                 e,
                 rekey::epoch_keys(self.stream.ssl(), suite, self.role, e)?,
@@ -170,11 +183,13 @@ impl DtlsAssociation {
         });
         match keys {
             Some((epoch, (tx, _))) => {
-                fp.tx.switch(epoch, tx, now);
-                self.stats.tx_rekeys += 1;
+                fp.tx
+                    .shared
+                    .publish_next(crate::sealer::EpochKey::new(epoch, tx));
             }
             None => {
                 fp.tx.stuck = true;
+                fp.tx.shared.set_stuck();
                 self.stats.rekey_failed += 1;
             }
         }

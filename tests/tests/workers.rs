@@ -1,0 +1,296 @@
+//! Several dataplane workers (`--workers N`): the same bytes arrive with one worker and with
+//! two, through a DTLS link and a transit node; parallel UDP streams stay in order; the worker
+//! threads really read their TUN queues; and a worker that fails ends cleanly, its flows move
+//! to the other worker, and `status` says why it stopped.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use connectopus_tests::{
+    IperfOptions, LinkKind, Mesh, MeshLink, TestDir, Topology, checked_transfer, iperf3_client,
+    iperf3_server, require_root, require_tools, run_test, wait_until,
+};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Bytes of each checked transfer.
+const BYTES: u64 = 100_000_000;
+
+/// Sends small UDP datagrams from 64 sockets (64 flows, so the kernel's hash spreads them over
+/// every TUN queue) to `[dst]:9`, `rounds` per socket, 10 ms apart.
+const MANY_FLOWS: &str = r#"
+import socket, sys, time
+dst, rounds = sys.argv[1], int(sys.argv[2])
+socks = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(64)]
+for _ in range(rounds):
+    for s in socks:
+        try:
+            s.sendto(b"flow", (dst, 9))
+        except OSError:
+            pass
+    time.sleep(0.01)
+print("sent", flush=True)
+"#;
+
+/// Receives on `[addr]:9` until datagrams of 64 different source ports arrived (or 60 s
+/// passed), then prints how many.
+const FLOW_RECEIVER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9))
+s.settimeout(0.5)
+print("listening", flush=True)
+ports, deadline = set(), time.time() + 60
+while len(ports) < 64 and time.time() < deadline:
+    try:
+        _, addr = s.recvfrom(100)
+        ports.add(addr[1])
+    except socket.timeout:
+        pass
+print("flows %d" % len(ports), flush=True)
+"#;
+
+/// Sends 64 flows from `from` to `dst` and checks that every one of them arrived at `to`
+/// (whichever worker's queue the kernel steered it to).
+fn every_flow_arrives(topo: &Topology, from: &str, to: &str, dst: Ipv6Addr) -> Result<()> {
+    let receiver = topo
+        .ns(to)
+        .spawn("python3", &["-c", FLOW_RECEIVER, &dst.to_string()])?;
+    receiver.wait_for_output("listening", Duration::from_secs(10))?;
+    // One sender, so each flow keeps its source port (and its queue) for all its rounds.
+    send_flows(topo, from, dst, 100)?;
+    let said = receiver.wait_for_output("flows", Duration::from_secs(70))?;
+    ensure!(
+        said.contains("flows 64"),
+        "not every flow from {from} arrived at {to}: {said}"
+    );
+    Ok(())
+}
+
+fn workers_of(status: &Value) -> Vec<Value> {
+    status["workers"].as_array().cloned().unwrap_or_default()
+}
+
+/// A foo—bar—baz line over DTLS.
+fn line(dir: &TestDir) -> Result<(Topology, Vec<MeshLink>)> {
+    let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+    let links = vec![
+        MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+        MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+    ];
+    Ok((topo, links))
+}
+
+fn send_flows(topo: &Topology, from: &str, dst: Ipv6Addr, rounds: u32) -> Result<()> {
+    topo.ns(from).exec_ok(
+        "python3",
+        &["-c", MANY_FLOWS, &dst.to_string(), &rounds.to_string()],
+    )?;
+    Ok(())
+}
+
+fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
+    require_tools(&["python3"]);
+    let (topo, links) = line(dir)?;
+    let mut mesh = Mesh::configure(&topo, &links)?;
+    mesh.set_log_level("info");
+    mesh.add_args_all(&["--workers", &workers.to_string()]);
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+    for (i, (from, to, dst)) in [("foo", "baz", baz_addr), ("baz", "foo", foo_addr)]
+        .into_iter()
+        .enumerate()
+    {
+        let transfer = checked_transfer(
+            topo.ns(from),
+            topo.ns(to),
+            dst,
+            7001 + i as u16,
+            BYTES,
+            i as u64 + 1,
+            Duration::from_secs(180),
+        )?;
+        ensure!(
+            transfer.intact(),
+            "{from} -> {to} with {workers} worker(s) lost or changed bytes: {transfer:?}"
+        );
+    }
+    // Many flows: with two workers the kernel steers some of them to worker 1's queue, which
+    // seals their records itself; every flow arrives.
+    every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
+    for name in ["foo", "bar", "baz"] {
+        let status = mesh.status(name)?;
+        let ws = workers_of(&status);
+        ensure!(
+            ws.len() == workers,
+            "{name} runs {} workers: {status}",
+            ws.len()
+        );
+        for w in &ws {
+            ensure!(w["state"] == "running", "{name}'s worker: {w}");
+            let mq = w["tun_multi_queue"].as_str().unwrap_or_default();
+            if workers > 1 {
+                ensure!(mq.starts_with("on"), "{name}'s worker multi-queue: {w}");
+            } else {
+                ensure!(mq.starts_with("off: "), "{name}'s worker multi-queue: {w}");
+            }
+        }
+        ensure!(
+            status["counters"]["udp_send_errors"].as_u64() == Some(0),
+            "{name}: {}",
+            status["counters"]
+        );
+    }
+    if workers > 1 {
+        // Worker 1 of foo read from its own TUN queue (the counters arrive every 100 ms) and
+        // sealed every packet for the DTLS link itself: nothing went through the main loop.
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            mesh.status("foo").is_ok_and(|s| {
+                workers_of(&s)
+                    .get(1)
+                    .and_then(|w| w["tun_reads"].as_u64())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+        .map_err(|_| anyhow::anyhow!("foo's worker 1 read nothing: {:?}", mesh.status("foo")))?;
+        let status = mesh.status("foo")?;
+        let w1 = &workers_of(&status)[1];
+        ensure!(
+            w1["handed_to_main"].as_u64() == Some(0),
+            "foo's worker 1 handed DTLS traffic to the main loop: {w1}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn transfers_are_intact_with_one_worker() {
+    require_root!();
+    run_test("workers_1", |dir| transfers_with(1, dir));
+}
+
+#[test]
+fn transfers_are_intact_with_two_workers() {
+    require_root!();
+    run_test("workers_2", |dir| transfers_with(2, dir));
+}
+
+/// Four parallel UDP streams through DTLS with two workers: nothing arrives out of order.
+#[test]
+fn parallel_udp_streams_stay_in_order_with_two_workers() {
+    require_root!();
+    run_test("workers_udp_order", |dir| {
+        require_tools(&["iperf3"]);
+        let (topo, links) = line(dir)?;
+        let mut mesh = Mesh::configure(&topo, &links)?;
+        mesh.set_log_level("info");
+        mesh.add_args_all(&["--workers", "2"]);
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let baz_addr = mesh.address("baz");
+        let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
+        let result = iperf3_client(
+            topo.ns("foo"),
+            baz_addr,
+            &IperfOptions {
+                seconds: 3,
+                parallel: 4,
+                udp_bitrate: Some("50M".to_owned()),
+                ..IperfOptions::default()
+            },
+        )?;
+        drop(server);
+        ensure!(
+            result.out_of_order == Some(0),
+            "UDP datagrams arrived out of order: {result:?}"
+        );
+        Ok(())
+    });
+}
+
+/// Worker 1 of foo fails after 50 TUN packets (test-only fault injection): it ends, `status`
+/// shows it stopped with the reason, the kernel moves its flows to worker 0's queue, and a
+/// transfer started afterwards arrives intact.
+#[test]
+fn a_failed_worker_hands_its_flows_to_the_others() {
+    require_root!();
+    run_test("workers_fail", |dir| {
+        require_tools(&["python3"]);
+        let (topo, links) = line(dir)?;
+        let mut mesh = Mesh::configure(&topo, &links)?;
+        mesh.set_log_level("info");
+        mesh.add_args_all(&["--workers", "2"]);
+        mesh.start("bar")?;
+        mesh.start("baz")?;
+        mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "1:50");
+        mesh.start("foo")?;
+        mesh.wait_converged(CONVERGE)?;
+        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+        // Many flows until worker 1 has read its 50 packets and failed.
+        let stopped = || -> Option<String> {
+            let status = mesh.status("foo").ok()?;
+            let w = workers_of(&status).get(1).cloned()?;
+            w["state"]
+                .as_str()
+                .filter(|s| s.starts_with("stopped"))
+                .map(str::to_owned)
+        };
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            let _ = send_flows(&topo, "foo", baz_addr, 2);
+            stopped().is_some()
+        })
+        .map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
+        let state = stopped().unwrap_or_default();
+        ensure!(
+            state.contains("CONNECTOPUS_TEST_FAIL_WORKER")
+                && state.contains("after 50 TUN packets"),
+            "the reason is shown: {state}"
+        );
+        let text = mesh.status_text("foo")?;
+        ensure!(
+            text.contains("worker 1 (worker-1) stopped: test fault"),
+            "status text: {text}"
+        );
+        // New flows (and the old ones) now all go through worker 0.
+        for (i, (from, to, dst)) in [("foo", "baz", baz_addr), ("baz", "foo", foo_addr)]
+            .into_iter()
+            .enumerate()
+        {
+            let transfer = checked_transfer(
+                topo.ns(from),
+                topo.ns(to),
+                dst,
+                7101 + i as u16,
+                20_000_000,
+                i as u64 + 7,
+                Duration::from_secs(120),
+            )?;
+            ensure!(
+                transfer.intact(),
+                "{from} -> {to} after the failure: {transfer:?}"
+            );
+        }
+        every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
+        let before = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
+            .as_u64()
+            .unwrap_or(0);
+        send_flows(&topo, "foo", baz_addr, 5)?;
+        let after = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
+            .as_u64()
+            .unwrap_or(0);
+        ensure!(
+            after >= before + 64 * 5,
+            "worker 0 read every flow's packets: {before} -> {after}"
+        );
+        ensure!(
+            mesh.process("foo").is_some_and(|p| p.is_running()),
+            "foo still runs"
+        );
+        Ok(())
+    });
+}
