@@ -649,8 +649,10 @@ mod tests {
         let hold: Vec<TcpStream> = (0..WORKERS + QUEUE + 4)
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();
+        // "At once": before the held workers' deadline could free one (REQUEST_DEADLINE),
+        // with room for a loaded machine's scheduling.
         let refused = hold.iter().rev().take(4).filter(|s| {
-            s.set_read_timeout(Some(Duration::from_millis(1500)))
+            s.set_read_timeout(Some(REQUEST_DEADLINE.mul_f32(0.8)))
                 .unwrap();
             let mut answer = String::new();
             let _ = (&**s).read_to_string(&mut answer);
