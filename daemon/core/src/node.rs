@@ -22,14 +22,15 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use connectopus_wire::{
-    Adjacency, Cost, LinkStateUpdate, NameBinding, NameBinding4, PrefixAdvert, Record, RecordKind,
+    Adjacency, Cost, LeaseCertificate, LinkStateUpdate, NameBinding, NameBinding4, PrefixAdvert,
+    Record, RecordKind,
 };
 
 use crate::LinkId;
 use crate::forward::ForwardingTable;
 use crate::forwarder::Forwarder;
 use crate::icmp::IcmpRateLimiter;
-use crate::identity::{PublicKey, TrustPolicy};
+use crate::identity::{Issuer, PublicKey, TrustPolicy};
 use crate::route::RouteSet;
 use crate::session::{CloseReason, Session};
 use crate::time::Time;
@@ -45,6 +46,7 @@ mod offers;
 mod outputs;
 mod pruned;
 mod sessions;
+mod sightings;
 mod trust;
 
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
@@ -61,6 +63,15 @@ pub struct Node {
     /// For every address the trust policy grants, the one key it is granted to (`None` if it is
     /// granted to several); empty without a policy.
     trusted_addresses: BTreeMap<Ipv6Addr, Option<PublicKey>>,
+    /// The static nodes that issue leases, by address (`TrustPolicy::issuers`); empty without a
+    /// policy.
+    issuers: BTreeMap<Ipv6Addr, Issuer>,
+    /// Lease certificates seen, per address (see the `sightings` module).
+    sightings: sightings::Sightings,
+    /// This node's own lease certificate, encoded, while it is an ephemeral node.
+    own_certificate: Option<Arc<[u8]>>,
+    /// When the next lease of an ephemeral peer runs out.
+    peer_lease_check_at: Option<Time>,
     rng: SmallRng,
     /// Hello challenges issued so far (the PRF input that makes each one fresh).
     challenges_issued: u64,
@@ -114,8 +125,18 @@ impl Node {
             .as_ref()
             .map(TrustPolicy::address_index)
             .unwrap_or_default();
+        let issuers = config
+            .trust
+            .as_ref()
+            .map(TrustPolicy::issuers)
+            .unwrap_or_default();
+        let own_certificate = config.certificate.as_ref().map(|c| Arc::from(c.encode()));
         let mut node = Self {
             trusted_addresses,
+            issuers,
+            sightings: sightings::Sightings::default(),
+            own_certificate,
+            peer_lease_check_at: None,
             rng,
             challenges_issued: 0,
             sessions: BTreeMap::new(),
@@ -285,6 +306,21 @@ impl Node {
         self.config.config_version
     }
 
+    /// Replaces this node's own lease certificate (an ephemeral node's renewal): hellos carry
+    /// it from now on and a triggered update floods it, so every node times the lease from the
+    /// new renewal. Changing the address or epoch needs new sessions (re-addressing, §1.4).
+    pub fn set_certificate(&mut self, now: Time, certificate: Option<LeaseCertificate>) {
+        self.own_certificate = certificate.as_ref().map(|c| Arc::from(c.encode()));
+        self.config.certificate = certificate;
+        self.trigger_update(now);
+        self.after_input(now);
+    }
+
+    /// Returns this node's own lease certificate, while it is an ephemeral node.
+    pub fn certificate(&self) -> Option<&LeaseCertificate> {
+        self.config.certificate.as_ref()
+    }
+
     /// Says goodbye on every session and forgets them; the driver should then close the links.
     pub fn shutdown(&mut self, now: Time) {
         let links: Vec<LinkId> = self.sessions.keys().copied().collect();
@@ -309,6 +345,7 @@ impl Node {
                 self.close_session(now, link, reason, true);
             }
         }
+        self.close_expired_lease_sessions(now);
         if now >= self.next_prune_at {
             self.prune_dead_nodes(now);
             self.next_prune_at = now + self.config.timers.prune_interval;
@@ -335,6 +372,7 @@ impl Node {
         consider(Some(self.next_prune_at), "dead node check");
         consider(self.rollout_deadline(), "configuration rollout");
         consider(self.next_offer_release(), "pending config offer");
+        consider(self.peer_lease_check_at, "peer lease expiry");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -421,7 +459,14 @@ impl Node {
             if session.hello_due(now) {
                 let capabilities = fastpath::hello_capabilities(fastpath, session.info());
                 let hello = session
-                    .hello(address, &self.config.name, epoch, key, capabilities)
+                    .hello(
+                        address,
+                        &self.config.name,
+                        epoch,
+                        key,
+                        capabilities,
+                        self.own_certificate.as_deref(),
+                    )
                     .encode();
                 session.push_message(hello);
                 session.hello_sent(now);
@@ -436,5 +481,6 @@ impl Node {
         }
         self.publish_forwarding();
         self.update_fastpath();
+        self.peer_lease_check_at = self.next_peer_lease_expiry(now);
     }
 }

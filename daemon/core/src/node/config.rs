@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use connectopus_wire::{NameBinding, NameBinding4, PrefixAdvert, RecordLimits};
+use connectopus_wire::{LeaseCertificate, NameBinding, NameBinding4, PrefixAdvert, RecordLimits};
 
 #[cfg(doc)]
 use super::{Command, Node};
@@ -114,6 +114,10 @@ pub struct NodeConfig {
     /// [`connectopus_wire::Hello::CAP_EBPF_DECAP`], and the node derives fast-path entries
     /// ([`Command::SetFastpathRoutes`]).
     pub fastpath: bool,
+    /// The node's lease certificate if it is an ephemeral node (`docs/dynamic-mesh.md` §1.3):
+    /// its `address`, `name` and `epoch` must be the certificate's, and `identity` its holder
+    /// key. Hellos carry it (extension 5) and own updates carry it (LSU extension kind 1).
+    pub certificate: Option<LeaseCertificate>,
 }
 
 impl NodeConfig {
@@ -140,6 +144,7 @@ impl NodeConfig {
             identity: None,
             trust: None,
             fastpath: false,
+            certificate: None,
         }
     }
 }

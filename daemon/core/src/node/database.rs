@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
-use connectopus_wire::{Adjacency, Cost, LinkStateUpdate, Record, RecordKind, SignedUpdate};
+use connectopus_wire::{
+    Adjacency, Cost, LinkStateUpdate, LsuExtension, Record, RecordKind, SignedUpdate,
+};
 
 use super::{Event, Node, UpdateRejection};
 use crate::LinkId;
-use crate::identity::{self, PublicKey};
+use crate::identity::{self, CertificateError, PublicKey};
 use crate::session::CloseReason;
 use crate::time::Time;
 
@@ -22,6 +24,8 @@ pub(super) struct DatabaseEntry {
     pub(super) received_at: Time,
     /// The key whose signature was verified, if the node checks signatures.
     pub(super) key: Option<PublicKey>,
+    /// The origin is an ephemeral node: a lease certificate, not a static grant, admitted it.
+    pub(super) ephemeral: bool,
 }
 
 impl Node {
@@ -70,14 +74,30 @@ impl Node {
         // With a trust policy: only the key granted the origin address may speak for it. This
         // is checked before the (epoch, sequence) comparison, and nothing is stored before the
         // signature verifies, so a forged update can never raise the stored sequence.
+        //
+        // An origin no static grant names may be an ephemeral node: its update must carry a
+        // lease certificate (LSU extension kind 1) whose holder key signed it; the certificate
+        // is checked fully (issuer, pool, superseded, expired) once the update is known to be
+        // news.
         let mut verified_key = None;
+        let mut lease = None;
         if self.config.trust.is_some() {
-            let Some(granted) = self
-                .trusted_addresses
-                .get(&update.origin)
-                .copied()
-                .flatten()
-            else {
+            let granted = match self.trusted_addresses.get(&update.origin) {
+                Some(granted) => *granted,
+                None => match update.lease_certificate() {
+                    Some(Ok(cert)) => {
+                        let holder = cert.holder_key;
+                        lease = Some(cert);
+                        Some(holder)
+                    }
+                    Some(Err(_)) => {
+                        self.reject_update(UpdateRejection::BadLease);
+                        return;
+                    }
+                    None => None,
+                },
+            };
+            let Some(granted) = granted else {
                 self.reject_update(UpdateRejection::UnknownOrigin);
                 return;
             };
@@ -108,6 +128,18 @@ impl Node {
             self.reject_update(UpdateRejection::Stale);
             return;
         }
+        if let (Some(cert), Some((key, _))) = (&lease, &verified_key)
+            && let Err(error) = self.check_lease(cert, Self::update_claim(key, &update), now)
+        {
+            self.reject_update(match error {
+                CertificateError::Superseded | CertificateError::Expired => {
+                    UpdateRejection::ExpiredLease
+                }
+                _ => UpdateRejection::BadLease,
+            });
+            return;
+        }
+        let ephemeral = lease.is_some();
         let key = match verified_key {
             None => None,
             Some((key, signature)) => {
@@ -115,13 +147,16 @@ impl Node {
                     self.reject_update(UpdateRejection::BadSignature);
                     return;
                 }
-                if !self.update_authorized(&key, &update) {
+                if !self.update_authorized(&key, &update, ephemeral) {
                     self.reject_update(UpdateRejection::UnauthorizedContent);
                     return;
                 }
                 Some(key)
             }
         };
+        if let Some(cert) = &lease {
+            self.sightings.record(cert, now);
+        }
         self.counters.updates_accepted += 1;
         self.pruned.remove(&update.origin);
         let origin = update.origin;
@@ -136,6 +171,7 @@ impl Node {
                 raw: raw.clone(),
                 received_at: now,
                 key,
+                ephemeral,
             },
         );
         let topology_changed = match &previous {
@@ -222,7 +258,14 @@ impl Node {
             prefixes: self.own_prefixes(),
             names: self.config.names.clone(),
             names4: self.own_names4(),
-            extensions: Vec::new(),
+            extensions: self
+                .own_certificate
+                .iter()
+                .map(|cert| LsuExtension {
+                    kind: LsuExtension::LEASE_CERTIFICATE,
+                    value: cert.to_vec(),
+                })
+                .collect(),
         };
         update.canonicalize();
         let body = update.encode_body();
@@ -254,16 +297,29 @@ impl Node {
     pub(super) fn prune_dead_nodes(&mut self, now: Time) {
         self.pruned.expire(now);
         self.expire_offer_state(now);
+        self.sightings
+            .expire(now, self.config.timers.forget_pruned_after);
         let dead_after = self.config.timers.node_dead_after;
-        let dead: Vec<Ipv6Addr> = self
+        // An ephemeral origin also leaves when its lease runs out (by this node's count), so a
+        // vanished holder does not wait for the dead interval.
+        let dead: Vec<(Ipv6Addr, &'static str)> = self
             .database
             .iter()
-            .filter(|(_, e)| now - e.received_at >= dead_after)
-            .map(|(a, _)| *a)
+            .filter_map(|(a, e)| {
+                if now - e.received_at >= dead_after {
+                    return Some((*a, "dead node"));
+                }
+                let lease_over = e.ephemeral
+                    && e.key.is_none_or(|k| {
+                        self.current_lease(Self::update_claim(&k, &e.update), now)
+                            .is_err()
+                    });
+                lease_over.then_some((*a, "lease over"))
+            })
             .collect();
-        for address in dead {
+        for (address, why) in dead {
             if let Some(entry) = self.database.remove(&address) {
-                tracing::debug!(node = %address, name = %entry.update.name, "removing dead node");
+                tracing::debug!(node = %address, name = %entry.update.name, why, "removing origin");
                 self.pruned
                     .insert(address, (entry.update.epoch, entry.update.sequence), now);
                 self.events.push_back(Event::NodePruned { address });

@@ -167,6 +167,11 @@ pub enum UpdateRejection {
     BadSignature,
     /// The update claims a name, prefix or attachment name the origin's grant does not allow.
     UnauthorizedContent,
+    /// The origin has no static grant and its lease certificate is missing its holder's
+    /// signature on the update, does not parse, or is not a pool owner's for this origin.
+    BadLease,
+    /// The origin's lease certificate is superseded by a later holder's or ran out.
+    ExpiredLease,
 }
 
 impl UpdateRejection {
@@ -182,6 +187,8 @@ impl UpdateRejection {
             UpdateRejection::WrongKey => "wrong_key",
             UpdateRejection::BadSignature => "bad_signature",
             UpdateRejection::UnauthorizedContent => "unauthorized_content",
+            UpdateRejection::BadLease => "bad_lease",
+            UpdateRejection::ExpiredLease => "expired_lease",
         }
     }
 }

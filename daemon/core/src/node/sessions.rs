@@ -134,8 +134,13 @@ impl Node {
             return;
         };
         session.note_peer_hello(hello);
-        let key = match self.check_hello(link, hello) {
-            Ok(HelloCheck::Verified(key)) => key,
+        let key = match self.check_hello(now, link, hello) {
+            Ok(HelloCheck::Verified(key, lease)) => {
+                if let Some(cert) = lease {
+                    self.sightings.record(&cert, now);
+                }
+                key
+            }
             Ok(HelloCheck::Unproven) => {
                 // Its claims are granted, but it cannot prove them yet: answer at once so the
                 // peer learns our challenge; nothing else changes.
