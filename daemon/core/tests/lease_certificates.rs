@@ -579,3 +579,59 @@ fn an_issuer_publishes_names_inside_its_pool_but_not_reserved_ones() {
         3
     );
 }
+
+#[test]
+fn a_policy_without_the_issuers_pool_drops_its_holders_at_once() {
+    let trust = policy();
+    let (mut sim, i, b) = backbone(8);
+    let cert = certificate(
+        HOLDER,
+        "fd00:0:0:e1::5",
+        "job-1",
+        100,
+        60 * SECOND,
+        ISSUER,
+        "fd00::1",
+    );
+    let e = sim.add_node_with(ephemeral_config(HOLDER, &cert, &trust, 5));
+    sim.connect(e, b, LinkParams::default().with_channel_binding([2; 32]));
+    assert!(
+        wait_for(&mut sim, 3 * SECOND, |sim| resolves(sim, i, "job-1")
+            .is_some())
+        .is_some()
+    );
+    // A new configuration: the issuer keeps its node grant but no longer issues.
+    let mut shrunk = trust.clone();
+    shrunk
+        .grants
+        .get_mut(&key(ISSUER).public())
+        .unwrap()
+        .issue_pools
+        .clear();
+    for at in [i, b] {
+        let policy = shrunk.clone();
+        sim.with_node(at, |node, now| node.set_trust(now, Some(policy)));
+    }
+    // At once: the session is closed and the origin gone, before any timer runs.
+    assert!(!has_peer(&sim, b, cert.address));
+    for at in [i, b] {
+        assert!(!knows(&sim, at, cert.address));
+        assert!(resolves(&sim, at, "job-1").is_none());
+    }
+    sim.run_for(3 * SECOND);
+    assert!(!has_peer(&sim, b, cert.address));
+    assert!(
+        hellos_rejected(&sim, b, "bad_lease") >= 1,
+        "its redials are refused"
+    );
+    // The same policy again with the pool: the holder is admitted again.
+    for at in [i, b] {
+        let policy = trust.clone();
+        sim.with_node(at, |node, now| node.set_trust(now, Some(policy)));
+    }
+    assert!(
+        wait_for(&mut sim, 5 * SECOND, |sim| resolves(sim, i, "job-1")
+            .is_some())
+        .is_some()
+    );
+}
