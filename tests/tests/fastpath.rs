@@ -5,6 +5,8 @@
 //! not, and a peer restart (entries removed, then re-added). On a triangle, the underlay of the
 //! cheaper path is cut in the middle of a paced transfer: the entries follow the route to the
 //! direct link. A node started without the eBPF object forwards through userspace and says why.
+//! A node with a udp link and a DTLS link runs its fast path too: foo's eBPF sends TSO
+//! super-packets whole, bar's userspace cuts them for the DTLS link to baz.
 //!
 //! Needs root and the eBPF object (`cargo xtask build-ebpf`, embedded in the node at build
 //! time); skips with a message otherwise.
@@ -382,6 +384,138 @@ fn entries_follow_a_route_change() {
             direct >= TOTAL.saturating_sub(via_bar),
             "the direct link carried {direct} B in eBPF, bar's {via_bar} B: {}",
             after["links"]
+        );
+        Ok(())
+    });
+}
+
+/// A status counter of `node`.
+fn counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// The fast-path report of `status`'s link to `peer`.
+fn link_to<'a>(status: &'a Value, peer: &str) -> Option<&'a Value> {
+    status["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["peer_name"] == peer)
+}
+
+#[test]
+fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
+    require_root!();
+    require_tools(&["ping", "python3"]);
+    run_test("fastpath_mixed", |dir| {
+        // foo —udp— bar —DTLS— baz: bar's fast path carries its udp link, userspace its DTLS
+        // link; foo's eBPF encapsulates foo's TSO super-packets whole towards bar.
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "bar")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            active_to(&mesh, "foo", "bar") && active_to(&mesh, "bar", "foo")
+        })
+        .with_context(|| {
+            format!(
+                "bar's udp link on the fast path: {}",
+                mesh.status("bar").unwrap()
+            )
+        })?;
+        let bar = mesh.status("bar")?;
+        let dtls = link_to(&bar, "baz").context("bar's link to baz")?;
+        ensure!(
+            dtls["fastpath"]["active"] == false
+                && dtls["fastpath"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("userspace")),
+            "bar's DTLS link says userspace carries it: {dtls}"
+        );
+        let text = mesh.status_text("bar")?;
+        ensure!(text.contains("fastpath on"), "status text: {text}");
+        // baz has no udp backend: no fast path, and it says why.
+        let baz = mesh.status("baz")?;
+        ensure!(
+            baz["fastpath"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("off: no udp-dialer/udp-listener backend")),
+            "baz: {}",
+            baz["fastpath"]
+        );
+
+        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+        let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(ping.all_received(), "foo -> baz: {ping:?}");
+
+        let (foo0, bar0) = (mesh.status("foo")?, mesh.status("bar")?);
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7004,
+            100_000_000,
+            4,
+            Duration::from_secs(180),
+        )?;
+        ensure!(
+            there.intact(),
+            "foo -> baz lost or changed bytes: {there:?}"
+        );
+        let back = checked_transfer(
+            topo.ns("baz"),
+            topo.ns("foo"),
+            foo_addr,
+            7005,
+            100_000_000,
+            5,
+            Duration::from_secs(180),
+        )?;
+        ensure!(back.intact(), "baz -> foo lost or changed bytes: {back:?}");
+        let (foo1, bar1) = (mesh.status("foo")?, mesh.status("bar")?);
+
+        // foo's eBPF carried the data towards baz. (The way back, bar's userspace sends UDP
+        // GSO batches, which foo's ingress leaves to userspace as aggregates: `in_groagg`.)
+        let foo_fp = bytes_to(&foo1, "bar").saturating_sub(bytes_to(&foo0, "bar"));
+        eprintln!(
+            "fastpath_mixed: foo's fast path {foo_fp} B; foo's fall-backs {}",
+            foo1["fastpath_fallbacks"]
+        );
+        ensure!(
+            foo_fp >= 100_000_000,
+            "foo's fast path carried {foo_fp} B: {}",
+            foo1["links"]
+        );
+        ensure!(
+            link_to(&foo1, "bar").is_some_and(|l| l["fastpath"]["active"] == true)
+                && link_to(&bar1, "foo").is_some_and(|l| l["fastpath"]["active"] == true),
+            "the udp side stays on the fast path: {}",
+            bar1["links"]
+        );
+        // foo sent super-packets whole; bar's userspace cut them for the DTLS link.
+        let received = counter(&bar1, "udp_super_packets_received")
+            - counter(&bar0, "udp_super_packets_received");
+        let cut = counter(&bar1, "udp_super_packets_cut") - counter(&bar0, "udp_super_packets_cut");
+        eprintln!("fastpath_mixed: bar received {received} super-packets, cut {cut}");
+        ensure!(
+            cut > 0 && cut <= received,
+            "bar cut the super-packets foo's eBPF sent ({received} received, {cut} cut): {}",
+            bar1["counters"]
+        );
+        ensure!(
+            counter(&bar1, "udp_malformed_dropped") == counter(&bar0, "udp_malformed_dropped"),
+            "nothing malformed: {}",
+            bar1["counters"]
         );
         Ok(())
     });
