@@ -301,8 +301,11 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
         DatagramKind::Other => return Err(Error::Pass(Reason::InNotData)),
         DatagramKind::Data => {}
     }
+    // The whole outer 4-tuple: also a frame for another host (ingress sees what the interface
+    // receives, before routing) or another address of this one is no peer's.
     let key = PeerKey {
         addr: unsafe { at(data, 22) },
+        local_addr: unsafe { at(data, 38) },
         port: unsafe { at(data, 54) },
         local_port: dport,
     };

@@ -415,17 +415,18 @@ impl FastpathDriver {
             self.release_underlay(&ifname);
             return Err("no free counter slot".into());
         };
+        let local = SocketAddrV6::new(local_ip, u.local_port, 0, 0);
         let maps = self.fastpath.maps_mut();
         let written = maps
             .clear_link(slot)
-            .and_then(|()| maps.set_peer(peer, u.local_port, slot));
+            .and_then(|()| maps.set_peer(peer, local, slot));
         if let Err(error) = written {
             self.free_slots.push(slot);
             self.release_underlay(&ifname);
             return Err(format!("peer entry: {error}"));
         }
         let endpoints = LinkEndpoints {
-            local: SocketAddrV6::new(local_ip, u.local_port, 0, 0),
+            local,
             peer: SocketAddrV6::new(*peer.ip(), peer.port(), 0, 0),
             ifindex,
             link_slot: slot,
@@ -443,7 +444,7 @@ impl FastpathDriver {
         if let Err(error) = self
             .fastpath
             .maps_mut()
-            .remove_peer(peer, installed.endpoints.local.port())
+            .remove_peer(peer, installed.endpoints.local)
         {
             tracing::warn!(%link, %error, "removing the fast path's peer entry");
         }
