@@ -230,7 +230,7 @@ impl FastpathState {
             // On a node whose udp links are fast, say that this one is not.
             return self.is_on().then(|| LinkFastpathReport {
                 reason: Some(format!(
-                    "{kind} link: userspace carries it (the fast path carries plaintext udp links)"
+                    "{kind} link: carried by userspace; the fast path carries plaintext udp links only"
                 )),
                 ..LinkFastpathReport::default()
             });
