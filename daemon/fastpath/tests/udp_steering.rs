@@ -87,7 +87,7 @@ fn each_peer_s_datagrams_reach_the_socket_its_owner_entry_names() {
     let _inside = netns.enter();
     // As the node loads it: in a helper process, which hands back the fds.
     let mut steering =
-        UdpSteering::load_via_helper(helper_command(), object_path().as_deref()).unwrap();
+        UdpSteering::load_via_helper(helper_command(), support::object_path().as_deref()).unwrap();
 
     // Group A: four sockets on [::1]:port_a, slots 0..4.
     let (port_a, a) = group(Ipv6Addr::LOCALHOST, 4, false);
@@ -216,10 +216,6 @@ fn the_program_loads_in_this_process_too() {
     assert!(error.contains("cargo xtask build-ebpf"), "{error}");
 }
 
-fn object_path() -> Option<std::path::PathBuf> {
-    connectopus_fastpath::find_object(None).ok()
-}
-
 /// Set in the environment of this test binary when it is re-run as the helper process.
 const HELPER_ENV: &str = "CX_UDP_STEERING_HELPER";
 
@@ -227,26 +223,9 @@ const HELPER_ENV: &str = "CX_UDP_STEERING_HELPER";
 /// `load_via_helper` started, and serves its request.
 #[test]
 fn helper_process() {
-    if std::env::var_os(HELPER_ENV).is_none() {
-        return;
-    }
-    let code = match connectopus_fastpath::serve_helper() {
-        Ok(connectopus_fastpath::HelperOutcome::Attached) => 0,
-        Ok(connectopus_fastpath::HelperOutcome::Reported) => 1,
-        Err(_) => 2,
-    };
-    std::process::exit(code);
+    support::serve_if_helper(HELPER_ENV);
 }
 
 fn helper_command() -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "helper_process",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(HELPER_ENV, "1");
-    command
+    support::helper_command(HELPER_ENV)
 }
