@@ -7,8 +7,8 @@ use std::os::fd::OwnedFd;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use connectopus_ebpf_common::fastpath::{
-    FpConfig, LinkCounter, MAP_FP_CONFIG, MAP_FP_LINKS, MAP_FP_LOCAL_PORTS, MAP_FP_PEERS,
-    MAP_FP_REASONS, MAP_FP_ROUTES, MAX_LINK_SLOTS, Peer, PeerKey, Reason, Route,
+    FpConfig, LinkCounter, LinkKey, MAP_FP_CONFIG, MAP_FP_LINKS, MAP_FP_LOCAL_PORTS, MAP_FP_PEERS,
+    MAP_FP_REASONS, MAP_FP_ROUTES, MAX_LINK_SLOTS, Peer, Reason, Route,
 };
 
 use crate::{FastpathError, ReasonCounts, RouteTarget};
@@ -76,7 +76,7 @@ impl FastpathMapFds {
 /// whole, never seen half-written.
 pub struct FastpathMaps {
     routes: LpmTrie<MapData, [u8; 16], Route>,
-    peers: HashMap<MapData, PeerKey, Peer>,
+    peers: HashMap<MapData, LinkKey, Peer>,
     local_ports: HashMap<MapData, [u8; 2], u32>,
     config: Array<MapData, FpConfig>,
     reasons: PerCpuArray<MapData, u64>,
@@ -346,8 +346,8 @@ fn write_error(map: &'static str, source: MapError) -> FastpathError {
 }
 
 /// The `CX_FP_PEERS` key for datagrams from `peer` to `local`.
-fn peer_key(peer: SocketAddrV6, local: SocketAddrV6) -> PeerKey {
-    PeerKey::new(
+fn peer_key(peer: SocketAddrV6, local: SocketAddrV6) -> LinkKey {
+    LinkKey::new(
         peer.ip().octets(),
         peer.port(),
         local.ip().octets(),
