@@ -6,7 +6,8 @@
 //! cheaper path is cut in the middle of a paced transfer: the entries follow the route to the
 //! direct link. A node started without the eBPF object forwards through userspace and says why.
 //! A node with a udp link and a DTLS link runs its fast path too: foo's eBPF sends TSO
-//! super-packets whole, bar's userspace cuts them for the DTLS link to baz.
+//! super-packets whole, bar's userspace cuts them for the DTLS link to baz (and, in another
+//! test, for a TCP link).
 //!
 //! Needs root and the eBPF object (`cargo xtask build-ebpf`, embedded in the node at build
 //! time); skips with a message otherwise.
@@ -634,3 +635,69 @@ except socket.timeout:
     pass
 print("datagrams", whole, "bad", bad, flush=True)
 "#;
+
+#[test]
+fn a_node_with_udp_and_tcp_links_cuts_super_packets_for_the_tcp_link() {
+    require_root!();
+    require_tools(&["python3"]);
+    run_test("fastpath_mixed_tcp", |dir| {
+        // foo —udp— bar —TCP— baz: what foo's eBPF sends whole, bar frames segment by segment
+        // into its TCP link.
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Tcp),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "bar")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            active_to(&mesh, "foo", "bar") && active_to(&mesh, "bar", "foo")
+        })
+        .with_context(|| {
+            format!(
+                "bar's udp link on the fast path: {}",
+                mesh.status("bar").unwrap()
+            )
+        })?;
+        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+        let bar0 = mesh.status("bar")?;
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7008,
+            30_000_000,
+            7,
+            Duration::from_secs(120),
+        )?;
+        ensure!(there.intact(), "foo -> baz: {there:?}");
+        let back = checked_transfer(
+            topo.ns("baz"),
+            topo.ns("foo"),
+            foo_addr,
+            7009,
+            30_000_000,
+            8,
+            Duration::from_secs(120),
+        )?;
+        ensure!(back.intact(), "baz -> foo: {back:?}");
+        let bar1 = mesh.status("bar")?;
+        let cut = counter(&bar1, "udp_super_packets_cut") - counter(&bar0, "udp_super_packets_cut");
+        eprintln!("fastpath_mixed_tcp: bar cut {cut} super-packets for its TCP link");
+        ensure!(cut > 0, "bar cut super-packets: {}", bar1["counters"]);
+        let tcp = link_to(&bar1, "baz").context("bar's link to baz")?;
+        ensure!(
+            tcp["fastpath"]["active"] == false,
+            "bar's TCP link is not on the fast path: {tcp}"
+        );
+        Ok(())
+    });
+}
