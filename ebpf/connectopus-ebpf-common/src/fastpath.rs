@@ -136,30 +136,6 @@ impl Route {
     }
 }
 
-/// A peer's socket seen from one of our ports: (address, port, our port). The key of the
-/// `SO_REUSEPORT` steering's owner map ([`crate::steer`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[repr(C)]
-pub struct PeerKey {
-    /// The peer's underlay address (outer IPv6 source).
-    pub addr: [u8; 16],
-    /// The peer's UDP port (outer source port), wire bytes.
-    pub port: [u8; 2],
-    /// Our UDP port (outer destination port), wire bytes.
-    pub local_port: [u8; 2],
-}
-
-impl PeerKey {
-    /// The key for datagrams from `addr`:`port` to our `local_port`.
-    pub const fn new(addr: [u8; 16], port: u16, local_port: u16) -> PeerKey {
-        PeerKey {
-            addr,
-            port: port.to_be_bytes(),
-            local_port: local_port.to_be_bytes(),
-        }
-    }
-}
-
 /// Key of [`MAP_FP_PEERS`]: the outer 4-tuple of a link's data datagrams.
 ///
 /// The outer source address and port identify the peer's socket; the outer destination
@@ -497,8 +473,6 @@ pub const fn one_packet_per_datagram(
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Route {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for PeerKey {}
-#[cfg(feature = "user")]
 unsafe impl aya::Pod for LinkKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Peer {}
@@ -515,7 +489,6 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Route>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
-        assert_eq!(size_of::<PeerKey>(), 20);
         assert_eq!(size_of::<LinkKey>(), 16 + 16 + 2 + 2);
         assert_eq!(size_of::<Peer>(), 8);
         assert_eq!(size_of::<FpConfig>(), 8);
@@ -529,8 +502,6 @@ mod tests {
         assert_eq!(r.dport, [0x12, 0x34]);
         assert_eq!((r.ifindex, r.link_slot, r.flags), (7, 3, 0));
         assert!(!r.is_local() && !r.is_userspace());
-        let k = PeerKey::new([3; 16], 4501, 4500);
-        assert_eq!((k.port, k.local_port), ([0x11, 0x95], [0x11, 0x94]));
         let k = LinkKey::new([3; 16], 4501, [4; 16], 4500);
         assert_eq!((k.port, k.local_port), ([0x11, 0x95], [0x11, 0x94]));
         assert_eq!((k.addr, k.local_addr), ([3; 16], [4; 16]));
