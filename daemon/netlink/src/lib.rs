@@ -82,6 +82,12 @@ impl Error {
         }
     }
 
+    /// An error of a system call made while doing `what` (for callers that combine
+    /// netlink with other kernel interfaces, such as sysctls).
+    pub fn from_io(what: String, e: io::Error) -> Error {
+        Error::io(what, e)
+    }
+
     /// The errno, when the kernel or a system call refused.
     pub fn errno(&self) -> Option<i32> {
         match &self.cause {

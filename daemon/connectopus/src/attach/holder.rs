@@ -147,8 +147,7 @@ fn set_up(setup: &NamespaceSetup) -> Result<OwnedFd> {
     // IPv4 only with an address of its own: without one the namespace has no IPv4 route.
     if let Some(address4) = setup.address4 {
         netlink.add_route(
-            &Route::via_device(Ipv4Addr::UNSPECIFIED.into(), 0, index)
-                .with_source(address4.into()),
+            &Route::via_device(Ipv4Addr::UNSPECIFIED.into(), 0, index).with_source(address4.into()),
         )?;
     }
     let tun = dup(&device).context("dup of the TUN device")?;
