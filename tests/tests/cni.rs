@@ -61,6 +61,9 @@ fn error_of(out: &Output) -> Result<(u64, String)> {
     ))
 }
 
+/// The environment, stdin, the expected code and a word the message must hold.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u64, &'a str);
+
 #[test]
 fn version_and_the_error_codes_by_direct_exec() {
     run_test("cni_direct_exec", |_dir| {
@@ -83,7 +86,7 @@ fn version_and_the_error_codes_by_direct_exec() {
                 .success()
         );
 
-        let cases: &[(&[(&str, &str)], &str, u64, &str)] = &[
+        let cases: &[Case<'_>] = &[
             (&[], CONF, 4, "CNI_COMMAND"),
             (&[("CNI_COMMAND", "ADD")], "{not json", 6, "not JSON"),
             (
