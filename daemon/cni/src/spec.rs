@@ -152,3 +152,57 @@ pub struct VersionInfo {
     #[serde(rename = "supportedVersions")]
     pub supported_versions: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_of_the_reference_plugin_and_of_the_design_parse() {
+        // /usr/lib/cni/ptp's ADD result, verbatim (shared/reference/cni-dhcpv6.md §1.3): a
+        // CHECK or a chained plugin hands results of this shape back.
+        let ptp = r#"{"cniVersion":"1.0.0",
+ "interfaces":[{"name":"veth1b59c5ce","mac":"c2:60:77:d5:4f:04"},
+               {"name":"eth0","mac":"ce:44:eb:f0:f3:2a","sandbox":"/run/netns/cnitest-c1"}],
+ "ips":[{"interface":1,"address":"fd42:cafe:1::10/64","gateway":"fd42:cafe:1::1"}],
+ "routes":[{"dst":"::/0"}],
+ "dns":{}}"#;
+        let parsed: CniResult = serde_json::from_str(ptp).unwrap();
+        assert_eq!(
+            parsed.interfaces[1].sandbox.as_deref(),
+            Some("/run/netns/cnitest-c1")
+        );
+        assert_eq!(parsed.ips[0].interface, Some(1));
+        assert_eq!(parsed.routes[0].gw, None);
+        // Ours (dynamic-mesh.md §3.2) round-trips, and empty fields are left out.
+        let ours = CniResult {
+            cni_version: "1.0.0".into(),
+            interfaces: vec![Interface {
+                name: "cx1a2b3c4d".into(),
+                mac: "02:00:00:00:00:01".into(),
+                sandbox: None,
+            }],
+            ips: vec![IpConfig {
+                interface: Some(0),
+                address: "fd00:cafe:0:e1::7/128".into(),
+                gateway: Some("fe80::1".into()),
+            }],
+            routes: vec![RouteConfig {
+                dst: "fd00:cafe::/48".into(),
+                gw: Some("fe80::1".into()),
+            }],
+            dns: Dns::default(),
+        };
+        let text = serde_json::to_string(&ours).unwrap();
+        assert!(
+            !text.contains("sandbox") && text.contains(r#""dns":{}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<CniResult>(&text).unwrap(), ours);
+        let error = CniError::new(code::INVALID_CONFIG, "bad").with_version("1.0.0");
+        assert_eq!(
+            serde_json::to_string(&error).unwrap(),
+            r#"{"cniVersion":"1.0.0","code":7,"msg":"bad"}"#
+        );
+    }
+}
