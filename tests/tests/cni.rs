@@ -12,11 +12,15 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_cni::netns::{Plan, attach, detach, host_ifname, verify};
 use connectopus_netlink::{Netlink, Netns};
-use connectopus_tests::{NetNs, TestDir, require_root, require_tools, run_test, workspace_binary};
+use connectopus_tests::{
+    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, require_root, require_tools, run_test,
+    wait_until, workspace_binary,
+};
 use serde_json::Value;
 
 const CONF: &str = r#"{"cniVersion":"1.0.0","name":"mesh","type":"connectopus","socket":"/run/connectopus/cx-no-such-node.sock"}"#;
@@ -344,6 +348,47 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
             container_links == vec!["lo".to_owned()],
             "{container_links:?}"
         );
+        Ok(())
+    });
+}
+
+/// Today's node does not answer `cni_*` (dynamic-mesh.md steps 8 and 10): ADD says so with
+/// code 101 and its message, and creates nothing; DEL still succeeds.
+#[test]
+fn a_node_that_serves_no_containers_refuses_add_with_101() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("cni_not_served", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        mesh.start("foo")?;
+        let socket = mesh.socket("foo");
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .context("foo's control socket")?;
+        let container = NetNs::new(dir, "ctr")?;
+        let path = netns_path(&container);
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "mesh",
+            "type": "connectopus", "socket": socket})
+        .to_string();
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "feedface"),
+            ("CNI_NETNS", path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let foo = topo.ns("foo");
+        let (code, msg) = error_of(&plugin(Some(foo), &env, &conf)?)?;
+        ensure!(
+            code == 101 && msg.contains("does not serve containers") && msg.contains("cni_add"),
+            "{code} {msg}"
+        );
+        let host_name = host_ifname("feedface", "eth0");
+        ensure!(!cx_links(foo)?.contains(&host_name));
+        let del = [env[1], env[2], env[3], ("CNI_COMMAND", "DEL")];
+        let out = plugin(Some(foo), &del, &conf)?;
+        ensure!(out.status.success(), "{out:?}");
         Ok(())
     });
 }
