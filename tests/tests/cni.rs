@@ -230,6 +230,7 @@ fn add_with_the_node_down_leaves_nothing_and_del_always_succeeds() {
             host_ifname: &host_name,
             ifname: "eth0",
             address,
+            mirrors: &[],
             routes: &[("fd42::".parse()?, 16)],
             mtu: Some(1400),
         };
@@ -289,11 +290,13 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
         Netlink::open_in(&node_ns)?.add_address("lo", "fd42::1".parse()?, 128, true)?;
         let host_name = host_ifname("c0ffee", "eth0");
         let address: Ipv6Addr = "fd42:a::9".parse()?;
+        let mirror: Ipv6Addr = "2001:db8:100:e1::9".parse()?;
         let routes = [("fd42::".parse()?, 16)];
         let plan = Plan {
             host_ifname: &host_name,
             ifname: "eth0",
             address,
+            mirrors: &[mirror],
             routes: &routes,
             mtu: Some(1400),
         };
@@ -312,12 +315,14 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let out = node.exec("ping", &["-6", "-c", "1", "-W", "5", "fd42:a::9"])?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        for to in ["fd42:a::9", "2001:db8:100:e1::9"] {
+            let out = node.exec("ping", &["-6", "-c", "1", "-W", "5", to])?;
+            ensure!(
+                out.status.success(),
+                "{to}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
 
         // CHECK's verification notices an address taken away, then the route, then the pair.
         container.ip(&["addr", "del", "fd42:a::9/128", "dev", "eth0"])?;
@@ -338,7 +343,8 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
             ensure!(detach(&node_ns, &host_name)?);
         }
         ensure!(cx_links(&node)?.is_empty());
-        ensure!(!host_routes(&node)?.contains(&IpAddr::V6(address)));
+        let left = host_routes(&node)?;
+        ensure!(!left.contains(&IpAddr::V6(address)) && !left.contains(&IpAddr::V6(mirror)));
         let container_links: Vec<String> = Netlink::open_in(&container_ns)?
             .links()?
             .into_iter()

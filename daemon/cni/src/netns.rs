@@ -33,6 +33,8 @@ pub struct Plan<'a> {
     pub ifname: &'a str,
     /// The container's mesh address (a /128).
     pub address: Ipv6Addr,
+    /// Its addresses in delegated planes (φ(address), dynamic-mesh.md §2), /128s too.
+    pub mirrors: &'a [Ipv6Addr],
     /// The container's routes, all via [`GATEWAY`].
     pub routes: &'a [(Ipv6Addr, u8)],
     pub mtu: Option<u32>,
@@ -52,7 +54,7 @@ fn sysctl_in(netns: &Netns, key: &str, value: &str) -> Result<(), Error> {
         .map_err(|e| Error::from_io(format!("setting {key} to {value}"), e))
 }
 
-/// Sets the pair up: `host` is the node's namespace, `container` the container's. On an
+/// Sets the pair up (the address and its mirrors on both sides): `host` is the node's namespace, `container` the container's. On an
 /// error the caller removes the host side ([`detach`]), which takes the rest along.
 pub fn attach(host: &Netns, container: &Netns, plan: &Plan<'_>) -> Result<Attached, Error> {
     let mut h = Netlink::open_in(host)?;
@@ -78,7 +80,9 @@ pub fn attach(host: &Netns, container: &Netns, plan: &Plan<'_>) -> Result<Attach
     h.add_address(plan.host_ifname, GATEWAY.into(), 64, true)?;
     h.set_up(plan.host_ifname)?;
     let host_link = h.link(plan.host_ifname)?;
-    h.add_route(&Route::host(plan.address.into(), host_link.index))?;
+    for address in std::iter::once(&plan.address).chain(plan.mirrors) {
+        h.add_route(&Route::host((*address).into(), host_link.index))?;
+    }
     // The node forwards between its TUN device and the veths.
     let forwarding = host
         .run(|| read_sysctl("net/ipv6/conf/all/forwarding"))
@@ -89,7 +93,9 @@ pub fn attach(host: &Netns, container: &Netns, plan: &Plan<'_>) -> Result<Attach
     }
 
     c.set_up("lo")?;
-    c.add_address(plan.ifname, plan.address.into(), 128, true)?;
+    for address in std::iter::once(&plan.address).chain(plan.mirrors) {
+        c.add_address(plan.ifname, (*address).into(), 128, true)?;
+    }
     c.set_up(plan.ifname)?;
     let container_link = c.link(plan.ifname)?;
     for (destination, prefix_len) in plan.routes {

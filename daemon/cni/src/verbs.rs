@@ -212,6 +212,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         host_ifname: &host_ifname,
         ifname,
         address: lease.address,
+        mirrors: &lease.mirrors,
         routes: &routes,
         mtu: lease.mtu,
     };
@@ -240,11 +241,14 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
                 sandbox: Some(netns_path.to_owned()),
             },
         ],
-        ips: vec![IpConfig {
-            interface: Some(1),
-            address: format!("{}/128", lease.address),
-            gateway: Some(gateway.clone()),
-        }],
+        ips: std::iter::once(&lease.address)
+            .chain(&lease.mirrors)
+            .map(|address| IpConfig {
+                interface: Some(1),
+                address: format!("{address}/128"),
+                gateway: Some(gateway.clone()),
+            })
+            .collect(),
         routes: routes
             .iter()
             .map(|(dst, len)| RouteConfig {
@@ -332,6 +336,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         host_ifname: &host_ifname,
         ifname,
         address,
+        mirrors: &[],
         routes: &[],
         mtu: None,
     };

@@ -73,8 +73,9 @@ impl Netns {
     /// The calling thread stays where it is; the other thread ends with `work`.
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> io::Result<T> {
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+            std::thread::Builder::new()
+                .name("netns".into())
+                .spawn_scoped(scope, || {
                     // SAFETY: setns takes a descriptor we hold and a namespace type; it moves
                     // only this thread, which nothing else runs on.
                     let rc = unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -86,7 +87,7 @@ impl Netns {
                         ));
                     }
                     Ok(work())
-                })
+                })?
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
