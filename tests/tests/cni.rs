@@ -178,6 +178,98 @@ fn version_and_the_error_codes_by_direct_exec() {
     });
 }
 
+/// The reference plugin, from Debian's `containernetworking-plugins`.
+const PTP: &str = "/usr/lib/cni/ptp";
+
+/// Runs `program` with exactly `env` and `stdin`.
+fn exec_with(program: &Path, env: &[(&str, &str)], stdin: &str) -> Result<Output> {
+    let mut child = Command::new(program)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+/// The same inputs through `ptp` (where its verb exists) give the same codes and shapes.
+#[test]
+fn the_reference_plugin_gives_the_same_codes() {
+    run_test("cni_versus_ptp", |_dir| {
+        ensure!(
+            Path::new(PTP).is_file(),
+            "{PTP} is missing: install the Debian package `containernetworking-plugins`"
+        );
+        let ours = workspace_binary("connectopus-cni")?;
+        let both = |env: &[(&str, &str)], stdin: &str| -> Result<(Output, Output)> {
+            Ok((
+                exec_with(&ours, env, stdin)?,
+                exec_with(Path::new(PTP), env, stdin)?,
+            ))
+        };
+        let (a, b) = both(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#)?;
+        for out in [&a, &b] {
+            ensure!(out.status.success(), "{out:?}");
+            let v: Value = serde_json::from_slice(&out.stdout)?;
+            ensure!(v["cniVersion"] == "1.0.0", "{v}");
+            let versions = v["supportedVersions"]
+                .as_array()
+                .context("supportedVersions")?;
+            ensure!(versions.contains(&Value::from("1.0.0")), "{v}");
+        }
+        let conf = r#"{"cniVersion":"1.0.0","name":"mesh","type":"x"}"#;
+        let full = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let cases: &[Case<'_>] = &[
+            (&full, "{not json", 6, ""),
+            (
+                &full,
+                r#"{"cniVersion":"9.9.9","name":"mesh","type":"x"}"#,
+                1,
+                "",
+            ),
+            (&full, r#"{"cniVersion":"1.0.0","type":"x"}"#, 7, ""),
+            (&[full[0], full[1], full[3]], conf, 4, "CNI_NETNS"),
+            (&[full[0], full[2], full[3]], conf, 4, "CNI_CONTAINERID"),
+            (
+                &[("CNI_COMMAND", "STATUS"), full[1], full[2], full[3]],
+                conf,
+                4,
+                "STATUS",
+            ),
+        ];
+        for (env, stdin, code, needle) in cases {
+            let (a, b) = both(env, stdin)?;
+            let (ours_code, ours_msg) = error_of(&a).with_context(|| format!("ours: {env:?}"))?;
+            ensure!(b.status.code() == Some(1), "ptp {env:?} {stdin}: {b:?}");
+            let theirs: Value = serde_json::from_slice(&b.stdout)?;
+            ensure!(
+                ours_code == *code && theirs["code"] == *code,
+                "{env:?} {stdin}: ours {ours_code} `{ours_msg}`, ptp {theirs}"
+            );
+            ensure!(
+                ours_msg.contains(needle)
+                    && theirs["msg"].as_str().is_some_and(|m| m.contains(needle)),
+                "{env:?}: `{ours_msg}` vs {theirs}"
+            );
+        }
+        Ok(())
+    });
+}
+
 fn netns(ns: &NetNs) -> Result<Netns> {
     Ok(Netns::open(&Path::new("/run/netns").join(ns.name()))?)
 }
