@@ -23,6 +23,8 @@ use connectopus_tests::{
 };
 use serde_json::Value;
 
+const CONF_1_1: &str = r#"{"cniVersion":"1.1.0","name":"mesh","type":"connectopus","socket":"/run/connectopus/cx-no-such-node.sock"}"#;
+const GC_1_1: &str = r#"{"cniVersion":"1.1.0","name":"mesh","type":"connectopus","socket":"/run/connectopus/cx-no-such-node.sock","cni.dev/valid-attachments":[{"containerID":"abc","ifname":"eth0"}]}"#;
 const CONF: &str = r#"{"cniVersion":"1.0.0","name":"mesh","type":"connectopus","socket":"/run/connectopus/cx-no-such-node.sock"}"#;
 
 /// Runs the plugin with exactly `env` (nothing inherited) and `stdin`; inside `ns` if given.
@@ -80,15 +82,14 @@ fn version_and_the_error_codes_by_direct_exec() {
         let v: Value = serde_json::from_slice(&out.stdout)?;
         ensure!(v["cniVersion"] == "1.0.0", "{v}");
         ensure!(
-            v["supportedVersions"] == serde_json::json!(["1.0.0"]),
+            v["supportedVersions"] == serde_json::json!(["1.0.0", "1.1.0"]),
             "{v}"
         );
-        // VERSION answers whatever the stdin.
-        ensure!(
-            plugin(None, &[("CNI_COMMAND", "VERSION")], "")?
-                .status
-                .success()
-        );
+        // VERSION answers whatever the stdin, in the newest version unless asked otherwise.
+        let out = plugin(None, &[("CNI_COMMAND", "VERSION")], "")?;
+        ensure!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(v["cniVersion"] == "1.1.0", "{v}");
 
         let cases: &[Case<'_>] = &[
             (&[], CONF, 4, "CNI_COMMAND"),
@@ -164,8 +165,27 @@ fn version_and_the_error_codes_by_direct_exec() {
                 7,
                 "routes",
             ),
-            (&[("CNI_COMMAND", "STATUS")], CONF, 4, "STATUS"),
+            (&[("CNI_COMMAND", "FOO")], CONF, 4, "FOO"),
+            (&[("CNI_COMMAND", "GC")], CONF, 7, "valid-attachments"),
+            // The node is down: ADD is to be tried later; STATUS says the containers lost
+            // the mesh; GC cannot ask which leases to release.
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "abc"),
+                    ("CNI_NETNS", "/proc/self/ns/net"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                CONF_1_1,
+                11,
+                "unreachable",
+            ),
+            (&[("CNI_COMMAND", "STATUS")], CONF_1_1, 51, "unreachable"),
+            (&[("CNI_COMMAND", "GC")], GC_1_1, 11, "unreachable"),
         ];
+        let out = plugin(None, &[("CNI_COMMAND", "STATUS")], CONF_1_1)?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(v["cniVersion"] == "1.1.0", "{v}");
         for (env, stdin, code, needle) in cases {
             let out = plugin(None, env, stdin)?;
             let (got, msg) = error_of(&out).with_context(|| format!("{env:?} {stdin}"))?;
@@ -245,10 +265,10 @@ fn the_reference_plugin_gives_the_same_codes() {
             (&[full[0], full[1], full[3]], conf, 4, "CNI_NETNS"),
             (&[full[0], full[2], full[3]], conf, 4, "CNI_CONTAINERID"),
             (
-                &[("CNI_COMMAND", "STATUS"), full[1], full[2], full[3]],
+                &[("CNI_COMMAND", "FOO"), full[1], full[2], full[3]],
                 conf,
                 4,
-                "STATUS",
+                "FOO",
             ),
         ];
         for (env, stdin, code, needle) in cases {
@@ -451,7 +471,8 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
 }
 
 /// Today's node does not answer `cni_*` (dynamic-mesh.md steps 8 and 10): ADD says so with
-/// code 101 and its message, and creates nothing; DEL still succeeds.
+/// code 101 and its message, and creates nothing; DEL still succeeds; STATUS says 50 (cannot
+/// serve ADD), GC 101.
 #[test]
 fn a_node_that_serves_no_containers_refuses_add_with_101() {
     require_root!();
@@ -487,6 +508,16 @@ fn a_node_that_serves_no_containers_refuses_add_with_101() {
         let del = [env[1], env[2], env[3], ("CNI_COMMAND", "DEL")];
         let out = plugin(Some(foo), &del, &conf)?;
         ensure!(out.status.success(), "{out:?}");
+        let conf_1_1 = serde_json::json!({"cniVersion": "1.1.0", "name": "mesh",
+            "type": "connectopus", "socket": socket, "cni.dev/valid-attachments": []})
+        .to_string();
+        let (code, msg) = error_of(&plugin(Some(foo), &[("CNI_COMMAND", "STATUS")], &conf_1_1)?)?;
+        ensure!(
+            code == 50 && msg.contains("does not serve containers"),
+            "{code} {msg}"
+        );
+        let (code, msg) = error_of(&plugin(Some(foo), &[("CNI_COMMAND", "GC")], &conf_1_1)?)?;
+        ensure!(code == 101 && msg.contains("cni_gc"), "{code} {msg}");
         Ok(())
     });
 }

@@ -4,8 +4,9 @@
 //! container's address (`node`), sets up the veth pair, addresses and routes
 //! (`netns`, over `connectopus-netlink`), and prints the result or an error (`spec`).
 //!
-//! Today: ADD, DEL, CHECK and VERSION at CNI 1.0.0 (step 10). STATUS, GC and 1.1.0 come with
-//! step 11; the node's side of `cni_*` with steps 8 and 10.
+//! ADD, DEL, CHECK, STATUS, GC and VERSION at CNI 1.0.0 and 1.1.0 (steps 10 and 11, the
+//! plugin's side). The node does not answer `cni_*` yet (steps 8 and 10): ADD then fails
+//! with code 101 and STATUS with 50.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

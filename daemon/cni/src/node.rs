@@ -198,3 +198,40 @@ pub fn check(socket: &Path, key: &ContainerKey<'_>, address: Ipv6Addr) -> Result
     )
     .map(drop)
 }
+
+/// `cni_status`: what the node says about serving containers of `network`.
+pub fn status(socket: &Path, network: &str) -> Result<String, NodeError> {
+    let reply = request(socket, &json!({"cmd": "cni_status", "network": network}))?;
+    Ok(reply
+        .get("done")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// A lease the node released in `cni_gc`, and the host side it had.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Released {
+    pub container_id: String,
+    pub host_ifname: String,
+}
+
+/// `cni_gc`: the node releases the leases of `network` not in `keep` and says which.
+pub fn gc(
+    socket: &Path,
+    network: &str,
+    keep: &[crate::spec::Attachment],
+) -> Result<Vec<Released>, NodeError> {
+    let keep: Vec<Value> = keep
+        .iter()
+        .map(|a| json!({"container_id": a.container_id, "ifname": a.ifname}))
+        .collect();
+    let reply = request(
+        socket,
+        &json!({"cmd": "cni_gc", "network": network, "keep": keep}),
+    )?;
+    let released = reply
+        .get("cni_released")
+        .ok_or_else(|| NodeError::Garbled(format!("expected cni_released, got {reply}")))?;
+    serde_json::from_value(released.clone()).map_err(|e| NodeError::Garbled(e.to_string()))
+}

@@ -1,11 +1,14 @@
-//! The CNI specification's shapes (1.0.0; 1.1.0 comes with STATUS and GC, dynamic-mesh.md
-//! step 11), hand-written: the network configuration the runtime passes on stdin, the result
-//! of ADD, the answer to VERSION and the error object.
+//! The CNI specification's shapes (1.0.0 and 1.1.0), hand-written (the `cni-plugin` crate
+//! stops at 1.0.0): the network configuration the runtime passes on stdin, the result of ADD,
+//! the answer to VERSION and the error object.
 
 use serde::{Deserialize, Serialize};
 
 /// The versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+
+/// The newest of them, what VERSION answers with unless asked in another.
+pub const NEWEST_VERSION: &str = "1.1.0";
 
 /// Spec error codes, and ours (100 and up).
 pub mod code {
@@ -19,6 +22,11 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     /// Try again later: the node is unreachable or busy.
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD (the pool is exhausted, the node serves no
+    /// containers).
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: the node is unreachable, so existing containers have lost the mesh too.
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
     /// The node's pool is exhausted.
     pub const POOL_EXHAUSTED: u32 = 100;
     /// The node does not serve containers.
@@ -83,6 +91,17 @@ pub struct NetConf {
     pub routes: Option<String>,
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<serde_json::Value>,
+    /// GC (1.1.0): the attachments the runtime still knows; the others are released.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 /// Only the version, for VERSION (whose stdin may carry nothing else).
@@ -99,6 +118,9 @@ pub struct Interface {
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// 1.1.0 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +203,7 @@ mod tests {
                 name: "cx1a2b3c4d".into(),
                 mac: "02:00:00:00:00:01".into(),
                 sandbox: None,
+                mtu: None,
             }],
             ips: vec![IpConfig {
                 interface: Some(0),

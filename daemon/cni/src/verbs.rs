@@ -10,8 +10,8 @@ use connectopus_netlink::link::check_name;
 use crate::netns::{GATEWAY, Plan, attach, detach, host_ifname, verify};
 use crate::node::{self, ContainerKey, NodeError};
 use crate::spec::{
-    CniError, CniResult, Dns, Interface, IpConfig, NetConf, RouteConfig, SUPPORTED_VERSIONS,
-    VersionInfo, VersionOnly, code,
+    CniError, CniResult, Dns, Interface, IpConfig, NEWEST_VERSION, NetConf, RouteConfig,
+    SUPPORTED_VERSIONS, VersionInfo, VersionOnly, code,
 };
 
 /// The CNI environment variables.
@@ -58,9 +58,11 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
         "ADD" => add(env, &conf).map(Some),
         "DEL" => del(env, &conf).map(|()| None),
         "CHECK" => check(env, &conf).map(|()| None),
+        "STATUS" => status(env, &conf).map(|()| None),
+        "GC" => gc(env, &conf).map(|()| None),
         other => Err(CniError::new(
             code::MISSING_ENV,
-            format!("CNI_COMMAND `{other}` is not ADD, DEL, CHECK or VERSION"),
+            format!("CNI_COMMAND `{other}` is not ADD, DEL, CHECK, STATUS, GC or VERSION"),
         )),
     };
     outcome.map_err(|e| e.with_version(&conf.cni_version))
@@ -72,7 +74,7 @@ fn version(stdin: &[u8]) -> String {
         .and_then(|v| v.cni_version)
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()));
     let info = VersionInfo {
-        cni_version: asked.unwrap_or_else(|| SUPPORTED_VERSIONS[0].to_owned()),
+        cni_version: asked.unwrap_or_else(|| NEWEST_VERSION.to_owned()),
         supported_versions: SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     };
     serde_json::to_string(&info).unwrap_or_default()
@@ -227,6 +229,8 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         }
     };
     let gateway = GATEWAY.to_string();
+    // `interfaces[].mtu` is new in 1.1.0.
+    let mtu = lease.mtu.filter(|_| conf.cni_version != "1.0.0");
     let result = CniResult {
         cni_version: conf.cni_version.clone(),
         interfaces: vec![
@@ -234,11 +238,13 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
                 name: host_ifname.clone(),
                 mac: attached.host_mac,
                 sandbox: None,
+                mtu,
             },
             Interface {
                 name: ifname.to_owned(),
                 mac: attached.container_mac,
                 sandbox: Some(netns_path.to_owned()),
+                mtu,
             },
         ],
         ips: std::iter::once(&lease.address)
@@ -343,6 +349,46 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     verify(&host, &container, &plan).map_err(|what| CniError::new(code::CHECK_MISMATCH, what))
 }
 
+/// STATUS (1.1.0): 0 when the node answers and has room; 50 when it cannot serve ADD; 51
+/// when it is unreachable (existing containers have lost the mesh too).
+fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let socket =
+        socket(conf, env).map_err(|e| CniError::new(code::LIMITED_CONNECTIVITY, e.to_string()))?;
+    match node::status(&socket, &conf.name) {
+        Ok(_) => Ok(()),
+        Err(e @ NodeError::Unreachable(_)) => {
+            Err(CniError::new(code::LIMITED_CONNECTIVITY, e.to_string()))
+        }
+        Err(NodeError::Refused { code: Some(c), msg }) => Err(CniError::new(c, msg)),
+        Err(NodeError::Refused { code: None, msg }) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("the node does not serve containers: {msg}"),
+        )),
+        Err(e @ NodeError::Garbled(_)) => Err(CniError::new(code::NOT_AVAILABLE, e.to_string())),
+    }
+}
+
+/// GC (1.1.0): the node releases the network's leases that are not in
+/// `cni.dev/valid-attachments` and names their host sides, which are deleted here.
+fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let keep = conf.valid_attachments.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs `cni.dev/valid-attachments` (an empty list releases everything)",
+        )
+    })?;
+    let socket = socket(conf, env).map_err(node_error)?;
+    let released = node::gc(&socket, &conf.name, keep).map_err(node_error)?;
+    let host = current_netns()?;
+    for gone in released {
+        // Only what this plugin makes: a node's answer does not delete other links.
+        if gone.host_ifname.starts_with("cx") && check_name(&gone.host_ifname).is_ok() {
+            detach(&host, &gone.host_ifname).map_err(netlink_error)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +422,12 @@ mod tests {
         let v = run(&env("VERSION"), b"{\"cniVersion\":\"1.0.0\"}")
             .unwrap()
             .unwrap();
-        assert_eq!(v, r#"{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}"#);
+        assert_eq!(
+            v,
+            r#"{"cniVersion":"1.0.0","supportedVersions":["1.0.0","1.1.0"]}"#
+        );
+        let v = run(&env("VERSION"), b"").unwrap().unwrap();
+        assert!(v.starts_with(r#"{"cniVersion":"1.1.0""#), "{v}");
         assert_eq!(
             run(&Env::default(), b"").unwrap_err().code,
             code::MISSING_ENV
@@ -408,6 +459,10 @@ mod tests {
             run(&env("DEL"), bad_routes).unwrap_err().code,
             code::INVALID_CONFIG
         );
-        assert_eq!(run(&env("GC"), conf).unwrap_err().code, code::MISSING_ENV);
+        assert_eq!(
+            run(&env("GC"), conf).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(run(&env("FOO"), conf).unwrap_err().code, code::MISSING_ENV);
     }
 }
