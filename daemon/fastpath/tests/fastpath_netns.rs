@@ -93,7 +93,7 @@ fn node(
         .unwrap();
     maps.set_route(inner(me), 64, &RouteTarget::Local).unwrap();
     maps.set_local_ports(&[PORT]).unwrap();
-    maps.set_peer(link.peer, PORT, SLOT).unwrap();
+    maps.set_peer(link.peer, link.local, SLOT).unwrap();
     Node {
         netns,
         tun,
@@ -383,7 +383,7 @@ fn a_transit_node_forwards_link_to_link_and_counts_as_a_hop() {
             };
             maps.set_route(prefix, 64, &RouteTarget::Link(link))
                 .unwrap();
-            maps.set_peer(link.peer, PORT, slot).unwrap();
+            maps.set_peer(link.peer, link.local, slot).unwrap();
         }
         fastpath
     };
