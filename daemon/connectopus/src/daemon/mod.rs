@@ -61,6 +61,7 @@ pub(crate) use offer_check::CheckedOffer;
 mod plain_udp;
 mod reconcile;
 mod start;
+mod super_packets;
 pub(crate) use start::node_mtu;
 use start::{Ebpf, backend_mtu};
 pub use start::{NodeOptions, run};

@@ -247,6 +247,12 @@ impl Daemon {
         if old_global != new.global || &old_rest != new_node {
             return ApplyOutcome::Restart;
         }
+        // The eBPF fast path is loaded at start for nodes with a plaintext udp backend only.
+        if super::start::has_plain_udp_backend(&old_node.backends)
+            != super::start::has_plain_udp_backend(&new_node.backends)
+        {
+            return ApplyOutcome::Restart;
+        }
         let old_backends = old_node.backends.clone();
         let new_backends = new_node.backends.clone();
         let (old_devs, new_devs) = (old_node.tun_devs.clone(), new_node.tun_devs.clone());
