@@ -70,9 +70,12 @@ impl Model {
             + u64::try_from(self.now.saturating_since(Time::ZERO).as_millis()).unwrap()
     }
 
-    /// The issuer's routing epoch now: grows with time, like the daemon's (wall clock ns).
+    /// The issuer's routing epoch now: the wall clock in nanoseconds, like the daemon's
+    /// (`next_epoch` in the daemon also keeps it above the last one recorded). Without its
+    /// table, an issuer relies on this being above every epoch it granted before: grants count
+    /// up from the floor one by one, far slower than nanoseconds pass.
     fn epoch_floor(&self) -> u64 {
-        self.unix_ms() * 1_000
+        self.unix_ms() * 1_000_000
     }
 
     fn lost(&mut self) -> bool {
@@ -235,6 +238,8 @@ impl Model {
                 }
             }
             Step::RestartIssuer { with_disk } => {
+                // A restart takes time (the old instance answers until it stops).
+                self.apply(&Step::Wait(500));
                 let mut config = self.config.clone();
                 config.epoch_floor = self.epoch_floor();
                 let disk = if with_disk { self.disk.as_ref() } else { None };
