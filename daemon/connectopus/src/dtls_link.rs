@@ -214,6 +214,11 @@ pub struct DialerState {
 /// # Errors
 /// The address cannot be bound.
 pub fn bind_listener(bind: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
+    if reuse_port {
+        // `SO_REUSEPORT` would let this bind share a port another process holds (and steal
+        // some of its peers): a plain bind first finds out, as without it.
+        drop(UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?);
+    }
     let socket = bind_udp(bind, reuse_port).with_context(|| format!("binding udp {bind}"))?;
     socket.set_nonblocking(true)?;
     enlarge_buffers(&socket);

@@ -6,6 +6,7 @@
 //! routing stream), records only the association handles (handshake, other epochs) and the
 //! peer's close.
 
+use connectopus_offload::{Append, Coalescer};
 use connectopus_wire::message::is_ip_packet;
 
 use super::*;
@@ -271,9 +272,111 @@ impl WorkerThread {
         }
     }
 
-    /// Writes the packet at `buf[r]` to this thread's TUN queue (behind an empty virtio-net
-    /// header when the queue has them); `buf` stays the caller's.
+    /// Writes the packet at `buf[r]` to this thread's TUN queue: a TCP segment merged into
+    /// an open super-packet of its flow when the queue takes them (written when the turn
+    /// ends), anything else on its own; `buf` stays the caller's.
     fn write_own_tun(&mut self, buf: &BufId, r: Range<usize>) {
+        let coalescable = self.vnet
+            && self
+                .worker
+                .io
+                .buf(buf)
+                .get(r.clone())
+                .is_some_and(connectopus_offload::is_coalescable);
+        if coalescable && self.coalesce(buf, r.clone()) {
+            return;
+        }
+        if self.vnet {
+            // Keep each flow in order: what is open goes first.
+            self.flush_tun_writes();
+        }
+        self.write_tun_single(buf, r);
+    }
+
+    /// Merges the TCP segment at `src[r]` into an open super-packet of its flow, or opens one;
+    /// false when it must be written on its own.
+    fn coalesce(&mut self, src: &BufId, r: Range<usize>) -> bool {
+        let headroom = self.worker.io.pool().headroom();
+        let mut i = 0;
+        while i < self.worker.coalescing.open.len() {
+            let open = &mut self.worker.coalescing.open[i];
+            let append = {
+                let (from, to) = self.worker.io.buf_pair(src, &open.buf);
+                let packet = from.get(r.clone()).unwrap_or_default();
+                open.coalescer
+                    .try_append(to.get_mut(headroom..).unwrap_or_default(), packet)
+            };
+            match append {
+                Append::Appended => return true,
+                Append::NotSameFlow => i += 1,
+                Append::Flush => {
+                    let open = self.worker.coalescing.open.remove(i);
+                    self.write_super_packet(open);
+                    break;
+                }
+            }
+        }
+        if self.worker.coalescing.open.len() >= datapath::MAX_OPEN_SUPER_PACKETS {
+            let oldest = self.worker.coalescing.open.remove(0);
+            self.write_super_packet(oldest);
+        }
+        let Some(out) = self.worker.io.alloc() else {
+            return false;
+        };
+        let started = {
+            let (from, to) = self.worker.io.buf_pair(src, &out);
+            let packet = from.get(r).unwrap_or_default();
+            Coalescer::start(to.get_mut(headroom..).unwrap_or_default(), packet)
+        };
+        match started {
+            Some(coalescer) => {
+                self.worker.coalescing.open.push(datapath::OpenSuperPacket {
+                    tun: 0,
+                    buf: out,
+                    coalescer,
+                });
+                true
+            }
+            None => {
+                self.worker.io.free(out);
+                false
+            }
+        }
+    }
+
+    /// Writes the super-packets still open (at the end of each turn, and before a packet
+    /// written on its own).
+    pub(super) fn flush_tun_writes(&mut self) {
+        while !self.worker.coalescing.open.is_empty() {
+            let open = self.worker.coalescing.open.remove(0);
+            self.write_super_packet(open);
+        }
+    }
+
+    fn write_super_packet(&mut self, open: datapath::OpenSuperPacket) {
+        let datapath::OpenSuperPacket { buf, coalescer, .. } = open;
+        let start = self.worker.io.pool().headroom();
+        let len = coalescer.finish(
+            self.worker
+                .io
+                .buf_mut(&buf)
+                .get_mut(start..)
+                .unwrap_or_default(),
+        );
+        if coalescer.segments() > 1 {
+            self.worker.offload_counters.tun_super_packets_written += 1;
+        }
+        self.worker.io.write(
+            self.tun.fd(),
+            Token(TOKEN_TUN_WRITE),
+            buf,
+            start..start + len,
+        );
+    }
+
+    /// Writes the packet at `buf[r]` to this thread's TUN queue on its own (behind an empty
+    /// virtio-net header when the queue has them); `buf` stays the caller's.
+    fn write_tun_single(&mut self, buf: &BufId, r: Range<usize>) {
         let io = &mut self.worker.io;
         let Some(out) = io.alloc() else {
             self.worker.forwarder.count_drop(DropReason::LinkCongested);

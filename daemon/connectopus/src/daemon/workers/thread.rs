@@ -82,6 +82,8 @@ impl WorkerThread {
             for completion in completions.drain(..) {
                 self.handle(completion)?;
             }
+            // Everything received this turn is merged: write the super-packets.
+            self.flush_tun_writes();
             if self.reported.elapsed() >= REPORT_EVERY {
                 self.report(false);
             }
