@@ -352,6 +352,7 @@ impl Dataplane {
                 receiving: Vec::new(),
                 records_opened: 0,
                 received_for_main: 0,
+                transit: Vec::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -505,5 +506,6 @@ mod main_side;
 mod receive;
 mod send;
 mod thread;
+mod transit;
 
 use thread::WorkerThread;

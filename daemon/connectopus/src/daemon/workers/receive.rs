@@ -404,9 +404,12 @@ impl WorkerThread {
         }
     }
 
-    /// Sends the packet at `buf[r]` on `link` from a buffer of its own (sealed as a record
-    /// for a DTLS link); `buf` stays the caller's.
+    /// Sends the packet at `buf[r]` on `link`: into the link's batch of records for a DTLS
+    /// link (`transit`), else from a buffer of its own; `buf` stays the caller's.
     fn send_on(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
+        if self.batch_transit(link, buf, r.clone()) {
+            return;
+        }
         let offset = match self.links.get(&link) {
             Some(LinkSend::Dtls { sealer, .. }) => sealer.payload_offset(),
             Some(LinkSend::Plain { .. }) => 0,

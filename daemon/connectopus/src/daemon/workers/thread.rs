@@ -32,6 +32,8 @@ pub(super) struct WorkerThread {
     pub(super) records_opened: u64,
     /// Received messages handed to the main loop.
     pub(super) received_for_main: u64,
+    /// Records for DTLS links being batched for one GSO send each (see `transit`).
+    pub(super) transit: Vec<transit::TransitBatch>,
 }
 
 impl WorkerThread {
@@ -84,6 +86,7 @@ impl WorkerThread {
             }
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes();
+            self.flush_transit();
             if self.reported.elapsed() >= REPORT_EVERY {
                 self.report(false);
             }
