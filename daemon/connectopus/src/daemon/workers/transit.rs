@@ -67,11 +67,8 @@ impl WorkerThread {
             return true;
         };
         let room = self.worker.io.pool().buf_size() - start;
-        let limit = dtls::datagrams_per_send(
-            room,
-            len + overhead,
-            self.worker.offloads.udp_gso.is_ok(),
-        );
+        let limit =
+            dtls::datagrams_per_send(room, len + overhead, self.worker.offloads.udp_gso.is_ok());
         let slot = start + offset;
         let (from, to) = self.worker.io.buf_pair(src, &buf);
         let copied = match (from.get(r), to.get_mut(slot..slot + len)) {
