@@ -213,6 +213,10 @@ impl WorkerThread {
             let opened = r.opener.open(now, datagram);
             let (link, endpoint, remote, local) = (r.link, r.endpoint, r.remote, r.local);
             self.records_opened += opened.data.len() as u64;
+            if opened.advanced {
+                // The main loop derives the keys of the epochs after the new one.
+                self.woke_main = true;
+            }
             for pt in opened.data.iter() {
                 self.on_opened(link, &buf, piece.start + pt.start..piece.start + pt.end);
             }
