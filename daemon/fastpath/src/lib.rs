@@ -22,6 +22,8 @@
 //! - `programs` (Linux): [`Fastpath`], the fast-path programs held by fd and attached with TCX
 //!   link syscalls.
 //! - `maps` (Linux): [`FastpathMaps`], the fast path's maps through their fds only.
+//! - `steer` (Linux): [`UdpSteering`], the `SO_REUSEPORT` program that sends each link peer's
+//!   datagrams to the socket of the dataplane worker that owns the peer.
 //! - `loader` (Linux): loading in a short-lived helper process ([`TunCounters::attach_via_helper`],
 //!   [`serve_helper`]) so that what aya parses (the kernel's BTF, ~30 MiB of peak RSS) never
 //!   touches the node's memory; the programs' fds are passed back over a Unix socket.
@@ -40,8 +42,11 @@ mod loader;
 mod maps;
 #[cfg(target_os = "linux")]
 mod programs;
+#[cfg(target_os = "linux")]
+mod steer;
 
 pub use connectopus_ebpf_common::fastpath::{LinkCounter, Reason};
+pub use connectopus_ebpf_common::steer::SteerOutcome;
 pub use connectopus_ebpf_common::{Direction, TunCounter};
 pub use error::FastpathError;
 pub use imp::TunCounters;
@@ -54,6 +59,8 @@ pub use maps::{FastpathMapFds, FastpathMaps};
 pub use object::{DEFAULT_OBJECT_PATH, embedded_object, find_object, load_object, node_object};
 #[cfg(target_os = "linux")]
 pub use programs::{Fastpath, FastpathProgramFds};
+#[cfg(target_os = "linux")]
+pub use steer::{SteerCounts, UdpSteering, UdpSteeringFds};
 
 /// Counters of both directions of the TUN device, summed over CPUs, as read by
 /// [`TunCounters::read`].

@@ -28,7 +28,10 @@
 //! - fast-path request: [`FASTPATH_REQUEST_MAGIC`], the object's path; answer:
 //!   [`ANSWER_FASTPATH`] with the fds of the TUN egress program, the underlay ingress program
 //!   and the maps in [`FastpathMapFds::NAMES`] order;
-//! - either answer can instead be `error: ` and the error with its causes.
+//! - steering request: [`STEER_REQUEST_MAGIC`], the object's path; answer: [`ANSWER_STEER`]
+//!   with the fds of the `SO_REUSEPORT` program `cx_udp_steer` and its maps in
+//!   [`UdpSteeringFds::MAP_NAMES`] order ([`UdpSteering::load_via_helper`]);
+//! - any answer can instead be `error: ` and the error with its causes.
 
 use std::ffi::OsStr;
 use std::io;
@@ -46,7 +49,7 @@ use connectopus_ebpf_common::{Direction, MAP_TUN_COUNTERS};
 use crate::imp::{Loaded, attach_mode_for_running_kernel, classifier};
 use crate::{
     AttachMode, Fastpath, FastpathError, FastpathMapFds, FastpathProgramFds, HelperOutcome,
-    TunCounters,
+    TunCounters, UdpSteering, UdpSteeringFds,
 };
 
 /// Starts every request; a helper from another version of the node refuses it.
@@ -64,6 +67,12 @@ const ANSWER_FASTPATH: &[u8] =
     b"ok fastpath: tun-egress underlay-ingress routes peers ports config reasons links";
 /// The fds a successful fast-path answer carries.
 const FASTPATH_FDS: usize = 8;
+/// Starts a request for the steering program and its maps; the object's path follows.
+const STEER_REQUEST_MAGIC: &[u8] = b"connectopus-ebpf-steer 1\0";
+/// The text of a successful steering answer, which carries the fds in this order.
+const ANSWER_STEER: &[u8] = b"ok steer: program owners sockets outcomes";
+/// The fds a successful steering answer carries.
+const STEER_FDS: usize = 4;
 /// Largest message either side sends (an interface name and a path, or an error text).
 const MAX_MESSAGE: usize = 16 * 1024;
 /// How long the node waits for the helper's answer: loading and verifying takes milliseconds.
@@ -146,6 +155,31 @@ impl Fastpath {
                 FastpathMapFds::from_array([a, b, c, d, e, f]),
             ),
             Err(fds) => Err(unexpected(program, ANSWER_FASTPATH, fds.len())),
+        }
+    }
+}
+
+impl UdpSteering {
+    /// Like [`UdpSteering::load`], but loads the program in the helper process that `helper`
+    /// starts (as for [`Fastpath::load_via_helper`]), which passes back the fds of the
+    /// program and its three maps and exits; the node attaches the program to its socket
+    /// groups itself ([`UdpSteering::attach`]).
+    ///
+    /// # Errors
+    ///
+    /// The helper's own error ([`FastpathError::HelperFailed`]: no object, no BPF rights, the
+    /// verifier's log), or [`FastpathError::Helper`] if it could not be started or did not
+    /// answer.
+    pub fn load_via_helper(helper: Command, object: Option<&Path>) -> Result<Self, FastpathError> {
+        let mut message = STEER_REQUEST_MAGIC.to_vec();
+        push_object(&mut message, object);
+        let (program, fds) = exchange(helper, &message, ANSWER_STEER)?;
+        let fds: Result<[OwnedFd; STEER_FDS], Vec<OwnedFd>> = fds.try_into();
+        match fds {
+            Ok([prog, owners, sockets, outcomes]) => UdpSteering::from_fds(
+                UdpSteeringFds::from_parts(prog, [owners, sockets, outcomes]),
+            ),
+            Err(fds) => Err(unexpected(program, ANSWER_STEER, fds.len())),
         }
     }
 }
@@ -296,6 +330,17 @@ pub fn serve_helper() -> Result<HelperOutcome, FastpathError> {
                 let mut fds = vec![programs.tun_egress, programs.underlay_ingress];
                 fds.extend(maps.into_array());
                 (ANSWER_FASTPATH, Handoff::Fds(fds))
+            })
+    } else if let Some(object) = message.strip_prefix(STEER_REQUEST_MAGIC) {
+        let object = Path::new(OsStr::from_bytes(object));
+        let object = (!object.as_os_str().is_empty()).then_some(object);
+        crate::node_object(object)
+            .and_then(|(_, bytes)| crate::steer::load_fds(&bytes))
+            .map(|fds| {
+                let (program, maps) = fds.into_parts();
+                let mut fds = vec![program];
+                fds.extend(maps);
+                (ANSWER_STEER, Handoff::Fds(fds))
             })
     } else {
         parse_request(message).and_then(|(ifname, object)| {
@@ -641,6 +686,14 @@ mod tests {
         } else {
             assert!(error.contains("Linux 6.6"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_steering_helper_that_exits_without_answering_is_an_error_not_a_hang() {
+        let error = UdpSteering::load_via_helper(Command::new("true"), Some(Path::new("/x.o")))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exited without answering"), "{error}");
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn check_slot(link_slot: u32) -> Result<(), FastpathError> {
 }
 
 /// A delete of a missing key is `Ok(false)`.
-fn absent_is_false(result: Result<(), MapError>) -> Result<bool, MapError> {
+pub(crate) fn absent_is_false(result: Result<(), MapError>) -> Result<bool, MapError> {
     match result {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),

@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod fastpath;
+pub mod steer;
 
 /// Name of the tc program attached to the TUN device's ingress (packets userspace writes into the
 /// TUN, on their way into the kernel stack).

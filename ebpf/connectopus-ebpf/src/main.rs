@@ -7,6 +7,8 @@
 //!   packet.
 //! - `cx_fp_tun_eg`, `cx_fp_ul_in` (module `fastpath`): the fast path for plaintext udp links,
 //!   tc encapsulation on the TUN, decapsulation and transit on each underlay interface.
+//! - `cx_udp_steer` (module `steer`): the `SO_REUSEPORT` program that sends each link peer's
+//!   datagrams to the socket of the dataplane worker that owns the peer.
 //!
 //! Names and map value types come from `connectopus-ebpf-common`, which the loader shares; the
 //! counter arithmetic lives there too, with host tests.
@@ -15,6 +17,7 @@
 #![no_main]
 
 mod fastpath;
+mod steer;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
