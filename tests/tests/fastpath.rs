@@ -5,6 +5,9 @@
 //! not, and a peer restart (entries removed, then re-added). On a triangle, the underlay of the
 //! cheaper path is cut in the middle of a paced transfer: the entries follow the route to the
 //! direct link. A node started without the eBPF object forwards through userspace and says why.
+//! A node with a udp link and a DTLS link runs its fast path too: foo's eBPF sends TSO
+//! super-packets whole, bar's userspace cuts them for the DTLS link to baz (and, in another
+//! test, for a TCP link).
 //!
 //! Needs root and the eBPF object (`cargo xtask build-ebpf`, embedded in the node at build
 //! time); skips with a message otherwise.
@@ -382,6 +385,318 @@ fn entries_follow_a_route_change() {
             direct >= TOTAL.saturating_sub(via_bar),
             "the direct link carried {direct} B in eBPF, bar's {via_bar} B: {}",
             after["links"]
+        );
+        Ok(())
+    });
+}
+
+/// A status counter of `node`.
+fn counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// The fast-path report of `status`'s link to `peer`.
+fn link_to<'a>(status: &'a Value, peer: &str) -> Option<&'a Value> {
+    status["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["peer_name"] == peer)
+}
+
+#[test]
+fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
+    require_root!();
+    require_tools(&["ping", "python3"]);
+    run_test("fastpath_mixed", |dir| {
+        // foo —udp— bar —DTLS— baz: bar's fast path carries its udp link, userspace its DTLS
+        // link; foo's eBPF encapsulates foo's TSO super-packets whole towards bar.
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+            ],
+            &[(
+                "bar",
+                "    tun_devs:\n      bar-host: {device: cxh-mix, address: \"fd00:cafe::2:2\", cost: 1}\n",
+            )],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "bar")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            active_to(&mesh, "foo", "bar") && active_to(&mesh, "bar", "foo")
+        })
+        .with_context(|| {
+            format!(
+                "bar's udp link on the fast path: {}",
+                mesh.status("bar").unwrap()
+            )
+        })?;
+        let bar = mesh.status("bar")?;
+        let dtls = link_to(&bar, "baz").context("bar's link to baz")?;
+        ensure!(
+            dtls["fastpath"]["active"] == false
+                && dtls["fastpath"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("userspace")),
+            "bar's DTLS link says userspace carries it: {dtls}"
+        );
+        let text = mesh.status_text("bar")?;
+        ensure!(text.contains("fastpath on"), "status text: {text}");
+        // baz has no udp backend: no fast path, and it says why.
+        let baz = mesh.status("baz")?;
+        ensure!(
+            baz["fastpath"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("off: no udp-dialer/udp-listener backend")),
+            "baz: {}",
+            baz["fastpath"]
+        );
+
+        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+        let ping = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(ping.all_received(), "foo -> baz: {ping:?}");
+
+        let (foo0, bar0) = (mesh.status("foo")?, mesh.status("bar")?);
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7004,
+            100_000_000,
+            4,
+            Duration::from_secs(180),
+        )?;
+        ensure!(
+            there.intact(),
+            "foo -> baz lost or changed bytes: {there:?}"
+        );
+        let back = checked_transfer(
+            topo.ns("baz"),
+            topo.ns("foo"),
+            foo_addr,
+            7005,
+            100_000_000,
+            5,
+            Duration::from_secs(180),
+        )?;
+        ensure!(back.intact(), "baz -> foo lost or changed bytes: {back:?}");
+        let (foo1, bar1) = (mesh.status("foo")?, mesh.status("bar")?);
+
+        // foo's eBPF carried the data towards baz. (The way back, bar's userspace sends UDP
+        // GSO batches, which foo's ingress leaves to userspace as aggregates: `in_groagg`.)
+        let foo_fp = bytes_to(&foo1, "bar").saturating_sub(bytes_to(&foo0, "bar"));
+        eprintln!(
+            "fastpath_mixed: foo's fast path {foo_fp} B; foo's fall-backs {}",
+            foo1["fastpath_fallbacks"]
+        );
+        ensure!(
+            foo_fp >= 100_000_000,
+            "foo's fast path carried {foo_fp} B: {}",
+            foo1["links"]
+        );
+        ensure!(
+            link_to(&foo1, "bar").is_some_and(|l| l["fastpath"]["active"] == true)
+                && link_to(&bar1, "foo").is_some_and(|l| l["fastpath"]["active"] == true),
+            "the udp side stays on the fast path: {}",
+            bar1["links"]
+        );
+        // foo sent super-packets whole; bar's userspace cut them for the DTLS link.
+        let received = counter(&bar1, "udp_super_packets_received")
+            - counter(&bar0, "udp_super_packets_received");
+        let cut = counter(&bar1, "udp_super_packets_cut") - counter(&bar0, "udp_super_packets_cut");
+        eprintln!("fastpath_mixed: bar received {received} super-packets, cut {cut}");
+        ensure!(
+            cut > 0 && cut <= received,
+            "bar cut the super-packets foo's eBPF sent ({received} received, {cut} cut): {}",
+            bar1["counters"]
+        );
+        ensure!(
+            counter(&bar1, "udp_malformed_dropped") == counter(&bar0, "udp_malformed_dropped"),
+            "nothing malformed: {}",
+            bar1["counters"]
+        );
+
+        // UDP segmentation offload: each send of foo's socket is one USO super-packet of 10
+        // datagrams; bar must cut it where foo's kernel would have (the segment size comes
+        // with the receive), so baz's application sees 1000-byte datagrams, each whole.
+        let receiver = topo.ns("baz").spawn(
+            "python3",
+            &["-c", USO_RECEIVER, &baz_addr.to_string(), "7006", "10"],
+        )?;
+        receiver.wait_for_output("listening", Duration::from_secs(10))?;
+        let sender = topo.ns("foo").exec_timeout(
+            "python3",
+            &["-c", USO_SENDER, &baz_addr.to_string(), "7006", "10"],
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            sender.status.success(),
+            "the UDP_SEGMENT sender: {}",
+            String::from_utf8_lossy(&sender.stderr)
+        );
+        let line = receiver.wait_for_output("datagrams ", Duration::from_secs(20))?;
+        let bar2 = mesh.status("bar")?;
+        let uso_cut =
+            counter(&bar2, "udp_super_packets_cut") - counter(&bar1, "udp_super_packets_cut");
+        eprintln!("fastpath_mixed: UDP_SEGMENT to baz: {line}; bar cut {uso_cut} super-packets");
+        // "datagrams <whole> bad <wrong size or content>": a datagram may be lost (UDP), none
+        // may arrive merged, cut elsewhere or changed.
+        let words: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        ensure!(
+            words.len() == 2 && words[1] == 0 && words[0] >= 50,
+            "baz received the segments whole: {line}"
+        );
+        ensure!(
+            uso_cut > 0,
+            "bar cut USO super-packets: {}",
+            bar2["counters"]
+        );
+
+        // bar's second TUN device: its daemon delivers to it (a `Userspace` entry), so foo's
+        // super-packets reach bar's userspace and go into that device whole, behind a
+        // virtio-net header, for bar's kernel to take as they are.
+        let host: std::net::Ipv6Addr = "fd00:cafe::2:2".parse()?;
+        wait_until(CONVERGE, Duration::from_millis(200), || {
+            mesh.status("foo").is_ok_and(|s| {
+                s["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["prefix"] == "fd00:cafe::2:2/128" && r["next_hop"] == "bar")
+            })
+        })
+        .context("foo routes to bar's host address")?;
+        let to_host = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("bar"),
+            host,
+            7007,
+            20_000_000,
+            6,
+            Duration::from_secs(120),
+        )?;
+        ensure!(to_host.intact(), "foo -> bar's host address: {to_host:?}");
+        let bar3 = mesh.status("bar")?;
+        let whole = counter(&bar3, "udp_super_packets_delivered_whole")
+            - counter(&bar2, "udp_super_packets_delivered_whole");
+        eprintln!("fastpath_mixed: bar wrote {whole} super-packets whole to cxh-mix");
+        ensure!(
+            whole > 0,
+            "bar wrote super-packets whole to its host device: {}",
+            bar3["counters"]
+        );
+        Ok(())
+    });
+}
+
+/// Sends `argv[3]` sends of 10 datagrams of 1000 bytes with `UDP_SEGMENT` (one super-packet
+/// each): datagram `k` is 1000 times the byte `k % 251`.
+const USO_SENDER: &str = r#"
+import socket, sys, time
+dst, port, sends = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1000)  # UDP_SEGMENT
+k = 0
+for i in range(sends):
+    payload = b"".join(bytes([(k + j) % 251]) * 1000 for j in range(10))
+    k += 10
+    s.sendto(payload, (dst, port))
+    time.sleep(0.05)
+print("sent", flush=True)
+"#;
+
+/// Counts datagrams that are 1000 times one byte (whole) and any other (bad), until
+/// `argv[3] * 10` arrived or 3 s pass without one; prints `datagrams <whole> bad <bad>`.
+const USO_RECEIVER: &str = r#"
+import socket, sys
+addr, port, sends = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print("listening", flush=True)
+s.settimeout(3)
+whole = bad = 0
+try:
+    while whole + bad < sends * 10:
+        d = s.recv(65535)
+        if len(d) == 1000 and d == bytes([d[0]]) * 1000:
+            whole += 1
+        else:
+            bad += 1
+except socket.timeout:
+    pass
+print("datagrams", whole, "bad", bad, flush=True)
+"#;
+
+#[test]
+fn a_node_with_udp_and_tcp_links_cuts_super_packets_for_the_tcp_link() {
+    require_root!();
+    require_tools(&["python3"]);
+    run_test("fastpath_mixed_tcp", |dir| {
+        // foo —udp— bar —TCP— baz: what foo's eBPF sends whole, bar frames segment by segment
+        // into its TCP link.
+        let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Udp),
+                MeshLink::new("bar", "baz", LinkKind::Tcp),
+            ],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "bar")? {
+            return Ok(());
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            active_to(&mesh, "foo", "bar") && active_to(&mesh, "bar", "foo")
+        })
+        .with_context(|| {
+            format!(
+                "bar's udp link on the fast path: {}",
+                mesh.status("bar").unwrap()
+            )
+        })?;
+        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+        let bar0 = mesh.status("bar")?;
+        let there = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7008,
+            30_000_000,
+            7,
+            Duration::from_secs(120),
+        )?;
+        ensure!(there.intact(), "foo -> baz: {there:?}");
+        let back = checked_transfer(
+            topo.ns("baz"),
+            topo.ns("foo"),
+            foo_addr,
+            7009,
+            30_000_000,
+            8,
+            Duration::from_secs(120),
+        )?;
+        ensure!(back.intact(), "baz -> foo: {back:?}");
+        let bar1 = mesh.status("bar")?;
+        let cut = counter(&bar1, "udp_super_packets_cut") - counter(&bar0, "udp_super_packets_cut");
+        eprintln!("fastpath_mixed_tcp: bar cut {cut} super-packets for its TCP link");
+        ensure!(cut > 0, "bar cut super-packets: {}", bar1["counters"]);
+        let tcp = link_to(&bar1, "baz").context("bar's link to baz")?;
+        ensure!(
+            tcp["fastpath"]["active"] == false,
+            "bar's TCP link is not on the fast path: {tcp}"
         );
         Ok(())
     });

@@ -92,6 +92,8 @@ fn check_package(dir: &connectopus_tests::TestDir, deb: &Path) -> Result<()> {
         .collect();
     for wanted in [
         "./usr/bin/connectopus",
+        "./usr/bin/connectopus-cni",
+        "./usr/lib/cni/connectopus",
         "./usr/lib/systemd/system/connectopus@.service",
         "./usr/share/bash-completion/completions/connectopus",
         "./usr/share/zsh/vendor-completions/_connectopus",
@@ -148,6 +150,20 @@ fn check_package(dir: &connectopus_tests::TestDir, deb: &Path) -> Result<()> {
     ensure!(
         out.trim() == format!("connectopus {version}"),
         "--version: {out}"
+    );
+    // The CNI plugin answers under its type's name, through the package's relative symlink.
+    let plugin = root.join("usr/lib/cni/connectopus");
+    ensure!(
+        std::fs::read_link(&plugin)? == Path::new("../../bin/connectopus-cni"),
+        "{} is not the relative symlink",
+        plugin.display()
+    );
+    let mut command = Command::new(&plugin);
+    command.env_clear().env("CNI_COMMAND", "VERSION");
+    let out = run_ok(command, Duration::from_secs(10))?;
+    ensure!(
+        out.contains(r#""supportedVersions":["1.0.0","1.1.0"]"#),
+        "VERSION: {out}"
     );
     let mut command = Command::new(&bin);
     command.args(["completions", "bash"]);

@@ -2,8 +2,11 @@
 //!
 //! Steps:
 //! 1. The eBPF object (`cargo xtask build-ebpf`), so the release build embeds it.
-//! 2. `cargo build --release --locked -p connectopus`; the binary must contain the object.
-//! 3. A staging tree: `/usr/bin/connectopus` (debug info stripped), the systemd unit
+//! 2. `cargo build --release --locked -p connectopus -p connectopus-cni`; the node's binary
+//!    must contain the object.
+//! 3. A staging tree: `/usr/bin/connectopus` and the CNI plugin `/usr/bin/connectopus-cni`
+//!    (debug info stripped) with the symlink `/usr/lib/cni/connectopus` (a CNI plugin's
+//!    type is its file name, and runtimes look in `/usr/lib/cni`), the systemd unit
 //!    `connectopus@.service`, man pages (`connectopus man-pages`, gzipped), bash, zsh and fish
 //!    completions (`connectopus completions`), the docs, and the maintainer scripts from
 //!    `packaging/debian/`. Nothing in `/etc`: the operator's files there are never the
@@ -24,7 +27,15 @@ pub fn dist() -> Result<PathBuf> {
     crate::ebpf::build_ebpf()?;
     crate::run(
         "cargo",
-        &["build", "--release", "--locked", "-p", "connectopus"],
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "connectopus",
+            "-p",
+            "connectopus-cni",
+        ],
     )?;
     let target = target_dir(&root);
     let binary = target.join("release").join("connectopus");
@@ -50,6 +61,13 @@ pub fn dist() -> Result<PathBuf> {
     let bin = stage.join("usr/bin/connectopus");
     copy(&binary, &bin, 0o755)?;
     crate::run("strip", &["--strip-debug", &bin.display().to_string()])?;
+    let cni = stage.join("usr/bin/connectopus-cni");
+    copy(&target.join("release").join("connectopus-cni"), &cni, 0o755)?;
+    crate::run("strip", &["--strip-debug", &cni.display().to_string()])?;
+    let cni_link = stage.join("usr/lib/cni/connectopus");
+    std::fs::create_dir_all(cni_link.parent().context("symlink path")?)?;
+    std::os::unix::fs::symlink("../../bin/connectopus-cni", &cni_link)
+        .with_context(|| format!("creating {}", cni_link.display()))?;
 
     let man = stage.join("usr/share/man/man1");
     output(Command::new(&bin).arg("man-pages").arg(&man))?;
@@ -98,7 +116,7 @@ pub fn dist() -> Result<PathBuf> {
             0o755,
         )?;
     }
-    let depends = shlib_depends(&bin)?;
+    let depends = shlib_depends(&[&bin, &cni])?;
     let installed_size = du_kib(&stage)?;
     let control = format!(
         "Package: {PACKAGE}\n\
@@ -145,10 +163,12 @@ fn target_dir(root: &Path) -> PathBuf {
         .map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-/// `Depends:` for `binary`'s shared libraries, from `dpkg-shlibdeps` (which wants a
+/// `Depends:` for the binaries' shared libraries, from `dpkg-shlibdeps` (which wants a
 /// `debian/control` in its working directory: a throwaway one).
-fn shlib_depends(binary: &Path) -> Result<String> {
-    let scratch = binary
+fn shlib_depends(binaries: &[&Path]) -> Result<String> {
+    let scratch = binaries
+        .first()
+        .context("no binaries")?
         .ancestors()
         .nth(3)
         .context("staging path too short")?
@@ -158,13 +178,12 @@ fn shlib_depends(binary: &Path) -> Result<String> {
         scratch.join("debian/control"),
         format!("Source: {PACKAGE}\n\nPackage: {PACKAGE}\nArchitecture: any\n"),
     )?;
-    let line = output(
-        Command::new("dpkg-shlibdeps")
-            .current_dir(&scratch)
-            .args(["-O", "-e"])
-            .arg(binary),
-    )
-    .context("dpkg-shlibdeps (package dpkg-dev)")?;
+    let mut command = Command::new("dpkg-shlibdeps");
+    command.current_dir(&scratch).arg("-O");
+    for binary in binaries {
+        command.arg("-e").arg(binary);
+    }
+    let line = output(&mut command).context("dpkg-shlibdeps (package dpkg-dev)")?;
     let _ = std::fs::remove_dir_all(&scratch);
     line.lines()
         .find_map(|l| l.strip_prefix("shlibs:Depends="))

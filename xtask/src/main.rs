@@ -50,6 +50,8 @@ const PACKAGES: &[&str] = &[
     // DHCPv6 servers delegating prefixes to the DHCPv6-PD client in the pd test.
     "kea-dhcp6-server",
     "isc-dhcp-server",
+    // The reference CNI plugins (ptp), which the CNI test compares the plugin with.
+    "containernetworking-plugins",
 ];
 
 fn main() -> ExitCode {

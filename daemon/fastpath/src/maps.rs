@@ -7,8 +7,8 @@ use std::os::fd::OwnedFd;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use connectopus_ebpf_common::fastpath::{
-    FpConfig, LinkCounter, MAP_FP_CONFIG, MAP_FP_LINKS, MAP_FP_LOCAL_PORTS, MAP_FP_PEERS,
-    MAP_FP_REASONS, MAP_FP_ROUTES, MAX_LINK_SLOTS, Peer, PeerKey, Reason, Route,
+    FpConfig, LinkCounter, LinkKey, MAP_FP_CONFIG, MAP_FP_LINKS, MAP_FP_LOCAL_PORTS, MAP_FP_PEERS,
+    MAP_FP_REASONS, MAP_FP_ROUTES, MAX_LINK_SLOTS, Peer, Reason, Route,
 };
 
 use crate::{FastpathError, ReasonCounts, RouteTarget};
@@ -76,7 +76,7 @@ impl FastpathMapFds {
 /// whole, never seen half-written.
 pub struct FastpathMaps {
     routes: LpmTrie<MapData, [u8; 16], Route>,
-    peers: HashMap<MapData, PeerKey, Peer>,
+    peers: HashMap<MapData, LinkKey, Peer>,
     local_ports: HashMap<MapData, [u8; 2], u32>,
     config: Array<MapData, FpConfig>,
     reasons: PerCpuArray<MapData, u64>,
@@ -166,7 +166,8 @@ impl FastpathMaps {
         absent_is_false(self.routes.remove(&key)).map_err(|e| write_error(MAP_FP_ROUTES, e))
     }
 
-    /// Accepts data datagrams from `peer` to our `local_port`, counting them on `link_slot`.
+    /// Accepts data datagrams from `peer` to `local` (this node's address and port for the
+    /// link), counting them on `link_slot`.
     ///
     /// # Errors
     ///
@@ -175,11 +176,11 @@ impl FastpathMaps {
     pub fn set_peer(
         &mut self,
         peer: SocketAddrV6,
-        local_port: u16,
+        local: SocketAddrV6,
         link_slot: u32,
     ) -> Result<(), FastpathError> {
         check_slot(link_slot)?;
-        let key = PeerKey::new(peer.ip().octets(), peer.port(), local_port);
+        let key = peer_key(peer, local);
         let value = Peer {
             link_slot,
             flags: 0,
@@ -189,7 +190,7 @@ impl FastpathMaps {
             .map_err(|e| write_error(MAP_FP_PEERS, e))
     }
 
-    /// Stops accepting data datagrams from `peer` to `local_port`; returns whether it was known.
+    /// Stops accepting data datagrams from `peer` to `local`; returns whether it was known.
     ///
     /// # Errors
     ///
@@ -197,9 +198,9 @@ impl FastpathMaps {
     pub fn remove_peer(
         &mut self,
         peer: SocketAddrV6,
-        local_port: u16,
+        local: SocketAddrV6,
     ) -> Result<bool, FastpathError> {
-        let key = PeerKey::new(peer.ip().octets(), peer.port(), local_port);
+        let key = peer_key(peer, local);
         absent_is_false(self.peers.remove(&key)).map_err(|e| write_error(MAP_FP_PEERS, e))
     }
 
@@ -342,4 +343,14 @@ fn write_error(map: &'static str, source: MapError) -> FastpathError {
         map,
         source: source.into(),
     }
+}
+
+/// The `CX_FP_PEERS` key for datagrams from `peer` to `local`.
+fn peer_key(peer: SocketAddrV6, local: SocketAddrV6) -> LinkKey {
+    LinkKey::new(
+        peer.ip().octets(),
+        peer.port(),
+        local.ip().octets(),
+        local.port(),
+    )
 }

@@ -93,7 +93,7 @@ fn node(
         .unwrap();
     maps.set_route(inner(me), 64, &RouteTarget::Local).unwrap();
     maps.set_local_ports(&[PORT]).unwrap();
-    maps.set_peer(link.peer, PORT, SLOT).unwrap();
+    maps.set_peer(link.peer, link.local, SLOT).unwrap();
     Node {
         netns,
         tun,
@@ -118,7 +118,7 @@ fn ping_and_tcp_cross_the_fast_path_and_a_removed_route_falls_back_to_userspace(
     // A: loaded by a helper process (this test binary, re-run as `helper_process`), as the
     // node does; B: loaded here.
     let mut a = node(ns_a, (1, 2), (underlay(1), underlay(2)), || {
-        Fastpath::load_via_helper(helper_command(), object_path().as_deref()).unwrap()
+        Fastpath::load_via_helper(helper_command(), support::object_path().as_deref()).unwrap()
     });
     // The helper's errors come back named, as the node would log them.
     let error = Fastpath::load_via_helper(
@@ -383,7 +383,7 @@ fn a_transit_node_forwards_link_to_link_and_counts_as_a_hop() {
             };
             maps.set_route(prefix, 64, &RouteTarget::Link(link))
                 .unwrap();
-            maps.set_peer(link.peer, PORT, slot).unwrap();
+            maps.set_peer(link.peer, link.local, slot).unwrap();
         }
         fastpath
     };
@@ -558,10 +558,6 @@ fn digest(child: std::process::Child) -> String {
         .to_owned()
 }
 
-fn object_path() -> Option<std::path::PathBuf> {
-    connectopus_fastpath::find_object(None).ok()
-}
-
 /// Set in the environment of this test binary when it is re-run as the helper process.
 const HELPER_ENV: &str = "CX_FASTPATH_NETNS_HELPER";
 
@@ -569,29 +565,9 @@ const HELPER_ENV: &str = "CX_FASTPATH_NETNS_HELPER";
 /// `load_via_helper` started, and serves its request.
 #[test]
 fn helper_process() {
-    if std::env::var_os(HELPER_ENV).is_none() {
-        return;
-    }
-    let code = match connectopus_fastpath::serve_helper() {
-        Ok(connectopus_fastpath::HelperOutcome::Attached) => 0,
-        Ok(connectopus_fastpath::HelperOutcome::Reported) => 1,
-        Err(error) => {
-            let _ = writeln!(std::io::stderr(), "helper: {error}");
-            2
-        }
-    };
-    std::process::exit(code);
+    support::serve_if_helper(HELPER_ENV);
 }
 
 fn helper_command() -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "helper_process",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(HELPER_ENV, "1");
-    command
+    support::helper_command(HELPER_ENV)
 }

@@ -158,7 +158,7 @@ impl Bed {
         maps.set_local_ports(&[PORT_LOCAL]).unwrap();
         maps.set_peer(
             SocketAddrV6::new(UL_PEER, PORT_PEER, 0, 0),
-            PORT_LOCAL,
+            SocketAddrV6::new(UL_LOCAL, PORT_LOCAL, 0, 0),
             SLOT_IN,
         )
         .unwrap();
@@ -459,6 +459,19 @@ fn each_program_encapsulates_decapsulates_forwards_or_passes_for_a_counted_reaso
         assert_eq!(out, frame, "{what}: passed untouched");
         only(&moved, reason);
     }
+    // The peer's datagram to another address than this node's end of the link (another host's,
+    // seen on the wire before routing, or another of this node's): no peer's, not decapsulated.
+    let frame = outer_frame(
+        MAC_LOCAL,
+        MAC_PEER,
+        from_peer,
+        (UL_UNRESOLVED, PORT_LOCAL),
+        &inner_udp(INNER_LOCAL, 64, 10),
+    );
+    let (verdict, out, moved) = bed.run(PROG_FP_UNDERLAY_INGRESS, &frame);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "another destination address");
+    assert_eq!(out, frame, "another destination address: passed untouched");
+    only(&moved, Reason::InUnknownPeer);
     // Not for one of our ports: untouched and not even counted.
     let (verdict, _, moved) = bed.ingress(from_peer, 5555, &inner_udp(INNER_LOCAL, 64, 10));
     assert_eq!(verdict, TC_ACT_UNSPEC);

@@ -78,6 +78,10 @@ pub enum OffloadError {
     /// TCP data offset below 5 words, or the TCP/UDP header runs past the end.
     #[error("bad L4 header length {0}")]
     BadL4HeaderLen(usize),
+    /// A super-packet received from a link whose checksum field holds neither the
+    /// pseudo-header sum (left to an offload) nor a valid checksum: damaged on the way.
+    #[error("super-packet checksum field is neither partial nor valid")]
+    BadChecksum,
     /// A GSO packet with `gso_size` 0.
     #[error("gso_size is 0")]
     ZeroGsoSize,

@@ -18,6 +18,10 @@
 //!   `Segments::new(&VnetHeader::parse(buf)?, &buf[VNET_HDR_LEN..])` validates it, and
 //!   `write(i, slot)` builds complete segment `i` (own lengths, sequence number, flags, full
 //!   checksum) straight into its record slot.
+//! - `received` ([`received_super_packet`]): a TCP/UDP super-packet that arrived whole from a
+//!   link (a peer's eBPF fast path encapsulates GSO packets as they are), described by the
+//!   virtio-net header a TUN read of it would have had, so that it is cut by [`Segments`] or
+//!   written whole to a TUN device with offloads.
 //! - `coalesce` ([`Coalescer`], [`Append`], [`is_coalescable`]): receive side. Decrypted
 //!   segments of one TCP flow are merged in a caller buffer laid out as
 //!   `[vnet header | IP packet …]`; [`Coalescer::finish`] writes the `GSO_TCPV6`/`GSO_TCPV4`
@@ -74,6 +78,7 @@ pub mod checksum;
 mod coalesce;
 mod error;
 mod ip;
+mod received;
 mod split;
 mod vnet;
 
@@ -83,5 +88,6 @@ mod tests;
 pub use checksum::{checksum_valid, complete_partial_checksum};
 pub use coalesce::{Append, Coalescer, MAX_IP_LEN, MAX_SEGMENTS, is_coalescable};
 pub use error::OffloadError;
+pub use received::received_super_packet;
 pub use split::Segments;
 pub use vnet::{GsoType, VNET_HDR_LEN, VnetHeader, complete_checksum};

@@ -18,7 +18,8 @@ pub const PROG_FP_UNDERLAY_INGRESS: &str = "cx_fp_ul_in";
 
 /// LPM trie: inner IPv6 prefix (`Key<[u8; 16]>`) → [`Route`].
 pub const MAP_FP_ROUTES: &str = "CX_FP_ROUTES";
-/// Hash: [`PeerKey`] (outer source address and port, local port) → [`Peer`].
+/// Hash: [`LinkKey`] (outer source address and port, outer destination address and port) →
+/// [`Peer`].
 pub const MAP_FP_PEERS: &str = "CX_FP_PEERS";
 /// Hash: local UDP port (wire bytes) → 1: the ports this node's udp links listen on.
 pub const MAP_FP_LOCAL_PORTS: &str = "CX_FP_PORTS";
@@ -135,26 +136,32 @@ impl Route {
     }
 }
 
-/// Key of [`MAP_FP_PEERS`]: who may send data datagrams to which of our ports.
+/// Key of [`MAP_FP_PEERS`]: the outer 4-tuple of a link's data datagrams.
 ///
-/// The outer source address and port identify the peer's socket; the local port tells links
-/// apart that share a peer socket.
+/// The outer source address and port identify the peer's socket; the outer destination
+/// address and port are this node's end of the link: the address the peer sends to (ingress
+/// sees every frame the interface receives, also those for other hosts or other addresses of
+/// this one, and decapsulates none of them), and the port that tells links apart that share a
+/// peer socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
-pub struct PeerKey {
+pub struct LinkKey {
     /// The peer's underlay address (outer IPv6 source).
     pub addr: [u8; 16],
+    /// This node's underlay address for the link (outer IPv6 destination).
+    pub local_addr: [u8; 16],
     /// The peer's UDP port (outer source port), wire bytes.
     pub port: [u8; 2],
     /// Our UDP port (outer destination port), wire bytes.
     pub local_port: [u8; 2],
 }
 
-impl PeerKey {
-    /// The key for datagrams from `addr`:`port` to our `local_port`.
-    pub const fn new(addr: [u8; 16], port: u16, local_port: u16) -> PeerKey {
-        PeerKey {
+impl LinkKey {
+    /// The key for datagrams from `addr`:`port` to our `local_addr`:`local_port`.
+    pub const fn new(addr: [u8; 16], port: u16, local_addr: [u8; 16], local_port: u16) -> LinkKey {
+        LinkKey {
             addr,
+            local_addr,
             port: port.to_be_bytes(),
             local_port: local_port.to_be_bytes(),
         }
@@ -466,7 +473,7 @@ pub const fn one_packet_per_datagram(
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Route {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for PeerKey {}
+unsafe impl aya::Pod for LinkKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Peer {}
 #[cfg(feature = "user")]
@@ -482,7 +489,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Route>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
-        assert_eq!(size_of::<PeerKey>(), 20);
+        assert_eq!(size_of::<LinkKey>(), 16 + 16 + 2 + 2);
         assert_eq!(size_of::<Peer>(), 8);
         assert_eq!(size_of::<FpConfig>(), 8);
         assert_eq!(size_of::<LinkCounter>(), 32);
@@ -495,8 +502,9 @@ mod tests {
         assert_eq!(r.dport, [0x12, 0x34]);
         assert_eq!((r.ifindex, r.link_slot, r.flags), (7, 3, 0));
         assert!(!r.is_local() && !r.is_userspace());
-        let k = PeerKey::new([3; 16], 4501, 4500);
+        let k = LinkKey::new([3; 16], 4501, [4; 16], 4500);
         assert_eq!((k.port, k.local_port), ([0x11, 0x95], [0x11, 0x94]));
+        assert_eq!((k.addr, k.local_addr), ([3; 16], [4; 16]));
         assert!(Route::local().is_local() && !Route::local().is_userspace());
         assert!(Route::userspace().is_userspace());
     }

@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use connectopus_ebpf_common::fastpath::{
-    DatagramKind, ENCAP_LEN, ETH_LEN, FpConfig, LinkCounter, MAX_LINK_SLOTS, MAX_LOCAL_PORTS,
-    MAX_PEERS, MAX_ROUTES, OUTER_HOP_LIMIT, OUTER_LEN, Peer, PeerKey, ROUTE_LOCAL, Reason, Route,
-    datagram_kind, egress_l2_len, icmpv6_to_userspace, is_bad_source_halves,
+    DatagramKind, ENCAP_LEN, ETH_LEN, FpConfig, LinkCounter, LinkKey, MAX_LINK_SLOTS,
+    MAX_LOCAL_PORTS, MAX_PEERS, MAX_ROUTES, OUTER_HOP_LIMIT, OUTER_LEN, Peer, ROUTE_LOCAL, Reason,
+    Route, datagram_kind, egress_l2_len, icmpv6_to_userspace, is_bad_source_halves,
     one_packet_per_datagram,
 };
 
@@ -36,7 +36,7 @@ static CX_FP_ROUTES: LpmTrie<[u8; 16], Route> = LpmTrie::with_max_entries(MAX_RO
 
 /// Known peers per local port. [`connectopus_ebpf_common::fastpath::MAP_FP_PEERS`].
 #[map]
-static CX_FP_PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(MAX_PEERS, 0);
+static CX_FP_PEERS: HashMap<LinkKey, Peer> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Our udp link ports. [`connectopus_ebpf_common::fastpath::MAP_FP_LOCAL_PORTS`].
 #[map]
@@ -301,8 +301,11 @@ fn try_cx_fp_ul_in(ctx: &TcContext) -> Result<i32, Error> {
         DatagramKind::Other => return Err(Error::Pass(Reason::InNotData)),
         DatagramKind::Data => {}
     }
-    let key = PeerKey {
+    // The whole outer 4-tuple: also a frame for another host (ingress sees what the interface
+    // receives, before routing) or another address of this one is no peer's.
+    let key = LinkKey {
         addr: unsafe { at(data, 22) },
+        local_addr: unsafe { at(data, 38) },
         port: unsafe { at(data, 54) },
         local_port: dport,
     };

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use connectopus_netlink::{Netlink, Route};
 use serde::{Deserialize, Serialize};
 
 use super::helper::NamespaceSetup;
@@ -127,7 +129,8 @@ fn set_up(setup: &NamespaceSetup) -> Result<OwnedFd> {
     sys::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWUTS)
         .context("creating the network, mount and UTS namespaces")?;
     sys::make_mounts_private().context("making the mounts private")?;
-    sys::set_link_up("lo").context("bringing lo up")?;
+    let mut netlink = Netlink::open()?;
+    netlink.set_up("lo")?;
     let ifname = setup.ifname();
     let mut builder = tun_rs::DeviceBuilder::new()
         .name(&ifname)
@@ -139,13 +142,13 @@ fn set_up(setup: &NamespaceSetup) -> Result<OwnedFd> {
     let device = builder
         .build_sync()
         .with_context(|| format!("creating TUN device {ifname}"))?;
-    let index = sys::if_index(&ifname).context("finding the TUN device")?;
-    sys::add_route6(std::net::Ipv6Addr::UNSPECIFIED, 0, index, None)
-        .context("adding the default route")?;
+    let index = netlink.link(&ifname)?.index;
+    netlink.add_route(&Route::via_device(Ipv6Addr::UNSPECIFIED.into(), 0, index))?;
     // IPv4 only with an address of its own: without one the namespace has no IPv4 route.
     if let Some(address4) = setup.address4 {
-        sys::add_route4(std::net::Ipv4Addr::UNSPECIFIED, 0, index, Some(address4))
-            .context("adding the IPv4 default route")?;
+        netlink.add_route(
+            &Route::via_device(Ipv4Addr::UNSPECIFIED.into(), 0, index).with_source(address4.into()),
+        )?;
     }
     let tun = dup(&device).context("dup of the TUN device")?;
     drop(device);

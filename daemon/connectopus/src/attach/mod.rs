@@ -12,7 +12,8 @@
 //!   its services.
 //! - `services`: inetd-style listeners.
 //! - `nsenter`: the `connectopus nsenter` command.
-//! - `sys`: the kernel interfaces (descriptor passing, namespaces, mounts, netlink).
+//! - `sys`: the kernel interfaces (descriptor passing, namespaces, mounts, processes); links
+//!   and routes through `connectopus-netlink`.
 
 pub mod helper;
 pub mod holder;

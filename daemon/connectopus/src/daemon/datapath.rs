@@ -17,7 +17,7 @@ use super::*;
 
 /// At most this many super-packets are merged at once (one per flow); a new flow beyond it
 /// writes the oldest.
-const MAX_OPEN_SUPER_PACKETS: usize = 8;
+pub(super) const MAX_OPEN_SUPER_PACKETS: usize = 8;
 
 /// What the dataplane offloads, and why something is off.
 #[derive(Debug, Clone)]
@@ -112,16 +112,16 @@ pub(super) fn io_config(offload: bool) -> uring_io::Config {
 /// TCP segments received from links, being merged into one super-packet per flow for the TUN.
 #[derive(Debug, Default)]
 pub(super) struct TunCoalescing {
-    open: Vec<OpenSuperPacket>,
+    pub(super) open: Vec<OpenSuperPacket>,
 }
 
 #[derive(Debug)]
-struct OpenSuperPacket {
-    /// Index of the TUN device in `Daemon::tuns`.
-    tun: usize,
+pub(super) struct OpenSuperPacket {
+    /// Index of the TUN device in `Daemon::tuns` (0 on a worker thread: its own queue).
+    pub(super) tun: usize,
     /// Holds `[virtio-net header | packet]` from the pool's headroom on.
-    buf: BufId,
-    coalescer: Coalescer,
+    pub(super) buf: BufId,
+    pub(super) coalescer: Coalescer,
 }
 
 /// Where a packet to deliver lies: in a pool buffer (opened in place from a datagram), or in
@@ -249,7 +249,7 @@ impl Daemon {
 
     /// The core's per-packet path ([`connectopus_core::forwarder::Forwarder::forward_packet`], the
     /// worker's own) on the packet at `buf[range]`.
-    fn forward(
+    pub(super) fn forward(
         &mut self,
         buf: &BufId,
         range: Range<usize>,
@@ -302,7 +302,7 @@ impl Daemon {
     /// Frames every segment of the super-packet at `buf[range]` as one message on the TCP
     /// `link`, cut straight into the codec's buffer, and encrypts them together (full-size
     /// TLS records); `buf` stays the caller's.
-    fn send_segments_tcp(
+    pub(super) fn send_segments_tcp(
         &mut self,
         link: LinkId,
         buf: &BufId,
@@ -416,7 +416,7 @@ impl Daemon {
     }
 
     /// Picks the TUN device for a packet: the one holding its destination, else the node's own.
-    fn tun_for(&self, packet: &[u8]) -> Option<usize> {
+    pub(super) fn tun_for(&self, packet: &[u8]) -> Option<usize> {
         if let Some(slot) = self.namespace_tun4(packet) {
             return Some(slot);
         }
@@ -546,6 +546,16 @@ impl Daemon {
         self.worker
             .io
             .write(fd, Token(TOKEN_TUN_WRITE), buf, start..start + len);
+    }
+
+    /// Writes one complete packet to TUN device `tun` (behind an empty virtio-net header when
+    /// the device has them), after what is open for it.
+    pub(super) fn write_tun_packet(&mut self, tun: usize, packet: &[u8]) {
+        let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
+        if vnet {
+            self.flush_tun_writes(Some(tun));
+        }
+        self.write_tun_single(tun, Source::Bytes(packet), vnet);
     }
 
     /// Writes one packet to TUN device `tun`, behind an empty virtio-net header when `vnet`.

@@ -104,21 +104,20 @@ impl FastpathState {
     /// `tun`; off, with the reason, when that is impossible or disabled.
     pub(super) fn start(
         disabled_by_config: bool,
-        other_link_kinds: Option<&str>,
+        has_plain_udp_backend: bool,
         tun: Option<(&str, u16)>,
         object: Option<&Path>,
     ) -> FastpathState {
         if disabled_by_config {
             return FastpathState::Off("disabled by the configuration (fastpath.disable)".into());
         }
-        if let Some(backend) = other_link_kinds {
-            // A peer's eBPF sends TSO super-packets with partial checksums; what this node's
-            // eBPF cannot carry onward (to a DTLS or TCP link) would reach its userspace as
-            // such, and the userspace path does not cut received super-packets yet.
-            return FastpathState::Off(format!(
-                "backend {backend} is not a udp-dialer/udp-listener: the fast path needs a node \
-                 whose links are all plaintext udp"
-            ));
+        if !has_plain_udp_backend {
+            // DTLS and TCP links go through userspace whatever happens; the programs would
+            // only cost every TUN packet a lookup.
+            return FastpathState::Off(
+                "no udp-dialer/udp-listener backend: the fast path carries plaintext udp links only"
+                    .into(),
+            );
         }
         if std::env::var(DISABLE_ENV).is_ok_and(|v| v == "1") {
             return FastpathState::Off(format!("disabled by {DISABLE_ENV}=1"));
@@ -162,6 +161,14 @@ impl FastpathState {
 
     pub(super) fn is_on(&self) -> bool {
         matches!(self, FastpathState::On(_))
+    }
+
+    /// The MTU of the TUN device the fast path serves, when it is on.
+    pub(super) fn tun_mtu(&self) -> Option<u16> {
+        match self {
+            FastpathState::On(d) => Some(d.tun_mtu),
+            FastpathState::Off(_) => None,
+        }
     }
 
     pub(super) fn driver_mut(&mut self) -> Option<&mut FastpathDriver> {
@@ -211,10 +218,22 @@ impl FastpathState {
             .collect()
     }
 
-    /// The fast-path state of `link` for status; `None` for links it never applies to.
-    pub(super) fn link_report(&self, link: LinkId, plain_udp: bool) -> Option<LinkFastpathReport> {
+    /// The fast-path state of `link` (of `kind`, e.g. `dtls dialer`) for status; `None` for a
+    /// DTLS or TCP link while the fast path is off (it would not carry them either way).
+    pub(super) fn link_report(
+        &self,
+        link: LinkId,
+        kind: &str,
+        plain_udp: bool,
+    ) -> Option<LinkFastpathReport> {
         if !plain_udp {
-            return None;
+            // On a node whose udp links are fast, say that this one is not.
+            return self.is_on().then(|| LinkFastpathReport {
+                reason: Some(format!(
+                    "{kind} link: carried by userspace; the fast path carries plaintext udp links only"
+                )),
+                ..LinkFastpathReport::default()
+            });
         }
         match self {
             FastpathState::Off(why) => Some(LinkFastpathReport {
@@ -396,17 +415,18 @@ impl FastpathDriver {
             self.release_underlay(&ifname);
             return Err("no free counter slot".into());
         };
+        let local = SocketAddrV6::new(local_ip, u.local_port, 0, 0);
         let maps = self.fastpath.maps_mut();
         let written = maps
             .clear_link(slot)
-            .and_then(|()| maps.set_peer(peer, u.local_port, slot));
+            .and_then(|()| maps.set_peer(peer, local, slot));
         if let Err(error) = written {
             self.free_slots.push(slot);
             self.release_underlay(&ifname);
             return Err(format!("peer entry: {error}"));
         }
         let endpoints = LinkEndpoints {
-            local: SocketAddrV6::new(local_ip, u.local_port, 0, 0),
+            local,
             peer: SocketAddrV6::new(*peer.ip(), peer.port(), 0, 0),
             ifindex,
             link_slot: slot,
@@ -424,7 +444,7 @@ impl FastpathDriver {
         if let Err(error) = self
             .fastpath
             .maps_mut()
-            .remove_peer(peer, installed.endpoints.local.port())
+            .remove_peer(peer, installed.endpoints.local)
         {
             tracing::warn!(%link, %error, "removing the fast path's peer entry");
         }
@@ -552,10 +572,15 @@ mod tests {
 
     #[test]
     fn disabled_by_configuration_says_so() {
-        let state = FastpathState::start(true, None, Some(("cx-x", 1400)), None);
+        let state = FastpathState::start(true, true, Some(("cx-x", 1400)), None);
         assert!(!state.is_on());
         assert!(state.describe().contains("fastpath.disable"));
-        let state = FastpathState::start(false, Some("tls"), Some(("cx-x", 1400)), None);
-        assert!(state.describe().contains("backend tls is not a udp-dialer"));
+        let state = FastpathState::start(false, false, Some(("cx-x", 1400)), None);
+        assert!(!state.is_on());
+        assert!(
+            state
+                .describe()
+                .contains("no udp-dialer/udp-listener backend")
+        );
     }
 }

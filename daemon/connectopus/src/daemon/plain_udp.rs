@@ -56,6 +56,8 @@ pub(super) struct PlainUdpCounters {
     /// Data packets whose TCP/UDP checksum the peer's eBPF fast path left partial (an
     /// offload's job) and userspace completed.
     pub(super) partial_checksums_completed: u64,
+    /// Super-packets the peer's eBPF fast path encapsulated whole (`super_packets.rs`).
+    pub(super) super_packets: super::super_packets::SuperPacketCounters,
 }
 
 impl PlainUdpCounters {
@@ -73,6 +75,7 @@ impl PlainUdpCounters {
             "udp_partial_checksums_completed".to_owned(),
             self.partial_checksums_completed,
         );
+        self.super_packets.report(map);
     }
 }
 
@@ -148,7 +151,8 @@ impl Daemon {
             .port
             .with_context(|| format!("backend {name}: a listener needs a port"))?;
         let bind = SocketAddr::new(ip, port);
-        let socket = dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
+        let socket =
+            dtls_link::bind_listener(bind, false).with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         tracing::info!(backend = %name, %bind, "udp listener up");
         self.add_udp(UdpEndpoint {
@@ -167,7 +171,7 @@ impl Daemon {
         d: &UdpDialer,
         settings: &TcpBackend,
     ) -> Result<usize> {
-        let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
+        let socket = dtls_link::bind_dialer(false).with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         self.add_udp(UdpEndpoint {
             socket: Arc::new(socket),
@@ -230,6 +234,13 @@ impl Daemon {
         if let (Some(range), Some(src)) = (range, src) {
             let src = normalize(src);
             match self.dtls_peers.get(&(endpoint, src)).copied() {
+                Some(link) if self.holds_super_packet(link, &buf, range.clone(), segment_size) => {
+                    self.route_link_super_packet(link, buf, range, segment_size);
+                    if !armed {
+                        self.rearm_udp(endpoint);
+                    }
+                    return;
+                }
                 Some(link) => self.on_plain_datagrams(link, &buf, range, segment_size),
                 None => self.on_plain_unknown_source(endpoint, (src, local), &buf, range),
             }
@@ -238,6 +249,24 @@ impl Daemon {
         if !armed {
             self.rearm_udp(endpoint);
         }
+    }
+
+    /// True when the receive at `buf[range]` from `link` is one IPv6 super-packet that a
+    /// peer's eBPF fast path encapsulated whole (only peers this node's fast path invited do).
+    fn holds_super_packet(
+        &self,
+        link: LinkId,
+        buf: &BufId,
+        range: Range<usize>,
+        segment_size: Option<u16>,
+    ) -> bool {
+        let Some(l) = self.links.get(&link) else {
+            return false;
+        };
+        self.fastpath.is_on()
+            && self.worker.io.buf(buf).get(range).is_some_and(|datagram| {
+                super::super_packets::is_one_long_packet(datagram, segment_size, l.mtu)
+            })
     }
 
     /// Routes the data datagrams of `buf[range]` where they lie (a GRO batch holds datagrams of

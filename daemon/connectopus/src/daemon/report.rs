@@ -77,9 +77,11 @@ impl Daemon {
                     Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
                     Transport::Tcp(_) | Transport::PlainUdp(_) => None,
                 },
-                fastpath: self
-                    .fastpath
-                    .link_report(*id, matches!(l.transport, Transport::PlainUdp(_))),
+                fastpath: self.fastpath.link_report(
+                    *id,
+                    l.kind,
+                    matches!(l.transport, Transport::PlainUdp(_)),
+                ),
             });
         }
         let mut route_reports = Vec::new();

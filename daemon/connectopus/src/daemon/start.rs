@@ -154,16 +154,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     // only writes its maps and attaches the loaded programs (TCX links by program fd).
     let fastpath = super::fastpath::FastpathState::start(
         node_config.fastpath.disable,
-        node_config
-            .backends
-            .iter()
-            .find(|(_, b)| {
-                !matches!(
-                    b,
-                    BackendConfig::UdpDialer(_) | BackendConfig::UdpListener(_)
-                )
-            })
-            .map(|(name, _)| name.as_str()),
+        has_plain_udp_backend(&node_config.backends),
         tuns.first().map(|tun| (tun.name(), mtu)),
         ebpf_object.as_deref(),
     );
@@ -503,6 +494,17 @@ fn privilege_needs(
         ebpf_at_runtime: false,
         ebpf_maps,
     }
+}
+
+/// Whether the node has a `udp-dialer` or `udp-listener` backend: only then it loads the eBPF
+/// fast path (its DTLS and TCP links go through userspace either way).
+pub(super) fn has_plain_udp_backend(backends: &BTreeMap<String, BackendConfig>) -> bool {
+    backends.values().any(|b| {
+        matches!(
+            b,
+            BackendConfig::UdpDialer(_) | BackendConfig::UdpListener(_)
+        )
+    })
 }
 
 /// Returns the smallest MTU among the node's backends (1500 without any).

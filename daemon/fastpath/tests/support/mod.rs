@@ -207,3 +207,41 @@ pub fn open_tun(name: &str) -> File {
     }
     tun
 }
+
+/// The object's path, if built (for requests to a helper process).
+pub fn object_path() -> Option<std::path::PathBuf> {
+    connectopus_fastpath::find_object(None).ok()
+}
+
+/// The test binary's `helper_process` test, in a process whose environment has `env` set, is
+/// the helper process that `load_via_helper` starts: it serves the node's request and exits.
+/// Elsewhere (without `env`) it returns at once.
+pub fn serve_if_helper(env: &str) {
+    if std::env::var_os(env).is_none() {
+        return;
+    }
+    let code = match connectopus_fastpath::serve_helper() {
+        Ok(connectopus_fastpath::HelperOutcome::Attached) => 0,
+        Ok(connectopus_fastpath::HelperOutcome::Reported) => 1,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "helper: {error}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// This test binary, running only its `helper_process` test with `env` set (see
+/// [`serve_if_helper`]).
+pub fn helper_command(env: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "helper_process",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(env, "1");
+    command
+}

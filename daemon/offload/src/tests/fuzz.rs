@@ -13,6 +13,18 @@ fn exercise(vnet: &[u8], packet: &[u8], out_len: usize, other: &[u8]) {
     let _ = hdr.write(&mut out);
     let mut copy = packet.to_vec();
     let _ = complete_checksum(&hdr, &mut copy);
+    // A packet received whole from a link: what it is described as can be cut, TCP no longer
+    // than the limit asked for.
+    let mut received = packet.to_vec();
+    let limit = out_len.max(1);
+    if let Ok(Some(h)) =
+        crate::received_super_packet(&mut received, Some(hdr.gso_size).filter(|g| *g > 0), limit)
+    {
+        let s = Segments::new(&h, &received).expect("a described super-packet can be cut");
+        if h.gso_type != GsoType::UdpL4 {
+            assert!(s.max_segment_len() <= limit);
+        }
+    }
     let _ = checksum_valid(packet);
     let _ = is_coalescable(packet);
     let _ = crate::checksum::fold(crate::checksum::sum(0, packet));

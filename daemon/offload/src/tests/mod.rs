@@ -6,6 +6,7 @@
 
 mod coalesce_tests;
 mod fuzz;
+mod received_tests;
 mod roundtrip;
 mod split_tests;
 mod vnet_checksum;
