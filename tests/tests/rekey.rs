@@ -1,6 +1,6 @@
 //! DTLS key update end to end: with a short key-update interval (a test-only environment
 //! variable), a ping flow across a DTLS link keeps going while both directions move through
-//! several epochs, with nothing lost.
+//! several epochs, with nothing lost (the link received and opened on a worker thread).
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,6 +28,9 @@ fn a_ping_flow_continues_across_dtls_key_updates() {
         let topo = Topology::line(dir, &["foo", "bar"])?;
         let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
         mesh.set_env("CONNECTOPUS_TEST_DTLS_REKEY_SECS", "1");
+        // Each node receives its link on worker 1's own socket: the epochs are followed by
+        // the receiving direction on that thread (the main loop derives the keys ahead).
+        mesh.add_args_all(&["--workers", "2"]);
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
         let before = epochs(&mesh.status("foo")?).context("foo's dtls epochs")?;
@@ -49,6 +52,22 @@ fn a_ping_flow_continues_across_dtls_key_updates() {
             "foo's epochs {before:?} -> {foo:?}"
         );
         ensure!(bar.0 >= 5 && bar.1 >= 5, "bar's epochs {bar:?}");
+        for node in ["foo", "bar"] {
+            let opened_on_thread = || {
+                let status = mesh.status(node).ok()?;
+                let w1 = status["workers"].as_array()?.get(1)?.clone();
+                (w1["receive_links"] == 1).then(|| w1["records_opened"].as_u64())?
+            };
+            wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+                opened_on_thread().is_some_and(|n| n >= 40)
+            })
+            .with_context(|| {
+                format!(
+                    "{node}'s worker 1 opened the pings: {:?}",
+                    mesh.status(node)
+                )
+            })?;
+        }
         // The same link carried it all: no new handshake, the session stayed up.
         ensure!(link_of("foo")? == foo_link, "foo's link was replaced");
         ensure!(link_of("bar")? == bar_link, "bar's link was replaced");

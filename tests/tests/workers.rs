@@ -1,7 +1,8 @@
 //! Several dataplane workers (`--workers N`): the same bytes arrive with one worker and with
 //! two, through a DTLS link and a transit node; parallel UDP streams stay in order; the worker
-//! threads really read their TUN queues; and a worker that fails ends cleanly, its flows move
-//! to the other worker, and `status` says why it stopped.
+//! threads really read their TUN queues and really open the records of the links they receive
+//! (the transit node's two links on two workers); and a worker that fails ends cleanly, its
+//! flows move to the other worker, and `status` says why it stopped.
 
 #![allow(clippy::unwrap_used)]
 
@@ -163,6 +164,42 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
         ensure!(
             w1["handed_to_main"].as_u64() == Some(0),
             "foo's worker 1 handed DTLS traffic to the main loop: {w1}"
+        );
+        // The transit node bar receives its two links on two workers: one of them on worker
+        // 1's own socket, which opened that link's records itself (200 MB went through bar).
+        let bar = mesh.status("bar")?;
+        let ws = workers_of(&bar);
+        let links = |w: &Value| w["receive_links"].as_u64().unwrap_or(0);
+        ensure!(
+            ws.len() == 2 && links(&ws[0]) == 1 && links(&ws[1]) == 1,
+            "bar's links are received by worker 0 and worker 1: {ws:?}"
+        );
+        for w in &ws {
+            ensure!(
+                w["udp_reuseport"] == "on",
+                "bar's worker has SO_REUSEPORT: {w}"
+            );
+        }
+        let opened_on_thread = || {
+            mesh.status("bar").ok().and_then(|s| {
+                workers_of(&s)
+                    .get(1)
+                    .and_then(|w| w["records_opened"].as_u64())
+            })
+        };
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            opened_on_thread().is_some_and(|n| n > 10_000)
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "bar's worker 1 did not open the records of the link it receives: {:?}",
+                mesh.status("bar")
+            )
+        })?;
+        ensure!(
+            ws[0]["records_opened"].as_u64().unwrap_or(0) > 10_000,
+            "bar's main loop opened the other link's records: {}",
+            ws[0]
         );
     }
     Ok(())

@@ -327,6 +327,16 @@ pub struct WorkerReport {
     /// other TUN devices, ICMPv6 errors); 0 for worker 0.
     #[serde(default)]
     pub handed_to_main: u64,
+    /// DTLS records it opened (the links it receives, see `receive_links`).
+    #[serde(default)]
+    pub records_opened: u64,
+    /// DTLS links whose datagrams it receives and opens.
+    #[serde(default)]
+    pub receive_links: u64,
+    /// Received link messages a worker thread handed to the main loop (hellos, the routing
+    /// stream, handshake records); 0 for worker 0.
+    #[serde(default)]
+    pub received_for_main: u64,
 }
 
 /// One configured backend.

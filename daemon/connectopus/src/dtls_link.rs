@@ -213,8 +213,13 @@ pub struct DialerState {
 ///
 /// # Errors
 /// The address cannot be bound.
-pub fn bind_listener(bind: SocketAddr) -> Result<UdpSocket> {
-    let socket = UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?;
+pub fn bind_listener(bind: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
+    if reuse_port {
+        // `SO_REUSEPORT` would let this bind share a port another process holds (and steal
+        // some of its peers): a plain bind first finds out, as without it.
+        drop(UdpSocket::bind(bind).with_context(|| format!("binding udp {bind}"))?);
+    }
+    let socket = bind_udp(bind, reuse_port).with_context(|| format!("binding udp {bind}"))?;
     socket.set_nonblocking(true)?;
     enlarge_buffers(&socket);
     // Each datagram's destination address, so that answers leave from it (a listener bound
@@ -282,10 +287,73 @@ pub fn enable_gro(socket: &UdpSocket) -> std::io::Result<()> {
 ///
 /// # Errors
 /// No socket can be bound.
-pub fn bind_dialer() -> Result<UdpSocket> {
-    let socket = UdpSocket::bind("[::]:0").context("binding udp [::]:0")?;
+pub fn bind_dialer(reuse_port: bool) -> Result<UdpSocket> {
+    let any = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let socket = bind_udp(any, reuse_port).context("binding udp [::]:0")?;
     socket.set_nonblocking(true)?;
     enlarge_buffers(&socket);
+    Ok(socket)
+}
+
+/// Binds a UDP socket, with `SO_REUSEPORT` when `reuse_port` (then the dataplane workers can
+/// bind sockets of their own, connected to one peer each, on the same port: see
+/// [`connect_peer`]).
+fn bind_udp(bind: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    if !reuse_port {
+        return UdpSocket::bind(bind);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if bind.is_ipv6() {
+        // As `UdpSocket::bind` leaves it: dual-stack (IPv4 peers as mapped addresses).
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+/// Opens a socket that receives the datagrams of one peer only: bound with `SO_REUSEPORT` to
+/// the port of `shared` (which must have it too) and the local address the peer talks to
+/// (`local`, else the one `shared` is bound to), and connected to `remote`. The kernel hands a
+/// datagram to the connected socket whose addresses match it exactly before the others of the
+/// port, so the dataplane worker that holds this socket receives everything the peer sends.
+///
+/// # Errors
+/// The kernel refuses the socket, the bind or the connect.
+pub fn connect_peer(
+    shared: &UdpSocket,
+    local: Option<std::net::IpAddr>,
+    remote: SocketAddr,
+    gro: bool,
+) -> std::io::Result<UdpSocket> {
+    let bound = shared.local_addr()?;
+    let v6 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let (local, remote) = match bound {
+        SocketAddr::V6(_) => (
+            std::net::IpAddr::V6(v6(local.unwrap_or(bound.ip()))),
+            SocketAddr::new(std::net::IpAddr::V6(v6(remote.ip())), remote.port()),
+        ),
+        SocketAddr::V4(_) => (
+            local
+                .filter(std::net::IpAddr::is_ipv4)
+                .unwrap_or(bound.ip()),
+            remote,
+        ),
+    };
+    let socket = bind_udp(SocketAddr::new(local, bound.port()), true)?;
+    socket.connect(remote)?;
+    socket.set_nonblocking(true)?;
+    enlarge_buffers(&socket);
+    if gro {
+        enable_gro(&socket)?;
+    }
     Ok(socket)
 }
 

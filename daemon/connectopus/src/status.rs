@@ -440,6 +440,9 @@ mod tests {
             state: "running".into(),
             tun_reads: 0,
             handed_to_main: 0,
+            records_opened: 0,
+            receive_links: 0,
+            received_for_main: 0,
         }];
         r.workers.push(crate::control::WorkerReport {
             index: 1,

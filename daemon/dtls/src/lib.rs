@@ -92,6 +92,7 @@ mod config;
 mod error;
 mod fastpath;
 mod ffi;
+mod opener;
 mod prf;
 mod record;
 mod rekey;
@@ -105,6 +106,7 @@ pub use config::{
 };
 pub use error::{CloseReason, DtlsError};
 pub use fastpath::RecordSuite;
+pub use opener::{Opened, Opener, RxShared};
 pub use record::RECORD_HEADER_LEN;
 pub use rekey::{
     DEFAULT_REKEY_INTERVAL, DEFAULT_REKEY_RECORDS, REKEY_LABEL, RX_GRACE, RekeyPolicy,

@@ -19,7 +19,6 @@ use zeroize::Zeroizing;
 
 use crate::association::Role;
 use crate::fastpath::{DirectionKey, KeyPair, RecordSuite};
-use crate::replay::ReplayWindow;
 use crate::sealer::{EpochKey, Sealer, TxShared};
 
 /// The RFC 5705 exporter label of the per-epoch keys.
@@ -177,104 +176,5 @@ impl TxKeys {
     /// Returns the key that opens records OpenSSL wrote in the handshake epoch.
     pub(crate) fn handshake_key(&self) -> &DirectionKey {
         self.handshake_key.key()
-    }
-}
-
-/// One receive epoch: its key and replay window.
-#[derive(Debug)]
-pub(crate) struct RxEpoch {
-    pub epoch: u16,
-    pub key: DirectionKey,
-    pub window: ReplayWindow,
-}
-
-/// The receiving direction: current epoch, the next few, and the previous one for a while.
-#[derive(Debug)]
-pub(crate) struct RxKeys {
-    current: RxEpoch,
-    /// Epochs `current + 1 ..`, in order, at most [`LOOKAHEAD`].
-    ahead: Vec<RxEpoch>,
-    /// The epoch before the current one, until the caller time it retires.
-    previous: Option<(RxEpoch, Duration)>,
-}
-
-impl RxKeys {
-    pub(crate) fn new(epoch: u16, key: DirectionKey, window: ReplayWindow) -> Self {
-        Self {
-            current: RxEpoch { epoch, key, window },
-            ahead: Vec::with_capacity(LOOKAHEAD),
-            previous: None,
-        }
-    }
-
-    /// Returns the current receive epoch.
-    pub(crate) fn epoch(&self) -> u16 {
-        self.current.epoch
-    }
-
-    /// Returns the epoch whose key should be derived next to fill the look-ahead.
-    pub(crate) fn wants(&self) -> Option<u16> {
-        if self.ahead.len() >= LOOKAHEAD {
-            return None;
-        }
-        let last = self.ahead.last().map_or(self.current.epoch, |e| e.epoch);
-        last.checked_add(1)
-    }
-
-    /// Adds the key of the epoch [`Self::wants`] named.
-    pub(crate) fn push_ahead(&mut self, epoch: u16, key: DirectionKey) {
-        self.ahead.push(RxEpoch {
-            epoch,
-            key,
-            window: ReplayWindow::new(),
-        });
-    }
-
-    /// Returns the epoch state that opens records of `epoch`, if we hold its key.
-    pub(crate) fn get_mut(&mut self, epoch: u16) -> Option<&mut RxEpoch> {
-        if epoch == self.current.epoch {
-            return Some(&mut self.current);
-        }
-        if let Some((prev, _)) = self.previous.as_mut()
-            && prev.epoch == epoch
-        {
-            return Some(prev);
-        }
-        self.ahead.iter_mut().find(|e| e.epoch == epoch)
-    }
-
-    /// Returns whether `epoch` is later than the current one (a record of it authenticated
-    /// means the peer switched).
-    pub(crate) fn is_ahead(&self, epoch: u16) -> bool {
-        epoch > self.current.epoch
-    }
-
-    /// Makes `epoch` (one of the look-ahead epochs) current; the old current epoch stays
-    /// until `now + RX_GRACE`, epochs skipped over are dropped.
-    pub(crate) fn advance(&mut self, epoch: u16, now: Duration) {
-        let Some(i) = self.ahead.iter().position(|e| e.epoch == epoch) else {
-            return;
-        };
-        let mut rest = self.ahead.split_off(i);
-        let new_current = rest.remove(0);
-        self.ahead = rest;
-        let old = std::mem::replace(&mut self.current, new_current);
-        self.previous = Some((old, now.saturating_add(RX_GRACE)));
-    }
-
-    /// Drops the previous epoch's key once its grace period is over.
-    pub(crate) fn expire(&mut self, now: Duration) {
-        if self
-            .previous
-            .as_ref()
-            .is_some_and(|(_, until)| now >= *until)
-        {
-            self.previous = None;
-        }
-    }
-
-    /// Returns when the previous epoch's key retires.
-    pub(crate) fn retire_at(&self) -> Option<Duration> {
-        self.previous.as_ref().map(|(_, until)| *until)
     }
 }

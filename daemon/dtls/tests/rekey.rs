@@ -190,3 +190,58 @@ fn without_key_updates_the_sequence_space_still_ends_the_association() {
     assert!(c.seal_in_place(&mut buf, 4).is_err());
     assert_eq!(c.epochs(), None);
 }
+
+/// The receiving direction taken to another thread (as a dataplane worker holds it) opens the
+/// peer's records there, follows the peer through more key updates than the look-ahead holds
+/// (the association derives the next keys when `poll_timeout` asks), and comes back.
+#[test]
+fn an_opener_on_another_thread_follows_key_updates_the_association_derives() {
+    let clock = Clock::new();
+    let (mut c, mut s) = established(PskSuite::EcdhePskChaCha20Poly1305, &clock);
+    let mut opener = s
+        .take_opener()
+        .expect("an established fast path has an opener");
+    assert!(s.take_opener().is_none(), "one owner");
+    let mut t = clock.now();
+    for step in 0..8u8 {
+        // The client's direction moves on by the clock (an hour per step, fake).
+        t += DEFAULT_REKEY_INTERVAL;
+        c.handle_timeout(t);
+        let mut record = seal(&mut c, &payload(100, step));
+        assert_eq!(epoch_of(&record), 2 + u16::from(step));
+        let opened = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let opened = opener.open(t, &mut record);
+                    opener.flush_counts();
+                    (
+                        opened
+                            .data
+                            .iter()
+                            .map(|r| record[r].to_vec())
+                            .collect::<Vec<_>>(),
+                        opened.advanced,
+                    )
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(opened, (vec![payload(100, step)], true), "step {step}");
+        // The association sees the opener's new epoch and refills the look-ahead.
+        assert!(s.poll_timeout().is_some_and(|at| at <= t), "step {step}");
+        s.handle_timeout(t);
+        assert_eq!(s.epochs().map(|e| e.1), Some(2 + u16::from(step)));
+    }
+    // While the opener is away the association opens no data record itself.
+    let stray = seal(&mut c, b"stray");
+    assert!(deliver_at(&mut s, t, stray).is_empty());
+    let stats = s.stats();
+    assert_eq!((stats.records_opened, stats.rx_rekeys), (8, 8), "{stats:?}");
+    assert_eq!(stats.unknown_epoch, 1, "{stats:?}");
+    // Back with the association, it opens again, with the windows the thread kept.
+    s.restore_opener(opener);
+    let up = seal(&mut c, b"home");
+    assert_eq!(deliver_at(&mut s, t, up.clone()), vec![b"home".to_vec()]);
+    assert!(deliver_at(&mut s, t, up).is_empty(), "a replay");
+    assert_eq!(s.stats().records_opened, 9);
+}

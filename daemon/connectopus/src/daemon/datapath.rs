@@ -17,7 +17,7 @@ use super::*;
 
 /// At most this many super-packets are merged at once (one per flow); a new flow beyond it
 /// writes the oldest.
-const MAX_OPEN_SUPER_PACKETS: usize = 8;
+pub(super) const MAX_OPEN_SUPER_PACKETS: usize = 8;
 
 /// What the dataplane offloads, and why something is off.
 #[derive(Debug, Clone)]
@@ -112,16 +112,16 @@ pub(super) fn io_config(offload: bool) -> uring_io::Config {
 /// TCP segments received from links, being merged into one super-packet per flow for the TUN.
 #[derive(Debug, Default)]
 pub(super) struct TunCoalescing {
-    open: Vec<OpenSuperPacket>,
+    pub(super) open: Vec<OpenSuperPacket>,
 }
 
 #[derive(Debug)]
-struct OpenSuperPacket {
-    /// Index of the TUN device in `Daemon::tuns`.
-    tun: usize,
+pub(super) struct OpenSuperPacket {
+    /// Index of the TUN device in `Daemon::tuns` (0 on a worker thread: its own queue).
+    pub(super) tun: usize,
     /// Holds `[virtio-net header | packet]` from the pool's headroom on.
-    buf: BufId,
-    coalescer: Coalescer,
+    pub(super) buf: BufId,
+    pub(super) coalescer: Coalescer,
 }
 
 /// Where a packet to deliver lies: in a pool buffer (opened in place from a datagram), or in

@@ -248,6 +248,7 @@ impl Daemon {
                         endpoint,
                         local,
                         association,
+                        rx_worker: None,
                     }),
                 });
                 self.flush_dtls(id);
@@ -288,8 +289,18 @@ impl Daemon {
             let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
                 break;
             };
+            if dtls.rx_worker.is_some_and(|w| w > 0) {
+                // A worker thread receives this link (the datagram was queued on this socket
+                // before the worker's own socket existed): it opens it.
+                let datagram = datagram.to_vec();
+                if self.hand_to_receiver(link, &datagram) {
+                    continue;
+                }
+                break;
+            }
             match dtls.association.handle_datagram(now, datagram) {
                 Ok(received) => {
+                    self.worker.records_opened += received.len() as u64;
                     // Each opened record is one link message, in place in the datagram buffer.
                     for r in received.iter() {
                         let r = piece.start + r.start..piece.start + r.end;
@@ -555,6 +566,7 @@ impl Daemon {
                     endpoint,
                     local: None,
                     association,
+                    rx_worker: None,
                 }),
             };
             let id = self.new_link(link);

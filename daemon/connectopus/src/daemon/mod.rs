@@ -141,6 +141,9 @@ struct DtlsLink {
     /// answers from the address it was dialled on); `None`: the route's choice.
     local: Option<std::net::IpAddr>,
     association: Box<DtlsAssociation>,
+    /// The dataplane worker that receives the link's datagrams (0: the main loop); `None`
+    /// until it is established on the record fast path (see `workers::receive`).
+    rx_worker: Option<usize>,
 }
 
 impl Link {
@@ -645,6 +648,7 @@ impl Daemon {
                 self.closing.push((link, tcp));
             }
             Transport::Dtls(mut dtls) => {
+                self.forget_receiver(link, dtls.rx_worker);
                 if self.dtls_peers.get(&(dtls.endpoint, l.remote)) == Some(&link) {
                     self.dtls_peers.remove(&(dtls.endpoint, l.remote));
                 }

@@ -151,7 +151,8 @@ impl Daemon {
             .port
             .with_context(|| format!("backend {name}: a listener needs a port"))?;
         let bind = SocketAddr::new(ip, port);
-        let socket = dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
+        let socket =
+            dtls_link::bind_listener(bind, false).with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         tracing::info!(backend = %name, %bind, "udp listener up");
         self.add_udp(UdpEndpoint {
@@ -170,7 +171,7 @@ impl Daemon {
         d: &UdpDialer,
         settings: &TcpBackend,
     ) -> Result<usize> {
-        let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
+        let socket = dtls_link::bind_dialer(false).with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         self.add_udp(UdpEndpoint {
             socket: Arc::new(socket),

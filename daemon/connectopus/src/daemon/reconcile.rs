@@ -121,8 +121,8 @@ impl Daemon {
                     .port
                     .with_context(|| format!("backend {name}: a listener needs a port"))?;
                 let bind = SocketAddr::new(ip, port);
-                let socket =
-                    dtls_link::bind_listener(bind).with_context(|| format!("backend {name}"))?;
+                let socket = dtls_link::bind_listener(bind, self.dataplane.has_threads())
+                    .with_context(|| format!("backend {name}"))?;
                 tracing::info!(backend = %name, %bind, "dtls listener up");
                 let endpoint = self.add_udp(UdpEndpoint {
                     socket: Arc::new(socket),
@@ -136,7 +136,8 @@ impl Daemon {
             BackendConfig::DtlsDialer(d) => {
                 let config = dtls_link::dialer_config(d, settings.mtu)
                     .with_context(|| format!("backend {name}"))?;
-                let socket = dtls_link::bind_dialer().with_context(|| format!("backend {name}"))?;
+                let socket = dtls_link::bind_dialer(self.dataplane.has_threads())
+                    .with_context(|| format!("backend {name}"))?;
                 let endpoint = self.add_udp(UdpEndpoint {
                     socket: Arc::new(socket),
                     backend: name.to_owned(),

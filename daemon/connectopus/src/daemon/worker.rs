@@ -38,15 +38,23 @@ pub(super) struct Worker {
     pub(super) trim_at: Instant,
     /// Reads from its TUN queues so far.
     pub(super) tun_reads: u64,
+    /// DTLS records opened on this worker so far.
+    pub(super) records_opened: u64,
 }
 
 /// How often a worker's pool releases the buffers that stayed idle since the last time and
 /// re-sizes its posted receive buffers (see `uring_io::PacketIo::trim`).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why worker 0 receives every link's datagrams.
-const RECEIVE_ON_MAIN: &str = "off: the main loop (worker 0) receives the datagrams of every link \
-     (receive sockets per worker are not built yet)";
+/// `SO_REUSEPORT` for `status`: on when there are worker threads (the DTLS link sockets have
+/// it, and each thread receives its links on sockets of its own).
+fn reuse_port(dataplane: &workers::Dataplane) -> String {
+    match &dataplane.multi_queue {
+        Ok(_) if dataplane.has_threads() => "on".to_owned(),
+        Ok(_) => "off: one dataplane worker".to_owned(),
+        Err(why) => format!("off: {why}"),
+    }
+}
 
 impl Worker {
     /// What worker 0 (this one, on the main loop) runs on, for `status`.
@@ -72,10 +80,13 @@ impl Worker {
                 .collect(),
             udp_gso: datapath::Offloads::describe(&self.offloads.udp_gso),
             udp_gro: datapath::Offloads::describe(&self.offloads.udp_gro),
-            udp_reuseport: "off: one socket per UDP endpoint, on this worker".to_owned(),
+            udp_reuseport: reuse_port(dataplane),
             state: "running".to_owned(),
             tun_reads: self.tun_reads,
             handed_to_main: 0,
+            records_opened: self.records_opened,
+            receive_links: dataplane.receive_load(0) as u64,
+            received_for_main: 0,
         }
     }
 
@@ -93,6 +104,7 @@ impl Worker {
             ranges: Vec::new(),
             trim_at: Instant::now() + TRIM_INTERVAL,
             tun_reads: 0,
+            records_opened: 0,
         }
     }
 
@@ -125,13 +137,13 @@ impl Daemon {
                     .into_iter()
                     .collect(),
                 udp_gso: status.udp_gso,
-                udp_gro: match &self.worker.offloads.udp_gro {
-                    Ok(()) => RECEIVE_ON_MAIN.to_owned(),
-                    Err(why) => format!("off: {why}"),
-                },
-                udp_reuseport: RECEIVE_ON_MAIN.to_owned(),
+                udp_gro: datapath::Offloads::describe(&self.worker.offloads.udp_gro),
+                udp_reuseport: reuse_port(&self.dataplane),
                 tun_reads: status.tun_reads,
                 handed_to_main: status.handed_to_main,
+                records_opened: status.records_opened,
+                receive_links: status.receive_links,
+                received_for_main: status.received_for_main,
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

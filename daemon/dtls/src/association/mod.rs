@@ -15,10 +15,11 @@ use crate::config::{ClientConfig, ExpectedName, Prepared, ServerConfig, cookie_b
 use crate::error::{CloseReason, DtlsError};
 use crate::fastpath::{RecordSuite, derive_keys};
 use crate::ffi;
+use crate::opener::{Opener, RxCounts, RxShared};
 use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, next_record};
-use crate::rekey::{self, RxKeys, TxKeys};
+use crate::rekey::{self, TxKeys};
 use crate::replay::ReplayWindow;
-use crate::sealer::Sealer;
+use crate::sealer::{EpochKey, Sealer};
 
 mod received;
 mod takeover;
@@ -98,7 +99,13 @@ pub enum Accept {
 #[derive(Debug)]
 struct FastPath {
     tx: TxKeys,
-    rx: RxKeys,
+    /// The receiving direction, while this association owns it; `None` while a dataplane
+    /// worker does ([`DtlsAssociation::take_opener`]).
+    rx: Option<Opener>,
+    /// What the association shares with the opener: the keys it derives ahead.
+    rx_shared: Arc<RxShared>,
+    /// The look-ahead keys cannot be derived (exporter failure, epochs used up).
+    rx_stuck: bool,
     /// Body length of the shortest valid protected record of the suite.
     min_sealed_body: usize,
 }
@@ -129,6 +136,8 @@ pub struct DtlsAssociation {
     capture: Capture,
     scratch: Vec<u8>,
     stats: Stats,
+    /// The receiving direction's shared counters (kept after the fast path ends).
+    rx_counts: Option<Arc<RxShared>>,
     /// The latest caller time seen (sealing takes no `now`; a key update started by the
     /// record count dates its epoch with it).
     now: Duration,
@@ -297,6 +306,7 @@ impl DtlsAssociation {
             capture: Capture::default(),
             scratch: Vec::new(),
             stats: Stats::default(),
+            rx_counts: None,
             now,
         }
     }
@@ -321,9 +331,38 @@ impl DtlsAssociation {
         self.established_at
     }
 
-    /// Returns the counters of this association.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// Returns the counters of this association (the receiving direction's included, also
+    /// what an opener on another thread flushed).
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        let pending = self
+            .fast
+            .as_ref()
+            .and_then(|fp| fp.rx.as_ref())
+            .map(Opener::pending_counts)
+            .unwrap_or_default();
+        let shared = self
+            .rx_counts
+            .as_ref()
+            .map(|s| s.counts())
+            .unwrap_or_default();
+        for c in [pending, shared] {
+            let RxCounts {
+                records_opened,
+                replayed,
+                auth_failed,
+                unknown_epoch,
+                malformed,
+                rx_rekeys,
+            } = c;
+            stats.records_opened += records_opened;
+            stats.replayed += replayed;
+            stats.auth_failed += auth_failed;
+            stats.unknown_epoch += unknown_epoch;
+            stats.malformed += malformed;
+            stats.rx_rekeys += rx_rekeys;
+        }
+        stats
     }
 
     /// Returns whether application records go through the aws-lc-rs fast path.
@@ -363,9 +402,13 @@ impl DtlsAssociation {
         }
         let rekey = self.fast.as_ref().and_then(|fp| {
             // A sealer on another thread switched epochs, or the next key is still to derive.
-            let upkeep = fp.tx.needs_upkeep(&self.config.rekey).then_some(self.now);
+            // Or an opener (maybe on another thread) moved to a later epoch: derive ahead.
+            let upkeep = (fp.tx.needs_upkeep(&self.config.rekey)
+                || (!fp.rx_stuck && fp.rx_shared.wants().is_some()))
+            .then_some(self.now);
             let tx = fp.tx.rekey_at(&self.config.rekey);
-            [upkeep, tx, fp.rx.retire_at()].into_iter().flatten().min()
+            let retire = fp.rx.as_ref().and_then(Opener::retire_at);
+            [upkeep, tx, retire].into_iter().flatten().min()
         });
         [self.deadline, rekey].into_iter().flatten().min()
     }
@@ -374,7 +417,7 @@ impl DtlsAssociation {
     pub fn epochs(&self) -> Option<(u16, u16)> {
         self.fast
             .as_ref()
-            .map(|fp| (fp.tx.shared.epoch(), fp.rx.epoch()))
+            .map(|fp| (fp.tx.shared.epoch(), fp.rx_shared.epoch()))
     }
 
     /// Sets the sequence number of the next record sealed (tests of the key update only).
@@ -397,6 +440,38 @@ impl DtlsAssociation {
             .map(|fp| Sealer::new(fp.tx.shared.clone()))
     }
 
+    /// Hands the receiving direction (replay windows, receive epochs) to the thread that
+    /// will open this association's records from now on; `None` before the record takeover,
+    /// without the fast path, or while another thread holds it. Until it comes back
+    /// ([`Self::restore_opener`]), [`Self::handle_datagram`] opens no application record: it
+    /// takes only what [`Opened::for_association`](crate::Opened) left.
+    pub fn take_opener(&mut self) -> Option<Opener> {
+        if !matches!(self.state, State::Established) {
+            return None;
+        }
+        self.fast.as_mut().and_then(|fp| fp.rx.take())
+    }
+
+    /// Takes back the receiving direction [`Self::take_opener`] handed out (ignored if it is
+    /// another association's, or this one holds its own).
+    pub fn restore_opener(&mut self, mut opener: Opener) {
+        opener.flush_counts();
+        if let Some(fp) = self.fast.as_mut()
+            && fp.rx.is_none()
+            && Arc::ptr_eq(opener.shared(), &fp.rx_shared)
+        {
+            fp.rx = Some(opener);
+        }
+    }
+
+    /// The peer closed the association: an opener on another thread opened an authentic
+    /// close_notify or fatal alert ([`Opened::closed`](crate::Opened)).
+    pub fn peer_closed(&mut self, reason: CloseReason) {
+        if matches!(self.state, State::Established) {
+            self.fail(reason);
+        }
+    }
+
     /// Returns the next handshake or alert datagram to send to the peer.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmit.pop_front()
@@ -412,11 +487,14 @@ impl DtlsAssociation {
         }
         self.now = self.now.max(now);
         if let Some(fp) = self.fast.as_mut() {
-            fp.rx.expire(now);
+            if let Some(opener) = fp.rx.as_mut() {
+                opener.expire(now);
+            }
             if fp.tx.due_by_clock(&self.config.rekey, now) {
                 fp.tx.shared.switch_now();
             }
             self.tx_upkeep(now);
+            self.fill_rx_lookahead();
         }
         match self.deadline {
             Some(deadline) if now >= deadline => {}
@@ -547,12 +625,52 @@ impl DtlsAssociation {
     }
 
     fn handle_fast(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
-        if let Some(fp) = self.fast.as_mut() {
-            fp.rx.expire(now);
+        let Some(fp) = self.fast.as_mut() else {
+            return;
+        };
+        let (for_association, closed, advanced) = match fp.rx.as_mut() {
+            Some(opener) => {
+                let opened = opener.open(now, datagram);
+                for r in opened.data.iter() {
+                    received.push(r);
+                }
+                (opened.for_association, opened.closed, opened.advanced)
+            }
+            // A worker opens this association's records: what reaches us is what it left.
+            None => (self.unowned_records(datagram), None, false),
+        };
+        if advanced {
+            self.fill_rx_lookahead();
         }
-        let mut to_ssl: Option<Vec<u8>> = None;
+        if let Some(reason) = closed {
+            self.fail(reason);
+            return;
+        }
+        if for_association.is_empty() {
+            return;
+        }
+        // Rule 2: handshake, CCS and other epochs go to OpenSSL.
+        let mut to_ssl = self.stream.get_mut().buffer();
+        for r in for_association.iter() {
+            to_ssl.extend_from_slice(&datagram[r]);
+        }
+        self.stream.get_mut().inbound.push_back(to_ssl);
+        self.pump_ssl_read(None);
+        self.drain_output();
+        self.refresh_timer(now);
+    }
+
+    /// Sorts the records of a datagram while another thread holds the opener: protected
+    /// application records and alerts are of an epoch that thread had no key for; the rest
+    /// (handshake, CCS) goes to OpenSSL.
+    fn unowned_records(&mut self, datagram: &[u8]) -> Received {
+        let min_sealed_body = self
+            .fast
+            .as_ref()
+            .map_or(self.config.min_sealed_body, |fp| fp.min_sealed_body);
+        let mut out = Received::new();
         let mut pos = 0;
-        while let Some(fp) = self.fast.as_mut() {
+        loop {
             let (h, r) = match next_record(datagram, pos) {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
@@ -563,69 +681,15 @@ impl DtlsAssociation {
             };
             pos = r.end;
             let record_layer = h.ctype == CT_APPLICATION_DATA || h.ctype == CT_ALERT;
-            let ours = record_layer && fp.rx.get_mut(h.epoch).is_some();
-            if record_layer && !ours && h.epoch >= 1 {
-                // A protected record of an epoch we hold no key for (retired, or beyond the
-                // look-ahead): OpenSSL has none either, and would only buffer it.
+            if record_layer && h.epoch >= 1 {
                 self.stats.unknown_epoch += 1;
-                continue;
-            }
-            if !ours && !safe_for_openssl(&h, fp.min_sealed_body) {
+            } else if !safe_for_openssl(&h, min_sealed_body) {
                 self.stats.malformed += 1;
-                continue;
-            }
-            if !ours {
-                // Rule 2: handshake, CCS and other epochs go to OpenSSL.
-                to_ssl
-                    .get_or_insert_with(|| self.stream.get_mut().buffer())
-                    .extend_from_slice(&datagram[r]);
-                continue;
-            }
-            let Some(rx) = fp.rx.get_mut(h.epoch) else {
-                continue;
-            };
-            if !rx.window.check(h.seq) {
-                self.stats.replayed += 1;
-                continue;
-            }
-            let Some(pt) = rx
-                .key
-                .open(h.epoch_seq(), h.ctype, &mut datagram[r.clone()])
-            else {
-                self.stats.auth_failed += 1;
-                continue;
-            };
-            rx.window.update(h.seq);
-            if fp.rx.is_ahead(h.epoch) {
-                // The peer moved on: this authentic record proves it.
-                fp.rx.advance(h.epoch, now);
-                self.stats.rx_rekeys += 1;
-                self.fill_rx_lookahead();
-            }
-            let pt = r.start + pt.start..r.start + pt.end;
-            if h.ctype == CT_APPLICATION_DATA {
-                self.stats.records_opened += 1;
-                received.push(pt);
-                continue;
-            }
-            match datagram[pt] {
-                // close_notify (any level) or any fatal alert ends the association.
-                [_, 0] => self.fail(CloseReason::PeerClosed),
-                [2, desc] => self.fail(CloseReason::PeerAlert(desc)),
-                [_, _] => {}
-                _ => self.stats.malformed += 1,
-            }
-        }
-        if let Some(buf) = to_ssl {
-            if self.fast.is_some() {
-                self.stream.get_mut().inbound.push_back(buf);
-                self.pump_ssl_read(None);
-                self.drain_output();
-                self.refresh_timer(now);
             } else {
-                self.stream.get_mut().recycle(buf);
+                out.push(r);
             }
         }
+        out
     }
 
     /// Lets OpenSSL process queued records after the handshake; plaintext it returns (fallback
@@ -711,6 +775,9 @@ impl DtlsAssociation {
     fn fail(&mut self, reason: CloseReason) {
         if !matches!(self.state, State::Closed(_)) {
             self.state = State::Closed(reason);
+        }
+        if let Some(opener) = self.fast.as_mut().and_then(|fp| fp.rx.as_mut()) {
+            opener.flush_counts();
         }
         self.fast = None;
         self.deadline = None;

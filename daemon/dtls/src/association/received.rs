@@ -15,7 +15,7 @@ pub struct Received {
 }
 
 impl Received {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             inline: [const { 0..0 }; INLINE_RANGES],
             len: 0,
@@ -23,7 +23,7 @@ impl Received {
         }
     }
 
-    pub(super) fn push(&mut self, r: Range<usize>) {
+    pub(crate) fn push(&mut self, r: Range<usize>) {
         if self.len < INLINE_RANGES {
             self.inline[self.len] = r;
         } else {

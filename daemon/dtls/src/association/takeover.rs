@@ -26,6 +26,7 @@ impl DtlsAssociation {
         if self.config.fast_path {
             match self.take_over(suite, now) {
                 Some(fp) => {
+                    self.rx_counts = Some(fp.rx_shared.clone());
                     self.fast = Some(fp);
                     self.fill_rx_lookahead();
                     self.tx_upkeep(now);
@@ -75,7 +76,16 @@ impl DtlsAssociation {
                 rx_epoch = Some(h.epoch);
             }
         }
+        let rx_epoch = rx_epoch?;
+        let rx_shared = Arc::new(RxShared::new(suite, rx_epoch));
         Some(FastPath {
+            rx: Some(Opener::new(
+                rx_shared.clone(),
+                EpochKey::new(rx_epoch, rx),
+                window,
+            )),
+            rx_shared,
+            rx_stuck: false,
             tx: TxKeys::new(
                 tx,
                 oh.epoch,
@@ -83,7 +93,6 @@ impl DtlsAssociation {
                 &self.config.rekey,
                 now,
             ),
-            rx: RxKeys::new(rx_epoch?, rx, window),
             min_sealed_body: suite.overhead() - record::RECORD_HEADER_LEN,
         })
     }
@@ -195,15 +204,20 @@ impl DtlsAssociation {
         }
     }
 
-    /// Derives the receive keys of the epochs after the current one (see `rekey::LOOKAHEAD`).
+    /// Derives the receive keys of the epochs after the opener's current one (see
+    /// `rekey::LOOKAHEAD`) and publishes them to it, wherever it runs.
     pub(super) fn fill_rx_lookahead(&mut self) {
         let (Some(fp), Some(suite)) = (self.fast.as_mut(), self.suite) else {
             return;
         };
-        while let Some(epoch) = fp.rx.wants() {
+        if fp.rx_stuck {
+            return;
+        }
+        while let Some(epoch) = fp.rx_shared.wants() {
             match rekey::epoch_keys(self.stream.ssl(), suite, self.role, epoch) {
-                Some((_, rx)) => fp.rx.push_ahead(epoch, rx),
+                Some((_, rx)) => fp.rx_shared.publish_ahead(EpochKey::new(epoch, rx)),
                 None => {
+                    fp.rx_stuck = true;
                     self.stats.rekey_failed += 1;
                     return;
                 }

@@ -1,0 +1,327 @@
+//! The main loop's side of the worker threads: the link table it publishes, and what it takes
+//! back from them.
+
+use super::*;
+
+impl Daemon {
+    /// The links worker threads may send on themselves: established DTLS links on the record
+    /// fast path, and plaintext UDP links.
+    pub(in crate::daemon) fn link_table(&self) -> LinkTable {
+        let mut table = LinkTable::new();
+        for (id, l) in &self.links {
+            let entry = match &l.transport {
+                Transport::Dtls(d) => {
+                    let (Some(sealer), Some(e)) = (
+                        d.association.sealer(),
+                        self.udp.get(d.endpoint).and_then(Option::as_ref),
+                    ) else {
+                        continue;
+                    };
+                    LinkSend::Dtls {
+                        socket: e.socket.clone(),
+                        endpoint: d.endpoint,
+                        remote: l.remote,
+                        source: d.local,
+                        sealer,
+                    }
+                }
+                Transport::PlainUdp(p) => {
+                    let Some(e) = self.udp.get(p.endpoint).and_then(Option::as_ref) else {
+                        continue;
+                    };
+                    LinkSend::Plain {
+                        socket: e.socket.clone(),
+                        endpoint: p.endpoint,
+                        remote: l.remote,
+                        source: p.local,
+                    }
+                }
+                Transport::Tcp(_) => continue,
+            };
+            table.insert(*id, entry);
+        }
+        table
+    }
+
+    /// Takes what the worker threads handed over, and publishes the link table if it changed.
+    pub(in crate::daemon) fn drain_workers(&mut self) {
+        if !self.dataplane.has_threads() {
+            return;
+        }
+        // Namespaces and `tun_devs` are devices of worker 0.
+        self.dataplane
+            .set_hairpin(self.tuns.indexed().nth(1).is_some());
+        if self.dataplane.links_dirty {
+            self.assign_receivers();
+            let table = self.link_table();
+            self.dataplane.publish_links(table);
+        }
+        // Bounded per turn, so the workers cannot starve the control plane.
+        for _ in 0..CHANNEL_BOUND {
+            let Some(message) = self.dataplane.try_recv() else {
+                break;
+            };
+            match message {
+                FromWorker::ToLink {
+                    link,
+                    packet,
+                    header,
+                } => self.send_from_worker(link, &packet, header),
+                FromWorker::FromTun(read) => self.route_from_worker_tun(&read),
+                FromWorker::Originated(forwarded, packet) => match forwarded {
+                    Forwarded::Deliver => self.write_tun(&packet),
+                    Forwarded::Send(link) => self.send_packet(link, &packet),
+                    Forwarded::Done => {}
+                },
+                FromWorker::LinkMessage { link, mut message } => {
+                    let now = self.now();
+                    self.node.handle_link_message(now, link, &mut message);
+                }
+                FromWorker::ForAssociation {
+                    link,
+                    endpoint,
+                    remote,
+                    local,
+                    datagram,
+                } => self.for_association(link, endpoint, (remote, local), datagram),
+                FromWorker::PeerClosed { link, reason } => {
+                    if let Some(Link {
+                        transport: Transport::Dtls(d),
+                        ..
+                    }) = self.links.get_mut(&link)
+                    {
+                        d.association.peer_closed(reason);
+                    }
+                    self.after_dtls_io(link);
+                }
+                FromWorker::Returned { link, opener } => self.take_back_receive(link, *opener),
+                FromWorker::Report {
+                    index,
+                    mut report,
+                    offload,
+                } => {
+                    self.node.absorb_dataplane(&mut report);
+                    if let Some(total) = self.dataplane.offload.get_mut(index - 1) {
+                        total.add(&offload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a packet (or the segments of a super-packet) a worker thread handed over.
+    fn send_from_worker(&mut self, link: LinkId, packet: &[u8], header: Option<VnetHeader>) {
+        let Some(header) = header else {
+            return self.send_packet(link, packet);
+        };
+        let Ok(segments) = Segments::new(&header, packet) else {
+            self.worker.forwarder.count_drop(DropReason::Malformed);
+            return;
+        };
+        let mut segment = std::mem::take(&mut self.worker.scratch);
+        for i in 0..segments.count() {
+            segment.resize(segments.max_segment_len(), 0);
+            match segments.write(i, &mut segment) {
+                Ok(n) => {
+                    segment.truncate(n);
+                    self.send_packet(link, &segment);
+                }
+                Err(_) => {
+                    self.worker.forwarder.count_drop(DropReason::Malformed);
+                    break;
+                }
+            }
+        }
+        self.worker.scratch = segment;
+    }
+
+    /// Routes a TUN read a worker thread handed over (a packet for another of the node's TUN
+    /// devices) as if the main loop had read it from the node's own device.
+    fn route_from_worker_tun(&mut self, read: &[u8]) {
+        let Some(buf) = self.worker.io.alloc() else {
+            self.worker.forwarder.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        let start = self.worker.io.pool().headroom();
+        let fits = self
+            .worker
+            .io
+            .buf_mut(&buf)
+            .get_mut(start..start + read.len())
+            .map(|slot| slot.copy_from_slice(read))
+            .is_some();
+        if !fits {
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::TooBig);
+            return;
+        }
+        self.forward_from_tun(0, buf, start..start + read.len());
+    }
+
+    /// Gives each established DTLS link on the record fast path that no worker receives yet
+    /// to the worker receiving the fewest: for a worker thread, a socket connected to the peer
+    /// on the link's port and the association's receiving direction go to the thread. Where
+    /// that cannot be (no `SO_REUSEPORT` on the port, a socket refused), the main loop keeps
+    /// receiving it.
+    fn assign_receivers(&mut self) {
+        let Daemon {
+            links,
+            udp,
+            dataplane,
+            worker,
+            ..
+        } = self;
+        for (id, l) in links.iter_mut() {
+            let Transport::Dtls(d) = &mut l.transport else {
+                continue;
+            };
+            if d.rx_worker.is_some() || d.association.sealer().is_none() {
+                continue;
+            }
+            let index = dataplane.least_loaded();
+            let socket = udp
+                .get(d.endpoint)
+                .and_then(Option::as_ref)
+                .map(|e| &e.socket);
+            let assigned = match (index, socket) {
+                (0, _) | (_, None) => 0,
+                (index, Some(shared)) => {
+                    let gro = worker.offloads.udp_gro.is_ok();
+                    match dtls_link::connect_peer(shared, d.local, l.remote, gro) {
+                        Ok(socket) => match d.association.take_opener() {
+                            Some(opener) => {
+                                let receive = LinkReceive {
+                                    link: *id,
+                                    endpoint: d.endpoint,
+                                    remote: l.remote,
+                                    local: d.local,
+                                    socket,
+                                    opener,
+                                };
+                                match dataplane.send_to(index, ToWorker::Receive(Box::new(receive)))
+                                {
+                                    Ok(()) => index,
+                                    Err(ToWorker::Receive(back)) => {
+                                        d.association.restore_opener(back.opener);
+                                        0
+                                    }
+                                    Err(_) => 0,
+                                }
+                            }
+                            None => 0,
+                        },
+                        Err(error) => {
+                            tracing::debug!(link = %id, %error, "the main loop receives the link");
+                            0
+                        }
+                    }
+                }
+            };
+            tracing::debug!(link = %id, worker = assigned, "link received by worker");
+            d.rx_worker = Some(assigned);
+            dataplane.count_receive(assigned, true);
+        }
+    }
+
+    /// A link closes: the worker thread receiving it closes its socket.
+    pub(in crate::daemon) fn forget_receiver(&mut self, link: LinkId, rx_worker: Option<usize>) {
+        let Some(index) = rx_worker else {
+            return;
+        };
+        self.dataplane.count_receive(index, false);
+        if index > 0 {
+            let _ = self.dataplane.send_to(index, ToWorker::Forget(link));
+        }
+    }
+
+    /// Hands a datagram of `link` that arrived at the main loop's socket to the worker thread
+    /// receiving the link; false if the main loop receives it itself.
+    pub(in crate::daemon) fn hand_to_receiver(&mut self, link: LinkId, datagram: &[u8]) -> bool {
+        let index = match self.links.get(&link).map(|l| &l.transport) {
+            Some(Transport::Dtls(d)) => d.rx_worker.unwrap_or(0),
+            _ => 0,
+        };
+        if index == 0 {
+            return false;
+        }
+        let message = ToWorker::Datagram {
+            link,
+            datagram: datagram.to_vec(),
+        };
+        self.dataplane.send_to(index, message).is_ok()
+    }
+
+    /// Records of a link's datagram that its worker thread left for the association (or a
+    /// ClientHello from its peer's address).
+    fn for_association(
+        &mut self,
+        link: LinkId,
+        endpoint: usize,
+        (remote, local): (SocketAddr, Option<std::net::IpAddr>),
+        mut datagram: Vec<u8>,
+    ) {
+        let listener = matches!(
+            self.udp
+                .get(endpoint)
+                .and_then(Option::as_ref)
+                .map(|e| &e.role),
+            Some(UdpRole::Listener(_))
+        );
+        if listener && dtls_link::is_client_hello(&datagram) {
+            // The peer started over from the same address: as on the listener's own socket.
+            if self
+                .hello_limiter
+                .allow(remote.ip(), self.started.elapsed())
+            {
+                self.limit_counters.dtls_hellos_looked_at += 1;
+                self.accept_dtls(endpoint, (remote, local), datagram);
+            } else {
+                self.limit_counters.dtls_hellos_rate_limited += 1;
+            }
+            return;
+        }
+        let now = self.started.elapsed();
+        let Some(Link {
+            transport: Transport::Dtls(d),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        match d.association.handle_datagram(now, &mut datagram) {
+            Ok(received) => {
+                // Only without the fast path would the association open records itself.
+                for r in received.iter() {
+                    if let Some(message) = datagram.get_mut(r) {
+                        if is_ip_packet(message) {
+                            self.route_link_packet(link, message);
+                        } else {
+                            let now = self.now();
+                            self.node.handle_link_message(now, link, message);
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%link, %error, "dtls failed"),
+        }
+        self.after_dtls_io(link);
+    }
+
+    /// A worker thread gave a link's receiving direction back (it stops): the main loop
+    /// receives the link from now on.
+    fn take_back_receive(&mut self, link: LinkId, opener: connectopus_dtls::Opener) {
+        let Some(Link {
+            transport: Transport::Dtls(d),
+            ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        d.association.restore_opener(opener);
+        let before = d.rx_worker.replace(0);
+        if let Some(index) = before {
+            self.dataplane.count_receive(index, false);
+        }
+        self.dataplane.count_receive(0, true);
+    }
+}

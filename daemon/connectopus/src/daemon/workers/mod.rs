@@ -1,0 +1,511 @@
+//! Dataplane worker threads 1..N-1 (worker 0 runs on the main loop, see `worker`).
+//!
+//! Each worker thread owns a [`Worker`] (the same type as worker 0: its own io_uring
+//! [`PacketIo`] and buffer pool, its own [`connectopus_core::forwarder::Forwarder`]) and one
+//! queue of the node's TUN device (`IFF_MULTI_QUEUE`: the kernel steers each flow to one queue,
+//! so the packets of a flow stay on one worker, in order). It reads its queue, forwards each
+//! packet by the snapshot the control plane publishes, and itself seals records for DTLS links
+//! (through the association's shared sending direction, [`connectopus_dtls::Sealer`]: one
+//! atomic add per GSO batch) and sends on the link's UDP socket (shared, kept open by an
+//! `Arc`), or sends plaintext UDP datagrams.
+//!
+//! What it cannot do itself goes to the main loop through a bounded channel (a copy; dropped
+//! and counted when the channel is full): packets for TCP/TLS links and for DTLS links without
+//! the record fast path, packets for the node's other TUN devices (namespaces, `tun_devs`),
+//! and the ICMPv6 errors its forwarder built. Its `DataplaneReport` reaches the node every
+//! 100 ms, so data keeps sessions alive.
+//!
+//! The control plane publishes the forwarding snapshot and the table of links the workers may
+//! send on in [`Slot`]s: a generation counter read once per turn, a lock only when it changed.
+//!
+//! Receiving (`receive`): once a DTLS link is established on the record fast path, the control
+//! plane gives it to one worker (the one with the fewest, worker 0 included): for a worker
+//! thread it opens a socket connected to the peer on the link's port (`SO_REUSEPORT`; the
+//! kernel prefers the exactly matching connected socket, so every datagram of the peer arrives
+//! there) and hands it over with the association's receiving direction
+//! ([`connectopus_dtls::Opener`]: replay windows, receive epochs). The worker opens the records
+//! in place, forwards the packets by the snapshot (to its own TUN queue, or sealed on to the
+//! next link) and hands the rest (hellos, the routing stream, handshake records, alerts) to
+//! the main loop. A datagram of such a link that still arrives at the main loop's socket is
+//! handed to its worker.
+//!
+//! A worker whose ring fails (or, in tests, `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>`)
+//! ends: its TUN queue closes, the kernel steers its flows to the remaining queues, and
+//! `status` shows the worker stopped with the reason.
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+
+use connectopus_core::forwarder::{DataplaneReport, ForwardingSnapshot};
+use connectopus_core::icmp::IcmpRateLimiter;
+use connectopus_core::node::Forwarded;
+use connectopus_dtls::{CloseReason, Opener, Sealer};
+use connectopus_offload::{GsoType, Segments, VNET_HDR_LEN, VnetHeader};
+use uring_io::{BufId, Waker};
+
+use super::*;
+
+/// Messages a worker thread may have queued for the main loop before it drops more.
+const CHANNEL_BOUND: usize = 4096;
+
+/// How often a worker thread hands its counters to the node.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest a worker thread waits for I/O before it looks at its slots again.
+const WAIT: Duration = Duration::from_millis(100);
+
+/// The environment variable that makes a worker thread fail (tests only):
+/// `<index>:<packets>`, the worker `index` ends after reading that many TUN packets.
+pub(crate) const FAIL_WORKER_ENV: &str = "CONNECTOPUS_TEST_FAIL_WORKER";
+
+/// Something a worker thread hands to the main loop.
+#[derive(Debug)]
+pub(super) enum FromWorker {
+    /// A packet (or a super-packet behind its virtio-net header) for a link the worker does
+    /// not send on; the forwarder already took its decision and counted it.
+    ToLink {
+        link: LinkId,
+        packet: Vec<u8>,
+        header: Option<VnetHeader>,
+    },
+    /// A TUN read for a local destination (another of the node's TUN devices), as read
+    /// (with its virtio-net header when the device has one).
+    FromTun(Vec<u8>),
+    /// An ICMPv6 error the worker's forwarder built.
+    Originated(Forwarded, Vec<u8>),
+    /// A link message that is not an IPv6 packet (hello, routing stream), opened by the worker
+    /// that receives the link.
+    LinkMessage { link: LinkId, message: Vec<u8> },
+    /// Records of a link's datagram that only the association handles (handshake, other
+    /// epochs), or a ClientHello from the peer's address; as received from `remote` on
+    /// `endpoint`'s port.
+    ForAssociation {
+        link: LinkId,
+        endpoint: usize,
+        remote: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        datagram: Vec<u8>,
+    },
+    /// The peer closed the association (an authentic alert the worker opened).
+    PeerClosed { link: LinkId, reason: CloseReason },
+    /// A link's receiving direction, given back (the worker stops).
+    Returned { link: LinkId, opener: Box<Opener> },
+    /// What the worker counted since its last report.
+    Report {
+        index: usize,
+        report: DataplaneReport,
+        offload: datapath::OffloadCounters,
+    },
+}
+
+/// A value the control plane replaces whole and workers pick up once per turn.
+#[derive(Debug)]
+pub(super) struct Slot<T> {
+    generation: AtomicU64,
+    value: Mutex<Arc<T>>,
+}
+
+impl<T> Slot<T> {
+    fn new(value: Arc<T>) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            value: Mutex::new(value),
+        }
+    }
+
+    fn publish(&self, value: Arc<T>) {
+        *self
+            .value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The value, if it changed since generation `seen` (which it updates).
+    fn newer(&self, seen: &mut u64) -> Option<Arc<T>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation == *seen {
+            return None;
+        }
+        *seen = generation;
+        Some(
+            self.value
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// A link whose datagrams a worker thread receives from now on.
+#[derive(Debug)]
+pub(super) struct LinkReceive {
+    pub(super) link: LinkId,
+    pub(super) endpoint: usize,
+    pub(super) remote: SocketAddr,
+    pub(super) local: Option<std::net::IpAddr>,
+    /// Connected to the peer, on the link's port ([`crate::dtls_link::connect_peer`]).
+    pub(super) socket: UdpSocket,
+    pub(super) opener: Opener,
+}
+
+/// What the main loop hands a worker thread.
+#[derive(Debug)]
+pub(super) enum ToWorker {
+    /// Receive this link from now on.
+    Receive(Box<LinkReceive>),
+    /// A datagram of a link this worker receives that arrived at the main loop's socket.
+    Datagram { link: LinkId, datagram: Vec<u8> },
+    /// The link closed: close its socket, drop its receiving direction.
+    Forget(LinkId),
+}
+
+/// How a worker thread sends on a link.
+#[derive(Debug, Clone)]
+pub(super) enum LinkSend {
+    Dtls {
+        socket: Arc<UdpSocket>,
+        endpoint: usize,
+        remote: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        sealer: Sealer,
+    },
+    Plain {
+        socket: Arc<UdpSocket>,
+        endpoint: usize,
+        remote: SocketAddr,
+        source: Option<std::net::IpAddr>,
+    },
+}
+
+/// The links worker threads send on themselves.
+pub(super) type LinkTable = HashMap<LinkId, LinkSend>;
+
+/// What the control plane shares with the worker threads.
+#[derive(Debug)]
+pub(super) struct Shared {
+    snapshot: Slot<ForwardingSnapshot>,
+    links: Slot<LinkTable>,
+    stop: AtomicBool,
+    /// The node has TUN devices besides its own (namespaces, `tun_devs`): packets from the TUN
+    /// to a local address go to the main loop, which writes them to the namespace's device
+    /// (`Daemon::hairpin`).
+    hairpin: AtomicBool,
+}
+
+/// What `status` shows of a worker thread, kept up to date by the thread.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ThreadStatus {
+    pub(super) io_uring: String,
+    /// `None` while it runs; why it stopped.
+    pub(super) stopped: Option<String>,
+    pub(super) udp_gso: String,
+    /// Reads from its TUN queue (updated with each report).
+    pub(super) tun_reads: u64,
+    /// Packets handed to the main loop (updated with each report).
+    pub(super) handed_to_main: u64,
+    /// DTLS records it opened (updated with each report).
+    pub(super) records_opened: u64,
+    /// Links whose datagrams it receives.
+    pub(super) receive_links: u64,
+    /// Received messages handed to the main loop (hellos, the routing stream, handshake).
+    pub(super) received_for_main: u64,
+}
+
+#[derive(Debug)]
+struct ThreadHandle {
+    thread: Option<JoinHandle<()>>,
+    waker: Waker,
+    status: Arc<Mutex<ThreadStatus>>,
+    to_thread: Sender<ToWorker>,
+}
+
+/// The worker threads, as the main loop holds them.
+#[derive(Debug)]
+pub(super) struct Dataplane {
+    shared: Arc<Shared>,
+    threads: Vec<ThreadHandle>,
+    from_workers: Receiver<FromWorker>,
+    /// Messages dropped because the channel to the main loop was full.
+    pub(super) channel_drops: Arc<AtomicU64>,
+    /// Multi-queue TUN: `Ok(queues)`, or why the node runs one worker.
+    pub(super) multi_queue: std::result::Result<usize, String>,
+    published: Option<Arc<ForwardingSnapshot>>,
+    /// The link table must be published again (links or sessions changed).
+    pub(super) links_dirty: bool,
+    /// What each worker thread counted (index 1..).
+    pub(super) offload: Vec<datapath::OffloadCounters>,
+    /// How many links each worker receives (index 0 is the main loop's).
+    receive_load: Vec<usize>,
+}
+
+/// How many workers a node runs: `--workers`, else the node's `workers`, else one per CPU
+/// (at most [`connectopus_config::DEFAULT_MAX_WORKERS`]).
+pub(super) fn wanted(flag: Option<u32>, config: Option<u32>) -> usize {
+    match flag.or(config) {
+        Some(n) => n.max(1) as usize,
+        None => std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, connectopus_config::DEFAULT_MAX_WORKERS),
+    }
+}
+
+/// Opens `wanted - 1` more queues of the node's TUN device `tun` (made multi-queue when
+/// `multi_queue` is `Ok`); returns them, or why there are fewer.
+pub(super) fn open_queues(
+    tun: Option<&TunDevice>,
+    wanted: usize,
+    multi_queue: std::result::Result<(), String>,
+) -> (Vec<TunDevice>, std::result::Result<usize, String>) {
+    if wanted <= 1 {
+        return (
+            Vec::new(),
+            Err("one dataplane worker (workers: 1)".to_owned()),
+        );
+    }
+    let Some(tun) = tun else {
+        return (
+            Vec::new(),
+            Err("the node has no TUN device of its own".to_owned()),
+        );
+    };
+    if let Err(why) = multi_queue {
+        return (Vec::new(), Err(why));
+    }
+    let mut queues = Vec::new();
+    for _ in 1..wanted {
+        match tun.clone_queue() {
+            Ok(queue) => queues.push(queue),
+            Err(error) => {
+                let why = format!("{} of {wanted} TUN queues: {error:#}", queues.len() + 1);
+                tracing::warn!(%why, "fewer dataplane workers");
+                if queues.is_empty() {
+                    return (queues, Err(why));
+                }
+                break;
+            }
+        }
+    }
+    let n = queues.len() + 1;
+    (queues, Ok(n))
+}
+
+impl Dataplane {
+    /// Starts one worker thread per queue in `queues` (workers 1..); each wakes the main loop
+    /// through `main` when it hands it something.
+    pub(super) fn start(
+        queues: Vec<TunDevice>,
+        multi_queue: std::result::Result<usize, String>,
+        offloads: &datapath::Offloads,
+        icmp: &IcmpRateLimiter,
+        main: Waker,
+        started: Instant,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            snapshot: Slot::new(Arc::default()),
+            links: Slot::new(Arc::default()),
+            stop: AtomicBool::new(false),
+            hairpin: AtomicBool::new(false),
+        });
+        let (tx, from_workers) = mpsc::sync_channel(CHANNEL_BOUND);
+        let channel_drops = Arc::new(AtomicU64::new(0));
+        let fail = fault_from_env();
+        let mut threads = Vec::new();
+        for (i, tun) in queues.into_iter().enumerate() {
+            let index = i + 1;
+            let io = PacketIo::new(datapath::io_config(offloads.wanted))
+                .with_context(|| format!("starting packet I/O of worker {index}"))?;
+            let status = Arc::new(Mutex::new(ThreadStatus {
+                io_uring: match io.fallback_reason() {
+                    None => "on".to_owned(),
+                    Some(why) => format!("off: {why}"),
+                },
+                stopped: None,
+                udp_gso: datapath::Offloads::describe(&offloads.udp_gso),
+                ..ThreadStatus::default()
+            }));
+            let waker = io.waker();
+            let (to_thread, from_main) = mpsc::channel();
+            let thread = WorkerThread {
+                index,
+                worker: Worker::new(io, offloads.clone(), icmp.clone()),
+                vnet: tun.offload().vnet_hdr(),
+                tun,
+                shared: shared.clone(),
+                snapshot_seen: 0,
+                links_seen: 0,
+                links: HashMap::new(),
+                to_main: tx.clone(),
+                main: main.clone(),
+                channel_drops: channel_drops.clone(),
+                started,
+                reported: Instant::now(),
+                woke_main: false,
+                status: status.clone(),
+                fail_after: fail.filter(|(w, _)| *w == index).map(|(_, n)| n),
+                handed_to_main: 0,
+                hairpin: false,
+                from_main,
+                receiving: Vec::new(),
+                records_opened: 0,
+                received_for_main: 0,
+                transit: Vec::new(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || thread.run())
+                .with_context(|| format!("spawning worker {index}"))?;
+            threads.push(ThreadHandle {
+                thread: Some(handle),
+                waker,
+                status,
+                to_thread,
+            });
+        }
+        let n = threads.len();
+        Ok(Self {
+            shared,
+            threads,
+            from_workers,
+            channel_drops,
+            multi_queue,
+            published: None,
+            links_dirty: true,
+            offload: vec![datapath::OffloadCounters::default(); n],
+            receive_load: vec![0; n + 1],
+        })
+    }
+
+    /// Whether there are worker threads besides the main loop's.
+    pub(super) fn has_threads(&self) -> bool {
+        !self.threads.is_empty()
+    }
+
+    /// Publishes `snapshot` to the worker threads if it is new.
+    pub(super) fn publish_snapshot(&mut self, snapshot: &Arc<ForwardingSnapshot>) {
+        if self.threads.is_empty()
+            || self
+                .published
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, snapshot))
+        {
+            return;
+        }
+        self.published = Some(snapshot.clone());
+        self.shared.snapshot.publish(snapshot.clone());
+        // The established set may have changed: a new session's sealer.
+        self.links_dirty = true;
+        self.wake_all();
+    }
+
+    /// Tells the worker threads whether the node has namespaces to hairpin to.
+    pub(super) fn set_hairpin(&self, on: bool) {
+        self.shared.hairpin.store(on, Ordering::Relaxed);
+    }
+
+    /// Publishes the links the worker threads send on.
+    pub(super) fn publish_links(&mut self, table: LinkTable) {
+        self.links_dirty = false;
+        self.shared.links.publish(Arc::new(table));
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for t in &self.threads {
+            let _ = t.waker.wake();
+        }
+    }
+
+    /// The next message of a worker thread, if any.
+    pub(super) fn try_recv(&self) -> Option<FromWorker> {
+        self.from_workers.try_recv().ok()
+    }
+
+    /// What `status` shows for worker thread `index` (1..).
+    pub(super) fn status(&self, index: usize) -> Option<ThreadStatus> {
+        let t = self.threads.get(index.checked_sub(1)?)?;
+        Some(
+            t.status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    /// The worker that should receive a new link: the one receiving the fewest (a running
+    /// thread before the main loop on a tie); 0 for the main loop.
+    pub(super) fn least_loaded(&self) -> usize {
+        let running = |i: usize| i == 0 || self.status(i).is_some_and(|s| s.stopped.is_none());
+        (0..self.receive_load.len())
+            .rev()
+            .filter(|i| running(*i))
+            .min_by_key(|i| self.receive_load[*i])
+            .unwrap_or(0)
+    }
+
+    /// How many links worker `index` receives.
+    pub(super) fn receive_load(&self, index: usize) -> usize {
+        self.receive_load.get(index).copied().unwrap_or(0)
+    }
+
+    /// Counts a link as received by worker `index` (`add`), or no longer.
+    pub(super) fn count_receive(&mut self, index: usize, add: bool) {
+        if let Some(n) = self.receive_load.get_mut(index) {
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Hands a link to worker thread `index` (1..); gives it back if that thread is gone.
+    pub(super) fn send_to(
+        &self,
+        index: usize,
+        message: ToWorker,
+    ) -> std::result::Result<(), ToWorker> {
+        let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) else {
+            return Err(message);
+        };
+        t.to_thread.send(message).map_err(|e| e.0)?;
+        let _ = t.waker.wake();
+        Ok(())
+    }
+
+    /// How many worker threads were started (running or stopped).
+    pub(super) fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Stops every worker thread and waits for it.
+    pub(super) fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.wake_all();
+        for t in &mut self.threads {
+            if let Some(thread) = t.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>` (tests only).
+fn fault_from_env() -> Option<(usize, u64)> {
+    let value = std::env::var(FAIL_WORKER_ENV).ok()?;
+    let (index, packets) = value.split_once(':')?;
+    Some((index.parse().ok()?, packets.parse().ok()?))
+}
+
+mod main_side;
+mod receive;
+mod send;
+mod thread;
+mod transit;
+
+use thread::WorkerThread;

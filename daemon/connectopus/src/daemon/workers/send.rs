@@ -1,0 +1,442 @@
+//! The sending side of a worker thread: what it reads from its TUN queue is forwarded by the
+//! snapshot and sealed into DTLS records (or sent as plaintext UDP datagrams) where it lies.
+
+use super::*;
+
+impl WorkerThread {
+    /// Routes what the TUN queue handed over in `buf[range]`; takes ownership of `buf`.
+    pub(super) fn on_tun_read(&mut self, buf: BufId, range: Range<usize>) {
+        if !self.vnet {
+            return self.forward(buf, range.clone(), range, None);
+        }
+        let header = VnetHeader::parse(
+            self.worker
+                .io
+                .buf(&buf)
+                .get(range.clone())
+                .unwrap_or_default(),
+        );
+        let packet = range.start + VNET_HDR_LEN..range.end;
+        match header {
+            Ok(h) if h.gso_type == GsoType::None => {
+                let completed = self
+                    .worker
+                    .io
+                    .buf_mut(&buf)
+                    .get_mut(packet.clone())
+                    .map(|p| connectopus_offload::complete_checksum(&h, p));
+                if let Some(Ok(())) = completed {
+                    self.forward(buf, range, packet, None);
+                } else {
+                    self.worker.io.free(buf);
+                    self.worker.forwarder.count_drop(DropReason::Malformed);
+                }
+            }
+            Ok(h) => {
+                self.worker.offload_counters.tun_super_packets_read += 1;
+                self.forward(buf, range, packet, Some(h));
+            }
+            Err(_) => {
+                self.worker.io.free(buf);
+                self.worker.forwarder.count_drop(DropReason::Malformed);
+            }
+        }
+    }
+
+    /// Forwards the packet (or super-packet with `header`) at `buf[packet]`, read as
+    /// `buf[read]`; takes ownership of `buf`.
+    pub(super) fn forward(
+        &mut self,
+        buf: BufId,
+        read: Range<usize>,
+        packet: Range<usize>,
+        header: Option<VnetHeader>,
+    ) {
+        let segment_len = match &header {
+            None => None,
+            Some(h) => {
+                let len = self
+                    .worker
+                    .io
+                    .buf(&buf)
+                    .get(packet.clone())
+                    .and_then(|p| Segments::new(h, p).ok())
+                    .map(|s| s.max_segment_len());
+                if len.is_none() {
+                    self.worker.io.free(buf);
+                    self.worker.forwarder.count_drop(DropReason::Malformed);
+                    return;
+                }
+                len
+            }
+        };
+        if self.hairpin && self.is_local(&buf, packet.clone()) {
+            // For one of the node's namespaces (or a loop): the main loop decides.
+            return self.hand_read_to_main(buf, read, header.is_none());
+        }
+        let now = Time::from_duration(self.started.elapsed());
+        let forwarded = match self.worker.io.buf_mut(&buf).get_mut(packet.clone()) {
+            Some(p) => self
+                .worker
+                .forwarder
+                .forward_packet(now, p, Ingress::Tun, segment_len),
+            None => {
+                self.worker.forwarder.count_drop(DropReason::Malformed);
+                Forwarded::Done
+            }
+        };
+        match forwarded {
+            Forwarded::Send(link) => match self.links.get(&link) {
+                Some(LinkSend::Dtls { .. }) => match header {
+                    None => return self.seal_one(link, buf, packet),
+                    Some(h) => return self.seal_segments(link, buf, packet, h),
+                },
+                Some(LinkSend::Plain { .. }) => match header {
+                    None => return self.send_plain(link, buf, packet),
+                    Some(h) => return self.send_plain_segments(link, buf, packet, h),
+                },
+                None => {
+                    let bytes = self
+                        .worker
+                        .io
+                        .buf(&buf)
+                        .get(packet)
+                        .unwrap_or_default()
+                        .to_vec();
+                    self.hand_to_main(FromWorker::ToLink {
+                        link,
+                        packet: bytes,
+                        header,
+                    });
+                }
+            },
+            Forwarded::Deliver => {
+                return self.hand_read_to_main(buf, read, header.is_none());
+            }
+            Forwarded::Done => {}
+        }
+        self.worker.io.free(buf);
+    }
+
+    /// Whether the packet at `buf[packet]` is for an address this node delivers itself.
+    pub(super) fn is_local(&self, buf: &BufId, packet: Range<usize>) -> bool {
+        let Some(p) = self.worker.io.buf(buf).get(packet) else {
+            return false;
+        };
+        let destination = if p.first().is_some_and(|b| b >> 4 == 4) {
+            connectopus_core::forward4::addresses4(p).map(|(_, d)| d.to_ipv6_mapped())
+        } else {
+            forward::addresses(p).map(|(_, d)| d)
+        };
+        destination.is_some_and(|d| {
+            matches!(
+                self.worker.forwarder.snapshot().table.routes.lookup(d),
+                Some((_, forward::RouteTarget::Local))
+            )
+        })
+    }
+
+    /// Hands the TUN read at `buf[read]` to the main loop as it came (its checksum marked
+    /// complete when `completed`); takes ownership of `buf`.
+    pub(super) fn hand_read_to_main(&mut self, buf: BufId, read: Range<usize>, completed: bool) {
+        let mut bytes = self
+            .worker
+            .io
+            .buf(&buf)
+            .get(read)
+            .unwrap_or_default()
+            .to_vec();
+        self.worker.io.free(buf);
+        if self.vnet && completed {
+            // Its checksum is complete now: the main loop must not complete it again.
+            let _ = VnetHeader::NONE.write(&mut bytes);
+        }
+        self.hand_to_main(FromWorker::FromTun(bytes));
+    }
+
+    /// Seals the packet at `buf[packet]` into one record where it lies and sends it.
+    pub(super) fn seal_one(&mut self, link: LinkId, buf: BufId, packet: Range<usize>) {
+        let Some(LinkSend::Dtls {
+            socket,
+            endpoint,
+            remote,
+            source,
+            sealer,
+        }) = self.links.get_mut(&link)
+        else {
+            self.worker.io.free(buf);
+            return;
+        };
+        let io = &mut self.worker.io;
+        let Some(record_start) = packet.start.checked_sub(sealer.payload_offset()) else {
+            io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::Malformed);
+            return;
+        };
+        let sealed = sealer.reserve(1).and_then(|r| {
+            let record = io.buf_mut(&buf).get_mut(record_start..).unwrap_or_default();
+            r.seal(0, record, packet.len())
+        });
+        match sealed {
+            Ok(n) => io.send_to(
+                socket.as_raw_fd(),
+                Token(TOKEN_UDP_SEND | *endpoint as u64),
+                uring_io::Transmit {
+                    destination: *remote,
+                    buf,
+                    range: record_start..record_start + n,
+                    segment_size: None,
+                    source: *source,
+                },
+            ),
+            Err(error) => {
+                io.free(buf);
+                tracing::debug!(%link, %error, worker = self.index, "dtls seal failed");
+                self.worker.forwarder.count_drop(DropReason::LinkDown);
+            }
+        }
+    }
+
+    /// Cuts the super-packet at `src[range]` into segments, seals them as records into send
+    /// buffers (one reservation of sequence numbers per send) and sends each buffer with one
+    /// UDP GSO `sendmsg`; takes ownership of `src`.
+    pub(super) fn seal_segments(
+        &mut self,
+        link: LinkId,
+        src: BufId,
+        range: Range<usize>,
+        header: VnetHeader,
+    ) {
+        let Some(LinkSend::Dtls {
+            socket,
+            endpoint,
+            remote,
+            source,
+            sealer,
+        }) = self.links.get_mut(&link)
+        else {
+            self.worker.io.free(src);
+            return;
+        };
+        let Worker {
+            io,
+            forwarder,
+            offloads,
+            offload_counters,
+            ..
+        } = &mut self.worker;
+        let (payload_offset, overhead) = (sealer.payload_offset(), sealer.overhead());
+        let shape = io
+            .buf(&src)
+            .get(range.clone())
+            .and_then(|p| Segments::new(&header, p).ok())
+            .map(|s| (s.count(), s.max_segment_len()));
+        let Some((count, max_len)) = shape else {
+            io.free(src);
+            forwarder.count_drop(DropReason::Malformed);
+            return;
+        };
+        let stride = max_len + overhead;
+        let start = io.pool().headroom();
+        let room = io.pool().buf_size() - start;
+        let per_send = dtls::datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
+        let mut i = 0;
+        while i < count {
+            let batch = per_send.min(count - i);
+            let Some(out) = io.alloc() else {
+                forwarder.count_drop(DropReason::LinkCongested);
+                break;
+            };
+            // One atomic add reserves the sequence numbers of the whole send.
+            let reservation = match sealer.reserve(batch) {
+                Ok(r) => r,
+                Err(error) => {
+                    io.free(out);
+                    tracing::debug!(%link, %error, worker = self.index, "dtls reservation failed");
+                    forwarder.count_drop(DropReason::LinkDown);
+                    break;
+                }
+            };
+            let mut sent = 0usize;
+            let mut end = start;
+            let mut failed = false;
+            {
+                let (from, to) = io.buf_pair(&src, &out);
+                let segments = from
+                    .get(range.clone())
+                    .and_then(|p| Segments::new(&header, p).ok());
+                if let Some(segments) = segments {
+                    while sent < batch {
+                        let slot = start + sent * stride;
+                        let Some(record) = to.get_mut(slot..slot + stride) else {
+                            break;
+                        };
+                        let Some(payload) = record.get_mut(payload_offset..) else {
+                            break;
+                        };
+                        let Ok(n) = segments.write(i, payload) else {
+                            failed = true;
+                            break;
+                        };
+                        match reservation.seal(sent, record, n) {
+                            Ok(len) => end = slot + len,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        i += 1;
+                        sent += 1;
+                    }
+                } else {
+                    failed = true;
+                }
+            }
+            if sent == 0 {
+                io.free(out);
+                forwarder.count_drop(if failed {
+                    DropReason::LinkDown
+                } else {
+                    DropReason::TooBig
+                });
+                break;
+            }
+            if sent > 1 {
+                offload_counters.udp_gso_sends += 1;
+            }
+            io.send_to(
+                socket.as_raw_fd(),
+                Token(TOKEN_UDP_SEND | *endpoint as u64),
+                uring_io::Transmit {
+                    destination: *remote,
+                    buf: out,
+                    range: start..end,
+                    segment_size: (sent > 1).then_some(stride as u16),
+                    source: *source,
+                },
+            );
+            if failed {
+                forwarder.count_drop(DropReason::LinkDown);
+                break;
+            }
+        }
+        io.free(src);
+    }
+
+    /// Sends the packet at `buf[packet]` as one plaintext datagram where it lies.
+    pub(super) fn send_plain(&mut self, link: LinkId, buf: BufId, packet: Range<usize>) {
+        let Some(LinkSend::Plain {
+            socket,
+            endpoint,
+            remote,
+            source,
+        }) = self.links.get(&link)
+        else {
+            self.worker.io.free(buf);
+            return;
+        };
+        self.worker.io.send_to(
+            socket.as_raw_fd(),
+            Token(TOKEN_UDP_SEND | *endpoint as u64),
+            uring_io::Transmit {
+                destination: *remote,
+                buf,
+                range: packet,
+                segment_size: None,
+                source: *source,
+            },
+        );
+    }
+
+    /// Cuts a super-packet into plaintext datagrams, back to back, one GSO send per buffer.
+    pub(super) fn send_plain_segments(
+        &mut self,
+        link: LinkId,
+        src: BufId,
+        range: Range<usize>,
+        header: VnetHeader,
+    ) {
+        let Some(LinkSend::Plain {
+            socket,
+            endpoint,
+            remote,
+            source,
+        }) = self.links.get(&link)
+        else {
+            self.worker.io.free(src);
+            return;
+        };
+        let Worker {
+            io,
+            forwarder,
+            offloads,
+            offload_counters,
+            ..
+        } = &mut self.worker;
+        let shape = io
+            .buf(&src)
+            .get(range.clone())
+            .and_then(|p| Segments::new(&header, p).ok())
+            .map(|s| (s.count(), s.max_segment_len()));
+        let Some((count, stride)) = shape.filter(|(_, len)| *len > 0) else {
+            io.free(src);
+            forwarder.count_drop(DropReason::Malformed);
+            return;
+        };
+        let start = io.pool().headroom();
+        let room = io.pool().buf_size() - start;
+        let per_send = dtls::datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
+        let mut i = 0;
+        while i < count {
+            let Some(out) = io.alloc() else {
+                forwarder.count_drop(DropReason::LinkCongested);
+                break;
+            };
+            let mut sent = 0usize;
+            let mut end = start;
+            {
+                let (from, to) = io.buf_pair(&src, &out);
+                let segments = from
+                    .get(range.clone())
+                    .and_then(|p| Segments::new(&header, p).ok());
+                if let Some(segments) = segments {
+                    while i < count && sent < per_send {
+                        let slot = start + sent * stride;
+                        let Some(datagram) = to.get_mut(slot..slot + stride) else {
+                            break;
+                        };
+                        let Ok(n) = segments.write(i, datagram) else {
+                            break;
+                        };
+                        end = slot + n;
+                        i += 1;
+                        sent += 1;
+                        if n < stride {
+                            break;
+                        }
+                    }
+                }
+            }
+            if sent == 0 {
+                io.free(out);
+                forwarder.count_drop(DropReason::Malformed);
+                break;
+            }
+            if sent > 1 {
+                offload_counters.udp_gso_sends += 1;
+            }
+            io.send_to(
+                socket.as_raw_fd(),
+                Token(TOKEN_UDP_SEND | *endpoint as u64),
+                uring_io::Transmit {
+                    destination: *remote,
+                    buf: out,
+                    range: start..end,
+                    segment_size: (sent > 1).then_some(stride as u16),
+                    source: *source,
+                },
+            );
+        }
+        io.free(src);
+    }
+}

@@ -1,0 +1,194 @@
+//! A worker thread's loop: its ring, its slots, what it hands to the main loop.
+
+use super::*;
+
+/// One worker thread: a [`Worker`] and its TUN queue.
+pub(super) struct WorkerThread {
+    pub(super) index: usize,
+    pub(super) worker: Worker,
+    pub(super) tun: TunDevice,
+    pub(super) vnet: bool,
+    pub(super) shared: Arc<Shared>,
+    pub(super) snapshot_seen: u64,
+    pub(super) links_seen: u64,
+    /// This thread's copy of the link table (its sealers cache their epoch's key).
+    pub(super) links: LinkTable,
+    pub(super) to_main: SyncSender<FromWorker>,
+    pub(super) main: Waker,
+    pub(super) channel_drops: Arc<AtomicU64>,
+    pub(super) started: Instant,
+    pub(super) reported: Instant,
+    pub(super) woke_main: bool,
+    pub(super) status: Arc<Mutex<ThreadStatus>>,
+    pub(super) fail_after: Option<u64>,
+    pub(super) handed_to_main: u64,
+    /// A copy of [`Shared::hairpin`], taken once per turn.
+    pub(super) hairpin: bool,
+    /// What the main loop hands this thread (links to receive, their stray datagrams).
+    pub(super) from_main: Receiver<ToWorker>,
+    /// The links this thread receives, by slot (the slot is in the receive's token).
+    pub(super) receiving: Vec<Option<receive::Receiving>>,
+    /// DTLS records opened here.
+    pub(super) records_opened: u64,
+    /// Received messages handed to the main loop.
+    pub(super) received_for_main: u64,
+    /// Records for DTLS links being batched for one GSO send each (see `transit`).
+    pub(super) transit: Vec<transit::TransitBatch>,
+}
+
+impl WorkerThread {
+    pub(super) fn run(mut self) {
+        let reason = match self.serve() {
+            Ok(()) => None,
+            Err(error) => Some(format!("{error:#}")),
+        };
+        if let Some(why) = &reason {
+            tracing::error!(worker = self.index, reason = %why, "dataplane worker stopped; its flows move to the other workers");
+        }
+        // Its links' receiving directions go back to their associations: their peers'
+        // datagrams arrive at the main loop's socket once this thread's sockets close.
+        self.return_links();
+        // Whatever it counted still reaches the node.
+        self.report(true);
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stopped = Some(reason.unwrap_or_else(|| "node stopping".to_owned()));
+        // Dropping `self` closes the TUN queue: the kernel moves its flows to the others.
+    }
+
+    pub(super) fn serve(&mut self) -> Result<()> {
+        self.worker
+            .io
+            .recv_packets(self.tun.fd(), Token(TOKEN_TUN_RECV))
+            .context("arming the TUN queue's receive")?;
+        let mut completions = Vec::with_capacity(uring_io::BATCH_SIZE * 4);
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            completions.clear();
+            self.worker
+                .io
+                .submit_and_wait(&mut completions, Some(WAIT))
+                .context("waiting for I/O")?;
+            // Once per turn: a newer snapshot or link table.
+            if let Some(snapshot) = self.shared.snapshot.newer(&mut self.snapshot_seen) {
+                self.worker.forwarder.install(snapshot);
+            }
+            if let Some(links) = self.shared.links.newer(&mut self.links_seen) {
+                self.links = (*links).clone();
+            }
+            self.hairpin = self.shared.hairpin.load(Ordering::Relaxed);
+            self.take_from_main()?;
+            for completion in completions.drain(..) {
+                self.handle(completion)?;
+            }
+            // Everything received this turn is merged: write the super-packets.
+            self.flush_tun_writes();
+            self.flush_transit();
+            if self.reported.elapsed() >= REPORT_EVERY {
+                self.report(false);
+            }
+            // Idle pool buffers go back to the kernel once a second, as on worker 0.
+            self.worker.trim_if_due(Instant::now());
+            if std::mem::take(&mut self.woke_main) {
+                let _ = self.main.wake();
+            }
+        }
+    }
+
+    pub(super) fn handle(&mut self, completion: Completion) -> Result<()> {
+        match (completion.kind, completion.token.0 & TOKEN_KIND_MASK) {
+            (OpKind::RecvPacket, TOKEN_TUN_RECV) => {
+                let armed = completion.armed;
+                let range = completion.data_range();
+                let (buf, completion_buf_without_data) = match range {
+                    Some(_) => (completion.buf, None),
+                    None => (None, completion.buf),
+                };
+                if let (Some(buf), Some(range)) = (buf, range) {
+                    if self.fail_after.is_some_and(|n| self.worker.tun_reads >= n) {
+                        self.worker.io.free(buf);
+                        anyhow::bail!(
+                            "test fault ({FAIL_WORKER_ENV}) after {} TUN packets",
+                            self.worker.tun_reads
+                        );
+                    }
+                    self.worker.tun_reads += 1;
+                    self.on_tun_read(buf, range);
+                } else if let Some(buf) = completion_buf_without_data {
+                    self.worker.io.free(buf);
+                }
+                if !armed {
+                    self.worker
+                        .io
+                        .recv_packets(self.tun.fd(), Token(TOKEN_TUN_RECV))
+                        .context("re-arming the TUN queue's receive")?;
+                }
+            }
+            (OpKind::RecvDatagram, TOKEN_UDP_RECV) => {
+                let slot = (completion.token.0 & !TOKEN_KIND_MASK) as usize;
+                self.on_datagram(slot, completion)?;
+            }
+            (OpKind::Send, _) => {
+                if completion.result.is_err() {
+                    self.worker.offload_counters.udp_send_errors += 1;
+                }
+                if let Some(buf) = completion.buf {
+                    self.worker.io.free(buf);
+                }
+            }
+            _ => {
+                if let Some(buf) = completion.buf {
+                    self.worker.io.free(buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands something to the main loop; counts it when the channel is full.
+    pub(super) fn hand_to_main(&mut self, message: FromWorker) {
+        match self.to_main.try_send(message) {
+            Ok(()) => {
+                self.woke_main = true;
+                self.handed_to_main += 1;
+            }
+            Err(TrySendError::Full(_)) => {
+                self.channel_drops.fetch_add(1, Ordering::Relaxed);
+                self.worker.forwarder.count_drop(DropReason::LinkCongested);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    pub(super) fn report(&mut self, last: bool) {
+        self.reported = Instant::now();
+        {
+            let mut status = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            status.tun_reads = self.worker.tun_reads;
+            status.handed_to_main = self.handed_to_main;
+            status.records_opened = self.records_opened;
+            status.received_for_main = self.received_for_main;
+            status.receive_links = self.receiving.iter().flatten().count() as u64;
+        }
+        while let Some((forwarded, packet)) = self.worker.forwarder.poll_originated() {
+            self.hand_to_main(FromWorker::Originated(forwarded, packet));
+        }
+        let report = std::mem::take(self.worker.forwarder.report_mut());
+        let offload = std::mem::take(&mut self.worker.offload_counters);
+        let _ = self.to_main.try_send(FromWorker::Report {
+            index: self.index,
+            report,
+            offload,
+        });
+        self.woke_main = true;
+        if last {
+            let _ = self.main.wake();
+        }
+    }
+}
