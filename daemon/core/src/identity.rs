@@ -14,6 +14,10 @@ use std::net::Ipv6Addr;
 use connectopus_wire::{LinkStateUpdate, Prefix, SignedUpdate, UpdateSignature};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
+mod certificate;
+
+pub use certificate::{CertificateError, Claim, Issuer, sign_certificate};
+
 /// Prefix of the message a hello signature covers.
 pub const HELLO_LABEL: &[u8] = b"connectopus-hello-v1\0";
 
@@ -71,6 +75,10 @@ pub struct Grant {
     pub prefixes: Vec<Prefix>,
     /// Attachment names the node may publish.
     pub names: Vec<String>,
+    /// The pools the node issues leases from (`nodes.<name>.issue.prefix`): it signs lease
+    /// certificates for their addresses, and may advertise /128s inside them and bind names to
+    /// them (its containers) under any name that is not reserved.
+    pub issue_pools: Vec<Prefix>,
 }
 
 impl Grant {
@@ -81,13 +89,21 @@ impl Grant {
             address,
             prefixes: Vec::new(),
             names: Vec::new(),
+            issue_pools: Vec::new(),
         }
     }
 
-    /// Returns true if the node may originate `prefix`: it is its own /128 or lies inside one
-    /// of the granted prefixes.
+    /// Returns true if the node may originate `prefix`: it is its own /128, lies inside one of
+    /// the granted prefixes, or is a /128 inside one of its issue pools.
     pub fn allows_prefix(&self, prefix: &Prefix) -> bool {
-        *prefix == Prefix::host(self.address) || self.prefixes.iter().any(|p| p.covers(prefix))
+        *prefix == Prefix::host(self.address)
+            || self.prefixes.iter().any(|p| p.covers(prefix))
+            || (prefix.len() == 128 && self.in_issue_pool(prefix.addr()))
+    }
+
+    /// Returns true if `address` lies inside one of the node's issue pools.
+    pub fn in_issue_pool(&self, address: Ipv6Addr) -> bool {
+        self.issue_pools.iter().any(|p| p.contains(address))
     }
 
     /// Returns true if `address` is the node's own or lies inside one of its granted prefixes.
@@ -97,8 +113,13 @@ impl Grant {
 
     /// Returns why `update` (already known to come from this grant's key) may not be accepted,
     /// or `None` if everything it claims is granted: its name, every advertised prefix, and every
-    /// attachment name with its address.
-    pub fn check_update(&self, update: &LinkStateUpdate) -> Option<&'static str> {
+    /// attachment name with its address (a granted name, or inside an issue pool any name not in
+    /// `reserved_names`).
+    pub fn check_update(
+        &self,
+        update: &LinkStateUpdate,
+        reserved_names: &BTreeSet<String>,
+    ) -> Option<&'static str> {
         if update.origin != self.address || update.name != self.name {
             return Some("name");
         }
@@ -109,10 +130,10 @@ impl Grant {
         {
             return Some("prefix");
         }
-        let names_ok = update
-            .names
-            .iter()
-            .all(|b| self.names.contains(&b.name) && self.allows_address(b.address));
+        let names_ok = update.names.iter().all(|b| {
+            (self.names.contains(&b.name) && self.allows_address(b.address))
+                || (self.in_issue_pool(b.address) && !reserved_names.contains(&b.name))
+        });
         // IPv4 names: the node's own name or a granted attachment name, at an IPv4 address the
         // grant covers as an IPv4-mapped prefix.
         let names4_ok = update.names4.iter().all(|b| {
@@ -136,6 +157,9 @@ pub struct TrustPolicy {
     pub grants: BTreeMap<PublicKey, Grant>,
     /// Keys that are refused even if granted.
     pub revoked: BTreeSet<PublicKey>,
+    /// Names no ephemeral node and no issuer's container may use: every static node's and
+    /// every attachment's (`tun_devs`, `namespaces`).
+    pub reserved_names: BTreeSet<String>,
 }
 
 impl TrustPolicy {

@@ -16,6 +16,8 @@
 //! - [`forwarder`]: one dataplane worker's per-packet path over an immutable forwarding
 //!   snapshot, shared by the daemon and the simulator.
 //! - [`icmp`]: ICMPv6 errors and their rate limit; [`icmp4`] ICMPv4 errors.
+//! - [`lease_table`], [`lease_issuer`]: an issuer's leases and its answers to lease messages;
+//!   [`lease_holder`]: an ephemeral node's side of its lease.
 //! - [`identity`]: node keys, the trust policy, and the signed hello and update messages.
 //! - [`sim`]: a deterministic multi-node simulator (virtual clock, lossy links) for tests.
 //! - [`time`]: the core's notion of time.
@@ -29,6 +31,8 @@ pub mod forwarder;
 pub mod icmp;
 pub mod icmp4;
 pub mod identity;
+pub mod lease_holder;
+pub mod lease_issuer;
 pub mod lease_table;
 pub mod node;
 pub mod route;

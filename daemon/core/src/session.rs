@@ -145,6 +145,9 @@ pub enum CloseReason {
     OverBudget,
     /// This node is shutting down.
     Shutdown,
+    /// The peer is an ephemeral node whose lease certificate ran out (expired, superseded by a
+    /// later holder, or no longer granted).
+    LeaseExpired,
 }
 
 impl CloseReason {
@@ -161,6 +164,7 @@ impl CloseReason {
             CloseReason::WindowStalled => "window_stalled",
             CloseReason::OverBudget => "over_budget",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::LeaseExpired => "lease_expired",
         }
     }
 
@@ -169,7 +173,7 @@ impl CloseReason {
         match self {
             CloseReason::Shutdown => Some(GoodbyeReason::Shutdown),
             CloseReason::Replaced => Some(GoodbyeReason::Replaced),
-            CloseReason::PeerRejected => Some(GoodbyeReason::Rejected),
+            CloseReason::PeerRejected | CloseReason::LeaseExpired => Some(GoodbyeReason::Rejected),
             CloseReason::StreamFailed | CloseReason::WindowStalled | CloseReason::OverBudget => {
                 Some(GoodbyeReason::ProtocolError)
             }
@@ -436,6 +440,7 @@ impl Session {
         epoch: u64,
         key: Option<&NodeKey>,
         capabilities: u32,
+        certificate: Option<&[u8]>,
     ) -> Hello {
         let mut extensions = Vec::new();
         if let Some(challenge) = self.local_challenge {
@@ -459,6 +464,12 @@ impl Session {
             extensions.push(HelloExtension {
                 kind: HelloExtension::SIGNATURE,
                 value: key.sign(&message).to_vec(),
+            });
+        }
+        if let Some(certificate) = certificate {
+            extensions.push(HelloExtension {
+                kind: HelloExtension::LEASE_CERTIFICATE,
+                value: certificate.to_vec(),
             });
         }
         Hello {
@@ -761,7 +772,7 @@ mod tests {
     }
 
     fn hello_from(peer: &Session, address: &str) -> Hello {
-        peer.hello(address.parse().unwrap(), "peer", 7, None, 0)
+        peer.hello(address.parse().unwrap(), "peer", 7, None, 0, None)
     }
 
     #[test]

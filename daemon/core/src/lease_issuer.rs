@@ -1,0 +1,374 @@
+//! An issuer's answers to lease messages (`docs/dynamic-mesh.md` §1.4, §1.5, §1.7): who may
+//! join under which name, the grant with its signed certificate (held back until the table it
+//! changed is persisted), renewals, releases.
+//!
+//! Pure like [`crate::lease_table`]: every call takes `now`; the table to persist leaves as data
+//! ([`LeaseIssuer::poll_persist`]) and the driver reports it written
+//! ([`LeaseIssuer::leases_persisted`]). The node (step 5 of §4, not wired yet) feeds it the Join,
+//! Renew and Release messages of its joining sessions and routing streams and sends the answers.
+
+use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use connectopus_wire::lease::{join_proof_message, release_message, renew_message};
+use connectopus_wire::{JoinProof, LeaseBody, LeaseCertificate, LeaseMessage, RefuseCode};
+
+use crate::identity::{NodeKey, PublicKey, sign_certificate, verify};
+use crate::lease_table::{AllocError, LeaseTable, LeaseTableConfig, PersistedLeases, RenewError};
+use crate::time::Time;
+
+/// A name pattern of `global.ephemeral.names` or `issue.names`: exactly one `*`, standing for
+/// one or more characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl NamePattern {
+    /// Parses `pattern`; `None` unless it has exactly one `*`.
+    pub fn new(pattern: &str) -> Option<Self> {
+        let (prefix, suffix) = pattern.split_once('*')?;
+        if suffix.contains('*') {
+            return None;
+        }
+        Some(Self {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    /// Tells whether `name` matches: the prefix, one or more characters, the suffix.
+    pub fn matches(&self, name: &str) -> bool {
+        name.len() > self.prefix.len() + self.suffix.len()
+            && name.starts_with(&self.prefix)
+            && name.ends_with(&self.suffix)
+    }
+}
+
+/// Who may join, under which names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinPolicy {
+    /// Keys that may join as themselves (`global.ephemeral.identities`).
+    pub identities: BTreeSet<PublicKey>,
+    /// Shared join keys: whoever proves to hold one may join (`global.ephemeral.join_keys`).
+    pub join_keys: BTreeSet<PublicKey>,
+    /// Allowed names; empty allows any valid name that is not reserved.
+    pub names: Vec<NamePattern>,
+    /// Names of static nodes and attachments: never given out.
+    pub reserved_names: BTreeSet<String>,
+}
+
+/// What an issuer is configured with.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The issuer's own (static) node address, named in its certificates.
+    pub address: Ipv6Addr,
+    /// Its pool, lease and grace.
+    pub table: LeaseTableConfig,
+    /// Who may join.
+    pub policy: JoinPolicy,
+    /// The issuer's routing epoch: grant epochs start above it.
+    pub epoch_floor: u64,
+}
+
+/// The joining session a Join arrived on, as the node knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinSession {
+    /// Chosen by the caller (the link); handed back with a grant released by persistence.
+    pub token: u64,
+    /// The key the join hello proved.
+    pub holder_key: PublicKey,
+    /// The session's channel binding (the join-key proof must cover it).
+    pub binding: [u8; 32],
+}
+
+/// A grant waiting for the table that records it to be persisted.
+#[derive(Debug, Clone)]
+struct PendingGrant {
+    generation: u64,
+    token: u64,
+    answer: LeaseMessage,
+}
+
+/// One issuer's lease state and answers.
+#[derive(Debug)]
+pub struct LeaseIssuer {
+    config: IssuerConfig,
+    key: Option<NodeKey>,
+    table: LeaseTable,
+    pending: Vec<PendingGrant>,
+    /// The table generation last handed out for persisting.
+    persist_requested: u64,
+    /// The highest generation the driver reported persisted.
+    persisted: u64,
+}
+
+/// How long a refused joiner should wait before asking again, by default.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl LeaseIssuer {
+    /// Creates an issuer with an empty table (or `restored` from disk, see
+    /// [`LeaseTable::restore`]); `key` signs certificates (`None` in a mesh without
+    /// identities).
+    pub fn new(config: IssuerConfig, key: Option<NodeKey>, table: LeaseTable) -> Self {
+        let persisted = table.generation();
+        Self {
+            config,
+            key,
+            table,
+            pending: Vec::new(),
+            persist_requested: persisted,
+            persisted,
+        }
+    }
+
+    /// Creates an issuer with a new, empty table.
+    pub fn fresh(config: IssuerConfig, key: Option<NodeKey>) -> Self {
+        let table = LeaseTable::new(config.table, config.epoch_floor);
+        Self::new(config, key, table)
+    }
+
+    /// Returns the lease table.
+    pub fn table(&self) -> &LeaseTable {
+        &self.table
+    }
+
+    /// Returns how many grants wait for persistence.
+    pub fn pending_grants(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn refuse(xid: u64, code: RefuseCode, retry_after: Duration, text: &str) -> LeaseMessage {
+        LeaseMessage {
+            xid,
+            body: LeaseBody::Refuse {
+                code,
+                retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+                text: text.to_owned(),
+            },
+        }
+    }
+
+    fn t1_ms(&self) -> u32 {
+        u32::try_from(self.config.table.lease.as_millis() / 2).unwrap_or(u32::MAX)
+    }
+
+    fn certificate(&self, lease: &crate::lease_table::Lease) -> LeaseCertificate {
+        let mut cert = LeaseCertificate {
+            address: lease.address,
+            epoch: lease.epoch,
+            renewal: lease.renewal,
+            lease_ms: u32::try_from(self.config.table.lease.as_millis()).unwrap_or(u32::MAX),
+            issuer: self.config.address,
+            holder_key: lease.key,
+            name: lease.name.clone(),
+            signature: None,
+        };
+        if let Some(key) = &self.key {
+            sign_certificate(key, &mut cert);
+        }
+        cert
+    }
+
+    /// Answers a Join. Returns a Refuse at once, or `None`: the grant is allocated and waits
+    /// for [`LeaseIssuer::leases_persisted`] of the generation [`LeaseIssuer::poll_persist`]
+    /// hands out. `name_held` tells the key that holds a name live in the node's name table
+    /// (another key's name is refused); `busy` tells addresses whose origin updated recently.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_join(
+        &mut self,
+        now: Time,
+        session: JoinSession,
+        xid: u64,
+        hint: Ipv6Addr,
+        name: &str,
+        proof: Option<&JoinProof>,
+        name_held: impl Fn(&str) -> Option<PublicKey>,
+        busy: impl Fn(Ipv6Addr) -> bool,
+    ) -> Option<LeaseMessage> {
+        let policy = &self.config.policy;
+        let authorised = policy.identities.contains(&session.holder_key)
+            || proof.is_some_and(|p| {
+                policy.join_keys.contains(&p.join_key)
+                    && verify(
+                        &p.join_key,
+                        &join_proof_message(&session.binding, &session.holder_key, xid, name),
+                        &p.signature,
+                    )
+            });
+        if !authorised {
+            return Some(Self::refuse(
+                xid,
+                RefuseCode::NotAuthorized,
+                RETRY_AFTER,
+                "key not allowed to join",
+            ));
+        }
+        let name_ok = connectopus_wire::check_name(name).is_ok()
+            && !policy.reserved_names.contains(name)
+            && (policy.names.is_empty() || policy.names.iter().any(|p| p.matches(name)));
+        if !name_ok {
+            return Some(Self::refuse(
+                xid,
+                RefuseCode::NameNotAllowed,
+                RETRY_AFTER,
+                "name not allowed",
+            ));
+        }
+        if name_held(name).is_some_and(|k| k != session.holder_key) {
+            return Some(Self::refuse(
+                xid,
+                RefuseCode::NameTaken,
+                RETRY_AFTER,
+                "name held by another node",
+            ));
+        }
+        let hint = (!hint.is_unspecified()).then_some(hint);
+        match self
+            .table
+            .allocate(now, session.holder_key, name, hint, busy)
+        {
+            Ok(lease) => {
+                let answer = LeaseMessage {
+                    xid,
+                    body: LeaseBody::Grant {
+                        t1_ms: self.t1_ms(),
+                        cert: self.certificate(&lease),
+                    },
+                };
+                self.pending.push(PendingGrant {
+                    generation: self.table.generation(),
+                    token: session.token,
+                    answer,
+                });
+                None
+            }
+            Err(AllocError::PoolExhausted) => Some(Self::refuse(
+                xid,
+                RefuseCode::PoolExhausted,
+                RETRY_AFTER,
+                "pool exhausted",
+            )),
+            Err(AllocError::NameTaken) => Some(Self::refuse(
+                xid,
+                RefuseCode::NameTaken,
+                RETRY_AFTER,
+                "name held by another lease",
+            )),
+            Err(AllocError::Restarting { until }) => Some(Self::refuse(
+                xid,
+                RefuseCode::Restarting,
+                until - now,
+                "issuer restarting",
+            )),
+        }
+    }
+
+    /// Returns the table to persist if it changed since the last request: the driver writes
+    /// it and calls [`LeaseIssuer::leases_persisted`] with the generation.
+    pub fn poll_persist(&mut self, now: Time, now_unix_ms: u64) -> Option<(u64, PersistedLeases)> {
+        let generation = self.table.generation();
+        if generation == self.persist_requested || self.pending.is_empty() {
+            return None;
+        }
+        self.persist_requested = generation;
+        Some((generation, self.table.persisted(now, now_unix_ms)))
+    }
+
+    /// The driver wrote the table of `generation`: returns the grants it covers, each with the
+    /// token of its joining session.
+    pub fn leases_persisted(&mut self, generation: u64) -> Vec<(u64, LeaseMessage)> {
+        self.persisted = self.persisted.max(generation);
+        let persisted = self.persisted;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.generation <= persisted);
+        self.pending = waiting;
+        ready.into_iter().map(|p| (p.token, p.answer)).collect()
+    }
+
+    /// Answers a Renew: the certificate must be this issuer's, signed by it (with a key), and
+    /// the holder's signature must cover the request; the holder must still be allowed to
+    /// join. Renewals need not be persisted (§1.7).
+    pub fn handle_renew(
+        &mut self,
+        now: Time,
+        xid: u64,
+        cert: &LeaseCertificate,
+        holder_sig: &[u8; 64],
+    ) -> LeaseMessage {
+        let ours = cert.issuer == self.config.address
+            && match &self.key {
+                Some(key) => cert
+                    .signature
+                    .is_some_and(|s| verify(&key.public(), &cert.signed_message(), &s)),
+                None => true,
+            };
+        if !ours || !verify(&cert.holder_key, &renew_message(xid, cert), holder_sig) {
+            return Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "not our lease");
+        }
+        let policy = &self.config.policy;
+        // A holder admitted by its own key must still be listed; of one admitted by a join key
+        // only whether join keys remain can be checked (the table does not record which).
+        let still_allowed =
+            policy.identities.contains(&cert.holder_key) || !policy.join_keys.is_empty();
+        if policy.reserved_names.contains(&cert.name) || !still_allowed {
+            return Self::refuse(xid, RefuseCode::NotAuthorized, RETRY_AFTER, "not allowed");
+        }
+        match self.table.renew(
+            now,
+            cert.holder_key,
+            cert.address,
+            cert.epoch,
+            cert.renewal,
+            &cert.name,
+        ) {
+            Ok(lease) => LeaseMessage {
+                xid,
+                body: LeaseBody::Renewed {
+                    t1_ms: self.t1_ms(),
+                    cert: self.certificate(&lease),
+                },
+            },
+            Err(RenewError::UnknownLease) => {
+                Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "unknown lease")
+            }
+        }
+    }
+
+    /// Handles a Release signed by the holder of a lease in the table; returns whether a lease
+    /// ended (its address is then held down for the grace).
+    pub fn handle_release(
+        &mut self,
+        now: Time,
+        xid: u64,
+        address: Ipv6Addr,
+        epoch: u64,
+        holder_sig: &[u8; 64],
+    ) -> bool {
+        let Some(lease) = self.table.lease_at(address) else {
+            return false;
+        };
+        if lease.epoch != epoch
+            || !verify(
+                &lease.key,
+                &release_message(xid, address, epoch),
+                holder_sig,
+            )
+        {
+            return false;
+        }
+        let key = lease.key;
+        self.table.release(now, key, address, epoch).is_some()
+    }
+
+    /// Expires leases and hold-downs that are over; returns how many leases ended.
+    pub fn expire(&mut self, now: Time) -> usize {
+        self.table.expire(now).len()
+    }
+}
+
+#[cfg(test)]
+mod tests;
