@@ -128,8 +128,14 @@ fn request(socket: &Path, body: &Value) -> Result<Value, NodeError> {
             "the node closed the connection".into(),
         ));
     }
+    parse_reply(&answer)
+}
+
+/// Parses one reply line from the node (untrusted bytes): the reply object, or the node's
+/// refusal (`error`, or `cni_error` with its code and message).
+pub fn parse_reply(answer: &str) -> Result<Value, NodeError> {
     let reply: Value =
-        serde_json::from_str(&answer).map_err(|e| NodeError::Garbled(e.to_string()))?;
+        serde_json::from_str(answer).map_err(|e| NodeError::Garbled(e.to_string()))?;
     if let Some(msg) = reply.get("error") {
         return Err(NodeError::Refused {
             code: None,
@@ -150,6 +156,22 @@ fn request(socket: &Path, body: &Value) -> Result<Value, NodeError> {
         });
     }
     Ok(reply)
+}
+
+/// The lease in a reply to `cni_add`.
+pub fn parse_lease(reply: &Value) -> Result<Lease, NodeError> {
+    let lease = reply
+        .get("cni_lease")
+        .ok_or_else(|| NodeError::Garbled(format!("expected cni_lease, got {reply}")))?;
+    serde_json::from_value(lease.clone()).map_err(|e| NodeError::Garbled(e.to_string()))
+}
+
+/// The released leases in a reply to `cni_gc`.
+pub fn parse_released(reply: &Value) -> Result<Vec<Released>, NodeError> {
+    let released = reply
+        .get("cni_released")
+        .ok_or_else(|| NodeError::Garbled(format!("expected cni_released, got {reply}")))?;
+    serde_json::from_value(released.clone()).map_err(|e| NodeError::Garbled(e.to_string()))
 }
 
 /// The key a container's lease is held under.
@@ -173,10 +195,7 @@ pub fn add(
         &json!({"cmd": "cni_add", "network": key.network, "container_id": key.container_id,
                 "ifname": key.ifname, "netns": netns, "name": name, "host_ifname": host_ifname}),
     )?;
-    let lease = reply
-        .get("cni_lease")
-        .ok_or_else(|| NodeError::Garbled(format!("expected cni_lease, got {reply}")))?;
-    serde_json::from_value(lease.clone()).map_err(|e| NodeError::Garbled(e.to_string()))
+    parse_lease(&reply)
 }
 
 /// `cni_del`: the node releases the container's lease (nothing held is no error).
@@ -230,8 +249,54 @@ pub fn gc(
         socket,
         &json!({"cmd": "cni_gc", "network": network, "keep": keep}),
     )?;
-    let released = reply
-        .get("cni_released")
-        .ok_or_else(|| NodeError::Garbled(format!("expected cni_released, got {reply}")))?;
-    serde_json::from_value(released.clone()).map_err(|e| NodeError::Garbled(e.to_string()))
+    parse_released(&reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_of_the_node_parse_and_refusals_carry_their_code() {
+        let reply = parse_reply(
+            r#"{"cni_lease":{"address":"fd00:cafe:0:e1::7","mirrors":["fd00:beef::7"],
+                "routes":["fd00:cafe::/48"],"mtu":1400,"existing":true}}"#,
+        )
+        .unwrap();
+        let lease = parse_lease(&reply).unwrap();
+        assert_eq!(
+            lease.address,
+            "fd00:cafe:0:e1::7".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!((lease.mtu, lease.existing), (Some(1400), true));
+        assert!(matches!(parse_released(&reply), Err(NodeError::Garbled(_))));
+        let gc =
+            parse_reply(r#"{"cni_released":[{"container_id":"c1","host_ifname":"cx1"}]}"#).unwrap();
+        assert_eq!(parse_released(&gc).unwrap()[0].host_ifname, "cx1");
+        assert_eq!(
+            parse_reply(r#"{"cni_error":{"code":100,"msg":"pool exhausted"}}"#),
+            Err(NodeError::Refused {
+                code: Some(100),
+                msg: "pool exhausted".into()
+            })
+        );
+        // A code that does not fit a u32 is no code at all.
+        assert!(matches!(
+            parse_reply(r#"{"cni_error":{"code":4294967296}}"#),
+            Err(NodeError::Refused { code: None, .. })
+        ));
+        assert!(matches!(
+            parse_reply(r#"{"error":"unknown command"}"#),
+            Err(NodeError::Refused { code: None, .. })
+        ));
+        assert!(matches!(
+            parse_reply("{\"cni_lease\""),
+            Err(NodeError::Garbled(_))
+        ));
+        let bad_address = parse_reply(r#"{"cni_lease":{"address":"10.0.0.1"}}"#).unwrap();
+        assert!(matches!(
+            parse_lease(&bad_address),
+            Err(NodeError::Garbled(_))
+        ));
+    }
 }

@@ -68,7 +68,9 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
     outcome.map_err(|e| e.with_version(&conf.cni_version))
 }
 
-fn version(stdin: &[u8]) -> String {
+/// The answer to VERSION: the version stdin asks for when this plugin speaks it, else the
+/// newest. Any bytes (VERSION's stdin may be empty or not JSON at all).
+pub fn version(stdin: &[u8]) -> String {
     let asked = serde_json::from_slice::<VersionOnly>(stdin)
         .ok()
         .and_then(|v| v.cni_version)
@@ -80,7 +82,9 @@ fn version(stdin: &[u8]) -> String {
     serde_json::to_string(&info).unwrap_or_default()
 }
 
-fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
+/// Parses the network configuration on stdin: JSON, a supported `cniVersion`, `routes`
+/// `mesh` or `default`. Untrusted bytes; an error is the CNI error to print.
+pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     let value: serde_json::Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(code::UNDECODABLE, format!("stdin is not JSON: {e}")))?;
     let conf: NetConf = serde_json::from_value(value)
@@ -178,7 +182,9 @@ fn current_netns() -> Result<Netns, CniError> {
     })
 }
 
-fn parse_prefix(text: &str) -> Option<(Ipv6Addr, u8)> {
+/// `fd00::1/128` (from a node's routes or a `prevResult`): the address and a length of at
+/// most 128.
+pub fn parse_prefix(text: &str) -> Option<(Ipv6Addr, u8)> {
     let (addr, len) = text.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 128)?;
     Some((addr.parse().ok()?, len))
@@ -292,13 +298,18 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .map_err(netlink_error)
 }
 
+/// The `prevResult` of CHECK, as a result of ADD.
+pub fn parse_prev_result(prev: &serde_json::Value) -> Result<CniResult, CniError> {
+    serde_json::from_value(prev.clone())
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("`prevResult`: {e}")))
+}
+
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let prev = conf
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs `prevResult`"))?;
-    let prev: CniResult = serde_json::from_value(prev.clone())
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("`prevResult`: {e}")))?;
+    let prev = parse_prev_result(prev)?;
     let container_id = required(&env.container_id, "CNI_CONTAINERID")?;
     let netns_path = required(&env.netns, "CNI_NETNS")?;
     let ifname = ifname(env)?;

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backends::{LoopMessage, LoopSender};
 
+mod request;
+pub use request::{ControlRequest, parse_request};
+
 /// Where a node's control socket lives by default.
 pub fn default_socket_path(node: &str) -> PathBuf {
     PathBuf::from(format!("/run/connectopus/{node}.sock"))
@@ -84,30 +87,6 @@ fn unreachable(path: &Path) -> String {
          sets cpctl.socket_file serves its socket there instead (pass --socket PATH)",
         path.display()
     )
-}
-
-/// A request to a running node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum ControlRequest {
-    /// Report the node's state.
-    Status,
-    /// Return the running configuration: its exact signed bytes and signature.
-    GetConfig,
-    /// Take a new signed configuration (verified against the running one, then spread).
-    SetConfig {
-        /// The configuration file's text.
-        config: String,
-        /// The signature file's text.
-        signature: String,
-    },
-    /// Re-read the configuration file and its signature, like SIGHUP, and say what happened.
-    Reload,
-    /// Change the log level (`error`, `warning`/`warn`, `info`, `debug`, `trace`).
-    LogLevel {
-        /// The new level.
-        level: String,
-    },
 }
 
 /// What a reload did.
@@ -561,7 +540,7 @@ fn answer(stream: UnixStream, to_loop: &LoopSender, http: &crate::api::Handoff) 
     }
     reader.read_line(&mut line)?;
     drop(reader);
-    let reply = match serde_json::from_str::<ControlRequest>(&line) {
+    let reply = match parse_request(&line) {
         Ok(request) => {
             let (tx, rx) = mpsc::channel();
             if !to_loop.send(LoopMessage::Control { request, reply: tx }) {
