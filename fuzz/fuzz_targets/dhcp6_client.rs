@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
             c.handle_timeout(t);
         }
         while let Some(sent) = c.poll_transmit() {
-            assert!(parse_server_message(&sent).is_some(), "we send well-formed messages");
+            assert!(
+                parse_server_message(&sent).is_some(),
+                "we send well-formed messages"
+            );
             xid.copy_from_slice(&sent[1..4]);
         }
         let mut datagram = datagram.to_vec();
