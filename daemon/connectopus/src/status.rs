@@ -443,6 +443,8 @@ mod tests {
             records_opened: 0,
             receive_links: 0,
             received_for_main: 0,
+            buffers_peak: 0,
+            buffers_touched: 0,
         }];
         r.workers.push(crate::control::WorkerReport {
             index: 1,

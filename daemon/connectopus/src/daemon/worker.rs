@@ -87,6 +87,8 @@ impl Worker {
             records_opened: self.records_opened,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
+            buffers_peak: self.io.usage().peak_in_use as u64,
+            buffers_touched: self.io.usage().touched as u64,
         }
     }
 
@@ -144,6 +146,8 @@ impl Daemon {
                 records_opened: status.records_opened,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
+                buffers_peak: status.buffers_peak,
+                buffers_touched: status.buffers_touched,
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

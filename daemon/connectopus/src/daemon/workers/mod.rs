@@ -213,6 +213,10 @@ pub(super) struct ThreadStatus {
     pub(super) receive_links: u64,
     /// Received messages handed to the main loop (hellos, the routing stream, handshake).
     pub(super) received_for_main: u64,
+    /// The most pool buffers in use at once (updated with each report).
+    pub(super) buffers_peak: u64,
+    /// Pool buffers that may be resident (updated with each report).
+    pub(super) buffers_touched: u64,
 }
 
 #[derive(Debug)]
