@@ -92,14 +92,15 @@ impl OffloadCounters {
 
 /// The most 64 KiB buffers a worker keeps posted for receives (TUN reads, UDP GRO batches): a
 /// turn takes at most this many from the kernel, the rest waits in the TUN queue and the
-/// socket buffers. 16 (1 MiB) carried the same 100 MB transfers as 64 did (docs/performance.md,
-/// "Memory: bounding a transfer's working set"), with half the buffers in use at the peak.
+/// socket buffers. 16 (1 MiB) carried the same 100 MB transfers as 64 did, with half the
+/// buffers in use at the peak (docs/performance.md, "Memory: the 3-node line with eBPF").
 pub(super) const RX_BUFFERS: usize = 16;
 
 /// The most 64 KiB buffers a worker has in use (posted, being sealed or merged, in flight)
 /// before its receives get no more: back-pressure, so that a burst the sends cannot drain
-/// stays in the kernel's queues instead of the pool (`uring_io::Config::working_set`). With
-/// [`RX_BUFFERS`] more taken in one turn, a worker's peak stays near 48 buffers (3.2 MiB).
+/// stays in the kernel's queues instead of the pool (`uring_io::Config::working_set`). What
+/// one turn's receives seal into send buffers comes on top: a sending worker peaks near 32 +
+/// [`RX_BUFFERS`] + a few (3.5 MiB).
 pub(super) const WORKING_SET: usize = 32;
 
 /// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
