@@ -12,7 +12,8 @@
 //! What it cannot do itself goes to the main loop through a bounded channel (a copy; dropped
 //! and counted when the channel is full): packets for TCP/TLS links and for DTLS links without
 //! the record fast path, packets for the node's other TUN devices (namespaces, `tun_devs`),
-//! and the ICMPv6 errors its forwarder built. Its `DataplaneReport` reaches the node every
+//! and the ICMPv6 errors its forwarder built. (docs/architecture.md has the design for TCP/TLS
+//! links owned by one worker, without that copy.) Its `DataplaneReport` reaches the node every
 //! 100 ms, so data keeps sessions alive.
 //!
 //! The control plane publishes the forwarding snapshot and the table of links the workers may
@@ -28,6 +29,13 @@
 //! next link) and hands the rest (hellos, the routing stream, handshake records, alerts) to
 //! the main loop. A datagram of such a link that still arrives at the main loop's socket is
 //! handed to its worker.
+//!
+//! Plaintext udp links (`receive_plain`) are received the same way once their session is
+//! established, on a connected socket of their own: each data datagram is forwarded where it
+//! lies, control datagrams go to the main loop, and what a peer's eBPF fast path sends (partial
+//! checksums, super-packets encapsulated whole) is handled on the thread too. Such a link has
+//! no receiving direction to hand over: a datagram that reaches the main loop's socket is
+//! handled there.
 //!
 //! A worker whose ring fails (or, in tests, `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>`)
 //! ends: its TUN queue closes, the kernel steers its flows to the remaining queues, and
