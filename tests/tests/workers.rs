@@ -336,17 +336,17 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
         "status text: {text}"
     );
     // The link came back to the main loop: the same link, still up.
-    let foo = mesh.status("foo")?;
-    let ws = workers_of(&foo);
+    let foo_status = mesh.status("foo")?;
+    let ws = workers_of(&foo_status);
     ensure!(
         ws.first().is_some_and(|w| w["receive_links"] == 1)
             && ws.get(1).is_some_and(|w| w["receive_links"] == 0),
         "foo's main loop receives the link again: {ws:?}"
     );
     ensure!(
-        link_before.is_some() && link_of(&foo) == link_before,
+        link_before.is_some() && link_of(&foo_status) == link_before,
         "foo's link survived its worker: {link_before:?} then {}",
-        foo["links"]
+        foo_status["links"]
     );
     let received_before = received_by(&ws[0], kind);
     // New flows (and the old ones) now all go through worker 0.
@@ -369,16 +369,16 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
         );
     }
     every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
-    let foo = mesh.status("foo")?;
-    let received_after = received_by(&workers_of(&foo)[0], kind);
+    let foo_status = mesh.status("foo")?;
+    let received_after = received_by(&workers_of(&foo_status)[0], kind);
     ensure!(
         received_after > received_before + 10_000,
         "foo's main loop received baz's 20 MB itself: {received_before} -> {received_after}"
     );
     ensure!(
-        link_of(&foo) == link_before,
+        link_of(&foo_status) == link_before,
         "foo's link survived: {link_before:?} then {}",
-        foo["links"]
+        foo_status["links"]
     );
     let before = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
         .as_u64()

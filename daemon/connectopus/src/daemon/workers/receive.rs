@@ -432,52 +432,18 @@ impl WorkerThread {
         }
     }
 
-    /// Sends the packet at `buf[r]` on `link`: into the link's batch of records for a DTLS
-    /// link (`transit`), else from a buffer of its own; `buf` stays the caller's.
+    /// Sends the packet at `buf[r]` on `link`: into the link's batch for a DTLS or plaintext
+    /// udp link (`transit`), else to the main loop; `buf` stays the caller's.
     fn send_on(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
         if self.batch_transit(link, buf, r.clone()) {
             return;
         }
-        let offset = match self.links.get(&link) {
-            Some(LinkSend::Dtls { sealer, .. }) => sealer.payload_offset(),
-            Some(LinkSend::Plain { .. }) => 0,
-            None => {
-                let packet = self.worker.io.buf(buf).get(r).unwrap_or_default().to_vec();
-                self.hand_to_main(FromWorker::ToLink {
-                    link,
-                    packet,
-                    header: None,
-                });
-                return;
-            }
-        };
-        let io = &mut self.worker.io;
-        let Some(out) = io.alloc() else {
-            self.worker.forwarder.count_drop(DropReason::LinkCongested);
-            return;
-        };
-        let start = io.pool().headroom() + offset;
-        let packet = start..start + r.len();
-        let copied = {
-            let (from, to) = io.buf_pair(buf, &out);
-            match (from.get(r), to.get_mut(packet.clone())) {
-                (Some(p), Some(slot)) => {
-                    slot.copy_from_slice(p);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if !copied {
-            io.free(out);
-            self.worker.forwarder.count_drop(DropReason::TooBig);
-            return;
-        }
-        if offset == 0 && matches!(self.links.get(&link), Some(LinkSend::Plain { .. })) {
-            self.send_plain(link, out, packet);
-        } else {
-            self.seal_one(link, out, packet);
-        }
+        let packet = self.worker.io.buf(buf).get(r).unwrap_or_default().to_vec();
+        self.hand_to_main(FromWorker::ToLink {
+            link,
+            packet,
+            header: None,
+        });
     }
 
     /// Hands a received message to the main loop; counts it when the channel is full.
