@@ -115,8 +115,15 @@ impl WorkerThread {
         });
     }
 
-    /// Gives every link back (the thread ends; its sockets close with it).
+    /// Gives every link back (the thread ends; its sockets close with it), also the links the
+    /// main loop handed over that the thread had not taken yet.
     pub(super) fn return_links(&mut self) {
+        while let Ok(message) = self.from_main.try_recv() {
+            if let ToWorker::Receive(receive) = message {
+                let LinkReceive { link, opener, .. } = *receive;
+                self.give_back(link, opener);
+            }
+        }
         for slot in 0..self.receiving.len() {
             if let Some(r) = self.receiving[slot].take()
                 && !r.forgotten
