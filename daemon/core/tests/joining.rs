@@ -425,7 +425,7 @@ fn forged_and_replayed_lease_messages_change_nothing() {
         });
     };
     // 1. The holder's Renew, replayed by another node: refused, the lease is not extended.
-    send_from_b(&mut w, renew.clone(), i_addr);
+    send_from_b(&mut w, renew, i_addr);
     // 2. A Renew of the current certificate signed by another key.
     let forged = LeaseMessage {
         xid: 77,

@@ -290,7 +290,7 @@ impl World {
                 }
             }
         }
-        if self.checks % 20 == 0 {
+        if self.checks.is_multiple_of(20) {
             for j in &self.joiners {
                 self.sim.take_events(j.idx);
             }
