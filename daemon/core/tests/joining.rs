@@ -568,3 +568,59 @@ fn an_issuer_restart_keeps_its_leases_and_without_its_table_waits_them_out() {
         (a1, a2, a3)
     );
 }
+
+#[test]
+fn joining_sessions_are_capped_and_time_out_and_a_real_joiner_still_gets_in() {
+    let mut w = World::new(6, "fd00:0:0:e1::/112");
+    // 80 joiners nobody authorised hold joining sessions open (they are refused, but keep the
+    // session until the issuer closes it).
+    let flood: Vec<NodeIdx> = (0..80u8)
+        .map(|n| {
+            let e =
+                w.sim
+                    .add_ephemeral(&format!("x{n}"), key(100 + n), None, Some(w.trust.clone()));
+            w.sim.connect(
+                e,
+                w.i,
+                LinkParams::default().with_channel_binding([100 + n; 32]),
+            );
+            e
+        })
+        .collect();
+    let joining = |w: &World| {
+        w.sim
+            .node(w.i)
+            .unwrap()
+            .sessions()
+            .filter(|s| s.peer().is_some_and(|p| p.address.is_unspecified()))
+            .count()
+    };
+    w.sim.run_for(SECOND);
+    let member = w.joiner("job-1", MEMBER, None);
+    let mut most = 0;
+    let bound = w.run_until(100 * MS, 30 * SECOND, |w| {
+        most = most.max(joining(w));
+        !w.sim.address(member).is_unspecified()
+    });
+    // Past the joining sessions' 10 s, the issuer has closed the first ones.
+    w.run_until(100 * MS, 12 * SECOND, |w| {
+        most = most.max(joining(w));
+        false
+    });
+    assert!(most <= 64, "{most} joining sessions at once");
+    assert!(
+        most >= 60,
+        "the flood did not fill the joining sessions ({most})"
+    );
+    let node = w.sim.node(w.i).unwrap();
+    assert!(node.counters().hellos_rejected.get("join_busy") >= Some(&1));
+    eprintln!(
+        "COUNTERS {:?} {:?} most {most}",
+        node.counters().leases,
+        node.counters().hellos_rejected
+    );
+    assert!(count(&w.sim, w.i, "joining_session_timeout") >= 60);
+    assert!(bound.is_some(), "the member never got in");
+    assert!(flood.iter().all(|e| w.sim.address(*e).is_unspecified()));
+    assert_eq!(w.table().len(), 1);
+}
