@@ -41,6 +41,8 @@ mod config_rollout;
 mod database;
 mod fastpath;
 mod forwarding;
+mod issuer;
+mod joiner;
 mod names;
 mod offers;
 mod outputs;
@@ -51,8 +53,9 @@ mod trust;
 
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
 pub use fastpath::{FastpathEntry, FastpathTarget};
+pub use issuer::{IssuerSetup, IssuerStart};
 pub use names::{NameConflict, NameEntry};
-pub use outputs::{Command, Event, Forwarded, NodeCounters, Transmit, UpdateRejection};
+pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};
 
 use database::{DatabaseEntry, encode_update_record};
 
@@ -110,11 +113,17 @@ pub struct Node {
     fastpath_entries: Arc<[FastpathEntry]>,
     /// Something the entries derive from may have changed since they were issued.
     fastpath_dirty: bool,
+    /// The lease issuer, if this node issues addresses (see the `issuer` module).
+    issuer: Option<issuer::IssuerState>,
+    /// The lease holder, if this node is an ephemeral node (see the `joiner` module).
+    joiner: Option<joiner::JoinerState>,
 }
 
 impl Node {
     /// Creates a node; it has no links yet.
-    pub fn new(config: NodeConfig, now: Time) -> Self {
+    pub fn new(mut config: NodeConfig, now: Time) -> Self {
+        let joiner = joiner::JoinerState::start(&mut config);
+        let issuer = issuer::IssuerState::start(&config, now);
         let rng = SmallRng::seed_from_u64(config.seed);
         let forwarder = Forwarder::new(IcmpRateLimiter::new(
             config.icmp_per_second,
@@ -168,6 +177,8 @@ impl Node {
             events: VecDeque::new(),
             fastpath_entries: Arc::from(Vec::new()),
             fastpath_dirty: true,
+            issuer,
+            joiner,
             config,
         };
         node.originate_update(now);
@@ -323,6 +334,7 @@ impl Node {
 
     /// Says goodbye on every session and forgets them; the driver should then close the links.
     pub fn shutdown(&mut self, now: Time) {
+        self.release_lease(now);
         let links: Vec<LinkId> = self.sessions.keys().copied().collect();
         for link in links {
             self.close_session(now, link, CloseReason::Shutdown, true);
@@ -346,6 +358,7 @@ impl Node {
             }
         }
         self.close_expired_lease_sessions(now);
+        self.run_lease_timers(now);
         if now >= self.next_prune_at {
             self.prune_dead_nodes(now);
             self.next_prune_at = now + self.config.timers.prune_interval;
@@ -373,6 +386,7 @@ impl Node {
         consider(self.rollout_deadline(), "configuration rollout");
         consider(self.next_offer_release(), "pending config offer");
         consider(self.peer_lease_check_at, "peer lease expiry");
+        consider(self.lease_deadline(), "lease timers");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -458,16 +472,16 @@ impl Node {
         for (link, session) in self.sessions.iter_mut() {
             if session.hello_due(now) {
                 let capabilities = fastpath::hello_capabilities(fastpath, session.info());
-                let hello = session
-                    .hello(
-                        address,
-                        &self.config.name,
-                        epoch,
-                        key,
-                        capabilities,
-                        self.own_certificate.as_deref(),
-                    )
-                    .encode();
+                let mut hello = session.hello(
+                    address,
+                    &self.config.name,
+                    epoch,
+                    key,
+                    capabilities,
+                    self.own_certificate.as_deref(),
+                );
+                joiner::mark_join_hello(&mut hello);
+                let hello = hello.encode();
                 session.push_message(hello);
                 session.hello_sent(now);
             }
@@ -479,6 +493,7 @@ impl Node {
                 });
             }
         }
+        self.poll_lease_persist(now);
         self.publish_forwarding();
         self.update_fastpath();
         self.peer_lease_check_at = self.next_peer_lease_expiry(now);

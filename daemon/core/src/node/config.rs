@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use connectopus_wire::{LeaseCertificate, NameBinding, NameBinding4, PrefixAdvert, RecordLimits};
 
+use super::issuer::IssuerSetup;
 #[cfg(doc)]
 use super::{Command, Node};
 use crate::identity::{self, NodeKey, TrustPolicy};
+use crate::lease_holder::JoinConfig;
 #[cfg(doc)]
 use crate::session::CloseReason;
 use crate::session::SessionTimers;
@@ -118,6 +120,14 @@ pub struct NodeConfig {
     /// its `address`, `name` and `epoch` must be the certificate's, and `identity` its holder
     /// key. Hellos carry it (extension 5) and own updates carry it (LSU extension kind 1).
     pub certificate: Option<LeaseCertificate>,
+    /// The node issues leases from a pool (`docs/dynamic-mesh.md` §1.4): it serves joining
+    /// sessions, renewals and releases, and asks the driver to persist its table
+    /// ([`Command::PersistLeases`]) before it answers a grant.
+    pub issuer: Option<IssuerSetup>,
+    /// The node is an ephemeral node that joins with an address an issuer grants: it starts
+    /// with the address `::` (whatever `address` says), sends join hellos, and re-addresses
+    /// itself on the grant ([`Command::SetAddress`]). Needs `identity` (the holder key).
+    pub join: Option<JoinConfig>,
 }
 
 impl NodeConfig {
@@ -145,6 +155,8 @@ impl NodeConfig {
             trust: None,
             fastpath: false,
             certificate: None,
+            issuer: None,
+            join: None,
         }
     }
 }
