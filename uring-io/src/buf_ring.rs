@@ -1,6 +1,6 @@
 //! The provided-buffer ring (`IORING_REGISTER_PBUF_RING`) that io_uring receives take their
 //! buffers from, and how many buffers it keeps posted ([`RxTarget`]). See the ownership rule in
-//! `ring.rs`: a buffer posted here is in the pool's `Kernel` state until a completion returns it.
+//! `ring/mod.rs`: a buffer posted here is in the pool's `Kernel` state until a completion returns it.
 
 use std::io;
 use std::ptr::{self, NonNull};
