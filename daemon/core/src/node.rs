@@ -41,6 +41,7 @@ mod config_rollout;
 mod database;
 mod fastpath;
 mod forwarding;
+mod mesh_prefix;
 mod names;
 mod offers;
 mod outputs;
@@ -51,6 +52,7 @@ mod trust;
 
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
 pub use fastpath::{FastpathEntry, FastpathTarget};
+pub use mesh_prefix::{Delegation, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane};
 pub use names::{NameConflict, NameEntry};
 pub use outputs::{Command, Event, Forwarded, NodeCounters, Transmit, UpdateRejection};
 
@@ -110,6 +112,8 @@ pub struct Node {
     fastpath_entries: Arc<[FastpathEntry]>,
     /// Something the entries derive from may have changed since they were issued.
     fastpath_dirty: bool,
+    /// Delegated prefixes and the mirror planes derived from them (see `mesh_prefix`).
+    mesh_prefixes: mesh_prefix::MeshPrefixes,
 }
 
 impl Node {
@@ -168,6 +172,7 @@ impl Node {
             events: VecDeque::new(),
             fastpath_entries: Arc::from(Vec::new()),
             fastpath_dirty: true,
+            mesh_prefixes: mesh_prefix::MeshPrefixes::default(),
             config,
         };
         node.originate_update(now);
@@ -354,6 +359,7 @@ impl Node {
             self.originate_update(now);
         }
         self.release_pending_offers(now);
+        self.expire_mesh_prefixes(now);
         self.after_input(now);
     }
 
@@ -373,6 +379,7 @@ impl Node {
         consider(self.rollout_deadline(), "configuration rollout");
         consider(self.next_offer_release(), "pending config offer");
         consider(self.peer_lease_check_at, "peer lease expiry");
+        consider(self.mesh_prefix_deadline(), "mesh prefix lifetime");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);

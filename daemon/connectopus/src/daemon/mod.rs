@@ -564,6 +564,11 @@ impl Daemon {
                 }
                 Command::InstallForwarding(_) => self.sync_forwarding(),
                 Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
+                // The node's forwarding already carries the mirrors; putting φ(own) on the
+                // TUN and routing the planes into it is step 14 (docs/dynamic-mesh.md §4).
+                Command::SetMeshPrefixes(planes) => {
+                    tracing::info!(planes = ?planes.iter().map(|p| p.prefix.to_string()).collect::<Vec<_>>(), "mesh prefixes");
+                }
                 Command::ApplyConfig {
                     version,
                     unacknowledged,
