@@ -53,6 +53,7 @@ mod fastpath;
 use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
+mod mesh_prefix;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
 mod hello_filter;
@@ -564,11 +565,7 @@ impl Daemon {
                 }
                 Command::InstallForwarding(_) => self.sync_forwarding(),
                 Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
-                // The node's forwarding already carries the mirrors; putting φ(own) on the
-                // TUN and routing the planes into it is step 14 (docs/dynamic-mesh.md §4).
-                Command::SetMeshPrefixes(planes) => {
-                    tracing::info!(planes = ?planes.iter().map(|p| p.prefix.to_string()).collect::<Vec<_>>(), "mesh prefixes");
-                }
+                Command::SetMeshPrefixes(planes) => mesh_prefix::log_planes(&planes),
                 Command::ApplyConfig {
                     version,
                     unacknowledged,

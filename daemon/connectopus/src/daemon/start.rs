@@ -285,6 +285,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.names = attachment_names.clone();
     core.names4 = attachment_names4.clone();
     core.address4 = config.global.subnet4.and(node_config.address4);
+    core.mesh_prefix = super::mesh_prefix::core_config(&config);
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
     core.timers.update_interval = timers.update_interval.get();
