@@ -179,6 +179,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         }
     };
 
+    // The DHCPv6 client's socket (port 546, bound to the upstream interface) opens while the
+    // node still has its capabilities.
+    let pd_driver = super::mesh_prefix::open_pd(&config, &id, &config_path);
+
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(
         &node_config,
@@ -198,6 +202,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
+    if let Some(driver) = pd_driver {
+        super::mesh_prefix::spawn_pd(driver, to_loop.clone())?;
+    }
     let mut threads = Vec::new();
     let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
     let api_listen = api_listen(&node_config, !tuns.is_empty());
@@ -315,6 +322,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         backends: BTreeMap::new(),
         failed: BTreeMap::new(),
         threads: Vec::new(),
+        mesh_addresses: Default::default(),
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
