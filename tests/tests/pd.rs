@@ -336,10 +336,10 @@ fn addresses(ns: &NetNs) -> String {
     ns.ip(&["-6", "-o", "addr", "show"]).unwrap_or_default()
 }
 
-/// §2.6 steps 2, 3 and 5: a three-node mesh whose `gw` is delegated Kea's /56 on its upstream
+/// §2.6 steps 2 to 5: a three-node mesh whose `gw` is delegated Kea's /56 on its upstream
 /// link; every node puts its mirror on its TUN device within the wait, pings cross the mesh
-/// between mirror addresses, Renew keeps the prefix, and a restarted `gw` comes back with the
-/// same DUID and prefix.
+/// between mirror addresses, Renew keeps the prefix, a restarted `gw` comes back with the
+/// same DUID and prefix, and once Kea is gone past the valid lifetime every node withdraws it.
 #[test]
 fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
     require_root!();
@@ -361,7 +361,7 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
             addrs.contains("fe80") && !addrs.contains("tentative")
         })
         .context("the upstream link did not come up")?;
-        let _kea = start_kea_on(&rtr, dir, &up.a.ifname, "2001:db8:20::/64")?;
+        let kea = start_kea_on(&rtr, dir, &up.a.ifname, "2001:db8:20::/64")?;
 
         let mut mesh = Mesh::configure(
             &topo,
@@ -437,6 +437,24 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
         );
         let result = ping6(topo.ns("c"), mirror(0), 3, 56, &[])?;
         ensure!(result.received > 0, "c → gw after the restart: {result:?}");
+
+        // Kea stops: gw Rebinds in vain until the valid lifetime (14 s) ends, and then every
+        // node takes its mirror off.
+        kea.terminate()?;
+        let none_mirrored = || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        };
+        wait_until(WAIT, Duration::from_millis(100), none_mirrored)
+            .context("mirrors left after the valid lifetime")?;
+        let route = topo
+            .ns("c")
+            .ip(&["-6", "route", "get", &mirror(0).to_string()]);
+        ensure!(
+            route.is_err(),
+            "c still routes gw's withdrawn mirror: {route:?}"
+        );
         Ok(())
     });
 }
