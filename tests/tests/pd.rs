@@ -431,6 +431,15 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
         wait_until(WAIT, Duration::from_millis(100), || all_mirrored(&nodes))
             .context("mirrors after gw's restart")?;
         let after = PdState::decode(&std::fs::read(&state)?)?;
+        // The restarted gw advertises its saved prefix from its first update (and Rebinds it
+        // within milliseconds here): no node took its mirror off in between.
+        for n in nodes {
+            let log = std::fs::read_to_string(dir.join(format!("{n}.{n}.stderr")))?;
+            ensure!(
+                !log.contains("mirror address removed"),
+                "{n} withdrew its mirror across gw's restart"
+            );
+        }
         ensure!(
             after.duid.to_string() == duid,
             "the DUID changed across the restart"

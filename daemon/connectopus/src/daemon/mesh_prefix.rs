@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use connectopus_config::MeshConfig;
 use connectopus_core::node::{Delegation, MeshPrefix, MeshPrefixConfig};
-use connectopus_dhcp6::PdEvent;
+use connectopus_dhcp6::{PdEvent, PdState};
 use connectopus_wire::Prefix;
 
 use super::Daemon;
@@ -48,15 +48,43 @@ fn state_path(config_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Opens the DHCPv6 client if `global.delegated` names this node; logs and goes on without
-/// one if its interface or socket is not there.
-pub(super) fn open_pd(config: &MeshConfig, id: &str, config_path: &Path) -> Option<PdDriver> {
+/// The still-valid delegations saved in the client's state file, with the time left: the
+/// node advertises them from its first update, so a restart does not withdraw the mesh prefix
+/// while the client Rebinds it.
+fn saved_delegations(state: &Path) -> PdUpdate {
+    let Ok(saved) = std::fs::read(state)
+        .map_err(|_| ())
+        .and_then(|b| PdState::decode(&b).map_err(|_| ()))
+    else {
+        return PdUpdate::Held(Vec::new());
+    };
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    PdUpdate::Held(
+        saved
+            .delegations_at(connectopus_core::Time::ZERO, unix_ms)
+            .into_iter()
+            .filter(|d| !d.valid.is_zero())
+            .filter_map(|d| Some((wire_prefix(d.prefix)?, d.preferred, d.valid)))
+            .collect(),
+    )
+}
+
+/// Opens the DHCPv6 client if `global.delegated` names this node, with the delegations its
+/// state file still holds; logs and goes on without one if its interface or socket is not
+/// there.
+pub(super) fn open_pd(
+    config: &MeshConfig,
+    id: &str,
+    config_path: &Path,
+) -> Option<(PdDriver, PdUpdate)> {
     let entry = config.global.delegated.iter().find(|d| d.node == id)?;
     let state = state_path(config_path);
     match PdDriver::open(&entry.interface, &state, entry.length, LINK_WAIT) {
         Ok(driver) => {
             tracing::info!(interface = %entry.interface, duid = %driver.duid(), state = %state.display(), "dhcp6 prefix delegation client started");
-            Some(driver)
+            Some((driver, saved_delegations(&state)))
         }
         Err(error) => {
             tracing::warn!(interface = %entry.interface, error = %format!("{error:#}"), "no dhcp6 prefix delegation: the mesh gets no prefix from this node");

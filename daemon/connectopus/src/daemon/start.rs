@@ -202,9 +202,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
-    if let Some(driver) = pd_driver {
-        super::mesh_prefix::spawn_pd(driver, to_loop.clone())?;
-    }
+    let saved_delegations = match pd_driver {
+        Some((driver, saved)) => {
+            super::mesh_prefix::spawn_pd(driver, to_loop.clone())?;
+            Some(saved)
+        }
+        None => None,
+    };
     let mut threads = Vec::new();
     let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
     let api_listen = api_listen(&node_config, !tuns.is_empty());
@@ -364,6 +368,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     daemon
         .node
         .set_config(Time::ZERO, version, &source, &signature);
+    if let Some(saved) = saved_delegations {
+        daemon.on_delegations(saved);
+    }
     for (name, backend) in &backend_configs {
         daemon.start_or_retry(name, backend);
     }

@@ -334,7 +334,15 @@ impl Node {
             .flat_map(|e| [e.preferred_until, e.valid_until])
             .filter(|t| *t > now)
             .min();
-        if *planes == *self.mesh_prefixes.active {
+        // Deadlines move with every renewal and every periodic update; the driver hears only
+        // of planes that come, go or change their deprecation.
+        let key = |p: &MeshPrefix| (p.prefix, p.delegated, p.origin, p.deprecated);
+        if planes
+            .iter()
+            .map(key)
+            .eq(self.mesh_prefixes.active.iter().map(key))
+        {
+            self.mesh_prefixes.active = Arc::from(planes);
             return;
         }
         for p in &planes {
