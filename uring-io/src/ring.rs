@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, register, squeue};
 
-use crate::buf_ring::{BufRing, RX_FLOOR, RxTarget};
+use crate::buf_ring::{BufRing, RX_ALWAYS, RX_FLOOR, RxTarget};
 use crate::meta::{
     CONTROL_LEN, CmsgBuf, Completion, Errno, NAME_LEN, Op, OpKind, SockAddrBuf, Token, parse_gro,
     parse_local, parse_sockaddr, write_send_control,
@@ -215,6 +215,7 @@ impl UringDriver {
             },
             rx_max,
         );
+        buf_ring.budget = config.working_set.clamp(RX_ALWAYS, pool.capacity());
         buf_ring.top_up(pool);
 
         let empty = Slot {
@@ -368,7 +369,9 @@ impl UringDriver {
 
     /// Returns a buffer to the provided-buffer ring if it is below target, else to the pool.
     pub(crate) fn free(&mut self, pool: &mut BufferPool, buf: BufId) {
-        if self.buf_ring.posted < self.buf_ring.target.now {
+        // Out of the free list besides `buf` itself.
+        let others = pool.capacity() - pool.n_free() - 1;
+        if self.buf_ring.wants(others) {
             let idx = pool.give_to_kernel(buf);
             self.buf_ring.push(pool, idx);
         } else {

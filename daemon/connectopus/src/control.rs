@@ -330,13 +330,25 @@ pub struct WorkerReport {
     /// DTLS records it opened (the links it receives, see `receive_links`).
     #[serde(default)]
     pub records_opened: u64,
-    /// DTLS links whose datagrams it receives and opens.
+    /// Plaintext udp data datagrams it received (the udp links it receives).
+    #[serde(default)]
+    pub datagrams_received: u64,
+    /// DTLS and plaintext udp links whose datagrams it receives.
     #[serde(default)]
     pub receive_links: u64,
     /// Received link messages a worker thread handed to the main loop (hellos, the routing
     /// stream, handshake records); 0 for worker 0.
     #[serde(default)]
     pub received_for_main: u64,
+    /// The most packet buffers its pool had in use at once since the start (held, in flight,
+    /// or posted for receives): its peak packet memory is this many buffers (64 KiB each
+    /// with offloads).
+    #[serde(default)]
+    pub buffers_peak: u64,
+    /// Packet buffers whose pages may be resident now (used since the pool last released
+    /// them).
+    #[serde(default)]
+    pub buffers_touched: u64,
 }
 
 /// One configured backend.

@@ -103,6 +103,9 @@ pub struct LeaseIssuer {
     persist_requested: u64,
     /// The highest generation the driver reported persisted.
     persisted: u64,
+    /// Per leased address, the xid of the Renew that made its current renewal: a resend of
+    /// that Renew (its answer was lost) is answered again without extending the lease.
+    last_renew: std::collections::BTreeMap<Ipv6Addr, u64>,
 }
 
 /// How long a refused joiner should wait before asking again, by default.
@@ -121,6 +124,7 @@ impl LeaseIssuer {
             pending: Vec::new(),
             persist_requested: persisted,
             persisted,
+            last_renew: std::collections::BTreeMap::new(),
         }
     }
 
@@ -317,6 +321,30 @@ impl LeaseIssuer {
         if policy.reserved_names.contains(&cert.name) || !still_allowed {
             return Self::refuse(xid, RefuseCode::NotAuthorized, RETRY_AFTER, "not allowed");
         }
+        // A Renew must carry the current certificate. One renewal older is a resend of the
+        // Renew whose answer was lost (same xid): it gets the current certificate again, and
+        // the lease is not extended, so replaying a holder's Renew cannot keep a vanished
+        // holder's address out of the pool.
+        if let Some(lease) = self.table.lease_at(cert.address)
+            && lease.key == cert.holder_key
+            && lease.epoch == cert.epoch
+            && cert.renewal < lease.renewal
+        {
+            let resend = cert.renewal.saturating_add(1) == lease.renewal
+                && self.last_renew.get(&cert.address) == Some(&xid)
+                && lease.expires > now;
+            if !resend {
+                return Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "stale lease");
+            }
+            let lease = lease.clone();
+            return LeaseMessage {
+                xid,
+                body: LeaseBody::Renewed {
+                    t1_ms: self.t1_ms(),
+                    cert: self.certificate(&lease),
+                },
+            };
+        }
         match self.table.renew(
             now,
             cert.holder_key,
@@ -325,13 +353,16 @@ impl LeaseIssuer {
             cert.renewal,
             &cert.name,
         ) {
-            Ok(lease) => LeaseMessage {
-                xid,
-                body: LeaseBody::Renewed {
-                    t1_ms: self.t1_ms(),
-                    cert: self.certificate(&lease),
-                },
-            },
+            Ok(lease) => {
+                self.last_renew.insert(lease.address, xid);
+                LeaseMessage {
+                    xid,
+                    body: LeaseBody::Renewed {
+                        t1_ms: self.t1_ms(),
+                        cert: self.certificate(&lease),
+                    },
+                }
+            }
             Err(RenewError::UnknownLease) => {
                 Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "unknown lease")
             }
@@ -366,7 +397,13 @@ impl LeaseIssuer {
 
     /// Expires leases and hold-downs that are over; returns how many leases ended.
     pub fn expire(&mut self, now: Time) -> usize {
-        self.table.expire(now).len()
+        let expired = self.table.expire(now).len();
+        if expired > 0 {
+            let table = &self.table;
+            self.last_renew
+                .retain(|address, _| table.lease_at(*address).is_some());
+        }
+        expired
     }
 }
 

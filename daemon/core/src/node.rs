@@ -41,6 +41,8 @@ mod config_rollout;
 mod database;
 mod fastpath;
 mod forwarding;
+mod issuer;
+mod joiner;
 mod mesh_prefix;
 mod names;
 mod offers;
@@ -52,9 +54,10 @@ mod trust;
 
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
 pub use fastpath::{FastpathEntry, FastpathTarget};
+pub use issuer::{IssuerSetup, IssuerStart};
 pub use mesh_prefix::{Delegation, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane};
 pub use names::{NameConflict, NameEntry};
-pub use outputs::{Command, Event, Forwarded, NodeCounters, Transmit, UpdateRejection};
+pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};
 
 use database::{DatabaseEntry, encode_update_record};
 
@@ -114,11 +117,17 @@ pub struct Node {
     fastpath_dirty: bool,
     /// Delegated prefixes and the mirror planes derived from them (see `mesh_prefix`).
     mesh_prefixes: mesh_prefix::MeshPrefixes,
+    /// The lease issuer, if this node issues addresses (see the `issuer` module).
+    issuer: Option<issuer::IssuerState>,
+    /// The lease holder, if this node is an ephemeral node (see the `joiner` module).
+    joiner: Option<joiner::JoinerState>,
 }
 
 impl Node {
     /// Creates a node; it has no links yet.
-    pub fn new(config: NodeConfig, now: Time) -> Self {
+    pub fn new(mut config: NodeConfig, now: Time) -> Self {
+        let joiner = joiner::JoinerState::start(&mut config);
+        let issuer = issuer::IssuerState::start(&config, now);
         let rng = SmallRng::seed_from_u64(config.seed);
         let forwarder = Forwarder::new(IcmpRateLimiter::new(
             config.icmp_per_second,
@@ -173,6 +182,8 @@ impl Node {
             fastpath_entries: Arc::from(Vec::new()),
             fastpath_dirty: true,
             mesh_prefixes: mesh_prefix::MeshPrefixes::default(),
+            issuer,
+            joiner,
             config,
         };
         node.originate_update(now);
@@ -328,6 +339,7 @@ impl Node {
 
     /// Says goodbye on every session and forgets them; the driver should then close the links.
     pub fn shutdown(&mut self, now: Time) {
+        self.release_lease(now);
         let links: Vec<LinkId> = self.sessions.keys().copied().collect();
         for link in links {
             self.close_session(now, link, CloseReason::Shutdown, true);
@@ -351,6 +363,7 @@ impl Node {
             }
         }
         self.close_expired_lease_sessions(now);
+        self.run_lease_timers(now);
         if now >= self.next_prune_at {
             self.prune_dead_nodes(now);
             self.next_prune_at = now + self.config.timers.prune_interval;
@@ -380,6 +393,7 @@ impl Node {
         consider(self.next_offer_release(), "pending config offer");
         consider(self.peer_lease_check_at, "peer lease expiry");
         consider(self.mesh_prefix_deadline(), "mesh prefix lifetime");
+        consider(self.lease_deadline(), "lease timers");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {
                 consider(Some(t), why);
@@ -465,16 +479,16 @@ impl Node {
         for (link, session) in self.sessions.iter_mut() {
             if session.hello_due(now) {
                 let capabilities = fastpath::hello_capabilities(fastpath, session.info());
-                let hello = session
-                    .hello(
-                        address,
-                        &self.config.name,
-                        epoch,
-                        key,
-                        capabilities,
-                        self.own_certificate.as_deref(),
-                    )
-                    .encode();
+                let mut hello = session.hello(
+                    address,
+                    &self.config.name,
+                    epoch,
+                    key,
+                    capabilities,
+                    self.own_certificate.as_deref(),
+                );
+                joiner::mark_join_hello(&mut hello);
+                let hello = hello.encode();
                 session.push_message(hello);
                 session.hello_sent(now);
             }
@@ -486,6 +500,7 @@ impl Node {
                 });
             }
         }
+        self.poll_lease_persist(now);
         self.publish_forwarding();
         self.update_fastpath();
         self.peer_lease_check_at = self.next_peer_lease_expiry(now);

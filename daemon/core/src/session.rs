@@ -387,7 +387,7 @@ impl Session {
 
     /// Returns what this end's hello signature covers: the link's exporter value, or on a
     /// link without one the challenge of the peer's latest hello (zeros before it arrived).
-    fn signing_binding(&self) -> [u8; 32] {
+    pub(crate) fn signing_binding(&self) -> [u8; 32] {
         self.info
             .channel_binding
             .or(self.peer_challenge)

@@ -23,7 +23,10 @@ use crate::node::{Command, Event, Node, NodeConfig};
 use crate::session::LinkInfo;
 use crate::time::Time;
 
+mod leases;
 mod raw;
+
+pub use leases::SIM_UNIX_MS_AT_ZERO;
 
 /// Index of a simulated node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,6 +107,8 @@ struct SimNode {
     events: Vec<Event>,
     /// The [`Command::ApplyConfig`]s the node issued.
     applied: Vec<ConfigApplied>,
+    /// Its disk and address changes (see the `leases` module).
+    leases: leases::NodeLeases,
 }
 
 /// A node applied a proposed configuration ([`Command::ApplyConfig`]).
@@ -190,6 +195,8 @@ pub struct Sim {
     stats: SimStats,
     /// Raw links to the test and wiretaps (see the `raw` module).
     raw: raw::RawLinks,
+    /// Lease tables being written (see the `leases` module).
+    disks: leases::Disks,
 }
 
 impl Sim {
@@ -206,6 +213,7 @@ impl Sim {
             redial_delay: Duration::from_secs(1),
             stats: SimStats::default(),
             raw: raw::RawLinks::default(),
+            disks: leases::Disks::default(),
         }
     }
 
@@ -245,6 +253,7 @@ impl Sim {
             tun_out: Vec::new(),
             events: Vec::new(),
             applied: Vec::new(),
+            leases: leases::NodeLeases::default(),
         });
         self.drain(idx);
         idx
@@ -255,9 +264,11 @@ impl Sim {
         self.nodes.get(idx.0).and_then(|n| n.node.as_ref())
     }
 
-    /// Returns a node's address.
+    /// Returns a node's current address (`::` while an ephemeral node holds none; the
+    /// configured one while a node is crashed).
     pub fn address(&self, idx: NodeIdx) -> Ipv6Addr {
-        self.nodes[idx.0].config.address
+        let sim_node = &self.nodes[idx.0];
+        leases::current_address(sim_node.node.as_ref(), sim_node.config.address)
     }
 
     /// Connects two nodes with a new link and brings its transport up.
@@ -317,6 +328,7 @@ impl Sim {
 
     /// Stops a node abruptly: no goodbyes; its peers find out through their timers.
     pub fn crash(&mut self, idx: NodeIdx) {
+        self.lease_crash(idx);
         let node = &mut self.nodes[idx.0];
         node.node = None;
         node.links.clear();
@@ -332,9 +344,17 @@ impl Sim {
 
     /// Starts a crashed node again with a higher epoch, and re-dials its links.
     pub fn restart(&mut self, idx: NodeIdx) {
+        self.restart_with(idx, false);
+    }
+
+    /// Restarts a node; an issuer starts from its disk unless `keep_start` (see the `leases`
+    /// module).
+    fn restart_with(&mut self, idx: NodeIdx, keep_start: bool) {
         let sim_node = &mut self.nodes[idx.0];
         sim_node.config.epoch += 1;
         sim_node.config.seed = sim_node.config.seed.wrapping_add(1);
+        self.prepare_restart(idx, keep_start);
+        let sim_node = &mut self.nodes[idx.0];
         sim_node.node = Some(Node::new(sim_node.config.clone(), self.now));
         self.drain(idx);
         let mine: Vec<SimLinkIdx> = (0..self.links.len())
@@ -411,7 +431,7 @@ impl Sim {
     pub fn converged(&self) -> bool {
         let live: Vec<NodeIdx> = (0..self.nodes.len())
             .map(NodeIdx)
-            .filter(|i| self.nodes[i.0].node.is_some())
+            .filter(|i| self.nodes[i.0].node.is_some() && !self.address(*i).is_unspecified())
             .collect();
         // Cheap check first: every node knows a route to every other node.
         for from in &live {
@@ -609,6 +629,10 @@ impl Sim {
                     version,
                     unacknowledged,
                 }),
+                Command::PersistLeases { generation, table } => {
+                    self.persist(idx, generation, table);
+                }
+                Command::SetAddress { address, .. } => self.note_address(idx, address),
             }
         }
     }
@@ -681,6 +705,9 @@ impl Sim {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
+        if let Some(t) = self.next_write() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         next
     }
 
@@ -713,6 +740,7 @@ impl Sim {
             }
             self.drain(NodeIdx(idx));
         }
+        self.complete_writes();
         let due: Vec<SimLinkIdx> = (0..self.links.len())
             .map(SimLinkIdx)
             .filter(|l| self.links[l.0].redial_at.is_some_and(|t| t <= now))

@@ -574,6 +574,11 @@ impl Daemon {
                     version,
                     unacknowledged,
                 } => self.apply_pending_config(version, &unacknowledged),
+                // Issuing and joining are not run by the daemon yet (docs/dynamic-mesh.md §4
+                // step 7); its nodes have neither `issuer` nor `join`, so these never come.
+                Command::PersistLeases { .. } | Command::SetAddress { .. } => {
+                    tracing::warn!("lease command ignored: the daemon does not issue or join yet");
+                }
             }
         }
         while let Some(event) = self.node.poll_event() {
@@ -673,6 +678,7 @@ impl Daemon {
                 self.redial_later(dtls.endpoint, l.had_session);
             }
             Transport::PlainUdp(plain) => {
+                self.forget_receiver(link, plain.rx_worker);
                 if self.dtls_peers.get(&(plain.endpoint, l.remote)) == Some(&link) {
                     self.dtls_peers.remove(&(plain.endpoint, l.remote));
                 }
@@ -753,5 +759,6 @@ fn log_event(event: &Event) {
             dst_port,
             payload,
         } => tracing::trace!(%src, src_port, dst_port, len = payload.len(), "control datagram"),
+        Event::Lease(lease) => tracing::info!(?lease, "lease"),
     }
 }

@@ -295,3 +295,32 @@ fn a_small_pool_runs_out() {
     );
     assert_eq!(refusal(answer), RefuseCode::PoolExhausted);
 }
+
+#[test]
+fn a_replayed_renew_is_refused_and_a_resent_one_does_not_extend_the_lease() {
+    let mut i = issuer("fd00:0:0:e1::/112");
+    let cert = join(&mut i, t(1), MEMBER, "job-1");
+    let sig = key(MEMBER).sign(&renew_message(5, &cert));
+    let renewed = match i.handle_renew(t(11), 5, &cert, &sig).body {
+        LeaseBody::Renewed { cert, .. } => cert,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(i.table().lease_at(cert.address).unwrap().expires, t(31));
+    // The same Renew again (its answer was lost): the current certificate, no extension.
+    match i.handle_renew(t(12), 5, &cert, &sig).body {
+        LeaseBody::Renewed { cert: again, .. } => assert_eq!(again, renewed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(i.table().lease_at(cert.address).unwrap().expires, t(31));
+    // A second renewal, then the first Renew replayed: refused, nothing changes.
+    let sig2 = key(MEMBER).sign(&renew_message(7, &renewed));
+    assert!(matches!(
+        i.handle_renew(t(21), 7, &renewed, &sig2).body,
+        LeaseBody::Renewed { .. }
+    ));
+    assert_eq!(i.table().lease_at(cert.address).unwrap().expires, t(41));
+    let replay = i.handle_renew(t(30), 5, &cert, &sig);
+    assert_eq!(refusal(Some(replay)), RefuseCode::UnknownLease);
+    assert_eq!(i.table().lease_at(cert.address).unwrap().expires, t(41));
+    assert_eq!(i.table().lease_at(cert.address).unwrap().renewal, 2);
+}

@@ -6,9 +6,11 @@ use std::time::Duration;
 use connectopus_wire::{LeaseCertificate, NameBinding, NameBinding4, PrefixAdvert, RecordLimits};
 
 use super::MeshPrefixConfig;
+use super::issuer::IssuerSetup;
 #[cfg(doc)]
 use super::{Command, Node};
 use crate::identity::{self, NodeKey, TrustPolicy};
+use crate::lease_holder::JoinConfig;
 #[cfg(doc)]
 use crate::session::CloseReason;
 use crate::session::SessionTimers;
@@ -122,6 +124,14 @@ pub struct NodeConfig {
     /// The subnet and the nodes that may delegate prefixes to the mesh (`global.delegated`,
     /// `docs/dynamic-mesh.md` §2); `None`: no mesh prefix, and extension kind 2 is refused.
     pub mesh_prefix: Option<MeshPrefixConfig>,
+    /// The node issues leases from a pool (`docs/dynamic-mesh.md` §1.4): it serves joining
+    /// sessions, renewals and releases, and asks the driver to persist its table
+    /// ([`Command::PersistLeases`]) before it answers a grant.
+    pub issuer: Option<IssuerSetup>,
+    /// The node is an ephemeral node that joins with an address an issuer grants: it starts
+    /// with the address `::` (whatever `address` says), sends join hellos, and re-addresses
+    /// itself on the grant ([`Command::SetAddress`]). Needs `identity` (the holder key).
+    pub join: Option<JoinConfig>,
 }
 
 impl NodeConfig {
@@ -150,6 +160,8 @@ impl NodeConfig {
             fastpath: false,
             certificate: None,
             mesh_prefix: None,
+            issuer: None,
+            join: None,
         }
     }
 }

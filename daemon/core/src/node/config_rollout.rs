@@ -106,6 +106,7 @@ impl Node {
             .iter()
             .filter(|(link, s)| {
                 s.is_established()
+                    && !self.is_joining_session(**link)
                     && self.offered.get(link).is_none_or(|v| *v < version)
                     && s.peer().is_some_and(|p| !peer_has(self, p.address))
             })

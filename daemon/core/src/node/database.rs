@@ -206,7 +206,8 @@ impl Node {
             .filter(|(link, s)| {
                 **link != from
                     && s.is_established()
-                    && s.peer().is_some_and(|p| p.address != origin)
+                    && s.peer()
+                        .is_some_and(|p| p.address != origin && !p.address.is_unspecified())
             })
             .map(|(link, _)| *link)
             .collect();
@@ -236,13 +237,21 @@ impl Node {
 
     /// Builds, stores and floods this node's own update.
     pub(super) fn originate_update(&mut self, now: Time) {
+        if self.config.address.is_unspecified() {
+            // An ephemeral node without a lease originates nothing (it has no address).
+            self.next_update_at = now + self.config.timers.update_interval;
+            self.triggered_update_at = None;
+            return;
+        }
         self.own_sequence += 1;
         self.counters.updates_originated += 1;
         self.next_update_at = now + self.config.timers.update_interval;
         self.triggered_update_at = None;
         let mut best: BTreeMap<Ipv6Addr, Cost> = BTreeMap::new();
         for session in self.sessions.values() {
-            if let (true, Some(peer)) = (session.is_established(), session.peer()) {
+            if let (true, Some(peer)) = (session.is_established(), session.peer())
+                && !peer.address.is_unspecified()
+            {
                 let cost = session.info().cost;
                 best.entry(peer.address)
                     .and_modify(|c| *c = (*c).min(cost))
@@ -286,7 +295,9 @@ impl Node {
         let targets: Vec<LinkId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.is_established())
+            .filter(|(_, s)| {
+                s.is_established() && s.peer().is_some_and(|p| !p.address.is_unspecified())
+            })
             .map(|(link, _)| *link)
             .collect();
         for link in targets {

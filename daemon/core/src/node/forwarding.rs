@@ -167,6 +167,13 @@ impl Node {
         datagram: &ControlDatagram<'_>,
         from: Option<LinkId>,
     ) -> Result<(), DropReason> {
+        if datagram.dst == self.config.address
+            && datagram.dst_port == connectopus_wire::lease::LEASE_PORT
+        {
+            // Port 0 carries lease messages; the core handles it, local programs never see it.
+            self.process_lease_datagram(now, datagram.src, datagram.payload);
+            return Ok(());
+        }
         if datagram.dst == self.config.address {
             self.events.push_back(Event::ControlDatagram {
                 src: datagram.src,

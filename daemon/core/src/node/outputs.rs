@@ -11,7 +11,9 @@ use super::{FastpathEntry, MeshPrefix, NameConflict};
 use crate::LinkId;
 use crate::forward::DropReason;
 use crate::forwarder::ForwardingSnapshot;
+use crate::lease_table::PersistedLeases;
 use crate::session::CloseReason;
+use crate::time::Time;
 
 /// What the dataplane does with a packet after [`crate::forwarder::Forwarder::forward_packet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,22 @@ pub enum Command {
         version: u64,
         /// Neighbours that had not acknowledged the offer when the wait timed out.
         unacknowledged: Vec<Ipv6Addr>,
+    },
+    /// An issuer's lease table changed: write it (temporary file, fsync, rename) and report
+    /// it written with [`Node::leases_persisted`]; the grants it records wait until then.
+    PersistLeases {
+        /// The table's generation, handed back to [`Node::leases_persisted`].
+        generation: u64,
+        /// The table as it goes to disk.
+        table: Arc<PersistedLeases>,
+    },
+    /// An ephemeral node's address changed: add it (a /128, `nodad`) and the mesh routes, or
+    /// remove the old one when `address` is `None` (the lease was lost).
+    SetAddress {
+        /// The node's address from now on, if any.
+        address: Option<Ipv6Addr>,
+        /// When the holder lets go of it unless a renewal arrives first.
+        expires: Option<Time>,
     },
 }
 
@@ -138,6 +156,8 @@ pub enum Event {
         /// The signature bytes.
         signature: Vec<u8>,
     },
+    /// Something happened to a lease, at an issuer or a holder.
+    Lease(LeaseEvent),
     /// A control datagram arrived for this node.
     ControlDatagram {
         /// Source node address.
@@ -148,6 +168,62 @@ pub enum Event {
         dst_port: u16,
         /// Payload.
         payload: Vec<u8>,
+    },
+}
+
+/// What happened to a lease (see `docs/dynamic-mesh.md` §1.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Issuer: a grant was answered (its table is persisted).
+    Granted {
+        /// The address.
+        address: Ipv6Addr,
+        /// The holder's name.
+        name: String,
+        /// The lease's epoch.
+        epoch: u64,
+        /// The holder's key.
+        key: [u8; 32],
+    },
+    /// Issuer: a holder released its address (held down for the grace).
+    Released {
+        /// The address.
+        address: Ipv6Addr,
+    },
+    /// Issuer: leases ran out (their addresses are held down for the grace).
+    Expired {
+        /// How many.
+        count: usize,
+    },
+    /// Holder: the node joined with `address` from `issuer`.
+    Joined {
+        /// The address.
+        address: Ipv6Addr,
+        /// The name.
+        name: String,
+        /// The issuer.
+        issuer: Ipv6Addr,
+        /// When the holder lets go unless renewed.
+        expires: Time,
+    },
+    /// Holder: the lease was renewed.
+    Renewed {
+        /// The address.
+        address: Ipv6Addr,
+        /// When the holder lets go unless renewed again.
+        expires: Time,
+    },
+    /// Holder: the address is gone (expired, or the renewal was refused).
+    AddressLost {
+        /// The address.
+        address: Ipv6Addr,
+    },
+    /// Holder: an issuer refused the join (or did not answer in time).
+    JoinRefused {
+        /// The issuer.
+        issuer: Ipv6Addr,
+        /// Why.
+        reason: &'static str,
     },
 }
 
@@ -220,4 +296,7 @@ pub struct NodeCounters {
     /// Configuration offers received, by what became of them: `handed_to_driver`,
     /// `same_as_running`, `repeated`, `deferred` (see the `offers` module).
     pub config_offers: BTreeMap<&'static str, u64>,
+    /// Lease messages and joining sessions, by what became of them (`join_in`, `grant_out`,
+    /// `renew_refused`, `not_joined`, ...; see the `issuer` and `joiner` modules).
+    pub leases: BTreeMap<&'static str, u64>,
 }

@@ -57,6 +57,10 @@ impl Node {
             return;
         };
         if is_ip_packet(message) {
+            if self.is_joining_session(link) {
+                self.count_lease("not_joined");
+                return;
+            }
             let _ = established;
             let forwarded = self.forward_packet(now, message, Ingress::Link(link), None);
             self.queue_forwarded(forwarded, message);
@@ -93,7 +97,7 @@ impl Node {
                 }
             }
             LinkMessage::Control(datagram) => {
-                if established {
+                if established && !self.is_joining_session(link) {
                     let _ = self.route_control_datagram(now, &datagram, Some(link));
                 }
             }
@@ -126,6 +130,10 @@ impl Node {
         link: LinkId,
         hello: &connectopus_wire::Hello,
     ) {
+        if hello.address.is_unspecified() {
+            self.process_join_hello(now, link, hello);
+            return;
+        }
         if hello.address == self.config.address {
             self.reject_hello(now, link, hello.address, "own_address");
             return;
@@ -170,10 +178,10 @@ impl Node {
                 });
                 self.trigger_update(now);
                 if self.sessions.get(&link).is_some_and(|s| s.is_established()) {
-                    self.on_established(now, link);
+                    self.on_established_or_joining(now, link);
                 }
             }
-            HelloOutcome::Established => self.on_established(now, link),
+            HelloOutcome::Established => self.on_established_or_joining(now, link),
         }
     }
 
@@ -222,11 +230,18 @@ impl Node {
     }
 
     pub(super) fn process_record(&mut self, now: Time, link: LinkId, record: Record) {
+        if record.kind == RecordKind::Lease {
+            self.process_lease_record(now, link, &record.body);
+            return;
+        }
+        if self.is_joining_session(link) {
+            // A joining session carries lease messages only.
+            self.count_lease("not_joined");
+            return;
+        }
         match record.kind {
             RecordKind::LinkStateUpdate => self.process_update(now, link, record.body),
             RecordKind::ConfigOffer => self.process_offer(now, link, &record.body),
-            // Lease messages matter only to issuers and joiners; a node that is neither
-            // skips them like an unknown kind.
             RecordKind::Lease | RecordKind::Unknown(_) => {}
         }
     }

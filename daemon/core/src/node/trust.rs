@@ -46,6 +46,10 @@ impl Node {
                 .iter()
                 .filter(|(_, s)| {
                     s.peer().is_some_and(|p| {
+                        if p.address.is_unspecified() {
+                            // A joining session: the issuer checks the joiner, not the policy.
+                            return false;
+                        }
                         let Some(key) = p.key.as_ref() else {
                             return true;
                         };
@@ -184,21 +188,23 @@ impl Node {
             .sessions
             .iter()
             .filter(|(_, s)| {
+                // A joining peer (address `::`) has no lease yet; its session has its own limit.
                 s.peer().is_some_and(|p| {
-                    p.key.as_ref().is_some_and(|key| {
-                        !trust.grants.contains_key(key)
-                            && self
-                                .current_lease(
-                                    Claim {
-                                        key,
-                                        address: p.address,
-                                        name: &p.name,
-                                        epoch: p.epoch,
-                                    },
-                                    now,
-                                )
-                                .is_err()
-                    })
+                    !p.address.is_unspecified()
+                        && p.key.as_ref().is_some_and(|key| {
+                            !trust.grants.contains_key(key)
+                                && self
+                                    .current_lease(
+                                        Claim {
+                                            key,
+                                            address: p.address,
+                                            name: &p.name,
+                                            epoch: p.epoch,
+                                        },
+                                        now,
+                                    )
+                                    .is_err()
+                        })
                 })
             })
             .map(|(link, _)| *link)
