@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{At, Ctx, Owners, backend_checks, in_source_order, strs};
+use super::backends::backend_checks;
+use super::{At, Ctx, Owners, in_source_order, strs};
 use crate::dynamic::{MAX_LEASE, MIN_LEASE, check_name_pattern};
 use crate::model::{BackendConfig, RawMesh};
 use crate::types::{ConfigDuration, Ipv6Net, SshPublicKey};
