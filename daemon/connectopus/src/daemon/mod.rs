@@ -55,6 +55,9 @@ pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
 pub use local_datagrams::Outgoing as LocalDatagram;
 mod handshake_limits;
+mod leases;
+pub use leases::EphemeralOptions;
+pub(crate) use leases::ephemeral_entry;
 mod hello_filter;
 mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
@@ -242,6 +245,8 @@ struct Daemon {
     seccomp: String,
     /// systemd's notification socket (`Type=notify`), when there is one.
     notify: crate::notify::Notifier,
+    /// Lease tables to write, and an ephemeral node's address (see `leases`).
+    leases: leases::LeaseDriver,
 }
 
 impl Daemon {
@@ -281,6 +286,7 @@ impl Daemon {
             self.handle_messages();
             self.run_timers();
             self.drain_node();
+            self.persist_leases();
             self.publish_metrics();
             self.publish_api();
             // Everything received this turn is merged: write the super-packets.
@@ -568,11 +574,11 @@ impl Daemon {
                     version,
                     unacknowledged,
                 } => self.apply_pending_config(version, &unacknowledged),
-                // Issuing and joining are not run by the daemon yet (docs/dynamic-mesh.md §4
-                // step 7); its nodes have neither `issuer` nor `join`, so these never come.
-                Command::PersistLeases { .. } | Command::SetAddress { .. } => {
-                    tracing::warn!("lease command ignored: the daemon does not issue or join yet");
+                // Written once per loop turn, the newest only (`persist_leases`).
+                Command::PersistLeases { generation, table } => {
+                    self.leases.queue(generation, table);
                 }
+                Command::SetAddress { address, expires } => self.set_address(address, expires),
             }
         }
         while let Some(event) = self.node.poll_event() {

@@ -192,6 +192,7 @@ impl Daemon {
             address: self.node.address().to_string(),
             subnet: self.subnet.clone(),
             domain: self.config.global.domain.clone(),
+            lease: self.lease_report(now),
             authorized_keys: self
                 .config
                 .global

@@ -1,0 +1,265 @@
+//! Ephemeral nodes for real (docs/dynamic-mesh.md §1.10): a stable node `st`, an issuer `hub`
+//! and `connectopus node --ephemeral jN` processes in network namespaces. Each joiner gets an
+//! address in the hub's pool and is resolved and pinged by name from `st`; a killed joiner's
+//! address is not given to a new joiner while its lease runs; the hub's `<config>.leases`
+//! survives a hub restart and a joiner keeps its address across it; a refused name fails
+//! clearly.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use connectopus_tests::{
+    ChildGuard, DigResult, LinkKind, Mesh, MeshLink, StdinMode, Topology, dig, require_root,
+    require_tools, run_test, run_with_timeout, ssh_keygen, wait_until, workspace_binary,
+};
+use serde_json::Value;
+
+const DOMAIN: &str = "connectopus.test";
+/// The hub's pool, inside the mesh subnet `fd00:cafe::/64` of the test helpers.
+const POOL: &str = "fd00:cafe::1:0/112";
+
+fn in_pool(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    s[..7] == [0xfd00, 0xcafe, 0, 0, 0, 0, 1] && s[7] != 0
+}
+
+fn aaaa(answer: &DigResult) -> Vec<Ipv6Addr> {
+    answer
+        .answers
+        .iter()
+        .filter(|r| r.rtype == "AAAA")
+        .filter_map(|r| r.data.parse().ok())
+        .collect()
+}
+
+/// One `connectopus node --ephemeral NAME` in its namespace.
+struct Joiner {
+    name: String,
+    socket: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Joiner {
+    fn start(topo: &Topology, dir: &Path, config: &Path, name: &str) -> Result<Joiner> {
+        let binary = workspace_binary("connectopus")?;
+        // Its own copy of the signed file (a node writes newer configurations there).
+        let own = dir.join(format!("{name}.yml"));
+        if !own.exists() {
+            std::fs::copy(config, &own)?;
+            std::fs::copy(
+                format!("{}.sig", config.display()),
+                format!("{}.sig", own.display()),
+            )?;
+        }
+        let socket = dir.join(format!("{name}.sock"));
+        let ns = topo.ns(name);
+        let mut command = ns.command(&binary.display().to_string(), &["node"])?;
+        command
+            .arg("--config")
+            .arg(&own)
+            .arg("--ephemeral")
+            .arg(name)
+            .arg("--identity-file")
+            .arg(dir.join(format!("{name}.node.key")))
+            .arg("--join-key")
+            .arg(dir.join("join.key"))
+            .arg("--control-socket")
+            .arg(&socket)
+            .args(["--log-level", "debug", "--workers", "1"]);
+        let child = ns.spawn_with(command, name, StdinMode::Null)?;
+        Ok(Joiner {
+            name: name.to_owned(),
+            socket,
+            child: Some(child),
+        })
+    }
+
+    fn status(&self) -> Result<Value> {
+        let mut command = Command::new(workspace_binary("connectopus")?);
+        command
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket);
+        let output = run_with_timeout(command, Duration::from_secs(10))?;
+        ensure!(output.status.success(), "status of {}", self.name);
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The address the joiner holds by its own status (`lease.state` bound or renewing).
+    fn bound_address(&self) -> Option<Ipv6Addr> {
+        let status = self.status().ok()?;
+        let lease = &status["lease"];
+        if !matches!(lease["state"].as_str(), Some("bound" | "renewing")) {
+            return None;
+        }
+        lease["address"].as_str()?.parse().ok()
+    }
+
+    fn log(&self) -> String {
+        self.child.as_ref().map(ChildGuard::stderr).unwrap_or_default()
+    }
+}
+
+/// Waits until `st` resolves `name` to `address` and answers a ping there.
+fn wait_reachable(topo: &Topology, st: Ipv6Addr, name: &str, address: Ipv6Addr) -> Result<()> {
+    let fqdn = format!("{name}.{DOMAIN}");
+    wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        dig(topo.ns("st"), IpAddr::V6(st), &fqdn, "AAAA", false)
+            .is_ok_and(|a| aaaa(&a) == vec![address])
+    })
+    .with_context(|| format!("st does not resolve {fqdn} to {address}"))?;
+    let target = address.to_string();
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        topo.ns("st")
+            .exec("ping", &["-6", "-c", "1", "-W", "1", target.as_str()])
+            .is_ok_and(|o| o.status.success())
+    })
+    .with_context(|| format!("st cannot ping {name} at {address}"))
+}
+
+#[test]
+fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
+    require_root!();
+    run_test("ephemeral", |dir| {
+        require_tools(&["dig", "ping"]);
+        let joiners = ["j1", "j2", "j3", "j4", "j5"];
+        let mut builder = Topology::builder().routed(true).link("hub", "st");
+        for j in joiners {
+            builder = builder.link("hub", j);
+        }
+        let topo = builder.build(&dir)?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[MeshLink::new("hub", "st", LinkKind::DtlsPsk)],
+        )?;
+        // The helpers wrote every namespace in as a static node; this mesh has two.
+        let (hub, st) = (mesh.address("hub"), mesh.address("st"));
+        let psk = dir.join("link.psk");
+        let admin_pub = std::fs::read_to_string(format!("{}.pub", mesh.admin_key().display()))?;
+        let join_pub = ssh_keygen(&dir.join("join.key"), "fleet")?;
+        let hub_underlay = topo.link_addr("hub", "st");
+        let st_listen = topo.link_addr("hub", "st");
+        let yaml = format!(
+            "global:\n  domain: {DOMAIN}\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{admin}\"\n  timers: {{keepalive_idle: 3s, dead_interval: 7s}}\n  ephemeral:\n    lease: 20s\n    join_keys: [\"{join_pub}\"]\n    backends:\n      hub: {{type: dtls-dialer, peer: \"[{hub_underlay}]:4444\", psk_file: {psk}}}\nnodes:\n  hub:\n    address: \"{hub}\"\n    issue: {{prefix: \"{POOL}\"}}\n    backends:\n      l0: {{type: dtls-listener, port: 4000, listen_ip: \"{st_listen}\", psk_file: {psk}}}\n      joiners: {{type: dtls-listener, port: 4444, psk_file: {psk}}}\n  st:\n    address: \"{st}\"\n    backends:\n      d0: {{type: dtls-dialer, peer: \"[{st_listen}]:4000\", psk_file: {psk}}}\n",
+            admin = admin_pub.trim(),
+            psk = psk.display(),
+        );
+        std::fs::write(mesh.config_path(), yaml)?;
+        mesh.sign()?;
+        mesh.start("hub")?;
+        mesh.start("st")?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        let config = mesh.config_path().clone();
+
+        // A name the policy refuses (a static node's) fails at start, saying why.
+        {
+            let binary = workspace_binary("connectopus")?;
+            let mut command = topo.ns("j1").command(&binary.display().to_string(), &["node"])?;
+            command
+                .arg("--config")
+                .arg(&config)
+                .args(["--ephemeral", "st", "--identity-file"])
+                .arg(dir.join("refused.node.key"));
+            let output = run_with_timeout(command, Duration::from_secs(30))?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            ensure!(
+                !output.status.success() && stderr.contains("static node"),
+                "--ephemeral st: {:?} {stderr}",
+                output.status
+            );
+        }
+
+        // Three joiners: each bound to a distinct address of the pool, resolved and pinged
+        // by name from the stable node.
+        let mut running = Vec::new();
+        for name in &joiners[..3] {
+            running.push(Joiner::start(&topo, dir.path(), &config, name)?);
+        }
+        let mut addresses = Vec::new();
+        for j in &running {
+            let mut bound = None;
+            wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+                bound = j.bound_address();
+                bound.is_some()
+            })
+            .with_context(|| format!("{} never bound: {}", j.name, j.log()))?;
+            let address = bound.unwrap();
+            ensure!(in_pool(address), "{}: {address} outside {POOL}", j.name);
+            wait_reachable(&topo, st, &j.name, address)?;
+            addresses.push(address);
+        }
+        let mut unique = addresses.clone();
+        unique.sort();
+        unique.dedup();
+        ensure!(unique.len() == addresses.len(), "duplicate addresses: {addresses:?}");
+        eprintln!("joined: {addresses:?}");
+        let status = mesh.status("hub")?;
+        ensure!(
+            status["lease"]["leases"].as_u64() == Some(3),
+            "hub lease count: {}",
+            status["lease"]
+        );
+
+        // SIGKILL j1: while its lease (20 s + grace) runs, a new joiner gets another address.
+        let killed = addresses[0];
+        running[0].child.take().unwrap().kill_hard()?;
+        let j4 = Joiner::start(&topo, dir.path(), &config, "j4")?;
+        let mut bound = None;
+        wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+            bound = j4.bound_address();
+            bound.is_some()
+        })
+        .with_context(|| format!("j4 never bound: {}", j4.log()))?;
+        let j4_address = bound.unwrap();
+        ensure!(
+            j4_address != killed && !addresses.contains(&j4_address),
+            "j4 got {j4_address}, held by a live or killed joiner ({addresses:?})"
+        );
+        wait_reachable(&topo, st, "j4", j4_address)?;
+        eprintln!("j4 joined at {j4_address} while j1's {killed} is held");
+
+        // The hub restarts from `<config>.leases`: j2 keeps its address.
+        let leases_file = PathBuf::from(format!("{}.leases", mesh.node_config_path("hub").display()));
+        let table = std::fs::read_to_string(&leases_file)
+            .with_context(|| format!("reading {}", leases_file.display()))?;
+        ensure!(
+            table.contains(&addresses[1].to_string()),
+            "{} lacks j2's {}: {table}",
+            leases_file.display(),
+            addresses[1]
+        );
+        let renewals = |j: &Joiner| j.log().matches("Renewed {").count();
+        let before = renewals(&running[1]);
+        mesh.stop("hub")?;
+        mesh.start("hub")?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.process("hub")
+                .is_some_and(|p| p.stderr().contains("lease table loaded"))
+        })
+        .context("the hub did not load its lease table")?;
+        // j2 renews with the restarted hub (T1 = lease / 2) and stays at its address.
+        wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
+            renewals(&running[1]) > before
+        })
+        .with_context(|| format!("j2 did not renew with the restarted hub: {}", running[1].log()))?;
+        ensure!(
+            running[1].bound_address() == Some(addresses[1]),
+            "j2 lost {} across the hub restart: {}",
+            addresses[1],
+            running[1].log()
+        );
+        wait_reachable(&topo, st, "j2", addresses[1])?;
+        ensure!(
+            !running[1].log().contains("leased address removed"),
+            "j2 dropped its address: {}",
+            running[1].log()
+        );
+        drop(j4);
+        drop(running);
+        Ok(())
+    });
+}
