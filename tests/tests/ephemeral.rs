@@ -100,7 +100,10 @@ impl Joiner {
     }
 
     fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::stderr).unwrap_or_default()
+        self.child
+            .as_ref()
+            .map(ChildGuard::stderr)
+            .unwrap_or_default()
     }
 }
 
@@ -131,11 +134,8 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
         for j in joiners {
             builder = builder.link("hub", j);
         }
-        let topo = builder.build(&dir)?;
-        let mut mesh = Mesh::configure(
-            &topo,
-            &[MeshLink::new("hub", "st", LinkKind::DtlsPsk)],
-        )?;
+        let topo = builder.build(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("hub", "st", LinkKind::DtlsPsk)])?;
         // The helpers wrote every namespace in as a static node; this mesh has two.
         let (hub, st) = (mesh.address("hub"), mesh.address("st"));
         let psk = dir.join("link.psk");
@@ -158,7 +158,9 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
         // A name the policy refuses (a static node's) fails at start, saying why.
         {
             let binary = workspace_binary("connectopus")?;
-            let mut command = topo.ns("j1").command(&binary.display().to_string(), &["node"])?;
+            let mut command = topo
+                .ns("j1")
+                .command(&binary.display().to_string(), &["node"])?;
             command
                 .arg("--config")
                 .arg(&config)
@@ -195,7 +197,10 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
         let mut unique = addresses.clone();
         unique.sort();
         unique.dedup();
-        ensure!(unique.len() == addresses.len(), "duplicate addresses: {addresses:?}");
+        ensure!(
+            unique.len() == addresses.len(),
+            "duplicate addresses: {addresses:?}"
+        );
         eprintln!("joined: {addresses:?}");
         let status = mesh.status("hub")?;
         ensure!(
@@ -222,8 +227,27 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
         wait_reachable(&topo, st, "j4", j4_address)?;
         eprintln!("j4 joined at {j4_address} while j1's {killed} is held");
 
+        // A key is one node: j1 started again with its key (its lease still runs) gets its
+        // address back, under a higher epoch.
+        running[0] = Joiner::start(&topo, dir.path(), &config, "j1")?;
+        wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+            running[0].bound_address() == Some(killed)
+        })
+        .with_context(|| format!("j1 did not get {killed} back: {}", running[0].log()))?;
+        wait_reachable(&topo, st, "j1", killed)?;
+
+        // A graceful stop releases the lease at once (the hub's table shrinks by one).
+        let before = mesh.status("hub")?["lease"]["leases"].as_u64().unwrap_or(0);
+        running[2].child.take().unwrap().terminate()?;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            mesh.status("hub")
+                .is_ok_and(|s| s["lease"]["leases"].as_u64() == Some(before - 1))
+        })
+        .context("the hub kept j3's lease after j3 stopped")?;
+
         // The hub restarts from `<config>.leases`: j2 keeps its address.
-        let leases_file = PathBuf::from(format!("{}.leases", mesh.node_config_path("hub").display()));
+        let leases_file =
+            PathBuf::from(format!("{}.leases", mesh.node_config_path("hub").display()));
         let table = std::fs::read_to_string(&leases_file)
             .with_context(|| format!("reading {}", leases_file.display()))?;
         ensure!(
@@ -245,7 +269,12 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
         wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
             renewals(&running[1]) > before
         })
-        .with_context(|| format!("j2 did not renew with the restarted hub: {}", running[1].log()))?;
+        .with_context(|| {
+            format!(
+                "j2 did not renew with the restarted hub: {}",
+                running[1].log()
+            )
+        })?;
         ensure!(
             running[1].bound_address() == Some(addresses[1]),
             "j2 lost {} across the hub restart: {}",

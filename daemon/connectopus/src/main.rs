@@ -80,7 +80,11 @@ struct NodeArgs {
     #[arg(long)]
     datadir: Option<PathBuf>,
     /// This node's name in the configuration.
-    #[arg(long, required_unless_present = "ephemeral", conflicts_with = "ephemeral")]
+    #[arg(
+        long,
+        required_unless_present = "ephemeral",
+        conflicts_with = "ephemeral"
+    )]
     id: Option<String>,
     /// Joins the mesh as the ephemeral node NAME (not in the configuration): an issuer grants
     /// its address (docs/dynamic-mesh.md). Its key is `--identity-file`, else

@@ -45,7 +45,11 @@ fn epoch_path(config_path: &Path) -> PathBuf {
 pub(super) fn reserved_names(config: &MeshConfig) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     // The synthetic entry of an ephemeral node (address `::`) reserves nothing.
-    for (name, node) in config.nodes.iter().filter(|(_, n)| !n.address.is_unspecified()) {
+    for (name, node) in config
+        .nodes
+        .iter()
+        .filter(|(_, n)| !n.address.is_unspecified())
+    {
         names.insert(name.clone());
         names.extend(node.tun_devs.keys().cloned());
         names.extend(node.namespaces.keys().cloned());
@@ -401,7 +405,9 @@ impl Daemon {
                 .and_then(|mut nl| nl.delete_address(tun.as_str(), old.into(), prefix_len))
             {
                 Ok(()) => tracing::info!(%old, %tun, "leased address removed"),
-                Err(error) => tracing::warn!(%old, %tun, %error, "cannot remove the leased address"),
+                Err(error) => {
+                    tracing::warn!(%old, %tun, %error, "cannot remove the leased address")
+                }
             }
         }
         let Some(address) = address else {
@@ -454,5 +460,72 @@ impl Daemon {
         }
         report.expires_in_secs = expires.map(|e| e.saturating_since(now).as_secs_f64());
         Some(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PersistedLeases {
+        PersistedLeases {
+            pool: Prefix::new("fd00:cafe:0:e1::".parse().unwrap(), 112).unwrap(),
+            next_epoch: 1_796_556_438_859_683_088,
+            leases: vec![PersistedLease {
+                address: "fd00:cafe:0:e1::7".parse().unwrap(),
+                key: [0xab; 32],
+                name: "job-1".to_owned(),
+                epoch: 1_796_556_438_859_683_087,
+                renewal: 3,
+                expires_unix_ms: 1_796_556_460_961,
+            }],
+            hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
+            quarantine_until_unix_ms: Some(1_796_556_480_000),
+        }
+    }
+
+    #[test]
+    fn the_lease_file_round_trips() {
+        let t = table();
+        assert_eq!(decode(&encode(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn a_damaged_lease_file_is_refused_not_half_read() {
+        let bytes = encode(&table());
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for bad in [
+            bytes[..bytes.len() / 2].to_vec(),
+            text.replace("\"version\": 1", "\"version\": 2").into_bytes(),
+            text.replace("abab", "zzzz").into_bytes(),
+            text.replace("/112", "/129").into_bytes(),
+            text.replace("\"renewal\": 3", "\"renewal\": -3").into_bytes(),
+            b"".to_vec(),
+            b"null".to_vec(),
+        ] {
+            assert!(decode(&bad).is_err(), "{}", String::from_utf8_lossy(&bad));
+        }
+    }
+
+    #[test]
+    fn the_table_starts_fresh_only_on_a_first_start() {
+        let dir = std::env::temp_dir().join(format!("cx-leases-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("mesh.yml");
+        let pool = table().pool;
+        let _ = std::fs::remove_file(leases_path(&config));
+        let _ = std::fs::remove_file(epoch_path(&config));
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Fresh));
+        // The node ran before (its epoch file exists) but the table is gone: lost.
+        std::fs::write(epoch_path(&config), "1\n").unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        write_atomically(&leases_path(&config), &encode(&table())).unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Persisted(t) if t == table()));
+        // Another pool's table, or garbage: lost.
+        let other = Prefix::new("fd00:cafe:0:e2::".parse().unwrap(), 112).unwrap();
+        assert!(matches!(issuer_start(&config, other), IssuerStart::Lost));
+        std::fs::write(leases_path(&config), b"{\"version\": 1").unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

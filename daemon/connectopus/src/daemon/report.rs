@@ -165,6 +165,9 @@ impl Daemon {
         for (what, n) in &counters.config_offers {
             counter_map.insert(format!("config_offers_{what}"), *n);
         }
+        for (what, n) in &counters.leases {
+            counter_map.insert(format!("lease_messages_{what}"), *n);
+        }
         counter_map.insert(
             "config_offers_checked".to_owned(),
             self.offer_checker.checks_started(),

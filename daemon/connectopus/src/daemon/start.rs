@@ -63,7 +63,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
     } = options;
     let mut config = config;
     let (node_key, join) = match &ephemeral {
-        None => (trust::node_key(&config, &id, identity_file.as_deref())?, None),
+        None => (
+            trust::node_key(&config, &id, identity_file.as_deref())?,
+            None,
+        ),
         Some(options) => {
             // An ephemeral node is no entry of the file: it runs a synthetic one (address
             // `::`, the `global.ephemeral` backends) under its name.
@@ -71,9 +74,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
             config.nodes.insert(id.clone(), entry);
             let key = leases::ephemeral_key(options, &id)?;
             let join_key = match &options.join_key_file {
-                Some(path) => Some(leases::load_seed(path).with_context(|| {
-                    format!("reading the join key {}", path.display())
-                })?),
+                Some(path) => Some(
+                    leases::load_seed(path)
+                        .with_context(|| format!("reading the join key {}", path.display()))?,
+                ),
                 None => None,
             };
             let join = connectopus_core::lease_holder::JoinConfig {
@@ -322,7 +326,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         // The wall clock at the core's `Time::ZERO` (`started`).
         setup.unix_ms = started_wall
             .duration_since(UNIX_EPOCH)
-            .map_or(setup.unix_ms, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            .map_or(setup.unix_ms, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
         tracing::info!(pool = %setup.config.table.pool, lease = ?setup.config.table.lease,
             grace = ?setup.config.table.grace, "issuing leases");
         core.issuer = Some(setup);
