@@ -46,6 +46,16 @@ struct Joiner {
 
 impl Joiner {
     fn start(topo: &Topology, dir: &Path, config: &Path, name: &str) -> Result<Joiner> {
+        Self::start_with(topo, dir, config, name, true)
+    }
+
+    fn start_with(
+        topo: &Topology,
+        dir: &Path,
+        config: &Path,
+        name: &str,
+        join_key: bool,
+    ) -> Result<Joiner> {
         let binary = workspace_binary("connectopus")?;
         // Its own copy of the signed file (a node writes newer configurations there).
         let own = dir.join(format!("{name}.yml"));
@@ -65,12 +75,16 @@ impl Joiner {
             .arg("--ephemeral")
             .arg(name)
             .arg("--identity-file")
-            .arg(dir.join(format!("{name}.node.key")))
-            .arg("--join-key")
-            .arg(dir.join("join.key"))
-            .arg("--control-socket")
-            .arg(&socket)
-            .args(["--log-level", "debug", "--workers", "1"]);
+            .arg(dir.join(format!("{name}.node.key")));
+        if join_key {
+            command.arg("--join-key").arg(dir.join("join.key"));
+        }
+        command.arg("--control-socket").arg(&socket).args([
+            "--log-level",
+            "debug",
+            "--workers",
+            "1",
+        ]);
         let child = ns.spawn_with(command, name, StdinMode::Null)?;
         Ok(Joiner {
             name: name.to_owned(),
@@ -173,6 +187,17 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
                 "--ephemeral st: {:?} {stderr}",
                 output.status
             );
+        }
+
+        // A joiner with neither a listed key nor the join key is refused at the issuer, and
+        // says so.
+        {
+            let j5 = Joiner::start_with(&topo, dir.path(), &config, "j5", false)?;
+            wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+                j5.log().contains("JoinRefused")
+            })
+            .with_context(|| format!("j5 logged no refusal: {}", j5.log()))?;
+            ensure!(j5.bound_address().is_none(), "j5 joined without a key");
         }
 
         // Three joiners: each bound to a distinct address of the pool, resolved and pinged

@@ -496,10 +496,12 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         for bad in [
             bytes[..bytes.len() / 2].to_vec(),
-            text.replace("\"version\": 1", "\"version\": 2").into_bytes(),
+            text.replace("\"version\": 1", "\"version\": 2")
+                .into_bytes(),
             text.replace("abab", "zzzz").into_bytes(),
             text.replace("/112", "/129").into_bytes(),
-            text.replace("\"renewal\": 3", "\"renewal\": -3").into_bytes(),
+            text.replace("\"renewal\": 3", "\"renewal\": -3")
+                .into_bytes(),
             b"".to_vec(),
             b"null".to_vec(),
         ] {
