@@ -299,10 +299,28 @@ impl Daemon {
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);
                 if flushed || Instant::now() >= deadline {
+                    self.submit_last();
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Submits what the last turn queued before the loop ends: the goodbyes, an ephemeral
+    /// node's Release and DTLS close notifications would otherwise never leave the ring.
+    fn submit_last(&mut self) {
+        let mut completions = std::mem::take(&mut self.worker.completions);
+        completions.clear();
+        let _ = self
+            .worker
+            .io
+            .submit_and_wait(&mut completions, Some(Duration::ZERO));
+        for completion in completions.drain(..) {
+            if let Some(buf) = completion.buf {
+                self.worker.io.free(buf);
+            }
+        }
+        self.worker.completions = completions;
     }
 
     fn next_timeout(&self) -> Duration {
