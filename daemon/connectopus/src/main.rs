@@ -24,6 +24,7 @@
 mod api;
 mod attach;
 mod backends;
+mod boot_clock;
 mod completions;
 mod config_cli;
 mod config_set;

@@ -198,7 +198,8 @@ struct Daemon {
     dataplane: workers::Dataplane,
     /// The control plane's protocol core.
     node: Node,
-    started: Instant,
+    /// `CLOCK_BOOTTIME` at start: the core's `Time::ZERO` (see `boot_clock`).
+    started: crate::boot_clock::BootInstant,
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
     /// namespaces' as they come up.

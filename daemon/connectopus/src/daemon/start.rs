@@ -290,7 +290,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
             })?,
         );
     }
-    let started = Instant::now();
+    let started = crate::boot_clock::BootInstant::now();
     let started_wall = SystemTime::now();
     // Before `next_epoch` records `<config>.epoch`: a first start is told from a later one
     // by that file (see `leases::issuer_start`).
