@@ -318,6 +318,28 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
             "j2 dropped its address: {}",
             running[1].log()
         );
+        // A newer configuration reaches the joiners too: they apply it and keep their leases.
+        let v2 = dir.join("mesh-v2.yml");
+        std::fs::write(
+            &v2,
+            std::fs::read_to_string(&config)?.replace("  version: 1\n", "  version: 2\n"),
+        )?;
+        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (accepted, output) = mesh.config_set("hub", &v2)?;
+        ensure!(accepted, "config set: {output}");
+        wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+            running[1]
+                .status()
+                .is_ok_and(|s| s["config_version"].as_u64() == Some(2))
+        })
+        .with_context(|| format!("j2 never ran version 2: {}", running[1].log()))?;
+        ensure!(
+            running[1].bound_address() == Some(addresses[1])
+                && !running[1].log().contains("stopping forwarding"),
+            "j2 after version 2: {}",
+            running[1].log()
+        );
+        wait_reachable(&topo, st, "j2", addresses[1])?;
         drop(j4);
         drop(running);
         Ok(())
