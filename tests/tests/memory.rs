@@ -267,6 +267,109 @@ fn a_dtls_transfer_leaves_no_packet_memory_behind() {
     });
 }
 
+/// The most packet buffers one dataplane worker may have had in use at once during a transfer
+/// (`status` → `workers[].buffers_peak`): a quarter of its pool of 256. Its working set is
+/// 32 (past it, receives get no more buffers), and what one turn's receives (16 posted) seal
+/// into send buffers comes on top: measured at most 55 on the sending worker under load 9,
+/// 45–54 on the others. Before the bound, the busiest worker of a node reached 60–150 in this
+/// test. Every buffer in use is 68 KiB of resident memory while it is.
+const PEAK_BUFFERS: u64 = 64;
+
+/// Root test: the issue's measurement. Three nodes on a DTLS line, `foo`—`bar`—`baz`, each
+/// with the eBPF TUN counters when the object is built (CI builds it), and a 100 MB TCP
+/// transfer (iperf3) from `foo` through `bar` (transit) to `baz`. Prints every node's `VmHWM`
+/// and `VmRSS` at rest and after the transfer (docs/performance.md records them), and asserts
+/// that the dataplane's packet buffers in use at once stayed within [`PEAK_BUFFERS`] per worker:
+/// the receive ring's growth and the sends in flight are bounded, so the transfer's working
+/// set is too.
+#[test]
+fn a_three_node_line_transfer_keeps_packet_buffers_bounded() {
+    require_root!();
+    run_test("line_transfer_memory", |dir| {
+        require_tools(&["iperf3", "ping"]);
+        let names = ["foo", "bar", "baz"];
+        let topo = Topology::line(dir, &names)?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
+                MeshLink::new("baz", "bar", LinkKind::DtlsPsk),
+            ],
+        )?;
+        mesh.set_log_level("info");
+        if let Some(object) = ebpf_object_if_built() {
+            mesh.set_env("CONNECTOPUS_EBPF_OBJECT", &object.display().to_string());
+        }
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let baz_addr = mesh.address("baz");
+        let warm = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(warm.all_received(), "foo -> baz: {warm:?}");
+        let mut pids = Vec::new();
+        for name in names {
+            pids.push((name, mesh.process(name).context(name)?.pid()));
+        }
+        for (name, pid) in &pids {
+            report(name, "at rest (line)", *pid)?;
+        }
+        let _server = iperf3_server(topo.ns("baz"), Some(baz_addr.into()), 5201)?;
+        let output = topo.ns("foo").exec_timeout(
+            "iperf3",
+            &[
+                "-6",
+                "-J",
+                "--connect-timeout",
+                "3000",
+                "-c",
+                &baz_addr.to_string(),
+                "-n",
+                TRANSFER_BYTES,
+            ],
+            Duration::from_secs(180),
+        )?;
+        let result = parse_iperf3(&String::from_utf8_lossy(&output.stdout))?;
+        ensure!(result.received_bps > 0.0, "nothing crossed: {result:?}");
+        let mut peaks = Vec::new();
+        for (name, pid) in &pids {
+            let m = report(name, "after the transfer (line)", *pid)?;
+            let status = mesh.status(name)?;
+            let workers = status["workers"].as_array().cloned().unwrap_or_default();
+            ensure!(!workers.is_empty(), "{name}: no workers in status");
+            let peak: u64 = workers
+                .iter()
+                .map(|w| w["buffers_peak"].as_u64().unwrap_or(0))
+                .sum();
+            let per_worker: Vec<u64> = workers
+                .iter()
+                .map(|w| w["buffers_peak"].as_u64().unwrap_or(0))
+                .collect();
+            let touched: u64 = workers
+                .iter()
+                .map(|w| w["buffers_touched"].as_u64().unwrap_or(0))
+                .sum();
+            let _ = writeln!(
+                std::io::stderr(),
+                "MEMORY line {name}: VmHWM {} KiB, VmRSS {} KiB, RssAnon {} KiB; packet buffers \
+                 peak {peak} {per_worker:?}, touched now {touched}; {:.0} Mbit/s",
+                m.hwm_kib,
+                m.rss_kib,
+                m.anon_kib,
+                result.received_bps / 1e6
+            );
+            peaks.push((name, peak, per_worker));
+        }
+        for (name, peak, per_worker) in peaks {
+            ensure!(peak > 0, "{name}: no packet buffer was ever in use");
+            ensure!(
+                per_worker.iter().all(|&p| p <= PEAK_BUFFERS),
+                "{name}'s workers had {per_worker:?} packet buffers in use at once (bound \
+                 {PEAK_BUFFERS} each)"
+            );
+        }
+        Ok(())
+    });
+}
+
 fn ebpf_object_if_built() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/connectopus-ebpf.o");
     path.is_file().then_some(path)

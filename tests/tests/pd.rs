@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use connectopus_dhcp6::PdState;
 use connectopus_tests::{
-    ChildGuard, NetNs, StdinMode, TestDir, Veth, require_root, require_tools, run_ok, run_test,
-    wait_until, workspace_binary,
+    ChildGuard, LinkKind, Mesh, MeshLink, NetNs, StdinMode, TestDir, Topology, Veth, ping6,
+    require_root, require_tools, run_ok, run_test, wait_until, workspace_binary,
 };
 
 const POOL: &str = "2001:db8:100::/56";
@@ -78,16 +78,21 @@ fn lan(dir: &TestDir, clients: usize) -> Result<Lan> {
 }
 
 fn start_kea(rtr: &NetNs, dir: &TestDir) -> Result<ChildGuard> {
+    start_kea_on(rtr, dir, "br0", "2001:db8:1::/64")
+}
+
+/// Kea serving the pool on `interface`, whose addresses lie in `subnet`.
+fn start_kea_on(rtr: &NetNs, dir: &TestDir, interface: &str, subnet: &str) -> Result<ChildGuard> {
     let run = dir.join("kea-run");
     std::fs::create_dir_all(&run)?;
     let config = format!(
         r#"{{"Dhcp6": {{
-  "interfaces-config": {{"interfaces": ["br0"], "service-sockets-max-retries": 100,
+  "interfaces-config": {{"interfaces": ["{interface}"], "service-sockets-max-retries": 100,
                          "service-sockets-retry-wait-time": 100}},
   "lease-database": {{"type": "memfile", "persist": true, "name": "{leases}", "lfc-interval": 0}},
   "server-id": {{"type": "LLT", "persist": false}},
   "preferred-lifetime": 10, "valid-lifetime": 14, "renew-timer": 2, "rebind-timer": 4,
-  "subnet6": [{{"id": 1, "subnet": "2001:db8:1::/64", "interface": "br0",
+  "subnet6": [{{"id": 1, "subnet": "{subnet}", "interface": "{interface}",
                "pd-pools": [{{"prefix": "2001:db8:100::", "prefix-len": 56, "delegated-len": 56}}]}}],
   "loggers": [{{"name": "kea-dhcp6", "output_options": [{{"output": "{log}"}}], "severity": "INFO"}}]}}}}"#,
         leases = dir.join("kea-leases6.csv").display(),
@@ -316,6 +321,149 @@ fn isc_dhcpd_delegates_with_zero_timers_and_releases() {
             text().contains("binding state released")
         })
         .with_context(|| format!("dhcpd did not record the release:\n{}", text()))?;
+        Ok(())
+    });
+}
+
+/// φ(node i) in the pool's /56 with `use` 0: the tests' subnet is fd00:cafe::/64, so node i's
+/// mirror is 2001:db8:100::<i+1>.
+fn mirror(i: u16) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, i + 1)
+}
+
+/// The addresses on a namespace's links, one per line (`ip -6 -o addr`).
+fn addresses(ns: &NetNs) -> String {
+    ns.ip(&["-6", "-o", "addr", "show"]).unwrap_or_default()
+}
+
+/// §2.6 steps 2 to 5: a three-node mesh whose `gw` is delegated Kea's /56 on its upstream
+/// link; every node puts its mirror on its TUN device within the wait, pings cross the mesh
+/// between mirror addresses, Renew keeps the prefix, a restarted `gw` comes back with the
+/// same DUID and prefix, and once Kea is gone past the valid lifetime every node withdraws it.
+#[test]
+fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
+    require_root!();
+    require_tools(&["ip", "ping", "kea-dhcp6"]);
+    run_test("pd_mesh", |dir| {
+        let topo = Topology::line(dir, &["gw", "b", "c"])?;
+        let rtr = NetNs::new(dir, "rtr")?;
+        for ns in [&rtr, topo.ns("gw")] {
+            ns.sysctls(&[
+                ("net.ipv6.conf.all.accept_dad", "0"),
+                ("net.ipv6.conf.default.accept_dad", "0"),
+            ])?;
+        }
+        let up = Veth::new(&rtr, topo.ns("gw"), "2001:db8:20::".parse()?, None)?;
+        wait_until(WAIT, Duration::from_millis(20), || {
+            let addrs = rtr
+                .ip(&["-o", "-6", "addr", "show", "dev", &up.a.ifname])
+                .unwrap_or_default();
+            addrs.contains("fe80") && !addrs.contains("tentative")
+        })
+        .context("the upstream link did not come up")?;
+        let kea = start_kea_on(&rtr, dir, &up.a.ifname, "2001:db8:20::/64")?;
+
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("b", "gw", LinkKind::DtlsPsk),
+                MeshLink::new("c", "b", LinkKind::Tcp),
+            ],
+        )?;
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        let delegated = format!(
+            "global:\n  delegated:\n    - {{node: gw, interface: {}, length: 56}}\n",
+            up.b.ifname
+        );
+        std::fs::write(
+            mesh.config_path(),
+            config.replacen("global:\n", &delegated, 1),
+        )?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+
+        let nodes = ["gw", "b", "c"];
+        let all_mirrored = |nodes: &[&str]| {
+            nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| addresses(topo.ns(n)).contains(&format!("{}/64", mirror(i as u16))))
+        };
+        wait_until(WAIT, Duration::from_millis(100), || all_mirrored(&nodes)).with_context(
+            || {
+                format!(
+                    "not every node holds its mirror:\n{}",
+                    nodes
+                        .iter()
+                        .map(|n| format!("{n}: {}", addresses(topo.ns(n))))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            },
+        )?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+        ensure!(
+            !kea_lease_lines(dir, &duid).is_empty(),
+            "Kea's lease file names gw's DUID and the prefix"
+        );
+
+        // Across the mesh on mirror addresses: c → gw (two hops), gw → c, b → c.
+        for (from, to) in [("c", 0), ("gw", 2), ("b", 2), ("c", 1)] {
+            let result = ping6(topo.ns(from), mirror(to), 3, 56, &[])?;
+            ensure!(result.received > 0, "{from} → {}: {result:?}", mirror(to));
+        }
+
+        // Renew at T1 (2 s) keeps the prefix: Kea extends the lease, the mirrors stay.
+        let lines = kea_lease_lines(dir, &duid).len();
+        wait_until(WAIT, Duration::from_millis(100), || {
+            kea_lease_lines(dir, &duid).len() >= lines + 2
+        })
+        .context("Kea did not see gw renew")?;
+        ensure!(all_mirrored(&nodes), "a mirror went away across renewals");
+
+        // gw restarts (no Release): the same DUID Rebinds the same prefix, and every node holds
+        // its mirror again.
+        mesh.stop("gw")?;
+        mesh.start("gw")?;
+        mesh.wait_converged(WAIT)?;
+        wait_until(WAIT, Duration::from_millis(100), || all_mirrored(&nodes))
+            .context("mirrors after gw's restart")?;
+        let after = PdState::decode(&std::fs::read(&state)?)?;
+        // The restarted gw advertises its saved prefix from its first update (and Rebinds it
+        // within milliseconds here): no node took its mirror off in between.
+        for n in nodes {
+            let log = std::fs::read_to_string(dir.join(format!("{n}.{n}.stderr")))?;
+            ensure!(
+                !log.contains("mirror address removed"),
+                "{n} withdrew its mirror across gw's restart"
+            );
+        }
+        ensure!(
+            after.duid.to_string() == duid,
+            "the DUID changed across the restart"
+        );
+        let result = ping6(topo.ns("c"), mirror(0), 3, 56, &[])?;
+        ensure!(result.received > 0, "c → gw after the restart: {result:?}");
+
+        // Kea stops: gw Rebinds in vain until the valid lifetime (14 s) ends, and then every
+        // node takes its mirror off.
+        kea.terminate()?;
+        let none_mirrored = || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        };
+        wait_until(WAIT, Duration::from_millis(100), none_mirrored)
+            .context("mirrors left after the valid lifetime")?;
+        let route = topo
+            .ns("c")
+            .ip(&["-6", "route", "get", &mirror(0).to_string()]);
+        ensure!(
+            route.is_err(),
+            "c still routes gw's withdrawn mirror: {route:?}"
+        );
         Ok(())
     });
 }

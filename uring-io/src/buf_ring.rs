@@ -1,6 +1,6 @@
 //! The provided-buffer ring (`IORING_REGISTER_PBUF_RING`) that io_uring receives take their
 //! buffers from, and how many buffers it keeps posted ([`RxTarget`]). See the ownership rule in
-//! `ring.rs`: a buffer posted here is in the pool's `Kernel` state until a completion returns it.
+//! `ring/mod.rs`: a buffer posted here is in the pool's `Kernel` state until a completion returns it.
 
 use std::io;
 use std::ptr::{self, NonNull};
@@ -13,6 +13,10 @@ use crate::ring::BGID;
 
 /// The fewest buffers kept posted for receives on an on-demand pool.
 pub(crate) const RX_FLOOR: usize = 8;
+
+/// Buffers posted for receives even when the pool is over its working-set budget, so that
+/// receives never stop for good (a TCP link's read holds a buffer for as long as it waits).
+pub(crate) const RX_ALWAYS: usize = 2;
 
 /// How many buffers to keep posted for receives.
 ///
@@ -77,6 +81,10 @@ pub(crate) struct BufRing {
     tail: u16,
     pub(crate) posted: usize,
     pub(crate) target: RxTarget,
+    /// The most pool buffers out of the free list (posted ones included) at which more are
+    /// still posted: past it, receives get only [`RX_ALWAYS`] posted buffers until buffers
+    /// held elsewhere (sends in flight, packets being merged) come back. Back-pressure.
+    pub(crate) budget: usize,
     pub(crate) pool_base: *mut u8,
     pub(crate) stride: usize,
     pub(crate) headroom: usize,
@@ -109,6 +117,7 @@ impl BufRing {
             tail: 0,
             posted: 0,
             target: RxTarget::new(target, target),
+            budget: pool.capacity(),
             pool_base: pool.base(),
             stride: pool.stride(),
             headroom: pool.headroom(),
@@ -127,9 +136,16 @@ impl BufRing {
         Ok(me)
     }
 
-    /// Posts free buffers until the target is reached or the pool has none.
+    /// Tells whether one more buffer should be posted, when `in_use` buffers are out of the
+    /// pool's free list not counting that one: below the target, and within the budget (or
+    /// fewer than [`RX_ALWAYS`] posted).
+    pub(crate) fn wants(&self, in_use: usize) -> bool {
+        self.posted < self.target.now && (self.posted < RX_ALWAYS || in_use < self.budget)
+    }
+
+    /// Posts free buffers until the target or the budget is reached or the pool has none.
     pub(crate) fn top_up(&mut self, pool: &mut BufferPool) {
-        while self.posted < self.target.now {
+        while self.wants(pool.capacity() - pool.n_free()) {
             let Some(idx) = pool.take_for_kernel() else {
                 break;
             };

@@ -222,6 +222,13 @@ pub struct Config {
     /// With an on-demand pool (`fixed_buffers` false) this is the most: the backend starts with
     /// 8 and follows the traffic (see [`PacketIo::trim`]).
     pub rx_buffers: usize,
+    /// Sets the most buffers the io_uring backend lets be out of the free list (held by the
+    /// application, attached to sends, posted for receives) and still posts more for receives:
+    /// past it, receives keep only two posted buffers until others come back, so a burst that
+    /// the sends cannot drain waits in the kernel's queues (TUN queue, socket buffers)
+    /// instead of in the pool. Allocations never fail for it; it bounds the working set by
+    /// slowing receives. The default, the pool's size, sets no bound.
+    pub working_set: usize,
     /// Sets the io_uring submission queue size.
     pub ring_entries: u32,
     /// Forces the syscall backend (tests and operators who distrust io_uring).
@@ -249,6 +256,7 @@ impl Default for Config {
             headroom: 64,
             tailroom: 32,
             rx_buffers: 1024,
+            working_set: 2048,
             ring_entries: 256,
             force_syscall: false,
             fixed_buffers: true,
@@ -275,6 +283,9 @@ pub struct PoolUsage {
     pub rx_posted: usize,
     /// How many the backend keeps posted now (io_uring; 0 on the syscall backend).
     pub rx_target: usize,
+    /// The most buffers out of the free list at once since the start
+    /// ([`BufferPool::peak_in_use`]).
+    pub peak_in_use: usize,
 }
 
 /// Drives batched packet I/O for one dataplane thread.
@@ -406,6 +417,7 @@ impl PacketIo {
             free: self.pool.n_free(),
             rx_posted,
             rx_target,
+            peak_in_use: self.pool.peak_in_use(),
         }
     }
 

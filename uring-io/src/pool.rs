@@ -70,6 +70,9 @@ pub struct BufferPool {
     touched: Box<[bool]>,
     /// The fewest buffers on the free list since the last [`Self::trim`].
     low_water: usize,
+    /// The fewest buffers on the free list ever: `count` minus it is the most that were in use
+    /// (held by the application, in flight, or posted for receives) at once.
+    least_free: usize,
     headroom: usize,
     tailroom: usize,
     count: usize,
@@ -156,6 +159,7 @@ impl BufferPool {
             on_demand: !populate,
             touched: vec![false; count].into_boxed_slice(),
             low_water: count,
+            least_free: count,
             headroom,
             tailroom,
             count,
@@ -216,6 +220,13 @@ impl BufferPool {
         }
     }
 
+    /// Returns the most buffers that were out of the free list at once since the pool was made
+    /// (held by the application, attached to an operation, or posted for receives): the
+    /// working set a pool of this size needed.
+    pub fn peak_in_use(&self) -> usize {
+        self.count - self.least_free
+    }
+
     /// Tells whether pages become resident on first touch and can be released ([`Self::trim`]).
     pub fn is_on_demand(&self) -> bool {
         self.on_demand
@@ -224,6 +235,7 @@ impl BufferPool {
     fn pop_free(&mut self) -> Option<u16> {
         let idx = self.free.pop()?;
         self.low_water = self.low_water.min(self.free.len());
+        self.least_free = self.least_free.min(self.free.len());
         self.touched[idx as usize] = true;
         Some(idx)
     }

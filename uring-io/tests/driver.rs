@@ -379,3 +379,80 @@ fn an_on_demand_pool_follows_the_traffic_and_gives_idle_buffers_back() {
         assert_eq!(again.len(), BURST, "{backend:?}");
     }
 }
+
+/// Back-pressure: a pool with more buffers out than its working set keeps only two posted for
+/// receives, so what arrives meanwhile waits in the socket buffer, not in the pool; once the
+/// held buffers come back, receives take posted buffers up to the target again and nothing
+/// was lost. io_uring only (the syscall backend receives into free buffers per batch).
+#[test]
+fn over_its_working_set_a_pool_posts_two_receive_buffers_until_held_ones_return() {
+    const BURST: usize = 48;
+    const WORKING_SET: usize = 12;
+    const HELD: usize = 16;
+    let config = Config {
+        buffers: 64,
+        buffer_size: 65_536,
+        headroom: 64,
+        tailroom: 64,
+        rx_buffers: 16,
+        working_set: WORKING_SET,
+        fixed_buffers: false,
+        ..Config::default()
+    };
+    let Some(mut io) = new_io(uring_io::Backend::Uring, config) else {
+        return;
+    };
+    // Held by the application (as sends in flight or super-packets being merged would be).
+    let held: Vec<_> = (0..HELD).map(|_| io.alloc().unwrap()).collect();
+    let rx = UdpSocket::bind("[::1]:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    io.recv_datagrams(rx.as_raw_fd(), Token(1)).unwrap();
+    let tx = UdpSocket::bind("[::1]:0").unwrap();
+    for i in 0..BURST {
+        tx.send_to(&payload(i), rx.local_addr().unwrap()).unwrap();
+    }
+    // Over budget: every turn receives through at most the two buffers still posted.
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        for c in collect(&mut io, OpKind::RecvDatagram, 1, free_other) {
+            if c.result != Err(Errno::NOBUFS) {
+                got.push(common::take_data(&mut io, c));
+            }
+        }
+        let usage = io.usage();
+        assert!(usage.rx_posted <= 2, "over budget: {usage:?}");
+    }
+    assert!(!got.is_empty(), "receives continue over budget");
+    // The 8 posted at the start, then the held ones: nothing more was posted over budget.
+    assert!(
+        io.usage().peak_in_use <= HELD + 8,
+        "posted beyond the working set: {:?}",
+        io.usage()
+    );
+    // The held buffers come back: the rest of the burst arrives, in order, none lost.
+    for b in held {
+        io.free(b);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < BURST && Instant::now() < deadline {
+        for c in collect(&mut io, OpKind::RecvDatagram, 1, free_other) {
+            if c.result != Err(Errno::NOBUFS) {
+                got.push(common::take_data(&mut io, c));
+            }
+        }
+    }
+    assert_eq!(got.len(), BURST, "datagrams lost");
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(d, &payload(i), "datagram {i}");
+    }
+    assert!(
+        io.usage().rx_posted > 2,
+        "posts again below budget: {:?}",
+        io.usage()
+    );
+    assert!(
+        io.usage().peak_in_use <= HELD + 8,
+        "{:?} (working set {WORKING_SET})",
+        io.usage()
+    );
+}

@@ -1,6 +1,7 @@
 //! Keys of the dynamic mesh (`docs/dynamic-mesh.md` §1.1): who may join as an ephemeral node
-//! (`global.ephemeral`) and which static nodes hand out addresses from which pool
-//! (`nodes.<name>.issue`). The rules are in `validate/dynamic.rs`.
+//! (`global.ephemeral`), which static nodes hand out addresses from which pool
+//! (`nodes.<name>.issue`), and which nodes obtain a mesh prefix by DHCPv6 prefix delegation
+//! (`global.delegated`, §2.2). The rules are in `validate/dynamic.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +66,27 @@ pub struct IssueConfig {
     /// Serves CNI allocations (default true).
     #[serde(default = "yes")]
     pub containers: bool,
+}
+
+/// One node that obtains a prefix by DHCPv6 prefix delegation for the mesh
+/// (`global.delegated[]`): the mesh mirrors its subnet into the delegated prefix.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegatedConfig {
+    /// The node that runs the DHCPv6 client (a node of `nodes`).
+    pub node: String,
+    /// Its upstream interface, where the client asks.
+    pub interface: String,
+    /// The prefix length asked for (IA_PD hint); at most the subnet's length. Without it the
+    /// client asks for any length.
+    #[serde(default)]
+    pub length: Option<u8>,
+    /// Which subnet-sized prefix inside the delegated prefix mirrors the subnet (default 0).
+    #[serde(default, rename = "use")]
+    pub use_: u64,
+    /// The node advertises `::/0` for the delegated plane (not implemented yet).
+    #[serde(default)]
+    pub egress: bool,
 }
 
 fn yes() -> bool {

@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use dynamic::{EphemeralConfig, IssueConfig};
+pub use dynamic::{DelegatedConfig, EphemeralConfig, IssueConfig};
 pub use model::{
     BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, FastpathConfig, GlobalConfig,
     MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer,

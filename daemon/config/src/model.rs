@@ -48,6 +48,10 @@ pub struct GlobalConfig {
     /// Who may join as an ephemeral node; without it nobody may (`docs/dynamic-mesh.md`).
     #[serde(default)]
     pub ephemeral: Option<crate::dynamic::EphemeralConfig>,
+    /// Prefixes delegated to the mesh by DHCPv6 prefix delegation, one entry per delegating
+    /// node (`docs/dynamic-mesh.md` §2).
+    #[serde(default)]
+    pub delegated: Vec<crate::dynamic::DelegatedConfig>,
 }
 
 /// Protocol timers (`global.timers`); every field has a default.

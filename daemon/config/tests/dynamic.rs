@@ -309,3 +309,101 @@ fn name_lease_and_backend_rules() {
         7,
     );
 }
+
+/// The base mesh with `global.delegated` (line 10 is its first entry's `node`).
+fn with_delegated(entries: &str) -> String {
+    base().replace("nodes:\n", &format!("  delegated:\n{entries}nodes:\n"))
+}
+
+#[test]
+fn delegated_values_and_rules() {
+    let src = with_delegated(
+        "    - node: hub1\n      interface: wan0\n      length: 40\n      use: 255\n    - {node: hub2, interface: up1}\n",
+    );
+    let cfg = load("m.yml", src.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    let d = &cfg.global.delegated;
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (
+            d[0].node.as_str(),
+            d[0].interface.as_str(),
+            d[0].length,
+            d[0].use_,
+            d[0].egress
+        ),
+        ("hub1", "wan0", Some(40), 255, false)
+    );
+    assert_eq!((d[1].length, d[1].use_), (None, 0));
+    assert!(
+        load("m.yml", base().as_bytes())
+            .unwrap()
+            .global
+            .delegated
+            .is_empty()
+    );
+
+    let one = |src: String, severity: Severity, needle: &str, line: u32, column: u32| {
+        let diags = check("m.yml", src.as_bytes());
+        let found: Vec<&Diagnostic> = diags
+            .iter()
+            .filter(|x| x.message.contains(needle))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "want {needle:?} once for\n{src}\ngot:\n{diags}"
+        );
+        assert_eq!(
+            (found[0].severity, found[0].line, found[0].column),
+            (severity, line, column),
+            "{}",
+            found[0]
+        );
+    };
+    one(
+        with_delegated("    - node: gw\n      interface: wan0\n"),
+        Severity::Error,
+        "`gw` is not a node of this mesh",
+        11,
+        13,
+    );
+    one(
+        with_delegated(
+            "    - {node: hub1, interface: wan0}\n    - {node: hub1, interface: wan1}\n",
+        ),
+        Severity::Error,
+        "already delegates in global.delegated[0]",
+        12,
+        14,
+    );
+    one(
+        with_delegated("    - node: hub1\n      interface: a/b\n"),
+        Severity::Error,
+        "is not an interface name",
+        12,
+        18,
+    );
+    one(
+        with_delegated("    - node: hub1\n      interface: wan0\n      length: 56\n"),
+        Severity::Error,
+        "length 56 must be 1..=48",
+        13,
+        15,
+    );
+    one(
+        with_delegated(
+            "    - node: hub1\n      interface: wan0\n      length: 40\n      use: 256\n",
+        ),
+        Severity::Error,
+        "use 256 is past the last /48 inside a /40: at most 255",
+        14,
+        12,
+    );
+    one(
+        with_delegated("    - node: hub1\n      interface: wan0\n      egress: true\n"),
+        Severity::Warning,
+        "egress is not implemented yet",
+        13,
+        7,
+    );
+}

@@ -114,6 +114,8 @@ pub enum LoopMessage {
     OfferChecked(Box<crate::daemon::CheckedOffer>),
     /// The attach helper said something about a namespace.
     Attach(Box<crate::attach::helper::Received<crate::attach::helper::FromHelper>>),
+    /// The DHCPv6 prefix-delegation thread's client changed its delegations.
+    Delegations(crate::daemon::PdUpdate),
 }
 
 /// Sends messages to the main loop and wakes it.

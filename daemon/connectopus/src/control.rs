@@ -344,6 +344,15 @@ pub struct WorkerReport {
     /// stream, handshake records); 0 for worker 0.
     #[serde(default)]
     pub received_for_main: u64,
+    /// The most packet buffers its pool had in use at once since the start (held, in flight,
+    /// or posted for receives): its peak packet memory is this many buffers (64 KiB each
+    /// with offloads).
+    #[serde(default)]
+    pub buffers_peak: u64,
+    /// Packet buffers whose pages may be resident now (used since the pool last released
+    /// them).
+    #[serde(default)]
+    pub buffers_touched: u64,
 }
 
 /// One configured backend.

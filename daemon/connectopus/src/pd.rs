@@ -226,7 +226,8 @@ impl PdDriver {
         })
     }
 
-    fn now(&self) -> Time {
+    /// The client's clock: time since the driver opened.
+    pub fn now(&self) -> Time {
         Time::from_duration(self.start.elapsed())
     }
 

@@ -43,6 +43,7 @@ mod fastpath;
 mod forwarding;
 mod issuer;
 mod joiner;
+mod mesh_prefix;
 mod names;
 mod offers;
 mod outputs;
@@ -54,6 +55,7 @@ mod trust;
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
 pub use fastpath::{FastpathEntry, FastpathTarget};
 pub use issuer::{IssuerSetup, IssuerStart};
+pub use mesh_prefix::{Delegation, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane};
 pub use names::{NameConflict, NameEntry};
 pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};
 
@@ -113,6 +115,8 @@ pub struct Node {
     fastpath_entries: Arc<[FastpathEntry]>,
     /// Something the entries derive from may have changed since they were issued.
     fastpath_dirty: bool,
+    /// Delegated prefixes and the mirror planes derived from them (see `mesh_prefix`).
+    mesh_prefixes: mesh_prefix::MeshPrefixes,
     /// The lease issuer, if this node issues addresses (see the `issuer` module).
     issuer: Option<issuer::IssuerState>,
     /// The lease holder, if this node is an ephemeral node (see the `joiner` module).
@@ -177,6 +181,7 @@ impl Node {
             events: VecDeque::new(),
             fastpath_entries: Arc::from(Vec::new()),
             fastpath_dirty: true,
+            mesh_prefixes: mesh_prefix::MeshPrefixes::default(),
             issuer,
             joiner,
             config,
@@ -367,6 +372,7 @@ impl Node {
             self.originate_update(now);
         }
         self.release_pending_offers(now);
+        self.expire_mesh_prefixes(now);
         self.after_input(now);
     }
 
@@ -386,6 +392,7 @@ impl Node {
         consider(self.rollout_deadline(), "configuration rollout");
         consider(self.next_offer_release(), "pending config offer");
         consider(self.peer_lease_check_at, "peer lease expiry");
+        consider(self.mesh_prefix_deadline(), "mesh prefix lifetime");
         consider(self.lease_deadline(), "lease timers");
         for session in self.sessions.values() {
             if let Some((t, why)) = session.poll_timeout() {

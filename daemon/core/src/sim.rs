@@ -618,7 +618,9 @@ impl Sim {
         for c in commands {
             match c {
                 Command::CloseLink { link, .. } => self.close_transport(idx, link),
-                Command::InstallForwarding(_) | Command::SetFastpathRoutes(_) => {}
+                Command::InstallForwarding(_)
+                | Command::SetFastpathRoutes(_)
+                | Command::SetMeshPrefixes(_) => {}
                 Command::ApplyConfig {
                     version,
                     unacknowledged,

@@ -11,6 +11,7 @@ use crate::model::{BackendConfig, RawMesh};
 use crate::types::{ConfigDuration, Ipv6Net, SshPublicKey};
 
 pub(super) fn check(cx: &mut Ctx<'_>, raw: &RawMesh, owners: &Owners) {
+    delegated(cx, raw);
     let ephemeral = raw.global.ephemeral.as_ref();
     if let Some(e) = ephemeral {
         global_ephemeral(cx, raw, e);
@@ -45,6 +46,86 @@ pub(super) fn check(cx: &mut Ctx<'_>, raw: &RawMesh, owners: &Owners) {
                 &["global", "ephemeral"],
                 At::Key,
                 "global.ephemeral without a node whose `issue` serves joins: nobody can join yet",
+            );
+        }
+    }
+}
+
+/// `global.delegated` (`docs/dynamic-mesh.md` §2.2): each entry names a node of the mesh,
+/// once; an interface name the kernel accepts; a length the subnet fits in; a `use` inside it.
+fn delegated(cx: &mut Ctx<'_>, raw: &RawMesh) {
+    let subnet_len = raw.global.subnet.prefix_len();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, d) in raw.global.delegated.iter().enumerate() {
+        let index = i.to_string();
+        let path = |key: &'static str| ["global", "delegated", index.as_str(), key].to_vec();
+        if !raw.nodes.contains_key(&d.node) {
+            cx.error(
+                &path("node"),
+                At::Value,
+                format!("delegated.node `{}` is not a node of this mesh", d.node),
+            );
+        } else if let Some(first) = seen.insert(d.node.as_str(), i) {
+            cx.error(
+                &path("node"),
+                At::Value,
+                format!(
+                    "node `{}` already delegates in global.delegated[{first}]: one entry per node",
+                    d.node
+                ),
+            );
+        }
+        let bad_name = d.interface.is_empty()
+            || d.interface.len() > 15
+            || d.interface == "."
+            || d.interface == ".."
+            || d.interface
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if bad_name {
+            cx.error(
+                &path("interface"),
+                At::Value,
+                format!(
+                    "interface `{}` is not an interface name (1 to 15 bytes, no `/`, `:` or space)",
+                    d.interface
+                ),
+            );
+        }
+        let fits = match d.length {
+            Some(length) if length == 0 || length > subnet_len => {
+                cx.error(
+                    &path("length"),
+                    At::Value,
+                    format!(
+                        "length {length} must be 1..={subnet_len}: the delegated prefix must hold a prefix as long as global.subnet"
+                    ),
+                );
+                None
+            }
+            Some(length) => Some(u32::from(subnet_len - length)),
+            None => None,
+        };
+        if let Some(bits) = fits
+            && bits < 64
+            && d.use_ >> bits != 0
+        {
+            cx.error(
+                &path("use"),
+                At::Value,
+                format!(
+                    "use {} is past the last /{subnet_len} inside a /{}: at most {}",
+                    d.use_,
+                    subnet_len - bits as u8,
+                    (1u64 << bits) - 1
+                ),
+            );
+        }
+        if d.egress {
+            cx.warn(
+                &path("egress"),
+                At::Key,
+                "delegated.egress is not implemented yet: the node does not advertise ::/0",
             );
         }
     }

@@ -90,6 +90,19 @@ impl OffloadCounters {
     }
 }
 
+/// The most 64 KiB buffers a worker keeps posted for receives (TUN reads, UDP GRO batches): a
+/// turn takes at most this many from the kernel, the rest waits in the TUN queue and the
+/// socket buffers. 16 (1 MiB) carried the same 100 MB transfers as 64 did, with half the
+/// buffers in use at the peak (docs/performance.md, "Memory: the 3-node line with eBPF").
+pub(super) const RX_BUFFERS: usize = 16;
+
+/// The most 64 KiB buffers a worker has in use (posted, being sealed or merged, in flight)
+/// before its receives get no more: back-pressure, so that a burst the sends cannot drain
+/// stays in the kernel's queues instead of the pool (`uring_io::Config::working_set`). What
+/// one turn's receives seal into send buffers comes on top: a sending worker peaks near 32 +
+/// [`RX_BUFFERS`] + a few (3.5 MiB).
+pub(super) const WORKING_SET: usize = 32;
+
 /// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
 /// super-packets and UDP GRO batches can arrive; the small populated default otherwise.
 pub(super) fn io_config(offload: bool) -> uring_io::Config {
@@ -103,7 +116,8 @@ pub(super) fn io_config(offload: bool) -> uring_io::Config {
         buffer_size: 64 + (64 << 10) + 256 + 64,
         headroom: 64,
         tailroom: 64,
-        rx_buffers: 64,
+        rx_buffers: RX_BUFFERS,
+        working_set: WORKING_SET,
         fixed_buffers: false,
         ..uring_io::Config::default()
     }

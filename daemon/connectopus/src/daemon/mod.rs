@@ -53,7 +53,9 @@ mod fastpath;
 use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
+mod mesh_prefix;
 pub use local_datagrams::Outgoing as LocalDatagram;
+pub(crate) use mesh_prefix::PdUpdate;
 mod handshake_limits;
 mod leases;
 pub use leases::EphemeralOptions;
@@ -188,6 +190,8 @@ struct Daemon {
     failed: BTreeMap<String, backend_retry::FailedBackend>,
     /// Backend threads (joined at exit).
     threads: Vec<JoinHandle<()>>,
+    /// The mirror addresses this node put on its TUN device (`mesh_prefix`).
+    mesh_addresses: mesh_prefix::MirrorAddresses,
     /// Why the node does not forward: the running configuration no longer contains it.
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
@@ -502,6 +506,7 @@ impl Daemon {
                 }
                 LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
                 LoopMessage::Attach(received) => self.on_attach_message(*received),
+                LoopMessage::Delegations(update) => self.on_delegations(update),
             }
         }
     }
@@ -589,6 +594,7 @@ impl Daemon {
                 }
                 Command::InstallForwarding(_) => self.sync_forwarding(),
                 Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
+                Command::SetMeshPrefixes(planes) => self.apply_mesh_prefixes(&planes),
                 Command::ApplyConfig {
                     version,
                     unacknowledged,

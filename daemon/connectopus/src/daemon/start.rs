@@ -207,6 +207,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         }
     };
 
+    // The DHCPv6 client's socket (port 546, bound to the upstream interface) opens while the
+    // node still has its capabilities.
+    let pd_driver = super::mesh_prefix::open_pd(&config, &id, &config_path);
+
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(
         &node_config,
@@ -231,6 +235,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
+    let saved_delegations = match pd_driver {
+        Some((driver, saved)) => {
+            super::mesh_prefix::spawn_pd(driver, to_loop.clone())?;
+            Some(saved)
+        }
+        None => None,
+    };
     let mut threads = Vec::new();
     let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
     let api_listen = api_listen(&node_config, !tuns.is_empty());
@@ -341,6 +352,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     core.names = attachment_names.clone();
     core.names4 = attachment_names4.clone();
     core.address4 = config.global.subnet4.and(node_config.address4);
+    core.mesh_prefix = super::mesh_prefix::core_config(&config);
     core.timers.session.keepalive_idle = timers.keepalive_idle.get();
     core.timers.session.dead_interval = timers.dead_interval.get();
     core.timers.update_interval = timers.update_interval.get();
@@ -371,6 +383,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         backends: BTreeMap::new(),
         failed: BTreeMap::new(),
         threads: Vec::new(),
+        mesh_addresses: Default::default(),
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
@@ -413,6 +426,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
     daemon
         .node
         .set_config(Time::ZERO, version, &source, &signature);
+    if let Some(saved) = saved_delegations {
+        daemon.on_delegations(saved);
+    }
     for (name, backend) in &backend_configs {
         daemon.start_or_retry(name, backend);
     }

@@ -90,6 +90,8 @@ impl Worker {
             datagrams_received: self.datagrams_received,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
+            buffers_peak: self.io.usage().peak_in_use as u64,
+            buffers_touched: self.io.usage().touched as u64,
         }
     }
 
@@ -149,6 +151,8 @@ impl Daemon {
                 datagrams_received: status.datagrams_received,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
+                buffers_peak: status.buffers_peak,
+                buffers_touched: status.buffers_touched,
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use connectopus_wire::{LeaseCertificate, NameBinding, NameBinding4, PrefixAdvert, RecordLimits};
 
+use super::MeshPrefixConfig;
 use super::issuer::IssuerSetup;
 #[cfg(doc)]
 use super::{Command, Node};
@@ -120,6 +121,9 @@ pub struct NodeConfig {
     /// its `address`, `name` and `epoch` must be the certificate's, and `identity` its holder
     /// key. Hellos carry it (extension 5) and own updates carry it (LSU extension kind 1).
     pub certificate: Option<LeaseCertificate>,
+    /// The subnet and the nodes that may delegate prefixes to the mesh (`global.delegated`,
+    /// `docs/dynamic-mesh.md` §2); `None`: no mesh prefix, and extension kind 2 is refused.
+    pub mesh_prefix: Option<MeshPrefixConfig>,
     /// The node issues leases from a pool (`docs/dynamic-mesh.md` §1.4): it serves joining
     /// sessions, renewals and releases, and asks the driver to persist its table
     /// ([`Command::PersistLeases`]) before it answers a grant.
@@ -155,6 +159,7 @@ impl NodeConfig {
             trust: None,
             fastpath: false,
             certificate: None,
+            mesh_prefix: None,
             issuer: None,
             join: None,
         }

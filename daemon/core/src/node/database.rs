@@ -154,6 +154,10 @@ impl Node {
                 Some(key)
             }
         };
+        if !self.mesh_prefix_content_allowed(&update) {
+            self.reject_update(UpdateRejection::UnauthorizedContent);
+            return;
+        }
         if let Some(cert) = &lease {
             self.sightings.record(cert, now);
         }
@@ -174,6 +178,7 @@ impl Node {
                 ephemeral,
             },
         );
+        self.absorb_mesh_prefixes(now, &update);
         let topology_changed = match &previous {
             None => {
                 self.events.push_back(Event::NodeLearned {
@@ -276,6 +281,7 @@ impl Node {
                 })
                 .collect(),
         };
+        update.extensions.extend(self.own_delegated_extension(now));
         update.canonicalize();
         let body = update.encode_body();
         let raw: Arc<[u8]> = Arc::from(identity::sign_update(self.config.identity.as_ref(), &body));

@@ -322,6 +322,10 @@ impl Node {
         if let Some(address4) = self.config.address4 {
             table.insert(Prefix::host(mapped(address4)), RouteTarget::Local);
         }
+        let entries: Vec<(Prefix, RouteTarget)> = table.iter().map(|(p, t)| (p, *t)).collect();
+        for (mirror, target) in self.mirror_routes(&entries) {
+            table.insert(mirror, target);
+        }
         ForwardingTable {
             routes: table,
             node_address: Some(self.config.address),

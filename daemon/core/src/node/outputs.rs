@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 #[cfg(doc)]
 use super::Node;
-use super::{FastpathEntry, NameConflict};
+use super::{FastpathEntry, MeshPrefix, NameConflict};
 use crate::LinkId;
 use crate::forward::DropReason;
 use crate::forwarder::ForwardingSnapshot;
@@ -51,6 +51,11 @@ pub enum Command {
     /// [`FastpathEntry`]): issued in the same turn as the route change, link loss or peer
     /// restart that changed them.
     SetFastpathRoutes(Arc<[FastpathEntry]>),
+    /// The live mirror planes from now on, the whole set sorted by prefix
+    /// (`docs/dynamic-mesh.md` §2.4): put φ(own address) on the TUN devices and route each
+    /// plane into them; deprecated planes' addresses get `preferred_lft 0`. Issued in the turn
+    /// the forwarding table gets or loses the planes' mirrors.
+    SetMeshPrefixes(Arc<[MeshPrefix]>),
     /// Apply the configuration proposed with [`Node::propose_config`]: every neighbour
     /// acknowledged its offer, or the wait timed out. The node already runs its version.
     ApplyConfig {

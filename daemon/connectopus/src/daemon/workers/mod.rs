@@ -242,6 +242,10 @@ pub(super) struct ThreadStatus {
     pub(super) receive_links: u64,
     /// Received messages handed to the main loop (hellos, the routing stream, handshake).
     pub(super) received_for_main: u64,
+    /// The most pool buffers in use at once (updated with each report).
+    pub(super) buffers_peak: u64,
+    /// Pool buffers that may be resident (updated with each report).
+    pub(super) buffers_touched: u64,
     /// Plaintext udp data datagrams it received (updated with each report).
     pub(super) datagrams_received: u64,
 }

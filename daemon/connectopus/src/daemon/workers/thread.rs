@@ -186,6 +186,9 @@ impl WorkerThread {
             status.received_for_main = self.received_for_main;
             status.datagrams_received = self.datagrams_received;
             status.receive_links = self.receiving.iter().flatten().count() as u64;
+            let usage = self.worker.io.usage();
+            status.buffers_peak = usage.peak_in_use as u64;
+            status.buffers_touched = usage.touched as u64;
         }
         while let Some((forwarded, packet)) = self.worker.forwarder.poll_originated() {
             self.hand_to_main(FromWorker::Originated(forwarded, packet));

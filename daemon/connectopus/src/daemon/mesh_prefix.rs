@@ -1,0 +1,252 @@
+//! The mesh prefix by DHCPv6 prefix delegation on the daemon's side (`docs/dynamic-mesh.md`
+//! §2.5): what the core is told about `global.delegated`, and what the node does with the
+//! planes the core hands out ([`Command::SetMeshPrefixes`]).
+//!
+//! - On the node `global.delegated` names: [`open_pd`] opens the DHCPv6 client's socket on
+//!   the upstream interface before capabilities drop (its state, with the DUID, in
+//!   `<config>.dhcp6`), and [`spawn_pd`] runs it on a thread of its own that hands every
+//!   change to the loop as a [`PdUpdate`]; the loop gives it to the core
+//!   (`Node::set_delegations`, `Node::withdraw_delegations`).
+//! - On every node: each live plane `M` puts φ(own address) on the node's own TUN device with
+//!   the subnet's length, so the kernel routes all of `M` into the mesh; a withdrawn plane's
+//!   address is deleted. The core's forwarding carries the mirrors of every route.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use connectopus_config::MeshConfig;
+use connectopus_core::node::{Delegation, MeshPrefix, MeshPrefixConfig};
+use connectopus_dhcp6::{PdEvent, PdState};
+use connectopus_wire::Prefix;
+
+use super::Daemon;
+use crate::backends::{LoopMessage, LoopSender};
+use crate::pd::PdDriver;
+
+#[cfg(doc)]
+use connectopus_core::node::Command;
+
+/// How long the client waits for the upstream interface's link-local address at start-up.
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// A change of the client's delegations, with lifetimes left when it was sent.
+#[derive(Debug)]
+pub(crate) enum PdUpdate {
+    /// The prefixes held now: (prefix, preferred left, valid left).
+    Held(Vec<(Prefix, Duration, Duration)>),
+    /// These are gone (expired, or released).
+    Gone(Vec<Prefix>),
+}
+
+/// Where the client keeps its state: `<config>.dhcp6`.
+fn state_path(config_path: &Path) -> PathBuf {
+    let mut name = config_path.as_os_str().to_owned();
+    name.push(".dhcp6");
+    PathBuf::from(name)
+}
+
+/// The still-valid delegations saved in the client's state file, with the time left: the
+/// node advertises them from its first update, so a restart does not withdraw the mesh prefix
+/// while the client Rebinds it.
+fn saved_delegations(state: &Path) -> PdUpdate {
+    let Ok(saved) = std::fs::read(state)
+        .map_err(|_| ())
+        .and_then(|b| PdState::decode(&b).map_err(|_| ()))
+    else {
+        return PdUpdate::Held(Vec::new());
+    };
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    PdUpdate::Held(
+        saved
+            .delegations_at(connectopus_core::Time::ZERO, unix_ms)
+            .into_iter()
+            .filter(|d| !d.valid.is_zero())
+            .filter_map(|d| Some((wire_prefix(d.prefix)?, d.preferred, d.valid)))
+            .collect(),
+    )
+}
+
+/// Opens the DHCPv6 client if `global.delegated` names this node, with the delegations its
+/// state file still holds; logs and goes on without one if its interface or socket is not
+/// there.
+pub(super) fn open_pd(
+    config: &MeshConfig,
+    id: &str,
+    config_path: &Path,
+) -> Option<(PdDriver, PdUpdate)> {
+    let entry = config.global.delegated.iter().find(|d| d.node == id)?;
+    let state = state_path(config_path);
+    match PdDriver::open(&entry.interface, &state, entry.length, LINK_WAIT) {
+        Ok(driver) => {
+            tracing::info!(interface = %entry.interface, duid = %driver.duid(), state = %state.display(), "dhcp6 prefix delegation client started");
+            Some((driver, saved_delegations(&state)))
+        }
+        Err(error) => {
+            tracing::warn!(interface = %entry.interface, error = %format!("{error:#}"), "no dhcp6 prefix delegation: the mesh gets no prefix from this node");
+            None
+        }
+    }
+}
+
+fn wire_prefix(p: connectopus_dhcp6::Prefix) -> Option<Prefix> {
+    Prefix::new_truncating(p.addr, p.len).ok()
+}
+
+/// Runs the client on a thread of its own (it dies with the process).
+pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender) -> Result<()> {
+    std::thread::Builder::new()
+        .name("dhcp6".to_owned())
+        .spawn(move || {
+            loop {
+                let events = match driver.step(Duration::from_secs(1)) {
+                    Ok(events) => events,
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "dhcp6 client");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                for event in events {
+                    tracing::info!(event = %crate::pd::describe(&event), "dhcp6");
+                    let now = driver.now();
+                    let update = match &event {
+                        PdEvent::Bound(lease)
+                        | PdEvent::Renewed(lease)
+                        | PdEvent::Rebound(lease) => PdUpdate::Held(
+                            lease
+                                .delegations
+                                .iter()
+                                .filter_map(|d| {
+                                    Some((
+                                        wire_prefix(d.prefix)?,
+                                        d.preferred_until.saturating_since(now),
+                                        d.valid_until.saturating_since(now),
+                                    ))
+                                })
+                                .collect(),
+                        ),
+                        PdEvent::Expired(prefixes) => PdUpdate::Gone(
+                            prefixes.iter().filter_map(|p| wire_prefix(*p)).collect(),
+                        ),
+                        PdEvent::Released => PdUpdate::Held(Vec::new()),
+                    };
+                    if !to_loop.send(LoopMessage::Delegations(update)) {
+                        return;
+                    }
+                }
+            }
+        })
+        .context("starting the dhcp6 thread")?;
+    Ok(())
+}
+
+/// The mirror addresses on the node's own TUN device, by plane.
+#[derive(Debug, Default)]
+pub(super) struct MirrorAddresses {
+    applied: BTreeMap<Prefix, Ipv6Addr>,
+}
+
+impl Daemon {
+    /// Hands the client's change to the core.
+    pub(super) fn on_delegations(&mut self, update: PdUpdate) {
+        let now = self.now();
+        match update {
+            PdUpdate::Held(list) => {
+                let delegations = list
+                    .into_iter()
+                    .map(|(prefix, preferred, valid)| Delegation {
+                        prefix,
+                        preferred_until: now + preferred,
+                        valid_until: now + valid,
+                    })
+                    .collect();
+                self.node.set_delegations(now, delegations);
+            }
+            PdUpdate::Gone(prefixes) => self.node.withdraw_delegations(now, &prefixes),
+        }
+    }
+
+    /// Puts φ(own) of every live plane on the own TUN device and takes withdrawn ones off.
+    pub(super) fn apply_mesh_prefixes(&mut self, planes: &[MeshPrefix]) {
+        log_planes(planes);
+        let Some(tun) = self.tuns.get(0).map(|t| t.name().to_owned()) else {
+            return;
+        };
+        let own = self.node.address();
+        let want: BTreeMap<Prefix, Ipv6Addr> =
+            planes.iter().map(|p| (p.prefix, p.mirror(own))).collect();
+        let mut netlink = match connectopus_netlink::Netlink::open() {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "mesh prefixes not applied: no netlink socket");
+                return;
+            }
+        };
+        let stale: Vec<(Prefix, Ipv6Addr)> = self
+            .mesh_addresses
+            .applied
+            .iter()
+            .filter(|(plane, addr)| want.get(plane) != Some(addr))
+            .map(|(p, a)| (*p, *a))
+            .collect();
+        for (plane, addr) in stale {
+            match netlink.delete_address(tun.as_str(), IpAddr::V6(addr), plane.len()) {
+                Ok(()) => tracing::info!(%addr, %tun, "mirror address removed"),
+                Err(error) if error.is_not_found() => {}
+                Err(error) => tracing::warn!(%error, "removing a mirror address"),
+            }
+            self.mesh_addresses.applied.remove(&plane);
+        }
+        for (plane, addr) in want {
+            if self.mesh_addresses.applied.get(&plane) == Some(&addr) {
+                continue;
+            }
+            match netlink.add_address(tun.as_str(), IpAddr::V6(addr), plane.len(), true) {
+                Ok(()) => tracing::info!(%addr, %tun, "mirror address added"),
+                Err(error) if error.is_exists() => {}
+                Err(error) => {
+                    tracing::warn!(%error, "adding a mirror address");
+                    continue;
+                }
+            }
+            self.mesh_addresses.applied.insert(plane, addr);
+        }
+    }
+}
+
+/// The core's view of `global.delegated`: the subnet and every delegating node's address with
+/// its `use`; `None` without entries (the core then refuses extension kind 2 from anyone).
+pub(super) fn core_config(config: &MeshConfig) -> Option<MeshPrefixConfig> {
+    if config.global.delegated.is_empty() {
+        return None;
+    }
+    let subnet = Prefix::new_truncating(
+        config.global.subnet.network(),
+        config.global.subnet.prefix_len(),
+    )
+    .ok()?;
+    let delegators: BTreeMap<_, _> = config
+        .global
+        .delegated
+        .iter()
+        .filter_map(|d| Some((config.nodes.get(&d.node)?.address, d.use_)))
+        .collect();
+    Some(MeshPrefixConfig { subnet, delegators })
+}
+
+/// Logs a new set of planes.
+fn log_planes(planes: &[MeshPrefix]) {
+    let list: Vec<String> = planes
+        .iter()
+        .map(|p| {
+            let state = if p.deprecated { " (deprecated)" } else { "" };
+            format!("{} from {}{state}", p.prefix, p.delegated)
+        })
+        .collect();
+    tracing::info!(planes = ?list, "mesh prefixes");
+}
