@@ -121,6 +121,17 @@ impl Joiner {
     }
 }
 
+/// Sends one control request line to a node's socket and returns its JSON answer.
+fn control(socket: &Path, request: &str) -> Result<Value> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer)?;
+    Ok(serde_json::from_str(&answer)?)
+}
+
 /// Waits until `st` resolves `name` to `address` and answers a ping there.
 fn wait_reachable(topo: &Topology, st: Ipv6Addr, name: &str, address: Ipv6Addr) -> Result<()> {
     let fqdn = format!("{name}.{DOMAIN}");
@@ -232,6 +243,31 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
             status["lease"]["leases"].as_u64() == Some(3),
             "hub lease count: {}",
             status["lease"]
+        );
+        // `{"cmd":"leases"}` lists them: the three names at their addresses.
+        let listed = control(&mesh.socket("hub"), r#"{"cmd":"leases"}"#)?;
+        let mut table: Vec<(String, String)> = listed["leases"]
+            .as_array()
+            .context("no lease list")?
+            .iter()
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap_or("").to_owned(),
+                    l["address"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        table.sort();
+        let expected: Vec<(String, String)> = ["j1", "j2", "j3"]
+            .iter()
+            .zip(&addresses)
+            .map(|(n, a)| ((*n).to_owned(), a.to_string()))
+            .collect();
+        ensure!(table == expected, "leases: {listed}");
+        let refused = control(&mesh.socket("st"), r#"{"cmd":"leases"}"#)?;
+        ensure!(
+            refused["error"].is_string(),
+            "st answered leases: {refused}"
         );
 
         // SIGKILL j1: while its lease (20 s + grace) runs, a new joiner gets another address.

@@ -143,6 +143,8 @@ pub enum ControlReply {
     Reloaded(ReloadOutcome),
     /// The request was done; what the node says about it.
     Done(String),
+    /// An issuer's active leases (`{"cmd":"leases"}`).
+    Leases(Vec<LeaseEntry>),
     /// The request failed.
     Error(String),
 }
@@ -459,6 +461,22 @@ pub struct NodeReport {
     pub cost: Option<f64>,
     /// Its adjacencies as `(peer address, cost)`.
     pub adjacencies: Vec<(String, f64)>,
+}
+
+/// One active lease of an issuer's table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEntry {
+    /// The leased address.
+    pub address: String,
+    /// The holder's name.
+    pub name: String,
+    /// The holder's ed25519 key, hex.
+    pub key: String,
+    /// The lease's epoch and renewal count.
+    pub epoch: u64,
+    pub renewal: u32,
+    /// Seconds until it expires at the issuer (before the grace).
+    pub expires_in_secs: f64,
 }
 
 /// The lease side of `status` (docs/dynamic-mesh.md §1.8).

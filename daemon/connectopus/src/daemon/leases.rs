@@ -463,6 +463,29 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Answers `{"cmd":"leases"}`: the issuer's active leases, or an error on other nodes.
+    pub(super) fn lease_entries(&self) -> ControlReply {
+        let Some(table) = self.node.leases() else {
+            return ControlReply::Error("this node issues no leases (no `issue`)".to_owned());
+        };
+        let now = self.now();
+        ControlReply::Leases(
+            table
+                .leases()
+                .map(|l| control::LeaseEntry {
+                    address: l.address.to_string(),
+                    name: l.name.clone(),
+                    key: hex(&l.key),
+                    epoch: l.epoch,
+                    renewal: l.renewal,
+                    expires_in_secs: l.expires.saturating_since(now).as_secs_f64(),
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

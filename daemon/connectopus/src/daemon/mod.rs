@@ -481,6 +481,7 @@ impl Daemon {
                             continue;
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
+                        ControlRequest::Leases => self.lease_entries(),
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
                             Ok(said) => ControlReply::Done(said),
                             Err(error) => ControlReply::Error(format!("{error:#}")),
