@@ -410,6 +410,9 @@ impl Daemon {
                 }
             }
         }
+        // Mirror addresses follow the node's address (`mesh_prefix`): φ(old) off, φ(new) on.
+        let planes = self.node.mesh_prefixes().clone();
+        self.apply_mesh_prefixes(&planes);
         let Some(address) = address else {
             return;
         };
