@@ -525,3 +525,72 @@ fn twenty_ephemeral_nodes_in_waves_with_two_issuers() {
         Ok(())
     });
 }
+
+/// The same join in a mesh with node identities: the hub signs the certificates with its key,
+/// the stable node accepts the joiners' hellos and updates only with them (its trust policy
+/// knows the hub's pool), and a joiner's own identity key is listed in
+/// `global.ephemeral.identities`, so it needs no join key.
+#[test]
+fn ephemeral_nodes_join_a_mesh_with_identities() {
+    require_root!();
+    run_test("ephemeral_identities", |dir| {
+        require_tools(&["dig", "ping"]);
+        let topo = Topology::builder()
+            .routed(true)
+            .link("hub", "st")
+            .link("hub", "k1")
+            .link("hub", "k2")
+            .build(dir)?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[MeshLink::new("hub", "st", LinkKind::DtlsPsk)],
+            &[],
+        )?;
+        let (hub, st) = (mesh.address("hub"), mesh.address("st"));
+        let psk = dir.join("link.psk");
+        let public = |name: &str| -> Result<String> {
+            Ok(std::fs::read_to_string(dir.join(format!("{name}.pub")))?
+                .trim()
+                .to_owned())
+        };
+        let admin_pub = public("admin_key")?;
+        let (hub_pub, st_pub) = (public("hub.key")?, public("st.key")?);
+        // k1 joins by its own listed key (made here, as `--identity-file` names it), k2 with
+        // the join key.
+        let k1_pub = ssh_keygen(&dir.join("k1.node.key"), "k1")?;
+        let join_pub = ssh_keygen(&dir.join("join.key"), "fleet")?;
+        let u = topo.link_addr("hub", "st");
+        let yaml = format!(
+            "global:\n  domain: {DOMAIN}\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{admin_pub}\"\n  timers: {{keepalive_idle: 3s, dead_interval: 7s}}\n  ephemeral:\n    lease: 20s\n    identities: [\"{k1_pub}\"]\n    join_keys: [\"{join_pub}\"]\n    backends:\n      hub: {{type: dtls-dialer, peer: \"[{u}]:4444\", psk_file: {psk}}}\nnodes:\n  hub:\n    address: \"{hub}\"\n    identity: \"{hub_pub}\"\n    issue: {{prefix: \"{POOL}\"}}\n    backends:\n      l0: {{type: dtls-listener, port: 4000, listen_ip: \"{u}\", psk_file: {psk}}}\n      joiners: {{type: dtls-listener, port: 4444, psk_file: {psk}}}\n  st:\n    address: \"{st}\"\n    identity: \"{st_pub}\"\n    backends:\n      d0: {{type: dtls-dialer, peer: \"[{u}]:4000\", psk_file: {psk}}}\n",
+            psk = psk.display(),
+        );
+        std::fs::write(mesh.config_path(), yaml)?;
+        mesh.sign()?;
+        mesh.start("hub")?;
+        mesh.start("st")?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        let config = mesh.config_path().clone();
+        let k1 = Joiner::start_with(&topo, dir.path(), &config, "k1", false)?;
+        let k2 = Joiner::start(&topo, dir.path(), &config, "k2")?;
+        for j in [&k1, &k2] {
+            let mut bound = None;
+            wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+                bound = j.bound_address();
+                bound.is_some()
+            })
+            .with_context(|| format!("{} never bound: {}", j.name, j.log()))?;
+            let address = bound.unwrap();
+            ensure!(in_pool(address), "{}: {address} outside {POOL}", j.name);
+            wait_reachable(&topo, st, &j.name, address)?;
+        }
+        let st_log = mesh
+            .process("st")
+            .map(ChildGuard::stderr)
+            .unwrap_or_default();
+        ensure!(
+            !st_log.contains("bad_lease") && !st_log.contains("unknown_origin"),
+            "st refused a joiner: {st_log}"
+        );
+        Ok(())
+    });
+}
