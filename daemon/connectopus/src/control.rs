@@ -143,6 +143,8 @@ pub enum ControlReply {
     Reloaded(ReloadOutcome),
     /// The request was done; what the node says about it.
     Done(String),
+    /// An issuer's active leases (`{"cmd":"leases"}`).
+    Leases(Vec<LeaseEntry>),
     /// The request failed.
     Error(String),
 }
@@ -159,6 +161,10 @@ pub struct StatusReport {
     /// Mesh DNS domain.
     #[serde(default)]
     pub domain: String,
+    /// Leases (docs/dynamic-mesh.md): an ephemeral node's (address, issuer, seconds left),
+    /// an issuer's pool and lease count (absent from older nodes and other nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseReport>,
     /// The keys that may sign configurations (`global.authorized_keys` of the running one).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
@@ -455,6 +461,49 @@ pub struct NodeReport {
     pub cost: Option<f64>,
     /// Its adjacencies as `(peer address, cost)`.
     pub adjacencies: Vec<(String, f64)>,
+}
+
+/// One active lease of an issuer's table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEntry {
+    /// The leased address.
+    pub address: String,
+    /// The holder's name.
+    pub name: String,
+    /// The holder's ed25519 key, hex.
+    pub key: String,
+    /// The lease's epoch and renewal count.
+    pub epoch: u64,
+    pub renewal: u32,
+    /// Seconds until it expires at the issuer (before the grace).
+    pub expires_in_secs: f64,
+}
+
+/// The lease side of `status` (docs/dynamic-mesh.md §1.8).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    /// `joining`, `bound`, `renewing` (an ephemeral node) or `issuing`.
+    pub state: String,
+    /// The ephemeral node's leased address.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Its issuer's address.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Seconds until the ephemeral node's lease ends (by its own count).
+    #[serde(default)]
+    pub expires_in_secs: Option<f64>,
+    /// The issuer's pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The issuer's active leases.
+    #[serde(default)]
+    pub leases: Option<u64>,
+    /// Lease tables written to `<config>.leases`, and failed writes.
+    #[serde(default)]
+    pub tables_written: u64,
+    #[serde(default)]
+    pub table_write_errors: u64,
 }
 
 /// Binds the control socket (replacing a stale one) and serves it on a thread.

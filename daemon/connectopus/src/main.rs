@@ -24,6 +24,7 @@
 mod api;
 mod attach;
 mod backends;
+mod boot_clock;
 mod completions;
 mod config_cli;
 mod config_set;
@@ -73,15 +74,28 @@ struct Cli {
 struct NodeArgs {
     /// The signed mesh configuration (YAML; its signature is FILE.sig). Newer
     /// configurations the node accepts are written back to it.
-    #[arg(long, conflicts_with = "datadir")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// The node's data directory made by `connectopus init` (it holds config.yml and
     /// config.yml.sig) [default: /var/lib/connectopus/<id>, when --config is not given].
     #[arg(long)]
     datadir: Option<PathBuf>,
     /// This node's name in the configuration.
-    #[arg(long)]
-    id: String,
+    #[arg(
+        long,
+        required_unless_present = "ephemeral",
+        conflicts_with = "ephemeral"
+    )]
+    id: Option<String>,
+    /// Joins the mesh as the ephemeral node NAME (not in the configuration): an issuer grants
+    /// its address (docs/dynamic-mesh.md). Its key is `--identity-file`, else
+    /// `<datadir>/node.key` (made on first run; keeping it keeps the address).
+    #[arg(long, value_name = "NAME")]
+    ephemeral: Option<String>,
+    /// With `--ephemeral`: a shared join key (OpenSSH ed25519 private key) listed in
+    /// `global.ephemeral.join_keys`, when the node's own key is not in `identities`.
+    #[arg(long, value_name = "FILE", requires = "ephemeral")]
+    join_key: Option<PathBuf>,
     /// Where to serve the control socket [default: the node's `cpctl.socket_file`, else
     /// /run/connectopus/<id>.sock]; `cpctl.no_socket` turns it off.
     #[arg(long)]
@@ -418,7 +432,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run_node(NodeArgs {
                 config: None,
                 datadir: Some(datadir),
-                id: args.id,
+                id: Some(args.id),
+                ephemeral: None,
+                join_key: None,
                 control_socket,
                 ebpf_object: None,
                 identity_file: None,
@@ -496,6 +512,8 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         config,
         datadir,
         id,
+        ephemeral,
+        join_key,
         control_socket,
         ebpf_object,
         identity_file,
@@ -508,6 +526,26 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         log_format,
     } = args;
     init_logging(log_level, log_format)?;
+    if config.is_some() && datadir.is_some() && ephemeral.is_none() {
+        logging::startup_error(
+            "--config and --datadir exclude each other (--datadir holds config.yml), \
+             except with --ephemeral, where --datadir holds node.key",
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(id) = id.or_else(|| ephemeral.clone()) else {
+        logging::startup_error("--id or --ephemeral is required");
+        return Ok(ExitCode::FAILURE);
+    };
+    let ephemeral = ephemeral.map(|_| daemon::EphemeralOptions {
+        key_file: identity_file.clone().unwrap_or_else(|| {
+            datadir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/connectopus/{id}")))
+                .join("node.key")
+        }),
+        join_key_file: join_key,
+    });
     let identity_file = identity_file.or_else(|| {
         datadir
             .as_ref()
@@ -542,7 +580,12 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
     for warning in mesh.warnings() {
         logging::startup_warning(warning);
     }
-    if let Err(diagnostic) = mesh.node(&id) {
+    if ephemeral.is_some() {
+        if let Err(error) = daemon::ephemeral_entry(&mesh, &id) {
+            logging::startup_error(format_args!("{error:#}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    } else if let Err(diagnostic) = mesh.node(&id) {
         logging::startup_fatal(diagnostic);
         return Ok(ExitCode::FAILURE);
     }
@@ -550,7 +593,9 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         logging::startup_error(format_args!("{error:#}"));
         return Ok(ExitCode::FAILURE);
     }
-    if let Err(error) = secrets::check(&mesh, &id) {
+    if ephemeral.is_none()
+        && let Err(error) = secrets::check(&mesh, &id)
+    {
         logging::startup_error(error);
         return Ok(ExitCode::FAILURE);
     }
@@ -578,6 +623,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
             seccomp
         },
         drop_capabilities: !keep_capabilities,
+        ephemeral,
     })?;
     Ok(ExitCode::SUCCESS)
 }

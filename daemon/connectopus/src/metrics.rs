@@ -264,6 +264,12 @@ const LABELLED_COUNTERS: &[(&str, &str, &str, &str)] = &[
         "error",
         "Link messages that did not parse, by error.",
     ),
+    (
+        "lease_messages_",
+        "connectopus_lease_messages_total",
+        "what",
+        "Lease messages and outcomes (joins, grants, renewals, releases, refusals), by kind.",
+    ),
 ];
 
 /// Counters of the status report's `counters` map taken one to one: (key, metric, help).
@@ -489,6 +495,36 @@ pub fn render(report: &StatusReport, now_unix: f64) -> String {
                 x.sample(name, &[(label, value)], *n as f64);
             }
         }
+    }
+    if let Some(lease) = &report.lease {
+        if let Some(n) = lease.leases {
+            x.single(
+                "connectopus_leases_active",
+                "gauge",
+                "Active leases in this issuer's table.",
+                n as f64,
+            );
+        }
+        if lease.pool.is_none() {
+            x.single(
+                "connectopus_lease_bound",
+                "gauge",
+                "1 while this ephemeral node holds a leased address, else 0.",
+                f64::from(u8::from(lease.address.is_some())),
+            );
+        }
+        x.single(
+            "connectopus_lease_tables_written_total",
+            "counter",
+            "Lease tables written to <config>.leases.",
+            lease.tables_written as f64,
+        );
+        x.single(
+            "connectopus_lease_table_write_errors_total",
+            "counter",
+            "Lease tables that could not be written (their grants wait).",
+            lease.table_write_errors as f64,
+        );
     }
 
     x.family(

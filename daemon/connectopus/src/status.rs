@@ -14,6 +14,9 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         report.name, report.address, report.domain, report.subnet, report.uptime_secs
     );
     let _ = writeln!(out, "config version {}", report.config_version);
+    if let Some(lease) = &report.lease {
+        let _ = writeln!(out, "{}", render_lease(lease));
+    }
     let _ = writeln!(out, "authorized keys:");
     if report.authorized_keys.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -223,6 +226,25 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
 }
 
 /// The namespaces and services sections, when the node has any.
+/// `lease fd00:cafe:0:e1::7 from fd00:cafe::1, expires in 52s`, `issuing fd00:cafe:0:e1::/112: 3 leases`.
+fn render_lease(lease: &crate::control::LeaseReport) -> String {
+    match (&lease.address, &lease.pool) {
+        (_, Some(pool)) => format!(
+            "issuing {pool}: {} leases ({} tables written, {} write errors)",
+            lease.leases.unwrap_or(0),
+            lease.tables_written,
+            lease.table_write_errors
+        ),
+        (Some(address), None) => format!(
+            "lease {address} from {} ({}), expires in {:.0}s",
+            lease.issuer.as_deref().unwrap_or("?"),
+            lease.state,
+            lease.expires_in_secs.unwrap_or(0.0)
+        ),
+        (None, None) => format!("lease: {}", lease.state),
+    }
+}
+
 fn render_attachments(out: &mut String, report: &StatusReport) {
     if !report.namespaces.is_empty() {
         let _ = writeln!(out, "\nnamespaces:");

@@ -144,10 +144,14 @@ impl TunDevice {
         let build = |offload: bool| {
             let mut builder = tun_rs::DeviceBuilder::new()
                 .name(name)
-                .ipv6(address, prefix_len)
                 .mtu(mtu)
                 .multi_queue(multi_queue)
                 .offload(offload);
+            // An ephemeral node's device starts without an address (`::`): it gets the
+            // leased one later (daemon/leases.rs).
+            if !address.is_unspecified() {
+                builder = builder.ipv6(address, prefix_len);
+            }
             if let Some((address4, len4)) = address4 {
                 builder = builder.ipv4(address4, len4, None);
             }

@@ -25,6 +25,8 @@ pub enum ControlRequest {
         /// The new level.
         level: String,
     },
+    /// List an issuer's lease table (docs/dynamic-mesh.md §1.8).
+    Leases,
 }
 
 /// Parses one request line (untrusted bytes from the socket, read as UTF-8). Unknown

@@ -178,6 +178,12 @@ impl Daemon {
             return;
         };
         let own = self.node.address();
+        // An ephemeral node without its lease (address `::`) has no mirror either.
+        let planes = if own.is_unspecified() {
+            &[][..]
+        } else {
+            planes
+        };
         let want: BTreeMap<Prefix, Ipv6Addr> =
             planes.iter().map(|p| (p.prefix, p.mirror(own))).collect();
         let mut netlink = match connectopus_netlink::Netlink::open() {

@@ -57,6 +57,9 @@ mod mesh_prefix;
 pub use local_datagrams::Outgoing as LocalDatagram;
 pub(crate) use mesh_prefix::PdUpdate;
 mod handshake_limits;
+mod leases;
+pub use leases::EphemeralOptions;
+pub(crate) use leases::ephemeral_entry;
 mod hello_filter;
 mod offer_check;
 pub(crate) use offer_check::CheckedOffer;
@@ -199,7 +202,8 @@ struct Daemon {
     dataplane: workers::Dataplane,
     /// The control plane's protocol core.
     node: Node,
-    started: Instant,
+    /// `CLOCK_BOOTTIME` at start: the core's `Time::ZERO` (see `boot_clock`).
+    started: crate::boot_clock::BootInstant,
     started_wall: SystemTime,
     /// The node's TUN devices: its own first (unless disabled), then its `tun_devs`, then its
     /// namespaces' as they come up.
@@ -246,6 +250,8 @@ struct Daemon {
     seccomp: String,
     /// systemd's notification socket (`Type=notify`), when there is one.
     notify: crate::notify::Notifier,
+    /// Lease tables to write, and an ephemeral node's address (see `leases`).
+    leases: leases::LeaseDriver,
 }
 
 impl Daemon {
@@ -285,6 +291,7 @@ impl Daemon {
             self.handle_messages();
             self.run_timers();
             self.drain_node();
+            self.persist_leases();
             self.publish_metrics();
             self.publish_api();
             // Everything received this turn is merged: write the super-packets.
@@ -297,10 +304,28 @@ impl Daemon {
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);
                 if flushed || Instant::now() >= deadline {
+                    self.submit_last();
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Submits what the last turn queued before the loop ends: the goodbyes, an ephemeral
+    /// node's Release and DTLS close notifications would otherwise never leave the ring.
+    fn submit_last(&mut self) {
+        let mut completions = std::mem::take(&mut self.worker.completions);
+        completions.clear();
+        let _ = self
+            .worker
+            .io
+            .submit_and_wait(&mut completions, Some(Duration::ZERO));
+        for completion in completions.drain(..) {
+            if let Some(buf) = completion.buf {
+                self.worker.io.free(buf);
+            }
+        }
+        self.worker.completions = completions;
     }
 
     fn next_timeout(&self) -> Duration {
@@ -456,6 +481,7 @@ impl Daemon {
                             continue;
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
+                        ControlRequest::Leases => self.lease_entries(),
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
                             Ok(said) => ControlReply::Done(said),
                             Err(error) => ControlReply::Error(format!("{error:#}")),
@@ -574,11 +600,11 @@ impl Daemon {
                     version,
                     unacknowledged,
                 } => self.apply_pending_config(version, &unacknowledged),
-                // Issuing and joining are not run by the daemon yet (docs/dynamic-mesh.md §4
-                // step 7); its nodes have neither `issuer` nor `join`, so these never come.
-                Command::PersistLeases { .. } | Command::SetAddress { .. } => {
-                    tracing::warn!("lease command ignored: the daemon does not issue or join yet");
+                // Written once per loop turn, the newest only (`persist_leases`).
+                Command::PersistLeases { generation, table } => {
+                    self.leases.queue(generation, table);
                 }
+                Command::SetAddress { address, expires } => self.set_address(address, expires),
             }
         }
         while let Some(event) = self.node.poll_event() {

@@ -438,6 +438,19 @@ impl Daemon {
             return;
         };
         self.signature = signature;
+        let mut new = new;
+        // An ephemeral node is no entry of the file: it keeps running its synthetic one
+        // (the new file's `global.ephemeral.backends`), unless the file no longer lets it.
+        if self.node.lease_state().is_some() {
+            match super::leases::ephemeral_entry(&new, &self.id) {
+                Ok(entry) => {
+                    new.nodes.insert(self.id.clone(), entry);
+                }
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "the new configuration has no place for this ephemeral node")
+                }
+            }
+        }
         if unacknowledged.is_empty() {
             tracing::info!(
                 version,

@@ -165,6 +165,9 @@ impl Daemon {
         for (what, n) in &counters.config_offers {
             counter_map.insert(format!("config_offers_{what}"), *n);
         }
+        for (what, n) in &counters.leases {
+            counter_map.insert(format!("lease_messages_{what}"), *n);
+        }
         counter_map.insert(
             "config_offers_checked".to_owned(),
             self.offer_checker.checks_started(),
@@ -192,6 +195,7 @@ impl Daemon {
             address: self.node.address().to_string(),
             subnet: self.subnet.clone(),
             domain: self.config.global.domain.clone(),
+            lease: self.lease_report(now),
             authorized_keys: self
                 .config
                 .global

@@ -35,6 +35,8 @@ pub struct NodeOptions {
     pub seccomp: crate::privilege::SeccompMode,
     /// Whether to drop the capabilities the node no longer needs after start-up.
     pub drop_capabilities: bool,
+    /// `--ephemeral`: the node joins under `id` with an address an issuer grants.
+    pub ephemeral: Option<super::leases::EphemeralOptions>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -57,8 +59,34 @@ pub fn run(options: NodeOptions) -> Result<()> {
         workers,
         seccomp,
         drop_capabilities,
+        ephemeral,
     } = options;
-    let node_key = trust::node_key(&config, &id, identity_file.as_deref())?;
+    let mut config = config;
+    let (node_key, join) = match &ephemeral {
+        None => (
+            trust::node_key(&config, &id, identity_file.as_deref())?,
+            None,
+        ),
+        Some(options) => {
+            // An ephemeral node is no entry of the file: it runs a synthetic one (address
+            // `::`, the `global.ephemeral` backends) under its name.
+            let entry = leases::ephemeral_entry(&config, &id)?;
+            config.nodes.insert(id.clone(), entry);
+            let key = leases::ephemeral_key(options, &id)?;
+            let join_key = match &options.join_key_file {
+                Some(path) => Some(
+                    leases::load_seed(path)
+                        .with_context(|| format!("reading the join key {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let join = connectopus_core::lease_holder::JoinConfig {
+                name: id.clone(),
+                join_key,
+            };
+            (Some(key), Some(join))
+        }
+    };
     let node_config = config
         .node(&id)
         .map_err(|d| anyhow::anyhow!("{d}"))?
@@ -192,12 +220,17 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tracing::warn!(error = %format!("{error:#}"), "keeping the capabilities the node started with");
     }
 
-    let dns = dns::Dns::start(
-        &config,
-        &id,
-        node_config.address,
-        tuns.first().map(TunDevice::name),
-    );
+    // An ephemeral node starts DNS when it gets its address (`leases::set_address`).
+    let dns = if join.is_some() {
+        dns::Dns::Off("no address yet (joining)".to_owned())
+    } else {
+        dns::Dns::start(
+            &config,
+            &id,
+            node_config.address,
+            tuns.first().map(TunDevice::name),
+        )
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -268,8 +301,14 @@ pub fn run(options: NodeOptions) -> Result<()> {
             })?,
         );
     }
-    let started = Instant::now();
+    let started = crate::boot_clock::BootInstant::now();
     let started_wall = SystemTime::now();
+    // Before `next_epoch` records `<config>.epoch`: a first start is told from a later one
+    // by that file (see `leases::issuer_start`).
+    let issuer_start = join
+        .is_none()
+        .then(|| leases::issuer_setup(&config, &id, &config_path, 0))
+        .flatten();
     let epoch = trust::next_epoch(&config_path);
     let timers = &config.global.timers;
     let mut core = NodeConfig::new(
@@ -284,11 +323,28 @@ pub fn run(options: NodeOptions) -> Result<()> {
         &mut ssh_key::rand_core::OsRng,
         &mut core.challenge_secret,
     );
+    let mesh_has_identities = config.nodes.values().any(|n| n.identity.is_some());
     if let Some(key) = node_key {
         tracing::info!(key = %connectopus_core::identity::hex(&key.public()), "node identity enforced");
         core.identity = Some(key);
-        core.trust = Some(trust::policy(&config));
+        // An ephemeral node checks its peers only in a mesh that has identities.
+        if join.is_none() || mesh_has_identities {
+            core.trust = Some(trust::policy(&config));
+        }
     }
+    if let Some(mut setup) = issuer_start {
+        setup.config.epoch_floor = epoch;
+        // The wall clock at the core's `Time::ZERO` (`started`).
+        setup.unix_ms = started_wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(setup.unix_ms, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
+        tracing::info!(pool = %setup.config.table.pool, lease = ?setup.config.table.lease,
+            grace = ?setup.config.table.grace, "issuing leases");
+        core.issuer = Some(setup);
+    }
+    core.join = join;
     // Hellos on plaintext udp links advertise eBPF decapsulation, and the core issues the
     // fast path's entries.
     core.fastpath = fastpath.is_on();
@@ -315,6 +371,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
     let subnet = config.global.subnet.to_string();
+    let config_path_for_leases = config_path.clone();
     let mut daemon = Daemon {
         id,
         config,
@@ -362,6 +419,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         spf_time: Duration::ZERO,
         seccomp: "off: not installed yet".to_owned(),
         notify: crate::notify::Notifier::from_env(),
+        leases: leases::LeaseDriver::new(&config_path_for_leases),
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();

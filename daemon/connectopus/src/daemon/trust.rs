@@ -48,8 +48,11 @@ pub(super) fn policy(config: &MeshConfig) -> TrustPolicy {
         for a in addresses4 {
             grant.prefixes.push(Prefix::host(a.to_ipv6_mapped()));
         }
+        // An issuer signs lease certificates in its pool and may advertise its /128s.
+        grant.issue_pools.extend(super::leases::issue_pool(node));
         policy = policy.with_grant(key, grant);
     }
+    policy.reserved_names = super::leases::reserved_names(config);
     for revoked in &config.global.revoked_keys {
         if let Some(key) = ed25519_key(revoked) {
             policy = policy.with_revoked(key);

@@ -337,7 +337,7 @@ impl Dataplane {
         offloads: &datapath::Offloads,
         icmp: &IcmpRateLimiter,
         main: Waker,
-        started: Instant,
+        started: crate::boot_clock::BootInstant,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             snapshot: Slot::new(Arc::default()),

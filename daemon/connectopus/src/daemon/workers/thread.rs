@@ -16,7 +16,7 @@ pub(super) struct WorkerThread {
     pub(super) to_main: SyncSender<FromWorker>,
     pub(super) main: Waker,
     pub(super) channel_drops: Arc<AtomicU64>,
-    pub(super) started: Instant,
+    pub(super) started: crate::boot_clock::BootInstant,
     pub(super) reported: Instant,
     pub(super) woke_main: bool,
     pub(super) status: Arc<Mutex<ThreadStatus>>,

@@ -1,0 +1,559 @@
+//! The daemon's side of the dynamic mesh's ephemeral nodes (`docs/dynamic-mesh.md` §1.7,
+//! §1.8): what an issuer is configured with and how its table starts, writing the table to
+//! `<config>.leases` ([`Command::PersistLeases`]), the ephemeral node's own start-up
+//! (`--ephemeral NAME`: its node key, its synthetic config entry) and putting its granted
+//! address on the TUN device ([`Command::SetAddress`]). The core decides; this only does I/O.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+
+use connectopus_core::identity::{NodeKey, hex};
+use connectopus_core::lease_issuer::{IssuerConfig, JoinPolicy, NamePattern};
+use connectopus_core::lease_table::{LeaseTableConfig, PersistedLease, PersistedLeases};
+use connectopus_core::node::{IssuerSetup, IssuerStart};
+use connectopus_wire::Prefix;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// What `connectopus node --ephemeral NAME` adds to a node's options.
+#[derive(Debug, Clone)]
+pub struct EphemeralOptions {
+    /// The node key file (made on first run, 0600; keeping it keeps the address).
+    pub key_file: PathBuf,
+    /// A shared join key (OpenSSH ed25519 private key) to prove, when the node's own key is not
+    /// listed in `global.ephemeral.identities`.
+    pub join_key_file: Option<PathBuf>,
+}
+
+/// Returns `<config>.leases`, where an issuer keeps its table.
+pub(super) fn leases_path(config_path: &Path) -> PathBuf {
+    let mut p = config_path.as_os_str().to_owned();
+    p.push(".leases");
+    PathBuf::from(p)
+}
+
+fn epoch_path(config_path: &Path) -> PathBuf {
+    let mut p = config_path.as_os_str().to_owned();
+    p.push(".epoch");
+    PathBuf::from(p)
+}
+
+/// Names no ephemeral node may take: every static node's and every attachment's.
+pub(super) fn reserved_names(config: &MeshConfig) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    // The synthetic entry of an ephemeral node (address `::`) reserves nothing.
+    for (name, node) in config
+        .nodes
+        .iter()
+        .filter(|(_, n)| !n.address.is_unspecified())
+    {
+        names.insert(name.clone());
+        names.extend(node.tun_devs.keys().cloned());
+        names.extend(node.namespaces.keys().cloned());
+    }
+    names
+}
+
+/// Returns the node's pool as a core prefix, when it has `issue`.
+pub(super) fn issue_pool(node: &connectopus_config::NodeConfig) -> Option<Prefix> {
+    let issue = node.issue.as_ref()?;
+    Prefix::new_truncating(issue.prefix.addr(), issue.prefix.prefix_len()).ok()
+}
+
+/// How the issuer's table starts, decided before the routing epoch is recorded (§1.7):
+/// `<config>.leases` that parses is `Persisted`; a missing file on a node that never ran
+/// with this configuration path (no `<config>.epoch` either) is `Fresh`; anything else
+/// (missing after a run, unreadable, corrupt, another pool) is `Lost`, and the pool is
+/// quarantined for `lease + grace`. So deleting the table of a node that ran never lets it
+/// give out an address a live holder may still use.
+pub(super) fn issuer_start(config_path: &Path, pool: Prefix) -> IssuerStart {
+    let path = leases_path(config_path);
+    match std::fs::read(&path) {
+        Ok(bytes) => match decode(&bytes) {
+            Ok(table) if table.pool == pool => {
+                tracing::info!(path = %path.display(), leases = table.leases.len(), "lease table loaded");
+                IssuerStart::Persisted(table)
+            }
+            Ok(table) => {
+                tracing::warn!(path = %path.display(), file_pool = %table.pool, %pool,
+                    "lease table is for another pool: quarantining the pool for lease + grace");
+                IssuerStart::Lost
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error,
+                    "lease table unreadable: quarantining the pool for lease + grace");
+                IssuerStart::Lost
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !epoch_path(config_path).exists() => {
+            tracing::info!(path = %path.display(), "first start: an empty lease table");
+            IssuerStart::Fresh
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error,
+                "lease table missing after an earlier run: quarantining the pool for lease + grace");
+            IssuerStart::Lost
+        }
+    }
+}
+
+/// Builds `NodeConfig.issuer` for node `id`, when its entry has `issue` (call before
+/// `trust::next_epoch`, which records `<config>.epoch`).
+pub(super) fn issuer_setup(
+    config: &MeshConfig,
+    id: &str,
+    config_path: &Path,
+    epoch: u64,
+) -> Option<IssuerSetup> {
+    let node = config.nodes.get(id)?;
+    let issue = node.issue.as_ref()?;
+    let pool = issue_pool(node)?;
+    let ephemeral = config.global.ephemeral.as_ref();
+    let lease = issue.lease(ephemeral);
+    let grace = config.global.timers.dead_interval.get() + lease / 1000;
+    let mut policy = JoinPolicy::default();
+    if issue.serves_joins(ephemeral)
+        && let Some(e) = ephemeral
+    {
+        policy.identities = e.identities.iter().filter_map(trust::ed25519_key).collect();
+        policy.join_keys = e.join_keys.iter().filter_map(trust::ed25519_key).collect();
+        policy.names = e
+            .names
+            .iter()
+            .chain(&issue.names)
+            .filter_map(|p| NamePattern::new(p))
+            .collect();
+    }
+    policy.reserved_names = reserved_names(config);
+    let start = issuer_start(config_path, pool);
+    Some(IssuerSetup {
+        config: IssuerConfig {
+            address: node.address,
+            table: LeaseTableConfig { pool, lease, grace },
+            policy,
+            epoch_floor: epoch,
+        },
+        start,
+        unix_ms: unix_ms(),
+    })
+}
+
+/// The wall clock in Unix milliseconds.
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The config entry an ephemeral node runs with: no address of its own (`::` until a grant),
+/// `global.ephemeral.backends` as its backends, defaults for the rest.
+///
+/// # Errors
+/// No `global.ephemeral`, no backends there, or the name belongs to a static node.
+pub(crate) fn ephemeral_entry(
+    config: &MeshConfig,
+    name: &str,
+) -> Result<connectopus_config::NodeConfig> {
+    let Some(ephemeral) = config.global.ephemeral.as_ref() else {
+        anyhow::bail!(
+            "--ephemeral needs a `global.ephemeral` section in the configuration (without it \
+             nobody may join)"
+        );
+    };
+    if reserved_names(config).contains(name) {
+        anyhow::bail!(
+            "--ephemeral {name}: `{name}` is a static node's or attachment's name in this \
+             configuration; ephemeral nodes take names no static node holds"
+        );
+    }
+    if ephemeral.backends.is_empty() {
+        anyhow::bail!("--ephemeral needs `global.ephemeral.backends` to dial an issuer");
+    }
+    let mut entry: connectopus_config::NodeConfig =
+        serde_json::from_value(serde_json::json!({ "address": "::" }))
+            .context("building the ephemeral node's entry")?;
+    entry.backends = ephemeral.backends.clone();
+    Ok(entry)
+}
+
+/// Loads the ephemeral node's key, making it (0600) when the file is missing.
+pub(super) fn ephemeral_key(options: &EphemeralOptions, name: &str) -> Result<NodeKey> {
+    if !options.key_file.exists() {
+        let line = crate::identity::create(&options.key_file, name)?;
+        tracing::info!(path = %options.key_file.display(), public = %line, "ephemeral node key created");
+    }
+    load_seed(&options.key_file)
+}
+
+/// Loads an OpenSSH ed25519 private key as a core key.
+pub(super) fn load_seed(path: &Path) -> Result<NodeKey> {
+    let key = crate::identity::load(path)?;
+    let seed = crate::identity::seed(&key)?;
+    Ok(NodeKey::from_seed(&seed))
+}
+
+/// `<config>.leases` on disk (JSON).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseFile {
+    version: u32,
+    pool: String,
+    next_epoch: u64,
+    leases: Vec<LeaseEntry>,
+    hold_down: Vec<HoldDownEntry>,
+    quarantine_until_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseEntry {
+    address: Ipv6Addr,
+    /// The holder's ed25519 key, hex.
+    key: String,
+    name: String,
+    epoch: u64,
+    renewal: u32,
+    expires_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldDownEntry {
+    address: Ipv6Addr,
+    until_unix_ms: u64,
+}
+
+/// Encodes a table as `<config>.leases` holds it.
+pub(super) fn encode(table: &PersistedLeases) -> Vec<u8> {
+    let file = LeaseFile {
+        version: 1,
+        pool: table.pool.to_string(),
+        next_epoch: table.next_epoch,
+        leases: table
+            .leases
+            .iter()
+            .map(|l| LeaseEntry {
+                address: l.address,
+                key: hex(&l.key),
+                name: l.name.clone(),
+                epoch: l.epoch,
+                renewal: l.renewal,
+                expires_unix_ms: l.expires_unix_ms,
+            })
+            .collect(),
+        hold_down: table
+            .hold_down
+            .iter()
+            .map(|(address, until)| HoldDownEntry {
+                address: *address,
+                until_unix_ms: *until,
+            })
+            .collect(),
+        quarantine_until_unix_ms: table.quarantine_until_unix_ms,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Decodes `<config>.leases`; any error means the table is lost.
+pub(super) fn decode(bytes: &[u8]) -> Result<PersistedLeases> {
+    let file: LeaseFile = serde_json::from_slice(bytes).context("not a lease table")?;
+    if file.version != 1 {
+        anyhow::bail!("lease table version {} is unknown", file.version);
+    }
+    let pool = parse_prefix(&file.pool)?;
+    let mut leases = Vec::with_capacity(file.leases.len());
+    for l in file.leases {
+        leases.push(PersistedLease {
+            address: l.address,
+            key: parse_key(&l.key)?,
+            name: l.name,
+            epoch: l.epoch,
+            renewal: l.renewal,
+            expires_unix_ms: l.expires_unix_ms,
+        });
+    }
+    Ok(PersistedLeases {
+        pool,
+        next_epoch: file.next_epoch,
+        leases,
+        hold_down: file
+            .hold_down
+            .into_iter()
+            .map(|h| (h.address, h.until_unix_ms))
+            .collect(),
+        quarantine_until_unix_ms: file.quarantine_until_unix_ms,
+    })
+}
+
+fn parse_prefix(text: &str) -> Result<Prefix> {
+    let (addr, len) = text
+        .split_once('/')
+        .with_context(|| format!("pool `{text}` is not a prefix"))?;
+    let addr: Ipv6Addr = addr.parse().with_context(|| format!("pool `{text}`"))?;
+    let len: u8 = len.parse().with_context(|| format!("pool `{text}`"))?;
+    Prefix::new(addr, len).map_err(|e| anyhow::anyhow!("pool `{text}`: {e:?}"))
+}
+
+fn parse_key(text: &str) -> Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if text.len() != 64 || !text.is_ascii() {
+        anyhow::bail!("holder key `{text}` is not 64 hex digits");
+    }
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("holder key `{text}` is not hex"))?;
+    }
+    Ok(key)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, then
+/// fsync of the directory.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The driver's lease state: the newest table waiting to be written, and the ephemeral node's
+/// address as the TUN device carries it.
+#[derive(Debug, Default)]
+pub(super) struct LeaseDriver {
+    /// The newest `PersistLeases` of this turn (older ones are superseded).
+    pending: Option<(u64, Arc<PersistedLeases>)>,
+    /// Where the table goes.
+    path: Option<PathBuf>,
+    /// Tables written, and failed writes.
+    pub(super) written: u64,
+    pub(super) write_errors: u64,
+    /// The ephemeral node's address on the TUN device and when its lease ends (core time).
+    pub(super) address: Option<(Ipv6Addr, Option<Time>)>,
+}
+
+impl LeaseDriver {
+    pub(super) fn new(config_path: &Path) -> Self {
+        Self {
+            path: Some(leases_path(config_path)),
+            ..Self::default()
+        }
+    }
+
+    /// Keeps the newest table of the turn.
+    pub(super) fn queue(&mut self, generation: u64, table: Arc<PersistedLeases>) {
+        if self.pending.as_ref().is_none_or(|(g, _)| *g < generation) {
+            self.pending = Some((generation, table));
+        }
+    }
+}
+
+impl Daemon {
+    /// Writes the newest queued lease table, then lets the core answer the grants it records.
+    /// Called once per loop turn, so a burst of joins costs one fsync.
+    pub(super) fn persist_leases(&mut self) {
+        let Some((generation, table)) = self.leases.pending.take() else {
+            return;
+        };
+        let Some(path) = self.leases.path.clone() else {
+            return;
+        };
+        match write_atomically(&path, &encode(&table)) {
+            Ok(()) => {
+                self.leases.written += 1;
+                let now = self.now();
+                self.node.leases_persisted(now, generation);
+                self.drain_node();
+            }
+            Err(error) => {
+                // The grants stay unanswered (joiners retry); the next change tries again.
+                self.leases.write_errors += 1;
+                tracing::warn!(path = %path.display(), %error, generation, "cannot write the lease table");
+            }
+        }
+    }
+
+    /// Puts the granted address on the node's TUN device (with the subnet's prefix route) and
+    /// starts DNS on it, or takes both away on `None`.
+    pub(super) fn set_address(&mut self, address: Option<Ipv6Addr>, expires: Option<Time>) {
+        let Some(tun) = self.tuns.indexed().next().map(|(_, t)| t.name().to_owned()) else {
+            tracing::warn!("no tun device for the leased address");
+            return;
+        };
+        let prefix_len = self.config.global.subnet.prefix_len();
+        let old = self.leases.address.take();
+        if let Some((old, _)) = old
+            && Some(old) != address
+        {
+            self.dns = dns::Dns::Off("no address (lease lost)".to_owned());
+            match connectopus_netlink::Netlink::open()
+                .and_then(|mut nl| nl.delete_address(tun.as_str(), old.into(), prefix_len))
+            {
+                Ok(()) => tracing::info!(%old, %tun, "leased address removed"),
+                Err(error) => {
+                    tracing::warn!(%old, %tun, %error, "cannot remove the leased address")
+                }
+            }
+        }
+        // Mirror addresses follow the node's address (`mesh_prefix`): φ(old) off, φ(new) on.
+        let planes = self.node.mesh_prefixes().clone();
+        self.apply_mesh_prefixes(&planes);
+        let Some(address) = address else {
+            return;
+        };
+        if old.is_none_or(|(a, _)| a != address) {
+            let result = connectopus_netlink::Netlink::open().and_then(|mut nl| {
+                nl.set_up(tun.as_str())?;
+                nl.add_address(tun.as_str(), address.into(), prefix_len, true)
+            });
+            match result {
+                Ok(()) => tracing::info!(%address, %tun, "leased address up"),
+                Err(error) if error.is_exists() => {}
+                Err(error) => {
+                    tracing::warn!(%address, %tun, %error, "cannot add the leased address");
+                }
+            }
+            self.dns = dns::Dns::start(&self.config, &self.id, address, Some(&tun));
+            self.dns.update(&self.node);
+        }
+        self.leases.address = Some((address, expires));
+    }
+}
+
+impl Daemon {
+    /// The lease part of `status`: an ephemeral node's holder state or an issuer's table.
+    pub(super) fn lease_report(&self, now: Time) -> Option<control::LeaseReport> {
+        use connectopus_core::lease_holder::HolderState;
+        let mut report = control::LeaseReport {
+            tables_written: self.leases.written,
+            table_write_errors: self.leases.write_errors,
+            ..control::LeaseReport::default()
+        };
+        if let Some(table) = self.node.leases() {
+            report.state = "issuing".to_owned();
+            report.pool = Some(table.config().pool.to_string());
+            report.leases = Some(table.leases().count() as u64);
+            return Some(report);
+        }
+        let state = self.node.lease_state()?;
+        let (name, cert, expires) = match state {
+            HolderState::Unbound | HolderState::Requesting { .. } => ("joining", None, None),
+            HolderState::Bound { cert, expires, .. } => ("bound", Some(cert), Some(*expires)),
+            HolderState::Renewing { cert, expires, .. } => ("renewing", Some(cert), Some(*expires)),
+        };
+        report.state = name.to_owned();
+        if let Some(cert) = cert {
+            report.address = Some(cert.address.to_string());
+            report.issuer = Some(cert.issuer.to_string());
+        }
+        report.expires_in_secs = expires.map(|e| e.saturating_since(now).as_secs_f64());
+        Some(report)
+    }
+}
+
+impl Daemon {
+    /// Answers `{"cmd":"leases"}`: the issuer's active leases, or an error on other nodes.
+    pub(super) fn lease_entries(&self) -> ControlReply {
+        let Some(table) = self.node.leases() else {
+            return ControlReply::Error("this node issues no leases (no `issue`)".to_owned());
+        };
+        let now = self.now();
+        ControlReply::Leases(
+            table
+                .leases()
+                .map(|l| control::LeaseEntry {
+                    address: l.address.to_string(),
+                    name: l.name.clone(),
+                    key: hex(&l.key),
+                    epoch: l.epoch,
+                    renewal: l.renewal,
+                    expires_in_secs: l.expires.saturating_since(now).as_secs_f64(),
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PersistedLeases {
+        PersistedLeases {
+            pool: Prefix::new("fd00:cafe:0:e1::".parse().unwrap(), 112).unwrap(),
+            next_epoch: 1_796_556_438_859_683_088,
+            leases: vec![PersistedLease {
+                address: "fd00:cafe:0:e1::7".parse().unwrap(),
+                key: [0xab; 32],
+                name: "job-1".to_owned(),
+                epoch: 1_796_556_438_859_683_087,
+                renewal: 3,
+                expires_unix_ms: 1_796_556_460_961,
+            }],
+            hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
+            quarantine_until_unix_ms: Some(1_796_556_480_000),
+        }
+    }
+
+    #[test]
+    fn the_lease_file_round_trips() {
+        let t = table();
+        assert_eq!(decode(&encode(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn a_damaged_lease_file_is_refused_not_half_read() {
+        let bytes = encode(&table());
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for bad in [
+            bytes[..bytes.len() / 2].to_vec(),
+            text.replace("\"version\": 1", "\"version\": 2")
+                .into_bytes(),
+            text.replace("abab", "zzzz").into_bytes(),
+            text.replace("/112", "/129").into_bytes(),
+            text.replace("\"renewal\": 3", "\"renewal\": -3")
+                .into_bytes(),
+            b"".to_vec(),
+            b"null".to_vec(),
+        ] {
+            assert!(decode(&bad).is_err(), "{}", String::from_utf8_lossy(&bad));
+        }
+    }
+
+    #[test]
+    fn the_table_starts_fresh_only_on_a_first_start() {
+        let dir = std::env::temp_dir().join(format!("cx-leases-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("mesh.yml");
+        let pool = table().pool;
+        let _ = std::fs::remove_file(leases_path(&config));
+        let _ = std::fs::remove_file(epoch_path(&config));
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Fresh));
+        // The node ran before (its epoch file exists) but the table is gone: lost.
+        std::fs::write(epoch_path(&config), "1\n").unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        write_atomically(&leases_path(&config), &encode(&table())).unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Persisted(t) if t == table()));
+        // Another pool's table, or garbage: lost.
+        let other = Prefix::new("fd00:cafe:0:e2::".parse().unwrap(), 112).unwrap();
+        assert!(matches!(issuer_start(&config, other), IssuerStart::Lost));
+        std::fs::write(leases_path(&config), b"{\"version\": 1").unwrap();
+        assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
