@@ -372,6 +372,58 @@ fn joiners_without_a_valid_join_key_or_identity_are_refused() {
     assert!(w.sim.trace(nobody, w.b).is_err());
 }
 
+/// The links of `at`'s established sessions whose peer has no address yet (joining sessions).
+fn joining_links(sim: &Sim, at: NodeIdx) -> Vec<connectopus_core::LinkId> {
+    sim.node(at)
+        .unwrap()
+        .sessions()
+        .filter(|s| s.is_established() && s.peer().is_some_and(|p| p.address.is_unspecified()))
+        .map(|s| s.link())
+        .collect()
+}
+
+/// The daemon's dataplanes forward by the published snapshot without asking the node, so a
+/// joining session (whose key the join policy has not even checked yet) must not be in it:
+/// otherwise anyone who reaches an issuer could inject packets with any source into the mesh.
+#[test]
+fn joining_sessions_never_reach_the_forwarding_snapshot() {
+    let mut w = World::new(4, "fd00:0:0:e1::/112");
+    let nobody = w.joiner("job-a", 30, None);
+    w.sim.run_for(SECOND);
+    let joining = joining_links(&w.sim, w.i);
+    assert!(!joining.is_empty(), "no joining session at the issuer");
+    let snapshot = w.sim.node(w.i).unwrap().forwarding_snapshot().clone();
+    for link in &joining {
+        assert!(!snapshot.is_established(*link), "joining {link:?} forwards");
+    }
+    // The issuer's session with the backbone node forwards.
+    assert!(!snapshot.established.is_empty());
+    // On the joiner itself nothing forwards before it has an address.
+    assert!(
+        w.sim
+            .node(nobody)
+            .unwrap()
+            .forwarding_snapshot()
+            .established
+            .is_empty()
+    );
+    // A granted joiner's sessions forward once it holds its address.
+    let member = w.joiner("job-m", MEMBER, None);
+    w.run_until(10 * MS, 3 * SECOND, |w| {
+        !w.sim.address(member).is_unspecified()
+    })
+    .expect("the member never got an address");
+    let address = w.sim.address(member);
+    w.run_until(10 * MS, 3 * SECOND, |w| {
+        let node = w.sim.node(w.i).unwrap();
+        let snapshot = node.forwarding_snapshot();
+        node.sessions().any(|s| {
+            s.peer().is_some_and(|p| p.address == address) && snapshot.is_established(s.link())
+        })
+    })
+    .expect("the granted joiner's session never reached the snapshot");
+}
+
 /// Finds the lease message `msg` that carries `cert` in what crossed a tapped link.
 fn captured(messages: &[(NodeIdx, Vec<u8>)], cert: &LeaseCertificate, msg: u8) -> Vec<u8> {
     let needle = cert.encode();

@@ -529,10 +529,12 @@ impl super::Daemon {
             return;
         };
         driver.set_userspace_addresses(other_tuns);
+        // The forwarding snapshot's links: established sessions, never a joining one.
+        let forwarding = self.node.forwarding_snapshot().clone();
         let established: BTreeSet<LinkId> = self
             .node
             .sessions()
-            .filter(|s| s.is_established() && s.info().plain_udp)
+            .filter(|s| s.info().plain_udp && forwarding.is_established(s.link()))
             .map(|s| s.link())
             .collect();
         let links = &self.links;

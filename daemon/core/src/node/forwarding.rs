@@ -83,27 +83,30 @@ impl Node {
         self.forwarder.snapshot()
     }
 
+    /// The links packets may arrive and leave on, sorted: those whose session is established,
+    /// except joining sessions. A joining session carries lease messages only (its peer has no
+    /// address yet, and its key is checked against the join policy only at Join), so the
+    /// dataplanes, which forward without asking the node, must not take packets from it.
+    fn forwarding_links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.sessions
+            .iter()
+            .filter(|(link, s)| s.is_established() && !self.is_joining_session(**link))
+            .map(|(link, _)| *link)
+    }
+
     /// Publishes a new forwarding snapshot if the table or the set of established sessions
     /// changed since the last one.
     pub(super) fn publish_forwarding(&mut self) {
         let current = self.forwarder.snapshot();
         let same_links = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.is_established())
-            .map(|(link, _)| *link)
+            .forwarding_links()
             .eq(current.established.iter().copied());
         if same_links && Arc::ptr_eq(&current.table, &self.table) {
             return;
         }
         let snapshot = Arc::new(ForwardingSnapshot {
             table: self.table.clone(),
-            established: self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.is_established())
-                .map(|(link, _)| *link)
-                .collect(),
+            established: self.forwarding_links().collect(),
             generation: current.generation + 1,
         });
         self.forwarder.install(snapshot.clone());
