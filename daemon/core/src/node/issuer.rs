@@ -227,27 +227,7 @@ impl Node {
         hello: &Hello,
     ) -> Result<Option<PublicKey>, &'static str> {
         let session = self.sessions.get(&link).ok_or("no_session")?;
-        let value = |kind: u8| {
-            let mut values = hello.extensions.iter().filter(|e| e.kind == kind);
-            match (values.next(), values.next()) {
-                (Some(e), None) => Some(e.value.as_slice()),
-                _ => None,
-            }
-        };
-        let key: PublicKey = value(HelloExtension::NODE_KEY)
-            .and_then(|v| v.try_into().ok())
-            .ok_or("no_key")?;
-        let signature: [u8; 64] = value(HelloExtension::SIGNATURE)
-            .and_then(|v| v.try_into().ok())
-            .ok_or("no_key")?;
-        if self
-            .config
-            .identity
-            .as_ref()
-            .is_some_and(|own| own.public() == key)
-        {
-            return Err("own_key");
-        }
+        let (key, signature) = self.hello_key(hello)?;
         if let Some(trust) = self.config.trust.as_ref() {
             if trust.revoked.contains(&key) {
                 return Err("revoked_key");

@@ -21,6 +21,15 @@ pub(super) enum HelloCheck {
     Unproven,
 }
 
+/// The value of a hello's extension `kind` when it appears exactly once.
+pub(super) fn single_extension(hello: &connectopus_wire::Hello, kind: u8) -> Option<&[u8]> {
+    let mut values = hello.extensions.iter().filter(|e| e.kind == kind);
+    match (values.next(), values.next()) {
+        (Some(e), None) => Some(e.value.as_slice()),
+        _ => None,
+    }
+}
+
 impl Node {
     /// Returns true if this node checks node keys (it has a trust policy).
     pub fn enforces_identity(&self) -> bool {
@@ -242,6 +251,31 @@ impl Node {
             .min()
     }
 
+    /// The node key and signature a hello carries (each extension exactly once), or why not:
+    /// `no_key`, or `own_key` when the key is this node's own.
+    pub(super) fn hello_key(
+        &self,
+        hello: &connectopus_wire::Hello,
+    ) -> Result<(PublicKey, [u8; 64]), &'static str> {
+        use connectopus_wire::HelloExtension;
+        let value = |kind: u8| single_extension(hello, kind);
+        let key: PublicKey = value(HelloExtension::NODE_KEY)
+            .and_then(|v| v.try_into().ok())
+            .ok_or("no_key")?;
+        let signature: [u8; 64] = value(HelloExtension::SIGNATURE)
+            .and_then(|v| v.try_into().ok())
+            .ok_or("no_key")?;
+        if self
+            .config
+            .identity
+            .as_ref()
+            .is_some_and(|own| own.public() == key)
+        {
+            return Err("own_key");
+        }
+        Ok((key, signature))
+    }
+
     /// Checks a hello against the trust policy; returns the verified peer key, or why the hello
     /// is refused. Without a policy every hello passes, with no key.
     ///
@@ -261,27 +295,7 @@ impl Node {
         let Some(session) = self.sessions.get(&link) else {
             return Err("no_session");
         };
-        let value = |kind: u8| {
-            let mut values = hello.extensions.iter().filter(|e| e.kind == kind);
-            match (values.next(), values.next()) {
-                (Some(e), None) => Some(e.value.as_slice()),
-                _ => None,
-            }
-        };
-        let key: PublicKey = value(HelloExtension::NODE_KEY)
-            .and_then(|v| v.try_into().ok())
-            .ok_or("no_key")?;
-        let signature: [u8; 64] = value(HelloExtension::SIGNATURE)
-            .and_then(|v| v.try_into().ok())
-            .ok_or("no_key")?;
-        if self
-            .config
-            .identity
-            .as_ref()
-            .is_some_and(|own| own.public() == key)
-        {
-            return Err("own_key");
-        }
+        let (key, signature) = self.hello_key(hello)?;
         if trust.revoked.contains(&key) {
             return Err("revoked_key");
         }
@@ -298,7 +312,8 @@ impl Node {
             // Not a static node: an ephemeral one, if a current lease certificate grants it
             // this address and name.
             None => {
-                let raw = value(HelloExtension::LEASE_CERTIFICATE).ok_or("unknown_key")?;
+                let raw = single_extension(hello, HelloExtension::LEASE_CERTIFICATE)
+                    .ok_or("unknown_key")?;
                 let cert = LeaseCertificate::parse(raw).map_err(|_| "bad_lease")?;
                 let claim = Claim {
                     key: &key,
