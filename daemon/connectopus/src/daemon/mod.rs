@@ -704,6 +704,7 @@ impl Daemon {
                 self.redial_later(dtls.endpoint, l.had_session);
             }
             Transport::PlainUdp(plain) => {
+                self.forget_receiver(link, plain.rx_worker);
                 if self.dtls_peers.get(&(plain.endpoint, l.remote)) == Some(&link) {
                     self.dtls_peers.remove(&(plain.endpoint, l.remote));
                 }

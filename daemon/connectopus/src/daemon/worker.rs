@@ -40,6 +40,8 @@ pub(super) struct Worker {
     pub(super) tun_reads: u64,
     /// DTLS records opened on this worker so far.
     pub(super) records_opened: u64,
+    /// Plaintext udp data datagrams received on the main loop's sockets.
+    pub(super) datagrams_received: u64,
 }
 
 /// How often a worker's pool releases the buffers that stayed idle since the last time and
@@ -85,6 +87,7 @@ impl Worker {
             tun_reads: self.tun_reads,
             handed_to_main: 0,
             records_opened: self.records_opened,
+            datagrams_received: self.datagrams_received,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
             buffers_peak: self.io.usage().peak_in_use as u64,
@@ -107,6 +110,7 @@ impl Worker {
             trim_at: Instant::now() + TRIM_INTERVAL,
             tun_reads: 0,
             records_opened: 0,
+            datagrams_received: 0,
         }
     }
 
@@ -144,6 +148,7 @@ impl Daemon {
                 tun_reads: status.tun_reads,
                 handed_to_main: status.handed_to_main,
                 records_opened: status.records_opened,
+                datagrams_received: status.datagrams_received,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
                 buffers_peak: status.buffers_peak,
