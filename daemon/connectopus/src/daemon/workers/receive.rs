@@ -401,12 +401,8 @@ impl WorkerThread {
         if coalescer.segments() > 1 {
             self.worker.offload_counters.tun_super_packets_written += 1;
         }
-        self.worker.io.write(
-            self.tun.fd(),
-            Token(TOKEN_TUN_WRITE),
-            buf,
-            start..start + len,
-        );
+        self.worker
+            .write_tun(self.tun.fd(), buf, start..start + len);
     }
 
     /// Writes the packet at `buf[r]` to this thread's TUN queue on its own (behind an empty
@@ -432,7 +428,7 @@ impl WorkerThread {
             }
         };
         if written {
-            io.write(self.tun.fd(), Token(TOKEN_TUN_WRITE), out, start..end);
+            self.worker.write_tun(self.tun.fd(), out, start..end);
         } else {
             io.free(out);
             self.worker.forwarder.count_drop(DropReason::Malformed);

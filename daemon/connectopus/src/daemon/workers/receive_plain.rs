@@ -246,9 +246,7 @@ impl WorkerThread {
                 .map(|slot| header.write(slot));
             if let Some(Ok(())) = written {
                 self.plain_counters.super_packets.delivered_whole += 1;
-                self.worker
-                    .io
-                    .write(self.tun.fd(), Token(TOKEN_TUN_WRITE), buf, start..range.end);
+                self.worker.write_tun(self.tun.fd(), buf, start..range.end);
             } else {
                 self.worker.forwarder.count_drop(DropReason::Malformed);
                 self.worker.io.free(buf);
@@ -286,12 +284,9 @@ impl WorkerThread {
                 }
             };
             match written {
-                Some(n) => io.write(
-                    self.tun.fd(),
-                    Token(TOKEN_TUN_WRITE),
-                    out,
-                    start..start + vnet + n,
-                ),
+                Some(n) => self
+                    .worker
+                    .write_tun(self.tun.fd(), out, start..start + vnet + n),
                 None => {
                     io.free(out);
                     self.worker.forwarder.count_drop(DropReason::Malformed);

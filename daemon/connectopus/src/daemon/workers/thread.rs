@@ -149,6 +149,7 @@ impl WorkerThread {
                     self.worker.io.free(buf);
                 }
             }
+            (OpKind::Write, TOKEN_TUN_WRITE) => self.worker.tun_written(completion),
             _ => {
                 if let Some(buf) = completion.buf {
                     self.worker.io.free(buf);
