@@ -296,7 +296,8 @@ mod tests {
             l.name = "job-2".to_owned();
             t.leases.push(l);
         };
-        let cases: Vec<(&str, Box<dyn Fn(&mut PersistedLeases)>)> = vec![
+        type Damage = Box<dyn Fn(&mut PersistedLeases)>;
+        let cases: Vec<(&str, Damage)> = vec![
             ("next_epoch", Box::new(|t| t.next_epoch = u64::MAX - 1)),
             ("next_epoch", Box::new(|t| t.next_epoch = 0)),
             (
