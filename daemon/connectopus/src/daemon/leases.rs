@@ -332,7 +332,7 @@ impl Daemon {
                 }
             }
             self.dns = dns::Dns::start(&self.config, &self.id, address, Some(&tun));
-            self.dns.update(&self.node);
+            self.dns.update(&self.node, &self.config.global.subnet);
         }
         self.leases.address = Some((address, expires));
     }

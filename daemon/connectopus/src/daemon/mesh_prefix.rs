@@ -223,6 +223,8 @@ impl Daemon {
     /// docs/dynamic-mesh.md).
     pub(super) fn apply_mesh_prefixes(&mut self, planes: &[MeshPrefix]) {
         log_planes(planes);
+        // Names answer in the active planes (the core's table already has them).
+        self.dns.update(&self.node, &self.config.global.subnet);
         let Some(tun) = self.tuns.get(0).map(|t| t.name().to_owned()) else {
             return;
         };

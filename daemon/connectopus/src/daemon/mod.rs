@@ -612,7 +612,7 @@ impl Daemon {
             handled = true;
             log_event(&event);
             if matches!(event, Event::NamesChanged { .. }) {
-                self.dns.update(&self.node);
+                self.dns.update(&self.node, &self.config.global.subnet);
             }
             if let Event::ConfigOffered {
                 link,
