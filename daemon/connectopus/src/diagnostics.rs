@@ -56,11 +56,34 @@ pub fn problems(report: &StatusReport) -> Vec<String> {
             ));
         }
     }
+    if let Some(lease) = &report.lease
+        && lease.pool.is_none()
+        && lease.address.is_none()
+    {
+        problems.push(format!(
+            "ephemeral node {} holds no address yet ({})",
+            report.name, lease.state
+        ));
+    }
+    // A plane being renumbered away is deprecated beside the new one; every plane deprecated
+    // means the delegating node's upstream stopped renewing, and the mesh prefix will go.
+    if !report.mesh_prefixes.is_empty() && report.mesh_prefixes.iter().all(|p| p.state != "active")
+    {
+        let soonest = report
+            .mesh_prefixes
+            .iter()
+            .map(|p| p.valid_for_secs)
+            .fold(f64::INFINITY, f64::min);
+        problems.push(format!(
+            "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in {soonest:.0}s"
+        ));
+    }
     problems
 }
 
-/// `connectopus status --check`: exit 0 only when the node runs and every configured backend
-/// has a session; otherwise one line per problem on stdout and exit 1.
+/// `connectopus status --check`: exit 0 only when the node runs, every configured backend has a
+/// session, an ephemeral node holds its address and not every mesh prefix plane is deprecated;
+/// otherwise one line per problem on stdout and exit 1.
 pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     let path = socket?;
     let report = match control::request(&path, &ControlRequest::Status) {
@@ -90,7 +113,6 @@ pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `connectopus reload`: asks the node to re-read its files and prints what happened.
 /// `connectopus leases`: an issuer's table, one lease per line, soonest end first; an error
 /// (exit 1) from a node that issues nothing.
 pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
@@ -130,6 +152,7 @@ fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     out
 }
 
+/// `connectopus reload`: asks the node to re-read its files and prints what happened.
 pub fn reload(path: &Path) -> Result<ExitCode> {
     let outcome = match control::request(path, &ControlRequest::Reload)? {
         ControlReply::Reloaded(outcome) => outcome,
@@ -257,5 +280,51 @@ mod tests {
         assert!(lines[1].starts_with("fd00:cafe::1:8  job-long"), "{text}");
         assert_eq!(lines[2], "2 active");
         assert_eq!(render_leases(&mut []), "no active leases\n");
+    }
+
+    #[test]
+    fn an_unbound_ephemeral_node_and_an_all_deprecated_mesh_prefix_are_problems() {
+        let mut r = report(serde_json::json!([]), serde_json::json!([]));
+        assert!(problems(&r).is_empty());
+        r.lease = Some(control::LeaseReport {
+            state: "joining".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(
+            problems(&r),
+            ["ephemeral node baz holds no address yet (joining)"]
+        );
+        r.lease = Some(control::LeaseReport {
+            state: "bound".to_owned(),
+            address: Some("fd00::1:7".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        // An issuer holds no address of its own lease and that is fine.
+        r.lease = Some(control::LeaseReport {
+            state: "issuing".to_owned(),
+            pool: Some("fd00::1:0/112".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        let plane = |prefix: &str, state: &str, valid: f64| control::MeshPrefixReport {
+            prefix: prefix.to_owned(),
+            state: state.to_owned(),
+            valid_for_secs: valid,
+            ..Default::default()
+        };
+        // Renumbering: the old plane deprecated beside an active one.
+        r.mesh_prefixes = vec![
+            plane("2001:db8:100::/64", "deprecated", 30.0),
+            plane("2001:db8:200::/64", "active", 90.0),
+        ];
+        assert!(problems(&r).is_empty());
+        r.mesh_prefixes[1].state = "deprecated".to_owned();
+        assert_eq!(
+            problems(&r),
+            [
+                "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in 30s"
+            ]
+        );
     }
 }
