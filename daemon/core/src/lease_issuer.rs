@@ -106,6 +106,9 @@ pub struct LeaseIssuer {
     /// Per leased address, the xid of the Renew that made its current renewal: a resend of
     /// that Renew (its answer was lost) is answered again without extending the lease.
     last_renew: std::collections::BTreeMap<Ipv6Addr, u64>,
+    /// The table generation the latest container change needs persisted (see the
+    /// `containers` module): a container's lease is answered only once it is.
+    container_wait: u64,
 }
 
 /// How long a refused joiner should wait before asking again, by default.
@@ -125,6 +128,7 @@ impl LeaseIssuer {
             persist_requested: persisted,
             persisted,
             last_renew: std::collections::BTreeMap::new(),
+            container_wait: persisted,
         }
     }
 
@@ -270,11 +274,12 @@ impl LeaseIssuer {
         }
     }
 
-    /// Returns the table to persist if it changed since the last request: the driver writes
-    /// it and calls [`LeaseIssuer::leases_persisted`] with the generation.
+    /// Returns the table to persist if it changed since the last request and a grant or a
+    /// container's lease waits for it: the driver writes it and calls [`LeaseIssuer::leases_persisted`] with the generation.
     pub fn poll_persist(&mut self, now: Time, now_unix_ms: u64) -> Option<(u64, PersistedLeases)> {
         let generation = self.table.generation();
-        if generation == self.persist_requested || self.pending.is_empty() {
+        let containers_wait = self.container_wait > self.persist_requested;
+        if generation == self.persist_requested || (self.pending.is_empty() && !containers_wait) {
             return None;
         }
         self.persist_requested = generation;
@@ -406,6 +411,8 @@ impl LeaseIssuer {
         expired
     }
 }
+
+mod containers;
 
 #[cfg(test)]
 mod tests;

@@ -50,7 +50,11 @@ pub struct Lease {
     /// 0 at the grant, one more per renewal.
     pub renewal: u32,
     /// When the issuer considers the lease over (last grant or renewal plus the lease).
+    /// A container's lease never expires (it ends by detach or GC).
     pub expires: Time,
+    /// The container that holds the lease (`key` is then [`ContainerKey::holder_key`]);
+    /// `None` for an ephemeral node.
+    pub container: Option<ContainerKey>,
 }
 
 /// Why an allocation failed.
@@ -106,8 +110,10 @@ pub struct PersistedLease {
     pub epoch: u64,
     /// Its renewal count.
     pub renewal: u32,
-    /// When it expires, in Unix milliseconds.
+    /// When it expires, in Unix milliseconds (meaningless for a container's lease).
     pub expires_unix_ms: u64,
+    /// The container that holds it, if a container does.
+    pub container: Option<ContainerKey>,
 }
 
 /// One issuer's leases.
@@ -182,6 +188,7 @@ impl LeaseTable {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires: at(l.expires_unix_ms).max(now + config.lease),
+                    container: l.container.clone(),
                 },
             );
         }
@@ -209,6 +216,7 @@ impl LeaseTable {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires_unix_ms: unix(l.expires),
+                    container: l.container.clone(),
                 })
                 .collect(),
             hold_down: self
@@ -263,7 +271,12 @@ impl LeaseTable {
 
     /// Returns the earliest time [`LeaseTable::expire`] has work to do.
     pub fn next_deadline(&self) -> Option<Time> {
-        let leases = self.leases.values().map(|l| l.expires).min();
+        let leases = self
+            .leases
+            .values()
+            .filter(|l| l.container.is_none())
+            .map(|l| l.expires)
+            .min();
         let holds = self.hold_down.values().copied().min();
         [leases, holds, self.quarantine_until]
             .into_iter()
@@ -310,6 +323,7 @@ impl LeaseTable {
             epoch: self.next_epoch,
             renewal: 0,
             expires: now + self.config.lease,
+            container: None,
         };
         self.next_epoch = self.next_epoch.saturating_add(1);
         self.hold_down.remove(&address);
@@ -358,6 +372,7 @@ impl LeaseTable {
             epoch,
             renewal: renewal.saturating_add(1),
             expires,
+            container: None,
         };
         self.next_epoch = self.next_epoch.max(epoch.saturating_add(1));
         self.hold_down.remove(&address);
@@ -394,7 +409,7 @@ impl LeaseTable {
         let over: Vec<Ipv6Addr> = self
             .leases
             .values()
-            .filter(|l| l.expires <= now)
+            .filter(|l| l.expires <= now && l.container.is_none())
             .map(|l| l.address)
             .collect();
         let mut expired = Vec::with_capacity(over.len());
@@ -460,6 +475,9 @@ fn millis_ceil(d: Duration) -> u64 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
+
+mod containers;
+pub use containers::ContainerKey;
 
 #[cfg(test)]
 mod tests;
