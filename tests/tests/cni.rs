@@ -1,10 +1,13 @@
 //! The CNI plugin `connectopus-cni`, executed directly as a runtime would (dynamic-mesh.md
-//! §3.4 step 1, the parts that need no node serving containers yet): VERSION and every error
-//! code of the environment and the configuration; ADD with the node down leaves nothing
-//! behind; DEL is idempotent without a node and removes the pair; CHECK without a node says
-//! so. The plumbing ADD does (a veth made into the container's namespace, /128s with
-//! `nodad`, routes via `fe80::1`) is run through the library in scratch namespaces: traffic
-//! crosses it, CHECK's verification notices a removed address, and 50 cycles leak nothing.
+//! §3.4 items 1 and 5): VERSION and every error code of the environment and the
+//! configuration; ADD with the node down leaves nothing behind; DEL is idempotent without a
+//! node and removes the pair; CHECK without a node says so. The plumbing ADD does (a veth made
+//! into the container's namespace, /128s with `nodad`, routes via `fe80::1`) is run through
+//! the library in scratch namespaces: traffic crosses it, CHECK's verification notices a
+//! removed address, and 50 cycles leak nothing. Against nodes with an `issue` pool
+//! (the tests at the end): every verb, GC, a restart that reconciles, containers on two
+//! nodes that reach each other by name across the mesh, and 50 ADD/DEL cycles that leave no
+//! lease.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +21,7 @@ use anyhow::{Context, Result, ensure};
 use connectopus_cni::netns::{Plan, attach, detach, host_ifname, verify};
 use connectopus_netlink::{Netlink, Netns};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, require_root, require_tools, run_test,
+    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, dig, require_root, require_tools, run_test,
     wait_until, workspace_binary,
 };
 use serde_json::Value;
@@ -303,7 +306,14 @@ fn cx_links(ns: &NetNs) -> Result<Vec<String>> {
         .links()?
         .into_iter()
         .map(|l| l.name)
-        .filter(|n| n.starts_with("cx"))
+        // The plugin's host sides (`cx` and 8 hex digits), not a node's TUN device.
+        .filter(|n| {
+            n.len() == 10
+                && n.starts_with("cx")
+                && n[2..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .collect())
 }
 
@@ -470,9 +480,9 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
     });
 }
 
-/// Today's node does not answer `cni_*` (dynamic-mesh.md steps 8 and 10): ADD says so with
-/// code 101 and its message, and creates nothing; DEL still succeeds; STATUS says 50 (cannot
-/// serve ADD), GC 101.
+/// A node without an `issue` pool serves no containers (dynamic-mesh.md §3.3): ADD says so
+/// with code 101 and the node's message, and creates nothing; DEL still succeeds; STATUS says
+/// 50 (cannot serve ADD), GC 101.
 #[test]
 fn a_node_that_serves_no_containers_refuses_add_with_101() {
     require_root!();
@@ -520,4 +530,403 @@ fn a_node_that_serves_no_containers_refuses_add_with_101() {
         ensure!(code == 101 && msg.contains("cni_gc"), "{code} {msg}");
         Ok(())
     });
+}
+
+// ---- Against nodes that serve containers (dynamic-mesh.md §3.3, §3.4 items 1 and 5) ----
+
+const POOL_FOO: &str = "fd00:cafe::a:0/112";
+const POOL_BAR: &str = "fd00:cafe::b:0/112";
+const DOMAIN: &str = "connectopus.test";
+
+/// Whether `address` lies in `pool` (`addr/len`).
+fn in_pool(address: Ipv6Addr, pool: &str) -> bool {
+    let (base, len) = pool.split_once('/').unwrap();
+    let base: Ipv6Addr = base.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    let mask = u128::MAX << (128 - len);
+    u128::from(address) & mask == u128::from(base) & mask && address != base
+}
+
+/// A mesh foo—bar whose nodes issue from [`POOL_FOO`] and [`POOL_BAR`], both running.
+fn serving_mesh(topo: &Topology) -> Result<Mesh<'_>> {
+    let foo_issue = format!("    issue: {{prefix: \"{POOL_FOO}\"}}\n");
+    let bar_issue = format!("    issue: {{prefix: \"{POOL_BAR}\"}}\n");
+    let mut mesh = Mesh::configure_with(
+        topo,
+        &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+        &[("foo", foo_issue.as_str()), ("bar", bar_issue.as_str())],
+    )?;
+    mesh.start_all()?;
+    for node in ["foo", "bar"] {
+        let socket = mesh.socket(node);
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .with_context(|| format!("{node}'s control socket"))?;
+    }
+    Ok(mesh)
+}
+
+/// Sends one control request line to a node's socket and returns its JSON answer.
+fn control(socket: &Path, request: &str) -> Result<Value> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer)?;
+    Ok(serde_json::from_str(&answer)?)
+}
+
+/// The node's container leases, as `{"cmd":"leases"}` lists them: (container key, address).
+fn container_leases(socket: &Path) -> Result<Vec<(String, Ipv6Addr)>> {
+    let listed = control(socket, r#"{"cmd":"leases"}"#)?;
+    let leases = listed["leases"]
+        .as_array()
+        .with_context(|| format!("leases: {listed}"))?;
+    Ok(leases
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["container"].as_str()?.to_owned(),
+                l["address"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// One container runtime's view: the node's namespace and socket, the network's version.
+struct Runtime<'a> {
+    node: &'a NetNs,
+    socket: String,
+}
+
+impl Runtime<'_> {
+    fn conf(&self, version: &str, extra: &[(&str, Value)]) -> String {
+        let mut conf = serde_json::json!({"cniVersion": version, "name": "mesh",
+            "type": "connectopus", "socket": self.socket});
+        for (k, v) in extra {
+            conf[*k] = v.clone();
+        }
+        conf.to_string()
+    }
+
+    /// Runs `verb` for container `id` (interface eth0) in `netns` with `stdin`.
+    fn run(
+        &self,
+        verb: &str,
+        id: &str,
+        netns: Option<&str>,
+        args: &str,
+        stdin: &str,
+    ) -> Result<Output> {
+        let mut env = vec![
+            ("CNI_COMMAND", verb),
+            ("CNI_CONTAINERID", id),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        if let Some(path) = netns {
+            env.push(("CNI_NETNS", path));
+        }
+        if !args.is_empty() {
+            env.push(("CNI_ARGS", args));
+        }
+        plugin(Some(self.node), &env, stdin)
+    }
+
+    /// ADD: the result, which must be a success.
+    fn add(&self, version: &str, id: &str, netns: &str, args: &str) -> Result<Value> {
+        let out = self.run("ADD", id, Some(netns), args, &self.conf(version, &[]))?;
+        ensure!(
+            out.status.success(),
+            "ADD {id}: {:?} {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn del(&self, id: &str, netns: Option<&str>) -> Result<()> {
+        let out = self.run("DEL", id, netns, "", &self.conf("1.0.0", &[]))?;
+        ensure!(
+            out.status.success() && out.stdout.is_empty(),
+            "DEL {id}: {out:?}"
+        );
+        Ok(())
+    }
+}
+
+/// The container address in an ADD result.
+fn result_address(result: &Value) -> Result<Ipv6Addr> {
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .with_context(|| format!("no address in {result}"))?;
+    let (addr, len) = ip.split_once('/').context("no length")?;
+    ensure!(len == "128", "{ip}");
+    Ok(addr.parse()?)
+}
+
+#[test]
+fn a_serving_node_answers_every_verb_gc_and_reconciles_at_start() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("cni_serving", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = serving_mesh(&topo)?;
+        let socket = mesh.socket("foo");
+        let foo = topo.ns("foo");
+        let rt = Runtime {
+            node: foo,
+            socket: socket.display().to_string(),
+        };
+        let c1 = NetNs::new(dir, "c1")?;
+        let c2 = NetNs::new(dir, "c2")?;
+        let (p1, p2) = (netns_path(&c1), netns_path(&c2));
+
+        // ADD at 1.0.0: an address of the pool on the container's eth0, its name, the node's
+        // DNS; `interfaces[].mtu` only from 1.1.0 on.
+        let r1 = rt.add("1.0.0", "c1c1c1c1", &p1, "K8S_POD_NAME=web-1")?;
+        ensure!(r1["cniVersion"] == "1.0.0", "{r1}");
+        let a1 = result_address(&r1)?;
+        ensure!(in_pool(a1, POOL_FOO), "{a1} outside {POOL_FOO}");
+        ensure!(r1["ips"][0]["interface"] == 1, "{r1}");
+        ensure!(r1["interfaces"][1]["name"] == "eth0", "{r1}");
+        ensure!(r1["interfaces"][1]["sandbox"] == p1.as_str(), "{r1}");
+        ensure!(
+            r1["interfaces"][0]["name"] == host_ifname("c1c1c1c1", "eth0").as_str(),
+            "{r1}"
+        );
+        ensure!(r1["interfaces"][1].get("mtu").is_none(), "{r1}");
+        ensure!(r1["dns"]["domain"] == DOMAIN, "{r1}");
+        ensure!(
+            r1["dns"]["nameservers"] == serde_json::json!([mesh.address("foo").to_string()]),
+            "{r1}"
+        );
+        ensure!(
+            r1["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["dst"] == "fd00:cafe::/64")),
+            "{r1}"
+        );
+        let on_eth0 = c1.ip(&["-6", "addr", "show", "dev", "eth0"])?;
+        ensure!(on_eth0.contains(&format!("{a1}/128")), "{on_eth0}");
+        // The node resolves the name to it.
+        let name = dig(
+            foo,
+            IpAddr::V6(mesh.address("foo")),
+            &format!("web-1.{DOMAIN}"),
+            "AAAA",
+            false,
+        )?;
+        ensure!(aaaa(&name) == vec![a1], "{name:?}");
+
+        // A second ADD for the same container: the same address.
+        let again = rt.add("1.0.0", "c1c1c1c1", &p1, "K8S_POD_NAME=web-1")?;
+        ensure!(result_address(&again)? == a1, "{again}");
+        let links = cx_links(foo)?;
+        ensure!(links == vec![host_ifname("c1c1c1c1", "eth0")], "{links:?}");
+
+        // ADD at 1.1.0: another address, with the MTU.
+        let r2 = rt.add("1.1.0", "c2c2c2c2", &p2, "")?;
+        ensure!(r2["cniVersion"] == "1.1.0", "{r2}");
+        let a2 = result_address(&r2)?;
+        ensure!(in_pool(a2, POOL_FOO) && a2 != a1, "{a2}");
+        ensure!(
+            r2["interfaces"][1]["mtu"]
+                .as_u64()
+                .is_some_and(|m| m >= 1280),
+            "{r2}"
+        );
+        let mut leases = container_leases(&socket)?;
+        leases.sort();
+        ensure!(
+            leases
+                == vec![
+                    ("mesh/c1c1c1c1/eth0".to_owned(), a1),
+                    ("mesh/c2c2c2c2/eth0".to_owned(), a2)
+                ],
+            "{leases:?}"
+        );
+
+        // CHECK passes, then gives 103 once the container's address is gone.
+        let check_conf = rt.conf("1.0.0", &[("prevResult", r1.clone())]);
+        let out = rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?;
+        ensure!(out.status.success(), "CHECK: {out:?}");
+        c1.ip(&["addr", "del", &format!("{a1}/128"), "dev", "eth0"])?;
+        let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?)?;
+        ensure!(code == 103 && msg.contains(&a1.to_string()), "{code} {msg}");
+        // The node's side of CHECK: another address is not the container's.
+        let other = rt.conf("1.0.0", &[("prevResult", r2.clone())]);
+        let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &other)?)?;
+        ensure!(code == 103 && msg.contains("does not hold"), "{code} {msg}");
+
+        // STATUS from a serving node: 0.
+        let out = rt.run("STATUS", "", None, "", &rt.conf("1.1.0", &[]))?;
+        ensure!(
+            out.status.success() && out.stdout.is_empty(),
+            "STATUS: {out:?}"
+        );
+
+        // GC keeping c2 releases c1 (the node's table confirms) and deletes its pair.
+        let keep = serde_json::json!([{"containerID": "c2c2c2c2", "ifname": "eth0"}]);
+        let gc = rt.conf("1.1.0", &[("cni.dev/valid-attachments", keep)]);
+        let out = rt.run("GC", "", None, "", &gc)?;
+        ensure!(out.status.success(), "GC: {out:?}");
+        ensure!(
+            container_leases(&socket)? == vec![("mesh/c2c2c2c2/eth0".to_owned(), a2)],
+            "{:?}",
+            container_leases(&socket)?
+        );
+        ensure!(cx_links(foo)? == vec![host_ifname("c2c2c2c2", "eth0")]);
+
+        // DEL, DEL again, DEL without a netns: all succeed, and the lease is gone.
+        rt.del("c2c2c2c2", Some(&p2))?;
+        rt.del("c2c2c2c2", Some(&p2))?;
+        rt.del("c2c2c2c2", None)?;
+        ensure!(container_leases(&socket)?.is_empty());
+        ensure!(cx_links(foo)?.is_empty());
+
+        // A container DELeted while the node is down: the node releases its lease when it
+        // starts again (its veth is gone); one whose veth is still there keeps its lease.
+        let r3 = rt.add("1.0.0", "c3c3c3c3", &p1, "")?;
+        let a3 = result_address(&r3)?;
+        let r4 = rt.add("1.0.0", "c4c4c4c4", &p2, "")?;
+        let a4 = result_address(&r4)?;
+        mesh.kill("foo")?;
+        rt.del("c3c3c3c3", Some(&p1))?;
+        mesh.start("foo")?;
+        let ready = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            container_leases(&socket)
+                .is_ok_and(|l| l == vec![("mesh/c4c4c4c4/eth0".to_owned(), a4)])
+        });
+        ensure!(
+            ready.is_ok(),
+            "after the restart: {:?}",
+            container_leases(&socket)
+        );
+        ensure!(a3 != a4);
+        let again = rt.add("1.0.0", "c4c4c4c4", &p2, "")?;
+        ensure!(result_address(&again)? == a4, "{again}");
+        rt.del("c4c4c4c4", Some(&p2))?;
+        Ok(())
+    });
+}
+
+/// §3.4's acceptance: a container on each node; each resolves the other's name through its
+/// node's DNS and pings it across the mesh.
+#[test]
+fn containers_on_two_nodes_reach_each_other_by_name() {
+    require_root!();
+    require_tools(&["ip", "ping", "dig"]);
+    run_test("cni_two_nodes", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        let ca = NetNs::new(dir, "ca")?;
+        let cb = NetNs::new(dir, "cb")?;
+        let mut seen = Vec::new();
+        for (node, ctr, id, name, pool) in [
+            ("foo", &ca, "aaaa0001", "pod-a", POOL_FOO),
+            ("bar", &cb, "bbbb0002", "pod-b", POOL_BAR),
+        ] {
+            let rt = Runtime {
+                node: topo.ns(node),
+                socket: mesh.socket(node).display().to_string(),
+            };
+            let result = rt.add(
+                "1.1.0",
+                id,
+                &netns_path(ctr),
+                &format!("K8S_POD_NAME={name}"),
+            )?;
+            let address = result_address(&result)?;
+            ensure!(in_pool(address, pool), "{address} outside {pool}");
+            let server: IpAddr = result["dns"]["nameservers"][0]
+                .as_str()
+                .context("no nameserver")?
+                .parse()?;
+            seen.push((ctr, name, address, server));
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (ctr, _, _, server) = seen[from];
+            let (_, name, address, _) = seen[to];
+            let fqdn = format!("{name}.{DOMAIN}");
+            // The name spreads with the other node's update: wait for it.
+            let resolved = wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+                dig(ctr, server, &fqdn, "AAAA", false).is_ok_and(|a| aaaa(&a) == vec![address])
+            });
+            ensure!(
+                resolved.is_ok(),
+                "{fqdn} from {}: {:?}",
+                ctr.name(),
+                dig(ctr, server, &fqdn, "AAAA", false)
+            );
+            let target = address.to_string();
+            let pinged = wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+                ctr.exec("ping", &["-6", "-c", "1", "-W", "2", target.as_str()])
+                    .is_ok_and(|o| o.status.success())
+            });
+            ensure!(
+                pinged.is_ok(),
+                "{} cannot ping {fqdn} ({address})",
+                ctr.name()
+            );
+        }
+        Ok(())
+    });
+}
+
+/// §3.4 item 5: 50 ADD/DEL cycles leave no `cx*` link, no /128 route and no lease.
+#[test]
+fn fifty_add_del_cycles_leave_no_lease() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("cni_churn", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        let socket = mesh.socket("foo");
+        let foo = topo.ns("foo");
+        let rt = Runtime {
+            node: foo,
+            socket: socket.display().to_string(),
+        };
+        let ctr = NetNs::new(dir, "ctr")?;
+        let path = netns_path(&ctr);
+        let mut addresses = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let id = format!("churn{:04}", i % 5);
+            let result = rt.add("1.0.0", &id, &path, "")?;
+            let address = result_address(&result)?;
+            ensure!(in_pool(address, POOL_FOO), "{address}");
+            addresses.insert(address);
+            ensure!(container_leases(&socket)?.len() == 1, "cycle {i}");
+            rt.del(&id, Some(&path))?;
+        }
+        ensure!(container_leases(&socket)?.is_empty());
+        let links = cx_links(foo)?;
+        ensure!(links.is_empty(), "{links:?}");
+        let left: Vec<IpAddr> = host_routes(foo)?
+            .into_iter()
+            .filter(|a| matches!(a, IpAddr::V6(v6) if in_pool(*v6, POOL_FOO)))
+            .collect();
+        ensure!(left.is_empty(), "{left:?}");
+        let ctr_links: Vec<String> = Netlink::open_in(&netns(&ctr)?)?
+            .links()?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        ensure!(ctr_links == vec!["lo".to_owned()], "{ctr_links:?}");
+        ensure!(addresses.len() >= 2, "{addresses:?}");
+        Ok(())
+    });
+}
+
+fn aaaa(answer: &connectopus_tests::DigResult) -> Vec<Ipv6Addr> {
+    answer
+        .answers
+        .iter()
+        .filter(|r| r.rtype == "AAAA")
+        .filter_map(|r| r.data.parse().ok())
+        .collect()
 }

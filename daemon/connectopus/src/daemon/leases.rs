@@ -218,6 +218,18 @@ struct LeaseEntry {
     epoch: u64,
     renewal: u32,
     expires_unix_ms: u64,
+    /// A container's lease: its CNI key (absent for ephemeral nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerEntry>,
+}
+
+/// The CNI key of a container's lease.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerEntry {
+    network: String,
+    container_id: String,
+    ifname: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -243,6 +255,11 @@ pub(super) fn encode(table: &PersistedLeases) -> Vec<u8> {
                 epoch: l.epoch,
                 renewal: l.renewal,
                 expires_unix_ms: l.expires_unix_ms,
+                container: l.container.as_ref().map(|c| ContainerEntry {
+                    network: c.network.clone(),
+                    container_id: c.container_id.clone(),
+                    ifname: c.ifname.clone(),
+                }),
             })
             .collect(),
         hold_down: table
@@ -276,6 +293,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<PersistedLeases> {
             epoch: l.epoch,
             renewal: l.renewal,
             expires_unix_ms: l.expires_unix_ms,
+            container: l
+                .container
+                .map(|c| connectopus_core::lease_table::ContainerKey {
+                    network: c.network,
+                    container_id: c.container_id,
+                    ifname: c.ifname,
+                }),
         });
     }
     Ok(PersistedLeases {
@@ -483,6 +507,10 @@ impl Daemon {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires_in_secs: l.expires.saturating_since(now).as_secs_f64(),
+                    container: l
+                        .container
+                        .as_ref()
+                        .map(|c| format!("{}/{}/{}", c.network, c.container_id, c.ifname)),
                 })
                 .collect(),
         )
@@ -504,6 +532,7 @@ mod tests {
                 epoch: 1_796_556_438_859_683_087,
                 renewal: 3,
                 expires_unix_ms: 1_796_556_460_961,
+                container: None,
             }],
             hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
             quarantine_until_unix_ms: Some(1_796_556_480_000),
