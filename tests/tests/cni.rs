@@ -750,14 +750,14 @@ fn a_serving_node_answers_every_verb_gc_and_reconciles_at_start() {
         );
 
         // CHECK passes, then gives 103 once the container's address is gone.
-        let check_conf = rt.conf("1.0.0", &[("prevResult", r1.clone())]);
+        let check_conf = rt.conf("1.0.0", &[("prevResult", r1)]);
         let out = rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?;
         ensure!(out.status.success(), "CHECK: {out:?}");
         c1.ip(&["addr", "del", &format!("{a1}/128"), "dev", "eth0"])?;
         let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?)?;
         ensure!(code == 103 && msg.contains(&a1.to_string()), "{code} {msg}");
         // The node's side of CHECK: another address is not the container's.
-        let other = rt.conf("1.0.0", &[("prevResult", r2.clone())]);
+        let other = rt.conf("1.0.0", &[("prevResult", r2)]);
         let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &other)?)?;
         ensure!(code == 103 && msg.contains("does not hold"), "{code} {msg}");
 

@@ -131,7 +131,7 @@ impl Node {
                 .chunks_exact(2)
                 .take(NAME_TRIES)
                 .map(|pair| format!("{stem}-{:02x}{:02x}", pair[0], pair[1]));
-            std::iter::once(base.clone())
+            std::iter::once(base)
                 .chain(suffixed)
                 .find(|candidate| !taken(candidate))
                 .ok_or(ContainerError::Alloc(AllocError::NameTaken))?
