@@ -336,7 +336,10 @@ fn remote_cli_tokens_and_web_ui_through_the_mesh() {
             r#"{"cmd":"cni_gc","network":"mesh","keep":[]}"#,
         ] {
             let (code, body) = curl(foo, &control_url, Some(&good), Some(request))?;
-            ensure!(code == 403 && body.contains("local only"), "{request}: {code} {body}");
+            ensure!(
+                code == 403 && body.contains("local only"),
+                "{request}: {code} {body}"
+            );
         }
 
         // A signed configuration set through the mesh, on baz, with the remote CLI: it adds

@@ -727,6 +727,38 @@ fn a_serving_node_answers_every_verb_gc_and_reconciles_at_start() {
         let links = cx_links(foo)?;
         ensure!(links == vec![host_ifname("c1c1c1c1", "eth0")], "{links:?}");
 
+        // The node's side directly: a name already held gets a suffix, the same key the same
+        // lease again (`existing`), an interface name the kernel refuses is code 7.
+        let raw = r#"{"cmd":"cni_add","network":"mesh","container_id":"raw","ifname":"eth0","name":"web-1"}"#;
+        let first = control(&socket, raw)?;
+        let lease = &first["cni_lease"];
+        let suffixed = lease["name"].as_str().unwrap_or_default().to_owned();
+        ensure!(
+            suffixed.starts_with("web-1-") && suffixed.len() == 10 && lease["existing"] == false,
+            "{first}"
+        );
+        let second = control(&socket, raw)?;
+        ensure!(
+            second["cni_lease"]["address"] == lease["address"]
+                && second["cni_lease"]["existing"] == true,
+            "{second}"
+        );
+        let bad = control(
+            &socket,
+            r#"{"cmd":"cni_add","network":"mesh","container_id":"raw","ifname":"a/b","name":"x"}"#,
+        )?;
+        ensure!(bad["cni_error"]["code"] == 7, "{bad}");
+        let del = control(
+            &socket,
+            r#"{"cmd":"cni_del","network":"mesh","container_id":"raw","ifname":"eth0"}"#,
+        )?;
+        ensure!(
+            del["done"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("released")),
+            "{del}"
+        );
+
         // ADD at 1.1.0: another address, with the MTU.
         let r2 = rt.add("1.1.0", "c2c2c2c2", &p2, "")?;
         ensure!(r2["cniVersion"] == "1.1.0", "{r2}");

@@ -16,6 +16,8 @@ use crate::control::{CniAttachment, CniLease, CniReleased};
 
 /// CNI error codes the node answers with (`docs/dynamic-mesh.md` §3.2).
 pub(super) mod code {
+    /// The request's container key is invalid (as the plugin's bad configuration).
+    pub const INVALID: u32 = 7;
     /// Try again later: the node is busy, or its lease table could not be written.
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// STATUS: the plugin cannot serve ADD now.
@@ -63,6 +65,60 @@ fn key(network: &str, container_id: &str, ifname: &str) -> ContainerKey {
     }
 }
 
+/// Longest network name and container id the node keeps (they are stored in the lease table
+/// and on disk; runtimes use 64 hex digits for ids).
+const MAX_KEY_PART: usize = 256;
+
+/// Why a request's key cannot be a container's: an empty or overlong network or container id,
+/// or an interface name the kernel would not take (code 7, as for a bad configuration).
+fn invalid(request: &ControlRequest) -> Option<ControlReply> {
+    let (network, container_id, ifname) = match request {
+        ControlRequest::CniAdd {
+            network,
+            container_id,
+            ifname,
+            ..
+        }
+        | ControlRequest::CniDel {
+            network,
+            container_id,
+            ifname,
+        }
+        | ControlRequest::CniCheck {
+            network,
+            container_id,
+            ifname,
+            ..
+        } => (network, Some(container_id), Some(ifname)),
+        ControlRequest::CniGc { network, keep } => {
+            let bad = keep.iter().find(|a| {
+                a.container_id.is_empty()
+                    || a.container_id.len() > MAX_KEY_PART
+                    || a.ifname.len() > MAX_KEY_PART
+            });
+            if let Some(bad) = bad {
+                return Some(error(
+                    code::INVALID,
+                    format!("`keep` holds an invalid attachment `{}`", bad.container_id),
+                ));
+            }
+            (network, None, None)
+        }
+        ControlRequest::CniStatus { network } => (network, None, None),
+        _ => return None,
+    };
+    if network.is_empty() || network.len() > MAX_KEY_PART {
+        return Some(error(code::INVALID, "`network` is empty or too long"));
+    }
+    if container_id.is_some_and(|id| id.is_empty() || id.len() > MAX_KEY_PART) {
+        return Some(error(code::INVALID, "`container_id` is empty or too long"));
+    }
+    if let Some(Err(why)) = ifname.map(|i| connectopus_netlink::link::check_name(i)) {
+        return Some(error(code::INVALID, format!("`ifname`: {why}")));
+    }
+    None
+}
+
 /// The host side of a container's veth pair, as the plugin names it.
 fn host_ifname(key: &ContainerKey) -> String {
     connectopus_cni::netns::host_ifname(&key.container_id, &key.ifname)
@@ -71,7 +127,7 @@ fn host_ifname(key: &ContainerKey) -> String {
 impl Daemon {
     /// Answers a `cni_*` request now, or once the lease table that records it is written.
     pub(super) fn cni_request(&mut self, request: ControlRequest, reply: Sender<ControlReply>) {
-        if let Some(refusal) = self.cni_refusal(&request) {
+        if let Some(refusal) = self.cni_refusal(&request).or_else(|| invalid(&request)) {
             let _ = reply.send(refusal);
             return;
         }
