@@ -962,3 +962,257 @@ fn aaaa(answer: &connectopus_tests::DigResult) -> Vec<Ipv6Addr> {
         .filter_map(|r| r.data.parse().ok())
         .collect()
 }
+
+/// A podman 4.3 of its own (CNI backend, runc, cgroupfs; storage, run state and network
+/// configurations under the test directory, ref Appendix A) run in a node's namespace with
+/// `nsenter --net=` (`ip netns exec` remounts /sys, which runc refuses), with one network of
+/// type `connectopus` that asks that node.
+struct Podman {
+    root: std::path::PathBuf,
+    netns: String,
+    network: String,
+    /// Containers to remove at the end, also on failure.
+    started: std::cell::RefCell<Vec<String>>,
+}
+
+impl Podman {
+    fn new(dir: &TestDir, label: &str, node: &NetNs, socket: &Path, network: &str) -> Result<Self> {
+        let root = dir.path().join(format!("podman-{label}"));
+        let plugins = root.join("plugins");
+        let nets = root.join("net");
+        std::fs::create_dir_all(&plugins)?;
+        std::fs::create_dir_all(&nets)?;
+        std::os::unix::fs::symlink(
+            workspace_binary("connectopus-cni")?,
+            plugins.join("connectopus"),
+        )?;
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": network,
+            "plugins": [{"type": "connectopus", "socket": socket}]});
+        std::fs::write(
+            nets.join(format!("{network}.conflist")),
+            conflist.to_string(),
+        )?;
+        let r = root.display();
+        std::fs::write(
+            root.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{r}/events.log\"\nruntime = \"runc\"\n\
+                 tmp_dir = \"{r}/libpod-tmp\"\n[network]\nnetwork_backend = \"cni\"\n\
+                 cni_plugin_dirs = [\"{r}/plugins\", \"/usr/lib/cni\"]\n\
+                 network_config_dir = \"{r}/net\"\ndefault_subnet = \"198.18.0.0/24\"\n"
+            ),
+        )?;
+        std::fs::write(
+            root.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{r}/storage\"\nrunroot = \"{r}/run\"\n"
+            ),
+        )?;
+        let podman = Self {
+            root,
+            netns: netns_path(node),
+            network: network.to_owned(),
+            started: std::cell::RefCell::new(Vec::new()),
+        };
+        podman.import_busybox()?;
+        Ok(podman)
+    }
+
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(connectopus_tests::tool("nsenter")?);
+        command
+            .arg(format!("--net={}", self.netns))
+            .arg(connectopus_tests::tool("podman")?)
+            .args(args)
+            .env("CONTAINERS_CONF", self.root.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.root.join("storage.conf"))
+            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// Runs podman to completion; the output must be a success.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.command(args)?.output()?;
+        ensure!(
+            out.status.success(),
+            "podman {args:?}: {:?}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A busybox image (`localhost/cx-busybox`) from the host's static busybox.
+    fn import_busybox(&self) -> Result<()> {
+        let rootfs = self.root.join("rootfs");
+        for d in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        let busybox = connectopus_tests::tool("busybox")?;
+        std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+        let list = Command::new(&busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.contains('/') && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        let tar = self.root.join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()?;
+        ensure!(status.success(), "tar: {status:?}");
+        self.ok(&[
+            "import",
+            &tar.display().to_string(),
+            "localhost/cx-busybox:latest",
+        ])?;
+        Ok(())
+    }
+
+    /// `podman run -d` of a container that sleeps, on the network, with `dns` as its resolver.
+    fn run(&self, name: &str, network: &str, dns: Ipv6Addr) -> Result<String> {
+        self.started.borrow_mut().push(name.to_owned());
+        let dns = dns.to_string();
+        let id = self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--dns",
+            &dns,
+            "localhost/cx-busybox:latest",
+            "sleep",
+            "600",
+        ])?;
+        Ok(id.trim().to_owned())
+    }
+
+    /// The container's address on the network, as `podman inspect` shows it.
+    fn address(&self, name: &str, network: &str) -> Result<Ipv6Addr> {
+        let out = self.ok(&["inspect", name])?;
+        let v: Value = serde_json::from_str(&out)?;
+        let address = v[0]["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+            .as_str()
+            .with_context(|| format!("no GlobalIPv6Address in {}", v[0]["NetworkSettings"]))?;
+        Ok(address.parse()?)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in self.started.borrow().iter() {
+            if let Ok(mut c) = self.command(&["rm", "-f", "-t", "0", name]) {
+                let _ = c.output();
+            }
+        }
+        // podman's libcni cache of this network's results, which it keeps outside the test
+        // directory (`/var/lib/cni/results/<network>-<id>-<ifname>`).
+        if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+            let prefix = format!("{}-", self.network);
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// §3.4 item 3: podman 4.3 runs a container on each node's network; `podman inspect` shows
+/// the mesh address, container A pings container B by name across the mesh, and `podman rm
+/// -f` releases the lease.
+#[test]
+fn podman_containers_ping_each_other_by_name_across_the_mesh() {
+    require_root!();
+    require_tools(&["ip", "podman", "runc", "busybox", "nsenter"]);
+    run_test("cni_podman", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        // A network name of this run only: podman's libcni cache in /var/lib/cni is keyed by
+        // it.
+        let network = connectopus_tests::unique_name();
+        let mut pods = Vec::new();
+        for (node, pod, pool) in [("foo", "pod-a", POOL_FOO), ("bar", "pod-b", POOL_BAR)] {
+            let podman = Podman::new(dir, node, topo.ns(node), &mesh.socket(node), &network)?;
+            podman.run(pod, &network, mesh.address(node))?;
+            let address = podman.address(pod, &network)?;
+            ensure!(in_pool(address, pool), "{pod}: {address} outside {pool}");
+            let leases = container_leases(&mesh.socket(node))?;
+            ensure!(
+                leases.len() == 1
+                    && leases[0].1 == address
+                    && leases[0].0.starts_with(&format!("{network}/")),
+                "{leases:?}"
+            );
+            pods.push((podman, pod, address));
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (podman, _, _) = &pods[from];
+            let (_, pod, address) = &pods[to];
+            let fqdn = format!("{pod}.{DOMAIN}");
+            let mut last = String::new();
+            let pinged =
+                wait_until(
+                    Duration::from_secs(30),
+                    Duration::from_millis(500),
+                    || match podman.command(&[
+                        "exec",
+                        pods[from].1,
+                        "ping",
+                        "-6",
+                        "-c",
+                        "1",
+                        "-W",
+                        "2",
+                        &fqdn,
+                    ]) {
+                        Ok(mut c) => match c.output() {
+                            Ok(o) => {
+                                last = format!(
+                                    "{}{}",
+                                    String::from_utf8_lossy(&o.stdout),
+                                    String::from_utf8_lossy(&o.stderr)
+                                );
+                                o.status.success()
+                            }
+                            Err(e) => {
+                                last = e.to_string();
+                                false
+                            }
+                        },
+                        Err(e) => {
+                            last = e.to_string();
+                            false
+                        }
+                    },
+                );
+            ensure!(
+                pinged.is_ok(),
+                "{} cannot ping {fqdn}: {last}",
+                pods[from].1
+            );
+            ensure!(
+                last.contains(&address.to_string()),
+                "{fqdn} did not resolve to {address}: {last}"
+            );
+        }
+        // `podman rm -f` runs DEL: the lease goes.
+        for (node, (podman, pod, _)) in ["foo", "bar"].iter().zip(&pods) {
+            podman.ok(&["rm", "-f", "-t", "0", pod])?;
+            ensure!(container_leases(&mesh.socket(node))?.is_empty(), "{node}");
+        }
+        Ok(())
+    });
+}
