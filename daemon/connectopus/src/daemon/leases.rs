@@ -541,8 +541,30 @@ mod tests {
 
     #[test]
     fn the_lease_file_round_trips() {
-        let t = table();
+        let mut t = table();
         assert_eq!(decode(&encode(&t)).unwrap(), t);
+        // With a container's lease, whose key the file names; a file without `container`
+        // entries (before containers) reads as ephemeral leases.
+        t.leases.push(PersistedLease {
+            address: "fd00:cafe:0:e1::8".parse().unwrap(),
+            key: [0xcd; 32],
+            name: "web-1".to_owned(),
+            epoch: 1_796_556_438_859_683_086,
+            renewal: 0,
+            expires_unix_ms: 1_796_556_460_000,
+            container: Some(connectopus_core::lease_table::ContainerKey {
+                network: "mesh".to_owned(),
+                container_id: "0123456789abcdef".to_owned(),
+                ifname: "eth0".to_owned(),
+            }),
+        });
+        let text = String::from_utf8(encode(&t)).unwrap();
+        assert!(
+            text.contains("\"container_id\": \"0123456789abcdef\""),
+            "{text}"
+        );
+        assert_eq!(decode(text.as_bytes()).unwrap(), t);
+        assert_eq!(text.matches("\"container\"").count(), 1, "{text}");
     }
 
     #[test]
