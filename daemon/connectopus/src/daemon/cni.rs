@@ -50,6 +50,19 @@ pub(super) struct CniReplies {
     waiting: Vec<Waiting>,
 }
 
+impl Drop for CniReplies {
+    /// The node stops (or restarts its instance) before the table was written: the plugin
+    /// tries again later rather than reading "the node did not answer" as a refusal.
+    fn drop(&mut self) {
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(error(
+                code::TRY_AGAIN_LATER,
+                "the node stopped before the lease table was written",
+            ));
+        }
+    }
+}
+
 fn error(code: u32, msg: impl Into<String>) -> ControlReply {
     ControlReply::CniError {
         code,
