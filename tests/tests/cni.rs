@@ -482,15 +482,22 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
 
 /// A node without an `issue` pool serves no containers (dynamic-mesh.md §3.3): ADD says so
 /// with code 101 and the node's message, and creates nothing; DEL still succeeds; STATUS says
-/// 50 (cannot serve ADD), GC 101.
+/// 50 (cannot serve ADD), GC 101. Nor does one whose pool has `containers: false`.
 #[test]
 fn a_node_that_serves_no_containers_refuses_add_with_101() {
     require_root!();
     require_tools(&["ip"]);
     run_test("cni_not_served", |dir: &TestDir| {
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        // bar has a pool but `containers: false`: it serves no containers either.
+        let bar_issue = format!("    issue: {{prefix: \"{POOL_BAR}\", containers: false}}\n");
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+            &[("bar", bar_issue.as_str())],
+        )?;
         mesh.start("foo")?;
+        mesh.start("bar")?;
         let socket = mesh.socket("foo");
         wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
@@ -528,6 +535,21 @@ fn a_node_that_serves_no_containers_refuses_add_with_101() {
         );
         let (code, msg) = error_of(&plugin(Some(foo), &[("CNI_COMMAND", "GC")], &conf_1_1)?)?;
         ensure!(code == 101 && msg.contains("cni_gc"), "{code} {msg}");
+
+        let bar_socket = mesh.socket("bar");
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::os::unix::net::UnixStream::connect(&bar_socket).is_ok()
+        })
+        .context("bar's control socket")?;
+        let bar_conf = serde_json::json!({"cniVersion": "1.0.0", "name": "mesh",
+            "type": "connectopus", "socket": bar_socket})
+        .to_string();
+        let (code, msg) = error_of(&plugin(Some(topo.ns("bar")), &env, &bar_conf)?)?;
+        ensure!(
+            code == 101 && msg.contains("containers: false"),
+            "{code} {msg}"
+        );
+        ensure!(container_leases(&bar_socket)?.is_empty());
         Ok(())
     });
 }
