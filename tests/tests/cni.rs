@@ -733,15 +733,17 @@ fn a_serving_node_answers_every_verb_gc_and_reconciles_at_start() {
         );
         let on_eth0 = c1.ip(&["-6", "addr", "show", "dev", "eth0"])?;
         ensure!(on_eth0.contains(&format!("{a1}/128")), "{on_eth0}");
-        // The node resolves the name to it.
-        let name = dig(
-            foo,
-            IpAddr::V6(mesh.address("foo")),
-            &format!("web-1.{DOMAIN}"),
-            "AAAA",
-            false,
-        )?;
-        ensure!(aaaa(&name) == vec![a1], "{name:?}");
+        // The node resolves the name to it (once its next route computation ran).
+        let fqdn = format!("web-1.{DOMAIN}");
+        let server = IpAddr::V6(mesh.address("foo"));
+        let resolved = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            dig(foo, server, &fqdn, "AAAA", false).is_ok_and(|a| aaaa(&a) == vec![a1])
+        });
+        ensure!(
+            resolved.is_ok(),
+            "{fqdn}: {:?}",
+            dig(foo, server, &fqdn, "AAAA", false)
+        );
 
         // A second ADD for the same container: the same address.
         let again = rt.add("1.0.0", "c1c1c1c1", &p1, "K8S_POD_NAME=web-1")?;
