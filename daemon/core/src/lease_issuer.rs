@@ -275,7 +275,8 @@ impl LeaseIssuer {
     }
 
     /// Returns the table to persist if it changed since the last request and a grant or a
-    /// container's lease waits for it: the driver writes it and calls [`LeaseIssuer::leases_persisted`] with the generation.
+    /// container's lease waits for it: the driver writes it and calls
+    /// [`LeaseIssuer::leases_persisted`] with the generation.
     pub fn poll_persist(&mut self, now: Time, now_unix_ms: u64) -> Option<(u64, PersistedLeases)> {
         let generation = self.table.generation();
         let containers_wait = self.container_wait > self.persist_requested;
