@@ -423,6 +423,9 @@ fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
             )],
         )?;
         mesh.set_log_level("info");
+        // Three workers on bar: each of its links is received on a worker thread of its own
+        // (worker 0, the main loop, keeps none), so foo's super-packets take the threads' path.
+        mesh.add_args("bar", &["--workers", "3"]);
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
         if !fastpath_available(&mesh, "bar")? {
@@ -486,7 +489,24 @@ fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
             Duration::from_secs(180),
         )?;
         ensure!(back.intact(), "baz -> foo lost or changed bytes: {back:?}");
+        // The worker threads hand their counters over every 100 ms.
+        std::thread::sleep(Duration::from_millis(300));
         let (foo1, bar1) = (mesh.status("foo")?, mesh.status("bar")?);
+        let workers = bar1["workers"].as_array().cloned().unwrap_or_default();
+        let receives = |i: usize| workers.get(i).map(|w| w["receive_links"].clone());
+        ensure!(
+            workers.len() == 3
+                && receives(0) == Some(0.into())
+                && receives(1) == Some(1.into())
+                && receives(2) == Some(1.into()),
+            "bar's two links are received on worker threads 1 and 2: {workers:?}"
+        );
+        ensure!(
+            workers
+                .iter()
+                .any(|w| w["datagrams_received"].as_u64().unwrap_or(0) > 0),
+            "a worker thread of bar received the udp link's datagrams: {workers:?}"
+        );
 
         // foo's eBPF carried the data towards baz. (The way back, bar's userspace sends UDP
         // GSO batches, which foo's ingress leaves to userspace as aggregates: `in_groagg`.)
@@ -541,6 +561,7 @@ fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
             String::from_utf8_lossy(&sender.stderr)
         );
         let line = receiver.wait_for_output("datagrams ", Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_millis(300));
         let bar2 = mesh.status("bar")?;
         let uso_cut =
             counter(&bar2, "udp_super_packets_cut") - counter(&bar1, "udp_super_packets_cut");

@@ -1,8 +1,10 @@
 //! Several dataplane workers (`--workers N`): the same bytes arrive with one worker and with
-//! two, through a DTLS link and a transit node; parallel UDP streams stay in order; the worker
-//! threads really read their TUN queues and really open the records of the links they receive
-//! (the transit node's two links on two workers); and a worker that fails ends cleanly, its
-//! flows move to the other worker, and `status` says why it stopped.
+//! two, through DTLS links and plaintext udp links and a transit node; parallel UDP streams
+//! stay in order; the worker threads really read their TUN queues and really receive the links
+//! given to them (the transit node's two links on two workers: DTLS records opened, udp
+//! datagrams received on the thread); and a worker that fails ends cleanly, its flows move to
+//! the other worker, its links go back to the main loop without being lost, and `status` says
+//! why it stopped.
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,14 +78,42 @@ fn workers_of(status: &Value) -> Vec<Value> {
     status["workers"].as_array().cloned().unwrap_or_default()
 }
 
-/// A foo—bar—baz line over DTLS.
-fn line(dir: &TestDir) -> Result<(Topology, Vec<MeshLink>)> {
+/// A foo—bar—baz line over links of `kind`.
+fn line(dir: &TestDir, kind: LinkKind) -> Result<(Topology, Vec<MeshLink>)> {
     let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
     let links = vec![
-        MeshLink::new("bar", "foo", LinkKind::DtlsPsk),
-        MeshLink::new("bar", "baz", LinkKind::DtlsPsk),
+        MeshLink::new("bar", "foo", kind),
+        MeshLink::new("bar", "baz", kind),
     ];
     Ok((topo, links))
+}
+
+/// The mesh of a line over `kind` links; plaintext udp links without the eBPF fast path, so
+/// userspace (the workers) carries their data.
+fn mesh_of<'a>(
+    topo: &'a Topology,
+    links: &[MeshLink],
+    kind: LinkKind,
+    workers: usize,
+) -> Result<Mesh<'a>> {
+    let mut mesh = Mesh::configure(topo, links)?;
+    mesh.set_log_level("info");
+    mesh.add_args_all(&["--workers", &workers.to_string()]);
+    if kind == LinkKind::Udp {
+        mesh.set_env("CONNECTOPUS_DISABLE_FASTPATH", "1");
+    }
+    Ok(mesh)
+}
+
+/// What a worker counts of the links it receives: DTLS records it opened, plaintext udp
+/// datagrams it received.
+fn received_by(w: &Value, kind: LinkKind) -> u64 {
+    let field = if kind == LinkKind::Udp {
+        "datagrams_received"
+    } else {
+        "records_opened"
+    };
+    w[field].as_u64().unwrap_or(0)
 }
 
 fn send_flows(topo: &Topology, from: &str, dst: Ipv6Addr, rounds: u32) -> Result<()> {
@@ -94,12 +124,10 @@ fn send_flows(topo: &Topology, from: &str, dst: Ipv6Addr, rounds: u32) -> Result
     Ok(())
 }
 
-fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
+fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
     require_tools(&["python3"]);
-    let (topo, links) = line(dir)?;
-    let mut mesh = Mesh::configure(&topo, &links)?;
-    mesh.set_log_level("info");
-    mesh.add_args_all(&["--workers", &workers.to_string()]);
+    let (topo, links) = line(dir, kind)?;
+    let mut mesh = mesh_of(&topo, &links, kind, workers)?;
     mesh.start_all()?;
     mesh.wait_converged(CONVERGE)?;
     let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
@@ -149,7 +177,8 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
     }
     if workers > 1 {
         // Worker 1 of foo read from its own TUN queue (the counters arrive every 100 ms) and
-        // sealed every packet for the DTLS link itself: nothing went through the main loop.
+        // sealed every packet for the DTLS link (or sent it on the udp link) itself: nothing
+        // went through the main loop.
         wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
             mesh.status("foo").is_ok_and(|s| {
                 workers_of(&s)
@@ -163,10 +192,11 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
         let w1 = &workers_of(&status)[1];
         ensure!(
             w1["handed_to_main"].as_u64() == Some(0),
-            "foo's worker 1 handed DTLS traffic to the main loop: {w1}"
+            "foo's worker 1 handed traffic to the main loop: {w1}"
         );
         // The transit node bar receives its two links on two workers: one of them on worker
-        // 1's own socket, which opened that link's records itself (200 MB went through bar).
+        // 1's own socket, which opened that link's records (or received its datagrams) itself
+        // (200 MB went through bar).
         let bar = mesh.status("bar")?;
         let ws = workers_of(&bar);
         let links = |w: &Value| w["receive_links"].as_u64().unwrap_or(0);
@@ -180,25 +210,23 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
                 "bar's worker has SO_REUSEPORT: {w}"
             );
         }
-        let opened_on_thread = || {
-            mesh.status("bar").ok().and_then(|s| {
-                workers_of(&s)
-                    .get(1)
-                    .and_then(|w| w["records_opened"].as_u64())
-            })
+        let received_on_thread = || {
+            mesh.status("bar")
+                .ok()
+                .and_then(|s| workers_of(&s).get(1).map(|w| received_by(w, kind)))
         };
         wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-            opened_on_thread().is_some_and(|n| n > 10_000)
+            received_on_thread().is_some_and(|n| n > 10_000)
         })
         .map_err(|_| {
             anyhow::anyhow!(
-                "bar's worker 1 did not open the records of the link it receives: {:?}",
+                "bar's worker 1 did not receive the link given to it: {:?}",
                 mesh.status("bar")
             )
         })?;
         ensure!(
-            ws[0]["records_opened"].as_u64().unwrap_or(0) > 10_000,
-            "bar's main loop opened the other link's records: {}",
+            received_by(&ws[0], kind) > 10_000,
+            "bar's main loop received the other link: {}",
             ws[0]
         );
     }
@@ -208,126 +236,195 @@ fn transfers_with(workers: usize, dir: &TestDir) -> Result<()> {
 #[test]
 fn transfers_are_intact_with_one_worker() {
     require_root!();
-    run_test("workers_1", |dir| transfers_with(1, dir));
+    run_test("workers_1", |dir| transfers_with(1, LinkKind::DtlsPsk, dir));
 }
 
 #[test]
 fn transfers_are_intact_with_two_workers() {
     require_root!();
-    run_test("workers_2", |dir| transfers_with(2, dir));
+    run_test("workers_2", |dir| transfers_with(2, LinkKind::DtlsPsk, dir));
 }
 
-/// Four parallel UDP streams through DTLS with two workers: nothing arrives out of order.
+/// Plaintext udp links: the transit node receives one on each worker.
+#[test]
+fn udp_link_transfers_are_intact_with_two_workers() {
+    require_root!();
+    run_test("workers_2_udp", |dir| transfers_with(2, LinkKind::Udp, dir));
+}
+
+/// Four parallel UDP streams through a line of `kind` links with two workers: nothing arrives
+/// out of order.
+fn parallel_streams_in_order(kind: LinkKind, dir: &TestDir) -> Result<()> {
+    require_tools(&["iperf3"]);
+    let (topo, links) = line(dir, kind)?;
+    let mut mesh = mesh_of(&topo, &links, kind, 2)?;
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    let baz_addr = mesh.address("baz");
+    let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
+    let result = iperf3_client(
+        topo.ns("foo"),
+        baz_addr,
+        &IperfOptions {
+            seconds: 3,
+            parallel: 4,
+            udp_bitrate: Some("50M".to_owned()),
+            ..IperfOptions::default()
+        },
+    )?;
+    drop(server);
+    ensure!(
+        result.out_of_order == Some(0),
+        "UDP datagrams arrived out of order over {kind:?} links: {result:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn parallel_udp_streams_stay_in_order_with_two_workers() {
     require_root!();
     run_test("workers_udp_order", |dir| {
-        require_tools(&["iperf3"]);
-        let (topo, links) = line(dir)?;
-        let mut mesh = Mesh::configure(&topo, &links)?;
-        mesh.set_log_level("info");
-        mesh.add_args_all(&["--workers", "2"]);
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
-        let baz_addr = mesh.address("baz");
-        let server = iperf3_server(topo.ns("baz"), Some(IpAddr::V6(baz_addr)), 5201)?;
-        let result = iperf3_client(
-            topo.ns("foo"),
-            baz_addr,
-            &IperfOptions {
-                seconds: 3,
-                parallel: 4,
-                udp_bitrate: Some("50M".to_owned()),
-                ..IperfOptions::default()
-            },
-        )?;
-        drop(server);
-        ensure!(
-            result.out_of_order == Some(0),
-            "UDP datagrams arrived out of order: {result:?}"
-        );
-        Ok(())
+        parallel_streams_in_order(LinkKind::DtlsPsk, dir)
+    });
+}
+
+/// The same through plaintext udp links, received (and, on the transit node, batched) on
+/// worker threads.
+#[test]
+fn parallel_udp_streams_stay_in_order_over_udp_links_with_two_workers() {
+    require_root!();
+    run_test("workers_udp_order_udp", |dir| {
+        parallel_streams_in_order(LinkKind::Udp, dir)
     });
 }
 
 /// Worker 1 of foo fails after 50 TUN packets (test-only fault injection): it ends, `status`
-/// shows it stopped with the reason, the kernel moves its flows to worker 0's queue, and a
-/// transfer started afterwards arrives intact.
+/// shows it stopped with the reason, the kernel moves its flows to worker 0's queue, the link
+/// it received goes back to the main loop (the same link, not a new one), and a transfer
+/// started afterwards arrives intact.
+fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
+    require_tools(&["python3"]);
+    let (topo, links) = line(dir, kind)?;
+    let mut mesh = mesh_of(&topo, &links, kind, 2)?;
+    mesh.start("bar")?;
+    mesh.start("baz")?;
+    mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "1:50");
+    mesh.start("foo")?;
+    mesh.wait_converged(CONVERGE)?;
+    let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+    // foo's one link goes to worker 1 (a running thread before the main loop on a tie).
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        mesh.status("foo").is_ok_and(|s| {
+            workers_of(&s)
+                .get(1)
+                .is_some_and(|w| w["receive_links"] == 1)
+        })
+    })
+    .map_err(|_| anyhow::anyhow!("foo's worker 1 receives its link: {:?}", mesh.status("foo")))?;
+    let link_of = |status: &Value| -> Option<(u64, String)> {
+        let l = status["links"].as_array()?.first()?.clone();
+        Some((l["link"].as_u64()?, l["since_unix"].to_string()))
+    };
+    let link_before = link_of(&mesh.status("foo")?);
+    // Many flows until worker 1 has read its 50 packets and failed.
+    let stopped = || -> Option<String> {
+        let status = mesh.status("foo").ok()?;
+        let w = workers_of(&status).get(1).cloned()?;
+        w["state"]
+            .as_str()
+            .filter(|s| s.starts_with("stopped"))
+            .map(str::to_owned)
+    };
+    wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let _ = send_flows(&topo, "foo", baz_addr, 2);
+        stopped().is_some()
+    })
+    .map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
+    let state = stopped().unwrap_or_default();
+    ensure!(
+        state.contains("CONNECTOPUS_TEST_FAIL_WORKER") && state.contains("after 50 TUN packets"),
+        "the reason is shown: {state}"
+    );
+    let text = mesh.status_text("foo")?;
+    ensure!(
+        text.contains("worker 1 (worker-1) stopped: test fault"),
+        "status text: {text}"
+    );
+    // The link came back to the main loop: the same link, still up.
+    let foo_status = mesh.status("foo")?;
+    let ws = workers_of(&foo_status);
+    ensure!(
+        ws.first().is_some_and(|w| w["receive_links"] == 1)
+            && ws.get(1).is_some_and(|w| w["receive_links"] == 0),
+        "foo's main loop receives the link again: {ws:?}"
+    );
+    ensure!(
+        link_before.is_some() && link_of(&foo_status) == link_before,
+        "foo's link survived its worker: {link_before:?} then {}",
+        foo_status["links"]
+    );
+    let received_before = received_by(&ws[0], kind);
+    // New flows (and the old ones) now all go through worker 0.
+    for (i, (from, to, dst)) in [("foo", "baz", baz_addr), ("baz", "foo", foo_addr)]
+        .into_iter()
+        .enumerate()
+    {
+        let transfer = checked_transfer(
+            topo.ns(from),
+            topo.ns(to),
+            dst,
+            7101 + i as u16,
+            20_000_000,
+            i as u64 + 7,
+            Duration::from_secs(120),
+        )?;
+        ensure!(
+            transfer.intact(),
+            "{from} -> {to} after the failure: {transfer:?}"
+        );
+    }
+    every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
+    let foo_status = mesh.status("foo")?;
+    let received_after = received_by(&workers_of(&foo_status)[0], kind);
+    ensure!(
+        received_after > received_before + 10_000,
+        "foo's main loop received baz's 20 MB itself: {received_before} -> {received_after}"
+    );
+    ensure!(
+        link_of(&foo_status) == link_before,
+        "foo's link survived: {link_before:?} then {}",
+        foo_status["links"]
+    );
+    let before = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    send_flows(&topo, "foo", baz_addr, 5)?;
+    let after = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(
+        after >= before + 64 * 5,
+        "worker 0 read every flow's packets: {before} -> {after}"
+    );
+    ensure!(
+        mesh.process("foo").is_some_and(|p| p.is_running()),
+        "foo still runs"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_failed_worker_hands_its_flows_to_the_others() {
     require_root!();
     run_test("workers_fail", |dir| {
-        require_tools(&["python3"]);
-        let (topo, links) = line(dir)?;
-        let mut mesh = Mesh::configure(&topo, &links)?;
-        mesh.set_log_level("info");
-        mesh.add_args_all(&["--workers", "2"]);
-        mesh.start("bar")?;
-        mesh.start("baz")?;
-        mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "1:50");
-        mesh.start("foo")?;
-        mesh.wait_converged(CONVERGE)?;
-        let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
-        // Many flows until worker 1 has read its 50 packets and failed.
-        let stopped = || -> Option<String> {
-            let status = mesh.status("foo").ok()?;
-            let w = workers_of(&status).get(1).cloned()?;
-            w["state"]
-                .as_str()
-                .filter(|s| s.starts_with("stopped"))
-                .map(str::to_owned)
-        };
-        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            let _ = send_flows(&topo, "foo", baz_addr, 2);
-            stopped().is_some()
-        })
-        .map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
-        let state = stopped().unwrap_or_default();
-        ensure!(
-            state.contains("CONNECTOPUS_TEST_FAIL_WORKER")
-                && state.contains("after 50 TUN packets"),
-            "the reason is shown: {state}"
-        );
-        let text = mesh.status_text("foo")?;
-        ensure!(
-            text.contains("worker 1 (worker-1) stopped: test fault"),
-            "status text: {text}"
-        );
-        // New flows (and the old ones) now all go through worker 0.
-        for (i, (from, to, dst)) in [("foo", "baz", baz_addr), ("baz", "foo", foo_addr)]
-            .into_iter()
-            .enumerate()
-        {
-            let transfer = checked_transfer(
-                topo.ns(from),
-                topo.ns(to),
-                dst,
-                7101 + i as u16,
-                20_000_000,
-                i as u64 + 7,
-                Duration::from_secs(120),
-            )?;
-            ensure!(
-                transfer.intact(),
-                "{from} -> {to} after the failure: {transfer:?}"
-            );
-        }
-        every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
-        let before = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
-            .as_u64()
-            .unwrap_or(0);
-        send_flows(&topo, "foo", baz_addr, 5)?;
-        let after = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
-            .as_u64()
-            .unwrap_or(0);
-        ensure!(
-            after >= before + 64 * 5,
-            "worker 0 read every flow's packets: {before} -> {after}"
-        );
-        ensure!(
-            mesh.process("foo").is_some_and(|p| p.is_running()),
-            "foo still runs"
-        );
-        Ok(())
+        a_failed_worker_with(LinkKind::DtlsPsk, dir)
+    });
+}
+
+#[test]
+fn a_failed_worker_gives_its_udp_link_back() {
+    require_root!();
+    run_test("workers_fail_udp", |dir| {
+        a_failed_worker_with(LinkKind::Udp, dir)
     });
 }

@@ -382,7 +382,10 @@ pub struct WorkerReport {
     /// DTLS records it opened (the links it receives, see `receive_links`).
     #[serde(default)]
     pub records_opened: u64,
-    /// DTLS links whose datagrams it receives and opens.
+    /// Plaintext udp data datagrams it received (the udp links it receives).
+    #[serde(default)]
+    pub datagrams_received: u64,
+    /// DTLS and plaintext udp links whose datagrams it receives.
     #[serde(default)]
     pub receive_links: u64,
     /// Received link messages a worker thread handed to the main loop (hellos, the routing

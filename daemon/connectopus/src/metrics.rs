@@ -315,6 +315,11 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
         "UDP receives that carried two or more DTLS records (GRO).",
     ),
     (
+        "tcp_reads_deferred",
+        "connectopus_tcp_reads_deferred_total",
+        "TCP link reads put off until the TUN writes drained or buffers came back (back-pressure).",
+    ),
+    (
         "dtls_hellos_rate_limited",
         "connectopus_dtls_hellos_rate_limited_total",
         "ClientHellos from unknown addresses refused by the limiter before anything was allocated.",

@@ -463,6 +463,7 @@ mod tests {
             tun_reads: 0,
             handed_to_main: 0,
             records_opened: 0,
+            datagrams_received: 0,
             receive_links: 0,
             received_for_main: 0,
             buffers_peak: 0,

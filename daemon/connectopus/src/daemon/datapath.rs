@@ -62,6 +62,9 @@ pub(super) struct OffloadCounters {
     pub(super) udp_gro_batches: u64,
     /// UDP sends the kernel refused (their datagrams are lost).
     pub(super) udp_send_errors: u64,
+    /// TCP link reads put off because the TUN writes had not drained or the pool was empty
+    /// (started again at the end of the turn, `Daemon::resume_tcp_io`).
+    pub(super) tcp_reads_deferred: u64,
 }
 
 impl OffloadCounters {
@@ -72,6 +75,7 @@ impl OffloadCounters {
         self.udp_gso_sends += other.udp_gso_sends;
         self.udp_gro_batches += other.udp_gro_batches;
         self.udp_send_errors += other.udp_send_errors;
+        self.tcp_reads_deferred += other.tcp_reads_deferred;
     }
 
     /// Adds the counters to a status counter map.
@@ -87,6 +91,7 @@ impl OffloadCounters {
         map.insert("udp_gso_sends".to_owned(), self.udp_gso_sends);
         map.insert("udp_gro_batches".to_owned(), self.udp_gro_batches);
         map.insert("udp_send_errors".to_owned(), self.udp_send_errors);
+        map.insert("tcp_reads_deferred".to_owned(), self.tcp_reads_deferred);
     }
 }
 
@@ -557,9 +562,7 @@ impl Daemon {
         if coalescer.segments() > 1 {
             self.worker.offload_counters.tun_super_packets_written += 1;
         }
-        self.worker
-            .io
-            .write(fd, Token(TOKEN_TUN_WRITE), buf, start..start + len);
+        self.worker.write_tun(fd, buf, start..start + len);
     }
 
     /// Writes one complete packet to TUN device `tun` (behind an empty virtio-net header when
@@ -595,10 +598,7 @@ impl Daemon {
             Some(end)
         });
         match written {
-            Some(end) => self
-                .worker
-                .io
-                .write(fd, Token(TOKEN_TUN_WRITE), buf, start..end),
+            Some(end) => self.worker.write_tun(fd, buf, start..end),
             None => {
                 self.worker.io.free(buf);
                 self.worker.forwarder.count_drop(DropReason::Malformed);

@@ -304,6 +304,7 @@ impl Daemon {
             if !self.worker.dtls_batches.is_empty() {
                 self.flush_dtls_batches(None);
             }
+            self.resume_tcp_io();
             self.reap_closing();
             self.worker.trim_if_due(Instant::now());
             if let Some(deadline) = self.stopping {
@@ -374,11 +375,7 @@ impl Daemon {
         let id = LinkId(completion.token.0 & !TOKEN_KIND_MASK);
         match (completion.kind, kind) {
             (OpKind::RecvPacket, TOKEN_TUN_RECV) => self.on_tun_packet(id.0 as usize, completion),
-            (OpKind::Write, TOKEN_TUN_WRITE) => {
-                if let Some(buf) = completion.buf {
-                    self.worker.io.free(buf);
-                }
-            }
+            (OpKind::Write, TOKEN_TUN_WRITE) => self.worker.tun_written(completion),
             (OpKind::Read, TOKEN_TCP_READ) => self.on_tcp_read(id, completion),
             (OpKind::Write, TOKEN_TCP_WRITE) => self.on_tcp_written(id, completion),
             (OpKind::RecvDatagram, TOKEN_UDP_RECV) => {
@@ -719,6 +716,7 @@ impl Daemon {
                 self.redial_later(dtls.endpoint, l.had_session);
             }
             Transport::PlainUdp(plain) => {
+                self.forget_receiver(link, plain.rx_worker);
                 if self.dtls_peers.get(&(plain.endpoint, l.remote)) == Some(&link) {
                     self.dtls_peers.remove(&(plain.endpoint, l.remote));
                 }

@@ -41,6 +41,9 @@ pub(super) struct PlainUdpLink {
     pub(super) endpoint: usize,
     /// The local address the peer sent to, sent from (see `DtlsLink::local`).
     pub(super) local: Option<std::net::IpAddr>,
+    /// The dataplane worker that receives the link's datagrams (0: the main loop); `None`
+    /// until its session is established (see `workers::receive_plain`).
+    pub(super) rx_worker: Option<usize>,
 }
 
 /// What plaintext UDP endpoints dropped (`status` counters).
@@ -61,6 +64,17 @@ pub(super) struct PlainUdpCounters {
 }
 
 impl PlainUdpCounters {
+    /// Adds what a worker thread counted.
+    pub(super) fn add(&mut self, other: &Self) {
+        self.unknown_source_dropped += other.unknown_source_dropped;
+        self.malformed_dropped += other.malformed_dropped;
+        self.hellos_rate_limited += other.hellos_rate_limited;
+        self.partial_checksums_completed += other.partial_checksums_completed;
+        self.super_packets.received += other.super_packets.received;
+        self.super_packets.delivered_whole += other.super_packets.delivered_whole;
+        self.super_packets.cut += other.super_packets.cut;
+    }
+
     pub(super) fn report(&self, map: &mut BTreeMap<String, u64>) {
         map.insert(
             "udp_unknown_source_dropped".to_owned(),
@@ -81,7 +95,7 @@ impl PlainUdpCounters {
 
 /// What a datagram on a plaintext link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Datagram {
+pub(super) enum Datagram {
     /// Exactly one IPv6 packet.
     Data,
     /// A link message for the core.
@@ -90,7 +104,7 @@ enum Datagram {
     Malformed,
 }
 
-fn classify(datagram: &[u8]) -> Datagram {
+pub(super) fn classify(datagram: &[u8]) -> Datagram {
     match datagram.first() {
         Some(b) if b >> 4 == 6 => {
             let payload_len = datagram
@@ -109,7 +123,7 @@ fn classify(datagram: &[u8]) -> Datagram {
 
 /// Asks the kernel to accept UDP over IPv6 with a zero checksum on `socket`
 /// (`UDP_NO_CHECK6_RX`): what the eBPF fast path sends.
-fn accept_zero_checksums(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+pub(super) fn accept_zero_checksums(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: the fd is an open socket owned by `socket` for the duration of the call, and the
     // option value points at a live c_int whose size is passed.
@@ -129,7 +143,7 @@ fn accept_zero_checksums(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     }
 }
 
-fn zero_checksums(backend: &str, socket: &std::net::UdpSocket) {
+pub(super) fn zero_checksums(backend: &str, socket: &std::net::UdpSocket) {
     if let Err(error) = accept_zero_checksums(socket) {
         // Only the (future) eBPF fast path sends them; userspace links work without.
         tracing::info!(%backend, %error, "UDP_NO_CHECK6_RX unavailable");
@@ -151,8 +165,10 @@ impl Daemon {
             .port
             .with_context(|| format!("backend {name}: a listener needs a port"))?;
         let bind = SocketAddr::new(ip, port);
-        let socket =
-            dtls_link::bind_listener(bind, false).with_context(|| format!("backend {name}"))?;
+        // `SO_REUSEPORT` with worker threads: each established link is received on a socket of
+        // its own, connected to the peer (`workers::main_side`).
+        let socket = dtls_link::bind_listener(bind, self.dataplane.has_threads())
+            .with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         tracing::info!(backend = %name, %bind, "udp listener up");
         self.add_udp(UdpEndpoint {
@@ -171,7 +187,8 @@ impl Daemon {
         d: &UdpDialer,
         settings: &TcpBackend,
     ) -> Result<usize> {
-        let socket = dtls_link::bind_dialer(false).with_context(|| format!("backend {name}"))?;
+        let socket = dtls_link::bind_dialer(self.dataplane.has_threads())
+            .with_context(|| format!("backend {name}"))?;
         zero_checksums(name, &socket);
         self.add_udp(UdpEndpoint {
             socket: Arc::new(socket),
@@ -206,6 +223,7 @@ impl Daemon {
             transport: Transport::PlainUdp(PlainUdpLink {
                 endpoint,
                 local: None,
+                rx_worker: None,
             }),
         };
         let id = self.new_link(link);
@@ -307,6 +325,7 @@ impl Daemon {
                         // eBPF, and this one fell back to userspace here).
                         self.plain_udp_counters.partial_checksums_completed += 1;
                     }
+                    self.worker.datagrams_received += 1;
                     self.route_link_packet_in_buf(link, buf, piece);
                 }
                 Datagram::Control => {
@@ -361,7 +380,11 @@ impl Daemon {
             announced: false,
             had_session: false,
             ended: None,
-            transport: Transport::PlainUdp(PlainUdpLink { endpoint, local }),
+            transport: Transport::PlainUdp(PlainUdpLink {
+                endpoint,
+                local,
+                rx_worker: None,
+            }),
         });
         self.announce_if_ready(id);
         // A hello is never batched with other datagrams: GRO merges only a flow's equal sizes,

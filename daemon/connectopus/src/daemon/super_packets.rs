@@ -187,9 +187,7 @@ impl Daemon {
                 .map(|slot| header.write(slot));
             if let Some(Ok(())) = written {
                 self.plain_udp_counters.super_packets.delivered_whole += 1;
-                self.worker
-                    .io
-                    .write(fd, Token(TOKEN_TUN_WRITE), buf, start..range.end);
+                self.worker.write_tun(fd, buf, start..range.end);
             } else {
                 self.worker.forwarder.count_drop(DropReason::Malformed);
                 self.worker.io.free(buf);

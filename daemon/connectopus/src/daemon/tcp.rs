@@ -1,5 +1,6 @@
 //! TCP links of the main loop: reads, writes, framing and TLS.
 
+use super::worker::TUN_WRITES_BEFORE_TCP_WAITS;
 use super::*;
 
 impl Daemon {
@@ -16,15 +17,16 @@ impl Daemon {
             return;
         }
         let Some(buf) = self.worker.io.alloc() else {
-            // Retried after the next completion frees a buffer.
+            wait_for_buffers(&mut self.worker.tcp_waiting, link);
             return;
         };
         let capacity = self.worker.io.pool().buf_size();
         let n = tcp.tx.len().min(capacity);
         let slot = &mut self.worker.io.buf_mut(&buf)[..n];
-        for (dst, src) in slot.iter_mut().zip(tcp.tx.iter()) {
-            *dst = *src;
-        }
+        let (front, back) = tcp.tx.as_slices();
+        let from_front = front.len().min(n);
+        slot[..from_front].copy_from_slice(&front[..from_front]);
+        slot[from_front..].copy_from_slice(&back[..n - from_front]);
         tcp.write_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
         self.worker
@@ -43,12 +45,38 @@ impl Daemon {
         if tcp.read_in_flight {
             return;
         }
+        // Back-pressure: what the last reads gave the TUN device is still being written.
+        if self.worker.tun_writes_in_flight >= TUN_WRITES_BEFORE_TCP_WAITS {
+            self.worker.offload_counters.tcp_reads_deferred += 1;
+            wait_for_buffers(&mut self.worker.tcp_waiting, link);
+            return;
+        }
         let Some(buf) = self.worker.io.alloc() else {
+            self.worker.offload_counters.tcp_reads_deferred += 1;
+            wait_for_buffers(&mut self.worker.tcp_waiting, link);
             return;
         };
         tcp.read_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
         self.worker.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
+    }
+
+    /// Starts again the reads and writes of TCP links that waited for buffers or for the TUN
+    /// writes to drain ([`TUN_WRITES_BEFORE_TCP_WAITS`]): once a turn, after the turn's
+    /// completions returned their buffers. Nothing else would: a link with no read or write
+    /// in flight gets no completion, and stays silent until its peer times it out.
+    pub(super) fn resume_tcp_io(&mut self) {
+        if self.worker.tcp_waiting.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.worker.tcp_waiting);
+        for link in waiting.drain(..) {
+            self.start_tcp_read(link);
+            self.pump_tcp_write(link);
+        }
+        // Those that still wait were added again; keep the allocation.
+        waiting.append(&mut self.worker.tcp_waiting);
+        self.worker.tcp_waiting = waiting;
     }
 
     pub(super) fn on_tcp_written(&mut self, link: LinkId, completion: Completion) {
@@ -204,5 +232,12 @@ impl Daemon {
         self.announce_if_ready(id);
         self.pump_tcp_write(id);
         self.start_tcp_read(id);
+    }
+}
+
+/// Puts `link` on the list of TCP links waiting for buffers, once.
+fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) {
+    if !waiting.contains(&link) {
+        waiting.push(link);
     }
 }

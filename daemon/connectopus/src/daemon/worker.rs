@@ -15,6 +15,8 @@
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
 use connectopus_core::node::Forwarded;
+use std::os::fd::RawFd;
+use uring_io::BufId;
 
 use super::*;
 
@@ -40,7 +42,21 @@ pub(super) struct Worker {
     pub(super) tun_reads: u64,
     /// DTLS records opened on this worker so far.
     pub(super) records_opened: u64,
+    /// Plaintext udp data datagrams received on the main loop's sockets.
+    pub(super) datagrams_received: u64,
+    /// TUN writes submitted and not completed yet ([`Worker::write_tun`]).
+    pub(super) tun_writes_in_flight: usize,
+    /// TCP links whose read or write waits for buffers ([`Daemon::resume_tcp_io`]).
+    pub(super) tcp_waiting: Vec<LinkId>,
 }
+
+/// The most TUN writes a worker has in flight before its TCP links stop reading: the writes
+/// run in the kernel (on io_uring's workers when the device would block, slower still when
+/// other processes load the cores), and without a bound the TCP reads that feed them took
+/// every buffer of the pool (248 of 256 measured), after which nothing started the next read.
+/// The TCP socket buffers and the peer's window then hold the rest, as the working set does
+/// for receives (see `datapath::WORKING_SET`).
+pub(super) const TUN_WRITES_BEFORE_TCP_WAITS: usize = datapath::WORKING_SET / 2;
 
 /// How often a worker's pool releases the buffers that stayed idle since the last time and
 /// re-sizes its posted receive buffers (see `uring_io::PacketIo::trim`).
@@ -85,6 +101,7 @@ impl Worker {
             tun_reads: self.tun_reads,
             handed_to_main: 0,
             records_opened: self.records_opened,
+            datagrams_received: self.datagrams_received,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
             buffers_peak: self.io.usage().peak_in_use as u64,
@@ -107,6 +124,24 @@ impl Worker {
             trim_at: Instant::now() + TRIM_INTERVAL,
             tun_reads: 0,
             records_opened: 0,
+            datagrams_received: 0,
+            tun_writes_in_flight: 0,
+            tcp_waiting: Vec::new(),
+        }
+    }
+
+    /// Writes `buf[range]` to the TUN device (or queue) `fd`, counted until it completes
+    /// ([`Worker::tun_written`]).
+    pub(super) fn write_tun(&mut self, fd: RawFd, buf: BufId, range: Range<usize>) {
+        self.tun_writes_in_flight += 1;
+        self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, range);
+    }
+
+    /// A TUN write completed: its buffer goes back.
+    pub(super) fn tun_written(&mut self, completion: Completion) {
+        self.tun_writes_in_flight = self.tun_writes_in_flight.saturating_sub(1);
+        if let Some(buf) = completion.buf {
+            self.io.free(buf);
         }
     }
 
@@ -144,6 +179,7 @@ impl Daemon {
                 tun_reads: status.tun_reads,
                 handed_to_main: status.handed_to_main,
                 records_opened: status.records_opened,
+                datagrams_received: status.datagrams_received,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
                 buffers_peak: status.buffers_peak,

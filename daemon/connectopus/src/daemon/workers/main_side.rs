@@ -51,6 +51,7 @@ impl Daemon {
         // Namespaces and `tun_devs` are devices of worker 0.
         self.dataplane
             .set_hairpin(self.tuns.indexed().nth(1).is_some());
+        self.dataplane.set_fastpath(self.fastpath.tun_mtu());
         if self.dataplane.links_dirty {
             self.assign_receivers();
             let table = self.link_table();
@@ -94,13 +95,20 @@ impl Daemon {
                     }
                     self.after_dtls_io(link);
                 }
-                FromWorker::Returned { link, opener } => self.take_back_receive(link, *opener),
+                FromWorker::Returned { link, opener } => self.take_back_receive(link, opener),
+                FromWorker::LinkSuperPacket {
+                    link,
+                    datagram,
+                    segment_size,
+                } => self.route_worker_super_packet(link, &datagram, segment_size),
                 FromWorker::Report {
                     index,
                     mut report,
                     offload,
+                    plain,
                 } => {
                     self.node.absorb_dataplane(&mut report);
+                    self.plain_udp_counters.add(&plain);
                     if let Some(total) = self.dataplane.offload.get_mut(index - 1) {
                         total.add(&offload);
                     }
@@ -158,11 +166,40 @@ impl Daemon {
         self.forward_from_tun(0, buf, start..start + read.len());
     }
 
-    /// Gives each established DTLS link on the record fast path that no worker receives yet
-    /// to the worker receiving the fewest: for a worker thread, a socket connected to the peer
-    /// on the link's port and the association's receiving direction go to the thread. Where
-    /// that cannot be (no `SO_REUSEPORT` on the port, a socket refused), the main loop keeps
-    /// receiving it.
+    /// Routes a super-packet a worker thread received whole on plaintext udp link `link` (for
+    /// one of the node's other TUN devices) as if the main loop had received it.
+    fn route_worker_super_packet(
+        &mut self,
+        link: LinkId,
+        datagram: &[u8],
+        segment_size: Option<u16>,
+    ) {
+        let Some(buf) = self.worker.io.alloc() else {
+            self.worker.forwarder.count_drop(DropReason::LinkCongested);
+            return;
+        };
+        // Headroom in front, as a receive leaves it, for the virtio-net header.
+        let start = self.worker.io.pool().headroom();
+        let fits = self
+            .worker
+            .io
+            .buf_mut(&buf)
+            .get_mut(start..start + datagram.len())
+            .map(|slot| slot.copy_from_slice(datagram))
+            .is_some();
+        if !fits {
+            self.worker.io.free(buf);
+            self.worker.forwarder.count_drop(DropReason::TooBig);
+            return;
+        }
+        self.route_link_super_packet(link, buf, start..start + datagram.len(), segment_size);
+    }
+
+    /// Gives each established DTLS link on the record fast path, and each plaintext udp link
+    /// whose session was established, that no worker receives yet to the worker receiving the
+    /// fewest: for a worker thread, a socket connected to the peer on the link's port (and a
+    /// DTLS association's receiving direction) go to the thread. Where that cannot be (no
+    /// `SO_REUSEPORT` on the port, a socket refused), the main loop keeps receiving it.
     fn assign_receivers(&mut self) {
         let Daemon {
             links,
@@ -171,54 +208,85 @@ impl Daemon {
             worker,
             ..
         } = self;
+        let gro = worker.offloads.udp_gro.is_ok();
         for (id, l) in links.iter_mut() {
-            let Transport::Dtls(d) = &mut l.transport else {
-                continue;
+            let (mtu, remote, had_session) = (l.mtu, l.remote, l.had_session);
+            let (endpoint, local, rx_worker, dtls) = match &mut l.transport {
+                Transport::Dtls(d) => {
+                    if d.association.sealer().is_none() {
+                        continue;
+                    }
+                    (
+                        d.endpoint,
+                        d.local,
+                        &mut d.rx_worker,
+                        Some(&mut d.association),
+                    )
+                }
+                // Only once its session is established: a hello from a new address (which
+                // costs nothing to forge) gets no socket of its own.
+                Transport::PlainUdp(p) if had_session => {
+                    (p.endpoint, p.local, &mut p.rx_worker, None)
+                }
+                _ => continue,
             };
-            if d.rx_worker.is_some() || d.association.sealer().is_none() {
+            if rx_worker.is_some() {
                 continue;
             }
             let index = dataplane.least_loaded();
-            let socket = udp
-                .get(d.endpoint)
-                .and_then(Option::as_ref)
-                .map(|e| &e.socket);
-            let assigned = match (index, socket) {
+            let shared = udp.get(endpoint).and_then(Option::as_ref);
+            let assigned = match (index, shared) {
                 (0, _) | (_, None) => 0,
-                (index, Some(shared)) => {
-                    let gro = worker.offloads.udp_gro.is_ok();
-                    match dtls_link::connect_peer(shared, d.local, l.remote, gro) {
-                        Ok(socket) => match d.association.take_opener() {
+                (index, Some(e)) => match dtls_link::connect_peer(&e.socket, local, remote, gro) {
+                    Ok(socket) => {
+                        let opener = match dtls {
+                            Some(association) => association.take_opener().map(Some),
+                            None => {
+                                // The peer's eBPF fast path sends zero UDP checksums.
+                                super::super::plain_udp::zero_checksums(&e.backend, &socket);
+                                Some(None)
+                            }
+                        };
+                        match opener {
                             Some(opener) => {
                                 let receive = LinkReceive {
                                     link: *id,
-                                    endpoint: d.endpoint,
-                                    remote: l.remote,
-                                    local: d.local,
+                                    endpoint,
+                                    remote,
+                                    local,
                                     socket,
                                     opener,
+                                    mtu,
                                 };
                                 match dataplane.send_to(index, ToWorker::Receive(Box::new(receive)))
                                 {
                                     Ok(()) => index,
                                     Err(ToWorker::Receive(back)) => {
-                                        d.association.restore_opener(back.opener);
+                                        if let (Some(opener), Transport::Dtls(d)) =
+                                            (back.opener, &mut l.transport)
+                                        {
+                                            d.association.restore_opener(opener);
+                                        }
                                         0
                                     }
                                     Err(_) => 0,
                                 }
                             }
                             None => 0,
-                        },
-                        Err(error) => {
-                            tracing::debug!(link = %id, %error, "the main loop receives the link");
-                            0
                         }
                     }
-                }
+                    Err(error) => {
+                        tracing::debug!(link = %id, %error, "the main loop receives the link");
+                        0
+                    }
+                },
             };
             tracing::debug!(link = %id, worker = assigned, "link received by worker");
-            d.rx_worker = Some(assigned);
+            match &mut l.transport {
+                Transport::Dtls(d) => d.rx_worker = Some(assigned),
+                Transport::PlainUdp(p) => p.rx_worker = Some(assigned),
+                Transport::Tcp(_) => {}
+            }
             dataplane.count_receive(assigned, true);
         }
     }
@@ -307,18 +375,18 @@ impl Daemon {
         self.after_dtls_io(link);
     }
 
-    /// A worker thread gave a link's receiving direction back (it stops): the main loop
-    /// receives the link from now on.
-    fn take_back_receive(&mut self, link: LinkId, opener: connectopus_dtls::Opener) {
-        let Some(Link {
-            transport: Transport::Dtls(d),
-            ..
-        }) = self.links.get_mut(&link)
-        else {
-            return;
+    /// A worker thread gave a link back (it stops), with a DTLS link's receiving direction:
+    /// the main loop receives the link from now on.
+    fn take_back_receive(&mut self, link: LinkId, opener: Option<Box<connectopus_dtls::Opener>>) {
+        let rx_worker = match (self.links.get_mut(&link).map(|l| &mut l.transport), opener) {
+            (Some(Transport::Dtls(d)), Some(opener)) => {
+                d.association.restore_opener(*opener);
+                &mut d.rx_worker
+            }
+            (Some(Transport::PlainUdp(p)), None) => &mut p.rx_worker,
+            _ => return,
         };
-        d.association.restore_opener(opener);
-        let before = d.rx_worker.replace(0);
+        let before = rx_worker.replace(0);
         if let Some(index) = before {
             self.dataplane.count_receive(index, false);
         }

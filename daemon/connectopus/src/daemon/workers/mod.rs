@@ -12,7 +12,8 @@
 //! What it cannot do itself goes to the main loop through a bounded channel (a copy; dropped
 //! and counted when the channel is full): packets for TCP/TLS links and for DTLS links without
 //! the record fast path, packets for the node's other TUN devices (namespaces, `tun_devs`),
-//! and the ICMPv6 errors its forwarder built. Its `DataplaneReport` reaches the node every
+//! and the ICMPv6 errors its forwarder built. (docs/architecture.md has the design for TCP/TLS
+//! links owned by one worker, without that copy.) Its `DataplaneReport` reaches the node every
 //! 100 ms, so data keeps sessions alive.
 //!
 //! The control plane publishes the forwarding snapshot and the table of links the workers may
@@ -29,6 +30,13 @@
 //! the main loop. A datagram of such a link that still arrives at the main loop's socket is
 //! handed to its worker.
 //!
+//! Plaintext udp links (`receive_plain`) are received the same way once their session is
+//! established, on a connected socket of their own: each data datagram is forwarded where it
+//! lies, control datagrams go to the main loop, and what a peer's eBPF fast path sends (partial
+//! checksums, super-packets encapsulated whole) is handled on the thread too. Such a link has
+//! no receiving direction to hand over: a datagram that reaches the main loop's socket is
+//! handled there.
+//!
 //! A worker whose ring fails (or, in tests, `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>`)
 //! ends: its TUN queue closes, the kernel steers its flows to the remaining queues, and
 //! `status` shows the worker stopped with the reason.
@@ -36,7 +44,7 @@
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 
 use connectopus_core::forwarder::{DataplaneReport, ForwardingSnapshot};
@@ -46,6 +54,7 @@ use connectopus_dtls::{CloseReason, Opener, Sealer};
 use connectopus_offload::{GsoType, Segments, VNET_HDR_LEN, VnetHeader};
 use uring_io::{BufId, Waker};
 
+use super::plain_udp::PlainUdpCounters;
 use super::*;
 
 /// Messages a worker thread may have queued for the main loop before it drops more.
@@ -91,13 +100,24 @@ pub(super) enum FromWorker {
     },
     /// The peer closed the association (an authentic alert the worker opened).
     PeerClosed { link: LinkId, reason: CloseReason },
-    /// A link's receiving direction, given back (the worker stops).
-    Returned { link: LinkId, opener: Box<Opener> },
+    /// A link given back (the worker stops), with its receiving direction for a DTLS link.
+    Returned {
+        link: LinkId,
+        opener: Option<Box<Opener>>,
+    },
+    /// A super-packet a peer's eBPF encapsulated whole, received on a plaintext udp link, for
+    /// one of the node's other TUN devices: the main loop routes it (`super_packets`).
+    LinkSuperPacket {
+        link: LinkId,
+        datagram: Vec<u8>,
+        segment_size: Option<u16>,
+    },
     /// What the worker counted since its last report.
     Report {
         index: usize,
         report: DataplaneReport,
         offload: datapath::OffloadCounters,
+        plain: PlainUdpCounters,
     },
 }
 
@@ -149,7 +169,11 @@ pub(super) struct LinkReceive {
     pub(super) local: Option<std::net::IpAddr>,
     /// Connected to the peer, on the link's port ([`crate::dtls_link::connect_peer`]).
     pub(super) socket: UdpSocket,
-    pub(super) opener: Opener,
+    /// The association's receiving direction; `None` for a plaintext udp link (each datagram
+    /// is a link message as it is).
+    pub(super) opener: Option<Opener>,
+    /// The link's MTU (a longer plaintext datagram is a peer's eBPF super-packet).
+    pub(super) mtu: u16,
 }
 
 /// What the main loop hands a worker thread.
@@ -194,6 +218,11 @@ pub(super) struct Shared {
     /// to a local address go to the main loop, which writes them to the namespace's device
     /// (`Daemon::hairpin`).
     hairpin: AtomicBool,
+    /// The node's eBPF fast path is on: its peers may send super-packets and partial checksums
+    /// on plaintext udp links (`super_packets`).
+    fastpath: AtomicBool,
+    /// The MTU of the TUN device the fast path serves (0: off).
+    tun_mtu: AtomicU32,
 }
 
 /// What `status` shows of a worker thread, kept up to date by the thread.
@@ -217,6 +246,8 @@ pub(super) struct ThreadStatus {
     pub(super) buffers_peak: u64,
     /// Pool buffers that may be resident (updated with each report).
     pub(super) buffers_touched: u64,
+    /// Plaintext udp data datagrams it received (updated with each report).
+    pub(super) datagrams_received: u64,
 }
 
 #[derive(Debug)]
@@ -313,6 +344,8 @@ impl Dataplane {
             links: Slot::new(Arc::default()),
             stop: AtomicBool::new(false),
             hairpin: AtomicBool::new(false),
+            fastpath: AtomicBool::new(false),
+            tun_mtu: AtomicU32::new(0),
         });
         let (tx, from_workers) = mpsc::sync_channel(CHANNEL_BOUND);
         let channel_drops = Arc::new(AtomicU64::new(0));
@@ -357,6 +390,10 @@ impl Dataplane {
                 records_opened: 0,
                 received_for_main: 0,
                 transit: Vec::new(),
+                fastpath: false,
+                tun_mtu: 0,
+                datagrams_received: 0,
+                plain_counters: PlainUdpCounters::default(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -408,6 +445,16 @@ impl Dataplane {
     /// Tells the worker threads whether the node has namespaces to hairpin to.
     pub(super) fn set_hairpin(&self, on: bool) {
         self.shared.hairpin.store(on, Ordering::Relaxed);
+    }
+
+    /// Tells the worker threads whether the eBPF fast path is on, and its TUN device's MTU.
+    pub(super) fn set_fastpath(&self, tun_mtu: Option<u16>) {
+        self.shared
+            .tun_mtu
+            .store(tun_mtu.map_or(0, u32::from), Ordering::Relaxed);
+        self.shared
+            .fastpath
+            .store(tun_mtu.is_some(), Ordering::Relaxed);
     }
 
     /// Publishes the links the worker threads send on.
@@ -508,6 +555,7 @@ fn fault_from_env() -> Option<(usize, u64)> {
 
 mod main_side;
 mod receive;
+mod receive_plain;
 mod send;
 mod thread;
 mod transit;

@@ -1,10 +1,10 @@
-//! The receiving side of a worker thread: the DTLS links the control plane gave it, each with
-//! a socket connected to the peer and the association's receiving direction
-//! ([`connectopus_dtls::Opener`]). It opens every record of a receive (a UDP GRO batch) in
+//! The receiving side of a worker thread: the links the control plane gave it, each with a
+//! socket connected to the peer. For a DTLS link, with the association's receiving direction
+//! ([`connectopus_dtls::Opener`]), it opens every record of a receive (a UDP GRO batch) in
 //! place, forwards the packets by the snapshot (to its own TUN queue, or sealed on to the next
 //! link) and hands the rest to the main loop: link messages that are not packets (hellos, the
 //! routing stream), records only the association handles (handshake, other epochs) and the
-//! peer's close.
+//! peer's close. Plaintext udp links: `receive_plain`.
 
 use connectopus_offload::{Append, Coalescer};
 use connectopus_wire::message::is_ip_packet;
@@ -14,12 +14,14 @@ use super::*;
 /// A link this thread receives.
 #[derive(Debug)]
 pub(in crate::daemon) struct Receiving {
-    link: LinkId,
+    pub(super) link: LinkId,
     endpoint: usize,
     remote: SocketAddr,
     local: Option<std::net::IpAddr>,
     socket: UdpSocket,
-    opener: Opener,
+    /// `None`: a plaintext udp link.
+    pub(super) opener: Option<Opener>,
+    pub(super) mtu: u16,
     /// The main loop forgot the link: the socket closes once its receive is no longer armed.
     forgotten: bool,
 }
@@ -49,6 +51,7 @@ impl WorkerThread {
             local,
             socket,
             opener,
+            mtu,
         } = receive;
         let slot = match self.receiving.iter().position(Option::is_none) {
             Some(slot) => slot,
@@ -75,11 +78,12 @@ impl WorkerThread {
             local,
             socket,
             opener,
+            mtu,
             forgotten: false,
         });
     }
 
-    fn slot_of(&self, link: LinkId) -> Option<usize> {
+    pub(super) fn slot_of(&self, link: LinkId) -> Option<usize> {
         self.receiving
             .iter()
             .position(|r| r.as_ref().is_some_and(|r| r.link == link && !r.forgotten))
@@ -99,17 +103,27 @@ impl WorkerThread {
         }
     }
 
-    /// Gives a receiving direction back to the main loop's association.
-    fn give_back(&mut self, link: LinkId, mut opener: Opener) {
-        opener.flush_counts();
+    /// Gives a link back to the main loop (with its receiving direction, for the association
+    /// of a DTLS link).
+    fn give_back(&mut self, link: LinkId, mut opener: Option<Opener>) {
+        if let Some(opener) = opener.as_mut() {
+            opener.flush_counts();
+        }
         self.pass_to_main(FromWorker::Returned {
             link,
-            opener: Box::new(opener),
+            opener: opener.map(Box::new),
         });
     }
 
-    /// Gives every link back (the thread ends; its sockets close with it).
+    /// Gives every link back (the thread ends; its sockets close with it), also the links the
+    /// main loop handed over that the thread had not taken yet.
     pub(super) fn return_links(&mut self) {
+        while let Ok(message) = self.from_main.try_recv() {
+            if let ToWorker::Receive(receive) = message {
+                let LinkReceive { link, opener, .. } = *receive;
+                self.give_back(link, opener);
+            }
+        }
         for slot in 0..self.receiving.len() {
             if let Some(r) = self.receiving[slot].take()
                 && !r.forgotten
@@ -150,7 +164,16 @@ impl WorkerThread {
         let range = completion.data_range();
         match (completion.buf, range) {
             (Some(buf), Some(range)) if self.slot_of_live(slot) => {
-                self.open_batch(slot, buf, range, completion.segment_size);
+                let plain = self
+                    .receiving
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|r| r.opener.is_none());
+                if plain {
+                    self.receive_plain(slot, buf, range, completion.segment_size);
+                } else {
+                    self.open_batch(slot, buf, range, completion.segment_size);
+                }
             }
             (Some(buf), _) => self.worker.io.free(buf),
             (None, _) => {}
@@ -207,10 +230,13 @@ impl WorkerThread {
             let Some(r) = self.receiving.get_mut(slot).and_then(Option::as_mut) else {
                 break;
             };
-            let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
+            let (Some(opener), Some(datagram)) = (
+                r.opener.as_mut(),
+                self.worker.io.buf_mut(&buf).get_mut(piece.clone()),
+            ) else {
                 break;
             };
-            let opened = r.opener.open(now, datagram);
+            let opened = opener.open(now, datagram);
             let (link, endpoint, remote, local) = (r.link, r.endpoint, r.remote, r.local);
             self.records_opened += opened.data.len() as u64;
             if opened.advanced {
@@ -241,15 +267,20 @@ impl WorkerThread {
             }
         }
         // The counts reach the association once a receive.
-        if let Some(r) = self.receiving.get_mut(slot).and_then(Option::as_mut) {
-            r.opener.flush_counts();
+        if let Some(opener) = self
+            .receiving
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|r| r.opener.as_mut())
+        {
+            opener.flush_counts();
         }
         self.worker.io.free(buf);
     }
 
     /// Routes one link message opened at `buf[r]` from `link`: an IP packet by the snapshot,
     /// anything else to the main loop; `buf` stays the caller's.
-    fn on_opened(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
+    pub(super) fn on_opened(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
         let io = &mut self.worker.io;
         if !io.buf(buf).get(r.clone()).is_some_and(is_ip_packet) {
             let message = io.buf(buf).get(r).unwrap_or_default().to_vec();
@@ -279,7 +310,7 @@ impl WorkerThread {
     /// Writes the packet at `buf[r]` to this thread's TUN queue: a TCP segment merged into
     /// an open super-packet of its flow when the queue takes them (written when the turn
     /// ends), anything else on its own; `buf` stays the caller's.
-    fn write_own_tun(&mut self, buf: &BufId, r: Range<usize>) {
+    pub(super) fn write_own_tun(&mut self, buf: &BufId, r: Range<usize>) {
         let coalescable = self.vnet
             && self
                 .worker
@@ -370,12 +401,8 @@ impl WorkerThread {
         if coalescer.segments() > 1 {
             self.worker.offload_counters.tun_super_packets_written += 1;
         }
-        self.worker.io.write(
-            self.tun.fd(),
-            Token(TOKEN_TUN_WRITE),
-            buf,
-            start..start + len,
-        );
+        self.worker
+            .write_tun(self.tun.fd(), buf, start..start + len);
     }
 
     /// Writes the packet at `buf[r]` to this thread's TUN queue on its own (behind an empty
@@ -401,63 +428,29 @@ impl WorkerThread {
             }
         };
         if written {
-            io.write(self.tun.fd(), Token(TOKEN_TUN_WRITE), out, start..end);
+            self.worker.write_tun(self.tun.fd(), out, start..end);
         } else {
             io.free(out);
             self.worker.forwarder.count_drop(DropReason::Malformed);
         }
     }
 
-    /// Sends the packet at `buf[r]` on `link`: into the link's batch of records for a DTLS
-    /// link (`transit`), else from a buffer of its own; `buf` stays the caller's.
+    /// Sends the packet at `buf[r]` on `link`: into the link's batch for a DTLS or plaintext
+    /// udp link (`transit`), else to the main loop; `buf` stays the caller's.
     fn send_on(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
         if self.batch_transit(link, buf, r.clone()) {
             return;
         }
-        let offset = match self.links.get(&link) {
-            Some(LinkSend::Dtls { sealer, .. }) => sealer.payload_offset(),
-            Some(LinkSend::Plain { .. }) => 0,
-            None => {
-                let packet = self.worker.io.buf(buf).get(r).unwrap_or_default().to_vec();
-                self.hand_to_main(FromWorker::ToLink {
-                    link,
-                    packet,
-                    header: None,
-                });
-                return;
-            }
-        };
-        let io = &mut self.worker.io;
-        let Some(out) = io.alloc() else {
-            self.worker.forwarder.count_drop(DropReason::LinkCongested);
-            return;
-        };
-        let start = io.pool().headroom() + offset;
-        let packet = start..start + r.len();
-        let copied = {
-            let (from, to) = io.buf_pair(buf, &out);
-            match (from.get(r), to.get_mut(packet.clone())) {
-                (Some(p), Some(slot)) => {
-                    slot.copy_from_slice(p);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if !copied {
-            io.free(out);
-            self.worker.forwarder.count_drop(DropReason::TooBig);
-            return;
-        }
-        if offset == 0 && matches!(self.links.get(&link), Some(LinkSend::Plain { .. })) {
-            self.send_plain(link, out, packet);
-        } else {
-            self.seal_one(link, out, packet);
-        }
+        let packet = self.worker.io.buf(buf).get(r).unwrap_or_default().to_vec();
+        self.hand_to_main(FromWorker::ToLink {
+            link,
+            packet,
+            header: None,
+        });
     }
 
     /// Hands a received message to the main loop; counts it when the channel is full.
-    fn pass_to_main(&mut self, message: FromWorker) {
+    pub(super) fn pass_to_main(&mut self, message: FromWorker) {
         match self.to_main.try_send(message) {
             Ok(()) => {
                 self.woke_main = true;

@@ -34,6 +34,13 @@ pub(super) struct WorkerThread {
     pub(super) received_for_main: u64,
     /// Records for DTLS links being batched for one GSO send each (see `transit`).
     pub(super) transit: Vec<transit::TransitBatch>,
+    /// Copies of [`Shared::fastpath`] and [`Shared::tun_mtu`], taken once per turn.
+    pub(super) fastpath: bool,
+    pub(super) tun_mtu: u16,
+    /// Plaintext udp data datagrams received here.
+    pub(super) datagrams_received: u64,
+    /// What the plaintext udp receive counted since the last report (`receive_plain`).
+    pub(super) plain_counters: PlainUdpCounters,
 }
 
 impl WorkerThread {
@@ -80,6 +87,9 @@ impl WorkerThread {
                 self.links = (*links).clone();
             }
             self.hairpin = self.shared.hairpin.load(Ordering::Relaxed);
+            self.fastpath = self.shared.fastpath.load(Ordering::Relaxed);
+            self.tun_mtu =
+                u16::try_from(self.shared.tun_mtu.load(Ordering::Relaxed)).unwrap_or(u16::MAX);
             self.take_from_main()?;
             for completion in completions.drain(..) {
                 self.handle(completion)?;
@@ -139,6 +149,7 @@ impl WorkerThread {
                     self.worker.io.free(buf);
                 }
             }
+            (OpKind::Write, TOKEN_TUN_WRITE) => self.worker.tun_written(completion),
             _ => {
                 if let Some(buf) = completion.buf {
                     self.worker.io.free(buf);
@@ -174,6 +185,7 @@ impl WorkerThread {
             status.handed_to_main = self.handed_to_main;
             status.records_opened = self.records_opened;
             status.received_for_main = self.received_for_main;
+            status.datagrams_received = self.datagrams_received;
             status.receive_links = self.receiving.iter().flatten().count() as u64;
             let usage = self.worker.io.usage();
             status.buffers_peak = usage.peak_in_use as u64;
@@ -184,10 +196,12 @@ impl WorkerThread {
         }
         let report = std::mem::take(self.worker.forwarder.report_mut());
         let offload = std::mem::take(&mut self.worker.offload_counters);
+        let plain = std::mem::take(&mut self.plain_counters);
         let _ = self.to_main.try_send(FromWorker::Report {
             index: self.index,
             report,
             offload,
+            plain,
         });
         self.woke_main = true;
         if last {

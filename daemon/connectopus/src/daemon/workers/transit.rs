@@ -3,6 +3,8 @@
 //! sealed together when the batch is full or the turn ends (one reservation of sequence
 //! numbers, one atomic add, for the whole batch), then sent with one UDP GSO `sendmsg`. So a
 //! transit node keeps the batching of its ends, as the main loop does (`dtls_batch`).
+//! Packets that leave on a plaintext udp link are batched the same way, back to back without
+//! a record around them (each datagram is the packet).
 //!
 //! UDP GSO needs every datagram of a send but the last to have the same length: a batch takes
 //! packets of its first packet's length; a shorter one ends it, a longer one starts a new one.
@@ -24,13 +26,15 @@ pub(super) struct TransitBatch {
 }
 
 impl WorkerThread {
-    /// Copies the packet at `src[r]` into the open batch of DTLS link `link` (opening one);
-    /// false when `link` is not a DTLS link this thread seals for. `src` stays the caller's.
+    /// Copies the packet at `src[r]` into the open batch of DTLS or plaintext udp link `link`
+    /// (opening one); false when `link` is not a link this thread sends on. `src` stays the
+    /// caller's.
     pub(super) fn batch_transit(&mut self, link: LinkId, src: &BufId, r: Range<usize>) -> bool {
-        let Some(LinkSend::Dtls { sealer, .. }) = self.links.get(&link) else {
-            return false;
+        let (offset, overhead) = match self.links.get(&link) {
+            Some(LinkSend::Dtls { sealer, .. }) => (sealer.payload_offset(), sealer.overhead()),
+            Some(LinkSend::Plain { .. }) => (0, 0),
+            None => return false,
         };
-        let (offset, overhead) = (sealer.payload_offset(), sealer.overhead());
         let len = r.len();
         let start = self.worker.io.pool().headroom();
         if let Some(i) = self.transit.iter().position(|b| b.link == link) {
@@ -99,7 +103,8 @@ impl WorkerThread {
         true
     }
 
-    /// Seals the records of a batch where they lie and sends them with one `sendmsg`.
+    /// Seals the records of a batch where they lie (for a DTLS link) and sends them with one
+    /// `sendmsg`.
     fn send_transit(&mut self, batch: TransitBatch) {
         let TransitBatch {
             link,
@@ -109,6 +114,30 @@ impl WorkerThread {
             count,
             ..
         } = batch;
+        if let Some(LinkSend::Plain {
+            socket,
+            endpoint,
+            remote,
+            source,
+        }) = self.links.get(&link)
+        {
+            if count > 1 {
+                self.worker.offload_counters.udp_gso_sends += 1;
+            }
+            let start = self.worker.io.pool().headroom();
+            self.worker.io.send_to(
+                socket.as_raw_fd(),
+                Token(TOKEN_UDP_SEND | *endpoint as u64),
+                uring_io::Transmit {
+                    destination: *remote,
+                    buf,
+                    range: start..start + (count - 1) * payload + last,
+                    segment_size: (count > 1).then_some(payload as u16),
+                    source: *source,
+                },
+            );
+            return;
+        }
         let Some(LinkSend::Dtls {
             socket,
             endpoint,
