@@ -402,6 +402,27 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
                 )
             },
         )?;
+        // `status` and the metrics name the plane on every node, with its mirror and origin.
+        for (i, n) in nodes.iter().enumerate() {
+            let status = mesh.status(n)?;
+            let plane = &status["mesh_prefixes"][0];
+            ensure!(
+                plane["prefix"] == "2001:db8:100::/64"
+                    && plane["delegated"] == "2001:db8:100::/56"
+                    && plane["origin_name"] == "gw"
+                    && plane["state"] == "active"
+                    && plane["mirror"] == mirror(i as u16).to_string(),
+                "{n}'s status: {}",
+                status["mesh_prefixes"]
+            );
+            let text = mesh.status_text(n)?;
+            ensure!(
+                text.contains(
+                    "mesh prefix 2001:db8:100::/64 from gw (delegated 2001:db8:100::/56), active"
+                ),
+                "{n}'s status text: {text}"
+            );
+        }
         let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
         let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
         ensure!(
@@ -447,9 +468,28 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
         let result = ping6(topo.ns("c"), mirror(0), 3, 56, &[])?;
         ensure!(result.received > 0, "c → gw after the restart: {result:?}");
 
-        // Kea stops: gw Rebinds in vain until the valid lifetime (14 s) ends, and then every
-        // node takes its mirror off.
+        // Kea stops: gw Rebinds in vain; at the preferred lifetime's end (10 s) every node
+        // deprecates its mirror (preferred_lft 0: kept for existing connections, not chosen as
+        // a source), and when the valid lifetime (14 s) ends it takes it off.
         kea.terminate()?;
+        let deprecated = |i: usize, n: &str| {
+            addresses(topo.ns(n)).lines().any(|l| {
+                l.contains(&format!("{}/64", mirror(i as u16))) && l.contains("deprecated")
+            })
+        };
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes.iter().enumerate().all(|(i, n)| deprecated(i, n))
+        })
+        .with_context(|| {
+            format!(
+                "not every mirror deprecated at the preferred lifetime's end:\n{}",
+                nodes
+                    .iter()
+                    .map(|n| format!("{n}: {}", addresses(topo.ns(n))))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
         let none_mirrored = || {
             nodes
                 .iter()

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use connectopus_config::MeshConfig;
+use connectopus_core::Time;
 use connectopus_core::node::{Delegation, MeshPrefix, MeshPrefixConfig};
 use connectopus_dhcp6::{PdEvent, PdState};
 use connectopus_wire::Prefix;
@@ -145,10 +146,11 @@ pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender) -> Result<()> 
     Ok(())
 }
 
-/// The mirror addresses on the node's own TUN device, by plane.
+/// The mirror addresses on the node's own TUN device, by plane, and whether each is
+/// deprecated (preferred lifetime 0: the plane is being renumbered away or ends soon).
 #[derive(Debug, Default)]
 pub(super) struct MirrorAddresses {
-    applied: BTreeMap<Prefix, Ipv6Addr>,
+    applied: BTreeMap<Prefix, (Ipv6Addr, bool)>,
 }
 
 impl Daemon {
@@ -171,7 +173,32 @@ impl Daemon {
         }
     }
 
-    /// Puts φ(own) of every live plane on the own TUN device and takes withdrawn ones off.
+    /// The planes for `status`.
+    pub(super) fn mesh_prefix_report(
+        &self,
+        now: Time,
+        name_of: impl Fn(Ipv6Addr) -> Option<String>,
+    ) -> Vec<crate::control::MeshPrefixReport> {
+        let own = self.node.address();
+        self.node
+            .mesh_prefixes()
+            .iter()
+            .map(|p| crate::control::MeshPrefixReport {
+                prefix: p.prefix.to_string(),
+                delegated: p.delegated.to_string(),
+                origin: p.origin.to_string(),
+                origin_name: name_of(p.origin),
+                state: if p.deprecated { "deprecated" } else { "active" }.to_owned(),
+                valid_for_secs: p.valid_until.saturating_since(now).as_secs_f64(),
+                mirror: (!own.is_unspecified()).then(|| p.mirror(own).to_string()),
+            })
+            .collect()
+    }
+
+    /// Puts φ(own) of every live plane on the own TUN device and takes withdrawn ones off; the
+    /// mirror of a deprecated plane gets preferred lifetime 0, so the kernel keeps it for the
+    /// connections that use it but picks another source for new ones (§2.4 of
+    /// docs/dynamic-mesh.md).
     pub(super) fn apply_mesh_prefixes(&mut self, planes: &[MeshPrefix]) {
         log_planes(planes);
         let Some(tun) = self.tuns.get(0).map(|t| t.name().to_owned()) else {
@@ -184,8 +211,10 @@ impl Daemon {
         } else {
             planes
         };
-        let want: BTreeMap<Prefix, Ipv6Addr> =
-            planes.iter().map(|p| (p.prefix, p.mirror(own))).collect();
+        let want: BTreeMap<Prefix, (Ipv6Addr, bool)> = planes
+            .iter()
+            .map(|p| (p.prefix, (p.mirror(own), p.deprecated)))
+            .collect();
         let mut netlink = match connectopus_netlink::Netlink::open() {
             Ok(n) => n,
             Err(error) => {
@@ -197,8 +226,8 @@ impl Daemon {
             .mesh_addresses
             .applied
             .iter()
-            .filter(|(plane, addr)| want.get(plane) != Some(addr))
-            .map(|(p, a)| (*p, *a))
+            .filter(|(plane, (addr, _))| want.get(plane).map(|w| w.0) != Some(*addr))
+            .map(|(p, (a, _))| (*p, *a))
             .collect();
         for (plane, addr) in stale {
             match netlink.delete_address(tun.as_str(), IpAddr::V6(addr), plane.len()) {
@@ -208,19 +237,32 @@ impl Daemon {
             }
             self.mesh_addresses.applied.remove(&plane);
         }
-        for (plane, addr) in want {
-            if self.mesh_addresses.applied.get(&plane) == Some(&addr) {
+        for (plane, (addr, deprecated)) in want {
+            let before = self.mesh_addresses.applied.get(&plane).copied();
+            if before == Some((addr, deprecated)) {
                 continue;
             }
-            match netlink.add_address(tun.as_str(), IpAddr::V6(addr), plane.len(), true) {
-                Ok(()) => tracing::info!(%addr, %tun, "mirror address added"),
-                Err(error) if error.is_exists() => {}
+            // Adds the address when it is not there, else changes its preferred lifetime.
+            match netlink.set_address_deprecated(
+                tun.as_str(),
+                IpAddr::V6(addr),
+                plane.len(),
+                true,
+                deprecated,
+            ) {
+                Ok(()) if before.is_none() => {
+                    tracing::info!(%addr, %tun, deprecated, "mirror address added");
+                }
+                Ok(()) if deprecated => tracing::info!(%addr, %tun, "mirror address deprecated"),
+                Ok(()) => tracing::info!(%addr, %tun, "mirror address preferred again"),
                 Err(error) => {
                     tracing::warn!(%error, "adding a mirror address");
                     continue;
                 }
             }
-            self.mesh_addresses.applied.insert(plane, addr);
+            self.mesh_addresses
+                .applied
+                .insert(plane, (addr, deprecated));
         }
     }
 }
