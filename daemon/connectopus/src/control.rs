@@ -573,7 +573,10 @@ pub struct LeaseReport {
     /// The issuer's active leases.
     #[serde(default)]
     pub leases: Option<u64>,
-    /// Lease tables written to `<config>.leases`, and failed writes.
+    /// Lease tables handed to the writer thread, written to `<config>.leases`, and failed
+    /// writes (each retry counts).
+    #[serde(default)]
+    pub tables_submitted: u64,
     #[serde(default)]
     pub tables_written: u64,
     #[serde(default)]

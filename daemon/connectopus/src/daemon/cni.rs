@@ -31,8 +31,9 @@ pub(super) mod code {
 }
 
 /// How long an answer may wait for its lease table to be written before the plugin is told
-/// to try again (the write failed; the next change writes it again). The loop wakes at least
-/// once a second, which checks it.
+/// to try again (the `lease-writer` thread keeps failing, or the disk is that slow; the thread
+/// goes on retrying, and the plugin's next ADD gets the lease once it is written). The loop
+/// wakes at least once a second, which checks it.
 const PERSIST_WAIT: Duration = Duration::from_secs(10);
 
 /// An answer waiting for the lease table of `generation` to be written.
@@ -80,7 +81,7 @@ fn key(network: &str, container_id: &str, ifname: &str) -> ContainerKey {
 
 /// Longest network name and container id the node keeps (they are stored in the lease table
 /// and on disk; runtimes use 64 hex digits for ids).
-const MAX_KEY_PART: usize = 256;
+pub(super) const MAX_KEY_PART: usize = 256;
 
 /// Why a request's key cannot be a container's: an empty or overlong network or container id,
 /// or an interface name the kernel would not take (code 7, as for a bad configuration).

@@ -5,17 +5,17 @@
 //! address on the TUN device ([`Command::SetAddress`]). The core decides; this only does I/O.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
 use connectopus_core::identity::{NodeKey, hex};
 use connectopus_core::lease_issuer::{IssuerConfig, JoinPolicy, NamePattern};
-use connectopus_core::lease_table::{LeaseTableConfig, PersistedLease, PersistedLeases};
+use connectopus_core::lease_table::{LeaseTableConfig, PersistedLeases};
 use connectopus_core::node::{IssuerSetup, IssuerStart};
 use connectopus_wire::Prefix;
-use serde::{Deserialize, Serialize};
 
+use super::lease_file::decode;
+use super::lease_writer::{LeaseWriter, WriterReport};
 use super::*;
 
 /// What `connectopus node --ephemeral NAME` adds to a node's options.
@@ -196,174 +196,16 @@ pub(super) fn load_seed(path: &Path) -> Result<NodeKey> {
     Ok(NodeKey::from_seed(&seed))
 }
 
-/// `<config>.leases` on disk (JSON).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseFile {
-    version: u32,
-    pool: String,
-    next_epoch: u64,
-    leases: Vec<LeaseEntry>,
-    hold_down: Vec<HoldDownEntry>,
-    quarantine_until_unix_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseEntry {
-    address: Ipv6Addr,
-    /// The holder's ed25519 key, hex.
-    key: String,
-    name: String,
-    epoch: u64,
-    renewal: u32,
-    expires_unix_ms: u64,
-    /// A container's lease: its CNI key (absent for ephemeral nodes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    container: Option<ContainerEntry>,
-}
-
-/// The CNI key of a container's lease.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContainerEntry {
-    network: String,
-    container_id: String,
-    ifname: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldDownEntry {
-    address: Ipv6Addr,
-    until_unix_ms: u64,
-}
-
-/// Encodes a table as `<config>.leases` holds it.
-pub(super) fn encode(table: &PersistedLeases) -> Vec<u8> {
-    let file = LeaseFile {
-        version: 1,
-        pool: table.pool.to_string(),
-        next_epoch: table.next_epoch,
-        leases: table
-            .leases
-            .iter()
-            .map(|l| LeaseEntry {
-                address: l.address,
-                key: hex(&l.key),
-                name: l.name.clone(),
-                epoch: l.epoch,
-                renewal: l.renewal,
-                expires_unix_ms: l.expires_unix_ms,
-                container: l.container.as_ref().map(|c| ContainerEntry {
-                    network: c.network.clone(),
-                    container_id: c.container_id.clone(),
-                    ifname: c.ifname.clone(),
-                }),
-            })
-            .collect(),
-        hold_down: table
-            .hold_down
-            .iter()
-            .map(|(address, until)| HoldDownEntry {
-                address: *address,
-                until_unix_ms: *until,
-            })
-            .collect(),
-        quarantine_until_unix_ms: table.quarantine_until_unix_ms,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Decodes `<config>.leases`; any error means the table is lost.
-pub(super) fn decode(bytes: &[u8]) -> Result<PersistedLeases> {
-    let file: LeaseFile = serde_json::from_slice(bytes).context("not a lease table")?;
-    if file.version != 1 {
-        anyhow::bail!("lease table version {} is unknown", file.version);
-    }
-    let pool = parse_prefix(&file.pool)?;
-    let mut leases = Vec::with_capacity(file.leases.len());
-    for l in file.leases {
-        leases.push(PersistedLease {
-            address: l.address,
-            key: parse_key(&l.key)?,
-            name: l.name,
-            epoch: l.epoch,
-            renewal: l.renewal,
-            expires_unix_ms: l.expires_unix_ms,
-            container: l
-                .container
-                .map(|c| connectopus_core::lease_table::ContainerKey {
-                    network: c.network,
-                    container_id: c.container_id,
-                    ifname: c.ifname,
-                }),
-        });
-    }
-    Ok(PersistedLeases {
-        pool,
-        next_epoch: file.next_epoch,
-        leases,
-        hold_down: file
-            .hold_down
-            .into_iter()
-            .map(|h| (h.address, h.until_unix_ms))
-            .collect(),
-        quarantine_until_unix_ms: file.quarantine_until_unix_ms,
-    })
-}
-
-fn parse_prefix(text: &str) -> Result<Prefix> {
-    let (addr, len) = text
-        .split_once('/')
-        .with_context(|| format!("pool `{text}` is not a prefix"))?;
-    let addr: Ipv6Addr = addr.parse().with_context(|| format!("pool `{text}`"))?;
-    let len: u8 = len.parse().with_context(|| format!("pool `{text}`"))?;
-    Prefix::new(addr, len).map_err(|e| anyhow::anyhow!("pool `{text}`: {e:?}"))
-}
-
-fn parse_key(text: &str) -> Result<[u8; 32]> {
-    let mut key = [0u8; 32];
-    if text.len() != 64 || !text.is_ascii() {
-        anyhow::bail!("holder key `{text}` is not 64 hex digits");
-    }
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .with_context(|| format!("holder key `{text}` is not hex"))?;
-    }
-    Ok(key)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, then
-/// fsync of the directory.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// The driver's lease state: the newest table waiting to be written, and the ephemeral node's
-/// address as the TUN device carries it.
+/// The driver's lease state: the newest table waiting to be handed to the writer thread, and
+/// the ephemeral node's address as the TUN device carries it.
 #[derive(Debug, Default)]
 pub(super) struct LeaseDriver {
     /// The newest `PersistLeases` of this turn (older ones are superseded).
     pending: Option<(u64, Arc<PersistedLeases>)>,
     /// Where the table goes.
     path: Option<PathBuf>,
+    /// The `lease-writer` thread, started with the first table.
+    writer: Option<LeaseWriter>,
     /// Tables written, and failed writes.
     pub(super) written: u64,
     pub(super) write_errors: u64,
@@ -385,11 +227,17 @@ impl LeaseDriver {
             self.pending = Some((generation, table));
         }
     }
+
+    /// Tables handed to the writer thread.
+    pub(super) fn submitted(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.submitted)
+    }
 }
 
 impl Daemon {
-    /// Writes the newest queued lease table, then lets the core answer the grants it records.
-    /// Called once per loop turn, so a burst of joins costs one fsync.
+    /// Hands the newest lease table of the turn to the `lease-writer` thread (never waits for
+    /// the disk); the core answers the grants and renewals it records when the thread reports
+    /// it durable ([`Daemon::on_lease_writer`]).
     pub(super) fn persist_leases(&mut self) {
         let Some((generation, table)) = self.leases.pending.take() else {
             return;
@@ -397,17 +245,48 @@ impl Daemon {
         let Some(path) = self.leases.path.clone() else {
             return;
         };
-        match write_atomically(&path, &encode(&table)) {
-            Ok(()) => {
+        if self.leases.writer.is_none() {
+            let to_loop = self.to_loop.clone();
+            match LeaseWriter::spawn(
+                super::lease_file::encode,
+                LeaseWriter::file_writer(path.clone()),
+                Box::new(move |report| to_loop.send(LoopMessage::LeaseWriter(report))),
+            ) {
+                Ok(writer) => self.leases.writer = Some(writer),
+                Err(error) => {
+                    // The grants stay unanswered (joiners retry); the next change tries again.
+                    self.leases.write_errors += 1;
+                    tracing::warn!(path = %path.display(), error = %format!("{error:#}"), generation, "cannot write the lease table");
+                    return;
+                }
+            }
+        }
+        if let Some(writer) = self.leases.writer.as_mut() {
+            writer.submit(generation, table);
+        }
+    }
+
+    /// The writer thread wrote a table (the core answers what it records), or failed to (it
+    /// tries again by itself).
+    pub(super) fn on_lease_writer(&mut self, report: WriterReport) {
+        match report {
+            WriterReport::Persisted(generation) => {
                 self.leases.written += 1;
                 let now = self.now();
                 self.node.leases_persisted(now, generation);
                 self.drain_node();
             }
-            Err(error) => {
-                // The grants stay unanswered (joiners retry); the next change tries again.
+            WriterReport::Failed {
+                generation,
+                error,
+                retry_in,
+            } => {
                 self.leases.write_errors += 1;
-                tracing::warn!(path = %path.display(), %error, generation, "cannot write the lease table");
+                // Retries of one failure double their wait: log the first few, then seldom.
+                if self.leases.write_errors <= 3 || self.leases.write_errors.is_power_of_two() {
+                    let path = self.leases.path.as_deref().map(Path::display);
+                    tracing::warn!(path = ?path.map(|p| p.to_string()), %error, generation, retry_in_ms = retry_in.as_millis() as u64, errors = self.leases.write_errors, "cannot write the lease table; trying again");
+                }
             }
         }
     }
@@ -453,7 +332,7 @@ impl Daemon {
                 }
             }
             self.dns = dns::Dns::start(&self.config, &self.id, address, Some(&tun));
-            self.dns.update(&self.node);
+            self.dns.update(&self.node, &self.config.global.subnet);
         }
         self.leases.address = Some((address, expires));
     }
@@ -465,6 +344,7 @@ impl Daemon {
         use connectopus_core::lease_holder::HolderState;
         let mut report = control::LeaseReport {
             tables_written: self.leases.written,
+            tables_submitted: self.leases.submitted(),
             table_write_errors: self.leases.write_errors,
             ..control::LeaseReport::default()
         };
@@ -519,7 +399,9 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lease_file::{encode, write_atomically};
     use super::*;
+    use connectopus_core::lease_table::PersistedLease;
 
     fn table() -> PersistedLeases {
         PersistedLeases {
@@ -532,57 +414,12 @@ mod tests {
                 epoch: 1_796_556_438_859_683_087,
                 renewal: 3,
                 expires_unix_ms: 1_796_556_460_961,
+                renew_xid: None,
                 container: None,
             }],
             hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
             quarantine_until_unix_ms: Some(1_796_556_480_000),
-        }
-    }
-
-    #[test]
-    fn the_lease_file_round_trips() {
-        let mut t = table();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
-        // With a container's lease, whose key the file names; a file without `container`
-        // entries (before containers) reads as ephemeral leases.
-        t.leases.push(PersistedLease {
-            address: "fd00:cafe:0:e1::8".parse().unwrap(),
-            key: [0xcd; 32],
-            name: "web-1".to_owned(),
-            epoch: 1_796_556_438_859_683_086,
-            renewal: 0,
-            expires_unix_ms: 1_796_556_460_000,
-            container: Some(connectopus_core::lease_table::ContainerKey {
-                network: "mesh".to_owned(),
-                container_id: "0123456789abcdef".to_owned(),
-                ifname: "eth0".to_owned(),
-            }),
-        });
-        let text = String::from_utf8(encode(&t)).unwrap();
-        assert!(
-            text.contains("\"container_id\": \"0123456789abcdef\""),
-            "{text}"
-        );
-        assert_eq!(decode(text.as_bytes()).unwrap(), t);
-        assert_eq!(text.matches("\"container\"").count(), 1, "{text}");
-    }
-
-    #[test]
-    fn a_damaged_lease_file_is_refused_not_half_read() {
-        let bytes = encode(&table());
-        let text = String::from_utf8(bytes.clone()).unwrap();
-        for bad in [
-            bytes[..bytes.len() / 2].to_vec(),
-            text.replace("\"version\": 1", "\"version\": 2")
-                .into_bytes(),
-            text.replace("abab", "zzzz").into_bytes(),
-            text.replace("/112", "/129").into_bytes(),
-            text.replace("\"renewal\": 3", "\"renewal\": -3")
-                .into_bytes(),
-            b"".to_vec(),
-            b"null".to_vec(),
-        ] {
-            assert!(decode(&bad).is_err(), "{}", String::from_utf8_lossy(&bad));
+            written_unix_ms: 1_796_556_440_961,
         }
     }
 
@@ -605,6 +442,57 @@ mod tests {
         assert!(matches!(issuer_start(&config, other), IssuerStart::Lost));
         std::fs::write(leases_path(&config), b"{\"version\": 1").unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn a_restart_from_the_file_keeps_container_leases_whatever_the_clock() {
+        use connectopus_core::lease_table::{ContainerKey, LeaseTable};
+        let dir = std::env::temp_dir().join(format!("cx-leases-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("mesh.yml");
+        let table_config = LeaseTableConfig {
+            pool: table().pool,
+            lease: Duration::from_secs(20),
+            grace: Duration::from_secs(7),
+        };
+        let web = ContainerKey {
+            network: "mesh".to_owned(),
+            container_id: "0123456789abcdef".repeat(4),
+            ifname: "eth0".to_owned(),
+        };
+        let at = |secs: u64| Time::from_duration(Duration::from_secs(secs));
+        let mut t = LeaseTable::new(table_config, 1_796_556_438_859_683_087);
+        let (lease, _) = t.attach_container(at(1), &web, "web", |_| false).unwrap();
+        let written_unix_ms = 1_796_556_440_961;
+        write_atomically(
+            &leases_path(&config),
+            &encode(&t.persisted(at(2), written_unix_ms)),
+        )
+        .unwrap();
+        let IssuerStart::Persisted(p) = issuer_start(&config, table_config.pool) else {
+            panic!("the table with a container's lease was not loaded");
+        };
+        // Started a month later, and with the clock a day behind the write: the container
+        // keeps its address and name, and no amount of time expires it.
+        let day_ms = 24 * 3600 * 1000;
+        for unix_ms in [written_unix_ms + 30 * day_ms, written_unix_ms - day_ms] {
+            let mut restored = LeaseTable::restore(table_config, Some(&p), 1, at(5), unix_ms);
+            let kept = restored
+                .container_lease(&web)
+                .expect("container lease kept");
+            assert_eq!((kept.address, kept.name.as_str()), (lease.address, "web"));
+            assert!(restored.expire(at(5 + 365 * 24 * 3600)).is_empty());
+            assert!(restored.container_lease(&web).is_some());
+            // Written again by the restarted node, it still loads.
+            let again = encode(&restored.persisted(at(6), unix_ms));
+            assert_eq!(
+                super::super::lease_file::decode(&again)
+                    .unwrap()
+                    .leases
+                    .len(),
+                1
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -21,7 +21,8 @@ impl LeaseIssuer {
         let (lease, existing) = self.table.attach_container(now, container, name, busy)?;
         if existing {
             if self.persisted < self.container_wait {
-                // Asked again while its table is not written (a failed write): ask again.
+                // Asked again while its table is not written: ask again (the driver's writer
+                // retries a failed write itself; this covers a table it could not take).
                 self.persist_requested = self.persisted;
             }
         } else {

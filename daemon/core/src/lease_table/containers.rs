@@ -178,9 +178,13 @@ mod tests {
             .attach_container(at(0), &c("a"), "web", |_| false)
             .unwrap();
         let persisted = t.persisted(at(5), 1_000_000);
-        let restored = LeaseTable::restore(*t.config(), Some(&persisted), 1, at(100), 9_000_000);
+        let mut restored =
+            LeaseTable::restore(*t.config(), Some(&persisted), 1, at(100), 9_000_000);
         let lease = restored.container_lease(&c("a")).unwrap();
         assert_eq!((lease.address, lease.name.as_str()), (a.address, "web"));
+        // Restored leases expire by their persisted times; a container's never does.
+        assert!(restored.expire(at(1_000_000)).is_empty());
+        assert_eq!(restored.next_deadline(), None);
         let mut lost = LeaseTable::restore(*t.config(), None, 1, at(100), 9_000_000);
         assert!(matches!(
             lost.attach_container(at(100), &c("a"), "web", |_| false),
