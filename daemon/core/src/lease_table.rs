@@ -396,7 +396,12 @@ impl LeaseTable {
             self.generation += 1;
             return Ok(lease.clone());
         }
-        if self.quarantined(now).is_none() || self.lease_of(&key).is_some() {
+        // Re-adopted only into a table that knows neither the key nor the name: two leases of
+        // one name would make the table refuse its own file at the next start.
+        if self.quarantined(now).is_none()
+            || self.lease_of(&key).is_some()
+            || self.leases.values().any(|l| l.name == name)
+        {
             return Err(RenewError::UnknownLease);
         }
         let lease = Lease {

@@ -63,7 +63,7 @@ struct HoldDownEntry {
 }
 
 /// Encodes a table as `<config>.leases` holds it.
-pub(crate) fn encode(table: &PersistedLeases) -> Vec<u8> {
+pub(crate) fn encode(table: &PersistedLeases) -> std::io::Result<Vec<u8>> {
     let file = LeaseFile {
         version: 1,
         pool: table.pool.to_string(),
@@ -97,9 +97,9 @@ pub(crate) fn encode(table: &PersistedLeases) -> Vec<u8> {
         quarantine_until_unix_ms: table.quarantine_until_unix_ms,
         written_unix_ms: table.written_unix_ms,
     };
-    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    let mut bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    bytes
+    Ok(bytes)
 }
 
 /// Decodes `<config>.leases` and checks that it is a table this node could have written;
@@ -283,10 +283,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
+    // The rename is durable only once the directory is: a failure here is a failed write (the
+    // writer retries), not a table on disk.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn the_lease_file_round_trips() {
         let t = table();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(decode(&encode(&t).unwrap()).unwrap(), t);
     }
 
     /// The test table with a container's lease beside the joiner's.
@@ -348,7 +348,7 @@ mod tests {
     fn a_lease_file_with_a_container_lease_round_trips_and_passes_the_checks() {
         let t = with_container();
         assert!(validate(&t).is_ok());
-        let text = String::from_utf8(encode(&t)).unwrap();
+        let text = String::from_utf8(encode(&t).unwrap()).unwrap();
         assert!(
             text.contains("\"container_id\": \"0123456789abcdef\""),
             "{text}"
@@ -360,7 +360,7 @@ mod tests {
         // expiry never moves) loads too.
         let mut old = with_container();
         old.leases[1].expires_unix_ms = 0;
-        assert_eq!(decode(&encode(&old)).unwrap(), old);
+        assert_eq!(decode(&encode(&old).unwrap()).unwrap(), old);
     }
 
     #[test]
@@ -426,7 +426,7 @@ mod tests {
         for (what, damage) in cases {
             let mut t = with_container();
             damage(&mut t.leases[1]);
-            let error = decode(&encode(&t)).expect_err(what);
+            let error = decode(&encode(&t).unwrap()).expect_err(what);
             let text = format!("{error:#}");
             assert!(text.contains(what), "expected `{what}` in: {text}");
             assert!(
@@ -437,12 +437,12 @@ mod tests {
         // A joiner's lease is still bounded: the exemption is the container's alone.
         let mut t = with_container();
         t.leases[0].expires_unix_ms = u64::MAX;
-        assert!(decode(&encode(&t)).is_err());
+        assert!(decode(&encode(&t).unwrap()).is_err());
     }
 
     #[test]
     fn a_damaged_lease_file_is_refused_not_half_read() {
-        let bytes = encode(&table());
+        let bytes = encode(&table()).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         for bad in [
             bytes[..bytes.len() / 2].to_vec(),
@@ -535,12 +535,12 @@ mod tests {
         for (what, damage) in cases {
             let mut t = table();
             damage(&mut t);
-            let error = decode(&encode(&t)).expect_err(what);
+            let error = decode(&encode(&t).unwrap()).expect_err(what);
             let text = format!("{error:#}");
             assert!(text.contains(what), "expected `{what}` in: {text}");
         }
         // A file from before `written_unix_ms` and `renew_xid` still loads.
-        let old = String::from_utf8(encode(&good))
+        let old = String::from_utf8(encode(&good).unwrap())
             .unwrap()
             .replace(
                 "\"written_unix_ms\": 1796556440961",

@@ -254,9 +254,12 @@ impl Daemon {
             ) {
                 Ok(writer) => self.leases.writer = Some(writer),
                 Err(error) => {
-                    // The grants stay unanswered (joiners retry); the next change tries again.
+                    // The grants stay unanswered (joiners retry) and the table stays pending:
+                    // the core does not hand out the same generation again, so the next turn
+                    // tries to start the writer with it.
                     self.leases.write_errors += 1;
                     tracing::warn!(path = %path.display(), error = %format!("{error:#}"), generation, "cannot write the lease table");
+                    self.leases.pending = Some((generation, table));
                     return;
                 }
             }
@@ -435,7 +438,7 @@ mod tests {
         // The node ran before (its epoch file exists) but the table is gone: lost.
         std::fs::write(epoch_path(&config), "1\n").unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
-        write_atomically(&leases_path(&config), &encode(&table())).unwrap();
+        write_atomically(&leases_path(&config), &encode(&table()).unwrap()).unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Persisted(t) if t == table()));
         // Another pool's table, or garbage: lost.
         let other = Prefix::new("fd00:cafe:0:e2::".parse().unwrap(), 112).unwrap();
@@ -466,7 +469,7 @@ mod tests {
         let written_unix_ms = 1_796_556_440_961;
         write_atomically(
             &leases_path(&config),
-            &encode(&t.persisted(at(2), written_unix_ms)),
+            &encode(&t.persisted(at(2), written_unix_ms)).unwrap(),
         )
         .unwrap();
         let IssuerStart::Persisted(p) = issuer_start(&config, table_config.pool) else {
@@ -484,7 +487,7 @@ mod tests {
             assert!(restored.expire(at(5 + 365 * 24 * 3600)).is_empty());
             assert!(restored.container_lease(&web).is_some());
             // Written again by the restarted node, it still loads.
-            let again = encode(&restored.persisted(at(6), unix_ms));
+            let again = encode(&restored.persisted(at(6), unix_ms)).unwrap();
             assert_eq!(
                 super::super::lease_file::decode(&again)
                     .unwrap()
