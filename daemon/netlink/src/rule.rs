@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn add_and_delete_requests_parse_back() {
-        let rule = Rule::from_source("2001:db8:100::".parse().unwrap(), 56, 4242).with_priority(900);
+        let rule =
+            Rule::from_source("2001:db8:100::".parse().unwrap(), 56, 4242).with_priority(900);
         for (request, kind) in [
             (rule.add_request(), RTM_NEWRULE),
             (rule.delete_request(), RTM_DELRULE),
