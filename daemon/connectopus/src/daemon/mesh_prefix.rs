@@ -308,7 +308,18 @@ pub(super) fn core_config(config: &MeshConfig) -> Option<MeshPrefixConfig> {
         .iter()
         .filter_map(|d| Some((config.nodes.get(&d.node)?.address, d.use_)))
         .collect();
-    Some(MeshPrefixConfig { subnet, delegators })
+    let egress = config
+        .global
+        .delegated
+        .iter()
+        .filter(|d| d.egress)
+        .filter_map(|d| Some(config.nodes.get(&d.node)?.address))
+        .collect();
+    Some(MeshPrefixConfig {
+        subnet,
+        delegators,
+        egress,
+    })
 }
 
 /// Logs a new set of planes.

@@ -347,6 +347,7 @@ impl Node {
                 cost: Cost(0),
             });
         }
+        prefixes.extend(self.egress_default());
         prefixes
     }
 }
