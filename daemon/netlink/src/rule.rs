@@ -16,6 +16,7 @@ pub const RTM_GETRULE: u16 = 34;
 const FRA_DST: u16 = 1;
 const FRA_SRC: u16 = 2;
 const FRA_PRIORITY: u16 = 6;
+const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
 const FRA_TABLE: u16 = 15;
 
 /// `FR_ACT_TO_TBL`: look the packet up in the rule's table.
@@ -39,6 +40,9 @@ pub struct Rule {
     /// The rule's priority (lower first); none lets the kernel choose when adding and matches
     /// any when deleting.
     pub priority: Option<u32>,
+    /// `suppress_prefixlength`: a route the table gives with a prefix this long or shorter
+    /// is ignored (0: its default route), and the rules after this one are tried.
+    pub suppress_prefix_len: Option<u32>,
     /// `FR_ACT_*`: 1 look up the table.
     pub action: u8,
 }
@@ -52,8 +56,15 @@ impl Rule {
             destination: None,
             table,
             priority: None,
+            suppress_prefix_len: None,
             action: FR_ACT_TO_TBL,
         }
+    }
+
+    /// The same rule with `suppress_prefixlength len`.
+    pub fn suppressing_prefix_len(mut self, len: u32) -> Rule {
+        self.suppress_prefix_len = Some(len);
+        self
     }
 
     /// The same rule at `priority`.
@@ -83,6 +94,7 @@ impl Rule {
             destination: None,
             table: u32::from(fixed[4]),
             priority: None,
+            suppress_prefix_len: None,
             action: fixed[7],
         };
         for attr in attributes(&payload[FIB_RULE_HDR_LEN..]) {
@@ -94,6 +106,11 @@ impl Rule {
                 }
                 FRA_TABLE => rule.table = attr_u32(data, "FRA_TABLE")?,
                 FRA_PRIORITY => rule.priority = Some(attr_u32(data, "FRA_PRIORITY")?),
+                FRA_SUPPRESS_PREFIXLEN => {
+                    // The kernel lists -1 (none) for rules without it.
+                    let len = attr_u32(data, "FRA_SUPPRESS_PREFIXLEN")?;
+                    rule.suppress_prefix_len = (len != u32::MAX).then_some(len);
+                }
                 _ => {}
             }
         }
@@ -132,6 +149,9 @@ impl Rule {
         if let Some(priority) = self.priority {
             r.attr_u32(FRA_PRIORITY, priority);
         }
+        if let Some(len) = self.suppress_prefix_len {
+            r.attr_u32(FRA_SUPPRESS_PREFIXLEN, len);
+        }
         r.attr_u32(FRA_TABLE, self.table);
         r
     }
@@ -160,6 +180,9 @@ impl Rule {
             s.push_str(&format!(" to {a}/{len}"));
         }
         s.push_str(&format!(" lookup {}", self.table));
+        if let Some(len) = self.suppress_prefix_len {
+            s.push_str(&format!(" suppress_prefixlength {len}"));
+        }
         s
     }
 }
@@ -194,6 +217,17 @@ mod tests {
                 let _ = Rule::parse(&p[..cut]);
             }
         }
+        let suppress = Rule::from_source("2001:db8:100::".parse().unwrap(), 56, 254)
+            .with_priority(899)
+            .suppressing_prefix_len(0);
+        let bytes = suppress.add_request().finish(2);
+        let (_, p) = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(p[4], 254);
+        assert_eq!(Rule::parse(p).unwrap().unwrap(), suppress);
+        assert_eq!(
+            suppress.describe(),
+            "899: from 2001:db8:100::/56 lookup 254 suppress_prefixlength 0"
+        );
         let small = Rule::from_source("198.18.0.0".parse().unwrap(), 15, 100);
         let bytes = small.add_request().finish(1);
         let (_, p) = messages(&bytes).next().unwrap().unwrap();
@@ -212,12 +246,14 @@ mod tests {
         let mut r = Request::new(RTM_NEWRULE, 0);
         r.fixed(&[AF_INET6, 0, 0, 0, 255, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0])
             .attr_u32(FRA_TABLE, 255)
+            .attr_u32(FRA_SUPPRESS_PREFIXLEN, u32::MAX)
             .attr_u32(FRA_PRIORITY, 0);
         let bytes = r.finish(1);
         let (_, p) = messages(&bytes).next().unwrap().unwrap();
         let local = Rule::parse(p).unwrap().unwrap();
         assert_eq!(local.source, None);
         assert_eq!((local.table, local.priority), (255, Some(0)));
+        assert_eq!(local.suppress_prefix_len, None);
         // Another family is skipped; a short FRA_SRC or a too long prefix is an error.
         let mut other = Request::new(RTM_NEWRULE, 0);
         other.fixed(&[7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);

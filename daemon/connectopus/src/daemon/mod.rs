@@ -54,6 +54,7 @@ use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
 mod mesh_prefix;
+mod mesh_routes;
 pub(crate) use lease_writer::WriterReport;
 pub use local_datagrams::Outgoing as LocalDatagram;
 pub(crate) use mesh_prefix::PdUpdate;
@@ -195,6 +196,8 @@ struct Daemon {
     threads: Vec<JoinHandle<()>>,
     /// The mirror addresses this node put on its TUN device (`mesh_prefix`).
     mesh_addresses: mesh_prefix::MirrorAddresses,
+    /// The unreachable routes and egress rules of the planes.
+    mesh_routes: mesh_routes::MeshRoutes,
     /// Why the node does not forward: the running configuration no longer contains it.
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
