@@ -489,6 +489,30 @@ fn a_mesh_prefix_with_egress_is_reachable_from_outside_the_mesh() {
         let result = ping6(&rtr, "2001:db8:100:ff::1".parse()?, 2, 56, &[])?;
         ensure!(result.received == 0, "{result:?}");
 
+        // A node that stops takes its rules along; started again, it puts them back.
+        mesh.stop("b")?;
+        ensure!(
+            pool_rules(topo.ns("b")).is_empty(),
+            "b kept its rules after stopping: {:?}",
+            pool_rules(topo.ns("b"))
+        );
+        mesh.start("b")?;
+        mesh.wait_converged(WAIT)?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            pool_rules(topo.ns("b")).len() == 2
+        })
+        .with_context(|| {
+            format!(
+                "b's rules after its restart: {:?}",
+                pool_rules(topo.ns("b"))
+            )
+        })?;
+        let result = ping6(&rtr, mirror(2), 3, 56, &[])?;
+        ensure!(
+            result.received > 0,
+            "rtr → c's mirror after b's restart: {result:?}"
+        );
+
         // Kea stops; past the valid lifetime (14 s) the plane goes, and with it the rules, the
         // egress default routes and gw's unreachable route.
         kea.terminate()?;

@@ -13,7 +13,8 @@
 //!   node writes such packets to its TUN device and the kernel forwards them upstream.
 //!
 //! Rules and routes follow the planes of every `Command::SetMeshPrefixes`; they are removed
-//! when their plane goes and when the daemon stops (the TUN device's own routes go with it).
+//! when their plane goes and when the node stops or re-executes itself (the daemon drops its
+//! [`MeshRoutes`] then; the TUN device's own routes go with the device).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};

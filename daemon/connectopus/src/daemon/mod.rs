@@ -750,6 +750,9 @@ impl Daemon {
         } else {
             self.notify.stopping();
         }
+        // The planes' rules and unreachable routes go now (a re-executed image puts back what
+        // its planes want); the TUN device's routes go with the device.
+        self.mesh_routes = Default::default();
         let now = self.now();
         self.node.shutdown(now);
         self.drain_node();
