@@ -56,11 +56,34 @@ pub fn problems(report: &StatusReport) -> Vec<String> {
             ));
         }
     }
+    if let Some(lease) = &report.lease
+        && lease.pool.is_none()
+        && lease.address.is_none()
+    {
+        problems.push(format!(
+            "ephemeral node {} holds no address yet ({})",
+            report.name, lease.state
+        ));
+    }
+    // A plane being renumbered away is deprecated beside the new one; every plane deprecated
+    // means the delegating node's upstream stopped renewing, and the mesh prefix will go.
+    if !report.mesh_prefixes.is_empty() && report.mesh_prefixes.iter().all(|p| p.state != "active")
+    {
+        let soonest = report
+            .mesh_prefixes
+            .iter()
+            .map(|p| p.valid_for_secs)
+            .fold(f64::INFINITY, f64::min);
+        problems.push(format!(
+            "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in {soonest:.0}s"
+        ));
+    }
     problems
 }
 
-/// `connectopus status --check`: exit 0 only when the node runs and every configured backend
-/// has a session; otherwise one line per problem on stdout and exit 1.
+/// `connectopus status --check`: exit 0 only when the node runs, every configured backend has a
+/// session, an ephemeral node holds its address and not every mesh prefix plane is deprecated;
+/// otherwise one line per problem on stdout and exit 1.
 pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     let path = socket?;
     let report = match control::request(&path, &ControlRequest::Status) {
@@ -90,8 +113,8 @@ pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `connectopus reload`: asks the node to re-read its files and prints what happened.
-/// `connectopus leases`: an issuer's table, one lease per line, soonest end first; an error
+/// `connectopus leases`: an issuer's table, one lease per line, soonest end first (containers'
+/// leases, which do not expire, last); an error
 /// (exit 1) from a node that issues nothing.
 pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
     let mut leases = match control::request(path, &ControlRequest::Leases)? {
@@ -110,7 +133,11 @@ pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
 /// The text of `connectopus leases`.
 fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     use std::fmt::Write as _;
-    leases.sort_by(|a, b| a.expires_in_secs.total_cmp(&b.expires_in_secs));
+    leases.sort_by(|a, b| {
+        (a.container.is_some(), a.expires_in_secs)
+            .partial_cmp(&(b.container.is_some(), b.expires_in_secs))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut out = String::new();
     if leases.is_empty() {
         out.push_str("no active leases\n");
@@ -120,6 +147,14 @@ fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     let name_width = leases.iter().map(|l| l.name.len()).max().unwrap_or(0);
     for l in leases.iter() {
         let key = l.key.get(..16).unwrap_or(&l.key);
+        if let Some(container) = &l.container {
+            let _ = writeln!(
+                out,
+                "{:width$}  {:name_width$}  container {container}  epoch {}",
+                l.address, l.name, l.epoch
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{:width$}  {:name_width$}  expires in {:>5.0}s  epoch {} renewal {}  key {key}…",
@@ -130,6 +165,7 @@ fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     out
 }
 
+/// `connectopus reload`: asks the node to re-read its files and prints what happened.
 pub fn reload(path: &Path) -> Result<ExitCode> {
     let outcome = match control::request(path, &ControlRequest::Reload)? {
         ControlReply::Reloaded(outcome) => outcome,
@@ -242,20 +278,75 @@ mod tests {
             epoch: 3,
             renewal: 1,
             expires_in_secs: secs,
+            container: None,
         };
+        let mut web = entry("fd00:cafe::1:c", "web", 0.0);
+        web.container = Some("mesh/0123abcd/eth0".to_owned());
         let mut leases = vec![
+            web,
             entry("fd00:cafe::1:8", "job-long", 40.0),
             entry("fd00:cafe::1:a", "job", 12.4),
         ];
         let text = render_leases(&mut leases);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].starts_with("fd00:cafe::1:a  job     "), "{text}");
         assert!(
             lines[0].contains("expires in    12s") && lines[0].contains("key abababababababab…")
         );
         assert!(lines[1].starts_with("fd00:cafe::1:8  job-long"), "{text}");
-        assert_eq!(lines[2], "2 active");
+        // A container's lease does not expire: it comes last, with its CNI key.
+        assert_eq!(
+            lines[2], "fd00:cafe::1:c  web       container mesh/0123abcd/eth0  epoch 3",
+            "{text}"
+        );
+        assert_eq!(lines[3], "3 active");
         assert_eq!(render_leases(&mut []), "no active leases\n");
+    }
+
+    #[test]
+    fn an_unbound_ephemeral_node_and_an_all_deprecated_mesh_prefix_are_problems() {
+        let mut r = report(serde_json::json!([]), serde_json::json!([]));
+        assert!(problems(&r).is_empty());
+        r.lease = Some(control::LeaseReport {
+            state: "joining".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(
+            problems(&r),
+            ["ephemeral node baz holds no address yet (joining)"]
+        );
+        r.lease = Some(control::LeaseReport {
+            state: "bound".to_owned(),
+            address: Some("fd00::1:7".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        // An issuer holds no address of its own lease and that is fine.
+        r.lease = Some(control::LeaseReport {
+            state: "issuing".to_owned(),
+            pool: Some("fd00::1:0/112".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        let plane = |prefix: &str, state: &str, valid: f64| control::MeshPrefixReport {
+            prefix: prefix.to_owned(),
+            state: state.to_owned(),
+            valid_for_secs: valid,
+            ..Default::default()
+        };
+        // Renumbering: the old plane deprecated beside an active one.
+        r.mesh_prefixes = vec![
+            plane("2001:db8:100::/64", "deprecated", 30.0),
+            plane("2001:db8:200::/64", "active", 90.0),
+        ];
+        assert!(problems(&r).is_empty());
+        r.mesh_prefixes[1].state = "deprecated".to_owned();
+        assert_eq!(
+            problems(&r),
+            [
+                "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in 30s"
+            ]
+        );
     }
 }

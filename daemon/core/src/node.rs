@@ -38,6 +38,7 @@ use crate::time::Time;
 mod budget;
 mod config;
 mod config_rollout;
+mod containers;
 mod database;
 mod fastpath;
 mod forwarding;
@@ -52,11 +53,14 @@ mod sessions;
 mod sightings;
 mod trust;
 
+pub use crate::lease_table::ContainerKey;
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
+pub use containers::{ContainerError, ContainerLease};
 pub use fastpath::{FastpathEntry, FastpathTarget};
 pub use issuer::{IssuerSetup, IssuerStart};
 pub use mesh_prefix::{
-    Delegation, MeshPrefix, MeshPrefixConfig, MirrorError, default_prefix, mirror_plane,
+    Delegation, MAX_PLANES, MeshPrefix, MeshPrefixConfig, MirrorError, default_prefix,
+    mirror_plane,
 };
 pub use names::{NameConflict, NameEntry};
 pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};

@@ -135,7 +135,7 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
     (
         "tcp_reads_deferred",
         "connectopus_tcp_reads_deferred_total",
-        "TCP link reads put off until the TUN writes drained or buffers came back (back-pressure).",
+        "Times a TCP link began to wait for a read until buffers came back (back-pressure).",
     ),
     (
         "dtls_hellos_rate_limited",
