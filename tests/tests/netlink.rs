@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_netlink::{
-    Address, IFA_F_DEPRECATED, IFA_F_NODAD, LIFETIME_INFINITE, Netlink, Netns, Route, VethSpec,
+    Address, IFA_F_DEPRECATED, IFA_F_NODAD, LIFETIME_INFINITE, Netlink, Netns, Route, Rule,
+    VethSpec,
 };
 use connectopus_tests::{
     NetNs, TestDir, poll_until, require_root, require_tools, run_test, wait_until,
@@ -551,6 +552,127 @@ fn work_inside_a_namespace_stays_there() {
         ensure!(!Netns::current()?.is_same(&handle)?);
         let e = connectopus_netlink::write_sysctl("net/../../etc/passwd", "x").unwrap_err();
         ensure!(e.to_string().contains("not a path"), "{e}");
+        Ok(())
+    });
+}
+
+/// The PD node's and the egress pieces: an `unreachable` route for a delegated prefix, a
+/// default route in a table of its own and `from <plane> lookup <table>`, each shown by `ip`
+/// and gone after delete; a packet from the plane takes the table's default route, one from
+/// elsewhere does not (`ip route get`).
+#[test]
+fn unreachable_routes_tables_and_source_rules() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("netlink_rules", |dir| {
+        let ns = NetNs::new(dir, "rule")?;
+        let mut nl = Netlink::open_in(&netns(&ns)?)?;
+        nl.add_veth(&VethSpec {
+            name: "q0",
+            peer: "q1",
+            mtu: None,
+            peer_netns: None,
+        })?;
+        nl.set_up("q1")?;
+        nl.set_up("q0")?;
+        nl.add_address("q0", ip("fd00:cafe:1::1"), 64, true)?;
+        let dev = nl.link("q0")?.index;
+
+        let unreachable = Route::unreachable(ip("2001:db8:100::"), 56);
+        nl.add_route(&unreachable)?;
+        let table = 4242;
+        let default = Route::via_device(ip("::"), 0, dev).in_table(table);
+        nl.add_route(&default)?;
+        let rule = Rule::from_source(ip("2001:db8:100::"), 56, table).with_priority(900);
+        nl.add_rule(&rule)?;
+
+        let routes = nl.routes()?;
+        ensure!(
+            routes.iter().any(|r| r.destination == ip("2001:db8:100::")
+                && r.prefix_len == 56
+                && r.kind == connectopus_netlink::route::RTN_UNREACHABLE),
+            "no unreachable route in {routes:?}"
+        );
+        ensure!(
+            routes
+                .iter()
+                .any(|r| r.prefix_len == 0 && r.table == table && r.device == Some(dev)),
+            "no default route in table {table}: {routes:?}"
+        );
+        let rules = nl.rules(10)?;
+        ensure!(rules.contains(&rule), "{rule:?} not in {rules:?}");
+
+        // The witness.
+        let shown = ip_json(&ns, &["-6", "route", "show", "2001:db8:100::/56"])?;
+        ensure!(shown[0]["type"] == "unreachable", "{shown}");
+        let shown = ip_json(&ns, &["-6", "route", "show", "table", "4242"])?;
+        ensure!(
+            shown[0]["dst"] == "default" && shown[0]["dev"] == "q0",
+            "{shown}"
+        );
+        let shown = ip_json(&ns, &["-6", "rule", "show"])?;
+        let listed = shown
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["priority"] == 900).cloned())
+            .with_context(|| format!("ip does not show the rule: {shown}"))?;
+        ensure!(
+            listed["src"] == "2001:db8:100::"
+                && listed["srclen"] == 56
+                && listed["table"] == "4242",
+            "{listed}"
+        );
+        // A packet from the plane to elsewhere leaves by the table's default route; from the
+        // ULA it has no route.
+        let via = ns.ip(&[
+            "-6",
+            "route",
+            "get",
+            "2001:db8:ffff::1",
+            "from",
+            "2001:db8:100::5",
+        ])?;
+        ensure!(
+            via.contains("dev q0") && via.contains("table 4242"),
+            "{via}"
+        );
+        ensure!(
+            ns.ip(&[
+                "-6",
+                "route",
+                "get",
+                "2001:db8:ffff::1",
+                "from",
+                "fd00:cafe:1::1"
+            ])
+            .is_err()
+        );
+        // Present already; of the wrong family.
+        ensure!(nl.add_rule(&rule).unwrap_err().is_exists());
+        let mut mixed = rule.clone();
+        mixed.family = 2;
+        ensure!(nl.add_rule(&mixed).is_err());
+
+        nl.delete_rule(&rule)?;
+        nl.delete_route(&default)?;
+        nl.delete_route(&unreachable)?;
+        ensure!(!nl.rules(10)?.contains(&rule));
+        let routes = nl.routes()?;
+        ensure!(
+            !routes
+                .iter()
+                .any(|r| r.table == table || r.destination == ip("2001:db8:100::")),
+            "{routes:?}"
+        );
+        ensure!(
+            ns.ip(&["-6", "rule", "show", "priority", "900"])?
+                .trim()
+                .is_empty()
+        );
+        let e = nl.delete_rule(&rule).unwrap_err();
+        ensure!(
+            e.is_not_found() && e.to_string().contains("lookup 4242"),
+            "{e}"
+        );
         Ok(())
     });
 }

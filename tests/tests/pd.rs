@@ -344,6 +344,208 @@ fn addresses(ns: &NetNs) -> String {
     ns.ip(&["-6", "-o", "addr", "show"]).unwrap_or_default()
 }
 
+/// `ip -6 rule` lines of a namespace that name the pool.
+fn pool_rules(ns: &NetNs) -> Vec<String> {
+    ns.ip(&["-6", "rule", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("2001:db8:100:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// §2.5 "Egress" against Kea: `gw` delegates with `egress: true`. gw becomes a router
+/// (forwarding on, `accept_ra` 2 on its upstream interface, `unreachable` for the delegated
+/// /56); b and c route traffic from the plane into the mesh (source rules and a default route
+/// in a table of their own). The router, told that the /56 is behind gw (as a Kea hook would),
+/// pings c's mirror two mesh hops away, and c pings the router from its mirror. Once the
+/// prefix expires, the rules and routes are gone.
+#[test]
+fn a_mesh_prefix_with_egress_is_reachable_from_outside_the_mesh() {
+    require_root!();
+    require_tools(&["ip", "ping", "kea-dhcp6"]);
+    run_test("pd_egress", |dir| {
+        let topo = Topology::line(dir, &["gw", "b", "c"])?;
+        let rtr = NetNs::new(dir, "rtr")?;
+        for ns in [&rtr, topo.ns("gw")] {
+            ns.sysctls(&[
+                ("net.ipv6.conf.all.accept_dad", "0"),
+                ("net.ipv6.conf.default.accept_dad", "0"),
+            ])?;
+        }
+        let up = Veth::new(&rtr, topo.ns("gw"), "2001:db8:20::".parse()?, None)?;
+        let sysctl = |ns: &NetNs, key: &str| -> Result<String> {
+            Ok(ns
+                .exec_ok("cat", &[&format!("/proc/sys/net/ipv6/conf/{key}")])?
+                .trim()
+                .to_owned())
+        };
+        // A fresh namespace does not forward; the node must turn it on.
+        ensure!(sysctl(topo.ns("gw"), "all/forwarding")? == "0");
+        ensure!(sysctl(topo.ns("gw"), &format!("{}/accept_ra", up.b.ifname))? != "2");
+        wait_until(WAIT, Duration::from_millis(20), || {
+            let addrs = rtr
+                .ip(&["-o", "-6", "addr", "show", "dev", &up.a.ifname])
+                .unwrap_or_default();
+            addrs.contains("fe80") && !addrs.contains("tentative")
+        })
+        .context("the upstream link did not come up")?;
+        let kea = start_kea_on(&rtr, dir, &up.a.ifname, "2001:db8:20::/64")?;
+
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("b", "gw", LinkKind::DtlsPsk),
+                MeshLink::new("c", "b", LinkKind::Tcp),
+            ],
+        )?;
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        let delegated = format!(
+            "global:\n  delegated:\n    - {{node: gw, interface: {}, length: 56, egress: true}}\n",
+            up.b.ifname
+        );
+        std::fs::write(
+            mesh.config_path(),
+            config.replacen("global:\n", &delegated, 1),
+        )?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+
+        let nodes = ["gw", "b", "c"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| addresses(topo.ns(n)).contains(&format!("{}/64", mirror(i as u16))))
+        })
+        .context("not every node holds its mirror")?;
+
+        // gw is a router for the delegated prefix.
+        ensure!(sysctl(topo.ns("gw"), "all/forwarding")? == "1");
+        ensure!(sysctl(topo.ns("gw"), &format!("{}/accept_ra", up.b.ifname))? == "2");
+        let unreachable = || {
+            topo.ns("gw")
+                .ip(&["-6", "route", "show", "type", "unreachable"])
+                .unwrap_or_default()
+        };
+        ensure!(
+            unreachable().contains("2001:db8:100::/56"),
+            "gw's unreachable routes: {}",
+            unreachable()
+        );
+        ensure!(pool_rules(topo.ns("gw")).is_empty(), "gw is the egress");
+        // b and c send traffic from the plane into the mesh.
+        for n in ["b", "c"] {
+            let ns = topo.ns(n);
+            wait_until(WAIT, Duration::from_millis(100), || {
+                pool_rules(ns).len() == 2
+            })
+            .with_context(|| format!("{n}'s rules: {:?}", pool_rules(ns)))?;
+            let rules = pool_rules(ns);
+            ensure!(
+                rules
+                    .iter()
+                    .any(|r| r
+                        .contains("from 2001:db8:100::/64 lookup main suppress_prefixlength 0"))
+                    && rules.iter().any(
+                        |r| r.contains("from 2001:db8:100::/64 lookup ") && !r.contains("main")
+                    ),
+                "{n}'s rules: {rules:?}"
+            );
+            let table = rules
+                .iter()
+                .find(|r| !r.contains("main"))
+                .and_then(|r| r.rsplit(' ').next())
+                .context("the egress table")?
+                .to_owned();
+            let routes = ns.ip(&["-6", "route", "show", "table", &table])?;
+            ensure!(
+                routes.starts_with("default dev "),
+                "{n}'s table {table}: {routes}"
+            );
+        }
+
+        // The router learns the /56 is behind gw (what Kea's route hook would do), then pings
+        // c's mirror two hops into the mesh, and c pings the router from its mirror.
+        rtr.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:100::/56",
+            "via",
+            &up.b.v6.to_string(),
+        ])?;
+        let result = ping6(&rtr, mirror(2), 3, 56, &[])?;
+        ensure!(result.received > 0, "rtr → c's mirror: {result:?}");
+        let from_mirror = mirror(2).to_string();
+        let result = ping6(topo.ns("c"), up.a.v6, 3, 56, &["-I", &from_mirror])?;
+        ensure!(result.received > 0, "c's mirror → rtr: {result:?}");
+        // From its mesh address c has no way out: only the plane egresses.
+        let stable = mesh.address("c").to_string();
+        let result = ping6(topo.ns("c"), up.a.v6, 2, 56, &["-I", &stable])?;
+        ensure!(result.received == 0, "c's mesh address → rtr: {result:?}");
+        // An address in the /56 outside the plane is unreachable at gw, not sent back.
+        let result = ping6(&rtr, "2001:db8:100:ff::1".parse()?, 2, 56, &[])?;
+        ensure!(result.received == 0, "{result:?}");
+
+        // A node that stops takes its rules along; started again, it puts them back.
+        mesh.stop("b")?;
+        ensure!(
+            pool_rules(topo.ns("b")).is_empty(),
+            "b kept its rules after stopping: {:?}",
+            pool_rules(topo.ns("b"))
+        );
+        mesh.start("b")?;
+        mesh.wait_converged(WAIT)?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            pool_rules(topo.ns("b")).len() == 2
+        })
+        .with_context(|| {
+            format!(
+                "b's rules after its restart: {:?}",
+                pool_rules(topo.ns("b"))
+            )
+        })?;
+        let result = ping6(&rtr, mirror(2), 3, 56, &[])?;
+        ensure!(
+            result.received > 0,
+            "rtr → c's mirror after b's restart: {result:?}"
+        );
+
+        // Kea stops; past the valid lifetime (14 s) the plane goes, and with it the rules, the
+        // egress default routes and gw's unreachable route.
+        kea.terminate()?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        })
+        .context("mirrors left after the valid lifetime")?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes.iter().all(|n| pool_rules(topo.ns(n)).is_empty())
+                && !unreachable().contains("2001:db8:100::/56")
+        })
+        .with_context(|| {
+            format!(
+                "rules or routes left: {:?} {:?} {}",
+                pool_rules(topo.ns("b")),
+                pool_rules(topo.ns("c")),
+                unreachable()
+            )
+        })?;
+        for n in ["b", "c"] {
+            let all = topo.ns(n).ip(&["-6", "route", "show", "table", "all"])?;
+            ensure!(
+                !all.lines()
+                    .any(|l| l.starts_with("default dev ") && l.contains("table ")),
+                "{n} kept an egress default route: {all}"
+            );
+        }
+        Ok(())
+    });
+}
+
 /// §2.6 steps 2 to 5: a three-node mesh whose `gw` is delegated Kea's /56 on its upstream
 /// link; every node puts its mirror on its TUN device within the wait, pings cross the mesh
 /// between mirror addresses, Renew keeps the prefix, a restarted `gw` comes back with the

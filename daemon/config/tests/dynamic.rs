@@ -399,11 +399,13 @@ fn delegated_values_and_rules() {
         14,
         12,
     );
-    one(
-        with_delegated("    - node: hub1\n      interface: wan0\n      egress: true\n"),
-        Severity::Warning,
-        "egress is not implemented yet",
-        13,
-        7,
+    // `egress` is implemented: no warning, and it parses.
+    let src = with_delegated("    - node: hub1\n      interface: wan0\n      egress: true\n");
+    let diags = check("m.yml", src.as_bytes());
+    assert!(
+        !diags.iter().any(|x| x.message.contains("egress")),
+        "{diags}"
     );
+    let cfg = load("m.yml", src.as_bytes()).unwrap_or_else(|d| panic!("{d}"));
+    assert!(cfg.global.delegated[0].egress);
 }

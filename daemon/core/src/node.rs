@@ -59,7 +59,7 @@ pub use containers::{ContainerError, ContainerLease};
 pub use fastpath::{FastpathEntry, FastpathTarget};
 pub use issuer::{IssuerSetup, IssuerStart};
 pub use mesh_prefix::{
-    Delegation, MAX_PLANES, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane,
+    Delegation, MAX_PLANES, MeshPrefix, MeshPrefixConfig, MirrorError, default_prefix, mirror_plane,
 };
 pub use names::{NameConflict, NameEntry};
 pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};

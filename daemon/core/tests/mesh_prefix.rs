@@ -3,15 +3,17 @@
 //! arrive; renumbering spreads and deprecates the old prefix; every node withdraws a prefix
 //! at the end of its valid lifetime by its own clock, also after the delegating node crashed;
 //! extension kind 2 from a node `global.delegated` does not name is refused; partitions heal
-//! to the newest delegation.
+//! to the newest delegation; a delegating node with `egress` advertises `::/0` only while it
+//! holds a plane, and under a trust policy nobody else may.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use connectopus_core::Time;
+use connectopus_core::identity::{Grant, NodeKey, TrustPolicy};
 use connectopus_core::node::{
     Delegation, MeshPrefix, MeshPrefixConfig, NodeConfig, UpdateRejection,
 };
@@ -37,6 +39,7 @@ fn mesh_prefix_config(delegators: &[usize]) -> MeshPrefixConfig {
     MeshPrefixConfig {
         subnet: subnet(),
         delegators: delegators.iter().map(|i| (address(*i), 0)).collect(),
+        egress: BTreeSet::new(),
     }
 }
 
@@ -417,4 +420,192 @@ fn a_healed_partition_takes_the_newest_delegation() {
         ("2001:db8:300::/56", false),
     ];
     wait_for_planes(&mut sim, &nodes, &newest, 10 * SECOND);
+}
+
+fn key(i: usize) -> NodeKey {
+    NodeKey::from_seed(&[i as u8 + 1; 32])
+}
+
+/// `n` nodes in a line under a trust policy that grants each its name and address; node `i`
+/// runs `config(i)` for the mesh prefix.
+fn line_with_identities(
+    sim: &mut Sim,
+    n: usize,
+    config: impl Fn(usize) -> MeshPrefixConfig,
+) -> Vec<NodeIdx> {
+    let name = |i: usize| if i == 0 { "gw".into() } else { format!("n{i}") };
+    let trust = (0..n).fold(TrustPolicy::new(), |t, i| {
+        t.with_grant(key(i).public(), Grant::new(name(i), address(i)))
+    });
+    let nodes: Vec<NodeIdx> = (0..n)
+        .map(|i| {
+            let mut c = NodeConfig::new(address(i), name(i), 1, 300 + i as u64);
+            c.identity = Some(key(i));
+            c.trust = Some(trust.clone());
+            c.mesh_prefix = Some(config(i));
+            sim.add_node_with(c)
+        })
+        .collect();
+    for w in nodes.windows(2) {
+        sim.connect(w[0], w[1], LinkParams::default());
+    }
+    assert!(
+        sim.run_until_converged(Duration::from_millis(100), 10 * SECOND)
+            .is_some()
+    );
+    nodes
+}
+
+/// An address outside the mesh and every plane.
+fn outside() -> Ipv6Addr {
+    "2001:db8:ffff::1".parse().unwrap()
+}
+
+/// How `node` routes `outside()`: `Some(equal)` when it has `::/0`, with whether its target is
+/// the one it uses for `toward`'s address.
+fn default_route(sim: &Sim, node: NodeIdx, toward: Ipv6Addr) -> Option<bool> {
+    let table = sim.node(node).unwrap().forwarding_table().clone();
+    let (prefix, target) = table.routes.lookup(outside())?;
+    assert_eq!(prefix, p("::/0"));
+    let (_, toward) = table.routes.lookup(toward)?;
+    Some(target == toward)
+}
+
+/// Runs in steps of 50 ms until `done`, or fails after `limit`.
+fn wait_for(sim: &mut Sim, limit: Duration, what: &str, mut done: impl FnMut(&Sim) -> bool) {
+    let start = sim.now();
+    while !done(sim) {
+        assert!(sim.now() - start < limit, "{what} not within {limit:?}");
+        sim.run_for(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_egress_delegator_is_every_nodes_default_route_only_while_it_holds_a_plane() {
+    let mut sim = Sim::new(7);
+    let egress = |_| MeshPrefixConfig {
+        egress: BTreeSet::from([address(0)]),
+        ..mesh_prefix_config(&[0])
+    };
+    let nodes = line_with_identities(&mut sim, 4, egress);
+    // No plane, no default route anywhere.
+    sim.run_for(SECOND);
+    for n in &nodes {
+        assert_eq!(default_route(&sim, *n, address(0)), None, "node {n:?}");
+    }
+    let now = sim.now();
+    delegate(
+        &mut sim,
+        nodes[0],
+        vec![delegation("2001:db8:100::/56", now, 30, 40)],
+    );
+    wait_for_planes(&mut sim, &nodes, &[("2001:db8:100::/56", false)], SECOND);
+    // Within a second every node routes the outside to gw (gw to itself), and nobody refused
+    // gw's update.
+    wait_for(&mut sim, SECOND, "::/0 toward gw everywhere", |sim| {
+        nodes
+            .iter()
+            .all(|n| default_route(sim, *n, address(0)) == Some(true))
+    });
+    for n in &nodes {
+        let rejected = sim.node(*n).unwrap().counters().updates_rejected.clone();
+        assert_eq!(
+            rejected.get(&UpdateRejection::UnauthorizedContent),
+            None,
+            "{rejected:?}"
+        );
+    }
+    // A packet from n3's mirror to the outside arrives on gw's TUN (the driver hands it to
+    // the kernel, which forwards it upstream).
+    let m = plane_of(&sim, nodes[0], "2001:db8:100::/56");
+    assert!(delivered(
+        &mut sim,
+        nodes[3],
+        nodes[0],
+        m.mirror(address(3)),
+        outside()
+    ));
+    // The delegation withdrawn: the default route goes with the plane, everywhere.
+    sim.with_node(nodes[0], |n, now| {
+        n.withdraw_delegations(now, &[p("2001:db8:100::/56")])
+    });
+    wait_for(&mut sim, SECOND, "::/0 gone everywhere", |sim| {
+        nodes
+            .iter()
+            .all(|n| default_route(sim, *n, address(0)).is_none())
+    });
+    assert!(!delivered(
+        &mut sim,
+        nodes[3],
+        nodes[0],
+        m.mirror(address(3)),
+        outside()
+    ));
+    // Delegated again, with a short valid lifetime: it comes back, and goes at the deadline
+    // by every node's own clock.
+    let now = sim.now();
+    delegate(
+        &mut sim,
+        nodes[0],
+        vec![delegation("2001:db8:100::/56", now, 3, 5)],
+    );
+    wait_for(&mut sim, SECOND, "::/0 back everywhere", |sim| {
+        nodes
+            .iter()
+            .all(|n| default_route(sim, *n, address(0)) == Some(true))
+    });
+    wait_for(&mut sim, 6 * SECOND, "::/0 gone at the deadline", |sim| {
+        nodes
+            .iter()
+            .all(|n| default_route(sim, *n, address(0)).is_none())
+    });
+    assert!(sim.now() - now >= 5 * SECOND - Duration::from_millis(100));
+}
+
+#[test]
+fn a_default_route_from_a_delegator_without_egress_is_refused() {
+    let mut sim = Sim::new(8);
+    // Everybody: gw and n2 delegate, only gw with egress; n2's own file wrongly gives it
+    // egress too.
+    let config = |i| MeshPrefixConfig {
+        egress: if i == 2 {
+            BTreeSet::from([address(0), address(2)])
+        } else {
+            BTreeSet::from([address(0)])
+        },
+        ..mesh_prefix_config(&[0, 2])
+    };
+    let nodes = line_with_identities(&mut sim, 4, config);
+    let now = sim.now();
+    delegate(
+        &mut sim,
+        nodes[2],
+        vec![delegation("2001:db8:666::/56", now, 30, 40)],
+    );
+    sim.run_for(3 * SECOND);
+    // n2 routes the outside to itself; its neighbours refuse the update that says so.
+    assert_eq!(default_route(&sim, nodes[2], address(2)), Some(true));
+    for n in [nodes[1], nodes[3]] {
+        let rejected = sim.node(n).unwrap().counters().updates_rejected.clone();
+        assert!(
+            rejected.get(&UpdateRejection::UnauthorizedContent).copied() >= Some(1),
+            "{rejected:?}"
+        );
+    }
+    for n in [nodes[0], nodes[1], nodes[3]] {
+        assert_eq!(default_route(&sim, n, address(2)), None);
+    }
+    // gw, with egress, is taken: n1 routes the outside to it, not to n2.
+    let now = sim.now();
+    delegate(
+        &mut sim,
+        nodes[0],
+        vec![delegation("2001:db8:100::/56", now, 30, 40)],
+    );
+    wait_for(&mut sim, SECOND, "::/0 toward gw at gw and n1", |sim| {
+        [nodes[0], nodes[1]]
+            .iter()
+            .all(|n| default_route(sim, *n, address(0)) == Some(true))
+    });
+    assert_eq!(default_route(&sim, nodes[1], address(2)), Some(false));
 }

@@ -6,7 +6,8 @@
 //!   panic).
 //! - [`Netlink`]: a socket and the operations: veth pairs (the peer made straight into
 //!   another namespace, or moved there later), up/down, MTU, rename, delete; addresses with
-//!   `nodad`; routes through a device, via a gateway, host routes; listings to verify.
+//!   `nodad`; routes through a device, via a gateway, host routes, `unreachable` routes, in
+//!   any table; policy rules (`ip rule from P lookup T`); listings to verify.
 //! - [`Netns`]: a namespace by descriptor. A socket belongs to the namespace it is opened
 //!   in, so [`Netlink::open_in`] opens one on a thread that entered the namespace (`setns`)
 //!   and the caller's threads never move. [`Netns::run`] does other work there (sysctls).
@@ -22,6 +23,7 @@ pub mod link;
 pub mod message;
 mod netns;
 pub mod route;
+pub mod rule;
 mod socket;
 
 use std::fmt;
@@ -33,6 +35,7 @@ pub use link::{Link, VethSpec};
 pub use message::ParseError;
 pub use netns::{Netns, read_sysctl, write_sysctl};
 pub use route::Route;
+pub use rule::Rule;
 
 use link::LinkChange;
 use socket::Socket;
@@ -473,6 +476,48 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+impl Netlink {
+    /// Adds `rule` (an equal one present is an error, [`Error::is_exists`]).
+    pub fn add_rule(&mut self, rule: &Rule) -> Result<(), Error> {
+        let what = || format!("adding the rule {}", rule.describe());
+        check_rule(rule).map_err(|why| Error::invalid(what(), why))?;
+        self.socket.ack(rule.add_request(), what)
+    }
+
+    /// Deletes `rule` (matched by its source, table and priority if given; absent is
+    /// [`Error::is_not_found`]).
+    pub fn delete_rule(&mut self, rule: &Rule) -> Result<(), Error> {
+        let what = || format!("deleting the rule {}", rule.describe());
+        check_rule(rule).map_err(|why| Error::invalid(what(), why))?;
+        self.socket.ack(rule.delete_request(), what)
+    }
+
+    /// Every rule of `family` (`AF_INET6` 10, `AF_INET` 2).
+    pub fn rules(&mut self, family: u8) -> Result<Vec<Rule>, Error> {
+        let what = || "listing rules".to_owned();
+        let payloads = self
+            .socket
+            .dump(|| rule::dump_request(family), rule::RTM_NEWRULE, what)?;
+        let mut out = Vec::with_capacity(payloads.len());
+        for p in &payloads {
+            if let Some(r) = Rule::parse(p).map_err(|e| Error::parse(what(), e))? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_rule(rule: &Rule) -> Result<(), String> {
+    for (address, len) in [rule.source, rule.destination].into_iter().flatten() {
+        check_prefix(address, len)?;
+        if address::family(&address) != rule.family {
+            return Err(format!("{address} is not of the rule's family"));
+        }
+    }
+    Ok(())
 }
 
 fn check_prefix(address: IpAddr, prefix_len: u8) -> Result<(), String> {

@@ -27,6 +27,9 @@ const RT_SCOPE_LINK: u8 = 253;
 /// In a delete: match a route of any scope.
 const RT_SCOPE_NOWHERE: u8 = 255;
 pub const RTN_UNICAST: u8 = 1;
+/// A route that answers ICMP "no route" (as `ip route add unreachable`): dhcpcd installs
+/// one for a delegated prefix so packets to its unused parts are not sent back upstream.
+pub const RTN_UNREACHABLE: u8 = 7;
 /// A route the kernel cloned into its cache (IPv6 exceptions), not a configured one.
 const RTM_F_CLONED: u32 = 0x200;
 
@@ -70,6 +73,27 @@ impl Route {
     pub fn host(destination: IpAddr, device: u32) -> Route {
         let len = if destination.is_ipv4() { 32 } else { 128 };
         Route::via_device(destination, len, device)
+    }
+
+    /// An `unreachable` route for `destination/prefix_len` in the main table, without a
+    /// device (the kernel puts it on `lo`). Longer routes inside it still win.
+    pub fn unreachable(destination: IpAddr, prefix_len: u8) -> Route {
+        Route {
+            destination,
+            prefix_len,
+            device: None,
+            gateway: None,
+            source: None,
+            metric: None,
+            table: RT_TABLE_MAIN,
+            kind: RTN_UNREACHABLE,
+        }
+    }
+
+    /// The same route in table `table`.
+    pub fn in_table(mut self, table: u32) -> Route {
+        self.table = table;
+        self
     }
 
     /// Adds the next hop `gateway`.
@@ -215,6 +239,22 @@ mod tests {
         let (_, p) = messages(&bytes).next().unwrap().unwrap();
         assert_eq!(p[6], RT_SCOPE_LINK);
         assert_eq!(Route::parse(p).unwrap().unwrap(), default4);
+    }
+
+    #[test]
+    fn unreachable_and_table_routes_parse_back() {
+        let route = Route::unreachable("2001:db8:100::".parse().unwrap(), 56);
+        let bytes = route.add_request().finish(1);
+        let (_, p) = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(p[7], RTN_UNREACHABLE);
+        assert_eq!(p[6], RT_SCOPE_UNIVERSE);
+        assert_eq!(Route::parse(p).unwrap().unwrap(), route);
+        // A table above 255 goes in RTA_TABLE, the header's byte says RT_TABLE_UNSPEC.
+        let default = Route::via_device("::".parse().unwrap(), 0, 4).in_table(5000);
+        let bytes = default.add_request().finish(1);
+        let (_, p) = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(p[4], 0);
+        assert_eq!(Route::parse(p).unwrap().unwrap(), default);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! corrupted anywhere, give values or errors, never a panic.
 
 use connectopus_netlink::message::{Reply, attributes, messages};
-use connectopus_netlink::{Address, Link, Route, VethSpec};
+use connectopus_netlink::{Address, Link, Route, Rule, VethSpec};
 use proptest::prelude::*;
 
 fn parse_everything(bytes: &[u8]) {
@@ -14,6 +14,7 @@ fn parse_everything(bytes: &[u8]) {
         let _ = Link::parse(payload);
         let _ = Address::parse(payload);
         let _ = Route::parse(payload);
+        let _ = Rule::parse(payload);
         for attr in attributes(payload) {
             let Ok((_, data)) = attr else { break };
             for inner in attributes(data) {
@@ -26,6 +27,7 @@ fn parse_everything(bytes: &[u8]) {
     let _ = Link::parse(bytes);
     let _ = Address::parse(bytes);
     let _ = Route::parse(bytes);
+    let _ = Rule::parse(bytes);
     let _ = Reply::parse(0x300, bytes);
 }
 
@@ -47,7 +49,21 @@ fn samples() -> Vec<Vec<u8>> {
     let route = Route::host("198.18.0.1".parse().unwrap_or([0u8; 4].into()), 3)
         .with_gateway([198, 18, 0, 2].into())
         .add_request();
-    vec![veth.finish(1), address.finish(2), route.finish(3)]
+    let rule = Rule::from_source(
+        "2001:db8:100::"
+            .parse()
+            .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into()),
+        56,
+        4242,
+    )
+    .with_priority(900)
+    .add_request();
+    vec![
+        veth.finish(1),
+        address.finish(2),
+        route.finish(3),
+        rule.finish(4),
+    ]
 }
 
 proptest! {

@@ -122,13 +122,6 @@ fn delegated(cx: &mut Ctx<'_>, raw: &RawMesh) {
                 ),
             );
         }
-        if d.egress {
-            cx.warn(
-                &path("egress"),
-                At::Key,
-                "delegated.egress is not implemented yet: the node does not advertise ::/0",
-            );
-        }
     }
 }
 

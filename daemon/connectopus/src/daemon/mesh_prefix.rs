@@ -9,7 +9,8 @@
 //!   (`Node::set_delegations`, `Node::withdraw_delegations`).
 //! - On every node: each live plane `M` puts φ(own address) on the node's own TUN device with
 //!   the subnet's length, so the kernel routes all of `M` into the mesh; a withdrawn plane's
-//!   address is deleted. The core's forwarding carries the mirrors of every route.
+//!   address is deleted. The core's forwarding carries the mirrors of every route. The
+//!   delegating node's router setup and the egress rules are in `mesh_routes`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -88,6 +89,9 @@ pub(super) fn open_pd(
     match PdDriver::open(&entry.interface, &state, entry.length, LINK_WAIT) {
         Ok(driver) => {
             tracing::info!(interface = %entry.interface, duid = %driver.duid(), state = %state.display(), "dhcp6 prefix delegation client started");
+            // The node routes between upstream and the mesh (§2.5); sysctls need the
+            // capabilities the node drops next.
+            super::mesh_routes::enable_forwarding(&entry.interface);
             Some((driver, saved_delegations(&state)))
         }
         Err(error) => {
@@ -288,6 +292,11 @@ impl Daemon {
                 .applied
                 .insert(plane, (addr, deprecated));
         }
+        let egress = core_config(&self.config)
+            .map(|c| c.egress)
+            .unwrap_or_default();
+        self.mesh_routes
+            .apply(&mut netlink, tun.as_str(), own, &egress, planes);
     }
 }
 
@@ -308,7 +317,18 @@ pub(super) fn core_config(config: &MeshConfig) -> Option<MeshPrefixConfig> {
         .iter()
         .filter_map(|d| Some((config.nodes.get(&d.node)?.address, d.use_)))
         .collect();
-    Some(MeshPrefixConfig { subnet, delegators })
+    let egress = config
+        .global
+        .delegated
+        .iter()
+        .filter(|d| d.egress)
+        .filter_map(|d| Some(config.nodes.get(&d.node)?.address))
+        .collect();
+    Some(MeshPrefixConfig {
+        subnet,
+        delegators,
+        egress,
+    })
 }
 
 /// Logs a new set of planes.

@@ -55,6 +55,7 @@ use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
 mod mesh_prefix;
+mod mesh_routes;
 pub(crate) use lease_writer::WriterReport;
 pub use local_datagrams::Outgoing as LocalDatagram;
 pub(crate) use mesh_prefix::PdUpdate;
@@ -196,6 +197,8 @@ struct Daemon {
     threads: Vec<JoinHandle<()>>,
     /// The mirror addresses this node put on its TUN device (`mesh_prefix`).
     mesh_addresses: mesh_prefix::MirrorAddresses,
+    /// The unreachable routes and egress rules of the planes.
+    mesh_routes: mesh_routes::MeshRoutes,
     /// Why the node does not forward: the running configuration no longer contains it.
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
@@ -762,6 +765,9 @@ impl Daemon {
         } else {
             self.notify.stopping();
         }
+        // The planes' rules and unreachable routes go now (a re-executed image puts back what
+        // its planes want); the TUN device's routes go with the device.
+        self.mesh_routes = Default::default();
         let now = self.now();
         self.node.shutdown(now);
         self.drain_node();

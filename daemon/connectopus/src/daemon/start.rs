@@ -384,6 +384,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         failed: BTreeMap::new(),
         threads: Vec::new(),
         mesh_addresses: Default::default(),
+        mesh_routes: Default::default(),
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),

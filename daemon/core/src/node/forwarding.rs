@@ -348,6 +348,7 @@ impl Node {
                 cost: Cost(0),
             });
         }
+        prefixes.extend(self.egress_default());
         prefixes
     }
 }

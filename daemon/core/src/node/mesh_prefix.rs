@@ -11,13 +11,15 @@
 //! withdrawn at the end of its valid lifetime also when its delegating node is dead or
 //! partitioned away; an entry also goes when its delegating node's newer update drops it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use connectopus_wire::delegated::{encode_delegated, parse_delegated};
-use connectopus_wire::{DelegatedPrefix, LinkStateUpdate, LsuExtension, Prefix, addr::mask};
+use connectopus_wire::{
+    Cost, DelegatedPrefix, LinkStateUpdate, LsuExtension, Prefix, PrefixAdvert, addr::mask,
+};
 
 use super::{Command, Node};
 use crate::time::Time;
@@ -31,6 +33,15 @@ pub struct MeshPrefixConfig {
     /// Every delegating node by address, with its `use`: which subnet-sized prefix inside
     /// its delegated prefix is the mirror plane.
     pub delegators: BTreeMap<Ipv6Addr, u64>,
+    /// The delegating nodes with `egress`: each advertises `::/0` while it holds a live plane,
+    /// so traffic from mirror addresses leaves the mesh through it; under a trust policy only
+    /// these may advertise `::/0` without a grant for it.
+    pub egress: BTreeSet<Ipv6Addr>,
+}
+
+/// `::/0`, the prefix an egress delegator advertises.
+pub fn default_prefix() -> Prefix {
+    Prefix::new(Ipv6Addr::UNSPECIFIED, 0).unwrap_or_else(|_| Prefix::host(Ipv6Addr::UNSPECIFIED))
 }
 
 /// One prefix a delegating node holds (its DHCPv6 client's lease), on this node's clock.
@@ -266,6 +277,26 @@ impl Node {
     /// Returns the live mirror planes, as last handed out by [`Command::SetMeshPrefixes`].
     pub fn mesh_prefixes(&self) -> &Arc<[MeshPrefix]> {
         &self.mesh_prefixes.active
+    }
+
+    /// `::/0` for this node's own update and forwarding table while it is an egress
+    /// delegator holding a live plane (deprecated included: its addresses are still valid).
+    pub(super) fn egress_default(&self) -> Option<PrefixAdvert> {
+        let config = self.config.mesh_prefix.as_ref()?;
+        let own = self.config.address;
+        (config.egress.contains(&own) && self.mesh_prefixes.active.iter().any(|p| p.origin == own))
+            .then(|| PrefixAdvert {
+                prefix: default_prefix(),
+                cost: Cost(0),
+            })
+    }
+
+    /// Whether `origin` is a delegating node with `egress` (it may advertise `::/0`).
+    pub(super) fn is_egress_delegator(&self, origin: Ipv6Addr) -> bool {
+        self.config
+            .mesh_prefix
+            .as_ref()
+            .is_some_and(|c| c.egress.contains(&origin))
     }
 
     fn is_delegator(&self) -> bool {

@@ -140,9 +140,21 @@ impl Node {
                 .check_update(update, &trust.reserved_names)
                 .is_none();
         }
-        trust
-            .by_key(key)
-            .is_some_and(|g| g.check_update(update, &trust.reserved_names).is_none())
+        let Some(grant) = trust.by_key(key) else {
+            return false;
+        };
+        let default = super::mesh_prefix::default_prefix();
+        if self.is_egress_delegator(update.origin)
+            && update.prefixes.iter().any(|p| p.prefix == default)
+            && !grant.allows_prefix(&default)
+        {
+            // An egress delegator advertises `::/0` (`global.delegated[].egress`); nothing
+            // else grants it that.
+            let mut grant = grant.clone();
+            grant.prefixes.push(default);
+            return grant.check_update(update, &trust.reserved_names).is_none();
+        }
+        grant.check_update(update, &trust.reserved_names).is_none()
     }
 
     /// What an update claims for its origin, signed by `key`.
