@@ -48,6 +48,8 @@ pub(super) struct Worker {
     pub(super) tun_writes_in_flight: usize,
     /// TCP links whose read or write waits for buffers ([`Daemon::resume_tcp_io`]).
     pub(super) tcp_waiting: Vec<LinkId>,
+    /// Reads from the streams of the TCP/TLS links it owns so far.
+    pub(super) tcp_reads: u64,
 }
 
 /// The most TUN writes a worker has in flight before its TCP links stop reading: the writes
@@ -78,6 +80,7 @@ impl Worker {
         &self,
         tuns: &tun_devs::TunSet,
         dataplane: &workers::Dataplane,
+        tcp_links: usize,
     ) -> control::WorkerReport {
         control::WorkerReport {
             index: 0,
@@ -104,6 +107,8 @@ impl Worker {
             datagrams_received: self.datagrams_received,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
+            tcp_links: tcp_links as u64,
+            tcp_reads: self.tcp_reads,
             buffers_peak: self.io.usage().peak_in_use as u64,
             buffers_touched: self.io.usage().touched as u64,
         }
@@ -127,6 +132,7 @@ impl Worker {
             datagrams_received: 0,
             tun_writes_in_flight: 0,
             tcp_waiting: Vec::new(),
+            tcp_reads: 0,
         }
     }
 
@@ -158,7 +164,12 @@ impl Worker {
 impl Daemon {
     /// What every worker runs on, for `status`: worker 0 on the main loop, then the threads.
     pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
-        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane)];
+        let on_main = self
+            .links
+            .values()
+            .filter(|l| matches!(l.transport, Transport::Tcp(_)))
+            .count();
+        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane, on_main)];
         let own_tun = self.tuns.get(0).filter(|_| self.dataplane.has_threads());
         for index in 1..=self.dataplane.threads() {
             let Some(status) = self.dataplane.status(index) else {
@@ -182,6 +193,8 @@ impl Daemon {
                 datagrams_received: status.datagrams_received,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
+                tcp_links: status.tcp_links,
+                tcp_reads: status.tcp_reads,
                 buffers_peak: status.buffers_peak,
                 buffers_touched: status.buffers_touched,
                 state: match status.stopped {
