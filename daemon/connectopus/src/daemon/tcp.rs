@@ -142,7 +142,8 @@ impl Daemon {
             self.worker.io.free(buf);
             return;
         };
-        tcp.read_in_flight = false;
+        // `read_in_flight` stays set until its messages are handled: the link must not go to
+        // a worker thread (`hand_over_tcp_if_idle`) with messages of this read not handled.
         self.worker.tcp_reads += 1;
         let result = match (completion.result, range) {
             (Ok(0), _) => Err("closed by peer".to_owned()),
@@ -163,6 +164,7 @@ impl Daemon {
         self.worker.io.free(buf);
         if let Err(reason) = result {
             tracing::debug!(%link, %reason, "tcp link ends");
+            self.tcp_read_done(link);
             self.close_link(link, "transport closed");
             return;
         }
@@ -196,11 +198,26 @@ impl Daemon {
             self.handle_link_message_in_scratch(link);
         }
         self.worker.ranges = ranges;
+        self.tcp_read_done(link);
         if self.close_if_tcp_queue_overflows(link) {
             return;
         }
         self.pump_tcp_write(link);
         self.start_tcp_read(link);
+    }
+
+    /// The read of `link` and the messages it carried are handled (the link may have been
+    /// closed meanwhile: its stream closes once nothing is in flight).
+    fn tcp_read_done(&mut self, link: LinkId) {
+        if let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        {
+            tcp.read_in_flight = false;
+        } else if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
+            tcp.read_in_flight = false;
+        }
     }
 
     pub(super) fn add_tcp_link(&mut self, connected: Box<TcpConnected>) {

@@ -140,6 +140,9 @@ impl WorkerThread {
             }
         }
         for slot in 0..self.receiving.len() {
+            // Its socket closes now (not when the ring goes): the peer's datagrams go to the
+            // main loop's socket while the thread waits for its TCP links (`give_back_tcp`).
+            self.worker.io.disarm(Self::token(slot));
             if let Some(r) = self.receiving[slot].take()
                 && !r.forgotten
             {

@@ -442,16 +442,9 @@ impl WorkerThread {
             {
                 break;
             }
+            // Handled as before (what was read is forwarded); nothing new is armed.
             for completion in completions.drain(..) {
-                let tcp_op = matches!(
-                    completion.token.0 & TOKEN_KIND_MASK,
-                    TOKEN_TCP_READ | TOKEN_TCP_WRITE
-                ) || completion.kind == OpKind::Write;
-                if tcp_op {
-                    let _ = self.handle(completion);
-                } else if let Some(buf) = completion.buf {
-                    self.worker.io.free(buf);
-                }
+                let _ = self.handle(completion);
             }
             self.flush_tun_writes();
             self.flush_transit();

@@ -60,7 +60,10 @@ impl WorkerThread {
         };
         if let Some(why) = &reason {
             tracing::error!(worker = self.index, reason = %why, "dataplane worker stopped; its flows move to the other workers");
-            // Its TCP links go back to the main loop between two complete reads and writes.
+            // Its udp links go back at once; its TCP links between two complete reads and
+            // writes.
+            self.tcp_stopping = true;
+            self.return_links();
             self.give_back_tcp();
         } else {
             self.flush_tcp_at_exit();
@@ -140,7 +143,11 @@ impl WorkerThread {
                     None => (None, completion.buf),
                 };
                 if let (Some(buf), Some(range)) = (buf, range) {
-                    if self.fail_after.is_some_and(|n| self.worker.tun_reads >= n) {
+                    // A thread giving its TCP links back still forwards what its queue reads
+                    // until it ends (the kernel steers the queue's flows here until then).
+                    if !self.tcp_stopping
+                        && self.fail_after.is_some_and(|n| self.worker.tun_reads >= n)
+                    {
                         self.worker.io.free(buf);
                         anyhow::bail!(
                             "test fault ({FAIL_WORKER_ENV}) after {} TUN packets",
