@@ -540,7 +540,8 @@ fn a_failed_worker_gives_back_with(kind: LinkKind, dir: &TestDir) -> Result<()> 
         });
         (transfer.join(), tripped)
     });
-    tripped.map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
+    tripped
+        .map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
     let transfer = transfer.map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
     ensure!(
         transfer.intact(),
@@ -621,11 +622,8 @@ fn a_config_change_crosses_tls_links_on_workers() {
         // foo's link on its worker 1; bar's two links on its two workers.
         wait_until(CONVERGE, Duration::from_millis(100), || {
             let owned = |node: &str, i: usize| {
-                mesh.status(node).is_ok_and(|s| {
-                    workers_of(&s)
-                        .get(i)
-                        .is_some_and(|w| w["tcp_links"] == 1)
-                })
+                mesh.status(node)
+                    .is_ok_and(|s| workers_of(&s).get(i).is_some_and(|w| w["tcp_links"] == 1))
             };
             owned("foo", 1) && owned("bar", 0) && owned("bar", 1) && owned("baz", 1)
         })
@@ -680,7 +678,10 @@ fn a_config_change_crosses_tls_links_on_workers() {
             21,
             Duration::from_secs(120),
         )?;
-        ensure!(transfer.intact(), "foo -> baz after the changes: {transfer:?}");
+        ensure!(
+            transfer.intact(),
+            "foo -> baz after the changes: {transfer:?}"
+        );
         Ok(())
     });
 }

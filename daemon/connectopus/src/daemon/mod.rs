@@ -122,7 +122,9 @@ enum Transport {
     PlainUdp(plain_udp::PlainUdpLink),
     /// A TCP/TLS link whose stream, codec and unsent bytes worker thread `worker` holds (see
     /// `workers::tcp`); the main loop hands it the node's messages for the link.
-    TcpOnWorker { worker: usize },
+    TcpOnWorker {
+        worker: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -548,9 +550,7 @@ impl Daemon {
             .iter()
             .filter(|(_, l)| match &l.transport {
                 Transport::Dtls(d) => d.association.poll_timeout().is_some_and(|t| t <= elapsed),
-                Transport::Tcp(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => {
-                    false
-                }
+                Transport::Tcp(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => false,
             })
             .map(|(id, _)| *id)
             .collect();

@@ -276,8 +276,7 @@ impl Daemon {
             .links
             .iter()
             .filter(|(_, l)| {
-                l.had_session
-                    && matches!(&l.transport, Transport::Tcp(t) if t.worker.is_none())
+                l.had_session && matches!(&l.transport, Transport::Tcp(t) if t.worker.is_none())
             })
             .map(|(id, _)| *id)
             .collect();
@@ -308,14 +307,14 @@ impl Daemon {
             Transport::Tcp(tcp) if tcp.moving() && tcp.idle() => tcp.worker.unwrap_or(0),
             _ => return,
         };
-        let tcp = match std::mem::replace(&mut l.transport, Transport::TcpOnWorker { worker: index })
-        {
-            Transport::Tcp(tcp) => tcp,
-            other => {
-                l.transport = other;
-                return;
-            }
-        };
+        let tcp =
+            match std::mem::replace(&mut l.transport, Transport::TcpOnWorker { worker: index }) {
+                Transport::Tcp(tcp) => tcp,
+                other => {
+                    l.transport = other;
+                    return;
+                }
+            };
         let TcpLink {
             stream, codec, tx, ..
         } = *tcp;
@@ -325,7 +324,10 @@ impl Daemon {
             codec,
             tx,
         };
-        match self.dataplane.send_to(index, ToWorker::OwnTcp(Box::new(own))) {
+        match self
+            .dataplane
+            .send_to(index, ToWorker::OwnTcp(Box::new(own)))
+        {
             Ok(()) => tracing::debug!(%link, worker = index, "tcp link handed over"),
             Err(ToWorker::OwnTcp(own)) => {
                 self.dataplane.count_tcp(index, false);

@@ -127,6 +127,10 @@ pub(super) enum FromWorker {
     },
 }
 
+/// A message for a TCP/TLS link the main loop holds while the link's worker gives it back:
+/// the bytes, and the virtio-net header of a super-packet.
+pub(super) type HeldMessage = (Vec<u8>, Option<VnetHeader>);
+
 /// A value the control plane replaces whole and workers pick up once per turn.
 #[derive(Debug)]
 pub(super) struct Slot<T> {
@@ -349,7 +353,7 @@ pub(super) struct Dataplane {
     tcp_load: Vec<usize>,
     /// Messages for TCP/TLS links whose worker thread stopped taking them, until it gives
     /// the link back (`Daemon::take_back_tcp`).
-    pub(super) tcp_held: HashMap<LinkId, Vec<(Vec<u8>, Option<VnetHeader>)>>,
+    pub(super) tcp_held: HashMap<LinkId, Vec<HeldMessage>>,
 }
 
 /// How many workers a node runs: `--workers`, else the node's `workers`, else one per CPU

@@ -81,12 +81,7 @@ impl WorkerThread {
     }
 
     /// A message for a TCP link, from the main loop (`ToWorker::TcpSend`).
-    pub(super) fn tcp_send(
-        &mut self,
-        link: LinkId,
-        message: &[u8],
-        header: Option<VnetHeader>,
-    ) {
+    pub(super) fn tcp_send(&mut self, link: LinkId, message: &[u8], header: Option<VnetHeader>) {
         self.tcp_queued.fetch_sub(
             message.len().min(self.tcp_queued.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -225,9 +220,7 @@ impl WorkerThread {
         };
         t.read_in_flight = true;
         let fd = t.own.stream.as_raw_fd();
-        worker
-            .io
-            .read(fd, Token(TOKEN_TCP_READ | slot as u64), buf);
+        worker.io.read(fd, Token(TOKEN_TCP_READ | slot as u64), buf);
     }
 
     /// Starts again the reads and writes that waited (once a turn, after the turn's
