@@ -103,6 +103,9 @@ impl Daemon {
                         self.links.get(&link).map(|l| &l.transport),
                         Some(Transport::TcpOnWorker { .. })
                     ) {
+                        if reason == super::tcp::PEER_DOES_NOT_READ {
+                            self.limit_counters.tcp_queue_overflow_closed += 1;
+                        }
                         self.close_link(link, reason);
                     }
                 }

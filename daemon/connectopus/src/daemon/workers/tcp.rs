@@ -22,6 +22,10 @@ use super::super::handshake_limits::MAX_TCP_QUEUE;
 use super::super::worker::TUN_WRITES_BEFORE_TCP_WAITS;
 use super::*;
 
+/// Why a link whose peer lets more than [`MAX_TCP_QUEUE`] bytes queue up is closed (counted
+/// by the main loop as `tcp_queue_overflow_closed`).
+pub(super) const PEER_DOES_NOT_READ: &str = "peer does not read";
+
 /// How long a stopping thread waits for its TCP links' reads and writes in flight.
 const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -156,7 +160,7 @@ impl WorkerThread {
         }
         t.own.tx.extend(worker.scratch_out.iter());
         if t.own.tx.len() > MAX_TCP_QUEUE {
-            self.close_tcp(slot, "peer does not read");
+            self.close_tcp(slot, PEER_DOES_NOT_READ);
             return;
         }
         self.pump_tcp_write(slot);
@@ -323,7 +327,7 @@ impl WorkerThread {
             .and_then(Option::as_ref)
             .is_some_and(|t| t.own.tx.len() > MAX_TCP_QUEUE);
         if over {
-            self.close_tcp(slot, "peer does not read");
+            self.close_tcp(slot, PEER_DOES_NOT_READ);
             return;
         }
         self.pump_tcp_write(slot);
