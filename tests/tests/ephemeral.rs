@@ -389,6 +389,89 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
 /// the lease it held ran out (the time it showed before the kill). The time from start to
 /// the first answered ping is printed, not asserted (docs/performance.md has no such figure
 /// yet; it depends on the machine's load).
+/// Root test (issue 16's review, H2): the issuer writes its lease table on a thread of its
+/// own. With every write taking 5 s (the test hook `CONNECTOPUS_TEST_LEASE_WRITE_DELAY_MS`,
+/// in the writer thread), the hub answers its control socket and pings from `st` while the
+/// table that holds a joiner's grant is still being written, and the joiner, whose Join
+/// times out after 2 s and is sent again, binds once the write is done instead of asking for
+/// a new table each time.
+#[test]
+fn a_slow_lease_table_write_stalls_neither_the_issuer_nor_joining() {
+    require_root!();
+    run_test("ephemeral_slow_disk", |dir| {
+        require_tools(&["ping"]);
+        let topo = Topology::builder()
+            .routed(true)
+            .link("hub", "st")
+            .link("hub", "j1")
+            .build(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("hub", "st", LinkKind::DtlsPsk)])?;
+        let (hub, st) = (mesh.address("hub"), mesh.address("st"));
+        let psk = dir.join("link.psk");
+        let admin_pub = std::fs::read_to_string(format!("{}.pub", mesh.admin_key().display()))?;
+        let join_pub = ssh_keygen(&dir.join("join.key"), "fleet")?;
+        let hub_underlay = topo.link_addr("hub", "st");
+        let st_listen = topo.link_addr("hub", "st");
+        let yaml = format!(
+            "global:\n  domain: {DOMAIN}\n  subnet: fd00:cafe::/64\n  version: 1\n  authorized_keys:\n    - \"{admin}\"\n  timers: {{keepalive_idle: 3s, dead_interval: 7s}}\n  ephemeral:\n    lease: 20s\n    join_keys: [\"{join_pub}\"]\n    backends:\n      hub: {{type: dtls-dialer, peer: \"[{hub_underlay}]:4444\", psk_file: {psk}}}\nnodes:\n  hub:\n    address: \"{hub}\"\n    issue: {{prefix: \"{POOL}\"}}\n    backends:\n      l0: {{type: dtls-listener, port: 4000, listen_ip: \"{st_listen}\", psk_file: {psk}}}\n      joiners: {{type: dtls-listener, port: 4444, psk_file: {psk}}}\n  st:\n    address: \"{st}\"\n    backends:\n      d0: {{type: dtls-dialer, peer: \"[{st_listen}]:4000\", psk_file: {psk}}}\n",
+            admin = admin_pub.trim(),
+            psk = psk.display(),
+        );
+        std::fs::write(mesh.config_path(), yaml)?;
+        mesh.sign()?;
+        mesh.set_env("CONNECTOPUS_TEST_LEASE_WRITE_DELAY_MS", "5000");
+        mesh.start("hub")?;
+        mesh.start("st")?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        let config = mesh.config_path().clone();
+        let j1 = Joiner::start(&topo, dir.path(), &config, "j1")?;
+        // The grant's table is with the writer: submitted, not yet written.
+        let lease_counts = |status: &Value| {
+            (
+                status["lease"]["tables_submitted"].as_u64().unwrap_or(0),
+                status["lease"]["tables_written"].as_u64().unwrap_or(0),
+            )
+        };
+        wait_until(Duration::from_secs(40), Duration::from_millis(100), || {
+            mesh.status("hub").is_ok_and(|s| lease_counts(&s).0 >= 1)
+        })
+        .with_context(|| format!("the hub never asked for a table: {}", j1.log()))?;
+        // While that write runs, the hub's loop answers a ping from st and its control socket.
+        let target = hub.to_string();
+        let ping = topo
+            .ns("st")
+            .exec("ping", &["-6", "-c", "1", "-W", "2", target.as_str()])?;
+        let during = lease_counts(&mesh.status("hub")?);
+        ensure!(
+            ping.status.success(),
+            "st -> hub ping failed while the table was being written"
+        );
+        ensure!(
+            during.1 == 0,
+            "the write ended before the hub answered ({during:?}): the test shows nothing"
+        );
+        ensure!(
+            j1.bound_address().is_none(),
+            "j1 bound before its grant was written"
+        );
+        // Then the joiner binds, though every write outlasts its 2 s Join timeout.
+        let mut bound = None;
+        wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+            bound = j1.bound_address();
+            bound.is_some()
+        })
+        .with_context(|| format!("j1 never bound with a slow disk: {}", j1.log()))?;
+        let after = lease_counts(&mesh.status("hub")?);
+        eprintln!("tables submitted/written during the write {during:?}, after binding {after:?}");
+        ensure!(after.1 >= 1, "bound without a written table: {after:?}");
+        // The Joins j1 sent again while it waited changed no table: a write or two, not one
+        // per Join.
+        ensure!(after.0 <= 3, "{} tables for one joiner", after.0);
+        ensure!(in_pool(bound.unwrap()));
+        Ok(())
+    });
+}
+
 #[test]
 fn twenty_ephemeral_nodes_in_waves_with_two_issuers() {
     require_root!();

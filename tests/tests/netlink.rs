@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use connectopus_netlink::{Address, IFA_F_NODAD, Netlink, Netns, Route, VethSpec};
+use connectopus_netlink::{
+    Address, IFA_F_DEPRECATED, IFA_F_NODAD, LIFETIME_INFINITE, Netlink, Netns, Route, VethSpec,
+};
 use connectopus_tests::{
     NetNs, TestDir, poll_until, require_root, require_tools, run_test, wait_until,
 };
@@ -43,6 +45,15 @@ fn ip_link_names(ns: &NetNs) -> Result<Vec<String>> {
 }
 
 /// The `addr_info` entries of link `name` per `ip -j addr`.
+/// The entry of `ip -j address` for `local`.
+fn entry_of(shown: &[serde_json::Value], local: &str) -> Result<serde_json::Value> {
+    shown
+        .iter()
+        .find(|e| e["local"] == local)
+        .cloned()
+        .with_context(|| format!("ip does not show {local}: {shown:?}"))
+}
+
 fn ip_addrs(ns: &NetNs, name: &str) -> Result<Vec<serde_json::Value>> {
     let v = ip_json(ns, &["addr", "show", "dev", name])?;
     Ok(v[0]["addr_info"].as_array().cloned().unwrap_or_default())
@@ -295,6 +306,49 @@ fn addresses_with_and_without_nodad() {
         );
         let e = nl.add_address("a0", v4, 33, false).unwrap_err();
         ensure!(e.to_string().contains("33"), "{e}");
+
+        // Deprecated (preferred lifetime 0, as a withdrawn mesh prefix's mirror) and back.
+        nl.set_address_deprecated("a0", nodad, 128, true, true)?;
+        let a = nl.addresses()?;
+        let a = addr_of(&a, nodad).context("deprecated address not listed")?;
+        ensure!(
+            a.flags & IFA_F_DEPRECATED != 0 && a.preferred_secs == Some(0),
+            "{a:?}"
+        );
+        ensure!(a.flags & IFA_F_NODAD != 0, "still nodad: {a:?}");
+        let e = entry_of(&ip_addrs(&ns, "a0")?, "fd00:cafe:0:e1::7")?;
+        ensure!(
+            e["deprecated"] == true && e["preferred_life_time"] == 0,
+            "ip shows it deprecated: {e}"
+        );
+        ensure!(
+            e["valid_life_time"] == u64::from(u32::MAX),
+            "valid forever: {e}"
+        );
+        nl.set_address_deprecated("a0", nodad, 128, true, false)?;
+        let a = nl.addresses()?;
+        let a = addr_of(&a, nodad).context("preferred address not listed")?;
+        ensure!(
+            a.flags & IFA_F_DEPRECATED == 0 && a.preferred_secs == Some(LIFETIME_INFINITE),
+            "{a:?}"
+        );
+        let e = entry_of(&ip_addrs(&ns, "a0")?, "fd00:cafe:0:e1::7")?;
+        ensure!(e["deprecated"].is_null(), "ip shows it preferred: {e}");
+        // Absent: the kernel adds it, deprecated from the start.
+        let absent = ip("fd00:cafe:0:e1::99");
+        nl.set_address_deprecated("a0", absent, 128, true, true)?;
+        let a = nl.addresses()?;
+        let a = addr_of(&a, absent).context("absent address not added")?;
+        ensure!(a.flags & IFA_F_DEPRECATED != 0, "{a:?}");
+        nl.delete_address("a0", absent, 128)?;
+        // A missing link is named.
+        let e = nl
+            .set_address_deprecated("nosuch0", absent, 128, true, true)
+            .unwrap_err();
+        ensure!(
+            e.is_not_found() && e.to_string().contains("`nosuch0`"),
+            "{e}"
+        );
 
         nl.delete_address("a0", nodad, 128)?;
         nl.delete_address("a0", v4, 24)?;

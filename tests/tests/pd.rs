@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use connectopus_dhcp6::PdState;
 use connectopus_tests::{
-    ChildGuard, LinkKind, Mesh, MeshLink, NetNs, StdinMode, TestDir, Topology, Veth, ping6,
+    ChildGuard, LinkKind, Mesh, MeshLink, NetNs, StdinMode, TestDir, Topology, Veth, dig, ping6,
     require_root, require_tools, run_ok, run_test, wait_until, workspace_binary,
 };
 
@@ -331,6 +331,14 @@ fn mirror(i: u16) -> std::net::Ipv6Addr {
     std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, i + 1)
 }
 
+/// `addr`'s owner name under `ip6.arpa.`.
+fn ptr_name(addr: std::net::Ipv6Addr) -> String {
+    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let mut labels: Vec<String> = hex.chars().rev().map(String::from).collect();
+    labels.push("ip6.arpa.".to_owned());
+    labels.join(".")
+}
+
 /// The addresses on a namespace's links, one per line (`ip -6 -o addr`).
 fn addresses(ns: &NetNs) -> String {
     ns.ip(&["-6", "-o", "addr", "show"]).unwrap_or_default()
@@ -402,6 +410,47 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
                 )
             },
         )?;
+        // `status` and the metrics name the plane on every node, with its mirror and origin.
+        for (i, n) in nodes.iter().enumerate() {
+            let status = mesh.status(n)?;
+            let plane = &status["mesh_prefixes"][0];
+            ensure!(
+                plane["prefix"] == "2001:db8:100::/64"
+                    && plane["delegated"] == "2001:db8:100::/56"
+                    && plane["origin_name"] == "gw"
+                    && plane["state"] == "active"
+                    && plane["mirror"] == mirror(i as u16).to_string(),
+                "{n}'s status: {}",
+                status["mesh_prefixes"]
+            );
+            let text = mesh.status_text(n)?;
+            ensure!(
+                text.contains(
+                    "mesh prefix 2001:db8:100::/64 from gw (delegated 2001:db8:100::/56), active"
+                ),
+                "{n}'s status text: {text}"
+            );
+        }
+        // DNS answers in the plane too: c's name has its mirror beside its mesh address at
+        // b's server, and the mirror's PTR (in the plane's own reverse zone) names c.
+        let at_b = std::net::IpAddr::V6(mesh.address("b"));
+        let aaaa_of_c = |ns: &NetNs| -> Result<Vec<String>> {
+            let r = dig(ns, at_b, "c.connectopus.test", "AAAA", false)?;
+            Ok(r.answers.iter().map(|a| a.data.clone()).collect())
+        };
+        wait_until(WAIT, Duration::from_millis(100), || {
+            aaaa_of_c(topo.ns("c")).is_ok_and(|a| a.contains(&mirror(2).to_string()))
+        })
+        .with_context(|| format!("c's AAAA at b: {:?}", aaaa_of_c(topo.ns("c"))))?;
+        ensure!(
+            aaaa_of_c(topo.ns("c"))?.contains(&mesh.address("c").to_string()),
+            "c's mesh address is still answered"
+        );
+        let ptr = dig(topo.ns("c"), at_b, &ptr_name(mirror(2)), "PTR", false)?;
+        ensure!(
+            ptr.aa() && ptr.answers.iter().any(|a| a.data == "c.connectopus.test."),
+            "PTR of c's mirror at b: {ptr:?}"
+        );
         let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
         let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
         ensure!(
@@ -447,9 +496,34 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
         let result = ping6(topo.ns("c"), mirror(0), 3, 56, &[])?;
         ensure!(result.received > 0, "c → gw after the restart: {result:?}");
 
-        // Kea stops: gw Rebinds in vain until the valid lifetime (14 s) ends, and then every
-        // node takes its mirror off.
+        // Kea stops: gw Rebinds in vain; at the preferred lifetime's end (10 s) every node
+        // deprecates its mirror (preferred_lft 0: kept for existing connections, not chosen as
+        // a source), and when the valid lifetime (14 s) ends it takes it off.
         kea.terminate()?;
+        let deprecated = |i: usize, n: &str| {
+            addresses(topo.ns(n)).lines().any(|l| {
+                l.contains(&format!("{}/64", mirror(i as u16))) && l.contains("deprecated")
+            })
+        };
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes.iter().enumerate().all(|(i, n)| deprecated(i, n))
+        })
+        .with_context(|| {
+            format!(
+                "not every mirror deprecated at the preferred lifetime's end:\n{}",
+                nodes
+                    .iter()
+                    .map(|n| format!("{n}: {}", addresses(topo.ns(n))))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+        // A deprecated plane is no longer handed to new clients by DNS.
+        let a = aaaa_of_c(topo.ns("c"))?;
+        ensure!(
+            !a.contains(&mirror(2).to_string()) && a.contains(&mesh.address("c").to_string()),
+            "c's AAAA at b once the plane is deprecated: {a:?}"
+        );
         let none_mirrored = || {
             nodes
                 .iter()

@@ -116,6 +116,8 @@ pub enum LoopMessage {
     Attach(Box<crate::attach::helper::Received<crate::attach::helper::FromHelper>>),
     /// The DHCPv6 prefix-delegation thread's client changed its delegations.
     Delegations(crate::daemon::PdUpdate),
+    /// The `lease-writer` thread wrote an issuer's lease table, or failed to.
+    LeaseWriter(crate::daemon::WriterReport),
 }
 
 /// Sends messages to the main loop and wakes it.

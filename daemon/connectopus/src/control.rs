@@ -165,6 +165,10 @@ pub struct StatusReport {
     /// an issuer's pool and lease count (absent from older nodes and other nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseReport>,
+    /// The mesh prefix planes (DHCPv6-PD, docs/dynamic-mesh.md §2) the node holds now, with
+    /// its mirror address in each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_prefixes: Vec<MeshPrefixReport>,
     /// The keys that may sign configurations (`global.authorized_keys` of the running one).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
@@ -486,6 +490,26 @@ pub struct LeaseEntry {
     pub expires_in_secs: f64,
 }
 
+/// One mesh prefix plane in `status` (docs/dynamic-mesh.md §2.5).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshPrefixReport {
+    /// The plane: the subnet mirrored into the delegated prefix (`2001:db8:100::/64`).
+    pub prefix: String,
+    /// The prefix the delegating node was given (`2001:db8:100::/56`).
+    pub delegated: String,
+    /// The delegating node's address, and its name when the node knows it.
+    pub origin: String,
+    #[serde(default)]
+    pub origin_name: Option<String>,
+    /// `active`, or `deprecated` (being renumbered away, or past its preferred lifetime).
+    pub state: String,
+    /// Seconds until the plane is withdrawn, by this node's clock.
+    pub valid_for_secs: f64,
+    /// This node's address in the plane (none while an ephemeral node has no lease).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
 /// The lease side of `status` (docs/dynamic-mesh.md §1.8).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeaseReport {
@@ -506,7 +530,10 @@ pub struct LeaseReport {
     /// The issuer's active leases.
     #[serde(default)]
     pub leases: Option<u64>,
-    /// Lease tables written to `<config>.leases`, and failed writes.
+    /// Lease tables handed to the writer thread, written to `<config>.leases`, and failed
+    /// writes (each retry counts).
+    #[serde(default)]
+    pub tables_submitted: u64,
     #[serde(default)]
     pub tables_written: u64,
     #[serde(default)]

@@ -532,6 +532,37 @@ pub fn render(report: &StatusReport, now_unix: f64) -> String {
         );
     }
 
+    if !report.mesh_prefixes.is_empty() {
+        x.family(
+            "connectopus_mesh_prefix_info",
+            "gauge",
+            "1 for each mesh prefix plane the node holds (DHCPv6-PD), by plane, delegated prefix and state.",
+        );
+        for plane in &report.mesh_prefixes {
+            x.sample(
+                "connectopus_mesh_prefix_info",
+                &[
+                    ("prefix", &plane.prefix),
+                    ("delegated", &plane.delegated),
+                    ("state", &plane.state),
+                ],
+                1.0,
+            );
+        }
+        x.family(
+            "connectopus_mesh_prefix_valid_seconds",
+            "gauge",
+            "Seconds until a mesh prefix plane is withdrawn, by this node's clock.",
+        );
+        for plane in &report.mesh_prefixes {
+            x.sample(
+                "connectopus_mesh_prefix_valid_seconds",
+                &[("prefix", &plane.prefix)],
+                plane.valid_for_secs,
+            );
+        }
+    }
+
     x.family(
         "connectopus_fastpath_userspace_packets_total",
         "counter",
@@ -703,6 +734,9 @@ mod tests {
                 "spf_runs": 3, "updates_rejected_stale": 2
             },
             "dns_queries": {"noerror": 5},
+            "mesh_prefixes": [{"prefix": "2001:db8:100::/64", "delegated": "2001:db8:100::/56",
+                "origin": "fd00::9", "origin_name": "gw", "state": "deprecated",
+                "valid_for_secs": 3.5, "mirror": "2001:db8:100::1"}],
             "offload": {"tun": {"cx-foo": "on (csum, tso4)"}, "udp_gso": "on", "udp_gro": "off: old kernel"}
         }))
         .unwrap()
@@ -723,6 +757,14 @@ mod tests {
         assert!(text.contains("connectopus_routing_updates_rejected_total{reason=\"stale\"} 2\n"));
         assert!(text.contains("connectopus_dns_queries_total{result=\"noerror\"} 5\n"));
         assert!(text.contains("connectopus_config_version 3\n"));
+        assert!(text.contains(
+            "connectopus_mesh_prefix_info{prefix=\"2001:db8:100::/64\",delegated=\"2001:db8:100::/56\",state=\"deprecated\"} 1\n"
+        ));
+        assert!(
+            text.contains(
+                "connectopus_mesh_prefix_valid_seconds{prefix=\"2001:db8:100::/64\"} 3.5\n"
+            )
+        );
         assert!(
             text.contains("connectopus_offload_enabled{offload=\"tun\",device=\"cx-foo\"} 1\n")
         );

@@ -85,6 +85,19 @@ fn unix_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The wall clock to read a saved state's Unix-millisecond deadlines against: now, or the
+/// file's last write (its mtime, from the same clock) if the clock reads earlier, i.e. is
+/// behind. A clock wrong at boot then never makes a saved delegation last longer than it had
+/// left when it was saved (`docs/dynamic-mesh.md` §1.7 "Wall clock").
+pub(crate) fn unix_ms_for_saved(path: &Path) -> u64 {
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    unix_ms().max(written)
+}
+
 fn mac_of(interface: &str) -> Option<[u8; 6]> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address")).ok()?;
     let bytes: Vec<u8> = text
@@ -209,7 +222,7 @@ impl PdDriver {
         };
         let client = Client::resume(
             config,
-            saved.delegations_at(now, unix_ms()),
+            saved.delegations_at(now, unix_ms_for_saved(state_path)),
             saved.server_id.clone(),
             now,
             u64::from_le_bytes(seed),

@@ -17,6 +17,9 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
     if let Some(lease) = &report.lease {
         let _ = writeln!(out, "{}", render_lease(lease));
     }
+    for plane in &report.mesh_prefixes {
+        let _ = writeln!(out, "{}", render_mesh_prefix(plane));
+    }
     let _ = writeln!(out, "authorized keys:");
     if report.authorized_keys.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -226,6 +229,23 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
 }
 
 /// The namespaces and services sections, when the node has any.
+/// `mesh prefix 2001:db8:100::/64 from gw (delegated 2001:db8:100::/56), active, valid 38s,
+/// mirror 2001:db8:100::3`.
+fn render_mesh_prefix(plane: &crate::control::MeshPrefixReport) -> String {
+    let mut line = format!(
+        "mesh prefix {} from {} (delegated {}), {}, valid {:.0}s",
+        plane.prefix,
+        plane.origin_name.as_deref().unwrap_or(&plane.origin),
+        plane.delegated,
+        plane.state,
+        plane.valid_for_secs
+    );
+    if let Some(mirror) = &plane.mirror {
+        line.push_str(&format!(", mirror {mirror}"));
+    }
+    line
+}
+
 /// `lease fd00:cafe:0:e1::7 from fd00:cafe::1, expires in 52s`, `issuing fd00:cafe:0:e1::/112: 3 leases`.
 fn render_lease(lease: &crate::control::LeaseReport) -> String {
     match (&lease.address, &lease.pool) {

@@ -158,25 +158,56 @@ impl LeaseHolder {
         if self.state != HolderState::Unbound {
             return None;
         }
+        let join = self.join_message(binding);
+        self.state = HolderState::Requesting {
+            issuer,
+            xid: join.xid,
+            sent_at: now,
+        };
+        Some(join)
+    }
+
+    /// For tests that play a joiner flooding `issuer` with valid Joins: a Join with a new xid
+    /// (and the join-key proof over `binding`), while the holder waits, from `now`, for an
+    /// xid it never sent, so it ignores every answer and sends no Join of its own until
+    /// [`JOIN_TIMEOUT`] after the flood.
+    pub fn flood_join_for_test(
+        &mut self,
+        now: Time,
+        issuer: Ipv6Addr,
+        binding: &[u8; 32],
+    ) -> Option<LeaseMessage> {
+        if !matches!(
+            self.state,
+            HolderState::Unbound | HolderState::Requesting { .. }
+        ) {
+            return None;
+        }
+        let join = self.join_message(binding);
+        self.state = HolderState::Requesting {
+            issuer,
+            xid: self.xid(),
+            sent_at: now,
+        };
+        Some(join)
+    }
+
+    /// A Join with a new xid and, with a join key, its proof over `binding`.
+    fn join_message(&mut self, binding: &[u8; 32]) -> LeaseMessage {
         let xid = self.xid();
         let name = self.config.name.clone();
         let proof = self.config.join_key.as_ref().map(|join_key| JoinProof {
             join_key: join_key.public(),
             signature: join_key.sign(&join_proof_message(binding, &self.key.public(), xid, &name)),
         });
-        self.state = HolderState::Requesting {
-            issuer,
-            xid,
-            sent_at: now,
-        };
-        Some(LeaseMessage {
+        LeaseMessage {
             xid,
             body: LeaseBody::Join {
                 hint: self.last_address.unwrap_or(Ipv6Addr::UNSPECIFIED),
                 name,
                 proof,
             },
-        })
+        }
     }
 
     /// Handles a lease message from `issuer`; answers to other transactions are ignored.

@@ -7,7 +7,7 @@
 //! ([`LeaseIssuer::leases_persisted`]). The node (step 5 of §4, not wired yet) feeds it the Join,
 //! Renew and Release messages of its joining sessions and routing streams and sends the answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
@@ -84,9 +84,9 @@ pub struct JoinSession {
     pub binding: [u8; 32],
 }
 
-/// A grant waiting for the table that records it to be persisted.
+/// A grant or renewal waiting for the table that records it to be persisted.
 #[derive(Debug, Clone)]
-struct PendingGrant {
+struct PendingAnswer {
     generation: u64,
     token: u64,
     answer: LeaseMessage,
@@ -98,15 +98,24 @@ pub struct LeaseIssuer {
     config: IssuerConfig,
     key: Option<NodeKey>,
     table: LeaseTable,
-    pending: Vec<PendingGrant>,
+    pending: Vec<PendingAnswer>,
     /// The table generation last handed out for persisting.
     persist_requested: u64,
     /// The highest generation the driver reported persisted.
     persisted: u64,
-    /// Per leased address, the xid of the Renew that made its current renewal: a resend of
-    /// that Renew (its answer was lost) is answered again without extending the lease.
-    last_renew: std::collections::BTreeMap<Ipv6Addr, u64>,
+    /// Per leased address, the xid of the Renew that made its current renewal (a resend of
+    /// that Renew, its answer lost, is answered again without extending the lease) and the
+    /// table generation that recorded it (its answer waits for that generation on disk).
+    last_renew: BTreeMap<Ipv6Addr, (u64, u64)>,
+    /// Per joining session (token), when a Join on it last allocated: the next may allocate
+    /// [`JOIN_INTERVAL`] later (older entries are dropped).
+    last_join: BTreeMap<u64, Time>,
 }
+
+/// A joining session's Joins allocate (and so make the table to persist change) at most once
+/// per this interval; a Join while the session's grant waits for the disk answers that grant
+/// instead (`docs/dynamic-mesh.md` §1.4).
+pub const JOIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a refused joiner should wait before asking again, by default.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -117,6 +126,11 @@ impl LeaseIssuer {
     /// identities).
     pub fn new(config: IssuerConfig, key: Option<NodeKey>, table: LeaseTable) -> Self {
         let persisted = table.generation();
+        // Restored renewals are on disk: their answers need not wait.
+        let last_renew = table
+            .leases()
+            .filter_map(|l| table.renew_xid(l.address).map(|xid| (l.address, (xid, 0))))
+            .collect();
         Self {
             config,
             key,
@@ -124,7 +138,8 @@ impl LeaseIssuer {
             pending: Vec::new(),
             persist_requested: persisted,
             persisted,
-            last_renew: std::collections::BTreeMap::new(),
+            last_renew,
+            last_join: BTreeMap::new(),
         }
     }
 
@@ -137,6 +152,16 @@ impl LeaseIssuer {
     /// Returns the lease table.
     pub fn table(&self) -> &LeaseTable {
         &self.table
+    }
+
+    /// Returns who may join.
+    pub fn policy(&self) -> &JoinPolicy {
+        &self.config.policy
+    }
+
+    /// Tells whether an answer with `token` waits for the disk.
+    pub fn waits(&self, token: u64) -> bool {
+        self.pending.iter().any(|p| p.token == token)
     }
 
     /// Returns how many grants wait for persistence.
@@ -229,12 +254,35 @@ impl LeaseIssuer {
                 "name held by another node",
             ));
         }
+        // The session's grant still waits for the disk (a slow write outlasted the joiner's
+        // Join timeout, or a joiner floods): this Join gets that grant; nothing is allocated,
+        // so no new epoch and no new table to write.
+        if let Some(waiting) = self.pending.iter_mut().find(|p| {
+            p.token == session.token
+                && matches!(&p.answer.body, LeaseBody::Grant { cert, .. }
+                    if cert.holder_key == session.holder_key && cert.name == name)
+        }) {
+            waiting.answer.xid = xid;
+            return None;
+        }
+        self.last_join
+            .retain(|_, at| now.saturating_since(*at) < JOIN_INTERVAL);
+        if let Some(at) = self.last_join.get(&session.token) {
+            let wait = JOIN_INTERVAL.saturating_sub(now.saturating_since(*at));
+            return Some(Self::refuse(
+                xid,
+                RefuseCode::Busy,
+                wait,
+                "joining too often on this session",
+            ));
+        }
         let hint = (!hint.is_unspecified()).then_some(hint);
         match self
             .table
             .allocate(now, session.holder_key, name, hint, busy)
         {
             Ok(lease) => {
+                self.last_join.insert(session.token, now);
                 let answer = LeaseMessage {
                     xid,
                     body: LeaseBody::Grant {
@@ -242,7 +290,7 @@ impl LeaseIssuer {
                         cert: self.certificate(&lease),
                     },
                 };
-                self.pending.push(PendingGrant {
+                self.pending.push(PendingAnswer {
                     generation: self.table.generation(),
                     token: session.token,
                     answer,
@@ -293,9 +341,11 @@ impl LeaseIssuer {
         ready.into_iter().map(|p| (p.token, p.answer)).collect()
     }
 
-    /// Answers a Renew: the certificate must be this issuer's, signed by it (with a key), and
+    /// Decides a Renew: the certificate must be this issuer's, signed by it (with a key), and
     /// the holder's signature must cover the request; the holder must still be allowed to
-    /// join. Renewals need not be persisted (§1.7).
+    /// join. A renewal changes the table, which must be on disk before the holder hears of it
+    /// (§1.7: otherwise a restarted issuer would take a replay of the Renew that made it):
+    /// pass the answer through [`LeaseIssuer::hold_until_persisted`].
     pub fn handle_renew(
         &mut self,
         now: Time,
@@ -331,7 +381,7 @@ impl LeaseIssuer {
             && cert.renewal < lease.renewal
         {
             let resend = cert.renewal.saturating_add(1) == lease.renewal
-                && self.last_renew.get(&cert.address) == Some(&xid)
+                && self.last_renew.get(&cert.address).map(|r| r.0) == Some(xid)
                 && lease.expires > now;
             if !resend {
                 return Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "stale lease");
@@ -354,7 +404,9 @@ impl LeaseIssuer {
             &cert.name,
         ) {
             Ok(lease) => {
-                self.last_renew.insert(lease.address, xid);
+                self.table.set_renew_xid(lease.address, xid);
+                self.last_renew
+                    .insert(lease.address, (xid, self.table.generation()));
                 LeaseMessage {
                     xid,
                     body: LeaseBody::Renewed {
@@ -367,6 +419,39 @@ impl LeaseIssuer {
                 Self::refuse(xid, RefuseCode::UnknownLease, RETRY_AFTER, "unknown lease")
             }
         }
+    }
+
+    /// Returns `answer` (of [`LeaseIssuer::handle_renew`]) if it may go out now, or keeps it
+    /// until the table that records its renewal is persisted: [`LeaseIssuer::leases_persisted`]
+    /// then hands it back with `token`. A resend of a Renew whose answer still waits is
+    /// dropped (the waiting answer carries the same certificate).
+    pub fn hold_until_persisted(
+        &mut self,
+        token: u64,
+        answer: LeaseMessage,
+    ) -> Option<LeaseMessage> {
+        let LeaseBody::Renewed { cert, .. } = &answer.body else {
+            return Some(answer);
+        };
+        let generation = match self.last_renew.get(&cert.address) {
+            Some(&(xid, generation)) if xid == answer.xid => generation,
+            _ => return Some(answer),
+        };
+        if generation <= self.persisted {
+            return Some(answer);
+        }
+        let waiting = self.pending.iter().any(|p| {
+            p.answer.xid == answer.xid
+                && matches!(&p.answer.body, LeaseBody::Renewed { cert: c, .. } if c.address == cert.address)
+        });
+        if !waiting {
+            self.pending.push(PendingAnswer {
+                generation,
+                token,
+                answer,
+            });
+        }
+        None
     }
 
     /// Handles a Release signed by the holder of a lease in the table; returns whether a lease

@@ -91,6 +91,9 @@ pub struct PersistedLeases {
     /// out nor those re-adopted after the write, so a restart from it quarantines again for at
     /// least a whole `lease + grace`.
     pub quarantine_until_unix_ms: Option<u64>,
+    /// The wall clock when the table was made (Unix milliseconds; 0 if unknown): a restart
+    /// whose clock reads earlier counts no time as passed since.
+    pub written_unix_ms: u64,
 }
 
 /// One lease on disk.
@@ -108,6 +111,9 @@ pub struct PersistedLease {
     pub renewal: u32,
     /// When it expires, in Unix milliseconds.
     pub expires_unix_ms: u64,
+    /// The xid of the Renew that made its current renewal, if one did: a resend of that Renew
+    /// after a restart gets the current certificate again (and nothing else does).
+    pub renew_xid: Option<u64>,
 }
 
 /// One issuer's leases.
@@ -122,6 +128,8 @@ pub struct LeaseTable {
     last_address: BTreeMap<HolderKey, Ipv6Addr>,
     /// Set when the table was lost: joins are refused until then.
     quarantine_until: Option<Time>,
+    /// Address → the xid of the Renew that made its lease's current renewal.
+    renew_xids: BTreeMap<Ipv6Addr, u64>,
     /// Bumped by every change; the node persists a generation before answering a grant.
     generation: u64,
 }
@@ -136,6 +144,7 @@ impl LeaseTable {
             hold_down: BTreeMap::new(),
             last_address: BTreeMap::new(),
             quarantine_until: None,
+            renew_xids: BTreeMap::new(),
             generation: 0,
         }
     }
@@ -145,6 +154,11 @@ impl LeaseTable {
     /// leases outside a changed pool are dropped (refused at their next renewal). Without it
     /// the whole pool is quarantined until `now + lease + grace`, and renewals re-adopt.
     /// `now_unix_ms` is the wall clock at `now`.
+    ///
+    /// The file's times are Unix milliseconds, and the wall clock at start may be wrong. Time
+    /// since the write counts from `max(now_unix_ms, written_unix_ms)`: a clock behind the
+    /// file's write counts as no time passed, so it stretches nothing beyond what the file
+    /// held at the write (§1.7 "Wall clock").
     pub fn restore(
         config: LeaseTableConfig,
         persisted: Option<&PersistedLeases>,
@@ -158,9 +172,10 @@ impl LeaseTable {
             return table;
         };
         table.next_epoch = table.next_epoch.max(p.next_epoch);
-        let at = |unix_ms: u64| now + Duration::from_millis(unix_ms.saturating_sub(now_unix_ms));
-        // Written during a quarantine: leases re-adopted after the write are not in the file
-        // (renewals are not persisted), so the quarantine starts again, however old the file.
+        let reference = now_unix_ms.max(p.written_unix_ms);
+        let at = |unix_ms: u64| now + Duration::from_millis(unix_ms.saturating_sub(reference));
+        // Written during a quarantine: the file does not list the leases it waits out, so the
+        // quarantine starts again, however old the file.
         table.quarantine_until = p
             .quarantine_until_unix_ms
             .map(|until| at(until).max(now + config.lease + config.grace));
@@ -173,6 +188,9 @@ impl LeaseTable {
             }
             table.next_epoch = table.next_epoch.max(l.epoch.saturating_add(1));
             table.last_address.insert(l.key, l.address);
+            if let Some(xid) = l.renew_xid {
+                table.renew_xids.insert(l.address, xid);
+            }
             table.leases.insert(
                 l.address,
                 Lease {
@@ -209,6 +227,7 @@ impl LeaseTable {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires_unix_ms: unix(l.expires),
+                    renew_xid: self.renew_xids.get(&l.address).copied(),
                 })
                 .collect(),
             hold_down: self
@@ -217,6 +236,7 @@ impl LeaseTable {
                 .map(|(&a, &until)| (a, unix(until)))
                 .collect(),
             quarantine_until_unix_ms: self.quarantined(now).map(unix),
+            written_unix_ms: now_unix_ms,
         }
     }
 
@@ -249,6 +269,19 @@ impl LeaseTable {
     pub fn lease_of(&self, key: &HolderKey) -> Option<&Lease> {
         let address = self.last_address.get(key)?;
         self.leases.get(address).filter(|l| &l.key == key)
+    }
+
+    /// Returns the xid of the Renew that made `address`'s current renewal, if known.
+    pub fn renew_xid(&self, address: Ipv6Addr) -> Option<u64> {
+        self.renew_xids.get(&address).copied()
+    }
+
+    /// Records the xid of the Renew that just renewed `address` (part of that renewal's
+    /// change: the generation does not move again).
+    pub fn set_renew_xid(&mut self, address: Ipv6Addr, xid: u64) {
+        if self.leases.contains_key(&address) {
+            self.renew_xids.insert(address, xid);
+        }
     }
 
     /// Returns until when joins are refused as `restarting`, if they are at `now`.
@@ -313,6 +346,7 @@ impl LeaseTable {
         };
         self.next_epoch = self.next_epoch.saturating_add(1);
         self.hold_down.remove(&address);
+        self.renew_xids.remove(&address);
         self.last_address.insert(key, address);
         self.leases.insert(address, lease.clone());
         self.generation += 1;
@@ -381,6 +415,7 @@ impl LeaseTable {
             return None;
         }
         let lease = self.leases.remove(&address)?;
+        self.renew_xids.remove(&address);
         self.hold_down.insert(address, now + self.config.grace);
         self.generation += 1;
         Some(lease)
@@ -400,6 +435,7 @@ impl LeaseTable {
         let mut expired = Vec::with_capacity(over.len());
         for address in over {
             if let Some(lease) = self.leases.remove(&address) {
+                self.renew_xids.remove(&address);
                 self.hold_down.insert(address, lease.expires + grace);
                 expired.push(lease);
             }

@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 
-use crate::config::{ZoneSpec, normalize_name, qualify, reverse_name, reverse_name4};
+use crate::config::{
+    ZoneSpec, normalize_name, qualify, reverse_name, reverse_name4, reverse_zones,
+};
 use crate::error::NameError;
 
 /// SOA timers. Nothing transfers these zones (every node serves its own copy), so they only
@@ -54,7 +56,7 @@ impl NameTable {
         let serial = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
-        let snapshot = Snapshot::build(&spec, BTreeMap::new(), serial);
+        let snapshot = Snapshot::build(&spec, BTreeMap::new(), Vec::new(), serial);
         Self {
             shared: Arc::new(Shared {
                 spec,
@@ -100,6 +102,36 @@ impl NameTable {
         S: AsRef<str>,
         A: Into<IpAddr>,
     {
+        let planes = self.snapshot().planes.clone();
+        self.replace(names, planes)
+    }
+
+    /// Like [`update`](NameTable::update), and sets the mirror planes the zone also answers
+    /// for: further IPv6 prefixes (a mesh prefix delegated by DHCPv6, docs/dynamic-mesh.md
+    /// §2) whose addresses' PTR records are served, from reverse zones of their own, and in
+    /// which the node's own name also has its mirror address (the plane's prefix with the
+    /// host bits of the node's address). The names' mirror addresses come in `names` like any
+    /// other address. A prefix longer than 124 bits or overlapping the subnet is ignored.
+    pub fn update_with_planes<I, S, A>(&self, names: I, planes: &[(Ipv6Addr, u8)]) -> UpdateOutcome
+    where
+        I: IntoIterator<Item = (S, A)>,
+        S: AsRef<str>,
+        A: Into<IpAddr>,
+    {
+        let spec = &self.shared.spec;
+        let planes = planes
+            .iter()
+            .filter_map(|(network, len)| Plane::new(spec, *network, *len))
+            .collect();
+        self.replace(names, planes)
+    }
+
+    fn replace<I, S, A>(&self, names: I, planes: Vec<Plane>) -> UpdateOutcome
+    where
+        I: IntoIterator<Item = (S, A)>,
+        S: AsRef<str>,
+        A: Into<IpAddr>,
+    {
         let spec = &self.shared.spec;
         let domain = Name::from(spec.domain.clone());
         let mut set: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
@@ -108,7 +140,10 @@ impl NameTable {
             let name = name.as_ref();
             let addr: IpAddr = addr.into();
             let own = match addr {
-                IpAddr::V6(a) => a == spec.node_address,
+                IpAddr::V6(a) => {
+                    a == spec.node_address
+                        || planes.iter().any(|p| p.mirror(spec.node_address) == a)
+                }
                 IpAddr::V4(a) => Some(a) == spec.node_address4,
             };
             match normalize_name(name, &domain) {
@@ -130,7 +165,7 @@ impl NameTable {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.snapshot();
-        if current.names == set {
+        if current.names == set && current.planes == planes {
             return UpdateOutcome {
                 changed: false,
                 serial: current.serial,
@@ -138,7 +173,7 @@ impl NameTable {
             };
         }
         let serial = next_serial(current.serial);
-        let next = Arc::new(Snapshot::build(spec, set, serial));
+        let next = Arc::new(Snapshot::build(spec, set, planes, serial));
         *self
             .shared
             .current
@@ -196,6 +231,52 @@ fn next_serial(serial: u32) -> u32 {
     }
 }
 
+/// A mirror plane of the subnet the zone also answers for (see
+/// [`NameTable::update_with_planes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plane {
+    network: u128,
+    mask: u128,
+    reverse: Vec<LowerName>,
+}
+
+impl Plane {
+    fn new(spec: &ZoneSpec, network: Ipv6Addr, len: u8) -> Option<Self> {
+        if len > 124 {
+            return None;
+        }
+        let mask = match len {
+            0 => 0,
+            n => u128::MAX << (128 - u32::from(n)),
+        };
+        let network = u128::from(network) & mask;
+        // Overlapping the subnet: its reverse zones would shadow or be shadowed by ours.
+        let common = mask & spec.subnet_mask;
+        if network & common == spec.subnet_network & common {
+            return None;
+        }
+        let reverse = reverse_zones(Ipv6Addr::from(network), len)
+            .ok()?
+            .into_iter()
+            .map(LowerName::from)
+            .collect();
+        Some(Self {
+            network,
+            mask,
+            reverse,
+        })
+    }
+
+    /// `addr`'s host bits under the plane's prefix.
+    fn mirror(&self, addr: Ipv6Addr) -> Ipv6Addr {
+        Ipv6Addr::from(self.network | (u128::from(addr) & !self.mask))
+    }
+
+    fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) & self.mask == self.network
+    }
+}
+
 /// One zone's apex records.
 #[derive(Debug)]
 pub(crate) struct Zone {
@@ -219,6 +300,8 @@ pub(crate) struct Snapshot {
     /// The served set as given (normalised, without the node's own name): compared on
     /// update to tell whether anything changed.
     names: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// The mirror planes, whose reverse zones follow the subnet's in `zones`.
+    planes: Vec<Plane>,
     /// The domain zone first, then the reverse zones.
     pub zones: Vec<Zone>,
     pub nodes: HashMap<LowerName, Node>,
@@ -227,10 +310,16 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(spec: &ZoneSpec, names: BTreeMap<String, BTreeSet<IpAddr>>, serial: u32) -> Self {
+    fn build(
+        spec: &ZoneSpec,
+        names: BTreeMap<String, BTreeSet<IpAddr>>,
+        planes: Vec<Plane>,
+        serial: u32,
+    ) -> Self {
         let ttl = spec.ttl;
         let zones: Vec<Zone> = spec
             .apexes()
+            .chain(planes.iter().flat_map(|p| p.reverse.iter()))
             .map(|apex| {
                 let owner = Name::from(apex.clone());
                 let soa = SOA::new(
@@ -253,6 +342,11 @@ impl Snapshot {
         let mut nodes: HashMap<LowerName, Node> = HashMap::new();
         let mut own_addrs = BTreeSet::from([IpAddr::V6(spec.node_address)]);
         own_addrs.extend(spec.node_address4.map(IpAddr::V4));
+        own_addrs.extend(
+            planes
+                .iter()
+                .map(|p| IpAddr::V6(p.mirror(spec.node_address))),
+        );
         let own = (&spec.node_name, &own_addrs);
         for (name, addrs) in names.iter().chain([own]) {
             let fqdn = qualify(name, &domain);
@@ -271,7 +365,9 @@ impl Snapshot {
                 }
             }
             let reverses = addrs.iter().filter_map(|addr| match addr {
-                IpAddr::V6(a) if spec.in_subnet(*a) => Some(reverse_name(*a)),
+                IpAddr::V6(a) if spec.in_subnet(*a) || planes.iter().any(|p| p.contains(*a)) => {
+                    Some(reverse_name(*a))
+                }
                 IpAddr::V4(a) if spec.in_subnet4(*a) => Some(reverse_name4(*a)),
                 _ => None,
             });
@@ -291,6 +387,7 @@ impl Snapshot {
         Self {
             serial,
             names,
+            planes,
             zones,
             nodes,
             ns_name: LowerName::new(&spec.ns_name),

@@ -505,3 +505,91 @@ fn reverse_zones4_split_at_octets() {
     assert_eq!(names("0.0.0.0", 0), ["in-addr.arpa."]);
     assert!(crate::reverse_zones4("1.2.3.4".parse().unwrap(), 33).is_err());
 }
+
+fn ptr_of(t: &NameTable, addr: Ipv6Addr) -> Message {
+    let name = crate::config::reverse_name(addr).to_ascii();
+    ask(t, &name, RecordType::PTR)
+}
+
+#[test]
+fn mirror_planes_answer_aaaa_and_ptr_and_go_away_with_their_plane() {
+    let t = table();
+    let plane = (ip("2001:db8:100::"), 64);
+    let outcome = t.update_with_planes(
+        [
+            ("bar", ip("fd00::2")),
+            ("bar", ip("2001:db8:100::2")),
+            // The node's own name in the plane: its mirror, not a claim on its name.
+            ("node1", ip("2001:db8:100::1")),
+        ],
+        &[plane],
+    );
+    assert!(
+        outcome.changed && outcome.rejected.is_empty(),
+        "{outcome:?}"
+    );
+    let r = ask(&t, "bar.connectopus.test.", RecordType::AAAA);
+    let mut got = aaaa(&r);
+    got.sort();
+    assert_eq!(got, vec![ip("2001:db8:100::2"), ip("fd00::2")]);
+    let own = aaaa(&ask(&t, "node1.connectopus.test.", RecordType::AAAA));
+    assert!(
+        own.contains(&ip("2001:db8:100::1")) && own.contains(&ip("fd00::1")),
+        "{own:?}"
+    );
+    // PTR in the plane's own reverse zone, authoritative; the subnet's still answers.
+    let r = ptr_of(&t, ip("2001:db8:100::2"));
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(ptr_names(&r), vec!["bar.connectopus.test.".to_owned()]);
+    assert_eq!(
+        ptr_names(&ptr_of(&t, ip("2001:db8:100::1"))),
+        vec!["node1.connectopus.test.".to_owned()]
+    );
+    assert_eq!(
+        ptr_names(&ptr_of(&t, ip("fd00::2"))),
+        vec!["bar.connectopus.test.".to_owned()]
+    );
+    // Another name's address in the plane is still not a claim on the node's own name.
+    let outcome = t.update_with_planes([("node1", ip("2001:db8:100::9"))], &[plane]);
+    assert_eq!(outcome.rejected.len(), 1, "{outcome:?}");
+
+    // Withdrawn: the plane's reverse zone is no longer ours (REFUSED), its AAAA gone.
+    let outcome = t.update_with_planes([("bar", ip("fd00::2"))], &[]);
+    assert!(outcome.changed);
+    assert_eq!(
+        aaaa(&ask(&t, "bar.connectopus.test.", RecordType::AAAA)),
+        vec![ip("fd00::2")]
+    );
+    assert_eq!(
+        ptr_of(&t, ip("2001:db8:100::2")).metadata.response_code,
+        ResponseCode::Refused
+    );
+    assert_eq!(
+        aaaa(&ask(&t, "node1.connectopus.test.", RecordType::AAAA)),
+        vec![ip("fd00::1")]
+    );
+}
+
+#[test]
+fn planes_overlapping_the_subnet_or_too_long_are_ignored_and_update_keeps_planes() {
+    let t = table();
+    t.update_with_planes(
+        [("bar", ip("fd00::2"))],
+        &[
+            (ip("fd00::"), 48),
+            (ip("2001:db8:200::"), 126),
+            (ip("2001:db8:100::"), 64),
+        ],
+    );
+    // Only the good plane: the node's own mirror is in it, and nothing else.
+    let own = aaaa(&ask(&t, "node1.connectopus.test.", RecordType::AAAA));
+    assert_eq!(own.len(), 2, "{own:?}");
+    assert!(own.contains(&ip("2001:db8:100::1")));
+    // A plain update keeps the planes.
+    t.update([("bar", ip("fd00::2")), ("bar", ip("2001:db8:100::2"))]);
+    assert_eq!(
+        ptr_names(&ptr_of(&t, ip("2001:db8:100::2"))),
+        vec!["bar.connectopus.test.".to_owned()]
+    );
+}

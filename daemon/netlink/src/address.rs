@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::message::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, ParseError, Request, attr_string, attr_u32,
-    attributes,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, ParseError, Request,
+    attr_string, attr_u32, attributes,
 };
 
 pub const RTM_NEWADDR: u16 = 20;
@@ -15,11 +15,17 @@ pub const RTM_GETADDR: u16 = 22;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
+const IFA_CACHEINFO: u16 = 6;
 const IFA_FLAGS: u16 = 8;
+
+/// A lifetime of `IFA_CACHEINFO` that never ends ("forever").
+pub const LIFETIME_INFINITE: u32 = u32::MAX;
 
 /// No duplicate address detection: the address is usable at once (never "tentative").
 pub const IFA_F_NODAD: u32 = 0x02;
 pub const IFA_F_DADFAILED: u32 = 0x08;
+/// The preferred lifetime is over: kept for existing connections, not chosen as a source.
+pub const IFA_F_DEPRECATED: u32 = 0x20;
 pub const IFA_F_TENTATIVE: u32 = 0x40;
 pub const IFA_F_PERMANENT: u32 = 0x80;
 
@@ -70,6 +76,9 @@ pub struct Address {
     pub scope: u8,
     /// IPv4 only: the label (`eth0:1`).
     pub label: Option<String>,
+    /// Seconds of preferred lifetime left ([`LIFETIME_INFINITE`]: forever), from
+    /// `IFA_CACHEINFO` when the kernel sent it.
+    pub preferred_secs: Option<u32>,
 }
 
 impl Address {
@@ -83,7 +92,7 @@ impl Address {
         if family != AF_INET && family != AF_INET6 {
             return Ok(None);
         }
-        let (mut local, mut address, mut label) = (None, None, None);
+        let (mut local, mut address, mut label, mut preferred_secs) = (None, None, None, None);
         let mut flags = u32::from(fixed[2]);
         for attr in attributes(&payload[IFADDRMSG_LEN..]) {
             let (kind, data) = attr?;
@@ -92,6 +101,13 @@ impl Address {
                 IFA_ADDRESS => address = Some(parse_ip(family, data, "IFA_ADDRESS")?),
                 IFA_LABEL => label = Some(attr_string(data)),
                 IFA_FLAGS => flags = attr_u32(data, "IFA_FLAGS")?,
+                // struct ifa_cacheinfo: ifa_prefered, ifa_valid, cstamp, tstamp (u32 each).
+                IFA_CACHEINFO => {
+                    let first = data
+                        .get(..4)
+                        .ok_or(ParseError::BadLength("IFA_CACHEINFO"))?;
+                    preferred_secs = Some(attr_u32(first, "IFA_CACHEINFO")?);
+                }
                 _ => {}
             }
         }
@@ -107,6 +123,7 @@ impl Address {
             flags,
             scope: fixed[3],
             label,
+            preferred_secs,
         }))
     }
 }
@@ -141,6 +158,29 @@ pub fn add_request(index: u32, address: IpAddr, prefix_len: u8, flags: u32) -> R
     r
 }
 
+/// Changes the lifetimes of `address/prefix_len` on link `index` (`NLM_F_REPLACE`, as
+/// `ip address change`; an absent IPv6 address is added, the kernel does not look at
+/// `NLM_F_CREATE` there): `preferred_secs` 0 deprecates it, the valid lifetime stays infinite. `flags` replace the address's own (keep [`IFA_F_NODAD`]).
+pub fn change_lifetime_request(
+    index: u32,
+    address: IpAddr,
+    prefix_len: u8,
+    flags: u32,
+    preferred_secs: u32,
+) -> Request {
+    let mut r = Request::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_REPLACE);
+    let bytes = ip_bytes(&address);
+    let mut cacheinfo = [0u8; 16];
+    cacheinfo[..4].copy_from_slice(&preferred_secs.to_ne_bytes());
+    cacheinfo[4..8].copy_from_slice(&LIFETIME_INFINITE.to_ne_bytes());
+    r.fixed(&ifaddrmsg(family(&address), prefix_len, index))
+        .attr(IFA_LOCAL, &bytes)
+        .attr(IFA_ADDRESS, &bytes)
+        .attr(IFA_CACHEINFO, &cacheinfo)
+        .attr_u32(IFA_FLAGS, flags);
+    r
+}
+
 /// Deletes `address/prefix_len` from link `index` (absent is `EADDRNOTAVAIL`).
 pub fn delete_request(index: u32, address: IpAddr, prefix_len: u8) -> Request {
     let mut r = Request::new(RTM_DELADDR, NLM_F_ACK);
@@ -167,6 +207,27 @@ mod tests {
         assert_eq!(parsed.address, addr);
         assert_eq!(parsed.prefix_len, 128);
         assert_eq!(parsed.flags, IFA_F_NODAD);
+        assert_eq!(parsed.preferred_secs, None);
+        for cut in 0..p.len() {
+            let _ = Address::parse(&p[..cut]);
+        }
+    }
+
+    #[test]
+    fn change_lifetime_request_carries_the_preferred_lifetime() {
+        let addr: IpAddr = "2001:db8:100::3".parse().unwrap();
+        let bytes = change_lifetime_request(4, addr, 64, IFA_F_NODAD, 0).finish(3);
+        let (header, p) = messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(header.kind, RTM_NEWADDR);
+        let parsed = Address::parse(p).unwrap().unwrap();
+        assert_eq!((parsed.address, parsed.prefix_len), (addr, 64));
+        assert_eq!(parsed.preferred_secs, Some(0));
+        let forever = change_lifetime_request(4, addr, 64, 0, LIFETIME_INFINITE).finish(4);
+        let (_, p) = messages(&forever).next().unwrap().unwrap();
+        assert_eq!(
+            Address::parse(p).unwrap().unwrap().preferred_secs,
+            Some(LIFETIME_INFINITE)
+        );
         for cut in 0..p.len() {
             let _ = Address::parse(&p[..cut]);
         }

@@ -28,7 +28,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 
-pub use address::{Address, IFA_F_NODAD};
+pub use address::{Address, IFA_F_DEPRECATED, IFA_F_NODAD, LIFETIME_INFINITE};
 pub use link::{Link, VethSpec};
 pub use message::ParseError;
 pub use netns::{Netns, read_sysctl, write_sysctl};
@@ -371,6 +371,45 @@ impl Netlink {
         };
         self.socket.ack(
             address::add_request(index, address, prefix_len, flags),
+            what,
+        )
+    }
+
+    /// Deprecates `address/prefix_len` on `link` (preferred lifetime 0: existing connections
+    /// keep it, new ones pick another source) or makes it preferred again (forever); the valid
+    /// lifetime stays infinite. `nodad` as when it was added. An absent address is added with
+    /// that lifetime.
+    pub fn set_address_deprecated<'a>(
+        &mut self,
+        link: impl Into<LinkRef<'a>>,
+        address: IpAddr,
+        prefix_len: u8,
+        nodad: bool,
+        deprecated: bool,
+    ) -> Result<(), Error> {
+        let link: LinkRef<'a> = link.into();
+        let what = || {
+            let how = if deprecated {
+                "deprecating"
+            } else {
+                "preferring"
+            };
+            format!("{how} {address}/{prefix_len} on {}", link)
+        };
+        check_prefix(address, prefix_len).map_err(|why| Error::invalid(what(), why))?;
+        let index = self.index(link)?;
+        let flags = if nodad && address.is_ipv6() {
+            IFA_F_NODAD
+        } else {
+            0
+        };
+        let preferred = if deprecated {
+            0
+        } else {
+            address::LIFETIME_INFINITE
+        };
+        self.socket.ack(
+            address::change_lifetime_request(index, address, prefix_len, flags, preferred),
             what,
         )
     }

@@ -75,15 +75,36 @@ impl Dns {
         Dns::Off(format!("cannot bind {bind}: {reason}"))
     }
 
-    /// Replaces the served names with the node's current name table.
-    pub(super) fn update(&self, node: &Node) {
+    /// Replaces the served names with the node's current name table, each name also at its
+    /// mirror address in every active (not deprecated) mesh prefix plane: a plane being
+    /// renumbered away is not handed to new clients (docs/dynamic-mesh.md §2.4).
+    /// `subnet` is the mesh subnet: only its addresses have mirrors.
+    pub(super) fn update(&self, node: &Node, subnet: &connectopus_config::Ipv6Net) {
         if let Dns::Running(server) = self {
+            let in_subnet = |a: Ipv6Addr| {
+                let len = u32::from(subnet.prefix_len());
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                u128::from(a) & mask == u128::from(subnet.network()) & mask
+            };
+            let planes: Vec<_> = node
+                .mesh_prefixes()
+                .iter()
+                .filter(|p| !p.deprecated)
+                .collect();
             let names = node.names().iter().flat_map(|(n, e)| {
                 let v6 = std::iter::once((n.as_str(), std::net::IpAddr::V6(e.address)));
+                let mirrors = planes
+                    .iter()
+                    .filter(|_| in_subnet(e.address))
+                    .map(|p| (n.as_str(), std::net::IpAddr::V6(p.mirror(e.address))));
                 let v4 = e.address4.map(|a| (n.as_str(), std::net::IpAddr::V4(a)));
-                v6.chain(v4)
+                v6.chain(mirrors).chain(v4)
             });
-            let outcome = server.update(names);
+            let zones: Vec<(Ipv6Addr, u8)> = planes
+                .iter()
+                .map(|p| (p.prefix.addr(), p.prefix.len()))
+                .collect();
+            let outcome = server.names().update_with_planes(names, &zones);
             for (name, error) in &outcome.rejected {
                 tracing::debug!(%name, %error, "name not served");
             }

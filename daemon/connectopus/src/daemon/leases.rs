@@ -5,17 +5,17 @@
 //! address on the TUN device ([`Command::SetAddress`]). The core decides; this only does I/O.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
 use connectopus_core::identity::{NodeKey, hex};
 use connectopus_core::lease_issuer::{IssuerConfig, JoinPolicy, NamePattern};
-use connectopus_core::lease_table::{LeaseTableConfig, PersistedLease, PersistedLeases};
+use connectopus_core::lease_table::{LeaseTableConfig, PersistedLeases};
 use connectopus_core::node::{IssuerSetup, IssuerStart};
 use connectopus_wire::Prefix;
-use serde::{Deserialize, Serialize};
 
+use super::lease_file::decode;
+use super::lease_writer::{LeaseWriter, WriterReport};
 use super::*;
 
 /// What `connectopus node --ephemeral NAME` adds to a node's options.
@@ -196,150 +196,16 @@ pub(super) fn load_seed(path: &Path) -> Result<NodeKey> {
     Ok(NodeKey::from_seed(&seed))
 }
 
-/// `<config>.leases` on disk (JSON).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseFile {
-    version: u32,
-    pool: String,
-    next_epoch: u64,
-    leases: Vec<LeaseEntry>,
-    hold_down: Vec<HoldDownEntry>,
-    quarantine_until_unix_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaseEntry {
-    address: Ipv6Addr,
-    /// The holder's ed25519 key, hex.
-    key: String,
-    name: String,
-    epoch: u64,
-    renewal: u32,
-    expires_unix_ms: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldDownEntry {
-    address: Ipv6Addr,
-    until_unix_ms: u64,
-}
-
-/// Encodes a table as `<config>.leases` holds it.
-pub(super) fn encode(table: &PersistedLeases) -> Vec<u8> {
-    let file = LeaseFile {
-        version: 1,
-        pool: table.pool.to_string(),
-        next_epoch: table.next_epoch,
-        leases: table
-            .leases
-            .iter()
-            .map(|l| LeaseEntry {
-                address: l.address,
-                key: hex(&l.key),
-                name: l.name.clone(),
-                epoch: l.epoch,
-                renewal: l.renewal,
-                expires_unix_ms: l.expires_unix_ms,
-            })
-            .collect(),
-        hold_down: table
-            .hold_down
-            .iter()
-            .map(|(address, until)| HoldDownEntry {
-                address: *address,
-                until_unix_ms: *until,
-            })
-            .collect(),
-        quarantine_until_unix_ms: table.quarantine_until_unix_ms,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Decodes `<config>.leases`; any error means the table is lost.
-pub(super) fn decode(bytes: &[u8]) -> Result<PersistedLeases> {
-    let file: LeaseFile = serde_json::from_slice(bytes).context("not a lease table")?;
-    if file.version != 1 {
-        anyhow::bail!("lease table version {} is unknown", file.version);
-    }
-    let pool = parse_prefix(&file.pool)?;
-    let mut leases = Vec::with_capacity(file.leases.len());
-    for l in file.leases {
-        leases.push(PersistedLease {
-            address: l.address,
-            key: parse_key(&l.key)?,
-            name: l.name,
-            epoch: l.epoch,
-            renewal: l.renewal,
-            expires_unix_ms: l.expires_unix_ms,
-        });
-    }
-    Ok(PersistedLeases {
-        pool,
-        next_epoch: file.next_epoch,
-        leases,
-        hold_down: file
-            .hold_down
-            .into_iter()
-            .map(|h| (h.address, h.until_unix_ms))
-            .collect(),
-        quarantine_until_unix_ms: file.quarantine_until_unix_ms,
-    })
-}
-
-fn parse_prefix(text: &str) -> Result<Prefix> {
-    let (addr, len) = text
-        .split_once('/')
-        .with_context(|| format!("pool `{text}` is not a prefix"))?;
-    let addr: Ipv6Addr = addr.parse().with_context(|| format!("pool `{text}`"))?;
-    let len: u8 = len.parse().with_context(|| format!("pool `{text}`"))?;
-    Prefix::new(addr, len).map_err(|e| anyhow::anyhow!("pool `{text}`: {e:?}"))
-}
-
-fn parse_key(text: &str) -> Result<[u8; 32]> {
-    let mut key = [0u8; 32];
-    if text.len() != 64 || !text.is_ascii() {
-        anyhow::bail!("holder key `{text}` is not 64 hex digits");
-    }
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .with_context(|| format!("holder key `{text}` is not hex"))?;
-    }
-    Ok(key)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, then
-/// fsync of the directory.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// The driver's lease state: the newest table waiting to be written, and the ephemeral node's
-/// address as the TUN device carries it.
+/// The driver's lease state: the newest table waiting to be handed to the writer thread, and
+/// the ephemeral node's address as the TUN device carries it.
 #[derive(Debug, Default)]
 pub(super) struct LeaseDriver {
     /// The newest `PersistLeases` of this turn (older ones are superseded).
     pending: Option<(u64, Arc<PersistedLeases>)>,
     /// Where the table goes.
     path: Option<PathBuf>,
+    /// The `lease-writer` thread, started with the first table.
+    writer: Option<LeaseWriter>,
     /// Tables written, and failed writes.
     pub(super) written: u64,
     pub(super) write_errors: u64,
@@ -361,11 +227,17 @@ impl LeaseDriver {
             self.pending = Some((generation, table));
         }
     }
+
+    /// Tables handed to the writer thread.
+    pub(super) fn submitted(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.submitted)
+    }
 }
 
 impl Daemon {
-    /// Writes the newest queued lease table, then lets the core answer the grants it records.
-    /// Called once per loop turn, so a burst of joins costs one fsync.
+    /// Hands the newest lease table of the turn to the `lease-writer` thread (never waits for
+    /// the disk); the core answers the grants and renewals it records when the thread reports
+    /// it durable ([`Daemon::on_lease_writer`]).
     pub(super) fn persist_leases(&mut self) {
         let Some((generation, table)) = self.leases.pending.take() else {
             return;
@@ -373,17 +245,48 @@ impl Daemon {
         let Some(path) = self.leases.path.clone() else {
             return;
         };
-        match write_atomically(&path, &encode(&table)) {
-            Ok(()) => {
+        if self.leases.writer.is_none() {
+            let to_loop = self.to_loop.clone();
+            match LeaseWriter::spawn(
+                super::lease_file::encode,
+                LeaseWriter::file_writer(path.clone()),
+                Box::new(move |report| to_loop.send(LoopMessage::LeaseWriter(report))),
+            ) {
+                Ok(writer) => self.leases.writer = Some(writer),
+                Err(error) => {
+                    // The grants stay unanswered (joiners retry); the next change tries again.
+                    self.leases.write_errors += 1;
+                    tracing::warn!(path = %path.display(), error = %format!("{error:#}"), generation, "cannot write the lease table");
+                    return;
+                }
+            }
+        }
+        if let Some(writer) = self.leases.writer.as_mut() {
+            writer.submit(generation, table);
+        }
+    }
+
+    /// The writer thread wrote a table (the core answers what it records), or failed to (it
+    /// tries again by itself).
+    pub(super) fn on_lease_writer(&mut self, report: WriterReport) {
+        match report {
+            WriterReport::Persisted(generation) => {
                 self.leases.written += 1;
                 let now = self.now();
                 self.node.leases_persisted(now, generation);
                 self.drain_node();
             }
-            Err(error) => {
-                // The grants stay unanswered (joiners retry); the next change tries again.
+            WriterReport::Failed {
+                generation,
+                error,
+                retry_in,
+            } => {
                 self.leases.write_errors += 1;
-                tracing::warn!(path = %path.display(), %error, generation, "cannot write the lease table");
+                // Retries of one failure double their wait: log the first few, then seldom.
+                if self.leases.write_errors <= 3 || self.leases.write_errors.is_power_of_two() {
+                    let path = self.leases.path.as_deref().map(Path::display);
+                    tracing::warn!(path = ?path.map(|p| p.to_string()), %error, generation, retry_in_ms = retry_in.as_millis() as u64, errors = self.leases.write_errors, "cannot write the lease table; trying again");
+                }
             }
         }
     }
@@ -429,7 +332,7 @@ impl Daemon {
                 }
             }
             self.dns = dns::Dns::start(&self.config, &self.id, address, Some(&tun));
-            self.dns.update(&self.node);
+            self.dns.update(&self.node, &self.config.global.subnet);
         }
         self.leases.address = Some((address, expires));
     }
@@ -441,6 +344,7 @@ impl Daemon {
         use connectopus_core::lease_holder::HolderState;
         let mut report = control::LeaseReport {
             tables_written: self.leases.written,
+            tables_submitted: self.leases.submitted(),
             table_write_errors: self.leases.write_errors,
             ..control::LeaseReport::default()
         };
@@ -491,7 +395,9 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lease_file::{encode, write_atomically};
     use super::*;
+    use connectopus_core::lease_table::PersistedLease;
 
     fn table() -> PersistedLeases {
         PersistedLeases {
@@ -504,34 +410,11 @@ mod tests {
                 epoch: 1_796_556_438_859_683_087,
                 renewal: 3,
                 expires_unix_ms: 1_796_556_460_961,
+                renew_xid: None,
             }],
             hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
             quarantine_until_unix_ms: Some(1_796_556_480_000),
-        }
-    }
-
-    #[test]
-    fn the_lease_file_round_trips() {
-        let t = table();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
-    }
-
-    #[test]
-    fn a_damaged_lease_file_is_refused_not_half_read() {
-        let bytes = encode(&table());
-        let text = String::from_utf8(bytes.clone()).unwrap();
-        for bad in [
-            bytes[..bytes.len() / 2].to_vec(),
-            text.replace("\"version\": 1", "\"version\": 2")
-                .into_bytes(),
-            text.replace("abab", "zzzz").into_bytes(),
-            text.replace("/112", "/129").into_bytes(),
-            text.replace("\"renewal\": 3", "\"renewal\": -3")
-                .into_bytes(),
-            b"".to_vec(),
-            b"null".to_vec(),
-        ] {
-            assert!(decode(&bad).is_err(), "{}", String::from_utf8_lossy(&bad));
+            written_unix_ms: 1_796_556_440_961,
         }
     }
 

@@ -11,13 +11,14 @@
 //!   the subnet's length, so the kernel routes all of `M` into the mesh; a withdrawn plane's
 //!   address is deleted. The core's forwarding carries the mirrors of every route.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use connectopus_config::MeshConfig;
+use connectopus_core::Time;
 use connectopus_core::node::{Delegation, MeshPrefix, MeshPrefixConfig};
 use connectopus_dhcp6::{PdEvent, PdState};
 use connectopus_wire::Prefix;
@@ -51,6 +52,11 @@ fn state_path(config_path: &Path) -> PathBuf {
 /// The still-valid delegations saved in the client's state file, with the time left: the
 /// node advertises them from its first update, so a restart does not withdraw the mesh prefix
 /// while the client Rebinds it.
+///
+/// Deadlines in the file are Unix milliseconds. A wall clock that reads earlier than the
+/// file's last write (its mtime, set by the same clock) is behind: then time since the write
+/// counts from the write, so a wrong clock at boot never keeps a prefix longer than the file
+/// held it (`docs/dynamic-mesh.md` §1.7 "Wall clock").
 fn saved_delegations(state: &Path) -> PdUpdate {
     let Ok(saved) = std::fs::read(state)
         .map_err(|_| ())
@@ -58,9 +64,7 @@ fn saved_delegations(state: &Path) -> PdUpdate {
     else {
         return PdUpdate::Held(Vec::new());
     };
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let unix_ms = crate::pd::unix_ms_for_saved(state);
     PdUpdate::Held(
         saved
             .delegations_at(connectopus_core::Time::ZERO, unix_ms)
@@ -97,8 +101,13 @@ fn wire_prefix(p: connectopus_dhcp6::Prefix) -> Option<Prefix> {
     Prefix::new_truncating(p.addr, p.len).ok()
 }
 
-/// Runs the client on a thread of its own (it dies with the process).
-pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender) -> Result<()> {
+/// Runs the client on a thread of its own (it dies with the process); `saved` are the
+/// delegations the loop was given from the state file at start.
+pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender, saved: &PdUpdate) -> Result<()> {
+    let mut held: BTreeSet<Prefix> = match saved {
+        PdUpdate::Held(list) => list.iter().map(|(p, _, _)| *p).collect(),
+        PdUpdate::Gone(_) => BTreeSet::new(),
+    };
     std::thread::Builder::new()
         .name("dhcp6".to_owned())
         .spawn(move || {
@@ -113,28 +122,7 @@ pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender) -> Result<()> 
                 };
                 for event in events {
                     tracing::info!(event = %crate::pd::describe(&event), "dhcp6");
-                    let now = driver.now();
-                    let update = match &event {
-                        PdEvent::Bound(lease)
-                        | PdEvent::Renewed(lease)
-                        | PdEvent::Rebound(lease) => PdUpdate::Held(
-                            lease
-                                .delegations
-                                .iter()
-                                .filter_map(|d| {
-                                    Some((
-                                        wire_prefix(d.prefix)?,
-                                        d.preferred_until.saturating_since(now),
-                                        d.valid_until.saturating_since(now),
-                                    ))
-                                })
-                                .collect(),
-                        ),
-                        PdEvent::Expired(prefixes) => PdUpdate::Gone(
-                            prefixes.iter().filter_map(|p| wire_prefix(*p)).collect(),
-                        ),
-                        PdEvent::Released => PdUpdate::Held(Vec::new()),
-                    };
+                    let update = update_for(&event, driver.now(), &mut held);
                     if !to_loop.send(LoopMessage::Delegations(update)) {
                         return;
                     }
@@ -145,10 +133,46 @@ pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender) -> Result<()> 
     Ok(())
 }
 
-/// The mirror addresses on the node's own TUN device, by plane.
+/// What the loop hears of a client event. `held` tracks every prefix handed to the core and
+/// not withdrawn (a renumbered one stays, deprecated, in the core): a `Released` withdraws
+/// them all at once (§2.4), rather than leaving them deprecated until their valid lifetime.
+fn update_for(
+    event: &PdEvent,
+    now: connectopus_core::Time,
+    held: &mut BTreeSet<Prefix>,
+) -> PdUpdate {
+    match event {
+        PdEvent::Bound(lease) | PdEvent::Renewed(lease) | PdEvent::Rebound(lease) => {
+            let list: Vec<(Prefix, Duration, Duration)> = lease
+                .delegations
+                .iter()
+                .filter_map(|d| {
+                    Some((
+                        wire_prefix(d.prefix)?,
+                        d.preferred_until.saturating_since(now),
+                        d.valid_until.saturating_since(now),
+                    ))
+                })
+                .collect();
+            held.extend(list.iter().map(|(p, _, _)| *p));
+            PdUpdate::Held(list)
+        }
+        PdEvent::Expired(prefixes) => {
+            let gone: Vec<Prefix> = prefixes.iter().filter_map(|p| wire_prefix(*p)).collect();
+            for p in &gone {
+                held.remove(p);
+            }
+            PdUpdate::Gone(gone)
+        }
+        PdEvent::Released => PdUpdate::Gone(std::mem::take(held).into_iter().collect()),
+    }
+}
+
+/// The mirror addresses on the node's own TUN device, by plane, and whether each is
+/// deprecated (preferred lifetime 0: the plane is being renumbered away or ends soon).
 #[derive(Debug, Default)]
 pub(super) struct MirrorAddresses {
-    applied: BTreeMap<Prefix, Ipv6Addr>,
+    applied: BTreeMap<Prefix, (Ipv6Addr, bool)>,
 }
 
 impl Daemon {
@@ -171,9 +195,36 @@ impl Daemon {
         }
     }
 
-    /// Puts φ(own) of every live plane on the own TUN device and takes withdrawn ones off.
+    /// The planes for `status`.
+    pub(super) fn mesh_prefix_report(
+        &self,
+        now: Time,
+        name_of: impl Fn(Ipv6Addr) -> Option<String>,
+    ) -> Vec<crate::control::MeshPrefixReport> {
+        let own = self.node.address();
+        self.node
+            .mesh_prefixes()
+            .iter()
+            .map(|p| crate::control::MeshPrefixReport {
+                prefix: p.prefix.to_string(),
+                delegated: p.delegated.to_string(),
+                origin: p.origin.to_string(),
+                origin_name: name_of(p.origin),
+                state: if p.deprecated { "deprecated" } else { "active" }.to_owned(),
+                valid_for_secs: p.valid_until.saturating_since(now).as_secs_f64(),
+                mirror: (!own.is_unspecified()).then(|| p.mirror(own).to_string()),
+            })
+            .collect()
+    }
+
+    /// Puts φ(own) of every live plane on the own TUN device and takes withdrawn ones off; the
+    /// mirror of a deprecated plane gets preferred lifetime 0, so the kernel keeps it for the
+    /// connections that use it but picks another source for new ones (§2.4 of
+    /// docs/dynamic-mesh.md).
     pub(super) fn apply_mesh_prefixes(&mut self, planes: &[MeshPrefix]) {
         log_planes(planes);
+        // Names answer in the active planes (the core's table already has them).
+        self.dns.update(&self.node, &self.config.global.subnet);
         let Some(tun) = self.tuns.get(0).map(|t| t.name().to_owned()) else {
             return;
         };
@@ -184,8 +235,10 @@ impl Daemon {
         } else {
             planes
         };
-        let want: BTreeMap<Prefix, Ipv6Addr> =
-            planes.iter().map(|p| (p.prefix, p.mirror(own))).collect();
+        let want: BTreeMap<Prefix, (Ipv6Addr, bool)> = planes
+            .iter()
+            .map(|p| (p.prefix, (p.mirror(own), p.deprecated)))
+            .collect();
         let mut netlink = match connectopus_netlink::Netlink::open() {
             Ok(n) => n,
             Err(error) => {
@@ -197,8 +250,8 @@ impl Daemon {
             .mesh_addresses
             .applied
             .iter()
-            .filter(|(plane, addr)| want.get(plane) != Some(addr))
-            .map(|(p, a)| (*p, *a))
+            .filter(|(plane, (addr, _))| want.get(plane).map(|w| w.0) != Some(*addr))
+            .map(|(p, (a, _))| (*p, *a))
             .collect();
         for (plane, addr) in stale {
             match netlink.delete_address(tun.as_str(), IpAddr::V6(addr), plane.len()) {
@@ -208,19 +261,32 @@ impl Daemon {
             }
             self.mesh_addresses.applied.remove(&plane);
         }
-        for (plane, addr) in want {
-            if self.mesh_addresses.applied.get(&plane) == Some(&addr) {
+        for (plane, (addr, deprecated)) in want {
+            let before = self.mesh_addresses.applied.get(&plane).copied();
+            if before == Some((addr, deprecated)) {
                 continue;
             }
-            match netlink.add_address(tun.as_str(), IpAddr::V6(addr), plane.len(), true) {
-                Ok(()) => tracing::info!(%addr, %tun, "mirror address added"),
-                Err(error) if error.is_exists() => {}
+            // Adds the address when it is not there, else changes its preferred lifetime.
+            match netlink.set_address_deprecated(
+                tun.as_str(),
+                IpAddr::V6(addr),
+                plane.len(),
+                true,
+                deprecated,
+            ) {
+                Ok(()) if before.is_none() => {
+                    tracing::info!(%addr, %tun, deprecated, "mirror address added");
+                }
+                Ok(()) if deprecated => tracing::info!(%addr, %tun, "mirror address deprecated"),
+                Ok(()) => tracing::info!(%addr, %tun, "mirror address preferred again"),
                 Err(error) => {
                     tracing::warn!(%error, "adding a mirror address");
                     continue;
                 }
             }
-            self.mesh_addresses.applied.insert(plane, addr);
+            self.mesh_addresses
+                .applied
+                .insert(plane, (addr, deprecated));
         }
     }
 }
@@ -255,4 +321,125 @@ fn log_planes(planes: &[MeshPrefix]) {
         })
         .collect();
     tracing::info!(planes = ?list, "mesh prefixes");
+}
+
+#[cfg(test)]
+mod tests {
+    use connectopus_core::Time;
+    use connectopus_dhcp6::{Duid, SavedDelegation};
+
+    use super::*;
+
+    fn dp(s: &str) -> connectopus_dhcp6::Prefix {
+        let (a, l) = s.split_once('/').unwrap();
+        connectopus_dhcp6::Prefix {
+            addr: a.parse().unwrap(),
+            len: l.parse().unwrap(),
+        }
+    }
+
+    fn lease(prefixes: &[&str], now: Time) -> connectopus_dhcp6::Lease {
+        connectopus_dhcp6::Lease {
+            delegations: prefixes
+                .iter()
+                .map(|p| connectopus_dhcp6::Delegation {
+                    prefix: dp(p),
+                    preferred: Duration::from_secs(10),
+                    valid: Duration::from_secs(14),
+                    preferred_until: now + Duration::from_secs(10),
+                    valid_until: now + Duration::from_secs(14),
+                })
+                .collect(),
+            t1: Duration::from_secs(2),
+            t2: Duration::from_secs(4),
+            server_id: vec![0, 1, 2],
+            bound_at: now,
+        }
+    }
+
+    #[test]
+    fn a_release_withdraws_every_prefix_the_core_holds_at_once() {
+        let now = Time::ZERO;
+        let d1 = wire_prefix(dp("2001:db8:100::/56")).unwrap();
+        let d2 = wire_prefix(dp("2001:db8:200::/56")).unwrap();
+        // A saved delegation at start, then a renumbering D1 → D2 (the core keeps D1,
+        // deprecated), then `pd release`.
+        let mut held: BTreeSet<Prefix> = [d1].into();
+        match update_for(
+            &PdEvent::Renewed(lease(&["2001:db8:200::/56"], now)),
+            now,
+            &mut held,
+        ) {
+            PdUpdate::Held(list) => {
+                assert_eq!(list.iter().map(|l| l.0).collect::<Vec<_>>(), vec![d2])
+            }
+            other => panic!("{other:?}"),
+        }
+        match update_for(&PdEvent::Released, now, &mut held) {
+            PdUpdate::Gone(gone) => assert_eq!(gone, vec![d1, d2]),
+            other => panic!("a Release must withdraw at once, not {other:?}"),
+        }
+        assert!(held.is_empty());
+        // An expiry withdraws only what expired.
+        let mut held: BTreeSet<Prefix> = [d1, d2].into();
+        match update_for(
+            &PdEvent::Expired(vec![dp("2001:db8:100::/56")]),
+            now,
+            &mut held,
+        ) {
+            PdUpdate::Gone(gone) => assert_eq!(gone, vec![d1]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(held, [d2].into());
+    }
+
+    #[test]
+    fn a_clock_behind_the_state_files_write_does_not_stretch_saved_delegations() {
+        let dir = std::env::temp_dir().join(format!("cx-pd-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.yml.dhcp6");
+        let now_ms = crate::pd::unix_ms_for_saved(&dir.join("missing"));
+        // Saved with 60 s of valid lifetime left.
+        let state = PdState {
+            duid: Duid::uuid([7; 16]),
+            iaid: 1,
+            server_id: vec![0, 1, 2],
+            delegations: vec![SavedDelegation {
+                prefix: dp("2001:db8:100::/56"),
+                preferred_until_unix_ms: now_ms + 30_000,
+                valid_until_unix_ms: now_ms + 60_000,
+            }],
+        };
+        std::fs::write(&path, state.encode()).unwrap();
+        let left = |path: &Path| match saved_delegations(path) {
+            PdUpdate::Held(list) => list[0].2,
+            other => panic!("{other:?}"),
+        };
+        assert!(left(&path) <= Duration::from_secs(60));
+        // The file was written an hour from now by the clock's reckoning (as when the clock
+        // now reads an hour behind the write): the deadline counts from the write, 60 s at most,
+        // not an hour and a minute.
+        let hour_ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let state = PdState {
+            delegations: vec![SavedDelegation {
+                prefix: dp("2001:db8:100::/56"),
+                preferred_until_unix_ms: now_ms + 3_630_000,
+                valid_until_unix_ms: now_ms + 3_660_000,
+            }],
+            ..state
+        };
+        std::fs::write(&path, state.encode()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(hour_ahead)
+            .unwrap();
+        let valid = left(&path);
+        assert!(
+            valid <= Duration::from_secs(61),
+            "a delegation saved with 60 s left lasts {valid:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

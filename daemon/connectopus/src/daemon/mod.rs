@@ -54,9 +54,12 @@ use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
 mod mesh_prefix;
+pub(crate) use lease_writer::WriterReport;
 pub use local_datagrams::Outgoing as LocalDatagram;
 pub(crate) use mesh_prefix::PdUpdate;
 mod handshake_limits;
+mod lease_file;
+mod lease_writer;
 mod leases;
 pub use leases::EphemeralOptions;
 pub(crate) use leases::ephemeral_entry;
@@ -519,6 +522,7 @@ impl Daemon {
                 LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
                 LoopMessage::Attach(received) => self.on_attach_message(*received),
                 LoopMessage::Delegations(update) => self.on_delegations(update),
+                LoopMessage::LeaseWriter(report) => self.on_lease_writer(report),
             }
         }
     }
@@ -622,7 +626,7 @@ impl Daemon {
             handled = true;
             log_event(&event);
             if matches!(event, Event::NamesChanged { .. }) {
-                self.dns.update(&self.node);
+                self.dns.update(&self.node, &self.config.global.subnet);
             }
             if let Event::ConfigOffered {
                 link,

@@ -198,6 +198,7 @@ impl Daemon {
             subnet: self.subnet.clone(),
             domain: self.config.global.domain.clone(),
             lease: self.lease_report(now),
+            mesh_prefixes: self.mesh_prefix_report(now, name_of),
             authorized_keys: self
                 .config
                 .global

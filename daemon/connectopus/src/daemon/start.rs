@@ -237,7 +237,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let to_loop = LoopSender::new(tx, io.waker());
     let saved_delegations = match pd_driver {
         Some((driver, saved)) => {
-            super::mesh_prefix::spawn_pd(driver, to_loop.clone())?;
+            super::mesh_prefix::spawn_pd(driver, to_loop.clone(), &saved)?;
             Some(saved)
         }
         None => None,

@@ -54,7 +54,8 @@ fn t(secs: u64) -> Time {
 fn join(i: &mut LeaseIssuer, now: Time, holder: u8, name: &str) -> LeaseCertificate {
     let refused = i.handle_join(
         now,
-        session(holder, 1),
+        // One joining session per holder (the binding stays [1; 32]).
+        session(holder, 1 + 256 * u64::from(holder)),
         7,
         Ipv6Addr::UNSPECIFIED,
         name,
@@ -150,7 +151,7 @@ fn joins_are_never_anonymous_and_names_are_policed() {
     let join = |i: &mut LeaseIssuer, holder: u8, name: &str, proof: Option<&JoinProof>| {
         i.handle_join(
             t(1),
-            session(holder, 3),
+            session(holder, 3 + 256 * u64::from(holder)),
             9,
             Ipv6Addr::UNSPECIFIED,
             name,

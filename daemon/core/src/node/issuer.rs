@@ -9,12 +9,13 @@
 //! control datagrams (`not_joined`) and reads only lease records. An issuer keeps at most
 //! [`MAX_JOINING_SESSIONS`] and closes each after [`JOINING_SESSION_TIMEOUT`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use connectopus_wire::lease::LEASE_PORT;
 use connectopus_wire::{
-    ControlDatagram, Hello, HelloExtension, LeaseBody, LeaseMessage, Record, RecordKind,
+    ControlDatagram, Hello, HelloExtension, LeaseBody, LeaseMessage, Record, RecordKind, RefuseCode,
 };
 
 use super::{Command, Event, LeaseEvent, Node, NodeConfig, Transmit};
@@ -30,6 +31,13 @@ pub const MAX_JOINING_SESSIONS: usize = 64;
 /// A joining session is closed this long after its link came up (a joiner re-addresses its
 /// sessions once granted, so only refused or stuck joiners stay this long).
 pub const JOINING_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// With every joining session taken, a new join hello replaces the oldest session that has
+/// not proved it may join (its key listed in `identities`, or an authorised Join) after being
+/// up this long: keys made up by anyone who reaches the issuer cannot hold the slots against
+/// real joiners, who prove themselves one round trip after their session is up.
+pub const JOIN_PROOF_TIME: Duration = Duration::from_secs(1);
+/// Tokens of Renew answers waiting for the disk (link tokens are far below).
+const RENEW_TOKEN: u64 = 1 << 63;
 
 /// How an issuer's table starts (§1.7).
 #[derive(Debug, Clone)]
@@ -62,6 +70,11 @@ pub(super) struct IssuerState {
     issuer: LeaseIssuer,
     started: Time,
     unix_ms_at_start: u64,
+    /// Where Renew answers waiting for the disk go, by token.
+    renew_routes: BTreeMap<u64, LeaseRoute>,
+    next_renew_token: u64,
+    /// Joining sessions that proved they may join (see [`JOIN_PROOF_TIME`]).
+    proven: BTreeSet<LinkId>,
 }
 
 impl IssuerState {
@@ -84,6 +97,9 @@ impl IssuerState {
             issuer: LeaseIssuer::new(issuer_config, config.identity.clone(), table),
             started: now,
             unix_ms_at_start: setup.unix_ms,
+            renew_routes: BTreeMap::new(),
+            next_renew_token: 0,
+            proven: BTreeSet::new(),
         })
     }
 
@@ -110,13 +126,24 @@ impl Node {
     }
 
     /// The driver wrote the lease table of `generation` ([`Command::PersistLeases`]): the
-    /// grants it records are answered now.
+    /// grants and renewals it records are answered now.
     pub fn leases_persisted(&mut self, now: Time, generation: u64) {
         let answers = match self.issuer.as_mut() {
             Some(state) => state.issuer.leases_persisted(generation),
             None => Vec::new(),
         };
         for (token, answer) in answers {
+            if token & RENEW_TOKEN != 0 {
+                let route = self
+                    .issuer
+                    .as_mut()
+                    .and_then(|s| s.renew_routes.remove(&token));
+                if let Some(route) = route {
+                    self.count_lease("renewed_out");
+                    self.send_lease(now, route, &answer);
+                }
+                continue;
+            }
             let link = LinkId(token);
             // The joiner may have gone meanwhile: its lease then simply runs out.
             if !self.is_joining_session(link) {
@@ -177,7 +204,8 @@ impl Node {
             .get(&link)
             .and_then(|s| s.peer())
             .is_some_and(|p| p.address.is_unspecified());
-        if !already && joining_now >= MAX_JOINING_SESSIONS {
+        if !already && joining_now >= MAX_JOINING_SESSIONS && !self.evict_unproven_joiner(now, link)
+        {
             self.reject_hello(now, link, hello.address, "join_busy");
             return;
         }
@@ -198,6 +226,12 @@ impl Node {
                 return;
             }
         };
+        if let Some(state) = self.issuer.as_mut()
+            && state.issuer.policy().identities.contains(&key)
+        {
+            // Listed as itself: it may join, whatever it asks for.
+            state.proven.insert(link);
+        }
         let Some(session) = self.sessions.get_mut(&link) else {
             return;
         };
@@ -217,6 +251,39 @@ impl Node {
                 self.count_lease("joining_session");
             }
         }
+    }
+
+    /// Closes the oldest joining session (other than `except`) that has not proved it may join
+    /// within [`JOIN_PROOF_TIME`]; returns whether there was one.
+    fn evict_unproven_joiner(&mut self, now: Time, except: LinkId) -> bool {
+        let Some(state) = self.issuer.as_mut() else {
+            return false;
+        };
+        let sessions = &self.sessions;
+        state.proven.retain(|l| {
+            sessions
+                .get(l)
+                .and_then(|s| s.peer())
+                .is_some_and(|p| p.address.is_unspecified())
+        });
+        let proven = &state.proven;
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(l, s)| {
+                **l != except
+                    && !proven.contains(l)
+                    && s.peer().is_some_and(|p| p.address.is_unspecified())
+                    && now.saturating_since(s.started_at()) >= JOIN_PROOF_TIME
+            })
+            .min_by_key(|(l, s)| (s.started_at(), **l))
+            .map(|(l, _)| *l);
+        let Some(oldest) = oldest else {
+            return false;
+        };
+        self.count_lease("joining_session_evicted");
+        self.close_session(now, oldest, CloseReason::HandshakeTimeout, true);
+        true
     }
 
     /// Checks a join hello's key and signature; `Ok(None)` while it cannot cover our
@@ -350,6 +417,11 @@ impl Node {
                         .is_some_and(|e| now.saturating_since(e.received_at) < recent)
             },
         );
+        let authorised = !matches!(&answer, Some(LeaseMessage { body: LeaseBody::Refuse { code, .. }, .. })
+            if *code == RefuseCode::NotAuthorized);
+        if authorised {
+            state.proven.insert(link);
+        }
         if let Some(refusal) = answer {
             self.count_lease("join_refused");
             self.send_lease(now, LeaseRoute::Link(link), &refusal);
@@ -367,12 +439,25 @@ impl Node {
                 let answer = state
                     .issuer
                     .handle_renew(now, message.xid, cert, holder_sig);
-                let outcome = match answer.body {
-                    LeaseBody::Renewed { .. } => "renewed_out",
-                    _ => "renew_refused",
-                };
-                self.count_lease(outcome);
-                self.send_lease(now, route, &answer);
+                if !matches!(answer.body, LeaseBody::Renewed { .. }) {
+                    self.count_lease("renew_refused");
+                    self.send_lease(now, route, &answer);
+                    return;
+                }
+                // The renewal is answered once the table that records it is on disk.
+                let token = RENEW_TOKEN | state.next_renew_token;
+                state.next_renew_token = state.next_renew_token.wrapping_add(1) & !RENEW_TOKEN;
+                match state.issuer.hold_until_persisted(token, answer) {
+                    Some(answer) => {
+                        self.count_lease("renewed_out");
+                        self.send_lease(now, route, &answer);
+                    }
+                    None if state.issuer.waits(token) => {
+                        state.renew_routes.insert(token, route);
+                    }
+                    // A resend of a Renew whose answer already waits.
+                    None => {}
+                }
             }
             LeaseBody::Release {
                 address,
@@ -473,6 +558,8 @@ impl Node {
                 })
                 .map(|(link, _)| *link)
                 .collect();
+            let sessions = &self.sessions;
+            state.proven.retain(|l| sessions.contains_key(l));
             for link in stale {
                 self.count_lease("joining_session_timeout");
                 self.close_session(now, link, CloseReason::HandshakeTimeout, true);

@@ -104,6 +104,32 @@ impl Node {
         }
     }
 
+    /// Sends one more valid Join (new xid, the join-key proof) on every established joining
+    /// session, and ignores the answers: a test playing a joiner that floods its issuers
+    /// (see [`LeaseHolder::flood_join_for_test`]). Returns how many were sent.
+    pub fn flood_join_for_test(&mut self, now: Time) -> usize {
+        if !self.config.address.is_unspecified() {
+            return 0;
+        }
+        let targets: Vec<(LinkId, Ipv6Addr, [u8; 32])> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_established())
+            .filter_map(|(link, s)| s.peer().map(|p| (*link, p.address, s.signing_binding())))
+            .collect();
+        let mut sent = 0;
+        for (link, issuer, binding) in targets {
+            let Some(joiner) = self.joiner.as_mut() else {
+                return sent;
+            };
+            if let Some(join) = joiner.holder.flood_join_for_test(now, issuer, &binding) {
+                self.send_lease(now, LeaseRoute::Link(link), &join);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// An issuer's answer (Grant, Renewed, Refuse) arrived from `issuer`.
     pub(super) fn holder_message(&mut self, now: Time, issuer: Ipv6Addr, message: &LeaseMessage) {
         let Some(joiner) = self.joiner.as_mut() else {

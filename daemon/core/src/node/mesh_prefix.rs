@@ -77,7 +77,26 @@ pub enum MirrorError {
     OverlapsSubnet,
     /// `use` is past the last subnet-sized prefix inside the delegated prefix.
     UseOutOfRange,
+    /// The delegated prefix overlaps a range no delegation may cover ([`SPECIAL_RANGES`]:
+    /// unspecified, loopback, IPv4-mapped or -compatible, discard-only, link- or site-local,
+    /// multicast); a mistaken or hostile server's answer never becomes a plane.
+    SpecialPurpose,
 }
+
+/// Ranges a delegated prefix must not overlap (RFC 4291, RFC 6666, RFC 3879): a mirror plane
+/// there would put the mesh's addresses and routes where hosts expect something else.
+pub const SPECIAL_RANGES: [(Ipv6Addr, u8); 6] = [
+    // Unspecified, loopback and IPv4-compatible (::/96), IPv4-mapped (::ffff:0:0/96).
+    (Ipv6Addr::UNSPECIFIED, 96),
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96),
+    // Discard-only.
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
+    // Link-local and (deprecated) site-local.
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
+    // Multicast.
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+];
 
 /// Returns the mirror plane `M` of `delegated` for a subnet and `use`.
 pub fn mirror_plane(subnet: Prefix, delegated: Prefix, use_: u64) -> Result<Prefix, MirrorError> {
@@ -87,6 +106,13 @@ pub fn mirror_plane(subnet: Prefix, delegated: Prefix, use_: u64) -> Result<Pref
     }
     if delegated.overlaps(&subnet) {
         return Err(MirrorError::OverlapsSubnet);
+    }
+    if SPECIAL_RANGES
+        .iter()
+        .filter_map(|&(addr, len)| Prefix::new(addr, len).ok())
+        .any(|special| delegated.overlaps(&special))
+    {
+        return Err(MirrorError::SpecialPurpose);
     }
     let bits = u32::from(s - d);
     if bits < 64 && use_ >> bits != 0 {
@@ -416,6 +442,39 @@ mod tests {
             mirror_plane(subnet, p("fd00::/16"), 0),
             Err(MirrorError::OverlapsSubnet)
         );
+        // Special-purpose ranges, inside or around the delegation, are refused; the global
+        // unicast space around them is not.
+        for special in [
+            "::/56",
+            "::/8",
+            "::ffff:0:0/96",
+            "::ffff:c612:0/112",
+            "100::/64",
+            "fe80::/56",
+            "fe80::/10",
+            "fe00::/7",
+            "fec0:1::/48",
+            "ff02::/56",
+            "ff00::/8",
+        ] {
+            assert_eq!(
+                mirror_plane(p("fd00:cafe::/120"), p(special), 0),
+                Err(MirrorError::SpecialPurpose),
+                "{special}"
+            );
+        }
+        for fine in [
+            "2001:db8:100::/56",
+            "64:ff9b:1::/56",
+            "1::/56",
+            "fc00:1::/56",
+            "fe40::/56",
+        ] {
+            assert!(
+                mirror_plane(p("fd00:cafe::/120"), p(fine), 0).is_ok(),
+                "{fine}"
+            );
+        }
         let plane = MeshPrefix {
             prefix: p("2001:db8:100:300::/56"),
             delegated: p("2001:db8:100::/48"),

@@ -33,6 +33,11 @@ pub(super) struct NodeLeases {
     incarnation: u64,
     /// Every [`Command::SetAddress`] the node issued: (when, address).
     addresses: Vec<(Time, Option<Ipv6Addr>)>,
+    /// How many tables the node asked to persist, over all its incarnations.
+    persist_requests: u64,
+    /// How far the node's wall clock is off at its next restart (milliseconds, negative:
+    /// behind).
+    wall_clock_skew_ms: i64,
 }
 
 /// A lease table being written.
@@ -93,6 +98,17 @@ impl Sim {
         self.nodes[idx.0].leases.disk.as_deref()
     }
 
+    /// Returns how many lease tables a node asked to persist ([`Command::PersistLeases`]).
+    pub fn persist_requests(&self, idx: NodeIdx) -> u64 {
+        self.nodes[idx.0].leases.persist_requests
+    }
+
+    /// Sets how far `idx`'s wall clock is off when it next restarts (negative: behind), as a
+    /// machine whose clock is wrong at boot.
+    pub fn set_wall_clock_skew(&mut self, idx: NodeIdx, skew_ms: i64) {
+        self.nodes[idx.0].leases.wall_clock_skew_ms = skew_ms;
+    }
+
     /// Returns every address change ([`Command::SetAddress`]) a node issued: (when, address).
     pub fn address_changes(&self, idx: NodeIdx) -> &[(Time, Option<Ipv6Addr>)] {
         &self.nodes[idx.0].leases.addresses
@@ -142,7 +158,7 @@ impl Sim {
                     None => IssuerStart::Fresh,
                 };
             }
-            setup.unix_ms = unix_ms;
+            setup.unix_ms = unix_ms.saturating_add_signed(sim_node.leases.wall_clock_skew_ms);
             sim_node.config.epoch = sim_node.config.epoch.max(now_nanos);
         }
     }
@@ -154,6 +170,7 @@ impl Sim {
 
     /// Takes a node's lease commands.
     pub(super) fn persist(&mut self, idx: NodeIdx, generation: u64, table: Arc<PersistedLeases>) {
+        self.nodes[idx.0].leases.persist_requests += 1;
         self.disks.seq += 1;
         let seq = self.disks.seq;
         self.disks.tables.insert(seq, table);
