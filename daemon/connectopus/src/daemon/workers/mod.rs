@@ -712,3 +712,25 @@ mod thread;
 mod transit;
 
 use thread::WorkerThread;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the main loop sends through an open door reaches the thread's channel; once the
+    /// thread closed it, nothing is sent and the message stays with the sender.
+    #[test]
+    fn a_closed_door_sends_nothing() {
+        let door = Door::opened();
+        let (tx, rx) = mpsc::channel::<u32>();
+        assert!(door.send_if_open(|| tx.send(1).is_ok()));
+        door.close();
+        let mut called = false;
+        assert!(!door.send_if_open(|| {
+            called = true;
+            tx.send(2).is_ok()
+        }));
+        assert!(!called);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![1]);
+    }
+}
