@@ -317,6 +317,7 @@ impl Daemon {
                 self.flush_dtls_batches(None);
             }
             self.resume_tcp_io();
+            self.dataplane.wake_for_tcp();
             self.reap_closing();
             self.worker.trim_if_due(Instant::now());
             if let Some(deadline) = self.stopping {

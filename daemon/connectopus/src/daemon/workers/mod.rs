@@ -330,6 +330,9 @@ struct ThreadHandle {
     door: Arc<Door>,
     /// Bytes of `ToWorker::TcpSend` messages the thread has not taken yet.
     tcp_queued: Arc<AtomicUsize>,
+    /// `ToWorker::TcpSend` messages went in this turn: wake the thread once when the turn
+    /// ends ([`Dataplane::wake_for_tcp`]), not once a packet.
+    wake_due: AtomicBool,
 }
 
 /// The worker threads, as the main loop holds them.
@@ -491,6 +494,7 @@ impl Dataplane {
                 to_thread,
                 door,
                 tcp_queued,
+                wake_due: AtomicBool::new(false),
             });
         }
         let n = threads.len();
@@ -618,7 +622,7 @@ impl Dataplane {
         };
         // Counted first: the thread may take it (and subtract) before `send_to` returns.
         t.tcp_queued.fetch_add(len, Ordering::Relaxed);
-        if let Err(back) = self.send_to(index, message) {
+        if let Err(back) = self.enqueue(index, message) {
             t.tcp_queued.fetch_sub(len, Ordering::Relaxed);
             return match back {
                 ToWorker::TcpSend {
@@ -627,7 +631,18 @@ impl Dataplane {
                 _ => Err((Vec::new(), None)),
             };
         }
+        t.wake_due.store(true, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Wakes each worker thread the main loop handed TCP messages to this turn (once a turn,
+    /// when it ends, rather than an eventfd write per packet).
+    pub(super) fn wake_for_tcp(&self) {
+        for t in &self.threads {
+            if t.wake_due.swap(false, Ordering::Relaxed) {
+                let _ = t.waker.wake();
+            }
+        }
     }
 
     /// How many links worker `index` receives.
@@ -642,12 +657,22 @@ impl Dataplane {
         }
     }
 
-    /// Hands a link to worker thread `index` (1..); gives it back if that thread is gone.
+    /// Hands a link (or a message) to worker thread `index` (1..) and wakes it; gives it back
+    /// if that thread is gone or takes nothing any more.
     pub(super) fn send_to(
         &self,
         index: usize,
         message: ToWorker,
     ) -> std::result::Result<(), ToWorker> {
+        self.enqueue(index, message)?;
+        if let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) {
+            let _ = t.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// [`Dataplane::send_to`] without the wake.
+    fn enqueue(&self, index: usize, message: ToWorker) -> std::result::Result<(), ToWorker> {
         let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) else {
             return Err(message);
         };
@@ -669,7 +694,6 @@ impl Dataplane {
                 (None, None) => Ok(()),
             };
         }
-        let _ = t.waker.wake();
         Ok(())
     }
 

@@ -95,7 +95,7 @@ impl WorkerThread {
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        self.frame_tcp(slot, message, header);
+        self.frame_tcp(slot, Message::Bytes(message), header);
     }
 
     /// Frames the packet at `buf[r]` (a super-packet behind `header`) onto TCP `link` if this
@@ -110,21 +110,21 @@ impl WorkerThread {
         let Some(slot) = self.tcp_slot(link) else {
             return false;
         };
-        // One copy, as on the main loop: the codec frames (and encrypts) into its queue.
-        let mut message = std::mem::take(&mut self.worker.scratch);
-        message.clear();
-        message.extend_from_slice(self.worker.io.buf(buf).get(r).unwrap_or_default());
-        self.frame_tcp(slot, &message, header);
-        self.worker.scratch = message;
+        // Framed (and encrypted) from where it lies into the link's queue.
+        self.frame_tcp(slot, Message::Pool(buf, r), header);
         true
     }
 
     /// Frames one message (or each segment of a super-packet) into the link's byte queue and
     /// starts its write.
-    fn frame_tcp(&mut self, slot: usize, message: &[u8], header: Option<VnetHeader>) {
+    fn frame_tcp(&mut self, slot: usize, message: Message<'_>, header: Option<VnetHeader>) {
         let WorkerThread { worker, tcp, .. } = self;
         let Some(t) = tcp.get_mut(slot).and_then(Option::as_mut) else {
             return;
+        };
+        let message = match message {
+            Message::Bytes(bytes) => bytes,
+            Message::Pool(buf, r) => worker.io.buf(buf).get(r).unwrap_or_default(),
         };
         let data = header.is_some() || is_ip_packet(message);
         if data && t.own.tx.len() > MAX_TCP_BACKLOG {
@@ -483,6 +483,12 @@ impl WorkerThread {
             }
         }
     }
+}
+
+/// A message to frame: bytes the main loop handed over, or a packet in this thread's pool.
+enum Message<'a> {
+    Bytes(&'a [u8]),
+    Pool(&'a BufId, Range<usize>),
 }
 
 /// Puts `link` on the list of TCP links waiting for buffers, once.
