@@ -8,9 +8,10 @@
 //! a turn ([`Daemon::absorb_worker`]), so per packet nothing is locked or shared.
 //!
 //! Worker 0 runs on the main loop's thread, next to the control plane, and owns the links
-//! (TCP streams, DTLS associations), the sockets' receives and the node's other TUN devices;
-//! workers 1.. run on threads of their own (`workers`), each with a queue of the node's TUN
-//! device. See docs/architecture.md, "Threads".
+//! (DTLS associations, TCP streams until their session is established), the sockets' receives
+//! and the node's other TUN devices; workers 1.. run on threads of their own (`workers`), each
+//! with a queue of the node's TUN device, and receive (or, for TCP/TLS, own) the established
+//! links the main loop gives them. See docs/architecture.md, "Threads".
 
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;

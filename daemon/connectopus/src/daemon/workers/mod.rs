@@ -10,11 +10,16 @@
 //! `Arc`), or sends plaintext UDP datagrams.
 //!
 //! What it cannot do itself goes to the main loop through a bounded channel (a copy; dropped
-//! and counted when the channel is full): packets for TCP/TLS links and for DTLS links without
-//! the record fast path, packets for the node's other TUN devices (namespaces, `tun_devs`),
-//! and the ICMPv6 errors its forwarder built. (docs/architecture.md has the design for TCP/TLS
-//! links owned by one worker, without that copy.) Its `DataplaneReport` reaches the node every
-//! 100 ms, so data keeps sessions alive.
+//! and counted when the channel is full): packets for TCP/TLS links another worker owns (the
+//! main loop hands them on to the owner) and for DTLS links without the record fast path,
+//! packets for the node's other TUN devices (namespaces, `tun_devs`), and the ICMPv6 errors
+//! its forwarder built. Its `DataplaneReport` reaches the node every 100 ms, so data keeps
+//! sessions alive.
+//!
+//! TCP/TLS links (`tcp`): once a link's session is established, the main loop gives its
+//! stream, codec and unsent bytes to one worker (the one with the fewest links), which reads,
+//! decrypts, unframes, frames, encrypts and writes it from then on; the link's messages that
+//! are not packets go to the main loop, the node's messages for it come back to the owner.
 //!
 //! The control plane publishes the forwarding snapshot and the table of links the workers may
 //! send on in [`Slot`]s: a generation counter read once per turn, a lock only when it changed.
