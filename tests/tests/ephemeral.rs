@@ -269,6 +269,31 @@ fn ephemeral_nodes_join_resolve_keep_and_return_their_addresses() {
             refused["error"].is_string(),
             "st answered leases: {refused}"
         );
+        // `connectopus leases` prints the same table, and fails on a node that issues nothing.
+        let cli = |node: &str| {
+            Command::new(workspace_binary("connectopus")?)
+                .arg("leases")
+                .arg("--socket")
+                .arg(mesh.socket(node))
+                .output()
+                .context("running connectopus leases")
+        };
+        let out = cli("hub")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success()
+                && text.contains("3 active")
+                && expected.iter().all(|(n, a)| text
+                    .lines()
+                    .any(|l| l.starts_with(a.as_str()) && l.contains(n.as_str()))),
+            "connectopus leases: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = cli("st")?;
+        ensure!(
+            !out.status.success() && !out.stderr.is_empty(),
+            "connectopus leases on st: {out:?}"
+        );
 
         // SIGKILL j1: while its lease (20 s + grace) runs, a new joiner gets another address.
         let killed = addresses[0];

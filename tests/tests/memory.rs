@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, Topology, iperf3_server, parse_iperf3, ping6, require_root,
-    require_tools, run_test, wait_until,
+    LinkKind, Mesh, MeshLink, Topology, checked_transfer, iperf3_server, parse_iperf3, ping6,
+    require_root, require_tools, run_test, wait_until,
 };
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -447,4 +447,79 @@ fn report(node: &str, when: &str, pid: u32) -> Result<Memory> {
     }
     let _ = write!(std::io::stderr(), "{out}");
     Ok(m)
+}
+
+/// TCP links read into buffers taken from the pool; with a pool of 48 buffers (a test hook;
+/// 256 in production) the reads of a transit node's two TCP links, each way at once, reach the
+/// reserve they must leave free, wait, and are started again as buffers come back: both 20 MB
+/// transfers arrive intact, and no link times out. Before the wait list, a read that found the
+/// pool short was never started again and the link went silent until its peer timed it out.
+#[test]
+fn tcp_links_share_a_small_pool_without_stalling() {
+    require_root!();
+    require_tools(&["python3"]);
+    run_test("tcp_small_pool", |dir| {
+        let names = ["foo", "bar", "baz"];
+        let topo = Topology::line(dir, &names)?;
+        let mut mesh = Mesh::configure(
+            &topo,
+            &[
+                MeshLink::new("bar", "foo", LinkKind::Tcp),
+                MeshLink::new("baz", "bar", LinkKind::Tcp),
+            ],
+        )?;
+        mesh.set_log_level("info");
+        mesh.set_env("CONNECTOPUS_TEST_POOL_BUFFERS", "24");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let (foo, baz) = (mesh.address("foo"), mesh.address("baz"));
+        let there = std::thread::scope(|s| {
+            let back = s.spawn(|| {
+                checked_transfer(
+                    topo.ns("baz"),
+                    topo.ns("foo"),
+                    foo,
+                    7011,
+                    20_000_000,
+                    12,
+                    Duration::from_secs(120),
+                )
+            });
+            let there = checked_transfer(
+                topo.ns("foo"),
+                topo.ns("baz"),
+                baz,
+                7010,
+                20_000_000,
+                11,
+                Duration::from_secs(120),
+            );
+            (there, back.join())
+        });
+        let (there, back) = there;
+        let there = there?;
+        let back = back.map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
+        ensure!(there.intact(), "foo -> baz: {there:?}");
+        ensure!(back.intact(), "baz -> foo: {back:?}");
+        let mut deferred = 0;
+        for name in names {
+            let status = mesh.status(name)?;
+            let n = status["counters"]["tcp_reads_deferred"]
+                .as_u64()
+                .unwrap_or(0);
+            eprintln!("tcp_small_pool: {name} deferred {n} TCP reads");
+            deferred += n;
+            let log = std::fs::read_to_string(dir.join(format!("{name}.{name}.stderr")))?;
+            ensure!(
+                !log.contains("reason=\"timeout\""),
+                "{name} timed a link out during the transfers"
+            );
+        }
+        eprintln!("tcp_small_pool: {deferred} deferred in all");
+        ensure!(
+            deferred > 0,
+            "no TCP read waited for buffers: the pool was not small enough to test the wait"
+        );
+        Ok(())
+    });
 }

@@ -541,3 +541,109 @@ fn a_mesh_takes_keas_prefix_and_nodes_answer_at_their_mirrors() {
         Ok(())
     });
 }
+
+/// §2.6 step 6: the first step against ISC `dhcpd -6` instead of Kea — the mesh gw–b takes
+/// the /56 that dhcpd delegates to gw (its T1 = T2 = 0 answer), every node puts its mirror on
+/// its TUN device, b pings gw at its mirror, and DNS answers in the plane.
+#[test]
+fn a_mesh_takes_dhcpds_prefix_and_nodes_answer_at_their_mirrors() {
+    require_root!();
+    require_tools(&["ip", "ping", "dhcpd", "dig"]);
+    run_test("pd_mesh_dhcpd", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let rtr = NetNs::new(dir, "rtr")?;
+        for ns in [&rtr, topo.ns("gw")] {
+            ns.sysctls(&[
+                ("net.ipv6.conf.all.accept_dad", "0"),
+                ("net.ipv6.conf.default.accept_dad", "0"),
+            ])?;
+        }
+        let up = Veth::new(&rtr, topo.ns("gw"), "2001:db8:20::".parse()?, None)?;
+        wait_until(WAIT, Duration::from_millis(20), || {
+            let addrs = rtr
+                .ip(&["-o", "-6", "addr", "show", "dev", &up.a.ifname])
+                .unwrap_or_default();
+            addrs.contains("fe80") && addrs.contains("2001:db8:20:") && !addrs.contains("tentative")
+        })
+        .context("the upstream link did not come up")?;
+        let conf = dir.join("dhcpd6.conf");
+        std::fs::write(
+            &conf,
+            "default-lease-time 60;\npreferred-lifetime 40;\nmax-lease-time 60;\n\
+             subnet6 2001:db8:20::/64 { prefix6 2001:db8:100:: 2001:db8:100:: /56; }\n",
+        )?;
+        let leases = dir.join("dhcpd6.leases");
+        std::fs::write(&leases, "")?;
+        let pid = dir.join("dhcpd6.pid");
+        let args = [
+            "-6",
+            "-f",
+            "-d",
+            "-cf",
+            conf.to_str().context("path")?,
+            "-lf",
+            leases.to_str().context("path")?,
+            "-pf",
+            pid.to_str().context("path")?,
+            up.a.ifname.as_str(),
+        ];
+        let _dhcpd = rtr.spawn("dhcpd", &args)?;
+
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        let delegated = format!(
+            "global:\n  delegated:\n    - {{node: gw, interface: {}, length: 56}}\n",
+            up.b.ifname
+        );
+        std::fs::write(
+            mesh.config_path(),
+            config.replacen("global:\n", &delegated, 1),
+        )?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| addresses(topo.ns(n)).contains(&format!("{}/64", mirror(i as u16))))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}\ndhcpd leases:\n{}",
+                nodes
+                    .iter()
+                    .map(|n| format!("{n}: {}", addresses(topo.ns(n))))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                std::fs::read_to_string(&leases).unwrap_or_default()
+            )
+        })?;
+        let text = std::fs::read_to_string(&leases)?;
+        ensure!(
+            text.contains("iaprefix 2001:db8:100::/56") && text.contains("binding state active"),
+            "dhcpd's lease file: {text}"
+        );
+        let status = mesh.status("b")?;
+        ensure!(
+            status["mesh_prefixes"][0]["delegated"] == "2001:db8:100::/56"
+                && status["mesh_prefixes"][0]["origin_name"] == "gw",
+            "b's status: {}",
+            status["mesh_prefixes"]
+        );
+        let result = ping6(topo.ns("b"), mirror(0), 3, 56, &[])?;
+        ensure!(result.received > 0, "b → gw's mirror: {result:?}");
+        let at_gw = std::net::IpAddr::V6(mesh.address("gw"));
+        let answer = dig(topo.ns("b"), at_gw, "b.connectopus.test", "AAAA", false)?;
+        ensure!(
+            answer
+                .answers
+                .iter()
+                .any(|a| a.data == mirror(1).to_string()),
+            "b's AAAA at gw: {answer:?}"
+        );
+        Ok(())
+    });
+}

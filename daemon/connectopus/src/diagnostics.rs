@@ -1,5 +1,6 @@
 //! Client commands that ask a running node about its health or tell it to act:
-//! `status --check`, `reload` and `log-level`. (`ping` and `traceroute` are in `ping`.)
+//! `status --check`, `reload`, `leases` and `log-level`. (`ping` and `traceroute` are in
+//! `ping`.)
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -55,11 +56,34 @@ pub fn problems(report: &StatusReport) -> Vec<String> {
             ));
         }
     }
+    if let Some(lease) = &report.lease
+        && lease.pool.is_none()
+        && lease.address.is_none()
+    {
+        problems.push(format!(
+            "ephemeral node {} holds no address yet ({})",
+            report.name, lease.state
+        ));
+    }
+    // A plane being renumbered away is deprecated beside the new one; every plane deprecated
+    // means the delegating node's upstream stopped renewing, and the mesh prefix will go.
+    if !report.mesh_prefixes.is_empty() && report.mesh_prefixes.iter().all(|p| p.state != "active")
+    {
+        let soonest = report
+            .mesh_prefixes
+            .iter()
+            .map(|p| p.valid_for_secs)
+            .fold(f64::INFINITY, f64::min);
+        problems.push(format!(
+            "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in {soonest:.0}s"
+        ));
+    }
     problems
 }
 
-/// `connectopus status --check`: exit 0 only when the node runs and every configured backend
-/// has a session; otherwise one line per problem on stdout and exit 1.
+/// `connectopus status --check`: exit 0 only when the node runs, every configured backend has a
+/// session, an ephemeral node holds its address and not every mesh prefix plane is deprecated;
+/// otherwise one line per problem on stdout and exit 1.
 pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     let path = socket?;
     let report = match control::request(&path, &ControlRequest::Status) {
@@ -87,6 +111,45 @@ pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
         println!("{problem}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// `connectopus leases`: an issuer's table, one lease per line, soonest end first; an error
+/// (exit 1) from a node that issues nothing.
+pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
+    let mut leases = match control::request(path, &ControlRequest::Leases)? {
+        ControlReply::Leases(leases) => leases,
+        ControlReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&leases)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_leases(&mut leases));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text of `connectopus leases`.
+fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
+    use std::fmt::Write as _;
+    leases.sort_by(|a, b| a.expires_in_secs.total_cmp(&b.expires_in_secs));
+    let mut out = String::new();
+    if leases.is_empty() {
+        out.push_str("no active leases\n");
+        return out;
+    }
+    let width = leases.iter().map(|l| l.address.len()).max().unwrap_or(0);
+    let name_width = leases.iter().map(|l| l.name.len()).max().unwrap_or(0);
+    for l in leases.iter() {
+        let key = l.key.get(..16).unwrap_or(&l.key);
+        let _ = writeln!(
+            out,
+            "{:width$}  {:name_width$}  expires in {:>5.0}s  epoch {} renewal {}  key {key}…",
+            l.address, l.name, l.expires_in_secs, l.epoch, l.renewal
+        );
+    }
+    let _ = writeln!(out, "{} active", leases.len());
+    out
 }
 
 /// `connectopus reload`: asks the node to re-read its files and prints what happened.
@@ -191,5 +254,77 @@ mod tests {
         assert!(found[0].starts_with("backend a (tcp-dialer) has no session (links: "));
         assert_eq!(found[1], "backend b (tcp-dialer) is retrying: refused");
         assert_eq!(found[2], "backend c (tcp-dialer) has no session (no link)");
+    }
+
+    #[test]
+    fn leases_render_soonest_first_with_keys_shortened() {
+        let entry = |address: &str, name: &str, secs: f64| control::LeaseEntry {
+            address: address.to_owned(),
+            name: name.to_owned(),
+            key: "ab".repeat(32),
+            epoch: 3,
+            renewal: 1,
+            expires_in_secs: secs,
+        };
+        let mut leases = vec![
+            entry("fd00:cafe::1:8", "job-long", 40.0),
+            entry("fd00:cafe::1:a", "job", 12.4),
+        ];
+        let text = render_leases(&mut leases);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("fd00:cafe::1:a  job     "), "{text}");
+        assert!(
+            lines[0].contains("expires in    12s") && lines[0].contains("key abababababababab…")
+        );
+        assert!(lines[1].starts_with("fd00:cafe::1:8  job-long"), "{text}");
+        assert_eq!(lines[2], "2 active");
+        assert_eq!(render_leases(&mut []), "no active leases\n");
+    }
+
+    #[test]
+    fn an_unbound_ephemeral_node_and_an_all_deprecated_mesh_prefix_are_problems() {
+        let mut r = report(serde_json::json!([]), serde_json::json!([]));
+        assert!(problems(&r).is_empty());
+        r.lease = Some(control::LeaseReport {
+            state: "joining".to_owned(),
+            ..Default::default()
+        });
+        assert_eq!(
+            problems(&r),
+            ["ephemeral node baz holds no address yet (joining)"]
+        );
+        r.lease = Some(control::LeaseReport {
+            state: "bound".to_owned(),
+            address: Some("fd00::1:7".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        // An issuer holds no address of its own lease and that is fine.
+        r.lease = Some(control::LeaseReport {
+            state: "issuing".to_owned(),
+            pool: Some("fd00::1:0/112".to_owned()),
+            ..Default::default()
+        });
+        assert!(problems(&r).is_empty());
+        let plane = |prefix: &str, state: &str, valid: f64| control::MeshPrefixReport {
+            prefix: prefix.to_owned(),
+            state: state.to_owned(),
+            valid_for_secs: valid,
+            ..Default::default()
+        };
+        // Renumbering: the old plane deprecated beside an active one.
+        r.mesh_prefixes = vec![
+            plane("2001:db8:100::/64", "deprecated", 30.0),
+            plane("2001:db8:200::/64", "active", 90.0),
+        ];
+        assert!(problems(&r).is_empty());
+        r.mesh_prefixes[1].state = "deprecated".to_owned();
+        assert_eq!(
+            problems(&r),
+            [
+                "every mesh prefix is deprecated (the delegating node is not renewing); the last goes in 30s"
+            ]
+        );
     }
 }

@@ -167,6 +167,19 @@ enum Commands {
         #[arg(long, conflicts_with = "json")]
         check: bool,
     },
+    /// Lists an issuing node's active leases: the ephemeral nodes' addresses, names and
+    /// keys, and when each lease ends.
+    Leases {
+        /// The issuing node to ask.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its control socket, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Prints the leases as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sends ICMPv6 echo requests to a node through the mesh and shows each reply's RTT.
     Ping(ping::PingArgs),
     /// Shows the nodes on the path to a node through the mesh, with RTTs.
@@ -398,6 +411,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ping::traceroute(&args, socket)
         }
         Commands::Reload { id, socket } => diagnostics::reload(&socket_path(socket, id)?),
+        Commands::Leases { id, socket, json } => {
+            diagnostics::leases(&socket_path(socket, id)?, json)
+        }
         Commands::LogLevel { id, socket, args } => {
             diagnostics::log_level(&socket_path(socket, id)?, &args)
         }

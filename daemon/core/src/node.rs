@@ -55,7 +55,9 @@ mod trust;
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
 pub use fastpath::{FastpathEntry, FastpathTarget};
 pub use issuer::{IssuerSetup, IssuerStart};
-pub use mesh_prefix::{Delegation, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane};
+pub use mesh_prefix::{
+    Delegation, MAX_PLANES, MeshPrefix, MeshPrefixConfig, MirrorError, mirror_plane,
+};
 pub use names::{NameConflict, NameEntry};
 pub use outputs::{Command, Event, Forwarded, LeaseEvent, NodeCounters, Transmit, UpdateRejection};
 

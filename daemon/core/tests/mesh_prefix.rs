@@ -361,6 +361,23 @@ fn delegations_too_long_or_overlapping_the_subnet_are_ignored() {
 }
 
 #[test]
+fn a_delegation_of_many_prefixes_gives_at_most_max_planes_the_longest_lived() {
+    let mut sim = Sim::new(7);
+    let nodes = line(&mut sim, 3, &[]);
+    let now = sim.now();
+    let prefix = |i: u64| format!("2001:db8:{:x}00::/56", 0x10 + i);
+    let many: Vec<Delegation> = (0..40)
+        .map(|i| delegation(&prefix(i), now, 300 + i, 600 + i))
+        .collect();
+    delegate(&mut sim, nodes[0], many);
+    // The 16 longest-lived (24..40), on every node.
+    let kept: Vec<String> = (24..40).map(prefix).collect();
+    let want: Vec<(&str, bool)> = kept.iter().map(|s| (s.as_str(), false)).collect();
+    assert_eq!(want.len(), connectopus_core::node::MAX_PLANES);
+    wait_for_planes(&mut sim, &nodes, &want, SECOND);
+}
+
+#[test]
 fn a_healed_partition_takes_the_newest_delegation() {
     let mut sim = Sim::new(6);
     let nodes = line(&mut sim, 4, &[]);

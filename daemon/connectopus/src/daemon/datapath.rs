@@ -62,8 +62,8 @@ pub(super) struct OffloadCounters {
     pub(super) udp_gro_batches: u64,
     /// UDP sends the kernel refused (their datagrams are lost).
     pub(super) udp_send_errors: u64,
-    /// TCP link reads put off because the TUN writes had not drained or the pool was empty
-    /// (started again at the end of the turn, `Daemon::resume_tcp_io`).
+    /// Times a TCP link began to wait for a read: too few free buffers, or other links
+    /// already waiting (retried at the end of each turn, `Daemon::resume_tcp_io`).
     pub(super) tcp_reads_deferred: u64,
 }
 
@@ -108,6 +108,15 @@ pub(super) const RX_BUFFERS: usize = 16;
 /// [`RX_BUFFERS`] + a few (3.5 MiB).
 pub(super) const WORKING_SET: usize = 32;
 
+/// `CONNECTOPUS_TEST_POOL_BUFFERS=<n>` (tests only, at least 24): each worker's pool of 64 KiB
+/// buffers holds `n` instead of 256, so that tests reach the pool's limits with little traffic.
+pub(crate) const TEST_POOL_BUFFERS_ENV: &str = "CONNECTOPUS_TEST_POOL_BUFFERS";
+
+fn test_pool_buffers() -> Option<usize> {
+    let n: usize = std::env::var(TEST_POOL_BUFFERS_ENV).ok()?.parse().ok()?;
+    Some(n.max(24))
+}
+
 /// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
 /// super-packets and UDP GRO batches can arrive; the small populated default otherwise.
 pub(super) fn io_config(offload: bool) -> uring_io::Config {
@@ -115,7 +124,7 @@ pub(super) fn io_config(offload: bool) -> uring_io::Config {
         return uring_io::Config::default();
     }
     uring_io::Config {
-        buffers: 256,
+        buffers: test_pool_buffers().unwrap_or(256),
         // A 64 KiB TUN super-packet with its virtio-net header, or a 64 KiB GRO batch with the
         // io_uring receive header in front of it.
         buffer_size: 64 + (64 << 10) + 256 + 64,

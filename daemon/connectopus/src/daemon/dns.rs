@@ -75,9 +75,12 @@ impl Dns {
         Dns::Off(format!("cannot bind {bind}: {reason}"))
     }
 
-    /// Replaces the served names with the node's current name table, each name also at its
+    /// Replaces the served names with the node's current name table, a node's name also at its
     /// mirror address in every active (not deprecated) mesh prefix plane: a plane being
-    /// renumbered away is not handed to new clients (docs/dynamic-mesh.md §2.4).
+    /// renumbered away is not handed to new clients (docs/dynamic-mesh.md §2.4). Only nodes
+    /// (static and ephemeral) put their mirrors on their TUN devices; namespaces, `tun_devs`
+    /// and containers do not hold theirs yet (step 15), so their names answer the mesh address
+    /// only: a client preferring the global mirror would otherwise fail to connect.
     /// `subnet` is the mesh subnet: only its addresses have mirrors.
     pub(super) fn update(&self, node: &Node, subnet: &connectopus_config::Ipv6Net) {
         if let Dns::Running(server) = self {
@@ -91,11 +94,19 @@ impl Dns {
                 .iter()
                 .filter(|p| !p.deprecated)
                 .collect();
+            let nodes: std::collections::BTreeSet<Ipv6Addr> = if planes.is_empty() {
+                Default::default()
+            } else {
+                node.known_nodes()
+                    .map(|(u, _)| u.origin)
+                    .chain([node.address()])
+                    .collect()
+            };
             let names = node.names().iter().flat_map(|(n, e)| {
                 let v6 = std::iter::once((n.as_str(), std::net::IpAddr::V6(e.address)));
                 let mirrors = planes
                     .iter()
-                    .filter(|_| in_subnet(e.address))
+                    .filter(|_| in_subnet(e.address) && nodes.contains(&e.address))
                     .map(|p| (n.as_str(), std::net::IpAddr::V6(p.mirror(e.address))));
                 let v4 = e.address4.map(|a| (n.as_str(), std::net::IpAddr::V4(a)));
                 v6.chain(mirrors).chain(v4)

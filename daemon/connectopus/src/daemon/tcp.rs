@@ -3,7 +3,7 @@
 
 use connectopus_offload::VnetHeader;
 
-use super::worker::TUN_WRITES_BEFORE_TCP_WAITS;
+use super::worker::tcp_read_reserve;
 use super::workers::{OwnTcp, ToWorker};
 use super::*;
 
@@ -42,7 +42,33 @@ impl Daemon {
             .write(fd, Token(TOKEN_TCP_WRITE | link.0), buf, 0..n);
     }
 
+    /// Starts a read on the link if none is in flight, behind the links already waiting for
+    /// buffers (so a link whose read just completed cannot overtake them).
     pub(super) fn start_tcp_read(&mut self, link: LinkId) {
+        if !self.worker.tcp_waiting.is_empty() && !self.worker.tcp_waiting.contains(&link) {
+            if self.tcp_read_in_flight(link) == Some(false) {
+                self.worker.offload_counters.tcp_reads_deferred += 1;
+                self.worker.tcp_waiting.push(link);
+            }
+            return;
+        }
+        self.try_tcp_read(link);
+    }
+
+    /// `Some(in flight)` for a TCP link, `None` for anything else.
+    fn tcp_read_in_flight(&self, link: LinkId) -> Option<bool> {
+        match self.links.get(&link) {
+            Some(Link {
+                transport: Transport::Tcp(tcp),
+                ..
+            }) => Some(tcp.read_in_flight),
+            _ => None,
+        }
+    }
+
+    /// Starts a read now if the pool has more than the reserve free; otherwise the link waits
+    /// (once in the list) for [`Daemon::resume_tcp_io`].
+    fn try_tcp_read(&mut self, link: LinkId) {
         let Some(Link {
             transport: Transport::Tcp(tcp),
             ..
@@ -57,15 +83,12 @@ impl Daemon {
         if tcp.read_in_flight {
             return;
         }
-        // Back-pressure: what the last reads gave the TUN device is still being written.
-        if self.worker.tun_writes_in_flight >= TUN_WRITES_BEFORE_TCP_WAITS {
-            self.worker.offload_counters.tcp_reads_deferred += 1;
-            wait_for_buffers(&mut self.worker.tcp_waiting, link);
-            return;
-        }
-        let Some(buf) = self.worker.io.alloc() else {
-            self.worker.offload_counters.tcp_reads_deferred += 1;
-            wait_for_buffers(&mut self.worker.tcp_waiting, link);
+        let pool = self.worker.io.pool();
+        let reserved = pool.n_free() <= tcp_read_reserve(pool.capacity());
+        let Some(buf) = (!reserved).then(|| self.worker.io.alloc()).flatten() else {
+            if wait_for_buffers(&mut self.worker.tcp_waiting, link) {
+                self.worker.offload_counters.tcp_reads_deferred += 1;
+            }
             return;
         };
         tcp.read_in_flight = true;
@@ -73,17 +96,17 @@ impl Daemon {
         self.worker.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
     }
 
-    /// Starts again the reads and writes of TCP links that waited for buffers or for the TUN
-    /// writes to drain ([`TUN_WRITES_BEFORE_TCP_WAITS`]): once a turn, after the turn's
-    /// completions returned their buffers. Nothing else would: a link with no read or write
-    /// in flight gets no completion, and stays silent until its peer times it out.
+    /// Retries, in the order they began to wait, the reads and writes of TCP links that found
+    /// too few free buffers ([`tcp_read_reserve`]): once a turn, after the turn's completions
+    /// returned their buffers. Nothing else would: a link with no read or write in flight
+    /// gets no completion, and stays silent until its peer times it out.
     pub(super) fn resume_tcp_io(&mut self) {
         if self.worker.tcp_waiting.is_empty() {
             return;
         }
         let mut waiting = std::mem::take(&mut self.worker.tcp_waiting);
         for link in waiting.drain(..) {
-            self.start_tcp_read(link);
+            self.try_tcp_read(link);
             self.pump_tcp_write(link);
         }
         // Those that still wait were added again; keep the allocation.
@@ -413,9 +436,12 @@ impl Daemon {
     }
 }
 
-/// Puts `link` on the list of TCP links waiting for buffers, once.
-fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) {
-    if !waiting.contains(&link) {
+/// Puts `link` on the list of TCP links waiting for buffers, once; says whether it was not
+/// on it yet.
+fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) -> bool {
+    let new = !waiting.contains(&link);
+    if new {
         waiting.push(link);
     }
+    new
 }

@@ -45,21 +45,24 @@ pub(super) struct Worker {
     pub(super) records_opened: u64,
     /// Plaintext udp data datagrams received on the main loop's sockets.
     pub(super) datagrams_received: u64,
-    /// TUN writes submitted and not completed yet ([`Worker::write_tun`]).
-    pub(super) tun_writes_in_flight: usize,
-    /// TCP links whose read or write waits for buffers ([`Daemon::resume_tcp_io`]).
+    /// TCP links whose read or write waits for buffers, in the order they began to wait
+    /// ([`Daemon::resume_tcp_io`]).
     pub(super) tcp_waiting: Vec<LinkId>,
     /// Reads from the streams of the TCP/TLS links it owns so far.
     pub(super) tcp_reads: u64,
 }
 
-/// The most TUN writes a worker has in flight before its TCP links stop reading: the writes
-/// run in the kernel (on io_uring's workers when the device would block, slower still when
-/// other processes load the cores), and without a bound the TCP reads that feed them took
-/// every buffer of the pool (248 of 256 measured), after which nothing started the next read.
-/// The TCP socket buffers and the peer's window then hold the rest, as the working set does
-/// for receives (see `datapath::WORKING_SET`).
-pub(super) const TUN_WRITES_BEFORE_TCP_WAITS: usize = datapath::WORKING_SET / 2;
+/// The free buffers a TCP read leaves in the pool: a read starts only while more than a
+/// quarter of the pool is free. TCP links read into buffers taken from the pool (not from the
+/// kernel's provided-buffer ring, which the working set bounds), and what they read becomes
+/// TUN writes and sends that hold buffers until they complete; under CPU load io_uring runs
+/// TUN writes late, and without a reserve the reads once took 248 of 256 buffers. Past the
+/// reserve the TCP socket buffers and the peer's window hold the rest. Other traffic cannot
+/// keep the pool that low (its receives stop at the working set), so a waiting link reads
+/// again once the writes complete.
+pub(super) fn tcp_read_reserve(capacity: usize) -> usize {
+    capacity / 4
+}
 
 /// How often a worker's pool releases the buffers that stayed idle since the last time and
 /// re-sizes its posted receive buffers (see `uring_io::PacketIo::trim`).
@@ -131,22 +134,19 @@ impl Worker {
             tun_reads: 0,
             records_opened: 0,
             datagrams_received: 0,
-            tun_writes_in_flight: 0,
             tcp_waiting: Vec::new(),
             tcp_reads: 0,
         }
     }
 
-    /// Writes `buf[range]` to the TUN device (or queue) `fd`, counted until it completes
-    /// ([`Worker::tun_written`]).
+    /// Writes `buf[range]` to the TUN device (or queue) `fd`; [`Worker::tun_written`] takes
+    /// the completion.
     pub(super) fn write_tun(&mut self, fd: RawFd, buf: BufId, range: Range<usize>) {
-        self.tun_writes_in_flight += 1;
         self.io.write(fd, Token(TOKEN_TUN_WRITE), buf, range);
     }
 
     /// A TUN write completed: its buffer goes back.
     pub(super) fn tun_written(&mut self, completion: Completion) {
-        self.tun_writes_in_flight = self.tun_writes_in_flight.saturating_sub(1);
         if let Some(buf) = completion.buf {
             self.io.free(buf);
         }

@@ -127,6 +127,12 @@ pub fn mirror_plane(subnet: Prefix, delegated: Prefix, use_: u64) -> Result<Pref
     Prefix::new(addr, s).map_err(|_| MirrorError::UseOutOfRange)
 }
 
+/// The most delegated prefixes a delegating node keeps (its client's, renumbered ones
+/// included), and the most planes a node derives: each plane is a mirror address on every
+/// node, reverse zones in its DNS and a mirror of every forwarding entry, so a DHCPv6 answer
+/// with thousands of prefixes must not become thousands of each. The longest-lived win.
+pub const MAX_PLANES: usize = 16;
+
 /// One advertised delegation, timed on this node's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -177,7 +183,14 @@ impl MeshPrefixes {
                     .or_insert(plane);
             }
         }
-        planes.into_values().collect()
+        let mut planes: Vec<MeshPrefix> = planes.into_values().collect();
+        if planes.len() > MAX_PLANES {
+            // The active ones first, then the longest-lived; then back in prefix order.
+            planes.sort_by_key(|p| (p.deprecated, std::cmp::Reverse(p.valid_until)));
+            planes.truncate(MAX_PLANES);
+            planes.sort();
+        }
+        planes
     }
 }
 
@@ -224,6 +237,11 @@ impl Node {
         }
         entries.sort_by_key(|e| e.prefix);
         entries.dedup_by_key(|e| e.prefix);
+        if entries.len() > MAX_PLANES {
+            entries.sort_by_key(|e| (e.deprecated, std::cmp::Reverse(e.valid_until)));
+            entries.truncate(MAX_PLANES);
+            entries.sort_by_key(|e| e.prefix);
+        }
         self.mesh_prefixes.by_origin.insert(own, entries);
         self.refresh_mesh_prefixes(now);
         self.originate_update(now);

@@ -8,9 +8,9 @@
 //! `ToWorker::TcpSend` and are framed into the same ordered byte stream; packets this thread
 //! forwards to the link itself are framed from where they lie.
 //!
-//! Reads wait, as on the main loop, while [`TUN_WRITES_BEFORE_TCP_WAITS`] TUN writes are in
-//! flight or the pool is empty, and start again at the end of the turn
-//! ([`WorkerThread::resume_tcp`]). A stopping thread (a failed ring, or the test fault) stops
+//! Reads wait, as on the main loop, while no more than a quarter of the thread's pool is free
+//! ([`tcp_read_reserve`]), behind the links already waiting, and start again at the end of the
+//! turn ([`WorkerThread::resume_tcp`]). A stopping thread (a failed ring, or the test fault) stops
 //! arming reads, lets what is in flight complete, and gives each link back
 //! (`FromWorker::ReturnedTcp`); the main loop continues the stream where it was.
 
@@ -19,7 +19,7 @@ use std::io::Write;
 use connectopus_wire::message::is_ip_packet;
 
 use super::super::handshake_limits::MAX_TCP_QUEUE;
-use super::super::worker::TUN_WRITES_BEFORE_TCP_WAITS;
+use super::super::worker::tcp_read_reserve;
 use super::*;
 
 /// Why a link whose peer lets more than [`MAX_TCP_QUEUE`] bytes queue up is closed (counted
@@ -197,9 +197,28 @@ impl WorkerThread {
             .write(fd, Token(TOKEN_TCP_WRITE | slot as u64), buf, 0..n);
     }
 
-    /// Arms the link's read, unless the TUN writes its last reads made are still in flight or
-    /// the pool is empty: then it waits for the end of the turn ([`WorkerThread::resume_tcp`]).
+    /// Arms the link's read if none is in flight, behind the links already waiting for
+    /// buffers (so a link whose read just completed cannot overtake them).
     fn start_tcp_read(&mut self, slot: usize) {
+        let Some(t) = self.tcp.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let link = t.own.link;
+        let waiting = &mut self.worker.tcp_waiting;
+        if !waiting.is_empty() && !waiting.contains(&link) {
+            if !t.read_in_flight && !t.closed && !self.tcp_stopping {
+                self.worker.offload_counters.tcp_reads_deferred += 1;
+                waiting.push(link);
+            }
+            return;
+        }
+        self.try_tcp_read(slot);
+    }
+
+    /// Arms the link's read now if the pool has more than the reserve free
+    /// ([`tcp_read_reserve`]); otherwise the link waits (once in the list) for the end of the
+    /// turn ([`WorkerThread::resume_tcp`]).
+    fn try_tcp_read(&mut self, slot: usize) {
         let WorkerThread {
             worker,
             tcp,
@@ -212,14 +231,12 @@ impl WorkerThread {
         if t.closed || *tcp_stopping || t.read_in_flight {
             return;
         }
-        if worker.tun_writes_in_flight >= TUN_WRITES_BEFORE_TCP_WAITS {
-            worker.offload_counters.tcp_reads_deferred += 1;
-            wait_for_buffers(&mut worker.tcp_waiting, t.own.link);
-            return;
-        }
-        let Some(buf) = worker.io.alloc() else {
-            worker.offload_counters.tcp_reads_deferred += 1;
-            wait_for_buffers(&mut worker.tcp_waiting, t.own.link);
+        let pool = worker.io.pool();
+        let reserved = pool.n_free() <= tcp_read_reserve(pool.capacity());
+        let Some(buf) = (!reserved).then(|| worker.io.alloc()).flatten() else {
+            if wait_for_buffers(&mut worker.tcp_waiting, t.own.link) {
+                worker.offload_counters.tcp_reads_deferred += 1;
+            }
             return;
         };
         t.read_in_flight = true;
@@ -227,8 +244,9 @@ impl WorkerThread {
         worker.io.read(fd, Token(TOKEN_TCP_READ | slot as u64), buf);
     }
 
-    /// Starts again the reads and writes that waited (once a turn, after the turn's
-    /// completions returned their buffers): a link with nothing in flight gets no completion.
+    /// Retries, in the order they began to wait, the reads and writes that found too few free
+    /// buffers (once a turn, after the turn's completions returned their buffers): a link with
+    /// nothing in flight gets no completion.
     pub(super) fn resume_tcp(&mut self) {
         if self.worker.tcp_waiting.is_empty() {
             return;
@@ -236,7 +254,7 @@ impl WorkerThread {
         let mut waiting = std::mem::take(&mut self.worker.tcp_waiting);
         for link in waiting.drain(..) {
             if let Some(slot) = self.tcp_slot(link) {
-                self.start_tcp_read(slot);
+                self.try_tcp_read(slot);
                 self.pump_tcp_write(slot);
             }
         }
@@ -491,9 +509,12 @@ enum Message<'a> {
     Pool(&'a BufId, Range<usize>),
 }
 
-/// Puts `link` on the list of TCP links waiting for buffers, once.
-fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) {
-    if !waiting.contains(&link) {
+/// Puts `link` on the list of TCP links waiting for buffers, once; says whether it was not
+/// on it yet.
+fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) -> bool {
+    let new = !waiting.contains(&link);
+    if new {
         waiting.push(link);
     }
+    new
 }
