@@ -29,6 +29,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("kea-dhcp6", "kea-dhcp6-server"),
     ("dhcpd", "isc-dhcp-server"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+    ("nsenter", "util-linux"),
 ];
 
 /// Whether this process runs with effective user id 0.

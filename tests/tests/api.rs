@@ -328,6 +328,19 @@ fn remote_cli_tokens_and_web_ui_through_the_mesh() {
         )?;
         ensure!(code == 401);
         ensure!(mesh.config_version("baz")? == 1);
+        // The CNI plugin's requests are the node's own root's: refused from the mesh port,
+        // even with a valid token (docs/dynamic-mesh.md §3.3).
+        for request in [
+            r#"{"cmd":"cni_status","network":"mesh"}"#,
+            r#"{"cmd":"cni_add","network":"mesh","container_id":"c1","ifname":"eth0","name":"web"}"#,
+            r#"{"cmd":"cni_gc","network":"mesh","keep":[]}"#,
+        ] {
+            let (code, body) = curl(foo, &control_url, Some(&good), Some(request))?;
+            ensure!(
+                code == 403 && body.contains("local only"),
+                "{request}: {code} {body}"
+            );
+        }
 
         // A signed configuration set through the mesh, on baz, with the remote CLI: it adds
         // an operator key.

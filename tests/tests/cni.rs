@@ -1,10 +1,13 @@
 //! The CNI plugin `connectopus-cni`, executed directly as a runtime would (dynamic-mesh.md
-//! §3.4 step 1, the parts that need no node serving containers yet): VERSION and every error
-//! code of the environment and the configuration; ADD with the node down leaves nothing
-//! behind; DEL is idempotent without a node and removes the pair; CHECK without a node says
-//! so. The plumbing ADD does (a veth made into the container's namespace, /128s with
-//! `nodad`, routes via `fe80::1`) is run through the library in scratch namespaces: traffic
-//! crosses it, CHECK's verification notices a removed address, and 50 cycles leak nothing.
+//! §3.4 items 1 and 5): VERSION and every error code of the environment and the
+//! configuration; ADD with the node down leaves nothing behind; DEL is idempotent without a
+//! node and removes the pair; CHECK without a node says so. The plumbing ADD does (a veth made
+//! into the container's namespace, /128s with `nodad`, routes via `fe80::1`) is run through
+//! the library in scratch namespaces: traffic crosses it, CHECK's verification notices a
+//! removed address, and 50 cycles leak nothing. Against nodes with an `issue` pool
+//! (the tests at the end): every verb, GC, a restart that reconciles, containers on two
+//! nodes that reach each other by name across the mesh, and 50 ADD/DEL cycles that leave no
+//! lease.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +21,7 @@ use anyhow::{Context, Result, ensure};
 use connectopus_cni::netns::{Plan, attach, detach, host_ifname, verify};
 use connectopus_netlink::{Netlink, Netns};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, require_root, require_tools, run_test,
+    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, dig, require_root, require_tools, run_test,
     wait_until, workspace_binary,
 };
 use serde_json::Value;
@@ -303,7 +306,14 @@ fn cx_links(ns: &NetNs) -> Result<Vec<String>> {
         .links()?
         .into_iter()
         .map(|l| l.name)
-        .filter(|n| n.starts_with("cx"))
+        // The plugin's host sides (`cx` and 8 hex digits), not a node's TUN device.
+        .filter(|n| {
+            n.len() == 10
+                && n.starts_with("cx")
+                && n[2..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .collect())
 }
 
@@ -470,17 +480,24 @@ fn the_plumbing_carries_traffic_is_checked_and_leaks_nothing() {
     });
 }
 
-/// Today's node does not answer `cni_*` (dynamic-mesh.md steps 8 and 10): ADD says so with
-/// code 101 and its message, and creates nothing; DEL still succeeds; STATUS says 50 (cannot
-/// serve ADD), GC 101.
+/// A node without an `issue` pool serves no containers (dynamic-mesh.md §3.3): ADD says so
+/// with code 101 and the node's message, and creates nothing; DEL still succeeds; STATUS says
+/// 50 (cannot serve ADD), GC 101. Nor does one whose pool has `containers: false`.
 #[test]
 fn a_node_that_serves_no_containers_refuses_add_with_101() {
     require_root!();
     require_tools(&["ip"]);
     run_test("cni_not_served", |dir: &TestDir| {
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::Tcp)])?;
+        // bar has a pool but `containers: false`: it serves no containers either.
+        let bar_issue = format!("    issue: {{prefix: \"{POOL_BAR}\", containers: false}}\n");
+        let mut mesh = Mesh::configure_with(
+            &topo,
+            &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+            &[("bar", bar_issue.as_str())],
+        )?;
         mesh.start("foo")?;
+        mesh.start("bar")?;
         let socket = mesh.socket("foo");
         wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
@@ -518,6 +535,708 @@ fn a_node_that_serves_no_containers_refuses_add_with_101() {
         );
         let (code, msg) = error_of(&plugin(Some(foo), &[("CNI_COMMAND", "GC")], &conf_1_1)?)?;
         ensure!(code == 101 && msg.contains("cni_gc"), "{code} {msg}");
+
+        let bar_socket = mesh.socket("bar");
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::os::unix::net::UnixStream::connect(&bar_socket).is_ok()
+        })
+        .context("bar's control socket")?;
+        let bar_conf = serde_json::json!({"cniVersion": "1.0.0", "name": "mesh",
+            "type": "connectopus", "socket": bar_socket})
+        .to_string();
+        let (code, msg) = error_of(&plugin(Some(topo.ns("bar")), &env, &bar_conf)?)?;
+        ensure!(
+            code == 101 && msg.contains("containers: false"),
+            "{code} {msg}"
+        );
+        ensure!(container_leases(&bar_socket)?.is_empty());
+        Ok(())
+    });
+}
+
+// ---- Against nodes that serve containers (dynamic-mesh.md §3.3, §3.4 items 1 and 5) ----
+
+const POOL_FOO: &str = "fd00:cafe::a:0/112";
+const POOL_BAR: &str = "fd00:cafe::b:0/112";
+const DOMAIN: &str = "connectopus.test";
+
+/// Whether `address` lies in `pool` (`addr/len`).
+fn in_pool(address: Ipv6Addr, pool: &str) -> bool {
+    let (base, len) = pool.split_once('/').unwrap();
+    let base: Ipv6Addr = base.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    let mask = u128::MAX << (128 - len);
+    u128::from(address) & mask == u128::from(base) & mask && address != base
+}
+
+/// A mesh foo—bar whose nodes issue from [`POOL_FOO`] and [`POOL_BAR`], both running.
+fn serving_mesh(topo: &Topology) -> Result<Mesh<'_>> {
+    let foo_issue = format!("    issue: {{prefix: \"{POOL_FOO}\"}}\n");
+    let bar_issue = format!("    issue: {{prefix: \"{POOL_BAR}\"}}\n");
+    let mut mesh = Mesh::configure_with(
+        topo,
+        &[MeshLink::new("bar", "foo", LinkKind::Tcp)],
+        &[("foo", foo_issue.as_str()), ("bar", bar_issue.as_str())],
+    )?;
+    mesh.start_all()?;
+    for node in ["foo", "bar"] {
+        let socket = mesh.socket(node);
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .with_context(|| format!("{node}'s control socket"))?;
+    }
+    Ok(mesh)
+}
+
+/// Sends one control request line to a node's socket and returns its JSON answer.
+fn control(socket: &Path, request: &str) -> Result<Value> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer)?;
+    Ok(serde_json::from_str(&answer)?)
+}
+
+/// The node's container leases, as `{"cmd":"leases"}` lists them: (container key, address).
+fn container_leases(socket: &Path) -> Result<Vec<(String, Ipv6Addr)>> {
+    let listed = control(socket, r#"{"cmd":"leases"}"#)?;
+    let leases = listed["leases"]
+        .as_array()
+        .with_context(|| format!("leases: {listed}"))?;
+    Ok(leases
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["container"].as_str()?.to_owned(),
+                l["address"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// One container runtime's view: the node's namespace and socket, the network's version.
+struct Runtime<'a> {
+    node: &'a NetNs,
+    socket: String,
+}
+
+impl Runtime<'_> {
+    fn conf(&self, version: &str, extra: &[(&str, Value)]) -> String {
+        let mut conf = serde_json::json!({"cniVersion": version, "name": "mesh",
+            "type": "connectopus", "socket": self.socket});
+        for (k, v) in extra {
+            conf[*k] = v.clone();
+        }
+        conf.to_string()
+    }
+
+    /// Runs `verb` for container `id` (interface eth0) in `netns` with `stdin`.
+    fn run(
+        &self,
+        verb: &str,
+        id: &str,
+        netns: Option<&str>,
+        args: &str,
+        stdin: &str,
+    ) -> Result<Output> {
+        let mut env = vec![
+            ("CNI_COMMAND", verb),
+            ("CNI_CONTAINERID", id),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        if let Some(path) = netns {
+            env.push(("CNI_NETNS", path));
+        }
+        if !args.is_empty() {
+            env.push(("CNI_ARGS", args));
+        }
+        plugin(Some(self.node), &env, stdin)
+    }
+
+    /// ADD: the result, which must be a success.
+    fn add(&self, version: &str, id: &str, netns: &str, args: &str) -> Result<Value> {
+        let out = self.run("ADD", id, Some(netns), args, &self.conf(version, &[]))?;
+        ensure!(
+            out.status.success(),
+            "ADD {id}: {:?} {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn del(&self, id: &str, netns: Option<&str>) -> Result<()> {
+        let out = self.run("DEL", id, netns, "", &self.conf("1.0.0", &[]))?;
+        ensure!(
+            out.status.success() && out.stdout.is_empty(),
+            "DEL {id}: {out:?}"
+        );
+        Ok(())
+    }
+}
+
+/// The container address in an ADD result.
+fn result_address(result: &Value) -> Result<Ipv6Addr> {
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .with_context(|| format!("no address in {result}"))?;
+    let (addr, len) = ip.split_once('/').context("no length")?;
+    ensure!(len == "128", "{ip}");
+    Ok(addr.parse()?)
+}
+
+#[test]
+fn a_serving_node_answers_every_verb_gc_and_reconciles_at_start() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("cni_serving", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = serving_mesh(&topo)?;
+        let socket = mesh.socket("foo");
+        let foo = topo.ns("foo");
+        let rt = Runtime {
+            node: foo,
+            socket: socket.display().to_string(),
+        };
+        let c1 = NetNs::new(dir, "c1")?;
+        let c2 = NetNs::new(dir, "c2")?;
+        let (p1, p2) = (netns_path(&c1), netns_path(&c2));
+
+        // ADD at 1.0.0: an address of the pool on the container's eth0, its name, the node's
+        // DNS; `interfaces[].mtu` only from 1.1.0 on.
+        let r1 = rt.add("1.0.0", "c1c1c1c1", &p1, "K8S_POD_NAME=web-1")?;
+        ensure!(r1["cniVersion"] == "1.0.0", "{r1}");
+        let a1 = result_address(&r1)?;
+        ensure!(in_pool(a1, POOL_FOO), "{a1} outside {POOL_FOO}");
+        ensure!(r1["ips"][0]["interface"] == 1, "{r1}");
+        ensure!(r1["interfaces"][1]["name"] == "eth0", "{r1}");
+        ensure!(r1["interfaces"][1]["sandbox"] == p1.as_str(), "{r1}");
+        ensure!(
+            r1["interfaces"][0]["name"] == host_ifname("c1c1c1c1", "eth0").as_str(),
+            "{r1}"
+        );
+        ensure!(r1["interfaces"][1].get("mtu").is_none(), "{r1}");
+        ensure!(r1["dns"]["domain"] == DOMAIN, "{r1}");
+        ensure!(
+            r1["dns"]["nameservers"] == serde_json::json!([mesh.address("foo").to_string()]),
+            "{r1}"
+        );
+        ensure!(
+            r1["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["dst"] == "fd00:cafe::/64")),
+            "{r1}"
+        );
+        let on_eth0 = c1.ip(&["-6", "addr", "show", "dev", "eth0"])?;
+        ensure!(on_eth0.contains(&format!("{a1}/128")), "{on_eth0}");
+        // The node resolves the name to it (once its next route computation ran).
+        let fqdn = format!("web-1.{DOMAIN}");
+        let server = IpAddr::V6(mesh.address("foo"));
+        let resolved = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            dig(foo, server, &fqdn, "AAAA", false).is_ok_and(|a| aaaa(&a) == vec![a1])
+        });
+        ensure!(
+            resolved.is_ok(),
+            "{fqdn}: {:?}",
+            dig(foo, server, &fqdn, "AAAA", false)
+        );
+
+        // A second ADD for the same container: the same address.
+        let again = rt.add("1.0.0", "c1c1c1c1", &p1, "K8S_POD_NAME=web-1")?;
+        ensure!(result_address(&again)? == a1, "{again}");
+        let links = cx_links(foo)?;
+        ensure!(links == vec![host_ifname("c1c1c1c1", "eth0")], "{links:?}");
+
+        // The node's side directly: a name already held gets a suffix, the same key the same
+        // lease again (`existing`), an interface name the kernel refuses is code 7.
+        let raw = r#"{"cmd":"cni_add","network":"mesh","container_id":"raw","ifname":"eth0","name":"web-1"}"#;
+        let first = control(&socket, raw)?;
+        let lease = &first["cni_lease"];
+        let suffixed = lease["name"].as_str().unwrap_or_default().to_owned();
+        ensure!(
+            suffixed.starts_with("web-1-") && suffixed.len() == 10 && lease["existing"] == false,
+            "{first}"
+        );
+        let second = control(&socket, raw)?;
+        ensure!(
+            second["cni_lease"]["address"] == lease["address"]
+                && second["cni_lease"]["existing"] == true,
+            "{second}"
+        );
+        let bad = control(
+            &socket,
+            r#"{"cmd":"cni_add","network":"mesh","container_id":"raw","ifname":"a/b","name":"x"}"#,
+        )?;
+        ensure!(bad["cni_error"]["code"] == 7, "{bad}");
+        let del = control(
+            &socket,
+            r#"{"cmd":"cni_del","network":"mesh","container_id":"raw","ifname":"eth0"}"#,
+        )?;
+        ensure!(
+            del["done"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("released")),
+            "{del}"
+        );
+
+        // ADD at 1.1.0: another address, with the MTU.
+        let r2 = rt.add("1.1.0", "c2c2c2c2", &p2, "")?;
+        ensure!(r2["cniVersion"] == "1.1.0", "{r2}");
+        let a2 = result_address(&r2)?;
+        ensure!(in_pool(a2, POOL_FOO) && a2 != a1, "{a2}");
+        ensure!(
+            r2["interfaces"][1]["mtu"]
+                .as_u64()
+                .is_some_and(|m| m >= 1280),
+            "{r2}"
+        );
+        let mut leases = container_leases(&socket)?;
+        leases.sort();
+        ensure!(
+            leases
+                == vec![
+                    ("mesh/c1c1c1c1/eth0".to_owned(), a1),
+                    ("mesh/c2c2c2c2/eth0".to_owned(), a2)
+                ],
+            "{leases:?}"
+        );
+
+        // CHECK passes, then gives 103 once the container's address is gone.
+        let check_conf = rt.conf("1.0.0", &[("prevResult", r1)]);
+        let out = rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?;
+        ensure!(out.status.success(), "CHECK: {out:?}");
+        c1.ip(&["addr", "del", &format!("{a1}/128"), "dev", "eth0"])?;
+        let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &check_conf)?)?;
+        ensure!(code == 103 && msg.contains(&a1.to_string()), "{code} {msg}");
+        // The node's side of CHECK: another address is not the container's.
+        let other = rt.conf("1.0.0", &[("prevResult", r2)]);
+        let (code, msg) = error_of(&rt.run("CHECK", "c1c1c1c1", Some(&p1), "", &other)?)?;
+        ensure!(code == 103 && msg.contains("does not hold"), "{code} {msg}");
+
+        // STATUS from a serving node: 0.
+        let out = rt.run("STATUS", "", None, "", &rt.conf("1.1.0", &[]))?;
+        ensure!(
+            out.status.success() && out.stdout.is_empty(),
+            "STATUS: {out:?}"
+        );
+
+        // GC keeping c2 releases c1 (the node's table confirms) and deletes its pair.
+        let keep = serde_json::json!([{"containerID": "c2c2c2c2", "ifname": "eth0"}]);
+        let gc = rt.conf("1.1.0", &[("cni.dev/valid-attachments", keep)]);
+        let out = rt.run("GC", "", None, "", &gc)?;
+        ensure!(out.status.success(), "GC: {out:?}");
+        ensure!(
+            container_leases(&socket)? == vec![("mesh/c2c2c2c2/eth0".to_owned(), a2)],
+            "{:?}",
+            container_leases(&socket)?
+        );
+        ensure!(cx_links(foo)? == vec![host_ifname("c2c2c2c2", "eth0")]);
+
+        // DEL, DEL again, DEL without a netns: all succeed, and the lease is gone.
+        rt.del("c2c2c2c2", Some(&p2))?;
+        rt.del("c2c2c2c2", Some(&p2))?;
+        rt.del("c2c2c2c2", None)?;
+        ensure!(container_leases(&socket)?.is_empty());
+        ensure!(cx_links(foo)?.is_empty());
+
+        // A container DELeted while the node is down: the node releases its lease when it
+        // starts again (its veth is gone); one whose veth is still there keeps its lease.
+        let r3 = rt.add("1.0.0", "c3c3c3c3", &p1, "")?;
+        let a3 = result_address(&r3)?;
+        let r4 = rt.add("1.0.0", "c4c4c4c4", &p2, "")?;
+        let a4 = result_address(&r4)?;
+        mesh.kill("foo")?;
+        rt.del("c3c3c3c3", Some(&p1))?;
+        mesh.start("foo")?;
+        let ready = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            container_leases(&socket)
+                .is_ok_and(|l| l == vec![("mesh/c4c4c4c4/eth0".to_owned(), a4)])
+        });
+        ensure!(
+            ready.is_ok(),
+            "after the restart: {:?}",
+            container_leases(&socket)
+        );
+        ensure!(a3 != a4);
+        let again = rt.add("1.0.0", "c4c4c4c4", &p2, "")?;
+        ensure!(result_address(&again)? == a4, "{again}");
+        rt.del("c4c4c4c4", Some(&p2))?;
+        Ok(())
+    });
+}
+
+/// §3.4's acceptance: a container on each node; each resolves the other's name through its
+/// node's DNS and pings it across the mesh.
+#[test]
+fn containers_on_two_nodes_reach_each_other_by_name() {
+    require_root!();
+    require_tools(&["ip", "ping", "dig"]);
+    run_test("cni_two_nodes", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        let ca = NetNs::new(dir, "ca")?;
+        let cb = NetNs::new(dir, "cb")?;
+        let mut seen = Vec::new();
+        for (node, ctr, id, name, pool) in [
+            ("foo", &ca, "aaaa0001", "pod-a", POOL_FOO),
+            ("bar", &cb, "bbbb0002", "pod-b", POOL_BAR),
+        ] {
+            let rt = Runtime {
+                node: topo.ns(node),
+                socket: mesh.socket(node).display().to_string(),
+            };
+            let result = rt.add(
+                "1.1.0",
+                id,
+                &netns_path(ctr),
+                &format!("K8S_POD_NAME={name}"),
+            )?;
+            let address = result_address(&result)?;
+            ensure!(in_pool(address, pool), "{address} outside {pool}");
+            let server: IpAddr = result["dns"]["nameservers"][0]
+                .as_str()
+                .context("no nameserver")?
+                .parse()?;
+            seen.push((ctr, name, address, server));
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (ctr, _, _, server) = seen[from];
+            let (_, name, address, _) = seen[to];
+            let fqdn = format!("{name}.{DOMAIN}");
+            // The name spreads with the other node's update: wait for it.
+            let resolved = wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+                dig(ctr, server, &fqdn, "AAAA", false).is_ok_and(|a| aaaa(&a) == vec![address])
+            });
+            ensure!(
+                resolved.is_ok(),
+                "{fqdn} from {}: {:?}",
+                ctr.name(),
+                dig(ctr, server, &fqdn, "AAAA", false)
+            );
+            let target = address.to_string();
+            let pinged = wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+                ctr.exec("ping", &["-6", "-c", "1", "-W", "2", target.as_str()])
+                    .is_ok_and(|o| o.status.success())
+            });
+            ensure!(
+                pinged.is_ok(),
+                "{} cannot ping {fqdn} ({address})",
+                ctr.name()
+            );
+        }
+        Ok(())
+    });
+}
+
+/// §3.4 item 5: 50 ADD/DEL cycles leave no `cx*` link, no /128 route and no lease.
+#[test]
+fn fifty_add_del_cycles_leave_no_lease() {
+    require_root!();
+    require_tools(&["ip"]);
+    run_test("cni_churn", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        let socket = mesh.socket("foo");
+        let foo = topo.ns("foo");
+        let rt = Runtime {
+            node: foo,
+            socket: socket.display().to_string(),
+        };
+        let ctr = NetNs::new(dir, "ctr")?;
+        let path = netns_path(&ctr);
+        let mut addresses = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let id = format!("churn{:04}", i % 5);
+            let result = rt.add("1.0.0", &id, &path, "")?;
+            let address = result_address(&result)?;
+            ensure!(in_pool(address, POOL_FOO), "{address}");
+            addresses.insert(address);
+            ensure!(container_leases(&socket)?.len() == 1, "cycle {i}");
+            rt.del(&id, Some(&path))?;
+        }
+        ensure!(container_leases(&socket)?.is_empty());
+        let links = cx_links(foo)?;
+        ensure!(links.is_empty(), "{links:?}");
+        let left: Vec<IpAddr> = host_routes(foo)?
+            .into_iter()
+            .filter(|a| matches!(a, IpAddr::V6(v6) if in_pool(*v6, POOL_FOO)))
+            .collect();
+        ensure!(left.is_empty(), "{left:?}");
+        let ctr_links: Vec<String> = Netlink::open_in(&netns(&ctr)?)?
+            .links()?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        ensure!(ctr_links == vec!["lo".to_owned()], "{ctr_links:?}");
+        ensure!(addresses.len() >= 2, "{addresses:?}");
+        Ok(())
+    });
+}
+
+fn aaaa(answer: &connectopus_tests::DigResult) -> Vec<Ipv6Addr> {
+    answer
+        .answers
+        .iter()
+        .filter(|r| r.rtype == "AAAA")
+        .filter_map(|r| r.data.parse().ok())
+        .collect()
+}
+
+/// A podman 4.3 of its own (CNI backend, runc, cgroupfs; storage, run state and network
+/// configurations under the test directory, ref Appendix A) run in a node's namespace with
+/// `nsenter --net=` (`ip netns exec` remounts /sys, which runc refuses), with one network of
+/// type `connectopus` that asks that node.
+struct Podman {
+    root: std::path::PathBuf,
+    netns: String,
+    network: String,
+    /// Containers to remove at the end, also on failure.
+    started: std::cell::RefCell<Vec<String>>,
+}
+
+impl Podman {
+    fn new(dir: &TestDir, label: &str, node: &NetNs, socket: &Path, network: &str) -> Result<Self> {
+        let root = dir.path().join(format!("podman-{label}"));
+        let plugins = root.join("plugins");
+        let nets = root.join("net");
+        std::fs::create_dir_all(&plugins)?;
+        std::fs::create_dir_all(&nets)?;
+        std::os::unix::fs::symlink(
+            workspace_binary("connectopus-cni")?,
+            plugins.join("connectopus"),
+        )?;
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": network,
+            "plugins": [{"type": "connectopus", "socket": socket}]});
+        std::fs::write(
+            nets.join(format!("{network}.conflist")),
+            conflist.to_string(),
+        )?;
+        let r = root.display();
+        std::fs::write(
+            root.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{r}/events.log\"\nruntime = \"runc\"\n\
+                 tmp_dir = \"{r}/libpod-tmp\"\n[network]\nnetwork_backend = \"cni\"\n\
+                 cni_plugin_dirs = [\"{r}/plugins\", \"/usr/lib/cni\"]\n\
+                 network_config_dir = \"{r}/net\"\ndefault_subnet = \"198.18.0.0/24\"\n"
+            ),
+        )?;
+        std::fs::write(
+            root.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{r}/storage\"\nrunroot = \"{r}/run\"\n"
+            ),
+        )?;
+        let podman = Self {
+            root,
+            netns: netns_path(node),
+            network: network.to_owned(),
+            started: std::cell::RefCell::new(Vec::new()),
+        };
+        podman.import_busybox()?;
+        Ok(podman)
+    }
+
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(connectopus_tests::tool("nsenter")?);
+        command
+            .arg(format!("--net={}", self.netns))
+            .arg(connectopus_tests::tool("podman")?)
+            .args(args)
+            .env("CONTAINERS_CONF", self.root.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.root.join("storage.conf"))
+            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// Runs podman to completion; the output must be a success.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.command(args)?.output()?;
+        ensure!(
+            out.status.success(),
+            "podman {args:?}: {:?}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A busybox image (`localhost/cx-busybox`) from the host's static busybox.
+    fn import_busybox(&self) -> Result<()> {
+        let rootfs = self.root.join("rootfs");
+        for d in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        let busybox = connectopus_tests::tool("busybox")?;
+        std::fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+        let list = Command::new(&busybox).arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.contains('/') && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        let tar = self.root.join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()?;
+        ensure!(status.success(), "tar: {status:?}");
+        self.ok(&[
+            "import",
+            &tar.display().to_string(),
+            "localhost/cx-busybox:latest",
+        ])?;
+        Ok(())
+    }
+
+    /// `podman run -d` of a container that sleeps, on the network, with `dns` as its resolver.
+    fn run(&self, name: &str, network: &str, dns: Ipv6Addr) -> Result<String> {
+        self.started.borrow_mut().push(name.to_owned());
+        let dns = dns.to_string();
+        let id = self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--dns",
+            &dns,
+            "localhost/cx-busybox:latest",
+            "sleep",
+            "600",
+        ])?;
+        Ok(id.trim().to_owned())
+    }
+
+    /// The container's address on the network, as `podman inspect` shows it.
+    fn address(&self, name: &str, network: &str) -> Result<Ipv6Addr> {
+        let out = self.ok(&["inspect", name])?;
+        let v: Value = serde_json::from_str(&out)?;
+        let address = v[0]["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+            .as_str()
+            .with_context(|| format!("no GlobalIPv6Address in {}", v[0]["NetworkSettings"]))?;
+        Ok(address.parse()?)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in self.started.borrow().iter() {
+            if let Ok(mut c) = self.command(&["rm", "-f", "-t", "0", name]) {
+                let _ = c.output();
+            }
+        }
+        // podman's libcni cache of this network's results, which it keeps outside the test
+        // directory (`/var/lib/cni/results/<network>-<id>-<ifname>`).
+        if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+            let prefix = format!("{}-", self.network);
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// §3.4 item 3: podman 4.3 runs a container on each node's network; `podman inspect` shows
+/// the mesh address, container A pings container B by name across the mesh, and `podman rm
+/// -f` releases the lease.
+#[test]
+fn podman_containers_ping_each_other_by_name_across_the_mesh() {
+    require_root!();
+    require_tools(&["ip", "podman", "runc", "busybox", "nsenter"]);
+    run_test("cni_podman", |dir: &TestDir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = serving_mesh(&topo)?;
+        mesh.wait_converged(Duration::from_secs(30))?;
+        // A network name of this run only: podman's libcni cache in /var/lib/cni is keyed by
+        // it.
+        let network = connectopus_tests::unique_name();
+        let mut pods = Vec::new();
+        for (node, pod, pool) in [("foo", "pod-a", POOL_FOO), ("bar", "pod-b", POOL_BAR)] {
+            let podman = Podman::new(dir, node, topo.ns(node), &mesh.socket(node), &network)?;
+            podman.run(pod, &network, mesh.address(node))?;
+            let address = podman.address(pod, &network)?;
+            ensure!(in_pool(address, pool), "{pod}: {address} outside {pool}");
+            let leases = container_leases(&mesh.socket(node))?;
+            ensure!(
+                leases.len() == 1
+                    && leases[0].1 == address
+                    && leases[0].0.starts_with(&format!("{network}/")),
+                "{leases:?}"
+            );
+            pods.push((podman, pod, address));
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (podman, _, _) = &pods[from];
+            let (_, pod, address) = &pods[to];
+            let fqdn = format!("{pod}.{DOMAIN}");
+            let mut last = String::new();
+            let pinged =
+                wait_until(
+                    Duration::from_secs(30),
+                    Duration::from_millis(500),
+                    || match podman.command(&[
+                        "exec",
+                        pods[from].1,
+                        "ping",
+                        "-6",
+                        "-c",
+                        "1",
+                        "-W",
+                        "2",
+                        &fqdn,
+                    ]) {
+                        Ok(mut c) => match c.output() {
+                            Ok(o) => {
+                                last = format!(
+                                    "{}{}",
+                                    String::from_utf8_lossy(&o.stdout),
+                                    String::from_utf8_lossy(&o.stderr)
+                                );
+                                o.status.success()
+                            }
+                            Err(e) => {
+                                last = e.to_string();
+                                false
+                            }
+                        },
+                        Err(e) => {
+                            last = e.to_string();
+                            false
+                        }
+                    },
+                );
+            ensure!(
+                pinged.is_ok(),
+                "{} cannot ping {fqdn}: {last}",
+                pods[from].1
+            );
+            ensure!(
+                last.contains(&address.to_string()),
+                "{fqdn} did not resolve to {address}: {last}"
+            );
+        }
+        // `podman rm -f` runs DEL: the lease goes.
+        for (node, (podman, pod, _)) in ["foo", "bar"].iter().zip(&pods) {
+            podman.ok(&["rm", "-f", "-t", "0", pod])?;
+            ensure!(container_leases(&mesh.socket(node))?.is_empty(), "{node}");
+        }
         Ok(())
     });
 }

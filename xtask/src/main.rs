@@ -52,6 +52,12 @@ const PACKAGES: &[&str] = &[
     "isc-dhcp-server",
     // The reference CNI plugins (ptp), which the CNI test compares the plugin with.
     "containernetworking-plugins",
+    // podman 4.3 (CNI backend) with runc and conmon, and a static busybox as its image, for
+    // the CNI test that runs real containers on the mesh.
+    "podman",
+    "runc",
+    "conmon",
+    "busybox-static",
 ];
 
 fn main() -> ExitCode {

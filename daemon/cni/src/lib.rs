@@ -4,9 +4,9 @@
 //! container's address (`node`), sets up the veth pair, addresses and routes
 //! (`netns`, over `connectopus-netlink`), and prints the result or an error (`spec`).
 //!
-//! ADD, DEL, CHECK, STATUS, GC and VERSION at CNI 1.0.0 and 1.1.0 (steps 10 and 11, the
-//! plugin's side). The node does not answer `cni_*` yet (steps 8 and 10): ADD then fails
-//! with code 101 and STATUS with 50.
+//! ADD, DEL, CHECK, STATUS, GC and VERSION at CNI 1.0.0 and 1.1.0 (steps 10 and 11). A node
+//! with `issue` answers the `cni_*` requests (the node's `daemon/cni.rs`); any other node
+//! answers them like unknown requests, and ADD then fails with code 101, STATUS with 50.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

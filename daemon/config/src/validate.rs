@@ -175,6 +175,15 @@ fn global(cx: &mut Ctx<'_>, raw: &RawMesh) {
             );
         }
     }
+    // A link silent for an hour is dead; the bound also keeps the issuers' grace (dead
+    // interval + lease/1000) well inside the day a lease file may look ahead.
+    if t.dead_interval.0 > std::time::Duration::from_secs(3600) {
+        cx.error(
+            &["global", "timers", "dead_interval"],
+            At::Value,
+            format!("dead_interval ({}) must be at most 1h", t.dead_interval),
+        );
+    }
     if t.dead_interval <= t.keepalive_idle {
         cx.error(
             &["global", "timers", "dead_interval"],

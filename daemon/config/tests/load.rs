@@ -188,6 +188,13 @@ fn ipv4_address_is_rejected() {
 }
 
 #[test]
+fn a_dead_interval_past_an_hour_is_refused_where_it_is_written() {
+    let d = errors("dead_interval_too_long.yml");
+    let e = expect(&d, Severity::Error, "must be at most 1h", 6, 20);
+    assert_eq!(e.path, "global.timers.dead_interval");
+}
+
+#[test]
 fn address_outside_subnet() {
     let d = errors("outside_subnet.yml");
     let e = expect(

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::backends::{LoopMessage, LoopSender};
 
 mod request;
-pub use request::{ControlRequest, parse_request};
+pub use request::{CniAttachment, ControlRequest, parse_request};
 
 /// Where a node's control socket lives by default.
 pub fn default_socket_path(node: &str) -> PathBuf {
@@ -145,8 +145,54 @@ pub enum ControlReply {
     Done(String),
     /// An issuer's active leases (`{"cmd":"leases"}`).
     Leases(Vec<LeaseEntry>),
+    /// A container's lease (`cni_add`, docs/dynamic-mesh.md §3.3).
+    CniLease(CniLease),
+    /// The leases `cni_gc` released.
+    CniReleased(Vec<CniReleased>),
+    /// A `cni_*` request failed, with the CNI error code the plugin returns.
+    CniError {
+        /// The CNI code (11 try again later, 50 STATUS: not available, 100 pool exhausted,
+        /// 101 the node does not serve containers, 103 CHECK mismatch).
+        code: u32,
+        /// What went wrong.
+        msg: String,
+    },
     /// The request failed.
     Error(String),
+}
+
+/// A container's lease, as the CNI plugin sets it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniLease {
+    /// The container's address.
+    pub address: std::net::Ipv6Addr,
+    /// Its mirrors in the mesh prefixes that are live (not deprecated).
+    pub mirrors: Vec<std::net::Ipv6Addr>,
+    /// Prefixes the container routes via the node: the subnet and the live mirror planes.
+    pub routes: Vec<String>,
+    /// The node's MTU.
+    pub mtu: u32,
+    /// The node's DNS server, when it runs one.
+    pub nameserver: Option<std::net::Ipv6Addr>,
+    /// The mesh domain.
+    pub domain: String,
+    /// The container's name in the mesh (with a `-<4 hex>` suffix if the asked one was held).
+    pub name: String,
+    /// The container held the lease already (a repeated ADD).
+    pub existing: bool,
+}
+
+/// A lease `cni_gc` released, and the host side of its veth pair for the plugin to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniReleased {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The address it held.
+    pub address: std::net::Ipv6Addr,
+    /// The host side of its veth pair (`cx…`).
+    pub host_ifname: String,
 }
 
 /// Everything `connectopus status` shows.
@@ -486,8 +532,12 @@ pub struct LeaseEntry {
     /// The lease's epoch and renewal count.
     pub epoch: u64,
     pub renewal: u32,
-    /// Seconds until it expires at the issuer (before the grace).
+    /// Seconds until it expires at the issuer (before the grace); a container's lease does
+    /// not expire.
     pub expires_in_secs: f64,
+    /// A container's lease: `network/container_id/ifname` (absent for ephemeral nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// One mesh prefix plane in `status` (docs/dynamic-mesh.md §2.5).

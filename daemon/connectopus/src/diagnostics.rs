@@ -113,7 +113,8 @@ pub fn status_check(socket: Result<std::path::PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `connectopus leases`: an issuer's table, one lease per line, soonest end first; an error
+/// `connectopus leases`: an issuer's table, one lease per line, soonest end first (containers'
+/// leases, which do not expire, last); an error
 /// (exit 1) from a node that issues nothing.
 pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
     let mut leases = match control::request(path, &ControlRequest::Leases)? {
@@ -132,7 +133,11 @@ pub fn leases(path: &Path, json: bool) -> Result<ExitCode> {
 /// The text of `connectopus leases`.
 fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     use std::fmt::Write as _;
-    leases.sort_by(|a, b| a.expires_in_secs.total_cmp(&b.expires_in_secs));
+    leases.sort_by(|a, b| {
+        (a.container.is_some(), a.expires_in_secs)
+            .partial_cmp(&(b.container.is_some(), b.expires_in_secs))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut out = String::new();
     if leases.is_empty() {
         out.push_str("no active leases\n");
@@ -142,6 +147,14 @@ fn render_leases(leases: &mut [control::LeaseEntry]) -> String {
     let name_width = leases.iter().map(|l| l.name.len()).max().unwrap_or(0);
     for l in leases.iter() {
         let key = l.key.get(..16).unwrap_or(&l.key);
+        if let Some(container) = &l.container {
+            let _ = writeln!(
+                out,
+                "{:width$}  {:name_width$}  container {container}  epoch {}",
+                l.address, l.name, l.epoch
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{:width$}  {:name_width$}  expires in {:>5.0}s  epoch {} renewal {}  key {key}…",
@@ -265,20 +278,29 @@ mod tests {
             epoch: 3,
             renewal: 1,
             expires_in_secs: secs,
+            container: None,
         };
+        let mut web = entry("fd00:cafe::1:c", "web", 0.0);
+        web.container = Some("mesh/0123abcd/eth0".to_owned());
         let mut leases = vec![
+            web,
             entry("fd00:cafe::1:8", "job-long", 40.0),
             entry("fd00:cafe::1:a", "job", 12.4),
         ];
         let text = render_leases(&mut leases);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].starts_with("fd00:cafe::1:a  job     "), "{text}");
         assert!(
             lines[0].contains("expires in    12s") && lines[0].contains("key abababababababab…")
         );
         assert!(lines[1].starts_with("fd00:cafe::1:8  job-long"), "{text}");
-        assert_eq!(lines[2], "2 active");
+        // A container's lease does not expire: it comes last, with its CNI key.
+        assert_eq!(
+            lines[2], "fd00:cafe::1:c  web       container mesh/0123abcd/eth0  epoch 3",
+            "{text}"
+        );
+        assert_eq!(lines[3], "3 active");
         assert_eq!(render_leases(&mut []), "no active leases\n");
     }
 

@@ -110,6 +110,9 @@ pub struct LeaseIssuer {
     /// Per joining session (token), when a Join on it last allocated: the next may allocate
     /// [`JOIN_INTERVAL`] later (older entries are dropped).
     last_join: BTreeMap<u64, Time>,
+    /// The table generation the latest container change needs persisted (see the
+    /// `containers` module): a container's lease is answered only once it is.
+    container_wait: u64,
 }
 
 /// A joining session's Joins allocate (and so make the table to persist change) at most once
@@ -140,6 +143,7 @@ impl LeaseIssuer {
             persisted,
             last_renew,
             last_join: BTreeMap::new(),
+            container_wait: persisted,
         }
     }
 
@@ -318,11 +322,13 @@ impl LeaseIssuer {
         }
     }
 
-    /// Returns the table to persist if it changed since the last request: the driver writes
-    /// it and calls [`LeaseIssuer::leases_persisted`] with the generation.
+    /// Returns the table to persist if it changed since the last request and a grant or a
+    /// container's lease waits for it: the driver writes it and calls
+    /// [`LeaseIssuer::leases_persisted`] with the generation.
     pub fn poll_persist(&mut self, now: Time, now_unix_ms: u64) -> Option<(u64, PersistedLeases)> {
         let generation = self.table.generation();
-        if generation == self.persist_requested || self.pending.is_empty() {
+        let containers_wait = self.container_wait > self.persist_requested;
+        if generation == self.persist_requested || (self.pending.is_empty() && !containers_wait) {
             return None;
         }
         self.persist_requested = generation;
@@ -491,6 +497,8 @@ impl LeaseIssuer {
         expired
     }
 }
+
+mod containers;
 
 #[cfg(test)]
 mod tests;

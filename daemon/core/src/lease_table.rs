@@ -50,7 +50,11 @@ pub struct Lease {
     /// 0 at the grant, one more per renewal.
     pub renewal: u32,
     /// When the issuer considers the lease over (last grant or renewal plus the lease).
+    /// A container's lease never expires (it ends by detach or GC).
     pub expires: Time,
+    /// The container that holds the lease (`key` is then [`ContainerKey::holder_key`]);
+    /// `None` for an ephemeral node.
+    pub container: Option<ContainerKey>,
 }
 
 /// Why an allocation failed.
@@ -109,8 +113,10 @@ pub struct PersistedLease {
     pub epoch: u64,
     /// Its renewal count.
     pub renewal: u32,
-    /// When it expires, in Unix milliseconds.
+    /// When it expires, in Unix milliseconds (meaningless for a container's lease).
     pub expires_unix_ms: u64,
+    /// The container that holds it, if a container does.
+    pub container: Option<ContainerKey>,
     /// The xid of the Renew that made its current renewal, if one did: a resend of that Renew
     /// after a restart gets the current certificate again (and nothing else does).
     pub renew_xid: Option<u64>,
@@ -200,6 +206,7 @@ impl LeaseTable {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires: at(l.expires_unix_ms).max(now + config.lease),
+                    container: l.container.clone(),
                 },
             );
         }
@@ -227,6 +234,7 @@ impl LeaseTable {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires_unix_ms: unix(l.expires),
+                    container: l.container.clone(),
                     renew_xid: self.renew_xids.get(&l.address).copied(),
                 })
                 .collect(),
@@ -296,7 +304,12 @@ impl LeaseTable {
 
     /// Returns the earliest time [`LeaseTable::expire`] has work to do.
     pub fn next_deadline(&self) -> Option<Time> {
-        let leases = self.leases.values().map(|l| l.expires).min();
+        let leases = self
+            .leases
+            .values()
+            .filter(|l| l.container.is_none())
+            .map(|l| l.expires)
+            .min();
         let holds = self.hold_down.values().copied().min();
         [leases, holds, self.quarantine_until]
             .into_iter()
@@ -343,6 +356,7 @@ impl LeaseTable {
             epoch: self.next_epoch,
             renewal: 0,
             expires: now + self.config.lease,
+            container: None,
         };
         self.next_epoch = self.next_epoch.saturating_add(1);
         self.hold_down.remove(&address);
@@ -382,7 +396,12 @@ impl LeaseTable {
             self.generation += 1;
             return Ok(lease.clone());
         }
-        if self.quarantined(now).is_none() || self.lease_of(&key).is_some() {
+        // Re-adopted only into a table that knows neither the key nor the name: two leases of
+        // one name would make the table refuse its own file at the next start.
+        if self.quarantined(now).is_none()
+            || self.lease_of(&key).is_some()
+            || self.leases.values().any(|l| l.name == name)
+        {
             return Err(RenewError::UnknownLease);
         }
         let lease = Lease {
@@ -392,6 +411,7 @@ impl LeaseTable {
             epoch,
             renewal: renewal.saturating_add(1),
             expires,
+            container: None,
         };
         self.next_epoch = self.next_epoch.max(epoch.saturating_add(1));
         self.hold_down.remove(&address);
@@ -429,7 +449,7 @@ impl LeaseTable {
         let over: Vec<Ipv6Addr> = self
             .leases
             .values()
-            .filter(|l| l.expires <= now)
+            .filter(|l| l.expires <= now && l.container.is_none())
             .map(|l| l.address)
             .collect();
         let mut expired = Vec::with_capacity(over.len());
@@ -496,6 +516,9 @@ fn millis_ceil(d: Duration) -> u64 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
+
+mod containers;
+pub use containers::ContainerKey;
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ use crate::time::Time;
 mod budget;
 mod config;
 mod config_rollout;
+mod containers;
 mod database;
 mod fastpath;
 mod forwarding;
@@ -52,7 +53,9 @@ mod sessions;
 mod sightings;
 mod trust;
 
+pub use crate::lease_table::ContainerKey;
 pub use config::{DEFAULT_STREAM_MEMORY_BUDGET, NodeConfig, NodeTimers};
+pub use containers::{ContainerError, ContainerLease};
 pub use fastpath::{FastpathEntry, FastpathTarget};
 pub use issuer::{IssuerSetup, IssuerStart};
 pub use mesh_prefix::{

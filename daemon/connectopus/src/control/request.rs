@@ -27,6 +27,80 @@ pub enum ControlRequest {
     },
     /// List an issuer's lease table (docs/dynamic-mesh.md §1.8).
     Leases,
+    /// The CNI plugin's ADD: a lease for the container (the same again for the same key).
+    /// Local only (docs/dynamic-mesh.md §3.3), like every `cni_*` request.
+    CniAdd {
+        /// The CNI network (the configuration's `name`).
+        network: String,
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// `CNI_NETNS` (informational).
+        #[serde(default)]
+        netns: Option<String>,
+        /// The container's name in the mesh, as asked for.
+        name: String,
+        /// The host side of its veth pair (informational: the node derives it).
+        #[serde(default)]
+        host_ifname: Option<String>,
+    },
+    /// The CNI plugin's DEL: the node releases the container's lease (none is no error).
+    CniDel {
+        /// The CNI network.
+        network: String,
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+    },
+    /// The CNI plugin's CHECK: the node still holds `address` for the container.
+    CniCheck {
+        /// The CNI network.
+        network: String,
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// The address ADD gave.
+        address: std::net::Ipv6Addr,
+    },
+    /// The CNI plugin's GC: the node releases the network's leases not in `keep`.
+    CniGc {
+        /// The CNI network.
+        network: String,
+        /// The attachments that stay (`cni.dev/valid-attachments`).
+        keep: Vec<CniAttachment>,
+    },
+    /// The CNI plugin's STATUS: whether the node serves containers and has room.
+    CniStatus {
+        /// The CNI network.
+        network: String,
+    },
+}
+
+/// One attachment a `cni_gc` keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
+impl ControlRequest {
+    /// Tells whether the request is the CNI plugin's (`cni_*`): served on the control
+    /// socket only, never from the mesh.
+    pub fn is_cni(&self) -> bool {
+        matches!(
+            self,
+            ControlRequest::CniAdd { .. }
+                | ControlRequest::CniDel { .. }
+                | ControlRequest::CniCheck { .. }
+                | ControlRequest::CniGc { .. }
+                | ControlRequest::CniStatus { .. }
+        )
+    }
 }
 
 /// Parses one request line (untrusted bytes from the socket, read as UTF-8). Unknown
@@ -54,7 +128,19 @@ mod tests {
                 level: "debug".into()
             })
         );
+        let add = parse_request(
+            r#"{"cmd":"cni_add","network":"mesh","container_id":"c1","ifname":"eth0","netns":"/run/netns/x","name":"web-1","host_ifname":"cx1a2b3c4d"}"#,
+        )
+        .unwrap();
+        assert!(add.is_cni() && !ControlRequest::Status.is_cni());
+        let gc = parse_request(
+            r#"{"cmd":"cni_gc","network":"mesh","keep":[{"container_id":"c1","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(gc, ControlRequest::CniGc { ref keep, .. } if keep.len() == 1));
         for bad in [
+            r#"{"cmd":"cni_check","network":"mesh","container_id":"c","ifname":"eth0","address":"10.0.0.1"}"#,
+            r#"{"cmd":"cni_gc","network":"mesh"}"#,
             "",
             "{}",
             r#"{"cmd":"shutdown"}"#,

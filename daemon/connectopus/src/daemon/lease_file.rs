@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use connectopus_core::identity::hex;
-use connectopus_core::lease_table::{MAX_LEASES, PersistedLease, PersistedLeases};
+use connectopus_core::lease_table::{ContainerKey, MAX_LEASES, PersistedLease, PersistedLeases};
 use connectopus_wire::Prefix;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,18 @@ struct LeaseEntry {
     /// The xid of the Renew that made the current renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     renew_xid: Option<u64>,
+    /// A container's lease: its CNI key (absent for ephemeral nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerEntry>,
+}
+
+/// The CNI key of a container's lease.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerEntry {
+    network: String,
+    container_id: String,
+    ifname: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,7 +63,7 @@ struct HoldDownEntry {
 }
 
 /// Encodes a table as `<config>.leases` holds it.
-pub(crate) fn encode(table: &PersistedLeases) -> Vec<u8> {
+pub(crate) fn encode(table: &PersistedLeases) -> std::io::Result<Vec<u8>> {
     let file = LeaseFile {
         version: 1,
         pool: table.pool.to_string(),
@@ -67,6 +79,11 @@ pub(crate) fn encode(table: &PersistedLeases) -> Vec<u8> {
                 renewal: l.renewal,
                 expires_unix_ms: l.expires_unix_ms,
                 renew_xid: l.renew_xid,
+                container: l.container.as_ref().map(|c| ContainerEntry {
+                    network: c.network.clone(),
+                    container_id: c.container_id.clone(),
+                    ifname: c.ifname.clone(),
+                }),
             })
             .collect(),
         hold_down: table
@@ -80,9 +97,9 @@ pub(crate) fn encode(table: &PersistedLeases) -> Vec<u8> {
         quarantine_until_unix_ms: table.quarantine_until_unix_ms,
         written_unix_ms: table.written_unix_ms,
     };
-    let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+    let mut bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    bytes
+    Ok(bytes)
 }
 
 /// Decodes `<config>.leases` and checks that it is a table this node could have written;
@@ -103,6 +120,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<PersistedLeases> {
             renewal: l.renewal,
             expires_unix_ms: l.expires_unix_ms,
             renew_xid: l.renew_xid,
+            container: l.container.map(|c| ContainerKey {
+                network: c.network,
+                container_id: c.container_id,
+                ifname: c.ifname,
+            }),
         });
     }
     let table = PersistedLeases {
@@ -178,7 +200,20 @@ fn validate(t: &PersistedLeases) -> Result<()> {
                 t.next_epoch
             );
         }
-        late(&what, l.expires_unix_ms)?;
+        match &l.container {
+            // A container's lease never expires: its `expires_unix_ms` is not bounded. Its key
+            // is derived from its CNI key, which must be one the node accepts in an ADD.
+            Some(container) => {
+                check_container(container).with_context(|| what.clone())?;
+                if l.key != container.holder_key() {
+                    anyhow::bail!("{what}: its key is not its container's");
+                }
+                if l.renew_xid.is_some() {
+                    anyhow::bail!("{what}: a container's lease has no renewal");
+                }
+            }
+            None => late(&what, l.expires_unix_ms)?,
+        }
     }
     let mut held = BTreeSet::new();
     for &(address, until) in &t.hold_down {
@@ -194,6 +229,25 @@ fn validate(t: &PersistedLeases) -> Result<()> {
         late("the quarantine", until)?;
     }
     Ok(())
+}
+
+/// Checks a container's CNI key as the node checks an ADD's (`cni.rs`).
+fn check_container(c: &ContainerKey) -> Result<()> {
+    let max = super::cni::MAX_KEY_PART;
+    if c.network.is_empty() || c.network.len() > max {
+        anyhow::bail!(
+            "container network `{}` is empty or too long",
+            c.network.escape_debug()
+        );
+    }
+    if c.container_id.is_empty() || c.container_id.len() > max {
+        anyhow::bail!(
+            "container id `{}` is empty or too long",
+            c.container_id.escape_debug()
+        );
+    }
+    connectopus_netlink::link::check_name(&c.ifname)
+        .map_err(|why| anyhow::anyhow!("container {why}"))
 }
 
 fn parse_prefix(text: &str) -> Result<Prefix> {
@@ -229,10 +283,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
+    // The rename is durable only once the directory is: a failure here is a failed write (the
+    // writer retries), not a table on disk.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
@@ -253,6 +307,7 @@ mod tests {
                 renewal: 3,
                 expires_unix_ms: 1_796_556_460_961,
                 renew_xid: Some(42),
+                container: None,
             }],
             hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
             quarantine_until_unix_ms: Some(1_796_556_480_000),
@@ -263,12 +318,131 @@ mod tests {
     #[test]
     fn the_lease_file_round_trips() {
         let t = table();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(decode(&encode(&t).unwrap()).unwrap(), t);
+    }
+
+    /// The test table with a container's lease beside the joiner's.
+    fn with_container() -> PersistedLeases {
+        let mut t = table();
+        let container = ContainerKey {
+            network: "mesh".to_owned(),
+            container_id: "0123456789abcdef".to_owned(),
+            ifname: "eth0".to_owned(),
+        };
+        t.leases.push(PersistedLease {
+            address: "fd00:cafe:0:e1::8".parse().unwrap(),
+            key: container.holder_key(),
+            name: "web-1".to_owned(),
+            epoch: 1_796_556_438_859_683_086,
+            renewal: 0,
+            // Meaningless for a container: far past the day after the write, which is no
+            // reason to refuse the table.
+            expires_unix_ms: u64::MAX,
+            renew_xid: None,
+            container: Some(container),
+        });
+        t
+    }
+
+    #[test]
+    fn a_lease_file_with_a_container_lease_round_trips_and_passes_the_checks() {
+        let t = with_container();
+        assert!(validate(&t).is_ok());
+        let text = String::from_utf8(encode(&t).unwrap()).unwrap();
+        assert!(
+            text.contains("\"container_id\": \"0123456789abcdef\""),
+            "{text}"
+        );
+        // Only the container's entry names one; the joiner's has none.
+        assert_eq!(text.matches("\"container\"").count(), 1, "{text}");
+        assert_eq!(decode(text.as_bytes()).unwrap(), t);
+        // An expiry long past the write (a container's lease was written long ago, its
+        // expiry never moves) loads too.
+        let mut old = with_container();
+        old.leases[1].expires_unix_ms = 0;
+        assert_eq!(decode(&encode(&old).unwrap()).unwrap(), old);
+    }
+
+    #[test]
+    fn a_damaged_container_lease_is_refused_saying_what() {
+        type Damage = Box<dyn Fn(&mut PersistedLease)>;
+        let cases: Vec<(&str, Damage)> = vec![
+            ("not its container's", Box::new(|l| l.key = [0xcd; 32])),
+            (
+                "not its container's",
+                Box::new(|l| {
+                    if let Some(c) = l.container.as_mut() {
+                        c.container_id = "another".to_owned();
+                    }
+                }),
+            ),
+            (
+                "container network",
+                Box::new(|l| {
+                    if let Some(c) = l.container.as_mut() {
+                        c.network = String::new();
+                    }
+                    l.key = l
+                        .container
+                        .as_ref()
+                        .map_or([0; 32], ContainerKey::holder_key);
+                }),
+            ),
+            (
+                "container id",
+                Box::new(|l| {
+                    if let Some(c) = l.container.as_mut() {
+                        c.container_id = "x".repeat(257);
+                    }
+                    l.key = l
+                        .container
+                        .as_ref()
+                        .map_or([0; 32], ContainerKey::holder_key);
+                }),
+            ),
+            (
+                "interface name",
+                Box::new(|l| {
+                    if let Some(c) = l.container.as_mut() {
+                        c.ifname = "eth/0".to_owned();
+                    }
+                    l.key = l
+                        .container
+                        .as_ref()
+                        .map_or([0; 32], ContainerKey::holder_key);
+                }),
+            ),
+            ("has no renewal", Box::new(|l| l.renew_xid = Some(7))),
+            (
+                "not a valid name",
+                Box::new(|l| l.name = "Web 1".to_owned()),
+            ),
+            (
+                "the name `job-1` is leased twice",
+                Box::new(|l| l.name = "job-1".to_owned()),
+            ),
+            ("is not below next_epoch", Box::new(|l| l.epoch = u64::MAX)),
+        ];
+        for (what, damage) in cases {
+            let mut t = with_container();
+            damage(&mut t.leases[1]);
+            let error = decode(&encode(&t).unwrap()).expect_err(what);
+            let text = format!("{error:#}");
+            assert!(text.contains(what), "expected `{what}` in: {text}");
+            assert!(
+                text.contains("fd00:cafe:0:e1::8"),
+                "names the lease: {text}"
+            );
+        }
+        // A joiner's lease is still bounded: the exemption is the container's alone.
+        let mut t = with_container();
+        t.leases[0].expires_unix_ms = u64::MAX;
+        assert!(decode(&encode(&t).unwrap()).is_err());
     }
 
     #[test]
     fn a_damaged_lease_file_is_refused_not_half_read() {
-        let bytes = encode(&table());
+        let bytes = encode(&table()).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         for bad in [
             bytes[..bytes.len() / 2].to_vec(),
@@ -361,12 +535,12 @@ mod tests {
         for (what, damage) in cases {
             let mut t = table();
             damage(&mut t);
-            let error = decode(&encode(&t)).expect_err(what);
+            let error = decode(&encode(&t).unwrap()).expect_err(what);
             let text = format!("{error:#}");
             assert!(text.contains(what), "expected `{what}` in: {text}");
         }
         // A file from before `written_unix_ms` and `renew_xid` still loads.
-        let old = String::from_utf8(encode(&good))
+        let old = String::from_utf8(encode(&good).unwrap())
             .unwrap()
             .replace(
                 "\"written_unix_ms\": 1796556440961",

@@ -40,6 +40,8 @@ pub(crate) enum WriterReport {
     },
 }
 
+/// Encodes a table as the file holds it.
+pub(crate) type EncodeFn = fn(&PersistedLeases) -> std::io::Result<Vec<u8>>;
 /// Writes one encoded table to its path (atomically, durably).
 pub(crate) type WriteFn = Box<dyn FnMut(&[u8]) -> std::io::Result<()> + Send>;
 /// Hands a report to the loop; false once the loop is gone.
@@ -71,11 +73,7 @@ impl LeaseWriter {
     ///
     /// # Errors
     /// The thread cannot be spawned.
-    pub(crate) fn spawn(
-        encode: fn(&PersistedLeases) -> Vec<u8>,
-        write: WriteFn,
-        report: ReportFn,
-    ) -> Result<Self> {
+    pub(crate) fn spawn(encode: EncodeFn, write: WriteFn, report: ReportFn) -> Result<Self> {
         let shared = Arc::new(Shared::default());
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -129,12 +127,7 @@ impl Drop for LeaseWriter {
 
 /// The thread: takes the newest table, writes it, reports; retries a failure with a backoff
 /// unless a newer table arrives meanwhile.
-fn run(
-    shared: &Shared,
-    encode: fn(&PersistedLeases) -> Vec<u8>,
-    mut write: WriteFn,
-    report: &ReportFn,
-) {
+fn run(shared: &Shared, encode: EncodeFn, mut write: WriteFn, report: &ReportFn) {
     // A table that failed to be written, and how long to wait before the next attempt.
     let mut failed: Option<(u64, Arc<PersistedLeases>, Duration)> = None;
     loop {
@@ -173,7 +166,7 @@ fn run(
             Some((g, _, backoff)) if *g == generation => (*backoff * 2).min(RETRY_MAX),
             _ => RETRY_FIRST,
         };
-        match write(&encode(&table)) {
+        match encode(&table).and_then(|bytes| write(&bytes)) {
             Ok(()) => {
                 failed = None;
                 if !report(WriterReport::Persisted(generation)) {
@@ -218,8 +211,8 @@ mod tests {
         })
     }
 
-    fn encode(t: &PersistedLeases) -> Vec<u8> {
-        t.next_epoch.to_be_bytes().to_vec()
+    fn encode(t: &PersistedLeases) -> std::io::Result<Vec<u8>> {
+        Ok(t.next_epoch.to_be_bytes().to_vec())
     }
 
     fn reporter() -> (ReportFn, mpsc::Receiver<WriterReport>) {

@@ -254,9 +254,12 @@ impl Daemon {
             ) {
                 Ok(writer) => self.leases.writer = Some(writer),
                 Err(error) => {
-                    // The grants stay unanswered (joiners retry); the next change tries again.
+                    // The grants stay unanswered (joiners retry) and the table stays pending:
+                    // the core does not hand out the same generation again, so the next turn
+                    // tries to start the writer with it.
                     self.leases.write_errors += 1;
                     tracing::warn!(path = %path.display(), error = %format!("{error:#}"), generation, "cannot write the lease table");
+                    self.leases.pending = Some((generation, table));
                     return;
                 }
             }
@@ -387,6 +390,10 @@ impl Daemon {
                     epoch: l.epoch,
                     renewal: l.renewal,
                     expires_in_secs: l.expires.saturating_since(now).as_secs_f64(),
+                    container: l
+                        .container
+                        .as_ref()
+                        .map(|c| format!("{}/{}/{}", c.network, c.container_id, c.ifname)),
                 })
                 .collect(),
         )
@@ -411,6 +418,7 @@ mod tests {
                 renewal: 3,
                 expires_unix_ms: 1_796_556_460_961,
                 renew_xid: None,
+                container: None,
             }],
             hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
             quarantine_until_unix_ms: Some(1_796_556_480_000),
@@ -430,13 +438,64 @@ mod tests {
         // The node ran before (its epoch file exists) but the table is gone: lost.
         std::fs::write(epoch_path(&config), "1\n").unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
-        write_atomically(&leases_path(&config), &encode(&table())).unwrap();
+        write_atomically(&leases_path(&config), &encode(&table()).unwrap()).unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Persisted(t) if t == table()));
         // Another pool's table, or garbage: lost.
         let other = Prefix::new("fd00:cafe:0:e2::".parse().unwrap(), 112).unwrap();
         assert!(matches!(issuer_start(&config, other), IssuerStart::Lost));
         std::fs::write(leases_path(&config), b"{\"version\": 1").unwrap();
         assert!(matches!(issuer_start(&config, pool), IssuerStart::Lost));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn a_restart_from_the_file_keeps_container_leases_whatever_the_clock() {
+        use connectopus_core::lease_table::{ContainerKey, LeaseTable};
+        let dir = std::env::temp_dir().join(format!("cx-leases-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("mesh.yml");
+        let table_config = LeaseTableConfig {
+            pool: table().pool,
+            lease: Duration::from_secs(20),
+            grace: Duration::from_secs(7),
+        };
+        let web = ContainerKey {
+            network: "mesh".to_owned(),
+            container_id: "0123456789abcdef".repeat(4),
+            ifname: "eth0".to_owned(),
+        };
+        let at = |secs: u64| Time::from_duration(Duration::from_secs(secs));
+        let mut t = LeaseTable::new(table_config, 1_796_556_438_859_683_087);
+        let (lease, _) = t.attach_container(at(1), &web, "web", |_| false).unwrap();
+        let written_unix_ms = 1_796_556_440_961;
+        write_atomically(
+            &leases_path(&config),
+            &encode(&t.persisted(at(2), written_unix_ms)).unwrap(),
+        )
+        .unwrap();
+        let IssuerStart::Persisted(p) = issuer_start(&config, table_config.pool) else {
+            panic!("the table with a container's lease was not loaded");
+        };
+        // Started a month later, and with the clock a day behind the write: the container
+        // keeps its address and name, and no amount of time expires it.
+        let day_ms = 24 * 3600 * 1000;
+        for unix_ms in [written_unix_ms + 30 * day_ms, written_unix_ms - day_ms] {
+            let mut restored = LeaseTable::restore(table_config, Some(&p), 1, at(5), unix_ms);
+            let kept = restored
+                .container_lease(&web)
+                .expect("container lease kept");
+            assert_eq!((kept.address, kept.name.as_str()), (lease.address, "web"));
+            assert!(restored.expire(at(5 + 365 * 24 * 3600)).is_empty());
+            assert!(restored.container_lease(&web).is_some());
+            // Written again by the restarted node, it still loads.
+            let again = encode(&restored.persisted(at(6), unix_ms)).unwrap();
+            assert_eq!(
+                super::super::lease_file::decode(&again)
+                    .unwrap()
+                    .leases
+                    .len(),
+                1
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -45,6 +45,7 @@ mod api_publish;
 mod attachments;
 mod backend_retry;
 mod binding;
+mod cni;
 mod datapath;
 mod dns;
 mod dtls;
@@ -269,6 +270,8 @@ struct Daemon {
     notify: crate::notify::Notifier,
     /// Lease tables to write, and an ephemeral node's address (see `leases`).
     leases: leases::LeaseDriver,
+    /// `cni_*` answers waiting for the lease table (see `cni`).
+    cni: cni::CniReplies,
 }
 
 impl Daemon {
@@ -284,6 +287,7 @@ impl Daemon {
                 .context("arming TUN receive")?;
         }
         // UDP endpoints are armed by `add_udp` when their backend starts.
+        self.reconcile_containers();
         self.run_dialers();
         self.drain_node();
         loop {
@@ -309,6 +313,7 @@ impl Daemon {
             self.run_timers();
             self.drain_node();
             self.persist_leases();
+            self.answer_persisted_cni();
             self.publish_metrics();
             self.publish_api();
             // Everything received this turn is merged: write the super-packets.
@@ -480,6 +485,9 @@ impl Daemon {
         while let Ok(message) = self.rx.try_recv() {
             match message {
                 LoopMessage::TcpConnected(connected) => self.add_tcp_link(connected),
+                LoopMessage::Control { request, reply } if request.is_cni() => {
+                    self.cni_request(request, reply);
+                }
                 LoopMessage::Control { request, reply } => {
                     let answer = match request {
                         ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
@@ -497,6 +505,13 @@ impl Daemon {
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::Leases => self.lease_entries(),
+                        ControlRequest::CniAdd { .. }
+                        | ControlRequest::CniDel { .. }
+                        | ControlRequest::CniCheck { .. }
+                        | ControlRequest::CniGc { .. }
+                        | ControlRequest::CniStatus { .. } => {
+                            ControlReply::Error("cni requests are answered apart".to_owned())
+                        }
                         ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
                             Ok(said) => ControlReply::Done(said),
                             Err(error) => ControlReply::Error(format!("{error:#}")),

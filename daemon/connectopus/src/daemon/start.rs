@@ -420,6 +420,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         seccomp: "off: not installed yet".to_owned(),
         notify: crate::notify::Notifier::from_env(),
         leases: leases::LeaseDriver::new(&config_path_for_leases),
+        cni: Default::default(),
     };
     let version = daemon.config.global.version;
     let source = daemon.config.source().clone();

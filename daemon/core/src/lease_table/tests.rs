@@ -219,6 +219,12 @@ fn restart_without_the_table_quarantines_and_re_adopts() {
         t.renew(at(102), key(1), addr("fd00::6"), 900, 0, "a"),
         Err(RenewError::UnknownLease)
     );
+    // Nor another key a second lease of the same name (an old certificate for a name that
+    // went to another key since): the table would refuse its own file at the next start.
+    assert_eq!(
+        t.renew(at(102), key(3), addr("fd00::8"), 902, 0, "a"),
+        Err(RenewError::UnknownLease)
+    );
     t.expire(until);
     assert_eq!(t.quarantined(until), None);
     let b = t.allocate(until, key(2), "b", None, never).unwrap();

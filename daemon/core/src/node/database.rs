@@ -270,7 +270,13 @@ impl Node {
             config_version: self.config.config_version,
             adjacencies: adjacencies.clone(),
             prefixes: self.own_prefixes(),
-            names: self.config.names.clone(),
+            names: self
+                .config
+                .names
+                .iter()
+                .cloned()
+                .chain(self.container_names())
+                .collect(),
             names4: self.own_names4(),
             extensions: self
                 .own_certificate

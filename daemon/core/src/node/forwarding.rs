@@ -341,6 +341,7 @@ impl Node {
     /// IPv4-mapped /128.
     pub(super) fn own_prefixes(&self) -> Vec<PrefixAdvert> {
         let mut prefixes = self.config.prefixes.clone();
+        prefixes.extend(self.container_prefixes());
         if let Some(address4) = self.config.address4 {
             prefixes.push(PrefixAdvert {
                 prefix: Prefix::host(mapped(address4)),

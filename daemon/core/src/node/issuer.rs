@@ -67,7 +67,7 @@ pub struct IssuerSetup {
 /// A running issuer.
 #[derive(Debug)]
 pub(super) struct IssuerState {
-    issuer: LeaseIssuer,
+    pub(super) issuer: LeaseIssuer,
     started: Time,
     unix_ms_at_start: u64,
     /// Where Renew answers waiting for the disk go, by token.

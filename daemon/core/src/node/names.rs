@@ -51,6 +51,9 @@ impl Node {
         for binding in &self.config.names {
             claims.push((binding.name.clone(), binding.address, own));
         }
+        for binding in self.container_names() {
+            claims.push((binding.name, binding.address, own));
+        }
         for entry in self.database.values() {
             let origin = entry.update.origin;
             if !self.routes.nodes.contains_key(&origin) {
