@@ -4,7 +4,10 @@
 //! given to them (the transit node's two links on two workers: DTLS records opened, udp
 //! datagrams received on the thread); and a worker that fails ends cleanly, its flows move to
 //! the other worker, its links go back to the main loop without being lost, and `status` says
-//! why it stopped.
+//! why it stopped. TCP and TLS links are read and written on the worker thread given them
+//! once their session is established; a failed worker gives its TCP link back in the middle
+//! of a transfer without dropping the session, and the routing stream (a configuration
+//! change) still crosses a TCP link a worker owns.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use connectopus_tests::{
-    IperfOptions, LinkKind, Mesh, MeshLink, TestDir, Topology, checked_transfer, iperf3_client,
-    iperf3_server, require_root, require_tools, run_test, wait_until,
+    IperfOptions, LinkKind, Mesh, MeshLink, TestDir, Topology, checked_transfer,
+    checked_transfer_paced, iperf3_client, iperf3_server, require_root, require_tools, run_test,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -105,15 +109,30 @@ fn mesh_of<'a>(
     Ok(mesh)
 }
 
+fn is_tcp(kind: LinkKind) -> bool {
+    matches!(kind, LinkKind::Tcp | LinkKind::TcpTls)
+}
+
 /// What a worker counts of the links it receives: DTLS records it opened, plaintext udp
-/// datagrams it received.
+/// datagrams it received, reads from the TCP/TLS streams it owns.
 fn received_by(w: &Value, kind: LinkKind) -> u64 {
-    let field = if kind == LinkKind::Udp {
-        "datagrams_received"
-    } else {
-        "records_opened"
+    let field = match kind {
+        LinkKind::Udp => "datagrams_received",
+        LinkKind::Tcp | LinkKind::TcpTls => "tcp_reads",
+        _ => "records_opened",
     };
     w[field].as_u64().unwrap_or(0)
+}
+
+/// What a worker received of a link carrying 20 MB or more: a record or datagram per packet,
+/// a TCP read per up to 64 KiB of the stream.
+fn many(kind: LinkKind) -> u64 {
+    if is_tcp(kind) { 200 } else { 10_000 }
+}
+
+/// The links a worker receives (DTLS, plaintext udp) or reads and writes (TCP/TLS).
+fn links_of(w: &Value) -> u64 {
+    w["receive_links"].as_u64().unwrap_or(0) + w["tcp_links"].as_u64().unwrap_or(0)
 }
 
 fn send_flows(topo: &Topology, from: &str, dst: Ipv6Addr, rounds: u32) -> Result<()> {
@@ -199,7 +218,7 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
         // (200 MB went through bar).
         let bar = mesh.status("bar")?;
         let ws = workers_of(&bar);
-        let links = |w: &Value| w["receive_links"].as_u64().unwrap_or(0);
+        let links = links_of;
         ensure!(
             ws.len() == 2 && links(&ws[0]) == 1 && links(&ws[1]) == 1,
             "bar's links are received by worker 0 and worker 1: {ws:?}"
@@ -216,7 +235,7 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
                 .and_then(|s| workers_of(&s).get(1).map(|w| received_by(w, kind)))
         };
         wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-            received_on_thread().is_some_and(|n| n > 10_000)
+            received_on_thread().is_some_and(|n| n > many(kind))
         })
         .map_err(|_| {
             anyhow::anyhow!(
@@ -225,10 +244,24 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
             )
         })?;
         ensure!(
-            received_by(&ws[0], kind) > 10_000,
+            received_by(&ws[0], kind) > many(kind),
             "bar's main loop received the other link: {}",
             ws[0]
         );
+        if is_tcp(kind) {
+            // foo's one link is read and written on worker 1: the main loop read it only
+            // until its session was established.
+            let status = mesh.status("foo")?;
+            let ws = workers_of(&status);
+            ensure!(
+                ws[1]["tcp_links"] == 1 && ws[0]["tcp_links"] == 0,
+                "foo's worker 1 owns its tcp link: {ws:?}"
+            );
+            ensure!(
+                received_by(&ws[1], kind) > many(kind) && received_by(&ws[0], kind) < 50,
+                "foo's tcp link is read on worker 1: {ws:?}"
+            );
+        }
     }
     Ok(())
 }
@@ -250,6 +283,22 @@ fn transfers_are_intact_with_two_workers() {
 fn udp_link_transfers_are_intact_with_two_workers() {
     require_root!();
     run_test("workers_2_udp", |dir| transfers_with(2, LinkKind::Udp, dir));
+}
+
+/// Plain TCP links: each is read and written on the worker thread given to it.
+#[test]
+fn tcp_link_transfers_are_intact_with_two_workers() {
+    require_root!();
+    run_test("workers_2_tcp", |dir| transfers_with(2, LinkKind::Tcp, dir));
+}
+
+/// TLS links: decrypted and encrypted on the worker thread that owns the link.
+#[test]
+fn tls_link_transfers_are_intact_with_two_workers() {
+    require_root!();
+    run_test("workers_2_tls", |dir| {
+        transfers_with(2, LinkKind::TcpTls, dir)
+    });
 }
 
 /// Four parallel UDP streams through a line of `kind` links with two workers: nothing arrives
@@ -426,5 +475,213 @@ fn a_failed_worker_gives_its_udp_link_back() {
     require_root!();
     run_test("workers_fail_udp", |dir| {
         a_failed_worker_with(LinkKind::Udp, dir)
+    });
+}
+
+/// Worker 1 of foo owns foo's TCP/TLS link and fails (test fault) while baz sends foo 40 MB
+/// over it: the worker gives the link back between two complete reads and writes, the main
+/// loop continues the same stream (the same link and session, no redial), and the transfer
+/// arrives intact.
+fn a_failed_worker_gives_back_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
+    require_tools(&["python3"]);
+    let (topo, links) = line(dir, kind)?;
+    let mut mesh = mesh_of(&topo, &links, kind, 2)?;
+    mesh.start("bar")?;
+    mesh.start("baz")?;
+    mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "1:50");
+    mesh.start("foo")?;
+    mesh.wait_converged(CONVERGE)?;
+    let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
+    wait_until(CONVERGE, Duration::from_millis(100), || {
+        mesh.status("foo")
+            .is_ok_and(|s| workers_of(&s).get(1).is_some_and(|w| w["tcp_links"] == 1))
+    })
+    .map_err(|_| anyhow::anyhow!("foo's worker 1 owns its link: {:?}", mesh.status("foo")))?;
+    let link_of = |status: &Value| -> Option<(u64, String)> {
+        let l = status["links"].as_array()?.first()?.clone();
+        Some((l["link"].as_u64()?, l["since_unix"].to_string()))
+    };
+    let link_before = link_of(&mesh.status("foo")?);
+    let stopped = || -> bool {
+        mesh.status("foo").is_ok_and(|s| {
+            workers_of(&s)
+                .get(1)
+                .and_then(|w| w["state"].as_str().map(|s| s.starts_with("stopped")))
+                .unwrap_or(false)
+        })
+    };
+    let (transfer, tripped) = std::thread::scope(|scope| {
+        // 40 MB at 4 MB/s: under way for seconds while worker 1 fails.
+        let transfer = scope.spawn(|| {
+            checked_transfer_paced(
+                topo.ns("baz"),
+                topo.ns("foo"),
+                foo_addr,
+                7201,
+                40_000_000,
+                11,
+                4_000_000,
+                Duration::from_secs(180),
+            )
+        });
+        // Wait until worker 1 has read some of it, then many flows until it fails.
+        let _ = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            mesh.status("foo").is_ok_and(|s| {
+                workers_of(&s)
+                    .get(1)
+                    .is_some_and(|w| received_by(w, kind) > 20)
+            })
+        });
+        let tripped = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            stopped() || {
+                let _ = send_flows(&topo, "foo", baz_addr, 2);
+                stopped()
+            }
+        });
+        (transfer.join(), tripped)
+    });
+    tripped
+        .map_err(|_| anyhow::anyhow!("foo's worker 1 never failed: {:?}", mesh.status("foo")))?;
+    let transfer = transfer.map_err(|_| anyhow::anyhow!("the transfer thread panicked"))??;
+    ensure!(
+        transfer.intact(),
+        "baz -> foo across the failure lost or changed bytes: {transfer:?}"
+    );
+    let foo_status = mesh.status("foo")?;
+    let ws = workers_of(&foo_status);
+    ensure!(
+        ws[0]["tcp_links"] == 1 && ws[1]["tcp_links"] == 0,
+        "foo's main loop reads and writes the link again: {ws:?}"
+    );
+    ensure!(
+        link_before.is_some() && link_of(&foo_status) == link_before,
+        "foo's link (and its session) survived its worker: {link_before:?} then {}",
+        foo_status["links"]
+    );
+    let received_before = received_by(&ws[0], kind);
+    let transfer = checked_transfer(
+        topo.ns("foo"),
+        topo.ns("baz"),
+        baz_addr,
+        7202,
+        20_000_000,
+        12,
+        Duration::from_secs(120),
+    )?;
+    ensure!(transfer.intact(), "foo -> baz afterwards: {transfer:?}");
+    let transfer = checked_transfer(
+        topo.ns("baz"),
+        topo.ns("foo"),
+        foo_addr,
+        7203,
+        20_000_000,
+        13,
+        Duration::from_secs(120),
+    )?;
+    ensure!(transfer.intact(), "baz -> foo afterwards: {transfer:?}");
+    let foo_status = mesh.status("foo")?;
+    let received_after = received_by(&workers_of(&foo_status)[0], kind);
+    ensure!(
+        received_after > received_before + many(kind),
+        "foo's main loop read baz's 20 MB itself: {received_before} -> {received_after}"
+    );
+    ensure!(
+        link_of(&foo_status) == link_before,
+        "foo's link survived: {link_before:?} then {}",
+        foo_status["links"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_worker_gives_its_tcp_link_back() {
+    require_root!();
+    run_test("workers_fail_tcp", |dir| {
+        a_failed_worker_gives_back_with(LinkKind::Tcp, dir)
+    });
+}
+
+#[test]
+fn a_failed_worker_gives_its_tls_link_back() {
+    require_root!();
+    run_test("workers_fail_tls", |dir| {
+        a_failed_worker_gives_back_with(LinkKind::TcpTls, dir)
+    });
+}
+
+/// The routing stream still crosses TLS links that worker threads own: a configuration set on
+/// foo (a small one, then one of about 2 MB) reaches bar and baz, byte for byte.
+#[test]
+fn a_config_change_crosses_tls_links_on_workers() {
+    require_root!();
+    run_test("workers_tls_config", |dir| {
+        let (topo, links) = line(dir, LinkKind::TcpTls)?;
+        let mut mesh = mesh_of(&topo, &links, LinkKind::TcpTls, 2)?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        // foo's link on its worker 1; bar's two links on its two workers.
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            let owned = |node: &str, i: usize| {
+                mesh.status(node)
+                    .is_ok_and(|s| workers_of(&s).get(i).is_some_and(|w| w["tcp_links"] == 1))
+            };
+            owned("foo", 1) && owned("bar", 0) && owned("bar", 1) && owned("baz", 1)
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the links are not on the workers: {:?} {:?}",
+                mesh.status("foo"),
+                mesh.status("bar")
+            )
+        })?;
+        let original = std::fs::read_to_string(mesh.config_path())?;
+        for (version, extra) in [(2u64, 0u32), (3, 48_000)] {
+            let mut text = original.replace("  version: 1\n", &format!("  version: {version}\n"));
+            for i in 0..extra {
+                text.push_str(&format!(
+                    "  gen{i}:\n    address: \"fd00:cafe::{:x}:{:x}\"\n",
+                    0x100 + i / 0x10000,
+                    i % 0x10000
+                ));
+            }
+            let path = dir.join(format!("v{version}.yml"));
+            std::fs::write(&path, &text)?;
+            connectopus_tests::ssh_sign(&path, mesh.admin_key(), "connectopus")?;
+            let (ok, out) = mesh.config_set("foo", &path)?;
+            ensure!(ok, "foo refused v{version}: {out}");
+            wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+                ["bar", "baz"]
+                    .iter()
+                    .all(|n| mesh.config_version(n).is_ok_and(|v| v == version))
+            })
+            .map_err(|_| anyhow::anyhow!("v{version} did not reach bar and baz"))?;
+            let expected = std::fs::read(&path)?;
+            for node in ["bar", "baz"] {
+                ensure!(
+                    std::fs::read(mesh.node_config_path(node))? == expected,
+                    "{node} persisted a different v{version}"
+                );
+            }
+        }
+        // Still on the workers, sessions up, and data flows.
+        let status = mesh.status("foo")?;
+        ensure!(
+            workers_of(&status)[1]["tcp_links"] == 1,
+            "foo's link is still on worker 1: {status}"
+        );
+        let transfer = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            mesh.address("baz"),
+            7301,
+            5_000_000,
+            21,
+            Duration::from_secs(120),
+        )?;
+        ensure!(
+            transfer.intact(),
+            "foo -> baz after the changes: {transfer:?}"
+        );
+        Ok(())
     });
 }

@@ -396,6 +396,13 @@ pub struct WorkerReport {
     /// stream, handshake records); 0 for worker 0.
     #[serde(default)]
     pub received_for_main: u64,
+    /// TCP/TLS links whose stream it reads and writes (a link goes to a worker thread once its
+    /// session is established; worker 0 holds it until then).
+    #[serde(default)]
+    pub tcp_links: u64,
+    /// Reads from the streams of those links so far.
+    #[serde(default)]
+    pub tcp_reads: u64,
     /// The most packet buffers its pool had in use at once since the start (held, in flight,
     /// or posted for receives): its peak packet memory is this many buffers (64 KiB each
     /// with offloads).

@@ -486,6 +486,8 @@ mod tests {
             datagrams_received: 0,
             receive_links: 0,
             received_for_main: 0,
+            tcp_links: 0,
+            tcp_reads: 0,
             buffers_peak: 0,
             buffers_touched: 0,
         }];

@@ -26,6 +26,8 @@ pub(super) fn channel_binding(transport: &Transport) -> Result<Option<[u8; 32]>,
                 .map_err(|_| format!("DTLS exporter gave {} bytes, not 32", value.len()))
         }
         Transport::Tcp(t) => codec_binding(&t.codec),
+        // Announced (and bound) before it went to a worker thread.
+        Transport::TcpOnWorker { .. } => Err("the link's TLS is on a worker thread".to_owned()),
         // Plaintext: hellos sign the challenge the peer chose, as on plain TCP.
         Transport::PlainUdp(_) => Ok(None),
     }

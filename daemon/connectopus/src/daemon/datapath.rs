@@ -344,13 +344,18 @@ impl Daemon {
             scratch_out,
             ..
         } = worker;
-        let Some(Link {
-            transport: Transport::Tcp(tcp),
-            ..
-        }) = links.get_mut(&link)
-        else {
-            forwarder.count_drop(DropReason::LinkDown);
-            return;
+        let tcp = match links.get_mut(&link).map(|l| &mut l.transport) {
+            Some(Transport::Tcp(tcp)) => tcp,
+            Some(Transport::TcpOnWorker { worker }) => {
+                // Its owner cuts it into the byte stream (a copy through its channel).
+                let (index, packet) = (*worker, io.buf(buf).get(range).unwrap_or_default());
+                let packet = packet.to_vec();
+                return self.send_to_tcp_owner(link, index, packet, Some(header));
+            }
+            _ => {
+                forwarder.count_drop(DropReason::LinkDown);
+                return;
+            }
         };
         if tcp.tx.len() > MAX_TCP_BACKLOG {
             forwarder.count_drop(DropReason::LinkCongested);
@@ -628,6 +633,10 @@ impl Daemon {
         }
         match &mut l.transport {
             Transport::PlainUdp(_) => self.send_plain_message(link, message),
+            Transport::TcpOnWorker { worker } => {
+                let index = *worker;
+                self.send_to_tcp_owner(link, index, message.to_vec(), None);
+            }
             Transport::Tcp(tcp) => {
                 self.worker.scratch_out.clear();
                 if let Err(error) = tcp

@@ -54,7 +54,7 @@ impl Daemon {
             self.links.get(&link).and_then(|l| match &l.transport {
                 Transport::Dtls(d) => d.association.payload_offset().zip(d.association.overhead()),
                 Transport::PlainUdp(_) => Some((0, 0)),
-                Transport::Tcp(_) => None,
+                Transport::Tcp(_) | Transport::TcpOnWorker { .. } => None,
             })
         else {
             self.worker.forwarder.count_drop(DropReason::LinkDown);
@@ -200,7 +200,7 @@ impl Daemon {
         let target = self.links.get(&link).and_then(|l| match &l.transport {
             Transport::Dtls(d) => Some((d.endpoint, l.remote, d.local)),
             Transport::PlainUdp(p) => Some((p.endpoint, l.remote, p.local)),
-            Transport::Tcp(_) => None,
+            Transport::Tcp(_) | Transport::TcpOnWorker { .. } => None,
         });
         let Some((endpoint, destination, source)) = target else {
             self.worker.io.free(buf);

@@ -295,7 +295,10 @@ impl super::Daemon {
                 !l.had_session
                     && l.ended.is_none()
                     && l.backend == backend
-                    && matches!(l.transport, super::Transport::Tcp(_))
+                    && matches!(
+                        l.transport,
+                        super::Transport::Tcp(_) | super::Transport::TcpOnWorker { .. }
+                    )
             })
             .map(|(id, l)| Pending {
                 link: *id,

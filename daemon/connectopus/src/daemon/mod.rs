@@ -125,6 +125,11 @@ enum Transport {
     Dtls(DtlsLink),
     /// A plaintext UDP link (`udp-dialer`, `udp-listener`), see `plain_udp`.
     PlainUdp(plain_udp::PlainUdpLink),
+    /// A TCP/TLS link whose stream, codec and unsent bytes worker thread `worker` holds (see
+    /// `workers::tcp`); the main loop hands it the node's messages for the link.
+    TcpOnWorker {
+        worker: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -135,11 +140,20 @@ struct TcpLink {
     tx: VecDeque<u8>,
     write_in_flight: bool,
     read_in_flight: bool,
+    /// The worker chosen to read and write it once its session is established (`None`: not
+    /// chosen yet; `Some(0)`: the main loop keeps it). Any other: it goes to that worker
+    /// thread once no read or write is in flight (none is started any more).
+    worker: Option<usize>,
 }
 
 impl TcpLink {
     fn idle(&self) -> bool {
         !self.write_in_flight && !self.read_in_flight
+    }
+
+    /// It waits to go to a worker thread: no read or write is started.
+    fn moving(&self) -> bool {
+        self.worker.is_some_and(|w| w > 0)
     }
 }
 
@@ -161,14 +175,14 @@ impl Link {
         match &self.transport {
             Transport::Tcp(t) => t.codec.is_ready(),
             Transport::Dtls(d) => matches!(d.association.state(), DtlsState::Established),
-            Transport::PlainUdp(_) => true,
+            Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => true,
         }
     }
 
     fn backlog(&self) -> usize {
         match &self.transport {
             Transport::Tcp(t) => t.tx.len(),
-            Transport::Dtls(_) | Transport::PlainUdp(_) => 0,
+            Transport::Dtls(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => 0,
         }
     }
 }
@@ -311,6 +325,7 @@ impl Daemon {
                 self.flush_dtls_batches(None);
             }
             self.resume_tcp_io();
+            self.dataplane.wake_for_tcp();
             self.reap_closing();
             self.worker.trim_if_due(Instant::now());
             if let Some(deadline) = self.stopping {
@@ -428,7 +443,7 @@ impl Daemon {
             Transport::PlainUdp(p) => {
                 self.dtls_peers.insert((p.endpoint, link.remote), id);
             }
-            Transport::Tcp(_) => {}
+            Transport::Tcp(_) | Transport::TcpOnWorker { .. } => {}
         }
         self.links.insert(id, link);
         id
@@ -558,7 +573,7 @@ impl Daemon {
             .iter()
             .filter(|(_, l)| match &l.transport {
                 Transport::Dtls(d) => d.association.poll_timeout().is_some_and(|t| t <= elapsed),
-                Transport::Tcp(_) | Transport::PlainUdp(_) => false,
+                Transport::Tcp(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => false,
             })
             .map(|(id, _)| *id)
             .collect();
@@ -666,6 +681,8 @@ impl Daemon {
                 && let Some(l) = self.links.get_mut(&link)
             {
                 l.had_session = true;
+                // A TCP link (and a plaintext udp link) may go to a worker now.
+                self.dataplane.links_dirty = true;
                 if let Transport::Dtls(d) = &l.transport
                     && self
                         .udp
@@ -700,9 +717,13 @@ impl Daemon {
         }
         match l.transport {
             Transport::Tcp(tcp) => {
+                if let Some(worker) = tcp.worker {
+                    self.dataplane.count_tcp(worker, false);
+                }
                 let _ = tcp.stream.shutdown(Shutdown::Both);
                 self.closing.push((link, tcp));
             }
+            Transport::TcpOnWorker { worker } => self.forget_tcp_owner(link, worker),
             Transport::Dtls(mut dtls) => {
                 self.forget_receiver(link, dtls.rx_worker);
                 if self.dtls_peers.get(&(dtls.endpoint, l.remote)) == Some(&link) {

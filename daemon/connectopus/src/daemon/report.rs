@@ -75,7 +75,9 @@ impl Daemon {
                 packets_out: counters.messages_out,
                 dtls_epochs: match &l.transport {
                     Transport::Dtls(d) => d.association.epochs().map(|(tx, rx)| [tx, rx]),
-                    Transport::Tcp(_) | Transport::PlainUdp(_) => None,
+                    Transport::Tcp(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => {
+                        None
+                    }
                 },
                 fastpath: self.fastpath.link_report(
                     *id,

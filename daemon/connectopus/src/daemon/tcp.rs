@@ -1,6 +1,10 @@
-//! TCP links of the main loop: reads, writes, framing and TLS.
+//! TCP links of the main loop: reads, writes, framing and TLS; and handing an established
+//! link to a worker thread (`workers::tcp`) and taking it back.
+
+use connectopus_offload::VnetHeader;
 
 use super::worker::tcp_read_reserve;
+use super::workers::{OwnTcp, ToWorker};
 use super::*;
 
 impl Daemon {
@@ -13,6 +17,10 @@ impl Daemon {
         else {
             return;
         };
+        if tcp.moving() {
+            self.hand_over_tcp_if_idle(link);
+            return;
+        }
         if tcp.write_in_flight || tcp.tx.is_empty() {
             return;
         }
@@ -68,6 +76,10 @@ impl Daemon {
         else {
             return;
         };
+        if tcp.moving() {
+            self.hand_over_tcp_if_idle(link);
+            return;
+        }
         if tcp.read_in_flight {
             return;
         }
@@ -153,7 +165,9 @@ impl Daemon {
             self.worker.io.free(buf);
             return;
         };
-        tcp.read_in_flight = false;
+        // `read_in_flight` stays set until its messages are handled: the link must not go to
+        // a worker thread (`hand_over_tcp_if_idle`) with messages of this read not handled.
+        self.worker.tcp_reads += 1;
         let result = match (completion.result, range) {
             (Ok(0), _) => Err("closed by peer".to_owned()),
             (Ok(_), Some(range)) => {
@@ -173,6 +187,7 @@ impl Daemon {
         self.worker.io.free(buf);
         if let Err(reason) = result {
             tracing::debug!(%link, %reason, "tcp link ends");
+            self.tcp_read_done(link);
             self.close_link(link, "transport closed");
             return;
         }
@@ -206,11 +221,26 @@ impl Daemon {
             self.handle_link_message_in_scratch(link);
         }
         self.worker.ranges = ranges;
+        self.tcp_read_done(link);
         if self.close_if_tcp_queue_overflows(link) {
             return;
         }
         self.pump_tcp_write(link);
         self.start_tcp_read(link);
+    }
+
+    /// The read of `link` and the messages it carried are handled (the link may have been
+    /// closed meanwhile: its stream closes once nothing is in flight).
+    fn tcp_read_done(&mut self, link: LinkId) {
+        if let Some(Link {
+            transport: Transport::Tcp(tcp),
+            ..
+        }) = self.links.get_mut(&link)
+        {
+            tcp.read_in_flight = false;
+        } else if let Some((_, tcp)) = self.closing.iter_mut().find(|(id, _)| *id == link) {
+            tcp.read_in_flight = false;
+        }
     }
 
     pub(super) fn add_tcp_link(&mut self, connected: Box<TcpConnected>) {
@@ -250,11 +280,159 @@ impl Daemon {
                 tx,
                 write_in_flight: false,
                 read_in_flight: false,
+                worker: None,
             })),
         });
         self.announce_if_ready(id);
         self.pump_tcp_write(id);
         self.start_tcp_read(id);
+    }
+}
+
+impl Daemon {
+    /// Chooses a worker for each TCP/TLS link whose session is established and that has none
+    /// yet: the one with the fewest links. For a worker thread the link stops starting reads
+    /// and writes, and goes over once those in flight completed ([`Daemon::hand_over_tcp_if_idle`];
+    /// a link's read completes at the latest with the peer's next keepalive).
+    pub(super) fn assign_tcp_owners(&mut self) {
+        let waiting: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.had_session && matches!(&l.transport, Transport::Tcp(t) if t.worker.is_none())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in waiting {
+            let index = self.dataplane.least_loaded();
+            if let Some(Link {
+                transport: Transport::Tcp(tcp),
+                ..
+            }) = self.links.get_mut(&link)
+            {
+                tcp.worker = Some(index);
+                self.dataplane.count_tcp(index, true);
+                tracing::debug!(%link, worker = index, "tcp link goes to worker");
+            }
+            self.hand_over_tcp_if_idle(link);
+        }
+    }
+
+    /// Hands TCP `link` to the worker thread chosen for it if nothing is in flight on its
+    /// stream: the stream, the codec (with a partly read frame) and the unsent bytes go over
+    /// together, so no frame is split between two owners. If the thread takes nothing any
+    /// more, the main loop keeps the link.
+    pub(super) fn hand_over_tcp_if_idle(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let index = match &l.transport {
+            Transport::Tcp(tcp) if tcp.moving() && tcp.idle() => tcp.worker.unwrap_or(0),
+            _ => return,
+        };
+        let tcp =
+            match std::mem::replace(&mut l.transport, Transport::TcpOnWorker { worker: index }) {
+                Transport::Tcp(tcp) => tcp,
+                other => {
+                    l.transport = other;
+                    return;
+                }
+            };
+        let TcpLink {
+            stream, codec, tx, ..
+        } = *tcp;
+        let own = OwnTcp {
+            link,
+            stream,
+            codec,
+            tx,
+        };
+        match self
+            .dataplane
+            .send_to(index, ToWorker::OwnTcp(Box::new(own)))
+        {
+            Ok(()) => tracing::debug!(%link, worker = index, "tcp link handed over"),
+            Err(ToWorker::OwnTcp(own)) => {
+                self.dataplane.count_tcp(index, false);
+                self.keep_tcp_on_main(*own);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The main loop reads and writes the link (again) from where its stream is.
+    fn keep_tcp_on_main(&mut self, own: OwnTcp) {
+        let OwnTcp {
+            link,
+            stream,
+            codec,
+            tx,
+        } = own;
+        let Some(l) = self.links.get_mut(&link) else {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        };
+        l.transport = Transport::Tcp(Box::new(TcpLink {
+            stream,
+            codec,
+            tx,
+            write_in_flight: false,
+            read_in_flight: false,
+            worker: Some(0),
+        }));
+        self.dataplane.count_tcp(0, true);
+        for (message, header) in self.dataplane.tcp_held.remove(&link).unwrap_or_default() {
+            self.send_from_worker(link, &message, header);
+        }
+        self.pump_tcp_write(link);
+        self.start_tcp_read(link);
+    }
+
+    /// A worker thread gave a TCP link back (it stops): the main loop continues its stream.
+    pub(super) fn take_back_tcp(&mut self, own: OwnTcp) {
+        match self.links.get(&own.link).map(|l| &l.transport) {
+            Some(Transport::TcpOnWorker { worker }) => {
+                let worker = *worker;
+                tracing::info!(link = %own.link, worker, "tcp link back on the main loop");
+                self.dataplane.count_tcp(worker, false);
+                self.keep_tcp_on_main(own);
+            }
+            // Closed meanwhile.
+            _ => {
+                let _ = own.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// TCP `link`, owned by worker thread `worker`, closed: the thread closes its stream.
+    pub(super) fn forget_tcp_owner(&mut self, link: LinkId, worker: usize) {
+        self.dataplane.count_tcp(worker, false);
+        self.dataplane.tcp_held.remove(&link);
+        let _ = self.dataplane.send_to(worker, ToWorker::ForgetTcp(link));
+    }
+
+    /// Hands a message for TCP `link` to worker thread `index`, which owns it; while the
+    /// thread gives its links back, the main loop holds the message until the link is back.
+    pub(super) fn send_to_tcp_owner(
+        &mut self,
+        link: LinkId,
+        index: usize,
+        message: Vec<u8>,
+        header: Option<VnetHeader>,
+    ) {
+        match self.dataplane.send_tcp(index, link, message, header) {
+            Ok(true) => {}
+            Ok(false) => self.worker.forwarder.count_drop(DropReason::LinkCongested),
+            Err((message, header)) => {
+                let held = self.dataplane.tcp_held.entry(link).or_default();
+                let bytes: usize = held.iter().map(|(m, _)| m.len()).sum();
+                if bytes > MAX_TCP_BACKLOG && (header.is_some() || is_ip_packet(&message)) {
+                    self.worker.forwarder.count_drop(DropReason::LinkCongested);
+                } else {
+                    held.push((message, header));
+                }
+            }
+        }
     }
 }
 

@@ -8,9 +8,10 @@
 //! a turn ([`Daemon::absorb_worker`]), so per packet nothing is locked or shared.
 //!
 //! Worker 0 runs on the main loop's thread, next to the control plane, and owns the links
-//! (TCP streams, DTLS associations), the sockets' receives and the node's other TUN devices;
-//! workers 1.. run on threads of their own (`workers`), each with a queue of the node's TUN
-//! device. See docs/architecture.md, "Threads".
+//! (DTLS associations, TCP streams until their session is established), the sockets' receives
+//! and the node's other TUN devices; workers 1.. run on threads of their own (`workers`), each
+//! with a queue of the node's TUN device, and receive (or, for TCP/TLS, own) the established
+//! links the main loop gives them. See docs/architecture.md, "Threads".
 
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
@@ -47,6 +48,8 @@ pub(super) struct Worker {
     /// TCP links whose read or write waits for buffers, in the order they began to wait
     /// ([`Daemon::resume_tcp_io`]).
     pub(super) tcp_waiting: Vec<LinkId>,
+    /// Reads from the streams of the TCP/TLS links it owns so far.
+    pub(super) tcp_reads: u64,
 }
 
 /// The free buffers a TCP read leaves in the pool: a read starts only while more than a
@@ -81,6 +84,7 @@ impl Worker {
         &self,
         tuns: &tun_devs::TunSet,
         dataplane: &workers::Dataplane,
+        tcp_links: usize,
     ) -> control::WorkerReport {
         control::WorkerReport {
             index: 0,
@@ -107,6 +111,8 @@ impl Worker {
             datagrams_received: self.datagrams_received,
             receive_links: dataplane.receive_load(0) as u64,
             received_for_main: 0,
+            tcp_links: tcp_links as u64,
+            tcp_reads: self.tcp_reads,
             buffers_peak: self.io.usage().peak_in_use as u64,
             buffers_touched: self.io.usage().touched as u64,
         }
@@ -129,6 +135,7 @@ impl Worker {
             records_opened: 0,
             datagrams_received: 0,
             tcp_waiting: Vec::new(),
+            tcp_reads: 0,
         }
     }
 
@@ -158,7 +165,12 @@ impl Worker {
 impl Daemon {
     /// What every worker runs on, for `status`: worker 0 on the main loop, then the threads.
     pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
-        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane)];
+        let on_main = self
+            .links
+            .values()
+            .filter(|l| matches!(l.transport, Transport::Tcp(_)))
+            .count();
+        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane, on_main)];
         let own_tun = self.tuns.get(0).filter(|_| self.dataplane.has_threads());
         for index in 1..=self.dataplane.threads() {
             let Some(status) = self.dataplane.status(index) else {
@@ -182,6 +194,8 @@ impl Daemon {
                 datagrams_received: status.datagrams_received,
                 receive_links: status.receive_links,
                 received_for_main: status.received_for_main,
+                tcp_links: status.tcp_links,
+                tcp_reads: status.tcp_reads,
                 buffers_peak: status.buffers_peak,
                 buffers_touched: status.buffers_touched,
                 state: match status.stopped {

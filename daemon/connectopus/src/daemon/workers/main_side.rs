@@ -36,7 +36,7 @@ impl Daemon {
                         source: p.local,
                     }
                 }
-                Transport::Tcp(_) => continue,
+                Transport::Tcp(_) | Transport::TcpOnWorker { .. } => continue,
             };
             table.insert(*id, entry);
         }
@@ -54,6 +54,7 @@ impl Daemon {
         self.dataplane.set_fastpath(self.fastpath.tun_mtu());
         if self.dataplane.links_dirty {
             self.assign_receivers();
+            self.assign_tcp_owners();
             let table = self.link_table();
             self.dataplane.publish_links(table);
         }
@@ -96,6 +97,18 @@ impl Daemon {
                     self.after_dtls_io(link);
                 }
                 FromWorker::Returned { link, opener } => self.take_back_receive(link, opener),
+                FromWorker::ReturnedTcp(own) => self.take_back_tcp(*own),
+                FromWorker::TcpClosed { link, reason } => {
+                    if matches!(
+                        self.links.get(&link).map(|l| &l.transport),
+                        Some(Transport::TcpOnWorker { .. })
+                    ) {
+                        if reason == super::tcp::PEER_DOES_NOT_READ {
+                            self.limit_counters.tcp_queue_overflow_closed += 1;
+                        }
+                        self.close_link(link, reason);
+                    }
+                }
                 FromWorker::LinkSuperPacket {
                     link,
                     datagram,
@@ -118,7 +131,18 @@ impl Daemon {
     }
 
     /// Sends a packet (or the segments of a super-packet) a worker thread handed over.
-    fn send_from_worker(&mut self, link: LinkId, packet: &[u8], header: Option<VnetHeader>) {
+    pub(in crate::daemon) fn send_from_worker(
+        &mut self,
+        link: LinkId,
+        packet: &[u8],
+        header: Option<VnetHeader>,
+    ) {
+        if let Some(Transport::TcpOnWorker { worker }) = self.links.get(&link).map(|l| &l.transport)
+        {
+            // Its owner frames it, a super-packet cut there.
+            let index = *worker;
+            return self.send_to_tcp_owner(link, index, packet.to_vec(), header);
+        }
         let Some(header) = header else {
             return self.send_packet(link, packet);
         };
@@ -285,7 +309,7 @@ impl Daemon {
             match &mut l.transport {
                 Transport::Dtls(d) => d.rx_worker = Some(assigned),
                 Transport::PlainUdp(p) => p.rx_worker = Some(assigned),
-                Transport::Tcp(_) => {}
+                Transport::Tcp(_) | Transport::TcpOnWorker { .. } => {}
             }
             dataplane.count_receive(assigned, true);
         }

@@ -10,11 +10,16 @@
 //! `Arc`), or sends plaintext UDP datagrams.
 //!
 //! What it cannot do itself goes to the main loop through a bounded channel (a copy; dropped
-//! and counted when the channel is full): packets for TCP/TLS links and for DTLS links without
-//! the record fast path, packets for the node's other TUN devices (namespaces, `tun_devs`),
-//! and the ICMPv6 errors its forwarder built. (docs/architecture.md has the design for TCP/TLS
-//! links owned by one worker, without that copy.) Its `DataplaneReport` reaches the node every
-//! 100 ms, so data keeps sessions alive.
+//! and counted when the channel is full): packets for TCP/TLS links another worker owns (the
+//! main loop hands them on to the owner) and for DTLS links without the record fast path,
+//! packets for the node's other TUN devices (namespaces, `tun_devs`), and the ICMPv6 errors
+//! its forwarder built. Its `DataplaneReport` reaches the node every 100 ms, so data keeps
+//! sessions alive.
+//!
+//! TCP/TLS links (`tcp`): once a link's session is established, the main loop gives its
+//! stream, codec and unsent bytes to one worker (the one with the fewest links), which reads,
+//! decrypts, unframes, frames, encrypts and writes it from then on; the link's messages that
+//! are not packets go to the main loop, the node's messages for it come back to the owner.
 //!
 //! The control plane publishes the forwarding snapshot and the table of links the workers may
 //! send on in [`Slot`]s: a generation counter read once per turn, a lock only when it changed.
@@ -44,7 +49,7 @@
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 
 use connectopus_core::forwarder::{DataplaneReport, ForwardingSnapshot};
@@ -105,6 +110,12 @@ pub(super) enum FromWorker {
         link: LinkId,
         opener: Option<Box<Opener>>,
     },
+    /// A TCP/TLS link given back (the worker stops) between two complete reads and writes:
+    /// its stream, codec (with a partly read frame) and unsent bytes (`tcp`).
+    ReturnedTcp(Box<OwnTcp>),
+    /// A TCP/TLS link this worker owned ended (the peer closed it, an I/O or TLS error, or
+    /// the peer does not read); its stream is closed.
+    TcpClosed { link: LinkId, reason: &'static str },
     /// A super-packet a peer's eBPF encapsulated whole, received on a plaintext udp link, for
     /// one of the node's other TUN devices: the main loop routes it (`super_packets`).
     LinkSuperPacket {
@@ -120,6 +131,10 @@ pub(super) enum FromWorker {
         plain: PlainUdpCounters,
     },
 }
+
+/// A message for a TCP/TLS link the main loop holds while the link's worker gives it back:
+/// the bytes, and the virtio-net header of a super-packet.
+pub(super) type HeldMessage = (Vec<u8>, Option<VnetHeader>);
 
 /// A value the control plane replaces whole and workers pick up once per turn.
 #[derive(Debug)]
@@ -176,11 +191,35 @@ pub(super) struct LinkReceive {
     pub(super) mtu: u16,
 }
 
+/// A TCP/TLS link whose stream a worker thread reads and writes from now on (or gives back):
+/// handed over only while no read or write is in flight on it (see `tcp`).
+#[derive(Debug)]
+pub(super) struct OwnTcp {
+    pub(super) link: LinkId,
+    pub(super) stream: TcpStream,
+    /// Framing and TLS, with what is read of a frame not complete yet.
+    pub(super) codec: TcpCodec,
+    /// Bytes for the socket not written yet, in order.
+    pub(super) tx: VecDeque<u8>,
+}
+
 /// What the main loop hands a worker thread.
 #[derive(Debug)]
 pub(super) enum ToWorker {
     /// Receive this link from now on.
     Receive(Box<LinkReceive>),
+    /// Read and write this TCP/TLS link from now on.
+    OwnTcp(Box<OwnTcp>),
+    /// A message for a TCP/TLS link this worker owns: the node's own (hello, the routing
+    /// stream) or a packet another worker forwarded to it (a super-packet behind `header`),
+    /// framed into the link's byte stream in the order it arrives.
+    TcpSend {
+        link: LinkId,
+        message: Vec<u8>,
+        header: Option<VnetHeader>,
+    },
+    /// The TCP/TLS link closed: close its stream.
+    ForgetTcp(LinkId),
     /// A datagram of a link this worker receives that arrived at the main loop's socket.
     Datagram { link: LinkId, datagram: Vec<u8> },
     /// The link closed: close its socket, drop its receiving direction.
@@ -248,6 +287,43 @@ pub(super) struct ThreadStatus {
     pub(super) buffers_touched: u64,
     /// Plaintext udp data datagrams it received (updated with each report).
     pub(super) datagrams_received: u64,
+    /// TCP/TLS links it reads and writes.
+    pub(super) tcp_links: u64,
+    /// Reads from those links' streams (updated with each report).
+    pub(super) tcp_reads: u64,
+}
+
+/// The door of a worker thread's channel: open while the thread takes messages. The thread
+/// closes it (under the lock) before its last look at the channel, so whatever the main loop
+/// sent through an open door is taken, and what it could not send stays with it (a TCP link's
+/// messages wait on the main loop until the link comes back, `Daemon::hold_for_tcp`).
+#[derive(Debug, Default)]
+pub(super) struct Door {
+    open: Mutex<bool>,
+}
+
+impl Door {
+    fn opened() -> Self {
+        Self {
+            open: Mutex::new(true),
+        }
+    }
+
+    /// Runs `send` while the door is open; false (nothing sent) once it is closed.
+    fn send_if_open(&self, send: impl FnOnce() -> bool) -> bool {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *open && send()
+    }
+
+    pub(super) fn close(&self) {
+        *self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+    }
 }
 
 #[derive(Debug)]
@@ -256,6 +332,12 @@ struct ThreadHandle {
     waker: Waker,
     status: Arc<Mutex<ThreadStatus>>,
     to_thread: Sender<ToWorker>,
+    door: Arc<Door>,
+    /// Bytes of `ToWorker::TcpSend` messages the thread has not taken yet.
+    tcp_queued: Arc<AtomicUsize>,
+    /// `ToWorker::TcpSend` messages went in this turn: wake the thread once when the turn
+    /// ends ([`Dataplane::wake_for_tcp`]), not once a packet.
+    wake_due: AtomicBool,
 }
 
 /// The worker threads, as the main loop holds them.
@@ -275,6 +357,11 @@ pub(super) struct Dataplane {
     pub(super) offload: Vec<datapath::OffloadCounters>,
     /// How many links each worker receives (index 0 is the main loop's).
     receive_load: Vec<usize>,
+    /// How many TCP/TLS links each worker reads and writes (index 0 is the main loop's).
+    tcp_load: Vec<usize>,
+    /// Messages for TCP/TLS links whose worker thread stopped taking them, until it gives
+    /// the link back (`Daemon::take_back_tcp`).
+    pub(super) tcp_held: HashMap<LinkId, Vec<HeldMessage>>,
 }
 
 /// How many workers a node runs: `--workers`, else the node's `workers`, else one per CPU
@@ -366,6 +453,8 @@ impl Dataplane {
             }));
             let waker = io.waker();
             let (to_thread, from_main) = mpsc::channel();
+            let door = Arc::new(Door::opened());
+            let tcp_queued = Arc::new(AtomicUsize::new(0));
             let thread = WorkerThread {
                 index,
                 worker: Worker::new(io, offloads.clone(), icmp.clone()),
@@ -394,6 +483,10 @@ impl Dataplane {
                 tun_mtu: 0,
                 datagrams_received: 0,
                 plain_counters: PlainUdpCounters::default(),
+                door: door.clone(),
+                tcp_queued: tcp_queued.clone(),
+                tcp: Vec::new(),
+                tcp_stopping: false,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -404,6 +497,9 @@ impl Dataplane {
                 waker,
                 status,
                 to_thread,
+                door,
+                tcp_queued,
+                wake_due: AtomicBool::new(false),
             });
         }
         let n = threads.len();
@@ -417,6 +513,8 @@ impl Dataplane {
             links_dirty: true,
             offload: vec![datapath::OffloadCounters::default(); n],
             receive_load: vec![0; n + 1],
+            tcp_load: vec![0; n + 1],
+            tcp_held: HashMap::new(),
         })
     }
 
@@ -486,15 +584,70 @@ impl Dataplane {
         )
     }
 
-    /// The worker that should receive a new link: the one receiving the fewest (a running
-    /// thread before the main loop on a tie); 0 for the main loop.
+    /// The worker that should receive a new link: the one receiving (or reading and writing)
+    /// the fewest links (a running thread before the main loop on a tie); 0 for the main loop.
     pub(super) fn least_loaded(&self) -> usize {
         let running = |i: usize| i == 0 || self.status(i).is_some_and(|s| s.stopped.is_none());
         (0..self.receive_load.len())
             .rev()
             .filter(|i| running(*i))
-            .min_by_key(|i| self.receive_load[*i])
+            .min_by_key(|i| self.receive_load[*i] + self.tcp_load.get(*i).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+
+    /// Counts a TCP/TLS link as owned by worker `index` (`add`), or no longer.
+    pub(super) fn count_tcp(&mut self, index: usize, add: bool) {
+        if let Some(n) = self.tcp_load.get_mut(index) {
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Hands a message for TCP/TLS `link` to its owner, worker thread `index`; gives it back
+    /// when the thread no longer takes messages, and drops a data packet (`Ok(false)`) when
+    /// the thread has more than [`MAX_TCP_BACKLOG`] bytes of them not taken yet.
+    pub(super) fn send_tcp(
+        &self,
+        index: usize,
+        link: LinkId,
+        message: Vec<u8>,
+        header: Option<VnetHeader>,
+    ) -> std::result::Result<bool, (Vec<u8>, Option<VnetHeader>)> {
+        let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) else {
+            return Err((message, header));
+        };
+        let data = is_ip_packet(&message);
+        if data && t.tcp_queued.load(Ordering::Relaxed) > MAX_TCP_BACKLOG {
+            return Ok(false);
+        }
+        let len = message.len();
+        let message = ToWorker::TcpSend {
+            link,
+            message,
+            header,
+        };
+        // Counted first: the thread may take it (and subtract) before `send_to` returns.
+        t.tcp_queued.fetch_add(len, Ordering::Relaxed);
+        if let Err(back) = self.enqueue(index, message) {
+            t.tcp_queued.fetch_sub(len, Ordering::Relaxed);
+            return match back {
+                ToWorker::TcpSend {
+                    message, header, ..
+                } => Err((message, header)),
+                _ => Err((Vec::new(), None)),
+            };
+        }
+        t.wake_due.store(true, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Wakes each worker thread the main loop handed TCP messages to this turn (once a turn,
+    /// when it ends, rather than an eventfd write per packet).
+    pub(super) fn wake_for_tcp(&self) {
+        for t in &self.threads {
+            if t.wake_due.swap(false, Ordering::Relaxed) {
+                let _ = t.waker.wake();
+            }
+        }
     }
 
     /// How many links worker `index` receives.
@@ -509,17 +662,43 @@ impl Dataplane {
         }
     }
 
-    /// Hands a link to worker thread `index` (1..); gives it back if that thread is gone.
+    /// Hands a link (or a message) to worker thread `index` (1..) and wakes it; gives it back
+    /// if that thread is gone or takes nothing any more.
     pub(super) fn send_to(
         &self,
         index: usize,
         message: ToWorker,
     ) -> std::result::Result<(), ToWorker> {
+        self.enqueue(index, message)?;
+        if let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) {
+            let _ = t.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// [`Dataplane::send_to`] without the wake.
+    fn enqueue(&self, index: usize, message: ToWorker) -> std::result::Result<(), ToWorker> {
         let Some(t) = index.checked_sub(1).and_then(|i| self.threads.get(i)) else {
             return Err(message);
         };
-        t.to_thread.send(message).map_err(|e| e.0)?;
-        let _ = t.waker.wake();
+        let mut message = Some(message);
+        let mut back = None;
+        let sent = t.door.send_if_open(|| match message.take() {
+            Some(m) => match t.to_thread.send(m) {
+                Ok(()) => true,
+                Err(e) => {
+                    back = Some(e.0);
+                    false
+                }
+            },
+            None => false,
+        });
+        if !sent {
+            return match (back, message) {
+                (Some(m), _) | (None, Some(m)) => Err(m),
+                (None, None) => Ok(()),
+            };
+        }
         Ok(())
     }
 
@@ -557,7 +736,30 @@ mod main_side;
 mod receive;
 mod receive_plain;
 mod send;
+mod tcp;
 mod thread;
 mod transit;
 
 use thread::WorkerThread;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the main loop sends through an open door reaches the thread's channel; once the
+    /// thread closed it, nothing is sent and the message stays with the sender.
+    #[test]
+    fn a_closed_door_sends_nothing() {
+        let door = Door::opened();
+        let (tx, rx) = mpsc::channel::<u32>();
+        assert!(door.send_if_open(|| tx.send(1).is_ok()));
+        door.close();
+        let mut called = false;
+        assert!(!door.send_if_open(|| {
+            called = true;
+            tx.send(2).is_ok()
+        }));
+        assert!(!called);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![1]);
+    }
+}

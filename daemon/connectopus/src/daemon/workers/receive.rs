@@ -31,9 +31,20 @@ impl WorkerThread {
     pub(super) fn take_from_main(&mut self) -> Result<()> {
         while let Ok(message) = self.from_main.try_recv() {
             match message {
+                ToWorker::Receive(receive) if self.tcp_stopping => {
+                    let LinkReceive { link, opener, .. } = *receive;
+                    self.give_back(link, opener);
+                }
                 ToWorker::Receive(receive) => self.start_receiving(*receive),
                 ToWorker::Datagram { link, datagram } => self.open_stray(link, &datagram),
                 ToWorker::Forget(link) => self.forget(link),
+                ToWorker::OwnTcp(own) => self.own_tcp(*own),
+                ToWorker::TcpSend {
+                    link,
+                    message,
+                    header,
+                } => self.tcp_send(link, &message, header),
+                ToWorker::ForgetTcp(link) => self.forget_tcp(link),
             }
         }
         Ok(())
@@ -119,12 +130,19 @@ impl WorkerThread {
     /// main loop handed over that the thread had not taken yet.
     pub(super) fn return_links(&mut self) {
         while let Ok(message) = self.from_main.try_recv() {
-            if let ToWorker::Receive(receive) = message {
-                let LinkReceive { link, opener, .. } = *receive;
-                self.give_back(link, opener);
+            match message {
+                ToWorker::Receive(receive) => {
+                    let LinkReceive { link, opener, .. } = *receive;
+                    self.give_back(link, opener);
+                }
+                ToWorker::OwnTcp(own) => self.pass_to_main(FromWorker::ReturnedTcp(own)),
+                _ => {}
             }
         }
         for slot in 0..self.receiving.len() {
+            // Its socket closes now (not when the ring goes): the peer's datagrams go to the
+            // main loop's socket while the thread waits for its TCP links (`give_back_tcp`).
+            self.worker.io.disarm(Self::token(slot));
             if let Some(r) = self.receiving[slot].take()
                 && !r.forgotten
             {
@@ -438,7 +456,9 @@ impl WorkerThread {
     /// Sends the packet at `buf[r]` on `link`: into the link's batch for a DTLS or plaintext
     /// udp link (`transit`), else to the main loop; `buf` stays the caller's.
     fn send_on(&mut self, link: LinkId, buf: &BufId, r: Range<usize>) {
-        if self.batch_transit(link, buf, r.clone()) {
+        if self.batch_transit(link, buf, r.clone())
+            || self.frame_tcp_from_buf(link, buf, r.clone(), None)
+        {
             return;
         }
         let packet = self.worker.io.buf(buf).get(r).unwrap_or_default().to_vec();

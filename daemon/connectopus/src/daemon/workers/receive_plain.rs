@@ -179,7 +179,11 @@ impl WorkerThread {
                         self.send_plain_segments(link, buf, range, header);
                     }
                     None => {
-                        // A TCP link: the main loop cuts it into its byte stream.
+                        if self.frame_tcp_from_buf(link, &buf, range.clone(), Some(header)) {
+                            self.worker.io.free(buf);
+                            return;
+                        }
+                        // A TCP link of another worker: the main loop hands it to the owner.
                         let packet = self
                             .worker
                             .io

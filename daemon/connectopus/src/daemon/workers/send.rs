@@ -96,6 +96,10 @@ impl WorkerThread {
                     Some(h) => return self.send_plain_segments(link, buf, packet, h),
                 },
                 None => {
+                    if self.frame_tcp_from_buf(link, &buf, packet.clone(), header) {
+                        self.worker.io.free(buf);
+                        return;
+                    }
                     let bytes = self
                         .worker
                         .io

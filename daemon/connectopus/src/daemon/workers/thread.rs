@@ -41,6 +41,15 @@ pub(super) struct WorkerThread {
     pub(super) datagrams_received: u64,
     /// What the plaintext udp receive counted since the last report (`receive_plain`).
     pub(super) plain_counters: PlainUdpCounters,
+    /// Closed before the thread's last look at `from_main` (see [`Door`]).
+    pub(super) door: Arc<Door>,
+    /// Bytes of `ToWorker::TcpSend` messages not taken yet (the main loop drops data beyond
+    /// a bound).
+    pub(super) tcp_queued: Arc<AtomicUsize>,
+    /// The TCP/TLS links this thread reads and writes, by slot (the slot is in the tokens).
+    pub(super) tcp: Vec<Option<tcp::OwnedTcp>>,
+    /// The thread stops: no TCP read or write is started any more.
+    pub(super) tcp_stopping: bool,
 }
 
 impl WorkerThread {
@@ -51,6 +60,13 @@ impl WorkerThread {
         };
         if let Some(why) = &reason {
             tracing::error!(worker = self.index, reason = %why, "dataplane worker stopped; its flows move to the other workers");
+            // Its udp links go back at once; its TCP links between two complete reads and
+            // writes.
+            self.tcp_stopping = true;
+            self.return_links();
+            self.give_back_tcp();
+        } else {
+            self.flush_tcp_at_exit();
         }
         // Its links' receiving directions go back to their associations: their peers'
         // datagrams arrive at the main loop's socket once this thread's sockets close.
@@ -91,12 +107,21 @@ impl WorkerThread {
             self.tun_mtu =
                 u16::try_from(self.shared.tun_mtu.load(Ordering::Relaxed)).unwrap_or(u16::MAX);
             self.take_from_main()?;
+            // After a failure the batch is still handled: a TCP read in it holds bytes of
+            // its stream, which must not be lost before the link goes back.
+            let mut failed = None;
             for completion in completions.drain(..) {
-                self.handle(completion)?;
+                if let Err(error) = self.handle(completion) {
+                    failed.get_or_insert(error);
+                }
             }
             // Everything received this turn is merged: write the super-packets.
             self.flush_tun_writes();
             self.flush_transit();
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            self.resume_tcp();
             if self.reported.elapsed() >= REPORT_EVERY {
                 self.report(false);
             }
@@ -118,7 +143,11 @@ impl WorkerThread {
                     None => (None, completion.buf),
                 };
                 if let (Some(buf), Some(range)) = (buf, range) {
-                    if self.fail_after.is_some_and(|n| self.worker.tun_reads >= n) {
+                    // A thread giving its TCP links back still forwards what its queue reads
+                    // until it ends (the kernel steers the queue's flows here until then).
+                    if !self.tcp_stopping
+                        && self.fail_after.is_some_and(|n| self.worker.tun_reads >= n)
+                    {
                         self.worker.io.free(buf);
                         anyhow::bail!(
                             "test fault ({FAIL_WORKER_ENV}) after {} TUN packets",
@@ -150,6 +179,14 @@ impl WorkerThread {
                 }
             }
             (OpKind::Write, TOKEN_TUN_WRITE) => self.worker.tun_written(completion),
+            (OpKind::Read, TOKEN_TCP_READ) => {
+                let slot = (completion.token.0 & !TOKEN_KIND_MASK) as usize;
+                self.on_tcp_read(slot, completion);
+            }
+            (OpKind::Write, TOKEN_TCP_WRITE) => {
+                let slot = (completion.token.0 & !TOKEN_KIND_MASK) as usize;
+                self.on_tcp_written(slot, completion);
+            }
             _ => {
                 if let Some(buf) = completion.buf {
                     self.worker.io.free(buf);
@@ -187,6 +224,8 @@ impl WorkerThread {
             status.received_for_main = self.received_for_main;
             status.datagrams_received = self.datagrams_received;
             status.receive_links = self.receiving.iter().flatten().count() as u64;
+            status.tcp_links = self.tcp_links() as u64;
+            status.tcp_reads = self.worker.tcp_reads;
             let usage = self.worker.io.usage();
             status.buffers_peak = usage.peak_in_use as u64;
             status.buffers_touched = usage.touched as u64;
