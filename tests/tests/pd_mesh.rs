@@ -458,3 +458,87 @@ fn a_mesh_takes_dhcpds_prefix_and_nodes_answer_at_their_mirrors() {
         Ok(())
     });
 }
+
+/// The delegating node with its DNS server off (so no other need keeps it able to bind a port
+/// below 1024) goes on renewing after a configuration change that restarts its mesh instance:
+/// the re-executed node, already confined, binds the DHCPv6 client's port 546 again. Without
+/// that capability the restarted client could not open its socket, Kea would hear no more
+/// Renews from gw's DUID, and the planes would go at the valid lifetime's end.
+#[test]
+fn a_delegating_node_without_dns_renews_across_an_instance_restart() {
+    require_root!();
+    require_tools(&["ip", "ping", "kea-dhcp6"]);
+    run_test("pd_restart_nodns", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        ensure!(config.contains("  gw:\n"), "{config}");
+        std::fs::write(
+            mesh.config_path(),
+            config.replacen("  gw:\n", "  gw:\n    dns: {disable: true}\n", 1),
+        )?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+
+        // A global change (a timer) restarts gw's mesh instance: the process re-executes itself.
+        let original = std::fs::read_to_string(mesh.config_path())?;
+        let v2 = dir.join("v2.yml");
+        std::fs::write(
+            &v2,
+            original
+                .replace("  version: 1\n", "  version: 2\n")
+                .replace("dead_interval: 7s", "dead_interval: 8s"),
+        )?;
+        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("gw", &v2)?;
+        ensure!(ok, "gw refused v2: {out}");
+        wait_until(WAIT, Duration::from_millis(200), || {
+            nodes
+                .iter()
+                .all(|n| mesh.config_version(n).is_ok_and(|v| v == 2))
+        })
+        .context("v2 did not reach every node")?;
+        let log = || std::fs::read_to_string(dir.join("gw.gw.stderr")).unwrap_or_default();
+        wait_until(WAIT, Duration::from_millis(100), || {
+            log().contains("the change needs a restart of the mesh instance")
+        })
+        .context("gw did not restart its mesh instance")?;
+        mesh.wait_converged(WAIT)?;
+
+        // Kea hears Renews from the restarted client (T1 is 2 s), and every node still holds
+        // its mirror.
+        let lines = kea_lease_lines(dir, &duid).len();
+        wait_until(WAIT, Duration::from_millis(200), || {
+            kea_lease_lines(dir, &duid).len() >= lines + 3
+        })
+        .with_context(|| {
+            let text = log();
+            let warnings: Vec<&str> = text.lines().filter(|l| l.contains("dhcp6")).collect();
+            format!("Kea heard no Renew from the restarted gw; its dhcp6 log lines: {warnings:?}")
+        })?;
+        ensure!(
+            all_mirrored(&namespaces(&topo, &nodes)),
+            "a mirror went away after the restart:\n{}",
+            describe(&topo, &nodes)
+        );
+        let result = ping6(topo.ns("b"), mirror(0), 3, 56, &[])?;
+        ensure!(result.received > 0, "b → gw's mirror: {result:?}");
+        Ok(())
+    });
+}

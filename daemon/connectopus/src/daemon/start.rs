@@ -214,6 +214,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(
         &node_config,
+        config.global.delegated.iter().any(|d| d.node == id),
         matches!(ebpf, Ebpf::Counters(_)) || fastpath.is_on(),
     );
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
@@ -554,9 +555,13 @@ fn api_listen(node: &connectopus_config::NodeConfig, has_tun: bool) -> Option<So
     Some(SocketAddr::new(node.address.into(), port))
 }
 
-/// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
+/// What the node needs once it runs: low ports for DNS (port 53), a listener below 1024, or
+/// the DHCPv6 client's port 546 on a node `global.delegated` names (`delegating`): a change
+/// that restarts the mesh instance re-executes the node already confined, and the client
+/// must bind its port again then.
 fn privilege_needs(
     node: &connectopus_config::NodeConfig,
+    delegating: bool,
     ebpf_maps: bool,
 ) -> crate::privilege::Needs {
     let low_listener = node.backends.values().any(|b| match b {
@@ -566,7 +571,7 @@ fn privilege_needs(
         _ => false,
     }) || node.cpctl.port.is_some_and(|p| p < 1024);
     crate::privilege::Needs {
-        bind_low_ports: !node.dns.disable || low_listener,
+        bind_low_ports: !node.dns.disable || low_listener || delegating,
         ebpf_at_runtime: false,
         ebpf_maps,
     }
