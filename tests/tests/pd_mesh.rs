@@ -14,7 +14,7 @@ use connectopus_tests::pd::{
 };
 use connectopus_tests::{
     LinkKind, Mesh, MeshLink, NetNs, Topology, dig, ping6, require_root, require_tools, run_test,
-    wait_until,
+    run_with_timeout, wait_until, workspace_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -539,6 +539,103 @@ fn a_delegating_node_without_dns_renews_across_an_instance_restart() {
         );
         let result = ping6(topo.ns("b"), mirror(0), 3, 56, &[])?;
         ensure!(result.received > 0, "b → gw's mirror: {result:?}");
+        Ok(())
+    });
+}
+
+/// `connectopus pd release` on the running delegating node: gw sends Kea a Release (Kea's
+/// lease line for gw's DUID drops to lifetime 0) and answers with the prefix it gave back;
+/// every node takes its mirror off while Kea still runs (so not by expiry), and the node's
+/// client stays idle (a second release has nothing to give back). A node that delegates
+/// nothing refuses the command, naming why.
+#[test]
+fn pd_release_gives_the_prefix_back_and_the_mesh_withdraws_it() {
+    require_root!();
+    require_tools(&["ip", "kea-dhcp6"]);
+    run_test("pd_release_live", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+        ensure!(
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid > 0),
+            "Kea holds no lease for gw"
+        );
+
+        let release = |node: &str| -> Result<std::process::Output> {
+            let mut command = std::process::Command::new(workspace_binary("connectopus")?);
+            command
+                .args(["pd", "release", "--socket"])
+                .arg(mesh.socket(node));
+            run_with_timeout(command, Duration::from_secs(60))
+        };
+        let out = release("gw")?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success() && said.contains("released 2001:db8:100::/56"),
+            "pd release: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(WAIT, Duration::from_millis(100), || {
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid == 0)
+        })
+        .with_context(|| {
+            format!(
+                "Kea did not record the release: {:?}",
+                kea_lease_lines(dir, &duid)
+            )
+        })?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        })
+        .with_context(|| {
+            format!(
+                "mirrors left after the release:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let status = mesh.status("b")?;
+        ensure!(
+            status["mesh_prefixes"]
+                .as_array()
+                .is_none_or(|planes| planes.is_empty()),
+            "b still has planes: {}",
+            status["mesh_prefixes"]
+        );
+
+        let again = release("gw")?;
+        let said = String::from_utf8_lossy(&again.stdout).into_owned();
+        ensure!(
+            again.status.success() && said.contains("nothing to release"),
+            "a second pd release: {said}"
+        );
+        let refused = release("b")?;
+        let error = String::from_utf8_lossy(&refused.stderr).into_owned();
+        ensure!(
+            !refused.status.success() && error.contains("no DHCPv6 prefix delegation client"),
+            "pd release on b: {error}"
+        );
         Ok(())
     });
 }

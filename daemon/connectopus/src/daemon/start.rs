@@ -236,12 +236,12 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
-    let saved_delegations = match pd_driver {
+    let (saved_delegations, pd_commands) = match pd_driver {
         Some((driver, saved)) => {
-            super::mesh_prefix::spawn_pd(driver, to_loop.clone(), &saved)?;
-            Some(saved)
+            let commands = super::mesh_prefix::spawn_pd(driver, to_loop.clone(), &saved)?;
+            (Some(saved), Some(commands))
         }
-        None => None,
+        None => (None, None),
     };
     let mut threads = Vec::new();
     let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
@@ -386,6 +386,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         threads: Vec::new(),
         mesh_addresses: Default::default(),
         mesh_routes: Default::default(),
+        pd_commands,
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
