@@ -639,3 +639,74 @@ fn pd_release_gives_the_prefix_back_and_the_mesh_withdraws_it() {
         Ok(())
     });
 }
+
+/// A configuration change that removes gw's `global.delegated` entry makes gw Release the
+/// prefix before it restarts its mesh instance: Kea logs the release for gw's DUID and its
+/// lease line drops to lifetime 0 (an expiry would not: the node would simply stop
+/// renewing), and every node takes its mirror off.
+#[test]
+fn removing_the_delegated_entry_releases_the_prefix() {
+    require_root!();
+    require_tools(&["ip", "kea-dhcp6"]);
+    run_test("pd_entry_removed", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        let undelegated = std::fs::read_to_string(mesh.config_path())?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+        let kea_log = || std::fs::read_to_string(dir.join("kea.log")).unwrap_or_default();
+        ensure!(!kea_log().contains("DHCP6_RELEASE_PD"), "released already");
+
+        let v2 = dir.join("v2.yml");
+        std::fs::write(&v2, undelegated.replace("  version: 1\n", "  version: 2\n"))?;
+        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("gw", &v2)?;
+        ensure!(ok, "gw refused v2: {out}");
+        wait_until(WAIT, Duration::from_millis(200), || {
+            nodes
+                .iter()
+                .all(|n| mesh.config_version(n).is_ok_and(|v| v == 2))
+        })
+        .context("v2 did not reach every node")?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            kea_log()
+                .lines()
+                .any(|l| l.contains("DHCP6_RELEASE_PD") && l.contains("2001:db8:100::"))
+        })
+        .with_context(|| format!("Kea logged no release of the prefix:\n{}", kea_log()))?;
+        ensure!(
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid == 0),
+            "Kea's lease lines for gw: {:?}",
+            kea_lease_lines(dir, &duid)
+        );
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        })
+        .with_context(|| {
+            format!(
+                "mirrors left after the release:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        Ok(())
+    });
+}
