@@ -25,6 +25,8 @@
 //! - `mesh`: [`Mesh`], real `connectopus` node processes on a topology: the generated
 //!   mesh config ([`MeshLink`], [`LinkKind`]), start, kill, `status --json`, convergence.
 //! - `wait`: [`wait_until`], [`poll_until`].
+//! - `cni`: the CNI plugin's harness (run it, nodes that serve containers, their leases, a
+//!   busybox image, the `minicni` libcni driver).
 //! - `plan`: the address plan checks.
 //!
 //! # Address plan
@@ -61,6 +63,7 @@
 //! }
 //! ```
 
+pub mod cni;
 mod delay;
 mod env;
 mod loss;
