@@ -270,10 +270,7 @@ pub fn build_minicni(dir: &TestDir) -> Result<PathBuf> {
         .arg(&binary)
         .arg("minicni")
         .env("GO111MODULE", "off")
-        .env(
-            "GOPATH",
-            format!("{}:{LIBCNI_GOPATH}", gopath.display()),
-        )
+        .env("GOPATH", format!("{}:{LIBCNI_GOPATH}", gopath.display()))
         .env("GOCACHE", dir.join("gocache"))
         .env("GOFLAGS", "")
         .env("CGO_ENABLED", "0")

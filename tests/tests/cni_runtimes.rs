@@ -10,49 +10,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use connectopus_tests::cni::{
-    DOMAIN, POOL_BAR, POOL_FOO, aaaa, build_minicni, busybox_oci_archive, busybox_rootfs_tar,
-    container_leases, in_pool, netns_path, serving_mesh,
+    DOMAIN, POOL_BAR, POOL_FOO, aaaa, container_leases, in_pool, netns_path, serving_mesh,
+};
+use connectopus_tests::container_runtimes::{
+    Containerd, Libcni, Podman, RunContainerdLeftovers, output_text, require_reference_plugin,
 };
 use connectopus_tests::{
-    ChildGuard, NetNs, StdinMode, TestDir, Topology, dig, require_root, require_tools,
-    run_test, run_with_timeout, tool, unique_name, wait_until, workspace_binary,
+    NetNs, TestDir, Topology, dig, require_root, require_tools, run_test, unique_name, wait_until,
 };
 use serde_json::Value;
-
-/// The reference plugins (Debian's `containernetworking-plugins`), where `tuning` lives.
-const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
-
-/// How long one runtime command may take on a loaded machine.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Fails naming the package unless the reference plugin `name` is installed.
-fn require_reference_plugin(name: &str) {
-    let path = Path::new(REFERENCE_PLUGINS).join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: install the Debian package `containernetworking-plugins` \
-         (`cargo xtask install-deps` installs it)",
-        path.display()
-    );
-}
-
-/// The combined output of a command, for messages.
-fn output_text(out: &Output) -> String {
-    format!(
-        "{:?}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The `cx` + 8 hex digit host sides of the plugin's veths in `ns`.
 fn plugin_links(ns: &NetNs) -> Result<Vec<String>> {
@@ -69,78 +41,6 @@ fn plugin_links(ns: &NetNs) -> Result<Vec<String>> {
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
         .collect())
-}
-
-// ---- libcni (reference §1.2, §5 (a) item 3) ----
-
-/// libcni as a runtime uses it: `minicni` (built from tests/minicni with Debian's Go and
-/// libcni), a directory of conflists, a plugin path (ours as type `connectopus`, then the
-/// reference plugins) and libcni's result cache, all under the test directory. It runs in
-/// the node's namespace, where the plugin puts the host side of the veth.
-struct Libcni<'a> {
-    binary: PathBuf,
-    node: &'a NetNs,
-    root: PathBuf,
-}
-
-impl<'a> Libcni<'a> {
-    fn new(dir: &TestDir, node: &'a NetNs, conflist: &Value) -> Result<Self> {
-        let root = dir.path().join(format!("libcni-{}", node.label()));
-        let plugins = root.join("plugins");
-        let nets = root.join("net.d");
-        std::fs::create_dir_all(&plugins)?;
-        std::fs::create_dir_all(&nets)?;
-        std::os::unix::fs::symlink(
-            workspace_binary("connectopus-cni")?,
-            plugins.join("connectopus"),
-        )?;
-        let name = conflist["name"].as_str().context("conflist without name")?;
-        std::fs::write(
-            nets.join(format!("10-{name}.conflist")),
-            serde_json::to_string_pretty(conflist)?,
-        )?;
-        Ok(Self {
-            binary: build_minicni(dir)?,
-            node,
-            root,
-        })
-    }
-
-    /// libcni's cache of the result of ADD for (`network`, `id`, eth0).
-    fn cached_result(&self, network: &str, id: &str) -> PathBuf {
-        self.root
-            .join("cache/results")
-            .join(format!("{network}-{id}-eth0"))
-    }
-
-    /// `minicni VERB NETWORK NETNS ID eth0` with `CNI_ARGS` = `args`, to completion.
-    fn run(&self, verb: &str, network: &str, netns: &str, id: &str, args: &str) -> Result<Output> {
-        let binary = self.binary.display().to_string();
-        let mut command =
-            self.node
-                .command(&binary, &[verb, network, netns, id, "eth0"])?;
-        command
-            .env("NETCONFPATH", self.root.join("net.d"))
-            .env(
-                "CNI_PATH",
-                format!("{}:{REFERENCE_PLUGINS}", self.root.join("plugins").display()),
-            )
-            .env("CNI_CACHE_DIR", self.root.join("cache"))
-            .env("CNI_ARGS", args)
-            .stdin(Stdio::null());
-        run_with_timeout(command, COMMAND_TIMEOUT)
-    }
-
-    /// [`run`](Self::run), which must succeed; its stdout.
-    fn ok(&self, verb: &str, network: &str, netns: &str, id: &str, args: &str) -> Result<String> {
-        let out = self.run(verb, network, netns, id, args)?;
-        ensure!(
-            out.status.success(),
-            "minicni {verb} {id}: {}",
-            output_text(&out)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 /// kubelet's `CNI_ARGS` for a pod (what it puts in libcni's `RuntimeConf.Args`).
@@ -194,7 +94,9 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
         ensure!(result["cniVersion"] == "1.0.0", "{result}");
         let interfaces = result["interfaces"].as_array().context("no interfaces")?;
         let ip = &result["ips"][0];
-        let index = ip["interface"].as_u64().context("ips[0] names no interface")?;
+        let index = ip["interface"]
+            .as_u64()
+            .context("ips[0] names no interface")?;
         let eth0 = interfaces
             .get(usize::try_from(index)?)
             .with_context(|| format!("interface {index} of {result}"))?;
@@ -224,9 +126,8 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
                 && leases[0].0.starts_with(&format!("{network}/{id}")),
             "{leases:?}"
         );
-        let cached: Value = serde_json::from_slice(&std::fs::read(
-            libcni.cached_result(&network, id),
-        )?)?;
+        let cached: Value =
+            serde_json::from_slice(&std::fs::read(libcni.cached_result(&network, id))?)?;
         ensure!(
             cached["result"]["ips"][0]["address"] == format!("{address}/128"),
             "{cached}"
@@ -239,7 +140,10 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
             .as_str()
             .context("no nameserver in the result")?
             .parse()?;
-        for (ns, server) in [(&pod, server), (topo.ns("bar"), IpAddr::V6(mesh.address("bar")))] {
+        for (ns, server) in [
+            (&pod, server),
+            (topo.ns("bar"), IpAddr::V6(mesh.address("bar"))),
+        ] {
             let resolved = wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
                 dig(ns, server, &fqdn, "AAAA", false).is_ok_and(|a| aaaa(&a) == vec![address])
             });
@@ -253,8 +157,19 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
 
         // CHECK through libcni (prevResult from its cache, to both plugins) passes, and fails
         // once the address is gone from the container.
-        ensure!(libcni.ok("check", &network, &netns, id, &args)?.contains("CHECK ok"));
-        pod.ip(&["-6", "addr", "del", &format!("{address}/128"), "dev", "eth0"])?;
+        ensure!(
+            libcni
+                .ok("check", &network, &netns, id, &args)?
+                .contains("CHECK ok")
+        );
+        pod.ip(&[
+            "-6",
+            "addr",
+            "del",
+            &format!("{address}/128"),
+            "dev",
+            "eth0",
+        ])?;
         let out = libcni.run("check", &network, &netns, id, &args)?;
         ensure!(
             !out.status.success()
@@ -264,163 +179,29 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
         );
 
         // DEL through libcni: the lease, the veth and the cache entry go; again, succeeds.
-        ensure!(libcni.ok("del", &network, &netns, id, &args)?.contains("DEL ok"));
+        ensure!(
+            libcni
+                .ok("del", &network, &netns, id, &args)?
+                .contains("DEL ok")
+        );
         let leases = container_leases(&socket)?;
         ensure!(leases.is_empty(), "{leases:?}");
         let links = plugin_links(foo)?;
         ensure!(links.is_empty(), "{links:?}");
         ensure!(!libcni.cached_result(&network, id).exists());
         let links = pod.ip(&["-o", "link", "show"])?;
-        ensure!(links.lines().count() == 1 && links.contains("lo"), "{links}");
-        ensure!(libcni.ok("del", &network, &netns, id, &args)?.contains("DEL ok"));
+        ensure!(
+            links.lines().count() == 1 && links.contains("lo"),
+            "{links}"
+        );
+        ensure!(
+            libcni
+                .ok("del", &network, &netns, id, &args)?
+                .contains("DEL ok")
+        );
         Ok(())
     });
 }
-/// A podman 4.3 of its own (CNI backend, runc, cgroupfs; storage, run state and network
-/// configurations under the test directory, ref Appendix A) run in a node's namespace with
-/// `nsenter --net=` (`ip netns exec` remounts /sys, which runc refuses), with one network of
-/// type `connectopus` that asks that node.
-struct Podman {
-    root: std::path::PathBuf,
-    netns: String,
-    network: String,
-    /// Containers to remove at the end, also on failure.
-    started: std::cell::RefCell<Vec<String>>,
-}
-
-impl Podman {
-    fn new(dir: &TestDir, label: &str, node: &NetNs, socket: &Path, network: &str) -> Result<Self> {
-        let root = dir.path().join(format!("podman-{label}"));
-        let plugins = root.join("plugins");
-        let nets = root.join("net");
-        std::fs::create_dir_all(&plugins)?;
-        std::fs::create_dir_all(&nets)?;
-        std::os::unix::fs::symlink(
-            workspace_binary("connectopus-cni")?,
-            plugins.join("connectopus"),
-        )?;
-        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": network,
-            "plugins": [{"type": "connectopus", "socket": socket}]});
-        std::fs::write(
-            nets.join(format!("{network}.conflist")),
-            conflist.to_string(),
-        )?;
-        let r = root.display();
-        std::fs::write(
-            root.join("containers.conf"),
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-                 events_logfile_path = \"{r}/events.log\"\nruntime = \"runc\"\n\
-                 tmp_dir = \"{r}/libpod-tmp\"\n[network]\nnetwork_backend = \"cni\"\n\
-                 cni_plugin_dirs = [\"{r}/plugins\", \"/usr/lib/cni\"]\n\
-                 network_config_dir = \"{r}/net\"\ndefault_subnet = \"198.18.0.0/24\"\n"
-            ),
-        )?;
-        std::fs::write(
-            root.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{r}/storage\"\nrunroot = \"{r}/run\"\n"
-            ),
-        )?;
-        let podman = Self {
-            root,
-            netns: netns_path(node),
-            network: network.to_owned(),
-            started: std::cell::RefCell::new(Vec::new()),
-        };
-        podman.import_busybox()?;
-        Ok(podman)
-    }
-
-    fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut command = Command::new(tool("nsenter")?);
-        command
-            .arg(format!("--net={}", self.netns))
-            .arg(tool("podman")?)
-            .args(args)
-            .env("CONTAINERS_CONF", self.root.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.root.join("storage.conf"))
-            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
-            .stdin(Stdio::null());
-        Ok(command)
-    }
-
-    /// Runs podman to completion; the output must be a success.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.command(args)?.output()?;
-        ensure!(
-            out.status.success(),
-            "podman {args:?}: {:?}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// A busybox image (`localhost/cx-busybox`) from the host's static busybox.
-    fn import_busybox(&self) -> Result<()> {
-        let tar = busybox_rootfs_tar(&self.root)?;
-        self.ok(&[
-            "import",
-            &tar.display().to_string(),
-            "localhost/cx-busybox:latest",
-        ])?;
-        Ok(())
-    }
-
-    /// `podman run -d` of a container that sleeps, on the network, with `dns` as its resolver.
-    fn run(&self, name: &str, network: &str, dns: Ipv6Addr) -> Result<String> {
-        self.started.borrow_mut().push(name.to_owned());
-        let dns = dns.to_string();
-        let id = self.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            network,
-            "--dns",
-            &dns,
-            "localhost/cx-busybox:latest",
-            "sleep",
-            "600",
-        ])?;
-        Ok(id.trim().to_owned())
-    }
-
-    /// The container's address on the network, as `podman inspect` shows it.
-    fn address(&self, name: &str, network: &str) -> Result<Ipv6Addr> {
-        let out = self.ok(&["inspect", name])?;
-        let v: Value = serde_json::from_str(&out)?;
-        let address = v[0]["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
-            .as_str()
-            .with_context(|| format!("no GlobalIPv6Address in {}", v[0]["NetworkSettings"]))?;
-        Ok(address.parse()?)
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        for name in self.started.borrow().iter() {
-            if let Ok(mut c) = self.command(&["rm", "-f", "-t", "0", name]) {
-                let _ = c.output();
-            }
-        }
-        // podman's libcni cache of this network's results, which it keeps outside the test
-        // directory (`/var/lib/cni/results/<network>-<id>-<ifname>`).
-        if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
-            let prefix = format!("{}-", self.network);
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-    }
-}
-
 /// §3.4 item 3: podman 4.3 runs a container on each node's network; `podman inspect` shows
 /// the mesh address, container A pings container B by name across the mesh, and `podman rm
 /// -f` releases the lease.
@@ -511,210 +292,6 @@ fn podman_containers_ping_each_other_by_name_across_the_mesh() {
 
 // ---- containerd 1.6 + ctr (reference §3.2, §5 (a) item 5) ----
 
-/// The image the containerd tests run.
-const CTR_IMAGE: &str = "localhost/cx-busybox:latest";
-
-/// What the runc shim leaves in `/run/containerd` whatever containerd's configured state
-/// directory (reference §3.2): on drop, this run's namespace directory there, then each of
-/// the shim's directories and `/run/containerd` itself if they are empty (another
-/// containerd's are not).
-struct RunContainerdLeftovers {
-    namespaces: Vec<String>,
-}
-
-impl Drop for RunContainerdLeftovers {
-    fn drop(&mut self) {
-        let run = Path::new("/run/containerd");
-        for namespace in &self.namespaces {
-            let _ = std::fs::remove_dir_all(run.join("runc").join(namespace));
-        }
-        for sub in ["fifo", "runc", "s", "io.containerd.runtime.v2.task"] {
-            let _ = std::fs::remove_dir(run.join(sub));
-        }
-        let _ = std::fs::remove_dir(run);
-    }
-}
-
-/// A containerd of its own, started in a node's namespace with `nsenter --net=` (as a node's
-/// runtime would run), its config, root, state and sockets under the test directory, the CRI
-/// plugin disabled, and the busybox image imported into a namespace of this run. On drop:
-/// its tasks killed and deleted, containers and the image removed, containerd stopped, its
-/// directories removed.
-struct Containerd {
-    root: PathBuf,
-    socket: PathBuf,
-    namespace: String,
-    /// Containers to remove at the end, also on failure, with the pid of their task.
-    containers: RefCell<Vec<(String, Option<u32>)>>,
-    process: Option<ChildGuard>,
-    exec_count: std::cell::Cell<u32>,
-}
-
-impl Containerd {
-    fn start(dir: &TestDir, node: &NetNs, namespace: &str) -> Result<Self> {
-        let root = dir.path().join(format!("containerd-{}", node.label()));
-        std::fs::create_dir_all(&root)?;
-        let socket = root.join("containerd.sock");
-        let r = root.display();
-        let config = root.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{r}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{r}/containerd.sock.ttrpc\"\n\
-                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{r}/opt\"\n"
-            ),
-        )?;
-        let mut command = Command::new(tool("nsenter")?);
-        command
-            .arg(format!("--net={}", netns_path(node)))
-            .arg(tool("containerd")?)
-            .arg("--config")
-            .arg(&config);
-        let process = ChildGuard::spawn(
-            command,
-            dir,
-            &format!("containerd-{}", node.label()),
-            StdinMode::Null,
-        )?;
-        let containerd = Self {
-            root,
-            socket,
-            namespace: namespace.to_owned(),
-            containers: RefCell::new(Vec::new()),
-            process: Some(process),
-            exec_count: std::cell::Cell::new(0),
-        };
-        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-            containerd.ok(&["version"]).is_ok()
-        })
-        .with_context(|| format!("containerd in {} did not come up", node.name()))?;
-        let archive = busybox_oci_archive(&containerd.root, CTR_IMAGE)?;
-        containerd.ok(&["images", "import", &archive.display().to_string()])?;
-        Ok(containerd)
-    }
-
-    /// `ctr` against this containerd, in this run's namespace, with the native snapshotter
-    /// (the test directory may be on overlayfs).
-    fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut command = Command::new(tool("ctr")?);
-        command
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .env("CONTAINERD_SNAPSHOTTER", "native")
-            .stdin(Stdio::null());
-        Ok(command)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        run_with_timeout(self.command(args)?, COMMAND_TIMEOUT)
-    }
-
-    /// `ctr args`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        ensure!(out.status.success(), "ctr {args:?}: {}", output_text(&out));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The pid of `name`'s task, as `ctr task ls` lists it.
-    fn task_pid(&self, name: &str) -> Result<u32> {
-        let listed = self.ok(&["task", "ls"])?;
-        listed
-            .lines()
-            .filter_map(|l| {
-                let mut fields = l.split_whitespace();
-                Some((fields.next()?, fields.next()?.parse::<u32>().ok()?))
-            })
-            .find(|(task, _)| *task == name)
-            .map(|(_, pid)| pid)
-            .with_context(|| format!("no task {name} in {listed}"))
-    }
-
-    /// Starts a container `name` that sleeps, with `resolv` as its /etc/resolv.conf and, if
-    /// given, joining the network namespace `netns` (else in one of its own); returns its
-    /// task's pid.
-    fn start_container(&self, name: &str, netns: Option<&str>, resolv: &Path) -> Result<u32> {
-        self.containers.borrow_mut().push((name.to_owned(), None));
-        let mount = format!(
-            "type=bind,src={},dst=/etc/resolv.conf,options=rbind:ro",
-            resolv.display()
-        );
-        let mut args = vec!["containers", "create", "--mount", &mount];
-        let with_ns = netns.map(|path| format!("network:{path}"));
-        if let Some(with_ns) = &with_ns {
-            args.extend(["--with-ns", with_ns.as_str()]);
-        }
-        args.extend([CTR_IMAGE, name, "sleep", "600"]);
-        self.ok(&args)?;
-        self.ok(&["task", "start", "--detach", name])?;
-        let pid = self.task_pid(name)?;
-        if let Some(entry) = self
-            .containers
-            .borrow_mut()
-            .iter_mut()
-            .find(|(n, _)| n == name)
-        {
-            entry.1 = Some(pid);
-        }
-        Ok(pid)
-    }
-
-    /// `ctr task exec` of `args` in `name`'s task, to completion, whatever its status.
-    fn exec(&self, name: &str, args: &[&str]) -> Result<Output> {
-        let n = self.exec_count.get() + 1;
-        self.exec_count.set(n);
-        let exec_id = format!("e{n}");
-        let mut full = vec!["task", "exec", "--exec-id", exec_id.as_str(), name];
-        full.extend_from_slice(args);
-        self.run(&full)
-    }
-
-    /// Kills `name`'s task (SIGKILL) and deletes it and the container.
-    fn remove_container(&self, name: &str) -> Result<()> {
-        let _ = self.run(&["task", "kill", "--signal", "SIGKILL", name]);
-        // The task must have exited before it can be deleted.
-        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            self.run(&["task", "delete", name])
-                .is_ok_and(|o| o.status.success())
-                || self
-                    .ok(&["task", "ls"])
-                    .is_ok_and(|l| !l.lines().any(|t| t.split_whitespace().next() == Some(name)))
-        })
-        .with_context(|| format!("deleting task {name}"))?;
-        self.ok(&["containers", "delete", name])?;
-        self.containers.borrow_mut().retain(|(n, _)| n != name);
-        Ok(())
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let left: Vec<(String, Option<u32>)> = self.containers.borrow().clone();
-        for (name, pid) in left {
-            if self.remove_container(&name).is_err()
-                && let Some(pid) = pid
-            {
-                // containerd could not: the task's process itself.
-                // SAFETY: kill(2) with a pid this test started and a valid signal.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
-        }
-        let _ = self.run(&["images", "remove", CTR_IMAGE]);
-        // Stop containerd before removing its directories.
-        drop(self.process.take());
-        for sub in ["root", "state", "opt"] {
-            let _ = std::fs::remove_dir_all(self.root.join(sub));
-        }
-    }
-}
-
 /// `nameserver` lines for a container's /etc/resolv.conf: its node's mesh DNS.
 fn resolv_conf(dir: &TestDir, node: &str, server: Ipv6Addr) -> Result<PathBuf> {
     let path = dir.path().join(format!("resolv-{node}.conf"));
@@ -732,7 +309,15 @@ fn resolv_conf(dir: &TestDir, node: &str, server: Ipv6Addr) -> Result<PathBuf> {
 #[test]
 fn containerd_containers_ping_each_other_by_name_across_the_mesh() {
     require_root!();
-    require_tools(&["ip", "go", "containerd", "ctr", "runc", "busybox", "nsenter"]);
+    require_tools(&[
+        "ip",
+        "go",
+        "containerd",
+        "ctr",
+        "runc",
+        "busybox",
+        "nsenter",
+    ]);
     run_test("cni_containerd", |dir: &TestDir| {
         let topo = Topology::line(dir, &["foo", "bar"])?;
         let mesh = serving_mesh(&topo)?;
@@ -777,10 +362,10 @@ fn containerd_containers_ping_each_other_by_name_across_the_mesh() {
         );
 
         let mut pods = Vec::new();
-        for ((node, _, containerd, _), (pod, result, pool)) in nodes.iter().zip([
-            ("pod-a", &result, POOL_FOO),
-            ("pod-b", &result_b, POOL_BAR),
-        ]) {
+        for ((node, _, containerd, _), (pod, result, pool)) in nodes
+            .iter()
+            .zip([("pod-a", &result, POOL_FOO), ("pod-b", &result_b, POOL_BAR)])
+        {
             let address: Ipv6Addr = result["ips"][0]["address"]
                 .as_str()
                 .and_then(|a| a.split_once('/'))
@@ -811,18 +396,21 @@ fn containerd_containers_ping_each_other_by_name_across_the_mesh() {
             let (other, address) = pods[to];
             let fqdn = format!("{other}.{DOMAIN}");
             let mut last = String::new();
-            let pinged = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
-                match containerd.exec(pod, &["ping", "-6", "-c", "1", "-W", "2", &fqdn]) {
-                    Ok(out) => {
-                        last = output_text(&out);
-                        out.status.success()
-                    }
-                    Err(e) => {
-                        last = e.to_string();
-                        false
-                    }
-                }
-            });
+            let pinged =
+                wait_until(
+                    Duration::from_secs(30),
+                    Duration::from_millis(500),
+                    || match containerd.exec(pod, &["ping", "-6", "-c", "1", "-W", "2", &fqdn]) {
+                        Ok(out) => {
+                            last = output_text(&out);
+                            out.status.success()
+                        }
+                        Err(e) => {
+                            last = e.to_string();
+                            false
+                        }
+                    },
+                );
             ensure!(pinged.is_ok(), "{pod} cannot ping {fqdn}: {last}");
             ensure!(
                 last.contains(&address.to_string()),
@@ -836,7 +424,11 @@ fn containerd_containers_ping_each_other_by_name_across_the_mesh() {
             nodes.iter().zip([("pod-a", &a_netns), ("pod-b", &b_netns)])
         {
             containerd.remove_container(pod)?;
-            ensure!(libcni.ok("del", &network, netns, pod, "")?.contains("DEL ok"));
+            ensure!(
+                libcni
+                    .ok("del", &network, netns, pod, "")?
+                    .contains("DEL ok")
+            );
             let leases = container_leases(&mesh.socket(node))?;
             ensure!(leases.is_empty(), "{node}: {leases:?}");
             let links = plugin_links(topo.ns(node))?;
