@@ -2,12 +2,13 @@
 // (podman, containerd, CRI-O, kubelet's dockershim) link: the oracle of the CNI tests in
 // tests/tests/cni_runtimes.rs (shared/reference/cni-dhcpv6.md Appendix D). Like cnitool:
 //
-//	minicni add|check|del NETWORK NETNS CONTAINER_ID IFNAME
+//	minicni add|check|del|validate NETWORK NETNS CONTAINER_ID IFNAME
 //
 // NETCONFPATH is the directory of conflists, CNI_PATH the plugin directories, CNI_CACHE_DIR
 // libcni's result cache and CNI_ARGS "K=V;K=V" pairs, which go to RuntimeConf.Args as kubelet
 // passes K8S_POD_NAME and K8S_POD_NAMESPACE. ADD prints the result converted to a 1.0.0
-// result (types100), so a result libcni cannot read fails here.
+// result (types100), so a result libcni cannot read fails here. VALIDATE asks each plugin
+// VERSION and checks the list's version against what it answers, as podman does first.
 //
 // Built in GOPATH mode against Debian's golang-github-appc-cni-dev:
 //
@@ -33,7 +34,7 @@ func fail(format string, args ...interface{}) {
 
 func main() {
 	if len(os.Args) != 6 {
-		fail("usage: minicni add|check|del NETWORK NETNS CONTAINER_ID IFNAME")
+		fail("usage: minicni add|check|del|validate NETWORK NETNS CONTAINER_ID IFNAME")
 	}
 	verb, network := os.Args[1], os.Args[2]
 	confDir := os.Getenv("NETCONFPATH")
@@ -81,6 +82,11 @@ func main() {
 			fail("DEL: %v", err)
 		}
 		fmt.Println("DEL ok")
+	case "validate":
+		if _, err := cni.ValidateNetworkList(ctx, list); err != nil {
+			fail("VALIDATE: %v", err)
+		}
+		fmt.Println("VALIDATE ok")
 	default:
 		fail("unknown verb %q", verb)
 	}

@@ -54,14 +54,14 @@ fn kubelet_args(namespace: &str, pod: &str, sandbox_id: &str) -> String {
 /// The hop limit `tuning` sets in the container in the Kubernetes-style conflist.
 const TUNED_HOP_LIMIT: &str = "42";
 
-/// §3.4 item 2 (reference §5 (a) 3): libcni runs ADD, CHECK and DEL of a Kubernetes-style
-/// conflist (1.0.0; `connectopus` then `tuning`, which gets our result as `prevResult` and
-/// sets a sysctl in the container) with kubelet's `CNI_ARGS`. The result parses as libcni's
-/// `types100.Result` and names the container's interface and namespace; the container has
-/// the pool address and the tuned sysctl; the pod name resolves in the mesh DNS, on its node
-/// and across the mesh; CHECK passes, and fails once the address is gone; DEL (with the
-/// `prevResult` libcni cached) releases the lease, removes the veth and the cache entry; a
-/// second DEL, with no cache, succeeds.
+/// §3.4 item 2 (reference §5 (a) 3): libcni validates a Kubernetes-style conflist (1.0.0;
+/// `connectopus` then `tuning`, which gets our result as `prevResult` and sets a sysctl in the
+/// container; VALIDATE asks each plugin VERSION), then runs ADD, CHECK and DEL with kubelet's
+/// `CNI_ARGS`. The result parses as libcni's `types100.Result` and names the container's
+/// interface and namespace; the container has the pool address and the tuned sysctl; the pod
+/// name resolves in the mesh DNS, on its node and across the mesh; CHECK passes, and fails
+/// once the address is gone; DEL (with the `prevResult` libcni cached) releases the lease,
+/// removes the veth and the cache entry; a second DEL, with no cache, succeeds.
 #[test]
 fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
     require_root!();
@@ -88,6 +88,12 @@ fn libcni_runs_a_kubernetes_style_conflist_with_tuning_chained() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let args = kubelet_args("default", "web-0", id);
 
+        // libcni asks each plugin VERSION and checks the list's 1.0.0 against the answer.
+        ensure!(
+            libcni
+                .ok("validate", &network, &netns, id, &args)?
+                .contains("VALIDATE ok")
+        );
         let printed = libcni.ok("add", &network, &netns, id, &args)?;
         let result: Value = serde_json::from_str(printed.trim())
             .with_context(|| format!("minicni add printed {printed}"))?;
