@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,6 +27,7 @@ use connectopus_wire::Prefix;
 
 use super::Daemon;
 use crate::backends::{LoopMessage, LoopSender};
+use crate::control::ControlReply;
 use crate::pd::PdDriver;
 
 #[cfg(doc)]
@@ -105,17 +107,52 @@ fn wire_prefix(p: connectopus_dhcp6::Prefix) -> Option<Prefix> {
     Prefix::new_truncating(p.addr, p.len).ok()
 }
 
+/// What the loop asks of the DHCPv6 client's thread.
+#[derive(Debug)]
+pub(super) enum PdCommand {
+    /// Release the delegation (`connectopus pd release`); the answer goes to the control
+    /// client once the server replied or the Release was retransmitted to its limit.
+    Release(Sender<ControlReply>),
+}
+
 /// Runs the client on a thread of its own (it dies with the process); `saved` are the
-/// delegations the loop was given from the state file at start.
-pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender, saved: &PdUpdate) -> Result<()> {
+/// delegations the loop was given from the state file at start. The loop's requests come
+/// through the returned channel; the thread looks at it between steps (at least once a
+/// second).
+pub(super) fn spawn_pd(
+    mut driver: PdDriver,
+    to_loop: LoopSender,
+    saved: &PdUpdate,
+) -> Result<Sender<PdCommand>> {
     let mut held: BTreeSet<Prefix> = match saved {
         PdUpdate::Held(list) => list.iter().map(|(p, _, _)| *p).collect(),
         PdUpdate::Gone(_) => BTreeSet::new(),
     };
+    let (commands, from_loop) = std::sync::mpsc::channel::<PdCommand>();
     std::thread::Builder::new()
         .name("dhcp6".to_owned())
         .spawn(move || {
+            // Release requests waiting for the client's `Released`, with what it held.
+            let mut releasing: Vec<(Sender<ControlReply>, String)> = Vec::new();
             loop {
+                while let Ok(PdCommand::Release(reply)) = from_loop.try_recv() {
+                    let prefixes: Vec<String> = driver
+                        .client()
+                        .lease()
+                        .map(|l| l.delegations.iter().map(|d| d.prefix.to_string()).collect())
+                        .unwrap_or_default();
+                    if prefixes.is_empty() && held.is_empty() {
+                        let _ = reply.send(ControlReply::Done(
+                            "no delegated prefix held: nothing to release".to_owned(),
+                        ));
+                        continue;
+                    }
+                    if releasing.is_empty() {
+                        tracing::info!(prefixes = ?prefixes, "dhcp6 release asked for");
+                        driver.release();
+                    }
+                    releasing.push((reply, prefixes.join(", ")));
+                }
                 let events = match driver.step(Duration::from_secs(1)) {
                     Ok(events) => events,
                     Err(error) => {
@@ -126,15 +163,23 @@ pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender, saved: &PdUpda
                 };
                 for event in events {
                     tracing::info!(event = %crate::pd::describe(&event), "dhcp6");
+                    let released = matches!(event, PdEvent::Released);
                     let update = update_for(&event, driver.now(), &mut held);
                     if !to_loop.send(LoopMessage::Delegations(update)) {
                         return;
+                    }
+                    if released {
+                        for (reply, prefixes) in releasing.drain(..) {
+                            let _ = reply.send(ControlReply::Done(format!(
+                                "released {prefixes}; the mesh withdraws it, and the client stays idle until the node's mesh instance restarts"
+                            )));
+                        }
                     }
                 }
             }
         })
         .context("starting the dhcp6 thread")?;
-    Ok(())
+    Ok(commands)
 }
 
 /// What the loop hears of a client event. `held` tracks every prefix handed to the core and

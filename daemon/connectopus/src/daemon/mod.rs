@@ -213,6 +213,8 @@ struct Daemon {
     mesh_addresses: mesh_prefix::MirrorAddresses,
     /// The unreachable routes and egress rules of the planes.
     mesh_routes: mesh_routes::MeshRoutes,
+    /// The DHCPv6 client's thread, on the node `global.delegated` names.
+    pd_commands: Option<std::sync::mpsc::Sender<mesh_prefix::PdCommand>>,
     /// Why the node does not forward: the running configuration no longer contains it.
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
@@ -508,6 +510,25 @@ impl Daemon {
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::Leases => self.lease_entries(),
+                        ControlRequest::PdRelease => match &self.pd_commands {
+                            // The client's thread answers once the Release is done.
+                            Some(commands) => match commands
+                                .send(mesh_prefix::PdCommand::Release(reply))
+                            {
+                                Ok(()) => continue,
+                                Err(std::sync::mpsc::SendError(
+                                    mesh_prefix::PdCommand::Release(reply),
+                                )) => {
+                                    let _ = reply.send(ControlReply::Error(
+                                        "the DHCPv6 client's thread has stopped".to_owned(),
+                                    ));
+                                    continue;
+                                }
+                            },
+                            None => ControlReply::Error(
+                                "this node runs no DHCPv6 prefix delegation client: global.delegated does not name it, or its interface or port 546 could not be opened at start".to_owned(),
+                            ),
+                        },
                         ControlRequest::CniAdd { .. }
                         | ControlRequest::CniDel { .. }
                         | ControlRequest::CniCheck { .. }
