@@ -1,4 +1,4 @@
-//! The CNI plugin driven by real container runtimes (dynamic-mesh.md §3.4 items 2, 3 and 5;
+//! The CNI plugin driven by real container runtimes (dynamic-mesh.md §3.4 items 2, 3 and 4;
 //! shared/reference/cni-dhcpv6.md §3): libcni, the library runtimes link, through the
 //! `minicni` driver (tests/minicni) on a Kubernetes-style conflist that chains `tuning`
 //! after `connectopus`; podman 4.3 with its CNI backend; containerd 1.6 with `ctr`, the
@@ -305,7 +305,7 @@ fn resolv_conf(dir: &TestDir, node: &str, server: Ipv6Addr) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// §3.4 item 5 (reference §3.2): containerd 1.6 with `ctr`, a private containerd in each
+/// §3.4 item 4 (reference §3.2, §5 (a) 5): containerd 1.6 with `ctr`, a private containerd in each
 /// node's namespace. On foo, as CRI does it: a namespace first, ADD through libcni, then the
 /// container joins it (`--with-ns network:`). On bar: the task makes its own namespace and
 /// ADD is applied to `/proc/<pid>/ns/net`. Each container has its pool address on eth0 and
