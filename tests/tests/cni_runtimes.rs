@@ -305,13 +305,13 @@ fn resolv_conf(dir: &TestDir, node: &str, server: Ipv6Addr) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// §3.4 item 4 (reference §3.2, §5 (a) 5): containerd 1.6 with `ctr`, a private containerd in each
-/// node's namespace. On foo, as CRI does it: a namespace first, ADD through libcni, then the
-/// container joins it (`--with-ns network:`). On bar: the task makes its own namespace and
-/// ADD is applied to `/proc/<pid>/ns/net`. Each container has its pool address on eth0 and
-/// pings the other by name across the mesh (`ctr task exec … ping -6`). Then, as a runtime
-/// tears down: kill the task, DEL (for bar with the `/proc` path of a process that is gone),
-/// and the leases go.
+/// §3.4 item 4 (reference §3.2, §5 (a) 5): containerd 1.6 with `ctr`, a private containerd
+/// in each node's namespace. On foo, as CRI does it: a namespace first, ADD through libcni,
+/// then the container joins it (`--with-ns network:`). On bar: the task makes its own
+/// namespace and ADD is applied to `/proc/<pid>/ns/net`. Each container has its pool address
+/// on eth0 and pings the other by name across the mesh (`ctr task exec … ping -6`). Then, as
+/// a runtime tears down: kill the task, DEL (for bar with the `/proc` path of a process that
+/// is gone), and the leases go.
 #[test]
 fn containerd_containers_ping_each_other_by_name_across_the_mesh() {
     require_root!();
