@@ -25,6 +25,7 @@ mod api;
 mod attach;
 mod backends;
 mod boot_clock;
+mod code_pages;
 mod completions;
 mod config_cli;
 mod config_set;

@@ -471,6 +471,7 @@ impl Daemon {
                     self.node.set_trust(now, Some(trust::policy(&new)));
                 }
                 self.config = new;
+                self.code_unmap_at = super::code_unmap_deadline();
             }
             ApplyOutcome::Restart => {
                 tracing::info!(version, "the change needs a restart of the mesh instance");

@@ -387,6 +387,8 @@ pub fn run(options: NodeOptions) -> Result<()> {
         mesh_addresses: Default::default(),
         mesh_routes: Default::default(),
         pd_commands,
+        code_unmap_at: super::code_unmap_deadline(),
+        code_unmapped: Default::default(),
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
