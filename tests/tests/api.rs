@@ -328,9 +328,10 @@ fn remote_cli_tokens_and_web_ui_through_the_mesh() {
         )?;
         ensure!(code == 401);
         ensure!(mesh.config_version("baz")? == 1);
-        // The CNI plugin's requests are the node's own root's: refused from the mesh port,
-        // even with a valid token (docs/dynamic-mesh.md §3.3).
+        // The CNI plugin's requests and `pd_release` are the node's own root's: refused from
+        // the mesh port, even with a valid token (docs/dynamic-mesh.md §3.3).
         for request in [
+            r#"{"cmd":"pd_release"}"#,
             r#"{"cmd":"cni_status","network":"mesh"}"#,
             r#"{"cmd":"cni_add","network":"mesh","container_id":"c1","ifname":"eth0","name":"web"}"#,
             r#"{"cmd":"cni_gc","network":"mesh","keep":[]}"#,

@@ -545,7 +545,7 @@ fn a_delegating_node_without_dns_renews_across_an_instance_restart() {
 
 /// `connectopus pd release` on the running delegating node: gw sends Kea a Release (Kea's
 /// lease line for gw's DUID drops to lifetime 0) and answers with the prefix it gave back;
-/// every node takes its mirror off while Kea still runs (so not by expiry), and the node's
+/// every node takes its mirror off well before the lease could expire, and the node's
 /// client stays idle (a second release has nothing to give back). A node that delegates
 /// nothing refuses the command, naming why.
 #[test]
@@ -604,7 +604,8 @@ fn pd_release_gives_the_prefix_back_and_the_mesh_withdraws_it() {
                 kea_lease_lines(dir, &duid)
             )
         })?;
-        wait_until(WAIT, Duration::from_millis(100), || {
+        // Within 6 s: gw renewed at most T1 (2 s) before, so an expiry would take 12 s more.
+        wait_until(Duration::from_secs(6), Duration::from_millis(100), || {
             nodes
                 .iter()
                 .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))

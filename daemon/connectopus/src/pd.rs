@@ -254,17 +254,34 @@ impl PdDriver {
         &self.client
     }
 
-    /// Starts a Release of the current delegations (see [`Client::release`]).
+    /// Starts a Release of the current delegations (see [`Client::release`]). The lease is
+    /// dropped at once, and saved so: a restart before the exchange ends does not resume it.
     pub fn release(&mut self) {
         let now = self.now();
         self.client.release(now);
+        if let Err(error) = self.save_state() {
+            tracing::warn!(error = %format!("{error:#}"), "dhcp6 state not saved after the release");
+        }
+    }
+
+    /// Saves the DUID, IAID and current lease to the state file.
+    fn save_state(&self) -> Result<()> {
+        let state = PdState::new(
+            self.duid.clone(),
+            self.iaid,
+            self.client.lease(),
+            self.now(),
+            unix_ms(),
+        );
+        save(&self.state_path, &state)
     }
 
     /// Sends what is due, waits at most `max_wait` for a datagram or the client's next timer,
-    /// and returns the events, having saved the state if there were any.
+    /// and returns the events, having saved the state if there were any (a failed save is
+    /// logged; the events are returned all the same).
     ///
     /// # Errors
-    /// The socket fails, or the state cannot be saved.
+    /// The socket fails.
     pub fn step(&mut self, max_wait: Duration) -> Result<Vec<PdEvent>> {
         while let Some(datagram) = self.client.poll_transmit() {
             if let Err(e) = self.socket.send_to(&datagram, self.server) {
@@ -303,15 +320,12 @@ impl PdDriver {
             self.client.handle_timeout(now);
         }
         let events: Vec<PdEvent> = std::iter::from_fn(|| self.client.poll_event()).collect();
-        if !events.is_empty() {
-            let state = PdState::new(
-                self.duid.clone(),
-                self.iaid,
-                self.client.lease(),
-                self.now(),
-                unix_ms(),
-            );
-            save(&self.state_path, &state)?;
+        // A state file that cannot be written (disk full, read-only) must not lose the events:
+        // the delegation changed all the same.
+        if !events.is_empty()
+            && let Err(error) = self.save_state()
+        {
+            tracing::warn!(error = %format!("{error:#}"), state = %self.state_path.display(), "dhcp6 state not saved");
         }
         // Datagrams queued by the events' transitions go out at the next step at once.
         Ok(events)
@@ -347,7 +361,10 @@ pub fn describe(event: &PdEvent) -> String {
             let list: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
             format!("expired {}", list.join(" "))
         }
-        PdEvent::Released => "released".to_owned(),
+        PdEvent::Released { acknowledged: true } => "released".to_owned(),
+        PdEvent::Released {
+            acknowledged: false,
+        } => "released (no answer from the server)".to_owned(),
     }
 }
 
@@ -385,7 +402,7 @@ pub fn run(args: &PdClientArgs) -> Result<()> {
         }
         for event in driver.step(Duration::from_millis(200))? {
             println!("{}", describe(&event));
-            if args.release && event == PdEvent::Released {
+            if args.release && matches!(event, PdEvent::Released { .. }) {
                 return Ok(());
             }
         }

@@ -121,8 +121,12 @@ pub enum PdEvent {
     /// These prefixes are no longer valid (lifetime over, or withdrawn by the server); when
     /// no prefix is left the client Solicits again.
     Expired(Vec<Prefix>),
-    /// A Release exchange ended (Reply or REL_MAX_RC); the client is idle.
-    Released,
+    /// A Release exchange ended; the client is idle. `acknowledged`: a server answered it
+    /// (false after REL_MAX_RC transmissions without a Reply, or with nothing to release).
+    Released {
+        /// Whether a server's Reply ended the exchange.
+        acknowledged: bool,
+    },
 }
 
 /// The client's state (RFC 8415 §18.2).
@@ -399,7 +403,9 @@ impl Client {
             _ => {
                 self.state = State::Idle;
                 self.exchange = None;
-                self.events.push_back(PdEvent::Released);
+                self.events.push_back(PdEvent::Released {
+                    acknowledged: false,
+                });
             }
         }
     }
@@ -445,7 +451,8 @@ impl Client {
             (State::Releasing, msg::REPLY) => {
                 self.state = State::Idle;
                 self.exchange = None;
-                self.events.push_back(PdEvent::Released);
+                self.events
+                    .push_back(PdEvent::Released { acknowledged: true });
                 Ok(())
             }
             (State::Requesting | State::Renewing | State::Rebinding, msg::REPLY) => {
@@ -666,7 +673,9 @@ impl Client {
             State::Releasing => {
                 self.state = State::Idle;
                 self.exchange = None;
-                self.events.push_back(PdEvent::Released);
+                self.events.push_back(PdEvent::Released {
+                    acknowledged: false,
+                });
             }
             State::Soliciting | State::Bound | State::Idle => self.exchange = None,
         }

@@ -715,7 +715,10 @@ fn release_is_answered_or_given_up_after_four() {
             vec![status_opt(Status::Success)],
         ),
     );
-    assert_eq!(events(&mut c), vec![PdEvent::Released]);
+    assert_eq!(
+        events(&mut c),
+        vec![PdEvent::Released { acknowledged: true }]
+    );
     assert_eq!(c.state(), State::Idle);
     assert_eq!(c.poll_timeout(), None, "idle: no timers");
 
@@ -726,7 +729,12 @@ fn release_is_answered_or_given_up_after_four() {
     sent.extend(run(&mut c, bound + secs(100.0)));
     assert_eq!(sent.len(), 4, "REL_MAX_RC");
     assert!(sent.iter().all(|m| m.kind() == MessageType::Release));
-    assert_eq!(events(&mut c), vec![PdEvent::Released]);
+    assert_eq!(
+        events(&mut c),
+        vec![PdEvent::Released {
+            acknowledged: false
+        }]
+    );
     assert_eq!(c.state(), State::Idle);
 }
 

@@ -526,12 +526,13 @@ fn answer(
                     return Answer::error("400 Bad Request", &format!("bad request: {error}"));
                 }
             };
-            if remote && request.is_cni() {
-                // The CNI plugin's requests allocate and release addresses: the node's own
-                // root only (docs/dynamic-mesh.md §3.3), whatever token comes from the mesh.
+            if remote && request.is_local_only() {
+                // The CNI plugin's requests allocate and release addresses, and `pd_release`
+                // takes the mesh's prefix away: the node's own root only (docs/dynamic-mesh.md
+                // §3.3), whatever token comes from the mesh.
                 return Answer::error(
                     "403 Forbidden",
-                    "local only: cni requests are served on the control socket",
+                    "local only: cni and pd_release requests are served on the control socket",
                 );
             }
             Answer::json(&ask_loop(&context.to_loop, request))

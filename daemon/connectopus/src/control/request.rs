@@ -93,6 +93,13 @@ pub struct CniAttachment {
 }
 
 impl ControlRequest {
+    /// Tells whether the request is served on the control socket only, never from the mesh
+    /// (whatever the token): the CNI plugin's, which allocate and release addresses, and
+    /// `pd_release`, which takes the mesh's prefix away until the delegating node restarts.
+    pub fn is_local_only(&self) -> bool {
+        self.is_cni() || matches!(self, ControlRequest::PdRelease)
+    }
+
     /// Tells whether the request is the CNI plugin's (`cni_*`): served on the control
     /// socket only, never from the mesh.
     pub fn is_cni(&self) -> bool {

@@ -110,9 +110,22 @@ fn wire_prefix(p: connectopus_dhcp6::Prefix) -> Option<Prefix> {
 /// What the loop asks of the DHCPv6 client's thread.
 #[derive(Debug)]
 pub(super) enum PdCommand {
-    /// Release the delegation (`connectopus pd release`); the answer goes to the control
-    /// client once the server replied or the Release was retransmitted to its limit.
+    /// Release the delegation (`connectopus pd release`, or a configuration change that ends
+    /// it); the answer goes back once the server replied, or after [`RELEASE_ANSWER_WAIT`].
     Release(Sender<ControlReply>),
+}
+
+/// How long a release request waits for the server's Reply before it is answered that the
+/// Release went out unanswered so far (the client goes on sending it, four times in all over
+/// about 15 s). Bounds how long `pd release` holds the control socket.
+const RELEASE_ANSWER_WAIT: Duration = Duration::from_secs(4);
+
+/// A release request waiting for the server's Reply.
+struct ReleaseWaiting {
+    reply: Sender<ControlReply>,
+    /// The prefixes given back, for the answer.
+    prefixes: String,
+    until: std::time::Instant,
 }
 
 /// Runs the client on a thread of its own (it dies with the process); `saved` are the
@@ -132,28 +145,53 @@ pub(super) fn spawn_pd(
     std::thread::Builder::new()
         .name("dhcp6".to_owned())
         .spawn(move || {
-            // Release requests waiting for the client's `Released`, with what it held.
-            let mut releasing: Vec<(Sender<ControlReply>, String)> = Vec::new();
+            let mut waiting: Vec<ReleaseWaiting> = Vec::new();
             loop {
                 while let Ok(PdCommand::Release(reply)) = from_loop.try_recv() {
-                    let prefixes: Vec<String> = driver
-                        .client()
-                        .lease()
-                        .map(|l| l.delegations.iter().map(|d| d.prefix.to_string()).collect())
-                        .unwrap_or_default();
-                    if prefixes.is_empty() && held.is_empty() {
+                    if let Some(first) = waiting.first() {
+                        // A Release is under way: this request waits for the same answer.
+                        let prefixes = first.prefixes.clone();
+                        waiting.push(ReleaseWaiting {
+                            reply,
+                            prefixes,
+                            until: std::time::Instant::now() + RELEASE_ANSWER_WAIT,
+                        });
+                        continue;
+                    }
+                    let mut given: BTreeSet<String> = held.iter().map(ToString::to_string).collect();
+                    if let Some(lease) = driver.client().lease() {
+                        given.extend(lease.delegations.iter().map(|d| d.prefix.to_string()));
+                    }
+                    // Also with nothing held: a Solicit or Request under way stops too.
+                    driver.release();
+                    // The lease is dropped now: the mesh withdraws it at once, whatever the
+                    // server answers.
+                    if !held.is_empty() {
+                        let gone = PdUpdate::Gone(std::mem::take(&mut held).into_iter().collect());
+                        if !to_loop.send(LoopMessage::Delegations(gone)) {
+                            return;
+                        }
+                    }
+                    if given.is_empty() {
                         let _ = reply.send(ControlReply::Done(
-                            "no delegated prefix held: nothing to release".to_owned(),
+                            "no delegated prefix held: nothing to release; the client asks for none until the node's mesh instance restarts".to_owned(),
                         ));
                         continue;
                     }
-                    if releasing.is_empty() {
-                        tracing::info!(prefixes = ?prefixes, "dhcp6 release asked for");
-                        driver.release();
-                    }
-                    releasing.push((reply, prefixes.join(", ")));
+                    let prefixes = given.into_iter().collect::<Vec<_>>().join(", ");
+                    tracing::info!(%prefixes, "dhcp6 release asked for");
+                    waiting.push(ReleaseWaiting {
+                        reply,
+                        prefixes,
+                        until: std::time::Instant::now() + RELEASE_ANSWER_WAIT,
+                    });
                 }
-                let events = match driver.step(Duration::from_secs(1)) {
+                let max_wait = if waiting.is_empty() {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(100)
+                };
+                let events = match driver.step(max_wait) {
                     Ok(events) => events,
                     Err(error) => {
                         tracing::warn!(error = %format!("{error:#}"), "dhcp6 client");
@@ -163,19 +201,39 @@ pub(super) fn spawn_pd(
                 };
                 for event in events {
                     tracing::info!(event = %crate::pd::describe(&event), "dhcp6");
-                    let released = matches!(event, PdEvent::Released);
+                    let released = match event {
+                        PdEvent::Released { acknowledged } => Some(acknowledged),
+                        _ => None,
+                    };
                     let update = update_for(&event, driver.now(), &mut held);
                     if !to_loop.send(LoopMessage::Delegations(update)) {
                         return;
                     }
-                    if released {
-                        for (reply, prefixes) in releasing.drain(..) {
-                            let _ = reply.send(ControlReply::Done(format!(
-                                "released {prefixes}; the mesh withdraws it, and the client stays idle until the node's mesh instance restarts"
+                    if let Some(acknowledged) = released {
+                        for w in waiting.drain(..) {
+                            let how = if acknowledged {
+                                "the server confirmed"
+                            } else {
+                                "the server did not answer the Release (sent four times)"
+                            };
+                            let _ = w.reply.send(ControlReply::Done(format!(
+                                "released {}: {how}; the mesh withdrew it, and the client asks for none until the node's mesh instance restarts",
+                                w.prefixes
                             )));
                         }
                     }
                 }
+                let now = std::time::Instant::now();
+                waiting.retain(|w| {
+                    if now < w.until {
+                        return true;
+                    }
+                    let _ = w.reply.send(ControlReply::Done(format!(
+                        "released {}: the mesh withdrew it; the server has not answered the Release yet (the client sends it up to four times), and the client asks for none until the node's mesh instance restarts",
+                        w.prefixes
+                    )));
+                    false
+                });
             }
         })
         .context("starting the dhcp6 thread")?;
@@ -213,7 +271,7 @@ fn update_for(
             }
             PdUpdate::Gone(gone)
         }
-        PdEvent::Released => PdUpdate::Gone(std::mem::take(held).into_iter().collect()),
+        PdEvent::Released { .. } => PdUpdate::Gone(std::mem::take(held).into_iter().collect()),
     }
 }
 
@@ -224,10 +282,11 @@ pub(super) struct MirrorAddresses {
     applied: BTreeMap<Prefix, (Ipv6Addr, bool)>,
 }
 
-/// How long a configuration change that ends this node's delegation waits for the Release
-/// before the node restarts its mesh instance (the server answers in milliseconds; without
-/// an answer RFC 8415's four retransmissions would take 15 s).
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long a configuration change that ends this node's delegation waits for the client's
+/// answer before the node restarts its mesh instance or stops forwarding: the thread answers
+/// within [`RELEASE_ANSWER_WAIT`] (and about a second to see the request), whether or not the
+/// server replied; the Release is saved before it is sent.
+const RELEASE_WAIT: Duration = Duration::from_secs(6);
 
 /// Whether `new` ends the delegation `old` gives node `id`: the entry is gone, or names
 /// another interface or length (the running client's lease is for the old one).
@@ -259,6 +318,9 @@ impl Daemon {
         };
         let (reply, answer) = std::sync::mpsc::channel();
         if commands.send(PdCommand::Release(reply)).is_err() {
+            tracing::warn!(
+                "the new configuration ends this node's delegation, but the DHCPv6 client's thread has stopped: the server keeps the prefix until its valid lifetime ends"
+            );
             return;
         }
         match answer.recv_timeout(RELEASE_WAIT) {
@@ -267,7 +329,7 @@ impl Daemon {
             }
             _ => tracing::warn!(
                 wait = ?RELEASE_WAIT,
-                "the new configuration ends this node's delegation, but its Release did not finish: the server keeps the prefix until its valid lifetime ends"
+                "the new configuration ends this node's delegation, but the DHCPv6 client did not answer: the server may keep the prefix until its valid lifetime ends"
             ),
         }
     }
@@ -517,7 +579,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match update_for(&PdEvent::Released, now, &mut held) {
+        match update_for(&PdEvent::Released { acknowledged: true }, now, &mut held) {
             PdUpdate::Gone(gone) => assert_eq!(gone, vec![d1, d2]),
             other => panic!("a Release must withdraw at once, not {other:?}"),
         }

@@ -88,7 +88,6 @@ mod workers;
 /// Default MTU of a TCP link: IPv6 packets up to the classic Ethernet size.
 pub const TCP_LINK_MTU: u16 = 1500;
 
-/// Most bytes queued for one TCP link before data packets are dropped.
 /// How long after start-up, or after a configuration change applied in place, the node gives
 /// back the code pages they touched ([`Daemon::unmap_idle_code_if_due`]): long enough for the
 /// links' handshakes to be done.
@@ -107,6 +106,7 @@ fn code_unmap_deadline() -> Option<Instant> {
     Some(Instant::now() + CODE_UNMAP_DELAY)
 }
 
+/// Most bytes queued for one TCP link before data packets are dropped.
 const MAX_TCP_BACKLOG: usize = 4 * 1024 * 1024;
 
 /// How long a TLS handshake may take.
