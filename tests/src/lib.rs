@@ -66,6 +66,7 @@ mod env;
 mod loss;
 mod mesh;
 mod netns;
+pub mod pd;
 mod plan;
 mod process;
 mod tempdir;

@@ -3,7 +3,6 @@
 
 use connectopus_offload::VnetHeader;
 
-use super::worker::tcp_read_reserve;
 use super::workers::{OwnTcp, ToWorker};
 use super::*;
 
@@ -24,22 +23,9 @@ impl Daemon {
         if tcp.write_in_flight || tcp.tx.is_empty() {
             return;
         }
-        let Some(buf) = self.worker.io.alloc() else {
-            wait_for_buffers(&mut self.worker.tcp_waiting, link);
-            return;
-        };
-        let capacity = self.worker.io.pool().buf_size();
-        let n = tcp.tx.len().min(capacity);
-        let slot = &mut self.worker.io.buf_mut(&buf)[..n];
-        let (front, back) = tcp.tx.as_slices();
-        let from_front = front.len().min(n);
-        slot[..from_front].copy_from_slice(&front[..from_front]);
-        slot[from_front..].copy_from_slice(&back[..n - from_front]);
-        tcp.write_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
-        self.worker
-            .io
-            .write(fd, Token(TOKEN_TCP_WRITE | link.0), buf, 0..n);
+        let token = Token(TOKEN_TCP_WRITE | link.0);
+        tcp.write_in_flight = self.worker.start_stream_write(link, fd, &tcp.tx, token);
     }
 
     /// Starts a read on the link if none is in flight, behind the links already waiting for
@@ -83,22 +69,14 @@ impl Daemon {
         if tcp.read_in_flight {
             return;
         }
-        let pool = self.worker.io.pool();
-        let reserved = pool.n_free() <= tcp_read_reserve(pool.capacity());
-        let Some(buf) = (!reserved).then(|| self.worker.io.alloc()).flatten() else {
-            if wait_for_buffers(&mut self.worker.tcp_waiting, link) {
-                self.worker.offload_counters.tcp_reads_deferred += 1;
-            }
-            return;
-        };
-        tcp.read_in_flight = true;
         let fd = tcp.stream.as_raw_fd();
-        self.worker.io.read(fd, Token(TOKEN_TCP_READ | link.0), buf);
+        let token = Token(TOKEN_TCP_READ | link.0);
+        tcp.read_in_flight = self.worker.start_stream_read(link, fd, token);
     }
 
     /// Retries, in the order they began to wait, the reads and writes of TCP links that found
-    /// too few free buffers ([`tcp_read_reserve`]): once a turn, after the turn's completions
-    /// returned their buffers. Nothing else would: a link with no read or write in flight
+    /// too few free buffers ([`Worker::start_stream_read`]): once a turn, after the turn's
+    /// completions returned their buffers. Nothing else would: a link with no read or write in flight
     /// gets no completion, and stays silent until its peer times it out.
     pub(super) fn resume_tcp_io(&mut self) {
         if self.worker.tcp_waiting.is_empty() {
@@ -447,14 +425,4 @@ impl Daemon {
             }
         }
     }
-}
-
-/// Puts `link` on the list of TCP links waiting for buffers, once; says whether it was not
-/// on it yet.
-fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) -> bool {
-    let new = !waiting.contains(&link);
-    if new {
-        waiting.push(link);
-    }
-    new
 }

@@ -162,6 +162,57 @@ impl Worker {
         }
     }
 
+    /// Starts a write to the stream `fd` of as much of the front of `queued` as one pool
+    /// buffer holds, completing with `token`. With no free buffer, `link` waits for buffers
+    /// instead ([`Worker::wait_for_buffers`]) and this returns `false`. TCP/TLS links on the
+    /// main loop and on worker threads write through this.
+    pub(super) fn start_stream_write(
+        &mut self,
+        link: LinkId,
+        fd: RawFd,
+        queued: &VecDeque<u8>,
+        token: Token,
+    ) -> bool {
+        let Some(buf) = self.io.alloc() else {
+            self.wait_for_buffers(link);
+            return false;
+        };
+        let n = queued.len().min(self.io.pool().buf_size());
+        let out = &mut self.io.buf_mut(&buf)[..n];
+        let (front, back) = queued.as_slices();
+        let from_front = front.len().min(n);
+        out[..from_front].copy_from_slice(&front[..from_front]);
+        out[from_front..].copy_from_slice(&back[..n - from_front]);
+        self.io.write(fd, token, buf, 0..n);
+        true
+    }
+
+    /// Starts a read of the stream `fd` into a pool buffer, completing with `token`, if more
+    /// than the reserve is free ([`tcp_read_reserve`]); otherwise `link` waits for buffers
+    /// (counted once in `tcp_reads_deferred`) and this returns `false`.
+    pub(super) fn start_stream_read(&mut self, link: LinkId, fd: RawFd, token: Token) -> bool {
+        let pool = self.io.pool();
+        let reserved = pool.n_free() <= tcp_read_reserve(pool.capacity());
+        let Some(buf) = (!reserved).then(|| self.io.alloc()).flatten() else {
+            if self.wait_for_buffers(link) {
+                self.offload_counters.tcp_reads_deferred += 1;
+            }
+            return false;
+        };
+        self.io.read(fd, token, buf);
+        true
+    }
+
+    /// Puts `link` on the list of TCP links waiting for buffers, once; says whether it was
+    /// not on it yet.
+    pub(super) fn wait_for_buffers(&mut self, link: LinkId) -> bool {
+        let new = !self.tcp_waiting.contains(&link);
+        if new {
+            self.tcp_waiting.push(link);
+        }
+        new
+    }
+
     /// Gives the pool's idle memory back once per [`TRIM_INTERVAL`]; call it once a turn (the
     /// loop wakes at least once a second).
     pub(super) fn trim_if_due(&mut self, now: Instant) {

@@ -9,8 +9,8 @@
 //! forwards to the link itself are framed from where they lie.
 //!
 //! Reads wait, as on the main loop, while no more than a quarter of the thread's pool is free
-//! ([`tcp_read_reserve`]), behind the links already waiting, and start again at the end of the
-//! turn ([`WorkerThread::resume_tcp`]). A stopping thread (a failed ring, or the test fault) stops
+//! ([`Worker::start_stream_read`]), behind the links already waiting, and start again at the
+//! end of the turn ([`WorkerThread::resume_tcp`]). A stopping thread (a failed ring, or the test fault) stops
 //! arming reads, lets what is in flight complete, and gives each link back
 //! (`FromWorker::ReturnedTcp`); the main loop continues the stream where it was.
 
@@ -19,7 +19,6 @@ use std::io::Write;
 use connectopus_wire::message::is_ip_packet;
 
 use super::super::handshake_limits::MAX_TCP_QUEUE;
-use super::super::worker::tcp_read_reserve;
 use super::*;
 
 /// Why a link whose peer lets more than [`MAX_TCP_QUEUE`] bytes queue up is closed (counted
@@ -180,21 +179,9 @@ impl WorkerThread {
         if t.closed || *tcp_stopping || t.write_in_flight || t.own.tx.is_empty() {
             return;
         }
-        let Some(buf) = worker.io.alloc() else {
-            wait_for_buffers(&mut worker.tcp_waiting, t.own.link);
-            return;
-        };
-        let n = t.own.tx.len().min(worker.io.pool().buf_size());
-        let out = &mut worker.io.buf_mut(&buf)[..n];
-        let (front, back) = t.own.tx.as_slices();
-        let from_front = front.len().min(n);
-        out[..from_front].copy_from_slice(&front[..from_front]);
-        out[from_front..].copy_from_slice(&back[..n - from_front]);
-        t.write_in_flight = true;
         let fd = t.own.stream.as_raw_fd();
-        worker
-            .io
-            .write(fd, Token(TOKEN_TCP_WRITE | slot as u64), buf, 0..n);
+        let token = Token(TOKEN_TCP_WRITE | slot as u64);
+        t.write_in_flight = worker.start_stream_write(t.own.link, fd, &t.own.tx, token);
     }
 
     /// Arms the link's read if none is in flight, behind the links already waiting for
@@ -216,8 +203,8 @@ impl WorkerThread {
     }
 
     /// Arms the link's read now if the pool has more than the reserve free
-    /// ([`tcp_read_reserve`]); otherwise the link waits (once in the list) for the end of the
-    /// turn ([`WorkerThread::resume_tcp`]).
+    /// ([`Worker::start_stream_read`]); otherwise the link waits (once in the list) for the
+    /// end of the turn ([`WorkerThread::resume_tcp`]).
     fn try_tcp_read(&mut self, slot: usize) {
         let WorkerThread {
             worker,
@@ -231,17 +218,9 @@ impl WorkerThread {
         if t.closed || *tcp_stopping || t.read_in_flight {
             return;
         }
-        let pool = worker.io.pool();
-        let reserved = pool.n_free() <= tcp_read_reserve(pool.capacity());
-        let Some(buf) = (!reserved).then(|| worker.io.alloc()).flatten() else {
-            if wait_for_buffers(&mut worker.tcp_waiting, t.own.link) {
-                worker.offload_counters.tcp_reads_deferred += 1;
-            }
-            return;
-        };
-        t.read_in_flight = true;
         let fd = t.own.stream.as_raw_fd();
-        worker.io.read(fd, Token(TOKEN_TCP_READ | slot as u64), buf);
+        let token = Token(TOKEN_TCP_READ | slot as u64);
+        t.read_in_flight = worker.start_stream_read(t.own.link, fd, token);
     }
 
     /// Retries, in the order they began to wait, the reads and writes that found too few free
@@ -507,14 +486,4 @@ impl WorkerThread {
 enum Message<'a> {
     Bytes(&'a [u8]),
     Pool(&'a BufId, Range<usize>),
-}
-
-/// Puts `link` on the list of TCP links waiting for buffers, once; says whether it was not
-/// on it yet.
-fn wait_for_buffers(waiting: &mut Vec<LinkId>, link: LinkId) -> bool {
-    let new = !waiting.contains(&link);
-    if new {
-        waiting.push(link);
-    }
-    new
 }
