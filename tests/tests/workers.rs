@@ -764,12 +764,21 @@ print("flows %d bytes %d" % (n, total[0]), flush=True)
 "#;
 
 /// Opens `n` TCP connections to `[dst]:port` at once (each its own flow, so the kernel
-/// steers them over every TUN queue) and sends `bytes` on each.
+/// steers them over every TUN queue) and sends `bytes` on each. Each keeps its flow hash
+/// when a SYN is retransmitted (`SO_TXREHASH` 0, Linux 6.1+), so a flow the kernel steered to a
+/// queue that is not read stays there rather than trying another queue.
 const FLOWS_SENDER: &str = r#"
 import socket, sys, threading
 dst, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+SO_TXREHASH = 74
 def send():
-    c = socket.create_connection((dst, port), timeout=60)
+    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        c.setsockopt(socket.SOL_SOCKET, SO_TXREHASH, 0)
+    except OSError:
+        pass
+    c.settimeout(60)
+    c.connect((dst, port))
     c.sendall(b"x" * size)
     c.close()
 threads = [threading.Thread(target=send) for _ in range(n)]
@@ -786,7 +795,7 @@ const STALL_MS: u64 = 5_000;
 /// With two workers, foo's and bar's workers are both threads (`status`: distinct thread ids,
 /// none the control plane's), their link is received on a worker thread, and while both
 /// control loops are blocked (a test stall, `CONNECTOPUS_TEST_STALL_CONTROL_MS`, started by
-/// SIGUSR2) eight TCP connections through the DTLS link still complete: before the split
+/// SIGUSR2) sixteen TCP connections through the DTLS link still complete: before the split
 /// worker 0 was the control loop, so a flow the kernel steered to queue 0 waited for it.
 #[test]
 fn established_traffic_flows_while_the_control_plane_is_blocked() {
@@ -841,7 +850,7 @@ fn established_traffic_flows_while_the_control_plane_is_blocked() {
         let bar_addr = mesh.address("bar");
         let receiver = topo.ns("bar").spawn(
             "python3",
-            &["-c", FLOWS_RECEIVER, &bar_addr.to_string(), "7401", "8"],
+            &["-c", FLOWS_RECEIVER, &bar_addr.to_string(), "7401", "16"],
         )?;
         receiver.wait_for_output("listening", Duration::from_secs(10))?;
         // Block both control loops, and wait until both say so.
@@ -868,11 +877,11 @@ fn established_traffic_flows_while_the_control_plane_is_blocked() {
                 FLOWS_SENDER,
                 &bar_addr.to_string(),
                 "7401",
-                "8",
-                "262144",
+                "16",
+                "131072",
             ],
         )?;
-        let said = receiver.wait_for_output("flows 8", Duration::from_secs(60))?;
+        let said = receiver.wait_for_output("flows 16", Duration::from_secs(60))?;
         // Whether a control loop already runs again: if so, the flows may have waited for it.
         let stalls_over: Vec<&str> = ["foo", "bar"]
             .into_iter()
@@ -882,12 +891,12 @@ fn established_traffic_flows_while_the_control_plane_is_blocked() {
             })
             .collect();
         ensure!(
-            said.contains(&format!("bytes {}", 8 * 262_144)),
+            said.contains(&format!("bytes {}", 16 * 131_072)),
             "bar received: {said}"
         );
         ensure!(
             stalls_over.is_empty(),
-            "the eight connections completed only after the control loop of {stalls_over:?} \
+            "the sixteen connections completed only after the control loop of {stalls_over:?} \
              ran again ({STALL_MS} ms stall): established traffic waited for the control plane"
         );
         // Once the stalls are over the nodes go on as before: the same link, still up.
