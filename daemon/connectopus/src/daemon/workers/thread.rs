@@ -64,6 +64,12 @@ impl WorkerThread {
         };
         if let Some(why) = &reason {
             tracing::error!(worker = Dataplane::label(self.index), reason = %why, "dataplane worker stopped; its flows move to the other workers");
+            // Stopped before its links go back: the main loop hands them on to a running
+            // worker thread, never to this one (`Dataplane::least_loaded`).
+            self.status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stopped = Some(why.clone());
             // Its udp links go back at once; its TCP links between two complete reads and
             // writes.
             self.tcp_stopping = true;
