@@ -205,7 +205,9 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
             );
             for w in &ws {
                 ensure!(
-                    w["thread"].as_str().is_some_and(|t| t.starts_with("worker-")),
+                    w["thread"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("worker-")),
                     "{name}'s worker runs on a thread of its own: {w}"
                 );
             }
@@ -876,7 +878,10 @@ fn established_traffic_flows_while_the_control_plane_is_blocked() {
             let node = mesh
                 .process(name)
                 .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
-            node.wait_for_output("test stall: the control loop sleeps", Duration::from_secs(10))?;
+            node.wait_for_output(
+                "test stall: the control loop sleeps",
+                Duration::from_secs(10),
+            )?;
         }
         topo.ns("foo").exec_ok(
             "python3",
@@ -924,7 +929,10 @@ fn established_traffic_flows_while_the_control_plane_is_blocked() {
             31,
             Duration::from_secs(120),
         )?;
-        ensure!(transfer.intact(), "bar -> foo after the stall: {transfer:?}");
+        ensure!(
+            transfer.intact(),
+            "bar -> foo after the stall: {transfer:?}"
+        );
         Ok(())
     });
 }
@@ -987,7 +995,10 @@ fn a_failed_worker_zero_leaves_queue_zero_to_the_main_loop() {
             41,
             Duration::from_secs(120),
         )?;
-        ensure!(transfer.intact(), "foo -> baz after worker 0 failed: {transfer:?}");
+        ensure!(
+            transfer.intact(),
+            "foo -> baz after worker 0 failed: {transfer:?}"
+        );
         ensure!(
             mesh.process("foo").is_some_and(|p| p.is_running()),
             "foo still runs"

@@ -550,7 +550,10 @@ impl Daemon {
                 LoopMessage::TestStall(how_long) => {
                     // Only a test asks for this: the control plane blocked, established
                     // traffic on the worker threads must keep flowing meanwhile.
-                    tracing::warn!(ms = how_long.as_millis() as u64, "test stall: the control loop sleeps");
+                    tracing::warn!(
+                        ms = how_long.as_millis() as u64,
+                        "test stall: the control loop sleeps"
+                    );
                     std::thread::sleep(how_long);
                     tracing::warn!("test stall over: the control loop runs again");
                     // What the workers handed over meanwhile (the peer's keepalives, their

@@ -53,10 +53,7 @@ impl Daemon {
             // it), so the kernel still steers flows to it, and the main loop reads them.
             tracing::warn!("worker 0 stopped: the main loop reads TUN queue 0");
             if let Some(fd) = self.tuns.get(0).map(TunDevice::fd)
-                && let Err(error) = self
-                    .worker
-                    .io
-                    .recv_packets(fd, Token(TOKEN_TUN_RECV))
+                && let Err(error) = self.worker.io.recv_packets(fd, Token(TOKEN_TUN_RECV))
             {
                 tracing::error!(%error, "arming TUN queue 0 on the main loop failed");
             }
