@@ -7,11 +7,12 @@
 //! publishes and takes the worker's [`connectopus_core::forwarder::DataplaneReport`] back once
 //! a turn ([`Daemon::absorb_worker`]), so per packet nothing is locked or shared.
 //!
-//! Worker 0 runs on the main loop's thread, next to the control plane, and owns the links
-//! (DTLS associations, TCP streams until their session is established), the sockets' receives
-//! and the node's other TUN devices; workers 1.. run on threads of their own (`workers`), each
-//! with a queue of the node's TUN device, and receive (or, for TCP/TLS, own) the established
-//! links the main loop gives them. See docs/architecture.md, "Threads".
+//! The main loop has a worker of its own, next to the control plane: with one worker it is
+//! worker 0; with worker threads (`workers`) it is the slow path only (links before their
+//! session, the DTLS associations' handshakes, the node's other TUN devices, what the threads
+//! hand over), and workers 0.. run on threads of their own, each with a queue of the node's
+//! TUN device, receiving (or, for TCP/TLS, owning) the established links the main loop gives
+//! them. See docs/architecture.md, "Threads" and "The control plane on its own thread".
 
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
