@@ -33,6 +33,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("runc", "runc"),
     ("busybox", "busybox-static"),
     ("nsenter", "util-linux"),
+    // Builds `minicni`, the libcni driver of the CNI runtime tests (libcni itself comes from
+    // `golang-github-appc-cni-dev`).
+    ("go", "golang-go"),
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
 ];
 
 /// Whether this process runs with effective user id 0.

@@ -25,6 +25,9 @@
 //! - `mesh`: [`Mesh`], real `connectopus` node processes on a topology: the generated
 //!   mesh config ([`MeshLink`], [`LinkKind`]), start, kill, `status --json`, convergence.
 //! - `wait`: [`wait_until`], [`poll_until`].
+//! - `cni`: the CNI plugin's harness (run it, nodes that serve containers, their leases, a
+//!   busybox image, the `minicni` libcni driver); `container_runtimes`: libcni, podman and
+//!   containerd of their own for it ([`container_runtimes::Libcni`], `Podman`, `Containerd`).
 //! - `plan`: the address plan checks.
 //!
 //! # Address plan
@@ -61,6 +64,8 @@
 //! }
 //! ```
 
+pub mod cni;
+pub mod container_runtimes;
 mod delay;
 mod env;
 mod loss;

@@ -101,6 +101,73 @@ fn ebpf_counters_add_no_resident_memory_to_a_node() {
     });
 }
 
+/// The node gives back the code pages start-up touched (`code_pages`, 5 s after start): two
+/// nodes on a DTLS line, `foo` as deployed and `bar` with `CONNECTOPUS_TEST_KEEP_CODE_PAGES=1`;
+/// once `foo` reports what it gave back, both forward pings and a transfer again (so each has
+/// faulted back in the code it runs), and `foo`'s resident code and libraries (`RssFile`) must
+/// be below three quarters of `bar`'s. Both read the same binary, so the page cache holds the
+/// same pages for both; only the mappings differ.
+#[test]
+fn code_pages_only_start_up_ran_leave_the_resident_set() {
+    require_root!();
+    require_tools(&["ip", "ping"]);
+    run_test("memory_code_pages", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.set_log_level("info");
+        mesh.start("foo")?;
+        mesh.set_env("CONNECTOPUS_TEST_KEEP_CODE_PAGES", "1");
+        mesh.start("bar")?;
+        mesh.wait_converged(CONVERGE)?;
+        let unmapped = |node: &str| -> u64 {
+            mesh.status(node)
+                .ok()
+                .and_then(|s| s["counters"]["code_pages_unmapped_bytes"].as_u64())
+                .unwrap_or(0)
+        };
+        wait_until(CONVERGE, Duration::from_millis(200), || unmapped("foo") > 0)
+            .context("foo reported no code pages given back")?;
+        ensure!(
+            unmapped("bar") == 0,
+            "bar gave code pages back under the hook"
+        );
+        for (from, to) in [("foo", "bar"), ("bar", "foo")] {
+            let ping = ping6(topo.ns(from), mesh.address(to), 3, 56, &[])?;
+            ensure!(ping.all_received(), "{from} -> {to}: {ping:?}");
+        }
+        checked_transfer(
+            topo.ns("foo"),
+            topo.ns("bar"),
+            mesh.address("bar"),
+            5301,
+            20_000_000,
+            7,
+            Duration::from_secs(60),
+        )?;
+        let foo = memory(mesh.process("foo").context("foo")?.pid())?;
+        let bar = memory(mesh.process("bar").context("bar")?.pid())?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "MEMORY code pages: foo (given back {} KiB) VmRSS {} KiB RssFile {} KiB RssAnon {} KiB; \
+             bar (kept) VmRSS {} KiB RssFile {} KiB RssAnon {} KiB",
+            unmapped("foo") / 1024,
+            foo.rss_kib,
+            foo.file_kib,
+            foo.anon_kib,
+            bar.rss_kib,
+            bar.file_kib,
+            bar.anon_kib
+        );
+        ensure!(
+            foo.file_kib * 4 < bar.file_kib * 3,
+            "foo keeps {} KiB of code and libraries resident, bar {} KiB",
+            foo.file_kib,
+            bar.file_kib
+        );
+        Ok(())
+    });
+}
+
 /// The eBPF object `cargo xtask build-ebpf` writes, or `None` after saying it is missing.
 fn ebpf_object() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/connectopus-ebpf.o");
@@ -149,6 +216,8 @@ struct Memory {
     rss_kib: u64,
     /// `RssAnon`: the resident memory the process allocated (not its code and libraries).
     anon_kib: u64,
+    /// `RssFile`: its resident code, read-only data and libraries.
+    file_kib: u64,
 }
 
 /// Reads `VmHWM`, `VmRSS` and `RssAnon` from `/proc/<pid>/status`.
@@ -167,6 +236,7 @@ fn memory(pid: u32) -> Result<Memory> {
         hwm_kib: field("VmHWM:")?,
         rss_kib: field("VmRSS:")?,
         anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
     })
 }
 
@@ -382,6 +452,50 @@ fn a_three_node_line_transfer_keeps_packet_buffers_bounded() {
                 "{name}'s workers had {per_worker:?} packet buffers in use at once (bound \
                  {PEAK_BUFFERS} each)"
             );
+        }
+        // Once each node gave back the code pages start-up ran (5 s after it started), what
+        // it keeps resident after forwarding again (printed for docs/performance.md).
+        for (name, _) in &pids {
+            wait_until(CONVERGE, Duration::from_millis(200), || {
+                mesh.status(name).is_ok_and(|s| {
+                    s["counters"]["code_pages_unmapped_bytes"]
+                        .as_u64()
+                        .is_some_and(|b| b > 0)
+                })
+            })
+            .with_context(|| format!("{name} reported no code pages given back"))?;
+        }
+        let again = ping6(topo.ns("foo"), baz_addr, 3, 56, &[])?;
+        ensure!(again.all_received(), "foo -> baz afterwards: {again:?}");
+        // The first server took one client.
+        let _server = iperf3_server(topo.ns("baz"), Some(baz_addr.into()), 5202)?;
+        let output = topo.ns("foo").exec_timeout(
+            "iperf3",
+            &[
+                "-6",
+                "-J",
+                "--connect-timeout",
+                "3000",
+                "-c",
+                &baz_addr.to_string(),
+                "-p",
+                "5202",
+                "-n",
+                "20M",
+            ],
+            Duration::from_secs(180),
+        )?;
+        let second = parse_iperf3(&String::from_utf8_lossy(&output.stdout))?;
+        ensure!(
+            second.received_bps > 0.0,
+            "nothing crossed again: {second:?}"
+        );
+        for (name, pid) in &pids {
+            report(
+                name,
+                "after giving code pages back, a ping and a 20 MB transfer (line)",
+                *pid,
+            )?;
         }
         Ok(())
     });

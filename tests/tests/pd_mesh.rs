@@ -14,7 +14,7 @@ use connectopus_tests::pd::{
 };
 use connectopus_tests::{
     LinkKind, Mesh, MeshLink, NetNs, Topology, dig, ping6, require_root, require_tools, run_test,
-    wait_until,
+    run_with_timeout, wait_until, workspace_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -455,6 +455,258 @@ fn a_mesh_takes_dhcpds_prefix_and_nodes_answer_at_their_mirrors() {
                 .any(|a| a.data == mirror(1).to_string()),
             "b's AAAA at gw: {answer:?}"
         );
+        Ok(())
+    });
+}
+
+/// The delegating node with its DNS server off (so no other need keeps it able to bind a port
+/// below 1024) goes on renewing after a configuration change that restarts its mesh instance:
+/// the re-executed node, already confined, binds the DHCPv6 client's port 546 again. Without
+/// that capability the restarted client could not open its socket, Kea would hear no more
+/// Renews from gw's DUID, and the planes would go at the valid lifetime's end.
+#[test]
+fn a_delegating_node_without_dns_renews_across_an_instance_restart() {
+    require_root!();
+    require_tools(&["ip", "ping", "kea-dhcp6"]);
+    run_test("pd_restart_nodns", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        let config = std::fs::read_to_string(mesh.config_path())?;
+        ensure!(config.contains("  gw:\n"), "{config}");
+        std::fs::write(
+            mesh.config_path(),
+            config.replacen("  gw:\n", "  gw:\n    dns: {disable: true}\n", 1),
+        )?;
+        mesh.sign()?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+
+        // A global change (a timer) restarts gw's mesh instance: the process re-executes itself.
+        let original = std::fs::read_to_string(mesh.config_path())?;
+        let v2 = dir.join("v2.yml");
+        std::fs::write(
+            &v2,
+            original
+                .replace("  version: 1\n", "  version: 2\n")
+                .replace("dead_interval: 7s", "dead_interval: 8s"),
+        )?;
+        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("gw", &v2)?;
+        ensure!(ok, "gw refused v2: {out}");
+        wait_until(WAIT, Duration::from_millis(200), || {
+            nodes
+                .iter()
+                .all(|n| mesh.config_version(n).is_ok_and(|v| v == 2))
+        })
+        .context("v2 did not reach every node")?;
+        let log = || std::fs::read_to_string(dir.join("gw.gw.stderr")).unwrap_or_default();
+        wait_until(WAIT, Duration::from_millis(100), || {
+            log().contains("the change needs a restart of the mesh instance")
+        })
+        .context("gw did not restart its mesh instance")?;
+        mesh.wait_converged(WAIT)?;
+
+        // Kea hears Renews from the restarted client (T1 is 2 s), and every node still holds
+        // its mirror.
+        let lines = kea_lease_lines(dir, &duid).len();
+        wait_until(WAIT, Duration::from_millis(200), || {
+            kea_lease_lines(dir, &duid).len() >= lines + 3
+        })
+        .with_context(|| {
+            let text = log();
+            let warnings: Vec<&str> = text.lines().filter(|l| l.contains("dhcp6")).collect();
+            format!("Kea heard no Renew from the restarted gw; its dhcp6 log lines: {warnings:?}")
+        })?;
+        ensure!(
+            all_mirrored(&namespaces(&topo, &nodes)),
+            "a mirror went away after the restart:\n{}",
+            describe(&topo, &nodes)
+        );
+        let result = ping6(topo.ns("b"), mirror(0), 3, 56, &[])?;
+        ensure!(result.received > 0, "b → gw's mirror: {result:?}");
+        Ok(())
+    });
+}
+
+/// `connectopus pd release` on the running delegating node: gw sends Kea a Release (Kea's
+/// lease line for gw's DUID drops to lifetime 0) and answers with the prefix it gave back;
+/// every node takes its mirror off while Kea still runs (so not by expiry), and the node's
+/// client stays idle (a second release has nothing to give back). A node that delegates
+/// nothing refuses the command, naming why.
+#[test]
+fn pd_release_gives_the_prefix_back_and_the_mesh_withdraws_it() {
+    require_root!();
+    require_tools(&["ip", "kea-dhcp6"]);
+    run_test("pd_release_live", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+        ensure!(
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid > 0),
+            "Kea holds no lease for gw"
+        );
+
+        let release = |node: &str| -> Result<std::process::Output> {
+            let mut command = std::process::Command::new(workspace_binary("connectopus")?);
+            command
+                .args(["pd", "release", "--socket"])
+                .arg(mesh.socket(node));
+            run_with_timeout(command, Duration::from_secs(60))
+        };
+        let out = release("gw")?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success() && said.contains("released 2001:db8:100::/56"),
+            "pd release: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(WAIT, Duration::from_millis(100), || {
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid == 0)
+        })
+        .with_context(|| {
+            format!(
+                "Kea did not record the release: {:?}",
+                kea_lease_lines(dir, &duid)
+            )
+        })?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        })
+        .with_context(|| {
+            format!(
+                "mirrors left after the release:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let status = mesh.status("b")?;
+        ensure!(
+            status["mesh_prefixes"]
+                .as_array()
+                .is_none_or(|planes| planes.is_empty()),
+            "b still has planes: {}",
+            status["mesh_prefixes"]
+        );
+
+        let again = release("gw")?;
+        let said = String::from_utf8_lossy(&again.stdout).into_owned();
+        ensure!(
+            again.status.success() && said.contains("nothing to release"),
+            "a second pd release: {said}"
+        );
+        let refused = release("b")?;
+        let error = String::from_utf8_lossy(&refused.stderr).into_owned();
+        ensure!(
+            !refused.status.success() && error.contains("no DHCPv6 prefix delegation client"),
+            "pd release on b: {error}"
+        );
+        Ok(())
+    });
+}
+
+/// A configuration change that removes gw's `global.delegated` entry makes gw Release the
+/// prefix before it restarts its mesh instance: Kea logs the release for gw's DUID and its
+/// lease line drops to lifetime 0 (an expiry would not: the node would simply stop
+/// renewing), and every node takes its mirror off.
+#[test]
+fn removing_the_delegated_entry_releases_the_prefix() {
+    require_root!();
+    require_tools(&["ip", "kea-dhcp6"]);
+    run_test("pd_entry_removed", |dir| {
+        let topo = Topology::line(dir, &["gw", "b"])?;
+        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+        let _kea = upstream.start_kea(dir)?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+        let undelegated = std::fs::read_to_string(mesh.config_path())?;
+        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+        mesh.start_all()?;
+        mesh.wait_converged(WAIT)?;
+        let nodes = ["gw", "b"];
+        wait_until(WAIT, Duration::from_millis(100), || {
+            all_mirrored(&namespaces(&topo, &nodes))
+        })
+        .with_context(|| {
+            format!(
+                "not every node holds its mirror:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
+        let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
+        let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
+        let kea_log = || std::fs::read_to_string(dir.join("kea.log")).unwrap_or_default();
+        ensure!(!kea_log().contains("DHCP6_RELEASE_PD"), "released already");
+
+        let v2 = dir.join("v2.yml");
+        std::fs::write(&v2, undelegated.replace("  version: 1\n", "  version: 2\n"))?;
+        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
+        let (ok, out) = mesh.config_set("gw", &v2)?;
+        ensure!(ok, "gw refused v2: {out}");
+        wait_until(WAIT, Duration::from_millis(200), || {
+            nodes
+                .iter()
+                .all(|n| mesh.config_version(n).is_ok_and(|v| v == 2))
+        })
+        .context("v2 did not reach every node")?;
+        wait_until(WAIT, Duration::from_millis(100), || {
+            kea_log()
+                .lines()
+                .any(|l| l.contains("DHCP6_RELEASE_PD") && l.contains("2001:db8:100::"))
+        })
+        .with_context(|| format!("Kea logged no release of the prefix:\n{}", kea_log()))?;
+        ensure!(
+            kea_lease_lines(dir, &duid)
+                .last()
+                .is_some_and(|(valid, _)| *valid == 0),
+            "Kea's lease lines for gw: {:?}",
+            kea_lease_lines(dir, &duid)
+        );
+        wait_until(WAIT, Duration::from_millis(100), || {
+            nodes
+                .iter()
+                .all(|n| !addresses(topo.ns(n)).contains("2001:db8:100:"))
+        })
+        .with_context(|| {
+            format!(
+                "mirrors left after the release:\n{}",
+                describe(&topo, &nodes)
+            )
+        })?;
         Ok(())
     });
 }

@@ -58,6 +58,12 @@ const PACKAGES: &[&str] = &[
     "runc",
     "conmon",
     "busybox-static",
+    // libcni (Debian packages it as golang-github-appc-cni-dev) and the Go that builds the
+    // `minicni` driver on it offline, the oracle of the CNI runtime tests; and containerd 1.6
+    // with `ctr`, the other runtime they run containers with.
+    "golang-go",
+    "golang-github-appc-cni-dev",
+    "containerd",
 ];
 
 fn main() -> ExitCode {

@@ -84,7 +84,8 @@ pub struct DelegatedConfig {
     /// Which subnet-sized prefix inside the delegated prefix mirrors the subnet (default 0).
     #[serde(default, rename = "use")]
     pub use_: u64,
-    /// The node advertises `::/0` for the delegated plane (not implemented yet).
+    /// The node is the mesh's way out: it advertises `::/0` while it holds a plane, and the
+    /// other nodes route traffic from the plane to it (docs/dynamic-mesh.md §2.5 "Egress").
     #[serde(default)]
     pub egress: bool,
 }

@@ -216,6 +216,19 @@ pub fn log_level(path: &Path, args: &LogLevelArgs) -> Result<ExitCode> {
     }
 }
 
+/// `connectopus pd release`: the node releases its delegated prefix; prints what it gave
+/// back once the server replied (or the Release was sent to its retransmission limit).
+pub fn pd_release(path: &Path) -> Result<ExitCode> {
+    match control::request(path, &ControlRequest::PdRelease)? {
+        ControlReply::Done(said) => {
+            println!("{said}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ControlReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ mod api;
 mod attach;
 mod backends;
 mod boot_clock;
+mod code_pages;
 mod completions;
 mod config_cli;
 mod config_set;
@@ -246,6 +247,11 @@ enum Commands {
     /// upstream delegates, renews and rebinds until stopped; with --release, gives the saved
     /// delegation back.
     PdClient(pd::PdClientArgs),
+    /// Acts on a running node's DHCPv6 prefix delegation (the node `global.delegated` names).
+    Pd {
+        #[command(subcommand)]
+        command: PdCommands,
+    },
     /// Creates namespaces and starts service processes for a node (the node runs this itself).
     #[command(name = attach::helper::SUBCOMMAND, hide = true)]
     AttachHelper {
@@ -261,6 +267,22 @@ enum Commands {
     /// Writes the man pages of every command into a directory.
     #[command(hide = true)]
     ManPages(completions::ManPagesArgs),
+}
+
+/// `connectopus pd …`.
+#[derive(Debug, Subcommand)]
+enum PdCommands {
+    /// Gives the delegated prefix back to the upstream server now (a DHCPv6 Release) and
+    /// withdraws it from the mesh; the node asks for none again until its mesh instance
+    /// restarts (a restart, or a configuration change that needs one).
+    Release {
+        /// The delegating node.
+        #[arg(long)]
+        id: Option<String>,
+        /// Its control socket, instead of the one named by --id.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +394,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::SetupTunnel(args) => setup_tunnel::run(&args),
         Commands::PdClient(args) => pd::run(&args).map(|()| ExitCode::SUCCESS),
+        Commands::Pd {
+            command: PdCommands::Release { id, socket },
+        } => diagnostics::pd_release(&socket_path(socket, id)?),
         Commands::Status {
             id,
             socket,

@@ -27,6 +27,10 @@ pub enum ControlRequest {
     },
     /// List an issuer's lease table (docs/dynamic-mesh.md §1.8).
     Leases,
+    /// Give the mesh prefix this node holds by DHCPv6 prefix delegation back to the server
+    /// now (an RFC 8415 Release) and withdraw it from the mesh; the client then stays idle
+    /// until the node's mesh instance restarts (docs/dynamic-mesh.md §2.4).
+    PdRelease,
     /// The CNI plugin's ADD: a lease for the container (the same again for the same key).
     /// Local only (docs/dynamic-mesh.md §3.3), like every `cni_*` request.
     CniAdd {

@@ -291,29 +291,35 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     Ok(())
 }
 
+/// A table with one joiner's lease, a held-down address and a quarantine: the lease file's
+/// and the issuer's start-up tests share it.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(super) fn test_table() -> PersistedLeases {
+    PersistedLeases {
+        pool: Prefix::new("fd00:cafe:0:e1::".parse().unwrap(), 112).unwrap(),
+        next_epoch: 1_796_556_438_859_683_088,
+        leases: vec![PersistedLease {
+            address: "fd00:cafe:0:e1::7".parse().unwrap(),
+            key: [0xab; 32],
+            name: "job-1".to_owned(),
+            epoch: 1_796_556_438_859_683_087,
+            renewal: 3,
+            expires_unix_ms: 1_796_556_460_961,
+            renew_xid: Some(42),
+            container: None,
+        }],
+        hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
+        quarantine_until_unix_ms: Some(1_796_556_480_000),
+        written_unix_ms: 1_796_556_440_961,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table() -> PersistedLeases {
-        PersistedLeases {
-            pool: Prefix::new("fd00:cafe:0:e1::".parse().unwrap(), 112).unwrap(),
-            next_epoch: 1_796_556_438_859_683_088,
-            leases: vec![PersistedLease {
-                address: "fd00:cafe:0:e1::7".parse().unwrap(),
-                key: [0xab; 32],
-                name: "job-1".to_owned(),
-                epoch: 1_796_556_438_859_683_087,
-                renewal: 3,
-                expires_unix_ms: 1_796_556_460_961,
-                renew_xid: Some(42),
-                container: None,
-            }],
-            hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
-            quarantine_until_unix_ms: Some(1_796_556_480_000),
-            written_unix_ms: 1_796_556_440_961,
-        }
-    }
+    use super::test_table as table;
 
     #[test]
     fn the_lease_file_round_trips() {

@@ -402,29 +402,8 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
-    use super::super::lease_file::{encode, write_atomically};
+    use super::super::lease_file::{encode, test_table as table, write_atomically};
     use super::*;
-    use connectopus_core::lease_table::PersistedLease;
-
-    fn table() -> PersistedLeases {
-        PersistedLeases {
-            pool: Prefix::new("fd00:cafe:0:e1::".parse().unwrap(), 112).unwrap(),
-            next_epoch: 1_796_556_438_859_683_088,
-            leases: vec![PersistedLease {
-                address: "fd00:cafe:0:e1::7".parse().unwrap(),
-                key: [0xab; 32],
-                name: "job-1".to_owned(),
-                epoch: 1_796_556_438_859_683_087,
-                renewal: 3,
-                expires_unix_ms: 1_796_556_460_961,
-                renew_xid: None,
-                container: None,
-            }],
-            hold_down: vec![("fd00:cafe:0:e1::9".parse().unwrap(), 1_796_556_470_000)],
-            quarantine_until_unix_ms: Some(1_796_556_480_000),
-            written_unix_ms: 1_796_556_440_961,
-        }
-    }
 
     #[test]
     fn the_table_starts_fresh_only_on_a_first_start() {

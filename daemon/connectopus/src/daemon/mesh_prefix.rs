@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,6 +27,7 @@ use connectopus_wire::Prefix;
 
 use super::Daemon;
 use crate::backends::{LoopMessage, LoopSender};
+use crate::control::ControlReply;
 use crate::pd::PdDriver;
 
 #[cfg(doc)]
@@ -105,17 +107,52 @@ fn wire_prefix(p: connectopus_dhcp6::Prefix) -> Option<Prefix> {
     Prefix::new_truncating(p.addr, p.len).ok()
 }
 
+/// What the loop asks of the DHCPv6 client's thread.
+#[derive(Debug)]
+pub(super) enum PdCommand {
+    /// Release the delegation (`connectopus pd release`); the answer goes to the control
+    /// client once the server replied or the Release was retransmitted to its limit.
+    Release(Sender<ControlReply>),
+}
+
 /// Runs the client on a thread of its own (it dies with the process); `saved` are the
-/// delegations the loop was given from the state file at start.
-pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender, saved: &PdUpdate) -> Result<()> {
+/// delegations the loop was given from the state file at start. The loop's requests come
+/// through the returned channel; the thread looks at it between steps (at least once a
+/// second).
+pub(super) fn spawn_pd(
+    mut driver: PdDriver,
+    to_loop: LoopSender,
+    saved: &PdUpdate,
+) -> Result<Sender<PdCommand>> {
     let mut held: BTreeSet<Prefix> = match saved {
         PdUpdate::Held(list) => list.iter().map(|(p, _, _)| *p).collect(),
         PdUpdate::Gone(_) => BTreeSet::new(),
     };
+    let (commands, from_loop) = std::sync::mpsc::channel::<PdCommand>();
     std::thread::Builder::new()
         .name("dhcp6".to_owned())
         .spawn(move || {
+            // Release requests waiting for the client's `Released`, with what it held.
+            let mut releasing: Vec<(Sender<ControlReply>, String)> = Vec::new();
             loop {
+                while let Ok(PdCommand::Release(reply)) = from_loop.try_recv() {
+                    let prefixes: Vec<String> = driver
+                        .client()
+                        .lease()
+                        .map(|l| l.delegations.iter().map(|d| d.prefix.to_string()).collect())
+                        .unwrap_or_default();
+                    if prefixes.is_empty() && held.is_empty() {
+                        let _ = reply.send(ControlReply::Done(
+                            "no delegated prefix held: nothing to release".to_owned(),
+                        ));
+                        continue;
+                    }
+                    if releasing.is_empty() {
+                        tracing::info!(prefixes = ?prefixes, "dhcp6 release asked for");
+                        driver.release();
+                    }
+                    releasing.push((reply, prefixes.join(", ")));
+                }
                 let events = match driver.step(Duration::from_secs(1)) {
                     Ok(events) => events,
                     Err(error) => {
@@ -126,15 +163,23 @@ pub(super) fn spawn_pd(mut driver: PdDriver, to_loop: LoopSender, saved: &PdUpda
                 };
                 for event in events {
                     tracing::info!(event = %crate::pd::describe(&event), "dhcp6");
+                    let released = matches!(event, PdEvent::Released);
                     let update = update_for(&event, driver.now(), &mut held);
                     if !to_loop.send(LoopMessage::Delegations(update)) {
                         return;
+                    }
+                    if released {
+                        for (reply, prefixes) in releasing.drain(..) {
+                            let _ = reply.send(ControlReply::Done(format!(
+                                "released {prefixes}; the mesh withdraws it, and the client stays idle until the node's mesh instance restarts"
+                            )));
+                        }
                     }
                 }
             }
         })
         .context("starting the dhcp6 thread")?;
-    Ok(())
+    Ok(commands)
 }
 
 /// What the loop hears of a client event. `held` tracks every prefix handed to the core and
@@ -179,7 +224,54 @@ pub(super) struct MirrorAddresses {
     applied: BTreeMap<Prefix, (Ipv6Addr, bool)>,
 }
 
+/// How long a configuration change that ends this node's delegation waits for the Release
+/// before the node restarts its mesh instance (the server answers in milliseconds; without
+/// an answer RFC 8415's four retransmissions would take 15 s).
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `new` ends the delegation `old` gives node `id`: the entry is gone, or names
+/// another interface or length (the running client's lease is for the old one).
+fn delegation_ends(old: &MeshConfig, new: &MeshConfig, id: &str) -> bool {
+    let entry = |c: &MeshConfig| {
+        c.global
+            .delegated
+            .iter()
+            .find(|d| d.node == id)
+            .map(|d| (d.interface.clone(), d.length))
+    };
+    match (entry(old), entry(new)) {
+        (Some(before), after) => after.as_ref() != Some(&before),
+        (None, _) => false,
+    }
+}
+
 impl Daemon {
+    /// Before the node applies `new` by restarting its mesh instance (or stops forwarding,
+    /// removed from it): if `new` ends this node's delegation, the client Releases it first,
+    /// waiting at most [`RELEASE_WAIT`], so the server gets the prefix back at once rather
+    /// than at the end of its valid lifetime. The loop waits here; it is about to restart.
+    pub(super) fn release_ending_delegation(&mut self, new: &MeshConfig) {
+        if !delegation_ends(&self.config, new, &self.id) {
+            return;
+        }
+        let Some(commands) = &self.pd_commands else {
+            return;
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        if commands.send(PdCommand::Release(reply)).is_err() {
+            return;
+        }
+        match answer.recv_timeout(RELEASE_WAIT) {
+            Ok(ControlReply::Done(said)) => {
+                tracing::info!(%said, "the new configuration ends this node's delegation");
+            }
+            _ => tracing::warn!(
+                wait = ?RELEASE_WAIT,
+                "the new configuration ends this node's delegation, but its Release did not finish: the server keeps the prefix until its valid lifetime ends"
+            ),
+        }
+    }
+
     /// Hands the client's change to the core.
     pub(super) fn on_delegations(&mut self, update: PdUpdate) {
         let now = self.now();
@@ -349,6 +441,36 @@ mod tests {
     use connectopus_dhcp6::{Duid, SavedDelegation};
 
     use super::*;
+
+    /// A two-node mesh whose `global` holds `delegated` (YAML lines, or "").
+    fn mesh(delegated: &str) -> MeshConfig {
+        let yaml = format!(
+            "global:\n  domain: connectopus.test\n  subnet: fd00:cafe::/64\n{delegated}nodes:\n  gw:\n    address: fd00:cafe::1\n  b:\n    address: fd00:cafe::2\n"
+        );
+        connectopus_config::load("mesh.yml", yaml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_change_ends_the_delegation_when_the_entry_goes_or_asks_for_another_prefix() {
+        let on = |iface: &str, length: &str| {
+            mesh(&format!(
+                "  delegated:\n    - {{node: gw, interface: {iface}{length}}}\n"
+            ))
+        };
+        let wan56 = on("wan0", ", length: 56");
+        assert!(delegation_ends(&wan56, &mesh(""), "gw"), "entry removed");
+        assert!(delegation_ends(&wan56, &on("wan1", ", length: 56"), "gw"));
+        assert!(delegation_ends(&wan56, &on("wan0", ", length: 60"), "gw"));
+        assert!(delegation_ends(&wan56, &on("wan0", ""), "gw"));
+        // The same entry (other changes restart the instance, which Rebinds the prefix).
+        assert!(!delegation_ends(&wan56, &on("wan0", ", length: 56"), "gw"));
+        let egress =
+            mesh("  delegated:\n    - {node: gw, interface: wan0, length: 56, egress: true}\n");
+        assert!(!delegation_ends(&wan56, &egress, "gw"));
+        // Another node, or a node that delegated nothing before.
+        assert!(!delegation_ends(&wan56, &mesh(""), "b"));
+        assert!(!delegation_ends(&mesh(""), &wan56, "gw"));
+    }
 
     fn dp(s: &str) -> connectopus_dhcp6::Prefix {
         let (a, l) = s.split_once('/').unwrap();

@@ -89,6 +89,24 @@ mod workers;
 pub const TCP_LINK_MTU: u16 = 1500;
 
 /// Most bytes queued for one TCP link before data packets are dropped.
+/// How long after start-up, or after a configuration change applied in place, the node gives
+/// back the code pages they touched ([`Daemon::unmap_idle_code_if_due`]): long enough for the
+/// links' handshakes to be done.
+const CODE_UNMAP_DELAY: Duration = Duration::from_secs(5);
+
+/// `CONNECTOPUS_TEST_KEEP_CODE_PAGES=1` (tests only): the node never gives code pages back,
+/// so a test can hold it up against one that does.
+const TEST_KEEP_CODE_PAGES_ENV: &str = "CONNECTOPUS_TEST_KEEP_CODE_PAGES";
+
+/// When a node that started (or reconfigured) now gives its idle code pages back; `None`
+/// under [`TEST_KEEP_CODE_PAGES_ENV`].
+fn code_unmap_deadline() -> Option<Instant> {
+    if std::env::var_os(TEST_KEEP_CODE_PAGES_ENV).is_some_and(|v| v == "1") {
+        return None;
+    }
+    Some(Instant::now() + CODE_UNMAP_DELAY)
+}
+
 const MAX_TCP_BACKLOG: usize = 4 * 1024 * 1024;
 
 /// How long a TLS handshake may take.
@@ -213,6 +231,12 @@ struct Daemon {
     mesh_addresses: mesh_prefix::MirrorAddresses,
     /// The unreachable routes and egress rules of the planes.
     mesh_routes: mesh_routes::MeshRoutes,
+    /// The DHCPv6 client's thread, on the node `global.delegated` names.
+    pd_commands: Option<std::sync::mpsc::Sender<mesh_prefix::PdCommand>>,
+    /// When the node next gives back the code pages start-up or a reconfiguration touched
+    /// ([`Daemon::unmap_idle_code_if_due`]), and what it gave back so far.
+    code_unmap_at: Option<Instant>,
+    code_unmapped: crate::code_pages::Unmapped,
     /// Why the node does not forward: the running configuration no longer contains it.
     removed: Option<String>,
     /// Set when the node must restart its mesh instance (exec itself) after shutting down.
@@ -333,6 +357,7 @@ impl Daemon {
             self.dataplane.wake_for_tcp();
             self.reap_closing();
             self.worker.trim_if_due(Instant::now());
+            self.unmap_idle_code_if_due(Instant::now());
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);
                 if flushed || Instant::now() >= deadline {
@@ -340,6 +365,28 @@ impl Daemon {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Gives back the pages of code and read-only data that start-up or the last
+    /// reconfiguration touched ([`crate::code_pages`]), once [`CODE_UNMAP_DELAY`] after either:
+    /// what the node runs after that faults back in from the page cache.
+    fn unmap_idle_code_if_due(&mut self, now: Instant) {
+        if self.code_unmap_at.is_none_or(|at| now < at) {
+            return;
+        }
+        self.code_unmap_at = None;
+        match crate::code_pages::unmap_idle_code() {
+            Ok(done) => {
+                tracing::debug!(
+                    mappings = done.mappings,
+                    kib = done.resident_bytes / 1024,
+                    "code pages given back"
+                );
+                self.code_unmapped.mappings += done.mappings;
+                self.code_unmapped.resident_bytes += done.resident_bytes;
+            }
+            Err(error) => tracing::debug!(%error, "code pages not given back"),
         }
     }
 
@@ -513,6 +560,25 @@ impl Daemon {
                         }
                         ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
                         ControlRequest::Leases => self.lease_entries(),
+                        ControlRequest::PdRelease => match &self.pd_commands {
+                            // The client's thread answers once the Release is done.
+                            Some(commands) => match commands
+                                .send(mesh_prefix::PdCommand::Release(reply))
+                            {
+                                Ok(()) => continue,
+                                Err(std::sync::mpsc::SendError(
+                                    mesh_prefix::PdCommand::Release(reply),
+                                )) => {
+                                    let _ = reply.send(ControlReply::Error(
+                                        "the DHCPv6 client's thread has stopped".to_owned(),
+                                    ));
+                                    continue;
+                                }
+                            },
+                            None => ControlReply::Error(
+                                "this node runs no DHCPv6 prefix delegation client: global.delegated does not name it, or its interface or port 546 could not be opened at start".to_owned(),
+                            ),
+                        },
                         ControlRequest::CniAdd { .. }
                         | ControlRequest::CniDel { .. }
                         | ControlRequest::CniCheck { .. }

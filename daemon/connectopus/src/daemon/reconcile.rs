@@ -471,14 +471,17 @@ impl Daemon {
                     self.node.set_trust(now, Some(trust::policy(&new)));
                 }
                 self.config = new;
+                self.code_unmap_at = super::code_unmap_deadline();
             }
             ApplyOutcome::Restart => {
                 tracing::info!(version, "the change needs a restart of the mesh instance");
+                self.release_ending_delegation(&new);
                 self.config = new;
                 self.restart = true;
                 self.begin_shutdown();
             }
             ApplyOutcome::Removed => {
+                self.release_ending_delegation(&new);
                 let reason = format!("node {} is not in configuration version {version}", self.id);
                 tracing::error!(%reason, "stopping forwarding");
                 for name in self.backend_names() {

@@ -180,6 +180,10 @@ impl Daemon {
         }
         offload.report(&mut counter_map);
         counter_map.insert(
+            "code_pages_unmapped_bytes".to_owned(),
+            self.code_unmapped.resident_bytes,
+        );
+        counter_map.insert(
             "worker_channel_drops".to_owned(),
             self.dataplane
                 .channel_drops

@@ -214,6 +214,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
     // Before the first thread starts: capabilities are per thread, later ones inherit these.
     let needs = privilege_needs(
         &node_config,
+        config.global.delegated.iter().any(|d| d.node == id),
         matches!(ebpf, Ebpf::Counters(_)) || fastpath.is_on(),
     );
     if drop_capabilities && let Err(error) = crate::privilege::drop_capabilities(needs) {
@@ -235,12 +236,12 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let to_loop = LoopSender::new(tx, io.waker());
-    let saved_delegations = match pd_driver {
+    let (saved_delegations, pd_commands) = match pd_driver {
         Some((driver, saved)) => {
-            super::mesh_prefix::spawn_pd(driver, to_loop.clone(), &saved)?;
-            Some(saved)
+            let commands = super::mesh_prefix::spawn_pd(driver, to_loop.clone(), &saved)?;
+            (Some(saved), Some(commands))
         }
-        None => None,
+        None => (None, None),
     };
     let mut threads = Vec::new();
     let api_state = crate::api::ApiState::new(crate::api::AuthKeys::of(&config));
@@ -385,6 +386,9 @@ pub fn run(options: NodeOptions) -> Result<()> {
         threads: Vec::new(),
         mesh_addresses: Default::default(),
         mesh_routes: Default::default(),
+        pd_commands,
+        code_unmap_at: super::code_unmap_deadline(),
+        code_unmapped: Default::default(),
         removed: None,
         restart: false,
         node: Node::new(core, Time::ZERO),
@@ -554,9 +558,13 @@ fn api_listen(node: &connectopus_config::NodeConfig, has_tun: bool) -> Option<So
     Some(SocketAddr::new(node.address.into(), port))
 }
 
-/// What the node needs once it runs: low ports for DNS (port 53) or a listener below 1024.
+/// What the node needs once it runs: low ports for DNS (port 53), a listener below 1024, or
+/// the DHCPv6 client's port 546 on a node `global.delegated` names (`delegating`): a change
+/// that restarts the mesh instance re-executes the node already confined, and the client
+/// must bind its port again then.
 fn privilege_needs(
     node: &connectopus_config::NodeConfig,
+    delegating: bool,
     ebpf_maps: bool,
 ) -> crate::privilege::Needs {
     let low_listener = node.backends.values().any(|b| match b {
@@ -566,7 +574,7 @@ fn privilege_needs(
         _ => false,
     }) || node.cpctl.port.is_some_and(|p| p < 1024);
     crate::privilege::Needs {
-        bind_low_ports: !node.dns.disable || low_listener,
+        bind_low_ports: !node.dns.disable || low_listener || delegating,
         ebpf_at_runtime: false,
         ebpf_maps,
     }

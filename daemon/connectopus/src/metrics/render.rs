@@ -133,6 +133,11 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
         "UDP receives that carried two or more DTLS records (GRO).",
     ),
     (
+        "code_pages_unmapped_bytes",
+        "connectopus_code_pages_unmapped_bytes_total",
+        "Resident bytes of code and read-only data given back after start-up and reconfigurations (they fault back in from the page cache when they run again).",
+    ),
+    (
         "tcp_reads_deferred",
         "connectopus_tcp_reads_deferred_total",
         "Times a TCP link began to wait for a read until buffers came back (back-pressure).",
