@@ -423,8 +423,9 @@ fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
             )],
         )?;
         mesh.set_log_level("info");
-        // Three workers on bar: each of its links is received on a worker thread of its own
-        // (worker 0, the main loop, keeps none), so foo's super-packets take the threads' path.
+        // Three workers on bar, all threads: each of its links is received on a worker thread
+        // of its own (the last ones first on a tie, so worker 0 keeps none), and foo's
+        // super-packets take the threads' path.
         mesh.add_args("bar", &["--workers", "3"]);
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
@@ -499,7 +500,7 @@ fn a_node_with_udp_and_dtls_links_runs_its_fast_path() {
                 && receives(0) == Some(0.into())
                 && receives(1) == Some(1.into())
                 && receives(2) == Some(1.into()),
-            "bar's two links are received on worker threads 1 and 2: {workers:?}"
+            "bar's two links are received on workers 1 and 2: {workers:?}"
         );
         ensure!(
             workers

@@ -7,7 +7,9 @@
 //! why it stopped. TCP and TLS links are read and written on the worker thread given them
 //! once their session is established; a failed worker gives its TCP link back in the middle
 //! of a transfer without dropping the session, and the routing stream (a configuration
-//! change) still crosses a TCP link a worker owns.
+//! change) still crosses a TCP link a worker owns. With two workers both are threads of their
+//! own, apart from the control plane's, and established traffic keeps flowing while the
+//! control plane is blocked.
 
 #![allow(clippy::unwrap_used)]
 
@@ -193,6 +195,28 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
             "{name}: {}",
             status["counters"]
         );
+        if workers > 1 {
+            // Every worker is a thread; the main loop is the control plane and holds no
+            // established link.
+            let control = &status["control_plane"];
+            ensure!(
+                control["receive_links"] == 0 && control["tcp_links"] == 0,
+                "{name}'s control plane holds no established link: {control}"
+            );
+            for w in &ws {
+                ensure!(
+                    w["thread"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("worker-")),
+                    "{name}'s worker runs on a thread of its own: {w}"
+                );
+            }
+        } else {
+            ensure!(
+                status["control_plane"].is_null() && ws[0]["thread"] == "main loop",
+                "{name}'s one worker is the main loop: {status}"
+            );
+        }
     }
     if workers > 1 {
         // Worker 1 of foo read from its own TUN queue (the counters arrive every 100 ms) and
@@ -213,15 +237,15 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
             w1["handed_to_main"].as_u64() == Some(0),
             "foo's worker 1 handed traffic to the main loop: {w1}"
         );
-        // The transit node bar receives its two links on two workers: one of them on worker
-        // 1's own socket, which opened that link's records (or received its datagrams) itself
-        // (200 MB went through bar).
+        // The transit node bar receives its two links on its two worker threads, each on a
+        // socket of its own, which opened that link's records (or received its datagrams)
+        // itself (200 MB went through bar).
         let bar = mesh.status("bar")?;
         let ws = workers_of(&bar);
         let links = links_of;
         ensure!(
             ws.len() == 2 && links(&ws[0]) == 1 && links(&ws[1]) == 1,
-            "bar's links are received by worker 0 and worker 1: {ws:?}"
+            "bar's links are received by workers 0 and 1: {ws:?}"
         );
         for w in &ws {
             ensure!(
@@ -245,12 +269,12 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
         })?;
         ensure!(
             received_by(&ws[0], kind) > many(kind),
-            "bar's main loop received the other link: {}",
+            "bar's worker 0 received the other link: {}",
             ws[0]
         );
         if is_tcp(kind) {
-            // foo's one link is read and written on worker 1: the main loop read it only
-            // until its session was established.
+            // foo's one link is read and written on worker 1: the main loop (the control
+            // plane) read it only until its session was established.
             let status = mesh.status("foo")?;
             let ws = workers_of(&status);
             ensure!(
@@ -349,8 +373,8 @@ fn parallel_udp_streams_stay_in_order_over_udp_links_with_two_workers() {
 
 /// Worker 1 of foo fails after 50 TUN packets (test-only fault injection): it ends, `status`
 /// shows it stopped with the reason, the kernel moves its flows to worker 0's queue, the link
-/// it received goes back to the main loop (the same link, not a new one), and a transfer
-/// started afterwards arrives intact.
+/// it received goes back to the main loop and on to worker 0 (the same link, not a new one),
+/// and a transfer started afterwards arrives intact.
 fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
     require_tools(&["python3"]);
     let (topo, links) = line(dir, kind)?;
@@ -361,7 +385,7 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
     mesh.start("foo")?;
     mesh.wait_converged(CONVERGE)?;
     let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
-    // foo's one link goes to worker 1 (a running thread before the main loop on a tie).
+    // foo's one link goes to worker 1 (the last worker thread on a tie).
     wait_until(CONVERGE, Duration::from_millis(100), || {
         mesh.status("foo").is_ok_and(|s| {
             workers_of(&s)
@@ -399,14 +423,24 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
         text.contains("worker 1 (worker-1) stopped: test fault"),
         "status text: {text}"
     );
-    // The link came back to the main loop: the same link, still up.
+    // The link came back to the main loop, which gave it to worker 0: the same link, still
+    // up.
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        mesh.status("foo").is_ok_and(|s| {
+            let ws = workers_of(&s);
+            ws.first().is_some_and(|w| w["receive_links"] == 1)
+                && ws.get(1).is_some_and(|w| w["receive_links"] == 0)
+                && s["control_plane"]["receive_links"] == 0
+        })
+    })
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "foo's worker 0 receives the link now: {:?}",
+            mesh.status("foo")
+        )
+    })?;
     let foo_status = mesh.status("foo")?;
     let ws = workers_of(&foo_status);
-    ensure!(
-        ws.first().is_some_and(|w| w["receive_links"] == 1)
-            && ws.get(1).is_some_and(|w| w["receive_links"] == 0),
-        "foo's main loop receives the link again: {ws:?}"
-    );
     ensure!(
         link_before.is_some() && link_of(&foo_status) == link_before,
         "foo's link survived its worker: {link_before:?} then {}",
@@ -437,7 +471,7 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
     let received_after = received_by(&workers_of(&foo_status)[0], kind);
     ensure!(
         received_after > received_before + 10_000,
-        "foo's main loop received baz's 20 MB itself: {received_before} -> {received_after}"
+        "foo's worker 0 received baz's 20 MB: {received_before} -> {received_after}"
     );
     ensure!(
         link_of(&foo_status) == link_before,
@@ -448,9 +482,17 @@ fn a_failed_worker_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
         .as_u64()
         .unwrap_or(0);
     send_flows(&topo, "foo", baz_addr, 5)?;
-    let after = workers_of(&mesh.status("foo")?)[0]["tun_reads"]
-        .as_u64()
-        .unwrap_or(0);
+    // Worker 0 is a thread: its counters reach `status` every 100 ms.
+    let reads = || {
+        mesh.status("foo")
+            .ok()
+            .and_then(|s| workers_of(&s).first().and_then(|w| w["tun_reads"].as_u64()))
+            .unwrap_or(0)
+    };
+    let _ = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        reads() >= before + 64 * 5
+    });
+    let after = reads();
     ensure!(
         after >= before + 64 * 5,
         "worker 0 read every flow's packets: {before} -> {after}"
@@ -480,8 +522,8 @@ fn a_failed_worker_gives_its_udp_link_back() {
 
 /// Worker 1 of foo owns foo's TCP/TLS link and fails (test fault) while baz sends foo 40 MB
 /// over it: the worker gives the link back between two complete reads and writes, the main
-/// loop continues the same stream (the same link and session, no redial), and the transfer
-/// arrives intact.
+/// loop continues the same stream (the same link and session, no redial) and hands it on to
+/// worker 0, and the transfer arrives intact.
 fn a_failed_worker_gives_back_with(kind: LinkKind, dir: &TestDir) -> Result<()> {
     require_tools(&["python3"]);
     let (topo, links) = line(dir, kind)?;
@@ -547,12 +589,25 @@ fn a_failed_worker_gives_back_with(kind: LinkKind, dir: &TestDir) -> Result<()> 
         transfer.intact(),
         "baz -> foo across the failure lost or changed bytes: {transfer:?}"
     );
+    // The main loop continued the stream and gave it to worker 0 (once no read or write
+    // was in flight on it).
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        mesh.status("foo").is_ok_and(|s| {
+            let ws = workers_of(&s);
+            ws.len() == 2
+                && ws[0]["tcp_links"] == 1
+                && ws[1]["tcp_links"] == 0
+                && s["control_plane"]["tcp_links"] == 0
+        })
+    })
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "foo's worker 0 reads and writes the link now: {:?}",
+            mesh.status("foo")
+        )
+    })?;
     let foo_status = mesh.status("foo")?;
     let ws = workers_of(&foo_status);
-    ensure!(
-        ws[0]["tcp_links"] == 1 && ws[1]["tcp_links"] == 0,
-        "foo's main loop reads and writes the link again: {ws:?}"
-    );
     ensure!(
         link_before.is_some() && link_of(&foo_status) == link_before,
         "foo's link (and its session) survived its worker: {link_before:?} then {}",
@@ -583,7 +638,7 @@ fn a_failed_worker_gives_back_with(kind: LinkKind, dir: &TestDir) -> Result<()> 
     let received_after = received_by(&workers_of(&foo_status)[0], kind);
     ensure!(
         received_after > received_before + many(kind),
-        "foo's main loop read baz's 20 MB itself: {received_before} -> {received_after}"
+        "foo's worker 0 read baz's 20 MB: {received_before} -> {received_after}"
     );
     ensure!(
         link_of(&foo_status) == link_before,
@@ -681,6 +736,272 @@ fn a_config_change_crosses_tls_links_on_workers() {
         ensure!(
             transfer.intact(),
             "foo -> baz after the changes: {transfer:?}"
+        );
+        Ok(())
+    });
+}
+
+/// Accepts `n` TCP connections on `[addr]:port`, reads each to its end, and prints
+/// `flows <n> bytes <total>` once all ended.
+const FLOWS_RECEIVER: &str = r#"
+import socket, sys, threading
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(n)
+print("listening", flush=True)
+total, lock = [0], threading.Lock()
+def drain(c):
+    got = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        got += len(b)
+    c.close()
+    with lock:
+        total[0] += got
+threads = []
+for _ in range(n):
+    c, _ = s.accept()
+    t = threading.Thread(target=drain, args=(c,))
+    t.start()
+    threads.append(t)
+for t in threads:
+    t.join()
+print("flows %d bytes %d" % (n, total[0]), flush=True)
+"#;
+
+/// Opens `n` TCP connections to `[dst]:port` at once (each its own flow, so the kernel
+/// steers them over every TUN queue) and sends `bytes` on each. Each keeps its flow hash
+/// when a SYN is retransmitted (`SO_TXREHASH` 0, Linux 6.1+), so a flow the kernel steered to a
+/// queue that is not read stays there rather than trying another queue.
+const FLOWS_SENDER: &str = r#"
+import socket, sys, threading
+dst, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+SO_TXREHASH = 74
+def send():
+    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        c.setsockopt(socket.SOL_SOCKET, SO_TXREHASH, 0)
+    except OSError:
+        pass
+    c.settimeout(60)
+    c.connect((dst, port))
+    c.sendall(b"x" * size)
+    c.close()
+threads = [threading.Thread(target=send) for _ in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("sent", flush=True)
+"#;
+
+/// How long the test stall blocks each node's control loop (below the dead interval, 7 s).
+const STALL_MS: u64 = 5_000;
+
+/// With two workers, foo's and bar's workers are both threads (`status`: distinct thread ids,
+/// none the control plane's), their link is received on a worker thread, and while both
+/// control loops are blocked (a test stall, `CONNECTOPUS_TEST_STALL_CONTROL_MS`, started by
+/// SIGUSR2) sixteen TCP connections through the DTLS link still complete: before the split
+/// worker 0 was the control loop, so a flow the kernel steered to queue 0 waited for it.
+#[test]
+fn established_traffic_flows_while_the_control_plane_is_blocked() {
+    require_root!();
+    run_test("workers_control_stall", |dir| {
+        require_tools(&["python3", "kill"]);
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let links = vec![MeshLink::new("bar", "foo", LinkKind::DtlsPsk)];
+        let mut mesh = mesh_of(&topo, &links, LinkKind::DtlsPsk, 2)?;
+        mesh.set_env("CONNECTOPUS_TEST_STALL_CONTROL_MS", &STALL_MS.to_string());
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        for name in ["foo", "bar"] {
+            // The link goes to a worker thread once its session is established.
+            wait_until(CONVERGE, Duration::from_millis(100), || {
+                mesh.status(name).is_ok_and(|s| {
+                    workers_of(&s)
+                        .iter()
+                        .map(|w| w["receive_links"].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                        == 1
+                })
+            })
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{name}'s link is received by a worker thread: {:?}",
+                    mesh.status(name)
+                )
+            })?;
+            let status = mesh.status(name)?;
+            let control = status["control_plane"]["thread_id"].as_u64().unwrap_or(0);
+            let ids: Vec<u64> = workers_of(&status)
+                .iter()
+                .map(|w| w["thread_id"].as_u64().unwrap_or(0))
+                .collect();
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            ensure!(
+                control != 0
+                    && ids.len() == 2
+                    && distinct.len() == 2
+                    && ids.iter().all(|id| *id != 0 && *id != control),
+                "{name}'s workers run on threads of their own, apart from the control plane \
+                 ({control}): {ids:?} in {status}"
+            );
+            ensure!(
+                status["control_plane"]["receive_links"] == 0,
+                "{name}'s control plane receives no established link: {status}"
+            );
+        }
+        let bar_addr = mesh.address("bar");
+        let receiver = topo.ns("bar").spawn(
+            "python3",
+            &["-c", FLOWS_RECEIVER, &bar_addr.to_string(), "7401", "16"],
+        )?;
+        receiver.wait_for_output("listening", Duration::from_secs(10))?;
+        // Block both control loops, and wait until both say so.
+        for name in ["foo", "bar"] {
+            let pid = mesh
+                .process(name)
+                .map(|p| p.pid())
+                .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+            let killed = std::process::Command::new("kill")
+                .args(["-USR2", &pid.to_string()])
+                .status()?;
+            ensure!(killed.success(), "kill -USR2 {name}: {killed}");
+        }
+        for name in ["foo", "bar"] {
+            let node = mesh
+                .process(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+            node.wait_for_output(
+                "test stall: the control loop sleeps",
+                Duration::from_secs(10),
+            )?;
+        }
+        topo.ns("foo").exec_ok(
+            "python3",
+            &[
+                "-c",
+                FLOWS_SENDER,
+                &bar_addr.to_string(),
+                "7401",
+                "16",
+                "131072",
+            ],
+        )?;
+        let said = receiver.wait_for_output("flows 16", Duration::from_secs(60))?;
+        // Whether a control loop already runs again: if so, the flows may have waited for it.
+        let stalls_over: Vec<&str> = ["foo", "bar"]
+            .into_iter()
+            .filter(|name| {
+                mesh.process(name)
+                    .is_some_and(|p| p.stderr().contains("test stall over"))
+            })
+            .collect();
+        ensure!(
+            said.contains(&format!("bytes {}", 16 * 131_072)),
+            "bar received: {said}"
+        );
+        ensure!(
+            stalls_over.is_empty(),
+            "the sixteen connections completed only after the control loop of {stalls_over:?} \
+             ran again ({STALL_MS} ms stall): established traffic waited for the control plane"
+        );
+        // Once the stalls are over the nodes go on as before: the same link, still up.
+        for name in ["foo", "bar"] {
+            let node = mesh
+                .process(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+            node.wait_for_output("test stall over", Duration::from_secs(30))?;
+        }
+        mesh.wait_converged(CONVERGE)?;
+        let transfer = checked_transfer(
+            topo.ns("bar"),
+            topo.ns("foo"),
+            mesh.address("foo"),
+            7402,
+            5_000_000,
+            31,
+            Duration::from_secs(120),
+        )?;
+        ensure!(
+            transfer.intact(),
+            "bar -> foo after the stall: {transfer:?}"
+        );
+        Ok(())
+    });
+}
+
+/// Worker 0 of foo (the thread reading TUN queue 0, which the main loop keeps open for its
+/// writes) fails after 50 TUN packets: `status` shows it stopped with the reason, the main
+/// loop reads queue 0 from then on (the kernel still steers flows to it), every one of 64 new
+/// flows arrives, and 20 MB arrive intact.
+#[test]
+fn a_failed_worker_zero_leaves_queue_zero_to_the_main_loop() {
+    require_root!();
+    run_test("workers_fail_0", |dir| {
+        require_tools(&["python3"]);
+        let (topo, links) = line(dir, LinkKind::DtlsPsk)?;
+        let mut mesh = mesh_of(&topo, &links, LinkKind::DtlsPsk, 2)?;
+        mesh.start("bar")?;
+        mesh.start("baz")?;
+        mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "0:50");
+        mesh.start("foo")?;
+        mesh.wait_converged(CONVERGE)?;
+        let baz_addr = mesh.address("baz");
+        let stopped = || {
+            mesh.status("foo").is_ok_and(|s| {
+                workers_of(&s)
+                    .first()
+                    .and_then(|w| w["state"].as_str().map(|s| s.starts_with("stopped")))
+                    .unwrap_or(false)
+            })
+        };
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            let _ = send_flows(&topo, "foo", baz_addr, 2);
+            stopped()
+        })
+        .map_err(|_| anyhow::anyhow!("foo's worker 0 never failed: {:?}", mesh.status("foo")))?;
+        let text = mesh.status_text("foo")?;
+        ensure!(
+            text.contains("worker 0 (worker-0) stopped: test fault"),
+            "status text: {text}"
+        );
+        let control_reads = || -> u64 {
+            mesh.status("foo")
+                .ok()
+                .and_then(|s| s["control_plane"]["tun_reads"].as_u64())
+                .unwrap_or(0)
+        };
+        let before = control_reads();
+        // Half the flows, about, are steered to queue 0: the main loop reads them now.
+        every_flow_arrives(&topo, "foo", "baz", baz_addr)?;
+        let after = control_reads();
+        ensure!(
+            after > before + 64,
+            "foo's main loop read queue 0 after worker 0 stopped: {before} -> {after}"
+        );
+        let transfer = checked_transfer(
+            topo.ns("foo"),
+            topo.ns("baz"),
+            baz_addr,
+            7501,
+            20_000_000,
+            41,
+            Duration::from_secs(120),
+        )?;
+        ensure!(
+            transfer.intact(),
+            "foo -> baz after worker 0 failed: {transfer:?}"
+        );
+        ensure!(
+            mesh.process("foo").is_some_and(|p| p.is_running()),
+            "foo still runs"
         );
         Ok(())
     });

@@ -118,6 +118,9 @@ pub enum LoopMessage {
     Delegations(crate::daemon::PdUpdate),
     /// The `lease-writer` thread wrote an issuer's lease table, or failed to.
     LeaseWriter(crate::daemon::WriterReport),
+    /// Tests only (SIGUSR2 with `CONNECTOPUS_TEST_STALL_CONTROL_MS` set): the main loop
+    /// sleeps this long, as if the control plane were busy.
+    TestStall(std::time::Duration),
 }
 
 /// Sends messages to the main loop and wakes it.

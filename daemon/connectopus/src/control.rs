@@ -246,6 +246,12 @@ pub struct StatusReport {
     /// The dataplane workers, each with the fallbacks it runs on (absent from older nodes).
     #[serde(default)]
     pub workers: Vec<WorkerReport>,
+    /// With worker threads (`workers` > 1): the main loop, which is the control plane and the
+    /// slow path only (links no worker receives, TCP links before their session, the node's
+    /// other TUN devices, what the workers hand over). Absent with one worker, which runs on
+    /// the main loop.
+    #[serde(default)]
+    pub control_plane: Option<WorkerReport>,
     /// Cores the node may run on (what `workers` would be with one worker per core).
     #[serde(default)]
     pub cores: usize,
@@ -361,6 +367,10 @@ pub struct WorkerReport {
     pub index: usize,
     /// The thread it runs on.
     pub thread: String,
+    /// That thread's id (Linux `gettid`; 0 from older nodes): every worker thread's differs
+    /// from the control plane's.
+    #[serde(default)]
+    pub thread_id: u64,
     /// Batched packet I/O on io_uring (off: one syscall per operation).
     pub io_uring: String,
     /// A TUN queue of its own (`IFF_MULTI_QUEUE`; off: the one queue of each device).

@@ -105,6 +105,20 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             w.udp_reuseport
         );
     }
+    if let Some(c) = &report.control_plane {
+        let _ = writeln!(
+            out,
+            "  control plane ({}, thread {}): slow path only; receives {} link{}, holds {} tcp \
+             link{}, {} TUN reads of the node's other devices",
+            c.thread,
+            c.thread_id,
+            c.receive_links,
+            if c.receive_links == 1 { "" } else { "s" },
+            c.tcp_links,
+            if c.tcp_links == 1 { "" } else { "s" },
+            c.tun_reads
+        );
+    }
     let _ = writeln!(out, "\nbackends:");
     if report.backends.is_empty() {
         let _ = writeln!(out, "  (none)");
@@ -473,6 +487,7 @@ mod tests {
         r.workers = vec![crate::control::WorkerReport {
             index: 0,
             thread: "main loop".into(),
+            thread_id: 100,
             io_uring: "off: CONNECTOPUS_DISABLE_URING=1".into(),
             tun_multi_queue: "off: one worker".into(),
             tun_offload: std::collections::BTreeMap::new(),
@@ -505,6 +520,19 @@ mod tests {
         );
         assert!(
             text.contains("  worker 0 (main loop): io_uring off: CONNECTOPUS_DISABLE_URING=1; tun multi-queue off: one worker; udp gso on; udp gro off: kernel said no; so_reuseport off: one worker\n"),
+            "{text}"
+        );
+        assert!(!text.contains("control plane"), "{text}");
+        // With worker threads, the main loop is the control plane.
+        r.control_plane = Some(crate::control::WorkerReport {
+            thread: "main loop (control plane)".into(),
+            thread_id: 99,
+            receive_links: 1,
+            ..r.workers[0].clone()
+        });
+        let text = render(&r, false);
+        assert!(
+            text.contains("  control plane (main loop (control plane), thread 99): slow path only; receives 1 link, holds 0 tcp links"),
             "{text}"
         );
         // An older node's report has no workers: nothing to show.

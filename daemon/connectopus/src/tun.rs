@@ -286,6 +286,19 @@ impl TunDevice {
     pub fn fd(&self) -> RawFd {
         self.device.as_raw_fd()
     }
+
+    /// A second descriptor of this very queue (`dup`, not a new queue): a worker thread reads
+    /// the queue through it while the main loop keeps writing through this one.
+    ///
+    /// # Errors
+    /// The process is out of descriptors.
+    pub fn share_queue(&self) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.device
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating the queue of TUN device {}", self.name))
+    }
 }
 
 /// Tells whether the environment asks for TUN devices without offloads.

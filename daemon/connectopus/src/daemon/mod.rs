@@ -308,6 +308,11 @@ impl Daemon {
 
     fn run(&mut self) -> Result<()> {
         for (i, tun) in self.tuns.indexed() {
+            // With worker threads, worker 0's thread reads queue 0 of the node's own device;
+            // the main loop only writes to it (until that thread stops).
+            if i == 0 && self.dataplane.queue_zero_on_thread() {
+                continue;
+            }
             self.worker
                 .io
                 .recv_packets(tun.fd(), Token(TOKEN_TUN_RECV | i as u64))
@@ -608,6 +613,19 @@ impl Daemon {
                 LoopMessage::Attach(received) => self.on_attach_message(*received),
                 LoopMessage::Delegations(update) => self.on_delegations(update),
                 LoopMessage::LeaseWriter(report) => self.on_lease_writer(report),
+                LoopMessage::TestStall(how_long) => {
+                    // Only a test asks for this: the control plane blocked, established
+                    // traffic on the worker threads must keep flowing meanwhile.
+                    tracing::warn!(
+                        ms = how_long.as_millis() as u64,
+                        "test stall: the control loop sleeps"
+                    );
+                    std::thread::sleep(how_long);
+                    tracing::warn!("test stall over: the control loop runs again");
+                    // What the workers handed over meanwhile (the peer's keepalives, their
+                    // counters) reaches the node before its timers run.
+                    self.drain_workers();
+                }
             }
         }
     }

@@ -257,6 +257,7 @@ impl Daemon {
                 udp_gro: datapath::Offloads::describe(&self.worker.offloads.udp_gro),
             },
             workers: self.worker_reports(),
+            control_plane: self.control_plane_report(),
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             ebpf: self.ebpf.describe(),
             fastpath: self.fastpath.describe(),

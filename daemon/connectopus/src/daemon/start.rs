@@ -614,14 +614,28 @@ pub(super) fn backend_mtu(backend: &BackendConfig) -> u16 {
         .unwrap_or(default)
 }
 
-/// Turns SIGINT and SIGTERM into a shutdown and SIGHUP into a reload; the returned handle
-/// ends the thread when closed.
+/// The environment variable (tests only) that makes SIGUSR2 stall the main loop for that many
+/// milliseconds: the control plane blocked, the worker threads must carry established traffic.
+pub(crate) const TEST_STALL_ENV: &str = "CONNECTOPUS_TEST_STALL_CONTROL_MS";
+
+/// Turns SIGINT and SIGTERM into a shutdown and SIGHUP into a reload (and, in tests, SIGUSR2
+/// into a stall of the main loop); the returned handle ends the thread when closed.
 fn spawn_signal_thread(
     to_loop: LoopSender,
 ) -> Result<(signal_hook::iterator::Handle, JoinHandle<()>)> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("installing signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    // Tests only: SIGUSR2 stalls the main loop this long (`LoopMessage::TestStall`).
+    let stall = std::env::var(TEST_STALL_ENV)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let mut wanted = vec![SIGINT, SIGTERM, SIGHUP];
+    if stall.is_some() {
+        tracing::warn!("{TEST_STALL_ENV} is set: SIGUSR2 stalls the control loop (tests only)");
+        wanted.push(SIGUSR2);
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new(&wanted).context("installing signal handlers")?;
     let handle = signals.handle();
     let thread = std::thread::Builder::new()
         .name("signals".into())
@@ -630,6 +644,8 @@ fn spawn_signal_thread(
                 let message = if signal == SIGHUP {
                     tracing::info!("SIGHUP: re-reading the configuration");
                     LoopMessage::Reload
+                } else if let (SIGUSR2, Some(how_long)) = (signal, stall) {
+                    LoopMessage::TestStall(how_long)
                 } else {
                     tracing::info!(signal, "shutting down");
                     LoopMessage::Shutdown

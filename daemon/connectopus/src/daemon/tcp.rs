@@ -366,14 +366,27 @@ impl Daemon {
         self.start_tcp_read(link);
     }
 
-    /// A worker thread gave a TCP link back (it stops): the main loop continues its stream.
+    /// A worker thread gave a TCP link back (it stops): the main loop continues its stream,
+    /// and the next turn gives it to a running worker thread (if any is left), as a link
+    /// whose session was just established.
     pub(super) fn take_back_tcp(&mut self, own: OwnTcp) {
         match self.links.get(&own.link).map(|l| &l.transport) {
             Some(Transport::TcpOnWorker { worker }) => {
                 let worker = *worker;
-                tracing::info!(link = %own.link, worker, "tcp link back on the main loop");
+                let link = own.link;
+                tracing::info!(%link, worker, "tcp link back on the main loop");
                 self.dataplane.count_tcp(worker, false);
                 self.keep_tcp_on_main(own);
+                if let Some(Link {
+                    transport: Transport::Tcp(tcp),
+                    ..
+                }) = self.links.get_mut(&link)
+                    && tcp.worker == Some(0)
+                {
+                    tcp.worker = None;
+                    self.dataplane.count_tcp(0, false);
+                    self.dataplane.links_dirty = true;
+                }
             }
             // Closed meanwhile.
             _ => {

@@ -7,11 +7,12 @@
 //! publishes and takes the worker's [`connectopus_core::forwarder::DataplaneReport`] back once
 //! a turn ([`Daemon::absorb_worker`]), so per packet nothing is locked or shared.
 //!
-//! Worker 0 runs on the main loop's thread, next to the control plane, and owns the links
-//! (DTLS associations, TCP streams until their session is established), the sockets' receives
-//! and the node's other TUN devices; workers 1.. run on threads of their own (`workers`), each
-//! with a queue of the node's TUN device, and receive (or, for TCP/TLS, own) the established
-//! links the main loop gives them. See docs/architecture.md, "Threads".
+//! The main loop has a worker of its own, next to the control plane: with one worker it is
+//! worker 0; with worker threads (`workers`) it is the slow path only (links before their
+//! session, the DTLS associations' handshakes, the node's other TUN devices, what the threads
+//! hand over), and workers 0.. run on threads of their own, each with a queue of the node's
+//! TUN device, receiving (or, for TCP/TLS, owning) the established links the main loop gives
+//! them. See docs/architecture.md, "Threads" and "The control plane on its own thread".
 
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
@@ -52,6 +53,14 @@ pub(super) struct Worker {
     pub(super) tcp_reads: u64,
 }
 
+/// The calling thread's id (Linux `gettid`), which `status` shows for each worker and the
+/// control plane.
+pub(super) fn thread_id() -> u64 {
+    // SAFETY: gettid takes no arguments, touches no memory and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    u64::try_from(tid).unwrap_or(0)
+}
+
 /// The free buffers a TCP read leaves in the pool: a read starts only while more than a
 /// quarter of the pool is free. TCP links read into buffers taken from the pool (not from the
 /// kernel's provided-buffer ring, which the working set bounds), and what they read becomes
@@ -79,7 +88,8 @@ fn reuse_port(dataplane: &workers::Dataplane) -> String {
 }
 
 impl Worker {
-    /// What worker 0 (this one, on the main loop) runs on, for `status`.
+    /// What the main loop's worker runs on, for `status`: worker 0 with one worker, else the
+    /// control plane's slow path.
     pub(super) fn report(
         &self,
         tuns: &tun_devs::TunSet,
@@ -89,6 +99,7 @@ impl Worker {
         control::WorkerReport {
             index: 0,
             thread: "main loop".to_owned(),
+            thread_id: thread_id(),
             io_uring: match self.io.fallback_reason() {
                 None => "on".to_owned(),
                 Some(why) => format!("off: {why}"),
@@ -214,22 +225,45 @@ impl Worker {
 }
 
 impl Daemon {
-    /// What every worker runs on, for `status`: worker 0 on the main loop, then the threads.
-    pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
+    /// What the main loop's worker runs on, for `status`.
+    fn main_loop_report(&self) -> control::WorkerReport {
         let on_main = self
             .links
             .values()
             .filter(|l| matches!(l.transport, Transport::Tcp(_)))
             .count();
-        let mut reports = vec![self.worker.report(&self.tuns, &self.dataplane, on_main)];
-        let own_tun = self.tuns.get(0).filter(|_| self.dataplane.has_threads());
+        self.worker.report(&self.tuns, &self.dataplane, on_main)
+    }
+
+    /// The control plane's own report when the workers are threads (its slow path: links no
+    /// worker receives, TCP links before their session, the node's other TUN devices, what
+    /// the workers hand over); `None` with one worker, which is the main loop itself.
+    pub(super) fn control_plane_report(&self) -> Option<control::WorkerReport> {
+        if !self.dataplane.has_threads() {
+            return None;
+        }
+        let mut report = self.main_loop_report();
+        report.thread = "main loop (control plane)".to_owned();
+        Some(report)
+    }
+
+    /// What every worker runs on, for `status`: worker 0 on the main loop with one worker;
+    /// else every worker is a thread, numbered from 0.
+    pub(super) fn worker_reports(&self) -> Vec<control::WorkerReport> {
+        if !self.dataplane.has_threads() {
+            return vec![self.main_loop_report()];
+        }
+        let mut reports = Vec::new();
+        let own_tun = self.tuns.get(0);
         for index in 1..=self.dataplane.threads() {
             let Some(status) = self.dataplane.status(index) else {
                 continue;
             };
+            let label = workers::Dataplane::label(index);
             reports.push(control::WorkerReport {
-                index,
-                thread: format!("worker-{index}"),
+                index: label,
+                thread: format!("worker-{label}"),
+                thread_id: status.thread_id,
                 io_uring: status.io_uring,
                 tun_multi_queue: "on".to_owned(),
                 tun_offload: own_tun

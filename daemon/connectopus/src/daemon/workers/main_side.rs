@@ -48,7 +48,17 @@ impl Daemon {
         if !self.dataplane.has_threads() {
             return;
         }
-        // Namespaces and `tun_devs` are devices of worker 0.
+        if self.dataplane.queue_zero_orphaned() && self.stopping.is_none() {
+            // Worker 0's thread stopped: queue 0 stays open (the main loop writes through
+            // it), so the kernel still steers flows to it, and the main loop reads them.
+            tracing::warn!("worker 0 stopped: the main loop reads TUN queue 0");
+            if let Some(fd) = self.tuns.get(0).map(TunDevice::fd)
+                && let Err(error) = self.worker.io.recv_packets(fd, Token(TOKEN_TUN_RECV))
+            {
+                tracing::error!(%error, "arming TUN queue 0 on the main loop failed");
+            }
+        }
+        // Namespaces and `tun_devs` are the main loop's devices.
         self.dataplane
             .set_hairpin(self.tuns.indexed().nth(1).is_some());
         self.dataplane.set_fastpath(self.fastpath.tun_mtu());
@@ -400,7 +410,8 @@ impl Daemon {
     }
 
     /// A worker thread gave a link back (it stops), with a DTLS link's receiving direction:
-    /// the main loop receives the link from now on.
+    /// the main loop receives the link until the next turn gives it to a running worker
+    /// thread (if any is left).
     fn take_back_receive(&mut self, link: LinkId, opener: Option<Box<connectopus_dtls::Opener>>) {
         let rx_worker = match (self.links.get_mut(&link).map(|l| &mut l.transport), opener) {
             (Some(Transport::Dtls(d)), Some(opener)) => {
@@ -410,10 +421,9 @@ impl Daemon {
             (Some(Transport::PlainUdp(p)), None) => &mut p.rx_worker,
             _ => return,
         };
-        let before = rx_worker.replace(0);
-        if let Some(index) = before {
+        if let Some(index) = rx_worker.take() {
             self.dataplane.count_receive(index, false);
         }
-        self.dataplane.count_receive(0, true);
+        self.dataplane.links_dirty = true;
     }
 }

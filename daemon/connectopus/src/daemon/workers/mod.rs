@@ -1,4 +1,11 @@
-//! Dataplane worker threads 1..N-1 (worker 0 runs on the main loop, see `worker`).
+//! Dataplane worker threads: with `workers: N` (N > 1, multi-queue TUN) every one of the N
+//! workers is a thread (worker 0 reads queue 0 of the node's TUN device through a second
+//! descriptor of it, [`TunQueue::Shared`]), and the main loop is the control plane and the slow
+//! path only; with one worker, worker 0 runs on the main loop (see `worker`).
+//!
+//! Inside this module a worker's `index` counts from 1 for the threads (0 is the main loop: a
+//! link it receives, a TCP link it holds); `status` numbers the threads from 0
+//! ([`Dataplane::label`]).
 //!
 //! Each worker thread owns a [`Worker`] (the same type as worker 0: its own io_uring
 //! [`PacketIo`] and buffer pool, its own [`connectopus_core::forwarder::Forwarder`]) and one
@@ -72,8 +79,41 @@ const REPORT_EVERY: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_millis(100);
 
 /// The environment variable that makes a worker thread fail (tests only):
-/// `<index>:<packets>`, the worker `index` ends after reading that many TUN packets.
+/// `<index>:<packets>`, the worker `index` (as `status` numbers it) ends after reading that
+/// many TUN packets.
 pub(crate) const FAIL_WORKER_ENV: &str = "CONNECTOPUS_TEST_FAIL_WORKER";
+
+/// The TUN queue a worker thread reads.
+#[derive(Debug)]
+pub(super) enum TunQueue {
+    /// A queue of its own ([`TunDevice::clone_queue`]): closing it moves its flows to the
+    /// other queues.
+    Own(TunDevice),
+    /// Queue 0, whose device the main loop keeps (it writes what it delivers through it):
+    /// a second descriptor of the same queue ([`TunDevice::share_queue`]). When this thread
+    /// stops, the main loop reads the queue again ([`Dataplane::queue_zero_orphaned`]).
+    Shared {
+        fd: std::os::fd::OwnedFd,
+        offload: crate::tun::Offload,
+    },
+}
+
+impl TunQueue {
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Own(tun) => tun.fd(),
+            Self::Shared { fd, .. } => fd.as_raw_fd(),
+        }
+    }
+
+    pub(super) fn offload(&self) -> &crate::tun::Offload {
+        match self {
+            Self::Own(tun) => tun.offload(),
+            Self::Shared { offload, .. } => offload,
+        }
+    }
+}
 
 /// Something a worker thread hands to the main loop.
 #[derive(Debug)]
@@ -287,6 +327,8 @@ pub(super) struct ThreadStatus {
     pub(super) buffers_touched: u64,
     /// Plaintext udp data datagrams it received (updated with each report).
     pub(super) datagrams_received: u64,
+    /// The thread's id (Linux `gettid`), set when it starts.
+    pub(super) thread_id: u64,
     /// TCP/TLS links it reads and writes.
     pub(super) tcp_links: u64,
     /// Reads from those links' streams (updated with each report).
@@ -362,6 +404,9 @@ pub(super) struct Dataplane {
     /// Messages for TCP/TLS links whose worker thread stopped taking them, until it gives
     /// the link back (`Daemon::take_back_tcp`).
     pub(super) tcp_held: HashMap<LinkId, Vec<HeldMessage>>,
+    /// The first thread reads queue 0 through a shared descriptor, and has not stopped (or
+    /// the main loop has not taken the queue back yet).
+    queue_zero_on_thread: bool,
 }
 
 /// How many workers a node runs: `--workers`, else the node's `workers`, else one per CPU
@@ -375,9 +420,38 @@ pub(super) fn wanted(flag: Option<u32>, config: Option<u32>) -> usize {
     }
 }
 
+/// The queues of the node's TUN device `tun` (made multi-queue when `multi_queue` is `Ok`)
+/// for `wanted` worker threads: queue 0 shared with the main loop (which keeps `tun` for its
+/// writes), and `wanted - 1` more; or why the node runs one worker (on the main loop).
+pub(super) fn open_queues(
+    tun: Option<&TunDevice>,
+    wanted: usize,
+    multi_queue: std::result::Result<(), String>,
+) -> (Vec<TunQueue>, std::result::Result<usize, String>) {
+    let (more, result) = open_more_queues(tun, wanted, multi_queue);
+    let (Some(tun), Ok(n)) = (tun, &result) else {
+        return (Vec::new(), result);
+    };
+    let shared = match tun.share_queue() {
+        Ok(fd) => fd,
+        Err(error) => {
+            let why = format!("{error:#}");
+            tracing::warn!(%why, "one dataplane worker, on the main loop");
+            return (Vec::new(), Err(why));
+        }
+    };
+    let n = *n;
+    let mut queues = vec![TunQueue::Shared {
+        fd: shared,
+        offload: tun.offload().clone(),
+    }];
+    queues.extend(more.into_iter().map(TunQueue::Own));
+    (queues, Ok(n))
+}
+
 /// Opens `wanted - 1` more queues of the node's TUN device `tun` (made multi-queue when
 /// `multi_queue` is `Ok`); returns them, or why there are fewer.
-pub(super) fn open_queues(
+fn open_more_queues(
     tun: Option<&TunDevice>,
     wanted: usize,
     multi_queue: std::result::Result<(), String>,
@@ -416,10 +490,10 @@ pub(super) fn open_queues(
 }
 
 impl Dataplane {
-    /// Starts one worker thread per queue in `queues` (workers 1..); each wakes the main loop
-    /// through `main` when it hands it something.
+    /// Starts one worker thread per queue in `queues` (`status`'s workers 0.., indices 1..
+    /// here); each wakes the main loop through `main` when it hands it something.
     pub(super) fn start(
-        queues: Vec<TunDevice>,
+        queues: Vec<TunQueue>,
         multi_queue: std::result::Result<usize, String>,
         offloads: &datapath::Offloads,
         icmp: &IcmpRateLimiter,
@@ -438,10 +512,12 @@ impl Dataplane {
         let channel_drops = Arc::new(AtomicU64::new(0));
         let fail = fault_from_env();
         let mut threads = Vec::new();
+        let queue_zero_on_thread = matches!(queues.first(), Some(TunQueue::Shared { .. }));
         for (i, tun) in queues.into_iter().enumerate() {
             let index = i + 1;
+            let label = Self::label(index);
             let io = PacketIo::new(datapath::io_config(offloads.wanted))
-                .with_context(|| format!("starting packet I/O of worker {index}"))?;
+                .with_context(|| format!("starting packet I/O of worker {label}"))?;
             let status = Arc::new(Mutex::new(ThreadStatus {
                 io_uring: match io.fallback_reason() {
                     None => "on".to_owned(),
@@ -471,7 +547,7 @@ impl Dataplane {
                 reported: Instant::now(),
                 woke_main: false,
                 status: status.clone(),
-                fail_after: fail.filter(|(w, _)| *w == index).map(|(_, n)| n),
+                fail_after: fail.filter(|(w, _)| *w == label).map(|(_, n)| n),
                 handed_to_main: 0,
                 hairpin: false,
                 from_main,
@@ -489,9 +565,9 @@ impl Dataplane {
                 tcp_stopping: false,
             };
             let handle = std::thread::Builder::new()
-                .name(format!("worker-{index}"))
+                .name(format!("worker-{label}"))
                 .spawn(move || thread.run())
-                .with_context(|| format!("spawning worker {index}"))?;
+                .with_context(|| format!("spawning worker {label}"))?;
             threads.push(ThreadHandle {
                 thread: Some(handle),
                 waker,
@@ -515,7 +591,33 @@ impl Dataplane {
             receive_load: vec![0; n + 1],
             tcp_load: vec![0; n + 1],
             tcp_held: HashMap::new(),
+            queue_zero_on_thread,
         })
+    }
+
+    /// How `status` (and the thread's name) numbers worker thread `index` (1.. here): from 0,
+    /// since every worker is a thread when there are threads.
+    pub(super) fn label(index: usize) -> usize {
+        index.saturating_sub(1)
+    }
+
+    /// Whether a worker thread reads queue 0 of the node's TUN device (the main loop then
+    /// does not).
+    pub(super) fn queue_zero_on_thread(&self) -> bool {
+        self.queue_zero_on_thread
+    }
+
+    /// True once, when the thread that read queue 0 has stopped: the main loop reads the
+    /// queue from then on (it keeps the queue open, so the kernel still steers flows to it).
+    pub(super) fn queue_zero_orphaned(&mut self) -> bool {
+        if !self.queue_zero_on_thread {
+            return false;
+        }
+        let stopped = self.status(1).is_none_or(|s| s.stopped.is_some());
+        if stopped {
+            self.queue_zero_on_thread = false;
+        }
+        stopped
     }
 
     /// Whether there are worker threads besides the main loop's.
@@ -584,11 +686,12 @@ impl Dataplane {
         )
     }
 
-    /// The worker that should receive a new link: the one receiving (or reading and writing)
-    /// the fewest links (a running thread before the main loop on a tie); 0 for the main loop.
+    /// The worker that should receive a new link: the running worker thread receiving (or
+    /// reading and writing) the fewest links (the last on a tie); 0 (the main loop) only when
+    /// no thread runs, so established links never wait behind the control plane.
     pub(super) fn least_loaded(&self) -> usize {
-        let running = |i: usize| i == 0 || self.status(i).is_some_and(|s| s.stopped.is_none());
-        (0..self.receive_load.len())
+        let running = |i: usize| self.status(i).is_some_and(|s| s.stopped.is_none());
+        (1..self.receive_load.len())
             .rev()
             .filter(|i| running(*i))
             .min_by_key(|i| self.receive_load[*i] + self.tcp_load.get(*i).copied().unwrap_or(0))

@@ -6,7 +6,7 @@ use super::*;
 pub(super) struct WorkerThread {
     pub(super) index: usize,
     pub(super) worker: Worker,
-    pub(super) tun: TunDevice,
+    pub(super) tun: TunQueue,
     pub(super) vnet: bool,
     pub(super) shared: Arc<Shared>,
     pub(super) snapshot_seen: u64,
@@ -54,12 +54,22 @@ pub(super) struct WorkerThread {
 
 impl WorkerThread {
     pub(super) fn run(mut self) {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .thread_id = super::super::worker::thread_id();
         let reason = match self.serve() {
             Ok(()) => None,
             Err(error) => Some(format!("{error:#}")),
         };
         if let Some(why) = &reason {
-            tracing::error!(worker = self.index, reason = %why, "dataplane worker stopped; its flows move to the other workers");
+            tracing::error!(worker = Dataplane::label(self.index), reason = %why, "dataplane worker stopped; its flows move to the other workers");
+            // Stopped before its links go back: the main loop hands them on to a running
+            // worker thread, never to this one (`Dataplane::least_loaded`).
+            self.status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stopped = Some(why.clone());
             // Its udp links go back at once; its TCP links between two complete reads and
             // writes.
             self.tcp_stopping = true;
