@@ -54,8 +54,10 @@ mod fastpath;
 use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;
+mod loop_messages;
 mod mesh_prefix;
 mod mesh_routes;
+mod node_outputs;
 pub(crate) use lease_writer::WriterReport;
 pub use local_datagrams::Outgoing as LocalDatagram;
 pub(crate) use mesh_prefix::PdUpdate;
@@ -536,113 +538,6 @@ impl Daemon {
         self.node.handle_link_up(now, link, info);
     }
 
-    fn handle_messages(&mut self) {
-        while let Ok(message) = self.rx.try_recv() {
-            match message {
-                LoopMessage::TcpConnected(connected) => self.add_tcp_link(connected),
-                LoopMessage::Control { request, reply } if request.is_cni() => {
-                    self.cni_request(request, reply);
-                }
-                LoopMessage::Control { request, reply } => {
-                    let answer = match request {
-                        ControlRequest::Status => ControlReply::Status(Box::new(self.status())),
-                        ControlRequest::GetConfig => self.get_config(),
-                        ControlRequest::SetConfig { config, signature } => {
-                            // Checked on the config-check thread; the answer goes out from
-                            // there (`offer_checked`), so a large config never stalls the links.
-                            self.check_candidate(
-                                offer_check::Candidate::ConfigSet(reply),
-                                0,
-                                config.into_bytes(),
-                                signature.into_bytes(),
-                            );
-                            continue;
-                        }
-                        ControlRequest::Reload => ControlReply::Reloaded(self.reload_with_notify()),
-                        ControlRequest::Leases => self.lease_entries(),
-                        ControlRequest::PdRelease => match &self.pd_commands {
-                            // The client's thread answers once the Release is done.
-                            Some(commands) => match commands
-                                .send(mesh_prefix::PdCommand::Release(reply))
-                            {
-                                Ok(()) => continue,
-                                Err(std::sync::mpsc::SendError(
-                                    mesh_prefix::PdCommand::Release(reply),
-                                )) => {
-                                    let _ = reply.send(ControlReply::Error(
-                                        "the DHCPv6 client's thread has stopped".to_owned(),
-                                    ));
-                                    continue;
-                                }
-                            },
-                            None => ControlReply::Error(
-                                "this node runs no DHCPv6 prefix delegation client: global.delegated does not name it, or its interface or port 546 could not be opened at start".to_owned(),
-                            ),
-                        },
-                        ControlRequest::CniAdd { .. }
-                        | ControlRequest::CniDel { .. }
-                        | ControlRequest::CniCheck { .. }
-                        | ControlRequest::CniGc { .. }
-                        | ControlRequest::CniStatus { .. } => {
-                            ControlReply::Error("cni requests are answered apart".to_owned())
-                        }
-                        ControlRequest::LogLevel { level } => match crate::log_level::set(&level) {
-                            Ok(said) => ControlReply::Done(said),
-                            Err(error) => ControlReply::Error(format!("{error:#}")),
-                        },
-                    };
-                    let _ = reply.send(answer);
-                }
-                LoopMessage::LocalDatagram(d) => {
-                    let now = self.now();
-                    if let Err(reason) = self
-                        .node
-                        .send_control_datagram(now, d.src_port, d.dst, d.dst_port, &d.payload)
-                    {
-                        tracing::debug!(dst = %d.dst, dst_port = d.dst_port, reason = ?reason, "control datagram dropped");
-                    }
-                }
-                LoopMessage::DtlsPeerResolved { endpoint, result } => {
-                    self.on_dtls_peer_resolved(endpoint, result);
-                }
-                LoopMessage::Shutdown => self.begin_shutdown(),
-                LoopMessage::Reload => {
-                    self.reload_with_notify();
-                }
-                LoopMessage::OfferChecked(checked) => self.offer_checked(*checked),
-                LoopMessage::Attach(received) => self.on_attach_message(*received),
-                LoopMessage::Delegations(update) => self.on_delegations(update),
-                LoopMessage::LeaseWriter(report) => self.on_lease_writer(report),
-                LoopMessage::TestStall(how_long) => {
-                    // Only a test asks for this: the control plane blocked, established
-                    // traffic on the worker threads must keep flowing meanwhile.
-                    tracing::warn!(
-                        ms = how_long.as_millis() as u64,
-                        "test stall: the control loop sleeps"
-                    );
-                    std::thread::sleep(how_long);
-                    tracing::warn!("test stall over: the control loop runs again");
-                    // What the workers handed over meanwhile (the peer's keepalives, their
-                    // counters) reaches the node before its timers run.
-                    self.drain_workers();
-                }
-            }
-        }
-    }
-
-    /// Reloads (SIGHUP, `connectopus reload`) between systemd's `RELOADING=1` and `READY=1`.
-    fn reload_with_notify(&mut self) -> control::ReloadOutcome {
-        self.notify.reloading();
-        let outcome = self.reload();
-        // A change that restarts the mesh instance is ready when the re-executed process says
-        // so.
-        if !self.restart {
-            let status = self.status_line();
-            self.notify.ready(status);
-        }
-        outcome
-    }
-
     fn run_timers(&mut self) {
         let now = self.now();
         let spf_runs = self.node.counters().spf_runs;
@@ -689,99 +584,6 @@ impl Daemon {
         let configured = self.backends.len() + self.failed.len();
         self.notify
             .tick(|| report::status_line(&self.node, configured));
-    }
-
-    fn drain_node(&mut self) {
-        // Applying a configuration or taking an offer makes more output: drain until none.
-        while self.drain_node_once() {}
-    }
-
-    /// Drains the core's outputs once; returns true if any command or event was handled.
-    fn drain_node_once(&mut self) -> bool {
-        let mut handled = false;
-        while let Some(transmit) = self.node.poll_transmit() {
-            self.send_packet(transmit.link, &transmit.payload);
-        }
-        while let Some(packet) = self.node.poll_tun_packet() {
-            self.write_tun(&packet);
-        }
-        while let Some(command) = self.node.poll_command() {
-            handled = true;
-            match command {
-                Command::CloseLink { link, reason } => {
-                    self.close_link(link, reason.as_str());
-                }
-                Command::InstallForwarding(_) => self.sync_forwarding(),
-                Command::SetFastpathRoutes(entries) => self.apply_fastpath(&entries),
-                Command::SetMeshPrefixes(planes) => self.apply_mesh_prefixes(&planes),
-                Command::ApplyConfig {
-                    version,
-                    unacknowledged,
-                } => self.apply_pending_config(version, &unacknowledged),
-                // Written once per loop turn, the newest only (`persist_leases`).
-                Command::PersistLeases { generation, table } => {
-                    self.leases.queue(generation, table);
-                }
-                Command::SetAddress { address, expires } => self.set_address(address, expires),
-            }
-        }
-        while let Some(event) = self.node.poll_event() {
-            handled = true;
-            log_event(&event);
-            if matches!(event, Event::NamesChanged { .. }) {
-                self.dns.update(&self.node, &self.config.global.subnet);
-            }
-            if let Event::ConfigOffered {
-                link,
-                version,
-                config,
-                signature,
-            } = event
-            {
-                self.check_offer(link, version, config, signature);
-                continue;
-            }
-            if let Event::ControlDatagram {
-                src,
-                src_port,
-                dst_port,
-                payload,
-            } = &event
-            {
-                self.local_datagrams
-                    .deliver(*src, *src_port, *dst_port, payload);
-                continue;
-            }
-            if matches!(
-                event,
-                Event::SessionEstablished { .. } | Event::SessionClosed { .. }
-            ) {
-                // Peer entries follow the established plaintext links even when no route
-                // changed (a link that carries no route still decapsulates here).
-                let entries = self.node.fastpath_entries().clone();
-                self.apply_fastpath(&entries);
-            }
-            if let Event::SessionEstablished { link, .. } = event
-                && let Some(l) = self.links.get_mut(&link)
-            {
-                l.had_session = true;
-                // A TCP link (and a plaintext udp link) may go to a worker now.
-                self.dataplane.links_dirty = true;
-                if let Transport::Dtls(d) = &l.transport
-                    && self
-                        .udp
-                        .get(d.endpoint)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|e| matches!(e.role, UdpRole::Listener(_)))
-                {
-                    let (remote, now) = (l.remote.ip(), self.started.elapsed());
-                    if self.hello_limiter.remember(remote, now) && self.flood_detector.engaged() {
-                        self.attach_hello_filters();
-                    }
-                }
-            }
-        }
-        handled
     }
 
     /// Closes a link's transport; a TCP socket itself closes once no operation uses it.
