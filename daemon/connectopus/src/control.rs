@@ -390,7 +390,7 @@ pub struct WorkerReport {
     #[serde(default)]
     pub tun_reads: u64,
     /// Packets a worker thread handed to the main loop (links it does not send on, the node's
-    /// other TUN devices, ICMPv6 errors); 0 for worker 0.
+    /// other TUN devices, ICMPv6 errors); 0 for the main loop's own entry.
     #[serde(default)]
     pub handed_to_main: u64,
     /// DTLS records it opened (the links it receives, see `receive_links`).
@@ -403,11 +403,11 @@ pub struct WorkerReport {
     #[serde(default)]
     pub receive_links: u64,
     /// Received link messages a worker thread handed to the main loop (hellos, the routing
-    /// stream, handshake records); 0 for worker 0.
+    /// stream, handshake records); 0 for the main loop's own entry.
     #[serde(default)]
     pub received_for_main: u64,
     /// TCP/TLS links whose stream it reads and writes (a link goes to a worker thread once its
-    /// session is established; worker 0 holds it until then).
+    /// session is established; the main loop holds it until then).
     #[serde(default)]
     pub tcp_links: u64,
     /// Reads from the streams of those links so far.

@@ -109,7 +109,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         let _ = writeln!(
             out,
             "  control plane ({}, thread {}): slow path only; receives {} link{}, holds {} tcp \
-             link{}, {} TUN reads of the node's other devices",
+             link{}, {} TUN reads",
             c.thread,
             c.thread_id,
             c.receive_links,

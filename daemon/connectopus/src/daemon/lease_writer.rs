@@ -2,8 +2,9 @@
 //!
 //! Every grant and renewal waits until the table that records it is on disk (temporary file,
 //! fsync, rename, directory fsync). On the loop, a slow disk stalled everything the loop
-//! serves (the control plane, TCP and TLS links, dataplane worker 0), and an fsync longer
-//! than a joiner's Join timeout (2 s) could keep joiners from ever binding. The
+//! serves (the control plane, links before their session, and with `workers: 1` the whole
+//! dataplane), and an fsync longer than a joiner's Join timeout (2 s) could keep joiners from
+//! ever binding. The
 //! `lease-writer` thread does the writing instead: the loop hands it the newest table
 //! ([`LeaseWriter::submit`], returns at once; a newer table replaces one not yet started, so
 //! a burst costs one write in flight plus one), and hears back through its channel when a

@@ -245,7 +245,7 @@ struct Daemon {
     restart: bool,
     /// The dataplane: the ring, the buffers, the per-packet path and the offload state.
     worker: Worker,
-    /// Dataplane workers 1..N-1 on threads of their own (see `workers`).
+    /// The dataplane worker threads (all N of them with `workers: N > 1`; see `workers`).
     dataplane: workers::Dataplane,
     /// The control plane's protocol core.
     node: Node,

@@ -154,8 +154,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         tuns.push(tun);
         tun_dev_names.push(name.clone());
     }
-    // Worker 0 reads the first queue (and every other TUN device) on the main loop; workers
-    // 1.. each read one more queue of the node's own device.
+    // With worker threads each reads one queue of the node's own device (worker 0 the first,
+    // through a duplicate of its descriptor: the main loop keeps it to write, and reads it if
+    // worker 0's thread stops); the main loop reads every other TUN device. Without threads
+    // the main loop reads the one queue.
     let (queues, multi_queue) = workers::open_queues(
         node_config.tun_name(&id).and(tuns.first()),
         wanted_workers,

@@ -32,7 +32,7 @@
 //! send on in [`Slot`]s: a generation counter read once per turn, a lock only when it changed.
 //!
 //! Receiving (`receive`): once a DTLS link is established on the record fast path, the control
-//! plane gives it to one worker (the one with the fewest, worker 0 included): for a worker
+//! plane gives it to one worker thread (the running one with the fewest): for a worker
 //! thread it opens a socket connected to the peer on the link's port (`SO_REUSEPORT`; the
 //! kernel prefers the exactly matching connected socket, so every datagram of the peer arrives
 //! there) and hands it over with the association's receiving direction
@@ -71,6 +71,10 @@ use super::*;
 
 /// Messages a worker thread may have queued for the main loop before it drops more.
 const CHANNEL_BOUND: usize = 4096;
+
+/// How long a worker thread waits for room in the channel to hand a link back
+/// (`WorkerThread::pass_ownership_to_main`): longer than the main loop is ever busy.
+const OWNERSHIP_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a worker thread hands its counters to the node.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -310,6 +314,9 @@ pub(super) struct ThreadStatus {
     pub(super) io_uring: String,
     /// `None` while it runs; why it stopped.
     pub(super) stopped: Option<String>,
+    /// Its ring and TUN queue descriptor are gone: nothing of it reads its TUN queue any
+    /// more (a failing thread goes on reading while it gives its TCP links back).
+    pub(super) queue_released: bool,
     pub(super) udp_gso: String,
     /// Reads from its TUN queue (updated with each report).
     pub(super) tun_reads: u64,
@@ -613,11 +620,14 @@ impl Dataplane {
         if !self.queue_zero_on_thread {
             return false;
         }
-        let stopped = self.status(1).is_none_or(|s| s.stopped.is_some());
-        if stopped {
+        // Not at `stopped`, which a failing thread sets before it gives its links back (up to
+        // `GIVE_BACK_WAIT`, reading queue 0 all the while): two readers of one queue would
+        // forward a flow's packets on two threads, out of order.
+        let released = self.status(1).is_none_or(|s| s.queue_released);
+        if released {
             self.queue_zero_on_thread = false;
         }
-        stopped
+        released
     }
 
     /// Whether there are worker threads besides the main loop's.

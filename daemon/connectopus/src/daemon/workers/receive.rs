@@ -120,7 +120,7 @@ impl WorkerThread {
         if let Some(opener) = opener.as_mut() {
             opener.flush_counts();
         }
-        self.pass_to_main(FromWorker::Returned {
+        self.pass_ownership_to_main(FromWorker::Returned {
             link,
             opener: opener.map(Box::new),
         });
@@ -135,8 +135,16 @@ impl WorkerThread {
                     let LinkReceive { link, opener, .. } = *receive;
                     self.give_back(link, opener);
                 }
-                ToWorker::OwnTcp(own) => self.pass_to_main(FromWorker::ReturnedTcp(own)),
-                _ => {}
+                ToWorker::OwnTcp(own) => self.pass_ownership_to_main(FromWorker::ReturnedTcp(own)),
+                // Bytes for a TCP link it owns join the link's queue, which goes back with the
+                // link (`give_back_tcp`): dropping them would skip messages in its stream.
+                ToWorker::TcpSend {
+                    link,
+                    message,
+                    header,
+                } => self.tcp_send(link, &message, header),
+                ToWorker::ForgetTcp(link) => self.forget_tcp(link),
+                ToWorker::Datagram { .. } | ToWorker::Forget(_) => {}
             }
         }
         for slot in 0..self.receiving.len() {
@@ -467,6 +475,39 @@ impl WorkerThread {
             packet,
             header: None,
         });
+    }
+
+    /// Hands a link (or the news that one closed) back to the main loop. Unlike received
+    /// messages these are not dropped when the channel is full, which would leave the link
+    /// owned by nobody: the thread waits for room (the main loop drains the channel every
+    /// turn), up to [`OWNERSHIP_SEND_WAIT`], and gives up only once the node is stopping (the
+    /// main loop may be joining this thread then) or after that wait (logged).
+    pub(super) fn pass_ownership_to_main(&mut self, mut message: FromWorker) {
+        let deadline = std::time::Instant::now() + OWNERSHIP_SEND_WAIT;
+        loop {
+            match self.to_main.try_send(message) {
+                Ok(()) => {
+                    let _ = self.main.wake();
+                    return;
+                }
+                Err(TrySendError::Full(back)) => {
+                    if self.shared.stop.load(Ordering::Acquire)
+                        || std::time::Instant::now() >= deadline
+                    {
+                        self.channel_drops.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            worker = Dataplane::label(self.index),
+                            "the main loop took no link back within the wait: the link is closed"
+                        );
+                        return;
+                    }
+                    message = back;
+                    let _ = self.main.wake();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
     }
 
     /// Hands a received message to the main loop; counts it when the channel is full.

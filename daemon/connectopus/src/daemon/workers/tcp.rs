@@ -59,7 +59,7 @@ impl WorkerThread {
     /// Takes a TCP/TLS link over from the main loop and starts its read and write.
     pub(super) fn own_tcp(&mut self, own: OwnTcp) {
         if self.tcp_stopping {
-            self.pass_to_main(FromWorker::ReturnedTcp(Box::new(own)));
+            self.pass_ownership_to_main(FromWorker::ReturnedTcp(Box::new(own)));
             return;
         }
         tracing::debug!(worker = self.index, link = %own.link, "reading and writing tcp link");
@@ -377,7 +377,7 @@ impl WorkerThread {
             return;
         }
         let link = t.own.link;
-        self.pass_to_main(FromWorker::TcpClosed { link, reason });
+        self.pass_ownership_to_main(FromWorker::TcpClosed { link, reason });
         self.forget_tcp_slot(slot);
     }
 
@@ -452,10 +452,10 @@ impl WorkerThread {
             }
             if t.idle() {
                 tracing::debug!(worker = self.index, link = %t.own.link, "giving tcp link back");
-                self.pass_to_main(FromWorker::ReturnedTcp(Box::new(t.own)));
+                self.pass_ownership_to_main(FromWorker::ReturnedTcp(Box::new(t.own)));
             } else {
                 let _ = t.own.stream.shutdown(Shutdown::Both);
-                self.pass_to_main(FromWorker::TcpClosed {
+                self.pass_ownership_to_main(FromWorker::TcpClosed {
                     link: t.own.link,
                     reason: "its worker stopped",
                 });

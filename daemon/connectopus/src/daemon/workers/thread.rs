@@ -83,11 +83,18 @@ impl WorkerThread {
         self.return_links();
         // Whatever it counted still reaches the node.
         self.report(true);
-        self.status
+        let status = self.status.clone();
+        status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .stopped = Some(reason.unwrap_or_else(|| "node stopping".to_owned()));
-        // Dropping `self` closes the TUN queue: the kernel moves its flows to the others.
+        // Dropping `self` closes the ring and the TUN queue's descriptor: the kernel moves
+        // its flows to the others, and worker 0's queue may be read by the main loop.
+        drop(self);
+        status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .queue_released = true;
     }
 
     pub(super) fn serve(&mut self) -> Result<()> {
