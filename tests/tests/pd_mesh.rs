@@ -13,8 +13,8 @@ use connectopus_tests::pd::{
     Upstream, addresses, all_mirrored, delegate_to, describe_addresses, kea_lease_lines, mirror,
 };
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, NetNs, Topology, dig, ping6, require_root, require_tools, run_test,
-    run_with_timeout, wait_until, workspace_binary,
+    ChildGuard, LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, dig, ping6, require_root,
+    require_tools, run_test, run_with_timeout, wait_until, workspace_binary,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,6 +46,37 @@ fn pool_rules(ns: &NetNs) -> Vec<String> {
         .filter(|l| l.contains("2001:db8:100:"))
         .map(str::to_owned)
         .collect()
+}
+
+/// The gw—b mesh over DTLS with Kea delegating to gw: the router and Kea up, the mesh file
+/// with gw's `delegated` entry (then changed by `edit`, and signed), both nodes started and
+/// holding their mirrors. Also returns the mesh file as it was before the entry.
+fn start_gw_b_delegated<'t>(
+    dir: &TestDir,
+    topo: &'t Topology,
+    edit: impl FnOnce(String) -> String,
+) -> Result<(Upstream, ChildGuard, Mesh<'t>, String)> {
+    let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
+    let kea = upstream.start_kea(dir)?;
+    let mut mesh = Mesh::configure(topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
+    let undelegated = std::fs::read_to_string(mesh.config_path())?;
+    delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
+    let config = std::fs::read_to_string(mesh.config_path())?;
+    std::fs::write(mesh.config_path(), edit(config))?;
+    mesh.sign()?;
+    mesh.start_all()?;
+    mesh.wait_converged(WAIT)?;
+    let nodes = ["gw", "b"];
+    wait_until(WAIT, Duration::from_millis(100), || {
+        all_mirrored(&namespaces(topo, &nodes))
+    })
+    .with_context(|| {
+        format!(
+            "not every node holds its mirror:\n{}",
+            describe(topo, &nodes)
+        )
+    })?;
+    Ok((upstream, kea, mesh, undelegated))
 }
 
 /// §2.5 "Egress" against Kea: `gw` delegates with `egress: true`. gw becomes a router
@@ -470,29 +501,14 @@ fn a_delegating_node_without_dns_renews_across_an_instance_restart() {
     require_tools(&["ip", "ping", "kea-dhcp6"]);
     run_test("pd_restart_nodns", |dir| {
         let topo = Topology::line(dir, &["gw", "b"])?;
-        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
-        let _kea = upstream.start_kea(dir)?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
-        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
-        let config = std::fs::read_to_string(mesh.config_path())?;
-        ensure!(config.contains("  gw:\n"), "{config}");
-        std::fs::write(
-            mesh.config_path(),
-            config.replacen("  gw:\n", "  gw:\n    dns: {disable: true}\n", 1),
-        )?;
-        mesh.sign()?;
-        mesh.start_all()?;
-        mesh.wait_converged(WAIT)?;
-        let nodes = ["gw", "b"];
-        wait_until(WAIT, Duration::from_millis(100), || {
-            all_mirrored(&namespaces(&topo, &nodes))
-        })
-        .with_context(|| {
-            format!(
-                "not every node holds its mirror:\n{}",
-                describe(&topo, &nodes)
-            )
+        let (_upstream, _kea, mesh, _) = start_gw_b_delegated(dir, &topo, |config| {
+            config.replacen("  gw:\n", "  gw:\n    dns: {disable: true}\n", 1)
         })?;
+        ensure!(
+            std::fs::read_to_string(mesh.config_path())?.contains("dns: {disable: true}"),
+            "gw's DNS is not off"
+        );
+        let nodes = ["gw", "b"];
         let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
         let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
 
@@ -554,22 +570,8 @@ fn pd_release_gives_the_prefix_back_and_the_mesh_withdraws_it() {
     require_tools(&["ip", "kea-dhcp6"]);
     run_test("pd_release_live", |dir| {
         let topo = Topology::line(dir, &["gw", "b"])?;
-        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
-        let _kea = upstream.start_kea(dir)?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
-        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
-        mesh.start_all()?;
-        mesh.wait_converged(WAIT)?;
+        let (_upstream, _kea, mesh, _) = start_gw_b_delegated(dir, &topo, |config| config)?;
         let nodes = ["gw", "b"];
-        wait_until(WAIT, Duration::from_millis(100), || {
-            all_mirrored(&namespaces(&topo, &nodes))
-        })
-        .with_context(|| {
-            format!(
-                "not every node holds its mirror:\n{}",
-                describe(&topo, &nodes)
-            )
-        })?;
         let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
         let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
         ensure!(
@@ -651,23 +653,9 @@ fn removing_the_delegated_entry_releases_the_prefix() {
     require_tools(&["ip", "kea-dhcp6"]);
     run_test("pd_entry_removed", |dir| {
         let topo = Topology::line(dir, &["gw", "b"])?;
-        let upstream = Upstream::new(dir, topo.ns("gw"), false)?;
-        let _kea = upstream.start_kea(dir)?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("b", "gw", LinkKind::DtlsPsk)])?;
-        let undelegated = std::fs::read_to_string(mesh.config_path())?;
-        delegate_to(&mesh, "gw", upstream.node_ifname(), false)?;
-        mesh.start_all()?;
-        mesh.wait_converged(WAIT)?;
+        let (_upstream, _kea, mesh, undelegated) =
+            start_gw_b_delegated(dir, &topo, |config| config)?;
         let nodes = ["gw", "b"];
-        wait_until(WAIT, Duration::from_millis(100), || {
-            all_mirrored(&namespaces(&topo, &nodes))
-        })
-        .with_context(|| {
-            format!(
-                "not every node holds its mirror:\n{}",
-                describe(&topo, &nodes)
-            )
-        })?;
         let state = format!("{}.dhcp6", mesh.node_config_path("gw").display());
         let duid = PdState::decode(&std::fs::read(&state)?)?.duid.to_string();
         let kea_log = || std::fs::read_to_string(dir.join("kea.log")).unwrap_or_default();
