@@ -14,6 +14,7 @@
 mod chart;
 mod cleanup;
 mod flood;
+mod load;
 mod measure;
 mod report;
 mod stats;
@@ -47,6 +48,8 @@ pub struct Options {
     pub pings: u32,
     /// Seconds between pings, as `ping -i` takes it.
     pub ping_interval: String,
+    /// CPU burners for the latency test under load (`load.rs`); 0 skips that test.
+    pub load: usize,
     /// Where the JSON, Markdown and PNG go.
     pub out: PathBuf,
     /// Only subjects whose id (`pair/connectopus-dtls`...) contains one of these.
@@ -76,6 +79,7 @@ impl Options {
             udp_seconds: 5,
             pings: 1000,
             ping_interval: "0.002".into(),
+            load: std::thread::available_parallelism().map_or(2, usize::from),
             out: default_out_dir(),
             only: Vec::new(),
             flood: None,
@@ -107,6 +111,7 @@ impl Options {
                         value("--udp-seconds")?.parse().context("--udp-seconds")?
                 }
                 "--pings" => options.pings = value("--pings")?.parse().context("--pings")?,
+                "--load" => options.load = value("--load")?.parse().context("--load")?,
                 "--out" => options.out = PathBuf::from(value("--out")?),
                 "--only" => options.only.extend(
                     value("--only")?
@@ -139,12 +144,14 @@ impl Options {
 }
 
 const USAGE: &str = "usage: e2e [--short] [--reps N] [--seconds S] [--udp-seconds S] [--pings N]
-           [--out DIR] [--only ID[,ID...]]
+           [--load N] [--out DIR] [--only ID[,ID...]]
   --short        CI mode: 1 repetition, 2 s transfers, 200 pings, fewer line subjects
   --reps N       interleaved repetitions of every subject (default 3)
   --seconds S    length of each TCP transfer (default 10)
   --udp-seconds S  length of each UDP transfer (default 5)
   --pings N      pings per latency test, 2 ms apart (default 1000)
+  --load N       CPU burners (busy shells, each its own session) during a second latency
+                 test, the one under load (default: one per CPU; 0 skips it)
   --out DIR      where e2e.json, e2e.md and e2e.png go (default target/bench)
   --only IDS     only subjects whose id contains one of these (e.g. pair/,dtls)
   --redraw FILE  measure nothing: rewrite the table and chart from a saved e2e.json
@@ -450,6 +457,9 @@ fn topology(dir: &TestDir, layout: Layout) -> Result<Topology> {
     Ok(topo)
 }
 
+/// How long the traffic has stopped before the settled resident memory is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(2500);
+
 /// Starts one subject, runs every test against it once, and stops it.
 fn measure_one(
     options: &Options,
@@ -468,6 +478,15 @@ fn measure_one(
     sample.insert("ping_p50_us", latency.p50_us);
     sample.insert("ping_p99_us", latency.p99_us);
     sample.insert("ping_loss_pct", latency.loss_pct);
+    if options.load > 0 {
+        cleanup::check()?;
+        let burners = load::Burners::start(options.load)?;
+        let loaded = measure::ping(src, up.dst, options.pings, &options.ping_interval);
+        drop(burners);
+        let loaded = loaded.context("ping under load")?;
+        sample.insert("ping_loaded_p50_us", loaded.p50_us);
+        sample.insert("ping_loaded_p99_us", loaded.p99_us);
+    }
 
     // CPU seconds of the data-path processes across `f`, or None without processes.
     let with_cpu = |f: &mut dyn FnMut() -> Result<()>| -> Result<Option<f64>> {
@@ -535,6 +554,19 @@ fn measure_one(
             peak = peak.max(measure::peak_rss_kib(*pid)?);
         }
         sample.insert("rss_peak_mib", peak / 1024.0);
+        // Resident once the traffic stopped: a Connectopus node gives idle packet buffers
+        // back within two of its once-a-second trims, and the code start-up ran 5 s after
+        // its start (long past by now); what a process keeps after a quiet moment is what
+        // it costs a host that is not forwarding at full rate. Not in short mode (CI), to
+        // keep it short.
+        if !options.short {
+            std::thread::sleep(SETTLE);
+            let mut settled: f64 = 0.0;
+            for pid in &pids {
+                settled = settled.max(measure::rss_kib(*pid)?);
+            }
+            sample.insert("rss_settled_mib", settled / 1024.0);
+        }
     }
     drop(server);
     let details = match (up.details.clone(), udp_skipped) {

@@ -260,14 +260,23 @@ pub fn total_cpu_seconds(pids: &[u32]) -> Result<f64> {
 
 /// Peak resident set size (`VmHWM`) of process `pid`, KiB.
 pub fn peak_rss_kib(pid: u32) -> Result<f64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size now (`VmRSS`) of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Result<f64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<f64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 #[cfg(test)]

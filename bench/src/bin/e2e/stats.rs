@@ -69,6 +69,17 @@ pub fn paired_ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
         .collect()
 }
 
+/// `a - b` per repetition, where both were measured.
+pub fn paired_differences(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) if x.is_finite() && y.is_finite() => Some(x - y),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
