@@ -337,6 +337,101 @@ fn a_dtls_transfer_leaves_no_packet_memory_behind() {
     });
 }
 
+/// A TLS link's send queue and staging buffer, which a burst grows (an unlimited UDP flood
+/// toward a peer that stopped reading queues up to the 4 MiB backlog bound; a `VecDeque` then
+/// holds 8 MiB), give the capacity back once the link is quiet again: the sender's `RssAnon`
+/// falls back by at least a third of what the flood grew it by (measured: 58–78 % of
+/// 8–9 MiB, the rest being posted receive buffers and heap; before, none: the queue's 8 MiB
+/// stayed resident).
+#[test]
+fn a_flood_through_a_tls_link_leaves_no_queue_memory_behind() {
+    require_root!();
+    run_test("tls_queue_memory", |dir| {
+        require_tools(&["iperf3", "ping"]);
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::TcpTls)])?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let bar_addr = mesh.address("bar");
+        let warm = ping6(topo.ns("foo"), bar_addr, 3, 56, &[])?;
+        ensure!(warm.all_received(), "foo -> bar: {warm:?}");
+        let nodes = [
+            ("foo", mesh.process("foo").context("foo")?.pid()),
+            ("bar", mesh.process("bar").context("bar")?.pid()),
+        ];
+        let mut rest = Vec::new();
+        for (name, pid) in nodes {
+            rest.push(report(name, "at rest", pid)?);
+        }
+        let _server = iperf3_server(topo.ns("bar"), Some(bar_addr.into()), 5201)?;
+        // An unlimited flood while bar does not read for 2 s (stopped): foo's socket buffer
+        // fills and its queue for the link grows to the backlog bound, in any build.
+        let flood = topo.ns("foo").spawn(
+            "iperf3",
+            &[
+                "-6",
+                "-u",
+                "-b",
+                "0",
+                "-l",
+                "1352",
+                "-t",
+                "4",
+                "--connect-timeout",
+                "3000",
+                "-c",
+                &bar_addr.to_string(),
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        let bar_pid = libc::pid_t::try_from(nodes[1].1)?;
+        // SAFETY: plain signal delivery to the node process this test started.
+        unsafe { libc::kill(bar_pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(2));
+        let mut peak = Vec::new();
+        for (name, pid) in nodes {
+            peak.push(report(name, "after the flood", pid)?);
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(bar_pid, libc::SIGCONT) };
+        flood.wait_timeout(Duration::from_secs(60))?;
+        ensure!(
+            peak[0].anon_kib >= rest[0].anon_kib + 3 * 1024,
+            "foo's queue for the stopped link did not grow: RssAnon {} KiB at rest, {} KiB \
+             during the flood",
+            rest[0].anon_kib,
+            peak[0].anon_kib
+        );
+        let mut now = Vec::new();
+        let settled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            let quiet = ping6(topo.ns("foo"), bar_addr, QUIET_PINGS, 56, &["-i", "0.01"]);
+            now = nodes
+                .iter()
+                .filter_map(|(_, pid)| memory(*pid).ok())
+                .collect();
+            quiet.is_ok_and(|q| q.all_received())
+                && now.len() == rest.len()
+                && now.first().is_some_and(|foo| {
+                    // At least a third of what the flood grew foo by went back.
+                    3 * foo.anon_kib <= rest[0].anon_kib + 2 * peak[0].anon_kib
+                })
+        });
+        for (name, pid) in nodes {
+            report(name, "quiet again", pid)?;
+        }
+        ensure!(
+            settled.is_ok(),
+            "RssAnon once quiet {:?} KiB, during the flood {:?} KiB, at rest {:?} KiB (foo, bar): \
+             foo gave back less than a third of what the flood grew it by",
+            now.iter().map(|m| m.anon_kib).collect::<Vec<_>>(),
+            peak.iter().map(|m| m.anon_kib).collect::<Vec<_>>(),
+            rest.iter().map(|m| m.anon_kib).collect::<Vec<_>>()
+        );
+        Ok(())
+    });
+}
+
 /// The most packet buffers one dataplane worker may have had in use at once during a transfer
 /// (`status` → `workers[].buffers_peak`): a quarter of its pool of 256. Its working set is
 /// 32 (past it, receives get no more buffers), and what one turn's receives (16 posted) seal

@@ -358,7 +358,14 @@ impl Daemon {
             self.resume_tcp_io();
             self.dataplane.wake_for_tcp();
             self.reap_closing();
-            self.worker.trim_if_due(Instant::now());
+            if self.worker.trim_if_due(Instant::now()) {
+                for link in self.links.values_mut() {
+                    if let Transport::Tcp(tcp) = &mut link.transport {
+                        crate::links::tcp::shrink_idle_queue(&mut tcp.tx);
+                        tcp.codec.shrink_idle();
+                    }
+                }
+            }
             self.unmap_idle_code_if_due(Instant::now());
             if let Some(deadline) = self.stopping {
                 let flushed = self.links.values().all(|l| l.backlog() == 0);

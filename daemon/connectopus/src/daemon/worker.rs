@@ -216,11 +216,14 @@ impl Worker {
 
     /// Gives the pool's idle memory back once per [`TRIM_INTERVAL`]; call it once a turn (the
     /// loop wakes at least once a second).
-    pub(super) fn trim_if_due(&mut self, now: Instant) {
-        if now >= self.trim_at {
-            self.trim_at = now + TRIM_INTERVAL;
-            self.io.trim();
+    /// Whether it trimmed now: the caller then shrinks its TCP links' queues too.
+    pub(super) fn trim_if_due(&mut self, now: Instant) -> bool {
+        if now < self.trim_at {
+            return false;
         }
+        self.trim_at = now + TRIM_INTERVAL;
+        self.io.trim();
+        true
     }
 }
 

@@ -47,6 +47,20 @@ impl std::fmt::Debug for TcpCodec {
 /// Most plaintext bytes buffered while waiting for the rest of a frame.
 const MAX_RX_BUFFER: usize = 4 * MAX_FRAME;
 
+/// The capacity an idle link's send queue and staging buffer keep (see
+/// [`TcpCodec::shrink_idle`], [`shrink_idle_queue`]): a burst may grow them to the backlog
+/// bound (4 MiB, a `VecDeque` then holds 8), and a grown buffer that nothing shrinks stays
+/// resident for the life of the link.
+pub const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Shrinks a link's send queue that a burst grew, once it holds no more than
+/// [`KEEP_CAPACITY`] bytes (the bytes stay, in order). Called once a second, never per packet.
+pub fn shrink_idle_queue(tx: &mut std::collections::VecDeque<u8>) {
+    if tx.capacity() > KEEP_CAPACITY && tx.len() <= KEEP_CAPACITY {
+        tx.shrink_to(KEEP_CAPACITY);
+    }
+}
+
 impl TcpCodec {
     /// Creates a codec for a plain TCP link.
     pub fn plain() -> Self {
@@ -228,6 +242,21 @@ impl TcpCodec {
         Ok(true)
     }
 
+    /// Gives back buffer capacity a burst left behind (a TLS link stages a whole burst of
+    /// frames before one encryption): whatever holds no more than [`KEEP_CAPACITY`] bytes
+    /// shrinks to that. Called once a second, never per packet.
+    pub fn shrink_idle(&mut self) {
+        if self.staged.capacity() > KEEP_CAPACITY && self.staged.len() <= KEEP_CAPACITY {
+            self.staged.shrink_to(KEEP_CAPACITY);
+        }
+        let buffered = self.rx.len() - self.rx_start;
+        if self.rx.capacity() > 2 * MAX_FRAME && buffered <= MAX_FRAME {
+            self.rx.drain(..self.rx_start);
+            self.rx_start = 0;
+            self.rx.shrink_to(2 * MAX_FRAME);
+        }
+    }
+
     /// Encrypts what [`TcpCodec::queue_with`] staged (TLS links; nothing to do on plain TCP)
     /// and appends the bytes for the socket to `out`.
     ///
@@ -265,6 +294,60 @@ impl TcpCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_a_burst_grew_shrinks_once_drained_and_keeps_its_bytes() {
+        let mut tx: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+        tx.extend(std::iter::repeat_n(7u8, 4 * 1024 * 1024));
+        assert!(tx.capacity() >= 4 * 1024 * 1024);
+        // Still full: nothing to give back.
+        shrink_idle_queue(&mut tx);
+        assert!(tx.capacity() >= 4 * 1024 * 1024);
+        tx.drain(..tx.len() - 1000);
+        tx.extend([1u8, 2, 3]);
+        shrink_idle_queue(&mut tx);
+        assert!(tx.capacity() <= 2 * KEEP_CAPACITY, "{}", tx.capacity());
+        assert_eq!(tx.len(), 1003);
+        assert!(tx.iter().take(1000).all(|&b| b == 7));
+        assert_eq!(
+            tx.iter().skip(1000).copied().collect::<Vec<u8>>(),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn a_receive_buffer_a_burst_grew_shrinks_and_keeps_a_partial_frame() {
+        let mut codec = TcpCodec::plain();
+        let mut out = Vec::new();
+        // Three whole frames and the first half of a fourth, taken apart frame by frame.
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend_from_slice(&(MAX_FRAME as u16).to_be_bytes());
+            wire.extend(std::iter::repeat_n(9u8, MAX_FRAME));
+        }
+        wire.extend_from_slice(&100u16.to_be_bytes());
+        wire.extend(std::iter::repeat_n(5u8, 50));
+        codec
+            .receive(&wire, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(codec.rx.capacity() > 2 * MAX_FRAME);
+        for _ in 0..3 {
+            assert!(codec.pop_message().is_some());
+        }
+        assert!(codec.pop_message().is_none());
+        codec.shrink_idle();
+        assert!(
+            codec.rx.capacity() <= 2 * MAX_FRAME + 64,
+            "{}",
+            codec.rx.capacity()
+        );
+        // The partial frame survived: its second half completes it.
+        codec
+            .receive(&[5u8; 50], &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let range = codec.pop_message().unwrap_or_else(|| panic!("no frame"));
+        assert_eq!(range.len(), 100);
+    }
 
     #[test]
     fn frames_split_anywhere_reassemble() {

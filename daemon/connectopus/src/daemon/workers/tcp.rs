@@ -241,6 +241,15 @@ impl WorkerThread {
         self.worker.tcp_waiting = waiting;
     }
 
+    /// Shrinks the queues of its TCP links that a burst grew (once a second, with the pool's
+    /// trim): a write in flight was copied into a pool buffer, so no queue is borrowed.
+    pub(super) fn shrink_tcp_queues(&mut self) {
+        for t in self.tcp.iter_mut().flatten() {
+            crate::links::tcp::shrink_idle_queue(&mut t.own.tx);
+            t.own.codec.shrink_idle();
+        }
+    }
+
     pub(super) fn on_tcp_written(&mut self, slot: usize, completion: Completion) {
         if let Some(buf) = completion.buf {
             self.worker.io.free(buf);

@@ -142,8 +142,11 @@ impl WorkerThread {
             if self.reported.elapsed() >= REPORT_EVERY {
                 self.report(false);
             }
-            // Idle pool buffers go back to the kernel once a second, as on worker 0.
-            self.worker.trim_if_due(Instant::now());
+            // Idle pool buffers go back to the kernel once a second, as on worker 0, and so
+            // does what a burst grew its TCP links' queues to.
+            if self.worker.trim_if_due(Instant::now()) {
+                self.shrink_tcp_queues();
+            }
             if std::mem::take(&mut self.woke_main) {
                 let _ = self.main.wake();
             }
