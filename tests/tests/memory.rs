@@ -337,6 +337,44 @@ fn a_dtls_transfer_leaves_no_packet_memory_behind() {
     });
 }
 
+/// A process stopped with SIGSTOP, continued when dropped (also when the test fails while it
+/// is stopped).
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn new(pid: u32) -> Result<Stopped> {
+        let pid = libc::pid_t::try_from(pid)?;
+        // SAFETY: plain signal delivery to a node process this test started.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        ensure!(
+            rc == 0,
+            "SIGSTOP {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(Stopped(pid))
+    }
+
+    fn resume(self) -> Result<()> {
+        let pid = self.0;
+        std::mem::forget(self);
+        // SAFETY: as in `new`.
+        let rc = unsafe { libc::kill(pid, libc::SIGCONT) };
+        ensure!(
+            rc == 0,
+            "SIGCONT {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// A TLS link's send queue and staging buffer, which a burst grows (an unlimited UDP flood
 /// toward a peer that stopped reading queues up to the 4 MiB backlog bound; a `VecDeque` then
 /// holds 8 MiB), give the capacity back once the link is quiet again: the sender's `RssAnon`
@@ -385,16 +423,13 @@ fn a_flood_through_a_tls_link_leaves_no_queue_memory_behind() {
             ],
         )?;
         std::thread::sleep(Duration::from_millis(500));
-        let bar_pid = libc::pid_t::try_from(nodes[1].1)?;
-        // SAFETY: plain signal delivery to the node process this test started.
-        unsafe { libc::kill(bar_pid, libc::SIGSTOP) };
+        let stopped = Stopped::new(nodes[1].1)?;
         std::thread::sleep(Duration::from_secs(2));
         let mut peak = Vec::new();
         for (name, pid) in nodes {
             peak.push(report(name, "after the flood", pid)?);
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(bar_pid, libc::SIGCONT) };
+        stopped.resume()?;
         flood.wait_timeout(Duration::from_secs(60))?;
         ensure!(
             peak[0].anon_kib >= rest[0].anon_kib + 3 * 1024,

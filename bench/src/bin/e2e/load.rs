@@ -36,15 +36,21 @@ impl Burners {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
+            // SAFETY: getpid takes no arguments and cannot fail.
+            let harness = unsafe { libc::getpid() };
             // SAFETY: between fork and exec the closure calls only async-signal-safe
-            // functions (setsid, prctl) and touches no memory of the parent.
+            // functions (setsid, prctl, getppid) and touches no memory of the parent.
             unsafe {
-                command.pre_exec(|| {
+                command.pre_exec(move || {
                     if libc::setsid() < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    // The harness died before the death signal was armed: do not spin on.
+                    if libc::getppid() != harness {
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                     }
                     Ok(())
                 });

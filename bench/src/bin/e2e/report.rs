@@ -293,11 +293,11 @@ pub fn method(run: &Run) -> String {
     format!(
         "{reps} interleaved repetition(s): each repetition starts every subject in turn on the same \
          namespaces, measures it and stops it. Per subject and repetition: {pings} pings of 56 bytes \
-         {interval} s apart (p50 and p99 by nearest rank); iperf3 TCP for {tcp} s with 1 and with 4 \
-         streams (receiver-side rate); {load}iperf3 UDP for {udp} s at unlimited rate (-b 0) with IP packets \
+         {interval} s apart (p50 and p99 by nearest rank); {load}iperf3 TCP for {tcp} s with 1 and with 4 \
+         streams (receiver-side rate); iperf3 UDP for {udp} s at unlimited rate (-b 0) with IP packets \
          of 64 and 1,400 bytes (received packets per second and loss); CPU seconds of the data-path \
          processes (utime+stime from /proc/<pid>/stat) across each transfer, both ends (and mid on \
-         the line); peak RSS (VmHWM) of the largest such process at the end, and its RSS (VmRSS) \
+         the line); the largest peak RSS (VmHWM) among them at the end, and the largest RSS (VmRSS) \
          2.5 s after the last transfer (full mode). Medians with min and \
          max over repetitions; ratios are computed per repetition (same repetition, back to back) \
          and then summarised.",
@@ -551,7 +551,8 @@ pub fn to_markdown(run: &Run) -> String {
         let _ = writeln!(
             md,
             "\nRound trip over the raw link's, µs, computed per repetition (median, min–max): \
-             idle, and while CPU burners load every core.\n"
+             idle, and while {} CPU burner(s) ran.\n",
+            run.options.load
         );
         let _ = writeln!(
             md,
@@ -641,7 +642,10 @@ pub fn from_json(value: &Value, options: &Options) -> Result<Run> {
         pings: number(o, "pings")?,
         ping_interval: text(o, "ping_interval_s"),
         // Reports from before the latency test under load have none.
-        load: o["load"].as_u64().map_or(0, |n| n as usize),
+        load: o["load"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
         out: options.out.clone(),
         only: Vec::new(),
         flood: None,

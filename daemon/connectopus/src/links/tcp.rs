@@ -242,9 +242,11 @@ impl TcpCodec {
         Ok(true)
     }
 
-    /// Gives back buffer capacity a burst left behind (a TLS link stages a whole burst of
-    /// frames before one encryption): whatever holds no more than [`KEEP_CAPACITY`] bytes
-    /// shrinks to that. Called once a second, never per packet.
+    /// Gives back buffer capacity a burst left behind: the staging buffer (a TLS link stages
+    /// a whole burst of frames before one encryption) shrinks to [`KEEP_CAPACITY`] once it
+    /// holds no more than that, and the receive buffer (plain and TLS links) to two frames
+    /// once it holds no more than one, its bytes kept. Called once a second, never per
+    /// packet, and never while a range from [`TcpCodec::pop_message`] is in use.
     pub fn shrink_idle(&mut self) {
         if self.staged.capacity() > KEEP_CAPACITY && self.staged.len() <= KEEP_CAPACITY {
             self.staged.shrink_to(KEEP_CAPACITY);
