@@ -254,6 +254,63 @@ const RETURN_KIB: u64 = 1024;
 /// Pings per round of the light traffic after the transfer.
 const QUIET_PINGS: u32 = 10;
 
+/// A node's name and process id.
+type Node = (&'static str, u32);
+
+/// `foo` and `bar` on one link of `kind` (the eBPF TUN counters loaded when built and
+/// `ebpf`), converged, warmed by a first ping (so that "at rest" is a node that has forwarded,
+/// not one that never did, its code and first buffers touched), with each node's memory at
+/// rest printed and returned.
+fn pair_at_rest(
+    topo: &Topology,
+    kind: LinkKind,
+    ebpf: bool,
+) -> Result<(Mesh<'_>, [Node; 2], Vec<Memory>)> {
+    let mut mesh = Mesh::configure(topo, &[MeshLink::new("bar", "foo", kind)])?;
+    mesh.set_log_level("info");
+    if let Some(object) = ebpf.then(ebpf_object_if_built).flatten() {
+        mesh.set_env("CONNECTOPUS_EBPF_OBJECT", &object.display().to_string());
+    }
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    let warm = ping6(topo.ns("foo"), mesh.address("bar"), 3, 56, &[])?;
+    ensure!(warm.all_received(), "foo -> bar: {warm:?}");
+    let nodes = [
+        ("foo", mesh.process("foo").context("foo")?.pid()),
+        ("bar", mesh.process("bar").context("bar")?.pid()),
+    ];
+    let mut rest = Vec::new();
+    for (name, pid) in nodes {
+        rest.push(report(name, "at rest", pid)?);
+    }
+    Ok((mesh, nodes, rest))
+}
+
+/// Light traffic, as a quiet link carries (rounds of pings 10 ms apart), until the nodes'
+/// memory satisfies `settled` (at most 30 s); prints each node's and returns whether it did
+/// and the last readings. Every ping takes a posted receive buffer on both nodes, so the
+/// buffers a burst left posted go back to the pool, which releases them once idle a second.
+fn quiet_until(
+    topo: &Topology,
+    to: std::net::Ipv6Addr,
+    nodes: &[Node],
+    settled: impl Fn(&[Memory]) -> bool,
+) -> Result<(bool, Vec<Memory>)> {
+    let mut now = Vec::new();
+    let done = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let quiet = ping6(topo.ns("foo"), to, QUIET_PINGS, 56, &["-i", "0.01"]);
+        now = nodes
+            .iter()
+            .filter_map(|(_, pid)| memory(*pid).ok())
+            .collect();
+        quiet.is_ok_and(|q| q.all_received()) && now.len() == nodes.len() && settled(&now)
+    });
+    for (name, pid) in nodes {
+        report(name, "quiet again", *pid)?;
+    }
+    Ok((done.is_ok(), now))
+}
+
 /// Root test: a 100 MB TCP transfer (iperf3) through a DTLS link between two nodes, `foo`
 /// sending to `bar`; once the link is quiet (pings only), each node's resident anonymous memory
 /// comes back to within [`RETURN_KIB`] of what it was at rest. Prints the nodes' mappings (at rest,
@@ -264,26 +321,8 @@ fn a_dtls_transfer_leaves_no_packet_memory_behind() {
     run_test("dtls_transfer_memory", |dir| {
         require_tools(&["iperf3", "ping"]);
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
-        mesh.set_log_level("info");
-        if let Some(object) = ebpf_object_if_built() {
-            mesh.set_env("CONNECTOPUS_EBPF_OBJECT", &object.display().to_string());
-        }
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
+        let (mesh, nodes, rest) = pair_at_rest(&topo, LinkKind::DtlsPsk, true)?;
         let bar_addr = mesh.address("bar");
-        // A first ping warms what every packet touches (code, the first buffers), so that
-        // "at rest" is a node that has forwarded, not one that never did.
-        let warm = ping6(topo.ns("foo"), bar_addr, 3, 56, &[])?;
-        ensure!(warm.all_received(), "foo -> bar: {warm:?}");
-        let nodes = [
-            ("foo", mesh.process("foo").context("foo")?.pid()),
-            ("bar", mesh.process("bar").context("bar")?.pid()),
-        ];
-        let mut rest = Vec::new();
-        for (name, pid) in nodes {
-            rest.push(report(name, "at rest", pid)?);
-        }
 
         let _server = iperf3_server(topo.ns("bar"), Some(bar_addr.into()), 5201)?;
         let output = topo.ns("foo").exec_timeout(
@@ -306,28 +345,13 @@ fn a_dtls_transfer_leaves_no_packet_memory_behind() {
             report(name, "after the transfer", pid)?;
         }
 
-        // Light traffic, as a quiet link carries: every packet takes a posted receive buffer
-        // on both nodes, so the buffers the transfer left posted go back to the pool, which
-        // releases them once they stayed idle for a second.
-        let mut now = Vec::new();
-        let settled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            let quiet = ping6(topo.ns("foo"), bar_addr, QUIET_PINGS, 56, &["-i", "0.01"]);
-            now = nodes
-                .iter()
-                .filter_map(|(_, pid)| memory(*pid).ok())
-                .collect();
-            quiet.is_ok_and(|q| q.all_received())
-                && now.len() == rest.len()
-                && now
-                    .iter()
-                    .zip(&rest)
-                    .all(|(n, r)| n.anon_kib <= r.anon_kib + RETURN_KIB)
-        });
-        for (name, pid) in nodes {
-            report(name, "quiet again", pid)?;
-        }
+        let (settled, now) = quiet_until(&topo, bar_addr, &nodes, |now| {
+            now.iter()
+                .zip(&rest)
+                .all(|(n, r)| n.anon_kib <= r.anon_kib + RETURN_KIB)
+        })?;
         ensure!(
-            settled.is_ok(),
+            settled,
             "RssAnon once quiet {:?} KiB, at rest {:?} KiB (foo, bar): the transfer left more \
              than {RETURN_KIB} KiB behind",
             now.iter().map(|m| m.anon_kib).collect::<Vec<_>>(),
@@ -387,21 +411,8 @@ fn a_flood_through_a_tls_link_leaves_no_queue_memory_behind() {
     run_test("tls_queue_memory", |dir| {
         require_tools(&["iperf3", "ping"]);
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::TcpTls)])?;
-        mesh.set_log_level("info");
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
+        let (mesh, nodes, rest) = pair_at_rest(&topo, LinkKind::TcpTls, false)?;
         let bar_addr = mesh.address("bar");
-        let warm = ping6(topo.ns("foo"), bar_addr, 3, 56, &[])?;
-        ensure!(warm.all_received(), "foo -> bar: {warm:?}");
-        let nodes = [
-            ("foo", mesh.process("foo").context("foo")?.pid()),
-            ("bar", mesh.process("bar").context("bar")?.pid()),
-        ];
-        let mut rest = Vec::new();
-        for (name, pid) in nodes {
-            rest.push(report(name, "at rest", pid)?);
-        }
         let _server = iperf3_server(topo.ns("bar"), Some(bar_addr.into()), 5201)?;
         // An unlimited flood while bar does not read for 2 s (stopped): foo's socket buffer
         // fills and its queue for the link grows to the backlog bound, in any build.
@@ -438,25 +449,14 @@ fn a_flood_through_a_tls_link_leaves_no_queue_memory_behind() {
             rest[0].anon_kib,
             peak[0].anon_kib
         );
-        let mut now = Vec::new();
-        let settled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            let quiet = ping6(topo.ns("foo"), bar_addr, QUIET_PINGS, 56, &["-i", "0.01"]);
-            now = nodes
-                .iter()
-                .filter_map(|(_, pid)| memory(*pid).ok())
-                .collect();
-            quiet.is_ok_and(|q| q.all_received())
-                && now.len() == rest.len()
-                && now.first().is_some_and(|foo| {
-                    // At least a third of what the flood grew foo by went back.
-                    3 * foo.anon_kib <= rest[0].anon_kib + 2 * peak[0].anon_kib
-                })
-        });
-        for (name, pid) in nodes {
-            report(name, "quiet again", pid)?;
-        }
+        let (settled, now) = quiet_until(&topo, bar_addr, &nodes, |now| {
+            now.first().is_some_and(|foo| {
+                // At least a third of what the flood grew foo by went back.
+                3 * foo.anon_kib <= rest[0].anon_kib + 2 * peak[0].anon_kib
+            })
+        })?;
         ensure!(
-            settled.is_ok(),
+            settled,
             "RssAnon once quiet {:?} KiB, during the flood {:?} KiB, at rest {:?} KiB (foo, bar): \
              foo gave back less than a third of what the flood grew it by",
             now.iter().map(|m| m.anon_kib).collect::<Vec<_>>(),
