@@ -1,6 +1,7 @@
 //! DTLS key update end to end: with a short key-update interval (a test-only environment
 //! variable), a ping flow across a DTLS link keeps going while both directions move through
-//! several epochs, with nothing lost (the link received and opened on a worker thread).
+//! several epochs, with nothing lost (the link received and opened on a worker thread), in the
+//! default PSK suite (DHE-PSK-AES128-GCM).
 
 #![allow(clippy::unwrap_used)]
 
@@ -39,6 +40,11 @@ fn a_ping_flow_continues_across_dtls_key_updates() {
             let links = status["links"].as_array().cloned().unwrap_or_default();
             ensure!(links.len() == 1, "{node}: {status}");
             ensure!(links[0]["state"] == "established", "{node}: {status}");
+            // The default PSK suites negotiate AES-128-GCM records (DHE-PSK).
+            ensure!(
+                links[0]["dtls_cipher"] == "DHE-PSK-AES128-GCM-SHA256",
+                "{node}: {status}"
+            );
             Ok(links[0]["link"].clone())
         };
         let (foo_link, bar_link) = (link_of("foo")?, link_of("bar")?);

@@ -482,6 +482,9 @@ pub struct LinkReport {
     /// update, hourly or every 2^28 records).
     #[serde(default)]
     pub dtls_epochs: Option<[u16; 2]>,
+    /// DTLS links: the cipher suite the handshake negotiated (OpenSSL's name).
+    #[serde(default)]
+    pub dtls_cipher: Option<String>,
     /// Plaintext udp links: whether the eBPF fast path carries the link, and what it carried.
     #[serde(default)]
     pub fastpath: Option<crate::daemon::LinkFastpathReport>,

@@ -159,6 +159,11 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             .dtls_epochs
             .map(|[tx, rx]| format!("  epoch tx {tx} rx {rx}"))
             .unwrap_or_default();
+        let cipher = l
+            .dtls_cipher
+            .as_deref()
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
         let fastpath = match &l.fastpath {
             Some(f) if f.active => {
                 format!("  fastpath on {} pkts {} B", f.packets, f.bytes)
@@ -171,7 +176,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}{}",
+            "  link{} {} ({}) {} -> {}  {}{}  cost {:.2} mtu {}{}  in {} B out {} B{}{}{}",
             l.link,
             l.backend,
             l.kind,
@@ -185,6 +190,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             l.bytes_in,
             l.bytes_out,
             epochs,
+            cipher,
             fastpath
         );
     }
@@ -424,6 +430,7 @@ mod tests {
             packets_in: 0,
             packets_out: 0,
             dtls_epochs: None,
+            dtls_cipher: None,
             fastpath: None,
         }
     }
@@ -548,13 +555,17 @@ mod tests {
         r.seccomp = "on (143 syscalls)".into();
         let mut l = link(Some(1_796_505_662.9));
         l.dtls_epochs = Some([3, 2]);
+        l.dtls_cipher = Some("DHE-PSK-AES128-GCM-SHA256".into());
         r.links = vec![l];
         let text = render(&r, false);
         assert!(
             text.contains("privileges: capabilities cap_net_bind_service,cap_net_admin  no_new_privs on  seccomp on (143 syscalls)\n"),
             "{text}"
         );
-        assert!(text.contains("out 0 B  epoch tx 3 rx 2\n"), "{text}");
+        assert!(
+            text.contains("out 0 B  epoch tx 3 rx 2 DHE-PSK-AES128-GCM-SHA256\n"),
+            "{text}"
+        );
         // An older node's report has neither.
         let old = report();
         let text = render(&old, false);

@@ -26,8 +26,8 @@ impl RecordSuite {
     /// Returns the record format of an OpenSSL cipher by its two-byte IANA id, if it has one we implement.
     pub fn from_cipher_id(id: [u8; 2]) -> Option<Self> {
         match u16::from_be_bytes(id) {
-            // PSK-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256
-            0x00A8 | 0xC02B | 0xC02F => Some(Self::Aes128Gcm),
+            // PSK-, DHE-PSK-, ECDHE-ECDSA-, ECDHE-RSA-AES128-GCM-SHA256
+            0x00A8 | 0x00AA | 0xC02B | 0xC02F => Some(Self::Aes128Gcm),
             // ECDHE-RSA-, ECDHE-ECDSA-, ECDHE-PSK-, PSK-CHACHA20-POLY1305 (all SHA-256 PRF)
             0xCCA8 | 0xCCA9 | 0xCCAC | 0xCCAB => Some(Self::ChaCha20Poly1305),
             _ => None,

@@ -156,6 +156,18 @@ pub(crate) fn set_psk_identity_hint(
     }
 }
 
+/// Lets OpenSSL pick the DHE group of a server by the negotiated suite
+/// (`SSL_CTX_set_dh_auto`): 2048 bits for the DHE-PSK suite.
+pub(crate) fn set_dh_auto(ctx: &mut SslContextBuilder) -> Result<(), ErrorStack> {
+    // SAFETY: `ctx` is a live SSL_CTX being built; SSL_CTRL_SET_DH_AUTO takes no pointer.
+    let ret = unsafe { sys::SSL_CTX_set_dh_auto(ctx.as_ptr(), 1) };
+    if ret == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
 /// Cookie binding of a server-side SSL object: peer address bytes and time bucket.
 #[derive(Clone, Debug)]
 pub(crate) struct CookieBinding {

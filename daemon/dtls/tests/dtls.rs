@@ -40,6 +40,59 @@ fn psk_handshake_uses_ecdhe_psk_chacha_and_fast_path_both_ways() {
 }
 
 #[test]
+fn default_psk_suite_negotiates_dhe_psk_aes_gcm_and_fast_path_both_ways() {
+    let clock = Clock::new();
+    let cfg = psk(KEY, PskSuite::default(), true);
+    let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
+    assert!(
+        handshake(&mut c, &mut s, &clock),
+        "handshake: {:?} {:?}",
+        c.state(),
+        s.state()
+    );
+    for a in [&c, &s] {
+        assert_eq!(a.cipher_name(), Some("DHE-PSK-AES128-GCM-SHA256"));
+        assert_eq!(a.record_suite(), Some(RecordSuite::Aes128Gcm));
+        assert!(a.fast_path_active(), "{:?}", a.stats());
+        assert_eq!(a.payload_offset(), Some(21));
+        assert_eq!(a.overhead(), Some(37));
+    }
+    // The server's DHE share is from OpenSSL's automatic group for a PSK suite: 2048 bits.
+    assert_eq!(c.peer_key_exchange_bits(), Some(2048));
+    for len in [1400, 100, 1] {
+        send_ok(&mut c, &mut s, &clock, &payload(len, 1));
+        send_ok(&mut s, &mut c, &clock, &payload(len, 2));
+    }
+    assert_eq!(c.stats().records_sealed, 3);
+    assert_eq!(s.stats().records_opened, 3);
+}
+
+/// A node with the default suites and one that offers only ECDHE-PSK-ChaCha20 (as nodes
+/// before the AES-GCM default did) agree on ChaCha20, whichever end is the server.
+#[test]
+fn default_psk_suite_meets_a_chacha_only_peer_on_chacha() {
+    let clock = Clock::new();
+    let default = psk(KEY, PskSuite::default(), true);
+    let chacha_only = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
+    for (client, server) in [(&default, &chacha_only), (&chacha_only, &default)] {
+        let (mut c, mut s) = new_pair(client, server, &clock);
+        assert!(
+            handshake(&mut c, &mut s, &clock),
+            "handshake: {:?} {:?}",
+            c.state(),
+            s.state()
+        );
+        for a in [&c, &s] {
+            assert_eq!(a.cipher_name(), Some("ECDHE-PSK-CHACHA20-POLY1305"));
+            assert_eq!(a.record_suite(), Some(RecordSuite::ChaCha20Poly1305));
+            assert!(a.fast_path_active(), "{:?}", a.stats());
+        }
+        send_ok(&mut c, &mut s, &clock, &payload(1400, 3));
+        send_ok(&mut s, &mut c, &clock, &payload(1400, 4));
+    }
+}
+
+#[test]
 fn wrong_psk_never_establishes_and_both_sides_fail() {
     let clock = Clock::new();
     let ccfg = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
@@ -683,9 +736,13 @@ fn stateless_cookie_exchange_on_accept() {
         DtlsAssociation::accept(&server_cfg, PEER, clock.now(), b"garbage").unwrap(),
         Accept::Ignored
     ));
-    // The first ClientHello gets a HelloVerifyRequest and no association.
+    // The first ClientHello gets a HelloVerifyRequest and no association; the admission
+    // check is not asked (no address is proved yet).
     let Accept::HelloVerifyRequest(mut hvr) =
-        DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello).unwrap()
+        DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello, || {
+            panic!("admission asked before the cookie")
+        })
+        .unwrap()
     else {
         panic!("expected a HelloVerifyRequest");
     };
@@ -699,7 +756,19 @@ fn stateless_cookie_exchange_on_accept() {
         DtlsAssociation::accept(&server_cfg, other, clock.now(), &hello2).unwrap(),
         Accept::Association(_)
     ));
-    // From the right address it does, and the handshake completes.
+    // From the right address it does unless the admission check refuses: then nothing is
+    // sent or kept, and the same ClientHello is admitted later.
+    let mut asked = 0;
+    assert!(matches!(
+        DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello2, || {
+            asked += 1;
+            false
+        })
+        .unwrap(),
+        Accept::Refused
+    ));
+    assert_eq!(asked, 1);
+    // Admitted, the handshake completes.
     let Accept::Association(mut s) =
         DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello2).unwrap()
     else {

@@ -223,7 +223,9 @@ impl Daemon {
             return;
         };
         let now = self.started.elapsed();
-        match DtlsAssociation::accept(config, src, now, &datagram) {
+        let limiter = &mut self.hello_limiter;
+        let admit = || limiter.allow_handshake(src.ip(), now);
+        match DtlsAssociation::accept_admitting(config, src, now, &datagram, admit) {
             Ok(Accept::HelloVerifyRequest(reply)) => {
                 send_raw(&mut self.worker.io, &self.udp, endpoint, src, local, &reply);
             }
@@ -253,6 +255,7 @@ impl Daemon {
                 });
                 self.flush_dtls(id);
             }
+            Ok(Accept::Refused) => self.limit_counters.dtls_handshakes_deferred += 1,
             Ok(Accept::Ignored) => {}
             Err(error) => tracing::debug!(%src, %error, "dtls accept failed"),
         }

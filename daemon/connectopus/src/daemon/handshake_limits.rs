@@ -92,6 +92,14 @@ const HELLO_BURST_PER_PREFIX: f64 = 40.0;
 const HELLO_RATE_TOTAL: f64 = 1000.0;
 const HELLO_BURST_TOTAL: f64 = 1000.0;
 
+/// Handshakes per second (and burst) a node starts, its key exchange computed, for peers whose
+/// address a cookie proved but whose prefix never had a session with it. The DHE-PSK suite's
+/// key exchange costs the server milliseconds of CPU (docs/dtls.md), so a peer that answers
+/// cookies from many addresses must not be able to buy that by the thousand; prefixes that
+/// had a session are limited by their own hello bucket instead.
+const HANDSHAKE_RATE_NEW_PREFIXES: f64 = 20.0;
+const HANDSHAKE_BURST_NEW_PREFIXES: f64 = 40.0;
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     /// The prefix the bucket counts for (`None`: unused).
@@ -136,6 +144,8 @@ pub(super) struct HelloLimiter {
     total: Bucket,
     /// Prefixes that had a session, each with its own bucket and when it last had one.
     known: Vec<(Bucket, Duration)>,
+    /// Handshakes started for prefixes that never had a session.
+    new_handshakes: Bucket,
     /// ClientHellos (datagrams from unknown addresses) looked at, allowed or not.
     seen: u64,
 }
@@ -151,8 +161,26 @@ impl HelloLimiter {
                 last: Duration::ZERO,
             },
             known: Vec::new(),
+            new_handshakes: Bucket {
+                key: None,
+                tokens: HANDSHAKE_BURST_NEW_PREFIXES,
+                last: Duration::ZERO,
+            },
             seen: 0,
         }
+    }
+
+    /// Returns whether the node may start a handshake (compute its key exchange) for a peer at
+    /// `source` whose cookie proved its address: always for a prefix that had a session (its
+    /// hellos are limited by its own bucket), else from the node's budget for new prefixes.
+    pub(super) fn allow_handshake(&mut self, source: IpAddr, now: Duration) -> bool {
+        let key = hello_prefix(source);
+        self.known.iter().any(|(b, _)| b.key == Some(key))
+            || self.new_handshakes.take(
+                now,
+                HANDSHAKE_RATE_NEW_PREFIXES,
+                HANDSHAKE_BURST_NEW_PREFIXES,
+            )
     }
 
     /// Returns whether a datagram from `source` may be looked at now (`now`: the loop's clock).
@@ -222,6 +250,9 @@ pub(super) struct LimitCounters {
     pub(super) dtls_hellos_rate_limited: u64,
     /// Datagrams from unknown addresses a DTLS listener handed to OpenSSL (past the limiter).
     pub(super) dtls_hellos_looked_at: u64,
+    /// ClientHellos with a valid cookie from a prefix without a session that found the node's
+    /// handshake budget spent (answered later, when the client retransmits).
+    pub(super) dtls_handshakes_deferred: u64,
     /// Times the kernel's ClientHello filter went on (a flood began).
     pub(super) dtls_hello_filter_engaged: u64,
     /// Waiting links (TCP or DTLS) closed to make room for a newcomer.
@@ -238,6 +269,7 @@ impl LimitCounters {
         for (name, value) in [
             ("dtls_hellos_rate_limited", self.dtls_hellos_rate_limited),
             ("dtls_hellos_looked_at", self.dtls_hellos_looked_at),
+            ("dtls_handshakes_deferred", self.dtls_handshakes_deferred),
             ("dtls_hello_filter_engaged", self.dtls_hello_filter_engaged),
             ("handshakes_evicted", self.handshakes_evicted),
             ("session_deadline_closed", self.session_deadline_closed),
@@ -439,6 +471,33 @@ mod tests {
         let allowed = (0..100).filter(|_| limiter.allow(known, t0)).count();
         assert_eq!(allowed, HELLO_BURST_PER_PREFIX as usize);
         assert_eq!(limiter.seen(), 5_000 + 1 + 100);
+    }
+
+    #[test]
+    fn handshakes_for_new_prefixes_share_a_budget_known_prefixes_do_not_draw_on() {
+        let mut limiter = HelloLimiter::new();
+        let t0 = Duration::from_secs(5);
+        assert!(limiter.remember("2001:db8:7::5".parse().unwrap(), t0));
+        // Proved addresses from a thousand new prefixes: the burst, then nothing.
+        let allowed = (0..1000u32)
+            .filter(|i| {
+                let ip: IpAddr = format!("2001:db8:99:{i:x}::1").parse().unwrap();
+                limiter.allow_handshake(ip, t0)
+            })
+            .count();
+        assert_eq!(allowed, HANDSHAKE_BURST_NEW_PREFIXES as usize);
+        // A prefix that had a session still starts its handshakes.
+        let known: IpAddr = "2001:db8:7::9".parse().unwrap();
+        assert!((0..100).all(|_| limiter.allow_handshake(known, t0)));
+        // A second later new prefixes have the rate back, and only that.
+        let t1 = t0 + Duration::from_secs(1);
+        let again = (0..1000u32)
+            .filter(|i| {
+                let ip: IpAddr = format!("2001:db8:98:{i:x}::1").parse().unwrap();
+                limiter.allow_handshake(ip, t1)
+            })
+            .count();
+        assert_eq!(again, HANDSHAKE_RATE_NEW_PREFIXES as usize);
     }
 
     #[test]

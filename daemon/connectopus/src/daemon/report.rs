@@ -79,6 +79,12 @@ impl Daemon {
                         None
                     }
                 },
+                dtls_cipher: match &l.transport {
+                    Transport::Dtls(d) => d.association.cipher_name().map(str::to_owned),
+                    Transport::Tcp(_) | Transport::PlainUdp(_) | Transport::TcpOnWorker { .. } => {
+                        None
+                    }
+                },
                 fastpath: self.fastpath.link_report(
                     *id,
                     l.kind,

@@ -153,6 +153,11 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
         "ClientHellos from unknown addresses handed to OpenSSL.",
     ),
     (
+        "dtls_handshakes_deferred",
+        "connectopus_dtls_handshakes_deferred_total",
+        "ClientHellos with a valid cookie from a new prefix left unanswered: the node's handshake budget was spent.",
+    ),
+    (
         "dtls_hello_filter_engaged",
         "connectopus_dtls_hello_filter_engaged_total",
         "ClientHello floods that put the kernel filter on the DTLS listeners.",

@@ -92,6 +92,9 @@ pub enum Accept {
     HelloVerifyRequest(Vec<u8>),
     /// The ClientHello carried a valid cookie: a new association, already answering it.
     Association(Box<DtlsAssociation>),
+    /// The ClientHello carried a valid cookie but the caller's admission check refused it
+    /// ([`DtlsAssociation::accept_admitting`]): no key exchange was computed, nothing kept.
+    Refused,
     /// The datagram is not a ClientHello (or is malformed); drop it.
     Ignored,
 }
@@ -260,6 +263,20 @@ impl DtlsAssociation {
         now: Duration,
         datagram: &[u8],
     ) -> Result<Accept, DtlsError> {
+        Self::accept_admitting(config, peer, now, datagram, || true)
+    }
+
+    /// Like [`Self::accept`], but asks `admit` once a ClientHello's cookie has proved the
+    /// peer's address, before the server computes its key exchange (with the DHE-PSK suite
+    /// the handshake's costly part, milliseconds of CPU): `false` answers [`Accept::Refused`]
+    /// and keeps nothing (the client retransmits its ClientHello later).
+    pub fn accept_admitting(
+        config: &ServerConfig,
+        peer: SocketAddr,
+        now: Duration,
+        datagram: &[u8],
+        admit: impl FnOnce() -> bool,
+    ) -> Result<Accept, DtlsError> {
         if !looks_like_client_hello(datagram) {
             return Ok(Accept::Ignored);
         }
@@ -269,6 +286,9 @@ impl DtlsAssociation {
         let mut stream = SslStream::new(ssl, bio)?;
         match ffi::dtls_listen(stream.ssl()) {
             ffi::ListenResult::Accepted => {
+                if !admit() {
+                    return Ok(Accept::Refused);
+                }
                 let mut a = Self::from_stream(Role::Server, Arc::clone(&config.inner), stream, now);
                 a.drive_handshake(now);
                 Ok(Accept::Association(Box::new(a)))
@@ -379,6 +399,12 @@ impl DtlsAssociation {
     /// Returns OpenSSL's name of the negotiated cipher suite, once negotiated.
     pub fn cipher_name(&self) -> Option<&'static str> {
         self.stream.ssl().current_cipher().map(|c| c.name())
+    }
+
+    /// Returns the size in bits of the peer's ephemeral key-exchange key (on a client: the
+    /// server's DHE or ECDHE share), once received.
+    pub fn peer_key_exchange_bits(&self) -> Option<u32> {
+        self.stream.ssl().peer_tmp_key().ok().map(|k| k.bits())
     }
 
     /// Returns the peer's certificate (certificate mode), once received.
