@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Profiles the DTLS data path: a two-node mesh (foo—bar over DTLS) in network namespaces, one
-# iperf3 TCP stream foo -> bar, `perf record -a -g` across the whole machine meanwhile, and a
-# flame graph of it (inferno). Run as root from the repository root after
+# Profiles a link's data path in the demo's mesh (foo—bar over DTLS, bar—baz over TCP+TLS,
+# in network namespaces): one iperf3 TCP stream across the link (foo -> bar for `dtls`,
+# bar -> baz for `tls`), `perf record -a -g` across the whole machine meanwhile, and a flame
+# graph of it (inferno). Run as root from the repository root after
 # `cargo build --release -p connectopus -p connectopus-tests --bin demo`; needs perf
 # (Debian: linux-perf) and inferno (`cargo install inferno`).
 #
-#   bench/profile.sh [SECONDS] [OUT_DIR]      (defaults: 10, target/profile)
+#   bench/profile.sh [SECONDS] [OUT_DIR] [dtls|tls]      (defaults: 10, target/profile, dtls)
 #
 # Writes OUT_DIR/perf.data, OUT_DIR/folded.txt (collapsed stacks), OUT_DIR/flamegraph.svg and
 # OUT_DIR/summary.txt (the share of samples by process and by the categories
@@ -13,6 +14,12 @@
 set -euo pipefail
 seconds="${1:-10}"
 out="${2:-target/profile}"
+link="${3:-dtls}"
+case "$link" in
+    dtls) from=foo; to=bar ;;
+    tls) from=bar; to=baz ;;
+    *) echo "profile.sh: the link is dtls or tls, not $link"; exit 1 ;;
+esac
 mkdir -p "$out"
 command -v perf >/dev/null || { echo "profile.sh: needs perf (apt-get install linux-perf)"; exit 1; }
 command -v inferno-collapse-perf >/dev/null || { echo "profile.sh: needs inferno (cargo install inferno)"; exit 1; }
@@ -27,15 +34,19 @@ for _ in $(seq 1 600); do
     grep -q "# from foo" "$log" 2>/dev/null && break
     sleep 0.1
 done
-foo_ns=$(grep "# from foo" "$log" | head -1 | awk '{print $4}')
-bar_ns=$(grep "# from bar" "$log" | head -1 | awk '{print $4}')
-# bar's mesh address: the one on its TUN device.
-bar_addr=$(ip netns exec "$bar_ns" ip -6 -o addr show dev cx-bar scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
-[ -n "$foo_ns" ] && [ -n "$bar_ns" ] && [ -n "$bar_addr" ] || { echo "profile.sh: the demo did not start"; cat "$log"; exit 1; }
+for _ in $(seq 1 600); do
+    grep -q "# from $to" "$log" 2>/dev/null && break
+    sleep 0.1
+done
+from_ns=$(grep "# from $from" "$log" | head -1 | awk '{print $4}')
+to_ns=$(grep "# from $to" "$log" | head -1 | awk '{print $4}')
+# The receiver's mesh address: the one on its TUN device.
+to_addr=$(ip netns exec "$to_ns" ip -6 -o addr show dev "cx-$to" scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
+[ -n "$from_ns" ] && [ -n "$to_ns" ] && [ -n "$to_addr" ] || { echo "profile.sh: the demo did not start"; cat "$log"; exit 1; }
 
-ip netns exec "$bar_ns" iperf3 -s -1 -B "$bar_addr" -p 5299 > "$out/iperf3-server.txt" 2>&1 &
+ip netns exec "$to_ns" iperf3 -s -1 -B "$to_addr" -p 5299 > "$out/iperf3-server.txt" 2>&1 &
 sleep 1
-ip netns exec "$foo_ns" iperf3 -6 -c "$bar_addr" -p 5299 -t $((seconds + 2)) > "$out/iperf3.txt" 2>&1 &
+ip netns exec "$from_ns" iperf3 -6 -c "$to_addr" -p 5299 -t $((seconds + 2)) > "$out/iperf3.txt" 2>&1 &
 client=$!
 sleep 1
 perf record -F 999 -a -g -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
@@ -44,7 +55,7 @@ wait $client || true
 # shared machine stay out of the picture.
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf \
     | grep -E '^(connectopus|iperf3|swapper|ksoftirqd|kworker)' > "$out/folded.txt"
-inferno-flamegraph --title "Connectopus DTLS, one TCP stream foo -> bar ($(uname -r))" \
+inferno-flamegraph --title "Connectopus $link link, one TCP stream $from -> $to ($(uname -r))" \
     < "$out/folded.txt" > "$out/flamegraph.svg"
 python3 - "$out/folded.txt" > "$out/summary.txt" <<'EOF'
 import collections, sys

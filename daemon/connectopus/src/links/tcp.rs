@@ -4,7 +4,7 @@
 //! messages come out of [`TcpCodec::pop_message`], and messages to send are framed (and
 //! encrypted) into a caller's byte queue by [`TcpCodec::send_message`].
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::ops::Range;
 
 /// Largest link message a TCP frame can carry.
@@ -29,7 +29,6 @@ pub struct TcpCodec {
     tls: Option<rustls::Connection>,
     rx: Vec<u8>,
     rx_start: usize,
-    scratch: Vec<u8>,
     /// Framed plaintext waiting for one TLS write (TLS links only): messages queued together
     /// leave in full-size TLS records, not one record per frame header and one per message.
     staged: Vec<u8>,
@@ -68,7 +67,6 @@ impl TcpCodec {
             tls: None,
             rx: Vec::with_capacity(2 * MAX_FRAME),
             rx_start: 0,
-            scratch: vec![0; 16 * 1024],
             staged: Vec::new(),
         }
     }
@@ -128,11 +126,16 @@ impl TcpCodec {
                         break;
                     }
                     conn.process_new_packets()?;
+                    // The plaintext is copied once, from rustls's buffer into ours.
+                    let mut reader = conn.reader();
                     loop {
-                        match conn.reader().read(&mut self.scratch) {
-                            Ok(0) => break,
-                            Ok(n) => self.rx.extend_from_slice(&self.scratch[..n]),
-                            Err(_) => break,
+                        match reader.fill_buf() {
+                            Ok([]) | Err(_) => break,
+                            Ok(chunk) => {
+                                let n = chunk.len();
+                                self.rx.extend_from_slice(chunk);
+                                reader.consume(n);
+                            }
                         }
                     }
                 }
@@ -424,43 +427,16 @@ mod tests {
         (a, b)
     }
 
-    /// A self-signed certificate for `link.test`, made with openssl (the binary's dependency).
+    /// A self-signed certificate for `link.test` and its key (the TLS settings' test helper).
     fn rcgen_like_self_signed() -> (
         rustls::pki_types::CertificateDer<'static>,
         rustls::pki_types::PrivateKeyDer<'static>,
     ) {
-        use openssl::asn1::Asn1Time;
-        use openssl::ec::{EcGroup, EcKey};
-        use openssl::nid::Nid;
-        use openssl::pkey::PKey;
-        use openssl::x509::extension::SubjectAlternativeName;
-        use openssl::x509::{X509, X509NameBuilder};
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "link.test").unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        let san = SubjectAlternativeName::new()
-            .dns("link.test")
-            .build(&b.x509v3_context(None, None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-        b.sign(&key, openssl::hash::MessageDigest::sha256())
-            .unwrap();
-        let cert = b.build().to_der().unwrap();
-        let der = key.private_key_to_pkcs8().unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = super::super::tls::tests::self_signed();
         (
-            rustls::pki_types::CertificateDer::from(cert),
-            rustls::pki_types::PrivateKeyDer::Pkcs8(der.into()),
+            rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap(),
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
         )
     }
 
