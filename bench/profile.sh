@@ -54,7 +54,7 @@ wait $client || true
 # Only the data path's processes (and the kernel's idle and softirq threads): other jobs on a
 # shared machine stay out of the picture.
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf \
-    | grep -E '^(connectopus|iperf3|swapper|ksoftirqd|kworker)' > "$out/folded.txt"
+    | grep -E '^(connectopus|worker-|iperf3|swapper|ksoftirqd|kworker)' > "$out/folded.txt"
 inferno-flamegraph --title "Connectopus $link link, one TCP stream $from -> $to ($(uname -r))" \
     < "$out/folded.txt" > "$out/flamegraph.svg"
 python3 - "$out/folded.txt" > "$out/summary.txt" <<'EOF'

@@ -380,7 +380,9 @@ impl Daemon {
                 break;
             }
         }
-        if let Err(error) = tcp.codec.flush(scratch_out) {
+        // Plain TCP: the frames are in `scratch_out`; TLS: they were staged in the codec and
+        // its records go straight into the send queue.
+        if let Err(error) = tcp.codec.flush(&mut tcp.tx) {
             tracing::debug!(%link, %error, "dropping segments");
             return;
         }

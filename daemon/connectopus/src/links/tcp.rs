@@ -263,11 +263,13 @@ impl TcpCodec {
     }
 
     /// Encrypts what [`TcpCodec::queue_with`] staged (TLS links; nothing to do on plain TCP)
-    /// and appends the bytes for the socket to `out`.
+    /// and appends the bytes for the socket to `out` — the link's send queue itself, so the
+    /// records are copied once, out of rustls. Records already appended stay there when a
+    /// later one fails (they are part of the TLS stream).
     ///
     /// # Errors
     /// TLS refused the bytes.
-    pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), TcpLinkError> {
+    pub fn flush(&mut self, out: &mut impl Write) -> Result<(), TcpLinkError> {
         let Some(conn) = self.tls.as_mut() else {
             return Ok(());
         };

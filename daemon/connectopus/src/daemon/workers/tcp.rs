@@ -150,7 +150,9 @@ impl WorkerThread {
                         break;
                     }
                 }
-                t.own.codec.flush(&mut worker.scratch_out)
+                // Plain TCP: the frames are in `scratch_out`; TLS: they were staged in the
+                // codec and its records go straight into the send queue.
+                t.own.codec.flush(&mut t.own.tx)
             }
         };
         if let Err(error) = framed {
