@@ -35,7 +35,8 @@ fn configs(suite: PskSuite, fast_path: bool) -> Configs {
 }
 
 thread_local! {
-    static CONFIGS: [Configs; 3] = [
+    static CONFIGS: [Configs; 4] = [
+        configs(PskSuite::DhePskAes128GcmOrEcdhePskChaCha20, true),
         configs(PskSuite::EcdhePskChaCha20Poly1305, true),
         configs(PskSuite::PskAes128GcmNoForwardSecrecy, true),
         configs(PskSuite::EcdhePskChaCha20Poly1305, false),

@@ -27,8 +27,9 @@ pub const PSK_IDENTITY_HINT: &str = "connectopus";
 /// only `ECDHE-PSK-CHACHA20-POLY1305`, as nodes before this suite did). The server's
 /// preference decides.
 const CIPHERS_PSK_DEFAULT: &str = "DHE-PSK-AES128-GCM-SHA256:ECDHE-PSK-CHACHA20-POLY1305";
-/// Cipher list of the PSK mode that offers ChaCha20-Poly1305 only.
-const CIPHERS_ECDHE_PSK: &str = "ECDHE-PSK-CHACHA20-POLY1305";
+/// Cipher list of the PSK mode that offers ChaCha20-Poly1305 only (also what a server leaves
+/// an association whose DHE handshake its caller did not allow).
+pub(crate) const CIPHERS_ECDHE_PSK: &str = "ECDHE-PSK-CHACHA20-POLY1305";
 /// Cipher list of the plain PSK mode (no forward secrecy).
 const CIPHERS_PSK_AES: &str = "PSK-AES128-GCM-SHA256";
 /// Cipher list of the certificate mode.
@@ -190,6 +191,8 @@ pub(crate) struct Prepared {
     pub expected_name: Option<ExpectedName>,
     /// Shortest body of a protected (epoch ≥ 1) record any configured suite can produce.
     pub min_sealed_body: usize,
+    /// The cipher list offers DHE-PSK (servers ask before computing its key exchange).
+    pub offers_dhe: bool,
     pub rekey: crate::RekeyPolicy,
 }
 
@@ -285,6 +288,10 @@ fn prepared(config: &DtlsConfig, ctx: SslContext, expected_name: Option<Expected
         },
         expected_name,
         min_sealed_body: suite.overhead() - crate::RECORD_HEADER_LEN,
+        offers_dhe: matches!(
+            &config.credentials,
+            Credentials::Psk(p) if p.suite == PskSuite::DhePskAes128GcmOrEcdhePskChaCha20
+        ),
         rekey: config.rekey,
     }
 }
@@ -365,10 +372,15 @@ fn configure_psk(
         PskSuite::EcdhePskChaCha20Poly1305 => CIPHERS_ECDHE_PSK,
         PskSuite::PskAes128GcmNoForwardSecrecy => CIPHERS_PSK_AES,
     })?;
-    if server && psk.suite == PskSuite::DhePskAes128GcmOrEcdhePskChaCha20 {
-        // The DHE group: OpenSSL's automatic choice (2048 bits for a PSK suite, 112-bit
-        // security; the test checks the size a client sees).
-        ffi::set_dh_auto(ctx)?;
+    if psk.suite == PskSuite::DhePskAes128GcmOrEcdhePskChaCha20 {
+        // Security level 2 (112 bits) on both ends, whatever the library's built-in default
+        // (Debian builds with 2, upstream OpenSSL 3.0 with 1): the server's automatic DHE
+        // group is then 2048 bits, and a client refuses a smaller one. PSK contexts carry no
+        // certificates, so the level bounds nothing else here.
+        ctx.set_security_level(2);
+        if server {
+            ffi::set_dh_auto(ctx)?;
+        }
     }
     ctx.set_verify(SslVerifyMode::NONE);
     let identity = psk.identity.clone();

@@ -29,6 +29,8 @@ unsafe extern "C" {
         s: *mut sys::SSL,
         cb: Option<unsafe extern "C" fn(*mut sys::SSL, c_uint) -> c_uint>,
     );
+    fn SSL_get_pending_cipher(s: *const sys::SSL) -> *const sys::SSL_CIPHER;
+    fn SSL_CIPHER_get_protocol_id(c: *const sys::SSL_CIPHER) -> u16;
     fn SSL_CTX_use_psk_identity_hint(
         ctx: *mut sys::SSL_CTX,
         hint: *const std::ffi::c_char,
@@ -166,6 +168,35 @@ pub(crate) fn set_dh_auto(ctx: &mut SslContextBuilder) -> Result<(), ErrorStack>
     } else {
         Err(ErrorStack::get())
     }
+}
+
+/// Sets the cipher list of one SSL object (`SSL_set_cipher_list`); the `openssl` crate offers
+/// it only on a `&mut SslRef`, which an `SslStream` does not lend.
+pub(crate) fn set_ssl_cipher_list(ssl: &SslRef, list: &str) -> Result<(), ErrorStack> {
+    let list = CString::new(list).map_err(|_| ErrorStack::get())?;
+    // SAFETY: `ssl` is a live SSL object that its stream owns alone; nothing else uses it
+    // during this call (the caller holds the stream by value). OpenSSL copies the string.
+    let ret = unsafe { sys::SSL_set_cipher_list(ssl.as_ptr(), list.as_ptr()) };
+    if ret == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// Returns the two-byte id of the cipher suite the running handshake chose
+/// (`SSL_get_pending_cipher`: known from the ServerHello on; `current_cipher` is not set
+/// until the handshake completes), if any.
+pub(crate) fn pending_cipher_id(ssl: &SslRef) -> Option<[u8; 2]> {
+    // SAFETY: `ssl` is a live SSL object; the call only reads it and returns a pointer to a
+    // static cipher description or null.
+    let cipher = unsafe { SSL_get_pending_cipher(ssl.as_ptr()) };
+    if cipher.is_null() {
+        return None;
+    }
+    // SAFETY: `cipher` is a non-null pointer OpenSSL returned to one of its static cipher
+    // descriptions, valid for the life of the library.
+    Some(unsafe { SSL_CIPHER_get_protocol_id(cipher) }.to_be_bytes())
 }
 
 /// Cookie binding of a server-side SSL object: peer address bytes and time bucket.

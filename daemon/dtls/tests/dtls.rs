@@ -597,6 +597,7 @@ fn contains_epoch1(d: &[u8]) -> bool {
 #[test]
 fn garbage_and_truncation_never_panic_nor_disturb() {
     for (suite, fast) in [
+        (PskSuite::DhePskAes128GcmOrEcdhePskChaCha20, true),
         (PskSuite::PskAes128GcmNoForwardSecrecy, true),
         (PskSuite::EcdhePskChaCha20Poly1305, true),
         (PskSuite::PskAes128GcmNoForwardSecrecy, false),
@@ -736,13 +737,9 @@ fn stateless_cookie_exchange_on_accept() {
         DtlsAssociation::accept(&server_cfg, PEER, clock.now(), b"garbage").unwrap(),
         Accept::Ignored
     ));
-    // The first ClientHello gets a HelloVerifyRequest and no association; the admission
-    // check is not asked (no address is proved yet).
+    // The first ClientHello gets a HelloVerifyRequest and no association.
     let Accept::HelloVerifyRequest(mut hvr) =
-        DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello, || {
-            panic!("admission asked before the cookie")
-        })
-        .unwrap()
+        DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello).unwrap()
     else {
         panic!("expected a HelloVerifyRequest");
     };
@@ -756,19 +753,7 @@ fn stateless_cookie_exchange_on_accept() {
         DtlsAssociation::accept(&server_cfg, other, clock.now(), &hello2).unwrap(),
         Accept::Association(_)
     ));
-    // From the right address it does unless the admission check refuses: then nothing is
-    // sent or kept, and the same ClientHello is admitted later.
-    let mut asked = 0;
-    assert!(matches!(
-        DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello2, || {
-            asked += 1;
-            false
-        })
-        .unwrap(),
-        Accept::Refused
-    ));
-    assert_eq!(asked, 1);
-    // Admitted, the handshake completes.
+    // From the right address it does, and the handshake completes.
     let Accept::Association(mut s) =
         DtlsAssociation::accept(&server_cfg, PEER, clock.now(), &hello2).unwrap()
     else {
@@ -782,6 +767,101 @@ fn stateless_cookie_exchange_on_accept() {
     );
     send_ok(&mut c, &mut s, &clock, b"via accept");
     send_ok(&mut s, &mut c, &clock, b"via accept");
+}
+
+/// With the default PSK suites a server asks before it computes a DHE key exchange, only once
+/// a cookie proved the address; refused, the association gets the X25519 suite instead.
+#[test]
+fn a_server_asks_before_a_dhe_handshake_and_falls_back_to_x25519() {
+    let clock = Clock::new();
+    let cfg = psk(KEY, PskSuite::default(), true);
+    let server_cfg = ServerConfig::new(&cfg).unwrap();
+    for allow in [true, false] {
+        let mut c =
+            DtlsAssociation::client(&ClientConfig::new(&cfg).unwrap(), clock.now()).unwrap();
+        let hello = c.poll_transmit().unwrap();
+        let Accept::HelloVerifyRequest(mut hvr) =
+            DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello, || {
+                panic!("asked before the cookie proved the address")
+            })
+            .unwrap()
+        else {
+            panic!("expected a HelloVerifyRequest");
+        };
+        assert!(c.handle_datagram(clock.now(), &mut hvr).unwrap().is_empty());
+        let hello2 = c.poll_transmit().unwrap();
+        let mut asked = 0;
+        let Accept::Association(mut s) =
+            DtlsAssociation::accept_admitting(&server_cfg, PEER, clock.now(), &hello2, || {
+                asked += 1;
+                allow
+            })
+            .unwrap()
+        else {
+            panic!("expected an association");
+        };
+        assert_eq!(asked, 1);
+        assert!(handshake(&mut c, &mut s, &clock), "{:?}", s.state());
+        let (cipher, suite, bits) = if allow {
+            ("DHE-PSK-AES128-GCM-SHA256", RecordSuite::Aes128Gcm, 2048)
+        } else {
+            (
+                "ECDHE-PSK-CHACHA20-POLY1305",
+                RecordSuite::ChaCha20Poly1305,
+                253,
+            )
+        };
+        for a in [&c, &s] {
+            assert_eq!(a.cipher_name(), Some(cipher));
+            assert_eq!(a.record_suite(), Some(suite));
+        }
+        assert_eq!(c.peer_key_exchange_bits(), Some(bits));
+        send_ok(&mut c, &mut s, &clock, b"either way");
+        send_ok(&mut s, &mut c, &clock, b"either way");
+    }
+}
+
+/// A spoofed protected record long enough for ChaCha20 but shorter than AES-GCM's nonce and
+/// tag, slipped into the client's last flight after its ChangeCipherSpec: OpenSSL would take it
+/// as a fatal error, so the server must keep it away once AES-GCM is chosen, even though the
+/// configuration also offers ChaCha20 (whose shorter records set the bound before that).
+#[test]
+fn a_record_too_short_for_the_chosen_suite_never_ends_the_handshake() {
+    let clock = Clock::new();
+    let cfg = psk(KEY, PskSuite::default(), true);
+    let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
+    let mut injected = false;
+    for _ in 0..20 {
+        while let Some(d) = c.poll_transmit() {
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at + 13 <= d.len() {
+                let len = usize::from(u16::from_be_bytes([d[at + 11], d[at + 12]]));
+                let end = (at + 13 + len).min(d.len());
+                out.extend_from_slice(&d[at..end]);
+                if d[at] == 20 && !injected {
+                    // Epoch 1, a sequence number of its own, a 20-byte body.
+                    out.extend_from_slice(&[22, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 9, 0, 20]);
+                    out.extend_from_slice(&[0x5A; 20]);
+                    injected = true;
+                }
+                at = end;
+            }
+            let _ = s.handle_datagram(clock.now(), &mut out);
+        }
+        while let Some(mut d) = s.poll_transmit() {
+            let _ = c.handle_datagram(clock.now(), &mut d);
+        }
+        if *c.state() == State::Established && *s.state() == State::Established {
+            break;
+        }
+    }
+    assert!(injected, "the client's flight had no ChangeCipherSpec");
+    assert_eq!(*s.state(), State::Established, "{:?}", s.stats());
+    assert_eq!(*c.state(), State::Established);
+    assert_eq!(s.record_suite(), Some(RecordSuite::Aes128Gcm));
+    assert!(s.stats().malformed >= 1, "{:?}", s.stats());
+    send_ok(&mut c, &mut s, &clock, b"still fine");
 }
 
 #[test]

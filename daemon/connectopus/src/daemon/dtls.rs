@@ -223,9 +223,13 @@ impl Daemon {
             return;
         };
         let now = self.started.elapsed();
-        let limiter = &mut self.hello_limiter;
-        let admit = || limiter.allow_handshake(src.ip(), now);
-        match DtlsAssociation::accept_admitting(config, src, now, &datagram, admit) {
+        let (limiter, counters) = (&mut self.hello_limiter, &mut self.limit_counters);
+        let allow_dhe = || {
+            let allowed = limiter.allow_dhe(src.ip(), now);
+            counters.dtls_handshakes_without_dhe += u64::from(!allowed);
+            allowed
+        };
+        match DtlsAssociation::accept_admitting(config, src, now, &datagram, allow_dhe) {
             Ok(Accept::HelloVerifyRequest(reply)) => {
                 send_raw(&mut self.worker.io, &self.udp, endpoint, src, local, &reply);
             }
@@ -255,7 +259,6 @@ impl Daemon {
                 });
                 self.flush_dtls(id);
             }
-            Ok(Accept::Refused) => self.limit_counters.dtls_handshakes_deferred += 1,
             Ok(Accept::Ignored) => {}
             Err(error) => tracing::debug!(%src, %error, "dtls accept failed"),
         }

@@ -92,13 +92,16 @@ const HELLO_BURST_PER_PREFIX: f64 = 40.0;
 const HELLO_RATE_TOTAL: f64 = 1000.0;
 const HELLO_BURST_TOTAL: f64 = 1000.0;
 
-/// Handshakes per second (and burst) a node starts, its key exchange computed, for peers whose
-/// address a cookie proved but whose prefix never had a session with it. The DHE-PSK suite's
-/// key exchange costs the server milliseconds of CPU (docs/dtls.md), so a peer that answers
-/// cookies from many addresses must not be able to buy that by the thousand; prefixes that
-/// had a session are limited by their own hello bucket instead.
-const HANDSHAKE_RATE_NEW_PREFIXES: f64 = 20.0;
-const HANDSHAKE_BURST_NEW_PREFIXES: f64 = 40.0;
+/// DHE key exchanges per second (and burst) a node computes for peers whose address a cookie
+/// proved but whose prefix never had a session with it, all together. The DHE-PSK suite's
+/// key exchange costs the server milliseconds of CPU (docs/dtls.md); a handshake past the
+/// budget gets the X25519 suite instead, so nobody is turned away.
+const DHE_RATE_NEW_PREFIXES: f64 = 20.0;
+const DHE_BURST_NEW_PREFIXES: f64 = 40.0;
+/// DHE key exchanges per second (and burst) for one source prefix, known or not: one address
+/// replaying its cookie cannot spend the node's whole budget.
+const DHE_RATE_PER_PREFIX: f64 = 2.0;
+const DHE_BURST_PER_PREFIX: f64 = 8.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -142,10 +145,13 @@ pub(super) struct HelloLimiter {
     hasher: std::collections::hash_map::RandomState,
     buckets: Box<[Bucket]>,
     total: Bucket,
-    /// Prefixes that had a session, each with its own bucket and when it last had one.
-    known: Vec<(Bucket, Duration)>,
-    /// Handshakes started for prefixes that never had a session.
-    new_handshakes: Bucket,
+    /// Prefixes that had a session, each with its own hello and DHE buckets and when it last
+    /// had one.
+    known: Vec<(Bucket, Bucket, Duration)>,
+    /// DHE buckets of other prefixes (the same fixed table and hash as `buckets`).
+    dhe_buckets: Box<[Bucket]>,
+    /// DHE key exchanges for prefixes that never had a session, all together.
+    dhe_new_prefixes: Bucket,
     /// ClientHellos (datagrams from unknown addresses) looked at, allowed or not.
     seen: u64,
 }
@@ -161,33 +167,47 @@ impl HelloLimiter {
                 last: Duration::ZERO,
             },
             known: Vec::new(),
-            new_handshakes: Bucket {
+            dhe_buckets: vec![Bucket::EMPTY; HELLO_BUCKETS].into_boxed_slice(),
+            dhe_new_prefixes: Bucket {
                 key: None,
-                tokens: HANDSHAKE_BURST_NEW_PREFIXES,
+                tokens: DHE_BURST_NEW_PREFIXES,
                 last: Duration::ZERO,
             },
             seen: 0,
         }
     }
 
-    /// Returns whether the node may start a handshake (compute its key exchange) for a peer at
-    /// `source` whose cookie proved its address: always for a prefix that had a session (its
-    /// hellos are limited by its own bucket), else from the node's budget for new prefixes.
-    pub(super) fn allow_handshake(&mut self, source: IpAddr, now: Duration) -> bool {
+    /// Returns whether the node may compute a DHE key exchange for a peer at `source` whose
+    /// cookie proved its address (else the handshake gets the X25519 suite): each prefix has
+    /// a small bucket of its own, and prefixes that never had a session also share the
+    /// node's budget for them.
+    pub(super) fn allow_dhe(&mut self, source: IpAddr, now: Duration) -> bool {
         let key = hello_prefix(source);
-        self.known.iter().any(|(b, _)| b.key == Some(key))
-            || self.new_handshakes.take(
-                now,
-                HANDSHAKE_RATE_NEW_PREFIXES,
-                HANDSHAKE_BURST_NEW_PREFIXES,
-            )
+        if let Some((_, dhe, _)) = self.known.iter_mut().find(|(b, _, _)| b.key == Some(key)) {
+            return dhe.take(now, DHE_RATE_PER_PREFIX, DHE_BURST_PER_PREFIX);
+        }
+        let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
+        let Some(bucket) = self.dhe_buckets.get_mut(slot) else {
+            return false;
+        };
+        if bucket.key != Some(key) {
+            *bucket = Bucket {
+                key: Some(key),
+                tokens: DHE_BURST_PER_PREFIX,
+                last: now,
+            };
+        }
+        bucket.take(now, DHE_RATE_PER_PREFIX, DHE_BURST_PER_PREFIX)
+            && self
+                .dhe_new_prefixes
+                .take(now, DHE_RATE_NEW_PREFIXES, DHE_BURST_NEW_PREFIXES)
     }
 
     /// Returns whether a datagram from `source` may be looked at now (`now`: the loop's clock).
     pub(super) fn allow(&mut self, source: IpAddr, now: Duration) -> bool {
         self.seen += 1;
         let key = hello_prefix(source);
-        if let Some((bucket, _)) = self.known.iter_mut().find(|(b, _)| b.key == Some(key)) {
+        if let Some((bucket, _, _)) = self.known.iter_mut().find(|(b, _, _)| b.key == Some(key)) {
             return bucket.take(now, HELLO_RATE_PER_PREFIX, HELLO_BURST_PER_PREFIX);
         }
         let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
@@ -209,7 +229,7 @@ impl HelloLimiter {
     /// known prefixes changed.
     pub(super) fn remember(&mut self, source: IpAddr, now: Duration) -> bool {
         let key = hello_prefix(source);
-        if let Some((_, when)) = self.known.iter_mut().find(|(b, _)| b.key == Some(key)) {
+        if let Some((_, _, when)) = self.known.iter_mut().find(|(b, _, _)| b.key == Some(key)) {
             *when = now;
             return false;
         }
@@ -218,17 +238,22 @@ impl HelloLimiter {
             tokens: HELLO_BURST_PER_PREFIX,
             last: now,
         };
+        let dhe = Bucket {
+            key: Some(key),
+            tokens: DHE_BURST_PER_PREFIX,
+            last: now,
+        };
         if self.known.len() < super::hello_filter::MAX_FILTER_PREFIXES {
-            self.known.push((bucket, now));
-        } else if let Some(oldest) = self.known.iter_mut().min_by_key(|(_, when)| *when) {
-            *oldest = (bucket, now);
+            self.known.push((bucket, dhe, now));
+        } else if let Some(oldest) = self.known.iter_mut().min_by_key(|(_, _, when)| *when) {
+            *oldest = (bucket, dhe, now);
         }
         true
     }
 
     /// The prefixes that had a session, for the kernel filter.
     pub(super) fn known_prefixes(&self) -> Vec<(bool, u64)> {
-        self.known.iter().filter_map(|(b, _)| b.key).collect()
+        self.known.iter().filter_map(|(b, _, _)| b.key).collect()
     }
 
     /// ClientHellos looked at so far.
@@ -250,9 +275,9 @@ pub(super) struct LimitCounters {
     pub(super) dtls_hellos_rate_limited: u64,
     /// Datagrams from unknown addresses a DTLS listener handed to OpenSSL (past the limiter).
     pub(super) dtls_hellos_looked_at: u64,
-    /// ClientHellos with a valid cookie from a prefix without a session that found the node's
-    /// handshake budget spent (answered later, when the client retransmits).
-    pub(super) dtls_handshakes_deferred: u64,
+    /// DTLS handshakes that got the X25519 suite because their prefix's or the node's DHE
+    /// budget was spent.
+    pub(super) dtls_handshakes_without_dhe: u64,
     /// Times the kernel's ClientHello filter went on (a flood began).
     pub(super) dtls_hello_filter_engaged: u64,
     /// Waiting links (TCP or DTLS) closed to make room for a newcomer.
@@ -269,7 +294,10 @@ impl LimitCounters {
         for (name, value) in [
             ("dtls_hellos_rate_limited", self.dtls_hellos_rate_limited),
             ("dtls_hellos_looked_at", self.dtls_hellos_looked_at),
-            ("dtls_handshakes_deferred", self.dtls_handshakes_deferred),
+            (
+                "dtls_handshakes_without_dhe",
+                self.dtls_handshakes_without_dhe,
+            ),
             ("dtls_hello_filter_engaged", self.dtls_hello_filter_engaged),
             ("handshakes_evicted", self.handshakes_evicted),
             ("session_deadline_closed", self.session_deadline_closed),
@@ -474,30 +502,38 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_for_new_prefixes_share_a_budget_known_prefixes_do_not_draw_on() {
+    fn dhe_key_exchanges_are_limited_per_prefix_and_for_new_prefixes_together() {
         let mut limiter = HelloLimiter::new();
         let t0 = Duration::from_secs(5);
         assert!(limiter.remember("2001:db8:7::5".parse().unwrap(), t0));
-        // Proved addresses from a thousand new prefixes: the burst, then nothing.
+        // One address replaying its cookie: its prefix's burst, then nothing.
+        let one: IpAddr = "2001:db8:55::1".parse().unwrap();
+        let allowed = (0..100).filter(|_| limiter.allow_dhe(one, t0)).count();
+        assert_eq!(allowed, DHE_BURST_PER_PREFIX as usize);
+        // A thousand new prefixes share the node's budget (less what `one` took).
         let allowed = (0..1000u32)
             .filter(|i| {
                 let ip: IpAddr = format!("2001:db8:99:{i:x}::1").parse().unwrap();
-                limiter.allow_handshake(ip, t0)
+                limiter.allow_dhe(ip, t0)
             })
             .count();
-        assert_eq!(allowed, HANDSHAKE_BURST_NEW_PREFIXES as usize);
-        // A prefix that had a session still starts its handshakes.
+        assert_eq!(
+            allowed,
+            (DHE_BURST_NEW_PREFIXES - DHE_BURST_PER_PREFIX) as usize
+        );
+        // A prefix that had a session has its own bucket, outside the node's budget.
         let known: IpAddr = "2001:db8:7::9".parse().unwrap();
-        assert!((0..100).all(|_| limiter.allow_handshake(known, t0)));
-        // A second later new prefixes have the rate back, and only that.
+        let allowed = (0..100).filter(|_| limiter.allow_dhe(known, t0)).count();
+        assert_eq!(allowed, DHE_BURST_PER_PREFIX as usize);
+        // A second later new prefixes have the node's rate back, and only that.
         let t1 = t0 + Duration::from_secs(1);
         let again = (0..1000u32)
             .filter(|i| {
                 let ip: IpAddr = format!("2001:db8:98:{i:x}::1").parse().unwrap();
-                limiter.allow_handshake(ip, t1)
+                limiter.allow_dhe(ip, t1)
             })
             .count();
-        assert_eq!(again, HANDSHAKE_RATE_NEW_PREFIXES as usize);
+        assert_eq!(again, DHE_RATE_NEW_PREFIXES as usize);
     }
 
     #[test]

@@ -153,9 +153,9 @@ const PLAIN_COUNTERS: &[(&str, &str, &str)] = &[
         "ClientHellos from unknown addresses handed to OpenSSL.",
     ),
     (
-        "dtls_handshakes_deferred",
-        "connectopus_dtls_handshakes_deferred_total",
-        "ClientHellos with a valid cookie from a new prefix left unanswered: the node's handshake budget was spent.",
+        "dtls_handshakes_without_dhe",
+        "connectopus_dtls_handshakes_without_dhe_total",
+        "DTLS handshakes given the X25519 suite because their prefix's or the node's DHE budget was spent.",
     ),
     (
         "dtls_hello_filter_engaged",

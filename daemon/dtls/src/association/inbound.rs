@@ -9,6 +9,7 @@ use openssl::ssl::ErrorCode;
 use super::{
     DtlsAssociation, MAX_FINISHED_CANDIDATES, MAX_PAYLOAD, Received, State, safe_for_openssl,
 };
+use crate::RecordSuite;
 use crate::error::{CloseReason, DtlsError};
 use crate::record::{self, CT_ALERT, CT_APPLICATION_DATA, CT_HANDSHAKE, next_record};
 
@@ -43,6 +44,13 @@ impl DtlsAssociation {
     }
 
     fn handle_handshaking(&mut self, now: Duration, datagram: &mut [u8], received: &mut Received) {
+        // Once the hello flights chose a suite, its own shortest record is the bound (AES-GCM's
+        // is longer than ChaCha20's, the configured minimum when both are offered).
+        let min_sealed_body = crate::ffi::pending_cipher_id(self.stream.ssl())
+            .and_then(RecordSuite::from_cipher_id)
+            .map_or(self.config.min_sealed_body, |s| {
+                s.overhead() - record::RECORD_HEADER_LEN
+            });
         let mut to_ssl = self.stream.get_mut().buffer();
         let mut pos = 0;
         loop {
@@ -55,7 +63,7 @@ impl DtlsAssociation {
                 }
             };
             pos = r.end;
-            if !safe_for_openssl(&h, self.config.min_sealed_body) {
+            if !safe_for_openssl(&h, min_sealed_body) {
                 self.stats.malformed += 1;
                 continue;
             }

@@ -92,9 +92,7 @@ pub enum Accept {
     HelloVerifyRequest(Vec<u8>),
     /// The ClientHello carried a valid cookie: a new association, already answering it.
     Association(Box<DtlsAssociation>),
-    /// The ClientHello carried a valid cookie but the caller's admission check refused it
-    /// ([`DtlsAssociation::accept_admitting`]): no key exchange was computed, nothing kept.
-    Refused,
+
     /// The datagram is not a ClientHello (or is malformed); drop it.
     Ignored,
 }
@@ -266,16 +264,17 @@ impl DtlsAssociation {
         Self::accept_admitting(config, peer, now, datagram, || true)
     }
 
-    /// Like [`Self::accept`], but asks `admit` once a ClientHello's cookie has proved the
-    /// peer's address, before the server computes its key exchange (with the DHE-PSK suite
-    /// the handshake's costly part, milliseconds of CPU): `false` answers [`Accept::Refused`]
-    /// and keeps nothing (the client retransmits its ClientHello later).
+    /// Like [`Self::accept`], but where the configuration offers the DHE-PSK suite (whose
+    /// key exchange costs the server milliseconds of CPU), asks `allow_dhe` once a
+    /// ClientHello's cookie has proved the peer's address, before anything is computed:
+    /// `false` leaves this association only the X25519 suite (`ECDHE-PSK-CHACHA20-POLY1305`),
+    /// so a peer that makes many handshakes gets cheap ones, never none.
     pub fn accept_admitting(
         config: &ServerConfig,
         peer: SocketAddr,
         now: Duration,
         datagram: &[u8],
-        admit: impl FnOnce() -> bool,
+        allow_dhe: impl FnOnce() -> bool,
     ) -> Result<Accept, DtlsError> {
         if !looks_like_client_hello(datagram) {
             return Ok(Accept::Ignored);
@@ -286,8 +285,8 @@ impl DtlsAssociation {
         let mut stream = SslStream::new(ssl, bio)?;
         match ffi::dtls_listen(stream.ssl()) {
             ffi::ListenResult::Accepted => {
-                if !admit() {
-                    return Ok(Accept::Refused);
+                if config.inner.offers_dhe && !allow_dhe() {
+                    ffi::set_ssl_cipher_list(stream.ssl(), crate::config::CIPHERS_ECDHE_PSK)?;
                 }
                 let mut a = Self::from_stream(Role::Server, Arc::clone(&config.inner), stream, now);
                 a.drive_handshake(now);
