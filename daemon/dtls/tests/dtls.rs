@@ -13,58 +13,53 @@ use connectopus_dtls::{
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+/// Each PSK suite choice between two nodes of this version: the cipher, record layout and
+/// key-exchange share it negotiates, and records both ways on the fast path.
 #[test]
-fn psk_handshake_uses_ecdhe_psk_chacha_and_fast_path_both_ways() {
-    let clock = Clock::new();
-    let cfg = psk(KEY, PskSuite::EcdhePskChaCha20Poly1305, true);
-    let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
-    assert!(
-        handshake(&mut c, &mut s, &clock),
-        "handshake: {:?} {:?}",
-        c.state(),
-        s.state()
-    );
-    for a in [&c, &s] {
-        assert_eq!(a.cipher_name(), Some("ECDHE-PSK-CHACHA20-POLY1305"));
-        assert_eq!(a.record_suite(), Some(RecordSuite::ChaCha20Poly1305));
-        assert!(a.fast_path_active(), "{:?}", a.stats());
-        assert_eq!(a.payload_offset(), Some(13));
-        assert_eq!(a.overhead(), Some(29));
+fn psk_handshakes_negotiate_their_suite_and_run_the_fast_path_both_ways() {
+    for (suite, cipher, record, offset, overhead, share_bits) in [
+        (
+            PskSuite::EcdhePskChaCha20Poly1305,
+            "ECDHE-PSK-CHACHA20-POLY1305",
+            RecordSuite::ChaCha20Poly1305,
+            13,
+            29,
+            253,
+        ),
+        // The default: the server's DHE share is from a 2048-bit group (security level 2).
+        (
+            PskSuite::default(),
+            "DHE-PSK-AES128-GCM-SHA256",
+            RecordSuite::Aes128Gcm,
+            21,
+            37,
+            2048,
+        ),
+    ] {
+        let clock = Clock::new();
+        let cfg = psk(KEY, suite, true);
+        let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
+        assert!(
+            handshake(&mut c, &mut s, &clock),
+            "handshake: {:?} {:?}",
+            c.state(),
+            s.state()
+        );
+        for a in [&c, &s] {
+            assert_eq!(a.cipher_name(), Some(cipher));
+            assert_eq!(a.record_suite(), Some(record));
+            assert!(a.fast_path_active(), "{:?}", a.stats());
+            assert_eq!(a.payload_offset(), Some(offset));
+            assert_eq!(a.overhead(), Some(overhead));
+        }
+        assert_eq!(c.peer_key_exchange_bits(), Some(share_bits));
+        for len in [1400, 100, 1] {
+            send_ok(&mut c, &mut s, &clock, &payload(len, 1));
+            send_ok(&mut s, &mut c, &clock, &payload(len, 2));
+        }
+        assert_eq!(c.stats().records_sealed, 3);
+        assert_eq!(s.stats().records_opened, 3);
     }
-    for len in [1400, 100, 1] {
-        send_ok(&mut c, &mut s, &clock, &payload(len, 1));
-        send_ok(&mut s, &mut c, &clock, &payload(len, 2));
-    }
-    assert_eq!(c.stats().records_sealed, 3);
-    assert_eq!(s.stats().records_opened, 3);
-}
-
-#[test]
-fn default_psk_suite_negotiates_dhe_psk_aes_gcm_and_fast_path_both_ways() {
-    let clock = Clock::new();
-    let cfg = psk(KEY, PskSuite::default(), true);
-    let (mut c, mut s) = new_pair(&cfg, &cfg, &clock);
-    assert!(
-        handshake(&mut c, &mut s, &clock),
-        "handshake: {:?} {:?}",
-        c.state(),
-        s.state()
-    );
-    for a in [&c, &s] {
-        assert_eq!(a.cipher_name(), Some("DHE-PSK-AES128-GCM-SHA256"));
-        assert_eq!(a.record_suite(), Some(RecordSuite::Aes128Gcm));
-        assert!(a.fast_path_active(), "{:?}", a.stats());
-        assert_eq!(a.payload_offset(), Some(21));
-        assert_eq!(a.overhead(), Some(37));
-    }
-    // The server's DHE share is from OpenSSL's automatic group for a PSK suite: 2048 bits.
-    assert_eq!(c.peer_key_exchange_bits(), Some(2048));
-    for len in [1400, 100, 1] {
-        send_ok(&mut c, &mut s, &clock, &payload(len, 1));
-        send_ok(&mut s, &mut c, &clock, &payload(len, 2));
-    }
-    assert_eq!(c.stats().records_sealed, 3);
-    assert_eq!(s.stats().records_opened, 3);
 }
 
 /// A node with the default suites and one that offers only ECDHE-PSK-ChaCha20 (as nodes

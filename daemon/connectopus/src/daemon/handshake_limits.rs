@@ -186,21 +186,17 @@ impl HelloLimiter {
         if let Some((_, dhe, _)) = self.known.iter_mut().find(|(b, _, _)| b.key == Some(key)) {
             return dhe.take(now, DHE_RATE_PER_PREFIX, DHE_BURST_PER_PREFIX);
         }
-        let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
-        let Some(bucket) = self.dhe_buckets.get_mut(slot) else {
-            return false;
-        };
-        if bucket.key != Some(key) {
-            *bucket = Bucket {
-                key: Some(key),
-                tokens: DHE_BURST_PER_PREFIX,
-                last: now,
-            };
-        }
-        bucket.take(now, DHE_RATE_PER_PREFIX, DHE_BURST_PER_PREFIX)
-            && self
-                .dhe_new_prefixes
-                .take(now, DHE_RATE_NEW_PREFIXES, DHE_BURST_NEW_PREFIXES)
+        let slot = self.slot(key);
+        take_prefix(
+            &mut self.dhe_buckets,
+            slot,
+            key,
+            now,
+            DHE_RATE_PER_PREFIX,
+            DHE_BURST_PER_PREFIX,
+        ) && self
+            .dhe_new_prefixes
+            .take(now, DHE_RATE_NEW_PREFIXES, DHE_BURST_NEW_PREFIXES)
     }
 
     /// Returns whether a datagram from `source` may be looked at now (`now`: the loop's clock).
@@ -210,19 +206,20 @@ impl HelloLimiter {
         if let Some((bucket, _, _)) = self.known.iter_mut().find(|(b, _, _)| b.key == Some(key)) {
             return bucket.take(now, HELLO_RATE_PER_PREFIX, HELLO_BURST_PER_PREFIX);
         }
-        let slot = (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize;
-        let Some(bucket) = self.buckets.get_mut(slot) else {
-            return false;
-        };
-        if bucket.key != Some(key) {
-            *bucket = Bucket {
-                key: Some(key),
-                tokens: HELLO_BURST_PER_PREFIX,
-                last: now,
-            };
-        }
-        bucket.take(now, HELLO_RATE_PER_PREFIX, HELLO_BURST_PER_PREFIX)
-            && self.total.take(now, HELLO_RATE_TOTAL, HELLO_BURST_TOTAL)
+        let slot = self.slot(key);
+        take_prefix(
+            &mut self.buckets,
+            slot,
+            key,
+            now,
+            HELLO_RATE_PER_PREFIX,
+            HELLO_BURST_PER_PREFIX,
+        ) && self.total.take(now, HELLO_RATE_TOTAL, HELLO_BURST_TOTAL)
+    }
+
+    /// The slot of a prefix in the fixed bucket tables (a keyed hash).
+    fn slot(&self, key: (bool, u64)) -> usize {
+        (self.hasher.hash_one(key) % HELLO_BUCKETS as u64) as usize
     }
 
     /// Remembers that a peer at `source` completed a session; returns whether the list of
@@ -260,6 +257,29 @@ impl HelloLimiter {
     pub(super) fn seen(&self) -> u64 {
         self.seen
     }
+}
+
+/// Takes a token from the bucket of prefix `key` in a fixed table at `slot`; a prefix that
+/// lands on a slot another uses takes it over with a full burst.
+fn take_prefix(
+    table: &mut [Bucket],
+    slot: usize,
+    key: (bool, u64),
+    now: Duration,
+    rate: f64,
+    burst: f64,
+) -> bool {
+    let Some(bucket) = table.get_mut(slot) else {
+        return false;
+    };
+    if bucket.key != Some(key) {
+        *bucket = Bucket {
+            key: Some(key),
+            tokens: burst,
+            last: now,
+        };
+    }
+    bucket.take(now, rate, burst)
 }
 
 impl Default for HelloLimiter {
