@@ -1,11 +1,13 @@
-//! The TCP link codec of the node (`daemon/connectopus/src/links/tcp.rs`, compiled here from
-//! the node's own source file, since it lives in the binary crate): 2-byte length framing,
-//! plain or inside TLS 1.3.
+//! The TCP link codec of the node (`daemon/connectopus/src/links/tcp.rs` and its TLS record
+//! layer `tls_records.rs`, compiled here from the node's own source files, since they live in
+//! the binary crate): 2-byte length framing, plain or inside TLS 1.3.
 //!
 //! Modes: plain TCP bytes in arbitrary chunks; raw bytes at a TLS server (a hostile
-//! handshake); and plaintext of the attacker's choosing sent by a real rustls client over an
-//! established session. Never a panic; the messages that come out are exactly the frames of
-//! the plaintext, as a reference parser reads them, until the codec refuses the stream.
+//! handshake); plaintext of the attacker's choosing sent by a real rustls client over an
+//! established session (rustls seals, the node's record layer opens); and raw bytes at the
+//! record layer after a real handshake (forged records). Never a panic; the messages that
+//! come out are exactly the frames of the plaintext, as a reference parser reads them, until
+//! the codec refuses the stream.
 
 #![no_main]
 
@@ -19,6 +21,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 #[allow(dead_code)]
 #[path = "../../daemon/connectopus/src/links/tcp.rs"]
 mod tcp;
+
+#[allow(dead_code)]
+#[path = "../../daemon/connectopus/src/links/tls_records.rs"]
+mod tls_records;
 
 use tcp::TcpCodec;
 
@@ -58,8 +64,34 @@ fn tls() -> &'static Tls {
 }
 
 fn server_codec() -> TcpCodec {
-    let conn = rustls::ServerConnection::new(tls().server.clone()).expect("server connection");
-    TcpCodec::tls(rustls::Connection::Server(conn))
+    TcpCodec::tls(tls_records::TlsSession::server(&tls().server).expect("server connection"))
+}
+
+/// A real rustls client and the node's server codec, handshake done.
+fn established() -> (rustls::ClientConnection, TcpCodec) {
+    let name = ServerName::try_from("fuzz.test").expect("a name");
+    let mut client =
+        rustls::ClientConnection::new(tls().client.clone(), name).expect("client connection");
+    let mut server = server_codec();
+    let mut to_client = Vec::new();
+    for _ in 0..4 {
+        let mut to_server = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut to_server).expect("client output");
+        }
+        server
+            .receive(&to_server, &mut to_client)
+            .expect("handshake at the server");
+        let mut input = &std::mem::take(&mut to_client)[..];
+        while !input.is_empty() {
+            client.read_tls(&mut input).expect("client input");
+            client
+                .process_new_packets()
+                .expect("handshake at the client");
+        }
+    }
+    assert!(!client.is_handshaking() && server.is_ready());
+    (client, server)
 }
 
 /// The frames of `stream` as the protocol defines them (zero-length frames carry nothing).
@@ -99,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let chunk = usize::from(mode >> 2) * 7 + 1;
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             let (got, refused) = drain(&mut TcpCodec::plain(), rest, chunk);
             let want = reference_frames(rest);
@@ -114,29 +146,8 @@ fuzz_target!(|data: &[u8]| {
             let (got, _) = drain(&mut codec, rest, chunk);
             assert!(got.is_empty(), "no message before a handshake");
         }
-        _ => {
-            let name = ServerName::try_from("fuzz.test").expect("a name");
-            let mut client = rustls::ClientConnection::new(tls().client.clone(), name)
-                .expect("client connection");
-            let mut server = server_codec();
-            let mut to_client = Vec::new();
-            for _ in 0..4 {
-                let mut to_server = Vec::new();
-                while client.wants_write() {
-                    client.write_tls(&mut to_server).expect("client output");
-                }
-                server
-                    .receive(&to_server, &mut to_client)
-                    .expect("handshake at the server");
-                let mut input = &std::mem::take(&mut to_client)[..];
-                while !input.is_empty() {
-                    client.read_tls(&mut input).expect("client input");
-                    client
-                        .process_new_packets()
-                        .expect("handshake at the client");
-                }
-            }
-            assert!(!client.is_handshaking() && server.is_ready());
+        2 => {
+            let (mut client, mut server) = established();
             // The attacker writes any plaintext (not only well-formed frames) into the session.
             client.writer().write_all(rest).expect("plaintext");
             let mut wire = Vec::new();
@@ -150,6 +161,13 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 assert_eq!(got, want);
             }
+        }
+        _ => {
+            // Raw bytes where records belong: none can be opened (no key), so none may yield
+            // a message.
+            let (_client, mut server) = established();
+            let (got, _) = drain(&mut server, rest, chunk);
+            assert!(got.is_empty(), "a forged record yielded a message");
         }
     }
 });

@@ -76,7 +76,7 @@ pub struct TcpConnected {
     /// The remote underlay address.
     pub remote: SocketAddr,
     /// TLS state, when the backend uses TLS.
-    pub tls: Option<rustls::Connection>,
+    pub tls: Option<crate::links::tls_records::TlsSession>,
     /// Cost of the link.
     pub cost: Cost,
     /// MTU of the link.
@@ -201,8 +201,8 @@ fn accept_loop(
         };
         let tls = match &tls {
             None => None,
-            Some(config) => match rustls::ServerConnection::new(config.clone()) {
-                Ok(c) => Some(rustls::Connection::Server(c)),
+            Some(config) => match crate::links::tls_records::TlsSession::server(config) {
+                Ok(session) => Some(session),
                 Err(error) => {
                     tracing::warn!(backend = %backend.name, %error, "tls setup failed");
                     continue;
@@ -261,8 +261,8 @@ fn dial_loop(
                 let tls = match &tls {
                     None => None,
                     Some((config, name)) => {
-                        match rustls::ClientConnection::new(config.clone(), name.clone()) {
-                            Ok(c) => Some(rustls::Connection::Client(c)),
+                        match crate::links::tls_records::TlsSession::client(config, name.clone()) {
+                            Ok(session) => Some(session),
                             Err(error) => {
                                 tracing::warn!(backend = %backend.name, %error, "tls setup failed");
                                 sleep_unless_stopped(backoff.failure(), &stop);

@@ -7,8 +7,9 @@
 
 use super::Transport;
 
-/// The RFC 5705 exporter label of the channel binding that node hellos sign.
-pub(super) const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
+// The RFC 5705 exporter label of the channel binding that node hellos sign (a TCP+TLS link's
+// codec computes its value when rustls hands the session over).
+use crate::links::tcp::CHANNEL_BINDING_LABEL;
 
 /// Returns the link's channel binding: `Ok(None)` for plain TCP and plaintext UDP.
 ///
@@ -36,7 +37,7 @@ pub(super) fn channel_binding(transport: &Transport) -> Result<Option<[u8; 32]>,
 /// The binding of a TCP link's codec: `Ok(None)` without TLS, an error if TLS cannot export.
 fn codec_binding(codec: &crate::links::tcp::TcpCodec) -> Result<Option<[u8; 32]>, String> {
     codec
-        .exporter(CHANNEL_BINDING_LABEL)
+        .channel_binding()
         .map_err(|e| format!("TLS exporter: {e}"))
 }
 
@@ -60,8 +61,8 @@ mod tests {
             insecure_skip_verify: true,
         })
         .unwrap();
-        let client = rustls::ClientConnection::new(config, name).unwrap();
-        let codec = TcpCodec::tls(rustls::Connection::Client(client));
+        let session = crate::links::tls_records::TlsSession::client(&config, name).unwrap();
+        let codec = TcpCodec::tls(session);
         assert!(!codec.is_ready());
         assert!(codec_binding(&codec).is_err());
         assert_eq!(codec_binding(&TcpCodec::plain()), Ok(None));

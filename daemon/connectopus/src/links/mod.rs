@@ -2,3 +2,4 @@
 
 pub mod tcp;
 pub mod tls;
+pub mod tls_records;

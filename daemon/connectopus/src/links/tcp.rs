@@ -1,21 +1,32 @@
-//! The TCP link codec: 2-byte big-endian length framing, optionally inside TLS (rustls).
+//! The TCP link codec: 2-byte big-endian length framing, optionally inside TLS 1.3.
 //!
 //! Sans-IO: bytes read from the socket go in through [`TcpCodec::receive`], complete link
 //! messages come out of [`TcpCodec::pop_message`], and messages to send are framed (and
-//! encrypted) into a caller's byte queue by [`TcpCodec::send_message`].
+//! encrypted) into a caller's byte queue by [`TcpCodec::send_message`]. On a TLS link rustls
+//! runs the handshake; then the link's own record layer (`tls_records.rs`) seals and opens
+//! the records.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::ops::Range;
+
+use super::tls_records::{RecordError, RecordLayer, RecordSink, TlsSession, handshake_record_len};
 
 /// Largest link message a TCP frame can carry.
 pub const MAX_FRAME: usize = u16::MAX as usize;
 
+/// The RFC 5705 exporter label of the channel binding that node hellos sign on (D)TLS links
+/// (`daemon/binding.rs`); a TLS link computes it when rustls hands the session over.
+pub const CHANNEL_BINDING_LABEL: &str = "EXPORTER-connectopus-hello";
+
 /// Why a TCP link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpLinkError {
-    /// TLS failed (handshake or record layer).
+    /// The TLS handshake failed.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    /// The TLS record layer failed (after the handshake).
+    #[error("{0}")]
+    Records(#[from] RecordError),
     /// A message is too large for a frame.
     #[error("message of {0} bytes exceeds the 65535-byte frame limit")]
     TooLarge(usize),
@@ -24,9 +35,31 @@ pub enum TcpLinkError {
     Overflow,
 }
 
+/// Where a TLS link is.
+// The record layer is the state for the life of the link; boxing it would add a pointer
+// chase per record.
+#[allow(clippy::large_enum_variant)]
+enum Tls {
+    /// rustls runs the handshake. It is fed whole records, one at a time, so that the bytes
+    /// after its last one are left for the record layer.
+    Handshake {
+        session: Box<TlsSession>,
+        /// Bytes read but not given to rustls yet.
+        unread: Vec<u8>,
+    },
+    /// The link seals and opens its records itself.
+    Records {
+        layer: RecordLayer,
+        /// The exporter value of [`CHANNEL_BINDING_LABEL`], taken at the hand-over.
+        binding: [u8; 32],
+    },
+    /// The hand-over failed; the link must close.
+    Failed,
+}
+
 /// Framing and optional TLS state of one TCP link.
 pub struct TcpCodec {
-    tls: Option<rustls::Connection>,
+    tls: Option<Tls>,
     rx: Vec<u8>,
     rx_start: usize,
     /// Framed plaintext waiting for one TLS write (TLS links only): messages queued together
@@ -36,8 +69,14 @@ pub struct TcpCodec {
 
 impl std::fmt::Debug for TcpCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = match &self.tls {
+            None => "none",
+            Some(Tls::Handshake { .. }) => "handshake",
+            Some(Tls::Records { .. }) => "records",
+            Some(Tls::Failed) => "failed",
+        };
         f.debug_struct("TcpCodec")
-            .field("tls", &self.tls.is_some())
+            .field("tls", &tls)
             .field("buffered", &(self.rx.len() - self.rx_start))
             .finish()
     }
@@ -71,84 +110,126 @@ impl TcpCodec {
         }
     }
 
-    /// Creates a codec for a TLS link.
-    pub fn tls(connection: rustls::Connection) -> Self {
+    /// Creates a codec for a TLS link whose handshake has not begun.
+    pub fn tls(session: TlsSession) -> Self {
         Self {
-            tls: Some(connection),
+            tls: Some(Tls::Handshake {
+                session: Box::new(session),
+                unread: Vec::new(),
+            }),
             ..Self::plain()
         }
     }
 
     /// Returns true once the link can carry messages (TLS handshake done, or plain TCP).
     pub fn is_ready(&self) -> bool {
-        self.tls.as_ref().is_none_or(|c| !c.is_handshaking())
+        matches!(self.tls, None | Some(Tls::Records { .. }))
     }
 
-    /// Returns 32 bytes of RFC 5705 keying material for `label` once the TLS handshake is done,
-    /// or `Ok(None)` on plain TCP.
+    /// Returns the link's channel binding (the exporter value of [`CHANNEL_BINDING_LABEL`])
+    /// once the TLS handshake is done, or `Ok(None)` on plain TCP.
     ///
     /// # Errors
-    /// A TLS link whose exporter fails (for example before the handshake is done): the caller
-    /// must close the link rather than treat it as plain TCP.
-    pub fn exporter(&self, label: &str) -> Result<Option<[u8; 32]>, rustls::Error> {
-        let Some(conn) = self.tls.as_ref() else {
-            return Ok(None);
-        };
-        let mut out = [0u8; 32];
-        match conn {
-            rustls::Connection::Client(c) => {
-                c.export_keying_material(&mut out, label.as_bytes(), None)?
-            }
-            rustls::Connection::Server(c) => {
-                c.export_keying_material(&mut out, label.as_bytes(), None)?
-            }
-        };
-        Ok(Some(out))
+    /// A TLS link whose handshake is not done (or whose hand-over failed): the caller must
+    /// close the link rather than treat it as plain TCP.
+    pub fn channel_binding(&self) -> Result<Option<[u8; 32]>, rustls::Error> {
+        match &self.tls {
+            None => Ok(None),
+            Some(Tls::Records { binding, .. }) => Ok(Some(*binding)),
+            Some(Tls::Handshake { .. } | Tls::Failed) => Err(rustls::Error::HandshakeNotComplete),
+        }
     }
 
-    /// Feeds bytes read from the socket; TLS handshake output is appended to `out`.
+    /// Feeds bytes read from the socket; TLS handshake output (and a KeyUpdate the peer asks
+    /// to be answered) is appended to `out`.
     ///
     /// # Errors
     /// TLS failures and receive-buffer overflow; the link must close.
-    pub fn receive(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) -> Result<(), TcpLinkError> {
+    pub fn receive(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), TcpLinkError> {
         if self.rx_start > 0 && self.rx_start >= self.rx.len() / 2 {
             self.rx.drain(..self.rx_start);
             self.rx_start = 0;
         }
         match self.tls.as_mut() {
             None => self.rx.extend_from_slice(bytes),
-            Some(conn) => {
-                while !bytes.is_empty() {
-                    let n = conn
-                        .read_tls(&mut bytes)
-                        .map_err(|_| TcpLinkError::Overflow)?;
-                    if n == 0 {
-                        break;
-                    }
-                    conn.process_new_packets()?;
-                    // The plaintext is copied once, from rustls's buffer into ours.
-                    let mut reader = conn.reader();
-                    loop {
-                        match reader.fill_buf() {
-                            Ok([]) | Err(_) => break,
-                            Ok(chunk) => {
-                                let n = chunk.len();
-                                self.rx.extend_from_slice(chunk);
-                                reader.consume(n);
-                            }
-                        }
-                    }
-                }
-                while conn.wants_write() {
-                    if conn.write_tls(out).is_err() {
-                        break;
-                    }
-                }
-            }
+            // Opened from the read buffer straight into the frame buffer.
+            Some(Tls::Records { layer, .. }) => layer.open(bytes, &mut self.rx, out)?,
+            Some(Tls::Handshake { .. } | Tls::Failed) => self.receive_handshake(bytes, out)?,
         }
         if self.rx.len() - self.rx_start > MAX_RX_BUFFER {
             return Err(TcpLinkError::Overflow);
         }
+        Ok(())
+    }
+
+    /// Gives rustls the whole records among the bytes read so far while it handshakes, and
+    /// hands the session over to the record layer once it is done.
+    fn receive_handshake(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), TcpLinkError> {
+        let Some(Tls::Handshake { session, unread }) = self.tls.as_mut() else {
+            return Err(RecordError::Keys("the session was not handed over").into());
+        };
+        unread.extend_from_slice(bytes);
+        let conn = &mut session.connection;
+        let mut fed = 0;
+        while conn.is_handshaking() {
+            let rest = unread.get(fed..).unwrap_or_default();
+            let Some(len) = handshake_record_len(rest)? else {
+                break;
+            };
+            let Some(mut record) = rest.get(..len) else {
+                break;
+            };
+            fed += len;
+            while !record.is_empty() {
+                if conn
+                    .read_tls(&mut record)
+                    .map_err(|_| TcpLinkError::Overflow)?
+                    == 0
+                {
+                    break;
+                }
+                conn.process_new_packets()?;
+            }
+            // Application data rustls opened during the handshake (none from our nodes).
+            let mut reader = conn.reader();
+            while let Ok(chunk) = reader.fill_buf() {
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len();
+                self.rx.extend_from_slice(chunk);
+                reader.consume(n);
+            }
+            while conn.wants_write() {
+                if conn.write_tls(out).is_err() {
+                    break;
+                }
+            }
+        }
+        unread.drain(..fed);
+        if conn.is_handshaking() {
+            return Ok(());
+        }
+        let Some(Tls::Handshake { session, unread }) = self.tls.replace(Tls::Failed) else {
+            return Err(RecordError::Keys("the session was not handed over").into());
+        };
+        let mut binding = [0u8; 32];
+        match &session.connection {
+            rustls::Connection::Client(c) => {
+                c.export_keying_material(&mut binding, CHANNEL_BINDING_LABEL.as_bytes(), None)?
+            }
+            rustls::Connection::Server(c) => {
+                c.export_keying_material(&mut binding, CHANNEL_BINDING_LABEL.as_bytes(), None)?
+            }
+        };
+        let mut layer = session.into_record_layer()?;
+        // Frames queued during the handshake leave first, then what followed its last record.
+        if !self.staged.is_empty() {
+            layer.seal(&self.staged, out)?;
+            self.staged.clear();
+        }
+        layer.open(&unread, &mut self.rx, out)?;
+        self.tls = Some(Tls::Records { layer, binding });
         Ok(())
     }
 
@@ -177,7 +258,8 @@ impl TcpCodec {
 
     /// Appends handshake bytes TLS wants to send (the client's first flight) to `out`.
     pub fn poll_handshake(&mut self, out: &mut Vec<u8>) {
-        if let Some(conn) = self.tls.as_mut() {
+        if let Some(Tls::Handshake { session, .. }) = self.tls.as_mut() {
+            let conn = &mut session.connection;
             while conn.wants_write() {
                 if conn.write_tls(out).is_err() {
                     break;
@@ -262,39 +344,33 @@ impl TcpCodec {
         }
     }
 
-    /// Encrypts what [`TcpCodec::queue_with`] staged (TLS links; nothing to do on plain TCP)
-    /// and appends the bytes for the socket to `out` — the link's send queue itself, so the
-    /// records are copied once, out of rustls. Records already appended stay there when a
-    /// later one fails (they are part of the TLS stream).
+    /// Seals what [`TcpCodec::queue_with`] staged (TLS links; nothing to do on plain TCP)
+    /// into records appended to `out` — the link's send queue itself, each record sealed
+    /// where it lands. Before the handshake is done the frames wait and leave first after it.
+    /// Records already appended stay there when a later one fails (they are part of the TLS
+    /// stream).
     ///
     /// # Errors
-    /// TLS refused the bytes.
-    pub fn flush(&mut self, out: &mut impl Write) -> Result<(), TcpLinkError> {
-        let Some(conn) = self.tls.as_mut() else {
+    /// The record layer failed (the link must close).
+    pub fn flush(&mut self, out: &mut impl RecordSink) -> Result<(), TcpLinkError> {
+        let Some(Tls::Records { layer, .. }) = self.tls.as_mut() else {
             return Ok(());
         };
         if self.staged.is_empty() {
             return Ok(());
         }
-        // rustls buffers at most 64 KiB of records: encrypt and drain in turns.
-        let mut rest = self.staged.as_slice();
-        let result = loop {
-            if rest.is_empty() {
-                break Ok(());
-            }
-            let written = conn.writer().write(rest);
-            while conn.wants_write() {
-                if conn.write_tls(out).is_err() {
-                    break;
-                }
-            }
-            match written {
-                Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
-                _ => break Err(TcpLinkError::Overflow),
-            }
-        };
+        let result = layer.seal(&self.staged, out);
         self.staged.clear();
-        result
+        Ok(result?)
+    }
+
+    /// The record layer of a TLS link past its handshake (tests).
+    #[cfg(test)]
+    pub(crate) fn record_layer(&mut self) -> Option<&mut RecordLayer> {
+        match self.tls.as_mut() {
+            Some(Tls::Records { layer, .. }) => Some(layer),
+            _ => None,
+        }
     }
 }
 
@@ -406,10 +482,10 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("link.test").unwrap();
-        let client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
-        let server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
-        let mut a = TcpCodec::tls(rustls::Connection::Client(client));
-        let mut b = TcpCodec::tls(rustls::Connection::Server(server));
+        let client = TlsSession::client(&Arc::new(client_config), name).unwrap();
+        let server = TlsSession::server(&Arc::new(server_config)).unwrap();
+        let mut a = TcpCodec::tls(client);
+        let mut b = TcpCodec::tls(server);
         for _ in 0..10 {
             let mut to_b = Vec::new();
             a.poll_handshake(&mut to_b);
