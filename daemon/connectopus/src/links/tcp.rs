@@ -85,6 +85,10 @@ impl std::fmt::Debug for TcpCodec {
 /// Most plaintext bytes buffered while waiting for the rest of a frame.
 const MAX_RX_BUFFER: usize = 4 * MAX_FRAME;
 
+/// Most framed bytes a TLS link stages before its handshake is done (the node sends nothing
+/// before it; rustls allowed 64 KiB).
+pub const MAX_STAGED_BEFORE_HANDSHAKE: usize = 64 * 1024;
+
 /// The capacity an idle link's send queue and staging buffer keep (see
 /// [`TcpCodec::shrink_idle`], [`shrink_idle_queue`]): a burst may grow them to the backlog
 /// bound (4 MiB, a `VecDeque` then holds 8), and a grown buffer that nothing shrinks stays
@@ -293,7 +297,8 @@ impl TcpCodec {
     /// many messages (the segments of one super-packet) are encrypted in full-size records.
     ///
     /// # Errors
-    /// `max_len` is larger than a frame.
+    /// `max_len` is larger than a frame, or a TLS link still handshaking has
+    /// [`MAX_STAGED_BEFORE_HANDSHAKE`] bytes waiting already.
     pub fn queue_with(
         &mut self,
         max_len: usize,
@@ -302,6 +307,11 @@ impl TcpCodec {
     ) -> Result<bool, TcpLinkError> {
         if max_len > MAX_FRAME {
             return Err(TcpLinkError::TooLarge(max_len));
+        }
+        if matches!(self.tls, Some(Tls::Handshake { .. } | Tls::Failed))
+            && self.staged.len() + 2 + max_len > MAX_STAGED_BEFORE_HANDSHAKE
+        {
+            return Err(TcpLinkError::Overflow);
         }
         let target = if self.tls.is_some() {
             &mut self.staged
@@ -353,8 +363,12 @@ impl TcpCodec {
     /// # Errors
     /// The record layer failed (the link must close).
     pub fn flush(&mut self, out: &mut impl RecordSink) -> Result<(), TcpLinkError> {
-        let Some(Tls::Records { layer, .. }) = self.tls.as_mut() else {
-            return Ok(());
+        let layer = match self.tls.as_mut() {
+            None | Some(Tls::Handshake { .. }) => return Ok(()),
+            Some(Tls::Failed) => {
+                return Err(RecordError::Keys("the session was not handed over").into());
+            }
+            Some(Tls::Records { layer, .. }) => layer,
         };
         if self.staged.is_empty() {
             return Ok(());

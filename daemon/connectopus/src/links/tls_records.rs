@@ -202,6 +202,9 @@ impl TlsSession {
             rx,
             partial: Vec::new(),
             records_per_key: RECORDS_PER_KEY,
+            is_client,
+            answer_key_update: false,
+            key_update_requests: 0,
         })
     }
 }
@@ -317,18 +320,25 @@ impl Direction {
         key.as_ref() == self.key_bytes.as_slice() && iv.as_ref() == self.iv.as_slice()
     }
 
-    /// The nonce of the next record: the IV XOR the sequence number, and the number moved on.
-    fn take_nonce(&mut self) -> Result<Nonce, RecordError> {
+    /// The nonce of the next record: the IV XOR the sequence number. The number moves on
+    /// only once the record is sealed or opened ([`Direction::advance`]), so a failed seal
+    /// leaves the stream as it was.
+    fn nonce(&self) -> Nonce {
         let mut nonce = *self.iv;
         let seq = self.seq.to_be_bytes();
         for (n, s) in nonce.iter_mut().skip(NONCE_LEN - seq.len()).zip(seq) {
             *n ^= s;
         }
+        Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// Moves the sequence number on past a record sealed or opened.
+    fn advance(&mut self) -> Result<(), RecordError> {
         self.seq = self
             .seq
             .checked_add(1)
             .ok_or(RecordError::Keys("sequence numbers exhausted"))?;
-        Ok(Nonce::assume_unique_for_key(nonce))
+        Ok(())
     }
 }
 
@@ -407,7 +417,17 @@ pub struct RecordLayer {
     /// The start of a record whose rest has not been read yet (at most one record).
     partial: Vec<u8>,
     records_per_key: u64,
+    /// The dialing end (a server refuses NewSessionTicket, which only servers send).
+    is_client: bool,
+    /// The peer asked for a KeyUpdate; answered once, at the end of the read.
+    answer_key_update: bool,
+    /// KeyUpdate requests since the peer's last application data (at most
+    /// [`MAX_KEY_UPDATE_REQUESTS`], as rustls allows).
+    key_update_requests: u8,
 }
+
+/// KeyUpdate requests a peer may send between two application-data records (rustls's bound).
+const MAX_KEY_UPDATE_REQUESTS: u8 = 32;
 
 impl std::fmt::Debug for RecordLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -493,7 +513,7 @@ impl RecordLayer {
             .map_err(|_| RecordError::Malformed("record too long"))?
             .to_be_bytes();
         let header = [APPLICATION_DATA, 3, 3, high, low];
-        let nonce = self.tx.take_nonce()?;
+        let nonce = self.tx.nonce();
         let key = &self.tx.key;
         out.append_with(HEADER_LEN + len, |record| {
             let (head, body) = record.split_at_mut(HEADER_LEN);
@@ -508,7 +528,8 @@ impl RecordLayer {
                 type_and_tag,
             )
             .map_err(|_| RecordError::Keys("AEAD seal failed"))
-        })
+        })?;
+        self.tx.advance()
     }
 
     /// Opens the records in `bytes` (one read from the socket, cut anywhere), appending their
@@ -542,7 +563,7 @@ impl RecordLayer {
                 self.partial = partial;
                 return Ok(());
             }
-            let result = self.open_record(&partial, plaintext, reply);
+            let result = self.open_record(&partial, plaintext);
             partial.clear();
             self.partial = partial;
             result?;
@@ -551,29 +572,35 @@ impl RecordLayer {
             let Some((record, rest)) = bytes.split_at_checked(len) else {
                 break;
             };
-            self.open_record(record, plaintext, reply)?;
+            self.open_record(record, plaintext)?;
             bytes = rest;
         }
         self.partial.extend_from_slice(bytes);
+        if std::mem::take(&mut self.answer_key_update) {
+            // One answer for however many requests the read held (RFC 8446 §4.6.3 asks for
+            // one before our next application data, which no flush can send before this).
+            self.seal_record(HANDSHAKE, &KEY_UPDATE_NOT_REQUESTED, reply)?;
+            self.tx = self.tx.next()?;
+        }
         Ok(())
     }
 
     /// Opens one whole record from where it lies into the end of `plaintext`.
-    fn open_record(
-        &mut self,
-        record: &[u8],
-        plaintext: &mut Vec<u8>,
-        reply: &mut impl RecordSink,
-    ) -> Result<(), RecordError> {
+    fn open_record(&mut self, record: &[u8], plaintext: &mut Vec<u8>) -> Result<(), RecordError> {
         let (header, body) = record
             .split_at_checked(HEADER_LEN)
             .ok_or(RecordError::Malformed("record shorter than its header"))?;
         let (ciphertext, tag) = body
             .split_at_checked(body.len().saturating_sub(TAG_LEN))
             .ok_or(RecordError::Malformed("record shorter than its tag"))?;
+        if ciphertext.len() > MAX_PLAINTEXT + 1 {
+            return Err(RecordError::Malformed(
+                "record plaintext longer than 2^14 + 1 bytes",
+            ));
+        }
         let start = plaintext.len();
         plaintext.resize(start + ciphertext.len(), 0);
-        let nonce = self.rx.take_nonce()?;
+        let nonce = self.rx.nonce();
         let opened = self.rx.key.open_separate_gather(
             nonce,
             Aad::from(header),
@@ -585,6 +612,7 @@ impl RecordLayer {
             plaintext.truncate(start);
             return Err(RecordError::Decrypt);
         }
+        self.rx.advance()?;
         // TLSInnerPlaintext: content, the content type, then zeros.
         let inner = plaintext.get(start..).unwrap_or_default();
         let Some(end) = inner.iter().rposition(|&b| b != 0) else {
@@ -594,11 +622,14 @@ impl RecordLayer {
         let kind = inner.get(end).copied().unwrap_or_default();
         plaintext.truncate(start + end);
         match kind {
-            APPLICATION_DATA => Ok(()),
+            APPLICATION_DATA => {
+                self.key_update_requests = 0;
+                Ok(())
+            }
             HANDSHAKE => {
                 // Rare (a KeyUpdate every few minutes): taken out of the frame bytes.
                 let messages: Vec<u8> = plaintext.drain(start..).collect();
-                self.post_handshake(&messages, reply)
+                self.post_handshake(&messages)
             }
             ALERT => {
                 let alert = plaintext.get(start..).map(<[u8]>::to_vec);
@@ -617,12 +648,10 @@ impl RecordLayer {
     }
 
     /// Handles the handshake messages of one record after the handshake: KeyUpdate (follow
-    /// it; answer it when asked) and NewSessionTicket (ignored: links do not resume).
-    fn post_handshake(
-        &mut self,
-        mut messages: &[u8],
-        reply: &mut impl RecordSink,
-    ) -> Result<(), RecordError> {
+    /// it; note the answer when asked) and, at a client, NewSessionTicket (ignored: links do
+    /// not resume). A handshake message split across records is refused (rustls never splits
+    /// these; neither does this layer).
+    fn post_handshake(&mut self, mut messages: &[u8]) -> Result<(), RecordError> {
         if messages.is_empty() {
             return Err(RecordError::Malformed("empty handshake record"));
         }
@@ -644,11 +673,17 @@ impl RecordLayer {
                     };
                     self.rx = self.rx.next()?;
                     if requested {
-                        self.seal_record(HANDSHAKE, &KEY_UPDATE_NOT_REQUESTED, reply)?;
-                        self.tx = self.tx.next()?;
+                        self.key_update_requests += 1;
+                        if self.key_update_requests > MAX_KEY_UPDATE_REQUESTS {
+                            return Err(RecordError::Malformed(
+                                "too many key update requests without data",
+                            ));
+                        }
+                        self.answer_key_update = true;
                     }
                 }
-                NEW_SESSION_TICKET => {}
+                // A client ignores tickets (links do not resume); only servers send them.
+                NEW_SESSION_TICKET if self.is_client => {}
                 _ => return Err(RecordError::Malformed("unexpected handshake message")),
             }
             messages = tail;

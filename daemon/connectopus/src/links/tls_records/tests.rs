@@ -398,3 +398,142 @@ fn records_sealed_across_the_end_of_a_ring_queue_are_intact() {
     assert_eq!(ring.capacity(), capacity, "the ring never grew");
     assert!(wrapped > 5, "the ring wrapped {wrapped} times");
 }
+
+/// The records in `wire`, each as its bytes.
+fn records(mut wire: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while let Ok(Some(len)) = record_len(wire) {
+        let (record, rest) = wire.split_at(len);
+        out.push(record);
+        wire = rest;
+    }
+    out
+}
+
+#[test]
+fn key_update_requests_get_one_answer_a_read_and_a_flood_ends_the_link() {
+    let (mut a, mut b) = pair();
+    let mut wire = Vec::new();
+    for _ in 0..5 {
+        a.record_layer()
+            .unwrap()
+            .request_key_update(&mut wire)
+            .unwrap();
+    }
+    let mut answer = Vec::new();
+    b.receive(&wire, &mut answer).unwrap();
+    assert_eq!(records(&answer).len(), 1, "one answer for five requests");
+    let mut ignored = Vec::new();
+    a.receive(&answer, &mut ignored).unwrap();
+    // The stream goes on both ways under the new keys.
+    let messages = some_messages(9);
+    let mut wire = Vec::new();
+    queue(&mut b, &messages, &mut wire);
+    a.receive(&wire, &mut ignored).unwrap();
+    assert_eq!(frames(&mut a), messages);
+    let mut wire = Vec::new();
+    queue(&mut a, &messages, &mut wire);
+    b.receive(&wire, &mut ignored).unwrap();
+    assert_eq!(frames(&mut b), messages);
+    // Past 32 requests without data in between, the link ends.
+    let mut wire = Vec::new();
+    for _ in 0..=MAX_KEY_UPDATE_REQUESTS {
+        a.record_layer()
+            .unwrap()
+            .request_key_update(&mut wire)
+            .unwrap();
+    }
+    let error = b.receive(&wire, &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
+                "too many key update requests without data"
+            ))
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_oversized_record_plaintext_or_a_ticket_sent_to_the_listener_ends_the_link() {
+    // 16,390 bytes of content: within the ciphertext bound, past the plaintext one.
+    let (mut a, mut b) = pair();
+    let mut wire = Vec::new();
+    a.record_layer()
+        .unwrap()
+        .seal_record(APPLICATION_DATA, &[7u8; MAX_PLAINTEXT + 6], &mut wire)
+        .unwrap();
+    let error = b.receive(&wire, &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
+                "record plaintext longer than 2^14 + 1 bytes"
+            ))
+        ),
+        "{error}"
+    );
+    // A NewSessionTicket: ignored by the dialer, refused by the listener.
+    let (mut a, mut b) = pair();
+    let ticket = [NEW_SESSION_TICKET, 0, 0, 0];
+    let mut to_dialer = Vec::new();
+    b.record_layer()
+        .unwrap()
+        .seal_record(HANDSHAKE, &ticket, &mut to_dialer)
+        .unwrap();
+    a.receive(&to_dialer, &mut Vec::new()).unwrap();
+    let mut to_listener = Vec::new();
+    a.record_layer()
+        .unwrap()
+        .seal_record(HANDSHAKE, &ticket, &mut to_listener)
+        .unwrap();
+    let error = b.receive(&to_listener, &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
+                "unexpected handshake message"
+            ))
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn frames_queued_before_the_handshake_are_bounded_and_leave_after_it() {
+    let (server, client) = configs();
+    let mut a = TcpCodec::tls(TlsSession::client(&client, name()).unwrap());
+    let mut b = TcpCodec::tls(TlsSession::server(&server).unwrap());
+    let message = vec![3u8; 1400];
+    let mut queued = 0;
+    let refused = loop {
+        match a.queue_with(
+            message.len(),
+            |slot| {
+                slot.copy_from_slice(&message);
+                Some(message.len())
+            },
+            &mut Vec::new(),
+        ) {
+            Ok(_) => queued += 1,
+            Err(e) => break e,
+        }
+        assert!(queued < 1000, "nothing bounds what waits for the handshake");
+    };
+    assert!(matches!(refused, crate::links::tcp::TcpLinkError::Overflow));
+    assert_eq!(
+        queued,
+        crate::links::tcp::MAX_STAGED_BEFORE_HANDSHAKE / 1402
+    );
+    // What was queued leaves right behind the dialer's Finished.
+    let mut to_b = Vec::new();
+    a.poll_handshake(&mut to_b);
+    let mut to_a = Vec::new();
+    b.receive(&to_b, &mut to_a).unwrap();
+    let mut to_b = Vec::new();
+    a.receive(&to_a, &mut to_b).unwrap();
+    b.receive(&to_b, &mut Vec::new()).unwrap();
+    assert!(a.is_ready() && b.is_ready());
+    assert_eq!(frames(&mut b), vec![message; queued]);
+}
