@@ -45,6 +45,8 @@ pub struct MeshLink {
     pub cost: f64,
     /// MTU override for both ends.
     pub mtu: Option<u16>,
+    /// Further `key: value` lines of the listener's backend.
+    pub listener_keys: Vec<(String, String)>,
 }
 
 impl MeshLink {
@@ -56,7 +58,14 @@ impl MeshLink {
             kind,
             cost: 1.0,
             mtu: None,
+            listener_keys: Vec::new(),
         }
+    }
+
+    /// Adds a `key: value` line to the listener's backend (a YAML scalar, as written).
+    pub fn listener_key(mut self, key: &str, value: &str) -> Self {
+        self.listener_keys.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Sets the cost.
@@ -197,6 +206,9 @@ impl<'t> Mesh<'t> {
                 l,
                 "      l{k}:\n        type: {transport}-listener\n        port: {port}\n        listen_ip: \"{listen_ip}\"\n{cost}{mtu}{listener_extra}"
             );
+            for (key, value) in &link.listener_keys {
+                let _ = writeln!(l, "        {key}: {value}");
+            }
             let d = backends.entry(link.dialer.clone()).or_default();
             let _ = write!(
                 d,

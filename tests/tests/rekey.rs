@@ -1,7 +1,7 @@
 //! DTLS key update end to end: with a short key-update interval (a test-only environment
 //! variable), a ping flow across a DTLS link keeps going while both directions move through
 //! several epochs, with nothing lost (the link received and opened on a worker thread), in the
-//! default PSK suite (DHE-PSK-AES128-GCM).
+//! default PSK suite (DHE-PSK-AES128-GCM); and a listener's `psk_cipher` choosing ChaCha20.
 
 #![allow(clippy::unwrap_used)]
 
@@ -84,6 +84,31 @@ fn a_ping_flow_continues_across_dtls_key_updates() {
             };
             matches!((epochs(&f), epochs(&b)), (Some(f), Some(b)) if f.1 + 2 >= b.0 && b.1 + 2 >= f.0)
         })?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_listener_that_chooses_chacha20_gets_it_from_a_default_dialer() {
+    require_root!();
+    require_tools(&["ping"]);
+    run_test("psk_cipher_chacha20", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let link = MeshLink::new("bar", "foo", LinkKind::DtlsPsk)
+            .listener_key("psk_cipher", "chacha20-poly1305");
+        let mut mesh = Mesh::configure(&topo, &[link])?;
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        for node in ["foo", "bar"] {
+            let status = mesh.status(node)?;
+            let cipher = status["links"][0]["dtls_cipher"].clone();
+            ensure!(
+                cipher == "ECDHE-PSK-CHACHA20-POLY1305",
+                "{node}'s link negotiated {cipher}: {status}"
+            );
+        }
+        let ping = ping6(topo.ns("foo"), mesh.address("bar"), 5, 200, &[])?;
+        ensure!(ping.all_received(), "ping over ChaCha20 records: {ping:?}");
         Ok(())
     });
 }

@@ -44,8 +44,8 @@ pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use dynamic::{DelegatedConfig, EphemeralConfig, IssueConfig};
 pub use model::{
     BackendConfig, CpctlConfig, DnsConfig, DtlsDialer, DtlsListener, FastpathConfig, GlobalConfig,
-    MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, ServiceConfig, TcpDialer,
-    TcpListener, Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
+    MetricsConfig, NamespaceConfig, NamespaceServiceConfig, NodeConfig, PskCipher, ServiceConfig,
+    TcpDialer, TcpListener, Timers, TunConfig, TunDevConfig, UdpDialer, UdpListener,
 };
 pub use model::{DEFAULT_MAX_WORKERS, MAX_WORKERS};
 pub use secret::{Secret, SecretBytes, SecretError, SecretKind, SecretSource};

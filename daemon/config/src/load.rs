@@ -233,6 +233,9 @@ fn fits(key: &str, v: &SNode) -> bool {
         "cost" => matches!(s, Scalar::Int(_) | Scalar::Float(_)),
         "tls" | "require_client_cert" | "insecure_skip_verify" => matches!(s, Scalar::Bool(_)),
         "listen_ip" => matches!(s, Scalar::Str(x) if x.parse::<std::net::IpAddr>().is_ok()),
+        "psk_cipher" => {
+            matches!(s, Scalar::Str(x) if crate::model::PskCipher::NAMES.contains(&x.as_str()))
+        }
         "peer" => matches!(s, Scalar::Str(x) if x.parse::<crate::types::PeerAddr>().is_ok()),
         _ => matches!(s, Scalar::Str(_)),
     }

@@ -352,6 +352,26 @@ macro_rules! pairs {
     };
 }
 
+/// The record cipher of a DTLS link in PSK mode (`psk_cipher`). Both choices are forward
+/// secret; a link between a node that offers both and one that offers ChaCha20-Poly1305 only
+/// gets ChaCha20-Poly1305, whichever end dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PskCipher {
+    /// `DHE-PSK-AES128-GCM-SHA256` first, `ECDHE-PSK-CHACHA20-POLY1305` for peers that offer
+    /// only that (the default).
+    #[serde(rename = "aes-128-gcm")]
+    Aes128Gcm,
+    /// `ECDHE-PSK-CHACHA20-POLY1305` only: for CPUs without AES instructions, where
+    /// ChaCha20 is the faster record cipher (and X25519 the cheaper handshake).
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+impl PskCipher {
+    /// The values the key accepts, as written in the mesh file.
+    pub const NAMES: [&'static str; 2] = ["aes-128-gcm", "chacha20-poly1305"];
+}
+
 /// `type: dtls-dialer`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,6 +397,9 @@ pub struct DtlsDialer {
     psk: Option<Secret>,
     #[serde(default, deserialize_with = "sde::psk_file")]
     psk_file: Option<Secret>,
+    /// The record cipher a PSK link prefers (PSK mode only; default AES-128-GCM).
+    #[serde(default)]
+    pub psk_cipher: Option<PskCipher>,
     #[serde(default, deserialize_with = "sde::ca")]
     root_ca: Option<Secret>,
     #[serde(default, deserialize_with = "sde::ca_file")]
@@ -433,6 +456,9 @@ pub struct DtlsListener {
     psk: Option<Secret>,
     #[serde(default, deserialize_with = "sde::psk_file")]
     psk_file: Option<Secret>,
+    /// The record cipher a PSK link prefers (PSK mode only; default AES-128-GCM).
+    #[serde(default)]
+    pub psk_cipher: Option<PskCipher>,
     #[serde(default, deserialize_with = "sde::cert")]
     server_cert: Option<Secret>,
     #[serde(default, deserialize_with = "sde::cert_file")]
@@ -677,6 +703,7 @@ pub(crate) const BACKEND_KEYS: &[(&str, &[&str])] = &[
             "insecure_skip_verify",
             "psk",
             "psk_file",
+            "psk_cipher",
             "root_ca",
             "root_ca_file",
             "client_cert",
@@ -698,6 +725,7 @@ pub(crate) const BACKEND_KEYS: &[(&str, &[&str])] = &[
             "require_client_cert",
             "psk",
             "psk_file",
+            "psk_cipher",
             "server_cert",
             "server_cert_file",
             "server_key",

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use connectopus_config::{
-    BackendConfig, Diagnostic, Diagnostics, PeerHost, SecretKind, Severity, check, load,
+    BackendConfig, Diagnostic, Diagnostics, PeerHost, PskCipher, SecretKind, Severity, check, load,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -371,6 +371,8 @@ fn semantic_rules() {
         ("    backends:\n      a: {type: dtls-listener, port: 7, psk_file: /p}\n      b: {type: udp-listener, port: 7}\n".into(), Severity::Error, "UDP port 7 is already used by nodes.foo.backends.a", 10, 37),
         ("    backends:\n      b: {type: udp-dialer, peer: \"h:1\", mtu: 1000}\n".into(), Severity::Error, "mtu 1000 is out of range", 9, 47),
         ("    backends:\n      b: {type: udp-dialer, peer: \"h:1\", psk_file: /p}\n".into(), Severity::Error, "unknown field `psk_file`", 9, 42),
+        ("    backends:\n      b: {type: dtls-dialer, peer: \"h:1\", psk_file: /p, psk_cipher: chacha20}\n".into(), Severity::Error, "unknown variant `chacha20`", 9, 69),
+        ("    backends:\n      b: {type: dtls-listener, port: 1, server_cert_file: /c, server_key_file: /k, psk_cipher: aes-128-gcm}\n".into(), Severity::Error, "psk_cipher chooses among PSK suites; it needs psk or psk_file", 9, 84),
     ];
     for (tail, severity, needle, line, column) in cases {
         let src = format!("{HEAD}{tail}");
@@ -388,6 +390,25 @@ fn semantic_rules() {
             found[0]
         );
     }
+}
+
+#[test]
+fn psk_cipher_is_read_on_both_dtls_backend_types() {
+    let src = format!(
+        "{HEAD}    backends:\n      d: {{type: dtls-dialer, peer: \"h:1\", psk_file: /p, psk_cipher: chacha20-poly1305}}\n      l: {{type: dtls-listener, port: 7, psk_file: /p, psk_cipher: aes-128-gcm}}\n      n: {{type: dtls-listener, port: 8, psk_file: /p}}\n"
+    );
+    let d = check("m.yml", src.as_bytes());
+    assert!(d.iter().all(|x| x.severity != Severity::Error), "{d}");
+    let mesh = load("m.yml", src.as_bytes()).unwrap();
+    let backends = &mesh.nodes["foo"].backends;
+    let cipher = |name: &str| match &backends[name] {
+        BackendConfig::DtlsDialer(b) => b.psk_cipher,
+        BackendConfig::DtlsListener(b) => b.psk_cipher,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cipher("d"), Some(PskCipher::ChaCha20Poly1305));
+    assert_eq!(cipher("l"), Some(PskCipher::Aes128Gcm));
+    assert_eq!(cipher("n"), None);
 }
 
 /// `global.subnet4` and `address4`: outside the subnet, without a subnet, duplicated.

@@ -4,10 +4,10 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use anyhow::{Context, Result, anyhow, bail};
-use connectopus_config::{DtlsDialer, DtlsListener, PeerAddr, PeerHost, Secret};
+use connectopus_config::{DtlsDialer, DtlsListener, PeerAddr, PeerHost, PskCipher, Secret};
 use connectopus_dtls::{
     CertificateCredentials, CertifiedKey, ClientConfig, Credentials, DtlsConfig, ExpectedName,
-    PeerVerification, PskCredentials, RekeyPolicy, ServerConfig,
+    PeerVerification, PskCredentials, PskSuite, RekeyPolicy, ServerConfig,
 };
 use openssl::pkey::PKey;
 use openssl::x509::X509;
@@ -52,15 +52,22 @@ fn certified_key(
     })
 }
 
-fn psk(secret: &Secret) -> Result<Credentials> {
+fn psk(secret: &Secret, cipher: Option<PskCipher>) -> Result<Credentials> {
     let key = secret.resolve().context("reading psk")?;
     if key.expose().is_empty() {
         bail!("psk is empty");
     }
-    Ok(Credentials::Psk(PskCredentials::new(
-        PSK_IDENTITY,
-        key.expose().to_vec(),
-    )))
+    let mut credentials = PskCredentials::new(PSK_IDENTITY, key.expose().to_vec());
+    credentials.suite = psk_suite(cipher);
+    Ok(Credentials::Psk(credentials))
+}
+
+/// The PSK suites a `psk_cipher` offers (both forward secret).
+fn psk_suite(cipher: Option<PskCipher>) -> PskSuite {
+    match cipher {
+        None | Some(PskCipher::Aes128Gcm) => PskSuite::DhePskAes128GcmOrEcdhePskChaCha20,
+        Some(PskCipher::ChaCha20Poly1305) => PskSuite::EcdhePskChaCha20Poly1305,
+    }
 }
 
 /// Builds the server configuration of a DTLS listener.
@@ -69,7 +76,7 @@ fn psk(secret: &Secret) -> Result<Credentials> {
 /// Missing or unreadable credentials, named by their config key.
 pub fn listener_config(l: &DtlsListener, mtu: u16) -> Result<ServerConfig> {
     let credentials = if let Some(secret) = l.psk() {
-        psk(secret)?
+        psk(secret, l.psk_cipher)?
     } else {
         let (Some(cert), Some(key)) = (l.server_cert(), l.server_key()) else {
             bail!("a DTLS listener needs psk, or server_cert and server_key");
@@ -117,7 +124,7 @@ fn rekey_policy() -> RekeyPolicy {
 /// Missing or unreadable credentials, or no way to verify the listener.
 pub fn dialer_config(d: &DtlsDialer, mtu: u16) -> Result<ClientConfig> {
     let credentials = if let Some(secret) = d.psk() {
-        psk(secret)?
+        psk(secret, d.psk_cipher)?
     } else {
         let verify = if d.insecure_skip_verify {
             PeerVerification::Insecure

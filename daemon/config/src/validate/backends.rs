@@ -92,6 +92,19 @@ pub(super) fn backend_checks(
         .map(|(k, _)| *k)
         .collect();
 
+    let (psk_set, psk_cipher) = match backend {
+        BackendConfig::DtlsDialer(d) => (d.psk().is_some(), d.psk_cipher.is_some()),
+        BackendConfig::DtlsListener(l) => (l.psk().is_some(), l.psk_cipher.is_some()),
+        _ => (false, false),
+    };
+    if psk_cipher && !psk_set {
+        cx.error(
+            &strs(&path("psk_cipher")),
+            At::Key,
+            "psk_cipher chooses among PSK suites; it needs psk or psk_file (certificate mode negotiates AES-128-GCM)",
+        );
+    }
+
     match backend {
         BackendConfig::DtlsDialer(d) => {
             let psk = d.psk().is_some();
