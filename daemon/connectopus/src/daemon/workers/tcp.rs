@@ -1,5 +1,5 @@
 //! The TCP/TLS links a worker thread owns: once a link's session is established, the main
-//! loop hands it the stream, the codec (framing, the rustls connection) and the unsent bytes
+//! loop hands it the stream, the codec (framing, the TLS record layer) and the unsent bytes
 //! (`ToWorker::OwnTcp`), between two complete reads and writes. The thread reads and writes
 //! the stream on its own ring, decrypts and unframes what it reads, forwards the packets by
 //! the snapshot (to its TUN queue, or on to the next link) and hands the other messages
