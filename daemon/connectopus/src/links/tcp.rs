@@ -483,53 +483,7 @@ mod tests {
 
     /// A TLS client and server codec pair with the handshake done.
     fn tls_pair() -> (TcpCodec, TcpCodec) {
-        use std::sync::Arc;
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let key = rcgen_like_self_signed();
-        let server_config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![key.0.clone()], key.1)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(key.0).unwrap();
-        let client_config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("link.test").unwrap();
-        let client = TlsSession::client(&Arc::new(client_config), name).unwrap();
-        let server = TlsSession::server(&Arc::new(server_config)).unwrap();
-        let mut a = TcpCodec::tls(client);
-        let mut b = TcpCodec::tls(server);
-        for _ in 0..10 {
-            let mut to_b = Vec::new();
-            a.poll_handshake(&mut to_b);
-            let mut to_a = Vec::new();
-            b.receive(&to_b, &mut to_a).unwrap();
-            let mut back = Vec::new();
-            a.receive(&to_a, &mut back).unwrap();
-            if !back.is_empty() {
-                let mut ignored = Vec::new();
-                b.receive(&back, &mut ignored).unwrap();
-            }
-            if a.is_ready() && b.is_ready() {
-                break;
-            }
-        }
-        assert!(a.is_ready() && b.is_ready());
-        (a, b)
-    }
-
-    /// A self-signed certificate for `link.test` and its key (the TLS settings' test helper).
-    fn rcgen_like_self_signed() -> (
-        rustls::pki_types::CertificateDer<'static>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ) {
-        use rustls::pki_types::pem::PemObject;
-        let (cert, key) = super::super::tls::tests::self_signed();
-        (
-            rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap(),
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        )
+        crate::links::tls_records::tests::pair()
     }
 
     #[test]

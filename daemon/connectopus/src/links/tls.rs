@@ -297,8 +297,9 @@ pub(crate) mod tests {
         suite
     }
 
-    #[test]
-    fn links_agree_on_aes_128_gcm_also_with_a_dialer_that_prefers_aes_256() {
+    /// A listener's and a dialer's configuration for `link.test` as the node builds them, and
+    /// the self-signed certificate the dialer trusts.
+    pub(crate) fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>, Secret) {
         let (cert, key) = self_signed();
         let cert = Secret::inline(SecretKind::Certificate, cert);
         let key = Secret::inline(SecretKind::PrivateKey, key);
@@ -318,6 +319,12 @@ pub(crate) mod tests {
             insecure_skip_verify: false,
         })
         .unwrap();
+        (server, client, cert)
+    }
+
+    #[test]
+    fn links_agree_on_aes_128_gcm_also_with_a_dialer_that_prefers_aes_256() {
+        let (server, client, cert) = configs();
         assert_eq!(
             negotiate(client, server.clone()),
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256

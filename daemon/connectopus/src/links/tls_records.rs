@@ -721,4 +721,4 @@ impl RecordLayer {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,31 +4,12 @@
 use std::io::Read;
 
 use super::*;
-use crate::links::tcp::{CHANNEL_BINDING_LABEL, TcpCodec};
+use crate::links::tcp::{CHANNEL_BINDING_LABEL, TcpCodec, TcpLinkError};
 use crate::links::tls;
-use connectopus_config::{Secret, SecretKind};
 
 /// A listener's and a dialer's configuration as the node builds them.
 fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let (cert, key) = tls::tests::self_signed();
-    let cert = Secret::inline(SecretKind::Certificate, cert);
-    let key = Secret::inline(SecretKind::PrivateKey, key);
-    let server = tls::server_config(&tls::ListenerTls {
-        server_cert: &cert,
-        server_key: &key,
-        client_ca: None,
-        require_client_cert: false,
-    })
-    .unwrap();
-    let (client, _) = tls::client_config(&tls::DialerTls {
-        server_name: "link.test".into(),
-        root_ca: Some(&cert),
-        pinned_cert: None,
-        client_cert: None,
-        client_key: None,
-        insecure_skip_verify: false,
-    })
-    .unwrap();
+    let (server, client, _) = tls::tests::configs();
     (server, client)
 }
 
@@ -130,7 +111,7 @@ fn against_rustls_writing_early(we_dial: bool, early: &[u8]) -> (TcpCodec, rustl
 }
 
 /// Two of our codecs, handshake done.
-fn pair() -> (TcpCodec, TcpCodec) {
+pub(crate) fn pair() -> (TcpCodec, TcpCodec) {
     let (server, client) = configs();
     let mut a = TcpCodec::tls(TlsSession::client(&client, name()).unwrap());
     let mut b = TcpCodec::tls(TlsSession::server(&server).unwrap());
@@ -335,10 +316,7 @@ fn a_forged_replayed_or_malformed_record_ends_the_link() {
         spoil(&mut wire, first);
         let mut ignored = Vec::new();
         let error = b.receive(&wire, &mut ignored).unwrap_err();
-        assert!(
-            matches!(&error, crate::links::tcp::TcpLinkError::Records(e) if *e == expected),
-            "{what}: {error}"
-        );
+        assert_eq!(record_error(error), expected, "{what}");
     }
 }
 
@@ -350,13 +328,7 @@ fn close_notify_and_alerts_end_the_link() {
     let error = ours
         .receive(&written(&mut theirs), &mut ignored)
         .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            crate::links::tcp::TcpLinkError::Records(RecordError::Closed)
-        ),
-        "{error}"
-    );
+    assert_eq!(record_error(error), RecordError::Closed);
 }
 
 #[test]
@@ -397,6 +369,14 @@ fn records_sealed_across_the_end_of_a_ring_queue_are_intact() {
     assert_eq!(received, expected);
     assert_eq!(ring.capacity(), capacity, "the ring never grew");
     assert!(wrapped > 5, "the ring wrapped {wrapped} times");
+}
+
+/// The record layer's error that ended a link.
+fn record_error(error: TcpLinkError) -> RecordError {
+    match error {
+        TcpLinkError::Records(e) => e,
+        other => panic!("not a record layer error: {other}"),
+    }
 }
 
 /// The records in `wire`, each as its bytes.
@@ -444,14 +424,9 @@ fn key_update_requests_get_one_answer_a_read_and_a_flood_ends_the_link() {
             .unwrap();
     }
     let error = b.receive(&wire, &mut Vec::new()).unwrap_err();
-    assert!(
-        matches!(
-            error,
-            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
-                "too many key update requests without data"
-            ))
-        ),
-        "{error}"
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("too many key update requests without data")
     );
 }
 
@@ -465,14 +440,9 @@ fn an_oversized_record_plaintext_or_a_ticket_sent_to_the_listener_ends_the_link(
         .seal_record(APPLICATION_DATA, &[7u8; MAX_PLAINTEXT + 6], &mut wire)
         .unwrap();
     let error = b.receive(&wire, &mut Vec::new()).unwrap_err();
-    assert!(
-        matches!(
-            error,
-            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
-                "record plaintext longer than 2^14 + 1 bytes"
-            ))
-        ),
-        "{error}"
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("record plaintext longer than 2^14 + 1 bytes")
     );
     // A NewSessionTicket: ignored by the dialer, refused by the listener.
     let (mut a, mut b) = pair();
@@ -489,14 +459,9 @@ fn an_oversized_record_plaintext_or_a_ticket_sent_to_the_listener_ends_the_link(
         .seal_record(HANDSHAKE, &ticket, &mut to_listener)
         .unwrap();
     let error = b.receive(&to_listener, &mut Vec::new()).unwrap_err();
-    assert!(
-        matches!(
-            error,
-            crate::links::tcp::TcpLinkError::Records(RecordError::Malformed(
-                "unexpected handshake message"
-            ))
-        ),
-        "{error}"
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("unexpected handshake message")
     );
 }
 
@@ -521,7 +486,7 @@ fn frames_queued_before_the_handshake_are_bounded_and_leave_after_it() {
         }
         assert!(queued < 1000, "nothing bounds what waits for the handshake");
     };
-    assert!(matches!(refused, crate::links::tcp::TcpLinkError::Overflow));
+    assert!(matches!(refused, TcpLinkError::Overflow), "{refused}");
     assert_eq!(
         queued,
         crate::links::tcp::MAX_STAGED_BEFORE_HANDSHAKE / 1402
