@@ -530,18 +530,7 @@ mod tests {
         let (mut a, mut b) = tls_pair();
         let messages: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 1400]).collect();
         let mut wire = Vec::new();
-        for m in &messages {
-            a.queue_with(
-                m.len(),
-                |slot| {
-                    slot.copy_from_slice(m);
-                    Some(m.len())
-                },
-                &mut wire,
-            )
-            .unwrap();
-        }
-        a.flush(&mut wire).unwrap();
+        crate::links::tls_records::tests::queue(&mut a, &messages, &mut wire);
         let mut ignored = Vec::new();
         b.receive(&wire, &mut ignored).unwrap();
         let mut n = 0;

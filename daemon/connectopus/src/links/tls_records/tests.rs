@@ -110,29 +110,29 @@ fn against_rustls_writing_early(we_dial: bool, early: &[u8]) -> (TcpCodec, rustl
     (ours, theirs)
 }
 
+/// Runs the handshake between a dialer's and a listener's codec (three flights).
+fn handshake(a: &mut TcpCodec, b: &mut TcpCodec) {
+    let mut to_b = Vec::new();
+    a.poll_handshake(&mut to_b);
+    let mut to_a = Vec::new();
+    b.receive(&to_b, &mut to_a).unwrap();
+    let mut to_b = Vec::new();
+    a.receive(&to_a, &mut to_b).unwrap();
+    b.receive(&to_b, &mut Vec::new()).unwrap();
+    assert!(a.is_ready() && b.is_ready());
+}
+
 /// Two of our codecs, handshake done.
 pub(crate) fn pair() -> (TcpCodec, TcpCodec) {
     let (server, client) = configs();
     let mut a = TcpCodec::tls(TlsSession::client(&client, name()).unwrap());
     let mut b = TcpCodec::tls(TlsSession::server(&server).unwrap());
-    for _ in 0..10 {
-        let mut to_b = Vec::new();
-        a.poll_handshake(&mut to_b);
-        let mut to_a = Vec::new();
-        b.receive(&to_b, &mut to_a).unwrap();
-        let mut to_b = Vec::new();
-        a.receive(&to_a, &mut to_b).unwrap();
-        let mut ignored = Vec::new();
-        b.receive(&to_b, &mut ignored).unwrap();
-        if a.is_ready() && b.is_ready() {
-            break;
-        }
-    }
-    assert!(a.is_ready() && b.is_ready());
+    handshake(&mut a, &mut b);
     (a, b)
 }
 
-fn queue(codec: &mut TcpCodec, messages: &[Vec<u8>], wire: &mut Vec<u8>) {
+/// Queues `messages` on `codec`, each framed, then flushes them into `wire`.
+pub(crate) fn queue(codec: &mut TcpCodec, messages: &[Vec<u8>], wire: &mut Vec<u8>) {
     for m in messages {
         let queued = codec
             .queue_with(
@@ -492,13 +492,6 @@ fn frames_queued_before_the_handshake_are_bounded_and_leave_after_it() {
         crate::links::tcp::MAX_STAGED_BEFORE_HANDSHAKE / 1402
     );
     // What was queued leaves right behind the dialer's Finished.
-    let mut to_b = Vec::new();
-    a.poll_handshake(&mut to_b);
-    let mut to_a = Vec::new();
-    b.receive(&to_b, &mut to_a).unwrap();
-    let mut to_b = Vec::new();
-    a.receive(&to_a, &mut to_b).unwrap();
-    b.receive(&to_b, &mut Vec::new()).unwrap();
-    assert!(a.is_ready() && b.is_ready());
+    handshake(&mut a, &mut b);
     assert_eq!(frames(&mut b), vec![message; queued]);
 }
