@@ -90,59 +90,102 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs everything CI checks.
+/// Runs everything CI checks, timing each phase: the log ends with where the minutes went
+/// (CI has a budget, README "Tests").
 fn test() -> Result<()> {
-    install_packages()?;
+    let mut phases = Phases::default();
+    let result = test_phases(&mut phases);
+    phases.report();
+    result
+}
+
+fn test_phases(phases: &mut Phases) -> Result<()> {
+    phases.run("install packages", install_packages)?;
     // The node and the fastpath root test load the eBPF object; build it first.
-    ebpf::build_ebpf()?;
-    run("cargo", &["fmt", "--all", "--", "--check"])?;
-    run(
-        "cargo",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    phases.run("eBPF object", ebpf::build_ebpf)?;
+    phases.run("fmt", || run("cargo", &["fmt", "--all", "--", "--check"]))?;
+    phases.run("clippy", || {
+        run(
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })?;
     // The end-to-end tests run the node binary, which `cargo test` alone does not build.
-    run("cargo", &["build", "--workspace", "--bins", "--locked"])?;
+    phases.run("build", || {
+        run("cargo", &["build", "--workspace", "--bins", "--locked"])
+    })?;
     // The package, which the packaging test (tests/tests/package.rs) installs and runs; its
     // release build is the one the benchmark below uses too.
     if which("dpkg-deb").is_some() && which("dpkg-shlibdeps").is_some() {
-        dist::dist()?;
+        phases.run("dist (release build, package)", || dist::dist().map(|_| ()))?;
     } else {
         eprintln!("xtask: skipping `dist`: it needs dpkg-deb and dpkg-shlibdeps (dpkg-dev)");
     }
-    run("cargo", &["test", "--workspace", "--locked"])?;
+    phases.run("tests", || {
+        run("cargo", &["test", "--workspace", "--locked"])
+    })?;
     // Fails if the DTLS packet path allocates per packet (bench/benches/packet_path.rs).
-    run(
-        "cargo",
-        &[
-            "bench",
-            "--locked",
-            "-p",
-            "bench",
-            "--bench",
-            "packet_path",
-            "--",
-            "--test",
-        ],
-    )?;
-    fuzz::fuzz(&["--smoke".to_owned()])?;
+    phases.run("packet path allocations", || {
+        run(
+            "cargo",
+            &[
+                "bench",
+                "--locked",
+                "-p",
+                "bench",
+                "--bench",
+                "packet_path",
+                "--",
+                "--test",
+            ],
+        )
+    })?;
+    phases.run("fuzz smoke", || fuzz::fuzz(&["--smoke".to_owned()]))?;
     // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
     // (namespaces); peer VPNs that are missing are skipped, not failures.
     if bench::is_root() {
-        bench::bench(&["--short".to_owned()])?;
+        phases.run("bench --short", || bench::bench(&["--short".to_owned()]))?;
         // Two minutes of the soak, so it cannot rot and a fast leak or crash shows.
-        soak::soak(&["--minutes".to_owned(), "2".to_owned()])?;
+        phases.run("soak --minutes 2", || {
+            soak::soak(&["--minutes".to_owned(), "2".to_owned()])
+        })?;
     } else {
         eprintln!("xtask: skipping `bench --short` and `soak --minutes 2`: they need root");
     }
     Ok(())
+}
+
+/// How long each phase of `test` took, in the order they ran.
+#[derive(Default)]
+struct Phases {
+    done: Vec<(&'static str, std::time::Duration, bool)>,
+}
+
+impl Phases {
+    fn run(&mut self, name: &'static str, phase: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = phase();
+        self.done.push((name, started.elapsed(), result.is_ok()));
+        result
+    }
+
+    fn report(&self) {
+        let total: std::time::Duration = self.done.iter().map(|(_, took, _)| *took).sum();
+        eprintln!("xtask: phases (seconds):");
+        for (name, took, ok) in &self.done {
+            let failed = if *ok { "" } else { "  (failed)" };
+            eprintln!("xtask: {:>6.0}  {name}{failed}", took.as_secs_f64());
+        }
+        eprintln!("xtask: {:>6.0}  in all", total.as_secs_f64());
+    }
 }
 
 /// Runs the demo: builds the node in release and starts a three-node mesh in network
