@@ -3,7 +3,7 @@
 # in network namespaces): one iperf3 TCP stream across the link (foo -> bar for `dtls`,
 # bar -> baz for `tls`), `perf record -a -g` across the whole machine meanwhile, and a flame
 # graph of it (inferno). Run as root from the repository root after
-# `cargo build --release -p connectopus -p connectopus-tests --bin demo`; needs perf
+# `cargo build --release -p connectopus -p connectopus-cni -p bench -p connectopus-tests --bins` (what `cargo xtask` builds); needs perf
 # (Debian: linux-perf) and inferno (`cargo install inferno`).
 #
 #   bench/profile.sh [SECONDS] [OUT_DIR] [dtls|tls]      (defaults: 10, target/profile, dtls)

@@ -4,8 +4,9 @@
 # of wake-up on the way, waker -> woken thread, with how long the woken thread waited for a
 # CPU ("sch delay") and whether that CPU had been idle for over a millisecond before ("cold":
 # on a virtual machine whose idle vCPUs halt, the hypervisor must run the vCPU again first).
-# Run as root from the repository root after `cargo build --release -p connectopus -p bench`;
-# needs perf (Debian: linux-perf) and python3.
+# Run as root from the repository root after
+# `cargo build --release -p connectopus -p connectopus-cni -p bench -p connectopus-tests --bins`
+# (what `cargo xtask` builds); needs perf (Debian: linux-perf) and python3.
 #
 #   bench/wakeups.sh [SUBJECT] [OUT_DIR] [WARM_US]
 #       (defaults: pair/connectopus-dtls, target/wakeups, 0)
@@ -24,7 +25,7 @@ warm_us="${3:-0}"
 mkdir -p "$out"
 command -v perf >/dev/null || { echo "wakeups.sh: needs perf (apt-get install linux-perf)"; exit 1; }
 command -v python3 >/dev/null || { echo "wakeups.sh: needs python3"; exit 1; }
-[ -x target/release/e2e ] || { echo "wakeups.sh: build first: cargo build --release -p connectopus -p bench"; exit 1; }
+[ -x target/release/e2e ] || { echo "wakeups.sh: build first: cargo build --release -p connectopus -p connectopus-cni -p bench -p connectopus-tests --bins"; exit 1; }
 
 pids=()
 cleanup() {

@@ -57,22 +57,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     if let Err(e) = crate::ebpf::build_ebpf() {
         eprintln!("xtask: no eBPF object ({e:#}); the nodes run without their TUN counters");
     }
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus",
-            "-p",
-            "bench",
-            // `hello_flood`, the attacker of `--flood`.
-            "-p",
-            "connectopus-tests",
-            "--bins",
-        ],
-    )?;
+    crate::build_release()?;
     let target = target_dir();
     let release = target.join("release");
     if !pass.iter().any(|a| a == "--out") {

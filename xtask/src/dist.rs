@@ -25,18 +25,7 @@ const PACKAGE: &str = "connectopus";
 pub fn dist() -> Result<PathBuf> {
     let root = workspace_root()?;
     crate::ebpf::build_ebpf()?;
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus",
-            "-p",
-            "connectopus-cni",
-        ],
-    )?;
+    crate::build_release()?;
     let target = target_dir(&root);
     let binary = target.join("release").join("connectopus");
     let object = std::fs::read(root.join("target/ebpf/connectopus-ebpf.o"))

@@ -192,23 +192,40 @@ impl Phases {
 /// namespaces (see `tests/src/bin/demo.rs`); extra arguments (`--once`) go to the demo.
 fn demo() -> Result<()> {
     install_packages()?;
+    build_release()?;
+    // Ctrl-C stops the demo, which then removes everything it made: wait for it.
+    if let Err(e) = ctrlc::set_handler(|| {}) {
+        eprintln!("xtask: cannot defer Ctrl-C to the demo: {e}");
+    }
+    let demo = bench::target_dir().join("release").join("demo");
+    let extra: Vec<String> = std::env::args().skip(2).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    run(&demo.display().to_string(), &extra)
+}
+
+/// Builds, in release, every binary the tasks run: the node and the CNI plugin (`dist`
+/// packages them), the harness and its flooder (`bench`), the soak and the demo. One command
+/// for all of them, because cargo unifies the dependencies' features over the packages it is
+/// asked for: two commands with different packages each rebuild `connectopus` (about a
+/// minute here, and CI ran four of them).
+pub(crate) fn build_release() -> Result<()> {
     run(
         "cargo",
-        &["build", "--release", "--locked", "-p", "connectopus"],
-    )?;
-    let mut args = vec![
-        "run",
-        "--release",
-        "--locked",
-        "-p",
-        "connectopus-tests",
-        "--bin",
-        "demo",
-        "--",
-    ];
-    let extra: Vec<String> = std::env::args().skip(2).collect();
-    args.extend(extra.iter().map(String::as_str));
-    run("cargo", &args)
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "connectopus",
+            "-p",
+            "connectopus-cni",
+            "-p",
+            "bench",
+            "-p",
+            "connectopus-tests",
+            "--bins",
+        ],
+    )
 }
 
 /// Installs missing Debian packages when running as root on a Debian-like system; elsewhere

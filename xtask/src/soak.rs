@@ -27,22 +27,7 @@ pub(crate) fn soak(args: &[String]) -> Result<()> {
     if let Err(e) = crate::ebpf::build_ebpf() {
         eprintln!("xtask: no eBPF object ({e:#}); the nodes run without their TUN counters");
     }
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus",
-            "-p",
-            "connectopus-tests",
-            "--bin",
-            "connectopus",
-            "--bin",
-            "soak",
-        ],
-    )?;
+    crate::build_release()?;
     let release = crate::bench::target_dir().join("release");
     let soak = release.join("soak");
     let minutes = minutes.to_string();
