@@ -132,6 +132,13 @@ pub const DISABLE_URING_ENV: &str = "CONNECTOPUS_DISABLE_URING";
 /// poll before sleeping).
 pub const BUSY_POLL_ENV: &str = "CONNECTOPUS_BUSY_POLL_US";
 
+/// The environment variable that overrides [`Config::idle_wake`], in microseconds (`0`: sleep
+/// until something completes).
+pub const IDLE_WAKE_ENV: &str = "CONNECTOPUS_IDLE_WAKE_US";
+
+/// How long after the last received packet [`Config::idle_wake`] keeps capping sleeps.
+pub const IDLE_WAKE_WINDOW: Duration = Duration::from_millis(20);
+
 /// Names the I/O backend in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -185,6 +192,9 @@ pub enum Error {
     /// Reports a [`BUSY_POLL_ENV`] value that is not a number of microseconds.
     #[error("{BUSY_POLL_ENV}={0:?} is not a number of microseconds")]
     BadBusyPoll(String),
+    /// Reports an [`IDLE_WAKE_ENV`] value that is not a number of microseconds.
+    #[error("{IDLE_WAKE_ENV}={0:?} is not a number of microseconds")]
+    BadIdleWake(String),
     /// Reports that the wake eventfd could not be created.
     #[error("cannot create the wake eventfd")]
     Wake(#[source] io::Error),
@@ -243,6 +253,13 @@ pub struct Config {
     /// that flows then costs no wake-up of a sleeping thread, but the poll holds a core: on
     /// loaded cores it made round trips slower. An idle driver never polls.
     pub busy_poll: Duration,
+    /// Caps each sleep of the io_uring backend at this while packets arrived within the last
+    /// [`IDLE_WAKE_WINDOW`] (zero, the default: a wait sleeps until something completes or the
+    /// caller's timeout). On a virtual machine whose idle vCPUs halt and take the hypervisor
+    /// 100 µs or more to resume (no guest halt polling), a thread that wakes this often keeps
+    /// its vCPU warm, and the first wake-up of a round trip stays cheap; each wake costs a few
+    /// microseconds of CPU. The syscall backend ignores it.
+    pub idle_wake: Duration,
     /// Lets the io_uring backend use `IORING_OP_READ_MULTISHOT` for packet receives when the
     /// kernel has it; when off, it re-arms one-shot buffer-select reads (the pre-6.7 path).
     pub read_multishot: bool,
@@ -261,6 +278,7 @@ impl Default for Config {
             force_syscall: false,
             fixed_buffers: true,
             busy_poll: Duration::ZERO,
+            idle_wake: Duration::ZERO,
             read_multishot: true,
         }
     }
@@ -318,6 +336,19 @@ enum Driver {
 // eventfd, which `Waker` reaches through an `Arc`.
 unsafe impl Send for UringDriver {}
 
+/// Reads a number of microseconds from the environment variable `name`: `None` when unset, the
+/// value as given when it is not a number.
+fn micros_from_env(name: &str) -> Result<Option<Duration>, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy().into_owned();
+    match value.trim().parse::<u64>() {
+        Ok(us) => Ok(Some(Duration::from_micros(us))),
+        Err(_) => Err(value),
+    }
+}
+
 impl PacketIo {
     /// Creates the pool and picks a backend: io_uring if the probe passes, else syscalls.
     ///
@@ -326,13 +357,11 @@ impl PacketIo {
     /// Fails when the pool cannot be mapped or the wake eventfd cannot be created. An unusable
     /// io_uring is not an error: see [`fallback_reason`](Self::fallback_reason).
     pub fn new(mut config: Config) -> Result<Self, Error> {
-        if let Some(value) = std::env::var_os(BUSY_POLL_ENV) {
-            let value = value.to_string_lossy().into_owned();
-            let us = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| Error::BadBusyPoll(value.clone()))?;
-            config.busy_poll = Duration::from_micros(us);
+        if let Some(us) = micros_from_env(BUSY_POLL_ENV).map_err(Error::BadBusyPoll)? {
+            config.busy_poll = us;
+        }
+        if let Some(us) = micros_from_env(IDLE_WAKE_ENV).map_err(Error::BadIdleWake)? {
+            config.idle_wake = us;
         }
         let mut pool = BufferPool::with_residency(
             config.buffers,

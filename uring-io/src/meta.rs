@@ -59,6 +59,14 @@ pub enum OpKind {
     Wake,
 }
 
+impl OpKind {
+    /// Whether the operation brought data in (a read or a receive), as opposed to the node's
+    /// own output or a wake-up from another thread.
+    pub fn is_receive(self) -> bool {
+        matches!(self, Self::Read | Self::RecvPacket | Self::RecvDatagram)
+    }
+}
+
 /// Reports the end of one operation, or one result of an armed receive.
 ///
 /// Buffers travel with completions: `buf` hands the buffer of a read, receive, write or send back

@@ -163,6 +163,59 @@ fn timeout_returns_empty() {
 }
 
 #[test]
+fn idle_wake_caps_sleeps_only_for_a_while_after_a_receive() {
+    let Some(mut io) = new_io(
+        uring_io::Backend::Uring,
+        Config {
+            idle_wake: Duration::from_millis(5),
+            ..Config::default()
+        },
+    ) else {
+        return;
+    };
+    let mut out = Vec::with_capacity(8);
+    let sleeps = |io: &mut uring_io::PacketIo, out: &mut Vec<_>, timeout| {
+        let start = Instant::now();
+        io.submit_and_wait(out, Some(timeout)).unwrap();
+        start.elapsed()
+    };
+    // Nothing received yet: the caller's timeout stands.
+    let took = sleeps(&mut io, &mut out, Duration::from_millis(200));
+    assert!(
+        took >= Duration::from_millis(190),
+        "capped before any receive: {took:?}"
+    );
+
+    let rx = UdpSocket::bind("[::1]:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    io.recv_datagrams(rx.as_raw_fd(), Token(1)).unwrap();
+    let tx = UdpSocket::bind("[::1]:0").unwrap();
+    tx.send_to(b"wake", rx.local_addr().unwrap()).unwrap();
+    let got = collect(&mut io, OpKind::RecvDatagram, 1, free_other);
+    for c in got {
+        if let Some(b) = c.buf {
+            io.free(b);
+        }
+    }
+    // Right after a receive a long wait comes back, empty, well before its timeout.
+    out.clear();
+    let took = sleeps(&mut io, &mut out, Duration::from_secs(20));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "not capped after a receive: {took:?}"
+    );
+
+    // Once the window has passed without a receive, the caller's timeout stands again.
+    std::thread::sleep(uring_io::IDLE_WAKE_WINDOW + Duration::from_millis(10));
+    let took = sleeps(&mut io, &mut out, Duration::from_millis(200));
+    assert!(
+        took >= Duration::from_millis(190),
+        "still capped after the window: {took:?}"
+    );
+}
+
+#[test]
 fn read_and_write_on_a_stream_socket() {
     for backend in BACKENDS {
         let Some(mut io) = new_io(backend, Config::default()) else {

@@ -116,6 +116,11 @@ pub(crate) struct UringDriver {
     busy_poll: Duration,
     /// The last call returned completions: traffic is flowing, so poll before sleeping.
     busy: bool,
+    /// How long a wait may sleep at most while packets arrived within the last
+    /// [`IDLE_WAKE_WINDOW`](crate::IDLE_WAKE_WINDOW) (zero: no cap).
+    idle_wake: Duration,
+    /// When the last call returned a receive (a packet, a datagram or a stream read).
+    received_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -265,6 +270,8 @@ impl UringDriver {
             wake_buf,
             leak: false,
             busy_poll: config.busy_poll,
+            idle_wake: config.idle_wake,
+            received_at: None,
             busy: false,
         };
         let wake_fd = driver.wake.raw_fd();
@@ -418,6 +425,7 @@ impl UringDriver {
             self.poll_briefly(pool, out, limit)?;
             out.len() > start
         };
+        let timeout = self.cap_sleep(timeout);
         let res = if polled {
             Ok(0)
         } else if out.len() > start {
@@ -437,7 +445,25 @@ impl UringDriver {
         }
         self.reap(pool, out, limit);
         self.busy = out.len() > start;
+        if !self.idle_wake.is_zero() && out[start..].iter().any(|c| c.kind.is_receive()) {
+            self.received_at = Some(Instant::now());
+        }
         Ok(())
+    }
+
+    /// The longest the coming wait may sleep: the caller's `timeout`, capped at `idle_wake`
+    /// while packets arrived within [`IDLE_WAKE_WINDOW`](crate::IDLE_WAKE_WINDOW). A thread
+    /// that wakes that often keeps its CPU from a long halt, which on virtual machines without
+    /// guest halt polling makes the next wake-up of a sleeping thread cheap
+    /// (docs/performance.md, "An idle round trip, hop by hop").
+    fn cap_sleep(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let recent = self
+            .received_at
+            .is_some_and(|at| at.elapsed() < crate::IDLE_WAKE_WINDOW);
+        if self.idle_wake.is_zero() || !recent {
+            return timeout;
+        }
+        Some(timeout.map_or(self.idle_wake, |t| t.min(self.idle_wake)))
     }
 
     /// Submits, then polls the completion queue for up to `busy_poll` without sleeping: after a
