@@ -267,8 +267,11 @@ fn parallel_udp_streams_stay_in_order() {
 /// Sends `count` UDP super-packets of ten 1,450-byte segments each (`UDP_SEGMENT`, so the
 /// kernel hands the TUN one USO super-packet per send) to `[dst]:9`; send errors (the kernel's
 /// `EMSGSIZE` once it learned a smaller path MTU) are counted, not fatal.
+/// Sends `count` USO super-packets to `dst`, then keeps its socket open for half a second: the
+/// kernel applies a Packet Too Big to the path only through the socket the packet left from
+/// (`udpv6_err`), so an error that arrives after the sender exited teaches it nothing.
 const USO_SENDER: &str = r#"
-import socket, sys
+import socket, sys, time
 dst, count = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_UDP, 103, 1450)  # UDP_SEGMENT
@@ -279,6 +282,7 @@ for _ in range(count):
     except OSError:
         errors += 1
 print("errors", errors, flush=True)
+time.sleep(0.5)
 "#;
 
 /// A host whose TUN MTU is raised above its only link's hands the node USO super-packets whose
