@@ -105,6 +105,15 @@ fn transfer_checks(kind: LinkKind, offload: bool, dir: &TestDir) -> Result<()> {
                     "{name}'s worker {feature}: {w}"
                 );
             }
+            // Idle wake-ups (200 µs, `datapath::IDLE_WAKE`) are on wherever the ring is
+            // io_uring, and shown: operators of hosts where they buy nothing turn them off.
+            if std::env::var_os("CONNECTOPUS_IDLE_WAKE_US").is_none() {
+                let expected = if w["io_uring"] == "on" { 200 } else { 0 };
+                ensure!(
+                    w["idle_wake_us"].as_u64() == Some(expected),
+                    "{name}'s worker should show idle wake-ups of {expected} µs: {w}"
+                );
+            }
             let gso_on = w["udp_gso"] == "on";
             ensure!(
                 gso_on == offload,

@@ -322,6 +322,18 @@ pub struct PacketIo {
     waker: Waker,
     backend: Backend,
     fallback_reason: Option<FallbackReason>,
+    waiting: Waiting,
+}
+
+/// How a [`PacketIo`] waits for I/O, as configured (and overridden by [`BUSY_POLL_ENV`] and
+/// [`IDLE_WAKE_ENV`]), for status output. Both are zero on the syscall backend, which ignores
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Waiting {
+    /// [`Config::busy_poll`] in force.
+    pub busy_poll: Duration,
+    /// [`Config::idle_wake`] in force.
+    pub idle_wake: Duration,
 }
 
 #[derive(Debug)]
@@ -391,13 +403,26 @@ impl PacketIo {
                 Some(reason),
             ),
         };
+        let waiting = match backend {
+            Backend::Uring => Waiting {
+                busy_poll: config.busy_poll,
+                idle_wake: config.idle_wake,
+            },
+            Backend::Syscall => Waiting::default(),
+        };
         Ok(Self {
             driver,
             pool,
             waker,
             backend,
             fallback_reason,
+            waiting,
         })
+    }
+
+    /// Returns how this driver waits: busy polling and idle wake-ups in force.
+    pub fn waiting(&self) -> Waiting {
+        self.waiting
     }
 
     /// Returns the backend in use.

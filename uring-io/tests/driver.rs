@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::{BACKENDS, collect, free_other, new_io, payload};
-use uring_io::{Config, Errno, OpKind, Token};
+use uring_io::{Config, Errno, OpKind, Token, Waiting};
 
 #[test]
 fn alloc_reports_exhaustion_and_never_hands_out_twice() {
@@ -160,6 +160,35 @@ fn timeout_returns_empty() {
             "{backend:?}: returned after {took:?}"
         );
     }
+}
+
+/// `status` shows how each worker waits: a driver reports the busy polling and idle wake-ups
+/// in force, and none on the syscall backend, which ignores both.
+#[test]
+fn waiting_reports_what_the_backend_does() {
+    if [uring_io::BUSY_POLL_ENV, uring_io::IDLE_WAKE_ENV]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+    {
+        eprintln!("SKIP: the environment overrides the configured waiting");
+        return;
+    }
+    let config = Config {
+        busy_poll: Duration::from_micros(7),
+        idle_wake: Duration::from_micros(300),
+        ..Config::default()
+    };
+    if let Some(io) = new_io(uring_io::Backend::Uring, config.clone()) {
+        assert_eq!(
+            io.waiting(),
+            Waiting {
+                busy_poll: Duration::from_micros(7),
+                idle_wake: Duration::from_micros(300),
+            }
+        );
+    }
+    let io = new_io(uring_io::Backend::Syscall, config).unwrap();
+    assert_eq!(io.waiting(), Waiting::default());
 }
 
 #[test]

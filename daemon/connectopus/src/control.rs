@@ -422,6 +422,14 @@ pub struct WorkerReport {
     /// them).
     #[serde(default)]
     pub buffers_touched: u64,
+    /// Idle wake-ups in force, in µs: for a while after a receive, a sleep of the worker lasts
+    /// at most this long (0: off, or the syscall backend; `CONNECTOPUS_IDLE_WAKE_US`).
+    #[serde(default)]
+    pub idle_wake_us: u64,
+    /// Busy polling in force, in µs: after a busy turn the worker polls this long before it
+    /// sleeps (0: off, or the syscall backend; `CONNECTOPUS_BUSY_POLL_US`).
+    #[serde(default)]
+    pub busy_poll_us: u64,
 }
 
 /// One configured backend.

@@ -90,7 +90,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         let _ = writeln!(
             out,
             "  worker {} ({}){}: io_uring {}; tun multi-queue {}; udp gso {}; udp gro {}; \
-             so_reuseport {}",
+             so_reuseport {}; idle wake {}{}",
             w.index,
             w.thread,
             if w.state.is_empty() || w.state == "running" {
@@ -102,7 +102,15 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             w.tun_multi_queue,
             w.udp_gso,
             w.udp_gro,
-            w.udp_reuseport
+            w.udp_reuseport,
+            match w.idle_wake_us {
+                0 => "off".to_owned(),
+                us => format!("{us} µs"),
+            },
+            match w.busy_poll_us {
+                0 => String::new(),
+                us => format!("; busy poll {us} µs"),
+            }
         );
     }
     if let Some(c) = &report.control_plane {
@@ -512,11 +520,15 @@ mod tests {
             tcp_reads: 0,
             buffers_peak: 0,
             buffers_touched: 0,
+            idle_wake_us: 0,
+            busy_poll_us: 0,
         }];
         r.workers.push(crate::control::WorkerReport {
             index: 1,
             thread: "worker-1".into(),
             state: "stopped: ring failed".into(),
+            idle_wake_us: 200,
+            busy_poll_us: 50,
             ..r.workers[0].clone()
         });
         let text = render(&r, false);
@@ -526,7 +538,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  worker 0 (main loop): io_uring off: CONNECTOPUS_DISABLE_URING=1; tun multi-queue off: one worker; udp gso on; udp gro off: kernel said no; so_reuseport off: one worker\n"),
+            text.contains("so_reuseport off: one worker; idle wake 200 µs; busy poll 50 µs\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  worker 0 (main loop): io_uring off: CONNECTOPUS_DISABLE_URING=1; tun multi-queue off: one worker; udp gso on; udp gro off: kernel said no; so_reuseport off: one worker; idle wake off\n"),
             "{text}"
         );
         assert!(!text.contains("control plane"), "{text}");

@@ -87,6 +87,11 @@ fn reuse_port(dataplane: &workers::Dataplane) -> String {
     }
 }
 
+/// A duration in whole microseconds, for `status`.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl Worker {
     /// What the main loop's worker runs on, for `status`: worker 0 with one worker, else the
     /// control plane's slow path.
@@ -126,6 +131,8 @@ impl Worker {
             tcp_reads: self.tcp_reads,
             buffers_peak: self.io.usage().peak_in_use as u64,
             buffers_touched: self.io.usage().touched as u64,
+            idle_wake_us: micros(self.io.waiting().idle_wake),
+            busy_poll_us: micros(self.io.waiting().busy_poll),
         }
     }
 
@@ -286,6 +293,8 @@ impl Daemon {
                 tcp_reads: status.tcp_reads,
                 buffers_peak: status.buffers_peak,
                 buffers_touched: status.buffers_touched,
+                idle_wake_us: micros(status.waiting.idle_wake),
+                busy_poll_us: micros(status.waiting.busy_poll),
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

@@ -340,6 +340,8 @@ pub(super) struct ThreadStatus {
     pub(super) tcp_links: u64,
     /// Reads from those links' streams (updated with each report).
     pub(super) tcp_reads: u64,
+    /// How its ring waits (busy polling, idle wake-ups).
+    pub(super) waiting: uring_io::Waiting,
 }
 
 /// The door of a worker thread's channel: open while the thread takes messages. The thread
@@ -532,6 +534,7 @@ impl Dataplane {
                 },
                 stopped: None,
                 udp_gso: datapath::Offloads::describe(&offloads.udp_gso),
+                waiting: io.waiting(),
                 ..ThreadStatus::default()
             }));
             let waker = io.waker();
