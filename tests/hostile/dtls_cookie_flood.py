@@ -2,9 +2,10 @@
 """A hostile DTLS client: from SOURCE, in rounds, opens PORTS sockets (one source port each),
 one after the other sends a DTLS 1.2 ClientHello on each and answers the HelloVerifyRequest
 (if one comes within 10 ms) with the ClientHello that echoes its cookie, so the listener
-creates a half-open association; it reads the suite of the listener's ServerHello (if one comes
-within 10 ms), then goes silent. It offers the DHE-PSK suite first, so a listener within its
-DHE budget picks it, and one past the budget the X25519 suite (ECDHE-PSK-CHACHA20-POLY1305).
+creates a half-open association; for 100 ms after the round it reads the suite of each
+ServerHello that came, then goes silent. It offers the DHE-PSK suite first, so a listener
+within its DHE budget picks it, and one past the budget the X25519 suite
+(ECDHE-PSK-CHACHA20-POLY1305).
 It loops until killed, and prints one line per round ("round N: M cookies echoed; server
 hellos: dhe D, ecdhe E, other O").
 
@@ -94,25 +95,31 @@ while True:
             continue
         s.sendto(client_hello(r, cookie, 1), (host, port))
         echoed += 1
-        ready, _, _ = select.select([s], [], [], 0.01)
-        if not ready:
-            continue
-        try:
-            suite = server_hello_suite(s.recv(4096))
-        except OSError:
-            continue
-        if suite == DHE_PSK:
-            totals["dhe"] += 1
-        elif suite == ECDHE_PSK:
-            totals["ecdhe"] += 1
-        elif suite is not None:
-            totals["other"] += 1
+    # For 100 ms, the ServerHellos of this round's handshakes (the first datagram of each).
+    deadline = time.monotonic() + 0.1
+    waiting = list(socks)
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select(waiting, [], [], left)
+        for s in ready:
+            waiting.remove(s)
+            try:
+                suite = server_hello_suite(s.recv(4096))
+            except OSError:
+                continue
+            if suite == DHE_PSK:
+                totals["dhe"] += 1
+            elif suite == ECDHE_PSK:
+                totals["ecdhe"] += 1
+            elif suite is not None:
+                totals["other"] += 1
     print(
         f"round {round_no}: {echoed} cookies echoed; server hellos: dhe {totals['dhe']}, "
         f"ecdhe {totals['ecdhe']}, other {totals['other']}",
         flush=True,
     )
     # Silent from here: the half-open associations wait for a client that never answers.
-    time.sleep(0.1)
     for s in socks:
         s.close()
