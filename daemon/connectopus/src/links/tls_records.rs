@@ -205,6 +205,7 @@ impl TlsSession {
             is_client,
             answer_key_update: false,
             key_update_requests: 0,
+            handshake_partial: Vec::new(),
         })
     }
 }
@@ -424,10 +425,17 @@ pub struct RecordLayer {
     /// KeyUpdate requests since the peer's last application data (at most
     /// [`MAX_KEY_UPDATE_REQUESTS`], as rustls allows).
     key_update_requests: u8,
+    /// The start of a post-handshake message whose rest comes in the next handshake record
+    /// (RFC 8446 §5.1 lets a peer split one across records; no other record may come between).
+    handshake_partial: Vec<u8>,
 }
 
 /// KeyUpdate requests a peer may send between two application-data records (rustls's bound).
 const MAX_KEY_UPDATE_REQUESTS: u8 = 32;
+
+/// The longest post-handshake message the layer gathers across records (rustls's bound on a
+/// handshake message; a NewSessionTicket is a few hundred bytes, a KeyUpdate one).
+const MAX_POST_HANDSHAKE_MESSAGE: usize = 0xffff;
 
 impl std::fmt::Debug for RecordLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -621,15 +629,26 @@ impl RecordLayer {
         };
         let kind = inner.get(end).copied().unwrap_or_default();
         plaintext.truncate(start + end);
+        if kind != HANDSHAKE && !self.handshake_partial.is_empty() {
+            plaintext.truncate(start);
+            return Err(RecordError::Malformed(
+                "another record inside a split handshake message",
+            ));
+        }
         match kind {
             APPLICATION_DATA => {
                 self.key_update_requests = 0;
                 Ok(())
             }
             HANDSHAKE => {
-                // Rare (a KeyUpdate every few minutes): taken out of the frame bytes.
-                let messages: Vec<u8> = plaintext.drain(start..).collect();
-                self.post_handshake(&messages)
+                // Rare (a KeyUpdate every few minutes): taken out of the frame bytes, behind
+                // what an earlier record began.
+                if plaintext.len() == start {
+                    return Err(RecordError::Malformed("empty handshake record"));
+                }
+                let mut messages = std::mem::take(&mut self.handshake_partial);
+                messages.extend(plaintext.drain(start..));
+                self.post_handshake(messages)
             }
             ALERT => {
                 let alert = plaintext.get(start..).map(<[u8]>::to_vec);
@@ -647,19 +666,23 @@ impl RecordLayer {
         }
     }
 
-    /// Handles the handshake messages of one record after the handshake: KeyUpdate (follow
-    /// it; note the answer when asked) and, at a client, NewSessionTicket (ignored: links do
-    /// not resume). A handshake message split across records is refused (rustls never splits
-    /// these; neither does this layer).
-    fn post_handshake(&mut self, mut messages: &[u8]) -> Result<(), RecordError> {
-        if messages.is_empty() {
-            return Err(RecordError::Malformed("empty handshake record"));
-        }
+    /// Handles the handshake messages after the handshake that end in one record (`bytes`:
+    /// what earlier records began, then this record's): KeyUpdate (follow it; note the answer
+    /// when asked) and, at a client, NewSessionTicket (ignored: links do not resume). A message
+    /// the record does not finish waits for the next handshake record (this layer never splits
+    /// one; rustls does not either, but a conformant peer may).
+    fn post_handshake(&mut self, bytes: Vec<u8>) -> Result<(), RecordError> {
+        let mut messages = bytes.as_slice();
         while let [kind, a, b, c, rest @ ..] = messages {
             let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-            let (body, tail) = rest
-                .split_at_checked(len)
-                .ok_or(RecordError::Malformed("handshake message cut short"))?;
+            if len > MAX_POST_HANDSHAKE_MESSAGE {
+                return Err(RecordError::Malformed(
+                    "post-handshake message longer than 64 KiB",
+                ));
+            }
+            let Some((body, tail)) = rest.split_at_checked(len) else {
+                break;
+            };
             match *kind {
                 KEY_UPDATE => {
                     // A key update must end its record (RFC 8446 §5.1).
@@ -688,11 +711,14 @@ impl RecordLayer {
             }
             messages = tail;
         }
-        if messages.is_empty() {
-            Ok(())
-        } else {
-            Err(RecordError::Malformed("handshake message cut short"))
+        if !messages.is_empty() {
+            // Its rest comes in the next record: nothing else may come first.
+            let consumed = bytes.len() - messages.len();
+            let mut bytes = bytes;
+            bytes.drain(..consumed);
+            self.handshake_partial = bytes;
         }
+        Ok(())
     }
 
     /// Moves the sending keys on after `records` records instead of [`RECORDS_PER_KEY`]

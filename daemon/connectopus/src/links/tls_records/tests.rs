@@ -495,3 +495,81 @@ fn frames_queued_before_the_handshake_are_bounded_and_leave_after_it() {
     handshake(&mut a, &mut b);
     assert_eq!(frames(&mut b), vec![message; queued]);
 }
+
+/// Seals `fragments` as handshake records, one each (what a peer that splits a post-handshake
+/// message sends).
+fn handshake_records(codec: &mut TcpCodec, fragments: &[&[u8]]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let layer = codec.record_layer().unwrap();
+    for fragment in fragments {
+        layer.seal_record(HANDSHAKE, fragment, &mut wire).unwrap();
+    }
+    wire
+}
+
+#[test]
+fn a_post_handshake_message_split_across_records_is_gathered() {
+    // A KeyUpdate that asks for an answer, in two records: followed, and answered.
+    let (mut a, mut b) = pair();
+    let wire = handshake_records(&mut a, &[&[KEY_UPDATE, 0], &[0, 1, 1]]);
+    let layer = a.record_layer().unwrap();
+    layer.tx = layer.tx.next().unwrap();
+    let mut answer = Vec::new();
+    b.receive(&wire, &mut answer).unwrap();
+    assert_eq!(records(&answer).len(), 1, "the request is answered");
+    a.receive(&answer, &mut Vec::new()).unwrap();
+    let messages = some_messages(3);
+    let mut wire = Vec::new();
+    queue(&mut a, &messages, &mut wire);
+    b.receive(&wire, &mut Vec::new()).unwrap();
+    assert_eq!(
+        frames(&mut b),
+        messages,
+        "under the new keys, dialer to listener"
+    );
+    let mut wire = Vec::new();
+    queue(&mut b, &messages, &mut wire);
+    a.receive(&wire, &mut Vec::new()).unwrap();
+    assert_eq!(frames(&mut a), messages, "and back");
+
+    // A NewSessionTicket to the dialer in three records, its header cut too, then data.
+    let ticket: &[u8] = &[NEW_SESSION_TICKET, 0, 0, 6, 1, 2, 3, 4, 5, 6];
+    let mut wire = handshake_records(&mut b, &[&ticket[..2], &ticket[2..5], &ticket[5..]]);
+    queue(&mut b, &messages, &mut wire);
+    // Delivered in reads cut anywhere, as a socket would.
+    for chunk in wire.chunks(7) {
+        a.receive(chunk, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(frames(&mut a), messages, "data after the ticket");
+}
+
+#[test]
+fn a_split_post_handshake_message_admits_no_other_record_and_no_giant() {
+    // Application data between the pieces of a ticket ends the link.
+    let (mut a, mut b) = pair();
+    let mut wire = handshake_records(&mut b, &[&[NEW_SESSION_TICKET, 0, 0, 6, 1]]);
+    queue(&mut b, &some_messages(4), &mut wire);
+    let error = a.receive(&wire, &mut Vec::new()).unwrap_err();
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("another record inside a split handshake message")
+    );
+
+    // A message declaring more than 64 KiB is not gathered.
+    let (mut a, mut b) = pair();
+    let wire = handshake_records(&mut b, &[&[NEW_SESSION_TICKET, 1, 0, 0, 0]]);
+    let error = a.receive(&wire, &mut Vec::new()).unwrap_err();
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("post-handshake message longer than 64 KiB")
+    );
+
+    // A key update must still end its record.
+    let (mut a, mut b) = pair();
+    let wire = handshake_records(&mut b, &[&[KEY_UPDATE, 0, 0], &[1, 0, NEW_SESSION_TICKET]]);
+    let error = a.receive(&wire, &mut Vec::new()).unwrap_err();
+    assert_eq!(
+        record_error(error),
+        RecordError::Malformed("data after a key update")
+    );
+}
