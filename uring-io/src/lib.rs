@@ -643,7 +643,9 @@ impl PacketIo {
     /// It appends at most `out.capacity() - out.len()` completions (or [`BATCH_SIZE`] when that
     /// is zero), so reserving capacity once keeps this call allocation-free. Completions left
     /// over are returned by the next call without waiting. A timeout returns `Ok(0)`; so may a
-    /// signal.
+    /// signal, and (io_uring) the timer an earlier call armed for a nearer deadline: the
+    /// backend keeps one timer on the ring across waits rather than starting and cancelling
+    /// one per wait, so a caller waiting for a deadline of its own loops until it passed.
     ///
     /// # Errors
     ///
@@ -660,6 +662,16 @@ impl PacketIo {
         }
         .map_err(Error::Wait)?;
         Ok(out.len() - before)
+    }
+
+    /// How many times the io_uring backend armed or moved the timer that ends waits with a
+    /// timeout (kept on the ring across waits: one per deadline that came nearer, not one per
+    /// wait); 0 on the syscall backend.
+    pub fn deadline_timers_programmed(&self) -> u64 {
+        match &self.driver {
+            Driver::Uring(d) => d.deadline_timers_programmed(),
+            Driver::Syscall(_) => 0,
+        }
     }
 
     fn arm(&mut self, kind: OpKind, fd: RawFd, token: Token) -> Result<(), Error> {

@@ -162,6 +162,63 @@ fn timeout_returns_empty() {
     }
 }
 
+/// A wait's timeout is a timer kept on the ring: armed once for a deadline and kept while later
+/// waits' deadlines are no nearer (no timer started and cancelled per wait), moved when a wait
+/// must end sooner, and armed again once it fired.
+#[test]
+fn the_wait_timer_is_armed_once_per_deadline_and_moved_when_one_comes_nearer() {
+    let Some(mut io) = new_io(uring_io::Backend::Uring, Config::default()) else {
+        return;
+    };
+    let mut out = Vec::with_capacity(8);
+    for round in 0..20 {
+        io.waker().wake().unwrap();
+        out.clear();
+        while out.is_empty() {
+            io.submit_and_wait(&mut out, Some(Duration::from_secs(30)))
+                .unwrap();
+        }
+        assert_eq!(out[0].kind, OpKind::Wake, "round {round}: {out:?}");
+    }
+    assert_eq!(
+        io.deadline_timers_programmed(),
+        1,
+        "twenty waits for a later deadline keep the one timer"
+    );
+
+    // A nearer deadline moves the armed timer: the wait ends long before the 30 s one.
+    let start = Instant::now();
+    out.clear();
+    io.submit_and_wait(&mut out, Some(Duration::from_millis(50)))
+        .unwrap();
+    let took = start.elapsed();
+    assert!(out.is_empty(), "{out:?}");
+    assert!(
+        took >= Duration::from_millis(40) && took < Duration::from_secs(15),
+        "a 50 ms wait behind a 30 s timer returned after {took:?}"
+    );
+    assert_eq!(io.deadline_timers_programmed(), 2, "moved once");
+
+    // It fired: the next wait arms a new one, and sleeps its whole timeout.
+    let start = Instant::now();
+    out.clear();
+    while out.is_empty() && start.elapsed() < Duration::from_millis(100) {
+        io.submit_and_wait(&mut out, Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+    let took = start.elapsed();
+    assert!(out.is_empty(), "{out:?}");
+    assert!(took >= Duration::from_millis(90), "returned after {took:?}");
+    assert_eq!(
+        io.deadline_timers_programmed(),
+        3,
+        "armed again after it fired"
+    );
+
+    let syscall = new_io(uring_io::Backend::Syscall, Config::default()).unwrap();
+    assert_eq!(syscall.deadline_timers_programmed(), 0);
+}
+
 /// `status` shows how each worker waits: a driver reports the busy polling and idle wake-ups
 /// in force, and none on the syscall backend, which ignores both.
 #[test]
@@ -235,12 +292,21 @@ fn idle_wake_caps_sleeps_only_for_a_while_after_a_receive() {
         "not capped after a receive: {took:?}"
     );
 
-    // Once the window has passed without a receive, the caller's timeout stands again.
+    // Once the window has passed without a receive, the caller's timeout stands again: 200 ms
+    // of waits return at most twice more (a timer an earlier wait armed may end one early),
+    // where 5 ms caps would return forty times.
     std::thread::sleep(uring_io::IDLE_WAKE_WINDOW + Duration::from_millis(10));
-    let took = sleeps(&mut io, &mut out, Duration::from_millis(200));
+    let start = Instant::now();
+    let mut returns = 0;
+    while start.elapsed() < Duration::from_millis(200) {
+        let left = Duration::from_millis(200).saturating_sub(start.elapsed());
+        io.submit_and_wait(&mut out, Some(left)).unwrap();
+        returns += 1;
+    }
+    assert!(out.is_empty(), "{out:?}");
     assert!(
-        took >= Duration::from_millis(190),
-        "still capped after the window: {took:?}"
+        returns <= 3,
+        "still capped after the window: {returns} returns in 200 ms"
     );
 }
 

@@ -5,6 +5,7 @@
 
 use io_uring::cqueue;
 
+use super::deadline::TIMER_UD;
 use super::{RECVMSG_PAYLOAD_OFFSET, SlotState, UringDriver};
 use crate::is_transient;
 use crate::meta::{
@@ -18,6 +19,10 @@ impl UringDriver {
             let Some(cqe) = self.ring.completion().next() else {
                 break;
             };
+            if cqe.user_data() == TIMER_UD {
+                self.deadline.fired();
+                continue;
+            }
             let Ok(i) = u32::try_from(cqe.user_data()) else {
                 continue;
             };

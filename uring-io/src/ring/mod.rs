@@ -12,7 +12,8 @@
 //! - `msghdr`/`iovec`/`sockaddr`/control space: one `MsgState` per operation slot, in a boxed
 //!   slice reached only through a raw pointer (no Rust reference aliases what the kernel reads),
 //!   rewritten only while its slot is not in flight;
-//! - the provided-buffer ring and the wake counter: allocated at start, freed in `Drop`.
+//! - the provided-buffer ring and the wake counter: allocated at start, freed in `Drop`;
+//! - the deadline timer's timespec (`deadline`): boxed in the driver, which outlives the ring.
 //!
 //! On drop, [`UringDriver::shutdown`] cancels everything in flight and reaps until no slot is in
 //! flight; only then may the pool be unmapped. If that does not finish, the memory is leaked
@@ -36,6 +37,9 @@ use crate::pool::{BufId, BufferPool};
 use crate::{Config, FallbackReason, MAX_RECEIVERS, Waker};
 
 mod completion;
+mod deadline;
+
+use deadline::DeadlineTimer;
 
 /// The buffer group id of the provided-buffer ring.
 pub(crate) const BGID: u16 = 0;
@@ -121,6 +125,8 @@ pub(crate) struct UringDriver {
     idle_wake: Duration,
     /// When the last call returned a receive (a packet, a datagram or a stream read).
     received_at: Option<Instant>,
+    /// The timer that ends a wait with a timeout (see `deadline`).
+    deadline: DeadlineTimer,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -273,6 +279,7 @@ impl UringDriver {
             idle_wake: config.idle_wake,
             received_at: None,
             busy: false,
+            deadline: DeadlineTimer::new(),
         };
         let wake_fd = driver.wake.raw_fd();
         driver.queue(Op {
@@ -425,15 +432,23 @@ impl UringDriver {
             self.poll_briefly(pool, out, limit)?;
             out.len() > start
         };
-        let timeout = self.cap_sleep(timeout);
+        let (timeout, capped) = self.cap_sleep(timeout);
         let res = if polled {
             Ok(0)
         } else if out.len() > start {
             self.ring.submit()
-        } else if let Some(t) = timeout {
+        } else if let Some(t) = timeout.filter(|t| capped || t.is_zero()) {
+            // The idle wake-up's short sleeps are meant to wake the thread (a timer per wait);
+            // a zero timeout only collects what is ready.
             let ts = Timespec::from(t);
             let args = SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
+        } else if let Some(t) = timeout {
+            if self.arm_deadline(t)? {
+                self.ring.submit_and_wait(1)
+            } else {
+                self.ring.submit()
+            }
         } else {
             self.ring.submit_and_wait(1)
         };
@@ -456,14 +471,23 @@ impl UringDriver {
     /// that wakes that often keeps its CPU from a long halt, which on virtual machines without
     /// guest halt polling makes the next wake-up of a sleeping thread cheap
     /// (docs/performance.md, "An idle round trip, hop by hop").
-    fn cap_sleep(&self, timeout: Option<Duration>) -> Option<Duration> {
+    /// Also says whether the cap applies (then the sleep is one of the idle wake-ups').
+    fn cap_sleep(&self, timeout: Option<Duration>) -> (Option<Duration>, bool) {
         let recent = self
             .received_at
             .is_some_and(|at| at.elapsed() < crate::IDLE_WAKE_WINDOW);
         if self.idle_wake.is_zero() || !recent {
-            return timeout;
+            return (timeout, false);
         }
-        Some(timeout.map_or(self.idle_wake, |t| t.min(self.idle_wake)))
+        (
+            Some(timeout.map_or(self.idle_wake, |t| t.min(self.idle_wake))),
+            true,
+        )
+    }
+
+    /// How many times the deadline timer was armed or moved since the start.
+    pub(crate) fn deadline_timers_programmed(&self) -> u64 {
+        self.deadline.programmed
     }
 
     /// Submits, then polls the completion queue for up to `busy_poll` without sleeping: after a
@@ -623,8 +647,9 @@ impl UringDriver {
     fn push_sqe(&mut self, entry: &squeue::Entry) -> io::Result<bool> {
         loop {
             // SAFETY: every pointer in `entry` follows the ownership rule in the module docs:
-            // pool buffers are kernel-owned until reaped, `MsgState` and `wake_buf` live in
-            // allocations that outlive the ring's in-flight operations.
+            // pool buffers are kernel-owned until reaped, `MsgState`, `wake_buf` and the
+            // deadline's timespec live in allocations that outlive the ring's in-flight
+            // operations.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(true);
             }
