@@ -255,6 +255,10 @@ pub struct StatusReport {
     /// Cores the node may run on (what `workers` would be with one worker per core).
     #[serde(default)]
     pub cores: usize,
+    /// Why the workers' idle wake-ups are on or off: what a wake-up across CPUs cost at
+    /// start, cold and warm, or who set them (absent from older nodes).
+    #[serde(default)]
+    pub idle_wake: String,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
     /// State of the eBPF fast path: `on (...)` or `off: <why>` (absent from older nodes).

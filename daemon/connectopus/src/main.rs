@@ -50,6 +50,7 @@ mod setup_tunnel;
 mod state;
 mod status;
 mod tun;
+mod wake_cost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -85,6 +85,9 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             report.cores,
             if report.cores == 1 { "" } else { "s" }
         );
+        if !report.idle_wake.is_empty() {
+            let _ = writeln!(out, "  idle wake-ups: {}", report.idle_wake);
+        }
     }
     for w in &report.workers {
         let _ = writeln!(
@@ -499,6 +502,9 @@ mod tests {
     fn shows_each_worker_and_why_a_feature_is_off() {
         let mut r = report();
         r.cores = 2;
+        r.idle_wake = "a wake-up across CPUs costs 25 µs after 3 ms idle, 16 µs after 100 µs: \
+                       nothing to keep warm"
+            .to_owned();
         r.workers = vec![crate::control::WorkerReport {
             index: 0,
             thread: "main loop".into(),
@@ -533,6 +539,10 @@ mod tests {
         });
         let text = render(&r, false);
         assert!(text.contains("workers: 2 on 2 cores\n"), "{text}");
+        assert!(
+            text.contains("\n  idle wake-ups: a wake-up across CPUs costs 25 µs after 3 ms idle"),
+            "{text}"
+        );
         assert!(
             text.contains("  worker 1 (worker-1) stopped: ring failed: io_uring off"),
             "{text}"

@@ -117,25 +117,27 @@ fn test_pool_buffers() -> Option<usize> {
     Some(n.max(24))
 }
 
-/// How long a dataplane thread sleeps at most for 20 ms after a receive
-/// (`uring_io::Config::idle_wake`; `CONNECTOPUS_IDLE_WAKE_US` overrides it, 0 turns it off).
-/// On virtual machines whose idle vCPUs halt, it keeps the vCPUs warm between the packets of
-/// sparse traffic, so that the first wake-up of a round trip does not wait ~150 µs for the
-/// hypervisor: an idle DTLS round trip here took 43 µs at p50 instead of 205, at no CPU cost
-/// measurable with pings 2 ms apart (docs/performance.md, "An idle round trip, hop by hop").
+/// How long a dataplane thread sleeps at most for 20 ms after a receive, where that pays
+/// (`uring_io::Config::idle_wake`; the node measures at start whether it does,
+/// `crate::wake_cost`; `CONNECTOPUS_IDLE_WAKE_US` overrides it, 0 turns it off). On virtual
+/// machines whose idle vCPUs halt, it keeps the vCPUs warm between the packets of sparse
+/// traffic, so that the first wake-up of a round trip does not wait ~150 µs for the
+/// hypervisor: an idle DTLS round trip there took 43 µs at p50 instead of 205
+/// (docs/performance.md, "An idle round trip, hop by hop").
 pub(super) const IDLE_WAKE: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// The buffer pool the dataplane needs: 64 KiB buffers, touched on demand, when TUN
 /// super-packets and UDP GRO batches can arrive; the small populated default otherwise.
-pub(super) fn io_config(offload: bool) -> uring_io::Config {
+/// `idle_wake`: what the start-up measurement chose (`crate::wake_cost`).
+pub(super) fn io_config(offload: bool, idle_wake: std::time::Duration) -> uring_io::Config {
     if !offload {
         return uring_io::Config {
-            idle_wake: IDLE_WAKE,
+            idle_wake,
             ..uring_io::Config::default()
         };
     }
     uring_io::Config {
-        idle_wake: IDLE_WAKE,
+        idle_wake,
         buffers: test_pool_buffers().unwrap_or(256),
         // A 64 KiB TUN super-packet with its virtio-net header, or a 64 KiB GRO batch with the
         // io_uring receive header in front of it.
@@ -706,11 +708,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_dataplane_ring_keeps_its_vcpu_warm_after_a_receive() {
+    fn every_dataplane_ring_waits_as_the_node_chose() {
         // With or without offloads (the 64 KiB pool or the small default one), the node's
-        // rings cap their sleeps after a receive; CONNECTOPUS_IDLE_WAKE_US=0 is the way out.
+        // rings cap their sleeps after a receive as chosen at start.
         for offload in [false, true] {
-            assert_eq!(io_config(offload).idle_wake, IDLE_WAKE, "offload {offload}");
+            for chosen in [IDLE_WAKE, std::time::Duration::ZERO] {
+                assert_eq!(
+                    io_config(offload, chosen).idle_wake,
+                    chosen,
+                    "offload {offload}"
+                );
+            }
         }
         assert!(!IDLE_WAKE.is_zero());
         assert!(IDLE_WAKE < uring_io::IDLE_WAKE_WINDOW);

@@ -295,6 +295,8 @@ struct Daemon {
     spf_time: Duration,
     /// The seccomp state `status` shows (`on (N syscalls)`, `off: why`).
     seccomp: String,
+    /// Why the dataplane's idle wake-ups are on or off (`crate::wake_cost`), for `status`.
+    idle_wake: String,
     /// systemd's notification socket (`Type=notify`), when there is one.
     notify: crate::notify::Notifier,
     /// Lease tables to write, and an ephemeral node's address (see `leases`).

@@ -265,6 +265,7 @@ impl Daemon {
             workers: self.worker_reports(),
             control_plane: self.control_plane_report(),
             cores: std::thread::available_parallelism().map_or(1, usize::from),
+            idle_wake: self.idle_wake.clone(),
             ebpf: self.ebpf.describe(),
             fastpath: self.fastpath.describe(),
             fastpath_fallbacks: self.fastpath.reasons(),

@@ -166,7 +166,15 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let (attachments, attachment_names, attachment_names4) =
         tun_devs::attachments(&node_config.tun_devs, |_| true);
 
-    let io = PacketIo::new(datapath::io_config(offloads.wanted)).context("starting packet I/O")?;
+    // Before any dataplane thread starts (the measurement pins this thread for ~40 ms).
+    let idle_wake = choose_idle_wake();
+    tracing::info!(
+        idle_wake_us = idle_wake.interval.as_micros() as u64,
+        why = %idle_wake.why,
+        "idle wake-ups"
+    );
+    let io = PacketIo::new(datapath::io_config(offloads.wanted, idle_wake.interval))
+        .context("starting packet I/O")?;
     match io.fallback_reason() {
         None => tracing::info!(backend = io.backend().as_str(), "dataplane ready"),
         Some(reason) => tracing::warn!(
@@ -370,6 +378,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         &icmp_limiter,
         io.waker(),
         started,
+        idle_wake.interval,
     )?;
     let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
@@ -425,6 +434,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         api,
         spf_time: Duration::ZERO,
         seccomp: "off: not installed yet".to_owned(),
+        idle_wake: idle_wake.why,
         notify: crate::notify::Notifier::from_env(),
         leases: leases::LeaseDriver::new(&config_path_for_leases),
         cni: Default::default(),
@@ -681,4 +691,16 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
         helper.stop();
     }
     Err(error).context("restarting the node")
+}
+
+/// Whether the dataplane's rings keep their CPUs warm after a receive: measured
+/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides.
+fn choose_idle_wake() -> crate::wake_cost::IdleWakeChoice {
+    if std::env::var_os(uring_io::IDLE_WAKE_ENV).is_some() {
+        return crate::wake_cost::IdleWakeChoice {
+            interval: datapath::IDLE_WAKE,
+            why: format!("set by {}", uring_io::IDLE_WAKE_ENV),
+        };
+    }
+    crate::wake_cost::choose(crate::wake_cost::measure(), datapath::IDLE_WAKE)
 }

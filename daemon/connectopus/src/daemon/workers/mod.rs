@@ -508,6 +508,7 @@ impl Dataplane {
         icmp: &IcmpRateLimiter,
         main: Waker,
         started: crate::boot_clock::BootInstant,
+        idle_wake: Duration,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             snapshot: Slot::new(Arc::default()),
@@ -525,7 +526,7 @@ impl Dataplane {
         for (i, tun) in queues.into_iter().enumerate() {
             let index = i + 1;
             let label = Self::label(index);
-            let io = PacketIo::new(datapath::io_config(offloads.wanted))
+            let io = PacketIo::new(datapath::io_config(offloads.wanted, idle_wake))
                 .with_context(|| format!("starting packet I/O of worker {label}"))?;
             let status = Arc::new(Mutex::new(ThreadStatus {
                 io_uring: match io.fallback_reason() {
