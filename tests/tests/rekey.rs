@@ -112,3 +112,39 @@ fn a_listener_that_chooses_chacha20_gets_it_from_a_default_dialer() {
         Ok(())
     });
 }
+
+/// With one worker (the default on a one-CPU machine) the main loop is the dataplane: it seals
+/// and opens the records itself, and under a stream of pings 5 ms apart (a packet turn every
+/// few milliseconds) its timer-driven key updates still come on time, with nothing lost.
+#[test]
+fn key_updates_keep_their_time_while_the_main_loop_forwards() {
+    require_root!();
+    require_tools(&["ping"]);
+    run_test("rekey_main_loop", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.set_env("CONNECTOPUS_TEST_DTLS_REKEY_SECS", "1");
+        mesh.add_args_all(&["--workers", "1"]);
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let status = mesh.status("foo")?;
+        ensure!(
+            status["workers"].as_array().map(Vec::len) == Some(1)
+                && status["control_plane"].is_null(),
+            "foo should run its one worker on the main loop: {status}"
+        );
+        let link = status["links"][0]["link"].clone();
+        let before = epochs(&status).context("foo's dtls epochs")?;
+        // 1,200 pings 5 ms apart: about 6 s, six key updates each way at one a second.
+        let ping = ping6(topo.ns("foo"), mesh.address("bar"), 1200, 56, &["-i", "0.005"])?;
+        ensure!(ping.all_received(), "pings across key updates: {ping:?}");
+        let status = mesh.status("foo")?;
+        let after = epochs(&status).context("foo's dtls epochs")?;
+        ensure!(
+            after.0 >= before.0 + 4 && after.1 >= before.1 + 4,
+            "foo's epochs {before:?} -> {after:?} over 6 s of pings"
+        );
+        ensure!(status["links"][0]["link"] == link, "foo's link was replaced: {status}");
+        Ok(())
+    });
+}
