@@ -136,7 +136,13 @@ fn key_updates_keep_their_time_while_the_main_loop_forwards() {
         let link = status["links"][0]["link"].clone();
         let before = epochs(&status).context("foo's dtls epochs")?;
         // 1,200 pings 5 ms apart: about 6 s, six key updates each way at one a second.
-        let ping = ping6(topo.ns("foo"), mesh.address("bar"), 1200, 56, &["-i", "0.005"])?;
+        let ping = ping6(
+            topo.ns("foo"),
+            mesh.address("bar"),
+            1200,
+            56,
+            &["-i", "0.005"],
+        )?;
         ensure!(ping.all_received(), "pings across key updates: {ping:?}");
         let status = mesh.status("foo")?;
         let after = epochs(&status).context("foo's dtls epochs")?;
@@ -144,7 +150,10 @@ fn key_updates_keep_their_time_while_the_main_loop_forwards() {
             after.0 >= before.0 + 4 && after.1 >= before.1 + 4,
             "foo's epochs {before:?} -> {after:?} over 6 s of pings"
         );
-        ensure!(status["links"][0]["link"] == link, "foo's link was replaced: {status}");
+        ensure!(
+            status["links"][0]["link"] == link,
+            "foo's link was replaced: {status}"
+        );
         Ok(())
     });
 }
