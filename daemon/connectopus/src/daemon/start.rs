@@ -694,13 +694,18 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
 }
 
 /// Whether the dataplane's rings keep their CPUs warm after a receive: measured
-/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides.
+/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process:
+/// a mesh instance restarted by a reload runs under the seccomp filter and keeps the choice.
 fn choose_idle_wake() -> crate::wake_cost::IdleWakeChoice {
+    static MEASURED: std::sync::OnceLock<crate::wake_cost::IdleWakeChoice> =
+        std::sync::OnceLock::new();
     if std::env::var_os(uring_io::IDLE_WAKE_ENV).is_some() {
         return crate::wake_cost::IdleWakeChoice {
             interval: datapath::IDLE_WAKE,
             why: format!("set by {}", uring_io::IDLE_WAKE_ENV),
         };
     }
-    crate::wake_cost::choose(crate::wake_cost::measure(), datapath::IDLE_WAKE)
+    MEASURED
+        .get_or_init(|| crate::wake_cost::choose(crate::wake_cost::measure(), datapath::IDLE_WAKE))
+        .clone()
 }
