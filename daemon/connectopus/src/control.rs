@@ -259,6 +259,10 @@ pub struct StatusReport {
     /// start, cold and warm, or who set them (absent from older nodes).
     #[serde(default)]
     pub idle_wake: String,
+    /// The CPU-local data path (`--cpu-local`): `on: worker 0 on CPU 0, …` (what each worker
+    /// thread asked for; `cpu` of each worker says whether it got it), or `off: <why>`.
+    #[serde(default)]
+    pub cpu_local: String,
     /// State of the eBPF program on the TUN device.
     pub ebpf: String,
     /// State of the eBPF fast path: `on (...)` or `off: <why>` (absent from older nodes).
@@ -434,6 +438,9 @@ pub struct WorkerReport {
     /// sleeps (0: off, or the syscall backend; `CONNECTOPUS_BUSY_POLL_US`).
     #[serde(default)]
     pub busy_poll_us: u64,
+    /// `CPU n`: pinned there for the CPU-local data path; else `not pinned` (and why).
+    #[serde(default)]
+    pub cpu: String,
 }
 
 /// One configured backend.

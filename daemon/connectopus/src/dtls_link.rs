@@ -364,6 +364,24 @@ pub fn connect_peer(
     Ok(socket)
 }
 
+/// Opens another member of the `SO_REUSEPORT` group of `shared` (bound to the same address
+/// and port, unconnected): a dataplane worker's socket on the port for the CPU-local receive
+/// (`crate::cpu_local::reuseport`).
+///
+/// # Errors
+/// The kernel refuses the socket or the bind (`shared` has no `SO_REUSEPORT`).
+pub fn bind_port_member(shared: &UdpSocket, gro: bool) -> std::io::Result<UdpSocket> {
+    let bound = shared.local_addr()?;
+    let socket = bind_udp(bound, true)?;
+    socket.set_nonblocking(true)?;
+    enlarge_buffers(&socket);
+    if gro {
+        enable_gro(&socket)?;
+    }
+    uring_io::enable_pktinfo(std::os::fd::AsRawFd::as_raw_fd(&socket), bound.is_ipv6())?;
+    Ok(socket)
+}
+
 /// Resolves a dialer's peer to one address.
 ///
 /// # Errors

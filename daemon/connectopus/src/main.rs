@@ -30,6 +30,7 @@ mod completions;
 mod config_cli;
 mod config_set;
 mod control;
+mod cpu_local;
 mod daemon;
 mod diagnostics;
 mod discovery;
@@ -122,6 +123,11 @@ struct NodeArgs {
     /// CPU, at most 8); 1 runs the dataplane on the main loop.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: Option<u32>,
+    /// Pins each dataplane worker thread to a CPU of its own and keeps a packet on the
+    /// worker of the CPU it appeared on (TUN steering program, DTLS ports' reuseport program;
+    /// docs/architecture.md, "The CPU-local data path"). Needs worker threads, one CPU each.
+    #[arg(long)]
+    cpu_local: bool,
     /// System calls outside the node's allow-list, once it runs: `enforce` refuses them
     /// with EPERM (the kernel logs each), `log` allows and logs them, `off` installs no
     /// filter (docs/security.md, "Least privilege").
@@ -483,6 +489,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 log_level,
                 metrics_listen: None,
                 workers: None,
+                cpu_local: false,
                 seccomp: privilege::SeccompMode::Enforce,
                 no_seccomp: false,
                 keep_capabilities: false,
@@ -562,6 +569,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         log_level,
         metrics_listen,
         workers,
+        cpu_local,
         seccomp,
         no_seccomp,
         keep_capabilities,
@@ -659,6 +667,7 @@ fn run_node(args: NodeArgs) -> Result<ExitCode> {
         identity_file,
         metrics_listen,
         workers,
+        cpu_local,
         seccomp: if no_seccomp {
             privilege::SeccompMode::Off
         } else {

@@ -88,6 +88,9 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         if !report.idle_wake.is_empty() {
             let _ = writeln!(out, "  idle wake-ups: {}", report.idle_wake);
         }
+        if !report.cpu_local.is_empty() {
+            let _ = writeln!(out, "  cpu-local: {}", report.cpu_local);
+        }
     }
     for w in &report.workers {
         let _ = writeln!(
@@ -528,6 +531,7 @@ mod tests {
             buffers_touched: 0,
             idle_wake_us: 0,
             busy_poll_us: 0,
+            cpu: "not pinned".to_owned(),
         }];
         r.workers.push(crate::control::WorkerReport {
             index: 1,
@@ -535,10 +539,12 @@ mod tests {
             state: "stopped: ring failed".into(),
             idle_wake_us: 200,
             busy_poll_us: 50,
+            cpu: "CPU 1".to_owned(),
             ..r.workers[0].clone()
         });
         let text = render(&r, false);
         assert!(text.contains("workers: 2 on 2 cores\n"), "{text}");
+        assert!(!text.contains("cpu-local"), "no line while unknown: {text}");
         assert!(
             text.contains("\n  idle wake-ups: a wake-up across CPUs costs 25 µs after 3 ms idle"),
             "{text}"

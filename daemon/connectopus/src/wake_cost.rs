@@ -17,6 +17,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crate::cpu_local::{allowed_cpus, set_affinity};
+
 /// How much slower a cold wake-up than a warm one makes idle wake-ups worth their CPU time.
 pub const WORTH_KEEPING_WARM: Duration = Duration::from_micros(40);
 
@@ -145,40 +147,8 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
-/// The CPUs the calling thread may run on.
-fn allowed_cpus() -> std::io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is a plain bit set; all-zero bytes are a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable `cpu_set_t` of the size passed.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `cpu` is below `CPU_SETSIZE`, the set's capacity.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
 fn pin_to(cpu: usize) -> std::io::Result<()> {
     set_affinity(&[cpu])
-}
-
-fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: as in `allowed_cpus`.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-        // SAFETY: `cpu` is below `CPU_SETSIZE`.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: `set` is a valid `cpu_set_t` of the size passed; 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

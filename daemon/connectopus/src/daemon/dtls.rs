@@ -255,6 +255,7 @@ impl Daemon {
                         local,
                         association,
                         rx_worker: None,
+                        shared_rx: None,
                     }),
                 });
                 self.flush_dtls(id);
@@ -573,6 +574,7 @@ impl Daemon {
                     local: None,
                     association,
                     rx_worker: None,
+                    shared_rx: None,
                 }),
             };
             let id = self.new_link(link);

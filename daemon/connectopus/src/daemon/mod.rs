@@ -121,6 +121,8 @@ const TOKEN_TCP_READ: u64 = 3 << 56;
 const TOKEN_TCP_WRITE: u64 = 4 << 56;
 const TOKEN_UDP_RECV: u64 = 5 << 56;
 const TOKEN_UDP_SEND: u64 = 6 << 56;
+/// A worker thread's socket on a DTLS port (the CPU-local receive).
+const TOKEN_PORT_RECV: u64 = 7 << 56;
 const TOKEN_KIND_MASK: u64 = 0xff << 56;
 
 /// One link as the loop sees it: its transport and who made it.
@@ -185,9 +187,13 @@ struct DtlsLink {
     /// answers from the address it was dialled on); `None`: the route's choice.
     local: Option<std::net::IpAddr>,
     association: Box<DtlsAssociation>,
-    /// The dataplane worker that receives the link's datagrams (0: the main loop); `None`
-    /// until it is established on the record fast path (see `workers::receive`).
+    /// The dataplane worker that receives the link's datagrams (0: the main loop;
+    /// [`workers::EVERY_WORKER`]: the CPU-local receive); `None` until it is established on
+    /// the record fast path (see `workers::receive`).
     rx_worker: Option<usize>,
+    /// The receiving direction every worker thread opens the link's records with (the
+    /// CPU-local receive, `workers::receive_local`).
+    shared_rx: Option<std::sync::Arc<std::sync::Mutex<connectopus_dtls::Opener>>>,
 }
 
 impl Link {
@@ -521,6 +527,9 @@ impl Daemon {
             return;
         }
         l.announced = true;
+        // Workers learn the link now (the CPU-local receive opens its records from the
+        // first, on whichever worker thread receives them).
+        self.dataplane.links_dirty = true;
         let channel_binding = match binding::channel_binding(&l.transport) {
             Ok(binding) => binding,
             Err(error) => {

@@ -180,6 +180,10 @@ impl Daemon {
             tracing::info!(backend = %endpoint.backend, %error, "UDP GRO unavailable");
             self.worker.offloads.udp_gro = Err(error.to_string());
         }
+        if !endpoint.is_plain() {
+            let gro = self.worker.offloads.udp_gro.is_ok();
+            self.dataplane.open_ports(index, &endpoint.socket, gro);
+        }
         self.udp.push(Some(endpoint));
         if let Err(error) = self
             .worker
@@ -216,6 +220,7 @@ impl Daemon {
         match running.handle {
             BackendHandle::Thread(stop) => stop.store(true, Ordering::Relaxed),
             BackendHandle::Udp(endpoint) => {
+                self.dataplane.forget_ports(endpoint);
                 if let Some(e) = self.udp.get_mut(endpoint).and_then(Option::take)
                     && self
                         .worker

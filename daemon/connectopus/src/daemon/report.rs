@@ -266,6 +266,17 @@ impl Daemon {
             control_plane: self.control_plane_report(),
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             idle_wake: self.idle_wake.clone(),
+            cpu_local: match &self.dataplane.cpu_local {
+                Ok(cpus) => format!(
+                    "on: {}",
+                    cpus.iter()
+                        .enumerate()
+                        .map(|(i, cpu)| format!("worker {i} on CPU {cpu}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(why) => format!("off: {why}"),
+            },
             ebpf: self.ebpf.describe(),
             fastpath: self.fastpath.describe(),
             fastpath_fallbacks: self.fastpath.reasons(),

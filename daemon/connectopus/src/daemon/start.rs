@@ -31,6 +31,8 @@ pub struct NodeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Dataplane workers (`--workers`), overriding the node's `workers`.
     pub workers: Option<u32>,
+    /// `--cpu-local`: worker threads pinned, packets kept on the CPU they appeared on.
+    pub cpu_local: bool,
     /// The seccomp filter installed once the node runs.
     pub seccomp: crate::privilege::SeccompMode,
     /// Whether to drop the capabilities the node no longer needs after start-up.
@@ -57,6 +59,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         identity_file,
         metrics_listen,
         workers,
+        cpu_local,
         seccomp,
         drop_capabilities,
         ephemeral,
@@ -163,6 +166,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         wanted_workers,
         multi_queue,
     );
+    let cpu_local = choose_cpu_local(cpu_local, queues.len(), tuns.first());
+    match &cpu_local {
+        Ok(cpus) => tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]"),
+        Err(why) => tracing::debug!(%why, "no cpu-local data path"),
+    }
     let (attachments, attachment_names, attachment_names4) =
         tun_devs::attachments(&node_config.tun_devs, |_| true);
 
@@ -372,13 +380,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
     let icmp_limiter =
         connectopus_core::icmp::IcmpRateLimiter::new(core.icmp_per_second, core.icmp_burst);
     let dataplane = workers::Dataplane::start(
-        queues,
-        multi_queue,
+        (queues, multi_queue),
         &offloads,
         &icmp_limiter,
         io.waker(),
         started,
         idle_wake.interval,
+        cpu_local,
     )?;
     let node_config_for_attachments = node_config.clone();
     let backend_configs = node_config.backends;
@@ -696,6 +704,26 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
 /// Whether the dataplane's rings keep their CPUs warm after a receive: measured
 /// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process:
 /// a mesh instance restarted by a reload runs under the seccomp filter and keeps the choice.
+/// The CPU of each worker thread for `--cpu-local` (the TUN steering program attached to
+/// the node's device), or why the data path is not CPU-local.
+fn choose_cpu_local(
+    wanted: bool,
+    threads: usize,
+    tun: Option<&TunDevice>,
+) -> std::result::Result<Vec<usize>, String> {
+    use crate::cpu_local::{choose, steering};
+    let cpus = choose(wanted, threads)?;
+    let tun = tun.ok_or_else(|| "the node has no TUN device of its own".to_owned())?;
+    let queues: Vec<(u32, u32)> = cpus
+        .iter()
+        .enumerate()
+        .map(|(queue, &cpu)| (cpu as u32, queue as u32))
+        .collect();
+    let program = steering::load(&queues).map_err(|e| format!("TUN steering program: {e}"))?;
+    steering::attach(tun.fd(), &program).map_err(|e| format!("TUNSETSTEERINGEBPF: {e}"))?;
+    Ok(cpus)
+}
+
 fn choose_idle_wake() -> crate::wake_cost::IdleWakeChoice {
     static MEASURED: std::sync::OnceLock<crate::wake_cost::IdleWakeChoice> =
         std::sync::OnceLock::new();

@@ -133,6 +133,7 @@ impl Worker {
             buffers_touched: self.io.usage().touched as u64,
             idle_wake_us: micros(self.io.waiting().idle_wake),
             busy_poll_us: micros(self.io.waiting().busy_poll),
+            cpu: "not pinned".to_owned(),
         }
     }
 
@@ -295,6 +296,7 @@ impl Daemon {
                 buffers_touched: status.buffers_touched,
                 idle_wake_us: micros(status.waiting.idle_wake),
                 busy_poll_us: micros(status.waiting.busy_poll),
+                cpu: status.cpu,
                 state: match status.stopped {
                     None => "running".to_owned(),
                     Some(why) => format!("stopped: {why}"),

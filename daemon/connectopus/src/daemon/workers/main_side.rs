@@ -23,6 +23,7 @@ impl Daemon {
                         remote: l.remote,
                         source: d.local,
                         sealer,
+                        rx: d.shared_rx.clone(),
                     }
                 }
                 Transport::PlainUdp(p) => {
@@ -244,6 +245,19 @@ impl Daemon {
         } = self;
         let gro = worker.offloads.udp_gro.is_ok();
         for (id, l) in links.iter_mut() {
+            if let Transport::Dtls(d) = &mut l.transport
+                && d.rx_worker.is_none()
+                && d.association.sealer().is_some()
+                && dataplane.has_ports(d.endpoint)
+            {
+                // The CPU-local receive: every worker thread opens the link's records.
+                if let Some(opener) = d.association.take_opener() {
+                    d.rx_worker = Some(EVERY_WORKER);
+                    d.shared_rx = Some(Arc::new(Mutex::new(opener)));
+                    tracing::debug!(link = %id, "link received by every worker");
+                }
+                continue;
+            }
             let (mtu, remote, had_session) = (l.mtu, l.remote, l.had_session);
             let (endpoint, local, rx_worker, dtls) = match &mut l.transport {
                 Transport::Dtls(d) => {
@@ -331,7 +345,7 @@ impl Daemon {
             return;
         };
         self.dataplane.count_receive(index, false);
-        if index > 0 {
+        if index > 0 && index != EVERY_WORKER {
             let _ = self.dataplane.send_to(index, ToWorker::Forget(link));
         }
     }
@@ -340,7 +354,10 @@ impl Daemon {
     /// receiving the link; false if the main loop receives it itself.
     pub(in crate::daemon) fn hand_to_receiver(&mut self, link: LinkId, datagram: &[u8]) -> bool {
         let index = match self.links.get(&link).map(|l| &l.transport) {
-            Some(Transport::Dtls(d)) => d.rx_worker.unwrap_or(0),
+            Some(Transport::Dtls(d)) => match d.rx_worker {
+                Some(EVERY_WORKER) => self.dataplane.any_running(),
+                w => w.unwrap_or(0),
+            },
             _ => 0,
         };
         if index == 0 {

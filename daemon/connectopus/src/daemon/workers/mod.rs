@@ -268,7 +268,14 @@ pub(super) enum ToWorker {
     Datagram { link: LinkId, datagram: Vec<u8> },
     /// The link closed: close its socket, drop its receiving direction.
     Forget(LinkId),
+    /// Receive on this socket of the DTLS port of `endpoint` (the CPU-local receive).
+    Port { endpoint: usize, socket: UdpSocket },
+    /// The DTLS port of `endpoint` closed.
+    ForgetPort(usize),
 }
+
+/// `rx_worker` of a link every worker thread receives (the CPU-local receive).
+pub(super) const EVERY_WORKER: usize = usize::MAX;
 
 /// How a worker thread sends on a link.
 #[derive(Debug, Clone)]
@@ -279,6 +286,8 @@ pub(super) enum LinkSend {
         remote: SocketAddr,
         source: Option<std::net::IpAddr>,
         sealer: Sealer,
+        /// The receiving direction, shared by the worker threads (the CPU-local receive).
+        rx: Option<Arc<Mutex<Opener>>>,
     },
     Plain {
         socket: Arc<UdpSocket>,
@@ -342,6 +351,8 @@ pub(super) struct ThreadStatus {
     pub(super) tcp_reads: u64,
     /// How its ring waits (busy polling, idle wake-ups).
     pub(super) waiting: uring_io::Waiting,
+    /// `CPU n` when pinned for the CPU-local data path, else why not.
+    pub(super) cpu: String,
 }
 
 /// The door of a worker thread's channel: open while the thread takes messages. The thread
@@ -416,6 +427,10 @@ pub(super) struct Dataplane {
     /// The first thread reads queue 0 through a shared descriptor, and has not stopped (or
     /// the main loop has not taken the queue back yet).
     queue_zero_on_thread: bool,
+    /// The CPU of each worker thread (by label) for the CPU-local data path, or why it is off.
+    pub(super) cpu_local: std::result::Result<Vec<usize>, String>,
+    /// The UDP endpoints whose DTLS port the worker threads receive on (`open_ports`).
+    pub(super) ports: std::collections::HashSet<usize>,
 }
 
 /// How many workers a node runs: `--workers`, else the node's `workers`, else one per CPU
@@ -502,13 +517,13 @@ impl Dataplane {
     /// Starts one worker thread per queue in `queues` (`status`'s workers 0.., indices 1..
     /// here); each wakes the main loop through `main` when it hands it something.
     pub(super) fn start(
-        queues: Vec<TunQueue>,
-        multi_queue: std::result::Result<usize, String>,
+        (queues, multi_queue): (Vec<TunQueue>, std::result::Result<usize, String>),
         offloads: &datapath::Offloads,
         icmp: &IcmpRateLimiter,
         main: Waker,
         started: crate::boot_clock::BootInstant,
         idle_wake: Duration,
+        cpu_local: std::result::Result<Vec<usize>, String>,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             snapshot: Slot::new(Arc::default()),
@@ -563,6 +578,8 @@ impl Dataplane {
                 hairpin: false,
                 from_main,
                 receiving: Vec::new(),
+                ports: Vec::new(),
+                shared_rx: HashMap::new(),
                 records_opened: 0,
                 received_for_main: 0,
                 transit: Vec::new(),
@@ -575,9 +592,13 @@ impl Dataplane {
                 tcp: Vec::new(),
                 tcp_stopping: false,
             };
+            let pin = cpu_local
+                .as_ref()
+                .ok()
+                .and_then(|cpus| cpus.get(i).copied());
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{label}"))
-                .spawn(move || thread.run())
+                .spawn(move || thread.run(pin))
                 .with_context(|| format!("spawning worker {label}"))?;
             threads.push(ThreadHandle {
                 thread: Some(handle),
@@ -603,6 +624,8 @@ impl Dataplane {
             tcp_load: vec![0; n + 1],
             tcp_held: HashMap::new(),
             queue_zero_on_thread,
+            cpu_local,
+            ports: Default::default(),
         })
     }
 
@@ -851,6 +874,7 @@ fn fault_from_env() -> Option<(usize, u64)> {
 
 mod main_side;
 mod receive;
+mod receive_local;
 mod receive_plain;
 mod send;
 mod tcp;

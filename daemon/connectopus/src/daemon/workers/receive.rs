@@ -45,6 +45,8 @@ impl WorkerThread {
                     header,
                 } => self.tcp_send(link, &message, header),
                 ToWorker::ForgetTcp(link) => self.forget_tcp(link),
+                ToWorker::Port { endpoint, socket } => self.start_port(endpoint, socket),
+                ToWorker::ForgetPort(endpoint) => self.forget_port(endpoint),
             }
         }
         Ok(())
@@ -144,7 +146,10 @@ impl WorkerThread {
                     header,
                 } => self.tcp_send(link, &message, header),
                 ToWorker::ForgetTcp(link) => self.forget_tcp(link),
-                ToWorker::Datagram { .. } | ToWorker::Forget(_) => {}
+                ToWorker::Datagram { .. }
+                | ToWorker::Forget(_)
+                | ToWorker::Port { .. }
+                | ToWorker::ForgetPort(_) => {}
             }
         }
         for slot in 0..self.receiving.len() {
@@ -161,9 +166,10 @@ impl WorkerThread {
 
     /// A datagram of one of this thread's links that arrived at the main loop's socket.
     fn open_stray(&mut self, link: LinkId, datagram: &[u8]) {
-        let Some(slot) = self.slot_of(link) else {
+        let slot = self.slot_of(link);
+        if slot.is_none() && self.shared_opener(link).is_none() {
             return;
-        };
+        }
         let Some(buf) = self.worker.io.alloc() else {
             self.worker.forwarder.count_drop(DropReason::LinkCongested);
             return;
@@ -176,11 +182,28 @@ impl WorkerThread {
             .get_mut(start..start + datagram.len())
             .map(|slot| slot.copy_from_slice(datagram))
             .is_some();
-        if copied {
-            self.open_batch(slot, buf, start..start + datagram.len(), None);
-        } else {
-            self.worker.io.free(buf);
-            self.worker.forwarder.count_drop(DropReason::TooBig);
+        let range = start..start + datagram.len();
+        match (copied, slot) {
+            (true, Some(slot)) => self.open_batch(slot, buf, range, None),
+            (true, None) => {
+                let from = self.links.get(&link).and_then(|send| match send {
+                    LinkSend::Dtls {
+                        endpoint,
+                        remote,
+                        source,
+                        ..
+                    } => Some((link, *endpoint, *remote, *source)),
+                    LinkSend::Plain { .. } => None,
+                });
+                match from {
+                    Some(from) => self.open_shared(from, buf, range, None),
+                    None => self.worker.io.free(buf),
+                }
+            }
+            (false, _) => {
+                self.worker.io.free(buf);
+                self.worker.forwarder.count_drop(DropReason::TooBig);
+            }
         }
     }
 
@@ -232,6 +255,19 @@ impl WorkerThread {
             .is_some_and(|r| !r.forgotten)
     }
 
+    /// The length of each datagram of a receive (a GRO batch of `segment_size` bytes each, the
+    /// last maybe shorter); counts the batch.
+    pub(super) fn gro_step(&mut self, range: &Range<usize>, segment_size: Option<u16>) -> usize {
+        let step = segment_size
+            .map(usize::from)
+            .filter(|s| *s > 0)
+            .unwrap_or(range.len().max(1));
+        if range.len() > step {
+            self.worker.offload_counters.udp_gro_batches += 1;
+        }
+        step
+    }
+
     /// Opens the datagrams at `buf[range]` (a GRO batch of `segment_size` bytes each, the last
     /// maybe shorter) in place and routes what they carried; takes ownership of `buf`.
     fn open_batch(
@@ -242,13 +278,7 @@ impl WorkerThread {
         segment_size: Option<u16>,
     ) {
         let now = self.started.elapsed();
-        let step = segment_size
-            .map(usize::from)
-            .filter(|s| *s > 0)
-            .unwrap_or(range.len().max(1));
-        if range.len() > step {
-            self.worker.offload_counters.udp_gro_batches += 1;
-        }
+        let step = self.gro_step(&range, segment_size);
         let mut at = range.start;
         while at < range.end {
             let piece = at..(at + step).min(range.end);
@@ -263,32 +293,8 @@ impl WorkerThread {
                 break;
             };
             let opened = opener.open(now, datagram);
-            let (link, endpoint, remote, local) = (r.link, r.endpoint, r.remote, r.local);
-            self.records_opened += opened.data.len() as u64;
-            if opened.advanced {
-                // The main loop derives the keys of the epochs after the new one.
-                self.woke_main = true;
-            }
-            for pt in opened.data.iter() {
-                self.on_opened(link, &buf, piece.start + pt.start..piece.start + pt.end);
-            }
-            if !opened.for_association.is_empty() {
-                let bytes = self.worker.io.buf(&buf);
-                let mut datagram = Vec::new();
-                for r in opened.for_association.iter() {
-                    let r = piece.start + r.start..piece.start + r.end;
-                    datagram.extend_from_slice(bytes.get(r).unwrap_or_default());
-                }
-                self.pass_to_main(FromWorker::ForAssociation {
-                    link,
-                    endpoint,
-                    remote,
-                    local,
-                    datagram,
-                });
-            }
-            if let Some(reason) = opened.closed {
-                self.pass_to_main(FromWorker::PeerClosed { link, reason });
+            let from = (r.link, r.endpoint, r.remote, r.local);
+            if !self.route_opened(from, &buf, piece.start, opened) {
                 break;
             }
         }
@@ -302,6 +308,45 @@ impl WorkerThread {
             opener.flush_counts();
         }
         self.worker.io.free(buf);
+    }
+
+    /// Routes what one datagram at `buf[start..]` of link `from` opened to: its packets by the
+    /// snapshot, the rest to the main loop. False once the peer closed the association.
+    pub(super) fn route_opened(
+        &mut self,
+        (link, endpoint, remote, local): (LinkId, usize, SocketAddr, Option<std::net::IpAddr>),
+        buf: &BufId,
+        start: usize,
+        opened: connectopus_dtls::Opened,
+    ) -> bool {
+        self.records_opened += opened.data.len() as u64;
+        if opened.advanced {
+            // The main loop derives the keys of the epochs after the new one.
+            self.woke_main = true;
+        }
+        for pt in opened.data.iter() {
+            self.on_opened(link, buf, start + pt.start..start + pt.end);
+        }
+        if !opened.for_association.is_empty() {
+            let bytes = self.worker.io.buf(buf);
+            let mut datagram = Vec::new();
+            for r in opened.for_association.iter() {
+                let r = start + r.start..start + r.end;
+                datagram.extend_from_slice(bytes.get(r).unwrap_or_default());
+            }
+            self.pass_to_main(FromWorker::ForAssociation {
+                link,
+                endpoint,
+                remote,
+                local,
+                datagram,
+            });
+        }
+        if let Some(reason) = opened.closed {
+            self.pass_to_main(FromWorker::PeerClosed { link, reason });
+            return false;
+        }
+        true
     }
 
     /// Routes one link message opened at `buf[r]` from `link`: an IP packet by the snapshot,

@@ -166,6 +166,7 @@ impl WorkerThread {
             remote,
             source,
             sealer,
+            ..
         }) = self.links.get_mut(&link)
         else {
             self.worker.io.free(buf);
@@ -217,6 +218,7 @@ impl WorkerThread {
             remote,
             source,
             sealer,
+            ..
         }) = self.links.get_mut(&link)
         else {
             self.worker.io.free(src);

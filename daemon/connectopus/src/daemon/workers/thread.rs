@@ -50,14 +50,31 @@ pub(super) struct WorkerThread {
     pub(super) tcp: Vec<Option<tcp::OwnedTcp>>,
     /// The thread stops: no TCP read or write is started any more.
     pub(super) tcp_stopping: bool,
+    /// Its sockets on the node's DTLS ports, by slot (the CPU-local receive).
+    pub(super) ports: Vec<Option<receive_local::PortSocket>>,
+    /// The DTLS links by `(endpoint, peer)`, and whether their receiving direction is shared
+    /// (else the main loop still holds it).
+    pub(super) shared_rx: HashMap<(usize, SocketAddr), (LinkId, bool)>,
 }
 
 impl WorkerThread {
-    pub(super) fn run(mut self) {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .thread_id = super::super::worker::thread_id();
+    pub(super) fn run(mut self, pin: Option<usize>) {
+        let cpu = match pin.map(|cpu| (cpu, crate::cpu_local::pin_this_thread(cpu))) {
+            None => "not pinned".to_owned(),
+            Some((cpu, Ok(()))) => format!("CPU {cpu}"),
+            Some((cpu, Err(error))) => {
+                tracing::warn!(worker = Dataplane::label(self.index), cpu, %error, "cannot pin the worker");
+                format!("not pinned: CPU {cpu}: {error}")
+            }
+        };
+        {
+            let mut status = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            status.thread_id = super::super::worker::thread_id();
+            status.cpu = cpu;
+        }
         let reason = match self.serve() {
             Ok(()) => None,
             Err(error) => Some(format!("{error:#}")),
@@ -118,6 +135,7 @@ impl WorkerThread {
             }
             if let Some(links) = self.shared.links.newer(&mut self.links_seen) {
                 self.links = (*links).clone();
+                self.index_shared_receives();
             }
             self.hairpin = self.shared.hairpin.load(Ordering::Relaxed);
             self.fastpath = self.shared.fastpath.load(Ordering::Relaxed);
@@ -189,6 +207,10 @@ impl WorkerThread {
             (OpKind::RecvDatagram, TOKEN_UDP_RECV) => {
                 let slot = (completion.token.0 & !TOKEN_KIND_MASK) as usize;
                 self.on_datagram(slot, completion)?;
+            }
+            (OpKind::RecvDatagram, TOKEN_PORT_RECV) => {
+                let slot = (completion.token.0 & !TOKEN_KIND_MASK) as usize;
+                self.on_port_datagram(slot, completion)?;
             }
             (OpKind::Send, _) => {
                 if completion.result.is_err() {

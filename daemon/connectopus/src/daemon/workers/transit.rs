@@ -144,6 +144,7 @@ impl WorkerThread {
             remote,
             source,
             sealer,
+            ..
         }) = self.links.get_mut(&link)
         else {
             self.worker.io.free(buf);
