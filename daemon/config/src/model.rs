@@ -128,6 +128,10 @@ pub struct NodeConfig {
     /// [`DEFAULT_MAX_WORKERS`].
     #[serde(default)]
     pub workers: Option<u32>,
+    /// The CPU-local data path: each worker thread pinned to a CPU of its own, a packet kept on
+    /// the worker of the CPU it appeared on (`connectopus node --cpu-local` turns it on too).
+    #[serde(default)]
+    pub cpu_local: bool,
 }
 
 /// The most dataplane workers a node may be given (`nodes.<name>.workers`).

@@ -560,6 +560,13 @@ fn node_checks(
             ),
         );
     }
+    if node.cpu_local && node.workers == Some(1) {
+        cx.warn(
+            &["nodes", name, "cpu_local"],
+            At::Value,
+            "cpu_local needs worker threads: with workers: 1 the one worker runs on the main loop, unpinned",
+        );
+    }
 
     for (b, backend) in &backends {
         backends::backend_checks(

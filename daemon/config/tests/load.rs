@@ -366,6 +366,7 @@ fn semantic_rules() {
         ("    metrics: {listen: \"[::1]:0\"}\n".into(), Severity::Error, "metrics port must be 1..=65535", 8, 23),
         ("    workers: 0\n".into(), Severity::Error, "workers must be 1..=64 (dataplane threads), not 0", 8, 14),
         ("    workers: 65\n".into(), Severity::Error, "workers must be 1..=64", 8, 14),
+        ("    workers: 1\n    cpu_local: true\n".into(), Severity::Warning, "cpu_local needs worker threads", 9, 16),
         ("    backends:\n      b: {type: tcp-listener, port: 9469}\n    metrics: {listen: \"[::1]:9469\"}\n".into(), Severity::Error, "tcp port 9469 is already used by nodes.foo.backends.b", 10, 23),
         ("    backends:\n      b: {type: udp-listener}\n".into(), Severity::Error, "listener without port", 9, 7),
         ("    backends:\n      a: {type: dtls-listener, port: 7, psk_file: /p}\n      b: {type: udp-listener, port: 7}\n".into(), Severity::Error, "UDP port 7 is already used by nodes.foo.backends.a", 10, 37),
@@ -409,6 +410,23 @@ fn psk_cipher_is_read_on_both_dtls_backend_types() {
     assert_eq!(cipher("d"), Some(PskCipher::ChaCha20Poly1305));
     assert_eq!(cipher("l"), Some(PskCipher::Aes128Gcm));
     assert_eq!(cipher("n"), None);
+}
+
+#[test]
+fn cpu_local_is_off_unless_asked_for_and_a_bool() {
+    let mesh = load("m.yml", HEAD.as_bytes()).unwrap();
+    assert!(!mesh.nodes["foo"].cpu_local);
+    let src = format!("{HEAD}    cpu_local: true\n");
+    let mesh = load("m.yml", src.as_bytes()).unwrap();
+    assert!(mesh.nodes["foo"].cpu_local);
+    let src = format!("{HEAD}    cpu_local: sometimes\n");
+    let d = check("m.yml", src.as_bytes());
+    let error = d
+        .iter()
+        .find(|x| x.severity == Severity::Error)
+        .unwrap_or_else(|| panic!("no error: {d}"));
+    assert_eq!(error.line, 8, "{error}");
+    assert!(error.message.contains("bool"), "{error}");
 }
 
 /// `global.subnet4` and `address4`: outside the subnet, without a subnet, duplicated.

@@ -125,7 +125,8 @@ struct NodeArgs {
     workers: Option<u32>,
     /// Pins each dataplane worker thread to a CPU of its own and keeps a packet on the
     /// worker of the CPU it appeared on (TUN steering program, DTLS ports' reuseport program;
-    /// docs/architecture.md, "The CPU-local data path"). Needs worker threads, one CPU each.
+    /// docs/architecture.md, "The CPU-local data path"), as the node's `cpu_local: true` does.
+    /// Needs worker threads, one CPU each.
     #[arg(long)]
     cpu_local: bool,
     /// System calls outside the node's allow-list, once it runs: `enforce` refuses them

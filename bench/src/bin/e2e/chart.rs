@@ -49,6 +49,7 @@ fn colour(kind: Kind) -> RGBColor {
         Kind::Connectopus(LinkKind::TcpTls) => RGBColor(23, 160, 190),
         Kind::Connectopus(LinkKind::Udp) => RGBColor(188, 189, 34),
         Kind::ConnectopusUdpEbpf => RGBColor(140, 86, 75),
+        Kind::ConnectopusDtlsCpuLocal => RGBColor(158, 218, 229),
         Kind::WireguardGo => RGBColor(255, 127, 14),
         Kind::Boringtun => RGBColor(214, 39, 40),
         Kind::Nebula => RGBColor(44, 160, 44),

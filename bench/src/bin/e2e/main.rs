@@ -174,6 +174,8 @@ fn subjects(options: &Options) -> Vec<Subject> {
     let mut pair = vec![
         Kind::Raw,
         Kind::Connectopus(LinkKind::DtlsPsk),
+        // The same link with the CPU-local data path (opt-in, `--cpu-local`).
+        Kind::ConnectopusDtlsCpuLocal,
         // Plaintext IPv6-in-UDP, userspace (the eBPF fast path's format, without it).
         Kind::Connectopus(LinkKind::Udp),
         // The same links with the eBPF fast path.
@@ -186,7 +188,7 @@ fn subjects(options: &Options) -> Vec<Subject> {
     ];
     if !options.short {
         // Certificate mode runs AES-128-GCM (PSK mode's default is ChaCha20-Poly1305).
-        pair.insert(2, Kind::Connectopus(LinkKind::DtlsCert));
+        pair.insert(3, Kind::Connectopus(LinkKind::DtlsCert));
     }
     let line: &[Kind] = if options.short {
         &[

@@ -60,6 +60,9 @@ pub enum Kind {
     Connectopus(LinkKind),
     /// Connectopus nodes linked by plaintext udp links with the eBPF fast path on.
     ConnectopusUdpEbpf,
+    /// Connectopus nodes linked by DTLS (PSK) with the CPU-local data path
+    /// (`--cpu-local`).
+    ConnectopusDtlsCpuLocal,
     /// wireguard-go (userspace WireGuard in Go).
     WireguardGo,
     /// boringtun-cli (userspace WireGuard in Rust).
@@ -80,6 +83,7 @@ impl Kind {
             (Kind::Connectopus(LinkKind::TcpTls), _) => "connectopus-tls",
             (Kind::Connectopus(LinkKind::Udp), _) => "connectopus-udp",
             (Kind::ConnectopusUdpEbpf, _) => "connectopus-udp-ebpf",
+            (Kind::ConnectopusDtlsCpuLocal, _) => "connectopus-dtls-cpu-local",
             (Kind::WireguardGo, _) => "wireguard-go",
             (Kind::Boringtun, _) => "boringtun",
             (Kind::Nebula, _) => "nebula",
@@ -93,7 +97,10 @@ impl Kind {
 
     /// Whether this is Connectopus itself.
     pub fn is_connectopus(self) -> bool {
-        matches!(self, Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf)
+        matches!(
+            self,
+            Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf | Kind::ConnectopusDtlsCpuLocal
+        )
     }
 
     /// Checks that the programs this subject needs are installed; the error says which
@@ -112,7 +119,10 @@ impl Kind {
             }
         };
         match self {
-            Kind::Raw | Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf => Ok(()),
+            Kind::Raw
+            | Kind::Connectopus(_)
+            | Kind::ConnectopusUdpEbpf
+            | Kind::ConnectopusDtlsCpuLocal => Ok(()),
             Kind::WireguardGo => need(&[
                 ("wireguard-go", "Debian wireguard-go"),
                 ("wg", "Debian wireguard-tools"),
@@ -176,6 +186,7 @@ impl Subject {
             Kind::Connectopus(LinkKind::TcpTls),
             Kind::Connectopus(LinkKind::Udp),
             Kind::ConnectopusUdpEbpf,
+            Kind::ConnectopusDtlsCpuLocal,
             Kind::WireguardGo,
             Kind::Boringtun,
             Kind::Nebula,
@@ -233,9 +244,10 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
                 hold: Hold::Nothing,
             }
         }
-        Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf => {
+        Kind::Connectopus(_) | Kind::ConnectopusUdpEbpf | Kind::ConnectopusDtlsCpuLocal => {
             let (kind, fastpath) = match subject.kind {
                 Kind::Connectopus(kind) => (kind, false),
+                Kind::ConnectopusDtlsCpuLocal => (LinkKind::DtlsPsk, false),
                 _ => (LinkKind::Udp, true),
             };
             let links: Vec<MeshLink> = nodes
@@ -254,6 +266,9 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
             if !fastpath {
                 mesh.set_env("CONNECTOPUS_DISABLE_FASTPATH", "1");
             }
+            if subject.kind == Kind::ConnectopusDtlsCpuLocal {
+                mesh.add_args_all(&["--cpu-local"]);
+            }
             mesh.start_all()?;
             mesh.wait_converged(Duration::from_secs(30))?;
             let processes = nodes
@@ -268,6 +283,11 @@ pub fn start<'t>(subject: Subject, topo: &'t Topology) -> Result<Up<'t>> {
             };
             if fastpath && !field("fastpath").starts_with("on") {
                 bail!("the eBPF fast path is not on: {}", field("fastpath"));
+            }
+            if subject.kind == Kind::ConnectopusDtlsCpuLocal
+                && !field("cpu_local").starts_with("on")
+            {
+                bail!("the CPU-local data path is not on: {}", field("cpu_local"));
             }
             let details = condense(&format!(
                 "dataplane {}, ebpf {}, fastpath {}",

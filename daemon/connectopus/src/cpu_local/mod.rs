@@ -23,7 +23,7 @@ use std::io;
 /// not CPU-local.
 pub fn choose(wanted: bool, threads: usize) -> Result<Vec<usize>, String> {
     if !wanted {
-        return Err("not asked for (--cpu-local)".to_owned());
+        return Err("not asked for (`cpu_local: true`, --cpu-local)".to_owned());
     }
     if threads < 2 {
         return Err("no worker threads".to_owned());

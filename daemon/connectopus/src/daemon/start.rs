@@ -166,7 +166,11 @@ pub fn run(options: NodeOptions) -> Result<()> {
         wanted_workers,
         multi_queue,
     );
-    let cpu_local = choose_cpu_local(cpu_local, queues.len(), tuns.first());
+    let cpu_local = choose_cpu_local(
+        cpu_local || node_config.cpu_local,
+        queues.len(),
+        tuns.first(),
+    );
     match &cpu_local {
         Ok(cpus) => tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]"),
         Err(why) => tracing::debug!(%why, "no cpu-local data path"),

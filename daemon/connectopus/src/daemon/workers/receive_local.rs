@@ -18,7 +18,12 @@ impl Dataplane {
     /// (`shared`, the main loop's, bound first) and has the port's group send each
     /// application-data record to the thread on the CPU that received it (the CPU-local
     /// receive). False when the data path is not CPU-local or no thread got a socket.
-    pub(in crate::daemon) fn open_ports(&mut self, endpoint: usize, shared: &UdpSocket, gro: bool) -> bool {
+    pub(in crate::daemon) fn open_ports(
+        &mut self,
+        endpoint: usize,
+        shared: &UdpSocket,
+        gro: bool,
+    ) -> bool {
         let Ok(cpus) = &self.cpu_local else {
             return false;
         };
