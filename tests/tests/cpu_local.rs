@@ -233,3 +233,79 @@ fn key_updates_cross_the_shared_receiving_direction() {
         Ok(())
     });
 }
+
+/// Every worker thread of both nodes fails (`CONNECTOPUS_TEST_FAIL_WORKER`, test-only) after a
+/// few packets: the main loops take back the links' shared receiving direction and forward
+/// themselves, and pings keep crossing the same link.
+#[test]
+fn the_main_loop_takes_the_links_back_when_every_worker_stops() {
+    require_root!();
+    require_tools(&["ping", "taskset"]);
+    let Some((first, second)) = two_cpus() else {
+        eprintln!("skipped: the CPU-local data path needs two CPUs");
+        return;
+    };
+    run_test("cpu_local_all_fail", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.set_log_level("info");
+        mesh.set_env("CONNECTOPUS_TEST_FAIL_WORKER", "0:30,1:30");
+        mesh.add_args_all(&["--workers", "2", "--cpu-local"]);
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        let link = mesh.status("foo")?["links"][0]["link"].clone();
+        let bar = mesh.address("bar");
+        // Enough packets from each CPU for both workers of both nodes to reach their fault.
+        for cpu in [first, second] {
+            let (c, dst) = (cpu.to_string(), bar.to_string());
+            topo.ns("foo").exec_timeout(
+                "taskset",
+                &[
+                    "-c", &c, "ping", "-6", "-n", "-c", "60", "-i", "0.01", "-W", "1", &dst,
+                ],
+                Duration::from_secs(30),
+            )?;
+        }
+        let all_stopped = connectopus_tests::wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let stopped = |name: &str| {
+                    mesh.status(name).is_ok_and(|s| {
+                        let ws = workers_of(&s);
+                        ws.len() == 2
+                            && ws.iter().all(|w| {
+                                w["state"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .starts_with("stopped")
+                            })
+                    })
+                };
+                stopped("foo") && stopped("bar")
+            },
+        );
+        ensure!(
+            all_stopped.is_ok(),
+            "not every worker stopped: foo {} bar {}",
+            mesh.status("foo")?["workers"],
+            mesh.status("bar")?["workers"]
+        );
+        for cpu in [first, second] {
+            ping_from_cpu(topo.ns("foo"), cpu, bar)?;
+        }
+        let status = mesh.status("foo")?;
+        ensure!(
+            status["links"][0]["link"] == link,
+            "foo's link was replaced: {status}"
+        );
+        ensure!(
+            status["control_plane"]["records_opened"]
+                .as_u64()
+                .unwrap_or(0)
+                >= PINGS,
+            "foo's main loop should open the replies now: {status}"
+        );
+        Ok(())
+    });
+}

@@ -23,7 +23,10 @@ impl Daemon {
                         remote: l.remote,
                         source: d.local,
                         sealer,
-                        rx: d.shared_rx.clone(),
+                        rx: d
+                            .shared_rx
+                            .clone()
+                            .filter(|_| !self.dataplane.shared_receives_orphaned()),
                     }
                 }
                 Transport::PlainUdp(p) => {
@@ -63,6 +66,7 @@ impl Daemon {
         self.dataplane
             .set_hairpin(self.tuns.indexed().nth(1).is_some());
         self.dataplane.set_fastpath(self.fastpath.tun_mtu());
+        self.reclaim_shared_receives();
         if self.dataplane.links_dirty {
             self.assign_receivers();
             self.assign_tcp_owners();

@@ -82,9 +82,9 @@ const REPORT_EVERY: Duration = Duration::from_millis(100);
 /// The longest a worker thread waits for I/O before it looks at its slots again.
 const WAIT: Duration = Duration::from_millis(100);
 
-/// The environment variable that makes a worker thread fail (tests only):
-/// `<index>:<packets>`, the worker `index` (as `status` numbers it) ends after reading that
-/// many TUN packets.
+/// The environment variable that makes worker threads fail (tests only):
+/// `<index>:<packets>[,<index>:<packets>…]`, the worker `index` (as `status` numbers it) ends
+/// after reading that many TUN packets.
 pub(crate) const FAIL_WORKER_ENV: &str = "CONNECTOPUS_TEST_FAIL_WORKER";
 
 /// The TUN queue a worker thread reads.
@@ -573,7 +573,7 @@ impl Dataplane {
                 reported: Instant::now(),
                 woke_main: false,
                 status: status.clone(),
-                fail_after: fail.filter(|(w, _)| *w == label).map(|(_, n)| n),
+                fail_after: fail.iter().find(|(w, _)| *w == label).map(|(_, n)| *n),
                 handed_to_main: 0,
                 hairpin: false,
                 from_main,
@@ -865,11 +865,16 @@ impl Drop for Dataplane {
     }
 }
 
-/// `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>` (tests only).
-fn fault_from_env() -> Option<(usize, u64)> {
-    let value = std::env::var(FAIL_WORKER_ENV).ok()?;
-    let (index, packets) = value.split_once(':')?;
-    Some((index.parse().ok()?, packets.parse().ok()?))
+/// `CONNECTOPUS_TEST_FAIL_WORKER=<index>:<packets>[,…]` (tests only).
+fn fault_from_env() -> Vec<(usize, u64)> {
+    let value = std::env::var(FAIL_WORKER_ENV).unwrap_or_default();
+    value
+        .split(',')
+        .filter_map(|fault| {
+            let (index, packets) = fault.split_once(':')?;
+            Some((index.trim().parse().ok()?, packets.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 mod main_side;

@@ -67,9 +67,16 @@ impl Dataplane {
         true
     }
 
-    /// Whether the worker threads receive on the DTLS port of `endpoint` themselves.
+    /// Whether the worker threads receive on the DTLS port of `endpoint` themselves (some
+    /// thread still runs).
     pub(in crate::daemon) fn has_ports(&self, endpoint: usize) -> bool {
-        self.ports.contains(&endpoint)
+        self.ports.contains(&endpoint) && self.any_running() > 0
+    }
+
+    /// Whether links shared by the worker threads have nobody left to open their records:
+    /// every worker thread stopped.
+    pub(in crate::daemon) fn shared_receives_orphaned(&self) -> bool {
+        !self.ports.is_empty() && self.any_running() == 0
     }
 
     /// The DTLS port of `endpoint` closed: the worker threads close their sockets on it.
@@ -265,5 +272,40 @@ impl WorkerThread {
         opener.flush_counts();
         drop(opener);
         self.worker.io.free(buf);
+    }
+}
+
+impl Daemon {
+    /// Every worker thread stopped: the main loop takes back the receiving direction of each
+    /// link the threads shared (once no published link table and no thread holds it any
+    /// more; the table it publishes now leaves it out) and opens the links' records itself,
+    /// from its own socket (the threads' sockets closed with them).
+    pub(in crate::daemon) fn reclaim_shared_receives(&mut self) {
+        if !self.dataplane.shared_receives_orphaned() {
+            return;
+        }
+        for (id, l) in self.links.iter_mut() {
+            let Transport::Dtls(d) = &mut l.transport else {
+                continue;
+            };
+            let Some(shared) = d.shared_rx.take() else {
+                continue;
+            };
+            match Arc::try_unwrap(shared) {
+                Ok(opener) => {
+                    let opener = opener
+                        .into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    d.association.restore_opener(opener);
+                    d.rx_worker = Some(0);
+                    tracing::info!(link = %id, "no worker thread left: the main loop receives the link");
+                }
+                Err(shared) => {
+                    // Still in the published table (or a stopping thread's copy of it).
+                    d.shared_rx = Some(shared);
+                    self.dataplane.links_dirty = true;
+                }
+            }
+        }
     }
 }
