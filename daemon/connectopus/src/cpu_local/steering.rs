@@ -40,7 +40,9 @@ const RSH64_IMM: u8 = 0x77;
 const JA: u8 = 0x05;
 const JEQ_IMM: u8 = 0x15;
 const JNE_IMM: u8 = 0x55;
-const JGT_IMM: u8 = 0x25;
+/// Signed: a flow whose last packet another CPU stamped after this one read the clock is
+/// busy, not old.
+const JSGT_IMM: u8 = 0x65;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const LD_IMM64: u8 = 0x18;
@@ -200,7 +202,7 @@ fn program(map: RawFd, cpu_queues: &[(u32, u32)]) -> Vec<Insn> {
     p.push(op(MOV64_REG, 2, 8, 0, 0));
     p.push(op(SUB64_REG, 2, 1, 0, 0));
     p.push(op(STX_DW, 0, 8, 0, 0));
-    p.push(jump(JGT_IMM, 2, STICK_NS, Move));
+    p.push(jump(JSGT_IMM, 2, STICK_NS, Move));
     p.push(op(LDX_W, 0, 0, 8, 0));
     p.push(op(EXIT, 0, 0, 0, 0));
     p.push(Insn::Label(Move));
@@ -264,9 +266,14 @@ fn assemble(program: &[Insn]) -> Vec<u64> {
     out
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
+/// `bpf(cmd, attr)`.
+///
+/// # Safety
+/// Every pointer `attr` holds (instructions, license, log buffer) must point at memory that
+/// stays alive and large enough for the call.
+unsafe fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a zeroed `union bpf_attr` prefix of 128 bytes, live for the call, whose
-    // size is passed; pointers in it point at buffers the caller keeps alive.
+    // size is passed; the caller keeps the buffers its pointers name alive.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -290,18 +297,26 @@ pub fn load(cpu_queues: &[(u32, u32)]) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 16];
     attr[0] = u64::from(MAP_TYPE_LRU_HASH) | (u64::from(KEY_LEN as u32) << 32);
     attr[1] = u64::from(VALUE_LEN) | (u64::from(FLOWS) << 32);
-    let map = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: a map's attributes hold no pointer.
+    let map = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?;
     let insns = assemble(&program(map.as_raw_fd(), cpu_queues));
     let license = b"Dual MIT/GPL\0";
-    let mut log = vec![0u8; 64 * 1024];
     let mut attr = [0u64; 16];
     attr[0] = u64::from(PROG_TYPE_SOCKET_FILTER) | ((insns.len() as u64) << 32);
     attr[1] = insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
-    // log_level 1, log_size, log_buf: the verifier's reason when it refuses.
+    // SAFETY: `insns` and `license` live until the end of this function.
+    if let Ok(program) = unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
+        return Ok(program);
+    }
+    // Refused: again with the verifier's log (not the first time: a log that overflows makes
+    // the kernel refuse a valid program).
+    let mut log = vec![0u8; 256 * 1024];
+    // log_level 1, log_size, log_buf.
     attr[3] = 1 | ((log.len() as u64) << 32);
     attr[4] = log.as_mut_ptr() as u64;
-    bpf(BPF_PROG_LOAD, &mut attr).map_err(|error| {
+    // SAFETY: `insns`, `license` and `log` live until the end of this function.
+    unsafe { bpf(BPF_PROG_LOAD, &mut attr) }.map_err(|error| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         let last = text.lines().rev().take(3).collect::<Vec<_>>();
@@ -344,7 +359,7 @@ mod tests {
         let n = insns.len() as i64;
         for (i, insn) in insns.iter().enumerate() {
             let code = (*insn & 0xff) as u8;
-            if matches!(code, JA | JEQ_IMM | JNE_IMM | JGT_IMM) {
+            if matches!(code, JA | JEQ_IMM | JNE_IMM | JSGT_IMM) {
                 let off = i64::from((*insn >> 16) as u16 as i16);
                 let to = i as i64 + 1 + off;
                 assert!(off >= 0 && to < n, "jump at {i} to {to} of {n}");
@@ -381,5 +396,9 @@ mod kernel_tests {
         }
         let program = load(&[(0, 0), (1, 1), (2, 0)]);
         assert!(program.is_ok(), "{:?}", program.err());
+        // As many workers as a node may have.
+        let many: Vec<(u32, u32)> = (0..64).map(|c| (c, c)).collect();
+        let program = load(&many);
+        assert!(program.is_ok(), "64 CPUs: {:?}", program.err());
     }
 }

@@ -298,13 +298,24 @@ impl Daemon {
             };
             if dtls.rx_worker.is_some_and(|w| w > 0) {
                 // A worker thread receives this link (the datagram was queued on this socket
-                // before the worker's own socket existed): it opens it.
-                let datagram = datagram.to_vec();
-                if self.hand_to_receiver(link, &datagram) {
+                // before the worker's own socket existed): it opens it. With no thread to
+                // take it, the association handles what it can without the receiving
+                // direction (handshake records, alerts).
+                let copy = datagram.to_vec();
+                if self.hand_to_receiver(link, &copy) {
                     continue;
                 }
-                break;
             }
+            let Some(Link {
+                transport: Transport::Dtls(dtls),
+                ..
+            }) = self.links.get_mut(&link)
+            else {
+                break;
+            };
+            let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
+                break;
+            };
             match dtls.association.handle_datagram(now, datagram) {
                 Ok(received) => {
                     self.worker.records_opened += received.len() as u64;

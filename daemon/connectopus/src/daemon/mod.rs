@@ -508,6 +508,12 @@ impl Daemon {
         match &link.transport {
             Transport::Dtls(d) => {
                 self.dtls_peers.insert((d.endpoint, link.remote), id);
+                if self.dataplane.has_ports(d.endpoint) {
+                    // The CPU-local receive: the workers learn the peer before its first
+                    // record can reach them (they hand it to the main loop until the link is
+                    // established and shared).
+                    self.dataplane.links_dirty = true;
+                }
             }
             Transport::PlainUdp(p) => {
                 self.dtls_peers.insert((p.endpoint, link.remote), id);
@@ -527,9 +533,13 @@ impl Daemon {
             return;
         }
         l.announced = true;
-        // Workers learn the link now (the CPU-local receive opens its records from the
-        // first, on whichever worker thread receives them).
-        self.dataplane.links_dirty = true;
+        if let Transport::Dtls(d) = &l.transport
+            && self.dataplane.has_ports(d.endpoint)
+        {
+            // The CPU-local receive: share the link's receiving direction now, before its
+            // first application record reaches a worker.
+            self.dataplane.links_dirty = true;
+        }
         let channel_binding = match binding::channel_binding(&l.transport) {
             Ok(binding) => binding,
             Err(error) => {

@@ -190,7 +190,9 @@ impl Daemon {
             .io
             .recv_datagrams(fd, Token(TOKEN_UDP_RECV | index as u64))
         {
-            // Nothing is armed on it: close the socket; the backend is retried.
+            // Nothing is armed on it: close the socket (and the workers' on its port); the
+            // backend is retried.
+            self.dataplane.forget_ports(index);
             if let Some(slot) = self.udp.get_mut(index) {
                 *slot = None;
             }

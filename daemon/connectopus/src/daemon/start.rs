@@ -166,13 +166,13 @@ pub fn run(options: NodeOptions) -> Result<()> {
         wanted_workers,
         multi_queue,
     );
-    let cpu_local = choose_cpu_local(
-        cpu_local || node_config.cpu_local,
-        queues.len(),
-        tuns.first(),
-    );
+    let cpu_local_wanted = cpu_local || node_config.cpu_local;
+    let cpu_local = choose_cpu_local(cpu_local_wanted, queues.len(), tuns.first());
     match &cpu_local {
         Ok(cpus) => tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]"),
+        Err(why) if cpu_local_wanted => {
+            tracing::warn!(%why, "cpu-local data path asked for but off");
+        }
         Err(why) => tracing::debug!(%why, "no cpu-local data path"),
     }
     let (attachments, attachment_names, attachment_names4) =
@@ -705,9 +705,6 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
     Err(error).context("restarting the node")
 }
 
-/// Whether the dataplane's rings keep their CPUs warm after a receive: measured
-/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process:
-/// a mesh instance restarted by a reload runs under the seccomp filter and keeps the choice.
 /// The CPU of each worker thread for `--cpu-local` (the TUN steering program attached to
 /// the node's device), or why the data path is not CPU-local.
 fn choose_cpu_local(
@@ -728,6 +725,9 @@ fn choose_cpu_local(
     Ok(cpus)
 }
 
+/// Whether the dataplane's rings keep their CPUs warm after a receive: measured
+/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process:
+/// a mesh instance restarted by a reload runs under the seccomp filter and keeps the choice.
 fn choose_idle_wake() -> crate::wake_cost::IdleWakeChoice {
     static MEASURED: std::sync::OnceLock<crate::wake_cost::IdleWakeChoice> =
         std::sync::OnceLock::new();

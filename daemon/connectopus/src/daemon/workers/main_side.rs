@@ -71,6 +71,16 @@ impl Daemon {
             self.assign_receivers();
             self.assign_tcp_owners();
             let table = self.link_table();
+            if !self.dataplane.ports.is_empty() {
+                // The CPU-local receive: every DTLS peer, also while it shakes hands.
+                let peers = self
+                    .dtls_peers
+                    .iter()
+                    .filter(|((endpoint, _), _)| self.dataplane.ports.contains(endpoint))
+                    .map(|(key, link)| (*key, *link))
+                    .collect();
+                self.dataplane.shared.dtls_peers.publish(Arc::new(peers));
+            }
             self.dataplane.publish_links(table);
         }
         // Bounded per turn, so the workers cannot starve the control plane.

@@ -305,6 +305,9 @@ pub(super) type LinkTable = HashMap<LinkId, LinkSend>;
 pub(super) struct Shared {
     snapshot: Slot<ForwardingSnapshot>,
     links: Slot<LinkTable>,
+    /// The DTLS links by `(endpoint, peer)`, also while they shake hands (the CPU-local
+    /// receive; published with the link table).
+    pub(super) dtls_peers: Slot<HashMap<(usize, SocketAddr), LinkId>>,
     stop: AtomicBool,
     /// The node has TUN devices besides its own (namespaces, `tun_devs`): packets from the TUN
     /// to a local address go to the main loop, which writes them to the namespace's device
@@ -528,6 +531,7 @@ impl Dataplane {
         let shared = Arc::new(Shared {
             snapshot: Slot::new(Arc::default()),
             links: Slot::new(Arc::default()),
+            dtls_peers: Slot::new(Arc::default()),
             stop: AtomicBool::new(false),
             hairpin: AtomicBool::new(false),
             fastpath: AtomicBool::new(false),
@@ -538,6 +542,9 @@ impl Dataplane {
         let fail = fault_from_env();
         let mut threads = Vec::new();
         let queue_zero_on_thread = matches!(queues.first(), Some(TunQueue::Shared { .. }));
+        // Each thread pins itself first thing; start-up waits for that (below), since the
+        // seccomp filter installed after it refuses `sched_setaffinity`.
+        let (pinned_tx, pinned_rx) = mpsc::channel::<()>();
         for (i, tun) in queues.into_iter().enumerate() {
             let index = i + 1;
             let label = Self::label(index);
@@ -565,6 +572,8 @@ impl Dataplane {
                 shared: shared.clone(),
                 snapshot_seen: 0,
                 links_seen: 0,
+                peers_seen: 0,
+                peers: Arc::default(),
                 links: HashMap::new(),
                 to_main: tx.clone(),
                 main: main.clone(),
@@ -596,9 +605,14 @@ impl Dataplane {
                 .as_ref()
                 .ok()
                 .and_then(|cpus| cpus.get(i).copied());
+            let pinned_tx = pinned_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{label}"))
-                .spawn(move || thread.run(pin))
+                .spawn(move || {
+                    let cpu = WorkerThread::pin(index, pin);
+                    let _ = pinned_tx.send(());
+                    thread.run(cpu);
+                })
                 .with_context(|| format!("spawning worker {label}"))?;
             threads.push(ThreadHandle {
                 thread: Some(handle),
@@ -611,6 +625,12 @@ impl Dataplane {
             });
         }
         let n = threads.len();
+        for _ in 0..n {
+            if pinned_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                tracing::warn!("a worker thread did not start within 5 s");
+                break;
+            }
+        }
         Ok(Self {
             shared,
             threads,

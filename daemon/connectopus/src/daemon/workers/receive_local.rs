@@ -27,16 +27,30 @@ impl Dataplane {
         let Ok(cpus) = &self.cpu_local else {
             return false;
         };
+        let cpus = cpus.clone();
         let running = |i: usize| self.status(i).is_some_and(|s| s.stopped.is_none());
         // Group index k + 1 is the k-th socket bound here, so the program lists the CPUs of
-        // the threads in that order and stops at the first that got none.
+        // the threads that got one, in that order. It goes on the group first (the main
+        // loop's socket alone), so that no worker socket ever receives by the group's hash,
+        // which would give it handshakes; where it cannot, the port stays the main loop's.
+        let all: Vec<usize> = (1..=self.threads.len())
+            .filter(|&i| running(i))
+            .filter_map(|i| cpus.get(i - 1).copied())
+            .collect();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(shared);
+        if let Err(error) =
+            crate::cpu_local::reuseport::attach(fd, &crate::cpu_local::reuseport::program(&all))
+        {
+            tracing::warn!(endpoint, %error, "no reuseport program on the port: the main loop receives it");
+            return false;
+        }
         let mut bound = Vec::new();
         for index in 1..=self.threads.len() {
             let Some(&cpu) = cpus.get(index - 1) else {
                 break;
             };
             if !running(index) {
-                break;
+                continue;
             }
             let socket = match crate::dtls_link::bind_port_member(shared, gro) {
                 Ok(socket) => socket,
@@ -53,18 +67,15 @@ impl Dataplane {
             }
             bound.push(cpu);
         }
-        if bound.is_empty() {
-            return false;
-        }
-        let program = crate::cpu_local::reuseport::program(&bound);
-        if let Err(error) =
-            crate::cpu_local::reuseport::attach(std::os::fd::AsRawFd::as_raw_fd(shared), &program)
-        {
-            // The group then picks by hash: every socket of it handles every datagram.
-            tracing::warn!(endpoint, %error, "no reuseport program on the port");
+        if bound != all {
+            // A socket the program counted is missing: index it by what was bound.
+            let program = crate::cpu_local::reuseport::program(&bound);
+            if let Err(error) = crate::cpu_local::reuseport::attach(fd, &program) {
+                tracing::warn!(endpoint, %error, "re-attaching the port's reuseport program");
+            }
         }
         self.ports.insert(endpoint);
-        true
+        !bound.is_empty()
     }
 
     /// Whether the worker threads receive on the DTLS port of `endpoint` themselves (some
@@ -156,20 +167,16 @@ impl WorkerThread {
         }
     }
 
-    /// Indexes the links received here by `(endpoint, peer)`, after the link table changed.
+    /// Indexes the DTLS links by `(endpoint, peer)`, and whether their receiving direction is
+    /// shared yet, after the link table or the peers changed.
     pub(super) fn index_shared_receives(&mut self) {
         self.shared_rx.clear();
-        for (link, send) in &self.links {
-            if let LinkSend::Dtls {
-                endpoint,
-                remote,
-                rx,
-                ..
-            } = send
-            {
-                self.shared_rx
-                    .insert((*endpoint, *remote), (*link, rx.is_some()));
-            }
+        for (key, link) in self.peers.iter() {
+            let shared = matches!(
+                self.links.get(link),
+                Some(LinkSend::Dtls { rx: Some(_), .. })
+            );
+            self.shared_rx.insert(*key, (*link, shared));
         }
     }
 

@@ -11,6 +11,10 @@ pub(super) struct WorkerThread {
     pub(super) shared: Arc<Shared>,
     pub(super) snapshot_seen: u64,
     pub(super) links_seen: u64,
+    /// The generation of `Shared::dtls_peers` last read.
+    pub(super) peers_seen: u64,
+    /// The DTLS links by `(endpoint, peer)` (the CPU-local receive).
+    pub(super) peers: Arc<HashMap<(usize, SocketAddr), LinkId>>,
     /// This thread's copy of the link table (its sealers cache their epoch's key).
     pub(super) links: LinkTable,
     pub(super) to_main: SyncSender<FromWorker>,
@@ -58,15 +62,21 @@ pub(super) struct WorkerThread {
 }
 
 impl WorkerThread {
-    pub(super) fn run(mut self, pin: Option<usize>) {
-        let cpu = match pin.map(|cpu| (cpu, crate::cpu_local::pin_this_thread(cpu))) {
+    /// Pins the calling thread to `pin` (the CPU-local data path); returns what `status`
+    /// says of it. Runs before the seccomp filter is installed (`Dataplane::start` waits for
+    /// it), which does not allow `sched_setaffinity`.
+    pub(super) fn pin(index: usize, pin: Option<usize>) -> String {
+        match pin.map(|cpu| (cpu, crate::cpu_local::pin_this_thread(cpu))) {
             None => "not pinned".to_owned(),
             Some((cpu, Ok(()))) => format!("CPU {cpu}"),
             Some((cpu, Err(error))) => {
-                tracing::warn!(worker = Dataplane::label(self.index), cpu, %error, "cannot pin the worker");
+                tracing::warn!(worker = Dataplane::label(index), cpu, %error, "cannot pin the worker");
                 format!("not pinned: CPU {cpu}: {error}")
             }
-        };
+        }
+    }
+
+    pub(super) fn run(mut self, cpu: String) {
         {
             let mut status = self
                 .status
@@ -133,8 +143,16 @@ impl WorkerThread {
             if let Some(snapshot) = self.shared.snapshot.newer(&mut self.snapshot_seen) {
                 self.worker.forwarder.install(snapshot);
             }
+            let mut reindex = false;
             if let Some(links) = self.shared.links.newer(&mut self.links_seen) {
                 self.links = (*links).clone();
+                reindex = true;
+            }
+            if let Some(peers) = self.shared.dtls_peers.newer(&mut self.peers_seen) {
+                self.peers = peers;
+                reindex = true;
+            }
+            if reindex {
                 self.index_shared_receives();
             }
             self.hairpin = self.shared.hairpin.load(Ordering::Relaxed);
