@@ -96,7 +96,7 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
         let _ = writeln!(
             out,
             "  worker {} ({}){}: io_uring {}; tun multi-queue {}; udp gso {}; udp gro {}; \
-             so_reuseport {}; idle wake {}{}",
+             so_reuseport {}; idle wake {}{}{}",
             w.index,
             w.thread,
             if w.state.is_empty() || w.state == "running" {
@@ -116,6 +116,12 @@ pub fn render(report: &StatusReport, verbose: bool) -> String {
             match w.busy_poll_us {
                 0 => String::new(),
                 us => format!("; busy poll {us} µs"),
+            },
+            // Pinned, or why not when it was asked for (`cpu-local` above).
+            if w.cpu.is_empty() || w.cpu == "not pinned" {
+                String::new()
+            } else {
+                format!("; {}", w.cpu)
             }
         );
     }
@@ -554,7 +560,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("so_reuseport off: one worker; idle wake 200 µs; busy poll 50 µs\n"),
+            text.contains("so_reuseport off: one worker; idle wake 200 µs; busy poll 50 µs; CPU 1\n"),
             "{text}"
         );
         assert!(
