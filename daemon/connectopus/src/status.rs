@@ -560,7 +560,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("so_reuseport off: one worker; idle wake 200 µs; busy poll 50 µs; CPU 1\n"),
+            text.contains(
+                "so_reuseport off: one worker; idle wake 200 µs; busy poll 50 µs; CPU 1\n"
+            ),
             "{text}"
         );
         assert!(
