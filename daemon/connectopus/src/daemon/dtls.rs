@@ -275,45 +275,33 @@ impl Daemon {
         segment_size: Option<u16>,
     ) {
         let now = self.started.elapsed();
-        let step = segment_size
-            .map(usize::from)
-            .filter(|s| *s > 0)
-            .unwrap_or(range.len().max(1));
-        if range.len() > step {
-            self.worker.offload_counters.udp_gro_batches += 1;
-        }
-        let mut at = range.start;
-        while at < range.end {
-            let piece = at..(at + step).min(range.end);
-            at = piece.end;
-            let Some(Link {
-                transport: Transport::Dtls(dtls),
-                ..
-            }) = self.links.get_mut(&link)
-            else {
-                break;
-            };
-            let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
-                break;
-            };
-            if dtls.rx_worker.is_some_and(|w| w > 0) {
-                // A worker thread receives this link (the datagram was queued on this socket
-                // before the worker's own socket existed): it opens it. With no thread to
-                // take it, the association handles what it can without the receiving
-                // direction (handshake records, alerts).
-                let copy = datagram.to_vec();
-                if self.hand_to_receiver(link, &copy) {
+        // A worker thread opens this link's datagrams (with none to take them, the association
+        // handles what it can without the receiving direction: handshake records, alerts).
+        let receiver = self.receiver_of(link);
+        for piece in self.worker.gro_pieces(range, segment_size) {
+            if let Some(index) = receiver
+                && let Some(datagram) = self.worker.io.buf(&buf).get(piece.clone())
+            {
+                let datagram = datagram.to_vec();
+                if self
+                    .dataplane
+                    .send_to(index, workers::ToWorker::Datagram { link, datagram })
+                    .is_ok()
+                {
                     continue;
                 }
             }
-            let Some(Link {
-                transport: Transport::Dtls(dtls),
-                ..
-            }) = self.links.get_mut(&link)
+            let (
+                Some(Link {
+                    transport: Transport::Dtls(dtls),
+                    ..
+                }),
+                Some(datagram),
+            ) = (
+                self.links.get_mut(&link),
+                self.worker.io.buf_mut(&buf).get_mut(piece.clone()),
+            )
             else {
-                break;
-            };
-            let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
                 break;
             };
             match dtls.association.handle_datagram(now, datagram) {

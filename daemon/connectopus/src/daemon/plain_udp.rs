@@ -297,17 +297,7 @@ impl Daemon {
         range: Range<usize>,
         segment_size: Option<u16>,
     ) {
-        let step = segment_size
-            .map(usize::from)
-            .filter(|s| *s > 0)
-            .unwrap_or(range.len().max(1));
-        if range.len() > step {
-            self.worker.offload_counters.udp_gro_batches += 1;
-        }
-        let mut at = range.start;
-        while at < range.end {
-            let piece = at..(at + step).min(range.end);
-            at = piece.end;
+        for piece in self.worker.gro_pieces(range, segment_size) {
             let kind = self
                 .worker
                 .io

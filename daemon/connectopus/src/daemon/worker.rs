@@ -92,7 +92,57 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// The datagrams of one receive, as ranges of its buffer: a GRO batch of `segment_size` bytes
+/// each (the last maybe shorter), or the one datagram ([`Worker::gro_pieces`]).
+#[derive(Debug, Clone)]
+pub(super) struct GroPieces {
+    at: usize,
+    end: usize,
+    step: usize,
+}
+
+impl GroPieces {
+    fn new(range: Range<usize>, segment_size: Option<u16>) -> Self {
+        let step = segment_size
+            .map(usize::from)
+            .filter(|s| *s > 0)
+            .unwrap_or(range.len().max(1));
+        Self {
+            at: range.start,
+            end: range.end,
+            step,
+        }
+    }
+}
+
+impl Iterator for GroPieces {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        if self.at >= self.end {
+            return None;
+        }
+        let piece = self.at..(self.at + self.step).min(self.end);
+        self.at = piece.end;
+        Some(piece)
+    }
+}
+
 impl Worker {
+    /// The datagrams of the receive at `range` (see [`GroPieces`]); counts a batch of more
+    /// than one.
+    pub(super) fn gro_pieces(
+        &mut self,
+        range: Range<usize>,
+        segment_size: Option<u16>,
+    ) -> GroPieces {
+        let pieces = GroPieces::new(range, segment_size);
+        if pieces.end - pieces.at > pieces.step {
+            self.offload_counters.udp_gro_batches += 1;
+        }
+        pieces
+    }
+
     /// What the main loop's worker runs on, for `status`: worker 0 with one worker, else the
     /// control plane's slow path.
     pub(super) fn report(
@@ -330,5 +380,29 @@ impl Daemon {
                 Forwarded::Done => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GRO batch is cut into datagrams of the segment size, the last one shorter; without a
+    /// segment size (or with 0) the receive is one datagram.
+    #[test]
+    fn gro_pieces_cut_a_batch_at_the_segment_size() {
+        let pieces: Vec<_> = GroPieces::new(10..17, Some(3)).collect();
+        assert_eq!(pieces, vec![10..13, 13..16, 16..17]);
+        assert_eq!(GroPieces::new(10..16, Some(3)).count(), 2);
+        assert_eq!(GroPieces::new(4..9, None).collect::<Vec<_>>(), vec![4..9]);
+        assert_eq!(
+            GroPieces::new(4..9, Some(0)).collect::<Vec<_>>(),
+            vec![4..9]
+        );
+        assert_eq!(
+            GroPieces::new(4..9, Some(1500)).collect::<Vec<_>>(),
+            vec![4..9]
+        );
+        assert_eq!(GroPieces::new(4..4, Some(3)).count(), 0);
     }
 }

@@ -364,24 +364,18 @@ impl Daemon {
         }
     }
 
-    /// Hands a datagram of `link` that arrived at the main loop's socket to the worker thread
-    /// receiving the link; false if the main loop receives it itself.
-    pub(in crate::daemon) fn hand_to_receiver(&mut self, link: LinkId, datagram: &[u8]) -> bool {
-        let index = match self.links.get(&link).map(|l| &l.transport) {
-            Some(Transport::Dtls(d)) => match d.rx_worker {
-                Some(EVERY_WORKER) => self.dataplane.any_running(),
-                w => w.unwrap_or(0),
-            },
-            _ => 0,
+    /// The worker thread that opens the datagrams of DTLS `link` which still arrive at the
+    /// main loop's socket (queued there before the thread's own socket existed, or, on the
+    /// CPU-local receive, any running thread); `None` when the main loop opens them itself.
+    pub(in crate::daemon) fn receiver_of(&self, link: LinkId) -> Option<usize> {
+        let Some(Transport::Dtls(d)) = self.links.get(&link).map(|l| &l.transport) else {
+            return None;
         };
-        if index == 0 {
-            return false;
-        }
-        let message = ToWorker::Datagram {
-            link,
-            datagram: datagram.to_vec(),
+        let index = match d.rx_worker {
+            Some(EVERY_WORKER) => self.dataplane.any_running(),
+            w => w.unwrap_or(0),
         };
-        self.dataplane.send_to(index, message).is_ok()
+        (index > 0).then_some(index)
     }
 
     /// Records of a link's datagram that its worker thread left for the association (or a

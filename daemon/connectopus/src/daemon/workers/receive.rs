@@ -255,19 +255,6 @@ impl WorkerThread {
             .is_some_and(|r| !r.forgotten)
     }
 
-    /// The length of each datagram of a receive (a GRO batch of `segment_size` bytes each, the
-    /// last maybe shorter); counts the batch.
-    pub(super) fn gro_step(&mut self, range: &Range<usize>, segment_size: Option<u16>) -> usize {
-        let step = segment_size
-            .map(usize::from)
-            .filter(|s| *s > 0)
-            .unwrap_or(range.len().max(1));
-        if range.len() > step {
-            self.worker.offload_counters.udp_gro_batches += 1;
-        }
-        step
-    }
-
     /// Opens the datagrams at `buf[range]` (a GRO batch of `segment_size` bytes each, the last
     /// maybe shorter) in place and routes what they carried; takes ownership of `buf`.
     fn open_batch(
@@ -278,11 +265,7 @@ impl WorkerThread {
         segment_size: Option<u16>,
     ) {
         let now = self.started.elapsed();
-        let step = self.gro_step(&range, segment_size);
-        let mut at = range.start;
-        while at < range.end {
-            let piece = at..(at + step).min(range.end);
-            at = piece.end;
+        for piece in self.worker.gro_pieces(range, segment_size) {
             let Some(r) = self.receiving.get_mut(slot).and_then(Option::as_mut) else {
                 break;
             };

@@ -258,16 +258,12 @@ impl WorkerThread {
             return;
         };
         let now = self.started.elapsed();
-        let step = self.gro_step(&range, segment_size);
         // Every write under this lock is the opener's own, complete per record: a poisoned
         // lock (a panicking thread) leaves it consistent.
         let mut opener = opener
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut at = range.start;
-        while at < range.end {
-            let piece = at..(at + step).min(range.end);
-            at = piece.end;
+        for piece in self.worker.gro_pieces(range, segment_size) {
             let Some(datagram) = self.worker.io.buf_mut(&buf).get_mut(piece.clone()) else {
                 break;
             };

@@ -44,17 +44,7 @@ impl WorkerThread {
         if whole {
             return self.route_super_packet(link, buf, range, segment_size);
         }
-        let step = segment_size
-            .map(usize::from)
-            .filter(|s| *s > 0)
-            .unwrap_or(range.len().max(1));
-        if range.len() > step {
-            self.worker.offload_counters.udp_gro_batches += 1;
-        }
-        let mut at = range.start;
-        while at < range.end {
-            let piece = at..(at + step).min(range.end);
-            at = piece.end;
+        for piece in self.worker.gro_pieces(range, segment_size) {
             let kind = self
                 .worker
                 .io
