@@ -1,6 +1,7 @@
 //! DTLS links of the main loop: UDP endpoints, accepting and dialing associations,
 //! opening and sealing records in pooled buffers.
 
+use super::gso_send::{ByAssociation, UdpTarget};
 use super::*;
 
 /// The most bytes one UDP GSO send may carry (the largest UDP payload over IPv6 without a
@@ -358,20 +359,13 @@ impl Daemon {
         let Daemon {
             worker, links, udp, ..
         } = self;
-        let Worker {
-            io,
-            forwarder,
-            offloads,
-            offload_counters,
-            ..
-        } = worker;
         let Some(l) = links.get_mut(&link) else {
-            io.free(src);
+            worker.io.free(src);
             return;
         };
         let destination = l.remote;
         let Transport::Dtls(dtls) = &mut l.transport else {
-            io.free(src);
+            worker.io.free(src);
             return;
         };
         let (endpoint, source) = (dtls.endpoint, dtls.local);
@@ -379,100 +373,18 @@ impl Daemon {
             .get(endpoint)
             .and_then(Option::as_ref)
             .map(|e| e.socket.as_raw_fd());
-        let (Some(fd), Some(payload_offset), Some(overhead)) = (
+        let (Some(fd), Some(mut records)) = (fd, ByAssociation::new(&mut dtls.association)) else {
+            worker.io.free(src);
+            worker.forwarder.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let target = UdpTarget {
             fd,
-            dtls.association.payload_offset(),
-            dtls.association.overhead(),
-        ) else {
-            io.free(src);
-            forwarder.count_drop(DropReason::LinkDown);
-            return;
+            endpoint,
+            destination,
+            source,
         };
-        let shape = io
-            .buf(&src)
-            .get(range.clone())
-            .and_then(|p| connectopus_offload::Segments::new(&header, p).ok())
-            .map(|s| (s.count(), s.max_segment_len()));
-        let Some((count, max_len)) = shape else {
-            io.free(src);
-            forwarder.count_drop(DropReason::Malformed);
-            return;
-        };
-        let stride = max_len + overhead;
-        let start = io.pool().headroom();
-        let room = io.pool().buf_size() - start;
-        let per_send = datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
-        let mut i = 0;
-        while i < count {
-            let Some(out) = io.alloc() else {
-                forwarder.count_drop(DropReason::LinkCongested);
-                break;
-            };
-            let mut sent = 0usize;
-            let mut end = start;
-            let mut failed = false;
-            {
-                let (from, to) = io.buf_pair(&src, &out);
-                let segments = from
-                    .get(range.clone())
-                    .and_then(|p| connectopus_offload::Segments::new(&header, p).ok());
-                if let Some(segments) = segments {
-                    while i < count && sent < per_send {
-                        let slot = start + sent * stride;
-                        let Some(record) = to.get_mut(slot..slot + stride) else {
-                            break;
-                        };
-                        let Some(payload) = record.get_mut(payload_offset..) else {
-                            break;
-                        };
-                        let Ok(n) = segments.write(i, payload) else {
-                            failed = true;
-                            break;
-                        };
-                        match dtls.association.seal_in_place(record, n) {
-                            Ok(len) => end = slot + len,
-                            Err(error) => {
-                                tracing::debug!(%link, %error, "dtls seal failed");
-                                failed = true;
-                                break;
-                            }
-                        }
-                        i += 1;
-                        sent += 1;
-                    }
-                } else {
-                    failed = true;
-                }
-            }
-            if sent == 0 {
-                io.free(out);
-                forwarder.count_drop(if failed {
-                    DropReason::LinkDown
-                } else {
-                    DropReason::TooBig
-                });
-                break;
-            }
-            if sent > 1 {
-                offload_counters.udp_gso_sends += 1;
-            }
-            io.send_to(
-                fd,
-                Token(TOKEN_UDP_SEND | endpoint as u64),
-                uring_io::Transmit {
-                    destination,
-                    buf: out,
-                    range: start..end,
-                    segment_size: (sent > 1).then_some(stride as u16),
-                    source,
-                },
-            );
-            if failed {
-                forwarder.count_drop(DropReason::LinkDown);
-                break;
-            }
-        }
-        io.free(src);
+        worker.send_segments(link, target, &mut records, (src, range, &header));
     }
 
     /// Sends what the association produced and follows its state.

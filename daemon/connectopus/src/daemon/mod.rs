@@ -51,6 +51,7 @@ mod dns;
 mod dtls;
 mod dtls_batch;
 mod fastpath;
+mod gso_send;
 use dtls::send_raw;
 pub use fastpath::LinkFastpathReport;
 mod local_datagrams;

@@ -19,11 +19,12 @@
 //! checksum.
 
 use connectopus_config::{UdpDialer, UdpListener};
-use connectopus_offload::{Segments, VnetHeader};
+use connectopus_offload::VnetHeader;
 use connectopus_wire::MessageType;
 use uring_io::BufId;
 
-use super::dtls::{datagrams_per_send, normalize};
+use super::dtls::normalize;
+use super::gso_send::{Plaintext, UdpTarget};
 use super::handshake_limits::{MAX_PENDING_PER_SOURCE, Pending, eviction};
 use super::*;
 
@@ -483,79 +484,14 @@ impl Daemon {
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        let Worker {
-            io,
-            forwarder: node,
-            offloads,
-            offload_counters,
-            ..
-        } = &mut self.worker;
-        let shape = io
-            .buf(&src)
-            .get(range.clone())
-            .and_then(|p| Segments::new(&header, p).ok())
-            .map(|s| (s.count(), s.max_segment_len()));
-        let Some((count, stride)) = shape.filter(|(_, len)| *len > 0) else {
-            io.free(src);
-            node.count_drop(DropReason::Malformed);
-            return;
+        let target = UdpTarget {
+            fd,
+            endpoint,
+            destination,
+            source,
         };
-        let start = io.pool().headroom();
-        let room = io.pool().buf_size() - start;
-        let per_send = datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
-        let mut i = 0;
-        while i < count {
-            let Some(out) = io.alloc() else {
-                node.count_drop(DropReason::LinkCongested);
-                break;
-            };
-            let mut sent = 0usize;
-            let mut end = start;
-            {
-                let (from, to) = io.buf_pair(&src, &out);
-                let segments = from
-                    .get(range.clone())
-                    .and_then(|p| Segments::new(&header, p).ok());
-                if let Some(segments) = segments {
-                    while i < count && sent < per_send {
-                        let slot = start + sent * stride;
-                        let Some(datagram) = to.get_mut(slot..slot + stride) else {
-                            break;
-                        };
-                        let Ok(n) = segments.write(i, datagram) else {
-                            break;
-                        };
-                        end = slot + n;
-                        i += 1;
-                        sent += 1;
-                        if n < stride {
-                            // Only the last datagram of a GSO send may be shorter.
-                            break;
-                        }
-                    }
-                }
-            }
-            if sent == 0 {
-                io.free(out);
-                node.count_drop(DropReason::Malformed);
-                break;
-            }
-            if sent > 1 {
-                offload_counters.udp_gso_sends += 1;
-            }
-            io.send_to(
-                fd,
-                Token(TOKEN_UDP_SEND | endpoint as u64),
-                uring_io::Transmit {
-                    destination,
-                    buf: out,
-                    range: start..end,
-                    segment_size: (sent > 1).then_some(stride as u16),
-                    source,
-                },
-            );
-        }
-        io.free(src);
+        self.worker
+            .send_segments(link, target, &mut Plaintext, (src, range, &header));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The sending side of a worker thread: what it reads from its TUN queue is forwarded by the
 //! snapshot and sealed into DTLS records (or sent as plaintext UDP datagrams) where it lies.
 
+use super::super::gso_send::{Plaintext, UdpTarget};
 use super::*;
 
 impl WorkerThread {
@@ -224,109 +225,14 @@ impl WorkerThread {
             self.worker.io.free(src);
             return;
         };
-        let Worker {
-            io,
-            forwarder,
-            offloads,
-            offload_counters,
-            ..
-        } = &mut self.worker;
-        let (payload_offset, overhead) = (sealer.payload_offset(), sealer.overhead());
-        let shape = io
-            .buf(&src)
-            .get(range.clone())
-            .and_then(|p| Segments::new(&header, p).ok())
-            .map(|s| (s.count(), s.max_segment_len()));
-        let Some((count, max_len)) = shape else {
-            io.free(src);
-            forwarder.count_drop(DropReason::Malformed);
-            return;
+        let target = UdpTarget {
+            fd: socket.as_raw_fd(),
+            endpoint: *endpoint,
+            destination: *remote,
+            source: *source,
         };
-        let stride = max_len + overhead;
-        let start = io.pool().headroom();
-        let room = io.pool().buf_size() - start;
-        let per_send = dtls::datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
-        let mut i = 0;
-        while i < count {
-            let batch = per_send.min(count - i);
-            let Some(out) = io.alloc() else {
-                forwarder.count_drop(DropReason::LinkCongested);
-                break;
-            };
-            // One atomic add reserves the sequence numbers of the whole send.
-            let reservation = match sealer.reserve(batch) {
-                Ok(r) => r,
-                Err(error) => {
-                    io.free(out);
-                    tracing::debug!(%link, %error, worker = self.index, "dtls reservation failed");
-                    forwarder.count_drop(DropReason::LinkDown);
-                    break;
-                }
-            };
-            let mut sent = 0usize;
-            let mut end = start;
-            let mut failed = false;
-            {
-                let (from, to) = io.buf_pair(&src, &out);
-                let segments = from
-                    .get(range.clone())
-                    .and_then(|p| Segments::new(&header, p).ok());
-                if let Some(segments) = segments {
-                    while sent < batch {
-                        let slot = start + sent * stride;
-                        let Some(record) = to.get_mut(slot..slot + stride) else {
-                            break;
-                        };
-                        let Some(payload) = record.get_mut(payload_offset..) else {
-                            break;
-                        };
-                        let Ok(n) = segments.write(i, payload) else {
-                            failed = true;
-                            break;
-                        };
-                        match reservation.seal(sent, record, n) {
-                            Ok(len) => end = slot + len,
-                            Err(_) => {
-                                failed = true;
-                                break;
-                            }
-                        }
-                        i += 1;
-                        sent += 1;
-                    }
-                } else {
-                    failed = true;
-                }
-            }
-            if sent == 0 {
-                io.free(out);
-                forwarder.count_drop(if failed {
-                    DropReason::LinkDown
-                } else {
-                    DropReason::TooBig
-                });
-                break;
-            }
-            if sent > 1 {
-                offload_counters.udp_gso_sends += 1;
-            }
-            io.send_to(
-                socket.as_raw_fd(),
-                Token(TOKEN_UDP_SEND | *endpoint as u64),
-                uring_io::Transmit {
-                    destination: *remote,
-                    buf: out,
-                    range: start..end,
-                    segment_size: (sent > 1).then_some(stride as u16),
-                    source: *source,
-                },
-            );
-            if failed {
-                forwarder.count_drop(DropReason::LinkDown);
-                break;
-            }
-        }
-        io.free(src);
+        self.worker
+            .send_segments(link, target, sealer, (src, range, &header));
     }
 
     /// Sends the packet at `buf[packet]` as one plaintext datagram where it lies.
@@ -372,77 +278,13 @@ impl WorkerThread {
             self.worker.io.free(src);
             return;
         };
-        let Worker {
-            io,
-            forwarder,
-            offloads,
-            offload_counters,
-            ..
-        } = &mut self.worker;
-        let shape = io
-            .buf(&src)
-            .get(range.clone())
-            .and_then(|p| Segments::new(&header, p).ok())
-            .map(|s| (s.count(), s.max_segment_len()));
-        let Some((count, stride)) = shape.filter(|(_, len)| *len > 0) else {
-            io.free(src);
-            forwarder.count_drop(DropReason::Malformed);
-            return;
+        let target = UdpTarget {
+            fd: socket.as_raw_fd(),
+            endpoint: *endpoint,
+            destination: *remote,
+            source: *source,
         };
-        let start = io.pool().headroom();
-        let room = io.pool().buf_size() - start;
-        let per_send = dtls::datagrams_per_send(room, stride, offloads.udp_gso.is_ok());
-        let mut i = 0;
-        while i < count {
-            let Some(out) = io.alloc() else {
-                forwarder.count_drop(DropReason::LinkCongested);
-                break;
-            };
-            let mut sent = 0usize;
-            let mut end = start;
-            {
-                let (from, to) = io.buf_pair(&src, &out);
-                let segments = from
-                    .get(range.clone())
-                    .and_then(|p| Segments::new(&header, p).ok());
-                if let Some(segments) = segments {
-                    while i < count && sent < per_send {
-                        let slot = start + sent * stride;
-                        let Some(datagram) = to.get_mut(slot..slot + stride) else {
-                            break;
-                        };
-                        let Ok(n) = segments.write(i, datagram) else {
-                            break;
-                        };
-                        end = slot + n;
-                        i += 1;
-                        sent += 1;
-                        if n < stride {
-                            break;
-                        }
-                    }
-                }
-            }
-            if sent == 0 {
-                io.free(out);
-                forwarder.count_drop(DropReason::Malformed);
-                break;
-            }
-            if sent > 1 {
-                offload_counters.udp_gso_sends += 1;
-            }
-            io.send_to(
-                socket.as_raw_fd(),
-                Token(TOKEN_UDP_SEND | *endpoint as u64),
-                uring_io::Transmit {
-                    destination: *remote,
-                    buf: out,
-                    range: start..end,
-                    segment_size: (sent > 1).then_some(stride as u16),
-                    source: *source,
-                },
-            );
-        }
-        io.free(src);
+        self.worker
+            .send_segments(link, target, &mut Plaintext, (src, range, &header));
     }
 }
