@@ -668,24 +668,10 @@ impl Daemon {
                 }
             }
             Transport::Dtls(_) => {
-                let Some(buf) = self.worker.io.alloc() else {
-                    self.worker.forwarder.count_drop(DropReason::LinkCongested);
+                let Some((buf, range)) = self.worker.copy_to_buf(message) else {
                     return;
                 };
-                let start = self.worker.io.pool().headroom();
-                let fits = self
-                    .worker
-                    .io
-                    .buf_mut(&buf)
-                    .get_mut(start..start + message.len())
-                    .map(|slot| slot.copy_from_slice(message))
-                    .is_some();
-                if !fits {
-                    self.worker.io.free(buf);
-                    self.worker.forwarder.count_drop(DropReason::TooBig);
-                    return;
-                }
-                self.seal_and_send(link, buf, start, message.len());
+                self.seal_and_send(link, buf, range.start, range.len());
             }
         }
     }

@@ -18,6 +18,8 @@ use connectopus_core::node::Forwarded;
 use connectopus_offload::{GsoType, Segments, VNET_HDR_LEN, VnetHeader};
 use uring_io::BufId;
 
+use super::plain_udp::PlainUdpCounters;
+use super::worker::Worker;
 use super::*;
 
 /// What happened to super-packets received whole from plaintext udp links (`status`
@@ -62,6 +64,95 @@ pub(super) fn is_one_long_packet(
             || segment_size.is_some_and(|s| s > 0 && usize::from(s) < len))
 }
 
+/// A datagram received whole from a plaintext udp link, as [`Worker::read_whole_datagram`]
+/// found it.
+#[derive(Debug)]
+pub(super) enum WholeDatagram {
+    /// One packet after all (a UDP datagram without the sender's segment size, or a packet
+    /// that fits one segment), its partial checksum completed: the ordinary path.
+    One,
+    /// A super-packet, now behind `header` as a TUN read would have been, to be cut into
+    /// segments of at most `segment_len` bytes.
+    Super {
+        header: VnetHeader,
+        segment_len: usize,
+    },
+    /// Malformed: counted as dropped.
+    Malformed,
+}
+
+impl Worker {
+    /// Reads the datagram at `buf[range]`, received whole from a plaintext udp link (a peer's
+    /// eBPF may have encapsulated a super-packet; `segment_size` is what the receive reported)
+    /// and makes a super-packet of it what a TUN read would have been; counts it in
+    /// `counters`. `tun_mtu` bounds the segments when the destination is not behind a link.
+    /// The buffer stays the caller's.
+    pub(super) fn read_whole_datagram(
+        &mut self,
+        buf: &BufId,
+        range: Range<usize>,
+        segment_size: Option<u16>,
+        tun_mtu: u16,
+        counters: &mut PlainUdpCounters,
+    ) -> WholeDatagram {
+        let max_segment_len = self.segment_mtu(buf, range.clone(), tun_mtu);
+        let described =
+            self.io.buf_mut(buf).get_mut(range.clone()).map(|p| {
+                connectopus_offload::received_super_packet(p, segment_size, max_segment_len)
+            });
+        let header = match described {
+            Some(Ok(Some(header))) => header,
+            Some(Ok(None)) => {
+                if let Some(packet) = self.io.buf_mut(buf).get_mut(range)
+                    && connectopus_offload::complete_partial_checksum(packet)
+                {
+                    counters.partial_checksums_completed += 1;
+                }
+                return WholeDatagram::One;
+            }
+            Some(Err(_)) | None => {
+                counters.malformed_dropped += 1;
+                self.forwarder.count_drop(DropReason::Malformed);
+                return WholeDatagram::Malformed;
+            }
+        };
+        counters.super_packets.received += 1;
+        let segment_len = self
+            .io
+            .buf(buf)
+            .get(range)
+            .and_then(|p| Segments::new(&header, p).ok())
+            .map(|s| s.max_segment_len());
+        match segment_len {
+            Some(segment_len) => WholeDatagram::Super {
+                header,
+                segment_len,
+            },
+            None => {
+                self.forwarder.count_drop(DropReason::Malformed);
+                WholeDatagram::Malformed
+            }
+        }
+    }
+
+    /// The longest segment the super-packet at `buf[range]` may be cut into: the MTU of the
+    /// link its destination routes to, else `tun_mtu`.
+    fn segment_mtu(&self, buf: &BufId, range: Range<usize>, tun_mtu: u16) -> usize {
+        let destination = self
+            .io
+            .buf(buf)
+            .get(range)
+            .and_then(forward::addresses)
+            .map(|(_, dst)| dst);
+        let snapshot = self.forwarder.snapshot();
+        let mtu = match destination.and_then(|d| snapshot.table.routes.lookup(d)) {
+            Some((_, forward::RouteTarget::Link { mtu, .. })) => *mtu,
+            _ => tun_mtu,
+        };
+        usize::from(mtu)
+    }
+}
+
 impl Daemon {
     /// Routes the super-packet at `buf[range]`, received whole from plaintext udp link `from`
     /// (see the module documentation); `segment_size` is what the receive reported. Takes
@@ -73,47 +164,29 @@ impl Daemon {
         range: Range<usize>,
         segment_size: Option<u16>,
     ) {
-        let max_segment_len = self.segment_mtu(&buf, range.clone());
-        let described = self
-            .worker
-            .io
-            .buf_mut(&buf)
-            .get_mut(range.clone())
-            .map(|p| connectopus_offload::received_super_packet(p, segment_size, max_segment_len));
-        let header = match described {
-            Some(Ok(Some(header))) => header,
-            Some(Ok(None)) => {
-                // One packet after all (a UDP datagram without the sender's segment size, or
-                // a packet that fits): the ordinary path, too big ones answered with
-                // Packet Too Big.
-                if let Some(packet) = self.worker.io.buf_mut(&buf).get_mut(range.clone())
-                    && connectopus_offload::complete_partial_checksum(packet)
-                {
-                    self.plain_udp_counters.partial_checksums_completed += 1;
-                }
+        let tun_mtu = self.fastpath.tun_mtu().unwrap_or(crate::DTLS_LINK_MTU);
+        let read = self.worker.read_whole_datagram(
+            &buf,
+            range.clone(),
+            segment_size,
+            tun_mtu,
+            &mut self.plain_udp_counters,
+        );
+        let (header, segment_len) = match read {
+            WholeDatagram::Super {
+                header,
+                segment_len,
+            } => (header, segment_len),
+            WholeDatagram::One => {
+                // The ordinary path, too big ones answered with Packet Too Big.
                 self.route_link_packet_in_buf(from, &buf, range);
                 self.worker.io.free(buf);
                 return;
             }
-            Some(Err(_)) | None => {
-                self.plain_udp_counters.malformed_dropped += 1;
-                self.worker.forwarder.count_drop(DropReason::Malformed);
+            WholeDatagram::Malformed => {
                 self.worker.io.free(buf);
                 return;
             }
-        };
-        self.plain_udp_counters.super_packets.received += 1;
-        let segment_len = self
-            .worker
-            .io
-            .buf(&buf)
-            .get(range.clone())
-            .and_then(|p| Segments::new(&header, p).ok())
-            .map(|s| s.max_segment_len());
-        let Some(segment_len) = segment_len else {
-            self.worker.forwarder.count_drop(DropReason::Malformed);
-            self.worker.io.free(buf);
-            return;
         };
         match self.forward(&buf, range.clone(), Ingress::Link(from), Some(segment_len)) {
             Forwarded::Send(link) if self.is_plain_udp(link) => {
@@ -132,25 +205,6 @@ impl Daemon {
             Forwarded::Deliver => self.deliver_super_packet(buf, range, header),
             Forwarded::Done => self.worker.io.free(buf),
         }
-    }
-
-    /// The longest segment the super-packet at `buf[range]` may be cut into: the MTU of the
-    /// link its destination routes to, else the node's TUN MTU.
-    fn segment_mtu(&self, buf: &BufId, range: Range<usize>) -> usize {
-        let tun_mtu = self.fastpath.tun_mtu().unwrap_or(crate::DTLS_LINK_MTU);
-        let destination = self
-            .worker
-            .io
-            .buf(buf)
-            .get(range)
-            .and_then(forward::addresses)
-            .map(|(_, dst)| dst);
-        let snapshot = self.worker.forwarder.snapshot();
-        let mtu = match destination.and_then(|d| snapshot.table.routes.lookup(d)) {
-            Some((_, connectopus_core::forward::RouteTarget::Link { mtu, .. })) => *mtu,
-            _ => tun_mtu,
-        };
-        usize::from(mtu)
     }
 
     /// Delivers a super-packet to its TUN device: whole behind its virtio-net header when the

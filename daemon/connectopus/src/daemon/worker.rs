@@ -143,6 +143,24 @@ impl Worker {
         pieces
     }
 
+    /// A pool buffer holding a copy of `bytes` after the headroom (where a receive would have
+    /// left them), and their range in it; `None`, counted as dropped, when no buffer is free
+    /// or `bytes` do not fit one.
+    pub(super) fn copy_to_buf(&mut self, bytes: &[u8]) -> Option<(BufId, Range<usize>)> {
+        let Some(buf) = self.io.alloc() else {
+            self.forwarder.count_drop(DropReason::LinkCongested);
+            return None;
+        };
+        let range = self.io.pool().headroom()..self.io.pool().headroom() + bytes.len();
+        let Some(slot) = self.io.buf_mut(&buf).get_mut(range.clone()) else {
+            self.io.free(buf);
+            self.forwarder.count_drop(DropReason::TooBig);
+            return None;
+        };
+        slot.copy_from_slice(bytes);
+        Some((buf, range))
+    }
+
     /// What the main loop's worker runs on, for `status`: worker 0 with one worker, else the
     /// control plane's slow path.
     pub(super) fn report(

@@ -195,24 +195,9 @@ impl Daemon {
     /// Routes a TUN read a worker thread handed over (a packet for another of the node's TUN
     /// devices) as if the main loop had read it from the node's own device.
     fn route_from_worker_tun(&mut self, read: &[u8]) {
-        let Some(buf) = self.worker.io.alloc() else {
-            self.worker.forwarder.count_drop(DropReason::LinkCongested);
-            return;
-        };
-        let start = self.worker.io.pool().headroom();
-        let fits = self
-            .worker
-            .io
-            .buf_mut(&buf)
-            .get_mut(start..start + read.len())
-            .map(|slot| slot.copy_from_slice(read))
-            .is_some();
-        if !fits {
-            self.worker.io.free(buf);
-            self.worker.forwarder.count_drop(DropReason::TooBig);
-            return;
+        if let Some((buf, range)) = self.worker.copy_to_buf(read) {
+            self.forward_from_tun(0, buf, range);
         }
-        self.forward_from_tun(0, buf, start..start + read.len());
     }
 
     /// Routes a super-packet a worker thread received whole on plaintext udp link `link` (for
@@ -223,25 +208,10 @@ impl Daemon {
         datagram: &[u8],
         segment_size: Option<u16>,
     ) {
-        let Some(buf) = self.worker.io.alloc() else {
-            self.worker.forwarder.count_drop(DropReason::LinkCongested);
-            return;
-        };
         // Headroom in front, as a receive leaves it, for the virtio-net header.
-        let start = self.worker.io.pool().headroom();
-        let fits = self
-            .worker
-            .io
-            .buf_mut(&buf)
-            .get_mut(start..start + datagram.len())
-            .map(|slot| slot.copy_from_slice(datagram))
-            .is_some();
-        if !fits {
-            self.worker.io.free(buf);
-            self.worker.forwarder.count_drop(DropReason::TooBig);
-            return;
+        if let Some((buf, range)) = self.worker.copy_to_buf(datagram) {
+            self.route_link_super_packet(link, buf, range, segment_size);
         }
-        self.route_link_super_packet(link, buf, start..start + datagram.len(), segment_size);
     }
 
     /// Gives each established DTLS link on the record fast path, and each plaintext udp link

@@ -170,40 +170,24 @@ impl WorkerThread {
         if slot.is_none() && self.shared_opener(link).is_none() {
             return;
         }
-        let Some(buf) = self.worker.io.alloc() else {
-            self.worker.forwarder.count_drop(DropReason::LinkCongested);
+        let Some((buf, range)) = self.worker.copy_to_buf(datagram) else {
             return;
         };
-        let start = self.worker.io.pool().headroom();
-        let copied = self
-            .worker
-            .io
-            .buf_mut(&buf)
-            .get_mut(start..start + datagram.len())
-            .map(|slot| slot.copy_from_slice(datagram))
-            .is_some();
-        let range = start..start + datagram.len();
-        match (copied, slot) {
-            (true, Some(slot)) => self.open_batch(slot, buf, range, None),
-            (true, None) => {
-                let from = self.links.get(&link).and_then(|send| match send {
-                    LinkSend::Dtls {
-                        endpoint,
-                        remote,
-                        source,
-                        ..
-                    } => Some((link, *endpoint, *remote, *source)),
-                    LinkSend::Plain { .. } => None,
-                });
-                match from {
-                    Some(from) => self.open_shared(from, buf, range, None),
-                    None => self.worker.io.free(buf),
-                }
-            }
-            (false, _) => {
-                self.worker.io.free(buf);
-                self.worker.forwarder.count_drop(DropReason::TooBig);
-            }
+        if let Some(slot) = slot {
+            return self.open_batch(slot, buf, range, None);
+        }
+        let from = self.links.get(&link).and_then(|send| match send {
+            LinkSend::Dtls {
+                endpoint,
+                remote,
+                source,
+                ..
+            } => Some((link, *endpoint, *remote, *source)),
+            LinkSend::Plain { .. } => None,
+        });
+        match from {
+            Some(from) => self.open_shared(from, buf, range, None),
+            None => self.worker.io.free(buf),
         }
     }
 

@@ -12,7 +12,7 @@
 use connectopus_offload::{Segments, VNET_HDR_LEN, VnetHeader};
 
 use super::super::plain_udp::{Datagram, classify};
-use super::super::super_packets::is_one_long_packet;
+use super::super::super_packets::{WholeDatagram, is_one_long_packet};
 use super::*;
 
 impl WorkerThread {
@@ -113,43 +113,36 @@ impl WorkerThread {
                 segment_size,
             });
         }
-        let max_segment_len = self.segment_mtu(&buf, range.clone());
-        let described = self
-            .worker
-            .io
-            .buf_mut(&buf)
-            .get_mut(range.clone())
-            .map(|p| connectopus_offload::received_super_packet(p, segment_size, max_segment_len));
-        let header = match described {
-            Some(Ok(Some(header))) => header,
-            Some(Ok(None)) => {
-                // One packet after all: the ordinary path.
-                self.complete_partial_checksum(&buf, range.clone());
+        let tun_mtu = if self.tun_mtu > 0 {
+            self.tun_mtu
+        } else {
+            crate::DTLS_LINK_MTU
+        };
+        let read = self.worker.read_whole_datagram(
+            &buf,
+            range.clone(),
+            segment_size,
+            tun_mtu,
+            &mut self.plain_counters,
+        );
+        let (header, segment_len) = match read {
+            WholeDatagram::Super {
+                header,
+                segment_len,
+            } => {
+                self.datagrams_received += 1;
+                (header, segment_len)
+            }
+            WholeDatagram::One => {
                 self.datagrams_received += 1;
                 self.on_opened(from, &buf, range);
                 self.worker.io.free(buf);
                 return;
             }
-            Some(Err(_)) | None => {
-                self.plain_counters.malformed_dropped += 1;
-                self.worker.forwarder.count_drop(DropReason::Malformed);
+            WholeDatagram::Malformed => {
                 self.worker.io.free(buf);
                 return;
             }
-        };
-        self.plain_counters.super_packets.received += 1;
-        self.datagrams_received += 1;
-        let segment_len = self
-            .worker
-            .io
-            .buf(&buf)
-            .get(range.clone())
-            .and_then(|p| Segments::new(&header, p).ok())
-            .map(|s| s.max_segment_len());
-        let Some(segment_len) = segment_len else {
-            self.worker.forwarder.count_drop(DropReason::Malformed);
-            self.worker.io.free(buf);
-            return;
         };
         let now = Time::from_duration(self.started.elapsed());
         let forwarded = match self.worker.io.buf_mut(&buf).get_mut(range.clone()) {
@@ -193,29 +186,6 @@ impl WorkerThread {
             Forwarded::Deliver => self.deliver_super_packet(buf, range, header),
             Forwarded::Done => self.worker.io.free(buf),
         }
-    }
-
-    /// The longest segment the super-packet at `buf[range]` may be cut into: the MTU of the
-    /// link its destination routes to, else the TUN device's.
-    fn segment_mtu(&self, buf: &BufId, range: Range<usize>) -> usize {
-        let tun_mtu = if self.tun_mtu > 0 {
-            self.tun_mtu
-        } else {
-            crate::DTLS_LINK_MTU
-        };
-        let destination = self
-            .worker
-            .io
-            .buf(buf)
-            .get(range)
-            .and_then(forward::addresses)
-            .map(|(_, dst)| dst);
-        let snapshot = self.worker.forwarder.snapshot();
-        let mtu = match destination.and_then(|d| snapshot.table.routes.lookup(d)) {
-            Some((_, forward::RouteTarget::Link { mtu, .. })) => *mtu,
-            _ => tun_mtu,
-        };
-        usize::from(mtu)
     }
 
     /// Writes a super-packet to this thread's TUN queue: whole behind its virtio-net header
