@@ -1,7 +1,7 @@
 //! DTLS links of the main loop: UDP endpoints, accepting and dialing associations,
 //! opening and sealing records in pooled buffers.
 
-use super::gso_send::{ByAssociation, UdpTarget};
+use super::gso_send::ByAssociation;
 use super::*;
 
 /// The most bytes one UDP GSO send may carry (the largest UDP payload over IPv6 without a
@@ -68,22 +68,15 @@ impl Daemon {
             .seal_in_place(&mut self.worker.io.buf_mut(&buf)[record_start..], len);
         match sealed {
             Ok(n) => {
-                let (endpoint, source) = (dtls.endpoint, dtls.local);
-                let destination = l.remote;
-                let Some(fd) = self.udp_fd(endpoint) else {
+                let Some(target) = self.udp_target(link) else {
                     self.worker.io.free(buf);
                     return;
                 };
-                self.worker.io.send_to(
-                    fd,
-                    Token(TOKEN_UDP_SEND | endpoint as u64),
-                    uring_io::Transmit {
-                        destination,
-                        buf,
-                        range: record_start..record_start + n,
-                        segment_size: None,
-                        source,
-                    },
+                target.send(
+                    &mut self.worker.io,
+                    buf,
+                    record_start..record_start + n,
+                    None,
                 );
             }
             Err(error) => {
@@ -356,33 +349,18 @@ impl Daemon {
         if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
-        let Daemon {
-            worker, links, udp, ..
-        } = self;
-        let Some(l) = links.get_mut(&link) else {
-            worker.io.free(src);
-            return;
+        let target = self.udp_target(link);
+        let Daemon { worker, links, .. } = self;
+        let association = match links.get_mut(&link).map(|l| &mut l.transport) {
+            Some(Transport::Dtls(dtls)) => Some(&mut dtls.association),
+            _ => None,
         };
-        let destination = l.remote;
-        let Transport::Dtls(dtls) = &mut l.transport else {
-            worker.io.free(src);
-            return;
-        };
-        let (endpoint, source) = (dtls.endpoint, dtls.local);
-        let fd = udp
-            .get(endpoint)
-            .and_then(Option::as_ref)
-            .map(|e| e.socket.as_raw_fd());
-        let (Some(fd), Some(mut records)) = (fd, ByAssociation::new(&mut dtls.association)) else {
+        let (Some(target), Some(mut records)) =
+            (target, association.and_then(|a| ByAssociation::new(a)))
+        else {
             worker.io.free(src);
             worker.forwarder.count_drop(DropReason::LinkDown);
             return;
-        };
-        let target = UdpTarget {
-            fd,
-            endpoint,
-            destination,
-            source,
         };
         worker.send_segments(link, target, &mut records, (src, range, &header));
     }

@@ -197,16 +197,7 @@ impl Daemon {
             end,
             ..
         } = batch;
-        let target = self.links.get(&link).and_then(|l| match &l.transport {
-            Transport::Dtls(d) => Some((d.endpoint, l.remote, d.local)),
-            Transport::PlainUdp(p) => Some((p.endpoint, l.remote, p.local)),
-            Transport::Tcp(_) | Transport::TcpOnWorker { .. } => None,
-        });
-        let Some((endpoint, destination, source)) = target else {
-            self.worker.io.free(buf);
-            return;
-        };
-        let Some(fd) = self.udp_fd(endpoint) else {
+        let Some(target) = self.udp_target(link) else {
             self.worker.io.free(buf);
             return;
         };
@@ -218,16 +209,11 @@ impl Daemon {
             self.worker.offload_counters.udp_gso_sends += 1;
         }
         let start = self.worker.io.pool().headroom();
-        self.worker.io.send_to(
-            fd,
-            Token(TOKEN_UDP_SEND | endpoint as u64),
-            uring_io::Transmit {
-                destination,
-                buf,
-                range: start..end,
-                segment_size: (count > 1).then_some(stride as u16),
-                source,
-            },
+        target.send(
+            &mut self.worker.io,
+            buf,
+            start..end,
+            (count > 1).then_some(stride as u16),
         );
     }
 }

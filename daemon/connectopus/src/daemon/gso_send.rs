@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 use connectopus_core::forward::DropReason;
 use connectopus_dtls::{DtlsAssociation, DtlsError, Reservation, Sealer};
 use connectopus_offload::{Segments, VnetHeader};
-use uring_io::{BufId, Token};
+use uring_io::{BufId, PacketIo, Token};
 
 use super::TOKEN_UDP_SEND;
 use super::dtls::datagrams_per_send;
@@ -30,6 +30,30 @@ pub(super) struct UdpTarget {
     /// The address to send from (a listener bound to a wildcard answers from the address the
     /// peer wrote to).
     pub(super) source: Option<IpAddr>,
+}
+
+impl UdpTarget {
+    /// Sends `buf[range]` to the target: one datagram, or with `segment_size` a UDP GSO batch
+    /// of datagrams that long (the last maybe shorter). Takes ownership of `buf`.
+    pub(super) fn send(
+        &self,
+        io: &mut PacketIo,
+        buf: BufId,
+        range: Range<usize>,
+        segment_size: Option<u16>,
+    ) {
+        io.send_to(
+            self.fd,
+            Token(TOKEN_UDP_SEND | self.endpoint as u64),
+            uring_io::Transmit {
+                destination: self.destination,
+                buf,
+                range,
+                segment_size,
+                source: self.source,
+            },
+        );
+    }
 }
 
 /// Who makes a link's datagrams out of segments.
@@ -253,17 +277,7 @@ impl Worker {
             if sent > 1 {
                 offload_counters.udp_gso_sends += 1;
             }
-            io.send_to(
-                target.fd,
-                Token(TOKEN_UDP_SEND | target.endpoint as u64),
-                uring_io::Transmit {
-                    destination: target.destination,
-                    buf: out,
-                    range: start..end,
-                    segment_size: (sent > 1).then_some(stride as u16),
-                    source: target.source,
-                },
-            );
+            target.send(io, out, start..end, (sent > 1).then_some(stride as u16));
             if let Some(reason) = failure {
                 forwarder.count_drop(reason);
                 break;

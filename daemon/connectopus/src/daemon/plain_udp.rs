@@ -405,21 +405,30 @@ impl Daemon {
         }
     }
 
-    /// Where a plaintext link's datagrams go: (socket, endpoint, peer, local source).
-    fn plain_target(
-        &self,
-        link: LinkId,
-    ) -> Option<(
-        std::os::fd::RawFd,
-        usize,
-        SocketAddr,
-        Option<std::net::IpAddr>,
-    )> {
+    /// Where the datagrams of a DTLS or plaintext udp link go.
+    pub(super) fn udp_target(&self, link: LinkId) -> Option<UdpTarget> {
         let l = self.links.get(&link)?;
-        let Transport::PlainUdp(p) = &l.transport else {
-            return None;
+        let (endpoint, source) = match &l.transport {
+            Transport::Dtls(d) => (d.endpoint, d.local),
+            Transport::PlainUdp(p) => (p.endpoint, p.local),
+            Transport::Tcp(_) | Transport::TcpOnWorker { .. } => return None,
         };
-        Some((self.udp_fd(p.endpoint)?, p.endpoint, l.remote, p.local))
+        Some(UdpTarget {
+            fd: self.udp_fd(endpoint)?,
+            endpoint,
+            destination: l.remote,
+            source,
+        })
+    }
+
+    /// Where a plaintext udp link's datagrams go (`None` for any other link: nothing goes out
+    /// unsealed on a DTLS link).
+    fn plain_target(&self, link: LinkId) -> Option<UdpTarget> {
+        let plain = matches!(
+            self.links.get(&link).map(|l| &l.transport),
+            Some(Transport::PlainUdp(_))
+        );
+        plain.then(|| self.udp_target(link)).flatten()
     }
 
     /// Sends the packet at `buf[range]` as one datagram where it lies; takes ownership of `buf`.
@@ -428,22 +437,12 @@ impl Daemon {
             // Datagrams go out in the order they are made.
             self.flush_dtls_batches(Some(link));
         }
-        let Some((fd, endpoint, destination, source)) = self.plain_target(link) else {
+        let Some(target) = self.plain_target(link) else {
             self.worker.io.free(buf);
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
-        self.worker.io.send_to(
-            fd,
-            Token(TOKEN_UDP_SEND | endpoint as u64),
-            uring_io::Transmit {
-                destination,
-                buf,
-                range,
-                segment_size: None,
-                source,
-            },
-        );
+        target.send(&mut self.worker.io, buf, range, None);
     }
 
     /// Sends one link message (from the core, or a packet from a TCP link) as one datagram,
@@ -452,16 +451,16 @@ impl Daemon {
         if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
-        let Some((_, endpoint, destination, source)) = self.plain_target(link) else {
+        let Some(target) = self.plain_target(link) else {
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
         };
         send_raw(
             &mut self.worker.io,
             &self.udp,
-            endpoint,
-            destination,
-            source,
+            target.endpoint,
+            target.destination,
+            target.source,
             message,
         );
     }
@@ -479,16 +478,10 @@ impl Daemon {
         if self.worker.dtls_batches.has(link) {
             self.flush_dtls_batches(Some(link));
         }
-        let Some((fd, endpoint, destination, source)) = self.plain_target(link) else {
+        let Some(target) = self.plain_target(link) else {
             self.worker.io.free(src);
             self.worker.forwarder.count_drop(DropReason::LinkDown);
             return;
-        };
-        let target = UdpTarget {
-            fd,
-            endpoint,
-            destination,
-            source,
         };
         self.worker
             .send_segments(link, target, &mut Plaintext, (src, range, &header));

@@ -1,6 +1,7 @@
 //! What the main loop and the worker threads hand each other: the messages of both
 //! channels, and the table of links the workers send on.
 
+use super::super::gso_send::UdpTarget;
 use super::*;
 
 /// Something a worker thread hands to the main loop.
@@ -140,6 +141,41 @@ pub(in crate::daemon) enum LinkSend {
         remote: SocketAddr,
         source: Option<std::net::IpAddr>,
     },
+}
+
+impl LinkSend {
+    /// Where the link's datagrams go (the socket stays open while the table holds the link).
+    pub(in crate::daemon) fn target(&self) -> UdpTarget {
+        use std::os::fd::AsRawFd;
+        let (Self::Dtls {
+            socket,
+            endpoint,
+            remote,
+            source,
+            ..
+        }
+        | Self::Plain {
+            socket,
+            endpoint,
+            remote,
+            source,
+        }) = self;
+        UdpTarget {
+            fd: socket.as_raw_fd(),
+            endpoint: *endpoint,
+            destination: *remote,
+            source: *source,
+        }
+    }
+
+    /// Where a DTLS link's records go, and its sending direction; `None` for a plaintext link.
+    pub(in crate::daemon) fn sealing(&mut self) -> Option<(UdpTarget, &mut Sealer)> {
+        let target = self.target();
+        match self {
+            Self::Dtls { sealer, .. } => Some((target, sealer)),
+            Self::Plain { .. } => None,
+        }
+    }
 }
 
 /// The links worker threads send on themselves.

@@ -161,15 +161,7 @@ impl WorkerThread {
 
     /// Seals the packet at `buf[packet]` into one record where it lies and sends it.
     pub(super) fn seal_one(&mut self, link: LinkId, buf: BufId, packet: Range<usize>) {
-        let Some(LinkSend::Dtls {
-            socket,
-            endpoint,
-            remote,
-            source,
-            sealer,
-            ..
-        }) = self.links.get_mut(&link)
-        else {
+        let Some((target, sealer)) = self.links.get_mut(&link).and_then(LinkSend::sealing) else {
             self.worker.io.free(buf);
             return;
         };
@@ -184,17 +176,7 @@ impl WorkerThread {
             r.seal(0, record, packet.len())
         });
         match sealed {
-            Ok(n) => io.send_to(
-                socket.as_raw_fd(),
-                Token(TOKEN_UDP_SEND | *endpoint as u64),
-                uring_io::Transmit {
-                    destination: *remote,
-                    buf,
-                    range: record_start..record_start + n,
-                    segment_size: None,
-                    source: *source,
-                },
-            ),
+            Ok(n) => target.send(io, buf, record_start..record_start + n, None),
             Err(error) => {
                 io.free(buf);
                 tracing::debug!(%link, %error, worker = self.index, "dtls seal failed");
@@ -213,51 +195,28 @@ impl WorkerThread {
         range: Range<usize>,
         header: VnetHeader,
     ) {
-        let Some(LinkSend::Dtls {
-            socket,
-            endpoint,
-            remote,
-            source,
-            sealer,
-            ..
-        }) = self.links.get_mut(&link)
-        else {
+        let Some((target, sealer)) = self.links.get_mut(&link).and_then(LinkSend::sealing) else {
             self.worker.io.free(src);
             return;
-        };
-        let target = UdpTarget {
-            fd: socket.as_raw_fd(),
-            endpoint: *endpoint,
-            destination: *remote,
-            source: *source,
         };
         self.worker
             .send_segments(link, target, sealer, (src, range, &header));
     }
 
+    /// Where plaintext udp link `link`'s datagrams go.
+    fn plain_target(&self, link: LinkId) -> Option<UdpTarget> {
+        match self.links.get(&link)? {
+            send @ LinkSend::Plain { .. } => Some(send.target()),
+            LinkSend::Dtls { .. } => None,
+        }
+    }
+
     /// Sends the packet at `buf[packet]` as one plaintext datagram where it lies.
     pub(super) fn send_plain(&mut self, link: LinkId, buf: BufId, packet: Range<usize>) {
-        let Some(LinkSend::Plain {
-            socket,
-            endpoint,
-            remote,
-            source,
-        }) = self.links.get(&link)
-        else {
-            self.worker.io.free(buf);
-            return;
-        };
-        self.worker.io.send_to(
-            socket.as_raw_fd(),
-            Token(TOKEN_UDP_SEND | *endpoint as u64),
-            uring_io::Transmit {
-                destination: *remote,
-                buf,
-                range: packet,
-                segment_size: None,
-                source: *source,
-            },
-        );
+        match self.plain_target(link) {
+            Some(target) => target.send(&mut self.worker.io, buf, packet, None),
+            None => self.worker.io.free(buf),
+        }
     }
 
     /// Cuts a super-packet into plaintext datagrams, back to back, one GSO send per buffer.
@@ -268,21 +227,9 @@ impl WorkerThread {
         range: Range<usize>,
         header: VnetHeader,
     ) {
-        let Some(LinkSend::Plain {
-            socket,
-            endpoint,
-            remote,
-            source,
-        }) = self.links.get(&link)
-        else {
+        let Some(target) = self.plain_target(link) else {
             self.worker.io.free(src);
             return;
-        };
-        let target = UdpTarget {
-            fd: socket.as_raw_fd(),
-            endpoint: *endpoint,
-            destination: *remote,
-            source: *source,
         };
         self.worker
             .send_segments(link, target, &mut Plaintext, (src, range, &header));

@@ -114,41 +114,26 @@ impl WorkerThread {
             count,
             ..
         } = batch;
-        if let Some(LinkSend::Plain {
-            socket,
-            endpoint,
-            remote,
-            source,
-        }) = self.links.get(&link)
-        {
+        if let Some(send @ LinkSend::Plain { .. }) = self.links.get(&link) {
             if count > 1 {
                 self.worker.offload_counters.udp_gso_sends += 1;
             }
             let start = self.worker.io.pool().headroom();
-            self.worker.io.send_to(
-                socket.as_raw_fd(),
-                Token(TOKEN_UDP_SEND | *endpoint as u64),
-                uring_io::Transmit {
-                    destination: *remote,
-                    buf,
-                    range: start..start + (count - 1) * payload + last,
-                    segment_size: (count > 1).then_some(payload as u16),
-                    source: *source,
-                },
+            send.target().send(
+                &mut self.worker.io,
+                buf,
+                start..start + (count - 1) * payload + last,
+                (count > 1).then_some(payload as u16),
             );
             return;
         }
-        let Some(LinkSend::Dtls {
-            socket,
-            endpoint,
-            remote,
-            source,
-            sealer,
-            ..
-        }) = self.links.get_mut(&link)
-        else {
+        let Some(send @ LinkSend::Dtls { .. }) = self.links.get_mut(&link) else {
             self.worker.io.free(buf);
             self.worker.forwarder.count_drop(DropReason::LinkDown);
+            return;
+        };
+        let target = send.target();
+        let LinkSend::Dtls { sealer, .. } = send else {
             return;
         };
         let io = &mut self.worker.io;
@@ -177,17 +162,7 @@ impl WorkerThread {
         if count > 1 {
             self.worker.offload_counters.udp_gso_sends += 1;
         }
-        io.send_to(
-            socket.as_raw_fd(),
-            Token(TOKEN_UDP_SEND | *endpoint as u64),
-            uring_io::Transmit {
-                destination: *remote,
-                buf,
-                range: start..end,
-                segment_size: (count > 1).then_some(stride as u16),
-                source: *source,
-            },
-        );
+        target.send(io, buf, start..end, (count > 1).then_some(stride as u16));
     }
 
     /// Sends every open batch (at the end of each turn).
