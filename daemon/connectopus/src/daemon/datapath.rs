@@ -10,9 +10,10 @@
 //! TUN write when the loop's turn ends. Without offloads every read and write is one packet.
 
 use connectopus_core::node::Forwarded;
-use connectopus_offload::{Append, Coalescer, GsoType, Segments, VNET_HDR_LEN, VnetHeader};
+use connectopus_offload::{Append, Coalescer, Segments, VNET_HDR_LEN, VnetHeader};
 use uring_io::BufId;
 
+use super::worker::TunRead;
 use super::*;
 
 /// At most this many super-packets are merged at once (one per flow); a new flow beyond it
@@ -232,40 +233,16 @@ impl Daemon {
             return;
         }
         let vnet = self.tuns.get(tun).is_some_and(|t| t.offload().vnet_hdr());
-        if !vnet {
-            return self.forward_tun_packet(buf, range);
-        }
-        let header = VnetHeader::parse(
-            self.worker
-                .io
-                .buf(&buf)
-                .get(range.clone())
-                .unwrap_or_default(),
-        );
-        let packet = range.start + VNET_HDR_LEN..range.end;
-        match header {
-            Ok(h) if h.gso_type == GsoType::None => {
-                let completed = self
-                    .worker
-                    .io
-                    .buf_mut(&buf)
-                    .get_mut(packet.clone())
-                    .map(|p| connectopus_offload::complete_checksum(&h, p));
-                if let Some(Ok(())) = completed {
-                    self.forward_tun_packet(buf, packet);
-                } else {
-                    self.worker.io.free(buf);
-                    self.worker.forwarder.count_drop(DropReason::Malformed);
-                }
-            }
-            Ok(h) => {
-                self.worker.offload_counters.tun_super_packets_read += 1;
-                self.forward_tun_super_packet(buf, packet, h);
-            }
-            Err(_) => {
-                self.worker.io.free(buf);
-                self.worker.forwarder.count_drop(DropReason::Malformed);
-            }
+        match self.worker.read_tun(&buf, range, vnet) {
+            Some(TunRead {
+                packet,
+                header: None,
+            }) => self.forward_tun_packet(buf, packet),
+            Some(TunRead {
+                packet,
+                header: Some(h),
+            }) => self.forward_tun_super_packet(buf, packet, h),
+            None => self.worker.io.free(buf),
         }
     }
 

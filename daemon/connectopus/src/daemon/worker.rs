@@ -17,6 +17,7 @@
 use connectopus_core::forwarder::Forwarder;
 use connectopus_core::icmp::IcmpRateLimiter;
 use connectopus_core::node::Forwarded;
+use connectopus_offload::{GsoType, VNET_HDR_LEN, VnetHeader};
 use std::os::fd::RawFd;
 use uring_io::BufId;
 
@@ -92,6 +93,15 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// What a TUN read holds ([`Worker::read_tun`]).
+#[derive(Debug, Clone)]
+pub(super) struct TunRead {
+    /// The packet (behind the virtio-net header, if the device has them).
+    pub(super) packet: Range<usize>,
+    /// A super-packet's header; `None` for one complete packet.
+    pub(super) header: Option<VnetHeader>,
+}
+
 /// The datagrams of one receive, as ranges of its buffer: a GRO batch of `segment_size` bytes
 /// each (the last maybe shorter), or the one datagram ([`Worker::gro_pieces`]).
 #[derive(Debug, Clone)]
@@ -141,6 +151,52 @@ impl Worker {
             self.offload_counters.udp_gro_batches += 1;
         }
         pieces
+    }
+
+    /// What the TUN read at `buf[range]` holds: from a device with virtio-net headers
+    /// (`vnet`), one packet whose checksum the kernel left to an offload, completed now, or a
+    /// super-packet behind its header (counted); from one without, the packet as read. `None`
+    /// (counted as dropped, malformed) for a header that does not parse or a checksum that
+    /// cannot be completed; the buffer stays the caller's.
+    pub(super) fn read_tun(
+        &mut self,
+        buf: &BufId,
+        range: Range<usize>,
+        vnet: bool,
+    ) -> Option<TunRead> {
+        if !vnet {
+            return Some(TunRead {
+                packet: range,
+                header: None,
+            });
+        }
+        let header = VnetHeader::parse(self.io.buf(buf).get(range.clone()).unwrap_or_default());
+        let packet = range.start + VNET_HDR_LEN..range.end;
+        let read = match header {
+            Ok(h) if h.gso_type == GsoType::None => {
+                let completed = self
+                    .io
+                    .buf_mut(buf)
+                    .get_mut(packet.clone())
+                    .map(|p| connectopus_offload::complete_checksum(&h, p));
+                matches!(completed, Some(Ok(()))).then_some(TunRead {
+                    packet,
+                    header: None,
+                })
+            }
+            Ok(h) => {
+                self.offload_counters.tun_super_packets_read += 1;
+                Some(TunRead {
+                    packet,
+                    header: Some(h),
+                })
+            }
+            Err(_) => None,
+        };
+        if read.is_none() {
+            self.forwarder.count_drop(DropReason::Malformed);
+        }
+        read
     }
 
     /// A pool buffer holding a copy of `bytes` after the headroom (where a receive would have

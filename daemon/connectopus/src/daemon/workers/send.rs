@@ -7,40 +7,9 @@ use super::*;
 impl WorkerThread {
     /// Routes what the TUN queue handed over in `buf[range]`; takes ownership of `buf`.
     pub(super) fn on_tun_read(&mut self, buf: BufId, range: Range<usize>) {
-        if !self.vnet {
-            return self.forward(buf, range.clone(), range, None);
-        }
-        let header = VnetHeader::parse(
-            self.worker
-                .io
-                .buf(&buf)
-                .get(range.clone())
-                .unwrap_or_default(),
-        );
-        let packet = range.start + VNET_HDR_LEN..range.end;
-        match header {
-            Ok(h) if h.gso_type == GsoType::None => {
-                let completed = self
-                    .worker
-                    .io
-                    .buf_mut(&buf)
-                    .get_mut(packet.clone())
-                    .map(|p| connectopus_offload::complete_checksum(&h, p));
-                if let Some(Ok(())) = completed {
-                    self.forward(buf, range, packet, None);
-                } else {
-                    self.worker.io.free(buf);
-                    self.worker.forwarder.count_drop(DropReason::Malformed);
-                }
-            }
-            Ok(h) => {
-                self.worker.offload_counters.tun_super_packets_read += 1;
-                self.forward(buf, range, packet, Some(h));
-            }
-            Err(_) => {
-                self.worker.io.free(buf);
-                self.worker.forwarder.count_drop(DropReason::Malformed);
-            }
+        match self.worker.read_tun(&buf, range.clone(), self.vnet) {
+            Some(read) => self.forward(buf, range, read.packet, read.header),
+            None => self.worker.io.free(buf),
         }
     }
 
