@@ -296,7 +296,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
     if !is_root() {
         bail!("needs root: it creates network namespaces, veth pairs and TUN devices");
     }
-    for t in ["ip", "iperf3", "ping"] {
+    for t in ["ip", "iperf3", "ping", "taskset"] {
         tool(t)?;
     }
     cleanup::install_handler()?;
@@ -480,6 +480,14 @@ fn measure_one(
     sample.insert("ping_p50_us", latency.p50_us);
     sample.insert("ping_p99_us", latency.p99_us);
     sample.insert("ping_loss_pct", latency.loss_pct);
+    let pinned = measure::ping_pinned(
+        src,
+        up.dst,
+        options.pings,
+        &options.ping_interval,
+        measure::first_allowed_cpu(),
+    )?;
+    sample.insert("ping_pinned_p50_us", pinned.p50_us);
     if options.load > 0 {
         cleanup::check()?;
         let burners = load::Burners::start(options.load)?;

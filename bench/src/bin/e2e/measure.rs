@@ -168,8 +168,46 @@ pub struct Latency {
     pub loss_pct: f64,
 }
 
+/// The first CPU this process may run on: where the pinned pinger runs (`ping_pinned`).
+pub fn first_allowed_cpu() -> usize {
+    // SAFETY: `sched_getaffinity` writes at most `size_of::<cpu_set_t>()` bytes into `set`,
+    // which is that large and initialised (zeroed); `CPU_ISSET` reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 0;
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .unwrap_or(0)
+    }
+}
+
+/// [`ping`] with the pinger pinned to `cpu` (`taskset`): the round trip without the
+/// scheduler's choice of the CPU that wakes the pinger for each reply (on a host whose idle
+/// CPUs are slow to wake, that choice alone can cost more than a tunnel's work).
+pub fn ping_pinned(
+    ns: &NetNs,
+    dst: IpAddr,
+    count: u32,
+    interval: &str,
+    cpu: usize,
+) -> Result<Latency> {
+    ping_with(ns, dst, count, interval, Some(cpu))
+}
+
 /// `count` pings of 56 bytes, `interval` seconds apart, from `ns` to `dst`.
 pub fn ping(ns: &NetNs, dst: IpAddr, count: u32, interval: &str) -> Result<Latency> {
+    ping_with(ns, dst, count, interval, None)
+}
+
+fn ping_with(
+    ns: &NetNs,
+    dst: IpAddr,
+    count: u32,
+    interval: &str,
+    cpu: Option<usize>,
+) -> Result<Latency> {
     check_addr(dst)?;
     let count_s = count.to_string();
     let dst_s = dst.to_string();
@@ -186,7 +224,17 @@ pub fn ping(ns: &NetNs, dst: IpAddr, count: u32, interval: &str) -> Result<Laten
     ];
     let interval_s: f64 = interval.parse().unwrap_or(0.2);
     let timeout = Duration::from_secs_f64(f64::from(count) * (interval_s + 0.001) + 15.0);
-    let output = ns.exec_timeout("ping", &args, timeout)?;
+    let output = match cpu {
+        None => ns.exec_timeout("ping", &args, timeout)?,
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            let pinned: Vec<&str> = ["-c", cpu.as_str(), "ping"]
+                .into_iter()
+                .chain(args)
+                .collect();
+            ns.exec_timeout("taskset", &pinned, timeout)?
+        }
+    };
     let text = String::from_utf8_lossy(&output.stdout);
     let result = parse_ping(&text);
     ensure!(

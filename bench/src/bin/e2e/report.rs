@@ -59,6 +59,11 @@ pub const METRICS: &[Metric] = &[
     m("ping_p50_us", "ping p50, µs", false),
     m("ping_p99_us", "ping p99, µs", false),
     m("ping_loss_pct", "ping loss %", false),
+    m(
+        "ping_pinned_p50_us",
+        "ping p50, the pinger on one CPU, µs",
+        false,
+    ),
     m("ping_loaded_p50_us", "ping p50 under load, µs", false),
     m("ping_loaded_p99_us", "ping p99 under load, µs", false),
     m("rss_peak_mib", "peak RSS per process, MiB", false),
@@ -77,12 +82,13 @@ const RATIO_METRICS: &[&str] = &[
     "udp1400_rx_kpps",
     "ping_p50_us",
     "ping_p99_us",
+    "ping_pinned_p50_us",
     "ping_loaded_p50_us",
     "tcp1_mbit_per_cpu_s",
 ];
 
 /// The latencies whose excess over the raw link's, per repetition, the report gives.
-const EXCESS_METRICS: &[&str] = &["ping_p50_us", "ping_loaded_p50_us"];
+const EXCESS_METRICS: &[&str] = &["ping_p50_us", "ping_pinned_p50_us", "ping_loaded_p50_us"];
 
 fn metric(key: &str) -> Option<&'static Metric> {
     METRICS.iter().find(|m| m.key == key)
@@ -293,7 +299,8 @@ pub fn method(run: &Run) -> String {
     format!(
         "{reps} interleaved repetition(s): each repetition starts every subject in turn on the same \
          namespaces, measures it and stops it. Per subject and repetition: {pings} pings of 56 bytes \
-         {interval} s apart (p50 and p99 by nearest rank); {load}iperf3 TCP for {tcp} s with 1 and with 4 \
+         {interval} s apart (p50 and p99 by nearest rank), then again with the pinger pinned to \
+         one CPU (taskset); {load}iperf3 TCP for {tcp} s with 1 and with 4 \
          streams (receiver-side rate); iperf3 UDP for {udp} s at unlimited rate (-b 0) with IP packets \
          of 64 and 1,400 bytes (received packets per second and loss); CPU seconds of the data-path \
          processes (utime+stime from /proc/<pid>/stat) across each transfer, both ends (and mid on \
@@ -458,6 +465,7 @@ pub fn to_markdown(run: &Run) -> String {
         ("udp1400_loss_pct", "UDP 1,400 B loss %"),
         ("ping_p50_us", "ping p50 µs"),
         ("ping_p99_us", "ping p99 µs"),
+        ("ping_pinned_p50_us", "ping p50 pinger pinned µs"),
         ("ping_loaded_p50_us", "ping p50 under load µs"),
         ("rss_peak_mib", "peak RSS MiB"),
         ("rss_settled_mib", "RSS after MiB"),
@@ -551,14 +559,14 @@ pub fn to_markdown(run: &Run) -> String {
         let _ = writeln!(
             md,
             "\nRound trip over the raw link's, µs, computed per repetition (median, min–max): \
-             idle, and while {} CPU burner(s) ran.\n",
+             idle, idle with the pinger pinned to one CPU, and while {} CPU burner(s) ran.\n",
             run.options.load
         );
         let _ = writeln!(
             md,
-            "| layout | subject | ping p50 − raw | under load: ping p50 − raw |"
+            "| layout | subject | ping p50 − raw | pinger pinned: ping p50 − raw | under load: ping p50 − raw |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
         let mut rows: Vec<(Layout, &str)> = excess.iter().map(|e| (e.layout, e.subject)).collect();
         rows.dedup();
         for (layout, subject) in rows {
