@@ -12,6 +12,11 @@
 //! wake-ups keep it at), the median of a few samples each, about 40 ms in all. When the cold
 //! wake-up costs [`WORTH_KEEPING_WARM`] more than the warm one, the dataplane keeps its CPUs
 //! warm. `CONNECTOPUS_IDLE_WAKE_US` skips the measurement and decides.
+//!
+//! A node that may use one CPU only has no other CPU to wake a thread on; there the same
+//! question is asked of its one CPU: how late a thread's sleep of 3 ms ends (the timer must
+//! run a CPU that was idle that long) against one of 100 µs (timer slack 1 ns for the
+//! measuring thread, so the lateness is the wake-up's, not the slack's).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -29,9 +34,19 @@ const WARM_GAP: Duration = Duration::from_micros(100);
 /// Samples of each kind (odd: the median is one of them).
 const SAMPLES: usize = 11;
 
-/// What a wake-up across CPUs costs here.
+/// What was woken in the measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// A thread blocked on another CPU, by a message.
+    AcrossCpus,
+    /// A thread sleeping on the node's one CPU, by its timer (how late it woke).
+    Timer,
+}
+
+/// What a wake-up costs here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WakeCost {
+    pub woken: Woken,
     /// After the woken thread's CPU was idle for [`COLD_GAP`] (median).
     pub cold: Duration,
     /// After [`WARM_GAP`] (median).
@@ -64,7 +79,11 @@ pub fn choose(measured: Result<WakeCost, String>, interval: Duration) -> IdleWak
     IdleWakeChoice {
         interval: if pays { interval } else { Duration::ZERO },
         why: format!(
-            "a wake-up across CPUs costs {} µs after {} ms idle, {} µs after {} µs: {}",
+            "{} {} µs after {} ms idle, {} µs after {} µs: {}",
+            match cost.woken {
+                Woken::AcrossCpus => "a wake-up across CPUs costs",
+                Woken::Timer => "a timer wakes the one CPU late by",
+            },
             cost.cold.as_micros(),
             COLD_GAP.as_millis(),
             cost.warm.as_micros(),
@@ -78,14 +97,15 @@ pub fn choose(measured: Result<WakeCost, String>, interval: Duration) -> IdleWak
     }
 }
 
-/// Measures [`WakeCost`] with two threads pinned to the first two CPUs the node may use.
+/// Measures [`WakeCost`] with two threads pinned to the first two CPUs the node may use, or
+/// with a timer when it may use one.
 ///
 /// # Errors
-/// The node may use one CPU only, or pinning or the socket pair failed.
+/// Pinning, the socket pair or the measuring thread failed.
 pub fn measure() -> Result<WakeCost, String> {
     let cpus = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
     let &[waker_cpu, sleeper_cpu, ..] = cpus.as_slice() else {
-        return Err("one CPU".to_owned());
+        return measure_timer();
     };
     let (mut to_sleeper, mut sleeper_end) =
         UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
@@ -128,6 +148,7 @@ pub fn measure() -> Result<WakeCost, String> {
             warm.push(sample(WARM_GAP)?);
         }
         Ok(WakeCost {
+            woken: Woken::AcrossCpus,
             cold: median(&mut cold),
             warm: median(&mut warm),
         })
@@ -140,6 +161,43 @@ pub fn measure() -> Result<WakeCost, String> {
         .unwrap_or_else(|_| Err("the sleeping thread panicked".to_owned()));
     pinned?;
     measured
+}
+
+/// Measures [`WakeCost`] on one CPU: how late sleeps of [`COLD_GAP`] and [`WARM_GAP`] end, on
+/// a thread of its own whose timer slack is 1 ns.
+fn measure_timer() -> Result<WakeCost, String> {
+    let thread = std::thread::Builder::new()
+        .name("wake-cost".to_owned())
+        .spawn(|| -> Result<WakeCost, String> {
+            // SAFETY: PR_SET_TIMERSLACK takes the slack in nanoseconds and changes only the
+            // calling thread's timers; no pointer is passed.
+            if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) } != 0 {
+                return Err(format!(
+                    "PR_SET_TIMERSLACK: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let late = |gap: Duration| {
+                let start = Instant::now();
+                std::thread::sleep(gap);
+                start.elapsed().saturating_sub(gap)
+            };
+            let mut cold = Vec::with_capacity(SAMPLES);
+            let mut warm = Vec::with_capacity(SAMPLES);
+            for _ in 0..SAMPLES {
+                cold.push(late(COLD_GAP));
+                warm.push(late(WARM_GAP));
+            }
+            Ok(WakeCost {
+                woken: Woken::Timer,
+                cold: median(&mut cold),
+                warm: median(&mut warm),
+            })
+        })
+        .map_err(|e| format!("spawning: {e}"))?;
+    thread
+        .join()
+        .unwrap_or_else(|_| Err("the measuring thread panicked".to_owned()))
 }
 
 fn median(samples: &mut [Duration]) -> Duration {
@@ -162,6 +220,7 @@ mod tests {
         let us = Duration::from_micros;
         choose(
             Ok(WakeCost {
+                woken: Woken::AcrossCpus,
                 cold: us(cold),
                 warm: us(warm),
             }),
@@ -189,21 +248,40 @@ mod tests {
         assert_eq!(chosen(50, 10).interval, INTERVAL);
         assert_eq!(chosen(49, 10).interval, Duration::ZERO);
         // Unmeasured: as configured, and why.
-        let one = choose(Err("one CPU".to_owned()), INTERVAL);
-        assert_eq!(one.interval, INTERVAL);
-        assert_eq!(one.why, "not measured (one CPU)");
+        let failed = choose(Err("socket pair: out of memory".to_owned()), INTERVAL);
+        assert_eq!(failed.interval, INTERVAL);
+        assert_eq!(failed.why, "not measured (socket pair: out of memory)");
+        // One CPU: measured with a timer, said so.
+        let one = choose(
+            Ok(WakeCost {
+                woken: Woken::Timer,
+                cold: Duration::from_micros(57),
+                warm: Duration::from_micros(37),
+            }),
+            INTERVAL,
+        );
+        assert_eq!(one.interval, Duration::ZERO);
+        assert_eq!(
+            one.why,
+            "a timer wakes the one CPU late by 57 µs after 3 ms idle, 37 µs after 100 µs: \
+             nothing to keep warm"
+        );
     }
 
     #[test]
     fn the_measurement_wakes_a_thread_on_another_cpu_and_restores_the_affinity() {
         let before = allowed_cpus().unwrap();
+        if before.len() < 2 {
+            eprintln!("SKIP: this process may use one CPU only ({before:?})");
+            return;
+        }
         match measure() {
             Ok(cost) => {
                 eprintln!(
                     "measured here: {cost:?} -> {:?}",
                     choose(Ok(cost), INTERVAL)
                 );
-                assert!(before.len() >= 2);
+                assert_eq!(cost.woken, Woken::AcrossCpus);
                 // A wake-up takes some time, and less than the sleep before it (the socket
                 // pair would have to lose the message for it to take longer).
                 assert!(
@@ -212,11 +290,26 @@ mod tests {
                 );
                 assert!(cost.cold < Duration::from_secs(1), "{cost:?}");
             }
-            Err(why) => {
-                assert_eq!(before.len(), 1, "not measured with {before:?}: {why}");
-                eprintln!("SKIP: {why}");
-            }
+            Err(why) => panic!("not measured with {before:?}: {why}"),
         }
         assert_eq!(allowed_cpus().unwrap(), before, "affinity restored");
+    }
+
+    /// Restricted to one CPU, the node measures how late a timer wakes that CPU.
+    #[test]
+    fn one_cpu_is_measured_with_a_timer() {
+        let before = allowed_cpus().unwrap();
+        let cost = std::thread::spawn(move || {
+            set_affinity(&before[..1]).unwrap();
+            measure()
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        eprintln!("measured here: {cost:?}");
+        assert_eq!(cost.woken, Woken::Timer);
+        // How late a sleep ends: less than a second, and not the sleep itself again.
+        assert!(cost.cold < Duration::from_secs(1), "{cost:?}");
+        assert!(cost.warm < Duration::from_secs(1), "{cost:?}");
     }
 }
