@@ -147,7 +147,7 @@ impl Worker {
         segment_size: Option<u16>,
     ) -> GroPieces {
         let pieces = GroPieces::new(range, segment_size);
-        if pieces.end - pieces.at > pieces.step {
+        if pieces.end.saturating_sub(pieces.at) > pieces.step {
             self.offload_counters.udp_gro_batches += 1;
         }
         pieces

@@ -127,13 +127,9 @@ impl WorkerThread {
             );
             return;
         }
-        let Some(send @ LinkSend::Dtls { .. }) = self.links.get_mut(&link) else {
+        let Some((target, sealer)) = self.links.get_mut(&link).and_then(LinkSend::sealing) else {
             self.worker.io.free(buf);
             self.worker.forwarder.count_drop(DropReason::LinkDown);
-            return;
-        };
-        let target = send.target();
-        let LinkSend::Dtls { sealer, .. } = send else {
             return;
         };
         let io = &mut self.worker.io;
