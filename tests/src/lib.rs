@@ -99,7 +99,7 @@ pub use topology::{
     Link, MESH_PREFIX, Node, Topology, TopologyBuilder, underlay_addr, underlay_prefix,
     underlay_prefix_v4,
 };
-pub use transfer::{Transfer, checked_transfer, checked_transfer_paced};
+pub use transfer::{Transfer, checked_transfer, checked_transfer_paced, transfer_both_ways};
 pub use wait::{poll_until, wait_until};
 
 /// Where the workspace's binaries are built (`target/<profile>`).

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::netns::NetNs;
 use crate::plan::check_addr;
+use crate::topology::Topology;
 
 /// The receiving end: listens, takes one connection, hashes everything until EOF.
 const RECEIVER: &str = r#"
@@ -81,6 +82,36 @@ pub fn checked_transfer(
     timeout: Duration,
 ) -> Result<Transfer> {
     checked_transfer_paced(from, to, dst, port, bytes, seed, 0, timeout)
+}
+
+/// Sends `bytes` from node `a` to node `b` of `topo` and then back (ports `port` and
+/// `port + 1`, seeds `seed` and `seed + 1`; each end named with its mesh address) with
+/// [`checked_transfer`], each within three minutes; fails unless both arrive intact. `path`
+/// says what lies between them, for the error.
+///
+/// # Errors
+/// As [`checked_transfer`], or the bytes that arrived are not the bytes sent.
+pub fn transfer_both_ways(
+    topo: &Topology,
+    a: (&str, Ipv6Addr),
+    b: (&str, Ipv6Addr),
+    (port, bytes, seed): (u16, u64, u64),
+    path: &str,
+) -> Result<()> {
+    for (i, ((from, _), (to, dst))) in [(a, b), (b, a)].into_iter().enumerate() {
+        let i = u16::try_from(i).unwrap_or_default();
+        let transfer = checked_transfer(
+            topo.ns(from),
+            topo.ns(to),
+            dst,
+            port + i,
+            bytes,
+            seed + u64::from(i),
+            Duration::from_secs(180),
+        )?;
+        ensure!(transfer.intact(), "{from} -> {to} {path}: {transfer:?}");
+    }
+    Ok(())
 }
 
 /// [`checked_transfer`] with the sender held to `bytes_per_second` (0: as fast as it can), so

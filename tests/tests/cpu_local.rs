@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
-    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, checked_transfer, parse_ping, require_root,
-    require_tools, run_test,
+    LinkKind, Mesh, MeshLink, NetNs, TestDir, Topology, parse_ping, require_root, require_tools,
+    run_test, transfer_both_ways,
 };
 use serde_json::Value;
 
@@ -160,25 +160,13 @@ fn the_same_bytes_cross_a_cpu_local_transit_node() {
             MeshLink::new("bar", "baz", LinkKind::DtlsCert),
         ];
         let mesh = cpu_local_mesh(&topo, &links)?;
-        let (foo, baz) = (mesh.address("foo"), mesh.address("baz"));
-        for (i, (from, to, dst)) in [("foo", "baz", baz), ("baz", "foo", foo)]
-            .into_iter()
-            .enumerate()
-        {
-            let transfer = checked_transfer(
-                topo.ns(from),
-                topo.ns(to),
-                dst,
-                7101 + i as u16,
-                50_000_000,
-                i as u64 + 11,
-                Duration::from_secs(180),
-            )?;
-            ensure!(
-                transfer.intact(),
-                "{from} -> {to} through a cpu-local transit node: {transfer:?}"
-            );
-        }
+        transfer_both_ways(
+            &topo,
+            ("foo", mesh.address("foo")),
+            ("baz", mesh.address("baz")),
+            (7101, 50_000_000, 11),
+            "through a cpu-local transit node",
+        )?;
         let status = mesh.status("bar").context("bar's status")?;
         let opened = per_worker(&status, "records_opened");
         ensure!(

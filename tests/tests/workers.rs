@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use connectopus_tests::{
     IperfOptions, LinkKind, TestDir, checked_transfer, checked_transfer_paced, iperf3_client,
-    iperf3_server, require_root, require_tools, run_test, wait_until,
+    iperf3_server, require_root, require_tools, run_test, transfer_both_ways, wait_until,
 };
 use serde_json::Value;
 
@@ -33,24 +33,13 @@ fn transfers_with(workers: usize, kind: LinkKind, dir: &TestDir) -> Result<()> {
     mesh.start_all()?;
     mesh.wait_converged(CONVERGE)?;
     let (foo_addr, baz_addr) = (mesh.address("foo"), mesh.address("baz"));
-    for (i, (from, to, dst)) in [("foo", "baz", baz_addr), ("baz", "foo", foo_addr)]
-        .into_iter()
-        .enumerate()
-    {
-        let transfer = checked_transfer(
-            topo.ns(from),
-            topo.ns(to),
-            dst,
-            7001 + i as u16,
-            BYTES,
-            i as u64 + 1,
-            Duration::from_secs(180),
-        )?;
-        ensure!(
-            transfer.intact(),
-            "{from} -> {to} with {workers} worker(s) lost or changed bytes: {transfer:?}"
-        );
-    }
+    transfer_both_ways(
+        &topo,
+        ("foo", foo_addr),
+        ("baz", baz_addr),
+        (7001, BYTES, 1),
+        &format!("with {workers} worker(s) lost or changed bytes"),
+    )?;
     // Many flows: with two workers the kernel steers some of them to worker 1's queue, which
     // seals their records itself; every flow arrives.
     every_flow_arrives(&topo, "foo", "baz", baz_addr)?;

@@ -78,6 +78,11 @@ pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     }
     // SAFETY: `set` is a live cpu_set_t whose size is passed; 0 is the calling thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    errno_unless_zero(rc)
+}
+
+/// A system call's return code `rc` as a result: `Ok` for 0, else the thread's `errno`.
+fn errno_unless_zero(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {

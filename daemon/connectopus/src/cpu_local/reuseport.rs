@@ -62,11 +62,7 @@ pub fn attach(socket: RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    super::errno_unless_zero(rc)
 }
 
 #[cfg(test)]

@@ -341,11 +341,7 @@ pub fn attach(queue: RawFd, program: &OwnedFd) -> io::Result<()> {
     // SAFETY: `queue` is an open TUN descriptor for the call and the argument points at a
     // live c_int, as TUNSETSTEERINGEBPF reads it.
     let rc = unsafe { libc::ioctl(queue, TUNSETSTEERINGEBPF, &raw const fd) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    super::errno_unless_zero(rc)
 }
 
 #[cfg(test)]
