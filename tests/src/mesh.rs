@@ -360,6 +360,49 @@ impl<'t> Mesh<'t> {
         Ok((output.status.success(), text))
     }
 
+    /// Signs and gives `node` version 2 of the mesh configuration with one more authorized
+    /// key: a change to `global`, after which every node restarts its mesh instance (it
+    /// re-executes itself, same pid, confined). Returns once every node runs version 2 with an
+    /// established link and `node` has a new epoch.
+    ///
+    /// # Errors
+    /// The configuration has no `version: 1` or `authorized_keys` line, ssh-keygen or the
+    /// change failed, or the nodes did not come back within 30 s.
+    pub fn restart_instances_with_a_global_change(&self, node: &str) -> Result<()> {
+        let dir = self.topo.dir();
+        let epoch_before = self.status(node)?["epoch"].as_u64();
+        let extra = crate::ssh_keygen(&dir.join("extra-admin"), "extra-admin")?;
+        let original = std::fs::read_to_string(&self.config)?;
+        let text = original
+            .replace("  version: 1\n", "  version: 2\n")
+            .replace(
+                "  authorized_keys:\n",
+                &format!("  authorized_keys:\n    - \"{extra}\"\n"),
+            );
+        anyhow::ensure!(
+            text != original,
+            "the test config has no version or authorized_keys line"
+        );
+        let v2 = dir.join("v2.yml");
+        std::fs::write(&v2, text)?;
+        ssh_sign(&v2, &self.admin_key, "connectopus")?;
+        let (ok, out) = self.config_set(node, &v2)?;
+        anyhow::ensure!(ok, "config set: {out}");
+        crate::wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            self.nodes.iter().all(|n| {
+                self.status(n).is_ok_and(|s| {
+                    s["config_version"] == 2
+                        && s["links"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|l| l["state"] == "established"))
+                })
+            }) && self
+                .status(node)
+                .is_ok_and(|s| s["epoch"].as_u64() != epoch_before)
+        })
+        .context("the nodes did not come back at version 2 with an established link")
+    }
+
     /// Returns the control socket path of `node`.
     pub fn socket(&self, node: &str) -> PathBuf {
         self.topo.dir().join(format!("{node}.sock"))

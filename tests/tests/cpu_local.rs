@@ -71,6 +71,53 @@ fn ping_from_cpu(ns: &NetNs, cpu: usize, dst: std::net::Ipv6Addr) -> Result<()> 
     Ok(())
 }
 
+/// `PINGS` pings from foo (in `pinger_ns`) to bar sent on `cpu`: foo reads the requests from its TUN queue and
+/// opens the replies, bar opens the requests and reads the replies from its queue, all on
+/// worker `worker` (the one pinned to `cpu`), give or take a tenth.
+fn pings_stay_on_the_worker_of_their_cpu(
+    mesh: &Mesh,
+    pinger_ns: &NetNs,
+    worker: usize,
+    cpu: usize,
+) -> Result<()> {
+    let (foo_before, bar_before) = (mesh.status("foo")?, mesh.status("bar")?);
+    ping_from_cpu(pinger_ns, cpu, mesh.address("bar"))?;
+    let (foo_after, bar_after) = (mesh.status("foo")?, mesh.status("bar")?);
+    let delta = |before: &Value, after: &Value, field: &str| -> Vec<u64> {
+        per_worker(after, field)
+            .iter()
+            .zip(per_worker(before, field))
+            .map(|(a, b)| a.saturating_sub(b))
+            .collect()
+    };
+    for (what, counts) in [
+        (
+            "foo's TUN reads",
+            delta(&foo_before, &foo_after, "tun_reads"),
+        ),
+        (
+            "records foo opened",
+            delta(&foo_before, &foo_after, "records_opened"),
+        ),
+        (
+            "records bar opened",
+            delta(&bar_before, &bar_after, "records_opened"),
+        ),
+        (
+            "bar's TUN reads",
+            delta(&bar_before, &bar_after, "tun_reads"),
+        ),
+    ] {
+        let here = counts.get(worker).copied().unwrap_or(0);
+        ensure!(
+            here >= PINGS * 9 / 10,
+            "{what} for {PINGS} pings from CPU {cpu}, by worker: {counts:?} \
+             (worker {worker} is on CPU {cpu})"
+        );
+    }
+    Ok(())
+}
+
 fn cpu_local_mesh<'a>(topo: &'a Topology, links: &[MeshLink]) -> Result<Mesh<'a>> {
     let mut mesh = Mesh::configure(topo, links)?;
     mesh.set_log_level("info");
@@ -109,37 +156,8 @@ fn a_packet_stays_on_the_workers_of_the_cpu_it_appeared_on() {
             let text = mesh.status_text(name)?;
             ensure!(text.contains("cpu-local: on"), "{name}: {text}");
         }
-        let bar = mesh.address("bar");
         for (worker, cpu) in [(0, first), (1, second), (0, first)] {
-            let (foo_before, bar_before) = (mesh.status("foo")?, mesh.status("bar")?);
-            ping_from_cpu(topo.ns("foo"), cpu, bar)?;
-            let (foo_after, bar_after) = (mesh.status("foo")?, mesh.status("bar")?);
-            let delta = |before: &Value, after: &Value, field: &str| -> Vec<u64> {
-                per_worker(after, field)
-                    .iter()
-                    .zip(per_worker(before, field))
-                    .map(|(a, b)| a.saturating_sub(b))
-                    .collect()
-            };
-            // foo reads the requests from its TUN queue and opens the replies; bar opens the
-            // requests and reads the replies from its queue: all on the pinger's CPU.
-            let reads = delta(&foo_before, &foo_after, "tun_reads");
-            let opened_at_foo = delta(&foo_before, &foo_after, "records_opened");
-            let opened_at_bar = delta(&bar_before, &bar_after, "records_opened");
-            let reads_at_bar = delta(&bar_before, &bar_after, "tun_reads");
-            for (what, counts) in [
-                ("foo's TUN reads", &reads),
-                ("records foo opened", &opened_at_foo),
-                ("records bar opened", &opened_at_bar),
-                ("bar's TUN reads", &reads_at_bar),
-            ] {
-                let here = counts.get(worker).copied().unwrap_or(0);
-                ensure!(
-                    here >= PINGS * 9 / 10,
-                    "{what} for {PINGS} pings from CPU {cpu}, by worker: {counts:?} \
-                     (worker {worker} is on CPU {cpu})"
-                );
-            }
+            pings_stay_on_the_worker_of_their_cpu(&mesh, topo.ns("foo"), worker, cpu)?;
         }
         Ok(())
     });
@@ -294,6 +312,45 @@ fn the_main_loop_takes_the_links_back_when_every_worker_stops() {
                 >= PINGS,
             "foo's main loop should open the replies now: {status}"
         );
+        Ok(())
+    });
+}
+
+/// A change to `global` makes both nodes re-execute themselves (a new mesh instance, a new TUN
+/// device) under the seccomp filter and without the capabilities they dropped, where the
+/// steering program cannot be loaded and a thread could not be pinned. They come back
+/// CPU-local all the same (the program handed across the exec, the pins allowed), and the
+/// cost of a wake-up measured again.
+#[test]
+fn a_node_that_restarts_itself_stays_cpu_local() {
+    require_root!();
+    require_tools(&["ping", "taskset", "ssh-keygen"]);
+    let Some((first, second)) = two_cpus() else {
+        eprintln!("skipped: the CPU-local data path needs two CPUs");
+        return;
+    };
+    run_test("cpu_local_restart", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mesh = cpu_local_mesh(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
+        mesh.restart_instances_with_a_global_change("foo")?;
+        for name in ["foo", "bar"] {
+            let status = mesh.status(name)?;
+            let seccomp = status["seccomp"].as_str().unwrap_or_default();
+            ensure!(seccomp.starts_with("on ("), "{name}: seccomp {seccomp}");
+            let on = status["cpu_local"].as_str().unwrap_or_default();
+            ensure!(
+                on == format!("on: worker 0 on CPU {first}, worker 1 on CPU {second}"),
+                "{name} after its restart: cpu_local {on:?}"
+            );
+            let idle_wake = status["idle_wake"].as_str().unwrap_or_default();
+            ensure!(
+                !idle_wake.starts_with("not measured"),
+                "{name} after its restart: idle wake-ups {idle_wake:?}"
+            );
+        }
+        for (worker, cpu) in [(0, first), (1, second)] {
+            pings_stay_on_the_worker_of_their_cpu(&mesh, topo.ns("foo"), worker, cpu)?;
+        }
         Ok(())
     });
 }

@@ -5,6 +5,7 @@
 //! not, and a peer restart (entries removed, then re-added). On a triangle, the underlay of the
 //! cheaper path is cut in the middle of a paced transfer: the entries follow the route to the
 //! direct link. A node started without the eBPF object forwards through userspace and says why.
+//! After a restart of the mesh instance (a re-exec, confined) the fast path is on again.
 //! A node with a udp link and a DTLS link runs its fast path too: foo's eBPF sends TSO
 //! super-packets whole, bar's userspace cuts them for the DTLS link to baz (and, in another
 //! test, for a TCP link).
@@ -183,6 +184,59 @@ fn line_over_the_fast_path() {
         ensure!(
             ping.all_received(),
             "baz -> foo after the restart: {ping:?}"
+        );
+        Ok(())
+    });
+}
+
+/// A change to `global` makes both nodes of a udp pair re-execute themselves confined
+/// (without `CAP_BPF`, under seccomp): their attach helper, which kept the rights, loads the
+/// programs again, so the new instance's link is on the fast path and carries a ping there.
+#[test]
+fn the_fast_path_comes_back_after_an_instance_restart() {
+    require_root!();
+    require_tools(&["ping", "ssh-keygen"]);
+    run_test("fastpath_restart", |dir| {
+        let topo = Topology::line(dir, &["foo", "bar"])?;
+        let mut mesh = Mesh::configure_with_identities(
+            &topo,
+            &[MeshLink::new("bar", "foo", LinkKind::Udp)],
+            &[],
+        )?;
+        mesh.set_log_level("info");
+        mesh.start_all()?;
+        mesh.wait_converged(CONVERGE)?;
+        if !fastpath_available(&mesh, "foo")? {
+            return Ok(());
+        }
+        mesh.restart_instances_with_a_global_change("foo")?;
+        for node in ["foo", "bar"] {
+            let status = mesh.status(node)?;
+            let state = status["fastpath"].as_str().unwrap_or_default();
+            ensure!(
+                state.starts_with("on"),
+                "{node}'s fast path after its restart: {state}"
+            );
+        }
+        wait_until(CONVERGE, Duration::from_millis(100), || {
+            all_active(&mesh, "foo", 1) && all_active(&mesh, "bar", 1)
+        })
+        .with_context(|| {
+            format!(
+                "foo's link on the fast path: {}",
+                mesh.status("foo").unwrap()
+            )
+        })?;
+        let before = fastpath_bytes(&mesh.status("foo")?);
+        let ping = ping6(topo.ns("foo"), mesh.address("bar"), 5, 1000, &[])?;
+        ensure!(
+            ping.all_received(),
+            "foo -> bar after the restart: {ping:?}"
+        );
+        let carried = fastpath_bytes(&mesh.status("foo")?) - before;
+        ensure!(
+            carried >= 5 * 1000,
+            "foo's fast path carried {carried} B of 5 pings of 1,000 B"
         );
         Ok(())
     });

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use connectopus_tests::{
     IperfOptions, LinkKind, Mesh, MeshLink, Topology, iperf3_client, iperf3_server, ping6,
-    require_root, require_tools, run_test, wait_until,
+    require_root, require_tools, run_test,
 };
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -169,39 +169,12 @@ fn a_node_that_restarts_itself_for_a_config_change_comes_back_as_confined() {
         let mut mesh = Mesh::configure(&topo, &[MeshLink::new("bar", "foo", LinkKind::DtlsPsk)])?;
         mesh.start_all()?;
         mesh.wait_converged(CONVERGE)?;
-        let epoch_before = mesh.status("foo")?["epoch"].as_u64();
-        // Version 2 adds an authorized key: a `global` change, so a restart of the instance.
-        let extra = connectopus_tests::ssh_keygen(&dir.join("extra-admin"), "extra-admin")?;
-        let original = std::fs::read_to_string(mesh.config_path())?;
-        let text = original
-            .replace("  version: 1\n", "  version: 2\n")
-            .replace(
-                "  authorized_keys:\n",
-                &format!("  authorized_keys:\n    - \"{extra}\"\n"),
-            );
-        ensure!(
-            text != original,
-            "the test config has no version or authorized_keys line"
-        );
-        let v2 = dir.join("v2.yml");
-        std::fs::write(&v2, text)?;
-        connectopus_tests::ssh_sign(&v2, mesh.admin_key(), "connectopus")?;
-        let (ok, out) = mesh.config_set("foo", &v2)?;
-        ensure!(ok, "{out}");
+        let ebpf_before = mesh.status("foo")?["ebpf"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         // Both nodes restart (same pid: execve) and come back with a new epoch at version 2.
-        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            nodes.iter().all(|n| {
-                mesh.status(n).is_ok_and(|s| {
-                    s["config_version"] == 2
-                        && s["links"]
-                            .as_array()
-                            .is_some_and(|l| l.iter().any(|l| l["state"] == "established"))
-                })
-            }) && mesh
-                .status("foo")
-                .is_ok_and(|s| s["epoch"].as_u64() != epoch_before)
-        })
-        .context("the nodes did not come back at version 2 with an established link")?;
+        mesh.restart_instances_with_a_global_change("foo")?;
         for node in nodes {
             let pid = mesh.process(node).context("node process")?.pid();
             assert_reduced(node, pid)?;
@@ -211,6 +184,19 @@ fn a_node_that_restarts_itself_for_a_config_change_comes_back_as_confined() {
             ensure!(
                 status["tun"].as_str().is_some_and(|t| !t.is_empty()),
                 "{status}"
+            );
+            // The eBPF counters come back on the new TUN device: the attach helper, which kept
+            // the rights, loads them for the confined node.
+            let ebpf = status["ebpf"].as_str().unwrap_or_default();
+            ensure!(
+                ebpf.starts_with("tc counters on") || !ebpf_before.starts_with("tc counters on"),
+                "{node}: ebpf after the restart {ebpf:?} (before: {ebpf_before:?})"
+            );
+            // And the cost of a wake-up was measured again (it pins threads).
+            let idle_wake = status["idle_wake"].as_str().unwrap_or_default();
+            ensure!(
+                !idle_wake.starts_with("not measured"),
+                "{node}: idle wake-ups after the restart {idle_wake:?}"
             );
         }
         let ping = ping6(topo.ns("foo"), mesh.address("bar"), 3, 56, &[])?;

@@ -132,21 +132,13 @@ fn test_phases(phases: &mut Phases) -> Result<()> {
     phases.run("tests", || {
         run("cargo", &["test", "--workspace", "--locked"])
     })?;
-    // Fails if the DTLS packet path allocates per packet (bench/benches/packet_path.rs).
+    // Fails if the DTLS packet path allocates per packet (bench/benches/packet_path.rs). The
+    // same packages as the release build, so cargo reuses what it built (`build_release`).
     phases.run("packet path allocations", || {
-        run(
-            "cargo",
-            &[
-                "bench",
-                "--locked",
-                "-p",
-                "bench",
-                "--bench",
-                "packet_path",
-                "--",
-                "--test",
-            ],
-        )
+        let mut args = vec!["bench", "--locked"];
+        args.extend(RELEASE_PACKAGES);
+        args.extend(["--bench", "packet_path", "--", "--test"]);
+        run("cargo", &args)
     })?;
     phases.run("fuzz smoke", || fuzz::fuzz(&["--smoke".to_owned()]))?;
     // The end-to-end benchmark in its short mode, so the harness cannot rot. It needs root
@@ -203,29 +195,29 @@ fn demo() -> Result<()> {
     run(&demo.display().to_string(), &extra)
 }
 
-/// Builds, in release, every binary the tasks run: the node and the CNI plugin (`dist`
-/// packages them), the harness and its flooder (`bench`), the soak and the demo. One command
-/// for all of them, because cargo unifies the dependencies' features over the packages it is
-/// asked for: two commands with different packages each rebuild `connectopus` (about a
-/// minute here, and CI ran four of them).
+/// The packages of every release binary the tasks run: the node and the CNI plugin (`dist`
+/// packages them), the harness and its flooder (`bench`), the soak and the demo.
+const RELEASE_PACKAGES: [&str; 8] = [
+    "-p",
+    "connectopus",
+    "-p",
+    "connectopus-cni",
+    "-p",
+    "bench",
+    "-p",
+    "connectopus-tests",
+];
+
+/// Builds, in release, every binary the tasks run, and the per-packet allocation benchmark
+/// `test` runs. One command for all of them, because cargo unifies the dependencies' features
+/// over the packages and targets it is asked for: two commands with different packages each
+/// rebuild `connectopus` (about a minute here, and CI ran four of them), and the benchmark
+/// alone (criterion, without the node) rebuilt 50 crates, aws-lc among them (100 s of CI).
 pub(crate) fn build_release() -> Result<()> {
-    run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "connectopus",
-            "-p",
-            "connectopus-cni",
-            "-p",
-            "bench",
-            "-p",
-            "connectopus-tests",
-            "--bins",
-        ],
-    )
+    let mut args = vec!["build", "--release", "--locked"];
+    args.extend(RELEASE_PACKAGES);
+    args.extend(["--bins", "--bench", "packet_path"]);
+    run("cargo", &args)
 }
 
 /// Installs missing Debian packages when running as root on a Debian-like system; elsewhere

@@ -5,6 +5,8 @@
 //! `connectopus_fastpath::serve_helper`.
 
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 /// The hidden subcommand's name.
 pub const SUBCOMMAND: &str = "ebpf-attach";
@@ -15,6 +17,28 @@ pub fn command() -> Command {
     let mut command = Command::new("/proc/self/exe");
     command.arg(SUBCOMMAND);
     command
+}
+
+/// How the node has its helper started: by the attach helper when there is one, which keeps
+/// the rights the node started with (`CAP_BPF`, `CAP_SYS_ADMIN`), also across the node's
+/// re-exec for a restart of its mesh instance, after which the node runs without them and
+/// under its seccomp filter (a child of its own could load nothing); else as the node's own
+/// child, with the node's rights.
+pub fn start(
+    attach_helper: Option<&Arc<crate::attach::helper::Client>>,
+) -> connectopus_fastpath::HelperStart {
+    let Some(client) = attach_helper.cloned() else {
+        return command().into();
+    };
+    connectopus_fastpath::HelperStart::Delegate {
+        program: format!("{SUBCOMMAND} (started by the attach helper)"),
+        start: Box::new(move |socket| {
+            // The attach helper runs the same binary; it reaps the process.
+            let argv = ["/proc/self/exe".to_owned(), SUBCOMMAND.to_owned()];
+            let running = Arc::new(AtomicU32::new(0));
+            client.spawn_connection(SUBCOMMAND, &argv, socket, &running)
+        }),
+    }
 }
 
 /// Serves the node's request; exits non-zero if the programs could not be attached (the node

@@ -347,6 +347,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit_group,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
+    // A node pins threads at every start, also the start of a re-executed image, which runs
+    // under this filter: measuring what a wake-up costs (`wake_cost`) and the CPU-local
+    // workers. Another process's affinity needs its uid or CAP_SYS_NICE, which it drops.
+    libc::SYS_sched_setaffinity,
     libc::SYS_getpid,
     libc::SYS_getppid,
     libc::SYS_gettid,

@@ -55,6 +55,51 @@ pub use object::{DEFAULT_OBJECT_PATH, embedded_object, find_object, load_object,
 #[cfg(target_os = "linux")]
 pub use programs::{Fastpath, FastpathProgramFds};
 
+/// How the node starts the short-lived helper process that loads its eBPF programs (see the
+/// `loader` module): the helper reads its request from a `SOCK_SEQPACKET` socket on stdin.
+pub enum HelperStart {
+    /// Runs the command as the node's child; for a node that still has the rights to load
+    /// programs (`CAP_BPF`, or root).
+    Spawn(std::process::Command),
+    /// Gives the helper's end of the socket to `start`, which has the helper started (and
+    /// reaped) by another process: a node that re-executed itself confined has lost the rights,
+    /// its attach helper kept them.
+    Delegate {
+        /// Names the helper in errors.
+        program: String,
+        /// Starts the helper with the socket as its stdin.
+        start: Box<dyn FnOnce(std::os::fd::OwnedFd) -> std::io::Result<()> + Send>,
+    },
+}
+
+impl HelperStart {
+    /// The helper's name, for errors.
+    pub fn program(&self) -> String {
+        match self {
+            HelperStart::Spawn(command) => command.get_program().to_string_lossy().into_owned(),
+            HelperStart::Delegate { program, .. } => program.clone(),
+        }
+    }
+}
+
+impl From<std::process::Command> for HelperStart {
+    fn from(command: std::process::Command) -> Self {
+        HelperStart::Spawn(command)
+    }
+}
+
+impl std::fmt::Debug for HelperStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelperStart::Spawn(command) => f.debug_tuple("Spawn").field(command).finish(),
+            HelperStart::Delegate { program, .. } => f
+                .debug_struct("Delegate")
+                .field("program", program)
+                .finish(),
+        }
+    }
+}
+
 /// Counters of both directions of the TUN device, summed over CPUs, as read by
 /// [`TunCounters::read`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

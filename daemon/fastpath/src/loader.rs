@@ -36,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::Map;
@@ -46,7 +46,7 @@ use connectopus_ebpf_common::{Direction, MAP_TUN_COUNTERS};
 use crate::imp::{Loaded, attach_mode_for_running_kernel, classifier};
 use crate::{
     AttachMode, Fastpath, FastpathError, FastpathMapFds, FastpathProgramFds, HelperOutcome,
-    TunCounters,
+    HelperStart, TunCounters,
 };
 
 /// Starts every request; a helper from another version of the node refuses it.
@@ -87,7 +87,7 @@ impl TunCounters {
     /// [`TunCounters::attach`] would give), or [`FastpathError::Helper`] if it could not be
     /// started or did not answer. Nothing stays attached after an error.
     pub fn attach_via_helper(
-        helper: Command,
+        helper: impl Into<HelperStart>,
         ifname: &str,
         object: Option<&Path>,
     ) -> Result<Self, FastpathError> {
@@ -123,10 +123,14 @@ impl Fastpath {
     /// The helper's own error ([`FastpathError::HelperFailed`]: no object, no BPF rights, the
     /// verifier's log), or [`FastpathError::Helper`] if it could not be started or did not
     /// answer; [`FastpathError::Unsupported`]-like [`FastpathError::Helper`] without TCX.
-    pub fn load_via_helper(helper: Command, object: Option<&Path>) -> Result<Self, FastpathError> {
+    pub fn load_via_helper(
+        helper: impl Into<HelperStart>,
+        object: Option<&Path>,
+    ) -> Result<Self, FastpathError> {
+        let helper = helper.into();
         if attach_mode_for_running_kernel() == AttachMode::Netlink {
             return Err(FastpathError::Helper {
-                program: helper.get_program().to_string_lossy().into_owned(),
+                program: helper.program(),
                 what: "not started: the fast path attaches with TCX links, which need Linux 6.6 \
                        or later"
                     .to_owned(),
@@ -172,30 +176,43 @@ fn unexpected(program: String, wanted: &[u8], fds: usize) -> FastpathError {
 /// Starts the helper, sends it `message`, and returns its program name and the fds of an
 /// answer whose text is `wanted`; an error answer, no answer or another text is an error.
 fn exchange(
-    mut helper: Command,
+    helper: impl Into<HelperStart>,
     message: &[u8],
     wanted: &[u8],
 ) -> Result<(String, Vec<OwnedFd>), FastpathError> {
-    let program = helper.get_program().to_string_lossy().into_owned();
+    let helper = helper.into();
+    let program = helper.program();
     let failed = |what: &str, source: io::Error| FastpathError::Helper {
         program: program.clone(),
         what: what.to_owned(),
         source: Some(source),
     };
     let (ours, theirs) = seqpacket_pair().map_err(|e| failed("creating its socket pair", e))?;
-    helper.stdin(Stdio::from(theirs)).stdout(Stdio::null());
-    let mut child = helper.spawn().map_err(|e| failed("starting it", e))?;
-    // Closes this process's copy of the helper's end, so that the helper exiting without
-    // an answer reads as end of file.
-    drop(helper);
+    // Our copy of the helper's end is closed once it started, so that the helper exiting
+    // without an answer reads as end of file.
+    let mut child = match helper {
+        HelperStart::Spawn(mut command) => {
+            command.stdin(Stdio::from(theirs)).stdout(Stdio::null());
+            let child = command.spawn().map_err(|e| failed("starting it", e))?;
+            drop(command);
+            Some(child)
+        }
+        HelperStart::Delegate { start, .. } => {
+            start(theirs).map_err(|e| failed("having it started", e))?;
+            None
+        }
+    };
     let socket = UnixDatagram::from(ours);
     let answer = request(&socket, message);
     drop(socket);
-    if answer.is_err() {
-        // It has not answered in time, or the socket failed: it is of no more use.
-        let _ = child.kill();
-    }
-    let status = reap(&mut child, EXIT_TIMEOUT);
+    // The one who started a delegated helper reaps it; with its socket closed it exits.
+    let status = child.as_mut().map(|child| {
+        if answer.is_err() {
+            // It has not answered in time, or the socket failed: it is of no more use.
+            let _ = child.kill();
+        }
+        reap(child, EXIT_TIMEOUT)
+    });
     let (text, fds) = answer.map_err(|e| {
         if e.kind() == io::ErrorKind::WouldBlock {
             failed(
@@ -214,7 +231,10 @@ fn exchange(
     if text.is_empty() && fds.is_empty() {
         return Err(FastpathError::Helper {
             program,
-            what: format!("it exited without answering ({})", describe(&status)),
+            what: match &status {
+                Some(status) => format!("it exited without answering ({})", describe(status)),
+                None => "it exited without answering".to_owned(),
+            },
             source: None,
         });
     }
@@ -584,6 +604,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn fds_and_text_cross_a_seqpacket_pair() {
@@ -641,6 +662,50 @@ mod tests {
         } else {
             assert!(error.contains("Linux 6.6"), "{error}");
         }
+    }
+
+    /// A helper another process starts (the attach helper, for a confined node): the node
+    /// hands over the socket's other end, cannot reap what it did not start, and still sees
+    /// a helper that exits without answering, or one that could not be started.
+    #[test]
+    fn a_delegated_helper_is_answered_for_or_reported() {
+        if attach_mode_for_running_kernel() != AttachMode::Tcx {
+            return;
+        }
+        let delegate = || HelperStart::Delegate {
+            program: "ebpf-attach (elsewhere)".to_owned(),
+            start: Box::new(|socket: OwnedFd| {
+                // Started and reaped here, as the attach helper would: `true` exits at once.
+                let mut child = Command::new("true").stdin(Stdio::from(socket)).spawn()?;
+                std::thread::spawn(move || child.wait());
+                Ok(())
+            }),
+        };
+        let error = Fastpath::load_via_helper(delegate(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exited without answering"), "{error}");
+        assert!(error.contains("ebpf-attach (elsewhere)"), "{error}");
+        let refused = HelperStart::Delegate {
+            program: "ebpf-attach (elsewhere)".to_owned(),
+            start: Box::new(|_socket: OwnedFd| Err(io::Error::other("the helper is gone"))),
+        };
+        let error = TunCounters::attach_via_helper(refused, "cx-none", None).unwrap_err();
+        let message = anyhow_like(&error);
+        assert!(message.contains("having it started"), "{message}");
+        assert!(message.contains("the helper is gone"), "{message}");
+    }
+
+    /// The error and its sources, as the node logs them.
+    fn anyhow_like(error: &FastpathError) -> String {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! [`FastpathError::Unsupported`].
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::{AttachMode, CounterSnapshot, FastpathError, HelperOutcome};
 
@@ -37,9 +36,9 @@ impl TunCounters {
     ///
     /// Always [`FastpathError::Unsupported`].
     pub fn attach_via_helper(
-        _helper: Command,
+        _helper: impl Into<crate::HelperStart>,
         _ifname: &str,
-        _object: &Path,
+        _object: Option<&Path>,
     ) -> Result<Self, FastpathError> {
         Err(FastpathError::Unsupported)
     }

@@ -331,6 +331,128 @@ pub fn load(cpu_queues: &[(u32, u32)]) -> io::Result<OwnedFd> {
     // The program holds the map; its fd closes here.
 }
 
+/// The environment variable in which a node hands its steering program to its re-executed
+/// self (a restart of the mesh instance): `<descriptor>:<cpu>=<queue>,<cpu>=<queue>…`, the
+/// pairs the program was assembled for.
+pub const HANDOVER_ENV: &str = "CONNECTOPUS_CPU_LOCAL_STEERING";
+
+/// Set once the program named by [`HANDOVER_ENV`] was taken (or refused): only one owner.
+static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A loaded steering program and the `(cpu, queue)` pairs it was assembled for.
+#[derive(Debug)]
+pub struct Steering {
+    program: OwnedFd,
+    cpu_queues: Vec<(u32, u32)>,
+}
+
+impl Steering {
+    /// The program for `cpu_queues`: the one the node's previous image handed over across its
+    /// re-exec when it was assembled for the same pairs (a re-executed node runs without
+    /// `CAP_BPF` and under its seccomp filter, where loading one is refused), else a new one.
+    ///
+    /// # Errors
+    /// The kernel refuses a new program ([`load`]); after a re-exec whose pairs changed (the
+    /// node's worker count or CPUs), that it takes a restart of the service.
+    pub fn obtain(cpu_queues: &[(u32, u32)]) -> io::Result<Steering> {
+        let handed = match take_over(cpu_queues) {
+            Some(Ok(program)) => {
+                return Ok(Steering {
+                    program,
+                    cpu_queues: cpu_queues.to_vec(),
+                });
+            }
+            Some(Err(why)) => Some(why),
+            None => None,
+        };
+        match load(cpu_queues) {
+            Ok(program) => Ok(Steering {
+                program,
+                cpu_queues: cpu_queues.to_vec(),
+            }),
+            Err(error) => Err(match handed {
+                Some(why) => io::Error::new(
+                    error.kind(),
+                    format!("{error}; the previous image's program was no use: {why}"),
+                ),
+                None => error,
+            }),
+        }
+    }
+
+    /// Attaches the program to the TUN device `queue` belongs to ([`attach`]).
+    ///
+    /// # Errors
+    /// As [`attach`].
+    pub fn attach(&self, queue: RawFd) -> io::Result<()> {
+        attach(queue, &self.program)
+    }
+
+    /// Prepares the program for the node's re-exec: its descriptor stays open across
+    /// `execve`. Returns the value of [`HANDOVER_ENV`] for the new image.
+    ///
+    /// # Errors
+    /// `fcntl` fails.
+    pub fn hand_over(&self) -> io::Result<String> {
+        crate::attach::sys::set_cloexec(self.program.as_raw_fd(), false)?;
+        Ok(format!(
+            "{}:{}",
+            self.program.as_raw_fd(),
+            describe_pairs(&self.cpu_queues)
+        ))
+    }
+}
+
+fn describe_pairs(cpu_queues: &[(u32, u32)]) -> String {
+    cpu_queues
+        .iter()
+        .map(|(cpu, queue)| format!("{cpu}={queue}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The program named by [`HANDOVER_ENV`]: `None` without one, an error (the descriptor
+/// closed) when it is not a BPF program or was assembled for other pairs.
+fn take_over(cpu_queues: &[(u32, u32)]) -> Option<Result<OwnedFd, String>> {
+    let value = std::env::var(HANDOVER_ENV).ok()?;
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    Some(adopt(&value, cpu_queues))
+}
+
+fn adopt(value: &str, cpu_queues: &[(u32, u32)]) -> Result<OwnedFd, String> {
+    let (fd, pairs) = value
+        .split_once(':')
+        .and_then(|(fd, pairs)| Some((fd.parse::<RawFd>().ok()?, pairs)))
+        .filter(|(fd, _)| *fd > 2)
+        .ok_or_else(|| format!("{HANDOVER_ENV}={value:?} is not <fd>:<cpu>=<queue>,…"))?;
+    // Only a BPF program is ours to take: anything else open at this number stays as it is.
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| format!("descriptor {fd}: {e}"))?;
+    if target.as_os_str() != "anon_inode:bpf-prog" {
+        return Err(format!(
+            "descriptor {fd} is {}, not a BPF program",
+            target.display()
+        ));
+    }
+    // SAFETY: the previous image of this process left `fd` open for us (checked above to be a
+    // BPF program) and named it in the environment; `TAKEN` makes this the only place that
+    // takes it, once.
+    let program = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::attach::sys::set_cloexec(program.as_raw_fd(), true)
+        .map_err(|e| format!("FD_CLOEXEC: {e}"))?;
+    let wanted = describe_pairs(cpu_queues);
+    if pairs != wanted {
+        // Dropped here: closed.
+        return Err(format!(
+            "it was assembled for CPU=queue {pairs}, the workers now want {wanted}: restart \
+             the service"
+        ));
+    }
+    Ok(program)
+}
+
 /// Makes `program` choose the queue of every packet the kernel sends into the TUN device that
 /// `queue` (any of its queues) belongs to; the device keeps the program.
 ///
@@ -396,5 +518,50 @@ mod kernel_tests {
         let many: Vec<(u32, u32)> = (0..64).map(|c| (c, c)).collect();
         let program = load(&many);
         assert!(program.is_ok(), "64 CPUs: {:?}", program.err());
+    }
+
+    /// What a re-executed node does with the descriptor its previous image named: takes a BPF
+    /// program assembled for its pairs, closes one assembled for others, and leaves anything
+    /// else (or a malformed value) alone.
+    #[test]
+    fn a_handed_over_program_is_taken_only_for_the_same_pairs() {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading an eBPF program needs root");
+            return;
+        }
+        let pairs = [(0, 0), (1, 1)];
+        let steering = Steering {
+            program: load(&pairs).expect("load"),
+            cpu_queues: pairs.to_vec(),
+        };
+        let value = steering.hand_over().expect("hand over");
+        let raw = steering.program.into_raw_fd();
+        assert_eq!(value, format!("{raw}:0=0,1=1"));
+        let taken = adopt(&value, &pairs).expect("the same pairs");
+        assert_eq!(taken.as_raw_fd(), raw);
+        // FD_CLOEXEC is back on: nothing else the node runs inherits it.
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+
+        let raw = taken.into_raw_fd();
+        let refused = adopt(&format!("{raw}:0=0,1=1"), &[(0, 0), (2, 1)]).unwrap_err();
+        assert!(refused.contains("restart the service"), "{refused}");
+        // Closed with the refusal.
+        // SAFETY: F_GETFD only reads the flags of a descriptor number.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1);
+
+        let file = std::fs::File::open("/dev/null").expect("/dev/null");
+        let not_bpf = adopt(&format!("{}:0=0,1=1", file.as_raw_fd()), &pairs).unwrap_err();
+        assert!(not_bpf.contains("not a BPF program"), "{not_bpf}");
+        // Still open, still the file's.
+        // SAFETY: F_GETFD only reads the flags of a descriptor number.
+        assert!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) } >= 0);
+        for malformed in ["", "7", "x:0=0", "2:0=0"] {
+            let error = adopt(malformed, &pairs).unwrap_err();
+            assert!(error.contains(HANDOVER_ENV), "{malformed:?}: {error}");
+        }
     }
 }

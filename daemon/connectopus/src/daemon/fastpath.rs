@@ -107,6 +107,7 @@ impl FastpathState {
         has_plain_udp_backend: bool,
         tun: Option<(&str, u16)>,
         object: Option<&Path>,
+        helper: connectopus_fastpath::HelperStart,
     ) -> FastpathState {
         if disabled_by_config {
             return FastpathState::Off("disabled by the configuration (fastpath.disable)".into());
@@ -130,7 +131,6 @@ impl FastpathState {
                 connectopus_fastpath::FastpathError::NotEmbedded.to_string(),
             );
         }
-        let helper = crate::ebpf_helper::command();
         let loaded = Fastpath::load_via_helper(helper, object).and_then(|mut fastpath| {
             fastpath.attach_tun(tun)?;
             Ok(fastpath)
@@ -574,10 +574,22 @@ mod tests {
 
     #[test]
     fn disabled_by_configuration_says_so() {
-        let state = FastpathState::start(true, true, Some(("cx-x", 1400)), None);
+        let state = FastpathState::start(
+            true,
+            true,
+            Some(("cx-x", 1400)),
+            None,
+            crate::ebpf_helper::start(None),
+        );
         assert!(!state.is_on());
         assert!(state.describe().contains("fastpath.disable"));
-        let state = FastpathState::start(false, false, Some(("cx-x", 1400)), None);
+        let state = FastpathState::start(
+            false,
+            false,
+            Some(("cx-x", 1400)),
+            None,
+            crate::ebpf_helper::start(None),
+        );
         assert!(!state.is_on());
         assert!(
             state

@@ -167,14 +167,22 @@ pub fn run(options: NodeOptions) -> Result<()> {
         multi_queue,
     );
     let cpu_local_wanted = cpu_local || node_config.cpu_local;
-    let cpu_local = choose_cpu_local(cpu_local_wanted, queues.len(), tuns.first());
-    match &cpu_local {
-        Ok(cpus) => tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]"),
-        Err(why) if cpu_local_wanted => {
-            tracing::warn!(%why, "cpu-local data path asked for but off");
+    // The steering program stays with this function: a restart hands it to the new image.
+    let (cpu_local, steering) = match choose_cpu_local(cpu_local_wanted, queues.len(), tuns.first())
+    {
+        Ok((cpus, steering)) => {
+            tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]");
+            (Ok(cpus), Some(steering))
         }
-        Err(why) => tracing::debug!(%why, "no cpu-local data path"),
-    }
+        Err(why) => {
+            if cpu_local_wanted {
+                tracing::warn!(%why, "cpu-local data path asked for but off");
+            } else {
+                tracing::debug!(%why, "no cpu-local data path");
+            }
+            (Err(why), None)
+        }
+    };
     let (attachments, attachment_names, attachment_names4) =
         tun_devs::attachments(&node_config.tun_devs, |_| true);
 
@@ -196,8 +204,19 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ),
     }
 
+    // The attach helper keeps the privileges the node started with (namespaces, processes, and
+    // loading eBPF programs): started before they are dropped and before the seccomp filter, or kept from before a
+    // re-exec (which runs already confined).
+    let helper = match crate::attach::helper::Client::start(&control_socket) {
+        Ok(helper) => Some(helper),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "no attach helper: namespaces and services cannot run");
+            None
+        }
+    };
+
     let ebpf = match tuns.first() {
-        Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref()),
+        Some(tun) => attach_counters(tun.name(), ebpf_object.as_deref(), helper.as_ref()),
         None => Ebpf::Off("no tun device".to_owned()),
     };
     // Loaded before capabilities drop (the helper needs BPF rights); from then on the node
@@ -207,6 +226,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         has_plain_udp_backend(&node_config.backends),
         tuns.first().map(|tun| (tun.name(), mtu)),
         ebpf_object.as_deref(),
+        crate::ebpf_helper::start(helper.as_ref()),
     );
 
     // The API's ping and traceroute socket needs CAP_NET_RAW, which the node drops next.
@@ -216,17 +236,6 @@ pub fn run(options: NodeOptions) -> Result<()> {
         std::sync::Arc::new(std::sync::Mutex::new(Err(
             "ping and traceroute through the API need nodes.<name>.cpctl.port".to_owned(),
         )))
-    };
-
-    // The attach helper keeps the privileges the node started with (namespaces, processes):
-    // started before they are dropped and before the seccomp filter, or kept from before a
-    // re-exec (which runs already confined).
-    let helper = match crate::attach::helper::Client::start(&control_socket) {
-        Ok(helper) => Some(helper),
-        Err(error) => {
-            tracing::warn!(error = %format!("{error:#}"), "no attach helper: namespaces and services cannot run");
-            None
-        }
     };
 
     // The DHCPv6 client's socket (port 546, bound to the upstream interface) opens while the
@@ -497,7 +506,7 @@ pub fn run(options: NodeOptions) -> Result<()> {
         let _ = thread.join();
     }
     if restart {
-        return restart_process(kept_helper);
+        return restart_process(kept_helper, steering.as_ref());
     }
     if let Some((helper, _)) = kept_helper {
         helper.stop();
@@ -541,13 +550,18 @@ impl Ebpf {
 /// Attaches the TUN counters when the eBPF object is available; the node runs without them
 /// otherwise and says why. A helper process (`connectopus ebpf-attach`) loads the object, so
 /// that aya's parse of the kernel's BTF never touches the node's memory (in process only on
-/// kernels without TCX).
-fn attach_counters(ifname: &str, object: Option<&std::path::Path>) -> Ebpf {
+/// kernels without TCX); the attach helper starts it when there is one
+/// ([`crate::ebpf_helper::start`]).
+fn attach_counters(
+    ifname: &str,
+    object: Option<&std::path::Path>,
+    attach_helper: Option<&Arc<crate::attach::helper::Client>>,
+) -> Ebpf {
     let from = object.map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
     let attached = if object.is_none() && connectopus_fastpath::embedded_object().is_none() {
         Err(connectopus_fastpath::FastpathError::NotEmbedded)
     } else {
-        let helper = crate::ebpf_helper::command();
+        let helper = crate::ebpf_helper::start(attach_helper);
         connectopus_fastpath::TunCounters::attach_via_helper(helper, ifname, object)
     };
     match attached {
@@ -686,7 +700,13 @@ fn spawn_signal_thread(
 /// Replaces this process with a fresh run of the same command line: how a node restarts its
 /// mesh instance (new epoch, new TUN, new links) after a configuration change that requires
 /// it. The new configuration was persisted first, so the new process loads it.
-fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>) -> Result<()> {
+///
+/// The attach helper and the CPU-local steering program go to the new image, which runs
+/// confined and could not start or load them again.
+fn restart_process(
+    helper: Option<(Arc<crate::attach::helper::Client>, String)>,
+    steering: Option<&crate::cpu_local::steering::Steering>,
+) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the node binary")?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -698,6 +718,15 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
         Some((_, env)) => command.env(crate::attach::helper::HANDOVER_ENV, env),
         None => command.env_remove(crate::attach::helper::HANDOVER_ENV),
     };
+    use crate::cpu_local::steering::HANDOVER_ENV as STEERING_ENV;
+    match steering.map(crate::cpu_local::steering::Steering::hand_over) {
+        Some(Ok(env)) => command.env(STEERING_ENV, env),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "the steering program cannot cross the restart: cpu-local off after it");
+            command.env_remove(STEERING_ENV)
+        }
+        None => command.env_remove(STEERING_ENV),
+    };
     let error = command.exec();
     if let Some((helper, _)) = helper {
         helper.stop();
@@ -705,14 +734,14 @@ fn restart_process(helper: Option<(Arc<crate::attach::helper::Client>, String)>)
     Err(error).context("restarting the node")
 }
 
-/// The CPU of each worker thread for `--cpu-local` (the TUN steering program attached to
-/// the node's device), or why the data path is not CPU-local.
+/// The CPU of each worker thread for `--cpu-local` and the TUN steering program attached to
+/// the node's device, or why the data path is not CPU-local.
 fn choose_cpu_local(
     wanted: bool,
     threads: usize,
     tun: Option<&TunDevice>,
-) -> std::result::Result<Vec<usize>, String> {
-    use crate::cpu_local::{choose, steering};
+) -> std::result::Result<(Vec<usize>, crate::cpu_local::steering::Steering), String> {
+    use crate::cpu_local::{choose, steering::Steering};
     let cpus = choose(wanted, threads)?;
     let tun = tun.ok_or_else(|| "the node has no TUN device of its own".to_owned())?;
     let queues: Vec<(u32, u32)> = cpus
@@ -720,14 +749,17 @@ fn choose_cpu_local(
         .enumerate()
         .map(|(queue, &cpu)| (cpu as u32, queue as u32))
         .collect();
-    let program = steering::load(&queues).map_err(|e| format!("TUN steering program: {e}"))?;
-    steering::attach(tun.fd(), &program).map_err(|e| format!("TUNSETSTEERINGEBPF: {e}"))?;
-    Ok(cpus)
+    let steering = Steering::obtain(&queues).map_err(|e| format!("TUN steering program: {e}"))?;
+    steering
+        .attach(tun.fd())
+        .map_err(|e| format!("TUNSETSTEERINGEBPF: {e}"))?;
+    Ok((cpus, steering))
 }
 
 /// Whether the dataplane's rings keep their CPUs warm after a receive: measured
-/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process:
-/// a mesh instance restarted by a reload runs under the seccomp filter and keeps the choice.
+/// (`crate::wake_cost`) unless `CONNECTOPUS_IDLE_WAKE_US` decides. Measured once per process
+/// image: a restart of the mesh instance re-executes the node, which measures again under its
+/// seccomp filter (which allows `sched_setaffinity` for this).
 fn choose_idle_wake() -> crate::wake_cost::IdleWakeChoice {
     static MEASURED: std::sync::OnceLock<crate::wake_cost::IdleWakeChoice> =
         std::sync::OnceLock::new();
