@@ -146,8 +146,8 @@ impl Dataplane {
         let fail = fault_from_env();
         let mut threads = Vec::new();
         let queue_zero_on_thread = matches!(queues.first(), Some(TunQueue::Shared { .. }));
-        // Each thread pins itself first thing; start-up waits for that (below), since the
-        // seccomp filter installed after it refuses `sched_setaffinity`.
+        // Each thread pins itself first thing; start-up waits for that (below), so that every
+        // pin is in place, and in `status`, before the node says it is ready.
         let (pinned_tx, pinned_rx) = mpsc::channel::<()>();
         for (i, tun) in queues.into_iter().enumerate() {
             let index = i + 1;

@@ -63,8 +63,7 @@ pub(super) struct WorkerThread {
 
 impl WorkerThread {
     /// Pins the calling thread to `pin` (the CPU-local data path); returns what `status`
-    /// says of it. Runs before the seccomp filter is installed (`Dataplane::start` waits for
-    /// it), which does not allow `sched_setaffinity`.
+    /// says of it. `Dataplane::start` waits for it.
     pub(super) fn pin(index: usize, pin: Option<usize>) -> String {
         match pin.map(|cpu| (cpu, crate::cpu_local::pin_this_thread(cpu))) {
             None => "not pinned".to_owned(),
