@@ -363,7 +363,7 @@ impl<'t> Mesh<'t> {
     /// Signs and gives `node` version 2 of the mesh configuration with one more authorized
     /// key: a change to `global`, after which every node restarts its mesh instance (it
     /// re-executes itself, same pid, confined). Returns once every node runs version 2 with an
-    /// established link and `node` has a new epoch.
+    /// established link, `node` has a new epoch, and every node routes to every other.
     ///
     /// # Errors
     /// The configuration has no `version: 1` or `authorized_keys` line, ssh-keygen or the
@@ -400,7 +400,9 @@ impl<'t> Mesh<'t> {
                 .status(node)
                 .is_ok_and(|s| s["epoch"].as_u64() != epoch_before)
         })
-        .context("the nodes did not come back at version 2 with an established link")
+        .context("the nodes did not come back at version 2 with an established link")?;
+        // And every node routes to every other again.
+        self.wait_converged(Duration::from_secs(20))
     }
 
     /// Returns the control socket path of `node`.

@@ -347,9 +347,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit_group,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
-    // A node pins threads at every start, also the start of a re-executed image, which runs
-    // under this filter: measuring what a wake-up costs (`wake_cost`) and the CPU-local
-    // workers. Another process's affinity needs its uid or CAP_SYS_NICE, which it drops.
+    // Only for the calling thread (`OWN_THREAD_ONLY`).
     libc::SYS_sched_setaffinity,
     libc::SYS_getpid,
     libc::SYS_getppid,
@@ -481,6 +479,30 @@ pub fn install_seccomp(mode: SeccompMode, needs: Needs) -> String {
     }
 }
 
+/// Calls allowed only with a first argument of 0, the calling thread: a node pins its own
+/// threads at every start, also the start of a re-executed image, which runs under this
+/// filter (the wake-up measurement, `wake_cost`, and the CPU-local workers). A node running
+/// as root could otherwise re-pin every other root process.
+const OWN_THREAD_ONLY: &[libc::c_long] = &[libc::SYS_sched_setaffinity];
+
+/// The rules of `n`: none (allowed whatever its arguments) or, for [`OWN_THREAD_ONLY`], a
+/// first argument of 0.
+fn rules_of(n: libc::c_long) -> Result<Vec<seccompiler::SeccompRule>> {
+    if !OWN_THREAD_ONLY.contains(&n) {
+        return Ok(Vec::new());
+    }
+    let this_thread = seccompiler::SeccompCondition::new(
+        0,
+        seccompiler::SeccompCmpArgLen::Dword,
+        seccompiler::SeccompCmpOp::Eq,
+        0,
+    )
+    .context("a seccomp condition")?;
+    Ok(vec![
+        seccompiler::SeccompRule::new(vec![this_thread]).context("a seccomp rule")?,
+    ])
+}
+
 fn allow_list(needs: Needs) -> Vec<libc::c_long> {
     let mut list: Vec<libc::c_long> = ALLOWED.iter().chain(ARCH_SPECIFIC).copied().collect();
     if needs.ebpf_at_runtime {
@@ -501,22 +523,27 @@ fn syscall_number(n: libc::c_long) -> i64 {
 }
 
 fn build_and_install(mode: SeccompMode, needs: Needs) -> Result<usize> {
+    let list = allow_list(needs);
+    install(&compile(&list, mode)?)?;
+    Ok(list.len())
+}
+
+/// The filter allowing `list` (with the argument rules of [`rules_of`]); any other call is
+/// refused with EPERM or, in `Log` mode, logged and allowed.
+fn compile(list: &[libc::c_long], mode: SeccompMode) -> Result<BpfProgram> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| anyhow::anyhow!("unsupported architecture: {e}"))?;
-    let list = allow_list(needs);
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = list
         .iter()
-        .map(|n| (syscall_number(*n), Vec::new()))
-        .collect();
+        .map(|n| Ok((syscall_number(*n), rules_of(*n)?)))
+        .collect::<Result<_>>()?;
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::Errno(libc::EPERM as u32),
     };
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
         .context("building the seccomp filter")?;
-    let program: BpfProgram = filter.try_into().context("compiling the seccomp filter")?;
-    install(&program)?;
-    Ok(list.len())
+    filter.try_into().context("compiling the seccomp filter")
 }
 
 #[repr(C)]
@@ -596,19 +623,56 @@ mod tests {
 
     #[test]
     fn the_allow_list_compiles_for_this_architecture() {
-        let arch = TargetArch::try_from(std::env::consts::ARCH).unwrap();
-        let rules = allow_list(Needs::default())
-            .iter()
-            .map(|n| (syscall_number(*n), Vec::new()))
-            .collect();
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::Errno(libc::EPERM as u32),
-            SeccompAction::Allow,
-            arch,
-        )
-        .unwrap();
-        let program: BpfProgram = filter.try_into().unwrap();
+        let program = compile(&allow_list(Needs::default()), SeccompMode::Enforce).unwrap();
         assert!(program.len() > 100);
+    }
+
+    /// Under the node's filter a thread may pin itself (a re-executed node pins its threads)
+    /// but not another process. Checked in a forked child, which installs the filter on its
+    /// one thread and exits with what it saw.
+    #[test]
+    fn under_the_filter_a_thread_pins_itself_and_nothing_else() {
+        let program = compile(&allow_list(Needs::default()), SeccompMode::Enforce).unwrap();
+        // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: `set` is a live cpu_set_t of `size` bytes.
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the child only makes system calls (no allocation, no lock) and `_exit`s.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            let code = match install(&program) {
+                Err(_) => 3,
+                // SAFETY: `set` is a live cpu_set_t of `size` bytes (the child's copy).
+                Ok(()) => match unsafe {
+                    (
+                        libc::sched_setaffinity(0, size, &set),
+                        libc::sched_setaffinity(parent, size, &set),
+                        *libc::__errno_location(),
+                    )
+                } {
+                    (0, -1, libc::EPERM) => 0,
+                    (0, _, _) => 1,
+                    _ => 2,
+                },
+            };
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status), "child status {status}");
+        let what = [
+            "pinned itself, refused for the parent",
+            "pinned itself, and the parent too",
+            "could not pin itself",
+            "could not install the filter",
+        ];
+        let code = libc::WEXITSTATUS(status) as usize;
+        assert_eq!(code, 0, "under the filter the child {}", what[code.min(3)]);
     }
 }

@@ -233,7 +233,10 @@ fn exchange(
             program,
             what: match &status {
                 Some(status) => format!("it exited without answering ({})", describe(status)),
-                None => "it exited without answering".to_owned(),
+                // Whoever started it knows why: it may never have run.
+                None => "it exited without answering, or could not be started (see the log of \
+                         the process that starts it)"
+                    .to_owned(),
             },
             source: None,
         });

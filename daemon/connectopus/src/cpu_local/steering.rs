@@ -346,16 +346,55 @@ pub struct Steering {
     cpu_queues: Vec<(u32, u32)>,
 }
 
+/// A steering program the node's previous image handed over across its re-exec
+/// ([`Steering::hand_over`]), taken at start whether the new image wants one or not: one it
+/// does not use closes with this.
+#[derive(Debug)]
+pub struct Handed {
+    program: OwnedFd,
+    /// The pairs it was assembled for, as [`HANDOVER_ENV`] names them.
+    pairs: String,
+}
+
+impl Handed {
+    /// The program named by [`HANDOVER_ENV`]: `None` without one (or once taken), an error
+    /// when the value is malformed or the descriptor is not a BPF program (left alone then).
+    pub fn take() -> Option<Result<Handed, String>> {
+        let value = std::env::var(HANDOVER_ENV).ok()?;
+        if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        Some(adopt(&value))
+    }
+
+    /// The program, if it was assembled for `cpu_queues`; else closed, and why.
+    fn for_pairs(self, cpu_queues: &[(u32, u32)]) -> Result<OwnedFd, String> {
+        let wanted = describe_pairs(cpu_queues);
+        if self.pairs == wanted {
+            Ok(self.program)
+        } else {
+            Err(format!(
+                "it was assembled for CPU=queue {}, the workers now want {wanted}: restart the \
+                 service",
+                self.pairs
+            ))
+        }
+    }
+}
+
 impl Steering {
-    /// The program for `cpu_queues`: the one the node's previous image handed over across its
-    /// re-exec when it was assembled for the same pairs (a re-executed node runs without
-    /// `CAP_BPF` and under its seccomp filter, where loading one is refused), else a new one.
+    /// The program for `cpu_queues`: `handed` ([`Handed::take`]) when it was assembled for the
+    /// same pairs (a re-executed node runs without `CAP_BPF` and under its seccomp filter,
+    /// where loading one is refused), else a new one.
     ///
     /// # Errors
     /// The kernel refuses a new program ([`load`]); after a re-exec whose pairs changed (the
-    /// node's worker count or CPUs), that it takes a restart of the service.
-    pub fn obtain(cpu_queues: &[(u32, u32)]) -> io::Result<Steering> {
-        let handed = match take_over(cpu_queues) {
+    /// workers' CPUs), that it takes a restart of the service.
+    pub fn obtain(
+        cpu_queues: &[(u32, u32)],
+        handed: Option<Result<Handed, String>>,
+    ) -> io::Result<Steering> {
+        let handed = match handed.map(|h| h.and_then(|h| h.for_pairs(cpu_queues))) {
             Some(Ok(program)) => {
                 return Ok(Steering {
                     program,
@@ -411,17 +450,7 @@ fn describe_pairs(cpu_queues: &[(u32, u32)]) -> String {
         .join(",")
 }
 
-/// The program named by [`HANDOVER_ENV`]: `None` without one, an error (the descriptor
-/// closed) when it is not a BPF program or was assembled for other pairs.
-fn take_over(cpu_queues: &[(u32, u32)]) -> Option<Result<OwnedFd, String>> {
-    let value = std::env::var(HANDOVER_ENV).ok()?;
-    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return None;
-    }
-    Some(adopt(&value, cpu_queues))
-}
-
-fn adopt(value: &str, cpu_queues: &[(u32, u32)]) -> Result<OwnedFd, String> {
+fn adopt(value: &str) -> Result<Handed, String> {
     let (fd, pairs) = value
         .split_once(':')
         .and_then(|(fd, pairs)| Some((fd.parse::<RawFd>().ok()?, pairs)))
@@ -442,15 +471,10 @@ fn adopt(value: &str, cpu_queues: &[(u32, u32)]) -> Result<OwnedFd, String> {
     let program = unsafe { OwnedFd::from_raw_fd(fd) };
     crate::attach::sys::set_cloexec(program.as_raw_fd(), true)
         .map_err(|e| format!("FD_CLOEXEC: {e}"))?;
-    let wanted = describe_pairs(cpu_queues);
-    if pairs != wanted {
-        // Dropped here: closed.
-        return Err(format!(
-            "it was assembled for CPU=queue {pairs}, the workers now want {wanted}: restart \
-             the service"
-        ));
-    }
-    Ok(program)
+    Ok(Handed {
+        program,
+        pairs: pairs.to_owned(),
+    })
 }
 
 /// Makes `program` choose the queue of every packet the kernel sends into the TUN device that
@@ -520,6 +544,15 @@ mod kernel_tests {
         assert!(program.is_ok(), "64 CPUs: {:?}", program.err());
     }
 
+    /// The id of the BPF program open at `fd`, if one is.
+    fn prog_id(fd: RawFd) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .map(|id| id.trim().to_owned())
+    }
+
     /// What a re-executed node does with the descriptor its previous image named: takes a BPF
     /// program assembled for its pairs, closes one assembled for others, and leaves anything
     /// else (or a malformed value) alone.
@@ -539,7 +572,10 @@ mod kernel_tests {
         let value = steering.hand_over().expect("hand over");
         let raw = steering.program.into_raw_fd();
         assert_eq!(value, format!("{raw}:0=0,1=1"));
-        let taken = adopt(&value, &pairs).expect("the same pairs");
+        let id = prog_id(raw).expect("a BPF program's fdinfo names its id");
+        let taken = adopt(&value)
+            .and_then(|handed| handed.for_pairs(&pairs))
+            .expect("the same pairs");
         assert_eq!(taken.as_raw_fd(), raw);
         // FD_CLOEXEC is back on: nothing else the node runs inherits it.
         // SAFETY: F_GETFD on a descriptor we own.
@@ -547,20 +583,22 @@ mod kernel_tests {
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
 
         let raw = taken.into_raw_fd();
-        let refused = adopt(&format!("{raw}:0=0,1=1"), &[(0, 0), (2, 1)]).unwrap_err();
+        let refused = adopt(&format!("{raw}:0=0,1=1"))
+            .and_then(|handed| handed.for_pairs(&[(0, 0), (2, 1)]))
+            .unwrap_err();
         assert!(refused.contains("restart the service"), "{refused}");
-        // Closed with the refusal.
-        // SAFETY: F_GETFD only reads the flags of a descriptor number.
-        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) }, -1);
+        // Closed with the refusal (another test may have opened something at that number
+        // since: then it is not this program).
+        assert_ne!(prog_id(raw), Some(id), "the refused program is still open");
 
         let file = std::fs::File::open("/dev/null").expect("/dev/null");
-        let not_bpf = adopt(&format!("{}:0=0,1=1", file.as_raw_fd()), &pairs).unwrap_err();
+        let not_bpf = adopt(&format!("{}:0=0,1=1", file.as_raw_fd())).unwrap_err();
         assert!(not_bpf.contains("not a BPF program"), "{not_bpf}");
         // Still open, still the file's.
         // SAFETY: F_GETFD only reads the flags of a descriptor number.
         assert!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) } >= 0);
         for malformed in ["", "7", "x:0=0", "2:0=0"] {
-            let error = adopt(malformed, &pairs).unwrap_err();
+            let error = adopt(malformed).unwrap_err();
             assert!(error.contains(HANDOVER_ENV), "{malformed:?}: {error}");
         }
     }

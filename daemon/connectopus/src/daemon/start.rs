@@ -64,6 +64,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         drop_capabilities,
         ephemeral,
     } = options;
+    // A steering program the previous image handed over is taken first, before any process
+    // starts (it would inherit it), and whatever this image wants: one it does not use
+    // closes instead of staying open for good.
+    let handed = crate::cpu_local::steering::Handed::take();
     let mut config = config;
     let (node_key, join) = match &ephemeral {
         None => (
@@ -168,21 +172,21 @@ pub fn run(options: NodeOptions) -> Result<()> {
     );
     let cpu_local_wanted = cpu_local || node_config.cpu_local;
     // The steering program stays with this function: a restart hands it to the new image.
-    let (cpu_local, steering) = match choose_cpu_local(cpu_local_wanted, queues.len(), tuns.first())
-    {
-        Ok((cpus, steering)) => {
-            tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]");
-            (Ok(cpus), Some(steering))
-        }
-        Err(why) => {
-            if cpu_local_wanted {
-                tracing::warn!(%why, "cpu-local data path asked for but off");
-            } else {
-                tracing::debug!(%why, "no cpu-local data path");
+    let (cpu_local, steering) =
+        match choose_cpu_local(cpu_local_wanted, queues.len(), tuns.first(), handed) {
+            Ok((cpus, steering)) => {
+                tracing::info!(?cpus, "cpu-local data path: worker i on cpus[i]");
+                (Ok(cpus), Some(steering))
             }
-            (Err(why), None)
-        }
-    };
+            Err(why) => {
+                if cpu_local_wanted {
+                    tracing::warn!(%why, "cpu-local data path asked for but off");
+                } else {
+                    tracing::debug!(%why, "no cpu-local data path");
+                }
+                (Err(why), None)
+            }
+        };
     let (attachments, attachment_names, attachment_names4) =
         tun_devs::attachments(&node_config.tun_devs, |_| true);
 
@@ -740,6 +744,7 @@ fn choose_cpu_local(
     wanted: bool,
     threads: usize,
     tun: Option<&TunDevice>,
+    handed: Option<std::result::Result<crate::cpu_local::steering::Handed, String>>,
 ) -> std::result::Result<(Vec<usize>, crate::cpu_local::steering::Steering), String> {
     use crate::cpu_local::{choose, steering::Steering};
     let cpus = choose(wanted, threads)?;
@@ -749,7 +754,8 @@ fn choose_cpu_local(
         .enumerate()
         .map(|(queue, &cpu)| (cpu as u32, queue as u32))
         .collect();
-    let steering = Steering::obtain(&queues).map_err(|e| format!("TUN steering program: {e}"))?;
+    let steering =
+        Steering::obtain(&queues, handed).map_err(|e| format!("TUN steering program: {e}"))?;
     steering
         .attach(tun.fd())
         .map_err(|e| format!("TUNSETSTEERINGEBPF: {e}"))?;

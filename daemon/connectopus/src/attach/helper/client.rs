@@ -234,7 +234,7 @@ impl Client {
                         Ok(Some(received)) => match received.message {
                             FromHelper::Exited { id } => client.connection_ended(id),
                             FromHelper::SpawnFailed { id, ref error } => {
-                                tracing::warn!(connection = id, %error, "service process did not start");
+                                tracing::warn!(connection = id, %error, "a process the attach helper was asked to start did not start");
                                 client.connection_ended(id);
                             }
                             FromHelper::ResetDone => {}
