@@ -208,9 +208,10 @@ pub fn run(options: NodeOptions) -> Result<()> {
         ),
     }
 
-    // The attach helper keeps the privileges the node started with (namespaces, processes, and
-    // loading eBPF programs): started before they are dropped and before the seccomp filter, or kept from before a
-    // re-exec (which runs already confined).
+    // The attach helper keeps the privileges the node started with (namespaces, processes,
+    // and loading eBPF programs: it starts the eBPF helper below): started before they are
+    // dropped and before the seccomp filter, or kept from before a re-exec (which runs
+    // already confined).
     let helper = match crate::attach::helper::Client::start(&control_socket) {
         Ok(helper) => Some(helper),
         Err(error) => {
