@@ -84,26 +84,37 @@ fn fastpath_available(mesh: &Mesh, node: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// Starts `links` with node identities and waits for routes; `None` (said on stderr) when the
+/// fast path is off on `node` (the eBPF object was not built).
+fn fast_path_mesh<'a>(
+    topo: &'a Topology,
+    links: &[MeshLink],
+    node: &str,
+) -> Result<Option<Mesh<'a>>> {
+    let mut mesh = Mesh::configure_with_identities(topo, links, &[])?;
+    mesh.set_log_level("info");
+    mesh.start_all()?;
+    mesh.wait_converged(CONVERGE)?;
+    Ok(fastpath_available(&mesh, node)?.then_some(mesh))
+}
+
 #[test]
 fn line_over_the_fast_path() {
     require_root!();
     require_tools(&["ping", "traceroute", "python3"]);
     run_test("fastpath_line", |dir| {
         let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
-        let mut mesh = Mesh::configure_with_identities(
+        let Some(mut mesh) = fast_path_mesh(
             &topo,
             &[
                 MeshLink::new("bar", "foo", LinkKind::Udp),
                 MeshLink::new("bar", "baz", LinkKind::Udp),
             ],
-            &[],
-        )?;
-        mesh.set_log_level("info");
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
-        if !fastpath_available(&mesh, "bar")? {
+            "bar",
+        )?
+        else {
             return Ok(());
-        }
+        };
         wait_until(CONVERGE, Duration::from_millis(100), || {
             all_active(&mesh, "foo", 1)
                 && all_active(&mesh, "bar", 2)
@@ -198,17 +209,11 @@ fn the_fast_path_comes_back_after_an_instance_restart() {
     require_tools(&["ping", "ssh-keygen"]);
     run_test("fastpath_restart", |dir| {
         let topo = Topology::line(dir, &["foo", "bar"])?;
-        let mut mesh = Mesh::configure_with_identities(
-            &topo,
-            &[MeshLink::new("bar", "foo", LinkKind::Udp)],
-            &[],
-        )?;
-        mesh.set_log_level("info");
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
-        if !fastpath_available(&mesh, "foo")? {
+        let Some(mesh) =
+            fast_path_mesh(&topo, &[MeshLink::new("bar", "foo", LinkKind::Udp)], "foo")?
+        else {
             return Ok(());
-        }
+        };
         mesh.restart_instances_with_a_global_change("foo")?;
         for node in ["foo", "bar"] {
             let status = mesh.status(node)?;
@@ -328,21 +333,18 @@ fn entries_follow_a_route_change() {
     require_tools(&["python3"]);
     run_test("fastpath_route_change", |dir| {
         let topo = Topology::triangle(dir, ["foo", "bar", "baz"])?;
-        let mut mesh = Mesh::configure_with_identities(
+        let Some(mesh) = fast_path_mesh(
             &topo,
             &[
                 MeshLink::new("bar", "foo", LinkKind::Udp),
                 MeshLink::new("bar", "baz", LinkKind::Udp),
                 MeshLink::new("baz", "foo", LinkKind::Udp).cost(5.0),
             ],
-            &[],
-        )?;
-        mesh.set_log_level("info");
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
-        if !fastpath_available(&mesh, "foo")? {
+            "foo",
+        )?
+        else {
             return Ok(());
-        }
+        };
         wait_until(CONVERGE, Duration::from_millis(100), || {
             ["foo", "bar", "baz"]
                 .iter()
@@ -720,20 +722,17 @@ fn a_node_with_udp_and_tcp_links_cuts_super_packets_for_the_tcp_link() {
         // foo —udp— bar —TCP— baz: what foo's eBPF sends whole, bar frames segment by segment
         // into its TCP link.
         let topo = Topology::line(dir, &["foo", "bar", "baz"])?;
-        let mut mesh = Mesh::configure_with_identities(
+        let Some(mesh) = fast_path_mesh(
             &topo,
             &[
                 MeshLink::new("bar", "foo", LinkKind::Udp),
                 MeshLink::new("bar", "baz", LinkKind::Tcp),
             ],
-            &[],
-        )?;
-        mesh.set_log_level("info");
-        mesh.start_all()?;
-        mesh.wait_converged(CONVERGE)?;
-        if !fastpath_available(&mesh, "bar")? {
+            "bar",
+        )?
+        else {
             return Ok(());
-        }
+        };
         wait_until(CONVERGE, Duration::from_millis(100), || {
             active_to(&mesh, "foo", "bar") && active_to(&mesh, "bar", "foo")
         })
